@@ -1,0 +1,372 @@
+//! The boundary of the core: [`Input`] goes in, [`Action`] comes out.
+//!
+//! # Design
+//! These enums are the whole contract between the core and a driver (`io-mio`
+//! in production, `sim` in tests). Every variant's doc says what the driver
+//! must do. Connections belong to the driver and are named by [`ConnId`];
+//! identities belong to the core and are named by [`PeerId`], mapped from a
+//! connection only once its handshake has proved the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::identity::PeerId;
+
+/// A transport connection, named by the driver. The driver must never reuse an id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnId(pub u64);
+
+/// A dial the core asked for, named by the core in [`Action::Dial`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct DialId(pub u64);
+
+/// Who opened a connection.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Direction {
+    /// The remote dialled us.
+    Inbound,
+    /// We dialled the remote.
+    Outbound,
+}
+
+/// How a connection came to be, as the driver reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Origin {
+    /// Accepted on our listening socket.
+    Accepted,
+    /// The connection asked for by [`Action::Dial`] with this id.
+    Dialed(DialId),
+}
+
+/// Why the driver saw a connection end.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CloseCause {
+    /// The remote closed it (end of stream).
+    RemoteClosed,
+    /// A read or write failed.
+    Io(String),
+    /// More than [`crate::limits::PENDING_SEND_BYTES_MAX`] bytes were waiting
+    /// to be written: the peer does not read fast enough.
+    SendBufferFull,
+}
+
+impl fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseCause::RemoteClosed => write!(f, "closed by remote"),
+            CloseCause::Io(error) => write!(f, "io error: {error}"),
+            CloseCause::SendBufferFull => write!(f, "send buffer full (peer too slow)"),
+        }
+    }
+}
+
+/// Something that happened, fed to [`crate::Node::handle`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Input {
+    /// A transport connection is up and ready to carry bytes.
+    ConnectionOpened {
+        /// A fresh id the driver will use for this connection from now on.
+        conn: ConnId,
+        /// The remote address.
+        remote: SocketAddr,
+        /// Accepted, or the answer to one of our dials.
+        origin: Origin,
+    },
+    /// Bytes arrived on a connection, in order, split anywhere.
+    BytesReceived {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes, as read.
+        bytes: Vec<u8>,
+    },
+    /// The driver saw a connection end. Not sent for connections the core
+    /// closed itself with [`Action::Close`].
+    ConnectionClosed {
+        /// The connection.
+        conn: ConnId,
+        /// What the driver saw.
+        cause: CloseCause,
+    },
+    /// A dial from [`Action::Dial`] could not connect.
+    DialFailed {
+        /// The dial.
+        dial: DialId,
+        /// What went wrong, for the log.
+        error: String,
+    },
+    /// The instant from [`crate::Node::poll_timeout`] has come. Early or
+    /// repeated timeouts are harmless no-ops.
+    Timeout,
+    /// Something the application asks for.
+    Command(Command),
+}
+
+/// What the application asks the node to do.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Command {
+    /// Connect to `addr`; when `peer` is given, refuse the connection unless
+    /// the remote proves that identity in the handshake.
+    Dial {
+        /// The address to dial.
+        addr: SocketAddr,
+        /// The identity the remote must prove, if known.
+        peer: Option<PeerId>,
+    },
+    /// Say Goodbye to `peer` with `reason` and close its connection.
+    Disconnect {
+        /// The peer.
+        peer: PeerId,
+        /// Sent in the Goodbye.
+        reason: GoodbyeReason,
+    },
+    /// Say Goodbye(client shutdown) to every peer, close every connection and
+    /// refuse new ones. The driver drains actions, flushes, and exits.
+    Shutdown,
+}
+
+/// What the core asks the driver to do, from [`crate::Node::poll_action`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Action {
+    /// Open a TCP connection to `addr`, then report `Input::ConnectionOpened`
+    /// with `Origin::Dialed(dial)`, or `Input::DialFailed { dial, .. }`.
+    Dial {
+        /// Names this dial in the answer.
+        dial: DialId,
+        /// Where to connect.
+        addr: SocketAddr,
+    },
+    /// Give up a dial that has not connected in time: drop the attempt and
+    /// report nothing more about it (a late connection must be closed unreported).
+    CancelDial {
+        /// The dial.
+        dial: DialId,
+    },
+    /// Write `bytes` to the connection, after everything sent before. If more
+    /// than `PENDING_SEND_BYTES_MAX` bytes queue up, close the connection and
+    /// report `CloseCause::SendBufferFull`.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes ready for the wire (already encrypted and framed).
+        bytes: Vec<u8>,
+    },
+    /// Write out what is queued for the connection, then close it. Report
+    /// nothing more about it; drop any bytes that still arrive.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Tell the application (and the log) something.
+    Notify(Notification),
+}
+
+/// What the application hears about.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Notification {
+    /// A peer finished the handshake and is now connected.
+    PeerConnected {
+        /// Its proven identity.
+        peer: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+        /// Who dialled.
+        direction: Direction,
+    },
+    /// A connected peer is gone.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A connection was refused before it became a peer.
+    ConnectionRefused {
+        /// The remote address.
+        addr: SocketAddr,
+        /// The remote's identity, when the handshake got far enough to prove it.
+        peer: Option<PeerId>,
+        /// Why.
+        reason: RefuseReason,
+    },
+    /// A dial failed or timed out.
+    DialFailed {
+        /// Where we dialled.
+        addr: SocketAddr,
+        /// What went wrong.
+        error: String,
+    },
+}
+
+/// The Goodbye reason codes (Ethereum p2p spec values, plus Lighthouse's 128+).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum GoodbyeReason {
+    /// 1: the node is shutting down.
+    ClientShutdown,
+    /// 2: the peer is on another network or an incompatible version.
+    IrrelevantNetwork,
+    /// 3: the peer broke the protocol or sent something undecodable.
+    Fault,
+    /// 128: the network could not be verified.
+    UnableToVerifyNetwork,
+    /// 129: we have as many peers as we want.
+    TooManyPeers,
+    /// 250: the peer's score fell too low.
+    BadScore,
+    /// 251: the peer is banned.
+    Banned,
+    /// 252: the peer's IP address is banned.
+    BannedIp,
+    /// Any other code, kept as received.
+    Other(u64),
+}
+
+impl GoodbyeReason {
+    /// The wire code.
+    pub const fn code(self) -> u64 {
+        match self {
+            GoodbyeReason::ClientShutdown => 1,
+            GoodbyeReason::IrrelevantNetwork => 2,
+            GoodbyeReason::Fault => 3,
+            GoodbyeReason::UnableToVerifyNetwork => 128,
+            GoodbyeReason::TooManyPeers => 129,
+            GoodbyeReason::BadScore => 250,
+            GoodbyeReason::Banned => 251,
+            GoodbyeReason::BannedIp => 252,
+            GoodbyeReason::Other(code) => code,
+        }
+    }
+
+    /// The reason for a wire code.
+    pub const fn from_code(code: u64) -> GoodbyeReason {
+        match code {
+            1 => GoodbyeReason::ClientShutdown,
+            2 => GoodbyeReason::IrrelevantNetwork,
+            3 => GoodbyeReason::Fault,
+            128 => GoodbyeReason::UnableToVerifyNetwork,
+            129 => GoodbyeReason::TooManyPeers,
+            250 => GoodbyeReason::BadScore,
+            251 => GoodbyeReason::Banned,
+            252 => GoodbyeReason::BannedIp,
+            other => GoodbyeReason::Other(other),
+        }
+    }
+}
+
+/// Why a connected peer went away.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum DisconnectReason {
+    /// It said Goodbye.
+    RemoteGoodbye(GoodbyeReason),
+    /// We said Goodbye.
+    LocalGoodbye(GoodbyeReason),
+    /// The driver saw the connection end.
+    ConnectionLost(CloseCause),
+    /// Nothing arrived from it for `PEER_SILENCE_TIMEOUT`.
+    Silent,
+    /// It broke the protocol (undecryptable, oversize or undecodable frame).
+    ProtocolViolation(String),
+    /// Another connection to the same peer was kept instead of this one.
+    Replaced,
+}
+
+/// Why a connection was refused during or right after the handshake.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RefuseReason {
+    /// The Noise handshake failed (bad message, bad MAC) or its payload was malformed.
+    Handshake(String),
+    /// The identity signature over the Noise static key did not verify.
+    BadSignature,
+    /// The remote is on another network.
+    WrongNetwork {
+        /// Ours.
+        ours: u64,
+        /// Theirs.
+        theirs: u64,
+    },
+    /// The remote speaks a protocol version we do not.
+    IncompatibleVersion {
+        /// Ours.
+        ours: u16,
+        /// Theirs.
+        theirs: u16,
+    },
+    /// We dialled a specific peer and another identity answered.
+    UnexpectedPeer {
+        /// The one we dialled.
+        expected: PeerId,
+    },
+    /// We connected to ourselves.
+    SelfConnection,
+    /// The handshake did not finish within `HANDSHAKE_TIMEOUT`.
+    Timeout,
+    /// We already have a connection to this peer and kept that one.
+    Duplicate,
+    /// We have `PEERS_MAX` peers already.
+    TooManyPeers,
+    /// `HANDSHAKES_IN_PROGRESS_MAX` handshakes are already running.
+    TooManyHandshakes,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// The remote said Goodbye before becoming a peer.
+    RemoteGoodbye(GoodbyeReason),
+    /// The driver saw the connection end during the handshake.
+    ConnectionLost(CloseCause),
+}
+
+impl fmt::Display for RefuseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefuseReason::Handshake(error) => write!(f, "handshake failed: {error}"),
+            RefuseReason::BadSignature => write!(f, "identity signature does not verify"),
+            RefuseReason::WrongNetwork { ours, theirs } => {
+                write!(f, "wrong network id {theirs} (ours is {ours})")
+            }
+            RefuseReason::IncompatibleVersion { ours, theirs } => {
+                write!(f, "incompatible protocol version {theirs} (ours is {ours})")
+            }
+            RefuseReason::UnexpectedPeer { expected } => {
+                write!(f, "dialled {expected} but another identity answered")
+            }
+            RefuseReason::SelfConnection => write!(f, "connection to ourselves"),
+            RefuseReason::Timeout => write!(f, "handshake timed out"),
+            RefuseReason::Duplicate => write!(f, "already connected to this peer"),
+            RefuseReason::TooManyPeers => write!(f, "too many peers"),
+            RefuseReason::TooManyHandshakes => write!(f, "too many handshakes in progress"),
+            RefuseReason::ShuttingDown => write!(f, "shutting down"),
+            RefuseReason::RemoteGoodbye(reason) => {
+                write!(f, "remote said goodbye {} ({reason:?})", reason.code())
+            }
+            RefuseReason::ConnectionLost(cause) => write!(f, "connection lost: {cause}"),
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::RemoteGoodbye(reason) => {
+                write!(f, "remote said goodbye {} ({reason:?})", reason.code())
+            }
+            DisconnectReason::LocalGoodbye(reason) => {
+                write!(f, "we said goodbye {} ({reason:?})", reason.code())
+            }
+            DisconnectReason::ConnectionLost(cause) => write!(f, "connection lost: {cause}"),
+            DisconnectReason::Silent => write!(f, "silent for too long"),
+            DisconnectReason::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
+            DisconnectReason::Replaced => write!(f, "replaced by another connection"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goodbye_codes_round_trip() {
+        for code in [1, 2, 3, 128, 129, 250, 251, 252, 7, u64::MAX] {
+            assert_eq!(GoodbyeReason::from_code(code).code(), code);
+        }
+        assert_eq!(GoodbyeReason::from_code(2), GoodbyeReason::IrrelevantNetwork);
+    }
+}

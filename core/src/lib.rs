@@ -1,0 +1,15 @@
+//! meshsync-core (being written).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod identity;
+pub mod io;
+pub mod limits;
+pub mod metrics;
+pub mod node;
+pub mod time;
+
+pub use identity::{Identity, PeerId};
+pub use io::{Action, Command, ConnId, DialId, Direction, Input, Notification, Origin};
+pub use node::{Config, Node, PeerInfo, PROTOCOL_VERSION};
+pub use time::{Duration, Instant};

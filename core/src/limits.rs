@@ -1,0 +1,46 @@
+//! Every bound the node enforces, as a named constant with its unit last.
+//!
+//! # Design
+//! Peer input is hostile: every length, count and rate a peer can influence is
+//! bounded here, and relations between bounds are checked at compile time.
+//! Defaults follow `shared/design.md` §3 and the systems in `shared/reference.md`.
+
+use crate::time::Duration;
+
+/// Largest Noise message on the wire, ciphertext and tag included (Noise spec limit).
+pub const NOISE_MESSAGE_BYTES_MAX: usize = 65_535;
+/// ChaCha20-Poly1305 tag appended to every transport message.
+pub const NOISE_TAG_BYTES: usize = 16;
+/// Largest plaintext carried by one transport message.
+pub const NOISE_PLAINTEXT_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX - NOISE_TAG_BYTES;
+/// Largest logical message (a frame's declared length). 10 MiB as the Ethereum p2p spec's `MAX_PAYLOAD_SIZE`.
+pub const MESSAGE_BYTES_MAX: usize = 10 * 1024 * 1024;
+/// Largest handshake payload we accept (identity + signature + hello is about 120 bytes).
+pub const HANDSHAKE_PAYLOAD_BYTES_MAX: usize = 1_024;
+
+/// Established peers we keep; a further one gets Goodbye(too many peers).
+pub const PEERS_MAX: usize = 50;
+/// Connections still in their handshake; past it new connections are closed at once (commonware uses 512).
+pub const HANDSHAKES_IN_PROGRESS_MAX: usize = 512;
+/// Dials we have asked the driver for that have not yet connected or failed.
+pub const DIALS_IN_PROGRESS_MAX: usize = 64;
+
+/// A connection that has not finished the Noise handshake by then is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A dial the driver has not answered by then is cancelled.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often we ping an established peer.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A peer we have heard nothing from (no frame at all) for this long is dropped.
+pub const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Outbound bytes a driver may queue for one connection before dropping it as too slow.
+pub const PENDING_SEND_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes the frame decoder of one connection buffers: one Noise message and its length prefix.
+pub const RECEIVE_BUFFER_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX + 2;
+
+const _: () = assert!(NOISE_PLAINTEXT_BYTES_MAX < MESSAGE_BYTES_MAX);
+const _: () = assert!(MESSAGE_BYTES_MAX < PENDING_SEND_BYTES_MAX);
+const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES_MAX < NOISE_PLAINTEXT_BYTES_MAX);
+const _: () = assert!(PING_INTERVAL.as_secs() * 2 < PEER_SILENCE_TIMEOUT.as_secs());

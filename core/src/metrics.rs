@@ -1,0 +1,53 @@
+//! Counters the node keeps about itself, read by drivers for logs, metrics and
+//! simulator summaries.
+
+/// Monotonic event counts. Plain fields: reading them never changes behaviour.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Dials the core asked the driver for.
+    pub dials_started: u64,
+    /// Dials that failed or timed out.
+    pub dials_failed: u64,
+    /// Transport connections the driver reported opened.
+    pub connections_opened: u64,
+    /// Handshakes that ended with an accepted peer.
+    pub handshakes_completed: u64,
+    /// Connections refused during or right after the handshake, for any reason.
+    pub handshakes_failed: u64,
+    /// Of those: Noise errors and malformed payloads.
+    pub refused_handshake_error: u64,
+    /// Of those: identity signatures that did not verify.
+    pub refused_bad_signature: u64,
+    /// Of those: a different network id.
+    pub refused_wrong_network: u64,
+    /// Of those: an incompatible protocol version.
+    pub refused_incompatible_version: u64,
+    /// Of those: a dialled peer whose key was not the expected one.
+    pub refused_unexpected_peer: u64,
+    /// Of those: connections to ourselves.
+    pub refused_self_connection: u64,
+    /// Of those: second connections to a connected peer.
+    pub refused_duplicate: u64,
+    /// Of those: handshakes that did not finish in time.
+    pub refused_timeout: u64,
+    /// Of those: refused for lack of room (peers or handshakes at their cap, or shutting down).
+    pub refused_no_room: u64,
+    /// Peers that went away, for any reason.
+    pub peers_disconnected: u64,
+    /// Of those: dropped for silence.
+    pub peers_silent: u64,
+    /// Connections closed for a protocol violation (bad MAC, oversize or undecodable frame).
+    pub protocol_violations: u64,
+    /// Logical messages received from established peers.
+    pub messages_received: u64,
+    /// Logical messages sent to established peers.
+    pub messages_sent: u64,
+    /// Pings sent.
+    pub pings_sent: u64,
+    /// Pongs received.
+    pub pongs_received: u64,
+    /// Goodbyes sent.
+    pub goodbyes_sent: u64,
+    /// Goodbyes received.
+    pub goodbyes_received: u64,
+}

@@ -1,0 +1,1 @@
+//! meshsync-mio (being written).

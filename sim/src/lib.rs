@@ -1,0 +1,1 @@
+//! meshsync-sim (being written).
