@@ -37,10 +37,16 @@ impl fmt::Display for KeyFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyFileError::WrongHeader => {
-                write!(f, "not a meshsync key file (first line must be `{KEY_FILE_HEADER}`)")
+                write!(
+                    f,
+                    "not a meshsync key file (first line must be `{KEY_FILE_HEADER}`)"
+                )
             }
             KeyFileError::MalformedKey => {
-                write!(f, "malformed key (second line must be 64 hexadecimal characters)")
+                write!(
+                    f,
+                    "malformed key (second line must be 64 hexadecimal characters)"
+                )
             }
         }
     }
@@ -105,7 +111,9 @@ impl Identity {
         }
         let mut secret = [0u8; 32];
         for (index, byte) in secret.iter_mut().enumerate() {
-            let pair = hex.get(index * 2..index * 2 + 2).ok_or(KeyFileError::MalformedKey)?;
+            let pair = hex
+                .get(index * 2..index * 2 + 2)
+                .ok_or(KeyFileError::MalformedKey)?;
             *byte = u8::from_str_radix(pair, 16).map_err(|_| KeyFileError::MalformedKey)?;
         }
         Ok(Identity::from_secret_bytes(secret))
@@ -129,7 +137,10 @@ pub struct PeerIdParseError;
 
 impl fmt::Display for PeerIdParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "not a peer id (expected base58 of a 32-byte Ed25519 public key)")
+        write!(
+            f,
+            "not a peer id (expected base58 of a 32-byte Ed25519 public key)"
+        )
     }
 }
 
@@ -152,8 +163,11 @@ impl PeerId {
             return false;
         };
         // `verify_strict` refuses small-order keys and malleable signatures.
-        key.verify_strict(message, &Signature::from_bytes(signature)).is_ok()
-            && key.verify(message, &Signature::from_bytes(signature)).is_ok()
+        key.verify_strict(message, &Signature::from_bytes(signature))
+            .is_ok()
+            && key
+                .verify(message, &Signature::from_bytes(signature))
+                .is_ok()
     }
 }
 

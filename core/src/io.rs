@@ -367,6 +367,9 @@ mod tests {
         for code in [1, 2, 3, 128, 129, 250, 251, 252, 7, u64::MAX] {
             assert_eq!(GoodbyeReason::from_code(code).code(), code);
         }
-        assert_eq!(GoodbyeReason::from_code(2), GoodbyeReason::IrrelevantNetwork);
+        assert_eq!(
+            GoodbyeReason::from_code(2),
+            GoodbyeReason::IrrelevantNetwork
+        );
     }
 }

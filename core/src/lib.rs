@@ -2,11 +2,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod identity;
 pub mod io;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod secure;
 pub mod time;
 
 pub use identity::{Identity, PeerId};

@@ -1,32 +1,77 @@
-//! STUB: being written.
-use crate::identity::{Identity, PeerId};
-use crate::io::{Action, Direction, Input};
-use crate::metrics::Counters;
-use crate::time::{Duration, Instant};
+//! The top-level state machine: connections, handshakes, peers, keepalive.
+//!
+//! # Design
+//! Each connection is a small state machine, `Handshaking` then `Established`,
+//! keyed by the driver's [`ConnId`]; an established connection is mapped to the
+//! [`PeerId`] its handshake proved. Outbound plaintext is buffered per
+//! connection and sealed once per `handle` call (or before a close), so a burst
+//! of small messages becomes one Noise message and one `Send`.
+//!
+//! # Security
+//! Provided: handshakes bounded in number and time; a connection that sends
+//! anything undecryptable, oversize or undecodable is closed alone, with
+//! Goodbye(fault) when the channel is up; peers must prove the expected
+//! identity, network and version before they count as peers.
+//! Not provided (yet): request rate limits and peer scores (the req/resp issue).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+
+use log::{debug, info};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::codec::{DecodeError, Message, MessageReassembler, NoiseFrameDecoder};
+use crate::identity::{Identity, PeerId};
+use crate::io::{
+    Action, CloseCause, Command, ConnId, DialId, Direction, DisconnectReason, GoodbyeReason, Input,
+    Notification, Origin, RefuseReason,
+};
+use crate::limits;
+use crate::metrics::Counters;
+use crate::secure::{
+    Handshake, HandshakeStep, Hello, LocalKeys, RemoteIdentity, SecureError, Transport,
+};
+use crate::time::{Duration, Instant};
 
 /// Protocol version spoken by this build; peers must speak the same.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Node configuration.
-#[derive(Clone, Debug)]
+/// Node configuration. [`Config::new`] gives the defaults of [`crate::limits`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Peers on another network are refused.
+    /// Peers on another network are refused with Goodbye(irrelevant network).
     pub network_id: u64,
-    /// Advertised in the Hello.
+    /// Advertised in the Hello so inbound peers can dial us back (0: not listening).
     pub listen_port: u16,
     /// Capability bits advertised in the Hello.
     pub capabilities: u64,
     /// Established peers kept at most.
     pub peers_max: usize,
-    /// See `limits::HANDSHAKE_TIMEOUT`.
+    /// A connection must finish its handshake within this.
     pub handshake_timeout: Duration,
-    /// See `limits::DIAL_TIMEOUT`.
+    /// A dial must connect within this.
     pub dial_timeout: Duration,
-    /// See `limits::PING_INTERVAL`.
+    /// How often established peers are pinged.
     pub ping_interval: Duration,
-    /// See `limits::PEER_SILENCE_TIMEOUT`.
+    /// A peer silent for this long is dropped.
     pub peer_silence_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults, on network `network_id`.
+    pub fn new(network_id: u64) -> Config {
+        Config {
+            network_id,
+            listen_port: 0,
+            capabilities: 0,
+            peers_max: limits::PEERS_MAX,
+            handshake_timeout: limits::HANDSHAKE_TIMEOUT,
+            dial_timeout: limits::DIAL_TIMEOUT,
+            ping_interval: limits::PING_INTERVAL,
+            peer_silence_timeout: limits::PEER_SILENCE_TIMEOUT,
+        }
+    }
 }
 
 /// A connected peer as seen from outside.
@@ -40,40 +85,821 @@ pub struct PeerInfo {
     pub direction: Direction,
 }
 
-/// The node.
-pub struct Node {}
+/// A meshsync node: the whole protocol, without IO.
+///
+/// # The run loop
+/// A driver owns the sockets and the clock and does, forever:
+/// 1. call [`Node::handle`] with the current time and one [`Input`]
+///    (bytes received, a connection opened or closed, a timeout, a command);
+/// 2. drain [`Node::poll_action`] until it returns `None`, carrying out each
+///    [`Action`] as its doc says (send bytes, dial, close, notify);
+/// 3. ask [`Node::poll_timeout`] for the next instant at which to call
+///    `handle(now, Input::Timeout)`, and wait for that or the next input.
+///
+/// `now` must never go backwards. A timeout that comes early, or twice, is a
+/// no-op. The node reads no clock, starts no thread, opens no socket or file,
+/// and draws all its randomness from the seed given to [`Node::new`]: the
+/// same inputs at the same instants give the same actions, bit for bit.
+///
+/// # Methods
+/// Getters: [`Node::peer_id`], [`Node::peers`], [`Node::peer_count`],
+/// [`Node::counters`]. Mutator: [`Node::handle`]. Polls: [`Node::poll_action`],
+/// [`Node::poll_timeout`].
+pub struct Node {
+    config: Config,
+    keys: LocalKeys,
+    hello: Hello,
+    rng: ChaCha20Rng,
+    connections: BTreeMap<ConnId, Connection>,
+    peers: BTreeMap<PeerId, ConnId>,
+    dials: BTreeMap<DialId, PendingDial>,
+    next_dial_id: u64,
+    /// Connections with plaintext waiting to be sealed.
+    unflushed: BTreeSet<ConnId>,
+    actions: VecDeque<Action>,
+    counters: Counters,
+    last_now: Instant,
+    shutting_down: bool,
+}
 
-impl Node {
-    /// New node.
-    pub fn new(_config: Config, _identity: Identity, _seed: [u8; 32]) -> Node {
-        todo!()
-    }
-    /// Our id.
-    pub fn peer_id(&self) -> PeerId {
-        todo!()
-    }
-    /// Feed an input.
-    pub fn handle(&mut self, _now: Instant, _input: Input) {
-        todo!()
-    }
-    /// Next action.
-    pub fn poll_action(&mut self) -> Option<Action> {
-        todo!()
-    }
-    /// Next wake-up.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        todo!()
-    }
-    /// Connected peers in PeerId order.
-    pub fn peers(&self) -> Vec<PeerInfo> {
-        todo!()
-    }
-    /// Number of connected peers.
-    pub fn peer_count(&self) -> usize {
-        todo!()
-    }
-    /// Counters.
-    pub fn counters(&self) -> &Counters {
-        todo!()
+struct PendingDial {
+    addr: SocketAddr,
+    expected: Option<PeerId>,
+    deadline: Instant,
+}
+
+struct Connection {
+    addr: SocketAddr,
+    direction: Direction,
+    /// For a dial with a known identity: the peer that must answer.
+    expected: Option<PeerId>,
+    frames: NoiseFrameDecoder,
+    state: ConnectionState,
+}
+
+enum ConnectionState {
+    /// `None` only transiently while a message is being read.
+    Handshaking {
+        handshake: Option<Box<Handshake>>,
+        deadline: Instant,
+    },
+    /// The channel is up. `accepted` turns true once the node's policy
+    /// (network, version, duplicates, room) has admitted the peer.
+    Established(Box<Established>),
+}
+
+struct Established {
+    peer: PeerId,
+    accepted: bool,
+    transport: Transport,
+    messages: MessageReassembler,
+    /// Plaintext (length-prefixed messages) not yet sealed.
+    outbound: Vec<u8>,
+    last_received: Instant,
+    next_ping: Instant,
+    pings_sent: u64,
+}
+
+/// What reading one connection's bytes produced, applied in order afterwards.
+enum Received {
+    HandshakeDone(RemoteIdentity),
+    Message(Message),
+}
+
+/// Why reading a connection's bytes failed.
+enum ReadError {
+    Decode(DecodeError),
+    Secure(SecureError),
+}
+
+impl From<DecodeError> for ReadError {
+    fn from(error: DecodeError) -> ReadError {
+        ReadError::Decode(error)
     }
 }
+
+impl From<SecureError> for ReadError {
+    fn from(error: SecureError) -> ReadError {
+        ReadError::Secure(error)
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Decode(error) => error.fmt(f),
+            ReadError::Secure(error) => error.fmt(f),
+        }
+    }
+}
+
+impl Node {
+    /// A node with `identity`, drawing all its randomness from `seed`.
+    pub fn new(config: Config, identity: Identity, seed: [u8; 32]) -> Node {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let keys = LocalKeys::new(identity, &mut rng);
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            network_id: config.network_id,
+            listen_port: config.listen_port,
+            capabilities: config.capabilities,
+        };
+        Node {
+            config,
+            keys,
+            hello,
+            rng,
+            connections: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            dials: BTreeMap::new(),
+            next_dial_id: 0,
+            unflushed: BTreeSet::new(),
+            actions: VecDeque::new(),
+            counters: Counters::default(),
+            last_now: Instant::ZERO,
+            shutting_down: false,
+        }
+    }
+
+    /// Our identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.keys.peer_id()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Connected peers, in `PeerId` order.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.peers
+            .iter()
+            .map(|(&peer, conn)| {
+                let connection = &self.connections[conn];
+                PeerInfo {
+                    peer,
+                    addr: connection.addr,
+                    direction: connection.direction,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether `peer` is connected.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Number of connected peers.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Event counts since start.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Feeds one input. Then drain [`Node::poll_action`].
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        debug_assert!(
+            now >= self.last_now,
+            "time went backwards: {now} < {}",
+            self.last_now
+        );
+        self.last_now = self.last_now.max(now);
+        let now = self.last_now;
+        match input {
+            Input::ConnectionOpened {
+                conn,
+                remote,
+                origin,
+            } => self.on_connection_opened(now, conn, remote, origin),
+            Input::BytesReceived { conn, bytes } => self.on_bytes(now, conn, &bytes),
+            Input::ConnectionClosed { conn, cause } => self.on_connection_closed(conn, cause),
+            Input::DialFailed { dial, error } => self.on_dial_failed(dial, error),
+            Input::Timeout => self.on_timeout(now),
+            Input::Command(command) => self.on_command(now, command),
+        }
+        self.flush_all();
+    }
+
+    /// The next thing for the driver to do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When the driver must next call `handle(now, Input::Timeout)`, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let dials = self.dials.values().map(|dial| dial.deadline);
+        let connections = self
+            .connections
+            .values()
+            .map(|connection| match &connection.state {
+                ConnectionState::Handshaking { deadline, .. } => *deadline,
+                ConnectionState::Established(established) => established
+                    .next_ping
+                    .min(established.last_received + self.config.peer_silence_timeout),
+            });
+        dials.chain(connections).min()
+    }
+
+    fn on_command(&mut self, now: Instant, command: Command) {
+        match command {
+            Command::Dial { addr, peer } => self.dial(now, addr, peer),
+            Command::Disconnect { peer, reason } => {
+                if let Some(&conn) = self.peers.get(&peer) {
+                    self.say_goodbye(conn, reason);
+                } else {
+                    debug!("disconnect {peer:?}: not connected");
+                }
+            }
+            Command::Shutdown => self.shut_down(),
+        }
+    }
+
+    fn dial(&mut self, now: Instant, addr: SocketAddr, peer: Option<PeerId>) {
+        let refusal = if self.shutting_down {
+            Some("shutting down")
+        } else if peer.is_some_and(|peer| self.peers.contains_key(&peer)) {
+            Some("already connected")
+        } else if peer == Some(self.peer_id()) {
+            Some("that is our own identity")
+        } else if self.dials.len() >= limits::DIALS_IN_PROGRESS_MAX {
+            Some("too many dials in progress")
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            self.counters.dials_failed += 1;
+            self.notify(Notification::DialFailed {
+                addr,
+                error: refusal.to_string(),
+            });
+            return;
+        }
+        let dial = DialId(self.next_dial_id);
+        self.next_dial_id += 1;
+        self.dials.insert(
+            dial,
+            PendingDial {
+                addr,
+                expected: peer,
+                deadline: now + self.config.dial_timeout,
+            },
+        );
+        self.counters.dials_started += 1;
+        self.actions.push_back(Action::Dial { dial, addr });
+    }
+
+    fn on_dial_failed(&mut self, dial: DialId, error: String) {
+        if let Some(pending) = self.dials.remove(&dial) {
+            self.counters.dials_failed += 1;
+            self.notify(Notification::DialFailed {
+                addr: pending.addr,
+                error,
+            });
+        }
+    }
+
+    fn on_connection_opened(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        addr: SocketAddr,
+        origin: Origin,
+    ) {
+        if self.connections.contains_key(&conn) {
+            // A driver bug, not a peer's doing; refusing it keeps the node consistent.
+            log::error!("driver reused connection id {conn:?}; ignoring the new connection");
+            return;
+        }
+        self.counters.connections_opened += 1;
+        let (direction, expected) = match origin {
+            Origin::Accepted => (Direction::Inbound, None),
+            Origin::Dialed(dial) => match self.dials.remove(&dial) {
+                Some(pending) => (Direction::Outbound, pending.expected),
+                None => {
+                    debug!("{addr}: connected after its dial was cancelled; closing");
+                    self.actions.push_back(Action::Close { conn });
+                    return;
+                }
+            },
+        };
+        let handshaking = self
+            .connections
+            .values()
+            .filter(|connection| matches!(connection.state, ConnectionState::Handshaking { .. }))
+            .count();
+        let refusal = if self.shutting_down {
+            Some(RefuseReason::ShuttingDown)
+        } else if handshaking >= limits::HANDSHAKES_IN_PROGRESS_MAX {
+            Some(RefuseReason::TooManyHandshakes)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.counters.handshakes_failed += 1;
+            self.counters.refused_no_room += 1;
+            self.actions.push_back(Action::Close { conn });
+            self.notify(Notification::ConnectionRefused {
+                addr,
+                peer: None,
+                reason,
+            });
+            return;
+        }
+        let mut ephemeral_seed = [0u8; 32];
+        self.rng.fill_bytes(&mut ephemeral_seed);
+        let mut out = Vec::new();
+        let handshake = match direction {
+            Direction::Outbound => {
+                Handshake::initiate(&self.keys, ephemeral_seed, expected, &mut out)
+            }
+            Direction::Inbound => Handshake::respond(&self.keys, ephemeral_seed),
+        }
+        .expect("building a handshake from our own valid keys cannot fail");
+        self.connections.insert(
+            conn,
+            Connection {
+                addr,
+                direction,
+                expected,
+                frames: NoiseFrameDecoder::new(),
+                state: ConnectionState::Handshaking {
+                    handshake: Some(Box::new(handshake)),
+                    deadline: now + self.config.handshake_timeout,
+                },
+            },
+        );
+        if !out.is_empty() {
+            self.actions.push_back(Action::Send { conn, bytes: out });
+        }
+    }
+
+    fn on_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let keys = &self.keys;
+        let hello = &self.hello;
+        let Some(connection) = self.connections.get_mut(&conn) else {
+            return; // Closed by us already; late bytes are dropped.
+        };
+        let mut received = Vec::new();
+        let mut handshake_out = Vec::new();
+        let mut plaintext = Vec::new();
+        let Connection { frames, state, .. } = connection;
+        let result = frames.decode(bytes, |message| -> Result<(), ReadError> {
+            match state {
+                ConnectionState::Handshaking { handshake, .. } => {
+                    let current = handshake.take().expect("present between messages");
+                    match (*current).read_message(keys, hello, message, &mut handshake_out)? {
+                        HandshakeStep::Continue(next) => *handshake = Some(Box::new(next)),
+                        HandshakeStep::Done { transport, remote } => {
+                            *state = ConnectionState::Established(Box::new(Established {
+                                peer: remote.peer,
+                                accepted: false,
+                                transport,
+                                messages: MessageReassembler::new(),
+                                outbound: Vec::new(),
+                                last_received: now,
+                                next_ping: now + limits::PING_INTERVAL,
+                                pings_sent: 0,
+                            }));
+                            received.push(Received::HandshakeDone(remote));
+                        }
+                    }
+                }
+                ConnectionState::Established(established) => {
+                    plaintext.clear();
+                    established.transport.open(message, &mut plaintext)?;
+                    established
+                        .messages
+                        .push(&plaintext, |bytes| -> Result<(), ReadError> {
+                            received.push(Received::Message(Message::decode(bytes)?));
+                            Ok(())
+                        })?;
+                }
+            }
+            Ok(())
+        });
+        if matches!(state, ConnectionState::Established(_)) {
+            frames.enter_transport_mode();
+        }
+        if !handshake_out.is_empty() {
+            self.actions.push_back(Action::Send {
+                conn,
+                bytes: handshake_out,
+            });
+        }
+        for item in received {
+            if !self.connections.contains_key(&conn) {
+                return; // Closed while applying an earlier item.
+            }
+            match item {
+                Received::HandshakeDone(remote) => self.on_handshake_done(now, conn, remote),
+                Received::Message(message) => self.on_message(now, conn, message),
+            }
+        }
+        if let Err(error) = result {
+            if self.connections.contains_key(&conn) {
+                self.on_read_error(conn, error);
+            }
+        }
+    }
+
+    fn on_read_error(&mut self, conn: ConnId, error: ReadError) {
+        let connection = &self.connections[&conn];
+        match &connection.state {
+            ConnectionState::Handshaking { .. } => {
+                let mut peer = None;
+                let reason = match error {
+                    ReadError::Secure(SecureError::BadSignature) => {
+                        self.counters.refused_bad_signature += 1;
+                        RefuseReason::BadSignature
+                    }
+                    ReadError::Secure(SecureError::UnexpectedPeer { actual }) => {
+                        self.counters.refused_unexpected_peer += 1;
+                        debug!("{}: dialled peer answered as {actual}", connection.addr);
+                        peer = Some(actual);
+                        RefuseReason::UnexpectedPeer {
+                            expected: connection
+                                .expected
+                                .expect("only dials with an expected peer check it"),
+                        }
+                    }
+                    other => {
+                        self.counters.refused_handshake_error += 1;
+                        RefuseReason::Handshake(other.to_string())
+                    }
+                };
+                self.refuse(conn, peer, reason, None);
+            }
+            ConnectionState::Established(established) => {
+                let peer = established.peer;
+                info!(
+                    "{peer:?} at {}: protocol violation: {error}",
+                    connection.addr
+                );
+                self.counters.protocol_violations += 1;
+                let reason = DisconnectReason::ProtocolViolation(error.to_string());
+                self.send_message(
+                    conn,
+                    &Message::Goodbye {
+                        reason: GoodbyeReason::Fault,
+                    },
+                );
+                self.counters.goodbyes_sent += 1;
+                self.remove_established(conn, reason);
+            }
+        }
+    }
+
+    /// The handshake proved `remote`; admit it as a peer or refuse it.
+    fn on_handshake_done(&mut self, _now: Instant, conn: ConnId, remote: RemoteIdentity) {
+        let ours = &self.hello;
+        let (refusal, goodbye) = if remote.hello.version != ours.version {
+            self.counters.refused_incompatible_version += 1;
+            (
+                Some(RefuseReason::IncompatibleVersion {
+                    ours: ours.version,
+                    theirs: remote.hello.version,
+                }),
+                Some(GoodbyeReason::IrrelevantNetwork),
+            )
+        } else if remote.hello.network_id != ours.network_id {
+            self.counters.refused_wrong_network += 1;
+            (
+                Some(RefuseReason::WrongNetwork {
+                    ours: ours.network_id,
+                    theirs: remote.hello.network_id,
+                }),
+                Some(GoodbyeReason::IrrelevantNetwork),
+            )
+        } else if remote.peer == self.peer_id() {
+            self.counters.refused_self_connection += 1;
+            (Some(RefuseReason::SelfConnection), None)
+        } else if self.shutting_down {
+            self.counters.refused_no_room += 1;
+            (
+                Some(RefuseReason::ShuttingDown),
+                Some(GoodbyeReason::ClientShutdown),
+            )
+        } else {
+            (None, None)
+        };
+        if let Some(reason) = refusal {
+            self.refuse(conn, Some(remote.peer), reason, goodbye);
+            return;
+        }
+        if let Some(&existing) = self.peers.get(&remote.peer) {
+            self.counters.refused_duplicate += 1;
+            if self.keep_new_connection(existing, conn, remote.peer) {
+                // Move the peer to the new connection silently: to the
+                // application the peer stays connected.
+                debug!(
+                    "{:?}: replacing connection {existing:?} with {conn:?}",
+                    remote.peer
+                );
+                self.flush(existing);
+                self.connections.remove(&existing);
+                self.actions.push_back(Action::Close { conn: existing });
+                self.peers.insert(remote.peer, conn);
+                self.mark_accepted(conn);
+            } else {
+                self.refuse(conn, Some(remote.peer), RefuseReason::Duplicate, None);
+            }
+            return;
+        }
+        if self.peers.len() >= self.config.peers_max {
+            self.counters.refused_no_room += 1;
+            self.refuse(
+                conn,
+                Some(remote.peer),
+                RefuseReason::TooManyPeers,
+                Some(GoodbyeReason::TooManyPeers),
+            );
+            return;
+        }
+        self.peers.insert(remote.peer, conn);
+        self.mark_accepted(conn);
+        self.counters.handshakes_completed += 1;
+        let connection = &self.connections[&conn];
+        let (addr, direction) = (connection.addr, connection.direction);
+        self.notify(Notification::PeerConnected {
+            peer: remote.peer,
+            addr,
+            direction,
+        });
+    }
+
+    /// Which of two connections to one peer both ends keep: the one dialled by
+    /// the lower `PeerId`, or, when one side dialled both, the newer one
+    /// (the dialler evidently no longer trusts the old one).
+    fn keep_new_connection(&self, existing: ConnId, new: ConnId, remote: PeerId) -> bool {
+        let dialler = |conn: ConnId| match self.connections[&conn].direction {
+            Direction::Outbound => self.peer_id(),
+            Direction::Inbound => remote,
+        };
+        let (old_dialler, new_dialler) = (dialler(existing), dialler(new));
+        if old_dialler == new_dialler {
+            true
+        } else {
+            new_dialler < old_dialler
+        }
+    }
+
+    fn mark_accepted(&mut self, conn: ConnId) {
+        let ping_interval = self.config.ping_interval;
+        if let Some(Connection {
+            state: ConnectionState::Established(established),
+            ..
+        }) = self.connections.get_mut(&conn)
+        {
+            established.accepted = true;
+            established.next_ping = established.last_received + ping_interval;
+        }
+    }
+
+    /// Refuses a connection before it became a peer: optional Goodbye, close, notify.
+    fn refuse(
+        &mut self,
+        conn: ConnId,
+        peer: Option<PeerId>,
+        reason: RefuseReason,
+        goodbye: Option<GoodbyeReason>,
+    ) {
+        let Some(connection) = self.connections.get(&conn) else {
+            return;
+        };
+        let addr = connection.addr;
+        if let Some(goodbye) = goodbye {
+            if matches!(connection.state, ConnectionState::Established(_)) {
+                self.send_message(conn, &Message::Goodbye { reason: goodbye });
+                self.counters.goodbyes_sent += 1;
+            }
+        }
+        self.counters.handshakes_failed += 1;
+        self.flush(conn);
+        self.connections.remove(&conn);
+        self.actions.push_back(Action::Close { conn });
+        debug!("{addr}: refused: {reason}");
+        self.notify(Notification::ConnectionRefused { addr, peer, reason });
+    }
+
+    fn on_message(&mut self, now: Instant, conn: ConnId, message: Message) {
+        let Some(Connection {
+            state: ConnectionState::Established(established),
+            ..
+        }) = self.connections.get_mut(&conn)
+        else {
+            return;
+        };
+        established.last_received = now;
+        let accepted = established.accepted;
+        self.counters.messages_received += 1;
+        match message {
+            Message::Goodbye { reason } => {
+                self.counters.goodbyes_received += 1;
+                if accepted {
+                    self.remove_established(conn, DisconnectReason::RemoteGoodbye(reason));
+                } else {
+                    let peer = Some(established.peer);
+                    self.refuse(conn, peer, RefuseReason::RemoteGoodbye(reason), None);
+                }
+            }
+            Message::Ping { nonce } => self.send_message(conn, &Message::Pong { nonce }),
+            Message::Pong { .. } => self.counters.pongs_received += 1,
+        }
+    }
+
+    fn on_connection_closed(&mut self, conn: ConnId, cause: CloseCause) {
+        let Some(connection) = self.connections.get(&conn) else {
+            return;
+        };
+        match &connection.state {
+            ConnectionState::Established(established) if established.accepted => {
+                self.unflushed.remove(&conn);
+                let peer = established.peer;
+                self.connections.remove(&conn);
+                self.peers.remove(&peer);
+                self.counters.peers_disconnected += 1;
+                self.notify(Notification::PeerDisconnected {
+                    peer,
+                    reason: DisconnectReason::ConnectionLost(cause),
+                });
+            }
+            _ => {
+                let addr = connection.addr;
+                self.unflushed.remove(&conn);
+                self.connections.remove(&conn);
+                self.counters.handshakes_failed += 1;
+                self.counters.refused_handshake_error += 1;
+                self.notify(Notification::ConnectionRefused {
+                    addr,
+                    peer: None,
+                    reason: RefuseReason::ConnectionLost(cause),
+                });
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, now: Instant) {
+        let expired_dials: Vec<DialId> = self
+            .dials
+            .iter()
+            .filter(|(_, dial)| dial.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for dial in expired_dials {
+            self.actions.push_back(Action::CancelDial { dial });
+            self.on_dial_failed(dial, "dial timed out".to_string());
+        }
+        let mut handshakes_expired = Vec::new();
+        let mut silent = Vec::new();
+        let mut to_ping = Vec::new();
+        for (&conn, connection) in &self.connections {
+            match &connection.state {
+                ConnectionState::Handshaking { deadline, .. } => {
+                    if *deadline <= now {
+                        handshakes_expired.push(conn);
+                    }
+                }
+                ConnectionState::Established(established) => {
+                    if established.last_received + self.config.peer_silence_timeout <= now {
+                        silent.push(conn);
+                    } else if established.next_ping <= now {
+                        to_ping.push(conn);
+                    }
+                }
+            }
+        }
+        for conn in handshakes_expired {
+            self.counters.refused_timeout += 1;
+            self.refuse(conn, None, RefuseReason::Timeout, None);
+        }
+        for conn in silent {
+            self.counters.peers_silent += 1;
+            self.remove_established(conn, DisconnectReason::Silent);
+        }
+        for conn in to_ping {
+            let ping_interval = self.config.ping_interval;
+            let Some(Connection {
+                state: ConnectionState::Established(established),
+                ..
+            }) = self.connections.get_mut(&conn)
+            else {
+                continue;
+            };
+            let nonce = established.pings_sent;
+            established.pings_sent += 1;
+            established.next_ping = now + ping_interval;
+            self.counters.pings_sent += 1;
+            self.send_message(conn, &Message::Ping { nonce });
+        }
+    }
+
+    fn shut_down(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        info!(
+            "shutting down: saying goodbye to {} peers",
+            self.peers.len()
+        );
+        self.shutting_down = true;
+        let dials: Vec<DialId> = self.dials.keys().copied().collect();
+        for dial in dials {
+            self.dials.remove(&dial);
+            self.actions.push_back(Action::CancelDial { dial });
+        }
+        let conns: Vec<ConnId> = self.connections.keys().copied().collect();
+        for conn in conns {
+            match &self.connections[&conn].state {
+                ConnectionState::Established(established) if established.accepted => {
+                    self.say_goodbye(conn, GoodbyeReason::ClientShutdown)
+                }
+                _ => self.refuse(
+                    conn,
+                    None,
+                    RefuseReason::ShuttingDown,
+                    Some(GoodbyeReason::ClientShutdown),
+                ),
+            }
+        }
+    }
+
+    /// Sends Goodbye(reason) to an accepted peer and forgets it.
+    fn say_goodbye(&mut self, conn: ConnId, reason: GoodbyeReason) {
+        self.send_message(conn, &Message::Goodbye { reason });
+        self.counters.goodbyes_sent += 1;
+        self.remove_established(conn, DisconnectReason::LocalGoodbye(reason));
+    }
+
+    /// Closes an established connection (after flushing) and reports the peer gone.
+    fn remove_established(&mut self, conn: ConnId, reason: DisconnectReason) {
+        self.flush(conn);
+        let Some(connection) = self.connections.remove(&conn) else {
+            return;
+        };
+        self.actions.push_back(Action::Close { conn });
+        if let ConnectionState::Established(established) = connection.state {
+            if established.accepted {
+                self.peers.remove(&established.peer);
+                self.counters.peers_disconnected += 1;
+                self.notify(Notification::PeerDisconnected {
+                    peer: established.peer,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Queues `message` for an established connection; sealed at the next flush.
+    fn send_message(&mut self, conn: ConnId, message: &Message) {
+        let Some(Connection {
+            state: ConnectionState::Established(established),
+            ..
+        }) = self.connections.get_mut(&conn)
+        else {
+            return;
+        };
+        let encoded = message.encode();
+        crate::codec::append_length_prefixed(&mut established.outbound, &encoded);
+        self.counters.messages_sent += 1;
+        self.unflushed.insert(conn);
+    }
+
+    /// Seals a connection's queued plaintext into one `Send`.
+    fn flush(&mut self, conn: ConnId) {
+        if !self.unflushed.remove(&conn) {
+            return;
+        }
+        let Some(Connection {
+            state: ConnectionState::Established(established),
+            ..
+        }) = self.connections.get_mut(&conn)
+        else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(established.outbound.len() + 64);
+        established
+            .transport
+            .seal(&established.outbound, &mut bytes);
+        established.outbound.clear();
+        self.actions.push_back(Action::Send { conn, bytes });
+    }
+
+    fn flush_all(&mut self) {
+        while let Some(&conn) = self.unflushed.first() {
+            self.flush(conn);
+        }
+    }
+
+    fn notify(&mut self, notification: Notification) {
+        self.actions.push_back(Action::Notify(notification));
+    }
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

@@ -1,0 +1,567 @@
+//! Node tests: several nodes wired together in memory, delivering bytes at once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::*;
+use crate::io::{CloseCause, DisconnectReason, GoodbyeReason, Notification, RefuseReason};
+
+/// Nodes joined by perfect in-memory links. Connection ids are global and
+/// paired: (node, conn) on one side maps to (node, conn) on the other.
+struct Net {
+    nodes: Vec<Node>,
+    now: Instant,
+    next_conn: u64,
+    links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
+    notifications: Vec<Vec<Notification>>,
+    /// When set, bytes are delivered in pieces of this size.
+    piece_bytes: Option<usize>,
+    /// Addresses that refuse connections.
+    down: Vec<usize>,
+}
+
+fn addr(index: usize) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, index as u8 + 1], 9000))
+}
+
+fn index_of(address: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = address else {
+        unreachable!()
+    };
+    v4.ip().octets()[3] as usize - 1
+}
+
+impl Net {
+    fn new(configs: Vec<Config>) -> Net {
+        let nodes: Vec<Node> = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, config)| Node::new(config, Identity::from_seed(i as u64), [i as u8; 32]))
+            .collect();
+        let count = nodes.len();
+        Net {
+            nodes,
+            now: Instant::ZERO,
+            next_conn: 0,
+            links: BTreeMap::new(),
+            notifications: vec![Vec::new(); count],
+            piece_bytes: None,
+            down: Vec::new(),
+        }
+    }
+
+    fn with_nodes(count: usize) -> Net {
+        Net::new((0..count).map(|_| Config::new(1)).collect())
+    }
+
+    fn dial(&mut self, from: usize, to: usize, peer: Option<PeerId>) {
+        self.handle(
+            from,
+            Input::Command(Command::Dial {
+                addr: addr(to),
+                peer,
+            }),
+        );
+    }
+
+    fn handle(&mut self, index: usize, input: Input) {
+        self.nodes[index].handle(self.now, input);
+        self.drain();
+    }
+
+    /// Carries out every action until the network is quiet.
+    fn drain(&mut self) {
+        for _ in 0..10_000 {
+            let mut progressed = false;
+            for index in 0..self.nodes.len() {
+                while let Some(action) = self.nodes[index].poll_action() {
+                    progressed = true;
+                    self.apply(index, action);
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+        panic!("network did not go quiet");
+    }
+
+    fn apply(&mut self, index: usize, action: Action) {
+        match action {
+            Action::Dial { dial, addr } => {
+                let target = index_of(addr);
+                if target >= self.nodes.len() || self.down.contains(&target) {
+                    self.nodes[index].handle(
+                        self.now,
+                        Input::DialFailed {
+                            dial,
+                            error: "refused".into(),
+                        },
+                    );
+                    return;
+                }
+                let (ours, theirs) = (ConnId(self.next_conn), ConnId(self.next_conn + 1));
+                self.next_conn += 2;
+                self.links.insert((index, ours), (target, theirs));
+                self.links.insert((target, theirs), (index, ours));
+                self.nodes[target].handle(
+                    self.now,
+                    Input::ConnectionOpened {
+                        conn: theirs,
+                        remote: super::tests::addr(index),
+                        origin: Origin::Accepted,
+                    },
+                );
+                self.nodes[index].handle(
+                    self.now,
+                    Input::ConnectionOpened {
+                        conn: ours,
+                        remote: addr,
+                        origin: Origin::Dialed(dial),
+                    },
+                );
+            }
+            Action::Send { conn, bytes } => {
+                let Some(&(target, theirs)) = self.links.get(&(index, conn)) else {
+                    return;
+                };
+                let piece = self.piece_bytes.unwrap_or(bytes.len()).max(1);
+                for chunk in bytes.chunks(piece) {
+                    self.nodes[target].handle(
+                        self.now,
+                        Input::BytesReceived {
+                            conn: theirs,
+                            bytes: chunk.to_vec(),
+                        },
+                    );
+                }
+            }
+            Action::Close { conn } => {
+                if let Some((target, theirs)) = self.links.remove(&(index, conn)) {
+                    self.links.remove(&(target, theirs));
+                    self.nodes[target].handle(
+                        self.now,
+                        Input::ConnectionClosed {
+                            conn: theirs,
+                            cause: CloseCause::RemoteClosed,
+                        },
+                    );
+                }
+            }
+            Action::CancelDial { .. } => {}
+            Action::Notify(notification) => self.notifications[index].push(notification),
+        }
+    }
+
+    /// Advances time to `until`, firing timers on the way.
+    fn advance_to(&mut self, until: Instant) {
+        loop {
+            let next = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, n)| n.poll_timeout().map(|t| (t, i)))
+                .min();
+            match next {
+                Some((at, index)) if at <= until => {
+                    self.now = self.now.max(at);
+                    self.handle(index, Input::Timeout);
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    /// Sends raw bytes into `index` on a fresh accepted connection and returns its id.
+    fn raw_connection(&mut self, index: usize) -> ConnId {
+        let conn = ConnId(1_000_000 + self.next_conn);
+        self.next_conn += 1;
+        self.handle(
+            index,
+            Input::ConnectionOpened {
+                conn,
+                remote: addr(200),
+                origin: Origin::Accepted,
+            },
+        );
+        conn
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].is_connected(&self.nodes[b].peer_id())
+            && self.nodes[b].is_connected(&self.nodes[a].peer_id())
+    }
+
+    fn refusals(&self, index: usize) -> Vec<RefuseReason> {
+        self.notifications[index]
+            .iter()
+            .filter_map(|n| match n {
+                Notification::ConnectionRefused { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn disconnects(&self, index: usize) -> Vec<DisconnectReason> {
+        self.notifications[index]
+            .iter()
+            .filter_map(|n| match n {
+                Notification::PeerDisconnected { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn two_nodes_connect_and_learn_each_others_identity() {
+    let mut net = Net::with_nodes(2);
+    let expected = net.nodes[1].peer_id();
+    net.dial(0, 1, Some(expected));
+    assert!(net.connected(0, 1));
+    assert_eq!(
+        net.notifications[0],
+        vec![Notification::PeerConnected {
+            peer: expected,
+            addr: addr(1),
+            direction: Direction::Outbound
+        }]
+    );
+    assert_eq!(
+        net.notifications[1],
+        vec![Notification::PeerConnected {
+            peer: net.nodes[0].peer_id(),
+            addr: addr(0),
+            direction: Direction::Inbound
+        }]
+    );
+    assert_eq!(net.nodes[0].counters().handshakes_completed, 1);
+    assert_eq!(net.nodes[1].counters().handshakes_completed, 1);
+}
+
+#[test]
+fn handshake_completes_when_bytes_arrive_one_at_a_time() {
+    let mut net = Net::with_nodes(2);
+    net.piece_bytes = Some(1);
+    net.dial(0, 1, None);
+    assert!(net.connected(0, 1));
+    // Pings also survive one-byte delivery.
+    net.advance_to(Instant::ZERO + Duration::from_secs(31));
+    assert!(net.nodes[0].counters().pongs_received >= 1);
+}
+
+#[test]
+fn keepalive_pings_hold_a_quiet_connection_open() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    net.advance_to(Instant::ZERO + Duration::from_secs(600));
+    assert!(net.connected(0, 1));
+    let pings = net.nodes[0].counters().pings_sent;
+    assert!(
+        (19..=21).contains(&pings),
+        "about one ping per 30 s, got {pings}"
+    );
+    assert_eq!(net.nodes[0].counters().pongs_received, pings);
+}
+
+#[test]
+fn a_silent_peer_is_dropped_after_the_silence_timeout() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    // Cut the link from 1 to 0 without closing: 0 hears nothing more.
+    let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
+    net.links.remove(&(1, conn_at_1));
+    net.advance_to(Instant::ZERO + Duration::from_secs(89));
+    assert!(net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    net.advance_to(Instant::ZERO + Duration::from_secs(91));
+    assert!(!net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    assert_eq!(net.disconnects(0), vec![DisconnectReason::Silent]);
+    assert_eq!(net.nodes[0].counters().peers_silent, 1);
+}
+
+#[test]
+fn a_peer_on_another_network_is_refused_with_goodbye_irrelevant_network() {
+    let mut net = Net::new(vec![Config::new(1), Config::new(2)]);
+    net.dial(0, 1, None);
+    assert!(!net.connected(0, 1));
+    // The dialler learns the network in message 2 and says Goodbye after message 3.
+    assert_eq!(
+        net.refusals(0),
+        vec![RefuseReason::WrongNetwork { ours: 1, theirs: 2 }]
+    );
+    assert_eq!(net.nodes[0].counters().goodbyes_sent, 1);
+    // The listener refuses on message 3 too; it decided before reading the Goodbye.
+    assert_eq!(
+        net.refusals(1),
+        vec![RefuseReason::WrongNetwork { ours: 2, theirs: 1 }]
+    );
+    assert_eq!(net.nodes[1].counters().refused_wrong_network, 1);
+    assert_eq!(net.nodes[0].peer_count() + net.nodes[1].peer_count(), 0);
+}
+
+#[test]
+fn a_dialled_peer_with_another_identity_is_refused() {
+    let mut net = Net::with_nodes(3);
+    let wrong = net.nodes[2].peer_id();
+    net.dial(0, 1, Some(wrong));
+    assert!(!net.connected(0, 1));
+    assert_eq!(
+        net.refusals(0),
+        vec![RefuseReason::UnexpectedPeer { expected: wrong }]
+    );
+    assert_eq!(net.nodes[0].counters().refused_unexpected_peer, 1);
+    // The listener never learnt the dialler's identity: message 3 was not sent.
+    assert!(matches!(
+        net.refusals(1).as_slice(),
+        [RefuseReason::ConnectionLost(_)]
+    ));
+}
+
+#[test]
+fn a_node_refuses_a_connection_to_itself() {
+    let mut net = Net::with_nodes(1);
+    // Dialling our own address with no expected id: the handshake shows the same key.
+    net.dial(0, 0, None);
+    assert_eq!(net.nodes[0].peer_count(), 0);
+    assert!(net.refusals(0).contains(&RefuseReason::SelfConnection));
+    // Dialling our own id is refused before any connection.
+    let own = net.nodes[0].peer_id();
+    net.dial(0, 0, Some(own));
+    assert_eq!(net.nodes[0].counters().dials_started, 1);
+}
+
+#[test]
+fn simultaneous_dials_keep_exactly_one_connection_on_both_sides() {
+    let mut net = Net::with_nodes(2);
+    // Both dial before either handshake finishes: deliver nothing until both dials exist.
+    net.nodes[0].handle(
+        net.now,
+        Input::Command(Command::Dial {
+            addr: addr(1),
+            peer: None,
+        }),
+    );
+    net.nodes[1].handle(
+        net.now,
+        Input::Command(Command::Dial {
+            addr: addr(0),
+            peer: None,
+        }),
+    );
+    net.drain();
+    assert!(net.connected(0, 1));
+    // Exactly one link survives, the same one on both sides.
+    assert_eq!(net.links.len(), 2, "one connection, seen from both ends");
+    let (&(a, conn_a), &(b, conn_b)) = net.links.iter().next().unwrap();
+    assert_eq!(
+        net.nodes[a].peers.get(&net.nodes[b].peer_id()),
+        Some(&conn_a)
+    );
+    assert_eq!(
+        net.nodes[b].peers.get(&net.nodes[a].peer_id()),
+        Some(&conn_b)
+    );
+    // Pings flow on the survivor.
+    net.advance_to(Instant::ZERO + Duration::from_secs(35));
+    assert!(net.connected(0, 1));
+    assert!(net.nodes[0].counters().pongs_received >= 1);
+}
+
+#[test]
+fn a_redial_to_a_connected_peer_replaces_the_old_connection() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    net.dial(0, 1, None);
+    assert!(net.connected(0, 1));
+    assert_eq!(net.links.len(), 2);
+    // The application saw one connection only.
+    assert_eq!(net.notifications[1].len(), 1);
+}
+
+#[test]
+fn garbage_on_one_connection_closes_only_that_one() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let raw = net.raw_connection(1);
+    let actions_before = net.nodes[1].counters().clone();
+    net.nodes[1].handle(
+        net.now,
+        Input::BytesReceived {
+            conn: raw,
+            bytes: vec![0x00, 0x05, 1, 2, 3, 4, 5, 9, 9],
+        },
+    );
+    let mut closed = false;
+    while let Some(action) = net.nodes[1].poll_action() {
+        closed |= action == Action::Close { conn: raw };
+    }
+    assert!(closed);
+    assert_eq!(
+        net.nodes[1].counters().handshakes_failed,
+        actions_before.handshakes_failed + 1
+    );
+    assert!(net.connected(0, 1));
+    net.advance_to(Instant::ZERO + Duration::from_secs(31));
+    assert!(net.connected(0, 1));
+}
+
+#[test]
+fn a_tampered_transport_message_ends_the_connection_with_goodbye_fault() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let conn_at_1 = net.nodes[1].peers[&net.nodes[0].peer_id()];
+    // A well-framed transport message that does not decrypt.
+    let mut forged = vec![0, 20];
+    forged.extend_from_slice(&[0xAB; 20]);
+    net.handle(
+        1,
+        Input::BytesReceived {
+            conn: conn_at_1,
+            bytes: forged,
+        },
+    );
+    assert!(!net.connected(0, 1));
+    assert!(matches!(
+        net.disconnects(1).as_slice(),
+        [DisconnectReason::ProtocolViolation(_)]
+    ));
+    assert_eq!(net.nodes[1].counters().protocol_violations, 1);
+    // Node 0 decrypted our Goodbye(fault) before the close.
+    assert_eq!(
+        net.disconnects(0),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::Fault)]
+    );
+}
+
+#[test]
+fn handshake_timeout_closes_a_connection_that_never_speaks() {
+    let mut net = Net::with_nodes(1);
+    let raw = net.raw_connection(0);
+    assert_eq!(
+        net.nodes[0].poll_timeout(),
+        Some(Instant::ZERO + Duration::from_secs(10))
+    );
+    net.advance_to(Instant::ZERO + Duration::from_secs(10));
+    assert_eq!(net.refusals(0), vec![RefuseReason::Timeout]);
+    assert_eq!(net.nodes[0].counters().refused_timeout, 1);
+    // Late bytes on the closed connection are ignored.
+    net.handle(
+        0,
+        Input::BytesReceived {
+            conn: raw,
+            bytes: vec![1, 2, 3],
+        },
+    );
+    assert_eq!(net.nodes[0].poll_timeout(), None);
+}
+
+#[test]
+fn dial_failures_and_timeouts_are_reported() {
+    let mut net = Net::with_nodes(2);
+    net.down.push(1);
+    net.dial(0, 1, None);
+    assert!(matches!(
+        net.notifications[0].as_slice(),
+        [Notification::DialFailed { .. }]
+    ));
+    // A dial the driver never answers is cancelled after the dial timeout.
+    let mut node = Node::new(Config::new(1), Identity::from_seed(9), [9; 32]);
+    node.handle(
+        Instant::ZERO,
+        Input::Command(Command::Dial {
+            addr: addr(5),
+            peer: None,
+        }),
+    );
+    assert!(matches!(node.poll_action(), Some(Action::Dial { .. })));
+    node.handle(Instant::ZERO + Duration::from_secs(10), Input::Timeout);
+    assert!(matches!(
+        node.poll_action(),
+        Some(Action::CancelDial { .. })
+    ));
+    assert!(matches!(
+        node.poll_action(),
+        Some(Action::Notify(Notification::DialFailed { .. }))
+    ));
+    assert_eq!(node.counters().dials_failed, 1);
+}
+
+#[test]
+fn too_many_peers_are_refused_with_goodbye() {
+    let mut config = Config::new(1);
+    config.peers_max = 2;
+    let mut net = Net::new(vec![config, Config::new(1), Config::new(1), Config::new(1)]);
+    for dialler in 1..4 {
+        net.dial(dialler, 0, None);
+    }
+    assert_eq!(net.nodes[0].peer_count(), 2);
+    assert_eq!(net.refusals(0), vec![RefuseReason::TooManyPeers]);
+    assert_eq!(
+        net.disconnects(3),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::TooManyPeers)]
+    );
+}
+
+#[test]
+fn shutdown_says_goodbye_to_every_peer() {
+    let mut net = Net::with_nodes(3);
+    net.dial(0, 1, None);
+    net.dial(0, 2, None);
+    net.handle(0, Input::Command(Command::Shutdown));
+    assert_eq!(net.nodes[0].peer_count(), 0);
+    for other in [1, 2] {
+        assert_eq!(
+            net.disconnects(other),
+            vec![DisconnectReason::RemoteGoodbye(
+                GoodbyeReason::ClientShutdown
+            )]
+        );
+    }
+    // New connections are refused.
+    net.dial(1, 0, None);
+    assert_eq!(net.nodes[0].peer_count(), 0);
+    assert!(net.refusals(0).contains(&RefuseReason::ShuttingDown));
+}
+
+#[test]
+fn disconnect_command_says_goodbye_with_the_reason() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let peer = net.nodes[1].peer_id();
+    net.handle(
+        0,
+        Input::Command(Command::Disconnect {
+            peer,
+            reason: GoodbyeReason::BadScore,
+        }),
+    );
+    assert_eq!(
+        net.disconnects(0),
+        vec![DisconnectReason::LocalGoodbye(GoodbyeReason::BadScore)]
+    );
+    assert_eq!(
+        net.disconnects(1),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::BadScore)]
+    );
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let run = || {
+        let mut net = Net::with_nodes(2);
+        let mut wire = Vec::new();
+        net.nodes[0].handle(
+            Instant::ZERO,
+            Input::Command(Command::Dial {
+                addr: addr(1),
+                peer: None,
+            }),
+        );
+        while let Some(action) = net.nodes[0].poll_action() {
+            wire.push(action);
+        }
+        wire
+    };
+    assert_eq!(run(), run());
+}
