@@ -8,6 +8,8 @@ pub mod io;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod peer;
+pub mod reqresp;
 pub mod secure;
 pub mod time;
 

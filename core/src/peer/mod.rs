@@ -1,0 +1,1 @@
+//! The peer manager: scores, bans, rate limits, connection gating (being written).

@@ -1,0 +1,1 @@
+//! Request/response protocols (being written).
