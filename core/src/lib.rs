@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod fuzzing;
 pub mod identity;
 pub mod io;
 pub mod limits;
@@ -11,6 +12,7 @@ pub mod node;
 pub mod peer;
 pub mod reqresp;
 pub mod secure;
+pub mod testing;
 pub mod time;
 
 pub use identity::{Identity, PeerId};

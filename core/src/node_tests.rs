@@ -1,217 +1,34 @@
 //! Node tests: several nodes wired together in memory, delivering bytes at once.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
 use super::*;
-use crate::io::{CloseCause, DisconnectReason, GoodbyeReason, Notification, RefuseReason};
+use crate::io::{DisconnectReason, GoodbyeReason, Notification, RefuseReason};
 
-/// Nodes joined by perfect in-memory links. Connection ids are global and
-/// paired: (node, conn) on one side maps to (node, conn) on the other.
-struct Net {
-    nodes: Vec<Node>,
-    now: Instant,
-    next_conn: u64,
-    links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
-    notifications: Vec<Vec<Notification>>,
-    /// When set, bytes are delivered in pieces of this size.
-    piece_bytes: Option<usize>,
-    /// Addresses that refuse connections.
-    down: Vec<usize>,
+use crate::testing::{address_of as addr, MemoryNet as Net};
+
+/// Feeds an input and runs the network until quiet.
+fn run(net: &mut Net, index: usize, input: Input) {
+    net.handle(index, input);
+    net.drain();
 }
 
-fn addr(index: usize) -> SocketAddr {
-    SocketAddr::from(([10, 0, 0, index as u8 + 1], 9000))
+fn refusals(net: &Net, index: usize) -> Vec<RefuseReason> {
+    net.notifications[index]
+        .iter()
+        .filter_map(|n| match n {
+            Notification::ConnectionRefused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
-fn index_of(address: SocketAddr) -> usize {
-    let SocketAddr::V4(v4) = address else {
-        unreachable!()
-    };
-    v4.ip().octets()[3] as usize - 1
-}
-
-impl Net {
-    fn new(configs: Vec<Config>) -> Net {
-        let nodes: Vec<Node> = configs
-            .into_iter()
-            .enumerate()
-            .map(|(i, config)| Node::new(config, Identity::from_seed(i as u64), [i as u8; 32]))
-            .collect();
-        let count = nodes.len();
-        Net {
-            nodes,
-            now: Instant::ZERO,
-            next_conn: 0,
-            links: BTreeMap::new(),
-            notifications: vec![Vec::new(); count],
-            piece_bytes: None,
-            down: Vec::new(),
-        }
-    }
-
-    fn with_nodes(count: usize) -> Net {
-        Net::new((0..count).map(|_| Config::new(1)).collect())
-    }
-
-    fn dial(&mut self, from: usize, to: usize, peer: Option<PeerId>) {
-        self.handle(
-            from,
-            Input::Command(Command::Dial {
-                addr: addr(to),
-                peer,
-            }),
-        );
-    }
-
-    fn handle(&mut self, index: usize, input: Input) {
-        self.nodes[index].handle(self.now, input);
-        self.drain();
-    }
-
-    /// Carries out every action until the network is quiet.
-    fn drain(&mut self) {
-        for _ in 0..10_000 {
-            let mut progressed = false;
-            for index in 0..self.nodes.len() {
-                while let Some(action) = self.nodes[index].poll_action() {
-                    progressed = true;
-                    self.apply(index, action);
-                }
-            }
-            if !progressed {
-                return;
-            }
-        }
-        panic!("network did not go quiet");
-    }
-
-    fn apply(&mut self, index: usize, action: Action) {
-        match action {
-            Action::Dial { dial, addr } => {
-                let target = index_of(addr);
-                if target >= self.nodes.len() || self.down.contains(&target) {
-                    self.nodes[index].handle(
-                        self.now,
-                        Input::DialFailed {
-                            dial,
-                            error: "refused".into(),
-                        },
-                    );
-                    return;
-                }
-                let (ours, theirs) = (ConnId(self.next_conn), ConnId(self.next_conn + 1));
-                self.next_conn += 2;
-                self.links.insert((index, ours), (target, theirs));
-                self.links.insert((target, theirs), (index, ours));
-                self.nodes[target].handle(
-                    self.now,
-                    Input::ConnectionOpened {
-                        conn: theirs,
-                        remote: super::tests::addr(index),
-                        origin: Origin::Accepted,
-                    },
-                );
-                self.nodes[index].handle(
-                    self.now,
-                    Input::ConnectionOpened {
-                        conn: ours,
-                        remote: addr,
-                        origin: Origin::Dialed(dial),
-                    },
-                );
-            }
-            Action::Send { conn, bytes } => {
-                let Some(&(target, theirs)) = self.links.get(&(index, conn)) else {
-                    return;
-                };
-                let piece = self.piece_bytes.unwrap_or(bytes.len()).max(1);
-                for chunk in bytes.chunks(piece) {
-                    self.nodes[target].handle(
-                        self.now,
-                        Input::BytesReceived {
-                            conn: theirs,
-                            bytes: chunk.to_vec(),
-                        },
-                    );
-                }
-            }
-            Action::Close { conn } => {
-                if let Some((target, theirs)) = self.links.remove(&(index, conn)) {
-                    self.links.remove(&(target, theirs));
-                    self.nodes[target].handle(
-                        self.now,
-                        Input::ConnectionClosed {
-                            conn: theirs,
-                            cause: CloseCause::RemoteClosed,
-                        },
-                    );
-                }
-            }
-            Action::CancelDial { .. } => {}
-            Action::Notify(notification) => self.notifications[index].push(notification),
-        }
-    }
-
-    /// Advances time to `until`, firing timers on the way.
-    fn advance_to(&mut self, until: Instant) {
-        loop {
-            let next = self
-                .nodes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, n)| n.poll_timeout().map(|t| (t, i)))
-                .min();
-            match next {
-                Some((at, index)) if at <= until => {
-                    self.now = self.now.max(at);
-                    self.handle(index, Input::Timeout);
-                }
-                _ => break,
-            }
-        }
-        self.now = until;
-    }
-
-    /// Sends raw bytes into `index` on a fresh accepted connection and returns its id.
-    fn raw_connection(&mut self, index: usize) -> ConnId {
-        let conn = ConnId(1_000_000 + self.next_conn);
-        self.next_conn += 1;
-        self.handle(
-            index,
-            Input::ConnectionOpened {
-                conn,
-                remote: addr(200),
-                origin: Origin::Accepted,
-            },
-        );
-        conn
-    }
-
-    fn connected(&self, a: usize, b: usize) -> bool {
-        self.nodes[a].is_connected(&self.nodes[b].peer_id())
-            && self.nodes[b].is_connected(&self.nodes[a].peer_id())
-    }
-
-    fn refusals(&self, index: usize) -> Vec<RefuseReason> {
-        self.notifications[index]
-            .iter()
-            .filter_map(|n| match n {
-                Notification::ConnectionRefused { reason, .. } => Some(reason.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn disconnects(&self, index: usize) -> Vec<DisconnectReason> {
-        self.notifications[index]
-            .iter()
-            .filter_map(|n| match n {
-                Notification::PeerDisconnected { reason, .. } => Some(reason.clone()),
-                _ => None,
-            })
-            .collect()
-    }
+fn disconnects(net: &Net, index: usize) -> Vec<DisconnectReason> {
+    net.notifications[index]
+        .iter()
+        .filter_map(|n| match n {
+            Notification::PeerDisconnected { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -272,11 +89,12 @@ fn a_silent_peer_is_dropped_after_the_silence_timeout() {
     // Cut the link from 1 to 0 without closing: 0 hears nothing more.
     let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
     net.links.remove(&(1, conn_at_1));
+    net.links.retain(|_, remote| remote.0 != 1);
     net.advance_to(Instant::ZERO + Duration::from_secs(89));
     assert!(net.nodes[0].is_connected(&net.nodes[1].peer_id()));
     net.advance_to(Instant::ZERO + Duration::from_secs(91));
     assert!(!net.nodes[0].is_connected(&net.nodes[1].peer_id()));
-    assert_eq!(net.disconnects(0), vec![DisconnectReason::Silent]);
+    assert_eq!(disconnects(&net, 0), vec![DisconnectReason::Silent]);
     assert_eq!(net.nodes[0].counters().peers_silent, 1);
 }
 
@@ -287,13 +105,13 @@ fn a_peer_on_another_network_is_refused_with_goodbye_irrelevant_network() {
     assert!(!net.connected(0, 1));
     // The dialler learns the network in message 2 and says Goodbye after message 3.
     assert_eq!(
-        net.refusals(0),
+        refusals(&net, 0),
         vec![RefuseReason::WrongNetwork { ours: 1, theirs: 2 }]
     );
     assert_eq!(net.nodes[0].counters().goodbyes_sent, 1);
     // The listener refuses on message 3 too; it decided before reading the Goodbye.
     assert_eq!(
-        net.refusals(1),
+        refusals(&net, 1),
         vec![RefuseReason::WrongNetwork { ours: 2, theirs: 1 }]
     );
     assert_eq!(net.nodes[1].counters().refused_wrong_network, 1);
@@ -307,13 +125,13 @@ fn a_dialled_peer_with_another_identity_is_refused() {
     net.dial(0, 1, Some(wrong));
     assert!(!net.connected(0, 1));
     assert_eq!(
-        net.refusals(0),
+        refusals(&net, 0),
         vec![RefuseReason::UnexpectedPeer { expected: wrong }]
     );
     assert_eq!(net.nodes[0].counters().refused_unexpected_peer, 1);
     // The listener never learnt the dialler's identity: message 3 was not sent.
     assert!(matches!(
-        net.refusals(1).as_slice(),
+        refusals(&net, 1).as_slice(),
         [RefuseReason::ConnectionLost(_)]
     ));
 }
@@ -324,7 +142,7 @@ fn a_node_refuses_a_connection_to_itself() {
     // Dialling our own address with no expected id: the handshake shows the same key.
     net.dial(0, 0, None);
     assert_eq!(net.nodes[0].peer_count(), 0);
-    assert!(net.refusals(0).contains(&RefuseReason::SelfConnection));
+    assert!(refusals(&net, 0).contains(&RefuseReason::SelfConnection));
     // Dialling our own id is refused before any connection.
     let own = net.nodes[0].peer_id();
     net.dial(0, 0, Some(own));
@@ -335,20 +153,21 @@ fn a_node_refuses_a_connection_to_itself() {
 fn simultaneous_dials_keep_exactly_one_connection_on_both_sides() {
     let mut net = Net::with_nodes(2);
     // Both dial before either handshake finishes: deliver nothing until both dials exist.
-    net.nodes[0].handle(
-        net.now,
+    net.handle(
+        0,
         Input::Command(Command::Dial {
             addr: addr(1),
             peer: None,
         }),
     );
-    net.nodes[1].handle(
-        net.now,
+    net.handle(
+        1,
         Input::Command(Command::Dial {
             addr: addr(0),
             peer: None,
         }),
     );
+    assert_eq!(net.links.len(), 4, "two connections, seen from both ends");
     net.drain();
     assert!(net.connected(0, 1));
     // Exactly one link survives, the same one on both sides.
@@ -414,7 +233,8 @@ fn a_tampered_transport_message_ends_the_connection_with_goodbye_fault() {
     // A well-framed transport message that does not decrypt.
     let mut forged = vec![0, 20];
     forged.extend_from_slice(&[0xAB; 20]);
-    net.handle(
+    run(
+        &mut net,
         1,
         Input::BytesReceived {
             conn: conn_at_1,
@@ -423,13 +243,13 @@ fn a_tampered_transport_message_ends_the_connection_with_goodbye_fault() {
     );
     assert!(!net.connected(0, 1));
     assert!(matches!(
-        net.disconnects(1).as_slice(),
+        disconnects(&net, 1).as_slice(),
         [DisconnectReason::ProtocolViolation(_)]
     ));
     assert_eq!(net.nodes[1].counters().protocol_violations, 1);
     // Node 0 decrypted our Goodbye(fault) before the close.
     assert_eq!(
-        net.disconnects(0),
+        disconnects(&net, 0),
         vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::Fault)]
     );
 }
@@ -443,10 +263,11 @@ fn handshake_timeout_closes_a_connection_that_never_speaks() {
         Some(Instant::ZERO + Duration::from_secs(10))
     );
     net.advance_to(Instant::ZERO + Duration::from_secs(10));
-    assert_eq!(net.refusals(0), vec![RefuseReason::Timeout]);
+    assert_eq!(refusals(&net, 0), vec![RefuseReason::Timeout]);
     assert_eq!(net.nodes[0].counters().refused_timeout, 1);
     // Late bytes on the closed connection are ignored.
-    net.handle(
+    run(
+        &mut net,
         0,
         Input::BytesReceived {
             conn: raw,
@@ -496,9 +317,9 @@ fn too_many_peers_are_refused_with_goodbye() {
         net.dial(dialler, 0, None);
     }
     assert_eq!(net.nodes[0].peer_count(), 2);
-    assert_eq!(net.refusals(0), vec![RefuseReason::TooManyPeers]);
+    assert_eq!(refusals(&net, 0), vec![RefuseReason::TooManyPeers]);
     assert_eq!(
-        net.disconnects(3),
+        disconnects(&net, 3),
         vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::TooManyPeers)]
     );
 }
@@ -508,11 +329,11 @@ fn shutdown_says_goodbye_to_every_peer() {
     let mut net = Net::with_nodes(3);
     net.dial(0, 1, None);
     net.dial(0, 2, None);
-    net.handle(0, Input::Command(Command::Shutdown));
+    run(&mut net, 0, Input::Command(Command::Shutdown));
     assert_eq!(net.nodes[0].peer_count(), 0);
     for other in [1, 2] {
         assert_eq!(
-            net.disconnects(other),
+            disconnects(&net, other),
             vec![DisconnectReason::RemoteGoodbye(
                 GoodbyeReason::ClientShutdown
             )]
@@ -521,7 +342,7 @@ fn shutdown_says_goodbye_to_every_peer() {
     // New connections are refused.
     net.dial(1, 0, None);
     assert_eq!(net.nodes[0].peer_count(), 0);
-    assert!(net.refusals(0).contains(&RefuseReason::ShuttingDown));
+    assert!(refusals(&net, 0).contains(&RefuseReason::ShuttingDown));
 }
 
 #[test]
@@ -529,7 +350,8 @@ fn disconnect_command_says_goodbye_with_the_reason() {
     let mut net = Net::with_nodes(2);
     net.dial(0, 1, None);
     let peer = net.nodes[1].peer_id();
-    net.handle(
+    run(
+        &mut net,
         0,
         Input::Command(Command::Disconnect {
             peer,
@@ -537,11 +359,11 @@ fn disconnect_command_says_goodbye_with_the_reason() {
         }),
     );
     assert_eq!(
-        net.disconnects(0),
+        disconnects(&net, 0),
         vec![DisconnectReason::LocalGoodbye(GoodbyeReason::BadScore)]
     );
     assert_eq!(
-        net.disconnects(1),
+        disconnects(&net, 1),
         vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::BadScore)]
     );
 }

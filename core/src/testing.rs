@@ -1,0 +1,259 @@
+//! An in-memory network of [`Node`]s, for tests, benchmarks and fuzzing.
+//!
+//! # Design
+//! Nodes are joined by perfect links: no latency, no loss. Everything a node
+//! emits goes into one FIFO of deliveries, so a test can run the network until
+//! it is quiet ([`MemoryNet::drain`]) or step it one delivery at a time and
+//! tamper with what is in flight (the `node_inputs` fuzz target does). Node `i`
+//! has address `10.0.0.(i+1):9000`. This is not the simulator: `meshsync-sim`
+//! models latency, bandwidth and faults; this is the smallest harness that
+//! carries bytes between real nodes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+
+use crate::identity::Identity;
+use crate::io::{Action, CloseCause, Command, ConnId, Input, Notification, Origin};
+use crate::node::{Config, Node};
+use crate::time::{Duration, Instant};
+
+/// Something in flight between two nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Bytes for `conn` at node `to`.
+    Bytes {
+        /// Receiving node.
+        to: usize,
+        /// Its connection id.
+        conn: ConnId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The remote end of `conn` at node `to` closed.
+    Closed {
+        /// Receiving node.
+        to: usize,
+        /// Its connection id.
+        conn: ConnId,
+    },
+}
+
+/// Nodes joined by in-memory links.
+pub struct MemoryNet {
+    /// The nodes, by index.
+    pub nodes: Vec<Node>,
+    /// The current time.
+    pub now: Instant,
+    /// Everything each node notified, in order.
+    pub notifications: Vec<Vec<Notification>>,
+    /// When set, bytes are delivered in pieces of at most this size.
+    pub piece_bytes: Option<usize>,
+    /// Nodes whose address refuses connections.
+    pub down: Vec<usize>,
+    /// Deliveries not yet made, oldest first.
+    pub in_flight: VecDeque<Delivery>,
+    /// (node, conn) to (remote node, remote conn), for open connections.
+    pub links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
+    next_conn: u64,
+}
+
+/// The address of node `index`.
+pub fn address_of(index: usize) -> SocketAddr {
+    let index = u8::try_from(index + 1).expect("at most 254 nodes in a MemoryNet");
+    SocketAddr::from(([10, 0, 0, index], 9000))
+}
+
+fn index_of(address: SocketAddr) -> Option<usize> {
+    match address {
+        SocketAddr::V4(v4) if v4.port() == 9000 => (v4.ip().octets()[3] as usize).checked_sub(1),
+        _ => None,
+    }
+}
+
+impl MemoryNet {
+    /// Nodes with these configs; node `i` has `Identity::from_seed(i)` and seed `[i; 32]`.
+    pub fn new(configs: Vec<Config>) -> MemoryNet {
+        let nodes: Vec<Node> = configs
+            .into_iter()
+            .enumerate()
+            .map(|(i, config)| Node::new(config, Identity::from_seed(i as u64), [i as u8; 32]))
+            .collect();
+        let count = nodes.len();
+        MemoryNet {
+            nodes,
+            now: Instant::ZERO,
+            notifications: vec![Vec::new(); count],
+            piece_bytes: None,
+            down: Vec::new(),
+            in_flight: VecDeque::new(),
+            links: BTreeMap::new(),
+            next_conn: 0,
+        }
+    }
+
+    /// `count` nodes with default configs on network 1.
+    pub fn with_nodes(count: usize) -> MemoryNet {
+        MemoryNet::new((0..count).map(|_| Config::new(1)).collect())
+    }
+
+    /// Node `from` dials node `to`, expecting `peer` if given; runs until quiet.
+    pub fn dial(&mut self, from: usize, to: usize, peer: Option<crate::identity::PeerId>) {
+        let addr = address_of(to);
+        self.handle(from, Input::Command(Command::Dial { addr, peer }));
+        self.drain();
+    }
+
+    /// Feeds `input` to node `index` and collects its actions (without delivering them).
+    pub fn handle(&mut self, index: usize, input: Input) {
+        self.nodes[index].handle(self.now, input);
+        self.collect(index);
+    }
+
+    /// Carries out deliveries until nothing is in flight. Panics after
+    /// `DELIVERIES_MAX` steps: a network that never goes quiet is a bug.
+    pub fn drain(&mut self) {
+        const DELIVERIES_MAX: usize = 1_000_000;
+        for _ in 0..DELIVERIES_MAX {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("network did not go quiet after {DELIVERIES_MAX} deliveries");
+    }
+
+    /// Makes the oldest delivery; false if nothing was in flight.
+    pub fn step(&mut self) -> bool {
+        let Some(delivery) = self.in_flight.pop_front() else {
+            return false;
+        };
+        match delivery {
+            Delivery::Bytes { to, conn, bytes } => {
+                if self.links.contains_key(&(to, conn)) {
+                    let piece = self.piece_bytes.unwrap_or(bytes.len()).max(1);
+                    for chunk in bytes.chunks(piece) {
+                        self.handle(
+                            to,
+                            Input::BytesReceived {
+                                conn,
+                                bytes: chunk.to_vec(),
+                            },
+                        );
+                    }
+                }
+            }
+            Delivery::Closed { to, conn } => {
+                if self.links.remove(&(to, conn)).is_some() {
+                    let cause = CloseCause::RemoteClosed;
+                    self.handle(to, Input::ConnectionClosed { conn, cause });
+                }
+            }
+        }
+        true
+    }
+
+    /// Advances time to `until`, firing every node's timers on the way and
+    /// delivering what they send.
+    pub fn advance_to(&mut self, until: Instant) {
+        loop {
+            self.drain();
+            let next = (0..self.nodes.len())
+                .filter_map(|i| self.nodes[i].poll_timeout().map(|at| (at, i)))
+                .min();
+            match next {
+                Some((at, index)) if at <= until => {
+                    self.now = self.now.max(at);
+                    self.handle(index, Input::Timeout);
+                }
+                _ => break,
+            }
+        }
+        self.now = self.now.max(until);
+    }
+
+    /// Advances time by `duration`; see [`MemoryNet::advance_to`].
+    pub fn advance(&mut self, duration: Duration) {
+        self.advance_to(self.now + duration);
+    }
+
+    /// Opens an inbound connection at node `index` from an address that is
+    /// no node, for a test to write raw bytes into.
+    pub fn raw_connection(&mut self, index: usize) -> ConnId {
+        let conn = self.fresh_conn();
+        let remote = SocketAddr::from(([192, 0, 2, 1], 40_000));
+        self.handle(
+            index,
+            Input::ConnectionOpened {
+                conn,
+                remote,
+                origin: Origin::Accepted,
+            },
+        );
+        conn
+    }
+
+    /// Whether nodes `a` and `b` both count each other as peers.
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].is_connected(&self.nodes[b].peer_id())
+            && self.nodes[b].is_connected(&self.nodes[a].peer_id())
+    }
+
+    fn fresh_conn(&mut self) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        conn
+    }
+
+    fn collect(&mut self, index: usize) {
+        while let Some(action) = self.nodes[index].poll_action() {
+            match action {
+                Action::Dial { dial, addr } => {
+                    let target =
+                        index_of(addr).filter(|t| *t < self.nodes.len() && !self.down.contains(t));
+                    let Some(target) = target else {
+                        let error = "connection refused".to_string();
+                        self.nodes[index].handle(self.now, Input::DialFailed { dial, error });
+                        continue;
+                    };
+                    let (ours, theirs) = (self.fresh_conn(), self.fresh_conn());
+                    self.links.insert((index, ours), (target, theirs));
+                    self.links.insert((target, theirs), (index, ours));
+                    let remote = address_of(index);
+                    self.handle(
+                        target,
+                        Input::ConnectionOpened {
+                            conn: theirs,
+                            remote,
+                            origin: Origin::Accepted,
+                        },
+                    );
+                    let origin = Origin::Dialed(dial);
+                    self.nodes[index].handle(
+                        self.now,
+                        Input::ConnectionOpened {
+                            conn: ours,
+                            remote: addr,
+                            origin,
+                        },
+                    );
+                }
+                Action::Send { conn, bytes } => {
+                    if let Some(&(to, theirs)) = self.links.get(&(index, conn)) {
+                        self.in_flight.push_back(Delivery::Bytes {
+                            to,
+                            conn: theirs,
+                            bytes,
+                        });
+                    }
+                }
+                Action::Close { conn } => {
+                    if let Some((to, theirs)) = self.links.remove(&(index, conn)) {
+                        self.in_flight
+                            .push_back(Delivery::Closed { to, conn: theirs });
+                    }
+                }
+                Action::CancelDial { .. } => {}
+                Action::Notify(notification) => self.notifications[index].push(notification),
+            }
+        }
+    }
+}

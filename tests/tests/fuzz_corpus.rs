@@ -1,0 +1,37 @@
+//! Replays every file of the fuzz corpora (`fuzz/corpus/TARGET/*`) through the
+//! same functions the fuzz targets call, so a crash once found and added to a
+//! corpus stays fixed on the stable toolchain.
+
+use std::path::PathBuf;
+
+fn replay(target: &str, run: fn(&[u8])) {
+    let directory = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
+        .unwrap_or_else(|error| panic!("corpus {}: {error}", directory.display()))
+        .map(|entry| entry.expect("readable corpus entry").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "corpus {target} is empty");
+    for file in &files {
+        let data = std::fs::read(file).expect("readable corpus file");
+        run(&data);
+    }
+    eprintln!("{target}: replayed {} inputs", files.len());
+}
+
+#[test]
+fn frame_decode_corpus() {
+    replay("frame_decode", meshsync_core::fuzzing::frame_decode);
+}
+
+#[test]
+fn handshake_responder_corpus() {
+    replay("handshake_responder", meshsync_core::fuzzing::handshake_responder);
+}
+
+#[test]
+fn node_inputs_corpus() {
+    replay("node_inputs", meshsync_core::fuzzing::node_inputs);
+}
