@@ -1,4 +1,28 @@
-//! meshsync-core (being written).
+//! # meshsync-core: the protocol, without IO
+//!
+//! A pure state machine. It takes [`Input`]s (bytes in, connection opened or
+//! closed, timer fired, commands) at an instant the driver supplies, and emits
+//! [`Action`]s (bytes out, dial, close, notify). It never reads a clock,
+//! spawns a thread, touches a socket or file, or draws OS entropy: all its
+//! randomness comes from the seed given to [`Node::new`]. Two drivers run it:
+//! `meshsync-mio` (TCP, production) and `meshsync-sim` (virtual time, tests).
+//!
+//! ```text
+//!  socket bytes ──► driver ──► Node::handle(now, Input::BytesReceived)
+//!                                  │
+//!                                  ├─ conn: NoiseFrameDecoder ─► Handshake / Transport::open
+//!                                  ├─ MessageReassembler ─► Message::decode
+//!                                  └─ peers, keepalive, goodbyes
+//!                                  ▼
+//!  socket bytes ◄── driver ◄── Node::poll_action() -> Action::Send / Dial / Close / Notify
+//!                  driver ◄── Node::poll_timeout() -> next Input::Timeout
+//! ```
+//!
+//! The run-loop contract is on [`Node`]. Modules: [`io`] (the boundary
+//! enums), [`node`] (the top-level state machine), [`secure`] (Noise XX with
+//! Ed25519 identities), [`codec`] (framing and messages), [`identity`],
+//! [`time`], [`limits`] (every bound, named with its unit), [`metrics`],
+//! [`testing`] (an in-memory network) and [`fuzzing`] (fuzz entry points).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
