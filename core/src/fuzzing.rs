@@ -120,7 +120,8 @@ impl Script<'_> {
 /// Nodes on an in-memory network driven by a script of arbitrary operations:
 /// dials, deliveries, tampering, drops, replays, raw bytes, closes, time,
 /// disconnects and shutdowns. Afterwards the nodes must still be consistent.
-pub fn node_inputs(data: &[u8]) {
+/// Returns the handshakes completed, so tests can see how deep a script went.
+pub fn node_inputs(data: &[u8]) -> u64 {
     const NODES: usize = 3;
     let mut net = MemoryNet::with_nodes(NODES);
     let mut script = Script { data };
@@ -210,6 +211,10 @@ pub fn node_inputs(data: &[u8]) {
     }
     net.drain();
     check_consistency(&net);
+    net.nodes
+        .iter()
+        .map(|node| node.counters().handshakes_completed)
+        .sum()
 }
 
 fn check_consistency(net: &MemoryNet) {
@@ -243,5 +248,13 @@ mod tests {
                 node_inputs(&data);
             }
         }
+    }
+
+    #[test]
+    fn node_inputs_scripts_reach_established_peers() {
+        // Node 0 dials node 1 (argument 3), then the network drains.
+        assert_eq!(node_inputs(&[0, 3, 11, 0]), 2);
+        // The same dial with its first delivery dropped never completes.
+        assert_eq!(node_inputs(&[0, 3, 4, 0, 11, 0]), 0);
     }
 }

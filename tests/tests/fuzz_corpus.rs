@@ -28,10 +28,15 @@ fn frame_decode_corpus() {
 
 #[test]
 fn handshake_responder_corpus() {
-    replay("handshake_responder", meshsync_core::fuzzing::handshake_responder);
+    replay(
+        "handshake_responder",
+        meshsync_core::fuzzing::handshake_responder,
+    );
 }
 
 #[test]
 fn node_inputs_corpus() {
-    replay("node_inputs", meshsync_core::fuzzing::node_inputs);
+    replay("node_inputs", |data| {
+        meshsync_core::fuzzing::node_inputs(data);
+    });
 }
