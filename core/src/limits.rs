@@ -15,8 +15,12 @@ pub const NOISE_TAG_BYTES: usize = 16;
 pub const NOISE_PLAINTEXT_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX - NOISE_TAG_BYTES;
 /// Largest logical message (a frame's declared length). 10 MiB as the Ethereum p2p spec's `MAX_PAYLOAD_SIZE`.
 pub const MESSAGE_BYTES_MAX: usize = 10 * 1024 * 1024;
-/// Largest handshake payload we accept (identity + signature + hello is about 120 bytes).
+/// Largest handshake payload we accept (identity + signature + hello is 116 bytes).
 pub const HANDSHAKE_PAYLOAD_BYTES_MAX: usize = 1_024;
+/// Largest handshake message: the payload plus Noise's ephemeral key, encrypted
+/// static key and two tags (96 bytes). A longer declared length is refused as
+/// soon as its prefix arrives, so a handshake never buffers more than this.
+pub const HANDSHAKE_MESSAGE_BYTES_MAX: usize = HANDSHAKE_PAYLOAD_BYTES_MAX + 96;
 
 /// Established peers we keep; a further one gets Goodbye(too many peers).
 pub const PEERS_MAX: usize = 50;

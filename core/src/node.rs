@@ -441,6 +441,7 @@ impl Node {
     fn on_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         let keys = &self.keys;
         let hello = &self.hello;
+        let ping_interval = self.config.ping_interval;
         let Some(connection) = self.connections.get_mut(&conn) else {
             return; // Closed by us already; late bytes are dropped.
         };
@@ -462,7 +463,7 @@ impl Node {
                                 messages: MessageReassembler::new(),
                                 outbound: Vec::new(),
                                 last_received: now,
-                                next_ping: now + limits::PING_INTERVAL,
+                                next_ping: now + ping_interval,
                                 pings_sent: 0,
                             }));
                             received.push(Received::HandshakeDone(remote));

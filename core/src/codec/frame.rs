@@ -1,7 +1,9 @@
 //! Incremental decoders for the two length-prefixed layers.
 
 use super::{DecodeError, MESSAGE_LENGTH_PREFIX_BYTES, NOISE_LENGTH_PREFIX_BYTES};
-use crate::limits::{MESSAGE_BYTES_MAX, NOISE_TAG_BYTES};
+use crate::limits::{
+    HANDSHAKE_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX, NOISE_MESSAGE_BYTES_MAX, NOISE_TAG_BYTES,
+};
 
 /// Splits the wire byte stream into Noise messages (`u16` big-endian length, then that many bytes).
 ///
@@ -13,6 +15,9 @@ pub struct NoiseFrameDecoder {
     /// Smallest acceptable message: 1 during the handshake (message 1 is an
     /// ephemeral key), the AEAD tag length once in transport mode.
     minimum_bytes: usize,
+    /// Largest acceptable message: a handshake message during the handshake,
+    /// any Noise message once in transport mode.
+    maximum_bytes: usize,
 }
 
 impl NoiseFrameDecoder {
@@ -21,12 +26,14 @@ impl NoiseFrameDecoder {
         NoiseFrameDecoder {
             partial: Vec::new(),
             minimum_bytes: 1,
+            maximum_bytes: HANDSHAKE_MESSAGE_BYTES_MAX,
         }
     }
 
     /// From now on refuse messages shorter than an AEAD tag.
     pub fn enter_transport_mode(&mut self) {
         self.minimum_bytes = NOISE_TAG_BYTES;
+        self.maximum_bytes = NOISE_MESSAGE_BYTES_MAX;
     }
 
     /// Bytes held for an incomplete message.
@@ -86,6 +93,9 @@ impl NoiseFrameDecoder {
         let length = usize::from(u16::from_be_bytes([prefix[0], prefix[1]]));
         if length < self.minimum_bytes {
             return Err(DecodeError::NoiseMessageTooShort { length });
+        }
+        if length > self.maximum_bytes {
+            return Err(DecodeError::NoiseMessageTooLong { length });
         }
         Ok(length)
     }
@@ -201,6 +211,7 @@ mod tests {
 
     fn decode_in_pieces(wire: &[u8], pieces: &[usize]) -> Result<Vec<Vec<u8>>, DecodeError> {
         let mut decoder = NoiseFrameDecoder::new();
+        decoder.enter_transport_mode();
         let mut out = Vec::new();
         let mut rest = wire;
         for &piece in pieces.iter().chain(std::iter::once(&usize::MAX)) {
@@ -218,8 +229,26 @@ mod tests {
     }
 
     #[test]
+    fn handshake_mode_refuses_a_long_declared_length_from_its_prefix() {
+        let mut decoder = NoiseFrameDecoder::new();
+        let result = decoder.decode(&[0xff, 0xff, 1], |_| Ok::<(), DecodeError>(()));
+        assert_eq!(
+            result,
+            Err(DecodeError::NoiseMessageTooLong { length: 65_535 })
+        );
+        let mut decoder = NoiseFrameDecoder::new();
+        let result = decoder.decode(&[0xff], |_| Ok::<(), DecodeError>(()));
+        assert_eq!(result, Ok(()));
+        let result = decoder.decode(&[0xff], |_| Ok::<(), DecodeError>(()));
+        assert_eq!(
+            result,
+            Err(DecodeError::NoiseMessageTooLong { length: 65_535 })
+        );
+    }
+
+    #[test]
     fn noise_frames_survive_any_split() {
-        let messages: Vec<Vec<u8>> = vec![vec![1; 1], vec![2; 300], vec![3; 65_535], vec![4; 17]];
+        let messages: Vec<Vec<u8>> = vec![vec![1; 16], vec![2; 300], vec![3; 65_535], vec![4; 17]];
         let wire = noise_frames(&messages);
         // One byte at a time.
         assert_eq!(
@@ -252,6 +281,7 @@ mod tests {
     #[test]
     fn noise_decoder_buffers_at_most_one_message() {
         let mut decoder = NoiseFrameDecoder::new();
+        decoder.enter_transport_mode();
         let wire = noise_frames(&[vec![7; 65_535], vec![8; 65_535]]);
         let mut count = 0;
         for chunk in wire.chunks(1000) {

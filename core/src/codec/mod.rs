@@ -46,6 +46,11 @@ pub enum DecodeError {
         /// The declared length.
         length: usize,
     },
+    /// A Noise message declared a length above the limit of the current phase.
+    NoiseMessageTooLong {
+        /// The declared length.
+        length: usize,
+    },
     /// A logical message declared a length above [`MESSAGE_BYTES_MAX`] (or zero).
     MessageLength {
         /// The declared length.
@@ -67,6 +72,12 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::NoiseMessageTooShort { length } => {
                 write!(f, "noise message of {length} bytes is too short")
+            }
+            DecodeError::NoiseMessageTooLong { length } => {
+                write!(
+                    f,
+                    "noise message of {length} bytes is too long for this phase"
+                )
             }
             DecodeError::MessageLength { length } => write!(
                 f,

@@ -7,7 +7,7 @@ use super::transport::Transport;
 use super::{SecureError, IDENTITY_SIGNATURE_DOMAIN, NOISE_PARAMS};
 use crate::codec::NOISE_LENGTH_PREFIX_BYTES;
 use crate::identity::{Identity, PeerId};
-use crate::limits::HANDSHAKE_PAYLOAD_BYTES_MAX;
+use crate::limits::{HANDSHAKE_MESSAGE_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX};
 
 /// Bytes of a handshake payload: hello (20) + Ed25519 key (32) + signature (64).
 pub const HANDSHAKE_PAYLOAD_BYTES: usize = HELLO_BYTES + 32 + 64;
@@ -15,9 +15,9 @@ pub const HANDSHAKE_PAYLOAD_BYTES: usize = HELLO_BYTES + 32 + 64;
 pub const HELLO_BYTES: usize = 2 + 8 + 2 + 8;
 /// Noise overhead of the largest handshake message: ephemeral key, encrypted static key and two tags.
 const HANDSHAKE_NOISE_OVERHEAD_BYTES: usize = 32 + 32 + 16 + 16;
-/// Longest handshake message we read; anything longer is refused unread.
-const HANDSHAKE_MESSAGE_BYTES_MAX: usize =
-    HANDSHAKE_PAYLOAD_BYTES_MAX + HANDSHAKE_NOISE_OVERHEAD_BYTES;
+const _: () = assert!(
+    HANDSHAKE_MESSAGE_BYTES_MAX == HANDSHAKE_PAYLOAD_BYTES_MAX + HANDSHAKE_NOISE_OVERHEAD_BYTES
+);
 
 const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES <= HANDSHAKE_PAYLOAD_BYTES_MAX);
 

@@ -91,7 +91,9 @@ fn handshake_proves_both_identities_and_carries_hellos() {
     let mut wire = Vec::new();
     a_transport.seal(&big, &mut wire);
     let mut plain = Vec::new();
-    NoiseFrameDecoder::new()
+    let mut frames = NoiseFrameDecoder::new();
+    frames.enter_transport_mode();
+    frames
         .decode(&wire, |message| {
             b_transport
                 .open(message, &mut plain)
