@@ -1,1 +1,48 @@
-//! meshsync-mio (being written).
+//! meshsync-mio: the production driver of the meshsync core.
+//!
+//! ```text
+//!   socket bytes ──► Driver (mio poll loop) ──► Node::handle(now, Input)
+//!                        ▲                           │
+//!                        │                           ▼
+//!   socket writes ◄── write queues ◄── execute ◄── Node::poll_action() until None
+//!                                                    │
+//!   poll timeout  ◄──────────────────────────── Node::poll_timeout()
+//! ```
+//!
+//! # Design
+//! The core is a pure state machine; this crate gives it real sockets, a real
+//! clock and OS entropy. One [`Driver`] runs one node on one thread (one
+//! `mio::Poll`). Applications and tests talk to it through a
+//! [`DriverHandle`] (commands, queries, stop) and hear from it through
+//! [`Driver::subscribe`] (notifications). The `meshsync` binary (`main.rs`)
+//! is a thin clap front end over [`keyfile`], [`devnet`] and [`mod@bench`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod address;
+pub mod bench;
+pub mod devnet;
+pub mod driver;
+pub mod keyfile;
+pub mod send_queue;
+
+pub use address::{PeerAddress, PeerAddressError};
+pub use crossbeam_channel;
+pub use driver::{Driver, DriverHandle, HandleError, RunningDriver};
+pub use keyfile::{read_key_file, write_key_file, KeyFileIoError};
+
+use meshsync_core::Identity;
+use rand_core::{OsRng, RngCore};
+
+/// 32 bytes of OS entropy: the seed of a production node's randomness.
+pub fn os_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    seed
+}
+
+/// A fresh identity from OS entropy.
+pub fn generate_identity() -> Identity {
+    Identity::generate(&mut OsRng)
+}

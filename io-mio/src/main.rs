@@ -1,1 +1,163 @@
-fn main() {}
+//! The `meshsync` binary: key generation, a node, a local devnet, benchmarks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use meshsync_core::Config;
+use meshsync_mio::{bench, devnet, keyfile, Driver, PeerAddress};
+
+/// meshsync: a peer-to-peer block sync engine.
+#[derive(Parser, Debug)]
+#[command(name = "meshsync", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CliCommand {
+    /// Create a new identity and write its secret key to a file (mode 0600).
+    Keygen {
+        /// Where to write the key file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run one node until SIGINT or SIGTERM.
+    Node {
+        /// Address to listen on, e.g. 0.0.0.0:9000.
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// The node's key file (from `meshsync keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// A peer to dial at start, optionally with the identity it must prove. Repeatable.
+        #[arg(long = "peer", value_name = "ADDR[@PEERID]")]
+        peers: Vec<PeerAddress>,
+        /// Network id; peers on another network are refused.
+        #[arg(long = "network", value_name = "ID", default_value_t = 1)]
+        network_id: u64,
+    },
+    /// Run N connected nodes on 127.0.0.1 in this process.
+    Devnet {
+        /// Number of nodes.
+        #[arg(long, value_name = "N")]
+        nodes: usize,
+        /// Node i listens on P+i; 0 picks free ports.
+        #[arg(long, value_name = "P", default_value_t = 0)]
+        base_port: u16,
+        /// Network id of every node.
+        #[arg(long = "network", value_name = "ID", default_value_t = 1)]
+        network_id: u64,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long, value_name = "S")]
+        seconds: Option<u64>,
+    },
+    /// Measure the driver against the core's limit.
+    Bench {
+        #[command(subcommand)]
+        bench: BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Handshakes per second: two nodes in memory, then over loopback TCP.
+    Handshakes {
+        /// Handshakes in each measurement.
+        #[arg(long, default_value_t = 1_000)]
+        count: u64,
+        /// Dialling nodes working at once in the TCP measurement.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A benchmark would otherwise log two lines per handshake and measure the logger.
+    let default_level = match cli.command {
+        CliCommand::Bench { .. } => "warn",
+        _ => "info",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        CliCommand::Keygen { out, force } => keygen(&out, force),
+        CliCommand::Node {
+            listen,
+            key,
+            peers,
+            network_id,
+        } => node(listen, &key, &peers, network_id),
+        CliCommand::Devnet {
+            nodes,
+            base_port,
+            network_id,
+            seconds,
+        } => devnet::run(&devnet::DevnetOptions {
+            nodes,
+            base_port,
+            network_id,
+            run_for: seconds.map(Duration::from_secs),
+        })
+        .map_err(|error| format!("devnet: {error}")),
+        CliCommand::Bench {
+            bench: BenchCommand::Handshakes { count, parallel },
+        } => {
+            if count == 0 || parallel == 0 {
+                return Err("--count and --parallel must be at least 1".to_string());
+            }
+            let report = bench::handshakes(count, parallel).map_err(|error| error.to_string())?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}
+
+fn keygen(out: &Path, force: bool) -> Result<(), String> {
+    let identity = meshsync_mio::generate_identity();
+    keyfile::write_key_file(out, &identity, force).map_err(|error| error.to_string())?;
+    println!("{}", identity.peer_id());
+    Ok(())
+}
+
+fn node(
+    listen: SocketAddr,
+    key: &Path,
+    peers: &[PeerAddress],
+    network_id: u64,
+) -> Result<(), String> {
+    let identity = keyfile::read_key_file(key).map_err(|error| error.to_string())?;
+    let mut driver = Driver::bind(
+        listen,
+        Config::new(network_id),
+        identity,
+        meshsync_mio::os_seed(),
+    )
+    .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    driver
+        .catch_signals()
+        .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+    for peer in peers {
+        driver.command(peer.dial_command());
+    }
+    driver
+        .run()
+        .map_err(|error| format!("poll loop failed: {error}"))
+}

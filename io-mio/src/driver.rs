@@ -1,0 +1,1233 @@
+//! The mio poll loop that runs one [`Node`].
+//!
+//! # Design
+//! One [`Driver`] is one node: one `mio::Poll`, one listening socket, the
+//! node's connections, and one thread when it runs. Every turn of the loop
+//! polls for readiness with the timeout the core asked for
+//! ([`Node::poll_timeout`]), turns what happened into [`Input`]s, and after
+//! every [`Node::handle`] drains [`Node::poll_action`] until `None`: that is
+//! the core's run-loop contract. Inputs the driver itself produces while
+//! executing actions (a dial that fails at once, a connection dropped for a
+//! full send buffer) go to a small queue that is drained in the same turn, so
+//! `handle` is never re-entered.
+//!
+//! Writes are deferred to the end of a turn: every `Action::Send` of the turn
+//! is queued first, then each touched connection is written once, with its
+//! chunks coalesced into one `writev`. Reads go into one reusable
+//! [`READ_BUFFER_BYTES`] buffer and are handed over in as few inputs as
+//! possible. A connection that keeps delivering is read at most
+//! [`READ_BYTES_PER_TURN_MAX`] per turn, so one fast peer cannot starve the others.
+//!
+//! Time: `meshsync_core::Instant` is microseconds since the driver was created.
+//!
+//! Other threads talk to a running driver through a [`DriverHandle`]: commands,
+//! stop, and queries of the node's state, over a channel plus a `mio::Waker`.
+//! Notifications reach the application through [`Driver::subscribe`].
+//!
+//! # Security
+//! Provided: every per-connection resource is bounded (sockets by
+//! [`CONNECTIONS_MAX`], outbound bytes by `PENDING_SEND_BYTES_MAX`, inbound
+//! bytes by the core's decoders, time by the core's timers and
+//! [`CLOSE_LINGER`]); one connection cannot monopolise the loop
+//! ([`READ_BYTES_PER_TURN_MAX`]). Not provided: limits per remote IP address
+//! on accept, or on the rate of new connections (the kernel backlog is the only
+//! queue).
+//!
+//! # Limits
+//! - Sockets held: [`CONNECTIONS_MAX`].
+//! - Outbound bytes queued per connection: [`PENDING_SEND_BYTES_MAX`]; past it
+//!   the connection is dropped and reported as `CloseCause::SendBufferFull`.
+//! - A connection the core closed lingers at most [`CLOSE_LINGER`] to flush.
+//! - A graceful shutdown flushes for at most [`SHUTDOWN_FLUSH_TIMEOUT`].
+//! - Notifications waiting for a subscriber: [`NOTIFICATIONS_QUEUED_MAX`];
+//!   past it they are dropped for that subscriber (and a warning is logged).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant as StdInstant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use meshsync_core::io::{CloseCause, Notification};
+use meshsync_core::limits::{self, PENDING_SEND_BYTES_MAX};
+use meshsync_core::{
+    Action, Command, Config, ConnId, DialId, Identity, Input, Instant, Node, Origin, PeerId,
+};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook_mio::v1_0::Signals;
+
+/// The one read buffer of a driver: big enough that a burst of frames is
+/// decoded from one read (design.md §7: small reads are expensive).
+pub const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// Bytes read from one connection in one turn before the others get a go.
+pub const READ_BYTES_PER_TURN_MAX: usize = 4 * READ_BUFFER_BYTES;
+/// How long a connection the core closed may take to flush its queue and see
+/// the remote close, before it is dropped.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long a graceful shutdown waits for queues to drain.
+pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Notifications queued per subscriber before further ones are dropped.
+pub const NOTIFICATIONS_QUEUED_MAX: usize = 65_536;
+/// Commands and queries queued for a driver before [`DriverHandle`] calls block.
+pub const CONTROL_QUEUED_MAX: usize = 1_024;
+/// Sockets a driver holds at once (dialling, open or closing). Past it new
+/// inbound connections are closed on accept, before the core sees them: the
+/// core refuses past its own caps anyway, and each refused socket would
+/// otherwise linger for [`CLOSE_LINGER`].
+pub const CONNECTIONS_MAX: usize = 1_024;
+const _: () = assert!(
+    limits::PEERS_MAX + limits::HANDSHAKES_IN_PROGRESS_MAX + limits::DIALS_IN_PROGRESS_MAX
+        < CONNECTIONS_MAX
+);
+/// Readiness events taken from the kernel per poll.
+const EVENTS_PER_POLL_MAX: usize = 1_024;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// Connection ids, and their tokens, start here; they are never reused.
+const FIRST_CONN_ID: u64 = 16;
+
+/// A query run on the driver's thread with the driver at rest.
+type Query = Box<dyn FnOnce(&Driver) + Send>;
+
+/// What other threads send to a running driver.
+enum Control {
+    Command(Command),
+    Stop,
+    Query(Query),
+}
+
+/// The phase of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Our non-blocking connect for this dial is in progress.
+    Dialing(DialId),
+    /// Reported to the core with `Input::ConnectionOpened`.
+    Open,
+    /// The core closed it: flush the queue, shut down our side, discard what
+    /// arrives until the remote closes or `deadline`. Nothing is reported.
+    Closing {
+        deadline: StdInstant,
+        write_shut: bool,
+    },
+}
+
+struct Connection {
+    stream: TcpStream,
+    remote: SocketAddr,
+    phase: Phase,
+    queue: crate::send_queue::SendQueue,
+    /// Whether WRITABLE interest is registered (only while bytes wait, or while dialling).
+    writable_registered: bool,
+    /// Whether the connection is in `Driver::dirty`, waiting for the end-of-turn write.
+    dirty: bool,
+}
+
+/// Where a driver is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    Running,
+    /// `Command::Shutdown` was given; flushing until every queue is written or `deadline`.
+    ShuttingDown {
+        deadline: StdInstant,
+    },
+    Finished,
+}
+
+/// One node's event loop: a `mio::Poll`, a listener, the node and its connections.
+///
+/// Use it in one of three ways: [`Driver::run`] on the current thread until
+/// stopped; [`Driver::spawn`] onto its own thread and control it through a
+/// [`DriverHandle`]; or step it with [`Driver::turn`] / [`Driver::run_until`]
+/// (tests). Call [`Driver::subscribe`] first to hear its notifications.
+pub struct Driver {
+    poll: Poll,
+    events: Events,
+    /// Readiness copied out of `events`, so handling can borrow `self` mutably.
+    ready: Vec<Readiness>,
+    /// `None` once a shutdown began: new connections are then refused by the kernel.
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    node: Node,
+    peer_id: PeerId,
+    origin: StdInstant,
+    connections: HashMap<u64, Connection>,
+    dials: HashMap<DialId, u64>,
+    next_conn_id: u64,
+    read_buffer: Box<[u8]>,
+    /// Inputs produced while executing actions, fed right after the drain.
+    pending: VecDeque<Input>,
+    /// Whether `feed` is running (the guard that keeps `handle` from nesting).
+    feeding: bool,
+    /// Connections with bytes queued this turn, written at its end.
+    dirty: Vec<u64>,
+    /// Connections that hit `READ_BYTES_PER_TURN_MAX` and may have more to read.
+    read_backlog: Vec<u64>,
+    control_sender: Sender<Control>,
+    control_receiver: Receiver<Control>,
+    waker: Arc<Waker>,
+    signals: Option<Signals>,
+    subscribers: Vec<Subscriber>,
+    state: RunState,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Readiness {
+    token: Token,
+    readable: bool,
+    writable: bool,
+}
+
+struct Subscriber {
+    sender: Sender<Notification>,
+    dropped: u64,
+}
+
+/// Why a [`DriverHandle`] call did not get through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandleError {
+    /// The driver has stopped (or its thread died).
+    Stopped,
+    /// The driver did not answer a query in time.
+    Timeout,
+}
+
+impl fmt::Display for HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandleError::Stopped => write!(f, "the driver has stopped"),
+            HandleError::Timeout => write!(f, "the driver did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for HandleError {}
+
+/// Talks to a driver from another thread. Cheap to clone.
+#[derive(Clone)]
+pub struct DriverHandle {
+    sender: Sender<Control>,
+    waker: Arc<Waker>,
+}
+
+impl DriverHandle {
+    /// Hands `command` to the node (as `Input::Command`).
+    pub fn command(&self, command: Command) -> Result<(), HandleError> {
+        self.send(Control::Command(command))
+    }
+
+    /// Starts a graceful shutdown, like SIGTERM: `Command::Shutdown`, flush
+    /// (at most [`SHUTDOWN_FLUSH_TIMEOUT`]), then [`Driver::run`] returns.
+    pub fn stop(&self) -> Result<(), HandleError> {
+        self.send(Control::Stop)
+    }
+
+    /// Runs `query` on the driver's thread between two turns and returns its
+    /// answer, waiting at most `timeout`.
+    pub fn query<R, F>(&self, query: F, timeout: Duration) -> Result<R, HandleError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Driver) -> R + Send + 'static,
+    {
+        let (sender, receiver) = crossbeam_channel::bounded(1);
+        self.send(Control::Query(Box::new(move |driver: &Driver| {
+            // The asker may have timed out and gone; then nobody needs the answer.
+            let _ = sender.send(query(driver));
+        })))?;
+        receiver.recv_timeout(timeout).map_err(|error| match error {
+            crossbeam_channel::RecvTimeoutError::Timeout => HandleError::Timeout,
+            crossbeam_channel::RecvTimeoutError::Disconnected => HandleError::Stopped,
+        })
+    }
+
+    fn send(&self, control: Control) -> Result<(), HandleError> {
+        self.sender
+            .send(control)
+            .map_err(|_| HandleError::Stopped)?;
+        self.waker.wake().map_err(|_| HandleError::Stopped)
+    }
+}
+
+/// A driver running on its own thread. Dropping it stops the driver and joins the thread.
+pub struct RunningDriver {
+    handle: DriverHandle,
+    local_addr: SocketAddr,
+    peer_id: PeerId,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningDriver {
+    /// A handle to the driver.
+    pub fn handle(&self) -> &DriverHandle {
+        &self.handle
+    }
+
+    /// The address the driver listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Stops the driver gracefully and waits for its thread.
+    pub fn stop(mut self) -> io::Result<()> {
+        // Sending fails only if the driver already stopped; joining tells how.
+        let _ = self.handle.stop();
+        self.join_thread()
+    }
+
+    /// Waits until the driver stops by itself (a signal, or a `stop` from a handle).
+    pub fn join(mut self) -> io::Result<()> {
+        self.join_thread()
+    }
+
+    fn join_thread(&mut self) -> io::Result<()> {
+        match self.thread.take() {
+            None => Ok(()),
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the driver thread panicked"))),
+        }
+    }
+}
+
+impl Drop for RunningDriver {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.handle.stop();
+            let _ = self.join_thread();
+        }
+    }
+}
+
+impl Driver {
+    /// Binds `listen` (port 0 picks a free port) and creates the node. When
+    /// `config.listen_port` is 0 it is set to the bound port, which the node
+    /// then advertises in its Hello. `seed` seeds all of the node's
+    /// randomness; in production take it from [`crate::os_seed`].
+    pub fn bind(
+        listen: SocketAddr,
+        mut config: Config,
+        identity: Identity,
+        seed: [u8; 32],
+    ) -> io::Result<Driver> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        if config.listen_port == 0 {
+            config.listen_port = local_addr.port();
+        }
+        let peer_id = identity.peer_id();
+        let node = Node::new(config, identity, seed);
+        let (control_sender, control_receiver) = crossbeam_channel::bounded(CONTROL_QUEUED_MAX);
+        log::info!("[{peer_id:?}] node {peer_id} listening on {local_addr}");
+        Ok(Driver {
+            poll,
+            events: Events::with_capacity(EVENTS_PER_POLL_MAX),
+            ready: Vec::with_capacity(EVENTS_PER_POLL_MAX),
+            listener: Some(listener),
+            local_addr,
+            node,
+            peer_id,
+            origin: StdInstant::now(),
+            connections: HashMap::new(),
+            dials: HashMap::new(),
+            next_conn_id: FIRST_CONN_ID,
+            read_buffer: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            pending: VecDeque::new(),
+            feeding: false,
+            dirty: Vec::new(),
+            read_backlog: Vec::new(),
+            control_sender,
+            control_receiver,
+            waker,
+            signals: None,
+            subscribers: Vec::new(),
+            state: RunState::Running,
+        })
+    }
+
+    // ---- Getters ----
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's identity.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The node, to read its peers and counters.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Transport connections the driver holds (dialling, open, or closing).
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Whether a shutdown has completed: [`Driver::run`] would return.
+    pub fn is_finished(&self) -> bool {
+        self.state == RunState::Finished
+    }
+
+    /// The core's clock: microseconds since this driver was created.
+    pub fn now(&self) -> Instant {
+        core_instant(self.origin, StdInstant::now())
+    }
+
+    // ---- Set-up ----
+
+    /// A handle for other threads to command, query and stop this driver.
+    pub fn handle(&self) -> DriverHandle {
+        DriverHandle {
+            sender: self.control_sender.clone(),
+            waker: Arc::clone(&self.waker),
+        }
+    }
+
+    /// A channel that receives every notification from now on. At most
+    /// [`NOTIFICATIONS_QUEUED_MAX`] wait unread; further ones are dropped.
+    pub fn subscribe(&mut self) -> Receiver<Notification> {
+        let (sender, receiver) = crossbeam_channel::bounded(NOTIFICATIONS_QUEUED_MAX);
+        self.subscribers.push(Subscriber { sender, dropped: 0 });
+        receiver
+    }
+
+    /// Makes SIGINT and SIGTERM start a graceful shutdown; a second one ends
+    /// the driver at once. Every driver in a process that calls this reacts to
+    /// every such signal.
+    pub fn catch_signals(&mut self) -> io::Result<()> {
+        let mut signals =
+            Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(signals);
+        Ok(())
+    }
+
+    // ---- Mutators ----
+
+    /// Hands `command` to the node at once.
+    pub fn command(&mut self, command: Command) {
+        self.feed(Input::Command(command));
+        self.settle();
+    }
+
+    /// Starts a graceful shutdown: the node says Goodbye and closes every
+    /// connection, the listener closes, and the driver finishes once every
+    /// queue is written and every connection shut down on our side, or after
+    /// [`SHUTDOWN_FLUSH_TIMEOUT`].
+    pub fn shutdown(&mut self) {
+        if self.state != RunState::Running {
+            return;
+        }
+        log::info!("[{:?}] shutting down", self.peer_id);
+        if let Some(mut listener) = self.listener.take() {
+            // The listener is dropped right after; a failed deregistration changes nothing.
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.state = RunState::ShuttingDown {
+            deadline: StdInstant::now() + SHUTDOWN_FLUSH_TIMEOUT,
+        };
+        self.command(Command::Shutdown);
+        self.check_shutdown_done();
+    }
+
+    // ---- Running ----
+
+    /// Runs until a shutdown (from a signal, [`DriverHandle::stop`] or
+    /// [`Driver::shutdown`]) has completed.
+    pub fn run(mut self) -> io::Result<()> {
+        while !self.is_finished() {
+            self.turn(None)?;
+        }
+        log::info!("[{:?}] stopped", self.peer_id);
+        Ok(())
+    }
+
+    /// Runs the driver on a new thread named `name`.
+    pub fn spawn(self, name: &str) -> io::Result<RunningDriver> {
+        let handle = self.handle();
+        let local_addr = self.local_addr;
+        let peer_id = self.peer_id;
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || self.run())?;
+        Ok(RunningDriver {
+            handle,
+            local_addr,
+            peer_id,
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs turns until `predicate` holds (then `Ok(true)`), or `deadline`
+    /// passes or the driver finishes (then `Ok(false)`). The predicate is
+    /// checked before the first turn and after every one.
+    pub fn run_until<P>(&mut self, mut predicate: P, deadline: StdInstant) -> io::Result<bool>
+    where
+        P: FnMut(&Driver) -> bool,
+    {
+        loop {
+            if predicate(self) {
+                return Ok(true);
+            }
+            let now = StdInstant::now();
+            if now >= deadline || self.is_finished() {
+                return Ok(false);
+            }
+            self.turn(Some(deadline - now))?;
+        }
+    }
+
+    /// One turn: wait for readiness (at most until the core's timer, and at
+    /// most `wait_max`), handle it, fire the timer if due, write what was queued.
+    pub fn turn(&mut self, wait_max: Option<Duration>) -> io::Result<()> {
+        if self.is_finished() {
+            return Ok(());
+        }
+        let wait = self.wait_duration(wait_max);
+        match self.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|event| Readiness {
+            token: event.token(),
+            readable: event.is_readable() || event.is_read_closed() || event.is_error(),
+            writable: event.is_writable() || event.is_write_closed() || event.is_error(),
+        }));
+        let backlog = std::mem::take(&mut self.read_backlog);
+        for readiness in &ready {
+            self.dispatch(*readiness);
+            if self.is_finished() {
+                return Ok(());
+            }
+        }
+        self.ready = ready;
+        for id in backlog {
+            self.read(id);
+        }
+        let now = self.now();
+        if self.node.poll_timeout().is_some_and(|due| due <= now) {
+            self.feed(Input::Timeout);
+        }
+        self.expire_closing();
+        self.settle();
+        self.check_shutdown_done();
+        Ok(())
+    }
+
+    /// How long the next poll may wait.
+    fn wait_duration(&self, wait_max: Option<Duration>) -> Option<Duration> {
+        let now = StdInstant::now();
+        let mut wait = wait_max;
+        let mut at_most = |duration: Duration| {
+            wait = Some(wait.map_or(duration, |wait| wait.min(duration)));
+        };
+        if !self.read_backlog.is_empty() {
+            at_most(Duration::ZERO);
+        }
+        if let Some(due) = self.node.poll_timeout() {
+            if due != Instant::MAX {
+                let due = std_instant(self.origin, due);
+                at_most(due.saturating_duration_since(now));
+            }
+        }
+        for connection in self.connections.values() {
+            if let Phase::Closing { deadline, .. } = connection.phase {
+                at_most(deadline.saturating_duration_since(now));
+            }
+        }
+        if let RunState::ShuttingDown { deadline } = self.state {
+            at_most(deadline.saturating_duration_since(now));
+        }
+        wait
+    }
+
+    fn dispatch(&mut self, readiness: Readiness) {
+        match readiness.token {
+            LISTENER => self.accept_all(),
+            WAKER => self.drain_control(),
+            SIGNALS => self.drain_signals(),
+            Token(token) => {
+                let id = token as u64;
+                let Some(connection) = self.connections.get(&id) else {
+                    return; // Dropped earlier in this turn.
+                };
+                match connection.phase {
+                    Phase::Dialing(dial) => self.finish_dial(id, dial),
+                    Phase::Open | Phase::Closing { .. } => {
+                        if readiness.readable {
+                            self.read(id);
+                        }
+                        if readiness.writable {
+                            self.flush(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_control(&mut self) {
+        while let Ok(control) = self.control_receiver.try_recv() {
+            match control {
+                Control::Command(command) => self.feed(Input::Command(command)),
+                Control::Stop => self.shutdown(),
+                Control::Query(query) => query(self),
+            }
+        }
+    }
+
+    fn drain_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut() else {
+            return;
+        };
+        let received: Vec<i32> = signals.pending().collect();
+        for signal in received {
+            if self.state == RunState::Running {
+                log::info!(
+                    "[{:?}] signal {signal}: shutting down (again to quit at once)",
+                    self.peer_id
+                );
+                self.shutdown();
+            } else {
+                log::warn!(
+                    "[{:?}] signal {signal} during shutdown: quitting at once",
+                    self.peer_id
+                );
+                self.state = RunState::Finished;
+            }
+        }
+    }
+
+    // ---- Connections ----
+
+    fn accept_all(&mut self) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, remote)) => self.accepted(stream, remote),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(error) => {
+                    // Out of file descriptors, most likely; the next connection retries.
+                    log::warn!("[{:?}] accept failed: {error}", self.peer_id);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accepted(&mut self, mut stream: TcpStream, remote: SocketAddr) {
+        if self.connections.len() >= CONNECTIONS_MAX {
+            log::debug!(
+                "[{:?}] {remote} closed on accept: {CONNECTIONS_MAX} connections held",
+                self.peer_id
+            );
+            return; // Dropping the stream closes it.
+        }
+        let id = self.allocate_conn_id();
+        if let Err(error) =
+            self.poll
+                .registry()
+                .register(&mut stream, Token(id as usize), Interest::READABLE)
+        {
+            log::warn!(
+                "[{:?}] cannot register connection from {remote}: {error}",
+                self.peer_id
+            );
+            return;
+        }
+        set_nodelay(&stream);
+        log::debug!("[{:?}] accepted {remote} as conn {id}", self.peer_id);
+        self.connections
+            .insert(id, Connection::new(stream, remote, Phase::Open, false));
+        self.feed(Input::ConnectionOpened {
+            conn: ConnId(id),
+            remote,
+            origin: Origin::Accepted,
+        });
+        // Bytes that arrived before registration are read now.
+        self.read(id);
+    }
+
+    fn dial(&mut self, dial: DialId, addr: SocketAddr) {
+        let mut stream = match TcpStream::connect(addr) {
+            Ok(stream) => stream,
+            Err(error) => {
+                self.feed(Input::DialFailed {
+                    dial,
+                    error: error.to_string(),
+                });
+                return;
+            }
+        };
+        let id = self.allocate_conn_id();
+        if let Err(error) = self.poll.registry().register(
+            &mut stream,
+            Token(id as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.feed(Input::DialFailed {
+                dial,
+                error: error.to_string(),
+            });
+            return;
+        }
+        log::debug!(
+            "[{:?}] dialling {addr} (dial {}, conn {id})",
+            self.peer_id,
+            dial.0
+        );
+        self.connections.insert(
+            id,
+            Connection::new(stream, addr, Phase::Dialing(dial), true),
+        );
+        self.dials.insert(dial, id);
+    }
+
+    /// A dialling connection became writable or failed: find out which.
+    fn finish_dial(&mut self, id: u64, dial: DialId) {
+        // Cannot fail: the caller found the connection in this phase.
+        let connection = self
+            .connections
+            .get_mut(&id)
+            .expect("dialling connection exists");
+        let outcome = match connection.stream.take_error() {
+            Ok(Some(error)) | Err(error) => Err(error),
+            Ok(None) => match connection.stream.peer_addr() {
+                Ok(remote) => Ok(remote),
+                // Not connected yet: a spurious wake-up, wait for the next one.
+                Err(error) if error.kind() == io::ErrorKind::NotConnected => return,
+                Err(error) => Err(error),
+            },
+        };
+        match outcome {
+            Err(error) => {
+                log::debug!(
+                    "[{:?}] dial {} to {} failed: {error}",
+                    self.peer_id,
+                    dial.0,
+                    connection.remote
+                );
+                self.drop_connection(id);
+                self.feed(Input::DialFailed {
+                    dial,
+                    error: error.to_string(),
+                });
+            }
+            Ok(remote) => {
+                self.dials.remove(&dial);
+                connection.phase = Phase::Open;
+                connection.remote = remote;
+                set_nodelay(&connection.stream);
+                if let Err(error) = self.poll.registry().reregister(
+                    &mut connection.stream,
+                    Token(id as usize),
+                    Interest::READABLE,
+                ) {
+                    self.drop_connection(id);
+                    self.feed(Input::DialFailed {
+                        dial,
+                        error: error.to_string(),
+                    });
+                    return;
+                }
+                connection.writable_registered = false;
+                log::debug!(
+                    "[{:?}] dial {} connected to {remote} as conn {id}",
+                    self.peer_id,
+                    dial.0
+                );
+                self.feed(Input::ConnectionOpened {
+                    conn: ConnId(id),
+                    remote,
+                    origin: Origin::Dialed(dial),
+                });
+                self.read(id);
+            }
+        }
+    }
+
+    /// Reads until the socket would block, the connection ends, or this
+    /// connection had its share of the turn.
+    fn read(&mut self, id: u64) {
+        let mut filled = 0;
+        let mut total = 0;
+        loop {
+            let Some(connection) = self.connections.get_mut(&id) else {
+                return;
+            };
+            match connection.stream.read(&mut self.read_buffer[filled..]) {
+                Ok(0) => {
+                    self.deliver(id, filled);
+                    self.lost(id, CloseCause::RemoteClosed);
+                    return;
+                }
+                Ok(count) => {
+                    filled += count;
+                    total += count;
+                    if filled == self.read_buffer.len() {
+                        self.deliver(id, filled);
+                        filled = 0;
+                        if total >= READ_BYTES_PER_TURN_MAX {
+                            self.read_backlog.push(id);
+                            return;
+                        }
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.deliver(id, filled);
+                    return;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    self.deliver(id, filled);
+                    self.lost(id, CloseCause::Io(error.to_string()));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands the first `count` bytes of the read buffer to the node, unless
+    /// the core has closed the connection (then they are dropped, as promised).
+    fn deliver(&mut self, id: u64, count: usize) {
+        if count == 0 {
+            return;
+        }
+        let is_open = self
+            .connections
+            .get(&id)
+            .is_some_and(|connection| connection.phase == Phase::Open);
+        if is_open {
+            let bytes = self.read_buffer[..count].to_vec();
+            self.feed(Input::BytesReceived {
+                conn: ConnId(id),
+                bytes,
+            });
+        }
+    }
+
+    /// The connection ended without the core asking: report it if the core
+    /// still thinks it is open.
+    fn lost(&mut self, id: u64, cause: CloseCause) {
+        let Some(connection) = self.drop_connection(id) else {
+            return;
+        };
+        if connection.phase == Phase::Open {
+            log::debug!(
+                "[{:?}] conn {id} ({}) ended: {cause}",
+                self.peer_id,
+                connection.remote
+            );
+            self.feed(Input::ConnectionClosed {
+                conn: ConnId(id),
+                cause,
+            });
+        }
+    }
+
+    /// Writes what is queued for the connection, and keeps WRITABLE interest
+    /// registered exactly while something stays queued.
+    fn flush(&mut self, id: u64) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
+        connection.dirty = false;
+        if matches!(connection.phase, Phase::Dialing(_)) {
+            return;
+        }
+        let progress = match connection.queue.write_to(&mut connection.stream) {
+            Ok(progress) => progress,
+            Err(error) => {
+                self.lost(id, CloseCause::Io(error.to_string()));
+                return;
+            }
+        };
+        let want_writable = progress == crate::send_queue::WriteProgress::Blocked;
+        if want_writable != connection.writable_registered {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(error) = self.poll.registry().reregister(
+                &mut connection.stream,
+                Token(id as usize),
+                interest,
+            ) {
+                self.lost(id, CloseCause::Io(error.to_string()));
+                return;
+            }
+            connection.writable_registered = want_writable;
+        }
+        if let Phase::Closing {
+            deadline,
+            write_shut: false,
+        } = connection.phase
+        {
+            if connection.queue.is_empty() {
+                // Our last bytes are out: send FIN, then wait for the remote's.
+                let _ = connection.stream.shutdown(Shutdown::Write);
+                connection.phase = Phase::Closing {
+                    deadline,
+                    write_shut: true,
+                };
+            }
+        }
+    }
+
+    /// Removes a connection from the poll and the maps, returning it.
+    fn drop_connection(&mut self, id: u64) -> Option<Connection> {
+        let mut connection = self.connections.remove(&id)?;
+        // Dropping the socket removes it from epoll anyway; this is for tidiness.
+        let _ = self.poll.registry().deregister(&mut connection.stream);
+        if let Phase::Dialing(dial) = connection.phase {
+            self.dials.remove(&dial);
+        }
+        Some(connection)
+    }
+
+    /// Drops closing connections whose linger time is over.
+    fn expire_closing(&mut self) {
+        let now = StdInstant::now();
+        let expired: Vec<u64> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| {
+                matches!(connection.phase, Phase::Closing { deadline, .. } if deadline <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            log::debug!("[{:?}] conn {id} dropped after lingering", self.peer_id);
+            self.drop_connection(id);
+        }
+    }
+
+    /// A shutdown is done once every connection the core closed has its
+    /// queue written and our FIN sent (or at the deadline). Waiting for the
+    /// remotes' FINs too would let one unresponsive peer hold up the exit.
+    fn check_shutdown_done(&mut self) {
+        let RunState::ShuttingDown { deadline } = self.state else {
+            return;
+        };
+        let flushed = self
+            .connections
+            .values()
+            .all(|connection| match connection.phase {
+                Phase::Dialing(_) => true,
+                Phase::Open => false,
+                Phase::Closing { write_shut, .. } => write_shut,
+            });
+        if !flushed && StdInstant::now() < deadline {
+            return;
+        }
+        if !flushed {
+            log::info!(
+                "[{:?}] shutdown flush timed out with {} connections left",
+                self.peer_id,
+                self.connections.len()
+            );
+        }
+        // Closing a socket with unread input makes the kernel send RST, which
+        // may discard our last bytes at the remote; read what is there first.
+        let ids: Vec<u64> = self.connections.keys().copied().collect();
+        for id in ids {
+            if let Some(mut connection) = self.drop_connection(id) {
+                discard_input(&mut connection.stream, &mut self.read_buffer);
+            }
+        }
+        self.state = RunState::Finished;
+    }
+
+    fn allocate_conn_id(&mut self) -> u64 {
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        id
+    }
+
+    // ---- The core's run loop ----
+
+    /// Feeds `input` and everything it leads to, draining actions after each
+    /// `handle`. Called while actions are being executed (a dial that fails at
+    /// once, a full send buffer), it only queues `input`: the outer call feeds
+    /// it once the node's actions are drained, so `handle` is never called
+    /// between two `poll_action`s.
+    fn feed(&mut self, input: Input) {
+        self.pending.push_back(input);
+        if self.feeding {
+            return;
+        }
+        self.feeding = true;
+        while let Some(input) = self.pending.pop_front() {
+            let now = self.now();
+            self.node.handle(now, input);
+            while let Some(action) = self.node.poll_action() {
+                self.execute(action);
+            }
+        }
+        self.feeding = false;
+    }
+
+    /// Writes every connection that got bytes this turn (and whatever that
+    /// leads to) until nothing is left to write.
+    fn settle(&mut self) {
+        while !self.dirty.is_empty() {
+            for id in std::mem::take(&mut self.dirty) {
+                self.flush(id);
+            }
+        }
+    }
+
+    fn execute(&mut self, action: Action) {
+        match action {
+            Action::Dial { dial, addr } => self.dial(dial, addr),
+            Action::CancelDial { dial } => {
+                if let Some(id) = self.dials.get(&dial).copied() {
+                    log::debug!("[{:?}] dial {} cancelled", self.peer_id, dial.0);
+                    self.drop_connection(id);
+                }
+            }
+            Action::Send { conn, bytes } => self.queue(conn.0, bytes),
+            Action::Close { conn } => self.close(conn.0),
+            Action::Notify(notification) => self.notify(notification),
+        }
+    }
+
+    fn queue(&mut self, id: u64, bytes: Vec<u8>) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            log::trace!("[{:?}] send to gone conn {id} dropped", self.peer_id);
+            return;
+        };
+        if connection.phase != Phase::Open {
+            return;
+        }
+        connection.queue.push(bytes);
+        if !connection.dirty {
+            connection.dirty = true;
+            self.dirty.push(id);
+        }
+        if connection.queue.len() > PENDING_SEND_BYTES_MAX {
+            // The socket may take some now; only a peer that reads nothing overflows.
+            self.flush(id);
+            let still_full = self
+                .connections
+                .get(&id)
+                .is_some_and(|connection| connection.queue.len() > PENDING_SEND_BYTES_MAX);
+            if still_full {
+                self.drop_connection(id);
+                log::info!("[{:?}] conn {id} dropped: send buffer full", self.peer_id);
+                self.feed(Input::ConnectionClosed {
+                    conn: ConnId(id),
+                    cause: CloseCause::SendBufferFull,
+                });
+            }
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if connection.phase != Phase::Open {
+            return;
+        }
+        log::debug!(
+            "[{:?}] closing conn {id} ({})",
+            self.peer_id,
+            connection.remote
+        );
+        connection.phase = Phase::Closing {
+            deadline: StdInstant::now() + CLOSE_LINGER,
+            write_shut: false,
+        };
+        self.flush(id);
+    }
+
+    fn notify(&mut self, notification: Notification) {
+        let me = self.peer_id;
+        match &notification {
+            Notification::PeerConnected {
+                peer,
+                addr,
+                direction,
+            } => log::info!("[{me:?}] peer {peer} connected ({direction:?}, {addr})"),
+            Notification::PeerDisconnected { peer, reason } => {
+                log::info!("[{me:?}] peer {peer} disconnected: {reason}")
+            }
+            Notification::ConnectionRefused { addr, peer, reason } => match peer {
+                Some(peer) => log::info!("[{me:?}] refused {addr} (peer {peer}): {reason}"),
+                None => log::info!("[{me:?}] refused {addr}: {reason}"),
+            },
+            Notification::DialFailed { addr, error } => {
+                log::debug!("[{me:?}] dial to {addr} failed: {error}")
+            }
+        }
+        self.subscribers.retain_mut(|subscriber| {
+            match subscriber.sender.try_send(notification.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    if subscriber.dropped == 0 {
+                        log::warn!("[{me:?}] a notification subscriber is not reading; dropping");
+                    }
+                    subscriber.dropped += 1;
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+}
+
+impl Connection {
+    fn new(
+        stream: TcpStream,
+        remote: SocketAddr,
+        phase: Phase,
+        writable_registered: bool,
+    ) -> Connection {
+        Connection {
+            stream,
+            remote,
+            phase,
+            queue: crate::send_queue::SendQueue::new(),
+            writable_registered,
+            dirty: false,
+        }
+    }
+}
+
+/// Reads and drops whatever input is waiting, without blocking (a bounded
+/// number of reads: this is a courtesy before closing, not a drain).
+fn discard_input(stream: &mut TcpStream, buffer: &mut [u8]) {
+    for _ in 0..16 {
+        match stream.read(buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Frames are coalesced by the driver, so Nagle's delay would only add latency.
+fn set_nodelay(stream: &TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        log::debug!("cannot set TCP_NODELAY: {error}");
+    }
+}
+
+/// `instant` on the core's clock that starts at `origin`.
+fn core_instant(origin: StdInstant, instant: StdInstant) -> Instant {
+    let micros = instant.saturating_duration_since(origin).as_micros();
+    Instant::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
+/// The std instant of a core instant on the clock that starts at `origin`.
+fn std_instant(origin: StdInstant, instant: Instant) -> StdInstant {
+    origin
+        .checked_add(Duration::from_micros(instant.as_micros()))
+        // Centuries away: treat as a day from now, which is never reached in practice.
+        .unwrap_or_else(|| StdInstant::now() + Duration::from_secs(86_400))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshsync_core::io::RefuseReason;
+
+    #[test]
+    fn clocks_convert_both_ways() {
+        let origin = StdInstant::now();
+        let later = origin + Duration::from_micros(1_234_567);
+        let core = core_instant(origin, later);
+        assert_eq!(core, Instant::from_micros(1_234_567));
+        assert_eq!(std_instant(origin, core), later);
+        assert_eq!(
+            core_instant(later, origin),
+            Instant::ZERO,
+            "never before the origin"
+        );
+    }
+
+    /// A peer that never reads gets its connection dropped once more than
+    /// `PENDING_SEND_BYTES_MAX` bytes wait, and the core hears why.
+    #[test]
+    fn a_peer_that_does_not_read_is_dropped_with_send_buffer_full() {
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        // The kernel completes the TCP handshake from the backlog; nobody ever reads.
+        let sink = std::net::TcpListener::bind(loopback).unwrap();
+        let mut driver =
+            Driver::bind(loopback, Config::new(1), Identity::from_seed(1), [1; 32]).unwrap();
+        let notifications = driver.subscribe();
+        driver.command(Command::Dial {
+            addr: sink.local_addr().unwrap(),
+            peer: None,
+        });
+        let open = driver
+            .run_until(
+                |driver| {
+                    driver
+                        .connections
+                        .values()
+                        .any(|connection| connection.phase == Phase::Open)
+                },
+                deadline,
+            )
+            .unwrap();
+        assert!(open, "the dial did not connect");
+        let id = *driver.connections.keys().next().unwrap();
+
+        // Socket buffers absorb a few MiB; the queue limit is hit soon after.
+        let chunk_bytes = 1024 * 1024;
+        let chunks_max = 2 * PENDING_SEND_BYTES_MAX / chunk_bytes;
+        for _ in 0..chunks_max {
+            if !driver.connections.contains_key(&id) {
+                break;
+            }
+            driver.queue(id, vec![0; chunk_bytes]);
+        }
+        assert!(
+            !driver.connections.contains_key(&id),
+            "the connection was not dropped"
+        );
+        let refused = notifications
+            .try_iter()
+            .find_map(|notification| match notification {
+                Notification::ConnectionRefused { reason, .. } => Some(reason),
+                _ => None,
+            });
+        assert_eq!(
+            refused,
+            Some(RefuseReason::ConnectionLost(CloseCause::SendBufferFull)),
+            "the core was told why (the connection was still in its handshake)"
+        );
+    }
+}
