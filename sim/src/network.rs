@@ -1,0 +1,301 @@
+//! The simulated network: who listens where, open connections, and which
+//! traffic gets through.
+//!
+//! # Design
+//! A connection has two endpoints, one per node, each with its own [`ConnId`]
+//! (ids come from one counter, so they are unique in the whole world and
+//! never reused, as the core's contract asks of a driver). An endpoint owns
+//! the [`Pipe`] of the bytes it sends, and counts the deliveries on their way
+//! to it, so the simulator can tell a quiet connection from a busy one.
+//!
+//! An endpoint disappears when its node closes it (`Action::Close`) or when
+//! the close of its remote is delivered to it; whatever still arrives for a
+//! vanished endpoint is dropped, as a closed socket would.
+//!
+//! Reachability is one question, [`Network::delivers`], so partitions and
+//! crashes can later be added in one place. Today the only fault is a
+//! *blackhole*: everything a blackholed node sends (bytes, closes, connection
+//! attempts) vanishes, and nobody can connect to it, while what others send
+//! to it on open connections still arrives. From outside it looks like a
+//! node that went silent.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use meshsync_core::ConnId;
+
+use crate::link::{LinkModel, Pipe};
+use crate::sim::NodeIndex;
+
+/// Nodes the address plan can name: `10.0.0.1` to `10.255.255.254`.
+pub const NODES_MAX: usize = (1 << 24) - 2;
+/// First port of the range a dialler's side of a connection appears from.
+pub const EPHEMERAL_PORT_FIRST: u16 = 49_152;
+
+/// The address of node `index` listening on `port`: node 0 is `10.0.0.1`.
+pub fn node_address(index: NodeIndex, port: u16) -> SocketAddr {
+    assert!(
+        index.0 < NODES_MAX,
+        "node {index} is beyond the address plan"
+    );
+    // Below 2^24 by the assert, so it fits in the three low octets.
+    let host = (index.0 + 1) as u32;
+    let ip = Ipv4Addr::from(0x0a00_0000 | host);
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+/// The address an accepted connection appears to come from: the dialler's IP
+/// and an ephemeral port, as a real accept() reports (not its listening port).
+pub fn ephemeral_address(listening: SocketAddr, conn: ConnId) -> SocketAddr {
+    let range = u64::from(u16::MAX - EPHEMERAL_PORT_FIRST) + 1;
+    // Below `range`, so it fits in u16 after the offset.
+    let port = EPHEMERAL_PORT_FIRST + (conn.0 % range) as u16;
+    SocketAddr::new(listening.ip(), port)
+}
+
+/// One node's end of a connection.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// The node that owns this end.
+    pub node: NodeIndex,
+    /// The node at the other end.
+    pub remote: NodeIndex,
+    /// The other end's id.
+    pub remote_conn: ConnId,
+    /// Bytes and the close this end sends, in order.
+    pub outbound: Pipe,
+    /// Deliveries (byte chunks or a close) scheduled towards this end and not yet arrived.
+    pub deliveries_pending: u64,
+}
+
+/// Listeners, connections and reachability.
+#[derive(Debug)]
+pub struct Network {
+    link: LinkModel,
+    listeners: BTreeMap<SocketAddr, NodeIndex>,
+    endpoints: BTreeMap<ConnId, Endpoint>,
+    conn_next: u64,
+    blackholed: BTreeSet<NodeIndex>,
+}
+
+impl Network {
+    /// An empty network whose every link follows `link`.
+    pub fn new(link: LinkModel) -> Network {
+        link.validate();
+        Network {
+            link,
+            listeners: BTreeMap::new(),
+            endpoints: BTreeMap::new(),
+            conn_next: 1,
+            blackholed: BTreeSet::new(),
+        }
+    }
+
+    /// The model of the link from `from` to `to`.
+    pub fn link(&self, _from: NodeIndex, _to: NodeIndex) -> &LinkModel {
+        &self.link
+    }
+
+    /// Makes `node` accept connections at `addr`.
+    pub fn listen(&mut self, addr: SocketAddr, node: NodeIndex) {
+        let previous = self.listeners.insert(addr, node);
+        assert!(previous.is_none(), "two nodes listen on {addr}");
+    }
+
+    /// The node listening at `addr`, if any.
+    pub fn listener(&self, addr: SocketAddr) -> Option<NodeIndex> {
+        self.listeners.get(&addr).copied()
+    }
+
+    /// Whether what `from` sends reaches `to`.
+    pub fn delivers(&self, from: NodeIndex, _to: NodeIndex) -> bool {
+        !self.blackholed.contains(&from)
+    }
+
+    /// Whether a TCP connection between the two can be set up (both ways must work).
+    pub fn connects(&self, dialer: NodeIndex, acceptor: NodeIndex) -> bool {
+        self.delivers(dialer, acceptor) && self.delivers(acceptor, dialer)
+    }
+
+    /// Starts or stops dropping everything `node` sends.
+    pub fn set_blackholed(&mut self, node: NodeIndex, blackholed: bool) {
+        if blackholed {
+            self.blackholed.insert(node);
+        } else {
+            self.blackholed.remove(&node);
+        }
+    }
+
+    /// Whether `node` is blackholed.
+    pub fn is_blackholed(&self, node: NodeIndex) -> bool {
+        self.blackholed.contains(&node)
+    }
+
+    /// Opens a connection; returns the dialler's and the acceptor's ids.
+    pub fn open(&mut self, dialer: NodeIndex, acceptor: NodeIndex) -> (ConnId, ConnId) {
+        let dialer_conn = self.fresh_conn();
+        let acceptor_conn = self.fresh_conn();
+        self.endpoints.insert(
+            dialer_conn,
+            Endpoint {
+                node: dialer,
+                remote: acceptor,
+                remote_conn: acceptor_conn,
+                outbound: Pipe::default(),
+                deliveries_pending: 0,
+            },
+        );
+        self.endpoints.insert(
+            acceptor_conn,
+            Endpoint {
+                node: acceptor,
+                remote: dialer,
+                remote_conn: dialer_conn,
+                outbound: Pipe::default(),
+                deliveries_pending: 0,
+            },
+        );
+        (dialer_conn, acceptor_conn)
+    }
+
+    fn fresh_conn(&mut self) -> ConnId {
+        let conn = ConnId(self.conn_next);
+        // One id per endpoint: a u64 cannot run out.
+        self.conn_next += 1;
+        conn
+    }
+
+    /// The endpoint `conn` if it is open and belongs to `node`.
+    pub fn endpoint_of(&mut self, node: NodeIndex, conn: ConnId) -> Option<&mut Endpoint> {
+        self.endpoints
+            .get_mut(&conn)
+            .filter(|endpoint| endpoint.node == node)
+    }
+
+    /// Whether `conn` is open (its owner has neither closed it nor been told it closed).
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.endpoints.contains_key(&conn)
+    }
+
+    /// Notes one more delivery on its way to `conn`, if that end is still open.
+    /// Returns whether it is (a delivery to a closed end is not worth scheduling).
+    pub fn expect_delivery(&mut self, conn: ConnId) -> bool {
+        match self.endpoints.get_mut(&conn) {
+            Some(endpoint) => {
+                endpoint.deliveries_pending += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Notes that a delivery to `conn` has arrived. Returns whether the end is
+    /// still open to take it.
+    pub fn arrive(&mut self, conn: ConnId) -> bool {
+        match self.endpoints.get_mut(&conn) {
+            Some(endpoint) => {
+                // Every scheduled delivery was counted by `expect_delivery`.
+                assert!(
+                    endpoint.deliveries_pending > 0,
+                    "uncounted delivery to {conn:?}"
+                );
+                endpoint.deliveries_pending -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets the endpoint `conn`; later deliveries to it are dropped.
+    pub fn remove(&mut self, conn: ConnId) -> Option<Endpoint> {
+        self.endpoints.remove(&conn)
+    }
+
+    /// Open endpoints, in id order.
+    pub fn endpoints(&self) -> impl Iterator<Item = (ConnId, &Endpoint)> {
+        self.endpoints
+            .iter()
+            .map(|(conn, endpoint)| (*conn, endpoint))
+    }
+
+    /// Open endpoints.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// Pairs of nodes whose views of each other may still legitimately differ,
+    /// as `(lower, higher)`: traffic is on its way between them, one of them
+    /// is blackholed, or a connection between them is half-open (one end is
+    /// gone and its close was lost, so the other end learns only by timing
+    /// out, as with TCP after an outage).
+    pub fn busy_pairs(&self) -> BTreeSet<(NodeIndex, NodeIndex)> {
+        let mut busy = BTreeSet::new();
+        for endpoint in self.endpoints.values() {
+            let (node, remote) = (endpoint.node, endpoint.remote);
+            let silenced = self.is_blackholed(node) || self.is_blackholed(remote);
+            let half_open = !self.endpoints.contains_key(&endpoint.remote_conn);
+            if endpoint.deliveries_pending > 0 || silenced || half_open {
+                busy.insert((node.min(remote), node.max(remote)));
+            }
+        }
+        busy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_follow_the_plan() {
+        assert_eq!(
+            node_address(NodeIndex(0), 9000).to_string(),
+            "10.0.0.1:9000"
+        );
+        assert_eq!(
+            node_address(NodeIndex(255), 9000).to_string(),
+            "10.0.1.0:9000"
+        );
+        assert_eq!(
+            node_address(NodeIndex(300), 9001).to_string(),
+            "10.0.1.45:9001"
+        );
+        let inbound = ephemeral_address(node_address(NodeIndex(2), 9000), ConnId(7));
+        assert_eq!(inbound.to_string(), "10.0.0.3:49159");
+        let wrapped = ephemeral_address(inbound, ConnId(16_384));
+        assert_eq!(wrapped.port(), EPHEMERAL_PORT_FIRST);
+    }
+
+    #[test]
+    fn deliveries_to_a_closed_end_are_dropped() {
+        let mut network = Network::new(LinkModel::default());
+        let (a, b) = network.open(NodeIndex(0), NodeIndex(1));
+        assert_ne!(a, b);
+        assert!(network.endpoint_of(NodeIndex(0), a).is_some());
+        assert!(
+            network.endpoint_of(NodeIndex(1), a).is_none(),
+            "not b's end"
+        );
+        assert!(network.expect_delivery(b));
+        assert_eq!(network.busy_pairs().len(), 1);
+        assert!(network.arrive(b));
+        assert!(network.busy_pairs().is_empty());
+        assert!(network.remove(b).is_some());
+        assert_eq!(network.busy_pairs().len(), 1, "a is half-open");
+        assert!(!network.expect_delivery(b));
+        assert!(!network.arrive(b));
+        let (c, _) = network.open(NodeIndex(0), NodeIndex(1));
+        assert!(c.0 > b.0, "ids are never reused");
+    }
+
+    #[test]
+    fn a_blackholed_node_reaches_nobody_and_cannot_connect() {
+        let mut network = Network::new(LinkModel::default());
+        network.set_blackholed(NodeIndex(1), true);
+        assert!(!network.delivers(NodeIndex(1), NodeIndex(0)));
+        assert!(network.delivers(NodeIndex(0), NodeIndex(1)));
+        assert!(!network.connects(NodeIndex(0), NodeIndex(1)));
+        network.set_blackholed(NodeIndex(1), false);
+        assert!(network.connects(NodeIndex(0), NodeIndex(1)));
+    }
+}

@@ -1,0 +1,274 @@
+//! Scenarios: named stories the binary and the tests can run from a seed.
+//!
+//! # Design
+//! A [`Scenario`] builds a world (nodes, links, planned dials, later faults
+//! and hostile nodes), runs it, and checks what must hold at the end. The
+//! runner around it is the same for all: seed a [`Sim`], build, run, finish,
+//! summarise. New scenarios implement the trait and add a line to
+//! [`scenario_by_name`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use meshsync_core::limits::PEERS_MAX;
+use meshsync_core::{Duration, Instant};
+use rand_core::RngCore;
+
+use crate::link::LinkModel;
+use crate::rng;
+use crate::sim::{NodeIndex, Sim, SimConfig};
+use crate::summary::Summary;
+
+/// A named, seeded story about a network.
+pub trait Scenario {
+    /// The name the command line selects it by.
+    fn name(&self) -> &'static str;
+
+    /// Adds `nodes` nodes and plans what they will do, before the clock starts.
+    fn build(&mut self, sim: &mut Sim, nodes: usize);
+
+    /// Runs the world for `duration` of virtual time.
+    fn run(&mut self, sim: &mut Sim, duration: Duration) {
+        sim.run_for(duration);
+    }
+
+    /// Checks what must hold once the run is over; failures count as
+    /// invariant violations. By default: peer relations are symmetric.
+    fn finish(&mut self, sim: &mut Sim) {
+        sim.check_peer_symmetry();
+    }
+}
+
+/// Every scenario name, for `--help` and error messages.
+pub const SCENARIO_NAMES: &[&str] = &[Connect::NAME];
+
+/// The scenario called `name`, with its default parameters.
+pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
+    match name {
+        Connect::NAME => Some(Box::new(Connect::default())),
+        _ => None,
+    }
+}
+
+/// No scenario has that name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownScenario(pub String);
+
+impl fmt::Display for UnknownScenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown scenario `{}` (known: {})",
+            self.0,
+            SCENARIO_NAMES.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownScenario {}
+
+/// Everything one run depends on.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Nodes in the world.
+    pub nodes: usize,
+    /// The world seed.
+    pub seed: u64,
+    /// Virtual time to run.
+    pub duration: Duration,
+    /// The model of every link.
+    pub link: LinkModel,
+}
+
+impl RunConfig {
+    /// A run with the default link model.
+    pub fn new(scenario: &str, nodes: usize, seed: u64, duration: Duration) -> RunConfig {
+        RunConfig {
+            scenario: scenario.to_owned(),
+            nodes,
+            seed,
+            duration,
+            link: LinkModel::default(),
+        }
+    }
+}
+
+/// Runs the scenario `name` with the default link model.
+pub fn run_scenario(
+    name: &str,
+    nodes: usize,
+    seed: u64,
+    duration: Duration,
+) -> Result<Summary, UnknownScenario> {
+    run(&RunConfig::new(name, nodes, seed, duration))
+}
+
+/// Builds, runs and finishes a scenario; returns its summary.
+pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
+    let mut scenario = scenario_by_name(&config.scenario)
+        .ok_or_else(|| UnknownScenario(config.scenario.clone()))?;
+    let mut sim = Sim::new(SimConfig {
+        link: config.link,
+        label: scenario.name().to_owned(),
+        ..SimConfig::new(config.seed)
+    });
+    scenario.build(&mut sim, config.nodes);
+    scenario.run(&mut sim, config.duration);
+    scenario.finish(&mut sim);
+    Ok(sim.summary())
+}
+
+/// `connect`: nodes join a random connected topology and stay connected.
+///
+/// The plan: a random permutation where each node dials the one before it
+/// (so the graph is connected), plus up to `extra_dials_per_node` dials per
+/// node to random others, never twice between one pair and never past
+/// `PEERS_MAX` at either end. Dials start at random instants in the first
+/// `dial_spread`. Success: every planned dial is a peer relation on both
+/// sides and the graph is connected (`Summary::fully_connected`).
+#[derive(Clone, Debug)]
+pub struct Connect {
+    /// Random dials per node beyond the spanning path.
+    pub extra_dials_per_node: usize,
+    /// Dials start at uniformly random instants within this.
+    pub dial_spread: Duration,
+}
+
+impl Connect {
+    /// The scenario's name.
+    pub const NAME: &'static str = "connect";
+}
+
+impl Default for Connect {
+    fn default() -> Connect {
+        Connect {
+            extra_dials_per_node: 3,
+            dial_spread: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Scenario for Connect {
+    fn name(&self) -> &'static str {
+        Connect::NAME
+    }
+
+    fn build(&mut self, sim: &mut Sim, nodes: usize) {
+        sim.add_nodes(nodes);
+        let dials = plan_topology(
+            sim.scenario_rng(),
+            nodes,
+            self.extra_dials_per_node,
+            PEERS_MAX,
+        );
+        // Microseconds of a spread that fits in u64 (half a million years).
+        let spread_us = u64::try_from(self.dial_spread.as_micros()).unwrap_or(u64::MAX);
+        for (from, to) in dials {
+            let at = Instant::from_micros(rng::below(sim.scenario_rng(), spread_us.max(1)));
+            sim.dial_at(at, NodeIndex(from), NodeIndex(to));
+        }
+    }
+}
+
+/// Plans dials `(from, to)` over `nodes` nodes: a random spanning path plus
+/// up to `extra_per_node` random dials per node. No self dials, at most one
+/// dial per pair (either way), no node in more than `degree_max` dials.
+pub fn plan_topology(
+    rng: &mut impl RngCore,
+    nodes: usize,
+    extra_per_node: usize,
+    degree_max: usize,
+) -> Vec<(usize, usize)> {
+    assert!(
+        degree_max >= 2 || nodes <= 2,
+        "a spanning path needs degree 2"
+    );
+    let mut order: Vec<usize> = (0..nodes).collect();
+    rng::shuffle(rng, &mut order);
+    let mut dials = Vec::new();
+    let mut pairs = BTreeSet::new();
+    let mut degree = vec![0usize; nodes];
+    let mut plan = |from: usize, to: usize, dials: &mut Vec<(usize, usize)>| {
+        let pair = (from.min(to), from.max(to));
+        if from == to
+            || degree[from] >= degree_max
+            || degree[to] >= degree_max
+            || !pairs.insert(pair)
+        {
+            return;
+        }
+        degree[from] += 1;
+        degree[to] += 1;
+        dials.push((from, to));
+    };
+    for window in order.windows(2) {
+        plan(window[1], window[0], &mut dials);
+    }
+    if nodes > 1 {
+        for from in 0..nodes {
+            for _ in 0..extra_per_node {
+                let to = rng::index(rng, nodes);
+                plan(from, to, &mut dials);
+            }
+        }
+    }
+    dials
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn planned_topology_is_connected_and_within_limits() {
+        for (nodes, degree_max) in [(0, 50), (1, 50), (2, 50), (50, 50), (200, 5)] {
+            let mut rng = ChaCha20Rng::seed_from_u64(nodes as u64);
+            let dials = plan_topology(&mut rng, nodes, 3, degree_max);
+            let mut degree = vec![0; nodes];
+            let mut pairs = BTreeSet::new();
+            for &(from, to) in &dials {
+                assert_ne!(from, to);
+                assert!(
+                    pairs.insert((from.min(to), from.max(to))),
+                    "one dial per pair"
+                );
+                degree[from] += 1;
+                degree[to] += 1;
+            }
+            assert!(degree.iter().all(|&d| d <= degree_max));
+            // Connected: a union-find over the planned dials leaves one set.
+            let mut parent: Vec<usize> = (0..nodes).collect();
+            fn root(parent: &mut [usize], mut node: usize) -> usize {
+                while parent[node] != node {
+                    parent[node] = parent[parent[node]];
+                    node = parent[node];
+                }
+                node
+            }
+            for &(from, to) in &dials {
+                let (a, b) = (root(&mut parent, from), root(&mut parent, to));
+                parent[a] = b;
+            }
+            let roots: BTreeSet<usize> = (0..nodes).map(|node| root(&mut parent, node)).collect();
+            assert!(
+                roots.len() <= 1,
+                "{nodes} nodes: {} components",
+                roots.len()
+            );
+            if nodes >= 50 && degree_max == PEERS_MAX {
+                assert!(dials.len() > nodes * 3, "extra dials are planned");
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_scenarios_are_named_in_the_error() {
+        let error = run_scenario("nope", 2, 1, Duration::from_secs(1)).unwrap_err();
+        assert_eq!(error, UnknownScenario("nope".to_owned()));
+        assert!(error.to_string().contains("connect"));
+    }
+}

@@ -1,0 +1,1009 @@
+//! The simulated world: nodes, the network between them, one clock, one queue.
+//!
+//! # Design
+//! [`Sim`] is the driver of every node at once. It owns the virtual clock,
+//! the [`EventQueue`], the [`Network`] and the nodes, and does for each node
+//! what `io-mio` does for one, following the core's run-loop contract:
+//! `handle(now, input)`, drain `poll_action()` into effects, ask
+//! `poll_timeout()` for the next wake-up. Nodes never call each other: every
+//! effect on another node becomes an event in the queue, due when the link
+//! model says, so one step is one event and touches at most two nodes.
+//!
+//! Randomness comes from the world seed only. It is split at construction
+//! into three independent ChaCha20 streams: one draws each node's seeds (so
+//! node *i*'s identity depends only on the seed and *i*), one draws network
+//! delays and slicing, and one is lent to scenarios for their plans.
+//!
+//! Timers: each node has at most one live timer event. A new wake-up instant
+//! bumps the node's timer generation and queues an event carrying it; events
+//! with an older generation are stale and skipped without counting as steps.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+
+use meshsync_core::io::{CloseCause, DisconnectReason};
+use meshsync_core::{
+    Action, Command, Config, ConnId, DialId, Direction, Duration, Identity, Input, Instant, Node,
+    Notification, Origin, PeerId,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::invariants::{self, NodeView, Violation, Violations};
+use crate::link::LinkModel;
+use crate::network::{self, Network};
+use crate::queue::EventQueue;
+use crate::rng;
+use crate::summary::Summary;
+use crate::trace::Trace;
+
+/// Network id every simulated node is configured with, unless a test says otherwise.
+pub const NETWORK_ID_DEFAULT: u64 = 0x6d65_7368; // "mesh"
+/// Port every simulated node listens on by default.
+pub const LISTEN_PORT_DEFAULT: u16 = 9000;
+/// Notifications kept per node for inspection; older ones are dropped first.
+pub const NOTIFICATIONS_KEPT_PER_NODE_MAX: usize = 4_096;
+/// How far a node that asks for a wake-up at or before the timeout it just
+/// handled is pushed forward, so a buggy timer cannot stall the clock.
+pub const TIMER_STALL_BACKOFF: Duration = Duration::from_millis(1);
+
+/// A node's place in the simulation, in the order nodes were added.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct NodeIndex(pub usize);
+
+impl fmt::Display for NodeIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node {}", self.0)
+    }
+}
+
+/// How to build a world.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The one seed everything random derives from.
+    pub seed: u64,
+    /// The model every link follows.
+    pub link: LinkModel,
+    /// The network id nodes added with [`Sim::add_node`] use.
+    pub network_id: u64,
+    /// A label for summaries (the scenario's name).
+    pub label: String,
+}
+
+impl SimConfig {
+    /// Defaults for everything but the seed.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            link: LinkModel::default(),
+            network_id: NETWORK_ID_DEFAULT,
+            label: "custom".to_owned(),
+        }
+    }
+}
+
+/// `run_until` gave up: the predicate did not hold within its bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeout {
+    /// Steps taken before giving up.
+    pub steps: u64,
+    /// Virtual time when it gave up.
+    pub now: Instant,
+    /// True if it stopped because nothing was left to happen, not because of the bound.
+    pub idle: bool,
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.idle {
+            write!(
+                f,
+                "predicate still false after {} steps at {}: nothing left to happen",
+                self.steps, self.now
+            )
+        } else {
+            write!(
+                f,
+                "predicate still false after the bound of {} steps, at {}",
+                self.steps, self.now
+            )
+        }
+    }
+}
+
+impl std::error::Error for Timeout {}
+
+/// Counts of notifications, by kind, over all nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NotificationCounts {
+    /// `PeerConnected`.
+    pub peer_connected: u64,
+    /// `PeerConnected` with `Direction::Outbound`: one per completed handshake.
+    pub peer_connected_outbound: u64,
+    /// `PeerDisconnected`.
+    pub peer_disconnected: u64,
+    /// `PeerDisconnected` for silence.
+    pub peer_disconnected_silent: u64,
+    /// `ConnectionRefused`.
+    pub connection_refused: u64,
+    /// `DialFailed`.
+    pub dial_failed: u64,
+}
+
+/// What the network did, counted by the simulator.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetworkCounts {
+    /// Transport connections set up (both ends told).
+    pub connections_established: u64,
+    /// Dials answered with a refusal (nobody listening there).
+    pub dials_refused: u64,
+    /// `Action::Send`s applied.
+    pub sends: u64,
+    /// Bytes handed to the network.
+    pub bytes_sent: u64,
+    /// Bytes delivered to a node.
+    pub bytes_delivered: u64,
+    /// Bytes lost: sent by a blackholed node, or arriving at a closed end.
+    pub bytes_dropped: u64,
+}
+
+/// Something due at an instant.
+#[derive(Debug)]
+enum Event {
+    /// An application command for a node.
+    Command { node: NodeIndex, command: Command },
+    /// A dial's TCP handshake completed: both ends learn of the connection.
+    Connect {
+        dialer: NodeIndex,
+        dial: DialId,
+        acceptor: NodeIndex,
+    },
+    /// A dial reached an address nobody listens on.
+    DialRefused {
+        node: NodeIndex,
+        dial: DialId,
+        error: String,
+    },
+    /// Bytes arrive at one end of a connection.
+    Bytes {
+        node: NodeIndex,
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
+    /// The remote's close arrives at one end of a connection.
+    Closed {
+        node: NodeIndex,
+        conn: ConnId,
+        cause: CloseCause,
+    },
+    /// A node's wake-up, valid only while its generation is current.
+    Timer { node: NodeIndex, generation: u64 },
+}
+
+/// One simulated node and the driver state the simulator keeps for it.
+struct SimNode {
+    node: Node,
+    peer_id: PeerId,
+    addr: SocketAddr,
+    peers_max: usize,
+    /// Generation of the live timer event; older ones are stale.
+    timer_generation: u64,
+    /// The instant of the live timer event, if one is queued.
+    timer_at: Option<Instant>,
+    /// Dials asked for and neither answered nor cancelled yet.
+    dials: BTreeSet<DialId>,
+    notifications: VecDeque<(Instant, Notification)>,
+    /// Peers announced connected and not since disconnected.
+    notified_peers: BTreeSet<PeerId>,
+}
+
+/// The simulated world. See the module docs.
+pub struct Sim {
+    config: SimConfig,
+    now: Instant,
+    queue: EventQueue<Event>,
+    rng_nodes: ChaCha20Rng,
+    rng_network: ChaCha20Rng,
+    rng_scenario: ChaCha20Rng,
+    nodes: Vec<SimNode>,
+    by_peer_id: BTreeMap<PeerId, NodeIndex>,
+    network: Network,
+    trace: Trace,
+    violations: Violations,
+    notification_counts: NotificationCounts,
+    network_counts: NetworkCounts,
+    events: u64,
+    dials_planned: Vec<(NodeIndex, NodeIndex)>,
+    wall_started: std::time::Instant,
+}
+
+/// A node configuration with every default, listening on `listen_port`.
+pub fn node_config(network_id: u64, listen_port: u16) -> Config {
+    let mut config = Config::new(network_id);
+    config.listen_port = listen_port;
+    config
+}
+
+impl Sim {
+    /// An empty world at virtual time zero.
+    pub fn new(config: SimConfig) -> Sim {
+        let mut world = ChaCha20Rng::seed_from_u64(config.seed);
+        let rng_nodes = ChaCha20Rng::from_seed(rng::seed_bytes(&mut world));
+        let rng_network = ChaCha20Rng::from_seed(rng::seed_bytes(&mut world));
+        let rng_scenario = ChaCha20Rng::from_seed(rng::seed_bytes(&mut world));
+        Sim {
+            network: Network::new(config.link),
+            config,
+            now: Instant::ZERO,
+            queue: EventQueue::new(),
+            rng_nodes,
+            rng_network,
+            rng_scenario,
+            nodes: Vec::new(),
+            by_peer_id: BTreeMap::new(),
+            trace: Trace::new(),
+            violations: Violations::default(),
+            notification_counts: NotificationCounts::default(),
+            network_counts: NetworkCounts::default(),
+            events: 0,
+            dials_planned: Vec::new(),
+            wall_started: std::time::Instant::now(),
+        }
+    }
+
+    // ---- Building the world ----
+
+    /// Adds a node with the default configuration; it listens at once.
+    pub fn add_node(&mut self) -> NodeIndex {
+        self.add_node_with_config(node_config(self.config.network_id, LISTEN_PORT_DEFAULT))
+    }
+
+    /// Adds a node with `config`; it listens on `config.listen_port` at its address.
+    pub fn add_node_with_config(&mut self, config: Config) -> NodeIndex {
+        let index = NodeIndex(self.nodes.len());
+        let addr = network::node_address(index, config.listen_port);
+        let node_seed = rng::seed_bytes(&mut self.rng_nodes);
+        let identity = Identity::from_seed(self.rng_nodes.next_u64());
+        let peer_id = identity.peer_id();
+        let peers_max = config.peers_max;
+        let node = Node::new(config, identity, node_seed);
+        assert_eq!(
+            node.peer_id(),
+            peer_id,
+            "the node must use the identity it was given"
+        );
+        let previous = self.by_peer_id.insert(peer_id, index);
+        // Identities come from 64 random bits each: a repeat is a broken RNG.
+        assert!(previous.is_none(), "two nodes share identity {peer_id}");
+        self.network.listen(addr, index);
+        self.nodes.push(SimNode {
+            node,
+            peer_id,
+            addr,
+            peers_max,
+            timer_generation: 0,
+            timer_at: None,
+            dials: BTreeSet::new(),
+            notifications: VecDeque::new(),
+            notified_peers: BTreeSet::new(),
+        });
+        log::debug!("{index} is {peer_id} at {addr}");
+        self.schedule_timer(index, false);
+        index
+    }
+
+    /// Adds `count` nodes with the default configuration.
+    pub fn add_nodes(&mut self, count: usize) -> Vec<NodeIndex> {
+        (0..count).map(|_| self.add_node()).collect()
+    }
+
+    // ---- Telling nodes what to do ----
+
+    /// Gives `node` an application command now.
+    pub fn command(&mut self, node: NodeIndex, command: Command) {
+        self.deliver(node, Input::Command(command));
+    }
+
+    /// Gives `node` an application command at `at` (not before now).
+    pub fn command_at(&mut self, at: Instant, node: NodeIndex, command: Command) {
+        self.queue
+            .push(at.max(self.now), Event::Command { node, command });
+    }
+
+    /// Makes `from` dial `to` now, expecting `to`'s identity; the dial is
+    /// counted as planned for [`Sim::is_fully_connected`].
+    pub fn dial(&mut self, from: NodeIndex, to: NodeIndex) {
+        let command = self.dial_command(from, to);
+        self.command(from, command);
+    }
+
+    /// Like [`Sim::dial`], at `at`.
+    pub fn dial_at(&mut self, at: Instant, from: NodeIndex, to: NodeIndex) {
+        let command = self.dial_command(from, to);
+        self.command_at(at, from, command);
+    }
+
+    fn dial_command(&mut self, from: NodeIndex, to: NodeIndex) -> Command {
+        self.dials_planned.push((from, to));
+        Command::Dial {
+            addr: self.node_state(to).addr,
+            peer: Some(self.node_state(to).peer_id),
+        }
+    }
+
+    /// Starts (`true`) or stops dropping everything `node` sends; see [`crate::network`].
+    pub fn set_blackholed(&mut self, node: NodeIndex, blackholed: bool) {
+        log::debug!("{node} blackholed: {blackholed}");
+        self.network.set_blackholed(node, blackholed);
+    }
+
+    // ---- Running ----
+
+    /// Processes the next event. Returns false when nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        self.step_until(Instant::MAX)
+    }
+
+    /// Processes the next event due at or before `deadline`; false if there is none.
+    fn step_until(&mut self, deadline: Instant) -> bool {
+        while let Some(at) = self.queue.peek_at() {
+            if at > deadline {
+                return false;
+            }
+            // Just peeked: the queue is not empty.
+            let (at, event) = self.queue.pop().expect("peeked event");
+            if let Event::Timer { node, generation } = event {
+                if generation != self.node_state(node).timer_generation {
+                    continue; // Stale: a later wake-up replaced it.
+                }
+            }
+            debug_assert!(at >= self.now, "the clock never goes backwards");
+            self.now = at;
+            self.events += 1;
+            self.process(event);
+            return true;
+        }
+        false
+    }
+
+    /// Steps until `predicate` holds, at most `steps_max` steps.
+    pub fn run_until(
+        &mut self,
+        mut predicate: impl FnMut(&Sim) -> bool,
+        steps_max: u64,
+    ) -> Result<(), Timeout> {
+        let mut steps = 0;
+        loop {
+            if predicate(self) {
+                return Ok(());
+            }
+            if steps == steps_max {
+                return Err(Timeout {
+                    steps,
+                    now: self.now,
+                    idle: false,
+                });
+            }
+            if !self.step() {
+                return Err(Timeout {
+                    steps,
+                    now: self.now,
+                    idle: true,
+                });
+            }
+            steps += 1;
+        }
+    }
+
+    /// Processes everything due within `duration` and leaves the clock at its end.
+    ///
+    /// Always ends: every network hop and every timer moves virtual time
+    /// forward (see [`crate::link::DELAY_MIN`] and [`TIMER_STALL_BACKOFF`]).
+    pub fn run_for(&mut self, duration: Duration) {
+        let deadline = self.now + duration;
+        while self.step_until(deadline) {}
+        self.now = deadline;
+    }
+
+    // ---- Looking at the world ----
+
+    /// Virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The seed this world was built from.
+    pub fn seed(&self) -> u64 {
+        self.config.seed
+    }
+
+    /// Nodes added so far.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Every node's index, in order.
+    pub fn node_indices(&self) -> impl Iterator<Item = NodeIndex> {
+        (0..self.nodes.len()).map(NodeIndex)
+    }
+
+    /// The node itself.
+    pub fn node(&self, index: NodeIndex) -> &Node {
+        &self.node_state(index).node
+    }
+
+    /// The node's identity.
+    pub fn peer_id(&self, index: NodeIndex) -> PeerId {
+        self.node_state(index).peer_id
+    }
+
+    /// The node's listening address.
+    pub fn addr(&self, index: NodeIndex) -> SocketAddr {
+        self.node_state(index).addr
+    }
+
+    /// The node with identity `peer`, if it is in this world.
+    pub fn index_of(&self, peer: PeerId) -> Option<NodeIndex> {
+        self.by_peer_id.get(&peer).copied()
+    }
+
+    /// Whether `a` lists `b` as a peer.
+    pub fn has_peer(&self, a: NodeIndex, b: NodeIndex) -> bool {
+        let peer = self.peer_id(b);
+        self.node(a).peers().iter().any(|info| info.peer == peer)
+    }
+
+    /// Whether `a` and `b` list each other as peers.
+    pub fn are_connected(&self, a: NodeIndex, b: NodeIndex) -> bool {
+        self.has_peer(a, b) && self.has_peer(b, a)
+    }
+
+    /// The dials made through [`Sim::dial`] and [`Sim::dial_at`], as (from, to).
+    pub fn dials_planned(&self) -> &[(NodeIndex, NodeIndex)] {
+        &self.dials_planned
+    }
+
+    /// Whether every planned dial became a peer relation on both sides and
+    /// the peer graph (edges where both sides agree) connects every node.
+    pub fn is_fully_connected(&self) -> bool {
+        let planned_up = self
+            .dials_planned
+            .iter()
+            .all(|&(from, to)| self.are_connected(from, to));
+        planned_up && self.is_peer_graph_connected()
+    }
+
+    /// Whether the graph of mutual peer relations connects every node.
+    pub fn is_peer_graph_connected(&self) -> bool {
+        let Some(first) = self.node_indices().next() else {
+            return true;
+        };
+        let mut seen = BTreeSet::from([first]);
+        let mut frontier = vec![first];
+        while let Some(node) = frontier.pop() {
+            for info in self.node(node).peers() {
+                let Some(peer) = self.index_of(info.peer) else {
+                    continue;
+                };
+                if self.has_peer(peer, node) && seen.insert(peer) {
+                    frontier.push(peer);
+                }
+            }
+        }
+        seen.len() == self.nodes.len()
+    }
+
+    /// The notifications `node` emitted, oldest first (the last
+    /// [`NOTIFICATIONS_KEPT_PER_NODE_MAX`]), with the instant of each.
+    pub fn notifications(&self, node: NodeIndex) -> impl Iterator<Item = &(Instant, Notification)> {
+        self.node_state(node).notifications.iter()
+    }
+
+    /// Counts of every notification of every node, by kind.
+    pub fn notification_counts(&self) -> NotificationCounts {
+        self.notification_counts
+    }
+
+    /// What the network carried.
+    pub fn network_counts(&self) -> NetworkCounts {
+        self.network_counts
+    }
+
+    /// Events processed so far (stale timers not counted).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Events waiting in the queue (stale timers included).
+    pub fn events_queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The trace so far; its hash is the run's fingerprint.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Invariant violations seen so far.
+    pub fn invariant_violations(&self) -> u64 {
+        self.violations.count()
+    }
+
+    /// The first violations seen, with descriptions.
+    pub fn violations(&self) -> &[Violation] {
+        self.violations.kept()
+    }
+
+    /// The lender of the scenario's random stream (topologies, schedules).
+    pub fn scenario_rng(&mut self) -> &mut ChaCha20Rng {
+        &mut self.rng_scenario
+    }
+
+    /// The summary of the run so far.
+    pub fn summary(&self) -> Summary {
+        Summary::of(self, self.wall_started.elapsed())
+    }
+
+    /// The configuration the world was built with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Checks that peer relations are symmetric between every two nodes with
+    /// nothing in flight between them; counts a violation for each that is not.
+    /// Returns how many violations it found.
+    pub fn check_peer_symmetry(&mut self) -> u64 {
+        let busy = self.network.busy_pairs();
+        let mut problems = Vec::new();
+        for a in self.node_indices() {
+            for info in self.node(a).peers() {
+                let Some(b) = self.index_of(info.peer) else {
+                    problems.push((
+                        a,
+                        format!("lists {:?}, which is no node of this world", info.peer),
+                    ));
+                    continue;
+                };
+                if !self.has_peer(b, a) && !busy.contains(&(a.min(b), a.max(b))) {
+                    problems.push((
+                        a,
+                        format!("lists {b} as a peer, but {b} does not list it and nothing is in flight between them"),
+                    ));
+                }
+            }
+        }
+        let found = problems.len() as u64;
+        for (node, description) in problems {
+            self.violation(Some(node), description);
+        }
+        found
+    }
+
+    // ---- Driving one node ----
+
+    fn node_state(&self, index: NodeIndex) -> &SimNode {
+        &self.nodes[index.0]
+    }
+
+    fn node_state_mut(&mut self, index: NodeIndex) -> &mut SimNode {
+        &mut self.nodes[index.0]
+    }
+
+    fn process(&mut self, event: Event) {
+        match event {
+            Event::Command { node, command } => self.deliver(node, Input::Command(command)),
+            Event::Connect {
+                dialer,
+                dial,
+                acceptor,
+            } => self.connect(dialer, dial, acceptor),
+            Event::DialRefused { node, dial, error } => {
+                // A cancelled dial is forgotten: its late answer is not reported.
+                if self.node_state_mut(node).dials.remove(&dial) {
+                    self.deliver(node, Input::DialFailed { dial, error });
+                }
+            }
+            Event::Bytes { node, conn, bytes } => {
+                if self.network.arrive(conn) {
+                    self.network_counts.bytes_delivered += bytes.len() as u64;
+                    log::trace!("{node} receives {} bytes on {conn:?}", bytes.len());
+                    self.deliver(node, Input::BytesReceived { conn, bytes });
+                } else {
+                    self.network_counts.bytes_dropped += bytes.len() as u64;
+                }
+            }
+            Event::Closed { node, conn, cause } => {
+                if self.network.arrive(conn) {
+                    self.network.remove(conn);
+                    log::debug!("{node} sees {conn:?} closed: {cause}");
+                    self.deliver(node, Input::ConnectionClosed { conn, cause });
+                }
+            }
+            Event::Timer { node, .. } => {
+                self.node_state_mut(node).timer_at = None;
+                self.deliver(node, Input::Timeout);
+            }
+        }
+    }
+
+    fn connect(&mut self, dialer: NodeIndex, dial: DialId, acceptor: NodeIndex) {
+        if !self.node_state_mut(dialer).dials.remove(&dial) {
+            // Cancelled before it connected: the attempt is dropped unreported,
+            // and the acceptor never sees it either.
+            return;
+        }
+        let (dialer_conn, acceptor_conn) = self.network.open(dialer, acceptor);
+        self.network_counts.connections_established += 1;
+        log::debug!("{dialer} connected to {acceptor} ({dialer_conn:?}/{acceptor_conn:?})");
+        let acceptor_addr = self.node_state(acceptor).addr;
+        let dialer_addr = network::ephemeral_address(self.node_state(dialer).addr, acceptor_conn);
+        self.deliver(
+            dialer,
+            Input::ConnectionOpened {
+                conn: dialer_conn,
+                remote: acceptor_addr,
+                origin: Origin::Dialed(dial),
+            },
+        );
+        self.deliver(
+            acceptor,
+            Input::ConnectionOpened {
+                conn: acceptor_conn,
+                remote: dialer_addr,
+                origin: Origin::Accepted,
+            },
+        );
+    }
+
+    /// The run-loop contract: handle, drain every action, reschedule the timer,
+    /// then check the node.
+    fn deliver(&mut self, index: NodeIndex, input: Input) {
+        let now = self.now;
+        let is_timeout = matches!(input, Input::Timeout);
+        self.node_state_mut(index).node.handle(now, input);
+        while let Some(action) = self.node_state_mut(index).node.poll_action() {
+            self.trace.record(index, now, &action);
+            self.apply(index, action);
+        }
+        self.schedule_timer(index, is_timeout);
+        self.check_node(index);
+    }
+
+    fn schedule_timer(&mut self, index: NodeIndex, after_timeout: bool) {
+        let now = self.now;
+        let wanted = self.node_state(index).node.poll_timeout();
+        let at = match wanted {
+            Some(at) if after_timeout && at <= now => {
+                self.violation(
+                    Some(index),
+                    format!("asked to wake at {at} right after handling its timeout at {now}"),
+                );
+                now + TIMER_STALL_BACKOFF
+            }
+            Some(at) => at.max(now),
+            None => {
+                let state = self.node_state_mut(index);
+                if state.timer_at.take().is_some() {
+                    state.timer_generation += 1; // Invalidates the queued event.
+                }
+                return;
+            }
+        };
+        let state = self.node_state_mut(index);
+        if state.timer_at == Some(at) {
+            return; // Already queued.
+        }
+        state.timer_generation += 1;
+        state.timer_at = Some(at);
+        let generation = state.timer_generation;
+        self.queue.push(
+            at,
+            Event::Timer {
+                node: index,
+                generation,
+            },
+        );
+    }
+
+    fn apply(&mut self, index: NodeIndex, action: Action) {
+        match action {
+            Action::Dial { dial, addr } => self.apply_dial(index, dial, addr),
+            Action::CancelDial { dial } => {
+                if !self.node_state_mut(index).dials.remove(&dial) {
+                    self.violation(
+                        Some(index),
+                        format!("cancelled {dial:?}, which is not in progress"),
+                    );
+                }
+            }
+            Action::Send { conn, bytes } => self.apply_send(index, conn, bytes),
+            Action::Close { conn } => self.apply_close(index, conn),
+            Action::Notify(notification) => self.record_notification(index, notification),
+        }
+    }
+
+    fn apply_dial(&mut self, index: NodeIndex, dial: DialId, addr: SocketAddr) {
+        if !self.node_state_mut(index).dials.insert(dial) {
+            self.violation(
+                Some(index),
+                format!("reused {dial:?} while it is in progress"),
+            );
+            return;
+        }
+        let round_trip = self
+            .network
+            .link(index, index)
+            .sample_round_trip(&mut self.rng_network);
+        let at = self.now + round_trip;
+        match self.network.listener(addr) {
+            None => {
+                self.network_counts.dials_refused += 1;
+                self.queue.push(
+                    at,
+                    Event::DialRefused {
+                        node: index,
+                        dial,
+                        error: format!("connection refused: nothing listens on {addr}"),
+                    },
+                );
+            }
+            Some(acceptor) if self.network.connects(index, acceptor) => {
+                self.queue.push(
+                    at,
+                    Event::Connect {
+                        dialer: index,
+                        dial,
+                        acceptor,
+                    },
+                );
+            }
+            // Packets are lost one way or the other: no answer ever comes,
+            // and the core's dial timeout must give up.
+            Some(_) => {}
+        }
+    }
+
+    fn apply_send(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>) {
+        let now = self.now;
+        let Some(endpoint) = self.network.endpoint_of(index, conn) else {
+            self.violation(Some(index), format!("sent on {conn:?}, which is not open"));
+            return;
+        };
+        let (remote, remote_conn) = (endpoint.remote, endpoint.remote_conn);
+        self.network_counts.sends += 1;
+        self.network_counts.bytes_sent += bytes.len() as u64;
+        if bytes.is_empty() {
+            return; // A zero-length write puts nothing on the wire.
+        }
+        if !self.network.delivers(index, remote) || !self.network.is_open(remote_conn) {
+            // Lost, or on its way to an end that already closed: it would be dropped there.
+            self.network_counts.bytes_dropped += bytes.len() as u64;
+            return;
+        }
+        let link = *self.network.link(index, remote);
+        let delay = link.sample_delay(&mut self.rng_network);
+        let pieces = link.slice(&mut self.rng_network, bytes);
+        // Looked up above, and nothing closed it since.
+        let endpoint = self
+            .network
+            .endpoint_of(index, conn)
+            .expect("open endpoint");
+        let arrival = endpoint.outbound.arrival(now, delay);
+        for piece in pieces {
+            self.network.expect_delivery(remote_conn);
+            self.queue.push(
+                arrival,
+                Event::Bytes {
+                    node: remote,
+                    conn: remote_conn,
+                    bytes: piece,
+                },
+            );
+        }
+    }
+
+    fn apply_close(&mut self, index: NodeIndex, conn: ConnId) {
+        if self.network.endpoint_of(index, conn).is_none() {
+            self.violation(Some(index), format!("closed {conn:?}, which is not open"));
+            return;
+        }
+        // Checked just above.
+        let mut endpoint = self.network.remove(conn).expect("open endpoint");
+        let remote = endpoint.remote;
+        if !self.network.delivers(index, remote) || !self.network.is_open(endpoint.remote_conn) {
+            return;
+        }
+        let delay = self
+            .network
+            .link(index, remote)
+            .sample_delay(&mut self.rng_network);
+        // After every byte already on its way: TCP's FIN follows the data.
+        let arrival = endpoint.outbound.arrival(self.now, delay);
+        self.network.expect_delivery(endpoint.remote_conn);
+        self.queue.push(
+            arrival,
+            Event::Closed {
+                node: remote,
+                conn: endpoint.remote_conn,
+                cause: CloseCause::RemoteClosed,
+            },
+        );
+    }
+
+    fn record_notification(&mut self, index: NodeIndex, notification: Notification) {
+        let counts = &mut self.notification_counts;
+        let mut problem = None;
+        let state = &mut self.nodes[index.0];
+        match &notification {
+            Notification::PeerConnected {
+                peer, direction, ..
+            } => {
+                counts.peer_connected += 1;
+                if *direction == Direction::Outbound {
+                    counts.peer_connected_outbound += 1;
+                }
+                if !state.notified_peers.insert(*peer) {
+                    problem = Some(format!("announced {peer:?} connected twice"));
+                }
+            }
+            Notification::PeerDisconnected { peer, reason } => {
+                counts.peer_disconnected += 1;
+                if *reason == DisconnectReason::Silent {
+                    counts.peer_disconnected_silent += 1;
+                }
+                if !state.notified_peers.remove(peer) {
+                    problem = Some(format!(
+                        "announced {peer:?} disconnected, but it was not connected"
+                    ));
+                }
+            }
+            Notification::ConnectionRefused { .. } => counts.connection_refused += 1,
+            Notification::DialFailed { .. } => counts.dial_failed += 1,
+        }
+        log::debug!("{index} at {}: {notification:?}", self.now);
+        if state.notifications.len() == NOTIFICATIONS_KEPT_PER_NODE_MAX {
+            state.notifications.pop_front();
+        }
+        state.notifications.push_back((self.now, notification));
+        if let Some(description) = problem {
+            self.violation(Some(index), description);
+        }
+    }
+
+    fn check_node(&mut self, index: NodeIndex) {
+        let state = self.node_state(index);
+        let problems = invariants::check_node(&NodeView {
+            node: &state.node,
+            peer_id: state.peer_id,
+            peers_max: state.peers_max,
+            notified_peers: &state.notified_peers,
+        });
+        for problem in problems {
+            self.violation(Some(index), problem);
+        }
+    }
+
+    fn violation(&mut self, node: Option<NodeIndex>, description: String) {
+        let violation = Violation {
+            at: self.now,
+            node,
+            description,
+        };
+        self.violations.record(self.config.seed, violation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sim(seed: u64) -> Sim {
+        Sim::new(SimConfig::new(seed))
+    }
+
+    #[test]
+    fn run_until_is_bounded_and_reports_why_it_stopped() {
+        let mut empty = sim(1);
+        let idle = empty.run_until(|_| false, 10).unwrap_err();
+        assert!(idle.idle && idle.steps == 0, "{idle}");
+        assert_eq!(empty.run_until(|_| true, 0), Ok(()));
+
+        let mut busy = sim(1);
+        let a = busy.add_node();
+        let b = busy.add_node();
+        busy.dial(a, b);
+        let bounded = busy.run_until(|_| false, 3).unwrap_err();
+        assert!(!bounded.idle && bounded.steps == 3, "{bounded}");
+        assert_eq!(busy.events(), 3);
+    }
+
+    #[test]
+    fn nodes_get_addresses_and_identities_from_the_seed() {
+        let mut first = sim(5);
+        let mut again = sim(5);
+        let mut other = sim(6);
+        let nodes: Vec<_> = (0..3).map(|_| first.add_node()).collect();
+        for _ in 0..3 {
+            again.add_node();
+            other.add_node();
+        }
+        assert_eq!(first.addr(nodes[2]).to_string(), "10.0.0.3:9000");
+        for &node in &nodes {
+            assert_eq!(first.peer_id(node), again.peer_id(node));
+            assert_ne!(first.peer_id(node), other.peer_id(node));
+            assert_eq!(first.index_of(first.peer_id(node)), Some(node));
+        }
+    }
+
+    #[test]
+    fn a_dial_to_an_empty_address_fails_after_a_round_trip() {
+        let mut sim = sim(2);
+        let node = sim.add_node();
+        let nowhere: SocketAddr = "10.9.9.9:9000".parse().expect("literal address");
+        sim.command(
+            node,
+            Command::Dial {
+                addr: nowhere,
+                peer: None,
+            },
+        );
+        let failed = |sim: &Sim| sim.notification_counts().dial_failed == 1;
+        sim.run_until(failed, 100).expect("the refusal arrives");
+        // Two one-way delays of 25 ms ± 10 %.
+        assert!(sim.now() >= Instant::from_micros(45_000), "{}", sim.now());
+        assert!(sim.now() <= Instant::from_micros(55_000), "{}", sim.now());
+        assert_eq!(sim.network_counts().dials_refused, 1);
+        assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
+    }
+
+    #[test]
+    fn a_half_open_connection_after_an_outage_is_not_an_asymmetry() {
+        // Both ends go dark; the first to time out closes, but its close is
+        // lost. When the network heals, the other end still lists its peer
+        // until its own silence timeout: TCP's half-open connection.
+        let mut sim = sim(7);
+        let a = sim.add_node();
+        let b = sim.add_node();
+        sim.dial(a, b);
+        sim.run_until(|sim| sim.are_connected(a, b), 1_000)
+            .expect("a clean link connects");
+        sim.set_blackholed(a, true);
+        sim.set_blackholed(b, true);
+        let one_gave_up = |sim: &Sim| !sim.has_peer(a, b) || !sim.has_peer(b, a);
+        sim.run_until(one_gave_up, 10_000)
+            .expect("silence is noticed");
+        sim.set_blackholed(a, false);
+        sim.set_blackholed(b, false);
+        assert!(
+            sim.has_peer(a, b) != sim.has_peer(b, a),
+            "exactly one end gave up"
+        );
+        assert_eq!(sim.check_peer_symmetry(), 0);
+
+        let both_gave_up = |sim: &Sim| !sim.has_peer(a, b) && !sim.has_peer(b, a);
+        sim.run_until(both_gave_up, 10_000)
+            .expect("the other end times out too");
+        assert_eq!(sim.notification_counts().peer_disconnected_silent, 2);
+        assert_eq!(sim.check_peer_symmetry(), 0);
+        assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
+    }
+
+    #[test]
+    fn a_pair_connects_and_keeps_alive_the_same_way_from_the_same_seed() {
+        let run = |seed: u64| {
+            let mut sim = sim(seed);
+            let a = sim.add_node();
+            let b = sim.add_node();
+            sim.dial(a, b);
+            sim.run_until(|sim| sim.are_connected(a, b), 1_000)
+                .expect("a clean link connects");
+            sim.run_for(Duration::from_secs(100));
+            assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
+            (sim.trace().hash_hex(), sim.events(), sim.trace().actions())
+        };
+        let first = run(3);
+        assert_eq!(first, run(3));
+        assert_ne!(first.0, run(4).0);
+    }
+}
