@@ -1,0 +1,934 @@
+//! Requests peers make of us: admission (decoding, duplicate ids, the open
+//! request cap, rate limits), tracking until answered, and the building of
+//! response frames from a handler's answer.
+//!
+//! # Design
+//! ```text
+//!  bytes ─► on_request_bytes ─┬─► Dropped   (no readable id, or an id already open: nothing is sent)
+//!                             ├─► Goodbye   (one-way: close the connection)
+//!                             ├─► Refused   (send the error chunk it carries)
+//!                             └─► Serve ─► handler ─► respond_chunk* + respond_end
+//!                                    │                 or respond_error ─► Answered
+//!                                    └─ on_timeout / on_peer_disconnected ─► dropped
+//! ```
+//! Admission runs in this order, so a refused request costs the peer no
+//! tokens unless it reached the rate limiter: decode → Goodbye → duplicate id
+//! → registered protocol → body layout → open-request cap → rate limit.
+//! Every `respond_*` returns one encoded logical message for the caller to
+//! frame and send; streaming chunk by chunk lets the caller pace a large
+//! response to the connection's send buffer.
+//!
+//! # Security
+//! Provided: at most `open_per_peer_max` requests open per peer (more get
+//! `ResourceUnavailable` at once), the per-peer and global quotas of
+//! [`RateLimiterConfig::serving`], a deadline on every open request so a
+//! handler that never answers cannot hold a slot forever, and never more
+//! chunks or larger payloads than the request allows. Unregistered
+//! application protocols are refused before they reach the limiter.
+//! Not provided: penalties (the outcome says what happened; the peer manager
+//! scores it), or any check that a handler's payloads are true.
+//!
+//! # Limits
+//! [`INBOUND_REQUESTS_PER_PEER_MAX`] open requests per peer, each for at most
+//! [`INBOUND_ANSWER_TIMEOUT`]; [`APPLICATION_PROTOCOLS_MAX`] registered
+//! application protocols. The open-request map holds only peers with open
+//! requests.
+
+use std::collections::BTreeMap;
+
+use super::bodies::{request_cost, response_chunks_max, Body, Goodbye};
+use super::error::ReqRespDecodeError;
+use super::limits::{
+    APPLICATION_PROTOCOLS_MAX, INBOUND_ANSWER_TIMEOUT, INBOUND_REQUESTS_PER_PEER_MAX,
+};
+use super::rate::{Quota, QuotaError, RateCheck, RateLimiter, RateLimiterConfig};
+use super::wire::{
+    ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
+};
+use crate::identity::PeerId;
+use crate::io::GoodbyeReason;
+use crate::time::{Duration, Instant};
+
+/// What an [`InboundRequests`] enforces.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct InboundConfig {
+    /// Requests one peer may have open with us.
+    pub open_per_peer_max: usize,
+    /// How long the handler has to finish an answer.
+    pub answer_timeout: Duration,
+    /// The quotas we serve within.
+    pub quotas: RateLimiterConfig,
+}
+
+impl Default for InboundConfig {
+    fn default() -> InboundConfig {
+        InboundConfig {
+            open_per_peer_max: INBOUND_REQUESTS_PER_PEER_MAX,
+            answer_timeout: INBOUND_ANSWER_TIMEOUT,
+            quotas: RateLimiterConfig::serving(),
+        }
+    }
+}
+
+/// Why a request was refused with an error chunk.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Refusal {
+    /// The protocol or body is malformed (answered `InvalidRequest`).
+    Invalid(ReqRespDecodeError),
+    /// An application protocol we have not registered (answered `InvalidRequest`).
+    UnsupportedProtocol(ProtocolName),
+    /// The peer already has `open_per_peer_max` requests open (answered `ResourceUnavailable`).
+    TooManyOpen,
+    /// Over the peer's quota or the global budget (answered `ResourceUnavailable`).
+    RateLimited {
+        /// When the same request would be allowed.
+        retry_after: Duration,
+    },
+    /// The request costs more than the quota can ever allow (answered `ResourceUnavailable`).
+    OverCapacity,
+}
+
+impl Refusal {
+    /// The result code the peer gets.
+    pub fn code(&self) -> ResultCode {
+        match self {
+            Refusal::Invalid(_) | Refusal::UnsupportedProtocol(_) => ResultCode::InvalidRequest,
+            Refusal::TooManyOpen | Refusal::RateLimited { .. } | Refusal::OverCapacity => {
+                ResultCode::ResourceUnavailable
+            }
+        }
+    }
+
+    /// The coarse message the peer gets (details stay in our log).
+    fn message(&self) -> String {
+        match self {
+            Refusal::Invalid(_) => "invalid request".to_owned(),
+            Refusal::UnsupportedProtocol(_) => "unsupported protocol".to_owned(),
+            Refusal::TooManyOpen => "too many open requests".to_owned(),
+            Refusal::RateLimited { retry_after } => {
+                format!("rate limited, retry after {} ms", retry_after.as_millis())
+            }
+            Refusal::OverCapacity => "request exceeds quota".to_owned(),
+        }
+    }
+}
+
+/// Why a request got no answer at all.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum DropReason {
+    /// Not even the id could be read.
+    Malformed(ReqRespDecodeError),
+    /// The id is already open with this peer; answering would corrupt that response.
+    DuplicateId(RequestId),
+    /// A Goodbye whose body is malformed.
+    MalformedGoodbye(ReqRespDecodeError),
+}
+
+/// What [`InboundRequests::on_request`] decided.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum InboundOutcome {
+    /// Admitted: hand to the protocol's handler, which must answer with
+    /// `respond_*` within the answer timeout.
+    Serve {
+        /// The request.
+        id: RequestId,
+        /// Its protocol.
+        protocol: ProtocolId,
+        /// The uncompressed body, valid for the protocol's layout.
+        body: Vec<u8>,
+        /// The most success chunks the answer may carry.
+        chunks_max: u64,
+    },
+    /// The peer says Goodbye: note the reason and close the connection. Nothing is sent.
+    Goodbye {
+        /// Why the peer is leaving.
+        reason: GoodbyeReason,
+    },
+    /// Refused: send `response` (one encoded error chunk) to the peer.
+    Refused {
+        /// The request.
+        id: RequestId,
+        /// Why.
+        refusal: Refusal,
+        /// The error chunk, encoded as a logical message.
+        response: Vec<u8>,
+    },
+    /// Nothing can be answered; send nothing.
+    Dropped(DropReason),
+}
+
+/// Why a `respond_*` call was refused. `NotOpen` is a normal race (the
+/// request expired or the peer left); the others are handler bugs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RespondError {
+    /// No such request is open with the peer (answered, expired, or disconnected).
+    NotOpen,
+    /// The answer already has `chunks_max` chunks.
+    TooManyChunks,
+    /// The payload exceeds the protocol's response limit.
+    PayloadTooLarge,
+}
+
+/// Event counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InboundCounters {
+    /// Requests admitted to a handler.
+    pub requests_served: u64,
+    /// Requests answered with an end.
+    pub responses_completed: u64,
+    /// Requests answered with an error chunk by the handler.
+    pub responses_failed: u64,
+    /// Requests refused as invalid or for an unsupported protocol.
+    pub refused_invalid: u64,
+    /// Requests refused because the peer had too many open.
+    pub refused_too_many_open: u64,
+    /// Requests refused by a quota.
+    pub refused_rate_limited: u64,
+    /// Requests dropped unanswered (no id, duplicate id, bad Goodbye).
+    pub dropped: u64,
+    /// Goodbyes received.
+    pub goodbyes: u64,
+    /// Open requests that expired before the handler answered.
+    pub expired: u64,
+}
+
+/// Requests peers have open with us.
+///
+/// # Methods
+/// Getters: [`InboundRequests::open`], [`InboundRequests::counters`],
+/// [`InboundRequests::next_deadline`], [`InboundRequests::is_registered`].
+/// Mutators: [`InboundRequests::register_application`].
+/// Handlers: [`InboundRequests::on_request_bytes`], [`InboundRequests::on_request`],
+/// [`InboundRequests::on_timeout`], [`InboundRequests::on_peer_disconnected`].
+/// Answers: [`InboundRequests::respond_chunk`], [`InboundRequests::respond_end`],
+/// [`InboundRequests::respond_error`], [`InboundRequests::respond`].
+#[derive(Debug)]
+pub struct InboundRequests {
+    config: InboundConfig,
+    open: BTreeMap<PeerId, BTreeMap<RequestId, OpenRequest>>,
+    applications: Vec<ProtocolName>,
+    limiter: RateLimiter,
+    counters: InboundCounters,
+    last_now: Instant,
+}
+
+#[derive(Debug)]
+struct OpenRequest {
+    protocol: ProtocolId,
+    chunks_max: u64,
+    chunks_sent: u64,
+    deadline: Instant,
+}
+
+/// A handler's whole answer, for [`InboundRequests::respond`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Answer {
+    /// Success: these payloads (uncompressed), possibly none, then the end.
+    Chunks(Vec<Vec<u8>>),
+    /// Failure: one error chunk.
+    Error {
+        /// Not `Success`.
+        code: ResultCode,
+        /// Cut to `ERROR_MESSAGE_BYTES_MAX`.
+        message: String,
+    },
+}
+
+impl InboundRequests {
+    /// A tracker with `config`.
+    pub fn new(config: InboundConfig) -> InboundRequests {
+        InboundRequests {
+            limiter: RateLimiter::new(config.quotas.clone()),
+            config,
+            open: BTreeMap::new(),
+            applications: Vec::new(),
+            counters: InboundCounters::default(),
+            last_now: Instant::ZERO,
+        }
+    }
+
+    /// Serves application protocol `name` from now on, within `quota` per peer.
+    pub fn register_application(
+        &mut self,
+        name: ProtocolName,
+        quota: Quota,
+    ) -> Result<(), QuotaError> {
+        if !self.applications.contains(&name) {
+            if self.applications.len() >= APPLICATION_PROTOCOLS_MAX {
+                return Err(QuotaError::TooManyApplicationProtocols);
+            }
+            self.applications.push(name);
+        }
+        self.limiter.set_quota(ProtocolId::Application(name), quota)
+    }
+
+    /// Whether application protocol `name` is served.
+    pub fn is_registered(&self, name: &ProtocolName) -> bool {
+        self.applications.contains(name)
+    }
+
+    /// A request message (kind byte included) from `peer`.
+    pub fn on_request_bytes(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> InboundOutcome {
+        match Request::decode(bytes) {
+            Ok(request) => self.on_request(now, peer, request),
+            Err(error) => {
+                self.advance(now);
+                match Request::peek_id(bytes) {
+                    Some(id) if !self.is_open(&peer, id) => {
+                        self.refuse(id, Refusal::Invalid(error))
+                    }
+                    Some(id) => self.drop_request(DropReason::DuplicateId(id)),
+                    None => self.drop_request(DropReason::Malformed(error)),
+                }
+            }
+        }
+    }
+
+    /// A decoded request from `peer`.
+    pub fn on_request(&mut self, now: Instant, peer: PeerId, request: Request) -> InboundOutcome {
+        self.advance(now);
+        let Request { id, protocol, body } = request;
+        if protocol == ProtocolId::Goodbye {
+            return match Goodbye::decode(&body) {
+                Ok(goodbye) => {
+                    self.counters.goodbyes += 1;
+                    InboundOutcome::Goodbye {
+                        reason: goodbye.reason,
+                    }
+                }
+                Err(error) => self.drop_request(DropReason::MalformedGoodbye(error)),
+            };
+        }
+        if self.is_open(&peer, id) {
+            return self.drop_request(DropReason::DuplicateId(id));
+        }
+        if let ProtocolId::Application(name) = protocol {
+            if !self.is_registered(&name) {
+                return self.refuse(id, Refusal::UnsupportedProtocol(name));
+            }
+        }
+        let chunks_max = match response_chunks_max(&protocol, &body) {
+            Ok(chunks_max) => chunks_max,
+            Err(error) => return self.refuse(id, Refusal::Invalid(error)),
+        };
+        if self.open_count(&peer) >= self.config.open_per_peer_max {
+            return self.refuse(id, Refusal::TooManyOpen);
+        }
+        match self
+            .limiter
+            .check(now, peer, protocol, request_cost(chunks_max))
+        {
+            RateCheck::Allowed => {}
+            RateCheck::Limited { retry_after } => {
+                return self.refuse(id, Refusal::RateLimited { retry_after })
+            }
+            RateCheck::OverCapacity => return self.refuse(id, Refusal::OverCapacity),
+            RateCheck::NoQuota => {
+                // Registered protocols all have quotas; a built-in one without
+                // is a configuration that serves nothing of it.
+                return self.refuse(id, Refusal::OverCapacity);
+            }
+        }
+        self.open.entry(peer).or_default().insert(
+            id,
+            OpenRequest {
+                protocol,
+                chunks_max,
+                chunks_sent: 0,
+                deadline: now + self.config.answer_timeout,
+            },
+        );
+        self.counters.requests_served += 1;
+        InboundOutcome::Serve {
+            id,
+            protocol,
+            body,
+            chunks_max,
+        }
+    }
+
+    /// One success chunk of the answer to `id`, encoded; the request stays open.
+    pub fn respond_chunk(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, RespondError> {
+        self.advance(now);
+        let request = self.open_request(now, &peer, id)?;
+        if request.chunks_sent >= request.chunks_max {
+            return Err(RespondError::TooManyChunks);
+        }
+        if payload.len() > request.protocol.response_bytes_max() {
+            return Err(RespondError::PayloadTooLarge);
+        }
+        request.chunks_sent += 1;
+        Ok(ResponseChunk::success(id, payload).encode())
+    }
+
+    /// The end of a successful answer to `id`, encoded; the request is closed.
+    pub fn respond_end(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+    ) -> Result<Vec<u8>, RespondError> {
+        self.advance(now);
+        self.open_request(now, &peer, id)?;
+        self.close(&peer, id);
+        self.counters.responses_completed += 1;
+        Ok(ResponseEnd { id }.encode())
+    }
+
+    /// An error answer to `id` (after any chunks already sent), encoded; the
+    /// request is closed.
+    ///
+    /// # Panics
+    /// If `code` is `Success`.
+    pub fn respond_error(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+        code: ResultCode,
+        message: &str,
+    ) -> Result<Vec<u8>, RespondError> {
+        self.advance(now);
+        assert!(!code.is_success(), "an error answer needs an error code");
+        self.open_request(now, &peer, id)?;
+        self.close(&peer, id);
+        self.counters.responses_failed += 1;
+        Ok(ResponseChunk::error(id, code, message).encode())
+    }
+
+    /// A whole answer at once: the encoded messages to send, in order. Checks
+    /// every payload before producing anything, so on error nothing is sent
+    /// and the request stays open.
+    pub fn respond(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+        answer: Answer,
+    ) -> Result<Vec<Vec<u8>>, RespondError> {
+        self.advance(now);
+        match answer {
+            Answer::Chunks(payloads) => {
+                let request = self.open_request(now, &peer, id)?;
+                let chunks_after = request.chunks_sent.saturating_add(payloads.len() as u64);
+                if chunks_after > request.chunks_max {
+                    return Err(RespondError::TooManyChunks);
+                }
+                let limit = request.protocol.response_bytes_max();
+                if payloads.iter().any(|payload| payload.len() > limit) {
+                    return Err(RespondError::PayloadTooLarge);
+                }
+                let mut messages = Vec::with_capacity(payloads.len() + 1);
+                for payload in &payloads {
+                    messages.push(self.respond_chunk(now, peer, id, payload)?);
+                }
+                messages.push(self.respond_end(now, peer, id)?);
+                Ok(messages)
+            }
+            Answer::Error { code, message } => {
+                Ok(vec![self.respond_error(now, peer, id, code, &message)?])
+            }
+        }
+    }
+
+    /// Drops every open request whose answer deadline is at or before `now`,
+    /// returning them in peer then id order. The requester has given up on
+    /// them: send nothing, and drop any handler work for them.
+    pub fn on_timeout(&mut self, now: Instant) -> Vec<(PeerId, RequestId)> {
+        self.advance(now);
+        let expired: Vec<(PeerId, RequestId)> = self
+            .open
+            .iter()
+            .flat_map(|(&peer, requests)| {
+                requests
+                    .iter()
+                    .filter(|(_, request)| request.deadline <= now)
+                    .map(move |(&id, _)| (peer, id))
+            })
+            .collect();
+        for (peer, id) in &expired {
+            self.close(peer, *id);
+        }
+        self.counters.expired += expired.len() as u64;
+        expired
+    }
+
+    /// The earliest answer deadline, if any request is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.open
+            .values()
+            .flat_map(|requests| requests.values().map(|request| request.deadline))
+            .min()
+    }
+
+    /// `peer` is gone: forgets its open requests (returned in id order) and its buckets.
+    pub fn on_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
+        self.limiter.remove_peer(peer);
+        self.open
+            .remove(peer)
+            .map(|requests| requests.into_keys().collect())
+            .unwrap_or_default()
+    }
+
+    /// Requests `peer` has open with us.
+    pub fn open(&self, peer: &PeerId) -> usize {
+        self.open_count(peer)
+    }
+
+    /// Event counts.
+    pub fn counters(&self) -> &InboundCounters {
+        &self.counters
+    }
+
+    /// The serving rate limiter, for its counters.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    fn advance(&mut self, now: Instant) {
+        debug_assert!(now >= self.last_now, "time went backwards");
+        self.last_now = self.last_now.max(now);
+    }
+
+    fn open_count(&self, peer: &PeerId) -> usize {
+        self.open.get(peer).map_or(0, BTreeMap::len)
+    }
+
+    fn is_open(&self, peer: &PeerId, id: RequestId) -> bool {
+        self.open
+            .get(peer)
+            .is_some_and(|requests| requests.contains_key(&id))
+    }
+
+    /// The open request, unless its deadline has passed.
+    fn open_request(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        id: RequestId,
+    ) -> Result<&mut OpenRequest, RespondError> {
+        self.open
+            .get_mut(peer)
+            .and_then(|requests| requests.get_mut(&id))
+            .filter(|request| request.deadline > now)
+            .ok_or(RespondError::NotOpen)
+    }
+
+    fn close(&mut self, peer: &PeerId, id: RequestId) {
+        let requests = self
+            .open
+            .get_mut(peer)
+            .expect("closing a request of a known peer");
+        requests.remove(&id).expect("closing an open request");
+        if requests.is_empty() {
+            self.open.remove(peer);
+        }
+    }
+
+    fn refuse(&mut self, id: RequestId, refusal: Refusal) -> InboundOutcome {
+        match refusal {
+            Refusal::Invalid(_) | Refusal::UnsupportedProtocol(_) => {
+                self.counters.refused_invalid += 1
+            }
+            Refusal::TooManyOpen => self.counters.refused_too_many_open += 1,
+            Refusal::RateLimited { .. } | Refusal::OverCapacity => {
+                self.counters.refused_rate_limited += 1
+            }
+        }
+        let response = ResponseChunk::error(id, refusal.code(), &refusal.message()).encode();
+        InboundOutcome::Refused {
+            id,
+            refusal,
+            response,
+        }
+    }
+
+    fn drop_request(&mut self, reason: DropReason) -> InboundOutcome {
+        self.counters.dropped += 1;
+        InboundOutcome::Dropped(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reqresp::bodies::{BlocksByRangeRequest, Ping, Status};
+    use crate::reqresp::wire::ReqRespMessage;
+
+    fn peer(n: u8) -> PeerId {
+        PeerId::from_bytes([n; 32])
+    }
+
+    fn secs(seconds: u64) -> Instant {
+        Instant::from_micros(seconds * 1_000_000)
+    }
+
+    fn request(id: u64, protocol: ProtocolId, body: Vec<u8>) -> Vec<u8> {
+        Request {
+            id: RequestId(id),
+            protocol,
+            body,
+        }
+        .encode()
+    }
+
+    fn range(count: u64) -> Vec<u8> {
+        BlocksByRangeRequest {
+            start_slot: 0,
+            count,
+        }
+        .encode()
+    }
+
+    fn status() -> Vec<u8> {
+        Status {
+            network_id: 1,
+            finalized_root: [0; 32],
+            finalized_slot: 0,
+            head_root: [0; 32],
+            head_slot: 0,
+        }
+        .encode()
+    }
+
+    fn decode_chunk(bytes: &[u8]) -> ResponseChunk {
+        match ReqRespMessage::decode(bytes).unwrap() {
+            ReqRespMessage::Chunk(chunk) => chunk,
+            other => panic!("expected a chunk, got {other:?}"),
+        }
+    }
+
+    fn refused_code(outcome: &InboundOutcome) -> ResultCode {
+        match outcome {
+            InboundOutcome::Refused {
+                response,
+                refusal,
+                id,
+            } => {
+                let chunk = decode_chunk(response);
+                assert_eq!(chunk.id, *id);
+                assert_eq!(chunk.code, refusal.code());
+                chunk.code
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_served_request_is_answered_in_chunks_then_an_end() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        let outcome =
+            inbound.on_request_bytes(secs(0), a, &request(7, ProtocolId::BlocksByRange, range(3)));
+        assert_eq!(
+            outcome,
+            InboundOutcome::Serve {
+                id: RequestId(7),
+                protocol: ProtocolId::BlocksByRange,
+                body: range(3),
+                chunks_max: 3
+            }
+        );
+        let messages = inbound
+            .respond(
+                secs(1),
+                a,
+                RequestId(7),
+                Answer::Chunks(vec![b"b1".to_vec(), b"b2".to_vec()]),
+            )
+            .unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(decode_chunk(&messages[0]).payload(10).unwrap(), b"b1");
+        assert_eq!(
+            ReqRespMessage::decode(&messages[2]),
+            Ok(ReqRespMessage::End(ResponseEnd { id: RequestId(7) }))
+        );
+        assert_eq!(inbound.open(&a), 0);
+        assert_eq!(
+            inbound.respond_end(secs(1), a, RequestId(7)),
+            Err(RespondError::NotOpen)
+        );
+        assert_eq!(inbound.counters().requests_served, 1);
+        assert_eq!(inbound.counters().responses_completed, 1);
+    }
+
+    #[test]
+    fn handlers_cannot_exceed_the_chunks_or_payload_allowed() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::Status, status()));
+        assert_eq!(
+            inbound.respond(
+                secs(0),
+                a,
+                RequestId(1),
+                Answer::Chunks(vec![status(), status()])
+            ),
+            Err(RespondError::TooManyChunks)
+        );
+        assert_eq!(
+            inbound.respond_chunk(secs(0), a, RequestId(1), &[0; 89]),
+            Err(RespondError::PayloadTooLarge)
+        );
+        assert!(inbound
+            .respond_chunk(secs(0), a, RequestId(1), &status())
+            .is_ok());
+        assert_eq!(
+            inbound.respond_chunk(secs(0), a, RequestId(1), &status()),
+            Err(RespondError::TooManyChunks)
+        );
+        assert!(inbound.respond_end(secs(0), a, RequestId(1)).is_ok());
+    }
+
+    #[test]
+    fn error_answers_close_the_request() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::BlocksByRange, range(4)));
+        let messages = inbound
+            .respond(
+                secs(0),
+                a,
+                RequestId(1),
+                Answer::Error {
+                    code: ResultCode::ResourceUnavailable,
+                    message: "pruned".into(),
+                },
+            )
+            .unwrap();
+        let chunk = decode_chunk(&messages[0]);
+        assert_eq!(chunk.code, ResultCode::ResourceUnavailable);
+        assert_eq!(chunk.error_message().unwrap(), "pruned");
+        assert_eq!(inbound.open(&a), 0);
+        assert_eq!(inbound.counters().responses_failed, 1);
+    }
+
+    #[test]
+    fn malformed_requests_are_answered_invalid_when_the_id_is_readable() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        // Unknown protocol tag: the id is readable, so the peer hears why.
+        let mut bytes = request(3, ProtocolId::Ping, Ping { metadata_seq: 0 }.encode());
+        bytes[9] = 99;
+        let outcome = inbound.on_request_bytes(secs(0), a, &bytes);
+        assert_eq!(refused_code(&outcome), ResultCode::InvalidRequest);
+        // A body that decompresses but does not fit the protocol's layout.
+        let outcome =
+            inbound.on_request_bytes(secs(0), a, &request(4, ProtocolId::Status, vec![0; 10]));
+        assert!(matches!(
+            outcome,
+            InboundOutcome::Refused {
+                refusal: Refusal::Invalid(ReqRespDecodeError::Truncated { .. }),
+                ..
+            }
+        ));
+        // A range over 64 blocks.
+        let mut body = 0u64.to_be_bytes().to_vec();
+        body.extend_from_slice(&65u64.to_be_bytes());
+        let outcome =
+            inbound.on_request_bytes(secs(0), a, &request(5, ProtocolId::BlocksByRange, body));
+        assert_eq!(refused_code(&outcome), ResultCode::InvalidRequest);
+        // No readable id: nothing can be answered.
+        assert!(matches!(
+            inbound.on_request_bytes(secs(0), a, &[16, 0, 0]),
+            InboundOutcome::Dropped(DropReason::Malformed(_))
+        ));
+        assert_eq!(inbound.counters().refused_invalid, 3);
+        assert_eq!(inbound.counters().dropped, 1);
+        assert_eq!(inbound.open(&a), 0);
+        assert_eq!(
+            inbound.limiter().counters().allowed,
+            0,
+            "invalid requests spend no tokens"
+        );
+    }
+
+    #[test]
+    fn duplicate_open_ids_are_dropped_unanswered() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let (a, b) = (peer(1), peer(2));
+        let bytes = request(9, ProtocolId::Status, status());
+        assert!(matches!(
+            inbound.on_request_bytes(secs(0), a, &bytes),
+            InboundOutcome::Serve { .. }
+        ));
+        assert_eq!(
+            inbound.on_request_bytes(secs(0), a, &bytes),
+            InboundOutcome::Dropped(DropReason::DuplicateId(RequestId(9)))
+        );
+        // Even a malformed request reusing the id gets no answer that would end the open one.
+        let mut malformed = bytes.clone();
+        malformed.truncate(12);
+        assert_eq!(
+            inbound.on_request_bytes(secs(0), a, &malformed),
+            InboundOutcome::Dropped(DropReason::DuplicateId(RequestId(9)))
+        );
+        // Ids are per peer.
+        assert!(matches!(
+            inbound.on_request_bytes(secs(0), b, &bytes),
+            InboundOutcome::Serve { .. }
+        ));
+    }
+
+    #[test]
+    fn a_peer_over_its_open_requests_gets_resource_unavailable() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        for id in 0..INBOUND_REQUESTS_PER_PEER_MAX as u64 {
+            assert!(matches!(
+                inbound.on_request_bytes(secs(0), a, &request(id, ProtocolId::Status, status())),
+                InboundOutcome::Serve { .. }
+            ));
+        }
+        let outcome =
+            inbound.on_request_bytes(secs(0), a, &request(100, ProtocolId::Status, status()));
+        assert_eq!(refused_code(&outcome), ResultCode::ResourceUnavailable);
+        assert!(matches!(
+            outcome,
+            InboundOutcome::Refused {
+                refusal: Refusal::TooManyOpen,
+                ..
+            }
+        ));
+        assert_eq!(inbound.counters().refused_too_many_open, 1);
+        // Status allows 5 per 15 s; the refusal spent none of them.
+        assert_eq!(
+            inbound.limiter().tokens(secs(0), &a, &ProtocolId::Status),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn rate_limited_requests_get_resource_unavailable_with_a_retry_time() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        for id in 0..2 {
+            let bytes = request(id, ProtocolId::Ping, Ping { metadata_seq: 0 }.encode());
+            assert!(matches!(
+                inbound.on_request_bytes(secs(0), a, &bytes),
+                InboundOutcome::Serve { .. }
+            ));
+            inbound
+                .respond(secs(0), a, RequestId(id), Answer::Chunks(vec![vec![0; 8]]))
+                .unwrap();
+        }
+        let bytes = request(2, ProtocolId::Ping, Ping { metadata_seq: 0 }.encode());
+        let outcome = inbound.on_request_bytes(secs(0), a, &bytes);
+        assert_eq!(refused_code(&outcome), ResultCode::ResourceUnavailable);
+        let InboundOutcome::Refused {
+            refusal, response, ..
+        } = outcome
+        else {
+            unreachable!("checked above")
+        };
+        assert_eq!(
+            refusal,
+            Refusal::RateLimited {
+                retry_after: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(
+            decode_chunk(&response).error_message().unwrap(),
+            "rate limited, retry after 5000 ms"
+        );
+        assert_eq!(inbound.counters().refused_rate_limited, 1);
+        assert!(matches!(
+            inbound.on_request_bytes(secs(5), a, &bytes),
+            InboundOutcome::Serve { .. }
+        ));
+    }
+
+    #[test]
+    fn application_protocols_must_be_registered() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        let name = ProtocolName::new("/app/echo/1").unwrap();
+        let bytes = request(1, ProtocolId::Application(name), b"hello".to_vec());
+        let outcome = inbound.on_request_bytes(secs(0), a, &bytes);
+        assert_eq!(refused_code(&outcome), ResultCode::InvalidRequest);
+        assert!(matches!(
+            outcome,
+            InboundOutcome::Refused {
+                refusal: Refusal::UnsupportedProtocol(_),
+                ..
+            }
+        ));
+        inbound
+            .register_application(name, Quota::new(4, Duration::from_secs(1)))
+            .unwrap();
+        assert!(inbound.is_registered(&name));
+        let InboundOutcome::Serve {
+            body, chunks_max, ..
+        } = inbound.on_request_bytes(secs(0), a, &bytes)
+        else {
+            panic!("a registered protocol is served")
+        };
+        assert_eq!((body.as_slice(), chunks_max), (&b"hello"[..], 1));
+        let messages = inbound
+            .respond(
+                secs(0),
+                a,
+                RequestId(1),
+                Answer::Chunks(vec![b"HELLO".to_vec()]),
+            )
+            .unwrap();
+        assert_eq!(decode_chunk(&messages[0]).payload(5).unwrap(), b"HELLO");
+    }
+
+    #[test]
+    fn goodbye_is_one_way() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        let body = Goodbye {
+            reason: GoodbyeReason::TooManyPeers,
+        }
+        .encode();
+        assert_eq!(
+            inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::Goodbye, body)),
+            InboundOutcome::Goodbye {
+                reason: GoodbyeReason::TooManyPeers
+            }
+        );
+        assert_eq!(inbound.open(&a), 0);
+        assert!(matches!(
+            inbound.on_request(
+                secs(0),
+                a,
+                Request {
+                    id: RequestId(2),
+                    protocol: ProtocolId::Goodbye,
+                    body: vec![1]
+                }
+            ),
+            InboundOutcome::Dropped(DropReason::MalformedGoodbye(_))
+        ));
+    }
+
+    #[test]
+    fn unanswered_requests_expire_and_free_their_slot() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::Status, status()));
+        inbound.on_request_bytes(secs(2), a, &request(2, ProtocolId::Status, status()));
+        assert_eq!(inbound.next_deadline(), Some(secs(10)));
+        assert!(inbound.on_timeout(secs(9)).is_empty());
+        // At the deadline the answer is refused even before on_timeout runs.
+        assert_eq!(
+            inbound.respond_chunk(secs(10), a, RequestId(1), &status()),
+            Err(RespondError::NotOpen)
+        );
+        assert_eq!(inbound.on_timeout(secs(10)), vec![(a, RequestId(1))]);
+        assert_eq!(inbound.next_deadline(), Some(secs(12)));
+        assert_eq!(inbound.open(&a), 1);
+        assert_eq!(inbound.counters().expired, 1);
+        assert_eq!(inbound.on_peer_disconnected(&a), vec![RequestId(2)]);
+        assert_eq!(inbound.next_deadline(), None);
+        assert_eq!(inbound.limiter().tracked_peers(), 0);
+    }
+}

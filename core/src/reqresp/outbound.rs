@@ -1,0 +1,1213 @@
+//! Our requests to peers: ids, queueing, in-flight limits, quotas, deadlines,
+//! and the checking of what comes back.
+//!
+//! # Design
+//! A pure state machine; time is a value. A request is, per peer:
+//!
+//! ```text
+//!  send ─► Queued ──poll_transmit──► InFlight ──on_end──────────────► Completed
+//!            │   (slot free and         │ ├─on_chunk(error code)──────► Failed
+//!            │    within the quota)     │ ├─on_chunk(too many/bad)────► Violation
+//!            │                          │ └─on_timeout─────────────────► TimedOut
+//!            └───────── on_peer_disconnected (either state) ──────────► Failed
+//! ```
+//!
+//! At most `in_flight_per_peer_max` requests per peer are in flight, the rest
+//! wait in that peer's queue, oldest first except that a request held back by
+//! its protocol's quota does not hold back requests of other protocols.
+//! Goodbye is one-way: it jumps the queue, needs no slot and is never tracked.
+//!
+//! The deadlines run from the moment a request leaves [`OutboundRequests::poll_transmit`]:
+//! the first message of the response (a chunk, or the end of an empty
+//! response) within `first_chunk_timeout`, the end within `response_timeout`.
+//! A chunk or end that arrives at or after the deadline counts as late even
+//! if [`OutboundRequests::on_timeout`] has not run yet, so the outcome does
+//! not depend on how promptly the driver delivers timeouts.
+//!
+//! # Security
+//! Provided: a peer can make us hold at most `chunks_max` decompressed
+//! payloads per request, each within its protocol's limit; chunks for ids
+//! that are not open with that peer (never issued, finished, timed out, or
+//! another peer's) are discarded and counted, never attributed to a request.
+//! We never exceed the quotas of [`RateLimiterConfig::requesting`].
+//! Not provided: checking what payloads mean (a Status or block is decoded
+//! and judged by the caller).
+//!
+//! # Limits
+//! [`REQUESTS_IN_FLIGHT_PER_PEER_MAX`] in flight and
+//! [`PENDING_REQUESTS_PER_PEER_MAX`] queued per peer; the peer map only holds
+//! peers the caller sends to, and forgets a peer once it has nothing queued
+//! or in flight, or when it disconnects.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::bodies::{request_cost, response_chunks_max};
+use super::error::ReqRespDecodeError;
+use super::limits::{
+    PENDING_REQUESTS_PER_PEER_MAX, REQUESTS_IN_FLIGHT_PER_PEER_MAX, RESPONSE_FIRST_CHUNK_TIMEOUT,
+    RESPONSE_TIMEOUT,
+};
+use super::rate::{Quota, QuotaError, RateCheck, RateLimiter, RateLimiterConfig};
+use super::wire::{
+    ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
+};
+use crate::identity::PeerId;
+use crate::time::{Duration, Instant};
+
+/// What an [`OutboundRequests`] enforces.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct OutboundConfig {
+    /// Requests in flight per peer.
+    pub in_flight_per_peer_max: usize,
+    /// Requests queued per peer behind those in flight.
+    pub pending_per_peer_max: usize,
+    /// Deadline for the first message of a response.
+    pub first_chunk_timeout: Duration,
+    /// Deadline for the end of a response.
+    pub response_timeout: Duration,
+    /// The peer's quotas, which we respect.
+    pub quotas: RateLimiterConfig,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> OutboundConfig {
+        OutboundConfig {
+            in_flight_per_peer_max: REQUESTS_IN_FLIGHT_PER_PEER_MAX,
+            pending_per_peer_max: PENDING_REQUESTS_PER_PEER_MAX,
+            first_chunk_timeout: RESPONSE_FIRST_CHUNK_TIMEOUT,
+            response_timeout: RESPONSE_TIMEOUT,
+            quotas: RateLimiterConfig::requesting(),
+        }
+    }
+}
+
+/// Why [`OutboundRequests::send`] refused a request. All are the caller's doing.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum SendError {
+    /// The body does not fit its protocol's layout or limit.
+    InvalidBody(ReqRespDecodeError),
+    /// The peer already has `pending_per_peer_max` requests queued.
+    QueueFull,
+    /// The request costs more than the peer's quota can ever allow, or its
+    /// protocol has no quota (an application protocol never registered).
+    OverQuota,
+}
+
+/// How a request ran out of time.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TimeoutKind {
+    /// Nothing at all came back within `first_chunk_timeout`.
+    FirstChunk,
+    /// The response did not end within `response_timeout`.
+    Response,
+}
+
+/// Why a response message matched no open request.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Unexpected {
+    /// We issued the id, but it is not open with this peer: it finished, timed
+    /// out (or its deadline has passed), was Goodbye, or went to another peer.
+    Late,
+    /// We never issued the id.
+    Unknown,
+}
+
+/// How a response broke the protocol. The request fails; the peer is at fault.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ResponseViolation {
+    /// More success chunks than the request allows.
+    TooManyChunks {
+        /// The most allowed.
+        chunks_max: u64,
+    },
+    /// A payload that does not decompress within its protocol's limit.
+    Payload(ReqRespDecodeError),
+}
+
+/// What [`OutboundRequests::on_chunk`] made of a chunk.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ChunkOutcome {
+    /// A success chunk: `payload` is the decompressed answer (decode it per
+    /// `protocol`). The request stays open for more chunks and its end.
+    Chunk {
+        /// The request.
+        id: RequestId,
+        /// Its protocol.
+        protocol: ProtocolId,
+        /// The uncompressed payload, within `protocol.response_bytes_max()`.
+        payload: Vec<u8>,
+    },
+    /// An error chunk: the request is over and failed with `code` (never
+    /// `Success`; `Reserved` codes land here too).
+    Error {
+        /// The request.
+        id: RequestId,
+        /// Its protocol.
+        protocol: ProtocolId,
+        /// The code.
+        code: ResultCode,
+        /// The peer's message, sanitised for logs.
+        message: String,
+    },
+    /// The chunk broke the protocol: the request is over and failed.
+    Violation {
+        /// The request.
+        id: RequestId,
+        /// Its protocol.
+        protocol: ProtocolId,
+        /// What was wrong.
+        violation: ResponseViolation,
+    },
+    /// No open request matches: discarded and counted.
+    Unexpected {
+        /// The id the chunk carried.
+        id: RequestId,
+        /// Late or unknown.
+        reason: Unexpected,
+    },
+}
+
+/// What [`OutboundRequests::on_end`] made of an end marker.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum EndOutcome {
+    /// The request is over and succeeded with `chunks` chunks (possibly none).
+    Completed {
+        /// The request.
+        id: RequestId,
+        /// Its protocol.
+        protocol: ProtocolId,
+        /// Success chunks received.
+        chunks: u64,
+    },
+    /// No open request matches: discarded and counted.
+    Unexpected {
+        /// The id the end carried.
+        id: RequestId,
+        /// Late or unknown.
+        reason: Unexpected,
+    },
+}
+
+/// Event counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboundCounters {
+    /// Requests accepted by `send`.
+    pub requests_queued: u64,
+    /// Requests handed out by `poll_transmit` (Goodbyes included).
+    pub requests_sent: u64,
+    /// Times a queued request was found held back by a quota (once per scan).
+    pub requests_held_by_quota: u64,
+    /// Responses that ended with an end marker.
+    pub responses_completed: u64,
+    /// Responses that ended with an error chunk.
+    pub responses_failed: u64,
+    /// Responses that broke the protocol.
+    pub responses_violating: u64,
+    /// Requests that got nothing back in time.
+    pub timeouts_first_chunk: u64,
+    /// Requests whose response did not end in time.
+    pub timeouts_response: u64,
+    /// Requests failed because their peer disconnected.
+    pub requests_disconnected: u64,
+    /// Chunks and ends for ids issued but not open with their sender.
+    pub responses_late: u64,
+    /// Chunks and ends for ids never issued.
+    pub responses_unknown: u64,
+}
+
+/// Our outbound requests to all peers.
+///
+/// # Methods
+/// Getters: [`OutboundRequests::in_flight`], [`OutboundRequests::queued`],
+/// [`OutboundRequests::counters`], [`OutboundRequests::next_deadline`].
+/// Mutators: [`OutboundRequests::send`], [`OutboundRequests::register_application`].
+/// Handlers: [`OutboundRequests::on_chunk`], [`OutboundRequests::on_end`],
+/// [`OutboundRequests::on_timeout`], [`OutboundRequests::on_peer_disconnected`].
+/// Polls: [`OutboundRequests::poll_transmit`].
+///
+/// After any mutation or handler, drain `poll_transmit(now)` until `None`
+/// (a finished request frees a slot), then wake at `next_deadline()` to call
+/// `on_timeout(now)` and drain `poll_transmit(now)` again (a quota may have refilled).
+#[derive(Debug)]
+pub struct OutboundRequests {
+    config: OutboundConfig,
+    next_id: u64,
+    peers: BTreeMap<PeerId, PeerRequests>,
+    limiter: RateLimiter,
+    counters: OutboundCounters,
+    last_now: Instant,
+}
+
+#[derive(Debug, Default)]
+struct PeerRequests {
+    queued: VecDeque<Queued>,
+    in_flight: BTreeMap<RequestId, InFlight>,
+    /// When the quota next lets a held-back request go, as of the last scan.
+    quota_retry_at: Option<Instant>,
+}
+
+impl PeerRequests {
+    fn is_idle(&self) -> bool {
+        self.queued.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Queued {
+    id: RequestId,
+    protocol: ProtocolId,
+    body: Vec<u8>,
+    chunks_max: u64,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    protocol: ProtocolId,
+    chunks_max: u64,
+    chunks_received: u64,
+    first_chunk_deadline: Instant,
+    response_deadline: Instant,
+}
+
+impl InFlight {
+    /// The deadline that applies now: the first-chunk one until something arrives.
+    fn deadline(&self) -> Instant {
+        if self.chunks_received == 0 {
+            self.first_chunk_deadline.min(self.response_deadline)
+        } else {
+            self.response_deadline
+        }
+    }
+}
+
+impl OutboundRequests {
+    /// A tracker with `config`.
+    ///
+    /// # Panics
+    /// If `config.in_flight_per_peer_max` is 0 (nothing could ever be sent).
+    pub fn new(config: OutboundConfig) -> OutboundRequests {
+        assert!(
+            config.in_flight_per_peer_max > 0,
+            "at least one request must fit in flight"
+        );
+        OutboundRequests {
+            limiter: RateLimiter::new(config.quotas.clone()),
+            config,
+            next_id: 0,
+            peers: BTreeMap::new(),
+            counters: OutboundCounters::default(),
+            last_now: Instant::ZERO,
+        }
+    }
+
+    /// Lets us send requests of application protocol `name`, within `quota` per peer.
+    pub fn register_application(
+        &mut self,
+        name: ProtocolName,
+        quota: Quota,
+    ) -> Result<(), QuotaError> {
+        self.limiter.set_quota(ProtocolId::Application(name), quota)
+    }
+
+    /// Queues a request to `peer`, returning its id. `body` is uncompressed and
+    /// must fit its protocol (it is checked here, so a bad one never leaves).
+    pub fn send(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        protocol: ProtocolId,
+        body: Vec<u8>,
+    ) -> Result<RequestId, SendError> {
+        self.advance(now);
+        let chunks_max = response_chunks_max(&protocol, &body).map_err(SendError::InvalidBody)?;
+        if self
+            .limiter
+            .allowed_at(now, &peer, &protocol, request_cost(chunks_max))
+            .is_none()
+        {
+            return Err(SendError::OverQuota);
+        }
+        let requests = self.peers.entry(peer).or_default();
+        if requests.queued.len() >= self.config.pending_per_peer_max {
+            if requests.is_idle() {
+                self.peers.remove(&peer);
+            }
+            return Err(SendError::QueueFull);
+        }
+        let id = RequestId(self.next_id);
+        self.next_id = self
+            .next_id
+            .checked_add(1)
+            .expect("2^64 requests take millennia");
+        let queued = Queued {
+            id,
+            protocol,
+            body,
+            chunks_max,
+        };
+        if protocol == ProtocolId::Goodbye {
+            requests.queued.push_front(queued);
+        } else {
+            requests.queued.push_back(queued);
+        }
+        self.counters.requests_queued += 1;
+        Ok(id)
+    }
+
+    /// The next request ready to go out, within the in-flight limit and the
+    /// peer's quota; its deadlines start now. Encode it and send it to the peer.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<(PeerId, Request)> {
+        self.advance(now);
+        let in_flight_max = self.config.in_flight_per_peer_max;
+        let first_chunk_timeout = self.config.first_chunk_timeout;
+        let response_timeout = self.config.response_timeout;
+        let mut transmit = None;
+        for (&peer, requests) in self.peers.iter_mut() {
+            requests.quota_retry_at = None;
+            // Protocols held back in this scan: later requests of the same
+            // protocol wait their turn behind them.
+            let mut held: Vec<ProtocolId> = Vec::new();
+            let mut chosen = None;
+            for (index, queued) in requests.queued.iter().enumerate() {
+                if queued.protocol == ProtocolId::Goodbye {
+                    // One-way and the last word: no slot, no quota.
+                    chosen = Some(index);
+                    break;
+                }
+                if requests.in_flight.len() >= in_flight_max {
+                    break;
+                }
+                if held.contains(&queued.protocol) {
+                    continue;
+                }
+                let cost = request_cost(queued.chunks_max);
+                match self.limiter.check(now, peer, queued.protocol, cost) {
+                    RateCheck::Allowed => {
+                        chosen = Some(index);
+                        break;
+                    }
+                    RateCheck::Limited { retry_after } => {
+                        self.counters.requests_held_by_quota += 1;
+                        let retry_at = now + retry_after;
+                        requests.quota_retry_at = Some(
+                            requests
+                                .quota_retry_at
+                                .map_or(retry_at, |at| at.min(retry_at)),
+                        );
+                        held.push(queued.protocol);
+                    }
+                    RateCheck::OverCapacity | RateCheck::NoQuota => {
+                        unreachable!("send refuses requests the quotas can never allow")
+                    }
+                }
+            }
+            let Some(index) = chosen else {
+                continue;
+            };
+            let queued = requests
+                .queued
+                .remove(index)
+                .expect("index found by iterating the queue");
+            if queued.protocol.expects_response() {
+                requests.in_flight.insert(
+                    queued.id,
+                    InFlight {
+                        protocol: queued.protocol,
+                        chunks_max: queued.chunks_max,
+                        chunks_received: 0,
+                        first_chunk_deadline: now + first_chunk_timeout,
+                        response_deadline: now + response_timeout,
+                    },
+                );
+            }
+            let request = Request {
+                id: queued.id,
+                protocol: queued.protocol,
+                body: queued.body,
+            };
+            transmit = Some((peer, request, requests.is_idle()));
+            break;
+        }
+        let (peer, request, idle) = transmit?;
+        if idle {
+            self.peers.remove(&peer);
+        }
+        self.counters.requests_sent += 1;
+        Some((peer, request))
+    }
+
+    /// A response chunk from `peer`.
+    pub fn on_chunk(&mut self, now: Instant, peer: PeerId, chunk: ResponseChunk) -> ChunkOutcome {
+        self.advance(now);
+        let id = chunk.id;
+        let Some(request) = self.open_request(now, &peer, id) else {
+            let reason = self.count_unexpected(id);
+            return ChunkOutcome::Unexpected { id, reason };
+        };
+        let protocol = request.protocol;
+        let outcome = if chunk.code.is_success() {
+            if request.chunks_received >= request.chunks_max {
+                ChunkOutcome::Violation {
+                    id,
+                    protocol,
+                    violation: ResponseViolation::TooManyChunks {
+                        chunks_max: request.chunks_max,
+                    },
+                }
+            } else {
+                match chunk.payload(protocol.response_bytes_max()) {
+                    Ok(payload) => {
+                        request.chunks_received += 1;
+                        return ChunkOutcome::Chunk {
+                            id,
+                            protocol,
+                            payload,
+                        };
+                    }
+                    Err(error) => ChunkOutcome::Violation {
+                        id,
+                        protocol,
+                        violation: ResponseViolation::Payload(error),
+                    },
+                }
+            }
+        } else {
+            match chunk.error_message() {
+                Ok(message) => ChunkOutcome::Error {
+                    id,
+                    protocol,
+                    code: chunk.code,
+                    message,
+                },
+                Err(error) => ChunkOutcome::Violation {
+                    id,
+                    protocol,
+                    violation: ResponseViolation::Payload(error),
+                },
+            }
+        };
+        match outcome {
+            ChunkOutcome::Error { .. } => self.counters.responses_failed += 1,
+            _ => self.counters.responses_violating += 1,
+        }
+        self.close(&peer, id);
+        outcome
+    }
+
+    /// A response end from `peer`.
+    pub fn on_end(&mut self, now: Instant, peer: PeerId, end: ResponseEnd) -> EndOutcome {
+        self.advance(now);
+        let id = end.id;
+        let Some(request) = self.open_request(now, &peer, id) else {
+            let reason = self.count_unexpected(id);
+            return EndOutcome::Unexpected { id, reason };
+        };
+        let outcome = EndOutcome::Completed {
+            id,
+            protocol: request.protocol,
+            chunks: request.chunks_received,
+        };
+        self.counters.responses_completed += 1;
+        self.close(&peer, id);
+        outcome
+    }
+
+    /// Fails every request whose deadline is at or before `now`, in peer then id order.
+    pub fn on_timeout(&mut self, now: Instant) -> Vec<(PeerId, RequestId, TimeoutKind)> {
+        self.advance(now);
+        let mut expired = Vec::new();
+        for (&peer, requests) in &self.peers {
+            for (&id, request) in &requests.in_flight {
+                if request.deadline() <= now {
+                    let kind =
+                        if request.chunks_received == 0 && request.first_chunk_deadline <= now {
+                            TimeoutKind::FirstChunk
+                        } else {
+                            TimeoutKind::Response
+                        };
+                    expired.push((peer, id, kind));
+                }
+            }
+        }
+        for &(peer, id, kind) in &expired {
+            match kind {
+                TimeoutKind::FirstChunk => self.counters.timeouts_first_chunk += 1,
+                TimeoutKind::Response => self.counters.timeouts_response += 1,
+            }
+            self.close(&peer, id);
+        }
+        expired
+    }
+
+    /// The earliest instant at which [`OutboundRequests::on_timeout`] has
+    /// something to do or a quota-held request may go out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let in_flight_max = self.config.in_flight_per_peer_max;
+        self.peers
+            .values()
+            .flat_map(|requests| {
+                let deadlines = requests.in_flight.values().map(InFlight::deadline);
+                let retry = requests.quota_retry_at.filter(|_| {
+                    !requests.queued.is_empty() && requests.in_flight.len() < in_flight_max
+                });
+                deadlines.chain(retry)
+            })
+            .min()
+    }
+
+    /// `peer` is gone: every request queued for it or in flight fails.
+    /// Returns their ids in increasing order.
+    pub fn on_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
+        self.limiter.remove_peer(peer);
+        let Some(requests) = self.peers.remove(peer) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<RequestId> = requests
+            .in_flight
+            .keys()
+            .copied()
+            .chain(requests.queued.iter().map(|queued| queued.id))
+            .collect();
+        ids.sort_unstable();
+        self.counters.requests_disconnected += ids.len() as u64;
+        ids
+    }
+
+    /// Requests in flight to `peer`.
+    pub fn in_flight(&self, peer: &PeerId) -> usize {
+        self.peers
+            .get(peer)
+            .map_or(0, |requests| requests.in_flight.len())
+    }
+
+    /// Requests queued for `peer`.
+    pub fn queued(&self, peer: &PeerId) -> usize {
+        self.peers
+            .get(peer)
+            .map_or(0, |requests| requests.queued.len())
+    }
+
+    /// Peers with requests queued or in flight.
+    pub fn active_peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Event counts.
+    pub fn counters(&self) -> &OutboundCounters {
+        &self.counters
+    }
+
+    fn advance(&mut self, now: Instant) {
+        debug_assert!(now >= self.last_now, "time went backwards");
+        self.last_now = self.last_now.max(now);
+    }
+
+    /// The request `id` open with `peer`, unless its deadline has passed.
+    fn open_request(
+        &mut self,
+        now: Instant,
+        peer: &PeerId,
+        id: RequestId,
+    ) -> Option<&mut InFlight> {
+        self.peers
+            .get_mut(peer)?
+            .in_flight
+            .get_mut(&id)
+            .filter(|request| request.deadline() > now)
+    }
+
+    fn count_unexpected(&mut self, id: RequestId) -> Unexpected {
+        if id.0 < self.next_id {
+            self.counters.responses_late += 1;
+            Unexpected::Late
+        } else {
+            self.counters.responses_unknown += 1;
+            Unexpected::Unknown
+        }
+    }
+
+    fn close(&mut self, peer: &PeerId, id: RequestId) {
+        let requests = self
+            .peers
+            .get_mut(peer)
+            .expect("closing a request of a known peer");
+        requests
+            .in_flight
+            .remove(&id)
+            .expect("closing an open request");
+        if requests.is_idle() {
+            self.peers.remove(peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::GoodbyeReason;
+    use crate::reqresp::bodies::{
+        BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Ping, Status,
+    };
+
+    fn peer(n: u8) -> PeerId {
+        PeerId::from_bytes([n; 32])
+    }
+
+    fn secs(seconds: u64) -> Instant {
+        Instant::from_micros(seconds * 1_000_000)
+    }
+
+    fn millis(millis: u64) -> Instant {
+        Instant::from_micros(millis * 1_000)
+    }
+
+    fn status_body() -> Vec<u8> {
+        Status {
+            network_id: 1,
+            finalized_root: [0; 32],
+            finalized_slot: 0,
+            head_root: [1; 32],
+            head_slot: 3,
+        }
+        .encode()
+    }
+
+    fn range(count: u64) -> Vec<u8> {
+        BlocksByRangeRequest {
+            start_slot: 0,
+            count,
+        }
+        .encode()
+    }
+
+    /// A tracker without quotas in the way, for tests of everything else.
+    fn unlimited() -> OutboundRequests {
+        let mut config = OutboundConfig::default();
+        for quota in config.quotas.quotas.values_mut() {
+            *quota = Quota::new(1_000_000, Duration::from_secs(1));
+        }
+        OutboundRequests::new(config)
+    }
+
+    fn drain(tracker: &mut OutboundRequests, now: Instant) -> Vec<(PeerId, Request)> {
+        std::iter::from_fn(|| tracker.poll_transmit(now)).collect()
+    }
+
+    #[test]
+    fn in_flight_is_capped_and_the_rest_queue_in_order() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let ids: Vec<RequestId> = (0..10)
+            .map(|_| {
+                tracker
+                    .send(secs(0), a, ProtocolId::BlocksByRange, range(1))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ids, (0..10).map(RequestId).collect::<Vec<_>>());
+        let sent = drain(&mut tracker, secs(0));
+        assert_eq!(
+            sent.iter()
+                .map(|(_, request)| request.id)
+                .collect::<Vec<_>>(),
+            ids[..4]
+        );
+        assert_eq!((tracker.in_flight(&a), tracker.queued(&a)), (4, 6));
+        // Finishing one frees exactly one slot, taken by the oldest queued.
+        assert!(matches!(
+            tracker.on_end(secs(1), a, ResponseEnd { id: ids[1] }),
+            EndOutcome::Completed { chunks: 0, .. }
+        ));
+        let sent = drain(&mut tracker, secs(1));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.id, ids[4]);
+        assert_eq!(sent[0].1.body, range(1));
+    }
+
+    #[test]
+    fn queue_is_bounded_per_peer() {
+        let mut tracker = unlimited();
+        for _ in 0..PENDING_REQUESTS_PER_PEER_MAX {
+            tracker
+                .send(secs(0), peer(1), ProtocolId::Metadata, vec![])
+                .unwrap();
+        }
+        assert_eq!(
+            tracker.send(secs(0), peer(1), ProtocolId::Metadata, vec![]),
+            Err(SendError::QueueFull)
+        );
+        // Another peer has its own queue.
+        assert!(tracker
+            .send(secs(0), peer(2), ProtocolId::Metadata, vec![])
+            .is_ok());
+        // Moving requests in flight makes room.
+        drain(&mut tracker, secs(0));
+        assert!(tracker
+            .send(secs(0), peer(1), ProtocolId::Metadata, vec![])
+            .is_ok());
+    }
+
+    #[test]
+    fn invalid_bodies_and_impossible_quotas_are_refused_at_send() {
+        let mut tracker = OutboundRequests::new(OutboundConfig::default());
+        assert!(matches!(
+            tracker.send(secs(0), peer(1), ProtocolId::Ping, vec![1, 2, 3]),
+            Err(SendError::InvalidBody(_))
+        ));
+        assert!(matches!(
+            tracker.send(secs(0), peer(1), ProtocolId::BlocksByRange, vec![0; 15]),
+            Err(SendError::InvalidBody(_))
+        ));
+        let echo = ProtocolName::new("/app/echo/1").unwrap();
+        assert_eq!(
+            tracker.send(
+                secs(0),
+                peer(1),
+                ProtocolId::Application(echo),
+                b"hi".to_vec()
+            ),
+            Err(SendError::OverQuota)
+        );
+        tracker
+            .register_application(echo, Quota::new(10, Duration::from_secs(1)))
+            .unwrap();
+        assert!(tracker
+            .send(
+                secs(0),
+                peer(1),
+                ProtocolId::Application(echo),
+                b"hi".to_vec()
+            )
+            .is_ok());
+        assert_eq!(tracker.counters().requests_queued, 1);
+        assert_eq!(tracker.active_peers(), 1);
+    }
+
+    #[test]
+    fn chunks_then_end_complete_a_request() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let id = tracker
+            .send(secs(0), a, ProtocolId::BlocksByRange, range(2))
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        for block in [b"block one".as_slice(), b"block two"] {
+            assert_eq!(
+                tracker.on_chunk(secs(1), a, ResponseChunk::success(id, block)),
+                ChunkOutcome::Chunk {
+                    id,
+                    protocol: ProtocolId::BlocksByRange,
+                    payload: block.to_vec()
+                }
+            );
+        }
+        assert_eq!(
+            tracker.on_end(secs(2), a, ResponseEnd { id }),
+            EndOutcome::Completed {
+                id,
+                protocol: ProtocolId::BlocksByRange,
+                chunks: 2
+            }
+        );
+        assert_eq!(tracker.active_peers(), 0, "an idle peer is forgotten");
+        assert_eq!(tracker.next_deadline(), None);
+        // The end again: late.
+        assert_eq!(
+            tracker.on_end(secs(2), a, ResponseEnd { id }),
+            EndOutcome::Unexpected {
+                id,
+                reason: Unexpected::Late
+            }
+        );
+        assert_eq!(tracker.counters().responses_completed, 1);
+        assert_eq!(tracker.counters().responses_late, 1);
+    }
+
+    #[test]
+    fn too_many_chunks_is_a_violation() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let id = tracker
+            .send(secs(0), a, ProtocolId::Status, status_body())
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        assert!(matches!(
+            tracker.on_chunk(secs(0), a, ResponseChunk::success(id, &status_body())),
+            ChunkOutcome::Chunk { .. }
+        ));
+        assert_eq!(
+            tracker.on_chunk(secs(0), a, ResponseChunk::success(id, &status_body())),
+            ChunkOutcome::Violation {
+                id,
+                protocol: ProtocolId::Status,
+                violation: ResponseViolation::TooManyChunks { chunks_max: 1 }
+            }
+        );
+        assert_eq!(tracker.in_flight(&a), 0);
+        assert_eq!(tracker.counters().responses_violating, 1);
+        // BlocksByRoot allows one chunk per root.
+        let roots = BlocksByRootRequest {
+            roots: vec![[1; 32], [2; 32]],
+        }
+        .encode();
+        let id = tracker
+            .send(secs(0), a, ProtocolId::BlocksByRoot, roots)
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        for _ in 0..2 {
+            assert!(matches!(
+                tracker.on_chunk(secs(0), a, ResponseChunk::success(id, b"b")),
+                ChunkOutcome::Chunk { .. }
+            ));
+        }
+        assert!(matches!(
+            tracker.on_chunk(secs(0), a, ResponseChunk::success(id, b"b")),
+            ChunkOutcome::Violation {
+                violation: ResponseViolation::TooManyChunks { chunks_max: 2 },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn oversize_payload_for_the_protocol_is_a_violation() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let id = tracker
+            .send(
+                secs(0),
+                a,
+                ProtocolId::Ping,
+                Ping { metadata_seq: 1 }.encode(),
+            )
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        // Nine bytes where a Ping answer has eight: refused before decompressing.
+        let outcome = tracker.on_chunk(secs(0), a, ResponseChunk::success(id, &[0; 9]));
+        assert!(matches!(
+            outcome,
+            ChunkOutcome::Violation {
+                violation: ResponseViolation::Payload(ReqRespDecodeError::TooLarge {
+                    length: 9,
+                    ..
+                }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn error_chunks_end_the_request_with_their_code() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let first = tracker
+            .send(secs(0), a, ProtocolId::Metadata, vec![])
+            .unwrap();
+        let second = tracker
+            .send(secs(0), a, ProtocolId::Metadata, vec![])
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        let chunk = ResponseChunk::error(first, ResultCode::ResourceUnavailable, "rate limited");
+        assert_eq!(
+            tracker.on_chunk(secs(0), a, chunk),
+            ChunkOutcome::Error {
+                id: first,
+                protocol: ProtocolId::Metadata,
+                code: ResultCode::ResourceUnavailable,
+                message: "rate limited".into()
+            }
+        );
+        // A reserved code is an error too.
+        let chunk = ResponseChunk::error(second, ResultCode::Reserved(42), "");
+        assert!(matches!(
+            tracker.on_chunk(secs(0), a, chunk),
+            ChunkOutcome::Error {
+                code: ResultCode::Reserved(42),
+                ..
+            }
+        ));
+        assert_eq!(tracker.counters().responses_failed, 2);
+        assert_eq!(tracker.in_flight(&a), 0);
+    }
+
+    #[test]
+    fn unknown_ids_and_other_peers_ids_are_discarded() {
+        let mut tracker = unlimited();
+        let (a, b) = (peer(1), peer(2));
+        let id = tracker
+            .send(secs(0), a, ProtocolId::Metadata, vec![])
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        // Peer b answers a's request: late (issued, but not open with b).
+        assert_eq!(
+            tracker.on_chunk(secs(0), b, ResponseChunk::success(id, b"x")),
+            ChunkOutcome::Unexpected {
+                id,
+                reason: Unexpected::Late
+            }
+        );
+        let never = RequestId(77);
+        assert_eq!(
+            tracker.on_end(secs(0), a, ResponseEnd { id: never }),
+            EndOutcome::Unexpected {
+                id: never,
+                reason: Unexpected::Unknown
+            }
+        );
+        assert_eq!(tracker.in_flight(&a), 1, "a's request is untouched");
+        assert_eq!(tracker.counters().responses_late, 1);
+        assert_eq!(tracker.counters().responses_unknown, 1);
+    }
+
+    #[test]
+    fn first_chunk_deadline() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let id = tracker
+            .send(secs(0), a, ProtocolId::Metadata, vec![])
+            .unwrap();
+        assert_eq!(
+            tracker.next_deadline(),
+            None,
+            "queued requests have no deadline yet"
+        );
+        drain(&mut tracker, secs(1));
+        assert_eq!(tracker.next_deadline(), Some(secs(6)));
+        assert!(tracker.on_timeout(millis(5_999)).is_empty());
+        assert_eq!(
+            tracker.on_timeout(secs(6)),
+            vec![(a, id, TimeoutKind::FirstChunk)]
+        );
+        assert!(
+            tracker.on_timeout(secs(6)).is_empty(),
+            "repeated timeouts are no-ops"
+        );
+        assert_eq!(tracker.counters().timeouts_first_chunk, 1);
+        // The answer after the deadline is late.
+        assert!(matches!(
+            tracker.on_chunk(secs(7), a, ResponseChunk::success(id, b"x")),
+            ChunkOutcome::Unexpected {
+                reason: Unexpected::Late,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn response_deadline_after_the_first_chunk() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let id = tracker
+            .send(secs(0), a, ProtocolId::BlocksByRange, range(64))
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        assert!(matches!(
+            tracker.on_chunk(secs(4), a, ResponseChunk::success(id, b"x")),
+            ChunkOutcome::Chunk { .. }
+        ));
+        assert_eq!(tracker.next_deadline(), Some(secs(10)));
+        assert!(
+            tracker.on_timeout(secs(6)).is_empty(),
+            "the first chunk came in time"
+        );
+        assert_eq!(
+            tracker.on_timeout(secs(10)),
+            vec![(a, id, TimeoutKind::Response)]
+        );
+        assert_eq!(tracker.counters().timeouts_response, 1);
+    }
+
+    #[test]
+    fn a_message_at_the_deadline_is_late_even_before_on_timeout() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        let id = tracker
+            .send(secs(0), a, ProtocolId::Metadata, vec![])
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        assert!(matches!(
+            tracker.on_end(secs(5), a, ResponseEnd { id }),
+            EndOutcome::Unexpected {
+                reason: Unexpected::Late,
+                ..
+            }
+        ));
+        assert_eq!(
+            tracker.on_timeout(secs(5)),
+            vec![(a, id, TimeoutKind::FirstChunk)]
+        );
+    }
+
+    #[test]
+    fn timeouts_free_slots_for_queued_requests() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        for _ in 0..5 {
+            tracker
+                .send(secs(0), a, ProtocolId::Metadata, vec![])
+                .unwrap();
+        }
+        assert_eq!(drain(&mut tracker, secs(0)).len(), 4);
+        assert_eq!(tracker.on_timeout(secs(5)).len(), 4);
+        let sent = drain(&mut tracker, secs(5));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(tracker.next_deadline(), Some(secs(10)));
+    }
+
+    #[test]
+    fn disconnect_fails_queued_and_in_flight_requests() {
+        let mut tracker = unlimited();
+        let (a, b) = (peer(1), peer(2));
+        for _ in 0..6 {
+            tracker
+                .send(secs(0), a, ProtocolId::Metadata, vec![])
+                .unwrap();
+        }
+        let other = tracker
+            .send(secs(0), b, ProtocolId::Metadata, vec![])
+            .unwrap();
+        drain(&mut tracker, secs(0));
+        assert_eq!(
+            tracker.on_peer_disconnected(&a),
+            (0..6).map(RequestId).collect::<Vec<_>>()
+        );
+        assert_eq!(tracker.on_peer_disconnected(&a), vec![]);
+        assert_eq!((tracker.in_flight(&a), tracker.queued(&a)), (0, 0));
+        assert_eq!(tracker.in_flight(&b), 1);
+        assert_eq!(tracker.counters().requests_disconnected, 6);
+        assert!(matches!(
+            tracker.on_chunk(secs(1), a, ResponseChunk::success(RequestId(0), b"x")),
+            ChunkOutcome::Unexpected {
+                reason: Unexpected::Late,
+                ..
+            }
+        ));
+        assert!(matches!(
+            tracker.on_end(secs(1), b, ResponseEnd { id: other }),
+            EndOutcome::Completed { .. }
+        ));
+    }
+
+    #[test]
+    fn goodbye_jumps_the_queue_and_is_not_tracked() {
+        let mut tracker = unlimited();
+        let a = peer(1);
+        for _ in 0..6 {
+            tracker
+                .send(secs(0), a, ProtocolId::Metadata, vec![])
+                .unwrap();
+        }
+        drain(&mut tracker, secs(0));
+        let body = Goodbye {
+            reason: GoodbyeReason::ClientShutdown,
+        }
+        .encode();
+        let id = tracker.send(secs(0), a, ProtocolId::Goodbye, body).unwrap();
+        let sent = drain(&mut tracker, secs(0));
+        assert_eq!(sent.len(), 1, "no slot needed");
+        assert_eq!(sent[0].1.id, id);
+        assert_eq!(sent[0].1.protocol, ProtocolId::Goodbye);
+        assert_eq!(tracker.in_flight(&a), 4);
+        assert_eq!(tracker.queued(&a), 2);
+    }
+
+    #[test]
+    fn quotas_hold_requests_back_until_they_refill() {
+        let mut tracker = OutboundRequests::new(OutboundConfig::default());
+        let a = peer(1);
+        // Ping: 2 per 10 s. Three pings: two go now, one waits 5 s.
+        for seq in 0..3 {
+            tracker
+                .send(
+                    secs(0),
+                    a,
+                    ProtocolId::Ping,
+                    Ping { metadata_seq: seq }.encode(),
+                )
+                .unwrap();
+        }
+        // And a status queued behind them is not held back by Ping's quota.
+        let status = tracker
+            .send(secs(0), a, ProtocolId::Status, status_body())
+            .unwrap();
+        let sent = drain(&mut tracker, secs(0));
+        let ids: Vec<u64> = sent.iter().map(|(_, request)| request.id.0).collect();
+        assert_eq!(ids, [0, 1, status.0]);
+        assert!(tracker.counters().requests_held_by_quota >= 1);
+        // The held ping's retry instant is the next deadline (before the 5 s first-chunk ones).
+        for id in [0, 1, status.0] {
+            tracker.on_end(secs(1), a, ResponseEnd { id: RequestId(id) });
+        }
+        drain(&mut tracker, secs(1));
+        assert_eq!(tracker.next_deadline(), Some(secs(5)));
+        assert!(drain(&mut tracker, millis(4_999)).is_empty());
+        let sent = drain(&mut tracker, secs(5));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.id, RequestId(2));
+    }
+
+    #[test]
+    fn quota_keeps_order_within_a_protocol() {
+        let mut tracker = OutboundRequests::new(OutboundConfig::default());
+        let a = peer(1);
+        let now = secs(0);
+        // Spend the whole BlocksByRange bucket: 16 requests of 64 = 1024 blocks.
+        for _ in 0..16 {
+            tracker
+                .send(now, a, ProtocolId::BlocksByRange, range(64))
+                .unwrap();
+        }
+        let mut total = 0;
+        loop {
+            let batch = drain(&mut tracker, now);
+            if batch.is_empty() {
+                break;
+            }
+            assert!(batch.len() <= REQUESTS_IN_FLIGHT_PER_PEER_MAX);
+            for (_, request) in &batch {
+                tracker.on_end(now, a, ResponseEnd { id: request.id });
+            }
+            total += batch.len();
+        }
+        assert_eq!(total, 16);
+        // A big request is held back; a small one of the same protocol does not overtake it.
+        let big = tracker
+            .send(now, a, ProtocolId::BlocksByRange, range(64))
+            .unwrap();
+        let small = tracker
+            .send(now, a, ProtocolId::BlocksByRange, range(1))
+            .unwrap();
+        assert!(drain(&mut tracker, now).is_empty());
+        // 64 blocks refill in 625 ms; one more in 9.766 ms after that.
+        assert_eq!(
+            tracker.next_deadline(),
+            Some(now + Duration::from_millis(625))
+        );
+        let sent = drain(&mut tracker, now + Duration::from_millis(625));
+        assert_eq!(sent.iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [big]);
+        assert!(drain(&mut tracker, now + Duration::from_millis(634)).is_empty());
+        let sent = drain(&mut tracker, now + Duration::from_millis(635));
+        assert_eq!(sent.iter().map(|(_, r)| r.id).collect::<Vec<_>>(), [small]);
+    }
+
+    #[test]
+    fn disconnect_forgets_quota_state_with_the_peer() {
+        let mut tracker = OutboundRequests::new(OutboundConfig::default());
+        let a = peer(1);
+        let ping = || Ping { metadata_seq: 0 }.encode();
+        for _ in 0..3 {
+            tracker.send(secs(0), a, ProtocolId::Ping, ping()).unwrap();
+        }
+        assert_eq!(
+            drain(&mut tracker, secs(0)).len(),
+            2,
+            "Ping allows 2 per 10 s"
+        );
+        assert_eq!(tracker.on_peer_disconnected(&a).len(), 3);
+        // A new connection of the same peer starts with a full bucket.
+        for _ in 0..2 {
+            tracker.send(secs(1), a, ProtocolId::Ping, ping()).unwrap();
+        }
+        assert_eq!(drain(&mut tracker, secs(1)).len(), 2);
+    }
+}

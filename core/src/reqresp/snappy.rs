@@ -1,0 +1,261 @@
+//! Snappy frames for request bodies and response payloads.
+//!
+//! A frame is the uncompressed length as a big-endian `u32`, then one raw
+//! snappy block (no snappy framing format, no CRC: the Noise channel already
+//! authenticates every byte):
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     uncompressed length, u32 big-endian
+//! 4       rest  raw snappy block of exactly that many bytes
+//! ```
+//!
+//! # Security
+//! `snap::raw::Decoder::decompress_vec` allocates whatever length the block
+//! claims (a 2.6 GB buffer from five bytes). [`decompress`] therefore checks,
+//! in order and before allocating anything: the declared length against the
+//! caller's limit, the compressed length against [`max_compressed_len`] of the
+//! declared length, and the block's own length header
+//! (`snap::raw::decompress_len`) against the declared length. Only then does
+//! it allocate exactly the declared length.
+
+use super::error::ReqRespDecodeError;
+
+/// Bytes of the uncompressed-length prefix of a frame.
+pub const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// The longest raw snappy block a compressor may produce from `uncompressed_bytes`
+/// (`32 + n + n/6`, the bound of the snappy format and the Ethereum p2p spec).
+/// Saturates instead of overflowing.
+pub const fn max_compressed_len(uncompressed_bytes: usize) -> usize {
+    uncompressed_bytes
+        .saturating_add(uncompressed_bytes / 6)
+        .saturating_add(32)
+}
+
+/// Appends the frame of `payload` to `out`.
+///
+/// # Panics
+/// If `payload` is longer than `u32::MAX` bytes: every caller bounds its
+/// payloads far below that, so a longer one is a bug.
+pub fn compress_into(payload: &[u8], out: &mut Vec<u8>) {
+    let length = u32::try_from(payload.len()).expect("payloads are bounded far below 4 GiB");
+    out.extend_from_slice(&length.to_be_bytes());
+    let start = out.len();
+    out.resize(start + snap::raw::max_compress_len(payload.len()), 0);
+    let written = snap::raw::Encoder::new()
+        .compress(payload, &mut out[start..])
+        // Cannot fail: the input is below snappy's 4 GiB bound and the output
+        // has max_compress_len bytes, the two conditions of its errors.
+        .expect("output sized by max_compress_len");
+    out.truncate(start + written);
+}
+
+/// The frame of `payload` as a new vector.
+pub fn compress(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + max_compressed_len(payload.len()));
+    compress_into(payload, &mut out);
+    out
+}
+
+/// Checks a frame's declared length against `limit_bytes` and its compressed
+/// length against the declared one, without decompressing. Returns the
+/// declared uncompressed length.
+pub fn check_frame(frame: &[u8], limit_bytes: usize) -> Result<usize, ReqRespDecodeError> {
+    let (prefix, compressed) = split_prefix(frame)?;
+    let declared = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
+    if declared > limit_bytes {
+        return Err(ReqRespDecodeError::TooLarge {
+            field: "declared uncompressed length",
+            length: u64::from(u32::from_be_bytes(prefix)),
+            limit: limit_bytes as u64,
+        });
+    }
+    let max = max_compressed_len(declared);
+    if compressed.len() > max {
+        return Err(ReqRespDecodeError::CompressedTooLong {
+            compressed: compressed.len() as u64,
+            max: max as u64,
+        });
+    }
+    Ok(declared)
+}
+
+/// Decompresses a frame whose uncompressed length must be at most
+/// `limit_bytes`. Allocates only after every length has been checked, and
+/// then exactly the declared length.
+pub fn decompress(frame: &[u8], limit_bytes: usize) -> Result<Vec<u8>, ReqRespDecodeError> {
+    let declared = check_frame(frame, limit_bytes)?;
+    let compressed = &frame[LENGTH_PREFIX_BYTES..];
+    let actual = snap::raw::decompress_len(compressed).map_err(snappy_error)?;
+    if actual != declared {
+        return Err(ReqRespDecodeError::LengthMismatch {
+            declared: declared as u64,
+            actual: actual as u64,
+        });
+    }
+    let mut out = vec![0; declared];
+    let written = snap::raw::Decoder::new()
+        .decompress(compressed, &mut out)
+        .map_err(snappy_error)?;
+    if written != declared {
+        // The block's header said `declared`; snap checks the body matches it,
+        // so this is unreachable, but it is cheap to refuse rather than trust.
+        return Err(ReqRespDecodeError::LengthMismatch {
+            declared: declared as u64,
+            actual: written as u64,
+        });
+    }
+    Ok(out)
+}
+
+fn split_prefix(frame: &[u8]) -> Result<([u8; LENGTH_PREFIX_BYTES], &[u8]), ReqRespDecodeError> {
+    let Some((prefix, rest)) = frame.split_first_chunk::<LENGTH_PREFIX_BYTES>() else {
+        return Err(ReqRespDecodeError::Truncated {
+            field: "uncompressed length",
+        });
+    };
+    Ok((*prefix, rest))
+}
+
+fn snappy_error(error: snap::Error) -> ReqRespDecodeError {
+    ReqRespDecodeError::Snappy(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let repetitive = vec![7u8; 100_000];
+        let mixed: Vec<u8> = (0..5_000u32)
+            .flat_map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes())
+            .collect();
+        for payload in [
+            &[][..],
+            b"x",
+            b"hello hello hello hello",
+            &repetitive,
+            &mixed,
+        ] {
+            let frame = compress(payload);
+            assert_eq!(frame[..4], (payload.len() as u32).to_be_bytes());
+            assert!(frame.len() - 4 <= max_compressed_len(payload.len()));
+            assert_eq!(decompress(&frame, payload.len()).unwrap(), payload);
+        }
+        assert!(
+            compress(&repetitive).len() < 10_000,
+            "repetitive data compresses"
+        );
+    }
+
+    #[test]
+    fn max_compressed_len_follows_the_spec_and_saturates() {
+        assert_eq!(max_compressed_len(0), 32);
+        assert_eq!(max_compressed_len(600), 32 + 600 + 100);
+        assert_eq!(max_compressed_len(usize::MAX), usize::MAX);
+        for n in [0, 1, 5, 1000, 1 << 20] {
+            assert_eq!(max_compressed_len(n), snap::raw::max_compress_len(n));
+        }
+    }
+
+    #[test]
+    fn declared_length_over_the_limit_is_refused() {
+        let frame = compress(&[1; 100]);
+        assert_eq!(
+            decompress(&frame, 99),
+            Err(ReqRespDecodeError::TooLarge {
+                field: "declared uncompressed length",
+                length: 100,
+                limit: 99
+            })
+        );
+    }
+
+    /// Five bytes of snappy header claiming 2.6 GB: refused by the checks that
+    /// run before any allocation, whichever length field carries the lie.
+    #[test]
+    fn snappy_bomb_is_refused_before_allocating() {
+        let mut varint = Vec::new();
+        let mut n: u64 = 2_600_000_000;
+        while n >= 0x80 {
+            varint.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        varint.push(n as u8);
+        assert_eq!(
+            snap::raw::decompress_len(&varint).unwrap(),
+            2_600_000_000,
+            "the block header alone claims 2.6 GB"
+        );
+        // The prefix tells the truth about the lie: refused by the limit.
+        let mut frame = 2_600_000_000u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&varint);
+        assert!(matches!(
+            decompress(&frame, 1 << 20),
+            Err(ReqRespDecodeError::TooLarge {
+                length: 2_600_000_000,
+                ..
+            })
+        ));
+        // The prefix claims little, the block a lot: refused by the cross-check.
+        let mut frame = 10u32.to_be_bytes().to_vec();
+        frame.extend_from_slice(&varint);
+        assert_eq!(
+            decompress(&frame, 1 << 20),
+            Err(ReqRespDecodeError::LengthMismatch {
+                declared: 10,
+                actual: 2_600_000_000
+            })
+        );
+    }
+
+    #[test]
+    fn compressed_data_longer_than_possible_is_refused() {
+        let mut frame = compress(b"abc");
+        frame.extend_from_slice(&[0; 40]);
+        assert_eq!(
+            decompress(&frame, 100),
+            Err(ReqRespDecodeError::CompressedTooLong {
+                compressed: (frame.len() - 4) as u64,
+                max: 32 + 3
+            })
+        );
+    }
+
+    #[test]
+    fn truncated_corrupt_and_trailing_frames_are_refused() {
+        assert_eq!(
+            decompress(&[0, 0, 1], 100),
+            Err(ReqRespDecodeError::Truncated {
+                field: "uncompressed length"
+            })
+        );
+        // A declared length with no snappy block at all.
+        assert!(matches!(
+            decompress(&[0, 0, 0, 0], 100),
+            Err(ReqRespDecodeError::Snappy(_))
+        ));
+        let frame = compress(b"hello world, hello world");
+        // Cut short inside the block.
+        assert!(matches!(
+            decompress(&frame[..frame.len() - 2], 100),
+            Err(ReqRespDecodeError::Snappy(_))
+        ));
+        // A literal after the block is complete: trailing bytes are corrupt data.
+        let mut trailing = frame.clone();
+        trailing.extend_from_slice(&[0x00, b'!']);
+        assert!(matches!(
+            decompress(&trailing, 100),
+            Err(ReqRespDecodeError::Snappy(_))
+        ));
+        // Prefix and block disagree the other way round.
+        let mut lying = frame.clone();
+        lying[3] += 1;
+        assert!(matches!(
+            decompress(&lying, 100),
+            Err(ReqRespDecodeError::LengthMismatch { .. })
+        ));
+    }
+}
