@@ -11,6 +11,10 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::identity::PeerId;
+use crate::reqresp::bodies::{Metadata, Status};
+use crate::reqresp::{Answer, ProtocolId, ProtocolName, Quota, RequestId, ResultCode};
+use crate::time::Instant;
+use std::net::IpAddr;
 
 /// A transport connection, named by the driver. The driver must never reuse an id.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -122,6 +126,55 @@ pub enum Command {
     /// Say Goodbye(client shutdown) to every peer, close every connection and
     /// refuse new ones. The driver drains actions, flushes, and exits.
     Shutdown,
+    /// Keep a connection to `addr`: dial it now, and redial it with
+    /// exponential backoff whenever it drops or a dial fails.
+    AddStaticPeer {
+        /// Where.
+        addr: SocketAddr,
+        /// The identity it must prove, if known.
+        peer: Option<PeerId>,
+    },
+    /// Stop redialling `addr` (an open connection stays).
+    RemoveStaticPeer {
+        /// Where.
+        addr: SocketAddr,
+    },
+    /// Serve an application protocol: its requests arrive as
+    /// [`Notification::InboundRequest`], are answered with [`Command::Respond`],
+    /// and are admitted within `quota` per peer. Requests we send on it
+    /// respect the same quota.
+    RegisterProtocol {
+        /// The protocol's name.
+        name: ProtocolName,
+        /// Requests (cost 1 each) per peer per period.
+        quota: Quota,
+    },
+    /// Send a request to a connected peer. The outcome comes back as
+    /// [`Notification::Response`] or [`Notification::RequestFailed`] with `tag`.
+    Request {
+        /// The peer.
+        peer: PeerId,
+        /// Any built-in protocol but Goodbye, or a registered application protocol.
+        protocol: ProtocolId,
+        /// The uncompressed body, in the protocol's layout.
+        body: Vec<u8>,
+        /// The application's name for this request, echoed in the outcome.
+        tag: u64,
+    },
+    /// Answer an application request from [`Notification::InboundRequest`].
+    Respond {
+        /// The peer that asked.
+        peer: PeerId,
+        /// The request.
+        id: RequestId,
+        /// The answer.
+        answer: Answer,
+    },
+    /// Change the gossip topics we announce in our Metadata (raising its sequence number).
+    SetTopics {
+        /// At most `METADATA_TOPICS_MAX` printable-ASCII names.
+        topics: Vec<String>,
+    },
 }
 
 /// What the core asks the driver to do, from [`crate::Node::poll_action`].
@@ -195,6 +248,101 @@ pub enum Notification {
         /// What went wrong.
         error: String,
     },
+    /// A peer's Status arrived (on connect, every `STATUS_INTERVAL`, or on request).
+    PeerStatus {
+        /// The peer.
+        peer: PeerId,
+        /// Its chain as it claims it.
+        status: Status,
+    },
+    /// A peer's Metadata arrived (its sequence number went up).
+    PeerMetadata {
+        /// The peer.
+        peer: PeerId,
+        /// Its metadata.
+        metadata: Metadata,
+    },
+    /// A request from [`Command::Request`] succeeded.
+    Response {
+        /// The peer that answered.
+        peer: PeerId,
+        /// The request's tag.
+        tag: u64,
+        /// Its protocol.
+        protocol: ProtocolId,
+        /// The success payloads, uncompressed, in order (possibly none).
+        chunks: Vec<Vec<u8>>,
+    },
+    /// A request from [`Command::Request`] failed.
+    RequestFailed {
+        /// The peer it was for.
+        peer: PeerId,
+        /// The request's tag.
+        tag: u64,
+        /// Its protocol.
+        protocol: ProtocolId,
+        /// Why.
+        error: RequestError,
+    },
+    /// A peer sent a request on a registered application protocol; answer it
+    /// with [`Command::Respond`] within `INBOUND_ANSWER_TIMEOUT`.
+    InboundRequest {
+        /// The peer.
+        peer: PeerId,
+        /// Name it in the answer.
+        id: RequestId,
+        /// The application protocol.
+        protocol: ProtocolName,
+        /// The uncompressed body.
+        body: Vec<u8>,
+    },
+    /// A peer was banned (its score fell to the ban threshold).
+    PeerBanned {
+        /// The peer.
+        peer: PeerId,
+        /// Its IP, when that was banned too.
+        ip: Option<IpAddr>,
+        /// When the ban ends.
+        until: Instant,
+    },
+    /// A ban on a peer ended.
+    PeerUnbanned {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A ban on an IP ended.
+    IpUnbanned {
+        /// The IP.
+        ip: IpAddr,
+    },
+    /// A peer that was disconnected or banned for its score may be accepted again.
+    ScoreRecovered {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// Why a request failed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum RequestError {
+    /// The peer is not connected, the queue for it is full, or the body is
+    /// invalid for the protocol: the request was never sent.
+    NotSent(String),
+    /// No first chunk within `RESPONSE_FIRST_CHUNK_TIMEOUT`.
+    FirstChunkTimeout,
+    /// No end within `RESPONSE_TIMEOUT`.
+    ResponseTimeout,
+    /// The peer answered with an error code.
+    Refused {
+        /// The code (never success).
+        code: ResultCode,
+        /// The peer's message, sanitised.
+        message: String,
+    },
+    /// The answer broke the protocol (too many chunks, undecodable payload).
+    InvalidResponse(String),
+    /// The peer disconnected before answering.
+    Disconnected,
 }
 
 /// The Goodbye reason codes (Ethereum p2p spec values, plus Lighthouse's 128+).
@@ -267,6 +415,13 @@ pub enum DisconnectReason {
     ProtocolViolation(String),
     /// Another connection to the same peer was kept instead of this one.
     Replaced,
+    /// The peer's Status names another network.
+    WrongNetwork {
+        /// Ours.
+        ours: u64,
+        /// Theirs.
+        theirs: u64,
+    },
 }
 
 /// Why a connection was refused during or right after the handshake.
@@ -303,6 +458,9 @@ pub enum RefuseReason {
     Duplicate,
     /// We have `PEERS_MAX` peers already.
     TooManyPeers,
+    /// The peer manager's gater refused it (banned, banned IP, bad score,
+    /// too many inbound or from one IP).
+    Gated(crate::peer::Refusal),
     /// `HANDSHAKES_IN_PROGRESS_MAX` handshakes are already running.
     TooManyHandshakes,
     /// The node is shutting down.
@@ -331,6 +489,7 @@ impl fmt::Display for RefuseReason {
             RefuseReason::Timeout => write!(f, "handshake timed out"),
             RefuseReason::Duplicate => write!(f, "already connected to this peer"),
             RefuseReason::TooManyPeers => write!(f, "too many peers"),
+            RefuseReason::Gated(refusal) => write!(f, "gated: {refusal:?}"),
             RefuseReason::TooManyHandshakes => write!(f, "too many handshakes in progress"),
             RefuseReason::ShuttingDown => write!(f, "shutting down"),
             RefuseReason::RemoteGoodbye(reason) => {
@@ -354,6 +513,9 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Silent => write!(f, "silent for too long"),
             DisconnectReason::ProtocolViolation(what) => write!(f, "protocol violation: {what}"),
             DisconnectReason::Replaced => write!(f, "replaced by another connection"),
+            DisconnectReason::WrongNetwork { ours, theirs } => {
+                write!(f, "status names network {theirs} (ours is {ours})")
+            }
         }
     }
 }

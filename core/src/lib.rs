@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chain;
 pub mod codec;
 pub mod fuzzing;
 pub mod identity;
@@ -41,5 +42,5 @@ pub mod time;
 
 pub use identity::{Identity, PeerId};
 pub use io::{Action, Command, ConnId, DialId, Direction, Input, Notification, Origin};
-pub use node::{Config, Node, PeerInfo, PROTOCOL_VERSION};
+pub use node::{Config, Faults, Node, PeerInfo, PROTOCOL_VERSION};
 pub use time::{Duration, Instant};

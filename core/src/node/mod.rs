@@ -56,7 +56,32 @@ pub struct Config {
     pub ping_interval: Duration,
     /// A peer silent for this long is dropped.
     pub peer_silence_timeout: Duration,
+    /// How often we ask each peer for its Status again.
+    pub status_interval: Duration,
+    /// Connection limits, scores, bans and static-peer backoff.
+    pub peer: crate::peer::Config,
+    /// Our chain, until the chain-and-sync issue: a synthetic one of this many blocks...
+    pub chain_head_slot: u64,
+    /// ... of this many bytes each (see [`crate::chain::SYNTHETIC_BLOCK_BYTES_MAX`]).
+    pub block_bytes: usize,
+    /// Deliberate misbehaviour, for hostile nodes in the simulator. All off by default.
+    pub faults: Faults,
 }
+
+/// Deliberate misbehaviour, so the simulator can run hostile nodes on the
+/// production code. Never set these in a real node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Accept requests and never answer them.
+    pub never_answer_requests: bool,
+    /// Ignore peers' quotas and in-flight limits when sending our requests.
+    pub ignore_peer_quotas: bool,
+}
+
+/// How often each peer is asked for its Status again (Ethereum p2p: every 5 min or so).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Default size of a synthetic block.
+pub const SYNTHETIC_BLOCK_BYTES_DEFAULT: usize = 1024;
 
 impl Config {
     /// The defaults, on network `network_id`.
@@ -70,6 +95,11 @@ impl Config {
             dial_timeout: limits::DIAL_TIMEOUT,
             ping_interval: limits::PING_INTERVAL,
             peer_silence_timeout: limits::PEER_SILENCE_TIMEOUT,
+            status_interval: STATUS_INTERVAL,
+            peer: crate::peer::Config::default(),
+            chain_head_slot: 0,
+            block_bytes: SYNTHETIC_BLOCK_BYTES_DEFAULT,
+            faults: Faults::default(),
         }
     }
 }
@@ -316,6 +346,7 @@ impl Node {
                 }
             }
             Command::Shutdown => self.shut_down(),
+            _ => {}
         }
     }
 
@@ -902,5 +933,4 @@ impl Node {
 }
 
 #[cfg(test)]
-#[path = "node_tests.rs"]
 mod tests;
