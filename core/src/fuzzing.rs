@@ -4,10 +4,11 @@
 //! Each function takes arbitrary bytes and must never panic; a panic is a bug
 //! (peer input reached an assertion or an unchecked operation).
 
-use crate::codec::{DecodeError, Message, MessageReassembler, NoiseFrameDecoder};
+use crate::codec::{DecodeError, MessageReassembler, NoiseFrameDecoder};
 use crate::io::{CloseCause, Command, ConnId, GoodbyeReason, Input, Origin};
 use crate::limits::{MESSAGE_BYTES_MAX, RECEIVE_BUFFER_BYTES_MAX};
 use crate::node::{Config, Node};
+use crate::reqresp::{ReqRespDecodeError, ReqRespMessage};
 use crate::secure::{Handshake, LocalKeys};
 use crate::testing::{address_of, Delivery, MemoryNet};
 use crate::time::Duration;
@@ -33,7 +34,10 @@ pub fn frame_decode(data: &[u8]) {
 fn decode_all(
     wire: &[u8],
     piece: usize,
-) -> (Vec<Result<Message, DecodeError>>, Option<DecodeError>) {
+) -> (
+    Vec<Result<ReqRespMessage, ReqRespDecodeError>>,
+    Option<DecodeError>,
+) {
     let mut frames = NoiseFrameDecoder::new();
     let mut reassembler = MessageReassembler::new();
     let mut messages = Vec::new();
@@ -41,7 +45,7 @@ fn decode_all(
         let result = frames.decode(chunk, |frame| {
             reassembler.push(frame, |message| {
                 assert!(message.len() <= MESSAGE_BYTES_MAX);
-                messages.push(Message::decode(message));
+                messages.push(ReqRespMessage::decode(message));
                 Ok::<(), DecodeError>(())
             })
         });
@@ -219,7 +223,7 @@ pub fn node_inputs(data: &[u8]) -> u64 {
 
 fn check_consistency(net: &MemoryNet) {
     for node in &net.nodes {
-        assert!(node.peer_count() <= node.config().peers_max);
+        assert!(node.peer_count() <= node.config().peer.limits.peers_max);
         assert!(
             !node.is_connected(&node.peer_id()),
             "a node counts itself as a peer"

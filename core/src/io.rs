@@ -456,8 +456,6 @@ pub enum RefuseReason {
     Timeout,
     /// We already have a connection to this peer and kept that one.
     Duplicate,
-    /// We have `PEERS_MAX` peers already.
-    TooManyPeers,
     /// The peer manager's gater refused it (banned, banned IP, bad score,
     /// too many inbound or from one IP).
     Gated(crate::peer::Refusal),
@@ -488,7 +486,6 @@ impl fmt::Display for RefuseReason {
             RefuseReason::SelfConnection => write!(f, "connection to ourselves"),
             RefuseReason::Timeout => write!(f, "handshake timed out"),
             RefuseReason::Duplicate => write!(f, "already connected to this peer"),
-            RefuseReason::TooManyPeers => write!(f, "too many peers"),
             RefuseReason::Gated(refusal) => write!(f, "gated: {refusal:?}"),
             RefuseReason::TooManyHandshakes => write!(f, "too many handshakes in progress"),
             RefuseReason::ShuttingDown => write!(f, "shutting down"),

@@ -50,4 +50,18 @@ pub struct Counters {
     pub goodbyes_sent: u64,
     /// Goodbyes received.
     pub goodbyes_received: u64,
+    /// Requests we wrote to peers.
+    pub requests_sent: u64,
+    /// Peers' requests admitted and handled.
+    pub requests_served: u64,
+    /// Peers' requests refused by a quota (answered with result code 3).
+    pub requests_rate_limited: u64,
+    /// Our requests that ran out of time.
+    pub requests_timed_out: u64,
+    /// Our requests answered completely.
+    pub responses_received: u64,
+    /// Answers discarded as late or for ids we never issued.
+    pub responses_unexpected: u64,
+    /// Peers banned for their score.
+    pub peers_banned: u64,
 }

@@ -160,6 +160,9 @@ mod tests {
         let a = SyntheticChain::new(1, 3, 64);
         let b = SyntheticChain::new(2, 3, 64);
         assert_ne!(a.status().head_root, b.status().head_root);
-        assert_eq!(a.status().head_root, SyntheticChain::new(1, 3, 64).status().head_root);
+        assert_eq!(
+            a.status().head_root,
+            SyntheticChain::new(1, 3, 64).status().head_root
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! wire bytes ──► NoiseFrameDecoder ──► one Noise message (u16 length prefix)
 //!   Noise message ──► decrypt (secure::) ──► plaintext chunk
 //!   plaintext stream ──► MessageReassembler ──► one logical message (u32 length prefix)
-//!   logical message ──► Message::decode
+//!   logical message ──► kind byte: 16, 17, 18 are req/resp (`crate::reqresp::wire`)
 //! ```
 //!
 //! # Security
@@ -23,11 +23,7 @@
 
 mod frame;
 
-pub use frame::append_length_prefixed;
-mod message;
-
-pub use frame::{MessageReassembler, NoiseFrameDecoder};
-pub use message::{Message, MessageKind};
+pub use frame::{append_length_prefixed, MessageReassembler, NoiseFrameDecoder};
 
 use std::fmt;
 
@@ -56,15 +52,6 @@ pub enum DecodeError {
         /// The declared length.
         length: u64,
     },
-    /// The message kind byte is not one we know.
-    UnknownKind(u8),
-    /// The body is shorter or longer than its kind requires.
-    BodyLength {
-        /// The kind.
-        kind: MessageKind,
-        /// The length received.
-        length: usize,
-    },
 }
 
 impl fmt::Display for DecodeError {
@@ -83,10 +70,6 @@ impl fmt::Display for DecodeError {
                 f,
                 "message length {length} outside 1..={MESSAGE_BYTES_MAX} bytes"
             ),
-            DecodeError::UnknownKind(kind) => write!(f, "unknown message kind {kind}"),
-            DecodeError::BodyLength { kind, length } => {
-                write!(f, "{kind:?} body of {length} bytes has the wrong length")
-            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The top-level state machine: connections, handshakes, peers, keepalive.
+//! The top-level state machine: connections, handshakes, peers, req/resp.
 //!
 //! # Design
 //! Each connection is a small state machine, `Handshaking` then `Established`,
@@ -7,12 +7,24 @@
 //! connection and sealed once per `handle` call (or before a close), so a burst
 //! of small messages becomes one Noise message and one `Send`.
 //!
+//! Around the connections sit three pure state machines the node drives:
+//! the [`PeerManager`] (gating, scores, bans, static peers), the
+//! [`OutboundRequests`] tracker (our requests: quotas, in-flight caps,
+//! deadlines) and [`InboundRequests`] (peers' requests: admission, quotas,
+//! answer deadlines). `rpc.rs` holds the req/resp glue: the built-in
+//! protocols' handlers, responses, and what each outcome costs a peer.
+//!
 //! # Security
 //! Provided: handshakes bounded in number and time; a connection that sends
 //! anything undecryptable, oversize or undecodable is closed alone, with
 //! Goodbye(fault) when the channel is up; peers must prove the expected
-//! identity, network and version before they count as peers.
-//! Not provided (yet): request rate limits and peer scores (the req/resp issue).
+//! identity, network and version before they count as peers; requests are
+//! rate-limited per peer and protocol and globally; misbehaviour costs score,
+//! which ends in a disconnect and then a ban by identity and IP.
+//! Not provided: pacing of very large responses against the driver's send
+//! queue (responses are bounded by the synthetic chain's block size for now).
+
+mod rpc;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +33,8 @@ use log::{debug, info};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::codec::{DecodeError, Message, MessageReassembler, NoiseFrameDecoder};
+use crate::chain::SyntheticChain;
+use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, NoiseFrameDecoder};
 use crate::identity::{Identity, PeerId};
 use crate::io::{
     Action, CloseCause, Command, ConnId, DialId, Direction, DisconnectReason, GoodbyeReason, Input,
@@ -29,10 +42,15 @@ use crate::io::{
 };
 use crate::limits;
 use crate::metrics::Counters;
+use crate::peer::{Decision, PeerEvent, PeerManager};
+use crate::reqresp::bodies::Metadata;
+use crate::reqresp::{InboundConfig, InboundRequests, OutboundConfig, OutboundRequests};
 use crate::secure::{
     Handshake, HandshakeStep, Hello, LocalKeys, RemoteIdentity, SecureError, Transport,
 };
 use crate::time::{Duration, Instant};
+
+use self::rpc::Purpose;
 
 /// Protocol version spoken by this build; peers must speak the same.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -46,8 +64,6 @@ pub struct Config {
     pub listen_port: u16,
     /// Capability bits advertised in the Hello.
     pub capabilities: u64,
-    /// Established peers kept at most.
-    pub peers_max: usize,
     /// A connection must finish its handshake within this.
     pub handshake_timeout: Duration,
     /// A dial must connect within this.
@@ -90,7 +106,6 @@ impl Config {
             network_id,
             listen_port: 0,
             capabilities: 0,
-            peers_max: limits::PEERS_MAX,
             handshake_timeout: limits::HANDSHAKE_TIMEOUT,
             dial_timeout: limits::DIAL_TIMEOUT,
             ping_interval: limits::PING_INTERVAL,
@@ -132,9 +147,10 @@ pub struct PeerInfo {
 /// same inputs at the same instants give the same actions, bit for bit.
 ///
 /// # Methods
-/// Getters: [`Node::peer_id`], [`Node::peers`], [`Node::peer_count`],
-/// [`Node::counters`]. Mutator: [`Node::handle`]. Polls: [`Node::poll_action`],
-/// [`Node::poll_timeout`].
+/// Getters: [`Node::peer_id`], [`Node::config`], [`Node::peers`],
+/// [`Node::is_connected`], [`Node::peer_count`], [`Node::counters`],
+/// [`Node::peer_manager`]. Mutator: [`Node::handle`]. Polls:
+/// [`Node::poll_action`], [`Node::poll_timeout`].
 pub struct Node {
     config: Config,
     keys: LocalKeys,
@@ -150,6 +166,13 @@ pub struct Node {
     counters: Counters,
     last_now: Instant,
     shutting_down: bool,
+    peer_manager: PeerManager,
+    outbound: OutboundRequests,
+    inbound: InboundRequests,
+    /// Why we sent each request still open, by peer and request id.
+    purposes: BTreeMap<(PeerId, crate::reqresp::RequestId), Purpose>,
+    chain: SyntheticChain,
+    metadata: Metadata,
 }
 
 struct PendingDial {
@@ -174,7 +197,7 @@ enum ConnectionState {
         deadline: Instant,
     },
     /// The channel is up. `accepted` turns true once the node's policy
-    /// (network, version, duplicates, room) has admitted the peer.
+    /// (network, version, duplicates, gater) has admitted the peer.
     Established(Box<Established>),
 }
 
@@ -187,13 +210,17 @@ struct Established {
     outbound: Vec<u8>,
     last_received: Instant,
     next_ping: Instant,
-    pings_sent: u64,
+    next_status: Instant,
+    /// The peer's Metadata sequence number we know, if any.
+    metadata_seq: Option<u64>,
+    /// Whether a Metadata request to it is open.
+    metadata_requested: bool,
 }
 
 /// What reading one connection's bytes produced, applied in order afterwards.
 enum Received {
     HandshakeDone(RemoteIdentity),
-    Message(Message),
+    Message(Vec<u8>),
 }
 
 /// Why reading a connection's bytes failed.
@@ -234,7 +261,27 @@ impl Node {
             listen_port: config.listen_port,
             capabilities: config.capabilities,
         };
+        let mut peer_manager_seed = [0u8; 32];
+        rng.fill_bytes(&mut peer_manager_seed);
+        let mut outbound_config = OutboundConfig::default();
+        if config.faults.ignore_peer_quotas {
+            outbound_config = rpc::flooding_outbound_config(outbound_config);
+        }
         Node {
+            peer_manager: PeerManager::new(config.peer, peer_manager_seed),
+            outbound: OutboundRequests::new(outbound_config),
+            inbound: InboundRequests::new(InboundConfig::default()),
+            purposes: BTreeMap::new(),
+            chain: SyntheticChain::new(
+                config.network_id,
+                config.chain_head_slot,
+                config.block_bytes,
+            ),
+            metadata: Metadata {
+                seq: 0,
+                topics: Vec::new(),
+                capabilities: config.capabilities,
+            },
             config,
             keys,
             hello,
@@ -291,6 +338,11 @@ impl Node {
         &self.counters
     }
 
+    /// Scores, bans, chain status and best-peer selection.
+    pub fn peer_manager(&self) -> &PeerManager {
+        &self.peer_manager
+    }
+
     /// Feeds one input. Then drain [`Node::poll_action`].
     pub fn handle(&mut self, now: Instant, input: Input) {
         debug_assert!(
@@ -307,11 +359,12 @@ impl Node {
                 origin,
             } => self.on_connection_opened(now, conn, remote, origin),
             Input::BytesReceived { conn, bytes } => self.on_bytes(now, conn, &bytes),
-            Input::ConnectionClosed { conn, cause } => self.on_connection_closed(conn, cause),
-            Input::DialFailed { dial, error } => self.on_dial_failed(dial, error),
+            Input::ConnectionClosed { conn, cause } => self.on_connection_closed(now, conn, cause),
+            Input::DialFailed { dial, error } => self.on_dial_failed(now, dial, error),
             Input::Timeout => self.on_timeout(now),
             Input::Command(command) => self.on_command(now, command),
         }
+        self.transmit_requests(now);
         self.flush_all();
     }
 
@@ -330,9 +383,18 @@ impl Node {
                 ConnectionState::Handshaking { deadline, .. } => *deadline,
                 ConnectionState::Established(established) => established
                     .next_ping
+                    .min(established.next_status)
                     .min(established.last_received + self.config.peer_silence_timeout),
             });
-        dials.chain(connections).min()
+        let machines = [
+            self.peer_manager.next_deadline(),
+            self.outbound.next_deadline(),
+            self.inbound.next_deadline(),
+        ];
+        dials
+            .chain(connections)
+            .chain(machines.into_iter().flatten())
+            .min()
     }
 
     fn on_command(&mut self, now: Instant, command: Command) {
@@ -340,34 +402,55 @@ impl Node {
             Command::Dial { addr, peer } => self.dial(now, addr, peer),
             Command::Disconnect { peer, reason } => {
                 if let Some(&conn) = self.peers.get(&peer) {
-                    self.say_goodbye(conn, reason);
+                    self.say_goodbye(now, conn, reason);
                 } else {
                     debug!("disconnect {peer:?}: not connected");
                 }
             }
-            Command::Shutdown => self.shut_down(),
-            _ => {}
+            Command::Shutdown => self.shut_down(now),
+            Command::AddStaticPeer { addr, peer } => {
+                if let Err(error) = self.peer_manager.add_static_peer(now, addr, peer) {
+                    log::warn!("static peer {addr}: {error:?}");
+                }
+                // The manager dials at its next timeout, which is now.
+                let events = self.peer_manager.on_timeout(now);
+                self.apply_peer_events(now, events);
+            }
+            Command::RemoveStaticPeer { addr } => {
+                self.peer_manager.remove_static_peer(addr);
+            }
+            Command::RegisterProtocol { name, quota } => self.register_protocol(name, quota),
+            Command::Request {
+                peer,
+                protocol,
+                body,
+                tag,
+            } => self.application_request(now, peer, protocol, body, tag),
+            Command::Respond { peer, id, answer } => {
+                self.application_respond(now, peer, id, answer)
+            }
+            Command::SetTopics { topics } => self.set_topics(topics),
         }
     }
 
     fn dial(&mut self, now: Instant, addr: SocketAddr, peer: Option<PeerId>) {
         let refusal = if self.shutting_down {
-            Some("shutting down")
+            Some("shutting down".to_string())
         } else if peer.is_some_and(|peer| self.peers.contains_key(&peer)) {
-            Some("already connected")
+            Some("already connected".to_string())
         } else if peer == Some(self.peer_id()) {
-            Some("that is our own identity")
+            Some("that is our own identity".to_string())
         } else if self.dials.len() >= limits::DIALS_IN_PROGRESS_MAX {
-            Some("too many dials in progress")
+            Some("too many dials in progress".to_string())
+        } else if let Decision::Refuse(refusal) = self.peer_manager.check_dial(now, addr, peer) {
+            Some(format!("gated: {refusal:?}"))
         } else {
             None
         };
-        if let Some(refusal) = refusal {
+        if let Some(error) = refusal {
             self.counters.dials_failed += 1;
-            self.notify(Notification::DialFailed {
-                addr,
-                error: refusal.to_string(),
-            });
+            self.peer_manager.on_dial_failed(now, addr);
+            self.notify(Notification::DialFailed { addr, error });
             return;
         }
         let dial = DialId(self.next_dial_id);
@@ -384,9 +467,10 @@ impl Node {
         self.actions.push_back(Action::Dial { dial, addr });
     }
 
-    fn on_dial_failed(&mut self, dial: DialId, error: String) {
+    fn on_dial_failed(&mut self, now: Instant, dial: DialId, error: String) {
         if let Some(pending) = self.dials.remove(&dial) {
             self.counters.dials_failed += 1;
+            self.peer_manager.on_dial_failed(now, pending.addr);
             self.notify(Notification::DialFailed {
                 addr: pending.addr,
                 error,
@@ -427,6 +511,11 @@ impl Node {
             Some(RefuseReason::ShuttingDown)
         } else if handshaking >= limits::HANDSHAKES_IN_PROGRESS_MAX {
             Some(RefuseReason::TooManyHandshakes)
+        } else if let Decision::Refuse(refusal) = self
+            .peer_manager
+            .on_connection_attempt(now, conn, addr, direction)
+        {
+            Some(RefuseReason::Gated(refusal))
         } else {
             None
         };
@@ -472,7 +561,6 @@ impl Node {
     fn on_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         let keys = &self.keys;
         let hello = &self.hello;
-        let ping_interval = self.config.ping_interval;
         let Some(connection) = self.connections.get_mut(&conn) else {
             return; // Closed by us already; late bytes are dropped.
         };
@@ -494,8 +582,10 @@ impl Node {
                                 messages: MessageReassembler::new(),
                                 outbound: Vec::new(),
                                 last_received: now,
-                                next_ping: now + ping_interval,
-                                pings_sent: 0,
+                                next_ping: Instant::MAX,
+                                next_status: Instant::MAX,
+                                metadata_seq: None,
+                                metadata_requested: false,
                             }));
                             received.push(Received::HandshakeDone(remote));
                         }
@@ -507,7 +597,7 @@ impl Node {
                     established
                         .messages
                         .push(&plaintext, |bytes| -> Result<(), ReadError> {
-                            received.push(Received::Message(Message::decode(bytes)?));
+                            received.push(Received::Message(bytes.to_vec()));
                             Ok(())
                         })?;
                 }
@@ -529,17 +619,17 @@ impl Node {
             }
             match item {
                 Received::HandshakeDone(remote) => self.on_handshake_done(now, conn, remote),
-                Received::Message(message) => self.on_message(now, conn, message),
+                Received::Message(message) => self.on_message(now, conn, &message),
             }
         }
         if let Err(error) = result {
             if self.connections.contains_key(&conn) {
-                self.on_read_error(conn, error);
+                self.on_read_error(now, conn, error);
             }
         }
     }
 
-    fn on_read_error(&mut self, conn: ConnId, error: ReadError) {
+    fn on_read_error(&mut self, now: Instant, conn: ConnId, error: ReadError) {
         let connection = &self.connections[&conn];
         match &connection.state {
             ConnectionState::Handshaking { .. } => {
@@ -564,30 +654,40 @@ impl Node {
                         RefuseReason::Handshake(other.to_string())
                     }
                 };
-                self.refuse(conn, peer, reason, None);
+                self.refuse(now, conn, peer, reason, None);
             }
-            ConnectionState::Established(established) => {
-                let peer = established.peer;
-                info!(
-                    "{peer:?} at {}: protocol violation: {error}",
-                    connection.addr
-                );
-                self.counters.protocol_violations += 1;
-                let reason = DisconnectReason::ProtocolViolation(error.to_string());
-                self.send_message(
-                    conn,
-                    &Message::Goodbye {
-                        reason: GoodbyeReason::Fault,
-                    },
-                );
-                self.counters.goodbyes_sent += 1;
-                self.remove_established(conn, reason);
+            ConnectionState::Established(_) => {
+                self.protocol_violation(now, conn, error.to_string())
             }
         }
     }
 
+    /// The peer on `conn` broke the protocol: Goodbye(fault), close, and a
+    /// high penalty so that a peer that keeps doing it is soon banned.
+    fn protocol_violation(&mut self, now: Instant, conn: ConnId, what: String) {
+        let Some(Connection {
+            state: ConnectionState::Established(established),
+            addr,
+            ..
+        }) = self.connections.get(&conn)
+        else {
+            return;
+        };
+        let peer = established.peer;
+        info!("{peer:?} at {addr}: protocol violation: {what}");
+        self.counters.protocol_violations += 1;
+        self.send_raw(conn, &rpc::goodbye_request(GoodbyeReason::Fault));
+        self.counters.goodbyes_sent += 1;
+        self.remove_established(now, conn, DisconnectReason::ProtocolViolation(what));
+        self.report(
+            now,
+            peer,
+            crate::peer::Report::Penalty(crate::peer::Penalty::High),
+        );
+    }
+
     /// The handshake proved `remote`; admit it as a peer or refuse it.
-    fn on_handshake_done(&mut self, _now: Instant, conn: ConnId, remote: RemoteIdentity) {
+    fn on_handshake_done(&mut self, now: Instant, conn: ConnId, remote: RemoteIdentity) {
         let ours = &self.hello;
         let (refusal, goodbye) = if remote.hello.version != ours.version {
             self.counters.refused_incompatible_version += 1;
@@ -620,40 +720,53 @@ impl Node {
             (None, None)
         };
         if let Some(reason) = refusal {
-            self.refuse(conn, Some(remote.peer), reason, goodbye);
+            self.refuse(now, conn, Some(remote.peer), reason, goodbye);
             return;
         }
-        if let Some(&existing) = self.peers.get(&remote.peer) {
+        let existing = self.peers.get(&remote.peer).copied();
+        if let Some(existing) = existing {
             self.counters.refused_duplicate += 1;
-            if self.keep_new_connection(existing, conn, remote.peer) {
-                // Move the peer to the new connection silently: to the
-                // application the peer stays connected.
-                debug!(
-                    "{:?}: replacing connection {existing:?} with {conn:?}",
-                    remote.peer
-                );
-                self.flush(existing);
-                self.connections.remove(&existing);
-                self.actions.push_back(Action::Close { conn: existing });
-                self.peers.insert(remote.peer, conn);
-                self.mark_accepted(conn);
-            } else {
-                self.refuse(conn, Some(remote.peer), RefuseReason::Duplicate, None);
+            if !self.keep_new_connection(existing, conn, remote.peer) {
+                self.refuse(now, conn, Some(remote.peer), RefuseReason::Duplicate, None);
+                return;
+            }
+        }
+        if let Decision::Refuse(refusal) = self.peer_manager.on_connected(now, conn, remote.peer) {
+            self.counters.refused_no_room += 1;
+            let goodbye = Some(refusal.goodbye_reason());
+            self.refuse(
+                now,
+                conn,
+                Some(remote.peer),
+                RefuseReason::Gated(refusal),
+                goodbye,
+            );
+            if refusal == crate::peer::Refusal::BadScore {
+                // Coming back while still scored out is sustained abuse:
+                // a few such returns end in a ban.
+                let penalty = crate::peer::Report::Penalty(crate::peer::Penalty::Mid);
+                self.report(now, remote.peer, penalty);
             }
             return;
         }
-        if self.peers.len() >= self.config.peers_max {
-            self.counters.refused_no_room += 1;
-            self.refuse(
-                conn,
-                Some(remote.peer),
-                RefuseReason::TooManyPeers,
-                Some(GoodbyeReason::TooManyPeers),
+        if let Some(existing) = existing {
+            // Move the peer to the new connection silently: to the
+            // application the peer stays connected. Its open requests are lost
+            // with the old connection and time out.
+            debug!(
+                "{:?}: replacing connection {existing:?} with {conn:?}",
+                remote.peer
             );
+            self.flush(existing);
+            self.unflushed.remove(&existing);
+            self.connections.remove(&existing);
+            self.actions.push_back(Action::Close { conn: existing });
+            self.peers.insert(remote.peer, conn);
+            self.mark_accepted(now, conn);
             return;
         }
         self.peers.insert(remote.peer, conn);
-        self.mark_accepted(conn);
+        self.mark_accepted(now, conn);
         self.counters.handshakes_completed += 1;
         let connection = &self.connections[&conn];
         let (addr, direction) = (connection.addr, connection.direction);
@@ -662,6 +775,7 @@ impl Node {
             addr,
             direction,
         });
+        self.request_status(now, remote.peer);
     }
 
     /// Which of two connections to one peer both ends keep: the one dialled by
@@ -680,21 +794,24 @@ impl Node {
         }
     }
 
-    fn mark_accepted(&mut self, conn: ConnId) {
+    fn mark_accepted(&mut self, now: Instant, conn: ConnId) {
         let ping_interval = self.config.ping_interval;
+        let status_interval = self.config.status_interval;
         if let Some(Connection {
             state: ConnectionState::Established(established),
             ..
         }) = self.connections.get_mut(&conn)
         {
             established.accepted = true;
-            established.next_ping = established.last_received + ping_interval;
+            established.next_ping = now + ping_interval;
+            established.next_status = now + status_interval;
         }
     }
 
     /// Refuses a connection before it became a peer: optional Goodbye, close, notify.
     fn refuse(
         &mut self,
+        now: Instant,
         conn: ConnId,
         peer: Option<PeerId>,
         reason: RefuseReason,
@@ -706,64 +823,36 @@ impl Node {
         let addr = connection.addr;
         if let Some(goodbye) = goodbye {
             if matches!(connection.state, ConnectionState::Established(_)) {
-                self.send_message(conn, &Message::Goodbye { reason: goodbye });
+                self.send_raw(conn, &rpc::goodbye_request(goodbye));
                 self.counters.goodbyes_sent += 1;
             }
         }
         self.counters.handshakes_failed += 1;
         self.flush(conn);
-        self.connections.remove(&conn);
+        self.forget_connection(now, conn);
         self.actions.push_back(Action::Close { conn });
         debug!("{addr}: refused: {reason}");
         self.notify(Notification::ConnectionRefused { addr, peer, reason });
     }
 
-    fn on_message(&mut self, now: Instant, conn: ConnId, message: Message) {
-        let Some(Connection {
-            state: ConnectionState::Established(established),
-            ..
-        }) = self.connections.get_mut(&conn)
-        else {
-            return;
-        };
-        established.last_received = now;
-        let accepted = established.accepted;
-        self.counters.messages_received += 1;
-        match message {
-            Message::Goodbye { reason } => {
-                self.counters.goodbyes_received += 1;
-                if accepted {
-                    self.remove_established(conn, DisconnectReason::RemoteGoodbye(reason));
-                } else {
-                    let peer = Some(established.peer);
-                    self.refuse(conn, peer, RefuseReason::RemoteGoodbye(reason), None);
-                }
-            }
-            Message::Ping { nonce } => self.send_message(conn, &Message::Pong { nonce }),
-            Message::Pong { .. } => self.counters.pongs_received += 1,
-        }
+    /// Drops our state for `conn` (not the peer's: see `remove_established`).
+    fn forget_connection(&mut self, now: Instant, conn: ConnId) -> Option<Connection> {
+        self.unflushed.remove(&conn);
+        self.peer_manager.on_connection_closed(now, conn);
+        self.connections.remove(&conn)
     }
 
-    fn on_connection_closed(&mut self, conn: ConnId, cause: CloseCause) {
+    fn on_connection_closed(&mut self, now: Instant, conn: ConnId, cause: CloseCause) {
         let Some(connection) = self.connections.get(&conn) else {
             return;
         };
         match &connection.state {
             ConnectionState::Established(established) if established.accepted => {
-                self.unflushed.remove(&conn);
-                let peer = established.peer;
-                self.connections.remove(&conn);
-                self.peers.remove(&peer);
-                self.counters.peers_disconnected += 1;
-                self.notify(Notification::PeerDisconnected {
-                    peer,
-                    reason: DisconnectReason::ConnectionLost(cause),
-                });
+                self.remove_established(now, conn, DisconnectReason::ConnectionLost(cause));
             }
             _ => {
                 let addr = connection.addr;
-                self.unflushed.remove(&conn);
-                self.connections.remove(&conn);
+                self.forget_connection(now, conn);
                 self.counters.handshakes_failed += 1;
                 self.counters.refused_handshake_error += 1;
                 self.notify(Notification::ConnectionRefused {
@@ -784,11 +873,11 @@ impl Node {
             .collect();
         for dial in expired_dials {
             self.actions.push_back(Action::CancelDial { dial });
-            self.on_dial_failed(dial, "dial timed out".to_string());
+            self.on_dial_failed(now, dial, "dial timed out".to_string());
         }
         let mut handshakes_expired = Vec::new();
         let mut silent = Vec::new();
-        let mut to_ping = Vec::new();
+        let mut due = Vec::new();
         for (&conn, connection) in &self.connections {
             match &connection.state {
                 ConnectionState::Handshaking { deadline, .. } => {
@@ -799,38 +888,60 @@ impl Node {
                 ConnectionState::Established(established) => {
                     if established.last_received + self.config.peer_silence_timeout <= now {
                         silent.push(conn);
-                    } else if established.next_ping <= now {
-                        to_ping.push(conn);
+                    } else if established.next_ping <= now || established.next_status <= now {
+                        due.push(established.peer);
                     }
                 }
             }
         }
         for conn in handshakes_expired {
             self.counters.refused_timeout += 1;
-            self.refuse(conn, None, RefuseReason::Timeout, None);
+            self.refuse(now, conn, None, RefuseReason::Timeout, None);
         }
         for conn in silent {
             self.counters.peers_silent += 1;
-            self.remove_established(conn, DisconnectReason::Silent);
+            self.remove_established(now, conn, DisconnectReason::Silent);
         }
-        for conn in to_ping {
-            let ping_interval = self.config.ping_interval;
-            let Some(Connection {
-                state: ConnectionState::Established(established),
-                ..
-            }) = self.connections.get_mut(&conn)
-            else {
-                continue;
-            };
-            let nonce = established.pings_sent;
-            established.pings_sent += 1;
-            established.next_ping = now + ping_interval;
-            self.counters.pings_sent += 1;
-            self.send_message(conn, &Message::Ping { nonce });
+        for peer in due {
+            self.keepalive(now, peer);
+        }
+        self.on_request_timeouts(now);
+        let events = self.peer_manager.on_timeout(now);
+        self.apply_peer_events(now, events);
+    }
+
+    /// Carries out what the peer manager decided.
+    fn apply_peer_events(&mut self, now: Instant, events: Vec<PeerEvent>) {
+        for event in events {
+            match event {
+                PeerEvent::Disconnect { peer, reason } => {
+                    if let Some(&conn) = self.peers.get(&peer) {
+                        info!("{peer:?}: disconnecting: goodbye {}", reason.code());
+                        self.say_goodbye(now, conn, reason);
+                    }
+                }
+                PeerEvent::Banned { peer, ip, until } => {
+                    info!("{peer:?}: banned until {until} (ip {ip:?})");
+                    self.counters.peers_banned += 1;
+                    self.notify(Notification::PeerBanned { peer, ip, until });
+                }
+                PeerEvent::Unbanned { peer } => self.notify(Notification::PeerUnbanned { peer }),
+                PeerEvent::IpUnbanned { ip } => self.notify(Notification::IpUnbanned { ip }),
+                PeerEvent::ScoreRecovered { peer } => {
+                    self.notify(Notification::ScoreRecovered { peer })
+                }
+                PeerEvent::Dial { addr, peer } => self.dial(now, addr, peer),
+            }
         }
     }
 
-    fn shut_down(&mut self) {
+    /// Scores `peer` and carries out what follows (disconnects, bans).
+    fn report(&mut self, now: Instant, peer: PeerId, report: crate::peer::Report) {
+        let events = self.peer_manager.report(now, peer, report);
+        self.apply_peer_events(now, events);
+    }
+
+    fn shut_down(&mut self, now: Instant) {
         if self.shutting_down {
             return;
         }
@@ -848,9 +959,10 @@ impl Node {
         for conn in conns {
             match &self.connections[&conn].state {
                 ConnectionState::Established(established) if established.accepted => {
-                    self.say_goodbye(conn, GoodbyeReason::ClientShutdown)
+                    self.say_goodbye(now, conn, GoodbyeReason::ClientShutdown)
                 }
                 _ => self.refuse(
+                    now,
                     conn,
                     None,
                     RefuseReason::ShuttingDown,
@@ -861,33 +973,33 @@ impl Node {
     }
 
     /// Sends Goodbye(reason) to an accepted peer and forgets it.
-    fn say_goodbye(&mut self, conn: ConnId, reason: GoodbyeReason) {
-        self.send_message(conn, &Message::Goodbye { reason });
+    fn say_goodbye(&mut self, now: Instant, conn: ConnId, reason: GoodbyeReason) {
+        self.send_raw(conn, &rpc::goodbye_request(reason));
         self.counters.goodbyes_sent += 1;
-        self.remove_established(conn, DisconnectReason::LocalGoodbye(reason));
+        self.remove_established(now, conn, DisconnectReason::LocalGoodbye(reason));
     }
 
     /// Closes an established connection (after flushing) and reports the peer gone.
-    fn remove_established(&mut self, conn: ConnId, reason: DisconnectReason) {
+    fn remove_established(&mut self, now: Instant, conn: ConnId, reason: DisconnectReason) {
         self.flush(conn);
-        let Some(connection) = self.connections.remove(&conn) else {
+        let Some(connection) = self.forget_connection(now, conn) else {
             return;
         };
         self.actions.push_back(Action::Close { conn });
         if let ConnectionState::Established(established) = connection.state {
             if established.accepted {
-                self.peers.remove(&established.peer);
+                let peer = established.peer;
+                self.peers.remove(&peer);
                 self.counters.peers_disconnected += 1;
-                self.notify(Notification::PeerDisconnected {
-                    peer: established.peer,
-                    reason,
-                });
+                debug!("{peer:?}: disconnected: {reason}");
+                self.notify(Notification::PeerDisconnected { peer, reason });
+                self.on_peer_gone(peer);
             }
         }
     }
 
-    /// Queues `message` for an established connection; sealed at the next flush.
-    fn send_message(&mut self, conn: ConnId, message: &Message) {
+    /// Queues one logical message for an established connection; sealed at the next flush.
+    fn send_raw(&mut self, conn: ConnId, message: &[u8]) {
         let Some(Connection {
             state: ConnectionState::Established(established),
             ..
@@ -895,8 +1007,7 @@ impl Node {
         else {
             return;
         };
-        let encoded = message.encode();
-        crate::codec::append_length_prefixed(&mut established.outbound, &encoded);
+        append_length_prefixed(&mut established.outbound, message);
         self.counters.messages_sent += 1;
         self.unflushed.insert(conn);
     }
@@ -929,6 +1040,15 @@ impl Node {
 
     fn notify(&mut self, notification: Notification) {
         self.actions.push_back(Action::Notify(notification));
+    }
+
+    /// The established, accepted connection state of `peer`.
+    fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Established> {
+        let conn = self.peers.get(peer)?;
+        match &mut self.connections.get_mut(conn)?.state {
+            ConnectionState::Established(established) => Some(established),
+            ConnectionState::Handshaking { .. } => None,
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! # Design
 //! A connection is judged three times, each time with what is known by then:
 //! 1. [`Gater::check_accept`], when the transport connection opens, by IP
-//!    address only and before any handshake work is spent on it;
+//!    address only (bans, per-IP cap) and before any handshake work is spent on it;
 //! 2. [`Gater::check_dial`], before we dial, by address and expected identity;
 //! 3. [`Gater::check_established`], after the handshake has proved the
 //!    identity, by identity, direction and score.
@@ -232,13 +232,11 @@ impl Gater {
             Some(Refusal::BannedIp)
         } else if limited && self.connections_from(ip) >= self.limits.connections_per_ip_max {
             Some(Refusal::TooManyFromIp)
-        } else if self.peers >= self.limits.peers_max {
-            Some(Refusal::TooManyPeers)
-        } else if direction == Direction::Inbound
-            && self.inbound_peers >= self.limits.inbound_peers_max
-        {
-            Some(Refusal::TooManyInbound)
         } else {
+            // Peer counts are judged after the handshake instead, so the
+            // remote hears Goodbye(too many peers) rather than a bare close;
+            // the node's handshake cap bounds the work that costs.
+            let _ = direction;
             None
         };
         refusal.map_or(Decision::Accept, Decision::Refuse)
@@ -425,11 +423,12 @@ mod tests {
             connect(&mut gater, &bans, index, Direction::Inbound);
         }
         let next = addr(1_000).ip();
-        assert_eq!(
-            gater.check_accept(NOW, next, Direction::Inbound, &bans),
-            Decision::Refuse(Refusal::TooManyInbound)
-        );
-        // An inbound connection that got in before the cap filled is refused after its handshake.
+        // The transport connection is let in, so its handshake can end in a
+        // Goodbye(too many peers) rather than a bare close...
+        assert!(gater
+            .check_accept(NOW, next, Direction::Inbound, &bans)
+            .is_accept());
+        // ...and refused once the handshake has proved who it is.
         gater.insert(ConnId(5_000), addr(5_000), Direction::Inbound);
         assert_eq!(
             gater.check_established(NOW, ConnId(5_000), peer(5_000), false, &bans, Score::ZERO),
@@ -441,10 +440,12 @@ mod tests {
         }
         assert_eq!(gater.peer_count(), limits::PEERS_MAX);
         assert_eq!(gater.inbound_peer_count(), PEERS_INBOUND_MAX);
+        gater.insert(ConnId(5_001), addr(5_001), Direction::Outbound);
         assert_eq!(
-            gater.check_accept(NOW, next, Direction::Outbound, &bans),
+            gater.check_established(NOW, ConnId(5_001), peer(5_001), false, &bans, Score::ZERO),
             Decision::Refuse(Refusal::TooManyPeers)
         );
+        gater.remove(ConnId(5_001));
         assert_eq!(
             gater.check_dial(NOW, addr(2_000), None, &bans, Score::ZERO),
             Decision::Refuse(Refusal::TooManyPeers)
@@ -452,8 +453,9 @@ mod tests {
         // An inbound peer leaving frees an inbound slot.
         gater.remove(ConnId(0));
         assert_eq!(gater.inbound_peer_count(), PEERS_INBOUND_MAX - 1);
+        gater.insert(ConnId(5_002), addr(5_002), Direction::Inbound);
         assert!(gater
-            .check_accept(NOW, next, Direction::Inbound, &bans)
+            .check_established(NOW, ConnId(5_002), peer(5_002), false, &bans, Score::ZERO)
             .is_accept());
         assert_eq!(
             Refusal::TooManyInbound.goodbye_reason(),

@@ -97,7 +97,7 @@ fn handshake_proves_both_identities_and_carries_hellos() {
         .decode(&wire, |message| {
             b_transport
                 .open(message, &mut plain)
-                .map_err(|_| DecodeError::UnknownKind(0))
+                .map_err(|_| DecodeError::MessageLength { length: 0 })
         })
         .unwrap();
     assert_eq!(plain, big);

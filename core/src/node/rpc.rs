@@ -1,0 +1,675 @@
+//! The node's req/resp glue: the built-in protocols' handlers, the requests
+//! the node sends on its own (Status, Ping, Metadata), application requests
+//! and answers, and what each outcome costs the peer.
+//!
+//! # Design
+//! Every logical message after the handshake is a req/resp message (kinds
+//! 16, 17, 18). Requests we send carry a [`Purpose`] so the answer is routed:
+//! to the node itself (Status, Ping, Metadata) or to the application (a
+//! `Notification::Response` with the caller's tag). Answers to built-in
+//! requests are computed at once from the chain and our metadata;
+//! application requests go to the application and come back as a command.
+//!
+//! # Security
+//! What a peer's behaviour costs it (see `crate::peer::Penalty`):
+//! - Low (−1): a request of ours timed out; a late answer; it exceeded a
+//!   quota or its open-request cap with us;
+//! - Mid (−5): an invalid request or unsupported protocol; an answer to an
+//!   id we never issued; an inconsistent Status; a reserved result code;
+//! - High (−10): an answer that breaks the protocol (too many chunks, an
+//!   undecodable payload, blocks out of slot order or not linked to their
+//!   parents); a duplicate request id; any malformed message, which also
+//!   ends the connection with Goodbye(fault).
+//!
+//! A completed answer earns a small reward.
+
+use log::{debug, warn};
+use sha2::{Digest, Sha256};
+
+use super::{ConnectionState, Node};
+use crate::chain::{Root, SyntheticChain};
+use crate::identity::PeerId;
+use crate::io::{ConnId, DisconnectReason, GoodbyeReason, Notification, RequestError};
+use crate::peer::{ChainStatus, Penalty, Report};
+use crate::reqresp::bodies::{
+    BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Metadata, MetadataRequest, Ping,
+    Status,
+};
+use crate::reqresp::inbound::{DropReason, Refusal};
+use crate::reqresp::outbound::{ResponseViolation, Unexpected};
+use crate::reqresp::{
+    Answer, ChunkOutcome, EndOutcome, InboundOutcome, OutboundConfig, ProtocolId, ProtocolName,
+    Quota, RateLimiterConfig, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
+    REQUEST_KIND, RESPONSE_CHUNK_KIND, RESPONSE_END_KIND,
+};
+use crate::time::{Duration, Instant};
+
+/// Why we sent a request, so its answer goes to the right place.
+pub(super) enum Purpose {
+    /// Our periodic Status exchange.
+    Status,
+    /// Keepalive.
+    Ping,
+    /// The peer's Metadata sequence number went up.
+    Metadata,
+    /// The application's `Command::Request`.
+    Application {
+        tag: u64,
+        protocol: ProtocolId,
+        chunks: Vec<Vec<u8>>,
+        /// For BlocksByRange: what the answer must look like.
+        range: Option<RangeCheck>,
+        /// Set when the answer broke the protocol; the request then fails.
+        invalid: Option<String>,
+    },
+}
+
+/// BlocksByRange answers come in slot order, within the range, each block
+/// the child of the previous one.
+pub(super) struct RangeCheck {
+    start_slot: u64,
+    end_slot: u64,
+    previous: Option<(u64, Root)>,
+}
+
+impl RangeCheck {
+    fn check(&mut self, block: &[u8]) -> Result<(), String> {
+        let (slot, parent) =
+            SyntheticChain::parse_block(block).ok_or_else(|| "undecodable block".to_string())?;
+        if slot < self.start_slot || slot >= self.end_slot {
+            return Err(format!(
+                "block at slot {slot} outside {}..{}",
+                self.start_slot, self.end_slot
+            ));
+        }
+        if let Some((previous_slot, previous_root)) = self.previous {
+            if slot <= previous_slot {
+                return Err(format!("slot {slot} after slot {previous_slot}"));
+            }
+            if parent != previous_root {
+                return Err(format!(
+                    "block at slot {slot} is not the child of the previous one"
+                ));
+            }
+        }
+        self.previous = Some((slot, Sha256::digest(block).into()));
+        Ok(())
+    }
+}
+
+/// The outbound configuration of a node that ignores its peers' quotas:
+/// for hostile nodes in the simulator only.
+pub(super) fn flooding_outbound_config(mut config: OutboundConfig) -> OutboundConfig {
+    const FLOOD_REQUESTS_MAX: usize = 1_024;
+    let unlimited = Quota::new(1 << 30, Duration::from_millis(1));
+    let mut quotas = RateLimiterConfig::requesting();
+    for quota in quotas.quotas.values_mut() {
+        *quota = unlimited;
+    }
+    config.quotas = quotas;
+    config.in_flight_per_peer_max = FLOOD_REQUESTS_MAX;
+    config.pending_per_peer_max = FLOOD_REQUESTS_MAX;
+    config
+}
+
+/// A Goodbye, as a one-way request. Goodbyes are never tracked, so the id
+/// only has to be well-formed.
+pub(super) fn goodbye_request(reason: GoodbyeReason) -> Vec<u8> {
+    Request {
+        id: RequestId(u64::MAX),
+        protocol: ProtocolId::Goodbye,
+        body: Goodbye { reason }.encode(),
+    }
+    .encode()
+}
+
+impl Node {
+    /// One logical message from an accepted peer.
+    pub(super) fn on_message(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let Some(ConnectionState::Established(established)) =
+            self.connections.get_mut(&conn).map(|c| &mut c.state)
+        else {
+            return;
+        };
+        established.last_received = now;
+        if !established.accepted {
+            return; // Refused after its handshake; what follows is ignored.
+        }
+        let peer = established.peer;
+        self.counters.messages_received += 1;
+        match bytes.first().copied() {
+            Some(REQUEST_KIND) => self.on_request(now, conn, peer, bytes),
+            Some(RESPONSE_CHUNK_KIND) => match ResponseChunk::decode(bytes) {
+                Ok(chunk) => self.on_chunk(now, peer, chunk),
+                Err(error) => self.protocol_violation(now, conn, error.to_string()),
+            },
+            Some(RESPONSE_END_KIND) => match ResponseEnd::decode(bytes) {
+                Ok(end) => self.on_end(now, peer, end),
+                Err(error) => self.protocol_violation(now, conn, error.to_string()),
+            },
+            other => self.protocol_violation(now, conn, format!("unknown message kind {other:?}")),
+        }
+    }
+
+    fn on_request(&mut self, now: Instant, conn: ConnId, peer: PeerId, bytes: &[u8]) {
+        match self.inbound.on_request_bytes(now, peer, bytes) {
+            InboundOutcome::Serve {
+                id,
+                protocol,
+                body,
+                chunks_max,
+            } => {
+                self.counters.requests_served += 1;
+                self.serve(now, peer, id, protocol, &body, chunks_max);
+            }
+            InboundOutcome::Goodbye { reason } => {
+                self.counters.goodbyes_received += 1;
+                self.remove_established(now, conn, DisconnectReason::RemoteGoodbye(reason));
+            }
+            InboundOutcome::Refused {
+                id,
+                refusal,
+                response,
+            } => {
+                debug!("{peer:?}: request {id:?} refused: {refusal:?}");
+                self.send_raw(conn, &response);
+                let penalty = match refusal {
+                    Refusal::RateLimited { .. } | Refusal::OverCapacity => {
+                        self.counters.requests_rate_limited += 1;
+                        Penalty::Low
+                    }
+                    Refusal::TooManyOpen => Penalty::Low,
+                    Refusal::Invalid(_) | Refusal::UnsupportedProtocol(_) => Penalty::Mid,
+                };
+                self.report(now, peer, Report::Penalty(penalty));
+            }
+            InboundOutcome::Dropped(DropReason::DuplicateId(id)) => {
+                debug!("{peer:?}: duplicate request id {id:?}");
+                self.report(now, peer, Report::Penalty(Penalty::High));
+            }
+            InboundOutcome::Dropped(
+                DropReason::Malformed(error) | DropReason::MalformedGoodbye(error),
+            ) => self.protocol_violation(now, conn, error.to_string()),
+        }
+    }
+
+    /// Answers an admitted request of a built-in protocol, or hands an
+    /// application request to the application.
+    fn serve(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+        protocol: ProtocolId,
+        body: &[u8],
+        chunks_max: u64,
+    ) {
+        if self.config.faults.never_answer_requests {
+            return;
+        }
+        // The inbound tracker checked each body's layout before admitting it.
+        let answer = match protocol {
+            ProtocolId::Status => {
+                let Ok(theirs) = Status::decode(body) else {
+                    return;
+                };
+                if !self.on_peer_status(now, peer, theirs) {
+                    return; // Disconnected for its network.
+                }
+                Answer::Chunks(vec![self.chain.status().encode()])
+            }
+            ProtocolId::Ping => {
+                if let Ok(ping) = Ping::decode(body) {
+                    self.on_peer_metadata_seq(now, peer, ping.metadata_seq);
+                }
+                let ours = Ping {
+                    metadata_seq: self.metadata.seq,
+                };
+                Answer::Chunks(vec![ours.encode()])
+            }
+            ProtocolId::Metadata => Answer::Chunks(vec![self.metadata.encode()]),
+            ProtocolId::BlocksByRange => {
+                let Ok(request) = BlocksByRangeRequest::decode(body) else {
+                    return;
+                };
+                let blocks = (request.start_slot..request.end_slot())
+                    .filter_map(|slot| self.chain.block_at_slot(slot))
+                    .take(usize::try_from(chunks_max).unwrap_or(usize::MAX))
+                    .collect();
+                Answer::Chunks(blocks)
+            }
+            ProtocolId::BlocksByRoot => {
+                let Ok(request) = BlocksByRootRequest::decode(body) else {
+                    return;
+                };
+                let blocks = request
+                    .roots
+                    .iter()
+                    .filter_map(|root| self.chain.block_by_root(root))
+                    .collect();
+                Answer::Chunks(blocks)
+            }
+            ProtocolId::Application(name) => {
+                self.notify(Notification::InboundRequest {
+                    peer,
+                    id,
+                    protocol: name,
+                    body: body.to_vec(),
+                });
+                return;
+            }
+            ProtocolId::Goodbye => return, // One-way; handled as InboundOutcome::Goodbye.
+        };
+        self.answer(now, peer, id, answer);
+    }
+
+    fn answer(&mut self, now: Instant, peer: PeerId, id: RequestId, answer: Answer) {
+        match self.inbound.respond(now, peer, id, answer) {
+            Ok(messages) => {
+                if let Some(&conn) = self.peers.get(&peer) {
+                    for message in messages {
+                        self.send_raw(conn, &message);
+                    }
+                }
+            }
+            Err(error) => debug!("{peer:?}: answer to {id:?} not sent: {error:?}"),
+        }
+    }
+
+    fn on_chunk(&mut self, now: Instant, peer: PeerId, chunk: ResponseChunk) {
+        match self.outbound.on_chunk(now, peer, chunk) {
+            ChunkOutcome::Chunk {
+                id,
+                protocol: _,
+                payload,
+            } => self.on_response_payload(now, peer, id, payload),
+            ChunkOutcome::Error {
+                id,
+                protocol,
+                code,
+                message,
+            } => {
+                debug!("{peer:?}: request {id:?} ({protocol:?}) refused: {code:?} {message}");
+                if let ResultCode::Reserved(_) = code {
+                    self.report(now, peer, Report::Penalty(Penalty::Mid));
+                }
+                self.finish_request(
+                    peer,
+                    id,
+                    protocol,
+                    Err(RequestError::Refused { code, message }),
+                );
+            }
+            ChunkOutcome::Violation {
+                id,
+                protocol,
+                violation,
+            } => {
+                let what = match violation {
+                    ResponseViolation::TooManyChunks { chunks_max } => {
+                        format!("more than {chunks_max} chunks")
+                    }
+                    ResponseViolation::Payload(error) => error.to_string(),
+                };
+                debug!("{peer:?}: answer to {id:?} broke the protocol: {what}");
+                self.report(now, peer, Report::Penalty(Penalty::High));
+                self.finish_request(peer, id, protocol, Err(RequestError::InvalidResponse(what)));
+            }
+            ChunkOutcome::Unexpected { id, reason } => self.on_unexpected(now, peer, id, reason),
+        }
+    }
+
+    fn on_end(&mut self, now: Instant, peer: PeerId, end: ResponseEnd) {
+        match self.outbound.on_end(now, peer, end) {
+            EndOutcome::Completed { id, protocol, .. } => {
+                self.counters.responses_received += 1;
+                self.report(now, peer, Report::Reward);
+                self.finish_request(peer, id, protocol, Ok(()));
+            }
+            EndOutcome::Unexpected { id, reason } => self.on_unexpected(now, peer, id, reason),
+        }
+    }
+
+    fn on_unexpected(&mut self, now: Instant, peer: PeerId, id: RequestId, reason: Unexpected) {
+        self.counters.responses_unexpected += 1;
+        debug!("{peer:?}: {reason:?} answer to {id:?} discarded");
+        let penalty = match reason {
+            Unexpected::Late => Penalty::Low,
+            Unexpected::Unknown => Penalty::Mid,
+        };
+        self.report(now, peer, Report::Penalty(penalty));
+    }
+
+    /// A success chunk for one of our requests.
+    fn on_response_payload(&mut self, now: Instant, peer: PeerId, id: RequestId, payload: Vec<u8>) {
+        let Some(purpose) = self.purposes.get_mut(&(peer, id)) else {
+            return;
+        };
+        match purpose {
+            Purpose::Status => match Status::decode(&payload) {
+                Ok(status) => {
+                    self.on_peer_status(now, peer, status);
+                }
+                Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
+            },
+            Purpose::Ping => match Ping::decode(&payload) {
+                Ok(ping) => {
+                    self.counters.pongs_received += 1;
+                    self.on_peer_metadata_seq(now, peer, ping.metadata_seq);
+                }
+                Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
+            },
+            Purpose::Metadata => match Metadata::decode(&payload) {
+                Ok(metadata) => {
+                    if let Some(established) = self.established_mut(&peer) {
+                        established.metadata_seq = Some(metadata.seq);
+                    }
+                    self.notify(Notification::PeerMetadata { peer, metadata });
+                }
+                Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
+            },
+            Purpose::Application {
+                chunks,
+                range,
+                invalid,
+                ..
+            } => {
+                if invalid.is_none() {
+                    if let Some(check) = range {
+                        if let Err(what) = check.check(&payload) {
+                            *invalid = Some(what);
+                            self.report(now, peer, Report::Penalty(Penalty::High));
+                            return;
+                        }
+                    }
+                    chunks.push(payload);
+                }
+            }
+        }
+    }
+
+    /// Closes our record of a request and tells the application, if it asked.
+    fn finish_request(
+        &mut self,
+        peer: PeerId,
+        id: RequestId,
+        protocol: ProtocolId,
+        result: Result<(), RequestError>,
+    ) {
+        let Some(purpose) = self.purposes.remove(&(peer, id)) else {
+            return;
+        };
+        match purpose {
+            Purpose::Metadata => {
+                if let Some(established) = self.established_mut(&peer) {
+                    established.metadata_requested = false;
+                }
+            }
+            Purpose::Status | Purpose::Ping => {}
+            Purpose::Application {
+                tag,
+                chunks,
+                invalid,
+                ..
+            } => {
+                let result = match (result, invalid) {
+                    (Ok(()), Some(what)) => Err(RequestError::InvalidResponse(what)),
+                    (result, _) => result,
+                };
+                self.notify(match result {
+                    Ok(()) => Notification::Response {
+                        peer,
+                        tag,
+                        protocol,
+                        chunks,
+                    },
+                    Err(error) => Notification::RequestFailed {
+                        peer,
+                        tag,
+                        protocol,
+                        error,
+                    },
+                });
+            }
+        }
+    }
+
+    /// A peer's Status, from its request or its answer. Returns whether the
+    /// peer is still connected.
+    fn on_peer_status(&mut self, now: Instant, peer: PeerId, status: Status) -> bool {
+        if status.network_id != self.config.network_id {
+            let ours = self.config.network_id;
+            if let Some(&conn) = self.peers.get(&peer) {
+                self.send_raw(conn, &goodbye_request(GoodbyeReason::IrrelevantNetwork));
+                self.counters.goodbyes_sent += 1;
+                let reason = DisconnectReason::WrongNetwork {
+                    ours,
+                    theirs: status.network_id,
+                };
+                self.remove_established(now, conn, reason);
+            }
+            return false;
+        }
+        let chain = ChainStatus {
+            head_slot: status.head_slot,
+            finalized_slot: status.finalized_slot,
+        };
+        if let Err(error) = self.peer_manager.update_status(&peer, chain) {
+            debug!("{peer:?}: inconsistent status: {error:?}");
+            self.report(now, peer, Report::Penalty(Penalty::Mid));
+            return self.peers.contains_key(&peer);
+        }
+        self.notify(Notification::PeerStatus { peer, status });
+        true
+    }
+
+    /// A peer told us its Metadata sequence number; fetch its Metadata if it is new.
+    fn on_peer_metadata_seq(&mut self, now: Instant, peer: PeerId, seq: u64) {
+        let Some(established) = self.established_mut(&peer) else {
+            return;
+        };
+        let known = established.metadata_seq;
+        if established.metadata_requested || known.is_some_and(|known| known >= seq) {
+            return;
+        }
+        let body = MetadataRequest.encode();
+        let sent = self.request(now, peer, ProtocolId::Metadata, body, Purpose::Metadata);
+        if let (Ok(_), Some(established)) = (sent, self.established_mut(&peer)) {
+            established.metadata_requested = true;
+        }
+    }
+
+    /// Sends our Status to `peer` (its answer carries its own).
+    pub(super) fn request_status(&mut self, now: Instant, peer: PeerId) {
+        let body = self.chain.status().encode();
+        // A refusal (queue full) is logged by `request`; the next interval retries.
+        let _ = self.request(now, peer, ProtocolId::Status, body, Purpose::Status);
+    }
+
+    /// Pings `peer` and re-sends our Status when each is due.
+    pub(super) fn keepalive(&mut self, now: Instant, peer: PeerId) {
+        let (ping_interval, status_interval) =
+            (self.config.ping_interval, self.config.status_interval);
+        let seq = self.metadata.seq;
+        let Some(established) = self.established_mut(&peer) else {
+            return;
+        };
+        let ping_due = established.next_ping <= now;
+        let status_due = established.next_status <= now;
+        if ping_due {
+            established.next_ping = now + ping_interval;
+        }
+        if status_due {
+            established.next_status = now + status_interval;
+        }
+        if ping_due {
+            self.counters.pings_sent += 1;
+            let body = Ping { metadata_seq: seq }.encode();
+            let _ = self.request(now, peer, ProtocolId::Ping, body, Purpose::Ping);
+        }
+        if status_due {
+            self.request_status(now, peer);
+        }
+    }
+
+    /// Queues a request; the tracker releases it within quotas and in-flight caps.
+    fn request(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        protocol: ProtocolId,
+        body: Vec<u8>,
+        purpose: Purpose,
+    ) -> Result<RequestId, String> {
+        match self.outbound.send(now, peer, protocol, body) {
+            Ok(id) => {
+                self.purposes.insert((peer, id), purpose);
+                Ok(id)
+            }
+            Err(error) => {
+                debug!("{peer:?}: {protocol:?} request not sent: {error:?}");
+                Err(format!("{error:?}"))
+            }
+        }
+    }
+
+    /// Writes the requests the tracker releases now.
+    pub(super) fn transmit_requests(&mut self, now: Instant) {
+        while let Some((peer, request)) = self.outbound.poll_transmit(now) {
+            if let Some(&conn) = self.peers.get(&peer) {
+                self.counters.requests_sent += 1;
+                self.send_raw(conn, &request.encode());
+            }
+        }
+    }
+
+    /// Expires our requests and peers' requests that ran out of time.
+    pub(super) fn on_request_timeouts(&mut self, now: Instant) {
+        for (peer, id, kind) in self.outbound.on_timeout(now) {
+            self.counters.requests_timed_out += 1;
+            debug!("{peer:?}: request {id:?} timed out ({kind:?})");
+            let error = match kind {
+                crate::reqresp::TimeoutKind::FirstChunk => RequestError::FirstChunkTimeout,
+                crate::reqresp::TimeoutKind::Response => RequestError::ResponseTimeout,
+            };
+            let protocol = self.purpose_protocol(peer, id);
+            self.finish_request(peer, id, protocol, Err(error));
+            self.report(now, peer, Report::Penalty(Penalty::Low));
+        }
+        for (peer, id) in self.inbound.on_timeout(now) {
+            debug!("{peer:?}: its request {id:?} expired unanswered");
+        }
+    }
+
+    /// The protocol of an open request of ours (for notifications).
+    fn purpose_protocol(&self, peer: PeerId, id: RequestId) -> ProtocolId {
+        match self.purposes.get(&(peer, id)) {
+            Some(Purpose::Status) => ProtocolId::Status,
+            Some(Purpose::Ping) => ProtocolId::Ping,
+            Some(Purpose::Metadata) => ProtocolId::Metadata,
+            Some(Purpose::Application { protocol, .. }) => *protocol,
+            None => ProtocolId::Status, // Already finished: nobody is told.
+        }
+    }
+
+    /// A peer is gone: its open requests fail, its requests to us are dropped.
+    pub(super) fn on_peer_gone(&mut self, peer: PeerId) {
+        for id in self.outbound.on_peer_disconnected(&peer) {
+            let protocol = self.purpose_protocol(peer, id);
+            self.finish_request(peer, id, protocol, Err(RequestError::Disconnected));
+        }
+        // Anything else still recorded for the peer (never transmitted).
+        let stale: Vec<RequestId> = self
+            .purposes
+            .range((peer, RequestId(0))..=(peer, RequestId(u64::MAX)))
+            .map(|(&(_, id), _)| id)
+            .collect();
+        for id in stale {
+            let protocol = self.purpose_protocol(peer, id);
+            self.finish_request(peer, id, protocol, Err(RequestError::Disconnected));
+        }
+        self.inbound.on_peer_disconnected(&peer);
+    }
+
+    pub(super) fn register_protocol(&mut self, name: ProtocolName, quota: Quota) {
+        let inbound = self.inbound.register_application(name, quota);
+        let outbound = self.outbound.register_application(name, quota);
+        if inbound.is_err() || outbound.is_err() {
+            warn!(
+                "protocol {}: not registered: too many application protocols",
+                name.as_str()
+            );
+        }
+    }
+
+    pub(super) fn application_request(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        protocol: ProtocolId,
+        body: Vec<u8>,
+        tag: u64,
+    ) {
+        let refusal = if !self.peers.contains_key(&peer) {
+            Some("not connected".to_string())
+        } else if protocol == ProtocolId::Goodbye {
+            Some("use Command::Disconnect to say goodbye".to_string())
+        } else {
+            None
+        };
+        let range = match protocol {
+            ProtocolId::BlocksByRange => {
+                BlocksByRangeRequest::decode(&body)
+                    .ok()
+                    .map(|request| RangeCheck {
+                        start_slot: request.start_slot,
+                        end_slot: request.end_slot(),
+                        previous: None,
+                    })
+            }
+            _ => None,
+        };
+        let purpose = Purpose::Application {
+            tag,
+            protocol,
+            chunks: Vec::new(),
+            range,
+            invalid: None,
+        };
+        let result = match refusal {
+            Some(refusal) => Err(refusal),
+            None => self.request(now, peer, protocol, body, purpose),
+        };
+        if let Err(error) = result {
+            self.notify(Notification::RequestFailed {
+                peer,
+                tag,
+                protocol,
+                error: RequestError::NotSent(error),
+            });
+        }
+    }
+
+    pub(super) fn application_respond(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+        answer: Answer,
+    ) {
+        self.answer(now, peer, id, answer);
+    }
+
+    pub(super) fn set_topics(&mut self, topics: Vec<String>) {
+        let metadata = Metadata {
+            seq: self.metadata.seq + 1,
+            topics,
+            capabilities: self.metadata.capabilities,
+        };
+        if metadata.is_valid() {
+            self.metadata = metadata;
+        } else {
+            warn!("topics refused: more than the Metadata limits allow");
+        }
+    }
+}
