@@ -1090,6 +1090,28 @@ impl Driver {
             Notification::DialFailed { addr, error } => {
                 log::debug!("[{me:?}] dial to {addr} failed: {error}")
             }
+            Notification::PeerBanned { peer, ip, until } => {
+                log::info!("[{me:?}] peer {peer} banned until {until} (ip {ip:?})")
+            }
+            Notification::PeerUnbanned { peer } => log::info!("[{me:?}] peer {peer} unbanned"),
+            Notification::IpUnbanned { ip } => log::info!("[{me:?}] ip {ip} unbanned"),
+            Notification::ScoreRecovered { peer } => {
+                log::debug!("[{me:?}] peer {peer} may connect again")
+            }
+            Notification::PeerStatus { peer, status } => log::debug!(
+                "[{me:?}] peer {peer:?} status: head slot {}, finalized slot {}",
+                status.head_slot,
+                status.finalized_slot
+            ),
+            Notification::RequestFailed {
+                peer,
+                tag,
+                protocol,
+                error,
+            } => log::debug!("[{me:?}] request {tag} ({protocol:?}) to {peer:?} failed: {error:?}"),
+            Notification::PeerMetadata { .. }
+            | Notification::Response { .. }
+            | Notification::InboundRequest { .. } => {}
         }
         self.subscribers.retain_mut(|subscriber| {
             match subscriber.sender.try_send(notification.clone()) {
