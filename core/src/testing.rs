@@ -175,6 +175,15 @@ impl MemoryNet {
         self.advance_to(self.now + duration);
     }
 
+    /// Carries out `actions` as if node `index` had just produced them (for
+    /// harnesses that poll a node directly).
+    pub fn requeue(&mut self, index: usize, actions: Vec<Action>) {
+        for action in actions {
+            self.apply(index, action);
+        }
+        self.collect(index);
+    }
+
     /// Opens an inbound connection at node `index` from an address that is
     /// no node, for a test to write raw bytes into.
     pub fn raw_connection(&mut self, index: usize) -> ConnId {
@@ -205,55 +214,59 @@ impl MemoryNet {
 
     fn collect(&mut self, index: usize) {
         while let Some(action) = self.nodes[index].poll_action() {
-            match action {
-                Action::Dial { dial, addr } => {
-                    let target =
-                        index_of(addr).filter(|t| *t < self.nodes.len() && !self.down.contains(t));
-                    let Some(target) = target else {
-                        let error = "connection refused".to_string();
-                        self.nodes[index].handle(self.now, Input::DialFailed { dial, error });
-                        continue;
-                    };
-                    let (ours, theirs) = (self.fresh_conn(), self.fresh_conn());
-                    self.links.insert((index, ours), (target, theirs));
-                    self.links.insert((target, theirs), (index, ours));
-                    let remote = address_of(index);
-                    self.handle(
-                        target,
-                        Input::ConnectionOpened {
-                            conn: theirs,
-                            remote,
-                            origin: Origin::Accepted,
-                        },
-                    );
-                    let origin = Origin::Dialed(dial);
-                    self.nodes[index].handle(
-                        self.now,
-                        Input::ConnectionOpened {
-                            conn: ours,
-                            remote: addr,
-                            origin,
-                        },
-                    );
-                }
-                Action::Send { conn, bytes } => {
-                    if let Some(&(to, theirs)) = self.links.get(&(index, conn)) {
-                        self.in_flight.push_back(Delivery::Bytes {
-                            to,
-                            conn: theirs,
-                            bytes,
-                        });
-                    }
-                }
-                Action::Close { conn } => {
-                    if let Some((to, theirs)) = self.links.remove(&(index, conn)) {
-                        self.in_flight
-                            .push_back(Delivery::Closed { to, conn: theirs });
-                    }
-                }
-                Action::CancelDial { .. } => {}
-                Action::Notify(notification) => self.notifications[index].push(notification),
+            self.apply(index, action);
+        }
+    }
+
+    fn apply(&mut self, index: usize, action: Action) {
+        match action {
+            Action::Dial { dial, addr } => {
+                let target =
+                    index_of(addr).filter(|t| *t < self.nodes.len() && !self.down.contains(t));
+                let Some(target) = target else {
+                    let error = "connection refused".to_string();
+                    self.nodes[index].handle(self.now, Input::DialFailed { dial, error });
+                    return;
+                };
+                let (ours, theirs) = (self.fresh_conn(), self.fresh_conn());
+                self.links.insert((index, ours), (target, theirs));
+                self.links.insert((target, theirs), (index, ours));
+                let remote = address_of(index);
+                self.handle(
+                    target,
+                    Input::ConnectionOpened {
+                        conn: theirs,
+                        remote,
+                        origin: Origin::Accepted,
+                    },
+                );
+                let origin = Origin::Dialed(dial);
+                self.nodes[index].handle(
+                    self.now,
+                    Input::ConnectionOpened {
+                        conn: ours,
+                        remote: addr,
+                        origin,
+                    },
+                );
             }
+            Action::Send { conn, bytes } => {
+                if let Some(&(to, theirs)) = self.links.get(&(index, conn)) {
+                    self.in_flight.push_back(Delivery::Bytes {
+                        to,
+                        conn: theirs,
+                        bytes,
+                    });
+                }
+            }
+            Action::Close { conn } => {
+                if let Some((to, theirs)) = self.links.remove(&(index, conn)) {
+                    self.in_flight
+                        .push_back(Delivery::Closed { to, conn: theirs });
+                }
+            }
+            Action::CancelDial { .. } => {}
+            Action::Notify(notification) => self.notifications[index].push(notification),
         }
     }
 }

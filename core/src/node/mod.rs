@@ -1042,6 +1042,23 @@ impl Node {
         self.actions.push_back(Action::Notify(notification));
     }
 
+    /// Queues `message` (one logical message, any bytes) to `peer` as if
+    /// this node had produced it. For fuzzing and tests of hostile peers:
+    /// it lets a harness speak arbitrary messages over a real, authenticated
+    /// channel. Returns whether `peer` is connected.
+    #[doc(hidden)]
+    pub fn testing_send_message(&mut self, peer: &PeerId, message: &[u8]) -> bool {
+        let Some(&conn) = self.peers.get(peer) else {
+            return false;
+        };
+        if message.is_empty() || message.len() > limits::MESSAGE_BYTES_MAX {
+            return false;
+        }
+        self.send_raw(conn, message);
+        self.flush_all();
+        true
+    }
+
     /// The established, accepted connection state of `peer`.
     fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Established> {
         let conn = self.peers.get(peer)?;
