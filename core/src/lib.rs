@@ -29,6 +29,7 @@
 pub mod chain;
 pub mod codec;
 pub mod fuzzing;
+pub mod gossip;
 pub mod identity;
 pub mod io;
 pub mod limits;
