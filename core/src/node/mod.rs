@@ -848,7 +848,8 @@ impl Node {
         };
         match &connection.state {
             ConnectionState::Established(established) if established.accepted => {
-                self.remove_established(now, conn, DisconnectReason::ConnectionLost(cause));
+                // The driver has closed it already: no flush, no Close.
+                self.forget_peer(now, conn, DisconnectReason::ConnectionLost(cause));
             }
             _ => {
                 let addr = connection.addr;
@@ -981,11 +982,20 @@ impl Node {
 
     /// Closes an established connection (after flushing) and reports the peer gone.
     fn remove_established(&mut self, now: Instant, conn: ConnId, reason: DisconnectReason) {
+        if !self.connections.contains_key(&conn) {
+            return;
+        }
         self.flush(conn);
+        self.actions.push_back(Action::Close { conn });
+        self.forget_peer(now, conn, reason);
+    }
+
+    /// Forgets an established connection and reports its peer gone, without
+    /// touching the transport (the caller closes it, or the driver already did).
+    fn forget_peer(&mut self, now: Instant, conn: ConnId, reason: DisconnectReason) {
         let Some(connection) = self.forget_connection(now, conn) else {
             return;
         };
-        self.actions.push_back(Action::Close { conn });
         if let ConnectionState::Established(established) = connection.state {
             if established.accepted {
                 let peer = established.peer;

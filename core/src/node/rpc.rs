@@ -13,7 +13,8 @@
 //! # Security
 //! What a peer's behaviour costs it (see `crate::peer::Penalty`):
 //! - Low (−1): a request of ours timed out; a late answer; it exceeded a
-//!   quota or its open-request cap with us;
+//!   quota with us (exceeding the open-request cap costs nothing: the
+//!   requester may have given up on a request we still hold open);
 //! - Mid (−5): an invalid request or unsupported protocol; an answer to an
 //!   id we never issued; an inconsistent Status; a reserved result code;
 //! - High (−10): an answer that breaks the protocol (too many chunks, an
@@ -178,7 +179,11 @@ impl Node {
                         self.counters.requests_rate_limited += 1;
                         Penalty::Low
                     }
-                    Refusal::TooManyOpen => Penalty::Low,
+                    // Not the requester's fault by itself: it may have given
+                    // up on a request we still hold open (its first-chunk
+                    // deadline is shorter than our answer deadline). A real
+                    // flood is caught by the quotas.
+                    Refusal::TooManyOpen => return,
                     Refusal::Invalid(_) | Refusal::UnsupportedProtocol(_) => Penalty::Mid,
                 };
                 self.report(now, peer, Report::Penalty(penalty));

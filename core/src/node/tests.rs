@@ -785,3 +785,34 @@ fn request_ids_are_never_confused_between_peers() {
     }
     assert_eq!(net.nodes[0].counters().responses_unexpected, 0);
 }
+
+#[test]
+fn a_connection_the_driver_closed_is_not_closed_again() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let conn = net.nodes[0].peers[&net.nodes[1].peer_id()];
+    net.nodes[0].handle(
+        net.now,
+        Input::ConnectionClosed {
+            conn,
+            cause: crate::io::CloseCause::RemoteClosed,
+        },
+    );
+    let mut actions = Vec::new();
+    while let Some(action) = net.nodes[0].poll_action() {
+        actions.push(action);
+    }
+    assert!(
+        actions
+            .iter()
+            .all(|action| !matches!(action, Action::Close { .. } | Action::Send { .. })),
+        "{actions:?}"
+    );
+    assert!(actions.iter().any(|action| matches!(
+        action,
+        Action::Notify(Notification::PeerDisconnected {
+            reason: DisconnectReason::ConnectionLost(_),
+            ..
+        })
+    )));
+}
