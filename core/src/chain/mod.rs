@@ -22,6 +22,20 @@ use crate::reqresp::limits::BLOCKS_PER_RANGE_REQUEST_MAX;
 
 pub use crate::reqresp::bodies::Root;
 
+pub mod block;
+pub mod fuzzing;
+pub mod genesis;
+pub mod store;
+pub mod verify;
+
+pub use block::{BlockDecodeError, BlockHeader, SignedBlock};
+pub use genesis::{devnet_keys, Genesis, GenesisError};
+pub use store::{ChainStore, Checkpoint, ImportError, ImportOutcome, Imported, StoreLimits};
+pub use verify::{
+    find_invalid, sign_block, verify_batch, verify_batch_locating, verify_block, BatchError,
+    BlockError, BlockProducer,
+};
+
 /// Largest synthetic block body.
 pub const SYNTHETIC_BLOCK_BYTES_MAX: usize = 64 * 1024;
 /// Blocks a synthetic chain may hold (its root index is kept in memory).

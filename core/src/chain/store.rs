@@ -1,0 +1,1113 @@
+//! The chain store: verified blocks, fork choice, finality and pruning.
+//!
+//! # Design
+//! [`ChainStore`] holds verified blocks by root, the parent → child links
+//! between them, and the canonical chain by slot. The genesis is an anchor at
+//! slot 0 (its root, no block). Every import keeps four rules:
+//!
+//! - **Fork choice**: the head is the block with the highest slot; between
+//!   blocks of one slot, the one with the lower root.
+//! - **Canonical chain**: the head and its ancestors, indexed by slot (slots
+//!   without a block are absent). A head on another fork rewrites the index
+//!   from the common ancestor up.
+//! - **Finality**: the finalized block is the head's ancestor with the highest
+//!   slot at least `finality_depth_slots` below the head (genesis while the
+//!   head is lower). It only moves forward: a block at or below the finalized
+//!   slot, or on a fork from below it, is refused.
+//! - **Pruning**: when the finalized block moves, every block that neither
+//!   descends from it nor is one of its ancestors is dropped (forks that
+//!   finality ruled out), and reported so the driver can delete them.
+//!
+//! Blocks must be verified before [`ChainStore::import`]
+//! ([`verify_block`](super::verify::verify_block) or
+//! [`verify_batch`](super::verify::verify_batch)); the store checks only how
+//! a block fits the chain. Roots that failed verification are remembered in a
+//! bounded set, so they are never fetched or verified twice, and a block
+//! whose parent is known invalid is itself remembered as invalid.
+//!
+//! Every map is a `BTreeMap`/`BTreeSet`: iteration order never depends on a
+//! random hasher.
+//!
+//! # Security
+//! *Provided*: bounded memory whatever blocks arrive (see Limits); no
+//! recursion (ancestry walks are loops over at most the stored blocks); a
+//! block far below the head cannot rewrite finalized history.
+//!
+//! *Not provided*: signature checks (done before import) and slashing of
+//! proposers that sign two blocks for one slot (both are kept as forks).
+//!
+//! # Limits
+//! At most [`StoreLimits::blocks_max`] blocks and
+//! [`StoreLimits::bytes_max`] encoded bytes. When an import would pass
+//! either, the oldest finalized history (the ancestors of the finalized
+//! block, lowest slot first) is evicted from memory; it stays durable in the
+//! driver's store but is no longer served. Then whole forks are dropped,
+//! the one branching off lowest first (a proposer that signs many blocks
+//! for its slots cannot stall the chain by filling the store). Only if the
+//! canonical chain above finality and the new block's own ancestors fill the
+//! store does the import fail with [`ImportError::Full`], changing nothing.
+//! At most [`StoreLimits::invalid_roots_max`] invalid roots are remembered;
+//! the oldest is forgotten first.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use super::block::SignedBlock;
+use super::genesis::{Genesis, FINALITY_DEPTH_SLOTS_MAX};
+use super::Root;
+use crate::reqresp::bodies::Status;
+use crate::reqresp::limits::BLOCK_BYTES_MAX;
+
+/// Blocks the store holds by default: 65 536 slots of history (36 hours at
+/// 2 s slots) for serving range requests from memory.
+pub const STORE_BLOCKS_MAX: usize = 65_536;
+/// Encoded bytes the store holds by default: 512 MiB, twice the largest
+/// unfinalized window of full blocks, so history can always make room.
+pub const STORE_BYTES_MAX: usize = 512 * 1024 * 1024;
+/// Invalid roots remembered by default: 8 192 (256 KiB), several sync
+/// batches' worth of a hostile peer's blocks.
+pub const INVALID_ROOTS_MAX: usize = 8_192;
+
+const _: () =
+    assert!(STORE_BYTES_MAX as u64 >= 2 * FINALITY_DEPTH_SLOTS_MAX * BLOCK_BYTES_MAX as u64);
+const _: () = assert!(STORE_BLOCKS_MAX as u64 >= 2 * FINALITY_DEPTH_SLOTS_MAX);
+
+/// The bounds of one store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most blocks held.
+    pub blocks_max: usize,
+    /// Most encoded bytes of blocks held.
+    pub bytes_max: usize,
+    /// Most invalid roots remembered.
+    pub invalid_roots_max: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> StoreLimits {
+        StoreLimits {
+            blocks_max: STORE_BLOCKS_MAX,
+            bytes_max: STORE_BYTES_MAX,
+            invalid_roots_max: INVALID_ROOTS_MAX,
+        }
+    }
+}
+
+/// A block named by root and slot (the genesis: its root and slot 0).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub struct Checkpoint {
+    /// The block's root.
+    pub root: Root,
+    /// Its slot.
+    pub slot: u64,
+}
+
+/// What an import changed.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ImportOutcome {
+    /// The block was stored.
+    Imported(Imported),
+    /// The block was stored already; nothing changed.
+    AlreadyKnown {
+        /// Its root.
+        root: Root,
+    },
+}
+
+/// The effects of storing one block.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Imported {
+    /// The block's root.
+    pub root: Root,
+    /// The new head, if the head changed (to this block).
+    pub head: Option<Checkpoint>,
+    /// The new finalized block, if finality moved.
+    pub finalized: Option<Checkpoint>,
+    /// Blocks dropped that are not finalized history: forks that finality
+    /// ruled out, or forks dropped to make room. The driver may delete them
+    /// from durable storage.
+    pub pruned: Vec<Root>,
+    /// Finalized history evicted from memory to make room: still durable,
+    /// no longer served from memory.
+    pub evicted: Vec<Root>,
+}
+
+/// Why a block was not imported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImportError {
+    /// The block's root is remembered as invalid.
+    KnownInvalid(Root),
+    /// The parent is remembered as invalid; the block now is too.
+    InvalidParent(Root),
+    /// The parent is not stored: fetch it (a parent lookup) and retry.
+    UnknownParent(Root),
+    /// The block's slot is not above its parent's.
+    SlotNotAfterParent {
+        /// The block's slot.
+        slot: u64,
+        /// The parent's slot.
+        parent_slot: u64,
+    },
+    /// The block is at or below the finalized slot, or builds on a block
+    /// finality ruled out: it can never be canonical.
+    ConflictsWithFinalized {
+        /// The block's slot.
+        slot: u64,
+        /// The finalized slot.
+        finalized_slot: u64,
+    },
+    /// The canonical chain above finality and the block's ancestors fill the
+    /// store; nothing was changed.
+    Full,
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImportError::KnownInvalid(root) => write!(f, "block {} is known invalid", short(root)),
+            ImportError::InvalidParent(root) => {
+                write!(f, "parent {} is known invalid", short(root))
+            }
+            ImportError::UnknownParent(root) => write!(f, "parent {} is unknown", short(root)),
+            ImportError::SlotNotAfterParent { slot, parent_slot } => {
+                write!(
+                    f,
+                    "block at slot {slot} is not after its parent's slot {parent_slot}"
+                )
+            }
+            ImportError::ConflictsWithFinalized {
+                slot,
+                finalized_slot,
+            } => write!(
+                f,
+                "block at slot {slot} conflicts with the finalized slot {finalized_slot}"
+            ),
+            ImportError::Full => write!(f, "chain store is full above finality"),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+fn short(root: &Root) -> String {
+    super::genesis::hex_encode(&root[..4])
+}
+
+/// Verified blocks, fork choice and finality (see the module docs).
+#[derive(Clone, Debug)]
+pub struct ChainStore {
+    network_id: u64,
+    finality_depth_slots: u64,
+    genesis_root: Root,
+    limits: StoreLimits,
+    blocks: BTreeMap<Root, SignedBlock>,
+    /// Every stored block by (slot, root): eviction order and slot scans.
+    by_slot: BTreeSet<(u64, Root)>,
+    /// (parent, child) for every stored child.
+    children: BTreeSet<(Root, Root)>,
+    /// The canonical chain: slot → root, for retained slots up to the head.
+    canonical: BTreeMap<u64, Root>,
+    head: Checkpoint,
+    finalized: Checkpoint,
+    bytes: usize,
+    invalid: InvalidRoots,
+}
+
+impl ChainStore {
+    /// An empty store (only genesis) with the default limits.
+    pub fn new(genesis: &Genesis) -> ChainStore {
+        ChainStore::with_limits(genesis, StoreLimits::default())
+    }
+
+    /// An empty store with these limits.
+    ///
+    /// # Panics
+    /// If a limit is zero.
+    pub fn with_limits(genesis: &Genesis, limits: StoreLimits) -> ChainStore {
+        assert!(limits.blocks_max > 0 && limits.bytes_max > 0 && limits.invalid_roots_max > 0);
+        let anchor = Checkpoint {
+            root: genesis.root(),
+            slot: 0,
+        };
+        ChainStore {
+            network_id: genesis.network_id(),
+            finality_depth_slots: genesis.finality_depth_slots(),
+            genesis_root: genesis.root(),
+            limits,
+            blocks: BTreeMap::new(),
+            by_slot: BTreeSet::new(),
+            children: BTreeSet::new(),
+            canonical: BTreeMap::new(),
+            head: anchor,
+            finalized: anchor,
+            bytes: 0,
+            invalid: InvalidRoots::new(limits.invalid_roots_max),
+        }
+    }
+
+    /// Rebuilds a store at start-up from blocks the driver persisted (any
+    /// order; they were verified before they were persisted). Blocks that do
+    /// not fit (unknown parent, ruled out by finality) are returned with the
+    /// reason, and are not stored. All of `blocks` is collected and sorted
+    /// by slot first, so the driver should feed what it wants held (the
+    /// store then evicts down to its limits, oldest history first).
+    pub fn from_blocks(
+        genesis: &Genesis,
+        limits: StoreLimits,
+        blocks: impl IntoIterator<Item = SignedBlock>,
+    ) -> (ChainStore, Vec<(Root, ImportError)>) {
+        let mut store = ChainStore::with_limits(genesis, limits);
+        let sorted: BTreeMap<(u64, Root), SignedBlock> = blocks
+            .into_iter()
+            .map(|block| ((block.slot(), block.root()), block))
+            .collect();
+        let mut refused = Vec::new();
+        for ((_, root), block) in sorted {
+            if let Err(error) = store.import(block) {
+                refused.push((root, error));
+            }
+        }
+        (store, refused)
+    }
+
+    // --- Queries --------------------------------------------------------------
+
+    /// The head: highest slot, ties to the lower root (genesis if no block).
+    pub fn head(&self) -> Checkpoint {
+        self.head
+    }
+
+    /// The finalized block (genesis until the head is deep enough).
+    pub fn finalized(&self) -> Checkpoint {
+        self.finalized
+    }
+
+    /// The genesis root.
+    pub fn genesis_root(&self) -> Root {
+        self.genesis_root
+    }
+
+    /// Our Status for the req/resp layer.
+    pub fn status(&self) -> Status {
+        Status {
+            network_id: self.network_id,
+            finalized_root: self.finalized.root,
+            finalized_slot: self.finalized.slot,
+            head_root: self.head.root,
+            head_slot: self.head.slot,
+        }
+    }
+
+    /// The stored block with this root.
+    pub fn block_by_root(&self, root: &Root) -> Option<&SignedBlock> {
+        self.blocks.get(root)
+    }
+
+    /// Whether `root` is stored or is the genesis.
+    pub fn contains(&self, root: &Root) -> bool {
+        *root == self.genesis_root || self.blocks.contains_key(root)
+    }
+
+    /// The canonical block at `slot`, if the canonical chain has one there
+    /// (and it was not evicted).
+    pub fn canonical_block_at(&self, slot: u64) -> Option<&SignedBlock> {
+        self.canonical
+            .get(&slot)
+            .and_then(|root| self.blocks.get(root))
+    }
+
+    /// The canonical blocks at slots `start_slot .. start_slot + count`
+    /// (saturating), in slot order: one chain, each block the parent of the
+    /// next, as a BlocksByRange answer needs.
+    pub fn canonical_range(&self, start_slot: u64, count: u64) -> Vec<&SignedBlock> {
+        if count == 0 {
+            return Vec::new();
+        }
+        let last_slot = start_slot.saturating_add(count - 1);
+        self.canonical
+            .range(start_slot..=last_slot)
+            .filter_map(|(_, root)| self.blocks.get(root))
+            .collect()
+    }
+
+    /// Blocks stored.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Whether no block is stored (only genesis).
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Encoded bytes of the stored blocks.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The limits this store keeps.
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
+    /// Whether `root` is remembered as invalid.
+    pub fn is_known_invalid(&self, root: &Root) -> bool {
+        self.invalid.contains(root)
+    }
+
+    /// Invalid roots remembered.
+    pub fn known_invalid_len(&self) -> usize {
+        self.invalid.len()
+    }
+
+    // --- Mutators ---------------------------------------------------------------
+
+    /// Remembers that the block `root` failed verification, forgetting the
+    /// oldest remembered root if the set is full. Has no effect on a stored
+    /// block (those were verified).
+    pub fn mark_invalid(&mut self, root: Root) {
+        if !self.contains(&root) {
+            self.invalid.insert(root);
+        }
+    }
+
+    /// Stores a verified block and updates the head, the canonical chain and
+    /// finality, pruning forks that finality rules out.
+    pub fn import(&mut self, block: SignedBlock) -> Result<ImportOutcome, ImportError> {
+        let root = block.root();
+        if self.invalid.contains(&root) {
+            return Err(ImportError::KnownInvalid(root));
+        }
+        if self.blocks.contains_key(&root) {
+            return Ok(ImportOutcome::AlreadyKnown { root });
+        }
+        let slot = block.slot();
+        let conflict = ImportError::ConflictsWithFinalized {
+            slot,
+            finalized_slot: self.finalized.slot,
+        };
+        if slot <= self.finalized.slot {
+            return Err(conflict);
+        }
+        let parent = block.parent_root();
+        if self.invalid.contains(&parent) {
+            self.invalid.insert(root);
+            return Err(ImportError::InvalidParent(parent));
+        }
+        let parent_slot = self
+            .slot_of(&parent)
+            .ok_or(ImportError::UnknownParent(parent))?;
+        // Every stored block at or above the finalized slot descends from the
+        // finalized block, so the parent must be it or above it.
+        if parent_slot < self.finalized.slot
+            || (parent_slot == self.finalized.slot && parent != self.finalized.root)
+        {
+            return Err(conflict);
+        }
+        if slot <= parent_slot {
+            return Err(ImportError::SlotNotAfterParent { slot, parent_slot });
+        }
+        let (evicted, dropped) = self.make_room(parent, block.encoded_len())?;
+
+        self.bytes += block.encoded_len();
+        self.by_slot.insert((slot, root));
+        self.children.insert((parent, root));
+        self.blocks.insert(root, block);
+
+        let candidate = Checkpoint { root, slot };
+        let mut outcome = Imported {
+            root,
+            head: None,
+            finalized: None,
+            pruned: dropped,
+            evicted,
+        };
+        if is_better_head(candidate, self.head) {
+            self.set_head(candidate);
+            outcome.head = Some(candidate);
+            if let Some(finalized) = self.advance_finality() {
+                outcome.finalized = Some(finalized.0);
+                outcome.pruned.extend(finalized.1);
+            }
+        }
+        Ok(ImportOutcome::Imported(outcome))
+    }
+
+    // --- Internals --------------------------------------------------------------
+
+    fn slot_of(&self, root: &Root) -> Option<u64> {
+        if *root == self.genesis_root {
+            Some(0)
+        } else {
+            self.blocks.get(root).map(SignedBlock::slot)
+        }
+    }
+
+    /// Makes room for one more block of `bytes` whose parent is `parent`:
+    /// first evicts the oldest finalized history, then drops whole forks,
+    /// the one branching off lowest first. Never touches the canonical chain
+    /// from the finalized block up, nor the new block's ancestors; if those
+    /// alone leave no room, changes nothing and fails. Returns the evicted
+    /// and the dropped roots.
+    fn make_room(
+        &mut self,
+        parent: Root,
+        bytes: usize,
+    ) -> Result<(Vec<Root>, Vec<Root>), ImportError> {
+        let limits = self.limits;
+        let fits = |blocks: usize, stored: usize| {
+            blocks < limits.blocks_max && stored.saturating_add(bytes) <= limits.bytes_max
+        };
+        if fits(self.blocks.len(), self.bytes) {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut protected: BTreeSet<Root> = self
+            .canonical
+            .range(self.finalized.slot..)
+            .map(|(_, &root)| root)
+            .collect();
+        let mut cursor = parent;
+        while let Some(block) = self.blocks.get(&cursor) {
+            if !protected.insert(cursor) {
+                break;
+            }
+            cursor = block.parent_root();
+        }
+        let protected_bytes: usize = protected
+            .iter()
+            .filter_map(|root| self.blocks.get(root))
+            .map(SignedBlock::encoded_len)
+            .sum();
+        if !fits(protected.len(), protected_bytes) {
+            return Err(ImportError::Full);
+        }
+        let mut evicted = Vec::new();
+        let mut dropped = Vec::new();
+        while !fits(self.blocks.len(), self.bytes) {
+            // Cannot fail: every block outside `protected` can go, and the
+            // protected ones alone leave room (checked above).
+            let &(slot, root) = self
+                .by_slot
+                .iter()
+                .find(|(_, root)| !protected.contains(root))
+                .expect("an unprotected block is left");
+            if slot < self.finalized.slot {
+                self.remove_block(&root);
+                evicted.push(root);
+            } else {
+                // The lowest unprotected block above finality is the base of
+                // a fork none of whose blocks is protected.
+                for root in self.subtree(root) {
+                    self.remove_block(&root);
+                    dropped.push(root);
+                }
+            }
+        }
+        Ok((evicted, dropped))
+    }
+
+    /// `root` and every stored block descending from it.
+    fn subtree(&self, root: Root) -> Vec<Root> {
+        let mut found = Vec::new();
+        let mut stack = vec![root];
+        while let Some(root) = stack.pop() {
+            found.push(root);
+            stack.extend(
+                self.children
+                    .range((root, [0; 32])..=(root, [0xff; 32]))
+                    .map(|&(_, child)| child),
+            );
+        }
+        found
+    }
+
+    fn remove_block(&mut self, root: &Root) {
+        // Cannot fail: callers pass roots taken from `by_slot` or found by a walk.
+        let block = self.blocks.remove(root).expect("removing a stored block");
+        let slot = block.slot();
+        self.bytes -= block.encoded_len();
+        self.by_slot.remove(&(slot, *root));
+        self.children.remove(&(block.parent_root(), *root));
+        let orphans: Vec<(Root, Root)> = self
+            .children
+            .range((*root, [0; 32])..=(*root, [0xff; 32]))
+            .copied()
+            .collect();
+        for edge in orphans {
+            self.children.remove(&edge);
+        }
+        if self.canonical.get(&slot) == Some(root) {
+            self.canonical.remove(&slot);
+        }
+    }
+
+    /// Makes `head` the head and rewrites the canonical index from the
+    /// common ancestor with the old canonical chain up.
+    fn set_head(&mut self, head: Checkpoint) {
+        let mut new_entries = Vec::new();
+        let mut cursor = head.root;
+        let ancestor_slot = loop {
+            if cursor == self.genesis_root {
+                break 0;
+            }
+            // Cannot fail: every block above finality has its parent stored,
+            // and the walk stops at the finalized block, which is canonical.
+            let block = self
+                .blocks
+                .get(&cursor)
+                .expect("ancestor of the head stored");
+            let slot = block.slot();
+            if self.canonical.get(&slot) == Some(&cursor) {
+                break slot;
+            }
+            new_entries.push((slot, cursor));
+            cursor = block.parent_root();
+        };
+        let stale: Vec<u64> = self
+            .canonical
+            .range(ancestor_slot + 1..)
+            .map(|(&slot, _)| slot)
+            .collect();
+        for slot in stale {
+            self.canonical.remove(&slot);
+        }
+        self.canonical.extend(new_entries);
+        self.head = head;
+    }
+
+    /// Moves the finalized block up to the head's deepest ancestor at least
+    /// `finality_depth_slots` below it; returns it and the pruned roots if it moved.
+    fn advance_finality(&mut self) -> Option<(Checkpoint, Vec<Root>)> {
+        let target_slot = self.head.slot.checked_sub(self.finality_depth_slots)?;
+        if target_slot <= self.finalized.slot {
+            return None;
+        }
+        let (&slot, &root) = self
+            .canonical
+            .range(self.finalized.slot + 1..=target_slot)
+            .next_back()?;
+        let old = self.finalized;
+        self.finalized = Checkpoint { root, slot };
+        Some((self.finalized, self.prune(old)))
+    }
+
+    /// Drops every block above `old_finalized` that neither descends from
+    /// the new finalized block nor is one of its ancestors.
+    fn prune(&mut self, old_finalized: Checkpoint) -> Vec<Root> {
+        let keep: BTreeSet<Root> = self.subtree(self.finalized.root).into_iter().collect();
+        let doomed: Vec<Root> = self
+            .by_slot
+            .range((old_finalized.slot + 1, [0; 32])..)
+            .filter(|&&(slot, root)| {
+                let ancestor =
+                    slot < self.finalized.slot && self.canonical.get(&slot) == Some(&root);
+                !ancestor && !keep.contains(&root)
+            })
+            .map(|&(_, root)| root)
+            .collect();
+        for root in &doomed {
+            self.remove_block(root);
+        }
+        doomed
+    }
+
+    /// Panics if an invariant is broken. For tests and fuzzing; costs a walk
+    /// over every stored block.
+    pub fn assert_invariants(&self) {
+        assert!(
+            self.blocks.len() <= self.limits.blocks_max,
+            "too many blocks"
+        );
+        assert!(self.bytes <= self.limits.bytes_max, "too many bytes");
+        assert!(self.invalid.len() <= self.limits.invalid_roots_max);
+        let bytes: usize = self.blocks.values().map(SignedBlock::encoded_len).sum();
+        assert_eq!(bytes, self.bytes, "byte count");
+        assert_eq!(self.by_slot.len(), self.blocks.len(), "slot index size");
+        for (slot, root) in &self.by_slot {
+            assert_eq!(self.blocks.get(root).map(SignedBlock::slot), Some(*slot));
+        }
+        assert_eq!(
+            self.children.len(),
+            self.blocks
+                .values()
+                .filter(|b| self.contains(&b.parent_root()))
+                .count()
+        );
+
+        // The head is the best block, and the genesis only if there is none.
+        let best = self
+            .by_slot
+            .iter()
+            .map(|&(slot, root)| Checkpoint { root, slot })
+            .fold(None, |best: Option<Checkpoint>, block| match best {
+                Some(best) if !is_better_head(block, best) => Some(best),
+                _ => Some(block),
+            });
+        let genesis = Checkpoint {
+            root: self.genesis_root,
+            slot: 0,
+        };
+        assert_eq!(
+            self.head,
+            best.unwrap_or(genesis),
+            "head is not the best block"
+        );
+
+        // The canonical index is exactly the head's retained ancestry.
+        let mut cursor = self.head.root;
+        let mut walked = BTreeMap::new();
+        while let Some(block) = self.blocks.get(&cursor) {
+            walked.insert(block.slot(), cursor);
+            cursor = block.parent_root();
+        }
+        assert_eq!(walked, self.canonical, "canonical chain");
+        // The walk ends at the genesis or below the finalized block (evicted history).
+        assert!(cursor == self.genesis_root || self.slot_of(&cursor).is_none());
+
+        // Finality: canonical, deep enough, and the deepest such block.
+        if self.finalized.slot == 0 {
+            assert_eq!(self.finalized, genesis);
+        } else {
+            assert_eq!(
+                self.canonical.get(&self.finalized.slot),
+                Some(&self.finalized.root)
+            );
+            assert!(self.finalized.slot + self.finality_depth_slots <= self.head.slot);
+        }
+        if let Some(target) = self
+            .head
+            .slot
+            .checked_sub(self.finality_depth_slots)
+            .filter(|&target| target > self.finalized.slot)
+        {
+            assert!(
+                self.canonical
+                    .range(self.finalized.slot + 1..=target)
+                    .next()
+                    .is_none(),
+                "finality lags"
+            );
+        }
+
+        // Every block above finality descends from the finalized block.
+        for &(slot, root) in &self.by_slot {
+            if slot <= self.finalized.slot {
+                assert_eq!(
+                    self.canonical.get(&slot),
+                    Some(&root),
+                    "fork below finality"
+                );
+                continue;
+            }
+            let mut cursor = root;
+            while let Some(block) = self.blocks.get(&cursor) {
+                if block.slot() <= self.finalized.slot {
+                    break;
+                }
+                cursor = block.parent_root();
+            }
+            assert_eq!(
+                cursor, self.finalized.root,
+                "block does not descend from finality"
+            );
+        }
+    }
+}
+
+/// Fork choice: a higher slot wins, then the lower root.
+fn is_better_head(candidate: Checkpoint, current: Checkpoint) -> bool {
+    candidate.slot > current.slot
+        || (candidate.slot == current.slot && candidate.root < current.root)
+}
+
+/// A bounded set of roots, forgetting the oldest first.
+#[derive(Clone, Debug)]
+struct InvalidRoots {
+    order: VecDeque<Root>,
+    set: BTreeSet<Root>,
+    max: usize,
+}
+
+impl InvalidRoots {
+    fn new(max: usize) -> InvalidRoots {
+        InvalidRoots {
+            order: VecDeque::new(),
+            set: BTreeSet::new(),
+            max,
+        }
+    }
+
+    fn contains(&self, root: &Root) -> bool {
+        self.set.contains(root)
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    fn insert(&mut self, root: Root) {
+        if !self.set.insert(root) {
+            return;
+        }
+        self.order.push_back(root);
+        if self.order.len() > self.max {
+            // Cannot fail: the queue holds more than max >= 1 roots.
+            let oldest = self.order.pop_front().expect("queue is not empty");
+            self.set.remove(&oldest);
+        }
+        debug_assert_eq!(self.order.len(), self.set.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::{body_root, BlockHeader, SIGNATURE_BYTES};
+    use crate::chain::genesis::devnet_keys;
+    use blst::min_pk::SecretKey;
+
+    /// A genesis with 2 proposers and the given finality depth.
+    fn genesis(depth: u64) -> Genesis {
+        let keys = devnet_keys(1, 2).iter().map(SecretKey::sk_to_pk).collect();
+        Genesis::new(1, 0, 1_000, keys, depth).unwrap()
+    }
+
+    /// An unsigned block (the store does not check signatures); `tag` makes forks differ.
+    fn block(parent: Root, slot: u64, tag: u8) -> SignedBlock {
+        let body = vec![tag; 8];
+        SignedBlock {
+            header: BlockHeader {
+                slot,
+                proposer_index: slot % 2,
+                parent_root: parent,
+                body_root: body_root(&body),
+            },
+            body,
+            signature: [0; SIGNATURE_BYTES],
+        }
+    }
+
+    fn imported(outcome: Result<ImportOutcome, ImportError>) -> Imported {
+        match outcome {
+            Ok(ImportOutcome::Imported(imported)) => imported,
+            other => panic!("expected an import, got {other:?}"),
+        }
+    }
+
+    /// Imports a linear chain at the given slots on top of `parent`; returns the roots.
+    fn extend(store: &mut ChainStore, parent: Root, slots: &[u64], tag: u8) -> Vec<Root> {
+        let mut parent = parent;
+        let mut roots = Vec::new();
+        for &slot in slots {
+            let root = imported(store.import(block(parent, slot, tag))).root;
+            store.assert_invariants();
+            roots.push(root);
+            parent = root;
+        }
+        roots
+    }
+
+    #[test]
+    fn head_is_the_highest_slot() {
+        let genesis = genesis(64);
+        let mut store = ChainStore::new(&genesis);
+        assert_eq!(
+            store.head(),
+            Checkpoint {
+                root: genesis.root(),
+                slot: 0
+            }
+        );
+        assert!(store.is_empty());
+        let main = extend(&mut store, genesis.root(), &[1, 2, 3], 0);
+        assert_eq!(
+            store.head(),
+            Checkpoint {
+                root: main[2],
+                slot: 3
+            }
+        );
+        // A fork from slot 1 that reaches slot 5 takes over.
+        let fork = extend(&mut store, main[0], &[4, 5], 1);
+        assert_eq!(
+            store.head(),
+            Checkpoint {
+                root: fork[1],
+                slot: 5
+            }
+        );
+        assert_eq!(
+            store.canonical_block_at(2),
+            None,
+            "slot 2 is off the new chain"
+        );
+        assert_eq!(store.canonical_block_at(4).unwrap().root(), fork[0]);
+        // A fork that stays lower does not.
+        let low = imported(store.import(block(main[2], 4, 2)));
+        assert_eq!(low.head, None);
+        assert_eq!(store.head().root, fork[1]);
+        assert_eq!(store.len(), 6);
+        assert_eq!(
+            store.import(block(main[0], 4, 1)),
+            Ok(ImportOutcome::AlreadyKnown { root: fork[0] })
+        );
+        store.assert_invariants();
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_root() {
+        let genesis = genesis(64);
+        let mut store = ChainStore::new(&genesis);
+        let a = block(genesis.root(), 1, 1);
+        let b = block(genesis.root(), 1, 2);
+        let (low, high) = if a.root() < b.root() { (a, b) } else { (b, a) };
+        let low_root = low.root();
+        let first = imported(store.import(high));
+        assert!(first.head.is_some());
+        let second = imported(store.import(low));
+        assert_eq!(
+            second.head,
+            Some(Checkpoint {
+                root: low_root,
+                slot: 1
+            })
+        );
+        assert_eq!(store.canonical_block_at(1).unwrap().root(), low_root);
+        store.assert_invariants();
+        // Importing in the other order gives the same head.
+        let mut other = ChainStore::new(&genesis);
+        imported(other.import(block(genesis.root(), 1, 1)));
+        imported(other.import(block(genesis.root(), 1, 2)));
+        assert_eq!(other.head(), store.head());
+    }
+
+    #[test]
+    fn finality_follows_the_head_and_prunes_forks() {
+        let genesis = genesis(4);
+        let mut store = ChainStore::new(&genesis);
+        let main = extend(&mut store, genesis.root(), &[1, 2, 3], 0);
+        // A fork from slot 1 that stays behind.
+        let fork = extend(&mut store, main[0], &[3], 7);
+        assert_eq!(store.finalized().slot, 0);
+        let more = extend(&mut store, main[2], &[4], 0);
+        // Head 4, depth 4: still only genesis is at least 4 below.
+        assert_eq!(store.finalized().slot, 0);
+        let outcome = imported(store.import(block(more[0], 6, 0)));
+        // Head 6: slot 2 is the deepest block at least 4 below.
+        assert_eq!(
+            outcome.finalized,
+            Some(Checkpoint {
+                root: main[1],
+                slot: 2
+            })
+        );
+        assert_eq!(outcome.pruned, fork, "the fork from slot 1 is ruled out");
+        assert!(store.block_by_root(&fork[0]).is_none());
+        assert_eq!(store.status().finalized_slot, 2);
+        store.assert_invariants();
+
+        // Blocks at or below finality, or on a fork from below it, are refused.
+        assert_eq!(
+            store.import(block(main[0], 2, 9)),
+            Err(ImportError::ConflictsWithFinalized {
+                slot: 2,
+                finalized_slot: 2
+            })
+        );
+        assert_eq!(
+            store.import(block(main[0], 5, 9)),
+            Err(ImportError::ConflictsWithFinalized {
+                slot: 5,
+                finalized_slot: 2
+            })
+        );
+        assert_eq!(
+            store.import(block(genesis.root(), 7, 9)),
+            Err(ImportError::ConflictsWithFinalized {
+                slot: 7,
+                finalized_slot: 2
+            })
+        );
+        // A fork from the finalized block itself is fine.
+        imported(store.import(block(main[1], 5, 9)));
+        store.assert_invariants();
+        let status = store.status();
+        assert_eq!(status.network_id, 1);
+        assert_eq!((status.head_slot, status.head_root), (6, store.head().root));
+    }
+
+    #[test]
+    fn unknown_and_invalid_parents_are_refused() {
+        let genesis = genesis(64);
+        let mut store = ChainStore::new(&genesis);
+        let unknown = [9; 32];
+        assert_eq!(
+            store.import(block(unknown, 3, 0)),
+            Err(ImportError::UnknownParent(unknown))
+        );
+        let main = extend(&mut store, genesis.root(), &[2], 0);
+        assert_eq!(
+            store.import(block(main[0], 2, 1)),
+            Err(ImportError::SlotNotAfterParent {
+                slot: 2,
+                parent_slot: 2
+            })
+        );
+        let bad = [7; 32];
+        store.mark_invalid(bad);
+        assert!(store.is_known_invalid(&bad));
+        let child = block(bad, 5, 0);
+        let child_root = child.root();
+        assert_eq!(
+            store.import(child.clone()),
+            Err(ImportError::InvalidParent(bad))
+        );
+        assert!(
+            store.is_known_invalid(&child_root),
+            "a child of an invalid block is invalid"
+        );
+        assert_eq!(
+            store.import(child),
+            Err(ImportError::KnownInvalid(child_root))
+        );
+        // Marking a stored block has no effect.
+        store.mark_invalid(main[0]);
+        assert!(!store.is_known_invalid(&main[0]));
+        store.assert_invariants();
+        assert!(ImportError::UnknownParent(unknown)
+            .to_string()
+            .contains("09090909"));
+    }
+
+    #[test]
+    fn invalid_memory_is_bounded_oldest_first() {
+        let genesis = genesis(64);
+        let limits = StoreLimits {
+            invalid_roots_max: 3,
+            ..StoreLimits::default()
+        };
+        let mut store = ChainStore::with_limits(&genesis, limits);
+        for byte in 1..=5u8 {
+            store.mark_invalid([byte; 32]);
+            store.mark_invalid([byte; 32]);
+        }
+        assert_eq!(store.known_invalid_len(), 3);
+        assert!(!store.is_known_invalid(&[1; 32]));
+        assert!(!store.is_known_invalid(&[2; 32]));
+        assert!(store.is_known_invalid(&[3; 32]));
+        assert!(store.is_known_invalid(&[5; 32]));
+        store.assert_invariants();
+    }
+
+    #[test]
+    fn canonical_range_is_one_chain_in_slot_order() {
+        let genesis = genesis(64);
+        let mut store = ChainStore::new(&genesis);
+        let main = extend(&mut store, genesis.root(), &[1, 2, 4, 5, 8], 0);
+        extend(&mut store, main[1], &[3], 5);
+        let slots = |start, count| -> Vec<u64> {
+            store
+                .canonical_range(start, count)
+                .iter()
+                .map(|block| block.slot())
+                .collect()
+        };
+        assert_eq!(slots(0, 64), vec![1, 2, 4, 5, 8]);
+        assert_eq!(slots(2, 3), vec![2, 4]);
+        assert_eq!(
+            slots(3, 1),
+            Vec::<u64>::new(),
+            "slot 3 holds only a fork block"
+        );
+        assert_eq!(slots(9, 10), Vec::<u64>::new());
+        assert_eq!(slots(0, 0), Vec::<u64>::new());
+        assert_eq!(slots(u64::MAX, u64::MAX), Vec::<u64>::new());
+        let range = store.canonical_range(0, 64);
+        for pair in range.windows(2) {
+            assert_eq!(pair[1].parent_root(), pair[0].root());
+        }
+    }
+
+    #[test]
+    fn full_store_evicts_history_then_drops_forks() {
+        let genesis = genesis(2);
+        let limits = StoreLimits {
+            blocks_max: 4,
+            ..StoreLimits::default()
+        };
+        let mut store = ChainStore::with_limits(&genesis, limits);
+        let main = extend(&mut store, genesis.root(), &[1, 2, 3, 4], 0);
+        assert_eq!(store.finalized().slot, 2);
+        let outcome = imported(store.import(block(main[3], 5, 0)));
+        assert_eq!(
+            outcome.evicted,
+            vec![main[0]],
+            "the oldest history goes first"
+        );
+        assert_eq!(
+            store.finalized(),
+            Checkpoint {
+                root: main[2],
+                slot: 3
+            }
+        );
+        assert_eq!(store.len(), 4);
+        assert_eq!(store.canonical_range(0, 10).len(), 4);
+        store.assert_invariants();
+
+        // A fork from the finalized block that does not win the tie at slot 5.
+        let head = store.head();
+        let fork = (1..=u8::MAX)
+            .map(|tag| block(main[2], 5, tag))
+            .find(|fork| fork.root() > head.root)
+            .unwrap();
+        let fork_root = fork.root();
+        let outcome = imported(store.import(fork));
+        assert_eq!(outcome.evicted, vec![main[1]]);
+        assert_eq!(outcome.head, None);
+        store.assert_invariants();
+
+        // History is gone; extending the head drops the fork instead.
+        let outcome = imported(store.import(block(head.root, 6, 0)));
+        assert_eq!(outcome.evicted, Vec::<Root>::new());
+        assert_eq!(outcome.pruned, vec![fork_root]);
+        assert_eq!(outcome.finalized.map(|finalized| finalized.slot), Some(4));
+        assert_eq!(store.len(), 4);
+        store.assert_invariants();
+    }
+
+    #[test]
+    fn full_store_refuses_when_the_unfinalized_chain_fills_it() {
+        let genesis = genesis(3);
+        let limits = StoreLimits {
+            blocks_max: 2,
+            ..StoreLimits::default()
+        };
+        let mut store = ChainStore::with_limits(&genesis, limits);
+        let main = extend(&mut store, genesis.root(), &[1, 2], 0);
+        assert_eq!(store.import(block(main[1], 3, 0)), Err(ImportError::Full));
+        assert_eq!(store.import(block(main[0], 3, 1)), Err(ImportError::Full));
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.head().root, main[1]);
+        store.assert_invariants();
+    }
+
+    #[test]
+    fn rebuilds_from_persisted_blocks_in_any_order() {
+        let genesis = genesis(3);
+        let mut store = ChainStore::new(&genesis);
+        let main = extend(&mut store, genesis.root(), &[1, 2, 3, 4, 5, 6], 0);
+        extend(&mut store, main[3], &[6], 4);
+        let mut persisted: Vec<SignedBlock> =
+            store.canonical_range(0, 100).into_iter().cloned().collect();
+        persisted.reverse();
+        persisted.push(block([3; 32], 9, 0));
+        let (rebuilt, refused) =
+            ChainStore::from_blocks(&genesis, StoreLimits::default(), persisted);
+        assert_eq!(rebuilt.head(), store.head());
+        assert_eq!(rebuilt.finalized(), store.finalized());
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].1, ImportError::UnknownParent([3; 32]));
+        rebuilt.assert_invariants();
+    }
+}
