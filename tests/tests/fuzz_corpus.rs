@@ -40,3 +40,58 @@ fn node_inputs_corpus() {
         meshsync_core::fuzzing::node_inputs(data);
     });
 }
+
+#[test]
+fn reqresp_handler_corpus() {
+    replay("reqresp_handler", |data| {
+        meshsync_core::fuzzing::reqresp_handler(data);
+    });
+}
+
+#[test]
+fn reqresp_message_decode_corpus() {
+    replay(
+        "reqresp_message_decode",
+        meshsync_core::reqresp::fuzzing::message_decode,
+    );
+}
+
+#[test]
+fn reqresp_body_decode_corpus() {
+    replay(
+        "reqresp_body_decode",
+        meshsync_core::reqresp::fuzzing::body_decode,
+    );
+}
+
+#[test]
+fn reqresp_snappy_decompress_corpus() {
+    replay(
+        "reqresp_snappy_decompress",
+        meshsync_core::reqresp::fuzzing::snappy_decompress,
+    );
+}
+
+#[test]
+fn reqresp_outbound_script_corpus() {
+    replay(
+        "reqresp_outbound_script",
+        meshsync_core::reqresp::fuzzing::outbound_script,
+    );
+}
+
+#[test]
+fn reqresp_inbound_script_corpus() {
+    replay(
+        "reqresp_inbound_script",
+        meshsync_core::reqresp::fuzzing::inbound_script,
+    );
+}
+
+#[test]
+fn reqresp_rate_limiter_script_corpus() {
+    replay(
+        "reqresp_rate_limiter_script",
+        meshsync_core::reqresp::fuzzing::rate_limiter_script,
+    );
+}
