@@ -7,13 +7,18 @@
 //! ```text
 //!            ┌──────────── EventQueue: (virtual time, seq) → Event ───────────┐
 //!            │  Command · Connect · DialRefused · Bytes · Closed · Timer      │
+//!            │  Crash · Restart · Wake                                        │
 //!            └──────┬─────────────────────────────────────────────────▲───────┘
 //!          pop next │                                                  │ push at now + delay
-//!                   ▼                                                  │
+//!                   ▼                                                  │ (+ uplink queueing)
 //!   Sim::step ──► Node::handle(now, Input) ──► drain Node::poll_action() ──► Network
 //!                   │                              │                 (LinkModel, Pipe per
 //!                   │                              ├─► Trace (sha256)  direction, blackholes)
-//!                   │                              └─► notifications
+//!                   │                              ├─► notifications ─► RequestLog (latency)
+//!                   │                              │        │
+//!                   │                              │        ▼
+//!                   │                              │   Application (app::run_until/run_for):
+//!                   │                              │   reacts with commands and wake-ups
 //!                   └─► Node::poll_timeout() ──► one live Timer event per node
 //!                   └─► invariants::check_node (after every step)
 //! ```
@@ -23,28 +28,38 @@
 //! from ChaCha20 streams derived from the seed, and the trace encodes every
 //! action field by field.
 //!
+//! Faults the world can inject: blackholed nodes ([`Sim::set_blackholed`]),
+//! crashes and restarts ([`Sim::crash`], [`Sim::restart`]), limited uplinks
+//! ([`Sim::set_uplink`]), and hostile nodes running the production core with
+//! `Config::faults` set ([`Sim::add_node_with_config`]).
+//!
 //! Modules: [`sim`] (the world and its event loop), [`network`] (listeners,
 //! connections, reachability), [`link`] (latency, jitter, in-order pipes,
 //! slicing), [`queue`] (the event queue), [`trace`] (the hash),
-//! [`invariants`], [`scenario`] (named runs), [`summary`], [`duration`]
-//! (command-line durations) and [`rng`].
+//! [`invariants`], [`app`] (application logic beside the nodes),
+//! [`requests`] (request latency), [`scenario`] (named runs), [`summary`],
+//! [`duration`] (command-line durations) and [`rng`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod duration;
 pub mod invariants;
 pub mod link;
 pub mod network;
 pub mod queue;
+pub mod requests;
 pub mod rng;
 pub mod scenario;
 pub mod sim;
 pub mod summary;
 pub mod trace;
 
+pub use app::{AppEvent, Application};
 pub use duration::parse_duration;
 pub use invariants::Violation;
 pub use link::LinkModel;
+pub use requests::{RequestLog, RequestOutcome, RequestRecord};
 pub use scenario::{run, run_scenario, RunConfig, Scenario, UnknownScenario};
 pub use sim::{NodeIndex, Sim, SimConfig, Timeout};
 pub use summary::Summary;

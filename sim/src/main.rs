@@ -5,6 +5,10 @@
 //!                  [--latency-ms 25] [--jitter-pct 10]
 //! ```
 //!
+//! Scenarios: `connect` (the default), `request-flood`, `unresponsive-peer`,
+//! `static-peer-restart`; see `meshsync_sim::scenario`. What a scenario set
+//! out to show is in the summary's `outcome`.
+//!
 //! With `--json`, stdout carries exactly one JSON object; logs go to stderr
 //! (`RUST_LOG` sets their level, `warn` by default). The exit code is 1 if
 //! any invariant was violated, so a failing seed can be bisected in a loop.

@@ -12,17 +12,23 @@
 //! the close of its remote is delivered to it; whatever still arrives for a
 //! vanished endpoint is dropped, as a closed socket would.
 //!
-//! Reachability is one question, [`Network::delivers`], so partitions and
-//! crashes can later be added in one place. Today the only fault is a
-//! *blackhole*: everything a blackholed node sends (bytes, closes, connection
-//! attempts) vanishes, and nobody can connect to it, while what others send
-//! to it on open connections still arrives. From outside it looks like a
-//! node that went silent.
+//! Reachability is one question, [`Network::delivers`], so partitions can
+//! later be added in one place. The only fault here is a *blackhole*:
+//! everything a blackholed node sends (bytes, closes, connection attempts)
+//! vanishes, and nobody can connect to it, while what others send to it on
+//! open connections still arrives. From outside it looks like a node that
+//! went silent. Crashes are the simulator's (a crashed node's endpoints are
+//! removed; see [`crate::sim`]).
+//!
+//! An endpoint also counts the bytes handed to it that have not yet left its
+//! node's uplink, so the simulator can close a connection whose send queue
+//! outgrows [`PENDING_SEND_BYTES_MAX`], as the driver contract says.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use meshsync_core::ConnId;
+use meshsync_core::limits::PENDING_SEND_BYTES_MAX;
+use meshsync_core::{ConnId, Instant};
 
 use crate::link::{LinkModel, Pipe};
 use crate::sim::NodeIndex;
@@ -66,6 +72,47 @@ pub struct Endpoint {
     pub outbound: Pipe,
     /// Deliveries (byte chunks or a close) scheduled towards this end and not yet arrived.
     pub deliveries_pending: u64,
+    /// Sends still leaving the node's uplink: (when the last byte leaves, bytes).
+    unsent: VecDeque<(Instant, usize)>,
+    /// The sum of the bytes in `unsent`.
+    unsent_bytes: usize,
+}
+
+impl Endpoint {
+    fn new(node: NodeIndex, remote: NodeIndex, remote_conn: ConnId) -> Endpoint {
+        Endpoint {
+            node,
+            remote,
+            remote_conn,
+            outbound: Pipe::default(),
+            deliveries_pending: 0,
+            unsent: VecDeque::new(),
+            unsent_bytes: 0,
+        }
+    }
+
+    /// Notes `bytes` handed to this end at `now` that leave the uplink by
+    /// `departure`. Returns whether more than [`PENDING_SEND_BYTES_MAX`] bytes
+    /// are now waiting to leave (the connection must then be given up).
+    pub fn queue_outbound(&mut self, now: Instant, departure: Instant, bytes: usize) -> bool {
+        while let Some(&(left_at, sent)) = self.unsent.front() {
+            if left_at > now {
+                break;
+            }
+            self.unsent.pop_front();
+            self.unsent_bytes -= sent;
+        }
+        if departure > now {
+            self.unsent.push_back((departure, bytes));
+            self.unsent_bytes += bytes;
+        }
+        self.unsent_bytes > PENDING_SEND_BYTES_MAX
+    }
+
+    /// Bytes handed to this end that have not left the uplink by the last send.
+    pub fn unsent_bytes(&self) -> usize {
+        self.unsent_bytes
+    }
 }
 
 /// Listeners, connections and reachability.
@@ -135,26 +182,10 @@ impl Network {
     pub fn open(&mut self, dialer: NodeIndex, acceptor: NodeIndex) -> (ConnId, ConnId) {
         let dialer_conn = self.fresh_conn();
         let acceptor_conn = self.fresh_conn();
-        self.endpoints.insert(
-            dialer_conn,
-            Endpoint {
-                node: dialer,
-                remote: acceptor,
-                remote_conn: acceptor_conn,
-                outbound: Pipe::default(),
-                deliveries_pending: 0,
-            },
-        );
-        self.endpoints.insert(
-            acceptor_conn,
-            Endpoint {
-                node: acceptor,
-                remote: dialer,
-                remote_conn: dialer_conn,
-                outbound: Pipe::default(),
-                deliveries_pending: 0,
-            },
-        );
+        self.endpoints
+            .insert(dialer_conn, Endpoint::new(dialer, acceptor, acceptor_conn));
+        self.endpoints
+            .insert(acceptor_conn, Endpoint::new(acceptor, dialer, dialer_conn));
         (dialer_conn, acceptor_conn)
     }
 
@@ -286,6 +317,29 @@ mod tests {
         assert!(!network.arrive(b));
         let (c, _) = network.open(NodeIndex(0), NodeIndex(1));
         assert!(c.0 > b.0, "ids are never reused");
+    }
+
+    #[test]
+    fn an_endpoint_counts_what_has_not_left_the_uplink() {
+        let mut network = Network::new(LinkModel::default());
+        let (a, _) = network.open(NodeIndex(0), NodeIndex(1));
+        let at = Instant::from_micros;
+        let endpoint = network.endpoint_of(NodeIndex(0), a).expect("open");
+        assert!(!endpoint.queue_outbound(at(0), at(0), 100), "left at once");
+        assert_eq!(endpoint.unsent_bytes(), 0);
+        assert!(!endpoint.queue_outbound(at(0), at(10), 1_000));
+        assert!(!endpoint.queue_outbound(at(5), at(20), PENDING_SEND_BYTES_MAX - 1_000));
+        assert_eq!(endpoint.unsent_bytes(), PENDING_SEND_BYTES_MAX);
+        assert!(
+            endpoint.queue_outbound(at(5), at(30), 1),
+            "one byte too many"
+        );
+        assert!(
+            !endpoint.queue_outbound(at(10), at(40), 1),
+            "the first send left"
+        );
+        assert!(!endpoint.queue_outbound(at(40), at(40), 0));
+        assert_eq!(endpoint.unsent_bytes(), 0);
     }
 
     #[test]

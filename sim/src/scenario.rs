@@ -6,6 +6,27 @@
 //! runner around it is the same for all: seed a [`Sim`], build, run, finish,
 //! summarise. New scenarios implement the trait and add a line to
 //! [`scenario_by_name`].
+//!
+//! Scenarios with application logic (requests, retries, a hostile node's
+//! flood) keep it in an [`crate::app::Application`] and run the world
+//! through [`crate::app::run_for`]; what they set out to show goes into the
+//! summary's `outcome` ([`Scenario::outcome`]).
+//!
+//! | name | story |
+//! | --- | --- |
+//! | `connect` | [`Connect`]: strangers join a random connected topology |
+//! | `request-flood` | [`RequestFlood`]: a hostile node floods requests; it is rate-limited, dropped and banned |
+//! | `unresponsive-peer` | [`UnresponsivePeer`]: a peer never answers; it is dropped and others serve |
+//! | `static-peer-restart` | [`StaticPeerRestart`]: a static peer crashes and comes back |
+
+pub mod request_flood;
+pub mod static_peer_restart;
+pub mod unresponsive_peer;
+pub mod workload;
+
+pub use request_flood::{FloodParams, RequestFlood};
+pub use static_peer_restart::StaticPeerRestart;
+pub use unresponsive_peer::{FetchParams, UnresponsivePeer};
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -37,15 +58,29 @@ pub trait Scenario {
     fn finish(&mut self, sim: &mut Sim) {
         sim.check_peer_symmetry();
     }
+
+    /// What the run showed, in the scenario's own fields, for the summary's
+    /// `outcome`. None by default.
+    fn outcome(&self, _sim: &Sim) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Every scenario name, for `--help` and error messages.
-pub const SCENARIO_NAMES: &[&str] = &[Connect::NAME];
+pub const SCENARIO_NAMES: &[&str] = &[
+    Connect::NAME,
+    RequestFlood::NAME,
+    UnresponsivePeer::NAME,
+    StaticPeerRestart::NAME,
+];
 
 /// The scenario called `name`, with its default parameters.
 pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
     match name {
         Connect::NAME => Some(Box::new(Connect::default())),
+        RequestFlood::NAME => Some(Box::new(RequestFlood::default())),
+        UnresponsivePeer::NAME => Some(Box::new(UnresponsivePeer::default())),
+        StaticPeerRestart::NAME => Some(Box::new(StaticPeerRestart::default())),
         _ => None,
     }
 }
@@ -117,7 +152,9 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
     scenario.build(&mut sim, config.nodes);
     scenario.run(&mut sim, config.duration);
     scenario.finish(&mut sim);
-    Ok(sim.summary())
+    let mut summary = sim.summary();
+    summary.outcome = scenario.outcome(&sim);
+    Ok(summary)
 }
 
 /// `connect`: nodes join a random connected topology and stay connected.

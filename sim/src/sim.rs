@@ -17,26 +17,54 @@
 //! Timers: each node has at most one live timer event. A new wake-up instant
 //! bumps the node's timer generation and queues an event carrying it; events
 //! with an older generation are stale and skipped without counting as steps.
+//!
+//! Crashes: [`Sim::crash`] stops a node as a killed process stops. Its
+//! connections end (each remote sees `ConnectionClosed` once the bytes
+//! already on their way have arrived), its dials in progress die with it,
+//! whatever was on its way to it is dropped, and dials to it are refused,
+//! both when they are made and when they would have connected.
+//! [`Sim::restart`] starts a fresh [`Node`] with the same identity and
+//! configuration and a new seed derived from the old one and the restart
+//! count; nothing else survives, as nothing is persisted yet. Each life of a
+//! node is an *incarnation*; events addressed to an earlier one (a late dial
+//! answer, a stale timer) are dropped.
+//!
+//! Bandwidth: a node may be given an uplink rate ([`Sim::set_uplink`]). Its
+//! sends then leave one after another, each taking its size over the rate,
+//! so a burst of responses to one peer delays what it sends to the others.
+//! Bytes queued on one connection beyond
+//! [`meshsync_core::limits::PENDING_SEND_BYTES_MAX`] close it with
+//! `CloseCause::SendBufferFull`, as the `Action::Send` contract says.
+//!
+//! Applications: scenarios run logic beside the nodes (see [`crate::app`]):
+//! it hears notifications and its own wake-ups ([`Sim::wake_at`]) and gives
+//! commands. Requests given through [`Sim::request`] (or any
+//! `Command::Request`) are timed into a [`RequestLog`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 
 use meshsync_core::io::{CloseCause, DisconnectReason};
+use meshsync_core::metrics::Counters;
+use meshsync_core::reqresp::ProtocolId;
 use meshsync_core::{
-    Action, Command, Config, ConnId, DialId, Direction, Duration, Identity, Input, Instant, Node,
-    Notification, Origin, PeerId,
+    Action, Command, Config, ConnId, DialId, Direction, Duration, Faults, Identity, Input, Instant,
+    Node, Notification, Origin, PeerId,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
 
+use crate::app::AppEvent;
 use crate::invariants::{self, NodeView, Violation, Violations};
 use crate::link::LinkModel;
 use crate::network::{self, Network};
 use crate::queue::EventQueue;
+use crate::requests::{self, RequestLog, RequestOutcome};
 use crate::rng;
 use crate::summary::Summary;
-use crate::trace::Trace;
+use crate::trace::{Marker, Trace};
 
 /// Network id every simulated node is configured with, unless a test says otherwise.
 pub const NETWORK_ID_DEFAULT: u64 = 0x6d65_7368; // "mesh"
@@ -44,6 +72,11 @@ pub const NETWORK_ID_DEFAULT: u64 = 0x6d65_7368; // "mesh"
 pub const LISTEN_PORT_DEFAULT: u16 = 9000;
 /// Notifications kept per node for inspection; older ones are dropped first.
 pub const NOTIFICATIONS_KEPT_PER_NODE_MAX: usize = 4_096;
+/// Dials kept per node in its dial log; older ones are dropped first.
+pub const DIALS_KEPT_PER_NODE_MAX: usize = 4_096;
+/// Application events waiting to be taken. An application takes them after
+/// every step, so only a world with collection on and nobody taking fills it.
+pub const APP_EVENTS_PENDING_MAX: usize = 1 << 20;
 /// How far a node that asks for a wake-up at or before the timeout it just
 /// handled is pushed forward, so a buggy timer cannot stall the clock.
 pub const TIMER_STALL_BACKOFF: Duration = Duration::from_millis(1);
@@ -129,6 +162,12 @@ pub struct NotificationCounts {
     pub connection_refused: u64,
     /// `DialFailed`.
     pub dial_failed: u64,
+    /// `Response`.
+    pub response: u64,
+    /// `RequestFailed`.
+    pub request_failed: u64,
+    /// `PeerBanned`.
+    pub peer_banned: u64,
 }
 
 /// What the network did, counted by the simulator.
@@ -136,7 +175,7 @@ pub struct NotificationCounts {
 pub struct NetworkCounts {
     /// Transport connections set up (both ends told).
     pub connections_established: u64,
-    /// Dials answered with a refusal (nobody listening there).
+    /// Dials answered with a refusal (nobody listening there, or the node is down).
     pub dials_refused: u64,
     /// `Action::Send`s applied.
     pub sends: u64,
@@ -146,6 +185,12 @@ pub struct NetworkCounts {
     pub bytes_delivered: u64,
     /// Bytes lost: sent by a blackholed node, or arriving at a closed end.
     pub bytes_dropped: u64,
+    /// Connections closed because too much waited to go out on them.
+    pub send_buffer_overflows: u64,
+    /// Node crashes.
+    pub crashes: u64,
+    /// Node restarts.
+    pub restarts: u64,
 }
 
 /// Something due at an instant.
@@ -156,12 +201,14 @@ enum Event {
     /// A dial's TCP handshake completed: both ends learn of the connection.
     Connect {
         dialer: NodeIndex,
+        incarnation: u32,
         dial: DialId,
         acceptor: NodeIndex,
     },
     /// A dial reached an address nobody listens on.
     DialRefused {
         node: NodeIndex,
+        incarnation: u32,
         dial: DialId,
         error: String,
     },
@@ -177,25 +224,56 @@ enum Event {
         conn: ConnId,
         cause: CloseCause,
     },
+    /// The driver of `node` gives up a connection of its own (send buffer full).
+    LocalClose {
+        node: NodeIndex,
+        conn: ConnId,
+        cause: CloseCause,
+    },
     /// A node's wake-up, valid only while its generation is current.
     Timer { node: NodeIndex, generation: u64 },
+    /// The node's process dies.
+    Crash { node: NodeIndex },
+    /// The node's process starts again.
+    Restart { node: NodeIndex },
+    /// An application's wake-up.
+    Wake { token: u64 },
 }
 
 /// One simulated node and the driver state the simulator keeps for it.
 struct SimNode {
     node: Node,
+    /// The configuration every incarnation starts with.
+    config: Config,
+    /// What the identity is derived from, so a restart keeps it.
+    identity_seed: u64,
+    /// The first incarnation's seed; later ones are derived from it.
+    node_seed: [u8; 32],
+    /// 0 for the first life, one more per restart.
+    incarnation: u32,
+    up: bool,
     peer_id: PeerId,
     addr: SocketAddr,
     peers_max: usize,
+    /// Bytes per second the node can send, if limited.
+    uplink_bytes_per_second: Option<u64>,
+    /// When the uplink finishes sending what it was given so far.
+    uplink_free_at: Instant,
     /// Generation of the live timer event; older ones are stale.
     timer_generation: u64,
     /// The instant of the live timer event, if one is queued.
     timer_at: Option<Instant>,
     /// Dials asked for and neither answered nor cancelled yet.
     dials: BTreeSet<DialId>,
+    /// Every dial asked for, with when (the last [`DIALS_KEPT_PER_NODE_MAX`]).
+    dial_log: VecDeque<(Instant, SocketAddr)>,
     notifications: VecDeque<(Instant, Notification)>,
     /// Peers announced connected and not since disconnected.
     notified_peers: BTreeSet<PeerId>,
+    /// Counters of earlier incarnations.
+    retired_counters: Vec<Counters>,
+    /// The next tag [`Sim::request`] gives a request of this node.
+    request_tag_next: u64,
 }
 
 /// The simulated world. See the module docs.
@@ -213,6 +291,9 @@ pub struct Sim {
     violations: Violations,
     notification_counts: NotificationCounts,
     network_counts: NetworkCounts,
+    requests: RequestLog,
+    app_events: VecDeque<AppEvent>,
+    collect_app_events: bool,
     events: u64,
     dials_planned: Vec<(NodeIndex, NodeIndex)>,
     wall_started: std::time::Instant,
@@ -223,6 +304,18 @@ pub fn node_config(network_id: u64, listen_port: u16) -> Config {
     let mut config = Config::new(network_id);
     config.listen_port = listen_port;
     config
+}
+
+/// The seed of incarnation `incarnation` of a node whose first seed was `first`.
+fn incarnation_seed(first: &[u8; 32], incarnation: u32) -> [u8; 32] {
+    if incarnation == 0 {
+        return *first;
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(b"meshsync-sim restart");
+    hasher.update(first);
+    hasher.update(incarnation.to_le_bytes());
+    hasher.finalize().into()
 }
 
 impl Sim {
@@ -246,6 +339,9 @@ impl Sim {
             violations: Violations::default(),
             notification_counts: NotificationCounts::default(),
             network_counts: NetworkCounts::default(),
+            requests: RequestLog::new(),
+            app_events: VecDeque::new(),
+            collect_app_events: false,
             events: 0,
             dials_planned: Vec::new(),
             wall_started: std::time::Instant::now(),
@@ -254,20 +350,30 @@ impl Sim {
 
     // ---- Building the world ----
 
+    /// The configuration [`Sim::add_node`] uses: every default, on this
+    /// world's network, listening on [`LISTEN_PORT_DEFAULT`]. Change what a
+    /// scenario needs (faults, chain) and pass it to [`Sim::add_node_with_config`].
+    pub fn node_config(&self) -> Config {
+        node_config(self.config.network_id, LISTEN_PORT_DEFAULT)
+    }
+
     /// Adds a node with the default configuration; it listens at once.
     pub fn add_node(&mut self) -> NodeIndex {
-        self.add_node_with_config(node_config(self.config.network_id, LISTEN_PORT_DEFAULT))
+        let config = self.node_config();
+        self.add_node_with_config(config)
     }
 
     /// Adds a node with `config`; it listens on `config.listen_port` at its address.
+    /// A node whose `config.faults` are all off counts as honest.
     pub fn add_node_with_config(&mut self, config: Config) -> NodeIndex {
         let index = NodeIndex(self.nodes.len());
         let addr = network::node_address(index, config.listen_port);
         let node_seed = rng::seed_bytes(&mut self.rng_nodes);
-        let identity = Identity::from_seed(self.rng_nodes.next_u64());
+        let identity_seed = self.rng_nodes.next_u64();
+        let identity = Identity::from_seed(identity_seed);
         let peer_id = identity.peer_id();
-        let peers_max = config.peers_max;
-        let node = Node::new(config, identity, node_seed);
+        let peers_max = config.peer.limits.peers_max;
+        let node = Node::new(config.clone(), identity, node_seed);
         assert_eq!(
             node.peer_id(),
             peer_id,
@@ -279,14 +385,24 @@ impl Sim {
         self.network.listen(addr, index);
         self.nodes.push(SimNode {
             node,
+            config,
+            identity_seed,
+            node_seed,
+            incarnation: 0,
+            up: true,
             peer_id,
             addr,
             peers_max,
+            uplink_bytes_per_second: None,
+            uplink_free_at: Instant::ZERO,
             timer_generation: 0,
             timer_at: None,
             dials: BTreeSet::new(),
+            dial_log: VecDeque::new(),
             notifications: VecDeque::new(),
             notified_peers: BTreeSet::new(),
+            retired_counters: Vec::new(),
+            request_tag_next: 0,
         });
         log::debug!("{index} is {peer_id} at {addr}");
         self.schedule_timer(index, false);
@@ -298,10 +414,26 @@ impl Sim {
         (0..count).map(|_| self.add_node()).collect()
     }
 
+    /// Limits what `node` can send to `bytes_per_second` (`None`: unlimited, the default).
+    ///
+    /// # Panics
+    /// If the rate is zero.
+    pub fn set_uplink(&mut self, node: NodeIndex, bytes_per_second: Option<u64>) {
+        assert!(
+            bytes_per_second != Some(0),
+            "an uplink of 0 bytes/s sends nothing"
+        );
+        self.node_state_mut(node).uplink_bytes_per_second = bytes_per_second;
+    }
+
     // ---- Telling nodes what to do ----
 
-    /// Gives `node` an application command now.
+    /// Gives `node` an application command now. A node that is down ignores it.
     pub fn command(&mut self, node: NodeIndex, command: Command) {
+        if !self.is_up(node) {
+            log::debug!("{node} is down: {command:?} is lost");
+            return;
+        }
         self.deliver(node, Input::Command(command));
     }
 
@@ -332,10 +464,129 @@ impl Sim {
         }
     }
 
+    /// Makes `from` send `to` a request now, with a fresh tag, and returns the
+    /// tag. Its outcome comes out of `from` as `Response` or `RequestFailed`
+    /// with that tag, and its latency goes into [`Sim::request_log`].
+    pub fn request(
+        &mut self,
+        from: NodeIndex,
+        to: NodeIndex,
+        protocol: ProtocolId,
+        body: Vec<u8>,
+    ) -> u64 {
+        let state = self.node_state_mut(from);
+        let tag = state.request_tag_next;
+        // One tag per request: a u64 cannot run out.
+        state.request_tag_next += 1;
+        let peer = self.peer_id(to);
+        self.command(
+            from,
+            Command::Request {
+                peer,
+                protocol,
+                body,
+                tag,
+            },
+        );
+        tag
+    }
+
     /// Starts (`true`) or stops dropping everything `node` sends; see [`crate::network`].
     pub fn set_blackholed(&mut self, node: NodeIndex, blackholed: bool) {
         log::debug!("{node} blackholed: {blackholed}");
         self.network.set_blackholed(node, blackholed);
+    }
+
+    /// Kills `node` now; see the module's crash design.
+    ///
+    /// # Panics
+    /// If it is already down (a bug in the scenario).
+    pub fn crash(&mut self, node: NodeIndex) {
+        assert!(self.is_up(node), "{node} crashed while down");
+        log::debug!("{node} crashes at {}", self.now);
+        self.network_counts.crashes += 1;
+        let now = self.now;
+        self.trace.record_marker(node, now, Marker::Crash);
+        let state = self.node_state_mut(node);
+        state.up = false;
+        state.dials.clear();
+        state.notified_peers.clear();
+        state.uplink_free_at = now;
+        if state.timer_at.take().is_some() {
+            state.timer_generation += 1; // Invalidates the queued event.
+        }
+        self.requests.abandon(node);
+        let conns: Vec<ConnId> = self
+            .network
+            .endpoints()
+            .filter(|(_, endpoint)| endpoint.node == node)
+            .map(|(conn, _)| conn)
+            .collect();
+        for conn in conns {
+            // The kernel of the dead process closes its sockets: each remote
+            // hears the end after whatever was already on its way.
+            self.close_endpoint(
+                node,
+                conn,
+                CloseCause::Io("connection reset by peer".into()),
+            );
+        }
+    }
+
+    /// Starts `node` again now: a fresh [`Node`], same identity and
+    /// configuration, a seed derived from its first one and the restart count.
+    ///
+    /// # Panics
+    /// If it is up (a bug in the scenario).
+    pub fn restart(&mut self, node: NodeIndex) {
+        assert!(!self.is_up(node), "{node} restarted while up");
+        log::debug!("{node} restarts at {}", self.now);
+        self.network_counts.restarts += 1;
+        let now = self.now;
+        self.trace.record_marker(node, now, Marker::Restart);
+        let state = self.node_state_mut(node);
+        state.incarnation += 1;
+        let seed = incarnation_seed(&state.node_seed, state.incarnation);
+        let fresh = Node::new(
+            state.config.clone(),
+            Identity::from_seed(state.identity_seed),
+            seed,
+        );
+        assert_eq!(
+            fresh.peer_id(),
+            state.peer_id,
+            "a restart keeps the identity"
+        );
+        let old = std::mem::replace(&mut state.node, fresh);
+        state.retired_counters.push(old.counters().clone());
+        state.up = true;
+        state.uplink_free_at = now;
+        self.schedule_timer(node, false);
+    }
+
+    /// Kills `node` at `at` (it must be up then).
+    pub fn crash_at(&mut self, at: Instant, node: NodeIndex) {
+        self.queue.push(at.max(self.now), Event::Crash { node });
+    }
+
+    /// Starts `node` again at `at` (it must be down then).
+    pub fn restart_at(&mut self, at: Instant, node: NodeIndex) {
+        self.queue.push(at.max(self.now), Event::Restart { node });
+    }
+
+    /// Asks for an [`AppEvent::Wake`] carrying `token` at `at` (not before now).
+    pub fn wake_at(&mut self, at: Instant, token: u64) {
+        self.queue.push(at.max(self.now), Event::Wake { token });
+    }
+
+    /// Starts or stops handing notifications to applications (wake-ups always are).
+    pub fn collect_app_events(&mut self, collect: bool) {
+        self.collect_app_events = collect;
+    }
+
+    /// The oldest application event not yet taken.
+    pub fn take_app_event(&mut self) -> Option<AppEvent> {
+        self.app_events.pop_front()
     }
 
     // ---- Running ----
@@ -346,7 +597,7 @@ impl Sim {
     }
 
     /// Processes the next event due at or before `deadline`; false if there is none.
-    fn step_until(&mut self, deadline: Instant) -> bool {
+    pub fn step_until(&mut self, deadline: Instant) -> bool {
         while let Some(at) = self.queue.peek_at() {
             if at > deadline {
                 return false;
@@ -428,9 +679,24 @@ impl Sim {
         (0..self.nodes.len()).map(NodeIndex)
     }
 
-    /// The node itself.
+    /// The node itself: its current incarnation, or the last one if it is down.
     pub fn node(&self, index: NodeIndex) -> &Node {
         &self.node_state(index).node
+    }
+
+    /// Whether the node is running (not crashed).
+    pub fn is_up(&self, index: NodeIndex) -> bool {
+        self.node_state(index).up
+    }
+
+    /// How many times the node was restarted.
+    pub fn incarnation(&self, index: NodeIndex) -> u32 {
+        self.node_state(index).incarnation
+    }
+
+    /// Whether the node runs without faults.
+    pub fn is_honest(&self, index: NodeIndex) -> bool {
+        self.node_state(index).config.faults == Faults::default()
     }
 
     /// The node's identity.
@@ -448,10 +714,23 @@ impl Sim {
         self.by_peer_id.get(&peer).copied()
     }
 
-    /// Whether `a` lists `b` as a peer.
+    /// The peers `node` lists, as nodes of this world, in `PeerId` order
+    /// (none while it is down).
+    pub fn peers_of(&self, node: NodeIndex) -> Vec<NodeIndex> {
+        if !self.is_up(node) {
+            return Vec::new();
+        }
+        self.node(node)
+            .peers()
+            .iter()
+            .filter_map(|info| self.index_of(info.peer))
+            .collect()
+    }
+
+    /// Whether `a` is up and lists `b` as a peer.
     pub fn has_peer(&self, a: NodeIndex, b: NodeIndex) -> bool {
         let peer = self.peer_id(b);
-        self.node(a).peers().iter().any(|info| info.peer == peer)
+        self.is_up(a) && self.node(a).is_connected(&peer)
     }
 
     /// Whether `a` and `b` list each other as peers.
@@ -462,6 +741,12 @@ impl Sim {
     /// The dials made through [`Sim::dial`] and [`Sim::dial_at`], as (from, to).
     pub fn dials_planned(&self) -> &[(NodeIndex, NodeIndex)] {
         &self.dials_planned
+    }
+
+    /// Every dial `node` asked its driver for (the last
+    /// [`DIALS_KEPT_PER_NODE_MAX`]), with the instant, oldest first.
+    pub fn dial_log(&self, node: NodeIndex) -> impl Iterator<Item = &(Instant, SocketAddr)> {
+        self.node_state(node).dial_log.iter()
     }
 
     /// Whether every planned dial became a peer relation on both sides and
@@ -482,10 +767,7 @@ impl Sim {
         let mut seen = BTreeSet::from([first]);
         let mut frontier = vec![first];
         while let Some(node) = frontier.pop() {
-            for info in self.node(node).peers() {
-                let Some(peer) = self.index_of(info.peer) else {
-                    continue;
-                };
+            for peer in self.peers_of(node) {
                 if self.has_peer(peer, node) && seen.insert(peer) {
                     frontier.push(peer);
                 }
@@ -508,6 +790,45 @@ impl Sim {
     /// What the network carried.
     pub fn network_counts(&self) -> NetworkCounts {
         self.network_counts
+    }
+
+    /// `field` of the node's counters, summed over all its incarnations.
+    pub fn counter(&self, node: NodeIndex, field: fn(&Counters) -> u64) -> u64 {
+        let state = self.node_state(node);
+        field(state.node.counters()) + state.retired_counters.iter().map(field).sum::<u64>()
+    }
+
+    /// `field` of the counters, summed over every node and incarnation.
+    pub fn counter_sum(&self, field: fn(&Counters) -> u64) -> u64 {
+        self.node_indices()
+            .map(|node| self.counter(node, field))
+            .sum()
+    }
+
+    /// Requests timed from command to outcome.
+    pub fn request_log(&self) -> &RequestLog {
+        &self.requests
+    }
+
+    /// Latencies of the finished requests honest nodes sent to honest nodes,
+    /// whatever their outcome (a timeout counts with its full wait).
+    pub fn honest_request_latencies(&self) -> Vec<Duration> {
+        self.requests
+            .records()
+            .iter()
+            .filter(|record| {
+                self.is_honest(record.from)
+                    && self
+                        .index_of(record.peer)
+                        .is_some_and(|peer| self.is_honest(peer))
+            })
+            .map(|record| record.latency())
+            .collect()
+    }
+
+    /// The 99th percentile of [`Sim::honest_request_latencies`], if any finished.
+    pub fn honest_request_p99(&self) -> Option<Duration> {
+        requests::percentile(&mut self.honest_request_latencies(), 99)
     }
 
     /// Events processed so far (stale timers not counted).
@@ -557,6 +878,9 @@ impl Sim {
         let busy = self.network.busy_pairs();
         let mut problems = Vec::new();
         for a in self.node_indices() {
+            if !self.is_up(a) {
+                continue;
+            }
             for info in self.node(a).peers() {
                 let Some(b) = self.index_of(info.peer) else {
                     problems.push((
@@ -590,17 +914,35 @@ impl Sim {
         &mut self.nodes[index.0]
     }
 
+    /// Whether `node` is up and still the incarnation `incarnation`.
+    fn is_incarnation(&self, node: NodeIndex, incarnation: u32) -> bool {
+        let state = self.node_state(node);
+        state.up && state.incarnation == incarnation
+    }
+
     fn process(&mut self, event: Event) {
         match event {
-            Event::Command { node, command } => self.deliver(node, Input::Command(command)),
+            Event::Command { node, command } => self.command(node, command),
             Event::Connect {
                 dialer,
+                incarnation,
                 dial,
                 acceptor,
-            } => self.connect(dialer, dial, acceptor),
-            Event::DialRefused { node, dial, error } => {
+            } => {
+                if self.is_incarnation(dialer, incarnation) {
+                    self.connect(dialer, dial, acceptor);
+                }
+            }
+            Event::DialRefused {
+                node,
+                incarnation,
+                dial,
+                error,
+            } => {
                 // A cancelled dial is forgotten: its late answer is not reported.
-                if self.node_state_mut(node).dials.remove(&dial) {
+                if self.is_incarnation(node, incarnation)
+                    && self.node_state_mut(node).dials.remove(&dial)
+                {
                     self.deliver(node, Input::DialFailed { dial, error });
                 }
             }
@@ -620,10 +962,20 @@ impl Sim {
                     self.deliver(node, Input::ConnectionClosed { conn, cause });
                 }
             }
+            Event::LocalClose { node, conn, cause } => {
+                if self.network.endpoint_of(node, conn).is_some() {
+                    log::debug!("{node} gives up {conn:?}: {cause}");
+                    self.close_endpoint(node, conn, CloseCause::RemoteClosed);
+                    self.deliver(node, Input::ConnectionClosed { conn, cause });
+                }
+            }
             Event::Timer { node, .. } => {
                 self.node_state_mut(node).timer_at = None;
                 self.deliver(node, Input::Timeout);
             }
+            Event::Crash { node } => self.crash(node),
+            Event::Restart { node } => self.restart(node),
+            Event::Wake { token } => self.push_app_event(AppEvent::Wake { token }),
         }
     }
 
@@ -631,6 +983,14 @@ impl Sim {
         if !self.node_state_mut(dialer).dials.remove(&dial) {
             // Cancelled before it connected: the attempt is dropped unreported,
             // and the acceptor never sees it either.
+            return;
+        }
+        if !self.is_up(acceptor) {
+            // It went down while the connection was being set up: the
+            // dialler gets the refusal the dead host's kernel sends.
+            self.network_counts.dials_refused += 1;
+            let error = format!("connection refused: {acceptor} is down");
+            self.deliver(dialer, Input::DialFailed { dial, error });
             return;
         }
         let (dialer_conn, acceptor_conn) = self.network.open(dialer, acceptor);
@@ -659,8 +1019,23 @@ impl Sim {
     /// The run-loop contract: handle, drain every action, reschedule the timer,
     /// then check the node.
     fn deliver(&mut self, index: NodeIndex, input: Input) {
+        debug_assert!(self.is_up(index), "{index} is down: nothing reaches it");
         let now = self.now;
         let is_timeout = matches!(input, Input::Timeout);
+        if let Input::Command(Command::Request {
+            peer,
+            protocol,
+            tag,
+            ..
+        }) = &input
+        {
+            if !self.requests.issued(index, *tag, *peer, *protocol, now) {
+                self.violation(
+                    Some(index),
+                    format!("the scenario reused request tag {tag} while it was open"),
+                );
+            }
+        }
         self.node_state_mut(index).node.handle(now, input);
         while let Some(action) = self.node_state_mut(index).node.poll_action() {
             self.trace.record(index, now, &action);
@@ -724,25 +1099,45 @@ impl Sim {
     }
 
     fn apply_dial(&mut self, index: NodeIndex, dial: DialId, addr: SocketAddr) {
-        if !self.node_state_mut(index).dials.insert(dial) {
+        let now = self.now;
+        let state = self.node_state_mut(index);
+        if state.dial_log.len() == DIALS_KEPT_PER_NODE_MAX {
+            state.dial_log.pop_front();
+        }
+        state.dial_log.push_back((now, addr));
+        if !state.dials.insert(dial) {
             self.violation(
                 Some(index),
                 format!("reused {dial:?} while it is in progress"),
             );
             return;
         }
+        let incarnation = self.node_state(index).incarnation;
         let round_trip = self
             .network
             .link(index, index)
             .sample_round_trip(&mut self.rng_network);
         let at = self.now + round_trip;
         match self.network.listener(addr) {
+            Some(acceptor) if !self.is_up(acceptor) => {
+                self.network_counts.dials_refused += 1;
+                self.queue.push(
+                    at,
+                    Event::DialRefused {
+                        node: index,
+                        incarnation,
+                        dial,
+                        error: format!("connection refused: {acceptor} is down"),
+                    },
+                );
+            }
             None => {
                 self.network_counts.dials_refused += 1;
                 self.queue.push(
                     at,
                     Event::DialRefused {
                         node: index,
+                        incarnation,
                         dial,
                         error: format!("connection refused: nothing listens on {addr}"),
                     },
@@ -753,6 +1148,7 @@ impl Sim {
                     at,
                     Event::Connect {
                         dialer: index,
+                        incarnation,
                         dial,
                         acceptor,
                     },
@@ -762,6 +1158,21 @@ impl Sim {
             // and the core's dial timeout must give up.
             Some(_) => {}
         }
+    }
+
+    /// When bytes handed to `index`'s uplink now finish leaving it.
+    fn uplink_departure(&mut self, index: NodeIndex, bytes: usize) -> Instant {
+        let now = self.now;
+        let state = self.node_state_mut(index);
+        let Some(rate) = state.uplink_bytes_per_second else {
+            return now;
+        };
+        // Rounded up, so even one byte takes time on a limited link.
+        let micros = (bytes as u128 * 1_000_000).div_ceil(u128::from(rate));
+        let transmit = Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX));
+        let departure = state.uplink_free_at.max(now) + transmit;
+        state.uplink_free_at = departure;
+        departure
     }
 
     fn apply_send(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>) {
@@ -776,6 +1187,25 @@ impl Sim {
         if bytes.is_empty() {
             return; // A zero-length write puts nothing on the wire.
         }
+        let departure = self.uplink_departure(index, bytes.len());
+        // Looked up above, and nothing closed it since.
+        let endpoint = self
+            .network
+            .endpoint_of(index, conn)
+            .expect("open endpoint");
+        if endpoint.queue_outbound(now, departure, bytes.len()) {
+            // More than the driver may queue: give the connection up, as
+            // `Action::Send`'s contract says, once this step is over.
+            self.network_counts.send_buffer_overflows += 1;
+            self.queue.push(
+                now,
+                Event::LocalClose {
+                    node: index,
+                    conn,
+                    cause: CloseCause::SendBufferFull,
+                },
+            );
+        }
         if !self.network.delivers(index, remote) || !self.network.is_open(remote_conn) {
             // Lost, or on its way to an end that already closed: it would be dropped there.
             self.network_counts.bytes_dropped += bytes.len() as u64;
@@ -789,7 +1219,7 @@ impl Sim {
             .network
             .endpoint_of(index, conn)
             .expect("open endpoint");
-        let arrival = endpoint.outbound.arrival(now, delay);
+        let arrival = endpoint.outbound.arrival(departure, delay);
         for piece in pieces {
             self.network.expect_delivery(remote_conn);
             self.queue.push(
@@ -808,8 +1238,15 @@ impl Sim {
             self.violation(Some(index), format!("closed {conn:?}, which is not open"));
             return;
         }
-        // Checked just above.
+        self.close_endpoint(index, conn, CloseCause::RemoteClosed);
+    }
+
+    /// Removes `index`'s open endpoint `conn` and tells the remote end, with
+    /// `cause`, after every byte already on its way (TCP's FIN follows the data).
+    fn close_endpoint(&mut self, index: NodeIndex, conn: ConnId, cause: CloseCause) {
+        // Callers check that it is open and belongs to `index`.
         let mut endpoint = self.network.remove(conn).expect("open endpoint");
+        debug_assert_eq!(endpoint.node, index);
         let remote = endpoint.remote;
         if !self.network.delivers(index, remote) || !self.network.is_open(endpoint.remote_conn) {
             return;
@@ -818,20 +1255,21 @@ impl Sim {
             .network
             .link(index, remote)
             .sample_delay(&mut self.rng_network);
-        // After every byte already on its way: TCP's FIN follows the data.
-        let arrival = endpoint.outbound.arrival(self.now, delay);
+        let departure = self.node_state(index).uplink_free_at.max(self.now);
+        let arrival = endpoint.outbound.arrival(departure, delay);
         self.network.expect_delivery(endpoint.remote_conn);
         self.queue.push(
             arrival,
             Event::Closed {
                 node: remote,
                 conn: endpoint.remote_conn,
-                cause: CloseCause::RemoteClosed,
+                cause,
             },
         );
     }
 
     fn record_notification(&mut self, index: NodeIndex, notification: Notification) {
+        let now = self.now;
         let counts = &mut self.notification_counts;
         let mut problem = None;
         let state = &mut self.nodes[index.0];
@@ -860,15 +1298,53 @@ impl Sim {
             }
             Notification::ConnectionRefused { .. } => counts.connection_refused += 1,
             Notification::DialFailed { .. } => counts.dial_failed += 1,
+            Notification::Response { tag, chunks, .. } => {
+                counts.response += 1;
+                let outcome = RequestOutcome::Response {
+                    chunks: chunks.len(),
+                };
+                self.requests.finished(index, *tag, now, outcome);
+            }
+            Notification::RequestFailed { tag, error, .. } => {
+                counts.request_failed += 1;
+                let outcome = RequestOutcome::Failed(error.clone());
+                self.requests.finished(index, *tag, now, outcome);
+            }
+            Notification::PeerBanned { .. } => counts.peer_banned += 1,
+            Notification::PeerStatus { .. }
+            | Notification::PeerMetadata { .. }
+            | Notification::InboundRequest { .. }
+            | Notification::PeerUnbanned { .. }
+            | Notification::IpUnbanned { .. }
+            | Notification::ScoreRecovered { .. } => {}
         }
-        log::debug!("{index} at {}: {notification:?}", self.now);
+        log::debug!("{index} at {now}: {notification:?}");
         if state.notifications.len() == NOTIFICATIONS_KEPT_PER_NODE_MAX {
             state.notifications.pop_front();
         }
-        state.notifications.push_back((self.now, notification));
+        if self.collect_app_events {
+            self.push_app_event(AppEvent::Notification {
+                node: index,
+                notification: notification.clone(),
+            });
+        }
+        self.nodes[index.0]
+            .notifications
+            .push_back((now, notification));
         if let Some(description) = problem {
             self.violation(Some(index), description);
         }
+    }
+
+    fn push_app_event(&mut self, event: AppEvent) {
+        if self.app_events.len() == APP_EVENTS_PENDING_MAX {
+            self.app_events.pop_front();
+            self.violation(
+                None,
+                format!("{APP_EVENTS_PENDING_MAX} application events waiting: nobody takes them"),
+            );
+        }
+        self.app_events.push_back(event);
     }
 
     fn check_node(&mut self, index: NodeIndex) {
@@ -987,6 +1463,86 @@ mod tests {
         assert_eq!(sim.notification_counts().peer_disconnected_silent, 2);
         assert_eq!(sim.check_peer_symmetry(), 0);
         assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
+    }
+
+    #[test]
+    fn a_crashed_node_drops_its_connections_refuses_dials_and_restarts_as_itself() {
+        let mut sim = sim(8);
+        let a = sim.add_node();
+        let b = sim.add_node();
+        let c = sim.add_node();
+        sim.dial(a, b);
+        sim.run_until(|sim| sim.are_connected(a, b), 1_000)
+            .expect("a clean link connects");
+        let b_id = sim.peer_id(b);
+
+        // c dials b just before b dies: the attempt is refused when it
+        // would have connected, not when it was made.
+        sim.dial(c, b);
+        sim.crash(b);
+        assert!(!sim.is_up(b) && sim.peers_of(b).is_empty());
+        sim.run_until(|sim| !sim.has_peer(a, b), 1_000)
+            .expect("a hears the connection end");
+        let lost = sim.notifications(a).last().map(|(_, n)| n.clone());
+        assert!(
+            matches!(lost, Some(Notification::PeerDisconnected { peer, reason: DisconnectReason::ConnectionLost(_) }) if peer == b_id),
+            "{lost:?}"
+        );
+        sim.run_until(|sim| sim.notification_counts().dial_failed == 1, 1_000)
+            .expect("c's dial is refused");
+        // A dial made while b is down is refused at once.
+        sim.dial(a, b);
+        sim.run_until(|sim| sim.notification_counts().dial_failed == 2, 1_000)
+            .expect("a's dial is refused");
+        assert_eq!(sim.network_counts().dials_refused, 2);
+
+        sim.restart(b);
+        assert_eq!(sim.incarnation(b), 1);
+        assert_eq!(sim.node(b).peer_id(), b_id, "same identity");
+        sim.dial(a, b);
+        sim.run_until(|sim| sim.are_connected(a, b), 1_000)
+            .expect("the new b accepts a");
+        assert_eq!(sim.network_counts().crashes, 1);
+        assert_eq!(sim.network_counts().restarts, 1);
+        assert_eq!(sim.check_peer_symmetry(), 0);
+        assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
+    }
+
+    #[test]
+    fn events_for_an_earlier_life_do_not_reach_the_next() {
+        // a's dial is on its way when a itself crashes and restarts: the
+        // answer belongs to the dead process and is dropped, and b never
+        // sees a connection from it.
+        let mut sim = sim(9);
+        let a = sim.add_node();
+        let b = sim.add_node();
+        sim.dial(a, b);
+        sim.crash(a);
+        sim.restart(a);
+        sim.run_for(Duration::from_secs(1));
+        assert_eq!(sim.network_counts().connections_established, 0);
+        assert!(!sim.has_peer(a, b) && !sim.has_peer(b, a));
+        assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
+    }
+
+    #[test]
+    fn a_limited_uplink_sends_one_thing_after_another() {
+        let mut sim = sim(10);
+        let a = sim.add_node();
+        sim.set_uplink(a, Some(1_000)); // 1 kB/s: every byte is a millisecond.
+        assert_eq!(sim.uplink_departure(a, 500), Instant::from_micros(500_000));
+        assert_eq!(sim.uplink_departure(a, 1), Instant::from_micros(501_000));
+        sim.set_uplink(a, None);
+        assert_eq!(sim.uplink_departure(a, 1_000_000), Instant::ZERO);
+    }
+
+    #[test]
+    fn incarnation_seeds_are_derived_and_distinct() {
+        let first = [7u8; 32];
+        assert_eq!(incarnation_seed(&first, 0), first);
+        assert_ne!(incarnation_seed(&first, 1), first);
+        assert_ne!(incarnation_seed(&first, 1), incarnation_seed(&first, 2));
+        assert_eq!(incarnation_seed(&first, 2), incarnation_seed(&first, 2));
     }
 
     #[test]

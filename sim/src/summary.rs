@@ -2,9 +2,11 @@
 
 use std::fmt;
 
+use meshsync_core::metrics::Counters;
 use meshsync_core::Duration;
 
 use crate::link::LinkModel;
+use crate::requests::{self, millis};
 use crate::sim::{NetworkCounts, NotificationCounts, Sim};
 
 /// Violation descriptions carried in a summary; the count is always exact.
@@ -58,6 +60,26 @@ pub struct Summary {
     pub pongs_received: u64,
     /// Peers dropped for any reason, summed over nodes.
     pub peers_disconnected: u64,
+    /// Requests nodes wrote to peers.
+    pub requests_sent: u64,
+    /// Peers' requests nodes admitted and answered.
+    pub requests_served: u64,
+    /// Peers' requests refused by a quota (result code 3).
+    pub requests_rate_limited: u64,
+    /// Requests that got no (complete) answer in time.
+    pub requests_timed_out: u64,
+    /// Requests answered completely.
+    pub responses_received: u64,
+    /// Peers banned, summed over the nodes that banned them.
+    pub peers_banned: u64,
+    /// Requests honest nodes sent honest nodes that finished (response or failure).
+    pub honest_requests: usize,
+    /// Of those, the ones that failed.
+    pub honest_requests_failed: usize,
+    /// Median latency of those, command to outcome, in milliseconds.
+    pub honest_request_p50_ms: Option<f64>,
+    /// 99th percentile (nearest rank) of the same.
+    pub honest_request_p99_ms: Option<f64>,
     /// Notifications by kind.
     pub notifications: NotificationCounts,
     /// What the network carried.
@@ -68,6 +90,8 @@ pub struct Summary {
     pub invariant_violations: u64,
     /// The first [`SUMMARY_VIOLATIONS_MAX`] violations, described.
     pub violations: Vec<String>,
+    /// What the scenario set out to show, in its own fields (see each scenario).
+    pub outcome: Option<serde_json::Value>,
 }
 
 fn per_second(count: u64, seconds: f64) -> f64 {
@@ -84,13 +108,26 @@ impl Summary {
         let wall_seconds = wall.as_secs_f64();
         let peer_counts: Vec<usize> = sim
             .node_indices()
+            .filter(|&index| sim.is_up(index))
             .map(|index| sim.node(index).peer_count())
             .collect();
-        let counters_sum = |field: fn(&meshsync_core::metrics::Counters) -> u64| -> u64 {
-            sim.node_indices()
-                .map(|index| field(sim.node(index).counters()))
-                .sum()
-        };
+        let counters_sum = |field: fn(&Counters) -> u64| sim.counter_sum(field);
+        let mut latencies = sim.honest_request_latencies();
+        let honest_requests = latencies.len();
+        let honest_requests_failed = sim
+            .request_log()
+            .records()
+            .iter()
+            .filter(|record| {
+                !record.outcome.is_response()
+                    && sim.is_honest(record.from)
+                    && sim
+                        .index_of(record.peer)
+                        .is_some_and(|peer| sim.is_honest(peer))
+            })
+            .count();
+        let honest_request_p50_ms = requests::percentile(&mut latencies, 50).map(millis);
+        let honest_request_p99_ms = requests::percentile(&mut latencies, 99).map(millis);
         let notifications = sim.notification_counts();
         let handshakes_completed = notifications.peer_connected_outbound;
         Summary {
@@ -119,6 +156,16 @@ impl Summary {
             pings_sent: counters_sum(|counters| counters.pings_sent),
             pongs_received: counters_sum(|counters| counters.pongs_received),
             peers_disconnected: counters_sum(|counters| counters.peers_disconnected),
+            requests_sent: counters_sum(|counters| counters.requests_sent),
+            requests_served: counters_sum(|counters| counters.requests_served),
+            requests_rate_limited: counters_sum(|counters| counters.requests_rate_limited),
+            requests_timed_out: counters_sum(|counters| counters.requests_timed_out),
+            responses_received: counters_sum(|counters| counters.responses_received),
+            peers_banned: counters_sum(|counters| counters.peers_banned),
+            honest_requests,
+            honest_requests_failed,
+            honest_request_p50_ms,
+            honest_request_p99_ms,
             notifications,
             network: sim.network_counts(),
             link: sim.config().link,
@@ -129,6 +176,7 @@ impl Summary {
                 .take(SUMMARY_VIOLATIONS_MAX)
                 .map(ToString::to_string)
                 .collect(),
+            outcome: None,
         }
     }
 }
@@ -174,11 +222,41 @@ impl fmt::Display for Summary {
             "  keepalive   {} pings sent, {} pongs received, {} peers disconnected",
             self.pings_sent, self.pongs_received, self.peers_disconnected
         )?;
+        if self.requests_sent > 0 || self.requests_served > 0 {
+            writeln!(
+                f,
+                "  requests    {} sent, {} served, {} rate limited, {} timed out, {} answered, {} peers banned",
+                self.requests_sent,
+                self.requests_served,
+                self.requests_rate_limited,
+                self.requests_timed_out,
+                self.responses_received,
+                self.peers_banned
+            )?;
+            if let (Some(p50), Some(p99)) = (self.honest_request_p50_ms, self.honest_request_p99_ms)
+            {
+                writeln!(
+                    f,
+                    "  latency     honest requests: {} ({} failed), p50 {p50:.1} ms, p99 {p99:.1} ms",
+                    self.honest_requests, self.honest_requests_failed
+                )?;
+            }
+        }
         writeln!(
             f,
             "  network     {} bytes delivered, {} dropped",
             self.network.bytes_delivered, self.network.bytes_dropped
         )?;
+        if self.network.crashes > 0 {
+            writeln!(
+                f,
+                "  faults      {} crashes, {} restarts",
+                self.network.crashes, self.network.restarts
+            )?;
+        }
+        if let Some(outcome) = &self.outcome {
+            writeln!(f, "  outcome     {outcome}")?;
+        }
         writeln!(
             f,
             "  trace       {} ({} actions)",

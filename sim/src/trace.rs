@@ -1,4 +1,5 @@
-//! The trace hash: sha256 over every action of every node, in order.
+//! The trace hash: sha256 over every action of every node, in order, and
+//! over what the simulator did to nodes from outside (crashes, restarts).
 //!
 //! # Design
 //! Each action is encoded explicitly, field by field, with fixed-width
@@ -12,12 +13,13 @@
 //! | --- | --- |
 //! | node index | u64 LE |
 //! | virtual time, microseconds | u64 LE |
-//! | tag: 1 Dial, 2 CancelDial, 3 Send, 4 Close, 5 Notify | u8 |
+//! | tag: 1 Dial, 2 CancelDial, 3 Send, 4 Close, 5 Notify, 6 Crash, 7 Restart | u8 |
 //! | Dial: dial id, address | u64 LE, address (below) |
 //! | CancelDial: dial id | u64 LE |
 //! | Send: connection id, length, bytes | u64 LE, u64 LE, bytes |
 //! | Close: connection id | u64 LE |
 //! | Notify: length, `Debug` text | u64 LE, UTF-8 |
+//! | Crash, Restart: nothing more | |
 //!
 //! An address is a family byte (4 or 6), the IP octets, and the port (u16 LE).
 
@@ -40,6 +42,17 @@ const TAG_CANCEL_DIAL: u8 = 2;
 const TAG_SEND: u8 = 3;
 const TAG_CLOSE: u8 = 4;
 const TAG_NOTIFY: u8 = 5;
+const TAG_CRASH: u8 = 6;
+const TAG_RESTART: u8 = 7;
+
+/// Something the simulator did to a node from outside, hashed with the actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marker {
+    /// The node crashed.
+    Crash,
+    /// The node restarted.
+    Restart,
+}
 
 impl Trace {
     /// An empty trace.
@@ -78,7 +91,18 @@ impl Trace {
         }
     }
 
-    /// Actions recorded so far.
+    /// Adds `marker` for `node` at `at`. Counted with the actions.
+    pub fn record_marker(&mut self, node: NodeIndex, at: Instant, marker: Marker) {
+        self.actions += 1;
+        self.u64(node.0 as u64);
+        self.u64(at.as_micros());
+        self.tag(match marker {
+            Marker::Crash => TAG_CRASH,
+            Marker::Restart => TAG_RESTART,
+        });
+    }
+
+    /// Actions (and markers) recorded so far.
     pub fn actions(&self) -> u64 {
         self.actions
     }
