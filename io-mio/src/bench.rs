@@ -1,6 +1,7 @@
-//! `meshsync bench handshakes`: how close the driver gets to the core's limit.
+//! `meshsync bench handshakes` and `meshsync bench requests`: how close the
+//! driver and the core get to a limit measured in the same run.
 //!
-//! # Design
+//! # Handshakes
 //! Both measurements run the same cycle, `count` times: A dials B (expecting
 //! B's identity), the handshake completes (a handshake is done when *both*
 //! sides have notified `PeerConnected`), then A says Goodbye and both sides
@@ -14,6 +15,30 @@
 //!   channels. With `parallel > 1` several handshakes are in flight at once.
 //!
 //! The report is handshakes per second for each and the ratio TCP / memory.
+//!
+//! # Requests
+//! Request serving per core, everything on the calling thread:
+//! - Serving: two [`Node`]s in a [`MemoryNet`]; node 1 serves a synthetic
+//!   chain, node 0 asks it for ranges of 64 blocks and counts the
+//!   `Notification::Response`s. Both nodes' work is measured: the server
+//!   builds, compresses and seals the blocks, the client opens, reassembles,
+//!   decompresses and checks them. The quotas are the real ones, so the
+//!   benchmark advances the network's virtual clock by a quota period
+//!   whenever the budget of the period is spent; virtual time costs nothing,
+//!   wall time is what is measured.
+//! - The limit: the per-byte work the response path cannot avoid, for the
+//!   same blocks in the same grouping (one response at a time): snappy
+//!   compression, a Noise seal, a Noise open and snappy decompression, the
+//!   two ends of a real handshake's transports on this one thread.
+//! - Small requests: an application protocol whose requests the benchmark
+//!   itself answers on the server's behalf (`Notification::InboundRequest`
+//!   in, `Command::Respond` out): the fixed cost of a request.
+//!
+//! Serving and the limit take turns in rounds of one quota period (16
+//! requests), each timed on its own, so a change in the machine's load
+//! during the run weighs on both sides of the ratio alike. The report is
+//! requests, blocks and payload bytes per second, and the ratio serving /
+//! limit in blocks per second.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -22,10 +47,22 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant as StdInstant};
 
 use crossbeam_channel::{Receiver, Select};
+use meshsync_core::chain::{SyntheticChain, SYNTHETIC_BLOCK_BYTES_MAX};
+use meshsync_core::codec::{DecodeError, NoiseFrameDecoder};
 use meshsync_core::io::{GoodbyeReason, Notification};
+use meshsync_core::reqresp::bodies::BlocksByRangeRequest;
+use meshsync_core::reqresp::limits::{
+    BLOCKS_BY_RANGE_QUOTA, BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX, GLOBAL_SERVING_QUOTA,
+    REQUESTS_IN_FLIGHT_PER_PEER_MAX,
+};
+use meshsync_core::reqresp::{snappy, Answer, Body, ProtocolId, ProtocolName, Quota};
+use meshsync_core::secure::{Handshake, HandshakeStep, Hello, LocalKeys, SecureError, Transport};
+use meshsync_core::testing::MemoryNet;
 use meshsync_core::{
     Action, Command, Config, ConnId, Identity, Input, Instant, Node, Origin, PeerId,
+    PROTOCOL_VERSION,
 };
+use rand_core::RngCore;
 
 use crate::driver::{Driver, RunningDriver};
 
@@ -215,6 +252,7 @@ impl MemoryPair {
             Action::Notify(Notification::PeerDisconnected { .. }) => {
                 self.disconnected[index] = true
             }
+            Action::Notify(notification) if is_peer_chatter(&notification) => {}
             Action::Notify(other) => panic!("in-memory benchmark: unexpected {other:?}"),
         }
     }
@@ -250,6 +288,15 @@ fn memory_handshakes(count: u64) -> Duration {
         assert!(!pair.nodes[1].is_connected(&source));
     }
     start.elapsed()
+}
+
+/// What a freshly connected peer tells us (its Status, its Metadata) while
+/// the handshake cycle goes on: expected, and of no interest to it.
+fn is_peer_chatter(notification: &Notification) -> bool {
+    matches!(
+        notification,
+        Notification::PeerStatus { .. } | Notification::PeerMetadata { .. }
+    )
 }
 
 /// Where one dialler is in its cycle.
@@ -339,6 +386,9 @@ fn tcp_handshakes(count: u64, parallel: usize) -> io::Result<Duration> {
             operation.recv(&diallers[source - 1].1)
         }
         .map_err(|_| broken("a driver stopped"))?;
+        if is_peer_chatter(&notification) {
+            continue;
+        }
         // Which dialler the notification is about, and whether the dialler side said it.
         let (index, from_dialler) = if source == 0 {
             let peer = match &notification {
@@ -421,4 +471,714 @@ fn tcp_handshakes(count: u64, parallel: usize) -> io::Result<Duration> {
     }
     listener.stop()?;
     Ok(elapsed)
+}
+
+/// The network id of the request benchmark's nodes.
+const REQUESTS_NETWORK_ID: u64 = 1;
+/// The requesting node's index in the [`MemoryNet`].
+const CLIENT: usize = 0;
+/// The serving node's index in the [`MemoryNet`].
+const SERVER: usize = 1;
+/// Blocks in the served synthetic chain: 64 distinct ranges, 4 MiB of 1 KiB
+/// blocks, small enough to build in a moment at start-up.
+pub const REQUESTS_CHAIN_HEAD_SLOT: u64 = 4096;
+/// Blocks asked for per BlocksByRange request: the most one may ask for.
+pub const BLOCKS_PER_REQUEST: u64 = BLOCKS_PER_RANGE_REQUEST_MAX;
+/// Distinct ranges in the chain; requests cycle through them.
+const RANGES_IN_CHAIN: u64 = REQUESTS_CHAIN_HEAD_SLOT / BLOCKS_PER_REQUEST;
+/// Requests the benchmark keeps handed to the client node: its in-flight cap
+/// of 4, and as many queued behind them, so a finished request is replaced
+/// from the node's own queue within the same `handle` call.
+const REQUESTS_OUTSTANDING_MAX: u64 = 2 * REQUESTS_IN_FLIGHT_PER_PEER_MAX as u64;
+/// BlocksByRange requests per quota period: the per-peer quota's whole
+/// budget (1024 blocks per 10 s: 16 requests).
+const RANGES_PER_PERIOD: u64 = BLOCKS_BY_RANGE_QUOTA.tokens_max / BLOCKS_PER_REQUEST;
+/// The application protocol of the small requests.
+const SMALL_PROTOCOL: &str = "bench-echo";
+/// Its quota: far more than the benchmark uses in a period, so only the
+/// server's global budget paces it.
+const SMALL_QUOTA: Quota = Quota::new(1 << 20, BLOCKS_BY_RANGE_QUOTA.period);
+/// Small requests per quota period: half the server's global serving budget,
+/// which application requests draw on, whatever the previous period left.
+const SMALL_PER_PERIOD: u64 = GLOBAL_SERVING_QUOTA.tokens_max / 2;
+/// BlocksByRange requests per round. Serving and the limit take turns, a
+/// round (one quota period) each, so that both see the same machine: on a
+/// shared machine the load changes from one second to the next.
+const ROUND_REQUESTS: u64 = RANGES_PER_PERIOD;
+/// Periods in a row without a single response before the benchmark gives up.
+const STALLED_PERIODS_MAX: u32 = 3;
+
+const _: () = assert!(REQUESTS_CHAIN_HEAD_SLOT % BLOCKS_PER_REQUEST == 0);
+const _: () = assert!(RANGES_PER_PERIOD >= 1 && SMALL_PER_PERIOD >= 1);
+const _: () = assert!(GLOBAL_SERVING_QUOTA.period.as_micros() == SMALL_QUOTA.period.as_micros());
+
+/// What `meshsync bench requests` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// BlocksByRange requests of [`BLOCKS_PER_REQUEST`] blocks, served and
+    /// then put through the limit.
+    pub requests: u64,
+    /// Small application requests.
+    pub small_requests: u64,
+    /// Bytes of each synthetic block.
+    pub block_bytes: usize,
+}
+
+/// Why the request benchmark could not run.
+#[derive(Debug)]
+pub enum RequestBenchError {
+    /// The synthetic chain cannot build blocks of this size.
+    BlockBytes {
+        /// Asked for.
+        requested: usize,
+        /// What the chain would build instead.
+        built: usize,
+    },
+    /// The two in-memory nodes did not connect.
+    NotConnected,
+    /// A request failed: the benchmark only sends what the server admits.
+    RequestFailed(String),
+    /// A response did not carry what was asked for.
+    WrongResponse(String),
+    /// Nothing came back for several quota periods.
+    Stalled {
+        /// Responses received until then.
+        answered: u64,
+    },
+    /// The Noise transports of the limit measurement could not be set up or used.
+    Secure(SecureError),
+    /// The limit measurement's framing or snappy frames failed.
+    Decode(String),
+}
+
+impl fmt::Display for RequestBenchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestBenchError::BlockBytes { requested, built } => write!(
+                f,
+                "synthetic blocks of {requested} bytes are not possible (the chain would build \
+                 {built}-byte blocks; the most is {SYNTHETIC_BLOCK_BYTES_MAX})"
+            ),
+            RequestBenchError::NotConnected => write!(f, "the in-memory nodes did not connect"),
+            RequestBenchError::RequestFailed(what) => write!(f, "a request failed: {what}"),
+            RequestBenchError::WrongResponse(what) => write!(f, "wrong response: {what}"),
+            RequestBenchError::Stalled { answered } => write!(
+                f,
+                "no response for {STALLED_PERIODS_MAX} quota periods after {answered} responses"
+            ),
+            RequestBenchError::Secure(error) => write!(f, "noise: {error}"),
+            RequestBenchError::Decode(what) => write!(f, "limit measurement: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestBenchError {}
+
+impl From<SecureError> for RequestBenchError {
+    fn from(error: SecureError) -> RequestBenchError {
+        RequestBenchError::Secure(error)
+    }
+}
+
+impl From<DecodeError> for RequestBenchError {
+    fn from(error: DecodeError) -> RequestBenchError {
+        RequestBenchError::Decode(error.to_string())
+    }
+}
+
+/// The figures of one `meshsync bench requests` run.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestReport {
+    /// What was run.
+    pub options: RequestOptions,
+    /// Blocks served (and put through the limit): `requests` × 64.
+    pub blocks: u64,
+    /// Wall time of serving the BlocksByRange requests.
+    pub serving_elapsed: Duration,
+    /// Wall time of the limit measurement over the same blocks.
+    pub limit_elapsed: Duration,
+    /// Wall time of serving the small requests.
+    pub small_elapsed: Duration,
+    /// Virtual time the network was advanced by, for the quotas.
+    pub virtual_elapsed: Duration,
+    /// Snappy frames' bytes per block payload byte: what Noise seals and opens.
+    pub compressed_fraction: f64,
+}
+
+impl RequestReport {
+    /// BlocksByRange requests served per wall-clock second.
+    pub fn serving_requests_per_second(&self) -> f64 {
+        self.options.requests as f64 / self.serving_elapsed.as_secs_f64()
+    }
+
+    /// Blocks served per wall-clock second.
+    pub fn serving_blocks_per_second(&self) -> f64 {
+        self.blocks as f64 / self.serving_elapsed.as_secs_f64()
+    }
+
+    /// Blocks per second through snappy and Noise alone.
+    pub fn limit_blocks_per_second(&self) -> f64 {
+        self.blocks as f64 / self.limit_elapsed.as_secs_f64()
+    }
+
+    /// Small requests served per wall-clock second.
+    pub fn small_requests_per_second(&self) -> f64 {
+        self.options.small_requests as f64 / self.small_elapsed.as_secs_f64()
+    }
+
+    /// Megabytes (10^6 bytes) of block payload per second at `blocks_per_second`.
+    fn megabytes_per_second(&self, blocks_per_second: f64) -> f64 {
+        blocks_per_second * self.options.block_bytes as f64 / 1e6
+    }
+}
+
+impl fmt::Display for RequestReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let serving = self.serving_blocks_per_second();
+        let limit = self.limit_blocks_per_second();
+        let small = self.small_requests_per_second();
+        writeln!(
+            f,
+            "requests ({} BlocksByRange x {BLOCKS_PER_REQUEST} blocks of {} B, {} small; \
+             one thread; {:.0} s of virtual time for the quotas):",
+            self.options.requests,
+            self.options.block_bytes,
+            self.options.small_requests,
+            self.virtual_elapsed.as_secs_f64(),
+        )?;
+        writeln!(
+            f,
+            "  (a) served, two nodes in memory:  {:>9.0} req/s  {serving:>9.0} blocks/s  {:>7.1} MB/s",
+            self.serving_requests_per_second(),
+            self.megabytes_per_second(serving),
+        )?;
+        writeln!(
+            f,
+            "  (b) limit, snappy + Noise only:   {:>9}        {limit:>9.0} blocks/s  {:>7.1} MB/s",
+            "",
+            self.megabytes_per_second(limit),
+        )?;
+        writeln!(
+            f,
+            "      snappy frames are {:.1} % of the payload bytes: what Noise seals and opens",
+            100.0 * self.compressed_fraction
+        )?;
+        writeln!(
+            f,
+            "  (c) small requests, app answers:  {small:>9.0} req/s  ({:.1} µs each)",
+            1e6 / small
+        )?;
+        writeln!(
+            f,
+            "  ratio (a)/(b): {:.3} (blocks/s; fair: both do both ends' work on this one thread)",
+            serving / limit
+        )?;
+        write!(
+            f,
+            "  (a) build, compress, seal | open, reassemble, decompress, check; \
+             (b) compress, seal | open, decompress"
+        )
+    }
+}
+
+/// Runs the serving, limit and small-request measurements.
+pub fn requests(options: RequestOptions) -> Result<RequestReport, RequestBenchError> {
+    assert!(
+        options.requests > 0 && options.small_requests > 0,
+        "request counts must be positive"
+    );
+    let chain = SyntheticChain::new(
+        REQUESTS_NETWORK_ID,
+        REQUESTS_CHAIN_HEAD_SLOT,
+        options.block_bytes,
+    );
+    let built = chain.block_at_slot(1).map_or(0, |block| block.len());
+    if built != options.block_bytes {
+        return Err(RequestBenchError::BlockBytes {
+            requested: options.block_bytes,
+            built,
+        });
+    }
+    let blocks: Vec<Vec<u8>> = (1..=REQUESTS_CHAIN_HEAD_SLOT)
+        .map(|slot| {
+            chain
+                .block_at_slot(slot)
+                .expect("the chain has a block at every slot up to its head")
+        })
+        .collect();
+    let mut bench = RequestBench::new(options.block_bytes)?;
+    let mut limit = Limit::new()?;
+    // One untimed pass over the whole chain checks that the bytes survive
+    // the trip, and measures how well they compress.
+    let mut compressed_bytes = 0;
+    for range in blocks.chunks(BLOCKS_PER_REQUEST as usize) {
+        if limit.respond(range)? != range {
+            return Err(RequestBenchError::Decode(
+                "blocks changed on the way".to_string(),
+            ));
+        }
+        compressed_bytes += limit.compressed.len();
+    }
+    let payload_bytes = blocks.len() * options.block_bytes;
+    let mut pacer = Pacer::new(0, RANGES_PER_PERIOD);
+    let mut serving_elapsed = Duration::ZERO;
+    let mut limit_elapsed = Duration::ZERO;
+    while pacer.count < options.requests {
+        let first = pacer.count;
+        pacer.count = (first + ROUND_REQUESTS).min(options.requests);
+        let start = StdInstant::now();
+        bench.serve_ranges(&mut pacer)?;
+        serving_elapsed += start.elapsed();
+        let start = StdInstant::now();
+        for index in first..pacer.count {
+            let first_block = ((index % RANGES_IN_CHAIN) * BLOCKS_PER_REQUEST) as usize;
+            let range = &blocks[first_block..first_block + BLOCKS_PER_REQUEST as usize];
+            std::hint::black_box(limit.respond(range)?);
+        }
+        limit_elapsed += start.elapsed();
+    }
+    let small_elapsed = bench.serve_small(options.small_requests)?;
+    Ok(RequestReport {
+        options,
+        blocks: options.requests * BLOCKS_PER_REQUEST,
+        serving_elapsed,
+        limit_elapsed,
+        small_elapsed,
+        virtual_elapsed: Duration::from_micros(bench.net.now.as_micros()),
+        compressed_fraction: compressed_bytes as f64 / payload_bytes as f64,
+    })
+}
+
+/// A client and a serving node, connected, in a [`MemoryNet`].
+struct RequestBench {
+    net: MemoryNet,
+    server: PeerId,
+    client: PeerId,
+    small_protocol: ProtocolName,
+    block_bytes: usize,
+}
+
+/// What one look at the client's notifications found.
+#[derive(Default)]
+struct Answers {
+    responses: u64,
+}
+
+impl RequestBench {
+    fn new(block_bytes: usize) -> Result<RequestBench, RequestBenchError> {
+        let mut server = Config::new(REQUESTS_NETWORK_ID);
+        server.chain_head_slot = REQUESTS_CHAIN_HEAD_SLOT;
+        server.block_bytes = block_bytes;
+        let mut net = MemoryNet::new(vec![Config::new(REQUESTS_NETWORK_ID), server]);
+        let server = net.nodes[SERVER].peer_id();
+        let client = net.nodes[CLIENT].peer_id();
+        net.dial(CLIENT, SERVER, Some(server));
+        if !net.connected(CLIENT, SERVER) {
+            return Err(RequestBenchError::NotConnected);
+        }
+        let small_protocol =
+            ProtocolName::new(SMALL_PROTOCOL).expect("the constant is a valid protocol name");
+        for node in [CLIENT, SERVER] {
+            net.handle(
+                node,
+                Input::Command(Command::RegisterProtocol {
+                    name: small_protocol,
+                    quota: SMALL_QUOTA,
+                }),
+            );
+        }
+        net.drain();
+        // Start both measurements with full quotas.
+        net.advance(BLOCKS_BY_RANGE_QUOTA.period);
+        for notifications in &mut net.notifications {
+            notifications.clear();
+        }
+        Ok(RequestBench {
+            net,
+            server,
+            client,
+            small_protocol,
+            block_bytes,
+        })
+    }
+
+    /// Serves BlocksByRange requests until `pacer` has all it counts answered.
+    fn serve_ranges(&mut self, pacer: &mut Pacer) -> Result<(), RequestBenchError> {
+        while pacer.answered < pacer.count {
+            while let Some(index) = pacer.next_request() {
+                let body = BlocksByRangeRequest {
+                    start_slot: 1 + (index % RANGES_IN_CHAIN) * BLOCKS_PER_REQUEST,
+                    count: BLOCKS_PER_REQUEST,
+                }
+                .encode();
+                self.request(ProtocolId::BlocksByRange, body, index);
+            }
+            self.net.drain();
+            // The server's notifications (Statuses) are of no interest here.
+            self.net.notifications[SERVER].clear();
+            let answers = self.collect_range_answers()?;
+            pacer.on_answers(&mut self.net, answers.responses)?;
+        }
+        Ok(())
+    }
+
+    /// Serves `count` small application requests, answered by this loop on
+    /// the server's behalf; returns the wall time taken.
+    fn serve_small(&mut self, count: u64) -> Result<Duration, RequestBenchError> {
+        // A fresh period: whatever the range requests spent is refilled.
+        self.net.advance(BLOCKS_BY_RANGE_QUOTA.period);
+        for notifications in &mut self.net.notifications {
+            notifications.clear();
+        }
+        let protocol = ProtocolId::Application(self.small_protocol);
+        let start = StdInstant::now();
+        let mut pacer = Pacer::new(count, SMALL_PER_PERIOD);
+        while pacer.answered < count {
+            while let Some(index) = pacer.next_request() {
+                self.request(protocol, index.to_be_bytes().to_vec(), index);
+            }
+            self.net.drain();
+            self.answer_inbound();
+            self.net.drain();
+            let answers = self.collect_small_answers()?;
+            pacer.on_answers(&mut self.net, answers.responses)?;
+        }
+        Ok(start.elapsed())
+    }
+
+    fn request(&mut self, protocol: ProtocolId, body: Vec<u8>, tag: u64) {
+        self.net.handle(
+            CLIENT,
+            Input::Command(Command::Request {
+                peer: self.server,
+                protocol,
+                body,
+                tag,
+            }),
+        );
+    }
+
+    /// The server's application: echoes every small request's body.
+    fn answer_inbound(&mut self) {
+        let inbound = std::mem::take(&mut self.net.notifications[SERVER]);
+        for notification in inbound {
+            if let Notification::InboundRequest { peer, id, body, .. } = notification {
+                debug_assert_eq!(peer, self.client);
+                self.net.handle(
+                    SERVER,
+                    Input::Command(Command::Respond {
+                        peer,
+                        id,
+                        answer: Answer::Chunks(vec![body]),
+                    }),
+                );
+            }
+        }
+    }
+
+    fn collect_range_answers(&mut self) -> Result<Answers, RequestBenchError> {
+        let mut answers = Answers::default();
+        for notification in std::mem::take(&mut self.net.notifications[CLIENT]) {
+            match notification {
+                Notification::Response { tag, chunks, .. } => {
+                    let complete = chunks.len() as u64 == BLOCKS_PER_REQUEST
+                        && chunks.iter().all(|block| block.len() == self.block_bytes);
+                    if !complete {
+                        return Err(RequestBenchError::WrongResponse(format!(
+                            "request {tag}: {} blocks, expected {BLOCKS_PER_REQUEST} of {} bytes",
+                            chunks.len(),
+                            self.block_bytes
+                        )));
+                    }
+                    answers.responses += 1;
+                }
+                Notification::RequestFailed { tag, error, .. } => {
+                    return Err(RequestBenchError::RequestFailed(format!(
+                        "request {tag}: {error:?}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(answers)
+    }
+
+    fn collect_small_answers(&mut self) -> Result<Answers, RequestBenchError> {
+        let mut answers = Answers::default();
+        for notification in std::mem::take(&mut self.net.notifications[CLIENT]) {
+            match notification {
+                Notification::Response { tag, chunks, .. } => {
+                    if chunks.len() != 1 || chunks[0] != tag.to_be_bytes() {
+                        return Err(RequestBenchError::WrongResponse(format!(
+                            "small request {tag}: not its echo"
+                        )));
+                    }
+                    answers.responses += 1;
+                }
+                Notification::RequestFailed { tag, error, .. } => {
+                    return Err(RequestBenchError::RequestFailed(format!(
+                        "small request {tag}: {error:?}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// Hands requests to the client within the outstanding cap and the quota
+/// period's budget, and advances virtual time when the budget is spent (or
+/// when nothing comes back, which should not happen).
+struct Pacer {
+    count: u64,
+    per_period: u64,
+    sent: u64,
+    answered: u64,
+    sent_this_period: u64,
+    stalled_periods: u32,
+}
+
+impl Pacer {
+    fn new(count: u64, per_period: u64) -> Pacer {
+        Pacer {
+            count,
+            per_period,
+            sent: 0,
+            answered: 0,
+            sent_this_period: 0,
+            stalled_periods: 0,
+        }
+    }
+
+    /// The index of the next request to hand over now, if any.
+    fn next_request(&mut self) -> Option<u64> {
+        let outstanding = self.sent - self.answered;
+        let ready = self.sent < self.count
+            && outstanding < REQUESTS_OUTSTANDING_MAX
+            && self.sent_this_period < self.per_period;
+        ready.then(|| {
+            self.sent += 1;
+            self.sent_this_period += 1;
+            self.sent - 1
+        })
+    }
+
+    fn on_answers(&mut self, net: &mut MemoryNet, responses: u64) -> Result<(), RequestBenchError> {
+        self.answered += responses;
+        let outstanding = self.sent - self.answered;
+        let period_spent = self.sent_this_period == self.per_period && outstanding == 0;
+        let stalled = responses == 0 && outstanding > 0;
+        if stalled {
+            self.stalled_periods += 1;
+            if self.stalled_periods > STALLED_PERIODS_MAX {
+                return Err(RequestBenchError::Stalled {
+                    answered: self.answered,
+                });
+            }
+        } else {
+            self.stalled_periods = 0;
+        }
+        if period_spent || stalled {
+            net.advance(BLOCKS_BY_RANGE_QUOTA.period);
+            self.sent_this_period = 0;
+        }
+        Ok(())
+    }
+}
+
+/// What serving a response cannot avoid doing to its blocks, one response
+/// at a time as the server sends it: snappy-compress each block, seal the
+/// response in Noise messages, open them with the other end's transport,
+/// decompress each block.
+struct Limit {
+    sender: Transport,
+    receiver: Transport,
+    frames: NoiseFrameDecoder,
+    /// Snappy frames of one response's blocks, back to back.
+    compressed: Vec<u8>,
+    /// Where each frame ends in `compressed`.
+    frame_ends: Vec<usize>,
+    /// The sealed Noise messages with their length prefixes.
+    wire: Vec<u8>,
+    /// The opened plaintext.
+    opened: Vec<u8>,
+}
+
+impl Limit {
+    fn new() -> Result<Limit, RequestBenchError> {
+        let (sender, receiver) = noise_pair()?;
+        let mut frames = NoiseFrameDecoder::new();
+        frames.enter_transport_mode();
+        Ok(Limit {
+            sender,
+            receiver,
+            frames,
+            compressed: Vec::new(),
+            frame_ends: Vec::new(),
+            wire: Vec::new(),
+            opened: Vec::new(),
+        })
+    }
+
+    /// Puts one response's `blocks` through and returns them as received.
+    fn respond(&mut self, blocks: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, RequestBenchError> {
+        self.compressed.clear();
+        self.frame_ends.clear();
+        for block in blocks {
+            snappy::compress_into(block, &mut self.compressed);
+            self.frame_ends.push(self.compressed.len());
+        }
+        self.wire.clear();
+        self.sender.seal(&self.compressed, &mut self.wire);
+        self.opened.clear();
+        let (receiver, opened) = (&mut self.receiver, &mut self.opened);
+        self.frames
+            .decode(&self.wire, |message| -> Result<(), RequestBenchError> {
+                receiver.open(message, opened)?;
+                Ok(())
+            })?;
+        let mut start = 0;
+        let mut decompressed = Vec::with_capacity(blocks.len());
+        for &end in &self.frame_ends {
+            let frame = self.opened.get(start..end).ok_or_else(|| {
+                RequestBenchError::Decode("opened fewer bytes than sealed".to_string())
+            })?;
+            let block = snappy::decompress(frame, BLOCK_BYTES_MAX)
+                .map_err(|error| RequestBenchError::Decode(error.to_string()))?;
+            decompressed.push(block);
+            start = end;
+        }
+        Ok(decompressed)
+    }
+}
+
+/// Two transports joined by a real XX handshake, through the public API:
+/// (the dialler's, the listener's).
+fn noise_pair() -> Result<(Transport, Transport), RequestBenchError> {
+    let dialler_keys = LocalKeys::new(Identity::from_seed(200), &mut SplitMix64(200));
+    let listener_keys = LocalKeys::new(Identity::from_seed(201), &mut SplitMix64(201));
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        network_id: REQUESTS_NETWORK_ID,
+        listen_port: 0,
+        capabilities: 0,
+    };
+    let mut wire = Vec::new();
+    let dialler = Handshake::initiate(
+        &dialler_keys,
+        bench_seed(200),
+        Some(listener_keys.peer_id()),
+        &mut wire,
+    )?;
+    let listener = Handshake::respond(&listener_keys, bench_seed(201))?;
+    let mut reply = Vec::new();
+    let HandshakeStep::Continue(listener) =
+        listener.read_message(&listener_keys, &hello, &unframe(&wire)?, &mut reply)?
+    else {
+        return Err(handshake_broken("the listener finished after message 1"));
+    };
+    let mut last = Vec::new();
+    let HandshakeStep::Done {
+        transport: dialler, ..
+    } = dialler.read_message(&dialler_keys, &hello, &unframe(&reply)?, &mut last)?
+    else {
+        return Err(handshake_broken(
+            "the dialler did not finish after message 2",
+        ));
+    };
+    let mut nothing = Vec::new();
+    let HandshakeStep::Done {
+        transport: listener,
+        ..
+    } = listener.read_message(&listener_keys, &hello, &unframe(&last)?, &mut nothing)?
+    else {
+        return Err(handshake_broken(
+            "the listener did not finish after message 3",
+        ));
+    };
+    Ok((dialler, listener))
+}
+
+fn handshake_broken(what: &'static str) -> RequestBenchError {
+    RequestBenchError::Secure(SecureError::MalformedPayload(what))
+}
+
+/// The one handshake message in `wire`, without its length prefix.
+fn unframe(wire: &[u8]) -> Result<Vec<u8>, RequestBenchError> {
+    let mut messages = Vec::new();
+    NoiseFrameDecoder::new().decode(wire, |message| {
+        messages.push(message.to_vec());
+        Ok::<(), DecodeError>(())
+    })?;
+    match <[Vec<u8>; 1]>::try_from(messages) {
+        Ok([message]) => Ok(message),
+        Err(messages) => Err(RequestBenchError::Decode(format!(
+            "{} handshake messages where one was expected",
+            messages.len()
+        ))),
+    }
+}
+
+/// SplitMix64: a reproducible source for the benchmark's Noise static keys.
+/// Not for keys that protect anything.
+struct SplitMix64(u64);
+
+impl RngCore for SplitMix64 {
+    fn next_u32(&mut self) -> u32 {
+        (self.next_u64() >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        rand_core::impls::fill_bytes_via_next(self, dest)
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Enough requests to need several quota periods of each kind: the
+    /// pacing keeps every request within the server's quotas (a refused one
+    /// fails the run), and every response carries what was asked for.
+    #[test]
+    fn request_bench_paces_itself_through_several_quota_periods() {
+        let options = RequestOptions {
+            requests: 2 * RANGES_PER_PERIOD + 3,
+            small_requests: 2 * SMALL_PER_PERIOD + 5,
+            block_bytes: 300,
+        };
+        let report = requests(options).expect("the benchmark runs");
+        assert_eq!(report.blocks, options.requests * BLOCKS_PER_REQUEST);
+        // At least two refills for each kind, after the two fresh starts.
+        assert!(report.virtual_elapsed >= BLOCKS_BY_RANGE_QUOTA.period * 6);
+    }
+
+    #[test]
+    fn impossible_block_sizes_are_refused() {
+        for block_bytes in [0, 39, SYNTHETIC_BLOCK_BYTES_MAX + 1] {
+            let options = RequestOptions {
+                requests: 1,
+                small_requests: 1,
+                block_bytes,
+            };
+            assert!(matches!(
+                requests(options),
+                Err(RequestBenchError::BlockBytes { .. })
+            ));
+        }
+    }
 }

@@ -76,6 +76,20 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         parallel: usize,
     },
+    /// Request serving on one thread (BlocksByRange and small application
+    /// requests between two nodes in memory) against the per-byte limit
+    /// (snappy and Noise over the same blocks), measured in the same run.
+    Requests {
+        /// BlocksByRange requests of 64 blocks to serve (and put through the limit).
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        requests: u64,
+        /// Small application requests to serve.
+        #[arg(long, value_name = "N", default_value_t = 300_000)]
+        small_requests: u64,
+        /// Bytes of each synthetic block (40 to 65536).
+        #[arg(long, value_name = "B", default_value_t = 1024)]
+        block_bytes: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -124,6 +138,26 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("--count and --parallel must be at least 1".to_string());
             }
             let report = bench::handshakes(count, parallel).map_err(|error| error.to_string())?;
+            println!("{report}");
+            Ok(())
+        }
+        CliCommand::Bench {
+            bench:
+                BenchCommand::Requests {
+                    requests,
+                    small_requests,
+                    block_bytes,
+                },
+        } => {
+            if requests == 0 || small_requests == 0 {
+                return Err("--requests and --small-requests must be at least 1".to_string());
+            }
+            let options = bench::RequestOptions {
+                requests,
+                small_requests,
+                block_bytes,
+            };
+            let report = bench::requests(options).map_err(|error| error.to_string())?;
             println!("{report}");
             Ok(())
         }
