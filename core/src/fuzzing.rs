@@ -101,23 +101,30 @@ pub fn handshake_responder(data: &[u8]) {
     assert!(node.peer_count() <= 1);
 }
 
-/// Reads the fuzzer's bytes as a script.
-struct Script<'a> {
+/// Reads the fuzzer's bytes as a script: one byte or a run of bytes at a
+/// time, with nothing once the input is used up. Shared by the script-driven
+/// harnesses of every module.
+pub(crate) struct Script<'a> {
     data: &'a [u8],
 }
 
-impl Script<'_> {
-    fn byte(&mut self) -> Option<u8> {
+impl<'a> Script<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Script<'a> {
+        Script { data }
+    }
+
+    pub(crate) fn byte(&mut self) -> Option<u8> {
         let (&first, rest) = self.data.split_first()?;
         self.data = rest;
         Some(first)
     }
 
-    fn bytes(&mut self, count: usize) -> Vec<u8> {
+    /// Up to `count` bytes (fewer at the end of the input).
+    pub(crate) fn bytes(&mut self, count: usize) -> &'a [u8] {
         let count = count.min(self.data.len());
         let (taken, rest) = self.data.split_at(count);
         self.data = rest;
-        taken.to_vec()
+        taken
     }
 }
 
@@ -128,7 +135,7 @@ impl Script<'_> {
 pub fn node_inputs(data: &[u8]) -> u64 {
     const NODES: usize = 3;
     let mut net = MemoryNet::with_nodes(NODES);
-    let mut script = Script { data };
+    let mut script = Script::new(data);
     let mut raw_conns: Vec<(usize, ConnId)> = Vec::new();
     while let Some(op) = script.byte() {
         let argument = script.byte().unwrap_or(0);
@@ -164,7 +171,7 @@ pub fn node_inputs(data: &[u8]) -> u64 {
             5 => net.advance(Duration::from_millis(u64::from(argument) * 500)),
             6 => {
                 let length = usize::from(script.byte().unwrap_or(0));
-                let bytes = script.bytes(length);
+                let bytes = script.bytes(length).to_vec();
                 let conn = match raw_conns.iter().find(|(n, _)| *n == node) {
                     Some(&(_, conn)) if argument & 1 == 0 => conn,
                     _ => {
@@ -249,7 +256,7 @@ pub fn reqresp_handler(data: &[u8]) -> u64 {
     net.handle(0, Input::Command(Command::RegisterProtocol { name, quota }));
     net.dial(1, 0, None);
     let server_id = net.nodes[0].peer_id();
-    let mut script = Script { data };
+    let mut script = Script::new(data);
     let mut delivered = 0;
     while let (Some(high), Some(low)) = (script.byte(), script.byte()) {
         let length = usize::from(u16::from_be_bytes([high, low]));
@@ -260,7 +267,7 @@ pub fn reqresp_handler(data: &[u8]) -> u64 {
             continue;
         }
         let message = script.bytes(length);
-        if net.nodes[1].testing_send_message(&server_id, &message) {
+        if net.nodes[1].testing_send_message(&server_id, message) {
             delivered += 1;
         }
         // Carry node 1's send and everything node 0 does about it. Bytes

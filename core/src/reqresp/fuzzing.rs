@@ -90,25 +90,7 @@ pub fn snappy_decompress(data: &[u8]) {
     }
 }
 
-/// Reads the fuzzer's bytes as a script.
-struct Script<'a> {
-    data: &'a [u8],
-}
-
-impl Script<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.data.split_first()?;
-        self.data = rest;
-        Some(first)
-    }
-
-    fn bytes(&mut self, count: usize) -> &[u8] {
-        let count = count.min(self.data.len());
-        let (taken, rest) = self.data.split_at(count);
-        self.data = rest;
-        taken
-    }
-}
+use crate::fuzzing::Script;
 
 const PEERS: u8 = 3;
 
@@ -152,7 +134,7 @@ fn valid_request_body(protocol: ProtocolId, argument: u8) -> Vec<u8> {
 /// time steps, timeouts and disconnects. Invariants are checked after every step.
 pub fn outbound_script(data: &[u8]) {
     let mut tracker = OutboundRequests::new(OutboundConfig::default());
-    let mut script = Script { data };
+    let mut script = Script::new(data);
     let mut now = Instant::ZERO;
     let mut sent: Vec<(PeerId, RequestId)> = Vec::new();
     while let Some(op) = script.byte() {
@@ -264,7 +246,7 @@ fn owner(sent: &[(PeerId, RequestId)], id: RequestId) -> Option<PeerId> {
 /// open-request bound and that every refusal carries a decodable error chunk.
 pub fn inbound_script(data: &[u8]) {
     let mut inbound = InboundRequests::new(InboundConfig::default());
-    let mut script = Script { data };
+    let mut script = Script::new(data);
     let mut now = Instant::ZERO;
     let mut served: Vec<(PeerId, RequestId)> = Vec::new();
     while let Some(op) = script.byte() {
@@ -353,7 +335,7 @@ pub fn rate_limiter_script(data: &[u8]) {
     let mut config = RateLimiterConfig::serving();
     config.peers_max = 2;
     let mut limiter = RateLimiter::new(config.clone());
-    let mut script = Script { data };
+    let mut script = Script::new(data);
     let mut now = Instant::ZERO;
     // Allowed cost per (peer, protocol index) since it was last forgotten, and since when.
     let mut allowed: Vec<(PeerId, usize, u64, Instant)> = Vec::new();
