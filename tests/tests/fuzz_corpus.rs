@@ -95,3 +95,35 @@ fn reqresp_rate_limiter_script_corpus() {
         meshsync_core::reqresp::fuzzing::rate_limiter_script,
     );
 }
+
+#[test]
+fn chain_decode_block_corpus() {
+    replay(
+        "chain_decode_block",
+        meshsync_core::chain::fuzzing::decode_block,
+    );
+}
+
+#[test]
+fn chain_store_script_corpus() {
+    replay(
+        "chain_store_script",
+        meshsync_core::chain::fuzzing::store_script,
+    );
+}
+
+#[test]
+fn gossip_decode_rpc_corpus() {
+    replay(
+        "gossip_decode_rpc",
+        meshsync_core::gossip::fuzzing::decode_rpc,
+    );
+}
+
+#[test]
+fn gossip_router_script_corpus() {
+    replay(
+        "gossip_router_script",
+        meshsync_core::gossip::fuzzing::router_script,
+    );
+}
