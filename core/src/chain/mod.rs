@@ -1,7 +1,10 @@
 //! The chain as the networking layer sees it.
 //!
 //! # Design
-//! Until the chain-and-sync issue lands, blocks come from a [`SyntheticChain`]:
+//! The real chain lives in `block` (BLS-signed blocks), `genesis`, `verify`
+//! (single and batch signature checks) and `store` (fork choice); the node
+//! does not use them yet. Until the chain-and-sync issue wires them in,
+//! blocks come from a [`SyntheticChain`]:
 //! a deterministic chain whose block at slot `s` is derived from the network
 //! id and `s`, linked by parent roots. It answers the questions the req/resp
 //! handlers ask (our Status, a block by slot, a block by root) with the same
