@@ -10,6 +10,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use crate::gossip::{MessageId, PublishError, SubscribeError, Topic, Validation};
 use crate::identity::PeerId;
 use crate::reqresp::bodies::{Metadata, Status};
 use crate::reqresp::{Answer, ProtocolId, ProtocolName, Quota, RequestId, ResultCode};
@@ -175,6 +176,35 @@ pub enum Command {
         /// At most `METADATA_TOPICS_MAX` printable-ASCII names.
         topics: Vec<String>,
     },
+    /// Join a gossip topic: announce it to every peer and build its mesh. Its
+    /// messages arrive as [`Notification::GossipMessage`]. A refusal (too
+    /// many topics) comes back as [`Notification::SubscribeFailed`].
+    Subscribe {
+        /// The topic.
+        topic: Topic,
+    },
+    /// Leave a gossip topic (PRUNE its mesh, announce it). A no-op if we are not in it.
+    Unsubscribe {
+        /// The topic.
+        topic: Topic,
+    },
+    /// Publish `payload` on `topic` (subscribed or not). A refusal comes back
+    /// as [`Notification::PublishFailed`].
+    Publish {
+        /// The topic.
+        topic: Topic,
+        /// The uncompressed payload, at most `GOSSIP_MESSAGE_BYTES_MAX` bytes.
+        payload: Vec<u8>,
+    },
+    /// The application's verdict on a [`Notification::GossipMessage`]: Accept
+    /// forwards it to the mesh, Reject penalises every peer that sent it.
+    /// Messages left unjudged for `VALIDATION_TIMEOUT` are dropped.
+    ValidateGossip {
+        /// The message.
+        id: MessageId,
+        /// The verdict.
+        verdict: Validation,
+    },
 }
 
 /// What the core asks the driver to do, from [`crate::Node::poll_action`].
@@ -319,6 +349,32 @@ pub enum Notification {
     ScoreRecovered {
         /// The peer.
         peer: PeerId,
+    },
+    /// A new gossip message on a topic we are subscribed to. Judge it with
+    /// [`Command::ValidateGossip`]: it is forwarded only once accepted.
+    GossipMessage {
+        /// Name it in the verdict.
+        id: MessageId,
+        /// Its topic.
+        topic: Topic,
+        /// The uncompressed payload.
+        payload: Vec<u8>,
+        /// The peer that delivered it first.
+        from: PeerId,
+    },
+    /// A [`Command::Publish`] was refused.
+    PublishFailed {
+        /// The topic.
+        topic: Topic,
+        /// Why.
+        error: PublishError,
+    },
+    /// A [`Command::Subscribe`] was refused.
+    SubscribeFailed {
+        /// The topic.
+        topic: Topic,
+        /// Why.
+        error: SubscribeError,
     },
 }
 

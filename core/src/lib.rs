@@ -41,6 +41,7 @@ pub mod secure;
 pub mod testing;
 pub mod time;
 
+pub use gossip::{MessageId, Topic, Validation};
 pub use identity::{Identity, PeerId};
 pub use io::{Action, Command, ConnId, DialId, Direction, Input, Notification, Origin};
 pub use node::{Config, Faults, Node, PeerInfo, PROTOCOL_VERSION};

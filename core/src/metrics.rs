@@ -64,4 +64,22 @@ pub struct Counters {
     pub responses_unexpected: u64,
     /// Peers banned for their score.
     pub peers_banned: u64,
+    /// Gossip RPCs (logical messages of kind 32) received from accepted peers.
+    pub gossip_rpcs_received: u64,
+    /// New gossip messages handed to the application for validation.
+    pub gossip_messages_received: u64,
+    /// Gossip messages we published.
+    pub gossip_messages_published: u64,
+    /// Publishes refused (too large, duplicate, no peers).
+    pub gossip_publish_failed: u64,
+    /// Gossip messages the application accepted, and so forwarded to the mesh.
+    pub gossip_messages_forwarded: u64,
+    /// Gossip messages the application rejected (their senders are penalised).
+    pub gossip_messages_rejected: u64,
+    /// Gossip misbehaviours reported by the router (each also a score penalty).
+    pub gossip_penalties: u64,
+    /// Gossip RPCs dropped unread because their sender's gossip score is below the graylist threshold.
+    pub gossip_rpcs_graylisted: u64,
+    /// Peers disconnected because their gossip send queue overflowed.
+    pub gossip_slow_peers: u64,
 }

@@ -1109,6 +1109,15 @@ impl Driver {
                 protocol,
                 error,
             } => log::debug!("[{me:?}] request {tag} ({protocol:?}) to {peer:?} failed: {error:?}"),
+            Notification::GossipMessage {
+                id, topic, from, ..
+            } => log::debug!("[{me:?}] gossip message {id:?} on {topic} from {from:?}"),
+            Notification::PublishFailed { topic, error } => {
+                log::debug!("[{me:?}] publish on {topic} failed: {error}")
+            }
+            Notification::SubscribeFailed { topic, error } => {
+                log::debug!("[{me:?}] subscribe to {topic} failed: {error:?}")
+            }
             Notification::PeerMetadata { .. }
             | Notification::Response { .. }
             | Notification::InboundRequest { .. } => {}

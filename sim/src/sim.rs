@@ -1316,7 +1316,10 @@ impl Sim {
             | Notification::InboundRequest { .. }
             | Notification::PeerUnbanned { .. }
             | Notification::IpUnbanned { .. }
-            | Notification::ScoreRecovered { .. } => {}
+            | Notification::ScoreRecovered { .. }
+            | Notification::GossipMessage { .. }
+            | Notification::PublishFailed { .. }
+            | Notification::SubscribeFailed { .. } => {}
         }
         log::debug!("{index} at {now}: {notification:?}");
         if state.notifications.len() == NOTIFICATIONS_KEPT_PER_NODE_MAX {

@@ -13,6 +13,8 @@
 //! deadlines) and [`InboundRequests`] (peers' requests: admission, quotas,
 //! answer deadlines). `rpc.rs` holds the req/resp glue: the built-in
 //! protocols' handlers, responses, and what each outcome costs a peer.
+//! The [`Gossip`] router is driven the same way; `gossip.rs` holds its glue
+//! (logical messages of kind 32, events, heartbeat, application scores).
 //!
 //! # Security
 //! Provided: handshakes bounded in number and time; a connection that sends
@@ -24,6 +26,7 @@
 //! Not provided: pacing of very large responses against the driver's send
 //! queue (responses are bounded by the synthetic chain's block size for now).
 
+mod gossip;
 mod rpc;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -35,6 +38,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::chain::SyntheticChain;
 use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, NoiseFrameDecoder};
+use crate::gossip::{Gossip, Topic, GOSSIP_KIND};
 use crate::identity::{Identity, PeerId};
 use crate::io::{
     Action, CloseCause, Command, ConnId, DialId, Direction, DisconnectReason, GoodbyeReason, Input,
@@ -82,6 +86,8 @@ pub struct Config {
     pub block_bytes: usize,
     /// Deliberate misbehaviour, for hostile nodes in the simulator. All off by default.
     pub faults: Faults,
+    /// The gossip router's mesh parameters.
+    pub gossip: crate::gossip::Config,
 }
 
 /// Deliberate misbehaviour, so the simulator can run hostile nodes on the
@@ -115,6 +121,7 @@ impl Config {
             chain_head_slot: 0,
             block_bytes: SYNTHETIC_BLOCK_BYTES_DEFAULT,
             faults: Faults::default(),
+            gossip: crate::gossip::Config::default(),
         }
     }
 }
@@ -149,7 +156,7 @@ pub struct PeerInfo {
 /// # Methods
 /// Getters: [`Node::peer_id`], [`Node::config`], [`Node::peers`],
 /// [`Node::is_connected`], [`Node::peer_count`], [`Node::counters`],
-/// [`Node::peer_manager`]. Mutator: [`Node::handle`]. Polls:
+/// [`Node::peer_manager`], [`Node::gossip`]. Mutator: [`Node::handle`]. Polls:
 /// [`Node::poll_action`], [`Node::poll_timeout`].
 pub struct Node {
     config: Config,
@@ -173,6 +180,9 @@ pub struct Node {
     purposes: BTreeMap<(PeerId, crate::reqresp::RequestId), Purpose>,
     chain: SyntheticChain,
     metadata: Metadata,
+    gossip: Gossip,
+    /// The topics we are subscribed to (at most `gossip::router::TOPICS_MAX`).
+    gossip_topics: BTreeSet<Topic>,
 }
 
 struct PendingDial {
@@ -263,6 +273,11 @@ impl Node {
         };
         let mut peer_manager_seed = [0u8; 32];
         rng.fill_bytes(&mut peer_manager_seed);
+        // Drawn after the other draws of `new`, so the keys and the peer
+        // manager's seed are unchanged; the Noise ephemeral seeds drawn later
+        // from the same stream each move by one draw.
+        let mut gossip_seed = [0u8; 32];
+        rng.fill_bytes(&mut gossip_seed);
         let mut outbound_config = OutboundConfig::default();
         if config.faults.ignore_peer_quotas {
             outbound_config = rpc::flooding_outbound_config(outbound_config);
@@ -282,6 +297,8 @@ impl Node {
                 topics: Vec::new(),
                 capabilities: config.capabilities,
             },
+            gossip: Gossip::new(config.gossip.clone(), gossip_seed),
+            gossip_topics: BTreeSet::new(),
             config,
             keys,
             hello,
@@ -343,6 +360,11 @@ impl Node {
         &self.peer_manager
     }
 
+    /// The gossip router: meshes, topics, gossip scores, its counters.
+    pub fn gossip(&self) -> &Gossip {
+        &self.gossip
+    }
+
     /// Feeds one input. Then drain [`Node::poll_action`].
     pub fn handle(&mut self, now: Instant, input: Input) {
         debug_assert!(
@@ -365,6 +387,7 @@ impl Node {
             Input::Command(command) => self.on_command(now, command),
         }
         self.transmit_requests(now);
+        self.transmit_gossip(now);
         self.flush_all();
     }
 
@@ -390,6 +413,7 @@ impl Node {
             self.peer_manager.next_deadline(),
             self.outbound.next_deadline(),
             self.inbound.next_deadline(),
+            self.gossip_deadline(),
         ];
         dials
             .chain(connections)
@@ -430,6 +454,10 @@ impl Node {
                 self.application_respond(now, peer, id, answer)
             }
             Command::SetTopics { topics } => self.set_topics(topics),
+            Command::Subscribe { topic } => self.gossip_subscribe(now, topic),
+            Command::Unsubscribe { topic } => self.gossip_unsubscribe(now, topic),
+            Command::Publish { topic, payload } => self.gossip_publish(now, topic, &payload),
+            Command::ValidateGossip { id, verdict } => self.gossip_validate(now, id, verdict),
         }
     }
 
@@ -619,6 +647,9 @@ impl Node {
             }
             match item {
                 Received::HandshakeDone(remote) => self.on_handshake_done(now, conn, remote),
+                Received::Message(message) if message.first() == Some(&GOSSIP_KIND) => {
+                    self.on_gossip_rpc(now, conn, &message)
+                }
                 Received::Message(message) => self.on_message(now, conn, &message),
             }
         }
@@ -775,6 +806,7 @@ impl Node {
             addr,
             direction,
         });
+        self.gossip_peer_connected(now, remote.peer, direction, addr);
         self.request_status(now, remote.peer);
     }
 
@@ -909,6 +941,7 @@ impl Node {
         self.on_request_timeouts(now);
         let events = self.peer_manager.on_timeout(now);
         self.apply_peer_events(now, events);
+        self.gossip_heartbeat(now);
     }
 
     /// Carries out what the peer manager decided.
@@ -936,9 +969,11 @@ impl Node {
         }
     }
 
-    /// Scores `peer` and carries out what follows (disconnects, bans).
+    /// Scores `peer` and carries out what follows (disconnects, bans); the
+    /// gossip router learns the new score.
     fn report(&mut self, now: Instant, peer: PeerId, report: crate::peer::Report) {
         let events = self.peer_manager.report(now, peer, report);
+        self.update_application_score(now, peer);
         self.apply_peer_events(now, events);
     }
 
@@ -1004,6 +1039,7 @@ impl Node {
                 debug!("{peer:?}: disconnected: {reason}");
                 self.notify(Notification::PeerDisconnected { peer, reason });
                 self.on_peer_gone(peer);
+                self.gossip.on_peer_disconnected(now, &peer);
             }
         }
     }

@@ -816,3 +816,248 @@ fn a_connection_the_driver_closed_is_not_closed_again() {
         })
     )));
 }
+
+// --- Gossip ----------------------------------------------------------------------
+
+use crate::gossip::{MessageId, Topic, Validation};
+
+fn blocks_topic() -> Topic {
+    Topic::new("blocks").expect("a valid topic name")
+}
+
+/// Five nodes in a line (0 − 1 − 2 − 3 − 4), all subscribed to "blocks",
+/// with a heartbeat or two behind them so every mesh is built.
+fn gossip_line() -> Net {
+    let mut net = Net::with_nodes(5);
+    for i in 0..4 {
+        net.dial(i, i + 1, None);
+    }
+    for i in 0..5 {
+        let topic = blocks_topic();
+        run(&mut net, i, Input::Command(Command::Subscribe { topic }));
+    }
+    net.advance(Duration::from_secs(2));
+    for i in 0..5 {
+        let neighbours = if i == 0 || i == 4 { 1 } else { 2 };
+        assert_eq!(
+            net.nodes[i].gossip().mesh_peers(&blocks_topic()).len(),
+            neighbours,
+            "node {i}'s mesh holds its neighbours"
+        );
+    }
+    net
+}
+
+/// The gossip messages node `index` was handed, in order: (id, payload).
+fn gossip_messages(net: &Net, index: usize) -> Vec<(MessageId, Vec<u8>)> {
+    net.notifications[index]
+        .iter()
+        .filter_map(|n| match n {
+            Notification::GossipMessage { id, payload, .. } => Some((*id, payload.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Plays every node's application: answers each gossip message not yet
+/// judged with `verdict(node)`, until no node has one left. `judged` carries
+/// what was answered across calls.
+fn judge_gossip(
+    net: &mut Net,
+    judged: &mut BTreeSet<(usize, MessageId)>,
+    verdict: impl Fn(usize) -> Validation,
+) {
+    const ROUNDS_MAX: usize = 100;
+    for _ in 0..ROUNDS_MAX {
+        let mut answered = false;
+        for index in 0..net.nodes.len() {
+            for (id, _) in gossip_messages(net, index) {
+                if judged.insert((index, id)) {
+                    answered = true;
+                    let verdict = verdict(index);
+                    run(
+                        net,
+                        index,
+                        Input::Command(Command::ValidateGossip { id, verdict }),
+                    );
+                }
+            }
+        }
+        if !answered {
+            return;
+        }
+    }
+    panic!("gossip still arriving after {ROUNDS_MAX} rounds");
+}
+
+fn publish(net: &mut Net, index: usize, payload: &[u8]) {
+    let command = Command::Publish {
+        topic: blocks_topic(),
+        payload: payload.to_vec(),
+    };
+    run(net, index, Input::Command(command));
+}
+
+#[test]
+fn a_published_message_crosses_a_line_of_nodes_as_each_accepts_it() {
+    let mut net = gossip_line();
+    publish(&mut net, 0, b"block one");
+    // Node 1 has it; nobody further does until node 1 accepts it.
+    assert_eq!(gossip_messages(&net, 1).len(), 1);
+    assert!(gossip_messages(&net, 2).is_empty());
+    let mut judged = BTreeSet::new();
+    judge_gossip(&mut net, &mut judged, |_| Validation::Accept);
+    assert!(gossip_messages(&net, 0).is_empty(), "not to the publisher");
+    for i in 1..5 {
+        let messages = gossip_messages(&net, i);
+        assert_eq!(messages.len(), 1, "node {i} hears it once");
+        assert_eq!(messages[0].1, b"block one".to_vec());
+    }
+    assert_eq!(net.nodes[0].counters().gossip_messages_published, 1);
+    assert_eq!(net.nodes[2].counters().gossip_messages_received, 1);
+    assert_eq!(net.nodes[2].counters().gossip_messages_forwarded, 1);
+    // Heartbeats (IHAVE gossip, cache expiry) deliver no second copy.
+    net.advance(Duration::from_secs(10));
+    judge_gossip(&mut net, &mut judged, |_| Validation::Accept);
+    for i in 1..5 {
+        assert_eq!(gossip_messages(&net, i).len(), 1, "node {i}");
+    }
+}
+
+#[test]
+fn a_rejected_message_costs_its_sender_score_and_goes_no_further() {
+    let mut net = gossip_line();
+    let publisher = net.nodes[0].peer_id();
+    let before = net.nodes[1].peer_manager().score(net.now, &publisher);
+    publish(&mut net, 0, b"an invalid block");
+    let mut judged = BTreeSet::new();
+    judge_gossip(&mut net, &mut judged, |_| Validation::Reject);
+    let after = net.nodes[1].peer_manager().score(net.now, &publisher);
+    assert!(
+        after.as_points() <= before.as_points() - 4.0,
+        "score {before} then {after}"
+    );
+    let gossip_score = net.nodes[1].gossip().score(net.now, &publisher);
+    assert!(
+        gossip_score.is_some_and(|score| score < 0.0),
+        "{gossip_score:?}"
+    );
+    assert_eq!(net.nodes[1].counters().gossip_messages_rejected, 1);
+    assert!(gossip_messages(&net, 2).is_empty());
+}
+
+#[test]
+fn an_unsubscribed_node_hears_no_more_messages() {
+    let mut net = gossip_line();
+    let topic = blocks_topic();
+    run(&mut net, 4, Input::Command(Command::Unsubscribe { topic }));
+    net.advance(Duration::from_secs(1));
+    assert!(net.nodes[3].gossip().mesh_peers(&blocks_topic()).len() == 1);
+    publish(&mut net, 0, b"block two");
+    let mut judged = BTreeSet::new();
+    judge_gossip(&mut net, &mut judged, |_| Validation::Accept);
+    for i in 1..4 {
+        assert_eq!(gossip_messages(&net, i).len(), 1, "node {i}");
+    }
+    assert!(gossip_messages(&net, 4).is_empty());
+}
+
+#[test]
+fn publishing_without_peers_on_the_topic_is_refused() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    publish(&mut net, 0, b"nobody listens");
+    assert!(net.notifications[0].contains(&Notification::PublishFailed {
+        topic: blocks_topic(),
+        error: crate::gossip::PublishError::NoPeers,
+    }));
+    assert_eq!(net.nodes[0].counters().gossip_publish_failed, 1);
+}
+
+#[test]
+fn an_undecodable_gossip_rpc_is_a_protocol_violation() {
+    let mut net = gossip_line();
+    let victim = net.nodes[1].peer_id();
+    assert!(net.nodes[0].testing_send_message(&victim, &[GOSSIP_KIND, 0xff, 0xff]));
+    let actions: Vec<Action> = std::iter::from_fn(|| net.nodes[0].poll_action()).collect();
+    net.requeue(0, actions);
+    net.drain();
+    assert!(!net.connected(0, 1));
+    assert!(matches!(
+        disconnects(&net, 1).as_slice(),
+        [DisconnectReason::ProtocolViolation(_)]
+    ));
+    assert_eq!(net.nodes[1].counters().gossip_penalties, 1);
+}
+
+#[test]
+fn the_gossip_heartbeat_wakes_a_node_only_while_it_gossips() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let quiet = net.nodes[0].poll_timeout().expect("keepalive is scheduled");
+    assert!(
+        quiet >= net.now + Duration::from_secs(1),
+        "no heartbeat timer"
+    );
+    let topic = blocks_topic();
+    run(&mut net, 0, Input::Command(Command::Subscribe { topic }));
+    let gossiping = net.nodes[0].poll_timeout().expect("heartbeat is scheduled");
+    assert!(gossiping <= net.now + crate::gossip::router::HEARTBEAT_INTERVAL);
+}
+
+#[test]
+fn gossip_runs_are_deterministic() {
+    fn scenario() -> Vec<Vec<Notification>> {
+        let mut net = gossip_line();
+        let mut judged = BTreeSet::new();
+        for round in 0..3u8 {
+            publish(&mut net, usize::from(round) * 2, &[round; 2_000]);
+            judge_gossip(&mut net, &mut judged, |node| {
+                if node == 3 && round == 1 {
+                    Validation::Reject
+                } else {
+                    Validation::Accept
+                }
+            });
+            net.advance(Duration::from_secs(1));
+        }
+        net.notifications
+    }
+    let first = scenario();
+    assert!(first.iter().any(|notifications| notifications
+        .iter()
+        .any(|n| matches!(n, Notification::GossipMessage { .. }))));
+    assert_eq!(first, scenario());
+}
+
+#[test]
+fn announcing_too_many_topics_costs_a_low_penalty() {
+    use crate::gossip::{Rpc, Subscription};
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let sender = net.nodes[0].peer_id();
+    let receiver = net.nodes[1].peer_id();
+    let before = net.nodes[1].peer_manager().score(net.now, &sender);
+    let announce = |from: usize, count: usize| Rpc {
+        subscriptions: (from..from + count)
+            .map(|i| Subscription {
+                subscribe: true,
+                topic: Topic::new(&format!("topic-{i}")).expect("a valid topic name"),
+            })
+            .collect(),
+        ..Rpc::default()
+    };
+    let limit = crate::gossip::router::PEER_TOPICS_MAX;
+    for rpc in [announce(0, limit), announce(limit, 1)] {
+        assert!(net.nodes[0].testing_send_message(&receiver, &rpc.encode()));
+        let actions: Vec<Action> = std::iter::from_fn(|| net.nodes[0].poll_action()).collect();
+        net.requeue(0, actions);
+        net.drain();
+    }
+    assert!(net.connected(0, 1), "a low penalty, not a disconnect");
+    assert_eq!(net.nodes[1].counters().gossip_penalties, 1);
+    let after = net.nodes[1].peer_manager().score(net.now, &sender);
+    let lost = before.as_points() - after.as_points();
+    assert!((0.9..=1.1).contains(&lost), "score {before} then {after}");
+    assert_eq!(net.nodes[1].gossip().peer_topics(&sender).len(), limit);
+}

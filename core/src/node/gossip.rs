@@ -1,0 +1,224 @@
+//! The node's gossip glue: what connects the [`crate::gossip::Gossip`] router to the
+//! connections, the peer manager and the application.
+//!
+//! # Design
+//! The router is one more pure state machine the node drives, in the same
+//! way as the req/resp trackers in `rpc.rs`:
+//! - a peer admitted or gone is told to the router (`on_peer_connected`,
+//!   `on_peer_disconnected`); logical messages of kind
+//!   [`crate::gossip::GOSSIP_KIND`] from accepted peers go to `on_rpc`;
+//! - after every `handle`, the node drains the router's events (new messages
+//!   become [`Notification::GossipMessage`], misbehaviour becomes a score
+//!   penalty) and then its RPCs, each one logical message to one peer;
+//! - the router's heartbeat is folded into `poll_timeout` while the router
+//!   has anything to maintain (a topic, a cached, seen or pending message, a
+//!   promise, a backoff), so a node that never gossips wakes no more often
+//!   than before;
+//! - the peer manager's score is the router's application-specific score
+//!   (P5): set when a peer is admitted, after every report, and at each
+//!   heartbeat (the manager's scores decay with time).
+//!
+//! # Security
+//! What gossip misbehaviour costs a peer with the peer manager (its gossip
+//! score has already paid inside the router):
+//! - Low (−1): a GRAFT during a backoff, a broken IHAVE promise, more
+//!   announced topics than `PEER_TOPICS_MAX`;
+//! - Mid (−5): a message the application rejected;
+//! - an RPC or message payload that does not decode is a protocol violation:
+//!   Goodbye(fault), close, and High (−10).
+//!
+//! A peer whose gossip send queue overflows is disconnected with
+//! Goodbye(fault). Not provided: backpressure from the driver's send buffer
+//! to the router. RPCs leave the router's queue as soon as they are
+//! produced, so a reader that is too slow is caught by the driver's
+//! `PENDING_SEND_BYTES_MAX` (and closed), not by the router dropping gossip first.
+
+use std::net::SocketAddr;
+
+use log::{debug, info};
+
+use super::{ConnectionState, Node};
+use crate::gossip::{GossipEvent, MessageId, Misbehaviour, Topic, Validation};
+use crate::identity::PeerId;
+use crate::io::{ConnId, Direction, GoodbyeReason, Notification};
+use crate::peer::{Penalty, Report};
+use crate::time::Instant;
+
+impl Node {
+    /// One gossip RPC (a logical message of kind 32) on `conn`.
+    pub(super) fn on_gossip_rpc(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let Some(ConnectionState::Established(established)) =
+            self.connections.get_mut(&conn).map(|c| &mut c.state)
+        else {
+            return;
+        };
+        established.last_received = now;
+        if !established.accepted {
+            return; // Refused after its handshake; what follows is ignored.
+        }
+        let peer = established.peer;
+        self.counters.messages_received += 1;
+        self.counters.gossip_rpcs_received += 1;
+        let events = self.gossip.on_rpc(now, peer, bytes);
+        for event in events {
+            self.apply_gossip_event(now, event);
+        }
+    }
+
+    /// A peer was admitted: the router announces our topics to it.
+    pub(super) fn gossip_peer_connected(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        direction: Direction,
+        addr: SocketAddr,
+    ) {
+        let outbound = direction == Direction::Outbound;
+        self.gossip
+            .on_peer_connected(now, peer, outbound, addr.ip());
+        self.update_application_score(now, peer);
+    }
+
+    /// Passes the peer manager's current score of `peer` to the router.
+    pub(super) fn update_application_score(&mut self, now: Instant, peer: PeerId) {
+        let points = self.peer_manager.score(now, &peer).as_points();
+        self.gossip.set_application_score(&peer, points);
+    }
+
+    /// Drains the router: events first (a penalty may disconnect a peer, and
+    /// the router then drops what it had queued for it), then its RPCs.
+    pub(super) fn transmit_gossip(&mut self, now: Instant) {
+        loop {
+            while let Some(event) = self.gossip.poll_event() {
+                self.apply_gossip_event(now, event);
+            }
+            let Some((peer, rpc)) = self.gossip.poll_send() else {
+                break;
+            };
+            match self.peers.get(&peer) {
+                Some(&conn) => self.send_raw(conn, &rpc),
+                None => debug!("{peer:?}: gossip RPC for a peer that is gone"),
+            }
+        }
+    }
+
+    fn apply_gossip_event(&mut self, now: Instant, event: GossipEvent) {
+        match event {
+            GossipEvent::Message {
+                id,
+                topic,
+                payload,
+                from,
+            } => {
+                self.counters.gossip_messages_received += 1;
+                self.notify(Notification::GossipMessage {
+                    id,
+                    topic,
+                    payload,
+                    from,
+                });
+            }
+            GossipEvent::Penalty { peer, reason } => {
+                self.counters.gossip_penalties += 1;
+                let penalty = match reason {
+                    Misbehaviour::Malformed(error) => {
+                        if let Some(&conn) = self.peers.get(&peer) {
+                            self.protocol_violation(now, conn, format!("gossip: {error}"));
+                        }
+                        return;
+                    }
+                    Misbehaviour::InvalidMessage(_) => Penalty::Mid,
+                    Misbehaviour::GraftDuringBackoff(_)
+                    | Misbehaviour::BrokenPromise
+                    | Misbehaviour::TooManyTopics => Penalty::Low,
+                };
+                debug!("{peer:?}: gossip misbehaviour: {reason:?}");
+                self.report(now, peer, Report::Penalty(penalty));
+            }
+            GossipEvent::Graylisted { peer } => {
+                self.counters.gossip_rpcs_graylisted += 1;
+                debug!("{peer:?}: gossip RPC dropped: graylisted");
+            }
+            GossipEvent::SlowPeer { peer } => {
+                if let Some(&conn) = self.peers.get(&peer) {
+                    self.counters.gossip_slow_peers += 1;
+                    info!("{peer:?}: disconnecting: gossip send queue full");
+                    self.say_goodbye(now, conn, GoodbyeReason::Fault);
+                }
+            }
+        }
+    }
+
+    pub(super) fn gossip_subscribe(&mut self, now: Instant, topic: Topic) {
+        match self.gossip.subscribe(now, topic.clone()) {
+            Ok(_) => {
+                self.gossip_topics.insert(topic);
+            }
+            Err(error) => {
+                debug!("subscribe {topic}: {error:?}");
+                self.notify(Notification::SubscribeFailed { topic, error });
+            }
+        }
+    }
+
+    pub(super) fn gossip_unsubscribe(&mut self, now: Instant, topic: Topic) {
+        self.gossip.unsubscribe(now, &topic);
+        self.gossip_topics.remove(&topic);
+    }
+
+    pub(super) fn gossip_publish(&mut self, now: Instant, topic: Topic, payload: &[u8]) {
+        match self.gossip.publish(now, topic.clone(), payload) {
+            Ok(id) => {
+                self.counters.gossip_messages_published += 1;
+                debug!("published {id:?} on {topic}");
+            }
+            Err(error) => {
+                self.counters.gossip_publish_failed += 1;
+                debug!("publish on {topic}: {error}");
+                self.notify(Notification::PublishFailed { topic, error });
+            }
+        }
+    }
+
+    pub(super) fn gossip_validate(&mut self, now: Instant, id: MessageId, verdict: Validation) {
+        if !self.gossip.report_validation(now, id, verdict) {
+            debug!("verdict on {id:?} ignored: not pending (unknown, judged, or expired)");
+            return;
+        }
+        match verdict {
+            Validation::Accept => self.counters.gossip_messages_forwarded += 1,
+            Validation::Reject => self.counters.gossip_messages_rejected += 1,
+            Validation::Ignore => {}
+        }
+    }
+
+    /// When the router needs its heartbeat: only while it has something to
+    /// maintain. An idle router's heartbeat changes nothing (no mesh, nothing
+    /// to expire or gossip), so it is not worth a wake-up.
+    pub(super) fn gossip_deadline(&self) -> Option<Instant> {
+        let gossip = &self.gossip;
+        let idle = self.gossip_topics.is_empty()
+            && gossip.seen_len() == 0
+            && gossip.pending_len() == 0
+            && gossip.mcache_len() == 0
+            && gossip.promises_len() == 0
+            && gossip.backoffs_len() == 0;
+        if idle {
+            None
+        } else {
+            gossip.next_deadline()
+        }
+    }
+
+    /// Runs the router's heartbeat when it is due, with fresh application scores.
+    pub(super) fn gossip_heartbeat(&mut self, now: Instant) {
+        if self.gossip.next_deadline().is_none_or(|at| at > now) {
+            return;
+        }
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.update_application_score(now, peer);
+        }
+        self.gossip.heartbeat(now);
+    }
+}
