@@ -153,6 +153,7 @@ impl Node {
         match self.gossip.subscribe(now, topic.clone()) {
             Ok(_) => {
                 self.gossip_topics.insert(topic);
+                self.announce_topics();
             }
             Err(error) => {
                 debug!("subscribe {topic}: {error:?}");
@@ -163,7 +164,20 @@ impl Node {
 
     pub(super) fn gossip_unsubscribe(&mut self, now: Instant, topic: Topic) {
         self.gossip.unsubscribe(now, &topic);
-        self.gossip_topics.remove(&topic);
+        if self.gossip_topics.remove(&topic) {
+            self.announce_topics();
+        }
+    }
+
+    /// Our Metadata lists the topics we subscribe to; a change raises its
+    /// sequence number, so peers fetch it at their next Ping.
+    fn announce_topics(&mut self) {
+        let topics = self
+            .gossip_topics
+            .iter()
+            .map(|topic| topic.as_str().to_string())
+            .collect();
+        self.set_topics(topics);
     }
 
     pub(super) fn gossip_publish(&mut self, now: Instant, topic: Topic, payload: &[u8]) {

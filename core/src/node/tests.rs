@@ -1061,3 +1061,17 @@ fn announcing_too_many_topics_costs_a_low_penalty() {
     assert!((0.9..=1.1).contains(&lost), "score {before} then {after}");
     assert_eq!(net.nodes[1].gossip().peer_topics(&sender).len(), limit);
 }
+
+#[test]
+fn subscribing_announces_the_topic_in_our_metadata() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let topic = crate::gossip::Topic::new("blocks").unwrap();
+    run(&mut net, 1, Input::Command(Command::Subscribe { topic }));
+    net.advance(Duration::from_secs(31));
+    let metadata = net.notifications[0].iter().find_map(|n| match n {
+        Notification::PeerMetadata { metadata, .. } => Some(metadata.clone()),
+        _ => None,
+    });
+    assert_eq!(metadata.map(|m| m.topics), Some(vec!["blocks".to_string()]));
+}
