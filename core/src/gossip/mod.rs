@@ -1,5 +1,5 @@
 //! Gossip: a gossipsub v1.1/v1.2-style mesh with validation, scoring and
-//! IDONTWANT, as pure building blocks (not yet wired into the node).
+//! IDONTWANT, as pure building blocks; `node/gossip.rs` drives them.
 //!
 //! # Design
 //! [`wire`] is the RPC codec (logical message kind [`GOSSIP_KIND`] = 32),
