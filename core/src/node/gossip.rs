@@ -37,27 +37,16 @@ use std::net::SocketAddr;
 
 use log::{debug, info};
 
-use super::{ConnectionState, Node};
+use super::Node;
 use crate::gossip::{GossipEvent, MessageId, Misbehaviour, Topic, Validation};
 use crate::identity::PeerId;
-use crate::io::{ConnId, Direction, GoodbyeReason, Notification};
+use crate::io::{Direction, GoodbyeReason, Notification};
 use crate::peer::{Penalty, Report};
 use crate::time::Instant;
 
 impl Node {
-    /// One gossip RPC (a logical message of kind 32) on `conn`.
-    pub(super) fn on_gossip_rpc(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        let Some(ConnectionState::Established(established)) =
-            self.connections.get_mut(&conn).map(|c| &mut c.state)
-        else {
-            return;
-        };
-        established.last_received = now;
-        if !established.accepted {
-            return; // Refused after its handshake; what follows is ignored.
-        }
-        let peer = established.peer;
-        self.counters.messages_received += 1;
+    /// One gossip RPC (a logical message of kind 32) from accepted `peer`.
+    pub(super) fn on_gossip_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) {
         self.counters.gossip_rpcs_received += 1;
         let events = self.gossip.on_rpc(now, peer, bytes);
         for event in events {

@@ -38,7 +38,7 @@ use rand_core::{RngCore, SeedableRng};
 
 use crate::chain::SyntheticChain;
 use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, NoiseFrameDecoder};
-use crate::gossip::{Gossip, Topic, GOSSIP_KIND};
+use crate::gossip::{Gossip, Topic};
 use crate::identity::{Identity, PeerId};
 use crate::io::{
     Action, CloseCause, Command, ConnId, DialId, Direction, DisconnectReason, GoodbyeReason, Input,
@@ -647,9 +647,6 @@ impl Node {
             }
             match item {
                 Received::HandshakeDone(remote) => self.on_handshake_done(now, conn, remote),
-                Received::Message(message) if message.first() == Some(&GOSSIP_KIND) => {
-                    self.on_gossip_rpc(now, conn, &message)
-                }
                 Received::Message(message) => self.on_message(now, conn, &message),
             }
         }

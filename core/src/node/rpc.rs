@@ -125,7 +125,7 @@ pub(super) fn goodbye_request(reason: GoodbyeReason) -> Vec<u8> {
 }
 
 impl Node {
-    /// One logical message from an accepted peer.
+    /// One logical message from an accepted peer: req/resp here, gossip in `gossip.rs`.
     pub(super) fn on_message(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         let Some(ConnectionState::Established(established)) =
             self.connections.get_mut(&conn).map(|c| &mut c.state)
@@ -139,6 +139,7 @@ impl Node {
         let peer = established.peer;
         self.counters.messages_received += 1;
         match bytes.first().copied() {
+            Some(crate::gossip::GOSSIP_KIND) => self.on_gossip_rpc(now, peer, bytes),
             Some(REQUEST_KIND) => self.on_request(now, conn, peer, bytes),
             Some(RESPONSE_CHUNK_KIND) => match ResponseChunk::decode(bytes) {
                 Ok(chunk) => self.on_chunk(now, peer, chunk),

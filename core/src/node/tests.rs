@@ -978,7 +978,7 @@ fn publishing_without_peers_on_the_topic_is_refused() {
 fn an_undecodable_gossip_rpc_is_a_protocol_violation() {
     let mut net = gossip_line();
     let victim = net.nodes[1].peer_id();
-    assert!(net.nodes[0].testing_send_message(&victim, &[GOSSIP_KIND, 0xff, 0xff]));
+    assert!(net.nodes[0].testing_send_message(&victim, &[crate::gossip::GOSSIP_KIND, 0xff, 0xff]));
     let actions: Vec<Action> = std::iter::from_fn(|| net.nodes[0].poll_action()).collect();
     net.requeue(0, actions);
     net.drain();
