@@ -296,21 +296,15 @@ impl Node {
                 message,
             } => {
                 debug!("{peer:?}: request {id:?} ({protocol:?}) refused: {code:?} {message}");
-                if let ResultCode::Reserved(_) = code {
+                // Finish before scoring: a report may disconnect the peer,
+                // and the tracker has already let go of this request.
+                let reserved = matches!(code, ResultCode::Reserved(_));
+                self.finish_request(peer, id, Err(RequestError::Refused { code, message }));
+                if reserved {
                     self.report(now, peer, Report::Penalty(Penalty::Mid));
                 }
-                self.finish_request(
-                    peer,
-                    id,
-                    protocol,
-                    Err(RequestError::Refused { code, message }),
-                );
             }
-            ChunkOutcome::Violation {
-                id,
-                protocol,
-                violation,
-            } => {
+            ChunkOutcome::Violation { id, violation, .. } => {
                 let what = match violation {
                     ResponseViolation::TooManyChunks { chunks_max } => {
                         format!("more than {chunks_max} chunks")
@@ -318,8 +312,8 @@ impl Node {
                     ResponseViolation::Payload(error) => error.to_string(),
                 };
                 debug!("{peer:?}: answer to {id:?} broke the protocol: {what}");
+                self.finish_request(peer, id, Err(RequestError::InvalidResponse(what)));
                 self.report(now, peer, Report::Penalty(Penalty::High));
-                self.finish_request(peer, id, protocol, Err(RequestError::InvalidResponse(what)));
             }
             ChunkOutcome::Unexpected { id, reason } => self.on_unexpected(now, peer, id, reason),
         }
@@ -327,10 +321,10 @@ impl Node {
 
     fn on_end(&mut self, now: Instant, peer: PeerId, end: ResponseEnd) {
         match self.outbound.on_end(now, peer, end) {
-            EndOutcome::Completed { id, protocol, .. } => {
+            EndOutcome::Completed { id, .. } => {
                 self.counters.responses_received += 1;
+                self.finish_request(peer, id, Ok(()));
                 self.report(now, peer, Report::Reward);
-                self.finish_request(peer, id, protocol, Ok(()));
             }
             EndOutcome::Unexpected { id, reason } => self.on_unexpected(now, peer, id, reason),
         }
@@ -395,13 +389,7 @@ impl Node {
     }
 
     /// Closes our record of a request and tells the application, if it asked.
-    fn finish_request(
-        &mut self,
-        peer: PeerId,
-        id: RequestId,
-        protocol: ProtocolId,
-        result: Result<(), RequestError>,
-    ) {
+    fn finish_request(&mut self, peer: PeerId, id: RequestId, result: Result<(), RequestError>) {
         let Some(purpose) = self.purposes.remove(&(peer, id)) else {
             return;
         };
@@ -414,6 +402,7 @@ impl Node {
             Purpose::Status | Purpose::Ping => {}
             Purpose::Application {
                 tag,
+                protocol,
                 chunks,
                 invalid,
                 ..
@@ -551,15 +540,20 @@ impl Node {
 
     /// Expires our requests and peers' requests that ran out of time.
     pub(super) fn on_request_timeouts(&mut self, now: Instant) {
-        for (peer, id, kind) in self.outbound.on_timeout(now) {
+        // Finish every expired request before scoring any: a report may
+        // disconnect a peer whose other expired requests the tracker has
+        // already let go of.
+        let expired = self.outbound.on_timeout(now);
+        for &(peer, id, kind) in &expired {
             self.counters.requests_timed_out += 1;
             debug!("{peer:?}: request {id:?} timed out ({kind:?})");
             let error = match kind {
                 crate::reqresp::TimeoutKind::FirstChunk => RequestError::FirstChunkTimeout,
                 crate::reqresp::TimeoutKind::Response => RequestError::ResponseTimeout,
             };
-            let protocol = self.purpose_protocol(peer, id);
-            self.finish_request(peer, id, protocol, Err(error));
+            self.finish_request(peer, id, Err(error));
+        }
+        for (peer, _, _) in expired {
             self.report(now, peer, Report::Penalty(Penalty::Low));
         }
         for (peer, id) in self.inbound.on_timeout(now) {
@@ -567,33 +561,18 @@ impl Node {
         }
     }
 
-    /// The protocol of an open request of ours (for notifications).
-    fn purpose_protocol(&self, peer: PeerId, id: RequestId) -> ProtocolId {
-        match self.purposes.get(&(peer, id)) {
-            Some(Purpose::Status) => ProtocolId::Status,
-            Some(Purpose::Ping) => ProtocolId::Ping,
-            Some(Purpose::Metadata) => ProtocolId::Metadata,
-            Some(Purpose::Application { protocol, .. }) => *protocol,
-            None => ProtocolId::Status, // Already finished: nobody is told.
-        }
-    }
-
     /// A peer is gone: its open requests fail, its requests to us are dropped.
     pub(super) fn on_peer_gone(&mut self, peer: PeerId) {
+        // The tracker names every request queued or in flight, so no purpose
+        // of this peer outlives it.
         for id in self.outbound.on_peer_disconnected(&peer) {
-            let protocol = self.purpose_protocol(peer, id);
-            self.finish_request(peer, id, protocol, Err(RequestError::Disconnected));
+            self.finish_request(peer, id, Err(RequestError::Disconnected));
         }
-        // Anything else still recorded for the peer (never transmitted).
-        let stale: Vec<RequestId> = self
+        debug_assert!(self
             .purposes
             .range((peer, RequestId(0))..=(peer, RequestId(u64::MAX)))
-            .map(|(&(_, id), _)| id)
-            .collect();
-        for id in stale {
-            let protocol = self.purpose_protocol(peer, id);
-            self.finish_request(peer, id, protocol, Err(RequestError::Disconnected));
-        }
+            .next()
+            .is_none());
         self.inbound.on_peer_disconnected(&peer);
     }
 
