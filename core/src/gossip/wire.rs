@@ -833,13 +833,7 @@ mod tests {
     /// A few bytes that claim 2.6 GB, or 10 MiB + 1: refused before decompressing.
     #[test]
     fn snappy_bombs_are_refused_before_allocating() {
-        let mut varint = Vec::new();
-        let mut n: u64 = 2_600_000_000;
-        while n >= 0x80 {
-            varint.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        varint.push(n as u8);
+        let varint = crate::reqresp::snappy::bomb_header(2_600_000_000);
         let message = |declared: u32, block: &[u8]| {
             let mut frame = declared.to_be_bytes().to_vec();
             frame.extend_from_slice(block);

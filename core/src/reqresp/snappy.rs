@@ -122,6 +122,19 @@ fn snappy_error(error: snap::Error) -> ReqRespDecodeError {
     ReqRespDecodeError::Snappy(error.to_string())
 }
 
+/// The varint header of a raw snappy block claiming `length` bytes: what a
+/// decompression bomb starts with (tests of every decoder that takes snappy).
+#[cfg(test)]
+pub(crate) fn bomb_header(mut length: u64) -> Vec<u8> {
+    let mut varint = Vec::new();
+    while length >= 0x80 {
+        varint.push((length as u8) | 0x80);
+        length >>= 7;
+    }
+    varint.push(length as u8);
+    varint
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,13 +190,7 @@ mod tests {
     /// run before any allocation, whichever length field carries the lie.
     #[test]
     fn snappy_bomb_is_refused_before_allocating() {
-        let mut varint = Vec::new();
-        let mut n: u64 = 2_600_000_000;
-        while n >= 0x80 {
-            varint.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        varint.push(n as u8);
+        let varint = bomb_header(2_600_000_000);
         assert_eq!(
             snap::raw::decompress_len(&varint).unwrap(),
             2_600_000_000,
