@@ -99,6 +99,17 @@ pub enum Input {
         /// What went wrong, for the log.
         error: String,
     },
+    /// The driver has written `bytes` more bytes of what earlier
+    /// [`Action::Send`]s gave it for `conn` to the transport (for TCP: into
+    /// the socket). Drivers must report every byte they write, in any
+    /// grouping; the core holds gossip back from a connection while too much
+    /// is unwritten. Reports for closed connections are ignored.
+    BytesWritten {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes written since the last report.
+        bytes: usize,
+    },
     /// The instant from [`crate::Node::poll_timeout`] has come. Early or
     /// repeated timeouts are harmless no-ops.
     Timeout,

@@ -41,10 +41,18 @@ pub const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Outbound bytes a driver may queue for one connection before dropping it as too slow.
 pub const PENDING_SEND_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Unwritten bytes (handed to the driver, not yet reported written, plus
+/// plaintext waiting to be sealed) above which a connection gets no more
+/// gossip, only control, until the driver catches up. Large enough for a
+/// 1 MiB block with room to spare; small next to `PENDING_SEND_BYTES_MAX`,
+/// so a slow reader costs the router's bounded queue, not the driver's.
+pub const GOSSIP_SEND_WINDOW_BYTES: usize = 2 * 1024 * 1024;
+
 /// Bytes the frame decoder of one connection buffers: one Noise message and its length prefix.
 pub const RECEIVE_BUFFER_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX + 2;
 
 const _: () = assert!(NOISE_PLAINTEXT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < PENDING_SEND_BYTES_MAX);
+const _: () = assert!(GOSSIP_SEND_WINDOW_BYTES < PENDING_SEND_BYTES_MAX / 4);
 const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES_MAX < NOISE_PLAINTEXT_BYTES_MAX);
 const _: () = assert!(PING_INTERVAL.as_secs() * 2 < PEER_SILENCE_TIMEOUT.as_secs());

@@ -9,7 +9,7 @@
 //! models latency, bandwidth and faults; this is the smallest harness that
 //! carries bytes between real nodes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
 use crate::identity::Identity;
@@ -36,7 +36,19 @@ pub enum Delivery {
         /// Its connection id.
         conn: ConnId,
     },
+    /// Node `to`'s bytes sent on `conn` were written (`Input::BytesWritten`).
+    Written {
+        /// The node that sent them.
+        to: usize,
+        /// Its connection id.
+        conn: ConnId,
+        /// How many.
+        bytes: usize,
+    },
 }
+
+/// Bytes a slow reader has not taken yet: (sender, its conn, receiver, its conn, bytes).
+type HeldSend = (usize, ConnId, usize, ConnId, Vec<u8>);
 
 /// Nodes joined by in-memory links.
 pub struct MemoryNet {
@@ -54,6 +66,10 @@ pub struct MemoryNet {
     pub in_flight: VecDeque<Delivery>,
     /// (node, conn) to (remote node, remote conn), for open connections.
     pub links: BTreeMap<(usize, ConnId), (usize, ConnId)>,
+    /// Nodes that read nothing: bytes sent to them are neither delivered
+    /// nor reported written until [`MemoryNet::set_slow_reader`] releases them.
+    slow_readers: BTreeSet<usize>,
+    held: Vec<HeldSend>,
     next_conn: u64,
 }
 
@@ -87,6 +103,8 @@ impl MemoryNet {
             down: Vec::new(),
             in_flight: VecDeque::new(),
             links: BTreeMap::new(),
+            slow_readers: BTreeSet::new(),
+            held: Vec::new(),
             next_conn: 0,
         }
     }
@@ -121,6 +139,44 @@ impl MemoryNet {
         panic!("network did not go quiet after {DELIVERIES_MAX} deliveries");
     }
 
+    /// Makes node `node` a reader that takes nothing (`slow`), or lets it
+    /// read again and delivers what was held for it, in order.
+    pub fn set_slow_reader(&mut self, node: usize, slow: bool) {
+        if slow {
+            self.slow_readers.insert(node);
+            return;
+        }
+        self.slow_readers.remove(&node);
+        let (released, kept) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(_, _, to, _, _)| *to == node);
+        self.held = kept;
+        for (from, conn, to, theirs, bytes) in released {
+            if self.links.contains_key(&(from, conn)) {
+                self.send(from, conn, to, theirs, bytes);
+            }
+        }
+    }
+
+    /// Bytes held for slow readers.
+    pub fn held_bytes(&self) -> usize {
+        self.held.iter().map(|(.., bytes)| bytes.len()).sum()
+    }
+
+    fn send(&mut self, from: usize, conn: ConnId, to: usize, theirs: ConnId, bytes: Vec<u8>) {
+        let written = bytes.len();
+        self.in_flight.push_back(Delivery::Bytes {
+            to,
+            conn: theirs,
+            bytes,
+        });
+        self.in_flight.push_back(Delivery::Written {
+            to: from,
+            conn,
+            bytes: written,
+        });
+    }
+
     /// Makes the oldest delivery; false if nothing was in flight.
     pub fn step(&mut self) -> bool {
         let Some(delivery) = self.in_flight.pop_front() else {
@@ -139,6 +195,11 @@ impl MemoryNet {
                             },
                         );
                     }
+                }
+            }
+            Delivery::Written { to, conn, bytes } => {
+                if self.links.contains_key(&(to, conn)) {
+                    self.handle(to, Input::BytesWritten { conn, bytes });
                 }
             }
             Delivery::Closed { to, conn } => {
@@ -252,11 +313,11 @@ impl MemoryNet {
             }
             Action::Send { conn, bytes } => {
                 if let Some(&(to, theirs)) = self.links.get(&(index, conn)) {
-                    self.in_flight.push_back(Delivery::Bytes {
-                        to,
-                        conn: theirs,
-                        bytes,
-                    });
+                    if self.slow_readers.contains(&to) {
+                        self.held.push((index, conn, to, theirs, bytes));
+                    } else {
+                        self.send(index, conn, to, theirs, bytes);
+                    }
                 }
             }
             Action::Close { conn } => {

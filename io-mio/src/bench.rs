@@ -224,6 +224,14 @@ impl MemoryPair {
             Action::Send { conn, bytes } => {
                 if self.links[index] == Some(conn) {
                     if let Some(remote) = self.links[other] {
+                        // Written at once, as a driver with room in its socket would report.
+                        self.queue.push_back((
+                            index,
+                            Input::BytesWritten {
+                                conn,
+                                bytes: bytes.len(),
+                            },
+                        ));
                         self.queue.push_back((
                             other,
                             Input::BytesReceived {

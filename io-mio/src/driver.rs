@@ -864,12 +864,25 @@ impl Driver {
         if matches!(connection.phase, Phase::Dialing(_)) {
             return;
         }
-        let progress = match connection.queue.write_to(&mut connection.stream) {
+        let queued_before = connection.queue.len();
+        let result = connection.queue.write_to(&mut connection.stream);
+        let written = queued_before - connection.queue.len();
+        if written > 0 && connection.phase == Phase::Open {
+            // The core holds gossip back while too much is unwritten.
+            self.feed(Input::BytesWritten {
+                conn: ConnId(id),
+                bytes: written,
+            });
+        }
+        let progress = match result {
             Ok(progress) => progress,
             Err(error) => {
                 self.lost(id, CloseCause::Io(error.to_string()));
                 return;
             }
+        };
+        let Some(connection) = self.connections.get_mut(&id) else {
+            return;
         };
         let want_writable = progress == crate::send_queue::WriteProgress::Blocked;
         if want_writable != connection.writable_registered {

@@ -30,7 +30,8 @@ pub mod score;
 pub mod wire;
 
 pub use router::{
-    Config, Counters, Gossip, GossipEvent, Misbehaviour, PublishError, SubscribeError, Validation,
+    Config, Counters, Gossip, GossipEvent, Misbehaviour, PublishError, SendReadiness,
+    SubscribeError, Validation,
 };
 pub use wire::{
     Control, GossipDecodeError, MessageId, Rpc, Subscription, Topic, WireMessage, GOSSIP_KIND,

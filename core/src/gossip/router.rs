@@ -173,6 +173,10 @@ pub const GOSSIP_PEERS_MAX: usize = PEERS_MAX;
 pub const SEND_QUEUE_BYTES_PER_PEER_MAX: usize = 16 * 1024 * 1024;
 /// RPC items queued for one peer.
 pub const SEND_QUEUE_ITEMS_PER_PEER_MAX: usize = 4_096;
+/// Gossip items (messages, IHAVEs) a peer's full queue may drop before the
+/// peer is judged too slow and disconnected. The count restarts whenever its
+/// queue drains completely, so a peer that lags in bursts keeps its place.
+pub const SLOW_PEER_GOSSIP_DROPS_MAX: u32 = 256;
 /// A disconnected peer's non-neutral score is remembered this long, so it
 /// cannot shed penalties by reconnecting.
 pub const SCORE_RETENTION: Duration = Duration::from_secs(10 * 60);
@@ -224,6 +228,14 @@ pub struct Config {
     /// IP addresses exempt from the colocation penalty (loopback always is,
     /// so local multi-process tests are not penalised).
     pub ip_colocation_exempt: BTreeSet<IpAddr>,
+    /// Floodsub instead of a mesh: every message goes to every peer
+    /// subscribed to its topic; no GRAFT, PRUNE, IHAVE, IWANT or IDONTWANT
+    /// is sent. For the simulator's baseline only: it is what the mesh is
+    /// measured against, never a setting for a real node.
+    pub floodsub: bool,
+    /// Fault (hostile simulator nodes only): join meshes like everyone else
+    /// but never forward others' messages nor answer IWANT.
+    pub fault_withhold: bool,
 }
 
 impl Default for Config {
@@ -239,8 +251,20 @@ impl Default for Config {
             seen_ttl: SEEN_TTL,
             flood_publish: true,
             ip_colocation_exempt: BTreeSet::new(),
+            floodsub: false,
+            fault_withhold: false,
         }
     }
+}
+
+/// How much a peer's connection can take now (see [`Gossip::poll_send_ready`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SendReadiness {
+    /// Its transport keeps up: control and gossip.
+    Everything,
+    /// Its transport is backed up: control only (small, and what keeps the
+    /// mesh and the IDONTWANTs working); gossip waits in the queue.
+    ControlOnly,
 }
 
 /// The application's verdict on a message from [`GossipEvent::Message`].
@@ -367,7 +391,8 @@ pub struct Counters {
 enum Item {
     Subscription(Subscription),
     Control(Control),
-    Message(WireMessage),
+    /// A message and its id (so an IDONTWANT can cancel it while queued).
+    Message(MessageId, WireMessage),
 }
 
 impl Item {
@@ -375,14 +400,14 @@ impl Item {
         match self {
             Item::Subscription(subscription) => 1 + subscription.topic.encoded_len(),
             Item::Control(control) => control.encoded_len(),
-            Item::Message(message) => message.encoded_len(),
+            Item::Message(_, message) => message.encoded_len(),
         }
     }
 
     fn is_gossip(&self) -> bool {
         matches!(
             self,
-            Item::Message(_) | Item::Control(Control::IHave { .. })
+            Item::Message(..) | Item::Control(Control::IHave { .. })
         )
     }
 }
@@ -396,6 +421,8 @@ struct Peer {
     control_queue: VecDeque<Item>,
     gossip_queue: VecDeque<Item>,
     queued_bytes: usize,
+    /// Gossip dropped from a full queue since it last drained.
+    gossip_drops: u32,
     slow_reported: bool,
     dont_want: BTreeMap<MessageId, Instant>,
     dont_want_order: VecDeque<(Instant, MessageId)>,
@@ -788,6 +815,7 @@ impl Gossip {
                 control_queue: VecDeque::new(),
                 gossip_queue: VecDeque::new(),
                 queued_bytes: 0,
+                gossip_drops: 0,
                 slow_reported: false,
                 dont_want: BTreeMap::new(),
                 dont_want_order: VecDeque::new(),
@@ -887,6 +915,9 @@ impl Gossip {
             );
         }
         self.mesh.insert(topic.clone(), BTreeSet::new());
+        if self.config.floodsub {
+            return Ok(true);
+        }
         let scores = self.scores(now);
         let mut chosen: Vec<PeerId> = Vec::new();
         if let Some(fanout) = self.fanout.remove(&topic) {
@@ -971,10 +1002,14 @@ impl Gossip {
         let scores = self.scores(now);
         let publishable = |peer: &PeerId| scores.get(peer).is_some_and(|s| *s >= PUBLISH_THRESHOLD);
         let mut recipients: BTreeSet<PeerId> = BTreeSet::new();
-        if self.config.flood_publish {
+        if self.config.floodsub {
+            recipients.extend(self.peers_in_topic(&topic));
+        } else if self.config.flood_publish {
             recipients.extend(self.peers_in_topic(&topic).into_iter().filter(publishable));
         }
-        if let Some(mesh) = self.mesh.get(&topic) {
+        if self.config.floodsub {
+            // No mesh and no fanout: the flood above is the whole story.
+        } else if let Some(mesh) = self.mesh.get(&topic) {
             recipients.extend(mesh.iter().copied());
         } else {
             if !self.fanout.contains_key(&topic) {
@@ -1021,7 +1056,7 @@ impl Gossip {
                 self.counters.idontwant_suppressed += 1;
                 continue;
             }
-            self.enqueue(peer, Item::Message(message.clone()));
+            self.enqueue(peer, Item::Message(id, message.clone()));
         }
         Ok(id)
     }
@@ -1186,7 +1221,7 @@ impl Gossip {
                 state: SeenState::Pending,
             },
         );
-        if payload.len() > IDONTWANT_BYTES_MIN {
+        if payload.len() > IDONTWANT_BYTES_MIN && !self.config.floodsub {
             for mesh_peer in self.mesh_peers(&message.topic) {
                 if mesh_peer != peer {
                     self.enqueue(
@@ -1233,7 +1268,8 @@ impl Gossip {
 
     fn on_graft(&mut self, now: Instant, peer: PeerId, topic: Topic) {
         // No state for topics we are not in: that is the GRAFT-topic DoS.
-        if !self.subscriptions.contains(&topic) {
+        // A floodsub router keeps no mesh at all.
+        if !self.subscriptions.contains(&topic) || self.config.floodsub {
             return;
         }
         let Some(p) = self.peers.get(&peer) else {
@@ -1329,6 +1365,9 @@ impl Gossip {
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
+        if self.config.fault_withhold {
+            return;
+        }
         if self.score_of_peer(now, p) < GOSSIP_THRESHOLD {
             return;
         }
@@ -1351,7 +1390,7 @@ impl Gossip {
                 self.counters.idontwant_suppressed += 1;
                 continue;
             }
-            self.enqueue(peer, Item::Message(message));
+            self.enqueue(peer, Item::Message(id, message));
         }
     }
 
@@ -1360,6 +1399,19 @@ impl Gossip {
             return;
         };
         let until = now + IDONTWANT_TTL;
+        // Messages still queued for it (held back by a busy connection) are
+        // cancelled: that is where IDONTWANT saves the most bytes.
+        let before = p.gossip_queue.len();
+        let mut freed_bytes = 0;
+        p.gossip_queue.retain(|item| match item {
+            Item::Message(id, _) if ids.contains(id) => {
+                freed_bytes += item.encoded_len();
+                false
+            }
+            _ => true,
+        });
+        p.queued_bytes -= freed_bytes;
+        self.counters.idontwant_suppressed += (before - p.gossip_queue.len()) as u64;
         for id in ids {
             // A repeated id keeps its first expiry, so the map and the order stay in step.
             if let std::collections::btree_map::Entry::Vacant(entry) = p.dont_want.entry(id) {
@@ -1419,7 +1471,14 @@ impl Gossip {
                     }
                 }
                 self.mcache.put(id, pending.message.clone());
-                for peer in self.mesh_peers(&topic) {
+                let forward_to = if self.config.fault_withhold {
+                    Vec::new()
+                } else if self.config.floodsub {
+                    self.peers_in_topic(&topic)
+                } else {
+                    self.mesh_peers(&topic)
+                };
+                for peer in forward_to {
                     if deliverers.contains(&peer) {
                         continue;
                     }
@@ -1431,7 +1490,7 @@ impl Gossip {
                         self.counters.idontwant_suppressed += 1;
                         continue;
                     }
-                    self.enqueue(peer, Item::Message(pending.message.clone()));
+                    self.enqueue(peer, Item::Message(id, pending.message.clone()));
                 }
             }
             Validation::Reject => {
@@ -1470,6 +1529,12 @@ impl Gossip {
         }
         for count in self.topic_deliveries.values_mut() {
             *count = decayed(*count, MESH_MESSAGE_DELIVERIES_DECAY);
+        }
+        if self.config.floodsub {
+            // No mesh to keep and nothing to gossip about.
+            self.maintain_fanout(now);
+            self.mcache.shift();
+            return;
         }
         let topics: Vec<Topic> = self.subscriptions.iter().cloned().collect();
         for topic in &topics {
@@ -1711,6 +1776,23 @@ impl Gossip {
     /// Peers take turns; one RPC carries as many queued items (control
     /// first) as fit the caps and the logical message limit.
     pub fn poll_send(&mut self) -> Option<(PeerId, Vec<u8>)> {
+        self.poll_send_ready(|_| SendReadiness::Everything)
+    }
+
+    /// [`Gossip::poll_send`] with backpressure: `readiness` says, per peer,
+    /// whether its connection can take everything or only control (its
+    /// transport is backed up). Held-back gossip stays queued, where an
+    /// IDONTWANT can still cancel it and where a full queue drops gossip
+    /// before control (and, past [`SLOW_PEER_GOSSIP_DROPS_MAX`], reports the
+    /// peer as [`GossipEvent::SlowPeer`]).
+    pub fn poll_send_ready(
+        &mut self,
+        readiness: impl Fn(&PeerId) -> SendReadiness,
+    ) -> Option<(PeerId, Vec<u8>)> {
+        let sendable = |id: &PeerId, p: &Peer| match readiness(id) {
+            SendReadiness::Everything => p.queued_items() > 0,
+            SendReadiness::ControlOnly => !p.control_queue.is_empty(),
+        };
         let peer = {
             let after = self
                 .send_cursor
@@ -1720,22 +1802,28 @@ impl Gossip {
                             std::ops::Bound::Excluded(cursor),
                             std::ops::Bound::Unbounded,
                         ))
-                        .find(|(_, p)| p.queued_items() > 0)
+                        .find(|(id, p)| sendable(id, p))
                 })
                 .map(|(id, _)| *id);
             after.or_else(|| {
                 self.peers
                     .iter()
-                    .find(|(_, p)| p.queued_items() > 0)
+                    .find(|(id, p)| sendable(id, p))
                     .map(|(id, _)| *id)
             })?
         };
+        let control_only = readiness(&peer) == SendReadiness::ControlOnly;
         self.send_cursor = Some(peer);
         let p = self.peers.get_mut(&peer).expect("found above");
         let mut rpc = Rpc::default();
         let mut bytes = RPC_EMPTY_BYTES;
         let mut ids = 0usize;
-        for queue in [&mut p.control_queue, &mut p.gossip_queue] {
+        let queues = if control_only {
+            [Some(&mut p.control_queue), None]
+        } else {
+            [Some(&mut p.control_queue), Some(&mut p.gossip_queue)]
+        };
+        for queue in queues.into_iter().flatten() {
             while let Some(item) = queue.front() {
                 let size = item.encoded_len();
                 let item_ids = match item {
@@ -1749,7 +1837,7 @@ impl Gossip {
                             rpc.subscriptions.len() < SUBSCRIPTIONS_PER_RPC_MAX
                         }
                         Item::Control(_) => rpc.control.len() < CONTROLS_PER_RPC_MAX,
-                        Item::Message(_) => rpc.messages.len() < MESSAGES_PER_RPC_MAX,
+                        Item::Message(..) => rpc.messages.len() < MESSAGES_PER_RPC_MAX,
                     };
                 if !fits {
                     break;
@@ -1761,12 +1849,13 @@ impl Gossip {
                 match item {
                     Item::Subscription(subscription) => rpc.subscriptions.push(subscription),
                     Item::Control(control) => rpc.control.push(control),
-                    Item::Message(message) => rpc.messages.push(message),
+                    Item::Message(_, message) => rpc.messages.push(message),
                 }
             }
         }
         if p.queued_items() == 0 {
             p.slow_reported = false;
+            p.gossip_drops = 0;
         }
         assert!(!rpc.is_empty(), "every queued item fits an empty RPC");
         Some((peer, rpc.encode()))
@@ -1798,26 +1887,30 @@ impl Gossip {
         };
         let size = item.encoded_len();
         debug_assert!(RPC_EMPTY_BYTES + size <= MESSAGE_BYTES_MAX);
-        let mut overflowed = false;
+        // Too slow: control had to be dropped, or gossip kept overflowing.
+        let mut too_slow = false;
         let mut accepted = true;
         while p.queued_bytes + size > SEND_QUEUE_BYTES_PER_PEER_MAX
             || p.queued_items() >= SEND_QUEUE_ITEMS_PER_PEER_MAX
         {
-            overflowed = true;
             if item.is_gossip() {
                 self.counters.gossip_dropped += 1;
+                p.gossip_drops = p.gossip_drops.saturating_add(1);
                 accepted = false;
                 break;
             }
             if let Some(old) = p.gossip_queue.pop_front() {
                 p.queued_bytes -= old.encoded_len();
                 self.counters.gossip_dropped += 1;
+                p.gossip_drops = p.gossip_drops.saturating_add(1);
             } else {
                 self.counters.control_dropped += 1;
+                too_slow = true;
                 accepted = false;
                 break;
             }
         }
+        too_slow |= p.gossip_drops > SLOW_PEER_GOSSIP_DROPS_MAX;
         if accepted {
             p.queued_bytes += size;
             if item.is_gossip() {
@@ -1826,7 +1919,7 @@ impl Gossip {
                 p.control_queue.push_back(item);
             }
         }
-        if overflowed && !p.slow_reported {
+        if too_slow && !p.slow_reported {
             p.slow_reported = true;
             self.push_event(GossipEvent::SlowPeer { peer });
         }
@@ -2398,6 +2491,85 @@ mod tests {
         assert_eq!(gossip.counters().promises_broken, 0);
     }
 
+    fn router_with_config(config: Config, count: u8) -> Gossip {
+        let mut gossip = Gossip::new(config, [7; 32]);
+        gossip.subscribe(at(0), topic()).unwrap();
+        for n in 1..=count {
+            gossip.on_peer_connected(at(0), peer(n), n % 2 == 1, ip(n));
+            gossip.on_rpc(at(0), peer(n), &subscribe_rpc(&topic()));
+        }
+        drain(&mut gossip);
+        gossip
+    }
+
+    #[test]
+    fn floodsub_sends_every_message_to_every_subscriber_and_no_control() {
+        let config = Config {
+            floodsub: true,
+            ..Config::default()
+        };
+        let mut gossip = router_with_config(config, 15);
+        let now = heartbeats(&mut gossip, 0, 3);
+        // No mesh, no GRAFT, no IHAVE: nothing but messages ever leaves.
+        assert!(gossip.mesh_peers(&topic()).is_empty());
+        assert!(drain(&mut gossip).is_empty());
+        gossip.publish(at(now), topic(), b"own").unwrap();
+        let sent = drain(&mut gossip);
+        assert_eq!(sent.len(), 15);
+        for n in 1..=15 {
+            assert_eq!(messages_to(&sent, peer(n)), 1);
+        }
+        // A large message from a peer: no IDONTWANT; accepted, it goes to
+        // every other subscriber.
+        let large = vec![9u8; IDONTWANT_BYTES_MIN + 1];
+        let events = gossip.on_rpc(at(now), peer(1), &message_rpc(&topic(), &large));
+        assert!(drain(&mut gossip).is_empty());
+        let GossipEvent::Message { id, .. } = events[0] else {
+            panic!("expected a message, got {events:?}");
+        };
+        gossip.report_validation(at(now), id, Validation::Accept);
+        let sent = drain(&mut gossip);
+        assert_eq!(messages_to(&sent, peer(1)), 0);
+        for n in 2..=15 {
+            assert_eq!(messages_to(&sent, peer(n)), 1);
+            assert!(controls_to(&sent, peer(n)).is_empty());
+        }
+        // A GRAFT builds no mesh.
+        gossip.on_rpc(
+            at(now),
+            peer(2),
+            &control_rpc(Control::Graft { topic: topic() }),
+        );
+        assert!(gossip.mesh_peers(&topic()).is_empty());
+    }
+
+    #[test]
+    fn a_withholding_router_grafts_but_never_forwards_or_answers_iwant() {
+        let config = Config {
+            fault_withhold: true,
+            ..Config::default()
+        };
+        let mut gossip = router_with_config(config, 10);
+        heartbeats(&mut gossip, 0, 1);
+        drain(&mut gossip);
+        let mesh = gossip.mesh_peers(&topic());
+        assert!(mesh.len() >= MESH_N_LOW, "it joins the mesh like anyone");
+        let events = gossip.on_rpc(at(800), mesh[0], &message_rpc(&topic(), b"payload"));
+        let GossipEvent::Message { id, .. } = events[0] else {
+            panic!("expected a message, got {events:?}");
+        };
+        gossip.report_validation(at(800), id, Validation::Accept);
+        let sent = drain(&mut gossip);
+        assert!(sent.iter().all(|(_, rpc)| rpc.messages.is_empty()));
+        gossip.on_rpc(
+            at(900),
+            mesh[1],
+            &control_rpc(Control::IWant { ids: vec![id] }),
+        );
+        let sent = drain(&mut gossip);
+        assert_eq!(messages_to(&sent, mesh[1]), 0);
+    }
+
     #[test]
     fn idontwant_is_sent_for_large_messages_and_suppresses_forwarding() {
         let mut gossip = router_with_peers(10);
@@ -2581,9 +2753,9 @@ mod tests {
         assert!(gossip.queued_items(&peer(1)) < published + 1);
         assert_eq!(
             gossip.poll_event(),
-            Some(GossipEvent::SlowPeer { peer: peer(1) })
+            None,
+            "a few drops are not yet too slow"
         );
-        assert_eq!(gossip.poll_event(), None, "reported once");
         // Control items still get in (here 2 MB of IWANT), evicting the oldest gossip.
         let queued_gossip = gossip.peers[&peer(1)].gossip_queue.len();
         let dropped = gossip.counters().gossip_dropped;
@@ -2595,6 +2767,19 @@ mod tests {
         assert!(gossip.peers[&peer(1)].gossip_queue.len() < queued_gossip);
         assert!(gossip.counters().gossip_dropped > dropped);
         assert!(gossip.queued_bytes(&peer(1)) <= SEND_QUEUE_BYTES_PER_PEER_MAX);
+        assert_eq!(gossip.poll_event(), None);
+        // Control that cannot fit even without gossip: the peer is too slow.
+        for _ in 0..200 {
+            let ids = vec![MessageId([1; 20]); CONTROL_IDS_PER_RPC_MAX];
+            gossip.enqueue(peer(1), Item::Control(Control::IWant { ids }));
+        }
+        assert!(gossip.counters().control_dropped > 0);
+        assert!(gossip.peers[&peer(1)].gossip_queue.is_empty());
+        assert_eq!(
+            gossip.poll_event(),
+            Some(GossipEvent::SlowPeer { peer: peer(1) })
+        );
+        assert_eq!(gossip.poll_event(), None, "reported once");
         // Control leaves first.
         let (to, bytes) = gossip.poll_send().unwrap();
         assert_eq!(to, peer(1));
@@ -2602,6 +2787,66 @@ mod tests {
         assert!(!rpc.subscriptions.is_empty() || !rpc.control.is_empty());
         drain(&mut gossip);
         assert_eq!(gossip.queued_items(&peer(1)), 0);
+    }
+
+    #[test]
+    fn a_peer_that_keeps_dropping_gossip_is_reported_slow() {
+        let mut gossip = router_with_peers(1);
+        let drops_to_report = SLOW_PEER_GOSSIP_DROPS_MAX as usize + 1;
+        let total = SEND_QUEUE_ITEMS_PER_PEER_MAX + drops_to_report;
+        for n in 0..total as u32 {
+            gossip.publish(at(0), topic(), &n.to_be_bytes()).unwrap();
+            if n as usize + 1 < total {
+                assert_eq!(gossip.poll_event(), None, "after {n} messages");
+            }
+        }
+        assert_eq!(
+            gossip.poll_event(),
+            Some(GossipEvent::SlowPeer { peer: peer(1) })
+        );
+        // Drained, its slate is clean.
+        drain(&mut gossip);
+        assert_eq!(gossip.peers[&peer(1)].gossip_drops, 0);
+    }
+
+    #[test]
+    fn backed_up_peers_get_control_only_and_idontwant_cancels_what_waits() {
+        let mut gossip = router_with_peers(2);
+        let now = heartbeats(&mut gossip, 0, 1);
+        drain(&mut gossip);
+        let large = vec![3u8; IDONTWANT_BYTES_MIN + 1];
+        let id = gossip.publish(at(now), topic(), &large).unwrap();
+        gossip.publish(at(now), topic(), b"small").unwrap();
+        gossip.enqueue(peer(1), Item::Control(Control::Graft { topic: topic() }));
+        let busy = peer(1);
+        let readiness = |p: &PeerId| {
+            if *p == busy {
+                SendReadiness::ControlOnly
+            } else {
+                SendReadiness::Everything
+            }
+        };
+        let mut sent = Vec::new();
+        while let Some((to, bytes)) = gossip.poll_send_ready(readiness) {
+            sent.push((to, Rpc::decode(&bytes).unwrap()));
+        }
+        assert_eq!(messages_to(&sent, peer(2)), 2);
+        assert_eq!(messages_to(&sent, busy), 0, "gossip waits");
+        assert_eq!(
+            controls_to(&sent, busy),
+            vec![Control::Graft { topic: topic() }]
+        );
+        assert_eq!(gossip.peers[&busy].gossip_queue.len(), 2);
+        // The busy peer got the large message elsewhere: it is cancelled here.
+        let suppressed = gossip.counters().idontwant_suppressed;
+        gossip.on_rpc(
+            at(now),
+            busy,
+            &control_rpc(Control::IDontWant { ids: vec![id] }),
+        );
+        assert_eq!(gossip.counters().idontwant_suppressed, suppressed + 1);
+        let sent = drain(&mut gossip);
+        assert_eq!(messages_to(&sent, busy), 1, "only the small one is left");
     }
 
     #[test]

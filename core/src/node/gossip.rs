@@ -27,18 +27,21 @@
 //! - an RPC or message payload that does not decode is a protocol violation:
 //!   Goodbye(fault), close, and High (−10).
 //!
-//! A peer whose gossip send queue overflows is disconnected with
-//! Goodbye(fault). Not provided: backpressure from the driver's send buffer
-//! to the router. RPCs leave the router's queue as soon as they are
-//! produced, so a reader that is too slow is caught by the driver's
-//! `PENDING_SEND_BYTES_MAX` (and closed), not by the router dropping gossip first.
+//! Backpressure: the driver reports what it has written
+//! (`Input::BytesWritten`); while a connection has more than
+//! [`crate::limits::GOSSIP_SEND_WINDOW_BYTES`] unwritten, the router gives it
+//! control only and its gossip waits in the router's bounded queue, where an
+//! IDONTWANT can still cancel it. A queue that keeps overflowing drops gossip
+//! first; a peer that drops more than `SLOW_PEER_GOSSIP_DROPS_MAX` messages
+//! before catching up, or whose control no longer fits, is disconnected with
+//! Goodbye(fault). The driver's `PENDING_SEND_BYTES_MAX` stays the last line.
 
 use std::net::SocketAddr;
 
 use log::{debug, info};
 
 use super::Node;
-use crate::gossip::{GossipEvent, MessageId, Misbehaviour, Topic, Validation};
+use crate::gossip::{GossipEvent, MessageId, Misbehaviour, SendReadiness, Topic, Validation};
 use crate::identity::PeerId;
 use crate::io::{Direction, GoodbyeReason, Notification};
 use crate::peer::{Penalty, Report};
@@ -81,7 +84,14 @@ impl Node {
             while let Some(event) = self.gossip.poll_event() {
                 self.apply_gossip_event(now, event);
             }
-            let Some((peer, rpc)) = self.gossip.poll_send() else {
+            let (peers, connections) = (&self.peers, &self.connections);
+            let readiness = |peer: &PeerId| match peers.get(peer) {
+                Some(&conn) if Node::gossip_window_open(connections, conn) => {
+                    SendReadiness::Everything
+                }
+                _ => SendReadiness::ControlOnly,
+            };
+            let Some((peer, rpc)) = self.gossip.poll_send_ready(readiness) else {
                 break;
             };
             match self.peers.get(&peer) {

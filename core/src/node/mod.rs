@@ -198,6 +198,9 @@ struct Connection {
     expected: Option<PeerId>,
     frames: NoiseFrameDecoder,
     state: ConnectionState,
+    /// Bytes handed to the driver in `Action::Send` that it has not yet
+    /// reported written (`Input::BytesWritten`): how backed up the transport is.
+    unwritten_bytes: usize,
 }
 
 enum ConnectionState {
@@ -383,6 +386,7 @@ impl Node {
             Input::BytesReceived { conn, bytes } => self.on_bytes(now, conn, &bytes),
             Input::ConnectionClosed { conn, cause } => self.on_connection_closed(now, conn, cause),
             Input::DialFailed { dial, error } => self.on_dial_failed(now, dial, error),
+            Input::BytesWritten { conn, bytes } => self.on_bytes_written(conn, bytes),
             Input::Timeout => self.on_timeout(now),
             Input::Command(command) => self.on_command(now, command),
         }
@@ -575,6 +579,7 @@ impl Node {
                 direction,
                 expected,
                 frames: NoiseFrameDecoder::new(),
+                unwritten_bytes: 0,
                 state: ConnectionState::Handshaking {
                     handshake: Some(Box::new(handshake)),
                     deadline: now + self.config.handshake_timeout,
@@ -582,7 +587,7 @@ impl Node {
             },
         );
         if !out.is_empty() {
-            self.actions.push_back(Action::Send { conn, bytes: out });
+            self.emit_send(conn, out);
         }
     }
 
@@ -636,10 +641,7 @@ impl Node {
             frames.enter_transport_mode();
         }
         if !handshake_out.is_empty() {
-            self.actions.push_back(Action::Send {
-                conn,
-                bytes: handshake_out,
-            });
+            self.emit_send(conn, handshake_out);
         }
         for item in received {
             if !self.connections.contains_key(&conn) {
@@ -1072,7 +1074,40 @@ impl Node {
             .transport
             .seal(&established.outbound, &mut bytes);
         established.outbound.clear();
+        self.emit_send(conn, bytes);
+    }
+
+    /// Hands `bytes` to the driver, counting them as unwritten until it says otherwise.
+    fn emit_send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.unwritten_bytes = connection.unwritten_bytes.saturating_add(bytes.len());
+        }
         self.actions.push_back(Action::Send { conn, bytes });
+    }
+
+    fn on_bytes_written(&mut self, conn: ConnId, bytes: usize) {
+        // Late reports for a connection we closed are expected and harmless;
+        // a driver that wrote bytes of its own (a test's) may over-report,
+        // which only opens the window early.
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.unwritten_bytes = connection.unwritten_bytes.saturating_sub(bytes);
+        }
+    }
+
+    /// Whether `conn` can take more gossip now: what the driver has not
+    /// written plus what waits to be sealed is below [`limits::GOSSIP_SEND_WINDOW_BYTES`].
+    fn gossip_window_open(connections: &BTreeMap<ConnId, Connection>, conn: ConnId) -> bool {
+        match connections.get(&conn) {
+            Some(Connection {
+                state: ConnectionState::Established(established),
+                unwritten_bytes,
+                ..
+            }) => {
+                unwritten_bytes.saturating_add(established.outbound.len())
+                    < limits::GOSSIP_SEND_WINDOW_BYTES
+            }
+            _ => false,
+        }
     }
 
     fn flush_all(&mut self) {

@@ -1075,3 +1075,64 @@ fn subscribing_announces_the_topic_in_our_metadata() {
     });
     assert_eq!(metadata.map(|m| m.topics), Some(vec!["blocks".to_string()]));
 }
+
+#[test]
+fn a_slow_reader_gets_control_while_its_gossip_waits_then_drops_then_it_is_disconnected() {
+    // 0 − 1 − 2 in a line; node 2 stops reading.
+    let mut net = Net::with_nodes(3);
+    net.dial(0, 1, None);
+    net.dial(1, 2, None);
+    for i in 0..3 {
+        let topic = blocks_topic();
+        run(&mut net, i, Input::Command(Command::Subscribe { topic }));
+    }
+    net.advance(Duration::from_secs(2));
+    let slow = net.nodes[2].peer_id();
+    assert!(net.nodes[1]
+        .gossip()
+        .mesh_peers(&blocks_topic())
+        .contains(&slow));
+    net.set_slow_reader(2, true);
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed([5; 32]);
+    // 256 KiB incompressible messages: the 2 MiB window holds about eight,
+    // the router's 16 MiB queue about 64 more.
+    let mut sent_messages = 0;
+    while net.nodes[1].peers().iter().any(|info| info.peer == slow) && sent_messages < 400 {
+        let mut payload = vec![0u8; 256 * 1024];
+        rng.fill_bytes(&mut payload);
+        publish(&mut net, 0, &payload);
+        // Node 1 accepts it (judged here directly: `judge_gossip` rescans
+        // every notification, too slow for hundreds of large messages).
+        let id = MessageId::compute(&blocks_topic(), &payload);
+        let verdict = Validation::Accept;
+        run(
+            &mut net,
+            1,
+            Input::Command(Command::ValidateGossip { id, verdict }),
+        );
+        net.notifications[1].clear();
+        sent_messages += 1;
+        if sent_messages == 20 {
+            // Held back, not handed to the driver: the driver holds at
+            // most the window (plus one RPC) for the slow reader.
+            let held = net.held_bytes();
+            assert!(
+                held <= limits::GOSSIP_SEND_WINDOW_BYTES + 300 * 1024,
+                "{held} bytes handed to the driver"
+            );
+            assert!(net.nodes[1].gossip().queued_items(&slow) > 5);
+        }
+    }
+    assert!(
+        net.nodes[1].counters().gossip_slow_peers == 1,
+        "after {sent_messages} messages: {:?}",
+        net.nodes[1].counters()
+    );
+    assert!(net.nodes[1].gossip().counters().gossip_dropped > 0);
+    assert!(!net.nodes[1].peers().iter().any(|info| info.peer == slow));
+    // Node 0 kept getting served throughout: its link to 1 is still up.
+    assert!(net.nodes[1]
+        .peers()
+        .iter()
+        .any(|info| info.peer == net.nodes[0].peer_id()));
+}
