@@ -129,6 +129,12 @@ impl Pipe {
         arrival
     }
 
+    /// Holds later arrivals on this pipe until at least `arrival` (bytes
+    /// that queued behind others at the receiving end).
+    pub fn hold_until(&mut self, arrival: Instant) {
+        self.arrival_last = self.arrival_last.max(arrival);
+    }
+
     /// The latest arrival scheduled so far.
     pub fn arrival_last(&self) -> Instant {
         self.arrival_last

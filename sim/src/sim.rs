@@ -102,7 +102,13 @@ pub struct SimConfig {
     pub network_id: u64,
     /// A label for summaries (the scenario's name).
     pub label: String,
+    /// Every node's uplink and downlink rate, bytes per second (`None`:
+    /// unlimited). [`Sim::set_uplink`] and [`Sim::set_downlink`] change one node's.
+    pub bandwidth_bytes_per_second: Option<u64>,
 }
+
+/// The default bandwidth of every node, each way: 50 Mbit/s.
+pub const BANDWIDTH_BYTES_PER_SECOND_DEFAULT: u64 = 50_000_000 / 8;
 
 impl SimConfig {
     /// Defaults for everything but the seed.
@@ -112,6 +118,7 @@ impl SimConfig {
             link: LinkModel::default(),
             network_id: NETWORK_ID_DEFAULT,
             label: "custom".to_owned(),
+            bandwidth_bytes_per_second: Some(BANDWIDTH_BYTES_PER_SECOND_DEFAULT),
         }
     }
 }
@@ -224,6 +231,12 @@ enum Event {
         conn: ConnId,
         cause: CloseCause,
     },
+    /// `node`'s driver wrote `bytes` of its sends on `conn` (they left its uplink).
+    Written {
+        node: NodeIndex,
+        conn: ConnId,
+        bytes: usize,
+    },
     /// The driver of `node` gives up a connection of its own (send buffer full).
     LocalClose {
         node: NodeIndex,
@@ -259,6 +272,10 @@ struct SimNode {
     uplink_bytes_per_second: Option<u64>,
     /// When the uplink finishes sending what it was given so far.
     uplink_free_at: Instant,
+    /// Bytes per second the node can receive, if limited.
+    downlink_bytes_per_second: Option<u64>,
+    /// When the downlink finishes receiving what is on its way so far.
+    downlink_free_at: Instant,
     /// Generation of the live timer event; older ones are stale.
     timer_generation: u64,
     /// The instant of the live timer event, if one is queued.
@@ -307,6 +324,13 @@ pub fn node_config(network_id: u64, listen_port: u16) -> Config {
 }
 
 /// The seed of incarnation `incarnation` of a node whose first seed was `first`.
+/// How long `bytes` take on a link of `rate` bytes per second, rounded up so
+/// even one byte takes time on a limited link.
+fn transmit_time(bytes: usize, rate: u64) -> Duration {
+    let micros = (bytes as u128 * 1_000_000).div_ceil(u128::from(rate));
+    Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
 fn incarnation_seed(first: &[u8; 32], incarnation: u32) -> [u8; 32] {
     if incarnation == 0 {
         return *first;
@@ -393,8 +417,10 @@ impl Sim {
             peer_id,
             addr,
             peers_max,
-            uplink_bytes_per_second: None,
+            uplink_bytes_per_second: self.config.bandwidth_bytes_per_second,
             uplink_free_at: Instant::ZERO,
+            downlink_bytes_per_second: self.config.bandwidth_bytes_per_second,
+            downlink_free_at: Instant::ZERO,
             timer_generation: 0,
             timer_at: None,
             dials: BTreeSet::new(),
@@ -414,7 +440,20 @@ impl Sim {
         (0..count).map(|_| self.add_node()).collect()
     }
 
-    /// Limits what `node` can send to `bytes_per_second` (`None`: unlimited, the default).
+    /// Limits what `node` can receive to `bytes_per_second` (`None`: unlimited).
+    ///
+    /// # Panics
+    /// If the rate is zero.
+    pub fn set_downlink(&mut self, node: NodeIndex, bytes_per_second: Option<u64>) {
+        assert!(
+            bytes_per_second != Some(0),
+            "a downlink of 0 bytes/s receives nothing"
+        );
+        self.node_state_mut(node).downlink_bytes_per_second = bytes_per_second;
+    }
+
+    /// Limits what `node` can send to `bytes_per_second` (`None`: unlimited;
+    /// the default is [`SimConfig::bandwidth_bytes_per_second`]).
     ///
     /// # Panics
     /// If the rate is zero.
@@ -512,6 +551,7 @@ impl Sim {
         state.dials.clear();
         state.notified_peers.clear();
         state.uplink_free_at = now;
+        state.downlink_free_at = now;
         if state.timer_at.take().is_some() {
             state.timer_generation += 1; // Invalidates the queued event.
         }
@@ -561,6 +601,7 @@ impl Sim {
         state.retired_counters.push(old.counters().clone());
         state.up = true;
         state.uplink_free_at = now;
+        state.downlink_free_at = now;
         self.schedule_timer(node, false);
     }
 
@@ -962,6 +1003,11 @@ impl Sim {
                     self.deliver(node, Input::ConnectionClosed { conn, cause });
                 }
             }
+            Event::Written { node, conn, bytes } => {
+                if self.network.endpoint_of(node, conn).is_some() {
+                    self.deliver(node, Input::BytesWritten { conn, bytes });
+                }
+            }
             Event::LocalClose { node, conn, cause } => {
                 if self.network.endpoint_of(node, conn).is_some() {
                     log::debug!("{node} gives up {conn:?}: {cause}");
@@ -1167,12 +1213,22 @@ impl Sim {
         let Some(rate) = state.uplink_bytes_per_second else {
             return now;
         };
-        // Rounded up, so even one byte takes time on a limited link.
-        let micros = (bytes as u128 * 1_000_000).div_ceil(u128::from(rate));
-        let transmit = Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX));
-        let departure = state.uplink_free_at.max(now) + transmit;
+        let departure = state.uplink_free_at.max(now) + transmit_time(bytes, rate);
         state.uplink_free_at = departure;
         departure
+    }
+
+    /// When bytes reaching `index` at `arrival` have all come through its
+    /// downlink. The downlink is booked in the order bytes are sent, not the
+    /// order they arrive: a simplification that keeps one pass per send.
+    fn downlink_arrival(&mut self, index: NodeIndex, arrival: Instant, bytes: usize) -> Instant {
+        let state = self.node_state_mut(index);
+        let Some(rate) = state.downlink_bytes_per_second else {
+            return arrival;
+        };
+        let done = state.downlink_free_at.max(arrival) + transmit_time(bytes, rate);
+        state.downlink_free_at = done;
+        done
     }
 
     fn apply_send(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>) {
@@ -1188,6 +1244,14 @@ impl Sim {
             return; // A zero-length write puts nothing on the wire.
         }
         let departure = self.uplink_departure(index, bytes.len());
+        self.queue.push(
+            departure,
+            Event::Written {
+                node: index,
+                conn,
+                bytes: bytes.len(),
+            },
+        );
         // Looked up above, and nothing closed it since.
         let endpoint = self
             .network
@@ -1213,6 +1277,7 @@ impl Sim {
         }
         let link = *self.network.link(index, remote);
         let delay = link.sample_delay(&mut self.rng_network);
+        let bytes_len = bytes.len();
         let pieces = link.slice(&mut self.rng_network, bytes);
         // Looked up above, and nothing closed it since.
         let endpoint = self
@@ -1220,6 +1285,13 @@ impl Sim {
             .endpoint_of(index, conn)
             .expect("open endpoint");
         let arrival = endpoint.outbound.arrival(departure, delay);
+        let arrival = self.downlink_arrival(remote, arrival, bytes_len);
+        // Later sends and the close on this pipe come after these bytes.
+        self.network
+            .endpoint_of(index, conn)
+            .expect("open endpoint")
+            .outbound
+            .hold_until(arrival);
         for piece in pieces {
             self.network.expect_delivery(remote_conn);
             self.queue.push(
@@ -1537,6 +1609,41 @@ mod tests {
         assert_eq!(sim.uplink_departure(a, 1), Instant::from_micros(501_000));
         sim.set_uplink(a, None);
         assert_eq!(sim.uplink_departure(a, 1_000_000), Instant::ZERO);
+    }
+
+    #[test]
+    fn a_limited_downlink_takes_in_one_thing_after_another() {
+        let mut sim = sim(10);
+        let a = sim.add_node();
+        sim.set_downlink(a, Some(1_000));
+        let at = Instant::from_micros(100_000);
+        assert_eq!(
+            sim.downlink_arrival(a, at, 500),
+            Instant::from_micros(600_000)
+        );
+        // Arriving earlier than the downlink is free: it waits its turn.
+        assert_eq!(
+            sim.downlink_arrival(a, Instant::ZERO, 100),
+            Instant::from_micros(700_000)
+        );
+        sim.set_downlink(a, None);
+        assert_eq!(sim.downlink_arrival(a, at, 1_000_000), at);
+    }
+
+    #[test]
+    fn bandwidth_defaults_to_fifty_megabits_each_way() {
+        let mut sim = sim(10);
+        let a = sim.add_node();
+        // 6.25 MB at 6.25 MB/s: one second out, one second in.
+        let bytes = BANDWIDTH_BYTES_PER_SECOND_DEFAULT as usize;
+        assert_eq!(
+            sim.uplink_departure(a, bytes),
+            Instant::from_micros(1_000_000)
+        );
+        assert_eq!(
+            sim.downlink_arrival(a, Instant::ZERO, bytes),
+            Instant::from_micros(1_000_000)
+        );
     }
 
     #[test]
