@@ -16,6 +16,7 @@
 //! [`DriverHandle`] (commands, queries, stop) and hear from it through
 //! [`Driver::subscribe`] (notifications). The `meshsync` binary (`main.rs`)
 //! is a thin clap front end over [`keyfile`], [`devnet`] and [`mod@bench`].
+//! [`store`] is the durable block store (redb).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +27,9 @@ pub mod devnet;
 pub mod driver;
 pub mod keyfile;
 pub mod send_queue;
+pub mod store;
+#[cfg(test)]
+mod temp_dir;
 
 pub use address::{PeerAddress, PeerAddressError};
 pub use crossbeam_channel;
