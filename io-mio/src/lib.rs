@@ -16,7 +16,8 @@
 //! [`DriverHandle`] (commands, queries, stop) and hear from it through
 //! [`Driver::subscribe`] (notifications). The `meshsync` binary (`main.rs`)
 //! is a thin clap front end over [`keyfile`], [`devnet`] and [`mod@bench`].
-//! [`store`] is the durable block store (redb).
+//! [`store`] is the durable block store (redb) and [`workers`] the thread
+//! pool for the core's CPU work.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -30,6 +31,7 @@ pub mod send_queue;
 pub mod store;
 #[cfg(test)]
 mod temp_dir;
+pub mod workers;
 
 pub use address::{PeerAddress, PeerAddressError};
 pub use crossbeam_channel;
