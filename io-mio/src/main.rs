@@ -31,7 +31,7 @@ enum CliCommand {
         force: bool,
     },
     /// Create a new network: DIR/genesis.toml and one proposer key file
-    /// (DIR/proposer-<i>.key, mode 0600) per proposer, with fresh keys.
+    /// (DIR/proposer-0.key, proposer-1.key, ..., mode 0600) per proposer, with fresh keys.
     Genesis {
         /// Number of proposers (block signers).
         #[arg(long, value_name = "N")]
