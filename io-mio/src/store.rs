@@ -36,7 +36,9 @@ use std::path::{Path, PathBuf};
 
 use meshsync_core::chain::block::SIGNED_BLOCK_BYTES_MAX;
 use meshsync_core::chain::Root;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
 
 /// The file name of the store inside its directory.
 pub const STORE_FILE_NAME: &str = "blocks.redb";
@@ -360,7 +362,10 @@ impl BlockStore {
         body: impl FnOnce(&redb::WriteTransaction) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
         let run = || -> Result<T, Failure> {
-            let transaction = self.database.begin_write()?;
+            let mut transaction = self.database.begin_write()?;
+            // redb's default, stated because the design depends on it: the
+            // commit is on disk when `commit` returns.
+            transaction.set_durability(Durability::Immediate)?;
             let value = body(&transaction)?;
             transaction.commit()?;
             Ok(value)
@@ -403,7 +408,8 @@ failure_from!(
     redb::StorageError,
     redb::TableError,
     redb::TransactionError,
-    redb::CommitError
+    redb::CommitError,
+    redb::SetDurabilityError
 );
 
 impl Failure {
