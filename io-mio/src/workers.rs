@@ -34,8 +34,9 @@ use std::thread::{self, JoinHandle};
 use crossbeam_channel::{Receiver, Sender};
 
 /// Jobs in flight at most: queued, running, or done with the result not yet
-/// received. The core bounds its own work in flight far below this (a sync
-/// batch is one job), so `Full` means a bug or a flood, never normal load.
+/// received. The core must bound its own work in flight, tracked like a
+/// request (design.md §1), well below this (a sync batch is one job), so
+/// `Full` means a bug or a flood, never normal load.
 pub const WORK_QUEUE_JOBS_MAX: usize = 1_024;
 /// Most worker threads: each holds a stack, and there is no gain beyond the
 /// cores of any machine we run on.
