@@ -516,7 +516,7 @@ const ROUND_REQUESTS: u64 = RANGES_PER_PERIOD;
 /// Periods in a row without a single response before the benchmark gives up.
 const STALLED_PERIODS_MAX: u32 = 3;
 
-const _: () = assert!(REQUESTS_CHAIN_HEAD_SLOT % BLOCKS_PER_REQUEST == 0);
+const _: () = assert!(REQUESTS_CHAIN_HEAD_SLOT.is_multiple_of(BLOCKS_PER_REQUEST));
 const _: () = assert!(RANGES_PER_PERIOD >= 1 && SMALL_PER_PERIOD >= 1);
 const _: () = assert!(GLOBAL_SERVING_QUOTA.period.as_micros() == SMALL_QUOTA.period.as_micros());
 

@@ -80,6 +80,14 @@ impl std::error::Error for KeyFileIoError {}
 /// is an error unless `force`, in which case it is replaced (by a new file, so
 /// the old file's looser permissions do not carry over).
 pub fn write_key_file(path: &Path, identity: &Identity, force: bool) -> Result<(), KeyFileIoError> {
+    write_secret_file(path, identity.to_key_file().as_bytes(), force)
+}
+
+/// Writes `contents` to a new file at `path` with mode 0600, synced to disk:
+/// the file IO of every secret key file (identity and proposer keys). An
+/// existing file is an error unless `force`, in which case it is replaced by
+/// a new file, so the old file's looser permissions do not carry over.
+pub fn write_secret_file(path: &Path, contents: &[u8], force: bool) -> Result<(), KeyFileIoError> {
     let io_error = |error: io::Error| KeyFileIoError::Io {
         path: path.to_path_buf(),
         error,
@@ -102,7 +110,7 @@ pub fn write_key_file(path: &Path, identity: &Identity, force: bool) -> Result<(
             },
             _ => io_error(error),
         })?;
-    file.write_all(identity.to_key_file().as_bytes())
+    file.write_all(contents)
         .and_then(|()| file.sync_all())
         .map_err(io_error)
 }

@@ -15,7 +15,9 @@
 //! `mio::Poll`). Applications and tests talk to it through a
 //! [`DriverHandle`] (commands, queries, stop) and hear from it through
 //! [`Driver::subscribe`] (notifications). The `meshsync` binary (`main.rs`)
-//! is a thin clap front end over [`keyfile`], [`devnet`] and [`mod@bench`].
+//! is a thin clap front end over [`keyfile`], [`genesis_files`], [`devnet`]
+//! and [`mod@bench`]. [`store`] is the durable block store (redb) and
+//! [`workers`] the thread pool for the core's CPU work.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -24,8 +26,13 @@ pub mod address;
 pub mod bench;
 pub mod devnet;
 pub mod driver;
+pub mod genesis_files;
 pub mod keyfile;
 pub mod send_queue;
+pub mod store;
+#[cfg(test)]
+mod temp_dir;
+pub mod workers;
 
 pub use address::{PeerAddress, PeerAddressError};
 pub use crossbeam_channel;

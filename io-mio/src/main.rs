@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
 use meshsync_core::Config;
+use meshsync_mio::genesis_files::{self, GenesisOptions};
 use meshsync_mio::{bench, devnet, keyfile, Driver, PeerAddress};
 
 /// meshsync: a peer-to-peer block sync engine.
@@ -25,6 +27,31 @@ enum CliCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a new network: DIR/genesis.toml and one proposer key file
+    /// (DIR/proposer-0.key, proposer-1.key, ..., mode 0600) per proposer, with fresh keys.
+    Genesis {
+        /// Number of proposers (block signers).
+        #[arg(long, value_name = "N")]
+        proposers: usize,
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Slot duration in milliseconds.
+        #[arg(long = "slot-ms", value_name = "MS", default_value_t = genesis_files::SLOT_DURATION_MS_DEFAULT)]
+        slot_duration_ms: u64,
+        /// Network id; nodes must be started with the same one.
+        #[arg(long = "network-id", value_name = "ID", default_value_t = genesis_files::NETWORK_ID_DEFAULT)]
+        network_id: u64,
+        /// Slots below the head at which a block is final.
+        #[arg(long = "finality-depth", value_name = "SLOTS", default_value_t = FINALITY_DEPTH_SLOTS_DEFAULT)]
+        finality_depth_slots: u64,
+        /// Start of slot 0, in milliseconds since the Unix epoch (default: the next whole second).
+        #[arg(long = "genesis-time-ms", value_name = "T")]
+        genesis_time_ms: Option<u64>,
+        /// Replace existing files.
         #[arg(long)]
         force: bool,
     },
@@ -113,6 +140,25 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         CliCommand::Keygen { out, force } => keygen(&out, force),
+        CliCommand::Genesis {
+            proposers,
+            out,
+            slot_duration_ms,
+            network_id,
+            finality_depth_slots,
+            genesis_time_ms,
+            force,
+        } => genesis(
+            &out,
+            &GenesisOptions {
+                proposers,
+                network_id,
+                slot_duration_ms,
+                finality_depth_slots,
+                genesis_time_ms,
+            },
+            force,
+        ),
         CliCommand::Node {
             listen,
             key,
@@ -168,6 +214,29 @@ fn keygen(out: &Path, force: bool) -> Result<(), String> {
     let identity = meshsync_mio::generate_identity();
     keyfile::write_key_file(out, &identity, force).map_err(|error| error.to_string())?;
     println!("{}", identity.peer_id());
+    Ok(())
+}
+
+fn genesis(out: &Path, options: &GenesisOptions, force: bool) -> Result<(), String> {
+    let written =
+        genesis_files::write_genesis(out, options, force).map_err(|error| error.to_string())?;
+    let root: String = written
+        .genesis
+        .root()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    println!("genesis {}", written.genesis_path.display());
+    println!("genesis root {root}");
+    println!(
+        "network {} starts at {} ms, slots of {} ms",
+        written.genesis.network_id(),
+        written.genesis.genesis_time_ms(),
+        written.genesis.slot_duration_ms()
+    );
+    for path in &written.key_paths {
+        println!("proposer key {}", path.display());
+    }
     Ok(())
 }
 
