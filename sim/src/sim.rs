@@ -29,9 +29,13 @@
 //! node is an *incarnation*; events addressed to an earlier one (a late dial
 //! answer, a stale timer) are dropped.
 //!
-//! Bandwidth: a node may be given an uplink rate ([`Sim::set_uplink`]). Its
-//! sends then leave one after another, each taking its size over the rate,
-//! so a burst of responses to one peer delays what it sends to the others.
+//! Bandwidth: every node has an uplink and a downlink rate, 50 Mbit/s each
+//! by default ([`SimConfig::bandwidth_bytes_per_second`], [`Sim::set_uplink`],
+//! [`Sim::set_downlink`]). Its sends leave one after another, each taking its
+//! size over the rate, so a burst of responses to one peer delays what it
+//! sends to the others; when the last byte has left, the node hears
+//! `Input::BytesWritten`. Arrivals then queue for the receiver's downlink,
+//! booked in the order they were sent.
 //! Bytes queued on one connection beyond
 //! [`meshsync_core::limits::PENDING_SEND_BYTES_MAX`] close it with
 //! `CloseCause::SendBufferFull`, as the `Action::Send` contract says.
