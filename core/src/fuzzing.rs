@@ -249,9 +249,13 @@ fn check_consistency(net: &MemoryNet) {
 /// an application protocol, so every built-in handler is reachable.
 /// Returns how many messages were delivered while the peers were connected.
 pub fn reqresp_handler(data: &[u8]) -> u64 {
+    // Signed once per process: signing 64 blocks would dominate every run.
+    static SERVED_CHAIN: std::sync::OnceLock<crate::chain::ChainConfig> =
+        std::sync::OnceLock::new();
     let mut server = Config::new(1);
-    server.chain_head_slot = 64;
-    server.block_bytes = 64;
+    server.chain = SERVED_CHAIN
+        .get_or_init(|| crate::chain::ChainConfig::devnet_with_chain(1, 64, 64))
+        .clone();
     let mut net = MemoryNet::new(vec![server, Config::new(1)]);
     let name = crate::reqresp::ProtocolName::new("fuzz/1").expect("a valid name");
     let quota = crate::reqresp::Quota::new(8, Duration::from_secs(10));

@@ -18,7 +18,7 @@
 //!
 //! # Requests
 //! Request serving per core, everything on the calling thread:
-//! - Serving: two [`Node`]s in a [`MemoryNet`]; node 1 serves a synthetic
+//! - Serving: two [`Node`]s in a [`MemoryNet`]; node 1 serves a signed devnet
 //!   chain, node 0 asks it for ranges of 64 blocks and counts the
 //!   `Notification::Response`s. Both nodes' work is measured: the server
 //!   builds, compresses and seals the blocks, the client opens, reassembles,
@@ -47,7 +47,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant as StdInstant};
 
 use crossbeam_channel::{Receiver, Select};
-use meshsync_core::chain::{SyntheticChain, SYNTHETIC_BLOCK_BYTES_MAX};
+use meshsync_core::chain::block::SIGNED_BLOCK_OVERHEAD_BYTES;
+use meshsync_core::chain::ChainConfig;
 use meshsync_core::codec::{DecodeError, NoiseFrameDecoder};
 use meshsync_core::io::{GoodbyeReason, Notification};
 use meshsync_core::reqresp::bodies::BlocksByRangeRequest;
@@ -487,11 +488,15 @@ const REQUESTS_NETWORK_ID: u64 = 1;
 const CLIENT: usize = 0;
 /// The serving node's index in the [`MemoryNet`].
 const SERVER: usize = 1;
-/// Blocks in the served synthetic chain: 64 distinct ranges, 4 MiB of 1 KiB
-/// blocks, small enough to build in a moment at start-up.
+/// Blocks in the served chain: 64 distinct ranges, 4 MiB of 1 KiB blocks,
+/// small enough to sign in a moment at start-up.
 pub const REQUESTS_CHAIN_HEAD_SLOT: u64 = 4096;
 /// Blocks asked for per BlocksByRange request: the most one may ask for.
 pub const BLOCKS_PER_REQUEST: u64 = BLOCKS_PER_RANGE_REQUEST_MAX;
+/// Largest block the benchmark serves: a full answer (64 blocks, 4 MiB)
+/// stays well inside the driver's send queue, which the core does not yet
+/// pace large answers against.
+pub const BENCH_BLOCK_BYTES_MAX: usize = 64 * 1024;
 /// Distinct ranges in the chain; requests cycle through them.
 const RANGES_IN_CHAIN: u64 = REQUESTS_CHAIN_HEAD_SLOT / BLOCKS_PER_REQUEST;
 /// Requests the benchmark keeps handed to the client node: its in-flight cap
@@ -528,19 +533,17 @@ pub struct RequestOptions {
     pub requests: u64,
     /// Small application requests.
     pub small_requests: u64,
-    /// Bytes of each synthetic block.
+    /// Bytes of each encoded signed block (header, signature and body).
     pub block_bytes: usize,
 }
 
 /// Why the request benchmark could not run.
 #[derive(Debug)]
 pub enum RequestBenchError {
-    /// The synthetic chain cannot build blocks of this size.
+    /// Blocks of this size cannot be built or served.
     BlockBytes {
         /// Asked for.
         requested: usize,
-        /// What the chain would build instead.
-        built: usize,
     },
     /// The two in-memory nodes did not connect.
     NotConnected,
@@ -562,10 +565,10 @@ pub enum RequestBenchError {
 impl fmt::Display for RequestBenchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RequestBenchError::BlockBytes { requested, built } => write!(
+            RequestBenchError::BlockBytes { requested } => write!(
                 f,
-                "synthetic blocks of {requested} bytes are not possible (the chain would build \
-                 {built}-byte blocks; the most is {SYNTHETIC_BLOCK_BYTES_MAX})"
+                "blocks of {requested} bytes are not possible (from \
+                 {SIGNED_BLOCK_OVERHEAD_BYTES}, the header and signature, to {BENCH_BLOCK_BYTES_MAX})"
             ),
             RequestBenchError::NotConnected => write!(f, "the in-memory nodes did not connect"),
             RequestBenchError::RequestFailed(what) => write!(f, "a request failed: {what}"),
@@ -695,26 +698,21 @@ pub fn requests(options: RequestOptions) -> Result<RequestReport, RequestBenchEr
         options.requests > 0 && options.small_requests > 0,
         "request counts must be positive"
     );
-    let chain = SyntheticChain::new(
-        REQUESTS_NETWORK_ID,
-        REQUESTS_CHAIN_HEAD_SLOT,
-        options.block_bytes,
-    );
-    let built = chain.block_at_slot(1).map_or(0, |block| block.len());
-    if built != options.block_bytes {
+    if !(SIGNED_BLOCK_OVERHEAD_BYTES..=BENCH_BLOCK_BYTES_MAX).contains(&options.block_bytes) {
         return Err(RequestBenchError::BlockBytes {
             requested: options.block_bytes,
-            built,
         });
     }
-    let blocks: Vec<Vec<u8>> = (1..=REQUESTS_CHAIN_HEAD_SLOT)
-        .map(|slot| {
-            chain
-                .block_at_slot(slot)
-                .expect("the chain has a block at every slot up to its head")
-        })
-        .collect();
-    let mut bench = RequestBench::new(options.block_bytes)?;
+    let chain = ChainConfig::devnet_with_chain(
+        REQUESTS_NETWORK_ID,
+        REQUESTS_CHAIN_HEAD_SLOT,
+        options.block_bytes - SIGNED_BLOCK_OVERHEAD_BYTES,
+    );
+    let blocks: Vec<Vec<u8>> = chain.stored.iter().map(|block| block.encode()).collect();
+    debug_assert!(blocks
+        .iter()
+        .all(|block| block.len() == options.block_bytes));
+    let mut bench = RequestBench::new(chain, options.block_bytes)?;
     let mut limit = Limit::new()?;
     // One untimed pass over the whole chain checks that the bytes survive
     // the trip, and measures how well they compress.
@@ -773,10 +771,9 @@ struct Answers {
 }
 
 impl RequestBench {
-    fn new(block_bytes: usize) -> Result<RequestBench, RequestBenchError> {
+    fn new(chain: ChainConfig, block_bytes: usize) -> Result<RequestBench, RequestBenchError> {
         let mut server = Config::new(REQUESTS_NETWORK_ID);
-        server.chain_head_slot = REQUESTS_CHAIN_HEAD_SLOT;
-        server.block_bytes = block_bytes;
+        server.chain = chain;
         let mut net = MemoryNet::new(vec![Config::new(REQUESTS_NETWORK_ID), server]);
         let server = net.nodes[SERVER].peer_id();
         let client = net.nodes[CLIENT].peer_id();
@@ -1177,7 +1174,11 @@ mod tests {
 
     #[test]
     fn impossible_block_sizes_are_refused() {
-        for block_bytes in [0, 39, SYNTHETIC_BLOCK_BYTES_MAX + 1] {
+        for block_bytes in [
+            0,
+            SIGNED_BLOCK_OVERHEAD_BYTES - 1,
+            BENCH_BLOCK_BYTES_MAX + 1,
+        ] {
             let options = RequestOptions {
                 requests: 1,
                 small_requests: 1,

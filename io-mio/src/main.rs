@@ -113,7 +113,7 @@ enum BenchCommand {
         /// Small application requests to serve.
         #[arg(long, value_name = "N", default_value_t = 300_000)]
         small_requests: u64,
-        /// Bytes of each synthetic block (40 to 65536).
+        /// Bytes of each encoded signed block (header, signature and body: 180 to 65536).
         #[arg(long, value_name = "B", default_value_t = 1024)]
         block_bytes: usize,
     },

@@ -23,8 +23,11 @@
 //! identity, network and version before they count as peers; requests are
 //! rate-limited per peer and protocol and globally; misbehaviour costs score,
 //! which ends in a disconnect and then a ban by identity and IP.
-//! Not provided: pacing of very large responses against the driver's send
-//! queue (responses are bounded by the synthetic chain's block size for now).
+//! Block answers carry at most `rpc::ANSWER_BLOCK_BYTES_MAX` (a prefix of
+//! what was asked) and none while the connection's unwritten bytes exceed
+//! half the driver's queue, so serving 1 MiB blocks cannot overflow it.
+//! Not provided (yet): range sync, gossip block validation and production
+//! (the chain is what the driver loaded at start-up).
 
 mod gossip;
 mod rpc;
@@ -32,11 +35,11 @@ mod rpc;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::chain::SyntheticChain;
+use crate::chain::{ChainConfig, ChainStore, StoreLimits};
 use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, NoiseFrameDecoder};
 use crate::gossip::{Gossip, Topic};
 use crate::identity::{Identity, PeerId};
@@ -80,10 +83,8 @@ pub struct Config {
     pub status_interval: Duration,
     /// Connection limits, scores, bans and static-peer backoff.
     pub peer: crate::peer::Config,
-    /// Our chain, until the chain-and-sync issue: a synthetic one of this many blocks...
-    pub chain_head_slot: u64,
-    /// ... of this many bytes each (see [`crate::chain::SYNTHETIC_BLOCK_BYTES_MAX`]).
-    pub block_bytes: usize,
+    /// The genesis and the blocks the driver loaded from its store.
+    pub chain: ChainConfig,
     /// Deliberate misbehaviour, for hostile nodes in the simulator. All off by default.
     pub faults: Faults,
     /// The gossip router's mesh parameters.
@@ -102,8 +103,6 @@ pub struct Faults {
 
 /// How often each peer is asked for its Status again (Ethereum p2p: every 5 min or so).
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(5 * 60);
-/// Default size of a synthetic block.
-pub const SYNTHETIC_BLOCK_BYTES_DEFAULT: usize = 1024;
 
 impl Config {
     /// The defaults, on network `network_id`.
@@ -118,8 +117,7 @@ impl Config {
             peer_silence_timeout: limits::PEER_SILENCE_TIMEOUT,
             status_interval: STATUS_INTERVAL,
             peer: crate::peer::Config::default(),
-            chain_head_slot: 0,
-            block_bytes: SYNTHETIC_BLOCK_BYTES_DEFAULT,
+            chain: ChainConfig::devnet(network_id),
             faults: Faults::default(),
             gossip: crate::gossip::Config::default(),
         }
@@ -178,7 +176,7 @@ pub struct Node {
     inbound: InboundRequests,
     /// Why we sent each request still open, by peer and request id.
     purposes: BTreeMap<(PeerId, crate::reqresp::RequestId), Purpose>,
-    chain: SyntheticChain,
+    chain: ChainStore,
     metadata: Metadata,
     gossip: Gossip,
     /// The topics we are subscribed to (at most `gossip::router::TOPICS_MAX`).
@@ -265,7 +263,27 @@ impl std::fmt::Display for ReadError {
 
 impl Node {
     /// A node with `identity`, drawing all its randomness from `seed`.
+    ///
+    /// # Panics
+    /// If the genesis names another network than `config.network_id`: a
+    /// configuration bug the driver must catch first.
     pub fn new(config: Config, identity: Identity, seed: [u8; 32]) -> Node {
+        assert_eq!(
+            config.chain.genesis.network_id(),
+            config.network_id,
+            "the genesis is for another network"
+        );
+        let (chain, refused) = ChainStore::from_blocks(
+            &config.chain.genesis,
+            StoreLimits::default(),
+            config.chain.stored.iter().cloned(),
+        );
+        for (root, error) in &refused {
+            warn!(
+                "stored block {} not loaded: {error}",
+                crate::chain::genesis::hex_encode(&root[..4])
+            );
+        }
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keys = LocalKeys::new(identity, &mut rng);
         let hello = Hello {
@@ -290,11 +308,7 @@ impl Node {
             outbound: OutboundRequests::new(outbound_config),
             inbound: InboundRequests::new(InboundConfig::default()),
             purposes: BTreeMap::new(),
-            chain: SyntheticChain::new(
-                config.network_id,
-                config.chain_head_slot,
-                config.block_bytes,
-            ),
+            chain,
             metadata: Metadata {
                 seq: 0,
                 topics: Vec::new(),

@@ -25,10 +25,9 @@
 //! A completed answer earns a small reward.
 
 use log::{debug, warn};
-use sha2::{Digest, Sha256};
 
 use super::{ConnectionState, Node};
-use crate::chain::{Root, SyntheticChain};
+use crate::chain::{Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::io::{ConnId, DisconnectReason, GoodbyeReason, Notification, RequestError};
 use crate::peer::{ChainStatus, Penalty, Report};
@@ -75,8 +74,9 @@ pub(super) struct RangeCheck {
 
 impl RangeCheck {
     fn check(&mut self, block: &[u8]) -> Result<(), String> {
-        let (slot, parent) =
-            SyntheticChain::parse_block(block).ok_or_else(|| "undecodable block".to_string())?;
+        let block =
+            SignedBlock::decode(block).map_err(|error| format!("undecodable block: {error}"))?;
+        let (slot, parent) = (block.slot(), block.parent_root());
         if slot < self.start_slot || slot >= self.end_slot {
             return Err(format!(
                 "block at slot {slot} outside {}..{}",
@@ -93,9 +93,40 @@ impl RangeCheck {
                 ));
             }
         }
-        self.previous = Some((slot, Sha256::digest(block).into()));
+        self.previous = Some((slot, block.root()));
         Ok(())
     }
+}
+
+/// Block bytes one BlocksByRange or BlocksByRoot answer carries at most.
+/// Sixty-four 1 MiB blocks would be 64 MiB, four times what a driver queues
+/// for a connection; the answer is cut to a prefix instead (the protocol
+/// allows fewer blocks than asked, and range sync asks again from the last
+/// slot it got).
+pub const ANSWER_BLOCK_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+const _: () = assert!(ANSWER_BLOCK_BYTES_MAX <= crate::limits::PENDING_SEND_BYTES_MAX / 2);
+
+/// The longest prefix of `blocks` within `budget_bytes`, encoded; a busy
+/// connection (no budget for even the first block) gets `ResourceUnavailable`.
+fn blocks_within<'a>(blocks: impl Iterator<Item = &'a SignedBlock>, budget_bytes: usize) -> Answer {
+    let mut chunks = Vec::new();
+    let mut used = 0usize;
+    for block in blocks {
+        let len = block.encoded_len();
+        if used.saturating_add(len) > budget_bytes {
+            if chunks.is_empty() {
+                return Answer::Error {
+                    code: ResultCode::ResourceUnavailable,
+                    message: "busy: answers to this peer are still being written".to_string(),
+                };
+            }
+            break;
+        }
+        used += len;
+        chunks.push(block.encode());
+    }
+    Answer::Chunks(chunks)
 }
 
 /// The outbound configuration of a node that ignores its peers' quotas:
@@ -238,22 +269,25 @@ impl Node {
                 let Ok(request) = BlocksByRangeRequest::decode(body) else {
                     return;
                 };
-                let blocks = (request.start_slot..request.end_slot())
-                    .filter_map(|slot| self.chain.block_at_slot(slot))
-                    .take(usize::try_from(chunks_max).unwrap_or(usize::MAX))
-                    .collect();
-                Answer::Chunks(blocks)
+                let count = request.end_slot().saturating_sub(request.start_slot);
+                let budget = self.answer_budget_bytes(peer);
+                let blocks = self
+                    .chain
+                    .canonical_range(request.start_slot, count)
+                    .into_iter()
+                    .take(usize::try_from(chunks_max).unwrap_or(usize::MAX));
+                blocks_within(blocks, budget)
             }
             ProtocolId::BlocksByRoot => {
                 let Ok(request) = BlocksByRootRequest::decode(body) else {
                     return;
                 };
+                let budget = self.answer_budget_bytes(peer);
                 let blocks = request
                     .roots
                     .iter()
-                    .filter_map(|root| self.chain.block_by_root(root))
-                    .collect();
-                Answer::Chunks(blocks)
+                    .filter_map(|root| self.chain.block_by_root(root));
+                blocks_within(blocks, budget)
             }
             ProtocolId::Application(name) => {
                 self.notify(Notification::InboundRequest {
@@ -267,6 +301,20 @@ impl Node {
             ProtocolId::Goodbye => return, // One-way; handled as InboundOutcome::Goodbye.
         };
         self.answer(now, peer, id, answer);
+    }
+
+    /// Block bytes an answer to `peer` may carry now: at most
+    /// [`ANSWER_BLOCK_BYTES_MAX`], and never enough to push what the driver
+    /// holds for the connection past half its `PENDING_SEND_BYTES_MAX`.
+    fn answer_budget_bytes(&self, peer: PeerId) -> usize {
+        let unwritten = self
+            .peers
+            .get(&peer)
+            .and_then(|conn| self.connections.get(conn))
+            .map_or(0, |connection| connection.unwritten_bytes);
+        (crate::limits::PENDING_SEND_BYTES_MAX / 2)
+            .saturating_sub(unwritten)
+            .min(ANSWER_BLOCK_BYTES_MAX)
     }
 
     fn answer(&mut self, now: Instant, peer: PeerId, id: RequestId, answer: Answer) {

@@ -416,11 +416,21 @@ use crate::peer::Refusal;
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
 use crate::reqresp::{Answer, ProtocolId, ProtocolName, Quota, RequestId, ResultCode};
 
+/// A node config holding the first `head_slot` blocks (at most 300) of one
+/// devnet chain, signed once for all tests.
 fn chain_config(head_slot: u64) -> Config {
+    static CHAIN: std::sync::OnceLock<crate::chain::ChainConfig> = std::sync::OnceLock::new();
+    let full = CHAIN.get_or_init(|| crate::chain::ChainConfig::devnet_with_chain(1, 300, 200));
     let mut config = Config::new(1);
-    config.chain_head_slot = head_slot;
-    config.block_bytes = 200;
+    config.chain = crate::chain::ChainConfig {
+        genesis: full.genesis.clone(),
+        stored: full.stored[..head_slot as usize].into(),
+    };
     config
+}
+
+fn block_slot(bytes: &[u8]) -> u64 {
+    crate::chain::SignedBlock::decode(bytes).unwrap().slot()
 }
 
 fn request(net: &mut Net, from: usize, to: usize, protocol: ProtocolId, body: Vec<u8>, tag: u64) {
@@ -487,10 +497,7 @@ fn blocks_by_range_answers_in_slot_order_from_one_chain() {
         panic!("no response: {:?}", outcome(&net, 0, 7));
     };
     // Slots 90..=100 exist; 101..110 do not.
-    let slots: Vec<u64> = chunks
-        .iter()
-        .map(|block| crate::chain::SyntheticChain::parse_block(block).unwrap().0)
-        .collect();
+    let slots: Vec<u64> = chunks.iter().map(|block| block_slot(block)).collect();
     assert_eq!(slots, (90..=100).collect::<Vec<u64>>());
     assert_eq!(net.nodes[1].counters().requests_served, 1 + 1); // + node 0's Status
 }
@@ -509,12 +516,7 @@ fn blocks_by_root_answers_the_blocks_it_has() {
         panic!("no response");
     };
     assert_eq!(chunks.len(), 1);
-    assert_eq!(
-        crate::chain::SyntheticChain::parse_block(&chunks[0])
-            .unwrap()
-            .0,
-        50
-    );
+    assert_eq!(block_slot(&chunks[0]), 50);
 }
 
 #[test]
@@ -1135,4 +1137,26 @@ fn a_slow_reader_gets_control_while_its_gossip_waits_then_drops_then_it_is_disco
         .peers()
         .iter()
         .any(|info| info.peer == net.nodes[0].peer_id()));
+}
+
+#[test]
+fn a_range_of_large_blocks_is_answered_with_a_prefix_the_driver_can_hold() {
+    let body_bytes = crate::chain::block::BLOCK_BODY_BYTES_MAX;
+    let mut server = Config::new(1);
+    server.chain = crate::chain::ChainConfig::devnet_with_chain(1, 10, body_bytes);
+    let mut net = Net::new(vec![Config::new(1), server]);
+    net.dial(0, 1, None);
+    let body = BlocksByRangeRequest {
+        start_slot: 1,
+        count: 10,
+    }
+    .encode();
+    request(&mut net, 0, 1, ProtocolId::BlocksByRange, body, 3);
+    let Some(Notification::Response { chunks, .. }) = outcome(&net, 0, 3) else {
+        panic!("no response: {:?}", outcome(&net, 0, 3));
+    };
+    // 1 MiB blocks: four fill the 4 MiB answer budget.
+    let per_answer = rpc::ANSWER_BLOCK_BYTES_MAX / crate::chain::block::SIGNED_BLOCK_BYTES_MAX;
+    let slots: Vec<u64> = chunks.iter().map(|block| block_slot(block)).collect();
+    assert_eq!(slots, (1..=per_answer as u64).collect::<Vec<u64>>());
 }

@@ -1,7 +1,7 @@
 //! `request-flood`: one hostile node floods its honest peers with requests.
 //!
 //! # The story
-//! `nodes` honest nodes, each serving the same synthetic chain, join a
+//! `nodes` honest nodes, each serving the same devnet chain, join a
 //! random connected topology (as in `connect`) and ask each other for block
 //! ranges and Status at a modest, steady rate ([`HonestTraffic`]). One more
 //! node, hostile (`faults.ignore_peer_quotas`: its core sends whatever it is

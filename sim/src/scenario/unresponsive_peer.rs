@@ -3,7 +3,7 @@
 //!
 //! # The story
 //! Node 0, the requester, dials `nodes - 1` servers that all hold the same
-//! synthetic chain. Server 1 is faulty (`faults.never_answer_requests`): it
+//! devnet chain. Server 1 is faulty (`faults.never_answer_requests`): it
 //! admits every request and never answers. From `start`, every `interval`,
 //! the requester asks for the next range of `range_slots` blocks, going
 //! round-robin over the servers it is connected to, walking the chain over

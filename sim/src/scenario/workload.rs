@@ -3,33 +3,55 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshsync_core::chain::SyntheticChain;
+use std::cell::RefCell;
+
+use meshsync_core::chain::{ChainConfig, ChainStore, SignedBlock, StoreLimits};
 use meshsync_core::io::RequestError;
 use meshsync_core::reqresp::bodies::{BlocksByRangeRequest, Status};
 use meshsync_core::reqresp::{Body, ProtocolId};
 use meshsync_core::{Config, Duration, Instant, Notification};
-use sha2::{Digest, Sha256};
 
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};
 
 /// Blocks in the chain every serving node has, unless a scenario says otherwise.
 pub const CHAIN_HEAD_SLOT_DEFAULT: u64 = 256;
-/// Bytes per synthetic block: small, so a 32-block answer is 16 KiB.
+/// Body bytes per block: small, so a 32-block answer is about 20 KiB.
 pub const BLOCK_BYTES_DEFAULT: usize = 512;
 
-/// A node configuration for `sim` serving a synthetic chain of `head_slot`
-/// blocks of `block_bytes` each.
-pub fn chain_config(sim: &Sim, head_slot: u64, block_bytes: usize) -> Config {
+/// The devnet chain of `head_slot` blocks with `body_bytes`-byte bodies on
+/// `network_id`, signed once per thread and shared (signing is the slow part).
+pub fn devnet_chain(network_id: u64, head_slot: u64, body_bytes: usize) -> ChainConfig {
+    thread_local! {
+        static CHAINS: RefCell<BTreeMap<(u64, u64, usize), ChainConfig>> =
+            const { RefCell::new(BTreeMap::new()) };
+    }
+    CHAINS.with(|chains| {
+        chains
+            .borrow_mut()
+            .entry((network_id, head_slot, body_bytes))
+            .or_insert_with(|| ChainConfig::devnet_with_chain(network_id, head_slot, body_bytes))
+            .clone()
+    })
+}
+
+/// A node configuration for `sim` holding the devnet chain of `head_slot`
+/// blocks with `body_bytes`-byte bodies (see [`devnet_chain`]).
+pub fn chain_config(sim: &Sim, head_slot: u64, body_bytes: usize) -> Config {
     let mut config = sim.node_config();
-    config.chain_head_slot = head_slot;
-    config.block_bytes = block_bytes;
+    config.chain = devnet_chain(sim.config().network_id, head_slot, body_bytes);
     config
 }
 
 /// The Status a node configured by [`chain_config`] sends: requests carry it.
-pub fn chain_status(sim: &Sim, head_slot: u64, block_bytes: usize) -> Status {
-    SyntheticChain::new(sim.config().network_id, head_slot, block_bytes).status()
+pub fn chain_status(sim: &Sim, head_slot: u64, body_bytes: usize) -> Status {
+    let chain = devnet_chain(sim.config().network_id, head_slot, body_bytes);
+    let (store, _) = ChainStore::from_blocks(
+        &chain.genesis,
+        StoreLimits::default(),
+        chain.stored.iter().cloned(),
+    );
+    store.status()
 }
 
 /// Checks that `chunks` answer `request` from a chain of `head_slot`
@@ -51,16 +73,17 @@ pub fn check_range(
     }
     let mut parent: Option<[u8; 32]> = None;
     for (offset, block) in chunks.iter().enumerate() {
-        let Some((slot, parent_root)) = SyntheticChain::parse_block(block) else {
+        let Ok(block) = SignedBlock::decode(block) else {
             return Err(format!("chunk {offset} is not a block"));
         };
+        let (slot, parent_root) = (block.slot(), block.parent_root());
         if slot != first + offset as u64 {
             return Err(format!("chunk {offset} is slot {slot}"));
         }
         if parent.is_some_and(|root| root != parent_root) {
             return Err(format!("slot {slot} does not link to slot {}", slot - 1));
         }
-        parent = Some(Sha256::digest(block).into());
+        parent = Some(block.root());
     }
     Ok(())
 }
@@ -271,11 +294,10 @@ mod tests {
 
     #[test]
     fn ranges_are_checked_against_the_chain() {
-        let chain = SyntheticChain::new(1, 10, 64);
+        let chain = devnet_chain(1, 10, 64);
+        let block_at = |chain: &ChainConfig, slot: u64| chain.stored[slot as usize - 1].encode();
         let blocks = |slots: std::ops::Range<u64>| -> Vec<Vec<u8>> {
-            slots
-                .map(|slot| chain.block_at_slot(slot).unwrap())
-                .collect()
+            slots.map(|slot| block_at(&chain, slot)).collect()
         };
         let range = |start_slot, count| BlocksByRangeRequest { start_slot, count };
         assert_eq!(check_range(&blocks(3..7), range(3, 4), 10), Ok(()));
@@ -285,9 +307,9 @@ mod tests {
         let mut swapped = blocks(3..7);
         swapped.swap(1, 2);
         assert!(check_range(&swapped, range(3, 4), 10).is_err());
-        let other = SyntheticChain::new(2, 10, 64);
+        let other = devnet_chain(2, 10, 64);
         let mut foreign = blocks(3..7);
-        foreign[2] = other.block_at_slot(5).unwrap();
+        foreign[2] = block_at(&other, 5);
         assert!(check_range(&foreign, range(3, 4), 10).is_err());
     }
 
