@@ -110,6 +110,18 @@ pub enum Input {
         /// Bytes written since the last report.
         bytes: usize,
     },
+    /// A job from [`Action::Work`] finished (in any order).
+    WorkDone {
+        /// The job's id.
+        id: crate::work::WorkId,
+        /// What it produced.
+        output: crate::work::WorkOutput,
+    },
+    /// The [`Action::Persist`] batch `id`, and every batch before it, is durable.
+    Persisted {
+        /// The batch's id.
+        id: u64,
+    },
     /// The instant from [`crate::Node::poll_timeout`] has come. Early or
     /// repeated timeouts are harmless no-ops.
     Timeout,
@@ -199,6 +211,15 @@ pub enum Command {
         /// The topic.
         topic: Topic,
     },
+    /// The body of the next block we produce as a proposer (at most
+    /// `BLOCK_BODY_BYTES_MAX`; a few may be queued). Without one, a proposer
+    /// fills its block with random bytes of the configured size (a devnet).
+    /// A refusal (too large, queue full) comes back as
+    /// [`Notification::BodyRefused`].
+    ProposeBody {
+        /// Opaque application bytes.
+        body: Vec<u8>,
+    },
     /// Publish `payload` on `topic` (subscribed or not). A refusal comes back
     /// as [`Notification::PublishFailed`].
     Publish {
@@ -250,6 +271,17 @@ pub enum Action {
         /// The connection.
         conn: ConnId,
     },
+    /// Run `job` (off the protocol loop if the driver can) and report
+    /// `Input::WorkDone { id, .. }` with its output.
+    Work {
+        /// Names the job in the answer.
+        id: crate::work::WorkId,
+        /// What to run.
+        job: crate::work::Job,
+    },
+    /// Write `batch` durably in one transaction, then report
+    /// `Input::Persisted { id: batch.id }`; batches in the order given.
+    Persist(crate::work::PersistBatch),
     /// Tell the application (and the log) something.
     Notify(Notification),
 }
@@ -386,6 +418,19 @@ pub enum Notification {
         topic: Topic,
         /// Why.
         error: SubscribeError,
+    },
+    /// A block passed its checks and joined our chain (not yet durable:
+    /// our Status names it once the driver confirms the write).
+    BlockImported {
+        /// Its slot.
+        slot: u64,
+        /// Its root.
+        root: crate::chain::Root,
+    },
+    /// A [`Command::ProposeBody`] was refused (too large, or the queue is full).
+    BodyRefused {
+        /// Its length in bytes.
+        bytes: usize,
     },
 }
 

@@ -40,6 +40,7 @@ pub mod reqresp;
 pub mod secure;
 pub mod testing;
 pub mod time;
+pub mod work;
 
 pub use gossip::{MessageId, Topic, Validation};
 pub use identity::{Identity, PeerId};

@@ -82,4 +82,12 @@ pub struct Counters {
     pub gossip_rpcs_graylisted: u64,
     /// Peers disconnected because their gossip send queue overflowed.
     pub gossip_slow_peers: u64,
+    /// Blocks we produced (signed as a proposer).
+    pub blocks_produced: u64,
+    /// Blocks imported into the fork choice (produced, gossiped or synced).
+    pub blocks_imported: u64,
+    /// Jobs handed to the driver (`Action::Work`).
+    pub work_started: u64,
+    /// Jobs whose output came back.
+    pub work_done: u64,
 }

@@ -36,6 +36,22 @@ pub enum Delivery {
         /// Its connection id.
         conn: ConnId,
     },
+    /// A job node `to` asked for is done (`Input::WorkDone`).
+    WorkDone {
+        /// The node.
+        to: usize,
+        /// The job.
+        id: crate::work::WorkId,
+        /// Its output.
+        output: crate::work::WorkOutput,
+    },
+    /// Node `to`'s persist batch is durable (`Input::Persisted`).
+    Persisted {
+        /// The node.
+        to: usize,
+        /// The batch.
+        id: u64,
+    },
     /// Node `to`'s bytes sent on `conn` were written (`Input::BytesWritten`).
     Written {
         /// The node that sent them.
@@ -70,6 +86,11 @@ pub struct MemoryNet {
     /// nor reported written until [`MemoryNet::set_slow_reader`] releases them.
     slow_readers: BTreeSet<usize>,
     held: Vec<HeldSend>,
+    /// Roots each node's persist batches stored, in order.
+    pub persisted: Vec<Vec<crate::chain::Root>>,
+    /// Nodes whose persist batches wait (a slow disk) until released.
+    persist_held: BTreeSet<usize>,
+    persist_waiting: Vec<(usize, crate::work::PersistBatch)>,
     next_conn: u64,
 }
 
@@ -105,6 +126,9 @@ impl MemoryNet {
             links: BTreeMap::new(),
             slow_readers: BTreeSet::new(),
             held: Vec::new(),
+            persisted: vec![Vec::new(); count],
+            persist_held: BTreeSet::new(),
+            persist_waiting: Vec::new(),
             next_conn: 0,
         }
     }
@@ -158,6 +182,31 @@ impl MemoryNet {
         }
     }
 
+    /// Holds node `node`'s persist batches (`hold`), or completes every
+    /// batch held so far, in order, and stops holding.
+    pub fn hold_persist(&mut self, node: usize, hold: bool) {
+        if hold {
+            self.persist_held.insert(node);
+            return;
+        }
+        self.persist_held.remove(&node);
+        let (released, kept) = std::mem::take(&mut self.persist_waiting)
+            .into_iter()
+            .partition(|(index, _)| *index == node);
+        self.persist_waiting = kept;
+        for (index, batch) in released {
+            self.complete_persist(index, batch);
+        }
+    }
+
+    fn complete_persist(&mut self, index: usize, batch: crate::work::PersistBatch) {
+        self.persisted[index].extend(batch.blocks.iter().map(|(root, _)| *root));
+        self.in_flight.push_back(Delivery::Persisted {
+            to: index,
+            id: batch.id,
+        });
+    }
+
     /// Bytes held for slow readers.
     pub fn held_bytes(&self) -> usize {
         self.held.iter().map(|(.., bytes)| bytes.len()).sum()
@@ -196,6 +245,12 @@ impl MemoryNet {
                         );
                     }
                 }
+            }
+            Delivery::WorkDone { to, id, output } => {
+                self.handle(to, Input::WorkDone { id, output });
+            }
+            Delivery::Persisted { to, id } => {
+                self.handle(to, Input::Persisted { id });
             }
             Delivery::Written { to, conn, bytes } => {
                 if self.links.contains_key(&(to, conn)) {
@@ -327,6 +382,22 @@ impl MemoryNet {
                 }
             }
             Action::CancelDial { .. } => {}
+            Action::Work { id, job } => {
+                // Run at once; the answer queues behind what is in flight.
+                let output = job.run();
+                self.in_flight.push_back(Delivery::WorkDone {
+                    to: index,
+                    id,
+                    output,
+                });
+            }
+            Action::Persist(batch) => {
+                if self.persist_held.contains(&index) {
+                    self.persist_waiting.push((index, batch));
+                } else {
+                    self.complete_persist(index, batch);
+                }
+            }
             Action::Notify(notification) => self.notifications[index].push(notification),
         }
     }

@@ -263,6 +263,9 @@ impl MemoryPair {
             }
             Action::Notify(notification) if is_peer_chatter(&notification) => {}
             Action::Notify(other) => panic!("in-memory benchmark: unexpected {other:?}"),
+            Action::Work { .. } | Action::Persist(_) => {
+                panic!("in-memory handshake benchmark: nodes without a chain asked for {action:?}")
+            }
         }
     }
 }

@@ -1031,6 +1031,15 @@ impl Driver {
             }
             Action::Send { conn, bytes } => self.queue(conn.0, bytes),
             Action::Close { conn } => self.close(conn.0),
+            Action::Work { id, job } => {
+                // Inline for now: the worker pool takes these over.
+                let output = job.run();
+                self.feed(Input::WorkDone { id, output });
+            }
+            Action::Persist(batch) => {
+                // Not durable yet: the block store takes these over.
+                self.feed(Input::Persisted { id: batch.id });
+            }
             Action::Notify(notification) => self.notify(notification),
         }
     }
@@ -1127,6 +1136,16 @@ impl Driver {
             } => log::debug!("[{me:?}] gossip message {id:?} on {topic} from {from:?}"),
             Notification::PublishFailed { topic, error } => {
                 log::debug!("[{me:?}] publish on {topic} failed: {error}")
+            }
+            Notification::BlockImported { slot, root } => log::debug!(
+                "[{me:?}] imported block {:02x}{:02x}{:02x}{:02x} at slot {slot}",
+                root[0],
+                root[1],
+                root[2],
+                root[3]
+            ),
+            Notification::BodyRefused { bytes } => {
+                log::warn!("[{me:?}] block body of {bytes} bytes refused")
             }
             Notification::SubscribeFailed { topic, error } => {
                 log::debug!("[{me:?}] subscribe to {topic} failed: {error:?}")

@@ -49,9 +49,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 
+use meshsync_core::chain::{Root, SignedBlock};
 use meshsync_core::io::{CloseCause, DisconnectReason};
 use meshsync_core::metrics::Counters;
 use meshsync_core::reqresp::ProtocolId;
+use meshsync_core::work::{Job, PersistBatch, WorkId, WorkOutput};
 use meshsync_core::{
     Action, Command, Config, ConnId, DialId, Direction, Duration, Faults, Identity, Input, Instant,
     Node, Notification, Origin, PeerId,
@@ -110,6 +112,11 @@ pub struct SimConfig {
     /// unlimited). [`Sim::set_uplink`] and [`Sim::set_downlink`] change one node's.
     pub bandwidth_bytes_per_second: Option<u64>,
 }
+
+/// Fixed cost of one modelled disk write (a durable commit: an fsync).
+pub const DISK_WRITE_LATENCY: Duration = Duration::from_millis(2);
+/// Modelled disk write throughput.
+pub const DISK_WRITE_BYTES_PER_SECOND: u64 = 200_000_000;
 
 /// The default bandwidth of every node, each way: 50 Mbit/s.
 pub const BANDWIDTH_BYTES_PER_SECOND_DEFAULT: u64 = 50_000_000 / 8;
@@ -235,6 +242,19 @@ enum Event {
         conn: ConnId,
         cause: CloseCause,
     },
+    /// A job of `node`'s is done (if that life of the node still runs).
+    WorkDone {
+        node: NodeIndex,
+        incarnation: u32,
+        id: WorkId,
+        output: WorkOutput,
+    },
+    /// A persist batch of `node`'s reached its disk (if that life still runs).
+    Persisted {
+        node: NodeIndex,
+        incarnation: u32,
+        batch: PersistBatch,
+    },
     /// `node`'s driver wrote `bytes` of its sends on `conn` (they left its uplink).
     Written {
         node: NodeIndex,
@@ -276,6 +296,13 @@ struct SimNode {
     uplink_bytes_per_second: Option<u64>,
     /// When the uplink finishes sending what it was given so far.
     uplink_free_at: Instant,
+    /// When the node's modelled CPU finishes the jobs it was given.
+    cpu_free_at: Instant,
+    /// When the node's modelled disk finishes the writes it was given.
+    disk_free_at: Instant,
+    /// The node's disk: blocks whose persist batch completed. A restart
+    /// starts from these.
+    disk: BTreeMap<Root, SignedBlock>,
     /// Bytes per second the node can receive, if limited.
     downlink_bytes_per_second: Option<u64>,
     /// When the downlink finishes receiving what is on its way so far.
@@ -425,6 +452,9 @@ impl Sim {
             uplink_free_at: Instant::ZERO,
             downlink_bytes_per_second: self.config.bandwidth_bytes_per_second,
             downlink_free_at: Instant::ZERO,
+            cpu_free_at: Instant::ZERO,
+            disk_free_at: Instant::ZERO,
+            disk: BTreeMap::new(),
             timer_generation: 0,
             timer_at: None,
             dials: BTreeSet::new(),
@@ -556,6 +586,8 @@ impl Sim {
         state.notified_peers.clear();
         state.uplink_free_at = now;
         state.downlink_free_at = now;
+        state.cpu_free_at = now;
+        state.disk_free_at = now;
         if state.timer_at.take().is_some() {
             state.timer_generation += 1; // Invalidates the queued event.
         }
@@ -591,11 +623,14 @@ impl Sim {
         let state = self.node_state_mut(node);
         state.incarnation += 1;
         let seed = incarnation_seed(&state.node_seed, state.incarnation);
-        let fresh = Node::new(
-            state.config.clone(),
-            Identity::from_seed(state.identity_seed),
-            seed,
-        );
+        // What it had on disk, after what it was configured with at first.
+        let mut config = state.config.clone();
+        if !state.disk.is_empty() {
+            let mut stored = config.chain.stored.to_vec();
+            stored.extend(state.disk.values().cloned());
+            config.chain.stored = stored.into();
+        }
+        let fresh = Node::new(config, Identity::from_seed(state.identity_seed), seed);
         assert_eq!(
             fresh.peer_id(),
             state.peer_id,
@@ -1007,6 +1042,32 @@ impl Sim {
                     self.deliver(node, Input::ConnectionClosed { conn, cause });
                 }
             }
+            Event::WorkDone {
+                node,
+                incarnation,
+                id,
+                output,
+            } => {
+                if self.is_up(node) && self.node_state(node).incarnation == incarnation {
+                    self.deliver(node, Input::WorkDone { id, output });
+                }
+            }
+            Event::Persisted {
+                node,
+                incarnation,
+                batch,
+            } => {
+                if self.is_up(node) && self.node_state(node).incarnation == incarnation {
+                    let state = self.node_state_mut(node);
+                    for root in &batch.delete {
+                        state.disk.remove(root);
+                    }
+                    for (root, block) in batch.blocks {
+                        state.disk.insert(root, block);
+                    }
+                    self.deliver(node, Input::Persisted { id: batch.id });
+                }
+            }
             Event::Written { node, conn, bytes } => {
                 if self.network.endpoint_of(node, conn).is_some() {
                     self.deliver(node, Input::BytesWritten { conn, bytes });
@@ -1144,8 +1205,59 @@ impl Sim {
             }
             Action::Send { conn, bytes } => self.apply_send(index, conn, bytes),
             Action::Close { conn } => self.apply_close(index, conn),
+            Action::Work { id, job } => self.apply_work(index, id, job),
+            Action::Persist(batch) => self.apply_persist(index, batch),
             Action::Notify(notification) => self.record_notification(index, notification),
         }
+    }
+
+    /// Runs `job` now (its output is needed to be faithful) but answers only
+    /// once the node's one modelled CPU has spent [`Job::modelled_cost`] on
+    /// it, after the jobs before it.
+    fn apply_work(&mut self, index: NodeIndex, id: WorkId, job: Job) {
+        let now = self.now;
+        let cost = job.modelled_cost();
+        let output = job.run();
+        let state = self.node_state_mut(index);
+        let done = state.cpu_free_at.max(now) + cost;
+        state.cpu_free_at = done;
+        let incarnation = state.incarnation;
+        self.queue.push(
+            done,
+            Event::WorkDone {
+                node: index,
+                incarnation,
+                id,
+                output,
+            },
+        );
+    }
+
+    /// Writes `batch` to the node's modelled disk after [`DISK_WRITE_LATENCY`]
+    /// plus its bytes over [`DISK_WRITE_BYTES_PER_SECOND`], after the writes
+    /// before it. A crash before then loses it, as a killed process loses
+    /// an unfinished transaction.
+    fn apply_persist(&mut self, index: NodeIndex, batch: PersistBatch) {
+        let now = self.now;
+        let bytes: usize = batch
+            .blocks
+            .iter()
+            .map(|(_, block)| block.encoded_len())
+            .sum();
+        let state = self.node_state_mut(index);
+        let done = state.disk_free_at.max(now)
+            + DISK_WRITE_LATENCY
+            + transmit_time(bytes, DISK_WRITE_BYTES_PER_SECOND);
+        state.disk_free_at = done;
+        let incarnation = state.incarnation;
+        self.queue.push(
+            done,
+            Event::Persisted {
+                node: index,
+                incarnation,
+                batch,
+            },
+        );
     }
 
     fn apply_dial(&mut self, index: NodeIndex, dial: DialId, addr: SocketAddr) {
@@ -1394,6 +1506,8 @@ impl Sim {
             | Notification::IpUnbanned { .. }
             | Notification::ScoreRecovered { .. }
             | Notification::GossipMessage { .. }
+            | Notification::BlockImported { .. }
+            | Notification::BodyRefused { .. }
             | Notification::PublishFailed { .. }
             | Notification::SubscribeFailed { .. } => {}
         }

@@ -44,6 +44,8 @@ const TAG_CLOSE: u8 = 4;
 const TAG_NOTIFY: u8 = 5;
 const TAG_CRASH: u8 = 6;
 const TAG_RESTART: u8 = 7;
+const TAG_WORK: u8 = 8;
+const TAG_PERSIST: u8 = 9;
 
 /// Something the simulator did to a node from outside, hashed with the actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +85,33 @@ impl Trace {
             Action::Close { conn } => {
                 self.tag(TAG_CLOSE);
                 self.u64(conn.0);
+            }
+            Action::Work { id, job } => {
+                self.tag(TAG_WORK);
+                self.u64(id.0);
+                match job {
+                    meshsync_core::work::Job::VerifyBlocks { blocks, seed, .. } => {
+                        self.u64(blocks.len() as u64);
+                        for block in blocks {
+                            self.bytes(&block.root());
+                        }
+                        self.bytes(seed);
+                    }
+                }
+            }
+            Action::Persist(batch) => {
+                self.tag(TAG_PERSIST);
+                self.u64(batch.id);
+                self.u64(batch.blocks.len() as u64);
+                for (root, _) in &batch.blocks {
+                    self.bytes(root);
+                }
+                self.u64(batch.delete.len() as u64);
+                for root in &batch.delete {
+                    self.bytes(root);
+                }
+                self.bytes(&batch.finalized.root);
+                self.u64(batch.finalized.slot);
             }
             Action::Notify(notification) => {
                 self.tag(TAG_NOTIFY);

@@ -32,13 +32,43 @@ pub use verify::{
 /// Slot duration of a devnet genesis made by [`ChainConfig::devnet`].
 pub const DEVNET_SLOT_DURATION_MS: u64 = 2_000;
 
-/// What a node's chain starts from.
+/// Body bytes of the blocks a devnet proposer makes when the application
+/// gives none.
+pub const DEVNET_BODY_BYTES_DEFAULT: usize = 1_024;
+
+/// A proposer's BLS secret key, shared and never printed.
+#[derive(Clone)]
+pub struct ProposerKey(pub Arc<blst::min_pk::SecretKey>);
+
+impl PartialEq for ProposerKey {
+    fn eq(&self, other: &ProposerKey) -> bool {
+        self.0.sk_to_pk() == other.0.sk_to_pk()
+    }
+}
+
+impl Eq for ProposerKey {}
+
+impl std::fmt::Debug for ProposerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProposerKey(..)")
+    }
+}
+
+/// What a node's chain starts from, and how it takes part.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainConfig {
     /// The network's genesis; its network id must be the node's.
     pub genesis: Arc<Genesis>,
     /// Blocks the driver loaded from its store at start-up, any order.
     pub stored: Arc<[SignedBlock]>,
+    /// Keys we propose with (each must be a genesis proposer).
+    pub proposer_keys: Vec<ProposerKey>,
+    /// Body bytes of our blocks when the application queued no body.
+    pub body_bytes: usize,
+    /// Follow the chain by gossip: subscribe to the blocks topic, validate
+    /// and import what arrives there, publish what we produce. Off for a
+    /// node used only for its networking (most unit tests).
+    pub follow_gossip: bool,
 }
 
 impl ChainConfig {
@@ -57,6 +87,9 @@ impl ChainConfig {
         ChainConfig {
             genesis: Arc::new(genesis),
             stored: Arc::from(Vec::new()),
+            proposer_keys: Vec::new(),
+            body_bytes: DEVNET_BODY_BYTES_DEFAULT,
+            follow_gossip: false,
         }
     }
 

@@ -110,6 +110,10 @@ impl Node {
                 from,
             } => {
                 self.counters.gossip_messages_received += 1;
+                if self.chain_state.is_blocks_topic(&topic) {
+                    self.on_gossip_block(now, id, &payload, from);
+                    return;
+                }
                 self.notify(Notification::GossipMessage {
                     id,
                     topic,
@@ -211,6 +215,7 @@ impl Node {
     pub(super) fn gossip_deadline(&self) -> Option<Instant> {
         let gossip = &self.gossip;
         let idle = self.gossip_topics.is_empty()
+            && !self.gossip.is_subscribed(self.chain_state.blocks_topic())
             && gossip.seen_len() == 0
             && gossip.pending_len() == 0
             && gossip.mcache_len() == 0

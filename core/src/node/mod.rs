@@ -29,8 +29,11 @@
 //! Not provided (yet): range sync, gossip block validation and production
 //! (the chain is what the driver loaded at start-up).
 
+mod chain;
 mod gossip;
 mod rpc;
+
+pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -85,6 +88,9 @@ pub struct Config {
     pub peer: crate::peer::Config,
     /// The genesis and the blocks the driver loaded from its store.
     pub chain: ChainConfig,
+    /// Unix time, in milliseconds, at the driver's `Instant::ZERO`: how the
+    /// core tells slots from instants (the simulator: 0).
+    pub unix_ms_at_origin: u64,
     /// Deliberate misbehaviour, for hostile nodes in the simulator. All off by default.
     pub faults: Faults,
     /// The gossip router's mesh parameters.
@@ -118,6 +124,7 @@ impl Config {
             status_interval: STATUS_INTERVAL,
             peer: crate::peer::Config::default(),
             chain: ChainConfig::devnet(network_id),
+            unix_ms_at_origin: 0,
             faults: Faults::default(),
             gossip: crate::gossip::Config::default(),
         }
@@ -177,6 +184,7 @@ pub struct Node {
     /// Why we sent each request still open, by peer and request id.
     purposes: BTreeMap<(PeerId, crate::reqresp::RequestId), Purpose>,
     chain: ChainStore,
+    chain_state: self::chain::ChainState,
     metadata: Metadata,
     gossip: Gossip,
     /// The topics we are subscribed to (at most `gossip::router::TOPICS_MAX`).
@@ -303,12 +311,13 @@ impl Node {
         if config.faults.ignore_peer_quotas {
             outbound_config = rpc::flooding_outbound_config(outbound_config);
         }
-        Node {
+        let mut node = Node {
             peer_manager: PeerManager::new(config.peer, peer_manager_seed),
             outbound: OutboundRequests::new(outbound_config),
             inbound: InboundRequests::new(InboundConfig::default()),
             purposes: BTreeMap::new(),
             chain,
+            chain_state: self::chain::ChainState::new(&config),
             metadata: Metadata {
                 seq: 0,
                 topics: Vec::new(),
@@ -329,7 +338,9 @@ impl Node {
             counters: Counters::default(),
             last_now: Instant::ZERO,
             shutting_down: false,
-        }
+        };
+        node.start_chain(Instant::ZERO);
+        node
     }
 
     /// Our identity.
@@ -401,6 +412,8 @@ impl Node {
             Input::ConnectionClosed { conn, cause } => self.on_connection_closed(now, conn, cause),
             Input::DialFailed { dial, error } => self.on_dial_failed(now, dial, error),
             Input::BytesWritten { conn, bytes } => self.on_bytes_written(conn, bytes),
+            Input::WorkDone { id, output } => self.on_work_done(now, id, output),
+            Input::Persisted { id } => self.on_persisted(id),
             Input::Timeout => self.on_timeout(now),
             Input::Command(command) => self.on_command(now, command),
         }
@@ -432,6 +445,7 @@ impl Node {
             self.outbound.next_deadline(),
             self.inbound.next_deadline(),
             self.gossip_deadline(),
+            self.chain_state.next_deadline(self.last_now),
         ];
         dials
             .chain(connections)
@@ -475,6 +489,12 @@ impl Node {
             Command::Subscribe { topic } => self.gossip_subscribe(now, topic),
             Command::Unsubscribe { topic } => self.gossip_unsubscribe(now, topic),
             Command::Publish { topic, payload } => self.gossip_publish(now, topic, &payload),
+            Command::ProposeBody { body } => {
+                let bytes = body.len();
+                if !self.queue_body(body) {
+                    self.notify(Notification::BodyRefused { bytes });
+                }
+            }
             Command::ValidateGossip { id, verdict } => self.gossip_validate(now, id, verdict),
         }
     }
@@ -911,6 +931,7 @@ impl Node {
     }
 
     fn on_timeout(&mut self, now: Instant) {
+        self.chain_tick(now);
         let expired_dials: Vec<DialId> = self
             .dials
             .iter()

@@ -253,7 +253,7 @@ impl Node {
                 if !self.on_peer_status(now, peer, theirs) {
                     return; // Disconnected for its network.
                 }
-                Answer::Chunks(vec![self.chain.status().encode()])
+                Answer::Chunks(vec![self.our_status().encode()])
             }
             ProtocolId::Ping => {
                 if let Ok(ping) = Ping::decode(body) {
@@ -524,7 +524,7 @@ impl Node {
 
     /// Sends our Status to `peer` (its answer carries its own).
     pub(super) fn request_status(&mut self, now: Instant, peer: PeerId) {
-        let body = self.chain.status().encode();
+        let body = self.our_status().encode();
         // A refusal (queue full) is logged by `request`; the next interval retries.
         let _ = self.request(now, peer, ProtocolId::Status, body, Purpose::Status);
     }
