@@ -940,9 +940,7 @@ impl RangeSync {
             _ => None,
         });
         let wait = match self.mode {
-            Mode::AwaitingPeers { since } if self.config.peers_min > 1 => {
-                Some(since + self.config.peers_wait)
-            }
+            Mode::AwaitingPeers { since } => Some(since + self.config.peers_wait),
             _ => None,
         };
         let progress = match self.mode {
@@ -1017,7 +1015,11 @@ impl RangeSync {
                         return;
                     }
                     if self.batches.is_empty() {
-                        self.next_start = self.local.finalized_slot + 1;
+                        // Resume where the last round stopped if our chain
+                        // still reaches there, never below finality.
+                        self.next_start = self
+                            .next_start
+                            .clamp(self.local.finalized_slot + 1, self.local.head_slot + 1);
                     }
                     self.mode = Mode::AwaitingPeers { since: now };
                 }
@@ -1032,14 +1034,24 @@ impl RangeSync {
                         }
                         continue;
                     }
+                    if suitable == 0 && waited {
+                        // No peer to resume with for a whole wait: let the
+                        // buffered batches go (imports keep what they had).
+                        self.drop_round_work();
+                    }
                     if !far_behind && self.batches.is_empty() {
                         self.mode = Mode::Idle;
+                        self.progress.last_at = None;
                     }
                     return;
                 }
                 Mode::Syncing => {
                     let Some(best) = best else {
-                        self.mode = Mode::AwaitingPeers { since: now };
+                        // Done, or every suitable peer left: keep the
+                        // batches and wait for peers to come back.
+                        if self.round_has_work() {
+                            self.mode = Mode::AwaitingPeers { since: now };
+                        }
                         return;
                     };
                     self.target_slot = best;
@@ -1048,6 +1060,11 @@ impl RangeSync {
                 }
             }
         }
+    }
+
+    /// Whether the round still has slots to fetch or batches to import.
+    fn round_has_work(&self) -> bool {
+        !self.batches.is_empty() || self.next_start <= self.target_slot
     }
 
     /// Queued batches above the target (its claimant left or went stale)
@@ -1069,17 +1086,15 @@ impl RangeSync {
     /// called from `poll`, after the caller has fed both the import result
     /// and our new head.
     fn check_round_end(&mut self) {
-        if self.mode != Mode::Syncing
-            || !self.batches.is_empty()
-            || self.next_start <= self.target_slot
-        {
+        if self.mode != Mode::Syncing || self.round_has_work() {
             return;
         }
         let reach = self
             .local
             .head_slot
             .saturating_add(self.config.sync_distance_slots);
-        if self.best_head().is_some_and(|head| head > reach) {
+        let best = self.best_head();
+        if best.is_some_and(|head| head > self.local.head_slot) {
             // Empty answers at the end of the round may have hidden the
             // rest: fetch them once more from other peers first.
             let next_start = self.next_start;
@@ -1093,6 +1108,8 @@ impl RangeSync {
                     return;
                 }
             }
+        }
+        if best.is_some_and(|head| head > reach) {
             // The peers claiming more did not deliver it: ignore their
             // claims until they send a new Status.
             for state in self.peers.values_mut() {
@@ -1121,6 +1138,13 @@ impl RangeSync {
                 state.stale = true;
             }
         }
+        self.drop_round_work();
+        self.mode = Mode::AwaitingPeers { since: now };
+    }
+
+    /// Drops every batch but the one being imported; the next round starts
+    /// above it or above finality.
+    fn drop_round_work(&mut self) {
         let starts: Vec<u64> = self.batches.keys().copied().collect();
         let mut kept_end = self.local.finalized_slot + 1;
         for start in starts {
@@ -1133,7 +1157,6 @@ impl RangeSync {
         }
         self.history.clear();
         self.next_start = kept_end;
-        self.mode = Mode::AwaitingPeers { since: now };
     }
 
     // --- Outputs ------------------------------------------------------------------
@@ -1635,4 +1658,598 @@ fn fingerprint(block: &SignedBlock) -> [u8; 32] {
     hasher.update(block.signature);
     hasher.update(&block.body);
     hasher.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::block::{body_root, BlockHeader};
+    use crate::chain::{devnet_keys, sign_block, verify_batch_locating, ChainStore, Genesis};
+    use crate::chain::{ImportOutcome, Imported};
+    use blst::min_pk::SecretKey;
+    use std::sync::OnceLock;
+
+    /// Blocks on the shared test chain: one per slot from 1.
+    const CHAIN_SLOTS: u64 = 200;
+    const LATENCY: Duration = Duration::from_millis(300);
+    const STEPS_MAX: usize = 20_000;
+
+    struct Fixture {
+        genesis: Genesis,
+        keys: Vec<SecretKey>,
+        blocks: Vec<SignedBlock>,
+    }
+
+    /// One signed chain shared by every test: signing costs about a millisecond a block.
+    fn fixture() -> &'static Fixture {
+        static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+        FIXTURE.get_or_init(|| {
+            let keys = devnet_keys(7, 2);
+            let public = keys.iter().map(SecretKey::sk_to_pk).collect();
+            let genesis = Genesis::new(5, 0, 1_000, public, 64).unwrap();
+            let blocks = crate::chain::verify::signed_chain(
+                &genesis,
+                &keys,
+                genesis.root(),
+                1,
+                CHAIN_SLOTS as usize,
+                64,
+            );
+            Fixture {
+                genesis,
+                keys,
+                blocks,
+            }
+        })
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum Behaviour {
+        Honest,
+        /// Serves the first block of each answer with another block's signature.
+        BadSignature,
+        /// Leaves out the second block of each answer (breaks the links).
+        WrongParent,
+        /// Adds a block from past the requested range.
+        OutOfRange,
+        /// Answers every request with no blocks.
+        Empty,
+        /// Never answers.
+        Silent,
+    }
+
+    fn peer_id(index: u8) -> PeerId {
+        PeerId::from_bytes([index; 32])
+    }
+
+    fn status(head_slot: u64) -> PeerChain {
+        let fixture = fixture();
+        let finalized_slot = head_slot.saturating_sub(64);
+        let root_at = |slot: u64| match slot {
+            0 => fixture.genesis.root(),
+            slot => fixture.blocks[slot as usize - 1].root(),
+        };
+        PeerChain {
+            head_slot,
+            head_root: root_at(head_slot),
+            finalized_slot,
+            finalized_root: root_at(finalized_slot),
+        }
+    }
+
+    enum Event {
+        Response(PeerId, BatchId, Result<Vec<SignedBlock>, FetchError>),
+        Verified(BatchId, Result<(), Vec<usize>>),
+    }
+
+    struct Harness {
+        sync: RangeSync,
+        store: ChainStore,
+        behaviours: BTreeMap<PeerId, Behaviour>,
+        now: Instant,
+        events: Vec<(Instant, u64, Event)>,
+        sequence: u64,
+        verify_delay: Duration,
+        actions: Vec<String>,
+        penalties: Vec<(PeerId, PenaltyReason)>,
+        requests: Vec<(Instant, PeerId, u64, u64)>,
+        synced: Option<u64>,
+        last_new_slot: u64,
+        last_progress: Option<Instant>,
+        rng: ChaCha20Rng,
+    }
+
+    impl Harness {
+        fn new(config: SyncConfig, seed: u8) -> Harness {
+            Harness {
+                sync: RangeSync::new(config, [seed; 32]),
+                store: ChainStore::new(&fixture().genesis),
+                behaviours: BTreeMap::new(),
+                now: Instant::from_micros(1_000_000),
+                events: Vec::new(),
+                sequence: 0,
+                verify_delay: Duration::ZERO,
+                actions: Vec::new(),
+                penalties: Vec::new(),
+                requests: Vec::new(),
+                synced: None,
+                last_new_slot: 0,
+                last_progress: None,
+                rng: ChaCha20Rng::from_seed([seed; 32]),
+            }
+        }
+
+        fn add_peer(&mut self, index: u8, behaviour: Behaviour, head_slot: u64) {
+            let peer = peer_id(index);
+            self.behaviours.insert(peer, behaviour);
+            self.sync
+                .on_peer_status(self.now, peer, status(head_slot), Score::ZERO);
+            self.drain();
+        }
+
+        fn remove_peer(&mut self, index: u8) {
+            let peer = peer_id(index);
+            self.behaviours.remove(&peer);
+            self.events
+                .retain(|(_, _, event)| !matches!(event, Event::Response(p, ..) if *p == peer));
+            self.sync.on_peer_gone(self.now, peer);
+            self.drain();
+        }
+
+        fn schedule(&mut self, delay: Duration, event: Event) {
+            self.sequence += 1;
+            self.events.push((self.now + delay, self.sequence, event));
+        }
+
+        fn head(&self) -> u64 {
+            self.store.head().slot
+        }
+
+        /// Answers a request as the peer's behaviour says.
+        fn answer(&self, peer: PeerId, start: u64, count: u64) -> Option<Vec<SignedBlock>> {
+            let chain = &fixture().blocks;
+            let mut blocks: Vec<SignedBlock> = chain
+                .iter()
+                .filter(|block| block.slot() >= start && block.slot() < start + count)
+                .cloned()
+                .collect();
+            match self.behaviours[&peer] {
+                Behaviour::Honest => {}
+                Behaviour::BadSignature => {
+                    if let Some(first) = blocks.first_mut() {
+                        let other = &chain[(first.slot() as usize) % chain.len()];
+                        first.signature = other.signature;
+                    }
+                }
+                Behaviour::WrongParent => {
+                    if blocks.len() >= 3 {
+                        blocks.remove(1);
+                    }
+                }
+                Behaviour::OutOfRange => {
+                    if let Some(next) = chain.get((start + count) as usize - 1) {
+                        blocks.push(next.clone());
+                    }
+                }
+                Behaviour::Empty => blocks.clear(),
+                Behaviour::Silent => return None,
+            }
+            Some(blocks)
+        }
+
+        /// Drains the sync's actions, carrying each out; checks the bounds after each.
+        fn drain(&mut self) {
+            while let Some(action) = self.sync.poll(self.now) {
+                self.sync.assert_invariants();
+                self.actions
+                    .push(format!("{:?} {}", self.now, describe(&action)));
+                match action {
+                    SyncAction::Request {
+                        batch,
+                        peer,
+                        start_slot,
+                        count,
+                    } => {
+                        assert!((1..=BLOCKS_PER_RANGE_REQUEST_MAX).contains(&count));
+                        assert!(self.sync.requests_in_flight_to(&peer) <= REQUESTS_PER_PEER_MAX);
+                        assert!(self.sync.requests_in_flight() <= REQUESTS_MAX);
+                        self.requests.push((self.now, peer, start_slot, count));
+                        if let Some(blocks) = self.answer(peer, start_slot, count) {
+                            self.schedule(LATENCY, Event::Response(peer, batch, Ok(blocks)));
+                        } else {
+                            // The req/resp layer reports the timeout after 10 s.
+                            let timeout = Duration::from_secs(10);
+                            let failure = Err(FetchError::Timeout);
+                            self.schedule(timeout, Event::Response(peer, batch, failure));
+                        }
+                    }
+                    SyncAction::Verify { batch, blocks } => {
+                        let result =
+                            verify_batch_locating(&fixture().genesis, &blocks, &mut self.rng);
+                        self.schedule(self.verify_delay, Event::Verified(batch, result));
+                    }
+                    SyncAction::Import { batch, blocks } => {
+                        let mut result = Ok(());
+                        for (index, block) in blocks.into_iter().enumerate() {
+                            let slot = block.slot();
+                            match self.store.import(block) {
+                                Ok(ImportOutcome::Imported(Imported { .. })) => {
+                                    assert!(slot > self.last_new_slot, "imports out of order");
+                                    self.last_new_slot = slot;
+                                }
+                                Ok(ImportOutcome::AlreadyKnown { .. }) => {}
+                                Err(error) => {
+                                    result = Err(BatchImportError { index, error });
+                                    break;
+                                }
+                            }
+                        }
+                        self.sync.on_imported(self.now, batch, result);
+                        let (head, finalized) = (self.store.head(), self.store.finalized());
+                        self.sync
+                            .on_local_chain(self.now, head.slot, head.root, finalized.slot);
+                    }
+                    SyncAction::Penalise { peer, reason } => self.penalties.push((peer, reason)),
+                    SyncAction::Progress(progress) => {
+                        assert_eq!(progress.head_slot, self.head());
+                        self.last_progress = Some(self.now);
+                    }
+                    SyncAction::Synced { head_slot } => {
+                        self.synced = Some(head_slot);
+                        self.last_progress = None;
+                    }
+                }
+                self.sync.assert_invariants();
+            }
+            if self.sync.is_syncing() {
+                let last = self.last_progress.expect("progress is reported at once");
+                assert!(
+                    self.now.saturating_duration_since(last) <= PROGRESS_INTERVAL,
+                    "no progress since {last:?} at {:?}",
+                    self.now
+                );
+            }
+        }
+
+        /// Moves to the next event or deadline and handles it.
+        fn step(&mut self) -> bool {
+            let next_event = self.events.iter().map(|(at, seq, _)| (*at, *seq)).min();
+            let deadline = self.sync.next_deadline();
+            let at = match (next_event, deadline) {
+                (None, None) => return false,
+                (Some((at, _)), None) => at,
+                (None, Some(deadline)) => deadline,
+                (Some((at, _)), Some(deadline)) => at.min(deadline),
+            };
+            self.now = self.now.max(at);
+            if let Some((_, seq)) = next_event.filter(|(event_at, _)| *event_at <= self.now) {
+                let index = self.events.iter().position(|e| e.1 == seq).unwrap();
+                let (_, _, event) = self.events.remove(index);
+                match event {
+                    Event::Response(_, batch, result) => {
+                        self.sync.on_response(self.now, batch, result)
+                    }
+                    Event::Verified(batch, result) => {
+                        self.sync.on_verified(self.now, batch, result)
+                    }
+                }
+            } else {
+                self.sync.on_timer(self.now);
+            }
+            self.sync.assert_invariants();
+            self.drain();
+            true
+        }
+
+        fn run_until(&mut self, done: impl Fn(&Harness) -> bool) {
+            for _ in 0..STEPS_MAX {
+                if done(self) {
+                    return;
+                }
+                assert!(
+                    self.step(),
+                    "stalled at head {} ({:?} next {} target {} batches {}): {:#?}",
+                    self.head(),
+                    self.sync.mode,
+                    self.sync.next_start,
+                    self.sync.target_slot,
+                    self.sync.batches.len(),
+                    &self.actions[self.actions.len().saturating_sub(12)..]
+                );
+            }
+            panic!(
+                "not done after {STEPS_MAX} steps, head {} ({:?} next {} target {}): {:#?}",
+                self.head(),
+                self.sync.mode,
+                self.sync.next_start,
+                self.sync.target_slot,
+                &self.actions[self.actions.len().saturating_sub(12)..]
+            );
+        }
+    }
+
+    /// One line per action, blocks as their slots (a block's Debug is long).
+    fn describe(action: &SyncAction) -> String {
+        let slots = |blocks: &[SignedBlock]| -> String {
+            match (blocks.first(), blocks.last()) {
+                (Some(first), Some(last)) => {
+                    format!("{} blocks {}..={}", blocks.len(), first.slot(), last.slot())
+                }
+                _ => "no blocks".to_string(),
+            }
+        };
+        match action {
+            SyncAction::Verify { batch, blocks } => format!("Verify {batch:?} {}", slots(blocks)),
+            SyncAction::Import { batch, blocks } => format!("Import {batch:?} {}", slots(blocks)),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn config(peers_min: usize) -> SyncConfig {
+        SyncConfig {
+            peers_min,
+            ..SyncConfig::default()
+        }
+    }
+
+    fn penalised(harness: &Harness, index: u8) -> Vec<PenaltyReason> {
+        harness
+            .penalties
+            .iter()
+            .filter(|(peer, _)| *peer == peer_id(index))
+            .map(|(_, reason)| *reason)
+            .collect()
+    }
+
+    #[test]
+    fn syncs_to_the_target_in_slot_order_within_bounds() {
+        let mut harness = Harness::new(config(3), 1);
+        for index in 1..=3 {
+            harness.add_peer(index, Behaviour::Honest, CHAIN_SLOTS);
+        }
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        assert_eq!(harness.synced, Some(CHAIN_SLOTS));
+        assert!(harness.penalties.is_empty());
+        let counters = harness.sync.counters();
+        assert_eq!(counters.blocks_imported, CHAIN_SLOTS);
+        assert!(
+            counters.requests_in_flight_max > 1,
+            "requests run in parallel"
+        );
+        assert!(counters.requests_in_flight_max <= 3 * REQUESTS_PER_PEER_MAX);
+        // Every peer served.
+        for index in 1..=3 {
+            assert!(harness.requests.iter().any(|r| r.1 == peer_id(index)));
+        }
+        assert!(!harness.sync.is_syncing());
+        assert_eq!(harness.sync.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn stays_idle_within_sync_distance() {
+        let mut harness = Harness::new(config(1), 2);
+        harness.add_peer(1, Behaviour::Honest, SYNC_DISTANCE_SLOTS);
+        assert!(!harness.sync.is_syncing());
+        assert!(harness.requests.is_empty());
+        harness.add_peer(2, Behaviour::Honest, SYNC_DISTANCE_SLOTS + 1);
+        assert!(harness.sync.is_syncing());
+        assert_eq!(harness.requests.len(), 1);
+    }
+
+    #[test]
+    fn waits_for_peers_then_settles_for_one() {
+        let mut harness = Harness::new(config(3), 3);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        assert!(harness.sync.is_syncing());
+        assert!(harness.requests.is_empty());
+        let started = harness.now;
+        harness.run_until(|h| !h.requests.is_empty());
+        assert_eq!(
+            harness.requests[0].0,
+            started + SYNC_PEERS_WAIT,
+            "one peer is enough after the wait"
+        );
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+    }
+
+    #[test]
+    fn bad_signature_penalises_only_its_sender_and_is_never_imported() {
+        let mut harness = Harness::new(config(2), 4);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.add_peer(2, Behaviour::BadSignature, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        assert!(penalised(&harness, 1).is_empty());
+        let bad = penalised(&harness, 2);
+        assert!(!bad.is_empty());
+        assert!(bad
+            .iter()
+            .all(|reason| *reason == PenaltyReason::InvalidBlock));
+        assert!(harness.sync.counters().batches_failed >= 1);
+        // Every stored block is the genuine one.
+        for block in &fixture().blocks {
+            let stored = harness.store.block_by_root(&block.root()).unwrap();
+            assert_eq!(stored.signature, block.signature);
+        }
+    }
+
+    #[test]
+    fn broken_answers_are_refused_before_verification() {
+        let mut harness = Harness::new(config(3), 5);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.add_peer(2, Behaviour::WrongParent, CHAIN_SLOTS);
+        harness.add_peer(3, Behaviour::OutOfRange, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        assert!(penalised(&harness, 1).is_empty());
+        let wrong = penalised(&harness, 2);
+        assert!(!wrong.is_empty());
+        assert!(wrong
+            .iter()
+            .all(|r| *r == PenaltyReason::WrongParentLinkage));
+        let outside = penalised(&harness, 3);
+        assert!(!outside.is_empty());
+        assert!(outside.iter().all(|r| *r == PenaltyReason::OutOfRange));
+        let counters = harness.sync.counters();
+        assert_eq!(counters.batches_failed, 0, "refused before verification");
+        assert!(counters.responses_refused >= 2);
+    }
+
+    #[test]
+    fn empty_answers_are_disproved_by_a_second_download() {
+        let mut harness = Harness::new(config(2), 6);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.add_peer(2, Behaviour::Empty, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(
+            harness.head(),
+            CHAIN_SLOTS,
+            "the withheld blocks were found"
+        );
+        assert!(penalised(&harness, 1).is_empty());
+        let liar = penalised(&harness, 2);
+        assert!(liar.contains(&PenaltyReason::EmptyAnswerDisproved));
+    }
+
+    #[test]
+    fn timeouts_move_the_batch_to_another_peer() {
+        let mut harness = Harness::new(config(2), 7);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.add_peer(2, Behaviour::Silent, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        assert!(
+            harness.penalties.is_empty(),
+            "timeouts are the req/resp layer's to score"
+        );
+        assert!(harness.sync.counters().requests_failed >= 1);
+        // The silent peer's window shrank: after its first timeouts it is
+        // asked for at most one batch at a time.
+        let silent = harness
+            .requests
+            .iter()
+            .filter(|r| r.1 == peer_id(2))
+            .count();
+        assert!(
+            silent <= REQUESTS_PER_PEER_MAX + 4,
+            "{silent} requests to a silent peer"
+        );
+    }
+
+    #[test]
+    fn peers_gone_keeps_progress_and_resumes() {
+        // One small request at a time, so the round is still going at slot 64.
+        let config = SyncConfig {
+            peers_min: 1,
+            batch_slots_max: 16,
+            batch_slots_min: 8,
+            requests_per_peer_max: 1,
+            ..SyncConfig::default()
+        };
+        let mut harness = Harness::new(config, 8);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.run_until(|h| h.head() >= 64);
+        harness.remove_peer(1);
+        let head = harness.head();
+        let requests = harness.requests.len();
+        // Less than SYNC_PEERS_WAIT: the round waits with its batches.
+        while harness.now < Instant::from_micros(20_000_000) {
+            harness.step();
+        }
+        assert_eq!(harness.requests.len(), requests, "no peer, no request");
+        assert!(harness.sync.is_syncing());
+        assert!(harness.head() >= head, "nothing lost");
+        let resumed_from = harness.head();
+        harness.add_peer(2, Behaviour::Honest, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        assert!(
+            harness.requests[requests..]
+                .iter()
+                .all(|r| r.2 > resumed_from),
+            "imported slots are not fetched again"
+        );
+    }
+
+    #[test]
+    fn buffer_stays_bounded_when_verification_is_slow() {
+        // Four batches of about 15 KiB, room for two.
+        let block_bytes_max = 256;
+        let buffer_bytes_max = 2 * BATCH_SLOTS as usize * block_bytes_max;
+        let config = SyncConfig {
+            peers_min: 1,
+            block_bytes_max,
+            buffer_bytes_max,
+            verifications_max: 1,
+            ..SyncConfig::default()
+        };
+        let mut harness = Harness::new(config, 9);
+        harness.verify_delay = Duration::from_secs(2);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.add_peer(2, Behaviour::Honest, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        let counters = harness.sync.counters();
+        assert!(counters.buffered_bytes_max <= buffer_bytes_max);
+        assert!(
+            counters.buffered_bytes_max > buffer_bytes_max / 2,
+            "the buffer was used: {counters:?}"
+        );
+    }
+
+    #[test]
+    fn same_seed_same_actions() {
+        let run = |seed: u8| {
+            let mut harness = Harness::new(config(3), seed);
+            harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+            harness.add_peer(2, Behaviour::Empty, CHAIN_SLOTS);
+            harness.add_peer(3, Behaviour::BadSignature, CHAIN_SLOTS);
+            harness.run_until(|h| h.synced.is_some());
+            harness.actions
+        };
+        let first = run(10);
+        assert_eq!(first, run(10));
+        assert!(first.len() > 10);
+    }
+
+    #[test]
+    fn a_head_nobody_can_serve_ends_the_round() {
+        let mut harness = Harness::new(config(1), 11);
+        harness.add_peer(1, Behaviour::Honest, 100);
+        // Claims far more than the chain has.
+        harness.behaviours.insert(peer_id(2), Behaviour::Honest);
+        let mut claim = status(100);
+        claim.head_slot = 10_000;
+        harness
+            .sync
+            .on_peer_status(harness.now, peer_id(2), claim, Score::ZERO);
+        harness.drain();
+        // Once past slot 100 no peer is suitable (peer 2's finalized slot
+        // is behind ours): the round ends after one wait.
+        harness.run_until(|h| h.head() == CHAIN_SLOTS && !h.sync.is_syncing());
+        assert!(harness.now < Instant::from_micros(60_000_000));
+        assert!(harness.sync.counters().requests_sent < 200);
+        assert_eq!(harness.sync.next_deadline(), None, "nothing left to do");
+    }
+
+    #[test]
+    fn header_fields_of_a_forged_block_do_not_block_the_real_one() {
+        // The bad copy of block 1 has its root but not its signature.
+        let fixture = fixture();
+        let real = fixture.blocks[0].clone();
+        let forged = SignedBlock {
+            signature: fixture.blocks[1].signature,
+            ..real.clone()
+        };
+        assert_eq!(forged.root(), real.root());
+        assert_ne!(fingerprint(&forged), fingerprint(&real));
+        let header = BlockHeader {
+            body_root: body_root(b"x"),
+            ..real.header
+        };
+        let other = sign_block(&fixture.keys[1], 5, header, b"x".to_vec());
+        assert_ne!(fingerprint(&other), fingerprint(&real));
+    }
 }
