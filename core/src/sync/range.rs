@@ -926,7 +926,11 @@ impl RangeSync {
                 _ => None,
             })
             .collect();
-        for (_, start, peer) in expired {
+        for (id, _, _) in expired {
+            // An earlier timeout may have ended the round and its batches.
+            let Some((start, peer, _)) = self.downloading(id) else {
+                continue;
+            };
             self.counters.requests_failed += 1;
             self.on_request_failed(start, peer, FetchError::Timeout);
         }
