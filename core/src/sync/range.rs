@@ -1718,6 +1718,8 @@ mod tests {
         OutOfRange,
         /// Answers every request with no blocks.
         Empty,
+        /// Leaves out the second half of every answer.
+        Withhold,
         /// Never answers.
         Silent,
     }
@@ -1836,6 +1838,7 @@ mod tests {
                     }
                 }
                 Behaviour::Empty => blocks.clear(),
+                Behaviour::Withhold => blocks.truncate(blocks.len() / 2),
                 Behaviour::Silent => return None,
             }
             Some(blocks)
@@ -2118,6 +2121,51 @@ mod tests {
     }
 
     #[test]
+    fn withheld_blocks_are_found_and_only_the_withholder_penalised() {
+        let mut harness = Harness::new(config(2), 12);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.add_peer(2, Behaviour::Withhold, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert!(harness.head() + SYNC_DISTANCE_SLOTS >= CHAIN_SLOTS);
+        assert!(penalised(&harness, 1).is_empty());
+        assert!(penalised(&harness, 2).contains(&PenaltyReason::BlocksWithheld));
+        assert!(
+            harness.sync.counters().imports_failed >= 1,
+            "a batch did not link"
+        );
+    }
+
+    #[test]
+    fn requests_stay_within_the_per_peer_and_overall_caps() {
+        // Small batches, so there are more batches than request slots.
+        let small = SyncConfig {
+            peers_min: 1,
+            batch_slots_max: 8,
+            batch_slots_min: 8,
+            ..SyncConfig::default()
+        };
+        let mut one = Harness::new(small.clone(), 13);
+        one.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        one.run_until(|h| h.synced.is_some());
+        assert_eq!(
+            one.sync.counters().requests_in_flight_max,
+            REQUESTS_PER_PEER_MAX
+        );
+
+        let capped = SyncConfig {
+            requests_max: 6,
+            ..small
+        };
+        let mut three = Harness::new(capped, 14);
+        for index in 1..=3 {
+            three.add_peer(index, Behaviour::Honest, CHAIN_SLOTS);
+        }
+        three.run_until(|h| h.synced.is_some());
+        assert_eq!(three.head(), CHAIN_SLOTS);
+        assert_eq!(three.sync.counters().requests_in_flight_max, 6);
+    }
+
+    #[test]
     fn timeouts_move_the_batch_to_another_peer() {
         let mut harness = Harness::new(config(2), 7);
         harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
@@ -2209,7 +2257,7 @@ mod tests {
             let mut harness = Harness::new(config(3), seed);
             harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
             harness.add_peer(2, Behaviour::Empty, CHAIN_SLOTS);
-            harness.add_peer(3, Behaviour::BadSignature, CHAIN_SLOTS);
+            harness.add_peer(3, Behaviour::WrongParent, CHAIN_SLOTS);
             harness.run_until(|h| h.synced.is_some());
             harness.actions
         };
