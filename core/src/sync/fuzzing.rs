@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use crate::chain::block::{body_root, BlockHeader, SIGNATURE_BYTES};
-use crate::chain::{ImportError, Root, SignedBlock};
+use crate::chain::{Checkpoint, ImportError, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::peer::score::Score;
 use crate::time::{Duration, Instant};
@@ -161,7 +161,15 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
             2 => {
                 let head_slot = u64::from(bytes.u16());
                 let finalized_slot = head_slot.saturating_sub(u64::from(bytes.u8()));
-                sync.on_local_chain(now, head_slot, [1; 32], finalized_slot);
+                let head = Checkpoint {
+                    root: [1; 32],
+                    slot: head_slot,
+                };
+                let finalized = Checkpoint {
+                    root: [bytes.u8() % 2; 32],
+                    slot: finalized_slot,
+                };
+                sync.on_local_chain(now, head, finalized);
             }
             3 => {
                 let Some((&batch, &(start, count))) = requests

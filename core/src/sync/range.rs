@@ -83,7 +83,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::chain::{ImportError, Root, SignedBlock};
+use crate::chain::{Checkpoint, ImportError, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::peer::score::Score;
 use crate::reqresp::limits::{BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX};
@@ -502,6 +502,8 @@ struct ImportedBatch {
 struct LocalChain {
     head_slot: u64,
     finalized_slot: u64,
+    /// Unknown until the first `on_local_chain`: peers are then compared by slot only.
+    finalized_root: Option<Root>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -569,6 +571,7 @@ impl RangeSync {
             local: LocalChain {
                 head_slot: 0,
                 finalized_slot: 0,
+                finalized_root: None,
             },
             peers: BTreeMap::new(),
             batches: BTreeMap::new(),
@@ -745,21 +748,14 @@ impl RangeSync {
         self.update_mode(now);
     }
 
-    /// Our chain after an import (from sync or gossip).
-    pub fn on_local_chain(
-        &mut self,
-        now: Instant,
-        head_slot: u64,
-        head_root: Root,
-        finalized_slot: u64,
-    ) {
+    /// Our chain after an import (from sync or gossip): the chain store's
+    /// head and finalized checkpoints.
+    pub fn on_local_chain(&mut self, now: Instant, head: Checkpoint, finalized: Checkpoint) {
         self.advance(now);
-        // Not needed yet: every round starts from our finalized slot, and
-        // the chain store answers which blocks are already known.
-        let _ = head_root;
         self.local = LocalChain {
-            head_slot,
-            finalized_slot,
+            head_slot: head.slot,
+            finalized_slot: finalized.slot,
+            finalized_root: Some(finalized.root),
         };
         self.update_mode(now);
     }
@@ -984,10 +980,16 @@ impl RangeSync {
         self.last_now = self.last_now.max(now);
     }
 
-    /// Whether `state` can serve a round from our chain.
+    /// Whether `state` can serve a round from our chain: ahead of us, and
+    /// finalized on our checkpoint or further along.
     fn is_suitable(&self, state: &PeerState) -> bool {
+        let same_finality = state.chain.finalized_slot == self.local.finalized_slot
+            && self
+                .local
+                .finalized_root
+                .is_none_or(|root| root == state.chain.finalized_root);
         !state.stale
-            && state.chain.finalized_slot >= self.local.finalized_slot
+            && (state.chain.finalized_slot > self.local.finalized_slot || same_finality)
             && state.chain.head_slot > self.local.head_slot
     }
 
@@ -1893,8 +1895,7 @@ mod tests {
                         }
                         self.sync.on_imported(self.now, batch, result);
                         let (head, finalized) = (self.store.head(), self.store.finalized());
-                        self.sync
-                            .on_local_chain(self.now, head.slot, head.root, finalized.slot);
+                        self.sync.on_local_chain(self.now, head, finalized);
                     }
                     SyncAction::Penalise { peer, reason } => self.penalties.push((peer, reason)),
                     SyncAction::Progress(progress) => {
@@ -2039,6 +2040,20 @@ mod tests {
         harness.add_peer(1, Behaviour::Honest, SYNC_DISTANCE_SLOTS);
         assert!(!harness.sync.is_syncing());
         assert!(harness.requests.is_empty());
+        // Far ahead, but finalized on another block of our finalized slot.
+        let mut other = status(CHAIN_SLOTS);
+        other.finalized_slot = 0;
+        other.finalized_root = [9; 32];
+        let (head, finalized) = (harness.store.head(), harness.store.finalized());
+        harness.sync.on_local_chain(harness.now, head, finalized);
+        harness
+            .sync
+            .on_peer_status(harness.now, peer_id(3), other, Score::ZERO);
+        harness.drain();
+        assert!(
+            !harness.sync.is_syncing(),
+            "another chain is not ours to sync"
+        );
         harness.add_peer(2, Behaviour::Honest, SYNC_DISTANCE_SLOTS + 1);
         assert!(harness.sync.is_syncing());
         assert_eq!(harness.requests.len(), 1);
