@@ -1758,6 +1758,8 @@ mod tests {
         events: Vec<(Instant, u64, Event)>,
         sequence: u64,
         verify_delay: Duration,
+        latency: Duration,
+        progress: Vec<SyncProgress>,
         actions: Vec<String>,
         penalties: Vec<(PeerId, PenaltyReason)>,
         requests: Vec<(Instant, PeerId, u64, u64)>,
@@ -1777,6 +1779,8 @@ mod tests {
                 events: Vec::new(),
                 sequence: 0,
                 verify_delay: Duration::ZERO,
+                latency: LATENCY,
+                progress: Vec::new(),
                 actions: Vec::new(),
                 penalties: Vec::new(),
                 requests: Vec::new(),
@@ -1864,7 +1868,8 @@ mod tests {
                         assert!(self.sync.requests_in_flight() <= REQUESTS_MAX);
                         self.requests.push((self.now, peer, start_slot, count));
                         if let Some(blocks) = self.answer(peer, start_slot, count) {
-                            self.schedule(LATENCY, Event::Response(peer, batch, Ok(blocks)));
+                            let latency = self.latency;
+                            self.schedule(latency, Event::Response(peer, batch, Ok(blocks)));
                         } else {
                             // The req/resp layer reports the timeout after 10 s.
                             let timeout = Duration::from_secs(10);
@@ -1901,6 +1906,7 @@ mod tests {
                     SyncAction::Progress(progress) => {
                         assert_eq!(progress.head_slot, self.head());
                         self.last_progress = Some(self.now);
+                        self.progress.push(progress);
                     }
                     SyncAction::Synced { head_slot } => {
                         self.synced = Some(head_slot);
@@ -2264,6 +2270,35 @@ mod tests {
             counters.buffered_bytes_max > buffer_bytes_max / 2,
             "the buffer was used: {counters:?}"
         );
+    }
+
+    #[test]
+    fn a_slow_sync_reports_its_speed_and_eta() {
+        let config = SyncConfig {
+            peers_min: 1,
+            batch_slots_max: 16,
+            requests_per_peer_max: 1,
+            ..SyncConfig::default()
+        };
+        let mut harness = Harness::new(config, 15);
+        // Slow answers: the batch size shrinks towards the minimum.
+        harness.latency = Duration::from_secs(3);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        // The harness checked the spacing (at most 5 s) after every step.
+        assert!(harness.progress.len() >= 5, "{:?}", harness.progress);
+        assert!(harness
+            .progress
+            .iter()
+            .all(|p| p.target_slot == CHAIN_SLOTS));
+        let moving = harness
+            .progress
+            .iter()
+            .find(|p| p.blocks_per_second > 0.0)
+            .expect("a report with a speed");
+        assert!(moving.eta.is_some());
+        assert_eq!(harness.sync.batch_slots(), BATCH_SLOTS_MIN);
     }
 
     #[test]
