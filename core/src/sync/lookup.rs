@@ -144,6 +144,9 @@ pub enum LookupAction {
         lookup: LookupId,
         /// Parent first.
         blocks: Vec<SignedBlock>,
+        /// Who sent each block (same positions): a block that fails
+        /// verification penalises exactly its sender.
+        senders: Vec<PeerId>,
     },
     /// The gap is deeper than [`PARENT_LOOKUP_DEPTH_MAX`]: start range sync
     /// towards `head_slot` (`peers` have that chain). The lookup is dropped.
@@ -203,8 +206,12 @@ struct Lookup {
     started_at: Instant,
     /// Gossiped blocks: children of `ancestors[0]` (or of `wanted` if none).
     tips: Vec<SignedBlock>,
+    /// Who sent each tip (same positions).
+    tip_senders: Vec<PeerId>,
     /// Fetched ancestors, child first: `ancestors[i + 1]` is the parent of `ancestors[i]`.
     ancestors: Vec<SignedBlock>,
+    /// Who served each ancestor (same positions).
+    ancestor_senders: Vec<PeerId>,
     /// The root we are missing: the parent of the last ancestor (or of the tips).
     wanted: Root,
     /// Peers that sent or served blocks of this chain, first asked.
@@ -300,6 +307,8 @@ impl Lookups {
         for lookup in self.lookups.values() {
             assert!(!lookup.tips.is_empty() && lookup.tips.len() <= LOOKUP_TIPS_MAX);
             assert!(lookup.ancestors.len() <= PARENT_LOOKUP_DEPTH_MAX);
+            assert_eq!(lookup.tips.len(), lookup.tip_senders.len());
+            assert_eq!(lookup.ancestors.len(), lookup.ancestor_senders.len());
             assert!(lookup.attempts < LOOKUP_ATTEMPTS_MAX);
             let lowest = lookup.ancestors.last().unwrap_or(&lookup.tips[0]);
             assert_eq!(lowest.parent_root(), lookup.wanted);
@@ -351,6 +360,7 @@ impl Lookups {
             self.push_output(LookupAction::Ready {
                 lookup: LookupId(0),
                 blocks: vec![block],
+                senders: vec![peer],
             });
             return;
         }
@@ -374,6 +384,7 @@ impl Lookups {
                 && lookup.tips.len() < LOOKUP_TIPS_MAX
         }) {
             lookup.tips.push(block);
+            lookup.tip_senders.push(peer);
             lookup.bytes += bytes;
             if !lookup.senders.contains(&peer) {
                 lookup.senders.push(peer);
@@ -406,7 +417,9 @@ impl Lookups {
             Lookup {
                 started_at: now,
                 tips: vec![block],
+                tip_senders: vec![peer],
                 ancestors: Vec::new(),
+                ancestor_senders: Vec::new(),
                 wanted: parent,
                 senders: vec![peer],
                 tried: BTreeSet::new(),
@@ -596,6 +609,7 @@ impl Lookups {
             return;
         }
         lookup.ancestors.push(block);
+        lookup.ancestor_senders.push(peer);
         lookup.bytes += bytes;
         lookup.wanted = parent;
         lookup.tried.clear();
@@ -611,8 +625,15 @@ impl Lookups {
             let mut blocks = lookup.ancestors;
             blocks.reverse();
             blocks.extend(lookup.tips);
+            let mut senders = lookup.ancestor_senders;
+            senders.reverse();
+            senders.extend(lookup.tip_senders);
             self.counters.resolved += 1;
-            self.push_output(LookupAction::Ready { lookup: id, blocks });
+            self.push_output(LookupAction::Ready {
+                lookup: id,
+                blocks,
+                senders,
+            });
         }
     }
 
@@ -750,11 +771,15 @@ mod tests {
         lookups.on_unknown_parent(now, block_at(75), peer(1), &store);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
         assert_eq!(out.len(), 1, "{out:?}");
-        let LookupAction::Ready { blocks, .. } = &out[0] else {
+        let LookupAction::Ready {
+            blocks, senders, ..
+        } = &out[0]
+        else {
             panic!("expected Ready, got {out:?}");
         };
         let slots: Vec<u64> = blocks.iter().map(SignedBlock::slot).collect();
         assert_eq!(slots, (11..=75).collect::<Vec<_>>(), "parent first");
+        assert_eq!(senders, &vec![peer(1); 65]);
         let mut rng = ChaCha20Rng::from_seed([1; 32]);
         assert_eq!(
             verify_batch_locating(&fixture().genesis, blocks, &mut rng),
@@ -808,16 +833,19 @@ mod tests {
                 peer: peer(1),
                 reason: LookupPenalty::WrongBlock
             }));
-        let ready: Vec<u64> = out
+        let ready: (Vec<u64>, Vec<PeerId>) = out
             .iter()
             .find_map(|a| match a {
-                LookupAction::Ready { blocks, .. } => {
-                    Some(blocks.iter().map(SignedBlock::slot).collect())
-                }
+                LookupAction::Ready {
+                    blocks, senders, ..
+                } => Some((
+                    blocks.iter().map(SignedBlock::slot).collect(),
+                    senders.clone(),
+                )),
                 _ => None,
             })
             .expect("resolved by peer 3");
-        assert_eq!(ready, vec![11, 12, 13]);
+        assert_eq!(ready, (vec![11, 12, 13], vec![peer(3), peer(3), peer(1)]));
     }
 
     #[test]
@@ -882,11 +910,15 @@ mod tests {
         assert_eq!(lookups.len(), 1);
         assert_eq!(lookups.pending_blocks(), 2);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
-        let LookupAction::Ready { blocks, .. } = &out[0] else {
+        let LookupAction::Ready {
+            blocks, senders, ..
+        } = &out[0]
+        else {
             panic!("expected Ready, got {out:?}");
         };
         let slots: Vec<u64> = blocks.iter().map(SignedBlock::slot).collect();
         assert_eq!(slots, vec![11, 12, 13]);
+        assert_eq!(senders, &vec![peer(1), peer(1), peer(2)]);
 
         lookups.on_unknown_parent(now, block_at(11), peer(1), &store);
         assert!(matches!(

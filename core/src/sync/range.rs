@@ -803,11 +803,21 @@ impl RangeSync {
         }
         self.ids.insert(batch, start);
         let entry = self.batches.get_mut(&start).expect("checked above");
-        entry.state = BatchState::Downloaded {
-            id: batch,
-            peer,
-            blocks,
-            bytes,
+        entry.state = if blocks.is_empty() {
+            // Nothing to verify: no need for a round trip to a worker.
+            BatchState::Verified {
+                id: batch,
+                peer,
+                blocks,
+                bytes,
+            }
+        } else {
+            BatchState::Downloaded {
+                id: batch,
+                peer,
+                blocks,
+                bytes,
+            }
         };
         self.buffered_bytes += bytes;
         self.counters.buffered_bytes_max =
