@@ -17,7 +17,9 @@
 //!    │                                                             ▼
 //!    └──── every batch up to the target imported ◄──────────── Syncing
 //!                                                  no suitable peer left: back to
-//!                                                  AwaitingPeers, batches kept
+//!                                                  AwaitingPeers, batches kept;
+//!                                                  none for SYNC_PEERS_WAIT: batches
+//!                                                  dropped (imports kept), Idle
 //!
 //!  one batch [start, start + count):
 //!   Queued ─Request─► Downloading ─on_response: checked─► Downloaded ─Verify─► Verifying
@@ -37,6 +39,8 @@
 //! as statuses arrive. Batches go to the least loaded of the best peers
 //! (score, then claimed finalized slot, then a seeded tie-break), at most
 //! the per-peer window in flight (adaptive, at most 4) and 64 overall.
+//! A peer counts as suitable when it is ahead of us and finalized on our
+//! finalized checkpoint (same slot and root) or further along.
 //! Batch size and per-peer windows adapt: a fast answer grows them, a
 //! timeout halves them. Blocks are checked (slots strictly increasing and
 //! inside the range, each linked to the previous) before verification;
@@ -74,8 +78,12 @@
 //! # Limits
 //! Requests: [`REQUESTS_PER_PEER_MAX`] per peer, [`REQUESTS_MAX`] overall, of
 //! at most [`BATCH_SLOTS`] slots each. Batches: [`BATCHES_MAX`]. Peers:
-//! [`SYNC_PEERS_MAX`]. Buffer: [`SYNC_BUFFER_BYTES_MAX`]. Verifications in
-//! flight: [`VERIFICATIONS_MAX`]. History: [`HISTORY_BATCHES_MAX`]. Invalid
+//! [`SYNC_PEERS_MAX`]. Buffer: [`SYNC_BUFFER_BYTES_MAX`], counted in encoded
+//! bytes; a request is sent only if twice the measured bytes per slot fits
+//! besides what is buffered and reserved, and an answer that still does not
+//! fit evicts buffered batches above it (the worker's copy of a batch being
+//! verified is not counted: at most [`VERIFICATIONS_MAX`] such copies, each
+//! one batch). Verifications in flight: [`VERIFICATIONS_MAX`]. History: [`HISTORY_BATCHES_MAX`]. Invalid
 //! blocks remembered: [`INVALID_BLOCKS_MAX`]. Queued outputs: [`OUTPUTS_MAX`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
