@@ -22,7 +22,8 @@
 //! enums), [`node`] (the top-level state machine), [`secure`] (Noise XX with
 //! Ed25519 identities), [`codec`] (framing and messages), [`identity`],
 //! [`time`], [`limits`] (every bound, named with its unit), [`metrics`],
-//! [`testing`] (an in-memory network) and [`fuzzing`] (fuzz entry points).
+//! [`testing`] (an in-memory network), [`sync`] (range sync and parent
+//! lookups, not wired in yet) and [`fuzzing`] (fuzz entry points).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -38,6 +39,7 @@ pub mod node;
 pub mod peer;
 pub mod reqresp;
 pub mod secure;
+pub mod sync;
 pub mod testing;
 pub mod time;
 pub mod work;

@@ -1,0 +1,18 @@
+//! Sync: catching up with peers. [`range`] fetches long stretches of
+//! missing slots in batches (initial sync); [`lookup`] fetches the unknown
+//! ancestors of gossiped blocks (regular sync) and hands over to range sync
+//! when there are too many. Both are pure state machines, not wired into the
+//! node yet: inputs carry `now`, outputs come from `poll`. [`fuzzing`]
+//! drives them with arbitrary inputs.
+
+pub mod fuzzing;
+pub mod lookup;
+pub mod range;
+
+pub use lookup::{
+    DropReason, KnownBlocks, LookupAction, LookupCounters, LookupId, LookupPenalty, Lookups,
+};
+pub use range::{
+    BatchId, BatchImportError, FetchError, PeerChain, PenaltyReason, RangeSync, SyncAction,
+    SyncConfig, SyncCounters, SyncProgress,
+};
