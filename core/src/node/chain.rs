@@ -27,9 +27,11 @@
 //!
 //! # Security
 //! *Provided*: a block is imported only after its proposer, body root and
-//! signature verified; a block whose check failed is remembered as invalid
-//! (bounded, in the store) and its sender's gossip verdict is Reject (a
-//! score penalty); an undecodable block is Reject at once.
+//! signature verified; a block whose check failed gets the gossip verdict
+//! Reject (its sender pays score; the router's seen cache refuses the same
+//! bytes again) but its root is not marked invalid, since the same header
+//! with a good signature is a different, valid message; an undecodable block
+//! is Reject at once.
 //! *Not provided here*: fetching unknown parents and range sync (the sync
 //! module's job).
 
@@ -376,12 +378,15 @@ impl Node {
                         self.import_verified(now, block);
                     }
                     Err(_) => {
+                        // Not `mark_invalid`: a root names only the header, so
+                        // the same header with a good signature and body must
+                        // still be accepted. The router's seen cache already
+                        // refuses these exact bytes again.
                         info!(
-                            "{from:?}: gossiped block {} at slot {} has a bad signature",
+                            "{from:?}: gossiped block {} at slot {} fails verification",
                             short(&block.root()),
                             block.slot()
                         );
-                        self.chain.mark_invalid(block.root());
                         self.judge_gossip_block(now, message, Validation::Reject);
                     }
                 }
