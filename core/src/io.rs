@@ -427,6 +427,22 @@ pub enum Notification {
         /// Its root.
         root: crate::chain::Root,
     },
+    /// Range sync's progress, at least every 5 s while syncing.
+    SyncProgress {
+        /// Our head's slot.
+        head_slot: u64,
+        /// The slot we sync to.
+        target_slot: u64,
+        /// Blocks imported per second, smoothed and rounded.
+        blocks_per_second: u64,
+        /// Time left at that speed, if it is moving.
+        eta: Option<crate::time::Duration>,
+    },
+    /// Range sync reached its target; gossip and lookups follow the head now.
+    Synced {
+        /// Our head's slot.
+        head_slot: u64,
+    },
     /// A [`Command::ProposeBody`] was refused (too large, or the queue is full).
     BodyRefused {
         /// Its length in bytes.

@@ -90,4 +90,6 @@ pub struct Counters {
     pub work_started: u64,
     /// Jobs whose output came back.
     pub work_done: u64,
+    /// Penalties for what peers sent to sync (bad blocks, disproved answers).
+    pub sync_penalties: u64,
 }

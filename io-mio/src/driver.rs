@@ -1144,6 +1144,17 @@ impl Driver {
                 root[2],
                 root[3]
             ),
+            Notification::SyncProgress {
+                head_slot,
+                target_slot,
+                blocks_per_second,
+                eta,
+            } => log::info!(
+                "[{me:?}] syncing: slot {head_slot} of {target_slot}, {blocks_per_second} blocks/s, eta {eta:?}"
+            ),
+            Notification::Synced { head_slot } => {
+                log::info!("[{me:?}] synced at slot {head_slot}")
+            }
             Notification::BodyRefused { bytes } => {
                 log::warn!("[{me:?}] block body of {bytes} bytes refused")
             }

@@ -1507,6 +1507,8 @@ impl Sim {
             | Notification::ScoreRecovered { .. }
             | Notification::GossipMessage { .. }
             | Notification::BlockImported { .. }
+            | Notification::SyncProgress { .. }
+            | Notification::Synced { .. }
             | Notification::BodyRefused { .. }
             | Notification::PublishFailed { .. }
             | Notification::SubscribeFailed { .. } => {}

@@ -42,10 +42,10 @@ use log::{debug, info, warn};
 use rand_core::RngCore;
 
 use super::Node;
-use crate::chain::{BlockProducer, Checkpoint, Genesis, ImportOutcome, Root, SignedBlock};
+use crate::chain::{BlockProducer, Checkpoint, Genesis, Root, SignedBlock};
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::identity::PeerId;
-use crate::io::{Action, Notification};
+use crate::io::Action;
 use crate::reqresp::bodies::Status;
 use crate::time::{Duration, Instant};
 use crate::work::{Job, PersistBatch, WorkId, WorkOutput};
@@ -64,9 +64,13 @@ pub const QUEUED_BODIES_MAX: usize = 4;
 
 /// Why a job was started.
 #[derive(Clone, Debug)]
-enum WorkPurpose {
+pub(super) enum WorkPurpose {
     /// A gossiped block waiting for its verdict.
     Gossip { message: MessageId, from: PeerId },
+    /// A range-sync batch.
+    Range { batch: crate::sync::BatchId },
+    /// A looked-up chain of ancestors; who sent each block.
+    Lookup { senders: Vec<PeerId> },
 }
 
 /// Chain state beside the fork-choice store.
@@ -136,6 +140,10 @@ impl ChainState {
     fn instant_of(&self, unix_ms: u64) -> Instant {
         let millis = unix_ms.saturating_sub(self.unix_ms_at_origin);
         Instant::from_micros(millis.saturating_mul(1_000))
+    }
+
+    pub(super) fn genesis(&self) -> &Arc<Genesis> {
+        &self.genesis
     }
 
     pub(super) fn blocks_topic(&self) -> &Topic {
@@ -296,6 +304,13 @@ impl Node {
             self.judge_gossip_block(now, message, verdict);
             return;
         }
+        if !self.chain.contains(&block.parent_root()) {
+            // Not forwarded (its ancestry is unproven); the lookup fetches
+            // the missing ancestors and imports the block once they verify.
+            self.judge_gossip_block(now, message, Validation::Ignore);
+            self.sync_orphan(now, block, from);
+            return;
+        }
         if self.chain_state.work.len() >= WORK_IN_FLIGHT_MAX {
             debug!("verification busy: gossiped block ignored");
             self.judge_gossip_block(now, message, Validation::Ignore);
@@ -332,10 +347,6 @@ impl Node {
         if slot <= self.chain.finalized().slot || self.chain.contains(&root) {
             return Some(Validation::Ignore);
         }
-        if !self.chain.contains(&block.parent_root()) {
-            // Sync (parent lookups) fetches unknown parents.
-            return Some(Validation::Ignore);
-        }
         None
     }
 
@@ -343,13 +354,13 @@ impl Node {
         self.gossip_validate(now, id, verdict);
     }
 
-    fn job_seed(&mut self) -> [u8; 32] {
+    pub(super) fn job_seed(&mut self) -> [u8; 32] {
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
         seed
     }
 
-    fn start_work(&mut self, job: Job, purpose: WorkPurpose) {
+    pub(super) fn start_work(&mut self, job: Job, purpose: WorkPurpose) {
         let id = WorkId(self.chain_state.work_next);
         self.chain_state.work_next += 1;
         self.chain_state.work.insert(id, purpose);
@@ -391,38 +402,32 @@ impl Node {
                     }
                 }
             }
+            (WorkPurpose::Range { batch }, WorkOutput::VerifiedBlocks { result, .. }) => {
+                self.sync_batch_verified(now, batch, result);
+            }
+            (WorkPurpose::Lookup { senders }, WorkOutput::VerifiedBlocks { blocks, result }) => {
+                self.sync_lookup_verified(now, blocks, senders, result);
+            }
         }
     }
 
     /// Imports a block whose signature is known good; persists it and tells
     /// the application. Returns whether it was new.
-    pub(super) fn import_verified(&mut self, _now: Instant, block: SignedBlock) -> bool {
-        let slot = block.slot();
-        let root = block.root();
-        let stored = block.clone();
-        match self.chain.import(block) {
-            Ok(ImportOutcome::Imported(imported)) => {
-                self.counters.blocks_imported += 1;
-                if let Some(head) = imported.head {
-                    debug!("head is now {} at slot {}", short(&head.root), head.slot);
-                }
-                let finalized = self.chain.finalized();
-                self.persist(vec![(root, stored)], imported.pruned, finalized);
-                self.notify(Notification::BlockImported { slot, root });
-                true
-            }
-            Ok(ImportOutcome::AlreadyKnown { .. }) => false,
-            Err(error) => {
-                debug!(
-                    "block {} at slot {slot} not imported: {error}",
-                    short(&root)
-                );
+    pub(super) fn import_verified(&mut self, now: Instant, block: SignedBlock) -> bool {
+        let (slot, root) = (block.slot(), block.root());
+        let known = self.chain.contains(&root);
+        let result = self.import_blocks(now, vec![block]);
+        self.sync_local_chain(now);
+        match result {
+            Ok(()) => !known,
+            Err((_, error)) => {
+                debug!("block {} at slot {slot} not imported: {error}", short(&root));
                 false
             }
         }
     }
 
-    fn persist(
+    pub(super) fn persist(
         &mut self,
         blocks: Vec<(Root, SignedBlock)>,
         delete: Vec<Root>,

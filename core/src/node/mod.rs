@@ -32,6 +32,7 @@
 mod chain;
 mod gossip;
 mod rpc;
+mod sync;
 
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
 
@@ -88,6 +89,8 @@ pub struct Config {
     pub peer: crate::peer::Config,
     /// The genesis and the blocks the driver loaded from its store.
     pub chain: ChainConfig,
+    /// Range sync's tunables (the devnet lowers `peers_min` to 1).
+    pub sync: crate::sync::SyncConfig,
     /// Unix time, in milliseconds, at the driver's `Instant::ZERO`: how the
     /// core tells slots from instants (the simulator: 0).
     pub unix_ms_at_origin: u64,
@@ -124,6 +127,7 @@ impl Config {
             status_interval: STATUS_INTERVAL,
             peer: crate::peer::Config::default(),
             chain: ChainConfig::devnet(network_id),
+            sync: crate::sync::SyncConfig::default(),
             unix_ms_at_origin: 0,
             faults: Faults::default(),
             gossip: crate::gossip::Config::default(),
@@ -185,6 +189,8 @@ pub struct Node {
     purposes: BTreeMap<(PeerId, crate::reqresp::RequestId), Purpose>,
     chain: ChainStore,
     chain_state: self::chain::ChainState,
+    range_sync: crate::sync::RangeSync,
+    lookups: crate::sync::Lookups,
     metadata: Metadata,
     gossip: Gossip,
     /// The topics we are subscribed to (at most `gossip::router::TOPICS_MAX`).
@@ -307,6 +313,8 @@ impl Node {
         // from the same stream each move by one draw.
         let mut gossip_seed = [0u8; 32];
         rng.fill_bytes(&mut gossip_seed);
+        let mut sync_seed = [0u8; 32];
+        rng.fill_bytes(&mut sync_seed);
         let mut outbound_config = OutboundConfig::default();
         if config.faults.ignore_peer_quotas {
             outbound_config = rpc::flooding_outbound_config(outbound_config);
@@ -318,6 +326,8 @@ impl Node {
             purposes: BTreeMap::new(),
             chain,
             chain_state: self::chain::ChainState::new(&config),
+            range_sync: crate::sync::RangeSync::new(config.sync.clone(), sync_seed),
+            lookups: crate::sync::Lookups::new(),
             metadata: Metadata {
                 seq: 0,
                 topics: Vec::new(),
@@ -417,6 +427,7 @@ impl Node {
             Input::Timeout => self.on_timeout(now),
             Input::Command(command) => self.on_command(now, command),
         }
+        self.drive_sync(now);
         self.transmit_requests(now);
         self.transmit_gossip(now);
         self.flush_all();
@@ -446,6 +457,7 @@ impl Node {
             self.inbound.next_deadline(),
             self.gossip_deadline(),
             self.chain_state.next_deadline(self.last_now),
+            self.sync_deadline(),
         ];
         dials
             .chain(connections)
@@ -840,6 +852,7 @@ impl Node {
             direction,
         });
         self.gossip_peer_connected(now, remote.peer, direction, addr);
+        self.sync_peer_connected(now, remote.peer);
         self.request_status(now, remote.peer);
     }
 
@@ -932,6 +945,7 @@ impl Node {
 
     fn on_timeout(&mut self, now: Instant) {
         self.chain_tick(now);
+        self.sync_tick(now);
         let expired_dials: Vec<DialId> = self
             .dials
             .iter()
@@ -1074,6 +1088,7 @@ impl Node {
                 self.notify(Notification::PeerDisconnected { peer, reason });
                 self.on_peer_gone(peer);
                 self.gossip.on_peer_disconnected(now, &peer);
+                self.sync_peer_gone(now, peer);
             }
         }
     }

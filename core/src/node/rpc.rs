@@ -52,6 +52,13 @@ pub(super) enum Purpose {
     Ping,
     /// The peer's Metadata sequence number went up.
     Metadata,
+    /// Blocks for range sync or a parent lookup.
+    Blocks {
+        fetch: super::sync::BlockFetch,
+        blocks: Vec<SignedBlock>,
+        /// Set when a chunk did not decode; the fetch then fails.
+        invalid: Option<String>,
+    },
     /// The application's `Command::Request`.
     Application {
         tag: u64,
@@ -416,6 +423,18 @@ impl Node {
                 }
                 Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
             },
+            Purpose::Blocks { blocks, invalid, .. } => {
+                if invalid.is_some() {
+                    return;
+                }
+                match SignedBlock::decode(&payload) {
+                    Ok(block) => blocks.push(block),
+                    Err(error) => {
+                        *invalid = Some(format!("undecodable block: {error}"));
+                        self.report(now, peer, Report::Penalty(Penalty::High));
+                    }
+                }
+            }
             Purpose::Application {
                 chunks,
                 range,
@@ -448,6 +467,11 @@ impl Node {
                 }
             }
             Purpose::Status | Purpose::Ping => {}
+            Purpose::Blocks {
+                fetch,
+                blocks,
+                invalid,
+            } => self.sync_fetch_done(fetch, blocks, result, invalid),
             Purpose::Application {
                 tag,
                 protocol,
@@ -503,6 +527,7 @@ impl Node {
             return self.peers.contains_key(&peer);
         }
         self.notify(Notification::PeerStatus { peer, status });
+        self.sync_peer_status(now, peer, &status);
         true
     }
 
@@ -556,7 +581,7 @@ impl Node {
     }
 
     /// Queues a request; the tracker releases it within quotas and in-flight caps.
-    fn request(
+    pub(super) fn request(
         &mut self,
         now: Instant,
         peer: PeerId,

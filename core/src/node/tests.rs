@@ -1337,3 +1337,76 @@ fn an_application_body_goes_into_the_next_block() {
         bytes: crate::chain::block::BLOCK_BODY_BYTES_MAX + 1
     }));
 }
+
+// --- Sync ------------------------------------------------------------------------
+
+/// A fresh node that starts range sync with one suitable peer.
+fn joiner_config() -> Config {
+    let mut config = Config::new(1);
+    config.sync.peers_min = 1;
+    config
+}
+
+fn synced_at(net: &Net, index: usize) -> Option<u64> {
+    net.notifications[index].iter().find_map(|n| match n {
+        Notification::Synced { head_slot } => Some(*head_slot),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_late_joiner_range_syncs_from_its_peers_and_verifies_every_block() {
+    let mut net = Net::new(vec![joiner_config(), chain_config(300), chain_config(300)]);
+    net.dial(0, 1, None);
+    net.dial(0, 2, None);
+    net.advance(Duration::from_secs(30));
+    let head = net.nodes[1].chain().head();
+    assert_eq!(net.nodes[0].chain().head(), head);
+    assert_eq!(synced_at(&net, 0), Some(300));
+    assert_eq!(net.nodes[0].status().head_slot, 300, "durable");
+    assert_eq!(net.persisted[0].len(), 300);
+    assert!(net.nodes[0].counters().work_done >= 5, "verified in batches");
+    // Both servers were used.
+    assert!(net.nodes[1].counters().requests_served > 2);
+    assert!(net.nodes[2].counters().requests_served > 2);
+}
+
+#[test]
+fn a_server_of_bad_signatures_is_penalised_and_its_blocks_never_imported() {
+    let mut hostile = chain_config(300);
+    let mut blocks = hostile.chain.stored.to_vec();
+    for block in blocks.iter_mut().skip(100).step_by(7) {
+        block.signature = [0x11; crate::chain::block::SIGNATURE_BYTES];
+    }
+    hostile.chain.stored = blocks.into();
+    let mut net = Net::new(vec![joiner_config(), hostile, chain_config(300)]);
+    net.dial(0, 1, None);
+    net.dial(0, 2, None);
+    net.advance(Duration::from_secs(60));
+    assert_eq!(net.nodes[0].chain().head().slot, 300);
+    let genesis = net.nodes[0].config().chain.genesis.clone();
+    for slot in 1..=300 {
+        let block = net.nodes[0].chain().canonical_block_at(slot).unwrap();
+        crate::chain::verify_block(&genesis, block).expect("only valid blocks imported");
+    }
+    assert!(net.nodes[0].counters().sync_penalties > 0);
+    let hostile_id = net.nodes[1].peer_id();
+    let score = net.nodes[0].peer_manager().score(net.now, &hostile_id);
+    assert!(score.as_points() < -5.0, "hostile score {score}");
+}
+
+#[test]
+fn a_follower_that_missed_blocks_looks_up_their_parents() {
+    let mut net = producing_line();
+    net.advance(Duration::from_millis(1_000)); // Slot 1 everywhere (2.5 s).
+    // Node 2 drops off; slots 2 and 3 pass without it.
+    let peer = net.nodes[2].peer_id();
+    let reason = GoodbyeReason::ClientShutdown;
+    run(&mut net, 1, Input::Command(Command::Disconnect { peer, reason }));
+    net.advance(Duration::from_millis(4_000)); // 6.5 s: slots 2, 3.
+    assert_eq!(net.nodes[2].chain().head().slot, 1);
+    net.dial(2, 1, None);
+    net.advance(Duration::from_millis(2_000)); // Slot 4 arrives by gossip.
+    assert_eq!(net.nodes[2].chain().head(), net.nodes[0].chain().head());
+    assert_eq!(net.nodes[2].chain().head().slot, 4);
+}

@@ -1,0 +1,358 @@
+//! The node's sync glue: peers' Status drives [`RangeSync`], gossiped
+//! orphans drive [`Lookups`], and what they ask for becomes requests, work
+//! and imports.
+//!
+//! # Design
+//! ```text
+//!  Status (theirs) ──► RangeSync::on_peer_status      gossiped orphan ──► Lookups::on_unknown_parent
+//!  peer gone ───────► on_peer_gone (both)
+//!        poll ─► Request ─► BlocksByRange (Purpose::Blocks)      poll ─► RequestRoots ─► BlocksByRoot
+//!             ◄─ on_response(Ok(blocks) | Err(FetchError))            ◄─ on_response
+//!        poll ─► Verify ─► Action::Work ─► WorkDone ─► on_verified     Ready ─► Work ─► import, penalise senders
+//!        poll ─► Import ─► ChainStore (one Persist batch) ─► on_imported, on_local_chain
+//!        poll ─► Penalise / Progress / Synced ─► score, notifications
+//! ```
+//! The state machines are drained after every input, like the trackers
+//! in `rpc.rs`; their deadlines join `poll_timeout`.
+//!
+//! # Security
+//! Blocks from sync are verified (one BLS batch per batch or lookup chain)
+//! before import; range sync checks order, range and linkage before that,
+//! and penalises exactly the sender of what fails. What a sync fault costs:
+//! - High (−10): an invalid block, a block on an invalid ancestor, a
+//!   BlocksByRange answer out of range, out of order or not linked, a block
+//!   larger than any valid block, a lookup answer that is not the block asked for;
+//! - Mid (−5): an empty or short answer a second peer disproved.
+//!   Transport faults (timeouts, error codes, undecodable chunks) are scored
+//!   by the req/resp layer that saw them.
+
+use log::{debug, info, warn};
+
+use super::rpc::Purpose;
+use super::Node;
+use crate::chain::{ImportError, ImportOutcome, Root, SignedBlock};
+use crate::identity::PeerId;
+use crate::io::{Notification, RequestError};
+use crate::peer::{Penalty, Report};
+use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
+use crate::reqresp::{ProtocolId, ResultCode};
+use crate::sync::{
+    BatchId, BatchImportError, FetchError, LookupAction, LookupId, LookupPenalty, PeerChain,
+    PenaltyReason, SyncAction,
+};
+use crate::time::Instant;
+use crate::work::Job;
+
+/// Who asked for the blocks a request fetches.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum BlockFetch {
+    /// A range-sync batch.
+    Range(BatchId),
+    /// A parent lookup.
+    Lookup(LookupId),
+}
+
+impl Node {
+    /// A peer's Status reached us: range sync weighs it.
+    pub(super) fn sync_peer_status(&mut self, now: Instant, peer: PeerId, status: &Status) {
+        let chain = PeerChain {
+            head_slot: status.head_slot,
+            head_root: status.head_root,
+            finalized_slot: status.finalized_slot,
+            finalized_root: status.finalized_root,
+        };
+        let score = self.peer_manager.score(now, &peer);
+        self.range_sync.on_peer_status(now, peer, chain, score);
+    }
+
+    /// A peer was admitted.
+    pub(super) fn sync_peer_connected(&mut self, now: Instant, peer: PeerId) {
+        self.lookups.on_peer_connected(now, peer);
+    }
+
+    /// A peer is gone: its batches and lookups move to other peers.
+    pub(super) fn sync_peer_gone(&mut self, now: Instant, peer: PeerId) {
+        self.range_sync.on_peer_gone(now, peer);
+        self.lookups.on_peer_gone(now, peer);
+    }
+
+    /// Our chain changed: range sync measures the distance from it.
+    pub(super) fn sync_local_chain(&mut self, now: Instant) {
+        let (head, finalized) = (self.chain.head(), self.chain.finalized());
+        self.range_sync.on_local_chain(now, head, finalized);
+    }
+
+    /// A gossiped block whose parent we lack: look its ancestors up.
+    pub(super) fn sync_orphan(&mut self, now: Instant, block: SignedBlock, from: PeerId) {
+        self.lookups.on_unknown_parent(now, block, from, &self.chain);
+    }
+
+    /// Timers of both machines.
+    pub(super) fn sync_tick(&mut self, now: Instant) {
+        self.range_sync.on_timer(now);
+        self.lookups.on_timer(now);
+    }
+
+    /// The earliest deadline of either machine.
+    pub(super) fn sync_deadline(&self) -> Option<Instant> {
+        [self.range_sync.next_deadline(), self.lookups.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Carries out everything both machines ask for, until neither has more.
+    pub(super) fn drive_sync(&mut self, now: Instant) {
+        // Each action is bounded work; the machines' outputs are bounded too,
+        // and answering one never makes the other produce without end.
+        const ROUNDS_MAX: usize = 10_000;
+        for _ in 0..ROUNDS_MAX {
+            if let Some(action) = self.range_sync.poll(now) {
+                self.on_sync_action(now, action);
+                continue;
+            }
+            if let Some(action) = self.lookups.poll(now) {
+                self.on_lookup_action(now, action);
+                continue;
+            }
+            return;
+        }
+        warn!("sync still busy after {ROUNDS_MAX} actions; continuing at the next input");
+    }
+
+    fn on_sync_action(&mut self, now: Instant, action: SyncAction) {
+        match action {
+            SyncAction::Request {
+                batch,
+                peer,
+                start_slot,
+                count,
+            } => {
+                let body = BlocksByRangeRequest { start_slot, count }.encode();
+                let purpose = Purpose::Blocks {
+                    fetch: BlockFetch::Range(batch),
+                    blocks: Vec::new(),
+                    invalid: None,
+                };
+                if let Err(error) =
+                    self.request(now, peer, ProtocolId::BlocksByRange, body, purpose)
+                {
+                    debug!("{peer:?}: sync request not sent: {error}");
+                    self.range_sync
+                        .on_response(now, batch, Err(FetchError::PeerGone));
+                }
+            }
+            SyncAction::Verify { batch, blocks } => {
+                let seed = self.job_seed();
+                let job = Job::VerifyBlocks {
+                    genesis: self.chain_state.genesis().clone(),
+                    blocks,
+                    seed,
+                };
+                self.start_work(job, super::chain::WorkPurpose::Range { batch });
+            }
+            SyncAction::Import { batch, blocks } => {
+                let result = self
+                    .import_blocks(now, blocks)
+                    .map_err(|(index, error)| BatchImportError { index, error });
+                self.range_sync.on_imported(now, batch, result);
+                self.sync_local_chain(now);
+            }
+            SyncAction::Penalise { peer, reason } => {
+                let penalty = match reason {
+                    PenaltyReason::EmptyAnswerDisproved | PenaltyReason::BlocksWithheld => {
+                        Penalty::Mid
+                    }
+                    PenaltyReason::InvalidBlock
+                    | PenaltyReason::WrongParentLinkage
+                    | PenaltyReason::OutOfRange
+                    | PenaltyReason::OutOfOrder
+                    | PenaltyReason::OversizedBlock
+                    | PenaltyReason::KnownInvalidBlock
+                    | PenaltyReason::InvalidAncestry => Penalty::High,
+                };
+                info!("{peer:?}: sync penalty: {reason:?}");
+                self.counters.sync_penalties += 1;
+                self.report(now, peer, Report::Penalty(penalty));
+            }
+            SyncAction::Progress(progress) => {
+                info!(
+                    "syncing: slot {} of {} at {:.0} blocks/s",
+                    progress.head_slot, progress.target_slot, progress.blocks_per_second
+                );
+                self.notify(Notification::SyncProgress {
+                    head_slot: progress.head_slot,
+                    target_slot: progress.target_slot,
+                    blocks_per_second: progress.blocks_per_second.max(0.0).round() as u64,
+                    eta: progress.eta,
+                });
+            }
+            SyncAction::Synced { head_slot } => {
+                info!("synced at slot {head_slot}");
+                self.notify(Notification::Synced { head_slot });
+            }
+        }
+    }
+
+    fn on_lookup_action(&mut self, now: Instant, action: LookupAction) {
+        match action {
+            LookupAction::RequestRoots {
+                lookup,
+                peer,
+                roots,
+            } => {
+                let body = BlocksByRootRequest { roots }.encode();
+                let purpose = Purpose::Blocks {
+                    fetch: BlockFetch::Lookup(lookup),
+                    blocks: Vec::new(),
+                    invalid: None,
+                };
+                if let Err(error) = self.request(now, peer, ProtocolId::BlocksByRoot, body, purpose)
+                {
+                    debug!("{peer:?}: lookup request not sent: {error}");
+                    self.lookups
+                        .on_response(now, lookup, Err(FetchError::PeerGone), &self.chain);
+                }
+            }
+            LookupAction::Ready {
+                blocks, senders, ..
+            } => {
+                let seed = self.job_seed();
+                let job = Job::VerifyBlocks {
+                    genesis: self.chain_state.genesis().clone(),
+                    blocks,
+                    seed,
+                };
+                self.start_work(job, super::chain::WorkPurpose::Lookup { senders });
+            }
+            LookupAction::SwitchToRangeSync {
+                head_slot, peers, ..
+            } => {
+                // Range sync starts from Status: ask these peers for theirs now.
+                info!("a gap to slot {head_slot} is too deep for lookups: asking peers' status");
+                for peer in peers {
+                    if self.peers.contains_key(&peer) {
+                        self.request_status(now, peer);
+                    }
+                }
+            }
+            LookupAction::Penalise { peer, reason } => {
+                let penalty = match reason {
+                    LookupPenalty::WrongBlock | LookupPenalty::TooManyBlocks => Penalty::High,
+                };
+                self.counters.sync_penalties += 1;
+                self.report(now, peer, Report::Penalty(penalty));
+            }
+            LookupAction::Dropped { lookup, reason } => {
+                debug!("lookup {lookup:?} dropped: {reason:?}");
+            }
+        }
+    }
+
+    /// A verified range batch came back from the worker.
+    pub(super) fn sync_batch_verified(
+        &mut self,
+        now: Instant,
+        batch: BatchId,
+        result: Result<(), Vec<usize>>,
+    ) {
+        self.range_sync.on_verified(now, batch, result);
+    }
+
+    /// A verified lookup chain came back: import what verified, in order,
+    /// and penalise exactly the senders of what did not.
+    pub(super) fn sync_lookup_verified(
+        &mut self,
+        now: Instant,
+        blocks: Vec<SignedBlock>,
+        senders: Vec<PeerId>,
+        result: Result<(), Vec<usize>>,
+    ) {
+        let good = match &result {
+            Ok(()) => blocks.len(),
+            Err(invalid) => invalid.iter().copied().min().unwrap_or(0),
+        };
+        if let Err(invalid) = result {
+            for index in invalid {
+                if let Some(&peer) = senders.get(index) {
+                    info!("{peer:?}: looked-up block fails verification");
+                    self.counters.sync_penalties += 1;
+                    self.report(now, peer, Report::Penalty(Penalty::High));
+                }
+            }
+        }
+        let mut blocks = blocks;
+        blocks.truncate(good);
+        if let Err((index, error)) = self.import_blocks(now, blocks) {
+            debug!("looked-up block {index} not imported: {error}");
+        }
+        self.sync_local_chain(now);
+    }
+
+    /// Imports verified `blocks` in order, stopping at the first the chain
+    /// refuses (already known is fine); persists the new ones in one batch.
+    pub(super) fn import_blocks(
+        &mut self,
+        now: Instant,
+        blocks: Vec<SignedBlock>,
+    ) -> Result<(), (usize, ImportError)> {
+        let mut stored: Vec<(Root, SignedBlock)> = Vec::new();
+        let mut pruned = Vec::new();
+        let mut outcome = Ok(());
+        for (index, block) in blocks.into_iter().enumerate() {
+            let (slot, root) = (block.slot(), block.root());
+            let copy = block.clone();
+            match self.chain.import(block) {
+                Ok(ImportOutcome::Imported(imported)) => {
+                    self.counters.blocks_imported += 1;
+                    pruned.extend(imported.pruned);
+                    stored.push((root, copy));
+                    self.notify(Notification::BlockImported { slot, root });
+                }
+                Ok(ImportOutcome::AlreadyKnown { .. }) => {}
+                Err(error) => {
+                    outcome = Err((index, error));
+                    break;
+                }
+            }
+        }
+        if !stored.is_empty() || !pruned.is_empty() {
+            let finalized = self.chain.finalized();
+            self.persist(stored, pruned, finalized);
+        }
+        let _ = now;
+        outcome
+    }
+
+    /// The blocks a sync request fetched, or why it failed.
+    pub(super) fn sync_fetch_done(
+        &mut self,
+        fetch: BlockFetch,
+        blocks: Vec<SignedBlock>,
+        result: Result<(), RequestError>,
+        invalid: Option<String>,
+    ) {
+        let now = self.last_now;
+        let result = match (result, invalid) {
+            (Ok(()), None) => Ok(blocks),
+            (Ok(()), Some(_)) => Err(FetchError::Malformed),
+            (Err(error), _) => Err(match error {
+                RequestError::FirstChunkTimeout | RequestError::ResponseTimeout => {
+                    FetchError::Timeout
+                }
+                RequestError::Refused { code, .. } => FetchError::ErrorCode(match code {
+                    ResultCode::Reserved(byte) => byte,
+                    other => other.to_byte(),
+                }),
+                RequestError::InvalidResponse(_) => FetchError::Malformed,
+                RequestError::NotSent(_) | RequestError::Disconnected => FetchError::PeerGone,
+            }),
+        };
+        match fetch {
+            BlockFetch::Range(batch) => self.range_sync.on_response(now, batch, result),
+            BlockFetch::Lookup(lookup) => {
+                self.lookups.on_response(now, lookup, result, &self.chain)
+            }
+        }
+    }
+}
