@@ -405,6 +405,24 @@ mod tests {
         }
     }
 
+    /// Many seeded random scripts: a cheap stand-in for the fuzzer in CI.
+    #[test]
+    fn random_scripts_keep_the_bounds() {
+        let mut state = 0x9E37_79B9_u32;
+        for _ in 0..200 {
+            let script: Vec<u8> = (0..4_096)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    state as u8
+                })
+                .collect();
+            range_sync_script(&script);
+            lookup_script(&script);
+        }
+    }
+
     #[test]
     fn scripted_statuses_start_requests() {
         // Guards the corpus itself: the scripted run must reach the request path.

@@ -52,8 +52,9 @@
 //! and their first sender is penalised only if the second answer has blocks
 //! the first one withheld. A batch that fails [`BATCH_ATTEMPTS_MAX`] times
 //! ends the round: batches not imported are dropped (the chain keeps what
-//! was imported), the peers that failed it are ignored until they send a
-//! new Status, and a new round starts from our chain.
+//! was imported) and a new round starts from our chain after
+//! [`ROUND_RETRY_DELAY`]. A batch that does not link while earlier batches
+//! are being re-checked waits for them without blaming its sender.
 //!
 //! # Security
 //! *Provided*: a peer's answer never makes us hold more than
@@ -127,6 +128,8 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 /// Failed downloads or processings of one batch before the round is given
 /// up (Lighthouse: 5 downloads, 3 processings).
 pub const BATCH_ATTEMPTS_MAX: u32 = 5;
+/// After a round is given up, the next starts no sooner than this.
+pub const ROUND_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Our own deadline for a request, a backstop behind the req/resp layer's
 /// 10 s response timeout, which normally reports first.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -543,6 +546,8 @@ pub struct RangeSync {
     next_id: u64,
     /// The first slot no batch covers yet.
     next_start: u64,
+    /// A round given up is not restarted before this.
+    retry_not_before: Instant,
     target_slot: u64,
     batch_slots: u64,
     buffered_bytes: usize,
@@ -586,6 +591,7 @@ impl RangeSync {
             ids: BTreeMap::new(),
             next_id: 1,
             next_start: 1,
+            retry_not_before: Instant::ZERO,
             target_slot: 0,
             batch_slots,
             buffered_bytes: 0,
@@ -910,8 +916,13 @@ impl RangeSync {
                 self.counters.imports_failed += 1;
                 match failure.error {
                     ImportError::UnknownParent(_) => {
-                        self.recheck_previous(start);
-                        self.fail_batch(now, start, peer);
+                        if self.recheck_previous(start) {
+                            // The suspects are the batches before it: this
+                            // one waits for them, its sender not blamed.
+                            self.requeue(start, None);
+                        } else {
+                            self.fail_batch(now, start, peer);
+                        }
                     }
                     ImportError::InvalidParent(_) | ImportError::KnownInvalid(_) => {
                         self.penalise(peer, PenaltyReason::InvalidAncestry);
@@ -958,7 +969,14 @@ impl RangeSync {
             _ => None,
         });
         let wait = match self.mode {
-            Mode::AwaitingPeers { since } => Some(since + self.config.peers_wait),
+            Mode::AwaitingPeers { since } => {
+                let wait_end = since + self.config.peers_wait;
+                Some(if self.retry_not_before > self.last_now {
+                    wait_end.min(self.retry_not_before)
+                } else {
+                    wait_end
+                })
+            }
             _ => None,
         };
         let progress = match self.mode {
@@ -1050,7 +1068,7 @@ impl RangeSync {
                 Mode::AwaitingPeers { since } => {
                     let waited = now >= since + self.config.peers_wait;
                     let needed = if waited { 1 } else { self.config.peers_min };
-                    if suitable >= needed && suitable > 0 {
+                    if suitable >= needed && suitable > 0 && now >= self.retry_not_before {
                         self.mode = Mode::Syncing;
                         self.target_slot = best.unwrap_or(self.target_slot);
                         if self.progress.last_at.is_none() {
@@ -1122,15 +1140,12 @@ impl RangeSync {
             // Empty answers at the end of the round may have hidden the
             // rest: fetch them once more from other peers first.
             let next_start = self.next_start;
-            if self
+            let tail_empty = self
                 .history
                 .back()
-                .is_some_and(|last| last.roots.is_empty() && !last.rechecked)
-            {
-                self.recheck_previous(next_start);
-                if !self.batches.is_empty() {
-                    return;
-                }
+                .is_some_and(|last| last.roots.is_empty() && !last.rechecked);
+            if tail_empty && self.recheck_previous(next_start) {
+                return;
             }
         }
         if best.is_some_and(|head| head > reach) {
@@ -1155,14 +1170,16 @@ impl RangeSync {
     }
 
     /// A batch failed too often: drop every batch not being imported and start over.
-    fn abandon_round(&mut self, now: Instant, failed: &BTreeSet<PeerId>) {
+    ///
+    /// The peers that failed it are not shut out: a timeout or a batch that
+    /// did not link blames an honest peer as easily as a liar, and shutting
+    /// out every peer would stall sync until their next Status. The next
+    /// round waits [`ROUND_RETRY_DELAY`] instead, so a batch nobody can
+    /// serve costs a few requests per delay, not a busy loop.
+    fn abandon_round(&mut self, now: Instant) {
         self.counters.rounds_abandoned += 1;
-        for peer in failed {
-            if let Some(state) = self.peers.get_mut(peer) {
-                state.stale = true;
-            }
-        }
         self.drop_round_work();
+        self.retry_not_before = now + ROUND_RETRY_DELAY;
         self.mode = Mode::AwaitingPeers { since: now };
     }
 
@@ -1459,8 +1476,7 @@ impl RangeSync {
         let entry = self.batches.get_mut(&start).expect("requeued above");
         entry.attempts += 1;
         if entry.attempts >= self.config.batch_attempts_max {
-            let failed = std::mem::take(&mut entry.excluded);
-            self.abandon_round(now, &failed);
+            self.abandon_round(now);
         }
     }
 
@@ -1617,7 +1633,9 @@ impl RangeSync {
     /// The batch at `start` does not link to our chain: the last non-empty
     /// batch before it and the empty ones after that may have withheld
     /// blocks. Queue them again, to be fetched from other peers.
-    fn recheck_previous(&mut self, start: u64) {
+    /// Whether any batch was queued again.
+    fn recheck_previous(&mut self, start: u64) -> bool {
+        let mut rechecked = false;
         let mut expected_end = start;
         while let Some(last) = self.history.back() {
             if last.start + last.count != expected_end
@@ -1648,10 +1666,12 @@ impl RangeSync {
                     }),
                 },
             );
+            rechecked = true;
             if non_empty {
                 break;
             }
         }
+        rechecked
     }
 
     /// Room for a new peer when the table is full: drops the lowest-ranked
@@ -2317,6 +2337,68 @@ mod tests {
             .expect("a report with a speed");
         assert!(moving.eta.is_some());
         assert_eq!(harness.sync.batch_slots(), BATCH_SLOTS_MIN);
+    }
+
+    #[test]
+    fn one_honest_peer_among_hostile_and_flapping_ones_is_enough() {
+        let hostile = [
+            Behaviour::BadSignature,
+            Behaviour::WrongParent,
+            Behaviour::OutOfRange,
+            Behaviour::Empty,
+            Behaviour::Withhold,
+            Behaviour::Silent,
+        ];
+        for seed in 1..3u8 {
+            let mut harness = Harness::new(config(3), 20 + seed);
+            let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+            harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+            let pick = |rng: &mut ChaCha20Rng| hostile[rng.next_u32() as usize % hostile.len()];
+            for index in 2..=4 {
+                let behaviour = pick(&mut rng);
+                harness.add_peer(index, behaviour, CHAIN_SLOTS);
+            }
+            for _ in 0..STEPS_MAX {
+                if harness.synced.is_some() {
+                    break;
+                }
+                // Now and then a hostile peer leaves, or comes back as another.
+                if rng.next_u32() % 16 == 0 {
+                    let index = 2 + (rng.next_u32() % 3) as u8;
+                    if harness.behaviours.contains_key(&peer_id(index)) {
+                        harness.remove_peer(index);
+                    } else {
+                        let behaviour = pick(&mut rng);
+                        harness.add_peer(index, behaviour, CHAIN_SLOTS);
+                    }
+                }
+                assert!(
+                    harness.step(),
+                    "seed {seed}: stalled at {} {:?} {:?} {:?} {:#?}",
+                    harness.head(),
+                    harness.sync.mode,
+                    harness.sync.counters(),
+                    harness.sync.peers,
+                    &harness.actions[harness.actions.len().saturating_sub(20)..]
+                );
+            }
+            // Synced, at worst within the sync distance (a withheld tail
+            // is left to gossip and parent lookups).
+            let synced = harness.synced.expect("synced");
+            assert_eq!(synced, harness.head());
+            assert!(
+                synced + SYNC_DISTANCE_SLOTS >= CHAIN_SLOTS,
+                "seed {seed}: {synced}"
+            );
+            assert!(
+                penalised(&harness, 1).is_empty(),
+                "seed {seed}: honest peer penalised"
+            );
+            for block in &fixture().blocks[..synced as usize] {
+                let stored = harness.store.block_by_root(&block.root()).unwrap();
+                assert_eq!(stored.signature, block.signature);
+            }
+        }
     }
 
     #[test]
