@@ -113,6 +113,19 @@ fn chain_store_script_corpus() {
 }
 
 #[test]
+fn sync_range_script_corpus() {
+    replay(
+        "sync_range_script",
+        meshsync_core::sync::fuzzing::range_sync_script,
+    );
+}
+
+#[test]
+fn sync_lookup_script_corpus() {
+    replay("sync_lookup_script", meshsync_core::sync::fuzzing::lookup_script);
+}
+
+#[test]
 fn gossip_decode_rpc_corpus() {
     replay(
         "gossip_decode_rpc",

@@ -26,8 +26,8 @@
 //! Block answers carry at most `rpc::ANSWER_BLOCK_BYTES_MAX` (a prefix of
 //! what was asked) and none while the connection's unwritten bytes exceed
 //! half the driver's queue, so serving 1 MiB blocks cannot overflow it.
-//! Not provided (yet): range sync, gossip block validation and production
-//! (the chain is what the driver loaded at start-up).
+//! Blocks are verified before import, whether gossiped, synced or looked up
+//! (see `chain.rs` and `sync.rs`).
 
 mod chain;
 mod gossip;

@@ -1,8 +1,8 @@
 //! Sync: catching up with peers. [`range`] fetches long stretches of
 //! missing slots in batches (initial sync); [`lookup`] fetches the unknown
 //! ancestors of gossiped blocks (regular sync) and hands over to range sync
-//! when there are too many. Both are pure state machines, not wired into the
-//! node yet: inputs carry `now`, outputs come from `poll`. [`fuzzing`]
+//! when there are too many. Both are pure state machines driven by the node
+//! (`node/sync.rs`): inputs carry `now`, outputs come from `poll`. [`fuzzing`]
 //! drives them with arbitrary inputs.
 
 pub mod fuzzing;

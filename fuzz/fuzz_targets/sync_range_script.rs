@@ -1,0 +1,6 @@
+//! Fuzz target: see `meshsync_core::sync::fuzzing::range_sync_script`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    meshsync_core::sync::fuzzing::range_sync_script(data);
+});
