@@ -1,31 +1,53 @@
-//! `meshsync devnet`: N nodes on 127.0.0.1 in one process.
+//! `meshsync devnet`: N nodes on 127.0.0.1 in one process, on a fresh chain.
 //!
 //! # Design
 //! Each node is a [`Driver`] on its own thread. Node `i` dials its
 //! [`DIALS_PER_NODE_MAX`] nearest predecessors (`i-1`, `i-2`, ...), so for
 //! small networks every node dials all earlier ones, and for any size the
-//! network is connected (every node dials `i-1`). The main thread waits for
-//! SIGINT/SIGTERM on its own `mio::Poll` and, once a second, asks every node
-//! for its peer count and logs the line. On a signal, or after `--seconds`,
-//! every node shuts down gracefully (Goodbye to every peer) in parallel.
+//! network is connected (every node dials `i-1`).
+//!
+//! The chain: a genesis with P proposer keys from
+//! `meshsync_core::chain::devnet_keys(network_id, P)` (public: never for a
+//! real network), starting at the next whole second, with the slot duration
+//! asked for. Nodes `0..P` hold one key each; every node follows the chain by
+//! gossip and keeps it in a block store under the data directory
+//! (`node-<i>`). `--late-node-at` starts one more node (no key) later; it
+//! dials the others and follows from the next block it hears (catching up
+//! on the blocks before it is range sync's job).
+//!
+//! The main thread waits for SIGINT/SIGTERM on its own `mio::Poll` and, once
+//! a second, asks every node for its head slot and peer count and prints one
+//! line: `t=12s heads=[6,6,6,5] peers=[3,3,3,3]`. On a signal, or after
+//! `--seconds`, every node shuts down gracefully (Goodbye to every peer) in
+//! parallel.
 
+use std::fs;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant as StdInstant};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant as StdInstant, SystemTime};
 
+use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
+use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey};
 use meshsync_core::{Command, Config};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::driver::{Driver, RunningDriver};
+use crate::driver::{Driver, DriverOptions, RunningDriver};
+use crate::genesis_files::next_second_ms;
 
 /// Predecessors each node dials: all of them in a small devnet, a bounded
 /// number in a large one (well under `PEERS_MAX`).
 pub const DIALS_PER_NODE_MAX: usize = 8;
 /// Nodes a devnet may have: each is a thread and a listening port.
 pub const NODES_MAX: usize = 256;
-/// How often peer counts are printed.
+/// How often heads and peer counts are printed.
 pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Slot duration when `--slot-ms` is not given.
+pub const SLOT_DURATION_MS_DEFAULT: u64 = 1_000;
+/// Verification threads per node: the nodes share the machine's cores.
+pub const WORKERS_PER_NODE: usize = 1;
 /// How long a status query may take before the node is reported as stuck.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -36,10 +58,20 @@ pub struct DevnetOptions {
     pub nodes: usize,
     /// Node `i` listens on `base_port + i`; 0 picks free ports.
     pub base_port: u16,
-    /// The network id every node uses.
+    /// The network id every node uses (and the seed of the proposer keys).
     pub network_id: u64,
     /// Stop after this long; `None` runs until a signal.
     pub run_for: Option<Duration>,
+    /// Nodes holding a proposer key (at most `nodes`); 0: no blocks.
+    pub proposers: usize,
+    /// Slot duration in milliseconds.
+    pub slot_duration_ms: u64,
+    /// Body bytes of each produced block.
+    pub body_bytes: usize,
+    /// Start one more node (no key) this long after the start.
+    pub late_node_at: Option<Duration>,
+    /// Parent of the nodes' data directories; `None`: a temporary directory removed at exit.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// The nodes that node `index` dials.
@@ -47,63 +79,91 @@ pub fn dial_targets(index: usize) -> std::ops::Range<usize> {
     index.saturating_sub(DIALS_PER_NODE_MAX)..index
 }
 
+/// The devnet's genesis: `proposers` keys from `devnet_keys(network_id, ..)`
+/// (at least one, so a devnet without proposers still has a valid genesis),
+/// slot 0 at `genesis_time_ms`.
+pub fn devnet_genesis(
+    network_id: u64,
+    proposers: usize,
+    slot_duration_ms: u64,
+    genesis_time_ms: u64,
+) -> io::Result<Genesis> {
+    let keys = devnet_keys(network_id, proposers.max(1));
+    Genesis::new(
+        network_id,
+        genesis_time_ms,
+        slot_duration_ms,
+        keys.iter().map(|key| key.sk_to_pk()).collect(),
+        FINALITY_DEPTH_SLOTS_DEFAULT,
+    )
+    .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))
+}
+
 /// Runs a devnet until a signal or `options.run_for`, then stops every node.
 pub fn run(options: &DevnetOptions) -> io::Result<()> {
-    if options.nodes == 0 || options.nodes > NODES_MAX {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--nodes must be between 1 and {NODES_MAX}"),
-        ));
+    let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
+    if options.nodes == 0 || options.nodes >= NODES_MAX {
+        return Err(invalid(format!(
+            "--nodes must be between 1 and {}",
+            NODES_MAX - 1
+        )));
     }
+    if options.proposers > options.nodes {
+        return Err(invalid(format!(
+            "--proposers {} is more than --nodes {}",
+            options.proposers, options.nodes
+        )));
+    }
+    if options.body_bytes > meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX {
+        return Err(invalid(format!(
+            "--body-bytes must be at most {}",
+            meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX
+        )));
+    }
+    let genesis = Arc::new(devnet_genesis(
+        options.network_id,
+        options.proposers,
+        options.slot_duration_ms,
+        next_second_ms(SystemTime::now()),
+    )?);
+    let keys = devnet_keys(options.network_id, options.proposers);
+    let data_dir = DataDir::new(options.data_dir.clone())?;
+    println!(
+        "devnet: {} nodes, {} proposers, slots of {} ms from {} ms, data in {}",
+        options.nodes,
+        options.proposers,
+        genesis.slot_duration_ms(),
+        genesis.genesis_time_ms(),
+        data_dir.path().display()
+    );
+
     let mut poll = Poll::new()?;
     let mut signals = Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
 
-    let mut nodes: Vec<RunningDriver> = Vec::with_capacity(options.nodes);
+    let mut nodes: Vec<RunningDriver> = Vec::with_capacity(options.nodes + 1);
     for index in 0..options.nodes {
-        let port = if options.base_port == 0 {
-            0
-        } else {
-            u16::try_from(usize::from(options.base_port) + index).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "--base-port + --nodes exceeds 65535",
-                )
-            })?
-        };
-        let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let driver = Driver::bind(
-            listen,
-            Config::new(options.network_id),
-            crate::generate_identity(),
-            crate::os_seed(),
-        )
-        .map_err(|error| {
-            io::Error::new(
-                error.kind(),
-                format!("node {index}: bind {listen}: {error}"),
-            )
-        })?;
-        let running = driver.spawn(&format!("node-{index}"))?;
-        for target in dial_targets(index) {
-            let command = Command::Dial {
-                addr: nodes[target].local_addr(),
-                peer: Some(nodes[target].peer_id()),
-            };
-            running
-                .handle()
-                .command(command)
-                .map_err(|error| io::Error::other(format!("node {index}: {error}")))?;
-        }
-        nodes.push(running);
+        let key = keys.get(index).cloned();
+        let node = start_node(options, &genesis, key, data_dir.path(), index, &nodes)?;
+        nodes.push(node);
     }
     for (index, node) in nodes.iter().enumerate() {
-        println!("node {index}: {} at {}", node.peer_id(), node.local_addr());
+        let role = if index < options.proposers {
+            " (proposer)"
+        } else {
+            ""
+        };
+        println!(
+            "node {index}: {} at {}{role}",
+            node.peer_id(),
+            node.local_addr()
+        );
     }
 
     let start = StdInstant::now();
     let stop_at = options.run_for.map(|duration| start + duration);
+    let mut late_at = options.late_node_at.map(|after| start + after);
     let mut next_report = start + REPORT_INTERVAL;
     let mut events = Events::with_capacity(8);
     'run: loop {
@@ -111,13 +171,29 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
         if stop_at.is_some_and(|stop_at| now >= stop_at) {
             break;
         }
+        if late_at.is_some_and(|late_at| now >= late_at) {
+            late_at = None;
+            let index = nodes.len();
+            let node = start_node(options, &genesis, None, data_dir.path(), index, &nodes)?;
+            println!(
+                "t={}s late node {index} joins: {} at {}",
+                (now - start).as_secs(),
+                node.peer_id(),
+                node.local_addr()
+            );
+            nodes.push(node);
+            continue;
+        }
         if now >= next_report {
             report(&nodes, now - start);
             next_report += REPORT_INTERVAL;
             continue;
         }
-        let wake = stop_at.map_or(next_report, |stop_at| stop_at.min(next_report));
-        match poll.poll(&mut events, Some(wake - now)) {
+        let mut wake = next_report;
+        for at in [stop_at, late_at].into_iter().flatten() {
+            wake = wake.min(at);
+        }
+        match poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
@@ -143,30 +219,150 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
-/// Prints one line with every node's peer count.
+/// Starts node `index` (with `key` if it proposes) and makes it dial its
+/// predecessors among `running`.
+fn start_node(
+    options: &DevnetOptions,
+    genesis: &Arc<Genesis>,
+    key: Option<blst::min_pk::SecretKey>,
+    data_dir: &Path,
+    index: usize,
+    running: &[RunningDriver],
+) -> io::Result<RunningDriver> {
+    let port = if options.base_port == 0 {
+        0
+    } else {
+        u16::try_from(usize::from(options.base_port) + index).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--base-port + --nodes exceeds 65535",
+            )
+        })?
+    };
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut config = Config::new(options.network_id);
+    config.chain = ChainConfig {
+        genesis: Arc::clone(genesis),
+        stored: Arc::from(Vec::new()),
+        proposer_keys: key
+            .map(|key| ProposerKey(Arc::new(key)))
+            .into_iter()
+            .collect(),
+        body_bytes: options.body_bytes,
+        follow_gossip: true,
+    };
+    let driver_options = DriverOptions {
+        workers: WORKERS_PER_NODE,
+        data_dir: Some(data_dir.join(format!("node-{index}"))),
+    };
+    let driver = Driver::bind_with(
+        listen,
+        config,
+        crate::generate_identity(),
+        crate::os_seed(),
+        &driver_options,
+    )
+    .map_err(|error| io::Error::new(error.kind(), format!("node {index}: {listen}: {error}")))?;
+    let node = driver.spawn(&format!("node-{index}"))?;
+    for target in dial_targets(index) {
+        let command = Command::Dial {
+            addr: running[target].local_addr(),
+            peer: Some(running[target].peer_id()),
+        };
+        node.handle()
+            .command(command)
+            .map_err(|error| io::Error::other(format!("node {index}: {error}")))?;
+    }
+    Ok(node)
+}
+
+/// The devnet's data directory: the one given, or a fresh temporary one
+/// that is removed on drop.
+struct DataDir {
+    path: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl DataDir {
+    fn new(given: Option<PathBuf>) -> io::Result<DataDir> {
+        let (path, remove_on_drop) = match given {
+            Some(path) => (path, false),
+            None => {
+                let nanos = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .subsec_nanos();
+                let name = format!("meshsync-devnet-{}-{nanos}", std::process::id());
+                (std::env::temp_dir().join(name), true)
+            }
+        };
+        fs::create_dir_all(&path).map_err(|error| {
+            io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+        })?;
+        Ok(DataDir {
+            path,
+            remove_on_drop,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Prints one line with every node's head slot and peer count.
 fn report(nodes: &[RunningDriver], elapsed: Duration) {
-    let counts: Vec<String> = nodes
+    let (heads, peers): (Vec<String>, Vec<String>) = nodes
         .iter()
         .map(|node| {
-            match node
-                .handle()
-                .query(|driver| driver.node().peer_count(), QUERY_TIMEOUT)
-            {
-                Ok(count) => count.to_string(),
-                Err(_) => "?".to_string(),
+            match node.handle().query(
+                |driver| {
+                    (
+                        driver.node().chain().head().slot,
+                        driver.node().peer_count(),
+                    )
+                },
+                QUERY_TIMEOUT,
+            ) {
+                Ok((head, peers)) => (head.to_string(), peers.to_string()),
+                Err(_) => ("?".to_string(), "?".to_string()),
             }
         })
-        .collect();
+        .unzip();
     println!(
-        "t={}s peers per node: [{}]",
+        "t={}s heads=[{}] peers=[{}]",
         elapsed.as_secs(),
-        counts.join(", ")
+        heads.join(","),
+        peers.join(",")
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_devnet_genesis_names_the_devnet_keys() {
+        let genesis = devnet_genesis(5, 3, 250, 1_700_000_000_000).unwrap();
+        assert_eq!(genesis.network_id(), 5);
+        assert_eq!(genesis.slot_duration_ms(), 250);
+        let keys: Vec<_> = devnet_keys(5, 3).iter().map(|key| key.sk_to_pk()).collect();
+        assert_eq!(genesis.proposer_keys(), keys.as_slice());
+        // No proposers still makes a valid genesis (one key nobody holds).
+        assert_eq!(
+            devnet_genesis(5, 0, 250, 0).unwrap().proposer_keys().len(),
+            1
+        );
+        assert!(devnet_genesis(5, 1, 0, 0).is_err());
+    }
 
     #[test]
     fn every_node_dials_its_predecessor_and_at_most_the_cap() {

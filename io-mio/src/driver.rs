@@ -18,7 +18,20 @@
 //! possible. A connection that keeps delivering is read at most
 //! [`READ_BYTES_PER_TURN_MAX`] per turn, so one fast peer cannot starve the others.
 //!
-//! Time: `meshsync_core::Instant` is microseconds since the driver was created.
+//! Time: `meshsync_core::Instant` is microseconds since the driver was
+//! created, and `Config::unix_ms_at_origin` is set from the wall clock at that
+//! same moment, so the core's slots are the wall clock's slots.
+//!
+//! CPU work (`Action::Work`) goes to a [`WorkerPool`] of
+//! [`DriverOptions::workers`] threads, which wakes the poll loop through the
+//! same `mio::Waker` as the [`DriverHandle`]s; every turn drains finished
+//! jobs into `Input::WorkDone`. Storage (`Action::Persist`) goes to the redb
+//! [`BlockStore`] in [`DriverOptions::data_dir`], one durable transaction per
+//! batch, written on the loop thread (why: see `Driver::persist`), and
+//! is answered with `Input::Persisted` in batch order. At start-up the stored
+//! blocks are decoded and handed to the core as `config.chain.stored`.
+//! Without a data directory the node is memory-only: batches are
+//! acknowledged at once, and a warning says so once.
 //!
 //! Other threads talk to a running driver through a [`DriverHandle`]: commands,
 //! stop, and queries of the node's state, over a channel plus a `mio::Waker`.
@@ -41,24 +54,35 @@
 //! - A graceful shutdown flushes for at most [`SHUTDOWN_FLUSH_TIMEOUT`].
 //! - Notifications waiting for a subscriber: [`NOTIFICATIONS_QUEUED_MAX`];
 //!   past it they are dropped for that subscriber (and a warning is logged).
+//! - Jobs in the worker pool: `WORK_QUEUE_JOBS_MAX`; past it a job runs
+//!   inline (the core bounds its work in flight far below that).
+//! - Persist batches waiting to be written after a failed commit: bounded
+//!   by the core's `PERSIST_IN_FLIGHT_MAX`; retried every
+//!   [`PERSIST_RETRY_INTERVAL`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant as StdInstant};
+use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use meshsync_core::chain::SignedBlock;
 use meshsync_core::io::{CloseCause, Notification};
 use meshsync_core::limits::{self, PENDING_SEND_BYTES_MAX};
+use meshsync_core::work::{Job, PersistBatch, WorkId, WorkOutput};
 use meshsync_core::{
     Action, Command, Config, ConnId, DialId, Identity, Input, Instant, Node, Origin, PeerId,
 };
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
+
+use crate::store::{BlockStore, StoreError};
+use crate::workers::{Full, WorkerPool};
 
 /// The one read buffer of a driver: big enough that a burst of frames is
 /// decoded from one read (design.md §7: small reads are expensive).
@@ -83,6 +107,15 @@ const _: () = assert!(
     limits::PEERS_MAX + limits::HANDSHAKES_IN_PROGRESS_MAX + limits::DIALS_IN_PROGRESS_MAX
         < CONNECTIONS_MAX
 );
+/// A commit slower than this is logged as a warning: it stalls every
+/// connection of the node for that long (the store writes on the loop thread).
+pub const PERSIST_COMMIT_SLOW: Duration = Duration::from_millis(100);
+/// After a failed commit, how long before the waiting batches are tried again.
+pub const PERSIST_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+// The core's own bound on work in flight keeps the pool from filling up:
+// `Full` (and an inline job) means a bug or several nodes on one pool.
+const _: () =
+    assert!(meshsync_core::node::WORK_IN_FLIGHT_MAX < crate::workers::WORK_QUEUE_JOBS_MAX);
 /// Readiness events taken from the kernel per poll.
 const EVENTS_PER_POLL_MAX: usize = 1_024;
 
@@ -100,6 +133,57 @@ enum Control {
     Command(Command),
     Stop,
     Query(Query),
+}
+
+/// How a driver runs its node's work and storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriverOptions {
+    /// Worker threads for `Action::Work` (1..=`WORKER_THREADS_MAX`).
+    pub workers: usize,
+    /// Where the block store lives; `None`: memory only, nothing survives a restart.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for DriverOptions {
+    /// One worker per core, memory only.
+    fn default() -> DriverOptions {
+        DriverOptions {
+            workers: crate::workers::default_threads(),
+            data_dir: None,
+        }
+    }
+}
+
+/// What the driver did with the core's work, for tests and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkStats {
+    /// Jobs handed to the worker pool.
+    pub submitted: u64,
+    /// Jobs run on the loop thread because the pool was full.
+    pub inline: u64,
+    /// Jobs that panicked (answered to the core as a failed verification).
+    pub panicked: u64,
+}
+
+/// What the driver did with the core's persist batches, for tests and logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistStats {
+    /// Batches acknowledged to the core (written, or memory-only).
+    pub batches: u64,
+    /// Blocks written to the store.
+    pub blocks: u64,
+    /// Blocks deleted from the store.
+    pub deleted: u64,
+    /// Commits that failed (and were retried).
+    pub failures: u64,
+    /// Sum of commit latencies, microseconds.
+    pub commit_micros_total: u64,
+    /// Slowest commit, microseconds.
+    pub commit_micros_max: u64,
+    /// Blocks found in the store at start-up and handed to the core.
+    pub loaded: u64,
+    /// Stored blocks that did not decode at start-up (logged and skipped).
+    pub skipped: u64,
 }
 
 /// The phase of a connection.
@@ -174,6 +258,17 @@ pub struct Driver {
     signals: Option<Signals>,
     subscribers: Vec<Subscriber>,
     state: RunState,
+    workers: WorkerPool<Job, WorkOutput>,
+    work_stats: WorkStats,
+    /// `None`: memory only.
+    store: Option<BlockStore>,
+    /// Batches not yet written, in the core's order (non-empty only after a failed commit).
+    unwritten: VecDeque<PersistBatch>,
+    /// When to try `unwritten` again after a failure.
+    persist_retry_at: Option<StdInstant>,
+    persist_stats: PersistStats,
+    /// Whether the memory-only warning was logged.
+    warned_not_durable: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -315,19 +410,61 @@ impl Driver {
     /// randomness; in production take it from [`crate::os_seed`].
     pub fn bind(
         listen: SocketAddr,
-        mut config: Config,
+        config: Config,
         identity: Identity,
         seed: [u8; 32],
     ) -> io::Result<Driver> {
+        Driver::bind_with(listen, config, identity, seed, &DriverOptions::default())
+    }
+
+    /// [`Driver::bind`] with a worker count and, if `options.data_dir` is
+    /// given, a durable block store there: its blocks are loaded into
+    /// `config.chain.stored` (a block that does not decode is logged and
+    /// skipped). Fails with the store's path if it cannot be opened or read.
+    pub fn bind_with(
+        listen: SocketAddr,
+        mut config: Config,
+        identity: Identity,
+        seed: [u8; 32],
+        options: &DriverOptions,
+    ) -> io::Result<Driver> {
+        let mut persist_stats = PersistStats::default();
+        let store = match &options.data_dir {
+            None => None,
+            Some(dir) => {
+                let store = BlockStore::open(dir).map_err(store_error)?;
+                let (blocks, skipped) = load_blocks(&store)?;
+                persist_stats.loaded = blocks.len() as u64;
+                persist_stats.skipped = skipped;
+                log::info!(
+                    "block store {}: {} blocks loaded{}",
+                    store.path().display(),
+                    blocks.len(),
+                    if skipped > 0 {
+                        format!(", {skipped} undecodable skipped")
+                    } else {
+                        String::new()
+                    }
+                );
+                config.chain.stored = Arc::from(blocks);
+                Some(store)
+            }
+        };
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(listen)?;
         let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        // mio allows one waker per poll: the workers share the handles' waker.
+        let workers = WorkerPool::new(options.workers, Job::run, Arc::clone(&waker))?;
         if config.listen_port == 0 {
             config.listen_port = local_addr.port();
         }
+        // The two clocks are read together: the core's instants are
+        // microseconds since `origin`, and slots are wall-clock slots.
+        let origin = StdInstant::now();
+        config.unix_ms_at_origin = unix_ms(SystemTime::now());
         let peer_id = identity.peer_id();
         let node = Node::new(config, identity, seed);
         let (control_sender, control_receiver) = crossbeam_channel::bounded(CONTROL_QUEUED_MAX);
@@ -340,7 +477,7 @@ impl Driver {
             local_addr,
             node,
             peer_id,
-            origin: StdInstant::now(),
+            origin,
             connections: HashMap::new(),
             dials: HashMap::new(),
             next_conn_id: FIRST_CONN_ID,
@@ -355,6 +492,13 @@ impl Driver {
             signals: None,
             subscribers: Vec::new(),
             state: RunState::Running,
+            workers,
+            work_stats: WorkStats::default(),
+            store,
+            unwritten: VecDeque::new(),
+            persist_retry_at: None,
+            persist_stats,
+            warned_not_durable: false,
         })
     }
 
@@ -373,6 +517,24 @@ impl Driver {
     /// The node, to read its peers and counters.
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// What happened to the core's work so far.
+    pub fn work_stats(&self) -> WorkStats {
+        WorkStats {
+            panicked: self.workers.panicked_jobs(),
+            ..self.work_stats
+        }
+    }
+
+    /// What happened to the core's persist batches so far.
+    pub fn persist_stats(&self) -> PersistStats {
+        self.persist_stats
+    }
+
+    /// Whether blocks are written to a store (else the node is memory-only).
+    pub fn is_durable(&self) -> bool {
+        self.store.is_some()
     }
 
     /// Transport connections the driver holds (dialling, open, or closing).
@@ -457,6 +619,17 @@ impl Driver {
         while !self.is_finished() {
             self.turn(None)?;
         }
+        let stats = self.persist_stats;
+        if self.store.is_some() && stats.batches > 0 {
+            log::info!(
+                "[{:?}] stored {} blocks in {} commits: {} µs mean, {} µs at most",
+                self.peer_id,
+                stats.blocks,
+                stats.batches,
+                stats.commit_micros_total / stats.batches,
+                stats.commit_micros_max
+            );
+        }
         log::info!("[{:?}] stopped", self.peer_id);
         Ok(())
     }
@@ -526,6 +699,15 @@ impl Driver {
         for id in backlog {
             self.read(id);
         }
+        // Every turn, not only on a waker event: cheap, and no result can
+        // be stranded by a wake that raced with an earlier drain.
+        self.drain_work();
+        if self
+            .persist_retry_at
+            .is_some_and(|retry_at| retry_at <= StdInstant::now())
+        {
+            self.write_unwritten();
+        }
         let now = self.now();
         if self.node.poll_timeout().is_some_and(|due| due <= now) {
             self.feed(Input::Timeout);
@@ -559,6 +741,9 @@ impl Driver {
         }
         if let RunState::ShuttingDown { deadline } = self.state {
             at_most(deadline.saturating_duration_since(now));
+        }
+        if let Some(retry_at) = self.persist_retry_at {
+            at_most(retry_at.saturating_duration_since(now));
         }
         wait
     }
@@ -1031,16 +1216,152 @@ impl Driver {
             }
             Action::Send { conn, bytes } => self.queue(conn.0, bytes),
             Action::Close { conn } => self.close(conn.0),
-            Action::Work { id, job } => {
-                // Inline for now: the worker pool takes these over.
+            Action::Work { id, job } => self.submit_work(id, job),
+            Action::Persist(batch) => self.persist(batch),
+            Action::Notify(notification) => self.notify(notification),
+        }
+    }
+
+    // ---- Work and storage ----
+
+    fn submit_work(&mut self, id: WorkId, job: Job) {
+        match self.workers.submit(id.0, job) {
+            Ok(()) => self.work_stats.submitted += 1,
+            Err(Full(job)) => {
+                // The core bounds its work in flight far below the pool's
+                // cap, so this is a flood or a bug. Running the job here
+                // stalls the loop for its length, but dropping it would
+                // leave the core waiting for an answer that never comes.
+                log::warn!(
+                    "[{:?}] worker pool full: running work {} inline",
+                    self.peer_id,
+                    id.0
+                );
+                self.work_stats.inline += 1;
                 let output = job.run();
                 self.feed(Input::WorkDone { id, output });
             }
-            Action::Persist(batch) => {
-                // Not durable yet: the block store takes these over.
-                self.feed(Input::Persisted { id: batch.id });
+        }
+    }
+
+    /// Feeds every finished job back to the core.
+    fn drain_work(&mut self) {
+        while let Some((id, result)) = self.workers.try_recv_result() {
+            let output = match result {
+                Ok(output) => output,
+                Err(panicked) => {
+                    // The pool logged the panic. The job's blocks are gone
+                    // with it, so the core gets a failed verification of no
+                    // blocks: it frees the job's slot and imports nothing
+                    // (a gossiped block gets no verdict and times out in the
+                    // router). Range sync reads it as a bad batch and
+                    // penalises the batch's peer, for our bug; a
+                    // `WorkFailed` input in the core would avoid that.
+                    log::error!(
+                        "[{:?}] work {id} failed: {panicked}; answered as a failed verification",
+                        self.peer_id
+                    );
+                    WorkOutput::VerifiedBlocks {
+                        blocks: Vec::new(),
+                        result: Err(Vec::new()),
+                    }
+                }
+            };
+            self.feed(Input::WorkDone {
+                id: WorkId(id),
+                output,
+            });
+        }
+    }
+
+    /// Writes `batch` durably (or, memory-only, does not) and tells the core.
+    ///
+    /// The commit runs on the loop thread: a batch is one block per slot,
+    /// or one sync batch, and a redb commit with fsync takes milliseconds
+    /// (measured in [`PersistStats`]; slower than [`PERSIST_COMMIT_SLOW`]
+    /// is logged). A writer thread would keep the loop free during the
+    /// fsync, at the cost of a second owner of the store; the batches'
+    /// order would be kept by a FIFO channel either way.
+    fn persist(&mut self, batch: PersistBatch) {
+        if self.store.is_none() {
+            if !self.warned_not_durable {
+                self.warned_not_durable = true;
+                log::warn!(
+                    "[{:?}] no data directory: blocks are kept in memory only and lost on exit",
+                    self.peer_id
+                );
             }
-            Action::Notify(notification) => self.notify(notification),
+            self.persist_stats.batches += 1;
+            self.feed(Input::Persisted { id: batch.id });
+            return;
+        }
+        self.unwritten.push_back(batch);
+        if self.persist_retry_at.is_none() {
+            self.write_unwritten();
+        }
+    }
+
+    /// Writes waiting batches in order, each in one transaction, and
+    /// acknowledges each as it lands. Stops at a failure and retries later
+    /// (acknowledgements are cumulative, so no later batch may pass it).
+    fn write_unwritten(&mut self) {
+        self.persist_retry_at = None;
+        while let Some(batch) = self.unwritten.front() {
+            let Some(store) = self.store.as_mut() else {
+                unreachable!("only a durable driver queues batches");
+            };
+            let encoded: Vec<(meshsync_core::chain::Root, u64, Vec<u8>)> = batch
+                .blocks
+                .iter()
+                .map(|(root, block)| (*root, block.slot(), block.encode()))
+                .collect();
+            let blocks: Vec<(meshsync_core::chain::Root, u64, &[u8])> = encoded
+                .iter()
+                .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
+                .collect();
+            let finalized = Some((batch.finalized.root, batch.finalized.slot));
+            let started = StdInstant::now();
+            match store.commit(&blocks, &batch.delete, finalized) {
+                Ok(deleted) => {
+                    let took = started.elapsed();
+                    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                    let stats = &mut self.persist_stats;
+                    stats.batches += 1;
+                    stats.blocks += blocks.len() as u64;
+                    stats.deleted += deleted as u64;
+                    stats.commit_micros_total = stats.commit_micros_total.saturating_add(micros);
+                    stats.commit_micros_max = stats.commit_micros_max.max(micros);
+                    if took > PERSIST_COMMIT_SLOW {
+                        log::warn!(
+                            "[{:?}] persist batch {} took {} ms",
+                            self.peer_id,
+                            batch.id,
+                            took.as_millis()
+                        );
+                    } else {
+                        log::debug!(
+                            "[{:?}] persist batch {} ({} blocks, {deleted} deleted) in {micros} µs",
+                            self.peer_id,
+                            batch.id,
+                            blocks.len()
+                        );
+                    }
+                    let id = batch.id;
+                    self.unwritten.pop_front();
+                    self.feed(Input::Persisted { id });
+                }
+                Err(error) => {
+                    log::error!(
+                        "[{:?}] persist batch {} failed (retrying in {:?}): {error}",
+                        self.peer_id,
+                        batch.id,
+                        PERSIST_RETRY_INTERVAL
+                    );
+                    self.persist_stats.failures += 1;
+                    self.persist_retry_at = Some(StdInstant::now() + PERSIST_RETRY_INTERVAL);
+                    return;
+                }
+            }
         }
     }
 
@@ -1217,6 +1538,59 @@ fn set_nodelay(stream: &TcpStream) {
     }
 }
 
+/// Milliseconds since the Unix epoch at `time` (0 before it).
+fn unix_ms(time: SystemTime) -> u64 {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
+/// A store error as the `io::Error` [`Driver::bind_with`] returns (its text names the path).
+fn store_error(error: StoreError) -> io::Error {
+    let kind = match &error {
+        StoreError::Io { error, .. } => error.kind(),
+        StoreError::Locked { .. } => io::ErrorKind::WouldBlock,
+        _ => io::ErrorKind::InvalidData,
+    };
+    io::Error::new(kind, error.to_string())
+}
+
+/// Every block in the store that decodes (and whose root is the one it is
+/// stored under), in (slot, root) order, and how many were skipped.
+fn load_blocks(store: &BlockStore) -> io::Result<(Vec<SignedBlock>, u64)> {
+    let mut blocks = Vec::new();
+    let mut skipped = 0;
+    store
+        .for_each_block(|root, slot, bytes| match SignedBlock::decode(bytes) {
+            Ok(block) if block.root() == root => blocks.push(block),
+            Ok(block) => {
+                skipped += 1;
+                log::error!(
+                    "block store {}: block at slot {slot} is stored under the wrong root ({}): skipped",
+                    store.path().display(),
+                    hex4(&block.root())
+                );
+            }
+            Err(error) => {
+                skipped += 1;
+                log::error!(
+                    "block store {}: block {} at slot {slot} does not decode ({error}): skipped",
+                    store.path().display(),
+                    hex4(&root)
+                );
+            }
+        })
+        .map_err(store_error)?;
+    Ok((blocks, skipped))
+}
+
+/// The first 4 bytes of a root in hex, for logs.
+fn hex4(root: &meshsync_core::chain::Root) -> String {
+    root[..4].iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
 /// `instant` on the core's clock that starts at `origin`.
 fn core_instant(origin: StdInstant, instant: StdInstant) -> Instant {
     let micros = instant.saturating_duration_since(origin).as_micros();
@@ -1248,6 +1622,69 @@ mod tests {
             Instant::ZERO,
             "never before the origin"
         );
+    }
+
+    /// A lone proposer with a data directory: its blocks are committed to
+    /// the store (and only then acknowledged), and a driver bound again on
+    /// the same directory starts at the same head. The genesis starts now,
+    /// so blocks appear only if the core's clock is the wall clock
+    /// (`unix_ms_at_origin`).
+    #[test]
+    fn a_durable_driver_comes_back_at_its_head() {
+        use meshsync_core::chain::{devnet_keys, ChainConfig, ProposerKey};
+        let dir = crate::temp_dir::TempDir::new("driver-store");
+        let genesis_time_ms = unix_ms(SystemTime::now());
+        let chain = |proposer: bool| {
+            let genesis = crate::devnet::devnet_genesis(3, 1, 100, genesis_time_ms).unwrap();
+            let mut config = Config::new(3);
+            config.chain = ChainConfig {
+                genesis: Arc::new(genesis),
+                stored: Arc::from(Vec::new()),
+                proposer_keys: if proposer {
+                    vec![ProposerKey(Arc::new(devnet_keys(3, 1).remove(0)))]
+                } else {
+                    Vec::new()
+                },
+                body_bytes: 64,
+                follow_gossip: true,
+            };
+            config
+        };
+        let options = DriverOptions {
+            workers: 1,
+            data_dir: Some(dir.path().to_path_buf()),
+        };
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut driver = Driver::bind_with(
+            loopback,
+            chain(true),
+            Identity::from_seed(5),
+            [5; 32],
+            &options,
+        )
+        .unwrap();
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        let reached = driver
+            .run_until(|driver| driver.node().status().head_slot >= 3, deadline)
+            .unwrap();
+        assert!(reached, "{:?}", driver.node().chain().head());
+        let head = driver.node().chain().head();
+        assert_eq!(driver.node().status().head_root, head.root);
+        let stats = driver.persist_stats();
+        assert_eq!(stats.failures, 0);
+        assert!(stats.blocks >= 3 && stats.batches >= 3, "{stats:?}");
+        drop(driver);
+
+        let again = Driver::bind_with(
+            loopback,
+            chain(false),
+            Identity::from_seed(5),
+            [5; 32],
+            &options,
+        )
+        .unwrap();
+        assert_eq!(again.node().chain().head(), head);
+        assert_eq!(again.persist_stats().loaded, stats.blocks);
     }
 
     /// A peer that never reads gets its connection dropped once more than

@@ -24,6 +24,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use blst::min_pk::SecretKey;
@@ -31,7 +32,7 @@ use meshsync_core::chain::genesis::{
     secret_key_from_text, secret_key_to_text, BlsKeyFileError, FINALITY_DEPTH_SLOTS_DEFAULT,
     GENESIS_TEXT_BYTES_MAX, PROPOSERS_MAX,
 };
-use meshsync_core::chain::{Genesis, GenesisError};
+use meshsync_core::chain::{ChainConfig, Genesis, GenesisError, ProposerKey};
 use rand_core::{OsRng, RngCore};
 
 use crate::keyfile::{self, KeyFileIoError};
@@ -134,6 +135,20 @@ pub enum GenesisFileError {
         /// The error.
         error: io::Error,
     },
+    /// A proposer key file holds a key that is not one of the genesis proposers.
+    NotAProposer {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The genesis file names another network than the one asked for.
+    NetworkMismatch {
+        /// The genesis file.
+        path: PathBuf,
+        /// The genesis's network id.
+        genesis: u64,
+        /// The one asked for.
+        asked: u64,
+    },
 }
 
 impl fmt::Display for GenesisFileError {
@@ -160,6 +175,20 @@ impl fmt::Display for GenesisFileError {
                 path.display()
             ),
             GenesisFileError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            GenesisFileError::NotAProposer { path } => write!(
+                f,
+                "proposer key file {}: the key is not one of the genesis proposers",
+                path.display()
+            ),
+            GenesisFileError::NetworkMismatch {
+                path,
+                genesis,
+                asked,
+            } => write!(
+                f,
+                "genesis file {} is for network {genesis}, not {asked}",
+                path.display()
+            ),
         }
     }
 }
@@ -292,6 +321,46 @@ pub fn load_proposer_key(path: &Path) -> Result<SecretKey, GenesisFileError> {
         path: path.to_path_buf(),
         error,
     })
+}
+
+/// A node's [`ChainConfig`] from its files: the genesis at `genesis` (or,
+/// without one, the devnet genesis of `network_id`, or of
+/// [`NETWORK_ID_DEFAULT`]) and one proposer key per file in `proposer_keys`,
+/// each of which must be a genesis proposer. The node follows the chain by
+/// gossip; nothing is stored yet (the driver loads its store).
+pub fn load_chain_config(
+    genesis: Option<&Path>,
+    proposer_keys: &[PathBuf],
+    network_id: Option<u64>,
+) -> Result<ChainConfig, GenesisFileError> {
+    let mut config = match genesis {
+        None => ChainConfig::devnet(network_id.unwrap_or(NETWORK_ID_DEFAULT)),
+        Some(path) => {
+            let genesis = load_genesis(path)?;
+            if let Some(asked) = network_id {
+                if asked != genesis.network_id() {
+                    return Err(GenesisFileError::NetworkMismatch {
+                        path: path.to_path_buf(),
+                        genesis: genesis.network_id(),
+                        asked,
+                    });
+                }
+            }
+            ChainConfig {
+                genesis: Arc::new(genesis),
+                ..ChainConfig::devnet(NETWORK_ID_DEFAULT)
+            }
+        }
+    };
+    for path in proposer_keys {
+        let key = load_proposer_key(path)?;
+        if !config.genesis.proposer_keys().contains(&key.sk_to_pk()) {
+            return Err(GenesisFileError::NotAProposer { path: path.clone() });
+        }
+        config.proposer_keys.push(ProposerKey(Arc::new(key)));
+    }
+    config.follow_gossip = true;
+    Ok(config)
 }
 
 /// The text of the file at `path`, refused past `bytes_max` without reading more.
@@ -509,5 +578,40 @@ mod tests {
             time > now_ms - 1_000 && time <= now_ms + 1_000,
             "{time} {now_ms}"
         );
+    }
+
+    #[test]
+    fn a_chain_config_comes_from_the_genesis_and_its_proposer_keys() {
+        let dir = TempDir::new("genesis");
+        let written = write_genesis(dir.path(), &options(2), false).unwrap();
+        let config =
+            load_chain_config(Some(&written.genesis_path), &written.key_paths[1..], None).unwrap();
+        assert_eq!(*config.genesis, written.genesis);
+        assert_eq!(config.proposer_keys.len(), 1);
+        assert!(config.follow_gossip);
+        assert!(config.stored.is_empty());
+
+        // Without a genesis file: the devnet genesis of the network asked for.
+        let devnet = load_chain_config(None, &[], Some(9)).unwrap();
+        assert_eq!(devnet.genesis.network_id(), 9);
+
+        let other = dir.path().join("other");
+        let stranger = write_genesis(&other, &options(1), false).unwrap();
+        let error =
+            load_chain_config(Some(&written.genesis_path), &stranger.key_paths, None).unwrap_err();
+        assert!(
+            matches!(error, GenesisFileError::NotAProposer { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("proposer-0.key"), "{error}");
+
+        let wrong_network = written.genesis.network_id() + 1;
+        let error =
+            load_chain_config(Some(&written.genesis_path), &[], Some(wrong_network)).unwrap_err();
+        assert!(error.to_string().contains("genesis.toml"), "{error}");
+        assert!(error.to_string().contains("is for network"), "{error}");
+
+        let error = load_chain_config(Some(&dir.path().join("nope.toml")), &[], None).unwrap_err();
+        assert!(error.to_string().contains("nope.toml"), "{error}");
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod address;
 pub mod bench;
+pub mod bench_sync;
 pub mod devnet;
 pub mod driver;
 pub mod genesis_files;

@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX;
 use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
+use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
 use meshsync_core::Config;
+use meshsync_mio::driver::DriverOptions;
 use meshsync_mio::genesis_files::{self, GenesisOptions};
-use meshsync_mio::{bench, devnet, keyfile, Driver, PeerAddress};
+use meshsync_mio::{bench, bench_sync, devnet, keyfile, workers, Driver, PeerAddress};
 
 /// meshsync: a peer-to-peer block sync engine.
 #[derive(Parser, Debug)]
@@ -66,11 +69,32 @@ enum CliCommand {
         /// A peer to dial at start, optionally with the identity it must prove. Repeatable.
         #[arg(long = "peer", value_name = "ADDR[@PEERID]")]
         peers: Vec<PeerAddress>,
-        /// Network id; peers on another network are refused.
-        #[arg(long = "network", value_name = "ID", default_value_t = 1)]
-        network_id: u64,
+        /// Network id; peers on another network are refused (default: the
+        /// genesis file's, or 1).
+        #[arg(long = "network", value_name = "ID")]
+        network_id: Option<u64>,
+        /// The network's genesis file (from `meshsync genesis`); default: the
+        /// devnet genesis of the network id (genesis time 0, one proposer).
+        #[arg(long, value_name = "FILE")]
+        genesis: Option<PathBuf>,
+        /// A proposer key file (from `meshsync genesis`) to produce blocks
+        /// with; it must be a genesis proposer. Repeatable.
+        #[arg(long = "proposer-key", value_name = "FILE")]
+        proposer_keys: Vec<PathBuf>,
+        /// Directory of the durable block store (created if missing);
+        /// without it the node keeps its chain in memory only.
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Body bytes of the blocks this node produces.
+        #[arg(long = "body-bytes", value_name = "N", default_value_t = DEVNET_BODY_BYTES_DEFAULT)]
+        body_bytes: usize,
+        /// Worker threads for block verification (default: one per core).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
     },
-    /// Run N connected nodes on 127.0.0.1 in this process.
+    /// Run N connected nodes on 127.0.0.1 in this process, P of them
+    /// proposing blocks on a fresh devnet genesis, and print every node's
+    /// head slot and peer count once a second.
     Devnet {
         /// Number of nodes.
         #[arg(long, value_name = "N")]
@@ -84,6 +108,22 @@ enum CliCommand {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long, value_name = "S")]
         seconds: Option<u64>,
+        /// Proposers: nodes 0..P hold one devnet proposer key each (0: no blocks).
+        #[arg(long, value_name = "P", default_value_t = 1)]
+        proposers: usize,
+        /// Slot duration in milliseconds.
+        #[arg(long = "slot-ms", value_name = "MS", default_value_t = devnet::SLOT_DURATION_MS_DEFAULT)]
+        slot_duration_ms: u64,
+        /// Body bytes of each produced block.
+        #[arg(long = "body-bytes", value_name = "B", default_value_t = DEVNET_BODY_BYTES_DEFAULT)]
+        body_bytes: usize,
+        /// Add one more node (no key) this many seconds after the start.
+        #[arg(long = "late-node-at", value_name = "SECONDS")]
+        late_node_at: Option<u64>,
+        /// Parent of the nodes' data directories (node-0, node-1, ...);
+        /// default: a fresh temporary directory, removed at exit.
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
     /// Measure the driver against the core's limit.
     Bench {
@@ -116,6 +156,20 @@ enum BenchCommand {
         /// Bytes of each encoded signed block (header, signature and body: 180 to 65536).
         #[arg(long, value_name = "B", default_value_t = 1024)]
         block_bytes: usize,
+    },
+    /// Initial sync: a fresh node range-syncs a signed chain from three
+    /// in-memory peers with a real worker pool, against the raw BLS
+    /// batch-verify limit measured in the same run, for each thread count.
+    Sync {
+        /// Blocks in the chain.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        blocks: u64,
+        /// Body bytes of each block.
+        #[arg(long, value_name = "B", default_value_t = 1024)]
+        body_bytes: usize,
+        /// Worker thread counts to measure (default: 1 and all cores).
+        #[arg(long, value_name = "T", value_delimiter = ',')]
+        threads: Vec<usize>,
     },
 }
 
@@ -164,17 +218,42 @@ fn run(cli: Cli) -> Result<(), String> {
             key,
             peers,
             network_id,
-        } => node(listen, &key, &peers, network_id),
+            genesis,
+            proposer_keys,
+            data_dir,
+            body_bytes,
+            workers,
+        } => node(NodeOptions {
+            listen,
+            key,
+            peers,
+            network_id,
+            genesis,
+            proposer_keys,
+            data_dir,
+            body_bytes,
+            workers,
+        }),
         CliCommand::Devnet {
             nodes,
             base_port,
             network_id,
             seconds,
+            proposers,
+            slot_duration_ms,
+            body_bytes,
+            late_node_at,
+            data_dir,
         } => devnet::run(&devnet::DevnetOptions {
             nodes,
             base_port,
             network_id,
             run_for: seconds.map(Duration::from_secs),
+            proposers,
+            slot_duration_ms,
+            body_bytes,
+            late_node_at: late_node_at.map(Duration::from_secs),
+            data_dir,
         })
         .map_err(|error| format!("devnet: {error}")),
         CliCommand::Bench {
@@ -205,6 +284,33 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let report = bench::requests(options).map_err(|error| error.to_string())?;
             println!("{report}");
+            Ok(())
+        }
+        CliCommand::Bench {
+            bench:
+                BenchCommand::Sync {
+                    blocks,
+                    body_bytes,
+                    threads,
+                },
+        } => {
+            let threads = if threads.is_empty() {
+                let all = workers::default_threads();
+                if all > 1 {
+                    vec![1, all]
+                } else {
+                    vec![1]
+                }
+            } else {
+                threads
+            };
+            let options = bench_sync::SyncBenchOptions {
+                blocks,
+                body_bytes,
+                threads,
+            };
+            let report = bench_sync::sync(options)?;
+            print!("{report}");
             Ok(())
         }
     }
@@ -240,24 +346,52 @@ fn genesis(out: &Path, options: &GenesisOptions, force: bool) -> Result<(), Stri
     Ok(())
 }
 
-fn node(
+/// What `meshsync node` was given.
+struct NodeOptions {
     listen: SocketAddr,
-    key: &Path,
-    peers: &[PeerAddress],
-    network_id: u64,
-) -> Result<(), String> {
-    let identity = keyfile::read_key_file(key).map_err(|error| error.to_string())?;
-    let mut driver = Driver::bind(
-        listen,
-        Config::new(network_id),
+    key: PathBuf,
+    peers: Vec<PeerAddress>,
+    network_id: Option<u64>,
+    genesis: Option<PathBuf>,
+    proposer_keys: Vec<PathBuf>,
+    data_dir: Option<PathBuf>,
+    body_bytes: usize,
+    workers: Option<usize>,
+}
+
+fn node(options: NodeOptions) -> Result<(), String> {
+    let identity = keyfile::read_key_file(&options.key).map_err(|error| error.to_string())?;
+    if options.body_bytes > BLOCK_BODY_BYTES_MAX {
+        return Err(format!(
+            "--body-bytes {} is more than a block body may hold ({BLOCK_BODY_BYTES_MAX})",
+            options.body_bytes
+        ));
+    }
+    let mut chain = genesis_files::load_chain_config(
+        options.genesis.as_deref(),
+        &options.proposer_keys,
+        options.network_id,
+    )
+    .map_err(|error| error.to_string())?;
+    chain.body_bytes = options.body_bytes;
+    let mut config = Config::new(chain.genesis.network_id());
+    config.chain = chain;
+    let driver_options = DriverOptions {
+        workers: options.workers.unwrap_or_else(workers::default_threads),
+        data_dir: options.data_dir,
+    };
+    let mut driver = Driver::bind_with(
+        options.listen,
+        config,
         identity,
         meshsync_mio::os_seed(),
+        &driver_options,
     )
-    .map_err(|error| format!("cannot listen on {listen}: {error}"))?;
+    .map_err(|error| format!("cannot start the node on {}: {error}", options.listen))?;
     driver
         .catch_signals()
         .map_err(|error| format!("cannot install signal handlers: {error}"))?;
-    for peer in peers {
+    for peer in &options.peers {
         driver.command(peer.dial_command());
     }
     driver

@@ -12,7 +12,9 @@
 //! | `slot_by_root_v1` | root | slot u64 | find (and delete) a block by root alone |
 //! | `meta_v1` | name | bytes | `finalized` (root ‖ slot BE, 40 bytes), `block_bytes` (u64 BE) |
 //!
-//! Every [`BlockStore::persist`] and [`BlockStore::delete`] is one redb write
+//! Every [`BlockStore::commit`] (one `Action::Persist` batch: blocks,
+//! deletions and the finalized checkpoint together), [`BlockStore::persist`]
+//! and [`BlockStore::delete`] is one redb write
 //! transaction committed with `Durability::Immediate` (redb's default): when
 //! the call returns, the data is on disk, so a block may then be announced as
 //! imported (design.md §1). A crash mid-commit leaves the previous commit.
@@ -215,6 +217,26 @@ impl BlockStore {
         blocks: &[(Root, u64, &[u8])],
         finalized: Option<(Root, u64)>,
     ) -> Result<(), StoreError> {
+        self.commit(blocks, &[], finalized).map(|_| ())
+    }
+
+    /// Removes the blocks with these roots (forks the core pruned), in one
+    /// durable transaction. Unknown roots are ignored; returns how many were removed.
+    pub fn delete(&mut self, roots: &[Root]) -> Result<usize, StoreError> {
+        self.commit(&[], roots, None)
+    }
+
+    /// One `Action::Persist` batch as one durable transaction: stores
+    /// `blocks`, then removes `delete` (a root in both ends up removed: the
+    /// core forgot it), then records `finalized` if given. Nothing is written
+    /// if any block is larger than [`BLOCK_BYTES_MAX`]. Returns how many
+    /// blocks were removed.
+    pub fn commit(
+        &mut self,
+        blocks: &[(Root, u64, &[u8])],
+        delete: &[Root],
+        finalized: Option<(Root, u64)>,
+    ) -> Result<usize, StoreError> {
         if let Some((root, _, bytes)) = blocks
             .iter()
             .find(|(_, _, bytes)| bytes.len() > BLOCK_BYTES_MAX)
@@ -224,7 +246,14 @@ impl BlockStore {
                 bytes: bytes.len(),
             });
         }
-        self.write("persist", |transaction| {
+        let operation = if delete.is_empty() {
+            "persist"
+        } else if blocks.is_empty() && finalized.is_none() {
+            "delete"
+        } else {
+            "persist and delete"
+        };
+        self.write(operation, |transaction| {
             let mut by_slot = transaction.open_table(BLOCKS)?;
             let mut slots = transaction.open_table(SLOT_BY_ROOT)?;
             let mut meta = transaction.open_table(META)?;
@@ -240,27 +269,8 @@ impl BlockStore {
                 by_slot.insert((*slot, *root), *bytes)?;
                 block_bytes = block_bytes.saturating_add(bytes.len() as u64);
             }
-            meta.insert(META_BLOCK_BYTES, block_bytes.to_be_bytes().as_slice())?;
-            if let Some((root, slot)) = finalized {
-                let mut checkpoint = [0u8; CHECKPOINT_BYTES];
-                checkpoint[..32].copy_from_slice(&root);
-                checkpoint[32..].copy_from_slice(&slot.to_be_bytes());
-                meta.insert(META_FINALIZED, checkpoint.as_slice())?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Removes the blocks with these roots (forks the core pruned), in one
-    /// durable transaction. Unknown roots are ignored; returns how many were removed.
-    pub fn delete(&mut self, roots: &[Root]) -> Result<usize, StoreError> {
-        self.write("delete", |transaction| {
-            let mut by_slot = transaction.open_table(BLOCKS)?;
-            let mut slots = transaction.open_table(SLOT_BY_ROOT)?;
-            let mut meta = transaction.open_table(META)?;
-            let mut block_bytes = read_block_bytes(&meta)?;
             let mut removed = 0;
-            for root in roots {
+            for root in delete {
                 let Some(slot) = slots.remove(root)?.map(|guard| guard.value()) else {
                     continue;
                 };
@@ -270,6 +280,12 @@ impl BlockStore {
                 removed += 1;
             }
             meta.insert(META_BLOCK_BYTES, block_bytes.to_be_bytes().as_slice())?;
+            if let Some((root, slot)) = finalized {
+                let mut checkpoint = [0u8; CHECKPOINT_BYTES];
+                checkpoint[..32].copy_from_slice(&root);
+                checkpoint[32..].copy_from_slice(&slot.to_be_bytes());
+                meta.insert(META_FINALIZED, checkpoint.as_slice())?;
+            }
             Ok(removed)
         })
     }
@@ -588,6 +604,29 @@ mod tests {
             StoreStats {
                 blocks: 3,
                 block_bytes: total - 10
+            }
+        );
+    }
+
+    #[test]
+    fn one_commit_stores_deletes_and_records_finality_together() {
+        let dir = TempDir::new("store");
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        persist_owned(&mut store, &[(root(1, 0), 1, vec![1; 8])], None).unwrap();
+        let new = [(root(2, 0), 2, [2u8; 5].as_slice())];
+        let removed = store
+            .commit(&new, &[root(1, 0), root(9, 9)], Some((root(2, 0), 2)))
+            .unwrap();
+        assert_eq!(removed, 1);
+        let chain = store.load().unwrap();
+        assert_eq!(chain.blocks.len(), 1);
+        assert_eq!(chain.blocks[0].root, root(2, 0));
+        assert_eq!(chain.finalized, Some((root(2, 0), 2)));
+        assert_eq!(
+            store.stats().unwrap(),
+            StoreStats {
+                blocks: 1,
+                block_bytes: 5
             }
         );
     }
