@@ -421,7 +421,10 @@ impl Node {
         match result {
             Ok(()) => !known,
             Err((_, error)) => {
-                debug!("block {} at slot {slot} not imported: {error}", short(&root));
+                debug!(
+                    "block {} at slot {slot} not imported: {error}",
+                    short(&root)
+                );
                 false
             }
         }

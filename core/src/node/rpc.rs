@@ -423,7 +423,9 @@ impl Node {
                 }
                 Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
             },
-            Purpose::Blocks { blocks, invalid, .. } => {
+            Purpose::Blocks {
+                blocks, invalid, ..
+            } => {
                 if invalid.is_some() {
                     return;
                 }

@@ -84,7 +84,8 @@ impl Node {
 
     /// A gossiped block whose parent we lack: look its ancestors up.
     pub(super) fn sync_orphan(&mut self, now: Instant, block: SignedBlock, from: PeerId) {
-        self.lookups.on_unknown_parent(now, block, from, &self.chain);
+        self.lookups
+            .on_unknown_parent(now, block, from, &self.chain);
     }
 
     /// Timers of both machines.
@@ -95,10 +96,13 @@ impl Node {
 
     /// The earliest deadline of either machine.
     pub(super) fn sync_deadline(&self) -> Option<Instant> {
-        [self.range_sync.next_deadline(), self.lookups.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.range_sync.next_deadline(),
+            self.lookups.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Carries out everything both machines ask for, until neither has more.

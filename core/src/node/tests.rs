@@ -1365,7 +1365,10 @@ fn a_late_joiner_range_syncs_from_its_peers_and_verifies_every_block() {
     assert_eq!(synced_at(&net, 0), Some(300));
     assert_eq!(net.nodes[0].status().head_slot, 300, "durable");
     assert_eq!(net.persisted[0].len(), 300);
-    assert!(net.nodes[0].counters().work_done >= 5, "verified in batches");
+    assert!(
+        net.nodes[0].counters().work_done >= 5,
+        "verified in batches"
+    );
     // Both servers were used.
     assert!(net.nodes[1].counters().requests_served > 2);
     assert!(net.nodes[2].counters().requests_served > 2);
@@ -1399,10 +1402,14 @@ fn a_server_of_bad_signatures_is_penalised_and_its_blocks_never_imported() {
 fn a_follower_that_missed_blocks_looks_up_their_parents() {
     let mut net = producing_line();
     net.advance(Duration::from_millis(1_000)); // Slot 1 everywhere (2.5 s).
-    // Node 2 drops off; slots 2 and 3 pass without it.
+                                               // Node 2 drops off; slots 2 and 3 pass without it.
     let peer = net.nodes[2].peer_id();
     let reason = GoodbyeReason::ClientShutdown;
-    run(&mut net, 1, Input::Command(Command::Disconnect { peer, reason }));
+    run(
+        &mut net,
+        1,
+        Input::Command(Command::Disconnect { peer, reason }),
+    );
     net.advance(Duration::from_millis(4_000)); // 6.5 s: slots 2, 3.
     assert_eq!(net.nodes[2].chain().head().slot, 1);
     net.dial(2, 1, None);
