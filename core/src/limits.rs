@@ -48,6 +48,14 @@ pub const PENDING_SEND_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// so a slow reader costs the router's bounded queue, not the driver's.
 pub const GOSSIP_SEND_WINDOW_BYTES: usize = 2 * 1024 * 1024;
 
+/// The same over all connections together: while the node has this much
+/// unwritten, no connection gets gossip (control still goes). A large message
+/// then leaves for a couple of peers at a time and its other copies wait in
+/// the router, where the IDONTWANTs of peers that got it elsewhere cancel
+/// them (gossipsub v1.2's point). Counts everything written, requests and
+/// answers included.
+pub const GOSSIP_NODE_WINDOW_BYTES: usize = 2 * 1024 * 1024;
+
 /// Bytes the frame decoder of one connection buffers: one Noise message and its length prefix.
 pub const RECEIVE_BUFFER_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX + 2;
 

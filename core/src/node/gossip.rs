@@ -44,6 +44,7 @@ use super::Node;
 use crate::gossip::{GossipEvent, MessageId, Misbehaviour, SendReadiness, Topic, Validation};
 use crate::identity::PeerId;
 use crate::io::{Direction, GoodbyeReason, Notification};
+use crate::limits;
 use crate::peer::{Penalty, Report};
 use crate::time::Instant;
 
@@ -85,8 +86,13 @@ impl Node {
                 self.apply_gossip_event(now, event);
             }
             let (peers, connections) = (&self.peers, &self.connections);
+            // The node's uplink is one: while it is busy, gossip waits in the
+            // router, where an IDONTWANT can still cancel it. Without this, a
+            // 1 MiB block forwarded to 8 mesh peers is handed over 8 times at
+            // once and the IDONTWANTs arriving a moment later save nothing.
+            let node_busy = Node::unwritten_total(connections) >= limits::GOSSIP_NODE_WINDOW_BYTES;
             let readiness = |peer: &PeerId| match peers.get(peer) {
-                Some(&conn) if Node::gossip_window_open(connections, conn) => {
+                Some(&conn) if !node_busy && Node::gossip_window_open(connections, conn) => {
                     SendReadiness::Everything
                 }
                 _ => SendReadiness::ControlOnly,

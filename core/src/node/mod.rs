@@ -1144,6 +1144,21 @@ impl Node {
         }
     }
 
+    /// Bytes handed to the driver and not yet written, plus plaintext
+    /// waiting to be sealed, over every connection.
+    fn unwritten_total(connections: &BTreeMap<ConnId, Connection>) -> usize {
+        connections
+            .values()
+            .map(|connection| {
+                let pending = match &connection.state {
+                    ConnectionState::Established(established) => established.outbound.len(),
+                    ConnectionState::Handshaking { .. } => 0,
+                };
+                connection.unwritten_bytes.saturating_add(pending)
+            })
+            .fold(0usize, usize::saturating_add)
+    }
+
     /// Whether `conn` can take more gossip now: what the driver has not
     /// written plus what waits to be sealed is below [`limits::GOSSIP_SEND_WINDOW_BYTES`].
     fn gossip_window_open(connections: &BTreeMap<ConnId, Connection>, conn: ConnId) -> bool {

@@ -1417,3 +1417,41 @@ fn a_follower_that_missed_blocks_looks_up_their_parents() {
     assert_eq!(net.nodes[2].chain().head(), net.nodes[0].chain().head());
     assert_eq!(net.nodes[2].chain().head().slot, 4);
 }
+
+#[test]
+fn a_large_message_leaves_for_a_few_peers_at_a_time_while_the_uplink_is_busy() {
+    // Node 0 and four subscribers that read nothing for now.
+    let mut net = Net::with_nodes(5);
+    for i in 1..5 {
+        net.dial(0, i, None);
+    }
+    for i in 0..5 {
+        let topic = blocks_topic();
+        run(&mut net, i, Input::Command(Command::Subscribe { topic }));
+    }
+    net.advance(Duration::from_secs(2));
+    for i in 1..5 {
+        net.set_slow_reader(i, true);
+    }
+    let mut payload = vec![0u8; 1024 * 1024];
+    rand_chacha::ChaCha20Rng::from_seed([3; 32]).fill_bytes(&mut payload);
+    publish(&mut net, 0, &payload);
+    net.drain();
+    // Two copies fill the node's window; the other two wait in the router.
+    let held = net.held_bytes();
+    assert!(
+        (2 * 1024 * 1024..3 * 1024 * 1024).contains(&held),
+        "{held} bytes handed over"
+    );
+    let queued: usize = (1..5)
+        .map(|i| net.nodes[0].gossip().queued_items(&net.nodes[i].peer_id()))
+        .sum();
+    assert_eq!(queued, 2);
+    for i in 1..5 {
+        net.set_slow_reader(i, false);
+    }
+    net.drain();
+    for i in 1..5 {
+        assert_eq!(gossip_messages(&net, i).len(), 1, "node {i}");
+    }
+}
