@@ -251,6 +251,8 @@ fn start_node(
         body_bytes: options.body_bytes,
         follow_gossip: true,
     };
+    // A devnet is small and trusted: one peer is enough to start range sync.
+    config.sync.peers_min = 1;
     let driver_options = DriverOptions {
         workers: WORKERS_PER_NODE,
         data_dir: Some(data_dir.join(format!("node-{index}"))),

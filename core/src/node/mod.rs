@@ -240,6 +240,8 @@ struct Established {
     metadata_seq: Option<u64>,
     /// Whether a Metadata request to it is open.
     metadata_requested: bool,
+    /// Our requests to it that timed out in a row (a complete answer resets it).
+    timeouts_in_a_row: u32,
 }
 
 /// What reading one connection's bytes produced, applied in order afterwards.
@@ -665,6 +667,7 @@ impl Node {
                                 next_status: Instant::MAX,
                                 metadata_seq: None,
                                 metadata_requested: false,
+                                timeouts_in_a_row: 0,
                             }));
                             received.push(Received::HandshakeDone(remote));
                         }

@@ -105,6 +105,11 @@ impl RangeCheck {
     }
 }
 
+/// Timeouts in a row a peer gets away with at Low (−1) each; from this one
+/// on, each costs High (−10), so a peer that answers nothing is dropped
+/// (−20) after a few more instead of holding its slot forever.
+pub const TIMEOUTS_IN_A_ROW_TOLERATED: u32 = 3;
+
 /// Block bytes one BlocksByRange or BlocksByRoot answer carries at most.
 /// Sixty-four 1 MiB blocks would be 64 MiB, four times what a driver queues
 /// for a connection; the answer is cut to a prefix instead (the protocol
@@ -378,6 +383,9 @@ impl Node {
         match self.outbound.on_end(now, peer, end) {
             EndOutcome::Completed { id, .. } => {
                 self.counters.responses_received += 1;
+                if let Some(established) = self.established_mut(&peer) {
+                    established.timeouts_in_a_row = 0;
+                }
                 self.finish_request(peer, id, Ok(()));
                 self.report(now, peer, Report::Reward);
             }
@@ -629,7 +637,21 @@ impl Node {
             self.finish_request(peer, id, Err(error));
         }
         for (peer, _, _) in expired {
-            self.report(now, peer, Report::Penalty(Penalty::Low));
+            // One timeout can happen to anyone; a peer that lets request
+            // after request expire is of no use and holds a slot.
+            let in_a_row = match self.established_mut(&peer) {
+                Some(established) => {
+                    established.timeouts_in_a_row = established.timeouts_in_a_row.saturating_add(1);
+                    established.timeouts_in_a_row
+                }
+                None => continue,
+            };
+            let penalty = if in_a_row >= TIMEOUTS_IN_A_ROW_TOLERATED {
+                Penalty::High
+            } else {
+                Penalty::Low
+            };
+            self.report(now, peer, Report::Penalty(penalty));
         }
         for (peer, id) in self.inbound.on_timeout(now) {
             debug!("{peer:?}: its request {id:?} expired unanswered");

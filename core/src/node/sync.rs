@@ -19,9 +19,12 @@
 //! Blocks from sync are verified (one BLS batch per batch or lookup chain)
 //! before import; range sync checks order, range and linkage before that,
 //! and penalises exactly the sender of what fails. What a sync fault costs:
-//! - High (−10): an invalid block, a block on an invalid ancestor, a
-//!   BlocksByRange answer out of range, out of order or not linked, a block
-//!   larger than any valid block, a lookup answer that is not the block asked for;
+//! - Fatal (a ban): a block that fails verification (signature, proposer or
+//!   body root), or one built on such a block: proven, since the bytes came
+//!   from that peer;
+//! - High (−10): a BlocksByRange answer out of range, out of order or not
+//!   linked, a block larger than any valid block, a lookup answer that is
+//!   not the block asked for;
 //! - Mid (−5): an empty or short answer a second peer disproved.
 //!   Transport faults (timeouts, error codes, undecodable chunks) are scored
 //!   by the req/resp layer that saw them.
@@ -167,13 +170,15 @@ impl Node {
                     PenaltyReason::EmptyAnswerDisproved | PenaltyReason::BlocksWithheld => {
                         Penalty::Mid
                     }
+                    // Proven: it sent a block whose signature or body does
+                    // not verify, or one built on such a block.
                     PenaltyReason::InvalidBlock
-                    | PenaltyReason::WrongParentLinkage
+                    | PenaltyReason::KnownInvalidBlock
+                    | PenaltyReason::InvalidAncestry => Penalty::Fatal,
+                    PenaltyReason::WrongParentLinkage
                     | PenaltyReason::OutOfRange
                     | PenaltyReason::OutOfOrder
-                    | PenaltyReason::OversizedBlock
-                    | PenaltyReason::KnownInvalidBlock
-                    | PenaltyReason::InvalidAncestry => Penalty::High,
+                    | PenaltyReason::OversizedBlock => Penalty::High,
                 };
                 info!("{peer:?}: sync penalty: {reason:?}");
                 self.counters.sync_penalties += 1;
@@ -281,7 +286,7 @@ impl Node {
                 if let Some(&peer) = senders.get(index) {
                     info!("{peer:?}: looked-up block fails verification");
                     self.counters.sync_penalties += 1;
-                    self.report(now, peer, Report::Penalty(Penalty::High));
+                    self.report(now, peer, Report::Penalty(Penalty::Fatal));
                 }
             }
         }
