@@ -109,6 +109,12 @@ impl RangeCheck {
 /// on, each costs High (−10), so a peer that answers nothing is dropped
 /// (−20) after a few more instead of holding its slot forever.
 pub const TIMEOUTS_IN_A_ROW_TOLERATED: u32 = 3;
+/// A timeout counts towards [`TIMEOUTS_IN_A_ROW_TOLERATED`] only if the peer
+/// sent us something within this long, about a request's lifetime: it was
+/// alive while it left us unanswered (its own pings and requests keep
+/// coming). A peer cut off by a partition goes quiet and is left to the
+/// silence timeout instead, so it can come back unscathed.
+pub const TIMEOUT_ESCALATION_HEARD_WITHIN: Duration = crate::reqresp::limits::RESPONSE_TIMEOUT;
 
 /// Block bytes one BlocksByRange or BlocksByRoot answer carries at most.
 /// Sixty-four 1 MiB blocks would be 64 MiB, four times what a driver queues
@@ -638,10 +644,18 @@ impl Node {
         }
         for (peer, _, _) in expired {
             // One timeout can happen to anyone; a peer that lets request
-            // after request expire is of no use and holds a slot.
+            // after request expire while it keeps talking to us is of no use
+            // and holds a slot. One we hear nothing from at all may be cut
+            // off (a partition): the silence timeout deals with it, and it
+            // must not come back scored out.
             let in_a_row = match self.established_mut(&peer) {
                 Some(established) => {
-                    established.timeouts_in_a_row = established.timeouts_in_a_row.saturating_add(1);
+                    let heard_lately = now.saturating_duration_since(established.last_received)
+                        < TIMEOUT_ESCALATION_HEARD_WITHIN;
+                    if heard_lately {
+                        established.timeouts_in_a_row =
+                            established.timeouts_in_a_row.saturating_add(1);
+                    }
                     established.timeouts_in_a_row
                 }
                 None => continue,

@@ -731,10 +731,11 @@ fn an_unresponsive_peer_times_out_loses_score_and_is_dropped() {
     }
     assert!(!net.connected(0, 1));
     assert!(disconnects(&net, 0).contains(&DisconnectReason::LocalGoodbye(GoodbyeReason::BadScore)));
-    // Three at −1, then −10 each: dropped at −20 after a handful, not dozens.
+    // Timeouts while it keeps pinging us escalate to −10 from the third in
+    // a row: dropped well before the twenty-odd Low penalties would take.
     let timeouts = net.nodes[0].counters().requests_timed_out;
     assert!(
-        (u64::from(rpc::TIMEOUTS_IN_A_ROW_TOLERATED)..=6).contains(&timeouts),
+        (u64::from(rpc::TIMEOUTS_IN_A_ROW_TOLERATED)..=15).contains(&timeouts),
         "{timeouts} timeouts"
     );
 }
@@ -1459,4 +1460,31 @@ fn a_large_message_leaves_for_a_few_peers_at_a_time_while_the_uplink_is_busy() {
     for i in 1..5 {
         assert_eq!(gossip_messages(&net, i).len(), 1, "node {i}");
     }
+}
+
+#[test]
+fn timeouts_from_a_peer_we_hear_nothing_from_do_not_escalate() {
+    // Node 0 hears nothing (a partition on its side): its requests expire,
+    // but the peer may be honest and cut off, so each costs only Low.
+    let mut net = Net::new(vec![chain_config(0), chain_config(100)]);
+    net.dial(0, 1, None);
+    let peer = net.nodes[1].peer_id();
+    net.advance(Duration::from_secs(40)); // Nothing heard for a while.
+    net.set_slow_reader(0, true);
+    let body = BlocksByRangeRequest {
+        start_slot: 1,
+        count: 8,
+    }
+    .encode();
+    for tag in 1..=5 {
+        request(&mut net, 0, 1, ProtocolId::BlocksByRange, body.clone(), tag);
+        net.advance(Duration::from_secs(6));
+    }
+    assert!(net.nodes[0].counters().requests_timed_out >= 5);
+    let score = net.nodes[0]
+        .peer_manager()
+        .score(net.now, &peer)
+        .as_points();
+    assert!(score > -10.0, "escalated to {score}");
+    assert!(net.connected(0, 1), "not dropped for its score");
 }
