@@ -33,6 +33,14 @@
 //! ([`Sim::set_uplink`]), and hostile nodes running the production core with
 //! `Config::faults` set ([`Sim::add_node_with_config`]).
 //!
+//! Named scenarios ([`scenario`]) build worlds from a seed: `connect`,
+//! `request-flood`, `unresponsive-peer`, `static-peer-restart`, and the
+//! gossip ones: `gossip-1k` and `gossip-blocks` (mesh, or floodsub with
+//! `--floodsub`, measured by delivery ratio, latency, duplicates and bytes
+//! per delivered byte) and the GossipSub v1.1 attacks `gossip-spam`,
+//! `gossip-eclipse`, `gossip-withhold` and `cold-boot`
+//! ([`scenario::gossip`], [`scenario::gossip_attacks`]).
+//!
 //! Modules: [`sim`] (the world and its event loop), [`network`] (listeners,
 //! connections, reachability), [`link`] (latency, jitter, in-order pipes,
 //! slicing), [`queue`] (the event queue), [`trace`] (the hash),

@@ -12,8 +12,9 @@
 //! the close of its remote is delivered to it; whatever still arrives for a
 //! vanished endpoint is dropped, as a closed socket would.
 //!
-//! Reachability is one question, [`Network::delivers`], so partitions can
-//! later be added in one place. The only fault here is a *blackhole*:
+//! Reachability is one question, [`Network::delivers`]. Two faults answer
+//! it: a *partition* ([`Network::partition`]: groups that cannot reach each
+//! other, either way, until [`Network::heal`]) and a *blackhole*:
 //! everything a blackholed node sends (bytes, closes, connection attempts)
 //! vanishes, and nobody can connect to it, while what others send to it on
 //! open connections still arrives. From outside it looks like a node that
@@ -123,6 +124,9 @@ pub struct Network {
     endpoints: BTreeMap<ConnId, Endpoint>,
     conn_next: u64,
     blackholed: BTreeSet<NodeIndex>,
+    /// While partitioned: each listed node's group. Traffic between two
+    /// listed nodes of different groups is lost; unlisted nodes reach everyone.
+    partition: BTreeMap<NodeIndex, usize>,
 }
 
 impl Network {
@@ -135,6 +139,7 @@ impl Network {
             endpoints: BTreeMap::new(),
             conn_next: 1,
             blackholed: BTreeSet::new(),
+            partition: BTreeMap::new(),
         }
     }
 
@@ -155,8 +160,38 @@ impl Network {
     }
 
     /// Whether what `from` sends reaches `to`.
-    pub fn delivers(&self, from: NodeIndex, _to: NodeIndex) -> bool {
-        !self.blackholed.contains(&from)
+    pub fn delivers(&self, from: NodeIndex, to: NodeIndex) -> bool {
+        !self.blackholed.contains(&from) && !self.is_partitioned(from, to)
+    }
+
+    /// Whether a partition separates `a` from `b` (both listed, different groups).
+    pub fn is_partitioned(&self, a: NodeIndex, b: NodeIndex) -> bool {
+        match (self.partition.get(&a), self.partition.get(&b)) {
+            (Some(group_a), Some(group_b)) => group_a != group_b,
+            _ => false,
+        }
+    }
+
+    /// Splits the network into `groups`: from now on nothing passes between
+    /// nodes of different groups, either way (bytes, closes, connection
+    /// attempts), as a cut cable would have it. Nodes in no group reach
+    /// everyone. Replaces any earlier partition.
+    ///
+    /// # Panics
+    /// If a node is in two groups (a bug in the scenario).
+    pub fn partition(&mut self, groups: &[Vec<NodeIndex>]) {
+        self.partition.clear();
+        for (group, nodes) in groups.iter().enumerate() {
+            for &node in nodes {
+                let previous = self.partition.insert(node, group);
+                assert!(previous.is_none(), "{node} is in two partition groups");
+            }
+        }
+    }
+
+    /// Ends the partition: every node reaches every other again.
+    pub fn heal(&mut self) {
+        self.partition.clear();
     }
 
     /// Whether a TCP connection between the two can be set up (both ways must work).
@@ -276,6 +311,19 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_cuts_between_groups_both_ways_until_healed() {
+        let mut network = Network::new(LinkModel::default());
+        let (a, b, c, outside) = (NodeIndex(0), NodeIndex(1), NodeIndex(2), NodeIndex(3));
+        network.partition(&[vec![a, b], vec![c]]);
+        assert!(network.delivers(a, b) && network.delivers(b, a));
+        assert!(!network.delivers(a, c) && !network.delivers(c, a));
+        assert!(!network.connects(b, c));
+        assert!(network.delivers(outside, c) && network.delivers(a, outside));
+        network.heal();
+        assert!(network.connects(a, c) && network.connects(c, b));
+    }
 
     #[test]
     fn addresses_follow_the_plan() {

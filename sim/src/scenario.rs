@@ -18,12 +18,34 @@
 //! | `request-flood` | [`RequestFlood`]: a hostile node floods requests; it is rate-limited, dropped and banned |
 //! | `unresponsive-peer` | [`UnresponsivePeer`]: a peer never answers; it is dropped and others serve |
 //! | `static-peer-restart` | [`StaticPeerRestart`]: a static peer crashes and comes back |
+//! | `gossip-1k` | [`GossipScenario::gossip_1k`]: 1,000 nodes, 100 publishers take turns publishing 1 KiB, 10/s in all |
+//! | `gossip-blocks` | [`GossipScenario::gossip_blocks`]: 200 nodes, a rotating publisher sends 1 MiB every 2 s |
+//! | `gossip-spam` | [`gossip_attacks::spam`]: Sybils publish invalid messages; they are graylisted and dropped |
+//! | `gossip-eclipse` | [`gossip_attacks::eclipse`]: withholding Sybils all dial one node; it still receives |
+//! | `gossip-withhold` | [`gossip_attacks::withhold`]: a quarter of the nodes never forward; delivery and p99 hold |
+//! | `cold-boot` | [`gossip_attacks::cold_boot`]: everyone, Sybils too, connects at once with no score history |
+//! | `late-joiner` | [`LateJoiner::honest`]: a fresh node range-syncs 10,000 blocks from 20 peers |
+//! | `hostile-servers` | [`LateJoiner::hostile`]: the same with a third of the peers hostile; they are penalised, nothing invalid is imported |
+//! | `partition-heal` | [`PartitionHeal`]: producing nodes split in two, fork, heal and converge on one head |
+//! | `crash-restart` | [`CrashRestart`]: producing nodes crash and restart from their disks while one syncs; no durable block is lost |
+//!
+//! The gossip scenarios take `--floodsub` (every node runs the floodsub
+//! baseline), `--publishers`, `--messages-per-second` and `--sybils`
+//! ([`GossipOptions`]); their `--duration` is the publishing time, after a
+//! warm-up for meshes to form and before a drain (see [`gossip`]).
 
+pub mod chain;
+pub mod chain_faults;
+pub mod gossip;
+pub mod gossip_attacks;
 pub mod request_flood;
 pub mod static_peer_restart;
 pub mod unresponsive_peer;
 pub mod workload;
 
+pub use chain::{JoinerParams, LateJoiner};
+pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
+pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario};
 pub use request_flood::{FloodParams, RequestFlood};
 pub use static_peer_restart::StaticPeerRestart;
 pub use unresponsive_peer::{FetchParams, UnresponsivePeer};
@@ -72,7 +94,46 @@ pub const SCENARIO_NAMES: &[&str] = &[
     RequestFlood::NAME,
     UnresponsivePeer::NAME,
     StaticPeerRestart::NAME,
+    GossipScenario::NAME_1K,
+    GossipScenario::NAME_BLOCKS,
+    gossip_attacks::SPAM,
+    gossip_attacks::ECLIPSE,
+    gossip_attacks::WITHHOLD,
+    gossip_attacks::COLD_BOOT,
+    LateJoiner::NAME,
+    LateJoiner::NAME_HOSTILE,
+    PartitionHeal::NAME,
+    CrashRestart::NAME,
 ];
+
+/// Nodes a scenario runs with when the command line does not say.
+pub const NODES_DEFAULT: usize = 50;
+
+/// The gossip scenario called `name`, with its default parameters.
+pub fn gossip_scenario_by_name(name: &str) -> Option<GossipScenario> {
+    match name {
+        GossipScenario::NAME_1K => Some(GossipScenario::gossip_1k()),
+        GossipScenario::NAME_BLOCKS => Some(GossipScenario::gossip_blocks()),
+        gossip_attacks::SPAM => Some(gossip_attacks::spam()),
+        gossip_attacks::ECLIPSE => Some(gossip_attacks::eclipse()),
+        gossip_attacks::WITHHOLD => Some(gossip_attacks::withhold()),
+        gossip_attacks::COLD_BOOT => Some(gossip_attacks::cold_boot()),
+        _ => None,
+    }
+}
+
+/// The nodes the scenario `name` runs with by default: 1,000 for
+/// `gossip-1k`, its own default for the other gossip scenarios,
+/// [`NODES_DEFAULT`] otherwise.
+pub fn nodes_default(name: &str) -> usize {
+    match name {
+        LateJoiner::NAME | LateJoiner::NAME_HOSTILE => return LateJoiner::NODES_DEFAULT,
+        PartitionHeal::NAME => return PartitionHeal::NODES_DEFAULT,
+        CrashRestart::NAME => return CrashRestart::NODES_DEFAULT,
+        _ => {}
+    }
+    gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
+}
 
 /// The scenario called `name`, with its default parameters.
 pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
@@ -81,7 +142,11 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         RequestFlood::NAME => Some(Box::new(RequestFlood::default())),
         UnresponsivePeer::NAME => Some(Box::new(UnresponsivePeer::default())),
         StaticPeerRestart::NAME => Some(Box::new(StaticPeerRestart::default())),
-        _ => None,
+        LateJoiner::NAME => Some(Box::new(LateJoiner::honest(JoinerParams::default()))),
+        LateJoiner::NAME_HOSTILE => Some(Box::new(LateJoiner::hostile(JoinerParams::default()))),
+        PartitionHeal::NAME => Some(Box::new(PartitionHeal::default())),
+        CrashRestart::NAME => Some(Box::new(CrashRestart::default())),
+        _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }
 
@@ -115,6 +180,39 @@ pub struct RunConfig {
     pub duration: Duration,
     /// The model of every link.
     pub link: LinkModel,
+    /// What the gossip scenarios change from their defaults.
+    pub gossip: GossipOptions,
+    /// Chain scenarios: body bytes per block (`None`: their default, 1 KiB).
+    pub body_bytes: Option<usize>,
+}
+
+/// Command-line changes to a gossip scenario's defaults (`None`: keep it).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GossipOptions {
+    /// Every node runs the floodsub baseline.
+    pub floodsub: bool,
+    /// Publishers taking turns.
+    pub publishers: Option<usize>,
+    /// Messages per second over all publishers.
+    pub messages_per_second: Option<f64>,
+    /// Sybils, in percent of the nodes (attack scenarios).
+    pub sybils_pct: Option<u32>,
+}
+
+impl GossipOptions {
+    /// `params` with these changes.
+    pub fn apply(&self, params: &mut GossipParams) {
+        params.floodsub |= self.floodsub;
+        if let Some(publishers) = self.publishers {
+            params.publishers = publishers;
+        }
+        if let Some(rate) = self.messages_per_second {
+            params.messages_per_second = rate;
+        }
+        if let Some(pct) = self.sybils_pct {
+            params.sybils_pct = pct;
+        }
+    }
 }
 
 impl RunConfig {
@@ -126,6 +224,8 @@ impl RunConfig {
             seed,
             duration,
             link: LinkModel::default(),
+            gossip: GossipOptions::default(),
+            body_bytes: None,
         }
     }
 }
@@ -142,8 +242,15 @@ pub fn run_scenario(
 
 /// Builds, runs and finishes a scenario; returns its summary.
 pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
-    let mut scenario = scenario_by_name(&config.scenario)
-        .ok_or_else(|| UnknownScenario(config.scenario.clone()))?;
+    let mut scenario = match gossip_scenario_by_name(&config.scenario) {
+        Some(mut gossip) => {
+            config.gossip.apply(&mut gossip.params);
+            Box::new(gossip)
+        }
+        None => chain::scenario_with_body_bytes(&config.scenario, config.body_bytes)
+            .or_else(|| scenario_by_name(&config.scenario))
+            .ok_or_else(|| UnknownScenario(config.scenario.clone()))?,
+    };
     let mut sim = Sim::new(SimConfig {
         link: config.link,
         label: scenario.name().to_owned(),

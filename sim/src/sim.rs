@@ -25,7 +25,9 @@
 //! both when they are made and when they would have connected.
 //! [`Sim::restart`] starts a fresh [`Node`] with the same identity and
 //! configuration and a new seed derived from the old one and the restart
-//! count; nothing else survives, as nothing is persisted yet. Each life of a
+//! count, and with the blocks its modelled disk holds (a persist batch is on
+//! the disk once its modelled write completed; a crash loses the ones still
+//! being written); nothing else survives. Each life of a
 //! node is an *incarnation*; events addressed to an earlier one (a late dial
 //! answer, a stale timer) are dropped.
 //!
@@ -570,6 +572,20 @@ impl Sim {
         self.network.set_blackholed(node, blackholed);
     }
 
+    /// Splits the network into `groups` (see [`Network::partition`]): bytes,
+    /// closes and dials between groups are lost from now on, so connections
+    /// across the cut die of silence, as they would behind a cut cable.
+    pub fn partition(&mut self, groups: &[Vec<NodeIndex>]) {
+        log::debug!("partition into {groups:?}");
+        self.network.partition(groups);
+    }
+
+    /// Ends the partition; connections lost to it must be dialled again.
+    pub fn heal(&mut self) {
+        log::debug!("partition healed");
+        self.network.heal();
+    }
+
     /// Kills `node` now; see the module's crash design.
     ///
     /// # Panics
@@ -772,6 +788,12 @@ impl Sim {
     /// How many times the node was restarted.
     pub fn incarnation(&self, index: NodeIndex) -> u32 {
         self.node_state(index).incarnation
+    }
+
+    /// The node's modelled disk: every block whose persist batch completed
+    /// (and was not deleted by a later one). A restart loads these.
+    pub fn disk(&self, index: NodeIndex) -> &BTreeMap<Root, SignedBlock> {
+        &self.node_state(index).disk
     }
 
     /// Whether the node runs without faults.

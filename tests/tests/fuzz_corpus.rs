@@ -122,7 +122,10 @@ fn sync_range_script_corpus() {
 
 #[test]
 fn sync_lookup_script_corpus() {
-    replay("sync_lookup_script", meshsync_core::sync::fuzzing::lookup_script);
+    replay(
+        "sync_lookup_script",
+        meshsync_core::sync::fuzzing::lookup_script,
+    );
 }
 
 #[test]

@@ -1,0 +1,717 @@
+//! Producing networks under faults: `partition-heal` and `crash-restart`.
+//!
+//! # The stories
+//! Both build a network whose genesis has `proposers` devnet keys
+//! (proposer of slot `s` is key `s mod proposers`); node `i < proposers`
+//! holds key `i`, and every node follows the chain by gossip.
+//!
+//! - `partition-heal` ([`PartitionHeal`]): after `warmup`, the network is
+//!   cut in two (even and odd nodes, so each side holds every other
+//!   proposer key and both sides keep producing, each on its own fork) for
+//!   `partition`, which is longer than the peers' silence timeout (90 s), so
+//!   the connections across the cut die, and shorter than finality (64
+//!   slots), so the forks stay reconcilable. At the heal, the application
+//!   redials every lost link (every 5 s, as an operator's static peers
+//!   would be). What must hold: every node ends on one head within
+//!   `--duration` of the heal; `converge_seconds` is how long it took. The
+//!   losing side learns the winning fork from the next gossiped block, whose
+//!   unknown parent starts a parent lookup (a fork of about
+//!   `partition / 2 slots` blocks, below the lookup depth of 64).
+//! - `crash-restart` ([`CrashRestart`]): from `fault_start` to `--duration`,
+//!   every few seconds a random running node (the joiner too) crashes and
+//!   restarts a few seconds later from its modelled disk; meanwhile a fresh
+//!   node joins at `join_at` and syncs. What must hold: at every restart,
+//!   every block that was on the node's disk when it crashed (its persist
+//!   batch completed: `Input::Persisted` reached it) is in its chain again
+//!   (`durable_blocks_lost` = 0); after the last restart every node ends on
+//!   one head within 60 s (`converge_seconds`).
+//!
+//! The outcome fields shared with [`super::chain`] mean the same here;
+//! `blocks_produced` counts the blocks the proposers made.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
+use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey, Root};
+use meshsync_core::limits::PEERS_MAX;
+use meshsync_core::{Command, Config, Duration, Instant};
+
+use super::chain::{heads_agree, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::workload::{split_token, token};
+use super::{plan_topology, Scenario};
+use crate::app::{self, AppEvent, Application};
+use crate::rng;
+use crate::sim::{NodeIndex, Sim};
+
+const TOKEN_REDIAL: u16 = 1;
+const TOKEN_CRASH: u16 = 2;
+const TOKEN_RESTART: u16 = 3;
+/// How often lost links are dialled again.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a producing network is made of.
+#[derive(Clone, Debug)]
+pub struct ProducingParams {
+    /// Proposer keys in the genesis (one per proposing node).
+    pub proposers: usize,
+    /// Slot duration.
+    pub slot_ms: u64,
+    /// Body bytes of produced blocks.
+    pub body_bytes: usize,
+}
+
+/// A genesis on `network_id` with `proposers` devnet keys, and the keys.
+pub fn producing_genesis(
+    network_id: u64,
+    proposers: usize,
+    slot_ms: u64,
+) -> (Arc<Genesis>, Vec<ProposerKey>) {
+    let keys = devnet_keys(network_id, proposers);
+    let public_keys = keys.iter().map(|key| key.sk_to_pk()).collect();
+    let genesis = Genesis::new(
+        network_id,
+        0,
+        slot_ms,
+        public_keys,
+        FINALITY_DEPTH_SLOTS_DEFAULT,
+    )
+    .expect("devnet keys and a positive slot make a valid genesis");
+    let keys = keys
+        .into_iter()
+        .map(|key| ProposerKey(Arc::new(key)))
+        .collect();
+    (Arc::new(genesis), keys)
+}
+
+/// A node configuration following `genesis` by gossip, proposing with `key`.
+pub fn producing_config(
+    sim: &Sim,
+    genesis: &Arc<Genesis>,
+    key: Option<ProposerKey>,
+    body_bytes: usize,
+) -> Config {
+    let mut config = sim.node_config();
+    config.chain = ChainConfig {
+        genesis: genesis.clone(),
+        stored: Arc::from(Vec::new()),
+        proposer_keys: key.into_iter().collect(),
+        body_bytes,
+        follow_gossip: true,
+    };
+    config
+}
+
+/// Dials `to` from `from` now, expecting its identity, without counting it
+/// as a planned dial (redials repeat).
+fn redial(sim: &mut Sim, from: NodeIndex, to: NodeIndex) {
+    let command = Command::Dial {
+        addr: sim.addr(to),
+        peer: Some(sim.peer_id(to)),
+    };
+    sim.command(from, command);
+}
+
+/// Redials every link of `links` that is down at both ends.
+fn redial_lost(sim: &mut Sim, links: &[(NodeIndex, NodeIndex)]) -> usize {
+    let mut dialled = 0;
+    for &(from, to) in links {
+        if sim.is_up(from) && sim.is_up(to) && !sim.has_peer(from, to) && !sim.has_peer(to, from) {
+            redial(sim, from, to);
+            dialled += 1;
+        }
+    }
+    dialled
+}
+
+// ---- partition-heal ----------------------------------------------------------
+
+/// The parameters of [`PartitionHeal`]; the defaults are the command line's.
+#[derive(Clone, Debug)]
+pub struct PartitionParams {
+    /// The network.
+    pub producing: ProducingParams,
+    /// Time before the cut (meshes form, everyone on one chain).
+    pub warmup: Duration,
+    /// How long the cut lasts.
+    pub partition: Duration,
+    /// Time after convergence to keep running (and check again).
+    pub linger: Duration,
+}
+
+impl Default for PartitionParams {
+    fn default() -> PartitionParams {
+        PartitionParams {
+            producing: ProducingParams {
+                proposers: 4,
+                slot_ms: 2_000,
+                body_bytes: meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT,
+            },
+            // Mid-slot (slots start every 2 s): no block on its way at the cut.
+            warmup: Duration::from_secs(21),
+            partition: Duration::from_secs(110),
+            linger: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `partition-heal`; see the module docs.
+#[derive(Debug, Default)]
+pub struct PartitionHeal {
+    /// What to run.
+    pub params: PartitionParams,
+    world: Option<FaultWorld>,
+    report: PartitionReport,
+}
+
+/// What [`PartitionHeal`] measured.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PartitionReport {
+    /// Every node had one head just before the cut.
+    pub converged_before_cut: bool,
+    /// Head slot at the cut.
+    pub cut_slot: u64,
+    /// Each side's head (slot) at the heal.
+    pub side_head_slots: Vec<u64>,
+    /// Whether the two sides had different heads at the heal (they forked).
+    pub forked: bool,
+    /// Blocks each side produced during the cut.
+    pub side_blocks_produced: Vec<u64>,
+    /// Seconds from the heal until every node had one head.
+    pub converge_seconds: Option<f64>,
+    /// The heads still agree at the end.
+    pub converged_at_end: bool,
+    /// Head slot at the end.
+    pub final_head_slot: u64,
+}
+
+/// The world of a fault scenario, and its application.
+#[derive(Debug)]
+pub struct FaultWorld {
+    /// Every node.
+    pub nodes: Vec<NodeIndex>,
+    /// Links to keep up: (dialler, acceptor).
+    pub links: Vec<(NodeIndex, NodeIndex)>,
+    /// The two sides of the cut (partition-heal).
+    pub groups: Vec<Vec<NodeIndex>>,
+    /// Redials happen until then.
+    pub redial_until: Instant,
+    /// Links of this node are not redialled before this instant (a joiner
+    /// that has not joined yet).
+    pub joins_at: Option<(NodeIndex, Instant)>,
+    /// What honest nodes imported.
+    pub watch: ChainWatch,
+    /// Crash-restart's plan and findings.
+    pub crashes: CrashState,
+}
+
+/// Crash-restart's state.
+#[derive(Debug, Default)]
+pub struct CrashState {
+    /// No crash starts at or after this.
+    pub fault_end: Instant,
+    /// Shortest and longest time between crashes.
+    pub gap: (Duration, Duration),
+    /// Shortest and longest time down.
+    pub downtime: (Duration, Duration),
+    /// Disk contents (roots) of each crashed node at its crash.
+    pub disk_at_crash: BTreeMap<NodeIndex, BTreeSet<Root>>,
+    /// Crashes so far.
+    pub crashes: u64,
+    /// Durable blocks checked at restarts.
+    pub durable_checked: u64,
+    /// Durable blocks missing from a restarted node's chain.
+    pub durable_lost: u64,
+    /// The last restart.
+    pub last_restart: Option<Instant>,
+}
+
+impl FaultWorld {
+    /// The links to keep up now: all but a joiner's before it joins.
+    fn live_links(&self, now: Instant) -> Vec<(NodeIndex, NodeIndex)> {
+        self.links
+            .iter()
+            .copied()
+            .filter(|&(a, b)| match self.joins_at {
+                Some((joiner, at)) => now >= at || (a != joiner && b != joiner),
+                None => true,
+            })
+            .collect()
+    }
+
+    fn crash_one(&mut self, sim: &mut Sim) {
+        let up: Vec<NodeIndex> = self
+            .nodes
+            .iter()
+            .copied()
+            .filter(|&node| sim.is_up(node))
+            .collect();
+        // Keep most of the network up: at most a third down at once.
+        if up.len() * 3 > self.nodes.len() * 2 {
+            let node = up[rng::index(sim.scenario_rng(), up.len())];
+            let disk: BTreeSet<Root> = sim.disk(node).keys().copied().collect();
+            log::info!(
+                "{node} crashes at {} with {} durable blocks",
+                sim.now(),
+                disk.len()
+            );
+            self.crashes.disk_at_crash.insert(node, disk);
+            self.crashes.crashes += 1;
+            sim.crash(node);
+            let (low, high) = self.crashes.downtime;
+            let down = rng::between(
+                sim.scenario_rng(),
+                low.as_micros() as u64,
+                high.as_micros() as u64,
+            );
+            sim.wake_at(
+                sim.now() + Duration::from_micros(down),
+                token(TOKEN_RESTART, node.0),
+            );
+        }
+        let (low, high) = self.crashes.gap;
+        let gap = rng::between(
+            sim.scenario_rng(),
+            low.as_micros() as u64,
+            high.as_micros() as u64,
+        );
+        let next = sim.now() + Duration::from_micros(gap);
+        if next < self.crashes.fault_end {
+            sim.wake_at(next, token(TOKEN_CRASH, 0));
+        }
+    }
+
+    fn restart(&mut self, sim: &mut Sim, node: NodeIndex) {
+        sim.restart(node);
+        self.crashes.last_restart = Some(sim.now());
+        let disk = self.crashes.disk_at_crash.remove(&node).unwrap_or_default();
+        let chain = sim.node(node).chain();
+        let lost = disk.iter().filter(|root| !chain.contains(root)).count() as u64;
+        if lost > 0 {
+            log::error!("{node} lost {lost} durable blocks over a restart");
+        }
+        self.crashes.durable_checked += disk.len() as u64;
+        self.crashes.durable_lost += lost;
+        let links: Vec<(NodeIndex, NodeIndex)> = self
+            .live_links(sim.now())
+            .iter()
+            .filter(|&&(a, b)| a == node || b == node)
+            .map(|&(a, b)| if a == node { (a, b) } else { (b, a) })
+            .collect();
+        redial_lost(sim, &links);
+    }
+}
+
+impl Application for FaultWorld {
+    fn on_event(&mut self, sim: &mut Sim, event: AppEvent) {
+        match event {
+            AppEvent::Notification { node, notification } => {
+                self.watch.on_notification(sim, node, &notification);
+            }
+            AppEvent::Wake { token } => match split_token(token) {
+                (TOKEN_REDIAL, _) => {
+                    redial_lost(sim, &self.live_links(sim.now()));
+                    let next = sim.now() + REDIAL_INTERVAL;
+                    if next <= self.redial_until {
+                        sim.wake_at(next, token);
+                    }
+                }
+                (TOKEN_CRASH, _) => self.crash_one(sim),
+                (TOKEN_RESTART, node) => self.restart(sim, NodeIndex(node)),
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Adds `nodes` producing nodes (node `i < proposers` with key `i`) and
+/// returns the genesis.
+fn add_producers(sim: &mut Sim, nodes: usize, producing: &ProducingParams) -> Arc<Genesis> {
+    let network_id = sim.config().network_id;
+    let (genesis, keys) = producing_genesis(network_id, producing.proposers, producing.slot_ms);
+    for index in 0..nodes {
+        let key = keys.get(index).cloned();
+        let config = producing_config(sim, &genesis, key, producing.body_bytes);
+        sim.add_node_with_config(config);
+    }
+    genesis
+}
+
+/// Links over `nodes`: a random connected plan, plus a path inside each group.
+fn plan_links(
+    sim: &mut Sim,
+    nodes: &[NodeIndex],
+    groups: &[Vec<NodeIndex>],
+) -> Vec<(NodeIndex, NodeIndex)> {
+    let mut pairs = BTreeSet::new();
+    let mut links = Vec::new();
+    let planned = plan_topology(sim.scenario_rng(), nodes.len(), 2, PEERS_MAX / 2);
+    let group_paths = groups
+        .iter()
+        .flat_map(|group| group.windows(2).map(|pair| (pair[1].0, pair[0].0)));
+    for (from, to) in planned
+        .into_iter()
+        .map(|(from, to)| (nodes[from].0, nodes[to].0))
+        .chain(group_paths)
+    {
+        if pairs.insert((from.min(to), from.max(to))) {
+            links.push((NodeIndex(from), NodeIndex(to)));
+        }
+    }
+    links
+}
+
+impl PartitionHeal {
+    /// The scenario's name.
+    pub const NAME: &'static str = "partition-heal";
+    /// Nodes by default.
+    pub const NODES_DEFAULT: usize = 20;
+
+    /// The scenario with `params`.
+    pub fn new(params: PartitionParams) -> PartitionHeal {
+        PartitionHeal {
+            params,
+            world: None,
+            report: PartitionReport::default(),
+        }
+    }
+
+    /// The world, once built.
+    pub fn world(&self) -> &FaultWorld {
+        self.world.as_ref().expect("built before use")
+    }
+
+    /// What it measured, once run.
+    pub fn report(&self) -> &PartitionReport {
+        &self.report
+    }
+
+    fn produced(sim: &Sim, nodes: &[NodeIndex]) -> u64 {
+        nodes
+            .iter()
+            .map(|&node| sim.counter(node, |c| c.blocks_produced))
+            .sum()
+    }
+}
+
+impl Scenario for PartitionHeal {
+    fn name(&self) -> &'static str {
+        PartitionHeal::NAME
+    }
+
+    fn build(&mut self, sim: &mut Sim, nodes: usize) {
+        let producing = &self.params.producing;
+        let nodes = nodes.max(producing.proposers).max(2);
+        let genesis = add_producers(sim, nodes, producing);
+        let all: Vec<NodeIndex> = (0..nodes).map(NodeIndex).collect();
+        let groups: Vec<Vec<NodeIndex>> = (0..2)
+            .map(|side| all.iter().copied().filter(|n| n.0 % 2 == side).collect())
+            .collect();
+        let links = plan_links(sim, &all, &groups);
+        for &(from, to) in &links {
+            let at = Instant::from_micros(rng::below(sim.scenario_rng(), 1_000_000));
+            sim.dial_at(at, from, to);
+        }
+        let watch = ChainWatch::new(genesis, all.iter().copied().collect());
+        self.world = Some(FaultWorld {
+            nodes: all,
+            links,
+            groups,
+            redial_until: Instant::ZERO,
+            joins_at: None,
+            watch,
+            crashes: CrashState::default(),
+        });
+    }
+
+    /// Warm-up, cut, heal, then up to `duration` for the heads to converge.
+    fn run(&mut self, sim: &mut Sim, duration: Duration) {
+        let params = self.params.clone();
+        let world = self.world.as_mut().expect("built before use");
+        app::run_for(sim, world, params.warmup);
+        let report = &mut self.report;
+        report.converged_before_cut = heads_agree(sim, &world.nodes);
+        report.cut_slot = sim.node(world.nodes[0]).chain().head().slot;
+        let produced_before: Vec<u64> = world
+            .groups
+            .iter()
+            .map(|group| Self::produced(sim, group))
+            .collect();
+        sim.partition(&world.groups);
+        app::run_for(sim, world, params.partition);
+        let heads: Vec<_> = world
+            .groups
+            .iter()
+            .map(|group| sim.node(group[0]).chain().head())
+            .collect();
+        report.side_head_slots = heads.iter().map(|head| head.slot).collect();
+        report.forked = heads.windows(2).any(|pair| pair[0] != pair[1]);
+        report.side_blocks_produced = world
+            .groups
+            .iter()
+            .zip(&produced_before)
+            .map(|(group, before)| Self::produced(sim, group) - before)
+            .collect();
+        sim.heal();
+        let healed_at = sim.now();
+        world.redial_until = healed_at + duration;
+        redial_lost(sim, &world.links);
+        sim.wake_at(healed_at + REDIAL_INTERVAL, token(TOKEN_REDIAL, 0));
+        let deadline = healed_at + duration;
+        let steps_max = STEPS_PER_SECOND_MAX.saturating_mul(duration.as_secs().max(1));
+        let nodes = world.nodes.clone();
+        let converged = app::run_until(
+            sim,
+            world,
+            |sim, _| heads_agree(sim, &nodes) || sim.now() >= deadline,
+            steps_max,
+        );
+        if converged.is_ok() && heads_agree(sim, &nodes) {
+            report.converge_seconds = Some(seconds(sim.now().saturating_duration_since(healed_at)));
+        } else {
+            log::warn!("heads did not converge within {duration:?} of the heal");
+        }
+        app::run_for(sim, world, params.linger);
+        // Mid-slot: no block is on its way, so heads that agree now agree for good.
+        report.converged_at_end = heads_agree(sim, &nodes);
+        report.final_head_slot = sim.node(nodes[0]).chain().head().slot;
+        world.watch.verify_pending();
+    }
+
+    fn outcome(&self, sim: &Sim) -> Option<serde_json::Value> {
+        let world = self.world();
+        let imported_min = world
+            .nodes
+            .iter()
+            .map(|&node| world.watch.imported(node))
+            .min()
+            .unwrap_or(0);
+        Some(serde_json::json!({
+            "blocks_produced": sim.counter_sum(|c| c.blocks_produced),
+            "blocks_imported_min": imported_min,
+            "heads_converged": self.report.converged_at_end,
+            "invalid_blocks_imported": world.watch.invalid_blocks_imported(),
+            "sync_seconds": self.report.converge_seconds,
+            "sync_blocks_per_second": serde_json::Value::Null,
+            "converge_seconds": self.report.converge_seconds,
+            "partition": self.report,
+            "blocks_checked": world.watch.blocks_checked(),
+            "imports_unchecked": world.watch.imports_unchecked(),
+            "proposers": self.params.producing.proposers,
+            "slot_ms": self.params.producing.slot_ms,
+            "partition_seconds": seconds(self.params.partition),
+            "sync_penalties": sim.counter_sum(|c| c.sync_penalties),
+            "peers_banned": sim.counter_sum(|c| c.peers_banned),
+        }))
+    }
+}
+
+// ---- crash-restart -----------------------------------------------------------
+
+/// The parameters of [`CrashRestart`]; the defaults are the command line's.
+#[derive(Clone, Debug)]
+pub struct CrashParams {
+    /// The network.
+    pub producing: ProducingParams,
+    /// When crashes start.
+    pub fault_start: Duration,
+    /// Shortest and longest time between crashes.
+    pub gap: (Duration, Duration),
+    /// Shortest and longest time a crashed node stays down.
+    pub downtime: (Duration, Duration),
+    /// When the fresh node joins.
+    pub join_at: Duration,
+    /// Peers the joiner dials.
+    pub joiner_peers: usize,
+    /// The joiner's `config.sync.peers_min`.
+    pub joiner_peers_min: usize,
+    /// How long after the last restart the heads may take to converge.
+    pub converge_max: Duration,
+}
+
+impl Default for CrashParams {
+    fn default() -> CrashParams {
+        CrashParams {
+            producing: ProducingParams {
+                proposers: 4,
+                slot_ms: 1_000,
+                body_bytes: meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT,
+            },
+            fault_start: Duration::from_secs(10),
+            gap: (Duration::from_secs(2), Duration::from_secs(6)),
+            downtime: (Duration::from_secs(1), Duration::from_secs(10)),
+            join_at: Duration::from_secs(40),
+            joiner_peers: 3,
+            joiner_peers_min: 1,
+            converge_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `crash-restart`; see the module docs.
+#[derive(Debug, Default)]
+pub struct CrashRestart {
+    /// What to run.
+    pub params: CrashParams,
+    world: Option<FaultWorld>,
+    joiner: Option<NodeIndex>,
+    converge_seconds: Option<f64>,
+    converged_at_end: bool,
+}
+
+impl CrashRestart {
+    /// The scenario's name.
+    pub const NAME: &'static str = "crash-restart";
+    /// Nodes by default.
+    pub const NODES_DEFAULT: usize = 20;
+
+    /// The scenario with `params`.
+    pub fn new(params: CrashParams) -> CrashRestart {
+        CrashRestart {
+            params,
+            ..CrashRestart::default()
+        }
+    }
+
+    /// The world, once built.
+    pub fn world(&self) -> &FaultWorld {
+        self.world.as_ref().expect("built before use")
+    }
+
+    /// The node that joins late.
+    pub fn joiner(&self) -> NodeIndex {
+        self.joiner.expect("built before use")
+    }
+
+    /// Seconds from the last restart until every node had one head.
+    pub fn converge_seconds(&self) -> Option<f64> {
+        self.converge_seconds
+    }
+}
+
+impl Scenario for CrashRestart {
+    fn name(&self) -> &'static str {
+        CrashRestart::NAME
+    }
+
+    fn build(&mut self, sim: &mut Sim, nodes: usize) {
+        let params = self.params.clone();
+        let producers = nodes
+            .saturating_sub(1)
+            .max(params.producing.proposers)
+            .max(2);
+        let genesis = add_producers(sim, producers, &params.producing);
+        let mut all: Vec<NodeIndex> = (0..producers).map(NodeIndex).collect();
+        let mut links = plan_links(sim, &all, &[]);
+        for &(from, to) in &links {
+            let at = Instant::from_micros(rng::below(sim.scenario_rng(), 1_000_000));
+            sim.dial_at(at, from, to);
+        }
+        let mut config = producing_config(sim, &genesis, None, params.producing.body_bytes);
+        config.sync.peers_min = params.joiner_peers_min.max(1);
+        let joiner = sim.add_node_with_config(config);
+        let mut candidates = all.clone();
+        rng::shuffle(sim.scenario_rng(), &mut candidates);
+        let join_at = Instant::ZERO + params.join_at;
+        for &peer in candidates.iter().take(params.joiner_peers.max(1)) {
+            sim.dial_at(join_at, joiner, peer);
+            links.push((joiner, peer));
+        }
+        all.push(joiner);
+        let watch = ChainWatch::new(genesis, all.iter().copied().collect());
+        self.joiner = Some(joiner);
+        self.world = Some(FaultWorld {
+            nodes: all,
+            links,
+            groups: Vec::new(),
+            redial_until: Instant::ZERO,
+            joins_at: Some((joiner, join_at)),
+            watch,
+            crashes: CrashState {
+                gap: params.gap,
+                downtime: params.downtime,
+                ..CrashState::default()
+            },
+        });
+    }
+
+    /// Crashes from `fault_start` to `duration`, then up to `converge_max`
+    /// after the last restart for the heads to converge.
+    fn run(&mut self, sim: &mut Sim, duration: Duration) {
+        let params = self.params.clone();
+        let joiner = self.joiner();
+        let world = self.world.as_mut().expect("built before use");
+        let fault_end = Instant::ZERO + duration.max(params.fault_start);
+        world.crashes.fault_end = fault_end;
+        world.redial_until = fault_end + params.downtime.1 + params.converge_max;
+        sim.wake_at(Instant::ZERO + params.fault_start, token(TOKEN_CRASH, 0));
+        sim.wake_at(Instant::ZERO + params.fault_start, token(TOKEN_REDIAL, 0));
+        // Every restart is done by then.
+        let last_restart_by = fault_end + params.downtime.1 + Duration::from_millis(1);
+        app::run_for(
+            sim,
+            world,
+            last_restart_by.saturating_duration_since(sim.now()),
+        );
+        debug_assert!(world.nodes.iter().all(|&node| sim.is_up(node)));
+        let since = world.crashes.last_restart.unwrap_or(sim.now());
+        let deadline = sim.now() + params.converge_max;
+        let steps_max = STEPS_PER_SECOND_MAX.saturating_mul(params.converge_max.as_secs().max(1));
+        let nodes = world.nodes.clone();
+        let converged = app::run_until(
+            sim,
+            world,
+            |sim, world| {
+                (heads_agree(sim, &nodes) && world.watch.synced(joiner).is_some())
+                    || sim.now() >= deadline
+            },
+            steps_max,
+        );
+        if converged.is_ok() && heads_agree(sim, &nodes) {
+            self.converge_seconds = Some(seconds(sim.now().saturating_duration_since(since)));
+        } else {
+            log::warn!("heads did not converge within {:?}", params.converge_max);
+        }
+        // Half a slot on: no block is on its way mid-slot.
+        app::run_for(
+            sim,
+            world,
+            Duration::from_millis(params.producing.slot_ms * 3 / 2),
+        );
+        self.converged_at_end = heads_agree(sim, &nodes);
+        world.watch.verify_pending();
+    }
+
+    fn outcome(&self, sim: &Sim) -> Option<serde_json::Value> {
+        let world = self.world();
+        let joiner = self.joiner();
+        let imported_min = world
+            .nodes
+            .iter()
+            .map(|&node| world.watch.imported(node))
+            .min()
+            .unwrap_or(0);
+        let sync_seconds = world.watch.sync_seconds(joiner);
+        let joiner_imported = world.watch.imported(joiner);
+        Some(serde_json::json!({
+            "blocks_produced": sim.counter_sum(|c| c.blocks_produced),
+            "blocks_imported_min": imported_min,
+            "heads_converged": self.converged_at_end,
+            "invalid_blocks_imported": world.watch.invalid_blocks_imported(),
+            "sync_seconds": sync_seconds,
+            "sync_blocks_per_second": world.watch.sync_blocks_per_second(joiner),
+            "converge_seconds": self.converge_seconds,
+            "crashes": world.crashes.crashes,
+            "restarts": sim.network_counts().restarts,
+            "durable_blocks_checked": world.crashes.durable_checked,
+            "durable_blocks_lost": world.crashes.durable_lost,
+            "joiner_imported": joiner_imported,
+            "joiner_incarnations": sim.incarnation(joiner) + 1,
+            "final_head_slot": sim.node(joiner).chain().head().slot,
+            "blocks_checked": world.watch.blocks_checked(),
+            "imports_unchecked": world.watch.imports_unchecked(),
+            "proposers": self.params.producing.proposers,
+            "slot_ms": self.params.producing.slot_ms,
+        }))
+    }
+}
