@@ -125,10 +125,11 @@ fn a_request_flood_is_rate_limited_then_dropped_then_banned() {
 
 /// A requester walks the chain in 16-block ranges, round-robin over three
 /// servers, for a minute. One server admits every request and never
-/// answers: each request to it times out after 5 s and costs it a point,
-/// and the requester asks another server instead. Its score falls to the
-/// disconnect threshold and the requester says Goodbye(bad score); every
-/// range it asked for arrives from the others, block by block as asked.
+/// answers: its requests time out after 5 s (a point each, and from the
+/// third stall in a row, while it still pings us, ten), and the requester
+/// asks another server instead. Its score falls to the disconnect
+/// threshold and the requester says Goodbye(bad score); every range it
+/// asked for arrives from the others, block by block as asked.
 #[test]
 fn a_peer_that_never_answers_is_dropped_and_the_others_serve_everything() {
     let mut scenario = UnresponsivePeer::new(FetchParams {
@@ -152,7 +153,7 @@ fn a_peer_that_never_answers_is_dropped_and_the_others_serve_everything() {
     assert!(
         app.failures
             .get("first_chunk_timeout")
-            .is_some_and(|&n| n >= 4),
+            .is_some_and(|&n| n >= 1),
         "{:?}",
         app.failures
     );

@@ -24,6 +24,8 @@
 //!
 //! A completed answer earns a small reward.
 
+use std::collections::BTreeMap;
+
 use log::{debug, warn};
 
 use super::{ConnectionState, Node};
@@ -105,9 +107,11 @@ impl RangeCheck {
     }
 }
 
-/// Timeouts in a row a peer gets away with at Low (−1) each; from this one
-/// on, each costs High (−10), so a peer that answers nothing is dropped
-/// (−20) after a few more instead of holding its slot forever.
+/// Stalls in a row (moments at which requests to a peer expired, with no
+/// complete answer between) a peer gets away with at Low (−1) per expired
+/// request; from this one on, each stall costs High (−10), so a peer that
+/// answers nothing is dropped (−20) after a few more instead of holding its
+/// slot forever.
 pub const TIMEOUTS_IN_A_ROW_TOLERATED: u32 = 3;
 /// A timeout counts towards [`TIMEOUTS_IN_A_ROW_TOLERATED`] only if the peer
 /// sent us something within this long, about a request's lifetime: it was
@@ -642,8 +646,14 @@ impl Node {
             };
             self.finish_request(peer, id, Err(error));
         }
+        // Requests sent together expire together: one stall is one event,
+        // however many requests it caught.
+        let mut expired_per_peer: BTreeMap<PeerId, u32> = BTreeMap::new();
         for (peer, _, _) in expired {
-            // One timeout can happen to anyone; a peer that lets request
+            *expired_per_peer.entry(peer).or_default() += 1;
+        }
+        for (peer, count) in expired_per_peer {
+            // One stall can happen to anyone; a peer that lets request
             // after request expire while it keeps talking to us is of no use
             // and holds a slot. One we hear nothing from at all may be cut
             // off (a partition): the silence timeout deals with it, and it
@@ -660,12 +670,13 @@ impl Node {
                 }
                 None => continue,
             };
-            let penalty = if in_a_row >= TIMEOUTS_IN_A_ROW_TOLERATED {
-                Penalty::High
+            if in_a_row >= TIMEOUTS_IN_A_ROW_TOLERATED {
+                self.report(now, peer, Report::Penalty(Penalty::High));
             } else {
-                Penalty::Low
-            };
-            self.report(now, peer, Report::Penalty(penalty));
+                for _ in 0..count {
+                    self.report(now, peer, Report::Penalty(Penalty::Low));
+                }
+            }
         }
         for (peer, id) in self.inbound.on_timeout(now) {
             debug!("{peer:?}: its request {id:?} expired unanswered");
