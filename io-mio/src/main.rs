@@ -157,7 +157,7 @@ enum BenchCommand {
         #[arg(long, value_name = "B", default_value_t = 1024)]
         block_bytes: usize,
     },
-    /// Initial sync: a fresh node range-syncs a signed chain from three
+    /// Initial sync: a fresh node range-syncs a signed chain from 32
     /// in-memory peers with a real worker pool, against the raw BLS
     /// batch-verify limit measured in the same run, for each thread count.
     Sync {
