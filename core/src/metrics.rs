@@ -84,6 +84,8 @@ pub struct Counters {
     pub gossip_slow_peers: u64,
     /// Blocks we produced (signed as a proposer).
     pub blocks_produced: u64,
+    /// Our proposer slots skipped because range sync was catching up.
+    pub blocks_not_produced_syncing: u64,
     /// Blocks imported into the fork choice (produced, gossiped or synced).
     pub blocks_imported: u64,
     /// Jobs handed to the driver (`Action::Work`).

@@ -175,6 +175,11 @@ impl Node {
         self.our_status()
     }
 
+    /// Whether range sync is under way (waiting for peers or fetching).
+    pub fn is_syncing(&self) -> bool {
+        self.range_sync.is_syncing()
+    }
+
     /// Work jobs handed to the driver and not yet answered (at most [`WORK_IN_FLIGHT_MAX`]).
     pub fn work_in_flight(&self) -> usize {
         self.chain_state.work.len()
@@ -244,6 +249,15 @@ impl Node {
         };
         let head = self.chain.head();
         if head.slot >= slot {
+            return;
+        }
+        if self.range_sync.is_syncing() {
+            // Our head is far behind what peers claim: a block on it would
+            // be a fork of its own, and with fork choice by highest slot it
+            // would even win over the chain we are fetching. Skip the slot.
+            info!("slot {slot}: not producing while range sync catches up");
+            self.counters.blocks_not_produced_syncing += 1;
+            self.chain_state.last_produced_slot = slot;
             return;
         }
         self.chain_state.last_produced_slot = slot;

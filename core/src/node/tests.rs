@@ -1488,3 +1488,48 @@ fn timeouts_from_a_peer_we_hear_nothing_from_do_not_escalate() {
     assert!(score > -10.0, "escalated to {score}");
     assert!(net.connected(0, 1), "not dropped for its score");
 }
+
+#[test]
+fn a_proposer_that_is_far_behind_syncs_before_it_produces() {
+    // Node 1 holds slots 1..=300; node 0 holds the proposer key but no
+    // block, and it is already slot 400 (800 s). A block of node 0's on
+    // genesis at slot 400 would win fork choice over the real chain.
+    let mut proposer = follower_config(true);
+    proposer.sync.peers_min = 1;
+    let mut net = Net::new(vec![proposer, chain_config(300)]);
+    net.now = Instant::from_micros(800_500_000);
+    let addr = addr(1);
+    net.handle(0, Input::Command(Command::Dial { addr, peer: None }));
+    // Deliver until node 0 has the server's Status and starts syncing; then
+    // the server stops reading, so the sync hangs across a slot boundary.
+    while !net.nodes[0].is_syncing() {
+        assert!(net.step(), "node 0 never started syncing");
+    }
+    net.set_slow_reader(1, true);
+    net.advance(Duration::from_secs(3)); // Slot 401 starts at 802 s.
+    assert!(net.nodes[0].is_syncing());
+    assert_eq!(net.nodes[0].counters().blocks_produced, 0);
+    net.set_slow_reader(1, false);
+    net.advance(Duration::from_secs(60));
+    let head = net.nodes[0].chain().head();
+    assert!(head.slot >= 300, "synced: {head:?}");
+    let at_300 = net.nodes[0]
+        .chain()
+        .canonical_block_at(300)
+        .map(|b| b.root());
+    assert_eq!(
+        at_300,
+        net.nodes[1]
+            .chain()
+            .canonical_block_at(300)
+            .map(|b| b.root())
+    );
+    // Whatever it produced since sits on the synced chain, not on genesis.
+    for slot in 301..=head.slot {
+        if let Some(block) = net.nodes[0].chain().canonical_block_at(slot) {
+            assert!(net.nodes[0].chain().contains(&block.parent_root()));
+            assert_ne!(block.parent_root(), net.nodes[0].chain().genesis_root());
+        }
+    }
+    assert!(net.nodes[0].counters().blocks_not_produced_syncing >= 1);
+}
