@@ -191,7 +191,7 @@ impl Node {
                     | PenaltyReason::FutureSlot => Penalty::High,
                 };
                 info!("{peer:?}: sync penalty: {reason:?}");
-                self.counters.sync_penalties += 1;
+                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             SyncAction::Progress(progress) => {
@@ -265,7 +265,7 @@ impl Node {
                 let penalty = match reason {
                     LookupPenalty::WrongBlock | LookupPenalty::TooManyBlocks => Penalty::High,
                 };
-                self.counters.sync_penalties += 1;
+                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             LookupAction::Dropped { lookup, reason } => {
@@ -301,7 +301,7 @@ impl Node {
             for index in invalid {
                 if let Some(&peer) = senders.get(index) {
                     info!("{peer:?}: looked-up block fails verification");
-                    self.counters.sync_penalties += 1;
+                    self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                     self.report(now, peer, Report::Penalty(Penalty::Fatal));
                 }
             }
@@ -336,7 +336,7 @@ impl Node {
             let copy = block.clone();
             match self.chain.import(block) {
                 Ok(ImportOutcome::Imported(imported)) => {
-                    self.counters.blocks_imported += 1;
+                    self.counters.blocks_imported = self.counters.blocks_imported.saturating_add(1);
                     pruned.extend(imported.pruned);
                     stored.push((root, copy));
                     self.notify(Notification::BlockImported { slot, root });

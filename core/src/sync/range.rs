@@ -251,6 +251,7 @@ impl Default for SyncConfig {
 
 impl SyncConfig {
     /// Panics if the config breaks a bound (a bug of whoever built it).
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn assert_valid(&self) {
         assert!(self.batch_slots_min >= 1 && self.batch_slots_min <= self.batch_slots_max);
         assert!(self.batch_slots_max <= BLOCKS_PER_RANGE_REQUEST_MAX);
@@ -739,6 +740,7 @@ impl RangeSync {
 
     /// Checks every bound and bookkeeping invariant; panics on a bug. Cheap
     /// enough for tests and fuzzing to call after every step.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     pub fn assert_invariants(&self) {
         let mut in_flight: BTreeMap<PeerId, usize> = BTreeMap::new();
         let (mut buffered, mut reserved, mut ids) = (0, 0, 0);
@@ -872,6 +874,7 @@ impl RangeSync {
     /// Room for a longer answer to `batch` than was reserved: `true` if its
     /// reserve grew to `bytes` within the buffer bound, `false` if the
     /// answer must be cut off (then report [`FetchError::TooLarge`]).
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     pub fn grow_reserve(&mut self, batch: BatchId, bytes: usize) -> bool {
         let Some((start, _, _)) = self.downloading(batch) else {
             return false;
@@ -897,6 +900,7 @@ impl RangeSync {
     }
 
     /// The answer to [`SyncAction::Request`] `batch`.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     pub fn on_response(
         &mut self,
         now: Instant,
@@ -905,13 +909,13 @@ impl RangeSync {
     ) {
         self.advance(now);
         let Some((start, peer, sent_at)) = self.downloading(batch) else {
-            self.counters.stale_inputs += 1;
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
         let blocks = match result {
             Ok(blocks) => blocks,
             Err(error) => {
-                self.counters.requests_failed += 1;
+                self.counters.requests_failed = self.counters.requests_failed.saturating_add(1);
                 self.on_request_failed(start, peer, error);
                 self.update_mode(now);
                 return;
@@ -922,7 +926,7 @@ impl RangeSync {
         self.requeue(start, None);
         let count = self.batches[&start].count;
         if let Err(reason) = self.check_response(start, count, &blocks) {
-            self.counters.responses_refused += 1;
+            self.counters.responses_refused = self.counters.responses_refused.saturating_add(1);
             self.penalise(peer, reason);
             self.fail_batch(now, start, peer);
             return;
@@ -931,7 +935,7 @@ impl RangeSync {
         // from answers we cannot keep.
         let bytes: usize = blocks.iter().map(SignedBlock::encoded_len).sum();
         if self.disproves_its_head(start, count, &blocks, bytes) {
-            self.counters.responses_refused += 1;
+            self.counters.responses_refused = self.counters.responses_refused.saturating_add(1);
             self.penalise(peer, PenaltyReason::HeadNotServed);
             if let Some(state) = self.peers.get_mut(&peer) {
                 state.proven = false;
@@ -977,12 +981,12 @@ impl RangeSync {
         self.advance(now);
         self.verifying.remove(&batch);
         let Some(&start) = self.ids.get(&batch) else {
-            self.counters.stale_inputs += 1;
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
         let entry = self.batches.get_mut(&start).expect("ids point at batches");
         let BatchState::Verifying { .. } = entry.state else {
-            self.counters.stale_inputs += 1;
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
         let BatchState::Verifying {
@@ -996,7 +1000,7 @@ impl RangeSync {
         };
         match result {
             Ok(()) => {
-                self.counters.batches_verified += 1;
+                self.counters.batches_verified = self.counters.batches_verified.saturating_add(1);
                 entry.state = BatchState::Verified {
                     id,
                     peer,
@@ -1005,7 +1009,7 @@ impl RangeSync {
                 };
             }
             Err(positions) => {
-                self.counters.batches_failed += 1;
+                self.counters.batches_failed = self.counters.batches_failed.saturating_add(1);
                 entry.state = BatchState::Verified {
                     id,
                     peer,
@@ -1036,17 +1040,17 @@ impl RangeSync {
             self.importing = None;
         }
         let Some(&start) = self.ids.get(&batch) else {
-            self.counters.stale_inputs += 1;
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
         let BatchState::Importing { peer, .. } = self.batches[&start].state else {
-            self.counters.stale_inputs += 1;
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
         match result {
             Ok(()) => self.batch_imported(start),
             Err(failure) => {
-                self.counters.imports_failed += 1;
+                self.counters.imports_failed = self.counters.imports_failed.saturating_add(1);
                 match failure.error {
                     ImportError::UnknownParent(_) => {
                         if self.recheck_previous(start) {
@@ -1095,7 +1099,7 @@ impl RangeSync {
             let Some((start, peer, _)) = self.downloading(id) else {
                 continue;
             };
-            self.counters.requests_failed += 1;
+            self.counters.requests_failed = self.counters.requests_failed.saturating_add(1);
             self.on_request_failed(start, peer, FetchError::Timeout);
         }
         self.update_mode(now);
@@ -1104,12 +1108,14 @@ impl RangeSync {
     /// When [`RangeSync::on_timer`] (or `poll`, for progress) must next be called.
     pub fn next_deadline(&self) -> Option<Instant> {
         let requests = self.batches.values().filter_map(|batch| match batch.state {
-            BatchState::Downloading { sent_at, .. } => Some(sent_at + self.config.request_timeout),
+            BatchState::Downloading { sent_at, .. } => {
+                Some(sent_at.saturating_add(self.config.request_timeout))
+            }
             _ => None,
         });
         let wait = match self.mode {
             Mode::AwaitingPeers { since } => {
-                let wait_end = since + self.config.peers_wait;
+                let wait_end = since.saturating_add(self.config.peers_wait);
                 Some(if self.retry_not_before > self.last_now {
                     wait_end.min(self.retry_not_before)
                 } else {
@@ -1120,11 +1126,9 @@ impl RangeSync {
         };
         let progress = match self.mode {
             Mode::Idle => None,
-            _ => Some(
-                self.progress
-                    .last_at
-                    .map_or(self.last_now, |at| at + self.config.progress_interval),
-            ),
+            _ => Some(self.progress.last_at.map_or(self.last_now, |at| {
+                at.saturating_add(self.config.progress_interval)
+            })),
         };
         requests.chain(wait).chain(progress).min()
     }
@@ -1211,7 +1215,7 @@ impl RangeSync {
         heads
             .iter()
             .enumerate()
-            .find(|(index, (_, proven))| *proven || index + 1 >= CLAIM_SUPPORT_PEERS_MIN)
+            .find(|(index, (_, proven))| *proven || *index >= CLAIM_SUPPORT_PEERS_MIN - 1)
             .map(|(_, (head, _))| *head)
     }
 
@@ -1378,7 +1382,7 @@ impl RangeSync {
     /// round waits [`ROUND_RETRY_DELAY`] instead, so a batch nobody can
     /// serve costs a few requests per delay, not a busy loop.
     fn abandon_round(&mut self, now: Instant) {
-        self.counters.rounds_abandoned += 1;
+        self.counters.rounds_abandoned = self.counters.rounds_abandoned.saturating_add(1);
         self.drop_round_work();
         self.retry_not_before = now.saturating_add(ROUND_RETRY_DELAY);
         self.mode = Mode::AwaitingPeers { since: now };
@@ -1406,14 +1410,14 @@ impl RangeSync {
 
     fn push_output(&mut self, action: SyncAction) {
         if self.outputs.len() >= OUTPUTS_MAX {
-            self.counters.outputs_dropped += 1;
+            self.counters.outputs_dropped = self.counters.outputs_dropped.saturating_add(1);
             return;
         }
         self.outputs.push_back(action);
     }
 
     fn penalise(&mut self, peer: PeerId, reason: PenaltyReason) {
-        self.counters.penalties += 1;
+        self.counters.penalties = self.counters.penalties.saturating_add(1);
         self.push_output(SyncAction::Penalise { peer, reason });
     }
 
@@ -1523,6 +1527,7 @@ impl RangeSync {
         })
     }
 
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn poll_request(&mut self, now: Instant) -> Option<SyncAction> {
         if self.mode != Mode::Syncing || self.requests_in_flight >= self.config.requests_max {
             return None;
@@ -1540,7 +1545,11 @@ impl RangeSync {
             (batch.count, batch.excluded.clone())
         };
         let reserve_bytes = self.reserve_for(count);
-        if self.buffered_bytes + self.reserved_bytes + reserve_bytes > self.config.buffer_bytes_max
+        if self
+            .buffered_bytes
+            .saturating_add(self.reserved_bytes)
+            .saturating_add(reserve_bytes)
+            > self.config.buffer_bytes_max
         {
             return None;
         }
@@ -1552,7 +1561,7 @@ impl RangeSync {
         let claimed_head = state.chain.head_slot;
         self.requests_in_flight += 1;
         self.reserved_bytes += reserve_bytes;
-        self.counters.requests_sent += 1;
+        self.counters.requests_sent = self.counters.requests_sent.saturating_add(1);
         self.counters.requests_in_flight_max = self
             .counters
             .requests_in_flight_max
@@ -1646,6 +1655,7 @@ impl RangeSync {
     }
 
     /// Releases a request's slot and reserve; the batch stays as it is.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn finish_request(&mut self, start: u64, peer: PeerId) {
         let BatchState::Downloading { reserve_bytes, .. } = self.batches[&start].state else {
             unreachable!("only downloading batches finish a request")
@@ -1659,6 +1669,7 @@ impl RangeSync {
 
     /// Puts a batch back in the queue, releasing whatever it held. With a
     /// peer, that peer failed it: asked again only if no one else can.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn requeue(&mut self, start: u64, failed_by: Option<PeerId>) {
         let state = &self.batches[&start].state;
         if let BatchState::Downloading { peer, .. } = *state {
@@ -1677,8 +1688,9 @@ impl RangeSync {
 
     /// A batch failed because of `peer`: queue it for another, or give up
     /// the round when it failed too often.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn fail_batch(&mut self, now: Instant, start: u64, peer: PeerId) {
-        self.counters.retries += 1;
+        self.counters.retries = self.counters.retries.saturating_add(1);
         self.requeue(start, Some(peer));
         let entry = self.batches.get_mut(&start).expect("requeued above");
         entry.attempts += 1;
@@ -1715,10 +1727,12 @@ impl RangeSync {
     fn adapt_after_answer(&mut self, peer: PeerId, latency: Duration) {
         let max = self.config.requests_per_peer_max;
         if let Some(state) = self.peers.get_mut(&peer) {
-            state.window = (state.window + 1).min(max);
+            state.window = state.window.saturating_add(1).min(max);
         }
         self.batch_slots = if latency <= BATCH_LATENCY_TARGET {
-            (self.batch_slots + BATCH_SLOTS_STEP).min(self.config.batch_slots_max)
+            self.batch_slots
+                .saturating_add(BATCH_SLOTS_STEP)
+                .min(self.config.batch_slots_max)
         } else {
             self.batch_slots
                 .saturating_sub(BATCH_SLOTS_STEP)
@@ -1785,7 +1799,7 @@ impl RangeSync {
     /// Makes room for `bytes` of batch `start` by evicting buffered batches
     /// above it, farthest first. `false` if even that is not enough.
     fn make_room(&mut self, start: u64, bytes: usize) -> bool {
-        while self.buffered_bytes + bytes > self.config.buffer_bytes_max {
+        while self.buffered_bytes.saturating_add(bytes) > self.config.buffer_bytes_max {
             let victim = self
                 .batches
                 .range(start.saturating_add(1)..)
@@ -1802,7 +1816,7 @@ impl RangeSync {
             let Some(victim) = victim else {
                 return false;
             };
-            self.counters.evictions += 1;
+            self.counters.evictions = self.counters.evictions.saturating_add(1);
             self.requeue(victim, None);
         }
         true
@@ -1820,6 +1834,7 @@ impl RangeSync {
         }
     }
 
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn batch_imported(&mut self, start: u64) {
         let batch = self.batches.remove(&start).expect("caller checked");
         let BatchState::Importing {
@@ -1834,9 +1849,15 @@ impl RangeSync {
         };
         self.ids.remove(&id);
         self.buffered_bytes -= bytes;
-        self.counters.batches_imported += 1;
-        self.counters.blocks_imported += roots.len() as u64;
-        self.progress.blocks_since += roots.len() as u64;
+        self.counters.batches_imported = self.counters.batches_imported.saturating_add(1);
+        self.counters.blocks_imported = self
+            .counters
+            .blocks_imported
+            .saturating_add(roots.len() as u64);
+        self.progress.blocks_since = self
+            .progress
+            .blocks_since
+            .saturating_add(roots.len() as u64);
         if !roots.is_empty() {
             // Its blocks extend our chain: its claims are backed by proof,
             // and the round is making progress.
@@ -1952,6 +1973,7 @@ fn fingerprint(block: &SignedBlock) -> [u8; 32] {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
     use crate::chain::block::{body_root, BlockHeader};
