@@ -169,6 +169,11 @@ pub const OUTPUTS_MAX: usize = 256;
 /// The initial guess of encoded bytes per requested slot, before any answer
 /// was measured; the request reserve is twice the estimate.
 pub const SLOT_BYTES_ESTIMATE_INITIAL: usize = 16 * 1024;
+/// No claim or block beyond this slot is believed, even before the caller
+/// tells the clock: far beyond any real chain (at one slot per millisecond,
+/// 292 million years), and far enough below `u64::MAX` that no range near it
+/// can overflow.
+pub const SLOT_MAX: u64 = u64::MAX / 2;
 /// Peers whose claims must agree before a head is believed without proof:
 /// a head is a target when this many peers reach it (or one that proved
 /// itself claims it). One peer's word alone is tried only when it is the
@@ -629,7 +634,7 @@ pub struct RangeSync {
     counters: SyncCounters,
     last_now: Instant,
     /// The highest slot the clock allows a claim or a block to have
-    /// ([`RangeSync::on_clock`]); `u64::MAX` until the caller tells.
+    /// ([`RangeSync::on_clock`]); [`SLOT_MAX`] until the caller tells.
     slot_max: u64,
     /// One peer's word is tried: the wait for support ran out, or the
     /// operator asked for one peer.
@@ -684,7 +689,7 @@ impl RangeSync {
             },
             counters: SyncCounters::default(),
             last_now: Instant::ZERO,
-            slot_max: u64::MAX,
+            slot_max: SLOT_MAX,
             lone_claims_allowed: false,
             catch_up_since: None,
         }
@@ -867,7 +872,7 @@ impl RangeSync {
     /// are ignored; blocks above it are refused as [`PenaltyReason::FutureSlot`].
     pub fn on_clock(&mut self, now: Instant, slot_max: u64) {
         self.advance(now);
-        self.slot_max = slot_max;
+        self.slot_max = slot_max.min(SLOT_MAX);
         self.update_mode(now);
     }
 
@@ -2713,9 +2718,9 @@ mod tests {
 
     #[test]
     fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits() {
-        // No clock given: the machine alone must survive the claim. Every
-        // request it makes stays within the wire limits (the harness asserts
-        // `start + count` does not overflow and `count` is 1..=64).
+        // No clock given: the machine alone must survive the claim. Slots
+        // past SLOT_MAX are never believed, so nothing is asked; had it
+        // been, the harness asserts `start + count` does not overflow.
         let mut harness = Harness::new(config(1), 21);
         harness.behaviours.insert(peer_id(1), Behaviour::Empty);
         let claim = PeerChain {
@@ -2734,11 +2739,28 @@ mod tests {
             }
         }
         harness.sync.assert_invariants();
-        assert!(harness.sync.counters().requests_sent > 0, "it was tried");
-        // Without a clock (the node always gives one) the claim is tried
-        // batch by batch; it never imported anything, so it stops no
-        // proposer.
-        assert!(!harness.sync.is_catching_up(harness.now));
+        assert_eq!(harness.sync.counters().requests_sent, 0);
+        assert!(!harness.sync.is_syncing());
+        // Just below the bound, it is tried batch by batch without overflow,
+        // and as it imports nothing it stops no proposer.
+        let mut near = Harness::new(config(1), 29);
+        near.behaviours.insert(peer_id(1), Behaviour::Empty);
+        let claim = PeerChain {
+            head_slot: SLOT_MAX,
+            head_root: [7; 32],
+            finalized_slot: SLOT_MAX - 1,
+            finalized_root: [8; 32],
+        };
+        near.sync
+            .on_peer_status(near.now, peer_id(1), claim, Score::ZERO);
+        near.drain();
+        for _ in 0..500 {
+            if !near.step() {
+                break;
+            }
+        }
+        assert!(near.sync.counters().requests_sent > 0, "it was tried");
+        assert!(!near.sync.is_catching_up(near.now));
     }
 
     #[test]
