@@ -25,9 +25,17 @@
 //! - High (−10): a BlocksByRange answer out of range, out of order or not
 //!   linked, a block larger than any valid block, a lookup answer that is
 //!   not the block asked for;
-//! - Mid (−5): an empty or short answer a second peer disproved.
+//! - High (−10) too: a block from beyond the clock's slot;
+//! - Mid (−5): an empty or short answer a second peer disproved, an answer
+//!   that lacks the head block its sender's Status claims, and a Status
+//!   the clock or the genesis disproves (head beyond the current slot plus
+//!   `CLAIM_CLOCK_DISPARITY`, finality above the head, slot 0 off genesis;
+//!   such a Status never reaches range sync).
 //!   Transport faults (timeouts, error codes, undecodable chunks) are scored
-//!   by the req/resp layer that saw them.
+//!   by the req/resp layer that saw them; a chunk that breaks its request
+//!   (out of range, out of order, unlinked, a root not asked for) is refused
+//!   as it arrives (High) and the rest of the answer is dropped unread.
+//!   Empty block answers complete a request but earn no reward.
 
 use log::{debug, info, warn};
 
