@@ -26,8 +26,8 @@
 //!   linked, a block larger than any valid block, a lookup answer that is
 //!   not the block asked for;
 //! - High (−10) too: a block from beyond the clock's slot;
-//! - Mid (−5): an empty or short answer a second peer disproved, an answer
-//!   that lacks the head block its sender's Status claims, and a Status
+//! - Mid (−5): an empty or short answer a second peer disproved, an empty
+//!   answer for the range holding its sender's claimed head, and a Status
 //!   the clock or the genesis disproves (head beyond the current slot plus
 //!   `CLAIM_CLOCK_DISPARITY`, finality above the head, slot 0 off genesis;
 //!   such a Status never reaches range sync).

@@ -71,7 +71,7 @@
 //! [`RangeSync::grow_reserve`] or cutting the answer off as
 //! [`FetchError::TooLarge`]; buffered batches above a lower one are evicted
 //! and fetched again); no claim or block beyond the clock's slot is used;
-//! a peer whose own answer lacks the head block it claimed is penalised
+//! a peer whose own answer for the range holding its claimed head is empty is penalised
 //! ([`PenaltyReason::HeadNotServed`]) and not believed for
 //! [`CLAIM_DISPROVED_COOLDOWN`], whatever Status it sends; a proposer is
 //! asked to pause ([`RangeSync::is_catching_up`]) only while a believed
@@ -112,9 +112,7 @@ use rand_core::{RngCore, SeedableRng};
 use crate::chain::{Checkpoint, ImportError, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::peer::score::Score;
-use crate::reqresp::limits::{
-    ANSWER_BLOCK_BYTES_MAX, BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX,
-};
+use crate::reqresp::limits::{BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX};
 use crate::time::{Duration, Instant};
 
 // --- Limits -------------------------------------------------------------------
@@ -189,10 +187,6 @@ pub const CLAIM_DISPROVED_COOLDOWN: Duration = Duration::from_secs(600);
 /// a stale head would fork); but never longer than this without an import, so
 /// peers that promise blocks and deliver none cannot stop production.
 pub const CATCH_UP_STALL_MAX: Duration = Duration::from_secs(10);
-/// An answer at least this close to the server's byte cut
-/// (`ANSWER_BLOCK_BYTES_MAX`) may be a prefix cut short honestly, so a missing
-/// head block in it proves nothing.
-const ANSWER_CUT_BYTES_MIN: usize = ANSWER_BLOCK_BYTES_MAX.saturating_sub(BLOCK_BYTES_MAX);
 
 const _: () = assert!(BATCH_SLOTS <= BLOCKS_PER_RANGE_REQUEST_MAX);
 const _: () = assert!(BATCH_SLOTS_MIN >= 1 && BATCH_SLOTS_MIN <= BATCH_SLOTS);
@@ -350,8 +344,8 @@ pub enum PenaltyReason {
     EmptyAnswerDisproved,
     /// An answer that left out blocks another peer then served.
     BlocksWithheld,
-    /// The batch holding the slot of the head it claims came back without a
-    /// block at or after that slot: its own answer disproves its Status.
+    /// The batch holding the slot of the head it claims came back empty: its
+    /// own answer disproves its Status.
     HeadNotServed,
     /// A block from beyond the slot the clock allows (plus a tolerance).
     FutureSlot,
@@ -939,7 +933,7 @@ impl RangeSync {
         // Measure before the buffer decision, so the estimate learns even
         // from answers we cannot keep.
         let bytes: usize = blocks.iter().map(SignedBlock::encoded_len).sum();
-        if self.disproves_its_head(start, count, &blocks, bytes) {
+        if self.disproves_its_head(start, count, &blocks) {
             self.counters.responses_refused = self.counters.responses_refused.saturating_add(1);
             self.penalise(peer, PenaltyReason::HeadNotServed);
             if let Some(state) = self.peers.get_mut(&peer) {
@@ -1785,20 +1779,15 @@ impl RangeSync {
     }
 
     /// Whether the answer to the batch holding its sender's claimed head
-    /// slot disproves that claim: no block at or after that slot, though
-    /// the answer is far from the server's byte cut (so nothing was left out
-    /// for size). Its head block must exist if its Status was true.
-    fn disproves_its_head(
-        &self,
-        start: u64,
-        count: u64,
-        blocks: &[SignedBlock],
-        bytes: usize,
-    ) -> bool {
+    /// slot disproves that claim: it is empty. Its head block lies in the
+    /// range if its Status was true, and an honest server cut short by its
+    /// byte budget still sends the first block (or an error, not an empty
+    /// answer); only a reorg onto a fork with no block in all those slots
+    /// could make an honest answer empty.
+    fn disproves_its_head(&self, start: u64, count: u64, blocks: &[SignedBlock]) -> bool {
         let claimed = self.batches[&start].claimed_head;
         let holds_claim = claimed >= start && claimed < start.saturating_add(count);
-        let served = blocks.last().is_some_and(|last| last.slot() >= claimed);
-        holds_claim && !served && bytes < ANSWER_CUT_BYTES_MIN
+        holds_claim && blocks.is_empty()
     }
 
     /// Makes room for `bytes` of batch `start` by evicting buffered batches
