@@ -56,11 +56,33 @@ pub const GOSSIP_SEND_WINDOW_BYTES: usize = 2 * 1024 * 1024;
 /// answers included.
 pub const GOSSIP_NODE_WINDOW_BYTES: usize = 2 * 1024 * 1024;
 
+/// One connection's contribution to [`GOSSIP_NODE_WINDOW_BYTES`] at most:
+/// half, so no single connection, however backed up, closes the window for
+/// everyone (a large message still leaves for about two peers at a time).
+pub const GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX: usize = GOSSIP_NODE_WINDOW_BYTES / 2;
+
+/// A connection that has held its full share of the node window this long,
+/// or taken none of its waiting bytes this long, is limited by its own link
+/// or reader, not by our uplink: it stops counting toward the node window,
+/// so a slow or stalled peer holds back only itself (its gossip waits in
+/// the router, within its own window).
+pub const GOSSIP_SLOW_CONNECTION_AFTER: Duration = Duration::from_secs(1);
+
+/// A connection with more than its [`GOSSIP_SEND_WINDOW_BYTES`] waiting that
+/// has taken none of them for this long is cut with Goodbye(fault) and a Mid
+/// penalty: its peer stopped reading. Far above what an honest peer behind a
+/// busy uplink waits between writes, far below the silence timeout that was
+/// its only way out before. (A few unwritten bytes alone are no sign: a
+/// real socket buffer takes them whether the peer reads or not.)
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Bytes the frame decoder of one connection buffers: one Noise message and its length prefix.
 pub const RECEIVE_BUFFER_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX + 2;
 
 const _: () = assert!(NOISE_PLAINTEXT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < PENDING_SEND_BYTES_MAX);
 const _: () = assert!(GOSSIP_SEND_WINDOW_BYTES < PENDING_SEND_BYTES_MAX / 4);
+const _: () = assert!(GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX < GOSSIP_NODE_WINDOW_BYTES);
+const _: () = assert!(WRITE_STALL_TIMEOUT.as_secs() < PEER_SILENCE_TIMEOUT.as_secs());
 const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES_MAX < NOISE_PLAINTEXT_BYTES_MAX);
 const _: () = assert!(PING_INTERVAL.as_secs() * 2 < PEER_SILENCE_TIMEOUT.as_secs());

@@ -82,6 +82,14 @@ pub struct Counters {
     pub gossip_rpcs_graylisted: u64,
     /// Peers disconnected because their gossip send queue overflowed.
     pub gossip_slow_peers: u64,
+    /// Connections cut because they took nothing we wrote for `WRITE_STALL_TIMEOUT`.
+    pub connections_stalled: u64,
+    /// Gossiped blocks dropped unjudged: every verification slot, or the
+    /// sender's share of them, was taken (not left marked as seen).
+    pub gossip_verifications_deferred: u64,
+    /// Gossiped blocks dropped unjudged because their sender was over its
+    /// verification rate (each a Low penalty).
+    pub gossip_verifications_over_rate: u64,
     /// Blocks we produced (signed as a proposer).
     pub blocks_produced: u64,
     /// Our proposer slots skipped because range sync was catching up.

@@ -24,6 +24,8 @@
 //! | `gossip-eclipse` | [`gossip_attacks::eclipse`]: withholding Sybils all dial one node; it still receives |
 //! | `gossip-withhold` | [`gossip_attacks::withhold`]: a quarter of the nodes never forward; delivery and p99 hold |
 //! | `cold-boot` | [`gossip_attacks::cold_boot`]: everyone, Sybils too, connects at once with no score history |
+//! | `slow-readers` | [`gossip_attacks::slow_readers`]: a tenth of the nodes stop reading; the rest still get every block in time |
+//! | `junk-blocks` | [`JunkBlocks`]: hit-and-run Sybils flood junk blocks each slot and leave before the verdicts; they are charged, banned, and every honest block is imported |
 //! | `late-joiner` | [`LateJoiner::honest`]: a fresh node range-syncs 10,000 blocks from 20 peers |
 //! | `hostile-servers` | [`LateJoiner::hostile`]: the same with a third of the peers hostile; they are penalised, nothing invalid is imported |
 //! | `partition-heal` | [`PartitionHeal`]: producing nodes split in two, fork, heal and converge on one head |
@@ -38,6 +40,7 @@ pub mod chain;
 pub mod chain_faults;
 pub mod gossip;
 pub mod gossip_attacks;
+pub mod junk_blocks;
 pub mod request_flood;
 pub mod static_peer_restart;
 pub mod unresponsive_peer;
@@ -46,6 +49,7 @@ pub mod workload;
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario};
+pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
 pub use request_flood::{FloodParams, RequestFlood};
 pub use static_peer_restart::StaticPeerRestart;
 pub use unresponsive_peer::{FetchParams, UnresponsivePeer};
@@ -100,10 +104,12 @@ pub const SCENARIO_NAMES: &[&str] = &[
     gossip_attacks::ECLIPSE,
     gossip_attacks::WITHHOLD,
     gossip_attacks::COLD_BOOT,
+    gossip_attacks::SLOW_READERS,
     LateJoiner::NAME,
     LateJoiner::NAME_HOSTILE,
     PartitionHeal::NAME,
     CrashRestart::NAME,
+    JunkBlocks::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -118,6 +124,7 @@ pub fn gossip_scenario_by_name(name: &str) -> Option<GossipScenario> {
         gossip_attacks::ECLIPSE => Some(gossip_attacks::eclipse()),
         gossip_attacks::WITHHOLD => Some(gossip_attacks::withhold()),
         gossip_attacks::COLD_BOOT => Some(gossip_attacks::cold_boot()),
+        gossip_attacks::SLOW_READERS => Some(gossip_attacks::slow_readers()),
         _ => None,
     }
 }
@@ -130,6 +137,7 @@ pub fn nodes_default(name: &str) -> usize {
         LateJoiner::NAME | LateJoiner::NAME_HOSTILE => return LateJoiner::NODES_DEFAULT,
         PartitionHeal::NAME => return PartitionHeal::NODES_DEFAULT,
         CrashRestart::NAME => return CrashRestart::NODES_DEFAULT,
+        JunkBlocks::NAME => return JunkBlocks::NODES_DEFAULT,
         _ => {}
     }
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
@@ -146,6 +154,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         LateJoiner::NAME_HOSTILE => Some(Box::new(LateJoiner::hostile(JoinerParams::default()))),
         PartitionHeal::NAME => Some(Box::new(PartitionHeal::default())),
         CrashRestart::NAME => Some(Box::new(CrashRestart::default())),
+        JunkBlocks::NAME => Some(Box::new(JunkBlocks::new(JunkParams::default()))),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }

@@ -309,6 +309,9 @@ struct SimNode {
     downlink_bytes_per_second: Option<u64>,
     /// When the downlink finishes receiving what is on its way so far.
     downlink_free_at: Instant,
+    /// Fault: the node takes in nothing (its sockets' receive buffers are
+    /// full), so what others send it stays in their send queues.
+    stopped_reading: bool,
     /// Generation of the live timer event; older ones are stale.
     timer_generation: u64,
     /// The instant of the live timer event, if one is queued.
@@ -454,6 +457,7 @@ impl Sim {
             uplink_free_at: Instant::ZERO,
             downlink_bytes_per_second: self.config.bandwidth_bytes_per_second,
             downlink_free_at: Instant::ZERO,
+            stopped_reading: false,
             cpu_free_at: Instant::ZERO,
             disk_free_at: Instant::ZERO,
             disk: BTreeMap::new(),
@@ -486,6 +490,16 @@ impl Sim {
             "a downlink of 0 bytes/s receives nothing"
         );
         self.node_state_mut(node).downlink_bytes_per_second = bytes_per_second;
+    }
+
+    /// Makes `node` stop reading (`true`): from now on, what others send it
+    /// neither leaves their uplink nor arrives, and they never hear it
+    /// written, as with a TCP peer whose receive window is closed; their
+    /// send queues grow until [`meshsync_core::limits::PENDING_SEND_BYTES_MAX`]
+    /// closes the connection. It keeps sending. `false` lets later sends through
+    /// (what was held stays lost: a simplification).
+    pub fn set_stops_reading(&mut self, node: NodeIndex, stopped: bool) {
+        self.node_state_mut(node).stopped_reading = stopped;
     }
 
     /// Limits what `node` can send to `bytes_per_second` (`None`: unlimited;
@@ -1380,6 +1394,26 @@ impl Sim {
         self.network_counts.bytes_sent += bytes.len() as u64;
         if bytes.is_empty() {
             return; // A zero-length write puts nothing on the wire.
+        }
+        if self.node_state(remote).stopped_reading {
+            // Its receive window is closed: the bytes wait in our send queue
+            // for ever, never written, never delivered.
+            let endpoint = self
+                .network
+                .endpoint_of(index, conn)
+                .expect("looked up above");
+            if endpoint.queue_outbound(now, Instant::MAX, bytes.len()) {
+                self.network_counts.send_buffer_overflows += 1;
+                self.queue.push(
+                    now,
+                    Event::LocalClose {
+                        node: index,
+                        conn,
+                        cause: CloseCause::SendBufferFull,
+                    },
+                );
+            }
+            return;
         }
         let departure = self.uplink_departure(index, bytes.len());
         self.queue.push(

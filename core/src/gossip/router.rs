@@ -54,12 +54,20 @@
 //! [`IDONTWANT_IDS_PER_PEER_MAX`] ids (oldest evicted, expire after
 //! [`IDONTWANT_TTL`]), [`IHAVE_MESSAGES_PER_PEER_PER_HEARTBEAT_MAX`] IHAVEs
 //! read and [`IWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX`] ids asked per heartbeat,
-//! [`GOSSIP_RETRANSMISSIONS_MAX`] answers per id. Global: [`GOSSIP_PEERS_MAX`]
+//! [`IWANT_IDS_ANSWERED_PER_PEER_PER_HEARTBEAT_MAX`] IWANT ids and
+//! [`IDONTWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX`] IDONTWANT ids taken per
+//! heartbeat (beyond [`CONTROL_ALLOWANCE_SLACK_FACTOR`] times any of these
+//! allowances, a [`Misbehaviour::ControlFlood`] penalty, once per heartbeat),
+//! [`GOSSIP_RETRANSMISSIONS_MAX`] answers per id and only to a peer we
+//! announced it to. Every id list is handled in time linear in its length
+//! (sets, not scans; IDONTWANT cancels queued messages when they reach the
+//! front of the queue, not by scanning it). Global: [`GOSSIP_PEERS_MAX`]
 //! peers, [`TOPICS_MAX`] topics, [`SEEN_MESSAGES_MAX`] seen ids (oldest
 //! evicted), [`MCACHE_MESSAGES_MAX`] and [`MCACHE_BYTES_MAX`] cached (oldest
 //! evicted), [`VALIDATION_PENDING_MAX`] and [`VALIDATION_PENDING_BYTES_MAX`]
 //! pending (oldest dropped), [`PROMISES_MAX`] promises (new ones not made),
-//! [`BACKOFFS_MAX`] backoffs (earliest expiring evicted),
+//! [`BACKOFFS_MAX`] backoffs (one per our topic and connected peer: they die
+//! with the connection, so none is ever evicted),
 //! [`RETAINED_SCORES_MAX`] retained scores (earliest expiring evicted),
 //! [`EVENTS_MAX`] events (oldest dropped).
 
@@ -110,7 +118,8 @@ pub const FANOUT_TTL: Duration = Duration::from_secs(60);
 pub const PRUNE_BACKOFF: Duration = Duration::from_secs(60);
 /// Largest backoff we accept from a peer's PRUNE: longer ones are cut to this,
 /// so a peer cannot make us keep state (or compute a time) far in the future.
-pub const PRUNE_BACKOFF_SECS_MAX: u32 = 3_600;
+/// Ten times what honest peers ask ([`PRUNE_BACKOFF`]).
+pub const PRUNE_BACKOFF_SECS_MAX: u32 = 600;
 /// Heartbeats between opportunistic grafting rounds (42 s).
 pub const OPPORTUNISTIC_GRAFT_HEARTBEATS: u64 = 60;
 /// Peers grafted per opportunistic grafting round per topic.
@@ -140,6 +149,18 @@ pub const IHAVE_IDS_PER_PEER_PER_HEARTBEAT_MAX: usize = 5_000;
 pub const IHAVE_MESSAGES_PER_PEER_PER_HEARTBEAT_MAX: usize = 10;
 /// Ids we ask one peer for per heartbeat (libp2p's `max_ihave_length`).
 pub const IWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX: usize = 5_000;
+/// IWANT ids from one peer we look at per heartbeat; more are ignored. An
+/// honest peer asks at most for what we announced to it, and we announce at
+/// most [`IHAVE_IDS_PER_PEER_PER_HEARTBEAT_MAX`] per heartbeat.
+pub const IWANT_IDS_ANSWERED_PER_PEER_PER_HEARTBEAT_MAX: usize =
+    IHAVE_IDS_PER_PEER_PER_HEARTBEAT_MAX;
+/// IDONTWANT ids from one peer we take per heartbeat; more are ignored. An
+/// honest peer sends one per large message it receives.
+pub const IDONTWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX: usize = 1_024;
+/// How far over a per-heartbeat allowance (IHAVE messages and ids, IWANT
+/// ids, IDONTWANT ids) a peer may go before it is penalised: its heartbeats
+/// and ours are not aligned, so two of its rounds can fall into one of ours.
+pub const CONTROL_ALLOWANCE_SLACK_FACTOR: usize = 2;
 /// An id we asked for with IWANT must arrive within this, or the promise is broken.
 pub const IWANT_FOLLOWUP_TIME: Duration = Duration::from_secs(3);
 /// Outstanding IWANT promises at most; past it we ask without tracking.
@@ -182,9 +203,11 @@ pub const SLOW_PEER_GOSSIP_DROPS_MAX: u32 = 256;
 pub const SCORE_RETENTION: Duration = Duration::from_secs(10 * 60);
 /// Disconnected peers whose scores are retained; the earliest to expire is evicted.
 pub const RETAINED_SCORES_MAX: usize = 256;
-/// Backoffs remembered; the earliest to expire is evicted (bounded anyway by
-/// topics × peers, since only our topics get one).
-pub const BACKOFFS_MAX: usize = TOPICS_MAX * (GOSSIP_PEERS_MAX + RETAINED_SCORES_MAX);
+/// Backoffs remembered: one per (our topic, connected peer) at most, since a
+/// backoff exists only for our topics and dies with its peer's connection.
+/// Nothing is ever evicted, so a flood of PRUNEs from throwaway identities
+/// cannot push out the backoff an honest connected peer asked for.
+pub const BACKOFFS_MAX: usize = TOPICS_MAX * GOSSIP_PEERS_MAX;
 /// Events not yet taken by [`Gossip::poll_event`]; oldest dropped.
 pub const EVENTS_MAX: usize = 4_096;
 /// Peers remembered per message as having sent it (for delivery credit and penalties).
@@ -202,6 +225,7 @@ const _: () =
     assert!(IDONTWANT_TTL.as_micros() > HEARTBEAT_INTERVAL.as_micros() * MCACHE_WINDOWS as u128);
 const _: () = assert!(DELIVERERS_PER_MESSAGE_MAX > MESH_N_HIGH);
 const _: () = assert!(PEER_TOPICS_MAX >= SUBSCRIPTIONS_PER_RPC_MAX);
+const _: () = assert!(PRUNE_BACKOFF.as_secs() <= PRUNE_BACKOFF_SECS_MAX as u64);
 
 /// What a [`Gossip`] enforces. [`Config::default`] is the table above.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,6 +315,11 @@ pub enum Misbehaviour {
     BrokenPromise,
     /// It announced more than [`PEER_TOPICS_MAX`] topics.
     TooManyTopics,
+    /// It sent more control than its per-heartbeat allowance (IHAVE
+    /// messages or ids, IWANT or IDONTWANT ids, beyond
+    /// [`CONTROL_ALLOWANCE_SLACK_FACTOR`] times the cap), or asked with
+    /// IWANT for ids we never announced to it. Reported once per heartbeat.
+    ControlFlood,
 }
 
 /// Something the node must know or act on.
@@ -382,6 +411,10 @@ pub struct Counters {
     pub idontwant_suppressed: u64,
     /// IWANT ids not answered because the retransmission cap was reached.
     pub iwant_over_cap: u64,
+    /// IWANT ids not answered because we never announced them to the asker.
+    pub iwant_unannounced: u64,
+    /// Times a peer was penalised for control over its allowance.
+    pub control_floods: u64,
     /// Promises broken.
     pub promises_broken: u64,
 }
@@ -429,6 +462,14 @@ struct Peer {
     ihave_received: usize,
     iwant_asked: usize,
     ihave_ids_sent: usize,
+    /// Ids in the IHAVEs it sent this heartbeat.
+    ihave_ids_received: usize,
+    /// Ids in the IWANTs it sent this heartbeat.
+    iwant_ids_received: usize,
+    /// Ids in the IDONTWANTs it sent this heartbeat.
+    idontwant_ids_received: usize,
+    /// Whether it already paid for control flooding this heartbeat.
+    control_flood_reported: bool,
 }
 
 impl Peer {
@@ -444,6 +485,9 @@ enum SeenState {
     Rejected,
     Ignored,
     Own,
+    /// The application could not judge it (no capacity): the next copy, or
+    /// an IHAVE for it, is treated as new.
+    Abandoned,
 }
 
 #[derive(Debug)]
@@ -747,10 +791,14 @@ impl Gossip {
         for fanout in self.fanout.values() {
             assert!(fanout.peers.len() <= self.config.mesh_n);
         }
-        for (topic, _) in self.backoff.keys() {
+        for (topic, peer) in self.backoff.keys() {
             assert!(
                 self.subscriptions.contains(topic),
                 "backoffs only for our topics"
+            );
+            assert!(
+                self.peers.contains_key(peer),
+                "backoffs only for connected peers"
             );
         }
         for p in self.peers.values() {
@@ -822,6 +870,10 @@ impl Gossip {
                 ihave_received: 0,
                 iwant_asked: 0,
                 ihave_ids_sent: 0,
+                ihave_ids_received: 0,
+                iwant_ids_received: 0,
+                idontwant_ids_received: 0,
+                control_flood_reported: false,
             },
         );
         let topics: Vec<Topic> = self.subscriptions.iter().cloned().collect();
@@ -860,7 +912,13 @@ impl Gossip {
         for fanout in self.fanout.values_mut() {
             fanout.peers.remove(peer);
         }
-        self.promises.retain(|_, (promised, _)| promised != peer);
+        // Its backoffs go with it: the table holds connected peers only, so
+        // identities that PRUNE and leave cannot fill it.
+        for topic in &self.subscriptions {
+            self.backoff.remove(&(topic.clone(), *peer));
+        }
+        // Its promises stay: one it leaves without keeping is broken at its
+        // deadline and charged to its identity.
         if self.send_cursor == Some(*peer) {
             self.send_cursor = None;
         }
@@ -1098,7 +1156,10 @@ impl Gossip {
         for message in rpc.messages {
             self.on_message(now, peer, message);
         }
+        // In the order first asked (then shuffled), with a set beside it so
+        // that checking an id costs a lookup, not a scan.
         let mut wanted: Vec<MessageId> = Vec::new();
+        let mut wanted_set: BTreeSet<MessageId> = BTreeSet::new();
         for control in rpc.control {
             match control {
                 Control::Graft { topic } => self.on_graft(now, peer, topic),
@@ -1106,7 +1167,9 @@ impl Gossip {
                     topic,
                     backoff_secs,
                 } => self.on_prune(now, peer, topic, backoff_secs),
-                Control::IHave { topic, ids } => self.on_ihave(now, peer, &topic, ids, &mut wanted),
+                Control::IHave { topic, ids } => {
+                    self.on_ihave(now, peer, &topic, ids, &mut wanted, &mut wanted_set)
+                }
                 Control::IWant { ids } => self.on_iwant(now, peer, ids),
                 Control::IDontWant { ids } => self.on_idontwant(now, peer, ids),
             }
@@ -1178,7 +1241,16 @@ impl Gossip {
         };
         let id = MessageId::compute(&message.topic, &payload);
         self.promises.remove(&id);
+        let mut retried = false;
         if let Some(seen) = self.seen.get_mut(&id) {
+            if seen.state == SeenState::Abandoned {
+                // Judged by nobody: this copy gets the chance the first lacked.
+                seen.state = SeenState::Pending;
+                seen.deliverers = vec![peer];
+                retried = true;
+            }
+        }
+        if let Some(seen) = self.seen.get_mut(&id).filter(|_| !retried) {
             self.counters.duplicates += 1;
             let state = seen.state;
             match state {
@@ -1203,7 +1275,7 @@ impl Gossip {
                         p.stats.invalid_delivery(&message.topic);
                     }
                 }
-                SeenState::Ignored | SeenState::Own => {}
+                SeenState::Ignored | SeenState::Own | SeenState::Abandoned => {}
             }
             return;
         }
@@ -1213,14 +1285,16 @@ impl Gossip {
             return;
         }
         self.counters.messages_received += 1;
-        self.remember_seen(
-            id,
-            Seen {
-                first_seen: now,
-                deliverers: vec![peer],
-                state: SeenState::Pending,
-            },
-        );
+        if !retried {
+            self.remember_seen(
+                id,
+                Seen {
+                    first_seen: now,
+                    deliverers: vec![peer],
+                    state: SeenState::Pending,
+                },
+            );
+        }
         if payload.len() > IDONTWANT_BYTES_MIN && !self.config.floodsub {
             for mesh_peer in self.mesh_peers(&message.topic) {
                 if mesh_peer != peer {
@@ -1334,26 +1408,40 @@ impl Gossip {
         topic: &Topic,
         ids: Vec<MessageId>,
         wanted: &mut Vec<MessageId>,
+        wanted_set: &mut BTreeSet<MessageId>,
     ) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        p.ihave_received = p.ihave_received.saturating_add(1);
+        p.ihave_ids_received = p.ihave_ids_received.saturating_add(ids.len());
+        let flood = p.ihave_received
+            > CONTROL_ALLOWANCE_SLACK_FACTOR * IHAVE_MESSAGES_PER_PEER_PER_HEARTBEAT_MAX
+            || p.ihave_ids_received
+                > CONTROL_ALLOWANCE_SLACK_FACTOR * IHAVE_IDS_PER_PEER_PER_HEARTBEAT_MAX;
+        let over = p.ihave_received > IHAVE_MESSAGES_PER_PEER_PER_HEARTBEAT_MAX;
+        if flood {
+            self.control_flood(peer);
+        }
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
-        if self.score_of_peer(now, p) < GOSSIP_THRESHOLD || !self.subscriptions.contains(topic) {
+        if over
+            || self.score_of_peer(now, p) < GOSSIP_THRESHOLD
+            || !self.subscriptions.contains(topic)
+        {
             return;
         }
         let p = self.peers.get_mut(&peer).expect("checked above");
-        p.ihave_received += 1;
-        if p.ihave_received > IHAVE_MESSAGES_PER_PEER_PER_HEARTBEAT_MAX {
-            return;
-        }
         for id in ids {
             if p.iwant_asked >= IWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX {
                 break;
             }
-            if self.seen.contains_key(&id)
-                || self.promises.contains_key(&id)
-                || wanted.contains(&id)
-            {
+            let judged = self
+                .seen
+                .get(&id)
+                .is_some_and(|seen| seen.state != SeenState::Abandoned);
+            if judged || self.promises.contains_key(&id) || !wanted_set.insert(id) {
                 continue;
             }
             p.iwant_asked += 1;
@@ -1362,6 +1450,17 @@ impl Gossip {
     }
 
     fn on_iwant(&mut self, now: Instant, peer: PeerId, ids: Vec<MessageId>) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let before = p.iwant_ids_received;
+        p.iwant_ids_received = before.saturating_add(ids.len());
+        let flood = p.iwant_ids_received
+            > CONTROL_ALLOWANCE_SLACK_FACTOR * IWANT_IDS_ANSWERED_PER_PEER_PER_HEARTBEAT_MAX;
+        let room = IWANT_IDS_ANSWERED_PER_PEER_PER_HEARTBEAT_MAX.saturating_sub(before);
+        if flood {
+            self.control_flood(peer);
+        }
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
@@ -1371,11 +1470,19 @@ impl Gossip {
         if self.score_of_peer(now, p) < GOSSIP_THRESHOLD {
             return;
         }
-        for id in ids {
+        let mut unannounced = false;
+        for id in ids.into_iter().take(room) {
             let Some(entry) = self.mcache.entries.get_mut(&id) else {
                 continue;
             };
-            let count = entry.iwant_counts.entry(peer).or_insert(0);
+            // Only what we announced to this peer (its entry appears when we
+            // send the IHAVE): an IWANT is the answer to an IHAVE, not a
+            // way to pull any cached message at will.
+            let Some(count) = entry.iwant_counts.get_mut(&peer) else {
+                self.counters.iwant_unannounced += 1;
+                unannounced = true;
+                continue;
+            };
             if *count >= GOSSIP_RETRANSMISSIONS_MAX {
                 self.counters.iwant_over_cap += 1;
                 continue;
@@ -1392,27 +1499,31 @@ impl Gossip {
             }
             self.enqueue(peer, Item::Message(id, message));
         }
+        if unannounced {
+            self.control_flood(peer);
+        }
     }
 
     fn on_idontwant(&mut self, now: Instant, peer: PeerId, ids: Vec<MessageId>) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        let before = p.idontwant_ids_received;
+        p.idontwant_ids_received = before.saturating_add(ids.len());
+        let flood = p.idontwant_ids_received
+            > CONTROL_ALLOWANCE_SLACK_FACTOR * IDONTWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX;
+        let room = IDONTWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX.saturating_sub(before);
+        if flood {
+            self.control_flood(peer);
+        }
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
         let until = now + IDONTWANT_TTL;
         // Messages still queued for it (held back by a busy connection) are
-        // cancelled: that is where IDONTWANT saves the most bytes.
-        let before = p.gossip_queue.len();
-        let mut freed_bytes = 0;
-        p.gossip_queue.retain(|item| match item {
-            Item::Message(id, _) if ids.contains(id) => {
-                freed_bytes += item.encoded_len();
-                false
-            }
-            _ => true,
-        });
-        p.queued_bytes -= freed_bytes;
-        self.counters.idontwant_suppressed += (before - p.gossip_queue.len()) as u64;
-        for id in ids {
+        // not cancelled here, which would scan the queue per IDONTWANT: they
+        // are skipped when they reach the front (`poll_send_ready`).
+        for id in ids.into_iter().take(room) {
             // A repeated id keeps its first expiry, so the map and the order stay in step.
             if let std::collections::btree_map::Entry::Vacant(entry) = p.dont_want.entry(id) {
                 entry.insert(until);
@@ -1494,17 +1605,36 @@ impl Gossip {
                 }
             }
             Validation::Reject => {
+                // A sender that left before the verdict pays all the same:
+                // its retained score here, its identity's with the node.
                 for deliverer in deliverers {
                     if let Some(p) = self.peers.get_mut(&deliverer) {
                         p.stats.invalid_delivery(&topic);
-                        self.push_event(GossipEvent::Penalty {
-                            peer: deliverer,
-                            reason: Misbehaviour::InvalidMessage(id),
-                        });
+                    } else if let Some((_, stats)) = self.retained.get_mut(&deliverer) {
+                        stats.invalid_delivery(&topic);
                     }
+                    self.push_event(GossipEvent::Penalty {
+                        peer: deliverer,
+                        reason: Misbehaviour::InvalidMessage(id),
+                    });
                 }
             }
             Validation::Ignore => {}
+        }
+        true
+    }
+
+    /// The application cannot judge message `id` now (its verification
+    /// capacity is taken): it is dropped unjudged, nobody is penalised or
+    /// credited, and it is not left marked as seen, so the next copy (or an
+    /// IHAVE naming it) is handled as new. Returns false if it was not pending.
+    pub fn abandon_validation(&mut self, now: Instant, id: MessageId) -> bool {
+        if !self.report_validation(now, id, Validation::Ignore) {
+            return false;
+        }
+        if let Some(seen) = self.seen.get_mut(&id) {
+            seen.state = SeenState::Abandoned;
+            seen.deliverers.clear();
         }
         true
     }
@@ -1526,6 +1656,10 @@ impl Gossip {
             p.ihave_received = 0;
             p.iwant_asked = 0;
             p.ihave_ids_sent = 0;
+            p.ihave_ids_received = 0;
+            p.iwant_ids_received = 0;
+            p.idontwant_ids_received = 0;
+            p.control_flood_reported = false;
         }
         for count in self.topic_deliveries.values_mut() {
             *count = decayed(*count, MESH_MESSAGE_DELIVERIES_DECAY);
@@ -1592,13 +1726,16 @@ impl Gossip {
         for (id, peer) in broken {
             self.promises.remove(&id);
             self.counters.promises_broken += 1;
+            // A peer that left before delivering broke its promise all the same.
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.stats.behaviour_penalty += 1.0;
-                self.push_event(GossipEvent::Penalty {
-                    peer,
-                    reason: Misbehaviour::BrokenPromise,
-                });
+            } else if let Some((_, stats)) = self.retained.get_mut(&peer) {
+                stats.behaviour_penalty += 1.0;
             }
+            self.push_event(GossipEvent::Penalty {
+                peer,
+                reason: Misbehaviour::BrokenPromise,
+            });
         }
         for p in self.peers.values_mut() {
             while let Some(&(until, id)) = p.dont_want_order.front() {
@@ -1760,6 +1897,12 @@ impl Gossip {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.ihave_ids_sent += count;
             }
+            // Announced to this peer: now (and only now) it may ask for them.
+            for id in &chosen {
+                if let Some(entry) = self.mcache.entries.get_mut(id) {
+                    entry.iwant_counts.entry(peer).or_insert(0);
+                }
+            }
             self.enqueue(
                 peer,
                 Item::Control(Control::IHave {
@@ -1789,6 +1932,21 @@ impl Gossip {
         &mut self,
         readiness: impl Fn(&PeerId) -> SendReadiness,
     ) -> Option<(PeerId, Vec<u8>)> {
+        // Each round that sends nothing (all it took was cancelled by
+        // IDONTWANT) removed at least one item, so this ends.
+        loop {
+            if let Some(sent) = self.poll_send_round(&readiness)? {
+                return Some(sent);
+            }
+        }
+    }
+
+    /// One round of [`Gossip::poll_send_ready`]: `None` if no peer has
+    /// anything to send, `Some(None)` if what was taken was all cancelled.
+    fn poll_send_round(
+        &mut self,
+        readiness: &impl Fn(&PeerId) -> SendReadiness,
+    ) -> Option<Option<(PeerId, Vec<u8>)>> {
         let sendable = |id: &PeerId, p: &Peer| match readiness(id) {
             SendReadiness::Everything => p.queued_items() > 0,
             SendReadiness::ControlOnly => !p.control_queue.is_empty(),
@@ -1843,9 +2001,16 @@ impl Gossip {
                     break;
                 }
                 let item = queue.pop_front().expect("front exists");
+                p.queued_bytes -= size;
+                if let Item::Message(id, _) = &item {
+                    if p.dont_want.contains_key(id) {
+                        // It said it has this one since we queued it.
+                        self.counters.idontwant_suppressed += 1;
+                        continue;
+                    }
+                }
                 bytes += size;
                 ids += item_ids;
-                p.queued_bytes -= size;
                 match item {
                     Item::Subscription(subscription) => rpc.subscriptions.push(subscription),
                     Item::Control(control) => rpc.control.push(control),
@@ -1857,8 +2022,10 @@ impl Gossip {
             p.slow_reported = false;
             p.gossip_drops = 0;
         }
-        assert!(!rpc.is_empty(), "every queued item fits an empty RPC");
-        Some((peer, rpc.encode()))
+        if rpc.is_empty() {
+            return Some(None);
+        }
+        Some(Some((peer, rpc.encode())))
     }
 
     /// The next event produced outside [`Gossip::on_rpc`] (penalties at the
@@ -1872,6 +2039,24 @@ impl Gossip {
     fn advance(&mut self, now: Instant) {
         debug_assert!(now >= self.last_now, "time went backwards");
         self.last_now = self.last_now.max(now);
+    }
+
+    /// `peer` sent control over its allowance: a behaviour penalty and one
+    /// event, at most once per heartbeat (the excess itself was ignored).
+    fn control_flood(&mut self, peer: PeerId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.control_flood_reported {
+            return;
+        }
+        p.control_flood_reported = true;
+        p.stats.behaviour_penalty += 1.0;
+        self.counters.control_floods += 1;
+        self.push_event(GossipEvent::Penalty {
+            peer,
+            reason: Misbehaviour::ControlFlood,
+        });
     }
 
     fn push_event(&mut self, event: GossipEvent) {
@@ -1937,18 +2122,15 @@ impl Gossip {
     }
 
     fn set_backoff(&mut self, topic: Topic, peer: PeerId, until: Instant) {
+        // Only for connected peers and our topics: within `BACKOFFS_MAX`
+        // by construction, so no entry is ever evicted for room.
+        if !self.peers.contains_key(&peer) || !self.subscriptions.contains(&topic) {
+            return;
+        }
         let key = (topic, peer);
         let until = self.backoff.get(&key).map_or(until, |old| until.max(*old));
         self.backoff.insert(key, until);
-        if self.backoff.len() > BACKOFFS_MAX {
-            let earliest = self
-                .backoff
-                .iter()
-                .min_by_key(|(key, until)| (**until, (*key).clone()))
-                .map(|(key, _)| key.clone())
-                .expect("over a positive cap, so not empty");
-            self.backoff.remove(&earliest);
-        }
+        debug_assert!(self.backoff.len() <= BACKOFFS_MAX);
     }
 
     fn graft(&mut self, now: Instant, topic: &Topic, peer: PeerId) {
@@ -2412,22 +2594,25 @@ mod tests {
         for p in &announced {
             assert!(!gossip.mesh_peers(&topic()).contains(p));
         }
-        // IWANT answered from the cache, at most GOSSIP_RETRANSMISSIONS_MAX times per peer.
+        // IWANT answered from the cache, at most GOSSIP_RETRANSMISSIONS_MAX
+        // times per peer, and only to a peer we announced it to.
+        let asker = announced[0];
         for _ in 0..5 {
             gossip.on_rpc(
                 at(now),
-                peer(1),
+                asker,
                 &control_rpc(Control::IWant { ids: vec![id] }),
             );
         }
         let sent = drain(&mut gossip);
         assert_eq!(
-            messages_to(&sent, peer(1)),
+            messages_to(&sent, asker),
             usize::from(GOSSIP_RETRANSMISSIONS_MAX)
         );
         assert_eq!(gossip.counters().iwant_over_cap, 2);
         // An IHAVE for an unknown id: we ask with IWANT and hold a promise.
         let unknown = MessageId([9; 20]);
+        while gossip.poll_event().is_some() {}
         gossip.on_rpc(
             at(now),
             peer(2),
@@ -2465,10 +2650,10 @@ mod tests {
         heartbeats(&mut gossip, now + 5 * 700, 6);
         gossip.on_rpc(
             at(now + 20_000),
-            peer(3),
+            asker,
             &control_rpc(Control::IWant { ids: vec![id] }),
         );
-        assert_eq!(messages_to(&drain(&mut gossip), peer(3)), 0);
+        assert_eq!(messages_to(&drain(&mut gossip), asker), 0);
     }
 
     #[test]
@@ -2489,6 +2674,249 @@ mod tests {
         assert_eq!(gossip.promises_len(), 0);
         heartbeats(&mut gossip, 100, 10);
         assert_eq!(gossip.counters().promises_broken, 0);
+    }
+
+    /// The peers penalised for `reason` in `events` and in what is left to poll.
+    fn penalties_in(
+        gossip: &mut Gossip,
+        events: Vec<GossipEvent>,
+        reason: &Misbehaviour,
+    ) -> Vec<PeerId> {
+        let polled: Vec<GossipEvent> = std::iter::from_fn(|| gossip.poll_event()).collect();
+        events
+            .into_iter()
+            .chain(polled)
+            .filter_map(|event| match event {
+                GossipEvent::Penalty { peer, reason: r } if r == *reason => Some(peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn penalties(gossip: &mut Gossip, reason: &Misbehaviour) -> Vec<PeerId> {
+        penalties_in(gossip, Vec::new(), reason)
+    }
+
+    /// Hit and run: a peer sends junk and leaves before the verdict. The
+    /// Reject is still reported against it, so its identity pays.
+    #[test]
+    fn a_reject_is_charged_to_a_sender_that_already_left() {
+        let mut gossip = router_with_peers(3);
+        let events = gossip.on_rpc(at(0), peer(1), &message_rpc(&topic(), b"junk"));
+        let id = MessageId::compute(&topic(), b"junk");
+        assert!(matches!(events[..], [GossipEvent::Message { .. }]));
+        gossip.on_peer_disconnected(at(10), &peer(1));
+        assert!(gossip.report_validation(at(20), id, Validation::Reject));
+        assert_eq!(
+            penalties(&mut gossip, &Misbehaviour::InvalidMessage(id)),
+            vec![peer(1)]
+        );
+    }
+
+    /// A peer that announces an id and leaves without delivering it broke
+    /// its promise: charged at the deadline like a connected one.
+    #[test]
+    fn a_promise_broken_by_leaving_is_still_charged() {
+        let mut gossip = router_with_peers(3);
+        let unknown = MessageId([9; 20]);
+        let ihave = Control::IHave {
+            topic: topic(),
+            ids: vec![unknown],
+        };
+        gossip.on_rpc(at(0), peer(2), &control_rpc(ihave));
+        assert_eq!(gossip.promises_len(), 1);
+        gossip.on_peer_disconnected(at(10), &peer(2));
+        heartbeats(&mut gossip, 0, 6);
+        assert_eq!(gossip.counters().promises_broken, 1);
+        assert_eq!(
+            penalties(&mut gossip, &Misbehaviour::BrokenPromise),
+            vec![peer(2)]
+        );
+    }
+
+    /// A message the application could not judge (no verification slot) is
+    /// not left marked as seen: the next copy, or an IHAVE naming it, is new.
+    #[test]
+    fn an_abandoned_message_is_handled_as_new_when_it_comes_again() {
+        let mut gossip = router_with_peers(3);
+        let payload = b"honest block".to_vec();
+        let id = MessageId::compute(&topic(), &payload);
+        gossip.on_rpc(at(0), peer(1), &message_rpc(&topic(), &payload));
+        assert!(gossip.abandon_validation(at(1), id));
+        assert!(!gossip.abandon_validation(at(1), id), "no longer pending");
+        let ihave = Control::IHave {
+            topic: topic(),
+            ids: vec![id],
+        };
+        gossip.on_rpc(at(2), peer(3), &control_rpc(ihave));
+        assert_eq!(gossip.promises_len(), 1, "asked for again");
+        let events = gossip.on_rpc(at(3), peer(2), &message_rpc(&topic(), &payload));
+        assert!(
+            matches!(&events[..], [GossipEvent::Message { id: got, from, .. }] if *got == id && *from == peer(2)),
+            "{events:?}"
+        );
+        assert!(gossip.report_validation(at(4), id, Validation::Accept));
+        // Judged now: a further copy is a duplicate.
+        let events = gossip.on_rpc(at(5), peer(3), &message_rpc(&topic(), &payload));
+        assert!(events.is_empty());
+        gossip.assert_invariants();
+    }
+
+    /// The attack: throwaway identities PRUNE every topic with the largest
+    /// backoff and leave, to fill the backoff table until an honest peer's
+    /// backoff is evicted and we GRAFT it inside it. Their entries die with
+    /// their connections, backoffs are clamped, and the honest one stays.
+    #[test]
+    fn a_prune_flood_from_departing_identities_evicts_no_honest_backoff() {
+        let mut gossip = router_with_peers(12);
+        let now = heartbeats(&mut gossip, 0, 3);
+        let honest = peer(1);
+        if !gossip.mesh_peers(&topic()).contains(&honest) {
+            gossip.on_rpc(
+                at(now),
+                honest,
+                &control_rpc(Control::Graft { topic: topic() }),
+            );
+        }
+        assert!(gossip.mesh_peers(&topic()).contains(&honest));
+        let prune = |backoff_secs| {
+            control_rpc(Control::Prune {
+                topic: topic(),
+                backoff_secs,
+            })
+        };
+        gossip.on_rpc(at(now), honest, &prune(60));
+        drain(&mut gossip);
+        for n in 0..20_000u32 {
+            let mut bytes = [0xee; 32];
+            bytes[..4].copy_from_slice(&n.to_le_bytes());
+            let sybil = PeerId::from_bytes(bytes);
+            gossip.on_peer_connected(at(now), sybil, false, ip(200));
+            gossip.on_rpc(at(now), sybil, &subscribe_rpc(&topic()));
+            gossip.on_rpc(at(now), sybil, &prune(u32::MAX));
+            gossip.on_peer_disconnected(at(now), &sybil);
+        }
+        assert!(gossip.backoffs_len() <= 12, "{}", gossip.backoffs_len());
+        assert!(gossip.in_backoff(at(now), &topic(), &honest));
+        // No GRAFT to it inside the 60 s it asked for, whatever the mesh needs.
+        let mut later = now;
+        let mut grafted_at = None;
+        while later < now + 70_000 {
+            later = heartbeats(&mut gossip, later, 1);
+            let sent = drain(&mut gossip);
+            let grafted = controls_to(&sent, honest)
+                .iter()
+                .any(|c| matches!(c, Control::Graft { .. }));
+            if grafted && grafted_at.is_none() {
+                grafted_at = Some(later);
+            }
+        }
+        if let Some(at_millis) = grafted_at {
+            assert!(at_millis >= now + 60_000, "grafted at {at_millis} ms");
+        }
+        // A connected peer's backoff request is clamped.
+        gossip.on_rpc(at(later), peer(2), &prune(u32::MAX));
+        let cap = u64::from(PRUNE_BACKOFF_SECS_MAX) * 1_000;
+        assert!(gossip.in_backoff(at(later + cap - 1), &topic(), &peer(2)));
+        assert!(!gossip.in_backoff(at(later + cap), &topic(), &peer(2)));
+        gossip.assert_invariants();
+    }
+
+    /// The attack: IWANT as a free pull of any cached message. Only ids we
+    /// announced to the asker are answered; asking for others is a penalty.
+    #[test]
+    fn iwant_is_answered_only_for_ids_announced_to_the_asker() {
+        let mut gossip = router_with_peers(12);
+        let id = gossip.publish(at(0), topic(), b"cached").unwrap();
+        drain(&mut gossip);
+        let now = heartbeats(&mut gossip, 0, 1);
+        let sent = drain(&mut gossip);
+        let announced_to = |p: PeerId| {
+            controls_to(&sent, p)
+                .iter()
+                .any(|c| matches!(c, Control::IHave { ids, .. } if ids.contains(&id)))
+        };
+        let stranger = (1..=12)
+            .map(peer)
+            .find(|p| !announced_to(*p))
+            .expect("IHAVE goes to a few peers, not all");
+        while gossip.poll_event().is_some() {}
+        let iwant = control_rpc(Control::IWant { ids: vec![id] });
+        let events = gossip.on_rpc(at(now), stranger, &iwant);
+        assert_eq!(messages_to(&drain(&mut gossip), stranger), 0);
+        assert_eq!(gossip.counters().iwant_unannounced, 1);
+        assert_eq!(
+            penalties_in(&mut gossip, events, &Misbehaviour::ControlFlood),
+            vec![stranger]
+        );
+    }
+
+    /// The attack: control sized to cost us more than it costs the sender.
+    /// Every id list is handled in linear time, the excess over the
+    /// per-heartbeat allowance is ignored, and the sender pays once per heartbeat.
+    #[test]
+    fn control_over_its_allowance_is_ignored_and_penalised_once_per_heartbeat() {
+        let mut gossip = router_with_peers(4);
+        let flooder = peer(3);
+        let ids = |from: u32, count: usize| -> Vec<MessageId> {
+            (from..from + count as u32)
+                .map(|n| {
+                    let mut id = [0u8; 20];
+                    id[..4].copy_from_slice(&n.to_le_bytes());
+                    MessageId(id)
+                })
+                .collect()
+        };
+        // IHAVE: asks stop at the allowance; more IHAVEs than allowed are not read.
+        let mut asked = 0;
+        let mut events = Vec::new();
+        for round in 0..(2 * IHAVE_MESSAGES_PER_PEER_PER_HEARTBEAT_MAX + 1) as u32 {
+            let ihave = Control::IHave {
+                topic: topic(),
+                ids: ids(100_000 + round * 1_000, 1_000),
+            };
+            events.extend(gossip.on_rpc(at(20), flooder, &control_rpc(ihave)));
+            for control in controls_to(&drain(&mut gossip), flooder) {
+                if let Control::IWant { ids } = control {
+                    asked += ids.len();
+                }
+            }
+        }
+        assert_eq!(asked, IWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX);
+        assert_eq!(
+            penalties_in(&mut gossip, events, &Misbehaviour::ControlFlood),
+            vec![flooder],
+            "over twice the allowance: once per heartbeat"
+        );
+        // IDONTWANT, the next heartbeat: at most the allowance is remembered.
+        let now = heartbeats(&mut gossip, 0, 1);
+        let mut events = Vec::new();
+        for round in 0..3u32 {
+            let batch = ids(round * 1_000, 1_000);
+            let rpc = control_rpc(Control::IDontWant { ids: batch });
+            events.extend(gossip.on_rpc(at(now), flooder, &rpc));
+        }
+        assert_eq!(
+            gossip.dont_want_len(&flooder),
+            IDONTWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX
+        );
+        assert_eq!(
+            penalties_in(&mut gossip, events, &Misbehaviour::ControlFlood),
+            vec![flooder]
+        );
+        // IWANT, the heartbeat after: the same.
+        let now = heartbeats(&mut gossip, now, 1);
+        let mut events = Vec::new();
+        for round in 0..3u32 {
+            let batch = ids(500_000 + round * 4_000, 4_000);
+            let rpc = control_rpc(Control::IWant { ids: batch });
+            events.extend(gossip.on_rpc(at(now), flooder, &rpc));
+        }
+        assert_eq!(
+            penalties_in(&mut gossip, events, &Misbehaviour::ControlFlood),
+            vec![flooder]
+        );
+        gossip.assert_invariants();
     }
 
     fn router_with_config(config: Config, count: u8) -> Gossip {
@@ -2607,17 +3035,21 @@ mod tests {
         // A small message triggers no IDONTWANT.
         gossip.on_rpc(at(1_000), from, &message_rpc(&topic(), b"small"));
         assert!(drain(&mut gossip).is_empty());
-        // IDONTWANT sets are bounded and expire.
-        let ids: Vec<MessageId> = (0..CONTROL_IDS_PER_RPC_MAX as u32)
-            .map(|n| {
-                let mut id = [0u8; 20];
-                id[..4].copy_from_slice(&n.to_be_bytes());
-                MessageId(id)
-            })
-            .collect();
-        gossip.on_rpc(at(1_000), from, &control_rpc(Control::IDontWant { ids }));
+        // IDONTWANT sets are bounded (per heartbeat and in all) and expire.
+        let mut now = 1_000;
+        for round in 0..5u32 {
+            let ids: Vec<MessageId> = (0..IDONTWANT_IDS_PER_PEER_PER_HEARTBEAT_MAX as u32)
+                .map(|n| {
+                    let mut id = [0u8; 20];
+                    id[..4].copy_from_slice(&(round * 100_000 + n).to_be_bytes());
+                    MessageId(id)
+                })
+                .collect();
+            gossip.on_rpc(at(now), from, &control_rpc(Control::IDontWant { ids }));
+            now = heartbeats(&mut gossip, now, 1);
+        }
         assert_eq!(gossip.dont_want_len(&from), IDONTWANT_IDS_PER_PEER_MAX);
-        heartbeats(&mut gossip, 1_000, 20);
+        heartbeats(&mut gossip, now, 20);
         assert_eq!(gossip.dont_want_len(&from), 0);
     }
 
@@ -2844,9 +3276,11 @@ mod tests {
             busy,
             &control_rpc(Control::IDontWant { ids: vec![id] }),
         );
-        assert_eq!(gossip.counters().idontwant_suppressed, suppressed + 1);
         let sent = drain(&mut gossip);
         assert_eq!(messages_to(&sent, busy), 1, "only the small one is left");
+        assert_eq!(gossip.counters().idontwant_suppressed, suppressed + 1);
+        assert_eq!(gossip.queued_items(&busy), 0);
+        gossip.assert_invariants();
     }
 
     #[test]

@@ -19,8 +19,13 @@
 //!   proposer index, slot not in the future beyond
 //!   [`CLOCK_DISPARITY`], not finalized, not known, not known invalid,
 //!   parent known) come first so a flood of junk costs no BLS work.
-//! - Work in flight is bounded ([`WORK_IN_FLIGHT_MAX`]); beyond it a
-//!   gossiped block is ignored (a peer will offer it again, or sync finds it).
+//! - Work in flight is bounded ([`WORK_IN_FLIGHT_MAX`]), and shared: one
+//!   peer holds at most [`GOSSIP_VERIFICATIONS_PER_PEER_MAX`] gossip checks
+//!   and causes at most [`GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX`] a
+//!   second (its excess costs a Low penalty each). A gossiped block that
+//!   finds no slot is dropped unjudged and not left marked as seen
+//!   ([`crate::gossip::Gossip::abandon_validation`]), so the next copy, the
+//!   honest one among junk, gets its check.
 //! - Durability: each import leaves as one [`PersistBatch`]; the Status
 //!   head is the fork-choice head once it is durable, else its newest
 //!   durable ancestor.
@@ -46,6 +51,7 @@ use crate::chain::{BlockProducer, Checkpoint, Genesis, Root, SignedBlock};
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::identity::PeerId;
 use crate::io::Action;
+use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::Status;
 use crate::time::{Duration, Instant};
 use crate::work::{Job, PersistBatch, WorkId, WorkOutput};
@@ -63,6 +69,21 @@ pub const CLOCK_DISPARITY: Duration = Duration::from_millis(500);
 pub const CLAIM_CLOCK_DISPARITY: Duration = Duration::from_secs(2);
 /// Verification jobs in flight at once.
 pub const WORK_IN_FLIGHT_MAX: usize = 64;
+/// Of those, gossip verifications started for blocks one peer sent first.
+/// An honest peer forwards about one block per slot; a handful keeps a
+/// peer from holding the slots every other peer's blocks need. A block
+/// beyond it is dropped unjudged at a Low penalty.
+pub const GOSSIP_VERIFICATIONS_PER_PEER_MAX: usize = 4;
+/// Gossip verifications (BLS checks) one peer may cause per second; each one
+/// beyond costs it a Low penalty and is not checked.
+pub const GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX: u32 = 8;
+/// The window of [`GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX`].
+const GOSSIP_VERIFICATION_WINDOW: Duration = Duration::from_secs(1);
+/// Peers whose verification rate is tracked; windows older than
+/// [`GOSSIP_VERIFICATION_WINDOW`] are dropped first, then the oldest.
+const GOSSIP_VERIFICATION_RATES_MAX: usize = 4 * crate::limits::PEERS_MAX;
+
+const _: () = assert!(GOSSIP_VERIFICATIONS_PER_PEER_MAX * 8 <= WORK_IN_FLIGHT_MAX);
 /// Persist batches handed to the driver and not yet confirmed.
 pub const PERSIST_IN_FLIGHT_MAX: usize = 1_024;
 /// Bytes of an application body queued for our next block.
@@ -105,6 +126,9 @@ pub(super) struct ChainState {
     deferred_delete: Vec<Root>,
     blocks_topic: Topic,
     follow_gossip: bool,
+    /// Per peer: when its current one-second window began and the gossip
+    /// verifications it caused in it (bounded by `GOSSIP_VERIFICATION_RATES_MAX`).
+    verification_rates: BTreeMap<PeerId, (Instant, u32)>,
 }
 
 impl ChainState {
@@ -138,6 +162,7 @@ impl ChainState {
             deferred_delete: Vec::new(),
             blocks_topic: Topic::new(BLOCKS_TOPIC).expect("a valid topic name"),
             follow_gossip: config.chain.follow_gossip,
+            verification_rates: BTreeMap::new(),
         }
     }
 
@@ -344,9 +369,7 @@ impl Node {
             self.judge_gossip_block(now, message, verdict);
             return;
         }
-        if self.chain_state.work.len() >= WORK_IN_FLIGHT_MAX {
-            debug!("verification busy: gossiped block ignored");
-            self.judge_gossip_block(now, message, Validation::Ignore);
+        if !self.admit_gossip_verification(now, message, from) {
             return;
         }
         // A block whose parent we lack is not forwarded (its ancestry is
@@ -366,6 +389,69 @@ impl Node {
             },
             purpose,
         );
+    }
+
+    /// Whether a gossiped block from `from` may take a verification slot now.
+    /// If not, it is dropped unjudged and not left marked as seen (so the
+    /// next copy, perhaps the honest one, gets its check); a peer over its
+    /// per-second rate also pays a Low penalty.
+    fn admit_gossip_verification(
+        &mut self,
+        now: Instant,
+        message: MessageId,
+        from: PeerId,
+    ) -> bool {
+        let state = &mut self.chain_state;
+        let held = state
+            .work
+            .values()
+            .filter(|purpose| {
+                matches!(purpose, WorkPurpose::Gossip { from: sender, .. }
+                    | WorkPurpose::Orphan { from: sender, .. } if *sender == from)
+            })
+            .count();
+        if state.work.len() >= WORK_IN_FLIGHT_MAX || held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX {
+            debug!(
+                "{from:?}: verification busy ({held} of its own): gossiped block dropped unjudged"
+            );
+            self.counters.gossip_verifications_deferred += 1;
+            self.gossip.abandon_validation(now, message);
+            if held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX {
+                // Its own excess, not the others' load: an honest peer
+                // forwards about one block per slot.
+                self.report(now, from, Report::Penalty(Penalty::Low));
+            }
+            return false;
+        }
+        if !state.verification_rates.contains_key(&from)
+            && state.verification_rates.len() >= GOSSIP_VERIFICATION_RATES_MAX
+        {
+            state.verification_rates.retain(|_, (since, _)| {
+                now.saturating_duration_since(*since) < GOSSIP_VERIFICATION_WINDOW
+            });
+            if state.verification_rates.len() >= GOSSIP_VERIFICATION_RATES_MAX {
+                let oldest = state
+                    .verification_rates
+                    .iter()
+                    .min_by_key(|(peer, (since, _))| (*since, **peer))
+                    .map(|(peer, _)| *peer)
+                    .expect("full, so not empty");
+                state.verification_rates.remove(&oldest);
+            }
+        }
+        let (since, count) = state.verification_rates.entry(from).or_insert((now, 0));
+        if now.saturating_duration_since(*since) >= GOSSIP_VERIFICATION_WINDOW {
+            (*since, *count) = (now, 0);
+        }
+        if *count >= GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX {
+            debug!("{from:?}: over its gossip verification rate: block dropped unjudged");
+            self.counters.gossip_verifications_over_rate += 1;
+            self.gossip.abandon_validation(now, message);
+            self.report(now, from, Report::Penalty(Penalty::Low));
+            return false;
+        }
+        *count += 1;
+        true
     }
 
     /// What the cheap checks say: `None` if the block deserves a signature check.
@@ -440,6 +526,11 @@ impl Node {
                             block.slot()
                         );
                         self.judge_gossip_block(now, message, Validation::Reject);
+                        // Besides the Mid every sender pays for the Reject:
+                        // an honest node forwards only blocks it verified,
+                        // so the peer whose copy cost us the check is at
+                        // fault (charged even if it already left).
+                        self.report(now, from, Report::Penalty(Penalty::High));
                     }
                 }
             }
@@ -474,6 +565,9 @@ impl Node {
                             block.slot()
                         );
                         self.judge_gossip_block(now, message, Validation::Reject);
+                        // As for any gossiped block that fails: its sender
+                        // forwarded what it cannot have verified.
+                        self.report(now, from, Report::Penalty(Penalty::High));
                     }
                 }
             }

@@ -22,8 +22,10 @@
 //! What gossip misbehaviour costs a peer with the peer manager (its gossip
 //! score has already paid inside the router):
 //! - Low (−1): a GRAFT during a backoff, a broken IHAVE promise, more
-//!   announced topics than `PEER_TOPICS_MAX`;
-//! - Mid (−5): a message the application rejected;
+//!   announced topics than `PEER_TOPICS_MAX`, control over its per-heartbeat
+//!   allowance (at most once per heartbeat);
+//! - Mid (−5): a message the application rejected (charged to its identity
+//!   even when it left before the verdict, as are broken promises);
 //! - an RPC or message payload that does not decode is a protocol violation:
 //!   Goodbye(fault), close, and High (−10).
 //!
@@ -35,6 +37,17 @@
 //! first; a peer that drops more than `SLOW_PEER_GOSSIP_DROPS_MAX` messages
 //! before catching up, or whose control no longer fits, is disconnected with
 //! Goodbye(fault). The driver's `PENDING_SEND_BYTES_MAX` stays the last line.
+//!
+//! The node-wide window ([`crate::limits::GOSSIP_NODE_WINDOW_BYTES`]) is
+//! shared, not owned: each connection counts for at most
+//! [`crate::limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX`], and one that has
+//! held its full share, or taken none of its waiting bytes, for
+//! [`crate::limits::GOSSIP_SLOW_CONNECTION_AFTER`] counts for nothing (its
+//! link or reader is the bottleneck, not our uplink), so a peer that stops
+//! reading, or a huge answer to one slow peer, holds back only that peer. A
+//! connection over its own window that takes none of its waiting bytes for
+//! [`crate::limits::WRITE_STALL_TIMEOUT`] is cut: Goodbye(fault) and a Mid
+//! penalty to its identity.
 
 use std::net::SocketAddr;
 
@@ -90,7 +103,11 @@ impl Node {
             // router, where an IDONTWANT can still cancel it. Without this, a
             // 1 MiB block forwarded to 8 mesh peers is handed over 8 times at
             // once and the IDONTWANTs arriving a moment later save nothing.
-            let node_busy = Node::unwritten_total(connections) >= limits::GOSSIP_NODE_WINDOW_BYTES;
+            // Each connection counts for at most its share, and a slow one
+            // not at all (see `Node::unwritten_total`): one peer that stops
+            // reading must not silence the others.
+            let node_busy =
+                Node::unwritten_total(now, connections) >= limits::GOSSIP_NODE_WINDOW_BYTES;
             let readiness = |peer: &PeerId| match peers.get(peer) {
                 Some(&conn) if !node_busy && Node::gossip_window_open(connections, conn) => {
                     SendReadiness::Everything
@@ -139,7 +156,8 @@ impl Node {
                     Misbehaviour::InvalidMessage(_) => Penalty::Mid,
                     Misbehaviour::GraftDuringBackoff(_)
                     | Misbehaviour::BrokenPromise
-                    | Misbehaviour::TooManyTopics => Penalty::Low,
+                    | Misbehaviour::TooManyTopics
+                    | Misbehaviour::ControlFlood => Penalty::Low,
                 };
                 debug!("{peer:?}: gossip misbehaviour: {reason:?}");
                 self.report(now, peer, Report::Penalty(penalty));

@@ -214,6 +214,12 @@ struct Connection {
     /// Bytes handed to the driver in `Action::Send` that it has not yet
     /// reported written (`Input::BytesWritten`): how backed up the transport is.
     unwritten_bytes: usize,
+    /// When the driver last reported bytes of this connection written, or
+    /// when bytes began to wait after none did: since when it has taken nothing.
+    write_progress_at: Instant,
+    /// Since when `unwritten_bytes` has been at least
+    /// [`limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX`] (`None` while below).
+    share_full_since: Option<Instant>,
 }
 
 enum ConnectionState {
@@ -424,7 +430,7 @@ impl Node {
             Input::BytesReceived { conn, bytes } => self.on_bytes(now, conn, &bytes),
             Input::ConnectionClosed { conn, cause } => self.on_connection_closed(now, conn, cause),
             Input::DialFailed { dial, error } => self.on_dial_failed(now, dial, error),
-            Input::BytesWritten { conn, bytes } => self.on_bytes_written(conn, bytes),
+            Input::BytesWritten { conn, bytes } => self.on_bytes_written(now, conn, bytes),
             Input::WorkDone { id, output } => self.on_work_done(now, id, output),
             Input::Persisted { id } => self.on_persisted(id),
             Input::Timeout => self.on_timeout(now),
@@ -449,10 +455,17 @@ impl Node {
             .values()
             .map(|connection| match &connection.state {
                 ConnectionState::Handshaking { deadline, .. } => *deadline,
-                ConnectionState::Established(established) => established
-                    .next_ping
-                    .min(established.next_status)
-                    .min(established.last_received + self.config.peer_silence_timeout),
+                ConnectionState::Established(established) => {
+                    let at = established
+                        .next_ping
+                        .min(established.next_status)
+                        .min(established.last_received + self.config.peer_silence_timeout);
+                    // A deadline already past (a slow connection that stopped
+                    // counting) is not a reason to wake again.
+                    Node::write_deadline(connection)
+                        .filter(|&deadline| deadline > self.last_now)
+                        .map_or(at, |deadline| deadline.min(at))
+                }
             });
         let machines = [
             self.peer_manager.next_deadline(),
@@ -629,6 +642,8 @@ impl Node {
                 expected,
                 frames: NoiseFrameDecoder::new(),
                 unwritten_bytes: 0,
+                write_progress_at: now,
+                share_full_since: None,
                 state: ConnectionState::Handshaking {
                     handshake: Some(Box::new(handshake)),
                     deadline: now + self.config.handshake_timeout,
@@ -962,6 +977,7 @@ impl Node {
         }
         let mut handshakes_expired = Vec::new();
         let mut silent = Vec::new();
+        let mut stalled = Vec::new();
         let mut due = Vec::new();
         for (&conn, connection) in &self.connections {
             match &connection.state {
@@ -973,6 +989,8 @@ impl Node {
                 ConnectionState::Established(established) => {
                     if established.last_received + self.config.peer_silence_timeout <= now {
                         silent.push(conn);
+                    } else if established.accepted && Node::is_stalled(now, connection) {
+                        stalled.push(established.peer);
                     } else if established.next_ping <= now || established.next_status <= now {
                         due.push(established.peer);
                     }
@@ -986,6 +1004,9 @@ impl Node {
         for conn in silent {
             self.counters.peers_silent += 1;
             self.remove_established(now, conn, DisconnectReason::Silent);
+        }
+        for peer in stalled {
+            self.cut_stalled(now, peer);
         }
         for peer in due {
             self.keepalive(now, peer);
@@ -1057,6 +1078,26 @@ impl Node {
                     Some(GoodbyeReason::ClientShutdown),
                 ),
             }
+        }
+    }
+
+    /// `peer` has more than its gossip window waiting and took none of it
+    /// for [`limits::WRITE_STALL_TIMEOUT`]: it stopped reading. Its identity pays
+    /// a Mid penalty (first, so a ban it reaches also reaches its IP while it
+    /// is still in the table), and the connection is cut with Goodbye(fault).
+    fn cut_stalled(&mut self, now: Instant, peer: PeerId) {
+        info!(
+            "{peer:?}: disconnecting: took nothing we wrote for {:?}",
+            limits::WRITE_STALL_TIMEOUT
+        );
+        self.counters.connections_stalled += 1;
+        self.report(
+            now,
+            peer,
+            crate::peer::Report::Penalty(crate::peer::Penalty::Mid),
+        );
+        if let Some(&conn) = self.peers.get(&peer) {
+            self.say_goodbye(now, conn, GoodbyeReason::Fault);
         }
     }
 
@@ -1133,34 +1174,94 @@ impl Node {
 
     /// Hands `bytes` to the driver, counting them as unwritten until it says otherwise.
     fn emit_send(&mut self, conn: ConnId, bytes: Vec<u8>) {
+        let now = self.last_now;
         if let Some(connection) = self.connections.get_mut(&conn) {
+            if connection.unwritten_bytes == 0 {
+                connection.write_progress_at = now;
+            }
             connection.unwritten_bytes = connection.unwritten_bytes.saturating_add(bytes.len());
+            if connection.unwritten_bytes >= limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX {
+                connection.share_full_since.get_or_insert(now);
+            }
         }
         self.actions.push_back(Action::Send { conn, bytes });
     }
 
-    fn on_bytes_written(&mut self, conn: ConnId, bytes: usize) {
+    fn on_bytes_written(&mut self, now: Instant, conn: ConnId, bytes: usize) {
         // Late reports for a connection we closed are expected and harmless;
         // a driver that wrote bytes of its own (a test's) may over-report,
         // which only opens the window early.
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.unwritten_bytes = connection.unwritten_bytes.saturating_sub(bytes);
+            if bytes > 0 {
+                connection.write_progress_at = now;
+            }
+            if connection.unwritten_bytes < limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX {
+                connection.share_full_since = None;
+            }
         }
     }
 
-    /// Bytes handed to the driver and not yet written, plus plaintext
-    /// waiting to be sealed, over every connection.
-    fn unwritten_total(connections: &BTreeMap<ConnId, Connection>) -> usize {
+    /// What the connections count toward the node-wide gossip window at
+    /// `now`: each its unwritten bytes plus plaintext waiting to be sealed,
+    /// capped at [`limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX`], and nothing
+    /// from one that has held its full share for
+    /// [`limits::GOSSIP_SLOW_CONNECTION_AFTER`] (its own link or reader is the
+    /// bottleneck, not our uplink).
+    fn unwritten_total(now: Instant, connections: &BTreeMap<ConnId, Connection>) -> usize {
         connections
             .values()
-            .map(|connection| {
-                let pending = match &connection.state {
-                    ConnectionState::Established(established) => established.outbound.len(),
-                    ConnectionState::Handshaking { .. } => 0,
-                };
-                connection.unwritten_bytes.saturating_add(pending)
-            })
+            .map(|connection| Node::node_window_share(now, connection))
             .fold(0usize, usize::saturating_add)
+    }
+
+    /// One connection's part of [`Node::unwritten_total`].
+    fn node_window_share(now: Instant, connection: &Connection) -> usize {
+        if Node::slow_since(connection).is_some_and(|since| since <= now) {
+            return 0;
+        }
+        Node::unsent_bytes(connection).min(limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX)
+    }
+
+    /// Bytes handed to the driver and not written, plus plaintext waiting to be sealed.
+    fn unsent_bytes(connection: &Connection) -> usize {
+        let pending = match &connection.state {
+            ConnectionState::Established(established) => established.outbound.len(),
+            ConnectionState::Handshaking { .. } => 0,
+        };
+        connection.unwritten_bytes.saturating_add(pending)
+    }
+
+    /// From when `connection` is slow (its own link or reader, not our
+    /// uplink, holds it back): it has held its full share, or taken none of
+    /// its waiting bytes, for [`limits::GOSSIP_SLOW_CONNECTION_AFTER`].
+    /// `None` while nothing waits.
+    fn slow_since(connection: &Connection) -> Option<Instant> {
+        if connection.unwritten_bytes == 0 {
+            return None;
+        }
+        let idle = connection.write_progress_at;
+        let since = connection
+            .share_full_since
+            .map_or(idle, |full| full.min(idle));
+        Some(since + limits::GOSSIP_SLOW_CONNECTION_AFTER)
+    }
+
+    /// Whether `connection` is over its own gossip window and has taken
+    /// nothing for [`limits::WRITE_STALL_TIMEOUT`]: its peer stopped reading.
+    fn is_stalled(now: Instant, connection: &Connection) -> bool {
+        Node::unsent_bytes(connection) >= limits::GOSSIP_SEND_WINDOW_BYTES
+            && connection.write_progress_at + limits::WRITE_STALL_TIMEOUT <= now
+    }
+
+    /// When `connection` next changes state without an input: it stops
+    /// counting toward the node window, or it is cut as stalled.
+    fn write_deadline(connection: &Connection) -> Option<Instant> {
+        let slow = Node::slow_since(connection)?;
+        if Node::unsent_bytes(connection) < limits::GOSSIP_SEND_WINDOW_BYTES {
+            return Some(slow);
+        }
+        Some(slow.min(connection.write_progress_at + limits::WRITE_STALL_TIMEOUT))
     }
 
     /// Whether `conn` can take more gossip now: what the driver has not

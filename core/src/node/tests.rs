@@ -697,7 +697,13 @@ fn a_flooding_peer_is_rate_limited_disconnected_and_banned() {
     assert!(net.nodes[0]
         .peer_manager()
         .is_banned(net.now, &hostile_peer));
-    assert!(refusals(&net, 0).contains(&RefuseReason::Gated(Refusal::Banned)));
+    // Its address is remembered with its score, so the ban reached its IP
+    // too, although it was no longer connected: later tries are refused
+    // before the handshake.
+    assert!(refusals(&net, 0).contains(&RefuseReason::Gated(Refusal::BannedIp)));
+    assert!(net.nodes[0]
+        .peer_manager()
+        .is_ip_banned(net.now, addr(1).ip()));
     assert!(net.notifications[0]
         .iter()
         .any(|n| matches!(n, Notification::PeerBanned { peer, .. } if *peer == hostile_peer)));
@@ -1691,4 +1697,137 @@ fn answers_of_blocks_are_checked_chunk_by_chunk() {
     assert!(roots.check_for_tests(&blocks[4]).is_err(), "not asked for");
     assert!(roots.check_for_tests(&blocks[3]).is_ok());
     assert!(roots.check_for_tests(&blocks[3]).is_err(), "twice");
+}
+
+// --- One slow or departing peer must not silence a node --------------------------
+
+/// The attack: a peer asks the proposer for a range of 1 MiB blocks and
+/// never reads the answer (4 MiB handed to its connection). Before, those
+/// bytes alone closed the node-wide gossip window, and the followers stopped
+/// hearing blocks. Now the connection counts for at most its share, then
+/// (slow) for nothing; the followers keep up, and after
+/// `WRITE_STALL_TIMEOUT` the reader is cut with a Mid penalty.
+#[test]
+fn a_peer_that_stops_reading_holds_back_only_itself_and_is_cut() {
+    // Ten 1 MiB blocks of random bytes: snappy saves nothing on them.
+    let genesis = crate::chain::ChainConfig::devnet(1).genesis;
+    let key = crate::chain::devnet_keys(1, 1).remove(0);
+    let producer = crate::chain::BlockProducer::new(key, &genesis).unwrap();
+    let mut rng = rand_chacha::ChaCha20Rng::from_seed([9; 32]);
+    let mut parent = genesis.root();
+    let mut blocks = Vec::new();
+    for slot in 1..=10 {
+        let mut body = vec![0u8; crate::chain::block::BLOCK_BODY_BYTES_MAX];
+        rng.fill_bytes(&mut body);
+        let block = producer.produce(slot, parent, body);
+        parent = block.root();
+        blocks.push(block);
+    }
+    let stored: std::sync::Arc<[SignedBlock]> = blocks.into();
+    let with_chain = |mut config: Config| {
+        config.chain.stored = stored.clone();
+        config
+    };
+    let mut net = Net::new(vec![
+        with_chain(follower_config(true)),
+        with_chain(follower_config(false)),
+        with_chain(follower_config(false)),
+        with_chain(Config::new(1)),
+    ]);
+    for i in 1..4 {
+        net.dial(i, 0, None);
+    }
+    // Slot 11 starts at 22 s; the meshes are built long before.
+    net.advance_to(Instant::from_micros(21_000_000));
+    let reader = net.nodes[3].peer_id();
+    net.set_slow_reader(3, true);
+    let body = BlocksByRangeRequest {
+        start_slot: 1,
+        count: 10,
+    }
+    .encode();
+    request(&mut net, 3, 0, ProtocolId::BlocksByRange, body, 1);
+    let handed = net.held_bytes();
+    assert!(
+        handed >= limits::GOSSIP_NODE_WINDOW_BYTES,
+        "{handed} bytes handed to the reader"
+    );
+    let slot = Duration::from_millis(crate::chain::DEVNET_SLOT_DURATION_MS);
+    net.advance(slot * 5); // Slots 11 to 15.
+    for i in 1..3 {
+        let slots = imported_slots(&net, i);
+        assert_eq!(slots, vec![11, 12, 13, 14, 15], "follower {i}");
+    }
+    assert!(
+        net.nodes[0].is_connected(&reader),
+        "not yet past the deadline"
+    );
+    net.advance(limits::WRITE_STALL_TIMEOUT);
+    assert!(!net.nodes[0].is_connected(&reader));
+    assert_eq!(net.nodes[0].counters().connections_stalled, 1);
+    let score = net.nodes[0].peer_manager().score(net.now, &reader);
+    assert!(score.as_points() <= -4.9, "score {score}");
+    for i in 1..3 {
+        assert!(net.connected(0, i), "follower {i} kept its place");
+        let last = imported_slots(&net, i).last().copied();
+        assert_eq!(last, Some(net.nodes[0].chain().head().slot), "follower {i}");
+    }
+}
+
+/// The attack: a keyless peer floods 64 junk blocks (right slot, proposer
+/// and parent, a signature that does not verify) and leaves before the
+/// verdicts. Before, that cost 64 BLS checks, the verdicts found no one to
+/// charge, and the identity could come straight back. Now it holds at most
+/// `GOSSIP_VERIFICATIONS_PER_PEER_MAX` checks, the rest are dropped unjudged
+/// at a Low penalty each, the late Rejects still reach its identity, and the
+/// honest block for the slot is imported.
+#[test]
+fn junk_blocks_from_a_peer_that_leaves_cost_it_a_ban_and_little_work() {
+    let mut net = producing_line();
+    net.advance(Duration::from_millis(1_000)); // 2.5 s: slot 1 everywhere.
+    let head = net.nodes[0].chain().head();
+    let good = net.nodes[0]
+        .chain()
+        .block_by_root(&head.root)
+        .unwrap()
+        .clone();
+    let key = crate::chain::devnet_keys(1, 1).remove(0);
+    let producer =
+        crate::chain::BlockProducer::new(key, &net.nodes[0].config().chain.genesis).unwrap();
+    let attacker = net.nodes[2].peer_id();
+    let victim = net.nodes[1].peer_id();
+    let work_before = net.nodes[1].counters().work_started;
+    // Slot 2 starts at 4 s: within the clock disparity, not yet produced.
+    net.now = Instant::from_micros(3_900_000);
+    for i in 0..64u32 {
+        let mut junk = producer.produce(2, good.root(), i.to_le_bytes().to_vec());
+        junk.signature = good.signature;
+        let command = Command::Publish {
+            topic: Topic::new(BLOCKS_TOPIC).unwrap(),
+            payload: junk.encode(),
+        };
+        net.handle(2, Input::Command(command)); // Not delivered yet.
+    }
+    let reason = GoodbyeReason::ClientShutdown;
+    let command = Command::Disconnect {
+        peer: victim,
+        reason,
+    };
+    net.handle(2, Input::Command(command));
+    net.drain();
+    assert!(!net.nodes[1].is_connected(&attacker));
+    let checks = net.nodes[1].counters().work_started - work_before;
+    assert!(
+        checks <= chain::GOSSIP_VERIFICATIONS_PER_PEER_MAX as u64,
+        "{checks} checks for one peer"
+    );
+    let score = net.nodes[1].peer_manager().score(net.now, &attacker);
+    assert!(score.as_points() <= -50.0, "score {score}");
+    assert!(net.nodes[1].peer_manager().is_banned(net.now, &attacker));
+    // The honest block for slot 2 is imported all the same.
+    net.advance(Duration::from_millis(500));
+    assert_eq!(imported_slots(&net, 1), vec![1, 2]);
+    // And the same identity cannot come back.
+    net.dial(2, 1, None);
+    assert!(!net.connected(1, 2));
 }

@@ -27,7 +27,9 @@
 //! provide, tied together: a ban found by score bans the identity and,
 //! once [`Config::ip_ban_peer_bans_min`] identities from one IP are banned,
 //! the IP, disconnecting every peer there; a disconnected peer's score is
-//! remembered, so reconnecting sheds nothing.
+//! remembered, so reconnecting sheds nothing, and so is the address it last
+//! came from, so a ban its score reaches after it left (late verdicts on
+//! what it sent) still bans that IP.
 //! Not provided: persistence across restarts.
 //!
 //! # Limits
@@ -376,7 +378,7 @@ impl PeerManager {
             connected_at,
             status,
         });
-        self.scores.set_connected(now, peer, true);
+        self.scores.set_connected_from(now, peer, tracked.addr.ip());
         self.statics.on_connected(now, tracked.addr, peer);
         decision
     }
@@ -521,10 +523,14 @@ impl PeerManager {
     /// asking for the disconnections that follow.
     fn ban(&mut self, now: Instant, peer: PeerId, events: &mut Vec<PeerEvent>) {
         let until = now + self.config.ban_duration;
+        // A peer walked down step by step was disconnected at the disconnect
+        // threshold and left the table long before the ban: its remembered
+        // address is what the ban reaches.
         let ip = self
             .table
             .get(&peer)
             .map(|record| record.addr.ip())
+            .or_else(|| self.scores.last_ip(&peer))
             .filter(|&ip| self.gater.is_ip_limited(ip))
             .map(ip_key);
         if self.table.contains(&peer) {
@@ -818,6 +824,45 @@ mod tests {
         );
         assert!(!manager.is_banned(until, &peer(1)));
         assert!(connect_from(&mut manager, until, 12, again, Direction::Inbound).is_accept());
+    }
+
+    /// The attack: a peer is walked down by Mid penalties, disconnected at
+    /// -20 (it leaves the table), and charged the rest after it left (late
+    /// verdicts on what it sent). The ban at -50 must still reach its IP, so
+    /// a fresh identity from the same address is refused.
+    #[test]
+    fn a_ban_reached_after_disconnect_still_bans_the_ip() {
+        let mut manager = PeerManager::new(Config::default(), [0; 32]);
+        connect(&mut manager, at(0), 1, Direction::Inbound);
+        let disconnect = vec![PeerEvent::Disconnect {
+            peer: peer(1),
+            reason: GoodbyeReason::BadScore,
+        }];
+        assert!(penalise(&mut manager, at(1), 1, Penalty::Mid, 3).is_empty());
+        assert_eq!(
+            penalise(&mut manager, at(1), 1, Penalty::Mid, 1),
+            disconnect
+        );
+        manager.on_connection_closed(at(1), ConnId(1));
+        assert!(manager.peer(&peer(1)).is_none(), "it left the table");
+
+        // Late verdicts, the same instant (no decay in between).
+        assert!(penalise(&mut manager, at(1), 1, Penalty::Mid, 5).is_empty());
+        assert_eq!(
+            penalise(&mut manager, at(1), 1, Penalty::Mid, 1),
+            vec![PeerEvent::Banned {
+                peer: peer(1),
+                ip: Some(addr(1).ip()),
+                until: at(1) + BAN_DURATION,
+            }]
+        );
+        assert!(manager.is_ip_banned(at(3), addr(1).ip()));
+        let same_address = SocketAddr::new(addr(1).ip(), 40_000);
+        assert_eq!(
+            connect_from(&mut manager, at(3), 2, same_address, Direction::Inbound),
+            Decision::Refuse(Refusal::BannedIp)
+        );
+        assert!(connect(&mut manager, at(3), 3, Direction::Inbound).is_accept());
     }
 
     #[test]

@@ -38,6 +38,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::IpAddr;
 
 use crate::identity::PeerId;
 use crate::limits;
@@ -250,6 +251,9 @@ struct Entry {
     /// Set after a `Disconnect` or `Ban` event: when decay alone brings the score
     /// back to the gate threshold. Mirrored in [`Scores::recoveries`].
     recovery_at: Option<Instant>,
+    /// The IP the peer last connected from: a ban reached after it left
+    /// still bans its address (see [`super::manager`]).
+    last_ip: Option<IpAddr>,
 }
 
 /// The scores of connected and recently seen peers.
@@ -300,6 +304,19 @@ impl Scores {
         self.entries
             .get(peer)
             .is_some_and(|entry| entry.recovery_at.is_some())
+    }
+
+    /// The IP `peer` last connected from, while its score is remembered.
+    pub fn last_ip(&self, peer: &PeerId) -> Option<IpAddr> {
+        self.entries.get(peer).and_then(|entry| entry.last_ip)
+    }
+
+    /// Marks `peer` connected from `ip`: its entry is then never evicted, and
+    /// remembers the address after it leaves.
+    pub fn set_connected_from(&mut self, now: Instant, peer: PeerId, ip: IpAddr) {
+        let entry = self.entry_mut(now, peer);
+        entry.connected = true;
+        entry.last_ip = Some(ip);
     }
 
     /// Marks `peer` connected (its entry is then never evicted) or not. A
@@ -416,6 +433,7 @@ impl Scores {
             updated: now,
             connected: false,
             recovery_at: None,
+            last_ip: None,
         })
     }
 

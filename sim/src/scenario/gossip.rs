@@ -88,6 +88,10 @@ pub enum Attack {
     /// Sybils (`fault_withhold`) all dial one honest target, before the
     /// honest nodes dial anyone, and nobody else: they try to fill its mesh.
     Eclipse,
+    /// Sybils are ordinary nodes that join like [`Attack::Withhold`]'s and
+    /// stop reading when publishing starts ([`Sim::set_stops_reading`]):
+    /// whatever their peers send them stays in those peers' send queues.
+    SlowReaders,
 }
 
 /// The parameters of a [`GossipScenario`].
@@ -604,6 +608,7 @@ impl GossipApp {
             slow_peers_disconnected: sim.counter_sum(|c| c.gossip_slow_peers),
             promises_broken: router_sum(|c| c.promises_broken),
             send_buffer_overflows: sim.network_counts().send_buffer_overflows,
+            connections_stalled: sim.counter_sum(|c| c.connections_stalled),
             topology: self.topology.clone(),
             spam,
             eclipse: target,
@@ -701,6 +706,9 @@ pub struct GossipOutcome {
     pub promises_broken: u64,
     /// Connections the driver gave up because their send buffer was full.
     pub send_buffer_overflows: u64,
+    /// Connections cut because their peer took nothing for
+    /// `WRITE_STALL_TIMEOUT` (Goodbye and a Mid penalty), all nodes.
+    pub connections_stalled: u64,
     /// Topology and meshes when publishing started.
     pub topology: Option<TopologyCheck>,
     /// `gossip-spam`: what became of the Sybils.
@@ -919,6 +927,11 @@ impl Scenario for GossipScenario {
         );
         app.check_topology(sim);
         app.bytes_sent_at_start = sim.network_counts().bytes_sent;
+        if self.params.attack == Attack::SlowReaders {
+            for &sybil in &app.sybils {
+                sim.set_stops_reading(sybil, true);
+            }
+        }
         app::run_for(
             sim,
             app,

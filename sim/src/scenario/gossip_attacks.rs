@@ -9,6 +9,7 @@
 //! | `gossip-eclipse` | 20 % of nodes, `fault_withhold`, all dial one target first | the target receives ≥ 99 % of honest messages |
 //! | `gossip-withhold` | 25 % of nodes, `fault_withhold`, mixed into the topology | honest delivery ≥ 99.9 %; p99 latency within 2× of the same world without them (run in the same invocation) |
 //! | `cold-boot` | 30 % of nodes, `fault_withhold`; everyone dials at t = 0 | honest delivery ≥ 99 % once meshes settle (publishing starts 3 s in) |
+//! | `slow-readers` | 10 % of nodes, ordinary cores that stop reading when publishing starts; 1 MiB messages every 2 s | delivery to the rest ≥ 99.9 %; p99 latency within 1.2× of the same world without them |
 //!
 //! Withholding Sybils (`gossip::Config::fault_withhold`) join meshes like
 //! everyone else but never forward a message nor answer IWANT: they cost
@@ -27,6 +28,8 @@ pub const ECLIPSE: &str = "gossip-eclipse";
 pub const WITHHOLD: &str = "gossip-withhold";
 /// `cold-boot`.
 pub const COLD_BOOT: &str = "cold-boot";
+/// `slow-readers`.
+pub const SLOW_READERS: &str = "slow-readers";
 
 /// Invalid messages per second over all spamming Sybils, by default.
 pub const SPAM_MESSAGES_PER_SECOND_DEFAULT: u32 = 100;
@@ -95,5 +98,23 @@ pub fn cold_boot() -> GossipScenario {
             ..honest_traffic()
         },
         200,
+    )
+}
+
+/// `slow-readers` with its defaults (100 nodes): a tenth of the nodes stop
+/// reading when publishing starts, under block-sized traffic (1 MiB every
+/// 2 s, rotating publishers), compared with the same world without them.
+/// Their peers must not fall silent: each slow connection holds back only
+/// itself, and is cut once it has taken nothing for `WRITE_STALL_TIMEOUT`.
+pub fn slow_readers() -> GossipScenario {
+    GossipScenario::new(
+        SLOW_READERS,
+        GossipParams {
+            attack: Attack::SlowReaders,
+            sybils_pct: 10,
+            compare_without_sybils: true,
+            ..GossipParams::blocks()
+        },
+        100,
     )
 }
