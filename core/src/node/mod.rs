@@ -240,6 +240,13 @@ struct Established {
     metadata_seq: Option<u64>,
     /// Whether a Metadata request to it is open.
     metadata_requested: bool,
+    /// The sequence number named by the Ping that made us ask for its
+    /// Metadata last, and when: it counts as fetched once the answer comes,
+    /// whatever the answer's own number, and the next fetch waits
+    /// `METADATA_FETCH_INTERVAL`.
+    metadata_asked: Option<(u64, Instant)>,
+    /// Metadata answers it completed; only the first earns a reward.
+    metadata_fetches: u32,
     /// Our requests to it that timed out in a row (a complete answer resets it).
     timeouts_in_a_row: u32,
 }
@@ -582,14 +589,23 @@ impl Node {
                 }
             },
         };
+        // Inbound and outbound handshakes have their own slots: an inbound
+        // flood must not refuse the dials we chose.
         let handshaking = self
             .connections
             .values()
-            .filter(|connection| matches!(connection.state, ConnectionState::Handshaking { .. }))
+            .filter(|connection| {
+                connection.direction == direction
+                    && matches!(connection.state, ConnectionState::Handshaking { .. })
+            })
             .count();
+        let handshakes_max = match direction {
+            Direction::Inbound => limits::HANDSHAKES_IN_PROGRESS_MAX,
+            Direction::Outbound => limits::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX,
+        };
         let refusal = if self.shutting_down {
             Some(RefuseReason::ShuttingDown)
-        } else if handshaking >= limits::HANDSHAKES_IN_PROGRESS_MAX {
+        } else if handshaking >= handshakes_max {
             Some(RefuseReason::TooManyHandshakes)
         } else if let Decision::Refuse(refusal) = self
             .peer_manager
@@ -667,6 +683,8 @@ impl Node {
                                 next_status: Instant::MAX,
                                 metadata_seq: None,
                                 metadata_requested: false,
+                                metadata_asked: None,
+                                metadata_fetches: 0,
                                 timeouts_in_a_row: 0,
                             }));
                             received.push(Received::HandshakeDone(remote));
@@ -1215,5 +1233,7 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+mod budget_tests;
 #[cfg(test)]
 mod tests;
