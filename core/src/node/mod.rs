@@ -108,6 +108,9 @@ pub struct Faults {
     pub never_answer_requests: bool,
     /// Ignore peers' quotas and in-flight limits when sending our requests.
     pub ignore_peer_quotas: bool,
+    /// Keep asking a peer that answered `ResourceUnavailable`, without the
+    /// back-off (a Sybil that stays within our quotas but wants all it can get).
+    pub ignore_busy_answers: bool,
 }
 
 /// How often each peer is asked for its Status again (Ethereum p2p: every 5 min or so).
@@ -327,6 +330,9 @@ impl Node {
         let mut outbound_config = OutboundConfig::default();
         if config.faults.ignore_peer_quotas {
             outbound_config = rpc::flooding_outbound_config(outbound_config);
+        }
+        if config.faults.ignore_busy_answers {
+            outbound_config.back_off_when_busy = false;
         }
         let mut node = Node {
             peer_manager: PeerManager::new(config.peer, peer_manager_seed),

@@ -1141,6 +1141,73 @@ mod tests {
         ));
     }
 
+    /// A requester that keeps retrying into a busy peer's shared budget
+    /// only adds to the crowd: a `ResourceUnavailable` answer holds back that
+    /// protocol to that peer for the time the answer names.
+    #[test]
+    fn a_busy_answer_holds_back_that_protocol_to_that_peer_for_the_time_it_names() {
+        let mut tracker = unlimited();
+        let (a, b) = (peer(1), peer(2));
+        let by_range = ProtocolId::BlocksByRange;
+        let first = tracker.send(secs(0), a, by_range, range(8)).unwrap();
+        drain(&mut tracker, secs(0));
+        let busy = ResponseChunk::error(
+            first,
+            ResultCode::ResourceUnavailable,
+            "busy, retry after 1500 ms",
+        );
+        assert!(matches!(
+            tracker.on_chunk(secs(0), a, busy),
+            ChunkOutcome::Error { .. }
+        ));
+        let again = tracker.send(secs(0), a, by_range, range(8)).unwrap();
+        let status = tracker
+            .send(secs(0), a, ProtocolId::Status, status_body())
+            .unwrap();
+        let other = tracker.send(secs(0), b, by_range, range(8)).unwrap();
+        let sent: Vec<RequestId> = drain(&mut tracker, secs(0))
+            .into_iter()
+            .map(|(_, request)| request.id)
+            .collect();
+        assert_eq!(
+            sent,
+            vec![status, other],
+            "only the busy protocol to the busy peer waits"
+        );
+        assert_eq!(tracker.next_deadline(), Some(millis(1_500)));
+        assert!(drain(&mut tracker, millis(1_499)).is_empty());
+        let sent = drain(&mut tracker, millis(1_500));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.id, again);
+        assert_eq!(tracker.counters().busy_backoffs, 1);
+    }
+
+    #[test]
+    fn a_busy_answer_names_a_bounded_wait() {
+        assert_eq!(
+            busy_backoff("busy, retry after 250 ms"),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            busy_backoff("rate limited, retry after 5000 ms"),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            busy_backoff("retry after 99999999999999 ms"),
+            REFUSED_BACKOFF_MAX
+        );
+        assert_eq!(
+            busy_backoff("retry after 184467440737095516150 ms"),
+            REFUSED_BACKOFF_DEFAULT
+        );
+        assert_eq!(
+            busy_backoff("too many open requests"),
+            REFUSED_BACKOFF_DEFAULT
+        );
+        assert_eq!(busy_backoff("retry after 12 s"), REFUSED_BACKOFF_DEFAULT);
+        assert_eq!(busy_backoff("retry after "), REFUSED_BACKOFF_DEFAULT);
+    }
+
     #[test]
     fn goodbye_jumps_the_queue_and_is_not_tracked() {
         let mut tracker = unlimited();
