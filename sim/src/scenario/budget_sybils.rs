@@ -7,7 +7,7 @@
 //! Status at a steady rate ([`HonestTraffic`], all from the target). From
 //! the same start, `sybils` more nodes dial it too and keep
 //! [`SYBIL_REQUESTS_OUTSTANDING`] BlocksByRange requests of 64 slots past its
-//! head queued each: their cores hold the requests back to the target's
+//! head queued each from `sybil_start` on: their cores hold the requests back to the target's
 //! per-peer quota (1024 blocks per 10 s each), so they never break a quota
 //! of theirs, and they ignore its `ResourceUnavailable` answers rather than
 //! back off (`faults.ignore_busy_answers`). Together they ask for far more
@@ -57,8 +57,12 @@ pub struct BudgetParams {
     /// one in eight a Status): 2 s is about 14 blocks/s each, below a fair
     /// share of the budget (20.5 blocks/s) among 20 peers.
     pub honest_interval: Duration,
-    /// When honest requests and the Sybils start (the dials are up by then).
+    /// When honest requests start (the dials are up by then).
     pub start: Duration,
+    /// When the Sybils start asking: once every honest requester has asked,
+    /// so the budget is already shared. (Before that, a budget nobody else
+    /// wants is theirs to use: shares go to the peers that ask.)
+    pub sybil_start: Duration,
     /// How often each Sybil tops up its queue of requests.
     pub sybil_interval: Duration,
     /// Whether to run the world without Sybils too, for the ratio.
@@ -73,6 +77,7 @@ impl Default for BudgetParams {
             block_bytes: BLOCK_BYTES_DEFAULT,
             honest_interval: Duration::from_secs(2),
             start: Duration::from_secs(2),
+            sybil_start: Duration::from_secs(5),
             sybil_interval: Duration::from_millis(100),
             compare_with_baseline: true,
         }
@@ -143,6 +148,10 @@ pub struct BudgetApp {
     pub sybil_refused: u64,
     /// Honest peers the target disconnected.
     pub honest_disconnected: u64,
+    /// Honest requests refused as busy (the target's shared budget: no penalty).
+    pub honest_refused_busy: u64,
+    /// Honest requests refused by their own quota (a penalty each).
+    pub honest_refused_over_quota: u64,
 }
 
 impl BudgetApp {
@@ -190,6 +199,20 @@ impl BudgetApp {
             }
             return;
         }
+        if self.honest.contains(&node) {
+            if let Notification::RequestFailed {
+                error: meshsync_core::io::RequestError::Refused { message, .. },
+                ..
+            } = notification
+            {
+                if message.starts_with("busy") {
+                    self.honest_refused_busy += 1;
+                } else if message.starts_with("rate limited") {
+                    self.honest_refused_over_quota += 1;
+                }
+            }
+            return;
+        }
         if node == self.target {
             if let Notification::PeerDisconnected { peer, .. } = notification {
                 if sim
@@ -232,6 +255,8 @@ struct BudgetOutcome {
     honest_served_ratio: Option<f64>,
     honest_min_score_at_target: f64,
     honest_disconnected: u64,
+    honest_refused_busy: u64,
+    honest_refused_over_quota: u64,
     target_limited_global: u64,
     target_limited_peer: u64,
     sybil_answered: u64,
@@ -260,9 +285,13 @@ impl BudgetSybils {
                     .as_points()
             })
             .fold(f64::INFINITY, f64::min);
+        // The whole bucket once, then its refill from the first request on.
         let period_micros = GLOBAL_SERVING_QUOTA.period.as_micros() as u64;
-        let periods = now.as_micros() / period_micros + 1;
-        let budget_tokens = GLOBAL_SERVING_QUOTA.tokens_max * periods;
+        let asking_micros = now
+            .saturating_duration_since(Instant::ZERO + self.params.start)
+            .as_micros() as u64;
+        let budget_tokens = GLOBAL_SERVING_QUOTA.tokens_max
+            + GLOBAL_SERVING_QUOTA.tokens_max * asking_micros / period_micros;
         let sybil_tokens = app.sybil_answered * BLOCKS_PER_RANGE_REQUEST_MAX;
         let honest_tokens = app.traffic.counts().answered * app.traffic.range_slots;
         let peers = app.honest.len() + app.sybils.len();
@@ -271,6 +300,8 @@ impl BudgetSybils {
             baseline_honest_answered: self.baseline_answered,
             honest_min_score_at_target: honest_min_score,
             honest_disconnected: app.honest_disconnected,
+            honest_refused_busy: app.honest_refused_busy,
+            honest_refused_over_quota: app.honest_refused_over_quota,
             target_limited_global: sim.counter(target, |c| c.requests_limited_global),
             target_limited_peer: sim.counter(target, |c| c.requests_limited_peer),
             budget_tokens,
@@ -292,9 +323,15 @@ pub struct BudgetFigures {
     pub honest_min_score_at_target: f64,
     /// Honest requesters the target disconnected.
     pub honest_disconnected: u64,
+    /// Honest requests refused as busy (no penalty).
+    pub honest_refused_busy: u64,
+    /// Honest requests refused by their own quota (a penalty each).
+    pub honest_refused_over_quota: u64,
     /// The target's refusals by its shared budget (no penalty).
     pub target_limited_global: u64,
-    /// The target's refusals by a requester's own quota (a penalty each).
+    /// The target's refusals by a requester's own quota (a penalty each):
+    /// Sybils asking at the very edge of their quota, whose requests jitter
+    /// brings closer together than their cores sent them.
     pub target_limited_peer: u64,
     /// The target's global budget over the run, in tokens.
     pub budget_tokens: u64,
@@ -375,7 +412,10 @@ impl Scenario for BudgetSybils {
             })
             .collect();
         if !sybil_nodes.is_empty() {
-            sim.wake_at(start_at, token(TOKEN_SYBILS, 0));
+            sim.wake_at(
+                Instant::ZERO + self.params.sybil_start,
+                token(TOKEN_SYBILS, 0),
+            );
         }
         self.app = Some(BudgetApp {
             target,
@@ -388,6 +428,8 @@ impl Scenario for BudgetSybils {
             sybil_answered: 0,
             sybil_refused: 0,
             honest_disconnected: 0,
+            honest_refused_busy: 0,
+            honest_refused_over_quota: 0,
         });
     }
 
@@ -419,6 +461,8 @@ impl Scenario for BudgetSybils {
             honest_served_ratio: figures.honest_served_ratio(),
             honest_min_score_at_target: figures.honest_min_score_at_target,
             honest_disconnected: figures.honest_disconnected,
+            honest_refused_busy: figures.honest_refused_busy,
+            honest_refused_over_quota: figures.honest_refused_over_quota,
             target_limited_global: figures.target_limited_global,
             target_limited_peer: figures.target_limited_peer,
             sybil_answered: app.sybil_answered,
