@@ -17,10 +17,13 @@
 //! The global budget is shared fairly: besides the global bucket, each peer
 //! has a *share* bucket that refills at `G / n` of the global rate, where `n`
 //! is the number of peers that asked for global-budget protocols within the
-//! last global period (the requester included). A peer alone may use the
-//! whole budget; `n` peers asking at once get `1/n` each, so `k` Sybils get
-//! at most `k` shares however fast they ask, and an honest peer always has
-//! its own. A share bucket that is full admits one request even if it costs
+//! last global period (the requester included), and holds `G / m`, where `m`
+//! is the number of peers we keep buckets for (every connected peer that has
+//! sent a request). A peer alone may use the whole rate; `n` peers asking at
+//! once get `1/n` each, so `k` Sybils get at most `k` shares however fast
+//! they ask, and an honest peer always has its own; and Sybils that all start
+//! asking at once cannot burst past the whole bucket together (each holds
+//! only `G / m`). A share bucket that is full admits one request even if it costs
 //! more than the share (a 128-root request when 50 peers share), then the
 //! peer waits until the debt is repaid, so the long-run rate stays `G / n`.
 //!
@@ -103,22 +106,28 @@ impl Quota {
         }
     }
 
-    /// Spending `cost` from one peer's share of this (global) quota, the
-    /// quota divided among `sharers` peers, from a share bucket at `tat` (in
-    /// units of `1 / tokens_max` microsecond) at time `now`. The share refills
-    /// at `tokens_max / sharers` per period and holds as much; a full share
-    /// admits any one request, whatever its cost, and the peer then repays
-    /// the debt at the share's rate.
-    fn share_spend(&self, tat: u128, now: Instant, cost: u64, sharers: u64) -> Spend {
+    /// Spending `cost` from one peer's share of this (global) quota, from a
+    /// share bucket at `tat` (in units of `1 / tokens_max` microsecond) at
+    /// time `now`. The share refills at `tokens_max / sharers.asking` per
+    /// period and holds `tokens_max / sharers.known`: a peer alone may use
+    /// the whole rate, but a crowd that starts asking at once cannot burst
+    /// past the whole bucket, since each holds only its part of it. A full
+    /// share admits any one request, whatever its cost, and the peer then
+    /// repays the debt at the share's rate.
+    fn share_spend(&self, tat: u128, now: Instant, cost: u64, sharers: Sharers) -> Spend {
         let tokens_max = u128::from(self.tokens_max);
         let now_units = u128::from(now.as_micros()).saturating_mul(tokens_max);
         let period = self.period_micros();
+        let asking = u128::from(sharers.asking.max(1));
+        let known = u128::from(sharers.known.max(sharers.asking).max(1));
         let new_tat = tat.max(now_units).saturating_add(
             u128::from(cost)
-                .saturating_mul(u128::from(sharers.max(1)))
+                .saturating_mul(asking)
                 .saturating_mul(period),
         );
-        let horizon = now_units.saturating_add(tokens_max.saturating_mul(period));
+        // `tokens_max / known` tokens, each `asking · period` units apart.
+        let depth_units = tokens_max.saturating_mul(period).saturating_mul(asking) / known;
+        let horizon = now_units.saturating_add(depth_units);
         if new_tat <= horizon || tat <= now_units {
             return Spend::Allowed { tat: new_tat };
         }
@@ -141,6 +150,16 @@ impl Quota {
             .unwrap_or(u64::MAX)
             .min(self.tokens_max)
     }
+}
+
+/// Among how many peers the global budget is divided at one moment.
+#[derive(Clone, Copy, Debug)]
+struct Sharers {
+    /// Peers that asked for it within the last global period, the requester included.
+    asking: u64,
+    /// Peers with buckets (each connected peer, once it sent any request),
+    /// the requester included.
+    known: u64,
 }
 
 enum Spend {
@@ -483,8 +502,8 @@ impl RateLimiter {
     }
 
     /// Peers the global budget is divided among at `now`: those that asked
-    /// for it within the last `period`, and `peer` itself.
-    fn sharing_peers(&self, now: Instant, peer: &PeerId, period: Duration) -> u64 {
+    /// for it within the last `period`, and those we know, `peer` included.
+    fn sharing_peers(&self, now: Instant, peer: &PeerId, period: Duration) -> Sharers {
         let others = self
             .peers
             .iter()
@@ -495,7 +514,11 @@ impl RateLimiter {
                         .is_some_and(|asked| now.saturating_duration_since(asked) < period)
             })
             .count();
-        u64::try_from(others).unwrap_or(u64::MAX).saturating_add(1)
+        let known = self.peers.len() + usize::from(!self.peers.contains_key(peer));
+        Sharers {
+            asking: u64::try_from(others).unwrap_or(u64::MAX).saturating_add(1),
+            known: u64::try_from(known).unwrap_or(u64::MAX),
+        }
     }
 
     /// The peer's buckets, created (evicting the least recently checked peer
@@ -834,9 +857,8 @@ mod tests {
         assert!(counters.limited_share > 0);
     }
 
-    /// Shares divide the budget only among peers that ask for it: a peer
-    /// alone may use all of it, and one that stopped asking a period ago no
-    /// longer counts.
+    /// Shares divide the budget's rate only among peers that ask for it: a
+    /// peer alone may use all of it, while another peer it knows stays quiet.
     #[test]
     fn a_peer_alone_may_use_the_whole_budget() {
         let mut limiter = RateLimiter::new(RateLimiterConfig::serving());
@@ -848,18 +870,47 @@ mod tests {
             limiter.check(at_millis(0), peer(2), bulk, 1),
             RateCheck::Allowed
         );
-        // Peer 2 asked 10 s ago: it no longer shares, so peer 1 has it all.
-        let later = at_millis(10_000);
-        for _ in 0..4 {
-            assert_eq!(
-                limiter.check(later, peer(1), bulk, 1024),
-                RateCheck::Allowed
-            );
-        }
+        // Peer 2 asked 10 s ago: it no longer shares the rate, so peer 1
+        // gets the whole budget's rate (4096 in 5 s after a full share of
+        // half the bucket, peer 2 holding the other half).
+        assert_eq!(
+            limiter.check(at_millis(10_000), peer(1), bulk, 2048),
+            RateCheck::Allowed
+        );
         assert!(matches!(
-            limiter.check(later, peer(2), bulk, 1),
+            limiter.check(at_millis(10_000), peer(1), bulk, 1),
             RateCheck::Busy { .. }
         ));
+        assert_eq!(
+            limiter.check(at_millis(15_000), peer(1), bulk, 2048),
+            RateCheck::Allowed
+        );
+        assert_eq!(limiter.counters().limited_share, 1);
+    }
+
+    /// Sybils that all start asking at once, each while few others ask,
+    /// would each get a large share: the share's depth is the peer's part of
+    /// the bucket among all the peers we know, so together they cannot take
+    /// more than the bucket, and a quiet honest peer still has its part.
+    #[test]
+    fn sybils_starting_at_once_cannot_burst_past_the_bucket() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::serving());
+        let now = at_millis(0);
+        // Twenty connected peers, known by their Status requests.
+        for n in 0..20 {
+            limiter.check(now, peer(n), ProtocolId::Status, 1);
+        }
+        let mut sybils_allowed = 0;
+        for n in 0..16 {
+            while limiter.check(now, peer(n), ProtocolId::BlocksByRange, 64) == RateCheck::Allowed {
+                sybils_allowed += 64;
+            }
+        }
+        assert!(sybils_allowed <= 16 * (4096 / 20 + 64), "{sybils_allowed}");
+        assert_eq!(
+            limiter.check(now, peer(19), ProtocolId::BlocksByRange, 64),
+            RateCheck::Allowed
+        );
     }
 
     /// When many peers share, a share can be smaller than one request; a full
