@@ -106,34 +106,35 @@ impl Quota {
         }
     }
 
-    /// Spending `cost` from one peer's share of this (global) quota, from a
-    /// share bucket at `tat` (in units of `1 / tokens_max` microsecond) at
-    /// time `now`. The share refills at `tokens_max / sharers.asking` per
-    /// period and holds `tokens_max / sharers.known`: a peer alone may use
-    /// the whole rate, but a crowd that starts asking at once cannot burst
-    /// past the whole bucket, since each holds only its part of it. A full
-    /// share admits any one request, whatever its cost, and the peer then
-    /// repays the debt at the share's rate.
-    fn share_spend(&self, tat: u128, now: Instant, cost: u64, sharers: Sharers) -> Spend {
+    /// Spending `cost` from one peer's share of this (global) quota at
+    /// `now`, from a share that held `share` at its last update. The share
+    /// drains its debt at `tokens_max / sharers.asking` per period and holds
+    /// at most `tokens_max / sharers.known`: a peer alone may use the whole
+    /// rate, but a crowd that starts asking at once cannot burst past the
+    /// whole bucket, since each holds only its part of it. The debt is kept
+    /// in tokens, so what a peer took while few others asked still counts in
+    /// full once more do. A share without debt admits any one request,
+    /// whatever its cost, and the peer then repays it at the share's rate.
+    fn share_spend(&self, share: ShareLevel, now: Instant, cost: u64, sharers: Sharers) -> Spend {
         let tokens_max = u128::from(self.tokens_max);
-        let now_units = u128::from(now.as_micros()).saturating_mul(tokens_max);
         let period = self.period_micros();
         let asking = u128::from(sharers.asking.max(1));
         let known = u128::from(sharers.known.max(sharers.asking).max(1));
-        let new_tat = tat.max(now_units).saturating_add(
-            u128::from(cost)
-                .saturating_mul(asking)
-                .saturating_mul(period),
-        );
-        // `tokens_max / known` tokens, each `asking · period` units apart.
-        let depth_units = tokens_max.saturating_mul(period).saturating_mul(asking) / known;
-        let horizon = now_units.saturating_add(depth_units);
-        if new_tat <= horizon || tat <= now_units {
-            return Spend::Allowed { tat: new_tat };
+        // In token-microseconds: a token is `period` units, and the debt
+        // drains `tokens_max / asking` units per microsecond.
+        let elapsed = now.saturating_duration_since(share.updated).as_micros();
+        let drained = elapsed.saturating_mul(tokens_max) / asking;
+        let debt = share.debt_units.saturating_sub(drained);
+        let cost_units = u128::from(cost).saturating_mul(period);
+        let depth_units = tokens_max.saturating_mul(period) / known;
+        if debt == 0 || debt.saturating_add(cost_units) <= depth_units {
+            return Spend::Allowed {
+                tat: debt.saturating_add(cost_units),
+            };
         }
-        // Either the cost fits within the share again, or the share is full.
-        let wait_units = (new_tat - horizon).min(tat - now_units);
-        let wait_micros = wait_units.div_ceil(tokens_max);
+        // Until the cost fits within the share again, or the share is clear.
+        let wait_units = debt - depth_units.saturating_sub(cost_units).min(debt);
+        let wait_micros = wait_units.saturating_mul(asking).div_ceil(tokens_max);
         Spend::Limited {
             retry_after: Duration::from_micros(u64::try_from(wait_micros).unwrap_or(u64::MAX)),
         }
@@ -152,6 +153,14 @@ impl Quota {
     }
 }
 
+/// A peer's share of the global budget: its debt, in token-microseconds
+/// (a token is one global period's worth of microseconds), as of `updated`.
+#[derive(Clone, Copy, Debug, Default)]
+struct ShareLevel {
+    debt_units: u128,
+    updated: Instant,
+}
+
 /// Among how many peers the global budget is divided at one moment.
 #[derive(Clone, Copy, Debug)]
 struct Sharers {
@@ -163,8 +172,13 @@ struct Sharers {
 }
 
 enum Spend {
-    Allowed { tat: u128 },
-    Limited { retry_after: Duration },
+    /// For a share, `tat` is the new debt (see [`ShareLevel`]).
+    Allowed {
+        tat: u128,
+    },
+    Limited {
+        retry_after: Duration,
+    },
     OverCapacity,
 }
 
@@ -305,9 +319,8 @@ pub struct RateLimiter {
 struct PeerBuckets {
     /// `tat` per protocol; a missing bucket is full.
     tats: BTreeMap<ProtocolId, u128>,
-    /// The `tat` of the peer's share of the global budget, in units of
-    /// `1 / G` microsecond (`G` the global bucket's size).
-    share_tat: u128,
+    /// The peer's share of the global budget.
+    share: ShareLevel,
     /// When the peer last asked for a global-budget protocol within its own
     /// quota: it counts as sharing the budget for one global period after.
     last_global_request: Option<Instant>,
@@ -404,12 +417,15 @@ impl RateLimiter {
         // from now on, whether or not it gets one this time.
         self.buckets_mut(now, peer).last_global_request = Some(now);
         match (shared.global, shared.share) {
-            (Spend::Allowed { tat: global_tat }, Spend::Allowed { tat: share_tat }) => {
+            (Spend::Allowed { tat: global_tat }, Spend::Allowed { tat: debt_units }) => {
                 self.counters.allowed += 1;
                 self.global_tat = global_tat;
                 let buckets = self.buckets_mut(now, peer);
                 buckets.tats.insert(protocol, peer_tat);
-                buckets.share_tat = share_tat;
+                buckets.share = ShareLevel {
+                    debt_units,
+                    updated: now,
+                };
                 RateCheck::Allowed
             }
             (global, share) => {
@@ -489,11 +505,14 @@ impl RateLimiter {
                 if matches!(spend, Spend::OverCapacity) {
                     return Err(RateCheck::OverCapacity);
                 }
-                let share_tat = self.peers.get(peer).map_or(0, |buckets| buckets.share_tat);
+                let share = self
+                    .peers
+                    .get(peer)
+                    .map_or(ShareLevel::default(), |buckets| buckets.share);
                 let sharers = self.sharing_peers(now, peer, global.period);
                 Some(SharedSpend {
                     global: spend,
-                    share: global.share_spend(share_tat, now, cost, sharers),
+                    share: global.share_spend(share, now, cost, sharers),
                 })
             }
             _ => None,
@@ -536,7 +555,7 @@ impl RateLimiter {
         }
         let buckets = self.peers.entry(peer).or_insert_with(|| PeerBuckets {
             tats: BTreeMap::new(),
-            share_tat: 0,
+            share: ShareLevel::default(),
             last_global_request: None,
             last_checked: now,
         });
@@ -930,10 +949,14 @@ mod tests {
         let RateCheck::Busy { retry_after } = limiter.check(now, peer(41), range, 1) else {
             panic!("the share is in debt");
         };
-        // 129 tokens at 41 × 10 s / 4096 each, less the one share's worth of 10 s.
+        // The debt of 128 tokens must drain (at 4096 / 41 per 10 s) until
+        // one more token fits within the share of 4096 / 41.
+        let token_units = 10_000_000u64;
+        let depth_units = 4096 * token_units / 41;
+        let wait_units = 128 * token_units - (depth_units - token_units);
         assert_eq!(
             retry_after,
-            Duration::from_micros((129 * 41 * 10_000_000u64).div_ceil(4096) - 10_000_000)
+            Duration::from_micros((wait_units * 41).div_ceil(4096))
         );
         assert_eq!(limiter.counters().limited_share, 1);
     }
