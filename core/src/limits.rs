@@ -24,10 +24,15 @@ pub const HANDSHAKE_MESSAGE_BYTES_MAX: usize = HANDSHAKE_PAYLOAD_BYTES_MAX + 96;
 
 /// Established peers we keep; a further one gets Goodbye(too many peers).
 pub const PEERS_MAX: usize = 50;
-/// Connections still in their handshake; past it new connections are closed at once (commonware uses 512).
+/// Inbound connections still in their handshake; past it new inbound
+/// connections are closed at once (commonware uses 512).
 pub const HANDSHAKES_IN_PROGRESS_MAX: usize = 512;
 /// Dials we have asked the driver for that have not yet connected or failed.
 pub const DIALS_IN_PROGRESS_MAX: usize = 64;
+/// Our own dials still in their handshake. Counted apart from inbound ones,
+/// so a flood of inbound handshakes cannot refuse the dials we chose (static
+/// peers among them); as many as the dials we may have in progress.
+pub const OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX: usize = DIALS_IN_PROGRESS_MAX;
 
 /// A connection that has not finished the Noise handshake by then is closed.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +40,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often we ping an established peer.
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// We fetch a peer's Metadata at most once per this long, however often its
+/// Pings name a new sequence number: the peer decides when to ask, so the
+/// fetches (and their rewards) must not be its to multiply.
+pub const METADATA_FETCH_INTERVAL: Duration = PING_INTERVAL;
 /// A peer we have heard nothing from (no frame at all) for this long is dropped.
 pub const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(90);
 

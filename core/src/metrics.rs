@@ -54,8 +54,15 @@ pub struct Counters {
     pub requests_sent: u64,
     /// Peers' requests admitted and handled.
     pub requests_served: u64,
-    /// Peers' requests refused by a quota (answered with result code 3).
+    /// Peers' requests refused by a quota (answered with result code 3):
+    /// `requests_limited_peer + requests_limited_global`.
     pub requests_rate_limited: u64,
+    /// Of those: over the peer's own quota, which it knows; a Low penalty each.
+    pub requests_limited_peer: u64,
+    /// Of those: over our shared serving budget or the peer's fair share of
+    /// it, which the peer cannot see; answered `ResourceUnavailable` without
+    /// any penalty.
+    pub requests_limited_global: u64,
     /// Our requests that ran out of time.
     pub requests_timed_out: u64,
     /// Our requests answered completely.

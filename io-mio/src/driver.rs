@@ -42,15 +42,21 @@
 //! [`CONNECTIONS_MAX`], outbound bytes by `PENDING_SEND_BYTES_MAX`, inbound
 //! bytes by the core's decoders, time by the core's timers and
 //! [`CLOSE_LINGER`]); one connection cannot monopolise the loop
-//! ([`READ_BYTES_PER_TURN_MAX`]). Not provided: limits per remote IP address
-//! on accept, or on the rate of new connections (the kernel backlog is the only
-//! queue).
+//! ([`READ_BYTES_PER_TURN_MAX`]); the core's per-IP cap (per IPv4 address,
+//! per IPv6 /64) is applied again on accept, before a slot is taken, so one
+//! address cannot fill the slots with connections the core would refuse; a
+//! connection the core closed lingers outside [`CONNECTIONS_MAX`], at most
+//! [`CLOSING_CONNECTIONS_MAX`] of them and [`CLOSING_PER_IP_MAX`] per address,
+//! past which it is dropped at once. Not provided: limits on the rate of new
+//! connections (the kernel backlog is the only queue).
 //!
 //! # Limits
 //! - Sockets held: [`CONNECTIONS_MAX`].
 //! - Outbound bytes queued per connection: [`PENDING_SEND_BYTES_MAX`]; past it
 //!   the connection is dropped and reported as `CloseCause::SendBufferFull`.
-//! - A connection the core closed lingers at most [`CLOSE_LINGER`] to flush.
+//! - A connection the core closed lingers at most [`CLOSE_LINGER`] to flush,
+//!   in one of [`CLOSING_CONNECTIONS_MAX`] slots of its own
+//!   ([`CLOSING_PER_IP_MAX`] per address).
 //! - A graceful shutdown flushes for at most [`SHUTDOWN_FLUSH_TIMEOUT`].
 //! - Notifications waiting for a subscriber: [`NOTIFICATIONS_QUEUED_MAX`];
 //!   past it they are dropped for that subscriber (and a warning is logged).
@@ -73,6 +79,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use meshsync_core::chain::SignedBlock;
 use meshsync_core::io::{CloseCause, Notification};
 use meshsync_core::limits::{self, PENDING_SEND_BYTES_MAX};
+use meshsync_core::peer::ip_key;
 use meshsync_core::work::{Job, PersistBatch, WorkId, WorkOutput};
 use meshsync_core::{
     Action, Command, Config, ConnId, DialId, Identity, Input, Instant, Node, Origin, PeerId,
@@ -98,11 +105,20 @@ pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 pub const NOTIFICATIONS_QUEUED_MAX: usize = 65_536;
 /// Commands and queries queued for a driver before [`DriverHandle`] calls block.
 pub const CONTROL_QUEUED_MAX: usize = 1_024;
-/// Sockets a driver holds at once (dialling, open or closing). Past it new
-/// inbound connections are closed on accept, before the core sees them: the
-/// core refuses past its own caps anyway, and each refused socket would
-/// otherwise linger for [`CLOSE_LINGER`].
+/// Sockets a driver holds at once dialling or open. Past it new inbound
+/// connections are closed on accept, before the core sees them: the core
+/// refuses past its own caps anyway. Closing sockets do not count (they have
+/// [`CLOSING_CONNECTIONS_MAX`]), so refused connections cannot keep others out.
 pub const CONNECTIONS_MAX: usize = 1_024;
+/// Sockets lingering after the core closed them, to flush a last Goodbye.
+/// Past it a closed connection is dropped at once (its last bytes may be
+/// lost): more than the peers we keep, so a shutdown still says goodbye to all.
+pub const CLOSING_CONNECTIONS_MAX: usize = 256;
+/// Lingering sockets per remote address (IPv4 address, IPv6 /64), unless
+/// the core exempts it (loopback): one address whose connections the core
+/// keeps refusing must not hold the closing slots either.
+pub const CLOSING_PER_IP_MAX: usize = 2;
+const _: () = assert!(limits::PEERS_MAX < CLOSING_CONNECTIONS_MAX);
 const _: () = assert!(
     limits::PEERS_MAX + limits::HANDSHAKES_IN_PROGRESS_MAX + limits::DIALS_IN_PROGRESS_MAX
         < CONNECTIONS_MAX
@@ -269,6 +285,10 @@ pub struct Driver {
     persist_stats: PersistStats,
     /// Whether the memory-only warning was logged.
     warned_not_durable: bool,
+    /// See [`Driver::refused_on_accept`].
+    refused_on_accept: u64,
+    /// See [`Driver::dropped_without_linger`].
+    dropped_without_linger: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -499,6 +519,8 @@ impl Driver {
             persist_retry_at: None,
             persist_stats,
             warned_not_durable: false,
+            refused_on_accept: 0,
+            dropped_without_linger: 0,
         })
     }
 
@@ -540,6 +562,23 @@ impl Driver {
     /// Transport connections the driver holds (dialling, open, or closing).
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Of [`Driver::connection_count`]: those lingering after the core closed them.
+    pub fn closing_count(&self) -> usize {
+        self.connections.len() - self.held_count(|_| true)
+    }
+
+    /// Inbound connections closed on accept, before the core saw them (all
+    /// slots held, or the remote address at the core's per-IP cap).
+    pub fn refused_on_accept(&self) -> u64 {
+        self.refused_on_accept
+    }
+
+    /// Connections the core closed that were dropped at once instead of
+    /// lingering, the closing slots (all, or their address's) being full.
+    pub fn dropped_without_linger(&self) -> u64 {
+        self.dropped_without_linger
     }
 
     /// Whether a shutdown has completed: [`Driver::run`] would return.
@@ -830,12 +869,28 @@ impl Driver {
     }
 
     fn accepted(&mut self, mut stream: TcpStream, remote: SocketAddr) {
-        if self.connections.len() >= CONNECTIONS_MAX {
+        if self.held_count(|_| true) >= CONNECTIONS_MAX {
             log::debug!(
                 "[{:?}] {remote} closed on accept: {CONNECTIONS_MAX} connections held",
                 self.peer_id
             );
-            return; // Dropping the stream closes it.
+            self.refused_on_accept += 1;
+            return; // Dropping the stream closes it at once.
+        }
+        // The core's per-IP cap, before the connection takes a slot: the core
+        // would refuse it anyway, after it had held a slot and lingered.
+        let limits = &self.node.config().peer.limits;
+        let (per_ip_max, exempt_loopback) = (limits.connections_per_ip_max, limits.exempt_loopback);
+        let key = ip_key(remote.ip());
+        if !(exempt_loopback && key.is_loopback())
+            && self.held_count(|other| ip_key(other.ip()) == key) >= per_ip_max
+        {
+            log::debug!(
+                "[{:?}] {remote} closed on accept: {per_ip_max} connections from its address",
+                self.peer_id
+            );
+            self.refused_on_accept += 1;
+            return;
         }
         let id = self.allocate_conn_id();
         if let Err(error) =
@@ -1412,7 +1467,41 @@ impl Driver {
             deadline: StdInstant::now() + CLOSE_LINGER,
             write_shut: false,
         };
+        let remote = connection.remote;
         self.flush(id);
+        // Lingering is a courtesy (our Goodbye may still be in the queue),
+        // bounded so that connections the core keeps refusing cannot pile up.
+        let key = ip_key(remote.ip());
+        let exempt = self.node.config().peer.limits.exempt_loopback && key.is_loopback();
+        let closing = |phase: &Phase| matches!(phase, Phase::Closing { .. });
+        let (mut all, mut same_ip) = (0, 0);
+        for connection in self.connections.values() {
+            if closing(&connection.phase) {
+                all += 1;
+                if ip_key(connection.remote.ip()) == key {
+                    same_ip += 1;
+                }
+            }
+        }
+        if all > CLOSING_CONNECTIONS_MAX || (!exempt && same_ip > CLOSING_PER_IP_MAX) {
+            log::debug!(
+                "[{:?}] conn {id} ({remote}) dropped without lingering",
+                self.peer_id
+            );
+            self.dropped_without_linger += 1;
+            self.drop_connection(id);
+        }
+    }
+
+    /// Connections dialling or open (closing ones excluded) whose remote
+    /// address passes `filter`.
+    fn held_count(&self, filter: impl Fn(&SocketAddr) -> bool) -> usize {
+        self.connections
+            .values()
+            .filter(|connection| {
+                !matches!(connection.phase, Phase::Closing { .. }) && filter(&connection.remote)
+            })
+            .count()
     }
 
     fn notify(&mut self, notification: Notification) {
@@ -1740,5 +1829,71 @@ mod tests {
             Some(RefuseReason::ConnectionLost(CloseCause::SendBufferFull)),
             "the core was told why (the connection was still in its handshake)"
         );
+    }
+
+    /// One address opening connection after connection and never reading or
+    /// closing them used to park every socket slot: each was refused by the
+    /// core's per-IP cap only after taking a slot, then lingered for
+    /// `CLOSE_LINGER` waiting for a FIN that never came. Now the cap applies
+    /// on accept, refused sockets are closed at once, and closed ones linger
+    /// only in a few slots of their own. Loopback stands in for one remote
+    /// address (the core's loopback exemption is turned off).
+    #[test]
+    fn parked_sockets_from_one_address_cannot_hold_the_slots() {
+        use std::io::Write;
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut config = Config::new(1);
+        config.peer.limits.exempt_loopback = false;
+        let per_ip = config.peer.limits.connections_per_ip_max;
+        let mut driver = Driver::bind(loopback, config, Identity::from_seed(1), [1; 32]).unwrap();
+        let addr = driver.local_addr();
+        let extra = 24;
+        let mut parked: Vec<std::net::TcpStream> = (0..per_ip + extra)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let all_seen = driver
+            .run_until(
+                |driver| {
+                    driver.connection_count() + driver.refused_on_accept() as usize
+                        >= per_ip + extra
+                },
+                deadline,
+            )
+            .unwrap();
+        assert!(all_seen);
+        assert_eq!(driver.connection_count(), per_ip);
+        assert_eq!(driver.refused_on_accept(), extra as u64);
+        // The refused ones were closed at once, well before a linger would end.
+        for stream in &mut parked[per_ip..] {
+            stream.set_read_timeout(Some(CLOSE_LINGER / 2)).unwrap();
+            match stream.read(&mut [0u8; 1]) {
+                Ok(0) => {}
+                Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
+                other => panic!("a refused socket was kept: {other:?}"),
+            }
+        }
+
+        // The admitted ones break their handshakes and the core closes them;
+        // they never read or close, so each would linger for CLOSE_LINGER.
+        for stream in &mut parked[..per_ip] {
+            stream.write_all(&[0xff; 64]).unwrap();
+        }
+        let all_closed = driver
+            .run_until(|driver| driver.held_count(|_| true) == 0, deadline)
+            .unwrap();
+        assert!(all_closed);
+        assert!(driver.closing_count() <= CLOSING_PER_IP_MAX);
+        assert_eq!(
+            driver.dropped_without_linger(),
+            (per_ip - CLOSING_PER_IP_MAX) as u64
+        );
+        // Their slots are free at once: the address may connect again.
+        let _newcomer = std::net::TcpStream::connect(addr).unwrap();
+        let admitted = driver
+            .run_until(|driver| driver.held_count(|_| true) == 1, deadline)
+            .unwrap();
+        assert!(admitted);
+        assert_eq!(driver.refused_on_accept(), extra as u64);
     }
 }

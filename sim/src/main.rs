@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Scenarios: `connect` (the default), `request-flood`, `unresponsive-peer`,
-//! `static-peer-restart`, and the gossip ones: `gossip-1k`, `gossip-blocks`,
+//! `static-peer-restart`, `budget-sybils` (13 nodes: a target, 4 honest
+//! requesters and 8 Sybils; `--sybils PCT` sets the Sybils' share of
+//! `--nodes`), and the gossip ones: `gossip-1k`, `gossip-blocks`,
 //! `gossip-spam`, `gossip-eclipse`, `gossip-withhold`, `cold-boot`; see
 //! `meshsync_sim::scenario`. What a scenario set out to show is in the
 //! summary's `outcome`. `--nodes` defaults to the scenario's own (1,000 for
@@ -87,7 +89,7 @@ struct RunArgs {
     /// 10 means 100 publishers each every 10 s; 1000 means each 10 per second).
     #[arg(long)]
     messages_per_second: Option<f64>,
-    /// Gossip attack scenarios: Sybils, in percent of --nodes.
+    /// Gossip attack scenarios and budget-sybils: Sybils, in percent of --nodes.
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=90))]
     sybils: Option<u32>,
     /// Chain scenarios: body bytes per block (default 1024).

@@ -30,12 +30,15 @@
 //! | `hostile-servers` | [`LateJoiner::hostile`]: the same with a third of the peers hostile; they are penalised, nothing invalid is imported |
 //! | `partition-heal` | [`PartitionHeal`]: producing nodes split in two, fork, heal and converge on one head |
 //! | `crash-restart` | [`CrashRestart`]: producing nodes crash and restart from their disks while one syncs; no durable block is lost |
+//! | `budget-sybils` | [`BudgetSybils`]: Sybils within their quotas ask one node for all it serves; honest requesters keep their share |
 //!
 //! The gossip scenarios take `--floodsub` (every node runs the floodsub
 //! baseline), `--publishers`, `--messages-per-second` and `--sybils`
 //! ([`GossipOptions`]); their `--duration` is the publishing time, after a
 //! warm-up for meshes to form and before a drain (see [`gossip`]).
+//! `budget-sybils` takes `--sybils` too (percent of `--nodes`, default 8 Sybils).
 
+pub mod budget_sybils;
 pub mod chain;
 pub mod chain_faults;
 pub mod gossip;
@@ -46,6 +49,7 @@ pub mod static_peer_restart;
 pub mod unresponsive_peer;
 pub mod workload;
 
+pub use budget_sybils::{BudgetParams, BudgetSybils};
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario};
@@ -110,6 +114,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     PartitionHeal::NAME,
     CrashRestart::NAME,
     JunkBlocks::NAME,
+    BudgetSybils::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -138,6 +143,7 @@ pub fn nodes_default(name: &str) -> usize {
         PartitionHeal::NAME => return PartitionHeal::NODES_DEFAULT,
         CrashRestart::NAME => return CrashRestart::NODES_DEFAULT,
         JunkBlocks::NAME => return JunkBlocks::NODES_DEFAULT,
+        BudgetSybils::NAME => return BudgetSybils::NODES_DEFAULT,
         _ => {}
     }
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
@@ -155,6 +161,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         PartitionHeal::NAME => Some(Box::new(PartitionHeal::default())),
         CrashRestart::NAME => Some(Box::new(CrashRestart::default())),
         JunkBlocks::NAME => Some(Box::new(JunkBlocks::new(JunkParams::default()))),
+        BudgetSybils::NAME => Some(Box::new(BudgetSybils::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }
@@ -254,8 +261,12 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
     let mut scenario = match gossip_scenario_by_name(&config.scenario) {
         Some(mut gossip) => {
             config.gossip.apply(&mut gossip.params);
-            Box::new(gossip)
+            Box::new(gossip) as Box<dyn Scenario>
         }
+        None if config.scenario == BudgetSybils::NAME => Box::new(BudgetSybils::with_sybils_pct(
+            config.nodes,
+            config.gossip.sybils_pct,
+        )),
         None => chain::scenario_with_body_bytes(&config.scenario, config.body_bytes)
             .or_else(|| scenario_by_name(&config.scenario))
             .ok_or_else(|| UnknownScenario(config.scenario.clone()))?,

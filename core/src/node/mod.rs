@@ -109,6 +109,9 @@ pub struct Faults {
     pub never_answer_requests: bool,
     /// Ignore peers' quotas and in-flight limits when sending our requests.
     pub ignore_peer_quotas: bool,
+    /// Keep asking a peer that answered `ResourceUnavailable`, without the
+    /// back-off (a Sybil that stays within our quotas but wants all it can get).
+    pub ignore_busy_answers: bool,
 }
 
 /// How often each peer is asked for its Status again (Ethereum p2p: every 5 min or so).
@@ -247,6 +250,13 @@ struct Established {
     metadata_seq: Option<u64>,
     /// Whether a Metadata request to it is open.
     metadata_requested: bool,
+    /// The sequence number named by the Ping that made us ask for its
+    /// Metadata last, and when: it counts as fetched once the answer comes,
+    /// whatever the answer's own number, and the next fetch waits
+    /// `METADATA_FETCH_INTERVAL`.
+    metadata_asked: Option<(u64, Instant)>,
+    /// Metadata answers it completed; only the first earns a reward.
+    metadata_fetches: u32,
     /// Our requests to it that timed out in a row (a complete answer resets it).
     timeouts_in_a_row: u32,
 }
@@ -327,6 +337,9 @@ impl Node {
         let mut outbound_config = OutboundConfig::default();
         if config.faults.ignore_peer_quotas {
             outbound_config = rpc::flooding_outbound_config(outbound_config);
+        }
+        if config.faults.ignore_busy_answers {
+            outbound_config.back_off_when_busy = false;
         }
         let mut node = Node {
             peer_manager: PeerManager::new(config.peer, peer_manager_seed),
@@ -596,14 +609,23 @@ impl Node {
                 }
             },
         };
+        // Inbound and outbound handshakes have their own slots: an inbound
+        // flood must not refuse the dials we chose.
         let handshaking = self
             .connections
             .values()
-            .filter(|connection| matches!(connection.state, ConnectionState::Handshaking { .. }))
+            .filter(|connection| {
+                connection.direction == direction
+                    && matches!(connection.state, ConnectionState::Handshaking { .. })
+            })
             .count();
+        let handshakes_max = match direction {
+            Direction::Inbound => limits::HANDSHAKES_IN_PROGRESS_MAX,
+            Direction::Outbound => limits::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX,
+        };
         let refusal = if self.shutting_down {
             Some(RefuseReason::ShuttingDown)
-        } else if handshaking >= limits::HANDSHAKES_IN_PROGRESS_MAX {
+        } else if handshaking >= handshakes_max {
             Some(RefuseReason::TooManyHandshakes)
         } else if let Decision::Refuse(refusal) = self
             .peer_manager
@@ -683,6 +705,8 @@ impl Node {
                                 next_status: Instant::MAX,
                                 metadata_seq: None,
                                 metadata_requested: false,
+                                metadata_asked: None,
+                                metadata_fetches: 0,
                                 timeouts_in_a_row: 0,
                             }));
                             received.push(Received::HandshakeDone(remote));
@@ -1317,5 +1341,7 @@ impl Node {
     }
 }
 
+#[cfg(test)]
+mod budget_tests;
 #[cfg(test)]
 mod tests;

@@ -12,9 +12,11 @@
 //!
 //! # Security
 //! What a peer's behaviour costs it (see `crate::peer::Penalty`):
-//! - Low (−1): a request of ours timed out; a late answer; it exceeded a
-//!   quota with us (exceeding the open-request cap costs nothing: the
-//!   requester may have given up on a request we still hold open);
+//! - Low (−1): a request of ours timed out; a late answer; it exceeded its
+//!   own quota with us (exceeding the open-request cap costs nothing: the
+//!   requester may have given up on a request we still hold open; nor does
+//!   a refusal by our shared serving budget or the peer's fair share of it,
+//!   which the peer cannot see);
 //! - Mid (−5): an invalid request or unsupported protocol; an answer to an
 //!   id we never issued; an inconsistent Status; a reserved result code;
 //! - High (−10): an answer that breaks the protocol (too many chunks, an
@@ -22,7 +24,11 @@
 //!   parents); a duplicate request id; any malformed message, which also
 //!   ends the connection with Goodbye(fault).
 //!
-//! A completed answer earns a small reward.
+//! A completed answer earns a small reward, except a Metadata answer after
+//! the first on a connection: the peer decides when we fetch its Metadata
+//! (by the sequence number in its Pings), so it must not be able to farm
+//! rewards that way. We fetch at most once per `METADATA_FETCH_INTERVAL`,
+//! and only for a sequence number above the last one we fetched.
 
 use std::collections::BTreeMap;
 
@@ -235,6 +241,7 @@ pub(super) fn flooding_outbound_config(mut config: OutboundConfig) -> OutboundCo
     config.quotas = quotas;
     config.in_flight_per_peer_max = FLOOD_REQUESTS_MAX;
     config.pending_per_peer_max = FLOOD_REQUESTS_MAX;
+    config.back_off_when_busy = false;
     config
 }
 
@@ -303,7 +310,16 @@ impl Node {
                 let penalty = match refusal {
                     Refusal::RateLimited { .. } | Refusal::OverCapacity => {
                         self.counters.requests_rate_limited += 1;
+                        self.counters.requests_limited_peer += 1;
                         Penalty::Low
+                    }
+                    // Our own limit, which the peer cannot see or pace by:
+                    // never its fault (a crowd of Sybils within their quotas
+                    // must not get an honest peer scored out).
+                    Refusal::Busy { .. } => {
+                        self.counters.requests_rate_limited += 1;
+                        self.counters.requests_limited_global += 1;
+                        return;
                     }
                     // Not the requester's fault by itself: it may have given
                     // up on a request we still hold open (its first-chunk
@@ -465,8 +481,17 @@ impl Node {
         match self.outbound.on_end(now, peer, end) {
             EndOutcome::Completed { id, .. } => {
                 self.counters.responses_received += 1;
+                // The peer triggers Metadata fetches itself (by its Pings):
+                // only the first on a connection earns anything.
+                let metadata = matches!(self.purposes.get(&(peer, id)), Some(Purpose::Metadata));
+                let mut rewarded = true;
                 if let Some(established) = self.established_mut(&peer) {
                     established.timeouts_in_a_row = 0;
+                    if metadata {
+                        rewarded = established.metadata_fetches == 0;
+                        established.metadata_fetches =
+                            established.metadata_fetches.saturating_add(1);
+                    }
                 }
                 // An answer of no blocks is allowed (slots it lacks) but
                 // earns nothing: a liar answering every batch empty would
@@ -476,7 +501,7 @@ impl Node {
                     Some(Purpose::Blocks { blocks, .. }) if blocks.is_empty()
                 );
                 self.finish_request(peer, id, Ok(()));
-                if useful {
+                if rewarded && useful {
                     self.report(now, peer, Report::Reward);
                 }
             }
@@ -516,7 +541,8 @@ impl Node {
             Purpose::Metadata => match Metadata::decode(&payload) {
                 Ok(metadata) => {
                     if let Some(established) = self.established_mut(&peer) {
-                        established.metadata_seq = Some(metadata.seq);
+                        let asked = established.metadata_asked.map(|(seq, _)| seq);
+                        established.metadata_seq = Some(metadata.seq).max(asked);
                     }
                     self.notify(Notification::PeerMetadata { peer, metadata });
                 }
@@ -735,13 +761,18 @@ impl Node {
             return;
         };
         let known = established.metadata_seq;
-        if established.metadata_requested || known.is_some_and(|known| known >= seq) {
+        let asked_lately = established.metadata_asked.is_some_and(|(_, at)| {
+            now.saturating_duration_since(at) < crate::limits::METADATA_FETCH_INTERVAL
+        });
+        if established.metadata_requested || asked_lately || known.is_some_and(|known| known >= seq)
+        {
             return;
         }
         let body = MetadataRequest.encode();
         let sent = self.request(now, peer, ProtocolId::Metadata, body, Purpose::Metadata);
         if let (Ok(_), Some(established)) = (sent, self.established_mut(&peer)) {
             established.metadata_requested = true;
+            established.metadata_asked = Some((seq, now));
         }
     }
 

@@ -297,7 +297,18 @@ impl Gater {
         } else if score < SCORE_GATE_THRESHOLD {
             Some(Refusal::BadScore)
         } else if replacing {
-            None
+            // The replaced connection's slot is reused, but an inbound one
+            // replacing one we dialled takes an inbound slot it did not have:
+            // otherwise a peer we dialled could turn its outbound slot into
+            // an inbound one past the inbound cap.
+            let becomes_inbound = connection.direction == Direction::Inbound
+                && self.connections.iter().any(|(&other, tracked)| {
+                    other != conn
+                        && tracked.peer == Some(peer)
+                        && tracked.direction == Direction::Outbound
+                });
+            (becomes_inbound && self.inbound_peers >= self.limits.inbound_peers_max)
+                .then_some(Refusal::TooManyInbound)
         } else if self.peers >= self.limits.peers_max {
             Some(Refusal::TooManyPeers)
         } else if connection.direction == Direction::Inbound
@@ -461,6 +472,34 @@ mod tests {
             Refusal::TooManyInbound.goodbye_reason(),
             GoodbyeReason::TooManyPeers
         );
+    }
+
+    #[test]
+    fn a_dialled_peer_cannot_turn_its_slot_into_an_inbound_one_past_the_cap() {
+        let mut gater = Gater::new(ConnectionLimits::default());
+        let bans = Bans::default();
+        connect(&mut gater, &bans, 0, Direction::Outbound);
+        for index in 1..=PEERS_INBOUND_MAX as u16 {
+            connect(&mut gater, &bans, index, Direction::Inbound);
+        }
+        // The peer we dialled connects to us, to replace our connection.
+        gater.insert(ConnId(5_000), addr(5_000), Direction::Inbound);
+        assert_eq!(
+            gater.check_established(NOW, ConnId(5_000), peer(0), true, &bans, Score::ZERO),
+            Decision::Refuse(Refusal::TooManyInbound)
+        );
+        gater.remove(ConnId(5_000));
+        // Replacing with another dial of ours, or an inbound peer's own
+        // reconnection, takes no new inbound slot and is let through.
+        gater.insert(ConnId(5_001), addr(5_001), Direction::Outbound);
+        assert!(gater
+            .check_established(NOW, ConnId(5_001), peer(0), true, &bans, Score::ZERO)
+            .is_accept());
+        gater.remove(ConnId(5_001));
+        gater.insert(ConnId(5_002), addr(5_002), Direction::Inbound);
+        assert!(gater
+            .check_established(NOW, ConnId(5_002), peer(1), true, &bans, Score::ZERO)
+            .is_accept());
     }
 
     #[test]

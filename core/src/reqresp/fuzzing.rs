@@ -354,7 +354,8 @@ pub fn rate_limiter_script(data: &[u8]) {
                     // (a tally may start at any instant; the bound holds from there).
                     allowed.clear();
                 }
-                if let RateCheck::Limited { retry_after } = result {
+                if let RateCheck::Limited { retry_after } | RateCheck::Busy { retry_after } = result
+                {
                     assert!(!retry_after.is_zero());
                 }
                 if result == RateCheck::Allowed {

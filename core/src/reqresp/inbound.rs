@@ -79,9 +79,17 @@ pub enum Refusal {
     UnsupportedProtocol(ProtocolName),
     /// The peer already has `open_per_peer_max` requests open (answered `ResourceUnavailable`).
     TooManyOpen,
-    /// Over the peer's quota or the global budget (answered `ResourceUnavailable`).
+    /// Over the peer's own quota (answered `ResourceUnavailable`): the
+    /// peer's doing, since it knows our per-peer quotas.
     RateLimited {
         /// When the same request would be allowed.
+        retry_after: Duration,
+    },
+    /// Within the peer's quota, but our shared serving budget, or the peer's
+    /// fair share of it, is spent for now (answered `ResourceUnavailable`):
+    /// our limit, not the peer's fault.
+    Busy {
+        /// When the same request would be allowed, as things stand.
         retry_after: Duration,
     },
     /// The request costs more than the quota can ever allow (answered `ResourceUnavailable`).
@@ -93,9 +101,10 @@ impl Refusal {
     pub fn code(&self) -> ResultCode {
         match self {
             Refusal::Invalid(_) | Refusal::UnsupportedProtocol(_) => ResultCode::InvalidRequest,
-            Refusal::TooManyOpen | Refusal::RateLimited { .. } | Refusal::OverCapacity => {
-                ResultCode::ResourceUnavailable
-            }
+            Refusal::TooManyOpen
+            | Refusal::RateLimited { .. }
+            | Refusal::Busy { .. }
+            | Refusal::OverCapacity => ResultCode::ResourceUnavailable,
         }
     }
 
@@ -107,6 +116,9 @@ impl Refusal {
             Refusal::TooManyOpen => "too many open requests".to_owned(),
             Refusal::RateLimited { retry_after } => {
                 format!("rate limited, retry after {} ms", retry_after.as_millis())
+            }
+            Refusal::Busy { retry_after } => {
+                format!("busy, retry after {} ms", retry_after.as_millis())
             }
             Refusal::OverCapacity => "request exceeds quota".to_owned(),
         }
@@ -182,8 +194,10 @@ pub struct InboundCounters {
     pub refused_invalid: u64,
     /// Requests refused because the peer had too many open.
     pub refused_too_many_open: u64,
-    /// Requests refused by a quota.
+    /// Requests refused by the peer's own quota.
     pub refused_rate_limited: u64,
+    /// Requests refused by the shared serving budget or the peer's fair share of it.
+    pub refused_busy: u64,
     /// Requests dropped unanswered (no id, duplicate id, bad Goodbye).
     pub dropped: u64,
     /// Goodbyes received.
@@ -321,6 +335,9 @@ impl InboundRequests {
             RateCheck::Allowed => {}
             RateCheck::Limited { retry_after } => {
                 return self.refuse(id, Refusal::RateLimited { retry_after })
+            }
+            RateCheck::Busy { retry_after } => {
+                return self.refuse(id, Refusal::Busy { retry_after })
             }
             RateCheck::OverCapacity => return self.refuse(id, Refusal::OverCapacity),
             RateCheck::NoQuota => {
@@ -540,6 +557,7 @@ impl InboundRequests {
             Refusal::RateLimited { .. } | Refusal::OverCapacity => {
                 self.counters.refused_rate_limited += 1
             }
+            Refusal::Busy { .. } => self.counters.refused_busy += 1,
         }
         let response = ResponseChunk::error(id, refusal.code(), &refusal.message()).encode();
         InboundOutcome::Refused {

@@ -58,6 +58,13 @@ pub const RESPONSE_FIRST_CHUNK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request whose response has not ended this long after it was sent has
 /// failed, however many chunks arrived (design.md §3: 10 s).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we hold back requests of a protocol to a peer that answered
+/// `ResourceUnavailable` without naming a time: long enough not to retry
+/// into the same refusal, short next to a request's lifetime.
+pub const REFUSED_BACKOFF_DEFAULT: Duration = Duration::from_secs(1);
+/// The longest a peer's "retry after" can hold back our requests to it: one
+/// global quota period, after which any budget has refilled.
+pub const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 // --- Inbound requests ---------------------------------------------------------
 
@@ -119,6 +126,7 @@ const _: () = assert!(TOPIC_NAME_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(ROOTS_PER_REQUEST_MAX <= u16::MAX as usize);
 const _: () = assert!(RESPONSE_FIRST_CHUNK_TIMEOUT.as_micros() < RESPONSE_TIMEOUT.as_micros());
 const _: () = assert!(INBOUND_REQUESTS_PER_PEER_MAX >= REQUESTS_IN_FLIGHT_PER_PEER_MAX);
+const _: () = assert!(REFUSED_BACKOFF_DEFAULT.as_micros() <= REFUSED_BACKOFF_MAX.as_micros());
 const _: () = assert!(RATE_LIMITED_PEERS_MAX >= crate::limits::PEERS_MAX);
 // Every request we may send fits the quota we apply to ourselves and to others.
 const _: () = assert!(BLOCKS_PER_RANGE_REQUEST_MAX <= BLOCKS_BY_RANGE_QUOTA.tokens_max);

@@ -15,6 +15,11 @@
 //! At most `in_flight_per_peer_max` requests per peer are in flight, the rest
 //! wait in that peer's queue, oldest first except that a request held back by
 //! its protocol's quota does not hold back requests of other protocols.
+//! A peer that answers `ResourceUnavailable` is busy (its shared budget, its
+//! open-request cap, or our own quota guess was wrong): requests of that
+//! protocol to it are held back for the "retry after N ms" its message names
+//! (at most [`REFUSED_BACKOFF_MAX`], [`REFUSED_BACKOFF_DEFAULT`] when it names
+//! none) instead of being retried into the same refusal.
 //! Goodbye is one-way: it jumps the queue, needs no slot and is never tracked.
 //!
 //! The deadlines run from the moment a request leaves [`OutboundRequests::poll_transmit`]:
@@ -44,8 +49,8 @@ use std::collections::{BTreeMap, VecDeque};
 use super::bodies::{request_cost, response_chunks_max};
 use super::error::ReqRespDecodeError;
 use super::limits::{
-    PENDING_REQUESTS_PER_PEER_MAX, REQUESTS_IN_FLIGHT_PER_PEER_MAX, RESPONSE_FIRST_CHUNK_TIMEOUT,
-    RESPONSE_TIMEOUT,
+    PENDING_REQUESTS_PER_PEER_MAX, REFUSED_BACKOFF_DEFAULT, REFUSED_BACKOFF_MAX,
+    REQUESTS_IN_FLIGHT_PER_PEER_MAX, RESPONSE_FIRST_CHUNK_TIMEOUT, RESPONSE_TIMEOUT,
 };
 use super::rate::{Quota, QuotaError, RateCheck, RateLimiter, RateLimiterConfig};
 use super::wire::{
@@ -67,6 +72,10 @@ pub struct OutboundConfig {
     pub response_timeout: Duration,
     /// The peer's quotas, which we respect.
     pub quotas: RateLimiterConfig,
+    /// Whether a `ResourceUnavailable` answer holds back further requests of
+    /// its protocol to that peer for a while (only hostile simulated nodes
+    /// turn this off).
+    pub back_off_when_busy: bool,
 }
 
 impl Default for OutboundConfig {
@@ -77,6 +86,7 @@ impl Default for OutboundConfig {
             first_chunk_timeout: RESPONSE_FIRST_CHUNK_TIMEOUT,
             response_timeout: RESPONSE_TIMEOUT,
             quotas: RateLimiterConfig::requesting(),
+            back_off_when_busy: true,
         }
     }
 }
@@ -195,8 +205,11 @@ pub struct OutboundCounters {
     pub requests_queued: u64,
     /// Requests handed out by `poll_transmit` (Goodbyes included).
     pub requests_sent: u64,
-    /// Times a queued request was found held back by a quota (once per scan).
+    /// Times a queued request was found held back by a quota or a peer's
+    /// busy answer (once per scan).
     pub requests_held_by_quota: u64,
+    /// `ResourceUnavailable` answers that made us back off a protocol with a peer.
+    pub busy_backoffs: u64,
     /// Responses that ended with an end marker.
     pub responses_completed: u64,
     /// Responses that ended with an error chunk.
@@ -234,8 +247,30 @@ pub struct OutboundRequests {
     next_id: u64,
     peers: BTreeMap<PeerId, PeerRequests>,
     limiter: RateLimiter,
+    /// Until when each (peer, protocol) that answered `ResourceUnavailable`
+    /// is left alone. At most one entry per protocol per peer we send to;
+    /// expired entries go at the next scan, a peer's with the peer.
+    busy_until: BTreeMap<(PeerId, ProtocolId), Instant>,
     counters: OutboundCounters,
     last_now: Instant,
+}
+
+/// How long a `ResourceUnavailable` answer asks us to wait: the "retry after
+/// N ms" in its message, at most [`REFUSED_BACKOFF_MAX`] (a peer cannot make
+/// us shun it for long), or [`REFUSED_BACKOFF_DEFAULT`] if it names none.
+pub fn busy_backoff(message: &str) -> Duration {
+    const MARKER: &str = "retry after ";
+    let named = message.rfind(MARKER).and_then(|start| {
+        let rest = &message[start + MARKER.len()..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let millis: u64 = rest[..digits].parse().ok()?;
+        rest[digits..]
+            .starts_with(" ms")
+            .then(|| Duration::from_millis(millis.min(REFUSED_BACKOFF_MAX.as_millis() as u64)))
+    });
+    named
+        .unwrap_or(REFUSED_BACKOFF_DEFAULT)
+        .min(REFUSED_BACKOFF_MAX)
 }
 
 #[derive(Debug, Default)]
@@ -295,6 +330,7 @@ impl OutboundRequests {
             config,
             next_id: 0,
             peers: BTreeMap::new(),
+            busy_until: BTreeMap::new(),
             counters: OutboundCounters::default(),
             last_now: Instant::ZERO,
         }
@@ -361,6 +397,7 @@ impl OutboundRequests {
         let in_flight_max = self.config.in_flight_per_peer_max;
         let first_chunk_timeout = self.config.first_chunk_timeout;
         let response_timeout = self.config.response_timeout;
+        self.busy_until.retain(|_, until| *until > now);
         let mut transmit = None;
         for (&peer, requests) in self.peers.iter_mut() {
             requests.quota_retry_at = None;
@@ -380,13 +417,20 @@ impl OutboundRequests {
                 if held.contains(&queued.protocol) {
                     continue;
                 }
+                if let Some(&until) = self.busy_until.get(&(peer, queued.protocol)) {
+                    self.counters.requests_held_by_quota += 1;
+                    requests.quota_retry_at =
+                        Some(requests.quota_retry_at.map_or(until, |at| at.min(until)));
+                    held.push(queued.protocol);
+                    continue;
+                }
                 let cost = request_cost(queued.chunks_max);
                 match self.limiter.check(now, peer, queued.protocol, cost) {
                     RateCheck::Allowed => {
                         chosen = Some(index);
                         break;
                     }
-                    RateCheck::Limited { retry_after } => {
+                    RateCheck::Limited { retry_after } | RateCheck::Busy { retry_after } => {
                         self.counters.requests_held_by_quota += 1;
                         let retry_at = now + retry_after;
                         requests.quota_retry_at = Some(
@@ -486,8 +530,16 @@ impl OutboundRequests {
                 },
             }
         };
-        match outcome {
-            ChunkOutcome::Error { .. } => self.counters.responses_failed += 1,
+        match &outcome {
+            ChunkOutcome::Error { code, message, .. } => {
+                self.counters.responses_failed += 1;
+                if *code == ResultCode::ResourceUnavailable && self.config.back_off_when_busy {
+                    self.counters.busy_backoffs += 1;
+                    let until = now + busy_backoff(message);
+                    let entry = self.busy_until.entry((peer, protocol)).or_insert(until);
+                    *entry = (*entry).max(until);
+                }
+            }
             _ => self.counters.responses_violating += 1,
         }
         self.close(&peer, id);
@@ -559,6 +611,7 @@ impl OutboundRequests {
     /// Returns their ids in increasing order.
     pub fn on_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
         self.limiter.remove_peer(peer);
+        self.busy_until.retain(|(busy, _), _| busy != peer);
         let Some(requests) = self.peers.remove(peer) else {
             return Vec::new();
         };
@@ -1086,6 +1139,73 @@ mod tests {
             tracker.on_end(secs(1), b, ResponseEnd { id: other }),
             EndOutcome::Completed { .. }
         ));
+    }
+
+    /// A requester that keeps retrying into a busy peer's shared budget
+    /// only adds to the crowd: a `ResourceUnavailable` answer holds back that
+    /// protocol to that peer for the time the answer names.
+    #[test]
+    fn a_busy_answer_holds_back_that_protocol_to_that_peer_for_the_time_it_names() {
+        let mut tracker = unlimited();
+        let (a, b) = (peer(1), peer(2));
+        let by_range = ProtocolId::BlocksByRange;
+        let first = tracker.send(secs(0), a, by_range, range(8)).unwrap();
+        drain(&mut tracker, secs(0));
+        let busy = ResponseChunk::error(
+            first,
+            ResultCode::ResourceUnavailable,
+            "busy, retry after 1500 ms",
+        );
+        assert!(matches!(
+            tracker.on_chunk(secs(0), a, busy),
+            ChunkOutcome::Error { .. }
+        ));
+        let again = tracker.send(secs(0), a, by_range, range(8)).unwrap();
+        let status = tracker
+            .send(secs(0), a, ProtocolId::Status, status_body())
+            .unwrap();
+        let other = tracker.send(secs(0), b, by_range, range(8)).unwrap();
+        let sent: Vec<RequestId> = drain(&mut tracker, secs(0))
+            .into_iter()
+            .map(|(_, request)| request.id)
+            .collect();
+        assert_eq!(
+            sent,
+            vec![status, other],
+            "only the busy protocol to the busy peer waits"
+        );
+        assert_eq!(tracker.next_deadline(), Some(millis(1_500)));
+        assert!(drain(&mut tracker, millis(1_499)).is_empty());
+        let sent = drain(&mut tracker, millis(1_500));
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].1.id, again);
+        assert_eq!(tracker.counters().busy_backoffs, 1);
+    }
+
+    #[test]
+    fn a_busy_answer_names_a_bounded_wait() {
+        assert_eq!(
+            busy_backoff("busy, retry after 250 ms"),
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            busy_backoff("rate limited, retry after 5000 ms"),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            busy_backoff("retry after 99999999999999 ms"),
+            REFUSED_BACKOFF_MAX
+        );
+        assert_eq!(
+            busy_backoff("retry after 184467440737095516150 ms"),
+            REFUSED_BACKOFF_DEFAULT
+        );
+        assert_eq!(
+            busy_backoff("too many open requests"),
+            REFUSED_BACKOFF_DEFAULT
+        );
+        assert_eq!(busy_backoff("retry after 12 s"), REFUSED_BACKOFF_DEFAULT);
+        assert_eq!(busy_backoff("retry after "), REFUSED_BACKOFF_DEFAULT);
     }
 
     #[test]

@@ -14,14 +14,35 @@
 //! `max(tat, now_units) + cost · P ≤ now_units + n · P`. All arithmetic is on
 //! `u128` and saturates.
 //!
+//! The global budget is shared fairly: besides the global bucket, each peer
+//! has a *share* bucket that refills at `G / n` of the global rate, where `n`
+//! is the number of peers that asked for global-budget protocols within the
+//! last global period (the requester included), and holds `G / m`, where `m`
+//! is the number of peers we keep buckets for (every connected peer that has
+//! sent a request). A peer alone may use the whole rate; `n` peers asking at
+//! once get `1/n` each, so `k` Sybils get at most `k` shares however fast
+//! they ask, and an honest peer always has its own; and Sybils that all start
+//! asking at once cannot burst past the whole bucket together (each holds
+//! only `G / m`). A share bucket that is full admits one request even if it costs
+//! more than the share (a 128-root request when 50 peers share), then the
+//! peer waits until the debt is repaid, so the long-run rate stays `G / n`.
+//!
+//! A refusal says whose limit it was: [`RateCheck::Limited`] for the peer's
+//! own quota (its fault: it can see and pace by that quota), and
+//! [`RateCheck::Busy`] for the shared budget or the peer's fair share of it,
+//! which depend on what other peers ask and which the peer cannot see.
+//!
 //! # Security
 //! Provided: a peer can never be served more than `n + n · t / P` cost units
-//! of a protocol over any span `t`; state is bounded (one bucket per
-//! configured protocol per peer, at most `peers_max` peers, the least recently
-//! checked evicted first); a protocol without a quota is refused, so names a
-//! peer makes up cannot create buckets.
-//! Not provided: fairness between peers within the global budget (first come,
-//! first served), or memory of a peer across eviction or `remove_peer`.
+//! of a protocol over any span `t`; among peers that keep asking, none is
+//! served more than its fair share of the global budget; state is bounded
+//! (one bucket per configured protocol per peer plus a share bucket, at most
+//! `peers_max` peers, the least recently checked evicted first); a protocol
+//! without a quota is refused, so names a peer makes up cannot create buckets.
+//! Not provided: memory of a peer across eviction or `remove_peer` (a peer
+//! that reconnects starts with a full share, bounded by the per-IP cap on
+//! connections); a newcomer may be told `Busy` for a moment while the global
+//! bucket refills from peers that had been using the idle share.
 //!
 //! # Limits
 //! `peers_max` peers ([`RATE_LIMITED_PEERS_MAX`] by default), one bucket per
@@ -85,6 +106,40 @@ impl Quota {
         }
     }
 
+    /// Spending `cost` from one peer's share of this (global) quota at
+    /// `now`, from a share that held `share` at its last update. The share
+    /// drains its debt at `tokens_max / sharers.asking` per period and holds
+    /// at most `tokens_max / sharers.known`: a peer alone may use the whole
+    /// rate, but a crowd that starts asking at once cannot burst past the
+    /// whole bucket, since each holds only its part of it. The debt is kept
+    /// in tokens, so what a peer took while few others asked still counts in
+    /// full once more do. A share without debt admits any one request,
+    /// whatever its cost, and the peer then repays it at the share's rate.
+    fn share_spend(&self, share: ShareLevel, now: Instant, cost: u64, sharers: Sharers) -> Spend {
+        let tokens_max = u128::from(self.tokens_max);
+        let period = self.period_micros();
+        let asking = u128::from(sharers.asking.max(1));
+        let known = u128::from(sharers.known.max(sharers.asking).max(1));
+        // In token-microseconds: a token is `period` units, and the debt
+        // drains `tokens_max / asking` units per microsecond.
+        let elapsed = now.saturating_duration_since(share.updated).as_micros();
+        let drained = elapsed.saturating_mul(tokens_max) / asking;
+        let debt = share.debt_units.saturating_sub(drained);
+        let cost_units = u128::from(cost).saturating_mul(period);
+        let depth_units = tokens_max.saturating_mul(period) / known;
+        if debt == 0 || debt.saturating_add(cost_units) <= depth_units {
+            return Spend::Allowed {
+                tat: debt.saturating_add(cost_units),
+            };
+        }
+        // Until the cost fits within the share again, or the share is clear.
+        let wait_units = debt - depth_units.saturating_sub(cost_units).min(debt);
+        let wait_micros = wait_units.saturating_mul(asking).div_ceil(tokens_max);
+        Spend::Limited {
+            retry_after: Duration::from_micros(u64::try_from(wait_micros).unwrap_or(u64::MAX)),
+        }
+    }
+
     /// Whole tokens in a bucket at `tat` at time `now`.
     fn tokens(&self, tat: u128, now: Instant) -> u64 {
         let tokens_max = u128::from(self.tokens_max);
@@ -98,10 +153,55 @@ impl Quota {
     }
 }
 
+/// A peer's share of the global budget: its debt, in token-microseconds
+/// (a token is one global period's worth of microseconds), as of `updated`.
+#[derive(Clone, Copy, Debug, Default)]
+struct ShareLevel {
+    debt_units: u128,
+    updated: Instant,
+}
+
+/// Among how many peers the global budget is divided at one moment.
+#[derive(Clone, Copy, Debug)]
+struct Sharers {
+    /// Peers that asked for it within the last global period, the requester included.
+    asking: u64,
+    /// Peers with buckets (each connected peer, once it sent any request),
+    /// the requester included.
+    known: u64,
+}
+
 enum Spend {
-    Allowed { tat: u128 },
-    Limited { retry_after: Duration },
+    /// For a share, `tat` is the new debt (see [`ShareLevel`]).
+    Allowed {
+        tat: u128,
+    },
+    Limited {
+        retry_after: Duration,
+    },
     OverCapacity,
+}
+
+impl Spend {
+    /// How long until it would be allowed (zero if it is).
+    fn wait(&self) -> Duration {
+        match self {
+            Spend::Limited { retry_after } => *retry_after,
+            Spend::Allowed { .. } | Spend::OverCapacity => Duration::ZERO,
+        }
+    }
+}
+
+/// A spend from the global budget: the global bucket and the peer's fair share.
+struct SharedSpend {
+    global: Spend,
+    share: Spend,
+}
+
+impl SharedSpend {
+    fn wait(&self) -> Duration {
+        self.global.wait().max(self.share.wait())
+    }
 }
 
 /// The answer of [`RateLimiter::check`].
@@ -109,10 +209,17 @@ enum Spend {
 pub enum RateCheck {
     /// Within quota; the tokens are spent.
     Allowed,
-    /// Over quota now; the same cost would be allowed after `retry_after`
-    /// (if nothing else is spent meanwhile). Nothing is spent.
+    /// Over the peer's own quota now; the same cost would be allowed after
+    /// `retry_after` (if nothing else is spent meanwhile). Nothing is spent.
     Limited {
         /// How long to wait.
+        retry_after: Duration,
+    },
+    /// Within the peer's own quota, but the shared global budget, or the
+    /// peer's fair share of it, is spent for now: not the peer's fault.
+    /// Nothing is spent.
+    Busy {
+        /// How long to wait, as things stand.
         retry_after: Duration,
     },
     /// The cost is larger than the bucket (or the global budget) can ever hold.
@@ -181,8 +288,11 @@ pub struct RateCounters {
     pub allowed: u64,
     /// Checks limited by a peer's bucket.
     pub limited_peer: u64,
-    /// Checks limited by the global budget (the peer's bucket would have allowed).
+    /// Checks limited by the global budget or the peer's fair share of it
+    /// (the peer's bucket would have allowed).
     pub limited_global: u64,
+    /// Of those: limited by the peer's fair share (the global bucket had room).
+    pub limited_share: u64,
     /// Checks refused as over capacity or without a quota.
     pub refused: u64,
     /// Peers forgotten to stay within `peers_max`.
@@ -209,6 +319,11 @@ pub struct RateLimiter {
 struct PeerBuckets {
     /// `tat` per protocol; a missing bucket is full.
     tats: BTreeMap<ProtocolId, u128>,
+    /// The peer's share of the global budget.
+    share: ShareLevel,
+    /// When the peer last asked for a global-budget protocol within its own
+    /// quota: it counts as sharing the budget for one global period after.
+    last_global_request: Option<Instant>,
     last_checked: Instant,
 }
 
@@ -272,7 +387,7 @@ impl RateLimiter {
         debug_assert!(now >= self.last_now, "time went backwards");
         self.last_now = self.last_now.max(now);
         let cost = cost.max(1);
-        let (peer_spend, global_spend) = match self.evaluate(now, &peer, &protocol, cost) {
+        let (peer_spend, shared) = match self.evaluate(now, &peer, &protocol, cost) {
             Ok(spends) => spends,
             Err(refusal) => {
                 self.counters.refused += 1;
@@ -286,31 +401,43 @@ impl RateLimiter {
             Spend::Allowed { tat } => tat,
             Spend::Limited { retry_after } => {
                 self.counters.limited_peer += 1;
-                let retry_after = match global_spend {
-                    Some(Spend::Limited {
-                        retry_after: global,
-                    }) => retry_after.max(global),
-                    _ => retry_after,
-                };
+                let retry_after = shared
+                    .as_ref()
+                    .map_or(retry_after, |shared| retry_after.max(shared.wait()));
                 return RateCheck::Limited { retry_after };
             }
             Spend::OverCapacity => unreachable!("evaluate refuses over-capacity spends"),
         };
-        let global_tat = match global_spend {
-            None => None,
-            Some(Spend::Allowed { tat }) => Some(tat),
-            Some(Spend::Limited { retry_after }) => {
-                self.counters.limited_global += 1;
-                return RateCheck::Limited { retry_after };
-            }
-            Some(Spend::OverCapacity) => unreachable!("evaluate refuses over-capacity spends"),
+        let Some(shared) = shared else {
+            self.counters.allowed += 1;
+            self.buckets_mut(now, peer).tats.insert(protocol, peer_tat);
+            return RateCheck::Allowed;
         };
-        self.counters.allowed += 1;
-        if let Some(tat) = global_tat {
-            self.global_tat = tat;
+        // Within its own quota, the peer is asking for a share of the budget
+        // from now on, whether or not it gets one this time.
+        self.buckets_mut(now, peer).last_global_request = Some(now);
+        match (shared.global, shared.share) {
+            (Spend::Allowed { tat: global_tat }, Spend::Allowed { tat: debt_units }) => {
+                self.counters.allowed += 1;
+                self.global_tat = global_tat;
+                let buckets = self.buckets_mut(now, peer);
+                buckets.tats.insert(protocol, peer_tat);
+                buckets.share = ShareLevel {
+                    debt_units,
+                    updated: now,
+                };
+                RateCheck::Allowed
+            }
+            (global, share) => {
+                self.counters.limited_global += 1;
+                if matches!(global, Spend::Allowed { .. }) {
+                    self.counters.limited_share += 1;
+                }
+                RateCheck::Busy {
+                    retry_after: global.wait().max(share.wait()),
+                }
+            }
         }
-        self.buckets_mut(now, peer).tats.insert(protocol, peer_tat);
-        RateCheck::Allowed
     }
 
     /// The earliest instant, `now` or later, at which [`RateLimiter::check`]
@@ -323,13 +450,9 @@ impl RateLimiter {
         protocol: &ProtocolId,
         cost: u64,
     ) -> Option<Instant> {
-        let (peer_spend, global_spend) = self.evaluate(now, peer, protocol, cost.max(1)).ok()?;
-        let wait = |spend: &Spend| match spend {
-            Spend::Limited { retry_after } => *retry_after,
-            _ => Duration::ZERO,
-        };
-        let global_wait = global_spend.as_ref().map(wait).unwrap_or(Duration::ZERO);
-        Some(now + wait(&peer_spend).max(global_wait))
+        let (peer_spend, shared) = self.evaluate(now, peer, protocol, cost.max(1)).ok()?;
+        let shared_wait = shared.as_ref().map_or(Duration::ZERO, SharedSpend::wait);
+        Some(now + peer_spend.wait().max(shared_wait))
     }
 
     /// Whole tokens left in `peer`'s `protocol` bucket at `now` (`None`
@@ -362,31 +485,59 @@ impl RateLimiter {
             .unwrap_or(0)
     }
 
-    /// The peer's spend and, if the protocol draws on it, the global one;
-    /// `Err` when either can never allow the cost.
+    /// The peer's spend and, if the protocol draws on it, the global and fair
+    /// share ones; `Err` when either can never allow the cost.
     fn evaluate(
         &self,
         now: Instant,
         peer: &PeerId,
         protocol: &ProtocolId,
         cost: u64,
-    ) -> Result<(Spend, Option<Spend>), RateCheck> {
+    ) -> Result<(Spend, Option<SharedSpend>), RateCheck> {
         let quota = self.config.quotas.get(protocol).ok_or(RateCheck::NoQuota)?;
         let peer_spend = quota.spend(self.tat(peer, protocol), now, cost);
         if matches!(peer_spend, Spend::OverCapacity) {
             return Err(RateCheck::OverCapacity);
         }
-        let global_spend = match self.config.global {
+        let shared = match self.config.global {
             Some(global) if protocol.draws_on_global_quota() => {
                 let spend = global.spend(self.global_tat, now, cost);
                 if matches!(spend, Spend::OverCapacity) {
                     return Err(RateCheck::OverCapacity);
                 }
-                Some(spend)
+                let share = self
+                    .peers
+                    .get(peer)
+                    .map_or(ShareLevel::default(), |buckets| buckets.share);
+                let sharers = self.sharing_peers(now, peer, global.period);
+                Some(SharedSpend {
+                    global: spend,
+                    share: global.share_spend(share, now, cost, sharers),
+                })
             }
             _ => None,
         };
-        Ok((peer_spend, global_spend))
+        Ok((peer_spend, shared))
+    }
+
+    /// Peers the global budget is divided among at `now`: those that asked
+    /// for it within the last `period`, and those we know, `peer` included.
+    fn sharing_peers(&self, now: Instant, peer: &PeerId, period: Duration) -> Sharers {
+        let others = self
+            .peers
+            .iter()
+            .filter(|(id, buckets)| {
+                *id != peer
+                    && buckets
+                        .last_global_request
+                        .is_some_and(|asked| now.saturating_duration_since(asked) < period)
+            })
+            .count();
+        let known = self.peers.len() + usize::from(!self.peers.contains_key(peer));
+        Sharers {
+            asking: u64::try_from(others).unwrap_or(u64::MAX).saturating_add(1),
+            known: u64::try_from(known).unwrap_or(u64::MAX),
+        }
     }
 
     /// The peer's buckets, created (evicting the least recently checked peer
@@ -404,6 +555,8 @@ impl RateLimiter {
         }
         let buckets = self.peers.entry(peer).or_insert_with(|| PeerBuckets {
             tats: BTreeMap::new(),
+            share: ShareLevel::default(),
+            last_global_request: None,
             last_checked: now,
         });
         buckets.last_checked = now;
@@ -531,14 +684,16 @@ mod tests {
             limiter.check(now, peer(1), ProtocolId::BlocksByRange, 64),
             RateCheck::Allowed
         );
-        // Peer 2's own bucket is full, but only 36 global units are left.
+        // Peer 2's own bucket is full, but only 36 global units are left:
+        // busy, which is not peer 2's doing.
         assert_eq!(
             limiter.check(now, peer(2), ProtocolId::BlocksByRange, 64),
-            RateCheck::Limited {
+            RateCheck::Busy {
                 retry_after: Duration::from_millis(2_800)
             }
         );
         assert_eq!(limiter.counters().limited_global, 1);
+        assert_eq!(limiter.counters().limited_peer, 0);
         // Nothing was spent from peer 2's bucket by the refused check.
         assert_eq!(
             limiter.tokens(now, &peer(2), &ProtocolId::BlocksByRange),
@@ -680,5 +835,129 @@ mod tests {
         );
         let _ = limiter.check(late, peer(1), ProtocolId::Status, u64::MAX);
         let _ = limiter.tokens(late, &peer(1), &ProtocolId::Status);
+    }
+
+    /// The attack at the limiter: four Sybils, each within its own
+    /// BlocksByRange quota (64 blocks every 625 ms), want the whole global
+    /// budget; an honest peer asks for 64 blocks a second. Each gets at most
+    /// a fifth, the honest peer all it asks, and nobody is told it broke its
+    /// own quota.
+    #[test]
+    fn four_sybils_get_at_most_four_shares_and_the_honest_peer_its_own() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::serving());
+        let range = ProtocolId::BlocksByRange;
+        let honest = peer(100);
+        let mut sybil_allowed = [0u64; 4];
+        let mut honest_allowed = 0;
+        let seconds = 100;
+        for step in 0..seconds * 8 {
+            let now = at_millis(step * 125);
+            if step % 5 == 0 {
+                for (index, allowed) in sybil_allowed.iter_mut().enumerate() {
+                    let check = limiter.check(now, peer(index as u8), range, 64);
+                    assert!(!matches!(check, RateCheck::Limited { .. }), "{check:?}");
+                    *allowed += u64::from(check == RateCheck::Allowed) * 64;
+                }
+            }
+            if step % 8 == 0 {
+                assert_eq!(limiter.check(now, honest, range, 64), RateCheck::Allowed);
+                honest_allowed += 64;
+            }
+        }
+        assert_eq!(honest_allowed, seconds * 64);
+        // A fifth of 4096 per 10 s, plus one full share at the start.
+        let share = 4096 / 5 * (seconds / 10 + 1) + 64;
+        for allowed in sybil_allowed {
+            assert!(allowed <= share, "a Sybil got {allowed} of {share}");
+            assert!(allowed >= share * 9 / 10, "a Sybil got only {allowed}");
+        }
+        let counters = limiter.counters();
+        assert_eq!(counters.limited_peer, 0);
+        assert!(counters.limited_share > 0);
+    }
+
+    /// Shares divide the budget's rate only among peers that ask for it: a
+    /// peer alone may use all of it, while another peer it knows stays quiet.
+    #[test]
+    fn a_peer_alone_may_use_the_whole_budget() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::serving());
+        let bulk = ProtocolId::Application(ProtocolName::new("/app/bulk/1").unwrap());
+        limiter
+            .set_quota(bulk, Quota::new(4096, Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(
+            limiter.check(at_millis(0), peer(2), bulk, 1),
+            RateCheck::Allowed
+        );
+        // Peer 2 asked 10 s ago: it no longer shares the rate, so peer 1
+        // gets the whole budget's rate (4096 in 5 s after a full share of
+        // half the bucket, peer 2 holding the other half).
+        assert_eq!(
+            limiter.check(at_millis(10_000), peer(1), bulk, 2048),
+            RateCheck::Allowed
+        );
+        assert!(matches!(
+            limiter.check(at_millis(10_000), peer(1), bulk, 1),
+            RateCheck::Busy { .. }
+        ));
+        assert_eq!(
+            limiter.check(at_millis(15_000), peer(1), bulk, 2048),
+            RateCheck::Allowed
+        );
+        assert_eq!(limiter.counters().limited_share, 1);
+    }
+
+    /// Sybils that all start asking at once, each while few others ask,
+    /// would each get a large share: the share's depth is the peer's part of
+    /// the bucket among all the peers we know, so together they cannot take
+    /// more than the bucket, and a quiet honest peer still has its part.
+    #[test]
+    fn sybils_starting_at_once_cannot_burst_past_the_bucket() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::serving());
+        let now = at_millis(0);
+        // Twenty connected peers, known by their Status requests.
+        for n in 0..20 {
+            limiter.check(now, peer(n), ProtocolId::Status, 1);
+        }
+        let mut sybils_allowed = 0;
+        for n in 0..16 {
+            while limiter.check(now, peer(n), ProtocolId::BlocksByRange, 64) == RateCheck::Allowed {
+                sybils_allowed += 64;
+            }
+        }
+        assert!(sybils_allowed <= 16 * (4096 / 20 + 64), "{sybils_allowed}");
+        assert_eq!(
+            limiter.check(now, peer(19), ProtocolId::BlocksByRange, 64),
+            RateCheck::Allowed
+        );
+    }
+
+    /// When many peers share, a share can be smaller than one request; a full
+    /// share still admits it, and the peer then waits out the debt.
+    #[test]
+    fn a_full_share_admits_one_request_larger_than_the_share() {
+        let mut limiter = RateLimiter::new(RateLimiterConfig::serving());
+        let roots = ProtocolId::BlocksByRoot;
+        let now = at_millis(0);
+        for n in 1..=40 {
+            assert_eq!(limiter.check(now, peer(n), roots, 1), RateCheck::Allowed);
+        }
+        // 41 peers share: 99.9 tokens each per 10 s, less than 128 roots.
+        assert_eq!(limiter.check(now, peer(41), roots, 128), RateCheck::Allowed);
+        // The share is one for all the global protocols.
+        let range = ProtocolId::BlocksByRange;
+        let RateCheck::Busy { retry_after } = limiter.check(now, peer(41), range, 1) else {
+            panic!("the share is in debt");
+        };
+        // The debt of 128 tokens must drain (at 4096 / 41 per 10 s) until
+        // one more token fits within the share of 4096 / 41.
+        let token_units = 10_000_000u64;
+        let depth_units = 4096 * token_units / 41;
+        let wait_units = 128 * token_units - (depth_units - token_units);
+        assert_eq!(
+            retry_after,
+            Duration::from_micros((wait_units * 41).div_ceil(4096))
+        );
+        assert_eq!(limiter.counters().limited_share, 1);
     }
 }
