@@ -775,9 +775,15 @@ struct Answers {
 
 impl RequestBench {
     fn new(chain: ChainConfig, block_bytes: usize) -> Result<RequestBench, RequestBenchError> {
+        // Both clocks after the pre-signed chain, so its Status is believed.
+        let slot_ms = meshsync_core::chain::DEVNET_SLOT_DURATION_MS;
+        let clock_ms = (chain.stored.len() as u64 + 1).saturating_mul(slot_ms);
         let mut server = Config::new(REQUESTS_NETWORK_ID);
+        server.unix_ms_at_origin = clock_ms;
         server.chain = chain;
-        let mut net = MemoryNet::new(vec![Config::new(REQUESTS_NETWORK_ID), server]);
+        let mut client = Config::new(REQUESTS_NETWORK_ID);
+        client.unix_ms_at_origin = clock_ms;
+        let mut net = MemoryNet::new(vec![client, server]);
         let server = net.nodes[SERVER].peer_id();
         let client = net.nodes[CLIENT].peer_id();
         net.dial(CLIENT, SERVER, Some(server));

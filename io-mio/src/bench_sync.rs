@@ -189,13 +189,19 @@ struct World {
 
 impl World {
     fn new(chain: &ChainConfig, pool: WorkerPool<Job, WorkOutput>) -> World {
+        // Every node's clock starts after the pre-signed chain: nodes refuse
+        // claims and blocks from beyond their clock's slot.
+        let slot_ms = meshsync_core::chain::DEVNET_SLOT_DURATION_MS;
+        let clock_ms = (chain.stored.len() as u64 + 1).saturating_mul(slot_ms);
         let mut joiner = Config::new(NETWORK_ID);
+        joiner.unix_ms_at_origin = clock_ms;
         joiner.sync.peers_min = 1;
         let mut nodes = vec![Node::new(joiner, Identity::from_seed(0), [0; 32])];
         // The address scheme (10.0.0.i) and the seeds hold up to 254 nodes.
         const _: () = assert!(SERVERS < 254);
         for index in 1..=SERVERS {
             let mut server = Config::new(NETWORK_ID);
+            server.unix_ms_at_origin = clock_ms;
             server.chain = chain.clone();
             let seed = [index as u8; 32];
             nodes.push(Node::new(server, Identity::from_seed(index as u64), seed));
