@@ -23,7 +23,16 @@
 //!   gossiped block is ignored (a peer will offer it again, or sync finds it).
 //! - Durability: each import leaves as one [`PersistBatch`]; the Status
 //!   head is the fork-choice head once it is durable, else its newest
-//!   durable ancestor.
+//!   durable ancestor. A block we produce is published on gossip only once
+//!   durable too ([`UNANNOUNCED_BLOCKS_MAX`] wait at most): a block peers
+//!   build on and we then lose would be orphaned by our own restart.
+//! - Health (`Input::Health` from the driver): while the store refuses
+//!   writes we neither produce nor forward gossiped blocks; while the
+//!   stored chain is known to be incomplete, or the clock untrusted, we do
+//!   not produce; a re-based clock moves the slot clock, but a slot already
+//!   produced is never produced again. A gossiped block from the future is
+//!   counted and warned about (at most every [`FUTURE_BLOCK_WARN_INTERVAL`]),
+//!   naming its sender.
 //!
 //! # Security
 //! *Provided*: a block is imported only after its proposer, body root and
