@@ -44,7 +44,8 @@
 //! acknowledged at once, and a warning says so once.
 //!
 //! A failing store (a full disk, an I/O error, the file deleted or
-//! replaced, which is checked every [`STORE_FILE_CHECK_INTERVAL`]) puts the
+//! replaced, which is checked before every commit and every
+//! [`STORE_FILE_CHECK_INTERVAL`]) puts the
 //! driver in `store_failing`: it tells the core (`Health::StoreFailing`: no
 //! production, no forwarding of blocks that could not be kept), closes the
 //! database (redb refuses everything after an I/O error until reopened), and
@@ -1525,6 +1526,14 @@ impl Driver {
                 .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
                 .collect();
             let finalized = Some((batch.finalized.root, batch.finalized.slot));
+            // A commit into a deleted (unlinked) file succeeds and is lost at
+            // exit: check the file first (a stat, microseconds beside the fsync).
+            if let Err(error) = store.check_file() {
+                let context = format!("persist batch {}", batch.id);
+                self.persist_stats.failures += 1;
+                self.store_failed(&context, &error);
+                return;
+            }
             let started = StdInstant::now();
             match store.commit(&blocks, &batch.delete, finalized) {
                 Ok(deleted) => {
