@@ -25,19 +25,28 @@
 //! - High (−10): a BlocksByRange answer out of range, out of order or not
 //!   linked, a block larger than any valid block, a lookup answer that is
 //!   not the block asked for;
-//! - Mid (−5): an empty or short answer a second peer disproved.
+//! - High (−10) too: a block from beyond the clock's slot;
+//! - Mid (−5): an empty or short answer a second peer disproved, an answer
+//!   that lacks the head block its sender's Status claims, and a Status
+//!   the clock or the genesis disproves (head beyond the current slot plus
+//!   `CLAIM_CLOCK_DISPARITY`, finality above the head, slot 0 off genesis;
+//!   such a Status never reaches range sync).
 //!   Transport faults (timeouts, error codes, undecodable chunks) are scored
-//!   by the req/resp layer that saw them.
+//!   by the req/resp layer that saw them; a chunk that breaks its request
+//!   (out of range, out of order, unlinked, a root not asked for) is refused
+//!   as it arrives (High) and the rest of the answer is dropped unread.
+//!   Empty block answers complete a request but earn no reward.
 
 use log::{debug, info, warn};
 
-use super::rpc::Purpose;
+use super::rpc::{AnswerFault, BlockAnswerCheck, Purpose};
 use super::Node;
 use crate::chain::{ImportError, ImportOutcome, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::io::{Notification, RequestError};
 use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
+use crate::reqresp::limits::BLOCK_BYTES_MAX;
 use crate::reqresp::{ProtocolId, ResultCode};
 use crate::sync::{
     BatchId, BatchImportError, FetchError, LookupAction, LookupId, LookupPenalty, PeerChain,
@@ -65,6 +74,8 @@ impl Node {
             finalized_root: status.finalized_root,
         };
         let score = self.peer_manager.score(now, &peer);
+        self.range_sync
+            .on_clock(now, self.chain_state.slot_max(now));
         self.range_sync.on_peer_status(now, peer, chain, score);
     }
 
@@ -93,6 +104,8 @@ impl Node {
 
     /// Timers of both machines.
     pub(super) fn sync_tick(&mut self, now: Instant) {
+        self.range_sync
+            .on_clock(now, self.chain_state.slot_max(now));
         self.range_sync.on_timer(now);
         self.lookups.on_timer(now);
     }
@@ -134,11 +147,15 @@ impl Node {
                 peer,
                 start_slot,
                 count,
+                reserve_bytes,
             } => {
                 let body = BlocksByRangeRequest { start_slot, count }.encode();
                 let purpose = Purpose::Blocks {
                     fetch: BlockFetch::Range(batch),
                     blocks: Vec::new(),
+                    check: BlockAnswerCheck::range(start_slot, count),
+                    bytes: 0,
+                    budget_bytes: reserve_bytes,
                     invalid: None,
                 };
                 if let Err(error) =
@@ -167,9 +184,9 @@ impl Node {
             }
             SyncAction::Penalise { peer, reason } => {
                 let penalty = match reason {
-                    PenaltyReason::EmptyAnswerDisproved | PenaltyReason::BlocksWithheld => {
-                        Penalty::Mid
-                    }
+                    PenaltyReason::EmptyAnswerDisproved
+                    | PenaltyReason::BlocksWithheld
+                    | PenaltyReason::HeadNotServed => Penalty::Mid,
                     // Proven: it sent a block whose signature or body does
                     // not verify, or one built on such a block.
                     PenaltyReason::InvalidBlock
@@ -178,10 +195,11 @@ impl Node {
                     PenaltyReason::WrongParentLinkage
                     | PenaltyReason::OutOfRange
                     | PenaltyReason::OutOfOrder
-                    | PenaltyReason::OversizedBlock => Penalty::High,
+                    | PenaltyReason::OversizedBlock
+                    | PenaltyReason::FutureSlot => Penalty::High,
                 };
                 info!("{peer:?}: sync penalty: {reason:?}");
-                self.counters.sync_penalties += 1;
+                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             SyncAction::Progress(progress) => {
@@ -210,10 +228,16 @@ impl Node {
                 peer,
                 roots,
             } => {
+                // Each block at most the largest valid one, one per root.
+                let budget_bytes = roots.len().saturating_mul(BLOCK_BYTES_MAX);
+                let check = BlockAnswerCheck::Roots(roots.clone());
                 let body = BlocksByRootRequest { roots }.encode();
                 let purpose = Purpose::Blocks {
                     fetch: BlockFetch::Lookup(lookup),
                     blocks: Vec::new(),
+                    check,
+                    bytes: 0,
+                    budget_bytes,
                     invalid: None,
                 };
                 if let Err(error) = self.request(now, peer, ProtocolId::BlocksByRoot, body, purpose)
@@ -249,7 +273,7 @@ impl Node {
                 let penalty = match reason {
                     LookupPenalty::WrongBlock | LookupPenalty::TooManyBlocks => Penalty::High,
                 };
-                self.counters.sync_penalties += 1;
+                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             LookupAction::Dropped { lookup, reason } => {
@@ -285,7 +309,7 @@ impl Node {
             for index in invalid {
                 if let Some(&peer) = senders.get(index) {
                     info!("{peer:?}: looked-up block fails verification");
-                    self.counters.sync_penalties += 1;
+                    self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                     self.report(now, peer, Report::Penalty(Penalty::Fatal));
                 }
             }
@@ -308,12 +332,19 @@ impl Node {
         let mut stored: Vec<(Root, SignedBlock)> = Vec::new();
         let mut pruned = Vec::new();
         let mut outcome = Ok(());
+        let slot_max = self.chain_state.slot_max(now);
         for (index, block) in blocks.into_iter().enumerate() {
             let (slot, root) = (block.slot(), block.root());
+            if slot > slot_max {
+                // Fork choice takes the highest slot: a block from the
+                // future would become our head and stop our proposer.
+                outcome = Err((index, ImportError::FutureSlot { slot, slot_max }));
+                break;
+            }
             let copy = block.clone();
             match self.chain.import(block) {
                 Ok(ImportOutcome::Imported(imported)) => {
-                    self.counters.blocks_imported += 1;
+                    self.counters.blocks_imported = self.counters.blocks_imported.saturating_add(1);
                     pruned.extend(imported.pruned);
                     stored.push((root, copy));
                     self.notify(Notification::BlockImported { slot, root });
@@ -329,7 +360,6 @@ impl Node {
             let finalized = self.chain.finalized();
             self.persist(stored, pruned, finalized);
         }
-        let _ = now;
         outcome
     }
 
@@ -339,12 +369,20 @@ impl Node {
         fetch: BlockFetch,
         blocks: Vec<SignedBlock>,
         result: Result<(), RequestError>,
-        invalid: Option<String>,
+        invalid: Option<AnswerFault>,
     ) {
         let now = self.last_now;
+        self.range_sync
+            .on_clock(now, self.chain_state.slot_max(now));
         let result = match (result, invalid) {
             (Ok(()), None) => Ok(blocks),
-            (Ok(()), Some(_)) => Err(FetchError::Malformed),
+            (_, Some(AnswerFault::TooLarge { bytes, slots })) => {
+                Err(FetchError::TooLarge { bytes, slots })
+            }
+            (Ok(()), Some(AnswerFault::Broken(what))) => {
+                debug!("a block answer was refused as it arrived: {what}");
+                Err(FetchError::Malformed)
+            }
             (Err(error), _) => Err(match error {
                 RequestError::FirstChunkTimeout | RequestError::ResponseTimeout => {
                     FetchError::Timeout

@@ -33,14 +33,20 @@
 //! names the header that names the parent); chains built on known-invalid
 //! roots are dropped; no recursion.
 //!
-//! *Not provided*: signature checks (the caller verifies the `Ready` chain
-//! before importing it); fairness between lookups when the set is full (a
+//! The caller hands over only orphans whose own signature verified: their
+//! root then pins every ancestor's root, so an answer with a made-up header
+//! is a wrong block (penalised), and holding a lookup takes a real block.
+//! One peer's orphans hold at most [`ORPHANS_PER_PEER_MAX`] places.
+//!
+//! *Not provided*: signature checks of ancestors (the caller verifies the
+//! `Ready` chain before importing it, and penalises exactly the sender of a
+//! block that fails); fairness between lookups when the set is full (a
 //! new lookup is refused, so a flood of orphans cannot evict honest
 //! lookups, but can delay new ones until theirs time out).
 //!
 //! # Limits
 //! [`LOOKUPS_MAX`], [`PENDING_BLOCKS_MAX`], [`PENDING_BLOCKS_BYTES_MAX`],
-//! [`PARENT_LOOKUP_DEPTH_MAX`], [`LOOKUP_ATTEMPTS_MAX`],
+//! [`PARENT_LOOKUP_DEPTH_MAX`], [`LOOKUP_ATTEMPTS_MAX`], [`ORPHANS_PER_PEER_MAX`],
 //! [`LOOKUP_REQUEST_TIMEOUT`], [`LOOKUP_TIMEOUT`], [`LOOKUP_TIPS_MAX`],
 //! [`LOOKUP_PEERS_MAX`], [`LOOKUP_OUTPUTS_MAX`].
 
@@ -68,6 +74,10 @@ pub const LOOKUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Gossiped blocks with the same unknown parent joined to one lookup.
 pub const LOOKUP_TIPS_MAX: usize = 8;
+/// Gossiped orphans one peer may have held across all lookups: a peer that
+/// sends orphans (even validly signed ones it replays) cannot occupy more
+/// than this many of the [`LOOKUPS_MAX`] lookups.
+pub const ORPHANS_PER_PEER_MAX: usize = 4;
 /// Peers we may ask, besides the senders of the gossiped blocks.
 pub const LOOKUP_PEERS_MAX: usize = crate::limits::PEERS_MAX;
 /// Queued outputs; the caller drains after every input.
@@ -224,6 +234,7 @@ struct Lookup {
 }
 
 impl Lookup {
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn block_count(&self) -> usize {
         self.tips.len() + self.ancestors.len()
     }
@@ -342,6 +353,7 @@ impl Lookups {
 
     /// `block`, from `peer`, could not be imported because its parent is
     /// unknown. Starts (or joins) a lookup of its ancestors.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     pub fn on_unknown_parent(
         &mut self,
         now: Instant,
@@ -373,8 +385,25 @@ impl Lookups {
         }) {
             return;
         }
-        if self.blocks + 1 > PENDING_BLOCKS_MAX || self.bytes + bytes > PENDING_BLOCKS_BYTES_MAX {
-            self.counters.refused += 1;
+        if self.blocks.saturating_add(1) > PENDING_BLOCKS_MAX
+            || self.bytes.saturating_add(bytes) > PENDING_BLOCKS_BYTES_MAX
+        {
+            self.counters.refused = self.counters.refused.saturating_add(1);
+            return;
+        }
+        let held_from_peer: usize = self
+            .lookups
+            .values()
+            .map(|lookup| {
+                lookup
+                    .tip_senders
+                    .iter()
+                    .filter(|sender| **sender == peer)
+                    .count()
+            })
+            .sum();
+        if held_from_peer >= ORPHANS_PER_PEER_MAX {
+            self.counters.refused = self.counters.refused.saturating_add(1);
             return;
         }
         // A sibling of a lookup's tips joins it.
@@ -404,12 +433,12 @@ impl Lookups {
             return;
         }
         if self.lookups.len() >= LOOKUPS_MAX {
-            self.counters.refused += 1;
+            self.counters.refused = self.counters.refused.saturating_add(1);
             return;
         }
         let id = LookupId(self.next_id);
         self.next_id += 1;
-        self.counters.started += 1;
+        self.counters.started = self.counters.started.saturating_add(1);
         self.blocks += 1;
         self.bytes += bytes;
         self.lookups.insert(
@@ -447,7 +476,7 @@ impl Lookups {
                 LookupState::Queued => None,
             })
         else {
-            self.counters.stale_inputs += 1;
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
         let mut blocks = match result {
@@ -483,12 +512,12 @@ impl Lookups {
             let Some(lookup) = self.lookups.get(&id) else {
                 continue;
             };
-            if now >= lookup.started_at + LOOKUP_TIMEOUT {
+            if now >= lookup.started_at.saturating_add(LOOKUP_TIMEOUT) {
                 self.drop_lookup(id, DropReason::TimedOut);
                 continue;
             }
             if let LookupState::Requesting { peer, sent_at } = lookup.state {
-                if now >= sent_at + LOOKUP_REQUEST_TIMEOUT {
+                if now >= sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT) {
                     self.request_failed(id, peer);
                 }
             }
@@ -502,13 +531,13 @@ impl Lookups {
             .flat_map(|lookup| {
                 let request = match lookup.state {
                     LookupState::Requesting { sent_at, .. } => {
-                        Some(sent_at + LOOKUP_REQUEST_TIMEOUT)
+                        Some(sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT))
                     }
                     LookupState::Queued => None,
                 };
                 request
                     .into_iter()
-                    .chain(Some(lookup.started_at + LOOKUP_TIMEOUT))
+                    .chain(Some(lookup.started_at.saturating_add(LOOKUP_TIMEOUT)))
             })
             .min()
     }
@@ -536,7 +565,7 @@ impl Lookups {
             return self.outputs.pop_front();
         };
         lookup.state = LookupState::Requesting { peer, sent_at: now };
-        self.counters.requests_sent += 1;
+        self.counters.requests_sent = self.counters.requests_sent.saturating_add(1);
         Some(LookupAction::RequestRoots {
             lookup: id,
             peer,
@@ -558,11 +587,12 @@ impl Lookups {
     }
 
     fn penalise(&mut self, peer: PeerId, reason: LookupPenalty) {
-        self.counters.penalties += 1;
+        self.counters.penalties = self.counters.penalties.saturating_add(1);
         self.push_output(LookupAction::Penalise { peer, reason });
     }
 
     /// `peer` failed to give us `wanted`: try another, or give up.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn request_failed(&mut self, id: LookupId, peer: PeerId) {
         let lookup = self.lookups.get_mut(&id).expect("caller names a lookup");
         lookup.tried.insert(peer);
@@ -574,6 +604,7 @@ impl Lookups {
     }
 
     /// `block` is the root lookup `id` wanted: hold it and move one level up.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn extend(
         &mut self,
         _now: Instant,
@@ -588,7 +619,9 @@ impl Lookups {
             return;
         }
         let bytes = block.encoded_len();
-        if self.blocks + 1 > PENDING_BLOCKS_MAX || self.bytes + bytes > PENDING_BLOCKS_BYTES_MAX {
+        if self.blocks.saturating_add(1) > PENDING_BLOCKS_MAX
+            || self.bytes.saturating_add(bytes) > PENDING_BLOCKS_BYTES_MAX
+        {
             self.drop_lookup(id, DropReason::Full);
             return;
         }
@@ -600,7 +633,7 @@ impl Lookups {
                 peers.push(peer);
             }
             self.remove(id);
-            self.counters.switched_to_range += 1;
+            self.counters.switched_to_range = self.counters.switched_to_range.saturating_add(1);
             self.push_output(LookupAction::SwitchToRangeSync {
                 lookup: id,
                 head_slot,
@@ -628,7 +661,7 @@ impl Lookups {
             let mut senders = lookup.ancestor_senders;
             senders.reverse();
             senders.extend(lookup.tip_senders);
-            self.counters.resolved += 1;
+            self.counters.resolved = self.counters.resolved.saturating_add(1);
             self.push_output(LookupAction::Ready {
                 lookup: id,
                 blocks,
@@ -637,6 +670,7 @@ impl Lookups {
         }
     }
 
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn remove(&mut self, id: LookupId) -> Lookup {
         let lookup = self.lookups.remove(&id).expect("caller names a lookup");
         self.blocks -= lookup.block_count();
@@ -646,12 +680,13 @@ impl Lookups {
 
     fn drop_lookup(&mut self, id: LookupId, reason: DropReason) {
         self.remove(id);
-        self.counters.dropped += 1;
+        self.counters.dropped = self.counters.dropped.saturating_add(1);
         self.push_output(LookupAction::Dropped { lookup: id, reason });
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
     use crate::chain::block::{body_root, BlockHeader, SIGNATURE_BYTES};
@@ -931,6 +966,39 @@ mod tests {
     }
 
     #[test]
+    fn one_peer_cannot_hold_more_than_its_share_of_lookups() {
+        // A lookup squatter sends orphans on made-up parents: it gets
+        // ORPHANS_PER_PEER_MAX places, and the rest stay free for others.
+        let store = store_up_to(0);
+        let (mut lookups, _, now) = setup(&[(1, Behaviour::Honest)]);
+        let orphan = |index: u64| {
+            let body = index.to_be_bytes().to_vec();
+            SignedBlock {
+                header: BlockHeader {
+                    slot: 100 + index,
+                    proposer_index: 0,
+                    parent_root: [index as u8 + 1; 32],
+                    body_root: body_root(&body),
+                },
+                body,
+                signature: [0; SIGNATURE_BYTES],
+            }
+        };
+        for index in 0..20 {
+            lookups.on_unknown_parent(now, orphan(index), peer(9), &store);
+            lookups.assert_invariants();
+        }
+        assert_eq!(lookups.len(), ORPHANS_PER_PEER_MAX);
+        assert_eq!(lookups.counters().refused, 20 - ORPHANS_PER_PEER_MAX as u64);
+        lookups.on_unknown_parent(now, orphan(50), peer(8), &store);
+        assert_eq!(
+            lookups.len(),
+            ORPHANS_PER_PEER_MAX + 1,
+            "another peer still gets a place"
+        );
+    }
+
+    #[test]
     fn the_pending_set_is_bounded() {
         let store = store_up_to(0);
         let (mut lookups, _, now) = setup(&[(1, Behaviour::Honest)]);
@@ -946,7 +1014,7 @@ mod tests {
                 body,
                 signature: [0; SIGNATURE_BYTES],
             };
-            lookups.on_unknown_parent(now, orphan, peer(1), &store);
+            lookups.on_unknown_parent(now, orphan, peer(1 + (index % 200) as u8), &store);
             lookups.assert_invariants();
         }
         assert_eq!(lookups.len(), LOOKUPS_MAX);
