@@ -127,6 +127,43 @@ pub enum Input {
     Timeout,
     /// Something the application asks for.
     Command(Command),
+    /// The driver's report on its own disk and clock, where the node must
+    /// act on it (see [`Health`]).
+    Health(Health),
+}
+
+/// What a driver knows about its own resources that changes what the node
+/// may announce. Each report replaces the previous one of its kind.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Health {
+    /// The block store refuses writes: until [`Health::StoreWriting`] the
+    /// node neither produces blocks nor forwards gossiped ones, since
+    /// neither would be durable here (its Status already waits for
+    /// `Input::Persisted`).
+    StoreFailing,
+    /// The block store writes again.
+    StoreWriting,
+    /// The store held blocks up to `slot` that did not come back into the
+    /// chain (damaged, or orphaned by a damaged ancestor): the node does
+    /// not produce until its head reaches `slot` again (re-synced from
+    /// peers), so it never builds on a chain it knows to be incomplete.
+    StoreIncomplete {
+        /// The highest slot the store held.
+        slot: u64,
+    },
+    /// The wall clock was read again and disagrees with the one read at
+    /// start: Unix milliseconds at `Instant::ZERO` are now
+    /// `unix_ms_at_origin`. Slots never go backwards: a slot already
+    /// produced is not produced again.
+    ClockRebased {
+        /// The new Unix time (ms) of `Instant::ZERO`.
+        unix_ms_at_origin: u64,
+    },
+    /// The wall clock jumped and the operator asked not to trust it: no
+    /// blocks are produced until [`Health::ClockTrusted`].
+    ClockUntrusted,
+    /// The wall clock is trusted again.
+    ClockTrusted,
 }
 
 /// What the application asks the node to do.

@@ -101,6 +101,14 @@ pub struct Counters {
     pub blocks_produced: u64,
     /// Our proposer slots skipped because range sync was catching up.
     pub blocks_not_produced_syncing: u64,
+    /// Our proposer slots skipped because the driver reported a failing
+    /// store, an incomplete stored chain or an untrusted clock (`Input::Health`).
+    pub blocks_not_produced_unhealthy: u64,
+    /// Gossiped blocks not forwarded because our store was failing.
+    pub blocks_ignored_store_failing: u64,
+    /// Gossiped blocks dropped because their slot had not started by our
+    /// clock (beyond `CLOCK_DISPARITY`): their sender's clock, or ours, is wrong.
+    pub blocks_from_future: u64,
     /// Blocks imported into the fork choice (produced, gossiped or synced).
     pub blocks_imported: u64,
     /// Jobs handed to the driver (`Action::Work`).

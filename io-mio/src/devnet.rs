@@ -256,6 +256,7 @@ fn start_node(
     let driver_options = DriverOptions {
         workers: WORKERS_PER_NODE,
         data_dir: Some(data_dir.join(format!("node-{index}"))),
+        ..DriverOptions::default()
     };
     let driver = Driver::bind_with(
         listen,

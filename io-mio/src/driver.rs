@@ -20,7 +20,14 @@
 //!
 //! Time: `meshsync_core::Instant` is microseconds since the driver was
 //! created, and `Config::unix_ms_at_origin` is set from the wall clock at that
-//! same moment, so the core's slots are the wall clock's slots.
+//! same moment, so the core's slots are the wall clock's slots. The wall
+//! clock is read again every [`CLOCK_CHECK_INTERVAL`]: when it disagrees with
+//! the monotonic clock by more than [`CLOCK_JUMP_TOLERANCE`] (someone set
+//! it, NTP stepped it, or the monotonic clock stood still while the machine
+//! was suspended) the driver logs a WARN and, as [`DriverOptions::clock`]
+//! says, re-bases the core's slot clock (`Health::ClockRebased`) or stops
+//! it producing until the clock is back (`Health::ClockUntrusted`). The core
+//! never produces a slot twice, so slots never go backwards.
 //!
 //! CPU work (`Action::Work`) goes to a [`WorkerPool`] of
 //! [`DriverOptions::workers`] threads, which wakes the poll loop through the
@@ -29,9 +36,25 @@
 //! [`BlockStore`] in [`DriverOptions::data_dir`], one durable transaction per
 //! batch, written on the loop thread (why: see `Driver::persist`), and
 //! is answered with `Input::Persisted` in batch order. At start-up the stored
-//! blocks are decoded and handed to the core as `config.chain.stored`.
+//! blocks are decoded and handed to the core as `config.chain.stored`; if
+//! the chain that comes back ends below the highest stored slot (a damaged
+//! block orphaned its descendants), the core is told
+//! (`Health::StoreIncomplete`) and does not produce until re-synced.
 //! Without a data directory the node is memory-only: batches are
 //! acknowledged at once, and a warning says so once.
+//!
+//! A failing store (a full disk, an I/O error, the file deleted or
+//! replaced, which is checked before every commit and every
+//! [`STORE_FILE_CHECK_INTERVAL`]) puts the
+//! driver in `store_failing`: it tells the core (`Health::StoreFailing`: no
+//! production, no forwarding of blocks that could not be kept), closes the
+//! database (redb refuses everything after an I/O error until reopened), and
+//! reopens it with backoff ([`STORE_REOPEN_BACKOFF_MIN`] doubling to
+//! [`STORE_REOPEN_BACKOFF_MAX`]) to write the same batches again; a deleted
+//! file is never recreated empty. After
+//! [`DriverOptions::store_failing_exit_after`] of failure the driver shuts
+//! down and [`Driver::run`] returns an error; batches never written are
+//! counted in an ERROR line at exit.
 //!
 //! Other threads talk to a running driver through a [`DriverHandle`]: commands,
 //! stop, and queries of the node's state, over a channel plus a `mio::Waker`.
@@ -63,32 +86,34 @@
 //! - Jobs in the worker pool: `WORK_QUEUE_JOBS_MAX`; past it a job runs
 //!   inline (the core bounds its work in flight far below that).
 //! - Persist batches waiting to be written after a failed commit: bounded
-//!   by the core's `PERSIST_IN_FLIGHT_MAX`; retried every
-//!   [`PERSIST_RETRY_INTERVAL`].
+//!   by the core's `PERSIST_IN_FLIGHT_MAX`; retried after a reopen, with
+//!   backoff from [`STORE_REOPEN_BACKOFF_MIN`] to [`STORE_REOPEN_BACKOFF_MAX`].
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use meshsync_core::chain::block::body_root;
 use meshsync_core::chain::SignedBlock;
 use meshsync_core::io::{CloseCause, Notification};
 use meshsync_core::limits::{self, PENDING_SEND_BYTES_MAX};
 use meshsync_core::peer::ip_key;
 use meshsync_core::work::{Job, PersistBatch, WorkId, WorkOutput};
 use meshsync_core::{
-    Action, Command, Config, ConnId, DialId, Identity, Input, Instant, Node, Origin, PeerId,
+    Action, Command, Config, ConnId, DialId, Health, Identity, Input, Instant, Node, Origin, PeerId,
 };
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::store::{BlockStore, StoreError};
+use crate::store::{BlockStore, DiskFaults, StoreError, StoreNetwork, StoreOptions};
 use crate::workers::{Full, WorkerPool};
 
 /// The one read buffer of a driver: big enough that a burst of frames is
@@ -126,8 +151,22 @@ const _: () = assert!(
 /// A commit slower than this is logged as a warning: it stalls every
 /// connection of the node for that long (the store writes on the loop thread).
 pub const PERSIST_COMMIT_SLOW: Duration = Duration::from_millis(100);
-/// After a failed commit, how long before the waiting batches are tried again.
-pub const PERSIST_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// After a failed commit, how long before the store is first reopened and
+/// the waiting batches are tried again; each further failure doubles it.
+pub const STORE_REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between two reopen attempts of a failing store (each
+/// attempt re-verifies the whole file, and logs one WARN).
+pub const STORE_REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a store may refuse writes before the node stops, by default.
+pub const STORE_FAILING_EXIT_AFTER_DEFAULT: Duration = Duration::from_secs(300);
+/// How often the store file's identity is checked (deleted or replaced?).
+pub const STORE_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the wall clock is compared with the monotonic clock.
+pub const CLOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How far the wall clock may move against the monotonic clock before it
+/// counts as a jump: above NTP's slewing (at most 0.5 ms/s) and scheduling
+/// noise, well below a slot.
+pub const CLOCK_JUMP_TOLERANCE: Duration = Duration::from_millis(250);
 // The core's own bound on work in flight keeps the pool from filling up:
 // `Full` (and an inline job) means a bug or several nodes on one pool.
 const _: () =
@@ -158,6 +197,15 @@ pub struct DriverOptions {
     pub workers: usize,
     /// Where the block store lives; `None`: memory only, nothing survives a restart.
     pub data_dir: Option<PathBuf>,
+    /// A damaged store is moved aside and what can be read of it kept
+    /// ([`BlockStore::repair`]), instead of refusing to start.
+    pub repair: bool,
+    /// How long the store may refuse writes before the driver stops with an error.
+    pub store_failing_exit_after: Duration,
+    /// What to do when the wall clock jumps.
+    pub clock: ClockPolicy,
+    /// Faults injected into the disk and the clock (tests).
+    pub faults: DriverFaults,
 }
 
 impl Default for DriverOptions {
@@ -166,9 +214,48 @@ impl Default for DriverOptions {
         DriverOptions {
             workers: crate::workers::default_threads(),
             data_dir: None,
+            repair: false,
+            store_failing_exit_after: STORE_FAILING_EXIT_AFTER_DEFAULT,
+            clock: ClockPolicy::Rebase,
+            faults: DriverFaults::default(),
         }
     }
 }
+
+/// What the driver does when the wall clock jumps beyond [`CLOCK_JUMP_TOLERANCE`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClockPolicy {
+    /// Trust the new wall clock: re-base the slot clock on it.
+    #[default]
+    Rebase,
+    /// Do not produce until the wall clock is back where the monotonic
+    /// clock says it should be (the operator fixed it).
+    Refuse,
+}
+
+/// Faults a test injects into a driver's disk and clock.
+#[derive(Clone, Debug, Default)]
+pub struct DriverFaults {
+    /// Faults in the block store's file.
+    pub disk: Option<Arc<DiskFaults>>,
+    /// Milliseconds added to every wall-clock reading (may be negative).
+    pub clock_skew_ms: Option<Arc<AtomicI64>>,
+}
+
+impl PartialEq for DriverFaults {
+    fn eq(&self, other: &DriverFaults) -> bool {
+        fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+        }
+        same(&self.disk, &other.disk) && same(&self.clock_skew_ms, &other.clock_skew_ms)
+    }
+}
+
+impl Eq for DriverFaults {}
 
 /// What the driver did with the core's work, for tests and logs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,6 +287,8 @@ pub struct PersistStats {
     pub loaded: u64,
     /// Stored blocks that did not decode at start-up (logged and skipped).
     pub skipped: u64,
+    /// Times the store was reopened after a failure.
+    pub reopened: u64,
 }
 
 /// The phase of a connection.
@@ -276,12 +365,21 @@ pub struct Driver {
     state: RunState,
     workers: WorkerPool<Job, WorkOutput>,
     work_stats: WorkStats,
-    /// `None`: memory only.
+    /// Where the store lives and how it is reopened; `None`: memory only.
+    store_dir: Option<(PathBuf, StoreOptions)>,
+    /// The open store; `None` while memory-only, or closed after a failure.
     store: Option<BlockStore>,
     /// Batches not yet written, in the core's order (non-empty only after a failed commit).
     unwritten: VecDeque<PersistBatch>,
-    /// When to try `unwritten` again after a failure.
+    /// When to reopen the store and try `unwritten` again after a failure.
     persist_retry_at: Option<StdInstant>,
+    /// Since when the store refuses writes (`store_failing`), if it does.
+    store_failing_since: Option<StdInstant>,
+    /// The wait before the next reopen attempt.
+    store_backoff: Duration,
+    /// When the store file's identity is next checked.
+    store_check_at: StdInstant,
+    store_failing_exit_after: Duration,
     persist_stats: PersistStats,
     /// Whether the memory-only warning was logged.
     warned_not_durable: bool,
@@ -289,6 +387,16 @@ pub struct Driver {
     refused_on_accept: u64,
     /// See [`Driver::dropped_without_linger`].
     dropped_without_linger: u64,
+    /// Unix ms at `origin`, as last told to the core.
+    unix_ms_at_origin: u64,
+    /// When the wall clock is next compared with the monotonic clock.
+    clock_check_at: StdInstant,
+    clock_policy: ClockPolicy,
+    /// Whether the core was told the clock is untrusted.
+    clock_untrusted: bool,
+    clock_skew_ms: Option<Arc<AtomicI64>>,
+    /// Why the driver stopped on its own, if it did: `run` returns it.
+    exit_error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -448,31 +556,47 @@ impl Driver {
         seed: [u8; 32],
         options: &DriverOptions,
     ) -> io::Result<Driver> {
+        // The port first: a busy port should fail before a large store is
+        // read, and say that it is the port.
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(listen).map_err(|error| {
+            io::Error::new(error.kind(), format!("cannot listen on {listen}: {error}"))
+        })?;
+        let local_addr = listener.local_addr()?;
         let mut persist_stats = PersistStats::default();
+        let genesis = &config.chain.genesis;
+        let store_options = StoreOptions {
+            network: Some(StoreNetwork {
+                network_id: genesis.network_id(),
+                genesis_root: genesis.root(),
+            }),
+            must_exist: false,
+            faults: options.faults.disk.clone(),
+        };
+        let mut stored_slot_max = 0;
         let store = match &options.data_dir {
             None => None,
             Some(dir) => {
-                let store = BlockStore::open(dir).map_err(store_error)?;
-                let (blocks, skipped) = load_blocks(&store)?;
-                persist_stats.loaded = blocks.len() as u64;
-                persist_stats.skipped = skipped;
+                let slot_now = genesis.slot_at(wall_ms(&options.faults.clock_skew_ms));
+                let store = open_store(dir, &store_options, options.repair, slot_now)?;
+                let loaded = load_blocks(&store)?;
+                persist_stats.loaded = loaded.blocks.len() as u64;
+                persist_stats.skipped = loaded.skipped;
+                stored_slot_max = loaded.slot_max;
                 log::info!(
                     "block store {}: {} blocks loaded{}",
                     store.path().display(),
-                    blocks.len(),
-                    if skipped > 0 {
-                        format!(", {skipped} undecodable skipped")
+                    loaded.blocks.len(),
+                    if loaded.skipped > 0 {
+                        format!(", {} undecodable skipped", loaded.skipped)
                     } else {
                         String::new()
                     }
                 );
-                config.chain.stored = Arc::from(blocks);
+                config.chain.stored = Arc::from(loaded.blocks);
                 Some(store)
             }
         };
-        let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(listen)?;
-        let local_addr = listener.local_addr()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -484,12 +608,15 @@ impl Driver {
         // The two clocks are read together: the core's instants are
         // microseconds since `origin`, and slots are wall-clock slots.
         let origin = StdInstant::now();
-        config.unix_ms_at_origin = unix_ms(SystemTime::now());
+        let clock_skew_ms = options.faults.clock_skew_ms.clone();
+        config.unix_ms_at_origin = wall_ms(&clock_skew_ms);
+        let unix_ms_at_origin = config.unix_ms_at_origin;
         let peer_id = identity.peer_id();
         let node = Node::new(config, identity, seed);
         let (control_sender, control_receiver) = crossbeam_channel::bounded(CONTROL_QUEUED_MAX);
         log::info!("[{peer_id:?}] node {peer_id} listening on {local_addr}");
-        Ok(Driver {
+        let head_slot = node.chain().head().slot;
+        let mut driver = Driver {
             poll,
             events: Events::with_capacity(EVENTS_PER_POLL_MAX),
             ready: Vec::with_capacity(EVENTS_PER_POLL_MAX),
@@ -514,14 +641,44 @@ impl Driver {
             state: RunState::Running,
             workers,
             work_stats: WorkStats::default(),
+            store_dir: options.data_dir.clone().map(|dir| {
+                (
+                    dir,
+                    StoreOptions {
+                        must_exist: true,
+                        ..store_options
+                    },
+                )
+            }),
             store,
             unwritten: VecDeque::new(),
             persist_retry_at: None,
+            store_failing_since: None,
+            store_backoff: STORE_REOPEN_BACKOFF_MIN,
+            store_check_at: origin + STORE_FILE_CHECK_INTERVAL,
+            store_failing_exit_after: options.store_failing_exit_after,
             persist_stats,
             warned_not_durable: false,
             refused_on_accept: 0,
             dropped_without_linger: 0,
-        })
+            unix_ms_at_origin,
+            clock_check_at: origin + CLOCK_CHECK_INTERVAL,
+            clock_policy: options.clock,
+            clock_untrusted: false,
+            clock_skew_ms,
+            exit_error: None,
+        };
+        if stored_slot_max > head_slot {
+            log::error!(
+                "[{peer_id:?}] the block store holds blocks up to slot {stored_slot_max} but the \
+                 chain loaded from it ends at slot {head_slot} (damaged or orphaned blocks): not \
+                 producing until peers have re-synced it"
+            );
+            driver.feed(Input::Health(Health::StoreIncomplete {
+                slot: stored_slot_max,
+            }));
+        }
+        Ok(driver)
     }
 
     // ---- Getters ----
@@ -556,7 +713,22 @@ impl Driver {
 
     /// Whether blocks are written to a store (else the node is memory-only).
     pub fn is_durable(&self) -> bool {
-        self.store.is_some()
+        self.store_dir.is_some()
+    }
+
+    /// Whether the store refuses writes (`store_failing`): since when.
+    pub fn store_failing_since(&self) -> Option<StdInstant> {
+        self.store_failing_since
+    }
+
+    /// Persist batches waiting to be written (after a failed commit).
+    pub fn unwritten_batches(&self) -> usize {
+        self.unwritten.len()
+    }
+
+    /// Why the driver stopped on its own (a store failing for too long), if it did.
+    pub fn exit_error(&self) -> Option<&str> {
+        self.exit_error.as_deref()
     }
 
     /// Transport connections the driver holds (dialling, open, or closing).
@@ -659,7 +831,7 @@ impl Driver {
             self.turn(None)?;
         }
         let stats = self.persist_stats;
-        if self.store.is_some() && stats.batches > 0 {
+        if self.is_durable() && stats.batches > 0 {
             log::info!(
                 "[{:?}] stored {} blocks in {} commits: {} µs mean, {} µs at most",
                 self.peer_id,
@@ -669,8 +841,31 @@ impl Driver {
                 stats.commit_micros_max
             );
         }
+        let lost = self.report_unwritten();
         log::info!("[{:?}] stopped", self.peer_id);
-        Ok(())
+        match (self.exit_error.take(), lost) {
+            (Some(error), _) | (None, Some(error)) => Err(io::Error::other(error)),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// At exit: one last try to write what waits, then an ERROR line
+    /// counting what could not be written (and its text, for `run`'s error).
+    fn report_unwritten(&mut self) -> Option<String> {
+        if !self.unwritten.is_empty() {
+            self.write_unwritten();
+        }
+        if self.unwritten.is_empty() {
+            return None;
+        }
+        let blocks: usize = self.unwritten.iter().map(|batch| batch.blocks.len()).sum();
+        let text = format!(
+            "{} persist batches ({blocks} blocks) were never written to the block store: \
+             this node lost them (peers that got them still hold them)",
+            self.unwritten.len()
+        );
+        log::error!("[{:?}] {text}", self.peer_id);
+        Some(text)
     }
 
     /// Runs the driver on a new thread named `name`.
@@ -747,6 +942,8 @@ impl Driver {
         {
             self.write_unwritten();
         }
+        self.watch_store();
+        self.watch_clock();
         let now = self.now();
         if self.node.poll_timeout().is_some_and(|due| due <= now) {
             self.feed(Input::Timeout);
@@ -783,6 +980,10 @@ impl Driver {
         }
         if let Some(retry_at) = self.persist_retry_at {
             at_most(retry_at.saturating_duration_since(now));
+        }
+        at_most(self.clock_check_at.saturating_duration_since(now));
+        if self.store.is_some() {
+            at_most(self.store_check_at.saturating_duration_since(now));
         }
         wait
     }
@@ -1338,7 +1539,7 @@ impl Driver {
     /// fsync, at the cost of a second owner of the store; the batches'
     /// order would be kept by a FIFO channel either way.
     fn persist(&mut self, batch: PersistBatch) {
-        if self.store.is_none() {
+        if !self.is_durable() {
             if !self.warned_not_durable {
                 self.warned_not_durable = true;
                 log::warn!(
@@ -1361,9 +1562,14 @@ impl Driver {
     /// (acknowledgements are cumulative, so no later batch may pass it).
     fn write_unwritten(&mut self) {
         self.persist_retry_at = None;
+        if self.store.is_none() && !self.reopen_store() {
+            return;
+        }
         while let Some(batch) = self.unwritten.front() {
             let Some(store) = self.store.as_mut() else {
-                unreachable!("only a durable driver queues batches");
+                unreachable!(
+                    "the store was opened above and is closed only on a failure, which returns"
+                );
             };
             let encoded: Vec<(meshsync_core::chain::Root, u64, Vec<u8>)> = batch
                 .blocks
@@ -1375,6 +1581,14 @@ impl Driver {
                 .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
                 .collect();
             let finalized = Some((batch.finalized.root, batch.finalized.slot));
+            // A commit into a deleted (unlinked) file succeeds and is lost at
+            // exit: check the file first (a stat, microseconds beside the fsync).
+            if let Err(error) = store.check_file() {
+                let context = format!("persist batch {}", batch.id);
+                self.persist_stats.failures += 1;
+                self.store_failed(&context, &error);
+                return;
+            }
             let started = StdInstant::now();
             match store.commit(&blocks, &batch.delete, finalized) {
                 Ok(deleted) => {
@@ -1406,15 +1620,163 @@ impl Driver {
                     self.feed(Input::Persisted { id });
                 }
                 Err(error) => {
-                    log::error!(
-                        "[{:?}] persist batch {} failed (retrying in {:?}): {error}",
-                        self.peer_id,
-                        batch.id,
-                        PERSIST_RETRY_INTERVAL
-                    );
+                    let context = format!("persist batch {}", batch.id);
                     self.persist_stats.failures += 1;
-                    self.persist_retry_at = Some(StdInstant::now() + PERSIST_RETRY_INTERVAL);
+                    self.store_failed(&context, &error);
                     return;
+                }
+            }
+        }
+        self.store_recovered();
+    }
+
+    /// The store refused: close it (redb refuses everything after an I/O
+    /// error until reopened), tell the core, and schedule a reopen.
+    fn store_failed(&mut self, context: &str, error: &StoreError) {
+        // A write error may be a deleted file: say so if it is.
+        let cause = match self.store.as_ref().map(BlockStore::check_file) {
+            Some(Err(gone)) => format!("{error} ({gone})"),
+            _ => error.to_string(),
+        };
+        self.store = None;
+        let retry_in = self.store_backoff;
+        self.persist_retry_at = Some(StdInstant::now() + retry_in);
+        self.store_backoff = (self.store_backoff * 2).min(STORE_REOPEN_BACKOFF_MAX);
+        match self.store_failing_since {
+            None => {
+                self.store_failing_since = Some(StdInstant::now());
+                log::error!(
+                    "[{:?}] store_failing: {context} failed: {cause}; not producing or \
+                     forwarding blocks; {} batches wait; reopening the store in {retry_in:?}",
+                    self.peer_id,
+                    self.unwritten.len()
+                );
+                self.feed(Input::Health(Health::StoreFailing));
+            }
+            Some(since) => log::warn!(
+                "[{:?}] store_failing for {} s: {context} failed: {cause}; {} batches wait; \
+                 reopening in {retry_in:?}",
+                self.peer_id,
+                since.elapsed().as_secs(),
+                self.unwritten.len()
+            ),
+        }
+    }
+
+    /// Reopens a store closed after a failure; whether it is open now.
+    fn reopen_store(&mut self) -> bool {
+        let Some((dir, options)) = &self.store_dir else {
+            return false;
+        };
+        match BlockStore::open_with(dir, options) {
+            Ok(store) => {
+                log::info!(
+                    "[{:?}] block store {} reopened",
+                    self.peer_id,
+                    store.path().display()
+                );
+                self.persist_stats.reopened += 1;
+                self.store = Some(store);
+                true
+            }
+            Err(error) => {
+                self.store_failed("reopen", &error);
+                false
+            }
+        }
+    }
+
+    /// Every waiting batch is written: leave `store_failing` if in it.
+    fn store_recovered(&mut self) {
+        let Some(since) = self.store_failing_since.take() else {
+            return;
+        };
+        self.store_backoff = STORE_REOPEN_BACKOFF_MIN;
+        log::info!(
+            "[{:?}] the block store writes again after {} s of store_failing",
+            self.peer_id,
+            since.elapsed().as_secs()
+        );
+        self.feed(Input::Health(Health::StoreWriting));
+    }
+
+    /// Checks the store file now and then; stops the driver if the store
+    /// has failed for too long.
+    fn watch_store(&mut self) {
+        let now = StdInstant::now();
+        if let Some(since) = self.store_failing_since {
+            if self.exit_error.is_none()
+                && now.saturating_duration_since(since) >= self.store_failing_exit_after
+            {
+                let text = format!(
+                    "the block store has refused writes for {} s (limit {} s): stopping",
+                    now.saturating_duration_since(since).as_secs(),
+                    self.store_failing_exit_after.as_secs()
+                );
+                log::error!("[{:?}] {text}", self.peer_id);
+                self.exit_error = Some(text);
+                self.shutdown();
+            }
+            return;
+        }
+        if now < self.store_check_at {
+            return;
+        }
+        self.store_check_at = now + STORE_FILE_CHECK_INTERVAL;
+        let checked = self.store.as_ref().map(BlockStore::check_file);
+        if let Some(Err(error)) = checked {
+            self.store_failed("file check", &error);
+        }
+    }
+
+    /// Compares the wall clock with the monotonic one now and then (see the module docs).
+    fn watch_clock(&mut self) {
+        let now = StdInstant::now();
+        if now < self.clock_check_at {
+            return;
+        }
+        self.clock_check_at = now + CLOCK_CHECK_INTERVAL;
+        let elapsed_ms = u64::try_from(now.saturating_duration_since(self.origin).as_millis())
+            .unwrap_or(u64::MAX);
+        let expected_ms = self.unix_ms_at_origin.saturating_add(elapsed_ms);
+        let wall_ms = wall_ms(&self.clock_skew_ms);
+        let jump_ms = i128::from(wall_ms) - i128::from(expected_ms);
+        let tolerance_ms = CLOCK_JUMP_TOLERANCE.as_millis() as i128;
+        if jump_ms.abs() <= tolerance_ms {
+            if self.clock_untrusted {
+                self.clock_untrusted = false;
+                log::info!(
+                    "[{:?}] the wall clock is back within {CLOCK_JUMP_TOLERANCE:?}: producing again",
+                    self.peer_id
+                );
+                self.feed(Input::Health(Health::ClockTrusted));
+            }
+            return;
+        }
+        match self.clock_policy {
+            ClockPolicy::Rebase => {
+                log::warn!(
+                    "[{:?}] the wall clock jumped by {jump_ms} ms against the monotonic clock \
+                     (tolerance {} ms; set by hand, stepped by NTP, or a suspend): slots now \
+                     follow it; slots already produced are not produced again",
+                    self.peer_id,
+                    tolerance_ms
+                );
+                self.unix_ms_at_origin = wall_ms.saturating_sub(elapsed_ms);
+                self.feed(Input::Health(Health::ClockRebased {
+                    unix_ms_at_origin: self.unix_ms_at_origin,
+                }));
+            }
+            ClockPolicy::Refuse => {
+                if !self.clock_untrusted {
+                    self.clock_untrusted = true;
+                    log::warn!(
+                        "[{:?}] the wall clock jumped by {jump_ms} ms against the monotonic \
+                         clock (tolerance {} ms): not producing until it is back",
+                        self.peer_id,
+                        tolerance_ms
+                    );
+                    self.feed(Input::Health(Health::ClockUntrusted));
                 }
             }
         }
@@ -1636,6 +1998,47 @@ fn unix_ms(time: SystemTime) -> u64 {
     u64::try_from(millis).unwrap_or(u64::MAX)
 }
 
+/// The wall clock in Unix ms, plus a test's skew.
+fn wall_ms(skew_ms: &Option<Arc<AtomicI64>>) -> u64 {
+    let ms = unix_ms(SystemTime::now());
+    match skew_ms {
+        None => ms,
+        Some(skew) => ms.saturating_add_signed(skew.load(Ordering::SeqCst)),
+    }
+}
+
+/// Opens the store for [`Driver::bind_with`]; with `repair`, a damaged or
+/// half-created file is moved aside and what can be read of it kept.
+fn open_store(
+    dir: &Path,
+    options: &StoreOptions,
+    repair: bool,
+    slot_now: u64,
+) -> io::Result<BlockStore> {
+    match BlockStore::open_with(dir, options) {
+        Ok(store) => Ok(store),
+        Err(error @ (StoreError::Corrupt { .. } | StoreError::HalfCreated { .. })) if repair => {
+            log::warn!("{error}: repairing");
+            let report = BlockStore::repair(dir, options, slot_now).map_err(store_error)?;
+            log::warn!(
+                "block store repaired: the damaged file is now {}; {} blocks kept{}; the rest \
+                 is re-synced from peers",
+                report
+                    .moved_to
+                    .as_deref()
+                    .map_or_else(|| "gone".to_string(), |path| path.display().to_string()),
+                report.blocks_kept,
+                report
+                    .stopped
+                    .map(|why| format!(" (reading stopped: {why})"))
+                    .unwrap_or_default()
+            );
+            BlockStore::open_with(dir, options).map_err(store_error)
+        }
+        Err(error) => Err(store_error(error)),
+    }
+}
+
 /// A store error as the `io::Error` [`Driver::bind_with`] returns (its text names the path).
 fn store_error(error: StoreError) -> io::Error {
     let kind = match &error {
@@ -1646,13 +2049,38 @@ fn store_error(error: StoreError) -> io::Error {
     io::Error::new(kind, error.to_string())
 }
 
+/// What [`load_blocks`] found.
+struct LoadedBlocks {
+    /// Every block that decodes under its own root, in (slot, root) order.
+    blocks: Vec<SignedBlock>,
+    /// Blocks skipped as undecodable or stored under the wrong root.
+    skipped: u64,
+    /// The highest slot of any stored block, skipped or not.
+    slot_max: u64,
+}
+
 /// Every block in the store that decodes (and whose root is the one it is
-/// stored under), in (slot, root) order, and how many were skipped.
-fn load_blocks(store: &BlockStore) -> io::Result<(Vec<SignedBlock>, u64)> {
+/// stored under), in (slot, root) order, how many were skipped, and the
+/// highest stored slot.
+fn load_blocks(store: &BlockStore) -> io::Result<LoadedBlocks> {
     let mut blocks = Vec::new();
     let mut skipped = 0;
+    let mut slot_max = 0;
     store
-        .for_each_block(|root, slot, bytes| match SignedBlock::decode(bytes) {
+        .for_each_block(|root, slot, bytes| {
+            slot_max = slot_max.max(slot);
+            match SignedBlock::decode(bytes) {
+            // The root covers the header only: a body damaged on disk
+            // (the core trusts stored blocks, it verified them once) is
+            // caught by its hash.
+            Ok(block) if block.root() == root && body_root(&block.body) != block.header.body_root => {
+                skipped += 1;
+                log::error!(
+                    "block store {}: block {} at slot {slot} has a damaged body: skipped",
+                    store.path().display(),
+                    hex4(&root)
+                );
+            }
             Ok(block) if block.root() == root => blocks.push(block),
             Ok(block) => {
                 skipped += 1;
@@ -1670,9 +2098,15 @@ fn load_blocks(store: &BlockStore) -> io::Result<(Vec<SignedBlock>, u64)> {
                     hex4(&root)
                 );
             }
-        })
+        }})
         .map_err(store_error)?;
-    Ok((blocks, skipped))
+    // A repaired store knows how far the damaged one reached.
+    slot_max = slot_max.max(store.incomplete_to_slot().map_err(store_error)?);
+    Ok(LoadedBlocks {
+        blocks,
+        skipped,
+        slot_max,
+    })
 }
 
 /// The first 4 bytes of a root in hex, for logs.
@@ -1742,6 +2176,7 @@ mod tests {
         let options = DriverOptions {
             workers: 1,
             data_dir: Some(dir.path().to_path_buf()),
+            ..DriverOptions::default()
         };
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut driver = Driver::bind_with(

@@ -10,7 +10,7 @@ use meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX;
 use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
 use meshsync_core::Config;
-use meshsync_mio::driver::DriverOptions;
+use meshsync_mio::driver::{ClockPolicy, DriverOptions, STORE_FAILING_EXIT_AFTER_DEFAULT};
 use meshsync_mio::genesis_files::{self, GenesisOptions};
 use meshsync_mio::{bench, bench_sync, devnet, keyfile, workers, Driver, PeerAddress};
 
@@ -91,6 +91,17 @@ enum CliCommand {
         /// Worker threads for block verification (default: one per core).
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
+        /// If the block store is damaged or half-created, move it aside,
+        /// keep what can still be read of it, and re-sync the rest from peers.
+        #[arg(long)]
+        repair: bool,
+        /// Stop with an error once the block store has refused writes this long.
+        #[arg(long = "store-failing-exit-secs", value_name = "S", default_value_t = STORE_FAILING_EXIT_AFTER_DEFAULT.as_secs())]
+        store_failing_exit_secs: u64,
+        /// When the wall clock jumps: `rebase` the slot clock on it, or
+        /// `refuse` to produce until it is back.
+        #[arg(long = "clock-jump", value_name = "POLICY", default_value = "rebase", value_parser = parse_clock_policy)]
+        clock_jump: ClockPolicy,
     },
     /// Run N connected nodes on 127.0.0.1 in this process, P of them
     /// proposing blocks on a fresh devnet genesis, and print every node's
@@ -223,6 +234,9 @@ fn run(cli: Cli) -> Result<(), String> {
             data_dir,
             body_bytes,
             workers,
+            repair,
+            store_failing_exit_secs,
+            clock_jump,
         } => node(NodeOptions {
             listen,
             key,
@@ -233,6 +247,9 @@ fn run(cli: Cli) -> Result<(), String> {
             data_dir,
             body_bytes,
             workers,
+            repair,
+            store_failing_exit_after: Duration::from_secs(store_failing_exit_secs),
+            clock_jump,
         }),
         CliCommand::Devnet {
             nodes,
@@ -357,10 +374,22 @@ struct NodeOptions {
     data_dir: Option<PathBuf>,
     body_bytes: usize,
     workers: Option<usize>,
+    repair: bool,
+    store_failing_exit_after: Duration,
+    clock_jump: ClockPolicy,
+}
+
+fn parse_clock_policy(text: &str) -> Result<ClockPolicy, String> {
+    match text {
+        "rebase" => Ok(ClockPolicy::Rebase),
+        "refuse" => Ok(ClockPolicy::Refuse),
+        _ => Err(format!("{text:?} is neither rebase nor refuse")),
+    }
 }
 
 fn node(options: NodeOptions) -> Result<(), String> {
-    let identity = keyfile::read_key_file(&options.key).map_err(|error| error.to_string())?;
+    let identity = keyfile::read_key_file(&options.key)
+        .map_err(|error| format!("cannot start the node: key: {error}"))?;
     if options.body_bytes > BLOCK_BODY_BYTES_MAX {
         return Err(format!(
             "--body-bytes {} is more than a block body may hold ({BLOCK_BODY_BYTES_MAX})",
@@ -372,13 +401,17 @@ fn node(options: NodeOptions) -> Result<(), String> {
         &options.proposer_keys,
         options.network_id,
     )
-    .map_err(|error| error.to_string())?;
+    .map_err(|error| format!("cannot start the node: genesis: {error}"))?;
     chain.body_bytes = options.body_bytes;
     let mut config = Config::new(chain.genesis.network_id());
     config.chain = chain;
     let driver_options = DriverOptions {
         workers: options.workers.unwrap_or_else(workers::default_threads),
         data_dir: options.data_dir,
+        repair: options.repair,
+        store_failing_exit_after: options.store_failing_exit_after,
+        clock: options.clock_jump,
+        faults: Default::default(),
     };
     let mut driver = Driver::bind_with(
         options.listen,
@@ -387,7 +420,9 @@ fn node(options: NodeOptions) -> Result<(), String> {
         meshsync_mio::os_seed(),
         &driver_options,
     )
-    .map_err(|error| format!("cannot start the node on {}: {error}", options.listen))?;
+    // The error names its cause: "cannot listen on ADDR: ..." (network) or
+    // "block store PATH ..." (store).
+    .map_err(|error| format!("cannot start the node: {error}"))?;
     driver
         .catch_signals()
         .map_err(|error| format!("cannot install signal handlers: {error}"))?;
@@ -396,5 +431,5 @@ fn node(options: NodeOptions) -> Result<(), String> {
     }
     driver
         .run()
-        .map_err(|error| format!("poll loop failed: {error}"))
+        .map_err(|error| format!("node stopped: {error}"))
 }

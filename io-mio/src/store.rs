@@ -10,7 +10,11 @@
 //! | --- | --- | --- | --- |
 //! | `blocks_v1` | (slot u64, root) | block bytes | iteration order is (slot, root): the core re-imports parents before children without a sort |
 //! | `slot_by_root_v1` | root | slot u64 | find (and delete) a block by root alone |
-//! | `meta_v1` | name | bytes | `finalized` (root ‖ slot BE, 40 bytes), `block_bytes` (u64 BE) |
+//! | `meta_v1` | name | bytes | `finalized` (root ‖ slot BE, 40 bytes), `block_bytes` (u64 BE), `network` (network id BE ‖ genesis root, 40 bytes) |
+//!
+//! The `network` record is written when the store is created and checked at
+//! every open ([`StoreOptions::network`]): a data directory of another
+//! network is refused, naming both, instead of piling a second chain into it.
 //!
 //! Every [`BlockStore::commit`] (one `Action::Persist` batch: blocks,
 //! deletions and the finalized checkpoint together), [`BlockStore::persist`]
@@ -22,24 +26,45 @@
 //! # Security
 //! *Provided*: stored values are checked when read ([`BLOCK_BYTES_MAX`], the
 //! two tables agreeing, the checkpoint's length); a file damaged on disk is
-//! reported as [`StoreError::Corrupt`] naming the path, never a panic. The
-//! file is locked while open, so two nodes cannot share one directory.
+//! reported as [`StoreError::Corrupt`] naming the path and the operator's
+//! options, never a panic. Every open runs redb's integrity check (every
+//! page's checksum, the allocator state rebuilt) before anything is
+//! written, because a plain open trusts the allocator state and panics
+//! inside redb on a damaged one; and every call into redb is wrapped in
+//! `catch_unwind`, so a panic that still happens in the library becomes
+//! [`StoreError::Corrupt`] (the store then refuses every further call). A
+//! zero-length or half-created file is reported as such
+//! ([`StoreError::HalfCreated`]), not silently treated as new. The file's
+//! identity (device, inode) is remembered at open, so a store deleted or
+//! replaced under a running node is noticed ([`BlockStore::check_file`]).
+//! The file is locked while open, so two nodes cannot share one directory.
+//! [`BlockStore::repair`] moves a damaged file aside and keeps what can
+//! still be read of it.
 //!
 //! *Not provided*: blocks are not re-verified here (the core verifies what it
 //! re-imports); no protection against someone who can write the file.
 //!
 //! # Limits
 //! A block is at most [`BLOCK_BYTES_MAX`] bytes (the core's largest signed
-//! block); redb's page cache is capped at [`STORE_CACHE_BYTES`].
+//! block); redb's page cache is capped at [`STORE_CACHE_BYTES`]. The
+//! integrity check at open reads the whole file once.
 
+use std::cell::Cell;
 use std::fmt;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::ops::Bound;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use meshsync_core::chain::block::SIGNED_BLOCK_BYTES_MAX;
 use meshsync_core::chain::Root;
+use redb::backends::FileBackend;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    BackendError, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    StorageBackend, TableDefinition,
 };
 
 /// The file name of the store inside its directory.
@@ -59,6 +84,197 @@ const SLOT_BY_ROOT: TableDefinition<[u8; 32], u64> = TableDefinition::new("slot_
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 const META_FINALIZED: &str = "finalized";
 const META_BLOCK_BYTES: &str = "block_bytes";
+const META_NETWORK: &str = "network";
+/// Written by [`BlockStore::repair`]: the highest slot the damaged file
+/// named (u64 BE), so the node knows what it lacks until it has it again.
+const META_INCOMPLETE_TO_SLOT: &str = "incomplete_to_slot";
+/// Bytes of the network record: network id (u64 BE), then genesis root.
+const NETWORK_RECORD_BYTES: usize = 8 + 32;
+/// Blocks copied per transaction by [`BlockStore::repair`].
+const REPAIR_BATCH_BLOCKS: usize = 256;
+/// ENOSPC on Linux: what [`DiskFaults`] answers, as a full disk would.
+const ENOSPC: i32 = 28;
+
+/// The network a store belongs to: recorded when it is created, checked at
+/// every open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreNetwork {
+    /// The network id of the genesis.
+    pub network_id: u64,
+    /// The genesis root.
+    pub genesis_root: Root,
+}
+
+impl fmt::Display for StoreNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "network {} (genesis root {})",
+            self.network_id,
+            hex(&self.genesis_root)
+        )
+    }
+}
+
+/// How [`BlockStore::open_with`] opens a store.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    /// The network this node runs: recorded in a new store, and a store of
+    /// another network is refused with [`StoreError::WrongNetwork`].
+    /// `None`: not checked (tools and tests).
+    pub network: Option<StoreNetwork>,
+    /// Never create the file: a reopen after a failure must not replace a
+    /// deleted store with an empty one ([`StoreError::Gone`] instead).
+    pub must_exist: bool,
+    /// Faults to inject into the file (tests of full and failing disks).
+    pub faults: Option<Arc<DiskFaults>>,
+}
+
+/// Faults injected into a store file through its storage backend: a disk
+/// that fills up (writes past a size fail with ENOSPC, "No space left on
+/// device") or that refuses writes outright. Shared with the test that
+/// steers it; every fault can be lifted again, as freeing space would.
+#[derive(Debug)]
+pub struct DiskFaults {
+    /// The file may not grow past this many bytes.
+    file_bytes_max: AtomicU64,
+    /// Further writes that fail, counted down (`u64::MAX`: all of them).
+    failing_writes: AtomicU64,
+    /// Writes refused so far.
+    refused: AtomicU64,
+}
+
+impl DiskFaults {
+    /// No faults yet.
+    pub fn new() -> Arc<DiskFaults> {
+        Arc::new(DiskFaults {
+            file_bytes_max: AtomicU64::new(u64::MAX),
+            failing_writes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// The disk is full once the file would grow past `bytes`.
+    pub fn fill_at(&self, bytes: u64) {
+        self.file_bytes_max.store(bytes, Ordering::SeqCst);
+    }
+
+    /// The next `writes` writes fail (`u64::MAX`: all until [`DiskFaults::heal`]).
+    pub fn fail_writes(&self, writes: u64) {
+        self.failing_writes.store(writes, Ordering::SeqCst);
+    }
+
+    /// Space is freed and writes work again.
+    pub fn heal(&self) {
+        self.file_bytes_max.store(u64::MAX, Ordering::SeqCst);
+        self.failing_writes.store(0, Ordering::SeqCst);
+    }
+
+    /// Writes refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::SeqCst)
+    }
+
+    /// Whether a write ending at byte `end` is refused.
+    fn refuse(&self, end: u64) -> Result<(), io::Error> {
+        let failing = self
+            .failing_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+                0 => None,
+                u64::MAX => Some(u64::MAX),
+                left => Some(left - 1),
+            })
+            .is_ok();
+        if failing || end > self.file_bytes_max.load(Ordering::SeqCst) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+/// redb's file backend, with [`DiskFaults`] in front of its writes.
+#[derive(Debug)]
+struct FaultyFile {
+    file: FileBackend,
+    faults: Option<Arc<DiskFaults>>,
+}
+
+impl StorageBackend for FaultyFile {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.file.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        if let Some(faults) = &self.faults {
+            if len > self.file.len()? {
+                faults.refuse(len)?;
+            }
+        }
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        if let Some(faults) = &self.faults {
+            faults.refuse(offset.saturating_add(data.len() as u64))?;
+        }
+        self.file.write(offset, data)
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        self.file.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
+
+/// What [`BlockStore::repair`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Where the damaged file now is (`None`: there was no file).
+    pub moved_to: Option<PathBuf>,
+    /// Blocks read from it and written to the new store.
+    pub blocks_kept: u64,
+    /// Why reading it stopped early, if it did.
+    pub stopped: Option<String>,
+    /// The highest slot the damaged file named anywhere that could be read
+    /// (recorded in the new store when above the blocks kept).
+    pub slot_seen_max: u64,
+}
 
 /// Why the store could not do what was asked. Every variant but
 /// [`StoreError::BlockTooLarge`] names the file.
@@ -94,6 +310,31 @@ pub enum StoreError {
         /// The error (boxed: redb's error is large, and errors are rare).
         error: Box<redb::Error>,
     },
+    /// The file is empty or shorter than any store: its creation never
+    /// finished (a full disk at first start). It holds no blocks.
+    HalfCreated {
+        /// The store file.
+        path: PathBuf,
+        /// Its length.
+        bytes: u64,
+    },
+    /// The store belongs to another network.
+    WrongNetwork {
+        /// The store file.
+        path: PathBuf,
+        /// The network it records.
+        stored: StoreNetwork,
+        /// The network this node runs.
+        ours: StoreNetwork,
+    },
+    /// The file was deleted or replaced while the store was open, or is
+    /// missing when it must exist.
+    Gone {
+        /// The store file.
+        path: PathBuf,
+        /// What happened to it.
+        detail: &'static str,
+    },
     /// Caller misuse: a block larger than [`BLOCK_BYTES_MAX`] was given to persist.
     BlockTooLarge {
         /// The block's root.
@@ -111,8 +352,27 @@ impl fmt::Display for StoreError {
                 "block store {} is locked: another meshsync process has it open",
                 path.display()
             ),
-            StoreError::Corrupt { path, detail } => {
-                write!(f, "block store {} is corrupt: {detail}", path.display())
+            StoreError::Corrupt { path, detail } => write!(
+                f,
+                "block store {} is corrupt: {detail}. Start with --repair to keep what can \
+                 still be read (the damaged file is moved aside) and re-sync the rest from \
+                 peers, or move the file aside yourself",
+                path.display()
+            ),
+            StoreError::HalfCreated { path, bytes } => write!(
+                f,
+                "block store {} is {bytes} bytes: its creation never finished (a full disk at \
+                 first start?) and it holds no blocks. Remove it, or start with --repair",
+                path.display()
+            ),
+            StoreError::WrongNetwork { path, stored, ours } => write!(
+                f,
+                "block store {} belongs to {stored}, not to this node's {ours}: give this \
+                 network its own --data-dir",
+                path.display()
+            ),
+            StoreError::Gone { path, detail } => {
+                write!(f, "block store {} {detail}", path.display())
             }
             StoreError::Io {
                 path,
@@ -168,6 +428,11 @@ pub struct StoreStats {
 pub struct BlockStore {
     database: Database,
     path: PathBuf,
+    /// (device, inode) of the file when it was opened.
+    identity: Option<(u64, u64)>,
+    /// Set once redb panicked: the database may be inconsistent in memory,
+    /// so every further call fails.
+    broken: Cell<bool>,
 }
 
 impl fmt::Debug for BlockStore {
@@ -180,28 +445,267 @@ impl fmt::Debug for BlockStore {
 
 impl BlockStore {
     /// Opens the store in `dir`, creating the directory and `dir/blocks.redb`
-    /// if needed. Fails with the path and the reason when the file cannot be
-    /// created or read, is not a store, or is open elsewhere.
+    /// if needed, without a network check. Fails with the path and the
+    /// reason when the file cannot be created or read, is not a store, or
+    /// is open elsewhere.
     pub fn open(dir: &Path) -> Result<BlockStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| StoreError::Io {
-            path: dir.to_path_buf(),
-            operation: "create directory",
+        BlockStore::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Opens the store in `dir` as `options` say (see [`StoreOptions`]):
+    /// verifies the whole file before anything is written, then records or
+    /// checks the network.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<BlockStore, StoreError> {
+        let path = dir.join(STORE_FILE_NAME);
+        if options.must_exist {
+            if !path.is_file() {
+                return Err(StoreError::Gone {
+                    path,
+                    detail: "is missing (deleted while the node ran?)",
+                });
+            }
+        } else {
+            std::fs::create_dir_all(dir).map_err(|error| StoreError::Io {
+                path: dir.to_path_buf(),
+                operation: "create directory",
+                error,
+            })?;
+        }
+        // redb would initialise an empty file as a new store: a file left
+        // empty by a failed first start would then pass for a fresh one.
+        if let Ok(metadata) = std::fs::metadata(&path) {
+            if metadata.is_file() && metadata.len() == 0 {
+                return Err(StoreError::HalfCreated { path, bytes: 0 });
+            }
+        }
+        let existed = path.is_file();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(!options.must_exist)
+            .truncate(false)
+            .open(&path)
+            .map_err(|error| StoreError::Io {
+                path: path.clone(),
+                operation: "open",
+                error,
+            })?;
+        let identity = file_identity(&file);
+        let backend = FaultyFile {
+            file: FileBackend::new(file).map_err(|error| classify(&path, "open", error.into()))?,
+            faults: options.faults.clone(),
+        };
+        let opened = guard(&path, "open", || {
+            Database::builder()
+                .set_cache_size(STORE_CACHE_BYTES)
+                // Verify every page and rebuild the allocator state before
+                // the first write: a plain open trusts it, and a damaged one
+                // made redb panic (index out of bounds) and rewrite the header.
+                .set_check_integrity_on_open(true)
+                .create_with_backend(backend)
+                .map_err(|error| Failure::Redb(error.into()))
+        });
+        let database = match opened {
+            Ok(database) => database,
+            Err(StoreError::Corrupt { .. }) if existed && is_half_created(&path) => {
+                let bytes = std::fs::metadata(&path).map_or(0, |metadata| metadata.len());
+                return Err(StoreError::HalfCreated { path, bytes });
+            }
+            Err(error) => return Err(error),
+        };
+        let store = BlockStore {
+            database,
+            path,
+            identity,
+            broken: Cell::new(false),
+        };
+        // Create the tables, so readers never meet a missing one, and
+        // record the network (or check it) in the same transaction.
+        let network = options.network;
+        let stored = store.write("create tables", |transaction| {
+            let blocks = transaction.open_table(BLOCKS)?;
+            transaction.open_table(SLOT_BY_ROOT)?;
+            let mut meta = transaction.open_table(META)?;
+            let stored = read_network(&meta)?;
+            if let (None, Some(ours)) = (stored, network) {
+                if blocks.len()? > 0 {
+                    log::warn!(
+                        "block store predates network records: recording it as {ours}, unchecked"
+                    );
+                }
+                meta.insert(META_NETWORK, network_record(&ours).as_slice())?;
+            }
+            Ok(stored)
+        })?;
+        if let (Some(stored), Some(ours)) = (stored, network) {
+            if stored != ours {
+                return Err(StoreError::WrongNetwork {
+                    path: store.path.clone(),
+                    stored,
+                    ours,
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    /// Moves a damaged store in `dir` aside (to `blocks.redb.damaged-N`)
+    /// and copies every block that can still be read from it into a new
+    /// store, which is then closed. The blocks are re-verified by the core
+    /// when the node loads them; what is missing is re-synced from peers.
+    /// The new store records the highest slot it is known to lack: the
+    /// highest the damaged file still named, or, when reading it stopped
+    /// early, `slot_now` (it cannot have held later blocks), so the node
+    /// does not propose on what is left.
+    pub fn repair(
+        dir: &Path,
+        options: &StoreOptions,
+        slot_now: u64,
+    ) -> Result<RepairReport, StoreError> {
+        let path = dir.join(STORE_FILE_NAME);
+        if !path.exists() {
+            return Ok(RepairReport {
+                moved_to: None,
+                blocks_kept: 0,
+                stopped: None,
+                slot_seen_max: 0,
+            });
+        }
+        let moved_to = (0u32..)
+            .map(|index| dir.join(format!("{STORE_FILE_NAME}.damaged-{index}")))
+            .find(|candidate| !candidate.exists())
+            .expect("some index is free");
+        std::fs::rename(&path, &moved_to).map_err(|error| StoreError::Io {
+            path: path.clone(),
+            operation: "move aside",
             error,
         })?;
-        let path = dir.join(STORE_FILE_NAME);
-        let database = Database::builder()
-            .set_cache_size(STORE_CACHE_BYTES)
-            .create(&path)
-            .map_err(|error| classify(&path, "open", error.into()))?;
-        let store = BlockStore { database, path };
-        // Create the tables, so readers never meet a missing one.
-        store.write("create tables", |transaction| {
-            transaction.open_table(BLOCKS)?;
-            transaction.open_table(SLOT_BY_ROOT)?;
-            transaction.open_table(META)?;
+        let mut fresh = BlockStore::open_with(
+            dir,
+            &StoreOptions {
+                must_exist: false,
+                ..options.clone()
+            },
+        )?;
+        let mut kept = 0u64;
+        let mut kept_slot_max = 0u64;
+        let mut slot_seen_max = 0u64;
+        let mut batch: Vec<(Root, u64, Vec<u8>)> = Vec::new();
+        let mut write_error = None;
+        let mut flush = |batch: &mut Vec<(Root, u64, Vec<u8>)>, kept: &mut u64| {
+            let blocks: Vec<(Root, u64, &[u8])> = batch
+                .iter()
+                .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
+                .collect();
+            let result = fresh.persist(&blocks, None);
+            *kept += batch.len() as u64;
+            batch.clear();
+            result
+        };
+        // redb may panic on the damaged file; whatever was read before stays kept.
+        let read = catch_unwind(AssertUnwindSafe(|| -> Result<(), String> {
+            let old = redb::Builder::new()
+                .set_cache_size(STORE_CACHE_BYTES)
+                .open_read_only(&moved_to)
+                .map_err(|error| error.to_string())?;
+            let transaction = old.begin_read().map_err(|error| error.to_string())?;
+            let table = transaction
+                .open_table(BLOCKS)
+                .map_err(|error| error.to_string())?;
+            // The highest slot the file names, from the index and the
+            // last key, before the walk that may stop early.
+            if let Ok(Ok(Some((key, _)))) = catch_unwind(AssertUnwindSafe(|| table.last())) {
+                slot_seen_max = slot_seen_max.max(key.value().0);
+            }
+            if let Ok(index) = transaction.open_table(SLOT_BY_ROOT) {
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    for (_, slot) in index.iter().into_iter().flatten().map_while(Result::ok) {
+                        slot_seen_max = slot_seen_max.max(slot.value());
+                    }
+                }));
+            }
+            for entry in table.iter().map_err(|error| error.to_string())? {
+                let (key, value) = entry.map_err(|error| error.to_string())?;
+                let (slot, root) = key.value();
+                slot_seen_max = slot_seen_max.max(slot);
+                if value.value().len() > BLOCK_BYTES_MAX {
+                    continue;
+                }
+                kept_slot_max = kept_slot_max.max(slot);
+                batch.push((root, slot, value.value().to_vec()));
+                if batch.len() >= REPAIR_BATCH_BLOCKS {
+                    if let Err(error) = flush(&mut batch, &mut kept) {
+                        write_error = Some(error);
+                        return Ok(());
+                    }
+                }
+            }
             Ok(())
-        })?;
-        Ok(store)
+        }));
+        let stopped = match read {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(error),
+            Err(panic) => Some(format!(
+                "the store library panicked: {}",
+                panic_text(&panic)
+            )),
+        };
+        if let Some(error) = write_error {
+            return Err(error);
+        }
+        if !batch.is_empty() {
+            flush(&mut batch, &mut kept)?;
+        }
+        let missing_to_slot = if stopped.is_some() {
+            slot_seen_max.max(slot_now)
+        } else {
+            slot_seen_max
+        };
+        if missing_to_slot > kept_slot_max {
+            fresh.write("record what is missing", |transaction| {
+                let mut meta = transaction.open_table(META)?;
+                meta.insert(
+                    META_INCOMPLETE_TO_SLOT,
+                    missing_to_slot.to_be_bytes().as_slice(),
+                )?;
+                Ok(())
+            })?;
+        }
+        Ok(RepairReport {
+            moved_to: Some(moved_to),
+            blocks_kept: kept,
+            stopped,
+            slot_seen_max,
+        })
+    }
+
+    /// Whether the file is still the one opened: fails with
+    /// [`StoreError::Gone`] if it was deleted or replaced (a running node
+    /// would otherwise write into an unlinked file and lose everything at exit).
+    pub fn check_file(&self) -> Result<(), StoreError> {
+        let gone = |detail| StoreError::Gone {
+            path: self.path.clone(),
+            detail,
+        };
+        let metadata = match std::fs::metadata(&self.path) {
+            Ok(metadata) => metadata,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(gone("was deleted while the node ran"));
+            }
+            Err(error) => {
+                return Err(StoreError::Io {
+                    path: self.path.clone(),
+                    operation: "check file",
+                    error,
+                })
+            }
+        };
+        match (self.identity, metadata_identity(&metadata)) {
+            (Some(opened), Some(now)) if opened != now => {
+                Err(gone("was replaced by another file while the node ran"))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The store file.
@@ -327,6 +831,7 @@ impl BlockStore {
                     slots.len()?
                 )));
             }
+            let mut visited = 0u64;
             for entry in by_slot.iter()? {
                 let (key, value) = entry?;
                 let (slot, root) = key.value();
@@ -340,6 +845,14 @@ impl BlockStore {
                     )));
                 }
                 visit(root, slot, bytes);
+                visited += 1;
+            }
+            // A damaged page can end the iteration early without an error.
+            if visited != by_slot.len()? {
+                return Err(corrupt(format!(
+                    "{} blocks recorded but {visited} found",
+                    by_slot.len()?
+                )));
             }
             read_finalized(&meta)
         })
@@ -357,6 +870,24 @@ impl BlockStore {
             });
         })?;
         Ok(StoredChain { blocks, finalized })
+    }
+
+    /// The highest slot a repaired store is known to lack blocks up to
+    /// (recorded by [`BlockStore::repair`]); 0 if none.
+    pub fn incomplete_to_slot(&self) -> Result<u64, StoreError> {
+        self.read("read repair record", |transaction| {
+            let meta = transaction.open_table(META)?;
+            let Some(guard) = meta.get(META_INCOMPLETE_TO_SLOT)? else {
+                return Ok(0);
+            };
+            let bytes: [u8; 8] = guard.value().try_into().map_err(|_| {
+                corrupt(format!(
+                    "{META_INCOMPLETE_TO_SLOT} is {} bytes, not 8",
+                    guard.value().len()
+                ))
+            })?;
+            Ok(u64::from_be_bytes(bytes))
+        })
     }
 
     /// How many blocks and bytes are stored.
@@ -377,7 +908,7 @@ impl BlockStore {
         operation: &'static str,
         body: impl FnOnce(&redb::WriteTransaction) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        let run = || -> Result<T, Failure> {
+        self.guarded(operation, || {
             let mut transaction = self.database.begin_write()?;
             // redb's default, stated because the design depends on it: the
             // commit is on disk when `commit` returns.
@@ -385,8 +916,7 @@ impl BlockStore {
             let value = body(&transaction)?;
             transaction.commit()?;
             Ok(value)
-        };
-        run().map_err(|failure| failure.into_store_error(&self.path, operation))
+        })
     }
 
     /// Runs `body` in a read transaction.
@@ -395,12 +925,119 @@ impl BlockStore {
         operation: &'static str,
         body: impl FnOnce(&redb::ReadTransaction) -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        let run = || -> Result<T, Failure> {
+        self.guarded(operation, || {
             let transaction = self.database.begin_read()?;
             body(&transaction)
-        };
-        run().map_err(|failure| failure.into_store_error(&self.path, operation))
+        })
     }
+
+    /// Runs `run` unless redb panicked before, catching a panic in it.
+    fn guarded<T>(
+        &self,
+        operation: &'static str,
+        run: impl FnOnce() -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
+        if self.broken.get() {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("{operation}: refused after an earlier failure inside redb"),
+            });
+        }
+        let result = guard(&self.path, operation, run);
+        if let Err(StoreError::Corrupt { detail, .. }) = &result {
+            if detail.starts_with(PANIC_PREFIX) {
+                self.broken.set(true);
+            }
+        }
+        result
+    }
+}
+
+/// How a panic inside redb is reported.
+const PANIC_PREFIX: &str = "the store library panicked";
+
+/// Runs `run`, turning a panic inside redb into [`StoreError::Corrupt`]:
+/// redb panics on some damaged files, and a node must refuse with a
+/// message, not exit 101.
+fn guard<T>(
+    path: &Path,
+    operation: &'static str,
+    run: impl FnOnce() -> Result<T, Failure>,
+) -> Result<T, StoreError> {
+    match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(result) => result.map_err(|failure| failure.into_store_error(path, operation)),
+        Err(panic) => Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("{PANIC_PREFIX}: {}", panic_text(&panic)),
+        }),
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}
+
+/// Whether a store that failed to open is shorter than any complete one:
+/// then its creation was cut short.
+fn is_half_created(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|metadata| metadata.len() < FRESH_STORE_BYTES_MIN)
+}
+
+/// redb's file is this long once created (header and first region); a
+/// shorter file that does not open never finished being created.
+const FRESH_STORE_BYTES_MIN: u64 = 4096;
+
+#[cfg(unix)]
+fn metadata_identity(metadata: &std::fs::Metadata) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    Some((metadata.dev(), metadata.ino()))
+}
+
+#[cfg(not(unix))]
+fn metadata_identity(_metadata: &std::fs::Metadata) -> Option<(u64, u64)> {
+    None
+}
+
+fn file_identity(file: &File) -> Option<(u64, u64)> {
+    file.metadata()
+        .ok()
+        .and_then(|metadata| metadata_identity(&metadata))
+}
+
+fn network_record(network: &StoreNetwork) -> [u8; NETWORK_RECORD_BYTES] {
+    let mut record = [0u8; NETWORK_RECORD_BYTES];
+    record[..8].copy_from_slice(&network.network_id.to_be_bytes());
+    record[8..].copy_from_slice(&network.genesis_root);
+    record
+}
+
+fn read_network(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<StoreNetwork>, Failure> {
+    let Some(guard) = meta.get(META_NETWORK)? else {
+        return Ok(None);
+    };
+    let value = guard.value();
+    if value.len() != NETWORK_RECORD_BYTES {
+        return Err(corrupt(format!(
+            "the network record is {} bytes, not {NETWORK_RECORD_BYTES}",
+            value.len()
+        )));
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&value[..8]);
+    let mut genesis_root = [0u8; 32];
+    genesis_root.copy_from_slice(&value[8..]);
+    Ok(Some(StoreNetwork {
+        network_id: u64::from_be_bytes(id),
+        genesis_root,
+    }))
 }
 
 /// An error inside a transaction, before the path is attached.

@@ -57,8 +57,8 @@ use meshsync_core::metrics::Counters;
 use meshsync_core::reqresp::ProtocolId;
 use meshsync_core::work::{Job, PersistBatch, WorkId, WorkOutput};
 use meshsync_core::{
-    Action, Command, Config, ConnId, DialId, Direction, Duration, Faults, Identity, Input, Instant,
-    Node, Notification, Origin, PeerId,
+    Action, Command, Config, ConnId, DialId, Direction, Duration, Faults, Health, Identity, Input,
+    Instant, Node, Notification, Origin, PeerId,
 };
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -257,6 +257,8 @@ enum Event {
         incarnation: u32,
         batch: PersistBatch,
     },
+    /// `node`'s failing disk is tried again (see [`Sim::fail_disk`]).
+    DiskRetry { node: NodeIndex, incarnation: u32 },
     /// `node`'s driver wrote `bytes` of its sends on `conn` (they left its uplink).
     Written {
         node: NodeIndex,
@@ -305,6 +307,10 @@ struct SimNode {
     /// The node's disk: blocks whose persist batch completed. A restart
     /// starts from these.
     disk: BTreeMap<Root, SignedBlock>,
+    /// Until when the disk refuses writes (see [`Sim::fail_disk`]).
+    disk_fails_until: Instant,
+    /// Batches the failing disk refused, waiting in order for a retry.
+    disk_unwritten: VecDeque<PersistBatch>,
     /// Bytes per second the node can receive, if limited.
     downlink_bytes_per_second: Option<u64>,
     /// When the downlink finishes receiving what is on its way so far.
@@ -461,6 +467,8 @@ impl Sim {
             cpu_free_at: Instant::ZERO,
             disk_free_at: Instant::ZERO,
             disk: BTreeMap::new(),
+            disk_fails_until: Instant::ZERO,
+            disk_unwritten: VecDeque::new(),
             timer_generation: 0,
             timer_at: None,
             dials: BTreeSet::new(),
@@ -618,6 +626,8 @@ impl Sim {
         state.downlink_free_at = now;
         state.cpu_free_at = now;
         state.disk_free_at = now;
+        // Refused batches die with the process, as unwritten ones do.
+        state.disk_unwritten.clear();
         if state.timer_at.take().is_some() {
             state.timer_generation += 1; // Invalidates the queued event.
         }
@@ -1094,14 +1104,45 @@ impl Sim {
                 batch,
             } => {
                 if self.is_up(node) && self.node_state(node).incarnation == incarnation {
+                    let now = self.now;
                     let state = self.node_state_mut(node);
-                    for root in &batch.delete {
-                        state.disk.remove(root);
+                    if now < state.disk_fails_until || !state.disk_unwritten.is_empty() {
+                        // Refused; later batches wait behind it, in order.
+                        let first = state.disk_unwritten.is_empty();
+                        state.disk_unwritten.push_back(batch);
+                        if first {
+                            let retry_at = state.disk_fails_until.max(now);
+                            self.queue
+                                .push(retry_at, Event::DiskRetry { node, incarnation });
+                            self.deliver(node, Input::Health(Health::StoreFailing));
+                        }
+                        return;
                     }
-                    for (root, block) in batch.blocks {
-                        state.disk.insert(root, block);
-                    }
+                    Self::write_to_disk(state, &batch);
                     self.deliver(node, Input::Persisted { id: batch.id });
+                }
+            }
+            Event::DiskRetry { node, incarnation } => {
+                if self.is_up(node) && self.node_state(node).incarnation == incarnation {
+                    let now = self.now;
+                    let state = self.node_state_mut(node);
+                    if now < state.disk_fails_until {
+                        let retry_at = state.disk_fails_until;
+                        self.queue
+                            .push(retry_at, Event::DiskRetry { node, incarnation });
+                        return;
+                    }
+                    let batches = std::mem::take(&mut state.disk_unwritten);
+                    let mut last = None;
+                    for batch in &batches {
+                        Self::write_to_disk(state, batch);
+                        last = Some(batch.id);
+                    }
+                    if let Some(id) = last {
+                        // Acknowledgements are cumulative.
+                        self.deliver(node, Input::Persisted { id });
+                    }
+                    self.deliver(node, Input::Health(Health::StoreWriting));
                 }
             }
             Event::Written { node, conn, bytes } => {
@@ -1267,6 +1308,24 @@ impl Sim {
                 output,
             },
         );
+    }
+
+    /// `node`'s disk refuses every write that completes before `until` (a
+    /// full disk, an I/O error): like the production driver, the node is
+    /// told (`Health::StoreFailing`), the refused batches wait in order, and
+    /// at `until` they are written, acknowledged, and the node hears
+    /// `Health::StoreWriting`. A crash meanwhile loses them.
+    pub fn fail_disk(&mut self, node: NodeIndex, until: Instant) {
+        self.node_state_mut(node).disk_fails_until = until;
+    }
+
+    fn write_to_disk(state: &mut SimNode, batch: &PersistBatch) {
+        for root in &batch.delete {
+            state.disk.remove(root);
+        }
+        for (root, block) in &batch.blocks {
+            state.disk.insert(*root, block.clone());
+        }
     }
 
     /// Writes `batch` to the node's modelled disk after [`DISK_WRITE_LATENCY`]
@@ -1627,6 +1686,79 @@ mod tests {
 
     fn sim(seed: u64) -> Sim {
         Sim::new(SimConfig::new(seed))
+    }
+
+    /// The roots of `node`'s chain from its head down to genesis.
+    fn chain_roots(sim: &Sim, node: NodeIndex) -> Vec<Root> {
+        let chain = sim.node(node).chain();
+        let mut roots = Vec::new();
+        let mut at = chain.head().root;
+        while let Some(block) = chain.block_by_root(&at) {
+            roots.push(at);
+            at = block.parent_root();
+        }
+        roots
+    }
+
+    /// A proposer's disk refuses writes for ten seconds while a follower
+    /// listens: the proposer produces nothing meanwhile and the follower
+    /// hears of nothing new. In one run the proposer crashes before its
+    /// disk recovers, and every block the follower holds is on the
+    /// proposer's disk: nothing was announced that was then lost. In the
+    /// other the disk recovers, the refused batches are written, and
+    /// production resumes. Over 20 seeds.
+    #[test]
+    fn a_failing_disk_announces_nothing_it_could_lose() {
+        use crate::scenario::chain_faults::{producing_config, producing_genesis};
+        for seed in 1..=20 {
+            for crash in [true, false] {
+                let mut sim = sim(seed);
+                let network_id = sim.config().network_id;
+                let (genesis, mut keys) = producing_genesis(network_id, 1, 500);
+                let config = producing_config(&sim, &genesis, Some(keys.remove(0)), 256);
+                let proposer = sim.add_node_with_config(config);
+                let config = producing_config(&sim, &genesis, None, 256);
+                let follower = sim.add_node_with_config(config);
+                sim.dial(follower, proposer);
+                sim.run_for(Duration::from_secs(10));
+                let before = sim.node(follower).chain().head().slot;
+                assert!(before >= 5, "seed {seed}: head {before}");
+
+                let recovers_at = sim.now() + Duration::from_secs(10);
+                sim.fail_disk(proposer, recovers_at);
+                sim.run_for(Duration::from_secs(8));
+                assert!(sim.node(proposer).is_store_failing(), "seed {seed}");
+                let held = sim.node(proposer).counters().blocks_not_produced_unhealthy;
+                assert!(held >= 10, "seed {seed}: {held} slots held");
+                let during = sim.node(follower).chain().head().slot;
+                assert!(
+                    during <= before + 1,
+                    "seed {seed}: the follower heard of slots {before}..={during} meanwhile"
+                );
+                if crash {
+                    sim.crash(proposer);
+                    let disk = sim.disk(proposer);
+                    for root in chain_roots(&sim, follower) {
+                        assert!(
+                            disk.contains_key(&root),
+                            "seed {seed}: the follower holds a block the proposer lost"
+                        );
+                    }
+                } else {
+                    sim.run_for(Duration::from_secs(10));
+                    assert!(!sim.node(proposer).is_store_failing(), "seed {seed}");
+                    let after = sim.node(follower).chain().head().slot;
+                    assert!(after >= during + 10, "seed {seed}: {during} -> {after}");
+                    // Everything below its announced (durable) head is on disk.
+                    let chain = sim.node(proposer).chain();
+                    let mut at = sim.node(proposer).status().head_root;
+                    while let Some(block) = chain.block_by_root(&at) {
+                        assert!(sim.disk(proposer).contains_key(&at), "seed {seed}");
+                        at = block.parent_root();
+                    }
+                }
+            }
+        }
     }
 
     #[test]

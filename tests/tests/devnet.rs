@@ -82,6 +82,7 @@ fn bind(chain: ChainConfig, seed: u64, data_dir: Option<&Path>) -> Driver {
     let options = DriverOptions {
         workers: 2,
         data_dir: data_dir.map(Path::to_path_buf),
+        ..DriverOptions::default()
     };
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     Driver::bind_with(

@@ -28,7 +28,16 @@
 //!   honest one among junk, gets its check.
 //! - Durability: each import leaves as one [`PersistBatch`]; the Status
 //!   head is the fork-choice head once it is durable, else its newest
-//!   durable ancestor.
+//!   durable ancestor. A block we produce is published on gossip only once
+//!   durable too ([`UNANNOUNCED_BLOCKS_MAX`] wait at most): a block peers
+//!   build on and we then lose would be orphaned by our own restart.
+//! - Health (`Input::Health` from the driver): while the store refuses
+//!   writes we neither produce nor forward gossiped blocks; while the
+//!   stored chain is known to be incomplete, or the clock untrusted, we do
+//!   not produce; a re-based clock moves the slot clock, but a slot already
+//!   produced is never produced again. A gossiped block from the future is
+//!   counted and warned about (at most every [`FUTURE_BLOCK_WARN_INTERVAL`]),
+//!   naming its sender.
 //!
 //! # Security
 //! *Provided*: a block is imported only after its proposer, body root and
@@ -50,7 +59,7 @@ use super::Node;
 use crate::chain::{BlockProducer, Checkpoint, Genesis, Root, SignedBlock};
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::identity::PeerId;
-use crate::io::Action;
+use crate::io::{Action, Health};
 use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::Status;
 use crate::time::{Duration, Instant};
@@ -88,6 +97,13 @@ const _: () = assert!(GOSSIP_VERIFICATIONS_PER_PEER_MAX * 8 <= WORK_IN_FLIGHT_MA
 pub const PERSIST_IN_FLIGHT_MAX: usize = 1_024;
 /// Bytes of an application body queued for our next block.
 pub const QUEUED_BODIES_MAX: usize = 4;
+/// Blocks we produced that wait to be durable before we publish them. One
+/// is produced per slot and production stops while the store fails, so
+/// more means a driver that never answers; the oldest is then dropped unannounced.
+pub const UNANNOUNCED_BLOCKS_MAX: usize = 16;
+/// At most one WARN per this interval about gossiped blocks from the
+/// future (the counter counts every one): a peer could send many.
+pub const FUTURE_BLOCK_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a job was started.
 #[derive(Clone, Debug)]
@@ -129,6 +145,19 @@ pub(super) struct ChainState {
     /// Per peer: when its current one-second window began and the gossip
     /// verifications it caused in it (bounded by `GOSSIP_VERIFICATION_RATES_MAX`).
     verification_rates: BTreeMap<PeerId, (Instant, u32)>,
+    /// The driver reported that the store refuses writes (`Health::StoreFailing`).
+    store_failing: bool,
+    /// The driver reported an untrusted wall clock (`Health::ClockUntrusted`).
+    clock_untrusted: bool,
+    /// No production until the head reaches this slot (0: none): the
+    /// stored chain came back incomplete (`Health::StoreIncomplete`).
+    resync_to_slot: u64,
+    /// Why production was last held, so the reason is logged once at INFO.
+    hold_logged: Option<&'static str>,
+    /// Blocks we produced, published once durable: (root, encoding).
+    unannounced: VecDeque<(Root, Vec<u8>)>,
+    /// When we last warned about a block from the future.
+    future_warned_at: Option<Instant>,
 }
 
 impl ChainState {
@@ -163,6 +192,12 @@ impl ChainState {
             blocks_topic: Topic::new(BLOCKS_TOPIC).expect("a valid topic name"),
             follow_gossip: config.chain.follow_gossip,
             verification_rates: BTreeMap::new(),
+            store_failing: false,
+            clock_untrusted: false,
+            resync_to_slot: 0,
+            hold_logged: None,
+            unannounced: VecDeque::new(),
+            future_warned_at: None,
         }
     }
 
@@ -221,6 +256,23 @@ impl Node {
     /// Whether range sync is under way (waiting for peers or fetching).
     pub fn is_syncing(&self) -> bool {
         self.range_sync.is_syncing()
+    }
+
+    /// Whether the driver reported a failing store (`Health::StoreFailing`):
+    /// the node then neither produces nor forwards blocks.
+    pub fn is_store_failing(&self) -> bool {
+        self.chain_state.store_failing
+    }
+
+    /// The slot our head must reach before we produce again, if the stored
+    /// chain came back incomplete (`Health::StoreIncomplete`).
+    pub fn resync_to_slot(&self) -> Option<u64> {
+        (self.chain_state.resync_to_slot > 0).then_some(self.chain_state.resync_to_slot)
+    }
+
+    /// Unix time (ms) of `Instant::ZERO`, as last set by the config or `Health::ClockRebased`.
+    pub fn unix_ms_at_origin(&self) -> u64 {
+        self.chain_state.unix_ms_at_origin
     }
 
     /// Parent lookups under way (each holds gossiped orphans and their fetched ancestors).
@@ -311,6 +363,18 @@ impl Node {
             self.chain_state.last_produced_slot = slot;
             return;
         }
+        if let Some(reason) = self.production_hold(head.slot) {
+            if self.chain_state.hold_logged != Some(reason) {
+                info!("slot {slot}: not producing: {reason}");
+                self.chain_state.hold_logged = Some(reason);
+            } else {
+                debug!("slot {slot}: not producing: {reason}");
+            }
+            self.counters.blocks_not_produced_unhealthy += 1;
+            self.chain_state.last_produced_slot = slot;
+            return;
+        }
+        self.chain_state.hold_logged = None;
         self.chain_state.last_produced_slot = slot;
         let body = match self.chain_state.queued_bodies.pop_front() {
             Some(body) => body,
@@ -328,11 +392,124 @@ impl Node {
         );
         self.counters.blocks_produced += 1;
         let payload = block.encode();
+        let root = block.root();
         if self.import_verified(now, block) && self.chain_state.follow_gossip {
+            // Announced only once durable: a block we tell peers about and
+            // then lose would be built on by them and orphaned by our restart.
+            let unannounced = &mut self.chain_state.unannounced;
+            if unannounced.len() >= UNANNOUNCED_BLOCKS_MAX {
+                if let Some((dropped, _)) = unannounced.pop_front() {
+                    warn!(
+                        "block {} never became durable: not announced",
+                        short(&dropped)
+                    );
+                }
+            }
+            unannounced.push_back((root, payload));
+            self.announce_durable(now);
+        }
+    }
+
+    /// Why we must not produce now, if we must not: the driver's health
+    /// reports. Clears the re-sync hold once the head has reached it.
+    fn production_hold(&mut self, head_slot: u64) -> Option<&'static str> {
+        let state = &mut self.chain_state;
+        if state.resync_to_slot > 0 && head_slot >= state.resync_to_slot {
+            info!(
+                "head at slot {head_slot}: the stored chain is whole again up to slot {}",
+                state.resync_to_slot
+            );
+            state.resync_to_slot = 0;
+        }
+        if state.store_failing {
+            Some("the block store refuses writes (store_failing)")
+        } else if state.resync_to_slot > 0 {
+            Some("the stored chain is incomplete: re-syncing the damaged range from peers first")
+        } else if state.clock_untrusted {
+            Some("the wall clock jumped and is not trusted until the operator fixes it")
+        } else {
+            None
+        }
+    }
+
+    /// Publishes the blocks we produced that have become durable, in order.
+    fn announce_durable(&mut self, now: Instant) {
+        while let Some((root, _)) = self.chain_state.unannounced.front() {
+            if self.chain_state.not_durable.contains(root) {
+                return;
+            }
+            let (root, payload) = self
+                .chain_state
+                .unannounced
+                .pop_front()
+                .expect("front exists");
+            if !self.chain.contains(&root) {
+                continue; // Pruned before it was written: nothing to announce.
+            }
             let topic = self.chain_state.blocks_topic.clone();
             if let Err(error) = self.gossip.publish(now, topic, &payload) {
-                debug!("block for slot {slot} not published: {error:?}");
+                debug!("block {} not published: {error:?}", short(&root));
             }
+        }
+    }
+
+    /// The driver's report on its disk and clock.
+    pub(super) fn on_health(&mut self, health: Health) {
+        let state = &mut self.chain_state;
+        match health {
+            Health::StoreFailing => {
+                if !state.store_failing {
+                    warn!("store_failing: not producing or forwarding blocks until the store writes again");
+                }
+                state.store_failing = true;
+            }
+            Health::StoreWriting => {
+                if state.store_failing {
+                    info!("the block store writes again: producing and forwarding blocks");
+                }
+                state.store_failing = false;
+            }
+            Health::StoreIncomplete { slot } => {
+                warn!(
+                    "the stored chain is incomplete below slot {slot}: not producing until it is re-synced from peers"
+                );
+                state.resync_to_slot = state.resync_to_slot.max(slot);
+            }
+            Health::ClockRebased { unix_ms_at_origin } => {
+                state.unix_ms_at_origin = unix_ms_at_origin;
+            }
+            Health::ClockUntrusted => state.clock_untrusted = true,
+            Health::ClockTrusted => state.clock_untrusted = false,
+        }
+    }
+
+    /// Whether `slot` has not started by our clock (beyond [`CLOCK_DISPARITY`]).
+    fn is_from_future(&self, now: Instant, slot: u64) -> bool {
+        let disparity_ms = CLOCK_DISPARITY.as_millis() as u64;
+        let latest_start = self.chain_state.unix_ms(now).saturating_add(disparity_ms);
+        self.chain_state.genesis.start_of(slot) > latest_start
+    }
+
+    /// A gossiped block from the future: its sender's clock (or ours) is
+    /// wrong, which the operator of either should hear about.
+    fn warn_future_block(&mut self, now: Instant, block: &SignedBlock, from: PeerId) {
+        self.counters.blocks_from_future += 1;
+        let due = self
+            .chain_state
+            .future_warned_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= FUTURE_BLOCK_WARN_INTERVAL);
+        if due {
+            self.chain_state.future_warned_at = Some(now);
+            let our_slot = self
+                .chain_state
+                .genesis
+                .slot_at(self.chain_state.unix_ms(now));
+            warn!(
+                "{from:?} sent block {} for slot {} while our clock is at slot {our_slot}: dropped as from the future ({} so far; is its clock or ours wrong?)",
+                short(&block.root()),
+                block.slot(),
+                self.counters.blocks_from_future
+            );
         }
     }
 
@@ -364,8 +541,17 @@ impl Node {
                 return;
             }
         };
+        if self.chain_state.store_failing {
+            // Forwarding tells peers we hold it; we could not keep it.
+            self.counters.blocks_ignored_store_failing += 1;
+            self.judge_gossip_block(now, message, Validation::Ignore);
+            return;
+        }
         let verdict = self.gossip_block_precheck(now, &block);
         if let Some(verdict) = verdict {
+            if verdict == Validation::Ignore && self.is_from_future(now, block.slot()) {
+                self.warn_future_block(now, &block, from);
+            }
             self.judge_gossip_block(now, message, verdict);
             return;
         }
@@ -641,7 +827,7 @@ impl Node {
     }
 
     /// Batch `id` and all before it are durable.
-    pub(super) fn on_persisted(&mut self, id: u64) {
+    pub(super) fn on_persisted(&mut self, now: Instant, id: u64) {
         let state = &mut self.chain_state;
         while let Some((front, _)) = state.persisting.front() {
             if *front > id {
@@ -668,6 +854,7 @@ impl Node {
             let finalized = self.chain.finalized();
             self.emit_persist(blocks, delete, finalized);
         }
+        self.announce_durable(now);
     }
 }
 

@@ -445,9 +445,10 @@ impl Node {
             Input::DialFailed { dial, error } => self.on_dial_failed(now, dial, error),
             Input::BytesWritten { conn, bytes } => self.on_bytes_written(now, conn, bytes),
             Input::WorkDone { id, output } => self.on_work_done(now, id, output),
-            Input::Persisted { id } => self.on_persisted(id),
+            Input::Persisted { id } => self.on_persisted(now, id),
             Input::Timeout => self.on_timeout(now),
             Input::Command(command) => self.on_command(now, command),
+            Input::Health(health) => self.on_health(health),
         }
         self.drive_sync(now);
         self.transmit_requests(now);

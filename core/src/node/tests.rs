@@ -1546,6 +1546,85 @@ fn a_proposer_that_is_far_behind_syncs_before_it_produces() {
     assert!(net.nodes[0].counters().blocks_not_produced_syncing >= 1);
 }
 
+#[test]
+fn a_produced_block_is_published_only_once_durable() {
+    let mut net = producing_line();
+    net.hold_persist(0, true);
+    net.advance(Duration::from_millis(1_000)); // 2.5 s: slot 1 produced.
+    assert_eq!(net.nodes[0].counters().blocks_produced, 1);
+    assert_eq!(
+        net.nodes[1].chain().head().slot,
+        0,
+        "announced before it was durable"
+    );
+    net.hold_persist(0, false);
+    net.drain();
+    assert_eq!(net.nodes[1].chain().head().slot, 1);
+}
+
+#[test]
+fn a_failing_store_stops_production_and_forwarding_until_it_writes_again() {
+    let mut net = producing_line();
+    let slot = Duration::from_millis(crate::chain::DEVNET_SLOT_DURATION_MS);
+    net.advance(slot); // 3.5 s: slot 1 everywhere.
+    assert_eq!(net.nodes[2].chain().head().slot, 1);
+    // The middle node's store fails: it forwards nothing it could not keep.
+    net.handle(1, Input::Health(crate::Health::StoreFailing));
+    assert!(net.nodes[1].is_store_failing());
+    net.advance(slot * 2);
+    assert!(net.nodes[1].counters().blocks_ignored_store_failing >= 2);
+    assert_eq!(net.nodes[2].chain().head().slot, 1, "node 1 forwarded");
+    // The proposer's store fails: it produces nothing.
+    net.handle(0, Input::Health(crate::Health::StoreFailing));
+    let produced = net.nodes[0].counters().blocks_produced;
+    net.advance(slot * 2);
+    assert_eq!(net.nodes[0].counters().blocks_produced, produced);
+    assert!(net.nodes[0].counters().blocks_not_produced_unhealthy >= 2);
+    // Both write again: production and forwarding resume.
+    net.handle(0, Input::Health(crate::Health::StoreWriting));
+    net.handle(1, Input::Health(crate::Health::StoreWriting));
+    net.advance(slot * 2);
+    assert!(net.nodes[0].counters().blocks_produced > produced);
+    assert!(net.nodes[1].chain().head().slot > 3);
+}
+
+#[test]
+fn a_clock_set_back_never_produces_a_slot_twice() {
+    let mut net = producing_line();
+    let slot_ms = crate::chain::DEVNET_SLOT_DURATION_MS;
+    let slot = Duration::from_millis(slot_ms);
+    net.advance(slot * 2); // 5.5 s: slots 1 and 2.
+    let origin = net.nodes[0].unix_ms_at_origin();
+    // The wall clock jumps 5 slots ahead, and the driver re-bases.
+    let ahead = origin + 5 * slot_ms;
+    net.handle(
+        0,
+        Input::Health(crate::Health::ClockRebased {
+            unix_ms_at_origin: ahead,
+        }),
+    );
+    net.advance(slot);
+    let head = net.nodes[0].chain().head().slot;
+    assert!(head >= 7, "slots follow the new clock: head {head}");
+    let produced = net.nodes[0].counters().blocks_produced;
+    // Set back: the slots from 3 up to the head come again, and are not produced again.
+    net.handle(
+        0,
+        Input::Health(crate::Health::ClockRebased {
+            unix_ms_at_origin: origin,
+        }),
+    );
+    let slot_now = |net: &Net| (origin + net.now.as_millis()) / slot_ms;
+    while slot_now(&net) < head {
+        net.advance(slot);
+        assert_eq!(net.nodes[0].counters().blocks_produced, produced);
+        assert_eq!(net.nodes[0].chain().head().slot, head, "the head moved");
+    }
+    net.advance(slot * 2);
+    assert!(net.nodes[0].counters().blocks_produced > produced);
+    assert!(net.nodes[0].chain().head().slot > head);
+}
+
 // --- Lies in well-formed claims (issue: claims bounded by clock and proof) ---
 
 /// Node `from` tells node `to` that its chain is `status`, in a Status

@@ -1,0 +1,810 @@
+//! Disk, data-directory and clock faults, as an operator meets them, each
+//! checked by what the operator sees: the error a start-up refuses with,
+//! the log lines, whether the node goes on producing and announcing, and
+//! what is in its store afterwards.
+//!
+//! - a full disk (a store file that may not grow: writes past it fail with
+//!   ENOSPC, as on a full filesystem) and writes that fail outright;
+//! - bit flips anywhere in a store file, over many seeds: never a panic;
+//! - a damaged block: the node does not build on the incomplete chain;
+//! - a data directory of another network, a zero-length store;
+//! - the store deleted under a running node;
+//! - the wall clock jumping forwards and back.
+//!
+//! Every wait is a deadline on real state polled through the driver,
+//! never a sleep.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
+
+use meshsync_core::chain::{
+    devnet_keys, BlockProducer, ChainConfig, Genesis, ProposerKey, SignedBlock,
+};
+use meshsync_core::{Command, Config, Identity};
+use meshsync_mio::devnet::devnet_genesis;
+use meshsync_mio::driver::{ClockPolicy, Driver, DriverFaults, DriverOptions, RunningDriver};
+use meshsync_mio::store::{BlockStore, DiskFaults, StoreNetwork, StoreOptions, STORE_FILE_NAME};
+
+const NETWORK_ID: u64 = 78;
+const SLOT_MS: u64 = 200;
+/// The longest any test waits for a condition (never reached when it passes).
+const DEADLINE: Duration = Duration::from_secs(40);
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---- A logger that keeps every line, so tests can read what the operator reads ----
+
+struct Capture(Mutex<Vec<(log::Level, String)>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let line = record.args().to_string();
+            eprintln!("{} {line}", record.level());
+            self.0.lock().unwrap().push((record.level(), line));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
+        log::set_logger(capture).expect("no other logger in this test binary");
+        log::set_max_level(log::LevelFilter::Info);
+        capture
+    })
+}
+
+/// Whether a line at `level` containing every one of `parts` was logged.
+fn logged(level: log::Level, parts: &[&str]) -> bool {
+    capture()
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(at, line)| *at == level && parts.iter().all(|part| line.contains(part)))
+}
+
+// ---- Set-up ----
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "meshsync-faults-{label}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn genesis(network_id: u64, genesis_time_ms: u64) -> Genesis {
+    devnet_genesis(network_id, 1, SLOT_MS, genesis_time_ms).unwrap()
+}
+
+fn chain(genesis: &Genesis, proposer: bool, stored: Vec<SignedBlock>) -> ChainConfig {
+    ChainConfig {
+        genesis: Arc::new(genesis.clone()),
+        stored: Arc::from(stored),
+        proposer_keys: if proposer {
+            vec![ProposerKey(Arc::new(
+                devnet_keys(genesis.network_id(), 1).remove(0),
+            ))]
+        } else {
+            Vec::new()
+        },
+        body_bytes: 4_096,
+        follow_gossip: true,
+    }
+}
+
+fn bind(chain: ChainConfig, seed: u64, options: &DriverOptions) -> std::io::Result<Driver> {
+    capture();
+    let mut config = Config::new(chain.genesis.network_id());
+    config.chain = chain;
+    config.sync.peers_min = 1;
+    Driver::bind_with(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+        Identity::from_seed(seed),
+        [seed as u8; 32],
+        options,
+    )
+}
+
+fn durable(dir: &Path) -> DriverOptions {
+    DriverOptions {
+        workers: 1,
+        data_dir: Some(dir.to_path_buf()),
+        ..DriverOptions::default()
+    }
+}
+
+/// Queries `driver` until `done` holds of the answer or the deadline passes.
+fn wait_for<R: Send + 'static>(
+    driver: &RunningDriver,
+    query: impl Fn(&Driver) -> R + Send + Clone + 'static,
+    done: impl Fn(&R) -> bool,
+) -> R {
+    let deadline = StdInstant::now() + DEADLINE;
+    loop {
+        let answer = driver.handle().query(query.clone(), QUERY_TIMEOUT).unwrap();
+        if done(&answer) || StdInstant::now() >= deadline {
+            return answer;
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    }
+}
+
+/// A signed chain of `slots` blocks on `genesis`, one per slot from slot 1.
+fn signed_chain(genesis: &Genesis, slots: u64) -> Vec<SignedBlock> {
+    let key = devnet_keys(genesis.network_id(), 1).remove(0);
+    let producer = BlockProducer::new(key, genesis).unwrap();
+    let mut parent = genesis.root();
+    (1..=slots)
+        .map(|slot| {
+            let block = producer.produce(slot, parent, vec![slot as u8; 512]);
+            parent = block.root();
+            block
+        })
+        .collect()
+}
+
+fn store_blocks(dir: &Path, network: StoreNetwork, blocks: &[SignedBlock]) {
+    let mut store = BlockStore::open_with(
+        dir,
+        &StoreOptions {
+            network: Some(network),
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let encoded: Vec<_> = blocks
+        .iter()
+        .map(|block| (block.root(), block.slot(), block.encode()))
+        .collect();
+    let borrowed: Vec<_> = encoded
+        .iter()
+        .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
+        .collect();
+    store.persist(&borrowed, None).unwrap();
+}
+
+fn network_of(genesis: &Genesis) -> StoreNetwork {
+    StoreNetwork {
+        network_id: genesis.network_id(),
+        genesis_root: genesis.root(),
+    }
+}
+
+/// A deterministic generator for the bit-flip trials (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+// ---- Full and failing disks ----
+
+/// A proposer's disk fills up under it while a follower listens. From the
+/// first refused write the proposer is `store_failing` (an ERROR line says
+/// so): it produces nothing and the follower hears of no new block. Space
+/// is freed; the driver reopens the store, writes the same batches, and
+/// production resumes. Afterwards every block the follower got from the
+/// proposer is in the proposer's store: nothing was announced that was not
+/// kept.
+#[test]
+fn a_full_disk_stops_announcements_until_space_is_freed() {
+    let dir = TempDir::new("full");
+    let genesis = genesis(NETWORK_ID, now_ms() + 1_000 - SLOT_MS);
+    let faults = DiskFaults::new();
+    let options = DriverOptions {
+        faults: DriverFaults {
+            disk: Some(Arc::clone(&faults)),
+            clock_skew_ms: None,
+        },
+        ..durable(dir.path())
+    };
+    let proposer = bind(chain(&genesis, true, Vec::new()), 11, &options)
+        .unwrap()
+        .spawn("full-proposer")
+        .unwrap();
+    let proposer_id = format!("{:?}", proposer.peer_id());
+    let follower = bind(
+        chain(&genesis, false, Vec::new()),
+        12,
+        &DriverOptions::default(),
+    )
+    .unwrap()
+    .spawn("full-follower")
+    .unwrap();
+    follower
+        .handle()
+        .command(Command::Dial {
+            addr: proposer.local_addr(),
+            peer: Some(proposer.peer_id()),
+        })
+        .unwrap();
+    let head = |driver: &Driver| driver.node().chain().head().slot;
+    assert!(wait_for(&follower, head, |slot| *slot >= 3) >= 3);
+
+    // The disk is full: the file may not grow past its present length.
+    let file = dir.path().join(STORE_FILE_NAME);
+    faults.fill_at(std::fs::metadata(&file).unwrap().len());
+    let failing = wait_for(
+        &proposer,
+        |driver| driver.store_failing_since().is_some(),
+        |failing| *failing,
+    );
+    assert!(failing, "the store never failed");
+    assert!(faults.refused() > 0);
+    assert!(logged(
+        log::Level::Error,
+        &[&proposer_id, "store_failing", "No space left on device"]
+    ));
+    // redb may still place a small commit in free pages inside the file
+    // after a reopen, as a real full disk allows; from here on the disk
+    // takes no write at all, so the failing state holds still to be observed.
+    faults.fail_writes(u64::MAX);
+    // While failing: nothing produced, nothing new reaches the follower.
+    let skipped_before = proposer
+        .handle()
+        .query(
+            |d| d.node().counters().blocks_not_produced_unhealthy,
+            QUERY_TIMEOUT,
+        )
+        .unwrap();
+    let follower_head = follower.handle().query(head, QUERY_TIMEOUT).unwrap();
+    let skipped = wait_for(
+        &proposer,
+        |d| d.node().counters().blocks_not_produced_unhealthy,
+        |skipped| *skipped >= skipped_before + 5,
+    );
+    assert!(skipped >= skipped_before + 5, "the proposer kept producing");
+    assert!(proposer
+        .handle()
+        .query(|d| d.node().is_store_failing(), QUERY_TIMEOUT)
+        .unwrap());
+    let follower_head_later = follower.handle().query(head, QUERY_TIMEOUT).unwrap();
+    assert!(
+        follower_head_later <= follower_head + 1,
+        "the follower heard of blocks from {follower_head} to {follower_head_later} while the proposer's disk was full"
+    );
+
+    // Space is freed: the store is reopened and production resumes.
+    faults.heal();
+    let (recovered, reopened) = wait_for(
+        &proposer,
+        |d| {
+            (
+                d.store_failing_since().is_none(),
+                d.persist_stats().reopened,
+            )
+        },
+        |(recovered, _)| *recovered,
+    );
+    assert!(recovered && reopened >= 1, "reopened {reopened} times");
+    assert!(logged(log::Level::Info, &[&proposer_id, "writes again"]));
+    let resumed = wait_for(&follower, head, move |slot| {
+        *slot >= follower_head_later + 3
+    });
+    assert!(
+        resumed >= follower_head_later + 3,
+        "production did not resume"
+    );
+
+    let follower_chain: Vec<_> = follower
+        .handle()
+        .query(
+            |d| {
+                let chain = d.node().chain();
+                let mut roots = Vec::new();
+                let mut at = chain.head().root;
+                while let Some(block) = chain.block_by_root(&at) {
+                    roots.push(at);
+                    at = block.parent_root();
+                }
+                roots
+            },
+            QUERY_TIMEOUT,
+        )
+        .unwrap();
+    follower.stop().unwrap();
+    proposer.stop().unwrap();
+    let store = BlockStore::open(dir.path()).unwrap();
+    for root in &follower_chain {
+        assert!(
+            store.block(root).unwrap().is_some(),
+            "the follower holds a block the proposer never stored"
+        );
+    }
+    eprintln!(
+        "full disk: {} writes refused, {} blocks checked",
+        faults.refused(),
+        follower_chain.len()
+    );
+}
+
+/// Writes that keep failing: after the configured time the node stops on
+/// its own, `run` returns an error that says why, and an ERROR line counts
+/// the batches that were never written.
+#[test]
+fn a_store_failing_for_too_long_stops_the_node_with_an_error() {
+    let dir = TempDir::new("zombie");
+    let genesis = genesis(NETWORK_ID, now_ms() - SLOT_MS);
+    let faults = DiskFaults::new();
+    let options = DriverOptions {
+        store_failing_exit_after: Duration::from_secs(2),
+        faults: DriverFaults {
+            disk: Some(Arc::clone(&faults)),
+            clock_skew_ms: None,
+        },
+        ..durable(dir.path())
+    };
+    let driver = bind(chain(&genesis, true, Vec::new()), 13, &options).unwrap();
+    let peer = format!("{:?}", driver.peer_id());
+    faults.fail_writes(u64::MAX);
+    let started = StdInstant::now();
+    let error = driver
+        .spawn("zombie")
+        .unwrap()
+        .join()
+        .expect_err("the node must stop with an error");
+    let text = error.to_string();
+    assert!(text.contains("refused writes for"), "{text}");
+    assert!(started.elapsed() < DEADLINE);
+    assert!(logged(
+        log::Level::Error,
+        &[&peer, "were never written to the block store"]
+    ));
+}
+
+// ---- Damaged files ----
+
+/// One bit flipped in a used page of a store file (redb preallocates, so
+/// most of a fresh file is zeros nobody reads), over many seeds: the node
+/// either starts on the whole chain or with the damaged blocks reported
+/// and skipped, or refuses with a message naming the file and `--repair`.
+/// With `--repair` it always starts. It never panics.
+#[test]
+fn bit_flips_in_the_store_never_panic() {
+    const TRIALS: u64 = 200;
+    const PAGE_BYTES: usize = 4096;
+    let pristine = TempDir::new("flip-pristine");
+    // A fixed genesis: the same file, so a seed names the same bit every run.
+    let genesis = genesis(NETWORK_ID, 1_700_000_000_000);
+    let blocks = signed_chain(&genesis, 40);
+    store_blocks(pristine.path(), network_of(&genesis), &blocks);
+    let bytes = std::fs::read(pristine.path().join(STORE_FILE_NAME)).unwrap();
+    let used_pages: Vec<usize> = bytes
+        .chunks(PAGE_BYTES)
+        .enumerate()
+        .filter(|(_, page)| page.iter().any(|byte| *byte != 0))
+        .map(|(index, _)| index)
+        .collect();
+    let (mut whole, mut short, mut refused, mut repaired_short) = (0, 0, 0, 0);
+    for seed in 1..=TRIALS {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut damaged = bytes.clone();
+        let page = used_pages[(rng.next() % used_pages.len() as u64) as usize];
+        let page_bits = (PAGE_BYTES.min(damaged.len() - page * PAGE_BYTES) * 8) as u64;
+        let bit = (page * PAGE_BYTES * 8) as u64 + rng.next() % page_bits;
+        damaged[(bit / 8) as usize] ^= 1 << (bit % 8);
+        let dir = TempDir::new("flip");
+        std::fs::write(dir.path().join(STORE_FILE_NAME), &damaged).unwrap();
+        let open = std::panic::catch_unwind(|| {
+            bind(chain(&genesis, false, Vec::new()), 14, &durable(dir.path())).map(|driver| {
+                (
+                    driver.node().chain().head().slot,
+                    driver.node().resync_to_slot(),
+                )
+            })
+        });
+        match open {
+            Err(_) => panic!("seed {seed}: bit {bit} made the node panic"),
+            Ok(Ok((head, _))) if head == blocks.len() as u64 => whole += 1,
+            Ok(Ok((head, hold))) => {
+                // Started short of the stored head: it must know it.
+                assert_eq!(hold, Some(blocks.len() as u64), "seed {seed}: head {head}");
+                short += 1;
+            }
+            Ok(Err(error)) => {
+                refused += 1;
+                let text = error.to_string();
+                assert!(
+                    text.contains(STORE_FILE_NAME) && text.contains("--repair"),
+                    "seed {seed}: {text}"
+                );
+                let repaired = std::panic::catch_unwind(|| {
+                    let options = DriverOptions {
+                        repair: true,
+                        ..durable(dir.path())
+                    };
+                    bind(chain(&genesis, false, Vec::new()), 14, &options).map(|driver| {
+                        (
+                            driver.node().chain().head().slot,
+                            driver.node().resync_to_slot(),
+                        )
+                    })
+                });
+                match repaired {
+                    Err(_) => panic!("seed {seed}: repairing bit {bit} panicked"),
+                    Ok(Err(error)) => panic!("seed {seed}: --repair refused: {error}"),
+                    Ok(Ok((head, hold))) if head < blocks.len() as u64 => {
+                        // It knows it lacks blocks above its head (as far
+                        // as the damaged file still said).
+                        assert!(
+                            hold.is_some_and(|slot| slot > head),
+                            "seed {seed}: head {head}, hold {hold:?}"
+                        );
+                        repaired_short += 1;
+                    }
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+    }
+    let caught = |part: &str| {
+        capture()
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, line)| line.contains(part))
+            .count()
+    };
+    eprintln!(
+        "bit flips: {TRIALS} trials in {} used pages, no panic reached the node; {whole} \
+         started whole, {short} started short (and knew it), {refused} refused (each then \
+         started with --repair, {repaired_short} of them short and knowing it); redb panics \
+         caught at the boundary: {} refusing to start, {} while repairing",
+        used_pages.len(),
+        caught("corrupt: the store library panicked"),
+        caught("reading stopped: the store library panicked"),
+    );
+    assert_eq!(whole + short + refused, TRIALS);
+    assert!(
+        refused > 0,
+        "no flip was detected: the check is not running"
+    );
+}
+
+/// A block damaged on disk is reported and skipped; the node knows its
+/// chain is incomplete and does not propose on it. Once a peer has given
+/// it the missing range, it proposes again.
+#[test]
+fn a_node_does_not_propose_on_a_chain_it_knows_is_incomplete() {
+    let dir = TempDir::new("incomplete");
+    // Longer than the range-sync distance (32 slots), so peers' Status
+    // alone starts the re-sync; within it, their next gossiped block would.
+    let genesis = genesis(NETWORK_ID, now_ms() - 50 * SLOT_MS);
+    let blocks = signed_chain(&genesis, 40);
+    let mut damaged = blocks.clone();
+    // Slot 3's block, stored with a byte of its body changed: its header
+    // (and so its root) is intact, its body no longer matches it.
+    damaged[2].body[0] ^= 0xff;
+    store_blocks(dir.path(), network_of(&genesis), &damaged);
+
+    let driver = bind(chain(&genesis, true, Vec::new()), 15, &durable(dir.path())).unwrap();
+    let peer = format!("{:?}", driver.peer_id());
+    assert_eq!(driver.node().chain().head().slot, 2);
+    assert_eq!(driver.node().resync_to_slot(), Some(40));
+    assert!(logged(
+        log::Level::Error,
+        &[&peer, "up to slot 40", "not producing"]
+    ));
+    assert!(logged(
+        log::Level::Error,
+        &["at slot 3 has a damaged body: skipped"]
+    ));
+    let node = driver.spawn("incomplete").unwrap();
+    let held = wait_for(
+        &node,
+        |d| {
+            let counters = d.node().counters();
+            (
+                counters.blocks_not_produced_unhealthy,
+                counters.blocks_produced,
+            )
+        },
+        |(held, _)| *held >= 3,
+    );
+    assert!(held.0 >= 3 && held.1 == 0, "{held:?}");
+
+    // A peer with the whole chain: the node re-syncs, then proposes.
+    let full = bind(
+        chain(&genesis, false, blocks.clone()),
+        16,
+        &DriverOptions::default(),
+    )
+    .unwrap()
+    .spawn("whole")
+    .unwrap();
+    node.handle()
+        .command(Command::Dial {
+            addr: full.local_addr(),
+            peer: Some(full.peer_id()),
+        })
+        .unwrap();
+    let produced = wait_for(
+        &node,
+        |d| {
+            (
+                d.node().resync_to_slot(),
+                d.node().counters().blocks_produced,
+                d.node().chain().head().slot,
+            )
+        },
+        |(hold, produced, _)| hold.is_none() && *produced >= 1,
+    );
+    assert!(produced.0.is_none() && produced.1 >= 1, "{produced:?}");
+    node.stop().unwrap();
+    full.stop().unwrap();
+}
+
+// ---- The data directory ----
+
+/// A data directory of another network is refused, naming both networks;
+/// a zero-length store is reported as half-created, not taken as new.
+#[test]
+fn a_data_dir_knows_its_network_and_its_half_created_files() {
+    let dir = TempDir::new("network");
+    let ours = genesis(NETWORK_ID, now_ms());
+    let other = genesis(NETWORK_ID + 1, now_ms());
+    drop(bind(chain(&other, false, Vec::new()), 17, &durable(dir.path())).unwrap());
+    let error = bind(chain(&ours, false, Vec::new()), 17, &durable(dir.path()))
+        .err()
+        .expect("another network's store is refused");
+    let text = error.to_string();
+    assert!(text.contains(&network_of(&other).to_string()), "{text}");
+    assert!(text.contains(&network_of(&ours).to_string()), "{text}");
+    assert!(text.contains("belongs to"), "{text}");
+    // The same network opens.
+    drop(bind(chain(&other, false, Vec::new()), 17, &durable(dir.path())).unwrap());
+
+    let empty = TempDir::new("empty");
+    std::fs::write(empty.path().join(STORE_FILE_NAME), b"").unwrap();
+    let error = bind(chain(&ours, false, Vec::new()), 18, &durable(empty.path()))
+        .err()
+        .expect("a zero-length store is refused");
+    let text = error.to_string();
+    assert!(
+        text.contains("0 bytes") && text.contains("never finished"),
+        "{text}"
+    );
+    // --repair moves it aside and starts a new store.
+    let options = DriverOptions {
+        repair: true,
+        ..durable(empty.path())
+    };
+    drop(bind(chain(&ours, false, Vec::new()), 18, &options).unwrap());
+    assert!(empty
+        .path()
+        .join(format!("{STORE_FILE_NAME}.damaged-0"))
+        .exists());
+}
+
+/// The store is deleted under a running proposer: within the file-check
+/// interval it is `store_failing` (an ERROR line says the file was
+/// deleted), stops producing, never recreates an empty store, and after
+/// the configured time stops with an error.
+#[test]
+fn deleting_the_store_under_a_running_node_is_a_store_failure() {
+    let dir = TempDir::new("deleted");
+    let genesis = genesis(NETWORK_ID, now_ms() - SLOT_MS);
+    let options = DriverOptions {
+        store_failing_exit_after: Duration::from_secs(3),
+        ..durable(dir.path())
+    };
+    let driver = bind(chain(&genesis, true, Vec::new()), 19, &options).unwrap();
+    let peer = format!("{:?}", driver.peer_id());
+    let node = driver.spawn("deleted").unwrap();
+    let head = wait_for(&node, |d| d.node().status().head_slot, |slot| *slot >= 2);
+    assert!(head >= 2);
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let failing = wait_for(&node, |d| d.node().is_store_failing(), |failing| *failing);
+    assert!(failing, "the deletion went unnoticed");
+    assert!(logged(
+        log::Level::Error,
+        &[&peer, "store_failing", "was deleted"]
+    ));
+    let error = node.join().expect_err("the node stops with an error");
+    assert!(error.to_string().contains("refused writes"), "{error}");
+    assert!(
+        !dir.path().join(STORE_FILE_NAME).exists(),
+        "an empty store was created in place of the deleted one"
+    );
+}
+
+// ---- The clock ----
+
+/// The wall clock jumps a minute ahead under a running proposer, then is
+/// set back: each jump is a WARN, the slot clock follows the wall clock,
+/// and no slot is produced twice (the head's slot never goes backwards).
+/// With `--clock-jump refuse` the node stops producing until the clock is back.
+#[test]
+fn a_clock_jump_is_warned_about_and_slots_never_go_backwards() {
+    let genesis = genesis(NETWORK_ID, now_ms() - SLOT_MS);
+    let skew = Arc::new(AtomicI64::new(0));
+    let options = DriverOptions {
+        workers: 1,
+        faults: DriverFaults {
+            disk: None,
+            clock_skew_ms: Some(Arc::clone(&skew)),
+        },
+        ..DriverOptions::default()
+    };
+    let driver = bind(chain(&genesis, true, Vec::new()), 20, &options).unwrap();
+    let peer = format!("{:?}", driver.peer_id());
+    let node = driver.spawn("clock").unwrap();
+    let origin = |d: &Driver| (d.node().unix_ms_at_origin(), d.node().chain().head().slot);
+    let (origin_before, head) = wait_for(&node, origin, |(_, slot)| *slot >= 2);
+    assert!(head >= 2);
+
+    skew.store(60_000, Ordering::SeqCst);
+    let (origin_ahead, head_ahead) = wait_for(&node, origin, move |(at, slot)| {
+        *at >= origin_before + 59_000 && *slot > head + 250
+    });
+    assert!(origin_ahead >= origin_before + 59_000, "not re-based");
+    assert!(head_ahead > head + 250, "slots do not follow the new clock");
+    assert!(logged(log::Level::Warn, &[&peer, "wall clock jumped by 6"]));
+
+    // Set back: re-based again, and the slots already produced are not produced again.
+    skew.store(0, Ordering::SeqCst);
+    let (origin_back, _) = wait_for(&node, origin, move |(at, _)| *at + 59_000 <= origin_ahead);
+    assert!(origin_back + 59_000 <= origin_ahead, "not re-based back");
+    let produced = node
+        .handle()
+        .query(|d| d.node().counters().blocks_produced, QUERY_TIMEOUT)
+        .unwrap();
+    // Ten real slots pass (by the node's own monotonic clock): none is produced again.
+    let start_micros = node
+        .handle()
+        .query(|d| d.now().as_micros(), QUERY_TIMEOUT)
+        .unwrap();
+    let (head_after, produced_later, at_micros) = wait_for(
+        &node,
+        |d| {
+            (
+                d.node().chain().head().slot,
+                d.node().counters().blocks_produced,
+                d.now().as_micros(),
+            )
+        },
+        move |(_, _, at)| *at >= start_micros + 10 * SLOT_MS * 1_000,
+    );
+    assert!(at_micros >= start_micros + 10 * SLOT_MS * 1_000);
+    assert!(head_after >= head_ahead, "the head went backwards");
+    assert_eq!(produced_later, produced, "a slot was produced twice");
+    node.stop().unwrap();
+}
+
+/// With `--clock-jump refuse`, a jump stops production (a WARN says why)
+/// until the clock is back where it was.
+#[test]
+fn a_node_told_to_refuse_does_not_produce_on_a_jumped_clock() {
+    let genesis = genesis(NETWORK_ID, now_ms() - SLOT_MS);
+    let skew = Arc::new(AtomicI64::new(0));
+    let options = DriverOptions {
+        workers: 1,
+        clock: ClockPolicy::Refuse,
+        faults: DriverFaults {
+            disk: None,
+            clock_skew_ms: Some(Arc::clone(&skew)),
+        },
+        ..DriverOptions::default()
+    };
+    let driver = bind(chain(&genesis, true, Vec::new()), 21, &options).unwrap();
+    let peer = format!("{:?}", driver.peer_id());
+    let node = driver.spawn("refuse").unwrap();
+    let counters = |d: &Driver| {
+        let counters = d.node().counters();
+        (
+            counters.blocks_produced,
+            counters.blocks_not_produced_unhealthy,
+        )
+    };
+    let (produced, _) = wait_for(&node, counters, |(produced, _)| *produced >= 2);
+    assert!(produced >= 2);
+    skew.store(-30_000, Ordering::SeqCst);
+    let (_, held) = wait_for(&node, counters, |(_, held)| *held >= 3);
+    assert!(held >= 3, "it went on producing");
+    assert!(logged(
+        log::Level::Warn,
+        &[&peer, "not producing until it is back"]
+    ));
+    let (produced_held, _) = node.handle().query(counters, QUERY_TIMEOUT).unwrap();
+    skew.store(0, Ordering::SeqCst);
+    let (produced_again, _) = wait_for(&node, counters, move |(produced, _)| {
+        *produced >= produced_held + 2
+    });
+    assert!(
+        produced_again >= produced_held + 2,
+        "it never produced again"
+    );
+    node.stop().unwrap();
+}
+
+/// A proposer whose clock runs a minute ahead: its follower drops its
+/// blocks as from the future, counts them, and a WARN names the proposer.
+#[test]
+fn blocks_from_the_future_are_warned_about_naming_the_sender() {
+    let genesis = genesis(NETWORK_ID, now_ms() + 1_000 - SLOT_MS);
+    let skew = Arc::new(AtomicI64::new(60_000));
+    let options = DriverOptions {
+        workers: 1,
+        faults: DriverFaults {
+            disk: None,
+            clock_skew_ms: Some(skew),
+        },
+        ..DriverOptions::default()
+    };
+    let proposer = bind(chain(&genesis, true, Vec::new()), 22, &options)
+        .unwrap()
+        .spawn("ahead")
+        .unwrap();
+    let follower = bind(
+        chain(&genesis, false, Vec::new()),
+        23,
+        &DriverOptions::default(),
+    )
+    .unwrap()
+    .spawn("on-time")
+    .unwrap();
+    let follower_id = format!("{:?}", follower.peer_id());
+    let proposer_id = format!("{:?}", proposer.peer_id());
+    follower
+        .handle()
+        .command(Command::Dial {
+            addr: proposer.local_addr(),
+            peer: Some(proposer.peer_id()),
+        })
+        .unwrap();
+    let future = wait_for(
+        &follower,
+        |d| d.node().counters().blocks_from_future,
+        |count| *count >= 2,
+    );
+    assert!(future >= 2, "{future} blocks from the future counted");
+    let _ = follower_id;
+    assert!(logged(log::Level::Warn, &[&proposer_id, "from the future"]));
+    follower.stop().unwrap();
+    proposer.stop().unwrap();
+}
