@@ -28,6 +28,7 @@
 //! | `hostile-servers` | [`LateJoiner::hostile`]: the same with a third of the peers hostile; they are penalised, nothing invalid is imported |
 //! | `partition-heal` | [`PartitionHeal`]: producing nodes split in two, fork, heal and converge on one head |
 //! | `crash-restart` | [`CrashRestart`]: producing nodes crash and restart from their disks while one syncs; no durable block is lost |
+//! | `sync-liars` | [`SyncLiars`]: peers lying about their chain (Status, future blocks, oversize answers, made-up ancestors) join producers; production holds, liars are penalised |
 //!
 //! The gossip scenarios take `--floodsub` (every node runs the floodsub
 //! baseline), `--publishers`, `--messages-per-second` and `--sybils`
@@ -40,6 +41,7 @@ pub mod gossip;
 pub mod gossip_attacks;
 pub mod request_flood;
 pub mod static_peer_restart;
+pub mod sync_liars;
 pub mod unresponsive_peer;
 pub mod workload;
 
@@ -48,6 +50,7 @@ pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario};
 pub use request_flood::{FloodParams, RequestFlood};
 pub use static_peer_restart::StaticPeerRestart;
+pub use sync_liars::{LiarKind, LiarsParams, SyncLiars};
 pub use unresponsive_peer::{FetchParams, UnresponsivePeer};
 
 use std::collections::BTreeSet;
@@ -104,6 +107,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     LateJoiner::NAME_HOSTILE,
     PartitionHeal::NAME,
     CrashRestart::NAME,
+    SyncLiars::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -130,6 +134,7 @@ pub fn nodes_default(name: &str) -> usize {
         LateJoiner::NAME | LateJoiner::NAME_HOSTILE => return LateJoiner::NODES_DEFAULT,
         PartitionHeal::NAME => return PartitionHeal::NODES_DEFAULT,
         CrashRestart::NAME => return CrashRestart::NODES_DEFAULT,
+        SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
         _ => {}
     }
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
@@ -146,6 +151,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         LateJoiner::NAME_HOSTILE => Some(Box::new(LateJoiner::hostile(JoinerParams::default()))),
         PartitionHeal::NAME => Some(Box::new(PartitionHeal::default())),
         CrashRestart::NAME => Some(Box::new(CrashRestart::default())),
+        SyncLiars::NAME => Some(Box::new(SyncLiars::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }
