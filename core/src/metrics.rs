@@ -94,4 +94,6 @@ pub struct Counters {
     pub work_done: u64,
     /// Penalties for what peers sent to sync (bad blocks, disproved answers).
     pub sync_penalties: u64,
+    /// Statuses whose claims the clock or the genesis disproved (penalised, not used for sync).
+    pub statuses_not_believed: u64,
 }

@@ -159,6 +159,15 @@ pub enum ImportError {
     /// The canonical chain above finality and the block's ancestors fill the
     /// store; nothing was changed.
     Full,
+    /// The block's slot is beyond what the clock allows: fork choice by
+    /// highest slot would otherwise take a head from the future (checked by
+    /// the node, which knows the clock, before the store sees the block).
+    FutureSlot {
+        /// The block's slot.
+        slot: u64,
+        /// The highest slot the clock allowed.
+        slot_max: u64,
+    },
 }
 
 impl fmt::Display for ImportError {
@@ -183,6 +192,12 @@ impl fmt::Display for ImportError {
                 "block at slot {slot} conflicts with the finalized slot {finalized_slot}"
             ),
             ImportError::Full => write!(f, "chain store is full above finality"),
+            ImportError::FutureSlot { slot, slot_max } => {
+                write!(
+                    f,
+                    "block at slot {slot} is beyond the clock's slot {slot_max}"
+                )
+            }
         }
     }
 }

@@ -55,6 +55,12 @@ pub const BLOCKS_TOPIC: &str = "blocks";
 /// How far ahead of our clock a gossiped block's slot may start (peers'
 /// clocks differ): the Ethereum p2p spec's `MAXIMUM_GOSSIP_CLOCK_DISPARITY`.
 pub const CLOCK_DISPARITY: Duration = Duration::from_millis(500);
+/// How far ahead of our clock a peer's claimed head (in its Status) or a
+/// block from range sync or a lookup may be. Wider than gossip's
+/// [`CLOCK_DISPARITY`]: a Status is a round trip old and its sender's clock
+/// may differ by a few hundred milliseconds either way, and a claim beyond
+/// this is penalised, not just ignored.
+pub const CLAIM_CLOCK_DISPARITY: Duration = Duration::from_secs(2);
 /// Verification jobs in flight at once.
 pub const WORK_IN_FLIGHT_MAX: usize = 64;
 /// Persist batches handed to the driver and not yet confirmed.
@@ -71,6 +77,10 @@ pub(super) enum WorkPurpose {
     Range { batch: crate::sync::BatchId },
     /// A looked-up chain of ancestors; who sent each block.
     Lookup { senders: Vec<PeerId> },
+    /// A gossiped block whose parent we lack: its own signature is checked
+    /// before a lookup may hold it, so made-up orphans cost their sender a
+    /// Reject instead of a lookup slot.
+    Orphan { message: MessageId, from: PeerId },
 }
 
 /// Chain state beside the fork-choice store.
@@ -135,6 +145,14 @@ impl ChainState {
         }
     }
 
+    /// The highest slot a claim or a block may name at `now`: the current
+    /// slot, [`CLAIM_CLOCK_DISPARITY`] ahead.
+    pub(super) fn slot_max(&self, now: Instant) -> u64 {
+        let disparity_ms = CLAIM_CLOCK_DISPARITY.as_millis() as u64;
+        self.genesis
+            .slot_at(self.unix_ms(now).saturating_add(disparity_ms))
+    }
+
     /// Unix milliseconds at `now`.
     fn unix_ms(&self, now: Instant) -> u64 {
         self.unix_ms_at_origin.saturating_add(now.as_millis())
@@ -182,6 +200,11 @@ impl Node {
     /// Whether range sync is under way (waiting for peers or fetching).
     pub fn is_syncing(&self) -> bool {
         self.range_sync.is_syncing()
+    }
+
+    /// Parent lookups under way (each holds gossiped orphans and their fetched ancestors).
+    pub fn lookups_pending(&self) -> usize {
+        self.lookups.len()
     }
 
     /// Work jobs handed to the driver and not yet answered (at most [`WORK_IN_FLIGHT_MAX`]).
@@ -255,10 +278,13 @@ impl Node {
         if head.slot >= slot {
             return;
         }
-        if self.range_sync.is_syncing() {
-            // Our head is far behind what peers claim: a block on it would
-            // be a fork of its own, and with fork choice by highest slot it
-            // would even win over the chain we are fetching. Skip the slot.
+        if self.range_sync.is_catching_up(now) {
+            // Our head is far behind what believed peers claim and their
+            // blocks are arriving: a block on it would be a fork of its own,
+            // and with fork choice by highest slot it would even win over
+            // the chain we are fetching. Skip the slot. Only then: waiting
+            // for peers, or peers that promise and deliver nothing, never
+            // stop production (see `RangeSync::is_catching_up`).
             info!("slot {slot}: not producing while range sync catches up");
             self.counters.blocks_not_produced_syncing += 1;
             self.chain_state.last_produced_slot = slot;
@@ -322,18 +348,19 @@ impl Node {
             self.judge_gossip_block(now, message, verdict);
             return;
         }
-        if !self.chain.contains(&block.parent_root()) {
-            // Not forwarded (its ancestry is unproven); the lookup fetches
-            // the missing ancestors and imports the block once they verify.
-            self.judge_gossip_block(now, message, Validation::Ignore);
-            self.sync_orphan(now, block, from);
-            return;
-        }
         if self.chain_state.work.len() >= WORK_IN_FLIGHT_MAX {
             debug!("verification busy: gossiped block ignored");
             self.judge_gossip_block(now, message, Validation::Ignore);
             return;
         }
+        // A block whose parent we lack is not forwarded (its ancestry is
+        // unproven), but its own signature is checked first: only then may
+        // a lookup hold it and fetch its ancestors, whose roots it pins.
+        let purpose = if self.chain.contains(&block.parent_root()) {
+            WorkPurpose::Gossip { message, from }
+        } else {
+            WorkPurpose::Orphan { message, from }
+        };
         let seed = self.job_seed();
         self.start_work(
             Job::VerifyBlocks {
@@ -341,7 +368,7 @@ impl Node {
                 blocks: vec![block],
                 seed,
             },
-            WorkPurpose::Gossip { message, from },
+            purpose,
         );
     }
 
@@ -425,6 +452,34 @@ impl Node {
             }
             (WorkPurpose::Lookup { senders }, WorkOutput::VerifiedBlocks { blocks, result }) => {
                 self.sync_lookup_verified(now, blocks, senders, result);
+            }
+            (
+                WorkPurpose::Orphan { message, from },
+                WorkOutput::VerifiedBlocks { mut blocks, result },
+            ) => {
+                let Some(block) = blocks.pop() else {
+                    return;
+                };
+                match result {
+                    Ok(()) => {
+                        // Its parent may have arrived meanwhile.
+                        if self.chain.contains(&block.parent_root()) {
+                            self.judge_gossip_block(now, message, Validation::Accept);
+                            self.import_verified(now, block);
+                        } else {
+                            self.judge_gossip_block(now, message, Validation::Ignore);
+                            self.sync_orphan(now, block, from);
+                        }
+                    }
+                    Err(_) => {
+                        info!(
+                            "{from:?}: gossiped orphan {} at slot {} fails verification",
+                            short(&block.root()),
+                            block.slot()
+                        );
+                        self.judge_gossip_block(now, message, Validation::Reject);
+                    }
+                }
             }
         }
     }

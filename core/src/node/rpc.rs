@@ -26,7 +26,7 @@
 
 use std::collections::BTreeMap;
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 
 use super::{ConnectionState, Node};
 use crate::chain::{Root, SignedBlock};
@@ -54,12 +54,20 @@ pub(super) enum Purpose {
     Ping,
     /// The peer's Metadata sequence number went up.
     Metadata,
-    /// Blocks for range sync or a parent lookup.
+    /// Blocks for range sync or a parent lookup, checked chunk by chunk.
     Blocks {
         fetch: super::sync::BlockFetch,
         blocks: Vec<SignedBlock>,
-        /// Set when a chunk did not decode; the fetch then fails.
-        invalid: Option<String>,
+        /// What each chunk must be, checked as it arrives.
+        check: BlockAnswerCheck,
+        /// Encoded bytes of `blocks`.
+        bytes: usize,
+        /// Bytes set aside for this answer; range sync may grow it.
+        budget_bytes: usize,
+        /// Set when a chunk broke the checks (and was penalised) or the
+        /// answer outgrew our room for it; further chunks are dropped unread
+        /// and the fetch fails.
+        invalid: Option<AnswerFault>,
     },
     /// The application's `Command::Request`.
     Application {
@@ -71,6 +79,71 @@ pub(super) enum Purpose {
         /// Set when the answer broke the protocol; the request then fails.
         invalid: Option<String>,
     },
+}
+
+/// Why an answer of blocks stopped being collected.
+pub(super) enum AnswerFault {
+    /// The peer broke the protocol (already penalised): the reason.
+    Broken(String),
+    /// The answer outgrew what we could set aside for it: our limit, not a
+    /// fault. Bytes and slots received until then.
+    TooLarge { bytes: usize, slots: u64 },
+}
+
+/// What the chunks of an answer of blocks must be, checked one by one as
+/// they arrive, so a bad answer costs at most one chunk of memory.
+pub(super) enum BlockAnswerCheck {
+    /// BlocksByRange: see [`RangeCheck`].
+    Range(RangeCheck),
+    /// BlocksByRoot: each block one of the roots asked for, none twice.
+    Roots(Vec<Root>),
+}
+
+impl BlockAnswerCheck {
+    /// The check for BlocksByRange(`start_slot`, `count`).
+    pub(super) fn range(start_slot: u64, count: u64) -> BlockAnswerCheck {
+        BlockAnswerCheck::Range(RangeCheck {
+            start_slot,
+            end_slot: start_slot.saturating_add(count),
+            previous: None,
+        })
+    }
+
+    fn check(&mut self, block: &SignedBlock) -> Result<(), String> {
+        match self {
+            BlockAnswerCheck::Range(range) => range.check_block(block),
+            BlockAnswerCheck::Roots(wanted) => {
+                let root = block.root();
+                match wanted.iter().position(|wanted| *wanted == root) {
+                    Some(index) => {
+                        // Asked for, and never again in this answer.
+                        wanted.swap_remove(index);
+                        Ok(())
+                    }
+                    None => Err(format!(
+                        "block at slot {} was not asked for, or came twice",
+                        block.slot()
+                    )),
+                }
+            }
+        }
+    }
+
+    /// [`BlockAnswerCheck::check`], for tests.
+    #[cfg(test)]
+    pub(super) fn check_for_tests(&mut self, block: &SignedBlock) -> Result<(), String> {
+        self.check(block)
+    }
+
+    /// Slots the answer has covered so far (for the size estimate).
+    fn slots_covered(&self) -> u64 {
+        match self {
+            BlockAnswerCheck::Range(range) => range.previous.map_or(0, |(slot, _)| {
+                slot.saturating_sub(range.start_slot).saturating_add(1)
+            }),
+            BlockAnswerCheck::Roots(_) => 1,
+        }
+    }
 }
 
 /// BlocksByRange answers come in slot order, within the range, each block
@@ -85,6 +158,10 @@ impl RangeCheck {
     fn check(&mut self, block: &[u8]) -> Result<(), String> {
         let block =
             SignedBlock::decode(block).map_err(|error| format!("undecodable block: {error}"))?;
+        self.check_block(&block)
+    }
+
+    fn check_block(&mut self, block: &SignedBlock) -> Result<(), String> {
         let (slot, parent) = (block.slot(), block.parent_root());
         if slot < self.start_slot || slot >= self.end_slot {
             return Err(format!(
@@ -120,12 +197,7 @@ pub const TIMEOUTS_IN_A_ROW_TOLERATED: u32 = 3;
 /// silence timeout instead, so it can come back unscathed.
 pub const TIMEOUT_ESCALATION_HEARD_WITHIN: Duration = crate::reqresp::limits::RESPONSE_TIMEOUT;
 
-/// Block bytes one BlocksByRange or BlocksByRoot answer carries at most.
-/// Sixty-four 1 MiB blocks would be 64 MiB, four times what a driver queues
-/// for a connection; the answer is cut to a prefix instead (the protocol
-/// allows fewer blocks than asked, and range sync asks again from the last
-/// slot it got).
-pub const ANSWER_BLOCK_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub use crate::reqresp::limits::ANSWER_BLOCK_BYTES_MAX;
 
 const _: () = assert!(ANSWER_BLOCK_BYTES_MAX <= crate::limits::PENDING_SEND_BYTES_MAX / 2);
 
@@ -400,8 +472,17 @@ impl Node {
                 if let Some(established) = self.established_mut(&peer) {
                     established.timeouts_in_a_row = 0;
                 }
+                // An answer of no blocks is allowed (slots it lacks) but
+                // earns nothing: a liar answering every batch empty would
+                // otherwise farm rewards against its penalties.
+                let useful = !matches!(
+                    self.purposes.get(&(peer, id)),
+                    Some(Purpose::Blocks { blocks, .. }) if blocks.is_empty()
+                );
                 self.finish_request(peer, id, Ok(()));
-                self.report(now, peer, Report::Reward);
+                if useful {
+                    self.report(now, peer, Report::Reward);
+                }
             }
             EndOutcome::Unexpected { id, reason } => self.on_unexpected(now, peer, id, reason),
         }
@@ -445,20 +526,7 @@ impl Node {
                 }
                 Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
             },
-            Purpose::Blocks {
-                blocks, invalid, ..
-            } => {
-                if invalid.is_some() {
-                    return;
-                }
-                match SignedBlock::decode(&payload) {
-                    Ok(block) => blocks.push(block),
-                    Err(error) => {
-                        *invalid = Some(format!("undecodable block: {error}"));
-                        self.report(now, peer, Report::Penalty(Penalty::High));
-                    }
-                }
-            }
+            Purpose::Blocks { .. } => self.on_block_chunk(now, peer, id, &payload),
             Purpose::Application {
                 chunks,
                 range,
@@ -479,6 +547,81 @@ impl Node {
         }
     }
 
+    /// One chunk of an answer of blocks: checked against the request (range,
+    /// order, links, or the roots asked for) and against the bytes set aside
+    /// for the answer before it is kept. A chunk that breaks the request
+    /// costs its sender and ends the collection; one that does not fit our
+    /// room ends it without blame.
+    fn on_block_chunk(&mut self, now: Instant, peer: PeerId, id: RequestId, payload: &[u8]) {
+        let Some(Purpose::Blocks {
+            fetch,
+            blocks,
+            check,
+            bytes,
+            budget_bytes,
+            invalid,
+        }) = self.purposes.get_mut(&(peer, id))
+        else {
+            return;
+        };
+        if invalid.is_some() {
+            return;
+        }
+        let block = match SignedBlock::decode(payload) {
+            Ok(block) => block,
+            Err(error) => {
+                *invalid = Some(AnswerFault::Broken(format!("undecodable block: {error}")));
+                blocks.clear();
+                self.report(now, peer, Report::Penalty(Penalty::High));
+                return;
+            }
+        };
+        if let Err(what) = check.check(&block) {
+            debug!("{peer:?}: answer to {id:?} refused: {what}");
+            *invalid = Some(AnswerFault::Broken(what));
+            blocks.clear();
+            self.report(now, peer, Report::Penalty(Penalty::High));
+            return;
+        }
+        let needed = bytes.saturating_add(block.encoded_len());
+        if needed > *budget_bytes {
+            let grown = match *fetch {
+                super::sync::BlockFetch::Range(batch) => {
+                    self.range_sync.grow_reserve(batch, needed)
+                }
+                // One root per lookup request, one block at most: the
+                // budget already holds the largest block.
+                super::sync::BlockFetch::Lookup(_) => false,
+            };
+            let Some(Purpose::Blocks {
+                blocks,
+                check,
+                bytes,
+                budget_bytes,
+                invalid,
+                ..
+            }) = self.purposes.get_mut(&(peer, id))
+            else {
+                return;
+            };
+            if !grown {
+                debug!("{peer:?}: answer to {id:?} outgrew its {budget_bytes} bytes: cut off");
+                *invalid = Some(AnswerFault::TooLarge {
+                    bytes: needed,
+                    slots: check.slots_covered(),
+                });
+                blocks.clear();
+                return;
+            }
+            *budget_bytes = needed;
+            *bytes = needed;
+            blocks.push(block);
+            return;
+        }
+        *bytes = needed;
+        blocks.push(block);
+    }
+
     /// Closes our record of a request and tells the application, if it asked.
     fn finish_request(&mut self, peer: PeerId, id: RequestId, result: Result<(), RequestError>) {
         let Some(purpose) = self.purposes.remove(&(peer, id)) else {
@@ -495,6 +638,7 @@ impl Node {
                 fetch,
                 blocks,
                 invalid,
+                ..
             } => self.sync_fetch_done(fetch, blocks, result, invalid),
             Purpose::Application {
                 tag,
@@ -541,6 +685,14 @@ impl Node {
             }
             return false;
         }
+        if let Err(why) = self.check_status_claims(now, &status) {
+            // Well-formed, but a lie the clock or the genesis disproves: it
+            // costs the peer, and sync never hears of it.
+            info!("{peer:?}: status not believed: {why}");
+            self.counters.statuses_not_believed += 1;
+            self.report(now, peer, Report::Penalty(Penalty::Mid));
+            return self.peers.contains_key(&peer);
+        }
         let chain = ChainStatus {
             head_slot: status.head_slot,
             finalized_slot: status.finalized_slot,
@@ -553,6 +705,32 @@ impl Node {
         self.notify(Notification::PeerStatus { peer, status });
         self.sync_peer_status(now, peer, &status);
         true
+    }
+
+    /// The claims of a Status that the clock and the genesis can disprove:
+    /// a head beyond the current slot (plus [`super::chain::CLAIM_CLOCK_DISPARITY`]),
+    /// finality above the head, or slot 0 on a root that is not the genesis.
+    fn check_status_claims(&self, now: Instant, status: &Status) -> Result<(), String> {
+        let slot_max = self.chain_state.slot_max(now);
+        let genesis_root = self.chain.genesis_root();
+        if status.head_slot > slot_max {
+            return Err(format!(
+                "head slot {} is beyond the clock's slot {slot_max}",
+                status.head_slot
+            ));
+        }
+        if status.finalized_slot > status.head_slot {
+            return Err(format!(
+                "finalized slot {} is above its head slot {}",
+                status.finalized_slot, status.head_slot
+            ));
+        }
+        if (status.finalized_slot == 0 && status.finalized_root != genesis_root)
+            || (status.head_slot == 0 && status.head_root != genesis_root)
+        {
+            return Err("a checkpoint at slot 0 is not our genesis".to_string());
+        }
+        Ok(())
     }
 
     /// A peer told us its Metadata sequence number; fetch its Metadata if it is new.

@@ -31,13 +31,14 @@
 
 use log::{debug, info, warn};
 
-use super::rpc::Purpose;
+use super::rpc::{AnswerFault, BlockAnswerCheck, Purpose};
 use super::Node;
 use crate::chain::{ImportError, ImportOutcome, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::io::{Notification, RequestError};
 use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
+use crate::reqresp::limits::BLOCK_BYTES_MAX;
 use crate::reqresp::{ProtocolId, ResultCode};
 use crate::sync::{
     BatchId, BatchImportError, FetchError, LookupAction, LookupId, LookupPenalty, PeerChain,
@@ -65,6 +66,8 @@ impl Node {
             finalized_root: status.finalized_root,
         };
         let score = self.peer_manager.score(now, &peer);
+        self.range_sync
+            .on_clock(now, self.chain_state.slot_max(now));
         self.range_sync.on_peer_status(now, peer, chain, score);
     }
 
@@ -93,6 +96,8 @@ impl Node {
 
     /// Timers of both machines.
     pub(super) fn sync_tick(&mut self, now: Instant) {
+        self.range_sync
+            .on_clock(now, self.chain_state.slot_max(now));
         self.range_sync.on_timer(now);
         self.lookups.on_timer(now);
     }
@@ -134,11 +139,15 @@ impl Node {
                 peer,
                 start_slot,
                 count,
+                reserve_bytes,
             } => {
                 let body = BlocksByRangeRequest { start_slot, count }.encode();
                 let purpose = Purpose::Blocks {
                     fetch: BlockFetch::Range(batch),
                     blocks: Vec::new(),
+                    check: BlockAnswerCheck::range(start_slot, count),
+                    bytes: 0,
+                    budget_bytes: reserve_bytes,
                     invalid: None,
                 };
                 if let Err(error) =
@@ -167,9 +176,9 @@ impl Node {
             }
             SyncAction::Penalise { peer, reason } => {
                 let penalty = match reason {
-                    PenaltyReason::EmptyAnswerDisproved | PenaltyReason::BlocksWithheld => {
-                        Penalty::Mid
-                    }
+                    PenaltyReason::EmptyAnswerDisproved
+                    | PenaltyReason::BlocksWithheld
+                    | PenaltyReason::HeadNotServed => Penalty::Mid,
                     // Proven: it sent a block whose signature or body does
                     // not verify, or one built on such a block.
                     PenaltyReason::InvalidBlock
@@ -178,7 +187,8 @@ impl Node {
                     PenaltyReason::WrongParentLinkage
                     | PenaltyReason::OutOfRange
                     | PenaltyReason::OutOfOrder
-                    | PenaltyReason::OversizedBlock => Penalty::High,
+                    | PenaltyReason::OversizedBlock
+                    | PenaltyReason::FutureSlot => Penalty::High,
                 };
                 info!("{peer:?}: sync penalty: {reason:?}");
                 self.counters.sync_penalties += 1;
@@ -210,10 +220,16 @@ impl Node {
                 peer,
                 roots,
             } => {
+                // Each block at most the largest valid one, one per root.
+                let budget_bytes = roots.len().saturating_mul(BLOCK_BYTES_MAX);
+                let check = BlockAnswerCheck::Roots(roots.clone());
                 let body = BlocksByRootRequest { roots }.encode();
                 let purpose = Purpose::Blocks {
                     fetch: BlockFetch::Lookup(lookup),
                     blocks: Vec::new(),
+                    check,
+                    bytes: 0,
+                    budget_bytes,
                     invalid: None,
                 };
                 if let Err(error) = self.request(now, peer, ProtocolId::BlocksByRoot, body, purpose)
@@ -308,8 +324,15 @@ impl Node {
         let mut stored: Vec<(Root, SignedBlock)> = Vec::new();
         let mut pruned = Vec::new();
         let mut outcome = Ok(());
+        let slot_max = self.chain_state.slot_max(now);
         for (index, block) in blocks.into_iter().enumerate() {
             let (slot, root) = (block.slot(), block.root());
+            if slot > slot_max {
+                // Fork choice takes the highest slot: a block from the
+                // future would become our head and stop our proposer.
+                outcome = Err((index, ImportError::FutureSlot { slot, slot_max }));
+                break;
+            }
             let copy = block.clone();
             match self.chain.import(block) {
                 Ok(ImportOutcome::Imported(imported)) => {
@@ -329,7 +352,6 @@ impl Node {
             let finalized = self.chain.finalized();
             self.persist(stored, pruned, finalized);
         }
-        let _ = now;
         outcome
     }
 
@@ -339,12 +361,20 @@ impl Node {
         fetch: BlockFetch,
         blocks: Vec<SignedBlock>,
         result: Result<(), RequestError>,
-        invalid: Option<String>,
+        invalid: Option<AnswerFault>,
     ) {
         let now = self.last_now;
+        self.range_sync
+            .on_clock(now, self.chain_state.slot_max(now));
         let result = match (result, invalid) {
             (Ok(()), None) => Ok(blocks),
-            (Ok(()), Some(_)) => Err(FetchError::Malformed),
+            (_, Some(AnswerFault::TooLarge { bytes, slots })) => {
+                Err(FetchError::TooLarge { bytes, slots })
+            }
+            (Ok(()), Some(AnswerFault::Broken(what))) => {
+                debug!("a block answer was refused as it arrived: {what}");
+                Err(FetchError::Malformed)
+            }
             (Err(error), _) => Err(match error {
                 RequestError::FirstChunkTimeout | RequestError::ResponseTimeout => {
                     FetchError::Timeout

@@ -21,6 +21,12 @@ pub const BLOCKS_PER_RANGE_REQUEST_MAX: u64 = 64;
 pub const ROOTS_PER_REQUEST_MAX: usize = 128;
 /// Largest block payload in a response chunk, uncompressed (design.md §3: 1 MiB).
 pub const BLOCK_BYTES_MAX: usize = 1024 * 1024;
+/// Block bytes one BlocksByRange or BlocksByRoot answer carries at most.
+/// Sixty-four 1 MiB blocks would be 64 MiB, four times what a driver queues
+/// for a connection; the answer is cut to a prefix instead (the protocol
+/// allows fewer blocks than asked, and range sync asks again from the last
+/// slot it got).
+pub const ANSWER_BLOCK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Topics one Metadata may list. A node subscribes to a handful; 64 bounds
 /// what a peer can make us store per peer.
 pub const METADATA_TOPICS_MAX: usize = 64;

@@ -33,14 +33,20 @@
 //! names the header that names the parent); chains built on known-invalid
 //! roots are dropped; no recursion.
 //!
-//! *Not provided*: signature checks (the caller verifies the `Ready` chain
-//! before importing it); fairness between lookups when the set is full (a
+//! The caller hands over only orphans whose own signature verified: their
+//! root then pins every ancestor's root, so an answer with a made-up header
+//! is a wrong block (penalised), and holding a lookup takes a real block.
+//! One peer's orphans hold at most [`ORPHANS_PER_PEER_MAX`] places.
+//!
+//! *Not provided*: signature checks of ancestors (the caller verifies the
+//! `Ready` chain before importing it, and penalises exactly the sender of a
+//! block that fails); fairness between lookups when the set is full (a
 //! new lookup is refused, so a flood of orphans cannot evict honest
 //! lookups, but can delay new ones until theirs time out).
 //!
 //! # Limits
 //! [`LOOKUPS_MAX`], [`PENDING_BLOCKS_MAX`], [`PENDING_BLOCKS_BYTES_MAX`],
-//! [`PARENT_LOOKUP_DEPTH_MAX`], [`LOOKUP_ATTEMPTS_MAX`],
+//! [`PARENT_LOOKUP_DEPTH_MAX`], [`LOOKUP_ATTEMPTS_MAX`], [`ORPHANS_PER_PEER_MAX`],
 //! [`LOOKUP_REQUEST_TIMEOUT`], [`LOOKUP_TIMEOUT`], [`LOOKUP_TIPS_MAX`],
 //! [`LOOKUP_PEERS_MAX`], [`LOOKUP_OUTPUTS_MAX`].
 
@@ -68,6 +74,10 @@ pub const LOOKUP_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Gossiped blocks with the same unknown parent joined to one lookup.
 pub const LOOKUP_TIPS_MAX: usize = 8;
+/// Gossiped orphans one peer may have held across all lookups: a peer that
+/// sends orphans (even validly signed ones it replays) cannot occupy more
+/// than this many of the [`LOOKUPS_MAX`] lookups.
+pub const ORPHANS_PER_PEER_MAX: usize = 4;
 /// Peers we may ask, besides the senders of the gossiped blocks.
 pub const LOOKUP_PEERS_MAX: usize = crate::limits::PEERS_MAX;
 /// Queued outputs; the caller drains after every input.
@@ -374,6 +384,21 @@ impl Lookups {
             return;
         }
         if self.blocks + 1 > PENDING_BLOCKS_MAX || self.bytes + bytes > PENDING_BLOCKS_BYTES_MAX {
+            self.counters.refused += 1;
+            return;
+        }
+        let held_from_peer: usize = self
+            .lookups
+            .values()
+            .map(|lookup| {
+                lookup
+                    .tip_senders
+                    .iter()
+                    .filter(|sender| **sender == peer)
+                    .count()
+            })
+            .sum();
+        if held_from_peer >= ORPHANS_PER_PEER_MAX {
             self.counters.refused += 1;
             return;
         }
@@ -931,6 +956,39 @@ mod tests {
     }
 
     #[test]
+    fn one_peer_cannot_hold_more_than_its_share_of_lookups() {
+        // A lookup squatter sends orphans on made-up parents: it gets
+        // ORPHANS_PER_PEER_MAX places, and the rest stay free for others.
+        let store = store_up_to(0);
+        let (mut lookups, _, now) = setup(&[(1, Behaviour::Honest)]);
+        let orphan = |index: u64| {
+            let body = index.to_be_bytes().to_vec();
+            SignedBlock {
+                header: BlockHeader {
+                    slot: 100 + index,
+                    proposer_index: 0,
+                    parent_root: [index as u8 + 1; 32],
+                    body_root: body_root(&body),
+                },
+                body,
+                signature: [0; SIGNATURE_BYTES],
+            }
+        };
+        for index in 0..20 {
+            lookups.on_unknown_parent(now, orphan(index), peer(9), &store);
+            lookups.assert_invariants();
+        }
+        assert_eq!(lookups.len(), ORPHANS_PER_PEER_MAX);
+        assert_eq!(lookups.counters().refused, 20 - ORPHANS_PER_PEER_MAX as u64);
+        lookups.on_unknown_parent(now, orphan(50), peer(8), &store);
+        assert_eq!(
+            lookups.len(),
+            ORPHANS_PER_PEER_MAX + 1,
+            "another peer still gets a place"
+        );
+    }
+
+    #[test]
     fn the_pending_set_is_bounded() {
         let store = store_up_to(0);
         let (mut lookups, _, now) = setup(&[(1, Behaviour::Honest)]);
@@ -946,7 +1004,7 @@ mod tests {
                 body,
                 signature: [0; SIGNATURE_BYTES],
             };
-            lookups.on_unknown_parent(now, orphan, peer(1), &store);
+            lookups.on_unknown_parent(now, orphan, peer(1 + (index % 200) as u8), &store);
             lookups.assert_invariants();
         }
         assert_eq!(lookups.len(), LOOKUPS_MAX);

@@ -35,12 +35,20 @@
 //!
 //! A round starts at our finalized slot + 1 (blocks we already have import
 //! as already known; a head on a minority fork above finality is replaced)
-//! and the target is the highest head a suitable peer claims, re-evaluated
-//! as statuses arrive. Batches go to the least loaded of the best peers
-//! (score, then claimed finalized slot, then a seeded tie-break), at most
-//! the per-peer window in flight (adaptive, at most 4) and 64 overall.
-//! A peer counts as suitable when it is ahead of us and finalized on our
-//! finalized checkpoint (same slot and root) or further along.
+//! and the target is the highest head that is *believed*, re-evaluated as
+//! statuses arrive: claimed by a peer that proved itself (blocks it served
+//! imported), or reached by [`CLAIM_SUPPORT_PEERS_MIN`] peers. One peer's
+//! word alone is tried only when it is the only peer we hear, after
+//! [`SYNC_PEERS_WAIT`] (or at once with `peers_min` 1), and then only as
+//! far as its answers prove it. Batches go to the least loaded of the best
+//! peers (score, then proven before unproven, then a seeded tie-break), at
+//! most the per-peer window in flight (adaptive, at most 4) and 64 overall.
+//! A peer counts as suitable when its claims are consistent (finality not
+//! above its head), allowed by the clock ([`RangeSync::on_clock`]), not
+//! disproven, ahead of us, and finalized on our finalized checkpoint (same
+//! slot and root) or further along. A finalized checkpoint ahead of ours
+//! only lets a peer serve batches, whose answers are checked and can
+//! disprove it: it never ranks the peer or sets the target.
 //! Batch size and per-peer windows adapt: a fast answer grows them, a
 //! timeout halves them. Blocks are checked (slots strictly increasing and
 //! inside the range, each linked to the previous) before verification;
@@ -58,8 +66,17 @@
 //!
 //! # Security
 //! *Provided*: a peer's answer never makes us hold more than
-//! [`SYNC_BUFFER_BYTES_MAX`] of blocks (the farthest batches are evicted and
-//! fetched again); a bad block penalises exactly its sender and is never
+//! [`SYNC_BUFFER_BYTES_MAX`] of blocks (each request reserves its room
+//! before it is sent, the caller collects at most that much, growing it with
+//! [`RangeSync::grow_reserve`] or cutting the answer off as
+//! [`FetchError::TooLarge`]; buffered batches above a lower one are evicted
+//! and fetched again); no claim or block beyond the clock's slot is used;
+//! a peer whose own answer lacks the head block it claimed is penalised
+//! ([`PenaltyReason::HeadNotServed`]) and not believed for
+//! [`CLAIM_DISPROVED_COOLDOWN`], whatever Status it sends; a proposer is
+//! asked to pause ([`RangeSync::is_catching_up`]) only while a believed
+//! round imports, at most [`CATCH_UP_STALL_MAX`] without progress;
+//! arithmetic on claimed slots saturates; a bad block penalises exactly its sender and is never
 //! imported (verification happens before import, and the same bytes are
 //! refused from then on); a peer claiming a head it cannot back up stalls nothing
 //! (its claim is ignored once a round fails to reach it); every state has a
@@ -95,7 +112,9 @@ use rand_core::{RngCore, SeedableRng};
 use crate::chain::{Checkpoint, ImportError, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::peer::score::Score;
-use crate::reqresp::limits::{BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX};
+use crate::reqresp::limits::{
+    ANSWER_BLOCK_BYTES_MAX, BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX,
+};
 use crate::time::{Duration, Instant};
 
 // --- Limits -------------------------------------------------------------------
@@ -150,6 +169,25 @@ pub const OUTPUTS_MAX: usize = 256;
 /// The initial guess of encoded bytes per requested slot, before any answer
 /// was measured; the request reserve is twice the estimate.
 pub const SLOT_BYTES_ESTIMATE_INITIAL: usize = 16 * 1024;
+/// Peers whose claims must agree before a head is believed without proof:
+/// a head is a target when this many peers reach it (or one that proved
+/// itself claims it). One peer's word alone is tried only when it is the
+/// only peer we hear, after [`SYNC_PEERS_WAIT`] (or when the operator set
+/// `peers_min` to 1).
+pub const CLAIM_SUPPORT_PEERS_MIN: usize = 2;
+/// A peer whose own answer disproved its claimed head (the batch holding that
+/// slot came back without a block there) is not believed for this long,
+/// whatever Status it sends meanwhile: a liar re-sending its Status every
+/// minute cannot start a new round each time.
+pub const CLAIM_DISPROVED_COOLDOWN: Duration = Duration::from_secs(600);
+/// While a round downloads from believed peers, a proposer pauses (a block on
+/// a stale head would fork); but never longer than this without an import, so
+/// peers that promise blocks and deliver none cannot stop production.
+pub const CATCH_UP_STALL_MAX: Duration = Duration::from_secs(10);
+/// An answer at least this close to the server's byte cut
+/// (`ANSWER_BLOCK_BYTES_MAX`) may be a prefix cut short honestly, so a missing
+/// head block in it proves nothing.
+const ANSWER_CUT_BYTES_MIN: usize = ANSWER_BLOCK_BYTES_MAX.saturating_sub(BLOCK_BYTES_MAX);
 
 const _: () = assert!(BATCH_SLOTS <= BLOCKS_PER_RANGE_REQUEST_MAX);
 const _: () = assert!(BATCH_SLOTS_MIN >= 1 && BATCH_SLOTS_MIN <= BATCH_SLOTS);
@@ -260,8 +298,18 @@ pub enum FetchError {
     PeerGone,
     /// The peer answered with this non-zero result code.
     ErrorCode(u8),
-    /// The answer could not be decoded.
+    /// The answer could not be decoded, or broke the request's checks
+    /// (the req/resp layer penalised it).
     Malformed,
+    /// The answer outgrew the room we could reserve for it in the sync
+    /// buffer: our limit, not the peer's fault. `bytes` arrived for `slots`
+    /// slots before it was cut off; the estimate learns from them.
+    TooLarge {
+        /// Encoded bytes received.
+        bytes: usize,
+        /// Slots those bytes covered.
+        slots: u64,
+    },
 }
 
 /// Why importing a batch stopped: the position of the block the chain
@@ -296,6 +344,11 @@ pub enum PenaltyReason {
     EmptyAnswerDisproved,
     /// An answer that left out blocks another peer then served.
     BlocksWithheld,
+    /// The batch holding the slot of the head it claims came back without a
+    /// block at or after that slot: its own answer disproves its Status.
+    HeadNotServed,
+    /// A block from beyond the slot the clock allows (plus a tolerance).
+    FutureSlot,
 }
 
 /// Sync progress, for the user and the metrics.
@@ -325,6 +378,9 @@ pub enum SyncAction {
         start_slot: u64,
         /// Slots, at most [`BLOCKS_PER_RANGE_REQUEST_MAX`].
         count: u64,
+        /// Bytes set aside in the sync buffer for the answer: collect at
+        /// most this much, or [`RangeSync::grow_reserve`] first.
+        reserve_bytes: usize,
     },
     /// Verify `blocks` off-thread with `chain::verify_batch_locating`, then
     /// call [`RangeSync::on_verified`].
@@ -416,6 +472,10 @@ struct PeerState {
     window: usize,
     /// Its claims failed to carry a round: ignored until it sends a new Status.
     stale: bool,
+    /// It served blocks that imported: its claims are backed by proof.
+    proven: bool,
+    /// Its own answer disproved its claimed head: ignored until then.
+    disproven_until: Instant,
 }
 
 #[derive(Clone, Debug)]
@@ -567,6 +627,15 @@ pub struct RangeSync {
     progress: ProgressState,
     counters: SyncCounters,
     last_now: Instant,
+    /// The highest slot the clock allows a claim or a block to have
+    /// ([`RangeSync::on_clock`]); `u64::MAX` until the caller tells.
+    slot_max: u64,
+    /// One peer's word is tried: the wait for support ran out, or the
+    /// operator asked for one peer.
+    lone_claims_allowed: bool,
+    /// The round is catching up from believed peers since this instant, or
+    /// the last import that made progress: a proposer pauses meanwhile.
+    catch_up_since: Option<Instant>,
 }
 
 impl RangeSync {
@@ -614,6 +683,9 @@ impl RangeSync {
             },
             counters: SyncCounters::default(),
             last_now: Instant::ZERO,
+            slot_max: u64::MAX,
+            lone_claims_allowed: false,
+            catch_up_since: None,
         }
     }
 
@@ -627,6 +699,17 @@ impl RangeSync {
     /// Whether a round is under way (waiting for peers or fetching).
     pub fn is_syncing(&self) -> bool {
         self.mode != Mode::Idle
+    }
+
+    /// Whether a round is downloading from peers whose claims are believed
+    /// (supported by several peers or proven by imports) and made progress
+    /// within [`CATCH_UP_STALL_MAX`]: the only time a proposer should pause.
+    /// Waiting for peers, or a round whose peers deliver nothing, is not.
+    pub fn is_catching_up(&self, now: Instant) -> bool {
+        self.mode == Mode::Syncing
+            && self
+                .catch_up_since
+                .is_some_and(|since| now < since.saturating_add(CATCH_UP_STALL_MAX))
     }
 
     /// The slot the current round syncs to.
@@ -664,7 +747,7 @@ impl RangeSync {
             assert_eq!(start, batch.start);
             assert!(batch.count >= 1 && batch.count <= BLOCKS_PER_RANGE_REQUEST_MAX);
             assert!(start >= previous_end, "batches overlap");
-            previous_end = start + batch.count;
+            previous_end = start.saturating_add(batch.count);
             assert!(batch.excluded.len() <= self.config.batch_attempts_max as usize + 1);
             buffered += batch.state.buffered_bytes();
             if let Some(id) = batch.state.id() {
@@ -707,6 +790,7 @@ impl RangeSync {
             self.batch_slots >= self.config.batch_slots_min
                 && self.batch_slots <= self.config.batch_slots_max
         );
+        assert!(self.mode != Mode::Syncing || self.target_slot <= self.slot_max);
     }
 
     // --- Inputs -------------------------------------------------------------------
@@ -735,6 +819,8 @@ impl RangeSync {
                     in_flight: 0,
                     window: self.config.requests_per_peer_max,
                     stale: false,
+                    proven: false,
+                    disproven_until: Instant::ZERO,
                 },
             );
         }
@@ -774,6 +860,42 @@ impl RangeSync {
         self.update_mode(now);
     }
 
+    /// The clock: no claim or block may name a slot above `slot_max` (the
+    /// current slot plus the caller's tolerance for skew). Claims above it
+    /// are ignored; blocks above it are refused as [`PenaltyReason::FutureSlot`].
+    pub fn on_clock(&mut self, now: Instant, slot_max: u64) {
+        self.advance(now);
+        self.slot_max = slot_max;
+        self.update_mode(now);
+    }
+
+    /// Room for a longer answer to `batch` than was reserved: `true` if its
+    /// reserve grew to `bytes` within the buffer bound, `false` if the
+    /// answer must be cut off (then report [`FetchError::TooLarge`]).
+    pub fn grow_reserve(&mut self, batch: BatchId, bytes: usize) -> bool {
+        let Some((start, _, _)) = self.downloading(batch) else {
+            return false;
+        };
+        let entry = self
+            .batches
+            .get_mut(&start)
+            .expect("downloading names a batch");
+        let BatchState::Downloading { reserve_bytes, .. } = &mut entry.state else {
+            unreachable!("downloading checked the state")
+        };
+        let extra = bytes.saturating_sub(*reserve_bytes);
+        let total = self
+            .buffered_bytes
+            .saturating_add(self.reserved_bytes)
+            .saturating_add(extra);
+        if total > self.config.buffer_bytes_max {
+            return false;
+        }
+        *reserve_bytes += extra;
+        self.reserved_bytes += extra;
+        true
+    }
+
     /// The answer to [`SyncAction::Request`] `batch`.
     pub fn on_response(
         &mut self,
@@ -808,6 +930,17 @@ impl RangeSync {
         // Measure before the buffer decision, so the estimate learns even
         // from answers we cannot keep.
         let bytes: usize = blocks.iter().map(SignedBlock::encoded_len).sum();
+        if self.disproves_its_head(start, count, &blocks, bytes) {
+            self.counters.responses_refused += 1;
+            self.penalise(peer, PenaltyReason::HeadNotServed);
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.proven = false;
+                state.disproven_until = now.saturating_add(CLAIM_DISPROVED_COOLDOWN);
+            }
+            self.fail_batch(now, start, peer);
+            self.update_mode(now);
+            return;
+        }
         self.measured_bytes = self.measured_bytes.saturating_add(bytes as u64);
         self.measured_slots = self.measured_slots.saturating_add(count);
         self.adapt_after_answer(peer, now.saturating_duration_since(sent_at));
@@ -928,6 +1061,10 @@ impl RangeSync {
                         self.penalise(peer, PenaltyReason::InvalidAncestry);
                         self.fail_batch(now, start, peer);
                     }
+                    ImportError::FutureSlot { .. } => {
+                        self.penalise(peer, PenaltyReason::FutureSlot);
+                        self.fail_batch(now, start, peer);
+                    }
                     ImportError::SlotNotAfterParent { .. }
                     | ImportError::ConflictsWithFinalized { .. }
                     | ImportError::Full => self.fail_batch(now, start, peer),
@@ -947,7 +1084,9 @@ impl RangeSync {
             .filter_map(|batch| match batch.state {
                 BatchState::Downloading {
                     id, peer, sent_at, ..
-                } if now >= sent_at + self.config.request_timeout => Some((id, batch.start, peer)),
+                } if now >= sent_at.saturating_add(self.config.request_timeout) => {
+                    Some((id, batch.start, peer))
+                }
                 _ => None,
             })
             .collect();
@@ -1016,20 +1155,29 @@ impl RangeSync {
         self.last_now = self.last_now.max(now);
     }
 
-    /// Whether `state` can serve a round from our chain: ahead of us, and
-    /// finalized on our checkpoint or further along.
+    /// Whether `state` can serve a round from our chain: its claims are
+    /// consistent and allowed by the clock, not disproven, ahead of us, and
+    /// finalized on our checkpoint or further along. A finalized checkpoint
+    /// ahead of ours only lets a peer serve batches (each answer is checked
+    /// and can disprove it); it never ranks the peer or sets a target.
     fn is_suitable(&self, state: &PeerState) -> bool {
-        let same_finality = state.chain.finalized_slot == self.local.finalized_slot
+        let chain = &state.chain;
+        let same_finality = chain.finalized_slot == self.local.finalized_slot
             && self
                 .local
                 .finalized_root
-                .is_none_or(|root| root == state.chain.finalized_root);
+                .is_none_or(|root| root == chain.finalized_root);
         !state.stale
-            && (state.chain.finalized_slot > self.local.finalized_slot || same_finality)
-            && state.chain.head_slot > self.local.head_slot
+            && state.disproven_until <= self.last_now
+            && chain.head_slot <= self.slot_max
+            && chain.finalized_slot <= chain.head_slot
+            && chain.head_slot > self.local.head_slot
+            && (same_finality || chain.finalized_slot > self.local.finalized_slot)
     }
 
-    fn best_head(&self) -> Option<u64> {
+    /// The highest head any suitable peer claims: enough to start waiting
+    /// for support.
+    fn best_claimed_head(&self) -> Option<u64> {
         self.peers
             .values()
             .filter(|state| self.is_suitable(state))
@@ -1037,14 +1185,58 @@ impl RangeSync {
             .max()
     }
 
+    /// The target: the highest head that a proven peer claims or that
+    /// [`CLAIM_SUPPORT_PEERS_MIN`] suitable peers reach; when nothing is
+    /// supported, the highest claim, but only while lone claims are
+    /// allowed. Never one liar's word while others disagree.
+    fn best_head(&self) -> Option<u64> {
+        self.supported_head().or_else(|| {
+            if self.lone_claims_allowed {
+                self.best_claimed_head()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// The highest head backed by proof or by [`CLAIM_SUPPORT_PEERS_MIN`] peers.
+    fn supported_head(&self) -> Option<u64> {
+        let mut heads: Vec<(u64, bool)> = self
+            .peers
+            .values()
+            .filter(|state| self.is_suitable(state))
+            .map(|state| (state.chain.head_slot, state.proven))
+            .collect();
+        heads.sort_unstable_by(|a, b| b.cmp(a));
+        heads
+            .iter()
+            .enumerate()
+            .find(|(index, (_, proven))| *proven || index + 1 >= CLAIM_SUPPORT_PEERS_MIN)
+            .map(|(_, (head, _))| *head)
+    }
+
     fn update_mode(&mut self, now: Instant) {
+        // One peer's word is tried only when it is the only peer we hear
+        // (a small network), after the wait or if the operator asked for
+        // one peer; never while another peer's claim disagrees.
+        let heard = self
+            .peers
+            .values()
+            .filter(|state| state.disproven_until <= now)
+            .count();
+        self.lone_claims_allowed = heard <= 1
+            && (self.config.peers_min <= 1
+                || matches!(self.mode, Mode::AwaitingPeers { since }
+                    if now >= since.saturating_add(self.config.peers_wait))
+                || (self.lone_claims_allowed && self.mode == Mode::Syncing));
         let best = self.best_head();
+        let claimed = self.best_claimed_head();
         let suitable = self
             .peers
             .values()
             .filter(|state| self.is_suitable(state))
             .count();
-        let far_behind = best.is_some_and(|head| {
+        let far_behind = claimed.is_some_and(|head| {
             head > self
                 .local
                 .head_slot
@@ -1059,18 +1251,25 @@ impl RangeSync {
                     if self.batches.is_empty() {
                         // Resume where the last round stopped if our chain
                         // still reaches there, never below finality.
-                        self.next_start = self
-                            .next_start
-                            .clamp(self.local.finalized_slot + 1, self.local.head_slot + 1);
+                        let lowest = self.local.finalized_slot.saturating_add(1);
+                        let highest = self.local.head_slot.saturating_add(1).max(lowest);
+                        self.next_start = self.next_start.clamp(lowest, highest);
                     }
                     self.mode = Mode::AwaitingPeers { since: now };
                 }
                 Mode::AwaitingPeers { since } => {
-                    let waited = now >= since + self.config.peers_wait;
+                    let waited = now >= since.saturating_add(self.config.peers_wait);
                     let needed = if waited { 1 } else { self.config.peers_min };
-                    if suitable >= needed && suitable > 0 && now >= self.retry_not_before {
+                    if let (true, Some(best)) = (
+                        suitable >= needed && suitable > 0 && now >= self.retry_not_before,
+                        best,
+                    ) {
                         self.mode = Mode::Syncing;
-                        self.target_slot = best.unwrap_or(self.target_slot);
+                        self.target_slot = best;
+                        // A proposer pauses while the round imports: from
+                        // its start, then after each import that made
+                        // progress, for at most CATCH_UP_STALL_MAX each.
+                        self.catch_up_since = Some(now);
                         if self.progress.last_at.is_none() {
                             self.progress.head_at_last = self.local.head_slot;
                         }
@@ -1093,6 +1292,7 @@ impl RangeSync {
                         // batches and wait for peers to come back.
                         if self.round_has_work() {
                             self.mode = Mode::AwaitingPeers { since: now };
+                            self.catch_up_since = None;
                         }
                         return;
                     };
@@ -1120,7 +1320,7 @@ impl RangeSync {
             self.next_start = start;
         }
         if self.batches.is_empty() {
-            self.next_start = self.next_start.min(self.target_slot + 1);
+            self.next_start = self.next_start.min(self.target_slot.saturating_add(1));
         }
     }
 
@@ -1135,7 +1335,7 @@ impl RangeSync {
             .local
             .head_slot
             .saturating_add(self.config.sync_distance_slots);
-        let best = self.best_head();
+        let best = self.best_claimed_head();
         if best.is_some_and(|head| head > self.local.head_slot) {
             // Empty answers at the end of the round may have hidden the
             // rest: fetch them once more from other peers first.
@@ -1162,6 +1362,7 @@ impl RangeSync {
 
     fn finish_round(&mut self) {
         self.mode = Mode::Idle;
+        self.catch_up_since = None;
         self.progress.last_at = None;
         self.history.clear();
         self.push_output(SyncAction::Synced {
@@ -1179,18 +1380,19 @@ impl RangeSync {
     fn abandon_round(&mut self, now: Instant) {
         self.counters.rounds_abandoned += 1;
         self.drop_round_work();
-        self.retry_not_before = now + ROUND_RETRY_DELAY;
+        self.retry_not_before = now.saturating_add(ROUND_RETRY_DELAY);
         self.mode = Mode::AwaitingPeers { since: now };
+        self.catch_up_since = None;
     }
 
     /// Drops every batch but the one being imported; the next round starts
     /// above it or above finality.
     fn drop_round_work(&mut self) {
         let starts: Vec<u64> = self.batches.keys().copied().collect();
-        let mut kept_end = self.local.finalized_slot + 1;
+        let mut kept_end = self.local.finalized_slot.saturating_add(1);
         for start in starts {
             if matches!(self.batches[&start].state, BatchState::Importing { .. }) {
-                kept_end = kept_end.max(start + self.batches[&start].count);
+                kept_end = kept_end.max(start.saturating_add(self.batches[&start].count));
                 continue;
             }
             self.requeue(start, None);
@@ -1369,6 +1571,7 @@ impl RangeSync {
             peer,
             start_slot: start,
             count,
+            reserve_bytes,
         })
     }
 
@@ -1379,7 +1582,10 @@ impl RangeSync {
             return None;
         }
         let start = self.next_start;
-        let count = self.batch_slots.min(self.target_slot - start + 1);
+        // `start <= target_slot` (checked above), so this is at least 1.
+        let count = self
+            .batch_slots
+            .min(self.target_slot.saturating_sub(start).saturating_add(1));
         self.batches.insert(
             start,
             Batch {
@@ -1392,7 +1598,7 @@ impl RangeSync {
                 recheck: None,
             },
         );
-        self.next_start = start + count;
+        self.next_start = start.saturating_add(count);
         Some(start)
     }
 
@@ -1404,7 +1610,7 @@ impl RangeSync {
             .checked_div(self.measured_slots)
             .unwrap_or(SLOT_BYTES_ESTIMATE_INITIAL as u64);
         let reserve = per_slot.saturating_mul(2).saturating_mul(count);
-        reserve.min(count * self.config.block_bytes_max as u64) as usize
+        reserve.min(count.saturating_mul(self.config.block_bytes_max as u64)) as usize
     }
 
     /// The least loaded of the best peers that can serve `start`, preferring
@@ -1422,7 +1628,8 @@ impl RangeSync {
                     excluded.contains(*peer),
                     state.in_flight,
                     std::cmp::Reverse(state.score),
-                    std::cmp::Reverse(state.chain.finalized_slot),
+                    // Proof, not a claimed finality, ranks equal peers.
+                    !state.proven,
                     state.tiebreak,
                 )
             })
@@ -1492,6 +1699,15 @@ impl RangeSync {
             }
             // Not the batch's fault, and the peer is leaving anyway.
             FetchError::PeerGone => self.requeue(start, Some(peer)),
+            // Our buffer could not hold the answer: learn its size (the next
+            // reserve for this batch is larger, and waits for room), ask
+            // again, blame nobody.
+            FetchError::TooLarge { bytes, slots } => {
+                self.measured_bytes = self.measured_bytes.saturating_add(bytes as u64);
+                self.measured_slots = self.measured_slots.saturating_add(slots.max(1));
+                self.batch_slots = (self.batch_slots / 2).max(self.config.batch_slots_min);
+                self.requeue(start, None);
+            }
             FetchError::ErrorCode(_) | FetchError::Malformed => self.fail_batch(now, start, peer),
         }
     }
@@ -1525,6 +1741,9 @@ impl RangeSync {
             if slot < start || slot >= end {
                 return Err(PenaltyReason::OutOfRange);
             }
+            if slot > self.slot_max {
+                return Err(PenaltyReason::FutureSlot);
+            }
             if block.encoded_len() > self.config.block_bytes_max {
                 return Err(PenaltyReason::OversizedBlock);
             }
@@ -1546,13 +1765,30 @@ impl RangeSync {
         Ok(())
     }
 
+    /// Whether the answer to the batch holding its sender's claimed head
+    /// slot disproves that claim: no block at or after that slot, though
+    /// the answer is far from the server's byte cut (so nothing was left out
+    /// for size). Its head block must exist if its Status was true.
+    fn disproves_its_head(
+        &self,
+        start: u64,
+        count: u64,
+        blocks: &[SignedBlock],
+        bytes: usize,
+    ) -> bool {
+        let claimed = self.batches[&start].claimed_head;
+        let holds_claim = claimed >= start && claimed < start.saturating_add(count);
+        let served = blocks.last().is_some_and(|last| last.slot() >= claimed);
+        holds_claim && !served && bytes < ANSWER_CUT_BYTES_MIN
+    }
+
     /// Makes room for `bytes` of batch `start` by evicting buffered batches
     /// above it, farthest first. `false` if even that is not enough.
     fn make_room(&mut self, start: u64, bytes: usize) -> bool {
         while self.buffered_bytes + bytes > self.config.buffer_bytes_max {
             let victim = self
                 .batches
-                .range(start + 1..)
+                .range(start.saturating_add(1)..)
                 .rev()
                 .find(|(_, batch)| {
                     matches!(
@@ -1601,6 +1837,16 @@ impl RangeSync {
         self.counters.batches_imported += 1;
         self.counters.blocks_imported += roots.len() as u64;
         self.progress.blocks_since += roots.len() as u64;
+        if !roots.is_empty() {
+            // Its blocks extend our chain: its claims are backed by proof,
+            // and the round is making progress.
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.proven = true;
+            }
+            if self.mode == Mode::Syncing {
+                self.catch_up_since = Some(self.last_now);
+            }
+        }
         if let Some(recheck) = &batch.recheck {
             // The first answer left out blocks this one has: if its sender
             // claimed to have them, it withheld them.
@@ -1638,9 +1884,10 @@ impl RangeSync {
         let mut rechecked = false;
         let mut expected_end = start;
         while let Some(last) = self.history.back() {
-            if last.start + last.count != expected_end
+            let last_end = last.start.saturating_add(last.count);
+            if last_end != expected_end
                 || last.rechecked
-                || last.start + last.count <= self.local.finalized_slot + 1
+                || last_end <= self.local.finalized_slot.saturating_add(1)
                 || self.batches.len() >= BATCHES_MAX
             {
                 break;
@@ -1900,8 +2147,11 @@ mod tests {
                         peer,
                         start_slot,
                         count,
+                        reserve_bytes,
                     } => {
                         assert!((1..=BLOCKS_PER_RANGE_REQUEST_MAX).contains(&count));
+                        assert!(start_slot.checked_add(count).is_some());
+                        assert!(reserve_bytes <= SYNC_BUFFER_BYTES_MAX);
                         assert!(self.sync.requests_in_flight_to(&peer) <= REQUESTS_PER_PEER_MAX);
                         assert!(self.sync.requests_in_flight() <= REQUESTS_MAX);
                         self.requests.push((self.now, peer, start_slot, count));
@@ -2428,12 +2678,195 @@ mod tests {
             .sync
             .on_peer_status(harness.now, peer_id(2), claim, Score::ZERO);
         harness.drain();
-        // Once past slot 100 no peer is suitable (peer 2's finalized slot
-        // is behind ours): the round ends after one wait.
-        harness.run_until(|h| h.head() == CHAIN_SLOTS && !h.sync.is_syncing());
+        // Peer 2's word alone is never the target while peer 1 disagrees:
+        // the round syncs to the head both reach, and ends.
+        harness.run_until(|h| h.head() >= 100 && !h.sync.is_syncing());
+        assert!(harness.head() < 200, "fetched only what was supported");
         assert!(harness.now < Instant::from_micros(60_000_000));
         assert!(harness.sync.counters().requests_sent < 200);
         assert_eq!(harness.sync.next_deadline(), None, "nothing left to do");
+    }
+
+    // --- Lies in well-formed claims (each named after its attack) -------------
+
+    #[test]
+    fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits() {
+        // No clock given: the machine alone must survive the claim. Every
+        // request it makes stays within the wire limits (the harness asserts
+        // `start + count` does not overflow and `count` is 1..=64).
+        let mut harness = Harness::new(config(1), 21);
+        harness.behaviours.insert(peer_id(1), Behaviour::Empty);
+        let claim = PeerChain {
+            head_slot: u64::MAX,
+            head_root: [7; 32],
+            finalized_slot: u64::MAX,
+            finalized_root: [8; 32],
+        };
+        harness
+            .sync
+            .on_peer_status(harness.now, peer_id(1), claim, Score::ZERO);
+        harness.drain();
+        for _ in 0..2_000 {
+            if !harness.step() {
+                break;
+            }
+        }
+        harness.sync.assert_invariants();
+        assert!(harness.sync.counters().requests_sent > 0, "it was tried");
+        // Without a clock (the node always gives one) the claim is tried
+        // batch by batch; it never imported anything, so it stops no
+        // proposer.
+        assert!(!harness.sync.is_catching_up(harness.now));
+    }
+
+    #[test]
+    fn claims_beyond_the_clock_are_never_a_target() {
+        let mut harness = Harness::new(config(1), 22);
+        harness.sync.on_clock(harness.now, 150);
+        harness.add_peer(1, Behaviour::Honest, 120);
+        harness.add_peer(2, Behaviour::Honest, 190); // 40 slots in the future.
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.synced, Some(120));
+        assert!(harness
+            .requests
+            .iter()
+            .all(|(_, _, start, count)| start + count <= 121));
+    }
+
+    #[test]
+    fn a_liar_answering_its_own_head_empty_is_penalised_and_not_believed_again() {
+        // Peer 1 claims slot 150 and answers every request empty (the
+        // issue's liar, who earned rewards and restarted rounds forever).
+        let mut harness = Harness::new(config(1), 23);
+        harness.add_peer(1, Behaviour::Empty, 150);
+        harness.run_until(|h| !h.sync.is_syncing());
+        assert!(harness
+            .penalties
+            .contains(&(peer_id(1), PenaltyReason::HeadNotServed)));
+        assert_eq!(harness.head(), 0);
+        let requests = harness.sync.counters().requests_sent;
+        assert!(requests <= 8, "{requests} requests to disprove it");
+        // A new Status a minute later (a higher head) starts nothing.
+        harness.now = harness.now + Duration::from_secs(60);
+        harness
+            .sync
+            .on_peer_status(harness.now, peer_id(1), status(180), Score::ZERO);
+        harness.drain();
+        assert!(
+            !harness.sync.is_syncing(),
+            "believed again within the cooldown"
+        );
+        assert_eq!(harness.sync.counters().requests_sent, requests);
+        // Its cooldown over, it is heard again.
+        harness.now = harness.now + CLAIM_DISPROVED_COOLDOWN;
+        harness
+            .sync
+            .on_peer_status(harness.now, peer_id(1), status(181), Score::ZERO);
+        harness.drain();
+        assert!(harness.sync.is_syncing());
+    }
+
+    #[test]
+    fn one_peer_claiming_more_than_the_others_does_not_set_the_target() {
+        // Two honest peers at 120; a liar claims 190 (within the clock).
+        let mut harness = Harness::new(config(3), 24);
+        harness.add_peer(1, Behaviour::Honest, 120);
+        harness.add_peer(2, Behaviour::Honest, 120);
+        harness.add_peer(3, Behaviour::Empty, 190);
+        harness.run_until(|h| h.synced.is_some());
+        // The honest answers run to the end of their batch (128).
+        assert!(harness.head() >= 120 && harness.head() < 190);
+        // Its word alone never became the target.
+        assert!(harness
+            .requests
+            .iter()
+            .all(|(_, _, start, count)| start + count <= 121));
+    }
+
+    #[test]
+    fn a_proven_peer_raises_the_target_to_its_own_claim() {
+        // One honest peer ahead of another: its first imported batch proves
+        // it, and the round follows it to its head.
+        let mut harness = Harness::new(config(2), 25);
+        harness.add_peer(1, Behaviour::Honest, 100);
+        harness.add_peer(2, Behaviour::Honest, CHAIN_SLOTS);
+        harness.run_until(|h| h.head() == CHAIN_SLOTS && !h.sync.is_syncing());
+        assert_eq!(harness.synced, Some(CHAIN_SLOTS));
+    }
+
+    #[test]
+    fn a_proposer_pauses_only_while_the_round_makes_progress() {
+        let mut harness = Harness::new(config(1), 26);
+        harness.add_peer(1, Behaviour::Silent, 150);
+        assert!(harness.sync.is_syncing());
+        assert!(
+            harness.sync.is_catching_up(harness.now),
+            "a round just started"
+        );
+        // Nothing arrives: after the stall bound, production resumes though
+        // the round still waits for its answers.
+        let stalled_at = harness.now + CATCH_UP_STALL_MAX;
+        harness.run_until(|h| h.now >= stalled_at);
+        assert!(harness.sync.is_syncing());
+        assert!(!harness.sync.is_catching_up(harness.now));
+        // An honest peer's imports make it pause again, while they flow.
+        let mut honest = Harness::new(config(1), 27);
+        honest.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        honest.run_until(|h| h.head() >= 64);
+        assert!(honest.sync.is_catching_up(honest.now));
+        honest.run_until(|h| !h.sync.is_syncing());
+        assert!(!honest.sync.is_catching_up(honest.now));
+    }
+
+    #[test]
+    fn answers_are_held_only_within_their_reserve_and_an_overflow_blames_nobody() {
+        let small = SyncConfig {
+            peers_min: 1,
+            buffer_bytes_max: 2 * BATCH_SLOTS as usize * BLOCK_BYTES_MAX,
+            ..SyncConfig::default()
+        };
+        let mut sync = RangeSync::new(small, [28; 32]);
+        let now = Instant::from_micros(1_000_000);
+        sync.on_peer_status(now, peer_id(1), status(150), Score::ZERO);
+        let mut requests = Vec::new();
+        while let Some(action) = sync.poll(now) {
+            if let SyncAction::Request {
+                batch,
+                reserve_bytes,
+                ..
+            } = action
+            {
+                requests.push((batch, reserve_bytes));
+            }
+        }
+        let (batch, reserve) = requests[0];
+        // Every reserve fits the buffer together.
+        let reserved: usize = requests.iter().map(|(_, bytes)| bytes).sum();
+        assert!(reserved <= 2 * BATCH_SLOTS as usize * BLOCK_BYTES_MAX);
+        assert!(sync.grow_reserve(batch, reserve + 1024), "room to grow");
+        assert!(
+            !sync.grow_reserve(batch, usize::MAX),
+            "never past the buffer"
+        );
+        sync.assert_invariants();
+        // The caller cuts the answer off: no penalty, the batch is asked again.
+        sync.on_response(
+            now,
+            batch,
+            Err(FetchError::TooLarge {
+                bytes: reserve,
+                slots: 3,
+            }),
+        );
+        sync.assert_invariants();
+        let mut penalised = false;
+        let mut asked_again = false;
+        while let Some(action) = sync.poll(now) {
+            penalised |= matches!(action, SyncAction::Penalise { .. });
+            asked_again |= matches!(action, SyncAction::Request { start_slot: 1, .. });
+        }
+        assert!(!penalised);
+        assert!(asked_again || sync.requests_in_flight() > 0);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use meshsync_core::{Duration, Instant, Notification};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-use super::workload::devnet_chain;
+use super::workload::{clock_after_chain_ms, devnet_chain};
 use super::Scenario;
 use crate::app::{self, AppEvent, Application};
 use crate::sim::{NodeIndex, Sim, Timeout};
@@ -437,8 +437,11 @@ impl Scenario for LateJoiner {
         let wrong_parents = with_wrong_parents(&chain, chain.stored.len() / 2);
         let mut honest_peers = Vec::new();
         let mut hostile_peers = Vec::new();
+        // Every node's clock is past the pre-signed chain.
+        let clock_ms = clock_after_chain_ms(params.chain_blocks);
         for index in 0..peers {
             let mut config = sim.node_config();
+            config.unix_ms_at_origin = clock_ms;
             if is_hostile(index) {
                 let kind = HostileKind::ALL[(index / 3) % HostileKind::ALL.len()];
                 config.chain = match kind {
@@ -454,6 +457,7 @@ impl Scenario for LateJoiner {
             }
         }
         let mut config = sim.node_config();
+        config.unix_ms_at_origin = clock_ms;
         config.sync.peers_min = params.peers_min.clamp(1, peers);
         let joiner = sim.add_node_with_config(config);
         let join_at = Instant::ZERO + params.join_at;

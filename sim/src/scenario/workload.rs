@@ -35,11 +35,24 @@ pub fn devnet_chain(network_id: u64, head_slot: u64, body_bytes: usize) -> Chain
     })
 }
 
+/// Unix milliseconds at the simulator's time origin for nodes that hold a
+/// pre-signed devnet chain of `head_slot` blocks: half a slot after that
+/// slot starts, so the chain is in the past (nodes refuse claims and blocks
+/// from beyond their clock's slot).
+pub fn clock_after_chain_ms(head_slot: u64) -> u64 {
+    let slot_ms = meshsync_core::chain::DEVNET_SLOT_DURATION_MS;
+    head_slot
+        .saturating_mul(slot_ms)
+        .saturating_add(slot_ms / 2)
+}
+
 /// A node configuration for `sim` holding the devnet chain of `head_slot`
-/// blocks with `body_bytes`-byte bodies (see [`devnet_chain`]).
+/// blocks with `body_bytes`-byte bodies (see [`devnet_chain`]), its clock
+/// set after the chain ([`clock_after_chain_ms`]).
 pub fn chain_config(sim: &Sim, head_slot: u64, body_bytes: usize) -> Config {
     let mut config = sim.node_config();
     config.chain = devnet_chain(sim.config().network_id, head_slot, body_bytes);
+    config.unix_ms_at_origin = clock_after_chain_ms(head_slot);
     config
 }
 
