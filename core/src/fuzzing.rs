@@ -515,7 +515,8 @@ mod tests {
 
     /// The script speaks for node 1: a Status with the claims it built
     /// reaches node 0 (finalized at slot 0 on the genesis root, head at
-    /// slot 5 on a made-up root).
+    /// slot 5 on a made-up root, 20 s in: slot 10 of the 2 s devnet, so the
+    /// claim is consistent with the clock).
     #[test]
     fn node_inputs_scripts_speak_status_claims() {
         let (finalized_slot, genesis_root, head_slot_5, made_up_root) = (0, 0, 5 << 3, 9);
@@ -524,6 +525,8 @@ mod tests {
             3, // node 0 dials node 1
             11,
             0,
+            5,
+            40, // 20 s pass
             12,
             1, // node 1 tells node 0:
             finalized_slot,
