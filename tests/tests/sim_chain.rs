@@ -112,21 +112,31 @@ fn hostile_servers_cannot_stop_a_joiner_or_slip_it_an_invalid_block() {
     let hostile = outcome["hostile"].as_array().expect("a list");
     assert_eq!(hostile.len(), 3, "{outcome:#}");
     // A block that fails verification is proof: its sender is banned at
-    // once. Garbled batches cost High each, so the peer claiming the best
-    // chain falls past the disconnect threshold (-20). The silent one pays
-    // -1 per timeout and -10 from the third in a row, if sync asked it
-    // that often before giving up on it.
+    // once. The garbled chain claims a few slots more than the honest
+    // peers: a head nobody else reaches is never the target, so it is asked
+    // only for slots the others back, and each garbled batch it serves
+    // costs High (it falls past the disconnect threshold, -20, if it keeps
+    // serving them). The silent one pays -1 per timeout and -10 from the
+    // third in a row, if sync asked it that often before giving up on it.
     for peer in hostile {
         let banned = peer["banned"] == true;
         let score = peer["score"].as_f64().expect("a score");
+        let served = peer["requests_served"].as_u64().expect("a count");
         match peer["kind"].as_str() {
             Some("bad_signatures") => assert!(banned, "not banned: {peer}"),
-            Some("wrong_parents") => assert!(banned || score <= -20.0, "not dropped: {peer}"),
+            Some("wrong_parents") => {
+                assert!(
+                    banned || score <= -20.0 || served <= 2,
+                    "not dropped: {peer}"
+                )
+            }
             _ => assert!(banned || score <= -2.0, "not penalised: {peer}"),
         }
     }
+    // At least the bad signatures were proven (the garbled chain may not
+    // have been asked for a batch it garbles: see above).
     assert!(
-        u64_of(&outcome, "joiner_sync_penalties") >= 2,
+        u64_of(&outcome, "joiner_sync_penalties") >= 1,
         "{outcome:#}"
     );
     assert_eq!(once(), (hash, outcome), "same seed, same run");

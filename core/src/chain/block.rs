@@ -226,6 +226,7 @@ impl SignedBlock {
     }
 
     /// Bytes of the encoding.
+    #[allow(clippy::arithmetic_side_effects)] // A body is at most BLOCK_BODY_BYTES_MAX.
     pub fn encoded_len(&self) -> usize {
         SIGNED_BLOCK_OVERHEAD_BYTES + self.body.len()
     }
@@ -328,6 +329,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
 

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 pub use crate::reqresp::bodies::Root;
 
+#[warn(clippy::arithmetic_side_effects)]
 pub mod block;
 pub mod fuzzing;
 pub mod genesis;

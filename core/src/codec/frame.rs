@@ -44,6 +44,10 @@ impl NoiseFrameDecoder {
     /// Feeds `input`, calling `on_message` with each complete Noise message
     /// (without its prefix) in order. Stops at the first error, from the
     /// framing or from `on_message`; the decoder is then unusable (close the connection).
+    // The declared length is a u16 (and checked against the decoder's
+    // maximum by `declared_length`) before it is added to, and `partial`
+    // never holds more than prefix plus that: no sum or difference can wrap.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn decode<E: From<DecodeError>>(
         &mut self,
         mut input: &[u8],
@@ -121,12 +125,18 @@ impl MessageReassembler {
     }
 
     /// Bytes held for an incomplete message.
+    #[allow(clippy::arithmetic_side_effects)] // Both are at most MESSAGE_BYTES_MAX.
+    #[allow(clippy::arithmetic_side_effects)] // Both are at most MESSAGE_BYTES_MAX.
     pub fn buffered_bytes(&self) -> usize {
         self.prefix_bytes + self.body.len()
     }
 
     /// Feeds plaintext, calling `on_message` with each complete message body.
     /// Stops at the first error; the reassembler is then unusable.
+    // Lengths here are the declared length (checked against its maximum by
+    // `declared_length`/`MESSAGE_BYTES_MAX` first) and prefix offsets below
+    // their constant: no sum or difference can wrap.
+    #[allow(clippy::arithmetic_side_effects)]
     pub fn push<E: From<DecodeError>>(
         &mut self,
         mut input: &[u8],
@@ -195,6 +205,7 @@ pub fn append_length_prefixed(out: &mut Vec<u8>, message: &[u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
     use rand_chacha::ChaCha8Rng;

@@ -21,6 +21,7 @@
 //! A Noise message is at most [`NOISE_MESSAGE_BYTES_MAX`]; a logical message
 //! at most [`MESSAGE_BYTES_MAX`]. Both are refused before buffering when declared larger.
 
+#[warn(clippy::arithmetic_side_effects)]
 mod frame;
 
 pub use frame::{append_length_prefixed, MessageReassembler, NoiseFrameDecoder};

@@ -33,6 +33,7 @@ mod chain;
 mod faults;
 mod gossip;
 mod rpc;
+#[warn(clippy::arithmetic_side_effects)]
 mod sync;
 
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};

@@ -25,9 +25,17 @@
 //! - High (−10): a BlocksByRange answer out of range, out of order or not
 //!   linked, a block larger than any valid block, a lookup answer that is
 //!   not the block asked for;
-//! - Mid (−5): an empty or short answer a second peer disproved.
+//! - High (−10) too: a block from beyond the clock's slot;
+//! - Mid (−5): an empty or short answer a second peer disproved, an empty
+//!   answer for the range holding its sender's claimed head, and a Status
+//!   the clock or the genesis disproves (head beyond the current slot plus
+//!   `CLAIM_CLOCK_DISPARITY`, finality above the head, slot 0 off genesis;
+//!   such a Status never reaches range sync).
 //!   Transport faults (timeouts, error codes, undecodable chunks) are scored
-//!   by the req/resp layer that saw them.
+//!   by the req/resp layer that saw them; a chunk that breaks its request
+//!   (out of range, out of order, unlinked, a root not asked for) is refused
+//!   as it arrives (High) and the rest of the answer is dropped unread.
+//!   Empty block answers complete a request but earn no reward.
 
 use log::{debug, info, warn};
 
@@ -191,7 +199,7 @@ impl Node {
                     | PenaltyReason::FutureSlot => Penalty::High,
                 };
                 info!("{peer:?}: sync penalty: {reason:?}");
-                self.counters.sync_penalties += 1;
+                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             SyncAction::Progress(progress) => {
@@ -265,7 +273,7 @@ impl Node {
                 let penalty = match reason {
                     LookupPenalty::WrongBlock | LookupPenalty::TooManyBlocks => Penalty::High,
                 };
-                self.counters.sync_penalties += 1;
+                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             LookupAction::Dropped { lookup, reason } => {
@@ -301,7 +309,7 @@ impl Node {
             for index in invalid {
                 if let Some(&peer) = senders.get(index) {
                     info!("{peer:?}: looked-up block fails verification");
-                    self.counters.sync_penalties += 1;
+                    self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                     self.report(now, peer, Report::Penalty(Penalty::Fatal));
                 }
             }
@@ -336,7 +344,7 @@ impl Node {
             let copy = block.clone();
             match self.chain.import(block) {
                 Ok(ImportOutcome::Imported(imported)) => {
-                    self.counters.blocks_imported += 1;
+                    self.counters.blocks_imported = self.counters.blocks_imported.saturating_add(1);
                     pruned.extend(imported.pruned);
                     stored.push((root, copy));
                     self.notify(Notification::BlockImported { slot, root });

@@ -426,6 +426,7 @@ pub fn request_cost(chunks_max: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
 

@@ -55,6 +55,7 @@
 //! [`limits::RESPONSE_FIRST_CHUNK_TIMEOUT`], [`limits::RESPONSE_TIMEOUT`],
 //! the quotas, and the rest, each with its reason.
 
+#[warn(clippy::arithmetic_side_effects)]
 pub mod bodies;
 mod error;
 pub mod fuzzing;
@@ -63,6 +64,7 @@ pub mod limits;
 pub mod outbound;
 pub mod rate;
 pub mod snappy;
+#[warn(clippy::arithmetic_side_effects)]
 pub mod wire;
 
 pub use bodies::Body;

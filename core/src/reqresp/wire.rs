@@ -292,6 +292,7 @@ impl Request {
     }
 
     /// The encoding as a new vector.
+    #[allow(clippy::arithmetic_side_effects)] // Our own body, within its protocol's limit.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(
             REQUEST_HEADER_BYTES_MAX
@@ -436,8 +437,9 @@ impl ResponseChunk {
 
     /// The encoding as a new vector.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(RESPONSE_CHUNK_HEADER_BYTES + self.compressed_payload.len());
+        let mut out = Vec::with_capacity(
+            RESPONSE_CHUNK_HEADER_BYTES.saturating_add(self.compressed_payload.len()),
+        );
         self.encode_into(&mut out);
         out
     }
@@ -616,6 +618,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
 

@@ -234,6 +234,7 @@ struct Lookup {
 }
 
 impl Lookup {
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn block_count(&self) -> usize {
         self.tips.len() + self.ancestors.len()
     }
@@ -352,6 +353,7 @@ impl Lookups {
 
     /// `block`, from `peer`, could not be imported because its parent is
     /// unknown. Starts (or joins) a lookup of its ancestors.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     pub fn on_unknown_parent(
         &mut self,
         now: Instant,
@@ -383,8 +385,10 @@ impl Lookups {
         }) {
             return;
         }
-        if self.blocks + 1 > PENDING_BLOCKS_MAX || self.bytes + bytes > PENDING_BLOCKS_BYTES_MAX {
-            self.counters.refused += 1;
+        if self.blocks.saturating_add(1) > PENDING_BLOCKS_MAX
+            || self.bytes.saturating_add(bytes) > PENDING_BLOCKS_BYTES_MAX
+        {
+            self.counters.refused = self.counters.refused.saturating_add(1);
             return;
         }
         let held_from_peer: usize = self
@@ -399,7 +403,7 @@ impl Lookups {
             })
             .sum();
         if held_from_peer >= ORPHANS_PER_PEER_MAX {
-            self.counters.refused += 1;
+            self.counters.refused = self.counters.refused.saturating_add(1);
             return;
         }
         // A sibling of a lookup's tips joins it.
@@ -429,12 +433,12 @@ impl Lookups {
             return;
         }
         if self.lookups.len() >= LOOKUPS_MAX {
-            self.counters.refused += 1;
+            self.counters.refused = self.counters.refused.saturating_add(1);
             return;
         }
         let id = LookupId(self.next_id);
         self.next_id += 1;
-        self.counters.started += 1;
+        self.counters.started = self.counters.started.saturating_add(1);
         self.blocks += 1;
         self.bytes += bytes;
         self.lookups.insert(
@@ -472,7 +476,7 @@ impl Lookups {
                 LookupState::Queued => None,
             })
         else {
-            self.counters.stale_inputs += 1;
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
         let mut blocks = match result {
@@ -508,12 +512,12 @@ impl Lookups {
             let Some(lookup) = self.lookups.get(&id) else {
                 continue;
             };
-            if now >= lookup.started_at + LOOKUP_TIMEOUT {
+            if now >= lookup.started_at.saturating_add(LOOKUP_TIMEOUT) {
                 self.drop_lookup(id, DropReason::TimedOut);
                 continue;
             }
             if let LookupState::Requesting { peer, sent_at } = lookup.state {
-                if now >= sent_at + LOOKUP_REQUEST_TIMEOUT {
+                if now >= sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT) {
                     self.request_failed(id, peer);
                 }
             }
@@ -527,13 +531,13 @@ impl Lookups {
             .flat_map(|lookup| {
                 let request = match lookup.state {
                     LookupState::Requesting { sent_at, .. } => {
-                        Some(sent_at + LOOKUP_REQUEST_TIMEOUT)
+                        Some(sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT))
                     }
                     LookupState::Queued => None,
                 };
                 request
                     .into_iter()
-                    .chain(Some(lookup.started_at + LOOKUP_TIMEOUT))
+                    .chain(Some(lookup.started_at.saturating_add(LOOKUP_TIMEOUT)))
             })
             .min()
     }
@@ -561,7 +565,7 @@ impl Lookups {
             return self.outputs.pop_front();
         };
         lookup.state = LookupState::Requesting { peer, sent_at: now };
-        self.counters.requests_sent += 1;
+        self.counters.requests_sent = self.counters.requests_sent.saturating_add(1);
         Some(LookupAction::RequestRoots {
             lookup: id,
             peer,
@@ -583,11 +587,12 @@ impl Lookups {
     }
 
     fn penalise(&mut self, peer: PeerId, reason: LookupPenalty) {
-        self.counters.penalties += 1;
+        self.counters.penalties = self.counters.penalties.saturating_add(1);
         self.push_output(LookupAction::Penalise { peer, reason });
     }
 
     /// `peer` failed to give us `wanted`: try another, or give up.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn request_failed(&mut self, id: LookupId, peer: PeerId) {
         let lookup = self.lookups.get_mut(&id).expect("caller names a lookup");
         lookup.tried.insert(peer);
@@ -599,6 +604,7 @@ impl Lookups {
     }
 
     /// `block` is the root lookup `id` wanted: hold it and move one level up.
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn extend(
         &mut self,
         _now: Instant,
@@ -613,7 +619,9 @@ impl Lookups {
             return;
         }
         let bytes = block.encoded_len();
-        if self.blocks + 1 > PENDING_BLOCKS_MAX || self.bytes + bytes > PENDING_BLOCKS_BYTES_MAX {
+        if self.blocks.saturating_add(1) > PENDING_BLOCKS_MAX
+            || self.bytes.saturating_add(bytes) > PENDING_BLOCKS_BYTES_MAX
+        {
             self.drop_lookup(id, DropReason::Full);
             return;
         }
@@ -625,7 +633,7 @@ impl Lookups {
                 peers.push(peer);
             }
             self.remove(id);
-            self.counters.switched_to_range += 1;
+            self.counters.switched_to_range = self.counters.switched_to_range.saturating_add(1);
             self.push_output(LookupAction::SwitchToRangeSync {
                 lookup: id,
                 head_slot,
@@ -653,7 +661,7 @@ impl Lookups {
             let mut senders = lookup.ancestor_senders;
             senders.reverse();
             senders.extend(lookup.tip_senders);
-            self.counters.resolved += 1;
+            self.counters.resolved = self.counters.resolved.saturating_add(1);
             self.push_output(LookupAction::Ready {
                 lookup: id,
                 blocks,
@@ -662,6 +670,7 @@ impl Lookups {
         }
     }
 
+    #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     fn remove(&mut self, id: LookupId) -> Lookup {
         let lookup = self.lookups.remove(&id).expect("caller names a lookup");
         self.blocks -= lookup.block_count();
@@ -671,12 +680,13 @@ impl Lookups {
 
     fn drop_lookup(&mut self, id: LookupId, reason: DropReason) {
         self.remove(id);
-        self.counters.dropped += 1;
+        self.counters.dropped = self.counters.dropped.saturating_add(1);
         self.push_output(LookupAction::Dropped { lookup: id, reason });
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
     use crate::chain::block::{body_root, BlockHeader, SIGNATURE_BYTES};

@@ -6,7 +6,9 @@
 //! drives them with arbitrary inputs.
 
 pub mod fuzzing;
+#[warn(clippy::arithmetic_side_effects)]
 pub mod lookup;
+#[warn(clippy::arithmetic_side_effects)]
 pub mod range;
 
 pub use lookup::{

@@ -437,8 +437,14 @@ impl Scenario for LateJoiner {
         let wrong_parents = with_wrong_parents(&chain, chain.stored.len() / 2);
         let mut honest_peers = Vec::new();
         let mut hostile_peers = Vec::new();
-        // Every node's clock is past the pre-signed chain.
-        let clock_ms = clock_after_chain_ms(params.chain_blocks);
+        // Every node's clock is past the pre-signed chains (the garbled one
+        // is a few slots longer, so its claim is plausible and sync, not
+        // the clock, has to catch it).
+        let longest = wrong_parents
+            .stored
+            .last()
+            .map_or(params.chain_blocks, |block| block.slot());
+        let clock_ms = clock_after_chain_ms(longest.max(params.chain_blocks));
         for index in 0..peers {
             let mut config = sim.node_config();
             config.unix_ms_at_origin = clock_ms;
