@@ -4,11 +4,18 @@
 //! Each function takes arbitrary bytes and must never panic; a panic is a bug
 //! (peer input reached an assertion or an unchecked operation).
 
+use crate::chain::block::{body_root, BlockHeader, BLOCK_BODY_BYTES_MAX, SIGNATURE_BYTES};
+use crate::chain::SignedBlock;
 use crate::codec::{DecodeError, MessageReassembler, NoiseFrameDecoder};
+#[cfg(test)]
+use crate::io::Notification;
 use crate::io::{CloseCause, Command, ConnId, GoodbyeReason, Input, Origin};
 use crate::limits::{MESSAGE_BYTES_MAX, RECEIVE_BUFFER_BYTES_MAX};
 use crate::node::{Config, Node};
-use crate::reqresp::{ReqRespDecodeError, ReqRespMessage};
+use crate::reqresp::bodies::{Body, Status};
+use crate::reqresp::{
+    ProtocolId, ReqRespDecodeError, ReqRespMessage, Request, RequestId, ResponseChunk, ResponseEnd,
+};
 use crate::secure::{Handshake, LocalKeys};
 use crate::testing::{address_of, Delivery, MemoryNet};
 use crate::time::Duration;
@@ -130,18 +137,37 @@ impl<'a> Script<'a> {
 
 /// Nodes on an in-memory network driven by a script of arbitrary operations:
 /// dials, deliveries, tampering, drops, replays, raw bytes, closes, time,
-/// disconnects and shutdowns. Afterwards the nodes must still be consistent.
-/// Returns the handshakes completed, so tests can see how deep a script went.
+/// disconnects and shutdowns, and two that speak for a hostile peer over its
+/// real authenticated channel: a Status whose claims the script builds from
+/// a palette of extremes ([`claimed_slot`]: `u64::MAX`, far future, just
+/// ahead of the clock, ...), and an answer to a request id made of blocks the
+/// script builds (slots, links, body sizes up to the largest block, bad
+/// signatures). Time steps reach minutes, so sync's timers (the 30 s wait
+/// for peers, request deadlines) fire. Afterwards the nodes must still be
+/// consistent. Returns the handshakes completed, so tests can see how deep a
+/// script went.
 pub fn node_inputs(data: &[u8]) -> u64 {
+    run_node_inputs(data)
+        .nodes
+        .iter()
+        .map(|node| node.counters().handshakes_completed)
+        .sum()
+}
+
+/// [`node_inputs`], returning the network as the script left it.
+fn run_node_inputs(data: &[u8]) -> MemoryNet {
     const NODES: usize = 3;
     let mut net = MemoryNet::with_nodes(NODES);
     let mut script = Script::new(data);
     let mut raw_conns: Vec<(usize, ConnId)> = Vec::new();
+    // Ids of the requests the script sends: far above what the nodes' own
+    // trackers issue, so they never collide with a node's own requests.
+    let mut script_request_id = SCRIPT_REQUEST_ID_FIRST;
     while let Some(op) = script.byte() {
         let argument = script.byte().unwrap_or(0);
         let node = usize::from(argument) % NODES;
         let other = usize::from(argument / 3) % NODES;
-        match op % 12 {
+        match op % 14 {
             0 => {
                 let expected = (argument & 0x80 != 0).then(|| net.nodes[other].peer_id());
                 let addr = address_of(other);
@@ -218,16 +244,144 @@ pub fn node_inputs(data: &[u8]) -> u64 {
                     Some(front) => net.in_flight.push_back(front),
                 }
             }
+            12 => {
+                let status = claimed_status(&mut script, &net.nodes[other], net.now);
+                let request = Request {
+                    id: RequestId(script_request_id),
+                    protocol: ProtocolId::Status,
+                    body: status.encode(),
+                };
+                script_request_id = script_request_id.wrapping_add(1);
+                speak(&mut net, node, other, &[request.encode()]);
+            }
+            13 => {
+                // Request ids are issued from 0 up: a small one is likely open.
+                let id = RequestId(u64::from(script.byte().unwrap_or(0)));
+                let mut messages: Vec<Vec<u8>> =
+                    scripted_blocks(&mut script, &net.nodes[other], net.now)
+                        .iter()
+                        .map(|block| ResponseChunk::success(id, &block.encode()).encode())
+                        .collect();
+                messages.push(ResponseEnd { id }.encode());
+                speak(&mut net, node, other, &messages);
+            }
             _ => net.drain(),
         }
         check_consistency(&net);
     }
     net.drain();
     check_consistency(&net);
-    net.nodes
-        .iter()
-        .map(|node| node.counters().handshakes_completed)
-        .sum()
+    net
+}
+
+/// The first id of the requests a `node_inputs` script sends.
+const SCRIPT_REQUEST_ID_FIRST: u64 = 1 << 48;
+/// Blocks one scripted answer carries at most.
+const SCRIPTED_BLOCKS_MAX: usize = 4;
+
+/// Node `from` sends `messages` to node `to` over their authenticated
+/// channel (nothing if they are not connected), as a hostile peer would.
+fn speak(net: &mut MemoryNet, from: usize, to: usize, messages: &[Vec<u8>]) {
+    let peer = net.nodes[to].peer_id();
+    for message in messages {
+        if !net.nodes[from].testing_send_message(&peer, message) {
+            break;
+        }
+    }
+    net.requeue(from, Vec::new());
+}
+
+/// A slot a hostile peer may claim, from one script byte: its low 3 bits
+/// pick the kind (the extremes that break arithmetic, or values around the
+/// listener's clock and head), its high 5 bits an offset.
+fn claimed_slot(script: &mut Script, listener: &Node, now: crate::Instant) -> u64 {
+    let byte = script.byte().unwrap_or(0);
+    let offset = u64::from(byte >> 3);
+    let genesis = &listener.config().chain.genesis;
+    let clock_slot = genesis.slot_at(
+        listener
+            .config()
+            .unix_ms_at_origin
+            .saturating_add(now.as_millis()),
+    );
+    match byte & 7 {
+        0 => offset,
+        1 => listener.chain().head().slot.saturating_add(offset),
+        2 => clock_slot.saturating_add(offset),
+        3 => u64::MAX,
+        4 => u64::MAX - offset,
+        5 => clock_slot.saturating_add(offset << 24),
+        6 => 1u64 << (offset % 64),
+        _ => u64::from_be_bytes(script.bytes(8).try_into().unwrap_or([0xff; 8])),
+    }
+}
+
+/// A root a hostile peer may name, from one script byte: the listener's
+/// genesis, head or finalized root, or a made-up one.
+fn claimed_root(script: &mut Script, listener: &Node) -> crate::chain::Root {
+    match script.byte().unwrap_or(0) {
+        0 => listener.chain().genesis_root(),
+        1 => listener.chain().head().root,
+        2 => listener.chain().finalized().root,
+        other => [other; 32],
+    }
+}
+
+/// A Status built from the script: finalized slot and root, head slot and root.
+fn claimed_status(script: &mut Script, listener: &Node, now: crate::Instant) -> Status {
+    let finalized_slot = claimed_slot(script, listener, now);
+    let finalized_root = claimed_root(script, listener);
+    let head_slot = claimed_slot(script, listener, now);
+    let head_root = claimed_root(script, listener);
+    Status {
+        network_id: listener.config().network_id,
+        finalized_root,
+        finalized_slot,
+        head_root,
+        head_slot,
+    }
+}
+
+/// Up to [`SCRIPTED_BLOCKS_MAX`] blocks built from the script: the first
+/// at a claimed slot on a claimed parent, each next one a few slots later
+/// and linked to the previous one unless the script says otherwise; the
+/// proposer index of the slot (so cheap checks pass), bodies from empty to
+/// the largest a block may carry, and a signature that does not verify.
+fn scripted_blocks(script: &mut Script, listener: &Node, now: crate::Instant) -> Vec<SignedBlock> {
+    let shape = script.byte().unwrap_or(0);
+    let count = usize::from(shape) % SCRIPTED_BLOCKS_MAX + 1;
+    let genesis = listener.config().chain.genesis.clone();
+    let mut slot = claimed_slot(script, listener, now);
+    let mut parent_root = claimed_root(script, listener);
+    let mut blocks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let step = script.byte().unwrap_or(0);
+        let body_len = match script.byte().unwrap_or(0) {
+            0xff => BLOCK_BODY_BYTES_MAX,
+            size => usize::from(size) * 16,
+        };
+        let body = vec![step; body_len];
+        let header = BlockHeader {
+            slot,
+            proposer_index: genesis.proposer_index_at(slot),
+            parent_root,
+            body_root: body_root(&body),
+        };
+        let block = SignedBlock {
+            header,
+            body,
+            signature: [step; SIGNATURE_BYTES],
+        };
+        // Bit 7 of the step breaks the link to the previous block.
+        parent_root = if step & 0x80 == 0 {
+            block.root()
+        } else {
+            [step; 32]
+        };
+        slot = slot.saturating_add(u64::from(step & 0x7f));
+        blocks.push(block);
+    }
+    blocks
 }
 
 fn check_consistency(net: &MemoryNet) {
@@ -357,5 +511,70 @@ mod tests {
         assert_eq!(node_inputs(&[0, 3, 11, 0]), 2);
         // The same dial with its first delivery dropped never completes.
         assert_eq!(node_inputs(&[0, 3, 4, 0, 11, 0]), 0);
+    }
+
+    /// The script speaks for node 1: a Status with the claims it built
+    /// reaches node 0 (finalized at slot 0 on the genesis root, head at
+    /// slot 5 on a made-up root, 20 s in: slot 10 of the 2 s devnet, so the
+    /// claim is consistent with the clock).
+    #[test]
+    fn node_inputs_scripts_speak_status_claims() {
+        let (finalized_slot, genesis_root, head_slot_5, made_up_root) = (0, 0, 5 << 3, 9);
+        let script = [
+            0,
+            3, // node 0 dials node 1
+            11,
+            0,
+            5,
+            40, // 20 s pass
+            12,
+            1, // node 1 tells node 0:
+            finalized_slot,
+            genesis_root,
+            head_slot_5,
+            made_up_root,
+            11,
+            0,
+        ];
+        let net = run_node_inputs(&script);
+        let claimed = net.notifications[0]
+            .iter()
+            .find_map(|notification| match notification {
+                Notification::PeerStatus { peer, status } if *peer == net.nodes[1].peer_id() => {
+                    Some(*status).filter(|status| status.head_root == [9; 32])
+                }
+                _ => None,
+            });
+        let claimed = claimed.expect("node 0 heard the scripted Status");
+        assert_eq!(claimed.head_slot, 5);
+        assert_eq!(claimed.finalized_slot, 0);
+        assert_eq!(claimed.finalized_root, net.nodes[0].chain().genesis_root());
+    }
+
+    /// A scripted answer reaches node 0; one to a request it never sent
+    /// costs node 1 score there.
+    #[test]
+    fn node_inputs_scripts_answer_requests_with_blocks() {
+        let script = [
+            0,
+            3, // node 0 dials node 1
+            11,
+            0, // the network drains
+            13,
+            1,
+            200,    // node 1 answers node 0's request 200 (never sent):
+            0,      // one block
+            1 << 3, // at slot 1
+            0,      // on the genesis root
+            0,
+            0xff, // with the largest body
+            11,
+            0,
+        ];
+        let net = run_node_inputs(&script);
+        let score = net.nodes[0]
+            .peer_manager()
+            .score(net.now, &net.nodes[1].peer_id());
+        assert!(score.as_points() < 0.0, "node 1 paid nothing: {score:?}");
     }
 }

@@ -57,5 +57,5 @@ pub mod work;
 pub use gossip::{MessageId, Topic, Validation};
 pub use identity::{Identity, PeerId};
 pub use io::{Action, Command, ConnId, DialId, Direction, Health, Input, Notification, Origin};
-pub use node::{Config, Faults, Node, PeerInfo, PROTOCOL_VERSION};
+pub use node::{Config, Faults, Node, PeerInfo, StatusClaim, PROTOCOL_VERSION};
 pub use time::{Duration, Instant};

@@ -21,8 +21,10 @@
 //! Chain scenarios: `late-joiner` and `hostile-servers` (21 nodes: a joiner
 //! and 20 peers holding 10,000 blocks; `--duration` bounds the sync),
 //! `partition-heal` (20 nodes; `--duration` bounds convergence after the
-//! heal) and `crash-restart` (20 nodes; crashes until `--duration`);
-//! `--body-bytes` sets their block bodies (default 1024).
+//! heal), `crash-restart` (20 nodes; crashes until `--duration`) and
+//! `sync-liars` (8 producing nodes and 6 liars; `--duration` is the whole
+//! run, after a baseline run without liars); `--body-bytes` sets their block
+//! bodies (default 1024).
 //!
 //! With `--json`, stdout carries exactly one JSON object; logs go to stderr
 //! (`RUST_LOG` sets their level, `warn` by default). The exit code is 1 if

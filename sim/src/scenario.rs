@@ -31,6 +31,7 @@
 //! | `partition-heal` | [`PartitionHeal`]: producing nodes split in two, fork, heal and converge on one head |
 //! | `crash-restart` | [`CrashRestart`]: producing nodes crash and restart from their disks while one syncs; no durable block is lost |
 //! | `budget-sybils` | [`BudgetSybils`]: Sybils within their quotas ask one node for all it serves; honest requesters keep their share |
+//! | `sync-liars` | [`SyncLiars`]: peers lying about their chain (Status, future blocks, oversize answers, made-up ancestors) join producers; production holds, liars are penalised |
 //!
 //! The gossip scenarios take `--floodsub` (every node runs the floodsub
 //! baseline), `--publishers`, `--messages-per-second` and `--sybils`
@@ -46,6 +47,7 @@ pub mod gossip_attacks;
 pub mod junk_blocks;
 pub mod request_flood;
 pub mod static_peer_restart;
+pub mod sync_liars;
 pub mod unresponsive_peer;
 pub mod workload;
 
@@ -56,6 +58,7 @@ pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario};
 pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
 pub use request_flood::{FloodParams, RequestFlood};
 pub use static_peer_restart::StaticPeerRestart;
+pub use sync_liars::{LiarKind, LiarsParams, SyncLiars};
 pub use unresponsive_peer::{FetchParams, UnresponsivePeer};
 
 use std::collections::BTreeSet;
@@ -115,6 +118,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     CrashRestart::NAME,
     JunkBlocks::NAME,
     BudgetSybils::NAME,
+    SyncLiars::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -144,6 +148,7 @@ pub fn nodes_default(name: &str) -> usize {
         CrashRestart::NAME => return CrashRestart::NODES_DEFAULT,
         JunkBlocks::NAME => return JunkBlocks::NODES_DEFAULT,
         BudgetSybils::NAME => return BudgetSybils::NODES_DEFAULT,
+        SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
         _ => {}
     }
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
@@ -162,6 +167,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         CrashRestart::NAME => Some(Box::new(CrashRestart::default())),
         JunkBlocks::NAME => Some(Box::new(JunkBlocks::new(JunkParams::default()))),
         BudgetSybils::NAME => Some(Box::new(BudgetSybils::default())),
+        SyncLiars::NAME => Some(Box::new(SyncLiars::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }

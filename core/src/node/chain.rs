@@ -163,10 +163,14 @@ pub(super) struct ChainState {
 impl ChainState {
     pub(super) fn new(config: &super::Config) -> ChainState {
         let genesis = config.chain.genesis.clone();
+        // A future-block server (a fault for the simulator) signs only its
+        // forged block: see `faults.rs`.
+        let produces = config.faults.future_block_slots_ahead.is_none();
         let producers = config
             .chain
             .proposer_keys
             .iter()
+            .filter(|_| produces)
             .filter_map(|key| {
                 let producer = BlockProducer::new((*key.0).clone(), &genesis);
                 if producer.is_none() {

@@ -30,12 +30,14 @@
 //! (see `chain.rs` and `sync.rs`).
 
 mod chain;
+mod faults;
 mod gossip;
 mod rpc;
 #[warn(clippy::arithmetic_side_effects)]
 mod sync;
 
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
+pub use self::faults::{StatusClaim, OVERSIZE_BLOCKS_MAX, SQUAT_CHAIN_BLOCKS, SQUAT_INTERVAL};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -102,7 +104,8 @@ pub struct Config {
 }
 
 /// Deliberate misbehaviour, so the simulator can run hostile nodes on the
-/// production code. Never set these in a real node.
+/// production code. Never set these in a real node. The sync liars' hooks
+/// live in `node/faults.rs`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Accept requests and never answer them.
@@ -112,6 +115,20 @@ pub struct Faults {
     /// Keep asking a peer that answered `ResourceUnavailable`, without the
     /// back-off (a Sybil that stays within our quotas but wants all it can get).
     pub ignore_busy_answers: bool,
+    /// Claim this chain in every Status we send (a Status liar).
+    pub status_claim: Option<StatusClaim>,
+    /// Sign one block at least this many slots past the clock on our head
+    /// (with one of `chain.proposer_keys`, which then never produce
+    /// honestly), claim it as our head, and serve it by range (nothing
+    /// between our chain and it) and by root.
+    pub future_block_slots_ahead: Option<u64>,
+    /// Answer every BlocksByRange and BlocksByRoot with as many of the
+    /// largest blocks as the request allows (up to [`OVERSIZE_BLOCKS_MAX`]),
+    /// linked to each other, unsigned, past every honest byte budget.
+    pub oversize_answers: bool,
+    /// Every [`SQUAT_INTERVAL`], gossip an orphan on a made-up chain of
+    /// [`SQUAT_CHAIN_BLOCKS`] unsigned ancestors, and serve them by root.
+    pub lookup_squatting: bool,
 }
 
 /// How often each peer is asked for its Status again (Ethereum p2p: every 5 min or so).
@@ -199,6 +216,8 @@ pub struct Node {
     gossip: Gossip,
     /// The topics we are subscribed to (at most `gossip::router::TOPICS_MAX`).
     gossip_topics: BTreeSet<Topic>,
+    /// What our faults remember (empty for an honest node).
+    hostile: self::faults::HostileState,
 }
 
 struct PendingDial {
@@ -357,6 +376,7 @@ impl Node {
             },
             gossip: Gossip::new(config.gossip.clone(), gossip_seed),
             gossip_topics: BTreeSet::new(),
+            hostile: self::faults::HostileState::default(),
             config,
             keys,
             hello,
@@ -488,6 +508,7 @@ impl Node {
             self.gossip_deadline(),
             self.chain_state.next_deadline(self.last_now),
             self.sync_deadline(),
+            self.hostile_deadline(),
         ];
         dials
             .chain(connections)
@@ -1040,6 +1061,7 @@ impl Node {
         let events = self.peer_manager.on_timeout(now);
         self.apply_peer_events(now, events);
         self.gossip_heartbeat(now);
+        self.hostile_tick(now);
     }
 
     /// Carries out what the peer manager decided.

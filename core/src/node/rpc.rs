@@ -354,6 +354,10 @@ impl Node {
         if self.config.faults.never_answer_requests {
             return;
         }
+        if let Some(answer) = self.hostile_answer(now, protocol, body, chunks_max) {
+            self.answer(now, peer, id, answer);
+            return;
+        }
         // The inbound tracker checked each body's layout before admitting it.
         let answer = match protocol {
             ProtocolId::Status => {
@@ -363,7 +367,7 @@ impl Node {
                 if !self.on_peer_status(now, peer, theirs) {
                     return; // Disconnected for its network.
                 }
-                Answer::Chunks(vec![self.our_status().encode()])
+                Answer::Chunks(vec![self.announced_status(now).encode()])
             }
             ProtocolId::Ping => {
                 if let Ok(ping) = Ping::decode(body) {
@@ -778,7 +782,7 @@ impl Node {
 
     /// Sends our Status to `peer` (its answer carries its own).
     pub(super) fn request_status(&mut self, now: Instant, peer: PeerId) {
-        let body = self.our_status().encode();
+        let body = self.announced_status(now).encode();
         // A refusal (queue full) is logged by `request`; the next interval retries.
         let _ = self.request(now, peer, ProtocolId::Status, body, Purpose::Status);
     }
