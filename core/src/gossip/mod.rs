@@ -27,6 +27,7 @@
 pub mod fuzzing;
 pub mod router;
 pub mod score;
+#[warn(clippy::arithmetic_side_effects)]
 pub mod wire;
 
 pub use router::{

@@ -172,6 +172,7 @@ impl Topic {
     }
 
     /// Bytes of the topic on the wire (length byte included).
+    #[allow(clippy::arithmetic_side_effects)] // A topic is at most TOPIC_BYTES_MAX, checked at construction.
     pub fn encoded_len(&self) -> usize {
         1 + self.0.len()
     }
@@ -225,6 +226,7 @@ impl WireMessage {
     }
 
     /// Bytes of the message on the wire.
+    #[allow(clippy::arithmetic_side_effects)] // Topic and frame are bounded by their limits at construction or decode.
     pub fn encoded_len(&self) -> usize {
         self.topic.encoded_len() + 4 + self.frame.len()
     }
@@ -286,6 +288,7 @@ const IDONTWANT_TAG: u8 = 5;
 
 impl Control {
     /// Bytes of the control message on the wire.
+    #[allow(clippy::arithmetic_side_effects)] // Id lists are bounded at construction or decode (u16 counts).
     pub fn encoded_len(&self) -> usize {
         1 + match self {
             Control::Graft { topic } => topic.encoded_len(),
@@ -363,6 +366,7 @@ impl Rpc {
     }
 
     /// Bytes of the encoded RPC.
+    #[allow(clippy::arithmetic_side_effects)] // Every part is bounded by the RPC limits checked at decode or construction.
     pub fn encoded_len(&self) -> usize {
         RPC_EMPTY_BYTES
             + self
@@ -666,6 +670,7 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
 

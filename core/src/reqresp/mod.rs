@@ -63,6 +63,7 @@ pub mod inbound;
 pub mod limits;
 pub mod outbound;
 pub mod rate;
+#[warn(clippy::arithmetic_side_effects)]
 pub mod snappy;
 #[warn(clippy::arithmetic_side_effects)]
 pub mod wire;

@@ -38,6 +38,7 @@ pub const fn max_compressed_len(uncompressed_bytes: usize) -> usize {
 /// # Panics
 /// If `payload` is longer than `u32::MAX` bytes: every caller bounds its
 /// payloads far below that, so a longer one is a bug.
+#[allow(clippy::arithmetic_side_effects)] // The payload is below 4 GiB (checked first); `out` holds what it held plus that.
 pub fn compress_into(payload: &[u8], out: &mut Vec<u8>) {
     let length = u32::try_from(payload.len()).expect("payloads are bounded far below 4 GiB");
     out.extend_from_slice(&length.to_be_bytes());
@@ -53,7 +54,8 @@ pub fn compress_into(payload: &[u8], out: &mut Vec<u8>) {
 
 /// The frame of `payload` as a new vector.
 pub fn compress(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(LENGTH_PREFIX_BYTES + max_compressed_len(payload.len()));
+    let capacity = LENGTH_PREFIX_BYTES.saturating_add(max_compressed_len(payload.len()));
+    let mut out = Vec::with_capacity(capacity);
     compress_into(payload, &mut out);
     out
 }
@@ -136,6 +138,7 @@ pub(crate) fn bomb_header(mut length: u64) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
     use super::*;
 
