@@ -108,16 +108,14 @@ pub const FUTURE_BLOCK_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Why a job was started.
 #[derive(Clone, Debug)]
 pub(super) enum WorkPurpose {
-    /// A gossiped block waiting for its verdict.
+    /// A gossiped block waiting for its verdict. Its own signature is
+    /// checked even when its parent is unknown: only then may a lookup hold
+    /// it (made-up orphans cost their sender a Reject, not a lookup slot).
     Gossip { message: MessageId, from: PeerId },
     /// A range-sync batch.
     Range { batch: crate::sync::BatchId },
     /// A looked-up chain of ancestors; who sent each block.
     Lookup { senders: Vec<PeerId> },
-    /// A gossiped block whose parent we lack: its own signature is checked
-    /// before a lookup may hold it, so made-up orphans cost their sender a
-    /// Reject instead of a lookup slot.
-    Orphan { message: MessageId, from: PeerId },
 }
 
 /// Chain state beside the fork-choice store.
@@ -562,14 +560,9 @@ impl Node {
         if !self.admit_gossip_verification(now, message, from) {
             return;
         }
-        // A block whose parent we lack is not forwarded (its ancestry is
-        // unproven), but its own signature is checked first: only then may
-        // a lookup hold it and fetch its ancestors, whose roots it pins.
-        let purpose = if self.chain.contains(&block.parent_root()) {
-            WorkPurpose::Gossip { message, from }
-        } else {
-            WorkPurpose::Orphan { message, from }
-        };
+        // A block whose parent we lack is checked too: only a verified one
+        // may hold a lookup and fetch its ancestors, whose roots it pins.
+        let purpose = WorkPurpose::Gossip { message, from };
         let seed = self.job_seed();
         self.start_work(
             Job::VerifyBlocks {
@@ -596,8 +589,7 @@ impl Node {
             .work
             .values()
             .filter(|purpose| {
-                matches!(purpose, WorkPurpose::Gossip { from: sender, .. }
-                    | WorkPurpose::Orphan { from: sender, .. } if *sender == from)
+                matches!(purpose, WorkPurpose::Gossip { from: sender, .. } if *sender == from)
             })
             .count();
         if state.work.len() >= WORK_IN_FLIGHT_MAX || held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX {
@@ -701,9 +693,16 @@ impl Node {
                     return;
                 };
                 match result {
-                    Ok(()) => {
+                    Ok(()) if self.chain.contains(&block.parent_root()) => {
                         self.judge_gossip_block(now, message, Validation::Accept);
                         self.import_verified(now, block);
+                    }
+                    Ok(()) => {
+                        // Not forwarded (its ancestry is unproven); the lookup
+                        // fetches the missing ancestors and imports the block
+                        // once they verify.
+                        self.judge_gossip_block(now, message, Validation::Ignore);
+                        self.sync_orphan(now, block, from);
                     }
                     Err(_) => {
                         // Not `mark_invalid`: a root names only the header, so
@@ -729,37 +728,6 @@ impl Node {
             }
             (WorkPurpose::Lookup { senders }, WorkOutput::VerifiedBlocks { blocks, result }) => {
                 self.sync_lookup_verified(now, blocks, senders, result);
-            }
-            (
-                WorkPurpose::Orphan { message, from },
-                WorkOutput::VerifiedBlocks { mut blocks, result },
-            ) => {
-                let Some(block) = blocks.pop() else {
-                    return;
-                };
-                match result {
-                    Ok(()) => {
-                        // Its parent may have arrived meanwhile.
-                        if self.chain.contains(&block.parent_root()) {
-                            self.judge_gossip_block(now, message, Validation::Accept);
-                            self.import_verified(now, block);
-                        } else {
-                            self.judge_gossip_block(now, message, Validation::Ignore);
-                            self.sync_orphan(now, block, from);
-                        }
-                    }
-                    Err(_) => {
-                        info!(
-                            "{from:?}: gossiped orphan {} at slot {} fails verification",
-                            short(&block.root()),
-                            block.slot()
-                        );
-                        self.judge_gossip_block(now, message, Validation::Reject);
-                        // As for any gossiped block that fails: its sender
-                        // forwarded what it cannot have verified.
-                        self.report(now, from, Report::Penalty(Penalty::High));
-                    }
-                }
             }
         }
     }

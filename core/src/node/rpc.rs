@@ -610,40 +610,37 @@ impl Node {
             return;
         }
         let needed = bytes.saturating_add(block.encoded_len());
-        if needed > *budget_bytes {
-            let grown = match *fetch {
+        let (over, fetch) = (needed > *budget_bytes, *fetch);
+        // Past the room set aside: range sync may grow it; a lookup's budget
+        // already holds the largest block of its one root.
+        let fits = !over
+            || match fetch {
                 super::sync::BlockFetch::Range(batch) => {
                     self.range_sync.grow_reserve(batch, needed)
                 }
-                // One root per lookup request, one block at most: the
-                // budget already holds the largest block.
                 super::sync::BlockFetch::Lookup(_) => false,
             };
-            let Some(Purpose::Blocks {
-                blocks,
-                check,
-                bytes,
-                budget_bytes,
-                invalid,
-                ..
-            }) = self.purposes.get_mut(&(peer, id))
-            else {
-                return;
-            };
-            if !grown {
-                debug!("{peer:?}: answer to {id:?} outgrew its {budget_bytes} bytes: cut off");
-                *invalid = Some(AnswerFault::TooLarge {
-                    bytes: needed,
-                    slots: check.slots_covered(),
-                });
-                blocks.clear();
-                return;
-            }
-            *budget_bytes = needed;
-            *bytes = needed;
-            blocks.push(block);
+        let Some(Purpose::Blocks {
+            blocks,
+            check,
+            bytes,
+            budget_bytes,
+            invalid,
+            ..
+        }) = self.purposes.get_mut(&(peer, id))
+        else {
+            return;
+        };
+        if !fits {
+            debug!("{peer:?}: answer to {id:?} outgrew its {budget_bytes} bytes: cut off");
+            *invalid = Some(AnswerFault::TooLarge {
+                bytes: needed,
+                slots: check.slots_covered(),
+            });
+            blocks.clear();
             return;
         }
+        *budget_bytes = (*budget_bytes).max(needed);
         *bytes = needed;
         blocks.push(block);
     }
