@@ -278,6 +278,9 @@ struct Established {
     metadata_fetches: u32,
     /// Our requests to it that timed out in a row (a complete answer resets it).
     timeouts_in_a_row: u32,
+    /// When we last asked it for its Status because a gossiped orphan of
+    /// its found no lookup place (see `Node::sync_orphan`).
+    orphan_status_asked_at: Option<Instant>,
 }
 
 /// What reading one connection's bytes produced, applied in order afterwards.
@@ -729,6 +732,7 @@ impl Node {
                                 metadata_requested: false,
                                 metadata_asked: None,
                                 metadata_fetches: 0,
+                                orphan_status_asked_at: None,
                                 timeouts_in_a_row: 0,
                             }));
                             received.push(Received::HandshakeDone(remote));

@@ -55,6 +55,10 @@ use crate::sync::{
 use crate::time::Instant;
 use crate::work::Job;
 
+/// How often at most we ask one peer for its Status because its gossiped
+/// orphans found no lookup place (its Status quota is 5 per 15 s).
+pub const ORPHAN_STATUS_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(30);
+
 /// Who asked for the blocks a request fetches.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum BlockFetch {
@@ -96,10 +100,32 @@ impl Node {
         self.range_sync.on_local_chain(now, head, finalized);
     }
 
-    /// A gossiped block whose parent we lack: look its ancestors up.
+    /// A gossiped block whose parent we lack: look its ancestors up. If no
+    /// lookup can hold it (all taken, or its sender's share used), ask the
+    /// sender for its Status instead, at most once per
+    /// [`ORPHAN_STATUS_INTERVAL`]: a gap that lookups cannot fill is range
+    /// sync's, and range sync learns heads only from Status (sent every few
+    /// minutes otherwise), so a follower that fell behind would stay there.
     pub(super) fn sync_orphan(&mut self, now: Instant, block: SignedBlock, from: PeerId) {
+        let refused_before = self.lookups.counters().refused;
         self.lookups
             .on_unknown_parent(now, block, from, &self.chain);
+        if self.lookups.counters().refused == refused_before {
+            return;
+        }
+        let Some(established) = self.established_mut(&from) else {
+            return;
+        };
+        let due = established
+            .orphan_status_asked_at
+            .is_none_or(|at| now >= at.saturating_add(ORPHAN_STATUS_INTERVAL));
+        if due {
+            established.orphan_status_asked_at = Some(now);
+            self.counters.orphan_status_requests =
+                self.counters.orphan_status_requests.saturating_add(1);
+            debug!("{from:?}: no lookup place for its orphan: asking its status");
+            self.request_status(now, from);
+        }
     }
 
     /// Timers of both machines.

@@ -1910,3 +1910,32 @@ fn junk_blocks_from_a_peer_that_leaves_cost_it_a_ban_and_little_work() {
     net.dial(2, 1, None);
     assert!(!net.connected(1, 2));
 }
+
+#[test]
+fn orphans_that_find_no_lookup_place_make_us_ask_their_sender_for_its_status() {
+    // Node 2 gossips validly signed blocks on parents node 1 lacks: one peer
+    // holds at most ORPHANS_PER_PEER_MAX lookups, and then node 1 asks node 2
+    // for its Status, so a gap lookups cannot fill reaches range sync.
+    let mut net = producing_line();
+    let key = crate::chain::devnet_keys(1, 1).remove(0);
+    let genesis = net.nodes[0].config().chain.genesis.clone();
+    let producer = crate::chain::BlockProducer::new(key, &genesis).unwrap();
+    // Node 2 reads nothing for now: the lookups it is asked for stay open.
+    net.set_slow_reader(2, true);
+    let orphans = crate::sync::lookup::ORPHANS_PER_PEER_MAX as u8 + 1;
+    for i in 0..orphans {
+        let orphan = producer.produce(1, [i + 1; 32], vec![i; 8]);
+        let command = Command::Publish {
+            topic: Topic::new(BLOCKS_TOPIC).unwrap(),
+            payload: orphan.encode(),
+        };
+        run(&mut net, 2, Input::Command(command));
+    }
+    net.drain();
+    assert!(net.nodes[1].lookups_pending() <= crate::sync::lookup::ORPHANS_PER_PEER_MAX);
+    assert_eq!(
+        net.nodes[1].counters().orphan_status_requests,
+        1,
+        "asked once, not per orphan"
+    );
+}
