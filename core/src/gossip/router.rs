@@ -260,6 +260,14 @@ pub struct Config {
     /// Fault (hostile simulator nodes only): join meshes like everyone else
     /// but never forward others' messages nor answer IWANT.
     pub fault_withhold: bool,
+    /// Fault (hostile simulator nodes only): keep no mesh of our own;
+    /// instead, at the first heartbeat after a peer announced its topics,
+    /// GRAFT it on each of them (crowding its mesh, so it may trim honest
+    /// peers), and at the next heartbeat PRUNE it on each with the longest
+    /// backoff the wire can say (`u32::MAX` seconds). Once per connection,
+    /// so it never GRAFTs inside a backoff and is never penalised: a PRUNE
+    /// flood is made of many throwaway identities, each doing this once.
+    pub fault_prune_flood: bool,
 }
 
 impl Default for Config {
@@ -277,6 +285,7 @@ impl Default for Config {
             ip_colocation_exempt: BTreeSet::new(),
             floodsub: false,
             fault_withhold: false,
+            fault_prune_flood: false,
         }
     }
 }
@@ -417,6 +426,10 @@ pub struct Counters {
     pub control_floods: u64,
     /// Promises broken.
     pub promises_broken: u64,
+    /// PRUNEs received on our topics.
+    pub prunes_received: u64,
+    /// GRAFTs refused because they came inside a backoff (each a penalty).
+    pub grafts_refused_in_backoff: u64,
 }
 
 /// One item of a peer's send queue.
@@ -470,6 +483,11 @@ struct Peer {
     idontwant_ids_received: usize,
     /// Whether it already paid for control flooding this heartbeat.
     control_flood_reported: bool,
+    /// `fault_prune_flood` only: whether we already GRAFTed it, and PRUNEd it.
+    prune_flood_grafted: bool,
+    prune_flooded: bool,
+    /// GRAFTs from it we refused because they came inside a backoff.
+    grafts_refused_in_backoff: u32,
 }
 
 impl Peer {
@@ -741,6 +759,12 @@ impl Gossip {
         self.promises.len()
     }
 
+    /// GRAFTs from `peer` (while connected) we refused because they came
+    /// inside a backoff; `None` if it is not connected.
+    pub fn grafts_refused_in_backoff(&self, peer: &PeerId) -> Option<u32> {
+        self.peers.get(peer).map(|p| p.grafts_refused_in_backoff)
+    }
+
     /// Backoffs remembered.
     pub fn backoffs_len(&self) -> usize {
         self.backoff.len()
@@ -874,6 +898,9 @@ impl Gossip {
                 iwant_ids_received: 0,
                 idontwant_ids_received: 0,
                 control_flood_reported: false,
+                prune_flood_grafted: false,
+                prune_flooded: false,
+                grafts_refused_in_backoff: 0,
             },
         );
         let topics: Vec<Topic> = self.subscriptions.iter().cloned().collect();
@@ -1357,7 +1384,9 @@ impl Gossip {
             return;
         }
         if self.in_backoff(now, &topic, &peer) {
+            self.counters.grafts_refused_in_backoff += 1;
             if let Some(p) = self.peers.get_mut(&peer) {
+                p.grafts_refused_in_backoff = p.grafts_refused_in_backoff.saturating_add(1);
                 p.stats.behaviour_penalty += 1.0;
             }
             self.push_event(GossipEvent::Penalty {
@@ -1385,6 +1414,7 @@ impl Gossip {
         if !self.subscriptions.contains(&topic) {
             return;
         }
+        self.counters.prunes_received += 1;
         let in_mesh = self
             .mesh
             .get_mut(&topic)
@@ -1671,8 +1701,12 @@ impl Gossip {
             return;
         }
         let topics: Vec<Topic> = self.subscriptions.iter().cloned().collect();
-        for topic in &topics {
-            self.maintain_mesh(now, topic);
+        if self.config.fault_prune_flood {
+            self.prune_flood();
+        } else {
+            for topic in &topics {
+                self.maintain_mesh(now, topic);
+            }
         }
         self.maintain_fanout(now);
         for topic in &topics {
@@ -1829,6 +1863,47 @@ impl Gossip {
                 for peer in better {
                     self.graft(now, topic, peer);
                 }
+            }
+        }
+    }
+
+    /// `fault_prune_flood`: peers GRAFTed at an earlier heartbeat are now
+    /// PRUNEd on each of their topics with the longest backoff; peers that
+    /// announced topics and were not GRAFTed yet are GRAFTed on each.
+    /// Nothing else of the mesh is kept.
+    fn prune_flood(&mut self) {
+        let mut grafts: Vec<(PeerId, Vec<Topic>)> = Vec::new();
+        let mut prunes: Vec<(PeerId, Vec<Topic>)> = Vec::new();
+        for (id, p) in &mut self.peers {
+            if p.prune_flooded || p.topics.is_empty() {
+                continue;
+            }
+            let topics = p.topics.iter().cloned().collect();
+            if p.prune_flood_grafted {
+                p.prune_flooded = true;
+                prunes.push((*id, topics));
+            } else {
+                p.prune_flood_grafted = true;
+                grafts.push((*id, topics));
+            }
+        }
+        for (peer, topics) in prunes {
+            for topic in topics {
+                if let Some(mesh) = self.mesh.get_mut(&topic) {
+                    mesh.remove(&peer);
+                }
+                self.enqueue(
+                    peer,
+                    Item::Control(Control::Prune {
+                        topic,
+                        backoff_secs: u32::MAX,
+                    }),
+                );
+            }
+        }
+        for (peer, topics) in grafts {
+            for topic in topics {
+                self.enqueue(peer, Item::Control(Control::Graft { topic }));
             }
         }
     }
@@ -2459,6 +2534,8 @@ mod tests {
             }
         )));
         assert!(!gossip.mesh_peers(&topic()).contains(&victim));
+        assert_eq!(gossip.grafts_refused_in_backoff(&victim), Some(1));
+        assert_eq!(gossip.counters().grafts_refused_in_backoff, 1);
         let sent = drain(&mut gossip);
         assert!(controls_to(&sent, victim).iter().any(|c| matches!(
             c,
@@ -2996,6 +3073,63 @@ mod tests {
         );
         let sent = drain(&mut gossip);
         assert_eq!(messages_to(&sent, mesh[1]), 0);
+    }
+
+    /// The hostile side of a PRUNE flood: once per connection, a GRAFT on
+    /// each topic the peer announced, and a heartbeat later a PRUNE with the
+    /// longest backoff; never a GRAFT inside the backoff (which would cost
+    /// it a penalty).
+    /// The honest side clamps the backoff and keeps it for that peer only.
+    #[test]
+    fn a_prune_flooding_router_grafts_and_prunes_each_peer_once() {
+        let config = Config {
+            fault_prune_flood: true,
+            ..Config::default()
+        };
+        let mut sybil = router_with_config(config, 3);
+        let mut honest = router_with_peers(3);
+        let sybil_id = peer(3);
+        let mut now = 0;
+        let mut flooded_at = None;
+        for round in 0..4 {
+            now = heartbeats(&mut sybil, now, 1);
+            let sent = drain(&mut sybil);
+            for n in 1..=3 {
+                let controls = controls_to(&sent, peer(n));
+                let expected = match round {
+                    0 => vec![Control::Graft { topic: topic() }],
+                    1 => vec![Control::Prune {
+                        topic: topic(),
+                        backoff_secs: u32::MAX,
+                    }],
+                    _ => vec![],
+                };
+                assert_eq!(controls, expected, "round {round}");
+            }
+            if round == 1 {
+                flooded_at = Some(now);
+            }
+            // `honest` plays peer 1, and knows the Sybil as its peer 3.
+            for (_, rpc) in sent.into_iter().filter(|(to, _)| *to == peer(1)) {
+                honest.on_rpc(at(now), sybil_id, &rpc_bytes(rpc));
+            }
+            if round == 0 {
+                // The honest router takes the GRAFT: a mesh slot, for a heartbeat.
+                assert!(honest.mesh_peers(&topic()).contains(&sybil_id));
+            }
+        }
+        assert!(sybil.mesh_peers(&topic()).is_empty(), "it keeps no mesh");
+        assert_eq!(honest.counters().prunes_received, 1);
+        assert_eq!(honest.counters().grafts_refused_in_backoff, 0);
+        assert_eq!(honest.grafts_refused_in_backoff(&sybil_id), Some(0));
+        assert!(!honest.mesh_peers(&topic()).contains(&sybil_id));
+        let cap = u64::from(PRUNE_BACKOFF_SECS_MAX) * 1_000;
+        let flooded_at = flooded_at.expect("the second round ran");
+        assert!(honest.in_backoff(at(flooded_at + cap - 1), &topic(), &sybil_id));
+        assert!(!honest.in_backoff(at(flooded_at + cap), &topic(), &sybil_id));
+        honest.on_peer_disconnected(at(now), &sybil_id);
+        assert!(!honest.in_backoff(at(now), &topic(), &sybil_id));
+        honest.assert_invariants();
     }
 
     #[test]
