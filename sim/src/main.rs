@@ -11,7 +11,8 @@
 //! `static-peer-restart`, `budget-sybils` (13 nodes: a target, 4 honest
 //! requesters and 8 Sybils; `--sybils PCT` sets the Sybils' share of
 //! `--nodes`), and the gossip ones: `gossip-1k`, `gossip-blocks`,
-//! `gossip-spam`, `gossip-eclipse`, `gossip-withhold`, `cold-boot`; see
+//! `gossip-spam`, `gossip-eclipse`, `gossip-withhold`, `cold-boot`,
+//! `slow-readers`, `prune-flood`; see
 //! `meshsync_sim::scenario`. What a scenario set out to show is in the
 //! summary's `outcome`. `--nodes` defaults to the scenario's own (1,000 for
 //! `gossip-1k`, 200 for `gossip-blocks`, 50 for most), `--duration` to 60 s

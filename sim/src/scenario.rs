@@ -25,6 +25,7 @@
 //! | `gossip-withhold` | [`gossip_attacks::withhold`]: a quarter of the nodes never forward; delivery and p99 hold |
 //! | `cold-boot` | [`gossip_attacks::cold_boot`]: everyone, Sybils too, connects at once with no score history |
 //! | `slow-readers` | [`gossip_attacks::slow_readers`]: a tenth of the nodes stop reading; the rest still get every block in time |
+//! | `prune-flood` | [`gossip_attacks::prune_flood`]: throwaway identities GRAFT and PRUNE honest nodes with the longest backoff and leave; no honest backoff is lost, nobody honest is graylisted |
 //! | `junk-blocks` | [`JunkBlocks`]: hit-and-run Sybils flood junk blocks each slot and leave before the verdicts; they are charged, banned, and every honest block is imported |
 //! | `late-joiner` | [`LateJoiner::honest`]: a fresh node range-syncs 10,000 blocks from 20 peers |
 //! | `hostile-servers` | [`LateJoiner::hostile`]: the same with a third of the peers hostile; they are penalised, nothing invalid is imported |
@@ -54,7 +55,7 @@ pub mod workload;
 pub use budget_sybils::{BudgetParams, BudgetSybils};
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
-pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario};
+pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario, PruneFloodOutcome};
 pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
 pub use request_flood::{FloodParams, RequestFlood};
 pub use static_peer_restart::StaticPeerRestart;
@@ -112,6 +113,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     gossip_attacks::WITHHOLD,
     gossip_attacks::COLD_BOOT,
     gossip_attacks::SLOW_READERS,
+    gossip_attacks::PRUNE_FLOOD,
     LateJoiner::NAME,
     LateJoiner::NAME_HOSTILE,
     PartitionHeal::NAME,
@@ -134,6 +136,7 @@ pub fn gossip_scenario_by_name(name: &str) -> Option<GossipScenario> {
         gossip_attacks::WITHHOLD => Some(gossip_attacks::withhold()),
         gossip_attacks::COLD_BOOT => Some(gossip_attacks::cold_boot()),
         gossip_attacks::SLOW_READERS => Some(gossip_attacks::slow_readers()),
+        gossip_attacks::PRUNE_FLOOD => Some(gossip_attacks::prune_flood()),
         _ => None,
     }
 }

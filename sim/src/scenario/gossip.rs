@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meshsync_core::gossip::score::GRAYLIST_THRESHOLD;
 use meshsync_core::gossip::{MessageId, Topic, Validation};
 use meshsync_core::limits::PEERS_MAX;
-use meshsync_core::{Command, Duration, Instant, Notification};
+use meshsync_core::{Command, Config, Duration, Instant, Notification};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -69,6 +69,12 @@ const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 const TOKEN_PUBLISH: u16 = 1;
 const TOKEN_SPAM: u16 = 2;
 const TOKEN_SAMPLE: u16 = 3;
+const TOKEN_CHURN: u16 = 4;
+const TOKEN_WATCH: u16 = 5;
+
+/// How often honest nodes' views of each other are looked at (PRUNE flood):
+/// scores, backoff tables, GRAFTs refused.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Hostile nodes mixed into the world, all running the production core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +98,15 @@ pub enum Attack {
     /// stop reading when publishing starts ([`Sim::set_stops_reading`]):
     /// whatever their peers send them stays in those peers' send queues.
     SlowReaders,
+    /// Throwaway identities (`fault_prune_flood`): each Sybil dials
+    /// `extra_dials_per_node` random honest nodes, GRAFTs each on every
+    /// topic and a heartbeat later PRUNEs it with a `u32::MAX` s backoff, and after `visit` is gone
+    /// for good (crashed), replaced at once by a fresh identity that dials
+    /// fresh targets; until publishing stops.
+    PruneFlood {
+        /// How long one identity stays.
+        visit: Duration,
+    },
 }
 
 /// The parameters of a [`GossipScenario`].
@@ -286,6 +301,33 @@ pub struct GossipApp {
     relations: BTreeMap<(NodeIndex, NodeIndex), Relation>,
     bytes_sent_at_start: u64,
     topology: Option<TopologyCheck>,
+    churn: Option<Churn>,
+    watch: Option<FloodWatch>,
+}
+
+/// How PRUNE-flooding Sybils come and go.
+#[derive(Clone, Debug)]
+struct Churn {
+    config: Config,
+    visit: Duration,
+    dials: usize,
+    identities: u64,
+}
+
+/// What honest nodes did to each other under a PRUNE flood.
+#[derive(Clone, Debug, Default)]
+struct FloodWatch {
+    sybil_connections: u64,
+    /// (honest node, honest peer) pairs that came apart or were banned.
+    honest_pairs_disconnected: BTreeSet<(NodeIndex, NodeIndex)>,
+    /// (honest node, honest peer) pairs seen below the graylist threshold.
+    honest_pairs_graylisted: BTreeSet<(NodeIndex, NodeIndex)>,
+    /// (honest node, honest peer) → GRAFTs the node refused from the peer
+    /// because they came inside a backoff (the most seen at once).
+    grafts_refused: BTreeMap<(NodeIndex, NodeIndex), u32>,
+    honest_score_min: Option<f64>,
+    backoffs_max: usize,
+    samples: u64,
 }
 
 /// The topology and meshes, as they were when publishing started.
@@ -392,7 +434,97 @@ impl GossipApp {
         }
     }
 
+    /// The Sybil in `slot` leaves for good; a fresh identity takes its place
+    /// and dials fresh honest targets.
+    fn churn(&mut self, sim: &mut Sim, slot: usize) {
+        let churn = self
+            .churn
+            .as_mut()
+            .expect("churn is planned with its state");
+        let old = self.sybils[slot];
+        if sim.is_up(old) {
+            sim.crash(old);
+        }
+        let fresh = sim.add_node_with_config(churn.config.clone());
+        churn.identities += 1;
+        assert_eq!(fresh.0, self.sybil.len(), "nodes are numbered in order");
+        self.sybil.push(true);
+        self.sybils[slot] = fresh;
+        sim.command(
+            fresh,
+            Command::Subscribe {
+                topic: self.topic.clone(),
+            },
+        );
+        let mut targets: BTreeSet<usize> = BTreeSet::new();
+        for _ in 0..churn.dials {
+            targets.insert(rng::index(sim.scenario_rng(), self.honest_count));
+        }
+        for target in targets {
+            let command = Command::Dial {
+                addr: sim.addr(NodeIndex(target)),
+                peer: Some(sim.peer_id(NodeIndex(target))),
+            };
+            sim.command(fresh, command);
+        }
+        let next = sim.now() + churn.visit;
+        if next < self.publish_end {
+            sim.wake_at(next, token(TOKEN_CHURN, slot));
+        }
+    }
+
+    /// How honest nodes see each other: scores, GRAFTs refused inside a
+    /// backoff, backoff tables.
+    fn watch_honest(&mut self, sim: &Sim) {
+        let Some(watch) = self.watch.as_mut() else {
+            return;
+        };
+        let now = sim.now();
+        watch.samples += 1;
+        for node in (0..self.honest_count).map(NodeIndex) {
+            let gossip = sim.node(node).gossip();
+            watch.backoffs_max = watch.backoffs_max.max(gossip.backoffs_len());
+            for peer in sim.peers_of(node) {
+                if self.sybil[peer.0] {
+                    continue;
+                }
+                let id = sim.peer_id(peer);
+                if let Some(score) = gossip.score(now, &id) {
+                    let min = watch.honest_score_min.get_or_insert(score);
+                    *min = min.min(score);
+                    if score < GRAYLIST_THRESHOLD {
+                        watch.honest_pairs_graylisted.insert((node, peer));
+                    }
+                }
+                let refused = gossip.grafts_refused_in_backoff(&id).unwrap_or(0);
+                if refused > 0 {
+                    let seen = watch.grafts_refused.entry((node, peer)).or_default();
+                    *seen = (*seen).max(refused);
+                }
+            }
+        }
+    }
+
     fn on_notification(&mut self, sim: &mut Sim, node: NodeIndex, notification: Notification) {
+        if let Some(watch) = self.watch.as_mut() {
+            let honest_node = !self.sybil[node.0];
+            match &notification {
+                Notification::PeerDisconnected { peer, .. }
+                | Notification::PeerBanned { peer, .. }
+                    if honest_node =>
+                {
+                    if let Some(other) = sim.index_of(*peer).filter(|n| !self.sybil[n.0]) {
+                        watch.honest_pairs_disconnected.insert((node, other));
+                    }
+                }
+                Notification::PeerConnected { peer, .. }
+                    if honest_node && sim.index_of(*peer).is_some_and(|n| self.sybil[n.0]) =>
+                {
+                    watch.sybil_connections += 1;
+                }
+                _ => {}
+            }
+        }
         match notification {
             Notification::GossipMessage { id, payload, .. } => {
                 let invalid = payload.first() == Some(&INVALID_MARKER);
@@ -574,6 +706,34 @@ impl GossipApp {
                 target_sybils_in_mesh_at_end: sybils_in_mesh,
             }
         });
+        let prune_flood = self.watch.as_ref().map(|watch| {
+            let honest_router_sum = |field: fn(&meshsync_core::gossip::Counters) -> u64| -> u64 {
+                honest
+                    .iter()
+                    .map(|&n| field(sim.node(n).gossip().counters()))
+                    .sum()
+            };
+            PruneFloodOutcome {
+                sybil_identities: self.churn.as_ref().map_or(0, |c| c.identities),
+                sybil_connections: watch.sybil_connections,
+                prunes_received_by_honest: honest_router_sum(|c| c.prunes_received),
+                grafts_refused_in_backoff_by_honest: honest_router_sum(|c| {
+                    c.grafts_refused_in_backoff
+                }),
+                honest_grafts_in_backoff: watch
+                    .grafts_refused
+                    .values()
+                    .map(|&n| u64::from(n))
+                    .sum(),
+                honest_pairs_grafted_in_backoff: watch.grafts_refused.len(),
+                honest_pairs_graylisted: watch.honest_pairs_graylisted.len(),
+                honest_pairs_disconnected: watch.honest_pairs_disconnected.len(),
+                honest_score_min: watch.honest_score_min,
+                backoffs_max: watch.backoffs_max,
+                backoffs_bound: PEERS_MAX,
+                watch_samples: watch.samples,
+            }
+        });
         GossipOutcome {
             floodsub: params.floodsub,
             attack: format!("{:?}", params.attack),
@@ -612,6 +772,7 @@ impl GossipApp {
             topology: self.topology.clone(),
             spam,
             eclipse: target,
+            prune_flood,
             without_sybils: None,
             trace_hash: None,
         }
@@ -638,6 +799,12 @@ impl Application for GossipApp {
                         sim.wake_at(next, token(TOKEN_SPAM, number + 1));
                     }
                     self.spam(sim, number as u64);
+                }
+                (TOKEN_CHURN, _) if sim.now() >= self.publish_end => {}
+                (TOKEN_CHURN, slot) => self.churn(sim, slot),
+                (TOKEN_WATCH, _) => {
+                    sim.wake_at(sim.now() + WATCH_INTERVAL, wake);
+                    self.watch_honest(sim);
                 }
                 (TOKEN_SAMPLE, _) => {
                     // Until the run ends: the world stops at its deadline anyway.
@@ -715,6 +882,8 @@ pub struct GossipOutcome {
     pub spam: Option<SpamOutcome>,
     /// `gossip-eclipse`: what the target received.
     pub eclipse: Option<EclipseOutcome>,
+    /// `prune-flood`: what the Sybils did and what honest nodes did to each other.
+    pub prune_flood: Option<PruneFloodOutcome>,
     /// The same world without Sybils, same seed (when asked for).
     pub without_sybils: Option<Box<GossipOutcome>>,
     /// The trace hash of that world (set on the world without Sybils only).
@@ -750,6 +919,38 @@ pub struct SpamOutcome {
     pub rpcs_graylisted: u64,
     /// `PeerBanned` notifications, all nodes.
     pub sybils_banned: u64,
+}
+
+/// `prune-flood`'s own fields. Honest pairs are (honest node, honest peer),
+/// looked at every 500 ms and at every disconnect.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PruneFloodOutcome {
+    /// Sybil identities that took part, first ones included.
+    pub sybil_identities: u64,
+    /// Connections honest nodes made with Sybils.
+    pub sybil_connections: u64,
+    /// PRUNEs honest nodes received on the topic (the Sybils' and honest ones).
+    pub prunes_received_by_honest: u64,
+    /// GRAFTs honest nodes refused inside a backoff, from anyone.
+    pub grafts_refused_in_backoff_by_honest: u64,
+    /// GRAFTs honest nodes refused from honest peers inside a backoff
+    /// (an honest GRAFT inside a backoff its peer asked for). Must be 0.
+    pub honest_grafts_in_backoff: u64,
+    /// Honest pairs with such a GRAFT. Must be 0.
+    pub honest_pairs_grafted_in_backoff: usize,
+    /// Honest pairs where the node's gossip score of the peer fell below the
+    /// graylist threshold. Must be 0.
+    pub honest_pairs_graylisted: usize,
+    /// Honest pairs where the node lost or banned the peer. Must be 0.
+    pub honest_pairs_disconnected: usize,
+    /// The lowest gossip score an honest node gave an honest peer.
+    pub honest_score_min: Option<f64>,
+    /// The most backoffs one honest node held at once.
+    pub backoffs_max: usize,
+    /// What that must stay within: one per connected peer on our one topic.
+    pub backoffs_bound: usize,
+    /// Times honest nodes were looked at.
+    pub watch_samples: u64,
 }
 
 /// `gossip-eclipse`'s own fields.
@@ -839,6 +1040,9 @@ impl Scenario for GossipScenario {
         if matches!(params.attack, Attack::Withhold | Attack::Eclipse) {
             sybil_config.gossip.fault_withhold = true;
         }
+        if matches!(params.attack, Attack::PruneFlood { .. }) {
+            sybil_config.gossip.fault_prune_flood = true;
+        }
         let sybils: Vec<NodeIndex> = (0..sybil_count)
             .map(|_| sim.add_node_with_config(sybil_config.clone()))
             .collect();
@@ -882,6 +1086,27 @@ impl Scenario for GossipScenario {
             }
             _ => 0,
         };
+        let churn = match params.attack {
+            Attack::PruneFlood { visit } => {
+                assert!(!visit.is_zero(), "an identity stays a while");
+                let visit_us = u64::try_from(visit.as_micros()).unwrap_or(u64::MAX);
+                // Staggered: each slot's first identity leaves at a random
+                // instant within its first visit, after its dials.
+                for slot in 0..sybils.len() {
+                    let stay = visit_us + rng::below(sim.scenario_rng(), visit_us);
+                    sim.wake_at(Instant::from_micros(stay), token(TOKEN_CHURN, slot));
+                }
+                sim.wake_at(Instant::ZERO + WATCH_INTERVAL, token(TOKEN_WATCH, 0));
+                Some(Churn {
+                    config: sybil_config.clone(),
+                    visit,
+                    dials: params.extra_dials_per_node,
+                    identities: sybils.len() as u64,
+                })
+            }
+            _ => None,
+        };
+        let watch = churn.as_ref().map(|_| FloodWatch::default());
         self.app = Some(GossipApp {
             topic,
             sybil: sybil_flags,
@@ -906,6 +1131,8 @@ impl Scenario for GossipScenario {
             relations: BTreeMap::new(),
             bytes_sent_at_start: 0,
             topology: None,
+            churn,
+            watch,
         });
     }
 

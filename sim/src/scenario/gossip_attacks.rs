@@ -10,11 +10,21 @@
 //! | `gossip-withhold` | 25 % of nodes, `fault_withhold`, mixed into the topology | honest delivery ≥ 99.9 %; p99 latency within 2× of the same world without them (run in the same invocation) |
 //! | `cold-boot` | 30 % of nodes, `fault_withhold`; everyone dials at t = 0 | honest delivery ≥ 99 % once meshes settle (publishing starts 3 s in) |
 //! | `slow-readers` | 10 % of nodes, ordinary cores that stop reading when publishing starts; 1 MiB messages every 2 s | delivery to the rest ≥ 99.9 %; p99 latency within 1.2× of the same world without them |
+//! | `prune-flood` | 30 % of nodes at any time, `fault_prune_flood` (GRAFT, a heartbeat later PRUNE with a `u32::MAX` s backoff), each identity gone after 2 s and replaced by a fresh one | honest delivery ≥ 99.9 %; no honest GRAFT inside a backoff an honest peer asked for; no honest peer graylisted or lost by another; an honest node's backoffs ≤ its peers |
 //!
 //! Withholding Sybils (`gossip::Config::fault_withhold`) join meshes like
 //! everyone else but never forward a message nor answer IWANT: they cost
 //! their mesh peers a slot until the mesh delivery score (P3, after its
 //! activation time) and the IHAVE promises they break push them out.
+//!
+//! PRUNE-flooding Sybils (`gossip::Config::fault_prune_flood`) are the
+//! backoff-table attack: throwaway identities that each GRAFT their peers
+//! once (crowding meshes, so honest peers get trimmed and PRUNEd with a
+//! backoff) and a heartbeat later PRUNE them, asking for a `u32::MAX` s
+//! backoff, and leave. Were
+//! their backoffs kept past their connections, and an honest one evicted to
+//! make room, honest nodes would GRAFT honest peers inside the backoff they
+//! asked for and be scored down to graylist and disconnect by them.
 
 use meshsync_core::Duration;
 
@@ -30,6 +40,11 @@ pub const WITHHOLD: &str = "gossip-withhold";
 pub const COLD_BOOT: &str = "cold-boot";
 /// `slow-readers`.
 pub const SLOW_READERS: &str = "slow-readers";
+/// `prune-flood`.
+pub const PRUNE_FLOOD: &str = "prune-flood";
+
+/// How long one PRUNE-flooding identity stays before a fresh one replaces it.
+pub const PRUNE_FLOOD_VISIT: Duration = Duration::from_secs(2);
 
 /// Invalid messages per second over all spamming Sybils, by default.
 pub const SPAM_MESSAGES_PER_SECOND_DEFAULT: u32 = 100;
@@ -116,5 +131,23 @@ pub fn slow_readers() -> GossipScenario {
             ..GossipParams::blocks()
         },
         100,
+    )
+}
+
+/// `prune-flood` with its defaults (200 nodes): 30 % of the nodes at any
+/// time are throwaway identities that GRAFT and then PRUNE (backoff
+/// `u32::MAX` s) every honest node they reach, once, and are replaced by fresh ones
+/// every [`PRUNE_FLOOD_VISIT`] until publishing stops.
+pub fn prune_flood() -> GossipScenario {
+    GossipScenario::new(
+        PRUNE_FLOOD,
+        GossipParams {
+            attack: Attack::PruneFlood {
+                visit: PRUNE_FLOOD_VISIT,
+            },
+            sybils_pct: 30,
+            ..honest_traffic()
+        },
+        200,
     )
 }
