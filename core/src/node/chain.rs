@@ -528,6 +528,28 @@ impl Node {
         self.chain_state.genesis.start_of(slot) > latest_start
     }
 
+    /// A Status or a synced block from `from` names a slot beyond our clock:
+    /// counted, and warned about naming the sender (at most every
+    /// [`FUTURE_BLOCK_WARN_INTERVAL`], shared with gossiped blocks).
+    pub(super) fn warn_claim_from_future(&mut self, now: Instant, from: PeerId, what: &str) {
+        self.counters.claims_from_future += 1;
+        let due = self
+            .chain_state
+            .future_warned_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= FUTURE_BLOCK_WARN_INTERVAL);
+        if due {
+            self.chain_state.future_warned_at = Some(now);
+            let our_slot = self
+                .chain_state
+                .genesis
+                .slot_at(self.chain_state.unix_ms(now));
+            warn!(
+                "{from:?} sent {what} while our clock is at slot {our_slot}: not believed ({} claims from the future so far; is its clock or ours wrong?)",
+                self.counters.claims_from_future
+            );
+        }
+    }
+
     /// A gossiped block from the future: its sender's clock (or ours) is
     /// wrong, which the operator of either should hear about.
     fn warn_future_block(&mut self, now: Instant, block: &SignedBlock, from: PeerId) {

@@ -224,6 +224,9 @@ impl Node {
                     | PenaltyReason::OversizedBlock
                     | PenaltyReason::FutureSlot => Penalty::High,
                 };
+                if reason == PenaltyReason::FutureSlot {
+                    self.warn_claim_from_future(now, peer, "a block for sync beyond our slot");
+                }
                 info!("{peer:?}: sync penalty: {reason:?}");
                 self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));

@@ -1682,6 +1682,8 @@ fn a_chain_served_from_the_future_is_never_imported() {
     assert_eq!(head.slot, 100, "synced to the present, not the future");
     assert_eq!(head, net.nodes[2].chain().head());
     assert!(net.nodes[0].counters().statuses_not_believed >= 1);
+    assert!(net.nodes[0].counters().claims_from_future >= 1, "counted");
+    assert_eq!(net.nodes[2].counters().claims_from_future, 0);
     assert!(score_of(&net, 0, 1) < 0.0);
 }
 
