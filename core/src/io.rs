@@ -474,6 +474,10 @@ pub enum Notification {
         blocks_per_second: u64,
         /// Time left at that speed, if it is moving.
         eta: Option<crate::time::Duration>,
+        /// Set while sync waits for peers instead of fetching: how many
+        /// suitable peers it has and needs, and how long until it starts
+        /// with fewer.
+        waiting: Option<crate::sync::PeerWait>,
     },
     /// Range sync reached its target; gossip and lookups follow the head now.
     Synced {

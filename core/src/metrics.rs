@@ -121,4 +121,9 @@ pub struct Counters {
     pub orphan_status_requests: u64,
     /// Statuses whose claims the clock or the genesis disproved (penalised, not used for sync).
     pub statuses_not_believed: u64,
+    /// Claims from the future: Statuses whose head is beyond our clock's
+    /// slot (also counted in `statuses_not_believed`) and blocks served to
+    /// sync beyond it. Their sender's clock, or ours, is wrong; gossiped
+    /// ones are `blocks_from_future`.
+    pub claims_from_future: u64,
 }

@@ -316,6 +316,36 @@ impl MemoryNet {
         conn
     }
 
+    /// Kills node `index` as a killed process dies (no Goodbye; its peers
+    /// see its connections close) and starts it again from `config` with
+    /// the same identity and a new `seed`. Bytes in flight to it are lost.
+    pub fn restart(&mut self, index: usize, config: Config, seed: [u8; 32]) {
+        // Its ends go at once; each peer's end closes when the news arrives.
+        let ends: Vec<((usize, ConnId), (usize, ConnId))> = self
+            .links
+            .iter()
+            .filter(|((from, _), _)| *from == index)
+            .map(|(ours, theirs)| (*ours, *theirs))
+            .collect();
+        for (ours, (to, theirs)) in ends {
+            self.links.remove(&ours);
+            self.in_flight
+                .push_back(Delivery::Closed { to, conn: theirs });
+        }
+        self.held
+            .retain(|(from, _, to, _, _)| *from != index && *to != index);
+        self.persist_waiting.retain(|(node, _)| *node != index);
+        self.in_flight.retain(|delivery| match delivery {
+            Delivery::Bytes { to, .. }
+            | Delivery::WorkDone { to, .. }
+            | Delivery::Persisted { to, .. }
+            | Delivery::Written { to, .. }
+            | Delivery::Closed { to, .. } => *to != index,
+        });
+        self.nodes[index] = Node::new(config, Identity::from_seed(index as u64), seed);
+        self.collect(index);
+    }
+
     /// Whether nodes `a` and `b` both count each other as peers.
     pub fn connected(&self, a: usize, b: usize) -> bool {
         self.nodes[a].is_connected(&self.nodes[b].peer_id())

@@ -1918,9 +1918,15 @@ impl Driver {
             ),
             Notification::SyncProgress {
                 head_slot,
+                waiting: Some(wait),
+                ..
+            } => log::info!("[{me:?}] sync at slot {head_slot} waits for peers: {wait}"),
+            Notification::SyncProgress {
+                head_slot,
                 target_slot,
                 blocks_per_second,
                 eta,
+                waiting: None,
             } => log::info!(
                 "[{me:?}] syncing: slot {head_slot} of {target_slot}, {blocks_per_second} blocks/s, eta {eta:?}"
             ),

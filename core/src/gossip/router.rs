@@ -439,6 +439,11 @@ enum Item {
     Control(Control),
     /// A message and its id (so an IDONTWANT can cancel it while queued).
     Message(MessageId, WireMessage),
+    /// A message the peer asked for with IWANT: sent even if the peer said
+    /// IDONTWANT before, since its IWANT is the later word (it dropped the
+    /// copy it had unjudged, e.g. while its verifier was busy). Cancelling
+    /// it would break the promise it holds on us and cost us its score.
+    Answer(WireMessage),
 }
 
 impl Item {
@@ -446,14 +451,14 @@ impl Item {
         match self {
             Item::Subscription(subscription) => 1 + subscription.topic.encoded_len(),
             Item::Control(control) => control.encoded_len(),
-            Item::Message(_, message) => message.encoded_len(),
+            Item::Message(_, message) | Item::Answer(message) => message.encoded_len(),
         }
     }
 
     fn is_gossip(&self) -> bool {
         matches!(
             self,
-            Item::Message(..) | Item::Control(Control::IHave { .. })
+            Item::Message(..) | Item::Answer(_) | Item::Control(Control::IHave { .. })
         )
     }
 }
@@ -1519,15 +1524,7 @@ impl Gossip {
             }
             *count += 1;
             let message = entry.message.clone();
-            if self
-                .peers
-                .get(&peer)
-                .is_some_and(|p| p.dont_want.contains_key(&id))
-            {
-                self.counters.idontwant_suppressed += 1;
-                continue;
-            }
-            self.enqueue(peer, Item::Message(id, message));
+            self.enqueue(peer, Item::Answer(message));
         }
         if unannounced {
             self.control_flood(peer);
@@ -2070,7 +2067,9 @@ impl Gossip {
                             rpc.subscriptions.len() < SUBSCRIPTIONS_PER_RPC_MAX
                         }
                         Item::Control(_) => rpc.control.len() < CONTROLS_PER_RPC_MAX,
-                        Item::Message(..) => rpc.messages.len() < MESSAGES_PER_RPC_MAX,
+                        Item::Message(..) | Item::Answer(_) => {
+                            rpc.messages.len() < MESSAGES_PER_RPC_MAX
+                        }
                     };
                 if !fits {
                     break;
@@ -2089,7 +2088,7 @@ impl Gossip {
                 match item {
                     Item::Subscription(subscription) => rpc.subscriptions.push(subscription),
                     Item::Control(control) => rpc.control.push(control),
-                    Item::Message(_, message) => rpc.messages.push(message),
+                    Item::Message(_, message) | Item::Answer(message) => rpc.messages.push(message),
                 }
             }
         }
@@ -2648,6 +2647,40 @@ mod tests {
             gossip.publish(at(0), topic(), &vec![0; GOSSIP_MESSAGE_BYTES_MAX + 1]),
             Err(PublishError::TooLarge)
         );
+    }
+
+    #[test]
+    fn an_iwant_is_answered_even_after_the_peer_said_idontwant() {
+        // A peer that said IDONTWANT and then dropped its copy unjudged (its
+        // verifier was busy) asks again when we announce the id: it holds a
+        // promise on us, so we must deliver, not cancel by the old IDONTWANT.
+        let mut gossip = router_with_peers(10);
+        let id = gossip.publish(at(0), topic(), b"cached").unwrap();
+        drain(&mut gossip);
+        let now = heartbeats(&mut gossip, 0, 1);
+        let sent = drain(&mut gossip);
+        let asker = sent
+            .iter()
+            .find(|(_, rpc)| {
+                rpc.control
+                    .iter()
+                    .any(|c| matches!(c, Control::IHave { ids, .. } if ids == &vec![id]))
+            })
+            .map(|(p, _)| *p)
+            .expect("announced to a non-mesh peer");
+        gossip.on_rpc(
+            at(now),
+            asker,
+            &control_rpc(Control::IDontWant { ids: vec![id] }),
+        );
+        gossip.on_rpc(
+            at(now),
+            asker,
+            &control_rpc(Control::IWant { ids: vec![id] }),
+        );
+        let sent = drain(&mut gossip);
+        assert_eq!(messages_to(&sent, asker), 1, "the IWANT is the later word");
+        gossip.assert_invariants();
     }
 
     #[test]

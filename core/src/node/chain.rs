@@ -22,7 +22,10 @@
 //! - Work in flight is bounded ([`WORK_IN_FLIGHT_MAX`]), and shared: one
 //!   peer holds at most [`GOSSIP_VERIFICATIONS_PER_PEER_MAX`] gossip checks
 //!   and causes at most [`GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX`] a
-//!   second (its excess costs a Low penalty each). A gossiped block that
+//!   second, or [`GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX`] a slot on
+//!   a fast chain (blocks beyond that rate cost a Low penalty each, and so
+//!   do blocks beyond its share for a slot it already holds a check for; a
+//!   full queue otherwise is our slowness and costs nothing). A gossiped block that
 //!   finds no slot is dropped unjudged and not left marked as seen
 //!   ([`crate::gossip::Gossip::abandon_validation`]), so the next copy, the
 //!   honest one among junk, gets its check.
@@ -81,11 +84,20 @@ pub const WORK_IN_FLIGHT_MAX: usize = 64;
 /// Of those, gossip verifications started for blocks one peer sent first.
 /// An honest peer forwards about one block per slot; a handful keeps a
 /// peer from holding the slots every other peer's blocks need. A block
-/// beyond it is dropped unjudged at a Low penalty.
+/// beyond it is dropped unjudged; its sender pays a Low penalty only if it
+/// already holds a check for the same slot (a flood of competing blocks).
 pub const GOSSIP_VERIFICATIONS_PER_PEER_MAX: usize = 4;
-/// Gossip verifications (BLS checks) one peer may cause per second; each one
-/// beyond costs it a Low penalty and is not checked.
+/// Gossip verifications (BLS checks) one peer may cause per second at
+/// least; each one beyond its allowance costs it a Low penalty and is not
+/// checked. On fast chains the allowance grows with the slot rate
+/// ([`GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX`]).
 pub const GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX: u32 = 8;
+/// Gossip verifications one peer may cause per slot of the chain: an honest
+/// peer forwards about one block per slot (the one it saw first), and a
+/// competing block now and then. A chain of 20 ms slots makes 50 blocks a
+/// second, so a fixed per-second allowance would score its proposer out
+/// within a second.
+pub const GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX: u32 = 2;
 /// The window of [`GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX`].
 const GOSSIP_VERIFICATION_WINDOW: Duration = Duration::from_secs(1);
 /// Peers whose verification rate is tracked; windows older than
@@ -93,6 +105,19 @@ const GOSSIP_VERIFICATION_WINDOW: Duration = Duration::from_secs(1);
 const GOSSIP_VERIFICATION_RATES_MAX: usize = 4 * crate::limits::PEERS_MAX;
 
 const _: () = assert!(GOSSIP_VERIFICATIONS_PER_PEER_MAX * 8 <= WORK_IN_FLIGHT_MAX);
+
+/// Gossip verifications one peer may cause per [`GOSSIP_VERIFICATION_WINDOW`]
+/// on a chain of `slot_duration_ms` slots: [`GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX`]
+/// for each slot the window spans (a part slot counts whole), at least
+/// [`GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX`].
+pub fn gossip_verifications_per_window(slot_duration_ms: u64) -> u32 {
+    let window_ms = u64::try_from(GOSSIP_VERIFICATION_WINDOW.as_millis()).unwrap_or(u64::MAX);
+    let slots = window_ms.div_ceil(slot_duration_ms.max(1));
+    let allowed = slots.saturating_mul(u64::from(GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX));
+    u32::try_from(allowed)
+        .unwrap_or(u32::MAX)
+        .max(GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX)
+}
 /// Persist batches handed to the driver and not yet confirmed.
 pub const PERSIST_IN_FLIGHT_MAX: usize = 1_024;
 /// Bytes of an application body queued for our next block.
@@ -111,7 +136,12 @@ pub(super) enum WorkPurpose {
     /// A gossiped block waiting for its verdict. Its own signature is
     /// checked even when its parent is unknown: only then may a lookup hold
     /// it (made-up orphans cost their sender a Reject, not a lookup slot).
-    Gossip { message: MessageId, from: PeerId },
+    Gossip {
+        message: MessageId,
+        from: PeerId,
+        /// The block's slot: a second check held for one slot is a flood.
+        slot: u64,
+    },
     /// A range-sync batch.
     Range { batch: crate::sync::BatchId },
     /// A looked-up chain of ancestors; who sent each block.
@@ -143,6 +173,9 @@ pub(super) struct ChainState {
     /// Per peer: when its current one-second window began and the gossip
     /// verifications it caused in it (bounded by `GOSSIP_VERIFICATION_RATES_MAX`).
     verification_rates: BTreeMap<PeerId, (Instant, u32)>,
+    /// Gossip verifications one peer may cause per
+    /// [`GOSSIP_VERIFICATION_WINDOW`], from the slot duration.
+    gossip_verifications_per_window: u32,
     /// The driver reported that the store refuses writes (`Health::StoreFailing`).
     store_failing: bool,
     /// The driver reported an untrusted wall clock (`Health::ClockUntrusted`).
@@ -194,6 +227,9 @@ impl ChainState {
             blocks_topic: Topic::new(BLOCKS_TOPIC).expect("a valid topic name"),
             follow_gossip: config.chain.follow_gossip,
             verification_rates: BTreeMap::new(),
+            gossip_verifications_per_window: gossip_verifications_per_window(
+                config.chain.genesis.slot_duration_ms(),
+            ),
             store_failing: false,
             clock_untrusted: false,
             resync_to_slot: 0,
@@ -492,6 +528,28 @@ impl Node {
         self.chain_state.genesis.start_of(slot) > latest_start
     }
 
+    /// A Status or a synced block from `from` names a slot beyond our clock:
+    /// counted, and warned about naming the sender (at most every
+    /// [`FUTURE_BLOCK_WARN_INTERVAL`], shared with gossiped blocks).
+    pub(super) fn warn_claim_from_future(&mut self, now: Instant, from: PeerId, what: &str) {
+        self.counters.claims_from_future += 1;
+        let due = self
+            .chain_state
+            .future_warned_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= FUTURE_BLOCK_WARN_INTERVAL);
+        if due {
+            self.chain_state.future_warned_at = Some(now);
+            let our_slot = self
+                .chain_state
+                .genesis
+                .slot_at(self.chain_state.unix_ms(now));
+            warn!(
+                "{from:?} sent {what} while our clock is at slot {our_slot}: not believed ({} claims from the future so far; is its clock or ours wrong?)",
+                self.counters.claims_from_future
+            );
+        }
+    }
+
     /// A gossiped block from the future: its sender's clock (or ours) is
     /// wrong, which the operator of either should hear about.
     fn warn_future_block(&mut self, now: Instant, block: &SignedBlock, from: PeerId) {
@@ -557,12 +615,16 @@ impl Node {
             self.judge_gossip_block(now, message, verdict);
             return;
         }
-        if !self.admit_gossip_verification(now, message, from) {
+        if !self.admit_gossip_verification(now, message, from, block.slot()) {
             return;
         }
         // A block whose parent we lack is checked too: only a verified one
         // may hold a lookup and fetch its ancestors, whose roots it pins.
-        let purpose = WorkPurpose::Gossip { message, from };
+        let purpose = WorkPurpose::Gossip {
+            message,
+            from,
+            slot: block.slot(),
+        };
         let seed = self.job_seed();
         self.start_work(
             Job::VerifyBlocks {
@@ -576,31 +638,45 @@ impl Node {
 
     /// Whether a gossiped block from `from` may take a verification slot now.
     /// If not, it is dropped unjudged and not left marked as seen (so the
-    /// next copy, perhaps the honest one, gets its check); a peer over its
-    /// per-second rate also pays a Low penalty.
+    /// next copy, perhaps the honest one, gets its check).
+    ///
+    /// Who pays: a full queue (the peer's share or everyone's) is our
+    /// verifier's slowness when the peer's held checks are for other slots
+    /// (an honest peer forwards about one block per slot, and a fast chain
+    /// outruns a verifier busy with range sync): dropped without penalty.
+    /// When the peer already holds a check for this block's slot, the block
+    /// is one of a flood of competing blocks: a Low penalty. Beyond its rate
+    /// allowance ([`gossip_verifications_per_window`]), a Low penalty too.
     fn admit_gossip_verification(
         &mut self,
         now: Instant,
         message: MessageId,
         from: PeerId,
+        slot: u64,
     ) -> bool {
         let state = &mut self.chain_state;
-        let held = state
-            .work
-            .values()
-            .filter(|purpose| {
-                matches!(purpose, WorkPurpose::Gossip { from: sender, .. } if *sender == from)
-            })
-            .count();
+        let (mut held, mut held_for_slot) = (0usize, false);
+        for purpose in state.work.values() {
+            if let WorkPurpose::Gossip {
+                from: sender,
+                slot: held_slot,
+                ..
+            } = purpose
+            {
+                if *sender == from {
+                    held = held.saturating_add(1);
+                    held_for_slot |= *held_slot == slot;
+                }
+            }
+        }
         if state.work.len() >= WORK_IN_FLIGHT_MAX || held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX {
             debug!(
                 "{from:?}: verification busy ({held} of its own): gossiped block dropped unjudged"
             );
             self.counters.gossip_verifications_deferred += 1;
             self.gossip.abandon_validation(now, message);
-            if held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX {
-                // Its own excess, not the others' load: an honest peer
-                // forwards about one block per slot.
+            if held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX && held_for_slot {
+                // Its own excess: more blocks for one slot than one proposer signs.
                 self.report(now, from, Report::Penalty(Penalty::Low));
             }
             return false;
@@ -625,14 +701,14 @@ impl Node {
         if now.saturating_duration_since(*since) >= GOSSIP_VERIFICATION_WINDOW {
             (*since, *count) = (now, 0);
         }
-        if *count >= GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX {
+        if *count >= state.gossip_verifications_per_window {
             debug!("{from:?}: over its gossip verification rate: block dropped unjudged");
             self.counters.gossip_verifications_over_rate += 1;
             self.gossip.abandon_validation(now, message);
             self.report(now, from, Report::Penalty(Penalty::Low));
             return false;
         }
-        *count += 1;
+        *count = count.saturating_add(1);
         true
     }
 
@@ -686,7 +762,7 @@ impl Node {
         self.counters.work_done += 1;
         match (purpose, output) {
             (
-                WorkPurpose::Gossip { message, from },
+                WorkPurpose::Gossip { message, from, .. },
                 WorkOutput::VerifiedBlocks { mut blocks, result },
             ) => {
                 let Some(block) = blocks.pop() else {

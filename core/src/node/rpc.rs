@@ -711,6 +711,10 @@ impl Node {
         if let Err(why) = self.check_status_claims(now, &status) {
             // Well-formed, but a lie the clock or the genesis disproves: it
             // costs the peer, and sync never hears of it.
+            if status.head_slot > self.chain_state.slot_max(now) {
+                let what = format!("a Status with head slot {}", status.head_slot);
+                self.warn_claim_from_future(now, peer, &what);
+            }
             info!("{peer:?}: status not believed: {why}");
             self.counters.statuses_not_believed += 1;
             self.report(now, peer, Report::Penalty(Penalty::Mid));

@@ -224,20 +224,30 @@ impl Node {
                     | PenaltyReason::OversizedBlock
                     | PenaltyReason::FutureSlot => Penalty::High,
                 };
+                if reason == PenaltyReason::FutureSlot {
+                    self.warn_claim_from_future(now, peer, "a block for sync beyond our slot");
+                }
                 info!("{peer:?}: sync penalty: {reason:?}");
                 self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             SyncAction::Progress(progress) => {
-                info!(
-                    "syncing: slot {} of {} at {:.0} blocks/s",
-                    progress.head_slot, progress.target_slot, progress.blocks_per_second
-                );
+                match progress.waiting {
+                    Some(wait) => info!(
+                        "sync at slot {} waits for peers: {wait}",
+                        progress.head_slot
+                    ),
+                    None => info!(
+                        "syncing: slot {} of {} at {:.0} blocks/s",
+                        progress.head_slot, progress.target_slot, progress.blocks_per_second
+                    ),
+                }
                 self.notify(Notification::SyncProgress {
                     head_slot: progress.head_slot,
                     target_slot: progress.target_slot,
                     blocks_per_second: progress.blocks_per_second.max(0.0).round() as u64,
                     eta: progress.eta,
+                    waiting: progress.waiting,
                 });
             }
             SyncAction::Synced { head_slot } => {

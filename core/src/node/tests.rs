@@ -1682,6 +1682,8 @@ fn a_chain_served_from_the_future_is_never_imported() {
     assert_eq!(head.slot, 100, "synced to the present, not the future");
     assert_eq!(head, net.nodes[2].chain().head());
     assert!(net.nodes[0].counters().statuses_not_believed >= 1);
+    assert!(net.nodes[0].counters().claims_from_future >= 1, "counted");
+    assert_eq!(net.nodes[2].counters().claims_from_future, 0);
     assert!(score_of(&net, 0, 1) < 0.0);
 }
 
@@ -1858,8 +1860,9 @@ fn a_peer_that_stops_reading_holds_back_only_itself_and_is_cut() {
 /// verdicts. Before, that cost 64 BLS checks, the verdicts found no one to
 /// charge, and the identity could come straight back. Now it holds at most
 /// `GOSSIP_VERIFICATIONS_PER_PEER_MAX` checks, the rest are dropped unjudged
-/// at a Low penalty each, the late Rejects still reach its identity, and the
-/// honest block for the slot is imported.
+/// at a Low penalty each (it holds checks for their slot already), the late
+/// Rejects still reach its identity, and the honest block for the slot is
+/// imported.
 #[test]
 fn junk_blocks_from_a_peer_that_leaves_cost_it_a_ban_and_little_work() {
     let mut net = producing_line();
@@ -1937,5 +1940,103 @@ fn orphans_that_find_no_lookup_place_make_us_ask_their_sender_for_its_status() {
         net.nodes[1].counters().orphan_status_requests,
         1,
         "asked once, not per orphan"
+    );
+}
+
+#[test]
+fn a_crash_looping_follower_is_welcome_back_every_time() {
+    // A follower killed (no Goodbye) and restarted with the same identity
+    // eight times in a row, on a slow and a fast chain: honest reconnects
+    // cost it nothing at the producer, which never gates it.
+    for slot_duration_ms in [2_000, 20] {
+        let mut net = fast_chain_pair(slot_duration_ms);
+        net.advance(Duration::from_secs(5));
+        let follower = net.nodes[1].peer_id();
+        let config = net.nodes[1].config().clone();
+        for round in 0..8u8 {
+            net.restart(1, config.clone(), [100 + round; 32]);
+            net.advance(Duration::from_millis(300));
+            assert!(!net.nodes[0].is_connected(&follower), "the kill was seen");
+            net.dial(1, 0, None);
+            net.advance(Duration::from_secs(3));
+            assert!(
+                net.connected(0, 1),
+                "{slot_duration_ms} ms slots, round {round}"
+            );
+            let score = net.nodes[0].peer_manager().score(net.now, &follower);
+            assert!(score.as_points() >= 0.0, "round {round}: score {score}");
+        }
+        assert!(refusals(&net, 0).is_empty());
+        assert_eq!(net.nodes[0].counters().peers_disconnected, 8);
+    }
+}
+
+/// A producer and a follower on a chain of 20 ms slots (50 blocks a second).
+fn fast_chain_pair(slot_duration_ms: u64) -> Net {
+    let key = crate::chain::devnet_keys(1, 1).remove(0);
+    let genesis = crate::chain::Genesis::new(
+        1,
+        0,
+        slot_duration_ms,
+        vec![key.sk_to_pk()],
+        crate::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT,
+    )
+    .unwrap();
+    let configs = [true, false].map(|proposer| {
+        let mut config = follower_config(proposer);
+        config.chain.genesis = std::sync::Arc::new(genesis.clone());
+        config
+    });
+    let mut net = Net::new(configs.to_vec());
+    net.dial(1, 0, None);
+    net
+}
+
+#[test]
+fn a_proposer_of_fast_slots_is_not_scored_out_by_its_followers() {
+    // Every gossiped block is a BLS check at its first receiver; an honest
+    // proposer of 20 ms slots causes 50 a second, which a fixed per-second
+    // allowance of 8 charged as 42 Low penalties a second: disconnected
+    // within the first second.
+    let mut net = fast_chain_pair(20);
+    net.advance(Duration::from_secs(5));
+    assert!(net.connected(0, 1));
+    let proposer = net.nodes[0].peer_id();
+    let score = net.nodes[1].peer_manager().score(net.now, &proposer);
+    assert!(score.as_points() >= 0.0, "proposer's score {score}");
+    assert_eq!(net.nodes[1].counters().gossip_verifications_over_rate, 0);
+    // It follows the head (a block or two may still be on its way).
+    let (ours, theirs) = (
+        net.nodes[1].status().head_slot,
+        net.nodes[0].status().head_slot,
+    );
+    assert!(
+        theirs >= 200 && ours + 2 >= theirs,
+        "follower {ours}, proposer {theirs}"
+    );
+}
+
+#[test]
+fn the_gossip_verification_allowance_follows_the_slot_rate() {
+    use chain::gossip_verifications_per_window as allowance;
+    assert_eq!(
+        allowance(2_000),
+        chain::GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX
+    );
+    assert_eq!(
+        allowance(1_000),
+        chain::GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX
+    );
+    assert_eq!(
+        allowance(20),
+        50 * chain::GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX
+    );
+    assert_eq!(
+        allowance(30),
+        34 * chain::GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX
+    );
+    assert_eq!(
+        allowance(0),
+        1_000 * chain::GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX
     );
 }

@@ -15,6 +15,6 @@ pub use lookup::{
     DropReason, KnownBlocks, LookupAction, LookupCounters, LookupId, LookupPenalty, Lookups,
 };
 pub use range::{
-    BatchId, BatchImportError, FetchError, PeerChain, PenaltyReason, RangeSync, SyncAction,
-    SyncConfig, SyncCounters, SyncProgress,
+    BatchId, BatchImportError, FetchError, PeerChain, PeerWait, PenaltyReason, RangeSync,
+    SyncAction, SyncConfig, SyncCounters, SyncProgress,
 };

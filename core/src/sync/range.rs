@@ -362,6 +362,57 @@ pub struct SyncProgress {
     pub blocks_per_second: f64,
     /// Time left at the current speed, if it is moving.
     pub eta: Option<Duration>,
+    /// Set while the round waits for peers instead of fetching: why.
+    pub waiting: Option<PeerWait>,
+}
+
+/// Why range sync is not fetching yet, for the operator: the peers it has
+/// and needs, and when it starts with fewer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PeerWait {
+    /// Peers ahead of us whose Status is usable (see the module docs).
+    pub suitable: usize,
+    /// Peers needed to start now.
+    pub needed: usize,
+    /// Time until one suitable peer is enough, if that is still ahead.
+    pub fewer_in: Option<Duration>,
+    /// Time until a given-up round may start again, if that is still ahead.
+    pub retry_in: Option<Duration>,
+}
+
+impl std::fmt::Display for PeerWait {
+    /// One line for the operator, e.g. `1 suitable peer of 3 needed,
+    /// starting with 1 in 25 s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = if self.suitable == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} suitable peer{plural} of {} needed",
+            self.suitable, self.needed
+        )?;
+        if let Some(fewer_in) = self.fewer_in {
+            write!(
+                f,
+                ", starting with 1 in {} s",
+                fewer_in.as_secs_f64().ceil()
+            )?;
+        }
+        if let Some(retry_in) = self.retry_in {
+            write!(
+                f,
+                ", retrying a given-up round in {} s",
+                retry_in.as_secs_f64().ceil()
+            )?;
+        }
+        if self.suitable == 0 {
+            // What "suitable" asks, so the operator can tell what is missing.
+            write!(
+                f,
+                " (a suitable peer is ahead of us, believed, and on our finalized chain)"
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// What the caller must do; see each variant.
@@ -1460,6 +1511,30 @@ impl RangeSync {
             target_slot: self.target_slot,
             blocks_per_second: self.progress.blocks_per_second,
             eta,
+            waiting: self.peer_wait(),
+        })
+    }
+
+    /// Why the round waits, while it does.
+    fn peer_wait(&self) -> Option<PeerWait> {
+        let Mode::AwaitingPeers { since } = self.mode else {
+            return None;
+        };
+        let now = self.last_now;
+        let wait_end = since.saturating_add(self.config.peers_wait);
+        let waited = now >= wait_end;
+        let ahead = |at: Instant| (at > now).then(|| at.saturating_duration_since(now));
+        Some(PeerWait {
+            suitable: self
+                .peers
+                .values()
+                .filter(|state| self.is_suitable(state))
+                .count(),
+            needed: if waited { 1 } else { self.config.peers_min },
+            fewer_in: (self.config.peers_min > 1)
+                .then(|| ahead(wait_end))
+                .flatten(),
+            retry_in: ahead(self.retry_not_before),
         })
     }
 
@@ -2384,6 +2459,43 @@ mod tests {
         );
         harness.run_until(|h| h.synced.is_some());
         assert_eq!(harness.head(), CHAIN_SLOTS);
+    }
+
+    #[test]
+    fn a_waiting_round_says_how_many_peers_it_has_and_needs_and_for_how_long() {
+        let mut harness = Harness::new(config(3), 3);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        let started = harness.now;
+        let wait = harness.progress.last().and_then(|p| p.waiting);
+        let expected = PeerWait {
+            suitable: 1,
+            needed: 3,
+            fewer_in: Some(SYNC_PEERS_WAIT),
+            retry_in: None,
+        };
+        assert_eq!(wait, Some(expected));
+        assert_eq!(
+            expected.to_string(),
+            "1 suitable peer of 3 needed, starting with 1 in 30 s"
+        );
+        // Reported again while it waits, the time left shrinking.
+        harness.run_until(|h| h.now >= started + PROGRESS_INTERVAL);
+        let wait = harness.progress.last().and_then(|p| p.waiting).unwrap();
+        assert_eq!((wait.suitable, wait.needed), (1, 3));
+        assert!(wait.fewer_in.unwrap() <= SYNC_PEERS_WAIT - PROGRESS_INTERVAL);
+        // Once it fetches, the reports say so.
+        harness.run_until(|h| !h.requests.is_empty());
+        harness.run_until(|h| h.progress.last().is_some_and(|p| p.waiting.is_none()));
+        harness.run_until(|h| h.synced.is_some());
+        let none = PeerWait {
+            suitable: 0,
+            needed: 1,
+            fewer_in: None,
+            retry_in: Some(ROUND_RETRY_DELAY),
+        };
+        assert!(none.to_string().starts_with(
+            "0 suitable peers of 1 needed, retrying a given-up round in 5 s (a suitable peer is"
+        ));
     }
 
     #[test]
