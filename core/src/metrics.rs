@@ -63,6 +63,9 @@ pub struct Counters {
     /// it, which the peer cannot see; answered `ResourceUnavailable` without
     /// any penalty.
     pub requests_limited_global: u64,
+    /// Our application requests sent again after a peer answered them busy
+    /// (at most `BUSY_RETRIES_PER_REQUEST_MAX` times each).
+    pub requests_retried_busy: u64,
     /// Our requests that ran out of time.
     pub requests_timed_out: u64,
     /// Our requests answered completely.

@@ -113,6 +113,76 @@ fn four_sybils_within_their_quotas_cannot_starve_or_score_out_an_honest_peer() {
     );
 }
 
+/// Sixteen Sybils asking at their quotas shrink an honest peer's share to a
+/// seventeenth of the budget (4096 / 17 = 240 blocks deep), so the honest
+/// peer's burst of four 64-block ranges at once (a sync window, 256 blocks)
+/// puts its share in debt and its fourth range is told busy, though the
+/// peer stays within its own quota and its steady 32-block ranges after
+/// (16 blocks/s) are below its share's rate (24 blocks/s). That refusal used
+/// to fail the application's request (and in the simulator, where range
+/// sync made the burst, the application's ranges held back behind it went
+/// out together with its retry and were refused in turn). A busy answer is
+/// now waited out and the request sent again, and every one is answered.
+#[test]
+fn sixteen_sybils_cannot_make_an_honest_peers_sync_burst_fail_its_other_requests() {
+    const SYBILS: usize = 16;
+    const HONEST: usize = SYBILS + 1;
+    let mut net = Net::with_nodes(SYBILS + 2);
+    for sybil in 1..=SYBILS {
+        let config = OutboundConfig {
+            back_off_when_busy: false,
+            ..OutboundConfig::default()
+        };
+        net.nodes[sybil].outbound = OutboundRequests::new(config);
+    }
+    for node in 1..=HONEST {
+        net.dial(node, SERVER, None);
+        assert!(net.connected(node, SERVER));
+    }
+    let honest = net.nodes[HONEST].peer_id();
+    let mut tag = 0;
+    let mut honest_asked = 0;
+    for eighth in 0..8 * 40 {
+        for sybil in 1..=SYBILS {
+            tag += 1;
+            range_request(&mut net, sybil, 1_000_000 + tag, 64, tag);
+        }
+        if eighth == 8 * 5 {
+            // The sync burst: as many ranges as may be in flight.
+            for batch in 0..4 {
+                tag += 1;
+                range_request(&mut net, HONEST, 1 + 64 * batch, 64, tag);
+                honest_asked += 1;
+            }
+        }
+        if eighth > 8 * 5 && eighth % 16 == 0 {
+            tag += 1;
+            range_request(&mut net, HONEST, 1, 32, tag);
+            honest_asked += 1;
+        }
+        net.advance(Duration::from_millis(125));
+    }
+    // Room for the last retries to finish.
+    net.advance(Duration::from_secs(20));
+    let (honest_answered, honest_refused) = answers(&net, HONEST);
+    assert_eq!(
+        (honest_answered, honest_refused),
+        (honest_asked, 0),
+        "the honest peer's requests: answered and refused"
+    );
+    let server = net.nodes[SERVER].counters().clone();
+    assert!(server.requests_limited_global > 0, "{server:?}");
+    assert!(net.nodes[HONEST].counters().requests_retried_busy > 0);
+    assert!(net.connected(HONEST, SERVER));
+    assert!(
+        net.nodes[SERVER]
+            .peer_manager()
+            .score(net.now, &honest)
+            .as_points()
+            >= 0.0
+    );
+}
+
 /// Asking for slots past our head gets empty answers, which cost us little
 /// but must still cost the asker its tokens: otherwise such requests would
 /// be a free way to hold a share of the budget.

@@ -43,7 +43,8 @@ use crate::reqresp::bodies::{
     BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Metadata, MetadataRequest, Ping,
     Status,
 };
-use crate::reqresp::inbound::{DropReason, Refusal};
+use crate::reqresp::inbound::{DropReason, Refusal, BUSY_MESSAGE_PREFIX};
+use crate::reqresp::limits::BUSY_RETRIES_PER_REQUEST_MAX;
 use crate::reqresp::outbound::{ResponseViolation, Unexpected};
 use crate::reqresp::{
     Answer, ChunkOutcome, EndOutcome, InboundOutcome, OutboundConfig, ProtocolId, ProtocolName,
@@ -84,6 +85,10 @@ pub(super) enum Purpose {
         range: Option<RangeCheck>,
         /// Set when the answer broke the protocol; the request then fails.
         invalid: Option<String>,
+        /// The request's body, kept to send it again after a busy answer.
+        body: Vec<u8>,
+        /// Times it was sent again after a busy answer.
+        busy_retries: u32,
     },
 }
 
@@ -458,6 +463,12 @@ impl Node {
                 message,
             } => {
                 debug!("{peer:?}: request {id:?} ({protocol:?}) refused: {code:?} {message}");
+                if code == ResultCode::ResourceUnavailable
+                    && message.starts_with(BUSY_MESSAGE_PREFIX)
+                    && self.retry_when_busy(now, peer, id)
+                {
+                    return;
+                }
                 // Finish before scoring: a report may disconnect the peer,
                 // and the tracker has already let go of this request.
                 let reserved = matches!(code, ResultCode::Reserved(_));
@@ -835,6 +846,70 @@ impl Node {
         }
     }
 
+    /// Sends an application request again after `peer` answered it busy:
+    /// its shared budget or our share of it, which we cannot see, was spent
+    /// for the moment it named (the tracker holds the protocol back until
+    /// then). At most [`BUSY_RETRIES_PER_REQUEST_MAX`] times, and only if no
+    /// chunk came yet. Returns whether the request lives on under a new id.
+    fn retry_when_busy(&mut self, now: Instant, peer: PeerId, id: RequestId) -> bool {
+        if self.config.faults.ignore_busy_answers {
+            // Such a node does not hold back, so a retry would go at once.
+            return false;
+        }
+        let retry = matches!(
+            self.purposes.get(&(peer, id)),
+            Some(Purpose::Application { chunks, busy_retries, .. })
+                if chunks.is_empty() && *busy_retries < BUSY_RETRIES_PER_REQUEST_MAX
+        );
+        if !retry {
+            return false;
+        }
+        let Some(Purpose::Application {
+            tag,
+            protocol,
+            chunks,
+            range,
+            invalid,
+            body,
+            busy_retries,
+        }) = self.purposes.remove(&(peer, id))
+        else {
+            unreachable!("matched as an application request just above")
+        };
+        let purpose = Purpose::Application {
+            tag,
+            protocol,
+            chunks,
+            range,
+            invalid,
+            body: body.clone(),
+            busy_retries: busy_retries.saturating_add(1),
+        };
+        match self.request(now, peer, protocol, body, purpose) {
+            Ok(_) => {
+                self.counters.requests_retried_busy += 1;
+                true
+            }
+            Err(error) => {
+                // Queue full: the busy answer goes to the application.
+                debug!("{peer:?}: busy request {id:?} not retried: {error}");
+                self.purposes.insert(
+                    (peer, id),
+                    Purpose::Application {
+                        tag,
+                        protocol,
+                        chunks: Vec::new(),
+                        range: None,
+                        invalid: None,
+                        body: Vec::new(),
+                        busy_retries,
+                    },
+                );
+                false
+            }
+        }
+    }
+
     /// Writes the requests the tracker releases now.
     pub(super) fn transmit_requests(&mut self, now: Instant) {
         while let Some((peer, request)) = self.outbound.poll_transmit(now) {
@@ -956,6 +1031,8 @@ impl Node {
             chunks: Vec::new(),
             range,
             invalid: None,
+            body: body.clone(),
+            busy_retries: 0,
         };
         let result = match refusal {
             Some(refusal) => Err(refusal),

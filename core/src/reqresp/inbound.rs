@@ -70,6 +70,11 @@ impl Default for InboundConfig {
     }
 }
 
+/// How the message of a [`Refusal::Busy`] answer starts: a requester tells
+/// our shared budget's refusals (transient, never its fault) from its own
+/// quota's ("rate limited") by it.
+pub const BUSY_MESSAGE_PREFIX: &str = "busy";
+
 /// Why a request was refused with an error chunk.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Refusal {
@@ -115,14 +120,26 @@ impl Refusal {
             Refusal::UnsupportedProtocol(_) => "unsupported protocol".to_owned(),
             Refusal::TooManyOpen => "too many open requests".to_owned(),
             Refusal::RateLimited { retry_after } => {
-                format!("rate limited, retry after {} ms", retry_after.as_millis())
+                format!(
+                    "rate limited, retry after {} ms",
+                    millis_rounded_up(*retry_after)
+                )
             }
             Refusal::Busy { retry_after } => {
-                format!("busy, retry after {} ms", retry_after.as_millis())
+                format!(
+                    "{BUSY_MESSAGE_PREFIX}, retry after {} ms",
+                    millis_rounded_up(*retry_after)
+                )
             }
             Refusal::OverCapacity => "request exceeds quota".to_owned(),
         }
     }
+}
+
+/// Whole milliseconds, rounded up: a wait of 0.4 ms named "0 ms" would have
+/// the requester retry at once into the same refusal.
+fn millis_rounded_up(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros().div_ceil(1_000)).unwrap_or(u64::MAX)
 }
 
 /// Why a request got no answer at all.

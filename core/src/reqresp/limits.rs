@@ -65,6 +65,14 @@ pub const REFUSED_BACKOFF_DEFAULT: Duration = Duration::from_secs(1);
 /// The longest a peer's "retry after" can hold back our requests to it: one
 /// global quota period, after which any budget has refilled.
 pub const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Times one application request is sent again after the peer answered it
+/// "busy" (its shared budget, not our quota) before the refusal reaches the
+/// application: a share that Sybils made small can be in debt for a moment
+/// from our own sync's burst, and a refusal the server calls transient and
+/// names a time for should not cost the application its request. Each try
+/// waits out the named time (at most [`REFUSED_BACKOFF_MAX`]), so one
+/// request lives at most this many times that plus [`RESPONSE_TIMEOUT`] longer.
+pub const BUSY_RETRIES_PER_REQUEST_MAX: u32 = 3;
 
 // --- Inbound requests ---------------------------------------------------------
 

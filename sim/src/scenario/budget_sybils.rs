@@ -257,6 +257,7 @@ struct BudgetOutcome {
     honest_disconnected: u64,
     honest_refused_busy: u64,
     honest_refused_over_quota: u64,
+    honest_retried_busy: u64,
     target_limited_global: u64,
     target_limited_peer: u64,
     sybil_answered: u64,
@@ -302,6 +303,11 @@ impl BudgetSybils {
             honest_disconnected: app.honest_disconnected,
             honest_refused_busy: app.honest_refused_busy,
             honest_refused_over_quota: app.honest_refused_over_quota,
+            honest_retried_busy: app
+                .honest
+                .iter()
+                .map(|&honest| sim.counter(honest, |c| c.requests_retried_busy))
+                .sum(),
             target_limited_global: sim.counter(target, |c| c.requests_limited_global),
             target_limited_peer: sim.counter(target, |c| c.requests_limited_peer),
             budget_tokens,
@@ -327,6 +333,10 @@ pub struct BudgetFigures {
     pub honest_refused_busy: u64,
     /// Honest requests refused by their own quota (a penalty each).
     pub honest_refused_over_quota: u64,
+    /// Honest requests sent again after a busy answer (each waits out the
+    /// time the answer names; a request that stays busy after a few tries
+    /// fails and counts in `honest_refused_busy`).
+    pub honest_retried_busy: u64,
     /// The target's refusals by its shared budget (no penalty).
     pub target_limited_global: u64,
     /// The target's refusals by a requester's own quota (a penalty each):
@@ -463,6 +473,7 @@ impl Scenario for BudgetSybils {
             honest_disconnected: figures.honest_disconnected,
             honest_refused_busy: figures.honest_refused_busy,
             honest_refused_over_quota: figures.honest_refused_over_quota,
+            honest_retried_busy: figures.honest_retried_busy,
             target_limited_global: figures.target_limited_global,
             target_limited_peer: figures.target_limited_peer,
             sybil_answered: app.sybil_answered,
