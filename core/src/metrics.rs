@@ -120,7 +120,7 @@ pub struct Counters {
     pub work_done: u64,
     /// Penalties for what peers sent to sync (bad blocks, disproved answers).
     pub sync_penalties: u64,
-    /// Status requests sent because a peer's gossiped orphan found no lookup place.
+    /// Status requests sent because a peer's gossiped blocks showed a gap lookups cannot fill.
     pub orphan_status_requests: u64,
     /// Statuses whose claims the clock or the genesis disproved (penalised, not used for sync).
     pub statuses_not_believed: u64,

@@ -325,6 +325,9 @@ impl Node {
 
     /// Subscribes to the blocks topic if this node follows the chain by gossip.
     pub(super) fn start_chain(&mut self, now: Instant) {
+        // Range sync measures its distance from the chain we start with
+        // (loaded from the store), not from genesis.
+        self.sync_local_chain(now);
         if self.chain_state.follow_gossip {
             let topic = self.chain_state.blocks_topic.clone();
             if let Err(error) = self.gossip.subscribe(now, topic) {
@@ -614,6 +617,9 @@ impl Node {
             }
             self.judge_gossip_block(now, message, verdict);
             return;
+        }
+        if self.gossip_shows_gap(&block) {
+            self.ask_status_for_gap(now, from);
         }
         if !self.admit_gossip_verification(now, message, from, block.slot()) {
             return;

@@ -56,8 +56,9 @@ use crate::time::Instant;
 use crate::work::Job;
 
 /// How often at most we ask one peer for its Status because its gossiped
-/// orphans found no lookup place (its Status quota is 5 per 15 s).
-pub const ORPHAN_STATUS_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(30);
+/// blocks show a gap we cannot fill by lookups: its Status quota is 5 per
+/// 15 s, so one every 3 s stays within it and follows a fast chain.
+pub const ORPHAN_STATUS_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(3);
 
 /// Who asked for the blocks a request fetches.
 #[derive(Clone, Copy, Debug)]
@@ -101,18 +102,36 @@ impl Node {
     }
 
     /// A gossiped block whose parent we lack: look its ancestors up. If no
-    /// lookup can hold it (all taken, or its sender's share used), ask the
-    /// sender for its Status instead, at most once per
-    /// [`ORPHAN_STATUS_INTERVAL`]: a gap that lookups cannot fill is range
-    /// sync's, and range sync learns heads only from Status (sent every few
-    /// minutes otherwise), so a follower that fell behind would stay there.
+    /// lookup can hold it (all taken, or its sender's share used), the gap
+    /// is range sync's: ask the sender for its Status
+    /// ([`Node::ask_status_for_gap`]).
     pub(super) fn sync_orphan(&mut self, now: Instant, block: SignedBlock, from: PeerId) {
         let refused_before = self.lookups.counters().refused;
         self.lookups
             .on_unknown_parent(now, block, from, &self.chain);
-        if self.lookups.counters().refused == refused_before {
-            return;
+        if self.lookups.counters().refused != refused_before {
+            debug!("{from:?}: no lookup place for its orphan");
+            self.ask_status_for_gap(now, from);
         }
+    }
+
+    /// A gossiped block from `from` shows a gap in our chain: its parent is
+    /// unknown and its slot (already checked against the clock) is more than
+    /// the sync distance above our head. Asked before its signature check,
+    /// which a verifier busy with range sync may never get to: a follower
+    /// that finished a round behind a fast chain learns of the next one only
+    /// from a Status (otherwise sent every few minutes).
+    pub(super) fn gossip_shows_gap(&self, block: &SignedBlock) -> bool {
+        let distance = self.config.sync.sync_distance_slots;
+        !self.chain.contains(&block.parent_root())
+            && block.slot() > self.chain.head().slot.saturating_add(distance)
+    }
+
+    /// Asks `from` for its Status, at most once per
+    /// [`ORPHAN_STATUS_INTERVAL`]: range sync learns heads only from Status.
+    /// A liar gains one Status request of ours per interval, whose answer
+    /// is checked like any other.
+    pub(super) fn ask_status_for_gap(&mut self, now: Instant, from: PeerId) {
         let Some(established) = self.established_mut(&from) else {
             return;
         };
@@ -123,7 +142,7 @@ impl Node {
             established.orphan_status_asked_at = Some(now);
             self.counters.orphan_status_requests =
                 self.counters.orphan_status_requests.saturating_add(1);
-            debug!("{from:?}: no lookup place for its orphan: asking its status");
+            debug!("{from:?}: its blocks show a gap lookups cannot fill: asking its status");
             self.request_status(now, from);
         }
     }

@@ -2040,3 +2040,58 @@ fn the_gossip_verification_allowance_follows_the_slot_rate() {
         1_000 * chain::GOSSIP_VERIFICATIONS_PER_PEER_PER_SLOT_MAX
     );
 }
+
+#[test]
+fn a_node_started_from_its_stored_chain_does_not_download_it_again() {
+    // Both hold the same 200 blocks. Range sync must measure its distance
+    // from the stored head, not from genesis: otherwise every restart
+    // downloads the whole chain again from whoever it meets.
+    let mut net = Net::new(vec![chain_config(200), chain_config(200)]);
+    net.dial(0, 1, None);
+    let requests_after_handshake = net.nodes[0].counters().requests_sent;
+    net.advance(crate::sync::range::SYNC_PEERS_WAIT + Duration::from_secs(10));
+    assert!(!net.nodes[0].is_syncing(), "nothing to sync");
+    assert_eq!(net.nodes[0].chain().head().slot, 200);
+    // Keepalive and Status exchanges only (2 here); fetching the chain again
+    // adds a BlocksByRange per 64 slots (4 more).
+    let requests = net.nodes[0].counters().requests_sent - requests_after_handshake;
+    assert!(
+        requests <= 4,
+        "{requests} requests: the stored chain was fetched again"
+    );
+}
+
+#[test]
+fn a_gossiped_block_far_ahead_of_our_head_makes_us_ask_its_sender_for_its_status() {
+    // A follower that finished a sync round behind a fast chain hears the
+    // chain's new blocks on gossip, parents unknown. Its verifier may be too
+    // busy to check them (and lookups cannot fill such a gap), so the gap
+    // itself, seen before any check, makes it ask the sender's Status,
+    // which starts the next round.
+    let mut configs = vec![chain_config(10), chain_config(10)];
+    for config in &mut configs {
+        config.chain.follow_gossip = true;
+    }
+    let mut net = Net::new(configs);
+    net.dial(0, 1, None);
+    net.advance(Duration::from_millis(1_500)); // Meshes.
+    let asked_before = net.nodes[0].counters().orphan_status_requests;
+    let key = crate::chain::devnet_keys(1, 1).remove(0);
+    let genesis = net.nodes[0].config().chain.genesis.clone();
+    let producer = crate::chain::BlockProducer::new(key, &genesis).unwrap();
+    let far = 10 + crate::sync::range::SYNC_DISTANCE_SLOTS + 1;
+    for i in 0..3u8 {
+        let block = producer.produce(far + u64::from(i), [i + 1; 32], vec![i; 8]);
+        let command = Command::Publish {
+            topic: Topic::new(BLOCKS_TOPIC).unwrap(),
+            payload: block.encode(),
+        };
+        run(&mut net, 1, Input::Command(command));
+        net.drain();
+    }
+    assert_eq!(
+        net.nodes[0].counters().orphan_status_requests - asked_before,
+        1,
+        "asked once for the gap, not once per block"
+    );
+}
