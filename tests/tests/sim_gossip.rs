@@ -245,9 +245,13 @@ fn peers_that_stop_reading_silence_nobody() {
 /// s backoff, then leave after 2 s for a fresh identity: a flood of PRUNEs meant to push
 /// honest backoffs out of the table, so that honest nodes GRAFT honest
 /// peers inside the backoff they asked for and are scored down by them.
-/// No honest node does; none is graylisted or lost by another; no backoff
-/// table holds more than its node's peers; honest delivery stays at or
-/// above 99.9 %.
+/// Only half the honest nodes are flooded: the other half keep their own
+/// records and count any such GRAFT; honest meshes trim above D + 1, so
+/// honest backoffs come and go all through the run. No honest node GRAFTs
+/// inside one; none is graylisted or lost by another; no backoff table
+/// holds more than its node's peers; honest delivery stays at or above
+/// 99.9 %. (With backoffs that outlive their connections and the
+/// earliest-expiring evicted from a full table, this test fails.)
 #[test]
 fn a_prune_flood_from_throwaway_identities_costs_no_honest_backoff() {
     let (_, outcome) = play(
@@ -258,6 +262,10 @@ fn a_prune_flood_from_throwaway_identities_costs_no_honest_backoff() {
     );
     let flood = outcome.prune_flood.as_ref().expect("a prune-flood outcome");
     assert_eq!(outcome.sybils, 15);
+    assert_eq!(
+        flood.flooded_honest_nodes, 17,
+        "half of the 35 honest nodes"
+    );
     // The flood happened: fresh identities kept coming and their PRUNEs arrived.
     assert!(flood.sybil_identities >= 50, "{flood:#?}");
     assert!(

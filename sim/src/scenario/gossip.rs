@@ -99,13 +99,18 @@ pub enum Attack {
     /// whatever their peers send them stays in those peers' send queues.
     SlowReaders,
     /// Throwaway identities (`fault_prune_flood`): each Sybil dials
-    /// `extra_dials_per_node` random honest nodes, GRAFTs each on every
-    /// topic and a heartbeat later PRUNEs it with a `u32::MAX` s backoff, and after `visit` is gone
-    /// for good (crashed), replaced at once by a fresh identity that dials
-    /// fresh targets; until publishing stops.
+    /// `extra_dials_per_node` random honest nodes among the flooded ones,
+    /// GRAFTs each on every topic and a heartbeat later PRUNEs it with a
+    /// `u32::MAX` s backoff, and after `visit` is gone for good (crashed),
+    /// replaced at once by a fresh identity that dials fresh targets; until
+    /// publishing stops. The other honest nodes are never flooded: they
+    /// keep their own record of every backoff they asked for, so they see
+    /// a flooded node that lost its record GRAFT them inside it.
     PruneFlood {
         /// How long one identity stays.
         visit: Duration,
+        /// Honest nodes the Sybils dial, in percent of them (at least one).
+        flooded_pct: u32,
     },
 }
 
@@ -135,6 +140,9 @@ pub struct GossipParams {
     /// Also run the same world without Sybils, from the same seed, and
     /// report its figures beside these (for the latency bound).
     pub compare_without_sybils: bool,
+    /// The most mesh peers a node keeps before trimming to D (`None`: the
+    /// core's default, `MESH_N_HIGH`).
+    pub mesh_n_high: Option<usize>,
 }
 
 impl GossipParams {
@@ -152,6 +160,7 @@ impl GossipParams {
             attack: Attack::None,
             sybils_pct: 0,
             compare_without_sybils: false,
+            mesh_n_high: None,
         }
     }
 
@@ -311,6 +320,8 @@ struct Churn {
     config: Config,
     visit: Duration,
     dials: usize,
+    /// Honest nodes the Sybils dial: the first this many.
+    flooded: usize,
     identities: u64,
 }
 
@@ -458,7 +469,7 @@ impl GossipApp {
         );
         let mut targets: BTreeSet<usize> = BTreeSet::new();
         for _ in 0..churn.dials {
-            targets.insert(rng::index(sim.scenario_rng(), self.honest_count));
+            targets.insert(rng::index(sim.scenario_rng(), churn.flooded));
         }
         for target in targets {
             let command = Command::Dial {
@@ -714,6 +725,7 @@ impl GossipApp {
                     .sum()
             };
             PruneFloodOutcome {
+                flooded_honest_nodes: self.churn.as_ref().map_or(0, |c| c.flooded),
                 sybil_identities: self.churn.as_ref().map_or(0, |c| c.identities),
                 sybil_connections: watch.sybil_connections,
                 prunes_received_by_honest: honest_router_sum(|c| c.prunes_received),
@@ -925,6 +937,8 @@ pub struct SpamOutcome {
 /// looked at every 500 ms and at every disconnect.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PruneFloodOutcome {
+    /// Honest nodes the Sybils dial (the rest are never flooded).
+    pub flooded_honest_nodes: usize,
     /// Sybil identities that took part, first ones included.
     pub sybil_identities: u64,
     /// Connections honest nodes made with Sybils.
@@ -991,6 +1005,9 @@ impl Scenario for GossipScenario {
         let topic = Topic::new(TOPIC_NAME).expect("a valid topic name");
         let mut config = sim.node_config();
         config.gossip.floodsub = params.floodsub;
+        if let Some(mesh_n_high) = params.mesh_n_high {
+            config.gossip.mesh_n_high = mesh_n_high;
+        }
 
         // Honest nodes, their topology, publishers and payloads first: a
         // world without Sybils from the same seed draws the same.
@@ -1046,13 +1063,21 @@ impl Scenario for GossipScenario {
         let sybils: Vec<NodeIndex> = (0..sybil_count)
             .map(|_| sim.add_node_with_config(sybil_config.clone()))
             .collect();
+        // The honest nodes Sybils dial: the first `flooded` (the topology
+        // is drawn at random, so these are as good as any).
+        let flooded = match params.attack {
+            Attack::PruneFlood { flooded_pct, .. } => {
+                (honest_count * flooded_pct as usize / 100).clamp(1, honest_count)
+            }
+            _ => honest_count,
+        };
         for &sybil in &sybils {
             match eclipse_target {
                 Some(target) => sim.dial_at(Instant::ZERO, sybil, target),
                 None => {
                     let mut targets: BTreeSet<usize> = BTreeSet::new();
                     for _ in 0..params.extra_dials_per_node {
-                        targets.insert(rng::index(sim.scenario_rng(), honest_count));
+                        targets.insert(rng::index(sim.scenario_rng(), flooded));
                     }
                     for target in targets {
                         let at =
@@ -1087,7 +1112,7 @@ impl Scenario for GossipScenario {
             _ => 0,
         };
         let churn = match params.attack {
-            Attack::PruneFlood { visit } => {
+            Attack::PruneFlood { visit, .. } => {
                 assert!(!visit.is_zero(), "an identity stays a while");
                 let visit_us = u64::try_from(visit.as_micros()).unwrap_or(u64::MAX);
                 // Staggered: each slot's first identity leaves at a random
@@ -1101,6 +1126,7 @@ impl Scenario for GossipScenario {
                     config: sybil_config.clone(),
                     visit,
                     dials: params.extra_dials_per_node,
+                    flooded,
                     identities: sybils.len() as u64,
                 })
             }

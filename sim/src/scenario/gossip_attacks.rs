@@ -10,7 +10,7 @@
 //! | `gossip-withhold` | 25 % of nodes, `fault_withhold`, mixed into the topology | honest delivery ≥ 99.9 %; p99 latency within 2× of the same world without them (run in the same invocation) |
 //! | `cold-boot` | 30 % of nodes, `fault_withhold`; everyone dials at t = 0 | honest delivery ≥ 99 % once meshes settle (publishing starts 3 s in) |
 //! | `slow-readers` | 10 % of nodes, ordinary cores that stop reading when publishing starts; 1 MiB messages every 2 s | delivery to the rest ≥ 99.9 %; p99 latency within 1.2× of the same world without them |
-//! | `prune-flood` | 30 % of nodes at any time, `fault_prune_flood` (GRAFT, a heartbeat later PRUNE with a `u32::MAX` s backoff), each identity gone after 2 s and replaced by a fresh one | honest delivery ≥ 99.9 %; no honest GRAFT inside a backoff an honest peer asked for; no honest peer graylisted or lost by another; an honest node's backoffs ≤ its peers |
+//! | `prune-flood` | 30 % of nodes at any time, `fault_prune_flood` (GRAFT, a heartbeat later PRUNE with a `u32::MAX` s backoff), each identity gone after 2 s and replaced by a fresh one; they dial only half the honest nodes, whose meshes trim above D + 1 | honest delivery ≥ 99.9 %; no honest GRAFT inside a backoff an honest peer asked for; no honest peer graylisted or lost by another; an honest node's backoffs ≤ its peers |
 //!
 //! Withholding Sybils (`gossip::Config::fault_withhold`) join meshes like
 //! everyone else but never forward a message nor answer IWANT: they cost
@@ -24,8 +24,15 @@
 //! backoff, and leave. Were
 //! their backoffs kept past their connections, and an honest one evicted to
 //! make room, honest nodes would GRAFT honest peers inside the backoff they
-//! asked for and be scored down to graylist and disconnect by them.
+//! asked for and be scored down to graylist and disconnect by them. Two
+//! choices make the scenario see that when it happens: the Sybils flood
+//! only half the honest nodes, so the other half keep their own record of
+//! every backoff they asked for and refuse (and count) a flooded node's
+//! GRAFT inside it; and honest meshes trim above D + 1 instead of the core's
+//! 12, so honest peers PRUNE each other all through the run and there are
+//! honest backoffs to break.
 
+use meshsync_core::gossip::router::MESH_N;
 use meshsync_core::Duration;
 
 use super::gossip::{Attack, GossipParams, GossipScenario};
@@ -45,6 +52,17 @@ pub const PRUNE_FLOOD: &str = "prune-flood";
 
 /// How long one PRUNE-flooding identity stays before a fresh one replaces it.
 pub const PRUNE_FLOOD_VISIT: Duration = Duration::from_secs(2);
+
+/// Honest nodes the PRUNE-flooding Sybils dial, in percent: the rest keep
+/// their own record of every backoff they asked for, and so witness a
+/// flooded node that lost its record GRAFTing them inside it.
+pub const PRUNE_FLOOD_FLOODED_PCT: u32 = 50;
+
+/// The honest meshes' upper bound in `prune-flood`: one over D, so that a
+/// mesh two over D is trimmed back to D at the next heartbeat and honest
+/// peers PRUNE each other all through the run (with the core's 12 a settled
+/// mesh hardly ever does): honest backoffs to keep, and to break.
+pub const PRUNE_FLOOD_MESH_N_HIGH: usize = MESH_N + 1;
 
 /// Invalid messages per second over all spamming Sybils, by default.
 pub const SPAM_MESSAGES_PER_SECOND_DEFAULT: u32 = 100;
@@ -137,15 +155,19 @@ pub fn slow_readers() -> GossipScenario {
 /// `prune-flood` with its defaults (200 nodes): 30 % of the nodes at any
 /// time are throwaway identities that GRAFT and then PRUNE (backoff
 /// `u32::MAX` s) every honest node they reach, once, and are replaced by fresh ones
-/// every [`PRUNE_FLOOD_VISIT`] until publishing stops.
+/// every [`PRUNE_FLOOD_VISIT`] until publishing stops. They reach only
+/// [`PRUNE_FLOOD_FLOODED_PCT`] % of the honest nodes, and honest meshes
+/// trim above [`PRUNE_FLOOD_MESH_N_HIGH`].
 pub fn prune_flood() -> GossipScenario {
     GossipScenario::new(
         PRUNE_FLOOD,
         GossipParams {
             attack: Attack::PruneFlood {
                 visit: PRUNE_FLOOD_VISIT,
+                flooded_pct: PRUNE_FLOOD_FLOODED_PCT,
             },
             sybils_pct: 30,
+            mesh_n_high: Some(PRUNE_FLOOD_MESH_N_HIGH),
             ..honest_traffic()
         },
         200,
