@@ -2194,15 +2194,26 @@ mod tests {
         )
         .unwrap();
         let deadline = StdInstant::now() + Duration::from_secs(20);
+        // Three blocks written and the head durable. (Not "head slot 3": on
+        // a loaded machine a 100 ms slot can pass with no block.)
         let reached = driver
-            .run_until(|driver| driver.node().status().head_slot >= 3, deadline)
+            .run_until(
+                |driver| {
+                    driver.persist_stats().blocks >= 3
+                        && driver.node().status().head_root == driver.node().chain().head().root
+                },
+                deadline,
+            )
             .unwrap();
         assert!(reached, "{:?}", driver.node().chain().head());
         let head = driver.node().chain().head();
         assert_eq!(driver.node().status().head_root, head.root);
         let stats = driver.persist_stats();
         assert_eq!(stats.failures, 0);
-        assert!(stats.blocks >= 3 && stats.batches >= 3, "{stats:?}");
+        assert!(
+            stats.batches >= 1 && stats.batches <= stats.blocks,
+            "{stats:?}"
+        );
         drop(driver);
 
         let again = Driver::bind_with(
