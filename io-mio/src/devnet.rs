@@ -265,7 +265,11 @@ fn start_node(
         crate::os_seed(),
         &driver_options,
     )
-    .map_err(|error| io::Error::new(error.kind(), format!("node {index}: {listen}: {error}")))?;
+    // The error names its cause and, for the network, the address.
+    .map_err(|error| {
+        let error = io::Error::from(error);
+        io::Error::new(error.kind(), format!("node {index}: {error}"))
+    })?;
     let node = driver.spawn(&format!("node-{index}"))?;
     for target in dial_targets(index) {
         let command = Command::Dial {

@@ -431,6 +431,88 @@ impl fmt::Display for HandleError {
 
 impl std::error::Error for HandleError {}
 
+/// Why [`Driver::bind_with`] could not start a node, by cause, so that an
+/// operator is sent to the right place: the listening address, the data
+/// directory, or the machine.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listening socket could not be bound (the port is taken, the
+    /// address is not this machine's, or binding it needs privileges).
+    /// Checked before the store is read, so a busy port fails at once.
+    Listen {
+        /// The address asked for.
+        address: SocketAddr,
+        /// What the operating system said.
+        error: io::Error,
+    },
+    /// The block store could not be opened, repaired or read; the error
+    /// names the file and, where one helps, the option to use.
+    Store(StoreError),
+    /// The machine refused a resource the driver needs (the poll instance,
+    /// its waker, the worker threads).
+    Resource {
+        /// What was being created.
+        what: &'static str,
+        /// What the operating system said.
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Listen { address, error } => {
+                write!(f, "network: cannot listen on {address}: {error}")?;
+                match error.kind() {
+                    io::ErrorKind::AddrInUse => write!(
+                        f,
+                        " (another process is listening there: stop it or give another --listen)"
+                    ),
+                    io::ErrorKind::AddrNotAvailable => {
+                        write!(f, " (not an address of this machine)")
+                    }
+                    io::ErrorKind::PermissionDenied => {
+                        write!(f, " (ports below 1024 need privileges)")
+                    }
+                    _ => Ok(()),
+                }
+            }
+            StartError::Store(error) => write!(f, "store: {error}"),
+            StartError::Resource { what, error } => {
+                write!(f, "resources: cannot create {what}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Listen { error, .. } | StartError::Resource { error, .. } => Some(error),
+            StartError::Store(error) => Some(error),
+        }
+    }
+}
+
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> StartError {
+        StartError::Store(error)
+    }
+}
+
+/// For callers that only pass the error on; the text keeps the cause.
+impl From<StartError> for io::Error {
+    fn from(error: StartError) -> io::Error {
+        let kind = match &error {
+            StartError::Listen { error, .. } | StartError::Resource { error, .. } => error.kind(),
+            StartError::Store(StoreError::Io { error, .. }) => error.kind(),
+            StartError::Store(StoreError::Locked { .. }) => io::ErrorKind::WouldBlock,
+            StartError::Store(_) => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
 /// Talks to a driver from another thread. Cheap to clone.
 #[derive(Clone)]
 pub struct DriverHandle {
@@ -541,28 +623,34 @@ impl Driver {
         config: Config,
         identity: Identity,
         seed: [u8; 32],
-    ) -> io::Result<Driver> {
+    ) -> Result<Driver, StartError> {
         Driver::bind_with(listen, config, identity, seed, &DriverOptions::default())
     }
 
     /// [`Driver::bind`] with a worker count and, if `options.data_dir` is
     /// given, a durable block store there: its blocks are loaded into
     /// `config.chain.stored` (a block that does not decode is logged and
-    /// skipped). Fails with the store's path if it cannot be opened or read.
+    /// skipped). The port is bound first, so a busy port fails before a
+    /// large store is read; the error says which of the two failed.
     pub fn bind_with(
         listen: SocketAddr,
         mut config: Config,
         identity: Identity,
         seed: [u8; 32],
         options: &DriverOptions,
-    ) -> io::Result<Driver> {
+    ) -> Result<Driver, StartError> {
         // The port first: a busy port should fail before a large store is
         // read, and say that it is the port.
-        let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(listen).map_err(|error| {
-            io::Error::new(error.kind(), format!("cannot listen on {listen}: {error}"))
+        let poll = Poll::new().map_err(|error| StartError::Resource {
+            what: "the poll instance",
+            error,
         })?;
-        let local_addr = listener.local_addr()?;
+        let listen_error = |error| StartError::Listen {
+            address: listen,
+            error,
+        };
+        let mut listener = TcpListener::bind(listen).map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
         let mut persist_stats = PersistStats::default();
         let genesis = &config.chain.genesis;
         let store_options = StoreOptions {
@@ -598,10 +686,23 @@ impl Driver {
             }
         };
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(listen_error)?;
+        let waker =
+            Arc::new(
+                Waker::new(poll.registry(), WAKER).map_err(|error| StartError::Resource {
+                    what: "the poll waker",
+                    error,
+                })?,
+            );
         // mio allows one waker per poll: the workers share the handles' waker.
-        let workers = WorkerPool::new(options.workers, Job::run, Arc::clone(&waker))?;
+        let workers =
+            WorkerPool::new(options.workers, Job::run, Arc::clone(&waker)).map_err(|error| {
+                StartError::Resource {
+                    what: "the worker threads",
+                    error,
+                }
+            })?;
         if config.listen_port == 0 {
             config.listen_port = local_addr.port();
         }
@@ -2020,12 +2121,11 @@ fn open_store(
     options: &StoreOptions,
     repair: bool,
     slot_now: u64,
-) -> io::Result<BlockStore> {
+) -> Result<BlockStore, StoreError> {
     match BlockStore::open_with(dir, options) {
-        Ok(store) => Ok(store),
         Err(error @ (StoreError::Corrupt { .. } | StoreError::HalfCreated { .. })) if repair => {
             log::warn!("{error}: repairing");
-            let report = BlockStore::repair(dir, options, slot_now).map_err(store_error)?;
+            let report = BlockStore::repair(dir, options, slot_now)?;
             log::warn!(
                 "block store repaired: the damaged file is now {}; {} blocks kept{}; the rest \
                  is re-synced from peers",
@@ -2039,20 +2139,10 @@ fn open_store(
                     .map(|why| format!(" (reading stopped: {why})"))
                     .unwrap_or_default()
             );
-            BlockStore::open_with(dir, options).map_err(store_error)
+            BlockStore::open_with(dir, options)
         }
-        Err(error) => Err(store_error(error)),
+        result => result,
     }
-}
-
-/// A store error as the `io::Error` [`Driver::bind_with`] returns (its text names the path).
-fn store_error(error: StoreError) -> io::Error {
-    let kind = match &error {
-        StoreError::Io { error, .. } => error.kind(),
-        StoreError::Locked { .. } => io::ErrorKind::WouldBlock,
-        _ => io::ErrorKind::InvalidData,
-    };
-    io::Error::new(kind, error.to_string())
 }
 
 /// What [`load_blocks`] found.
@@ -2068,7 +2158,7 @@ struct LoadedBlocks {
 /// Every block in the store that decodes (and whose root is the one it is
 /// stored under), in (slot, root) order, how many were skipped, and the
 /// highest stored slot.
-fn load_blocks(store: &BlockStore) -> io::Result<LoadedBlocks> {
+fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError> {
     let mut blocks = Vec::new();
     let mut skipped = 0;
     let mut slot_max = 0;
@@ -2104,10 +2194,9 @@ fn load_blocks(store: &BlockStore) -> io::Result<LoadedBlocks> {
                     hex4(&root)
                 );
             }
-        }})
-        .map_err(store_error)?;
+        }})?;
     // A repaired store knows how far the damaged one reached.
-    slot_max = slot_max.max(store.incomplete_to_slot().map_err(store_error)?);
+    slot_max = slot_max.max(store.incomplete_to_slot()?);
     Ok(LoadedBlocks {
         blocks,
         skipped,

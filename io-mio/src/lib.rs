@@ -37,7 +37,7 @@ pub mod workers;
 
 pub use address::{PeerAddress, PeerAddressError};
 pub use crossbeam_channel;
-pub use driver::{Driver, DriverHandle, HandleError, RunningDriver};
+pub use driver::{Driver, DriverHandle, HandleError, RunningDriver, StartError};
 pub use keyfile::{read_key_file, write_key_file, KeyFileIoError};
 
 use meshsync_core::Identity;

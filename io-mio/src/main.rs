@@ -420,8 +420,8 @@ fn node(options: NodeOptions) -> Result<(), String> {
         meshsync_mio::os_seed(),
         &driver_options,
     )
-    // The error names its cause: "cannot listen on ADDR: ..." (network) or
-    // "block store PATH ..." (store).
+    // The error starts with its cause: "network: cannot listen on ADDR",
+    // "store: block store PATH ...", or "resources: ...".
     .map_err(|error| format!("cannot start the node: {error}"))?;
     driver
         .catch_signals()

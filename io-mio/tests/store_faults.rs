@@ -9,7 +9,10 @@
 //! - a damaged block: the node does not build on the incomplete chain;
 //! - a data directory of another network, a zero-length store;
 //! - the store deleted under a running node;
-//! - the wall clock jumping forwards and back.
+//! - the wall clock jumping forwards and back;
+//! - `meshsync node` refusing to start, by cause: a busy port (before the
+//!   store is read) or a store it cannot use, each with its exit code and
+//!   its one line on stderr.
 //!
 //! Every wait is a deadline on real state polled through the driver,
 //! never a sleep.
@@ -25,7 +28,10 @@ use meshsync_core::chain::{
 };
 use meshsync_core::{Command, Config, Identity};
 use meshsync_mio::devnet::devnet_genesis;
-use meshsync_mio::driver::{ClockPolicy, Driver, DriverFaults, DriverOptions, RunningDriver};
+use meshsync_mio::driver::{
+    ClockPolicy, Driver, DriverFaults, DriverOptions, RunningDriver, StartError,
+};
+use meshsync_mio::keyfile::write_key_file;
 use meshsync_mio::store::{BlockStore, DiskFaults, StoreNetwork, StoreOptions, STORE_FILE_NAME};
 
 const NETWORK_ID: u64 = 78;
@@ -130,7 +136,7 @@ fn chain(genesis: &Genesis, proposer: bool, stored: Vec<SignedBlock>) -> ChainCo
     }
 }
 
-fn bind(chain: ChainConfig, seed: u64, options: &DriverOptions) -> std::io::Result<Driver> {
+fn bind(chain: ChainConfig, seed: u64, options: &DriverOptions) -> Result<Driver, StartError> {
     capture();
     let mut config = Config::new(chain.genesis.network_id());
     config.chain = chain;
@@ -807,4 +813,150 @@ fn blocks_from_the_future_are_warned_about_naming_the_sender() {
     assert!(logged(log::Level::Warn, &[&proposer_id, "from the future"]));
     follower.stop().unwrap();
     proposer.stop().unwrap();
+}
+
+// ---- Start-up, as the operator of `meshsync node` sees it ----
+
+/// How `meshsync node` ended, and what it wrote to stderr.
+struct Refusal {
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+/// Runs `meshsync node` on the default devnet genesis of [`NETWORK_ID`]
+/// with `extra` arguments, expecting it to refuse to start: it is killed,
+/// and the test fails, if it is still running at the deadline.
+fn node_refusal(dir: &Path, listen: SocketAddr, extra: &[&str]) -> Refusal {
+    let key = dir.join("node.key");
+    if !key.exists() {
+        write_key_file(&key, &Identity::from_seed(40), false).unwrap();
+    }
+    // A file, not a pipe: nobody has to read it while the node runs.
+    let stderr_path = dir.join("stderr.txt");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_meshsync"))
+        .args(["node", "--listen", &listen.to_string(), "--network"])
+        .arg(NETWORK_ID.to_string())
+        .arg("--key")
+        .arg(&key)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = StdInstant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if StdInstant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the node started instead of refusing: {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::park_timeout(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    eprintln!("{stderr}");
+    Refusal { status, stderr }
+}
+
+/// The default genesis of `meshsync node --network NETWORK_ID`.
+fn binary_genesis() -> Genesis {
+    ChainConfig::devnet(NETWORK_ID).genesis.as_ref().clone()
+}
+
+/// A busy port fails at once and says so, naming the address, before the
+/// store is read: with a store of 64 blocks no "blocks loaded" line comes
+/// first, and with a damaged store the error is still the port's (were the
+/// store read first, it would be the store's) and the file is untouched.
+#[test]
+fn a_busy_port_fails_before_the_store_is_read_and_names_the_address() {
+    let dir = TempDir::new("busy-port");
+    let data_dir = dir.path().join("data");
+    let genesis = binary_genesis();
+    store_blocks(&data_dir, network_of(&genesis), &signed_chain(&genesis, 64));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+
+    let refusal = node_refusal(
+        dir.path(),
+        address,
+        &["--data-dir", data_dir.to_str().unwrap()],
+    );
+    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
+    let expected = format!("error: cannot start the node: network: cannot listen on {address}: ");
+    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+    assert!(refusal.stderr.contains("--listen"), "{}", refusal.stderr);
+    assert!(
+        !refusal.stderr.contains("blocks loaded"),
+        "{}",
+        refusal.stderr
+    );
+    assert!(!refusal.stderr.contains("store:"), "{}", refusal.stderr);
+
+    let damaged = TempDir::new("busy-port-damaged");
+    let store_file = damaged.path().join(STORE_FILE_NAME);
+    std::fs::write(&store_file, [0xa5; 1_000]).unwrap();
+    let refusal = node_refusal(
+        damaged.path(),
+        address,
+        &["--data-dir", damaged.path().to_str().unwrap(), "--repair"],
+    );
+    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
+    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+    assert!(
+        !refusal.stderr.contains("block store"),
+        "{}",
+        refusal.stderr
+    );
+    // --repair was given, but nothing was moved aside: the store was never opened.
+    assert_eq!(std::fs::read(&store_file).unwrap(), vec![0xa5; 1_000]);
+    drop(taken);
+}
+
+/// A store the node cannot use is reported as the store's, naming the file
+/// and what to do, never as a network problem: a half-created file (with
+/// --repair as the way out), and another network's store.
+#[test]
+fn a_store_error_at_start_names_the_file_not_the_network() {
+    let free = SocketAddr::from(([127, 0, 0, 1], 0));
+    let half = TempDir::new("start-half");
+    let store_file = half.path().join(STORE_FILE_NAME);
+    std::fs::write(&store_file, b"").unwrap();
+    let refusal = node_refusal(
+        half.path(),
+        free,
+        &["--data-dir", half.path().to_str().unwrap()],
+    );
+    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
+    let expected = format!(
+        "error: cannot start the node: store: block store {} is 0 bytes",
+        store_file.display()
+    );
+    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+    assert!(refusal.stderr.contains("--repair"), "{}", refusal.stderr);
+    assert!(!refusal.stderr.contains("network:"), "{}", refusal.stderr);
+    assert!(!refusal.stderr.contains("listen"), "{}", refusal.stderr);
+
+    let other = TempDir::new("start-other");
+    let theirs = genesis(NETWORK_ID + 1, now_ms());
+    store_blocks(other.path(), network_of(&theirs), &signed_chain(&theirs, 4));
+    let refusal = node_refusal(
+        other.path(),
+        free,
+        &["--data-dir", other.path().to_str().unwrap()],
+    );
+    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
+    let expected = format!(
+        "error: cannot start the node: store: block store {} belongs to {}",
+        other.path().join(STORE_FILE_NAME).display(),
+        network_of(&theirs)
+    );
+    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+    assert!(refusal.stderr.contains("--data-dir"), "{}", refusal.stderr);
+    assert!(!refusal.stderr.contains("listen"), "{}", refusal.stderr);
 }
