@@ -784,6 +784,8 @@ impl Node {
                         // fetches the missing ancestors and imports the block
                         // once they verify.
                         self.judge_gossip_block(now, message, Validation::Ignore);
+                        self.range_sync
+                            .on_peer_block_verified(now, from, block.slot());
                         self.sync_orphan(now, block, from);
                     }
                     Err(_) => {

@@ -879,6 +879,31 @@ impl RangeSync {
         self.update_mode(now);
     }
 
+    /// A block that `peer` gossiped verified (a proposer's signature over
+    /// it) at `slot`, above our head by more than the sync distance: a chain
+    /// beyond our reach exists, and `peer` holds it. Its claim is then
+    /// believed like one proven by imports. Without this, a follower behind
+    /// a proposer whose other peers are behind too never believes the only
+    /// peer ahead (a lone claim is tried only when it is the only peer we
+    /// hear). A forger without a proposer key cannot make such a block; a
+    /// claim it then fails to serve is disproved as any other.
+    pub fn on_peer_block_verified(&mut self, now: Instant, peer: PeerId, slot: u64) {
+        self.advance(now);
+        let beyond_reach = slot
+            > self
+                .local
+                .head_slot
+                .saturating_add(self.config.sync_distance_slots);
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if !beyond_reach || state.proven || state.disproven_until > now {
+            return;
+        }
+        state.proven = true;
+        self.update_mode(now);
+    }
+
     /// A peer disconnected: its requests are queued again (not its fault,
     /// no attempt counted).
     pub fn on_peer_gone(&mut self, now: Instant, peer: PeerId) {
@@ -1164,14 +1189,16 @@ impl RangeSync {
             _ => None,
         });
         let wait = match self.mode {
-            Mode::AwaitingPeers { since } => {
-                let wait_end = since.saturating_add(self.config.peers_wait);
-                Some(if self.retry_not_before > self.last_now {
-                    wait_end.min(self.retry_not_before)
-                } else {
-                    wait_end
-                })
-            }
+            // Only instants still ahead: once the wait is over (and no
+            // peer's claim is believed yet) nothing changes with time, and
+            // a past deadline would wake the caller again at once, forever.
+            Mode::AwaitingPeers { since } => [
+                since.saturating_add(self.config.peers_wait),
+                self.retry_not_before,
+            ]
+            .into_iter()
+            .filter(|at| *at > self.last_now)
+            .min(),
             _ => None,
         };
         let progress = match self.mode {
@@ -2935,6 +2962,35 @@ mod tests {
         let mut harness = Harness::new(config(2), 25);
         harness.add_peer(1, Behaviour::Honest, 100);
         harness.add_peer(2, Behaviour::Honest, CHAIN_SLOTS);
+        harness.run_until(|h| h.head() == CHAIN_SLOTS && !h.sync.is_syncing());
+        assert_eq!(harness.synced, Some(CHAIN_SLOTS));
+    }
+
+    #[test]
+    fn a_peer_whose_gossiped_block_verified_beyond_our_reach_is_believed_alone() {
+        // The proposer is the only peer ahead; the other peer is behind us.
+        // Its lone claim is not believed (another peer is heard) until a
+        // block it gossiped verifies far above our head.
+        let mut harness = Harness::new(config(3), 29);
+        harness.add_peer(2, Behaviour::Honest, 0);
+        harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+        let waited = harness.now + SYNC_PEERS_WAIT + Duration::from_secs(5);
+        harness.run_until(|h| h.now >= waited);
+        assert_eq!(harness.head(), 0, "one peer's word while another is heard");
+        assert!(
+            harness.sync.next_deadline().is_none_or(|at| at > harness.now),
+            "a wait that is over is no deadline (the caller would spin)"
+        );
+        // A block near our head proves nothing about a gap.
+        harness
+            .sync
+            .on_peer_block_verified(harness.now, peer_id(1), SYNC_DISTANCE_SLOTS);
+        harness.drain();
+        assert!(harness.sync.requests_in_flight() == 0);
+        harness
+            .sync
+            .on_peer_block_verified(harness.now, peer_id(1), CHAIN_SLOTS);
+        harness.drain();
         harness.run_until(|h| h.head() == CHAIN_SLOTS && !h.sync.is_syncing());
         assert_eq!(harness.synced, Some(CHAIN_SLOTS));
     }
