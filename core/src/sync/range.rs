@@ -2978,7 +2978,10 @@ mod tests {
         harness.run_until(|h| h.now >= waited);
         assert_eq!(harness.head(), 0, "one peer's word while another is heard");
         assert!(
-            harness.sync.next_deadline().is_none_or(|at| at > harness.now),
+            harness
+                .sync
+                .next_deadline()
+                .is_none_or(|at| at > harness.now),
             "a wait that is over is no deadline (the caller would spin)"
         );
         // A block near our head proves nothing about a gap.
