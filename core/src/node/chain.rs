@@ -536,16 +536,7 @@ impl Node {
     /// [`FUTURE_BLOCK_WARN_INTERVAL`], shared with gossiped blocks).
     pub(super) fn warn_claim_from_future(&mut self, now: Instant, from: PeerId, what: &str) {
         self.counters.claims_from_future += 1;
-        let due = self
-            .chain_state
-            .future_warned_at
-            .is_none_or(|at| now.saturating_duration_since(at) >= FUTURE_BLOCK_WARN_INTERVAL);
-        if due {
-            self.chain_state.future_warned_at = Some(now);
-            let our_slot = self
-                .chain_state
-                .genesis
-                .slot_at(self.chain_state.unix_ms(now));
+        if let Some(our_slot) = self.future_warning_due(now) {
             warn!(
                 "{from:?} sent {what} while our clock is at slot {our_slot}: not believed ({} claims from the future so far; is its clock or ours wrong?)",
                 self.counters.claims_from_future
@@ -553,20 +544,30 @@ impl Node {
         }
     }
 
-    /// A gossiped block from the future: its sender's clock (or ours) is
-    /// wrong, which the operator of either should hear about.
-    fn warn_future_block(&mut self, now: Instant, block: &SignedBlock, from: PeerId) {
-        self.counters.blocks_from_future += 1;
+    /// Whether a warning about the future is due (at most one per
+    /// [`FUTURE_BLOCK_WARN_INTERVAL`] for claims and blocks together): if
+    /// so, our clock's slot, for the message.
+    fn future_warning_due(&mut self, now: Instant) -> Option<u64> {
         let due = self
             .chain_state
             .future_warned_at
             .is_none_or(|at| now.saturating_duration_since(at) >= FUTURE_BLOCK_WARN_INTERVAL);
-        if due {
-            self.chain_state.future_warned_at = Some(now);
-            let our_slot = self
-                .chain_state
+        if !due {
+            return None;
+        }
+        self.chain_state.future_warned_at = Some(now);
+        Some(
+            self.chain_state
                 .genesis
-                .slot_at(self.chain_state.unix_ms(now));
+                .slot_at(self.chain_state.unix_ms(now)),
+        )
+    }
+
+    /// A gossiped block from the future: its sender's clock (or ours) is
+    /// wrong, which the operator of either should hear about.
+    fn warn_future_block(&mut self, now: Instant, block: &SignedBlock, from: PeerId) {
+        self.counters.blocks_from_future += 1;
+        if let Some(our_slot) = self.future_warning_due(now) {
             warn!(
                 "{from:?} sent block {} for slot {} while our clock is at slot {our_slot}: dropped as from the future ({} so far; is its clock or ours wrong?)",
                 short(&block.root()),
