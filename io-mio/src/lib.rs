@@ -31,8 +31,7 @@ pub mod genesis_files;
 pub mod keyfile;
 pub mod send_queue;
 pub mod store;
-#[cfg(test)]
-mod temp_dir;
+pub mod temp_dir;
 pub mod workers;
 
 pub use address::{PeerAddress, PeerAddressError};

@@ -1,15 +1,16 @@
-//! A fresh directory per test, removed on drop (tests only).
+//! A fresh directory per test, removed on drop: for this crate's tests
+//! and the workspace's integration tests.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A fresh, empty directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(PathBuf);
+pub struct TempDir(PathBuf);
 
 impl TempDir {
     /// A new directory whose name starts with `meshsync-{label}-`.
-    pub(crate) fn new(label: &str) -> TempDir {
+    pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
             "meshsync-{label}-{}-{}",
@@ -22,7 +23,7 @@ impl TempDir {
     }
 
     /// The directory.
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.0
     }
 }

@@ -18,7 +18,7 @@
 //! never a sleep.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,7 @@ use meshsync_mio::driver::{
 };
 use meshsync_mio::keyfile::write_key_file;
 use meshsync_mio::store::{BlockStore, DiskFaults, StoreNetwork, StoreOptions, STORE_FILE_NAME};
+use meshsync_mio::temp_dir::TempDir;
 
 const NETWORK_ID: u64 = 78;
 const SLOT_MS: u64 = 200;
@@ -81,33 +82,6 @@ fn logged(level: log::Level, parts: &[&str]) -> bool {
 }
 
 // ---- Set-up ----
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "meshsync-faults-{label}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()

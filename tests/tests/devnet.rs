@@ -6,7 +6,7 @@
 //! through the driver, never a sleep.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +14,7 @@ use meshsync_core::chain::{devnet_keys, ChainConfig, Checkpoint, ProposerKey};
 use meshsync_core::{Command, Config, Identity};
 use meshsync_mio::devnet::devnet_genesis;
 use meshsync_mio::driver::{Driver, DriverOptions};
+use meshsync_mio::temp_dir::TempDir;
 
 const NETWORK_ID: u64 = 77;
 /// Short slots keep the tests fast; BLS signing and verifying take about a
@@ -24,33 +25,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "meshsync-test-{label}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
