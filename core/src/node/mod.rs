@@ -356,7 +356,12 @@ impl Node {
         rng.fill_bytes(&mut gossip_seed);
         let mut sync_seed = [0u8; 32];
         rng.fill_bytes(&mut sync_seed);
+        // Both sides of a network derive the range quota from its genesis.
+        let slot_duration_ms = config.chain.genesis.slot_duration_ms();
         let mut outbound_config = OutboundConfig::default();
+        outbound_config.quotas = outbound_config.quotas.for_slot_duration(slot_duration_ms);
+        let mut inbound_config = InboundConfig::default();
+        inbound_config.quotas = inbound_config.quotas.for_slot_duration(slot_duration_ms);
         if config.faults.ignore_peer_quotas {
             outbound_config = rpc::flooding_outbound_config(outbound_config);
         }
@@ -366,7 +371,7 @@ impl Node {
         let mut node = Node {
             peer_manager: PeerManager::new(config.peer, peer_manager_seed),
             outbound: OutboundRequests::new(outbound_config),
-            inbound: InboundRequests::new(InboundConfig::default()),
+            inbound: InboundRequests::new(inbound_config),
             purposes: BTreeMap::new(),
             chain,
             chain_state: self::chain::ChainState::new(&config),

@@ -2095,3 +2095,56 @@ fn a_gossiped_block_far_ahead_of_our_head_makes_us_ask_its_sender_for_its_status
         "asked once for the gap, not once per block"
     );
 }
+
+#[test]
+fn a_follower_far_behind_a_fast_chain_catches_up_from_one_peer() {
+    // A chain of 10 ms slots makes 100 slots a second; a fixed range quota
+    // of 1,024 slots per 10 s serves one follower 102.4, so a follower 3,000
+    // slots behind with one peer (empty slots cost quota too) needs about
+    // 20 s to close the gap, and minutes if the chain grows meanwhile. The
+    // quota follows the slot rate instead.
+    const SLOT_MS: u64 = 10;
+    let key = crate::chain::devnet_keys(1, 1).remove(0);
+    let genesis = crate::chain::Genesis::new(
+        1,
+        0,
+        SLOT_MS,
+        vec![key.sk_to_pk()],
+        crate::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT,
+    )
+    .unwrap();
+    let producer = crate::chain::BlockProducer::new(key, &genesis).unwrap();
+    // The proposer made slots 1..=100, was off, made 2,900..=3,000, was off
+    // again, and comes back at slot 6,000. Its new blocks link only to slot
+    // 3,000, so the follower must fetch the first 3,000 slots by range.
+    let mut stored = Vec::new();
+    let mut parent = genesis.root();
+    for slot in (1..=100u64).chain(2_900..=3_000) {
+        let block = producer.produce(slot, parent, vec![slot as u8; 8]);
+        parent = block.root();
+        stored.push(block);
+    }
+    let configs = [true, false].map(|proposer| {
+        let mut config = follower_config(proposer);
+        config.unix_ms_at_origin = 6_000 * SLOT_MS;
+        config.chain.genesis = std::sync::Arc::new(genesis.clone());
+        config.sync.peers_min = 1;
+        if proposer {
+            config.chain.stored = stored.clone().into();
+        }
+        config
+    });
+    let mut net = Net::new(configs.to_vec());
+    net.dial(1, 0, None);
+    net.advance(Duration::from_secs(5));
+    let (ours, theirs) = (
+        net.nodes[1].status().head_slot,
+        net.nodes[0].status().head_slot,
+    );
+    assert!(theirs >= 6_400, "the proposer kept producing: {theirs}");
+    assert!(
+        ours + 2 >= theirs,
+        "follower at {ours}, proposer at {theirs}"
+    );
+    assert_eq!(net.nodes[0].counters().requests_rate_limited, 0);
+}

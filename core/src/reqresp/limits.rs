@@ -102,6 +102,16 @@ pub const METADATA_QUOTA: Quota = Quota::new(2, Duration::from_secs(5));
 pub const GOODBYE_QUOTA: Quota = Quota::new(1, Duration::from_secs(10));
 /// Blocks requested by range per peer: 1024 per 10 s (16 full requests).
 pub const BLOCKS_BY_RANGE_QUOTA: Quota = Quota::new(1024, Duration::from_secs(10));
+/// How many times a chain's own growth one peer may fetch by range in a
+/// quota period. [`BLOCKS_BY_RANGE_QUOTA`] is sized for multi-second slots;
+/// on a chain of 10 ms slots it serves 102.4 slots a second against 100 of
+/// growth, so a follower that fell behind with one or two peers would take
+/// many minutes to catch up. See [`blocks_by_range_quota`].
+pub const BLOCKS_BY_RANGE_GROWTH_MULTIPLE: u64 = 8;
+/// Slots one peer may request by range per quota period on the fastest
+/// chain (1 ms slots would otherwise allow 80,000): a bound on what one peer
+/// can make us read, whatever the genesis says.
+pub const BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX: u64 = 32_768;
 /// Roots requested by root per peer: 128 per 10 s (one full request).
 pub const BLOCKS_BY_ROOT_QUOTA: Quota = Quota::new(128, Duration::from_secs(10));
 /// The quota to register an application protocol with when the application
@@ -115,6 +125,37 @@ pub const APPLICATION_QUOTA: Quota = Quota::new(32, Duration::from_secs(10));
 /// syncing peers cannot take the whole uplink. Control protocols (Status,
 /// Ping, Metadata, Goodbye) are exempt: they are cheap and keep connections alive.
 pub const GLOBAL_SERVING_QUOTA: Quota = Quota::new(4096, Duration::from_secs(10));
+/// Peers' full range-sync quotas that [`GLOBAL_SERVING_QUOTA`] holds, kept
+/// when a fast chain scales the range quota up (see [`global_serving_quota`]).
+const GLOBAL_SERVING_RANGE_QUOTAS: u64 =
+    GLOBAL_SERVING_QUOTA.tokens_max / BLOCKS_BY_RANGE_QUOTA.tokens_max;
+
+/// The per-peer BlocksByRange quota on a chain of `slot_duration_ms` slots:
+/// [`BLOCKS_BY_RANGE_QUOTA`], or [`BLOCKS_BY_RANGE_GROWTH_MULTIPLE`] times
+/// the slots the chain makes in the quota period if that is more (at most
+/// [`BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX`]). Requester and server derive it from
+/// the same genesis, so a requester never runs into a quota it did not expect.
+pub fn blocks_by_range_quota(slot_duration_ms: u64) -> Quota {
+    let period = BLOCKS_BY_RANGE_QUOTA.period;
+    let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+    let growth_slots = period_ms / slot_duration_ms.max(1);
+    let tokens = growth_slots
+        .saturating_mul(BLOCKS_BY_RANGE_GROWTH_MULTIPLE)
+        .clamp(
+            BLOCKS_BY_RANGE_QUOTA.tokens_max,
+            BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX,
+        );
+    Quota::new(tokens, period)
+}
+
+/// The shared serving budget on a chain of `slot_duration_ms` slots: as many
+/// full range quotas as [`GLOBAL_SERVING_QUOTA`] holds at the default.
+pub fn global_serving_quota(slot_duration_ms: u64) -> Quota {
+    let range = blocks_by_range_quota(slot_duration_ms);
+    let tokens =
+        (range.tokens_max * GLOBAL_SERVING_RANGE_QUOTAS).max(GLOBAL_SERVING_QUOTA.tokens_max);
+    Quota::new(tokens, GLOBAL_SERVING_QUOTA.period)
+}
 /// Peers the rate limiter keeps buckets for. Above the peer cap so connected
 /// peers are never evicted; eviction (least recently checked first) only
 /// bounds the state if a caller forgets `remove_peer`.
@@ -141,6 +182,9 @@ const _: () = assert!(BLOCKS_PER_RANGE_REQUEST_MAX <= BLOCKS_BY_RANGE_QUOTA.toke
 const _: () = assert!(ROOTS_PER_REQUEST_MAX as u64 <= BLOCKS_BY_ROOT_QUOTA.tokens_max);
 const _: () = assert!(BLOCKS_PER_RANGE_REQUEST_MAX <= GLOBAL_SERVING_QUOTA.tokens_max);
 const _: () = assert!(ROOTS_PER_REQUEST_MAX as u64 <= GLOBAL_SERVING_QUOTA.tokens_max);
+const _: () = assert!(BLOCKS_BY_RANGE_QUOTA.tokens_max <= BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX);
+const _: () =
+    assert!(GLOBAL_SERVING_QUOTA.period.as_micros() == BLOCKS_BY_RANGE_QUOTA.period.as_micros());
 // A whole response chunk, compressed and with its header, fits one logical message.
 const _: () = assert!(
     crate::reqresp::wire::RESPONSE_CHUNK_HEADER_BYTES

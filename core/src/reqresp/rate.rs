@@ -267,6 +267,22 @@ impl RateLimiterConfig {
         }
     }
 
+    /// These quotas for a chain of `slot_duration_ms` slots: the BlocksByRange
+    /// quota and the global budget (if any) scaled as
+    /// [`super::limits::blocks_by_range_quota`] and
+    /// [`super::limits::global_serving_quota`] say. Unchanged for slots of
+    /// about 80 ms or longer.
+    pub fn for_slot_duration(mut self, slot_duration_ms: u64) -> RateLimiterConfig {
+        self.quotas.insert(
+            ProtocolId::BlocksByRange,
+            super::limits::blocks_by_range_quota(slot_duration_ms),
+        );
+        if self.global.is_some() {
+            self.global = Some(super::limits::global_serving_quota(slot_duration_ms));
+        }
+        self
+    }
+
     /// For requesting: the same per-peer quotas a peer applies to us, and no
     /// global budget (the peer's global budget is its own business).
     pub fn requesting() -> RateLimiterConfig {
@@ -959,5 +975,42 @@ mod tests {
             Duration::from_micros((wait_units * 41).div_ceil(4096))
         );
         assert_eq!(limiter.counters().limited_share, 1);
+    }
+
+    #[test]
+    fn the_range_quota_follows_the_slot_rate_within_its_bounds() {
+        use crate::reqresp::limits::{
+            BLOCKS_BY_RANGE_GROWTH_MULTIPLE, BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX,
+        };
+        for slot_ms in [1, 5, 10, 20, 50, 100, 2_000, 12_000] {
+            let serving = RateLimiterConfig::serving().for_slot_duration(slot_ms);
+            let requesting = RateLimiterConfig::requesting().for_slot_duration(slot_ms);
+            let range = serving.quotas[&ProtocolId::BlocksByRange];
+            // Both ends of a network agree on what a peer may ask.
+            assert_eq!(requesting.quotas, serving.quotas, "{slot_ms} ms");
+            assert_eq!(requesting.global, None);
+            let growth = range.period.as_millis() as u64 / slot_ms;
+            assert!(
+                range.tokens_max
+                    >= (growth * BLOCKS_BY_RANGE_GROWTH_MULTIPLE)
+                        .min(BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX),
+                "{slot_ms} ms: {range:?} against {growth} slots of growth"
+            );
+            assert!(range.tokens_max >= BLOCKS_BY_RANGE_QUOTA.tokens_max);
+            assert!(range.tokens_max <= BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX);
+            // The shared budget still holds four peers' range quotas.
+            let global = serving.global.unwrap();
+            assert_eq!(global.tokens_max, 4 * range.tokens_max, "{slot_ms} ms");
+            // Other protocols are untouched.
+            assert_eq!(
+                serving.quotas[&ProtocolId::BlocksByRoot],
+                BLOCKS_BY_ROOT_QUOTA
+            );
+        }
+        // Multi-second slots keep the Lighthouse-like defaults.
+        assert_eq!(
+            RateLimiterConfig::serving().for_slot_duration(2_000),
+            RateLimiterConfig::serving()
+        );
     }
 }
