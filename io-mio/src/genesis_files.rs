@@ -151,6 +151,23 @@ pub enum GenesisFileError {
     },
 }
 
+impl GenesisFileError {
+    /// The file the error is about, if it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            GenesisFileError::Invalid(_) => None,
+            GenesisFileError::Missing { path }
+            | GenesisFileError::AlreadyExists { path }
+            | GenesisFileError::MalformedGenesis { path, .. }
+            | GenesisFileError::MalformedKey { path, .. }
+            | GenesisFileError::TooLong { path, .. }
+            | GenesisFileError::Io { path, .. }
+            | GenesisFileError::NotAProposer { path }
+            | GenesisFileError::NetworkMismatch { path, .. } => Some(path),
+        }
+    }
+}
+
 impl fmt::Display for GenesisFileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -401,7 +401,14 @@ fn node(options: NodeOptions) -> Result<(), String> {
         &options.proposer_keys,
         options.network_id,
     )
-    .map_err(|error| format!("cannot start the node: genesis: {error}"))?;
+    .map_err(|error| {
+        // A proposer key file's error is the key's, not the genesis's.
+        let is_key = error
+            .path()
+            .is_some_and(|path| options.proposer_keys.iter().any(|key| key == path));
+        let cause = if is_key { "key" } else { "genesis" };
+        format!("cannot start the node: {cause}: {error}")
+    })?;
     chain.body_bytes = options.body_bytes;
     let mut config = Config::new(chain.genesis.network_id());
     config.chain = chain;

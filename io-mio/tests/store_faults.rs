@@ -892,6 +892,40 @@ fn a_busy_port_fails_before_the_store_is_read_and_names_the_address() {
     drop(taken);
 }
 
+/// A missing or foreign proposer key is reported as the key's, a missing
+/// genesis as the genesis's: the operator is sent to the right file.
+#[test]
+fn a_key_or_genesis_error_at_start_names_its_own_file() {
+    let free = SocketAddr::from(([127, 0, 0, 1], 0));
+    let dir = TempDir::new("start-files");
+    let missing_key = dir.path().join("proposer-missing.key");
+    let refusal = node_refusal(
+        dir.path(),
+        free,
+        &["--proposer-key", missing_key.to_str().unwrap()],
+    );
+    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
+    let expected = format!(
+        "error: cannot start the node: key: {}",
+        missing_key.display()
+    );
+    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+    assert!(!refusal.stderr.contains("genesis:"), "{}", refusal.stderr);
+
+    let missing_genesis = dir.path().join("genesis-missing.toml");
+    let refusal = node_refusal(
+        dir.path(),
+        free,
+        &["--genesis", missing_genesis.to_str().unwrap()],
+    );
+    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
+    let expected = format!(
+        "error: cannot start the node: genesis: {}",
+        missing_genesis.display()
+    );
+    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+}
+
 /// A store the node cannot use is reported as the store's, naming the file
 /// and what to do, never as a network problem: a half-created file (with
 /// --repair as the way out), and another network's store.
