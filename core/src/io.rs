@@ -15,24 +15,8 @@ use crate::identity::PeerId;
 use crate::reqresp::bodies::{Metadata, Status};
 use crate::reqresp::{Answer, ProtocolId, ProtocolName, Quota, RequestId, ResultCode};
 use crate::time::Instant;
+pub use crate::types::{ConnId, DialId, Direction, GoodbyeReason};
 use std::net::IpAddr;
-
-/// A transport connection, named by the driver. The driver must never reuse an id.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct ConnId(pub u64);
-
-/// A dial the core asked for, named by the core in [`Action::Dial`].
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct DialId(pub u64);
-
-/// Who opened a connection.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub enum Direction {
-    /// The remote dialled us.
-    Inbound,
-    /// We dialled the remote.
-    Outbound,
-}
 
 /// How a connection came to be, as the driver reports it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -512,61 +496,6 @@ pub enum RequestError {
     InvalidResponse(String),
     /// The peer disconnected before answering.
     Disconnected,
-}
-
-/// The Goodbye reason codes (Ethereum p2p spec values, plus Lighthouse's 128+).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub enum GoodbyeReason {
-    /// 1: the node is shutting down.
-    ClientShutdown,
-    /// 2: the peer is on another network or an incompatible version.
-    IrrelevantNetwork,
-    /// 3: the peer broke the protocol or sent something undecodable.
-    Fault,
-    /// 128: the network could not be verified.
-    UnableToVerifyNetwork,
-    /// 129: we have as many peers as we want.
-    TooManyPeers,
-    /// 250: the peer's score fell too low.
-    BadScore,
-    /// 251: the peer is banned.
-    Banned,
-    /// 252: the peer's IP address is banned.
-    BannedIp,
-    /// Any other code, kept as received.
-    Other(u64),
-}
-
-impl GoodbyeReason {
-    /// The wire code.
-    pub const fn code(self) -> u64 {
-        match self {
-            GoodbyeReason::ClientShutdown => 1,
-            GoodbyeReason::IrrelevantNetwork => 2,
-            GoodbyeReason::Fault => 3,
-            GoodbyeReason::UnableToVerifyNetwork => 128,
-            GoodbyeReason::TooManyPeers => 129,
-            GoodbyeReason::BadScore => 250,
-            GoodbyeReason::Banned => 251,
-            GoodbyeReason::BannedIp => 252,
-            GoodbyeReason::Other(code) => code,
-        }
-    }
-
-    /// The reason for a wire code.
-    pub const fn from_code(code: u64) -> GoodbyeReason {
-        match code {
-            1 => GoodbyeReason::ClientShutdown,
-            2 => GoodbyeReason::IrrelevantNetwork,
-            3 => GoodbyeReason::Fault,
-            128 => GoodbyeReason::UnableToVerifyNetwork,
-            129 => GoodbyeReason::TooManyPeers,
-            250 => GoodbyeReason::BadScore,
-            251 => GoodbyeReason::Banned,
-            252 => GoodbyeReason::BannedIp,
-            other => GoodbyeReason::Other(other),
-        }
-    }
 }
 
 /// Why a connected peer went away.

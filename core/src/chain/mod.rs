@@ -13,16 +13,19 @@
 
 use std::sync::Arc;
 
-pub use crate::reqresp::bodies::Root;
+pub use crate::types::Root;
 
 #[warn(clippy::arithmetic_side_effects)]
 pub mod block;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod genesis;
 pub mod store;
 pub mod verify;
 
-pub use block::{BlockDecodeError, BlockHeader, SignedBlock};
+pub use block::{
+    BlockDecodeError, BlockHeader, SignedBlock, BLOCK_BYTES_MAX, SIGNED_BLOCK_BYTES_MAX,
+};
 pub use genesis::{devnet_keys, Genesis, GenesisError};
 pub use store::{ChainStore, Checkpoint, ImportError, ImportOutcome, Imported, StoreLimits};
 pub use verify::{

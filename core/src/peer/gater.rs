@@ -39,9 +39,9 @@ use super::bans::Bans;
 use super::ip_key;
 use super::score::{Score, SCORE_GATE_THRESHOLD};
 use crate::identity::PeerId;
-use crate::io::{ConnId, Direction, GoodbyeReason};
 use crate::limits;
 use crate::time::Instant;
+use crate::types::{ConnId, Direction, GoodbyeReason};
 
 /// Peers we try to keep: below it we dial more, between it and
 /// [`limits::PEERS_MAX`] we only accept (the 25 of 50, leaving room for

@@ -46,8 +46,8 @@ use super::score::{Report, Score, ScoreEvent, Scores, SCORES_MAX, SCORE_HALF_LIF
 use super::static_peers::StaticPeers;
 use super::table::{ChainStatus, FinalizedTarget, PeerRecord, PeerTable, StatusError};
 use crate::identity::PeerId;
-use crate::io::{ConnId, Direction, GoodbyeReason};
 use crate::time::{Duration, Instant};
+use crate::types::{ConnId, Direction, GoodbyeReason};
 
 /// Banned identities from one IP address before the address itself is
 /// banned. 1, as the issue asks: one proven-bad peer bans its address.

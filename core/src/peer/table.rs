@@ -32,8 +32,8 @@ use std::net::SocketAddr;
 
 use super::score::Score;
 use crate::identity::PeerId;
-use crate::io::{ConnId, Direction};
 use crate::time::Instant;
+use crate::types::{ConnId, Direction};
 
 /// What a peer last told us about its chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

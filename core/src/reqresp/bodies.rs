@@ -12,7 +12,8 @@ use super::limits::{
     METADATA_TOPICS_MAX, ROOTS_PER_REQUEST_MAX, TOPIC_NAME_BYTES_MAX,
 };
 use super::wire::{is_printable_ascii, ProtocolId, Reader};
-use crate::io::GoodbyeReason;
+use crate::types::GoodbyeReason;
+pub use crate::types::{Root, Status};
 
 /// A body with a canonical, bounded encoding.
 pub trait Body: Sized {
@@ -35,33 +36,6 @@ pub trait Body: Sized {
         self.encode_into(&mut out);
         out
     }
-}
-
-/// A 32-byte block root (sha256 of the block header encoding).
-pub type Root = [u8; 32];
-
-/// The chain as the sender sees it; the body of a Status request and of its answer.
-///
-/// ```text
-/// offset  size  field
-/// 0       8     network id, u64
-/// 8       32    finalized root
-/// 40      8     finalized slot, u64
-/// 48      32    head root
-/// 80      8     head slot, u64
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Status {
-    /// The network; a peer on another one gets Goodbye(irrelevant network).
-    pub network_id: u64,
-    /// The latest finalized block's root.
-    pub finalized_root: Root,
-    /// Its slot.
-    pub finalized_slot: u64,
-    /// The head block's root.
-    pub head_root: Root,
-    /// Its slot.
-    pub head_slot: u64,
 }
 
 impl Body for Status {

@@ -46,8 +46,8 @@ use super::wire::{
     ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
 };
 use crate::identity::PeerId;
-use crate::io::GoodbyeReason;
 use crate::time::{Duration, Instant};
+use crate::types::GoodbyeReason;
 
 /// What an [`InboundRequests`] enforces.
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -697,10 +697,10 @@ impl OutboundRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::GoodbyeReason;
     use crate::reqresp::bodies::{
         BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Ping, Status,
     };
+    use crate::types::GoodbyeReason;
 
     fn peer(n: u8) -> PeerId {
         PeerId::from_bytes([n; 32])

@@ -1,0 +1,104 @@
+//! The shared vocabulary of the core: names and small values that every
+//! layer speaks (connections, directions, block roots, a chain's status,
+//! Goodbye reasons). This module imports nothing from the crate, so any
+//! module may import it without making a cycle; the layers above it are
+//! described in ARCHITECTURE.md.
+
+/// A transport connection, named by the driver. The driver must never reuse an id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ConnId(pub u64);
+
+/// A dial the core asked for, named by the core in [`crate::io::Action::Dial`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct DialId(pub u64);
+
+/// Who opened a connection.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Direction {
+    /// The remote dialled us.
+    Inbound,
+    /// We dialled the remote.
+    Outbound,
+}
+
+/// A 32-byte block root (sha256 of the block header encoding).
+pub type Root = [u8; 32];
+
+/// The chain as the sender sees it; the body of a Status request and of its answer.
+///
+/// ```text
+/// offset  size  field
+/// 0       8     network id, u64
+/// 8       32    finalized root
+/// 40      8     finalized slot, u64
+/// 48      32    head root
+/// 80      8     head slot, u64
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Status {
+    /// The network; a peer on another one gets Goodbye(irrelevant network).
+    pub network_id: u64,
+    /// The latest finalized block's root.
+    pub finalized_root: Root,
+    /// Its slot.
+    pub finalized_slot: u64,
+    /// The head block's root.
+    pub head_root: Root,
+    /// Its slot.
+    pub head_slot: u64,
+}
+
+/// The Goodbye reason codes (Ethereum p2p spec values, plus Lighthouse's 128+).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum GoodbyeReason {
+    /// 1: the node is shutting down.
+    ClientShutdown,
+    /// 2: the peer is on another network or an incompatible version.
+    IrrelevantNetwork,
+    /// 3: the peer broke the protocol or sent something undecodable.
+    Fault,
+    /// 128: the network could not be verified.
+    UnableToVerifyNetwork,
+    /// 129: we have as many peers as we want.
+    TooManyPeers,
+    /// 250: the peer's score fell too low.
+    BadScore,
+    /// 251: the peer is banned.
+    Banned,
+    /// 252: the peer's IP address is banned.
+    BannedIp,
+    /// Any other code, kept as received.
+    Other(u64),
+}
+
+impl GoodbyeReason {
+    /// The wire code.
+    pub const fn code(self) -> u64 {
+        match self {
+            GoodbyeReason::ClientShutdown => 1,
+            GoodbyeReason::IrrelevantNetwork => 2,
+            GoodbyeReason::Fault => 3,
+            GoodbyeReason::UnableToVerifyNetwork => 128,
+            GoodbyeReason::TooManyPeers => 129,
+            GoodbyeReason::BadScore => 250,
+            GoodbyeReason::Banned => 251,
+            GoodbyeReason::BannedIp => 252,
+            GoodbyeReason::Other(code) => code,
+        }
+    }
+
+    /// The reason for a wire code.
+    pub const fn from_code(code: u64) -> GoodbyeReason {
+        match code {
+            1 => GoodbyeReason::ClientShutdown,
+            2 => GoodbyeReason::IrrelevantNetwork,
+            3 => GoodbyeReason::Fault,
+            128 => GoodbyeReason::UnableToVerifyNetwork,
+            129 => GoodbyeReason::TooManyPeers,
+            250 => GoodbyeReason::BadScore,
+            251 => GoodbyeReason::Banned,
+            252 => GoodbyeReason::BannedIp,
+            other => GoodbyeReason::Other(other),
+        }
+    }
+}
