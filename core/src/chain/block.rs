@@ -44,7 +44,7 @@
 //! [`verify_block`](super::verify::verify_block)'s job, done after decoding.
 //!
 //! # Limits
-//! A whole signed block is at most the req/resp `BLOCK_BYTES_MAX` (1 MiB), so
+//! A whole signed block is at most [`BLOCK_BYTES_MAX`] (1 MiB), so
 //! any block we accept can be served in one response chunk; the body may use
 //! what the header, signature and length leave ([`BLOCK_BODY_BYTES_MAX`]).
 
@@ -53,8 +53,10 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 
 use super::Root;
-use crate::reqresp::limits::BLOCK_BYTES_MAX;
 
+/// Largest signed block, encoded (design.md §3: 1 MiB): the bound of a
+/// block's bytes everywhere, on gossip, in sync answers and in the store.
+pub const BLOCK_BYTES_MAX: usize = 1024 * 1024;
 /// Bytes of an encoded [`BlockHeader`].
 pub const BLOCK_HEADER_BYTES: usize = 8 + 8 + 32 + 32;
 /// Bytes of a compressed BLS signature (a G2 point, blst `min_pk`).
@@ -82,7 +84,6 @@ pub const BLS_DST: &[u8] = b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_";
 const _: () = assert!(BLOCK_HEADER_BYTES == 80);
 const _: () = assert!(SIGNED_BLOCK_OVERHEAD_BYTES == 180);
 const _: () = assert!(SIGNED_BLOCK_OVERHEAD_BYTES + BLOCK_BODY_BYTES_MAX == BLOCK_BYTES_MAX);
-const _: () = assert!(SIGNED_BLOCK_BYTES_MAX <= crate::reqresp::limits::RESPONSE_PAYLOAD_BYTES_MAX);
 const _: () = assert!(SIGNED_BLOCK_BYTES_MAX < crate::limits::MESSAGE_BYTES_MAX);
 const _: () = assert!(BLOCK_BODY_BYTES_MAX <= u32::MAX as usize);
 

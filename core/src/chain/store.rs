@@ -53,10 +53,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use super::block::SignedBlock;
+use super::block::BLOCK_BYTES_MAX;
 use super::genesis::{Genesis, FINALITY_DEPTH_SLOTS_MAX};
 use super::Root;
-use crate::reqresp::bodies::Status;
-use crate::reqresp::limits::BLOCK_BYTES_MAX;
+use crate::types::Status;
 
 /// Blocks the store holds by default: 65 536 slots of history (36 hours at
 /// 2 s slots) for serving range requests from memory.

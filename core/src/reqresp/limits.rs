@@ -1,8 +1,8 @@
 //! The bounds of the req/resp layer, each a named constant with its unit last
 //! and the reason for its value.
 //!
-//! These live here while the module stands alone; they are meant to move to
-//! `crate::limits` when req/resp is wired into the node.
+//! The chain's own bounds (a block's bytes) live in `crate::chain` and are
+//! re-exported here where the req/resp layer uses them.
 
 use crate::reqresp::rate::Quota;
 use crate::time::Duration;
@@ -19,8 +19,9 @@ pub const BLOCKS_PER_RANGE_REQUEST_MAX: u64 = 64;
 /// Roots one BlocksByRoot request may name (design.md §3: 128). Also the most
 /// chunks its response may carry.
 pub const ROOTS_PER_REQUEST_MAX: usize = 128;
-/// Largest block payload in a response chunk, uncompressed (design.md §3: 1 MiB).
-pub const BLOCK_BYTES_MAX: usize = 1024 * 1024;
+/// Largest block payload in a response chunk, uncompressed: a whole signed
+/// block, whose bound belongs to the chain.
+pub use crate::chain::BLOCK_BYTES_MAX;
 /// Block bytes one BlocksByRange or BlocksByRoot answer carries at most.
 /// Sixty-four 1 MiB blocks would be 64 MiB, four times what a driver queues
 /// for a connection; the answer is cut to a prefix instead (the protocol
@@ -185,11 +186,13 @@ const _: () = assert!(ROOTS_PER_REQUEST_MAX as u64 <= GLOBAL_SERVING_QUOTA.token
 const _: () = assert!(BLOCKS_BY_RANGE_QUOTA.tokens_max <= BLOCKS_BY_RANGE_QUOTA_TOKENS_MAX);
 const _: () =
     assert!(GLOBAL_SERVING_QUOTA.period.as_micros() == BLOCKS_BY_RANGE_QUOTA.period.as_micros());
+// A whole signed block fits a response chunk.
+const _: () = assert!(crate::chain::SIGNED_BLOCK_BYTES_MAX <= RESPONSE_PAYLOAD_BYTES_MAX);
 // A whole response chunk, compressed and with its header, fits one logical message.
 const _: () = assert!(
     crate::reqresp::wire::RESPONSE_CHUNK_HEADER_BYTES
-        + crate::reqresp::snappy::LENGTH_PREFIX_BYTES
-        + crate::reqresp::snappy::max_compressed_len(RESPONSE_PAYLOAD_BYTES_MAX)
+        + crate::codec::snappy::LENGTH_PREFIX_BYTES
+        + crate::codec::snappy::max_compressed_len(RESPONSE_PAYLOAD_BYTES_MAX)
         <= crate::limits::MESSAGE_BYTES_MAX
 );
 const _: () = assert!(RESPONSE_PAYLOAD_BYTES_MAX <= u32::MAX as usize);
