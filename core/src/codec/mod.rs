@@ -23,6 +23,8 @@
 
 #[warn(clippy::arithmetic_side_effects)]
 mod frame;
+#[warn(clippy::arithmetic_side_effects)]
+pub mod snappy;
 
 pub use frame::{append_length_prefixed, MessageReassembler, NoiseFrameDecoder};
 

@@ -1,4 +1,5 @@
-//! Snappy frames for request bodies and response payloads.
+//! Snappy frames: request bodies and response payloads in req/resp, and
+//! gossip payloads.
 //!
 //! A frame is the uncompressed length as a big-endian `u32`, then one raw
 //! snappy block (no snappy framing format, no CRC: the Noise channel already
@@ -19,7 +20,58 @@
 //! (`snap::raw::decompress_len`) against the declared length. Only then does
 //! it allocate exactly the declared length.
 
-use super::error::ReqRespDecodeError;
+use std::fmt;
+
+/// Why a snappy frame was refused. All of these are the sender's fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnappyError {
+    /// The frame ended before its uncompressed-length prefix.
+    Truncated,
+    /// The declared uncompressed length is above the caller's limit.
+    TooLarge {
+        /// The declared length in bytes.
+        length: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The compressed data is longer than any compression of the declared length can be.
+    CompressedTooLong {
+        /// Bytes of compressed data received.
+        compressed: u64,
+        /// `max_compressed_len(declared)`.
+        max: u64,
+    },
+    /// The length prefix and the snappy data disagree about the uncompressed length.
+    LengthMismatch {
+        /// From our length prefix.
+        declared: u64,
+        /// From the snappy data.
+        actual: u64,
+    },
+    /// The snappy data is corrupt.
+    Corrupt(String),
+}
+
+impl fmt::Display for SnappyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnappyError::Truncated => write!(f, "truncated at uncompressed length"),
+            SnappyError::TooLarge { length, limit } => write!(
+                f,
+                "declared uncompressed length of {length} bytes exceeds the limit of {limit}"
+            ),
+            SnappyError::CompressedTooLong { compressed, max } => write!(
+                f,
+                "{compressed} compressed bytes, more than the {max} any compression allows"
+            ),
+            SnappyError::LengthMismatch { declared, actual } => write!(
+                f,
+                "declared uncompressed length {declared} but the snappy data holds {actual}"
+            ),
+            SnappyError::Corrupt(error) => write!(f, "corrupt snappy data: {error}"),
+        }
+    }
+}
 
 /// Bytes of the uncompressed-length prefix of a frame.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -63,19 +115,18 @@ pub fn compress(payload: &[u8]) -> Vec<u8> {
 /// Checks a frame's declared length against `limit_bytes` and its compressed
 /// length against the declared one, without decompressing. Returns the
 /// declared uncompressed length.
-pub fn check_frame(frame: &[u8], limit_bytes: usize) -> Result<usize, ReqRespDecodeError> {
+pub fn check_frame(frame: &[u8], limit_bytes: usize) -> Result<usize, SnappyError> {
     let (prefix, compressed) = split_prefix(frame)?;
     let declared = usize::try_from(u32::from_be_bytes(prefix)).unwrap_or(usize::MAX);
     if declared > limit_bytes {
-        return Err(ReqRespDecodeError::TooLarge {
-            field: "declared uncompressed length",
+        return Err(SnappyError::TooLarge {
             length: u64::from(u32::from_be_bytes(prefix)),
             limit: limit_bytes as u64,
         });
     }
     let max = max_compressed_len(declared);
     if compressed.len() > max {
-        return Err(ReqRespDecodeError::CompressedTooLong {
+        return Err(SnappyError::CompressedTooLong {
             compressed: compressed.len() as u64,
             max: max as u64,
         });
@@ -86,12 +137,12 @@ pub fn check_frame(frame: &[u8], limit_bytes: usize) -> Result<usize, ReqRespDec
 /// Decompresses a frame whose uncompressed length must be at most
 /// `limit_bytes`. Allocates only after every length has been checked, and
 /// then exactly the declared length.
-pub fn decompress(frame: &[u8], limit_bytes: usize) -> Result<Vec<u8>, ReqRespDecodeError> {
+pub fn decompress(frame: &[u8], limit_bytes: usize) -> Result<Vec<u8>, SnappyError> {
     let declared = check_frame(frame, limit_bytes)?;
     let compressed = &frame[LENGTH_PREFIX_BYTES..];
     let actual = snap::raw::decompress_len(compressed).map_err(snappy_error)?;
     if actual != declared {
-        return Err(ReqRespDecodeError::LengthMismatch {
+        return Err(SnappyError::LengthMismatch {
             declared: declared as u64,
             actual: actual as u64,
         });
@@ -103,7 +154,7 @@ pub fn decompress(frame: &[u8], limit_bytes: usize) -> Result<Vec<u8>, ReqRespDe
     if written != declared {
         // The block's header said `declared`; snap checks the body matches it,
         // so this is unreachable, but it is cheap to refuse rather than trust.
-        return Err(ReqRespDecodeError::LengthMismatch {
+        return Err(SnappyError::LengthMismatch {
             declared: declared as u64,
             actual: written as u64,
         });
@@ -111,17 +162,15 @@ pub fn decompress(frame: &[u8], limit_bytes: usize) -> Result<Vec<u8>, ReqRespDe
     Ok(out)
 }
 
-fn split_prefix(frame: &[u8]) -> Result<([u8; LENGTH_PREFIX_BYTES], &[u8]), ReqRespDecodeError> {
+fn split_prefix(frame: &[u8]) -> Result<([u8; LENGTH_PREFIX_BYTES], &[u8]), SnappyError> {
     let Some((prefix, rest)) = frame.split_first_chunk::<LENGTH_PREFIX_BYTES>() else {
-        return Err(ReqRespDecodeError::Truncated {
-            field: "uncompressed length",
-        });
+        return Err(SnappyError::Truncated);
     };
     Ok((*prefix, rest))
 }
 
-fn snappy_error(error: snap::Error) -> ReqRespDecodeError {
-    ReqRespDecodeError::Snappy(error.to_string())
+fn snappy_error(error: snap::Error) -> SnappyError {
+    SnappyError::Corrupt(error.to_string())
 }
 
 /// The varint header of a raw snappy block claiming `length` bytes: what a
@@ -181,8 +230,7 @@ mod tests {
         let frame = compress(&[1; 100]);
         assert_eq!(
             decompress(&frame, 99),
-            Err(ReqRespDecodeError::TooLarge {
-                field: "declared uncompressed length",
+            Err(SnappyError::TooLarge {
                 length: 100,
                 limit: 99
             })
@@ -204,7 +252,7 @@ mod tests {
         frame.extend_from_slice(&varint);
         assert!(matches!(
             decompress(&frame, 1 << 20),
-            Err(ReqRespDecodeError::TooLarge {
+            Err(SnappyError::TooLarge {
                 length: 2_600_000_000,
                 ..
             })
@@ -214,7 +262,7 @@ mod tests {
         frame.extend_from_slice(&varint);
         assert_eq!(
             decompress(&frame, 1 << 20),
-            Err(ReqRespDecodeError::LengthMismatch {
+            Err(SnappyError::LengthMismatch {
                 declared: 10,
                 actual: 2_600_000_000
             })
@@ -227,7 +275,7 @@ mod tests {
         frame.extend_from_slice(&[0; 40]);
         assert_eq!(
             decompress(&frame, 100),
-            Err(ReqRespDecodeError::CompressedTooLong {
+            Err(SnappyError::CompressedTooLong {
                 compressed: (frame.len() - 4) as u64,
                 max: 32 + 3
             })
@@ -236,36 +284,31 @@ mod tests {
 
     #[test]
     fn truncated_corrupt_and_trailing_frames_are_refused() {
-        assert_eq!(
-            decompress(&[0, 0, 1], 100),
-            Err(ReqRespDecodeError::Truncated {
-                field: "uncompressed length"
-            })
-        );
+        assert_eq!(decompress(&[0, 0, 1], 100), Err(SnappyError::Truncated));
         // A declared length with no snappy block at all.
         assert!(matches!(
             decompress(&[0, 0, 0, 0], 100),
-            Err(ReqRespDecodeError::Snappy(_))
+            Err(SnappyError::Corrupt(_))
         ));
         let frame = compress(b"hello world, hello world");
         // Cut short inside the block.
         assert!(matches!(
             decompress(&frame[..frame.len() - 2], 100),
-            Err(ReqRespDecodeError::Snappy(_))
+            Err(SnappyError::Corrupt(_))
         ));
         // A literal after the block is complete: trailing bytes are corrupt data.
         let mut trailing = frame.clone();
         trailing.extend_from_slice(&[0x00, b'!']);
         assert!(matches!(
             decompress(&trailing, 100),
-            Err(ReqRespDecodeError::Snappy(_))
+            Err(SnappyError::Corrupt(_))
         ));
         // Prefix and block disagree the other way round.
         let mut lying = frame.clone();
         lying[3] += 1;
         assert!(matches!(
             decompress(&lying, 100),
-            Err(ReqRespDecodeError::LengthMismatch { .. })
+            Err(SnappyError::LengthMismatch { .. })
         ));
     }
 }

@@ -67,8 +67,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::codec::snappy;
 use crate::limits::MESSAGE_BYTES_MAX;
-use crate::reqresp::snappy;
 use crate::reqresp::ReqRespDecodeError;
 
 /// Kind byte of a gossip RPC. Kinds 32..=47 are reserved for gossip.
@@ -241,7 +241,7 @@ impl WireMessage {
     /// The uncompressed payload (checked against [`GOSSIP_MESSAGE_BYTES_MAX`]).
     pub fn payload(&self) -> Result<Vec<u8>, GossipDecodeError> {
         snappy::decompress(&self.frame, GOSSIP_MESSAGE_BYTES_MAX)
-            .map_err(GossipDecodeError::Payload)
+            .map_err(|error| GossipDecodeError::Payload(error.into()))
     }
 }
 
@@ -452,7 +452,7 @@ impl Rpc {
             }
             let frame = reader.take("message frame", frame_len)?;
             let declared = snappy::check_frame(frame, GOSSIP_MESSAGE_BYTES_MAX)
-                .map_err(GossipDecodeError::Payload)?;
+                .map_err(|error| GossipDecodeError::Payload(error.into()))?;
             payload_bytes_total = payload_bytes_total.saturating_add(declared);
             if payload_bytes_total > RPC_PAYLOAD_BYTES_MAX {
                 return Err(GossipDecodeError::TooLarge {
@@ -838,7 +838,7 @@ mod tests {
     /// A few bytes that claim 2.6 GB, or 10 MiB + 1: refused before decompressing.
     #[test]
     fn snappy_bombs_are_refused_before_allocating() {
-        let varint = crate::reqresp::snappy::bomb_header(2_600_000_000);
+        let varint = crate::codec::snappy::bomb_header(2_600_000_000);
         let message = |declared: u32, block: &[u8]| {
             let mut frame = declared.to_be_bytes().to_vec();
             frame.extend_from_slice(block);

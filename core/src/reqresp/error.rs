@@ -117,3 +117,27 @@ impl fmt::Display for ReqRespDecodeError {
 }
 
 impl std::error::Error for ReqRespDecodeError {}
+
+impl From<crate::codec::snappy::SnappyError> for ReqRespDecodeError {
+    /// The same refusals, named as req/resp has always named them.
+    fn from(error: crate::codec::snappy::SnappyError) -> ReqRespDecodeError {
+        use crate::codec::snappy::SnappyError;
+        match error {
+            SnappyError::Truncated => ReqRespDecodeError::Truncated {
+                field: "uncompressed length",
+            },
+            SnappyError::TooLarge { length, limit } => ReqRespDecodeError::TooLarge {
+                field: "declared uncompressed length",
+                length,
+                limit,
+            },
+            SnappyError::CompressedTooLong { compressed, max } => {
+                ReqRespDecodeError::CompressedTooLong { compressed, max }
+            }
+            SnappyError::LengthMismatch { declared, actual } => {
+                ReqRespDecodeError::LengthMismatch { declared, actual }
+            }
+            SnappyError::Corrupt(error) => ReqRespDecodeError::Snappy(error),
+        }
+    }
+}

@@ -90,7 +90,7 @@ pub fn snappy_decompress(data: &[u8]) {
     }
 }
 
-use crate::fuzzing::Script;
+use crate::fuzz_script::Script;
 
 const PEERS: u8 = 3;
 
@@ -113,7 +113,7 @@ fn valid_request_body(protocol: ProtocolId, argument: u8) -> Vec<u8> {
         }
         .encode(),
         ProtocolId::Goodbye => Goodbye {
-            reason: crate::io::GoodbyeReason::from_code(u64::from(argument)),
+            reason: crate::types::GoodbyeReason::from_code(u64::from(argument)),
         }
         .encode(),
         ProtocolId::BlocksByRange => BlocksByRangeRequest {

@@ -58,13 +58,13 @@
 #[warn(clippy::arithmetic_side_effects)]
 pub mod bodies;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod inbound;
 pub mod limits;
 pub mod outbound;
 pub mod rate;
-#[warn(clippy::arithmetic_side_effects)]
-pub mod snappy;
+pub use crate::codec::snappy;
 #[warn(clippy::arithmetic_side_effects)]
 pub mod wire;
 

@@ -408,7 +408,7 @@ impl ResponseChunk {
 
     /// The uncompressed payload, refused if larger than `limit_bytes`.
     pub fn payload(&self, limit_bytes: usize) -> Result<Vec<u8>, ReqRespDecodeError> {
-        snappy::decompress(&self.compressed_payload, limit_bytes)
+        snappy::decompress(&self.compressed_payload, limit_bytes).map_err(Into::into)
     }
 
     /// For an error chunk: its message, with anything but printable ASCII
