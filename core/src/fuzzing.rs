@@ -7,6 +7,7 @@
 use crate::chain::block::{body_root, BlockHeader, BLOCK_BODY_BYTES_MAX, SIGNATURE_BYTES};
 use crate::chain::SignedBlock;
 use crate::codec::{DecodeError, MessageReassembler, NoiseFrameDecoder};
+use crate::fuzz_script::Script;
 #[cfg(test)]
 use crate::io::Notification;
 use crate::io::{CloseCause, Command, ConnId, GoodbyeReason, Input, Origin};
@@ -106,33 +107,6 @@ pub fn handshake_responder(data: &[u8]) {
         while node.poll_action().is_some() {}
     }
     assert!(node.peer_count() <= 1);
-}
-
-/// Reads the fuzzer's bytes as a script: one byte or a run of bytes at a
-/// time, with nothing once the input is used up. Shared by the script-driven
-/// harnesses of every module.
-pub(crate) struct Script<'a> {
-    data: &'a [u8],
-}
-
-impl<'a> Script<'a> {
-    pub(crate) fn new(data: &'a [u8]) -> Script<'a> {
-        Script { data }
-    }
-
-    pub(crate) fn byte(&mut self) -> Option<u8> {
-        let (&first, rest) = self.data.split_first()?;
-        self.data = rest;
-        Some(first)
-    }
-
-    /// Up to `count` bytes (fewer at the end of the input).
-    pub(crate) fn bytes(&mut self, count: usize) -> &'a [u8] {
-        let count = count.min(self.data.len());
-        let (taken, rest) = self.data.split_at(count);
-        self.data = rest;
-        taken
-    }
 }
 
 /// Nodes on an in-memory network driven by a script of arbitrary operations:

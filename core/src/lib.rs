@@ -39,6 +39,9 @@
 
 pub mod chain;
 pub mod codec;
+#[cfg(any(test, feature = "fuzzing"))]
+mod fuzz_script;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod gossip;
 pub mod identity;
@@ -50,8 +53,10 @@ pub mod peer;
 pub mod reqresp;
 pub mod secure;
 pub mod sync;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod time;
+pub mod types;
 pub mod work;
 
 pub use gossip::{MessageId, Topic, Validation};

@@ -36,7 +36,7 @@ pub fn decode_rpc(data: &[u8]) {
     }
 }
 
-use crate::fuzzing::Script;
+use crate::fuzz_script::Script;
 
 const PEERS: u8 = 6;
 const TOPICS: u8 = 3;

@@ -24,6 +24,7 @@
 //! Every bound is a named constant in [`wire`], [`router`] or [`score`],
 //! with its reason and eviction policy.
 
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod router;
 pub mod score;

@@ -1349,8 +1349,9 @@ impl Node {
     /// Queues `message` (one logical message, any bytes) to `peer` as if
     /// this node had produced it. For fuzzing and tests of hostile peers:
     /// it lets a harness speak arbitrary messages over a real, authenticated
-    /// channel. Returns whether `peer` is connected.
-    #[doc(hidden)]
+    /// channel. Returns whether `peer` is connected. Only with the `testing`
+    /// feature: a production build cannot send what the node did not make.
+    #[cfg(any(test, feature = "testing"))]
     pub fn testing_send_message(&mut self, peer: &PeerId, message: &[u8]) -> bool {
         let Some(&conn) = self.peers.get(peer) else {
             return false;

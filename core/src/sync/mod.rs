@@ -5,6 +5,7 @@
 //! (`node/sync.rs`): inputs carry `now`, outputs come from `poll`. [`fuzzing`]
 //! drives them with arbitrary inputs.
 
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 #[warn(clippy::arithmetic_side_effects)]
 pub mod lookup;
