@@ -14,7 +14,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "vocabulary",
-        &["time", "types", "identity", "metrics", "fuzz_script"],
+        &[
+            "time",
+            "types",
+            "identity",
+            "metrics",
+            "machine",
+            "fuzz_script",
+        ],
     ),
     ("bounds", &["limits"]),
     ("codecs and crypto", &["codec", "secure", "chain"]),

@@ -55,6 +55,7 @@ use crate::io::{
     Notification, Origin, RefuseReason,
 };
 use crate::limits;
+use crate::machine::Machine;
 use crate::metrics::Counters;
 use crate::peer::{Decision, PeerEvent, PeerManager};
 use crate::reqresp::bodies::Metadata;
@@ -540,8 +541,8 @@ impl Node {
                     log::warn!("static peer {addr}: {error:?}");
                 }
                 // The manager dials at its next timeout, which is now.
-                let events = self.peer_manager.on_timeout(now);
-                self.apply_peer_events(now, events);
+                self.peer_manager.handle_timeout(now);
+                self.apply_peer_timeout_events(now);
             }
             Command::RemoveStaticPeer { addr } => {
                 self.peer_manager.remove_static_peer(addr);
@@ -1067,10 +1068,17 @@ impl Node {
             self.keepalive(now, peer);
         }
         self.on_request_timeouts(now);
-        let events = self.peer_manager.on_timeout(now);
-        self.apply_peer_events(now, events);
+        self.peer_manager.handle_timeout(now);
+        self.apply_peer_timeout_events(now);
         self.gossip_heartbeat(now);
         self.hostile_tick(now);
+    }
+
+    /// Carries out what the peer manager decided at its timeout.
+    fn apply_peer_timeout_events(&mut self, now: Instant) {
+        let events: Vec<PeerEvent> =
+            std::iter::from_fn(|| self.peer_manager.poll_event()).collect();
+        self.apply_peer_events(now, events);
     }
 
     /// Carries out what the peer manager decided.

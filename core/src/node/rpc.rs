@@ -38,6 +38,7 @@ use super::{ConnectionState, Node};
 use crate::chain::{Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::io::{ConnId, DisconnectReason, GoodbyeReason, Notification, RequestError};
+use crate::machine::Machine;
 use crate::peer::{ChainStatus, Penalty, Report};
 use crate::reqresp::bodies::{
     BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Metadata, MetadataRequest, Ping,
@@ -925,7 +926,8 @@ impl Node {
         // Finish every expired request before scoring any: a report may
         // disconnect a peer whose other expired requests the tracker has
         // already let go of.
-        let expired = self.outbound.on_timeout(now);
+        self.outbound.handle_timeout(now);
+        let expired: Vec<_> = std::iter::from_fn(|| self.outbound.poll_timed_out()).collect();
         for &(peer, id, kind) in &expired {
             self.counters.requests_timed_out += 1;
             debug!("{peer:?}: request {id:?} timed out ({kind:?})");
@@ -967,7 +969,8 @@ impl Node {
                 }
             }
         }
-        for (peer, id) in self.inbound.on_timeout(now) {
+        self.inbound.handle_timeout(now);
+        while let Some((peer, id)) = self.inbound.poll_expired() {
             debug!("{peer:?}: its request {id:?} expired unanswered");
         }
     }

@@ -44,6 +44,7 @@ use super::Node;
 use crate::chain::{ImportError, ImportOutcome, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::io::{Notification, RequestError};
+use crate::machine::Machine;
 use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
 use crate::reqresp::limits::BLOCK_BYTES_MAX;
@@ -152,7 +153,7 @@ impl Node {
         self.range_sync
             .on_clock(now, self.chain_state.slot_max(now));
         self.range_sync.on_timer(now);
-        self.lookups.on_timer(now);
+        self.lookups.handle_timeout(now);
     }
 
     /// The earliest deadline of either machine.

@@ -35,6 +35,7 @@
 //! # Limits
 //! Those of the parts; the manager adds no table of its own.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use log::{debug, info};
@@ -46,6 +47,7 @@ use super::score::{Report, Score, ScoreEvent, Scores, SCORES_MAX, SCORE_HALF_LIF
 use super::static_peers::StaticPeers;
 use super::table::{ChainStatus, FinalizedTarget, PeerRecord, PeerTable, StatusError};
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 use crate::types::{ConnId, Direction, GoodbyeReason};
 
@@ -185,6 +187,8 @@ pub struct PeerManager {
     table: PeerTable,
     statics: StaticPeers,
     last_now: Instant,
+    /// What `handle_timeout` decided, for `poll_event`; drained after each call.
+    events: VecDeque<PeerEvent>,
 }
 
 impl PeerManager {
@@ -213,6 +217,7 @@ impl PeerManager {
             table: PeerTable::new(),
             statics: StaticPeers::new(seed),
             last_now: Instant::ZERO,
+            events: VecDeque::new(),
         }
     }
 
@@ -483,40 +488,9 @@ impl PeerManager {
         self.statics.remove(addr)
     }
 
-    /// Does what is due at `now`: ends bans, reports recovered scores, and
-    /// asks for the static-peer dials that are due and pass the gater.
-    pub fn on_timeout(&mut self, now: Instant) -> Vec<PeerEvent> {
-        let now = self.advance(now);
-        let mut events: Vec<PeerEvent> =
-            self.bans.expire(now).into_iter().map(unban_event).collect();
-        events.extend(
-            self.scores
-                .poll_recoveries(now)
-                .into_iter()
-                .map(|peer| PeerEvent::ScoreRecovered { peer }),
-        );
-        for (addr, peer) in self.statics.poll_dials(now) {
-            match self.check_dial(now, addr, peer) {
-                Decision::Accept => events.push(PeerEvent::Dial { addr, peer }),
-                Decision::Refuse(refusal) => {
-                    debug!("static peer {addr}: not dialling: {refusal:?}");
-                    self.statics.on_dial_failed(now, addr);
-                }
-            }
-        }
-        events
-    }
-
-    /// When [`PeerManager::on_timeout`] next has something to do, if ever.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.bans.next_expiry(),
-            self.scores.next_recovery(),
-            self.statics.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+    /// The next thing [`Machine::handle_timeout`] decided, until `None`.
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
     }
 
     /// Bans `peer` (and its IP, once enough identities from it are banned),
@@ -583,6 +557,44 @@ fn unban_event(unban: Unban) -> PeerEvent {
     }
 }
 
+impl Machine for PeerManager {
+    /// Does what is due at `now`: ends bans, reports recovered scores, and
+    /// asks for the static-peer dials that are due and pass the gater.
+    fn handle_timeout(&mut self, now: Instant) {
+        let now = self.advance(now);
+        let mut events: Vec<PeerEvent> =
+            self.bans.expire(now).into_iter().map(unban_event).collect();
+        events.extend(
+            self.scores
+                .poll_recoveries(now)
+                .into_iter()
+                .map(|peer| PeerEvent::ScoreRecovered { peer }),
+        );
+        for (addr, peer) in self.statics.poll_dials(now) {
+            match self.check_dial(now, addr, peer) {
+                Decision::Accept => events.push(PeerEvent::Dial { addr, peer }),
+                Decision::Refuse(refusal) => {
+                    debug!("static peer {addr}: not dialling: {refusal:?}");
+                    self.statics.on_dial_failed(now, addr);
+                }
+            }
+        }
+        self.events.extend(events);
+    }
+
+    /// When [`Machine::handle_timeout`] next has something to do, if ever.
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.bans.next_expiry(),
+            self.scores.next_recovery(),
+            self.statics.next_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
@@ -591,6 +603,12 @@ mod tests {
     use crate::peer::gater::Refusal;
     use crate::peer::score::{Penalty, SCORE_GATE_THRESHOLD};
     use crate::peer::static_peers::{StaticState, REDIAL_BACKOFF_INITIAL};
+
+    /// What one `handle_timeout` at `now` decided, drained.
+    fn timeouts(manager: &mut PeerManager, now: Instant) -> Vec<PeerEvent> {
+        manager.handle_timeout(now);
+        std::iter::from_fn(|| manager.poll_event()).collect()
+    }
 
     fn peer(index: u16) -> PeerId {
         let mut bytes = [0u8; 32];
@@ -804,8 +822,7 @@ mod tests {
         let mut events = Vec::new();
         while let Some(deadline) = manager.next_deadline() {
             events.extend(
-                manager
-                    .on_timeout(deadline)
+                timeouts(&mut manager, deadline)
                     .into_iter()
                     .map(|event| (deadline, event)),
             );
@@ -896,10 +913,10 @@ mod tests {
             recovery.saturating_duration_since(at(0)) <= SCORE_HALF_LIFE + Duration::from_millis(1)
         );
         assert_eq!(
-            manager.on_timeout(recovery),
+            timeouts(&mut manager, recovery),
             vec![PeerEvent::ScoreRecovered { peer: peer(1) }]
         );
-        assert!(manager.on_timeout(recovery).is_empty(), "reported once");
+        assert!(timeouts(&mut manager, recovery).is_empty(), "reported once");
         assert!(manager
             .check_dial(recovery, addr(1), Some(peer(1)))
             .is_accept());
@@ -1000,7 +1017,7 @@ mod tests {
         assert!(manager.is_static_peer(&peer(1)));
         assert_eq!(manager.next_deadline(), Some(at(0)));
         assert_eq!(
-            manager.on_timeout(at(0)),
+            timeouts(&mut manager, at(0)),
             vec![PeerEvent::Dial {
                 addr: addr(1),
                 peer: Some(peer(1))
@@ -1013,10 +1030,8 @@ mod tests {
             redial <= at(0) + REDIAL_BACKOFF_INITIAL
                 && redial >= at(0) + REDIAL_BACKOFF_INITIAL * 3 / 4
         );
-        assert!(manager
-            .on_timeout(Instant::from_micros(redial.as_micros() - 1))
-            .is_empty());
-        assert_eq!(manager.on_timeout(redial).len(), 1);
+        assert!(timeouts(&mut manager, Instant::from_micros(redial.as_micros() - 1)).is_empty());
+        assert_eq!(timeouts(&mut manager, redial).len(), 1);
         // It fails its handshake: the backoff doubles.
         manager.on_connection_attempt(redial, ConnId(1), addr(1), Direction::Outbound);
         manager.on_connection_closed(redial, ConnId(1));
@@ -1026,7 +1041,7 @@ mod tests {
             delay > Duration::from_millis(1_400) && delay <= Duration::from_secs(2),
             "{delay:?}"
         );
-        manager.on_timeout(second);
+        timeouts(&mut manager, second);
         // Connected for ten minutes, then lost: the backoff starts over.
         assert!(connect(&mut manager, second, 1, Direction::Outbound).is_accept());
         assert_eq!(manager.next_deadline(), None);
@@ -1035,7 +1050,7 @@ mod tests {
         let third = manager.next_deadline().unwrap();
         assert!(third.saturating_duration_since(lost) <= REDIAL_BACKOFF_INITIAL);
         assert_eq!(
-            manager.on_timeout(third),
+            timeouts(&mut manager, third),
             vec![PeerEvent::Dial {
                 addr: addr(1),
                 peer: Some(peer(1))
@@ -1052,7 +1067,7 @@ mod tests {
         manager
             .add_static_peer(at(0), addr(1), Some(peer(1)))
             .unwrap();
-        assert!(manager.on_timeout(at(0)).is_empty());
+        assert!(timeouts(&mut manager, at(0)).is_empty());
         assert!(matches!(
             manager.statics.state(addr(1)),
             Some(StaticState::Waiting { .. })
@@ -1061,7 +1076,7 @@ mod tests {
         let mut dialled = None;
         for _ in 0..100 {
             let deadline = manager.next_deadline().unwrap();
-            if manager.on_timeout(deadline).contains(&PeerEvent::Dial {
+            if timeouts(&mut manager, deadline).contains(&PeerEvent::Dial {
                 addr: addr(1),
                 peer: Some(peer(1)),
             }) {
@@ -1081,7 +1096,7 @@ mod tests {
         manager
             .add_static_peer(at(0), addr(99), Some(peer(1)))
             .unwrap();
-        assert!(manager.on_timeout(at(0)).is_empty());
+        assert!(timeouts(&mut manager, at(0)).is_empty());
         assert_eq!(manager.next_deadline(), None);
     }
 
@@ -1162,7 +1177,7 @@ mod tests {
             now = now + Duration::from_secs(5);
             // Timers first, in order, as a driver would run them.
             while let Some(deadline) = manager.next_deadline().filter(|&deadline| deadline <= now) {
-                for event in manager.on_timeout(deadline) {
+                for event in timeouts(&mut manager, deadline) {
                     if let PeerEvent::Dial { addr, .. } = event {
                         manager.on_dial_failed(deadline, addr);
                     }

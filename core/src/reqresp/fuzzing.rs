@@ -16,6 +16,7 @@ use super::wire::{
     ProtocolId, ReqRespMessage, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
 };
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 
 /// Any req/resp message: decoding never panics; a decoded message encodes
@@ -205,13 +206,17 @@ pub fn outbound_script(data: &[u8]) {
             }
             6 => {
                 now = now + Duration::from_millis(u64::from(argument) * 100);
-                tracker.on_timeout(now);
+                tracker.handle_timeout(now);
+                while tracker.poll_timed_out().is_some() {}
                 // The run loop: after timeouts, drain transmits (a quota may have refilled).
                 while let Some((peer, request)) = tracker.poll_transmit(now) {
                     sent.push((peer, request.id));
                 }
                 if let Some(deadline) = tracker.next_deadline() {
-                    assert!(deadline > now, "an expired deadline survived on_timeout");
+                    assert!(
+                        deadline > now,
+                        "an expired deadline survived handle_timeout"
+                    );
                 }
             }
             _ => {
@@ -289,9 +294,13 @@ pub fn inbound_script(data: &[u8]) {
             }
             3 => {
                 now = now + Duration::from_millis(u64::from(argument) * 100);
-                inbound.on_timeout(now);
+                inbound.handle_timeout(now);
+                while inbound.poll_expired().is_some() {}
                 if let Some(deadline) = inbound.next_deadline() {
-                    assert!(deadline > now, "an expired deadline survived on_timeout");
+                    assert!(
+                        deadline > now,
+                        "an expired deadline survived handle_timeout"
+                    );
                 }
             }
             4 => {

@@ -34,7 +34,7 @@
 //! application protocols. The open-request map holds only peers with open
 //! requests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::bodies::{request_cost, response_chunks_max, Body, Goodbye};
 use super::error::ReqRespDecodeError;
@@ -46,6 +46,7 @@ use super::wire::{
     ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
 };
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 use crate::types::GoodbyeReason;
 
@@ -227,10 +228,10 @@ pub struct InboundCounters {
 ///
 /// # Methods
 /// Getters: [`InboundRequests::open`], [`InboundRequests::counters`],
-/// [`InboundRequests::next_deadline`], [`InboundRequests::is_registered`].
+/// [`Machine::next_deadline`], [`InboundRequests::is_registered`].
 /// Mutators: [`InboundRequests::register_application`].
 /// Handlers: [`InboundRequests::on_request_bytes`], [`InboundRequests::on_request`],
-/// [`InboundRequests::on_timeout`], [`InboundRequests::on_peer_disconnected`].
+/// [`Machine::handle_timeout`], [`InboundRequests::on_peer_disconnected`].
 /// Answers: [`InboundRequests::respond_chunk`], [`InboundRequests::respond_end`],
 /// [`InboundRequests::respond_error`], [`InboundRequests::respond`].
 #[derive(Debug)]
@@ -241,6 +242,8 @@ pub struct InboundRequests {
     limiter: RateLimiter,
     counters: InboundCounters,
     last_now: Instant,
+    /// What `handle_timeout` expired, for `poll_expired`; drained after each call.
+    expired: VecDeque<(PeerId, RequestId)>,
 }
 
 #[derive(Debug)]
@@ -275,6 +278,7 @@ impl InboundRequests {
             applications: Vec::new(),
             counters: InboundCounters::default(),
             last_now: Instant::ZERO,
+            expired: VecDeque::new(),
         }
     }
 
@@ -471,10 +475,15 @@ impl InboundRequests {
         }
     }
 
+    /// The next open request [`Machine::handle_timeout`] dropped, in peer then id order, until `None`: send nothing for it.
+    pub fn poll_expired(&mut self) -> Option<(PeerId, RequestId)> {
+        self.expired.pop_front()
+    }
+
     /// Drops every open request whose answer deadline is at or before `now`,
     /// returning them in peer then id order. The requester has given up on
     /// them: send nothing, and drop any handler work for them.
-    pub fn on_timeout(&mut self, now: Instant) -> Vec<(PeerId, RequestId)> {
+    fn expire_due(&mut self, now: Instant) -> Vec<(PeerId, RequestId)> {
         self.advance(now);
         let expired: Vec<(PeerId, RequestId)> = self
             .open
@@ -494,7 +503,7 @@ impl InboundRequests {
     }
 
     /// The earliest answer deadline, if any request is open.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    fn earliest_deadline(&self) -> Option<Instant> {
         self.open
             .values()
             .flat_map(|requests| requests.values().map(|request| request.deadline))
@@ -590,9 +599,26 @@ impl InboundRequests {
     }
 }
 
+impl Machine for InboundRequests {
+    fn handle_timeout(&mut self, now: Instant) {
+        let expired = self.expire_due(now);
+        self.expired.extend(expired);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.earliest_deadline()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What one `handle_timeout` at `now` expired, drained.
+    fn timeouts(machine: &mut InboundRequests, now: Instant) -> Vec<(PeerId, RequestId)> {
+        machine.handle_timeout(now);
+        std::iter::from_fn(|| machine.poll_expired()).collect()
+    }
     use crate::reqresp::bodies::{BlocksByRangeRequest, Ping, Status};
     use crate::reqresp::wire::ReqRespMessage;
 
@@ -952,13 +978,13 @@ mod tests {
         inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::Status, status()));
         inbound.on_request_bytes(secs(2), a, &request(2, ProtocolId::Status, status()));
         assert_eq!(inbound.next_deadline(), Some(secs(10)));
-        assert!(inbound.on_timeout(secs(9)).is_empty());
+        assert!(timeouts(&mut inbound, secs(9)).is_empty());
         // At the deadline the answer is refused even before on_timeout runs.
         assert_eq!(
             inbound.respond_chunk(secs(10), a, RequestId(1), &status()),
             Err(RespondError::NotOpen)
         );
-        assert_eq!(inbound.on_timeout(secs(10)), vec![(a, RequestId(1))]);
+        assert_eq!(timeouts(&mut inbound, secs(10)), vec![(a, RequestId(1))]);
         assert_eq!(inbound.next_deadline(), Some(secs(12)));
         assert_eq!(inbound.open(&a), 1);
         assert_eq!(inbound.counters().expired, 1);

@@ -26,7 +26,7 @@
 //! the first message of the response (a chunk, or the end of an empty
 //! response) within `first_chunk_timeout`, the end within `response_timeout`.
 //! A chunk or end that arrives at or after the deadline counts as late even
-//! if [`OutboundRequests::on_timeout`] has not run yet, so the outcome does
+//! if [`Machine::handle_timeout`] has not run yet, so the outcome does
 //! not depend on how promptly the driver delivers timeouts.
 //!
 //! # Security
@@ -57,6 +57,7 @@ use super::wire::{
     ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
 };
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 
 /// What an [`OutboundRequests`] enforces.
@@ -232,10 +233,10 @@ pub struct OutboundCounters {
 ///
 /// # Methods
 /// Getters: [`OutboundRequests::in_flight`], [`OutboundRequests::queued`],
-/// [`OutboundRequests::counters`], [`OutboundRequests::next_deadline`].
+/// [`OutboundRequests::counters`], [`Machine::next_deadline`].
 /// Mutators: [`OutboundRequests::send`], [`OutboundRequests::register_application`].
 /// Handlers: [`OutboundRequests::on_chunk`], [`OutboundRequests::on_end`],
-/// [`OutboundRequests::on_timeout`], [`OutboundRequests::on_peer_disconnected`].
+/// [`Machine::handle_timeout`], [`OutboundRequests::on_peer_disconnected`].
 /// Polls: [`OutboundRequests::poll_transmit`].
 ///
 /// After any mutation or handler, drain `poll_transmit(now)` until `None`
@@ -253,6 +254,8 @@ pub struct OutboundRequests {
     busy_until: BTreeMap<(PeerId, ProtocolId), Instant>,
     counters: OutboundCounters,
     last_now: Instant,
+    /// What `handle_timeout` expired, for `poll_timed_out`; drained after each call.
+    timed_out: VecDeque<(PeerId, RequestId, TimeoutKind)>,
 }
 
 /// How long a `ResourceUnavailable` answer asks us to wait: the "retry after
@@ -333,6 +336,7 @@ impl OutboundRequests {
             busy_until: BTreeMap::new(),
             counters: OutboundCounters::default(),
             last_now: Instant::ZERO,
+            timed_out: VecDeque::new(),
         }
     }
 
@@ -564,8 +568,13 @@ impl OutboundRequests {
         outcome
     }
 
+    /// The next request [`Machine::handle_timeout`] failed, in peer then id order, until `None`.
+    pub fn poll_timed_out(&mut self) -> Option<(PeerId, RequestId, TimeoutKind)> {
+        self.timed_out.pop_front()
+    }
+
     /// Fails every request whose deadline is at or before `now`, in peer then id order.
-    pub fn on_timeout(&mut self, now: Instant) -> Vec<(PeerId, RequestId, TimeoutKind)> {
+    fn expire_due(&mut self, now: Instant) -> Vec<(PeerId, RequestId, TimeoutKind)> {
         self.advance(now);
         let mut expired = Vec::new();
         for (&peer, requests) in &self.peers {
@@ -591,9 +600,9 @@ impl OutboundRequests {
         expired
     }
 
-    /// The earliest instant at which [`OutboundRequests::on_timeout`] has
+    /// The earliest instant at which [`Machine::handle_timeout`] has
     /// something to do or a quota-held request may go out.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    fn earliest_deadline(&self) -> Option<Instant> {
         let in_flight_max = self.config.in_flight_per_peer_max;
         self.peers
             .values()
@@ -694,9 +703,29 @@ impl OutboundRequests {
     }
 }
 
+impl Machine for OutboundRequests {
+    fn handle_timeout(&mut self, now: Instant) {
+        let expired = self.expire_due(now);
+        self.timed_out.extend(expired);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.earliest_deadline()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What one `handle_timeout` at `now` expired, drained.
+    fn timeouts(
+        machine: &mut OutboundRequests,
+        now: Instant,
+    ) -> Vec<(PeerId, RequestId, TimeoutKind)> {
+        machine.handle_timeout(now);
+        std::iter::from_fn(|| machine.poll_timed_out()).collect()
+    }
     use crate::reqresp::bodies::{
         BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Ping, Status,
     };
@@ -1026,13 +1055,13 @@ mod tests {
         );
         drain(&mut tracker, secs(1));
         assert_eq!(tracker.next_deadline(), Some(secs(6)));
-        assert!(tracker.on_timeout(millis(5_999)).is_empty());
+        assert!(timeouts(&mut tracker, millis(5_999)).is_empty());
         assert_eq!(
-            tracker.on_timeout(secs(6)),
+            timeouts(&mut tracker, secs(6)),
             vec![(a, id, TimeoutKind::FirstChunk)]
         );
         assert!(
-            tracker.on_timeout(secs(6)).is_empty(),
+            timeouts(&mut tracker, secs(6)).is_empty(),
             "repeated timeouts are no-ops"
         );
         assert_eq!(tracker.counters().timeouts_first_chunk, 1);
@@ -1060,11 +1089,11 @@ mod tests {
         ));
         assert_eq!(tracker.next_deadline(), Some(secs(10)));
         assert!(
-            tracker.on_timeout(secs(6)).is_empty(),
+            timeouts(&mut tracker, secs(6)).is_empty(),
             "the first chunk came in time"
         );
         assert_eq!(
-            tracker.on_timeout(secs(10)),
+            timeouts(&mut tracker, secs(10)),
             vec![(a, id, TimeoutKind::Response)]
         );
         assert_eq!(tracker.counters().timeouts_response, 1);
@@ -1086,7 +1115,7 @@ mod tests {
             }
         ));
         assert_eq!(
-            tracker.on_timeout(secs(5)),
+            timeouts(&mut tracker, secs(5)),
             vec![(a, id, TimeoutKind::FirstChunk)]
         );
     }
@@ -1101,7 +1130,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(drain(&mut tracker, secs(0)).len(), 4);
-        assert_eq!(tracker.on_timeout(secs(5)).len(), 4);
+        assert_eq!(timeouts(&mut tracker, secs(5)).len(), 4);
         let sent = drain(&mut tracker, secs(5));
         assert_eq!(sent.len(), 1);
         assert_eq!(tracker.next_deadline(), Some(secs(10)));

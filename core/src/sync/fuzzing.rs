@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use crate::chain::block::{body_root, BlockHeader, SIGNATURE_BYTES};
 use crate::chain::{Checkpoint, ImportError, Root, SignedBlock};
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::peer::score::Score;
 use crate::time::{Duration, Instant};
 
@@ -336,7 +337,7 @@ pub fn lookup_script(data: &[u8]) {
             }
             _ => {
                 now = now + Duration::from_millis(u64::from(bytes.u16()) * 64);
-                lookups.on_timer(now);
+                lookups.handle_timeout(now);
             }
         }
         lookups.assert_invariants();

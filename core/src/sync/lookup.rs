@@ -54,6 +54,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::chain::{ChainStore, Root, SignedBlock};
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 
 use super::range::FetchError;
@@ -243,7 +244,7 @@ impl Lookup {
 /// The parent-lookup state machine (see the module docs).
 ///
 /// Inputs are `on_*`; after each, drain [`Lookups::poll`] until `None`, then
-/// sleep until [`Lookups::next_deadline`] and call [`Lookups::on_timer`].
+/// sleep until [`Lookups::next_deadline`] and call [`Machine::handle_timeout`].
 #[derive(Debug)]
 pub struct Lookups {
     lookups: BTreeMap<LookupId, Lookup>,
@@ -504,44 +505,6 @@ impl Lookups {
         self.extend(now, lookup, block, peer, chain);
     }
 
-    /// Time passed: requests and lookups past their deadlines fail.
-    pub fn on_timer(&mut self, now: Instant) {
-        self.advance(now);
-        let ids: Vec<LookupId> = self.lookups.keys().copied().collect();
-        for id in ids {
-            let Some(lookup) = self.lookups.get(&id) else {
-                continue;
-            };
-            if now >= lookup.started_at.saturating_add(LOOKUP_TIMEOUT) {
-                self.drop_lookup(id, DropReason::TimedOut);
-                continue;
-            }
-            if let LookupState::Requesting { peer, sent_at } = lookup.state {
-                if now >= sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT) {
-                    self.request_failed(id, peer);
-                }
-            }
-        }
-    }
-
-    /// When [`Lookups::on_timer`] must next be called.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.lookups
-            .values()
-            .flat_map(|lookup| {
-                let request = match lookup.state {
-                    LookupState::Requesting { sent_at, .. } => {
-                        Some(sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT))
-                    }
-                    LookupState::Queued => None,
-                };
-                request
-                    .into_iter()
-                    .chain(Some(lookup.started_at.saturating_add(LOOKUP_TIMEOUT)))
-            })
-            .min()
-    }
-
     /// The next action, or `None`.
     pub fn poll(&mut self, now: Instant) -> Option<LookupAction> {
         self.advance(now);
@@ -685,6 +648,46 @@ impl Lookups {
     }
 }
 
+impl Machine for Lookups {
+    /// Time passed: requests and lookups past their deadlines fail.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let ids: Vec<LookupId> = self.lookups.keys().copied().collect();
+        for id in ids {
+            let Some(lookup) = self.lookups.get(&id) else {
+                continue;
+            };
+            if now >= lookup.started_at.saturating_add(LOOKUP_TIMEOUT) {
+                self.drop_lookup(id, DropReason::TimedOut);
+                continue;
+            }
+            if let LookupState::Requesting { peer, sent_at } = lookup.state {
+                if now >= sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT) {
+                    self.request_failed(id, peer);
+                }
+            }
+        }
+    }
+
+    /// When [`Machine::handle_timeout`] must next be called.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.lookups
+            .values()
+            .flat_map(|lookup| {
+                let request = match lookup.state {
+                    LookupState::Requesting { sent_at, .. } => {
+                        Some(sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT))
+                    }
+                    LookupState::Queued => None,
+                };
+                request
+                    .into_iter()
+                    .chain(Some(lookup.started_at.saturating_add(LOOKUP_TIMEOUT)))
+            })
+            .min()
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests {
@@ -756,7 +759,7 @@ mod tests {
                 match lookups.next_deadline() {
                     Some(deadline) => {
                         *now = (*now).max(deadline);
-                        lookups.on_timer(*now);
+                        lookups.handle_timeout(*now);
                         continue;
                     }
                     None => return out,
