@@ -135,7 +135,8 @@ impl MemoryNet {
 
     /// `count` nodes with default configs on network 1.
     pub fn with_nodes(count: usize) -> MemoryNet {
-        MemoryNet::new((0..count).map(|_| Config::new(1)).collect())
+        // One devnet derivation for all of them.
+        MemoryNet::new(vec![Config::new(1); count])
     }
 
     /// Node `from` dials node `to`, expecting `peer` if given; runs until quiet.

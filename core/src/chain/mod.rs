@@ -36,9 +36,6 @@ pub use verify::{
 /// Slot duration of a devnet genesis made by [`ChainConfig::devnet`].
 pub const DEVNET_SLOT_DURATION_MS: u64 = 2_000;
 
-/// Devnet genesis configurations [`ChainConfig::devnet`] keeps at once.
-pub const DEVNETS_REMEMBERED_MAX: usize = 64;
-
 /// Body bytes of the blocks a devnet proposer makes when the application
 /// gives none.
 pub const DEVNET_BODY_BYTES_DEFAULT: usize = 1_024;
@@ -81,26 +78,11 @@ pub struct ChainConfig {
 impl ChainConfig {
     /// A devnet on `network_id` with one proposer whose key is
     /// `devnet_keys(network_id, 1)[0]`, genesis time 0, and no stored block.
+    ///
+    /// Derived afresh at each call (a few hundred microseconds: a key
+    /// derivation and its validation); a caller that makes many nodes of one
+    /// network derives it once and clones it.
     pub fn devnet(network_id: u64) -> ChainConfig {
-        // Deriving the key and validating it costs a few hundred microseconds,
-        // paid by every `Config::new`; networks are few, so remember them.
-        static DEVNETS: std::sync::Mutex<std::collections::BTreeMap<u64, ChainConfig>> =
-            std::sync::Mutex::new(std::collections::BTreeMap::new());
-        let mut devnets = DEVNETS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(config) = devnets.get(&network_id) {
-            return config.clone();
-        }
-        if devnets.len() >= DEVNETS_REMEMBERED_MAX {
-            devnets.clear();
-        }
-        let config = ChainConfig::devnet_uncached(network_id);
-        devnets.insert(network_id, config.clone());
-        config
-    }
-
-    fn devnet_uncached(network_id: u64) -> ChainConfig {
         let key = devnet_keys(network_id, 1).remove(0);
         let genesis = Genesis::new(
             network_id,
