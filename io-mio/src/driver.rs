@@ -2250,10 +2250,10 @@ mod tests {
     #[test]
     fn a_durable_driver_comes_back_at_its_head() {
         use meshsync_core::chain::{devnet_keys, ChainConfig, ProposerKey};
-        let dir = crate::temp_dir::TempDir::new("driver-store");
+        let dir = crate::testing::TempDir::new("driver-store");
         let genesis_time_ms = unix_ms(SystemTime::now());
         let chain = |proposer: bool| {
-            let genesis = crate::devnet::devnet_genesis(3, 1, 100, genesis_time_ms).unwrap();
+            let genesis = crate::testing::devnet_genesis(3, 1, 100, genesis_time_ms).unwrap();
             let mut config = Config::new(3);
             config.chain = ChainConfig {
                 genesis: Arc::new(genesis),

@@ -29,10 +29,9 @@ use meshsync_core::chain::{verify_batch, ChainConfig};
 use meshsync_core::io::{Action, ConnId, Input, Origin};
 use meshsync_core::work::{Job, WorkId, WorkOutput};
 use meshsync_core::{Config, Identity, Instant, Node, Notification};
+use meshsync_mio::workers::WorkerPool;
 use mio::{Events, Poll, Token, Waker};
 use rand_core::OsRng;
-
-use crate::workers::WorkerPool;
 
 /// Peers serving the chain to the syncing node: enough that their request
 /// quotas (each serves 1 024 blocks per 10 s to one peer, Lighthouse's

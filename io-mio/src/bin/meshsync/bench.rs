@@ -63,9 +63,8 @@ use meshsync_core::{
     Action, Command, Config, ConnId, Identity, Input, Instant, Node, Origin, PeerId,
     PROTOCOL_VERSION,
 };
+use meshsync_mio::{Driver, RunningDriver};
 use rand_core::RngCore;
-
-use crate::driver::{Driver, RunningDriver};
 
 /// How long one TCP cycle may take before the benchmark gives up.
 pub const CYCLE_TIMEOUT: Duration = Duration::from_secs(15);
