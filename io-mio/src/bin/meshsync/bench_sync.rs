@@ -19,6 +19,12 @@
 //! thread count: how much of the machine's verification capacity sync
 //! turns into imported blocks. Both sides share the machine at the same
 //! moment, so a noisy neighbour moves both.
+//!
+//! The nodes are joined by this module's own `World`, not the core's
+//! `MemoryNet`: `MemoryNet` runs every `Action::Work` inline, on the
+//! calling thread, as it collects a node's actions, and the work spread
+//! over a real worker pool is what this benchmark measures; its clock is
+//! virtual, where here the nodes' deadlines run on the wall clock.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
