@@ -17,6 +17,8 @@ use super::{Driver, RunState, LISTENER, SIGNALS, WAKER};
 /// How long a graceful shutdown waits for queues to drain.
 pub const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// One readiness event, copied out of `mio::Events` so that handling it can
+/// borrow the driver mutably.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Readiness {
     token: Token,

@@ -12,8 +12,8 @@
 //!   answer checks, `Action::Work` on a real [`WorkerPool`] of `threads`
 //!   workers woken through a `mio::Waker`, in-order import into the fork
 //!   choice. Persist batches are confirmed at once (the disk is not what is
-//!   measured; `store.rs`'s tests time a commit). Time runs on the wall
-//!   clock, so the nodes' deadlines are real.
+//!   measured; the library's `store.rs` tests time a commit). Time runs on
+//!   the wall clock, so the nodes' deadlines are real.
 //!
 //! The figure that matters is the ratio pipeline / limit for the same
 //! thread count: how much of the machine's verification capacity sync
