@@ -14,30 +14,31 @@
 //! clock and OS entropy. One [`Driver`] runs one node on one thread (one
 //! `mio::Poll`). Applications and tests talk to it through a
 //! [`DriverHandle`] (commands, queries, stop) and hear from it through
-//! [`Driver::subscribe`] (notifications). The `meshsync` binary (`main.rs`)
-//! is a thin clap front end over [`keyfile`], [`genesis_files`], [`devnet`]
-//! and [`mod@bench`]. [`store`] is the durable block store (redb) and
-//! [`workers`] the thread pool for the core's CPU work.
+//! [`Driver::subscribe`] (notifications). [`store`] is the durable block
+//! store (redb), [`workers`] the thread pool for the core's CPU work,
+//! [`send_queue`] a connection's outbound bytes, [`address`] the
+//! `ADDR[@PEERID]` peer syntax and [`keyfile`] reads a node's identity.
+//! [`testing`] holds what tests and devnets need that production does not.
+//!
+//! The `meshsync` binary (`src/bin/meshsync/`) is a clap front end over this
+//! library; the command line, genesis files, key-file writing, the devnet
+//! and the benchmarks are its modules, not this crate's API.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod address;
-pub mod bench;
-pub mod bench_sync;
-pub mod devnet;
 pub mod driver;
-pub mod genesis_files;
 pub mod keyfile;
 pub mod send_queue;
 pub mod store;
-pub mod temp_dir;
+pub mod testing;
 pub mod workers;
 
 pub use address::{PeerAddress, PeerAddressError};
 pub use crossbeam_channel;
 pub use driver::{Driver, DriverHandle, HandleError, RunningDriver, StartError};
-pub use keyfile::{read_key_file, write_key_file, KeyFileIoError};
+pub use keyfile::{read_key_file, KeyFileIoError};
 
 use meshsync_core::Identity;
 use rand_core::{OsRng, RngCore};

@@ -1169,7 +1169,7 @@ fn hex(root: &Root) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::temp_dir::TempDir;
+    use crate::testing::TempDir;
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
 

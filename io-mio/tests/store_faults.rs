@@ -27,13 +27,11 @@ use meshsync_core::chain::{
     devnet_keys, BlockProducer, ChainConfig, Genesis, ProposerKey, SignedBlock,
 };
 use meshsync_core::{Command, Config, Identity};
-use meshsync_mio::devnet::devnet_genesis;
 use meshsync_mio::driver::{
     ClockPolicy, Driver, DriverFaults, DriverOptions, RunningDriver, StartError,
 };
-use meshsync_mio::keyfile::write_key_file;
 use meshsync_mio::store::{BlockStore, DiskFaults, StoreNetwork, StoreOptions, STORE_FILE_NAME};
-use meshsync_mio::temp_dir::TempDir;
+use meshsync_mio::testing::{devnet_genesis, TempDir};
 
 const NETWORK_ID: u64 = 78;
 const SLOT_MS: u64 = 200;
@@ -803,7 +801,14 @@ struct Refusal {
 fn node_refusal(dir: &Path, listen: SocketAddr, extra: &[&str]) -> Refusal {
     let key = dir.join("node.key");
     if !key.exists() {
-        write_key_file(&key, &Identity::from_seed(40), false).unwrap();
+        // Written as an operator writes it: key files are the binary's to write.
+        let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_meshsync"))
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(keygen.success(), "meshsync keygen failed: {keygen}");
     }
     // A file, not a pipe: nobody has to read it while the node runs.
     let stderr_path = dir.join("stderr.txt");

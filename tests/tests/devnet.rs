@@ -12,9 +12,8 @@ use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use meshsync_core::chain::{devnet_keys, ChainConfig, Checkpoint, ProposerKey};
 use meshsync_core::{Command, Config, Identity};
-use meshsync_mio::devnet::devnet_genesis;
 use meshsync_mio::driver::{Driver, DriverOptions};
-use meshsync_mio::temp_dir::TempDir;
+use meshsync_mio::testing::{devnet_genesis, TempDir};
 
 const NETWORK_ID: u64 = 77;
 /// Short slots keep the tests fast; BLS signing and verifying take about a

@@ -1,4 +1,19 @@
 //! The `meshsync` binary: key generation, a node, a local devnet, benchmarks.
+//!
+//! # Design
+//! A thin clap front end over the driver library (`meshsync_mio`). What only
+//! the command line needs lives here, one module per concern: writing key
+//! files ([`secret_files`]), genesis and proposer-key files
+//! ([`genesis_files`]), the in-process devnet ([`devnet`]), and the
+//! benchmarks ([`mod@bench`], [`bench_sync`]).
+
+#![forbid(unsafe_code)]
+
+mod bench;
+mod bench_sync;
+mod devnet;
+mod genesis_files;
+mod secret_files;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,8 +26,9 @@ use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
 use meshsync_core::Config;
 use meshsync_mio::driver::{ClockPolicy, DriverOptions, STORE_FAILING_EXIT_AFTER_DEFAULT};
-use meshsync_mio::genesis_files::{self, GenesisOptions};
-use meshsync_mio::{bench, bench_sync, devnet, keyfile, workers, Driver, PeerAddress};
+use meshsync_mio::{keyfile, workers, Driver, PeerAddress};
+
+use crate::genesis_files::GenesisOptions;
 
 /// meshsync: a peer-to-peer block sync engine.
 #[derive(Parser, Debug)]
@@ -335,7 +351,7 @@ fn run(cli: Cli) -> Result<(), String> {
 
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
     let identity = meshsync_mio::generate_identity();
-    keyfile::write_key_file(out, &identity, force).map_err(|error| error.to_string())?;
+    secret_files::write_key_file(out, &identity, force).map_err(|error| error.to_string())?;
     println!("{}", identity.peer_id());
     Ok(())
 }

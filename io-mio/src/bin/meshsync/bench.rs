@@ -7,9 +7,10 @@
 //! sides have notified `PeerConnected`), then A says Goodbye and both sides
 //! see `PeerDisconnected`, so the next cycle starts from scratch with a fresh
 //! connection.
-//! - In memory: two [`Node`]s on one thread, each one's `Action::Send` bytes
-//!   handed straight to the other as `Input::BytesReceived`. No sockets, no
-//!   syscalls, no threads: the limit set by the cryptography and the core.
+//! - In memory: two [`Node`](meshsync_core::Node)s in a [`MemoryNet`] on
+//!   one thread, each one's `Action::Send` bytes handed straight to the
+//!   other as `Input::BytesReceived`. No sockets, no syscalls, no threads:
+//!   the limit set by the cryptography and the core.
 //! - Over loopback TCP: one listening [`Driver`] and `parallel` dialling
 //!   drivers, each on its own thread, coordinated through their notification
 //!   channels. With `parallel > 1` several handshakes are in flight at once.
@@ -18,7 +19,7 @@
 //!
 //! # Requests
 //! Request serving per core, everything on the calling thread:
-//! - Serving: two [`Node`]s in a [`MemoryNet`]; node 1 serves a signed devnet
+//! - Serving: two [`Node`](meshsync_core::Node)s in a [`MemoryNet`]; node 1 serves a signed devnet
 //!   chain, node 0 asks it for ranges of 64 blocks and counts the
 //!   `Notification::Response`s. Both nodes' work is measured: the server
 //!   builds, compresses and seals the blocks, the client opens, reassembles,
@@ -40,7 +41,6 @@
 //! requests, blocks and payload bytes per second, and the ratio serving /
 //! limit in blocks per second.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -58,14 +58,10 @@ use meshsync_core::reqresp::limits::{
 };
 use meshsync_core::reqresp::{snappy, Answer, Body, ProtocolId, ProtocolName, Quota};
 use meshsync_core::secure::{Handshake, HandshakeStep, Hello, LocalKeys, SecureError, Transport};
-use meshsync_core::testing::MemoryNet;
-use meshsync_core::{
-    Action, Command, Config, ConnId, Identity, Input, Instant, Node, Origin, PeerId,
-    PROTOCOL_VERSION,
-};
+use meshsync_core::testing::{address_of, MemoryNet};
+use meshsync_core::{Command, Config, Identity, Input, Instant, PeerId, PROTOCOL_VERSION};
+use meshsync_mio::{Driver, RunningDriver};
 use rand_core::RngCore;
-
-use crate::driver::{Driver, RunningDriver};
 
 /// How long one TCP cycle may take before the benchmark gives up.
 pub const CYCLE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -140,166 +136,67 @@ fn bench_seed(index: u8) -> [u8; 32] {
     [index; 32]
 }
 
-/// Two nodes wired back to back in memory.
-struct MemoryPair {
-    nodes: [Node; 2],
-    /// The connection id each node uses for the current link, if any.
-    links: [Option<ConnId>; 2],
-    next_conn: u64,
-    origin: StdInstant,
-    /// Inputs not yet delivered: (node, input).
-    queue: VecDeque<(usize, Input)>,
-    connected: [bool; 2],
-    disconnected: [bool; 2],
-}
-
-const MEMORY_ADDRS: [SocketAddr; 2] = [
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 9000),
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 9000),
-];
-
-impl MemoryPair {
-    fn new() -> MemoryPair {
-        let node = |index: u8| {
-            let mut config = Config::new(1);
-            config.listen_port = 9000;
-            Node::new(
-                config,
-                Identity::from_seed(u64::from(index)),
-                bench_seed(index),
-            )
-        };
-        MemoryPair {
-            nodes: [node(0), node(1)],
-            links: [None, None],
-            next_conn: 1,
-            origin: StdInstant::now(),
-            queue: VecDeque::new(),
-            connected: [false; 2],
-            disconnected: [false; 2],
-        }
-    }
-
-    fn now(&self) -> Instant {
-        Instant::from_micros(self.origin.elapsed().as_micros() as u64)
-    }
-
-    /// Feeds every queued input and what it leads to, until quiet.
-    fn run(&mut self) {
-        while let Some((index, input)) = self.queue.pop_front() {
-            let now = self.now();
-            self.nodes[index].handle(now, input);
-            while let Some(action) = self.nodes[index].poll_action() {
-                self.execute(index, action);
-            }
-        }
-    }
-
-    fn execute(&mut self, index: usize, action: Action) {
-        let other = 1 - index;
-        match action {
-            Action::Dial { dial, .. } => {
-                let dialler = ConnId(self.next_conn);
-                let listener = ConnId(self.next_conn + 1);
-                self.next_conn += 2;
-                self.links[index] = Some(dialler);
-                self.links[other] = Some(listener);
-                self.queue.push_back((
-                    index,
-                    Input::ConnectionOpened {
-                        conn: dialler,
-                        remote: MEMORY_ADDRS[other],
-                        origin: Origin::Dialed(dial),
-                    },
-                ));
-                self.queue.push_back((
-                    other,
-                    Input::ConnectionOpened {
-                        conn: listener,
-                        remote: MEMORY_ADDRS[index],
-                        origin: Origin::Accepted,
-                    },
-                ));
-            }
-            Action::CancelDial { .. } => {}
-            Action::Send { conn, bytes } => {
-                if self.links[index] == Some(conn) {
-                    if let Some(remote) = self.links[other] {
-                        // Written at once, as a driver with room in its socket would report.
-                        self.queue.push_back((
-                            index,
-                            Input::BytesWritten {
-                                conn,
-                                bytes: bytes.len(),
-                            },
-                        ));
-                        self.queue.push_back((
-                            other,
-                            Input::BytesReceived {
-                                conn: remote,
-                                bytes,
-                            },
-                        ));
-                    }
-                }
-            }
-            Action::Close { conn } => {
-                if self.links[index] == Some(conn) {
-                    self.links[index] = None;
-                    if let Some(remote) = self.links[other] {
-                        self.queue.push_back((
-                            other,
-                            Input::ConnectionClosed {
-                                conn: remote,
-                                cause: meshsync_core::io::CloseCause::RemoteClosed,
-                            },
-                        ));
-                    }
-                }
-            }
-            Action::Notify(Notification::PeerConnected { .. }) => self.connected[index] = true,
-            Action::Notify(Notification::PeerDisconnected { .. }) => {
-                self.disconnected[index] = true
-            }
-            Action::Notify(notification) if is_peer_chatter(&notification) => {}
-            Action::Notify(other) => panic!("in-memory benchmark: unexpected {other:?}"),
-            Action::Work { .. } | Action::Persist(_) => {
-                panic!("in-memory handshake benchmark: nodes without a chain asked for {action:?}")
-            }
-        }
-    }
-}
-
 /// Runs `count` in-memory cycles and returns how long they took.
 fn memory_handshakes(count: u64) -> Duration {
-    let mut pair = MemoryPair::new();
-    let target = pair.nodes[1].peer_id();
-    let source = pair.nodes[0].peer_id();
+    let config = || {
+        let mut config = Config::new(1);
+        config.listen_port = 9000;
+        config
+    };
+    // Node `i` has `Identity::from_seed(i)` and seed `[i; 32]`, as `bench_seed` gives.
+    let mut net = MemoryNet::new(vec![config(), config()]);
+    let target = net.nodes[1].peer_id();
+    let source = net.nodes[0].peer_id();
+    // The nodes' clock is the wall clock, as under a driver. No timer input
+    // is given: a cycle takes microseconds, far below any of the core's timers.
+    let origin = StdInstant::now();
+    let wall = || Instant::from_micros(origin.elapsed().as_micros() as u64);
     let start = StdInstant::now();
     for _ in 0..count {
-        pair.connected = [false; 2];
-        pair.disconnected = [false; 2];
-        pair.queue.push_back((
+        net.now = wall();
+        net.handle(
             0,
             Input::Command(Command::Dial {
-                addr: MEMORY_ADDRS[1],
+                addr: address_of(1),
                 peer: Some(target),
             }),
-        ));
-        pair.run();
-        assert_eq!(pair.connected, [true; 2], "in-memory handshake completes");
-        pair.queue.push_back((
+        );
+        net.drain();
+        let (connected, _) = take_peer_notices(&mut net);
+        assert_eq!(connected, [true; 2], "in-memory handshake completes");
+        net.now = wall();
+        net.handle(
             0,
             Input::Command(Command::Disconnect {
                 peer: target,
                 reason: GoodbyeReason::ClientShutdown,
             }),
-        ));
-        pair.run();
-        assert_eq!(pair.disconnected, [true; 2], "in-memory goodbye completes");
-        assert!(!pair.nodes[1].is_connected(&source));
+        );
+        net.drain();
+        let (_, disconnected) = take_peer_notices(&mut net);
+        assert_eq!(disconnected, [true; 2], "in-memory goodbye completes");
+        assert!(!net.nodes[1].is_connected(&source));
     }
     start.elapsed()
+}
+
+/// Which of the two nodes notified `PeerConnected`, and which
+/// `PeerDisconnected`, since the last call (the notifications are taken, so
+/// they do not pile up over the cycles). Anything else but peer chatter is
+/// not part of a cycle: a bug.
+fn take_peer_notices(net: &mut MemoryNet) -> ([bool; 2], [bool; 2]) {
+    let (mut connected, mut disconnected) = ([false; 2], [false; 2]);
+    for (index, notifications) in net.notifications.iter_mut().enumerate() {
+        for notification in notifications.drain(..) {
+            match notification {
+                Notification::PeerConnected { .. } => connected[index] = true,
+                Notification::PeerDisconnected { .. } => disconnected[index] = true,
+                other if is_peer_chatter(&other) => {}
+                other => panic!("in-memory benchmark: unexpected {other:?}"),
+            }
+        }
+    }
+    (connected, disconnected)
 }
 
 /// What a freshly connected peer tells us (its Status, its Metadata) while
@@ -1164,6 +1061,22 @@ impl RngCore for SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A few connect-and-goodbye cycles, in memory and over loopback TCP
+    /// with two diallers: every cycle completes on both sides (the harness
+    /// asserts it, and panics on any notification a cycle should not
+    /// bring), and both figures are reported.
+    #[test]
+    fn handshake_cycles_complete_in_memory_and_over_tcp() {
+        let report = handshakes(5, 2).expect("the benchmark runs");
+        assert_eq!((report.count, report.parallel), (5, 2));
+        assert!(report.memory_per_second() > 0.0 && report.tcp_per_second() > 0.0);
+        let text = report.to_string();
+        assert!(
+            text.contains("in memory") && text.contains("ratio"),
+            "{text}"
+        );
+    }
 
     /// Enough requests to need several quota periods of each kind: the
     /// pacing keeps every request within the server's quotas (a refused one

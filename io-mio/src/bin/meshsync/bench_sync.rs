@@ -12,13 +12,19 @@
 //!   answer checks, `Action::Work` on a real [`WorkerPool`] of `threads`
 //!   workers woken through a `mio::Waker`, in-order import into the fork
 //!   choice. Persist batches are confirmed at once (the disk is not what is
-//!   measured; `store.rs`'s tests time a commit). Time runs on the wall
-//!   clock, so the nodes' deadlines are real.
+//!   measured; the library's `store.rs` tests time a commit). Time runs on
+//!   the wall clock, so the nodes' deadlines are real.
 //!
 //! The figure that matters is the ratio pipeline / limit for the same
 //! thread count: how much of the machine's verification capacity sync
 //! turns into imported blocks. Both sides share the machine at the same
 //! moment, so a noisy neighbour moves both.
+//!
+//! The nodes are joined by this module's own `World`, not the core's
+//! `MemoryNet`: `MemoryNet` runs every `Action::Work` inline, on the
+//! calling thread, as it collects a node's actions, and the work spread
+//! over a real worker pool is what this benchmark measures; its clock is
+//! virtual, where here the nodes' deadlines run on the wall clock.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -29,10 +35,9 @@ use meshsync_core::chain::{verify_batch, ChainConfig};
 use meshsync_core::io::{Action, ConnId, Input, Origin};
 use meshsync_core::work::{Job, WorkId, WorkOutput};
 use meshsync_core::{Config, Identity, Instant, Node, Notification};
+use meshsync_mio::workers::WorkerPool;
 use mio::{Events, Poll, Token, Waker};
 use rand_core::OsRng;
-
-use crate::workers::WorkerPool;
 
 /// Peers serving the chain to the syncing node: enough that their request
 /// quotas (each serves 1 024 blocks per 10 s to one peer, Lighthouse's

@@ -28,13 +28,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
-use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
 use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey};
 use meshsync_core::{Command, Config};
+use meshsync_mio::driver::{Driver, DriverOptions, RunningDriver};
+use meshsync_mio::testing::devnet_genesis;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::driver::{Driver, DriverOptions, RunningDriver};
 use crate::genesis_files::next_second_ms;
 
 /// Predecessors each node dials: all of them in a small devnet, a bounded
@@ -77,26 +77,6 @@ pub struct DevnetOptions {
 /// The nodes that node `index` dials.
 pub fn dial_targets(index: usize) -> std::ops::Range<usize> {
     index.saturating_sub(DIALS_PER_NODE_MAX)..index
-}
-
-/// The devnet's genesis: `proposers` keys from `devnet_keys(network_id, ..)`
-/// (at least one, so a devnet without proposers still has a valid genesis),
-/// slot 0 at `genesis_time_ms`.
-pub fn devnet_genesis(
-    network_id: u64,
-    proposers: usize,
-    slot_duration_ms: u64,
-    genesis_time_ms: u64,
-) -> io::Result<Genesis> {
-    let keys = devnet_keys(network_id, proposers.max(1));
-    Genesis::new(
-        network_id,
-        genesis_time_ms,
-        slot_duration_ms,
-        keys.iter().map(|key| key.sk_to_pk()).collect(),
-        FINALITY_DEPTH_SLOTS_DEFAULT,
-    )
-    .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error.to_string()))
 }
 
 /// Runs a devnet until a signal or `options.run_for`, then stops every node.
@@ -261,8 +241,8 @@ fn start_node(
     let driver = Driver::bind_with(
         listen,
         config,
-        crate::generate_identity(),
-        crate::os_seed(),
+        meshsync_mio::generate_identity(),
+        meshsync_mio::os_seed(),
         &driver_options,
     )
     // The error names its cause and, for the network, the address.
@@ -355,21 +335,6 @@ fn report(nodes: &[RunningDriver], elapsed: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_devnet_genesis_names_the_devnet_keys() {
-        let genesis = devnet_genesis(5, 3, 250, 1_700_000_000_000).unwrap();
-        assert_eq!(genesis.network_id(), 5);
-        assert_eq!(genesis.slot_duration_ms(), 250);
-        let keys: Vec<_> = devnet_keys(5, 3).iter().map(|key| key.sk_to_pk()).collect();
-        assert_eq!(genesis.proposer_keys(), keys.as_slice());
-        // No proposers still makes a valid genesis (one key nobody holds).
-        assert_eq!(
-            devnet_genesis(5, 0, 250, 0).unwrap().proposer_keys().len(),
-            1
-        );
-        assert!(devnet_genesis(5, 1, 0, 0).is_err());
-    }
 
     #[test]
     fn every_node_dials_its_predecessor_and_at_most_the_cap() {

@@ -6,7 +6,7 @@
 //! [`secret_key_to_text`]); this module generates fresh keys from OS entropy
 //! and does the file IO. `DIR/genesis.toml` is public (every node needs the
 //! same file); each `DIR/proposer-<i>.key` is created with mode 0600 like an
-//! identity key file ([`keyfile::write_secret_file`]). Nothing is overwritten
+//! identity key file ([`secret_files::write_secret_file`]). Nothing is overwritten
 //! without `force`, and every target is checked before the first file is
 //! written, so a refused run leaves the directory as it was.
 //!
@@ -29,13 +29,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use blst::min_pk::SecretKey;
 use meshsync_core::chain::genesis::{
-    secret_key_from_text, secret_key_to_text, BlsKeyFileError, FINALITY_DEPTH_SLOTS_DEFAULT,
-    GENESIS_TEXT_BYTES_MAX, PROPOSERS_MAX,
+    secret_key_from_text, secret_key_to_text, BlsKeyFileError, GENESIS_TEXT_BYTES_MAX,
+    PROPOSERS_MAX,
 };
 use meshsync_core::chain::{ChainConfig, Genesis, GenesisError, ProposerKey};
+use meshsync_mio::keyfile::{self, KeyFileIoError};
 use rand_core::{OsRng, RngCore};
 
-use crate::keyfile::{self, KeyFileIoError};
+use crate::secret_files;
 
 /// The genesis file's name inside the output directory.
 pub const GENESIS_FILE_NAME: &str = "genesis.toml";
@@ -65,19 +66,6 @@ pub struct GenesisOptions {
     pub finality_depth_slots: u64,
     /// Start of slot 0 in milliseconds since the Unix epoch; `None`: the next whole second.
     pub genesis_time_ms: Option<u64>,
-}
-
-impl GenesisOptions {
-    /// `proposers` proposers and every other field at its default.
-    pub fn new(proposers: usize) -> GenesisOptions {
-        GenesisOptions {
-            proposers,
-            network_id: NETWORK_ID_DEFAULT,
-            slot_duration_ms: SLOT_DURATION_MS_DEFAULT,
-            finality_depth_slots: FINALITY_DEPTH_SLOTS_DEFAULT,
-            genesis_time_ms: None,
-        }
-    }
 }
 
 /// What [`write_genesis`] created.
@@ -307,7 +295,7 @@ pub fn write_proposer_key(
     key: &SecretKey,
     force: bool,
 ) -> Result<(), GenesisFileError> {
-    keyfile::write_secret_file(path, secret_key_to_text(key).as_bytes(), force)?;
+    secret_files::write_secret_file(path, secret_key_to_text(key).as_bytes(), force)?;
     Ok(())
 }
 
@@ -436,8 +424,23 @@ fn write_public_file(path: &Path, contents: &[u8], force: bool) -> Result<(), Ge
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::temp_dir::TempDir;
+    use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
+    use meshsync_mio::testing::TempDir;
     use std::time::Duration;
+
+    // Only tests build options by hand; the command line fills every field.
+    impl GenesisOptions {
+        /// `proposers` proposers and every other field at its default.
+        fn new(proposers: usize) -> GenesisOptions {
+            GenesisOptions {
+                proposers,
+                network_id: NETWORK_ID_DEFAULT,
+                slot_duration_ms: SLOT_DURATION_MS_DEFAULT,
+                finality_depth_slots: FINALITY_DEPTH_SLOTS_DEFAULT,
+                genesis_time_ms: None,
+            }
+        }
+    }
 
     fn options(proposers: usize) -> GenesisOptions {
         GenesisOptions {
@@ -556,7 +559,8 @@ mod tests {
 
         // An identity key file is not a proposer key file.
         let identity = dir.path().join("node.key");
-        keyfile::write_key_file(&identity, &meshsync_core::Identity::from_seed(1), false).unwrap();
+        secret_files::write_key_file(&identity, &meshsync_core::Identity::from_seed(1), false)
+            .unwrap();
         let error = load_proposer_key(&identity).unwrap_err();
         assert!(
             matches!(

@@ -1,0 +1,433 @@
+//! The block store: opening (and repairing) it and loading its blocks at
+//! start-up, writing the core's persist batches in order, and its health:
+//! `store_failing`, reopening with backoff, the periodic file check, and
+//! stopping after a store has failed too long.
+
+use std::path::Path;
+use std::time::{Duration, Instant as StdInstant};
+
+use meshsync_core::chain::block::body_root;
+use meshsync_core::chain::SignedBlock;
+use meshsync_core::work::PersistBatch;
+use meshsync_core::{Health, Input};
+
+use crate::store::{BlockStore, StoreError, StoreOptions};
+
+use super::Driver;
+
+/// A commit slower than this is logged as a warning: it stalls every
+/// connection of the node for that long (the store writes on the loop thread).
+pub const PERSIST_COMMIT_SLOW: Duration = Duration::from_millis(100);
+/// After a failed commit, how long before the store is first reopened and
+/// the waiting batches are tried again; each further failure doubles it.
+pub const STORE_REOPEN_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The longest wait between two reopen attempts of a failing store (each
+/// attempt re-verifies the whole file, and logs one WARN).
+pub const STORE_REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long a store may refuse writes before the node stops, by default.
+pub const STORE_FAILING_EXIT_AFTER_DEFAULT: Duration = Duration::from_secs(300);
+/// How often the store file's identity is checked (deleted or replaced?).
+pub const STORE_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Driver {
+    /// At exit: one last try to write what waits, then an ERROR line
+    /// counting what could not be written (and its text, for `run`'s error).
+    pub(super) fn report_unwritten(&mut self) -> Option<String> {
+        if !self.unwritten.is_empty() {
+            self.write_unwritten();
+        }
+        if self.unwritten.is_empty() {
+            return None;
+        }
+        let blocks: usize = self.unwritten.iter().map(|batch| batch.blocks.len()).sum();
+        let text = format!(
+            "{} persist batches ({blocks} blocks) were never written to the block store: \
+             this node lost them (peers that got them still hold them)",
+            self.unwritten.len()
+        );
+        log::error!("[{:?}] {text}", self.peer_id);
+        Some(text)
+    }
+
+    /// Writes `batch` durably (or, memory-only, does not) and tells the core.
+    ///
+    /// The commit runs on the loop thread: a batch is one block per slot,
+    /// or one sync batch, and a redb commit with fsync takes milliseconds
+    /// (measured in [`PersistStats`]; slower than [`PERSIST_COMMIT_SLOW`]
+    /// is logged). A writer thread would keep the loop free during the
+    /// fsync, at the cost of a second owner of the store; the batches'
+    /// order would be kept by a FIFO channel either way.
+    pub(super) fn persist(&mut self, batch: PersistBatch) {
+        if !self.is_durable() {
+            if !self.warned_not_durable {
+                self.warned_not_durable = true;
+                log::warn!(
+                    "[{:?}] no data directory: blocks are kept in memory only and lost on exit",
+                    self.peer_id
+                );
+            }
+            self.persist_stats.batches += 1;
+            self.feed(Input::Persisted { id: batch.id });
+            return;
+        }
+        self.unwritten.push_back(batch);
+        if self.persist_retry_at.is_none() {
+            self.write_unwritten();
+        }
+    }
+
+    /// Writes waiting batches in order, each in one transaction, and
+    /// acknowledges each as it lands. Stops at a failure and retries later
+    /// (acknowledgements are cumulative, so no later batch may pass it).
+    pub(super) fn write_unwritten(&mut self) {
+        self.persist_retry_at = None;
+        if self.store.is_none() && !self.reopen_store() {
+            return;
+        }
+        while let Some(batch) = self.unwritten.front() {
+            let Some(store) = self.store.as_mut() else {
+                unreachable!(
+                    "the store was opened above and is closed only on a failure, which returns"
+                );
+            };
+            let encoded: Vec<(meshsync_core::chain::Root, u64, Vec<u8>)> = batch
+                .blocks
+                .iter()
+                .map(|(root, block)| (*root, block.slot(), block.encode()))
+                .collect();
+            let blocks: Vec<(meshsync_core::chain::Root, u64, &[u8])> = encoded
+                .iter()
+                .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
+                .collect();
+            let finalized = Some((batch.finalized.root, batch.finalized.slot));
+            // A commit into a deleted (unlinked) file succeeds and is lost at
+            // exit: check the file first (a stat, microseconds beside the fsync).
+            if let Err(error) = store.check_file() {
+                let context = format!("persist batch {}", batch.id);
+                self.persist_stats.failures += 1;
+                self.store_failed(&context, &error);
+                return;
+            }
+            let started = StdInstant::now();
+            match store.commit(&blocks, &batch.delete, finalized) {
+                Ok(deleted) => {
+                    let took = started.elapsed();
+                    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                    let stats = &mut self.persist_stats;
+                    stats.batches += 1;
+                    stats.blocks += blocks.len() as u64;
+                    stats.deleted += deleted as u64;
+                    stats.commit_micros_total = stats.commit_micros_total.saturating_add(micros);
+                    stats.commit_micros_max = stats.commit_micros_max.max(micros);
+                    if took > PERSIST_COMMIT_SLOW {
+                        log::warn!(
+                            "[{:?}] persist batch {} took {} ms",
+                            self.peer_id,
+                            batch.id,
+                            took.as_millis()
+                        );
+                    } else {
+                        log::debug!(
+                            "[{:?}] persist batch {} ({} blocks, {deleted} deleted) in {micros} µs",
+                            self.peer_id,
+                            batch.id,
+                            blocks.len()
+                        );
+                    }
+                    let id = batch.id;
+                    self.unwritten.pop_front();
+                    self.feed(Input::Persisted { id });
+                }
+                Err(error) => {
+                    let context = format!("persist batch {}", batch.id);
+                    self.persist_stats.failures += 1;
+                    self.store_failed(&context, &error);
+                    return;
+                }
+            }
+        }
+        self.store_recovered();
+    }
+
+    /// The store refused: close it (redb refuses everything after an I/O
+    /// error until reopened), tell the core, and schedule a reopen.
+    fn store_failed(&mut self, context: &str, error: &StoreError) {
+        // A write error may be a deleted file: say so if it is.
+        let cause = match self.store.as_ref().map(BlockStore::check_file) {
+            Some(Err(gone)) => format!("{error} ({gone})"),
+            _ => error.to_string(),
+        };
+        self.store = None;
+        let retry_in = self.store_backoff;
+        self.persist_retry_at = Some(StdInstant::now() + retry_in);
+        self.store_backoff = (self.store_backoff * 2).min(STORE_REOPEN_BACKOFF_MAX);
+        match self.store_failing_since {
+            None => {
+                self.store_failing_since = Some(StdInstant::now());
+                log::error!(
+                    "[{:?}] store_failing: {context} failed: {cause}; not producing or \
+                     forwarding blocks; {} batches wait; reopening the store in {retry_in:?}",
+                    self.peer_id,
+                    self.unwritten.len()
+                );
+                self.feed(Input::Health(Health::StoreFailing));
+            }
+            Some(since) => log::warn!(
+                "[{:?}] store_failing for {} s: {context} failed: {cause}; {} batches wait; \
+                 reopening in {retry_in:?}",
+                self.peer_id,
+                since.elapsed().as_secs(),
+                self.unwritten.len()
+            ),
+        }
+    }
+
+    /// Reopens a store closed after a failure; whether it is open now.
+    fn reopen_store(&mut self) -> bool {
+        let Some((dir, options)) = &self.store_dir else {
+            return false;
+        };
+        match BlockStore::open_with(dir, options) {
+            Ok(store) => {
+                log::info!(
+                    "[{:?}] block store {} reopened",
+                    self.peer_id,
+                    store.path().display()
+                );
+                self.persist_stats.reopened += 1;
+                self.store = Some(store);
+                true
+            }
+            Err(error) => {
+                self.store_failed("reopen", &error);
+                false
+            }
+        }
+    }
+
+    /// Every waiting batch is written: leave `store_failing` if in it.
+    fn store_recovered(&mut self) {
+        let Some(since) = self.store_failing_since.take() else {
+            return;
+        };
+        self.store_backoff = STORE_REOPEN_BACKOFF_MIN;
+        log::info!(
+            "[{:?}] the block store writes again after {} s of store_failing",
+            self.peer_id,
+            since.elapsed().as_secs()
+        );
+        self.feed(Input::Health(Health::StoreWriting));
+    }
+
+    /// Checks the store file now and then; stops the driver if the store
+    /// has failed for too long.
+    pub(super) fn watch_store(&mut self) {
+        let now = StdInstant::now();
+        if let Some(since) = self.store_failing_since {
+            if self.exit_error.is_none()
+                && now.saturating_duration_since(since) >= self.store_failing_exit_after
+            {
+                let text = format!(
+                    "the block store has refused writes for {} s (limit {} s): stopping",
+                    now.saturating_duration_since(since).as_secs(),
+                    self.store_failing_exit_after.as_secs()
+                );
+                log::error!("[{:?}] {text}", self.peer_id);
+                self.exit_error = Some(text);
+                self.shutdown();
+            }
+            return;
+        }
+        if now < self.store_check_at {
+            return;
+        }
+        self.store_check_at = now + STORE_FILE_CHECK_INTERVAL;
+        let checked = self.store.as_ref().map(BlockStore::check_file);
+        if let Some(Err(error)) = checked {
+            self.store_failed("file check", &error);
+        }
+    }
+}
+
+/// Opens the store for [`Driver::bind_with`]; with `repair`, a damaged or
+/// half-created file is moved aside and what can be read of it kept.
+pub(super) fn open_store(
+    dir: &Path,
+    options: &StoreOptions,
+    repair: bool,
+    slot_now: u64,
+) -> Result<BlockStore, StoreError> {
+    match BlockStore::open_with(dir, options) {
+        Err(error @ (StoreError::Corrupt { .. } | StoreError::HalfCreated { .. })) if repair => {
+            log::warn!("{error}: repairing");
+            let report = BlockStore::repair(dir, options, slot_now)?;
+            log::warn!(
+                "block store repaired: the damaged file is now {}; {} blocks kept{}; the rest \
+                 is re-synced from peers",
+                report
+                    .moved_to
+                    .as_deref()
+                    .map_or_else(|| "gone".to_string(), |path| path.display().to_string()),
+                report.blocks_kept,
+                report
+                    .stopped
+                    .map(|why| format!(" (reading stopped: {why})"))
+                    .unwrap_or_default()
+            );
+            BlockStore::open_with(dir, options)
+        }
+        result => result,
+    }
+}
+
+/// What [`load_blocks`] found.
+pub(super) struct LoadedBlocks {
+    /// Every block that decodes under its own root, in (slot, root) order.
+    pub(super) blocks: Vec<SignedBlock>,
+    /// Blocks skipped as undecodable or stored under the wrong root.
+    pub(super) skipped: u64,
+    /// The highest slot of any stored block, skipped or not.
+    pub(super) slot_max: u64,
+}
+
+/// Every block in the store that decodes (and whose root is the one it is
+/// stored under), in (slot, root) order, how many were skipped, and the
+/// highest stored slot.
+pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError> {
+    let mut blocks = Vec::new();
+    let mut skipped = 0;
+    let mut slot_max = 0;
+    store
+        .for_each_block(|root, slot, bytes| {
+            slot_max = slot_max.max(slot);
+            match SignedBlock::decode(bytes) {
+            // The root covers the header only: a body damaged on disk
+            // (the core trusts stored blocks, it verified them once) is
+            // caught by its hash.
+            Ok(block) if block.root() == root && body_root(&block.body) != block.header.body_root => {
+                skipped += 1;
+                log::error!(
+                    "block store {}: block {} at slot {slot} has a damaged body: skipped",
+                    store.path().display(),
+                    hex4(&root)
+                );
+            }
+            Ok(block) if block.root() == root => blocks.push(block),
+            Ok(block) => {
+                skipped += 1;
+                log::error!(
+                    "block store {}: block at slot {slot} is stored under the wrong root ({}): skipped",
+                    store.path().display(),
+                    hex4(&block.root())
+                );
+            }
+            Err(error) => {
+                skipped += 1;
+                log::error!(
+                    "block store {}: block {} at slot {slot} does not decode ({error}): skipped",
+                    store.path().display(),
+                    hex4(&root)
+                );
+            }
+        }})?;
+    // A repaired store knows how far the damaged one reached.
+    slot_max = slot_max.max(store.incomplete_to_slot()?);
+    Ok(LoadedBlocks {
+        blocks,
+        skipped,
+        slot_max,
+    })
+}
+
+/// The first 4 bytes of a root in hex, for logs.
+fn hex4(root: &meshsync_core::chain::Root) -> String {
+    root[..4].iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use meshsync_core::{Config, Identity};
+
+    use super::super::clock::unix_ms;
+    use super::*;
+    use crate::driver::DriverOptions;
+
+    /// A lone proposer with a data directory: its blocks are committed to
+    /// the store (and only then acknowledged), and a driver bound again on
+    /// the same directory starts at the same head. The genesis starts now,
+    /// so blocks appear only if the core's clock is the wall clock
+    /// (`unix_ms_at_origin`).
+    #[test]
+    fn a_durable_driver_comes_back_at_its_head() {
+        use meshsync_core::chain::{devnet_keys, ChainConfig, ProposerKey};
+        let dir = crate::testing::TempDir::new("driver-store");
+        let genesis_time_ms = unix_ms(SystemTime::now());
+        let chain = |proposer: bool| {
+            let genesis = crate::testing::devnet_genesis(3, 1, 100, genesis_time_ms).unwrap();
+            let mut config = Config::new(3);
+            config.chain = ChainConfig {
+                genesis: Arc::new(genesis),
+                stored: Arc::from(Vec::new()),
+                proposer_keys: if proposer {
+                    vec![ProposerKey(Arc::new(devnet_keys(3, 1).remove(0)))]
+                } else {
+                    Vec::new()
+                },
+                body_bytes: 64,
+                follow_gossip: true,
+            };
+            config
+        };
+        let options = DriverOptions {
+            workers: 1,
+            data_dir: Some(dir.path().to_path_buf()),
+            ..DriverOptions::default()
+        };
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut driver = Driver::bind_with(
+            loopback,
+            chain(true),
+            Identity::from_seed(5),
+            [5; 32],
+            &options,
+        )
+        .unwrap();
+        let deadline = StdInstant::now() + Duration::from_secs(20);
+        // Three blocks written and the head durable. (Not "head slot 3": on
+        // a loaded machine a 100 ms slot can pass with no block.)
+        let reached = driver
+            .run_until(
+                |driver| {
+                    driver.persist_stats().blocks >= 3
+                        && driver.node().status().head_root == driver.node().chain().head().root
+                },
+                deadline,
+            )
+            .unwrap();
+        assert!(reached, "{:?}", driver.node().chain().head());
+        let head = driver.node().chain().head();
+        assert_eq!(driver.node().status().head_root, head.root);
+        let stats = driver.persist_stats();
+        assert_eq!(stats.failures, 0);
+        assert!(
+            stats.batches >= 1 && stats.batches <= stats.blocks,
+            "{stats:?}"
+        );
+        drop(driver);
+
+        let again = Driver::bind_with(
+            loopback,
+            chain(false),
+            Identity::from_seed(5),
+            [5; 32],
+            &options,
+        )
+        .unwrap();
+        assert_eq!(again.node().chain().head(), head);
+        assert_eq!(again.persist_stats().loaded, stats.blocks);
+    }
+}

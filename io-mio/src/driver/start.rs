@@ -1,0 +1,278 @@
+//! Starting a driver: the listening port first, then the block store and
+//! its blocks, then the node; and why a start failed ([`StartError`]), by
+//! cause, so an operator is sent to the right place.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use meshsync_core::work::Job;
+use meshsync_core::{Config, Health, Identity, Input, Node};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Waker};
+
+use crate::store::{StoreError, StoreNetwork, StoreOptions};
+use crate::workers::WorkerPool;
+
+use super::clock::wall_ms;
+use super::persistence::{load_blocks, open_store};
+use super::{
+    Driver, DriverOptions, PersistStats, RunState, WorkStats, CLOCK_CHECK_INTERVAL,
+    CONTROL_QUEUED_MAX, EVENTS_PER_POLL_MAX, FIRST_CONN_ID, LISTENER, READ_BUFFER_BYTES,
+    STORE_FILE_CHECK_INTERVAL, STORE_REOPEN_BACKOFF_MIN, WAKER,
+};
+
+/// Why [`Driver::bind_with`] could not start a node, by cause, so that an
+/// operator is sent to the right place: the listening address, the data
+/// directory, or the machine.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listening socket could not be bound (the port is taken, the
+    /// address is not this machine's, or binding it needs privileges).
+    /// Checked before the store is read, so a busy port fails at once.
+    Listen {
+        /// The address asked for.
+        address: SocketAddr,
+        /// What the operating system said.
+        error: io::Error,
+    },
+    /// The block store could not be opened, repaired or read; the error
+    /// names the file and, where one helps, the option to use.
+    Store(StoreError),
+    /// The machine refused a resource the driver needs (the poll instance,
+    /// its waker, the worker threads).
+    Resource {
+        /// What was being created.
+        what: &'static str,
+        /// What the operating system said.
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Listen { address, error } => {
+                write!(f, "network: cannot listen on {address}: {error}")?;
+                match error.kind() {
+                    io::ErrorKind::AddrInUse => write!(
+                        f,
+                        " (another process is listening there: stop it or give another --listen)"
+                    ),
+                    io::ErrorKind::AddrNotAvailable => {
+                        write!(f, " (not an address of this machine)")
+                    }
+                    io::ErrorKind::PermissionDenied => {
+                        write!(f, " (ports below 1024 need privileges)")
+                    }
+                    _ => Ok(()),
+                }
+            }
+            StartError::Store(error) => write!(f, "store: {error}"),
+            StartError::Resource { what, error } => {
+                write!(f, "resources: cannot create {what}: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Listen { error, .. } | StartError::Resource { error, .. } => Some(error),
+            StartError::Store(error) => Some(error),
+        }
+    }
+}
+
+impl From<StoreError> for StartError {
+    fn from(error: StoreError) -> StartError {
+        StartError::Store(error)
+    }
+}
+
+/// For callers that only pass the error on; the text keeps the cause.
+impl From<StartError> for io::Error {
+    fn from(error: StartError) -> io::Error {
+        let kind = match &error {
+            StartError::Listen { error, .. } | StartError::Resource { error, .. } => error.kind(),
+            StartError::Store(StoreError::Io { error, .. }) => error.kind(),
+            StartError::Store(StoreError::Locked { .. }) => io::ErrorKind::WouldBlock,
+            StartError::Store(_) => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, error)
+    }
+}
+
+impl Driver {
+    /// Binds `listen` (port 0 picks a free port) and creates the node. When
+    /// `config.listen_port` is 0 it is set to the bound port, which the node
+    /// then advertises in its Hello. `seed` seeds all of the node's
+    /// randomness; in production take it from [`crate::os_seed`].
+    pub fn bind(
+        listen: SocketAddr,
+        config: Config,
+        identity: Identity,
+        seed: [u8; 32],
+    ) -> Result<Driver, StartError> {
+        Driver::bind_with(listen, config, identity, seed, &DriverOptions::default())
+    }
+
+    /// [`Driver::bind`] with a worker count and, if `options.data_dir` is
+    /// given, a durable block store there: its blocks are loaded into
+    /// `config.chain.stored` (a block that does not decode is logged and
+    /// skipped). The port is bound first, so a busy port fails before a
+    /// large store is read; the error says which of the two failed.
+    pub fn bind_with(
+        listen: SocketAddr,
+        mut config: Config,
+        identity: Identity,
+        seed: [u8; 32],
+        options: &DriverOptions,
+    ) -> Result<Driver, StartError> {
+        // The port first: a busy port should fail before a large store is
+        // read, and say that it is the port.
+        let poll = Poll::new().map_err(|error| StartError::Resource {
+            what: "the poll instance",
+            error,
+        })?;
+        let listen_error = |error| StartError::Listen {
+            address: listen,
+            error,
+        };
+        let mut listener = TcpListener::bind(listen).map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        let mut persist_stats = PersistStats::default();
+        let genesis = &config.chain.genesis;
+        let store_options = StoreOptions {
+            network: Some(StoreNetwork {
+                network_id: genesis.network_id(),
+                genesis_root: genesis.root(),
+            }),
+            must_exist: false,
+            faults: options.faults.disk.clone(),
+        };
+        let mut stored_slot_max = 0;
+        let store = match &options.data_dir {
+            None => None,
+            Some(dir) => {
+                let slot_now = genesis.slot_at(wall_ms(&options.faults.clock_skew_ms));
+                let store = open_store(dir, &store_options, options.repair, slot_now)?;
+                let loaded = load_blocks(&store)?;
+                persist_stats.loaded = loaded.blocks.len() as u64;
+                persist_stats.skipped = loaded.skipped;
+                stored_slot_max = loaded.slot_max;
+                log::info!(
+                    "block store {}: {} blocks loaded{}",
+                    store.path().display(),
+                    loaded.blocks.len(),
+                    if loaded.skipped > 0 {
+                        format!(", {} undecodable skipped", loaded.skipped)
+                    } else {
+                        String::new()
+                    }
+                );
+                config.chain.stored = Arc::from(loaded.blocks);
+                Some(store)
+            }
+        };
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(listen_error)?;
+        let waker =
+            Arc::new(
+                Waker::new(poll.registry(), WAKER).map_err(|error| StartError::Resource {
+                    what: "the poll waker",
+                    error,
+                })?,
+            );
+        // mio allows one waker per poll: the workers share the handles' waker.
+        let workers =
+            WorkerPool::new(options.workers, Job::run, Arc::clone(&waker)).map_err(|error| {
+                StartError::Resource {
+                    what: "the worker threads",
+                    error,
+                }
+            })?;
+        if config.listen_port == 0 {
+            config.listen_port = local_addr.port();
+        }
+        // The two clocks are read together: the core's instants are
+        // microseconds since `origin`, and slots are wall-clock slots.
+        let origin = StdInstant::now();
+        let clock_skew_ms = options.faults.clock_skew_ms.clone();
+        config.unix_ms_at_origin = wall_ms(&clock_skew_ms);
+        let unix_ms_at_origin = config.unix_ms_at_origin;
+        let peer_id = identity.peer_id();
+        let node = Node::new(config, identity, seed);
+        let (control_sender, control_receiver) = crossbeam_channel::bounded(CONTROL_QUEUED_MAX);
+        log::info!("[{peer_id:?}] node {peer_id} listening on {local_addr}");
+        let head_slot = node.chain().head().slot;
+        let mut driver = Driver {
+            poll,
+            events: Events::with_capacity(EVENTS_PER_POLL_MAX),
+            ready: Vec::with_capacity(EVENTS_PER_POLL_MAX),
+            listener: Some(listener),
+            local_addr,
+            node,
+            peer_id,
+            origin,
+            connections: HashMap::new(),
+            dials: HashMap::new(),
+            next_conn_id: FIRST_CONN_ID,
+            read_buffer: vec![0; READ_BUFFER_BYTES].into_boxed_slice(),
+            pending: VecDeque::new(),
+            feeding: false,
+            dirty: Vec::new(),
+            read_backlog: Vec::new(),
+            control_sender,
+            control_receiver,
+            waker,
+            signals: None,
+            subscribers: Vec::new(),
+            state: RunState::Running,
+            workers,
+            work_stats: WorkStats::default(),
+            store_dir: options.data_dir.clone().map(|dir| {
+                (
+                    dir,
+                    StoreOptions {
+                        must_exist: true,
+                        ..store_options
+                    },
+                )
+            }),
+            store,
+            unwritten: VecDeque::new(),
+            persist_retry_at: None,
+            store_failing_since: None,
+            store_backoff: STORE_REOPEN_BACKOFF_MIN,
+            store_check_at: origin + STORE_FILE_CHECK_INTERVAL,
+            store_failing_exit_after: options.store_failing_exit_after,
+            persist_stats,
+            warned_not_durable: false,
+            refused_on_accept: 0,
+            dropped_without_linger: 0,
+            unix_ms_at_origin,
+            clock_check_at: origin + CLOCK_CHECK_INTERVAL,
+            clock_policy: options.clock,
+            clock_untrusted: false,
+            clock_skew_ms,
+            exit_error: None,
+        };
+        if stored_slot_max > head_slot {
+            log::error!(
+                "[{peer_id:?}] the block store holds blocks up to slot {stored_slot_max} but the \
+                 chain loaded from it ends at slot {head_slot} (damaged or orphaned blocks): not \
+                 producing until peers have re-synced it"
+            );
+            driver.feed(Input::Health(Health::StoreIncomplete {
+                slot: stored_slot_max,
+            }));
+        }
+        Ok(driver)
+    }
+}
