@@ -9,7 +9,11 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "bench")]
 mod bench;
+#[cfg(feature = "bench")]
+mod bench_cli;
+#[cfg(feature = "bench")]
 mod bench_sync;
 mod devnet;
 mod genesis_files;
@@ -153,50 +157,10 @@ enum CliCommand {
         data_dir: Option<PathBuf>,
     },
     /// Measure the driver against the core's limit.
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
-        bench: BenchCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// Handshakes per second: two nodes in memory, then over loopback TCP.
-    Handshakes {
-        /// Handshakes in each measurement.
-        #[arg(long, default_value_t = 1_000)]
-        count: u64,
-        /// Dialling nodes working at once in the TCP measurement.
-        #[arg(long, default_value_t = 1)]
-        parallel: usize,
-    },
-    /// Request serving on one thread (BlocksByRange and small application
-    /// requests between two nodes in memory) against the per-byte limit
-    /// (snappy and Noise over the same blocks), measured in the same run.
-    Requests {
-        /// BlocksByRange requests of 64 blocks to serve (and put through the limit).
-        #[arg(long, value_name = "N", default_value_t = 10_000)]
-        requests: u64,
-        /// Small application requests to serve.
-        #[arg(long, value_name = "N", default_value_t = 300_000)]
-        small_requests: u64,
-        /// Bytes of each encoded signed block (header, signature and body: 180 to 65536).
-        #[arg(long, value_name = "B", default_value_t = 1024)]
-        block_bytes: usize,
-    },
-    /// Initial sync: a fresh node range-syncs a signed chain from 32
-    /// in-memory peers with a real worker pool, against the raw BLS
-    /// batch-verify limit measured in the same run, for each thread count.
-    Sync {
-        /// Blocks in the chain.
-        #[arg(long, value_name = "N", default_value_t = 10_000)]
-        blocks: u64,
-        /// Body bytes of each block.
-        #[arg(long, value_name = "B", default_value_t = 1024)]
-        body_bytes: usize,
-        /// Worker thread counts to measure (default: 1 and all cores).
-        #[arg(long, value_name = "T", value_delimiter = ',')]
-        threads: Vec<usize>,
+        bench: bench_cli::BenchCommand,
     },
 }
 
@@ -204,6 +168,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A benchmark would otherwise log two lines per handshake and measure the logger.
     let default_level = match cli.command {
+        #[cfg(feature = "bench")]
         CliCommand::Bench { .. } => "warn",
         _ => "info",
     };
@@ -289,63 +254,8 @@ fn run(cli: Cli) -> Result<(), String> {
             data_dir,
         })
         .map_err(|error| format!("devnet: {error}")),
-        CliCommand::Bench {
-            bench: BenchCommand::Handshakes { count, parallel },
-        } => {
-            if count == 0 || parallel == 0 {
-                return Err("--count and --parallel must be at least 1".to_string());
-            }
-            let report = bench::handshakes(count, parallel).map_err(|error| error.to_string())?;
-            println!("{report}");
-            Ok(())
-        }
-        CliCommand::Bench {
-            bench:
-                BenchCommand::Requests {
-                    requests,
-                    small_requests,
-                    block_bytes,
-                },
-        } => {
-            if requests == 0 || small_requests == 0 {
-                return Err("--requests and --small-requests must be at least 1".to_string());
-            }
-            let options = bench::RequestOptions {
-                requests,
-                small_requests,
-                block_bytes,
-            };
-            let report = bench::requests(options).map_err(|error| error.to_string())?;
-            println!("{report}");
-            Ok(())
-        }
-        CliCommand::Bench {
-            bench:
-                BenchCommand::Sync {
-                    blocks,
-                    body_bytes,
-                    threads,
-                },
-        } => {
-            let threads = if threads.is_empty() {
-                let all = workers::default_threads();
-                if all > 1 {
-                    vec![1, all]
-                } else {
-                    vec![1]
-                }
-            } else {
-                threads
-            };
-            let options = bench_sync::SyncBenchOptions {
-                blocks,
-                body_bytes,
-                threads,
-            };
-            let report = bench_sync::sync(options)?;
-            print!("{report}");
-            Ok(())
-        }
+        #[cfg(feature = "bench")]
+        CliCommand::Bench { bench } => bench_cli::run(bench),
     }
 }
 

@@ -1,0 +1,104 @@
+//! The `meshsync bench` subcommands: their flags and how each runs. Built
+//! with the `bench` feature (on by default), which the in-memory benches
+//! need for the core's `testing` network.
+
+use clap::Subcommand;
+use meshsync_mio::workers;
+
+use crate::{bench, bench_sync};
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Handshakes per second: two nodes in memory, then over loopback TCP.
+    Handshakes {
+        /// Handshakes in each measurement.
+        #[arg(long, default_value_t = 1_000)]
+        count: u64,
+        /// Dialling nodes working at once in the TCP measurement.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+    },
+    /// Request serving on one thread (BlocksByRange and small application
+    /// requests between two nodes in memory) against the per-byte limit
+    /// (snappy and Noise over the same blocks), measured in the same run.
+    Requests {
+        /// BlocksByRange requests of 64 blocks to serve (and put through the limit).
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        requests: u64,
+        /// Small application requests to serve.
+        #[arg(long, value_name = "N", default_value_t = 300_000)]
+        small_requests: u64,
+        /// Bytes of each encoded signed block (header, signature and body: 180 to 65536).
+        #[arg(long, value_name = "B", default_value_t = 1024)]
+        block_bytes: usize,
+    },
+    /// Initial sync: a fresh node range-syncs a signed chain from 32
+    /// in-memory peers with a real worker pool, against the raw BLS
+    /// batch-verify limit measured in the same run, for each thread count.
+    Sync {
+        /// Blocks in the chain.
+        #[arg(long, value_name = "N", default_value_t = 10_000)]
+        blocks: u64,
+        /// Body bytes of each block.
+        #[arg(long, value_name = "B", default_value_t = 1024)]
+        body_bytes: usize,
+        /// Worker thread counts to measure (default: 1 and all cores).
+        #[arg(long, value_name = "T", value_delimiter = ',')]
+        threads: Vec<usize>,
+    },
+}
+
+/// Runs one bench and prints its report.
+pub fn run(command: BenchCommand) -> Result<(), String> {
+    match command {
+        BenchCommand::Handshakes { count, parallel } => {
+            if count == 0 || parallel == 0 {
+                return Err("--count and --parallel must be at least 1".to_string());
+            }
+            let report = bench::handshakes(count, parallel).map_err(|error| error.to_string())?;
+            println!("{report}");
+            Ok(())
+        }
+        BenchCommand::Requests {
+            requests,
+            small_requests,
+            block_bytes,
+        } => {
+            if requests == 0 || small_requests == 0 {
+                return Err("--requests and --small-requests must be at least 1".to_string());
+            }
+            let options = bench::RequestOptions {
+                requests,
+                small_requests,
+                block_bytes,
+            };
+            let report = bench::requests(options).map_err(|error| error.to_string())?;
+            println!("{report}");
+            Ok(())
+        }
+        BenchCommand::Sync {
+            blocks,
+            body_bytes,
+            threads,
+        } => {
+            let threads = if threads.is_empty() {
+                let all = workers::default_threads();
+                if all > 1 {
+                    vec![1, all]
+                } else {
+                    vec![1]
+                }
+            } else {
+                threads
+            };
+            let options = bench_sync::SyncBenchOptions {
+                blocks,
+                body_bytes,
+                threads,
+            };
+            let report = bench_sync::sync(options)?;
+            print!("{report}");
+            Ok(())
+        }
+    }
+}
