@@ -37,9 +37,10 @@ use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey, Root}
 use meshsync_core::limits::PEERS_MAX;
 use meshsync_core::{Command, Config, Duration, Instant};
 
-use super::chain::{heads_agree, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::chain_watch::{heads_agree, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::story::Scenario;
+use super::topology::plan_topology;
 use super::workload::{split_token, token};
-use super::{plan_topology, Scenario};
 use crate::app::{self, AppEvent, Application};
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};
