@@ -24,12 +24,13 @@ pub struct SimConfig {
     pub seed: u64,
     /// The model every link follows.
     pub link: LinkModel,
-    /// The network id nodes added with [`Sim::add_node`] use.
+    /// The network id nodes added with [`crate::Sim::add_node`] use.
     pub network_id: u64,
     /// A label for summaries (the scenario's name).
     pub label: String,
     /// Every node's uplink and downlink rate, bytes per second (`None`:
-    /// unlimited). [`Sim::set_uplink`] and [`Sim::set_downlink`] change one node's.
+    /// unlimited). [`crate::Sim::set_uplink`] and [`crate::Sim::set_downlink`]
+    /// change one node's.
     pub bandwidth_bytes_per_second: Option<u64>,
 }
 

@@ -74,7 +74,7 @@ impl Sim {
     /// Processes everything due within `duration` and leaves the clock at its end.
     ///
     /// Always ends: every network hop and every timer moves virtual time
-    /// forward (see [`crate::link::DELAY_MIN`] and [`TIMER_STALL_BACKOFF`]).
+    /// forward (see [`crate::link::DELAY_MIN`] and [`crate::sim::TIMER_STALL_BACKOFF`]).
     pub fn run_for(&mut self, duration: Duration) {
         let deadline = self.now + duration;
         while self.step_until(deadline) {}

@@ -111,7 +111,7 @@ impl Sim {
     }
 
     /// Every dial `node` asked its driver for (the last
-    /// [`DIALS_KEPT_PER_NODE_MAX`]), with the instant, oldest first.
+    /// [`crate::sim::DIALS_KEPT_PER_NODE_MAX`]), with the instant, oldest first.
     pub fn dial_log(&self, node: NodeIndex) -> impl Iterator<Item = &(Instant, SocketAddr)> {
         self.node_state(node).dial_log.iter()
     }
@@ -144,7 +144,7 @@ impl Sim {
     }
 
     /// The notifications `node` emitted, oldest first (the last
-    /// [`NOTIFICATIONS_KEPT_PER_NODE_MAX`]), with the instant of each.
+    /// [`crate::sim::NOTIFICATIONS_KEPT_PER_NODE_MAX`]), with the instant of each.
     pub fn notifications(&self, node: NodeIndex) -> impl Iterator<Item = &(Instant, Notification)> {
         self.node_state(node).notifications.iter()
     }
