@@ -41,11 +41,11 @@
 //! `gossip-eclipse`, `gossip-withhold` and `cold-boot`
 //! ([`scenario::gossip`], [`scenario::gossip_attacks`]).
 //!
-//! Modules, in layers: each imports only from the layers above it.
+//! Modules, in layers: a module imports only from earlier layers, or from
+//! an earlier module of its own layer; no two files import each other.
 //! 1. [`types`] (node index, application events, `Timeout`), [`counts`],
 //!    [`queue`] (the event queue), [`rng`], [`duration`] (command-line
-//!    durations): they import nothing from the crate (`link` only `rng`
-//!    and `queue`).
+//!    durations): they import nothing from the crate.
 //! 2. [`link`] (latency, jitter, in-order pipes, slicing), [`network`]
 //!    (listeners, connections, reachability), [`trace`] (the hash),
 //!    [`requests`] (request latency), [`invariants`].
