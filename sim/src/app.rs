@@ -20,26 +20,11 @@
 //! commands it gives may produce more (a request to a peer that is gone fails
 //! at once), which it handles before the next step, until nothing is left.
 
-use meshsync_core::{Duration, Notification};
+use meshsync_core::Duration;
 
-use crate::sim::{NodeIndex, Sim, Timeout};
-
-/// Something an application hears about.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AppEvent {
-    /// `node` emitted `notification` (now).
-    Notification {
-        /// The node.
-        node: NodeIndex,
-        /// What it said.
-        notification: Notification,
-    },
-    /// A wake-up asked for with [`Sim::wake_at`] is due (now).
-    Wake {
-        /// The token given to `wake_at`.
-        token: u64,
-    },
-}
+use crate::sim::Sim;
+pub use crate::types::AppEvent;
+use crate::types::Timeout;
 
 /// Logic that reacts to what nodes report and to its own timers.
 pub trait Application {

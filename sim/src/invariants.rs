@@ -20,7 +20,7 @@ use std::fmt;
 
 use meshsync_core::{Instant, Node, PeerId};
 
-use crate::sim::NodeIndex;
+use crate::types::NodeIndex;
 
 /// Violation descriptions kept for the summary; a broken run can produce millions.
 pub const VIOLATIONS_KEPT_MAX: usize = 1_000;

@@ -41,16 +41,23 @@
 //! `gossip-eclipse`, `gossip-withhold` and `cold-boot`
 //! ([`scenario::gossip`], [`scenario::gossip_attacks`]).
 //!
-//! Modules: [`sim`] (the world and its event loop), [`network`] (listeners,
-//! connections, reachability), [`link`] (latency, jitter, in-order pipes,
-//! slicing), [`queue`] (the event queue), [`trace`] (the hash),
-//! [`invariants`], [`app`] (application logic beside the nodes),
-//! [`requests`] (request latency), [`scenario`] (named runs), [`summary`],
-//! [`duration`] (command-line durations) and [`rng`].
+//! Modules, in layers: a module imports only from earlier layers, or from
+//! an earlier module of its own layer; no two files import each other.
+//! 1. [`types`] (node index, application events, `Timeout`), [`counts`],
+//!    [`queue`] (the event queue), [`rng`], [`duration`] (command-line
+//!    durations): they import nothing from the crate.
+//! 2. [`link`] (latency, jitter, in-order pipes, slicing), [`network`]
+//!    (listeners, connections, reachability), [`trace`] (the hash),
+//!    [`requests`] (request latency), [`invariants`].
+//! 3. [`sim`]: the world and its event loop, one concern per file.
+//! 4. [`app`] (application logic beside the nodes), [`summary`].
+//! 5. [`scenario`]: named runs, one file per story.
+//! 6. The `meshsync-sim` binary (`main.rs`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod counts;
 pub mod duration;
 pub mod invariants;
 pub mod link;
@@ -62,6 +69,7 @@ pub mod scenario;
 pub mod sim;
 pub mod summary;
 pub mod trace;
+pub mod types;
 
 pub use app::{AppEvent, Application};
 pub use duration::parse_duration;

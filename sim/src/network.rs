@@ -32,7 +32,7 @@ use meshsync_core::limits::PENDING_SEND_BYTES_MAX;
 use meshsync_core::{ConnId, Instant};
 
 use crate::link::{LinkModel, Pipe};
-use crate::sim::NodeIndex;
+use crate::types::NodeIndex;
 
 /// Nodes the address plan can name: `10.0.0.1` to `10.255.255.254`.
 pub const NODES_MAX: usize = (1 << 24) - 2;

@@ -24,7 +24,7 @@ use meshsync_core::io::RequestError;
 use meshsync_core::reqresp::ProtocolId;
 use meshsync_core::{Duration, Instant, PeerId};
 
-use crate::sim::NodeIndex;
+use crate::types::NodeIndex;
 
 /// Requests issued and not yet finished, over all nodes.
 pub const REQUESTS_OPEN_MAX: usize = 1 << 20;

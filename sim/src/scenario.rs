@@ -39,66 +39,53 @@
 //! ([`GossipOptions`]); their `--duration` is the publishing time, after a
 //! warm-up for meshes to form and before a drain (see [`gossip`]).
 //! `budget-sybils` takes `--sybils` too (percent of `--nodes`, default 8 Sybils).
+//!
+//! # Files
+//! This file only registers the stories and runs them. What they share is
+//! in leaf modules that import no story: [`story`] (the trait),
+//! [`topology`] (dial plans), [`workload`] (nodes with a chain, request
+//! traffic, wake-up tokens) and [`chain_watch`] (what the chain stories
+//! check and bound).
+//! Each story has its own file and imports only those, or a story it
+//! builds on (`gossip_attacks` on `gossip`; `junk_blocks` and
+//! `sync_liars` on `chain_faults`' producing networks).
 
 pub mod budget_sybils;
 pub mod chain;
 pub mod chain_faults;
+pub mod chain_watch;
+pub mod connect;
 pub mod gossip;
 pub mod gossip_attacks;
 pub mod junk_blocks;
 pub mod request_flood;
 pub mod static_peer_restart;
+pub mod story;
 pub mod sync_liars;
+pub mod topology;
 pub mod unresponsive_peer;
 pub mod workload;
 
 pub use budget_sybils::{BudgetParams, BudgetSybils};
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
+pub use connect::Connect;
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario, PruneFloodOutcome};
 pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
 pub use request_flood::{FloodParams, RequestFlood};
 pub use static_peer_restart::StaticPeerRestart;
+pub use story::Scenario;
 pub use sync_liars::{LiarKind, LiarsParams, SyncLiars};
+pub use topology::plan_topology;
 pub use unresponsive_peer::{FetchParams, UnresponsivePeer};
 
-use std::collections::BTreeSet;
 use std::fmt;
 
-use meshsync_core::limits::PEERS_MAX;
-use meshsync_core::{Duration, Instant};
-use rand_core::RngCore;
+use meshsync_core::Duration;
 
 use crate::link::LinkModel;
-use crate::rng;
-use crate::sim::{NodeIndex, Sim, SimConfig};
+use crate::sim::{Sim, SimConfig};
 use crate::summary::Summary;
-
-/// A named, seeded story about a network.
-pub trait Scenario {
-    /// The name the command line selects it by.
-    fn name(&self) -> &'static str;
-
-    /// Adds `nodes` nodes and plans what they will do, before the clock starts.
-    fn build(&mut self, sim: &mut Sim, nodes: usize);
-
-    /// Runs the world for `duration` of virtual time.
-    fn run(&mut self, sim: &mut Sim, duration: Duration) {
-        sim.run_for(duration);
-    }
-
-    /// Checks what must hold once the run is over; failures count as
-    /// invariant violations. By default: peer relations are symmetric.
-    fn finish(&mut self, sim: &mut Sim) {
-        sim.check_peer_symmetry();
-    }
-
-    /// What the run showed, in the scenario's own fields, for the summary's
-    /// `outcome`. None by default.
-    fn outcome(&self, _sim: &Sim) -> Option<serde_json::Value> {
-        None
-    }
-}
 
 /// Every scenario name, for `--help` and error messages.
 pub const SCENARIO_NAMES: &[&str] = &[
@@ -276,7 +263,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
             config.nodes,
             config.gossip.sybils_pct,
         )),
-        None => chain::scenario_with_body_bytes(&config.scenario, config.body_bytes)
+        None => scenario_with_body_bytes(&config.scenario, config.body_bytes)
             .or_else(|| scenario_by_name(&config.scenario))
             .ok_or_else(|| UnknownScenario(config.scenario.clone()))?,
     };
@@ -293,150 +280,37 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
     Ok(summary)
 }
 
-/// `connect`: nodes join a random connected topology and stay connected.
-///
-/// The plan: a random permutation where each node dials the one before it
-/// (so the graph is connected), plus up to `extra_dials_per_node` dials per
-/// node to random others, never twice between one pair and never past
-/// `PEERS_MAX` at either end. Dials start at random instants in the first
-/// `dial_spread`. Success: every planned dial is a peer relation on both
-/// sides and the graph is connected (`Summary::fully_connected`).
-#[derive(Clone, Debug)]
-pub struct Connect {
-    /// Random dials per node beyond the spanning path.
-    pub extra_dials_per_node: usize,
-    /// Dials start at uniformly random instants within this.
-    pub dial_spread: Duration,
-}
-
-impl Connect {
-    /// The scenario's name.
-    pub const NAME: &'static str = "connect";
-}
-
-impl Default for Connect {
-    fn default() -> Connect {
-        Connect {
-            extra_dials_per_node: 3,
-            dial_spread: Duration::from_secs(1),
-        }
-    }
-}
-
-impl Scenario for Connect {
-    fn name(&self) -> &'static str {
-        Connect::NAME
-    }
-
-    fn build(&mut self, sim: &mut Sim, nodes: usize) {
-        sim.add_nodes(nodes);
-        let dials = plan_topology(
-            sim.scenario_rng(),
-            nodes,
-            self.extra_dials_per_node,
-            PEERS_MAX,
-        );
-        // Microseconds of a spread that fits in u64 (half a million years).
-        let spread_us = u64::try_from(self.dial_spread.as_micros()).unwrap_or(u64::MAX);
-        for (from, to) in dials {
-            let at = Instant::from_micros(rng::below(sim.scenario_rng(), spread_us.max(1)));
-            sim.dial_at(at, NodeIndex(from), NodeIndex(to));
-        }
-    }
-}
-
-/// Plans dials `(from, to)` over `nodes` nodes: a random spanning path plus
-/// up to `extra_per_node` random dials per node. No self dials, at most one
-/// dial per pair (either way), no node in more than `degree_max` dials.
-pub fn plan_topology(
-    rng: &mut impl RngCore,
-    nodes: usize,
-    extra_per_node: usize,
-    degree_max: usize,
-) -> Vec<(usize, usize)> {
-    assert!(
-        degree_max >= 2 || nodes <= 2,
-        "a spanning path needs degree 2"
-    );
-    let mut order: Vec<usize> = (0..nodes).collect();
-    rng::shuffle(rng, &mut order);
-    let mut dials = Vec::new();
-    let mut pairs = BTreeSet::new();
-    let mut degree = vec![0usize; nodes];
-    let mut plan = |from: usize, to: usize, dials: &mut Vec<(usize, usize)>| {
-        let pair = (from.min(to), from.max(to));
-        if from == to
-            || degree[from] >= degree_max
-            || degree[to] >= degree_max
-            || !pairs.insert(pair)
-        {
-            return;
-        }
-        degree[from] += 1;
-        degree[to] += 1;
-        dials.push((from, to));
+/// The chain scenario `name` with `body_bytes`-byte block bodies
+/// (`--body-bytes`); `None` if `name` is no chain scenario or no size is given.
+pub fn scenario_with_body_bytes(
+    name: &str,
+    body_bytes: Option<usize>,
+) -> Option<Box<dyn Scenario>> {
+    let body_bytes = body_bytes?;
+    let joiner = JoinerParams {
+        body_bytes,
+        ..JoinerParams::default()
     };
-    for window in order.windows(2) {
-        plan(window[1], window[0], &mut dials);
-    }
-    if nodes > 1 {
-        for from in 0..nodes {
-            for _ in 0..extra_per_node {
-                let to = rng::index(rng, nodes);
-                plan(from, to, &mut dials);
-            }
+    match name {
+        LateJoiner::NAME => Some(Box::new(LateJoiner::honest(joiner))),
+        LateJoiner::NAME_HOSTILE => Some(Box::new(LateJoiner::hostile(joiner))),
+        PartitionHeal::NAME => {
+            let mut params = PartitionParams::default();
+            params.producing.body_bytes = body_bytes;
+            Some(Box::new(PartitionHeal::new(params)))
         }
+        CrashRestart::NAME => {
+            let mut params = CrashParams::default();
+            params.producing.body_bytes = body_bytes;
+            Some(Box::new(CrashRestart::new(params)))
+        }
+        _ => None,
     }
-    dials
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand_chacha::ChaCha20Rng;
-    use rand_core::SeedableRng;
-
-    #[test]
-    fn planned_topology_is_connected_and_within_limits() {
-        for (nodes, degree_max) in [(0, 50), (1, 50), (2, 50), (50, 50), (200, 5)] {
-            let mut rng = ChaCha20Rng::seed_from_u64(nodes as u64);
-            let dials = plan_topology(&mut rng, nodes, 3, degree_max);
-            let mut degree = vec![0; nodes];
-            let mut pairs = BTreeSet::new();
-            for &(from, to) in &dials {
-                assert_ne!(from, to);
-                assert!(
-                    pairs.insert((from.min(to), from.max(to))),
-                    "one dial per pair"
-                );
-                degree[from] += 1;
-                degree[to] += 1;
-            }
-            assert!(degree.iter().all(|&d| d <= degree_max));
-            // Connected: a union-find over the planned dials leaves one set.
-            let mut parent: Vec<usize> = (0..nodes).collect();
-            fn root(parent: &mut [usize], mut node: usize) -> usize {
-                while parent[node] != node {
-                    parent[node] = parent[parent[node]];
-                    node = parent[node];
-                }
-                node
-            }
-            for &(from, to) in &dials {
-                let (a, b) = (root(&mut parent, from), root(&mut parent, to));
-                parent[a] = b;
-            }
-            let roots: BTreeSet<usize> = (0..nodes).map(|node| root(&mut parent, node)).collect();
-            assert!(
-                roots.len() <= 1,
-                "{nodes} nodes: {} components",
-                roots.len()
-            );
-            if nodes >= 50 && degree_max == PEERS_MAX {
-                assert!(dials.len() > nodes * 3, "extra dials are planned");
-            }
-        }
-    }
 
     #[test]
     fn unknown_scenarios_are_named_in_the_error() {

@@ -5,12 +5,20 @@ use std::fmt;
 use meshsync_core::metrics::Counters;
 use meshsync_core::Duration;
 
+use crate::counts::{NetworkCounts, NotificationCounts};
 use crate::link::LinkModel;
 use crate::requests::{self, millis};
-use crate::sim::{NetworkCounts, NotificationCounts, Sim};
+use crate::sim::Sim;
 
 /// Violation descriptions carried in a summary; the count is always exact.
 pub const SUMMARY_VIOLATIONS_MAX: usize = 20;
+
+impl Sim {
+    /// The summary of the run so far.
+    pub fn summary(&self) -> Summary {
+        Summary::of(self, self.wall_elapsed())
+    }
+}
 
 /// The outcome of a run. `trace_hash` is the run's fingerprint: the same
 /// seed and scenario give the same hash on any machine. Wall-clock fields

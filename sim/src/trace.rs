@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use meshsync_core::{Action, Instant};
 use sha2::{Digest, Sha256};
 
-use crate::sim::NodeIndex;
+use crate::types::NodeIndex;
 
 /// Running sha256 over every action of every node.
 #[derive(Clone, Debug, Default)]

@@ -28,11 +28,11 @@ use meshsync_core::reqresp::limits::{BLOCKS_PER_RANGE_REQUEST_MAX, GLOBAL_SERVIN
 use meshsync_core::reqresp::{Body, ProtocolId};
 use meshsync_core::{Duration, Instant, Notification};
 
+use super::story::Scenario;
 use super::workload::{
     chain_config, chain_status, split_token, token, HonestTraffic, TrafficCounts,
     BLOCK_BYTES_DEFAULT, CHAIN_HEAD_SLOT_DEFAULT,
 };
-use super::Scenario;
 use crate::app::{self, AppEvent, Application};
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};

@@ -37,9 +37,10 @@ use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey, Root}
 use meshsync_core::limits::PEERS_MAX;
 use meshsync_core::{Command, Config, Duration, Instant};
 
-use super::chain::{heads_agree, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::chain_watch::{heads_agree, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::story::Scenario;
+use super::topology::plan_topology;
 use super::workload::{split_token, token};
-use super::{plan_topology, Scenario};
 use crate::app::{self, AppEvent, Application};
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};
@@ -713,5 +714,89 @@ impl Scenario for CrashRestart {
             "proposers": self.params.producing.proposers,
             "slot_ms": self.params.producing.slot_ms,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshsync_core::chain::Root;
+
+    use super::*;
+    use crate::sim::SimConfig;
+
+    fn sim(seed: u64) -> Sim {
+        Sim::new(SimConfig::new(seed))
+    }
+
+    /// The roots of `node`'s chain from its head down to genesis.
+    fn chain_roots(sim: &Sim, node: NodeIndex) -> Vec<Root> {
+        let chain = sim.node(node).chain();
+        let mut roots = Vec::new();
+        let mut at = chain.head().root;
+        while let Some(block) = chain.block_by_root(&at) {
+            roots.push(at);
+            at = block.parent_root();
+        }
+        roots
+    }
+
+    /// A proposer's disk refuses writes for ten seconds while a follower
+    /// listens: the proposer produces nothing meanwhile and the follower
+    /// hears of nothing new. In one run the proposer crashes before its
+    /// disk recovers, and every block the follower holds is on the
+    /// proposer's disk: nothing was announced that was then lost. In the
+    /// other the disk recovers, the refused batches are written, and
+    /// production resumes. Over 20 seeds.
+    #[test]
+    fn a_failing_disk_announces_nothing_it_could_lose() {
+        for seed in 1..=20 {
+            for crash in [true, false] {
+                let mut sim = sim(seed);
+                let network_id = sim.config().network_id;
+                let (genesis, mut keys) = producing_genesis(network_id, 1, 500);
+                let config = producing_config(&sim, &genesis, Some(keys.remove(0)), 256);
+                let proposer = sim.add_node_with_config(config);
+                let config = producing_config(&sim, &genesis, None, 256);
+                let follower = sim.add_node_with_config(config);
+                sim.dial(follower, proposer);
+                sim.run_for(Duration::from_secs(10));
+                let before = sim.node(follower).chain().head().slot;
+                assert!(before >= 5, "seed {seed}: head {before}");
+
+                let recovers_at = sim.now() + Duration::from_secs(10);
+                sim.fail_disk(proposer, recovers_at);
+                sim.run_for(Duration::from_secs(8));
+                assert!(sim.node(proposer).is_store_failing(), "seed {seed}");
+                let held = sim.node(proposer).counters().blocks_not_produced_unhealthy;
+                assert!(held >= 10, "seed {seed}: {held} slots held");
+                let during = sim.node(follower).chain().head().slot;
+                assert!(
+                    during <= before + 1,
+                    "seed {seed}: the follower heard of slots {before}..={during} meanwhile"
+                );
+                if crash {
+                    sim.crash(proposer);
+                    let disk = sim.disk(proposer);
+                    for root in chain_roots(&sim, follower) {
+                        assert!(
+                            disk.contains_key(&root),
+                            "seed {seed}: the follower holds a block the proposer lost"
+                        );
+                    }
+                } else {
+                    sim.run_for(Duration::from_secs(10));
+                    assert!(!sim.node(proposer).is_store_failing(), "seed {seed}");
+                    let after = sim.node(follower).chain().head().slot;
+                    assert!(after >= during + 10, "seed {seed}: {during} -> {after}");
+                    // Everything below its announced (durable) head is on disk.
+                    let chain = sim.node(proposer).chain();
+                    let mut at = sim.node(proposer).status().head_root;
+                    while let Some(block) = chain.block_by_root(&at) {
+                        assert!(sim.disk(proposer).contains_key(&at), "seed {seed}");
+                        at = block.parent_root();
+                    }
+                }
+            }
+        }
     }
 }

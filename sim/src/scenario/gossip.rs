@@ -46,8 +46,9 @@ use meshsync_core::{Command, Config, Duration, Instant, Notification};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use super::story::Scenario;
+use super::topology::plan_topology;
 use super::workload::{split_token, token};
-use super::{plan_topology, Scenario};
 use crate::app::{self, AppEvent, Application};
 use crate::requests::{millis, percentile};
 use crate::rng;

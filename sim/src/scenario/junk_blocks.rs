@@ -29,10 +29,11 @@ use meshsync_core::gossip::Topic;
 use meshsync_core::io::GoodbyeReason;
 use meshsync_core::{Command, Duration, Instant, Notification};
 
-use super::chain::{heads_agree, ChainWatch};
 use super::chain_faults::{producing_config, producing_genesis};
+use super::chain_watch::{heads_agree, ChainWatch};
+use super::story::Scenario;
+use super::topology::plan_topology;
 use super::workload::{split_token, token};
-use super::{plan_topology, Scenario};
 use crate::app::{self, AppEvent, Application};
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};

@@ -33,11 +33,12 @@ use meshsync_core::reqresp::limits::BLOCKS_PER_RANGE_REQUEST_MAX;
 use meshsync_core::reqresp::{Body, ProtocolId, ResultCode};
 use meshsync_core::{Command, Duration, Instant, Notification};
 
+use super::story::Scenario;
+use super::topology::plan_topology;
 use super::workload::{
     chain_config, chain_status, split_token, token, HonestTraffic, TrafficCounts,
     BLOCK_BYTES_DEFAULT, CHAIN_HEAD_SLOT_DEFAULT,
 };
-use super::{plan_topology, Scenario};
 use crate::app::{self, AppEvent, Application};
 use crate::requests::millis;
 use crate::rng;

@@ -18,7 +18,7 @@
 use meshsync_core::peer::PEERS_INBOUND_MAX;
 use meshsync_core::{Command, Duration, Instant, Notification};
 
-use super::Scenario;
+use super::story::Scenario;
 use crate::requests::millis;
 use crate::sim::{NodeIndex, Sim};
 

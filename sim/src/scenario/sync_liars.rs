@@ -39,9 +39,10 @@ use meshsync_core::chain::{Genesis, ProposerKey};
 use meshsync_core::limits::PEERS_MAX;
 use meshsync_core::{Duration, Faults, Instant, StatusClaim};
 
-use super::chain::{heads_agree, ChainWatch, STEPS_PER_SECOND_MAX};
 use super::chain_faults::{producing_config, producing_genesis, ProducingParams};
-use super::{plan_topology, Scenario};
+use super::chain_watch::{heads_agree, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::story::Scenario;
+use super::topology::plan_topology;
 use crate::app::{self, AppEvent, Application};
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};

@@ -33,11 +33,11 @@ use meshsync_core::reqresp::limits::BLOCKS_PER_RANGE_REQUEST_MAX;
 use meshsync_core::reqresp::{Body, ProtocolId};
 use meshsync_core::{Duration, Instant, Notification};
 
+use super::story::Scenario;
 use super::workload::{
     chain_config, check_range, error_kind, split_token, token, BLOCK_BYTES_DEFAULT,
     CHAIN_HEAD_SLOT_DEFAULT,
 };
-use super::Scenario;
 use crate::app::{self, AppEvent, Application};
 use crate::requests::millis;
 use crate::sim::{NodeIndex, Sim, Timeout};

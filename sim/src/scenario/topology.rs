@@ -1,0 +1,103 @@
+//! Random connected topologies for scenarios to dial: [`plan_topology`].
+
+use std::collections::BTreeSet;
+
+use rand_core::RngCore;
+
+use crate::rng;
+
+/// Plans dials `(from, to)` over `nodes` nodes: a random spanning path plus
+/// up to `extra_per_node` random dials per node. No self dials, at most one
+/// dial per pair (either way), no node in more than `degree_max` dials.
+pub fn plan_topology(
+    rng: &mut impl RngCore,
+    nodes: usize,
+    extra_per_node: usize,
+    degree_max: usize,
+) -> Vec<(usize, usize)> {
+    assert!(
+        degree_max >= 2 || nodes <= 2,
+        "a spanning path needs degree 2"
+    );
+    let mut order: Vec<usize> = (0..nodes).collect();
+    rng::shuffle(rng, &mut order);
+    let mut dials = Vec::new();
+    let mut pairs = BTreeSet::new();
+    let mut degree = vec![0usize; nodes];
+    let mut plan = |from: usize, to: usize, dials: &mut Vec<(usize, usize)>| {
+        let pair = (from.min(to), from.max(to));
+        if from == to
+            || degree[from] >= degree_max
+            || degree[to] >= degree_max
+            || !pairs.insert(pair)
+        {
+            return;
+        }
+        degree[from] += 1;
+        degree[to] += 1;
+        dials.push((from, to));
+    };
+    for window in order.windows(2) {
+        plan(window[1], window[0], &mut dials);
+    }
+    if nodes > 1 {
+        for from in 0..nodes {
+            for _ in 0..extra_per_node {
+                let to = rng::index(rng, nodes);
+                plan(from, to, &mut dials);
+            }
+        }
+    }
+    dials
+}
+
+#[cfg(test)]
+mod tests {
+    use meshsync_core::limits::PEERS_MAX;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn planned_topology_is_connected_and_within_limits() {
+        for (nodes, degree_max) in [(0, 50), (1, 50), (2, 50), (50, 50), (200, 5)] {
+            let mut rng = ChaCha20Rng::seed_from_u64(nodes as u64);
+            let dials = plan_topology(&mut rng, nodes, 3, degree_max);
+            let mut degree = vec![0; nodes];
+            let mut pairs = BTreeSet::new();
+            for &(from, to) in &dials {
+                assert_ne!(from, to);
+                assert!(
+                    pairs.insert((from.min(to), from.max(to))),
+                    "one dial per pair"
+                );
+                degree[from] += 1;
+                degree[to] += 1;
+            }
+            assert!(degree.iter().all(|&d| d <= degree_max));
+            // Connected: a union-find over the planned dials leaves one set.
+            let mut parent: Vec<usize> = (0..nodes).collect();
+            fn root(parent: &mut [usize], mut node: usize) -> usize {
+                while parent[node] != node {
+                    parent[node] = parent[parent[node]];
+                    node = parent[node];
+                }
+                node
+            }
+            for &(from, to) in &dials {
+                let (a, b) = (root(&mut parent, from), root(&mut parent, to));
+                parent[a] = b;
+            }
+            let roots: BTreeSet<usize> = (0..nodes).map(|node| root(&mut parent, node)).collect();
+            assert!(
+                roots.len() <= 1,
+                "{nodes} nodes: {} components",
+                roots.len()
+            );
+            if nodes >= 50 && degree_max == PEERS_MAX {
+                assert!(dials.len() > nodes * 3, "extra dials are planned");
+            }
+        }
+    }
+}

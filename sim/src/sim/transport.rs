@@ -1,0 +1,309 @@
+//! Bytes on the wire: dials, sends and closes, carried through the
+//! [`crate::network::Network`] with the link model's delays, and the
+//! bandwidth each node's uplink and downlink give them.
+//!
+//! Bandwidth: every node has an uplink and a downlink rate, 50 Mbit/s each
+//! by default ([`crate::SimConfig::bandwidth_bytes_per_second`],
+//! [`Sim::set_uplink`], [`Sim::set_downlink`]). Its sends leave one after
+//! another, each taking its size over the rate, so a burst of responses to
+//! one peer delays what it sends to the others; when the last byte has
+//! left, the node hears `Input::BytesWritten`. Arrivals then queue for the
+//! receiver's downlink, booked in the order they were sent.
+//! Bytes queued on one connection beyond
+//! [`meshsync_core::limits::PENDING_SEND_BYTES_MAX`] close it with
+//! `CloseCause::SendBufferFull`, as the `Action::Send` contract says.
+
+use std::net::SocketAddr;
+
+use meshsync_core::io::CloseCause;
+use meshsync_core::{ConnId, DialId, Duration, Instant};
+
+use super::config::DIALS_KEPT_PER_NODE_MAX;
+use super::event::Event;
+use super::world::Sim;
+use crate::types::NodeIndex;
+
+/// even one byte takes time on a limited link.
+pub(super) fn transmit_time(bytes: usize, rate: u64) -> Duration {
+    let micros = (bytes as u128 * 1_000_000).div_ceil(u128::from(rate));
+    Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
+impl Sim {
+    pub(super) fn apply_dial(&mut self, index: NodeIndex, dial: DialId, addr: SocketAddr) {
+        let now = self.now;
+        let state = self.node_state_mut(index);
+        if state.dial_log.len() == DIALS_KEPT_PER_NODE_MAX {
+            state.dial_log.pop_front();
+        }
+        state.dial_log.push_back((now, addr));
+        if !state.dials.insert(dial) {
+            self.violation(
+                Some(index),
+                format!("reused {dial:?} while it is in progress"),
+            );
+            return;
+        }
+        let incarnation = self.node_state(index).incarnation;
+        let round_trip = self
+            .network
+            .link(index, index)
+            .sample_round_trip(&mut self.rng_network);
+        let at = self.now + round_trip;
+        match self.network.listener(addr) {
+            Some(acceptor) if !self.is_up(acceptor) => {
+                self.network_counts.dials_refused += 1;
+                self.queue.push(
+                    at,
+                    Event::DialRefused {
+                        node: index,
+                        incarnation,
+                        dial,
+                        error: format!("connection refused: {acceptor} is down"),
+                    },
+                );
+            }
+            None => {
+                self.network_counts.dials_refused += 1;
+                self.queue.push(
+                    at,
+                    Event::DialRefused {
+                        node: index,
+                        incarnation,
+                        dial,
+                        error: format!("connection refused: nothing listens on {addr}"),
+                    },
+                );
+            }
+            Some(acceptor) if self.network.connects(index, acceptor) => {
+                self.queue.push(
+                    at,
+                    Event::Connect {
+                        dialer: index,
+                        incarnation,
+                        dial,
+                        acceptor,
+                    },
+                );
+            }
+            // Packets are lost one way or the other: no answer ever comes,
+            // and the core's dial timeout must give up.
+            Some(_) => {}
+        }
+    }
+
+    /// When bytes handed to `index`'s uplink now finish leaving it.
+    pub(super) fn uplink_departure(&mut self, index: NodeIndex, bytes: usize) -> Instant {
+        let now = self.now;
+        let state = self.node_state_mut(index);
+        let Some(rate) = state.uplink_bytes_per_second else {
+            return now;
+        };
+        let departure = state.uplink_free_at.max(now) + transmit_time(bytes, rate);
+        state.uplink_free_at = departure;
+        departure
+    }
+
+    /// When bytes reaching `index` at `arrival` have all come through its
+    /// downlink. The downlink is booked in the order bytes are sent, not the
+    /// order they arrive: a simplification that keeps one pass per send.
+    pub(super) fn downlink_arrival(
+        &mut self,
+        index: NodeIndex,
+        arrival: Instant,
+        bytes: usize,
+    ) -> Instant {
+        let state = self.node_state_mut(index);
+        let Some(rate) = state.downlink_bytes_per_second else {
+            return arrival;
+        };
+        let done = state.downlink_free_at.max(arrival) + transmit_time(bytes, rate);
+        state.downlink_free_at = done;
+        done
+    }
+
+    pub(super) fn apply_send(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>) {
+        let now = self.now;
+        let Some(endpoint) = self.network.endpoint_of(index, conn) else {
+            self.violation(Some(index), format!("sent on {conn:?}, which is not open"));
+            return;
+        };
+        let (remote, remote_conn) = (endpoint.remote, endpoint.remote_conn);
+        self.network_counts.sends += 1;
+        self.network_counts.bytes_sent += bytes.len() as u64;
+        if bytes.is_empty() {
+            return; // A zero-length write puts nothing on the wire.
+        }
+        if self.node_state(remote).stopped_reading {
+            // Its receive window is closed: the bytes wait in our send queue
+            // for ever, never written, never delivered.
+            let endpoint = self
+                .network
+                .endpoint_of(index, conn)
+                .expect("looked up above");
+            if endpoint.queue_outbound(now, Instant::MAX, bytes.len()) {
+                self.network_counts.send_buffer_overflows += 1;
+                self.queue.push(
+                    now,
+                    Event::LocalClose {
+                        node: index,
+                        conn,
+                        cause: CloseCause::SendBufferFull,
+                    },
+                );
+            }
+            return;
+        }
+        let departure = self.uplink_departure(index, bytes.len());
+        self.queue.push(
+            departure,
+            Event::Written {
+                node: index,
+                conn,
+                bytes: bytes.len(),
+            },
+        );
+        // Looked up above, and nothing closed it since.
+        let endpoint = self
+            .network
+            .endpoint_of(index, conn)
+            .expect("open endpoint");
+        if endpoint.queue_outbound(now, departure, bytes.len()) {
+            // More than the driver may queue: give the connection up, as
+            // `Action::Send`'s contract says, once this step is over.
+            self.network_counts.send_buffer_overflows += 1;
+            self.queue.push(
+                now,
+                Event::LocalClose {
+                    node: index,
+                    conn,
+                    cause: CloseCause::SendBufferFull,
+                },
+            );
+        }
+        if !self.network.delivers(index, remote) || !self.network.is_open(remote_conn) {
+            // Lost, or on its way to an end that already closed: it would be dropped there.
+            self.network_counts.bytes_dropped += bytes.len() as u64;
+            return;
+        }
+        let link = *self.network.link(index, remote);
+        let delay = link.sample_delay(&mut self.rng_network);
+        let bytes_len = bytes.len();
+        let pieces = link.slice(&mut self.rng_network, bytes);
+        // Looked up above, and nothing closed it since.
+        let endpoint = self
+            .network
+            .endpoint_of(index, conn)
+            .expect("open endpoint");
+        let arrival = endpoint.outbound.arrival(departure, delay);
+        let arrival = self.downlink_arrival(remote, arrival, bytes_len);
+        // Later sends and the close on this pipe come after these bytes.
+        self.network
+            .endpoint_of(index, conn)
+            .expect("open endpoint")
+            .outbound
+            .hold_until(arrival);
+        for piece in pieces {
+            self.network.expect_delivery(remote_conn);
+            self.queue.push(
+                arrival,
+                Event::Bytes {
+                    node: remote,
+                    conn: remote_conn,
+                    bytes: piece,
+                },
+            );
+        }
+    }
+
+    pub(super) fn apply_close(&mut self, index: NodeIndex, conn: ConnId) {
+        if self.network.endpoint_of(index, conn).is_none() {
+            self.violation(Some(index), format!("closed {conn:?}, which is not open"));
+            return;
+        }
+        self.close_endpoint(index, conn, CloseCause::RemoteClosed);
+    }
+
+    /// Removes `index`'s open endpoint `conn` and tells the remote end, with
+    /// `cause`, after every byte already on its way (TCP's FIN follows the data).
+    pub(super) fn close_endpoint(&mut self, index: NodeIndex, conn: ConnId, cause: CloseCause) {
+        // Callers check that it is open and belongs to `index`.
+        let mut endpoint = self.network.remove(conn).expect("open endpoint");
+        debug_assert_eq!(endpoint.node, index);
+        let remote = endpoint.remote;
+        if !self.network.delivers(index, remote) || !self.network.is_open(endpoint.remote_conn) {
+            return;
+        }
+        let delay = self
+            .network
+            .link(index, remote)
+            .sample_delay(&mut self.rng_network);
+        let departure = self.node_state(index).uplink_free_at.max(self.now);
+        let arrival = endpoint.outbound.arrival(departure, delay);
+        self.network.expect_delivery(endpoint.remote_conn);
+        self.queue.push(
+            arrival,
+            Event::Closed {
+                node: remote,
+                conn: endpoint.remote_conn,
+                cause,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::config::{SimConfig, BANDWIDTH_BYTES_PER_SECOND_DEFAULT};
+
+    fn sim(seed: u64) -> Sim {
+        Sim::new(SimConfig::new(seed))
+    }
+
+    #[test]
+    fn a_limited_uplink_sends_one_thing_after_another() {
+        let mut sim = sim(10);
+        let a = sim.add_node();
+        sim.set_uplink(a, Some(1_000)); // 1 kB/s: every byte is a millisecond.
+        assert_eq!(sim.uplink_departure(a, 500), Instant::from_micros(500_000));
+        assert_eq!(sim.uplink_departure(a, 1), Instant::from_micros(501_000));
+        sim.set_uplink(a, None);
+        assert_eq!(sim.uplink_departure(a, 1_000_000), Instant::ZERO);
+    }
+
+    #[test]
+    fn a_limited_downlink_takes_in_one_thing_after_another() {
+        let mut sim = sim(10);
+        let a = sim.add_node();
+        sim.set_downlink(a, Some(1_000));
+        let at = Instant::from_micros(100_000);
+        assert_eq!(
+            sim.downlink_arrival(a, at, 500),
+            Instant::from_micros(600_000)
+        );
+        // Arriving earlier than the downlink is free: it waits its turn.
+        assert_eq!(
+            sim.downlink_arrival(a, Instant::ZERO, 100),
+            Instant::from_micros(700_000)
+        );
+        sim.set_downlink(a, None);
+        assert_eq!(sim.downlink_arrival(a, at, 1_000_000), at);
+    }
+
+    #[test]
+    fn bandwidth_defaults_to_fifty_megabits_each_way() {
+        let mut sim = sim(10);
+        let a = sim.add_node();
+        // 6.25 MB at 6.25 MB/s: one second out, one second in.
+        let bytes = BANDWIDTH_BYTES_PER_SECOND_DEFAULT as usize;
+        assert_eq!(
+            sim.uplink_departure(a, bytes),
+            Instant::from_micros(1_000_000)
+        );
+        assert_eq!(
+            sim.downlink_arrival(a, Instant::ZERO, bytes),
+            Instant::from_micros(1_000_000)
+        );
+    }
+}
