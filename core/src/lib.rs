@@ -28,7 +28,8 @@
 //!  worker pool  ◄── driver ◄──   Action::Work(job)     ──► Input::WorkDone (BLS batch checks)
 //!  block store  ◄── driver ◄──   Action::Persist(batch) ─► Input::Persisted (then in our Status)
 //!  disk, clock  ──► driver ──►   Input::Health (store failing, clock jumped)
-//!  application  ◄── driver ◄──   Action::Notify(event) ◄── Input::Command (publish, request, ...)
+//!  application  ◄── driver ◄──   Action::Notify(event)
+//!  application  ──► driver ──►   Input::Command (publish, request, dial, shutdown, ...)
 //!                   driver ◄── Node::poll_timeout() -> next Input::Timeout
 //! ```
 //!
