@@ -2,11 +2,15 @@
 //!
 //! A pure state machine. It takes [`Input`]s (bytes in, bytes written,
 //! connection opened or closed, timer fired, work done, batch persisted,
-//! commands) at an instant the driver supplies, and emits [`Action`]s (bytes
-//! out, dial, close, CPU work, persist, notify). It never reads a clock,
-//! spawns a thread, touches a socket or file, or draws OS entropy: all its
-//! randomness comes from the seed given to [`Node::new`]. Two drivers run it:
-//! `meshsync-mio` (TCP, production) and `meshsync-sim` (virtual time, tests).
+//! commands, the driver's health) at an instant the driver supplies, and
+//! emits [`Action`]s (bytes out, dial, cancel a dial, close, CPU work,
+//! persist, notify). It never reads a clock, spawns a thread, touches a
+//! socket or file, or draws OS entropy: all its randomness comes from the
+//! seed given to [`Node::new`]. Two drivers run it: `meshsync-mio` (TCP,
+//! production) and `meshsync-sim` (virtual time, tests).
+//!
+//! README.md shows the same diagram; a test in `tests/tests/docs.rs` keeps
+//! the two equal, so change it here and copy it there.
 //!
 //! ```text
 //!  socket bytes ──► driver ──► Node::handle(now, Input::BytesReceived)
@@ -17,23 +21,41 @@
 //!                                  ├─ gossip router ─► blocks topic ─► chain checks
 //!                                  └─ range sync, parent lookups (sync)
 //!                                  ▼
-//!  socket bytes ◄── driver ◄── Node::poll_action() -> Action::Send / Dial / Close / Notify
+//!  socket bytes ◄── driver ◄── Node::poll_action() -> Action::Send / Close
+//!  bytes written ─► driver ──►   Input::BytesWritten  (gossip waits while too much is unwritten)
+//!  connections  ◄── driver ◄──   Action::Dial / CancelDial ──► Input::ConnectionOpened /
+//!                                  ConnectionClosed / DialFailed
 //!  worker pool  ◄── driver ◄──   Action::Work(job)     ──► Input::WorkDone (BLS batch checks)
 //!  block store  ◄── driver ◄──   Action::Persist(batch) ─► Input::Persisted (then in our Status)
-//!                  driver ◄── Node::poll_timeout() -> next Input::Timeout
+//!  disk, clock  ──► driver ──►   Input::Health (store failing, clock jumped)
+//!  application  ◄── driver ◄──   Action::Notify(event)
+//!  application  ──► driver ──►   Input::Command (publish, request, dial, shutdown, ...)
+//!                   driver ◄── Node::poll_timeout() -> next Input::Timeout
 //! ```
 //!
 //! A block's way in: gossip or a sync answer ─► decode and cheap checks ─►
 //! `Action::Work` (signatures) ─► `ChainStore::import` (fork choice) ─►
 //! `Action::Persist` ─► durable ─► named in our Status.
 //!
-//! The run-loop contract is on [`Node`]. Modules: [`io`] (the boundary
-//! enums), [`node`] (the top-level state machine), [`secure`] (Noise XX with
-//! Ed25519 identities), [`codec`] (framing and messages), [`identity`],
-//! [`time`], [`limits`] (every bound, named with its unit), [`metrics`],
-//! [`testing`] (an in-memory network), [`chain`] (blocks, genesis,
-//! verification, fork choice), [`sync`] (range sync and parent lookups),
-//! [`work`] (jobs and persist batches) and [`fuzzing`] (fuzz entry points).
+//! The run-loop contract is on [`Node`]. Modules, from the bottom layer up
+//! (`core/tests/module_layers.rs` keeps imports pointing down):
+//! - vocabulary: [`types`] (connection and dial ids, directions, roots,
+//!   Status, Goodbye reasons), [`time`], [`identity`] (Ed25519 keys and
+//!   `PeerId`s), [`metrics`] (counters);
+//! - bounds: [`limits`] (the node-wide bounds; each protocol keeps its own
+//!   in its module);
+//! - codecs and crypto: [`codec`] (framing, messages, snappy), [`secure`]
+//!   (Noise XX with Ed25519 identities), [`chain`] (blocks, genesis,
+//!   verification, fork choice);
+//! - jobs: [`work`] (CPU jobs and persist batches);
+//! - sub-machines: [`peer`] (scores, bans, the connection gater, static
+//!   peers), [`reqresp`] (request/response codecs, quotas, deadlines, rate
+//!   limits), [`gossip`] (the gossipsub router, its wire codec and scores),
+//!   [`sync`] (range sync and parent lookups);
+//! - boundary: [`io`] (the enums a driver speaks);
+//! - node: [`node`] (the top-level state machine);
+//! - harnesses: `testing` (an in-memory network; cargo feature `testing`)
+//!   and `fuzzing` (fuzz entry points; cargo feature `fuzzing`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

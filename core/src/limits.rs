@@ -1,8 +1,14 @@
-//! Every bound the node enforces, as a named constant with its unit last.
+//! The node-wide bounds (connections, handshakes, Noise and message sizes,
+//! timeouts, send windows), each a named constant with its unit last.
 //!
 //! # Design
-//! Peer input is hostile: every length, count and rate a peer can influence is
-//! bounded here, and relations between bounds are checked at compile time.
+//! Peer input is hostile: every length, count and rate a peer can influence
+//! is bounded by a named constant, and relations between bounds are checked
+//! at compile time. This file holds only the bounds shared by the whole
+//! node; each protocol keeps its own beside its code, for example
+//! `reqresp::limits`, the gossip router's constants in `gossip`, a block's
+//! bytes in `chain::block`, sync's in `sync`, the peer manager's in `peer`
+//! and the node glue's in `node`.
 //! Defaults follow `shared/design.md` §3 and the systems in `shared/reference.md`.
 
 use crate::time::Duration;

@@ -120,7 +120,9 @@ pub fn gossip_verifications_per_window(slot_duration_ms: u64) -> u32 {
 }
 /// Persist batches handed to the driver and not yet confirmed.
 pub const PERSIST_IN_FLIGHT_MAX: usize = 1_024;
-/// Bytes of an application body queued for our next block.
+/// Application bodies queued (by `Command::ProposeBody`) for the blocks we
+/// produce next: a count of bodies, not bytes. A further one is refused with
+/// `Notification::BodyRefused` until production takes one.
 pub const QUEUED_BODIES_MAX: usize = 4;
 /// Blocks we produced that wait to be durable before we publish them. One
 /// is produced per slot and production stops while the store fails, so
