@@ -4,7 +4,7 @@
 //! # Design
 //! [`wire`] is the RPC codec (logical message kind [`GOSSIP_KIND`] = 32),
 //! [`router`] the state machine ([`Gossip`]), [`score`] the v1.1 peer score,
-//! [`fuzzing`] the fuzz entry points. Nothing here reads a clock or draws OS
+//! `fuzzing` the fuzz entry points (feature `fuzzing`). Nothing here reads a clock or draws OS
 //! entropy: time is a value, randomness a seeded `ChaCha20Rng`, and every map
 //! whose order can reach an output is a `BTreeMap`.
 //!

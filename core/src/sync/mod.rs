@@ -2,8 +2,8 @@
 //! missing slots in batches (initial sync); [`lookup`] fetches the unknown
 //! ancestors of gossiped blocks (regular sync) and hands over to range sync
 //! when there are too many. Both are pure state machines driven by the node
-//! (`node/sync.rs`): inputs carry `now`, outputs come from `poll`. [`fuzzing`]
-//! drives them with arbitrary inputs.
+//! (`node/sync.rs`): inputs carry `now`, outputs come from `poll`. `fuzzing`
+//! (feature `fuzzing`) drives them with arbitrary inputs.
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
