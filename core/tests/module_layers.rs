@@ -108,8 +108,12 @@ fn arrows(src: &Path) -> Arrows {
             .trim_end_matches(".rs")
             .to_owned();
         let name = file.file_name().unwrap().to_string_lossy();
-        // The crate root only declares; unit-test files test, they do not build layers.
-        if module == "lib" || name == "tests.rs" || name.ends_with("_tests.rs") {
+        // The crate root only declares; unit-test files and folders test,
+        // they do not build layers.
+        let in_tests_folder = relative
+            .components()
+            .any(|part| part.as_os_str() == "tests");
+        if module == "lib" || name == "tests.rs" || name.ends_with("_tests.rs") || in_tests_folder {
             continue;
         }
         let code = fs::read_to_string(&file).unwrap();

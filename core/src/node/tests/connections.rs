@@ -1,0 +1,365 @@
+//! Connections: handshakes, identities, keepalive, refusals, dials and goodbyes.
+
+use super::*;
+
+#[test]
+fn two_nodes_connect_and_learn_each_others_identity() {
+    let mut net = Net::with_nodes(2);
+    let expected = net.nodes[1].peer_id();
+    net.dial(0, 1, Some(expected));
+    assert!(net.connected(0, 1));
+    assert_eq!(
+        connection_events(&net, 0),
+        vec![Notification::PeerConnected {
+            peer: expected,
+            addr: addr(1),
+            direction: Direction::Outbound
+        }]
+    );
+    assert_eq!(
+        connection_events(&net, 1),
+        vec![Notification::PeerConnected {
+            peer: net.nodes[0].peer_id(),
+            addr: addr(0),
+            direction: Direction::Inbound
+        }]
+    );
+    assert_eq!(net.nodes[0].counters().handshakes_completed, 1);
+    assert_eq!(net.nodes[1].counters().handshakes_completed, 1);
+}
+
+#[test]
+fn handshake_completes_when_bytes_arrive_one_at_a_time() {
+    let mut net = Net::with_nodes(2);
+    net.piece_bytes = Some(1);
+    net.dial(0, 1, None);
+    assert!(net.connected(0, 1));
+    // Pings also survive one-byte delivery.
+    net.advance_to(Instant::ZERO + Duration::from_secs(31));
+    assert!(net.nodes[0].counters().pongs_received >= 1);
+}
+
+#[test]
+fn keepalive_pings_hold_a_quiet_connection_open() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    net.advance_to(Instant::ZERO + Duration::from_secs(600));
+    assert!(net.connected(0, 1));
+    let pings = net.nodes[0].counters().pings_sent;
+    assert!(
+        (19..=21).contains(&pings),
+        "about one ping per 30 s, got {pings}"
+    );
+    assert_eq!(net.nodes[0].counters().pongs_received, pings);
+}
+
+#[test]
+fn a_silent_peer_is_dropped_after_the_silence_timeout() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    // Cut the link from 1 to 0 without closing: 0 hears nothing more.
+    let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
+    net.links.remove(&(1, conn_at_1));
+    net.links.retain(|_, remote| remote.0 != 1);
+    net.advance_to(Instant::ZERO + Duration::from_secs(89));
+    assert!(net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    net.advance_to(Instant::ZERO + Duration::from_secs(91));
+    assert!(!net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    assert_eq!(disconnects(&net, 0), vec![DisconnectReason::Silent]);
+    assert_eq!(net.nodes[0].counters().peers_silent, 1);
+}
+
+#[test]
+fn a_peer_on_another_network_is_refused_with_goodbye_irrelevant_network() {
+    let mut net = Net::new(vec![Config::new(1), Config::new(2)]);
+    net.dial(0, 1, None);
+    assert!(!net.connected(0, 1));
+    // The dialler learns the network in message 2 and says Goodbye after message 3.
+    assert_eq!(
+        refusals(&net, 0),
+        vec![RefuseReason::WrongNetwork { ours: 1, theirs: 2 }]
+    );
+    assert_eq!(net.nodes[0].counters().goodbyes_sent, 1);
+    // The listener refuses on message 3 too; it decided before reading the Goodbye.
+    assert_eq!(
+        refusals(&net, 1),
+        vec![RefuseReason::WrongNetwork { ours: 2, theirs: 1 }]
+    );
+    assert_eq!(net.nodes[1].counters().refused_wrong_network, 1);
+    assert_eq!(net.nodes[0].peer_count() + net.nodes[1].peer_count(), 0);
+}
+
+#[test]
+fn a_dialled_peer_with_another_identity_is_refused() {
+    let mut net = Net::with_nodes(3);
+    let wrong = net.nodes[2].peer_id();
+    net.dial(0, 1, Some(wrong));
+    assert!(!net.connected(0, 1));
+    assert_eq!(
+        refusals(&net, 0),
+        vec![RefuseReason::UnexpectedPeer { expected: wrong }]
+    );
+    assert_eq!(net.nodes[0].counters().refused_unexpected_peer, 1);
+    // The listener never learnt the dialler's identity: message 3 was not sent.
+    assert!(matches!(
+        refusals(&net, 1).as_slice(),
+        [RefuseReason::ConnectionLost(_)]
+    ));
+}
+
+#[test]
+fn a_node_refuses_a_connection_to_itself() {
+    let mut net = Net::with_nodes(1);
+    // Dialling our own address with no expected id: the handshake shows the same key.
+    net.dial(0, 0, None);
+    assert_eq!(net.nodes[0].peer_count(), 0);
+    assert!(refusals(&net, 0).contains(&RefuseReason::SelfConnection));
+    // Dialling our own id is refused before any connection.
+    let own = net.nodes[0].peer_id();
+    net.dial(0, 0, Some(own));
+    assert_eq!(net.nodes[0].counters().dials_started, 1);
+}
+
+#[test]
+fn simultaneous_dials_keep_exactly_one_connection_on_both_sides() {
+    let mut net = Net::with_nodes(2);
+    // Both dial before either handshake finishes: deliver nothing until both dials exist.
+    net.handle(
+        0,
+        Input::Command(Command::Dial {
+            addr: addr(1),
+            peer: None,
+        }),
+    );
+    net.handle(
+        1,
+        Input::Command(Command::Dial {
+            addr: addr(0),
+            peer: None,
+        }),
+    );
+    assert_eq!(net.links.len(), 4, "two connections, seen from both ends");
+    net.drain();
+    assert!(net.connected(0, 1));
+    // Exactly one link survives, the same one on both sides.
+    assert_eq!(net.links.len(), 2, "one connection, seen from both ends");
+    let (&(a, conn_a), &(b, conn_b)) = net.links.iter().next().unwrap();
+    assert_eq!(
+        net.nodes[a].peers.get(&net.nodes[b].peer_id()),
+        Some(&conn_a)
+    );
+    assert_eq!(
+        net.nodes[b].peers.get(&net.nodes[a].peer_id()),
+        Some(&conn_b)
+    );
+    // Pings flow on the survivor.
+    net.advance_to(Instant::ZERO + Duration::from_secs(35));
+    assert!(net.connected(0, 1));
+    assert!(net.nodes[0].counters().pongs_received >= 1);
+}
+
+#[test]
+fn a_redial_to_a_connected_peer_replaces_the_old_connection() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    net.dial(0, 1, None);
+    assert!(net.connected(0, 1));
+    assert_eq!(net.links.len(), 2);
+    // The application saw one connection only.
+    assert_eq!(connection_events(&net, 1).len(), 1);
+}
+
+#[test]
+fn garbage_on_one_connection_closes_only_that_one() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let raw = net.raw_connection(1);
+    let actions_before = net.nodes[1].counters().clone();
+    net.nodes[1].handle(
+        net.now,
+        Input::BytesReceived {
+            conn: raw,
+            bytes: vec![0x00, 0x05, 1, 2, 3, 4, 5, 9, 9],
+        },
+    );
+    let mut closed = false;
+    while let Some(action) = net.nodes[1].poll_action() {
+        closed |= action == Action::Close { conn: raw };
+    }
+    assert!(closed);
+    assert_eq!(
+        net.nodes[1].counters().handshakes_failed,
+        actions_before.handshakes_failed + 1
+    );
+    assert!(net.connected(0, 1));
+    net.advance_to(Instant::ZERO + Duration::from_secs(31));
+    assert!(net.connected(0, 1));
+}
+
+#[test]
+fn a_tampered_transport_message_ends_the_connection_with_goodbye_fault() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let conn_at_1 = net.nodes[1].peers[&net.nodes[0].peer_id()];
+    // A well-framed transport message that does not decrypt.
+    let mut forged = vec![0, 20];
+    forged.extend_from_slice(&[0xAB; 20]);
+    run(
+        &mut net,
+        1,
+        Input::BytesReceived {
+            conn: conn_at_1,
+            bytes: forged,
+        },
+    );
+    assert!(!net.connected(0, 1));
+    assert!(matches!(
+        disconnects(&net, 1).as_slice(),
+        [DisconnectReason::ProtocolViolation(_)]
+    ));
+    assert_eq!(net.nodes[1].counters().protocol_violations, 1);
+    // Node 0 decrypted our Goodbye(fault) before the close.
+    assert_eq!(
+        disconnects(&net, 0),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::Fault)]
+    );
+}
+
+#[test]
+fn handshake_timeout_closes_a_connection_that_never_speaks() {
+    let mut net = Net::with_nodes(1);
+    let raw = net.raw_connection(0);
+    assert_eq!(
+        net.nodes[0].poll_timeout(),
+        Some(Instant::ZERO + Duration::from_secs(10))
+    );
+    net.advance_to(Instant::ZERO + Duration::from_secs(10));
+    assert_eq!(refusals(&net, 0), vec![RefuseReason::Timeout]);
+    assert_eq!(net.nodes[0].counters().refused_timeout, 1);
+    // Late bytes on the closed connection are ignored.
+    run(
+        &mut net,
+        0,
+        Input::BytesReceived {
+            conn: raw,
+            bytes: vec![1, 2, 3],
+        },
+    );
+    assert_eq!(net.nodes[0].poll_timeout(), None);
+}
+
+#[test]
+fn dial_failures_and_timeouts_are_reported() {
+    let mut net = Net::with_nodes(2);
+    net.down.push(1);
+    net.dial(0, 1, None);
+    assert!(matches!(
+        connection_events(&net, 0).as_slice(),
+        [Notification::DialFailed { .. }]
+    ));
+    // A dial the driver never answers is cancelled after the dial timeout.
+    let mut node = Node::new(Config::new(1), Identity::from_seed(9), [9; 32]);
+    node.handle(
+        Instant::ZERO,
+        Input::Command(Command::Dial {
+            addr: addr(5),
+            peer: None,
+        }),
+    );
+    assert!(matches!(node.poll_action(), Some(Action::Dial { .. })));
+    node.handle(Instant::ZERO + Duration::from_secs(10), Input::Timeout);
+    assert!(matches!(
+        node.poll_action(),
+        Some(Action::CancelDial { .. })
+    ));
+    assert!(matches!(
+        node.poll_action(),
+        Some(Action::Notify(Notification::DialFailed { .. }))
+    ));
+    assert_eq!(node.counters().dials_failed, 1);
+}
+
+#[test]
+fn too_many_peers_are_refused_with_goodbye() {
+    let mut config = Config::new(1);
+    config.peer.limits.peers_max = 2;
+    config.peer.limits.inbound_peers_max = 2;
+    config.peer.peers_target = 2;
+    let mut net = Net::new(vec![config, Config::new(1), Config::new(1), Config::new(1)]);
+    for dialler in 1..4 {
+        net.dial(dialler, 0, None);
+    }
+    assert_eq!(net.nodes[0].peer_count(), 2);
+    assert_eq!(
+        refusals(&net, 0),
+        vec![RefuseReason::Gated(crate::peer::Refusal::TooManyPeers)]
+    );
+    assert_eq!(
+        disconnects(&net, 3),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::TooManyPeers)]
+    );
+}
+
+#[test]
+fn shutdown_says_goodbye_to_every_peer() {
+    let mut net = Net::with_nodes(3);
+    net.dial(0, 1, None);
+    net.dial(0, 2, None);
+    run(&mut net, 0, Input::Command(Command::Shutdown));
+    assert_eq!(net.nodes[0].peer_count(), 0);
+    for other in [1, 2] {
+        assert_eq!(
+            disconnects(&net, other),
+            vec![DisconnectReason::RemoteGoodbye(
+                GoodbyeReason::ClientShutdown
+            )]
+        );
+    }
+    // New connections are refused.
+    net.dial(1, 0, None);
+    assert_eq!(net.nodes[0].peer_count(), 0);
+    assert!(refusals(&net, 0).contains(&RefuseReason::ShuttingDown));
+}
+
+#[test]
+fn disconnect_command_says_goodbye_with_the_reason() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    let peer = net.nodes[1].peer_id();
+    run(
+        &mut net,
+        0,
+        Input::Command(Command::Disconnect {
+            peer,
+            reason: GoodbyeReason::BadScore,
+        }),
+    );
+    assert_eq!(
+        disconnects(&net, 0),
+        vec![DisconnectReason::LocalGoodbye(GoodbyeReason::BadScore)]
+    );
+    assert_eq!(
+        disconnects(&net, 1),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::BadScore)]
+    );
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let run = || {
+        let mut net = Net::with_nodes(2);
+        let mut wire = Vec::new();
+        net.nodes[0].handle(
+            Instant::ZERO,
+            Input::Command(Command::Dial {
+                addr: addr(1),
+                peer: None,
+            }),
+        );
+        while let Some(action) = net.nodes[0].poll_action() {
+            wire.push(action);
+        }
+        wire
+    };
+    assert_eq!(run(), run());
+}
