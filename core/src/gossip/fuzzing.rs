@@ -17,6 +17,7 @@ use super::wire::{
 };
 use crate::identity::PeerId;
 use crate::limits::MESSAGE_BYTES_MAX;
+use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 
 /// Decodes `data` as an RPC; on success, re-encodes it and checks the round
@@ -159,7 +160,7 @@ pub fn router_script(data: &[u8]) {
                     .next_deadline()
                     .is_some_and(|deadline| deadline <= now)
                 {
-                    gossip.heartbeat(now);
+                    gossip.handle_timeout(now);
                     assert!(gossip.meshes_within_high_bound());
                     assert!(gossip
                         .next_deadline()

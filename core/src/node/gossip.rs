@@ -49,6 +49,7 @@
 //! [`crate::limits::WRITE_STALL_TIMEOUT`] is cut: Goodbye(fault) and a Mid
 //! penalty to its identity.
 
+use crate::machine::Machine;
 use std::net::SocketAddr;
 
 use log::{debug, info};
@@ -261,6 +262,6 @@ impl Node {
         for peer in peers {
             self.update_application_score(now, peer);
         }
-        self.gossip.heartbeat(now);
+        self.gossip.handle_timeout(now);
     }
 }

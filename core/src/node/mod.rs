@@ -510,19 +510,33 @@ impl Node {
                         .map_or(at, |deadline| deadline.min(at))
                 }
             });
-        let machines = [
-            self.peer_manager.next_deadline(),
-            self.outbound.next_deadline(),
-            self.inbound.next_deadline(),
+        let machines = self.machines().map(|machine| machine.next_deadline());
+        // Not plain sub-machines: the router's heartbeat is scheduled only
+        // while it has work, production follows the slot clock, and faults
+        // have timers of their own.
+        let glue = [
             self.gossip_deadline(),
             self.chain_state.next_deadline(self.last_now),
-            self.sync_deadline(),
             self.hostile_deadline(),
         ];
         dials
             .chain(connections)
             .chain(machines.into_iter().flatten())
+            .chain(glue.into_iter().flatten())
             .min()
+    }
+
+    /// The parts that keep the [`Machine`] contract and whose every deadline
+    /// wakes the node. A new protocol's machine is added here and to
+    /// [`Node::on_timeout`], which drains its outputs in order.
+    fn machines(&self) -> [&dyn Machine; 5] {
+        [
+            &self.peer_manager,
+            &self.outbound,
+            &self.inbound,
+            &self.range_sync,
+            &self.lookups,
+        ]
     }
 
     fn on_command(&mut self, now: Instant, command: Command) {

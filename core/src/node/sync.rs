@@ -152,19 +152,8 @@ impl Node {
     pub(super) fn sync_tick(&mut self, now: Instant) {
         self.range_sync
             .on_clock(now, self.chain_state.slot_max(now));
-        self.range_sync.on_timer(now);
+        self.range_sync.handle_timeout(now);
         self.lookups.handle_timeout(now);
-    }
-
-    /// The earliest deadline of either machine.
-    pub(super) fn sync_deadline(&self) -> Option<Instant> {
-        [
-            self.range_sync.next_deadline(),
-            self.lookups.next_deadline(),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
     }
 
     /// Carries out everything both machines ask for, until neither has more.

@@ -226,12 +226,12 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
             }
             6 => {
                 now = now + Duration::from_millis(u64::from(bytes.u16()) * 16);
-                sync.on_timer(now);
+                sync.handle_timeout(now);
             }
             _ => {
                 if let Some(deadline) = sync.next_deadline() {
                     now = now.max(deadline);
-                    sync.on_timer(now);
+                    sync.handle_timeout(now);
                 }
             }
         }

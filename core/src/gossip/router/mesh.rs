@@ -19,12 +19,13 @@ use crate::gossip::score::{
 };
 use crate::gossip::wire::{Control, MessageId, Topic};
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::time::Instant;
 
-impl Gossip {
+impl Machine for Gossip {
     /// Mesh maintenance, gossip emission and every expiry. A call before
-    /// [`Gossip::next_deadline`] is a no-op.
-    pub fn heartbeat(&mut self, now: Instant) {
+    /// [`Machine::next_deadline`] is a no-op.
+    fn handle_timeout(&mut self, now: Instant) {
         self.advance(now);
         if now < self.next_heartbeat {
             return;
@@ -75,6 +76,13 @@ impl Gossip {
         self.mcache.shift();
     }
 
+    /// When the heartbeat is due next.
+    fn next_deadline(&self) -> Option<Instant> {
+        Some(self.next_heartbeat)
+    }
+}
+
+impl Gossip {
     fn expire(&mut self, now: Instant) {
         let seen_ttl = self.config.seen_ttl;
         while let Some(oldest) = self.seen_order.front() {

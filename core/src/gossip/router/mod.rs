@@ -3,14 +3,14 @@
 //!
 //! # Design
 //! [`Gossip`] follows the core's run-loop contract. Sort its methods so:
-//! - `on_*`, [`Gossip::heartbeat`], [`Gossip::report_validation`]: something
+//! - `on_*`, [`Machine::handle_timeout`](crate::machine::Machine::handle_timeout) (the heartbeat), [`Gossip::report_validation`]: something
 //!   happened (a peer came or went, an RPC arrived, time passed, the
 //!   application judged a message);
 //! - [`Gossip::subscribe`], [`Gossip::unsubscribe`], [`Gossip::publish`],
 //!   [`Gossip::set_application_score`]: the node asks for something;
 //! - `poll_*`: after every call above, drain [`Gossip::poll_send`] (one
 //!   encoded RPC of kind 32 per call, for one peer) and [`Gossip::poll_event`]
-//!   until `None`, then call [`Gossip::heartbeat`] at [`Gossip::next_deadline`].
+//!   until `None`, then call the heartbeat ([`Machine::handle_timeout`](crate::machine::Machine::handle_timeout)) at [`Machine::next_deadline`](crate::machine::Machine::next_deadline).
 //!
 //! ```text
 //!  on_rpc ─► graylisted? drop ─► decode ─► subscriptions, control, messages
@@ -24,7 +24,7 @@
 //!                        opportunistic grafting ─► IHAVE over the last 3 of 6 mcache windows
 //! ```
 //!
-//! Every timer is checked at the heartbeat, so [`Gossip::next_deadline`] is
+//! Every timer is checked at the heartbeat, so [`Machine::next_deadline`](crate::machine::Machine::next_deadline) is
 //! only ever the next heartbeat. Randomness (mesh selection, gossip targets,
 //! id shuffles) comes from a `ChaCha20Rng` seeded at construction; every map
 //! is a `BTreeMap`, so the same inputs give the same RPCs, bit for bit.
@@ -279,11 +279,6 @@ impl Gossip {
     /// Ids `peer` asked us not to send, remembered.
     pub fn dont_want_len(&self, peer: &PeerId) -> usize {
         self.peers.get(peer).map_or(0, |p| p.dont_want.len())
-    }
-
-    /// When [`Gossip::heartbeat`] must be called next.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        Some(self.next_heartbeat)
     }
 
     /// Panics if a bound or an internal invariant is broken: every cap of

@@ -12,6 +12,7 @@ use crate::gossip::wire::{
 };
 use crate::identity::PeerId;
 use crate::limits::MESSAGE_BYTES_MAX;
+use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 
 fn peer(n: u8) -> PeerId {
@@ -98,7 +99,7 @@ fn heartbeats(gossip: &mut Gossip, from_millis: u64, count: u64) -> u64 {
     let mut now = from_millis;
     for _ in 0..count {
         now += 700;
-        gossip.heartbeat(at(now));
+        gossip.handle_timeout(at(now));
     }
     now
 }
@@ -1168,9 +1169,9 @@ fn heartbeat_is_scheduled_and_early_calls_are_no_ops() {
     let mut gossip = router_with_peers(10);
     assert_eq!(gossip.next_deadline(), Some(at(700)));
     // Peers came after we subscribed: the first heartbeat builds the mesh.
-    gossip.heartbeat(at(699));
+    gossip.handle_timeout(at(699));
     assert!(gossip.mesh_peers(&topic()).is_empty());
-    gossip.heartbeat(at(700));
+    gossip.handle_timeout(at(700));
     assert_eq!(gossip.mesh_peers(&topic()).len(), MESH_N);
     assert_eq!(gossip.next_deadline(), Some(at(1_400)));
 }
@@ -1385,7 +1386,7 @@ impl Net {
     fn heartbeat(&mut self) -> Vec<(usize, PeerId, Vec<u8>)> {
         self.now = self.now + HEARTBEAT_INTERVAL;
         for node in &mut self.nodes {
-            node.heartbeat(self.now);
+            node.handle_timeout(self.now);
         }
         self.deliver()
     }

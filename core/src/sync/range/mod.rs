@@ -6,8 +6,8 @@
 //! feeds it peers' Status ([`RangeSync::on_peer_status`]), our own chain
 //! ([`RangeSync::on_local_chain`]), and the results of what it asked for
 //! (responses, verifications, imports), then drains [`RangeSync::poll`]
-//! until `None` and sleeps until [`RangeSync::next_deadline`]
-//! (then [`RangeSync::on_timer`]). After Prysm's blocks fetcher and
+//! until `None` and sleeps until [`Machine::next_deadline`](crate::machine::Machine::next_deadline)
+//! (then [`Machine::handle_timeout`]). After Prysm's blocks fetcher and
 //! Lighthouse's range sync:
 //!
 //! ```text
@@ -119,6 +119,7 @@ use rand_core::SeedableRng;
 
 use crate::chain::{Checkpoint, Root};
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::reqresp::limits::BLOCKS_PER_RANGE_REQUEST_MAX;
 use crate::time::Instant;
 
@@ -167,7 +168,7 @@ struct LocalChain {
 ///
 /// Methods: getters ([`RangeSync::counters`], [`RangeSync::target_slot`],
 /// ...), `on_*` inputs, and [`RangeSync::poll`] /
-/// [`RangeSync::next_deadline`]. After every input, drain `poll` until
+/// [`Machine::next_deadline`](crate::machine::Machine::next_deadline). After every input, drain `poll` until
 /// `None`, then sleep until `next_deadline` and call `on_timer`.
 #[derive(Debug)]
 pub struct RangeSync {
@@ -390,63 +391,6 @@ impl RangeSync {
         self.update_mode(now);
     }
 
-    /// Time passed: requests past their deadline fail as timeouts, a wait
-    /// for peers may end.
-    pub fn on_timer(&mut self, now: Instant) {
-        self.advance(now);
-        let expired: Vec<(BatchId, u64, PeerId)> = self
-            .batches
-            .values()
-            .filter_map(|batch| match batch.state {
-                BatchState::Downloading {
-                    id, peer, sent_at, ..
-                } if now >= sent_at.saturating_add(self.config.request_timeout) => {
-                    Some((id, batch.start, peer))
-                }
-                _ => None,
-            })
-            .collect();
-        for (id, _, _) in expired {
-            // An earlier timeout may have ended the round and its batches.
-            let Some((start, peer, _)) = self.downloading(id) else {
-                continue;
-            };
-            self.counters.requests_failed = self.counters.requests_failed.saturating_add(1);
-            self.on_request_failed(start, peer, FetchError::Timeout);
-        }
-        self.update_mode(now);
-    }
-
-    /// When [`RangeSync::on_timer`] (or `poll`, for progress) must next be called.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        let requests = self.batches.values().filter_map(|batch| match batch.state {
-            BatchState::Downloading { sent_at, .. } => {
-                Some(sent_at.saturating_add(self.config.request_timeout))
-            }
-            _ => None,
-        });
-        let wait = match self.mode {
-            // Only instants still ahead: once the wait is over (and no
-            // peer's claim is believed yet) nothing changes with time, and
-            // a past deadline would wake the caller again at once, forever.
-            Mode::AwaitingPeers { since } => [
-                since.saturating_add(self.config.peers_wait),
-                self.retry_not_before,
-            ]
-            .into_iter()
-            .filter(|at| *at > self.last_now)
-            .min(),
-            _ => None,
-        };
-        let progress = match self.mode {
-            Mode::Idle => None,
-            _ => Some(self.progress.last_at.map_or(self.last_now, |at| {
-                at.saturating_add(self.config.progress_interval)
-            })),
-        };
-        requests.chain(wait).chain(progress).min()
-    }
-
     /// The next action, or `None` when there is nothing to do now.
     pub fn poll(&mut self, now: Instant) -> Option<SyncAction> {
         self.advance(now);
@@ -488,3 +432,62 @@ impl RangeSync {
 #[cfg(test)]
 #[allow(clippy::arithmetic_side_effects)] // Tests index their own fixtures.
 mod tests;
+
+impl Machine for RangeSync {
+    /// Time passed: requests past their deadline fail as timeouts, a wait
+    /// for peers may end.
+    fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        let expired: Vec<(BatchId, u64, PeerId)> = self
+            .batches
+            .values()
+            .filter_map(|batch| match batch.state {
+                BatchState::Downloading {
+                    id, peer, sent_at, ..
+                } if now >= sent_at.saturating_add(self.config.request_timeout) => {
+                    Some((id, batch.start, peer))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, _, _) in expired {
+            // An earlier timeout may have ended the round and its batches.
+            let Some((start, peer, _)) = self.downloading(id) else {
+                continue;
+            };
+            self.counters.requests_failed = self.counters.requests_failed.saturating_add(1);
+            self.on_request_failed(start, peer, FetchError::Timeout);
+        }
+        self.update_mode(now);
+    }
+
+    /// When [`Machine::handle_timeout`] (or `poll`, for progress) must next be called.
+    fn next_deadline(&self) -> Option<Instant> {
+        let requests = self.batches.values().filter_map(|batch| match batch.state {
+            BatchState::Downloading { sent_at, .. } => {
+                Some(sent_at.saturating_add(self.config.request_timeout))
+            }
+            _ => None,
+        });
+        let wait = match self.mode {
+            // Only instants still ahead: once the wait is over (and no
+            // peer's claim is believed yet) nothing changes with time, and
+            // a past deadline would wake the caller again at once, forever.
+            Mode::AwaitingPeers { since } => [
+                since.saturating_add(self.config.peers_wait),
+                self.retry_not_before,
+            ]
+            .into_iter()
+            .filter(|at| *at > self.last_now)
+            .min(),
+            _ => None,
+        };
+        let progress = match self.mode {
+            Mode::Idle => None,
+            _ => Some(self.progress.last_at.map_or(self.last_now, |at| {
+                at.saturating_add(self.config.progress_interval)
+            })),
+        };
+        requests.chain(wait).chain(progress).min()
+    }
+}

@@ -13,6 +13,7 @@ use crate::chain::block::{body_root, BlockHeader};
 use crate::chain::{devnet_keys, sign_block, verify_batch_locating, ChainStore, Genesis};
 use crate::chain::{ImportOutcome, Imported, SignedBlock};
 use crate::identity::PeerId;
+use crate::machine::Machine;
 use crate::peer::score::Score;
 use crate::reqresp::limits::{BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX};
 use crate::time::{Duration, Instant};
@@ -288,7 +289,7 @@ impl Harness {
                 Event::Verified(batch, result) => self.sync.on_verified(self.now, batch, result),
             }
         } else {
-            self.sync.on_timer(self.now);
+            self.sync.handle_timeout(self.now);
         }
         self.sync.assert_invariants();
         self.drain();
