@@ -24,6 +24,27 @@ pub enum Direction {
 /// A 32-byte block root (sha256 of the block header encoding).
 pub type Root = [u8; 32];
 
+/// A root as logs and messages name it: its first [`ShortRoot::BYTES`]
+/// bytes in hex (`format!("{}", ShortRoot(&root))`), the one formatter of
+/// roots for people.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ShortRoot<'a>(pub &'a Root);
+
+impl ShortRoot<'_> {
+    /// Bytes shown: 8 hex digits, like a short commit id, enough to tell
+    /// the blocks of one run apart.
+    pub const BYTES: usize = 4;
+}
+
+impl std::fmt::Display for ShortRoot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in &self.0[..Self::BYTES] {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The chain as the sender sees it; the body of a Status request and of its answer.
 ///
 /// ```text
@@ -100,5 +121,17 @@ impl GoodbyeReason {
             252 => GoodbyeReason::BannedIp,
             other => GoodbyeReason::Other(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_root_is_its_first_four_bytes_in_hex() {
+        let mut root = [0xffu8; 32];
+        root[..4].copy_from_slice(&[0x00, 0x1a, 0xb2, 0xc3]);
+        assert_eq!(ShortRoot(&root).to_string(), "001ab2c3");
     }
 }

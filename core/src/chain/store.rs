@@ -56,6 +56,7 @@ use super::block::SignedBlock;
 use super::block::BLOCK_BYTES_MAX;
 use super::genesis::{Genesis, FINALITY_DEPTH_SLOTS_MAX};
 use super::Root;
+use crate::types::ShortRoot;
 use crate::types::Status;
 
 /// Blocks the store holds by default: 65 536 slots of history (36 hours at
@@ -204,8 +205,9 @@ impl fmt::Display for ImportError {
 
 impl std::error::Error for ImportError {}
 
-fn short(root: &Root) -> String {
-    super::genesis::hex_encode(&root[..4])
+/// A root for logs: [`ShortRoot`].
+fn short(root: &Root) -> ShortRoot<'_> {
+    ShortRoot(root)
 }
 
 /// Verified blocks, fork choice and finality (see the module docs).

@@ -66,6 +66,7 @@ use crate::io::{Action, Health};
 use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::Status;
 use crate::time::{Duration, Instant};
+use crate::types::ShortRoot;
 use crate::work::{Job, PersistBatch, WorkId, WorkOutput};
 
 /// The gossip topic blocks travel on.
@@ -917,7 +918,7 @@ impl Node {
     }
 }
 
-/// The first 4 bytes of a root in hex, for logs.
-fn short(root: &Root) -> String {
-    crate::chain::genesis::hex_encode(&root[..4])
+/// A root for logs: [`ShortRoot`].
+fn short(root: &Root) -> ShortRoot<'_> {
+    ShortRoot(root)
 }

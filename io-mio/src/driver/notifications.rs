@@ -67,11 +67,8 @@ impl Driver {
                 log::debug!("[{me:?}] publish on {topic} failed: {error}")
             }
             Notification::BlockImported { slot, root } => log::debug!(
-                "[{me:?}] imported block {:02x}{:02x}{:02x}{:02x} at slot {slot}",
-                root[0],
-                root[1],
-                root[2],
-                root[3]
+                "[{me:?}] imported block {} at slot {slot}",
+                meshsync_core::types::ShortRoot(&root)
             ),
             Notification::SyncProgress {
                 head_slot,

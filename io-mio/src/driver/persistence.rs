@@ -339,9 +339,9 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
     })
 }
 
-/// The first 4 bytes of a root in hex, for logs.
-fn hex4(root: &meshsync_core::chain::Root) -> String {
-    root[..4].iter().map(|byte| format!("{byte:02x}")).collect()
+/// A root for logs.
+fn hex4(root: &meshsync_core::chain::Root) -> meshsync_core::types::ShortRoot<'_> {
+    meshsync_core::types::ShortRoot(root)
 }
 
 #[cfg(test)]
