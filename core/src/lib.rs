@@ -41,7 +41,8 @@
 //! (`core/tests/module_layers.rs` keeps imports pointing down):
 //! - vocabulary: [`types`] (connection and dial ids, directions, roots,
 //!   Status, Goodbye reasons), [`time`], [`identity`] (Ed25519 keys and
-//!   `PeerId`s), [`metrics`] (counters);
+//!   `PeerId`s), [`metrics`] (counters), [`machine`] (the one contract of
+//!   every sub-machine: `handle_timeout`, `next_deadline`, outputs polled);
 //! - bounds: [`limits`] (the node-wide bounds; each protocol keeps its own
 //!   in its module);
 //! - codecs and crypto: [`codec`] (framing, messages, snappy), [`secure`]
@@ -51,7 +52,8 @@
 //! - sub-machines: [`peer`] (scores, bans, the connection gater, static
 //!   peers), [`reqresp`] (request/response codecs, quotas, deadlines, rate
 //!   limits), [`gossip`] (the gossipsub router, its wire codec and scores),
-//!   [`sync`] (range sync and parent lookups);
+//!   [`sync`] (range sync and parent lookups), each keeping the
+//!   [`Machine`] contract;
 //! - boundary: [`io`] (the enums a driver speaks);
 //! - node: [`node`] (the top-level state machine);
 //! - harnesses: `testing` (an in-memory network; cargo feature `testing`)
