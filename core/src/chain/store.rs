@@ -174,11 +174,13 @@ pub enum ImportError {
 impl fmt::Display for ImportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ImportError::KnownInvalid(root) => write!(f, "block {} is known invalid", short(root)),
-            ImportError::InvalidParent(root) => {
-                write!(f, "parent {} is known invalid", short(root))
+            ImportError::KnownInvalid(root) => {
+                write!(f, "block {} is known invalid", ShortRoot(root))
             }
-            ImportError::UnknownParent(root) => write!(f, "parent {} is unknown", short(root)),
+            ImportError::InvalidParent(root) => {
+                write!(f, "parent {} is known invalid", ShortRoot(root))
+            }
+            ImportError::UnknownParent(root) => write!(f, "parent {} is unknown", ShortRoot(root)),
             ImportError::SlotNotAfterParent { slot, parent_slot } => {
                 write!(
                     f,
@@ -204,11 +206,6 @@ impl fmt::Display for ImportError {
 }
 
 impl std::error::Error for ImportError {}
-
-/// A root for logs: [`ShortRoot`].
-fn short(root: &Root) -> ShortRoot<'_> {
-    ShortRoot(root)
-}
 
 /// Verified blocks, fork choice and finality (see the module docs).
 #[derive(Clone, Debug)]

@@ -431,8 +431,8 @@ impl Node {
         let block = self.chain_state.producers[producer].produce(slot, head.root, body);
         info!(
             "produced block {} at slot {slot} on {}",
-            short(&block.root()),
-            short(&head.root)
+            ShortRoot(&block.root()),
+            ShortRoot(&head.root)
         );
         self.counters.blocks_produced += 1;
         let payload = block.encode();
@@ -445,7 +445,7 @@ impl Node {
                 if let Some((dropped, _)) = unannounced.pop_front() {
                     warn!(
                         "block {} never became durable: not announced",
-                        short(&dropped)
+                        ShortRoot(&dropped)
                     );
                 }
             }
@@ -492,7 +492,7 @@ impl Node {
             }
             let topic = self.chain_state.blocks_topic.clone();
             if let Err(error) = self.gossip.publish(now, topic, &payload) {
-                debug!("block {} not published: {error:?}", short(&root));
+                debug!("block {} not published: {error:?}", ShortRoot(&root));
             }
         }
     }
@@ -573,7 +573,7 @@ impl Node {
         if let Some(our_slot) = self.future_warning_due(now) {
             warn!(
                 "{from:?} sent block {} for slot {} while our clock is at slot {our_slot}: dropped as from the future ({} so far; is its clock or ours wrong?)",
-                short(&block.root()),
+                ShortRoot(&block.root()),
                 block.slot(),
                 self.counters.blocks_from_future
             );
@@ -799,7 +799,7 @@ impl Node {
                         // refuses these exact bytes again.
                         info!(
                             "{from:?}: gossiped block {} at slot {} fails verification",
-                            short(&block.root()),
+                            ShortRoot(&block.root()),
                             block.slot()
                         );
                         self.judge_gossip_block(now, message, Validation::Reject);
@@ -832,7 +832,7 @@ impl Node {
             Err((_, error)) => {
                 debug!(
                     "block {} at slot {slot} not imported: {error}",
-                    short(&root)
+                    ShortRoot(&root)
                 );
                 false
             }
@@ -916,9 +916,4 @@ impl Node {
         }
         self.announce_durable(now);
     }
-}
-
-/// A root for logs: [`ShortRoot`].
-fn short(root: &Root) -> ShortRoot<'_> {
-    ShortRoot(root)
 }

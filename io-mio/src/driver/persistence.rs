@@ -8,6 +8,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use meshsync_core::chain::block::body_root;
 use meshsync_core::chain::SignedBlock;
+use meshsync_core::types::ShortRoot;
 use meshsync_core::work::PersistBatch;
 use meshsync_core::{Health, Input};
 
@@ -309,7 +310,7 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
                 log::error!(
                     "block store {}: block {} at slot {slot} has a damaged body: skipped",
                     store.path().display(),
-                    hex4(&root)
+                    ShortRoot(&root)
                 );
             }
             Ok(block) if block.root() == root => blocks.push(block),
@@ -318,7 +319,7 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
                 log::error!(
                     "block store {}: block at slot {slot} is stored under the wrong root ({}): skipped",
                     store.path().display(),
-                    hex4(&block.root())
+                    ShortRoot(&block.root())
                 );
             }
             Err(error) => {
@@ -326,7 +327,7 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
                 log::error!(
                     "block store {}: block {} at slot {slot} does not decode ({error}): skipped",
                     store.path().display(),
-                    hex4(&root)
+                    ShortRoot(&root)
                 );
             }
         }})?;
@@ -337,11 +338,6 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
         skipped,
         slot_max,
     })
-}
-
-/// A root for logs.
-fn hex4(root: &meshsync_core::chain::Root) -> meshsync_core::types::ShortRoot<'_> {
-    meshsync_core::types::ShortRoot(root)
 }
 
 #[cfg(test)]
