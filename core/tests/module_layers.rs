@@ -93,6 +93,46 @@ fn the_checker_sees_an_arrow_and_a_cycle() {
     assert_eq!(cycles(&arrows), vec![vec!["a", "b", "a"]]);
 }
 
+/// The node's parts (the files of `node/`) reach one another's types only
+/// downwards: no two import each other, however indirectly, so each can be
+/// read (and changed) knowing only what it imports. `mod.rs`, the node
+/// itself, composes them and is left out.
+#[test]
+fn the_node_parts_never_import_each_other_in_a_circle() {
+    let node = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/node");
+    let mut arrows: Arrows = BTreeMap::new();
+    let mut parts = BTreeSet::new();
+    for entry in fs::read_dir(&node).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let Some(part) = name.strip_suffix(".rs") else {
+            continue; // the unit tests' folder
+        };
+        if part == "mod" || part == "tests" || part.ends_with("_tests") {
+            continue;
+        }
+        parts.insert(part.to_owned());
+        let code = fs::read_to_string(&path).unwrap();
+        for target in names_after(&code, "super::") {
+            arrows
+                .entry(part.to_owned())
+                .or_default()
+                .entry(target)
+                .or_default()
+                .push(name.clone());
+        }
+    }
+    assert!(
+        parts.contains("connections") && parts.contains("rpc") && parts.contains("sync"),
+        "the node's parts were not found in {node:?}: {parts:?}"
+    );
+    let cycles = cycles(&arrows);
+    assert!(
+        cycles.is_empty(),
+        "node parts import in a circle: {cycles:?}"
+    );
+}
+
 /// From module, to module, and the files that make the arrow.
 type Arrows = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
@@ -149,6 +189,12 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 /// outside a `#[cfg(test)] mod tests` block (which runs to the file's end by
 /// the house style).
 fn modules_named(code: &str) -> BTreeSet<String> {
+    names_after(code, "crate::")
+}
+
+/// The lower-case names `code` names as `PREFIX`NAME, outside comments and
+/// unit tests (see [`modules_named`]).
+fn names_after(code: &str, prefix: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let lines: Vec<&str> = code.lines().collect();
     for (index, line) in lines.iter().enumerate() {
@@ -167,8 +213,8 @@ fn modules_named(code: &str) -> BTreeSet<String> {
             None => line,
         };
         let mut rest = code_part;
-        while let Some(at) = rest.find("crate::") {
-            let after = &rest[at + "crate::".len()..];
+        while let Some(at) = rest.find(prefix) {
+            let after = &rest[at + prefix.len()..];
             let name: String = after
                 .chars()
                 .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')

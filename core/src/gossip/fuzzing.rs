@@ -119,17 +119,17 @@ pub fn router_script(data: &[u8]) {
         match op % 11 {
             0 => {
                 let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, (argument & 0x7f) % 3));
-                gossip.on_peer_connected(now, peer, argument & 0x80 != 0, ip);
+                gossip.handle_peer_connected(now, peer, argument & 0x80 != 0, ip);
             }
-            1 => gossip.on_peer_disconnected(now, &peer),
+            1 => gossip.handle_peer_disconnected(now, &peer),
             2 => {
                 let length = usize::from(script.byte().unwrap_or(0));
                 let bytes = script.bytes(length).to_vec();
-                events = gossip.on_rpc(now, peer, &bytes);
+                events = gossip.handle_rpc(now, peer, &bytes);
             }
             3 | 4 => {
                 let rpc = structured_rpc(&mut script, &known);
-                events = gossip.on_rpc(now, peer, &rpc.encode());
+                events = gossip.handle_rpc(now, peer, &rpc.encode());
             }
             5 if !pending.is_empty() => {
                 let id = pending.swap_remove(usize::from(argument) % pending.len());

@@ -9,7 +9,7 @@
 //! whose order can reach an output is a `BTreeMap`.
 //!
 //! ```text
-//!  node: logical message kind 32 ─► Gossip::on_rpc ─► GossipEvent::Message ─► application
+//!  node: logical message kind 32 ─► Gossip::handle_rpc ─► GossipEvent::Message ─► application
 //!                                                                    │ verdict
 //!  node ◄─ poll_send: (peer, RPC) ◄─ queues ◄─ report_validation ◄───┘
 //!  node: timer at next_deadline ─► heartbeat (mesh, gossip, expiry)

@@ -403,7 +403,7 @@ impl Node {
             // for peers, or peers that promise and deliver nothing, never
             // stop production (see `RangeSync::is_catching_up`).
             info!("slot {slot}: not producing while range sync catches up");
-            self.counters.blocks_not_produced_syncing += 1;
+            self.out.counters.blocks_not_produced_syncing += 1;
             self.chain_state.last_produced_slot = slot;
             return;
         }
@@ -414,7 +414,7 @@ impl Node {
             } else {
                 debug!("slot {slot}: not producing: {reason}");
             }
-            self.counters.blocks_not_produced_unhealthy += 1;
+            self.out.counters.blocks_not_produced_unhealthy += 1;
             self.chain_state.last_produced_slot = slot;
             return;
         }
@@ -434,7 +434,7 @@ impl Node {
             ShortRoot(&block.root()),
             ShortRoot(&head.root)
         );
-        self.counters.blocks_produced += 1;
+        self.out.counters.blocks_produced += 1;
         let payload = block.encode();
         let root = block.root();
         if self.import_verified(now, block) && self.chain_state.follow_gossip {
@@ -538,11 +538,11 @@ impl Node {
     /// counted, and warned about naming the sender (at most every
     /// [`FUTURE_BLOCK_WARN_INTERVAL`], shared with gossiped blocks).
     pub(super) fn warn_claim_from_future(&mut self, now: Instant, from: PeerId, what: &str) {
-        self.counters.claims_from_future += 1;
+        self.out.counters.claims_from_future += 1;
         if let Some(our_slot) = self.future_warning_due(now) {
             warn!(
                 "{from:?} sent {what} while our clock is at slot {our_slot}: not believed ({} claims from the future so far; is its clock or ours wrong?)",
-                self.counters.claims_from_future
+                self.out.counters.claims_from_future
             );
         }
     }
@@ -569,13 +569,13 @@ impl Node {
     /// A gossiped block from the future: its sender's clock (or ours) is
     /// wrong, which the operator of either should hear about.
     fn warn_future_block(&mut self, now: Instant, block: &SignedBlock, from: PeerId) {
-        self.counters.blocks_from_future += 1;
+        self.out.counters.blocks_from_future += 1;
         if let Some(our_slot) = self.future_warning_due(now) {
             warn!(
                 "{from:?} sent block {} for slot {} while our clock is at slot {our_slot}: dropped as from the future ({} so far; is its clock or ours wrong?)",
                 ShortRoot(&block.root()),
                 block.slot(),
-                self.counters.blocks_from_future
+                self.out.counters.blocks_from_future
             );
         }
     }
@@ -610,7 +610,7 @@ impl Node {
         };
         if self.chain_state.store_failing {
             // Forwarding tells peers we hold it; we could not keep it.
-            self.counters.blocks_ignored_store_failing += 1;
+            self.out.counters.blocks_ignored_store_failing += 1;
             self.judge_gossip_block(now, message, Validation::Ignore);
             return;
         }
@@ -683,7 +683,7 @@ impl Node {
             debug!(
                 "{from:?}: verification busy ({held} of its own): gossiped block dropped unjudged"
             );
-            self.counters.gossip_verifications_deferred += 1;
+            self.out.counters.gossip_verifications_deferred += 1;
             self.gossip.abandon_validation(now, message);
             if held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX && held_for_slot {
                 // Its own excess: more blocks for one slot than one proposer signs.
@@ -713,7 +713,7 @@ impl Node {
         }
         if *count >= state.gossip_verifications_per_window {
             debug!("{from:?}: over its gossip verification rate: block dropped unjudged");
-            self.counters.gossip_verifications_over_rate += 1;
+            self.out.counters.gossip_verifications_over_rate += 1;
             self.gossip.abandon_validation(now, message);
             self.report(now, from, Report::Penalty(Penalty::Low));
             return false;
@@ -759,8 +759,8 @@ impl Node {
         let id = WorkId(self.chain_state.work_next);
         self.chain_state.work_next += 1;
         self.chain_state.work.insert(id, purpose);
-        self.counters.work_started += 1;
-        self.actions.push_back(Action::Work { id, job });
+        self.out.counters.work_started += 1;
+        self.out.push(Action::Work { id, job });
     }
 
     /// A job came back.
@@ -769,7 +769,7 @@ impl Node {
             warn!("work {id:?} finished but was not started");
             return;
         };
-        self.counters.work_done += 1;
+        self.out.counters.work_done += 1;
         match (purpose, output) {
             (
                 WorkPurpose::Gossip { message, from, .. },
@@ -789,7 +789,7 @@ impl Node {
                         // once they verify.
                         self.judge_gossip_block(now, message, Validation::Ignore);
                         self.range_sync
-                            .on_peer_block_verified(now, from, block.slot());
+                            .handle_peer_block_verified(now, from, block.slot());
                         self.sync_orphan(now, block, from);
                     }
                     Err(_) => {
@@ -878,7 +878,7 @@ impl Node {
         state.persist_next += 1;
         let roots: Vec<Root> = blocks.iter().map(|(root, _)| *root).collect();
         state.persisting.push_back((id, roots));
-        self.actions.push_back(Action::Persist(PersistBatch {
+        self.out.push(Action::Persist(PersistBatch {
             id,
             blocks,
             delete,

@@ -65,8 +65,8 @@ use crate::time::Instant;
 impl Node {
     /// One gossip RPC (a logical message of kind 32) from accepted `peer`.
     pub(super) fn on_gossip_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) {
-        self.counters.gossip_rpcs_received += 1;
-        let events = self.gossip.on_rpc(now, peer, bytes);
+        self.out.counters.gossip_rpcs_received += 1;
+        let events = self.gossip.handle_rpc(now, peer, bytes);
         for event in events {
             self.apply_gossip_event(now, event);
         }
@@ -82,7 +82,7 @@ impl Node {
     ) {
         let outbound = direction == Direction::Outbound;
         self.gossip
-            .on_peer_connected(now, peer, outbound, addr.ip());
+            .handle_peer_connected(now, peer, outbound, addr.ip());
         self.update_application_score(now, peer);
     }
 
@@ -99,28 +99,27 @@ impl Node {
             while let Some(event) = self.gossip.poll_event() {
                 self.apply_gossip_event(now, event);
             }
-            let (peers, connections) = (&self.peers, &self.connections);
+            let conns = &self.conns;
             // The node's uplink is one: while it is busy, gossip waits in the
             // router, where an IDONTWANT can still cancel it. Without this, a
             // 1 MiB block forwarded to 8 mesh peers is handed over 8 times at
             // once and the IDONTWANTs arriving a moment later save nothing.
             // Each connection counts for at most its share, and a slow one
-            // not at all (see `Node::unwritten_total`): one peer that stops
-            // reading must not silence the others.
-            let node_busy =
-                Node::unwritten_total(now, connections) >= limits::GOSSIP_NODE_WINDOW_BYTES;
-            let readiness = |peer: &PeerId| match peers.get(peer) {
-                Some(&conn) if !node_busy && Node::gossip_window_open(connections, conn) => {
+            // not at all (see `Connections::unwritten_total`): one peer that
+            // stops reading must not silence the others.
+            let node_busy = conns.unwritten_total(now) >= limits::GOSSIP_NODE_WINDOW_BYTES;
+            let readiness = |peer: &PeerId| {
+                if !node_busy && conns.gossip_window_open(peer) {
                     SendReadiness::Everything
+                } else {
+                    SendReadiness::ControlOnly
                 }
-                _ => SendReadiness::ControlOnly,
             };
             let Some((peer, rpc)) = self.gossip.poll_send_ready(readiness) else {
                 break;
             };
-            match self.peers.get(&peer) {
-                Some(&conn) => self.send_raw(conn, &rpc),
-                None => debug!("{peer:?}: gossip RPC for a peer that is gone"),
+            if !self.conns.send_to(&peer, &rpc, &mut self.out) {
+                debug!("{peer:?}: gossip RPC for a peer that is gone");
             }
         }
     }
@@ -133,12 +132,12 @@ impl Node {
                 payload,
                 from,
             } => {
-                self.counters.gossip_messages_received += 1;
+                self.out.counters.gossip_messages_received += 1;
                 if self.chain_state.is_blocks_topic(&topic) {
                     self.on_gossip_block(now, id, &payload, from);
                     return;
                 }
-                self.notify(Notification::GossipMessage {
+                self.out.notify(Notification::GossipMessage {
                     id,
                     topic,
                     payload,
@@ -146,10 +145,10 @@ impl Node {
                 });
             }
             GossipEvent::Penalty { peer, reason } => {
-                self.counters.gossip_penalties += 1;
+                self.out.counters.gossip_penalties += 1;
                 let penalty = match reason {
                     Misbehaviour::Malformed(error) => {
-                        if let Some(&conn) = self.peers.get(&peer) {
+                        if let Some(conn) = self.conns.conn_of(&peer) {
                             self.protocol_violation(now, conn, format!("gossip: {error}"));
                         }
                         return;
@@ -164,12 +163,12 @@ impl Node {
                 self.report(now, peer, Report::Penalty(penalty));
             }
             GossipEvent::Graylisted { peer } => {
-                self.counters.gossip_rpcs_graylisted += 1;
+                self.out.counters.gossip_rpcs_graylisted += 1;
                 debug!("{peer:?}: gossip RPC dropped: graylisted");
             }
             GossipEvent::SlowPeer { peer } => {
-                if let Some(&conn) = self.peers.get(&peer) {
-                    self.counters.gossip_slow_peers += 1;
+                if let Some(conn) = self.conns.conn_of(&peer) {
+                    self.out.counters.gossip_slow_peers += 1;
                     info!("{peer:?}: disconnecting: gossip send queue full");
                     self.say_goodbye(now, conn, GoodbyeReason::Fault);
                 }
@@ -185,7 +184,8 @@ impl Node {
             }
             Err(error) => {
                 debug!("subscribe {topic}: {error:?}");
-                self.notify(Notification::SubscribeFailed { topic, error });
+                self.out
+                    .notify(Notification::SubscribeFailed { topic, error });
             }
         }
     }
@@ -211,13 +211,14 @@ impl Node {
     pub(super) fn gossip_publish(&mut self, now: Instant, topic: Topic, payload: &[u8]) {
         match self.gossip.publish(now, topic.clone(), payload) {
             Ok(id) => {
-                self.counters.gossip_messages_published += 1;
+                self.out.counters.gossip_messages_published += 1;
                 debug!("published {id:?} on {topic}");
             }
             Err(error) => {
-                self.counters.gossip_publish_failed += 1;
+                self.out.counters.gossip_publish_failed += 1;
                 debug!("publish on {topic}: {error}");
-                self.notify(Notification::PublishFailed { topic, error });
+                self.out
+                    .notify(Notification::PublishFailed { topic, error });
             }
         }
     }
@@ -228,8 +229,8 @@ impl Node {
             return;
         }
         match verdict {
-            Validation::Accept => self.counters.gossip_messages_forwarded += 1,
-            Validation::Reject => self.counters.gossip_messages_rejected += 1,
+            Validation::Accept => self.out.counters.gossip_messages_forwarded += 1,
+            Validation::Reject => self.out.counters.gossip_messages_rejected += 1,
             Validation::Ignore => {}
         }
     }
@@ -258,7 +259,7 @@ impl Node {
         if self.gossip.next_deadline().is_none_or(|at| at > now) {
             return;
         }
-        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        let peers = self.conns.peer_ids();
         for peer in peers {
             self.update_application_score(now, peer);
         }

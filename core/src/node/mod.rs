@@ -1,11 +1,15 @@
-//! The top-level state machine: connections, handshakes, peers, req/resp.
+//! The top-level state machine: admission, peers, and the parts it composes.
 //!
 //! # Design
-//! Each connection is a small state machine, `Handshaking` then `Established`,
-//! keyed by the driver's [`ConnId`]; an established connection is mapped to the
-//! [`PeerId`] its handshake proved. Outbound plaintext is buffered per
-//! connection and sealed once per `handle` call (or before a close), so a burst
-//! of small messages becomes one Noise message and one `Send`.
+//! The node is a composition of parts, each in its own file, each writing
+//! what it decides to the one `Outbox` it is handed:
+//! - `connections.rs`: every connection's state, `Handshaking` then
+//!   `Established`, keyed by the driver's [`ConnId`], the handshake, sealing
+//!   and flushing (outbound plaintext is buffered per connection and sealed
+//!   once per `handle` call, or before a close, so a burst of small messages
+//!   becomes one Noise message and one `Send`), and the write windows;
+//! - `purpose.rs`: what each of our requests is for, the leaf that lets the
+//!   req/resp glue and the sync glue share it without importing each other.
 //!
 //! Around the connections sit three pure state machines the node drives:
 //! the [`PeerManager`] (gating, scores, bans, static peers), the
@@ -30,8 +34,11 @@
 //! (see `chain.rs` and `sync.rs`).
 
 mod chain;
+mod connections;
 mod faults;
 mod gossip;
+mod outbox;
+mod purpose;
 mod rpc;
 #[warn(clippy::arithmetic_side_effects)]
 mod sync;
@@ -39,7 +46,7 @@ mod sync;
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
 pub use self::faults::{StatusClaim, OVERSIZE_BLOCKS_MAX, SQUAT_CHAIN_BLOCKS, SQUAT_INTERVAL};
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use log::{debug, info, warn};
@@ -47,7 +54,6 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::chain::{ChainConfig, ChainStore, StoreLimits};
-use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, NoiseFrameDecoder};
 use crate::gossip::{Gossip, Topic};
 use crate::identity::{Identity, PeerId};
 use crate::io::{
@@ -60,12 +66,14 @@ use crate::metrics::Counters;
 use crate::peer::{Decision, PeerEvent, PeerManager};
 use crate::reqresp::bodies::Metadata;
 use crate::reqresp::{InboundConfig, InboundRequests, OutboundConfig, OutboundRequests};
-use crate::secure::{
-    Handshake, HandshakeStep, Hello, LocalKeys, RemoteIdentity, SecureError, Transport,
-};
+use crate::secure::{Hello, LocalKeys, RemoteIdentity, SecureError};
 use crate::time::{Duration, Instant};
 
-use self::rpc::Purpose;
+use self::connections::{
+    Connection, ConnectionState, Connections, DueConnections, ReadError, Received,
+};
+use self::outbox::Outbox;
+use self::purpose::Purpose;
 
 /// Protocol version spoken by this build; peers must speak the same.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -191,17 +199,11 @@ pub struct PeerInfo {
 /// [`Node::poll_action`], [`Node::poll_timeout`].
 pub struct Node {
     config: Config,
-    keys: LocalKeys,
-    hello: Hello,
     rng: ChaCha20Rng,
-    connections: BTreeMap<ConnId, Connection>,
-    peers: BTreeMap<PeerId, ConnId>,
-    dials: BTreeMap<DialId, PendingDial>,
-    next_dial_id: u64,
-    /// Connections with plaintext waiting to be sealed.
-    unflushed: BTreeSet<ConnId>,
-    actions: VecDeque<Action>,
-    counters: Counters,
+    /// Connection state, handshakes, sealing and flushing.
+    conns: Connections,
+    /// The actions for the driver and the counters, which every part writes to.
+    out: Outbox,
     last_now: Instant,
     shutting_down: bool,
     peer_manager: PeerManager,
@@ -219,102 +221,6 @@ pub struct Node {
     gossip_topics: BTreeSet<Topic>,
     /// What our faults remember (empty for an honest node).
     hostile: self::faults::HostileState,
-}
-
-struct PendingDial {
-    addr: SocketAddr,
-    expected: Option<PeerId>,
-    deadline: Instant,
-}
-
-struct Connection {
-    addr: SocketAddr,
-    direction: Direction,
-    /// For a dial with a known identity: the peer that must answer.
-    expected: Option<PeerId>,
-    frames: NoiseFrameDecoder,
-    state: ConnectionState,
-    /// Bytes handed to the driver in `Action::Send` that it has not yet
-    /// reported written (`Input::BytesWritten`): how backed up the transport is.
-    unwritten_bytes: usize,
-    /// When the driver last reported bytes of this connection written, or
-    /// when bytes began to wait after none did: since when it has taken nothing.
-    write_progress_at: Instant,
-    /// Since when `unwritten_bytes` has been at least
-    /// [`limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX`] (`None` while below).
-    share_full_since: Option<Instant>,
-}
-
-enum ConnectionState {
-    /// `None` only transiently while a message is being read.
-    Handshaking {
-        handshake: Option<Box<Handshake>>,
-        deadline: Instant,
-    },
-    /// The channel is up. `accepted` turns true once the node's policy
-    /// (network, version, duplicates, gater) has admitted the peer.
-    Established(Box<Established>),
-}
-
-struct Established {
-    peer: PeerId,
-    accepted: bool,
-    transport: Transport,
-    messages: MessageReassembler,
-    /// Plaintext (length-prefixed messages) not yet sealed.
-    outbound: Vec<u8>,
-    last_received: Instant,
-    next_ping: Instant,
-    next_status: Instant,
-    /// The peer's Metadata sequence number we know, if any.
-    metadata_seq: Option<u64>,
-    /// Whether a Metadata request to it is open.
-    metadata_requested: bool,
-    /// The sequence number named by the Ping that made us ask for its
-    /// Metadata last, and when: it counts as fetched once the answer comes,
-    /// whatever the answer's own number, and the next fetch waits
-    /// `METADATA_FETCH_INTERVAL`.
-    metadata_asked: Option<(u64, Instant)>,
-    /// Metadata answers it completed; only the first earns a reward.
-    metadata_fetches: u32,
-    /// Our requests to it that timed out in a row (a complete answer resets it).
-    timeouts_in_a_row: u32,
-    /// When we last asked it for its Status because a gossiped orphan of
-    /// its found no lookup place (see `Node::sync_orphan`).
-    orphan_status_asked_at: Option<Instant>,
-}
-
-/// What reading one connection's bytes produced, applied in order afterwards.
-enum Received {
-    HandshakeDone(RemoteIdentity),
-    Message(Vec<u8>),
-}
-
-/// Why reading a connection's bytes failed.
-enum ReadError {
-    Decode(DecodeError),
-    Secure(SecureError),
-}
-
-impl From<DecodeError> for ReadError {
-    fn from(error: DecodeError) -> ReadError {
-        ReadError::Decode(error)
-    }
-}
-
-impl From<SecureError> for ReadError {
-    fn from(error: SecureError) -> ReadError {
-        ReadError::Secure(error)
-    }
-}
-
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Decode(error) => error.fmt(f),
-            ReadError::Secure(error) => error.fmt(f),
-        }
-    }
 }
 
 impl Node {
@@ -387,16 +293,9 @@ impl Node {
             gossip_topics: BTreeSet::new(),
             hostile: self::faults::HostileState::default(),
             config,
-            keys,
-            hello,
             rng,
-            connections: BTreeMap::new(),
-            peers: BTreeMap::new(),
-            dials: BTreeMap::new(),
-            next_dial_id: 0,
-            unflushed: BTreeSet::new(),
-            actions: VecDeque::new(),
-            counters: Counters::default(),
+            conns: Connections::new(keys, hello),
+            out: Outbox::default(),
             last_now: Instant::ZERO,
             shutting_down: false,
         };
@@ -406,7 +305,7 @@ impl Node {
 
     /// Our identity.
     pub fn peer_id(&self) -> PeerId {
-        self.keys.peer_id()
+        self.conns.local_peer()
     }
 
     /// The configuration.
@@ -416,32 +315,22 @@ impl Node {
 
     /// Connected peers, in `PeerId` order.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        self.peers
-            .iter()
-            .map(|(&peer, conn)| {
-                let connection = &self.connections[conn];
-                PeerInfo {
-                    peer,
-                    addr: connection.addr,
-                    direction: connection.direction,
-                }
-            })
-            .collect()
+        self.conns.peer_infos()
     }
 
     /// Whether `peer` is connected.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.peers.contains_key(peer)
+        self.conns.is_connected(peer)
     }
 
     /// Number of connected peers.
     pub fn peer_count(&self) -> usize {
-        self.peers.len()
+        self.conns.peer_count()
     }
 
     /// Event counts since start.
     pub fn counters(&self) -> &Counters {
-        &self.counters
+        &self.out.counters
     }
 
     /// Scores, bans, chain status and best-peer selection.
@@ -472,7 +361,9 @@ impl Node {
             Input::BytesReceived { conn, bytes } => self.on_bytes(now, conn, &bytes),
             Input::ConnectionClosed { conn, cause } => self.on_connection_closed(now, conn, cause),
             Input::DialFailed { dial, error } => self.on_dial_failed(now, dial, error),
-            Input::BytesWritten { conn, bytes } => self.on_bytes_written(now, conn, bytes),
+            Input::BytesWritten { conn, bytes } => {
+                self.conns.handle_bytes_written(now, conn, bytes)
+            }
             Input::WorkDone { id, output } => self.on_work_done(now, id, output),
             Input::Persisted { id } => self.on_persisted(now, id),
             Input::Timeout => self.on_timeout(now),
@@ -482,34 +373,19 @@ impl Node {
         self.drive_sync(now);
         self.transmit_requests(now);
         self.transmit_gossip(now);
-        self.flush_all();
+        self.conns.flush_all(now, &mut self.out);
     }
 
     /// The next thing for the driver to do, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        self.out.actions.pop_front()
     }
 
     /// When the driver must next call `handle(now, Input::Timeout)`, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let dials = self.dials.values().map(|dial| dial.deadline);
         let connections = self
-            .connections
-            .values()
-            .map(|connection| match &connection.state {
-                ConnectionState::Handshaking { deadline, .. } => *deadline,
-                ConnectionState::Established(established) => {
-                    let at = established
-                        .next_ping
-                        .min(established.next_status)
-                        .min(established.last_received + self.config.peer_silence_timeout);
-                    // A deadline already past (a slow connection that stopped
-                    // counting) is not a reason to wake again.
-                    Node::write_deadline(connection)
-                        .filter(|&deadline| deadline > self.last_now)
-                        .map_or(at, |deadline| deadline.min(at))
-                }
-            });
+            .conns
+            .next_deadline(self.last_now, self.config.peer_silence_timeout);
         let machines = self.machines().map(|machine| machine.next_deadline());
         // Not plain sub-machines: the router's heartbeat is scheduled only
         // while it has work, production follows the slot clock, and faults
@@ -519,8 +395,8 @@ impl Node {
             self.chain_state.next_deadline(self.last_now),
             self.hostile_deadline(),
         ];
-        dials
-            .chain(connections)
+        connections
+            .into_iter()
             .chain(machines.into_iter().flatten())
             .chain(glue.into_iter().flatten())
             .min()
@@ -543,7 +419,7 @@ impl Node {
         match command {
             Command::Dial { addr, peer } => self.dial(now, addr, peer),
             Command::Disconnect { peer, reason } => {
-                if let Some(&conn) = self.peers.get(&peer) {
+                if let Some(conn) = self.conns.conn_of(&peer) {
                     self.say_goodbye(now, conn, reason);
                 } else {
                     debug!("disconnect {peer:?}: not connected");
@@ -578,7 +454,7 @@ impl Node {
             Command::ProposeBody { body } => {
                 let bytes = body.len();
                 if !self.queue_body(body) {
-                    self.notify(Notification::BodyRefused { bytes });
+                    self.out.notify(Notification::BodyRefused { bytes });
                 }
             }
             Command::ValidateGossip { id, verdict } => self.gossip_validate(now, id, verdict),
@@ -588,11 +464,11 @@ impl Node {
     fn dial(&mut self, now: Instant, addr: SocketAddr, peer: Option<PeerId>) {
         let refusal = if self.shutting_down {
             Some("shutting down".to_string())
-        } else if peer.is_some_and(|peer| self.peers.contains_key(&peer)) {
+        } else if peer.is_some_and(|peer| self.conns.is_connected(&peer)) {
             Some("already connected".to_string())
         } else if peer == Some(self.peer_id()) {
             Some("that is our own identity".to_string())
-        } else if self.dials.len() >= limits::DIALS_IN_PROGRESS_MAX {
+        } else if self.conns.dials_in_progress() >= limits::DIALS_IN_PROGRESS_MAX {
             Some("too many dials in progress".to_string())
         } else if let Decision::Refuse(refusal) = self.peer_manager.check_dial(now, addr, peer) {
             Some(format!("gated: {refusal:?}"))
@@ -600,30 +476,23 @@ impl Node {
             None
         };
         if let Some(error) = refusal {
-            self.counters.dials_failed += 1;
-            self.peer_manager.on_dial_failed(now, addr);
-            self.notify(Notification::DialFailed { addr, error });
+            self.out.counters.dials_failed += 1;
+            self.peer_manager.handle_dial_failed(now, addr);
+            self.out.notify(Notification::DialFailed { addr, error });
             return;
         }
-        let dial = DialId(self.next_dial_id);
-        self.next_dial_id += 1;
-        self.dials.insert(
-            dial,
-            PendingDial {
-                addr,
-                expected: peer,
-                deadline: now + self.config.dial_timeout,
-            },
-        );
-        self.counters.dials_started += 1;
-        self.actions.push_back(Action::Dial { dial, addr });
+        let dial = self
+            .conns
+            .start_dial(addr, peer, now + self.config.dial_timeout);
+        self.out.counters.dials_started += 1;
+        self.out.push(Action::Dial { dial, addr });
     }
 
     fn on_dial_failed(&mut self, now: Instant, dial: DialId, error: String) {
-        if let Some(pending) = self.dials.remove(&dial) {
-            self.counters.dials_failed += 1;
-            self.peer_manager.on_dial_failed(now, pending.addr);
-            self.notify(Notification::DialFailed {
+        if let Some(pending) = self.conns.take_dial(dial) {
+            self.out.counters.dials_failed += 1;
+            self.peer_manager.handle_dial_failed(now, pending.addr);
+            self.out.notify(Notification::DialFailed {
                 addr: pending.addr,
                 error,
             });
@@ -637,33 +506,26 @@ impl Node {
         addr: SocketAddr,
         origin: Origin,
     ) {
-        if self.connections.contains_key(&conn) {
+        if self.conns.contains(conn) {
             // A driver bug, not a peer's doing; refusing it keeps the node consistent.
             log::error!("driver reused connection id {conn:?}; ignoring the new connection");
             return;
         }
-        self.counters.connections_opened += 1;
+        self.out.counters.connections_opened += 1;
         let (direction, expected) = match origin {
             Origin::Accepted => (Direction::Inbound, None),
-            Origin::Dialed(dial) => match self.dials.remove(&dial) {
+            Origin::Dialed(dial) => match self.conns.take_dial(dial) {
                 Some(pending) => (Direction::Outbound, pending.expected),
                 None => {
                     debug!("{addr}: connected after its dial was cancelled; closing");
-                    self.actions.push_back(Action::Close { conn });
+                    self.out.push(Action::Close { conn });
                     return;
                 }
             },
         };
         // Inbound and outbound handshakes have their own slots: an inbound
         // flood must not refuse the dials we chose.
-        let handshaking = self
-            .connections
-            .values()
-            .filter(|connection| {
-                connection.direction == direction
-                    && matches!(connection.state, ConnectionState::Handshaking { .. })
-            })
-            .count();
+        let handshaking = self.conns.handshaking(direction);
         let handshakes_max = match direction {
             Direction::Inbound => limits::HANDSHAKES_IN_PROGRESS_MAX,
             Direction::Outbound => limits::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX,
@@ -674,17 +536,17 @@ impl Node {
             Some(RefuseReason::TooManyHandshakes)
         } else if let Decision::Refuse(refusal) = self
             .peer_manager
-            .on_connection_attempt(now, conn, addr, direction)
+            .handle_connection_attempt(now, conn, addr, direction)
         {
             Some(RefuseReason::Gated(refusal))
         } else {
             None
         };
         if let Some(reason) = refusal {
-            self.counters.handshakes_failed += 1;
-            self.counters.refused_no_room += 1;
-            self.actions.push_back(Action::Close { conn });
-            self.notify(Notification::ConnectionRefused {
+            self.out.counters.handshakes_failed += 1;
+            self.out.counters.refused_no_room += 1;
+            self.out.push(Action::Close { conn });
+            self.out.notify(Notification::ConnectionRefused {
                 addr,
                 peer: None,
                 reason,
@@ -693,93 +555,25 @@ impl Node {
         }
         let mut ephemeral_seed = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral_seed);
-        let mut out = Vec::new();
-        let handshake = match direction {
-            Direction::Outbound => {
-                Handshake::initiate(&self.keys, ephemeral_seed, expected, &mut out)
-            }
-            Direction::Inbound => Handshake::respond(&self.keys, ephemeral_seed),
-        }
-        .expect("building a handshake from our own valid keys cannot fail");
-        self.connections.insert(
+        let deadline = now + self.config.handshake_timeout;
+        self.conns.open(
+            now,
             conn,
-            Connection {
-                addr,
-                direction,
-                expected,
-                frames: NoiseFrameDecoder::new(),
-                unwritten_bytes: 0,
-                write_progress_at: now,
-                share_full_since: None,
-                state: ConnectionState::Handshaking {
-                    handshake: Some(Box::new(handshake)),
-                    deadline: now + self.config.handshake_timeout,
-                },
-            },
+            addr,
+            direction,
+            expected,
+            ephemeral_seed,
+            deadline,
+            &mut self.out,
         );
-        if !out.is_empty() {
-            self.emit_send(conn, out);
-        }
     }
 
     fn on_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        let keys = &self.keys;
-        let hello = &self.hello;
-        let Some(connection) = self.connections.get_mut(&conn) else {
+        let Some((received, result)) = self.conns.read(now, conn, bytes, &mut self.out) else {
             return; // Closed by us already; late bytes are dropped.
         };
-        let mut received = Vec::new();
-        let mut handshake_out = Vec::new();
-        let mut plaintext = Vec::new();
-        let Connection { frames, state, .. } = connection;
-        let result = frames.decode(bytes, |message| -> Result<(), ReadError> {
-            match state {
-                ConnectionState::Handshaking { handshake, .. } => {
-                    let current = handshake.take().expect("present between messages");
-                    match (*current).read_message(keys, hello, message, &mut handshake_out)? {
-                        HandshakeStep::Continue(next) => *handshake = Some(Box::new(next)),
-                        HandshakeStep::Done { transport, remote } => {
-                            *state = ConnectionState::Established(Box::new(Established {
-                                peer: remote.peer,
-                                accepted: false,
-                                transport,
-                                messages: MessageReassembler::new(),
-                                outbound: Vec::new(),
-                                last_received: now,
-                                next_ping: Instant::MAX,
-                                next_status: Instant::MAX,
-                                metadata_seq: None,
-                                metadata_requested: false,
-                                metadata_asked: None,
-                                metadata_fetches: 0,
-                                orphan_status_asked_at: None,
-                                timeouts_in_a_row: 0,
-                            }));
-                            received.push(Received::HandshakeDone(remote));
-                        }
-                    }
-                }
-                ConnectionState::Established(established) => {
-                    plaintext.clear();
-                    established.transport.open(message, &mut plaintext)?;
-                    established
-                        .messages
-                        .push(&plaintext, |bytes| -> Result<(), ReadError> {
-                            received.push(Received::Message(bytes.to_vec()));
-                            Ok(())
-                        })?;
-                }
-            }
-            Ok(())
-        });
-        if matches!(state, ConnectionState::Established(_)) {
-            frames.enter_transport_mode();
-        }
-        if !handshake_out.is_empty() {
-            self.emit_send(conn, handshake_out);
-        }
         for item in received {
-            if !self.connections.contains_key(&conn) {
+            if !self.conns.contains(conn) {
                 return; // Closed while applying an earlier item.
             }
             match item {
@@ -788,24 +582,26 @@ impl Node {
             }
         }
         if let Err(error) = result {
-            if self.connections.contains_key(&conn) {
+            if self.conns.contains(conn) {
                 self.on_read_error(now, conn, error);
             }
         }
     }
 
     fn on_read_error(&mut self, now: Instant, conn: ConnId, error: ReadError) {
-        let connection = &self.connections[&conn];
+        let Some(connection) = self.conns.get(conn) else {
+            return;
+        };
         match &connection.state {
             ConnectionState::Handshaking { .. } => {
                 let mut peer = None;
                 let reason = match error {
                     ReadError::Secure(SecureError::BadSignature) => {
-                        self.counters.refused_bad_signature += 1;
+                        self.out.counters.refused_bad_signature += 1;
                         RefuseReason::BadSignature
                     }
                     ReadError::Secure(SecureError::UnexpectedPeer { actual }) => {
-                        self.counters.refused_unexpected_peer += 1;
+                        self.out.counters.refused_unexpected_peer += 1;
                         debug!("{}: dialled peer answered as {actual}", connection.addr);
                         peer = Some(actual);
                         RefuseReason::UnexpectedPeer {
@@ -815,7 +611,7 @@ impl Node {
                         }
                     }
                     other => {
-                        self.counters.refused_handshake_error += 1;
+                        self.out.counters.refused_handshake_error += 1;
                         RefuseReason::Handshake(other.to_string())
                     }
                 };
@@ -834,15 +630,16 @@ impl Node {
             state: ConnectionState::Established(established),
             addr,
             ..
-        }) = self.connections.get(&conn)
+        }) = self.conns.get(conn)
         else {
             return;
         };
         let peer = established.peer;
         info!("{peer:?} at {addr}: protocol violation: {what}");
-        self.counters.protocol_violations += 1;
-        self.send_raw(conn, &rpc::goodbye_request(GoodbyeReason::Fault));
-        self.counters.goodbyes_sent += 1;
+        self.out.counters.protocol_violations += 1;
+        let goodbye = rpc::goodbye_request(GoodbyeReason::Fault);
+        self.conns.send_raw(conn, &goodbye, &mut self.out);
+        self.out.counters.goodbyes_sent += 1;
         self.remove_established(now, conn, DisconnectReason::ProtocolViolation(what));
         self.report(
             now,
@@ -853,9 +650,9 @@ impl Node {
 
     /// The handshake proved `remote`; admit it as a peer or refuse it.
     fn on_handshake_done(&mut self, now: Instant, conn: ConnId, remote: RemoteIdentity) {
-        let ours = &self.hello;
+        let ours = self.conns.hello();
         let (refusal, goodbye) = if remote.hello.version != ours.version {
-            self.counters.refused_incompatible_version += 1;
+            self.out.counters.refused_incompatible_version += 1;
             (
                 Some(RefuseReason::IncompatibleVersion {
                     ours: ours.version,
@@ -864,7 +661,7 @@ impl Node {
                 Some(GoodbyeReason::IrrelevantNetwork),
             )
         } else if remote.hello.network_id != ours.network_id {
-            self.counters.refused_wrong_network += 1;
+            self.out.counters.refused_wrong_network += 1;
             (
                 Some(RefuseReason::WrongNetwork {
                     ours: ours.network_id,
@@ -873,10 +670,10 @@ impl Node {
                 Some(GoodbyeReason::IrrelevantNetwork),
             )
         } else if remote.peer == self.peer_id() {
-            self.counters.refused_self_connection += 1;
+            self.out.counters.refused_self_connection += 1;
             (Some(RefuseReason::SelfConnection), None)
         } else if self.shutting_down {
-            self.counters.refused_no_room += 1;
+            self.out.counters.refused_no_room += 1;
             (
                 Some(RefuseReason::ShuttingDown),
                 Some(GoodbyeReason::ClientShutdown),
@@ -888,16 +685,18 @@ impl Node {
             self.refuse(now, conn, Some(remote.peer), reason, goodbye);
             return;
         }
-        let existing = self.peers.get(&remote.peer).copied();
+        let existing = self.conns.conn_of(&remote.peer);
         if let Some(existing) = existing {
-            self.counters.refused_duplicate += 1;
-            if !self.keep_new_connection(existing, conn, remote.peer) {
+            self.out.counters.refused_duplicate += 1;
+            if !self.conns.keep_new_connection(existing, conn, remote.peer) {
                 self.refuse(now, conn, Some(remote.peer), RefuseReason::Duplicate, None);
                 return;
             }
         }
-        if let Decision::Refuse(refusal) = self.peer_manager.on_connected(now, conn, remote.peer) {
-            self.counters.refused_no_room += 1;
+        if let Decision::Refuse(refusal) =
+            self.peer_manager.handle_connected(now, conn, remote.peer)
+        {
+            self.out.counters.refused_no_room += 1;
             let goodbye = Some(refusal.goodbye_reason());
             self.refuse(
                 now,
@@ -922,20 +721,17 @@ impl Node {
                 "{:?}: replacing connection {existing:?} with {conn:?}",
                 remote.peer
             );
-            self.flush(existing);
-            self.unflushed.remove(&existing);
-            self.connections.remove(&existing);
-            self.actions.push_back(Action::Close { conn: existing });
-            self.peers.insert(remote.peer, conn);
-            self.mark_accepted(now, conn);
+            self.conns.drop_replaced(now, existing, &mut self.out);
+            self.accept(now, conn, remote.peer);
             return;
         }
-        self.peers.insert(remote.peer, conn);
-        self.mark_accepted(now, conn);
-        self.counters.handshakes_completed += 1;
-        let connection = &self.connections[&conn];
+        self.accept(now, conn, remote.peer);
+        self.out.counters.handshakes_completed += 1;
+        let Some(connection) = self.conns.get(conn) else {
+            return;
+        };
         let (addr, direction) = (connection.addr, connection.direction);
-        self.notify(Notification::PeerConnected {
+        self.out.notify(Notification::PeerConnected {
             peer: remote.peer,
             addr,
             direction,
@@ -945,34 +741,9 @@ impl Node {
         self.request_status(now, remote.peer);
     }
 
-    /// Which of two connections to one peer both ends keep: the one dialled by
-    /// the lower `PeerId`, or, when one side dialled both, the newer one
-    /// (the dialler evidently no longer trusts the old one).
-    fn keep_new_connection(&self, existing: ConnId, new: ConnId, remote: PeerId) -> bool {
-        let dialler = |conn: ConnId| match self.connections[&conn].direction {
-            Direction::Outbound => self.peer_id(),
-            Direction::Inbound => remote,
-        };
-        let (old_dialler, new_dialler) = (dialler(existing), dialler(new));
-        if old_dialler == new_dialler {
-            true
-        } else {
-            new_dialler < old_dialler
-        }
-    }
-
-    fn mark_accepted(&mut self, now: Instant, conn: ConnId) {
-        let ping_interval = self.config.ping_interval;
-        let status_interval = self.config.status_interval;
-        if let Some(Connection {
-            state: ConnectionState::Established(established),
-            ..
-        }) = self.connections.get_mut(&conn)
-        {
-            established.accepted = true;
-            established.next_ping = now + ping_interval;
-            established.next_status = now + status_interval;
-        }
+    fn accept(&mut self, now: Instant, conn: ConnId, peer: PeerId) {
+        let (ping, status) = (self.config.ping_interval, self.config.status_interval);
+        self.conns.accept(now, conn, peer, ping, status);
     }
 
     /// Refuses a connection before it became a peer: optional Goodbye, close, notify.
@@ -984,33 +755,34 @@ impl Node {
         reason: RefuseReason,
         goodbye: Option<GoodbyeReason>,
     ) {
-        let Some(connection) = self.connections.get(&conn) else {
+        let Some(connection) = self.conns.get(conn) else {
             return;
         };
         let addr = connection.addr;
         if let Some(goodbye) = goodbye {
             if matches!(connection.state, ConnectionState::Established(_)) {
-                self.send_raw(conn, &rpc::goodbye_request(goodbye));
-                self.counters.goodbyes_sent += 1;
+                let goodbye = rpc::goodbye_request(goodbye);
+                self.conns.send_raw(conn, &goodbye, &mut self.out);
+                self.out.counters.goodbyes_sent += 1;
             }
         }
-        self.counters.handshakes_failed += 1;
-        self.flush(conn);
+        self.out.counters.handshakes_failed += 1;
+        self.conns.flush(now, conn, &mut self.out);
         self.forget_connection(now, conn);
-        self.actions.push_back(Action::Close { conn });
+        self.out.push(Action::Close { conn });
         debug!("{addr}: refused: {reason}");
-        self.notify(Notification::ConnectionRefused { addr, peer, reason });
+        self.out
+            .notify(Notification::ConnectionRefused { addr, peer, reason });
     }
 
     /// Drops our state for `conn` (not the peer's: see `remove_established`).
     fn forget_connection(&mut self, now: Instant, conn: ConnId) -> Option<Connection> {
-        self.unflushed.remove(&conn);
-        self.peer_manager.on_connection_closed(now, conn);
-        self.connections.remove(&conn)
+        self.peer_manager.handle_connection_closed(now, conn);
+        self.conns.forget(conn)
     }
 
     fn on_connection_closed(&mut self, now: Instant, conn: ConnId, cause: CloseCause) {
-        let Some(connection) = self.connections.get(&conn) else {
+        let Some(connection) = self.conns.get(conn) else {
             return;
         };
         match &connection.state {
@@ -1021,9 +793,9 @@ impl Node {
             _ => {
                 let addr = connection.addr;
                 self.forget_connection(now, conn);
-                self.counters.handshakes_failed += 1;
-                self.counters.refused_handshake_error += 1;
-                self.notify(Notification::ConnectionRefused {
+                self.out.counters.handshakes_failed += 1;
+                self.out.counters.refused_handshake_error += 1;
+                self.out.notify(Notification::ConnectionRefused {
                     addr,
                     peer: None,
                     reason: RefuseReason::ConnectionLost(cause),
@@ -1035,50 +807,28 @@ impl Node {
     fn on_timeout(&mut self, now: Instant) {
         self.chain_tick(now);
         self.sync_tick(now);
-        let expired_dials: Vec<DialId> = self
-            .dials
-            .iter()
-            .filter(|(_, dial)| dial.deadline <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for dial in expired_dials {
-            self.actions.push_back(Action::CancelDial { dial });
+        for dial in self.conns.expired_dials(now) {
+            self.out.push(Action::CancelDial { dial });
             self.on_dial_failed(now, dial, "dial timed out".to_string());
         }
-        let mut handshakes_expired = Vec::new();
-        let mut silent = Vec::new();
-        let mut stalled = Vec::new();
-        let mut due = Vec::new();
-        for (&conn, connection) in &self.connections {
-            match &connection.state {
-                ConnectionState::Handshaking { deadline, .. } => {
-                    if *deadline <= now {
-                        handshakes_expired.push(conn);
-                    }
-                }
-                ConnectionState::Established(established) => {
-                    if established.last_received + self.config.peer_silence_timeout <= now {
-                        silent.push(conn);
-                    } else if established.accepted && Node::is_stalled(now, connection) {
-                        stalled.push(established.peer);
-                    } else if established.next_ping <= now || established.next_status <= now {
-                        due.push(established.peer);
-                    }
-                }
-            }
-        }
+        let DueConnections {
+            handshakes_expired,
+            silent,
+            stalled,
+            keepalive,
+        } = self.conns.due(now, self.config.peer_silence_timeout);
         for conn in handshakes_expired {
-            self.counters.refused_timeout += 1;
+            self.out.counters.refused_timeout += 1;
             self.refuse(now, conn, None, RefuseReason::Timeout, None);
         }
         for conn in silent {
-            self.counters.peers_silent += 1;
+            self.out.counters.peers_silent += 1;
             self.remove_established(now, conn, DisconnectReason::Silent);
         }
         for peer in stalled {
             self.cut_stalled(now, peer);
         }
-        for peer in due {
+        for peer in keepalive {
             self.keepalive(now, peer);
         }
         self.on_request_timeouts(now);
@@ -1100,20 +850,23 @@ impl Node {
         for event in events {
             match event {
                 PeerEvent::Disconnect { peer, reason } => {
-                    if let Some(&conn) = self.peers.get(&peer) {
+                    if let Some(conn) = self.conns.conn_of(&peer) {
                         info!("{peer:?}: disconnecting: goodbye {}", reason.code());
                         self.say_goodbye(now, conn, reason);
                     }
                 }
                 PeerEvent::Banned { peer, ip, until } => {
                     info!("{peer:?}: banned until {until} (ip {ip:?})");
-                    self.counters.peers_banned += 1;
-                    self.notify(Notification::PeerBanned { peer, ip, until });
+                    self.out.counters.peers_banned += 1;
+                    self.out
+                        .notify(Notification::PeerBanned { peer, ip, until });
                 }
-                PeerEvent::Unbanned { peer } => self.notify(Notification::PeerUnbanned { peer }),
-                PeerEvent::IpUnbanned { ip } => self.notify(Notification::IpUnbanned { ip }),
+                PeerEvent::Unbanned { peer } => {
+                    self.out.notify(Notification::PeerUnbanned { peer })
+                }
+                PeerEvent::IpUnbanned { ip } => self.out.notify(Notification::IpUnbanned { ip }),
                 PeerEvent::ScoreRecovered { peer } => {
-                    self.notify(Notification::ScoreRecovered { peer })
+                    self.out.notify(Notification::ScoreRecovered { peer })
                 }
                 PeerEvent::Dial { addr, peer } => self.dial(now, addr, peer),
             }
@@ -1134,17 +887,18 @@ impl Node {
         }
         info!(
             "shutting down: saying goodbye to {} peers",
-            self.peers.len()
+            self.conns.peer_count()
         );
         self.shutting_down = true;
-        let dials: Vec<DialId> = self.dials.keys().copied().collect();
-        for dial in dials {
-            self.dials.remove(&dial);
-            self.actions.push_back(Action::CancelDial { dial });
+        for dial in self.conns.dial_ids() {
+            self.conns.take_dial(dial);
+            self.out.push(Action::CancelDial { dial });
         }
-        let conns: Vec<ConnId> = self.connections.keys().copied().collect();
-        for conn in conns {
-            match &self.connections[&conn].state {
+        for conn in self.conns.conn_ids() {
+            let Some(connection) = self.conns.get(conn) else {
+                continue;
+            };
+            match &connection.state {
                 ConnectionState::Established(established) if established.accepted => {
                     self.say_goodbye(now, conn, GoodbyeReason::ClientShutdown)
                 }
@@ -1168,31 +922,32 @@ impl Node {
             "{peer:?}: disconnecting: took nothing we wrote for {:?}",
             limits::WRITE_STALL_TIMEOUT
         );
-        self.counters.connections_stalled += 1;
+        self.out.counters.connections_stalled += 1;
         self.report(
             now,
             peer,
             crate::peer::Report::Penalty(crate::peer::Penalty::Mid),
         );
-        if let Some(&conn) = self.peers.get(&peer) {
+        if let Some(conn) = self.conns.conn_of(&peer) {
             self.say_goodbye(now, conn, GoodbyeReason::Fault);
         }
     }
 
     /// Sends Goodbye(reason) to an accepted peer and forgets it.
     fn say_goodbye(&mut self, now: Instant, conn: ConnId, reason: GoodbyeReason) {
-        self.send_raw(conn, &rpc::goodbye_request(reason));
-        self.counters.goodbyes_sent += 1;
+        self.conns
+            .send_raw(conn, &rpc::goodbye_request(reason), &mut self.out);
+        self.out.counters.goodbyes_sent += 1;
         self.remove_established(now, conn, DisconnectReason::LocalGoodbye(reason));
     }
 
     /// Closes an established connection (after flushing) and reports the peer gone.
     fn remove_established(&mut self, now: Instant, conn: ConnId, reason: DisconnectReason) {
-        if !self.connections.contains_key(&conn) {
+        if !self.conns.contains(conn) {
             return;
         }
-        self.flush(conn);
-        self.actions.push_back(Action::Close { conn });
+        self.conns.flush(now, conn, &mut self.out);
+        self.out.push(Action::Close { conn });
         self.forget_peer(now, conn, reason);
     }
 
@@ -1205,167 +960,15 @@ impl Node {
         if let ConnectionState::Established(established) = connection.state {
             if established.accepted {
                 let peer = established.peer;
-                self.peers.remove(&peer);
-                self.counters.peers_disconnected += 1;
+                self.out.counters.peers_disconnected += 1;
                 debug!("{peer:?}: disconnected: {reason}");
-                self.notify(Notification::PeerDisconnected { peer, reason });
+                self.out
+                    .notify(Notification::PeerDisconnected { peer, reason });
                 self.on_peer_gone(peer);
-                self.gossip.on_peer_disconnected(now, &peer);
+                self.gossip.handle_peer_disconnected(now, &peer);
                 self.sync_peer_gone(now, peer);
             }
         }
-    }
-
-    /// Queues one logical message for an established connection; sealed at the next flush.
-    fn send_raw(&mut self, conn: ConnId, message: &[u8]) {
-        let Some(Connection {
-            state: ConnectionState::Established(established),
-            ..
-        }) = self.connections.get_mut(&conn)
-        else {
-            return;
-        };
-        append_length_prefixed(&mut established.outbound, message);
-        self.counters.messages_sent += 1;
-        self.unflushed.insert(conn);
-    }
-
-    /// Seals a connection's queued plaintext into one `Send`.
-    fn flush(&mut self, conn: ConnId) {
-        if !self.unflushed.remove(&conn) {
-            return;
-        }
-        let Some(Connection {
-            state: ConnectionState::Established(established),
-            ..
-        }) = self.connections.get_mut(&conn)
-        else {
-            return;
-        };
-        let mut bytes = Vec::with_capacity(established.outbound.len() + 64);
-        established
-            .transport
-            .seal(&established.outbound, &mut bytes);
-        established.outbound.clear();
-        self.emit_send(conn, bytes);
-    }
-
-    /// Hands `bytes` to the driver, counting them as unwritten until it says otherwise.
-    fn emit_send(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        let now = self.last_now;
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            if connection.unwritten_bytes == 0 {
-                connection.write_progress_at = now;
-            }
-            connection.unwritten_bytes = connection.unwritten_bytes.saturating_add(bytes.len());
-            if connection.unwritten_bytes >= limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX {
-                connection.share_full_since.get_or_insert(now);
-            }
-        }
-        self.actions.push_back(Action::Send { conn, bytes });
-    }
-
-    fn on_bytes_written(&mut self, now: Instant, conn: ConnId, bytes: usize) {
-        // Late reports for a connection we closed are expected and harmless;
-        // a driver that wrote bytes of its own (a test's) may over-report,
-        // which only opens the window early.
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.unwritten_bytes = connection.unwritten_bytes.saturating_sub(bytes);
-            if bytes > 0 {
-                connection.write_progress_at = now;
-            }
-            if connection.unwritten_bytes < limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX {
-                connection.share_full_since = None;
-            }
-        }
-    }
-
-    /// What the connections count toward the node-wide gossip window at
-    /// `now`: each its unwritten bytes plus plaintext waiting to be sealed,
-    /// capped at [`limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX`], and nothing
-    /// from one that has held its full share for
-    /// [`limits::GOSSIP_SLOW_CONNECTION_AFTER`] (its own link or reader is the
-    /// bottleneck, not our uplink).
-    fn unwritten_total(now: Instant, connections: &BTreeMap<ConnId, Connection>) -> usize {
-        connections
-            .values()
-            .map(|connection| Node::node_window_share(now, connection))
-            .fold(0usize, usize::saturating_add)
-    }
-
-    /// One connection's part of [`Node::unwritten_total`].
-    fn node_window_share(now: Instant, connection: &Connection) -> usize {
-        if Node::slow_since(connection).is_some_and(|since| since <= now) {
-            return 0;
-        }
-        Node::unsent_bytes(connection).min(limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX)
-    }
-
-    /// Bytes handed to the driver and not written, plus plaintext waiting to be sealed.
-    fn unsent_bytes(connection: &Connection) -> usize {
-        let pending = match &connection.state {
-            ConnectionState::Established(established) => established.outbound.len(),
-            ConnectionState::Handshaking { .. } => 0,
-        };
-        connection.unwritten_bytes.saturating_add(pending)
-    }
-
-    /// From when `connection` is slow (its own link or reader, not our
-    /// uplink, holds it back): it has held its full share, or taken none of
-    /// its waiting bytes, for [`limits::GOSSIP_SLOW_CONNECTION_AFTER`].
-    /// `None` while nothing waits.
-    fn slow_since(connection: &Connection) -> Option<Instant> {
-        if connection.unwritten_bytes == 0 {
-            return None;
-        }
-        let idle = connection.write_progress_at;
-        let since = connection
-            .share_full_since
-            .map_or(idle, |full| full.min(idle));
-        Some(since + limits::GOSSIP_SLOW_CONNECTION_AFTER)
-    }
-
-    /// Whether `connection` is over its own gossip window and has taken
-    /// nothing for [`limits::WRITE_STALL_TIMEOUT`]: its peer stopped reading.
-    fn is_stalled(now: Instant, connection: &Connection) -> bool {
-        Node::unsent_bytes(connection) >= limits::GOSSIP_SEND_WINDOW_BYTES
-            && connection.write_progress_at + limits::WRITE_STALL_TIMEOUT <= now
-    }
-
-    /// When `connection` next changes state without an input: it stops
-    /// counting toward the node window, or it is cut as stalled.
-    fn write_deadline(connection: &Connection) -> Option<Instant> {
-        let slow = Node::slow_since(connection)?;
-        if Node::unsent_bytes(connection) < limits::GOSSIP_SEND_WINDOW_BYTES {
-            return Some(slow);
-        }
-        Some(slow.min(connection.write_progress_at + limits::WRITE_STALL_TIMEOUT))
-    }
-
-    /// Whether `conn` can take more gossip now: what the driver has not
-    /// written plus what waits to be sealed is below [`limits::GOSSIP_SEND_WINDOW_BYTES`].
-    fn gossip_window_open(connections: &BTreeMap<ConnId, Connection>, conn: ConnId) -> bool {
-        match connections.get(&conn) {
-            Some(Connection {
-                state: ConnectionState::Established(established),
-                unwritten_bytes,
-                ..
-            }) => {
-                unwritten_bytes.saturating_add(established.outbound.len())
-                    < limits::GOSSIP_SEND_WINDOW_BYTES
-            }
-            _ => false,
-        }
-    }
-
-    fn flush_all(&mut self) {
-        while let Some(&conn) = self.unflushed.first() {
-            self.flush(conn);
-        }
-    }
-
-    fn notify(&mut self, notification: Notification) {
-        self.actions.push_back(Action::Notify(notification));
     }
 
     /// Queues `message` (one logical message, any bytes) to `peer` as if
@@ -1375,24 +978,14 @@ impl Node {
     /// feature: a production build cannot send what the node did not make.
     #[cfg(any(test, feature = "testing"))]
     pub fn testing_send_message(&mut self, peer: &PeerId, message: &[u8]) -> bool {
-        let Some(&conn) = self.peers.get(peer) else {
-            return false;
-        };
         if message.is_empty() || message.len() > limits::MESSAGE_BYTES_MAX {
             return false;
         }
-        self.send_raw(conn, message);
-        self.flush_all();
-        true
-    }
-
-    /// The established, accepted connection state of `peer`.
-    fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Established> {
-        let conn = self.peers.get(peer)?;
-        match &mut self.connections.get_mut(conn)?.state {
-            ConnectionState::Established(established) => Some(established),
-            ConnectionState::Handshaking { .. } => None,
+        if !self.conns.send_to(peer, message, &mut self.out) {
+            return false;
         }
+        self.conns.flush_all(self.last_now, &mut self.out);
+        true
     }
 }
 

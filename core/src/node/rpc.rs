@@ -34,8 +34,9 @@ use std::collections::BTreeMap;
 
 use log::{debug, info, warn};
 
-use super::{ConnectionState, Node};
-use crate::chain::{Root, SignedBlock};
+use super::purpose::{AnswerFault, BlockFetch, Purpose, RangeCheck};
+use super::Node;
+use crate::chain::SignedBlock;
 use crate::identity::PeerId;
 use crate::io::{ConnId, DisconnectReason, GoodbyeReason, Notification, RequestError};
 use crate::machine::Machine;
@@ -53,148 +54,6 @@ use crate::reqresp::{
     REQUEST_KIND, RESPONSE_CHUNK_KIND, RESPONSE_END_KIND,
 };
 use crate::time::{Duration, Instant};
-
-/// Why we sent a request, so its answer goes to the right place.
-pub(super) enum Purpose {
-    /// Our periodic Status exchange.
-    Status,
-    /// Keepalive.
-    Ping,
-    /// The peer's Metadata sequence number went up.
-    Metadata,
-    /// Blocks for range sync or a parent lookup, checked chunk by chunk.
-    Blocks {
-        fetch: super::sync::BlockFetch,
-        blocks: Vec<SignedBlock>,
-        /// What each chunk must be, checked as it arrives.
-        check: BlockAnswerCheck,
-        /// Encoded bytes of `blocks`.
-        bytes: usize,
-        /// Bytes set aside for this answer; range sync may grow it.
-        budget_bytes: usize,
-        /// Set when a chunk broke the checks (and was penalised) or the
-        /// answer outgrew our room for it; further chunks are dropped unread
-        /// and the fetch fails.
-        invalid: Option<AnswerFault>,
-    },
-    /// The application's `Command::Request`.
-    Application {
-        tag: u64,
-        protocol: ProtocolId,
-        chunks: Vec<Vec<u8>>,
-        /// For BlocksByRange: what the answer must look like.
-        range: Option<RangeCheck>,
-        /// Set when the answer broke the protocol; the request then fails.
-        invalid: Option<String>,
-        /// The request's body, kept to send it again after a busy answer.
-        body: Vec<u8>,
-        /// Times it was sent again after a busy answer.
-        busy_retries: u32,
-    },
-}
-
-/// Why an answer of blocks stopped being collected.
-pub(super) enum AnswerFault {
-    /// The peer broke the protocol (already penalised): the reason.
-    Broken(String),
-    /// The answer outgrew what we could set aside for it: our limit, not a
-    /// fault. Bytes and slots received until then.
-    TooLarge { bytes: usize, slots: u64 },
-}
-
-/// What the chunks of an answer of blocks must be, checked one by one as
-/// they arrive, so a bad answer costs at most one chunk of memory.
-pub(super) enum BlockAnswerCheck {
-    /// BlocksByRange: see [`RangeCheck`].
-    Range(RangeCheck),
-    /// BlocksByRoot: each block one of the roots asked for, none twice.
-    Roots(Vec<Root>),
-}
-
-impl BlockAnswerCheck {
-    /// The check for BlocksByRange(`start_slot`, `count`).
-    pub(super) fn range(start_slot: u64, count: u64) -> BlockAnswerCheck {
-        BlockAnswerCheck::Range(RangeCheck {
-            start_slot,
-            end_slot: start_slot.saturating_add(count),
-            previous: None,
-        })
-    }
-
-    fn check(&mut self, block: &SignedBlock) -> Result<(), String> {
-        match self {
-            BlockAnswerCheck::Range(range) => range.check_block(block),
-            BlockAnswerCheck::Roots(wanted) => {
-                let root = block.root();
-                match wanted.iter().position(|wanted| *wanted == root) {
-                    Some(index) => {
-                        // Asked for, and never again in this answer.
-                        wanted.swap_remove(index);
-                        Ok(())
-                    }
-                    None => Err(format!(
-                        "block at slot {} was not asked for, or came twice",
-                        block.slot()
-                    )),
-                }
-            }
-        }
-    }
-
-    /// [`BlockAnswerCheck::check`], for tests.
-    #[cfg(test)]
-    pub(super) fn check_for_tests(&mut self, block: &SignedBlock) -> Result<(), String> {
-        self.check(block)
-    }
-
-    /// Slots the answer has covered so far (for the size estimate).
-    fn slots_covered(&self) -> u64 {
-        match self {
-            BlockAnswerCheck::Range(range) => range.previous.map_or(0, |(slot, _)| {
-                slot.saturating_sub(range.start_slot).saturating_add(1)
-            }),
-            BlockAnswerCheck::Roots(_) => 1,
-        }
-    }
-}
-
-/// BlocksByRange answers come in slot order, within the range, each block
-/// the child of the previous one.
-pub(super) struct RangeCheck {
-    start_slot: u64,
-    end_slot: u64,
-    previous: Option<(u64, Root)>,
-}
-
-impl RangeCheck {
-    fn check(&mut self, block: &[u8]) -> Result<(), String> {
-        let block =
-            SignedBlock::decode(block).map_err(|error| format!("undecodable block: {error}"))?;
-        self.check_block(&block)
-    }
-
-    fn check_block(&mut self, block: &SignedBlock) -> Result<(), String> {
-        let (slot, parent) = (block.slot(), block.parent_root());
-        if slot < self.start_slot || slot >= self.end_slot {
-            return Err(format!(
-                "block at slot {slot} outside {}..{}",
-                self.start_slot, self.end_slot
-            ));
-        }
-        if let Some((previous_slot, previous_root)) = self.previous {
-            if slot <= previous_slot {
-                return Err(format!("slot {slot} after slot {previous_slot}"));
-            }
-            if parent != previous_root {
-                return Err(format!(
-                    "block at slot {slot} is not the child of the previous one"
-                ));
-            }
-        }
-        self.previous = Some((slot, block.root()));
-        Ok(())
-    }
-}
 
 /// Stalls in a row (moments at which requests to a peer expired, with no
 /// complete answer between) a peer gets away with at Low (−1) per expired
@@ -265,9 +124,7 @@ pub(super) fn goodbye_request(reason: GoodbyeReason) -> Vec<u8> {
 impl Node {
     /// One logical message from an accepted peer: req/resp here, gossip in `gossip.rs`.
     pub(super) fn on_message(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        let Some(ConnectionState::Established(established)) =
-            self.connections.get_mut(&conn).map(|c| &mut c.state)
-        else {
+        let Some(established) = self.conns.established_on_mut(conn) else {
             return;
         };
         established.last_received = now;
@@ -275,7 +132,7 @@ impl Node {
             return; // Refused after its handshake; what follows is ignored.
         }
         let peer = established.peer;
-        self.counters.messages_received += 1;
+        self.out.counters.messages_received += 1;
         match bytes.first().copied() {
             Some(crate::gossip::GOSSIP_KIND) => self.on_gossip_rpc(now, peer, bytes),
             Some(REQUEST_KIND) => self.on_request(now, conn, peer, bytes),
@@ -292,18 +149,18 @@ impl Node {
     }
 
     fn on_request(&mut self, now: Instant, conn: ConnId, peer: PeerId, bytes: &[u8]) {
-        match self.inbound.on_request_bytes(now, peer, bytes) {
+        match self.inbound.handle_request_bytes(now, peer, bytes) {
             InboundOutcome::Serve {
                 id,
                 protocol,
                 body,
                 chunks_max,
             } => {
-                self.counters.requests_served += 1;
+                self.out.counters.requests_served += 1;
                 self.serve(now, peer, id, protocol, &body, chunks_max);
             }
             InboundOutcome::Goodbye { reason } => {
-                self.counters.goodbyes_received += 1;
+                self.out.counters.goodbyes_received += 1;
                 self.remove_established(now, conn, DisconnectReason::RemoteGoodbye(reason));
             }
             InboundOutcome::Refused {
@@ -312,19 +169,19 @@ impl Node {
                 response,
             } => {
                 debug!("{peer:?}: request {id:?} refused: {refusal:?}");
-                self.send_raw(conn, &response);
+                self.conns.send_raw(conn, &response, &mut self.out);
                 let penalty = match refusal {
                     Refusal::RateLimited { .. } | Refusal::OverCapacity => {
-                        self.counters.requests_rate_limited += 1;
-                        self.counters.requests_limited_peer += 1;
+                        self.out.counters.requests_rate_limited += 1;
+                        self.out.counters.requests_limited_peer += 1;
                         Penalty::Low
                     }
                     // Our own limit, which the peer cannot see or pace by:
                     // never its fault (a crowd of Sybils within their quotas
                     // must not get an honest peer scored out).
                     Refusal::Busy { .. } => {
-                        self.counters.requests_rate_limited += 1;
-                        self.counters.requests_limited_global += 1;
+                        self.out.counters.requests_rate_limited += 1;
+                        self.out.counters.requests_limited_global += 1;
                         return;
                     }
                     // Not the requester's fault by itself: it may have given
@@ -410,7 +267,7 @@ impl Node {
                 blocks_within(blocks, budget)
             }
             ProtocolId::Application(name) => {
-                self.notify(Notification::InboundRequest {
+                self.out.notify(Notification::InboundRequest {
                     peer,
                     id,
                     protocol: name,
@@ -427,11 +284,7 @@ impl Node {
     /// [`ANSWER_BLOCK_BYTES_MAX`], and never enough to push what the driver
     /// holds for the connection past half its `PENDING_SEND_BYTES_MAX`.
     fn answer_budget_bytes(&self, peer: PeerId) -> usize {
-        let unwritten = self
-            .peers
-            .get(&peer)
-            .and_then(|conn| self.connections.get(conn))
-            .map_or(0, |connection| connection.unwritten_bytes);
+        let unwritten = self.conns.unwritten_bytes_of(&peer);
         (crate::limits::PENDING_SEND_BYTES_MAX / 2)
             .saturating_sub(unwritten)
             .min(ANSWER_BLOCK_BYTES_MAX)
@@ -440,9 +293,9 @@ impl Node {
     fn answer(&mut self, now: Instant, peer: PeerId, id: RequestId, answer: Answer) {
         match self.inbound.respond(now, peer, id, answer) {
             Ok(messages) => {
-                if let Some(&conn) = self.peers.get(&peer) {
+                if let Some(conn) = self.conns.conn_of(&peer) {
                     for message in messages {
-                        self.send_raw(conn, &message);
+                        self.conns.send_raw(conn, &message, &mut self.out);
                     }
                 }
             }
@@ -451,7 +304,7 @@ impl Node {
     }
 
     fn on_chunk(&mut self, now: Instant, peer: PeerId, chunk: ResponseChunk) {
-        match self.outbound.on_chunk(now, peer, chunk) {
+        match self.outbound.handle_chunk(now, peer, chunk) {
             ChunkOutcome::Chunk {
                 id,
                 protocol: _,
@@ -494,14 +347,14 @@ impl Node {
     }
 
     fn on_end(&mut self, now: Instant, peer: PeerId, end: ResponseEnd) {
-        match self.outbound.on_end(now, peer, end) {
+        match self.outbound.handle_end(now, peer, end) {
             EndOutcome::Completed { id, .. } => {
-                self.counters.responses_received += 1;
+                self.out.counters.responses_received += 1;
                 // The peer triggers Metadata fetches itself (by its Pings):
                 // only the first on a connection earns anything.
                 let metadata = matches!(self.purposes.get(&(peer, id)), Some(Purpose::Metadata));
                 let mut rewarded = true;
-                if let Some(established) = self.established_mut(&peer) {
+                if let Some(established) = self.conns.established_mut(&peer) {
                     established.timeouts_in_a_row = 0;
                     if metadata {
                         rewarded = established.metadata_fetches == 0;
@@ -526,7 +379,7 @@ impl Node {
     }
 
     fn on_unexpected(&mut self, now: Instant, peer: PeerId, id: RequestId, reason: Unexpected) {
-        self.counters.responses_unexpected += 1;
+        self.out.counters.responses_unexpected += 1;
         debug!("{peer:?}: {reason:?} answer to {id:?} discarded");
         let penalty = match reason {
             Unexpected::Late => Penalty::Low,
@@ -549,18 +402,19 @@ impl Node {
             },
             Purpose::Ping => match Ping::decode(&payload) {
                 Ok(ping) => {
-                    self.counters.pongs_received += 1;
+                    self.out.counters.pongs_received += 1;
                     self.on_peer_metadata_seq(now, peer, ping.metadata_seq);
                 }
                 Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
             },
             Purpose::Metadata => match Metadata::decode(&payload) {
                 Ok(metadata) => {
-                    if let Some(established) = self.established_mut(&peer) {
+                    if let Some(established) = self.conns.established_mut(&peer) {
                         let asked = established.metadata_asked.map(|(seq, _)| seq);
                         established.metadata_seq = Some(metadata.seq).max(asked);
                     }
-                    self.notify(Notification::PeerMetadata { peer, metadata });
+                    self.out
+                        .notify(Notification::PeerMetadata { peer, metadata });
                 }
                 Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
             },
@@ -627,10 +481,8 @@ impl Node {
         // already holds the largest block of its one root.
         let fits = !over
             || match fetch {
-                super::sync::BlockFetch::Range(batch) => {
-                    self.range_sync.grow_reserve(batch, needed)
-                }
-                super::sync::BlockFetch::Lookup(_) => false,
+                BlockFetch::Range(batch) => self.range_sync.grow_reserve(batch, needed),
+                BlockFetch::Lookup(_) => false,
             };
         let Some(Purpose::Blocks {
             blocks,
@@ -664,7 +516,7 @@ impl Node {
         };
         match purpose {
             Purpose::Metadata => {
-                if let Some(established) = self.established_mut(&peer) {
+                if let Some(established) = self.conns.established_mut(&peer) {
                     established.metadata_requested = false;
                 }
             }
@@ -686,7 +538,7 @@ impl Node {
                     (Ok(()), Some(what)) => Err(RequestError::InvalidResponse(what)),
                     (result, _) => result,
                 };
-                self.notify(match result {
+                self.out.notify(match result {
                     Ok(()) => Notification::Response {
                         peer,
                         tag,
@@ -709,9 +561,13 @@ impl Node {
     fn on_peer_status(&mut self, now: Instant, peer: PeerId, status: Status) -> bool {
         if status.network_id != self.config.network_id {
             let ours = self.config.network_id;
-            if let Some(&conn) = self.peers.get(&peer) {
-                self.send_raw(conn, &goodbye_request(GoodbyeReason::IrrelevantNetwork));
-                self.counters.goodbyes_sent += 1;
+            if let Some(conn) = self.conns.conn_of(&peer) {
+                self.conns.send_raw(
+                    conn,
+                    &goodbye_request(GoodbyeReason::IrrelevantNetwork),
+                    &mut self.out,
+                );
+                self.out.counters.goodbyes_sent += 1;
                 let reason = DisconnectReason::WrongNetwork {
                     ours,
                     theirs: status.network_id,
@@ -728,9 +584,9 @@ impl Node {
                 self.warn_claim_from_future(now, peer, &what);
             }
             info!("{peer:?}: status not believed: {why}");
-            self.counters.statuses_not_believed += 1;
+            self.out.counters.statuses_not_believed += 1;
             self.report(now, peer, Report::Penalty(Penalty::Mid));
-            return self.peers.contains_key(&peer);
+            return self.conns.is_connected(&peer);
         }
         let chain = ChainStatus {
             head_slot: status.head_slot,
@@ -739,9 +595,9 @@ impl Node {
         if let Err(error) = self.peer_manager.update_status(&peer, chain) {
             debug!("{peer:?}: inconsistent status: {error:?}");
             self.report(now, peer, Report::Penalty(Penalty::Mid));
-            return self.peers.contains_key(&peer);
+            return self.conns.is_connected(&peer);
         }
-        self.notify(Notification::PeerStatus { peer, status });
+        self.out.notify(Notification::PeerStatus { peer, status });
         self.sync_peer_status(now, peer, &status);
         true
     }
@@ -774,7 +630,7 @@ impl Node {
 
     /// A peer told us its Metadata sequence number; fetch its Metadata if it is new.
     fn on_peer_metadata_seq(&mut self, now: Instant, peer: PeerId, seq: u64) {
-        let Some(established) = self.established_mut(&peer) else {
+        let Some(established) = self.conns.established_mut(&peer) else {
             return;
         };
         let known = established.metadata_seq;
@@ -787,7 +643,7 @@ impl Node {
         }
         let body = MetadataRequest.encode();
         let sent = self.request(now, peer, ProtocolId::Metadata, body, Purpose::Metadata);
-        if let (Ok(_), Some(established)) = (sent, self.established_mut(&peer)) {
+        if let (Ok(_), Some(established)) = (sent, self.conns.established_mut(&peer)) {
             established.metadata_requested = true;
             established.metadata_asked = Some((seq, now));
         }
@@ -805,7 +661,7 @@ impl Node {
         let (ping_interval, status_interval) =
             (self.config.ping_interval, self.config.status_interval);
         let seq = self.metadata.seq;
-        let Some(established) = self.established_mut(&peer) else {
+        let Some(established) = self.conns.established_mut(&peer) else {
             return;
         };
         let ping_due = established.next_ping <= now;
@@ -817,7 +673,7 @@ impl Node {
             established.next_status = now + status_interval;
         }
         if ping_due {
-            self.counters.pings_sent += 1;
+            self.out.counters.pings_sent += 1;
             let body = Ping { metadata_seq: seq }.encode();
             let _ = self.request(now, peer, ProtocolId::Ping, body, Purpose::Ping);
         }
@@ -888,7 +744,7 @@ impl Node {
         };
         match self.request(now, peer, protocol, body, purpose) {
             Ok(_) => {
-                self.counters.requests_retried_busy += 1;
+                self.out.counters.requests_retried_busy += 1;
                 true
             }
             Err(error) => {
@@ -914,9 +770,9 @@ impl Node {
     /// Writes the requests the tracker releases now.
     pub(super) fn transmit_requests(&mut self, now: Instant) {
         while let Some((peer, request)) = self.outbound.poll_transmit(now) {
-            if let Some(&conn) = self.peers.get(&peer) {
-                self.counters.requests_sent += 1;
-                self.send_raw(conn, &request.encode());
+            if let Some(conn) = self.conns.conn_of(&peer) {
+                self.out.counters.requests_sent += 1;
+                self.conns.send_raw(conn, &request.encode(), &mut self.out);
             }
         }
     }
@@ -929,7 +785,7 @@ impl Node {
         self.outbound.handle_timeout(now);
         let expired: Vec<_> = std::iter::from_fn(|| self.outbound.poll_timed_out()).collect();
         for &(peer, id, kind) in &expired {
-            self.counters.requests_timed_out += 1;
+            self.out.counters.requests_timed_out += 1;
             debug!("{peer:?}: request {id:?} timed out ({kind:?})");
             let error = match kind {
                 crate::reqresp::TimeoutKind::FirstChunk => RequestError::FirstChunkTimeout,
@@ -949,7 +805,7 @@ impl Node {
             // and holds a slot. One we hear nothing from at all may be cut
             // off (a partition): the silence timeout deals with it, and it
             // must not come back scored out.
-            let in_a_row = match self.established_mut(&peer) {
+            let in_a_row = match self.conns.established_mut(&peer) {
                 Some(established) => {
                     let heard_lately = now.saturating_duration_since(established.last_received)
                         < TIMEOUT_ESCALATION_HEARD_WITHIN;
@@ -979,7 +835,7 @@ impl Node {
     pub(super) fn on_peer_gone(&mut self, peer: PeerId) {
         // The tracker names every request queued or in flight, so no purpose
         // of this peer outlives it.
-        for id in self.outbound.on_peer_disconnected(&peer) {
+        for id in self.outbound.handle_peer_disconnected(&peer) {
             self.finish_request(peer, id, Err(RequestError::Disconnected));
         }
         debug_assert!(self
@@ -987,7 +843,7 @@ impl Node {
             .range((peer, RequestId(0))..=(peer, RequestId(u64::MAX)))
             .next()
             .is_none());
-        self.inbound.on_peer_disconnected(&peer);
+        self.inbound.handle_peer_disconnected(&peer);
     }
 
     pub(super) fn register_protocol(&mut self, name: ProtocolName, quota: Quota) {
@@ -1009,7 +865,7 @@ impl Node {
         body: Vec<u8>,
         tag: u64,
     ) {
-        let refusal = if !self.peers.contains_key(&peer) {
+        let refusal = if !self.conns.is_connected(&peer) {
             Some("not connected".to_string())
         } else if protocol == ProtocolId::Goodbye {
             Some("use Command::Disconnect to say goodbye".to_string())
@@ -1017,15 +873,9 @@ impl Node {
             None
         };
         let range = match protocol {
-            ProtocolId::BlocksByRange => {
-                BlocksByRangeRequest::decode(&body)
-                    .ok()
-                    .map(|request| RangeCheck {
-                        start_slot: request.start_slot,
-                        end_slot: request.end_slot(),
-                        previous: None,
-                    })
-            }
+            ProtocolId::BlocksByRange => BlocksByRangeRequest::decode(&body)
+                .ok()
+                .map(|request| RangeCheck::new(request.start_slot, request.end_slot())),
             _ => None,
         };
         let purpose = Purpose::Application {
@@ -1042,7 +892,7 @@ impl Node {
             None => self.request(now, peer, protocol, body, purpose),
         };
         if let Err(error) = result {
-            self.notify(Notification::RequestFailed {
+            self.out.notify(Notification::RequestFailed {
                 peer,
                 tag,
                 protocol,

@@ -39,7 +39,7 @@
 
 use log::{debug, info, warn};
 
-use super::rpc::{AnswerFault, BlockAnswerCheck, Purpose};
+use super::purpose::{AnswerFault, BlockAnswerCheck, BlockFetch, Purpose};
 use super::Node;
 use crate::chain::{ImportError, ImportOutcome, Root, SignedBlock};
 use crate::identity::PeerId;
@@ -50,8 +50,8 @@ use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, St
 use crate::reqresp::limits::BLOCK_BYTES_MAX;
 use crate::reqresp::{ProtocolId, ResultCode};
 use crate::sync::{
-    BatchId, BatchImportError, FetchError, LookupAction, LookupId, LookupPenalty, PeerChain,
-    PenaltyReason, SyncAction,
+    BatchId, BatchImportError, FetchError, LookupAction, LookupPenalty, PeerChain, PenaltyReason,
+    SyncAction,
 };
 use crate::time::Instant;
 use crate::work::Job;
@@ -60,15 +60,6 @@ use crate::work::Job;
 /// blocks show a gap we cannot fill by lookups: its Status quota is 5 per
 /// 15 s, so one every 3 s stays within it and follows a fast chain.
 pub const ORPHAN_STATUS_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(3);
-
-/// Who asked for the blocks a request fetches.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum BlockFetch {
-    /// A range-sync batch.
-    Range(BatchId),
-    /// A parent lookup.
-    Lookup(LookupId),
-}
 
 impl Node {
     /// A peer's Status reached us: range sync weighs it.
@@ -81,25 +72,25 @@ impl Node {
         };
         let score = self.peer_manager.score(now, &peer);
         self.range_sync
-            .on_clock(now, self.chain_state.slot_max(now));
-        self.range_sync.on_peer_status(now, peer, chain, score);
+            .handle_clock(now, self.chain_state.slot_max(now));
+        self.range_sync.handle_peer_status(now, peer, chain, score);
     }
 
     /// A peer was admitted.
     pub(super) fn sync_peer_connected(&mut self, now: Instant, peer: PeerId) {
-        self.lookups.on_peer_connected(now, peer);
+        self.lookups.handle_peer_connected(now, peer);
     }
 
     /// A peer is gone: its batches and lookups move to other peers.
     pub(super) fn sync_peer_gone(&mut self, now: Instant, peer: PeerId) {
-        self.range_sync.on_peer_gone(now, peer);
-        self.lookups.on_peer_gone(now, peer);
+        self.range_sync.handle_peer_gone(now, peer);
+        self.lookups.handle_peer_gone(now, peer);
     }
 
     /// Our chain changed: range sync measures the distance from it.
     pub(super) fn sync_local_chain(&mut self, now: Instant) {
         let (head, finalized) = (self.chain.head(), self.chain.finalized());
-        self.range_sync.on_local_chain(now, head, finalized);
+        self.range_sync.handle_local_chain(now, head, finalized);
     }
 
     /// A gossiped block whose parent we lack: look its ancestors up. If no
@@ -109,7 +100,7 @@ impl Node {
     pub(super) fn sync_orphan(&mut self, now: Instant, block: SignedBlock, from: PeerId) {
         let refused_before = self.lookups.counters().refused;
         self.lookups
-            .on_unknown_parent(now, block, from, &self.chain);
+            .handle_unknown_parent(now, block, from, &self.chain);
         if self.lookups.counters().refused != refused_before {
             debug!("{from:?}: no lookup place for its orphan");
             self.ask_status_for_gap(now, from);
@@ -133,7 +124,7 @@ impl Node {
     /// A liar gains one Status request of ours per interval, whose answer
     /// is checked like any other.
     pub(super) fn ask_status_for_gap(&mut self, now: Instant, from: PeerId) {
-        let Some(established) = self.established_mut(&from) else {
+        let Some(established) = self.conns.established_mut(&from) else {
             return;
         };
         let due = established
@@ -141,8 +132,8 @@ impl Node {
             .is_none_or(|at| now >= at.saturating_add(ORPHAN_STATUS_INTERVAL));
         if due {
             established.orphan_status_asked_at = Some(now);
-            self.counters.orphan_status_requests =
-                self.counters.orphan_status_requests.saturating_add(1);
+            self.out.counters.orphan_status_requests =
+                self.out.counters.orphan_status_requests.saturating_add(1);
             debug!("{from:?}: its blocks show a gap lookups cannot fill: asking its status");
             self.request_status(now, from);
         }
@@ -151,7 +142,7 @@ impl Node {
     /// Timers of both machines.
     pub(super) fn sync_tick(&mut self, now: Instant) {
         self.range_sync
-            .on_clock(now, self.chain_state.slot_max(now));
+            .handle_clock(now, self.chain_state.slot_max(now));
         self.range_sync.handle_timeout(now);
         self.lookups.handle_timeout(now);
     }
@@ -198,7 +189,7 @@ impl Node {
                 {
                     debug!("{peer:?}: sync request not sent: {error}");
                     self.range_sync
-                        .on_response(now, batch, Err(FetchError::PeerGone));
+                        .handle_response(now, batch, Err(FetchError::PeerGone));
                 }
             }
             SyncAction::Verify { batch, blocks } => {
@@ -214,7 +205,7 @@ impl Node {
                 let result = self
                     .import_blocks(now, blocks)
                     .map_err(|(index, error)| BatchImportError { index, error });
-                self.range_sync.on_imported(now, batch, result);
+                self.range_sync.handle_imported(now, batch, result);
                 self.sync_local_chain(now);
             }
             SyncAction::Penalise { peer, reason } => {
@@ -237,7 +228,8 @@ impl Node {
                     self.warn_claim_from_future(now, peer, "a block for sync beyond our slot");
                 }
                 info!("{peer:?}: sync penalty: {reason:?}");
-                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
+                self.out.counters.sync_penalties =
+                    self.out.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             SyncAction::Progress(progress) => {
@@ -251,7 +243,7 @@ impl Node {
                         progress.head_slot, progress.target_slot, progress.blocks_per_second
                     ),
                 }
-                self.notify(Notification::SyncProgress {
+                self.out.notify(Notification::SyncProgress {
                     head_slot: progress.head_slot,
                     target_slot: progress.target_slot,
                     blocks_per_second: progress.blocks_per_second.max(0.0).round() as u64,
@@ -261,7 +253,7 @@ impl Node {
             }
             SyncAction::Synced { head_slot } => {
                 info!("synced at slot {head_slot}");
-                self.notify(Notification::Synced { head_slot });
+                self.out.notify(Notification::Synced { head_slot });
             }
         }
     }
@@ -288,8 +280,12 @@ impl Node {
                 if let Err(error) = self.request(now, peer, ProtocolId::BlocksByRoot, body, purpose)
                 {
                     debug!("{peer:?}: lookup request not sent: {error}");
-                    self.lookups
-                        .on_response(now, lookup, Err(FetchError::PeerGone), &self.chain);
+                    self.lookups.handle_response(
+                        now,
+                        lookup,
+                        Err(FetchError::PeerGone),
+                        &self.chain,
+                    );
                 }
             }
             LookupAction::Ready {
@@ -309,7 +305,7 @@ impl Node {
                 // Range sync starts from Status: ask these peers for theirs now.
                 info!("a gap to slot {head_slot} is too deep for lookups: asking peers' status");
                 for peer in peers {
-                    if self.peers.contains_key(&peer) {
+                    if self.conns.is_connected(&peer) {
                         self.request_status(now, peer);
                     }
                 }
@@ -318,7 +314,8 @@ impl Node {
                 let penalty = match reason {
                     LookupPenalty::WrongBlock | LookupPenalty::TooManyBlocks => Penalty::High,
                 };
-                self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
+                self.out.counters.sync_penalties =
+                    self.out.counters.sync_penalties.saturating_add(1);
                 self.report(now, peer, Report::Penalty(penalty));
             }
             LookupAction::Dropped { lookup, reason } => {
@@ -334,7 +331,7 @@ impl Node {
         batch: BatchId,
         result: Result<(), Vec<usize>>,
     ) {
-        self.range_sync.on_verified(now, batch, result);
+        self.range_sync.handle_verified(now, batch, result);
     }
 
     /// A verified lookup chain came back: import what verified, in order,
@@ -354,7 +351,8 @@ impl Node {
             for index in invalid {
                 if let Some(&peer) = senders.get(index) {
                     info!("{peer:?}: looked-up block fails verification");
-                    self.counters.sync_penalties = self.counters.sync_penalties.saturating_add(1);
+                    self.out.counters.sync_penalties =
+                        self.out.counters.sync_penalties.saturating_add(1);
                     self.report(now, peer, Report::Penalty(Penalty::Fatal));
                 }
             }
@@ -389,10 +387,11 @@ impl Node {
             let copy = block.clone();
             match self.chain.import(block) {
                 Ok(ImportOutcome::Imported(imported)) => {
-                    self.counters.blocks_imported = self.counters.blocks_imported.saturating_add(1);
+                    self.out.counters.blocks_imported =
+                        self.out.counters.blocks_imported.saturating_add(1);
                     pruned.extend(imported.pruned);
                     stored.push((root, copy));
-                    self.notify(Notification::BlockImported { slot, root });
+                    self.out.notify(Notification::BlockImported { slot, root });
                 }
                 Ok(ImportOutcome::AlreadyKnown { .. }) => {}
                 Err(error) => {
@@ -418,7 +417,7 @@ impl Node {
     ) {
         let now = self.last_now;
         self.range_sync
-            .on_clock(now, self.chain_state.slot_max(now));
+            .handle_clock(now, self.chain_state.slot_max(now));
         let result = match (result, invalid) {
             (Ok(()), None) => Ok(blocks),
             (_, Some(AnswerFault::TooLarge { bytes, slots })) => {
@@ -441,9 +440,10 @@ impl Node {
             }),
         };
         match fetch {
-            BlockFetch::Range(batch) => self.range_sync.on_response(now, batch, result),
+            BlockFetch::Range(batch) => self.range_sync.handle_response(now, batch, result),
             BlockFetch::Lookup(lookup) => {
-                self.lookups.on_response(now, lookup, result, &self.chain)
+                self.lookups
+                    .handle_response(now, lookup, result, &self.chain)
             }
         }
     }

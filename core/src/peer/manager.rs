@@ -11,12 +11,12 @@
 //! The calls, in a connection's life:
 //!
 //! ```text
-//! dial wanted ── check_dial ──► (node dials) ─┐         (on_dial_failed if it fails)
-//! transport up ─────────────── on_connection_attempt(conn, addr, direction)
-//! handshake done ──────────── on_connected(conn, peer)  ─► Refuse: Goodbye(reason), close
+//! dial wanted ── check_dial ──► (node dials) ─┐         (handle_dial_failed if it fails)
+//! transport up ─────────────── handle_connection_attempt(conn, addr, direction)
+//! handshake done ──────────── handle_connected(conn, peer)  ─► Refuse: Goodbye(reason), close
 //! peer behaves / misbehaves ── update_status, report    ─► events
-//! connection ends ─────────── on_connection_closed(conn)
-//! timer ───────────────────── on_timeout                ─► events; next_deadline
+//! connection ends ─────────── handle_connection_closed(conn)
+//! timer ───────────────────── handle_timeout                ─► events; next_deadline
 //! ```
 //!
 //! Every call that takes `now` requires it never to go backwards. Events come
@@ -88,7 +88,7 @@ impl Default for Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerEvent {
     /// Say Goodbye(`reason`) to the connected `peer` and close its connection
-    /// (then call [`PeerManager::on_connection_closed`]). The reason is bad
+    /// (then call [`PeerManager::handle_connection_closed`]). The reason is bad
     /// score, banned, or banned IP (another peer from its address was banned).
     Disconnect {
         /// The peer.
@@ -123,8 +123,8 @@ pub enum PeerEvent {
         peer: PeerId,
     },
     /// Dial static peer `addr`, requiring identity `peer` if given. Already
-    /// gated; report the outcome with [`PeerManager::on_dial_failed`] or
-    /// [`PeerManager::on_connection_attempt`].
+    /// gated; report the outcome with [`PeerManager::handle_dial_failed`] or
+    /// [`PeerManager::handle_connection_attempt`].
     Dial {
         /// Where.
         addr: SocketAddr,
@@ -172,12 +172,12 @@ impl std::error::Error for PeerManagerError {}
 /// [`PeerManager::is_ip_banned`], [`PeerManager::is_static_peer`],
 /// [`PeerManager::best_peers`], [`PeerManager::best_finalized`],
 /// [`PeerManager::check_dial`].
-/// Handlers: [`PeerManager::on_connection_attempt`],
-/// [`PeerManager::on_connected`], [`PeerManager::on_connection_closed`],
-/// [`PeerManager::on_dial_failed`], [`PeerManager::on_timeout`].
+/// Handlers: [`PeerManager::handle_connection_attempt`],
+/// [`PeerManager::handle_connected`], [`PeerManager::handle_connection_closed`],
+/// [`PeerManager::handle_dial_failed`], [`PeerManager::handle_timeout`].
 /// Mutators: [`PeerManager::report`], [`PeerManager::update_status`],
 /// [`PeerManager::add_static_peer`], [`PeerManager::remove_static_peer`].
-/// Poll: [`PeerManager::next_deadline`], when [`PeerManager::on_timeout`] is next due.
+/// Poll: [`PeerManager::next_deadline`], when [`PeerManager::handle_timeout`] is next due.
 #[derive(Clone, Debug)]
 pub struct PeerManager {
     config: Config,
@@ -296,7 +296,7 @@ impl PeerManager {
     }
 
     /// Whether to dial `addr`, expecting identity `expected` if given. A
-    /// refused static-peer dial should be reported with [`PeerManager::on_dial_failed`].
+    /// refused static-peer dial should be reported with [`PeerManager::handle_dial_failed`].
     pub fn check_dial(&self, now: Instant, addr: SocketAddr, expected: Option<PeerId>) -> Decision {
         debug_assert!(now >= self.last_now, "time went backwards");
         let score = expected.map_or(Score::ZERO, |peer| self.scores.score(now, &peer));
@@ -306,12 +306,12 @@ impl PeerManager {
 
     /// A transport connection opened (accepted, or one of our dials
     /// connected), before any handshake. On [`Decision::Accept`] the
-    /// connection is tracked until [`PeerManager::on_connection_closed`];
+    /// connection is tracked until [`PeerManager::handle_connection_closed`];
     /// on a refusal, close it at once (no channel exists for a Goodbye).
     ///
     /// # Panics
     /// If `conn` is already tracked (the driver must never reuse an id).
-    pub fn on_connection_attempt(
+    pub fn handle_connection_attempt(
         &mut self,
         now: Instant,
         conn: ConnId,
@@ -327,7 +327,7 @@ impl PeerManager {
             Decision::Refuse(refusal) => {
                 debug!("{addr}: connection refused before the handshake: {refusal:?}");
                 if direction == Direction::Outbound {
-                    self.statics.on_dial_failed(now, addr);
+                    self.statics.handle_dial_failed(now, addr);
                 }
             }
         }
@@ -341,9 +341,9 @@ impl PeerManager {
     /// `conn`; the manager has already stopped tracking it.
     ///
     /// # Panics
-    /// If `conn` was not accepted by [`PeerManager::on_connection_attempt`],
+    /// If `conn` was not accepted by [`PeerManager::handle_connection_attempt`],
     /// or is already connected.
-    pub fn on_connected(&mut self, now: Instant, conn: ConnId, peer: PeerId) -> Decision {
+    pub fn handle_connected(&mut self, now: Instant, conn: ConnId, peer: PeerId) -> Decision {
         let now = self.advance(now);
         let tracked = *self
             .gater
@@ -362,7 +362,7 @@ impl PeerManager {
             );
             self.gater.remove(conn);
             if tracked.direction == Direction::Outbound {
-                self.statics.on_dial_failed(now, tracked.addr);
+                self.statics.handle_dial_failed(now, tracked.addr);
             }
             return decision;
         }
@@ -384,13 +384,13 @@ impl PeerManager {
             status,
         });
         self.scores.set_connected_from(now, peer, tracked.addr.ip());
-        self.statics.on_connected(now, tracked.addr, peer);
+        self.statics.handle_connected(now, tracked.addr, peer);
         decision
     }
 
     /// Connection `conn` ended, for any reason (refused, failed handshake,
     /// closed by either side). Unknown or already-released connections are ignored.
-    pub fn on_connection_closed(&mut self, now: Instant, conn: ConnId) {
+    pub fn handle_connection_closed(&mut self, now: Instant, conn: ConnId) {
         let now = self.advance(now);
         let Some(tracked) = self.gater.remove(conn) else {
             return;
@@ -404,21 +404,21 @@ impl PeerManager {
                 {
                     self.table.remove(&peer);
                     self.scores.set_connected(now, peer, false);
-                    self.statics.on_disconnected(now, peer);
+                    self.statics.handle_disconnected(now, peer);
                 }
             }
             None => {
                 if tracked.direction == Direction::Outbound {
-                    self.statics.on_dial_failed(now, tracked.addr);
+                    self.statics.handle_dial_failed(now, tracked.addr);
                 }
             }
         }
     }
 
     /// A dial to `addr` failed, timed out, or was refused before it was made.
-    pub fn on_dial_failed(&mut self, now: Instant, addr: SocketAddr) {
+    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr) {
         let now = self.advance(now);
-        self.statics.on_dial_failed(now, addr);
+        self.statics.handle_dial_failed(now, addr);
     }
 
     /// Records what connected `peer` last said about its chain.
@@ -464,7 +464,7 @@ impl PeerManager {
     }
 
     /// Keeps `addr` connected, expecting identity `peer` there if given; it is
-    /// dialled at the next [`PeerManager::on_timeout`] unless already connected.
+    /// dialled at the next [`PeerManager::handle_timeout`] unless already connected.
     pub fn add_static_peer(
         &mut self,
         now: Instant,
@@ -477,7 +477,7 @@ impl PeerManager {
             .map_err(|_| PeerManagerError::StaticPeersFull)?;
         for record in self.table.iter() {
             if record.addr == addr || Some(record.peer) == peer {
-                self.statics.on_connected(now, record.addr, record.peer);
+                self.statics.handle_connected(now, record.addr, record.peer);
             }
         }
         Ok(())
@@ -575,7 +575,7 @@ impl Machine for PeerManager {
                 Decision::Accept => events.push(PeerEvent::Dial { addr, peer }),
                 Decision::Refuse(refusal) => {
                     debug!("static peer {addr}: not dialling: {refusal:?}");
-                    self.statics.on_dial_failed(now, addr);
+                    self.statics.handle_dial_failed(now, addr);
                 }
             }
         }
@@ -635,8 +635,8 @@ mod tests {
         direction: Direction,
     ) -> Decision {
         let conn = ConnId(u64::from(index));
-        match manager.on_connection_attempt(now, conn, address, direction) {
-            Decision::Accept => manager.on_connected(now, conn, peer(index)),
+        match manager.handle_connection_attempt(now, conn, address, direction) {
+            Decision::Accept => manager.handle_connected(now, conn, peer(index)),
             refused => refused,
         }
     }
@@ -681,13 +681,13 @@ mod tests {
             (record.conn, record.addr, record.direction),
             (ConnId(1), addr(1), Direction::Inbound)
         );
-        manager.on_connection_closed(at(1), ConnId(1));
-        manager.on_connection_closed(at(1), ConnId(1));
+        manager.handle_connection_closed(at(1), ConnId(1));
+        manager.handle_connection_closed(at(1), ConnId(1));
         assert_eq!(manager.peer_count(), 1);
         assert_eq!(manager.inbound_peer_count(), 0);
         // A connection that fails its handshake frees its per-IP count too.
-        manager.on_connection_attempt(at(1), ConnId(3), addr(3), Direction::Inbound);
-        manager.on_connection_closed(at(1), ConnId(3));
+        manager.handle_connection_attempt(at(1), ConnId(3), addr(3), Direction::Inbound);
+        manager.handle_connection_closed(at(1), ConnId(3));
         assert_eq!(manager.gater.connection_count(), 1);
         assert_eq!(
             manager
@@ -791,20 +791,20 @@ mod tests {
         assert!(manager.is_banned(at(1), &peer(1)));
         assert!(manager.is_ip_banned(at(1), addr(1).ip()));
         for conn in [1, 2] {
-            manager.on_connection_closed(at(2), ConnId(conn));
+            manager.handle_connection_closed(at(2), ConnId(conn));
         }
         // A third identity from the banned IP is refused before its handshake.
         let again = SocketAddr::new(addr(1).ip(), 8);
         assert_eq!(
-            manager.on_connection_attempt(at(3), ConnId(10), again, Direction::Inbound),
+            manager.handle_connection_attempt(at(3), ConnId(10), again, Direction::Inbound),
             Decision::Refuse(Refusal::BannedIp)
         );
         // The banned identity from a fresh IP gets through accept but not the handshake check.
         assert!(manager
-            .on_connection_attempt(at(3), ConnId(11), addr(50), Direction::Inbound)
+            .handle_connection_attempt(at(3), ConnId(11), addr(50), Direction::Inbound)
             .is_accept());
         assert_eq!(
-            manager.on_connected(at(3), ConnId(11), peer(1)),
+            manager.handle_connected(at(3), ConnId(11), peer(1)),
             Decision::Refuse(Refusal::Banned)
         );
         assert_eq!(
@@ -860,7 +860,7 @@ mod tests {
             penalise(&mut manager, at(1), 1, Penalty::Mid, 1),
             disconnect
         );
-        manager.on_connection_closed(at(1), ConnId(1));
+        manager.handle_connection_closed(at(1), ConnId(1));
         assert!(manager.peer(&peer(1)).is_none(), "it left the table");
 
         // Late verdicts, the same instant (no decay in between).
@@ -894,7 +894,7 @@ mod tests {
                 reason: GoodbyeReason::BadScore
             }]
         );
-        manager.on_connection_closed(at(0), ConnId(1));
+        manager.handle_connection_closed(at(0), ConnId(1));
         assert!(
             manager.score(at(0), &peer(1)) < SCORE_GATE_THRESHOLD,
             "remembered after disconnect"
@@ -989,10 +989,12 @@ mod tests {
             )
             .unwrap();
         assert!(manager
-            .on_connection_attempt(at(5), ConnId(77), addr(1), Direction::Outbound)
+            .handle_connection_attempt(at(5), ConnId(77), addr(1), Direction::Outbound)
             .is_accept());
-        assert!(manager.on_connected(at(5), ConnId(77), peer(1)).is_accept());
-        manager.on_connection_closed(at(5), ConnId(1)); // The replaced one: ignored.
+        assert!(manager
+            .handle_connected(at(5), ConnId(77), peer(1))
+            .is_accept());
+        manager.handle_connection_closed(at(5), ConnId(1)); // The replaced one: ignored.
         assert_eq!(manager.peer_count(), 1);
         assert_eq!(manager.inbound_peer_count(), 0);
         let record = manager.peer(&peer(1)).unwrap();
@@ -1024,7 +1026,7 @@ mod tests {
             }]
         );
         // The dial fails: a redial about a second later.
-        manager.on_dial_failed(at(0), addr(1));
+        manager.handle_dial_failed(at(0), addr(1));
         let redial = manager.next_deadline().unwrap();
         assert!(
             redial <= at(0) + REDIAL_BACKOFF_INITIAL
@@ -1033,8 +1035,8 @@ mod tests {
         assert!(timeouts(&mut manager, Instant::from_micros(redial.as_micros() - 1)).is_empty());
         assert_eq!(timeouts(&mut manager, redial).len(), 1);
         // It fails its handshake: the backoff doubles.
-        manager.on_connection_attempt(redial, ConnId(1), addr(1), Direction::Outbound);
-        manager.on_connection_closed(redial, ConnId(1));
+        manager.handle_connection_attempt(redial, ConnId(1), addr(1), Direction::Outbound);
+        manager.handle_connection_closed(redial, ConnId(1));
         let second = manager.next_deadline().unwrap();
         let delay = second.saturating_duration_since(redial);
         assert!(
@@ -1046,7 +1048,7 @@ mod tests {
         assert!(connect(&mut manager, second, 1, Direction::Outbound).is_accept());
         assert_eq!(manager.next_deadline(), None);
         let lost = second + Duration::from_secs(600);
-        manager.on_connection_closed(lost, ConnId(1));
+        manager.handle_connection_closed(lost, ConnId(1));
         let third = manager.next_deadline().unwrap();
         assert!(third.saturating_duration_since(lost) <= REDIAL_BACKOFF_INITIAL);
         assert_eq!(
@@ -1179,7 +1181,7 @@ mod tests {
             while let Some(deadline) = manager.next_deadline().filter(|&deadline| deadline <= now) {
                 for event in timeouts(&mut manager, deadline) {
                     if let PeerEvent::Dial { addr, .. } = event {
-                        manager.on_dial_failed(deadline, addr);
+                        manager.handle_dial_failed(deadline, addr);
                     }
                     trace.push((deadline, event));
                 }
@@ -1194,10 +1196,10 @@ mod tests {
                     // Every connection gets a fresh id.
                     let conn = ConnId(step);
                     if manager
-                        .on_connection_attempt(now, conn, addr(group), Direction::Inbound)
+                        .handle_connection_attempt(now, conn, addr(group), Direction::Inbound)
                         .is_accept()
                     {
-                        manager.on_connected(now, conn, subject);
+                        manager.handle_connected(now, conn, subject);
                     }
                     Vec::new()
                 }
@@ -1205,7 +1207,7 @@ mod tests {
                 2 if misbehaving => manager.report(now, subject, Penalty::Mid.into()),
                 3 => manager.report(now, subject, Report::Reward),
                 4 if step % 2 == 0 => {
-                    manager.on_connection_closed(now, ConnId(step - 4));
+                    manager.handle_connection_closed(now, ConnId(step - 4));
                     Vec::new()
                 }
                 _ => Vec::new(),

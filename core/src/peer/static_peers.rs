@@ -204,7 +204,7 @@ impl StaticPeers {
 
     /// The dial to `addr` failed (or was refused before it was made).
     /// Ignored unless that static peer is being dialled.
-    pub fn on_dial_failed(&mut self, now: Instant, addr: SocketAddr) {
+    pub fn handle_dial_failed(&mut self, now: Instant, addr: SocketAddr) {
         if let Some(entry) = self.entries.get_mut(&addr) {
             if matches!(entry.state, StaticState::Dialing { .. }) {
                 schedule_redial(entry, now, &mut self.rng);
@@ -215,7 +215,7 @@ impl StaticPeers {
     /// `peer` connected at `addr`: the static peer at that address (when
     /// `addr` is the dialled one and the identity fits) and every static peer
     /// expecting `peer` are now connected.
-    pub fn on_connected(&mut self, now: Instant, addr: SocketAddr, peer: PeerId) {
+    pub fn handle_connected(&mut self, now: Instant, addr: SocketAddr, peer: PeerId) {
         for (&entry_addr, entry) in &mut self.entries {
             let at_address = entry_addr == addr && entry.expected.is_none_or(|e| e == peer);
             if at_address || entry.expected == Some(peer) {
@@ -226,7 +226,7 @@ impl StaticPeers {
 
     /// `peer` disconnected: every static peer connected as `peer` is scheduled
     /// for a redial.
-    pub fn on_disconnected(&mut self, now: Instant, peer: PeerId) {
+    pub fn handle_disconnected(&mut self, now: Instant, peer: PeerId) {
         for entry in self.entries.values_mut() {
             if let StaticState::Connected {
                 peer: connected,
@@ -330,7 +330,7 @@ mod tests {
         let mut delays = Vec::new();
         for _ in 0..14 {
             assert_eq!(peers.poll_dials(now).len(), 1);
-            peers.on_dial_failed(now, addr(1));
+            peers.handle_dial_failed(now, addr(1));
             let next = due(&peers, addr(1));
             delays.push(next.saturating_duration_since(now));
             assert!(peers
@@ -358,23 +358,23 @@ mod tests {
         peers.add(now, addr(1), Some(peer(1))).unwrap();
         for _ in 0..5 {
             peers.poll_dials(now);
-            peers.on_dial_failed(now, addr(1));
+            peers.handle_dial_failed(now, addr(1));
             now = due(&peers, addr(1));
         }
         // Connects, but drops after 2 s: still backing off (the 6th delay, 32 s nominal).
         peers.poll_dials(now);
-        peers.on_connected(now, addr(1), peer(1));
+        peers.handle_connected(now, addr(1), peer(1));
         assert_eq!(peers.next_deadline(), None);
         now = now + Duration::from_secs(2);
-        peers.on_disconnected(now, peer(1));
+        peers.handle_disconnected(now, peer(1));
         let delay = due(&peers, addr(1)).saturating_duration_since(now);
         assert!(within_jitter(delay, Duration::from_secs(32)), "{delay:?}");
         // Connects for a minute: the next redial comes after the initial delay.
         now = due(&peers, addr(1));
         peers.poll_dials(now);
-        peers.on_connected(now, addr(1), peer(1));
+        peers.handle_connected(now, addr(1), peer(1));
         now = now + Duration::from_secs(60);
-        peers.on_disconnected(now, peer(1));
+        peers.handle_disconnected(now, peer(1));
         let delay = due(&peers, addr(1)).saturating_duration_since(now);
         assert!(within_jitter(delay, REDIAL_BACKOFF_INITIAL), "{delay:?}");
     }
@@ -388,13 +388,13 @@ mod tests {
         peers.poll_dials(now);
         // Peer 1 dials us from another port: it is connected all the same.
         let elsewhere = SocketAddr::new(addr(1).ip(), 40_000);
-        peers.on_connected(now, elsewhere, peer(1));
+        peers.handle_connected(now, elsewhere, peer(1));
         assert!(matches!(
             peers.state(addr(1)),
             Some(StaticState::Connected { .. })
         ));
         // The wrong identity at a static address with an expected identity does not count.
-        peers.on_connected(now, addr(1), peer(9));
+        peers.handle_connected(now, addr(1), peer(9));
         assert_eq!(
             peers.state(addr(1)),
             Some(StaticState::Connected {
@@ -403,9 +403,9 @@ mod tests {
             })
         );
         // Whoever answers at an address without an expected identity does; it is learnt.
-        peers.on_connected(now, addr(2), peer(7));
+        peers.handle_connected(now, addr(2), peer(7));
         assert!(peers.contains_peer(&peer(7)));
-        peers.on_disconnected(now, peer(7));
+        peers.handle_disconnected(now, peer(7));
         assert!(matches!(
             peers.state(addr(2)),
             Some(StaticState::Waiting { .. })
@@ -415,8 +415,8 @@ mod tests {
             Some(StaticState::Connected { .. })
         ));
         // Failures of dials we did not make for a static peer are ignored.
-        peers.on_dial_failed(now, addr(1));
-        peers.on_dial_failed(now, addr(3));
+        peers.handle_dial_failed(now, addr(1));
+        peers.handle_dial_failed(now, addr(3));
         assert!(matches!(
             peers.state(addr(1)),
             Some(StaticState::Connected { .. })

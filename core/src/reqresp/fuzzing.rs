@@ -177,7 +177,7 @@ pub fn outbound_script(data: &[u8]) {
                 };
                 if let ChunkOutcome::Chunk {
                     payload, protocol, ..
-                } = tracker.on_chunk(now, from, chunk)
+                } = tracker.handle_chunk(now, from, chunk)
                 {
                     assert!(payload.len() <= protocol.response_bytes_max());
                 }
@@ -186,7 +186,7 @@ pub fn outbound_script(data: &[u8]) {
                 let id = pick_id(&sent, argument);
                 let from = owner(&sent, id).unwrap_or(peer);
                 if let EndOutcome::Completed { id: done, .. } =
-                    tracker.on_end(now, from, ResponseEnd { id })
+                    tracker.handle_end(now, from, ResponseEnd { id })
                 {
                     assert_eq!(done, id);
                 }
@@ -196,10 +196,10 @@ pub fn outbound_script(data: &[u8]) {
                 let length = usize::from(script.byte().unwrap_or(0));
                 match ReqRespMessage::decode(script.bytes(length)) {
                     Ok(ReqRespMessage::Chunk(chunk)) => {
-                        tracker.on_chunk(now, peer, chunk);
+                        tracker.handle_chunk(now, peer, chunk);
                     }
                     Ok(ReqRespMessage::End(end)) => {
-                        tracker.on_end(now, peer, end);
+                        tracker.handle_end(now, peer, end);
                     }
                     _ => {}
                 }
@@ -220,7 +220,7 @@ pub fn outbound_script(data: &[u8]) {
                 }
             }
             _ => {
-                tracker.on_peer_disconnected(&peer);
+                tracker.handle_peer_disconnected(&peer);
                 assert_eq!(tracker.in_flight(&peer) + tracker.queued(&peer), 0);
             }
         }
@@ -262,7 +262,7 @@ pub fn inbound_script(data: &[u8]) {
                 let length = usize::from(script.byte().unwrap_or(0));
                 let bytes = script.bytes(length).to_vec();
                 check_inbound(
-                    inbound.on_request_bytes(now, peer, &bytes),
+                    inbound.handle_request_bytes(now, peer, &bytes),
                     &mut served,
                     peer,
                 );
@@ -275,7 +275,7 @@ pub fn inbound_script(data: &[u8]) {
                     body: valid_request_body(protocol, argument),
                 };
                 check_inbound(
-                    inbound.on_request_bytes(now, peer, &request.encode()),
+                    inbound.handle_request_bytes(now, peer, &request.encode()),
                     &mut served,
                     peer,
                 );
@@ -309,7 +309,7 @@ pub fn inbound_script(data: &[u8]) {
                 }
             }
             _ => {
-                inbound.on_peer_disconnected(&peer);
+                inbound.handle_peer_disconnected(&peer);
                 assert_eq!(inbound.open(&peer), 0);
             }
         }

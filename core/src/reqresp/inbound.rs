@@ -4,12 +4,12 @@
 //!
 //! # Design
 //! ```text
-//!  bytes ─► on_request_bytes ─┬─► Dropped   (no readable id, or an id already open: nothing is sent)
+//!  bytes ─► handle_request_bytes ─┬─► Dropped   (no readable id, or an id already open: nothing is sent)
 //!                             ├─► Goodbye   (one-way: close the connection)
 //!                             ├─► Refused   (send the error chunk it carries)
 //!                             └─► Serve ─► handler ─► respond_chunk* + respond_end
 //!                                    │                 or respond_error ─► Answered
-//!                                    └─ on_timeout / on_peer_disconnected ─► dropped
+//!                                    └─ handle_timeout / handle_peer_disconnected ─► dropped
 //! ```
 //! Admission runs in this order, so a refused request costs the peer no
 //! tokens unless it reached the rate limiter: decode → Goodbye → duplicate id
@@ -154,7 +154,7 @@ pub enum DropReason {
     MalformedGoodbye(ReqRespDecodeError),
 }
 
-/// What [`InboundRequests::on_request`] decided.
+/// What [`InboundRequests::handle_request`] decided.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum InboundOutcome {
     /// Admitted: hand to the protocol's handler, which must answer with
@@ -230,8 +230,8 @@ pub struct InboundCounters {
 /// Getters: [`InboundRequests::open`], [`InboundRequests::counters`],
 /// [`Machine::next_deadline`], [`InboundRequests::is_registered`].
 /// Mutators: [`InboundRequests::register_application`].
-/// Handlers: [`InboundRequests::on_request_bytes`], [`InboundRequests::on_request`],
-/// [`Machine::handle_timeout`], [`InboundRequests::on_peer_disconnected`].
+/// Handlers: [`InboundRequests::handle_request_bytes`], [`InboundRequests::handle_request`],
+/// [`Machine::handle_timeout`], [`InboundRequests::handle_peer_disconnected`].
 /// Answers: [`InboundRequests::respond_chunk`], [`InboundRequests::respond_end`],
 /// [`InboundRequests::respond_error`], [`InboundRequests::respond`].
 #[derive(Debug)]
@@ -303,9 +303,14 @@ impl InboundRequests {
     }
 
     /// A request message (kind byte included) from `peer`.
-    pub fn on_request_bytes(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> InboundOutcome {
+    pub fn handle_request_bytes(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        bytes: &[u8],
+    ) -> InboundOutcome {
         match Request::decode(bytes) {
-            Ok(request) => self.on_request(now, peer, request),
+            Ok(request) => self.handle_request(now, peer, request),
             Err(error) => {
                 self.advance(now);
                 match Request::peek_id(bytes) {
@@ -320,7 +325,12 @@ impl InboundRequests {
     }
 
     /// A decoded request from `peer`.
-    pub fn on_request(&mut self, now: Instant, peer: PeerId, request: Request) -> InboundOutcome {
+    pub fn handle_request(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        request: Request,
+    ) -> InboundOutcome {
         self.advance(now);
         let Request { id, protocol, body } = request;
         if protocol == ProtocolId::Goodbye {
@@ -511,7 +521,7 @@ impl InboundRequests {
     }
 
     /// `peer` is gone: forgets its open requests (returned in id order) and its buckets.
-    pub fn on_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
+    pub fn handle_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
         self.limiter.remove_peer(peer);
         self.open
             .remove(peer)
@@ -685,8 +695,11 @@ mod tests {
     fn a_served_request_is_answered_in_chunks_then_an_end() {
         let mut inbound = InboundRequests::new(InboundConfig::default());
         let a = peer(1);
-        let outcome =
-            inbound.on_request_bytes(secs(0), a, &request(7, ProtocolId::BlocksByRange, range(3)));
+        let outcome = inbound.handle_request_bytes(
+            secs(0),
+            a,
+            &request(7, ProtocolId::BlocksByRange, range(3)),
+        );
         assert_eq!(
             outcome,
             InboundOutcome::Serve {
@@ -723,7 +736,7 @@ mod tests {
     fn handlers_cannot_exceed_the_chunks_or_payload_allowed() {
         let mut inbound = InboundRequests::new(InboundConfig::default());
         let a = peer(1);
-        inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::Status, status()));
+        inbound.handle_request_bytes(secs(0), a, &request(1, ProtocolId::Status, status()));
         assert_eq!(
             inbound.respond(
                 secs(0),
@@ -751,7 +764,7 @@ mod tests {
     fn error_answers_close_the_request() {
         let mut inbound = InboundRequests::new(InboundConfig::default());
         let a = peer(1);
-        inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::BlocksByRange, range(4)));
+        inbound.handle_request_bytes(secs(0), a, &request(1, ProtocolId::BlocksByRange, range(4)));
         let messages = inbound
             .respond(
                 secs(0),
@@ -777,11 +790,11 @@ mod tests {
         // Unknown protocol tag: the id is readable, so the peer hears why.
         let mut bytes = request(3, ProtocolId::Ping, Ping { metadata_seq: 0 }.encode());
         bytes[9] = 99;
-        let outcome = inbound.on_request_bytes(secs(0), a, &bytes);
+        let outcome = inbound.handle_request_bytes(secs(0), a, &bytes);
         assert_eq!(refused_code(&outcome), ResultCode::InvalidRequest);
         // A body that decompresses but does not fit the protocol's layout.
         let outcome =
-            inbound.on_request_bytes(secs(0), a, &request(4, ProtocolId::Status, vec![0; 10]));
+            inbound.handle_request_bytes(secs(0), a, &request(4, ProtocolId::Status, vec![0; 10]));
         assert!(matches!(
             outcome,
             InboundOutcome::Refused {
@@ -793,11 +806,11 @@ mod tests {
         let mut body = 0u64.to_be_bytes().to_vec();
         body.extend_from_slice(&65u64.to_be_bytes());
         let outcome =
-            inbound.on_request_bytes(secs(0), a, &request(5, ProtocolId::BlocksByRange, body));
+            inbound.handle_request_bytes(secs(0), a, &request(5, ProtocolId::BlocksByRange, body));
         assert_eq!(refused_code(&outcome), ResultCode::InvalidRequest);
         // No readable id: nothing can be answered.
         assert!(matches!(
-            inbound.on_request_bytes(secs(0), a, &[16, 0, 0]),
+            inbound.handle_request_bytes(secs(0), a, &[16, 0, 0]),
             InboundOutcome::Dropped(DropReason::Malformed(_))
         ));
         assert_eq!(inbound.counters().refused_invalid, 3);
@@ -816,23 +829,23 @@ mod tests {
         let (a, b) = (peer(1), peer(2));
         let bytes = request(9, ProtocolId::Status, status());
         assert!(matches!(
-            inbound.on_request_bytes(secs(0), a, &bytes),
+            inbound.handle_request_bytes(secs(0), a, &bytes),
             InboundOutcome::Serve { .. }
         ));
         assert_eq!(
-            inbound.on_request_bytes(secs(0), a, &bytes),
+            inbound.handle_request_bytes(secs(0), a, &bytes),
             InboundOutcome::Dropped(DropReason::DuplicateId(RequestId(9)))
         );
         // Even a malformed request reusing the id gets no answer that would end the open one.
         let mut malformed = bytes.clone();
         malformed.truncate(12);
         assert_eq!(
-            inbound.on_request_bytes(secs(0), a, &malformed),
+            inbound.handle_request_bytes(secs(0), a, &malformed),
             InboundOutcome::Dropped(DropReason::DuplicateId(RequestId(9)))
         );
         // Ids are per peer.
         assert!(matches!(
-            inbound.on_request_bytes(secs(0), b, &bytes),
+            inbound.handle_request_bytes(secs(0), b, &bytes),
             InboundOutcome::Serve { .. }
         ));
     }
@@ -843,12 +856,16 @@ mod tests {
         let a = peer(1);
         for id in 0..INBOUND_REQUESTS_PER_PEER_MAX as u64 {
             assert!(matches!(
-                inbound.on_request_bytes(secs(0), a, &request(id, ProtocolId::Status, status())),
+                inbound.handle_request_bytes(
+                    secs(0),
+                    a,
+                    &request(id, ProtocolId::Status, status())
+                ),
                 InboundOutcome::Serve { .. }
             ));
         }
         let outcome =
-            inbound.on_request_bytes(secs(0), a, &request(100, ProtocolId::Status, status()));
+            inbound.handle_request_bytes(secs(0), a, &request(100, ProtocolId::Status, status()));
         assert_eq!(refused_code(&outcome), ResultCode::ResourceUnavailable);
         assert!(matches!(
             outcome,
@@ -872,7 +889,7 @@ mod tests {
         for id in 0..2 {
             let bytes = request(id, ProtocolId::Ping, Ping { metadata_seq: 0 }.encode());
             assert!(matches!(
-                inbound.on_request_bytes(secs(0), a, &bytes),
+                inbound.handle_request_bytes(secs(0), a, &bytes),
                 InboundOutcome::Serve { .. }
             ));
             inbound
@@ -880,7 +897,7 @@ mod tests {
                 .unwrap();
         }
         let bytes = request(2, ProtocolId::Ping, Ping { metadata_seq: 0 }.encode());
-        let outcome = inbound.on_request_bytes(secs(0), a, &bytes);
+        let outcome = inbound.handle_request_bytes(secs(0), a, &bytes);
         assert_eq!(refused_code(&outcome), ResultCode::ResourceUnavailable);
         let InboundOutcome::Refused {
             refusal, response, ..
@@ -900,7 +917,7 @@ mod tests {
         );
         assert_eq!(inbound.counters().refused_rate_limited, 1);
         assert!(matches!(
-            inbound.on_request_bytes(secs(5), a, &bytes),
+            inbound.handle_request_bytes(secs(5), a, &bytes),
             InboundOutcome::Serve { .. }
         ));
     }
@@ -911,7 +928,7 @@ mod tests {
         let a = peer(1);
         let name = ProtocolName::new("/app/echo/1").unwrap();
         let bytes = request(1, ProtocolId::Application(name), b"hello".to_vec());
-        let outcome = inbound.on_request_bytes(secs(0), a, &bytes);
+        let outcome = inbound.handle_request_bytes(secs(0), a, &bytes);
         assert_eq!(refused_code(&outcome), ResultCode::InvalidRequest);
         assert!(matches!(
             outcome,
@@ -926,7 +943,7 @@ mod tests {
         assert!(inbound.is_registered(&name));
         let InboundOutcome::Serve {
             body, chunks_max, ..
-        } = inbound.on_request_bytes(secs(0), a, &bytes)
+        } = inbound.handle_request_bytes(secs(0), a, &bytes)
         else {
             panic!("a registered protocol is served")
         };
@@ -951,14 +968,14 @@ mod tests {
         }
         .encode();
         assert_eq!(
-            inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::Goodbye, body)),
+            inbound.handle_request_bytes(secs(0), a, &request(1, ProtocolId::Goodbye, body)),
             InboundOutcome::Goodbye {
                 reason: GoodbyeReason::TooManyPeers
             }
         );
         assert_eq!(inbound.open(&a), 0);
         assert!(matches!(
-            inbound.on_request(
+            inbound.handle_request(
                 secs(0),
                 a,
                 Request {
@@ -975,11 +992,11 @@ mod tests {
     fn unanswered_requests_expire_and_free_their_slot() {
         let mut inbound = InboundRequests::new(InboundConfig::default());
         let a = peer(1);
-        inbound.on_request_bytes(secs(0), a, &request(1, ProtocolId::Status, status()));
-        inbound.on_request_bytes(secs(2), a, &request(2, ProtocolId::Status, status()));
+        inbound.handle_request_bytes(secs(0), a, &request(1, ProtocolId::Status, status()));
+        inbound.handle_request_bytes(secs(2), a, &request(2, ProtocolId::Status, status()));
         assert_eq!(inbound.next_deadline(), Some(secs(10)));
         assert!(timeouts(&mut inbound, secs(9)).is_empty());
-        // At the deadline the answer is refused even before on_timeout runs.
+        // At the deadline the answer is refused even before handle_timeout runs.
         assert_eq!(
             inbound.respond_chunk(secs(10), a, RequestId(1), &status()),
             Err(RespondError::NotOpen)
@@ -988,7 +1005,7 @@ mod tests {
         assert_eq!(inbound.next_deadline(), Some(secs(12)));
         assert_eq!(inbound.open(&a), 1);
         assert_eq!(inbound.counters().expired, 1);
-        assert_eq!(inbound.on_peer_disconnected(&a), vec![RequestId(2)]);
+        assert_eq!(inbound.handle_peer_disconnected(&a), vec![RequestId(2)]);
         assert_eq!(inbound.next_deadline(), None);
         assert_eq!(inbound.limiter().tracked_peers(), 0);
     }

@@ -12,13 +12,13 @@
 //! ```text
 //!  requester                                         responder
 //!  OutboundRequests::send ─► queue (per peer)
-//!  poll_transmit ─► Request{id, protocol, body} ───► InboundRequests::on_request_bytes
+//!  poll_transmit ─► Request{id, protocol, body} ───► InboundRequests::handle_request_bytes
 //!                                                     ├─ Refused ─► error chunk ──┐
 //!                                                     └─ Serve ─► handler          │
-//!  on_chunk  ◄──── ResponseChunk{id, 0, payload} ◄─── respond_chunk (0..chunks_max)│
-//!  on_chunk  ◄──── ResponseChunk{id, code≠0, msg} ◄── respond_error  ◄─────────────┘
-//!  on_end    ◄──── ResponseEnd{id} ◄──────────────── respond_end
-//!  on_timeout: first chunk 5 s, whole response 10 s   on_timeout: answer within 10 s
+//!  handle_chunk  ◄──── ResponseChunk{id, 0, payload} ◄─── respond_chunk (0..chunks_max)│
+//!  handle_chunk  ◄──── ResponseChunk{id, code≠0, msg} ◄── respond_error  ◄─────────────┘
+//!  handle_end    ◄──── ResponseEnd{id} ◄──────────────── respond_end
+//!  handle_timeout: first chunk 5 s, whole response 10 s   handle_timeout: answer within 10 s
 //! ```
 //!
 //! A response is zero or more success chunks followed by exactly one

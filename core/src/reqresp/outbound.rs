@@ -5,11 +5,11 @@
 //! A pure state machine; time is a value. A request is, per peer:
 //!
 //! ```text
-//!  send ─► Queued ──poll_transmit──► InFlight ──on_end──────────────► Completed
-//!            │   (slot free and         │ ├─on_chunk(error code)──────► Failed
-//!            │    within the quota)     │ ├─on_chunk(too many/bad)────► Violation
-//!            │                          │ └─on_timeout─────────────────► TimedOut
-//!            └───────── on_peer_disconnected (either state) ──────────► Failed
+//!  send ─► Queued ──poll_transmit──► InFlight ──handle_end──────────────► Completed
+//!            │   (slot free and         │ ├─handle_chunk(error code)──────► Failed
+//!            │    within the quota)     │ ├─handle_chunk(too many/bad)────► Violation
+//!            │                          │ └─handle_timeout─────────────────► TimedOut
+//!            └───────── handle_peer_disconnected (either state) ──────────► Failed
 //! ```
 //!
 //! At most `in_flight_per_peer_max` requests per peer are in flight, the rest
@@ -135,7 +135,7 @@ pub enum ResponseViolation {
     Payload(ReqRespDecodeError),
 }
 
-/// What [`OutboundRequests::on_chunk`] made of a chunk.
+/// What [`OutboundRequests::handle_chunk`] made of a chunk.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum ChunkOutcome {
     /// A success chunk: `payload` is the decompressed answer (decode it per
@@ -178,7 +178,7 @@ pub enum ChunkOutcome {
     },
 }
 
-/// What [`OutboundRequests::on_end`] made of an end marker.
+/// What [`OutboundRequests::handle_end`] made of an end marker.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum EndOutcome {
     /// The request is over and succeeded with `chunks` chunks (possibly none).
@@ -235,13 +235,13 @@ pub struct OutboundCounters {
 /// Getters: [`OutboundRequests::in_flight`], [`OutboundRequests::queued`],
 /// [`OutboundRequests::counters`], [`Machine::next_deadline`].
 /// Mutators: [`OutboundRequests::send`], [`OutboundRequests::register_application`].
-/// Handlers: [`OutboundRequests::on_chunk`], [`OutboundRequests::on_end`],
-/// [`Machine::handle_timeout`], [`OutboundRequests::on_peer_disconnected`].
+/// Handlers: [`OutboundRequests::handle_chunk`], [`OutboundRequests::handle_end`],
+/// [`Machine::handle_timeout`], [`OutboundRequests::handle_peer_disconnected`].
 /// Polls: [`OutboundRequests::poll_transmit`].
 ///
 /// After any mutation or handler, drain `poll_transmit(now)` until `None`
 /// (a finished request frees a slot), then wake at `next_deadline()` to call
-/// `on_timeout(now)` and drain `poll_transmit(now)` again (a quota may have refilled).
+/// `handle_timeout(now)` and drain `poll_transmit(now)` again (a quota may have refilled).
 #[derive(Debug)]
 pub struct OutboundRequests {
     config: OutboundConfig,
@@ -485,7 +485,12 @@ impl OutboundRequests {
     }
 
     /// A response chunk from `peer`.
-    pub fn on_chunk(&mut self, now: Instant, peer: PeerId, chunk: ResponseChunk) -> ChunkOutcome {
+    pub fn handle_chunk(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        chunk: ResponseChunk,
+    ) -> ChunkOutcome {
         self.advance(now);
         let id = chunk.id;
         let Some(request) = self.open_request(now, &peer, id) else {
@@ -551,7 +556,7 @@ impl OutboundRequests {
     }
 
     /// A response end from `peer`.
-    pub fn on_end(&mut self, now: Instant, peer: PeerId, end: ResponseEnd) -> EndOutcome {
+    pub fn handle_end(&mut self, now: Instant, peer: PeerId, end: ResponseEnd) -> EndOutcome {
         self.advance(now);
         let id = end.id;
         let Some(request) = self.open_request(now, &peer, id) else {
@@ -618,7 +623,7 @@ impl OutboundRequests {
 
     /// `peer` is gone: every request queued for it or in flight fails.
     /// Returns their ids in increasing order.
-    pub fn on_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
+    pub fn handle_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
         self.limiter.remove_peer(peer);
         self.busy_until.retain(|(busy, _), _| busy != peer);
         let Some(requests) = self.peers.remove(peer) else {
@@ -797,7 +802,7 @@ mod tests {
         assert_eq!((tracker.in_flight(&a), tracker.queued(&a)), (4, 6));
         // Finishing one frees exactly one slot, taken by the oldest queued.
         assert!(matches!(
-            tracker.on_end(secs(1), a, ResponseEnd { id: ids[1] }),
+            tracker.handle_end(secs(1), a, ResponseEnd { id: ids[1] }),
             EndOutcome::Completed { chunks: 0, .. }
         ));
         let sent = drain(&mut tracker, secs(1));
@@ -875,7 +880,7 @@ mod tests {
         drain(&mut tracker, secs(0));
         for block in [b"block one".as_slice(), b"block two"] {
             assert_eq!(
-                tracker.on_chunk(secs(1), a, ResponseChunk::success(id, block)),
+                tracker.handle_chunk(secs(1), a, ResponseChunk::success(id, block)),
                 ChunkOutcome::Chunk {
                     id,
                     protocol: ProtocolId::BlocksByRange,
@@ -884,7 +889,7 @@ mod tests {
             );
         }
         assert_eq!(
-            tracker.on_end(secs(2), a, ResponseEnd { id }),
+            tracker.handle_end(secs(2), a, ResponseEnd { id }),
             EndOutcome::Completed {
                 id,
                 protocol: ProtocolId::BlocksByRange,
@@ -895,7 +900,7 @@ mod tests {
         assert_eq!(tracker.next_deadline(), None);
         // The end again: late.
         assert_eq!(
-            tracker.on_end(secs(2), a, ResponseEnd { id }),
+            tracker.handle_end(secs(2), a, ResponseEnd { id }),
             EndOutcome::Unexpected {
                 id,
                 reason: Unexpected::Late
@@ -914,11 +919,11 @@ mod tests {
             .unwrap();
         drain(&mut tracker, secs(0));
         assert!(matches!(
-            tracker.on_chunk(secs(0), a, ResponseChunk::success(id, &status_body())),
+            tracker.handle_chunk(secs(0), a, ResponseChunk::success(id, &status_body())),
             ChunkOutcome::Chunk { .. }
         ));
         assert_eq!(
-            tracker.on_chunk(secs(0), a, ResponseChunk::success(id, &status_body())),
+            tracker.handle_chunk(secs(0), a, ResponseChunk::success(id, &status_body())),
             ChunkOutcome::Violation {
                 id,
                 protocol: ProtocolId::Status,
@@ -938,12 +943,12 @@ mod tests {
         drain(&mut tracker, secs(0));
         for _ in 0..2 {
             assert!(matches!(
-                tracker.on_chunk(secs(0), a, ResponseChunk::success(id, b"b")),
+                tracker.handle_chunk(secs(0), a, ResponseChunk::success(id, b"b")),
                 ChunkOutcome::Chunk { .. }
             ));
         }
         assert!(matches!(
-            tracker.on_chunk(secs(0), a, ResponseChunk::success(id, b"b")),
+            tracker.handle_chunk(secs(0), a, ResponseChunk::success(id, b"b")),
             ChunkOutcome::Violation {
                 violation: ResponseViolation::TooManyChunks { chunks_max: 2 },
                 ..
@@ -965,7 +970,7 @@ mod tests {
             .unwrap();
         drain(&mut tracker, secs(0));
         // Nine bytes where a Ping answer has eight: refused before decompressing.
-        let outcome = tracker.on_chunk(secs(0), a, ResponseChunk::success(id, &[0; 9]));
+        let outcome = tracker.handle_chunk(secs(0), a, ResponseChunk::success(id, &[0; 9]));
         assert!(matches!(
             outcome,
             ChunkOutcome::Violation {
@@ -991,7 +996,7 @@ mod tests {
         drain(&mut tracker, secs(0));
         let chunk = ResponseChunk::error(first, ResultCode::ResourceUnavailable, "rate limited");
         assert_eq!(
-            tracker.on_chunk(secs(0), a, chunk),
+            tracker.handle_chunk(secs(0), a, chunk),
             ChunkOutcome::Error {
                 id: first,
                 protocol: ProtocolId::Metadata,
@@ -1002,7 +1007,7 @@ mod tests {
         // A reserved code is an error too.
         let chunk = ResponseChunk::error(second, ResultCode::Reserved(42), "");
         assert!(matches!(
-            tracker.on_chunk(secs(0), a, chunk),
+            tracker.handle_chunk(secs(0), a, chunk),
             ChunkOutcome::Error {
                 code: ResultCode::Reserved(42),
                 ..
@@ -1022,7 +1027,7 @@ mod tests {
         drain(&mut tracker, secs(0));
         // Peer b answers a's request: late (issued, but not open with b).
         assert_eq!(
-            tracker.on_chunk(secs(0), b, ResponseChunk::success(id, b"x")),
+            tracker.handle_chunk(secs(0), b, ResponseChunk::success(id, b"x")),
             ChunkOutcome::Unexpected {
                 id,
                 reason: Unexpected::Late
@@ -1030,7 +1035,7 @@ mod tests {
         );
         let never = RequestId(77);
         assert_eq!(
-            tracker.on_end(secs(0), a, ResponseEnd { id: never }),
+            tracker.handle_end(secs(0), a, ResponseEnd { id: never }),
             EndOutcome::Unexpected {
                 id: never,
                 reason: Unexpected::Unknown
@@ -1067,7 +1072,7 @@ mod tests {
         assert_eq!(tracker.counters().timeouts_first_chunk, 1);
         // The answer after the deadline is late.
         assert!(matches!(
-            tracker.on_chunk(secs(7), a, ResponseChunk::success(id, b"x")),
+            tracker.handle_chunk(secs(7), a, ResponseChunk::success(id, b"x")),
             ChunkOutcome::Unexpected {
                 reason: Unexpected::Late,
                 ..
@@ -1084,7 +1089,7 @@ mod tests {
             .unwrap();
         drain(&mut tracker, secs(0));
         assert!(matches!(
-            tracker.on_chunk(secs(4), a, ResponseChunk::success(id, b"x")),
+            tracker.handle_chunk(secs(4), a, ResponseChunk::success(id, b"x")),
             ChunkOutcome::Chunk { .. }
         ));
         assert_eq!(tracker.next_deadline(), Some(secs(10)));
@@ -1108,7 +1113,7 @@ mod tests {
             .unwrap();
         drain(&mut tracker, secs(0));
         assert!(matches!(
-            tracker.on_end(secs(5), a, ResponseEnd { id }),
+            tracker.handle_end(secs(5), a, ResponseEnd { id }),
             EndOutcome::Unexpected {
                 reason: Unexpected::Late,
                 ..
@@ -1150,22 +1155,22 @@ mod tests {
             .unwrap();
         drain(&mut tracker, secs(0));
         assert_eq!(
-            tracker.on_peer_disconnected(&a),
+            tracker.handle_peer_disconnected(&a),
             (0..6).map(RequestId).collect::<Vec<_>>()
         );
-        assert_eq!(tracker.on_peer_disconnected(&a), vec![]);
+        assert_eq!(tracker.handle_peer_disconnected(&a), vec![]);
         assert_eq!((tracker.in_flight(&a), tracker.queued(&a)), (0, 0));
         assert_eq!(tracker.in_flight(&b), 1);
         assert_eq!(tracker.counters().requests_disconnected, 6);
         assert!(matches!(
-            tracker.on_chunk(secs(1), a, ResponseChunk::success(RequestId(0), b"x")),
+            tracker.handle_chunk(secs(1), a, ResponseChunk::success(RequestId(0), b"x")),
             ChunkOutcome::Unexpected {
                 reason: Unexpected::Late,
                 ..
             }
         ));
         assert!(matches!(
-            tracker.on_end(secs(1), b, ResponseEnd { id: other }),
+            tracker.handle_end(secs(1), b, ResponseEnd { id: other }),
             EndOutcome::Completed { .. }
         ));
     }
@@ -1186,7 +1191,7 @@ mod tests {
             "busy, retry after 1500 ms",
         );
         assert!(matches!(
-            tracker.on_chunk(secs(0), a, busy),
+            tracker.handle_chunk(secs(0), a, busy),
             ChunkOutcome::Error { .. }
         ));
         let again = tracker.send(secs(0), a, by_range, range(8)).unwrap();
@@ -1285,7 +1290,7 @@ mod tests {
         assert!(tracker.counters().requests_held_by_quota >= 1);
         // The held ping's retry instant is the next deadline (before the 5 s first-chunk ones).
         for id in [0, 1, status.0] {
-            tracker.on_end(secs(1), a, ResponseEnd { id: RequestId(id) });
+            tracker.handle_end(secs(1), a, ResponseEnd { id: RequestId(id) });
         }
         drain(&mut tracker, secs(1));
         assert_eq!(tracker.next_deadline(), Some(secs(5)));
@@ -1314,7 +1319,7 @@ mod tests {
             }
             assert!(batch.len() <= REQUESTS_IN_FLIGHT_PER_PEER_MAX);
             for (_, request) in &batch {
-                tracker.on_end(now, a, ResponseEnd { id: request.id });
+                tracker.handle_end(now, a, ResponseEnd { id: request.id });
             }
             total += batch.len();
         }
@@ -1352,7 +1357,7 @@ mod tests {
             2,
             "Ping allows 2 per 10 s"
         );
-        assert_eq!(tracker.on_peer_disconnected(&a).len(), 3);
+        assert_eq!(tracker.handle_peer_disconnected(&a).len(), 3);
         // A new connection of the same peer starts with a full bucket.
         for _ in 0..2 {
             tracker.send(secs(1), a, ProtocolId::Ping, ping()).unwrap();

@@ -153,11 +153,11 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                     finalized_slot,
                     finalized_root: [0; 32],
                 };
-                sync.on_peer_status(now, peer, chain, score);
+                sync.handle_peer_status(now, peer, chain, score);
             }
             1 => {
                 let peer = bytes.peer();
-                sync.on_peer_gone(now, peer);
+                sync.handle_peer_gone(now, peer);
             }
             2 => {
                 let head_slot = u64::from(bytes.u16());
@@ -170,7 +170,7 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                     root: [bytes.u8() % 2; 32],
                     slot: finalized_slot,
                 };
-                sync.on_local_chain(now, head, finalized);
+                sync.handle_local_chain(now, head, finalized);
             }
             3 => {
                 let Some((&batch, &(start, count))) = requests
@@ -186,7 +186,7 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                     2 => Err(FetchError::PeerGone),
                     _ => Ok(made_up_answer(start, count, bytes.u8(), bytes.u8())),
                 };
-                sync.on_response(now, batch, result);
+                sync.handle_response(now, batch, result);
             }
             4 => {
                 let Some((&batch, &length)) = verifications
@@ -202,7 +202,7 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                 } else {
                     Ok(())
                 };
-                sync.on_verified(now, batch, result);
+                sync.handle_verified(now, batch, result);
             }
             5 => {
                 if imports.is_empty() {
@@ -222,7 +222,7 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                     }),
                     None => Ok(()),
                 };
-                sync.on_imported(now, batch, result);
+                sync.handle_imported(now, batch, result);
             }
             6 => {
                 now = now + Duration::from_millis(u64::from(bytes.u16()) * 16);
@@ -301,17 +301,17 @@ pub fn lookup_script(data: &[u8]) {
         match bytes.u8() % 5 {
             0 => {
                 let peer = bytes.peer();
-                lookups.on_peer_connected(now, peer);
+                lookups.handle_peer_connected(now, peer);
             }
             1 => {
                 let peer = bytes.peer();
-                lookups.on_peer_gone(now, peer);
+                lookups.handle_peer_gone(now, peer);
             }
             2 => {
                 let peer = bytes.peer();
                 let parent = [bytes.u8() % 8; 32];
                 let block = made_up_block(u64::from(bytes.u16()), parent, 8);
-                lookups.on_unknown_parent(now, block, peer, &chain);
+                lookups.handle_unknown_parent(now, block, peer, &chain);
             }
             3 => {
                 let Some((&lookup, &wanted)) = asked
@@ -333,7 +333,7 @@ pub fn lookup_script(data: &[u8]) {
                         Ok(vec![block])
                     }
                 };
-                lookups.on_response(now, lookup, result, &chain);
+                lookups.handle_response(now, lookup, result, &chain);
             }
             _ => {
                 now = now + Duration::from_millis(u64::from(bytes.u16()) * 64);
@@ -440,7 +440,7 @@ mod tests {
             finalized_slot: 502,
             finalized_root: [0; 32],
         };
-        sync.on_peer_status(
+        sync.handle_peer_status(
             Instant::from_micros(1),
             PeerId::from_bytes([1; 32]),
             chain,

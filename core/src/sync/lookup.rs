@@ -10,7 +10,7 @@
 //! the caller to verify and import. After Lighthouse's parent lookups:
 //!
 //! ```text
-//!  on_unknown_parent(block) ──► Queued ──RequestRoots{peer, [wanted]}──► Requesting
+//!  handle_unknown_parent(block) ──► Queued ──RequestRoots{peer, [wanted]}──► Requesting
 //!        (parent known: Ready at once)  ▲                                    │
 //!                                       │ empty / error / timeout:           │ the block asked for
 //!                                       │ next peer (attempts bounded)       ▼
@@ -138,7 +138,7 @@ pub enum DropReason {
 /// What the caller must do; see each variant.
 #[derive(Clone, PartialEq, Debug)]
 pub enum LookupAction {
-    /// Send BlocksByRoot(`roots`) to `peer`, then call [`Lookups::on_response`].
+    /// Send BlocksByRoot(`roots`) to `peer`, then call [`Lookups::handle_response`].
     RequestRoots {
         /// The lookup the answer belongs to.
         lookup: LookupId,
@@ -330,7 +330,7 @@ impl Lookups {
     // --- Inputs -------------------------------------------------------------------
 
     /// A peer we may ask (connected, on our network).
-    pub fn on_peer_connected(&mut self, now: Instant, peer: PeerId) {
+    pub fn handle_peer_connected(&mut self, now: Instant, peer: PeerId) {
         self.advance(now);
         if self.peers.len() < LOOKUP_PEERS_MAX {
             self.peers.insert(peer);
@@ -338,7 +338,7 @@ impl Lookups {
     }
 
     /// A peer left: its requests fail and it is not asked again.
-    pub fn on_peer_gone(&mut self, now: Instant, peer: PeerId) {
+    pub fn handle_peer_gone(&mut self, now: Instant, peer: PeerId) {
         self.advance(now);
         self.peers.remove(&peer);
         let asked: Vec<LookupId> = self
@@ -355,7 +355,7 @@ impl Lookups {
     /// `block`, from `peer`, could not be imported because its parent is
     /// unknown. Starts (or joins) a lookup of its ancestors.
     #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
-    pub fn on_unknown_parent(
+    pub fn handle_unknown_parent(
         &mut self,
         now: Instant,
         block: SignedBlock,
@@ -461,7 +461,7 @@ impl Lookups {
     }
 
     /// The answer to [`LookupAction::RequestRoots`] for `lookup`.
-    pub fn on_response(
+    pub fn handle_response(
         &mut self,
         now: Instant,
         lookup: LookupId,
@@ -784,7 +784,7 @@ mod tests {
             };
             *now = *now + Duration::from_millis(100);
             if let Some(blocks) = answer {
-                lookups.on_response(*now, lookup, Ok(blocks), store);
+                lookups.handle_response(*now, lookup, Ok(blocks), store);
             }
         }
         panic!("lookups still running after {STEPS_MAX} steps");
@@ -795,7 +795,7 @@ mod tests {
         let mut lookups = Lookups::new();
         let mut map = BTreeMap::new();
         for &(index, behaviour) in behaviours {
-            lookups.on_peer_connected(now, peer(index));
+            lookups.handle_peer_connected(now, peer(index));
             map.insert(peer(index), behaviour);
         }
         (lookups, map, now)
@@ -806,7 +806,7 @@ mod tests {
         let mut store = store_up_to(10);
         let (mut lookups, behaviours, mut now) = setup(&[(1, Behaviour::Honest)]);
         // Slots 11..=74 are missing: 64 ancestors.
-        lookups.on_unknown_parent(now, block_at(75), peer(1), &store);
+        lookups.handle_unknown_parent(now, block_at(75), peer(1), &store);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
         assert_eq!(out.len(), 1, "{out:?}");
         let LookupAction::Ready {
@@ -837,7 +837,7 @@ mod tests {
         let store = store_up_to(10);
         let (mut lookups, behaviours, mut now) = setup(&[(1, Behaviour::Honest)]);
         // Slots 11..=75 are missing: 65 ancestors.
-        lookups.on_unknown_parent(now, block_at(76), peer(1), &store);
+        lookups.handle_unknown_parent(now, block_at(76), peer(1), &store);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
         assert_eq!(
             out,
@@ -859,7 +859,7 @@ mod tests {
             (2, Behaviour::Empty),
             (3, Behaviour::Honest),
         ]);
-        lookups.on_unknown_parent(now, block_at(13), peer(1), &store);
+        lookups.handle_unknown_parent(now, block_at(13), peer(1), &store);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
         let penalties: Vec<&LookupAction> = out
             .iter()
@@ -892,7 +892,7 @@ mod tests {
         let (mut lookups, behaviours, mut now) =
             setup(&[(1, Behaviour::Silent), (2, Behaviour::Silent)]);
         let started = now;
-        lookups.on_unknown_parent(now, block_at(13), peer(1), &store);
+        lookups.handle_unknown_parent(now, block_at(13), peer(1), &store);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
         assert_eq!(
             out,
@@ -912,7 +912,7 @@ mod tests {
         let mut store = store_up_to(10);
         let (mut lookups, behaviours, mut now) = setup(&[(1, Behaviour::Honest)]);
         store.mark_invalid(block_at(12).root());
-        lookups.on_unknown_parent(now, block_at(14), peer(1), &store);
+        lookups.handle_unknown_parent(now, block_at(14), peer(1), &store);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
         assert_eq!(
             out,
@@ -922,7 +922,7 @@ mod tests {
             }]
         );
         // A block whose parent is known invalid starts nothing.
-        lookups.on_unknown_parent(now, block_at(13), peer(1), &store);
+        lookups.handle_unknown_parent(now, block_at(13), peer(1), &store);
         assert!(lookups.is_empty());
         assert_eq!(lookups.poll(now), None);
     }
@@ -943,8 +943,8 @@ mod tests {
             body,
             signature: [0; SIGNATURE_BYTES],
         };
-        lookups.on_unknown_parent(now, child, peer(1), &store);
-        lookups.on_unknown_parent(now, sibling, peer(2), &store);
+        lookups.handle_unknown_parent(now, child, peer(1), &store);
+        lookups.handle_unknown_parent(now, sibling, peer(2), &store);
         assert_eq!(lookups.len(), 1);
         assert_eq!(lookups.pending_blocks(), 2);
         let out = drive(&mut lookups, &store, &behaviours, &mut now);
@@ -958,7 +958,7 @@ mod tests {
         assert_eq!(slots, vec![11, 12, 13]);
         assert_eq!(senders, &vec![peer(1), peer(1), peer(2)]);
 
-        lookups.on_unknown_parent(now, block_at(11), peer(1), &store);
+        lookups.handle_unknown_parent(now, block_at(11), peer(1), &store);
         assert!(matches!(
             lookups.poll(now),
             Some(LookupAction::Ready {
@@ -988,12 +988,12 @@ mod tests {
             }
         };
         for index in 0..20 {
-            lookups.on_unknown_parent(now, orphan(index), peer(9), &store);
+            lookups.handle_unknown_parent(now, orphan(index), peer(9), &store);
             lookups.assert_invariants();
         }
         assert_eq!(lookups.len(), ORPHANS_PER_PEER_MAX);
         assert_eq!(lookups.counters().refused, 20 - ORPHANS_PER_PEER_MAX as u64);
-        lookups.on_unknown_parent(now, orphan(50), peer(8), &store);
+        lookups.handle_unknown_parent(now, orphan(50), peer(8), &store);
         assert_eq!(
             lookups.len(),
             ORPHANS_PER_PEER_MAX + 1,
@@ -1017,7 +1017,7 @@ mod tests {
                 body,
                 signature: [0; SIGNATURE_BYTES],
             };
-            lookups.on_unknown_parent(now, orphan, peer(1 + (index % 200) as u8), &store);
+            lookups.handle_unknown_parent(now, orphan, peer(1 + (index % 200) as u8), &store);
             lookups.assert_invariants();
         }
         assert_eq!(lookups.len(), LOOKUPS_MAX);

@@ -13,7 +13,7 @@
 //!   until `None`, then call the heartbeat ([`Machine::handle_timeout`](crate::machine::Machine::handle_timeout)) at [`Machine::next_deadline`](crate::machine::Machine::next_deadline).
 //!
 //! ```text
-//!  on_rpc ─► graylisted? drop ─► decode ─► subscriptions, control, messages
+//!  handle_rpc ─► graylisted? drop ─► decode ─► subscriptions, control, messages
 //!   message ─► subscribed? ─► seen? (duplicate: credit/penalise) ─► IDONTWANT to mesh (> 1 KiB)
 //!           ─► pending validation ─► GossipEvent::Message
 //!  report_validation ─► Accept: mcache, forward to mesh (not to senders nor IDONTWANT-ers)
@@ -355,7 +355,7 @@ impl Gossip {
             .all(|mesh| mesh.len() <= self.config.mesh_n_high)
     }
 
-    /// The next event produced outside [`Gossip::on_rpc`] (penalties at the
+    /// The next event produced outside [`Gossip::handle_rpc`] (penalties at the
     /// heartbeat, slow peers, rejected messages).
     pub fn poll_event(&mut self) -> Option<GossipEvent> {
         self.events.pop_front()

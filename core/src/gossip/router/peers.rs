@@ -54,7 +54,13 @@ impl Gossip {
     /// `peer` is connected (`outbound`: we dialled it) from `ip`. We announce
     /// our subscriptions to it. A peer past [`GOSSIP_PEERS_MAX`], or one
     /// already connected, is ignored.
-    pub fn on_peer_connected(&mut self, now: Instant, peer: PeerId, outbound: bool, ip: IpAddr) {
+    pub fn handle_peer_connected(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        outbound: bool,
+        ip: IpAddr,
+    ) {
         self.advance(now);
         if self.peers.contains_key(&peer) || self.peers.len() >= GOSSIP_PEERS_MAX {
             return;
@@ -112,7 +118,7 @@ impl Gossip {
 
     /// `peer` is gone: it leaves every mesh and fanout; its score is retained
     /// for [`SCORE_RETENTION`] if it carries penalties.
-    pub fn on_peer_disconnected(&mut self, now: Instant, peer: &PeerId) {
+    pub fn handle_peer_disconnected(&mut self, now: Instant, peer: &PeerId) {
         self.advance(now);
         let Some(mut removed) = self.peers.remove(peer) else {
             return;

@@ -31,7 +31,7 @@ impl Gossip {
     /// Handles one RPC (a logical message of kind 32) from `peer`. Returns
     /// every event now pending: the new messages to validate, penalties, and
     /// any event an earlier call left for [`Gossip::poll_event`].
-    pub fn on_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> Vec<GossipEvent> {
+    pub fn handle_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> Vec<GossipEvent> {
         self.advance(now);
         if let Some(p) = self.peers.get(&peer) {
             if self.score_of_peer(now, p) < GRAYLIST_THRESHOLD {
@@ -41,7 +41,7 @@ impl Gossip {
                 match Rpc::decode(bytes) {
                     Ok(rpc) => {
                         self.counters.rpcs_received += 1;
-                        self.handle_rpc(now, peer, rpc);
+                        self.apply_rpc(now, peer, rpc);
                     }
                     Err(error) => {
                         self.counters.rpcs_malformed += 1;
@@ -56,7 +56,8 @@ impl Gossip {
         self.events.drain(..).collect()
     }
 
-    fn handle_rpc(&mut self, now: Instant, peer: PeerId, rpc: Rpc) {
+    /// Applies a decoded RPC: subscriptions, then messages, then control.
+    fn apply_rpc(&mut self, now: Instant, peer: PeerId, rpc: Rpc) {
         for subscription in rpc.subscriptions {
             self.on_subscription(now, peer, subscription);
         }

@@ -120,7 +120,7 @@ fn made_up_orphans_cost_their_sender_and_hold_no_lookup() {
 
 #[test]
 fn answers_of_blocks_are_checked_chunk_by_chunk() {
-    use super::rpc::BlockAnswerCheck;
+    use super::purpose::BlockAnswerCheck;
     let chain = chain_config(10).chain;
     let blocks = &chain.stored;
     // A range of 1..5: in order and linked is fine, then a gap is fine,

@@ -145,12 +145,12 @@ fn simultaneous_dials_keep_exactly_one_connection_on_both_sides() {
     assert_eq!(net.links.len(), 2, "one connection, seen from both ends");
     let (&(a, conn_a), &(b, conn_b)) = net.links.iter().next().unwrap();
     assert_eq!(
-        net.nodes[a].peers.get(&net.nodes[b].peer_id()),
-        Some(&conn_a)
+        net.nodes[a].conns.conn_of(&net.nodes[b].peer_id()),
+        Some(conn_a)
     );
     assert_eq!(
-        net.nodes[b].peers.get(&net.nodes[a].peer_id()),
-        Some(&conn_b)
+        net.nodes[b].conns.conn_of(&net.nodes[a].peer_id()),
+        Some(conn_b)
     );
     // Pings flow on the survivor.
     net.advance_to(Instant::ZERO + Duration::from_secs(35));
@@ -200,7 +200,7 @@ fn garbage_on_one_connection_closes_only_that_one() {
 fn a_tampered_transport_message_ends_the_connection_with_goodbye_fault() {
     let mut net = Net::with_nodes(2);
     net.dial(0, 1, None);
-    let conn_at_1 = net.nodes[1].peers[&net.nodes[0].peer_id()];
+    let conn_at_1 = net.nodes[1].conns.conn_of(&net.nodes[0].peer_id()).unwrap();
     // A well-framed transport message that does not decrypt.
     let mut forged = vec![0, 20];
     forged.extend_from_slice(&[0xAB; 20]);

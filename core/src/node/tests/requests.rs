@@ -304,7 +304,7 @@ fn a_static_peer_is_redialled_with_backoff_until_it_returns() {
     net.advance(Duration::from_secs(120));
     assert!(net.connected(0, 1));
     // Dropped again: redialled promptly after a stable connection.
-    let conn = net.nodes[0].peers[&net.nodes[1].peer_id()];
+    let conn = net.nodes[0].conns.conn_of(&net.nodes[1].peer_id()).unwrap();
     net.handle(
         0,
         Input::ConnectionClosed {
@@ -344,7 +344,7 @@ fn request_ids_are_never_confused_between_peers() {
 fn a_connection_the_driver_closed_is_not_closed_again() {
     let mut net = Net::with_nodes(2);
     net.dial(0, 1, None);
-    let conn = net.nodes[0].peers[&net.nodes[1].peer_id()];
+    let conn = net.nodes[0].conns.conn_of(&net.nodes[1].peer_id()).unwrap();
     net.nodes[0].handle(
         net.now,
         Input::ConnectionClosed {

@@ -91,7 +91,7 @@ pub enum PenaltyReason {
 #[derive(Clone, PartialEq, Debug)]
 pub enum SyncAction {
     /// Send BlocksByRange(`start_slot`, `count`) to `peer`, then call
-    /// [`RangeSync::on_response`](super::RangeSync::on_response) with `batch` and the outcome.
+    /// [`RangeSync::handle_response`](super::RangeSync::handle_response) with `batch` and the outcome.
     Request {
         /// The download this answers.
         batch: BatchId,
@@ -106,7 +106,7 @@ pub enum SyncAction {
         reserve_bytes: usize,
     },
     /// Verify `blocks` off-thread with `chain::verify_batch_locating`, then
-    /// call [`RangeSync::on_verified`](super::RangeSync::on_verified).
+    /// call [`RangeSync::handle_verified`](super::RangeSync::handle_verified).
     Verify {
         /// The download the blocks came from.
         batch: BatchId,
@@ -114,8 +114,8 @@ pub enum SyncAction {
         blocks: Vec<SignedBlock>,
     },
     /// Import `blocks` (verified) into the chain in order, stopping at the
-    /// first refusal, then call [`RangeSync::on_imported`](super::RangeSync::on_imported) and
-    /// [`RangeSync::on_local_chain`](super::RangeSync::on_local_chain). Batches come strictly in slot order.
+    /// first refusal, then call [`RangeSync::handle_imported`](super::RangeSync::handle_imported) and
+    /// [`RangeSync::handle_local_chain`](super::RangeSync::handle_local_chain). Batches come strictly in slot order.
     Import {
         /// The download the blocks came from.
         batch: BatchId,

@@ -116,7 +116,7 @@ impl RangeSync {
 
     /// The answer to [`SyncAction::Request`] `batch`.
     #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
-    pub fn on_response(
+    pub fn handle_response(
         &mut self,
         now: Instant,
         batch: BatchId,
@@ -192,7 +192,12 @@ impl RangeSync {
 
     /// The result of [`SyncAction::Verify`] `batch`: `Err` holds the
     /// positions of the invalid blocks (`chain::verify_batch_locating`).
-    pub fn on_verified(&mut self, now: Instant, batch: BatchId, result: Result<(), Vec<usize>>) {
+    pub fn handle_verified(
+        &mut self,
+        now: Instant,
+        batch: BatchId,
+        result: Result<(), Vec<usize>>,
+    ) {
         self.advance(now);
         self.verifying.remove(&batch);
         let Some(&start) = self.ids.get(&batch) else {
@@ -244,7 +249,7 @@ impl RangeSync {
     }
 
     /// The result of [`SyncAction::Import`] `batch`.
-    pub fn on_imported(
+    pub fn handle_imported(
         &mut self,
         now: Instant,
         batch: BatchId,

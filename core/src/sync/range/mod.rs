@@ -3,10 +3,10 @@
 //!
 //! # Design
 //! [`RangeSync`] knows nothing of connections or wire formats: the caller
-//! feeds it peers' Status ([`RangeSync::on_peer_status`]), our own chain
-//! ([`RangeSync::on_local_chain`]), and the results of what it asked for
+//! feeds it peers' Status ([`RangeSync::handle_peer_status`]), our own chain
+//! ([`RangeSync::handle_local_chain`]), and the results of what it asked for
 //! (responses, verifications, imports), then drains [`RangeSync::poll`]
-//! until `None` and sleeps until [`Machine::next_deadline`](crate::machine::Machine::next_deadline)
+//! until `None` and sleeps until [`Machine::next_deadline`]
 //! (then [`Machine::handle_timeout`]). After Prysm's blocks fetcher and
 //! Lighthouse's range sync:
 //!
@@ -22,12 +22,12 @@
 //!                                                  dropped (imports kept), Idle
 //!
 //!  one batch [start, start + count):
-//!   Queued ─Request─► Downloading ─on_response: checked─► Downloaded ─Verify─► Verifying
+//!   Queued ─Request─► Downloading ─handle_response: checked─► Downloaded ─Verify─► Verifying
 //!     ▲  ▲                │ timeout, error, bad order/range/link: penalise, other peer    │
 //!     │  └────────────────┘                                                              │
-//!     │◄── on_verified Err: penalise the sender only, remember the bad blocks ◄──────────┤
+//!     │◄── handle_verified Err: penalise the sender only, remember the bad blocks ◄──────────┤
 //!     │                                                                           Ok     ▼
-//!     │◄── on_imported Err(unknown parent): previous batches re-checked ◄─ Importing ◄─ Verified
+//!     │◄── handle_imported Err(unknown parent): previous batches re-checked ◄─ Importing ◄─ Verified
 //!                                                                  │ Ok      (lowest batch only,
 //!                                                                  ▼          one at a time)
 //!                                                   removed, remembered in a short history
@@ -44,7 +44,7 @@
 //! peers (score, then proven before unproven, then a seeded tie-break), at
 //! most the per-peer window in flight (adaptive, at most 4) and 64 overall.
 //! A peer counts as suitable when its claims are consistent (finality not
-//! above its head), allowed by the clock ([`RangeSync::on_clock`]), not
+//! above its head), allowed by the clock ([`RangeSync::handle_clock`]), not
 //! disproven, ahead of us, and finalized on our finalized checkpoint (same
 //! slot and root) or further along. A finalized checkpoint ahead of ours
 //! only lets a peer serve batches, whose answers are checked and can
@@ -160,7 +160,7 @@ enum Mode {
 struct LocalChain {
     head_slot: u64,
     finalized_slot: u64,
-    /// Unknown until the first `on_local_chain`: peers are then compared by slot only.
+    /// Unknown until the first `handle_local_chain`: peers are then compared by slot only.
     finalized_root: Option<Root>,
 }
 
@@ -168,8 +168,8 @@ struct LocalChain {
 ///
 /// Methods: getters ([`RangeSync::counters`], [`RangeSync::target_slot`],
 /// ...), `on_*` inputs, and [`RangeSync::poll`] /
-/// [`Machine::next_deadline`](crate::machine::Machine::next_deadline). After every input, drain `poll` until
-/// `None`, then sleep until `next_deadline` and call `on_timer`.
+/// [`Machine::next_deadline`]. After every input, drain `poll` until
+/// `None`, then sleep until `next_deadline` and call `handle_timer`.
 #[derive(Debug)]
 pub struct RangeSync {
     config: SyncConfig,
@@ -206,7 +206,7 @@ pub struct RangeSync {
     counters: SyncCounters,
     last_now: Instant,
     /// The highest slot the clock allows a claim or a block to have
-    /// ([`RangeSync::on_clock`]); [`SLOT_MAX`] until the caller tells.
+    /// ([`RangeSync::handle_clock`]); [`SLOT_MAX`] until the caller tells.
     slot_max: u64,
     /// One peer's word is tried: the wait for support ran out, or the
     /// operator asked for one peer.
@@ -372,7 +372,7 @@ impl RangeSync {
 
     /// Our chain after an import (from sync or gossip): the chain store's
     /// head and finalized checkpoints.
-    pub fn on_local_chain(&mut self, now: Instant, head: Checkpoint, finalized: Checkpoint) {
+    pub fn handle_local_chain(&mut self, now: Instant, head: Checkpoint, finalized: Checkpoint) {
         self.advance(now);
         self.local = LocalChain {
             head_slot: head.slot,
@@ -385,7 +385,7 @@ impl RangeSync {
     /// The clock: no claim or block may name a slot above `slot_max` (the
     /// current slot plus the caller's tolerance for skew). Claims above it
     /// are ignored; blocks above it are refused as [`PenaltyReason::FutureSlot`].
-    pub fn on_clock(&mut self, now: Instant, slot_max: u64) {
+    pub fn handle_clock(&mut self, now: Instant, slot_max: u64) {
         self.advance(now);
         self.slot_max = slot_max.min(SLOT_MAX);
         self.update_mode(now);

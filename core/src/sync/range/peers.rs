@@ -33,7 +33,13 @@ pub(super) struct PeerState {
 impl RangeSync {
     /// A peer's Status (on connect and whenever it sends a new one), with its
     /// current score.
-    pub fn on_peer_status(&mut self, now: Instant, peer: PeerId, chain: PeerChain, score: Score) {
+    pub fn handle_peer_status(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        chain: PeerChain,
+        score: Score,
+    ) {
         self.advance(now);
         if let Some(state) = self.peers.get_mut(&peer) {
             if state.chain != chain {
@@ -71,7 +77,7 @@ impl RangeSync {
     /// peer ahead (a lone claim is tried only when it is the only peer we
     /// hear). A forger without a proposer key cannot make such a block; a
     /// claim it then fails to serve is disproved as any other.
-    pub fn on_peer_block_verified(&mut self, now: Instant, peer: PeerId, slot: u64) {
+    pub fn handle_peer_block_verified(&mut self, now: Instant, peer: PeerId, slot: u64) {
         self.advance(now);
         let beyond_reach = slot
             > self
@@ -90,7 +96,7 @@ impl RangeSync {
 
     /// A peer disconnected: its requests are queued again (not its fault,
     /// no attempt counted).
-    pub fn on_peer_gone(&mut self, now: Instant, peer: PeerId) {
+    pub fn handle_peer_gone(&mut self, now: Instant, peer: PeerId) {
         self.advance(now);
         if self.peers.remove(&peer).is_none() {
             return;

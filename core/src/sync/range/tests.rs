@@ -138,7 +138,7 @@ impl Harness {
         let peer = peer_id(index);
         self.behaviours.insert(peer, behaviour);
         self.sync
-            .on_peer_status(self.now, peer, status(head_slot), Score::ZERO);
+            .handle_peer_status(self.now, peer, status(head_slot), Score::ZERO);
         self.drain();
     }
 
@@ -147,7 +147,7 @@ impl Harness {
         self.behaviours.remove(&peer);
         self.events
             .retain(|(_, _, event)| !matches!(event, Event::Response(p, ..) if *p == peer));
-        self.sync.on_peer_gone(self.now, peer);
+        self.sync.handle_peer_gone(self.now, peer);
         self.drain();
     }
 
@@ -243,9 +243,9 @@ impl Harness {
                             }
                         }
                     }
-                    self.sync.on_imported(self.now, batch, result);
+                    self.sync.handle_imported(self.now, batch, result);
                     let (head, finalized) = (self.store.head(), self.store.finalized());
-                    self.sync.on_local_chain(self.now, head, finalized);
+                    self.sync.handle_local_chain(self.now, head, finalized);
                 }
                 SyncAction::Penalise { peer, reason } => self.penalties.push((peer, reason)),
                 SyncAction::Progress(progress) => {
@@ -285,8 +285,12 @@ impl Harness {
             let index = self.events.iter().position(|e| e.1 == seq).unwrap();
             let (_, _, event) = self.events.remove(index);
             match event {
-                Event::Response(_, batch, result) => self.sync.on_response(self.now, batch, result),
-                Event::Verified(batch, result) => self.sync.on_verified(self.now, batch, result),
+                Event::Response(_, batch, result) => {
+                    self.sync.handle_response(self.now, batch, result)
+                }
+                Event::Verified(batch, result) => {
+                    self.sync.handle_verified(self.now, batch, result)
+                }
             }
         } else {
             self.sync.handle_timeout(self.now);
@@ -392,10 +396,12 @@ fn stays_idle_within_sync_distance() {
     other.finalized_slot = 0;
     other.finalized_root = [9; 32];
     let (head, finalized) = (harness.store.head(), harness.store.finalized());
-    harness.sync.on_local_chain(harness.now, head, finalized);
     harness
         .sync
-        .on_peer_status(harness.now, peer_id(3), other, Score::ZERO);
+        .handle_local_chain(harness.now, head, finalized);
+    harness
+        .sync
+        .handle_peer_status(harness.now, peer_id(3), other, Score::ZERO);
     harness.drain();
     assert!(
         !harness.sync.is_syncing(),
@@ -766,7 +772,7 @@ fn a_head_nobody_can_serve_ends_the_round() {
     claim.head_slot = 10_000;
     harness
         .sync
-        .on_peer_status(harness.now, peer_id(2), claim, Score::ZERO);
+        .handle_peer_status(harness.now, peer_id(2), claim, Score::ZERO);
     harness.drain();
     // Peer 2's word alone is never the target while peer 1 disagrees:
     // the round syncs to the head both reach, and ends.
@@ -794,7 +800,7 @@ fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits()
     };
     harness
         .sync
-        .on_peer_status(harness.now, peer_id(1), claim, Score::ZERO);
+        .handle_peer_status(harness.now, peer_id(1), claim, Score::ZERO);
     harness.drain();
     for _ in 0..2_000 {
         if !harness.step() {
@@ -815,7 +821,7 @@ fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits()
         finalized_root: [8; 32],
     };
     near.sync
-        .on_peer_status(near.now, peer_id(1), claim, Score::ZERO);
+        .handle_peer_status(near.now, peer_id(1), claim, Score::ZERO);
     near.drain();
     for _ in 0..500 {
         if !near.step() {
@@ -829,7 +835,7 @@ fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits()
 #[test]
 fn claims_beyond_the_clock_are_never_a_target() {
     let mut harness = Harness::new(config(1), 22);
-    harness.sync.on_clock(harness.now, 150);
+    harness.sync.handle_clock(harness.now, 150);
     harness.add_peer(1, Behaviour::Honest, 120);
     harness.add_peer(2, Behaviour::Honest, 190); // 40 slots in the future.
     harness.run_until(|h| h.synced.is_some());
@@ -857,7 +863,7 @@ fn a_liar_answering_its_own_head_empty_is_penalised_and_not_believed_again() {
     harness.now = harness.now + Duration::from_secs(60);
     harness
         .sync
-        .on_peer_status(harness.now, peer_id(1), status(180), Score::ZERO);
+        .handle_peer_status(harness.now, peer_id(1), status(180), Score::ZERO);
     harness.drain();
     assert!(
         !harness.sync.is_syncing(),
@@ -868,7 +874,7 @@ fn a_liar_answering_its_own_head_empty_is_penalised_and_not_believed_again() {
     harness.now = harness.now + CLAIM_DISPROVED_COOLDOWN;
     harness
         .sync
-        .on_peer_status(harness.now, peer_id(1), status(181), Score::ZERO);
+        .handle_peer_status(harness.now, peer_id(1), status(181), Score::ZERO);
     harness.drain();
     assert!(harness.sync.is_syncing());
 }
@@ -922,12 +928,12 @@ fn a_peer_whose_gossiped_block_verified_beyond_our_reach_is_believed_alone() {
     // A block near our head proves nothing about a gap.
     harness
         .sync
-        .on_peer_block_verified(harness.now, peer_id(1), SYNC_DISTANCE_SLOTS);
+        .handle_peer_block_verified(harness.now, peer_id(1), SYNC_DISTANCE_SLOTS);
     harness.drain();
     assert!(harness.sync.requests_in_flight() == 0);
     harness
         .sync
-        .on_peer_block_verified(harness.now, peer_id(1), CHAIN_SLOTS);
+        .handle_peer_block_verified(harness.now, peer_id(1), CHAIN_SLOTS);
     harness.drain();
     harness.run_until(|h| h.head() == CHAIN_SLOTS && !h.sync.is_syncing());
     assert_eq!(harness.synced, Some(CHAIN_SLOTS));
@@ -966,7 +972,7 @@ fn answers_are_held_only_within_their_reserve_and_an_overflow_blames_nobody() {
     };
     let mut sync = RangeSync::new(small, [28; 32]);
     let now = Instant::from_micros(1_000_000);
-    sync.on_peer_status(now, peer_id(1), status(150), Score::ZERO);
+    sync.handle_peer_status(now, peer_id(1), status(150), Score::ZERO);
     let mut requests = Vec::new();
     while let Some(action) = sync.poll(now) {
         if let SyncAction::Request {
@@ -989,7 +995,7 @@ fn answers_are_held_only_within_their_reserve_and_an_overflow_blames_nobody() {
     );
     sync.assert_invariants();
     // The caller cuts the answer off: no penalty, the batch is asked again.
-    sync.on_response(
+    sync.handle_response(
         now,
         batch,
         Err(FetchError::TooLarge {

@@ -1,0 +1,685 @@
+//! The connections part: every connection's state from open to close, the
+//! Noise handshake, sealing and flushing, and what the transport has not yet
+//! written.
+//!
+//! # Design
+//! Each connection is a small state machine, `Handshaking` then `Established`,
+//! keyed by the driver's [`ConnId`]; an established connection is mapped to the
+//! [`PeerId`] its handshake proved. Outbound plaintext is buffered per
+//! connection and sealed once per `handle` call (or before a close), so a burst
+//! of small messages becomes one Noise message and one `Send`.
+//!
+//! This part decides nothing about peers: admission, scores and what a
+//! message means belong to the node and its other parts. It answers
+//! questions (who is on which connection, which timers are due, whether a
+//! connection can take more gossip) and carries out sends, seals and closes,
+//! writing its actions and counts to the [`Outbox`] it is handed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use super::outbox::Outbox;
+use super::PeerInfo;
+use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, NoiseFrameDecoder};
+use crate::identity::PeerId;
+use crate::io::{Action, ConnId, DialId, Direction};
+use crate::limits;
+use crate::secure::{
+    Handshake, HandshakeStep, Hello, LocalKeys, RemoteIdentity, SecureError, Transport,
+};
+use crate::time::{Duration, Instant};
+
+/// Connection state of the node.
+pub(super) struct Connections {
+    keys: LocalKeys,
+    hello: Hello,
+    by_conn: BTreeMap<ConnId, Connection>,
+    peers: BTreeMap<PeerId, ConnId>,
+    dials: BTreeMap<DialId, PendingDial>,
+    next_dial_id: u64,
+    /// Connections with plaintext waiting to be sealed.
+    unflushed: BTreeSet<ConnId>,
+}
+
+/// A dial the driver is carrying out.
+pub(super) struct PendingDial {
+    pub(super) addr: SocketAddr,
+    pub(super) expected: Option<PeerId>,
+    pub(super) deadline: Instant,
+}
+
+pub(super) struct Connection {
+    pub(super) addr: SocketAddr,
+    pub(super) direction: Direction,
+    /// For a dial with a known identity: the peer that must answer.
+    pub(super) expected: Option<PeerId>,
+    frames: NoiseFrameDecoder,
+    pub(super) state: ConnectionState,
+    /// Bytes handed to the driver in `Action::Send` that it has not yet
+    /// reported written (`Input::BytesWritten`): how backed up the transport is.
+    pub(super) unwritten_bytes: usize,
+    /// When the driver last reported bytes of this connection written, or
+    /// when bytes began to wait after none did: since when it has taken nothing.
+    write_progress_at: Instant,
+    /// Since when `unwritten_bytes` has been at least
+    /// [`limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX`] (`None` while below).
+    share_full_since: Option<Instant>,
+}
+
+pub(super) enum ConnectionState {
+    /// `None` only transiently while a message is being read.
+    Handshaking {
+        handshake: Option<Box<Handshake>>,
+        deadline: Instant,
+    },
+    /// The channel is up. `accepted` turns true once the node's policy
+    /// (network, version, duplicates, gater) has admitted the peer.
+    Established(Box<Established>),
+}
+
+pub(super) struct Established {
+    pub(super) peer: PeerId,
+    pub(super) accepted: bool,
+    transport: Transport,
+    messages: MessageReassembler,
+    /// Plaintext (length-prefixed messages) not yet sealed.
+    outbound: Vec<u8>,
+    pub(super) last_received: Instant,
+    pub(super) next_ping: Instant,
+    pub(super) next_status: Instant,
+    /// The peer's Metadata sequence number we know, if any.
+    pub(super) metadata_seq: Option<u64>,
+    /// Whether a Metadata request to it is open.
+    pub(super) metadata_requested: bool,
+    /// The sequence number named by the Ping that made us ask for its
+    /// Metadata last, and when: it counts as fetched once the answer comes,
+    /// whatever the answer's own number, and the next fetch waits
+    /// `METADATA_FETCH_INTERVAL`.
+    pub(super) metadata_asked: Option<(u64, Instant)>,
+    /// Metadata answers it completed; only the first earns a reward.
+    pub(super) metadata_fetches: u32,
+    /// Our requests to it that timed out in a row (a complete answer resets it).
+    pub(super) timeouts_in_a_row: u32,
+    /// When we last asked it for its Status because a gossiped orphan of
+    /// its found no lookup place (see `Node::sync_orphan`).
+    pub(super) orphan_status_asked_at: Option<Instant>,
+}
+
+/// What reading one connection's bytes produced, applied in order afterwards.
+pub(super) enum Received {
+    HandshakeDone(RemoteIdentity),
+    Message(Vec<u8>),
+}
+
+/// Why reading a connection's bytes failed.
+pub(super) enum ReadError {
+    Decode(DecodeError),
+    Secure(SecureError),
+}
+
+impl From<DecodeError> for ReadError {
+    fn from(error: DecodeError) -> ReadError {
+        ReadError::Decode(error)
+    }
+}
+
+impl From<SecureError> for ReadError {
+    fn from(error: SecureError) -> ReadError {
+        ReadError::Secure(error)
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Decode(error) => error.fmt(f),
+            ReadError::Secure(error) => error.fmt(f),
+        }
+    }
+}
+
+/// The connection timers that are due at one instant, in connection order.
+#[derive(Default)]
+pub(super) struct DueConnections {
+    /// Handshakes past their deadline.
+    pub(super) handshakes_expired: Vec<ConnId>,
+    /// Established connections silent for the silence timeout.
+    pub(super) silent: Vec<ConnId>,
+    /// Accepted peers that stopped reading (see [`Connections::is_stalled`]).
+    pub(super) stalled: Vec<PeerId>,
+    /// Peers due a Ping or a Status.
+    pub(super) keepalive: Vec<PeerId>,
+}
+
+impl Connections {
+    pub(super) fn new(keys: LocalKeys, hello: Hello) -> Connections {
+        Connections {
+            keys,
+            hello,
+            by_conn: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            dials: BTreeMap::new(),
+            next_dial_id: 0,
+            unflushed: BTreeSet::new(),
+        }
+    }
+
+    /// Our identity.
+    pub(super) fn local_peer(&self) -> PeerId {
+        self.keys.peer_id()
+    }
+
+    /// What we say of ourselves in the handshake.
+    pub(super) fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    // ----- questions -----
+
+    /// Connected peers, in `PeerId` order.
+    pub(super) fn peer_infos(&self) -> Vec<PeerInfo> {
+        self.peers
+            .iter()
+            .map(|(&peer, conn)| {
+                let connection = &self.by_conn[conn];
+                PeerInfo {
+                    peer,
+                    addr: connection.addr,
+                    direction: connection.direction,
+                }
+            })
+            .collect()
+    }
+
+    /// Connected (accepted) peers, in `PeerId` order.
+    pub(super) fn peer_ids(&self) -> Vec<PeerId> {
+        self.peers.keys().copied().collect()
+    }
+
+    pub(super) fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    pub(super) fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The connection `peer` is accepted on.
+    pub(super) fn conn_of(&self, peer: &PeerId) -> Option<ConnId> {
+        self.peers.get(peer).copied()
+    }
+
+    pub(super) fn get(&self, conn: ConnId) -> Option<&Connection> {
+        self.by_conn.get(&conn)
+    }
+
+    pub(super) fn contains(&self, conn: ConnId) -> bool {
+        self.by_conn.contains_key(&conn)
+    }
+
+    /// All connections, in `ConnId` order.
+    pub(super) fn conn_ids(&self) -> Vec<ConnId> {
+        self.by_conn.keys().copied().collect()
+    }
+
+    /// Handshakes in progress in `direction`.
+    pub(super) fn handshaking(&self, direction: Direction) -> usize {
+        self.by_conn
+            .values()
+            .filter(|connection| {
+                connection.direction == direction
+                    && matches!(connection.state, ConnectionState::Handshaking { .. })
+            })
+            .count()
+    }
+
+    /// The established connection state of `peer`, once accepted.
+    pub(super) fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Established> {
+        let conn = self.peers.get(peer)?;
+        match &mut self.by_conn.get_mut(conn)?.state {
+            ConnectionState::Established(established) => Some(established),
+            ConnectionState::Handshaking { .. } => None,
+        }
+    }
+
+    /// The established state on `conn`, accepted or not yet.
+    pub(super) fn established_on_mut(&mut self, conn: ConnId) -> Option<&mut Established> {
+        match &mut self.by_conn.get_mut(&conn)?.state {
+            ConnectionState::Established(established) => Some(established),
+            ConnectionState::Handshaking { .. } => None,
+        }
+    }
+
+    /// Bytes the driver holds, unwritten, for `peer`'s connection.
+    pub(super) fn unwritten_bytes_of(&self, peer: &PeerId) -> usize {
+        self.peers
+            .get(peer)
+            .and_then(|conn| self.by_conn.get(conn))
+            .map_or(0, |connection| connection.unwritten_bytes)
+    }
+
+    // ----- dials -----
+
+    pub(super) fn dials_in_progress(&self) -> usize {
+        self.dials.len()
+    }
+
+    /// Records a dial the driver is to carry out, and names it.
+    pub(super) fn start_dial(
+        &mut self,
+        addr: SocketAddr,
+        expected: Option<PeerId>,
+        deadline: Instant,
+    ) -> DialId {
+        let dial = DialId(self.next_dial_id);
+        self.next_dial_id += 1;
+        self.dials.insert(
+            dial,
+            PendingDial {
+                addr,
+                expected,
+                deadline,
+            },
+        );
+        dial
+    }
+
+    /// Ends the dial's record: it connected, failed or was cancelled.
+    pub(super) fn take_dial(&mut self, dial: DialId) -> Option<PendingDial> {
+        self.dials.remove(&dial)
+    }
+
+    /// Dials past their deadline, in `DialId` order.
+    pub(super) fn expired_dials(&self, now: Instant) -> Vec<DialId> {
+        self.dials
+            .iter()
+            .filter(|(_, dial)| dial.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Every dial in progress, in `DialId` order.
+    pub(super) fn dial_ids(&self) -> Vec<DialId> {
+        self.dials.keys().copied().collect()
+    }
+
+    // ----- life cycle -----
+
+    /// Starts the handshake on a new connection; an outbound one sends its
+    /// first message at once.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        addr: SocketAddr,
+        direction: Direction,
+        expected: Option<PeerId>,
+        ephemeral_seed: [u8; 32],
+        deadline: Instant,
+        out: &mut Outbox,
+    ) {
+        let mut first = Vec::new();
+        let handshake = match direction {
+            Direction::Outbound => {
+                Handshake::initiate(&self.keys, ephemeral_seed, expected, &mut first)
+            }
+            Direction::Inbound => Handshake::respond(&self.keys, ephemeral_seed),
+        }
+        .expect("building a handshake from our own valid keys cannot fail");
+        self.by_conn.insert(
+            conn,
+            Connection {
+                addr,
+                direction,
+                expected,
+                frames: NoiseFrameDecoder::new(),
+                unwritten_bytes: 0,
+                write_progress_at: now,
+                share_full_since: None,
+                state: ConnectionState::Handshaking {
+                    handshake: Some(Box::new(handshake)),
+                    deadline,
+                },
+            },
+        );
+        if !first.is_empty() {
+            self.emit_send(now, conn, first, out);
+        }
+    }
+
+    /// Decrypts `bytes` of `conn`: the handshake's next steps (whose answers
+    /// are sent at once) and the logical messages after it. What was read
+    /// before an error is returned with it, to be applied first. `None` for
+    /// a connection we closed already.
+    pub(super) fn read(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        bytes: &[u8],
+        out: &mut Outbox,
+    ) -> Option<(Vec<Received>, Result<(), ReadError>)> {
+        let keys = &self.keys;
+        let hello = &self.hello;
+        let connection = self.by_conn.get_mut(&conn)?;
+        let mut received = Vec::new();
+        let mut handshake_out = Vec::new();
+        let mut plaintext = Vec::new();
+        let Connection { frames, state, .. } = connection;
+        let result = frames.decode(bytes, |message| -> Result<(), ReadError> {
+            match state {
+                ConnectionState::Handshaking { handshake, .. } => {
+                    let current = handshake.take().expect("present between messages");
+                    match (*current).read_message(keys, hello, message, &mut handshake_out)? {
+                        HandshakeStep::Continue(next) => *handshake = Some(Box::new(next)),
+                        HandshakeStep::Done { transport, remote } => {
+                            *state = ConnectionState::Established(Box::new(Established {
+                                peer: remote.peer,
+                                accepted: false,
+                                transport,
+                                messages: MessageReassembler::new(),
+                                outbound: Vec::new(),
+                                last_received: now,
+                                next_ping: Instant::MAX,
+                                next_status: Instant::MAX,
+                                metadata_seq: None,
+                                metadata_requested: false,
+                                metadata_asked: None,
+                                metadata_fetches: 0,
+                                orphan_status_asked_at: None,
+                                timeouts_in_a_row: 0,
+                            }));
+                            received.push(Received::HandshakeDone(remote));
+                        }
+                    }
+                }
+                ConnectionState::Established(established) => {
+                    plaintext.clear();
+                    established.transport.open(message, &mut plaintext)?;
+                    established
+                        .messages
+                        .push(&plaintext, |bytes| -> Result<(), ReadError> {
+                            received.push(Received::Message(bytes.to_vec()));
+                            Ok(())
+                        })?;
+                }
+            }
+            Ok(())
+        });
+        if matches!(state, ConnectionState::Established(_)) {
+            frames.enter_transport_mode();
+        }
+        if !handshake_out.is_empty() {
+            self.emit_send(now, conn, handshake_out, out);
+        }
+        Some((received, result))
+    }
+
+    /// Maps `peer` to `conn` and starts its keepalive timers.
+    pub(super) fn accept(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        peer: PeerId,
+        ping_interval: Duration,
+        status_interval: Duration,
+    ) {
+        self.peers.insert(peer, conn);
+        if let Some(established) = self.established_on_mut(conn) {
+            established.accepted = true;
+            established.next_ping = now + ping_interval;
+            established.next_status = now + status_interval;
+        }
+    }
+
+    /// Flushes and drops `conn`, which another connection of its peer replaces, and closes it.
+    pub(super) fn drop_replaced(&mut self, now: Instant, conn: ConnId, out: &mut Outbox) {
+        self.flush(now, conn, out);
+        self.unflushed.remove(&conn);
+        self.by_conn.remove(&conn);
+        out.push(Action::Close { conn });
+    }
+
+    /// Which of two connections to one peer both ends keep: the one dialled by
+    /// the lower `PeerId`, or, when one side dialled both, the newer one
+    /// (the dialler evidently no longer trusts the old one).
+    pub(super) fn keep_new_connection(
+        &self,
+        existing: ConnId,
+        new: ConnId,
+        remote: PeerId,
+    ) -> bool {
+        let dialler = |conn: ConnId| match self.by_conn[&conn].direction {
+            Direction::Outbound => self.local_peer(),
+            Direction::Inbound => remote,
+        };
+        let (old_dialler, new_dialler) = (dialler(existing), dialler(new));
+        if old_dialler == new_dialler {
+            true
+        } else {
+            new_dialler < old_dialler
+        }
+    }
+
+    /// Drops our state for `conn`; an accepted peer on it is no longer
+    /// mapped (the caller reports it gone).
+    pub(super) fn forget(&mut self, conn: ConnId) -> Option<Connection> {
+        self.unflushed.remove(&conn);
+        let connection = self.by_conn.remove(&conn)?;
+        if let ConnectionState::Established(established) = &connection.state {
+            if established.accepted && self.peers.get(&established.peer) == Some(&conn) {
+                self.peers.remove(&established.peer);
+            }
+        }
+        Some(connection)
+    }
+
+    // ----- timers -----
+
+    /// The earliest instant a connection or dial timer fires, if any.
+    pub(super) fn next_deadline(&self, now: Instant, silence_timeout: Duration) -> Option<Instant> {
+        let dials = self.dials.values().map(|dial| dial.deadline);
+        let connections = self
+            .by_conn
+            .values()
+            .map(|connection| match &connection.state {
+                ConnectionState::Handshaking { deadline, .. } => *deadline,
+                ConnectionState::Established(established) => {
+                    let at = established
+                        .next_ping
+                        .min(established.next_status)
+                        .min(established.last_received + silence_timeout);
+                    // A deadline already past (a slow connection that stopped
+                    // counting) is not a reason to wake again.
+                    Connections::write_deadline(connection)
+                        .filter(|&deadline| deadline > now)
+                        .map_or(at, |deadline| deadline.min(at))
+                }
+            });
+        dials.chain(connections).min()
+    }
+
+    /// The connection timers due at `now`. Each connection is in one list
+    /// at most: silence before a stall before a keepalive.
+    pub(super) fn due(&self, now: Instant, silence_timeout: Duration) -> DueConnections {
+        let mut due = DueConnections::default();
+        for (&conn, connection) in &self.by_conn {
+            match &connection.state {
+                ConnectionState::Handshaking { deadline, .. } => {
+                    if *deadline <= now {
+                        due.handshakes_expired.push(conn);
+                    }
+                }
+                ConnectionState::Established(established) => {
+                    if established.last_received + silence_timeout <= now {
+                        due.silent.push(conn);
+                    } else if established.accepted && Connections::is_stalled(now, connection) {
+                        due.stalled.push(established.peer);
+                    } else if established.next_ping <= now || established.next_status <= now {
+                        due.keepalive.push(established.peer);
+                    }
+                }
+            }
+        }
+        due
+    }
+
+    // ----- sending -----
+
+    /// Queues one logical message for an established connection; sealed at the next flush.
+    pub(super) fn send_raw(&mut self, conn: ConnId, message: &[u8], out: &mut Outbox) {
+        let Some(established) = self.established_on_mut(conn) else {
+            return;
+        };
+        append_length_prefixed(&mut established.outbound, message);
+        out.counters.messages_sent += 1;
+        self.unflushed.insert(conn);
+    }
+
+    /// Queues one logical message for `peer`, if connected; says whether it was.
+    pub(super) fn send_to(&mut self, peer: &PeerId, message: &[u8], out: &mut Outbox) -> bool {
+        match self.conn_of(peer) {
+            Some(conn) => {
+                self.send_raw(conn, message, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Seals a connection's queued plaintext into one `Send`.
+    pub(super) fn flush(&mut self, now: Instant, conn: ConnId, out: &mut Outbox) {
+        if !self.unflushed.remove(&conn) {
+            return;
+        }
+        let Some(established) = self.established_on_mut(conn) else {
+            return;
+        };
+        let mut bytes = Vec::with_capacity(established.outbound.len() + 64);
+        established
+            .transport
+            .seal(&established.outbound, &mut bytes);
+        established.outbound.clear();
+        self.emit_send(now, conn, bytes, out);
+    }
+
+    /// Seals every connection's queued plaintext.
+    pub(super) fn flush_all(&mut self, now: Instant, out: &mut Outbox) {
+        while let Some(&conn) = self.unflushed.first() {
+            self.flush(now, conn, out);
+        }
+    }
+
+    /// Hands `bytes` to the driver, counting them as unwritten until it says otherwise.
+    fn emit_send(&mut self, now: Instant, conn: ConnId, bytes: Vec<u8>, out: &mut Outbox) {
+        if let Some(connection) = self.by_conn.get_mut(&conn) {
+            if connection.unwritten_bytes == 0 {
+                connection.write_progress_at = now;
+            }
+            connection.unwritten_bytes = connection.unwritten_bytes.saturating_add(bytes.len());
+            if connection.unwritten_bytes >= limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX {
+                connection.share_full_since.get_or_insert(now);
+            }
+        }
+        out.push(Action::Send { conn, bytes });
+    }
+
+    /// The driver wrote `bytes` of `conn`.
+    pub(super) fn handle_bytes_written(&mut self, now: Instant, conn: ConnId, bytes: usize) {
+        // Late reports for a connection we closed are expected and harmless;
+        // a driver that wrote bytes of its own (a test's) may over-report,
+        // which only opens the window early.
+        if let Some(connection) = self.by_conn.get_mut(&conn) {
+            connection.unwritten_bytes = connection.unwritten_bytes.saturating_sub(bytes);
+            if bytes > 0 {
+                connection.write_progress_at = now;
+            }
+            if connection.unwritten_bytes < limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX {
+                connection.share_full_since = None;
+            }
+        }
+    }
+
+    // ----- write windows -----
+
+    /// What the connections count toward the node-wide gossip window at
+    /// `now`: each its unwritten bytes plus plaintext waiting to be sealed,
+    /// capped at [`limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX`], and nothing
+    /// from one that has held its full share for
+    /// [`limits::GOSSIP_SLOW_CONNECTION_AFTER`] (its own link or reader is the
+    /// bottleneck, not our uplink).
+    pub(super) fn unwritten_total(&self, now: Instant) -> usize {
+        self.by_conn
+            .values()
+            .map(|connection| Connections::node_window_share(now, connection))
+            .fold(0usize, usize::saturating_add)
+    }
+
+    /// One connection's part of [`Connections::unwritten_total`].
+    fn node_window_share(now: Instant, connection: &Connection) -> usize {
+        if Connections::slow_since(connection).is_some_and(|since| since <= now) {
+            return 0;
+        }
+        Connections::unsent_bytes(connection).min(limits::GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX)
+    }
+
+    /// Bytes handed to the driver and not written, plus plaintext waiting to be sealed.
+    fn unsent_bytes(connection: &Connection) -> usize {
+        let pending = match &connection.state {
+            ConnectionState::Established(established) => established.outbound.len(),
+            ConnectionState::Handshaking { .. } => 0,
+        };
+        connection.unwritten_bytes.saturating_add(pending)
+    }
+
+    /// From when `connection` is slow (its own link or reader, not our
+    /// uplink, holds it back): it has held its full share, or taken none of
+    /// its waiting bytes, for [`limits::GOSSIP_SLOW_CONNECTION_AFTER`].
+    /// `None` while nothing waits.
+    fn slow_since(connection: &Connection) -> Option<Instant> {
+        if connection.unwritten_bytes == 0 {
+            return None;
+        }
+        let idle = connection.write_progress_at;
+        let since = connection
+            .share_full_since
+            .map_or(idle, |full| full.min(idle));
+        Some(since + limits::GOSSIP_SLOW_CONNECTION_AFTER)
+    }
+
+    /// Whether `connection` is over its own gossip window and has taken
+    /// nothing for [`limits::WRITE_STALL_TIMEOUT`]: its peer stopped reading.
+    fn is_stalled(now: Instant, connection: &Connection) -> bool {
+        Connections::unsent_bytes(connection) >= limits::GOSSIP_SEND_WINDOW_BYTES
+            && connection.write_progress_at + limits::WRITE_STALL_TIMEOUT <= now
+    }
+
+    /// When `connection` next changes state without an input: it stops
+    /// counting toward the node window, or it is cut as stalled.
+    fn write_deadline(connection: &Connection) -> Option<Instant> {
+        let slow = Connections::slow_since(connection)?;
+        if Connections::unsent_bytes(connection) < limits::GOSSIP_SEND_WINDOW_BYTES {
+            return Some(slow);
+        }
+        Some(slow.min(connection.write_progress_at + limits::WRITE_STALL_TIMEOUT))
+    }
+
+    /// Whether `peer` can take more gossip now: what the driver has not
+    /// written plus what waits to be sealed is below [`limits::GOSSIP_SEND_WINDOW_BYTES`].
+    pub(super) fn gossip_window_open(&self, peer: &PeerId) -> bool {
+        let Some(conn) = self.peers.get(peer) else {
+            return false;
+        };
+        match self.by_conn.get(conn) {
+            Some(Connection {
+                state: ConnectionState::Established(established),
+                unwritten_bytes,
+                ..
+            }) => {
+                unwritten_bytes.saturating_add(established.outbound.len())
+                    < limits::GOSSIP_SEND_WINDOW_BYTES
+            }
+            _ => false,
+        }
+    }
+}
