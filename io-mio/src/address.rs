@@ -29,6 +29,16 @@ impl PeerAddress {
     }
 }
 
+impl fmt::Display for PeerAddress {
+    /// `ADDR` or `ADDR@PEERID`, as parsed (a host name shows as the address it resolved to).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.peer {
+            Some(peer) => write!(f, "{}@{peer}", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
 /// Why a `--peer` value was refused.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum PeerAddressError {
@@ -124,6 +134,9 @@ mod tests {
         );
         let parsed: PeerAddress = format!("[::1]:1@{id}").parse().unwrap();
         assert_eq!(parsed.peer, Some(id));
+        // Display writes what parses back to the same address.
+        assert_eq!(parsed.to_string(), format!("[::1]:1@{id}"));
+        assert_eq!(parsed.to_string().parse::<PeerAddress>(), Ok(parsed));
     }
 
     #[test]

@@ -23,6 +23,9 @@
 //! The `meshsync` binary (`src/bin/meshsync/`) is a clap front end over this
 //! library; the command line, genesis files, key-file writing, the devnet
 //! and the benchmarks are its modules, not this crate's API.
+//!
+//! `examples/chat.rs` shows an application embedding a node: a gossip topic
+//! published and read, and a request protocol of its own served and asked.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

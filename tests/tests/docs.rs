@@ -334,7 +334,8 @@ fn parse_help(text: &str) -> Help {
             for token in trimmed.split_whitespace() {
                 if token.starts_with('-') {
                     let flag = token.trim_end_matches(',');
-                    let flag = flag.split('=').next().unwrap_or(flag);
+                    // `--repair[=<BOOL>]`: a flag whose value is optional.
+                    let flag = flag.split(['=', '[']).next().unwrap_or(flag);
                     help.flags.insert(flag.to_owned());
                 } else if !(token.starts_with('<') || token.starts_with('[')) {
                     break;
@@ -374,11 +375,15 @@ fn command_line(line: usize, words: &[&str]) -> Option<CommandLine> {
             .iter()
             .position(|word| *word == "-p" || *word == "--package")?;
         let package = words.get(package_at + 1)?;
+        // `--example NAME` runs an example, not the package's binary.
+        let separator = words.iter().position(|word| *word == "--")?;
+        if words[..separator].contains(&"--example") {
+            return None;
+        }
         let binary = BINARIES
             .iter()
             .find(|(_, crate_name)| crate_name == package)
             .map(|(binary, _)| (*binary).to_owned())?;
-        let separator = words.iter().position(|word| *word == "--")?;
         (binary, &words[separator + 1..])
     } else {
         let at = words.iter().position(|word| binary_named(word).is_some())?;
@@ -748,6 +753,27 @@ fn the_checks_catch_a_missing_path_a_wrong_flag_and_a_changed_diagram() {
                 target/release/meshsync-sim walk --seed 2\n```\n\nThen `--json` and `--color`.\n";
     let problems = flag_problems("Y.md", text, true, &mut fake);
     assert_eq!(problems.len(), 3, "{problems:#?}");
+    // A flag with an optional value is listed as itself; an example's
+    // command line is not the package binary's.
+    let help = parse_help("Options:\n      --repair[=<BOOL>]  Repair\n  -h, --help\n");
+    assert!(help.flags.contains("--repair"), "{help:?}");
+    assert_eq!(
+        command_line(
+            1,
+            &[
+                "cargo",
+                "run",
+                "-p",
+                "meshsync-mio",
+                "--example",
+                "chat",
+                "--",
+                "--listen"
+            ]
+        ),
+        None
+    );
+    assert!(command_line(1, &["cargo", "run", "-p", "meshsync-mio", "--", "node"]).is_some());
     assert!(problems[0].starts_with("Y.md:2: `meshsync-sim run` does not accept `--jsonn`"));
     assert!(problems[1].starts_with("Y.md:4: `meshsync-sim` has no subcommand `walk`"));
     assert!(problems[2].starts_with("Y.md:7: `--color` is not a flag of `meshsync-sim run`"));

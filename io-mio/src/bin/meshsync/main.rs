@@ -17,22 +17,22 @@ mod bench_cli;
 mod bench_sync;
 mod devnet;
 mod genesis_files;
+mod node_config;
 mod secret_files;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX;
 use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
 use meshsync_core::Config;
-use meshsync_mio::driver::{ClockPolicy, DriverOptions, STORE_FAILING_EXIT_AFTER_DEFAULT};
-use meshsync_mio::{keyfile, workers, Driver, PeerAddress};
+use meshsync_mio::driver::DriverOptions;
+use meshsync_mio::{keyfile, workers, Driver};
 
 use crate::genesis_files::GenesisOptions;
+use crate::node_config::{NodeConfig, NodeFlags};
 
 /// meshsync: a peer-to-peer block sync engine.
 #[derive(Parser, Debug)]
@@ -78,51 +78,9 @@ enum CliCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Run one node until SIGINT or SIGTERM.
-    Node {
-        /// Address to listen on, e.g. 0.0.0.0:9000.
-        #[arg(long, value_name = "ADDR")]
-        listen: SocketAddr,
-        /// The node's key file (from `meshsync keygen`).
-        #[arg(long, value_name = "FILE")]
-        key: PathBuf,
-        /// A peer to dial at start, optionally with the identity it must prove. Repeatable.
-        #[arg(long = "peer", value_name = "ADDR[@PEERID]")]
-        peers: Vec<PeerAddress>,
-        /// Network id; peers on another network are refused (default: the
-        /// genesis file's, or 1).
-        #[arg(long = "network", value_name = "ID")]
-        network_id: Option<u64>,
-        /// The network's genesis file (from `meshsync genesis`); default: the
-        /// devnet genesis of the network id (genesis time 0, one proposer).
-        #[arg(long, value_name = "FILE")]
-        genesis: Option<PathBuf>,
-        /// A proposer key file (from `meshsync genesis`) to produce blocks
-        /// with; it must be a genesis proposer. Repeatable.
-        #[arg(long = "proposer-key", value_name = "FILE")]
-        proposer_keys: Vec<PathBuf>,
-        /// Directory of the durable block store (created if missing);
-        /// without it the node keeps its chain in memory only.
-        #[arg(long = "data-dir", value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Body bytes of the blocks this node produces.
-        #[arg(long = "body-bytes", value_name = "N", default_value_t = DEVNET_BODY_BYTES_DEFAULT)]
-        body_bytes: usize,
-        /// Worker threads for block verification (default: one per core).
-        #[arg(long, value_name = "N")]
-        workers: Option<usize>,
-        /// If the block store is damaged or half-created, move it aside,
-        /// keep what can still be read of it, and re-sync the rest from peers.
-        #[arg(long)]
-        repair: bool,
-        /// Stop with an error once the block store has refused writes this long.
-        #[arg(long = "store-failing-exit-secs", value_name = "S", default_value_t = STORE_FAILING_EXIT_AFTER_DEFAULT.as_secs())]
-        store_failing_exit_secs: u64,
-        /// When the wall clock jumps: `rebase` the slot clock on it, or
-        /// `refuse` to produce until it is back.
-        #[arg(long = "clock-jump", value_name = "POLICY", default_value = "rebase", value_parser = parse_clock_policy)]
-        clock_jump: ClockPolicy,
-    },
+    /// Run one node until SIGINT or SIGTERM. Options come from the flags
+    /// and, for those not given, from the --config file.
+    Node(NodeFlags),
     /// Run N connected nodes on 127.0.0.1 in this process, P of them
     /// proposing blocks on a fresh devnet genesis, and print every node's
     /// head slot and peer count once a second.
@@ -205,33 +163,15 @@ fn run(cli: Cli) -> Result<(), String> {
             },
             force,
         ),
-        CliCommand::Node {
-            listen,
-            key,
-            peers,
-            network_id,
-            genesis,
-            proposer_keys,
-            data_dir,
-            body_bytes,
-            workers,
-            repair,
-            store_failing_exit_secs,
-            clock_jump,
-        } => node(NodeOptions {
-            listen,
-            key,
-            peers,
-            network_id,
-            genesis,
-            proposer_keys,
-            data_dir,
-            body_bytes,
-            workers,
-            repair,
-            store_failing_exit_after: Duration::from_secs(store_failing_exit_secs),
-            clock_jump,
-        }),
+        CliCommand::Node(flags) => {
+            let print_config = flags.print_config;
+            let config = flags.resolve()?;
+            if print_config {
+                print!("{}", config.to_toml()?);
+                return Ok(());
+            }
+            node(config)
+        }
         CliCommand::Devnet {
             nodes,
             base_port,
@@ -289,39 +229,10 @@ fn genesis(out: &Path, options: &GenesisOptions, force: bool) -> Result<(), Stri
     Ok(())
 }
 
-/// What `meshsync node` was given.
-struct NodeOptions {
-    listen: SocketAddr,
-    key: PathBuf,
-    peers: Vec<PeerAddress>,
-    network_id: Option<u64>,
-    genesis: Option<PathBuf>,
-    proposer_keys: Vec<PathBuf>,
-    data_dir: Option<PathBuf>,
-    body_bytes: usize,
-    workers: Option<usize>,
-    repair: bool,
-    store_failing_exit_after: Duration,
-    clock_jump: ClockPolicy,
-}
-
-fn parse_clock_policy(text: &str) -> Result<ClockPolicy, String> {
-    match text {
-        "rebase" => Ok(ClockPolicy::Rebase),
-        "refuse" => Ok(ClockPolicy::Refuse),
-        _ => Err(format!("{text:?} is neither rebase nor refuse")),
-    }
-}
-
-fn node(options: NodeOptions) -> Result<(), String> {
+fn node(options: NodeConfig) -> Result<(), String> {
     let identity = keyfile::read_key_file(&options.key)
         .map_err(|error| format!("cannot start the node: key: {error}"))?;
-    if options.body_bytes > BLOCK_BODY_BYTES_MAX {
-        return Err(format!(
-            "--body-bytes {} is more than a block body may hold ({BLOCK_BODY_BYTES_MAX})",
-            options.body_bytes
-        ));
-    }
+    // `resolve` checked the body size against BLOCK_BODY_BYTES_MAX.
     let mut chain = genesis_files::load_chain_config(
         options.genesis.as_deref(),
         &options.proposer_keys,
@@ -342,7 +253,7 @@ fn node(options: NodeOptions) -> Result<(), String> {
         workers: options.workers.unwrap_or_else(workers::default_threads),
         data_dir: options.data_dir,
         repair: options.repair,
-        store_failing_exit_after: options.store_failing_exit_after,
+        store_failing_exit_after: Duration::from_secs(options.store_failing_exit_secs),
         clock: options.clock_jump,
         faults: Default::default(),
     };

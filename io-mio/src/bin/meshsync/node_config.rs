@@ -1,0 +1,726 @@
+//! What `meshsync node` runs with: its flags, an optional TOML file with the
+//! same keys (`--config FILE`), and the effective configuration made of both
+//! (`--print-config` prints it).
+//!
+//! # Design
+//! Every flag of `meshsync node` but `--config` and `--print-config` is also
+//! a key of the file, spelt as the flag without its dashes (kebab-case:
+//! `body-bytes`, `proposer-key`, `store-failing-exit-secs`); a repeatable
+//! flag is an array. The file is read first, then every flag given on the
+//! command line replaces its key's value (a repeatable flag replaces the
+//! whole array). Values are checked as the flags are, and an unknown key or
+//! a value that does not fit is refused in one line that names the file and
+//! the key.
+//!
+//! Relative paths in a file are relative to the file's directory (so a file
+//! means the same from any working directory), relative paths given as
+//! flags to the working directory; the effective configuration names every
+//! path absolute. [`NodeConfig::to_toml`] writes every key that has a
+//! value, and names the unset ones in comments, so its output given back
+//! with `--config` is the same configuration, from any directory.
+//!
+//! `docs/node.example.toml` shows every key with its meaning and default; a
+//! test below fails when a flag has no key there.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX;
+use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
+use meshsync_mio::driver::{ClockPolicy, STORE_FAILING_EXIT_AFTER_DEFAULT};
+use meshsync_mio::workers::WORKER_THREADS_MAX;
+use meshsync_mio::PeerAddress;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// The keys of a configuration file, in the order `--print-config` writes
+/// them: the long names of `meshsync node`'s flags but `--config` and
+/// `--print-config`.
+pub const KEYS: [&str; 12] = [
+    "listen",
+    "key",
+    "peer",
+    "network",
+    "genesis",
+    "proposer-key",
+    "data-dir",
+    "body-bytes",
+    "workers",
+    "repair",
+    "store-failing-exit-secs",
+    "clock-jump",
+];
+
+/// The flags of `meshsync node`. Each but `--config` and `--print-config`
+/// may come from the file instead; a flag given here wins over the file.
+#[derive(Args, Debug, Default)]
+pub struct NodeFlags {
+    /// A TOML file of options: every flag below is a key (kebab-case, e.g.
+    /// `body-bytes = 2048`); flags given here override it. See
+    /// docs/node.example.toml.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (the file, then the flags) as TOML
+    /// and exit; given back with --config it is the same configuration.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+    /// Address to listen on, e.g. 0.0.0.0:9000 (required, here or in the file).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// The node's key file (from `meshsync keygen`; required, here or in the file).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// A peer to dial at start, optionally with the identity it must prove.
+    /// Repeatable; given here, replaces the file's list.
+    #[arg(long = "peer", value_name = "ADDR[@PEERID]")]
+    pub peers: Vec<PeerAddress>,
+    /// Network id; peers on another network are refused (default: the
+    /// genesis file's, or 1).
+    #[arg(long = "network", value_name = "ID")]
+    pub network_id: Option<u64>,
+    /// The network's genesis file (from `meshsync genesis`); default: the
+    /// devnet genesis of the network id (genesis time 0, one proposer).
+    #[arg(long, value_name = "FILE")]
+    pub genesis: Option<PathBuf>,
+    /// A proposer key file (from `meshsync genesis`) to produce blocks
+    /// with; it must be a genesis proposer. Repeatable; given here, replaces
+    /// the file's list.
+    #[arg(long = "proposer-key", value_name = "FILE")]
+    pub proposer_keys: Vec<PathBuf>,
+    /// Directory of the durable block store (created if missing);
+    /// without it the node keeps its chain in memory only.
+    #[arg(long = "data-dir", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Body bytes of the blocks this node produces [default: 1024].
+    #[arg(long = "body-bytes", value_name = "N", value_parser = parse_body_bytes)]
+    pub body_bytes: Option<usize>,
+    /// Worker threads for block verification (default: one per core).
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
+    pub workers: Option<usize>,
+    /// If the block store is damaged or half-created, move it aside,
+    /// keep what can still be read of it, and re-sync the rest from peers.
+    /// `--repair=false` turns off a file's `repair = true`.
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub repair: Option<bool>,
+    /// Stop with an error once the block store has refused writes this long
+    /// [default: 300].
+    #[arg(long = "store-failing-exit-secs", value_name = "S")]
+    pub store_failing_exit_secs: Option<u64>,
+    /// When the wall clock jumps: `rebase` the slot clock on it, or
+    /// `refuse` to produce until it is back [default: rebase].
+    #[arg(long = "clock-jump", value_name = "POLICY", value_parser = parse_clock_policy)]
+    pub clock_jump: Option<ClockPolicy>,
+}
+
+/// The configuration a node runs with: the file's keys, then the flags,
+/// then the defaults. Every path is absolute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub listen: SocketAddr,
+    pub key: PathBuf,
+    pub peers: Vec<PeerAddress>,
+    pub network_id: Option<u64>,
+    pub genesis: Option<PathBuf>,
+    pub proposer_keys: Vec<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub body_bytes: usize,
+    pub workers: Option<usize>,
+    pub repair: bool,
+    pub store_failing_exit_secs: u64,
+    pub clock_jump: ClockPolicy,
+}
+
+/// What a configuration file set: each key, if present, already checked.
+#[derive(Debug, Default)]
+struct FileValues {
+    listen: Option<SocketAddr>,
+    key: Option<PathBuf>,
+    peers: Option<Vec<PeerAddress>>,
+    network_id: Option<u64>,
+    genesis: Option<PathBuf>,
+    proposer_keys: Option<Vec<PathBuf>>,
+    data_dir: Option<PathBuf>,
+    body_bytes: Option<usize>,
+    workers: Option<usize>,
+    repair: Option<bool>,
+    store_failing_exit_secs: Option<u64>,
+    clock_jump: Option<ClockPolicy>,
+}
+
+impl NodeFlags {
+    /// The effective configuration: the file named by `--config` (if any),
+    /// overridden by the flags given, then the defaults. Errors are one
+    /// line, naming the file and the key when they are the file's.
+    pub fn resolve(self) -> Result<NodeConfig, String> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileValues::default(),
+        };
+        let missing = |flag: &str, value_name: &str| match &self.config {
+            Some(path) => format!(
+                "no `{flag}`: give --{flag} {value_name}, or set `{flag}` in {}",
+                path.display()
+            ),
+            None => {
+                format!("no `{flag}`: give --{flag} {value_name}, or a --config file that sets it")
+            }
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .ok_or_else(|| missing("listen", "ADDR"))?;
+        let key = match self.key {
+            Some(path) => flag_path("key", &path)?,
+            None => file.key.ok_or_else(|| missing("key", "FILE"))?,
+        };
+        let proposer_keys = if self.proposer_keys.is_empty() {
+            file.proposer_keys.unwrap_or_default()
+        } else {
+            self.proposer_keys
+                .iter()
+                .map(|path| flag_path("proposer-key", path))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(NodeConfig {
+            listen,
+            key,
+            peers: if self.peers.is_empty() {
+                file.peers.unwrap_or_default()
+            } else {
+                self.peers
+            },
+            network_id: self.network_id.or(file.network_id),
+            genesis: match self.genesis {
+                Some(path) => Some(flag_path("genesis", &path)?),
+                None => file.genesis,
+            },
+            proposer_keys,
+            data_dir: match self.data_dir {
+                Some(path) => Some(flag_path("data-dir", &path)?),
+                None => file.data_dir,
+            },
+            body_bytes: self
+                .body_bytes
+                .or(file.body_bytes)
+                .unwrap_or(DEVNET_BODY_BYTES_DEFAULT),
+            workers: self.workers.or(file.workers),
+            repair: self.repair.or(file.repair).unwrap_or(false),
+            store_failing_exit_secs: self
+                .store_failing_exit_secs
+                .or(file.store_failing_exit_secs)
+                .unwrap_or(STORE_FAILING_EXIT_AFTER_DEFAULT.as_secs()),
+            clock_jump: self
+                .clock_jump
+                .or(file.clock_jump)
+                .unwrap_or(ClockPolicy::Rebase),
+        })
+    }
+}
+
+/// The configuration as `--print-config` writes it: field names are the keys.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Printed<'a> {
+    listen: String,
+    key: &'a str,
+    peer: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    genesis: Option<&'a str>,
+    proposer_key: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<&'a str>,
+    body_bytes: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<i64>,
+    repair: bool,
+    store_failing_exit_secs: i64,
+    clock_jump: &'static str,
+}
+
+impl NodeConfig {
+    /// The configuration as a TOML file: every key that has a value, and a
+    /// comment for each unset one saying what its absence means.
+    pub fn to_toml(&self) -> Result<String, String> {
+        let path = |key: &str, path: &'_ Path| -> Result<String, String> {
+            path.to_str().map(str::to_owned).ok_or_else(|| {
+                format!(
+                    "`{key}` {} is not UTF-8, which TOML cannot hold",
+                    path.display()
+                )
+            })
+        };
+        let key = path("key", &self.key)?;
+        let genesis = self
+            .genesis
+            .as_deref()
+            .map(|genesis| path("genesis", genesis))
+            .transpose()?;
+        let proposer_keys = self
+            .proposer_keys
+            .iter()
+            .map(|key| path("proposer-key", key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data_dir = self
+            .data_dir
+            .as_deref()
+            .map(|dir| path("data-dir", dir))
+            .transpose()?;
+        let printed = Printed {
+            listen: self.listen.to_string(),
+            key: &key,
+            peer: self.peers.iter().map(PeerAddress::to_string).collect(),
+            network: self
+                .network_id
+                .map(|id| toml_integer("network", id))
+                .transpose()?,
+            genesis: genesis.as_deref(),
+            proposer_key: proposer_keys.iter().map(String::as_str).collect(),
+            data_dir: data_dir.as_deref(),
+            body_bytes: toml_integer("body-bytes", self.body_bytes)?,
+            workers: self
+                .workers
+                .map(|workers| toml_integer("workers", workers))
+                .transpose()?,
+            repair: self.repair,
+            store_failing_exit_secs: toml_integer(
+                "store-failing-exit-secs",
+                self.store_failing_exit_secs,
+            )?,
+            clock_jump: match self.clock_jump {
+                ClockPolicy::Rebase => "rebase",
+                ClockPolicy::Refuse => "refuse",
+            },
+        };
+        let body = toml::to_string(&printed)
+            .map_err(|error| format!("cannot write the configuration as TOML: {error}"))?;
+        let mut text = String::from(
+            "# The effective configuration of `meshsync node` (the file, then the flags).\n",
+        );
+        text.push_str(&body);
+        let unset = [
+            (
+                self.network_id.is_none(),
+                "network",
+                "the genesis file's id, or 1",
+            ),
+            (
+                self.genesis.is_none(),
+                "genesis",
+                "the devnet genesis of the network id",
+            ),
+            (self.data_dir.is_none(), "data-dir", "memory only"),
+            (self.workers.is_none(), "workers", "one per core"),
+        ];
+        for (is_unset, key, meaning) in unset {
+            if is_unset {
+                text.push_str(&format!("# {key} is unset: {meaning}\n"));
+            }
+        }
+        Ok(text)
+    }
+}
+
+/// `value` as a TOML integer, which is an `i64`.
+fn toml_integer<T: TryInto<i64> + Copy + std::fmt::Display>(
+    key: &str,
+    value: T,
+) -> Result<i64, String> {
+    value.try_into().map_err(|_| {
+        format!(
+            "`{key}` {value} is beyond TOML's integers (at most {})",
+            i64::MAX
+        )
+    })
+}
+
+/// Reads and checks a configuration file: one line of error, naming the file.
+fn read_file(path: &Path) -> Result<FileValues, String> {
+    let shown = path.display();
+    let text = fs::read_to_string(path)
+        .map_err(|error| format!("config {shown}: cannot read it: {error}"))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|error| {
+        let line = error
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let message = error.message().trim().replace('\n', " ");
+        match line {
+            Some(line) => format!("config {shown}: line {line}: not TOML: {message}"),
+            None => format!("config {shown}: not TOML: {message}"),
+        }
+    })?;
+    // Relative paths in the file are the file's directory's.
+    let directory = std::path::absolute(path)
+        .map_err(|error| format!("config {shown}: cannot resolve its directory: {error}"))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut values = FileValues::default();
+    for (key, value) in table {
+        let error = |why: String| format!("config {shown}: key `{key}`: {why}");
+        let file_path = |value: toml::Value| -> Result<PathBuf, String> {
+            let text: String = typed(value).map_err(&error)?;
+            if text.is_empty() {
+                return Err(error("an empty path".to_owned()));
+            }
+            Ok(directory.join(text))
+        };
+        match key.as_str() {
+            "listen" => values.listen = Some(parsed(value, str::parse).map_err(&error)?),
+            "key" => values.key = Some(file_path(value)?),
+            "peer" => {
+                let texts: Vec<String> = typed(value).map_err(&error)?;
+                let peers = texts
+                    .iter()
+                    .map(|text| text.parse::<PeerAddress>().map_err(|e| e.to_string()))
+                    .collect::<Result<_, _>>()
+                    .map_err(&error)?;
+                values.peers = Some(peers);
+            }
+            "network" => values.network_id = Some(typed(value).map_err(&error)?),
+            "genesis" => values.genesis = Some(file_path(value)?),
+            "proposer-key" => {
+                let texts: Vec<toml::Value> = typed(value).map_err(&error)?;
+                values.proposer_keys =
+                    Some(texts.into_iter().map(file_path).collect::<Result<_, _>>()?);
+            }
+            "data-dir" => values.data_dir = Some(file_path(value)?),
+            "body-bytes" => {
+                let bytes: usize = typed(value).map_err(&error)?;
+                values.body_bytes = Some(check_body_bytes(bytes).map_err(&error)?);
+            }
+            "workers" => {
+                let workers: usize = typed(value).map_err(&error)?;
+                values.workers = Some(check_workers(workers).map_err(&error)?);
+            }
+            "repair" => values.repair = Some(typed(value).map_err(&error)?),
+            "store-failing-exit-secs" => {
+                values.store_failing_exit_secs = Some(typed(value).map_err(&error)?)
+            }
+            "clock-jump" => {
+                values.clock_jump = Some(parsed(value, parse_clock_policy).map_err(&error)?)
+            }
+            _ => return Err(unknown_key(path, &key)),
+        }
+    }
+    Ok(values)
+}
+
+/// The error for a key no flag has, with the nearest spelling if it is only
+/// written in snake_case.
+fn unknown_key(path: &Path, key: &str) -> String {
+    let kebab = key.replace('_', "-");
+    let hint = if kebab != key && KEYS.contains(&kebab.as_str()) {
+        format!("; keys are spelt like the flags: `{kebab}`")
+    } else {
+        format!("; the keys are {}", KEYS.join(", "))
+    };
+    format!(
+        "config {}: unknown key `{key}` (no `meshsync node` flag has that name{hint})",
+        path.display()
+    )
+}
+
+/// `value` as a `T`, with serde's one-line account of a mismatch.
+fn typed<T: DeserializeOwned>(value: toml::Value) -> Result<T, String> {
+    value
+        .try_into()
+        .map_err(|error: toml::de::Error| error.message().trim().replace('\n', " "))
+}
+
+/// A string `value` parsed by `parse`, as its flag would be.
+fn parsed<T, E: std::fmt::Display>(
+    value: toml::Value,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<T, String> {
+    let text: String = typed(value)?;
+    parse(&text).map_err(|error| format!("{text:?}: {error}"))
+}
+
+/// A path given as a flag, made absolute against the working directory.
+fn flag_path(flag: &str, path: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|error| format!("--{flag} {}: {error}", path.display()))
+}
+
+fn check_body_bytes(bytes: usize) -> Result<usize, String> {
+    if bytes > BLOCK_BODY_BYTES_MAX {
+        return Err(format!(
+            "{bytes} is more than a block body may hold ({BLOCK_BODY_BYTES_MAX})"
+        ));
+    }
+    Ok(bytes)
+}
+
+fn check_workers(workers: usize) -> Result<usize, String> {
+    if !(1..=WORKER_THREADS_MAX).contains(&workers) {
+        return Err(format!(
+            "{workers} worker threads: must be 1..={WORKER_THREADS_MAX}"
+        ));
+    }
+    Ok(workers)
+}
+
+fn parse_body_bytes(text: &str) -> Result<usize, String> {
+    check_body_bytes(text.parse().map_err(|error| format!("{error}"))?)
+}
+
+fn parse_workers(text: &str) -> Result<usize, String> {
+    check_workers(text.parse().map_err(|error| format!("{error}"))?)
+}
+
+pub fn parse_clock_policy(text: &str) -> Result<ClockPolicy, String> {
+    match text {
+        "rebase" => Ok(ClockPolicy::Rebase),
+        "refuse" => Ok(ClockPolicy::Refuse),
+        _ => Err("expected rebase or refuse".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+    use std::collections::BTreeMap;
+
+    use crate::Cli;
+
+    /// The example file in the repository.
+    const EXAMPLE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/node.example.toml"
+    ));
+
+    /// Every key of `text` (a TOML file) with its value.
+    fn keys_of(text: &str) -> BTreeMap<String, toml::Value> {
+        toml::from_str::<toml::Table>(text)
+            .expect("valid TOML")
+            .into_iter()
+            .collect()
+    }
+
+    /// The long names of `meshsync node`'s flags that are also keys.
+    fn node_flags() -> Vec<String> {
+        let cli = Cli::command();
+        let node = cli.find_subcommand("node").expect("`meshsync node` exists");
+        node.get_arguments()
+            .filter_map(|argument| argument.get_long())
+            .filter(|long| !["config", "print-config", "help"].contains(long))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn flags(arguments: &[&str]) -> NodeFlags {
+        let mut all = vec!["meshsync", "node"];
+        all.extend_from_slice(arguments);
+        match Cli::try_parse_from(all).expect("the flags parse").command {
+            crate::CliCommand::Node(flags) => flags,
+            _ => unreachable!("the subcommand is node"),
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, text).expect("the temp dir is writable");
+        path
+    }
+
+    #[test]
+    fn every_flag_is_a_key_and_every_key_a_flag() {
+        let mut flags = node_flags();
+        flags.sort();
+        let mut keys: Vec<String> = KEYS.iter().map(|key| (*key).to_owned()).collect();
+        keys.sort();
+        assert_eq!(flags, keys);
+    }
+
+    /// The example names every flag as a key, and is a valid configuration:
+    /// adding a flag without adding its key there fails here.
+    #[test]
+    fn the_example_sets_every_key_and_parses() {
+        let in_example = keys_of(EXAMPLE);
+        let missing: Vec<String> = node_flags()
+            .into_iter()
+            .filter(|flag| !in_example.contains_key(flag))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/node.example.toml has no key for --{}",
+            missing.join(", --")
+        );
+        let dir = meshsync_mio::testing::TempDir::new("config-example");
+        let path = write(dir.path(), "node.toml", EXAMPLE);
+        let config = flags(&["--config", path.to_str().unwrap()])
+            .resolve()
+            .expect("the example is a valid configuration");
+        // Paths in it are the file's directory's.
+        assert_eq!(config.key, dir.path().join("node1.key"));
+        // Every key with a comment above it, saying what it means and its default.
+        let lines: Vec<&str> = EXAMPLE.lines().collect();
+        for key in KEYS {
+            let at = lines
+                .iter()
+                .position(|line| line.starts_with(&format!("{key} =")))
+                .expect("every key is set at the start of a line");
+            let comment: Vec<&str> = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|line| line.starts_with('#'))
+                .copied()
+                .collect();
+            assert!(
+                comment.iter().any(|line| line.contains("Default")),
+                "`{key}` in docs/node.example.toml has no comment naming its default"
+            );
+        }
+    }
+
+    /// The defaults the help names by hand are the constants the node uses.
+    #[test]
+    fn the_help_names_the_defaults_in_force() {
+        let mut cli = Cli::command();
+        let node = cli
+            .find_subcommand_mut("node")
+            .expect("`meshsync node` exists");
+        let help = node.render_long_help().to_string();
+        for default in [
+            format!("[default: {DEVNET_BODY_BYTES_DEFAULT}]"),
+            format!("[default: {}]", STORE_FAILING_EXIT_AFTER_DEFAULT.as_secs()),
+            "[default: rebase]".to_owned(),
+        ] {
+            assert!(help.contains(&default), "no {default} in {help}");
+        }
+    }
+
+    #[test]
+    fn a_flag_overrides_the_file_and_the_file_the_defaults() {
+        let dir = meshsync_mio::testing::TempDir::new("config-override");
+        let path = write(
+            dir.path(),
+            "node.toml",
+            "listen = \"127.0.0.1:9001\"\nkey = \"keys/node.key\"\nbody-bytes = 2048\n\
+             repair = true\npeer = [\"127.0.0.1:9002\"]\nclock-jump = \"refuse\"\n",
+        );
+        let config = path.to_str().unwrap();
+        let from_file = flags(&["--config", config]).resolve().unwrap();
+        assert_eq!(from_file.listen, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(from_file.key, dir.path().join("keys/node.key"));
+        assert_eq!(from_file.body_bytes, 2048);
+        assert!(from_file.repair);
+        assert_eq!(from_file.peers.len(), 1);
+        assert_eq!(from_file.clock_jump, ClockPolicy::Refuse);
+        // What the file leaves out keeps its default.
+        assert_eq!(from_file.store_failing_exit_secs, 300);
+        assert_eq!(from_file.workers, None);
+
+        let overridden = flags(&[
+            "--config",
+            config,
+            "--listen",
+            "127.0.0.1:9100",
+            "--body-bytes",
+            "16",
+            "--repair=false",
+            "--peer",
+            "127.0.0.1:9003",
+            "--peer",
+            "127.0.0.1:9004",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(overridden.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(overridden.body_bytes, 16);
+        assert!(!overridden.repair);
+        let peers: Vec<String> = overridden.peers.iter().map(|p| p.to_string()).collect();
+        assert_eq!(peers, ["127.0.0.1:9003", "127.0.0.1:9004"]);
+        // Keys no flag touched stay the file's.
+        assert_eq!(overridden.key, from_file.key);
+        assert_eq!(overridden.clock_jump, ClockPolicy::Refuse);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_and_the_file() {
+        let dir = meshsync_mio::testing::TempDir::new("config-errors");
+        let cases = [
+            (
+                "listen = \"127.0.0.1:1\"\nlisten-port = 9\n",
+                "unknown key `listen-port`",
+            ),
+            ("body_bytes = 9\n", "`body-bytes`"),
+            ("body-bytes = \"big\"\n", "key `body-bytes`: invalid type"),
+            (
+                "body-bytes = 99999999\n",
+                "key `body-bytes`: 99999999 is more than",
+            ),
+            ("workers = 0\n", "key `workers`: 0 worker threads"),
+            ("listen = \"nowhere\"\n", "key `listen`: \"nowhere\""),
+            ("peer = \"127.0.0.1:1\"\n", "key `peer`: invalid type"),
+            (
+                "peer = [\"127.0.0.1\"]\n",
+                "key `peer`: `127.0.0.1` is not an address",
+            ),
+            (
+                "clock-jump = \"maybe\"\n",
+                "key `clock-jump`: \"maybe\": expected rebase or refuse",
+            ),
+            (
+                "store-failing-exit-secs = -1\n",
+                "key `store-failing-exit-secs`",
+            ),
+            ("repair = \"yes\"\n", "key `repair`: invalid type"),
+            ("key = \"\"\n", "key `key`: an empty path"),
+            ("listen = \n", "line 1: not TOML"),
+        ];
+        for (index, (text, expected)) in cases.iter().enumerate() {
+            let path = write(dir.path(), &format!("bad-{index}.toml"), text);
+            let error = flags(&["--config", path.to_str().unwrap()])
+                .resolve()
+                .expect_err(text);
+            assert!(
+                error.starts_with(&format!("config {}: ", path.display())),
+                "{error}"
+            );
+            assert!(error.contains(expected), "{text:?} gave {error}");
+            assert!(!error.contains('\n'), "not one line: {error}");
+        }
+        let missing = flags(&["--key", "k"]).resolve().unwrap_err();
+        assert!(missing.contains("--listen"), "{missing}");
+    }
+
+    #[test]
+    fn printed_configuration_reads_back_the_same() {
+        let dir = meshsync_mio::testing::TempDir::new("config-round-trip");
+        let id = meshsync_core::Identity::from_seed(3).peer_id();
+        let path = write(
+            dir.path(),
+            "node.toml",
+            &format!(
+                "listen = \"[::1]:9001\"\nkey = \"node.key\"\npeer = [\"127.0.0.1:9002@{id}\", \
+                 \"127.0.0.1:9003\"]\nproposer-key = [\"a.key\", \"/abs/b.key\"]\n\
+                 data-dir = \"data \\\"quoted\\\"\"\nworkers = 3\n"
+            ),
+        );
+        let config = flags(&["--config", path.to_str().unwrap(), "--network", "7"])
+            .resolve()
+            .unwrap();
+        let printed = config.to_toml().unwrap();
+        // Written elsewhere, it reads back as the same configuration.
+        let other = meshsync_mio::testing::TempDir::new("config-round-trip-other");
+        let again_path = write(other.path(), "printed.toml", &printed);
+        let again = flags(&["--config", again_path.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!(again, config, "{printed}");
+        assert_eq!(again.to_toml().unwrap(), printed);
+        assert!(printed.contains("# genesis is unset"), "{printed}");
+        assert!(!printed.contains("# workers is unset"), "{printed}");
+    }
+}
