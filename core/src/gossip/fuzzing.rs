@@ -125,11 +125,13 @@ pub fn router_script(data: &[u8]) {
             2 => {
                 let length = usize::from(script.byte().unwrap_or(0));
                 let bytes = script.bytes(length).to_vec();
-                events = gossip.handle_rpc(now, peer, &bytes);
+                gossip.handle_rpc(now, peer, &bytes);
+                events = std::iter::from_fn(|| gossip.poll_event()).collect();
             }
             3 | 4 => {
                 let rpc = structured_rpc(&mut script, &known);
-                events = gossip.handle_rpc(now, peer, &rpc.encode());
+                gossip.handle_rpc(now, peer, &rpc.encode());
+                events = std::iter::from_fn(|| gossip.poll_event()).collect();
             }
             5 if !pending.is_empty() => {
                 let id = pending.swap_remove(usize::from(argument) % pending.len());

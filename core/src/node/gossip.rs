@@ -6,7 +6,7 @@
 //! way as the req/resp trackers in `rpc.rs`:
 //! - a peer admitted or gone is told to the router (`on_peer_connected`,
 //!   `on_peer_disconnected`); logical messages of kind
-//!   [`crate::gossip::GOSSIP_KIND`] from accepted peers go to `on_rpc`;
+//!   [`crate::gossip::GOSSIP_KIND`] from accepted peers go to `handle_rpc`;
 //! - after every `handle`, the node drains the router's events (new messages
 //!   become [`Notification::GossipMessage`], misbehaviour becomes a score
 //!   penalty) and then its RPCs, each one logical message to one peer;
@@ -66,7 +66,10 @@ impl Node {
     /// One gossip RPC (a logical message of kind 32) from accepted `peer`.
     pub(super) fn on_gossip_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) {
         self.out.counters.gossip_rpcs_received += 1;
-        let events = self.gossip.handle_rpc(now, peer, bytes);
+        self.gossip.handle_rpc(now, peer, bytes);
+        // Taken all at once: what applying them makes the router queue waits
+        // for the next drain, as it always has.
+        let events: Vec<_> = std::iter::from_fn(|| self.gossip.poll_event()).collect();
         for event in events {
             self.apply_gossip_event(now, event);
         }

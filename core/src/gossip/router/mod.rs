@@ -355,8 +355,9 @@ impl Gossip {
             .all(|mesh| mesh.len() <= self.config.mesh_n_high)
     }
 
-    /// The next event produced outside [`Gossip::handle_rpc`] (penalties at the
-    /// heartbeat, slow peers, rejected messages).
+    /// The next event, oldest first: messages to validate and penalties from
+    /// [`Gossip::handle_rpc`], and what the heartbeat, slow peers and
+    /// rejected messages led to.
     pub fn poll_event(&mut self) -> Option<GossipEvent> {
         self.events.pop_front()
     }

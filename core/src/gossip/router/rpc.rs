@@ -28,10 +28,10 @@ pub(super) struct Pending {
 }
 
 impl Gossip {
-    /// Handles one RPC (a logical message of kind 32) from `peer`. Returns
-    /// every event now pending: the new messages to validate, penalties, and
-    /// any event an earlier call left for [`Gossip::poll_event`].
-    pub fn handle_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) -> Vec<GossipEvent> {
+    /// Handles one RPC (a logical message of kind 32) from `peer`. What it
+    /// leads to (messages to validate, penalties) is queued for
+    /// [`Gossip::poll_event`].
+    pub fn handle_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) {
         self.advance(now);
         if let Some(p) = self.peers.get(&peer) {
             if self.score_of_peer(now, p) < GRAYLIST_THRESHOLD {
@@ -53,7 +53,6 @@ impl Gossip {
                 }
             }
         }
-        self.events.drain(..).collect()
     }
 
     /// Applies a decoded RPC: subscriptions, then messages, then control.

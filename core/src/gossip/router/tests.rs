@@ -15,6 +15,13 @@ use crate::limits::MESSAGE_BYTES_MAX;
 use crate::machine::Machine;
 use crate::time::{Duration, Instant};
 
+/// Hands `bytes` to `gossip` as an RPC from `peer` and takes every event
+/// now pending, in order.
+fn rpc_events(gossip: &mut Gossip, now: Instant, peer: PeerId, bytes: &[u8]) -> Vec<GossipEvent> {
+    gossip.handle_rpc(now, peer, bytes);
+    std::iter::from_fn(|| gossip.poll_event()).collect()
+}
+
 fn peer(n: u8) -> PeerId {
     PeerId::from_bytes([n; 32])
 }
@@ -89,7 +96,7 @@ fn router_with_peers(count: u8) -> Gossip {
     gossip.subscribe(at(0), topic()).unwrap();
     for n in 1..=count {
         gossip.handle_peer_connected(at(0), peer(n), n % 2 == 1, ip(n));
-        gossip.handle_rpc(at(0), peer(n), &subscribe_rpc(&topic()));
+        rpc_events(&mut gossip, at(0), peer(n), &subscribe_rpc(&topic()));
     }
     drain(&mut gossip);
     gossip
@@ -113,11 +120,12 @@ fn subscriptions_are_announced_and_recorded() {
     let sent = drain(&mut gossip);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1.subscriptions[0].topic, topic());
-    gossip.handle_rpc(at(0), peer(1), &subscribe_rpc(&topic()));
+    rpc_events(&mut gossip, at(0), peer(1), &subscribe_rpc(&topic()));
     assert_eq!(gossip.peer_topics(&peer(1)), vec![topic()]);
     // A peer announcing too many topics gets no state beyond the cap.
     for n in 0..PEER_TOPICS_MAX + 5 {
-        let events = gossip.handle_rpc(
+        let events = rpc_events(
+            &mut gossip,
             at(0),
             peer(1),
             &subscribe_rpc(&Topic::new(&format!("/t/{n}")).unwrap()),
@@ -145,7 +153,8 @@ fn mesh_stays_within_bounds_after_heartbeats() {
     // Twenty peers graft us: inbound ones are refused past D_hi (and
     // backed off); ten stay untouched to refill the mesh later.
     for n in 1..=20 {
-        gossip.handle_rpc(
+        rpc_events(
+            &mut gossip,
             at(now),
             peer(n),
             &control_rpc(Control::Graft { topic: topic() }),
@@ -159,7 +168,8 @@ fn mesh_stays_within_bounds_after_heartbeats() {
     assert!(outbound >= MESH_OUTBOUND_MIN);
     // Mesh peers leave: the heartbeat fills the mesh back up to D.
     for peer in mesh.iter().take(4) {
-        gossip.handle_rpc(
+        rpc_events(
+            &mut gossip,
             at(now),
             *peer,
             &control_rpc(Control::Prune {
@@ -184,7 +194,8 @@ fn backoff_is_respected_on_both_sides() {
     let now = heartbeats(&mut gossip, 0, 1);
     let victim = gossip.mesh_peers(&topic())[0];
     // The peer prunes us: we must not graft it for the backoff.
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(now),
         victim,
         &control_rpc(Control::Prune {
@@ -195,7 +206,8 @@ fn backoff_is_respected_on_both_sides() {
     assert!(gossip.in_backoff(at(now), &topic(), &victim));
     for n in 1..=10 {
         if peer(n) != victim && gossip.mesh_peers(&topic()).contains(&peer(n)) {
-            gossip.handle_rpc(
+            rpc_events(
+                &mut gossip,
                 at(now),
                 peer(n),
                 &control_rpc(Control::Prune {
@@ -216,7 +228,8 @@ fn backoff_is_respected_on_both_sides() {
             .any(|c| matches!(c, Control::Graft { .. })));
     }
     // It grafts us during the backoff: refused with a PRUNE, penalised.
-    let events = gossip.handle_rpc(
+    let events = rpc_events(
+        &mut gossip,
         at(now),
         victim,
         &control_rpc(Control::Graft { topic: topic() }),
@@ -248,7 +261,8 @@ fn backoff_is_respected_on_both_sides() {
 fn huge_backoffs_saturate_and_are_capped() {
     let mut gossip = router_with_peers(2);
     let late = Instant::from_micros(u64::MAX - 5);
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         late,
         peer(1),
         &control_rpc(Control::Prune {
@@ -258,7 +272,8 @@ fn huge_backoffs_saturate_and_are_capped() {
     );
     assert!(gossip.in_backoff(late, &topic(), &peer(1)));
     let mut gossip = router_with_peers(2);
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(0),
         peer(1),
         &control_rpc(Control::Prune {
@@ -270,14 +285,16 @@ fn huge_backoffs_saturate_and_are_capped() {
     assert!(gossip.in_backoff(at(cap - 1), &topic(), &peer(1)));
     assert!(!gossip.in_backoff(at(cap), &topic(), &peer(1)));
     // PRUNE and GRAFT for topics we are not in create no state.
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(0),
         peer(2),
         &control_rpc(Control::Graft {
             topic: Topic::new("/other").unwrap(),
         }),
     );
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(0),
         peer(2),
         &control_rpc(Control::Prune {
@@ -299,7 +316,7 @@ fn fanout_is_used_then_expires() {
     );
     for n in 1..=12 {
         gossip.handle_peer_connected(at(0), peer(n), true, ip(n));
-        gossip.handle_rpc(at(0), peer(n), &subscribe_rpc(&topic()));
+        rpc_events(&mut gossip, at(0), peer(n), &subscribe_rpc(&topic()));
     }
     assert_eq!(
         gossip.publish(at(0), Topic::new("/nobody").unwrap(), b"x"),
@@ -364,12 +381,14 @@ fn an_iwant_is_answered_even_after_the_peer_said_idontwant() {
         })
         .map(|(p, _)| *p)
         .expect("announced to a non-mesh peer");
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(now),
         asker,
         &control_rpc(Control::IDontWant { ids: vec![id] }),
     );
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(now),
         asker,
         &control_rpc(Control::IWant { ids: vec![id] }),
@@ -404,7 +423,8 @@ fn ihave_iwant_flow_with_promises_and_retransmission_cap() {
     // times per peer, and only to a peer we announced it to.
     let asker = announced[0];
     for _ in 0..5 {
-        gossip.handle_rpc(
+        rpc_events(
+            &mut gossip,
             at(now),
             asker,
             &control_rpc(Control::IWant { ids: vec![id] }),
@@ -419,7 +439,8 @@ fn ihave_iwant_flow_with_promises_and_retransmission_cap() {
     // An IHAVE for an unknown id: we ask with IWANT and hold a promise.
     let unknown = MessageId([9; 20]);
     while gossip.poll_event().is_some() {}
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(now),
         peer(2),
         &control_rpc(Control::IHave {
@@ -454,7 +475,8 @@ fn ihave_iwant_flow_with_promises_and_retransmission_cap() {
     assert!(gossip.score(at(now), &peer(2)).unwrap() <= before);
     // The message leaves the cache after 6 windows: IWANT gets nothing.
     heartbeats(&mut gossip, now + 5 * 700, 6);
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(now + 20_000),
         asker,
         &control_rpc(Control::IWant { ids: vec![id] }),
@@ -467,7 +489,8 @@ fn fulfilled_promise_is_not_penalised() {
     let mut gossip = router_with_peers(4);
     let payload = b"promised".to_vec();
     let id = MessageId::compute(&topic(), &payload);
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(0),
         peer(2),
         &control_rpc(Control::IHave {
@@ -476,7 +499,12 @@ fn fulfilled_promise_is_not_penalised() {
         }),
     );
     assert_eq!(gossip.promises_len(), 1);
-    gossip.handle_rpc(at(100), peer(2), &message_rpc(&topic(), &payload));
+    rpc_events(
+        &mut gossip,
+        at(100),
+        peer(2),
+        &message_rpc(&topic(), &payload),
+    );
     assert_eq!(gossip.promises_len(), 0);
     heartbeats(&mut gossip, 100, 10);
     assert_eq!(gossip.counters().promises_broken, 0);
@@ -508,7 +536,7 @@ fn penalties(gossip: &mut Gossip, reason: &Misbehaviour) -> Vec<PeerId> {
 #[test]
 fn a_reject_is_charged_to_a_sender_that_already_left() {
     let mut gossip = router_with_peers(3);
-    let events = gossip.handle_rpc(at(0), peer(1), &message_rpc(&topic(), b"junk"));
+    let events = rpc_events(&mut gossip, at(0), peer(1), &message_rpc(&topic(), b"junk"));
     let id = MessageId::compute(&topic(), b"junk");
     assert!(matches!(events[..], [GossipEvent::Message { .. }]));
     gossip.handle_peer_disconnected(at(10), &peer(1));
@@ -529,7 +557,7 @@ fn a_promise_broken_by_leaving_is_still_charged() {
         topic: topic(),
         ids: vec![unknown],
     };
-    gossip.handle_rpc(at(0), peer(2), &control_rpc(ihave));
+    rpc_events(&mut gossip, at(0), peer(2), &control_rpc(ihave));
     assert_eq!(gossip.promises_len(), 1);
     gossip.handle_peer_disconnected(at(10), &peer(2));
     heartbeats(&mut gossip, 0, 6);
@@ -547,23 +575,38 @@ fn an_abandoned_message_is_handled_as_new_when_it_comes_again() {
     let mut gossip = router_with_peers(3);
     let payload = b"honest block".to_vec();
     let id = MessageId::compute(&topic(), &payload);
-    gossip.handle_rpc(at(0), peer(1), &message_rpc(&topic(), &payload));
+    rpc_events(
+        &mut gossip,
+        at(0),
+        peer(1),
+        &message_rpc(&topic(), &payload),
+    );
     assert!(gossip.abandon_validation(at(1), id));
     assert!(!gossip.abandon_validation(at(1), id), "no longer pending");
     let ihave = Control::IHave {
         topic: topic(),
         ids: vec![id],
     };
-    gossip.handle_rpc(at(2), peer(3), &control_rpc(ihave));
+    rpc_events(&mut gossip, at(2), peer(3), &control_rpc(ihave));
     assert_eq!(gossip.promises_len(), 1, "asked for again");
-    let events = gossip.handle_rpc(at(3), peer(2), &message_rpc(&topic(), &payload));
+    let events = rpc_events(
+        &mut gossip,
+        at(3),
+        peer(2),
+        &message_rpc(&topic(), &payload),
+    );
     assert!(
         matches!(&events[..], [GossipEvent::Message { id: got, from, .. }] if *got == id && *from == peer(2)),
         "{events:?}"
     );
     assert!(gossip.report_validation(at(4), id, Validation::Accept));
     // Judged now: a further copy is a duplicate.
-    let events = gossip.handle_rpc(at(5), peer(3), &message_rpc(&topic(), &payload));
+    let events = rpc_events(
+        &mut gossip,
+        at(5),
+        peer(3),
+        &message_rpc(&topic(), &payload),
+    );
     assert!(events.is_empty());
     gossip.assert_invariants();
 }
@@ -578,7 +621,8 @@ fn a_prune_flood_from_departing_identities_evicts_no_honest_backoff() {
     let now = heartbeats(&mut gossip, 0, 3);
     let honest = peer(1);
     if !gossip.mesh_peers(&topic()).contains(&honest) {
-        gossip.handle_rpc(
+        rpc_events(
+            &mut gossip,
             at(now),
             honest,
             &control_rpc(Control::Graft { topic: topic() }),
@@ -591,15 +635,15 @@ fn a_prune_flood_from_departing_identities_evicts_no_honest_backoff() {
             backoff_secs,
         })
     };
-    gossip.handle_rpc(at(now), honest, &prune(60));
+    rpc_events(&mut gossip, at(now), honest, &prune(60));
     drain(&mut gossip);
     for n in 0..20_000u32 {
         let mut bytes = [0xee; 32];
         bytes[..4].copy_from_slice(&n.to_le_bytes());
         let sybil = PeerId::from_bytes(bytes);
         gossip.handle_peer_connected(at(now), sybil, false, ip(200));
-        gossip.handle_rpc(at(now), sybil, &subscribe_rpc(&topic()));
-        gossip.handle_rpc(at(now), sybil, &prune(u32::MAX));
+        rpc_events(&mut gossip, at(now), sybil, &subscribe_rpc(&topic()));
+        rpc_events(&mut gossip, at(now), sybil, &prune(u32::MAX));
         gossip.handle_peer_disconnected(at(now), &sybil);
     }
     assert!(gossip.backoffs_len() <= 12, "{}", gossip.backoffs_len());
@@ -621,7 +665,7 @@ fn a_prune_flood_from_departing_identities_evicts_no_honest_backoff() {
         assert!(at_millis >= now + 60_000, "grafted at {at_millis} ms");
     }
     // A connected peer's backoff request is clamped.
-    gossip.handle_rpc(at(later), peer(2), &prune(u32::MAX));
+    rpc_events(&mut gossip, at(later), peer(2), &prune(u32::MAX));
     let cap = u64::from(PRUNE_BACKOFF_SECS_MAX) * 1_000;
     assert!(gossip.in_backoff(at(later + cap - 1), &topic(), &peer(2)));
     assert!(!gossip.in_backoff(at(later + cap), &topic(), &peer(2)));
@@ -648,7 +692,7 @@ fn iwant_is_answered_only_for_ids_announced_to_the_asker() {
         .expect("IHAVE goes to a few peers, not all");
     while gossip.poll_event().is_some() {}
     let iwant = control_rpc(Control::IWant { ids: vec![id] });
-    let events = gossip.handle_rpc(at(now), stranger, &iwant);
+    let events = rpc_events(&mut gossip, at(now), stranger, &iwant);
     assert_eq!(messages_to(&drain(&mut gossip), stranger), 0);
     assert_eq!(gossip.counters().iwant_unannounced, 1);
     assert_eq!(
@@ -681,7 +725,12 @@ fn control_over_its_allowance_is_ignored_and_penalised_once_per_heartbeat() {
             topic: topic(),
             ids: ids(100_000 + round * 1_000, 1_000),
         };
-        events.extend(gossip.handle_rpc(at(20), flooder, &control_rpc(ihave)));
+        events.extend(rpc_events(
+            &mut gossip,
+            at(20),
+            flooder,
+            &control_rpc(ihave),
+        ));
         for control in controls_to(&drain(&mut gossip), flooder) {
             if let Control::IWant { ids } = control {
                 asked += ids.len();
@@ -700,7 +749,7 @@ fn control_over_its_allowance_is_ignored_and_penalised_once_per_heartbeat() {
     for round in 0..3u32 {
         let batch = ids(round * 1_000, 1_000);
         let rpc = control_rpc(Control::IDontWant { ids: batch });
-        events.extend(gossip.handle_rpc(at(now), flooder, &rpc));
+        events.extend(rpc_events(&mut gossip, at(now), flooder, &rpc));
     }
     assert_eq!(
         gossip.dont_want_len(&flooder),
@@ -716,7 +765,7 @@ fn control_over_its_allowance_is_ignored_and_penalised_once_per_heartbeat() {
     for round in 0..3u32 {
         let batch = ids(500_000 + round * 4_000, 4_000);
         let rpc = control_rpc(Control::IWant { ids: batch });
-        events.extend(gossip.handle_rpc(at(now), flooder, &rpc));
+        events.extend(rpc_events(&mut gossip, at(now), flooder, &rpc));
     }
     assert_eq!(
         penalties_in(&mut gossip, events, &Misbehaviour::ControlFlood),
@@ -730,7 +779,7 @@ fn router_with_config(config: Config, count: u8) -> Gossip {
     gossip.subscribe(at(0), topic()).unwrap();
     for n in 1..=count {
         gossip.handle_peer_connected(at(0), peer(n), n % 2 == 1, ip(n));
-        gossip.handle_rpc(at(0), peer(n), &subscribe_rpc(&topic()));
+        rpc_events(&mut gossip, at(0), peer(n), &subscribe_rpc(&topic()));
     }
     drain(&mut gossip);
     gossip
@@ -756,7 +805,12 @@ fn floodsub_sends_every_message_to_every_subscriber_and_no_control() {
     // A large message from a peer: no IDONTWANT; accepted, it goes to
     // every other subscriber.
     let large = vec![9u8; IDONTWANT_BYTES_MIN + 1];
-    let events = gossip.handle_rpc(at(now), peer(1), &message_rpc(&topic(), &large));
+    let events = rpc_events(
+        &mut gossip,
+        at(now),
+        peer(1),
+        &message_rpc(&topic(), &large),
+    );
     assert!(drain(&mut gossip).is_empty());
     let GossipEvent::Message { id, .. } = events[0] else {
         panic!("expected a message, got {events:?}");
@@ -769,7 +823,8 @@ fn floodsub_sends_every_message_to_every_subscriber_and_no_control() {
         assert!(controls_to(&sent, peer(n)).is_empty());
     }
     // A GRAFT builds no mesh.
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(now),
         peer(2),
         &control_rpc(Control::Graft { topic: topic() }),
@@ -788,14 +843,20 @@ fn a_withholding_router_grafts_but_never_forwards_or_answers_iwant() {
     drain(&mut gossip);
     let mesh = gossip.mesh_peers(&topic());
     assert!(mesh.len() >= MESH_N_LOW, "it joins the mesh like anyone");
-    let events = gossip.handle_rpc(at(800), mesh[0], &message_rpc(&topic(), b"payload"));
+    let events = rpc_events(
+        &mut gossip,
+        at(800),
+        mesh[0],
+        &message_rpc(&topic(), b"payload"),
+    );
     let GossipEvent::Message { id, .. } = events[0] else {
         panic!("expected a message, got {events:?}");
     };
     gossip.report_validation(at(800), id, Validation::Accept);
     let sent = drain(&mut gossip);
     assert!(sent.iter().all(|(_, rpc)| rpc.messages.is_empty()));
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(900),
         mesh[1],
         &control_rpc(Control::IWant { ids: vec![id] }),
@@ -840,7 +901,7 @@ fn a_prune_flooding_router_grafts_and_prunes_each_peer_once() {
         }
         // `honest` plays peer 1, and knows the Sybil as its peer 3.
         for (_, rpc) in sent.into_iter().filter(|(to, _)| *to == peer(1)) {
-            honest.handle_rpc(at(now), sybil_id, &rpc_bytes(rpc));
+            rpc_events(&mut honest, at(now), sybil_id, &rpc_bytes(rpc));
         }
         if round == 0 {
             // The honest router takes the GRAFT: a mesh slot, for a heartbeat.
@@ -870,12 +931,13 @@ fn idontwant_is_sent_for_large_messages_and_suppresses_forwarding() {
     let (from, asked, others) = (mesh[0], mesh[1], &mesh[2..]);
     let large = vec![5u8; IDONTWANT_BYTES_MIN + 1];
     let id = MessageId::compute(&topic(), &large);
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(800),
         asked,
         &control_rpc(Control::IDontWant { ids: vec![id] }),
     );
-    let events = gossip.handle_rpc(at(800), from, &message_rpc(&topic(), &large));
+    let events = rpc_events(&mut gossip, at(800), from, &message_rpc(&topic(), &large));
     assert!(matches!(events[..], [GossipEvent::Message { from: f, .. }] if f == from));
     // IDONTWANT went to the other mesh peers at once, before validation.
     let sent = drain(&mut gossip);
@@ -896,7 +958,12 @@ fn idontwant_is_sent_for_large_messages_and_suppresses_forwarding() {
     }
     assert_eq!(gossip.counters().idontwant_suppressed, 1);
     // A small message triggers no IDONTWANT.
-    gossip.handle_rpc(at(1_000), from, &message_rpc(&topic(), b"small"));
+    rpc_events(
+        &mut gossip,
+        at(1_000),
+        from,
+        &message_rpc(&topic(), b"small"),
+    );
     assert!(drain(&mut gossip).is_empty());
     // IDONTWANT sets are bounded (per heartbeat and in all) and expire.
     let mut now = 1_000;
@@ -908,7 +975,12 @@ fn idontwant_is_sent_for_large_messages_and_suppresses_forwarding() {
                 MessageId(id)
             })
             .collect();
-        gossip.handle_rpc(at(now), from, &control_rpc(Control::IDontWant { ids }));
+        rpc_events(
+            &mut gossip,
+            at(now),
+            from,
+            &control_rpc(Control::IDontWant { ids }),
+        );
         now = heartbeats(&mut gossip, now, 1);
     }
     assert_eq!(gossip.dont_want_len(&from), IDONTWANT_IDS_PER_PEER_MAX);
@@ -920,7 +992,7 @@ fn idontwant_is_sent_for_large_messages_and_suppresses_forwarding() {
 fn seen_cache_deduplicates_then_expires() {
     let mut gossip = router_with_peers(3);
     let bytes = message_rpc(&topic(), b"once");
-    let events = gossip.handle_rpc(at(0), peer(1), &bytes);
+    let events = rpc_events(&mut gossip, at(0), peer(1), &bytes);
     assert_eq!(events.len(), 1);
     let GossipEvent::Message {
         id, ref payload, ..
@@ -929,24 +1001,24 @@ fn seen_cache_deduplicates_then_expires() {
         panic!("a message event");
     };
     assert_eq!(payload, b"once");
-    assert!(gossip.handle_rpc(at(10), peer(2), &bytes).is_empty());
+    assert!(rpc_events(&mut gossip, at(10), peer(2), &bytes).is_empty());
     assert_eq!(gossip.counters().duplicates, 1);
     assert!(gossip.report_validation(at(20), id, Validation::Ignore));
     assert!(!gossip.report_validation(at(20), id, Validation::Accept));
     let now = heartbeats(&mut gossip, 0, 150);
     assert!(now < 120_000);
-    assert!(gossip.handle_rpc(at(now), peer(2), &bytes).is_empty());
+    assert!(rpc_events(&mut gossip, at(now), peer(2), &bytes).is_empty());
     let now = heartbeats(&mut gossip, now, 30);
     assert!(now > 120_000);
-    assert_eq!(gossip.handle_rpc(at(now), peer(2), &bytes).len(), 1);
+    assert_eq!(rpc_events(&mut gossip, at(now), peer(2), &bytes).len(), 1);
     // Messages on topics we are not in are dropped.
-    assert!(gossip
-        .handle_rpc(
-            at(now),
-            peer(2),
-            &message_rpc(&Topic::new("/x").unwrap(), b"x")
-        )
-        .is_empty());
+    assert!(rpc_events(
+        &mut gossip,
+        at(now),
+        peer(2),
+        &message_rpc(&Topic::new("/x").unwrap(), b"x")
+    )
+    .is_empty());
     assert_eq!(gossip.counters().messages_unsubscribed, 1);
 }
 
@@ -954,7 +1026,8 @@ fn seen_cache_deduplicates_then_expires() {
 fn pending_validations_are_bounded_and_time_out() {
     let mut gossip = router_with_peers(2);
     for n in 0..VALIDATION_PENDING_MAX + 10 {
-        gossip.handle_rpc(
+        rpc_events(
+            &mut gossip,
             at(0),
             peer(1),
             &message_rpc(&topic(), format!("m{n}").as_bytes()),
@@ -971,7 +1044,7 @@ fn invalid_messages_lead_to_graylisting() {
     let mut gossip = router_with_peers(3);
     let liar = peer(1);
     for n in 0..3u8 {
-        let events = gossip.handle_rpc(at(0), liar, &message_rpc(&topic(), &[b'x', n]));
+        let events = rpc_events(&mut gossip, at(0), liar, &message_rpc(&topic(), &[b'x', n]));
         let GossipEvent::Message { id, .. } = events[0] else {
             panic!("a message event");
         };
@@ -986,7 +1059,12 @@ fn invalid_messages_lead_to_graylisting() {
         ));
     }
     assert!(gossip.score(at(0), &liar).unwrap() < GRAYLIST_THRESHOLD);
-    let events = gossip.handle_rpc(at(0), liar, &message_rpc(&topic(), b"valid now"));
+    let events = rpc_events(
+        &mut gossip,
+        at(0),
+        liar,
+        &message_rpc(&topic(), b"valid now"),
+    );
     assert_eq!(events, vec![GossipEvent::Graylisted { peer: liar }]);
     assert_eq!(gossip.counters().rpcs_graylisted, 1);
     // It is pruned from the mesh and not grafted back.
@@ -1003,7 +1081,7 @@ fn invalid_messages_lead_to_graylisting() {
 #[test]
 fn accepted_messages_credit_their_first_sender() {
     let mut gossip = router_with_peers(3);
-    let events = gossip.handle_rpc(at(0), peer(2), &message_rpc(&topic(), b"good"));
+    let events = rpc_events(&mut gossip, at(0), peer(2), &message_rpc(&topic(), b"good"));
     let GossipEvent::Message { id, .. } = events[0] else {
         panic!("a message event");
     };
@@ -1134,7 +1212,8 @@ fn backed_up_peers_get_control_only_and_idontwant_cancels_what_waits() {
     assert_eq!(gossip.peers[&busy].gossip_queue.len(), 2);
     // The busy peer got the large message elsewhere: it is cancelled here.
     let suppressed = gossip.counters().idontwant_suppressed;
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(now),
         busy,
         &control_rpc(Control::IDontWant { ids: vec![id] }),
@@ -1149,7 +1228,7 @@ fn backed_up_peers_get_control_only_and_idontwant_cancels_what_waits() {
 #[test]
 fn malformed_rpcs_are_reported() {
     let mut gossip = router_with_peers(1);
-    let events = gossip.handle_rpc(at(0), peer(1), &[32, 0]);
+    let events = rpc_events(&mut gossip, at(0), peer(1), &[32, 0]);
     assert!(matches!(
         events[..],
         [GossipEvent::Penalty {
@@ -1158,9 +1237,7 @@ fn malformed_rpcs_are_reported() {
         }]
     ));
     // Unknown peers are ignored.
-    assert!(gossip
-        .handle_rpc(at(0), peer(99), &subscribe_rpc(&topic()))
-        .is_empty());
+    assert!(rpc_events(&mut gossip, at(0), peer(99), &subscribe_rpc(&topic())).is_empty());
     assert_eq!(gossip.counters().rpcs_malformed, 1);
 }
 
@@ -1186,7 +1263,8 @@ fn grafts_from_negative_peers_are_refused_and_unsubscribe_prunes() {
         .find(|p| !gossip.mesh_peers(&topic()).contains(p))
         .unwrap();
     gossip.set_application_score(&outsider, -5.0);
-    gossip.handle_rpc(
+    rpc_events(
+        &mut gossip,
         at(800),
         outsider,
         &control_rpc(Control::Graft { topic: topic() }),
@@ -1227,13 +1305,13 @@ fn outbound_peers_are_topped_up() {
     gossip.subscribe(at(0), topic()).unwrap();
     for n in 1..=10 {
         gossip.handle_peer_connected(at(0), peer(n), false, ip(n));
-        gossip.handle_rpc(at(0), peer(n), &subscribe_rpc(&topic()));
+        rpc_events(&mut gossip, at(0), peer(n), &subscribe_rpc(&topic()));
     }
     let now = heartbeats(&mut gossip, 0, 1);
     assert_eq!(gossip.mesh_peers(&topic()).len(), MESH_N);
     for n in 11..=13 {
         gossip.handle_peer_connected(at(now), peer(n), true, ip(n));
-        gossip.handle_rpc(at(now), peer(n), &subscribe_rpc(&topic()));
+        rpc_events(&mut gossip, at(now), peer(n), &subscribe_rpc(&topic()));
     }
     heartbeats(&mut gossip, now, 1);
     let mesh = gossip.mesh_peers(&topic());
@@ -1275,7 +1353,12 @@ fn withholding_mesh_peers_are_pruned_for_their_deficit() {
     let good = gossip.mesh_peers(&topic())[0];
     let withholders: Vec<PeerId> = gossip.mesh_peers(&topic())[1..].to_vec();
     for round in 0..30u32 {
-        let events = gossip.handle_rpc(at(now), good, &message_rpc(&topic(), &round.to_be_bytes()));
+        let events = rpc_events(
+            &mut gossip,
+            at(now),
+            good,
+            &message_rpc(&topic(), &round.to_be_bytes()),
+        );
         for event in events {
             if let GossipEvent::Message { id, .. } = event {
                 gossip.report_validation(at(now), id, Validation::Accept);
@@ -1367,7 +1450,8 @@ impl Net {
                     moved = true;
                     log.push((from, to, bytes.clone()));
                     let to = usize::from(to.as_bytes()[0]);
-                    let events = self.nodes[to].handle_rpc(self.now, peer(from as u8), &bytes);
+                    let events =
+                        rpc_events(&mut self.nodes[to], self.now, peer(from as u8), &bytes);
                     for event in events {
                         if let GossipEvent::Message { id, .. } = event {
                             self.received[to].insert(id);
