@@ -277,6 +277,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
     scenario.finish(&mut sim);
     let mut summary = sim.summary();
     summary.outcome = scenario.outcome(&sim);
+    summary.bounds_broken = scenario.bounds_broken(&sim);
     Ok(summary)
 }
 
