@@ -11,6 +11,9 @@
 //! flood) keep it in an [`crate::app::Application`] and run the world
 //! through [`crate::app::run_for`]; what they set out to show goes into the
 //! summary's `outcome` ([`Scenario::outcome`]).
+//! What must hold, checked on what it measured, is
+//! [`Scenario::bounds_broken`]: the chain stories state theirs; a broken
+//! bound fails `meshsync-sim run` and a campaign ([`crate::campaign`]).
 //!
 //! | name | story |
 //! | --- | --- |
