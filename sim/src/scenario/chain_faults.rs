@@ -531,6 +531,18 @@ impl Scenario for PartitionHeal {
     }
 }
 
+/// The first middle of a slot at or after `at`, with slots of `slot_ms`
+/// from the origin (the producing genesis starts at 0).
+fn mid_slot_after(at: Instant, slot_ms: u64) -> Instant {
+    let slot_micros = slot_ms.max(1) * 1_000;
+    let at = at.as_micros();
+    let mut mid = at / slot_micros * slot_micros + slot_micros / 2;
+    if mid < at {
+        mid += slot_micros;
+    }
+    Instant::from_micros(mid)
+}
+
 /// No honest node imported an invalid block.
 fn invalid_bound(bounds: &mut Bounds, watch: &ChainWatch) {
     let invalid = watch.invalid_blocks_imported();
@@ -705,12 +717,15 @@ impl Scenario for CrashRestart {
         } else {
             log::warn!("heads did not converge within {:?}", params.converge_max);
         }
-        // Half a slot on: no block is on its way mid-slot.
-        app::run_for(
-            sim,
-            world,
-            Duration::from_millis(params.producing.slot_ms * 3 / 2),
+        // On to the middle of a slot at least one slot later: no block is
+        // on its way mid-slot. (Convergence comes at any point of a slot,
+        // so a fixed 1.5 slots after it could land just after a slot began,
+        // with that slot's block still travelling.)
+        let end = mid_slot_after(
+            sim.now() + Duration::from_millis(params.producing.slot_ms),
+            params.producing.slot_ms,
         );
+        app::run_for(sim, world, end.saturating_duration_since(sim.now()));
         self.converged_at_end = heads_agree(sim, &nodes);
         world.watch.verify_pending();
     }
@@ -809,6 +824,15 @@ mod tests {
     /// proposer's disk: nothing was announced that was then lost. In the
     /// other the disk recovers, the refused batches are written, and
     /// production resumes. Over 20 seeds.
+    #[test]
+    fn end_checks_fall_mid_slot() {
+        let at = |ms: u64| Instant::from_micros(ms * 1_000);
+        assert_eq!(mid_slot_after(at(72_100), 1_000), at(72_500));
+        assert_eq!(mid_slot_after(at(72_500), 1_000), at(72_500));
+        assert_eq!(mid_slot_after(at(72_600), 1_000), at(73_500));
+        assert_eq!(mid_slot_after(at(0), 2_000), at(1_000));
+    }
+
     #[test]
     fn a_failing_disk_announces_nothing_it_could_lose() {
         for seed in 1..=20 {
