@@ -49,6 +49,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationParseError> {
     Ok(Duration::from_micros(micros))
 }
 
+/// `duration` as [`parse_duration`] reads it back: a whole number in the
+/// largest unit that holds it exactly (`10s`, `1500ms`, `2m`).
+pub fn format_duration(duration: Duration) -> String {
+    let micros = duration.as_micros();
+    let units: [(&str, u128); 4] = [
+        ("h", 60 * 60 * 1_000_000),
+        ("m", 60 * 1_000_000),
+        ("s", 1_000_000),
+        ("ms", 1_000),
+    ];
+    for (unit, micros_per_unit) in units {
+        if micros > 0 && micros % micros_per_unit == 0 {
+            return format!("{}{unit}", micros / micros_per_unit);
+        }
+    }
+    format!("{micros}us")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +79,15 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3_600)));
         assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
         assert_eq!(parse_duration(" 0s "), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn formats_what_it_parses_back() {
+        for text in ["0us", "250us", "1500ms", "10s", "90s", "2m", "1h", "61m"] {
+            let duration = parse_duration(text).expect("valid");
+            assert_eq!(format_duration(duration), text);
+        }
+        assert_eq!(format_duration(Duration::from_millis(60_000)), "1m");
     }
 
     #[test]

@@ -52,11 +52,13 @@
 //! 3. [`sim`]: the world and its event loop, one concern per file.
 //! 4. [`app`] (application logic beside the nodes), [`summary`].
 //! 5. [`scenario`]: named runs, one file per story.
-//! 6. The `meshsync-sim` binary (`main.rs`).
+//! 6. [`campaign`]: one scenario over many seeds, in parallel, sharded.
+//! 7. The `meshsync-sim` binary (`main.rs`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod app;
+pub mod campaign;
 pub mod counts;
 pub mod duration;
 pub mod invariants;
@@ -72,7 +74,7 @@ pub mod trace;
 pub mod types;
 
 pub use app::{AppEvent, Application};
-pub use duration::parse_duration;
+pub use duration::{format_duration, parse_duration};
 pub use invariants::Violation;
 pub use link::LinkModel;
 pub use requests::{RequestLog, RequestOutcome, RequestRecord};

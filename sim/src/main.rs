@@ -29,16 +29,37 @@
 //!
 //! With `--json`, stdout carries exactly one JSON object; logs go to stderr
 //! (`RUST_LOG` sets their level, `warn` by default). The exit code is 1 if
-//! any invariant was violated, so a failing seed can be bisected in a loop.
+//! any invariant was violated or the scenario broke one of its bounds (the
+//! summary's `bounds_broken`; the chain scenarios state theirs).
+//!
+//! ```text
+//! meshsync-sim campaign --scenario NAME --seeds 1..40 [--jobs 2] [--shard 0/4]
+//!                       [--json FILE] [any `run` flag but --seed and --json]
+//! meshsync-sim campaign merge FILE... [--json FILE]
+//! ```
+//!
+//! A campaign runs every seed of the range (both ends included) on `--jobs`
+//! worker threads (default 1), each run single-threaded and deterministic;
+//! prints a line per failing seed (invariant, bound or panic) ending with
+//! the `meshsync-sim run ...` command that replays it, then a one-line
+//! summary; writes every seed's outcome to `--json FILE`; and exits 1 if
+//! any run failed. `--shard I/N` runs only the seeds whose index in the
+//! range is `I` modulo `N`; `campaign merge` joins the shards' files (see
+//! `meshsync_sim::campaign`).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::builder::PossibleValuesParser;
 use clap::{Parser, Subcommand};
 use meshsync_core::Duration;
+use meshsync_sim::campaign::{
+    failure_line, run_campaign, CampaignConfig, CampaignSummary, SeedRange, Shard,
+    CAMPAIGN_JOBS_MAX,
+};
 use meshsync_sim::network::NODES_MAX;
 use meshsync_sim::scenario::{nodes_default, GossipOptions, SCENARIO_NAMES};
-use meshsync_sim::{parse_duration, LinkModel, RunConfig};
+use meshsync_sim::{format_duration, parse_duration, LinkModel, RunConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -55,16 +76,66 @@ struct Cli {
 enum CliCommand {
     /// Run one scenario and print its summary.
     Run(RunArgs),
+    /// Run one scenario over a range of seeds and report the failing ones.
+    Campaign(CampaignArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// Nodes in the world (default: the scenario's own).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=NODES_MAX as u64))]
-    nodes: Option<u64>,
     /// The world seed: the same seed replays the same run, bit for bit.
     #[arg(long)]
     seed: u64,
+    /// Print exactly one JSON object on stdout instead of the human summary.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    world: WorldArgs,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct CampaignArgs {
+    #[command(subcommand)]
+    command: Option<CampaignCommand>,
+    /// Seeds to run, both ends included: 1..40 is forty runs.
+    #[arg(long, required = true)]
+    seeds: Option<SeedRange>,
+    /// Worker threads; each run is one thread and deterministic.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=CAMPAIGN_JOBS_MAX as u64))]
+    jobs: u64,
+    /// Run only the seeds whose index in the range is I modulo N.
+    #[arg(long, value_name = "I/N", default_value = "0/1")]
+    shard: Shard,
+    /// Write the campaign's summary (every seed's outcome) to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    world: WorldArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum CampaignCommand {
+    /// Join shard summaries of one campaign into one; exit 1 if any run failed.
+    Merge(MergeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MergeArgs {
+    /// Summaries written by `campaign --shard I/N --json FILE`.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Write the merged summary to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+/// The world a run builds: everything but its seed.
+#[derive(clap::Args, Debug)]
+struct WorldArgs {
+    /// Nodes in the world (default: the scenario's own).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=NODES_MAX as u64))]
+    nodes: Option<u64>,
     /// Virtual time to simulate, e.g. 500ms, 60s, 2m (gossip scenarios:
     /// time spent publishing, after their warm-up and before their drain).
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
@@ -72,9 +143,6 @@ struct RunArgs {
     /// The scenario to run.
     #[arg(long, default_value = "connect", value_parser = PossibleValuesParser::new(SCENARIO_NAMES))]
     scenario: String,
-    /// Print exactly one JSON object on stdout instead of the human summary.
-    #[arg(long)]
-    json: bool,
     /// One-way link latency in milliseconds, before jitter.
     #[arg(long, default_value_t = LinkModel::default().latency.as_millis() as u64)]
     latency_ms: u64,
@@ -100,6 +168,78 @@ struct RunArgs {
     body_bytes: Option<u64>,
 }
 
+impl WorldArgs {
+    /// The run of `seed` in this world, or why the arguments are refused.
+    fn config(&self, seed: u64) -> Result<RunConfig, String> {
+        if let Some(rate) = self.messages_per_second {
+            if !(rate > 0.0 && rate <= 1_000_000.0) {
+                return Err("--messages-per-second must be in (0, 1000000]".to_owned());
+            }
+        }
+        let nodes = self
+            .nodes
+            // Bounded by NODES_MAX, far below usize::MAX.
+            .map_or_else(|| nodes_default(&self.scenario), |nodes| nodes as usize);
+        Ok(RunConfig {
+            scenario: self.scenario.clone(),
+            nodes,
+            seed,
+            duration: self.duration,
+            link: LinkModel {
+                latency: Duration::from_millis(self.latency_ms),
+                jitter_pct: self.jitter_pct,
+                ..LinkModel::default()
+            },
+            gossip: GossipOptions {
+                floodsub: self.floodsub,
+                // Bounded by NODES_MAX.
+                publishers: self.publishers.map(|publishers| publishers as usize),
+                messages_per_second: self.messages_per_second,
+                sybils_pct: self.sybils,
+            },
+            // Bounded by 1,000,000 above.
+            body_bytes: self.body_bytes.map(|bytes| bytes as usize),
+        })
+    }
+
+    /// The `run` flags that rebuild this world, scenario apart: those given
+    /// or not at their default, and always `--duration`.
+    fn flags(&self) -> Vec<String> {
+        let link = LinkModel::default();
+        let mut flags = Vec::new();
+        let mut flag = |name: &str, value: Option<String>| {
+            flags.push(format!("--{name}"));
+            flags.extend(value);
+        };
+        if let Some(nodes) = self.nodes {
+            flag("nodes", Some(nodes.to_string()));
+        }
+        flag("duration", Some(format_duration(self.duration)));
+        if self.latency_ms != link.latency.as_millis() as u64 {
+            flag("latency-ms", Some(self.latency_ms.to_string()));
+        }
+        if self.jitter_pct != link.jitter_pct {
+            flag("jitter-pct", Some(self.jitter_pct.to_string()));
+        }
+        if self.floodsub {
+            flag("floodsub", None);
+        }
+        if let Some(publishers) = self.publishers {
+            flag("publishers", Some(publishers.to_string()));
+        }
+        if let Some(rate) = self.messages_per_second {
+            flag("messages-per-second", Some(rate.to_string()));
+        }
+        if let Some(sybils) = self.sybils {
+            flag("sybils", Some(sybils.to_string()));
+        }
+        if let Some(bytes) = self.body_bytes {
+            flag("body-bytes", Some(bytes.to_string()));
+        }
+        flags
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .target(env_logger::Target::Stderr)
@@ -107,39 +247,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         CliCommand::Run(args) => run(args),
+        CliCommand::Campaign(args) => match args.command {
+            Some(CampaignCommand::Merge(merge_args)) => merge(merge_args),
+            None => campaign(args),
+        },
     }
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    if let Some(rate) = args.messages_per_second {
-        if !(rate > 0.0 && rate <= 1_000_000.0) {
-            eprintln!("error: --messages-per-second must be in (0, 1000000]");
+    let config = match args.world.config(args.seed) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
             return ExitCode::from(2);
         }
-    }
-    let nodes = args
-        .nodes
-        // Bounded by NODES_MAX, far below usize::MAX.
-        .map_or_else(|| nodes_default(&args.scenario), |nodes| nodes as usize);
-    let config = RunConfig {
-        scenario: args.scenario,
-        nodes,
-        seed: args.seed,
-        duration: args.duration,
-        link: LinkModel {
-            latency: Duration::from_millis(args.latency_ms),
-            jitter_pct: args.jitter_pct,
-            ..LinkModel::default()
-        },
-        gossip: GossipOptions {
-            floodsub: args.floodsub,
-            // Bounded by NODES_MAX.
-            publishers: args.publishers.map(|publishers| publishers as usize),
-            messages_per_second: args.messages_per_second,
-            sybils_pct: args.sybils,
-        },
-        // Bounded by 1,000,000 above.
-        body_bytes: args.body_bytes.map(|bytes| bytes as usize),
     };
     let summary = match meshsync_sim::run(&config) {
         Ok(summary) => summary,
@@ -155,12 +276,95 @@ fn run(args: RunArgs) -> ExitCode {
     } else {
         println!("{summary}");
     }
-    if summary.invariant_violations > 0 {
+    if !summary.passed() {
         eprintln!(
-            "{} invariant violations; replay with --seed {}",
-            summary.invariant_violations, summary.seed
+            "{} invariant violations, {} bounds broken; replay with --seed {}",
+            summary.invariant_violations,
+            summary.bounds_broken.len(),
+            summary.seed
         );
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+fn campaign(args: CampaignArgs) -> ExitCode {
+    let (config, seeds) = match (args.world.config(0), args.seeds) {
+        (Ok(config), Some(seeds)) => (config, seeds),
+        (Err(error), _) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+        (_, None) => {
+            eprintln!("error: --seeds is required");
+            return ExitCode::from(2);
+        }
+    };
+    let config = CampaignConfig {
+        run: config,
+        seeds,
+        shard: args.shard,
+        // Bounded by CAMPAIGN_JOBS_MAX.
+        jobs: args.jobs as usize,
+        flags: args.world.flags(),
+    };
+    let summary = run_campaign(&config, |outcome| {
+        if !outcome.passed {
+            println!("{}", failure_line(outcome));
+        }
+    });
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    finish_campaign(&summary, args.json.as_deref())
+}
+
+fn merge(args: MergeArgs) -> ExitCode {
+    let mut parts = Vec::new();
+    for file in &args.files {
+        let part = std::fs::read(file)
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()));
+        match part {
+            Ok(part) => parts.push(part),
+            Err(error) => {
+                eprintln!("error: {}: {error}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let summary = match CampaignSummary::merge(parts) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    for line in summary.failure_lines() {
+        println!("{line}");
+    }
+    finish_campaign(&summary, args.json.as_deref())
+}
+
+/// Prints the campaign's one-line summary, writes its JSON if asked, and
+/// exits 1 if a run failed.
+fn finish_campaign(summary: &CampaignSummary, json: Option<&Path>) -> ExitCode {
+    println!("{summary}");
+    if let Some(path) = json {
+        // Numbers, strings, bools and JSON values always serialise.
+        let text = serde_json::to_string_pretty(summary).expect("the summary serialises");
+        if let Err(error) = std::fs::write(path, text + "\n") {
+            eprintln!("error: {}: {error}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if summary.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

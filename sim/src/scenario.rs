@@ -11,6 +11,9 @@
 //! flood) keep it in an [`crate::app::Application`] and run the world
 //! through [`crate::app::run_for`]; what they set out to show goes into the
 //! summary's `outcome` ([`Scenario::outcome`]).
+//! What must hold, checked on what it measured, is
+//! [`Scenario::bounds_broken`]: the chain stories state theirs; a broken
+//! bound fails `meshsync-sim run` and a campaign ([`crate::campaign`]).
 //!
 //! | name | story |
 //! | --- | --- |
@@ -277,6 +280,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
     scenario.finish(&mut sim);
     let mut summary = sim.summary();
     summary.outcome = scenario.outcome(&sim);
+    summary.bounds_broken = scenario.bounds_broken(&sim);
     Ok(summary)
 }
 

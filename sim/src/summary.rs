@@ -100,6 +100,9 @@ pub struct Summary {
     pub violations: Vec<String>,
     /// What the scenario set out to show, in its own fields (see each scenario).
     pub outcome: Option<serde_json::Value>,
+    /// The scenario's bounds this run broke, one sentence each
+    /// ([`crate::Scenario::bounds_broken`]).
+    pub bounds_broken: Vec<String>,
 }
 
 fn per_second(count: u64, seconds: f64) -> f64 {
@@ -185,7 +188,13 @@ impl Summary {
                 .map(ToString::to_string)
                 .collect(),
             outcome: None,
+            bounds_broken: Vec::new(),
         }
+    }
+
+    /// Whether the run held: no invariant violated and no bound broken.
+    pub fn passed(&self) -> bool {
+        self.invariant_violations == 0 && self.bounds_broken.is_empty()
     }
 }
 
@@ -273,6 +282,12 @@ impl fmt::Display for Summary {
         write!(f, "  invariants  {} violations", self.invariant_violations)?;
         for violation in &self.violations {
             write!(f, "\n    {violation}")?;
+        }
+        if !self.bounds_broken.is_empty() {
+            write!(f, "\n  bounds      {} broken", self.bounds_broken.len())?;
+            for bound in &self.bounds_broken {
+                write!(f, "\n    {bound}")?;
+            }
         }
         Ok(())
     }

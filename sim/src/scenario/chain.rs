@@ -41,7 +41,7 @@ use meshsync_core::chain::{ChainConfig, Root};
 use meshsync_core::{Duration, Instant};
 
 use super::chain_watch::{heads_agree, ChainWatch, STEPS_PER_SECOND_MAX};
-use super::story::Scenario;
+use super::story::{Bounds, Scenario};
 use super::workload::{clock_after_chain_ms, devnet_chain};
 use crate::app::{self, AppEvent, Application};
 use crate::sim::{NodeIndex, Sim, Timeout};
@@ -375,6 +375,43 @@ impl Scenario for LateJoiner {
             "joiner_requests_timed_out": sim.counter(joiner, |c| c.requests_timed_out),
             "hostile": hostile,
         }))
+    }
+    /// The joiner reported `Synced` and holds the honest head; nothing
+    /// invalid imported; each hostile peer paid for what it could be caught
+    /// doing: bad signatures are proof (banned), a garbled chain costs High
+    /// per batch it serves (banned, at most -20, or asked at most twice),
+    /// silence costs per timeout (banned or at most -2).
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let world = self.world();
+        let joiner = world.joiner;
+        let mut bounds = Bounds::default();
+        bounds.require(world.watch.synced(joiner).is_some(), || {
+            format!("the joiner ({joiner}) never reported Synced")
+        });
+        let head = sim.node(joiner).chain().head();
+        bounds.require(head.root == world.head.1, || {
+            format!(
+                "the joiner's head is slot {}, not the honest head at slot {}",
+                head.slot, world.head.0
+            )
+        });
+        let invalid = world.watch.invalid_blocks_imported();
+        bounds.require(invalid == 0, || {
+            format!("the joiner imported {invalid} invalid blocks")
+        });
+        for (node, kind, score, banned) in self.hostile_report(sim) {
+            let served = sim.counter(node, |c| c.requests_served);
+            let paid = banned
+                || match kind {
+                    HostileKind::BadSignatures => false,
+                    HostileKind::WrongParents => score <= -20.0 || served <= 2,
+                    HostileKind::NeverAnswers => score <= -2.0,
+                };
+            bounds.require(paid, || {
+                format!("hostile {node} ({kind:?}) not penalised enough: score {score:.1}, served {served}")
+            });
+        }
+        bounds.into_broken()
     }
 }
 

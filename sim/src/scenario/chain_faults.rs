@@ -37,8 +37,8 @@ use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey, Root}
 use meshsync_core::limits::PEERS_MAX;
 use meshsync_core::{Command, Config, Duration, Instant};
 
-use super::chain_watch::{heads_agree, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
-use super::story::Scenario;
+use super::chain_watch::{heads_agree, heads_described, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::story::{Bounds, Scenario};
 use super::topology::plan_topology;
 use super::workload::{split_token, token};
 use crate::app::{self, AppEvent, Application};
@@ -163,6 +163,8 @@ pub struct PartitionHeal {
     pub params: PartitionParams,
     world: Option<FaultWorld>,
     report: PartitionReport,
+    /// `--duration`: how long after the heal the heads may take to converge.
+    converge_max: Duration,
 }
 
 /// What [`PartitionHeal`] measured.
@@ -374,6 +376,7 @@ impl PartitionHeal {
             params,
             world: None,
             report: PartitionReport::default(),
+            converge_max: Duration::ZERO,
         }
     }
 
@@ -428,6 +431,7 @@ impl Scenario for PartitionHeal {
     /// Warm-up, cut, heal, then up to `duration` for the heads to converge.
     fn run(&mut self, sim: &mut Sim, duration: Duration) {
         let params = self.params.clone();
+        self.converge_max = duration;
         let world = self.world.as_mut().expect("built before use");
         app::run_for(sim, world, params.warmup);
         let report = &mut self.report;
@@ -505,6 +509,46 @@ impl Scenario for PartitionHeal {
             "peers_banned": sim.counter_sum(|c| c.peers_banned),
         }))
     }
+    /// Every node on one head within `--duration` of the heal and still at
+    /// the end; nothing invalid imported.
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let world = self.world();
+        let mut bounds = Bounds::default();
+        bounds.require(self.report.converge_seconds.is_some(), || {
+            format!(
+                "heads did not converge within {} s of the heal",
+                seconds(self.converge_max)
+            )
+        });
+        bounds.require(self.report.converged_at_end, || {
+            format!(
+                "heads disagree at the end: {}",
+                heads_described(sim, &world.nodes)
+            )
+        });
+        invalid_bound(&mut bounds, &world.watch);
+        bounds.into_broken()
+    }
+}
+
+/// The first middle of a slot at or after `at`, with slots of `slot_ms`
+/// from the origin (the producing genesis starts at 0).
+fn mid_slot_after(at: Instant, slot_ms: u64) -> Instant {
+    let slot_micros = slot_ms.max(1) * 1_000;
+    let at = at.as_micros();
+    let mut mid = at / slot_micros * slot_micros + slot_micros / 2;
+    if mid < at {
+        mid += slot_micros;
+    }
+    Instant::from_micros(mid)
+}
+
+/// No honest node imported an invalid block.
+fn invalid_bound(bounds: &mut Bounds, watch: &ChainWatch) {
+    let invalid = watch.invalid_blocks_imported();
+    bounds.require(invalid == 0, || {
+        format!("honest nodes imported {invalid} invalid blocks")
+    });
 }
 
 // ---- crash-restart -----------------------------------------------------------
@@ -673,12 +717,15 @@ impl Scenario for CrashRestart {
         } else {
             log::warn!("heads did not converge within {:?}", params.converge_max);
         }
-        // Half a slot on: no block is on its way mid-slot.
-        app::run_for(
-            sim,
-            world,
-            Duration::from_millis(params.producing.slot_ms * 3 / 2),
+        // On to the middle of a slot at least one slot later: no block is
+        // on its way mid-slot. (Convergence comes at any point of a slot,
+        // so a fixed 1.5 slots after it could land just after a slot began,
+        // with that slot's block still travelling.)
+        let end = mid_slot_after(
+            sim.now() + Duration::from_millis(params.producing.slot_ms),
+            params.producing.slot_ms,
         );
+        app::run_for(sim, world, end.saturating_duration_since(sim.now()));
         self.converged_at_end = heads_agree(sim, &nodes);
         world.watch.verify_pending();
     }
@@ -715,6 +762,36 @@ impl Scenario for CrashRestart {
             "slot_ms": self.params.producing.slot_ms,
         }))
     }
+    /// No durable block lost over a restart; the joiner synced; every node
+    /// on one head within `converge_max` of the last restart and still at
+    /// the end; nothing invalid imported.
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let world = self.world();
+        let joiner = self.joiner();
+        let mut bounds = Bounds::default();
+        let lost = world.crashes.durable_lost;
+        bounds.require(lost == 0, || {
+            format!("{lost} durable blocks were missing after restarts")
+        });
+        bounds.require(world.watch.synced(joiner).is_some(), || {
+            format!("the joiner ({joiner}) never reported Synced")
+        });
+        bounds.require(self.converge_seconds.is_some(), || {
+            format!(
+                "heads did not converge within {} s of the last restart (at the end: {})",
+                seconds(self.params.converge_max),
+                heads_described(sim, &world.nodes)
+            )
+        });
+        bounds.require(self.converged_at_end, || {
+            format!(
+                "heads disagree at the end: {}",
+                heads_described(sim, &world.nodes)
+            )
+        });
+        invalid_bound(&mut bounds, &world.watch);
+        bounds.into_broken()
+    }
 }
 
 #[cfg(test)]
@@ -747,6 +824,15 @@ mod tests {
     /// proposer's disk: nothing was announced that was then lost. In the
     /// other the disk recovers, the refused batches are written, and
     /// production resumes. Over 20 seeds.
+    #[test]
+    fn end_checks_fall_mid_slot() {
+        let at = |ms: u64| Instant::from_micros(ms * 1_000);
+        assert_eq!(mid_slot_after(at(72_100), 1_000), at(72_500));
+        assert_eq!(mid_slot_after(at(72_500), 1_000), at(72_500));
+        assert_eq!(mid_slot_after(at(72_600), 1_000), at(73_500));
+        assert_eq!(mid_slot_after(at(0), 2_000), at(1_000));
+    }
+
     #[test]
     fn a_failing_disk_announces_nothing_it_could_lose() {
         for seed in 1..=20 {

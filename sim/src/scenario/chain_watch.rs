@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use meshsync_core::chain::{find_invalid, verify_batch, Genesis, Root, SignedBlock};
+use meshsync_core::types::ShortRoot;
 use meshsync_core::{Duration, Instant, Notification};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -169,6 +170,29 @@ pub fn heads_agree(sim: &Sim, nodes: &[NodeIndex]) -> bool {
         Some(first) => heads.all(|head| head == first),
         None => false,
     }
+}
+
+/// The distinct heads of the nodes of `nodes` that are up, each with the
+/// nodes on it (`slot 41 (0a1b2c3d) on 0 1 2; slot 40 (...) on 7`), for a
+/// bound that says heads disagree.
+pub fn heads_described(sim: &Sim, nodes: &[NodeIndex]) -> String {
+    let mut heads: BTreeMap<(u64, Root), Vec<usize>> = BTreeMap::new();
+    for &node in nodes.iter().filter(|&&node| sim.is_up(node)) {
+        let head = sim.node(node).chain().head();
+        heads
+            .entry((head.slot, head.root))
+            .or_default()
+            .push(node.0);
+    }
+    heads
+        .iter()
+        .rev()
+        .map(|((slot, root), on)| {
+            let on: Vec<String> = on.iter().map(ToString::to_string).collect();
+            format!("slot {slot} ({}) on {}", ShortRoot(root), on.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Seconds, as a float, for outcomes.

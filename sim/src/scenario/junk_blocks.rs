@@ -30,8 +30,8 @@ use meshsync_core::io::GoodbyeReason;
 use meshsync_core::{Command, Duration, Instant, Notification};
 
 use super::chain_faults::{producing_config, producing_genesis};
-use super::chain_watch::{heads_agree, ChainWatch};
-use super::story::Scenario;
+use super::chain_watch::{heads_agree, heads_described, ChainWatch};
+use super::story::{Bounds, Scenario};
 use super::topology::plan_topology;
 use super::workload::{split_token, token};
 use crate::app::{self, AppEvent, Application};
@@ -43,6 +43,9 @@ const TOKEN_REJOIN: u16 = 2;
 /// How long before a slot starts the Sybils strike: within the clock
 /// disparity honest nodes allow, and before the honest block exists.
 pub const JUNK_LEAD: Duration = Duration::from_millis(200);
+/// BLS verifications a Sybil may cost per visit and honest peer met, at
+/// most: a handful, not the `junk_per_slot` blocks it sends.
+pub const JUNK_CHECKS_PER_VISIT_AND_PEER_MAX: f64 = 8.0;
 
 /// The parameters of [`JunkBlocks`]; the defaults are the command line's.
 #[derive(Clone, Debug)]
@@ -402,5 +405,43 @@ impl Scenario for JunkBlocks {
     fn outcome(&self, sim: &Sim) -> Option<serde_json::Value> {
         self.world.as_ref()?;
         Some(serde_json::to_value(self.measure(sim)).expect("outcome serialises"))
+    }
+    /// Every honest node on one head holding every block the proposers
+    /// made; nothing invalid imported; at most
+    /// [`JUNK_CHECKS_PER_VISIT_AND_PEER_MAX`] verifications per visit and
+    /// peer; at least two in three struck honest nodes ban the Sybil.
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let Some(world) = self.world.as_ref() else {
+            return vec!["the world was never built".to_owned()];
+        };
+        let outcome = self.measure(sim);
+        let mut bounds = Bounds::default();
+        bounds.require(outcome.heads_converged, || {
+            format!(
+                "honest heads disagree at the end: {}",
+                heads_described(sim, &world.honest)
+            )
+        });
+        bounds.require(outcome.blocks_missing == 0, || {
+            format!(
+                "{} honest blocks missing from the head chain",
+                outcome.blocks_missing
+            )
+        });
+        bounds.require(outcome.invalid_blocks_imported == 0, || {
+            format!(
+                "honest nodes imported {} invalid blocks",
+                outcome.invalid_blocks_imported
+            )
+        });
+        let checks = outcome.junk_checks_per_visit_and_peer;
+        bounds.require(checks <= JUNK_CHECKS_PER_VISIT_AND_PEER_MAX, || {
+            format!("{checks:.2} junk verifications per visit and peer")
+        });
+        let (struck, banned) = (outcome.sybil_relations, outcome.struck_and_banned);
+        bounds.require(banned * 3 >= struck * 2, || {
+            format!("only {banned} of {struck} struck honest nodes banned the Sybil")
+        });
+        bounds.into_broken()
     }
 }

@@ -32,4 +32,32 @@ pub trait Scenario {
     fn outcome(&self, _sim: &Sim) -> Option<serde_json::Value> {
         None
     }
+
+    /// The bounds this run broke, one sentence each: what the scenario says
+    /// must hold (its module docs), checked on what it measured. Empty when
+    /// it held, and by default (a scenario that states no bound beyond the
+    /// invariants, which the simulator checks itself).
+    fn bounds_broken(&self, _sim: &Sim) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// The bounds a run broke, collected one [`Bounds::require`] at a time.
+#[derive(Debug, Default)]
+pub struct Bounds {
+    broken: Vec<String>,
+}
+
+impl Bounds {
+    /// Records `broken()` unless `holds`.
+    pub fn require(&mut self, holds: bool, broken: impl FnOnce() -> String) {
+        if !holds {
+            self.broken.push(broken());
+        }
+    }
+
+    /// Every bound that did not hold.
+    pub fn into_broken(self) -> Vec<String> {
+        self.broken
+    }
 }

@@ -40,12 +40,16 @@ use meshsync_core::limits::PEERS_MAX;
 use meshsync_core::{Duration, Faults, Instant, StatusClaim};
 
 use super::chain_faults::{producing_config, producing_genesis, ProducingParams};
-use super::chain_watch::{heads_agree, ChainWatch, STEPS_PER_SECOND_MAX};
-use super::story::Scenario;
+use super::chain_watch::{heads_agree, heads_described, ChainWatch, STEPS_PER_SECOND_MAX};
+use super::story::{Bounds, Scenario};
 use super::topology::plan_topology;
 use crate::app::{self, AppEvent, Application};
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};
+
+/// Honest blocks per slot after the liars joined, over the baseline's, at
+/// least: the liars may cost a block now and then, not production.
+pub const BLOCKS_PER_SLOT_RATIO_MIN: f64 = 0.95;
 
 /// How a liar misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -417,5 +421,46 @@ impl Scenario for SyncLiars {
             "baseline": self.baseline,
             "honest_nodes": self.world().honest.len(),
         }))
+    }
+    /// No panic; production after the liars joined at least
+    /// [`BLOCKS_PER_SLOT_RATIO_MIN`] of the baseline's; honest heads on one
+    /// head, not in the future; nothing invalid imported; every liar penalised.
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let attack = &self.attack;
+        let mut bounds = Bounds::default();
+        bounds.require(attack.panic.is_none(), || {
+            format!("a node panicked: {}", attack.panic.as_deref().unwrap_or(""))
+        });
+        if let Some(baseline) = self.baseline.as_ref().filter(|b| b.blocks_per_slot > 0.0) {
+            let ratio = attack.blocks_per_slot / baseline.blocks_per_slot;
+            bounds.require(ratio >= BLOCKS_PER_SLOT_RATIO_MIN, || {
+                format!("blocks per slot fell to {ratio:.3} of the baseline's")
+            });
+        }
+        bounds.require(attack.heads_converged, || {
+            format!(
+                "honest heads disagree at the end: {}",
+                heads_described(sim, &self.world().honest)
+            )
+        });
+        bounds.require(
+            attack.head_slot_max <= attack.clock_slot.saturating_add(1),
+            || {
+                format!(
+                    "an honest head is at slot {}, past the clock's {}",
+                    attack.head_slot_max, attack.clock_slot
+                )
+            },
+        );
+        let invalid = attack.invalid_blocks_imported;
+        bounds.require(invalid == 0, || {
+            format!("honest nodes imported {invalid} invalid blocks")
+        });
+        for liar in self.liar_report(sim) {
+            bounds.require(liar.penalised, || {
+                format!("liar {} ({:?}) was not penalised", liar.node, liar.kind)
+            });
+        }
+        bounds.into_broken()
     }
 }
