@@ -723,6 +723,7 @@ impl Node {
             );
             self.conns.drop_replaced(now, existing, &mut self.out);
             self.accept(now, conn, remote.peer);
+            self.restart_session(now, conn, remote.peer);
             return;
         }
         self.accept(now, conn, remote.peer);
@@ -739,6 +740,24 @@ impl Node {
         self.gossip_peer_connected(now, remote.peer, direction, addr);
         self.sync_peer_connected(now, remote.peer);
         self.request_status(now, remote.peer);
+    }
+
+    /// `peer` moved to `conn` silently, but its end may have seen the old
+    /// connection close before this handshake ended and counts `conn` as a
+    /// new session, knowing none of our subscriptions or chain. So a new
+    /// session starts here too (the application still sees one peer): the
+    /// router and range sync forget the peer and meet it again, and we ask
+    /// for its Status.
+    fn restart_session(&mut self, now: Instant, conn: ConnId, peer: PeerId) {
+        let Some(connection) = self.conns.get(conn) else {
+            return;
+        };
+        let (addr, direction) = (connection.addr, connection.direction);
+        self.gossip.handle_peer_disconnected(now, &peer);
+        self.gossip_peer_connected(now, peer, direction, addr);
+        self.sync_peer_gone(now, peer);
+        self.sync_peer_connected(now, peer);
+        self.request_status(now, peer);
     }
 
     fn accept(&mut self, now: Instant, conn: ConnId, peer: PeerId) {

@@ -363,3 +363,58 @@ fn same_seed_same_bytes() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_peer_that_saw_the_old_connection_close_first_learns_our_subscriptions_again() {
+    // Node 0 redials node 1 while connected (a redial timer and a planned
+    // dial at one instant). Node 1 sees the old connection close before the
+    // new handshake ends, so for it the new connection is a new session that
+    // knows none of node 0's subscriptions. Node 0, which moved the peer
+    // silently, must start a fresh session too, or node 1 never sends it a
+    // block again.
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    for i in 0..2 {
+        let topic = blocks_topic();
+        run(&mut net, i, Input::Command(Command::Subscribe { topic }));
+    }
+    let id_0 = net.nodes[0].peer_id();
+    assert_eq!(
+        net.nodes[1].gossip().peer_topics(&id_0),
+        vec![blocks_topic()]
+    );
+
+    let addr = addr(1);
+    net.handle(0, Input::Command(Command::Dial { addr, peer: None }));
+    loop {
+        // Node 1 learns of every close before anything else in flight.
+        let close = net
+            .in_flight
+            .iter()
+            .position(|delivery| matches!(delivery, Delivery::Closed { to: 1, .. }));
+        if let Some(close) = close.and_then(|at| net.in_flight.remove(at)) {
+            net.in_flight.push_front(close);
+        }
+        if !net.step() {
+            break;
+        }
+    }
+    assert!(net.connected(0, 1));
+    let sessions = connection_events(&net, 1);
+    assert!(
+        matches!(
+            sessions.as_slice(),
+            [
+                Notification::PeerConnected { .. },
+                Notification::PeerDisconnected { .. },
+                Notification::PeerConnected { .. }
+            ]
+        ),
+        "node 1 saw the old session end and a new one begin: {sessions:?}"
+    );
+    assert_eq!(
+        net.nodes[1].gossip().peer_topics(&id_0),
+        vec![blocks_topic()],
+        "node 1 knows node 0's subscriptions on the new session"
+    );
+}

@@ -9,7 +9,7 @@ use crate::io::{DisconnectReason, GoodbyeReason, Notification, RefuseReason, Req
 use crate::peer::Refusal;
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
 use crate::reqresp::{Answer, ProtocolId, ProtocolName, Quota, RequestId, ResultCode};
-use crate::testing::{address_of as addr, MemoryNet as Net};
+use crate::testing::{address_of as addr, Delivery, MemoryNet as Net};
 
 mod claims;
 mod connections;
