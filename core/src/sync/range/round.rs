@@ -81,8 +81,22 @@ impl RangeSync {
                 }
                 Mode::Syncing => {
                     let Some(best) = best else {
-                        // Done, or every suitable peer left: keep the
-                        // batches and wait for peers to come back.
+                        if self.caught_up_with_peers(now) {
+                            // A peer we hear is at our head and none claims
+                            // more: what is queued above was asked of a
+                            // claimant that left (or was banned). End the
+                            // round here; `check_round_end` says Synced once
+                            // imports in progress are done.
+                            self.target_slot = self.local.head_slot;
+                            self.drop_batches_above_target();
+                            if self.batches.is_empty() {
+                                let above_head = self.local.head_slot.saturating_add(1);
+                                self.next_start = self.next_start.max(above_head);
+                            }
+                            return;
+                        }
+                        // Every suitable peer left: keep the batches and
+                        // wait for peers to come back.
                         if self.round_has_work() {
                             self.mode = Mode::AwaitingPeers { since: now };
                             self.catch_up_since = None;
@@ -95,6 +109,17 @@ impl RangeSync {
                 }
             }
         }
+    }
+
+    /// Whether no peer we could sync from claims more than our head while
+    /// one we believe is at it: the round has nothing left to reach.
+    fn caught_up_with_peers(&self, now: Instant) -> bool {
+        self.best_claimed_head().is_none()
+            && self.peers.values().any(|state| {
+                !state.stale
+                    && state.disproven_until <= now
+                    && state.chain.head_slot == self.local.head_slot
+            })
     }
 
     /// Whether the round still has slots to fetch or batches to import.

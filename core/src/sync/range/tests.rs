@@ -786,6 +786,39 @@ fn a_head_nobody_can_serve_ends_the_round() {
 // --- Lies in well-formed claims (each named after its attack) -------------
 
 #[test]
+fn a_round_whose_only_claimant_above_us_leaves_ends_at_the_head_the_others_share() {
+    // Peers 1 and 2 hold slot 100; peer 3 proved a head far above it (a
+    // gossiped block verified) and then never answers. When it leaves (a
+    // ban, say), the batches asked of it are all that is left above our
+    // head, and nobody we still hear claims more: the round must end and
+    // say so, not wait for peers that would only confirm where we are.
+    let mut harness = Harness::new(config(2), 31);
+    harness.add_peer(1, Behaviour::Honest, 100);
+    harness.add_peer(2, Behaviour::Honest, 100);
+    harness.add_peer(3, Behaviour::Silent, CHAIN_SLOTS);
+    harness
+        .sync
+        .handle_peer_block_verified(harness.now, peer_id(3), CHAIN_SLOTS);
+    harness.drain();
+    harness.run_until(|h| h.head() == 100);
+    assert!(
+        harness.sync.is_syncing(),
+        "batches above 100 wait for peer 3"
+    );
+    assert_eq!(harness.synced, None);
+    harness.remove_peer(3);
+    let left_at = harness.now;
+    harness.run_until(|h| h.synced.is_some());
+    assert_eq!(harness.synced, Some(100));
+    assert!(!harness.sync.is_syncing());
+    assert!(
+        harness.now < left_at + Duration::from_secs(1),
+        "ended at once, not after a wait for peers ({:?})",
+        harness.now
+    );
+}
+
+#[test]
 fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits() {
     // No clock given: the machine alone must survive the claim. Slots
     // past SLOT_MAX are never believed, so nothing is asked; had it
