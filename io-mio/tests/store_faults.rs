@@ -103,6 +103,7 @@ fn chain(genesis: &Genesis, proposer: bool, stored: Vec<SignedBlock>) -> ChainCo
         } else {
             Vec::new()
         },
+        signed_slots: Vec::new(),
         body_bytes: 4_096,
         follow_gossip: true,
     }

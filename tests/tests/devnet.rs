@@ -44,6 +44,7 @@ fn chain(genesis_time_ms: u64, proposer: bool) -> ChainConfig {
         } else {
             Vec::new()
         },
+        signed_slots: Vec::new(),
         body_bytes: 256,
         follow_gossip: true,
     }

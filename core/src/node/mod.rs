@@ -33,6 +33,7 @@ mod chain;
 mod faults;
 mod gossip;
 mod rpc;
+mod signing;
 #[warn(clippy::arithmetic_side_effects)]
 mod sync;
 

@@ -373,6 +373,7 @@ mod tests {
                 } else {
                     Vec::new()
                 },
+                signed_slots: Vec::new(),
                 body_bytes: 64,
                 follow_gossip: true,
             };

@@ -97,6 +97,7 @@ pub fn producing_config(
         genesis: genesis.clone(),
         stored: Arc::from(Vec::new()),
         proposer_keys: key.into_iter().collect(),
+        signed_slots: Vec::new(),
         body_bytes,
         follow_gossip: true,
     };
