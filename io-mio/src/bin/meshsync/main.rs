@@ -4,8 +4,9 @@
 //! A thin clap front end over the driver library (`meshsync_mio`). What only
 //! the command line needs lives here, one module per concern: writing key
 //! files ([`secret_files`]), genesis and proposer-key files
-//! ([`genesis_files`]), the in-process devnet ([`devnet`]), and the
-//! benchmarks ([`mod@bench`], [`bench_sync`]).
+//! ([`genesis_files`]), signing-watermark files ([`watermark_files`]), the
+//! in-process devnet ([`devnet`]), and the benchmarks ([`mod@bench`],
+//! [`bench_sync`]).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ mod bench_sync;
 mod devnet;
 mod genesis_files;
 mod secret_files;
+mod watermark_files;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -122,6 +124,17 @@ enum CliCommand {
         /// `refuse` to produce until it is back.
         #[arg(long = "clock-jump", value_name = "POLICY", default_value = "rebase", value_parser = parse_clock_policy)]
         clock_jump: ClockPolicy,
+        /// Start a --proposer-key although the data directory has no signing
+        /// watermark for it while it holds blocks that key signed: only if
+        /// the key signed nothing elsewhere beyond what is stored here.
+        #[arg(long = "accept-fresh-watermark")]
+        accept_fresh_watermark: bool,
+    },
+    /// Move proposer keys between machines safely: export or import the
+    /// signing watermarks (each key's highest signed slot) of a data directory.
+    Watermark {
+        #[command(subcommand)]
+        command: WatermarkCommand,
     },
     /// Run N connected nodes on 127.0.0.1 in this process, P of them
     /// proposing blocks on a fresh devnet genesis, and print every node's
@@ -161,6 +174,33 @@ enum CliCommand {
     Bench {
         #[command(subcommand)]
         bench: bench_cli::BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WatermarkCommand {
+    /// Write the signing watermarks of a stopped node's data directory to a
+    /// JSON file.
+    Export {
+        /// The node's data directory (its node must be stopped).
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Raise the signing watermarks of a data directory (created if missing)
+    /// to those of a file written by `export`; lower ones change nothing.
+    Import {
+        /// The data directory the keys will run on.
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The file `meshsync watermark export` wrote.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
     },
 }
 
@@ -218,6 +258,7 @@ fn run(cli: Cli) -> Result<(), String> {
             repair,
             store_failing_exit_secs,
             clock_jump,
+            accept_fresh_watermark,
         } => node(NodeOptions {
             listen,
             key,
@@ -231,7 +272,9 @@ fn run(cli: Cli) -> Result<(), String> {
             repair,
             store_failing_exit_after: Duration::from_secs(store_failing_exit_secs),
             clock_jump,
+            accept_fresh_watermark,
         }),
+        CliCommand::Watermark { command } => watermark(command),
         CliCommand::Devnet {
             nodes,
             base_port,
@@ -257,6 +300,37 @@ fn run(cli: Cli) -> Result<(), String> {
         #[cfg(feature = "bench")]
         CliCommand::Bench { bench } => bench_cli::run(bench),
     }
+}
+
+fn watermark(command: WatermarkCommand) -> Result<(), String> {
+    match command {
+        WatermarkCommand::Export {
+            data_dir,
+            out,
+            force,
+        } => {
+            let count = watermark_files::export(&data_dir, &out, force)
+                .map_err(|error| format!("watermark export: {error}"))?;
+            println!("{count} signing watermarks written to {}", out.display());
+        }
+        WatermarkCommand::Import { data_dir, input } => {
+            let watermarks = watermark_files::import(&data_dir, &input)
+                .map_err(|error| format!("watermark import: {error}"))?;
+            for watermark in &watermarks {
+                println!(
+                    "proposer key {}: signed up to slot {}",
+                    watermark.proposer.to_hex(),
+                    watermark.slot
+                );
+            }
+            println!(
+                "{} signing watermarks recorded in {}",
+                watermarks.len(),
+                data_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
@@ -303,6 +377,7 @@ struct NodeOptions {
     repair: bool,
     store_failing_exit_after: Duration,
     clock_jump: ClockPolicy,
+    accept_fresh_watermark: bool,
 }
 
 fn parse_clock_policy(text: &str) -> Result<ClockPolicy, String> {
@@ -344,6 +419,7 @@ fn node(options: NodeOptions) -> Result<(), String> {
         repair: options.repair,
         store_failing_exit_after: options.store_failing_exit_after,
         clock: options.clock_jump,
+        accept_fresh_watermark: options.accept_fresh_watermark,
         faults: Default::default(),
     };
     let mut driver = Driver::bind_with(
@@ -354,7 +430,7 @@ fn node(options: NodeOptions) -> Result<(), String> {
         &driver_options,
     )
     // The error starts with its cause: "network: cannot listen on ADDR",
-    // "store: block store PATH ...", or "resources: ...".
+    // "store: block store PATH ...", "watermark: ...", or "resources: ...".
     .map_err(|error| format!("cannot start the node: {error}"))?;
     driver
         .catch_signals()
