@@ -107,6 +107,12 @@ pub struct Counters {
     /// Our proposer slots skipped because the driver reported a failing
     /// store, an incomplete stored chain or an untrusted clock (`Input::Health`).
     pub blocks_not_produced_unhealthy: u64,
+    /// Our proposer slots skipped for the signing watermark: the slot was
+    /// at or below the key's watermark, or the watermark could not be made
+    /// durable within the slot (each one a WARN naming the slot).
+    pub blocks_not_produced_watermark: u64,
+    /// Signing watermarks handed to the driver to make durable.
+    pub watermarks_persisted: u64,
     /// Gossiped blocks not forwarded because our store was failing.
     pub blocks_ignored_store_failing: u64,
     /// Gossiped blocks dropped because their slot had not started by our

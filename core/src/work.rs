@@ -34,7 +34,9 @@ use std::sync::Arc;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-use crate::chain::{verify_batch_locating, Checkpoint, Genesis, Root, SignedBlock};
+use crate::chain::{
+    verify_batch_locating, Checkpoint, Genesis, Root, SignedBlock, SigningWatermark,
+};
 use crate::time::Duration;
 
 /// Names a job in its [`crate::Input::WorkDone`].
@@ -105,7 +107,8 @@ impl Job {
     }
 }
 
-/// Blocks to make durable, and forks to forget, in one transaction.
+/// Blocks to make durable, forks to forget and a signing watermark to
+/// record, in one transaction.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PersistBatch {
     /// Answered by [`crate::Input::Persisted`] with the same id; ids increase.
@@ -116,6 +119,11 @@ pub struct PersistBatch {
     pub delete: Vec<Root>,
     /// The finalized block after this batch.
     pub finalized: Checkpoint,
+    /// A proposer key's new signing watermark, to record in the same
+    /// transaction; the store keeps the highest slot per key and never
+    /// lowers it. The core signs that slot only once this batch is
+    /// acknowledged, so the record must be as durable as the blocks.
+    pub watermark: Option<SigningWatermark>,
 }
 
 #[cfg(test)]

@@ -11,13 +11,14 @@
 //! | `blocks_v1` | (slot u64, root) | block bytes | iteration order is (slot, root): the core re-imports parents before children without a sort |
 //! | `slot_by_root_v1` | root | slot u64 | find (and delete) a block by root alone |
 //! | `meta_v1` | name | bytes | `finalized` (root ‖ slot BE, 40 bytes), `block_bytes` (u64 BE), `network` (network id BE ‖ genesis root, 40 bytes) |
+//! | `signing_watermarks_v1` | proposer public key (48 bytes, compressed BLS) | slot u64 | the highest slot each of our keys signed: the core signs a slot only once this is durable, and never at or below it again |
 //!
 //! The `network` record is written when the store is created and checked at
 //! every open ([`StoreOptions::network`]): a data directory of another
 //! network is refused, naming both, instead of piling a second chain into it.
 //!
 //! Every [`BlockStore::commit`] (one `Action::Persist` batch: blocks,
-//! deletions and the finalized checkpoint together), [`BlockStore::persist`]
+//! deletions, the finalized checkpoint and a signing watermark together), [`BlockStore::persist`]
 //! and [`BlockStore::delete`] is one redb write
 //! transaction committed with `Durability::Immediate` (redb's default): when
 //! the call returns, the data is on disk, so a block may then be announced as
@@ -60,7 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use meshsync_core::chain::block::SIGNED_BLOCK_BYTES_MAX;
-use meshsync_core::chain::Root;
+use meshsync_core::chain::{ProposerPublicKey, Root, SigningWatermark, PROPOSER_PUBLIC_KEY_BYTES};
 use redb::backends::FileBackend;
 use redb::{
     BackendError, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -82,6 +83,8 @@ const CHECKPOINT_BYTES: usize = 32 + 8;
 const BLOCKS: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("blocks_v1");
 const SLOT_BY_ROOT: TableDefinition<[u8; 32], u64> = TableDefinition::new("slot_by_root_v1");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
+const WATERMARKS: TableDefinition<[u8; PROPOSER_PUBLIC_KEY_BYTES], u64> =
+    TableDefinition::new("signing_watermarks_v1");
 const META_FINALIZED: &str = "finalized";
 const META_BLOCK_BYTES: &str = "block_bytes";
 const META_NETWORK: &str = "network";
@@ -525,6 +528,7 @@ impl BlockStore {
         let stored = store.write("create tables", |transaction| {
             let blocks = transaction.open_table(BLOCKS)?;
             transaction.open_table(SLOT_BY_ROOT)?;
+            transaction.open_table(WATERMARKS)?;
             let mut meta = transaction.open_table(META)?;
             let stored = read_network(&meta)?;
             if let (None, Some(ours)) = (stored, network) {
@@ -591,6 +595,7 @@ impl BlockStore {
         let mut kept_slot_max = 0u64;
         let mut slot_seen_max = 0u64;
         let mut batch: Vec<(Root, u64, Vec<u8>)> = Vec::new();
+        let mut watermarks: Vec<SigningWatermark> = Vec::new();
         let mut write_error = None;
         let mut flush = |batch: &mut Vec<(Root, u64, Vec<u8>)>, kept: &mut u64| {
             let blocks: Vec<(Root, u64, &[u8])> = batch
@@ -621,6 +626,18 @@ impl BlockStore {
                 let _ = catch_unwind(AssertUnwindSafe(|| {
                     for (_, slot) in index.iter().into_iter().flatten().map_while(Result::ok) {
                         slot_seen_max = slot_seen_max.max(slot.value());
+                    }
+                }));
+            }
+            // The signing watermarks first: a handful of entries, and
+            // losing them would let a key sign its slots again.
+            if let Ok(marks) = transaction.open_table(WATERMARKS) {
+                let _ = catch_unwind(AssertUnwindSafe(|| {
+                    for (key, slot) in marks.iter().into_iter().flatten().map_while(Result::ok) {
+                        watermarks.push(SigningWatermark {
+                            proposer: ProposerPublicKey(key.value()),
+                            slot: slot.value(),
+                        });
                     }
                 }));
             }
@@ -656,6 +673,7 @@ impl BlockStore {
         if !batch.is_empty() {
             flush(&mut batch, &mut kept)?;
         }
+        fresh.raise_watermarks(&watermarks)?;
         let missing_to_slot = if stopped.is_some() {
             slot_seen_max.max(slot_now)
         } else {
@@ -721,25 +739,27 @@ impl BlockStore {
         blocks: &[(Root, u64, &[u8])],
         finalized: Option<(Root, u64)>,
     ) -> Result<(), StoreError> {
-        self.commit(blocks, &[], finalized).map(|_| ())
+        self.commit(blocks, &[], finalized, None).map(|_| ())
     }
 
     /// Removes the blocks with these roots (forks the core pruned), in one
     /// durable transaction. Unknown roots are ignored; returns how many were removed.
     pub fn delete(&mut self, roots: &[Root]) -> Result<usize, StoreError> {
-        self.commit(&[], roots, None)
+        self.commit(&[], roots, None, None)
     }
 
     /// One `Action::Persist` batch as one durable transaction: stores
     /// `blocks`, then removes `delete` (a root in both ends up removed: the
-    /// core forgot it), then records `finalized` if given. Nothing is written
-    /// if any block is larger than [`BLOCK_BYTES_MAX`]. Returns how many
-    /// blocks were removed.
+    /// core forgot it), then records `finalized` and raises the key's
+    /// signing watermark to `watermark`'s slot (never lowering it), if
+    /// given. Nothing is written if any block is larger than
+    /// [`BLOCK_BYTES_MAX`]. Returns how many blocks were removed.
     pub fn commit(
         &mut self,
         blocks: &[(Root, u64, &[u8])],
         delete: &[Root],
         finalized: Option<(Root, u64)>,
+        watermark: Option<SigningWatermark>,
     ) -> Result<usize, StoreError> {
         if let Some((root, _, bytes)) = blocks
             .iter()
@@ -790,7 +810,46 @@ impl BlockStore {
                 checkpoint[32..].copy_from_slice(&slot.to_be_bytes());
                 meta.insert(META_FINALIZED, checkpoint.as_slice())?;
             }
+            if let Some(watermark) = watermark {
+                raise_watermark(transaction, watermark)?;
+            }
             Ok(removed)
+        })
+    }
+
+    /// Every signing watermark recorded, in key order.
+    pub fn watermarks(&self) -> Result<Vec<SigningWatermark>, StoreError> {
+        self.read("read signing watermarks", |transaction| {
+            let table = transaction.open_table(WATERMARKS)?;
+            let mut watermarks = Vec::new();
+            for entry in table.iter()? {
+                let (key, slot) = entry?;
+                watermarks.push(SigningWatermark {
+                    proposer: ProposerPublicKey(key.value()),
+                    slot: slot.value(),
+                });
+            }
+            Ok(watermarks)
+        })
+    }
+
+    /// Raises each key's signing watermark to the one given (a lower one
+    /// leaves the record as it is), in one durable transaction: the import
+    /// of watermarks exported on another machine.
+    pub fn raise_watermarks(&mut self, watermarks: &[SigningWatermark]) -> Result<(), StoreError> {
+        self.write("record signing watermarks", |transaction| {
+            for watermark in watermarks {
+                raise_watermark(transaction, *watermark)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The network the store records, if it records one.
+    pub fn network(&self) -> Result<Option<StoreNetwork>, StoreError> {
+        self.read("read network", |transaction| {
+            let meta = transaction.open_table(META)?;
+            read_network(&meta)
         })
     }
 
@@ -951,6 +1010,20 @@ impl BlockStore {
         }
         result
     }
+}
+
+/// Raises `watermark`'s key to its slot inside `transaction` (never lowers it).
+fn raise_watermark(
+    transaction: &redb::WriteTransaction,
+    watermark: SigningWatermark,
+) -> Result<(), Failure> {
+    let mut table = transaction.open_table(WATERMARKS)?;
+    let key = watermark.proposer.0;
+    let kept = table.get(&key)?.map(|guard| guard.value());
+    if kept.is_none_or(|kept| kept < watermark.slot) {
+        table.insert(&key, watermark.slot)?;
+    }
+    Ok(())
 }
 
 /// How a panic inside redb is reported.
@@ -1252,7 +1325,7 @@ mod tests {
         persist_owned(&mut store, &[(root(1, 0), 1, vec![1; 8])], None).unwrap();
         let new = [(root(2, 0), 2, [2u8; 5].as_slice())];
         let removed = store
-            .commit(&new, &[root(1, 0), root(9, 9)], Some((root(2, 0), 2)))
+            .commit(&new, &[root(1, 0), root(9, 9)], Some((root(2, 0), 2)), None)
             .unwrap();
         assert_eq!(removed, 1);
         let chain = store.load().unwrap();
@@ -1298,6 +1371,42 @@ mod tests {
         assert_eq!(chain.blocks[1].bytes, vec![8; 200]);
         assert_eq!(chain.finalized, Some((root(1, 0), 1)));
         assert_eq!(store.stats().unwrap().block_bytes, 300);
+    }
+
+    /// A signing watermark is committed with its batch, only ever raised,
+    /// kept across a reopen, and carried over by a repair.
+    #[test]
+    fn signing_watermarks_only_rise_and_survive_reopening_and_repair() {
+        let dir = TempDir::new("store");
+        let key = |seed: u64| ProposerPublicKey::of(&meshsync_core::chain::devnet_keys(seed, 1)[0]);
+        let mark = |seed: u64, slot: u64| SigningWatermark {
+            proposer: key(seed),
+            slot,
+        };
+        {
+            let mut store = BlockStore::open(dir.path()).unwrap();
+            assert_eq!(store.watermarks().unwrap(), vec![]);
+            store.commit(&[], &[], None, Some(mark(1, 5))).unwrap();
+            store.commit(&[], &[], None, Some(mark(1, 3))).unwrap();
+            store.raise_watermarks(&[mark(1, 4), mark(2, 9)]).unwrap();
+        }
+        let expected = |mut marks: Vec<SigningWatermark>| {
+            marks.sort_by_key(|mark| mark.proposer);
+            marks
+        };
+        let store = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.watermarks().unwrap(),
+            expected(vec![mark(1, 5), mark(2, 9)])
+        );
+        drop(store);
+        let report = BlockStore::repair(dir.path(), &StoreOptions::default(), 0).unwrap();
+        assert!(report.moved_to.is_some());
+        let store = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.watermarks().unwrap(),
+            expected(vec![mark(1, 5), mark(2, 9)])
+        );
     }
 
     #[test]

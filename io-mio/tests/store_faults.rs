@@ -24,7 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use meshsync_core::chain::{
-    devnet_keys, BlockProducer, ChainConfig, Genesis, ProposerKey, SignedBlock,
+    devnet_keys, BlockProducer, ChainConfig, Genesis, ProposerKey, ProposerPublicKey, SignedBlock,
+    SigningWatermark,
 };
 use meshsync_core::{Command, Config, Identity};
 use meshsync_mio::driver::{
@@ -103,6 +104,7 @@ fn chain(genesis: &Genesis, proposer: bool, stored: Vec<SignedBlock>) -> ChainCo
         } else {
             Vec::new()
         },
+        signed_slots: Vec::new(),
         body_bytes: 4_096,
         follow_gossip: true,
     }
@@ -178,6 +180,14 @@ fn store_blocks(dir: &Path, network: StoreNetwork, blocks: &[SignedBlock]) {
         .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
         .collect();
     store.persist(&borrowed, None).unwrap();
+    // The data directory of the proposer that signed them records its
+    // signing watermark too (without it, that key would be refused here).
+    if let Some(slot) = blocks.iter().map(SignedBlock::slot).max() {
+        let proposer = ProposerPublicKey::of(&devnet_keys(network.network_id, 1)[0]);
+        store
+            .raise_watermarks(&[SigningWatermark { proposer, slot }])
+            .unwrap();
+    }
 }
 
 fn network_of(genesis: &Genesis) -> StoreNetwork {

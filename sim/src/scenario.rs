@@ -33,7 +33,7 @@
 //! | `late-joiner` | [`LateJoiner::honest`]: a fresh node range-syncs 10,000 blocks from 20 peers |
 //! | `hostile-servers` | [`LateJoiner::hostile`]: the same with a third of the peers hostile; they are penalised, nothing invalid is imported |
 //! | `partition-heal` | [`PartitionHeal`]: producing nodes split in two, fork, heal and converge on one head |
-//! | `crash-restart` | [`CrashRestart`]: producing nodes crash and restart from their disks while one syncs; no durable block is lost |
+//! | `crash-restart` | [`CrashRestart`]: producing nodes crash (half of the time right after publishing their own block, back within the slot) and restart from their disks while one syncs; no durable block is lost, no slot signed twice |
 //! | `budget-sybils` | [`BudgetSybils`]: Sybils within their quotas ask one node for all it serves; honest requesters keep their share |
 //! | `sync-liars` | [`SyncLiars`]: peers lying about their chain (Status, future blocks, oversize answers, made-up ancestors) join producers; production holds, liars are penalised |
 //!

@@ -23,12 +23,14 @@
 //! | `drive.rs` | the run-loop contract for one node, routing its actions, notifications |
 //! | `timer.rs` | each node's one live timer |
 //! | `transport.rs` | dials, sends and closes on the wire; uplink and downlink bandwidth |
-//! | `disk.rs` | the modelled disk: persist batches, a failing disk |
+//! | `disk.rs` | the modelled disk: persist batches and signing watermarks, a failing disk, a wiped one |
+//! | `signatures.rs` | the invariant that no (proposer, slot) has two roots across every node's imports and writes |
 //! | `views.rs` | looking at the world: peers, counters, latencies, trace, violations |
 //!
 //! The files below `world.rs` only add methods to [`Sim`]; none of them
 //! names another's items except `disk.rs`, which times writes with
-//! `transport.rs`'s transmit time. The types every layer shares
+//! `transport.rs`'s transmit time and checks their blocks with
+//! `signatures.rs`, as `drive.rs` checks imported ones. The types every layer shares
 //! ([`NodeIndex`], [`Timeout`]) live in [`crate::types`], the counters in
 //! [`crate::counts`], so nothing below the world imports it.
 
@@ -39,6 +41,7 @@ mod drive;
 mod event;
 mod host;
 mod run;
+mod signatures;
 mod timer;
 mod transport;
 mod views;

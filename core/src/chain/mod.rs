@@ -5,7 +5,9 @@
 //! - `genesis`: the network's parameters (TOML) and proposer keys;
 //! - `verify`: single and batch signature checks (blst, seeded scalars);
 //! - `store`: [`ChainStore`], blocks by root, canonical blocks by slot,
-//!   fork choice (highest slot, ties to the lower root), finality and pruning.
+//!   fork choice (highest slot, ties to the lower root), finality and pruning;
+//! - `watermark`: each proposer key's highest signed slot, kept durable so
+//!   that no key signs two blocks for one slot.
 //!
 //! A node's chain starts from a [`ChainConfig`]: the genesis and the blocks
 //! its driver loaded from durable storage (verified before they were
@@ -22,6 +24,7 @@ pub mod fuzzing;
 pub mod genesis;
 pub mod store;
 pub mod verify;
+pub mod watermark;
 
 pub use block::{
     BlockDecodeError, BlockHeader, SignedBlock, BLOCK_BYTES_MAX, SIGNED_BLOCK_BYTES_MAX,
@@ -32,6 +35,7 @@ pub use verify::{
     find_invalid, sign_block, signed_chain, verify_batch, verify_batch_locating, verify_block,
     BatchError, BlockError, BlockProducer,
 };
+pub use watermark::{ProposerPublicKey, SigningWatermark, PROPOSER_PUBLIC_KEY_BYTES};
 
 /// Slot duration of a devnet genesis made by [`ChainConfig::devnet`].
 pub const DEVNET_SLOT_DURATION_MS: u64 = 2_000;
@@ -67,6 +71,9 @@ pub struct ChainConfig {
     pub stored: Arc<[SignedBlock]>,
     /// Keys we propose with (each must be a genesis proposer).
     pub proposer_keys: Vec<ProposerKey>,
+    /// Signing watermarks the driver loaded from its store at start-up:
+    /// a key never signs at or below its watermark (see `watermark`).
+    pub signed_slots: Vec<SigningWatermark>,
     /// Body bytes of our blocks when the application queued no body.
     pub body_bytes: usize,
     /// Follow the chain by gossip: subscribe to the blocks topic, validate
@@ -96,6 +103,7 @@ impl ChainConfig {
             genesis: Arc::new(genesis),
             stored: Arc::from(Vec::new()),
             proposer_keys: Vec::new(),
+            signed_slots: Vec::new(),
             body_bytes: DEVNET_BODY_BYTES_DEFAULT,
             follow_gossip: false,
         }

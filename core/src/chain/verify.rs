@@ -346,6 +346,11 @@ impl BlockProducer {
         })
     }
 
+    /// Our public key, as signing watermarks name it.
+    pub fn public_key(&self) -> crate::chain::ProposerPublicKey {
+        crate::chain::ProposerPublicKey::of(&self.secret_key)
+    }
+
     /// Our index in the genesis key list.
     pub fn proposer_index(&self) -> u64 {
         self.proposer_index

@@ -58,8 +58,9 @@ use std::sync::Arc;
 use log::{debug, info, warn};
 use rand_core::RngCore;
 
+use super::signing::Signing;
 use super::Node;
-use crate::chain::{BlockProducer, Checkpoint, Genesis, Root, SignedBlock};
+use crate::chain::{BlockProducer, Checkpoint, Genesis, Root, SignedBlock, SigningWatermark};
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::identity::PeerId;
 use crate::io::{Action, Health};
@@ -192,6 +193,8 @@ pub(super) struct ChainState {
     unannounced: VecDeque<(Root, Vec<u8>)>,
     /// When we last warned about a block from the future.
     future_warned_at: Option<Instant>,
+    /// Our keys' signing watermarks (`signing.rs`).
+    signing: Signing,
 }
 
 impl ChainState {
@@ -212,7 +215,8 @@ impl ChainState {
                 }
                 producer
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let signing = Signing::new(&producers, &config.chain.signed_slots, &config.chain.stored);
         ChainState {
             genesis,
             producers,
@@ -239,7 +243,31 @@ impl ChainState {
             hold_logged: None,
             unannounced: VecDeque::new(),
             future_warned_at: None,
+            signing,
         }
+    }
+
+    pub(super) fn signing(&self) -> &Signing {
+        &self.signing
+    }
+
+    pub(super) fn signing_mut(&mut self) -> &mut Signing {
+        &mut self.signing
+    }
+
+    /// Our producer `index`.
+    pub(super) fn producer(&self, index: usize) -> &BlockProducer {
+        &self.producers[index]
+    }
+
+    /// Persist batches handed to the driver and not yet confirmed.
+    pub(super) fn persist_batches_in_flight(&self) -> usize {
+        self.persisting.len()
+    }
+
+    /// The slot our clock is in at `now`.
+    pub(super) fn slot_now(&self, now: Instant) -> u64 {
+        self.genesis.slot_at(self.unix_ms(now))
     }
 
     /// The highest slot a claim or a block may name at `now`: the current
@@ -376,6 +404,7 @@ impl Node {
         if self.chain_state.producers.is_empty() {
             return;
         }
+        self.expire_signature(now);
         let slot = self
             .chain_state
             .genesis
@@ -420,6 +449,15 @@ impl Node {
         }
         self.chain_state.hold_logged = None;
         self.chain_state.last_produced_slot = slot;
+        // Signed only once the key's watermark for this slot is durable.
+        self.request_signature(slot, producer);
+    }
+
+    /// Signs our block for `slot` with producer `producer` on our head,
+    /// imports it and publishes it once durable. Called only once the
+    /// key's watermark for `slot` is durable (`signing.rs`).
+    pub(super) fn produce_block(&mut self, now: Instant, slot: u64, producer: usize) {
+        let head = self.chain.head();
         let body = match self.chain_state.queued_bodies.pop_front() {
             Some(body) => body,
             None => {
@@ -499,6 +537,9 @@ impl Node {
 
     /// The driver's report on its disk and clock.
     pub(super) fn on_health(&mut self, health: Health) {
+        if health == Health::StoreFailing {
+            self.abandon_signature();
+        }
         let state = &mut self.chain_state;
         match health {
             Health::StoreFailing => {
@@ -864,7 +905,15 @@ impl Node {
             state.deferred_delete.extend(delete);
             return;
         }
-        self.emit_persist(blocks, delete, finalized);
+        self.emit_persist(blocks, delete, finalized, None);
+    }
+
+    /// Hands `watermark` to the driver in a batch of its own; returns the
+    /// batch's id (signing waits for its acknowledgement).
+    pub(super) fn persist_watermark(&mut self, watermark: SigningWatermark) -> u64 {
+        self.out.counters.watermarks_persisted += 1;
+        let finalized = self.chain.finalized();
+        self.emit_persist(Vec::new(), Vec::new(), finalized, Some(watermark))
     }
 
     fn emit_persist(
@@ -872,7 +921,8 @@ impl Node {
         blocks: Vec<(Root, SignedBlock)>,
         delete: Vec<Root>,
         finalized: Checkpoint,
-    ) {
+        watermark: Option<SigningWatermark>,
+    ) -> u64 {
         let state = &mut self.chain_state;
         let id = state.persist_next;
         state.persist_next += 1;
@@ -883,7 +933,9 @@ impl Node {
             blocks,
             delete,
             finalized,
+            watermark,
         }));
+        id
     }
 
     /// Batch `id` and all before it are durable.
@@ -912,8 +964,9 @@ impl Node {
                 }
             }
             let finalized = self.chain.finalized();
-            self.emit_persist(blocks, delete, finalized);
+            self.emit_persist(blocks, delete, finalized, None);
         }
         self.announce_durable(now);
+        self.on_watermark_persisted(now, id);
     }
 }

@@ -40,6 +40,7 @@ mod gossip;
 mod outbox;
 mod purpose;
 mod rpc;
+mod signing;
 #[warn(clippy::arithmetic_side_effects)]
 mod sync;
 

@@ -24,6 +24,11 @@ pub struct DriverOptions {
     pub store_failing_exit_after: Duration,
     /// What to do when the wall clock jumps.
     pub clock: ClockPolicy,
+    /// Start a proposer key whose signing watermark is missing from the
+    /// store although the store holds blocks it signed (beyond genesis).
+    /// Without it such a start is refused ([`super::StartError::Watermark`]):
+    /// the key may have signed later slots on another machine.
+    pub accept_fresh_watermark: bool,
     /// Faults injected into the disk and the clock (tests).
     pub faults: DriverFaults,
 }
@@ -37,6 +42,7 @@ impl Default for DriverOptions {
             repair: false,
             store_failing_exit_after: STORE_FAILING_EXIT_AFTER_DEFAULT,
             clock: ClockPolicy::Rebase,
+            accept_fresh_watermark: false,
             faults: DriverFaults::default(),
         }
     }

@@ -110,7 +110,7 @@ impl Driver {
                 return;
             }
             let started = StdInstant::now();
-            match store.commit(&blocks, &batch.delete, finalized) {
+            match store.commit(&blocks, &batch.delete, finalized, batch.watermark) {
                 Ok(deleted) => {
                     let took = started.elapsed();
                     let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
@@ -346,11 +346,13 @@ mod tests {
     use std::sync::Arc;
     use std::time::SystemTime;
 
+    use meshsync_core::chain::{ProposerPublicKey, Root, SigningWatermark};
     use meshsync_core::{Config, Identity};
 
     use super::super::clock::unix_ms;
     use super::*;
-    use crate::driver::DriverOptions;
+    use crate::driver::{DriverOptions, StartError};
+    use crate::store::StoreNetwork;
 
     /// A lone proposer with a data directory: its blocks are committed to
     /// the store (and only then acknowledged), and a driver bound again on
@@ -373,6 +375,7 @@ mod tests {
                 } else {
                     Vec::new()
                 },
+                signed_slots: Vec::new(),
                 body_bytes: 64,
                 follow_gossip: true,
             };
@@ -409,8 +412,10 @@ mod tests {
         assert_eq!(driver.node().status().head_root, head.root);
         let stats = driver.persist_stats();
         assert_eq!(stats.failures, 0);
+        // Each block's batch follows its own signing watermark's batch (and
+        // one watermark may still wait for its block).
         assert!(
-            stats.batches >= 1 && stats.batches <= stats.blocks,
+            stats.batches >= 2 && stats.batches <= 2 * stats.blocks + 1,
             "{stats:?}"
         );
         drop(driver);
@@ -425,5 +430,124 @@ mod tests {
         .unwrap();
         assert_eq!(again.node().chain().head(), head);
         assert_eq!(again.persist_stats().loaded, stats.blocks);
+        drop(again);
+
+        // The proposer's watermark came back from the store, at or above
+        // its head (a watermark may be ahead of a block it never wrote).
+        let proposer = Driver::bind_with(
+            loopback,
+            chain(true),
+            Identity::from_seed(5),
+            [5; 32],
+            &options,
+        )
+        .unwrap();
+        let key = ProposerPublicKey::of(&devnet_keys(3, 1)[0]);
+        let watermark = proposer.node().signing_watermark(&key).unwrap();
+        assert!(watermark >= head.slot, "{watermark} below {head:?}");
+    }
+
+    /// A store holding blocks a proposer key signed, but no watermark for
+    /// it (the key moved here without one): refused, naming the key's
+    /// index and slot and the way out; started with the flag, the key
+    /// still never signs at or below its stored blocks.
+    #[test]
+    fn a_key_without_its_watermark_is_refused_where_it_signed_blocks() {
+        use meshsync_core::chain::{devnet_keys, signed_chain, ChainConfig, ProposerKey};
+        let dir = crate::testing::TempDir::new("driver-watermark");
+        let genesis = Arc::new(crate::testing::devnet_genesis(3, 1, 100, 0).unwrap());
+        let keys = devnet_keys(3, 1);
+        let blocks = signed_chain(&genesis, &keys, genesis.root(), 1, 4, 32);
+        {
+            let mut store = BlockStore::open_with(
+                dir.path(),
+                &StoreOptions {
+                    network: Some(StoreNetwork {
+                        network_id: 3,
+                        genesis_root: genesis.root(),
+                    }),
+                    ..StoreOptions::default()
+                },
+            )
+            .unwrap();
+            let encoded: Vec<(Root, u64, Vec<u8>)> = blocks
+                .iter()
+                .map(|block| (block.root(), block.slot(), block.encode()))
+                .collect();
+            let rows: Vec<(Root, u64, &[u8])> = encoded
+                .iter()
+                .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
+                .collect();
+            store.persist(&rows, None).unwrap();
+        }
+        let config = |proposer: bool| {
+            let mut config = Config::new(3);
+            config.chain = ChainConfig {
+                genesis: genesis.clone(),
+                stored: Arc::from(Vec::new()),
+                proposer_keys: if proposer {
+                    vec![ProposerKey(Arc::new(keys[0].clone()))]
+                } else {
+                    Vec::new()
+                },
+                signed_slots: Vec::new(),
+                body_bytes: 64,
+                follow_gossip: true,
+            };
+            config
+        };
+        let mut options = DriverOptions {
+            workers: 1,
+            data_dir: Some(dir.path().to_path_buf()),
+            ..DriverOptions::default()
+        };
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let bind = |proposer: bool, options: &DriverOptions| {
+            Driver::bind_with(
+                loopback,
+                config(proposer),
+                Identity::from_seed(6),
+                [6; 32],
+                options,
+            )
+        };
+        // A follower has nothing to sign: no refusal.
+        drop(bind(false, &options).unwrap());
+        let Err(error) = bind(true, &options) else {
+            panic!("a key without its watermark started");
+        };
+        let text = error.to_string();
+        assert!(
+            matches!(
+                error,
+                StartError::Watermark {
+                    proposer_index: 0,
+                    slot: 4,
+                    ..
+                }
+            ),
+            "{text}"
+        );
+        assert!(text.starts_with("watermark: "), "{text}");
+        assert!(text.contains("--accept-fresh-watermark"), "{text}");
+        assert!(text.contains("meshsync watermark import"), "{text}");
+
+        options.accept_fresh_watermark = true;
+        let driver = bind(true, &options).unwrap();
+        let key = ProposerPublicKey::of(&keys[0]);
+        assert_eq!(driver.node().signing_watermark(&key), Some(4));
+        drop(driver);
+
+        // Once the key has a watermark in the store, it starts without the flag.
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        store
+            .raise_watermarks(&[SigningWatermark {
+                proposer: key,
+                slot: 4,
+            }])
+            .unwrap();
+        drop(store);
+        options.accept_fresh_watermark = false;
+        drop(bind(true, &options).unwrap());
     }
 }

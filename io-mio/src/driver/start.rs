@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
+use meshsync_core::chain::{ChainConfig, ProposerPublicKey, SignedBlock, SigningWatermark};
 use meshsync_core::work::Job;
 use meshsync_core::{Config, Health, Identity, Input, Node};
 use mio::net::TcpListener;
@@ -42,6 +43,20 @@ pub enum StartError {
     /// The block store could not be opened, repaired or read; the error
     /// names the file and, where one helps, the option to use.
     Store(StoreError),
+    /// A proposer key has no signing watermark in the store, although the
+    /// store holds blocks it signed beyond genesis: the key may have signed
+    /// later slots elsewhere (it was moved here without its watermarks).
+    /// [`DriverOptions::accept_fresh_watermark`] starts it all the same.
+    Watermark {
+        /// The store file.
+        path: std::path::PathBuf,
+        /// The key's index in the genesis.
+        proposer_index: u64,
+        /// The key.
+        proposer: ProposerPublicKey,
+        /// The highest slot of a stored block it signed.
+        slot: u64,
+    },
     /// The machine refused a resource the driver needs (the poll instance,
     /// its waker, the worker threads).
     Resource {
@@ -72,6 +87,20 @@ impl fmt::Display for StartError {
                 }
             }
             StartError::Store(error) => write!(f, "store: {error}"),
+            StartError::Watermark {
+                path,
+                proposer_index,
+                proposer,
+                slot,
+            } => write!(
+                f,
+                "watermark: block store {} holds blocks proposer {proposer_index} (key \
+                 {proposer:?}) signed up to slot {slot}, but no signing watermark for that key: \
+                 it may have signed later slots elsewhere. Import the watermarks exported where \
+                 it ran (meshsync watermark import), or, if it signed nothing but what is \
+                 stored here, start with --accept-fresh-watermark",
+                path.display()
+            ),
             StartError::Resource { what, error } => {
                 write!(f, "resources: cannot create {what}: {error}")
             }
@@ -84,6 +113,7 @@ impl std::error::Error for StartError {
         match self {
             StartError::Listen { error, .. } | StartError::Resource { error, .. } => Some(error),
             StartError::Store(error) => Some(error),
+            StartError::Watermark { .. } => None,
         }
     }
 }
@@ -102,6 +132,7 @@ impl From<StartError> for io::Error {
             StartError::Store(StoreError::Io { error, .. }) => error.kind(),
             StartError::Store(StoreError::Locked { .. }) => io::ErrorKind::WouldBlock,
             StartError::Store(_) => io::ErrorKind::InvalidData,
+            StartError::Watermark { .. } => io::ErrorKind::PermissionDenied,
         };
         io::Error::new(kind, error)
     }
@@ -175,6 +206,15 @@ impl Driver {
                         String::new()
                     }
                 );
+                let watermarks = store.watermarks()?;
+                check_watermarks(
+                    &config.chain,
+                    &loaded.blocks,
+                    &watermarks,
+                    options.accept_fresh_watermark,
+                    store.path(),
+                )?;
+                config.chain.signed_slots.extend(watermarks);
                 config.chain.stored = Arc::from(loaded.blocks);
                 Some(store)
             }
@@ -275,4 +315,61 @@ impl Driver {
         }
         Ok(driver)
     }
+}
+
+/// Refuses a proposer key whose signing watermark is missing while the
+/// stored chain holds blocks it signed beyond genesis, unless `accept`;
+/// logs each of our keys' watermark.
+fn check_watermarks(
+    chain: &ChainConfig,
+    blocks: &[SignedBlock],
+    watermarks: &[SigningWatermark],
+    accept: bool,
+    path: &std::path::Path,
+) -> Result<(), StartError> {
+    for key in &chain.proposer_keys {
+        let public_key = key.0.sk_to_pk();
+        let Some(index) = chain
+            .genesis
+            .proposer_keys()
+            .iter()
+            .position(|genesis_key| *genesis_key == public_key)
+        else {
+            continue; // Not a proposer here: the core says so and never signs.
+        };
+        let proposer_index = index as u64;
+        let proposer = ProposerPublicKey::of(&key.0);
+        let recorded = watermarks
+            .iter()
+            .filter(|watermark| watermark.proposer == proposer)
+            .map(|watermark| watermark.slot)
+            .max();
+        let signed = blocks
+            .iter()
+            .filter(|block| block.header.proposer_index == proposer_index && block.slot() > 0)
+            .map(SignedBlock::slot)
+            .max();
+        match (recorded, signed) {
+            (Some(slot), _) => log::info!(
+                "signing watermark of proposer {proposer_index} (key {proposer:?}): slot {slot}"
+            ),
+            (None, Some(slot)) if accept => log::warn!(
+                "proposer {proposer_index} (key {proposer:?}) has no signing watermark but \
+                 signed stored blocks up to slot {slot}: starting anyway \
+                 (--accept-fresh-watermark); it will not sign at or below slot {slot}"
+            ),
+            (None, Some(slot)) => {
+                return Err(StartError::Watermark {
+                    path: path.to_path_buf(),
+                    proposer_index,
+                    proposer,
+                    slot,
+                })
+            }
+            (None, None) => log::info!(
+                "signing watermark of proposer {proposer_index} (key {proposer:?}): none yet"
+            ),
+        }
+    }
+    Ok(())
 }

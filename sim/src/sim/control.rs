@@ -10,12 +10,14 @@
 //! both when they are made and when they would have connected.
 //! [`Sim::restart`] starts a fresh [`Node`] with the same identity and
 //! configuration and a new seed derived from the old one and the restart
-//! count, and with the blocks its modelled disk holds (a persist batch is on
+//! count, and with the blocks and signing watermarks its modelled disk
+//! holds (a persist batch is on
 //! the disk once its modelled write completed; a crash loses the ones still
 //! being written); nothing else survives. Each life of a
 //! node is an *incarnation*; events addressed to an earlier one (a late dial
 //! answer, a stale timer) are dropped.
 
+use meshsync_core::chain::SigningWatermark;
 use meshsync_core::io::CloseCause;
 use meshsync_core::reqresp::ProtocolId;
 use meshsync_core::{Command, ConnId, Identity, Input, Instant, Node};
@@ -172,6 +174,12 @@ impl Sim {
             stored.extend(state.disk.values().cloned());
             config.chain.stored = stored.into();
         }
+        config.chain.signed_slots.extend(
+            state
+                .disk_watermarks
+                .iter()
+                .map(|(&proposer, &slot)| SigningWatermark { proposer, slot }),
+        );
         let fresh = Node::new(config, Identity::from_seed(state.identity_seed), seed);
         assert_eq!(
             fresh.peer_id(),

@@ -4,7 +4,7 @@
 //!
 //! A batch is on the disk once its modelled write completed; a crash loses
 //! the ones still being written, and a restart starts from what is on the
-//! disk (see [`Sim::restart`]).
+//! disk (see [`Sim::restart`]): its blocks and its signing watermarks.
 
 use meshsync_core::work::PersistBatch;
 use meshsync_core::{Duration, Health, Input, Instant};
@@ -30,13 +30,34 @@ impl Sim {
         self.node_state_mut(node).disk_fails_until = until;
     }
 
-    /// Applies `batch` to the node's disk: its deletions, then its blocks.
+    /// `node`'s disk is lost while it is down (a data directory wiped, or
+    /// the node moved to a fresh machine): its blocks go, and its signing
+    /// watermarks too unless `keep_watermarks` (they were exported and
+    /// imported with the key).
+    ///
+    /// # Panics
+    /// If the node is up (a bug in the scenario).
+    pub fn wipe_disk(&mut self, node: NodeIndex, keep_watermarks: bool) {
+        assert!(!self.is_up(node), "{node}'s disk wiped while it runs");
+        let state = self.node_state_mut(node);
+        state.disk.clear();
+        if !keep_watermarks {
+            state.disk_watermarks.clear();
+        }
+    }
+
+    /// Applies `batch` to the node's disk: its deletions, then its blocks,
+    /// then its signing watermark (never lowering the one kept).
     fn write_to_disk(state: &mut SimNode, batch: &PersistBatch) {
         for root in &batch.delete {
             state.disk.remove(root);
         }
         for (root, block) in &batch.blocks {
             state.disk.insert(*root, block.clone());
+        }
+        if let Some(watermark) = batch.watermark {
+            let kept = state.disk_watermarks.entry(watermark.proposer).or_default();
+            *kept = (*kept).max(watermark.slot);
         }
     }
 
@@ -45,6 +66,9 @@ impl Sim {
     /// before it. A crash before then loses it, as a killed process loses
     /// an unfinished transaction.
     pub(super) fn apply_persist(&mut self, index: NodeIndex, batch: PersistBatch) {
+        for (_, block) in &batch.blocks {
+            self.check_signed_slot(index, block);
+        }
         let now = self.now;
         let bytes: usize = batch
             .blocks

@@ -94,6 +94,13 @@ impl Sim {
     pub(super) fn record_notification(&mut self, index: NodeIndex, notification: Notification) {
         let now = self.now;
         self.notification_counts.count(&notification);
+        if let Notification::BlockImported { root, .. } = &notification {
+            let chain = self.node_state(index).node.chain();
+            if let Some(block) = chain.block_by_root(root) {
+                let (proposer, slot) = (block.header.proposer_index, block.slot());
+                self.check_signed_root(index, proposer, slot, *root);
+            }
+        }
         let state = &mut self.nodes[index.0];
         let problem = match &notification {
             Notification::PeerConnected { peer, .. } => (!state.notified_peers.insert(*peer))

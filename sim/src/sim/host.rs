@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
-use meshsync_core::chain::{Root, SignedBlock};
+use meshsync_core::chain::{ProposerPublicKey, Root, SignedBlock};
 use meshsync_core::metrics::Counters;
 use meshsync_core::work::PersistBatch;
 use meshsync_core::{Config, DialId, Instant, Node, Notification, PeerId};
@@ -45,6 +45,9 @@ pub(super) struct SimNode {
     pub(super) disk_fails_until: Instant,
     /// Batches the failing disk refused, waiting in order for a retry.
     pub(super) disk_unwritten: VecDeque<PersistBatch>,
+    /// The signing watermarks on the node's disk: per key, the highest
+    /// slot a completed batch recorded. A restart loads these.
+    pub(super) disk_watermarks: BTreeMap<ProposerPublicKey, u64>,
     /// Bytes per second the node can receive, if limited.
     pub(super) downlink_bytes_per_second: Option<u64>,
     /// When the downlink finishes receiving what is on its way so far.

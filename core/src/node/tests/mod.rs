@@ -16,6 +16,7 @@ mod connections;
 mod gossiping;
 mod producing;
 mod requests;
+mod signing;
 mod stalls;
 mod syncing;
 

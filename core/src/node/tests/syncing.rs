@@ -180,7 +180,15 @@ fn a_proposer_that_is_far_behind_syncs_before_it_produces() {
 fn a_produced_block_is_published_only_once_durable() {
     let mut net = producing_line();
     net.hold_persist(0, true);
-    net.advance(Duration::from_millis(1_000)); // 2.5 s: slot 1 produced.
+    net.advance(Duration::from_millis(1_000)); // 2.5 s: slot 1 started.
+                                               // Nothing is signed before the slot's watermark is durable.
+    assert_eq!(net.nodes[0].counters().blocks_produced, 0);
+    assert_eq!(net.nodes[0].counters().watermarks_persisted, 1);
+    // The watermark is written (its acknowledgement is on its way), and
+    // the disk stalls again before the block's own batch.
+    net.hold_persist(0, false);
+    net.hold_persist(0, true);
+    net.drain();
     assert_eq!(net.nodes[0].counters().blocks_produced, 1);
     assert_eq!(
         net.nodes[1].chain().head().slot,

@@ -228,6 +228,7 @@ fn start_node(
             .map(|key| ProposerKey(Arc::new(key)))
             .into_iter()
             .collect(),
+        signed_slots: Vec::new(),
         body_bytes: options.body_bytes,
         follow_gossip: true,
     };

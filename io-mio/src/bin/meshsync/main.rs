@@ -4,8 +4,9 @@
 //! A thin clap front end over the driver library (`meshsync_mio`). What only
 //! the command line needs lives here, one module per concern: writing key
 //! files ([`secret_files`]), genesis and proposer-key files
-//! ([`genesis_files`]), the in-process devnet ([`devnet`]), and the
-//! benchmarks ([`mod@bench`], [`bench_sync`]).
+//! ([`genesis_files`]), signing-watermark files ([`watermark_files`]), the
+//! in-process devnet ([`devnet`]), and the benchmarks ([`mod@bench`],
+//! [`bench_sync`]).
 
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ mod devnet;
 mod genesis_files;
 mod node_config;
 mod secret_files;
+mod watermark_files;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,6 +83,12 @@ enum CliCommand {
     /// Run one node until SIGINT or SIGTERM. Options come from the flags
     /// and, for those not given, from the --config file.
     Node(NodeFlags),
+    /// Move proposer keys between machines safely: export or import the
+    /// signing watermarks (each key's highest signed slot) of a data directory.
+    Watermark {
+        #[command(subcommand)]
+        command: WatermarkCommand,
+    },
     /// Run N connected nodes on 127.0.0.1 in this process, P of them
     /// proposing blocks on a fresh devnet genesis, and print every node's
     /// head slot and peer count once a second.
@@ -119,6 +127,33 @@ enum CliCommand {
     Bench {
         #[command(subcommand)]
         bench: bench_cli::BenchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WatermarkCommand {
+    /// Write the signing watermarks of a stopped node's data directory to a
+    /// JSON file.
+    Export {
+        /// The node's data directory (its node must be stopped).
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Raise the signing watermarks of a data directory (created if missing)
+    /// to those of a file written by `export`; lower ones change nothing.
+    Import {
+        /// The data directory the keys will run on.
+        #[arg(long = "data-dir", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The file `meshsync watermark export` wrote.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
     },
 }
 
@@ -172,6 +207,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             node(config)
         }
+        CliCommand::Watermark { command } => watermark(command),
         CliCommand::Devnet {
             nodes,
             base_port,
@@ -197,6 +233,37 @@ fn run(cli: Cli) -> Result<(), String> {
         #[cfg(feature = "bench")]
         CliCommand::Bench { bench } => bench_cli::run(bench),
     }
+}
+
+fn watermark(command: WatermarkCommand) -> Result<(), String> {
+    match command {
+        WatermarkCommand::Export {
+            data_dir,
+            out,
+            force,
+        } => {
+            let count = watermark_files::export(&data_dir, &out, force)
+                .map_err(|error| format!("watermark export: {error}"))?;
+            println!("{count} signing watermarks written to {}", out.display());
+        }
+        WatermarkCommand::Import { data_dir, input } => {
+            let watermarks = watermark_files::import(&data_dir, &input)
+                .map_err(|error| format!("watermark import: {error}"))?;
+            for watermark in &watermarks {
+                println!(
+                    "proposer key {}: signed up to slot {}",
+                    watermark.proposer.to_hex(),
+                    watermark.slot
+                );
+            }
+            println!(
+                "{} signing watermarks recorded in {}",
+                watermarks.len(),
+                data_dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
@@ -255,6 +322,7 @@ fn node(options: NodeConfig) -> Result<(), String> {
         repair: options.repair,
         store_failing_exit_after: Duration::from_secs(options.store_failing_exit_secs),
         clock: options.clock_jump,
+        accept_fresh_watermark: options.accept_fresh_watermark,
         faults: Default::default(),
     };
     let mut driver = Driver::bind_with(
@@ -265,7 +333,7 @@ fn node(options: NodeConfig) -> Result<(), String> {
         &driver_options,
     )
     // The error starts with its cause: "network: cannot listen on ADDR",
-    // "store: block store PATH ...", or "resources: ...".
+    // "store: block store PATH ...", "watermark: ...", or "resources: ...".
     .map_err(|error| format!("cannot start the node: {error}"))?;
     driver
         .catch_signals()

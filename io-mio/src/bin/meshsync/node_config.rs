@@ -36,8 +36,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The keys of a configuration file, in the order `--print-config` writes
-/// them: the long names of `meshsync node`'s flags but `--config` and
-/// `--print-config`.
+/// them: the long names of `meshsync node`'s flags but those of
+/// [`COMMAND_LINE_ONLY`].
 pub const KEYS: [&str; 12] = [
     "listen",
     "key",
@@ -52,6 +52,11 @@ pub const KEYS: [&str; 12] = [
     "store-failing-exit-secs",
     "clock-jump",
 ];
+
+/// Flags that are never keys: the two about the file itself, and
+/// `--accept-fresh-watermark`, an acknowledgement for one start that a file
+/// would repeat at every start after it.
+pub const COMMAND_LINE_ONLY: [&str; 3] = ["config", "print-config", "accept-fresh-watermark"];
 
 /// The flags of `meshsync node`. Each but `--config` and `--print-config`
 /// may come from the file instead; a flag given here wins over the file.
@@ -118,6 +123,12 @@ pub struct NodeFlags {
     /// `refuse` to produce until it is back [default: rebase].
     #[arg(long = "clock-jump", value_name = "POLICY", value_parser = parse_clock_policy)]
     pub clock_jump: Option<ClockPolicy>,
+    /// Start a --proposer-key although the data directory has no signing
+    /// watermark for it while it holds blocks that key signed: only if the
+    /// key signed nothing elsewhere beyond what is stored here. Command line
+    /// only: a file would give it at every start.
+    #[arg(long = "accept-fresh-watermark")]
+    pub accept_fresh_watermark: bool,
 }
 
 /// The configuration a node runs with: the file's keys, then the flags,
@@ -136,6 +147,8 @@ pub struct NodeConfig {
     pub repair: bool,
     pub store_failing_exit_secs: u64,
     pub clock_jump: ClockPolicy,
+    /// Given on this command line only; never printed as a key.
+    pub accept_fresh_watermark: bool,
 }
 
 /// What a configuration file set: each key, if present, already checked.
@@ -221,6 +234,7 @@ impl NodeFlags {
                 .clock_jump
                 .or(file.clock_jump)
                 .unwrap_or(ClockPolicy::Rebase),
+            accept_fresh_watermark: self.accept_fresh_watermark,
         })
     }
 }
@@ -419,6 +433,12 @@ fn read_file(path: &Path) -> Result<FileValues, String> {
 /// written in snake_case.
 fn unknown_key(path: &Path, key: &str) -> String {
     let kebab = key.replace('_', "-");
+    if COMMAND_LINE_ONLY.contains(&kebab.as_str()) {
+        return format!(
+            "config {}: `{key}` is not a key: give --{kebab} on the command line",
+            path.display()
+        );
+    }
     let hint = if kebab != key && KEYS.contains(&kebab.as_str()) {
         format!("; keys are spelt like the flags: `{kebab}`")
     } else {
@@ -513,7 +533,7 @@ mod tests {
         let node = cli.find_subcommand("node").expect("`meshsync node` exists");
         node.get_arguments()
             .filter_map(|argument| argument.get_long())
-            .filter(|long| !["config", "print-config", "help"].contains(long))
+            .filter(|long| *long != "help" && !COMMAND_LINE_ONLY.contains(long))
             .map(str::to_owned)
             .collect()
     }
@@ -655,6 +675,10 @@ mod tests {
                 "unknown key `listen-port`",
             ),
             ("body_bytes = 9\n", "`body-bytes`"),
+            (
+                "accept-fresh-watermark = true\n",
+                "give --accept-fresh-watermark on the command line",
+            ),
             ("body-bytes = \"big\"\n", "key `body-bytes`: invalid type"),
             (
                 "body-bytes = 99999999\n",
