@@ -107,6 +107,11 @@ impl Job {
     }
 }
 
+/// Persist batches handed to the driver and not yet confirmed, at most:
+/// past it the node defers what is to be stored (and skips a slot rather
+/// than wait for a signing watermark) until the driver catches up.
+pub const PERSIST_IN_FLIGHT_MAX: usize = 1_024;
+
 /// Blocks to make durable, forks to forget and a signing watermark to
 /// record, in one transaction.
 #[derive(Clone, PartialEq, Eq, Debug)]

@@ -68,7 +68,7 @@ use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::Status;
 use crate::time::{Duration, Instant};
 use crate::types::ShortRoot;
-use crate::work::{Job, PersistBatch, WorkId, WorkOutput};
+use crate::work::{Job, PersistBatch, WorkId, WorkOutput, PERSIST_IN_FLIGHT_MAX};
 
 /// The gossip topic blocks travel on.
 pub const BLOCKS_TOPIC: &str = "blocks";
@@ -120,8 +120,6 @@ pub fn gossip_verifications_per_window(slot_duration_ms: u64) -> u32 {
         .unwrap_or(u32::MAX)
         .max(GOSSIP_VERIFICATIONS_PER_PEER_PER_SECOND_MAX)
 }
-/// Persist batches handed to the driver and not yet confirmed.
-pub const PERSIST_IN_FLIGHT_MAX: usize = 1_024;
 /// Application bodies queued (by `Command::ProposeBody`) for the blocks we
 /// produce next: a count of bodies, not bytes. A further one is refused with
 /// `Notification::BodyRefused` until production takes one.

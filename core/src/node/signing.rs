@@ -20,7 +20,7 @@
 //! - The slot is skipped, with a WARN naming it and the reason, when the
 //!   acknowledgement does not come within the slot, when the driver
 //!   reports a failing store meanwhile, or when too many batches wait
-//!   ([`super::chain::PERSIST_IN_FLIGHT_MAX`]). A skipped slot costs one
+//!   ([`PERSIST_IN_FLIGHT_MAX`]). A skipped slot costs one
 //!   block; a second signature would cost the network a fork.
 //!
 //! # Security
@@ -35,10 +35,10 @@ use std::collections::BTreeMap;
 
 use log::warn;
 
-use super::chain::PERSIST_IN_FLIGHT_MAX;
 use super::Node;
 use crate::chain::{BlockProducer, ProposerPublicKey, SignedBlock, SigningWatermark};
 use crate::time::Instant;
+use crate::work::PERSIST_IN_FLIGHT_MAX;
 
 /// A signature waiting for its watermark to be durable.
 #[derive(Clone, Copy, Debug)]

@@ -86,7 +86,7 @@
 //! - Jobs in the worker pool: `WORK_QUEUE_JOBS_MAX`; past it a job runs
 //!   inline (the core bounds its work in flight far below that).
 //! - Persist batches waiting to be written after a failed commit: bounded
-//!   by the core's `PERSIST_IN_FLIGHT_MAX`; retried after a reopen, with
+//!   by the core's `work::PERSIST_IN_FLIGHT_MAX`; retried after a reopen, with
 //!   backoff from [`STORE_REOPEN_BACKOFF_MIN`] to [`STORE_REOPEN_BACKOFF_MAX`].
 //!
 //! # Layout
