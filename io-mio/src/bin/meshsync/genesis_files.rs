@@ -399,10 +399,21 @@ fn read_bounded(path: &Path, bytes_max: usize) -> Result<String, GenesisFileErro
 
 /// Writes a new, world-readable file (the genesis), synced to disk.
 fn write_public_file(path: &Path, contents: &[u8], force: bool) -> Result<(), GenesisFileError> {
-    let io_error = |error: io::Error| GenesisFileError::Io {
-        path: path.to_path_buf(),
-        error,
-    };
+    write_new_synced(path, contents, force).map_err(|error| match error.kind() {
+        io::ErrorKind::AlreadyExists => GenesisFileError::AlreadyExists {
+            path: path.to_path_buf(),
+        },
+        _ => GenesisFileError::Io {
+            path: path.to_path_buf(),
+            error,
+        },
+    })
+}
+
+/// Writes `contents` to a new file at `path` (or over an existing one when
+/// `force`) and syncs it to disk: the CLI's world-readable outputs (the
+/// genesis, a watermark export). `AlreadyExists` when it exists and not `force`.
+pub fn write_new_synced(path: &Path, contents: &[u8], force: bool) -> io::Result<()> {
     let mut options = OpenOptions::new();
     options.write(true);
     if force {
@@ -410,15 +421,9 @@ fn write_public_file(path: &Path, contents: &[u8], force: bool) -> Result<(), Ge
     } else {
         options.create_new(true);
     }
-    let mut file = options.open(path).map_err(|error| match error.kind() {
-        io::ErrorKind::AlreadyExists => GenesisFileError::AlreadyExists {
-            path: path.to_path_buf(),
-        },
-        _ => io_error(error),
-    })?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error)
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
 }
 
 #[cfg(test)]

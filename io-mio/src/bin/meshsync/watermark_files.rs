@@ -25,8 +25,8 @@
 //! A file is read up to [`WATERMARK_FILE_BYTES_MAX`] and holds at most
 //! [`WATERMARKS_PER_FILE_MAX`] keys.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::Path;
 
 use meshsync_core::chain::{ProposerPublicKey, SigningWatermark};
@@ -91,24 +91,14 @@ pub fn export(data_dir: &Path, out: &Path, force: bool) -> Result<usize, String>
     };
     let mut text = serde_json::to_string_pretty(&file).expect("plain data serialises");
     text.push('\n');
-    let mut options = OpenOptions::new();
-    options.write(true);
-    if force {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
-    }
-    let io_error = |error: io::Error| match error.kind() {
-        io::ErrorKind::AlreadyExists => {
-            format!("{} exists: give --force to replace it", out.display())
-        }
-        _ => format!("cannot write {}: {error}", out.display()),
-    };
-    let mut written = options.open(out).map_err(io_error)?;
-    written
-        .write_all(text.as_bytes())
-        .and_then(|()| written.sync_all())
-        .map_err(io_error)?;
+    crate::genesis_files::write_new_synced(out, text.as_bytes(), force).map_err(
+        |error| match error.kind() {
+            io::ErrorKind::AlreadyExists => {
+                format!("{} exists: give --force to replace it", out.display())
+            }
+            _ => format!("cannot write {}: {error}", out.display()),
+        },
+    )?;
     Ok(watermarks.len())
 }
 
