@@ -20,6 +20,7 @@ use crate::reqresp::{
 use crate::secure::{Handshake, LocalKeys};
 use crate::testing::{address_of, Delivery, MemoryNet};
 use crate::time::Duration;
+use crate::types::Root;
 use crate::Identity;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -297,7 +298,7 @@ fn claimed_root(script: &mut Script, listener: &Node) -> crate::chain::Root {
         0 => listener.chain().genesis_root(),
         1 => listener.chain().head().root,
         2 => listener.chain().finalized().root,
-        other => [other; 32],
+        other => Root([other; 32]),
     }
 }
 
@@ -350,7 +351,7 @@ fn scripted_blocks(script: &mut Script, listener: &Node, now: crate::Instant) ->
         parent_root = if step & 0x80 == 0 {
             block.root()
         } else {
-            [step; 32]
+            Root([step; 32])
         };
         slot = slot.saturating_add(u64::from(step & 0x7f));
         blocks.push(block);
@@ -465,9 +466,9 @@ mod tests {
             protocol: ProtocolId::Status,
             body: Status {
                 network_id: 1,
-                finalized_root: [0; 32],
+                finalized_root: Root([0; 32]),
                 finalized_slot: 0,
-                head_root: [0; 32],
+                head_root: Root([0; 32]),
                 head_slot: 0,
             }
             .encode(),
@@ -515,7 +516,7 @@ mod tests {
             .iter()
             .find_map(|notification| match notification {
                 Notification::PeerStatus { peer, status } if *peer == net.nodes[1].peer_id() => {
-                    Some(*status).filter(|status| status.head_root == [9; 32])
+                    Some(*status).filter(|status| status.head_root == Root([9; 32]))
                 }
                 _ => None,
             });

@@ -22,26 +22,63 @@ pub enum Direction {
 }
 
 /// A 32-byte block root (sha256 of the block header encoding).
-pub type Root = [u8; 32];
+///
+/// A type of its own, not a `[u8; 32]`, so a root cannot be mixed up with a
+/// key, a seed or a signing message, and so it has one formatter for people:
+/// `Display` shows its first [`Root::SHORT_BYTES`] bytes in hex (like a short
+/// commit id), `{:x}` all 32. `Debug` prints the bytes as the array would,
+/// so traces that hash notifications' `Debug` text do not move.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Root(pub [u8; 32]);
 
-/// A root as logs and messages name it: its first [`ShortRoot::BYTES`]
-/// bytes in hex (`format!("{}", ShortRoot(&root))`), the one formatter of
-/// roots for people.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct ShortRoot<'a>(pub &'a Root);
+impl Root {
+    /// Bytes `Display` shows: 8 hex digits, enough to tell the blocks of
+    /// one run apart.
+    pub const SHORT_BYTES: usize = 4;
 
-impl ShortRoot<'_> {
-    /// Bytes shown: 8 hex digits, like a short commit id, enough to tell
-    /// the blocks of one run apart.
-    pub const BYTES: usize = 4;
+    /// The all-zero root: no block has it (a sha256 output), so it marks
+    /// "none" on the wire, as in a Status before any finality.
+    pub const ZERO: Root = Root([0; 32]);
+
+    /// The 32 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
-impl std::fmt::Display for ShortRoot<'_> {
+impl From<[u8; 32]> for Root {
+    fn from(bytes: [u8; 32]) -> Root {
+        Root(bytes)
+    }
+}
+
+impl AsRef<[u8]> for Root {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Root {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for byte in &self.0[..Self::BYTES] {
+        for byte in &self.0[..Self::SHORT_BYTES] {
             write!(f, "{byte:02x}")?;
         }
         Ok(())
+    }
+}
+
+impl std::fmt::LowerHex for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in &self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
     }
 }
 
@@ -129,9 +166,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_short_root_is_its_first_four_bytes_in_hex() {
-        let mut root = [0xffu8; 32];
-        root[..4].copy_from_slice(&[0x00, 0x1a, 0xb2, 0xc3]);
-        assert_eq!(ShortRoot(&root).to_string(), "001ab2c3");
+    fn a_root_shows_its_first_four_bytes_in_hex_and_all_of_them_with_x() {
+        let mut bytes = [0xffu8; 32];
+        bytes[..4].copy_from_slice(&[0x00, 0x1a, 0xb2, 0xc3]);
+        let root = Root(bytes);
+        assert_eq!(root.to_string(), "001ab2c3");
+        assert_eq!(format!("{root:x}"), format!("001ab2c3{}", "ff".repeat(28)));
+        // Debug is the array's, so hashed Debug text of notifications stays put.
+        assert_eq!(format!("{root:?}"), format!("{bytes:?}"));
     }
 }

@@ -113,8 +113,7 @@ impl fmt::Display for StoreNetwork {
         write!(
             f,
             "network {} (genesis root {})",
-            self.network_id,
-            hex(&self.genesis_root)
+            self.network_id, self.genesis_root
         )
     }
 }
@@ -390,7 +389,7 @@ impl fmt::Display for StoreError {
             StoreError::BlockTooLarge { root, bytes } => write!(
                 f,
                 "block {} of {bytes} bytes exceeds {BLOCK_BYTES_MAX}",
-                hex(root)
+                root
             ),
         }
     }
@@ -649,7 +648,7 @@ impl BlockStore {
                     continue;
                 }
                 kept_slot_max = kept_slot_max.max(slot);
-                batch.push((root, slot, value.value().to_vec()));
+                batch.push((Root(root), slot, value.value().to_vec()));
                 if batch.len() >= REPAIR_BATCH_BLOCKS {
                     if let Err(error) = flush(&mut batch, &mut kept) {
                         write_error = Some(error);
@@ -783,22 +782,25 @@ impl BlockStore {
             let mut meta = transaction.open_table(META)?;
             let mut block_bytes = read_block_bytes(&meta)?;
             for (root, slot, bytes) in blocks {
-                if let Some(old_slot) = slots.insert(root, slot)?.map(|guard| guard.value()) {
+                if let Some(old_slot) = slots
+                    .insert(root.as_bytes(), slot)?
+                    .map(|guard| guard.value())
+                {
                     // A root names one header and so one slot; a differing
                     // old slot is damage, and the new entry replaces it.
-                    if let Some(old) = by_slot.remove((old_slot, *root))? {
+                    if let Some(old) = by_slot.remove((old_slot, root.0))? {
                         block_bytes = block_bytes.saturating_sub(old.value().len() as u64);
                     }
                 }
-                by_slot.insert((*slot, *root), *bytes)?;
+                by_slot.insert((*slot, root.0), *bytes)?;
                 block_bytes = block_bytes.saturating_add(bytes.len() as u64);
             }
             let mut removed = 0;
             for root in delete {
-                let Some(slot) = slots.remove(root)?.map(|guard| guard.value()) else {
+                let Some(slot) = slots.remove(root.as_bytes())?.map(|guard| guard.value()) else {
                     continue;
                 };
-                if let Some(old) = by_slot.remove((slot, *root))? {
+                if let Some(old) = by_slot.remove((slot, root.0))? {
                     block_bytes = block_bytes.saturating_sub(old.value().len() as u64);
                 }
                 removed += 1;
@@ -806,7 +808,7 @@ impl BlockStore {
             meta.insert(META_BLOCK_BYTES, block_bytes.to_be_bytes().as_slice())?;
             if let Some((root, slot)) = finalized {
                 let mut checkpoint = [0u8; CHECKPOINT_BYTES];
-                checkpoint[..32].copy_from_slice(&root);
+                checkpoint[..32].copy_from_slice(root.as_bytes());
                 checkpoint[32..].copy_from_slice(&slot.to_be_bytes());
                 meta.insert(META_FINALIZED, checkpoint.as_slice())?;
             }
@@ -858,13 +860,13 @@ impl BlockStore {
         self.read("read block", |transaction| {
             let slots = transaction.open_table(SLOT_BY_ROOT)?;
             let by_slot = transaction.open_table(BLOCKS)?;
-            let Some(slot) = slots.get(root)?.map(|guard| guard.value()) else {
+            let Some(slot) = slots.get(root.as_bytes())?.map(|guard| guard.value()) else {
                 return Ok(None);
             };
-            let bytes = by_slot.get((slot, *root))?.ok_or_else(|| {
+            let bytes = by_slot.get((slot, root.0))?.ok_or_else(|| {
                 corrupt(format!(
                     "block {} is indexed at slot {slot} but not stored",
-                    hex(root)
+                    root
                 ))
             })?;
             check_block_length(root, slot, bytes.value())?;
@@ -894,13 +896,14 @@ impl BlockStore {
             for entry in by_slot.iter()? {
                 let (key, value) = entry?;
                 let (slot, root) = key.value();
+                let root = Root(root);
                 let bytes = value.value();
                 check_block_length(&root, slot, bytes)?;
-                let indexed = slots.get(&root)?.map(|guard| guard.value());
+                let indexed = slots.get(root.as_bytes())?.map(|guard| guard.value());
                 if indexed != Some(slot) {
                     return Err(corrupt(format!(
                         "block {} at slot {slot} is indexed at {indexed:?}",
-                        hex(&root)
+                        root
                     )));
                 }
                 visit(root, slot, bytes);
@@ -1086,7 +1089,7 @@ fn file_identity(file: &File) -> Option<(u64, u64)> {
 fn network_record(network: &StoreNetwork) -> [u8; NETWORK_RECORD_BYTES] {
     let mut record = [0u8; NETWORK_RECORD_BYTES];
     record[..8].copy_from_slice(&network.network_id.to_be_bytes());
-    record[8..].copy_from_slice(&network.genesis_root);
+    record[8..].copy_from_slice(network.genesis_root.as_bytes());
     record
 }
 
@@ -1109,7 +1112,7 @@ fn read_network(
     genesis_root.copy_from_slice(&value[8..]);
     Ok(Some(StoreNetwork {
         network_id: u64::from_be_bytes(id),
-        genesis_root,
+        genesis_root: Root(genesis_root),
     }))
 }
 
@@ -1190,7 +1193,7 @@ fn check_block_length(root: &Root, slot: u64, bytes: &[u8]) -> Result<(), Failur
     if bytes.len() > BLOCK_BYTES_MAX {
         return Err(corrupt(format!(
             "block {} at slot {slot} is {} bytes, more than {BLOCK_BYTES_MAX}",
-            hex(root),
+            root,
             bytes.len()
         )));
     }
@@ -1231,12 +1234,7 @@ fn read_finalized(
     root.copy_from_slice(&value[..32]);
     let mut slot = [0u8; 8];
     slot.copy_from_slice(&value[32..]);
-    Ok(Some((root, u64::from_be_bytes(slot))))
-}
-
-/// The first 8 bytes of a root in hex, enough to name it in a message.
-fn hex(root: &Root) -> String {
-    root[..8].iter().map(|byte| format!("{byte:02x}")).collect()
+    Ok(Some((Root(root), u64::from_be_bytes(slot))))
 }
 
 #[cfg(test)]
@@ -1249,7 +1247,7 @@ mod tests {
     fn root(tag: u64, index: u8) -> Root {
         let mut root = [index; 32];
         root[..8].copy_from_slice(&tag.to_be_bytes());
-        root
+        Root(root)
     }
 
     fn persist_owned(
@@ -1433,8 +1431,8 @@ mod tests {
                 let mut by_slot = transaction.open_table(BLOCKS).unwrap();
                 let mut slots = transaction.open_table(SLOT_BY_ROOT).unwrap();
                 let huge = vec![0u8; BLOCK_BYTES_MAX + 1];
-                by_slot.insert((4, root(4, 0)), huge.as_slice()).unwrap();
-                slots.insert(root(4, 0), 4).unwrap();
+                by_slot.insert((4, root(4, 0).0), huge.as_slice()).unwrap();
+                slots.insert(root(4, 0).0, 4).unwrap();
             }
             transaction.commit().unwrap();
         }
@@ -1454,7 +1452,7 @@ mod tests {
             {
                 let mut by_slot = transaction.open_table(BLOCKS).unwrap();
                 by_slot
-                    .insert((4, root(4, 0)), [1u8; 4].as_slice())
+                    .insert((4, root(4, 0).0), [1u8; 4].as_slice())
                     .unwrap();
                 let mut meta = transaction.open_table(META).unwrap();
                 meta.insert(META_FINALIZED, [0u8; 3].as_slice()).unwrap();
@@ -1470,7 +1468,7 @@ mod tests {
             let transaction = database.begin_write().unwrap();
             {
                 let mut slots = transaction.open_table(SLOT_BY_ROOT).unwrap();
-                slots.remove(root(4, 0)).unwrap();
+                slots.remove(root(4, 0).0).unwrap();
                 let mut meta = transaction.open_table(META).unwrap();
                 meta.remove(META_FINALIZED).unwrap();
             }

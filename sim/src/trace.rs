@@ -93,7 +93,7 @@ impl Trace {
                     meshsync_core::work::Job::VerifyBlocks { blocks, seed, .. } => {
                         self.u64(blocks.len() as u64);
                         for block in blocks {
-                            self.bytes(&block.root());
+                            self.bytes(block.root().as_bytes());
                         }
                         self.bytes(seed);
                     }
@@ -104,13 +104,13 @@ impl Trace {
                 self.u64(batch.id);
                 self.u64(batch.blocks.len() as u64);
                 for (root, _) in &batch.blocks {
-                    self.bytes(root);
+                    self.bytes(root.as_bytes());
                 }
                 self.u64(batch.delete.len() as u64);
                 for root in &batch.delete {
-                    self.bytes(root);
+                    self.bytes(root.as_bytes());
                 }
-                self.bytes(&batch.finalized.root);
+                self.bytes(batch.finalized.root.as_bytes());
                 self.u64(batch.finalized.slot);
             }
             Action::Notify(notification) => {

@@ -202,7 +202,7 @@ fn an_undecodable_stored_block_is_skipped() {
     {
         let mut store = meshsync_mio::store::BlockStore::open(dir.path()).unwrap();
         store
-            .persist(&[([7; 32], 1, b"not a block".as_slice())], None)
+            .persist(&[([7; 32].into(), 1, b"not a block".as_slice())], None)
             .unwrap();
     }
     let driver = bind(chain(now_ms(), false), 4, Some(dir.path()));

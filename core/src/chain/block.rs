@@ -155,8 +155,8 @@ impl BlockHeader {
         let mut out = [0u8; BLOCK_HEADER_BYTES];
         out[0..8].copy_from_slice(&self.slot.to_be_bytes());
         out[8..16].copy_from_slice(&self.proposer_index.to_be_bytes());
-        out[16..48].copy_from_slice(&self.parent_root);
-        out[48..80].copy_from_slice(&self.body_root);
+        out[16..48].copy_from_slice(self.parent_root.as_bytes());
+        out[48..80].copy_from_slice(self.body_root.as_bytes());
         out
     }
 
@@ -170,13 +170,13 @@ impl BlockHeader {
 
     /// The block root: sha256 of the encoding.
     pub fn root(&self) -> Root {
-        Sha256::digest(self.encode()).into()
+        Root(Sha256::digest(self.encode()).into())
     }
 }
 
 /// The body root of `body`: its sha256.
 pub fn body_root(body: &[u8]) -> Root {
-    Sha256::digest(body).into()
+    Root(Sha256::digest(body).into())
 }
 
 /// What the proposer signs for the block with root `root` on network
@@ -292,8 +292,8 @@ fn read_header(reader: &mut Reader<'_>) -> Result<BlockHeader, BlockDecodeError>
     Ok(BlockHeader {
         slot: u64::from_be_bytes(reader.array("slot")?),
         proposer_index: u64::from_be_bytes(reader.array("proposer index")?),
-        parent_root: reader.array("parent root")?,
-        body_root: reader.array("body root")?,
+        parent_root: Root(reader.array("parent root")?),
+        body_root: Root(reader.array("body root")?),
     })
 }
 
@@ -340,7 +340,7 @@ mod tests {
             header: BlockHeader {
                 slot: 7,
                 proposer_index: 3,
-                parent_root: [0x11; 32],
+                parent_root: Root([0x11; 32]),
                 body_root: body_root(&body),
             },
             body,
@@ -356,7 +356,7 @@ mod tests {
         assert_eq!(&bytes[8..16], &[0, 0, 0, 0, 0, 0, 0, 3]);
         assert_eq!(&bytes[16..48], &[0x11; 32]);
         assert_eq!(BlockHeader::decode(&bytes), Ok(header));
-        assert_eq!(header.root(), <Root>::from(Sha256::digest(bytes)));
+        assert_eq!(header.root(), Root(Sha256::digest(bytes).into()));
     }
 
     #[test]
@@ -471,7 +471,7 @@ mod tests {
         let root = sample().root();
         let message = signing_message(1, &root);
         assert_ne!(message, signing_message(2, &root));
-        assert_ne!(message, signing_message(1, &[0; 32]));
+        assert_ne!(message, signing_message(1, &Root([0; 32])));
         let mut hasher = Sha256::new();
         hasher.update(b"meshsync-block-v1");
         hasher.update([0, 0, 0, 0, 0, 0, 0, 1]);

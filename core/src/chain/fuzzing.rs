@@ -114,14 +114,14 @@ pub fn store_script(data: &[u8]) {
                 let root = if b % 2 == 0 {
                     roots[a % roots.len()].0
                 } else {
-                    [operation[1]; 32]
+                    Root([operation[1]; 32])
                 };
                 let stored = store.contains(&root);
                 store.mark_invalid(root);
                 assert_eq!(store.is_known_invalid(&root), !stored);
             }
             _ => {
-                let parent = [operation[1] ^ 0x5a; 32];
+                let parent = Root([operation[1] ^ 0x5a; 32]);
                 let slot = 1 + u64::from(b);
                 let block = unsigned_block(&genesis, parent, slot, step);
                 if let Ok(outcome) = store.import(block) {
@@ -179,7 +179,7 @@ mod tests {
             header: BlockHeader {
                 slot: 1,
                 proposer_index: 1,
-                parent_root: [1; 32],
+                parent_root: Root([1; 32]),
                 body_root: body_root(&body),
             },
             body,

@@ -247,7 +247,7 @@ impl Genesis {
             slot_duration_ms,
             proposer_keys,
             finality_depth_slots,
-            root: [0; 32],
+            root: Root([0; 32]),
         };
         genesis.root = genesis.compute_root();
         Ok(genesis)
@@ -372,8 +372,8 @@ impl Genesis {
         BlockHeader {
             slot: 0,
             proposer_index: 0,
-            parent_root: [0; 32],
-            body_root: hasher.finalize().into(),
+            parent_root: Root([0; 32]),
+            body_root: Root(hasher.finalize().into()),
         }
         .root()
     }

@@ -56,7 +56,6 @@ use super::block::SignedBlock;
 use super::block::BLOCK_BYTES_MAX;
 use super::genesis::{Genesis, FINALITY_DEPTH_SLOTS_MAX};
 use super::Root;
-use crate::types::ShortRoot;
 use crate::types::Status;
 
 /// Blocks the store holds by default: 65 536 slots of history (36 hours at
@@ -175,12 +174,12 @@ impl fmt::Display for ImportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImportError::KnownInvalid(root) => {
-                write!(f, "block {} is known invalid", ShortRoot(root))
+                write!(f, "block {} is known invalid", root)
             }
             ImportError::InvalidParent(root) => {
-                write!(f, "parent {} is known invalid", ShortRoot(root))
+                write!(f, "parent {} is known invalid", root)
             }
-            ImportError::UnknownParent(root) => write!(f, "parent {} is unknown", ShortRoot(root)),
+            ImportError::UnknownParent(root) => write!(f, "parent {} is unknown", root),
             ImportError::SlotNotAfterParent { slot, parent_slot } => {
                 write!(
                     f,
@@ -528,7 +527,7 @@ impl ChainStore {
             found.push(root);
             stack.extend(
                 self.children
-                    .range((root, [0; 32])..=(root, [0xff; 32]))
+                    .range((root, Root([0; 32]))..=(root, Root([0xff; 32])))
                     .map(|&(_, child)| child),
             );
         }
@@ -544,7 +543,7 @@ impl ChainStore {
         self.children.remove(&(block.parent_root(), *root));
         let orphans: Vec<(Root, Root)> = self
             .children
-            .range((*root, [0; 32])..=(*root, [0xff; 32]))
+            .range((*root, Root([0; 32]))..=(*root, Root([0xff; 32])))
             .copied()
             .collect();
         for edge in orphans {
@@ -611,7 +610,7 @@ impl ChainStore {
         let keep: BTreeSet<Root> = self.subtree(self.finalized.root).into_iter().collect();
         let doomed: Vec<Root> = self
             .by_slot
-            .range((old_finalized.slot + 1, [0; 32])..)
+            .range((old_finalized.slot + 1, Root([0; 32]))..)
             .filter(|&&(slot, root)| {
                 let ancestor =
                     slot < self.finalized.slot && self.canonical.get(&slot) == Some(&root);
@@ -954,7 +953,7 @@ mod tests {
     fn unknown_and_invalid_parents_are_refused() {
         let genesis = genesis(64);
         let mut store = ChainStore::new(&genesis);
-        let unknown = [9; 32];
+        let unknown = Root([9; 32]);
         assert_eq!(
             store.import(block(unknown, 3, 0)),
             Err(ImportError::UnknownParent(unknown))
@@ -967,7 +966,7 @@ mod tests {
                 parent_slot: 2
             })
         );
-        let bad = [7; 32];
+        let bad = Root([7; 32]);
         store.mark_invalid(bad);
         assert!(store.is_known_invalid(&bad));
         let child = block(bad, 5, 0);
@@ -1002,14 +1001,14 @@ mod tests {
         };
         let mut store = ChainStore::with_limits(&genesis, limits);
         for byte in 1..=5u8 {
-            store.mark_invalid([byte; 32]);
-            store.mark_invalid([byte; 32]);
+            store.mark_invalid(Root([byte; 32]));
+            store.mark_invalid(Root([byte; 32]));
         }
         assert_eq!(store.known_invalid_len(), 3);
-        assert!(!store.is_known_invalid(&[1; 32]));
-        assert!(!store.is_known_invalid(&[2; 32]));
-        assert!(store.is_known_invalid(&[3; 32]));
-        assert!(store.is_known_invalid(&[5; 32]));
+        assert!(!store.is_known_invalid(&Root([1; 32])));
+        assert!(!store.is_known_invalid(&Root([2; 32])));
+        assert!(store.is_known_invalid(&Root([3; 32])));
+        assert!(store.is_known_invalid(&Root([5; 32])));
         store.assert_invariants();
     }
 
@@ -1115,13 +1114,13 @@ mod tests {
         let mut persisted: Vec<SignedBlock> =
             store.canonical_range(0, 100).into_iter().cloned().collect();
         persisted.reverse();
-        persisted.push(block([3; 32], 9, 0));
+        persisted.push(block(Root([3; 32]), 9, 0));
         let (rebuilt, refused) =
             ChainStore::from_blocks(&genesis, StoreLimits::default(), persisted);
         assert_eq!(rebuilt.head(), store.head());
         assert_eq!(rebuilt.finalized(), store.finalized());
         assert_eq!(refused.len(), 1);
-        assert_eq!(refused[0].1, ImportError::UnknownParent([3; 32]));
+        assert_eq!(refused[0].1, ImportError::UnknownParent(Root([3; 32])));
         rebuilt.assert_invariants();
     }
 }

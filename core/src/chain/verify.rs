@@ -554,7 +554,7 @@ mod tests {
         );
 
         let mut parent = block.clone();
-        parent.header.parent_root[0] ^= 1;
+        parent.header.parent_root.0[0] ^= 1;
         assert_eq!(
             verify_block(&genesis, &parent),
             Err(BlockError::BadSignature)

@@ -67,7 +67,6 @@ use crate::io::{Action, Health};
 use crate::peer::{Penalty, Report};
 use crate::reqresp::bodies::Status;
 use crate::time::{Duration, Instant};
-use crate::types::ShortRoot;
 use crate::work::{Job, PersistBatch, WorkId, WorkOutput, PERSIST_IN_FLIGHT_MAX};
 
 /// The gossip topic blocks travel on.
@@ -467,8 +466,8 @@ impl Node {
         let block = self.chain_state.producers[producer].produce(slot, head.root, body);
         info!(
             "produced block {} at slot {slot} on {}",
-            ShortRoot(&block.root()),
-            ShortRoot(&head.root)
+            block.root(),
+            head.root
         );
         self.out.counters.blocks_produced += 1;
         let payload = block.encode();
@@ -479,10 +478,7 @@ impl Node {
             let unannounced = &mut self.chain_state.unannounced;
             if unannounced.len() >= UNANNOUNCED_BLOCKS_MAX {
                 if let Some((dropped, _)) = unannounced.pop_front() {
-                    warn!(
-                        "block {} never became durable: not announced",
-                        ShortRoot(&dropped)
-                    );
+                    warn!("block {} never became durable: not announced", dropped);
                 }
             }
             unannounced.push_back((root, payload));
@@ -528,7 +524,7 @@ impl Node {
             }
             let topic = self.chain_state.blocks_topic.clone();
             if let Err(error) = self.gossip.publish(now, topic, &payload) {
-                debug!("block {} not published: {error:?}", ShortRoot(&root));
+                debug!("block {} not published: {error:?}", root);
             }
         }
     }
@@ -612,7 +608,7 @@ impl Node {
         if let Some(our_slot) = self.future_warning_due(now) {
             warn!(
                 "{from:?} sent block {} for slot {} while our clock is at slot {our_slot}: dropped as from the future ({} so far; is its clock or ours wrong?)",
-                ShortRoot(&block.root()),
+                block.root(),
                 block.slot(),
                 self.out.counters.blocks_from_future
             );
@@ -838,7 +834,7 @@ impl Node {
                         // refuses these exact bytes again.
                         info!(
                             "{from:?}: gossiped block {} at slot {} fails verification",
-                            ShortRoot(&block.root()),
+                            block.root(),
                             block.slot()
                         );
                         self.judge_gossip_block(now, message, Validation::Reject);
@@ -869,10 +865,7 @@ impl Node {
         match result {
             Ok(()) => !known,
             Err((_, error)) => {
-                debug!(
-                    "block {} at slot {slot} not imported: {error}",
-                    ShortRoot(&root)
-                );
+                debug!("block {} at slot {slot} not imported: {error}", root);
                 false
             }
         }

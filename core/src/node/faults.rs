@@ -102,7 +102,7 @@ impl Node {
     /// faults tell.
     pub(super) fn announced_status(&mut self, now: Instant) -> Status {
         let mut status = self.our_status();
-        let made_up = [MADE_UP_ROOT_BYTE; 32];
+        let made_up = Root([MADE_UP_ROOT_BYTE; 32]);
         if let Some(forged) = self.forged_block(now) {
             status.head_slot = forged.slot();
             status.head_root = forged.root();
@@ -242,7 +242,7 @@ impl Node {
             (body, root)
         });
         let genesis = self.chain_state.genesis();
-        let mut parent_root = [MADE_UP_ROOT_BYTE; 32];
+        let mut parent_root = Root([MADE_UP_ROOT_BYTE; 32]);
         let mut chunks = Vec::with_capacity(blocks);
         for slot in (start_slot..).take(blocks) {
             let block = SignedBlock {
@@ -284,8 +284,8 @@ impl Node {
             return;
         }
         self.hostile.squats += 1;
-        let mut parent_root = [MADE_UP_ROOT_BYTE; 32];
-        parent_root[..8].copy_from_slice(&self.hostile.squats.to_be_bytes());
+        let mut parent_root = Root([MADE_UP_ROOT_BYTE; 32]);
+        parent_root.0[..8].copy_from_slice(&self.hostile.squats.to_be_bytes());
         let body = vec![0xa5; SQUAT_BODY_BYTES];
         let body_root = body_root(&body);
         let genesis = self.chain_state.genesis().clone();
@@ -392,7 +392,7 @@ mod tests {
         assert_eq!((far.head_slot, far.finalized_slot), (1_050, 1_049));
         let other = claim(StatusClaim::OtherFinalizedRoot { slots_ahead: 40 });
         assert_eq!((other.head_slot, other.finalized_slot), (90, 50));
-        assert_eq!(other.finalized_root, [MADE_UP_ROOT_BYTE; 32]);
+        assert_eq!(other.finalized_root, Root([MADE_UP_ROOT_BYTE; 32]));
     }
 
     #[test]

@@ -242,10 +242,7 @@ impl Node {
             config.chain.stored.iter().cloned(),
         );
         for (root, error) in &refused {
-            warn!(
-                "stored block {} not loaded: {error}",
-                crate::chain::genesis::hex_encode(&root[..4])
-            );
+            warn!("stored block {} not loaded: {error}", root);
         }
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keys = LocalKeys::new(identity, &mut rng);

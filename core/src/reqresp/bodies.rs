@@ -43,9 +43,9 @@ impl Body for Status {
 
     fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.network_id.to_be_bytes());
-        out.extend_from_slice(&self.finalized_root);
+        out.extend_from_slice(self.finalized_root.as_bytes());
         out.extend_from_slice(&self.finalized_slot.to_be_bytes());
-        out.extend_from_slice(&self.head_root);
+        out.extend_from_slice(self.head_root.as_bytes());
         out.extend_from_slice(&self.head_slot.to_be_bytes());
     }
 
@@ -53,9 +53,9 @@ impl Body for Status {
         let mut reader = Reader::new(bytes);
         let status = Status {
             network_id: reader.u64("network id")?,
-            finalized_root: reader.array("finalized root")?,
+            finalized_root: Root(reader.array("finalized root")?),
             finalized_slot: reader.u64("finalized slot")?,
-            head_root: reader.array("head root")?,
+            head_root: Root(reader.array("head root")?),
             head_slot: reader.u64("head slot")?,
         };
         reader.finish()?;
@@ -314,7 +314,7 @@ impl Body for BlocksByRootRequest {
         // Cannot truncate: at most ROOTS_PER_REQUEST_MAX, checked below u16::MAX.
         out.extend_from_slice(&(self.roots.len() as u16).to_be_bytes());
         for root in &self.roots {
-            out.extend_from_slice(root);
+            out.extend_from_slice(root.as_bytes());
         }
     }
 
@@ -336,7 +336,7 @@ impl Body for BlocksByRootRequest {
         }
         let mut roots = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
-            roots.push(reader.array("root")?);
+            roots.push(Root(reader.array("root")?));
         }
         reader.finish()?;
         Ok(BlocksByRootRequest { roots })
@@ -420,9 +420,9 @@ mod tests {
     fn status() -> Status {
         Status {
             network_id: 7,
-            finalized_root: [1; 32],
+            finalized_root: Root([1; 32]),
             finalized_slot: 100,
-            head_root: [2; 32],
+            head_root: Root([2; 32]),
             head_slot: 164,
         }
     }
@@ -453,10 +453,10 @@ mod tests {
             count: 64,
         });
         round_trip(&BlocksByRootRequest {
-            roots: (0..128u8).map(|i| [i; 32]).collect(),
+            roots: (0..128u8).map(|i| Root([i; 32])).collect(),
         });
         round_trip(&BlocksByRootRequest {
-            roots: vec![[9; 32]],
+            roots: vec![Root([9; 32])],
         });
         assert_eq!(MetadataRequest::decode(&[]), Ok(MetadataRequest));
         assert_eq!(
@@ -595,7 +595,7 @@ mod tests {
             Ok(33)
         );
         let roots = BlocksByRootRequest {
-            roots: vec![[0; 32]; 7],
+            roots: vec![Root([0; 32]); 7],
         }
         .encode();
         assert_eq!(

@@ -18,6 +18,7 @@ use super::wire::{
 use crate::identity::PeerId;
 use crate::machine::Machine;
 use crate::time::{Duration, Instant};
+use crate::types::Root;
 
 /// Any req/resp message: decoding never panics; a decoded message encodes
 /// to bytes that decode to the same message (chunks and ends byte for byte;
@@ -103,9 +104,9 @@ fn valid_request_body(protocol: ProtocolId, argument: u8) -> Vec<u8> {
     match protocol {
         ProtocolId::Status => Status {
             network_id: 1,
-            finalized_root: [argument; 32],
+            finalized_root: Root([argument; 32]),
             finalized_slot: 0,
-            head_root: [argument; 32],
+            head_root: Root([argument; 32]),
             head_slot: u64::from(argument),
         }
         .encode(),
@@ -123,7 +124,7 @@ fn valid_request_body(protocol: ProtocolId, argument: u8) -> Vec<u8> {
         }
         .encode(),
         ProtocolId::BlocksByRoot => BlocksByRootRequest {
-            roots: vec![[argument; 32]; usize::from(argument) % ROOTS_PER_REQUEST_MAX + 1],
+            roots: vec![Root([argument; 32]); usize::from(argument) % ROOTS_PER_REQUEST_MAX + 1],
         }
         .encode(),
         ProtocolId::Metadata | ProtocolId::Application(_) => Vec::new(),
@@ -431,7 +432,7 @@ mod tests {
                 id: RequestId(5),
                 protocol: ProtocolId::BlocksByRoot,
                 body: BlocksByRootRequest {
-                    roots: vec![[3; 32]; 3],
+                    roots: vec![Root([3; 32]); 3],
                 }
                 .encode(),
             }

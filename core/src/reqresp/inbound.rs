@@ -623,6 +623,7 @@ impl Machine for InboundRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Root;
 
     /// What one `handle_timeout` at `now` expired, drained.
     fn timeouts(machine: &mut InboundRequests, now: Instant) -> Vec<(PeerId, RequestId)> {
@@ -660,9 +661,9 @@ mod tests {
     fn status() -> Vec<u8> {
         Status {
             network_id: 1,
-            finalized_root: [0; 32],
+            finalized_root: Root([0; 32]),
             finalized_slot: 0,
-            head_root: [0; 32],
+            head_root: Root([0; 32]),
             head_slot: 0,
         }
         .encode()

@@ -722,6 +722,7 @@ impl Machine for OutboundRequests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Root;
 
     /// What one `handle_timeout` at `now` expired, drained.
     fn timeouts(
@@ -751,9 +752,9 @@ mod tests {
     fn status_body() -> Vec<u8> {
         Status {
             network_id: 1,
-            finalized_root: [0; 32],
+            finalized_root: Root([0; 32]),
             finalized_slot: 0,
-            head_root: [1; 32],
+            head_root: Root([1; 32]),
             head_slot: 3,
         }
         .encode()
@@ -934,7 +935,7 @@ mod tests {
         assert_eq!(tracker.counters().responses_violating, 1);
         // BlocksByRoot allows one chunk per root.
         let roots = BlocksByRootRequest {
-            roots: vec![[1; 32], [2; 32]],
+            roots: vec![Root([1; 32]), Root([2; 32])],
         }
         .encode();
         let id = tracker

@@ -83,7 +83,7 @@ fn made_up_answer(start: u64, count: u64, length: u8, flags: u8) -> Vec<SignedBl
     let length = u64::from(length % 70).min(count);
     let body_bytes = usize::from(flags >> 4) * 16;
     let mut blocks = Vec::new();
-    let mut parent = [1; 32];
+    let mut parent = Root([1; 32]);
     for slot in start..start + length {
         if flags & 8 != 0 && slot == start + 1 {
             continue;
@@ -149,9 +149,9 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                 let score = Score::from_points(i64::from(bytes.u8() as i8));
                 let chain = PeerChain {
                     head_slot,
-                    head_root: [bytes.u8(); 32],
+                    head_root: Root([bytes.u8(); 32]),
                     finalized_slot,
-                    finalized_root: [0; 32],
+                    finalized_root: Root([0; 32]),
                 };
                 sync.handle_peer_status(now, peer, chain, score);
             }
@@ -163,11 +163,11 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                 let head_slot = u64::from(bytes.u16());
                 let finalized_slot = head_slot.saturating_sub(u64::from(bytes.u8()));
                 let head = Checkpoint {
-                    root: [1; 32],
+                    root: Root([1; 32]),
                     slot: head_slot,
                 };
                 let finalized = Checkpoint {
-                    root: [bytes.u8() % 2; 32],
+                    root: Root([bytes.u8() % 2; 32]),
                     slot: finalized_slot,
                 };
                 sync.handle_local_chain(now, head, finalized);
@@ -210,8 +210,8 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                 }
                 let batch = imports.remove(0);
                 let error = match bytes.u8() % 6 {
-                    0 => Some(ImportError::UnknownParent([2; 32])),
-                    1 => Some(ImportError::InvalidParent([3; 32])),
+                    0 => Some(ImportError::UnknownParent(Root([2; 32]))),
+                    1 => Some(ImportError::InvalidParent(Root([3; 32]))),
                     2 => Some(ImportError::Full),
                     _ => None,
                 };
@@ -289,8 +289,8 @@ impl KnownBlocks for ScriptChain {
 pub fn lookup_script(data: &[u8]) {
     let mut bytes = Bytes { data };
     let chain = ScriptChain {
-        known: vec![[0; 32], [1; 32]],
-        invalid: vec![[2; 32]],
+        known: vec![Root([0; 32]), Root([1; 32])],
+        invalid: vec![Root([2; 32])],
     };
     let mut lookups = Lookups::new();
     let mut now = Instant::from_micros(1);
@@ -309,7 +309,7 @@ pub fn lookup_script(data: &[u8]) {
             }
             2 => {
                 let peer = bytes.peer();
-                let parent = [bytes.u8() % 8; 32];
+                let parent = Root([bytes.u8() % 8; 32]);
                 let block = made_up_block(u64::from(bytes.u16()), parent, 8);
                 lookups.handle_unknown_parent(now, block, peer, &chain);
             }
@@ -327,7 +327,7 @@ pub fn lookup_script(data: &[u8]) {
                     _ => {
                         // The root asked for cannot be forged, so a made-up
                         // block is always the wrong one, unless it is asked for.
-                        let parent = [bytes.u8() % 8; 32];
+                        let parent = Root([bytes.u8() % 8; 32]);
                         let block = made_up_block(u64::from(bytes.u16()), parent, 8);
                         let _ = wanted;
                         Ok(vec![block])
@@ -436,9 +436,9 @@ mod tests {
         );
         let chain = PeerChain {
             head_slot: 512,
-            head_root: [9; 32],
+            head_root: Root([9; 32]),
             finalized_slot: 502,
-            finalized_root: [0; 32],
+            finalized_root: Root([0; 32]),
         };
         sync.handle_peer_status(
             Instant::from_micros(1),

@@ -980,7 +980,7 @@ mod tests {
                 header: BlockHeader {
                     slot: 100 + index,
                     proposer_index: 0,
-                    parent_root: [index as u8 + 1; 32],
+                    parent_root: Root([index as u8 + 1; 32]),
                     body_root: body_root(&body),
                 },
                 body,
@@ -1011,7 +1011,7 @@ mod tests {
                 header: BlockHeader {
                     slot: 100 + index,
                     proposer_index: 0,
-                    parent_root: [index as u8; 32],
+                    parent_root: Root([index as u8; 32]),
                     body_root: body_root(&body),
                 },
                 body,

@@ -68,7 +68,7 @@ impl Driver {
             }
             Notification::BlockImported { slot, root } => log::debug!(
                 "[{me:?}] imported block {} at slot {slot}",
-                meshsync_core::types::ShortRoot(root)
+                root
             ),
             Notification::SyncProgress {
                 head_slot,

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant as StdInstant};
 
 use meshsync_core::chain::block::body_root;
 use meshsync_core::chain::SignedBlock;
-use meshsync_core::types::ShortRoot;
 use meshsync_core::work::PersistBatch;
 use meshsync_core::{Health, Input};
 
@@ -310,7 +309,7 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
                 log::error!(
                     "block store {}: block {} at slot {slot} has a damaged body: skipped",
                     store.path().display(),
-                    ShortRoot(&root)
+                    root
                 );
             }
             Ok(block) if block.root() == root => blocks.push(block),
@@ -319,7 +318,7 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
                 log::error!(
                     "block store {}: block at slot {slot} is stored under the wrong root ({}): skipped",
                     store.path().display(),
-                    ShortRoot(&block.root())
+                    block.root()
                 );
             }
             Err(error) => {
@@ -327,7 +326,7 @@ pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError
                 log::error!(
                     "block store {}: block {} at slot {slot} does not decode ({error}): skipped",
                     store.path().display(),
-                    ShortRoot(&root)
+                    root
                 );
             }
         }})?;

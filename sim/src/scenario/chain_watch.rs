@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use meshsync_core::chain::{find_invalid, verify_batch, Genesis, Root, SignedBlock};
-use meshsync_core::types::ShortRoot;
 use meshsync_core::{Duration, Instant, Notification};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -189,7 +188,7 @@ pub fn heads_described(sim: &Sim, nodes: &[NodeIndex]) -> String {
         .rev()
         .map(|((slot, root), on)| {
             let on: Vec<String> = on.iter().map(ToString::to_string).collect();
-            format!("slot {slot} ({}) on {}", ShortRoot(root), on.join(" "))
+            format!("slot {slot} ({}) on {}", root, on.join(" "))
         })
         .collect::<Vec<_>>()
         .join("; ")

@@ -84,7 +84,7 @@ pub fn check_range(
             chunks.len()
         ));
     }
-    let mut parent: Option<[u8; 32]> = None;
+    let mut parent: Option<meshsync_core::types::Root> = None;
     for (offset, block) in chunks.iter().enumerate() {
         let Ok(block) = SignedBlock::decode(block) else {
             return Err(format!("chunk {offset} is not a block"));

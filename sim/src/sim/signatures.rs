@@ -58,8 +58,7 @@ impl Sim {
                 Some(node),
                 format!(
                     "proposer {proposer} signed two blocks for slot {slot}: {} and {}",
-                    meshsync_core::types::ShortRoot(&first),
-                    meshsync_core::types::ShortRoot(&root)
+                    first, root
                 ),
             );
         }

@@ -1,6 +1,7 @@
 //! Lies in well-formed claims: Status heads, served chains and orphans are believed only as far as the clock and proof allow.
 
 use super::*;
+use crate::types::Root;
 
 #[test]
 fn a_status_claiming_u64_max_slots_costs_its_sender_and_never_crashes_the_node() {
@@ -10,9 +11,9 @@ fn a_status_claiming_u64_max_slots_costs_its_sender_and_never_crashes_the_node()
     net.dial(0, 1, None);
     let lie = Status {
         network_id: 1,
-        finalized_root: [0xee; 32],
+        finalized_root: Root([0xee; 32]),
         finalized_slot: u64::MAX,
-        head_root: [0xff; 32],
+        head_root: Root([0xff; 32]),
         head_slot: u64::MAX,
     };
     claim_status(&mut net, 1, 0, lie, 1);
@@ -62,9 +63,9 @@ fn a_proposer_keeps_producing_while_a_liar_claims_a_head_it_cannot_serve() {
     net.dial(0, 1, None);
     let liar_status = |slot: u64| Status {
         network_id: 1,
-        finalized_root: [0xee; 32],
+        finalized_root: Root([0xee; 32]),
         finalized_slot: slot - 64,
-        head_root: [0xff; 32],
+        head_root: Root([0xff; 32]),
         head_slot: slot,
     };
     let start = net.now;
@@ -99,7 +100,7 @@ fn made_up_orphans_cost_their_sender_and_hold_no_lookup() {
             header: crate::chain::block::BlockHeader {
                 slot: 1,
                 proposer_index: genesis.proposer_index_at(1),
-                parent_root: [i + 1; 32],
+                parent_root: Root([i + 1; 32]),
                 body_root: crate::chain::block::body_root(&body),
             },
             body,

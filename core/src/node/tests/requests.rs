@@ -1,6 +1,7 @@
 //! Req/resp and the peer manager: Status, blocks by range and root, metadata, application protocols, quotas, timeouts, static peers.
 
 use super::*;
+use crate::types::Root;
 
 #[test]
 fn peers_exchange_status_on_connect() {
@@ -53,7 +54,7 @@ fn blocks_by_root_answers_the_blocks_it_has() {
     net.dial(0, 1, None);
     let head = net.nodes[1].chain.status().head_root;
     let body = BlocksByRootRequest {
-        roots: vec![head, [9; 32]],
+        roots: vec![head, Root([9; 32])],
     }
     .encode();
     request(&mut net, 0, 1, ProtocolId::BlocksByRoot, body, 1);

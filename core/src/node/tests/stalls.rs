@@ -1,6 +1,7 @@
 //! One slow or departing peer must not silence a node; fast chains and far-behind followers keep up.
 
 use super::*;
+use crate::types::Root;
 
 /// The attack: a peer asks the proposer for a range of 1 MiB blocks and
 /// never reads the answer (4 MiB handed to its connection). Before, those
@@ -147,7 +148,7 @@ fn orphans_that_find_no_lookup_place_make_us_ask_their_sender_for_its_status() {
     net.set_slow_reader(2, true);
     let orphans = crate::sync::lookup::ORPHANS_PER_PEER_MAX as u8 + 1;
     for i in 0..orphans {
-        let orphan = producer.produce(1, [i + 1; 32], vec![i; 8]);
+        let orphan = producer.produce(1, Root([i + 1; 32]), vec![i; 8]);
         let command = Command::Publish {
             topic: Topic::new(BLOCKS_TOPIC).unwrap(),
             payload: orphan.encode(),
@@ -280,7 +281,7 @@ fn a_gossiped_block_far_ahead_of_our_head_makes_us_ask_its_sender_for_its_status
     let producer = crate::chain::BlockProducer::new(key, &genesis).unwrap();
     let far = 10 + crate::sync::range::SYNC_DISTANCE_SLOTS + 1;
     for i in 0..3u8 {
-        let block = producer.produce(far + u64::from(i), [i + 1; 32], vec![i; 8]);
+        let block = producer.produce(far + u64::from(i), Root([i + 1; 32]), vec![i; 8]);
         let command = Command::Publish {
             topic: Topic::new(BLOCKS_TOPIC).unwrap(),
             payload: block.encode(),

@@ -394,7 +394,7 @@ fn stays_idle_within_sync_distance() {
     // Far ahead, but finalized on another block of our finalized slot.
     let mut other = status(CHAIN_SLOTS);
     other.finalized_slot = 0;
-    other.finalized_root = [9; 32];
+    other.finalized_root = Root([9; 32]);
     let (head, finalized) = (harness.store.head(), harness.store.finalized());
     harness
         .sync
@@ -827,9 +827,9 @@ fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits()
     harness.behaviours.insert(peer_id(1), Behaviour::Empty);
     let claim = PeerChain {
         head_slot: u64::MAX,
-        head_root: [7; 32],
+        head_root: Root([7; 32]),
         finalized_slot: u64::MAX,
-        finalized_root: [8; 32],
+        finalized_root: Root([8; 32]),
     };
     harness
         .sync
@@ -849,9 +849,9 @@ fn a_status_claiming_u64_max_slots_neither_panics_nor_requests_past_the_limits()
     near.behaviours.insert(peer_id(1), Behaviour::Empty);
     let claim = PeerChain {
         head_slot: SLOT_MAX,
-        head_root: [7; 32],
+        head_root: Root([7; 32]),
         finalized_slot: SLOT_MAX - 1,
-        finalized_root: [8; 32],
+        finalized_root: Root([8; 32]),
     };
     near.sync
         .handle_peer_status(near.now, peer_id(1), claim, Score::ZERO);

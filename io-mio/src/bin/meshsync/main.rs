@@ -276,12 +276,7 @@ fn keygen(out: &Path, force: bool) -> Result<(), String> {
 fn genesis(out: &Path, options: &GenesisOptions, force: bool) -> Result<(), String> {
     let written =
         genesis_files::write_genesis(out, options, force).map_err(|error| error.to_string())?;
-    let root: String = written
-        .genesis
-        .root()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
+    let root = format!("{:x}", written.genesis.root());
     println!("genesis {}", written.genesis_path.display());
     println!("genesis root {root}");
     println!(

@@ -80,7 +80,7 @@ pub fn export(data_dir: &Path, out: &Path, force: bool) -> Result<usize, String>
     let file = WatermarkFile {
         format: WATERMARK_FILE_FORMAT.to_owned(),
         network_id: network.network_id,
-        genesis_root: hex(&network.genesis_root),
+        genesis_root: format!("{:x}", network.genesis_root),
         watermarks: watermarks
             .iter()
             .map(|watermark| WatermarkEntry {
@@ -167,13 +167,9 @@ fn read_file(path: &Path) -> Result<(StoreNetwork, Vec<SigningWatermark>), Strin
     }
     let network = StoreNetwork {
         network_id: file.network_id,
-        genesis_root,
+        genesis_root: genesis_root.into(),
     };
     Ok((network, watermarks))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn parse_root(text: &str) -> Option<[u8; 32]> {
@@ -199,7 +195,7 @@ mod tests {
     fn network(id: u64) -> StoreNetwork {
         StoreNetwork {
             network_id: id,
-            genesis_root: [id as u8; 32],
+            genesis_root: [id as u8; 32].into(),
         }
     }
 
