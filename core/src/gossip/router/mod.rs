@@ -202,6 +202,11 @@ impl Gossip {
         self.subscriptions.contains(topic)
     }
 
+    /// The topics we are subscribed to, in order.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Topic> {
+        self.subscriptions.iter()
+    }
+
     /// Our mesh for `topic`, in `PeerId` order.
     pub fn mesh_peers(&self, topic: &Topic) -> Vec<PeerId> {
         self.mesh
