@@ -105,6 +105,7 @@ mod connections;
 mod event_loop;
 mod handle;
 mod notifications;
+mod observe;
 mod options;
 mod persistence;
 mod start;
@@ -146,6 +147,7 @@ use self::connections::Connection;
 use self::event_loop::Readiness;
 use self::handle::Control;
 use self::notifications::Subscriber;
+use self::observe::Observer;
 
 /// Readiness events taken from the kernel per poll.
 const EVENTS_PER_POLL_MAX: usize = 1_024;
@@ -202,7 +204,7 @@ pub struct Driver {
     signals: Option<Signals>,
     subscribers: Vec<Subscriber>,
     state: RunState,
-    workers: WorkerPool<Job, WorkOutput>,
+    workers: WorkerPool<Job, (WorkOutput, Duration)>,
     work_stats: WorkStats,
     /// Where the store lives and how it is reopened; `None`: memory only.
     store_dir: Option<(PathBuf, StoreOptions)>,
@@ -236,6 +238,8 @@ pub struct Driver {
     clock_skew_ms: Option<Arc<AtomicI64>>,
     /// Why the driver stopped on its own, if it did: `run` returns it.
     exit_error: Option<String>,
+    /// Metrics, status lines and the durations the driver measures.
+    observer: Observer,
 }
 
 impl Driver {
