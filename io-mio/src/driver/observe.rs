@@ -266,6 +266,7 @@ impl Driver {
             snapshot.peer_scores.push(score.as_points());
         }
         for connection in self.connections.values() {
+            snapshot.send_queued_bytes += connection.queue.len() as u64;
             match connection.phase {
                 Phase::Dialing(_) => snapshot.connections_dialing += 1,
                 Phase::Open => snapshot.connections_open += 1,

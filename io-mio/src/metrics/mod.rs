@@ -99,6 +99,8 @@ pub struct Snapshot {
     pub bytes_received: u64,
     /// Bytes written to sockets.
     pub bytes_sent: u64,
+    /// Bytes queued for sockets and not yet written, over every connection.
+    pub send_queued_bytes: u64,
     /// Our head's slot.
     pub head_slot: u64,
     /// Our finalized slot.
@@ -313,6 +315,13 @@ impl NodeMetrics {
             "Connections cut for taking nothing we wrote",
             c.connections_stalled,
         );
+        counter_family(
+            &mut r,
+            "goodbyes",
+            "Goodbye messages, by direction",
+            "direction",
+            &[("sent", c.goodbyes_sent), ("received", c.goodbyes_received)],
+        );
         counter(
             &mut r,
             "peers_banned",
@@ -347,6 +356,14 @@ impl NodeMetrics {
             "network_sent",
             "Bytes written to peers' sockets",
             s.bytes_sent,
+        );
+        let queued = Gauge::<i64>::default();
+        queued.set(saturating_i64(s.send_queued_bytes));
+        r.register_with_unit(
+            "send_queued",
+            "Bytes queued for peers' sockets and not yet written, over every connection",
+            Unit::Bytes,
+            queued,
         );
         counter_family(
             &mut r,
