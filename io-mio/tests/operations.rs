@@ -345,6 +345,9 @@ fn metrics_status_lines_and_json_logs_follow_two_nodes() {
             "meshsync_gossip_messages_total{verdict=\"accepted\"}"
         ) >= 1.0
     );
+    let topic_accepted =
+        "meshsync_gossip_topic_messages_total{topic=\"blocks\",verdict=\"accepted\"}";
+    assert!(value(&followed, topic_accepted) >= 1.0, "{followed:?}");
     assert_eq!(value(&followed, "meshsync_peer_score_count"), 1.0);
 
     // The proposer's status line, once it has its peer.

@@ -482,6 +482,28 @@ impl NodeMetrics {
             "Gossip misbehaviours penalised",
             c.gossip_penalties,
         );
+        let by_topic = Family::<Labels, Counter>::default();
+        for (topic, counts) in &g.topics {
+            for (verdict, count) in [
+                ("received", counts.received),
+                ("duplicate", counts.duplicates),
+                ("accepted", counts.accepted),
+                ("rejected", counts.rejected),
+                ("ignored", counts.ignored),
+            ] {
+                by_topic
+                    .get_or_create(&vec![
+                        ("topic", topic.as_str().to_owned()),
+                        ("verdict", verdict.to_owned()),
+                    ])
+                    .inc_by(count);
+            }
+        }
+        r.register(
+            "gossip_topic_messages",
+            "Gossip messages per subscribed topic: new, duplicate copies, and the verdicts",
+            by_topic,
+        );
         let mesh = Family::<Labels, Gauge>::default();
         for (topic, peers) in &s.mesh_peers {
             mesh.get_or_create(&vec![("topic", topic.clone())])

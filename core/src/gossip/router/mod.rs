@@ -113,7 +113,9 @@ pub use config::{
     SLOW_PEER_GOSSIP_DROPS_MAX, TOPICS_MAX, VALIDATION_PENDING_BYTES_MAX, VALIDATION_PENDING_MAX,
     VALIDATION_TIMEOUT,
 };
-pub use events::{Counters, GossipEvent, Misbehaviour, PublishError, SubscribeError, Validation};
+pub use events::{
+    Counters, GossipEvent, Misbehaviour, PublishError, SubscribeError, TopicCounters, Validation,
+};
 pub use queue::SendReadiness;
 
 use cache::{MessageCache, Seen};
