@@ -247,6 +247,8 @@ impl Driver {
             core: self.node.counters().clone(),
             gossip: self.node.gossip().counters().clone(),
             refused_on_accept: self.refused_on_accept,
+            bans_peer: self.node.peer_manager().banned_peer_count() as u64,
+            bans_ip: self.node.peer_manager().banned_ip_count() as u64,
             bytes_received: self.observer.bytes_received,
             bytes_sent: self.observer.bytes_sent,
             head_slot: self.node.chain().head().slot,

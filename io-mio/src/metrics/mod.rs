@@ -91,6 +91,10 @@ pub struct Snapshot {
     pub connections_closing: u64,
     /// Connections closed on accept, before the core saw them.
     pub refused_on_accept: u64,
+    /// Peer bans held.
+    pub bans_peer: u64,
+    /// IP bans held.
+    pub bans_ip: u64,
     /// Scores (points) of the connected peers.
     pub peer_scores: Vec<f64>,
     /// Our mesh peers per subscribed topic.
@@ -327,6 +331,13 @@ impl NodeMetrics {
             "peers_banned",
             "Peers banned for their score",
             c.peers_banned,
+        );
+        gauge_family(
+            &mut r,
+            "bans",
+            "Bans held now, by what is banned",
+            "kind",
+            &[("peer", s.bans_peer), ("ip", s.bans_ip)],
         );
         r.register_with_unit(
             "handshake_duration",
@@ -647,4 +658,66 @@ fn gauge_family(
             .set(saturating_i64(*count));
     }
     registry.register(name, help, family);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/metrics.md, which must name every metric.
+    const DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"));
+
+    /// Metrics with every family populated, as a busy node's would be.
+    fn populated() -> NodeMetrics {
+        let metrics = NodeMetrics::new();
+        let mut snapshot = Snapshot {
+            peer_scores: vec![-3.0, 0.5],
+            mesh_peers: vec![("blocks".to_owned(), 3)],
+            head_slot: 7,
+            ..Snapshot::default()
+        };
+        snapshot
+            .requests_by_protocol
+            .insert(("/chat/history".to_owned(), "success"), 2);
+        let topic = meshsync_core::Topic::new("blocks").unwrap();
+        snapshot
+            .gossip
+            .topics
+            .insert(topic, meshsync_core::gossip::TopicCounters::default());
+        metrics.publish(snapshot);
+        metrics.observe_request("/chat/history", Duration::from_millis(3));
+        metrics.observe_handshake(Duration::from_millis(2));
+        metrics
+    }
+
+    #[test]
+    fn every_metric_is_in_the_docs_and_named_by_the_rules() {
+        let text = populated().encode();
+        let mut names = Vec::new();
+        for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+            let mut words = line.split(' ').skip(2);
+            let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+            let sample = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            assert!(sample.starts_with("meshsync_"), "{sample}");
+            assert!(
+                DOC.contains(&format!("| `{sample}` | {kind} |")),
+                "docs/metrics.md has no row for `{sample}` ({kind})"
+            );
+            names.push(sample);
+        }
+        // The docs name no metric the text lacks.
+        for row in DOC.lines().filter(|line| line.starts_with("| `meshsync_")) {
+            let name = row.split('`').nth(1).unwrap();
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} is documented but not served"
+            );
+        }
+        assert!(text.contains("\nmeshsync_head_slot 7\n"), "{text}");
+        assert!(text.contains("meshsync_peer_score_count 2\n"), "{text}");
+    }
 }
