@@ -19,7 +19,9 @@
 //! a second, asks every node for its head slot and peer count and prints one
 //! line: `t=12s heads=[6,6,6,5] peers=[3,3,3,3]`. On a signal, or after
 //! `--seconds`, every node shuts down gracefully (Goodbye to every peer) in
-//! parallel.
+//! parallel; a second signal exits at once, and a shutdown still running
+//! after `SHUTDOWN_EXIT_DEADLINE` is cut short (`shutdown.rs`). With
+//! `--metrics-base-port P`, node `i` serves its metrics on 127.0.0.1:P+i.
 
 use std::fs;
 use std::io;

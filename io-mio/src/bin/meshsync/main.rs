@@ -5,6 +5,8 @@
 //! the command line needs lives here, one module per concern: writing key
 //! files ([`secret_files`]), genesis and proposer-key files
 //! ([`genesis_files`]), signing-watermark files ([`watermark_files`]), the
+//! node's flags and configuration file ([`node_config`]), text or JSON logs
+//! ([`logging`]), what a second signal does ([`shutdown`]), the
 //! in-process devnet ([`devnet`]), and the benchmarks ([`mod@bench`],
 //! [`bench_sync`]).
 
