@@ -350,11 +350,19 @@ fn metrics_status_lines_and_json_logs_follow_two_nodes() {
     assert!(value(&followed, topic_accepted) >= 1.0, "{followed:?}");
     assert_eq!(value(&followed, "meshsync_peer_score_count"), 1.0);
 
-    // The proposer's status line, once it has its peer.
-    let line = proposer.wait_line("status: peers 1 ");
+    // The proposer's status lines: one, at least, says the head the scrape saw.
+    let head_seen = value(&seen, "meshsync_head_slot") as u64;
+    let line = wait_for("a status line at the scraped head", || {
+        proposer
+            .log()
+            .lines()
+            .filter(|line| line.contains("status: peers 1 "))
+            .find(|line| parse_status(line).3 >= head_seen)
+            .map(str::to_owned)
+    });
     let (peers, inbound, outbound, head, finalized, sync) = parse_status(&line);
     assert_eq!((peers, inbound, outbound), (1, 1, 0), "{line}");
-    assert!(head >= 1 && finalized <= head, "{line}");
+    assert!(head >= head_seen && finalized <= head, "{line}");
     assert_eq!(sync, "synced", "{line}");
 
     // The follower's log: JSON objects only, one of them its status line.
