@@ -305,7 +305,11 @@ impl Driver {
         let (state, target) = self.sync_view();
         let sync = match state {
             SyncState::Synced => "synced".to_owned(),
-            SyncState::Waiting => format!("sync waiting for peers, target slot {target}"),
+            // Before any peer's claim is believed the target is our own head.
+            SyncState::Waiting if target > chain.head().slot => {
+                format!("sync waiting for peers, target slot {target}")
+            }
+            SyncState::Waiting => "sync waiting for peers".to_owned(),
             SyncState::Syncing => {
                 let eta = match self.observer.sync_eta {
                     Some(eta) => format!("{}s", eta.as_secs()),
