@@ -16,7 +16,7 @@
 //! [`DriverHandle`] (commands, queries, stop) and hear from it through
 //! [`Driver::subscribe`] (notifications). [`store`] is the durable block
 //! store (redb), [`workers`] the thread pool for the core's CPU work,
-//! [`send_queue`] a connection's outbound bytes, [`address`] the
+//! [`metrics`] the Prometheus endpoint, [`send_queue`] a connection's outbound bytes, [`address`] the
 //! `ADDR[@PEERID]` peer syntax and [`keyfile`] reads a node's identity.
 //! [`testing`] holds what tests and devnets need that production does not.
 //!
@@ -33,6 +33,7 @@
 pub mod address;
 pub mod driver;
 pub mod keyfile;
+pub mod metrics;
 pub mod send_queue;
 pub mod store;
 pub mod testing;

@@ -33,7 +33,7 @@ pub mod wire;
 
 pub use router::{
     Config, Counters, Gossip, GossipEvent, Misbehaviour, PublishError, SendReadiness,
-    SubscribeError, Validation,
+    SubscribeError, TopicCounters, Validation,
 };
 pub use wire::{
     Control, GossipDecodeError, MessageId, Rpc, Subscription, Topic, WireMessage, GOSSIP_KIND,

@@ -168,6 +168,7 @@ impl std::error::Error for PeerManagerError {}
 /// Getters: [`PeerManager::config`], [`PeerManager::peer`],
 /// [`PeerManager::peers`], [`PeerManager::peer_count`],
 /// [`PeerManager::inbound_peer_count`], [`PeerManager::peers_wanted`],
+/// [`PeerManager::banned_peer_count`], [`PeerManager::banned_ip_count`],
 /// [`PeerManager::score`], [`PeerManager::is_banned`],
 /// [`PeerManager::is_ip_banned`], [`PeerManager::is_static_peer`],
 /// [`PeerManager::best_peers`], [`PeerManager::best_finalized`],
@@ -252,6 +253,16 @@ impl PeerManager {
         self.config
             .peers_target
             .saturating_sub(self.table.len() + self.gater.outbound_pending_count())
+    }
+
+    /// Peer bans held (those past their end go at the next timeout).
+    pub fn banned_peer_count(&self) -> usize {
+        self.bans.banned_peer_count()
+    }
+
+    /// IP bans held (those past their end go at the next timeout).
+    pub fn banned_ip_count(&self) -> usize {
+        self.bans.banned_ip_count()
     }
 
     /// `peer`'s score at `now` (0 if we do not remember it).

@@ -276,6 +276,7 @@ impl Driver {
                     return;
                 }
                 Ok(count) => {
+                    self.observer.bytes_received += count as u64;
                     filled += count;
                     total += count;
                     if filled == self.read_buffer.len() {
@@ -352,6 +353,7 @@ impl Driver {
         let queued_before = connection.queue.len();
         let result = connection.queue.write_to(&mut connection.stream);
         let written = queued_before - connection.queue.len();
+        self.observer.bytes_sent += written as u64;
         if written > 0 && connection.phase == Phase::Open {
             // The core holds gossip back while too much is unwritten.
             self.feed(Input::BytesWritten {
@@ -405,6 +407,7 @@ impl Driver {
     /// Removes a connection from the poll and the maps, returning it.
     pub(super) fn drop_connection(&mut self, id: u64) -> Option<Connection> {
         let mut connection = self.connections.remove(&id)?;
+        self.observer.forget_connection(connection.remote);
         // Dropping the socket removes it from epoll anyway; this is for tidiness.
         let _ = self.poll.registry().deregister(&mut connection.stream);
         if let Phase::Dialing(dial) = connection.phase {

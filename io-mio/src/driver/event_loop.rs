@@ -157,6 +157,7 @@ impl Driver {
         }
         self.expire_closing();
         self.settle();
+        self.observe_turn();
         self.check_shutdown_done();
         Ok(())
     }
@@ -189,6 +190,9 @@ impl Driver {
             at_most(retry_at.saturating_duration_since(now));
         }
         at_most(self.clock_check_at.saturating_duration_since(now));
+        if let Some(due) = self.observer.next_due() {
+            at_most(due.saturating_duration_since(now));
+        }
         if self.store.is_some() {
             at_most(self.store_check_at.saturating_duration_since(now));
         }
@@ -284,6 +288,7 @@ impl Driver {
     /// it once the node's actions are drained, so `handle` is never called
     /// between two `poll_action`s.
     pub(super) fn feed(&mut self, input: Input) {
+        self.observe_input(&input);
         self.pending.push_back(input);
         if self.feeding {
             return;

@@ -56,6 +56,14 @@
 //! down and [`Driver::run`] returns an error; batches never written are
 //! counted in an ERROR line at exit.
 //!
+//! What an operator watches: [`Driver::metrics`] makes the loop publish a
+//! snapshot of its and the core's counts at most every
+//! [`PUBLISH_INTERVAL`](crate::metrics::PUBLISH_INTERVAL) for a
+//! [`MetricsServer`](crate::metrics::MetricsServer) on another thread, and
+//! time handshakes, store commits, verification jobs (on the workers) and
+//! application requests; [`DriverOptions::status_interval`] makes it log
+//! one status line per interval.
+//!
 //! Other threads talk to a running driver through a [`DriverHandle`]: commands,
 //! stop, and queries of the node's state, over a channel plus a `mio::Waker`.
 //! Notifications reach the application through [`Driver::subscribe`].
@@ -96,7 +104,8 @@
 //! `connections.rs` (sockets: accept, dial, read, write queues, lingering),
 //! `work.rs` (the worker pool), `persistence.rs` (the block store and its
 //! health), `clock.rs` (the core's clock and the wall-clock watch),
-//! `notifications.rs` (logging and subscribers), `handle.rs`
+//! `notifications.rs` (logging and subscribers), `observe.rs` (metrics
+//! snapshots, measured durations, the status line), `handle.rs`
 //! ([`DriverHandle`], [`RunningDriver`]) and `options.rs` (what a driver is
 //! started with and what it counts).
 
@@ -105,6 +114,7 @@ mod connections;
 mod event_loop;
 mod handle;
 mod notifications;
+mod observe;
 mod options;
 mod persistence;
 mod start;
@@ -146,6 +156,7 @@ use self::connections::Connection;
 use self::event_loop::Readiness;
 use self::handle::Control;
 use self::notifications::Subscriber;
+use self::observe::Observer;
 
 /// Readiness events taken from the kernel per poll.
 const EVENTS_PER_POLL_MAX: usize = 1_024;
@@ -202,7 +213,7 @@ pub struct Driver {
     signals: Option<Signals>,
     subscribers: Vec<Subscriber>,
     state: RunState,
-    workers: WorkerPool<Job, WorkOutput>,
+    workers: WorkerPool<Job, (WorkOutput, Duration)>,
     work_stats: WorkStats,
     /// Where the store lives and how it is reopened; `None`: memory only.
     store_dir: Option<(PathBuf, StoreOptions)>,
@@ -236,6 +247,8 @@ pub struct Driver {
     clock_skew_ms: Option<Arc<AtomicI64>>,
     /// Why the driver stopped on its own, if it did: `run` returns it.
     exit_error: Option<String>,
+    /// Metrics, status lines and the durations the driver measures.
+    observer: Observer,
 }
 
 impl Driver {

@@ -1,5 +1,11 @@
 //! What the node tells the application: every notification is logged at a
 //! level that fits it and handed to each subscriber's bounded channel.
+//!
+//! Levels: WARN for what needs an operator's attention (a ban; the
+//! observer adds a peer scored out and all peers lost), INFO for what
+//! happens once in a node's life (synced); every per-peer event
+//! (connected, disconnected, refused, unbanned) and sync's progress are
+//! DEBUG: the periodic status line sums them up at INFO.
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use meshsync_core::io::Notification;
@@ -24,28 +30,29 @@ impl Driver {
     }
 
     pub(super) fn notify(&mut self, notification: Notification) {
+        self.observe_notification(&notification);
         let me = self.peer_id;
         match &notification {
             Notification::PeerConnected {
                 peer,
                 addr,
                 direction,
-            } => log::info!("[{me:?}] peer {peer} connected ({direction:?}, {addr})"),
+            } => log::debug!("[{me:?}] peer {peer} connected ({direction:?}, {addr})"),
             Notification::PeerDisconnected { peer, reason } => {
-                log::info!("[{me:?}] peer {peer} disconnected: {reason}")
+                log::debug!("[{me:?}] peer {peer} disconnected: {reason}")
             }
             Notification::ConnectionRefused { addr, peer, reason } => match peer {
-                Some(peer) => log::info!("[{me:?}] refused {addr} (peer {peer}): {reason}"),
-                None => log::info!("[{me:?}] refused {addr}: {reason}"),
+                Some(peer) => log::debug!("[{me:?}] refused {addr} (peer {peer}): {reason}"),
+                None => log::debug!("[{me:?}] refused {addr}: {reason}"),
             },
             Notification::DialFailed { addr, error } => {
                 log::debug!("[{me:?}] dial to {addr} failed: {error}")
             }
             Notification::PeerBanned { peer, ip, until } => {
-                log::info!("[{me:?}] peer {peer} banned until {until} (ip {ip:?})")
+                log::warn!("[{me:?}] peer {peer} banned until {until} (ip {ip:?})")
             }
-            Notification::PeerUnbanned { peer } => log::info!("[{me:?}] peer {peer} unbanned"),
-            Notification::IpUnbanned { ip } => log::info!("[{me:?}] ip {ip} unbanned"),
+            Notification::PeerUnbanned { peer } => log::debug!("[{me:?}] peer {peer} unbanned"),
+            Notification::IpUnbanned { ip } => log::debug!("[{me:?}] ip {ip} unbanned"),
             Notification::ScoreRecovered { peer } => {
                 log::debug!("[{me:?}] peer {peer} may connect again")
             }
@@ -74,14 +81,14 @@ impl Driver {
                 head_slot,
                 waiting: Some(wait),
                 ..
-            } => log::info!("[{me:?}] sync at slot {head_slot} waits for peers: {wait}"),
+            } => log::debug!("[{me:?}] sync at slot {head_slot} waits for peers: {wait}"),
             Notification::SyncProgress {
                 head_slot,
                 target_slot,
                 blocks_per_second,
                 eta,
                 waiting: None,
-            } => log::info!(
+            } => log::debug!(
                 "[{me:?}] syncing: slot {head_slot} of {target_slot}, {blocks_per_second} blocks/s, eta {eta:?}"
             ),
             Notification::Synced { head_slot } => {

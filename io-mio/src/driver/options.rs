@@ -29,6 +29,9 @@ pub struct DriverOptions {
     /// Without it such a start is refused ([`super::StartError::Watermark`]):
     /// the key may have signed later slots on another machine.
     pub accept_fresh_watermark: bool,
+    /// How often to log the status line (peers, head and finalized slots,
+    /// sync); `None`: never.
+    pub status_interval: Option<Duration>,
     /// Faults injected into the disk and the clock (tests).
     pub faults: DriverFaults,
 }
@@ -43,6 +46,7 @@ impl Default for DriverOptions {
             store_failing_exit_after: STORE_FAILING_EXIT_AFTER_DEFAULT,
             clock: ClockPolicy::Rebase,
             accept_fresh_watermark: false,
+            status_interval: None,
             faults: DriverFaults::default(),
         }
     }

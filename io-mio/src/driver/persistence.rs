@@ -112,6 +112,9 @@ impl Driver {
             match store.commit(&blocks, &batch.delete, finalized, batch.watermark) {
                 Ok(deleted) => {
                     let took = started.elapsed();
+                    if let Some(metrics) = self.observer.metrics() {
+                        metrics.observe_store_commit(took);
+                    }
                     let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                     let stats = &mut self.persist_stats;
                     stats.batches += 1;

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use meshsync_core::chain::{ChainConfig, ProposerPublicKey, SignedBlock, SigningWatermark};
-use meshsync_core::work::Job;
 use meshsync_core::{Config, Health, Identity, Input, Node};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
@@ -19,7 +18,9 @@ use crate::store::{StoreError, StoreNetwork, StoreOptions};
 use crate::workers::WorkerPool;
 
 use super::clock::wall_ms;
+use super::observe::Observer;
 use super::persistence::{load_blocks, open_store};
+use super::work::run_timed;
 use super::{
     Driver, DriverOptions, PersistStats, RunState, WorkStats, CLOCK_CHECK_INTERVAL,
     CONTROL_QUEUED_MAX, EVENTS_PER_POLL_MAX, FIRST_CONN_ID, LISTENER, READ_BUFFER_BYTES,
@@ -231,7 +232,7 @@ impl Driver {
             );
         // mio allows one waker per poll: the workers share the handles' waker.
         let workers =
-            WorkerPool::new(options.workers, Job::run, Arc::clone(&waker)).map_err(|error| {
+            WorkerPool::new(options.workers, run_timed, Arc::clone(&waker)).map_err(|error| {
                 StartError::Resource {
                     what: "the worker threads",
                     error,
@@ -302,6 +303,7 @@ impl Driver {
             clock_untrusted: false,
             clock_skew_ms,
             exit_error: None,
+            observer: Observer::new(origin, options.status_interval),
         };
         if stored_slot_max > head_slot {
             log::error!(

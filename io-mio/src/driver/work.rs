@@ -2,6 +2,8 @@
 //! back as `Input::WorkDone` every turn; a full pool runs a job inline
 //! rather than leave the core waiting.
 
+use std::time::{Duration, Instant as StdInstant};
+
 use meshsync_core::work::{Job, WorkId, WorkOutput};
 use meshsync_core::Input;
 
@@ -13,6 +15,14 @@ use super::Driver;
 // `Full` (and an inline job) means a bug or several nodes on one pool.
 const _: () =
     assert!(meshsync_core::node::WORK_IN_FLIGHT_MAX < crate::workers::WORK_QUEUE_JOBS_MAX);
+
+/// Runs `job` and says how long it took: the worker thread's own timing,
+/// so the verification-batch histogram leaves out the queueing.
+pub(super) fn run_timed(job: Job) -> (WorkOutput, Duration) {
+    let started = StdInstant::now();
+    let output = job.run();
+    (output, started.elapsed())
+}
 
 impl Driver {
     pub(super) fn submit_work(&mut self, id: WorkId, job: Job) {
@@ -29,7 +39,10 @@ impl Driver {
                     id.0
                 );
                 self.work_stats.inline += 1;
-                let output = job.run();
+                let (output, took) = run_timed(job);
+                if let Some(metrics) = self.observer.metrics() {
+                    metrics.observe_verification_batch(took);
+                }
                 self.feed(Input::WorkDone { id, output });
             }
         }
@@ -39,7 +52,12 @@ impl Driver {
     pub(super) fn drain_work(&mut self) {
         while let Some((id, result)) = self.workers.try_recv_result() {
             let output = match result {
-                Ok(output) => output,
+                Ok((output, took)) => {
+                    if let Some(metrics) = self.observer.metrics() {
+                        metrics.observe_verification_batch(took);
+                    }
+                    output
+                }
                 Err(panicked) => {
                     // The pool logged the panic. The job's blocks are gone
                     // with it, so the core gets a failed verification of no

@@ -1,6 +1,7 @@
 //! What the router and the node tell each other: events, the application's
 //! verdicts, the errors of publishing and subscribing, and the counters.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::gossip::wire::{GossipDecodeError, MessageId, Topic};
@@ -136,4 +137,22 @@ pub struct Counters {
     pub prunes_received: u64,
     /// GRAFTs refused because they came inside a backoff (each a penalty).
     pub grafts_refused_in_backoff: u64,
+    /// Counts per topic we are subscribed to (at most `TOPICS_MAX`); a
+    /// topic's entry goes when we unsubscribe from it.
+    pub topics: BTreeMap<Topic, TopicCounters>,
+}
+
+/// What the router counted on one subscribed topic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TopicCounters {
+    /// New messages handed to the application.
+    pub received: u64,
+    /// Copies of messages already seen.
+    pub duplicates: u64,
+    /// Messages the application accepted (and we forwarded).
+    pub accepted: u64,
+    /// Messages the application rejected (their senders penalised).
+    pub rejected: u64,
+    /// Messages the application ignored.
+    pub ignored: u64,
 }

@@ -113,7 +113,9 @@ pub use config::{
     SLOW_PEER_GOSSIP_DROPS_MAX, TOPICS_MAX, VALIDATION_PENDING_BYTES_MAX, VALIDATION_PENDING_MAX,
     VALIDATION_TIMEOUT,
 };
-pub use events::{Counters, GossipEvent, Misbehaviour, PublishError, SubscribeError, Validation};
+pub use events::{
+    Counters, GossipEvent, Misbehaviour, PublishError, SubscribeError, TopicCounters, Validation,
+};
 pub use queue::SendReadiness;
 
 use cache::{MessageCache, Seen};
@@ -200,6 +202,11 @@ impl Gossip {
     /// Whether we are subscribed to `topic`.
     pub fn is_subscribed(&self, topic: &Topic) -> bool {
         self.subscriptions.contains(topic)
+    }
+
+    /// The topics we are subscribed to, in order.
+    pub fn subscriptions(&self) -> impl Iterator<Item = &Topic> {
+        self.subscriptions.iter()
     }
 
     /// Our mesh for `topic`, in `PeerId` order.

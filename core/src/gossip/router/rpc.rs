@@ -159,6 +159,9 @@ impl Gossip {
         }
         if let Some(seen) = self.seen.get_mut(&id).filter(|_| !retried) {
             self.counters.duplicates += 1;
+            if let Some(counts) = self.counters.topics.get_mut(&message.topic) {
+                counts.duplicates += 1;
+            }
             let state = seen.state;
             match state {
                 SeenState::Pending => {
@@ -189,9 +192,15 @@ impl Gossip {
         if self.pending.contains_key(&id) {
             // Only possible if the seen cache overflowed while it was pending.
             self.counters.duplicates += 1;
+            if let Some(counts) = self.counters.topics.get_mut(&message.topic) {
+                counts.duplicates += 1;
+            }
             return;
         }
         self.counters.messages_received += 1;
+        if let Some(counts) = self.counters.topics.get_mut(&message.topic) {
+            counts.received += 1;
+        }
         if !retried {
             self.remember_seen(
                 id,
@@ -457,6 +466,13 @@ impl Gossip {
             self.pending_order.retain(|id| pending.contains_key(id));
         }
         let topic = pending.message.topic.clone();
+        if let Some(counts) = self.counters.topics.get_mut(&topic) {
+            match verdict {
+                Validation::Accept => counts.accepted += 1,
+                Validation::Reject => counts.rejected += 1,
+                Validation::Ignore => counts.ignored += 1,
+            }
+        }
         // The seen entry outlives the pending one unless the seen cache
         // overflowed; then the senders are unknown and nobody is credited.
         let deliverers = match self.seen.get_mut(&id) {

@@ -1022,6 +1022,38 @@ fn seen_cache_deduplicates_then_expires() {
     assert_eq!(gossip.counters().messages_unsubscribed, 1);
 }
 
+/// Each subscribed topic counts its new messages, copies and verdicts;
+/// leaving the topic drops its counts.
+#[test]
+fn topic_counters_follow_messages_and_verdicts() {
+    let mut gossip = router_with_peers(3);
+    let mut ids = Vec::new();
+    for (n, body) in [&b"one"[..], b"two", b"three"].into_iter().enumerate() {
+        let bytes = message_rpc(&topic(), body);
+        let t = 2 * n as u64;
+        assert_eq!(rpc_events(&mut gossip, at(t), peer(1), &bytes).len(), 1);
+        assert!(rpc_events(&mut gossip, at(t + 1), peer(2), &bytes).is_empty());
+        ids.push(MessageId::compute(&topic(), body));
+    }
+    assert!(gossip.report_validation(at(10), ids[0], Validation::Accept));
+    assert!(gossip.report_validation(at(10), ids[1], Validation::Reject));
+    assert!(gossip.report_validation(at(10), ids[2], Validation::Ignore));
+    let counts = gossip.counters().topics[&topic()];
+    assert_eq!(
+        counts,
+        TopicCounters {
+            received: 3,
+            duplicates: 3,
+            accepted: 1,
+            rejected: 1,
+            ignored: 1,
+        }
+    );
+    assert_eq!(gossip.counters().topics.len(), 1);
+    assert!(gossip.unsubscribe(at(11), &topic()));
+    assert!(gossip.counters().topics.is_empty());
+}
+
 #[test]
 fn pending_validations_are_bounded_and_time_out() {
     let mut gossip = router_with_peers(2);

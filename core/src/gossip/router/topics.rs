@@ -34,6 +34,9 @@ impl Gossip {
             return Err(SubscribeError::TooManyTopics);
         }
         self.subscriptions.insert(topic.clone());
+        self.counters
+            .topics
+            .insert(topic.clone(), super::TopicCounters::default());
         self.topic_deliveries.insert(topic.clone(), 0.0);
         for p in self.peers.values_mut() {
             p.stats.topics.insert(topic.clone(), TopicStats::default());
@@ -87,6 +90,7 @@ impl Gossip {
         if !self.subscriptions.remove(topic) {
             return false;
         }
+        self.counters.topics.remove(topic);
         for peer in self.mesh_peers(topic) {
             self.prune(now, topic, peer);
         }

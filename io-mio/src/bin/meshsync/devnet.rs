@@ -19,7 +19,9 @@
 //! a second, asks every node for its head slot and peer count and prints one
 //! line: `t=12s heads=[6,6,6,5] peers=[3,3,3,3]`. On a signal, or after
 //! `--seconds`, every node shuts down gracefully (Goodbye to every peer) in
-//! parallel.
+//! parallel; a second signal exits at once, and a shutdown still running
+//! after `SHUTDOWN_EXIT_DEADLINE` is cut short (`shutdown.rs`). With
+//! `--metrics-base-port P`, node `i` serves its metrics on 127.0.0.1:P+i.
 
 use std::fs;
 use std::io;
@@ -31,6 +33,7 @@ use std::time::{Duration, Instant as StdInstant, SystemTime};
 use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey};
 use meshsync_core::{Command, Config};
 use meshsync_mio::driver::{Driver, DriverOptions, RunningDriver};
+use meshsync_mio::metrics::MetricsServer;
 use meshsync_mio::testing::devnet_genesis;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook_mio::v1_0::Signals;
@@ -72,6 +75,15 @@ pub struct DevnetOptions {
     pub late_node_at: Option<Duration>,
     /// Parent of the nodes' data directories; `None`: a temporary directory removed at exit.
     pub data_dir: Option<PathBuf>,
+    /// Node `i` serves its metrics on `metrics_base_port + i` (0: free ports); `None`: no metrics.
+    pub metrics_base_port: Option<u16>,
+}
+
+/// A node of the devnet: its driver's thread, and its metrics endpoint if any.
+struct DevnetNode {
+    driver: RunningDriver,
+    /// Kept for its thread: dropping it stops the endpoint.
+    metrics: Option<MetricsServer>,
 }
 
 /// The nodes that node `index` dials.
@@ -117,12 +129,13 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
         data_dir.path().display()
     );
 
+    crate::shutdown::watch_signals()?;
     let mut poll = Poll::new()?;
     let mut signals = Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
     poll.registry()
         .register(&mut signals, Token(0), Interest::READABLE)?;
 
-    let mut nodes: Vec<RunningDriver> = Vec::with_capacity(options.nodes + 1);
+    let mut nodes: Vec<DevnetNode> = Vec::with_capacity(options.nodes + 1);
     for index in 0..options.nodes {
         let key = keys.get(index).cloned();
         let node = start_node(options, &genesis, key, data_dir.path(), index, &nodes)?;
@@ -135,9 +148,10 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
             ""
         };
         println!(
-            "node {index}: {} at {}{role}",
-            node.peer_id(),
-            node.local_addr()
+            "node {index}: {} at {}{role}{}",
+            node.driver.peer_id(),
+            node.driver.local_addr(),
+            metrics_text(node)
         );
     }
 
@@ -156,10 +170,11 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
             let index = nodes.len();
             let node = start_node(options, &genesis, None, data_dir.path(), index, &nodes)?;
             println!(
-                "t={}s late node {index} joins: {} at {}",
+                "t={}s late node {index} joins: {} at {}{}",
                 (now - start).as_secs(),
-                node.peer_id(),
-                node.local_addr()
+                node.driver.peer_id(),
+                node.driver.local_addr(),
+                metrics_text(&node)
             );
             nodes.push(node);
             continue;
@@ -188,11 +203,11 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
     report(&nodes, start.elapsed());
     // Ask every node to stop first, so they shut down in parallel.
     for node in &nodes {
-        let _ = node.handle().stop();
+        let _ = node.driver.handle().stop();
     }
     let mut first_error = None;
     for node in nodes {
-        if let Err(error) = node.join() {
+        if let Err(error) = node.driver.join() {
             first_error.get_or_insert(error);
         }
     }
@@ -207,18 +222,9 @@ fn start_node(
     key: Option<blst::min_pk::SecretKey>,
     data_dir: &Path,
     index: usize,
-    running: &[RunningDriver],
-) -> io::Result<RunningDriver> {
-    let port = if options.base_port == 0 {
-        0
-    } else {
-        u16::try_from(usize::from(options.base_port) + index).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "--base-port + --nodes exceeds 65535",
-            )
-        })?
-    };
+    running: &[DevnetNode],
+) -> io::Result<DevnetNode> {
+    let port = port_of(options.base_port, index, "--base-port")?;
     let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut config = Config::new(options.network_id);
     config.chain = ChainConfig {
@@ -239,7 +245,7 @@ fn start_node(
         data_dir: Some(data_dir.join(format!("node-{index}"))),
         ..DriverOptions::default()
     };
-    let driver = Driver::bind_with(
+    let mut driver = Driver::bind_with(
         listen,
         config,
         meshsync_mio::generate_identity(),
@@ -251,17 +257,57 @@ fn start_node(
         let error = io::Error::from(error);
         io::Error::new(error.kind(), format!("node {index}: {error}"))
     })?;
+    let metrics = match options.metrics_base_port {
+        None => None,
+        Some(base) => {
+            let addr = SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                port_of(base, index, "--metrics-base-port")?,
+            ));
+            let server = MetricsServer::start(addr, driver.metrics()).map_err(|error| {
+                io::Error::new(
+                    error.kind(),
+                    format!("node {index}: metrics: cannot listen on {addr}: {error}"),
+                )
+            })?;
+            Some(server)
+        }
+    };
     let node = driver.spawn(&format!("node-{index}"))?;
     for target in dial_targets(index) {
         let command = Command::Dial {
-            addr: running[target].local_addr(),
-            peer: Some(running[target].peer_id()),
+            addr: running[target].driver.local_addr(),
+            peer: Some(running[target].driver.peer_id()),
         };
         node.handle()
             .command(command)
             .map_err(|error| io::Error::other(format!("node {index}: {error}")))?;
     }
-    Ok(node)
+    Ok(DevnetNode {
+        driver: node,
+        metrics,
+    })
+}
+
+/// Port `base + index`, or 0 (a free port) when `base` is 0.
+fn port_of(base: u16, index: usize, flag: &str) -> io::Result<u16> {
+    if base == 0 {
+        return Ok(0);
+    }
+    u16::try_from(usize::from(base) + index).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{flag} + --nodes exceeds 65535"),
+        )
+    })
+}
+
+/// Where a node's metrics are served, for its line in the listing.
+fn metrics_text(node: &DevnetNode) -> String {
+    match &node.metrics {
+        Some(server) => format!(", metrics http://{}/metrics", server.local_addr()),
+        None => String::new(),
+    }
 }
 
 /// The devnet's data directory: the one given, or a fresh temporary one
@@ -307,11 +353,11 @@ impl Drop for DataDir {
 }
 
 /// Prints one line with every node's head slot and peer count.
-fn report(nodes: &[RunningDriver], elapsed: Duration) {
+fn report(nodes: &[DevnetNode], elapsed: Duration) {
     let (heads, peers): (Vec<String>, Vec<String>) = nodes
         .iter()
         .map(|node| {
-            match node.handle().query(
+            match node.driver.handle().query(
                 |driver| {
                     (
                         driver.node().chain().head().slot,

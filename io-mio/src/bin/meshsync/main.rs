@@ -5,6 +5,8 @@
 //! the command line needs lives here, one module per concern: writing key
 //! files ([`secret_files`]), genesis and proposer-key files
 //! ([`genesis_files`]), signing-watermark files ([`watermark_files`]), the
+//! node's flags and configuration file ([`node_config`]), text or JSON logs
+//! ([`logging`]), what a second signal does ([`shutdown`]), the
 //! in-process devnet ([`devnet`]), and the benchmarks ([`mod@bench`],
 //! [`bench_sync`]).
 
@@ -18,8 +20,10 @@ mod bench_cli;
 mod bench_sync;
 mod devnet;
 mod genesis_files;
+mod logging;
 mod node_config;
 mod secret_files;
+mod shutdown;
 mod watermark_files;
 
 use std::path::{Path, PathBuf};
@@ -31,10 +35,11 @@ use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
 use meshsync_core::Config;
 use meshsync_mio::driver::DriverOptions;
+use meshsync_mio::metrics::MetricsServer;
 use meshsync_mio::{keyfile, workers, Driver};
 
 use crate::genesis_files::GenesisOptions;
-use crate::node_config::{NodeConfig, NodeFlags};
+use crate::node_config::{LogFormat, NodeConfig, NodeFlags};
 
 /// meshsync: a peer-to-peer block sync engine.
 #[derive(Parser, Debug)]
@@ -121,6 +126,10 @@ enum CliCommand {
         /// default: a fresh temporary directory, removed at exit.
         #[arg(long = "data-dir", value_name = "DIR")]
         data_dir: Option<PathBuf>,
+        /// Serve each node's metrics on http://127.0.0.1:P+i/metrics (node i);
+        /// 0 picks free ports.
+        #[arg(long = "metrics-base-port", value_name = "P")]
+        metrics_base_port: Option<u16>,
     },
     /// Measure the driver against the core's limit.
     #[cfg(feature = "bench")]
@@ -159,15 +168,21 @@ enum WatermarkCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // A benchmark would otherwise log two lines per handshake and measure the logger.
-    let default_level = match cli.command {
-        #[cfg(feature = "bench")]
-        CliCommand::Bench { .. } => "warn",
-        _ => "info",
+    let result = match cli.command {
+        // The node's log format may come from its configuration file.
+        CliCommand::Node(flags) => run_node(flags),
+        command => {
+            // A benchmark would otherwise log two lines per handshake and measure the logger.
+            let default_level = match command {
+                #[cfg(feature = "bench")]
+                CliCommand::Bench { .. } => "warn",
+                _ => "info",
+            };
+            logging::init(default_level, LogFormat::Text);
+            run(command)
+        }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
-    match run(cli) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -176,8 +191,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    match cli.command {
+fn run_node(flags: NodeFlags) -> Result<(), String> {
+    let print_config = flags.print_config;
+    let config = flags.resolve()?;
+    if print_config {
+        print!("{}", config.to_toml()?);
+        return Ok(());
+    }
+    logging::init("info", config.log_format);
+    node(config)
+}
+
+fn run(command: CliCommand) -> Result<(), String> {
+    match command {
         CliCommand::Keygen { out, force } => keygen(&out, force),
         CliCommand::Genesis {
             proposers,
@@ -198,15 +224,7 @@ fn run(cli: Cli) -> Result<(), String> {
             },
             force,
         ),
-        CliCommand::Node(flags) => {
-            let print_config = flags.print_config;
-            let config = flags.resolve()?;
-            if print_config {
-                print!("{}", config.to_toml()?);
-                return Ok(());
-            }
-            node(config)
-        }
+        CliCommand::Node(flags) => run_node(flags),
         CliCommand::Watermark { command } => watermark(command),
         CliCommand::Devnet {
             nodes,
@@ -218,6 +236,7 @@ fn run(cli: Cli) -> Result<(), String> {
             body_bytes,
             late_node_at,
             data_dir,
+            metrics_base_port,
         } => devnet::run(&devnet::DevnetOptions {
             nodes,
             base_port,
@@ -228,6 +247,7 @@ fn run(cli: Cli) -> Result<(), String> {
             body_bytes,
             late_node_at: late_node_at.map(Duration::from_secs),
             data_dir,
+            metrics_base_port,
         })
         .map_err(|error| format!("devnet: {error}")),
         #[cfg(feature = "bench")]
@@ -318,6 +338,8 @@ fn node(options: NodeConfig) -> Result<(), String> {
         store_failing_exit_after: Duration::from_secs(options.store_failing_exit_secs),
         clock: options.clock_jump,
         accept_fresh_watermark: options.accept_fresh_watermark,
+        status_interval: (options.status_interval_secs > 0)
+            .then(|| Duration::from_secs(options.status_interval_secs)),
         faults: Default::default(),
     };
     let mut driver = Driver::bind_with(
@@ -330,8 +352,22 @@ fn node(options: NodeConfig) -> Result<(), String> {
     // The error starts with its cause: "network: cannot listen on ADDR",
     // "store: block store PATH ...", "watermark: ...", or "resources: ...".
     .map_err(|error| format!("cannot start the node: {error}"))?;
-    driver
-        .catch_signals()
+    let _metrics_server = match options.metrics {
+        None => None,
+        Some(addr) => {
+            let server = MetricsServer::start(addr, driver.metrics()).map_err(|error| {
+                format!("cannot start the node: metrics: cannot listen on {addr}: {error}")
+            })?;
+            log::info!(
+                "[{:?}] serving metrics on http://{}/metrics",
+                driver.peer_id(),
+                server.local_addr()
+            );
+            Some(server)
+        }
+    };
+    shutdown::watch_signals()
+        .and_then(|()| driver.catch_signals())
         .map_err(|error| format!("cannot install signal handlers: {error}"))?;
     for peer in &options.peers {
         driver.command(peer.dial_command());

@@ -38,7 +38,7 @@ use serde::Serialize;
 /// The keys of a configuration file, in the order `--print-config` writes
 /// them: the long names of `meshsync node`'s flags but those of
 /// [`COMMAND_LINE_ONLY`].
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 15] = [
     "listen",
     "key",
     "peer",
@@ -51,7 +51,33 @@ pub const KEYS: [&str; 12] = [
     "repair",
     "store-failing-exit-secs",
     "clock-jump",
+    "metrics",
+    "status-interval-secs",
+    "log-format",
 ];
+
+/// How often the status line is logged when `--status-interval-secs` is not given.
+pub const STATUS_INTERVAL_SECS_DEFAULT: u64 = 30;
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// env_logger's usual lines.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, target, message.
+    Json,
+}
+
+impl LogFormat {
+    /// The flag's and the key's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
 
 /// Flags that are never keys: the two about the file itself, and
 /// `--accept-fresh-watermark`, an acknowledgement for one start that a file
@@ -129,6 +155,17 @@ pub struct NodeFlags {
     /// only: a file would give it at every start.
     #[arg(long = "accept-fresh-watermark")]
     pub accept_fresh_watermark: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics,
+    /// e.g. 127.0.0.1:9100; port 0 picks a free port, named in the log.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Log a status line (peers, head and finalized slots, sync) every S
+    /// seconds; 0 turns it off [default: 30].
+    #[arg(long = "status-interval-secs", value_name = "S")]
+    pub status_interval_secs: Option<u64>,
+    /// Log lines as `text` or as one JSON object per line (`json`) [default: text].
+    #[arg(long = "log-format", value_name = "FORMAT", value_parser = parse_log_format)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The configuration a node runs with: the file's keys, then the flags,
@@ -149,6 +186,10 @@ pub struct NodeConfig {
     pub clock_jump: ClockPolicy,
     /// Given on this command line only; never printed as a key.
     pub accept_fresh_watermark: bool,
+    pub metrics: Option<SocketAddr>,
+    /// 0: no status line.
+    pub status_interval_secs: u64,
+    pub log_format: LogFormat,
 }
 
 /// What a configuration file set: each key, if present, already checked.
@@ -166,6 +207,9 @@ struct FileValues {
     repair: Option<bool>,
     store_failing_exit_secs: Option<u64>,
     clock_jump: Option<ClockPolicy>,
+    metrics: Option<SocketAddr>,
+    status_interval_secs: Option<u64>,
+    log_format: Option<LogFormat>,
 }
 
 impl NodeFlags {
@@ -235,6 +279,12 @@ impl NodeFlags {
                 .or(file.clock_jump)
                 .unwrap_or(ClockPolicy::Rebase),
             accept_fresh_watermark: self.accept_fresh_watermark,
+            metrics: self.metrics.or(file.metrics),
+            status_interval_secs: self
+                .status_interval_secs
+                .or(file.status_interval_secs)
+                .unwrap_or(STATUS_INTERVAL_SECS_DEFAULT),
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
 }
@@ -259,6 +309,10 @@ struct Printed<'a> {
     repair: bool,
     store_failing_exit_secs: i64,
     clock_jump: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<String>,
+    status_interval_secs: i64,
+    log_format: &'static str,
 }
 
 impl NodeConfig {
@@ -314,6 +368,9 @@ impl NodeConfig {
                 ClockPolicy::Rebase => "rebase",
                 ClockPolicy::Refuse => "refuse",
             },
+            metrics: self.metrics.map(|addr| addr.to_string()),
+            status_interval_secs: toml_integer("status-interval-secs", self.status_interval_secs)?,
+            log_format: self.log_format.as_str(),
         };
         let body = toml::to_string(&printed)
             .map_err(|error| format!("cannot write the configuration as TOML: {error}"))?;
@@ -334,6 +391,7 @@ impl NodeConfig {
             ),
             (self.data_dir.is_none(), "data-dir", "memory only"),
             (self.workers.is_none(), "workers", "one per core"),
+            (self.metrics.is_none(), "metrics", "no metrics served"),
         ];
         for (is_unset, key, meaning) in unset {
             if is_unset {
@@ -423,6 +481,13 @@ fn read_file(path: &Path) -> Result<FileValues, String> {
             "clock-jump" => {
                 values.clock_jump = Some(parsed(value, parse_clock_policy).map_err(&error)?)
             }
+            "metrics" => values.metrics = Some(parsed(value, str::parse).map_err(&error)?),
+            "status-interval-secs" => {
+                values.status_interval_secs = Some(typed(value).map_err(&error)?)
+            }
+            "log-format" => {
+                values.log_format = Some(parsed(value, parse_log_format).map_err(&error)?)
+            }
             _ => return Err(unknown_key(path, &key)),
         }
     }
@@ -495,6 +560,14 @@ fn parse_body_bytes(text: &str) -> Result<usize, String> {
 
 fn parse_workers(text: &str) -> Result<usize, String> {
     check_workers(text.parse().map_err(|error| format!("{error}"))?)
+}
+
+pub fn parse_log_format(text: &str) -> Result<LogFormat, String> {
+    match text {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected text or json".to_owned()),
+    }
 }
 
 pub fn parse_clock_policy(text: &str) -> Result<ClockPolicy, String> {
@@ -614,6 +687,8 @@ mod tests {
         for default in [
             format!("[default: {DEVNET_BODY_BYTES_DEFAULT}]"),
             format!("[default: {}]", STORE_FAILING_EXIT_AFTER_DEFAULT.as_secs()),
+            format!("[default: {STATUS_INTERVAL_SECS_DEFAULT}]"),
+            "[default: text]".to_owned(),
             "[default: rebase]".to_owned(),
         ] {
             assert!(help.contains(&default), "no {default} in {help}");
@@ -640,6 +715,9 @@ mod tests {
         // What the file leaves out keeps its default.
         assert_eq!(from_file.store_failing_exit_secs, 300);
         assert_eq!(from_file.workers, None);
+        assert_eq!(from_file.metrics, None);
+        assert_eq!(from_file.status_interval_secs, STATUS_INTERVAL_SECS_DEFAULT);
+        assert_eq!(from_file.log_format, LogFormat::Text);
 
         let overridden = flags(&[
             "--config",
@@ -692,6 +770,15 @@ mod tests {
                 "key `peer`: `127.0.0.1` is not an address",
             ),
             (
+                "log-format = \"xml\"\n",
+                "key `log-format`: \"xml\": expected text or json",
+            ),
+            ("metrics = \"nowhere\"\n", "key `metrics`: \"nowhere\""),
+            (
+                "status-interval-secs = \"often\"\n",
+                "key `status-interval-secs`: invalid type",
+            ),
+            (
                 "clock-jump = \"maybe\"\n",
                 "key `clock-jump`: \"maybe\": expected rebase or refuse",
             ),
@@ -729,7 +816,8 @@ mod tests {
             &format!(
                 "listen = \"[::1]:9001\"\nkey = \"node.key\"\npeer = [\"127.0.0.1:9002@{id}\", \
                  \"127.0.0.1:9003\"]\nproposer-key = [\"a.key\", \"/abs/b.key\"]\n\
-                 data-dir = \"data \\\"quoted\\\"\"\nworkers = 3\n"
+                 data-dir = \"data \\\"quoted\\\"\"\nworkers = 3\nmetrics = \"127.0.0.1:9100\"\n\
+             status-interval-secs = 5\nlog-format = \"json\"\n"
             ),
         );
         let config = flags(&["--config", path.to_str().unwrap(), "--network", "7"])
