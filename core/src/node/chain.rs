@@ -358,7 +358,7 @@ impl Node {
         self.sync_local_chain(now);
         if self.chain_state.follow_gossip {
             let topic = self.chain_state.blocks_topic.clone();
-            if let Err(error) = self.gossip.subscribe(now, topic) {
+            if let Err(error) = self.gossip.router_mut().subscribe(now, topic) {
                 warn!("cannot subscribe to the blocks topic: {error:?}");
             }
         }
@@ -523,7 +523,7 @@ impl Node {
                 continue; // Pruned before it was written: nothing to announce.
             }
             let topic = self.chain_state.blocks_topic.clone();
-            if let Err(error) = self.gossip.publish(now, topic, &payload) {
+            if let Err(error) = self.gossip.router_mut().publish(now, topic, &payload) {
                 debug!("block {} not published: {error:?}", root);
             }
         }
@@ -719,7 +719,7 @@ impl Node {
                 "{from:?}: verification busy ({held} of its own): gossiped block dropped unjudged"
             );
             self.out.counters.gossip_verifications_deferred += 1;
-            self.gossip.abandon_validation(now, message);
+            self.gossip.router_mut().abandon_validation(now, message);
             if held >= GOSSIP_VERIFICATIONS_PER_PEER_MAX && held_for_slot {
                 // Its own excess: more blocks for one slot than one proposer signs.
                 self.report(now, from, Report::Penalty(Penalty::Low));
@@ -749,7 +749,7 @@ impl Node {
         if *count >= state.gossip_verifications_per_window {
             debug!("{from:?}: over its gossip verification rate: block dropped unjudged");
             self.out.counters.gossip_verifications_over_rate += 1;
-            self.gossip.abandon_validation(now, message);
+            self.gossip.router_mut().abandon_validation(now, message);
             self.report(now, from, Report::Penalty(Penalty::Low));
             return false;
         }
@@ -781,7 +781,7 @@ impl Node {
     }
 
     fn judge_gossip_block(&mut self, now: Instant, id: MessageId, verdict: Validation) {
-        self.gossip_validate(now, id, verdict);
+        self.gossip.validate(now, id, verdict, &mut self.out);
     }
 
     pub(super) fn job_seed(&mut self) -> [u8; 32] {

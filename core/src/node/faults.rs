@@ -321,7 +321,11 @@ impl Node {
             return;
         };
         let topic = self.chain_state.blocks_topic().clone();
-        if let Err(error) = self.gossip.publish(now, topic, &orphan.encode()) {
+        if let Err(error) = self
+            .gossip
+            .router_mut()
+            .publish(now, topic, &orphan.encode())
+        {
             debug!("orphan at slot {top} not published: {error:?}");
         }
     }

@@ -1,7 +1,15 @@
-//! The node's gossip glue: what connects the [`crate::gossip::Gossip`] router to the
-//! connections, the peer manager and the application.
+//! The node's gossip part, and the glue that connects it to the
+//! connections, the peer manager, the chain and the application.
 //!
 //! # Design
+//! `GossipPart` owns the [`crate::gossip::Gossip`] router and the topics the
+//! application subscribed to; it reads no other part's state, and what it
+//! needs of them (the connections' write windows, the outbox, scores) comes
+//! in as arguments. What its events mean for the rest of the node (a block
+//! for the chain, a penalty for the peer manager, a disconnect) is decided
+//! by the `impl Node` block below it, the node's mediation. This is the
+//! shape every glue module takes (see ARCHITECTURE.md, "Adding a protocol").
+//!
 //! The router is one more pure state machine the node drives, in the same
 //! way as the req/resp trackers in `rpc.rs`:
 //! - a peer admitted or gone is told to the router (`on_peer_connected`,
@@ -49,27 +57,228 @@
 //! [`crate::limits::WRITE_STALL_TIMEOUT`] is cut: Goodbye(fault) and a Mid
 //! penalty to its identity.
 
-use crate::machine::Machine;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use log::{debug, info};
 
+use super::connections::Connections;
+use super::outbox::Outbox;
 use super::Node;
-use crate::gossip::{GossipEvent, MessageId, Misbehaviour, SendReadiness, Topic, Validation};
+use crate::gossip::{
+    Gossip, GossipEvent, MessageId, Misbehaviour, SendReadiness, Topic, Validation,
+};
 use crate::identity::PeerId;
 use crate::io::{Direction, GoodbyeReason, Notification};
 use crate::limits;
+use crate::machine::Machine;
 use crate::peer::{Penalty, Report};
 use crate::time::Instant;
 
+/// The gossip part: the router and the application's topics.
+pub(super) struct GossipPart {
+    router: Gossip,
+    /// The topics the application subscribed to (at most
+    /// `gossip::router::TOPICS_MAX`); the blocks topic is the chain's.
+    topics: BTreeSet<Topic>,
+}
+
+impl GossipPart {
+    pub(super) fn new(router: Gossip) -> GossipPart {
+        GossipPart {
+            router,
+            topics: BTreeSet::new(),
+        }
+    }
+
+    /// The router, for reading.
+    pub(super) fn router(&self) -> &Gossip {
+        &self.router
+    }
+
+    /// The router, for the chain's own topic (subscribe, publish, verdicts
+    /// the chain abandons).
+    pub(super) fn router_mut(&mut self) -> &mut Gossip {
+        &mut self.router
+    }
+
+    /// One gossip RPC from accepted `peer`; returns the router's events,
+    /// taken all at once: what applying them makes the router queue waits
+    /// for the next drain, as it always has.
+    pub(super) fn handle_rpc(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        bytes: &[u8],
+        out: &mut Outbox,
+    ) -> Vec<GossipEvent> {
+        out.counters.gossip_rpcs_received += 1;
+        self.router.handle_rpc(now, peer, bytes);
+        std::iter::from_fn(|| self.router.poll_event()).collect()
+    }
+
+    /// A peer was admitted, with the peer manager's score of it in points.
+    pub(super) fn handle_peer_connected(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        direction: Direction,
+        addr: SocketAddr,
+        score_points: f64,
+    ) {
+        let outbound = direction == Direction::Outbound;
+        self.router
+            .handle_peer_connected(now, peer, outbound, addr.ip());
+        self.router.set_application_score(&peer, score_points);
+    }
+
+    /// `peer` left: the router drops its state and what it queued for it.
+    pub(super) fn handle_peer_disconnected(&mut self, now: Instant, peer: &PeerId) {
+        self.router.handle_peer_disconnected(now, peer);
+    }
+
+    /// The peer manager's current score of `peer`, as the router's
+    /// application-specific score (P5).
+    pub(super) fn set_score(&mut self, peer: &PeerId, points: f64) {
+        self.router.set_application_score(peer, points);
+    }
+
+    /// The router's next event, if any.
+    pub(super) fn poll_event(&mut self) -> Option<GossipEvent> {
+        self.router.poll_event()
+    }
+
+    /// The next RPC to send, to a peer whose connection can take it.
+    ///
+    /// The node's uplink is one: while it is busy, gossip waits in the
+    /// router, where an IDONTWANT can still cancel it. Without this, a
+    /// 1 MiB block forwarded to 8 mesh peers is handed over 8 times at
+    /// once and the IDONTWANTs arriving a moment later save nothing.
+    /// Each connection counts for at most its share, and a slow one
+    /// not at all (see `Connections::unwritten_total`): one peer that
+    /// stops reading must not silence the others.
+    pub(super) fn poll_send(
+        &mut self,
+        now: Instant,
+        conns: &Connections,
+    ) -> Option<(PeerId, Vec<u8>)> {
+        let node_busy = conns.unwritten_total(now) >= limits::GOSSIP_NODE_WINDOW_BYTES;
+        let readiness = |peer: &PeerId| {
+            if !node_busy && conns.gossip_window_open(peer) {
+                SendReadiness::Everything
+            } else {
+                SendReadiness::ControlOnly
+            }
+        };
+        self.router.poll_send_ready(readiness)
+    }
+
+    /// Subscribes the application to `topic`; returns whether its topics
+    /// changed (then our Metadata must say so).
+    pub(super) fn subscribe(&mut self, now: Instant, topic: Topic, out: &mut Outbox) -> bool {
+        match self.router.subscribe(now, topic.clone()) {
+            Ok(_) => {
+                self.topics.insert(topic);
+                true
+            }
+            Err(error) => {
+                debug!("subscribe {topic}: {error:?}");
+                out.notify(Notification::SubscribeFailed { topic, error });
+                false
+            }
+        }
+    }
+
+    /// Unsubscribes the application from `topic`; returns whether its
+    /// topics changed.
+    pub(super) fn unsubscribe(&mut self, now: Instant, topic: &Topic) -> bool {
+        self.router.unsubscribe(now, topic);
+        self.topics.remove(topic)
+    }
+
+    /// The application's topics, as our Metadata lists them.
+    pub(super) fn topic_names(&self) -> Vec<String> {
+        self.topics
+            .iter()
+            .map(|topic| topic.as_str().to_string())
+            .collect()
+    }
+
+    pub(super) fn publish(&mut self, now: Instant, topic: Topic, payload: &[u8], out: &mut Outbox) {
+        match self.router.publish(now, topic.clone(), payload) {
+            Ok(id) => {
+                out.counters.gossip_messages_published += 1;
+                debug!("published {id:?} on {topic}");
+            }
+            Err(error) => {
+                out.counters.gossip_publish_failed += 1;
+                debug!("publish on {topic}: {error}");
+                out.notify(Notification::PublishFailed { topic, error });
+            }
+        }
+    }
+
+    pub(super) fn validate(
+        &mut self,
+        now: Instant,
+        id: MessageId,
+        verdict: Validation,
+        out: &mut Outbox,
+    ) {
+        if !self.router.report_validation(now, id, verdict) {
+            debug!("verdict on {id:?} ignored: not pending (unknown, judged, or expired)");
+            return;
+        }
+        match verdict {
+            Validation::Accept => out.counters.gossip_messages_forwarded += 1,
+            Validation::Reject => out.counters.gossip_messages_rejected += 1,
+            Validation::Ignore => {}
+        }
+    }
+
+    /// When the router needs its heartbeat: only while it has something to
+    /// maintain. An idle router's heartbeat changes nothing (no mesh, nothing
+    /// to expire or gossip), so it is not worth a wake-up.
+    pub(super) fn next_deadline(&self, blocks_topic: &Topic) -> Option<Instant> {
+        let router = &self.router;
+        let idle = self.topics.is_empty()
+            && !router.is_subscribed(blocks_topic)
+            && router.seen_len() == 0
+            && router.pending_len() == 0
+            && router.mcache_len() == 0
+            && router.promises_len() == 0
+            && router.backoffs_len() == 0;
+        if idle {
+            None
+        } else {
+            router.next_deadline()
+        }
+    }
+
+    /// Whether the router's heartbeat is due at `now`.
+    pub(super) fn heartbeat_due(&self, now: Instant) -> bool {
+        self.router.next_deadline().is_some_and(|at| at <= now)
+    }
+
+    /// Runs the router's heartbeat, with the scores of `peers` refreshed first.
+    pub(super) fn heartbeat(
+        &mut self,
+        now: Instant,
+        scores: impl IntoIterator<Item = (PeerId, f64)>,
+    ) {
+        for (peer, points) in scores {
+            self.router.set_application_score(&peer, points);
+        }
+        self.router.handle_timeout(now);
+    }
+}
+
+/// The node's mediation: what the gossip part's events mean for the other
+/// parts, and the calls that need more than one part.
 impl Node {
     /// One gossip RPC (a logical message of kind 32) from accepted `peer`.
     pub(super) fn on_gossip_rpc(&mut self, now: Instant, peer: PeerId, bytes: &[u8]) {
-        self.out.counters.gossip_rpcs_received += 1;
-        self.gossip.handle_rpc(now, peer, bytes);
-        // Taken all at once: what applying them makes the router queue waits
-        // for the next drain, as it always has.
-        let events: Vec<_> = std::iter::from_fn(|| self.gossip.poll_event()).collect();
+        let events = self.gossip.handle_rpc(now, peer, bytes, &mut self.out);
         for event in events {
             self.apply_gossip_event(now, event);
         }
@@ -83,16 +292,15 @@ impl Node {
         direction: Direction,
         addr: SocketAddr,
     ) {
-        let outbound = direction == Direction::Outbound;
+        let points = self.peer_manager.score(now, &peer).as_points();
         self.gossip
-            .handle_peer_connected(now, peer, outbound, addr.ip());
-        self.update_application_score(now, peer);
+            .handle_peer_connected(now, peer, direction, addr, points);
     }
 
     /// Passes the peer manager's current score of `peer` to the router.
     pub(super) fn update_application_score(&mut self, now: Instant, peer: PeerId) {
         let points = self.peer_manager.score(now, &peer).as_points();
-        self.gossip.set_application_score(&peer, points);
+        self.gossip.set_score(&peer, points);
     }
 
     /// Drains the router: events first (a penalty may disconnect a peer, and
@@ -102,23 +310,7 @@ impl Node {
             while let Some(event) = self.gossip.poll_event() {
                 self.apply_gossip_event(now, event);
             }
-            let conns = &self.conns;
-            // The node's uplink is one: while it is busy, gossip waits in the
-            // router, where an IDONTWANT can still cancel it. Without this, a
-            // 1 MiB block forwarded to 8 mesh peers is handed over 8 times at
-            // once and the IDONTWANTs arriving a moment later save nothing.
-            // Each connection counts for at most its share, and a slow one
-            // not at all (see `Connections::unwritten_total`): one peer that
-            // stops reading must not silence the others.
-            let node_busy = conns.unwritten_total(now) >= limits::GOSSIP_NODE_WINDOW_BYTES;
-            let readiness = |peer: &PeerId| {
-                if !node_busy && conns.gossip_window_open(peer) {
-                    SendReadiness::Everything
-                } else {
-                    SendReadiness::ControlOnly
-                }
-            };
-            let Some((peer, rpc)) = self.gossip.poll_send_ready(readiness) else {
+            let Some((peer, rpc)) = self.gossip.poll_send(now, &self.conns) else {
                 break;
             };
             if !self.conns.send_to(&peer, &rpc, &mut self.out) {
@@ -180,22 +372,13 @@ impl Node {
     }
 
     pub(super) fn gossip_subscribe(&mut self, now: Instant, topic: Topic) {
-        match self.gossip.subscribe(now, topic.clone()) {
-            Ok(_) => {
-                self.gossip_topics.insert(topic);
-                self.announce_topics();
-            }
-            Err(error) => {
-                debug!("subscribe {topic}: {error:?}");
-                self.out
-                    .notify(Notification::SubscribeFailed { topic, error });
-            }
+        if self.gossip.subscribe(now, topic, &mut self.out) {
+            self.announce_topics();
         }
     }
 
     pub(super) fn gossip_unsubscribe(&mut self, now: Instant, topic: Topic) {
-        self.gossip.unsubscribe(now, &topic);
-        if self.gossip_topics.remove(&topic) {
+        if self.gossip.unsubscribe(now, &topic) {
             self.announce_topics();
         }
     }
@@ -203,69 +386,21 @@ impl Node {
     /// Our Metadata lists the topics we subscribe to; a change raises its
     /// sequence number, so peers fetch it at their next Ping.
     fn announce_topics(&mut self) {
-        let topics = self
-            .gossip_topics
-            .iter()
-            .map(|topic| topic.as_str().to_string())
-            .collect();
+        let topics = self.gossip.topic_names();
         self.set_topics(topics);
-    }
-
-    pub(super) fn gossip_publish(&mut self, now: Instant, topic: Topic, payload: &[u8]) {
-        match self.gossip.publish(now, topic.clone(), payload) {
-            Ok(id) => {
-                self.out.counters.gossip_messages_published += 1;
-                debug!("published {id:?} on {topic}");
-            }
-            Err(error) => {
-                self.out.counters.gossip_publish_failed += 1;
-                debug!("publish on {topic}: {error}");
-                self.out
-                    .notify(Notification::PublishFailed { topic, error });
-            }
-        }
-    }
-
-    pub(super) fn gossip_validate(&mut self, now: Instant, id: MessageId, verdict: Validation) {
-        if !self.gossip.report_validation(now, id, verdict) {
-            debug!("verdict on {id:?} ignored: not pending (unknown, judged, or expired)");
-            return;
-        }
-        match verdict {
-            Validation::Accept => self.out.counters.gossip_messages_forwarded += 1,
-            Validation::Reject => self.out.counters.gossip_messages_rejected += 1,
-            Validation::Ignore => {}
-        }
-    }
-
-    /// When the router needs its heartbeat: only while it has something to
-    /// maintain. An idle router's heartbeat changes nothing (no mesh, nothing
-    /// to expire or gossip), so it is not worth a wake-up.
-    pub(super) fn gossip_deadline(&self) -> Option<Instant> {
-        let gossip = &self.gossip;
-        let idle = self.gossip_topics.is_empty()
-            && !self.gossip.is_subscribed(self.chain_state.blocks_topic())
-            && gossip.seen_len() == 0
-            && gossip.pending_len() == 0
-            && gossip.mcache_len() == 0
-            && gossip.promises_len() == 0
-            && gossip.backoffs_len() == 0;
-        if idle {
-            None
-        } else {
-            gossip.next_deadline()
-        }
     }
 
     /// Runs the router's heartbeat when it is due, with fresh application scores.
     pub(super) fn gossip_heartbeat(&mut self, now: Instant) {
-        if self.gossip.next_deadline().is_none_or(|at| at > now) {
+        if !self.gossip.heartbeat_due(now) {
             return;
         }
-        let peers = self.conns.peer_ids();
-        for peer in peers {
-            self.update_application_score(now, peer);
-        }
-        self.gossip.handle_timeout(now);
+        let peer_manager = &self.peer_manager;
+        let scores = self
+            .conns
+            .peer_ids()
+            .into_iter()
+            .map(|peer| (peer, peer_manager.score(now, &peer).as_points()));
+        self.gossip.heartbeat(now, scores);
     }
 }

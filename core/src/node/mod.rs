@@ -17,7 +17,8 @@
 //! deadlines) and [`InboundRequests`] (peers' requests: admission, quotas,
 //! answer deadlines). `rpc.rs` holds the req/resp glue: the built-in
 //! protocols' handlers, responses, and what each outcome costs a peer.
-//! The [`Gossip`] router is driven the same way; `gossip.rs` holds its glue
+//! The [`Gossip`] router is driven the same way, owned by `gossip.rs`'s
+//! `GossipPart` (router and topics, no other part's state) beside its glue
 //! (logical messages of kind 32, events, heartbeat, application scores).
 //!
 //! # Security
@@ -47,7 +48,7 @@ mod sync;
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
 pub use self::faults::{StatusClaim, OVERSIZE_BLOCKS_MAX, SQUAT_CHAIN_BLOCKS, SQUAT_INTERVAL};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use log::{debug, info, warn};
@@ -55,7 +56,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use crate::chain::{ChainConfig, ChainStore, StoreLimits};
-use crate::gossip::{Gossip, Topic};
+use crate::gossip::Gossip;
 use crate::identity::{Identity, PeerId};
 use crate::io::{
     Action, CloseCause, Command, ConnId, DialId, Direction, DisconnectReason, GoodbyeReason, Input,
@@ -217,9 +218,8 @@ pub struct Node {
     range_sync: crate::sync::RangeSync,
     lookups: crate::sync::Lookups,
     metadata: Metadata,
-    gossip: Gossip,
-    /// The topics we are subscribed to (at most `gossip::router::TOPICS_MAX`).
-    gossip_topics: BTreeSet<Topic>,
+    /// The gossip router and the application's topics.
+    gossip: self::gossip::GossipPart,
     /// What our faults remember (empty for an honest node).
     hostile: self::faults::HostileState,
 }
@@ -287,8 +287,7 @@ impl Node {
                 topics: Vec::new(),
                 capabilities: config.capabilities,
             },
-            gossip: Gossip::new(config.gossip.clone(), gossip_seed),
-            gossip_topics: BTreeSet::new(),
+            gossip: self::gossip::GossipPart::new(Gossip::new(config.gossip.clone(), gossip_seed)),
             hostile: self::faults::HostileState::default(),
             config,
             rng,
@@ -338,7 +337,7 @@ impl Node {
 
     /// The gossip router: meshes, topics, gossip scores, its counters.
     pub fn gossip(&self) -> &Gossip {
-        &self.gossip
+        self.gossip.router()
     }
 
     /// Feeds one input. Then drain [`Node::poll_action`].
@@ -389,7 +388,7 @@ impl Node {
         // while it has work, production follows the slot clock, and faults
         // have timers of their own.
         let glue = [
-            self.gossip_deadline(),
+            self.gossip.next_deadline(self.chain_state.blocks_topic()),
             self.chain_state.next_deadline(self.last_now),
             self.hostile_deadline(),
         ];
@@ -448,14 +447,18 @@ impl Node {
             Command::SetTopics { topics } => self.set_topics(topics),
             Command::Subscribe { topic } => self.gossip_subscribe(now, topic),
             Command::Unsubscribe { topic } => self.gossip_unsubscribe(now, topic),
-            Command::Publish { topic, payload } => self.gossip_publish(now, topic, &payload),
+            Command::Publish { topic, payload } => {
+                self.gossip.publish(now, topic, &payload, &mut self.out)
+            }
             Command::ProposeBody { body } => {
                 let bytes = body.len();
                 if !self.queue_body(body) {
                     self.out.notify(Notification::BodyRefused { bytes });
                 }
             }
-            Command::ValidateGossip { id, verdict } => self.gossip_validate(now, id, verdict),
+            Command::ValidateGossip { id, verdict } => {
+                self.gossip.validate(now, id, verdict, &mut self.out)
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 //! Shared helpers live here; the tests are grouped by concern in the files below.
 
 use super::*;
+use std::collections::BTreeSet;
 use crate::chain::{ProposerKey, SignedBlock};
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::io::{DisconnectReason, GoodbyeReason, Notification, RefuseReason, RequestError};
