@@ -196,6 +196,9 @@ impl Drop for Node {
     }
 }
 
+/// Our Status requests that were answered.
+const STATUS_OK: &str = "meshsync_requests_sent_total{protocol=\"status\",result=\"ok\"}";
+
 /// One scrape: `GET /metrics` over a plain TcpStream; the samples by
 /// `name{labels}`.
 fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
@@ -336,6 +339,26 @@ fn metrics_status_lines_and_json_logs_follow_two_nodes() {
                 && value(s, "meshsync_blocks_imported_total") >= 2.0
                 && value(s, "meshsync_gossip_mesh_peers{topic=\"blocks\"}") == 1.0
                 && value(s, "meshsync_verification_batch_duration_seconds_count") >= 1.0
+                && value(s, STATUS_OK) >= 1.0
+        },
+    );
+    // The Status it sent on connecting was answered, and timed by the core.
+    assert!(
+        value(
+            &followed,
+            "meshsync_request_duration_seconds_count{protocol=\"status\"}"
+        ) >= value(&followed, STATUS_OK),
+        "{followed:?}"
+    );
+    // The proposer answered it, and counts it by protocol.
+    scrape_until(
+        proposer_metrics,
+        "the proposer to count a served Status",
+        |s| {
+            value(
+                s,
+                "meshsync_requests_served_total{protocol=\"status\",result=\"answered\"}",
+            ) >= 1.0
         },
     );
     assert!(value(&followed, "meshsync_head_slot") >= 1.0);

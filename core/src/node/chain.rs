@@ -192,6 +192,9 @@ pub(super) struct ChainState {
     future_warned_at: Option<Instant>,
     /// Our keys' signing watermarks (`signing.rs`).
     signing: Signing,
+    /// Sync's current wait for peers was logged at INFO: the next progress
+    /// reports of the same wait go to DEBUG, until sync fetches again.
+    pub(super) sync_wait_logged: bool,
 }
 
 impl ChainState {
@@ -241,6 +244,7 @@ impl ChainState {
             unannounced: VecDeque::new(),
             future_warned_at: None,
             signing,
+            sync_wait_logged: false,
         }
     }
 
@@ -464,7 +468,8 @@ impl Node {
             }
         };
         let block = self.chain_state.producers[producer].produce(slot, head.root, body);
-        info!(
+        // Once per slot of ours: DEBUG, or a proposer's log is all blocks.
+        debug!(
             "produced block {} at slot {slot} on {}",
             block.root(),
             head.root

@@ -48,6 +48,7 @@ use crate::reqresp::bodies::{
 use crate::reqresp::inbound::{DropReason, Refusal, BUSY_MESSAGE_PREFIX};
 use crate::reqresp::limits::BUSY_RETRIES_PER_REQUEST_MAX;
 use crate::reqresp::outbound::{ResponseViolation, Unexpected};
+use crate::reqresp::stats::{RequestStats, ServedStats};
 use crate::reqresp::{
     Answer, ChunkOutcome, EndOutcome, InboundOutcome, OutboundConfig, ProtocolId, ProtocolName,
     Quota, RateLimiterConfig, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
@@ -122,6 +123,18 @@ pub(super) fn goodbye_request(reason: GoodbyeReason) -> Vec<u8> {
 }
 
 impl Node {
+    /// Our requests by protocol: how each ended, and the latency of the
+    /// answered ones (virtual time from sending to the message that ended it).
+    pub fn request_stats(&self) -> &RequestStats {
+        self.outbound.stats()
+    }
+
+    /// Peers' requests to us by protocol and how each ended (answered,
+    /// expired, or refused and why).
+    pub fn served_stats(&self) -> &ServedStats {
+        self.inbound.stats()
+    }
+
     /// One logical message from an accepted peer: req/resp here, gossip in `gossip.rs`.
     pub(super) fn on_message(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         let Some(established) = self.conns.established_on_mut(conn) else {

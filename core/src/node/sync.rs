@@ -234,14 +234,25 @@ impl Node {
             }
             SyncAction::Progress(progress) => {
                 match progress.waiting {
-                    Some(wait) => info!(
+                    // Reported every few seconds while it lasts: INFO once per wait.
+                    Some(wait) if !self.chain_state.sync_wait_logged => {
+                        self.chain_state.sync_wait_logged = true;
+                        info!(
+                            "sync at slot {} waits for peers: {wait}",
+                            progress.head_slot
+                        )
+                    }
+                    Some(wait) => debug!(
                         "sync at slot {} waits for peers: {wait}",
                         progress.head_slot
                     ),
-                    None => info!(
-                        "syncing: slot {} of {} at {:.0} blocks/s",
-                        progress.head_slot, progress.target_slot, progress.blocks_per_second
-                    ),
+                    None => {
+                        self.chain_state.sync_wait_logged = false;
+                        info!(
+                            "syncing: slot {} of {} at {:.0} blocks/s",
+                            progress.head_slot, progress.target_slot, progress.blocks_per_second
+                        )
+                    }
                 }
                 self.out.notify(Notification::SyncProgress {
                     head_slot: progress.head_slot,
@@ -252,6 +263,7 @@ impl Node {
                 });
             }
             SyncAction::Synced { head_slot } => {
+                self.chain_state.sync_wait_logged = false;
                 info!("synced at slot {head_slot}");
                 self.out.notify(Notification::Synced { head_slot });
             }
@@ -303,7 +315,8 @@ impl Node {
                 head_slot, peers, ..
             } => {
                 // Range sync starts from Status: ask these peers for theirs now.
-                info!("a gap to slot {head_slot} is too deep for lookups: asking peers' status");
+                // Once per gossiped block beyond a gap: DEBUG.
+                debug!("a gap to slot {head_slot} is too deep for lookups: asking peers' status");
                 for peer in peers {
                     if self.conns.is_connected(&peer) {
                         self.request_status(now, peer);

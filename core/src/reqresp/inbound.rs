@@ -42,6 +42,7 @@ use super::limits::{
     APPLICATION_PROTOCOLS_MAX, INBOUND_ANSWER_TIMEOUT, INBOUND_REQUESTS_PER_PEER_MAX,
 };
 use super::rate::{Quota, QuotaError, RateCheck, RateLimiter, RateLimiterConfig};
+use super::stats::{ServedResult, ServedStats};
 use super::wire::{
     ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
 };
@@ -241,6 +242,8 @@ pub struct InboundRequests {
     applications: Vec<ProtocolName>,
     limiter: RateLimiter,
     counters: InboundCounters,
+    /// Results by protocol.
+    stats: ServedStats,
     last_now: Instant,
     /// What `handle_timeout` expired, for `poll_expired`; drained after each call.
     expired: VecDeque<(PeerId, RequestId)>,
@@ -277,6 +280,7 @@ impl InboundRequests {
             open: BTreeMap::new(),
             applications: Vec::new(),
             counters: InboundCounters::default(),
+            stats: ServedStats::default(),
             last_now: Instant::ZERO,
             expired: VecDeque::new(),
         }
@@ -354,10 +358,10 @@ impl InboundRequests {
         }
         let chunks_max = match response_chunks_max(&protocol, &body) {
             Ok(chunks_max) => chunks_max,
-            Err(error) => return self.refuse(id, Refusal::Invalid(error)),
+            Err(error) => return self.refuse_known(id, protocol, Refusal::Invalid(error)),
         };
         if self.open_count(&peer) >= self.config.open_per_peer_max {
-            return self.refuse(id, Refusal::TooManyOpen);
+            return self.refuse_known(id, protocol, Refusal::TooManyOpen);
         }
         match self
             .limiter
@@ -365,16 +369,18 @@ impl InboundRequests {
         {
             RateCheck::Allowed => {}
             RateCheck::Limited { retry_after } => {
-                return self.refuse(id, Refusal::RateLimited { retry_after })
+                return self.refuse_known(id, protocol, Refusal::RateLimited { retry_after })
             }
             RateCheck::Busy { retry_after } => {
-                return self.refuse(id, Refusal::Busy { retry_after })
+                return self.refuse_known(id, protocol, Refusal::Busy { retry_after })
             }
-            RateCheck::OverCapacity => return self.refuse(id, Refusal::OverCapacity),
+            RateCheck::OverCapacity => {
+                return self.refuse_known(id, protocol, Refusal::OverCapacity)
+            }
             RateCheck::NoQuota => {
                 // Registered protocols all have quotas; a built-in one without
                 // is a configuration that serves nothing of it.
-                return self.refuse(id, Refusal::OverCapacity);
+                return self.refuse_known(id, protocol, Refusal::OverCapacity);
             }
         }
         self.open.entry(peer).or_default().insert(
@@ -424,7 +430,7 @@ impl InboundRequests {
     ) -> Result<Vec<u8>, RespondError> {
         self.advance(now);
         self.open_request(now, &peer, id)?;
-        self.close(&peer, id);
+        self.close_answered(&peer, id);
         self.counters.responses_completed += 1;
         Ok(ResponseEnd { id }.encode())
     }
@@ -445,7 +451,7 @@ impl InboundRequests {
         self.advance(now);
         assert!(!code.is_success(), "an error answer needs an error code");
         self.open_request(now, &peer, id)?;
-        self.close(&peer, id);
+        self.close_answered(&peer, id);
         self.counters.responses_failed += 1;
         Ok(ResponseChunk::error(id, code, message).encode())
     }
@@ -506,7 +512,8 @@ impl InboundRequests {
             })
             .collect();
         for (peer, id) in &expired {
-            self.close(peer, *id);
+            let protocol = self.close(peer, *id);
+            self.stats.record(protocol, ServedResult::Expired);
         }
         self.counters.expired += expired.len() as u64;
         expired
@@ -523,10 +530,12 @@ impl InboundRequests {
     /// `peer` is gone: forgets its open requests (returned in id order) and its buckets.
     pub fn handle_peer_disconnected(&mut self, peer: &PeerId) -> Vec<RequestId> {
         self.limiter.remove_peer(peer);
-        self.open
-            .remove(peer)
-            .map(|requests| requests.into_keys().collect())
-            .unwrap_or_default()
+        let requests = self.open.remove(peer).unwrap_or_default();
+        for request in requests.values() {
+            self.stats
+                .record(request.protocol, ServedResult::Disconnected);
+        }
+        requests.into_keys().collect()
     }
 
     /// Requests `peer` has open with us.
@@ -537,6 +546,11 @@ impl InboundRequests {
     /// Event counts.
     pub fn counters(&self) -> &InboundCounters {
         &self.counters
+    }
+
+    /// Results by protocol.
+    pub fn stats(&self) -> &ServedStats {
+        &self.stats
     }
 
     /// The serving rate limiter, for its counters.
@@ -573,15 +587,39 @@ impl InboundRequests {
             .ok_or(RespondError::NotOpen)
     }
 
-    fn close(&mut self, peer: &PeerId, id: RequestId) {
+    /// Closes an open request, returning its protocol.
+    fn close(&mut self, peer: &PeerId, id: RequestId) -> ProtocolId {
         let requests = self
             .open
             .get_mut(peer)
             .expect("closing a request of a known peer");
-        requests.remove(&id).expect("closing an open request");
+        let request = requests.remove(&id).expect("closing an open request");
         if requests.is_empty() {
             self.open.remove(peer);
         }
+        request.protocol
+    }
+
+    fn close_answered(&mut self, peer: &PeerId, id: RequestId) {
+        let protocol = self.close(peer, id);
+        self.stats.record(protocol, ServedResult::Answered);
+    }
+
+    /// Refuses a request of a protocol we serve, counting it by protocol.
+    fn refuse_known(
+        &mut self,
+        id: RequestId,
+        protocol: ProtocolId,
+        refusal: Refusal,
+    ) -> InboundOutcome {
+        let result = match refusal {
+            Refusal::Invalid(_) | Refusal::UnsupportedProtocol(_) => ServedResult::Invalid,
+            Refusal::TooManyOpen => ServedResult::TooManyOpen,
+            Refusal::RateLimited { .. } | Refusal::OverCapacity => ServedResult::RateLimited,
+            Refusal::Busy { .. } => ServedResult::OverBudget,
+        };
+        self.stats.record(protocol, result);
+        self.refuse(id, refusal)
     }
 
     fn refuse(&mut self, id: RequestId, refusal: Refusal) -> InboundOutcome {

@@ -64,6 +64,7 @@ pub mod inbound;
 pub mod limits;
 pub mod outbound;
 pub mod rate;
+pub mod stats;
 pub use crate::codec::snappy;
 #[warn(clippy::arithmetic_side_effects)]
 pub mod wire;

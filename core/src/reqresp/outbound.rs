@@ -53,6 +53,7 @@ use super::limits::{
     REQUESTS_IN_FLIGHT_PER_PEER_MAX, RESPONSE_FIRST_CHUNK_TIMEOUT, RESPONSE_TIMEOUT,
 };
 use super::rate::{Quota, QuotaError, RateCheck, RateLimiter, RateLimiterConfig};
+use super::stats::{RequestResult, RequestStats};
 use super::wire::{
     ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
 };
@@ -253,6 +254,8 @@ pub struct OutboundRequests {
     /// expired entries go at the next scan, a peer's with the peer.
     busy_until: BTreeMap<(PeerId, ProtocolId), Instant>,
     counters: OutboundCounters,
+    /// Results and latencies by protocol.
+    stats: RequestStats,
     last_now: Instant,
     /// What `handle_timeout` expired, for `poll_timed_out`; drained after each call.
     timed_out: VecDeque<(PeerId, RequestId, TimeoutKind)>,
@@ -301,6 +304,8 @@ struct Queued {
 #[derive(Debug)]
 struct InFlight {
     protocol: ProtocolId,
+    /// When it left `poll_transmit`, for its latency.
+    sent_at: Instant,
     chunks_max: u64,
     chunks_received: u64,
     first_chunk_deadline: Instant,
@@ -335,6 +340,7 @@ impl OutboundRequests {
             peers: BTreeMap::new(),
             busy_until: BTreeMap::new(),
             counters: OutboundCounters::default(),
+            stats: RequestStats::default(),
             last_now: Instant::ZERO,
             timed_out: VecDeque::new(),
         }
@@ -365,6 +371,11 @@ impl OutboundRequests {
             .allowed_at(now, &peer, &protocol, request_cost(chunks_max))
             .is_none()
         {
+            // Only known protocols are counted: an unregistered application
+            // name must not grow the stats.
+            if self.limiter.allowed_at(now, &peer, &protocol, 0).is_some() {
+                self.stats.record(protocol, RequestResult::NotSent, None);
+            }
             return Err(SendError::OverQuota);
         }
         let requests = self.peers.entry(peer).or_default();
@@ -372,6 +383,7 @@ impl OutboundRequests {
             if requests.is_idle() {
                 self.peers.remove(&peer);
             }
+            self.stats.record(protocol, RequestResult::NotSent, None);
             return Err(SendError::QueueFull);
         }
         let id = RequestId(self.next_id);
@@ -461,6 +473,7 @@ impl OutboundRequests {
                     queued.id,
                     InFlight {
                         protocol: queued.protocol,
+                        sent_at: now,
                         chunks_max: queued.chunks_max,
                         chunks_received: 0,
                         first_chunk_deadline: now + first_chunk_timeout,
@@ -539,8 +552,11 @@ impl OutboundRequests {
                 },
             }
         };
+        let took = now.saturating_duration_since(request.sent_at);
         match &outcome {
             ChunkOutcome::Error { code, message, .. } => {
+                self.stats
+                    .record(protocol, RequestResult::of_error(*code), Some(took));
                 self.counters.responses_failed += 1;
                 if *code == ResultCode::ResourceUnavailable && self.config.back_off_when_busy {
                     self.counters.busy_backoffs += 1;
@@ -549,7 +565,11 @@ impl OutboundRequests {
                     *entry = (*entry).max(until);
                 }
             }
-            _ => self.counters.responses_violating += 1,
+            _ => {
+                self.stats
+                    .record(protocol, RequestResult::Violation, Some(took));
+                self.counters.responses_violating += 1;
+            }
         }
         self.close(&peer, id);
         outcome
@@ -563,12 +583,15 @@ impl OutboundRequests {
             let reason = self.count_unexpected(id);
             return EndOutcome::Unexpected { id, reason };
         };
+        let protocol = request.protocol;
         let outcome = EndOutcome::Completed {
             id,
-            protocol: request.protocol,
+            protocol,
             chunks: request.chunks_received,
         };
+        let took = now.saturating_duration_since(request.sent_at);
         self.counters.responses_completed += 1;
+        self.stats.record(protocol, RequestResult::Ok, Some(took));
         self.close(&peer, id);
         outcome
     }
@@ -591,11 +614,12 @@ impl OutboundRequests {
                         } else {
                             TimeoutKind::Response
                         };
-                    expired.push((peer, id, kind));
+                    expired.push((peer, id, kind, request.protocol));
                 }
             }
         }
-        for &(peer, id, kind) in &expired {
+        for &(peer, id, kind, protocol) in &expired {
+            self.stats.record(protocol, RequestResult::TimedOut, None);
             match kind {
                 TimeoutKind::FirstChunk => self.counters.timeouts_first_chunk += 1,
                 TimeoutKind::Response => self.counters.timeouts_response += 1,
@@ -603,6 +627,9 @@ impl OutboundRequests {
             self.close(&peer, id);
         }
         expired
+            .into_iter()
+            .map(|(peer, id, kind, _)| (peer, id, kind))
+            .collect()
     }
 
     /// The earliest instant at which [`Machine::handle_timeout`] has
@@ -636,6 +663,12 @@ impl OutboundRequests {
             .chain(requests.queued.iter().map(|queued| queued.id))
             .collect();
         ids.sort_unstable();
+        let protocols = requests.in_flight.values().map(|request| request.protocol);
+        let protocols = protocols.chain(requests.queued.iter().map(|queued| queued.protocol));
+        for protocol in protocols {
+            self.stats
+                .record(protocol, RequestResult::Disconnected, None);
+        }
         self.counters.requests_disconnected += ids.len() as u64;
         ids
     }
@@ -662,6 +695,11 @@ impl OutboundRequests {
     /// Event counts.
     pub fn counters(&self) -> &OutboundCounters {
         &self.counters
+    }
+
+    /// Results and latencies by protocol.
+    pub fn stats(&self) -> &RequestStats {
+        &self.stats
     }
 
     fn advance(&mut self, now: Instant) {

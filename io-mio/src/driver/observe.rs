@@ -257,6 +257,8 @@ impl Driver {
             persist: self.persist_stats,
             work: self.work_stats(),
             requests_by_protocol: self.observer.request_outcomes.clone(),
+            request_stats: self.node.request_stats().clone(),
+            served_stats: self.node.served_stats().clone(),
             ..Snapshot::default()
         };
         for info in self.node.peers() {

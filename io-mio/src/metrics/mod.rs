@@ -32,11 +32,17 @@ use std::time::Duration;
 
 use meshsync_core::gossip::Counters as GossipCounters;
 use meshsync_core::metrics::Counters;
+use meshsync_core::reqresp::stats::{
+    DurationHistogram, RequestResult, RequestStats, ServedResult, ServedStats,
+    REQUEST_DURATION_BUCKET_BOUNDS_MICROS,
+};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::driver::{PersistStats, WorkStats};
@@ -123,6 +129,10 @@ pub struct Snapshot {
     pub work: WorkStats,
     /// Outcomes of application requests: (protocol, result) to count.
     pub requests_by_protocol: BTreeMap<(String, &'static str), u64>,
+    /// Our requests by protocol and result, with their latencies (the core's).
+    pub request_stats: RequestStats,
+    /// Peers' requests by protocol and result (the core's).
+    pub served_stats: ServedStats,
 }
 
 /// The metrics of one driver, shared by its poll loop (which publishes and
@@ -385,11 +395,33 @@ impl NodeMetrics {
         );
 
         // Requests.
-        counter(
-            &mut r,
+        let sent = Family::<Labels, Counter>::default();
+        for (protocol, stats) in &s.request_stats.protocols {
+            for result in RequestResult::ALL {
+                sent.get_or_create(&vec![
+                    ("protocol", protocol.to_string()),
+                    ("result", result.as_str().to_owned()),
+                ])
+                .inc_by(stats.count(result));
+            }
+        }
+        r.register(
             "requests_sent",
-            "Requests we wrote to peers, every protocol",
-            c.requests_sent,
+            "Our requests by protocol and how they ended, counted when they end",
+            sent,
+        );
+        let durations = CoreHistograms(
+            s.request_stats
+                .protocols
+                .iter()
+                .map(|(protocol, stats)| (protocol.to_string(), stats.duration.clone()))
+                .collect(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Our answered requests, from sending to the message that ended them (the core's clock), by protocol",
+            Unit::Seconds,
+            durations,
         );
         counter_family(
             &mut r,
@@ -402,11 +434,21 @@ impl NodeMetrics {
                 ("unexpected", c.responses_unexpected),
             ],
         );
-        counter(
-            &mut r,
+        let served = Family::<Labels, Counter>::default();
+        for (protocol, counts) in &s.served_stats.protocols {
+            for (result, count) in ServedResult::ALL.iter().zip(counts) {
+                served
+                    .get_or_create(&vec![
+                        ("protocol", protocol.to_string()),
+                        ("result", result.as_str().to_owned()),
+                    ])
+                    .inc_by(*count);
+            }
+        }
+        r.register(
             "requests_served",
-            "Peers' requests admitted and handled, every protocol",
-            c.requests_served,
+            "Peers' requests by protocol and how they ended: answered, expired, disconnected, or refused and why",
+            served,
         );
         counter_family(
             &mut r,
@@ -608,6 +650,39 @@ impl NodeMetrics {
     }
 }
 
+/// The core's fixed-bucket latency histograms, one per protocol label,
+/// encoded as an OpenMetrics histogram family (the core counts, we only
+/// convert microseconds to seconds).
+#[derive(Debug)]
+struct CoreHistograms(Vec<(String, DurationHistogram)>);
+
+impl EncodeMetric for CoreHistograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (protocol, histogram) in &self.0 {
+            let labels = [("protocol", protocol.as_str())];
+            let buckets: Vec<(f64, u64)> = REQUEST_DURATION_BUCKET_BOUNDS_MICROS
+                .iter()
+                .map(|&micros| micros as f64 / 1e6)
+                .zip(histogram.buckets)
+                .chain([(f64::MAX, histogram.overflow)])
+                .collect();
+            encoder
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(
+                    histogram.sum_micros as f64 / 1e6,
+                    histogram.count,
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -684,6 +759,19 @@ mod tests {
             .gossip
             .topics
             .insert(topic, meshsync_core::gossip::TopicCounters::default());
+        let mut status = meshsync_core::reqresp::stats::ProtocolRequestStats::default();
+        status.results[0] = 1;
+        status.duration.buckets[0] = 1;
+        status.duration.count = 1;
+        status.duration.sum_micros = 4_000;
+        snapshot
+            .request_stats
+            .protocols
+            .insert(meshsync_core::reqresp::ProtocolId::Status, status);
+        snapshot
+            .served_stats
+            .protocols
+            .insert(meshsync_core::reqresp::ProtocolId::Status, [1, 0, 0, 2, 0, 0, 0]);
         metrics.publish(snapshot);
         metrics.observe_request("/chat/history", Duration::from_millis(3));
         metrics.observe_handshake(Duration::from_millis(2));
@@ -719,5 +807,16 @@ mod tests {
         }
         assert!(text.contains("\nmeshsync_head_slot 7\n"), "{text}");
         assert!(text.contains("meshsync_peer_score_count 2\n"), "{text}");
+        // The core's request figures, by protocol and result.
+        for sample in [
+            "meshsync_requests_sent_total{protocol=\"status\",result=\"ok\"} 1\n",
+            "meshsync_requests_sent_total{protocol=\"status\",result=\"timed_out\"} 0\n",
+            "meshsync_request_duration_seconds_count{protocol=\"status\"} 1\n",
+            "meshsync_request_duration_seconds_sum{protocol=\"status\"} 0.004\n",
+            "meshsync_requests_served_total{protocol=\"status\",result=\"answered\"} 1\n",
+            "meshsync_requests_served_total{protocol=\"status\",result=\"rate_limited\"} 2\n",
+        ] {
+            assert!(text.contains(sample), "no {sample} in {text}");
+        }
     }
 }

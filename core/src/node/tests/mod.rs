@@ -16,6 +16,7 @@ mod claims;
 mod connections;
 mod gossiping;
 mod producing;
+mod request_stats;
 mod requests;
 mod signing;
 mod stalls;
