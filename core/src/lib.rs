@@ -63,6 +63,7 @@
 
 pub mod chain;
 pub mod codec;
+pub mod discovery;
 #[cfg(any(test, feature = "fuzzing"))]
 mod fuzz_script;
 #[cfg(any(test, feature = "fuzzing"))]
