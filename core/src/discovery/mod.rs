@@ -45,6 +45,8 @@
 
 pub mod address;
 pub mod discover;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod key;
 pub mod limits;
 pub mod lookup;
