@@ -52,8 +52,9 @@
 //! - sub-machines: [`peer`] (scores, bans, the connection gater, static
 //!   peers), [`reqresp`] (request/response codecs, quotas, deadlines, rate
 //!   limits), [`gossip`] (the gossipsub router, its wire codec and scores),
-//!   [`sync`] (range sync and parent lookups), each keeping the
-//!   [`Machine`] contract;
+//!   [`sync`] (range sync and parent lookups), [`discovery`] (Kademlia
+//!   records, table and lookups; not yet wired into the node), each keeping
+//!   the [`Machine`] contract;
 //! - boundary: [`io`] (the enums a driver speaks);
 //! - node: [`node`] (the top-level state machine);
 //! - harnesses: `testing` (an in-memory network; cargo feature `testing`)
@@ -63,6 +64,7 @@
 
 pub mod chain;
 pub mod codec;
+pub mod discovery;
 #[cfg(any(test, feature = "fuzzing"))]
 mod fuzz_script;
 #[cfg(any(test, feature = "fuzzing"))]

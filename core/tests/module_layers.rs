@@ -26,7 +26,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("bounds", &["limits"]),
     ("codecs and crypto", &["codec", "secure", "chain"]),
     ("jobs", &["work"]),
-    ("sub-machines", &["peer", "reqresp", "gossip", "sync"]),
+    (
+        "sub-machines",
+        &["peer", "reqresp", "gossip", "sync", "discovery"],
+    ),
     ("boundary", &["io"]),
     ("node", &["node"]),
     ("harnesses", &["testing", "fuzzing"]),

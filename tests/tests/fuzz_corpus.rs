@@ -143,3 +143,19 @@ fn gossip_router_script_corpus() {
         meshsync_core::gossip::fuzzing::router_script,
     );
 }
+
+#[test]
+fn discovery_record_decode_corpus() {
+    replay(
+        "discovery_record_decode",
+        meshsync_core::discovery::fuzzing::record_decode,
+    );
+}
+
+#[test]
+fn discovery_table_script_corpus() {
+    replay(
+        "discovery_table_script",
+        meshsync_core::discovery::fuzzing::table_script,
+    );
+}

@@ -1,0 +1,468 @@
+//! The bodies of discovery's two request/response protocols: FIND_NODE
+//! (the records nearest a target) and the record exchange (a peer's own
+//! record), with their tags, bounds and quotas.
+//!
+//! # Design
+//! Both ride the req/resp layer like the built-in protocols (a Request of
+//! kind 16 with the tag, one success chunk, then the End); the bodies here
+//! are what its snappy frames carry, uncompressed. Integers are big-endian
+//! and fixed-width; counts are checked before anything is allocated, and
+//! every record is verified (`record.rs`) for our network.
+//!
+//! ```text
+//! FIND_NODE request (tag 7)        32 bytes: target key
+//! FIND_NODE answer                 count u8 (0..=16), then count × (length u16 (1..=190), record)
+//! PEER_RECORD request (tag 8)      empty
+//! PEER_RECORD answer               one record (≤ 190 bytes), the responder's own
+//! ```
+//!
+//! The node does not speak these yet: the req/resp layer's `ProtocolId`
+//! knows tags 1..=6 and 128 and refuses 7 and 8 as unknown until the node
+//! wires discovery in.
+//!
+//! # Security
+//! *Provided*: decoders never panic, check the whole length and every count
+//! against [`FIND_NODE_ANSWER_BYTES_MAX`] and [`BUCKET_ENTRIES_MAX`] before
+//! allocating, refuse duplicate peers in one answer, and verify each record;
+//! each error maps to a penalty ([`WireError::penalty`]).
+//! *Not provided*: that an answer's records are really the nearest the
+//! responder knows (a lookup trusts no single answer; `lookup.rs`).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::identity::PeerId;
+use crate::peer::Penalty;
+use crate::reqresp::rate::Quota;
+
+use super::key::Key;
+use super::limits::{
+    BUCKET_ENTRIES_MAX, FIND_NODE_QUOTA, FIND_NODE_TAG, PEER_RECORD_QUOTA, PEER_RECORD_TAG,
+    RECORD_BYTES_MAX,
+};
+use super::record::{Reader, Record, RecordError};
+
+/// Bytes of a FIND_NODE request body.
+pub const FIND_NODE_REQUEST_BYTES: usize = 32;
+/// Longest FIND_NODE answer: a count and 16 length-prefixed records (3 073 bytes).
+pub const FIND_NODE_ANSWER_BYTES_MAX: usize = 1 + BUCKET_ENTRIES_MAX * (2 + RECORD_BYTES_MAX);
+/// Bytes of a record-exchange request body.
+pub const PEER_RECORD_REQUEST_BYTES: usize = 0;
+
+const _: () =
+    assert!(FIND_NODE_ANSWER_BYTES_MAX <= crate::reqresp::limits::RESPONSE_PAYLOAD_BYTES_MAX);
+
+/// Discovery's request/response protocols.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum DiscoveryProtocol {
+    /// Tag 7: the records nearest a target.
+    FindNode,
+    /// Tag 8: the responder's own current record.
+    PeerRecord,
+}
+
+impl DiscoveryProtocol {
+    /// Both, in tag order.
+    pub const ALL: [DiscoveryProtocol; 2] =
+        [DiscoveryProtocol::FindNode, DiscoveryProtocol::PeerRecord];
+
+    /// The tag byte in a Request.
+    pub const fn tag(&self) -> u8 {
+        match self {
+            DiscoveryProtocol::FindNode => FIND_NODE_TAG,
+            DiscoveryProtocol::PeerRecord => PEER_RECORD_TAG,
+        }
+    }
+
+    /// The protocol of a tag, if it is one of these.
+    pub const fn from_tag(tag: u8) -> Option<DiscoveryProtocol> {
+        match tag {
+            FIND_NODE_TAG => Some(DiscoveryProtocol::FindNode),
+            PEER_RECORD_TAG => Some(DiscoveryProtocol::PeerRecord),
+            _ => None,
+        }
+    }
+
+    /// The name in logs and metrics.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            DiscoveryProtocol::FindNode => "find_node",
+            DiscoveryProtocol::PeerRecord => "peer_record",
+        }
+    }
+
+    /// Largest uncompressed request body.
+    pub const fn request_bytes_max(&self) -> usize {
+        match self {
+            DiscoveryProtocol::FindNode => FIND_NODE_REQUEST_BYTES,
+            DiscoveryProtocol::PeerRecord => PEER_RECORD_REQUEST_BYTES,
+        }
+    }
+
+    /// Largest uncompressed payload of the one success chunk.
+    pub const fn response_bytes_max(&self) -> usize {
+        match self {
+            DiscoveryProtocol::FindNode => FIND_NODE_ANSWER_BYTES_MAX,
+            DiscoveryProtocol::PeerRecord => RECORD_BYTES_MAX,
+        }
+    }
+
+    /// Success chunks in a response: exactly one.
+    pub const fn chunks_max(&self) -> u64 {
+        1
+    }
+
+    /// Requests one peer may make of us.
+    pub const fn quota(&self) -> Quota {
+        match self {
+            DiscoveryProtocol::FindNode => FIND_NODE_QUOTA,
+            DiscoveryProtocol::PeerRecord => PEER_RECORD_QUOTA,
+        }
+    }
+}
+
+impl fmt::Display for DiscoveryProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a discovery body was refused. All are the sender's fault.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum WireError {
+    /// The body is longer than its protocol allows; nothing was read.
+    TooLarge {
+        /// Its length.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Truncated, trailing bytes, or a record length outside 1..=190.
+    Malformed {
+        /// The field that broke the layout.
+        field: &'static str,
+    },
+    /// More records than [`BUCKET_ENTRIES_MAX`].
+    Count {
+        /// The count received.
+        count: usize,
+    },
+    /// One answer names a peer twice.
+    DuplicatePeer,
+    /// A record-exchange answer is another peer's record.
+    WrongPeer,
+    /// The `index`-th record was refused.
+    Record {
+        /// Its position in the answer.
+        index: usize,
+        /// Why.
+        error: RecordError,
+    },
+}
+
+impl WireError {
+    /// What the sender is penalised with: High for a broken layout, a
+    /// count over the bound, a duplicate or someone else's record as one's
+    /// own; a refused record costs what `RecordError::penalty` says.
+    pub fn penalty(&self) -> Penalty {
+        match self {
+            WireError::TooLarge { .. }
+            | WireError::Malformed { .. }
+            | WireError::Count { .. }
+            | WireError::DuplicatePeer
+            | WireError::WrongPeer => Penalty::High,
+            WireError::Record { error, .. } => error.penalty(),
+        }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WireError::TooLarge { length, limit } => {
+                write!(f, "body of {length} bytes exceeds {limit}")
+            }
+            WireError::Malformed { field } => write!(f, "malformed at {field}"),
+            WireError::Count { count } => {
+                write!(f, "{count} records exceed {BUCKET_ENTRIES_MAX}")
+            }
+            WireError::DuplicatePeer => write!(f, "a peer named twice"),
+            WireError::WrongPeer => write!(f, "another peer's record"),
+            WireError::Record { index, error } => write!(f, "record {index}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+impl From<RecordError> for WireError {
+    fn from(error: RecordError) -> WireError {
+        match error {
+            RecordError::Malformed { field } => WireError::Malformed { field },
+            error => WireError::Record { index: 0, error },
+        }
+    }
+}
+
+/// A FIND_NODE request: which point of the key space to answer about.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FindNodeRequest {
+    /// The target key (sha256 of a peer id, or any 32 bytes for a random walk).
+    pub target: Key,
+}
+
+impl FindNodeRequest {
+    /// The 32-byte encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        self.target.0.to_vec()
+    }
+
+    /// Decodes exactly `bytes`.
+    pub fn decode(bytes: &[u8]) -> Result<FindNodeRequest, WireError> {
+        if bytes.len() > FIND_NODE_REQUEST_BYTES {
+            return Err(WireError::TooLarge {
+                length: bytes.len(),
+                limit: FIND_NODE_REQUEST_BYTES,
+            });
+        }
+        let target: [u8; FIND_NODE_REQUEST_BYTES] = bytes
+            .try_into()
+            .map_err(|_| WireError::Malformed { field: "target" })?;
+        Ok(FindNodeRequest {
+            target: Key(target),
+        })
+    }
+}
+
+/// A FIND_NODE answer: up to [`BUCKET_ENTRIES_MAX`] records, nearest first
+/// (by the responder's account), of distinct peers.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct FindNodeAnswer {
+    /// The records.
+    pub records: Vec<Record>,
+}
+
+impl FindNodeAnswer {
+    /// The encoding.
+    ///
+    /// # Panics
+    /// With more than [`BUCKET_ENTRIES_MAX`] records: we never send what
+    /// we would refuse.
+    pub fn encode(&self) -> Vec<u8> {
+        assert!(
+            self.records.len() <= BUCKET_ENTRIES_MAX,
+            "an answer carries at most {BUCKET_ENTRIES_MAX} records"
+        );
+        let mut out = Vec::with_capacity(FIND_NODE_ANSWER_BYTES_MAX);
+        // Cannot truncate: at most BUCKET_ENTRIES_MAX, checked below u8::MAX.
+        out.push(self.records.len() as u8);
+        for record in &self.records {
+            // Cannot truncate: at most RECORD_BYTES_MAX, checked below u16::MAX.
+            out.extend_from_slice(&(record.encoded_len() as u16).to_be_bytes());
+            record.encode_into(&mut out);
+        }
+        out
+    }
+
+    /// Decodes exactly `bytes`, verifying every record for `network_id`.
+    pub fn decode(bytes: &[u8], network_id: u64) -> Result<FindNodeAnswer, WireError> {
+        if bytes.len() > FIND_NODE_ANSWER_BYTES_MAX {
+            return Err(WireError::TooLarge {
+                length: bytes.len(),
+                limit: FIND_NODE_ANSWER_BYTES_MAX,
+            });
+        }
+        let mut reader = Reader::new(bytes);
+        let count = usize::from(reader.array::<1>("record count")?[0]);
+        if count > BUCKET_ENTRIES_MAX {
+            return Err(WireError::Count { count });
+        }
+        let mut records = Vec::with_capacity(count);
+        let mut peers = BTreeSet::new();
+        for index in 0..count {
+            let length = usize::from(u16::from_be_bytes(reader.array("record length")?));
+            if length == 0 || length > RECORD_BYTES_MAX {
+                return Err(WireError::Malformed {
+                    field: "record length",
+                });
+            }
+            let record_bytes = reader.bytes(length, "record")?;
+            let record = Record::decode(record_bytes, network_id)
+                .map_err(|error| WireError::Record { index, error })?;
+            if !peers.insert(record.peer()) {
+                return Err(WireError::DuplicatePeer);
+            }
+            records.push(record);
+        }
+        reader.finish()?;
+        Ok(FindNodeAnswer { records })
+    }
+}
+
+/// Decodes a record-exchange request body (empty).
+pub fn decode_peer_record_request(bytes: &[u8]) -> Result<(), WireError> {
+    if bytes.len() > PEER_RECORD_REQUEST_BYTES {
+        return Err(WireError::TooLarge {
+            length: bytes.len(),
+            limit: PEER_RECORD_REQUEST_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes a record-exchange answer from `expected`: its own record, for
+/// `network_id`.
+pub fn decode_peer_record_answer(
+    bytes: &[u8],
+    network_id: u64,
+    expected: PeerId,
+) -> Result<Record, WireError> {
+    let record = Record::decode(bytes, network_id).map_err(|error| match error {
+        RecordError::TooLarge { length } => WireError::TooLarge {
+            length,
+            limit: RECORD_BYTES_MAX,
+        },
+        error => WireError::Record { index: 0, error },
+    })?;
+    if record.peer() != expected {
+        return Err(WireError::WrongPeer);
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)] // Tests build their own fixtures.
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::identity::Identity;
+
+    const NETWORK: u64 = 3;
+
+    fn record(seed: u64) -> Record {
+        let addr: SocketAddr = format!("203.0.113.{}:9000", seed % 250 + 1)
+            .parse()
+            .unwrap();
+        Record::sign(&Identity::from_seed(seed), NETWORK, seed, &[addr])
+    }
+
+    #[test]
+    fn find_node_request_is_exactly_32_bytes() {
+        let request = FindNodeRequest {
+            target: Key([9; 32]),
+        };
+        assert_eq!(FindNodeRequest::decode(&request.encode()), Ok(request));
+        assert!(matches!(
+            FindNodeRequest::decode(&[0; 31]),
+            Err(WireError::Malformed { .. })
+        ));
+        assert!(matches!(
+            FindNodeRequest::decode(&[0; 33]),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn find_node_answer_round_trips_and_its_largest_fits_the_bound() {
+        for count in [0, 1, BUCKET_ENTRIES_MAX] {
+            let answer = FindNodeAnswer {
+                records: (1..=count as u64).map(record).collect(),
+            };
+            let bytes = answer.encode();
+            assert_eq!(FindNodeAnswer::decode(&bytes, NETWORK), Ok(answer));
+        }
+        assert_eq!(FIND_NODE_ANSWER_BYTES_MAX, 3_073);
+    }
+
+    #[test]
+    fn find_node_answer_refuses_counts_duplicates_and_bad_records() {
+        let mut over = vec![BUCKET_ENTRIES_MAX as u8 + 1];
+        over.extend_from_slice(&[0; 64]);
+        assert_eq!(
+            FindNodeAnswer::decode(&over, NETWORK),
+            Err(WireError::Count {
+                count: BUCKET_ENTRIES_MAX + 1
+            })
+        );
+        let twice = FindNodeAnswer {
+            records: vec![record(1), record(1)],
+        };
+        assert_eq!(
+            FindNodeAnswer::decode(&twice.encode(), NETWORK),
+            Err(WireError::DuplicatePeer)
+        );
+        let mut forged = FindNodeAnswer {
+            records: vec![record(1), record(2)],
+        }
+        .encode();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let error = FindNodeAnswer::decode(&forged, NETWORK).unwrap_err();
+        assert_eq!(
+            error,
+            WireError::Record {
+                index: 1,
+                error: RecordError::BadSignature
+            }
+        );
+        assert_eq!(error.penalty(), Penalty::High);
+        let other = FindNodeAnswer::decode(&twice.encode(), NETWORK + 1).unwrap_err();
+        assert_eq!(other.penalty(), Penalty::Mid, "{other:?}");
+        // A count promising more than the bytes hold.
+        assert!(matches!(
+            FindNodeAnswer::decode(&[3, 0, 5], NETWORK),
+            Err(WireError::Malformed { .. })
+        ));
+        assert!(matches!(
+            FindNodeAnswer::decode(&[1, 0, 0], NETWORK),
+            Err(WireError::Malformed {
+                field: "record length"
+            })
+        ));
+        let long = vec![0; FIND_NODE_ANSWER_BYTES_MAX + 1];
+        assert!(matches!(
+            FindNodeAnswer::decode(&long, NETWORK),
+            Err(WireError::TooLarge { .. })
+        ));
+        let mut trailing = FindNodeAnswer::default().encode();
+        trailing.push(0);
+        assert!(matches!(
+            FindNodeAnswer::decode(&trailing, NETWORK),
+            Err(WireError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn record_exchange_checks_the_peer() {
+        assert_eq!(decode_peer_record_request(&[]), Ok(()));
+        assert!(decode_peer_record_request(&[0]).is_err());
+        let own = record(4);
+        assert_eq!(
+            decode_peer_record_answer(&own.encode(), NETWORK, own.peer()),
+            Ok(own.clone())
+        );
+        assert_eq!(
+            decode_peer_record_answer(&own.encode(), NETWORK, record(5).peer()),
+            Err(WireError::WrongPeer)
+        );
+        assert!(matches!(
+            decode_peer_record_answer(&[0; RECORD_BYTES_MAX + 1], NETWORK, own.peer()),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn tags_sit_next_to_the_built_in_protocols() {
+        for protocol in DiscoveryProtocol::ALL {
+            assert_eq!(DiscoveryProtocol::from_tag(protocol.tag()), Some(protocol));
+            assert!(crate::reqresp::ProtocolId::BUILT_IN
+                .iter()
+                .all(|built_in| built_in.tag() != protocol.tag()));
+            assert!(
+                protocol.response_bytes_max() <= crate::reqresp::limits::RESPONSE_PAYLOAD_BYTES_MAX
+            );
+        }
+        assert_eq!(DiscoveryProtocol::from_tag(6), None);
+    }
+}
