@@ -40,11 +40,12 @@ fn every_test_file_is_a_module_or_a_binary() {
             .into_owned();
         let is_rust = name.ends_with(".rs");
         if is_rust && !OWN_BINARIES.contains(&name.as_str()) && !modules.contains(&name) {
-            missing.push(name);
+            missing.push(format!("tests/tests/{name}"));
         }
     }
     assert!(
         missing.is_empty(),
-        "tests/tests/{missing:?} would never run: give each a `mod` line in tests/tests/main.rs"
+        "{} would never run: give each a `mod` line in tests/tests/main.rs",
+        missing.join(", ")
     );
 }
