@@ -13,6 +13,7 @@
 #[allow(clippy::module_inception)]
 mod chat;
 mod node_config;
+mod operations;
 mod watermark_restart;
 
 /// Files of `io-mio/tests/` that are binaries of their own (see `Cargo.toml`).

@@ -768,10 +768,10 @@ mod tests {
             .request_stats
             .protocols
             .insert(meshsync_core::reqresp::ProtocolId::Status, status);
-        snapshot
-            .served_stats
-            .protocols
-            .insert(meshsync_core::reqresp::ProtocolId::Status, [1, 0, 0, 2, 0, 0, 0]);
+        snapshot.served_stats.protocols.insert(
+            meshsync_core::reqresp::ProtocolId::Status,
+            [1, 0, 0, 2, 0, 0, 0],
+        );
         metrics.publish(snapshot);
         metrics.observe_request("/chat/history", Duration::from_millis(3));
         metrics.observe_handshake(Duration::from_millis(2));

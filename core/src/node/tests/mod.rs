@@ -3,7 +3,6 @@
 //! Shared helpers live here; the tests are grouped by concern in the files below.
 
 use super::*;
-use std::collections::BTreeSet;
 use crate::chain::{ProposerKey, SignedBlock};
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::io::{DisconnectReason, GoodbyeReason, Notification, RefuseReason, RequestError};
@@ -11,6 +10,7 @@ use crate::peer::Refusal;
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
 use crate::reqresp::{Answer, ProtocolId, ProtocolName, Quota, RequestId, ResultCode};
 use crate::testing::{address_of as addr, Delivery, MemoryNet as Net};
+use std::collections::BTreeSet;
 
 mod claims;
 mod connections;
