@@ -325,7 +325,7 @@ impl Node {
 
     /// Whether range sync is under way (waiting for peers or fetching).
     pub fn is_syncing(&self) -> bool {
-        self.range_sync.is_syncing()
+        self.sync.is_syncing()
     }
 
     /// Whether the driver reported a failing store (`Health::StoreFailing`):
@@ -347,7 +347,7 @@ impl Node {
 
     /// Parent lookups under way (each holds gossiped orphans and their fetched ancestors).
     pub fn lookups_pending(&self) -> usize {
-        self.lookups.len()
+        self.sync.lookups_pending()
     }
 
     /// Work jobs handed to the driver and not yet answered (at most [`WORK_IN_FLIGHT_MAX`]).
@@ -425,7 +425,7 @@ impl Node {
         if head.slot >= slot {
             return;
         }
-        if self.range_sync.is_catching_up(now) {
+        if self.sync.is_catching_up(now) {
             // Our head is far behind what believed peers claim and their
             // blocks are arriving: a block on it would be a fork of its own,
             // and with fork choice by highest slot it would even win over
@@ -828,7 +828,7 @@ impl Node {
                         // fetches the missing ancestors and imports the block
                         // once they verify.
                         self.judge_gossip_block(now, message, Validation::Ignore);
-                        self.range_sync
+                        self.sync
                             .handle_peer_block_verified(now, from, block.slot());
                         self.sync_orphan(now, block, from);
                     }

@@ -20,6 +20,8 @@
 //! The [`Gossip`] router is driven the same way, owned by `gossip.rs`'s
 //! `GossipPart` (router and topics, no other part's state) beside its glue
 //! (logical messages of kind 32, events, heartbeat, application scores).
+//! `sync.rs`'s `SyncPart` owns range sync and lookups the same way; its glue
+//! turns what they ask for into requests, work and imports.
 //!
 //! # Security
 //! Provided: handshakes bounded in number and time; a connection that sends
@@ -215,8 +217,8 @@ pub struct Node {
     purposes: BTreeMap<(PeerId, crate::reqresp::RequestId), Purpose>,
     chain: ChainStore,
     chain_state: self::chain::ChainState,
-    range_sync: crate::sync::RangeSync,
-    lookups: crate::sync::Lookups,
+    /// Range sync and parent lookups.
+    sync: self::sync::SyncPart,
     metadata: Metadata,
     /// The gossip router and the application's topics.
     gossip: self::gossip::GossipPart,
@@ -280,8 +282,7 @@ impl Node {
             purposes: BTreeMap::new(),
             chain,
             chain_state: self::chain::ChainState::new(&config),
-            range_sync: crate::sync::RangeSync::new(config.sync.clone(), sync_seed),
-            lookups: crate::sync::Lookups::new(),
+            sync: self::sync::SyncPart::new(config.sync.clone(), sync_seed),
             metadata: Metadata {
                 seq: 0,
                 topics: Vec::new(),
@@ -403,12 +404,13 @@ impl Node {
     /// wakes the node. A new protocol's machine is added here and to
     /// [`Node::on_timeout`], which drains its outputs in order.
     fn machines(&self) -> [&dyn Machine; 5] {
+        let [range_sync, lookups] = self.sync.machines();
         [
             &self.peer_manager,
             &self.outbound,
             &self.inbound,
-            &self.range_sync,
-            &self.lookups,
+            range_sync,
+            lookups,
         ]
     }
 

@@ -494,7 +494,7 @@ impl Node {
         // already holds the largest block of its one root.
         let fits = !over
             || match fetch {
-                BlockFetch::Range(batch) => self.range_sync.grow_reserve(batch, needed),
+                BlockFetch::Range(batch) => self.sync.grow_reserve(batch, needed),
                 BlockFetch::Lookup(_) => false,
             };
         let Some(Purpose::Blocks {

@@ -1,6 +1,6 @@
-//! The node's sync glue: peers' Status drives [`RangeSync`], gossiped
-//! orphans drive [`Lookups`], and what they ask for becomes requests, work
-//! and imports.
+//! The node's sync part and its glue: `SyncPart` owns [`RangeSync`] and
+//! [`Lookups`]; peers' Status drives the first, gossiped orphans the second,
+//! and what they ask for becomes requests, work and imports here.
 //!
 //! # Design
 //! ```text
@@ -41,17 +41,17 @@ use log::{debug, info, warn};
 
 use super::purpose::{AnswerFault, BlockAnswerCheck, BlockFetch, Purpose};
 use super::Node;
-use crate::chain::{ImportError, ImportOutcome, Root, SignedBlock};
+use crate::chain::{ChainStore, ImportError, ImportOutcome, Root, SignedBlock};
 use crate::identity::PeerId;
 use crate::io::{Notification, RequestError};
 use crate::machine::Machine;
-use crate::peer::{Penalty, Report};
+use crate::peer::{Penalty, Report, Score};
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
 use crate::reqresp::limits::BLOCK_BYTES_MAX;
 use crate::reqresp::{ProtocolId, ResultCode};
 use crate::sync::{
-    BatchId, BatchImportError, FetchError, LookupAction, LookupPenalty, PeerChain, PenaltyReason,
-    SyncAction,
+    BatchId, BatchImportError, FetchError, LookupAction, LookupId, LookupPenalty, Lookups,
+    PeerChain, PenaltyReason, RangeSync, SyncAction, SyncConfig,
 };
 use crate::time::Instant;
 use crate::work::Job;
@@ -61,36 +61,222 @@ use crate::work::Job;
 /// 15 s, so one every 3 s stays within it and follows a fast chain.
 pub const ORPHAN_STATUS_INTERVAL: crate::time::Duration = crate::time::Duration::from_secs(3);
 
-impl Node {
-    /// A peer's Status reached us: range sync weighs it.
-    pub(super) fn sync_peer_status(&mut self, now: Instant, peer: PeerId, status: &Status) {
+/// Range sync and parent lookups, the two machines that fetch blocks we
+/// lack. The part owns them and nothing else: our chain, the clock's slot
+/// and a peer's score come in as arguments, and what the machines ask for
+/// comes out of [`SyncPart::poll`] for the node to carry out (requests,
+/// work, imports, reports), so no other part's state is read here.
+pub(super) struct SyncPart {
+    range: RangeSync,
+    lookups: Lookups,
+}
+
+/// One thing a sync machine asks the node to do.
+pub(super) enum SyncStep {
+    Range(SyncAction),
+    Lookup(LookupAction),
+}
+
+impl SyncPart {
+    pub(super) fn new(config: SyncConfig, seed: [u8; 32]) -> SyncPart {
+        SyncPart {
+            range: RangeSync::new(config, seed),
+            lookups: Lookups::new(),
+        }
+    }
+
+    /// Both machines, for the node's list of [`Machine`]s.
+    pub(super) fn machines(&self) -> [&dyn Machine; 2] {
+        [&self.range, &self.lookups]
+    }
+
+    /// A peer's Status, checked against the clock and genesis already.
+    pub(super) fn handle_peer_status(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        status: &Status,
+        score: Score,
+        slot_max: u64,
+    ) {
         let chain = PeerChain {
             head_slot: status.head_slot,
             head_root: status.head_root,
             finalized_slot: status.finalized_slot,
             finalized_root: status.finalized_root,
         };
-        let score = self.peer_manager.score(now, &peer);
-        self.range_sync
-            .handle_clock(now, self.chain_state.slot_max(now));
-        self.range_sync.handle_peer_status(now, peer, chain, score);
+        self.range.handle_clock(now, slot_max);
+        self.range.handle_peer_status(now, peer, chain, score);
     }
 
-    /// A peer was admitted.
-    pub(super) fn sync_peer_connected(&mut self, now: Instant, peer: PeerId) {
+    pub(super) fn handle_peer_connected(&mut self, now: Instant, peer: PeerId) {
         self.lookups.handle_peer_connected(now, peer);
     }
 
-    /// A peer is gone: its batches and lookups move to other peers.
-    pub(super) fn sync_peer_gone(&mut self, now: Instant, peer: PeerId) {
-        self.range_sync.handle_peer_gone(now, peer);
+    /// Its batches and lookups move to other peers.
+    pub(super) fn handle_peer_gone(&mut self, now: Instant, peer: PeerId) {
+        self.range.handle_peer_gone(now, peer);
         self.lookups.handle_peer_gone(now, peer);
     }
 
     /// Our chain changed: range sync measures the distance from it.
+    pub(super) fn handle_local_chain(&mut self, now: Instant, chain: &ChainStore) {
+        self.range
+            .handle_local_chain(now, chain.head(), chain.finalized());
+    }
+
+    /// A gossiped block whose parent we lack. Returns false if no lookup
+    /// could take it (all taken, or its sender's share used).
+    pub(super) fn handle_orphan(
+        &mut self,
+        now: Instant,
+        block: SignedBlock,
+        from: PeerId,
+        chain: &ChainStore,
+    ) -> bool {
+        let refused_before = self.lookups.counters().refused;
+        self.lookups.handle_unknown_parent(now, block, from, chain);
+        self.lookups.counters().refused == refused_before
+    }
+
+    /// `peer`'s gossiped block at `slot` verified: a sign its chain is real.
+    pub(super) fn handle_peer_block_verified(&mut self, now: Instant, peer: PeerId, slot: u64) {
+        self.range.handle_peer_block_verified(now, peer, slot);
+    }
+
+    /// The timers of both machines.
+    pub(super) fn handle_timeout(&mut self, now: Instant, slot_max: u64) {
+        self.range.handle_clock(now, slot_max);
+        self.range.handle_timeout(now);
+        self.lookups.handle_timeout(now);
+    }
+
+    /// The next thing either machine asks for; range sync first.
+    pub(super) fn poll(&mut self, now: Instant) -> Option<SyncStep> {
+        if let Some(action) = self.range.poll(now) {
+            return Some(SyncStep::Range(action));
+        }
+        self.lookups.poll(now).map(SyncStep::Lookup)
+    }
+
+    /// The blocks a sync request fetched, or why it failed.
+    pub(super) fn handle_fetch(
+        &mut self,
+        now: Instant,
+        fetch: BlockFetch,
+        result: Result<Vec<SignedBlock>, FetchError>,
+        slot_max: u64,
+        chain: &ChainStore,
+    ) {
+        self.range.handle_clock(now, slot_max);
+        match fetch {
+            BlockFetch::Range(batch) => self.range.handle_response(now, batch, result),
+            BlockFetch::Lookup(lookup) => self.lookups.handle_response(now, lookup, result, chain),
+        }
+    }
+
+    /// A request for `batch` could not be sent.
+    pub(super) fn handle_range_not_sent(&mut self, now: Instant, batch: BatchId) {
+        self.range
+            .handle_response(now, batch, Err(FetchError::PeerGone));
+    }
+
+    /// A request for `lookup` could not be sent.
+    pub(super) fn handle_lookup_not_sent(
+        &mut self,
+        now: Instant,
+        lookup: LookupId,
+        chain: &ChainStore,
+    ) {
+        self.lookups
+            .handle_response(now, lookup, Err(FetchError::PeerGone), chain);
+    }
+
+    pub(super) fn handle_verified(
+        &mut self,
+        now: Instant,
+        batch: BatchId,
+        result: Result<(), Vec<usize>>,
+    ) {
+        self.range.handle_verified(now, batch, result);
+    }
+
+    pub(super) fn handle_imported(
+        &mut self,
+        now: Instant,
+        batch: BatchId,
+        result: Result<(), BatchImportError>,
+    ) {
+        self.range.handle_imported(now, batch, result);
+    }
+
+    /// Lets `batch`'s answer hold `bytes` in all, if the memory bound allows.
+    pub(super) fn grow_reserve(&mut self, batch: BatchId, bytes: usize) -> bool {
+        self.range.grow_reserve(batch, bytes)
+    }
+
+    pub(super) fn is_syncing(&self) -> bool {
+        self.range.is_syncing()
+    }
+
+    pub(super) fn is_catching_up(&self, now: Instant) -> bool {
+        self.range.is_catching_up(now)
+    }
+
+    pub(super) fn lookups_pending(&self) -> usize {
+        self.lookups.len()
+    }
+}
+
+/// What a finished block request means to sync.
+fn fetch_result(
+    blocks: Vec<SignedBlock>,
+    result: Result<(), RequestError>,
+    invalid: Option<AnswerFault>,
+) -> Result<Vec<SignedBlock>, FetchError> {
+    match (result, invalid) {
+        (Ok(()), None) => Ok(blocks),
+        (_, Some(AnswerFault::TooLarge { bytes, slots })) => {
+            Err(FetchError::TooLarge { bytes, slots })
+        }
+        (Ok(()), Some(AnswerFault::Broken(what))) => {
+            debug!("a block answer was refused as it arrived: {what}");
+            Err(FetchError::Malformed)
+        }
+        (Err(error), _) => Err(match error {
+            RequestError::FirstChunkTimeout | RequestError::ResponseTimeout => FetchError::Timeout,
+            RequestError::Refused { code, .. } => FetchError::ErrorCode(match code {
+                ResultCode::Reserved(byte) => byte,
+                other => other.to_byte(),
+            }),
+            RequestError::InvalidResponse(_) => FetchError::Malformed,
+            RequestError::NotSent(_) | RequestError::Disconnected => FetchError::PeerGone,
+        }),
+    }
+}
+
+impl Node {
+    /// A peer's Status reached us: range sync weighs it.
+    pub(super) fn sync_peer_status(&mut self, now: Instant, peer: PeerId, status: &Status) {
+        let score = self.peer_manager.score(now, &peer);
+        let slot_max = self.chain_state.slot_max(now);
+        self.sync
+            .handle_peer_status(now, peer, status, score, slot_max);
+    }
+
+    /// A peer was admitted.
+    pub(super) fn sync_peer_connected(&mut self, now: Instant, peer: PeerId) {
+        self.sync.handle_peer_connected(now, peer);
+    }
+
+    /// A peer is gone: its batches and lookups move to other peers.
+    pub(super) fn sync_peer_gone(&mut self, now: Instant, peer: PeerId) {
+        self.sync.handle_peer_gone(now, peer);
+    }
+
+    /// Our chain changed: range sync measures the distance from it.
     pub(super) fn sync_local_chain(&mut self, now: Instant) {
-        let (head, finalized) = (self.chain.head(), self.chain.finalized());
-        self.range_sync.handle_local_chain(now, head, finalized);
+        self.sync.handle_local_chain(now, &self.chain);
     }
 
     /// A gossiped block whose parent we lack: look its ancestors up. If no
@@ -98,10 +284,7 @@ impl Node {
     /// is range sync's: ask the sender for its Status
     /// ([`Node::ask_status_for_gap`]).
     pub(super) fn sync_orphan(&mut self, now: Instant, block: SignedBlock, from: PeerId) {
-        let refused_before = self.lookups.counters().refused;
-        self.lookups
-            .handle_unknown_parent(now, block, from, &self.chain);
-        if self.lookups.counters().refused != refused_before {
+        if !self.sync.handle_orphan(now, block, from, &self.chain) {
             debug!("{from:?}: no lookup place for its orphan");
             self.ask_status_for_gap(now, from);
         }
@@ -141,10 +324,8 @@ impl Node {
 
     /// Timers of both machines.
     pub(super) fn sync_tick(&mut self, now: Instant) {
-        self.range_sync
-            .handle_clock(now, self.chain_state.slot_max(now));
-        self.range_sync.handle_timeout(now);
-        self.lookups.handle_timeout(now);
+        let slot_max = self.chain_state.slot_max(now);
+        self.sync.handle_timeout(now, slot_max);
     }
 
     /// Carries out everything both machines ask for, until neither has more.
@@ -153,15 +334,11 @@ impl Node {
         // and answering one never makes the other produce without end.
         const ROUNDS_MAX: usize = 10_000;
         for _ in 0..ROUNDS_MAX {
-            if let Some(action) = self.range_sync.poll(now) {
-                self.on_sync_action(now, action);
-                continue;
+            match self.sync.poll(now) {
+                Some(SyncStep::Range(action)) => self.on_sync_action(now, action),
+                Some(SyncStep::Lookup(action)) => self.on_lookup_action(now, action),
+                None => return,
             }
-            if let Some(action) = self.lookups.poll(now) {
-                self.on_lookup_action(now, action);
-                continue;
-            }
-            return;
         }
         warn!("sync still busy after {ROUNDS_MAX} actions; continuing at the next input");
     }
@@ -188,8 +365,7 @@ impl Node {
                     self.request(now, peer, ProtocolId::BlocksByRange, body, purpose)
                 {
                     debug!("{peer:?}: sync request not sent: {error}");
-                    self.range_sync
-                        .handle_response(now, batch, Err(FetchError::PeerGone));
+                    self.sync.handle_range_not_sent(now, batch);
                 }
             }
             SyncAction::Verify { batch, blocks } => {
@@ -205,7 +381,7 @@ impl Node {
                 let result = self
                     .import_blocks(now, blocks)
                     .map_err(|(index, error)| BatchImportError { index, error });
-                self.range_sync.handle_imported(now, batch, result);
+                self.sync.handle_imported(now, batch, result);
                 self.sync_local_chain(now);
             }
             SyncAction::Penalise { peer, reason } => {
@@ -292,12 +468,7 @@ impl Node {
                 if let Err(error) = self.request(now, peer, ProtocolId::BlocksByRoot, body, purpose)
                 {
                     debug!("{peer:?}: lookup request not sent: {error}");
-                    self.lookups.handle_response(
-                        now,
-                        lookup,
-                        Err(FetchError::PeerGone),
-                        &self.chain,
-                    );
+                    self.sync.handle_lookup_not_sent(now, lookup, &self.chain);
                 }
             }
             LookupAction::Ready {
@@ -344,7 +515,7 @@ impl Node {
         batch: BatchId,
         result: Result<(), Vec<usize>>,
     ) {
-        self.range_sync.handle_verified(now, batch, result);
+        self.sync.handle_verified(now, batch, result);
     }
 
     /// A verified lookup chain came back: import what verified, in order,
@@ -429,35 +600,9 @@ impl Node {
         invalid: Option<AnswerFault>,
     ) {
         let now = self.last_now;
-        self.range_sync
-            .handle_clock(now, self.chain_state.slot_max(now));
-        let result = match (result, invalid) {
-            (Ok(()), None) => Ok(blocks),
-            (_, Some(AnswerFault::TooLarge { bytes, slots })) => {
-                Err(FetchError::TooLarge { bytes, slots })
-            }
-            (Ok(()), Some(AnswerFault::Broken(what))) => {
-                debug!("a block answer was refused as it arrived: {what}");
-                Err(FetchError::Malformed)
-            }
-            (Err(error), _) => Err(match error {
-                RequestError::FirstChunkTimeout | RequestError::ResponseTimeout => {
-                    FetchError::Timeout
-                }
-                RequestError::Refused { code, .. } => FetchError::ErrorCode(match code {
-                    ResultCode::Reserved(byte) => byte,
-                    other => other.to_byte(),
-                }),
-                RequestError::InvalidResponse(_) => FetchError::Malformed,
-                RequestError::NotSent(_) | RequestError::Disconnected => FetchError::PeerGone,
-            }),
-        };
-        match fetch {
-            BlockFetch::Range(batch) => self.range_sync.handle_response(now, batch, result),
-            BlockFetch::Lookup(lookup) => {
-                self.lookups
-                    .handle_response(now, lookup, result, &self.chain)
-            }
-        }
+        let slot_max = self.chain_state.slot_max(now);
+        let result = fetch_result(blocks, result, invalid);
+        self.sync
+            .handle_fetch(now, fetch, result, slot_max, &self.chain);
     }
 }
