@@ -1,8 +1,15 @@
-//! The `ADDR[@PEERID]` syntax of `--peer`.
+//! The `ADDR[@PEERID]` syntax of `--peer`, and the `ADDR@PEERID` of
+//! `--static-peer`.
 //!
 //! `ADDR` is `IP:PORT` (IPv6 in brackets, `[::1]:9000`) or `HOST:PORT`,
 //! resolved once when parsed. `PEERID` is the base58 peer id `meshsync keygen`
-//! prints; when given, the dial is refused unless the remote proves that identity.
+//! prints (and `meshsync node` logs as `node PEERID listening on ADDR`); when
+//! given, the dial is refused unless the remote proves that identity.
+//!
+//! A static peer must name its identity: it is redialled for as long as the
+//! node runs, so without one whoever holds the address later would be kept
+//! in its place, and the core could not recognise the peer when it is the
+//! one that connects.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -39,13 +46,60 @@ impl fmt::Display for PeerAddress {
     }
 }
 
-/// Why a `--peer` value was refused.
+/// A peer to keep connected (`--static-peer ADDR@PEERID`): dialled at
+/// start and redialled with backoff by the core whenever it drops.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct StaticPeerAddress {
+    /// Where to dial.
+    pub addr: SocketAddr,
+    /// Who must answer there.
+    pub peer: PeerId,
+}
+
+impl StaticPeerAddress {
+    /// The command that makes the node keep this peer connected.
+    pub fn command(&self) -> Command {
+        Command::AddStaticPeer {
+            addr: self.addr,
+            peer: Some(self.peer),
+        }
+    }
+}
+
+impl fmt::Display for StaticPeerAddress {
+    /// `ADDR@PEERID`, as parsed (a host name shows as the address it resolved to).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.addr, self.peer)
+    }
+}
+
+impl FromStr for StaticPeerAddress {
+    type Err = PeerAddressError;
+
+    fn from_str(text: &str) -> Result<StaticPeerAddress, PeerAddressError> {
+        let text = text.trim();
+        // Checked first: without the `@` nothing else is worth resolving.
+        if !text.contains('@') {
+            return Err(PeerAddressError::MissingPeerId(text.to_string()));
+        }
+        let parsed: PeerAddress = text.parse()?;
+        Ok(StaticPeerAddress {
+            addr: parsed.addr,
+            // `text` has an `@`, so `PeerAddress` parsed a peer id or refused.
+            peer: parsed.peer.expect("a peer id follows the `@`"),
+        })
+    }
+}
+
+/// Why a `--peer` or `--static-peer` value was refused.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum PeerAddressError {
     /// The address part is neither `IP:PORT` nor a resolvable `HOST:PORT`.
     BadAddress(String),
     /// The part after `@` is not a peer id.
     BadPeerId(String),
+    /// A static peer without `@PEERID`.
+    MissingPeerId(String),
 }
 
 impl fmt::Display for PeerAddressError {
@@ -57,9 +111,18 @@ impl fmt::Display for PeerAddressError {
                     "`{text}` is not an address (expected IP:PORT or HOST:PORT)"
                 )
             }
+            PeerAddressError::BadPeerId(text) if text.is_empty() => write!(
+                f,
+                "nothing after `@` (expected the base58 peer id `meshsync keygen` prints)"
+            ),
             PeerAddressError::BadPeerId(text) => write!(
                 f,
                 "`{text}` is not a peer id (expected the base58 id `meshsync keygen` prints)"
+            ),
+            PeerAddressError::MissingPeerId(text) => write!(
+                f,
+                "`{text}` has no `@PEERID`: a static peer is kept only with the identity \
+                 it must prove (expected ADDR@PEERID, the base58 id `meshsync keygen` prints)"
             ),
         }
     }
@@ -175,5 +238,64 @@ mod tests {
         );
         let error = "1.2.3.4:5@0OIl".parse::<PeerAddress>().unwrap_err();
         assert!(error.to_string().contains("0OIl"), "{error}");
+        let error = "1.2.3.4:5@".parse::<PeerAddress>().unwrap_err();
+        assert!(
+            error.to_string().starts_with("nothing after `@`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn static_peer_with_its_id() {
+        let id = Identity::from_seed(6).peer_id();
+        let parsed: StaticPeerAddress = format!(" 127.0.0.1:9001@{id} ").parse().unwrap();
+        assert_eq!(parsed.addr, "127.0.0.1:9001".parse().unwrap());
+        assert_eq!(parsed.peer, id);
+        assert_eq!(
+            parsed.command(),
+            Command::AddStaticPeer {
+                addr: parsed.addr,
+                peer: Some(id)
+            }
+        );
+        // Display writes what parses back to the same static peer.
+        assert_eq!(parsed.to_string(), format!("127.0.0.1:9001@{id}"));
+        assert_eq!(parsed.to_string().parse::<StaticPeerAddress>(), Ok(parsed));
+        let parsed: StaticPeerAddress = format!("[::1]:1@{id}").parse().unwrap();
+        assert_eq!(parsed.addr, "[::1]:1".parse().unwrap());
+    }
+
+    #[test]
+    fn static_peer_without_its_id_or_with_a_bad_part_is_refused() {
+        let id = Identity::from_seed(6).peer_id();
+        assert_eq!(
+            "127.0.0.1:9001".parse::<StaticPeerAddress>(),
+            Err(PeerAddressError::MissingPeerId("127.0.0.1:9001".into()))
+        );
+        assert_eq!(
+            "".parse::<StaticPeerAddress>(),
+            Err(PeerAddressError::MissingPeerId("".into()))
+        );
+        assert_eq!(
+            format!("127.0.0.1@{id}").parse::<StaticPeerAddress>(),
+            Err(PeerAddressError::BadAddress("127.0.0.1".into()))
+        );
+        assert_eq!(
+            format!("@{id}").parse::<StaticPeerAddress>(),
+            Err(PeerAddressError::BadAddress("".into()))
+        );
+        assert_eq!(
+            "127.0.0.1:9001@nope".parse::<StaticPeerAddress>(),
+            Err(PeerAddressError::BadPeerId("nope".into()))
+        );
+        assert_eq!(
+            "127.0.0.1:9001@".parse::<StaticPeerAddress>(),
+            Err(PeerAddressError::BadPeerId("".into()))
+        );
+        // The message says what is missing and what is expected.
+        let error = "10.0.0.1:9001".parse::<StaticPeerAddress>().unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("`10.0.0.1:9001`"), "{message}");
+        assert!(message.contains("ADDR@PEERID"), "{message}");
     }
 }

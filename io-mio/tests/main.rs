@@ -14,6 +14,7 @@
 mod chat;
 mod node_config;
 mod operations;
+mod static_peers;
 mod watermark_restart;
 
 /// Files of `io-mio/tests/` that are binaries of their own (see `Cargo.toml`).

@@ -4,7 +4,9 @@
 //! Each node is a [`Driver`] on its own thread. Node `i` dials its
 //! [`DIALS_PER_NODE_MAX`] nearest predecessors (`i-1`, `i-2`, ...), so for
 //! small networks every node dials all earlier ones, and for any size the
-//! network is connected (every node dials `i-1`).
+//! network is connected (every node dials `i-1`). They are its static
+//! peers (as `meshsync node --static-peer`): a connection that drops is
+//! redialled with backoff, so the devnet stays connected.
 //!
 //! The chain: a genesis with P proposer keys from
 //! `meshsync_core::chain::devnet_keys(network_id, P)` (public: never for a
@@ -214,8 +216,8 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
-/// Starts node `index` (with `key` if it proposes) and makes it dial its
-/// predecessors among `running`.
+/// Starts node `index` (with `key` if it proposes) and makes it keep its
+/// predecessors among `running` as static peers.
 fn start_node(
     options: &DevnetOptions,
     genesis: &Arc<Genesis>,
@@ -275,7 +277,7 @@ fn start_node(
     };
     let node = driver.spawn(&format!("node-{index}"))?;
     for target in dial_targets(index) {
-        let command = Command::Dial {
+        let command = Command::AddStaticPeer {
             addr: running[target].driver.local_addr(),
             peer: Some(running[target].driver.peer_id()),
         };

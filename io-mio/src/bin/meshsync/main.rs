@@ -87,7 +87,8 @@ enum CliCommand {
     },
     /// Run one node until SIGINT or SIGTERM. Options come from the flags
     /// and, for those not given, from the --config file.
-    Node(NodeFlags),
+    // Boxed: the flags are many, and every other command would carry their size.
+    Node(Box<NodeFlags>),
     /// Move proposer keys between machines safely: export or import the
     /// signing watermarks (each key's highest signed slot) of a data directory.
     Watermark {
@@ -170,7 +171,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         // The node's log format may come from its configuration file.
-        CliCommand::Node(flags) => run_node(flags),
+        CliCommand::Node(flags) => run_node(*flags),
         command => {
             // A benchmark would otherwise log two lines per handshake and measure the logger.
             let default_level = match command {
@@ -224,7 +225,7 @@ fn run(command: CliCommand) -> Result<(), String> {
             },
             force,
         ),
-        CliCommand::Node(flags) => run_node(flags),
+        CliCommand::Node(flags) => run_node(*flags),
         CliCommand::Watermark { command } => watermark(command),
         CliCommand::Devnet {
             nodes,
@@ -369,8 +370,18 @@ fn node(options: NodeConfig) -> Result<(), String> {
     shutdown::watch_signals()
         .and_then(|()| driver.catch_signals())
         .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+    // `--peer`: one dial each, never repeated.
     for peer in &options.peers {
         driver.command(peer.dial_command());
+    }
+    // `--static-peer`: dialled now and redialled by the core whenever it
+    // drops; `resolve` kept the list within the core's STATIC_PEERS_MAX.
+    for peer in &options.static_peers {
+        log::info!(
+            "[{:?}] static peer {peer}: kept connected, redialled with backoff",
+            driver.peer_id()
+        );
+        driver.command(peer.command());
     }
     driver
         .run()

@@ -21,7 +21,14 @@
 //!
 //! `docs/node.example.toml` shows every key with its meaning and default; a
 //! test below fails when a flag has no key there.
+//!
+//! # Limits
+//! At most [`STATIC_PEERS_MAX`] static peers (the core's own cap), each
+//! address once, and none also given as a one-shot `--peer`: a list that
+//! breaks one of these is refused before the node starts, naming the flag
+//! or the key, rather than cut short or merged quietly.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,19 +36,21 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
+use meshsync_core::peer::STATIC_PEERS_MAX;
 use meshsync_mio::driver::{ClockPolicy, STORE_FAILING_EXIT_AFTER_DEFAULT};
 use meshsync_mio::workers::WORKER_THREADS_MAX;
-use meshsync_mio::PeerAddress;
+use meshsync_mio::{PeerAddress, StaticPeerAddress};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The keys of a configuration file, in the order `--print-config` writes
 /// them: the long names of `meshsync node`'s flags but those of
 /// [`COMMAND_LINE_ONLY`].
-pub const KEYS: [&str; 15] = [
+pub const KEYS: [&str; 16] = [
     "listen",
     "key",
     "peer",
+    "static-peer",
     "network",
     "genesis",
     "proposer-key",
@@ -103,10 +112,19 @@ pub struct NodeFlags {
     /// The node's key file (from `meshsync keygen`; required, here or in the file).
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// A peer to dial at start, optionally with the identity it must prove.
-    /// Repeatable; given here, replaces the file's list.
+    /// A peer to dial once at start, optionally with the identity it must
+    /// prove; it is not redialled if the dial fails or the connection drops
+    /// (see --static-peer). Repeatable; given here, replaces the file's list.
     #[arg(long = "peer", value_name = "ADDR[@PEERID]")]
     pub peers: Vec<PeerAddress>,
+    /// A peer to keep connected: dialled at start and redialled with backoff
+    /// (1 s doubling to 5 min) whenever the dial fails or the connection
+    /// drops. PEERID is required: the id `meshsync keygen` printed, or the
+    /// one in the peer's `node PEERID listening on ADDR` log line.
+    /// Repeatable, each address once, not also a --peer; given here,
+    /// replaces the file's list.
+    #[arg(long = "static-peer", value_name = "ADDR@PEERID")]
+    pub static_peers: Vec<StaticPeerAddress>,
     /// Network id; peers on another network are refused (default: the
     /// genesis file's, or 1).
     #[arg(long = "network", value_name = "ID")]
@@ -175,6 +193,8 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub key: PathBuf,
     pub peers: Vec<PeerAddress>,
+    /// Checked: at most [`STATIC_PEERS_MAX`], each address once, none in `peers`.
+    pub static_peers: Vec<StaticPeerAddress>,
     pub network_id: Option<u64>,
     pub genesis: Option<PathBuf>,
     pub proposer_keys: Vec<PathBuf>,
@@ -198,6 +218,7 @@ struct FileValues {
     listen: Option<SocketAddr>,
     key: Option<PathBuf>,
     peers: Option<Vec<PeerAddress>>,
+    static_peers: Option<Vec<StaticPeerAddress>>,
     network_id: Option<u64>,
     genesis: Option<PathBuf>,
     proposer_keys: Option<Vec<PathBuf>>,
@@ -246,14 +267,31 @@ impl NodeFlags {
                 .map(|path| flag_path("proposer-key", path))
                 .collect::<Result<_, _>>()?
         };
+        // Both lists from the file: its error names the file, as the keys' do.
+        let lists_from_file = match &self.config {
+            Some(path) if self.peers.is_empty() && self.static_peers.is_empty() => {
+                format!("config {}: ", path.display())
+            }
+            _ => String::new(),
+        };
+        let peers = if self.peers.is_empty() {
+            file.peers.unwrap_or_default()
+        } else {
+            self.peers
+        };
+        let static_peers = if self.static_peers.is_empty() {
+            file.static_peers.unwrap_or_default()
+        } else {
+            check_static_peers(&self.static_peers)
+                .map_err(|why| format!("--static-peer: {why}"))?;
+            self.static_peers
+        };
+        check_not_both(&peers, &static_peers).map_err(|why| format!("{lists_from_file}{why}"))?;
         Ok(NodeConfig {
             listen,
             key,
-            peers: if self.peers.is_empty() {
-                file.peers.unwrap_or_default()
-            } else {
-                self.peers
-            },
+            peers,
+            static_peers,
             network_id: self.network_id.or(file.network_id),
             genesis: match self.genesis {
                 Some(path) => Some(flag_path("genesis", &path)?),
@@ -296,6 +334,7 @@ struct Printed<'a> {
     listen: String,
     key: &'a str,
     peer: Vec<String>,
+    static_peer: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -347,6 +386,11 @@ impl NodeConfig {
             listen: self.listen.to_string(),
             key: &key,
             peer: self.peers.iter().map(PeerAddress::to_string).collect(),
+            static_peer: self
+                .static_peers
+                .iter()
+                .map(StaticPeerAddress::to_string)
+                .collect(),
             network: self
                 .network_id
                 .map(|id| toml_integer("network", id))
@@ -458,6 +502,16 @@ fn read_file(path: &Path) -> Result<FileValues, String> {
                     .map_err(&error)?;
                 values.peers = Some(peers);
             }
+            "static-peer" => {
+                let texts: Vec<String> = typed(value).map_err(&error)?;
+                let peers: Vec<StaticPeerAddress> = texts
+                    .iter()
+                    .map(|text| text.parse::<StaticPeerAddress>().map_err(|e| e.to_string()))
+                    .collect::<Result<_, _>>()
+                    .map_err(&error)?;
+                check_static_peers(&peers).map_err(&error)?;
+                values.static_peers = Some(peers);
+            }
             "network" => values.network_id = Some(typed(value).map_err(&error)?),
             "genesis" => values.genesis = Some(file_path(value)?),
             "proposer-key" => {
@@ -536,6 +590,42 @@ fn flag_path(flag: &str, path: &Path) -> Result<PathBuf, String> {
     std::path::absolute(path).map_err(|error| format!("--{flag} {}: {error}", path.display()))
 }
 
+/// A list of static peers the core can keep: at most [`STATIC_PEERS_MAX`]
+/// (the core would refuse the rest), and each address once (the core keeps
+/// one entry per address, so a second would quietly replace the first's id).
+fn check_static_peers(peers: &[StaticPeerAddress]) -> Result<(), String> {
+    if peers.len() > STATIC_PEERS_MAX {
+        return Err(format!(
+            "{} static peers given, at most {STATIC_PEERS_MAX} are kept",
+            peers.len()
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for peer in peers {
+        if !seen.insert(peer.addr) {
+            return Err(format!("{} is given twice (as resolved)", peer.addr));
+        }
+    }
+    Ok(())
+}
+
+/// No address is both a one-shot peer and a static one: the static peer is
+/// dialled at start anyway, and two dials at once would open two connections
+/// to one peer.
+fn check_not_both(peers: &[PeerAddress], static_peers: &[StaticPeerAddress]) -> Result<(), String> {
+    match peers
+        .iter()
+        .find(|peer| static_peers.iter().any(|s| s.addr == peer.addr))
+    {
+        Some(peer) => Err(format!(
+            "{} is both a peer (--peer, key `peer`) and a static peer (--static-peer, \
+             key `static-peer`); a static peer is dialled at start too: give it once, as a static peer",
+            peer.addr
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check_body_bytes(bytes: usize) -> Result<usize, String> {
     if bytes > BLOCK_BODY_BYTES_MAX {
         return Err(format!(
@@ -585,6 +675,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::Cli;
+    use meshsync_core::peer::{REDIAL_BACKOFF_INITIAL, REDIAL_BACKOFF_MAX};
 
     /// The example file in the repository.
     const EXAMPLE: &str = include_str!(concat!(
@@ -615,7 +706,7 @@ mod tests {
         let mut all = vec!["meshsync", "node"];
         all.extend_from_slice(arguments);
         match Cli::try_parse_from(all).expect("the flags parse").command {
-            crate::CliCommand::Node(flags) => flags,
+            crate::CliCommand::Node(flags) => *flags,
             _ => unreachable!("the subcommand is node"),
         }
     }
@@ -690,6 +781,12 @@ mod tests {
             format!("[default: {STATUS_INTERVAL_SECS_DEFAULT}]"),
             "[default: text]".to_owned(),
             "[default: rebase]".to_owned(),
+            // --static-peer's backoff, as the core schedules it.
+            format!(
+                "({} s doubling to {} min)",
+                REDIAL_BACKOFF_INITIAL.as_secs(),
+                REDIAL_BACKOFF_MAX.as_secs() / 60
+            ),
         ] {
             assert!(help.contains(&default), "no {default} in {help}");
         }
@@ -806,6 +903,180 @@ mod tests {
         assert!(missing.contains("--listen"), "{missing}");
     }
 
+    /// `--static-peer ADDR@PEERID` values as the node would get them, or
+    /// clap's refusal, which names the flag.
+    fn static_peer_flags(values: &[String]) -> Result<Vec<String>, String> {
+        let mut arguments = vec!["meshsync".to_owned(), "node".to_owned()];
+        for value in values {
+            arguments.extend(["--static-peer".to_owned(), value.clone()]);
+        }
+        let cli = Cli::try_parse_from(arguments).map_err(|error| error.to_string())?;
+        let crate::CliCommand::Node(mut flags) = cli.command else {
+            unreachable!("the subcommand is node")
+        };
+        flags.listen = Some("127.0.0.1:9000".parse().unwrap());
+        flags.key = Some(PathBuf::from("node.key"));
+        let config = flags.resolve()?;
+        Ok(config.static_peers.iter().map(|p| p.to_string()).collect())
+    }
+
+    /// `STATIC_PEERS_MAX + extra` distinct static peers, as flag values.
+    fn many_static_peers(extra: usize) -> Vec<String> {
+        let id = meshsync_core::Identity::from_seed(8).peer_id();
+        (0..STATIC_PEERS_MAX + extra)
+            .map(|index| format!("127.0.0.1:{}@{id}", 10_000 + index))
+            .collect()
+    }
+
+    #[test]
+    fn static_peers_parse_from_the_flag_and_each_mistake_is_named() {
+        let id = meshsync_core::Identity::from_seed(4).peer_id();
+        let good = vec![format!("127.0.0.1:9002@{id}"), format!("[::1]:9003@{id}")];
+        assert_eq!(static_peer_flags(&good).unwrap(), good);
+
+        let refused = [
+            (format!("127.0.0.1@{id}"), "`127.0.0.1` is not an address"),
+            ("127.0.0.1:9002@nope".to_owned(), "`nope` is not a peer id"),
+            ("127.0.0.1:9002".to_owned(), "has no `@PEERID`"),
+        ];
+        for (value, expected) in refused {
+            let error = static_peer_flags(std::slice::from_ref(&value)).unwrap_err();
+            assert!(error.contains("--static-peer"), "{value}: {error}");
+            assert!(error.contains(expected), "{value}: {error}");
+        }
+
+        // The core's cap, not one more.
+        assert_eq!(
+            static_peer_flags(&many_static_peers(0)).unwrap().len(),
+            STATIC_PEERS_MAX
+        );
+        let error = static_peer_flags(&many_static_peers(1)).unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "--static-peer: {} static peers given, at most {STATIC_PEERS_MAX} are kept",
+                STATIC_PEERS_MAX + 1
+            )
+        );
+
+        let twice = [
+            good[0].clone(),
+            format!(
+                "127.0.0.1:9002@{}",
+                meshsync_core::Identity::from_seed(5).peer_id()
+            ),
+        ];
+        let error = static_peer_flags(&twice).unwrap_err();
+        assert_eq!(
+            error,
+            "--static-peer: 127.0.0.1:9002 is given twice (as resolved)"
+        );
+    }
+
+    #[test]
+    fn static_peers_from_the_file_are_checked_as_the_flag() {
+        let dir = meshsync_mio::testing::TempDir::new("config-static-peers");
+        let id = meshsync_core::Identity::from_seed(4).peer_id();
+        let quoted = |values: &[String]| {
+            let items: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+            format!("static-peer = [{}]\n", items.join(", "))
+        };
+        let good = write(
+            dir.path(),
+            "good.toml",
+            &format!(
+                "listen = \"127.0.0.1:9001\"\nkey = \"k\"\n{}",
+                quoted(&[format!("127.0.0.1:9002@{id}")])
+            ),
+        );
+        let config = flags(&["--config", good.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!(config.static_peers.len(), 1);
+        assert_eq!(config.static_peers[0].peer, id);
+        // A flag replaces the whole list.
+        let other = format!("127.0.0.1:9005@{id}");
+        let replaced = flags(&["--config", good.to_str().unwrap(), "--static-peer", &other])
+            .resolve()
+            .unwrap();
+        let replaced: Vec<String> = replaced
+            .static_peers
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(replaced, [other]);
+
+        let too_many = format!(
+            "key `static-peer`: {} static peers given, at most {STATIC_PEERS_MAX}",
+            STATIC_PEERS_MAX + 1
+        );
+        let cases = [
+            (
+                "static-peer = \"x\"\n".to_owned(),
+                "key `static-peer`: invalid type",
+            ),
+            (
+                quoted(&["127.0.0.1:9002".to_owned()]),
+                "key `static-peer`: `127.0.0.1:9002` has no `@PEERID`",
+            ),
+            (
+                quoted(&[format!("nowhere@{id}")]),
+                "key `static-peer`: `nowhere` is not an address",
+            ),
+            (
+                quoted(&["127.0.0.1:9002@x".to_owned()]),
+                "key `static-peer`: `x` is not a peer id",
+            ),
+            (quoted(&many_static_peers(1)), too_many.as_str()),
+            (
+                quoted(&[
+                    format!("127.0.0.1:9002@{id}"),
+                    format!("127.0.0.1:9002@{id}"),
+                ]),
+                "key `static-peer`: 127.0.0.1:9002 is given twice",
+            ),
+            (
+                format!(
+                    "peer = [\"127.0.0.1:9002\"]\n{}",
+                    quoted(&[format!("127.0.0.1:9002@{id}")])
+                ),
+                "127.0.0.1:9002 is both a peer (--peer, key `peer`) and a static peer",
+            ),
+        ];
+        for (index, (text, expected)) in cases.iter().enumerate() {
+            let text = format!("listen = \"127.0.0.1:9001\"\nkey = \"k\"\n{text}");
+            let path = write(dir.path(), &format!("bad-{index}.toml"), &text);
+            let error = flags(&["--config", path.to_str().unwrap()])
+                .resolve()
+                .expect_err(&text);
+            assert!(
+                error.starts_with(&format!("config {}: ", path.display())),
+                "{error}"
+            );
+            assert!(error.contains(expected), "{text:?} gave {error}");
+            assert!(!error.contains('\n'), "not one line: {error}");
+        }
+        // A peer from the file and the same address as a flag: refused too.
+        let one_shot = write(
+            dir.path(),
+            "peer.toml",
+            "listen = \"127.0.0.1:9001\"\nkey = \"k\"\npeer = [\"127.0.0.1:9002\"]\n",
+        );
+        let same = format!("127.0.0.1:9002@{id}");
+        let error = flags(&[
+            "--config",
+            one_shot.to_str().unwrap(),
+            "--static-peer",
+            &same,
+        ])
+        .resolve()
+        .unwrap_err();
+        assert!(
+            error.starts_with("127.0.0.1:9002 is both a peer"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn printed_configuration_reads_back_the_same() {
         let dir = meshsync_mio::testing::TempDir::new("config-round-trip");
@@ -815,7 +1086,7 @@ mod tests {
             "node.toml",
             &format!(
                 "listen = \"[::1]:9001\"\nkey = \"node.key\"\npeer = [\"127.0.0.1:9002@{id}\", \
-                 \"127.0.0.1:9003\"]\nproposer-key = [\"a.key\", \"/abs/b.key\"]\n\
+                 \"127.0.0.1:9003\"]\nstatic-peer = [\"127.0.0.1:9004@{id}\"]\nproposer-key = [\"a.key\", \"/abs/b.key\"]\n\
                  data-dir = \"data \\\"quoted\\\"\"\nworkers = 3\nmetrics = \"127.0.0.1:9100\"\n\
              status-interval-secs = 5\nlog-format = \"json\"\n"
             ),
