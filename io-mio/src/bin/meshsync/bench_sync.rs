@@ -82,6 +82,32 @@ pub struct SyncBenchReport {
     pub rows: Vec<SyncBenchRow>,
 }
 
+impl SyncBenchReport {
+    /// The report as one JSON object (`meshsync bench sync --json`), a row
+    /// per thread count.
+    pub fn json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|row| {
+                serde_json::json!({
+                    "threads": row.threads,
+                    "verify_blocks_per_second": row.verify_blocks_per_second,
+                    "sync_blocks_per_second": row.sync_blocks_per_second,
+                    "ratio_to_limit": row.sync_blocks_per_second / row.verify_blocks_per_second,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "bench": "sync",
+            "blocks": self.options.blocks,
+            "body_bytes": self.options.body_bytes,
+            "servers": SERVERS,
+            "rows": rows,
+        })
+    }
+}
+
 impl fmt::Display for SyncBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
