@@ -45,7 +45,7 @@ pub enum BenchCommand {
     /// in-memory peers with a real worker pool, against the raw BLS
     /// batch-verify limit measured in the same run, for each thread count.
     Sync {
-        /// Blocks in the chain.
+        /// Blocks in the chain: more than 32, the distance at which range sync starts.
         #[arg(long, value_name = "N", default_value_t = 10_000)]
         blocks: u64,
         /// Body bytes of each block.
