@@ -164,3 +164,24 @@ fn bench_sync_json_has_a_row_per_thread_count() {
         );
     }
 }
+
+#[test]
+fn bench_throughput_json_has_rates_per_second_per_cpu_second_and_the_limit() {
+    // 8 MiB: eight answers, a fraction of a second.
+    let report = bench_json(&["throughput", "--bytes", "8388608"]);
+    assert_eq!(report["bench"], "throughput");
+    assert_eq!(report["bytes"], 8 << 20);
+    assert_eq!(report["messages"], 8);
+    assert_positive(
+        &report,
+        &[
+            "mb_per_second",
+            "mb_per_cpu_second",
+            "limit_mb_per_second",
+            "ratio_to_limit",
+            "cpu_ratio_to_limit",
+            "seconds",
+            "cpu_seconds",
+        ],
+    );
+}

@@ -1049,7 +1049,7 @@ impl Limit {
 
 /// Two transports joined by a real XX handshake, through the public API:
 /// (the dialler's, the listener's).
-fn noise_pair() -> Result<(Transport, Transport), RequestBenchError> {
+pub(crate) fn noise_pair() -> Result<(Transport, Transport), RequestBenchError> {
     let dialler_keys = LocalKeys::new(Identity::from_seed(200), &mut SplitMix64(200));
     let listener_keys = LocalKeys::new(Identity::from_seed(201), &mut SplitMix64(201));
     let hello = Hello {
@@ -1116,7 +1116,7 @@ fn unframe(wire: &[u8]) -> Result<Vec<u8>, RequestBenchError> {
 
 /// SplitMix64: a reproducible source for the benchmark's Noise static keys.
 /// Not for keys that protect anything.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl RngCore for SplitMix64 {
     fn next_u32(&mut self) -> u32 {

@@ -10,7 +10,7 @@
 use clap::{Args, Subcommand};
 use meshsync_mio::workers;
 
-use crate::{bench, bench_sync};
+use crate::{bench, bench_sync, bench_throughput};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -54,6 +54,17 @@ pub enum BenchCommand {
         /// Worker thread counts to measure (default: 1 and all cores).
         #[arg(long, value_name = "T", value_delimiter = ',')]
         threads: Vec<usize>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Application bytes per second between two drivers over one loopback
+    /// TCP connection, in 1 MiB answers of an application protocol,
+    /// against Noise seal + open of the same bytes on one core, measured in
+    /// the same run; also per CPU-second of the whole process.
+    Throughput {
+        /// Payload bytes to move (at most 4 GiB, the server's serving burst).
+        #[arg(long, value_name = "B", default_value_t = 1 << 30)]
+        bytes: u64,
         #[command(flatten)]
         output: Output,
     },
@@ -135,6 +146,11 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
             let report = bench_sync::sync(options)?;
             // The text ends in a newline of its own.
             output.print(&report.to_string().trim_end(), report.json());
+            Ok(())
+        }
+        BenchCommand::Throughput { bytes, output } => {
+            let report = bench_throughput::throughput(bytes)?;
+            output.print(&report, report.json());
             Ok(())
         }
     }
