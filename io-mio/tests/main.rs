@@ -9,6 +9,7 @@
 //! added here runs only once it has its `mod` line below; the last test
 //! fails naming any file that has none.
 
+mod bench_json;
 // chat.rs names the example it runs `chat` too.
 #[allow(clippy::module_inception)]
 mod chat;

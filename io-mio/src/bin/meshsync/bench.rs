@@ -15,7 +15,10 @@
 //!   drivers, each on its own thread, coordinated through their notification
 //!   channels. With `parallel > 1` several handshakes are in flight at once.
 //!
-//! The report is handshakes per second for each and the ratio TCP / memory.
+//! The report is handshakes per second for each, the ratio TCP / memory,
+//! and the process CPU time per connection of each (both sides' work, on
+//! whichever thread it ran: see [`crate::cpu_time`]), against
+//! [`CPU_PER_CONNECTION_GOAL`].
 //!
 //! # Requests
 //! Request serving per core, everything on the calling thread:
@@ -63,8 +66,14 @@ use meshsync_core::{Command, Config, Identity, Input, Instant, PeerId, PROTOCOL_
 use meshsync_mio::{Driver, RunningDriver};
 use rand_core::RngCore;
 
+use crate::cpu_time::{self, Spent, Stopwatch};
+
 /// How long one TCP cycle may take before the benchmark gives up.
 pub const CYCLE_TIMEOUT: Duration = Duration::from_secs(15);
+/// What one connection may cost over TCP, both sides together: dial, Noise
+/// XX, identity proof, admission and Goodbye. A target, not a limit: the
+/// report states it beside the measured figure.
+pub const CPU_PER_CONNECTION_GOAL: Duration = Duration::from_micros(750);
 
 /// The figures of one run.
 #[derive(Clone, Copy, Debug)]
@@ -74,20 +83,57 @@ pub struct HandshakeReport {
     /// Dialling drivers in the TCP measurement.
     pub parallel: usize,
     /// Time of the in-memory measurement.
-    pub memory_elapsed: Duration,
-    /// Time of the TCP measurement.
-    pub tcp_elapsed: Duration,
+    pub memory: Spent,
+    /// Time of the TCP measurement (from the first dial to the last
+    /// Goodbye seen by both sides; starting and stopping the drivers is not in it).
+    pub tcp: Spent,
 }
 
 impl HandshakeReport {
     /// Handshakes per second between two nodes wired in memory.
     pub fn memory_per_second(&self) -> f64 {
-        self.count as f64 / self.memory_elapsed.as_secs_f64()
+        self.count as f64 / self.memory.wall.as_secs_f64()
     }
 
     /// Handshakes per second over loopback TCP.
     pub fn tcp_per_second(&self) -> f64 {
-        self.count as f64 / self.tcp_elapsed.as_secs_f64()
+        self.count as f64 / self.tcp.wall.as_secs_f64()
+    }
+
+    /// Process CPU time per connection over loopback TCP: both drivers'
+    /// threads and the benchmark's own loop that waits on their notifications.
+    pub fn tcp_cpu_per_connection(&self) -> Option<Duration> {
+        Some(self.tcp.cpu? / self.count_u32())
+    }
+
+    /// Process CPU time per connection in memory, on one thread: what the
+    /// cryptography and the core cost without sockets.
+    pub fn memory_cpu_per_connection(&self) -> Option<Duration> {
+        Some(self.memory.cpu? / self.count_u32())
+    }
+
+    fn count_u32(&self) -> u32 {
+        // Counts beyond u32 would take days; saturating keeps the figure finite.
+        u32::try_from(self.count).unwrap_or(u32::MAX)
+    }
+
+    /// The report as one JSON object (`meshsync bench handshakes --json`).
+    pub fn json(&self) -> serde_json::Value {
+        let micros = |cpu: Option<Duration>| cpu.map(|cpu| cpu.as_secs_f64() * 1e6);
+        serde_json::json!({
+            "bench": "handshakes",
+            "count": self.count,
+            "parallel": self.parallel,
+            "memory_handshakes_per_second": self.memory_per_second(),
+            "tcp_handshakes_per_second": self.tcp_per_second(),
+            "ratio_to_limit": self.tcp_per_second() / self.memory_per_second(),
+            "cpu_us_per_connection": micros(self.tcp_cpu_per_connection()),
+            "memory_cpu_us_per_connection": micros(self.memory_cpu_per_connection()),
+            "cpu_us_per_connection_goal": micros(Some(CPU_PER_CONNECTION_GOAL)),
+            "memory_seconds": self.memory.wall.as_secs_f64(),
+            "tcp_seconds": self.tcp.wall.as_secs_f64(),
+            "cpu_resolution_seconds": cpu_time::RESOLUTION.as_secs_f64(),
+        })
     }
 }
 
@@ -111,7 +157,19 @@ impl fmt::Display for HandshakeReport {
             self.parallel,
             1e6 / tcp
         )?;
-        write!(f, "  ratio (b)/(a): {:.2}", tcp / memory)
+        writeln!(f, "  ratio (b)/(a): {:.2}", tcp / memory)?;
+        let micros = |cpu: Option<Duration>| {
+            cpu.map_or("unknown".to_string(), |cpu| {
+                format!("{:.0} µs", cpu.as_secs_f64() * 1e6)
+            })
+        };
+        write!(
+            f,
+            "  process CPU per connection, both sides: (b) {}, (a) {}; goal for (b) <= {}",
+            micros(self.tcp_cpu_per_connection()),
+            micros(self.memory_cpu_per_connection()),
+            micros(Some(CPU_PER_CONNECTION_GOAL)),
+        )
     }
 }
 
@@ -121,13 +179,13 @@ pub fn handshakes(count: u64, parallel: usize) -> io::Result<HandshakeReport> {
         count > 0 && parallel > 0,
         "count and parallel must be positive"
     );
-    let memory_elapsed = memory_handshakes(count);
-    let tcp_elapsed = tcp_handshakes(count, parallel)?;
+    let memory = memory_handshakes(count);
+    let tcp = tcp_handshakes(count, parallel)?;
     Ok(HandshakeReport {
         count,
         parallel,
-        memory_elapsed,
-        tcp_elapsed,
+        memory,
+        tcp,
     })
 }
 
@@ -136,8 +194,8 @@ fn bench_seed(index: u8) -> [u8; 32] {
     [index; 32]
 }
 
-/// Runs `count` in-memory cycles and returns how long they took.
-fn memory_handshakes(count: u64) -> Duration {
+/// Runs `count` in-memory cycles and returns what they took.
+fn memory_handshakes(count: u64) -> Spent {
     let config = || {
         let mut config = Config::new(1);
         config.listen_port = 9000;
@@ -151,7 +209,7 @@ fn memory_handshakes(count: u64) -> Duration {
     // is given: a cycle takes microseconds, far below any of the core's timers.
     let origin = StdInstant::now();
     let wall = || Instant::from_micros(origin.elapsed().as_micros() as u64);
-    let start = StdInstant::now();
+    let stopwatch = Stopwatch::start();
     for _ in 0..count {
         net.now = wall();
         net.handle(
@@ -177,7 +235,7 @@ fn memory_handshakes(count: u64) -> Duration {
         assert_eq!(disconnected, [true; 2], "in-memory goodbye completes");
         assert!(!net.nodes[1].is_connected(&source));
     }
-    start.elapsed()
+    stopwatch.stop()
 }
 
 /// Which of the two nodes notified `PeerConnected`, and which
@@ -223,8 +281,8 @@ enum Cycle {
 }
 
 /// Runs `count` cycles over loopback TCP with `parallel` diallers and
-/// returns how long they took.
-fn tcp_handshakes(count: u64, parallel: usize) -> io::Result<Duration> {
+/// returns what they took.
+fn tcp_handshakes(count: u64, parallel: usize) -> io::Result<Spent> {
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let mut listener = Driver::bind(
         loopback,
@@ -261,7 +319,7 @@ fn tcp_handshakes(count: u64, parallel: usize) -> io::Result<Duration> {
     let mut states = vec![Cycle::Idle; parallel];
     let mut started = 0u64;
     let mut finished = 0u64;
-    let start = StdInstant::now();
+    let stopwatch = Stopwatch::start();
     for (index, (dialler, _)) in diallers.iter().enumerate() {
         if started < count {
             dialler
@@ -374,12 +432,12 @@ fn tcp_handshakes(count: u64, parallel: usize) -> io::Result<Duration> {
             }
         }
     }
-    let elapsed = start.elapsed();
+    let spent = stopwatch.stop();
     for (dialler, _) in diallers {
         dialler.stop()?;
     }
     listener.stop()?;
-    Ok(elapsed)
+    Ok(spent)
 }
 
 /// The network id of the request benchmark's nodes.
@@ -540,6 +598,31 @@ impl RequestReport {
     /// Megabytes (10^6 bytes) of block payload per second at `blocks_per_second`.
     fn megabytes_per_second(&self, blocks_per_second: f64) -> f64 {
         blocks_per_second * self.options.block_bytes as f64 / 1e6
+    }
+
+    /// The report as one JSON object (`meshsync bench requests --json`).
+    pub fn json(&self) -> serde_json::Value {
+        let serving = self.serving_blocks_per_second();
+        let limit = self.limit_blocks_per_second();
+        serde_json::json!({
+            "bench": "requests",
+            "requests": self.options.requests,
+            "small_requests": self.options.small_requests,
+            "block_bytes": self.options.block_bytes,
+            "blocks": self.blocks,
+            "serving_requests_per_second": self.serving_requests_per_second(),
+            "serving_blocks_per_second": serving,
+            "serving_mb_per_second": self.megabytes_per_second(serving),
+            "limit_blocks_per_second": limit,
+            "limit_mb_per_second": self.megabytes_per_second(limit),
+            "ratio_to_limit": serving / limit,
+            "small_requests_per_second": self.small_requests_per_second(),
+            "compressed_fraction": self.compressed_fraction,
+            "serving_seconds": self.serving_elapsed.as_secs_f64(),
+            "limit_seconds": self.limit_elapsed.as_secs_f64(),
+            "small_seconds": self.small_elapsed.as_secs_f64(),
+            "virtual_seconds": self.virtual_elapsed.as_secs_f64(),
+        })
     }
 }
 
@@ -966,7 +1049,7 @@ impl Limit {
 
 /// Two transports joined by a real XX handshake, through the public API:
 /// (the dialler's, the listener's).
-fn noise_pair() -> Result<(Transport, Transport), RequestBenchError> {
+pub(crate) fn noise_pair() -> Result<(Transport, Transport), RequestBenchError> {
     let dialler_keys = LocalKeys::new(Identity::from_seed(200), &mut SplitMix64(200));
     let listener_keys = LocalKeys::new(Identity::from_seed(201), &mut SplitMix64(201));
     let hello = Hello {
@@ -1033,7 +1116,7 @@ fn unframe(wire: &[u8]) -> Result<Vec<u8>, RequestBenchError> {
 
 /// SplitMix64: a reproducible source for the benchmark's Noise static keys.
 /// Not for keys that protect anything.
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl RngCore for SplitMix64 {
     fn next_u32(&mut self) -> u32 {
@@ -1071,9 +1154,12 @@ mod tests {
         let report = handshakes(5, 2).expect("the benchmark runs");
         assert_eq!((report.count, report.parallel), (5, 2));
         assert!(report.memory_per_second() > 0.0 && report.tcp_per_second() > 0.0);
+        // Five cycles take too little CPU for the clock's 10 ms ticks to be
+        // sure to move; the integration test runs enough for a figure.
+        assert!(report.tcp_cpu_per_connection().is_some());
         let text = report.to_string();
         assert!(
-            text.contains("in memory") && text.contains("ratio"),
+            text.contains("in memory") && text.contains("ratio") && text.contains("CPU"),
             "{text}"
         );
     }

@@ -1,11 +1,16 @@
 //! The `meshsync bench` subcommands: their flags and how each runs. Built
 //! with the `bench` feature (on by default), which the in-memory benches
 //! need for the core's `testing` network.
+//!
+//! Every subcommand prints its report as text on stdout, or with `--json`
+//! as exactly one JSON object and nothing else on stdout (figures named
+//! with their unit last: `tcp_handshakes_per_second`, `ratio_to_limit`),
+//! for a script to compare runs without parsing text. Logs stay on stderr.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use meshsync_mio::workers;
 
-use crate::{bench, bench_sync};
+use crate::{bench, bench_sync, bench_throughput};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -17,6 +22,8 @@ pub enum BenchCommand {
         /// Dialling nodes working at once in the TCP measurement.
         #[arg(long, default_value_t = 1)]
         parallel: usize,
+        #[command(flatten)]
+        output: Output,
     },
     /// Request serving on one thread (BlocksByRange and small application
     /// requests between two nodes in memory) against the per-byte limit
@@ -31,12 +38,14 @@ pub enum BenchCommand {
         /// Bytes of each encoded signed block (header, signature and body: 180 to 65536).
         #[arg(long, value_name = "B", default_value_t = 1024)]
         block_bytes: usize,
+        #[command(flatten)]
+        output: Output,
     },
     /// Initial sync: a fresh node range-syncs a signed chain from 32
     /// in-memory peers with a real worker pool, against the raw BLS
     /// batch-verify limit measured in the same run, for each thread count.
     Sync {
-        /// Blocks in the chain.
+        /// Blocks in the chain: more than 32, the distance at which range sync starts.
         #[arg(long, value_name = "N", default_value_t = 10_000)]
         blocks: u64,
         /// Body bytes of each block.
@@ -45,24 +54,61 @@ pub enum BenchCommand {
         /// Worker thread counts to measure (default: 1 and all cores).
         #[arg(long, value_name = "T", value_delimiter = ',')]
         threads: Vec<usize>,
+        #[command(flatten)]
+        output: Output,
     },
+    /// Application bytes per second between two drivers over one loopback
+    /// TCP connection, in 1 MiB answers of an application protocol,
+    /// against Noise seal + open of the same bytes on one core, measured in
+    /// the same run; also per CPU-second of the whole process.
+    Throughput {
+        /// Payload bytes to move (at most 4 GiB, the server's serving burst).
+        #[arg(long, value_name = "B", default_value_t = 1 << 30)]
+        bytes: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// How a bench prints its report, the same for every subcommand.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Output {
+    /// Print the figures as one JSON object on stdout instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Output {
+    /// Prints `text` as it is, or `json` on one line.
+    fn print(self, text: &dyn std::fmt::Display, json: serde_json::Value) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{text}");
+        }
+    }
 }
 
 /// Runs one bench and prints its report.
 pub fn run(command: BenchCommand) -> Result<(), String> {
     match command {
-        BenchCommand::Handshakes { count, parallel } => {
+        BenchCommand::Handshakes {
+            count,
+            parallel,
+            output,
+        } => {
             if count == 0 || parallel == 0 {
                 return Err("--count and --parallel must be at least 1".to_string());
             }
             let report = bench::handshakes(count, parallel).map_err(|error| error.to_string())?;
-            println!("{report}");
+            output.print(&report, report.json());
             Ok(())
         }
         BenchCommand::Requests {
             requests,
             small_requests,
             block_bytes,
+            output,
         } => {
             if requests == 0 || small_requests == 0 {
                 return Err("--requests and --small-requests must be at least 1".to_string());
@@ -73,13 +119,14 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
                 block_bytes,
             };
             let report = bench::requests(options).map_err(|error| error.to_string())?;
-            println!("{report}");
+            output.print(&report, report.json());
             Ok(())
         }
         BenchCommand::Sync {
             blocks,
             body_bytes,
             threads,
+            output,
         } => {
             let threads = if threads.is_empty() {
                 let all = workers::default_threads();
@@ -97,7 +144,13 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
                 threads,
             };
             let report = bench_sync::sync(options)?;
-            print!("{report}");
+            // The text ends in a newline of its own.
+            output.print(&report.to_string().trim_end(), report.json());
+            Ok(())
+        }
+        BenchCommand::Throughput { bytes, output } => {
+            let report = bench_throughput::throughput(bytes)?;
+            output.print(&report, report.json());
             Ok(())
         }
     }

@@ -8,7 +8,7 @@
 //! node's flags and configuration file ([`node_config`]), text or JSON logs
 //! ([`logging`]), what a second signal does ([`shutdown`]), the
 //! in-process devnet ([`devnet`]), and the benchmarks ([`mod@bench`],
-//! [`bench_sync`]).
+//! [`bench_sync`], [`bench_throughput`], timed by [`cpu_time`]).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +18,10 @@ mod bench;
 mod bench_cli;
 #[cfg(feature = "bench")]
 mod bench_sync;
+#[cfg(feature = "bench")]
+mod bench_throughput;
+#[cfg(feature = "bench")]
+mod cpu_time;
 mod devnet;
 mod genesis_files;
 mod logging;

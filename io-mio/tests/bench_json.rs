@@ -1,0 +1,187 @@
+//! `meshsync bench SUBCOMMAND --json`, for a script that compares runs:
+//! each subcommand, run with arguments small enough for a couple of
+//! seconds, prints exactly one JSON object on stdout and nothing else, and
+//! every figure it promises is a positive number.
+//!
+//! The benchmark is a real process; the wait for it polls the process
+//! with a deadline, so a hung benchmark fails the test instead of stalling it.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+/// The longest one benchmark may run (never reached when the test passes).
+const DEADLINE: Duration = Duration::from_secs(120);
+/// Pause between two looks at the process.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Runs `meshsync bench ARGS --json` and returns the one object it printed.
+fn bench_json(args: &[&str]) -> Map<String, Value> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshsync"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meshsync starts");
+    // Read both pipes on threads of their own, so a full pipe never stalls it.
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).map(|_| text)
+    });
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the process can be waited for") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            child.kill().expect("a running child can be killed");
+            child.wait().expect("the killed child is reaped");
+            panic!("meshsync bench {args:?} --json ran past {DEADLINE:?}");
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    };
+    let stdout = stdout.join().expect("reader").expect("stdout is UTF-8");
+    let stderr = stderr.join().expect("reader").expect("stderr is UTF-8");
+    assert!(
+        status.success(),
+        "meshsync bench {args:?} --json: {status}\n{stderr}"
+    );
+    // `from_str` refuses anything after the first value but whitespace: a
+    // second object or a line of text fails here.
+    let value: Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+        panic!("stdout of bench {args:?} is not one JSON value ({error}):\n{stdout}")
+    });
+    assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
+    match value {
+        Value::Object(object) => object,
+        other => panic!("bench {args:?} printed {other}, not an object"),
+    }
+}
+
+/// Panics naming every field of `fields` that is missing, not a number, or not above 0.
+fn assert_positive(object: &Map<String, Value>, fields: &[&str]) {
+    let wrong: Vec<String> = fields
+        .iter()
+        .filter(|field| {
+            !object
+                .get(**field)
+                .and_then(Value::as_f64)
+                .is_some_and(|x| x > 0.0)
+        })
+        .map(|field| format!("{field}: {:?}", object.get(*field)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "not positive numbers: {wrong:?} in {object:?}"
+    );
+}
+
+#[test]
+fn bench_handshakes_json_has_rates_the_ratio_and_cpu_per_connection() {
+    // 50 cycles: enough process CPU (tens of ms) for the 10 ms clock to show.
+    let report = bench_json(&["handshakes", "--count", "50", "--parallel", "2"]);
+    assert_eq!(report["bench"], "handshakes");
+    assert_eq!(report["count"], 50);
+    assert_eq!(report["parallel"], 2);
+    assert_positive(
+        &report,
+        &[
+            "memory_handshakes_per_second",
+            "tcp_handshakes_per_second",
+            "ratio_to_limit",
+            "cpu_us_per_connection",
+            "memory_cpu_us_per_connection",
+            "cpu_us_per_connection_goal",
+            "memory_seconds",
+            "tcp_seconds",
+        ],
+    );
+}
+
+#[test]
+fn bench_requests_json_has_serving_the_limit_and_their_ratio() {
+    let report = bench_json(&[
+        "requests",
+        "--requests",
+        "20",
+        "--small-requests",
+        "300",
+        "--block-bytes",
+        "300",
+    ]);
+    assert_eq!(report["bench"], "requests");
+    assert_eq!(report["blocks"], 20 * 64);
+    assert_positive(
+        &report,
+        &[
+            "serving_requests_per_second",
+            "serving_blocks_per_second",
+            "serving_mb_per_second",
+            "limit_blocks_per_second",
+            "limit_mb_per_second",
+            "ratio_to_limit",
+            "small_requests_per_second",
+            "compressed_fraction",
+        ],
+    );
+}
+
+#[test]
+fn bench_sync_json_has_a_row_per_thread_count() {
+    let report = bench_json(&[
+        "sync",
+        "--blocks",
+        "200",
+        "--body-bytes",
+        "64",
+        "--threads",
+        "1,2",
+    ]);
+    assert_eq!(report["bench"], "sync");
+    assert_eq!(report["blocks"], 200);
+    let rows = report["rows"].as_array().expect("rows is an array");
+    let threads: Vec<&Value> = rows.iter().map(|row| &row["threads"]).collect();
+    assert_eq!(threads, [1, 2]);
+    for row in rows {
+        let row = row.as_object().expect("each row is an object");
+        assert_positive(
+            row,
+            &[
+                "verify_blocks_per_second",
+                "sync_blocks_per_second",
+                "ratio_to_limit",
+            ],
+        );
+    }
+}
+
+#[test]
+fn bench_throughput_json_has_rates_per_second_per_cpu_second_and_the_limit() {
+    // 8 MiB: eight answers, a fraction of a second.
+    let report = bench_json(&["throughput", "--bytes", "8388608"]);
+    assert_eq!(report["bench"], "throughput");
+    assert_eq!(report["bytes"], 8 << 20);
+    assert_eq!(report["messages"], 8);
+    assert_positive(
+        &report,
+        &[
+            "mb_per_second",
+            "mb_per_cpu_second",
+            "limit_mb_per_second",
+            "ratio_to_limit",
+            "cpu_ratio_to_limit",
+            "seconds",
+            "cpu_seconds",
+        ],
+    );
+}
