@@ -9,6 +9,38 @@
 //!   poll timeout  ◄──────────────────────────── Node::poll_timeout()
 //! ```
 //!
+//! # Embedding a node
+//! `examples/chat.rs` is a whole application on this API: a gossip topic
+//! published and read, and a request protocol of its own served and asked.
+//! Its core, compiled as a doc test:
+//!
+//! ```no_run
+//! use meshsync_core::io::Notification;
+//! use meshsync_core::{Command, Config, Topic, Validation};
+//! use meshsync_mio::{generate_identity, os_seed, Driver};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let listen = "127.0.0.1:9101".parse()?;
+//! let mut driver = Driver::bind(listen, Config::new(1), generate_identity(), os_seed())?;
+//! // Subscribed before the node runs, so no notification is missed.
+//! let notifications = driver.subscribe();
+//! let topic = Topic::new("chat")?;
+//! driver.command(Command::Subscribe { topic: topic.clone() });
+//! let node = driver.spawn("node")?;
+//! let payload = b"hello".to_vec();
+//! node.handle().command(Command::Publish { topic, payload })?;
+//! for notification in notifications {
+//!     if let Notification::GossipMessage { id, payload, from, .. } = notification {
+//!         println!("{from:?}: {}", String::from_utf8_lossy(&payload));
+//!         // The application judges what the router forwards.
+//!         let verdict = Validation::Accept;
+//!         node.handle().command(Command::ValidateGossip { id, verdict })?;
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Design
 //! The core is a pure state machine; this crate gives it real sockets, a real
 //! clock and OS entropy. One [`Driver`] runs one node on one thread (one
@@ -23,9 +55,6 @@
 //! The `meshsync` binary (`src/bin/meshsync/`) is a clap front end over this
 //! library; the command line, genesis files, key-file writing, the devnet
 //! and the benchmarks are its modules, not this crate's API.
-//!
-//! `examples/chat.rs` shows an application embedding a node: a gossip topic
-//! published and read, and a request protocol of its own served and asked.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
