@@ -200,8 +200,8 @@ impl Drop for Node {
 const STATUS_OK: &str = "meshsync_requests_sent_total{protocol=\"status\",result=\"ok\"}";
 
 /// One scrape: `GET /metrics` over a plain TcpStream; the samples by
-/// `name{labels}`.
-fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+/// `name{labels}`. Also used by `static_peers.rs`.
+pub(super) fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -230,7 +230,7 @@ fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
 }
 
 /// A sample's value (0 when absent, as a counter that never moved).
-fn value(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
+pub(super) fn value(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
     samples.get(name).copied().unwrap_or(0.0)
 }
 

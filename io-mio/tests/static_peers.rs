@@ -10,13 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshsync_mio::testing::TempDir;
+
+use super::operations::{scrape, value};
 
 const NETWORK_ID: u64 = 95;
 /// The longest a start-up or a first connection may take (never reached when the test passes).
@@ -142,33 +143,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// One scrape of `GET /metrics`: the samples by `name{labels}`.
-fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| {
-            let (name, value) = line.rsplit_once(' ').expect("a sample line");
-            (name.to_owned(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
-/// A sample's value (0 when absent, as a counter that never moved).
-fn value(samples: &BTreeMap<String, f64>, name: &str) -> f64 {
-    samples.get(name).copied().unwrap_or(0.0)
 }
 
 /// Waits at most `deadline` until a scrape of `addr` satisfies `check`; that scrape.
