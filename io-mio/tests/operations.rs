@@ -24,18 +24,32 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// What the operator is promised: SIGTERM to exit, even under load.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(5);
 
-fn meshsync() -> Command {
+/// The `meshsync` binary this test build made. Also used by `static_peers.rs`.
+pub(super) fn meshsync() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meshsync"))
 }
 
 /// Polls `check` until it gives a value or `DEADLINE` passes.
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
+fn wait_for<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    wait_within(what, DEADLINE, check)
+}
+
+/// Polls `check` until it gives a value or `deadline` passes. Also used by
+/// `static_peers.rs`.
+pub(super) fn wait_within<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
     loop {
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(POLL_INTERVAL);
     }
 }

@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use meshsync_mio::testing::TempDir;
 
-use super::operations::{scrape, value};
+use super::operations::{meshsync, scrape, value, wait_within};
 
 const NETWORK_ID: u64 = 95;
 /// The longest a start-up or a first connection may take (never reached when the test passes).
@@ -28,31 +28,10 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// within 8 s of A listening; the rest is room for a loaded machine. With
 /// `--peer` instead of `--static-peer` B never dials again, and this fails.
 const RECONNECT_DEADLINE: Duration = Duration::from_secs(15);
-/// Pause between two looks at a log or a scrape.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 const OUTBOUND: &str = "meshsync_peers{direction=\"outbound\"}";
 const INBOUND: &str = "meshsync_peers{direction=\"inbound\"}";
 const HANDSHAKES: &str = "meshsync_handshake_duration_seconds_count";
-
-fn meshsync() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_meshsync"))
-}
-
-/// Polls `check` until it gives a value or `deadline` passes.
-fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        std::thread::sleep(POLL_INTERVAL);
-    }
-}
 
 /// A new key file at `path`; the peer id `meshsync keygen` prints for it.
 fn keygen(path: &Path) -> String {
@@ -105,7 +84,7 @@ impl Node {
     /// The first line of this life's log containing `needle`, once there is one.
     fn wait_line(&mut self, needle: &str) -> String {
         let what = format!("`{needle}` in {}", self.log.display());
-        wait_for(&what, DEADLINE, || {
+        wait_within(&what, DEADLINE, || {
             let log = self.log();
             let found = log.lines().find(|line| line.contains(needle));
             if found.is_none() {
@@ -152,7 +131,7 @@ fn scrape_until(
     deadline: Duration,
     check: impl Fn(&BTreeMap<String, f64>) -> bool,
 ) -> BTreeMap<String, f64> {
-    wait_for(what, deadline, || {
+    wait_within(what, deadline, || {
         Some(scrape(addr)).filter(|samples| check(samples))
     })
 }
