@@ -83,10 +83,14 @@ impl FromStr for StaticPeerAddress {
             return Err(PeerAddressError::MissingPeerId(text.to_string()));
         }
         let parsed: PeerAddress = text.parse()?;
+        // `text` has an `@`, so `PeerAddress` parsed a peer id or refused;
+        // no panic path even so.
+        let peer = parsed
+            .peer
+            .ok_or_else(|| PeerAddressError::MissingPeerId(text.to_string()))?;
         Ok(StaticPeerAddress {
             addr: parsed.addr,
-            // `text` has an `@`, so `PeerAddress` parsed a peer id or refused.
-            peer: parsed.peer.expect("a peer id follows the `@`"),
+            peer,
         })
     }
 }
