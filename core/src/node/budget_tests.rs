@@ -5,7 +5,7 @@
 use super::*;
 use crate::io::Notification;
 use crate::reqresp::bodies::{BlocksByRangeRequest, Body};
-use crate::reqresp::{OutboundConfig, OutboundRequests, ProtocolId};
+use crate::reqresp::{OutboundConfig, ProtocolId};
 use crate::testing::MemoryNet as Net;
 
 const SERVER: usize = 0;
@@ -53,7 +53,7 @@ fn four_sybils_within_their_quotas_cannot_starve_or_score_out_an_honest_peer() {
             back_off_when_busy: false,
             ..OutboundConfig::default()
         };
-        net.nodes[sybil].outbound = OutboundRequests::new(config);
+        net.nodes[sybil].rpc.set_outbound(config);
     }
     for node in 1..=HONEST {
         net.dial(node, SERVER, None);
@@ -133,7 +133,7 @@ fn sixteen_sybils_cannot_make_an_honest_peers_sync_burst_fail_its_other_requests
             back_off_when_busy: false,
             ..OutboundConfig::default()
         };
-        net.nodes[sybil].outbound = OutboundRequests::new(config);
+        net.nodes[sybil].rpc.set_outbound(config);
     }
     for node in 1..=HONEST {
         net.dial(node, SERVER, None);

@@ -11,12 +11,14 @@
 //! - `purpose.rs`: what each of our requests is for, the leaf that lets the
 //!   req/resp glue and the sync glue share it without importing each other.
 //!
-//! Around the connections sit three pure state machines the node drives:
-//! the [`PeerManager`] (gating, scores, bans, static peers), the
-//! [`OutboundRequests`] tracker (our requests: quotas, in-flight caps,
-//! deadlines) and [`InboundRequests`] (peers' requests: admission, quotas,
-//! answer deadlines). `rpc.rs` holds the req/resp glue: the built-in
-//! protocols' handlers, responses, and what each outcome costs a peer.
+//! Around the connections sit pure state machines the node drives: the
+//! [`PeerManager`] (gating, scores, bans, static peers), and `rpc.rs`'s
+//! `RpcPart`, which owns the [`crate::reqresp::OutboundRequests`] tracker
+//! (our requests: quotas, in-flight caps, deadlines),
+//! [`crate::reqresp::InboundRequests`] (peers' requests: admission, quotas,
+//! answer deadlines), what each of our requests is for, and our Metadata;
+//! beside it, the req/resp glue: the built-in protocols' handlers,
+//! responses, and what each outcome costs a peer.
 //! The [`Gossip`] router is driven the same way, owned by `gossip.rs`'s
 //! `GossipPart` (router and topics, no other part's state) beside its glue
 //! (logical messages of kind 32, events, heartbeat, application scores).
@@ -50,7 +52,6 @@ mod sync;
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
 pub use self::faults::{StatusClaim, OVERSIZE_BLOCKS_MAX, SQUAT_CHAIN_BLOCKS, SQUAT_INTERVAL};
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use log::{debug, info, warn};
@@ -68,8 +69,6 @@ use crate::limits;
 use crate::machine::Machine;
 use crate::metrics::Counters;
 use crate::peer::{Decision, PeerEvent, PeerManager};
-use crate::reqresp::bodies::Metadata;
-use crate::reqresp::{InboundConfig, InboundRequests, OutboundConfig, OutboundRequests};
 use crate::secure::{Hello, LocalKeys, RemoteIdentity, SecureError};
 use crate::time::{Duration, Instant};
 
@@ -77,7 +76,6 @@ use self::connections::{
     Connection, ConnectionState, Connections, DueConnections, ReadError, Received,
 };
 use self::outbox::Outbox;
-use self::purpose::Purpose;
 
 /// Protocol version spoken by this build; peers must speak the same.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -211,15 +209,12 @@ pub struct Node {
     last_now: Instant,
     shutting_down: bool,
     peer_manager: PeerManager,
-    outbound: OutboundRequests,
-    inbound: InboundRequests,
-    /// Why we sent each request still open, by peer and request id.
-    purposes: BTreeMap<(PeerId, crate::reqresp::RequestId), Purpose>,
+    /// Request/response: both trackers, our requests' purposes, our Metadata.
+    rpc: self::rpc::RpcPart,
     chain: ChainStore,
     chain_state: self::chain::ChainState,
     /// Range sync and parent lookups.
     sync: self::sync::SyncPart,
-    metadata: Metadata,
     /// The gossip router and the application's topics.
     gossip: self::gossip::GossipPart,
     /// What our faults remember (empty for an honest node).
@@ -263,31 +258,16 @@ impl Node {
         rng.fill_bytes(&mut gossip_seed);
         let mut sync_seed = [0u8; 32];
         rng.fill_bytes(&mut sync_seed);
-        // Both sides of a network derive the range quota from its genesis.
-        let slot_duration_ms = config.chain.genesis.slot_duration_ms();
-        let mut outbound_config = OutboundConfig::default();
-        outbound_config.quotas = outbound_config.quotas.for_slot_duration(slot_duration_ms);
-        let mut inbound_config = InboundConfig::default();
-        inbound_config.quotas = inbound_config.quotas.for_slot_duration(slot_duration_ms);
-        if config.faults.ignore_peer_quotas {
-            outbound_config = rpc::flooding_outbound_config(outbound_config);
-        }
-        if config.faults.ignore_busy_answers {
-            outbound_config.back_off_when_busy = false;
-        }
         let mut node = Node {
             peer_manager: PeerManager::new(config.peer, peer_manager_seed),
-            outbound: OutboundRequests::new(outbound_config),
-            inbound: InboundRequests::new(inbound_config),
-            purposes: BTreeMap::new(),
+            rpc: self::rpc::RpcPart::new(
+                config.chain.genesis.slot_duration_ms(),
+                config.capabilities,
+                &config.faults,
+            ),
             chain,
             chain_state: self::chain::ChainState::new(&config),
             sync: self::sync::SyncPart::new(config.sync.clone(), sync_seed),
-            metadata: Metadata {
-                seq: 0,
-                topics: Vec::new(),
-                capabilities: config.capabilities,
-            },
             gossip: self::gossip::GossipPart::new(Gossip::new(config.gossip.clone(), gossip_seed)),
             hostile: self::faults::HostileState::default(),
             config,
@@ -404,14 +384,9 @@ impl Node {
     /// wakes the node. A new protocol's machine is added here and to
     /// [`Node::on_timeout`], which drains its outputs in order.
     fn machines(&self) -> [&dyn Machine; 5] {
+        let [outbound, inbound] = self.rpc.machines();
         let [range_sync, lookups] = self.sync.machines();
-        [
-            &self.peer_manager,
-            &self.outbound,
-            &self.inbound,
-            range_sync,
-            lookups,
-        ]
+        [&self.peer_manager, outbound, inbound, range_sync, lookups]
     }
 
     fn on_command(&mut self, now: Instant, command: Command) {

@@ -50,9 +50,10 @@ use crate::reqresp::limits::BUSY_RETRIES_PER_REQUEST_MAX;
 use crate::reqresp::outbound::{ResponseViolation, Unexpected};
 use crate::reqresp::stats::{RequestStats, ServedStats};
 use crate::reqresp::{
-    Answer, ChunkOutcome, EndOutcome, InboundOutcome, OutboundConfig, ProtocolId, ProtocolName,
-    Quota, RateLimiterConfig, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
-    REQUEST_KIND, RESPONSE_CHUNK_KIND, RESPONSE_END_KIND,
+    Answer, ChunkOutcome, EndOutcome, InboundConfig, InboundOutcome, InboundRequests,
+    OutboundConfig, OutboundRequests, ProtocolId, ProtocolName, Quota, RateLimiterConfig, Request,
+    RequestId, ResponseChunk, ResponseEnd, ResultCode, REQUEST_KIND, RESPONSE_CHUNK_KIND,
+    RESPONSE_END_KIND,
 };
 use crate::time::{Duration, Instant};
 
@@ -97,7 +98,7 @@ fn blocks_within<'a>(blocks: impl Iterator<Item = &'a SignedBlock>, budget_bytes
 
 /// The outbound configuration of a node that ignores its peers' quotas:
 /// for hostile nodes in the simulator only.
-pub(super) fn flooding_outbound_config(mut config: OutboundConfig) -> OutboundConfig {
+fn flooding_outbound_config(mut config: OutboundConfig) -> OutboundConfig {
     const FLOOD_REQUESTS_MAX: usize = 1_024;
     let unlimited = Quota::new(1 << 30, Duration::from_millis(1));
     let mut quotas = RateLimiterConfig::requesting();
@@ -122,17 +123,68 @@ pub(super) fn goodbye_request(reason: GoodbyeReason) -> Vec<u8> {
     .encode()
 }
 
+/// The req/resp part: the trackers of our requests and of peers' requests,
+/// what each of our open requests is for, and the Metadata we serve. Its
+/// fields are private to this file: other parts reach it only through the
+/// node's methods here.
+pub(super) struct RpcPart {
+    outbound: OutboundRequests,
+    inbound: InboundRequests,
+    /// Why we sent each request still open, by peer and request id.
+    purposes: BTreeMap<(PeerId, RequestId), Purpose>,
+    metadata: Metadata,
+}
+
+impl RpcPart {
+    /// The part for a node on a chain whose slots last `slot_duration_ms`
+    /// (both sides of a network derive the range quota from its genesis).
+    pub(super) fn new(slot_duration_ms: u64, capabilities: u64, faults: &super::Faults) -> RpcPart {
+        let mut outbound_config = OutboundConfig::default();
+        outbound_config.quotas = outbound_config.quotas.for_slot_duration(slot_duration_ms);
+        let mut inbound_config = InboundConfig::default();
+        inbound_config.quotas = inbound_config.quotas.for_slot_duration(slot_duration_ms);
+        if faults.ignore_peer_quotas {
+            outbound_config = flooding_outbound_config(outbound_config);
+        }
+        if faults.ignore_busy_answers {
+            outbound_config.back_off_when_busy = false;
+        }
+        RpcPart {
+            outbound: OutboundRequests::new(outbound_config),
+            inbound: InboundRequests::new(inbound_config),
+            purposes: BTreeMap::new(),
+            metadata: Metadata {
+                seq: 0,
+                topics: Vec::new(),
+                capabilities,
+            },
+        }
+    }
+
+    /// Replaces the tracker of our requests, for tests that make a node
+    /// request differently (a Sybil that ignores busy answers).
+    #[cfg(test)]
+    pub(super) fn set_outbound(&mut self, config: OutboundConfig) {
+        self.outbound = OutboundRequests::new(config);
+    }
+
+    /// The two trackers, as machines whose deadlines wake the node.
+    pub(super) fn machines(&self) -> [&dyn Machine; 2] {
+        [&self.outbound, &self.inbound]
+    }
+}
+
 impl Node {
     /// Our requests by protocol: how each ended, and the latency of the
     /// answered ones (virtual time from sending to the message that ended it).
     pub fn request_stats(&self) -> &RequestStats {
-        self.outbound.stats()
+        self.rpc.outbound.stats()
     }
 
     /// Peers' requests to us by protocol and how each ended (answered,
     /// expired, or refused and why).
     pub fn served_stats(&self) -> &ServedStats {
-        self.inbound.stats()
+        self.rpc.inbound.stats()
     }
 
     /// One logical message from an accepted peer: req/resp here, gossip in `gossip.rs`.
@@ -162,7 +214,7 @@ impl Node {
     }
 
     fn on_request(&mut self, now: Instant, conn: ConnId, peer: PeerId, bytes: &[u8]) {
-        match self.inbound.handle_request_bytes(now, peer, bytes) {
+        match self.rpc.inbound.handle_request_bytes(now, peer, bytes) {
             InboundOutcome::Serve {
                 id,
                 protocol,
@@ -250,11 +302,11 @@ impl Node {
                     self.on_peer_metadata_seq(now, peer, ping.metadata_seq);
                 }
                 let ours = Ping {
-                    metadata_seq: self.metadata.seq,
+                    metadata_seq: self.rpc.metadata.seq,
                 };
                 Answer::Chunks(vec![ours.encode()])
             }
-            ProtocolId::Metadata => Answer::Chunks(vec![self.metadata.encode()]),
+            ProtocolId::Metadata => Answer::Chunks(vec![self.rpc.metadata.encode()]),
             ProtocolId::BlocksByRange => {
                 let Ok(request) = BlocksByRangeRequest::decode(body) else {
                     return;
@@ -304,7 +356,7 @@ impl Node {
     }
 
     fn answer(&mut self, now: Instant, peer: PeerId, id: RequestId, answer: Answer) {
-        match self.inbound.respond(now, peer, id, answer) {
+        match self.rpc.inbound.respond(now, peer, id, answer) {
             Ok(messages) => {
                 if let Some(conn) = self.conns.conn_of(&peer) {
                     for message in messages {
@@ -317,7 +369,7 @@ impl Node {
     }
 
     fn on_chunk(&mut self, now: Instant, peer: PeerId, chunk: ResponseChunk) {
-        match self.outbound.handle_chunk(now, peer, chunk) {
+        match self.rpc.outbound.handle_chunk(now, peer, chunk) {
             ChunkOutcome::Chunk {
                 id,
                 protocol: _,
@@ -360,12 +412,13 @@ impl Node {
     }
 
     fn on_end(&mut self, now: Instant, peer: PeerId, end: ResponseEnd) {
-        match self.outbound.handle_end(now, peer, end) {
+        match self.rpc.outbound.handle_end(now, peer, end) {
             EndOutcome::Completed { id, .. } => {
                 self.out.counters.responses_received += 1;
                 // The peer triggers Metadata fetches itself (by its Pings):
                 // only the first on a connection earns anything.
-                let metadata = matches!(self.purposes.get(&(peer, id)), Some(Purpose::Metadata));
+                let metadata =
+                    matches!(self.rpc.purposes.get(&(peer, id)), Some(Purpose::Metadata));
                 let mut rewarded = true;
                 if let Some(established) = self.conns.established_mut(&peer) {
                     established.timeouts_in_a_row = 0;
@@ -379,7 +432,7 @@ impl Node {
                 // earns nothing: a liar answering every batch empty would
                 // otherwise farm rewards against its penalties.
                 let useful = !matches!(
-                    self.purposes.get(&(peer, id)),
+                    self.rpc.purposes.get(&(peer, id)),
                     Some(Purpose::Blocks { blocks, .. }) if blocks.is_empty()
                 );
                 self.finish_request(peer, id, Ok(()));
@@ -403,7 +456,7 @@ impl Node {
 
     /// A success chunk for one of our requests.
     fn on_response_payload(&mut self, now: Instant, peer: PeerId, id: RequestId, payload: Vec<u8>) {
-        let Some(purpose) = self.purposes.get_mut(&(peer, id)) else {
+        let Some(purpose) = self.rpc.purposes.get_mut(&(peer, id)) else {
             return;
         };
         match purpose {
@@ -465,7 +518,7 @@ impl Node {
             bytes,
             budget_bytes,
             invalid,
-        }) = self.purposes.get_mut(&(peer, id))
+        }) = self.rpc.purposes.get_mut(&(peer, id))
         else {
             return;
         };
@@ -504,7 +557,7 @@ impl Node {
             budget_bytes,
             invalid,
             ..
-        }) = self.purposes.get_mut(&(peer, id))
+        }) = self.rpc.purposes.get_mut(&(peer, id))
         else {
             return;
         };
@@ -524,7 +577,7 @@ impl Node {
 
     /// Closes our record of a request and tells the application, if it asked.
     fn finish_request(&mut self, peer: PeerId, id: RequestId, result: Result<(), RequestError>) {
-        let Some(purpose) = self.purposes.remove(&(peer, id)) else {
+        let Some(purpose) = self.rpc.purposes.remove(&(peer, id)) else {
             return;
         };
         match purpose {
@@ -673,7 +726,7 @@ impl Node {
     pub(super) fn keepalive(&mut self, now: Instant, peer: PeerId) {
         let (ping_interval, status_interval) =
             (self.config.ping_interval, self.config.status_interval);
-        let seq = self.metadata.seq;
+        let seq = self.rpc.metadata.seq;
         let Some(established) = self.conns.established_mut(&peer) else {
             return;
         };
@@ -704,9 +757,9 @@ impl Node {
         body: Vec<u8>,
         purpose: Purpose,
     ) -> Result<RequestId, String> {
-        match self.outbound.send(now, peer, protocol, body) {
+        match self.rpc.outbound.send(now, peer, protocol, body) {
             Ok(id) => {
-                self.purposes.insert((peer, id), purpose);
+                self.rpc.purposes.insert((peer, id), purpose);
                 Ok(id)
             }
             Err(error) => {
@@ -727,7 +780,7 @@ impl Node {
             return false;
         }
         let retry = matches!(
-            self.purposes.get(&(peer, id)),
+            self.rpc.purposes.get(&(peer, id)),
             Some(Purpose::Application { chunks, busy_retries, .. })
                 if chunks.is_empty() && *busy_retries < BUSY_RETRIES_PER_REQUEST_MAX
         );
@@ -742,7 +795,7 @@ impl Node {
             invalid,
             body,
             busy_retries,
-        }) = self.purposes.remove(&(peer, id))
+        }) = self.rpc.purposes.remove(&(peer, id))
         else {
             unreachable!("matched as an application request just above")
         };
@@ -763,7 +816,7 @@ impl Node {
             Err(error) => {
                 // Queue full: the busy answer goes to the application.
                 debug!("{peer:?}: busy request {id:?} not retried: {error}");
-                self.purposes.insert(
+                self.rpc.purposes.insert(
                     (peer, id),
                     Purpose::Application {
                         tag,
@@ -782,7 +835,7 @@ impl Node {
 
     /// Writes the requests the tracker releases now.
     pub(super) fn transmit_requests(&mut self, now: Instant) {
-        while let Some((peer, request)) = self.outbound.poll_transmit(now) {
+        while let Some((peer, request)) = self.rpc.outbound.poll_transmit(now) {
             if let Some(conn) = self.conns.conn_of(&peer) {
                 self.out.counters.requests_sent += 1;
                 self.conns.send_raw(conn, &request.encode(), &mut self.out);
@@ -795,8 +848,8 @@ impl Node {
         // Finish every expired request before scoring any: a report may
         // disconnect a peer whose other expired requests the tracker has
         // already let go of.
-        self.outbound.handle_timeout(now);
-        let expired: Vec<_> = std::iter::from_fn(|| self.outbound.poll_timed_out()).collect();
+        self.rpc.outbound.handle_timeout(now);
+        let expired: Vec<_> = std::iter::from_fn(|| self.rpc.outbound.poll_timed_out()).collect();
         for &(peer, id, kind) in &expired {
             self.out.counters.requests_timed_out += 1;
             debug!("{peer:?}: request {id:?} timed out ({kind:?})");
@@ -838,8 +891,8 @@ impl Node {
                 }
             }
         }
-        self.inbound.handle_timeout(now);
-        while let Some((peer, id)) = self.inbound.poll_expired() {
+        self.rpc.inbound.handle_timeout(now);
+        while let Some((peer, id)) = self.rpc.inbound.poll_expired() {
             debug!("{peer:?}: its request {id:?} expired unanswered");
         }
     }
@@ -848,20 +901,21 @@ impl Node {
     pub(super) fn on_peer_gone(&mut self, peer: PeerId) {
         // The tracker names every request queued or in flight, so no purpose
         // of this peer outlives it.
-        for id in self.outbound.handle_peer_disconnected(&peer) {
+        for id in self.rpc.outbound.handle_peer_disconnected(&peer) {
             self.finish_request(peer, id, Err(RequestError::Disconnected));
         }
         debug_assert!(self
+            .rpc
             .purposes
             .range((peer, RequestId(0))..=(peer, RequestId(u64::MAX)))
             .next()
             .is_none());
-        self.inbound.handle_peer_disconnected(&peer);
+        self.rpc.inbound.handle_peer_disconnected(&peer);
     }
 
     pub(super) fn register_protocol(&mut self, name: ProtocolName, quota: Quota) {
-        let inbound = self.inbound.register_application(name, quota);
-        let outbound = self.outbound.register_application(name, quota);
+        let inbound = self.rpc.inbound.register_application(name, quota);
+        let outbound = self.rpc.outbound.register_application(name, quota);
         if inbound.is_err() || outbound.is_err() {
             warn!(
                 "protocol {}: not registered: too many application protocols",
@@ -926,12 +980,12 @@ impl Node {
 
     pub(super) fn set_topics(&mut self, topics: Vec<String>) {
         let metadata = Metadata {
-            seq: self.metadata.seq + 1,
+            seq: self.rpc.metadata.seq + 1,
             topics,
-            capabilities: self.metadata.capabilities,
+            capabilities: self.rpc.metadata.capabilities,
         };
         if metadata.is_valid() {
-            self.metadata = metadata;
+            self.rpc.metadata = metadata;
         } else {
             warn!("topics refused: more than the Metadata limits allow");
         }
