@@ -1,6 +1,7 @@
-//! The node's chain glue: blocks in from gossip, out from production,
-//! verified off the loop, imported into the fork choice, made durable, and
-//! only then announced in our Status.
+//! The node's chain part and its glue: blocks in from gossip, out from
+//! production, verified off the loop, imported into the fork choice, made
+//! durable, and only then announced in our Status. `ChainPart` owns the
+//! fork-choice store and all chain state; other files use its methods.
 //!
 //! # Design
 //! ```text
@@ -60,7 +61,10 @@ use rand_core::RngCore;
 
 use super::signing::Signing;
 use super::Node;
-use crate::chain::{BlockProducer, Checkpoint, Genesis, Root, SignedBlock, SigningWatermark};
+use crate::chain::{
+    BlockProducer, ChainStore, Checkpoint, Genesis, ImportError, ImportOutcome, Root, SignedBlock,
+    SigningWatermark, StoreLimits,
+};
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::identity::PeerId;
 use crate::io::{Action, Health};
@@ -149,8 +153,12 @@ pub(super) enum WorkPurpose {
     Lookup { senders: Vec<PeerId> },
 }
 
-/// Chain state beside the fork-choice store.
-pub(super) struct ChainState {
+/// The chain part: the fork-choice store and everything around it
+/// (production, verification work, durability, health). Its fields are
+/// private to this file; other parts use its methods.
+pub(super) struct ChainPart {
+    /// The fork-choice store: every block we hold, the head, finality.
+    store: ChainStore,
     genesis: Arc<Genesis>,
     producers: Vec<BlockProducer>,
     body_bytes: usize,
@@ -192,13 +200,20 @@ pub(super) struct ChainState {
     future_warned_at: Option<Instant>,
     /// Our keys' signing watermarks (`signing.rs`).
     signing: Signing,
-    /// Sync's current wait for peers was logged at INFO: the next progress
-    /// reports of the same wait go to DEBUG, until sync fetches again.
-    pub(super) sync_wait_logged: bool,
 }
 
-impl ChainState {
-    pub(super) fn new(config: &super::Config) -> ChainState {
+impl ChainPart {
+    /// The chain of `config`: its genesis and the blocks the driver loaded
+    /// (those that fail to load are logged and left out).
+    pub(super) fn new(config: &super::Config) -> ChainPart {
+        let (store, refused) = ChainStore::from_blocks(
+            &config.chain.genesis,
+            StoreLimits::default(),
+            config.chain.stored.iter().cloned(),
+        );
+        for (root, error) in &refused {
+            warn!("stored block {} not loaded: {error}", root);
+        }
         let genesis = config.chain.genesis.clone();
         // A future-block server (a fault for the simulator) signs only its
         // forged block: see `faults.rs`.
@@ -217,7 +232,8 @@ impl ChainState {
             })
             .collect::<Vec<_>>();
         let signing = Signing::new(&producers, &config.chain.signed_slots, &config.chain.stored);
-        ChainState {
+        ChainPart {
+            store,
             genesis,
             producers,
             body_bytes: config.chain.body_bytes,
@@ -244,8 +260,18 @@ impl ChainState {
             unannounced: VecDeque::new(),
             future_warned_at: None,
             signing,
-            sync_wait_logged: false,
         }
+    }
+
+    /// The fork-choice store, for reading.
+    pub(super) fn store(&self) -> &ChainStore {
+        &self.store
+    }
+
+    /// Imports one verified block into the fork choice (durability is the
+    /// caller's: see [`Node::persist`]).
+    pub(super) fn import(&mut self, block: SignedBlock) -> Result<ImportOutcome, ImportError> {
+        self.store.import(block)
     }
 
     pub(super) fn signing(&self) -> &Signing {
@@ -315,7 +341,7 @@ impl ChainState {
 impl Node {
     /// The fork-choice store (what we serve and build on).
     pub fn chain(&self) -> &crate::chain::ChainStore {
-        &self.chain
+        &self.chain.store
     }
 
     /// The Status we announce (durable head).
@@ -331,18 +357,18 @@ impl Node {
     /// Whether the driver reported a failing store (`Health::StoreFailing`):
     /// the node then neither produces nor forwards blocks.
     pub fn is_store_failing(&self) -> bool {
-        self.chain_state.store_failing
+        self.chain.store_failing
     }
 
     /// The slot our head must reach before we produce again, if the stored
     /// chain came back incomplete (`Health::StoreIncomplete`).
     pub fn resync_to_slot(&self) -> Option<u64> {
-        (self.chain_state.resync_to_slot > 0).then_some(self.chain_state.resync_to_slot)
+        (self.chain.resync_to_slot > 0).then_some(self.chain.resync_to_slot)
     }
 
     /// Unix time (ms) of `Instant::ZERO`, as last set by the config or `Health::ClockRebased`.
     pub fn unix_ms_at_origin(&self) -> u64 {
-        self.chain_state.unix_ms_at_origin
+        self.chain.unix_ms_at_origin
     }
 
     /// Parent lookups under way (each holds gossiped orphans and their fetched ancestors).
@@ -352,7 +378,7 @@ impl Node {
 
     /// Work jobs handed to the driver and not yet answered (at most [`WORK_IN_FLIGHT_MAX`]).
     pub fn work_in_flight(&self) -> usize {
-        self.chain_state.work.len()
+        self.chain.work.len()
     }
 
     /// Subscribes to the blocks topic if this node follows the chain by gossip.
@@ -360,8 +386,8 @@ impl Node {
         // Range sync measures its distance from the chain we start with
         // (loaded from the store), not from genesis.
         self.sync_local_chain(now);
-        if self.chain_state.follow_gossip {
-            let topic = self.chain_state.blocks_topic.clone();
+        if self.chain.follow_gossip {
+            let topic = self.chain.blocks_topic.clone();
             if let Err(error) = self.gossip.router_mut().subscribe(now, topic) {
                 warn!("cannot subscribe to the blocks topic: {error:?}");
             }
@@ -371,21 +397,21 @@ impl Node {
     /// Our Status: the fork-choice head once it is durable, else its newest
     /// durable ancestor; the finalized block if it is at or below that head.
     pub(super) fn our_status(&self) -> Status {
-        let mut status = self.chain.status();
-        if self.chain_state.not_durable.is_empty() {
+        let mut status = self.chain.store.status();
+        if self.chain.not_durable.is_empty() {
             return status;
         }
-        let mut head = self.chain.head();
-        while self.chain_state.not_durable.contains(&head.root) {
-            match self.chain.block_by_root(&head.root) {
+        let mut head = self.chain.store.head();
+        while self.chain.not_durable.contains(&head.root) {
+            match self.chain.store.block_by_root(&head.root) {
                 Some(block) => {
                     let parent = block.parent_root();
-                    head = match self.chain.block_by_root(&parent) {
+                    head = match self.chain.store.block_by_root(&parent) {
                         Some(parent_block) => Checkpoint {
                             root: parent,
                             slot: parent_block.slot(),
                         },
-                        None => self.chain.finalized(),
+                        None => self.chain.store.finalized(),
                     };
                 }
                 None => break,
@@ -395,33 +421,30 @@ impl Node {
         status.head_slot = head.slot;
         if status.finalized_slot > head.slot {
             status.finalized_slot = 0;
-            status.finalized_root = self.chain.genesis_root();
+            status.finalized_root = self.chain.store.genesis_root();
         }
         status
     }
 
     /// Slot timer: produce if one of our keys proposes this slot.
     pub(super) fn chain_tick(&mut self, now: Instant) {
-        if self.chain_state.producers.is_empty() {
+        if self.chain.producers.is_empty() {
             return;
         }
         self.expire_signature(now);
-        let slot = self
-            .chain_state
-            .genesis
-            .slot_at(self.chain_state.unix_ms(now));
-        if slot == 0 || slot <= self.chain_state.last_produced_slot {
+        let slot = self.chain.genesis.slot_at(self.chain.unix_ms(now));
+        if slot == 0 || slot <= self.chain.last_produced_slot {
             return;
         }
         let Some(producer) = self
-            .chain_state
+            .chain
             .producers
             .iter()
             .position(|producer| producer.is_proposer_at(slot))
         else {
             return;
         };
-        let head = self.chain.head();
+        let head = self.chain.store.head();
         if head.slot >= slot {
             return;
         }
@@ -434,22 +457,22 @@ impl Node {
             // stop production (see `RangeSync::is_catching_up`).
             info!("slot {slot}: not producing while range sync catches up");
             self.out.counters.blocks_not_produced_syncing += 1;
-            self.chain_state.last_produced_slot = slot;
+            self.chain.last_produced_slot = slot;
             return;
         }
         if let Some(reason) = self.production_hold(head.slot) {
-            if self.chain_state.hold_logged != Some(reason) {
+            if self.chain.hold_logged != Some(reason) {
                 info!("slot {slot}: not producing: {reason}");
-                self.chain_state.hold_logged = Some(reason);
+                self.chain.hold_logged = Some(reason);
             } else {
                 debug!("slot {slot}: not producing: {reason}");
             }
             self.out.counters.blocks_not_produced_unhealthy += 1;
-            self.chain_state.last_produced_slot = slot;
+            self.chain.last_produced_slot = slot;
             return;
         }
-        self.chain_state.hold_logged = None;
-        self.chain_state.last_produced_slot = slot;
+        self.chain.hold_logged = None;
+        self.chain.last_produced_slot = slot;
         // Signed only once the key's watermark for this slot is durable.
         self.request_signature(slot, producer);
     }
@@ -458,16 +481,16 @@ impl Node {
     /// imports it and publishes it once durable. Called only once the
     /// key's watermark for `slot` is durable (`signing.rs`).
     pub(super) fn produce_block(&mut self, now: Instant, slot: u64, producer: usize) {
-        let head = self.chain.head();
-        let body = match self.chain_state.queued_bodies.pop_front() {
+        let head = self.chain.store.head();
+        let body = match self.chain.queued_bodies.pop_front() {
             Some(body) => body,
             None => {
-                let mut body = vec![0u8; self.chain_state.body_bytes];
+                let mut body = vec![0u8; self.chain.body_bytes];
                 self.rng.fill_bytes(&mut body);
                 body
             }
         };
-        let block = self.chain_state.producers[producer].produce(slot, head.root, body);
+        let block = self.chain.producers[producer].produce(slot, head.root, body);
         // Once per slot of ours: DEBUG, or a proposer's log is all blocks.
         debug!(
             "produced block {} at slot {slot} on {}",
@@ -477,10 +500,10 @@ impl Node {
         self.out.counters.blocks_produced += 1;
         let payload = block.encode();
         let root = block.root();
-        if self.import_verified(now, block) && self.chain_state.follow_gossip {
+        if self.import_verified(now, block) && self.chain.follow_gossip {
             // Announced only once durable: a block we tell peers about and
             // then lose would be built on by them and orphaned by our restart.
-            let unannounced = &mut self.chain_state.unannounced;
+            let unannounced = &mut self.chain.unannounced;
             if unannounced.len() >= UNANNOUNCED_BLOCKS_MAX {
                 if let Some((dropped, _)) = unannounced.pop_front() {
                     warn!("block {} never became durable: not announced", dropped);
@@ -494,7 +517,7 @@ impl Node {
     /// Why we must not produce now, if we must not: the driver's health
     /// reports. Clears the re-sync hold once the head has reached it.
     fn production_hold(&mut self, head_slot: u64) -> Option<&'static str> {
-        let state = &mut self.chain_state;
+        let state = &mut self.chain;
         if state.resync_to_slot > 0 && head_slot >= state.resync_to_slot {
             info!(
                 "head at slot {head_slot}: the stored chain is whole again up to slot {}",
@@ -515,19 +538,15 @@ impl Node {
 
     /// Publishes the blocks we produced that have become durable, in order.
     fn announce_durable(&mut self, now: Instant) {
-        while let Some((root, _)) = self.chain_state.unannounced.front() {
-            if self.chain_state.not_durable.contains(root) {
+        while let Some((root, _)) = self.chain.unannounced.front() {
+            if self.chain.not_durable.contains(root) {
                 return;
             }
-            let (root, payload) = self
-                .chain_state
-                .unannounced
-                .pop_front()
-                .expect("front exists");
-            if !self.chain.contains(&root) {
+            let (root, payload) = self.chain.unannounced.pop_front().expect("front exists");
+            if !self.chain.store.contains(&root) {
                 continue; // Pruned before it was written: nothing to announce.
             }
-            let topic = self.chain_state.blocks_topic.clone();
+            let topic = self.chain.blocks_topic.clone();
             if let Err(error) = self.gossip.router_mut().publish(now, topic, &payload) {
                 debug!("block {} not published: {error:?}", root);
             }
@@ -539,7 +558,7 @@ impl Node {
         if health == Health::StoreFailing {
             self.abandon_signature();
         }
-        let state = &mut self.chain_state;
+        let state = &mut self.chain;
         match health {
             Health::StoreFailing => {
                 if !state.store_failing {
@@ -570,8 +589,8 @@ impl Node {
     /// Whether `slot` has not started by our clock (beyond [`CLOCK_DISPARITY`]).
     fn is_from_future(&self, now: Instant, slot: u64) -> bool {
         let disparity_ms = CLOCK_DISPARITY.as_millis() as u64;
-        let latest_start = self.chain_state.unix_ms(now).saturating_add(disparity_ms);
-        self.chain_state.genesis.start_of(slot) > latest_start
+        let latest_start = self.chain.unix_ms(now).saturating_add(disparity_ms);
+        self.chain.genesis.start_of(slot) > latest_start
     }
 
     /// A Status or a synced block from `from` names a slot beyond our clock:
@@ -592,18 +611,14 @@ impl Node {
     /// so, our clock's slot, for the message.
     fn future_warning_due(&mut self, now: Instant) -> Option<u64> {
         let due = self
-            .chain_state
+            .chain
             .future_warned_at
             .is_none_or(|at| now.saturating_duration_since(at) >= FUTURE_BLOCK_WARN_INTERVAL);
         if !due {
             return None;
         }
-        self.chain_state.future_warned_at = Some(now);
-        Some(
-            self.chain_state
-                .genesis
-                .slot_at(self.chain_state.unix_ms(now)),
-        )
+        self.chain.future_warned_at = Some(now);
+        Some(self.chain.genesis.slot_at(self.chain.unix_ms(now)))
     }
 
     /// A gossiped block from the future: its sender's clock (or ours) is
@@ -622,12 +637,12 @@ impl Node {
 
     /// Queues `body` for the next block we produce.
     pub(super) fn queue_body(&mut self, body: Vec<u8>) -> bool {
-        if self.chain_state.queued_bodies.len() >= QUEUED_BODIES_MAX
+        if self.chain.queued_bodies.len() >= QUEUED_BODIES_MAX
             || body.len() > crate::chain::block::BLOCK_BODY_BYTES_MAX
         {
             return false;
         }
-        self.chain_state.queued_bodies.push_back(body);
+        self.chain.queued_bodies.push_back(body);
         true
     }
 
@@ -648,7 +663,7 @@ impl Node {
                 return;
             }
         };
-        if self.chain_state.store_failing {
+        if self.chain.store_failing {
             // Forwarding tells peers we hold it; we could not keep it.
             self.out.counters.blocks_ignored_store_failing += 1;
             self.judge_gossip_block(now, message, Validation::Ignore);
@@ -678,7 +693,7 @@ impl Node {
         let seed = self.job_seed();
         self.start_work(
             Job::VerifyBlocks {
-                genesis: self.chain_state.genesis.clone(),
+                genesis: self.chain.genesis.clone(),
                 blocks: vec![block],
                 seed,
             },
@@ -704,7 +719,7 @@ impl Node {
         from: PeerId,
         slot: u64,
     ) -> bool {
-        let state = &mut self.chain_state;
+        let state = &mut self.chain;
         let (mut held, mut held_for_slot) = (0usize, false);
         for purpose in state.work.values() {
             if let WorkPurpose::Gossip {
@@ -764,22 +779,24 @@ impl Node {
 
     /// What the cheap checks say: `None` if the block deserves a signature check.
     fn gossip_block_precheck(&self, now: Instant, block: &SignedBlock) -> Option<Validation> {
-        let genesis = &self.chain_state.genesis;
+        let genesis = &self.chain.genesis;
         let slot = block.slot();
         let root = block.root();
         if slot == 0 || block.header.proposer_index != genesis.proposer_index_at(slot) {
             return Some(Validation::Reject);
         }
         let disparity_ms = CLOCK_DISPARITY.as_millis() as u64;
-        let latest_start = self.chain_state.unix_ms(now).saturating_add(disparity_ms);
+        let latest_start = self.chain.unix_ms(now).saturating_add(disparity_ms);
         if genesis.start_of(slot) > latest_start {
             debug!("gossiped block for slot {slot} is from the future");
             return Some(Validation::Ignore);
         }
-        if self.chain.is_known_invalid(&root) || self.chain.is_known_invalid(&block.parent_root()) {
+        if self.chain.store.is_known_invalid(&root)
+            || self.chain.store.is_known_invalid(&block.parent_root())
+        {
             return Some(Validation::Reject);
         }
-        if slot <= self.chain.finalized().slot || self.chain.contains(&root) {
+        if slot <= self.chain.store.finalized().slot || self.chain.store.contains(&root) {
             return Some(Validation::Ignore);
         }
         None
@@ -796,16 +813,16 @@ impl Node {
     }
 
     pub(super) fn start_work(&mut self, job: Job, purpose: WorkPurpose) {
-        let id = WorkId(self.chain_state.work_next);
-        self.chain_state.work_next += 1;
-        self.chain_state.work.insert(id, purpose);
+        let id = WorkId(self.chain.work_next);
+        self.chain.work_next += 1;
+        self.chain.work.insert(id, purpose);
         self.out.counters.work_started += 1;
         self.out.push(Action::Work { id, job });
     }
 
     /// A job came back.
     pub(super) fn on_work_done(&mut self, now: Instant, id: WorkId, output: WorkOutput) {
-        let Some(purpose) = self.chain_state.work.remove(&id) else {
+        let Some(purpose) = self.chain.work.remove(&id) else {
             warn!("work {id:?} finished but was not started");
             return;
         };
@@ -819,7 +836,7 @@ impl Node {
                     return;
                 };
                 match result {
-                    Ok(()) if self.chain.contains(&block.parent_root()) => {
+                    Ok(()) if self.chain.store.contains(&block.parent_root()) => {
                         self.judge_gossip_block(now, message, Validation::Accept);
                         self.import_verified(now, block);
                     }
@@ -864,7 +881,7 @@ impl Node {
     /// the application. Returns whether it was new.
     pub(super) fn import_verified(&mut self, now: Instant, block: SignedBlock) -> bool {
         let (slot, root) = (block.slot(), block.root());
-        let known = self.chain.contains(&root);
+        let known = self.chain.store.contains(&root);
         let result = self.import_blocks(now, vec![block]);
         self.sync_local_chain(now);
         match result {
@@ -882,7 +899,7 @@ impl Node {
         delete: Vec<Root>,
         finalized: Checkpoint,
     ) {
-        let state = &mut self.chain_state;
+        let state = &mut self.chain;
         for root in &delete {
             state.not_durable.remove(root);
             state.deferred.retain(|deferred| deferred != root);
@@ -908,7 +925,7 @@ impl Node {
     /// batch's id (signing waits for its acknowledgement).
     pub(super) fn persist_watermark(&mut self, watermark: SigningWatermark) -> u64 {
         self.out.counters.watermarks_persisted += 1;
-        let finalized = self.chain.finalized();
+        let finalized = self.chain.store.finalized();
         self.emit_persist(Vec::new(), Vec::new(), finalized, Some(watermark))
     }
 
@@ -919,7 +936,7 @@ impl Node {
         finalized: Checkpoint,
         watermark: Option<SigningWatermark>,
     ) -> u64 {
-        let state = &mut self.chain_state;
+        let state = &mut self.chain;
         let id = state.persist_next;
         state.persist_next += 1;
         let roots: Vec<Root> = blocks.iter().map(|(root, _)| *root).collect();
@@ -936,7 +953,7 @@ impl Node {
 
     /// Batch `id` and all before it are durable.
     pub(super) fn on_persisted(&mut self, now: Instant, id: u64) {
-        let state = &mut self.chain_state;
+        let state = &mut self.chain;
         while let Some((front, _)) = state.persisting.front() {
             if *front > id {
                 break;
@@ -951,15 +968,15 @@ impl Node {
             let delete = std::mem::take(&mut state.deferred_delete);
             let mut blocks = Vec::with_capacity(roots.len());
             for root in roots {
-                match self.chain.block_by_root(&root) {
+                match self.chain.store.block_by_root(&root) {
                     Some(block) => blocks.push((root, block.clone())),
                     // Pruned meanwhile: nothing to store, nothing to wait for.
                     None => {
-                        self.chain_state.not_durable.remove(&root);
+                        self.chain.not_durable.remove(&root);
                     }
                 }
             }
-            let finalized = self.chain.finalized();
+            let finalized = self.chain.store.finalized();
             self.emit_persist(blocks, delete, finalized, None);
         }
         self.announce_durable(now);

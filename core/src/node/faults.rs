@@ -95,7 +95,7 @@ impl Node {
             .config
             .unix_ms_at_origin
             .saturating_add(now.as_millis());
-        self.chain_state.genesis().slot_at(unix_ms)
+        self.chain.genesis().slot_at(unix_ms)
     }
 
     /// The Status we send in a request or an answer: ours, or the lie our
@@ -139,7 +139,7 @@ impl Node {
     fn forged_block(&mut self, now: Instant) -> Option<&SignedBlock> {
         let slots_ahead = self.config.faults.future_block_slots_ahead?;
         if self.hostile.forged.is_none() {
-            let genesis = self.chain_state.genesis().clone();
+            let genesis = self.chain.genesis().clone();
             let producers: Vec<BlockProducer> = self
                 .config
                 .chain
@@ -151,7 +151,7 @@ impl Node {
             let keys = genesis.proposer_keys().len() as u64;
             let forged = (first..first.saturating_add(keys)).find_map(|slot| {
                 let producer = producers.iter().find(|p| p.is_proposer_at(slot))?;
-                Some(producer.produce(slot, self.chain.head().root, vec![0; 32]))
+                Some(producer.produce(slot, self.chain.store().head().root, vec![0; 32]))
             });
             let Some(forged) = forged else {
                 debug!("no proposer key of ours: nothing to forge");
@@ -187,10 +187,12 @@ impl Node {
                 // one: nothing in between.
                 let parent_slot = self
                     .chain
+                    .store()
                     .block_by_root(&forged.parent_root())
                     .map_or(0, SignedBlock::slot);
                 let mut chunks: Vec<Vec<u8>> = self
                     .chain
+                    .store()
                     .canonical_range(request.start_slot, request.count)
                     .into_iter()
                     .filter(|block| block.slot() <= parent_slot)
@@ -220,6 +222,7 @@ impl Node {
                     .iter()
                     .filter_map(|root| {
                         self.chain
+                            .store()
                             .block_by_root(root)
                             .or_else(|| forged.as_ref().filter(|block| block.root() == *root))
                             .or_else(|| self.hostile.squat_blocks.get(root))
@@ -241,7 +244,7 @@ impl Node {
             let root = body_root(&body);
             (body, root)
         });
-        let genesis = self.chain_state.genesis();
+        let genesis = self.chain.genesis();
         let mut parent_root = Root([MADE_UP_ROOT_BYTE; 32]);
         let mut chunks = Vec::with_capacity(blocks);
         for slot in (start_slot..).take(blocks) {
@@ -288,7 +291,7 @@ impl Node {
         parent_root.0[..8].copy_from_slice(&self.hostile.squats.to_be_bytes());
         let body = vec![0xa5; SQUAT_BODY_BYTES];
         let body_root = body_root(&body);
-        let genesis = self.chain_state.genesis().clone();
+        let genesis = self.chain.genesis().clone();
         let bottom = top.saturating_sub(SQUAT_CHAIN_BLOCKS).max(1);
         let mut roots = Vec::new();
         let mut orphan = None;
@@ -320,7 +323,7 @@ impl Node {
         let Some(orphan) = orphan else {
             return;
         };
-        let topic = self.chain_state.blocks_topic().clone();
+        let topic = self.chain.blocks_topic().clone();
         if let Err(error) = self
             .gossip
             .router_mut()
@@ -424,7 +427,7 @@ mod tests {
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].root(), status.head_root);
         assert_eq!(blocks[0].parent_root(), node.chain().genesis_root());
-        assert!(crate::chain::verify_block(node.chain_state.genesis(), &blocks[0]).is_ok());
+        assert!(crate::chain::verify_block(node.chain.genesis(), &blocks[0]).is_ok());
         // Below it: nothing, as if the slots were empty.
         let below = BlocksByRangeRequest {
             start_slot: 1,

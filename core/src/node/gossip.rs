@@ -328,7 +328,7 @@ impl Node {
                 from,
             } => {
                 self.out.counters.gossip_messages_received += 1;
-                if self.chain_state.is_blocks_topic(&topic) {
+                if self.chain.is_blocks_topic(&topic) {
                     self.on_gossip_block(now, id, &payload, from);
                     return;
                 }

@@ -23,7 +23,9 @@
 //! `GossipPart` (router and topics, no other part's state) beside its glue
 //! (logical messages of kind 32, events, heartbeat, application scores).
 //! `sync.rs`'s `SyncPart` owns range sync and lookups the same way; its glue
-//! turns what they ask for into requests, work and imports.
+//! turns what they ask for into requests, work and imports. `chain.rs`'s
+//! `ChainPart` owns the fork-choice store, production, verification work in
+//! flight and durability. Each part's fields are private to its file.
 //!
 //! # Security
 //! Provided: handshakes bounded in number and time; a connection that sends
@@ -54,11 +56,11 @@ pub use self::faults::{StatusClaim, OVERSIZE_BLOCKS_MAX, SQUAT_CHAIN_BLOCKS, SQU
 
 use std::net::SocketAddr;
 
-use log::{debug, info, warn};
+use log::{debug, info};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::chain::{ChainConfig, ChainStore, StoreLimits};
+use crate::chain::ChainConfig;
 use crate::gossip::Gossip;
 use crate::identity::{Identity, PeerId};
 use crate::io::{
@@ -211,8 +213,8 @@ pub struct Node {
     peer_manager: PeerManager,
     /// Request/response: both trackers, our requests' purposes, our Metadata.
     rpc: self::rpc::RpcPart,
-    chain: ChainStore,
-    chain_state: self::chain::ChainState,
+    /// The fork-choice store, production, verification work, durability.
+    chain: self::chain::ChainPart,
     /// Range sync and parent lookups.
     sync: self::sync::SyncPart,
     /// The gossip router and the application's topics.
@@ -233,14 +235,6 @@ impl Node {
             config.network_id,
             "the genesis is for another network"
         );
-        let (chain, refused) = ChainStore::from_blocks(
-            &config.chain.genesis,
-            StoreLimits::default(),
-            config.chain.stored.iter().cloned(),
-        );
-        for (root, error) in &refused {
-            warn!("stored block {} not loaded: {error}", root);
-        }
         let mut rng = ChaCha20Rng::from_seed(seed);
         let keys = LocalKeys::new(identity, &mut rng);
         let hello = Hello {
@@ -265,8 +259,7 @@ impl Node {
                 config.capabilities,
                 &config.faults,
             ),
-            chain,
-            chain_state: self::chain::ChainState::new(&config),
+            chain: self::chain::ChainPart::new(&config),
             sync: self::sync::SyncPart::new(config.sync.clone(), sync_seed),
             gossip: self::gossip::GossipPart::new(Gossip::new(config.gossip.clone(), gossip_seed)),
             hostile: self::faults::HostileState::default(),
@@ -369,8 +362,8 @@ impl Node {
         // while it has work, production follows the slot clock, and faults
         // have timers of their own.
         let glue = [
-            self.gossip.next_deadline(self.chain_state.blocks_topic()),
-            self.chain_state.next_deadline(self.last_now),
+            self.gossip.next_deadline(self.chain.blocks_topic()),
+            self.chain.next_deadline(self.last_now),
             self.hostile_deadline(),
         ];
         connections

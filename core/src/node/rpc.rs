@@ -315,6 +315,7 @@ impl Node {
                 let budget = self.answer_budget_bytes(peer);
                 let blocks = self
                     .chain
+                    .store()
                     .canonical_range(request.start_slot, count)
                     .into_iter()
                     .take(usize::try_from(chunks_max).unwrap_or(usize::MAX));
@@ -328,7 +329,7 @@ impl Node {
                 let blocks = request
                     .roots
                     .iter()
-                    .filter_map(|root| self.chain.block_by_root(root));
+                    .filter_map(|root| self.chain.store().block_by_root(root));
                 blocks_within(blocks, budget)
             }
             ProtocolId::Application(name) => {
@@ -645,7 +646,7 @@ impl Node {
         if let Err(why) = self.check_status_claims(now, &status) {
             // Well-formed, but a lie the clock or the genesis disproves: it
             // costs the peer, and sync never hears of it.
-            if status.head_slot > self.chain_state.slot_max(now) {
+            if status.head_slot > self.chain.slot_max(now) {
                 let what = format!("a Status with head slot {}", status.head_slot);
                 self.warn_claim_from_future(now, peer, &what);
             }
@@ -672,8 +673,8 @@ impl Node {
     /// a head beyond the current slot (plus [`super::chain::CLAIM_CLOCK_DISPARITY`]),
     /// finality above the head, or slot 0 on a root that is not the genesis.
     fn check_status_claims(&self, now: Instant, status: &Status) -> Result<(), String> {
-        let slot_max = self.chain_state.slot_max(now);
-        let genesis_root = self.chain.genesis_root();
+        let slot_max = self.chain.slot_max(now);
+        let genesis_root = self.chain.store().genesis_root();
         if status.head_slot > slot_max {
             return Err(format!(
                 "head slot {} is beyond the clock's slot {slot_max}",

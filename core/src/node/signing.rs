@@ -92,15 +92,15 @@ impl Signing {
 impl Node {
     /// The highest slot `key` may have signed: it never signs at or below it.
     pub fn signing_watermark(&self, key: &ProposerPublicKey) -> Option<u64> {
-        self.chain_state.signing().watermarks.get(key).copied()
+        self.chain.signing().watermarks.get(key).copied()
     }
 
     /// Our producer `producer` proposes `slot` and may: records the
     /// watermark first; the block is signed once it is durable.
     pub(super) fn request_signature(&mut self, slot: u64, producer: usize) {
-        let key = self.chain_state.producer(producer).public_key();
-        let persisting = self.chain_state.persist_batches_in_flight();
-        let signing = self.chain_state.signing_mut();
+        let key = self.chain.producer(producer).public_key();
+        let persisting = self.chain.persist_batches_in_flight();
+        let signing = self.chain.signing_mut();
         if let Some(&watermark) = signing.watermarks.get(&key) {
             if slot <= watermark {
                 warn!(
@@ -120,12 +120,12 @@ impl Node {
         if let Some(stale) = signing.pending.take() {
             self.skip_pending(stale, "its signing watermark was still not durable");
         }
-        self.chain_state.signing_mut().watermarks.insert(key, slot);
+        self.chain.signing_mut().watermarks.insert(key, slot);
         let batch = self.persist_watermark(SigningWatermark {
             proposer: key,
             slot,
         });
-        self.chain_state.signing_mut().pending = Some(PendingSignature {
+        self.chain.signing_mut().pending = Some(PendingSignature {
             slot,
             producer,
             batch,
@@ -135,14 +135,14 @@ impl Node {
     /// Persist batches up to `id` are durable: signs the pending block if
     /// its watermark was among them and its slot is still on.
     pub(super) fn on_watermark_persisted(&mut self, now: Instant, id: u64) {
-        let Some(pending) = self.chain_state.signing().pending else {
+        let Some(pending) = self.chain.signing().pending else {
             return;
         };
         if pending.batch > id {
             return;
         }
-        self.chain_state.signing_mut().pending = None;
-        if self.chain_state.slot_now(now) != pending.slot {
+        self.chain.signing_mut().pending = None;
+        if self.chain.slot_now(now) != pending.slot {
             self.skip_pending(
                 pending,
                 "its signing watermark became durable after the slot",
@@ -163,11 +163,11 @@ impl Node {
     /// The slot timer fired: a signature still waiting from an earlier
     /// slot is given up.
     pub(super) fn expire_signature(&mut self, now: Instant) {
-        let Some(pending) = self.chain_state.signing().pending else {
+        let Some(pending) = self.chain.signing().pending else {
             return;
         };
-        if self.chain_state.slot_now(now) != pending.slot {
-            self.chain_state.signing_mut().pending = None;
+        if self.chain.slot_now(now) != pending.slot {
+            self.chain.signing_mut().pending = None;
             self.skip_pending(
                 pending,
                 "its signing watermark was not durable within the slot",
@@ -178,7 +178,7 @@ impl Node {
     /// The store refuses writes: a signature waiting for its watermark is
     /// given up (the watermark may never become durable).
     pub(super) fn abandon_signature(&mut self) {
-        if let Some(pending) = self.chain_state.signing_mut().pending.take() {
+        if let Some(pending) = self.chain.signing_mut().pending.take() {
             self.skip_pending(pending, "the block store refuses writes");
         }
     }

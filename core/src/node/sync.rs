@@ -69,6 +69,9 @@ pub const ORPHAN_STATUS_INTERVAL: crate::time::Duration = crate::time::Duration:
 pub(super) struct SyncPart {
     range: RangeSync,
     lookups: Lookups,
+    /// The current wait for peers was logged at INFO: the next progress
+    /// reports of the same wait go to DEBUG, until sync fetches again.
+    wait_logged: bool,
 }
 
 /// One thing a sync machine asks the node to do.
@@ -82,6 +85,7 @@ impl SyncPart {
         SyncPart {
             range: RangeSync::new(config, seed),
             lookups: Lookups::new(),
+            wait_logged: false,
         }
     }
 
@@ -259,7 +263,7 @@ impl Node {
     /// A peer's Status reached us: range sync weighs it.
     pub(super) fn sync_peer_status(&mut self, now: Instant, peer: PeerId, status: &Status) {
         let score = self.peer_manager.score(now, &peer);
-        let slot_max = self.chain_state.slot_max(now);
+        let slot_max = self.chain.slot_max(now);
         self.sync
             .handle_peer_status(now, peer, status, score, slot_max);
     }
@@ -276,7 +280,7 @@ impl Node {
 
     /// Our chain changed: range sync measures the distance from it.
     pub(super) fn sync_local_chain(&mut self, now: Instant) {
-        self.sync.handle_local_chain(now, &self.chain);
+        self.sync.handle_local_chain(now, self.chain.store());
     }
 
     /// A gossiped block whose parent we lack: look its ancestors up. If no
@@ -284,7 +288,10 @@ impl Node {
     /// is range sync's: ask the sender for its Status
     /// ([`Node::ask_status_for_gap`]).
     pub(super) fn sync_orphan(&mut self, now: Instant, block: SignedBlock, from: PeerId) {
-        if !self.sync.handle_orphan(now, block, from, &self.chain) {
+        if !self
+            .sync
+            .handle_orphan(now, block, from, self.chain.store())
+        {
             debug!("{from:?}: no lookup place for its orphan");
             self.ask_status_for_gap(now, from);
         }
@@ -298,8 +305,8 @@ impl Node {
     /// from a Status (otherwise sent every few minutes).
     pub(super) fn gossip_shows_gap(&self, block: &SignedBlock) -> bool {
         let distance = self.config.sync.sync_distance_slots;
-        !self.chain.contains(&block.parent_root())
-            && block.slot() > self.chain.head().slot.saturating_add(distance)
+        !self.chain.store().contains(&block.parent_root())
+            && block.slot() > self.chain.store().head().slot.saturating_add(distance)
     }
 
     /// Asks `from` for its Status, at most once per
@@ -324,7 +331,7 @@ impl Node {
 
     /// Timers of both machines.
     pub(super) fn sync_tick(&mut self, now: Instant) {
-        let slot_max = self.chain_state.slot_max(now);
+        let slot_max = self.chain.slot_max(now);
         self.sync.handle_timeout(now, slot_max);
     }
 
@@ -371,7 +378,7 @@ impl Node {
             SyncAction::Verify { batch, blocks } => {
                 let seed = self.job_seed();
                 let job = Job::VerifyBlocks {
-                    genesis: self.chain_state.genesis().clone(),
+                    genesis: self.chain.genesis().clone(),
                     blocks,
                     seed,
                 };
@@ -411,8 +418,8 @@ impl Node {
             SyncAction::Progress(progress) => {
                 match progress.waiting {
                     // Reported every few seconds while it lasts: INFO once per wait.
-                    Some(wait) if !self.chain_state.sync_wait_logged => {
-                        self.chain_state.sync_wait_logged = true;
+                    Some(wait) if !self.sync.wait_logged => {
+                        self.sync.wait_logged = true;
                         info!(
                             "sync at slot {} waits for peers: {wait}",
                             progress.head_slot
@@ -423,7 +430,7 @@ impl Node {
                         progress.head_slot
                     ),
                     None => {
-                        self.chain_state.sync_wait_logged = false;
+                        self.sync.wait_logged = false;
                         info!(
                             "syncing: slot {} of {} at {:.0} blocks/s",
                             progress.head_slot, progress.target_slot, progress.blocks_per_second
@@ -439,7 +446,7 @@ impl Node {
                 });
             }
             SyncAction::Synced { head_slot } => {
-                self.chain_state.sync_wait_logged = false;
+                self.sync.wait_logged = false;
                 info!("synced at slot {head_slot}");
                 self.out.notify(Notification::Synced { head_slot });
             }
@@ -468,7 +475,8 @@ impl Node {
                 if let Err(error) = self.request(now, peer, ProtocolId::BlocksByRoot, body, purpose)
                 {
                     debug!("{peer:?}: lookup request not sent: {error}");
-                    self.sync.handle_lookup_not_sent(now, lookup, &self.chain);
+                    self.sync
+                        .handle_lookup_not_sent(now, lookup, self.chain.store());
                 }
             }
             LookupAction::Ready {
@@ -476,7 +484,7 @@ impl Node {
             } => {
                 let seed = self.job_seed();
                 let job = Job::VerifyBlocks {
-                    genesis: self.chain_state.genesis().clone(),
+                    genesis: self.chain.genesis().clone(),
                     blocks,
                     seed,
                 };
@@ -559,7 +567,7 @@ impl Node {
         let mut stored: Vec<(Root, SignedBlock)> = Vec::new();
         let mut pruned = Vec::new();
         let mut outcome = Ok(());
-        let slot_max = self.chain_state.slot_max(now);
+        let slot_max = self.chain.slot_max(now);
         for (index, block) in blocks.into_iter().enumerate() {
             let (slot, root) = (block.slot(), block.root());
             if slot > slot_max {
@@ -585,7 +593,7 @@ impl Node {
             }
         }
         if !stored.is_empty() || !pruned.is_empty() {
-            let finalized = self.chain.finalized();
+            let finalized = self.chain.store().finalized();
             self.persist(stored, pruned, finalized);
         }
         outcome
@@ -600,9 +608,9 @@ impl Node {
         invalid: Option<AnswerFault>,
     ) {
         let now = self.last_now;
-        let slot_max = self.chain_state.slot_max(now);
+        let slot_max = self.chain.slot_max(now);
         let result = fetch_result(blocks, result, invalid);
         self.sync
-            .handle_fetch(now, fetch, result, slot_max, &self.chain);
+            .handle_fetch(now, fetch, result, slot_max, self.chain.store());
     }
 }

@@ -52,7 +52,7 @@ fn blocks_by_range_answers_in_slot_order_from_one_chain() {
 fn blocks_by_root_answers_the_blocks_it_has() {
     let mut net = Net::new(vec![chain_config(0), chain_config(50)]);
     net.dial(0, 1, None);
-    let head = net.nodes[1].chain.status().head_root;
+    let head = net.nodes[1].chain().status().head_root;
     let body = BlocksByRootRequest {
         roots: vec![head, Root([9; 32])],
     }
@@ -188,7 +188,7 @@ fn our_own_requests_respect_the_peers_quota() {
     let mut net = Net::new(vec![chain_config(0), chain_config(100)]);
     net.dial(0, 1, None);
     // Status: 5 per 15 s, and the connection already used some.
-    let status = net.nodes[0].chain.status().encode();
+    let status = net.nodes[0].chain().status().encode();
     for tag in 0..10 {
         request(&mut net, 0, 1, ProtocolId::Status, status.clone(), tag);
     }
