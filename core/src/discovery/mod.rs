@@ -25,12 +25,11 @@
 //! `next_deadline`), takes its randomness from a seed and its time from
 //! `now`, and iterates only `BTreeMap`s and `Vec`s.
 //!
-//! The node does not use this module yet: the req/resp layer still refuses
-//! its tags (7 and 8), and nothing calls [`Discovery`]. Wiring it in is
-//! the node's part: answer FIND_NODE and record requests, ask for a peer's
-//! record after each handshake and report it with
-//! `handle_peer_verified`, send the queries, dials and liveness checks
-//! the machine asks for, and report their outcomes.
+//! The node drives it when `node::Config::discovery` is set (the node's
+//! `DiscoveryPart`, `core/src/node/discovery.rs`): it answers FIND_NODE and
+//! record requests, asks each admitted peer for its record and reports it
+//! with `handle_peer_verified`, and sends the queries, dials and liveness
+//! checks the machine asks for, reporting their outcomes.
 //!
 //! # Security
 //! *Provided*: only peers that completed a handshake and gave their own

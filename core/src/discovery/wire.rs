@@ -16,9 +16,11 @@
 //! PEER_RECORD answer               one record (≤ 190 bytes), the responder's own
 //! ```
 //!
-//! The node does not speak these yet: the req/resp layer's `ProtocolId`
-//! knows tags 1..=6 and 128 and refuses 7 and 8 as unknown until the node
-//! wires discovery in.
+//! The req/resp layer knows them as `ProtocolId::FindNode` and
+//! `ProtocolId::PeerRecord`, with the byte bounds below restated in
+//! `crate::reqresp::limits` (checked equal here, since req/resp must not
+//! import discovery); the node serves and sends them only when it runs
+//! discovery (`node/discovery.rs`), and refuses them as unsupported otherwise.
 //!
 //! # Security
 //! *Provided*: decoders never panic, check the whole length and every count
@@ -51,6 +53,10 @@ pub const PEER_RECORD_REQUEST_BYTES: usize = 0;
 
 const _: () =
     assert!(FIND_NODE_ANSWER_BYTES_MAX <= crate::reqresp::limits::RESPONSE_PAYLOAD_BYTES_MAX);
+const _: () =
+    assert!(FIND_NODE_ANSWER_BYTES_MAX == crate::reqresp::limits::FIND_NODE_ANSWER_BYTES_MAX);
+const _: () = assert!(FIND_NODE_REQUEST_BYTES == crate::reqresp::limits::FIND_NODE_REQUEST_BYTES);
+const _: () = assert!(RECORD_BYTES_MAX == crate::reqresp::limits::PEER_RECORD_ANSWER_BYTES_MAX);
 
 /// Discovery's request/response protocols.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]

@@ -42,6 +42,7 @@
 
 mod chain;
 mod connections;
+mod discovery;
 mod faults;
 mod gossip;
 mod outbox;
@@ -52,11 +53,12 @@ mod signing;
 mod sync;
 
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
+pub use self::discovery::{DiscoveryConfig, LIVENESS_DIALS_MAX, QUERIES_WAITING_MAX};
 pub use self::faults::{StatusClaim, OVERSIZE_BLOCKS_MAX, SQUAT_CHAIN_BLOCKS, SQUAT_INTERVAL};
 
 use std::net::SocketAddr;
 
-use log::{debug, info};
+use log::{debug, info, warn};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -114,6 +116,9 @@ pub struct Config {
     pub faults: Faults,
     /// The gossip router's mesh parameters.
     pub gossip: crate::gossip::Config,
+    /// Kademlia discovery, with what we advertise and where we start; off
+    /// when `None` (the default: only the driver knows our addresses).
+    pub discovery: Option<DiscoveryConfig>,
 }
 
 /// Deliberate misbehaviour, so the simulator can run hostile nodes on the
@@ -165,6 +170,7 @@ impl Config {
             unix_ms_at_origin: 0,
             faults: Faults::default(),
             gossip: crate::gossip::Config::default(),
+            discovery: None,
         }
     }
 }
@@ -221,6 +227,8 @@ pub struct Node {
     gossip: self::gossip::GossipPart,
     /// What our faults remember (empty for an honest node).
     hostile: self::faults::HostileState,
+    /// Kademlia discovery, when configured.
+    discovery: Option<self::discovery::DiscoveryPart>,
 }
 
 impl Node {
@@ -236,6 +244,8 @@ impl Node {
             "the genesis is for another network"
         );
         let mut rng = ChaCha20Rng::from_seed(seed);
+        // Only a node that runs discovery keeps its identity to sign its record.
+        let record_identity = config.discovery.as_ref().map(|_| identity.clone());
         let keys = LocalKeys::new(identity, &mut rng);
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -252,17 +262,42 @@ impl Node {
         rng.fill_bytes(&mut gossip_seed);
         let mut sync_seed = [0u8; 32];
         rng.fill_bytes(&mut sync_seed);
+        // Drawn only when discovery runs, so a node without it draws what
+        // it always did.
+        let discovery = match (&config.discovery, &record_identity) {
+            (Some(discovery), Some(identity)) => {
+                let mut discovery_seed = [0u8; 32];
+                rng.fill_bytes(&mut discovery_seed);
+                let network_id = config.network_id;
+                match self::discovery::DiscoveryPart::new(
+                    discovery,
+                    identity,
+                    network_id,
+                    discovery_seed,
+                    Instant::ZERO,
+                ) {
+                    Ok(part) => Some(part),
+                    Err(error) => {
+                        warn!("discovery off: {error}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let mut node = Node {
             peer_manager: PeerManager::new(config.peer, peer_manager_seed),
             rpc: self::rpc::RpcPart::new(
                 config.chain.genesis.slot_duration_ms(),
                 config.capabilities,
                 &config.faults,
+                discovery.is_some(),
             ),
             chain: self::chain::ChainPart::new(&config),
             sync: self::sync::SyncPart::new(config.sync.clone(), sync_seed),
             gossip: self::gossip::GossipPart::new(Gossip::new(config.gossip.clone(), gossip_seed)),
             hostile: self::faults::HostileState::default(),
+            discovery,
             config,
             rng,
             conns: Connections::new(keys, hello),
@@ -342,6 +377,7 @@ impl Node {
             Input::Health(health) => self.on_health(health),
         }
         self.drive_sync(now);
+        self.drive_discovery(now);
         self.transmit_requests(now);
         self.transmit_gossip(now);
         self.conns.flush_all(now, &mut self.out);
@@ -368,7 +404,7 @@ impl Node {
         ];
         connections
             .into_iter()
-            .chain(machines.into_iter().flatten())
+            .chain(machines.flatten())
             .chain(glue.into_iter().flatten())
             .min()
     }
@@ -376,15 +412,26 @@ impl Node {
     /// The parts that keep the [`Machine`] contract and whose every deadline
     /// wakes the node. A new protocol's machine is added here and to
     /// [`Node::on_timeout`], which drains its outputs in order.
-    fn machines(&self) -> [&dyn Machine; 5] {
+    fn machines(&self) -> impl Iterator<Item = &dyn Machine> {
         let [outbound, inbound] = self.rpc.machines();
         let [range_sync, lookups] = self.sync.machines();
-        [&self.peer_manager, outbound, inbound, range_sync, lookups]
+        let discovery = self.discovery.as_ref().map(|part| part.as_machine());
+        [
+            &self.peer_manager as &dyn Machine,
+            outbound,
+            inbound,
+            range_sync,
+            lookups,
+        ]
+        .into_iter()
+        .chain(discovery)
     }
 
     fn on_command(&mut self, now: Instant, command: Command) {
         match command {
-            Command::Dial { addr, peer } => self.dial(now, addr, peer),
+            Command::Dial { addr, peer } => {
+                self.dial(now, addr, peer);
+            }
             Command::Disconnect { peer, reason } => {
                 if let Some(conn) = self.conns.conn_of(&peer) {
                     self.say_goodbye(now, conn, reason);
@@ -432,7 +479,9 @@ impl Node {
         }
     }
 
-    fn dial(&mut self, now: Instant, addr: SocketAddr, peer: Option<PeerId>) {
+    /// Starts a dial, or refuses it (counted, and notified as `DialFailed`).
+    /// Returns whether the dial started.
+    fn dial(&mut self, now: Instant, addr: SocketAddr, peer: Option<PeerId>) -> bool {
         let refusal = if self.shutting_down {
             Some("shutting down".to_string())
         } else if peer.is_some_and(|peer| self.conns.is_connected(&peer)) {
@@ -450,13 +499,14 @@ impl Node {
             self.out.counters.dials_failed += 1;
             self.peer_manager.handle_dial_failed(now, addr);
             self.out.notify(Notification::DialFailed { addr, error });
-            return;
+            return false;
         }
         let dial = self
             .conns
             .start_dial(addr, peer, now + self.config.dial_timeout);
         self.out.counters.dials_started += 1;
         self.out.push(Action::Dial { dial, addr });
+        true
     }
 
     fn on_dial_failed(&mut self, now: Instant, dial: DialId, error: String) {
@@ -467,6 +517,9 @@ impl Node {
                 addr: pending.addr,
                 error,
             });
+            if let Some(peer) = pending.expected {
+                self.discovery_connect_failed(now, peer);
+            }
         }
     }
 
@@ -711,6 +764,7 @@ impl Node {
         self.gossip_peer_connected(now, remote.peer, direction, addr);
         self.sync_peer_connected(now, remote.peer);
         self.request_status(now, remote.peer);
+        self.discovery_peer_connected(now, remote.peer);
     }
 
     /// `peer` moved to `conn` silently, but its end may have seen the old
@@ -748,7 +802,7 @@ impl Node {
         let Some(connection) = self.conns.get(conn) else {
             return;
         };
-        let addr = connection.addr;
+        let (addr, expected) = (connection.addr, connection.expected);
         if let Some(goodbye) = goodbye {
             if matches!(connection.state, ConnectionState::Established(_)) {
                 let goodbye = rpc::goodbye_request(goodbye);
@@ -763,6 +817,11 @@ impl Node {
         debug!("{addr}: refused: {reason}");
         self.out
             .notify(Notification::ConnectionRefused { addr, peer, reason });
+        // Only our own dials name the peer we expected; an inbound
+        // connection's claims must not remove anyone's candidate.
+        if let Some(expected) = expected {
+            self.discovery_connect_failed(now, expected);
+        }
     }
 
     /// Drops our state for `conn` (not the peer's: see `remove_established`).
@@ -826,6 +885,7 @@ impl Node {
         self.apply_peer_timeout_events(now);
         self.gossip_heartbeat(now);
         self.hostile_tick(now);
+        self.discovery_tick(now);
     }
 
     /// Carries out what the peer manager decided at its timeout.
@@ -858,7 +918,9 @@ impl Node {
                 PeerEvent::ScoreRecovered { peer } => {
                     self.out.notify(Notification::ScoreRecovered { peer })
                 }
-                PeerEvent::Dial { addr, peer } => self.dial(now, addr, peer),
+                PeerEvent::Dial { addr, peer } => {
+                    self.dial(now, addr, peer);
+                }
             }
         }
     }
@@ -957,6 +1019,7 @@ impl Node {
                 self.on_peer_gone(peer);
                 self.gossip.handle_peer_disconnected(now, &peer);
                 self.sync_peer_gone(now, peer);
+                self.discovery_peer_gone(now, peer);
             }
         }
     }

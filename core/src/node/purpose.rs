@@ -41,6 +41,10 @@ pub(super) enum Purpose {
         /// and the fetch fails.
         invalid: Option<AnswerFault>,
     },
+    /// Discovery: the peer's own signed record (`discovery.rs`).
+    PeerRecord,
+    /// Discovery: a FIND_NODE query of the machine's.
+    FindNode(crate::discovery::discover::QueryId),
     /// The application's `Command::Request`.
     Application {
         tag: u64,

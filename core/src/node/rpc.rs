@@ -138,17 +138,30 @@ pub(super) struct RpcPart {
 impl RpcPart {
     /// The part for a node on a chain whose slots last `slot_duration_ms`
     /// (both sides of a network derive the range quota from its genesis).
-    pub(super) fn new(slot_duration_ms: u64, capabilities: u64, faults: &super::Faults) -> RpcPart {
+    pub(super) fn new(
+        slot_duration_ms: u64,
+        capabilities: u64,
+        faults: &super::Faults,
+        discovery: bool,
+    ) -> RpcPart {
         let mut outbound_config = OutboundConfig::default();
         outbound_config.quotas = outbound_config.quotas.for_slot_duration(slot_duration_ms);
         let mut inbound_config = InboundConfig::default();
         inbound_config.quotas = inbound_config.quotas.for_slot_duration(slot_duration_ms);
+        if discovery {
+            // Without these quotas both trackers refuse tags 7 and 8.
+            for (protocol, quota) in super::discovery::DiscoveryPart::quotas() {
+                inbound_config.quotas.quotas.insert(protocol, quota);
+                outbound_config.quotas.quotas.insert(protocol, quota);
+            }
+        }
         if faults.ignore_peer_quotas {
             outbound_config = flooding_outbound_config(outbound_config);
         }
         if faults.ignore_busy_answers {
             outbound_config.back_off_when_busy = false;
         }
+
         RpcPart {
             outbound: OutboundRequests::new(outbound_config),
             inbound: InboundRequests::new(inbound_config),
@@ -341,6 +354,9 @@ impl Node {
                 });
                 return;
             }
+            ProtocolId::FindNode | ProtocolId::PeerRecord => {
+                self.serve_discovery(now, peer, protocol, body)
+            }
             ProtocolId::Goodbye => return, // One-way; handled as InboundOutcome::Goodbye.
         };
         self.answer(now, peer, id, answer);
@@ -486,6 +502,11 @@ impl Node {
                 Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
             },
             Purpose::Blocks { .. } => self.on_block_chunk(now, peer, id, &payload),
+            Purpose::PeerRecord => self.on_peer_record(now, peer, &payload),
+            Purpose::FindNode(query) => {
+                let query = *query;
+                self.on_find_node_answer(now, peer, query, &payload);
+            }
             Purpose::Application {
                 chunks,
                 range,
@@ -587,7 +608,9 @@ impl Node {
                     established.metadata_requested = false;
                 }
             }
-            Purpose::Status | Purpose::Ping => {}
+            Purpose::Status | Purpose::Ping | Purpose::PeerRecord => {}
+            // A no-op when its answer was applied; a failure otherwise.
+            Purpose::FindNode(query) => self.on_find_node_done(self.last_now, peer, query),
             Purpose::Blocks {
                 fetch,
                 blocks,
@@ -747,6 +770,19 @@ impl Node {
         if status_due {
             self.request_status(now, peer);
         }
+    }
+
+    /// Our requests to `peer` still open whose purpose matches.
+    pub(super) fn rpc_requests_open_for(
+        &self,
+        peer: PeerId,
+        matches: impl Fn(&Purpose) -> bool,
+    ) -> usize {
+        self.rpc
+            .purposes
+            .range((peer, RequestId(0))..=(peer, RequestId(u64::MAX)))
+            .filter(|(_, purpose)| matches(purpose))
+            .count()
     }
 
     /// Queues a request; the tracker releases it within quotas and in-flight caps.

@@ -381,6 +381,17 @@ pub fn response_chunks_max(protocol: &ProtocolId, body: &[u8]) -> Result<u64, Re
         ProtocolId::Goodbye => Goodbye::decode(body).map(|_| 0)?,
         ProtocolId::BlocksByRange => BlocksByRangeRequest::decode(body)?.count,
         ProtocolId::BlocksByRoot => BlocksByRootRequest::decode(body)?.roots.len() as u64,
+        ProtocolId::FindNode | ProtocolId::PeerRecord => {
+            let expected = protocol.request_bytes_max();
+            if body.len() != expected {
+                return Err(ReqRespDecodeError::TooLarge {
+                    field: "discovery request",
+                    length: body.len() as u64,
+                    limit: expected as u64,
+                });
+            }
+            1
+        }
         ProtocolId::Application(_) => {
             if body.len() > APPLICATION_REQUEST_BYTES_MAX {
                 return Err(ReqRespDecodeError::TooLarge {

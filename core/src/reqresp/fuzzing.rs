@@ -127,7 +127,8 @@ fn valid_request_body(protocol: ProtocolId, argument: u8) -> Vec<u8> {
             roots: vec![Root([argument; 32]); usize::from(argument) % ROOTS_PER_REQUEST_MAX + 1],
         }
         .encode(),
-        ProtocolId::Metadata | ProtocolId::Application(_) => Vec::new(),
+        ProtocolId::FindNode => vec![argument; crate::reqresp::limits::FIND_NODE_REQUEST_BYTES],
+        ProtocolId::Metadata | ProtocolId::PeerRecord | ProtocolId::Application(_) => Vec::new(),
     }
 }
 

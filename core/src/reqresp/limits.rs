@@ -38,6 +38,15 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
 /// Largest application request body, uncompressed. Requests are questions,
 /// not payloads; 64 KiB is generous and keeps queued requests cheap.
 pub const APPLICATION_REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of a FIND_NODE request body (tag 7): the 32-byte target key.
+/// Discovery owns the layout (`crate::discovery::wire`), which checks that
+/// its own bound equals this one.
+pub const FIND_NODE_REQUEST_BYTES: usize = 32;
+/// Longest FIND_NODE answer: a count and 16 records of at most 190 bytes,
+/// each with a u16 length (3,073 bytes).
+pub const FIND_NODE_ANSWER_BYTES_MAX: usize = 1 + 16 * (2 + 190);
+/// Longest PEER_RECORD answer (tag 8): one record.
+pub const PEER_RECORD_ANSWER_BYTES_MAX: usize = 190;
 /// Largest application response chunk payload, uncompressed: the size of a
 /// block, so an application answer costs no more than serving one block.
 pub const APPLICATION_RESPONSE_BYTES_MAX: usize = 1024 * 1024;

@@ -10,7 +10,8 @@ use std::fmt;
 use super::error::ReqRespDecodeError;
 use super::limits::{
     APPLICATION_REQUEST_BYTES_MAX, APPLICATION_RESPONSE_BYTES_MAX, BLOCK_BYTES_MAX,
-    ERROR_MESSAGE_BYTES_MAX, PROTOCOL_NAME_BYTES_MAX, RESPONSE_PAYLOAD_BYTES_MAX,
+    ERROR_MESSAGE_BYTES_MAX, FIND_NODE_ANSWER_BYTES_MAX, FIND_NODE_REQUEST_BYTES,
+    PEER_RECORD_ANSWER_BYTES_MAX, PROTOCOL_NAME_BYTES_MAX, RESPONSE_PAYLOAD_BYTES_MAX,
 };
 use super::snappy;
 use super::{bodies, bodies::Body};
@@ -108,6 +109,12 @@ pub enum ProtocolId {
     BlocksByRange,
     /// Tag 6: blocks by root ([`bodies::BlocksByRootRequest`], block chunks).
     BlocksByRoot,
+    /// Tag 7: discovery's FIND_NODE (a 32-byte target key; one chunk of
+    /// the records nearest it). Served only by nodes that run discovery.
+    FindNode,
+    /// Tag 8: discovery's record exchange (empty request; one chunk, the
+    /// responder's own signed record). Served only by nodes that run discovery.
+    PeerRecord,
     /// Tag 128: a protocol an application registered by name; opaque bodies.
     Application(ProtocolName),
 }
@@ -132,6 +139,8 @@ impl ProtocolId {
             ProtocolId::Goodbye => 4,
             ProtocolId::BlocksByRange => 5,
             ProtocolId::BlocksByRoot => 6,
+            ProtocolId::FindNode => 7,
+            ProtocolId::PeerRecord => 8,
             ProtocolId::Application(_) => 128,
         }
     }
@@ -145,6 +154,8 @@ impl ProtocolId {
             ProtocolId::Goodbye => bodies::Goodbye::BYTES_MAX,
             ProtocolId::BlocksByRange => bodies::BlocksByRangeRequest::BYTES_MAX,
             ProtocolId::BlocksByRoot => bodies::BlocksByRootRequest::BYTES_MAX,
+            ProtocolId::FindNode => FIND_NODE_REQUEST_BYTES,
+            ProtocolId::PeerRecord => 0,
             ProtocolId::Application(_) => APPLICATION_REQUEST_BYTES_MAX,
         }
     }
@@ -157,6 +168,8 @@ impl ProtocolId {
             ProtocolId::Metadata => bodies::Metadata::BYTES_MAX,
             ProtocolId::Goodbye => 0,
             ProtocolId::BlocksByRange | ProtocolId::BlocksByRoot => BLOCK_BYTES_MAX,
+            ProtocolId::FindNode => FIND_NODE_ANSWER_BYTES_MAX,
+            ProtocolId::PeerRecord => PEER_RECORD_ANSWER_BYTES_MAX,
             ProtocolId::Application(_) => APPLICATION_RESPONSE_BYTES_MAX,
         }
     }
@@ -186,6 +199,8 @@ impl fmt::Display for ProtocolId {
             ProtocolId::Goodbye => f.write_str("goodbye"),
             ProtocolId::BlocksByRange => f.write_str("blocks_by_range"),
             ProtocolId::BlocksByRoot => f.write_str("blocks_by_root"),
+            ProtocolId::FindNode => f.write_str("find_node"),
+            ProtocolId::PeerRecord => f.write_str("peer_record"),
             ProtocolId::Application(name) => write!(f, "app:{name}"),
         }
     }
@@ -332,6 +347,8 @@ fn read_protocol(reader: &mut Reader<'_>) -> Result<ProtocolId, ReqRespDecodeErr
         4 => ProtocolId::Goodbye,
         5 => ProtocolId::BlocksByRange,
         6 => ProtocolId::BlocksByRoot,
+        7 => ProtocolId::FindNode,
+        8 => ProtocolId::PeerRecord,
         128 => {
             let length = reader.u8("protocol name length")?;
             let name = reader.bytes(usize::from(length), "protocol name")?;
@@ -700,7 +717,7 @@ mod tests {
             })
         );
         assert_eq!(Request::peek_id(&good[..9]), Some(RequestId(1)));
-        for tag in [0, 7, 127, 129, 255] {
+        for tag in [0, 9, 127, 129, 255] {
             let mut bytes = good.clone();
             bytes[9] = tag;
             assert_eq!(

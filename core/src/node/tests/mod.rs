@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 
 mod claims;
 mod connections;
+mod discovering;
 mod gossiping;
 mod producing;
 mod request_stats;

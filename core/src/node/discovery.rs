@@ -1,0 +1,407 @@
+//! The node's discovery part, and the glue that connects the
+//! [`crate::discovery::Discovery`] machine to the connections, the req/resp
+//! part and the peer manager.
+//!
+//! # Design
+//! `DiscoveryPart` owns the machine and what the node remembers on its
+//! behalf: the queries waiting for a connection to their peer and the
+//! liveness checks waiting for a dial. It reads no other part's state; the
+//! `impl Node` block below is the mediation:
+//! - every admitted peer is asked for its own signed record (PEER_RECORD,
+//!   tag 8); a valid answer enters it in the routing table
+//!   (`handle_peer_verified`), an invalid one costs what
+//!   [`crate::discovery::wire::WireError::penalty`] says;
+//! - peers' FIND_NODE (tag 7) and PEER_RECORD requests are answered from
+//!   the table and our record;
+//! - after every `handle`, the machine's queries go out as FIND_NODE
+//!   requests (a query to a peer we are not connected to dials it first and
+//!   waits, bounded by [`QUERIES_WAITING_MAX`]), its dials become dials
+//!   (the peer manager still gates them), a liveness check is answered at
+//!   once for a connected peer and by a dial otherwise;
+//! - the connected count goes to the machine after each admission and
+//!   departure, so it dials candidates while below the target and refreshes
+//!   every 30 s until then, every 5 min after.
+//!
+//! Off unless [`super::Config::discovery`] is set: a node without it refuses
+//! tags 7 and 8 as unsupported and sends neither.
+//!
+//! # Security
+//! Only peers that completed a handshake and gave their own record over
+//! that channel enter the table; records relayed in FIND_NODE answers are
+//! candidates. Every request rides the req/resp layer with its own quotas
+//! ([`crate::discovery::limits::FIND_NODE_QUOTA`],
+//! [`crate::discovery::limits::PEER_RECORD_QUOTA`]); answers are bounded by
+//! the wire decoders before anything is allocated. Dials the machine asks
+//! for pass the peer manager's gate and the node's dial limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use log::{debug, info, warn};
+
+use super::purpose::Purpose;
+use super::Node;
+use crate::discovery::discover::{Config as MachineConfig, QueryId};
+use crate::discovery::limits::{
+    FIND_NODE_QUOTA, LOOKUPS_MAX, LOOKUP_PARALLELISM, PEER_RECORD_QUOTA,
+};
+use crate::discovery::record::Record;
+use crate::discovery::table::TableConfig;
+use crate::discovery::wire::{decode_peer_record_answer, FindNodeRequest};
+use crate::discovery::Discovery;
+use crate::identity::{Identity, PeerId};
+use crate::machine::Machine;
+use crate::peer::Report;
+use crate::reqresp::{Answer, ProtocolId, Quota, ResultCode};
+use crate::time::Instant;
+
+/// Queries waiting for a dial to their peer, at most: every query the
+/// machine can have in flight at once.
+pub const QUERIES_WAITING_MAX: usize = LOOKUPS_MAX * LOOKUP_PARALLELISM;
+/// Liveness checks waiting for a dial, at most (one per full bucket is
+/// pending at a time; more than this wait for the machine's retry).
+pub const LIVENESS_DIALS_MAX: usize = 16;
+
+/// How a node runs discovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// Where peers can dial us, signed into our record (1 to
+    /// [`crate::discovery::limits::ADDRESSES_PER_RECORD_MAX`]): the listen
+    /// address when it is routable, or the operator's `--advertise`. Never
+    /// an address we were not told.
+    pub addresses: Vec<SocketAddr>,
+    /// Accept loopback and private addresses in records and the table
+    /// (devnets and tests).
+    pub allow_private: bool,
+    /// Operator-named peers to start from (`--bootnode ADDR@PEERID`).
+    pub bootnodes: Vec<(PeerId, SocketAddr)>,
+    /// Connected peers the node aims for: below it, it dials candidates.
+    pub peers_target: usize,
+    /// Our record's sequence number: larger than any earlier run's (the
+    /// driver passes the unix time in milliseconds at start).
+    pub record_seq: u64,
+}
+
+/// The discovery part: the machine and what waits on dials for it.
+pub(super) struct DiscoveryPart {
+    machine: Discovery,
+    peers_target: usize,
+    /// Queries to peers we are dialling, sent once they are admitted.
+    waiting: BTreeMap<PeerId, Vec<(QueryId, FindNodeRequest)>>,
+    /// Entries whose liveness a dial decides.
+    liveness_dials: BTreeSet<PeerId>,
+    /// Peers we dialled only to query them: once their queries end while
+    /// we are above our target, they leave with Goodbye(too many peers), so
+    /// lookups do not grow the peer set past the target.
+    query_dials: BTreeSet<PeerId>,
+}
+
+impl DiscoveryPart {
+    /// The part for `identity` on `network_id`, or why it cannot run.
+    pub(super) fn new(
+        config: &DiscoveryConfig,
+        identity: &Identity,
+        network_id: u64,
+        seed: [u8; 32],
+        now: Instant,
+    ) -> Result<DiscoveryPart, String> {
+        let max = crate::discovery::limits::ADDRESSES_PER_RECORD_MAX;
+        if config.addresses.is_empty() || config.addresses.len() > max {
+            return Err(format!(
+                "discovery needs 1 to {max} addresses to advertise, got {}",
+                config.addresses.len()
+            ));
+        }
+        for addr in &config.addresses {
+            crate::discovery::address::check_address(addr, config.allow_private)
+                .map_err(|refusal| format!("cannot advertise {addr}: {refusal:?}"))?;
+        }
+        let local = Record::sign(identity, network_id, config.record_seq, &config.addresses);
+        let table = TableConfig {
+            allow_private: config.allow_private,
+            ..TableConfig::default()
+        };
+        let mut machine = Discovery::new(MachineConfig { local, table }, seed, now);
+        machine.set_peer_count(now, 0, config.peers_target);
+        for (peer, addr) in &config.bootnodes {
+            if let Err(refusal) = machine.add_bootnode(now, *peer, *addr) {
+                warn!("bootnode {addr}: refused: {refusal:?}");
+            }
+        }
+        Ok(DiscoveryPart {
+            machine,
+            peers_target: config.peers_target,
+            waiting: BTreeMap::new(),
+            liveness_dials: BTreeSet::new(),
+            query_dials: BTreeSet::new(),
+        })
+    }
+
+    /// The machine, for reading.
+    pub(super) fn machine(&self) -> &Discovery {
+        &self.machine
+    }
+
+    /// The machine, whose deadlines wake the node.
+    pub(super) fn as_machine(&self) -> &dyn Machine {
+        &self.machine
+    }
+
+    /// The quotas both sides apply to discovery's protocols.
+    pub(super) fn quotas() -> [(ProtocolId, Quota); 2] {
+        [
+            (ProtocolId::FindNode, FIND_NODE_QUOTA),
+            (ProtocolId::PeerRecord, PEER_RECORD_QUOTA),
+        ]
+    }
+
+    fn waiting_count(&self) -> usize {
+        self.waiting.values().map(Vec::len).sum()
+    }
+}
+
+impl Node {
+    /// The discovery machine, if this node runs discovery.
+    pub fn discovery(&self) -> Option<&Discovery> {
+        self.discovery.as_ref().map(DiscoveryPart::machine)
+    }
+
+    /// A peer was admitted: ask for its record, send what waited on it.
+    pub(super) fn discovery_peer_connected(&mut self, now: Instant, peer: PeerId) {
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        let waiting = part.waiting.remove(&peer).unwrap_or_default();
+        if part.liveness_dials.remove(&peer) {
+            part.machine.handle_liveness(now, peer, true);
+        }
+        let _ = self.request(
+            now,
+            peer,
+            ProtocolId::PeerRecord,
+            Vec::new(),
+            Purpose::PeerRecord,
+        );
+        for (id, request) in waiting {
+            self.send_query(now, peer, id, request);
+        }
+        self.discovery_peer_count(now);
+    }
+
+    /// `peer` left.
+    pub(super) fn discovery_peer_gone(&mut self, now: Instant, peer: PeerId) {
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        part.machine.handle_peer_disconnected(now, peer);
+        part.query_dials.remove(&peer);
+        self.discovery_peer_count(now);
+    }
+
+    /// A dial to `peer` failed, or its connection was refused before it
+    /// became a peer: its waiting queries fail, its liveness check too.
+    pub(super) fn discovery_connect_failed(&mut self, now: Instant, peer: PeerId) {
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        part.query_dials.remove(&peer);
+        for (id, _) in part.waiting.remove(&peer).unwrap_or_default() {
+            part.machine.handle_query_failed(now, id);
+        }
+        if part.liveness_dials.remove(&peer) {
+            part.machine.handle_liveness(now, peer, false);
+        }
+        part.machine.handle_dial_failed(now, peer);
+    }
+
+    fn discovery_peer_count(&mut self, now: Instant) {
+        let connected = self.conns.peer_count();
+        if let Some(part) = self.discovery.as_mut() {
+            let target = part.peers_target;
+            part.machine.set_peer_count(now, connected, target);
+        }
+    }
+
+    /// The machine's timers.
+    pub(super) fn discovery_tick(&mut self, now: Instant) {
+        if let Some(part) = self.discovery.as_mut() {
+            part.machine.handle_timeout(now);
+        }
+    }
+
+    /// A peer's FIND_NODE or PEER_RECORD request; `None` when this node
+    /// does not run discovery (the request is then unsupported).
+    pub(super) fn serve_discovery(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        protocol: ProtocolId,
+        body: &[u8],
+    ) -> Answer {
+        let Some(part) = self.discovery.as_mut() else {
+            return Answer::Error {
+                code: ResultCode::InvalidRequest,
+                message: "discovery is not running".to_string(),
+            };
+        };
+        match protocol {
+            ProtocolId::FindNode => match FindNodeRequest::decode(body) {
+                Ok(request) => {
+                    let answer = part.machine.handle_find_node_request(now, peer, request);
+                    Answer::Chunks(vec![answer.encode()])
+                }
+                Err(error) => Answer::Error {
+                    code: ResultCode::InvalidRequest,
+                    message: error.to_string(),
+                },
+            },
+            _ => Answer::Chunks(vec![part.machine.local_record().encode()]),
+        }
+    }
+
+    /// The success chunk of our PEER_RECORD request to `peer`.
+    pub(super) fn on_peer_record(&mut self, now: Instant, peer: PeerId, payload: &[u8]) {
+        let network_id = self.config.network_id;
+        let Some(ip) = self
+            .conns
+            .conn_of(&peer)
+            .and_then(|conn| self.conns.get(conn))
+            .map(|connection| connection.addr.ip())
+        else {
+            return;
+        };
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        match decode_peer_record_answer(payload, network_id, peer) {
+            Ok(record) => {
+                let insert = part.machine.handle_peer_verified(now, peer, record, ip);
+                debug!("{peer:?}: record: {insert:?}");
+            }
+            Err(error) => {
+                info!("{peer:?}: refused its record: {error}");
+                self.report(now, peer, Report::Penalty(error.penalty()));
+            }
+        }
+    }
+
+    /// The success chunk of FIND_NODE query `id` to `peer`.
+    pub(super) fn on_find_node_answer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: QueryId,
+        payload: &[u8],
+    ) {
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        if let Err(error) = part.machine.handle_find_node_answer(now, id, payload) {
+            info!("{peer:?}: refused its FIND_NODE answer: {error}");
+            self.report(now, peer, Report::Penalty(error.penalty()));
+        }
+    }
+
+    /// FIND_NODE query `id` to `peer` ended (a no-op for the machine if
+    /// its answer was applied). A peer dialled only for its queries leaves
+    /// once they are all done, if we are above our target.
+    pub(super) fn on_find_node_done(&mut self, now: Instant, peer: PeerId, id: QueryId) {
+        let connected = self.conns.peer_count();
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        part.machine.handle_query_failed(now, id);
+        let open =
+            self.rpc_requests_open_for(peer, |purpose| matches!(purpose, Purpose::FindNode(_)));
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        let waiting = part.waiting.contains_key(&peer);
+        if open > 0 || waiting || connected <= part.peers_target || !part.query_dials.remove(&peer)
+        {
+            return;
+        }
+        if let Some(conn) = self.conns.conn_of(&peer) {
+            debug!("{peer:?}: queried and above our target: goodbye");
+            self.say_goodbye(now, conn, crate::io::GoodbyeReason::TooManyPeers);
+        }
+    }
+
+    /// Carries out what the machine asks for: queries, dials, liveness checks.
+    pub(super) fn drive_discovery(&mut self, now: Instant) {
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        let queries: Vec<_> = std::iter::from_fn(|| part.machine.poll_query()).collect();
+        let dials: Vec<_> = std::iter::from_fn(|| part.machine.poll_dial()).collect();
+        let checks: Vec<_> = std::iter::from_fn(|| part.machine.poll_liveness_check()).collect();
+        while let Some(outcome) = part.machine.poll_lookup_outcome() {
+            debug!(
+                "lookup {:?} done: {} closest, {} queries, {} rounds",
+                outcome.id,
+                outcome.closest.len(),
+                outcome.queries,
+                outcome.rounds
+            );
+        }
+        for query in queries {
+            if self.conns.is_connected(&query.peer) {
+                self.send_query(now, query.peer, query.id, query.request);
+                continue;
+            }
+            let Some(part) = self.discovery.as_mut() else {
+                return;
+            };
+            let room = part.waiting_count() < QUERIES_WAITING_MAX;
+            let dialling = part.waiting.contains_key(&query.peer);
+            if !dialling && (!room || !self.dial(now, query.addr, Some(query.peer))) {
+                if let Some(part) = self.discovery.as_mut() {
+                    part.machine.handle_query_failed(now, query.id);
+                }
+                continue;
+            }
+            if let Some(part) = self.discovery.as_mut() {
+                part.query_dials.insert(query.peer);
+                part.waiting
+                    .entry(query.peer)
+                    .or_default()
+                    .push((query.id, query.request));
+            }
+        }
+        for dial in dials {
+            if !self.conns.is_connected(&dial.peer) && !self.dial(now, dial.addr, Some(dial.peer)) {
+                if let Some(part) = self.discovery.as_mut() {
+                    part.machine.handle_dial_failed(now, dial.peer);
+                }
+            }
+        }
+        for check in checks {
+            let connected = self.conns.is_connected(&check.peer);
+            let Some(part) = self.discovery.as_mut() else {
+                return;
+            };
+            if connected {
+                part.machine.handle_liveness(now, check.peer, true);
+                continue;
+            }
+            let room = part.liveness_dials.len() < LIVENESS_DIALS_MAX;
+            if room && self.dial(now, check.addr, Some(check.peer)) {
+                if let Some(part) = self.discovery.as_mut() {
+                    part.liveness_dials.insert(check.peer);
+                }
+            } else if let Some(part) = self.discovery.as_mut() {
+                part.machine.handle_liveness(now, check.peer, false);
+            }
+        }
+    }
+
+    fn send_query(&mut self, now: Instant, peer: PeerId, id: QueryId, request: FindNodeRequest) {
+        let body = request.encode();
+        if self
+            .request(now, peer, ProtocolId::FindNode, body, Purpose::FindNode(id))
+            .is_err()
+        {
+            self.on_find_node_done(now, peer, id);
+        }
+    }
+}
