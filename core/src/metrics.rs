@@ -36,6 +36,8 @@ pub struct Counters {
     pub peers_disconnected: u64,
     /// Of those: dropped for silence.
     pub peers_silent: u64,
+    /// Of those: trimmed by the connection manager (we were above our target).
+    pub peers_trimmed: u64,
     /// Connections closed for a protocol violation (bad MAC, oversize or undecodable frame).
     pub protocol_violations: u64,
     /// Logical messages received from established peers.

@@ -22,6 +22,13 @@
 //!   departure, so it dials candidates while below the target and refreshes
 //!   every 30 s until then, every 5 min after.
 //!
+//! The connection manager rides on it: every [`TRIM_INTERVAL`], a node
+//! above its target says Goodbye(too many peers) to the excess, without
+//! penalty, never going below the target and never to a static peer or one
+//! range sync has requests with: first peers with a negative score, then
+//! inbound peers beyond [`INBOUND_SHARE_PERCENT`] of the target, then the
+//! lowest scores (ties: inbound first, then by `PeerId`).
+//!
 //! Off unless [`super::Config::discovery`] is set: a node without it refuses
 //! tags 7 and 8 as unsupported and sends neither.
 //!
@@ -50,10 +57,11 @@ use crate::discovery::table::TableConfig;
 use crate::discovery::wire::{decode_peer_record_answer, FindNodeRequest};
 use crate::discovery::Discovery;
 use crate::identity::{Identity, PeerId};
+use crate::io::{Direction, GoodbyeReason};
 use crate::machine::Machine;
-use crate::peer::Report;
+use crate::peer::{Report, Score};
 use crate::reqresp::{Answer, ProtocolId, Quota, ResultCode};
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 
 /// Queries waiting for a dial to their peer, at most: every query the
 /// machine can have in flight at once.
@@ -61,6 +69,13 @@ pub const QUERIES_WAITING_MAX: usize = LOOKUPS_MAX * LOOKUP_PARALLELISM;
 /// Liveness checks waiting for a dial, at most (one per full bucket is
 /// pending at a time; more than this wait for the machine's retry).
 pub const LIVENESS_DIALS_MAX: usize = 16;
+
+/// How often the connection manager trims peers above the target
+/// (the and Lighthouse's heartbeat: 30 s).
+pub const TRIM_INTERVAL: Duration = Duration::from_secs(30);
+/// Inbound peers kept when trimming, as a share of the target: 60 %, the
+/// gater's inbound share of `PEERS_MAX`, so dials of our own keep room.
+pub const INBOUND_SHARE_PERCENT: usize = 60;
 
 /// How a node runs discovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +109,8 @@ pub(super) struct DiscoveryPart {
     /// we are above our target, they leave with Goodbye(too many peers), so
     /// lookups do not grow the peer set past the target.
     query_dials: BTreeSet<PeerId>,
+    /// When the connection manager next trims.
+    next_trim: Instant,
 }
 
 impl DiscoveryPart {
@@ -134,6 +151,7 @@ impl DiscoveryPart {
             waiting: BTreeMap::new(),
             liveness_dials: BTreeSet::new(),
             query_dials: BTreeSet::new(),
+            next_trim: now + TRIM_INTERVAL,
         })
     }
 
@@ -222,10 +240,91 @@ impl Node {
         }
     }
 
-    /// The machine's timers.
+    /// The machine's timers, and the connection manager's.
     pub(super) fn discovery_tick(&mut self, now: Instant) {
-        if let Some(part) = self.discovery.as_mut() {
-            part.machine.handle_timeout(now);
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        part.machine.handle_timeout(now);
+        if now >= part.next_trim {
+            part.next_trim = now + TRIM_INTERVAL;
+            self.trim_peers(now);
+        }
+    }
+
+    /// When the connection manager next trims (the machine's own deadlines
+    /// are in [`Node::machines`]).
+    pub(super) fn trim_deadline(&self) -> Option<Instant> {
+        self.discovery.as_ref().map(|part| part.next_trim)
+    }
+
+    /// Says Goodbye(too many peers) to the peers above our target; see the
+    /// module doc for whom.
+    fn trim_peers(&mut self, now: Instant) {
+        let Some(target) = self.discovery.as_ref().map(|part| part.peers_target) else {
+            return;
+        };
+        let peers = self.conns.peer_infos();
+        let Some(mut excess) = peers.len().checked_sub(target).filter(|&n| n > 0) else {
+            return;
+        };
+        let mut candidates: Vec<(Score, bool, PeerId)> = peers
+            .iter()
+            .filter(|info| {
+                !self.peer_manager.is_static_peer(&info.peer) && !self.sync.is_using(&info.peer)
+            })
+            .map(|info| {
+                let score = self.peer_manager.score(now, &info.peer);
+                // `false` sorts first: inbound before outbound on equal scores.
+                (score, info.direction == Direction::Outbound, info.peer)
+            })
+            .collect();
+        candidates.sort();
+        let inbound_share = target * INBOUND_SHARE_PERCENT / 100;
+        let mut inbound = peers
+            .iter()
+            .filter(|info| info.direction == Direction::Inbound)
+            .count();
+        let mut chosen: Vec<PeerId> = Vec::new();
+        let mut take =
+            |peer: PeerId, was_inbound: bool, excess: &mut usize, inbound: &mut usize| {
+                chosen.push(peer);
+                *excess -= 1;
+                if was_inbound {
+                    *inbound -= 1;
+                }
+            };
+        // 1. Peers that misbehaved more than they helped.
+        for (score, outbound, peer) in &candidates {
+            if excess > 0 && *score < Score::ZERO {
+                take(*peer, !outbound, &mut excess, &mut inbound);
+            }
+        }
+        let mut rest: Vec<_> = candidates
+            .iter()
+            .filter(|(score, _, _)| *score >= Score::ZERO)
+            .collect();
+        // 2. Inbound peers beyond their share of the target.
+        rest.retain(|(_, outbound, peer)| {
+            if excess > 0 && !outbound && inbound > inbound_share {
+                take(*peer, true, &mut excess, &mut inbound);
+                return false;
+            }
+            true
+        });
+        // 3. The lowest scores.
+        for (_, outbound, peer) in rest {
+            if excess == 0 {
+                break;
+            }
+            take(*peer, !outbound, &mut excess, &mut inbound);
+        }
+        for peer in chosen {
+            if let Some(conn) = self.conns.conn_of(&peer) {
+                info!("{peer:?}: above our target of {target} peers: goodbye");
+                self.out.counters.peers_trimmed += 1;
+                self.say_goodbye(now, conn, GoodbyeReason::TooManyPeers);
+            }
         }
     }
 
@@ -323,7 +422,7 @@ impl Node {
         }
         if let Some(conn) = self.conns.conn_of(&peer) {
             debug!("{peer:?}: queried and above our target: goodbye");
-            self.say_goodbye(now, conn, crate::io::GoodbyeReason::TooManyPeers);
+            self.say_goodbye(now, conn, GoodbyeReason::TooManyPeers);
         }
     }
 

@@ -401,6 +401,7 @@ impl Node {
             self.gossip.next_deadline(self.chain.blocks_topic()),
             self.chain.next_deadline(self.last_now),
             self.hostile_deadline(),
+            self.trim_deadline(),
         ];
         connections
             .into_iter()

@@ -94,6 +94,12 @@ impl SyncPart {
         [&self.range, &self.lookups]
     }
 
+    /// Whether range sync has requests in flight to `peer` (the connection
+    /// manager never trims such a peer).
+    pub(super) fn is_using(&self, peer: &PeerId) -> bool {
+        self.range.requests_in_flight_to(peer) > 0
+    }
+
     /// A peer's Status, checked against the clock and genesis already.
     pub(super) fn handle_peer_status(
         &mut self,

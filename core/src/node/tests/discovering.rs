@@ -64,23 +64,35 @@ fn nodes_that_know_only_a_bootnode_find_and_connect_to_each_other() {
 }
 
 #[test]
-fn a_node_stops_dialling_at_its_target() {
-    const NODES: usize = 6;
-    const TARGET: usize = 2;
+fn nodes_settle_at_their_target_and_stay_connected() {
+    const NODES: usize = 8;
+    const TARGET: usize = 3;
     let configs = (0..NODES)
         .map(|i| match i {
-            0 => discovering(0, &[], 25),
-            1 => discovering(1, &[0], TARGET),
-            _ => discovering(i, &[0], 1),
+            0 => discovering(0, &[], TARGET),
+            _ => discovering(i, &[0], TARGET),
         })
         .collect();
     let mut net = Net::new(configs);
-    net.advance(Duration::from_secs(120));
-    // Lookups dial the peers they query, but a peer dialled only for its
-    // queries leaves once they end while we are above target: node 1 keeps
-    // its target, not everyone its lookups met.
-    assert!(net.nodes[1].counters().dials_started > TARGET as u64);
-    assert_eq!(net.nodes[1].peer_count(), TARGET);
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        net.advance(Duration::from_secs(60));
+        samples.push(peer_counts(&net));
+    }
+    let last = samples.last().unwrap();
+    assert!(last.iter().all(|&count| count >= TARGET), "{samples:?}");
+    assert!(last.iter().all(|&count| count <= 2 * TARGET), "{samples:?}");
+    // One component: everyone reaches everyone through peers.
+    let mut reached = BTreeSet::from([0]);
+    let mut frontier = vec![0];
+    while let Some(node) = frontier.pop() {
+        for other in 0..NODES {
+            if net.connected(node, other) && reached.insert(other) {
+                frontier.push(other);
+            }
+        }
+    }
+    assert_eq!(reached.len(), NODES, "the peer graph split: {samples:?}");
 }
 
 #[test]
@@ -116,4 +128,73 @@ fn peers_answer_find_node_from_their_tables() {
         .served_stats()
         .count(&ProtocolId::FindNode, ServedResult::Answered);
     assert!(served >= 1, "node 0 answered no FIND_NODE");
+}
+
+/// Node 0 aims for `target` peers; nodes 1.. (no discovery) dial it.
+fn crowded(target: usize, dialers: usize) -> Net {
+    let mut configs = vec![discovering(0, &[], target)];
+    configs.extend((0..dialers).map(|_| Config::new(1)));
+    let mut net = Net::new(configs);
+    for node in 1..=dialers {
+        net.dial(node, 0, None);
+    }
+    net
+}
+
+#[test]
+fn the_connection_manager_trims_to_the_target_without_penalty() {
+    const TARGET: usize = 2;
+    let mut net = crowded(TARGET, 5);
+    net.advance(Duration::from_secs(1));
+    assert_eq!(net.nodes[0].peer_count(), 5, "all five were admitted");
+    net.advance(crate::node::discovery::TRIM_INTERVAL);
+    assert_eq!(net.nodes[0].peer_count(), TARGET);
+    assert_eq!(net.nodes[0].counters().peers_trimmed, 3);
+    let trimmed: Vec<usize> = (1..=5).filter(|&i| !net.connected(0, i)).collect();
+    for node in trimmed {
+        let goodbyes = disconnects(&net, node);
+        assert!(
+            goodbyes.contains(&DisconnectReason::RemoteGoodbye(
+                GoodbyeReason::TooManyPeers
+            )),
+            "node {node} heard {goodbyes:?}"
+        );
+        let peer = net.nodes[node].peer_id();
+        let score = net.nodes[0].peer_manager().score(net.now, &peer);
+        assert!(
+            score >= crate::peer::Score::ZERO,
+            "trimmed node {node} was penalised"
+        );
+    }
+    // Never below the target: the next rounds leave it alone.
+    net.advance(crate::node::discovery::TRIM_INTERVAL * 3);
+    assert_eq!(net.nodes[0].peer_count(), TARGET);
+}
+
+#[test]
+fn the_connection_manager_trims_the_lowest_score_first_and_spares_static_peers() {
+    const TARGET: usize = 3;
+    let mut net = crowded(TARGET, 5);
+    net.advance(Duration::from_secs(1));
+    // Node 1 misbehaved a little; node 2 is a static peer of node 0's.
+    let (bad, kept) = (net.nodes[1].peer_id(), net.nodes[2].peer_id());
+    let now = net.now;
+    net.nodes[0].handle(
+        now,
+        Input::Command(Command::AddStaticPeer {
+            addr: addr(2),
+            peer: Some(kept),
+        }),
+    );
+    net.drain();
+    net.nodes[0].report(
+        now,
+        bad,
+        crate::peer::Report::Penalty(crate::peer::Penalty::Low),
+    );
+    net.drain();
+    net.advance(crate::node::discovery::TRIM_INTERVAL);
+    assert_eq!(net.nodes[0].peer_count(), TARGET);
+    assert!(!net.connected(0, 1), "the penalised peer went first");
+    assert!(net.connected(0, 2), "the static peer was trimmed");
 }
