@@ -21,6 +21,7 @@
 //! | `request-flood` | [`RequestFlood`]: a hostile node floods requests; it is rate-limited, dropped and banned |
 //! | `unresponsive-peer` | [`UnresponsivePeer`]: a peer never answers; it is dropped and others serve |
 //! | `static-peer-restart` | [`StaticPeerRestart`]: a static peer crashes and comes back |
+//! | `discovery` | [`Discovery`]: a network forms by itself from three bootnodes (Kademlia discovery, target peers, trimming) |
 //! | `gossip-1k` | [`GossipScenario::gossip_1k`]: 1,000 nodes, 100 publishers take turns publishing 1 KiB, 10/s in all |
 //! | `gossip-blocks` | [`GossipScenario::gossip_blocks`]: 200 nodes, a rotating publisher sends 1 MiB every 2 s |
 //! | `gossip-spam` | [`gossip_attacks::spam`]: Sybils publish invalid messages; they are graylisted and dropped |
@@ -58,6 +59,7 @@ pub mod chain;
 pub mod chain_faults;
 pub mod chain_watch;
 pub mod connect;
+pub mod discovery;
 pub mod gossip;
 pub mod gossip_attacks;
 pub mod junk_blocks;
@@ -73,6 +75,7 @@ pub use budget_sybils::{BudgetParams, BudgetSybils};
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
 pub use connect::Connect;
+pub use discovery::Discovery;
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario, PruneFloodOutcome};
 pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
 pub use request_flood::{FloodParams, RequestFlood};
@@ -111,6 +114,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     JunkBlocks::NAME,
     BudgetSybils::NAME,
     SyncLiars::NAME,
+    Discovery::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -142,6 +146,7 @@ pub fn nodes_default(name: &str) -> usize {
         JunkBlocks::NAME => return JunkBlocks::NODES_DEFAULT,
         BudgetSybils::NAME => return BudgetSybils::NODES_DEFAULT,
         SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
+        Discovery::NAME => return Discovery::NODES_DEFAULT,
         _ => {}
     }
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
@@ -161,6 +166,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         JunkBlocks::NAME => Some(Box::new(JunkBlocks::new(JunkParams::default()))),
         BudgetSybils::NAME => Some(Box::new(BudgetSybils::default())),
         SyncLiars::NAME => Some(Box::new(SyncLiars::default())),
+        Discovery::NAME => Some(Box::new(Discovery::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }

@@ -129,6 +129,9 @@ pub struct DiscoveryCounters {
     pub answers_invalid: u64,
     /// Dials asked for.
     pub dials: u64,
+    /// Rounds (hops) of the finished lookups, summed: over
+    /// `lookups_finished`, the mean hops a lookup took.
+    pub lookup_rounds: u64,
 }
 
 /// The discovery machine. See the module doc.
@@ -525,6 +528,7 @@ impl Discovery {
             let lookup = self.lookups.remove(&lookup_id).expect("listed above");
             self.queries.retain(|_, (owner, _)| *owner != lookup_id);
             self.counters.lookups_finished += 1;
+            self.counters.lookup_rounds += u64::from(lookup.rounds());
             self.outcomes.push_back(LookupOutcome {
                 id: lookup_id,
                 target: lookup.target(),

@@ -285,8 +285,14 @@ impl Node {
             }
             _ => None,
         };
+        let mut peer_config = config.peer;
+        if discovery.is_some() {
+            // The connection manager keeps inbound peers to their share of
+            // the target by trimming (`discovery.rs`).
+            peer_config.limits.inbound_peers_max = peer_config.limits.peers_max;
+        }
         let mut node = Node {
-            peer_manager: PeerManager::new(config.peer, peer_manager_seed),
+            peer_manager: PeerManager::new(peer_config, peer_manager_seed),
             rpc: self::rpc::RpcPart::new(
                 config.chain.genesis.slot_duration_ms(),
                 config.capabilities,

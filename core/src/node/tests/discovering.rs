@@ -13,6 +13,7 @@ fn discovering(index: usize, bootnodes: &[usize], peers_target: usize) -> Config
     config.discovery = Some(DiscoveryConfig {
         addresses: vec![addr(index)],
         allow_private: true,
+        subnet_limits: true,
         bootnodes: bootnodes
             .iter()
             .map(|&boot| (Identity::from_seed(boot as u64).peer_id(), addr(boot)))
