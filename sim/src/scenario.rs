@@ -276,6 +276,7 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
         ..SimConfig::new(config.seed)
     });
     scenario.build(&mut sim, config.nodes);
+    sim.mark_built();
     scenario.run(&mut sim, config.duration);
     scenario.finish(&mut sim);
     let mut summary = sim.summary();
