@@ -4,10 +4,11 @@
 //!
 //! # The stories
 //! - `late-joiner` ([`LateJoiner::honest`]): `nodes - 1` peers hold the same
-//!   signed devnet chain of `chain_blocks` blocks (signed once per process,
-//!   [`devnet_chain`]); a fresh node dials them all at `join_at` and range
-//!   syncs. What must hold: it imports the whole chain, every block it
-//!   imported verifies, and it reports `Synced`. `sync_seconds` is virtual
+//!   signed devnet chain of `chain_blocks` blocks (signed once per chain
+//!   cache, [`devnet_chain`]: a campaign signs it once for all its seeds);
+//!   a fresh node dials them all at `join_at` and range syncs. What must
+//!   hold: it imports the whole chain, every block it imported verifies,
+//!   and it reports `Synced`. `sync_seconds` is virtual
 //!   time from its first connection to its `Synced` notification.
 //! - `hostile-servers` ([`LateJoiner::hostile`]): the same, but a third of the
 //!   peers are hostile, taking turns among three kinds:
@@ -262,8 +263,7 @@ impl Scenario for LateJoiner {
 
     fn build(&mut self, sim: &mut Sim, nodes: usize) {
         let params = self.params.clone();
-        let network_id = sim.config().network_id;
-        let chain = devnet_chain(network_id, params.chain_blocks, params.body_bytes);
+        let chain = devnet_chain(sim, params.chain_blocks, params.body_bytes);
         let peers = nodes.saturating_sub(1).max(1);
         let hostile_count = if params.hostile { peers / 3 } else { 0 };
         // Hostile ones are spread among the honest (every third peer), so a
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn hostile_chains_decode_and_link_in_a_store_but_do_not_verify() {
-        let chain = devnet_chain(3, 20, 64);
+        let chain = ChainConfig::devnet_with_chain(3, 20, 64);
         let bad = with_bad_signatures(&chain);
         let garbled = with_wrong_parents(&chain, 10);
         for hostile in [&bad, &garbled] {
