@@ -11,6 +11,13 @@
 //! with its message and location; its [`SeedOutcome`] carries the
 //! `meshsync-sim run` command that replays it.
 //!
+//! What is deterministic and slow to build is shared: every run's
+//! configuration is a clone of the campaign's [`RunConfig`], so all runs
+//! (on every worker) take their pre-signed chains from its one
+//! [`crate::ChainCache`], and each chain is signed once per campaign rather
+//! than once per seed. A chain depends on no seed, so the runs are what
+//! they would be on their own (a test compares their trace hashes).
+//!
 //! A [`Shard`] `I/N` runs only the seeds whose index in the range is `I`
 //! modulo `N`, so `N` jobs of a scheduler cover the range between them;
 //! [`CampaignSummary::merge`] joins their summaries into the one the whole
@@ -686,6 +693,43 @@ mod tests {
             recorded.contains("boom 7") && recorded.contains("campaign.rs"),
             "{recorded}"
         );
+    }
+
+    #[test]
+    fn a_campaign_signs_its_chain_once_and_its_runs_hash_as_runs_on_their_own() {
+        let name = crate::scenario::UnresponsivePeer::NAME;
+        let chains = crate::ChainCache::new();
+        let mut run = RunConfig::new(
+            name,
+            crate::scenario::nodes_default(name),
+            0,
+            meshsync_core::Duration::from_secs(60),
+        );
+        run.chains = chains.clone();
+        let config = CampaignConfig {
+            run,
+            seeds: SeedRange { first: 1, last: 3 },
+            shard: Shard::WHOLE,
+            jobs: 2,
+            flags: Vec::new(),
+        };
+        let summary = run_campaign(&config, |_| {}).expect("a known scenario");
+        assert_eq!(summary.passed, 3, "{:?}", summary.failing_seeds);
+        assert_eq!(chains.len(), 1, "one chain, signed once for every seed");
+        for outcome in &summary.outcomes {
+            let alone = scenario::run(&RunConfig {
+                seed: outcome.seed,
+                chains: crate::ChainCache::new(),
+                ..config.run.clone()
+            })
+            .expect("a known scenario");
+            assert_eq!(
+                outcome.trace_hash.as_deref(),
+                Some(alone.trace_hash.as_str()),
+                "seed {}",
+                outcome.seed
+            );
+        }
     }
 
     #[test]

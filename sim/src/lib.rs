@@ -45,7 +45,8 @@
 //! an earlier module of its own layer; no two files import each other.
 //! 1. [`types`] (node index, application events, `Timeout`), [`counts`],
 //!    [`queue`] (the event queue), [`rng`], [`duration`] (command-line
-//!    durations): they import nothing from the crate.
+//!    durations), [`chains`] (pre-signed chains, signed once per cache):
+//!    they import nothing from the crate.
 //! 2. [`link`] (latency, jitter, in-order pipes, slicing), [`network`]
 //!    (listeners, connections, reachability), [`trace`] (the hash),
 //!    [`requests`] (request latency), [`invariants`].
@@ -59,6 +60,7 @@
 
 pub mod app;
 pub mod campaign;
+pub mod chains;
 pub mod counts;
 pub mod duration;
 pub mod invariants;
@@ -74,6 +76,7 @@ pub mod trace;
 pub mod types;
 
 pub use app::{AppEvent, Application};
+pub use chains::ChainCache;
 pub use duration::{format_duration, parse_duration};
 pub use invariants::Violation;
 pub use link::LinkModel;

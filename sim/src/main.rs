@@ -59,7 +59,7 @@ use meshsync_sim::campaign::{
 };
 use meshsync_sim::network::NODES_MAX;
 use meshsync_sim::scenario::{nodes_default, GossipOptions, SCENARIO_NAMES};
-use meshsync_sim::{format_duration, parse_duration, LinkModel, RunConfig};
+use meshsync_sim::{format_duration, parse_duration, ChainCache, LinkModel, RunConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -199,6 +199,9 @@ impl WorldArgs {
             },
             // Bounded by 1,000,000 above.
             body_bytes: self.body_bytes.map(|bytes| bytes as usize),
+            // A campaign clones this configuration for every seed: they
+            // share the cache, so each chain is signed once.
+            chains: ChainCache::new(),
         })
     }
 

@@ -89,6 +89,7 @@ use std::fmt;
 
 use meshsync_core::Duration;
 
+use crate::chains::ChainCache;
 use crate::link::LinkModel;
 use crate::sim::{Sim, SimConfig};
 use crate::summary::Summary;
@@ -205,6 +206,10 @@ pub struct RunConfig {
     pub gossip: GossipOptions,
     /// Chain scenarios: body bytes per block (`None`: their default, 1 KiB).
     pub body_bytes: Option<usize>,
+    /// Where the run takes its pre-signed chains from. Clones of this
+    /// configuration share the cache: the runs of a campaign, all cloned
+    /// from one, sign each chain once ([`crate::chains`]).
+    pub chains: ChainCache,
 }
 
 /// Command-line changes to a gossip scenario's defaults (`None`: keep it).
@@ -247,6 +252,7 @@ impl RunConfig {
             link: LinkModel::default(),
             gossip: GossipOptions::default(),
             body_bytes: None,
+            chains: ChainCache::new(),
         }
     }
 }
@@ -279,9 +285,11 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
     let mut sim = Sim::new(SimConfig {
         link: config.link,
         label: scenario.name().to_owned(),
+        chains: config.chains.clone(),
         ..SimConfig::new(config.seed)
     });
     scenario.build(&mut sim, config.nodes);
+    sim.mark_built();
     scenario.run(&mut sim, config.duration);
     scenario.finish(&mut sim);
     let mut summary = sim.summary();

@@ -33,8 +33,14 @@ pub struct Summary {
     pub nodes: usize,
     /// Virtual time simulated.
     pub virtual_seconds: f64,
-    /// Wall-clock time since the world was built.
+    /// Wall-clock time since the world was created (its set-up included).
     pub wall_seconds: f64,
+    /// Of `wall_seconds`, the time spent building the world before its
+    /// first event: nodes, their stored chains, the scenario's plans.
+    pub setup_wall_seconds: f64,
+    /// Virtual seconds simulated per wall-clock second (above 1: faster
+    /// than real time).
+    pub virtual_per_wall: f64,
     /// Events processed.
     pub events: u64,
     /// Events processed per wall-clock second.
@@ -117,6 +123,7 @@ impl Summary {
     /// The summary of `sim` after `wall` of real time.
     pub fn of(sim: &Sim, wall: Duration) -> Summary {
         let wall_seconds = wall.as_secs_f64();
+        let virtual_seconds = sim.now().as_micros() as f64 / 1e6;
         let peer_counts: Vec<usize> = sim
             .node_indices()
             .filter(|&index| sim.is_up(index))
@@ -145,8 +152,14 @@ impl Summary {
             scenario: sim.config().label.clone(),
             seed: sim.seed(),
             nodes: sim.node_count(),
-            virtual_seconds: sim.now().as_micros() as f64 / 1e6,
+            virtual_seconds,
             wall_seconds,
+            setup_wall_seconds: sim.setup_wall().as_secs_f64(),
+            virtual_per_wall: if wall_seconds > 0.0 {
+                virtual_seconds / wall_seconds
+            } else {
+                0.0
+            },
             events: sim.events(),
             events_per_second: per_second(sim.events(), wall_seconds),
             trace_hash: sim.trace().hash_hex(),
@@ -207,8 +220,13 @@ impl fmt::Display for Summary {
         )?;
         writeln!(
             f,
-            "  time        {:.3} s virtual in {:.3} s wall ({:.0} events, {:.0} events/s)",
-            self.virtual_seconds, self.wall_seconds, self.events as f64, self.events_per_second
+            "  time        {:.3} s virtual in {:.3} s wall ({:.1}× real time; set-up {:.3} s), {:.0} events, {:.0} events/s",
+            self.virtual_seconds,
+            self.wall_seconds,
+            self.virtual_per_wall,
+            self.setup_wall_seconds,
+            self.events as f64,
+            self.events_per_second
         )?;
         writeln!(
             f,

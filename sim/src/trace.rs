@@ -23,9 +23,10 @@
 //!
 //! An address is a family byte (4 or 6), the IP octets, and the port (u16 LE).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
-use meshsync_core::{Action, Instant};
+use meshsync_core::{Action, Instant, Notification};
 use sha2::{Digest, Sha256};
 
 use crate::types::NodeIndex;
@@ -35,6 +36,8 @@ use crate::types::NodeIndex;
 pub struct Trace {
     hasher: Sha256,
     actions: u64,
+    /// The last notification's text: one buffer, reused.
+    text: Vec<u8>,
 }
 
 const TAG_DIAL: u8 = 1;
@@ -115,7 +118,11 @@ impl Trace {
             }
             Action::Notify(notification) => {
                 self.tag(TAG_NOTIFY);
-                self.bytes(format!("{notification:?}").as_bytes());
+                let mut text = std::mem::take(&mut self.text);
+                text.clear();
+                write_notification(&mut text, notification);
+                self.bytes(&text);
+                self.text = text;
             }
         }
     }
@@ -174,6 +181,84 @@ impl Trace {
     }
 }
 
+/// Writes `notification`'s `Debug` text, `format!("{notification:?}")`, to
+/// `out`: the variants with byte vectors field by field (see the module
+/// docs), the others through `Debug`.
+fn write_notification(out: &mut Vec<u8>, notification: &Notification) {
+    // Writing to a Vec<u8> never fails.
+    const INFALLIBLE: &str = "writing to a Vec<u8> never fails";
+    match notification {
+        Notification::Response {
+            peer,
+            tag,
+            protocol,
+            chunks,
+        } => {
+            write!(
+                out,
+                "Response {{ peer: {peer:?}, tag: {tag:?}, protocol: {protocol:?}, chunks: ["
+            )
+            .expect(INFALLIBLE);
+            for (index, chunk) in chunks.iter().enumerate() {
+                if index > 0 {
+                    out.extend_from_slice(b", ");
+                }
+                write_byte_list(out, chunk);
+            }
+            out.extend_from_slice(b"] }");
+        }
+        Notification::InboundRequest {
+            peer,
+            id,
+            protocol,
+            body,
+        } => {
+            write!(
+                out,
+                "InboundRequest {{ peer: {peer:?}, id: {id:?}, protocol: {protocol:?}, body: "
+            )
+            .expect(INFALLIBLE);
+            write_byte_list(out, body);
+            out.extend_from_slice(b" }");
+        }
+        Notification::GossipMessage {
+            id,
+            topic,
+            payload,
+            from,
+        } => {
+            write!(
+                out,
+                "GossipMessage {{ id: {id:?}, topic: {topic:?}, payload: "
+            )
+            .expect(INFALLIBLE);
+            write_byte_list(out, payload);
+            write!(out, ", from: {from:?} }}").expect(INFALLIBLE);
+        }
+        other => write!(out, "{other:?}").expect(INFALLIBLE),
+    }
+}
+
+/// Writes `bytes` as `Debug` does, `[0, 17, 255]`: decimal, comma and space.
+fn write_byte_list(out: &mut Vec<u8>, bytes: &[u8]) {
+    // At most three digits and a separator of two per byte.
+    out.reserve(bytes.len().saturating_mul(5).saturating_add(2));
+    out.push(b'[');
+    for (index, &byte) in bytes.iter().enumerate() {
+        if index > 0 {
+            out.extend_from_slice(b", ");
+        }
+        if byte >= 100 {
+            out.push(b'0' + byte / 100);
+        }
+        if byte >= 10 {
+            out.push(b'0' + byte / 10 % 10);
+        }
+        out.push(b'0' + byte % 10);
+    }
+    out.push(b']');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +277,92 @@ mod tests {
             conn: ConnId(1),
             bytes: bytes.to_vec(),
         }
+    }
+
+    #[test]
+    fn notifications_are_hashed_through_their_debug_text() {
+        use meshsync_core::reqresp::{ProtocolId, ProtocolName, RequestId};
+        use meshsync_core::{Identity, MessageId, Topic};
+
+        let peer = Identity::from_seed(7).peer_id();
+        let other = Identity::from_seed(8).peer_id();
+        let every_byte: Vec<u8> = (0..=255).collect();
+        let name = ProtocolName::new("app/echo").expect("a valid name");
+        let topic = Topic::new("blocks").expect("a valid topic");
+        let notifications = [
+            Notification::Response {
+                peer,
+                tag: 12,
+                protocol: ProtocolId::BlocksByRange,
+                chunks: vec![every_byte.clone(), Vec::new(), vec![9, 10, 99, 100]],
+            },
+            Notification::Response {
+                peer,
+                tag: u64::MAX,
+                protocol: ProtocolId::Application(name),
+                chunks: Vec::new(),
+            },
+            Notification::Response {
+                peer: other,
+                tag: 0,
+                protocol: ProtocolId::Status,
+                chunks: vec![Vec::new()],
+            },
+            Notification::InboundRequest {
+                peer,
+                id: RequestId(3),
+                protocol: name,
+                body: every_byte.clone(),
+            },
+            Notification::InboundRequest {
+                peer: other,
+                id: RequestId(0),
+                protocol: name,
+                body: Vec::new(),
+            },
+            Notification::GossipMessage {
+                id: MessageId([0xab; 20]),
+                topic: topic.clone(),
+                payload: every_byte.iter().rev().copied().collect(),
+                from: other,
+            },
+            Notification::GossipMessage {
+                id: MessageId([0; 20]),
+                topic,
+                payload: Vec::new(),
+                from: peer,
+            },
+            Notification::BlockImported {
+                slot: 5,
+                root: meshsync_core::chain::Root([1; 32]),
+            },
+            Notification::PeerUnbanned { peer },
+        ];
+        for notification in &notifications {
+            let mut text = Vec::new();
+            write_notification(&mut text, notification);
+            assert_eq!(
+                String::from_utf8(text).expect("text"),
+                format!("{notification:?}")
+            );
+        }
+        // What the trace hashes is that text, length first.
+        let mut trace = Trace::new();
+        let mut expected = Sha256::new();
+        for notification in &notifications {
+            trace.record(
+                NodeIndex(2),
+                Instant::from_micros(5),
+                &Action::Notify(notification.clone()),
+            );
+            let text = format!("{notification:?}");
+            expected.update(2u64.to_le_bytes());
+            expected.update(5u64.to_le_bytes());
+            expected.update([TAG_NOTIFY]);
+            expected.update((text.len() as u64).to_le_bytes());
+            expected.update(text.as_bytes());
+        }
+        assert_eq!(trace.hash(), <[u8; 32]>::from(expected.finalize()));
     }
 
     #[test]

@@ -606,7 +606,21 @@ impl ChainStore {
 
     /// Drops every block above `old_finalized` that neither descends from
     /// the new finalized block nor is one of its ancestors.
+    ///
+    /// Canonical blocks always stay (below the new finalized slot they are
+    /// its ancestors, from it up they descend from it), and every stored
+    /// block is canonical unless it is on a fork. So a store without forks
+    /// (one chain: every import of a store rebuilt at start-up, and of a
+    /// sync) has nothing to prune, and the walk of the finalized block's
+    /// subtree, a set of `finality_depth_slots` roots, is skipped.
     fn prune(&mut self, old_finalized: Checkpoint) -> Vec<Root> {
+        debug_assert!(
+            self.canonical.len() <= self.blocks.len(),
+            "the canonical index names stored blocks only"
+        );
+        if self.canonical.len() == self.blocks.len() {
+            return Vec::new();
+        }
         let keep: BTreeSet<Root> = self.subtree(self.finalized.root).into_iter().collect();
         let doomed: Vec<Root> = self
             .by_slot
@@ -947,6 +961,45 @@ mod tests {
         let status = store.status();
         assert_eq!(status.network_id, 1);
         assert_eq!((status.head_slot, status.head_root), (6, store.head().root));
+    }
+
+    #[test]
+    fn forks_are_pruned_whenever_finality_passes_them_and_one_chain_never_is() {
+        let genesis = genesis(3);
+        let mut store = ChainStore::new(&genesis);
+        let main = extend(&mut store, genesis.root(), &[1, 2, 3, 4], 0);
+        assert_eq!(store.finalized().root, main[0]);
+        // Two forks from the finalized block, below the head.
+        let short = extend(&mut store, main[0], &[2], 5);
+        let long = extend(&mut store, main[0], &[2, 3], 6);
+        let outcome = imported(store.import(block(main[3], 5, 0)));
+        assert_eq!(
+            outcome.finalized.map(|finalized| finalized.root),
+            Some(main[1])
+        );
+        let pruned: BTreeSet<Root> = outcome.pruned.iter().copied().collect();
+        let forks: BTreeSet<Root> = short.iter().chain(&long).copied().collect();
+        assert_eq!(pruned, forks, "both forks are ruled out at once");
+        assert_eq!(outcome.pruned.len(), 3);
+        // One chain again: finality moves on and prunes nothing.
+        let main = extend(&mut store, outcome.root, &[6, 7, 8], 0);
+        assert_eq!(store.len(), 8);
+        assert_eq!(store.finalized().slot, 5);
+        // A fork above finality stays until finality passes its base.
+        let fork = extend(&mut store, main[0], &[7], 9);
+        let outcome = imported(store.import(block(main[2], 9, 0)));
+        assert_eq!(
+            outcome.finalized.map(|finalized| finalized.root),
+            Some(main[0])
+        );
+        assert!(outcome.pruned.is_empty(), "the fork descends from slot 6");
+        let outcome = imported(store.import(block(outcome.root, 10, 0)));
+        assert_eq!(
+            outcome.finalized.map(|finalized| finalized.root),
+            Some(main[1])
+        );
+        assert_eq!(outcome.pruned, fork);
+        store.assert_invariants();
     }
 
     #[test]

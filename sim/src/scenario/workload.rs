@@ -3,8 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use std::cell::RefCell;
-
 use meshsync_core::chain::{ChainConfig, ChainStore, SignedBlock, StoreLimits};
 use meshsync_core::io::RequestError;
 use meshsync_core::reqresp::bodies::{BlocksByRangeRequest, Status};
@@ -20,19 +18,13 @@ pub const CHAIN_HEAD_SLOT_DEFAULT: u64 = 256;
 pub const BLOCK_BYTES_DEFAULT: usize = 512;
 
 /// The devnet chain of `head_slot` blocks with `body_bytes`-byte bodies on
-/// `network_id`, signed once per thread and shared (signing is the slow part).
-pub fn devnet_chain(network_id: u64, head_slot: u64, body_bytes: usize) -> ChainConfig {
-    thread_local! {
-        static CHAINS: RefCell<BTreeMap<(u64, u64, usize), ChainConfig>> =
-            const { RefCell::new(BTreeMap::new()) };
-    }
-    CHAINS.with(|chains| {
-        chains
-            .borrow_mut()
-            .entry((network_id, head_slot, body_bytes))
-            .or_insert_with(|| ChainConfig::devnet_with_chain(network_id, head_slot, body_bytes))
-            .clone()
-    })
+/// `sim`'s network, from the world's chain cache: signed once per cache and
+/// shared (signing is the slow part; see [`crate::chains`]).
+pub fn devnet_chain(sim: &Sim, head_slot: u64, body_bytes: usize) -> ChainConfig {
+    let config = sim.config();
+    config
+        .chains
+        .devnet_chain(config.network_id, head_slot, body_bytes)
 }
 
 /// Unix milliseconds at the simulator's time origin for nodes that hold a
@@ -51,14 +43,14 @@ pub fn clock_after_chain_ms(head_slot: u64) -> u64 {
 /// set after the chain ([`clock_after_chain_ms`]).
 pub fn chain_config(sim: &Sim, head_slot: u64, body_bytes: usize) -> Config {
     let mut config = sim.node_config();
-    config.chain = devnet_chain(sim.config().network_id, head_slot, body_bytes);
+    config.chain = devnet_chain(sim, head_slot, body_bytes);
     config.unix_ms_at_origin = clock_after_chain_ms(head_slot);
     config
 }
 
 /// The Status a node configured by [`chain_config`] sends: requests carry it.
 pub fn chain_status(sim: &Sim, head_slot: u64, body_bytes: usize) -> Status {
-    let chain = devnet_chain(sim.config().network_id, head_slot, body_bytes);
+    let chain = devnet_chain(sim, head_slot, body_bytes);
     let (store, _) = ChainStore::from_blocks(
         &chain.genesis,
         StoreLimits::default(),
@@ -307,7 +299,7 @@ mod tests {
 
     #[test]
     fn ranges_are_checked_against_the_chain() {
-        let chain = devnet_chain(1, 10, 64);
+        let chain = ChainConfig::devnet_with_chain(1, 10, 64);
         let block_at = |chain: &ChainConfig, slot: u64| chain.stored[slot as usize - 1].encode();
         let blocks = |slots: std::ops::Range<u64>| -> Vec<Vec<u8>> {
             slots.map(|slot| block_at(&chain, slot)).collect()
@@ -320,7 +312,7 @@ mod tests {
         let mut swapped = blocks(3..7);
         swapped.swap(1, 2);
         assert!(check_range(&swapped, range(3, 4), 10).is_err());
-        let other = devnet_chain(2, 10, 64);
+        let other = ChainConfig::devnet_with_chain(2, 10, 64);
         let mut foreign = blocks(3..7);
         foreign[2] = block_at(&other, 5);
         assert!(check_range(&foreign, range(3, 4), 10).is_err());

@@ -3,6 +3,7 @@
 
 use meshsync_core::Config;
 
+use crate::chains::ChainCache;
 use crate::link::LinkModel;
 
 /// Network id every simulated node is configured with, unless a test says otherwise.
@@ -32,6 +33,10 @@ pub struct SimConfig {
     /// unlimited). [`crate::Sim::set_uplink`] and [`crate::Sim::set_downlink`]
     /// change one node's.
     pub bandwidth_bytes_per_second: Option<u64>,
+    /// Where the world takes its pre-signed chains from: a fresh cache by
+    /// default; a campaign gives every run one shared cache, so each chain
+    /// is signed once ([`crate::chains`]).
+    pub chains: ChainCache,
 }
 
 /// The default bandwidth of every node, each way: 50 Mbit/s.
@@ -46,6 +51,7 @@ impl SimConfig {
             network_id: NETWORK_ID_DEFAULT,
             label: "custom".to_owned(),
             bandwidth_bytes_per_second: Some(BANDWIDTH_BYTES_PER_SECOND_DEFAULT),
+            chains: ChainCache::new(),
         }
     }
 }

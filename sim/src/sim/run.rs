@@ -34,6 +34,8 @@ impl Sim {
                 }
             }
             debug_assert!(at >= self.now, "the clock never goes backwards");
+            // The first event ends the set-up, if the scenario did not say so first.
+            self.mark_built();
             self.now = at;
             self.events += 1;
             self.process(event);

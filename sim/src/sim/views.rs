@@ -233,6 +233,22 @@ impl Sim {
         self.wall_started.elapsed()
     }
 
+    /// Marks the world built: the wall-clock time from its creation until
+    /// now is its set-up ([`crate::Summary::setup_wall_seconds`]). Only the
+    /// first call counts.
+    pub fn mark_built(&mut self) {
+        if self.setup_wall.is_none() {
+            self.setup_wall = Some(self.wall_started.elapsed());
+        }
+    }
+
+    /// The wall-clock time the world took to build: until
+    /// [`Sim::mark_built`] or the first event, whichever came first (zero
+    /// while neither has).
+    pub fn setup_wall(&self) -> std::time::Duration {
+        self.setup_wall.unwrap_or_default()
+    }
+
     /// The configuration the world was built with.
     pub fn config(&self) -> &SimConfig {
         &self.config

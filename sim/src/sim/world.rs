@@ -47,6 +47,8 @@ pub struct Sim {
     pub(super) events: u64,
     pub(super) dials_planned: Vec<(NodeIndex, NodeIndex)>,
     pub(super) wall_started: std::time::Instant,
+    /// Wall-clock time from `wall_started` to the end of the world's set-up.
+    pub(super) setup_wall: Option<std::time::Duration>,
 }
 
 impl Sim {
@@ -77,6 +79,7 @@ impl Sim {
             events: 0,
             dials_planned: Vec::new(),
             wall_started: std::time::Instant::now(),
+            setup_wall: None,
         }
     }
 
