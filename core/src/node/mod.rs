@@ -25,7 +25,10 @@
 //! `sync.rs`'s `SyncPart` owns range sync and lookups the same way; its glue
 //! turns what they ask for into requests, work and imports. `chain.rs`'s
 //! `ChainPart` owns the fork-choice store, production, verification work in
-//! flight and durability. Each part's fields are private to its file.
+//! flight and durability. `discovery.rs`'s `DiscoveryPart` owns the
+//! Kademlia machine when discovery is configured, with the connection
+//! manager that trims peers above the target. Each part's fields are
+//! private to its file.
 //!
 //! # Security
 //! Provided: handshakes bounded in number and time; a connection that sends
