@@ -110,7 +110,8 @@ pub fn handshake_responder(data: &[u8]) {
     assert!(node.peer_count() <= 1);
 }
 
-/// Nodes on an in-memory network driven by a script of arbitrary operations:
+/// Nodes on an in-memory network (two of three running discovery) driven
+/// by a script of arbitrary operations:
 /// dials, deliveries, tampering, drops, replays, raw bytes, closes, time,
 /// disconnects and shutdowns, and two that speak for a hostile peer over its
 /// real authenticated channel: a Status whose claims the script builds from
@@ -132,7 +133,25 @@ pub fn node_inputs(data: &[u8]) -> u64 {
 /// [`node_inputs`], returning the network as the script left it.
 fn run_node_inputs(data: &[u8]) -> MemoryNet {
     const NODES: usize = 3;
-    let mut net = MemoryNet::with_nodes(NODES);
+    // Nodes 1 and 2 run discovery (records, FIND_NODE, trimming), node 0
+    // does not, so the script meets both and their mix.
+    let configs = (0..NODES)
+        .map(|index| {
+            let mut config = Config::new(1);
+            if index > 0 {
+                config.discovery = Some(crate::node::DiscoveryConfig {
+                    addresses: vec![address_of(index)],
+                    allow_private: true,
+                    subnet_limits: true,
+                    bootnodes: Vec::new(),
+                    peers_target: 1,
+                    record_seq: 1,
+                });
+            }
+            config
+        })
+        .collect();
+    let mut net = MemoryNet::new(configs);
     let mut script = Script::new(data);
     let mut raw_conns: Vec<(usize, ConnId)> = Vec::new();
     // Ids of the requests the script sends: far above what the nodes' own
@@ -142,7 +161,7 @@ fn run_node_inputs(data: &[u8]) -> MemoryNet {
         let argument = script.byte().unwrap_or(0);
         let node = usize::from(argument) % NODES;
         let other = usize::from(argument / 3) % NODES;
-        match op % 14 {
+        match op % 15 {
             0 => {
                 let expected = (argument & 0x80 != 0).then(|| net.nodes[other].peer_id());
                 let addr = address_of(other);
@@ -240,6 +259,19 @@ fn run_node_inputs(data: &[u8]) -> MemoryNet {
                 messages.push(ResponseEnd { id }.encode());
                 speak(&mut net, node, other, &messages);
             }
+            14 => {
+                // A discovery answer to a small request id (likely the
+                // listener's record exchange or a FIND_NODE query): raw
+                // bytes, the speaker's own record, another node's (wrong
+                // peer), one for another network, or a FIND_NODE answer.
+                let id = RequestId(u64::from(script.byte().unwrap_or(0)));
+                let payload = scripted_discovery_answer(&mut script, node, other);
+                let messages = [
+                    ResponseChunk::success(id, &payload).encode(),
+                    ResponseEnd { id }.encode(),
+                ];
+                speak(&mut net, node, other, &messages);
+            }
             _ => net.drain(),
         }
         check_consistency(&net);
@@ -247,6 +279,30 @@ fn run_node_inputs(data: &[u8]) -> MemoryNet {
     net.drain();
     check_consistency(&net);
     net
+}
+
+/// A discovery answer node `speaker` gives `listener`, from the script.
+fn scripted_discovery_answer(script: &mut Script, speaker: usize, listener: usize) -> Vec<u8> {
+    use crate::discovery::record::Record;
+    use crate::discovery::wire::FindNodeAnswer;
+    let seq = u64::from(script.byte().unwrap_or(0));
+    let record = |index: usize, network_id: u64| {
+        let identity = Identity::from_seed(index as u64);
+        Record::sign(&identity, network_id, seq, &[address_of(index)])
+    };
+    match script.byte().unwrap_or(0) % 5 {
+        0 => {
+            let length = usize::from(script.byte().unwrap_or(0));
+            script.bytes(length).to_vec()
+        }
+        1 => record(speaker, 1).encode(),
+        2 => record(listener, 1).encode(),
+        3 => record(speaker, 2).encode(),
+        _ => FindNodeAnswer {
+            records: (0..3).map(|index| record(index, 1)).collect(),
+        }
+        .encode(),
+    }
 }
 
 /// The first id of the requests a `node_inputs` script sends.
@@ -524,6 +580,32 @@ mod tests {
         assert_eq!(claimed.head_slot, 5);
         assert_eq!(claimed.finalized_slot, 0);
         assert_eq!(claimed.finalized_root, net.nodes[0].chain().genesis_root());
+    }
+
+    /// Nodes 1 and 2 run discovery: once connected they exchange records
+    /// and each enters the other in its table, so scripts reach the
+    /// discovery handlers; node 0 runs none.
+    #[test]
+    fn node_inputs_scripts_reach_discovery() {
+        let script = [
+            0, 7, // node 1 dials node 2
+            11, 0, // the network drains
+            5, 4, // 2 s pass
+        ];
+        let net = run_node_inputs(&script);
+        assert!(net.connected(1, 2));
+        for (node, other) in [(1, 2), (2, 1)] {
+            let discovery = net.nodes[node].discovery().expect("runs discovery");
+            let peer = net.nodes[other].peer_id();
+            assert!(
+                discovery
+                    .table()
+                    .entries()
+                    .any(|entry| entry.record.peer() == peer),
+                "node {node} did not enter node {other}"
+            );
+        }
+        assert!(net.nodes[0].discovery().is_none());
     }
 
     /// A scripted answer reaches node 0; one to a request it never sent
