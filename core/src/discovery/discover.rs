@@ -274,7 +274,14 @@ impl Discovery {
     ) -> Insert {
         self.observe(now);
         self.dialing.remove(&peer);
+        let was_empty = self.table.is_empty();
         let insert = self.table.insert_verified(now, peer, record, ip);
+        if was_empty && !self.table.is_empty() {
+            // The first peer met (a bootnode, most often): look ourselves up
+            // through it now, not at the next refresh. The refresh that ran
+            // before it was met had no one to ask.
+            self.next_refresh = self.next_refresh.min(now);
+        }
         self.drive(now);
         insert
     }
