@@ -349,14 +349,15 @@ fn node(options: NodeConfig) -> Result<(), String> {
     config.peer.peers_target = options.target_peers;
     // Our record must outnumber every record an earlier run signed, and
     // the core reads no clock: the wall clock at start, in milliseconds.
-    match options.discovery(unix_ms_now()) {
-        DiscoveryPlan::On(discovery) => config.discovery = Some(discovery),
-        DiscoveryPlan::Off { warning } => {
-            if let Some(warning) = warning {
-                log::warn!("{warning}");
-            }
+    // Its warning waits for the node to start: a node refused for its
+    // store or its port has more to say than why discovery is off.
+    let discovery_warning = match options.discovery(unix_ms_now()) {
+        DiscoveryPlan::On(discovery) => {
+            config.discovery = Some(discovery);
+            None
         }
-    }
+        DiscoveryPlan::Off { warning } => warning,
+    };
     let discovery = config.discovery.clone();
     let driver_options = DriverOptions {
         workers: options.workers.unwrap_or_else(workers::default_threads),
@@ -396,6 +397,9 @@ fn node(options: NodeConfig) -> Result<(), String> {
     shutdown::watch_signals()
         .and_then(|()| driver.catch_signals())
         .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+    if let Some(warning) = discovery_warning {
+        log::warn!("[{:?}] {warning}", driver.peer_id());
+    }
     // What the node signed, read back: the core may still have refused
     // the configuration (it logs why), and the bound port is in it now.
     match (&discovery, driver.node().discovery()) {
