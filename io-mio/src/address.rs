@@ -1,5 +1,5 @@
 //! The `ADDR[@PEERID]` syntax of `--peer`, and the `ADDR@PEERID` of
-//! `--static-peer`.
+//! `--static-peer` and `--bootnode`.
 //!
 //! `ADDR` is `IP:PORT` (IPv6 in brackets, `[::1]:9000`) or `HOST:PORT`,
 //! resolved once when parsed. `PEERID` is the base58 peer id `meshsync keygen`
@@ -10,6 +10,10 @@
 //! node runs, so without one whoever holds the address later would be kept
 //! in its place, and the core could not recognise the peer when it is the
 //! one that connects.
+//!
+//! A bootnode must name its identity too: discovery keeps its candidates by
+//! identity, and only a remote that proves it enters the routing table as
+//! that bootnode.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -77,25 +81,64 @@ impl FromStr for StaticPeerAddress {
     type Err = PeerAddressError;
 
     fn from_str(text: &str) -> Result<StaticPeerAddress, PeerAddressError> {
-        let text = text.trim();
-        // Checked first: without the `@` nothing else is worth resolving.
-        if !text.contains('@') {
-            return Err(PeerAddressError::MissingPeerId(text.to_string()));
-        }
-        let parsed: PeerAddress = text.parse()?;
-        // `text` has an `@`, so `PeerAddress` parsed a peer id or refused;
-        // no panic path even so.
-        let peer = parsed
-            .peer
-            .ok_or_else(|| PeerAddressError::MissingPeerId(text.to_string()))?;
-        Ok(StaticPeerAddress {
-            addr: parsed.addr,
-            peer,
-        })
+        let (addr, peer) = parse_with_peer_id(text, PeerAddressError::MissingPeerId)?;
+        Ok(StaticPeerAddress { addr, peer })
     }
 }
 
-/// Why a `--peer` or `--static-peer` value was refused.
+/// A peer to start discovery from (`--bootnode ADDR@PEERID`): a candidate
+/// the discovery machine dials and asks for others, and falls back to
+/// whenever its routing table is empty. Not kept connected.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BootnodeAddress {
+    /// Where to dial.
+    pub addr: SocketAddr,
+    /// Who must answer there.
+    pub peer: PeerId,
+}
+
+impl BootnodeAddress {
+    /// The pair `meshsync_core::node::DiscoveryConfig::bootnodes` holds.
+    pub fn as_pair(&self) -> (PeerId, SocketAddr) {
+        (self.peer, self.addr)
+    }
+}
+
+impl fmt::Display for BootnodeAddress {
+    /// `ADDR@PEERID`, as parsed (a host name shows as the address it resolved to).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.addr, self.peer)
+    }
+}
+
+impl FromStr for BootnodeAddress {
+    type Err = PeerAddressError;
+
+    fn from_str(text: &str) -> Result<BootnodeAddress, PeerAddressError> {
+        let (addr, peer) = parse_with_peer_id(text, PeerAddressError::BootnodeWithoutPeerId)?;
+        Ok(BootnodeAddress { addr, peer })
+    }
+}
+
+/// `ADDR@PEERID` with the id required; `missing` is the error for a value
+/// without `@` (its text trimmed).
+fn parse_with_peer_id(
+    text: &str,
+    missing: fn(String) -> PeerAddressError,
+) -> Result<(SocketAddr, PeerId), PeerAddressError> {
+    let text = text.trim();
+    // Checked first: without the `@` nothing else is worth resolving.
+    if !text.contains('@') {
+        return Err(missing(text.to_string()));
+    }
+    let parsed: PeerAddress = text.parse()?;
+    // `text` has an `@`, so `PeerAddress` parsed a peer id or refused;
+    // no panic path even so.
+    let peer = parsed.peer.ok_or_else(|| missing(text.to_string()))?;
+    Ok((parsed.addr, peer))
+}
+
+/// Why a `--peer`, `--static-peer` or `--bootnode` value was refused.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum PeerAddressError {
     /// The address part is neither `IP:PORT` nor a resolvable `HOST:PORT`.
@@ -104,6 +147,8 @@ pub enum PeerAddressError {
     BadPeerId(String),
     /// A static peer without `@PEERID`.
     MissingPeerId(String),
+    /// A bootnode without `@PEERID`.
+    BootnodeWithoutPeerId(String),
 }
 
 impl fmt::Display for PeerAddressError {
@@ -127,6 +172,12 @@ impl fmt::Display for PeerAddressError {
                 f,
                 "`{text}` has no `@PEERID`: a static peer is kept only with the identity \
                  it must prove (expected ADDR@PEERID, the base58 id `meshsync keygen` prints)"
+            ),
+            PeerAddressError::BootnodeWithoutPeerId(text) => write!(
+                f,
+                "`{text}` has no `@PEERID`: discovery starts from a bootnode only with the \
+                 identity it must prove (expected ADDR@PEERID, the base58 id `meshsync keygen` \
+                 prints, or the one in its `node PEERID listening on ADDR` log line)"
             ),
         }
     }
@@ -301,5 +352,34 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("`10.0.0.1:9001`"), "{message}");
         assert!(message.contains("ADDR@PEERID"), "{message}");
+    }
+
+    #[test]
+    fn bootnode_parses_as_a_static_peer_and_names_itself_when_its_id_is_missing() {
+        let id = Identity::from_seed(7).peer_id();
+        let parsed: BootnodeAddress = format!(" 127.0.0.1:9001@{id} ").parse().unwrap();
+        assert_eq!(parsed.as_pair(), (id, "127.0.0.1:9001".parse().unwrap()));
+        assert_eq!(parsed.to_string(), format!("127.0.0.1:9001@{id}"));
+        assert_eq!(parsed.to_string().parse::<BootnodeAddress>(), Ok(parsed));
+        assert_eq!(
+            "127.0.0.1:9001".parse::<BootnodeAddress>(),
+            Err(PeerAddressError::BootnodeWithoutPeerId(
+                "127.0.0.1:9001".into()
+            ))
+        );
+        assert_eq!(
+            format!("127.0.0.1@{id}").parse::<BootnodeAddress>(),
+            Err(PeerAddressError::BadAddress("127.0.0.1".into()))
+        );
+        assert_eq!(
+            "127.0.0.1:9001@nope".parse::<BootnodeAddress>(),
+            Err(PeerAddressError::BadPeerId("nope".into()))
+        );
+        let message = "10.0.0.1:9001"
+            .parse::<BootnodeAddress>()
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("bootnode"), "{message}");
+        assert!(!message.contains("static peer"), "{message}");
     }
 }

@@ -68,7 +68,7 @@ pub mod store;
 pub mod testing;
 pub mod workers;
 
-pub use address::{PeerAddress, PeerAddressError, StaticPeerAddress};
+pub use address::{BootnodeAddress, PeerAddress, PeerAddressError, StaticPeerAddress};
 pub use crossbeam_channel;
 pub use driver::{Driver, DriverHandle, HandleError, RunningDriver, StartError};
 pub use keyfile::{read_key_file, KeyFileIoError};

@@ -13,6 +13,7 @@ mod bench_json;
 // chat.rs names the example it runs `chat` too.
 #[allow(clippy::module_inception)]
 mod chat;
+mod discovery;
 mod node_config;
 mod operations;
 mod static_peers;

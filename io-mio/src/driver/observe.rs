@@ -15,7 +15,9 @@ use meshsync_core::reqresp::ProtocolId;
 use meshsync_core::types::GoodbyeReason;
 use meshsync_core::{Command, Direction, Input};
 
-use crate::metrics::{NodeMetrics, Snapshot, SyncState, PUBLISH_INTERVAL, TIMED_REQUESTS_MAX};
+use crate::metrics::{
+    DiscoveryFigures, NodeMetrics, Snapshot, SyncState, PUBLISH_INTERVAL, TIMED_REQUESTS_MAX,
+};
 
 use super::connections::Phase;
 use super::Driver;
@@ -282,6 +284,12 @@ impl Driver {
             let peers = gossip.mesh_peers(topic).len() as u64;
             snapshot.mesh_peers.push((topic.as_str().to_owned(), peers));
         }
+        snapshot.discovery = self.node.discovery().map(|discovery| DiscoveryFigures {
+            counters: discovery.counters(),
+            table_entries: discovery.table().len() as u64,
+            candidates: discovery.table().candidate_count() as u64,
+            lookups_running: discovery.lookup_count() as u64,
+        });
         let (state, target) = self.sync_view();
         snapshot.sync_state = state;
         snapshot.sync_target_slot = target;

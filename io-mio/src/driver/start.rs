@@ -142,7 +142,9 @@ impl From<StartError> for io::Error {
 impl Driver {
     /// Binds `listen` (port 0 picks a free port) and creates the node. When
     /// `config.listen_port` is 0 it is set to the bound port, which the node
-    /// then advertises in its Hello. `seed` seeds all of the node's
+    /// then advertises in its Hello; so is the port of every address of
+    /// `config.discovery` that has port 0, which the node then signs into
+    /// its discovery record. `seed` seeds all of the node's
     /// randomness; in production take it from [`crate::os_seed`].
     pub fn bind(
         listen: SocketAddr,
@@ -240,6 +242,18 @@ impl Driver {
             })?;
         if config.listen_port == 0 {
             config.listen_port = local_addr.port();
+        }
+        // Discovery signs these into our record, which the core refuses
+        // with port 0: a caller that listens on port 0 learns the port only
+        // now, so it may leave it to us.
+        if let Some(discovery) = config.discovery.as_mut() {
+            for addr in discovery
+                .addresses
+                .iter_mut()
+                .filter(|addr| addr.port() == 0)
+            {
+                addr.set_port(local_addr.port());
+            }
         }
         // The two clocks are read together: the core's instants are
         // microseconds since `origin`, and slots are wall-clock slots.

@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshsync_core::discovery::DiscoveryCounters;
 use meshsync_core::gossip::Counters as GossipCounters;
 use meshsync_core::metrics::Counters;
 use meshsync_core::reqresp::stats::{
@@ -76,6 +77,19 @@ impl SyncState {
             SyncState::Waiting => "waiting",
         }
     }
+}
+
+/// Discovery's figures, read from `Node::discovery()` at publication.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiscoveryFigures {
+    /// The machine's counters.
+    pub counters: DiscoveryCounters,
+    /// Verified peers in the routing table.
+    pub table_entries: u64,
+    /// Peers heard of and not yet dialled or verified.
+    pub candidates: u64,
+    /// Lookups running.
+    pub lookups_running: u64,
 }
 
 /// What the poll loop publishes: a copy of its counts at one moment.
@@ -133,6 +147,8 @@ pub struct Snapshot {
     pub request_stats: RequestStats,
     /// Peers' requests by protocol and result (the core's).
     pub served_stats: ServedStats,
+    /// Discovery's figures; `None` when the node does not run it.
+    pub discovery: Option<DiscoveryFigures>,
 }
 
 /// The metrics of one driver, shared by its poll loop (which publishes and
@@ -568,6 +584,61 @@ impl NodeMetrics {
             mesh,
         );
 
+        // Discovery: only a node that runs it has these.
+        if let Some(d) = &s.discovery {
+            gauge(
+                &mut r,
+                "discovery_table_entries",
+                "Verified peers in the discovery routing table",
+                d.table_entries,
+            );
+            gauge(
+                &mut r,
+                "discovery_candidates",
+                "Peers discovery heard of (bootnodes, answers) and has not yet dialled",
+                d.candidates,
+            );
+            counter(
+                &mut r,
+                "discovery_lookups",
+                "Discovery lookups started, refreshes included",
+                d.counters.lookups_started,
+            );
+            gauge(
+                &mut r,
+                "discovery_lookups_running",
+                "Discovery lookups running",
+                d.lookups_running,
+            );
+            counter(
+                &mut r,
+                "discovery_queries",
+                "FIND_NODE queries sent",
+                d.counters.queries_sent,
+            );
+            counter_family(
+                &mut r,
+                "discovery_queries_failed",
+                "FIND_NODE queries that failed, by reason",
+                "reason",
+                &[
+                    ("invalid_answer", d.counters.answers_invalid),
+                    (
+                        "no_answer",
+                        d.counters
+                            .queries_failed
+                            .saturating_sub(d.counters.answers_invalid),
+                    ),
+                ],
+            );
+            counter(
+                &mut r,
+                "discovery_dials",
+                "Dials discovery asked for, to reach its target of peers",
+                d.counters.dials,
+            );
+        }
+
         // Chain and sync.
         gauge(&mut r, "head_slot", "Slot of our head block", s.head_slot);
         gauge(
@@ -739,6 +810,14 @@ fn gauge_family(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_node_without_discovery_serves_no_discovery_metric() {
+        let metrics = NodeMetrics::new();
+        metrics.publish(Snapshot::default());
+        let text = metrics.encode();
+        assert!(!text.contains("meshsync_discovery_"), "{text}");
+    }
+
     /// docs/metrics.md, which must name every metric.
     const DOC: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"));
 
@@ -749,6 +828,16 @@ mod tests {
             peer_scores: vec![-3.0, 0.5],
             mesh_peers: vec![("blocks".to_owned(), 3)],
             head_slot: 7,
+            discovery: Some(DiscoveryFigures {
+                counters: DiscoveryCounters {
+                    queries_sent: 9,
+                    queries_failed: 4,
+                    answers_invalid: 1,
+                    ..DiscoveryCounters::default()
+                },
+                table_entries: 3,
+                ..DiscoveryFigures::default()
+            }),
             ..Snapshot::default()
         };
         snapshot
@@ -806,6 +895,18 @@ mod tests {
             );
         }
         assert!(text.contains("\nmeshsync_head_slot 7\n"), "{text}");
+        assert!(
+            text.contains("\nmeshsync_discovery_table_entries 3\n"),
+            "{text}"
+        );
+        // A failed query is counted once, by its reason.
+        for sample in [
+            "meshsync_discovery_queries_total 9\n",
+            "meshsync_discovery_queries_failed_total{reason=\"invalid_answer\"} 1\n",
+            "meshsync_discovery_queries_failed_total{reason=\"no_answer\"} 3\n",
+        ] {
+            assert!(text.contains(sample), "no {sample} in {text}");
+        }
         assert!(text.contains("meshsync_peer_score_count 2\n"), "{text}");
         // The core's request figures, by protocol and result.
         for sample in [

@@ -1,12 +1,20 @@
 //! `meshsync devnet`: N nodes on 127.0.0.1 in one process, on a fresh chain.
 //!
 //! # Design
-//! Each node is a [`Driver`] on its own thread. Node `i` dials its
-//! [`DIALS_PER_NODE_MAX`] nearest predecessors (`i-1`, `i-2`, ...), so for
-//! small networks every node dials all earlier ones, and for any size the
-//! network is connected (every node dials `i-1`). They are its static
-//! peers (as `meshsync node --static-peer`): a connection that drops is
-//! redialled with backoff, so the devnet stays connected.
+//! Each node is a [`Driver`] on its own thread, and the network forms by
+//! discovery, as `meshsync node --bootnode` does it: node 0 is the
+//! bootnode, and every other node knows only it ([`bootnodes_of`]), dials
+//! it, asks it for the nodes it knows, and dials those until it has its
+//! target of peers (25). Private addresses are allowed: every node
+//! advertises its 127.0.0.1 address. A node that loses peers dials
+//! candidates again, and one that knows nobody goes back to node 0.
+//!
+//! A node's first lookup runs as it starts, so the nodes start one by one:
+//! each once a bootnode holds the one before it in its routing table (at
+//! most [`JOIN_WAIT_MAX`] later), so that the next one hears of it at
+//! once rather than at its next refresh, 30 s on. Node 0 takes at most
+//! `PEERS_INBOUND_MAX` (30) peers that dial it; nodes past that many
+//! also know their predecessor as a bootnode, which has room.
 //!
 //! The chain: a genesis with P proposer keys from
 //! `meshsync_core::chain::devnet_keys(network_id, P)` (public: never for a
@@ -33,7 +41,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant, SystemTime};
 
 use meshsync_core::chain::{devnet_keys, ChainConfig, Genesis, ProposerKey};
-use meshsync_core::{Command, Config};
+use meshsync_core::node::DiscoveryConfig;
+use meshsync_core::peer::{PEERS_INBOUND_MAX, PEERS_TARGET};
+use meshsync_core::Config;
 use meshsync_mio::driver::{Driver, DriverOptions, RunningDriver};
 use meshsync_mio::metrics::MetricsServer;
 use meshsync_mio::testing::devnet_genesis;
@@ -42,9 +52,17 @@ use signal_hook_mio::v1_0::Signals;
 
 use crate::genesis_files::next_second_ms;
 
-/// Predecessors each node dials: all of them in a small devnet, a bounded
-/// number in a large one (well under `PEERS_MAX`).
-pub const DIALS_PER_NODE_MAX: usize = 8;
+/// Nodes that know only node 0 as their bootnode: as many as node 0
+/// accepts dialling it (`PEERS_INBOUND_MAX`); later ones know their
+/// predecessor too.
+pub const BOOTNODE_ALONE_NODES_MAX: usize = PEERS_INBOUND_MAX;
+/// How long a starting node waits for a bootnode to hold it in its routing
+/// table before the next one starts: a handshake and a record exchange on
+/// loopback take milliseconds; a bootnode whose table has no room for it
+/// never does.
+pub const JOIN_WAIT_MAX: Duration = Duration::from_secs(1);
+/// Between two looks at the bootnodes' tables while a node joins.
+const JOIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Nodes a devnet may have: each is a thread and a listening port.
 pub const NODES_MAX: usize = 256;
 /// How often heads and peer counts are printed.
@@ -88,9 +106,14 @@ struct DevnetNode {
     metrics: Option<MetricsServer>,
 }
 
-/// The nodes that node `index` dials.
-pub fn dial_targets(index: usize) -> std::ops::Range<usize> {
-    index.saturating_sub(DIALS_PER_NODE_MAX)..index
+/// The bootnodes of node `index`: none for node 0, node 0 for the next
+/// [`BOOTNODE_ALONE_NODES_MAX`], node 0 and the predecessor after them.
+pub fn bootnodes_of(index: usize) -> Vec<usize> {
+    match index {
+        0 => Vec::new(),
+        _ if index <= BOOTNODE_ALONE_NODES_MAX => vec![0],
+        _ => vec![0, index - 1],
+    }
 }
 
 /// Runs a devnet until a signal or `options.run_for`, then stops every node.
@@ -144,10 +167,11 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
         nodes.push(node);
     }
     for (index, node) in nodes.iter().enumerate() {
-        let role = if index < options.proposers {
-            " (proposer)"
-        } else {
-            ""
+        let role = match (index < options.proposers, index == 0) {
+            (true, true) => " (proposer, bootnode)",
+            (true, false) => " (proposer)",
+            (false, true) => " (bootnode)",
+            (false, false) => "",
         };
         println!(
             "node {index}: {} at {}{role}{}",
@@ -216,8 +240,9 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
     first_error.map_or(Ok(()), Err)
 }
 
-/// Starts node `index` (with `key` if it proposes) and makes it keep its
-/// predecessors among `running` as static peers.
+/// Starts node `index` (with `key` if it proposes), running discovery
+/// from its bootnodes among `running`, and returns once one of them holds
+/// it in its table (or after [`JOIN_WAIT_MAX`]).
 fn start_node(
     options: &DevnetOptions,
     genesis: &Arc<Genesis>,
@@ -242,6 +267,22 @@ fn start_node(
     };
     // A devnet is small and trusted: one peer is enough to start range sync.
     config.sync.peers_min = 1;
+    let bootnodes: Vec<&RunningDriver> = bootnodes_of(index)
+        .into_iter()
+        .map(|boot| &running[boot].driver)
+        .collect();
+    config.discovery = Some(DiscoveryConfig {
+        // Port 0: the driver puts the bound port in its place.
+        addresses: vec![listen],
+        allow_private: true,
+        bootnodes: bootnodes
+            .iter()
+            .map(|boot| (boot.peer_id(), boot.local_addr()))
+            .collect(),
+        peers_target: PEERS_TARGET,
+        // Newer than any record of an earlier devnet: the core reads no clock.
+        record_seq: crate::unix_ms_now(),
+    });
     let driver_options = DriverOptions {
         workers: WORKERS_PER_NODE,
         data_dir: Some(data_dir.join(format!("node-{index}"))),
@@ -275,15 +316,29 @@ fn start_node(
             Some(server)
         }
     };
+    let peer = driver.peer_id();
     let node = driver.spawn(&format!("node-{index}"))?;
-    for target in dial_targets(index) {
-        let command = Command::AddStaticPeer {
-            addr: running[target].driver.local_addr(),
-            peer: Some(running[target].driver.peer_id()),
-        };
-        node.handle()
-            .command(command)
-            .map_err(|error| io::Error::other(format!("node {index}: {error}")))?;
+    // Polled, with a deadline: the next node's first lookup should find
+    // this one in a bootnode's answer.
+    let joined_by = StdInstant::now() + JOIN_WAIT_MAX;
+    while !bootnodes.is_empty() && StdInstant::now() < joined_by {
+        let known = bootnodes.iter().any(|boot| {
+            boot.handle()
+                .query(
+                    move |driver| {
+                        driver
+                            .node()
+                            .discovery()
+                            .is_some_and(|discovery| discovery.table().entry(&peer).is_some())
+                    },
+                    QUERY_TIMEOUT,
+                )
+                .unwrap_or(false)
+        });
+        if known {
+            break;
+        }
+        std::thread::sleep(JOIN_POLL_INTERVAL);
     }
     Ok(DevnetNode {
         driver: node,
@@ -386,14 +441,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_node_dials_its_predecessor_and_at_most_the_cap() {
-        assert_eq!(dial_targets(0), 0..0);
-        assert_eq!(dial_targets(1), 0..1);
-        assert_eq!(dial_targets(5), 0..5);
-        for index in 1..100 {
-            let targets = dial_targets(index);
-            assert!(targets.contains(&(index - 1)));
-            assert!(targets.len() <= DIALS_PER_NODE_MAX);
+    fn node_zero_is_every_nodes_bootnode_and_late_ones_know_their_predecessor() {
+        assert!(bootnodes_of(0).is_empty());
+        assert_eq!(bootnodes_of(1), [0]);
+        assert_eq!(bootnodes_of(3), [0]);
+        assert_eq!(bootnodes_of(BOOTNODE_ALONE_NODES_MAX), [0]);
+        assert_eq!(
+            bootnodes_of(BOOTNODE_ALONE_NODES_MAX + 1),
+            [0, BOOTNODE_ALONE_NODES_MAX]
+        );
+        for index in 1..NODES_MAX {
+            let bootnodes = bootnodes_of(index);
+            assert!(bootnodes.contains(&0));
+            assert!(bootnodes.iter().all(|&boot| boot < index));
+            assert!(bootnodes.len() <= meshsync_core::discovery::limits::BOOTNODES_MAX);
         }
     }
 }

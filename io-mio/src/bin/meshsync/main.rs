@@ -32,7 +32,7 @@ mod watermark_files;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
@@ -43,7 +43,7 @@ use meshsync_mio::metrics::MetricsServer;
 use meshsync_mio::{keyfile, workers, Driver};
 
 use crate::genesis_files::GenesisOptions;
-use crate::node_config::{LogFormat, NodeConfig, NodeFlags};
+use crate::node_config::{DiscoveryPlan, LogFormat, NodeConfig, NodeFlags};
 
 /// meshsync: a peer-to-peer block sync engine.
 #[derive(Parser, Debug)]
@@ -291,6 +291,16 @@ fn watermark(command: WatermarkCommand) -> Result<(), String> {
     Ok(())
 }
 
+/// Milliseconds since the Unix epoch by the wall clock (0 before it: a
+/// clock that far wrong breaks more than record numbers).
+pub fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
 fn keygen(out: &Path, force: bool) -> Result<(), String> {
     let identity = meshsync_mio::generate_identity();
     secret_files::write_key_file(out, &identity, force).map_err(|error| error.to_string())?;
@@ -336,6 +346,19 @@ fn node(options: NodeConfig) -> Result<(), String> {
     chain.body_bytes = options.body_bytes;
     let mut config = Config::new(chain.genesis.network_id());
     config.chain = chain;
+    config.peer.peers_target = options.target_peers;
+    // Our record must outnumber every record an earlier run signed, and
+    // the core reads no clock: the wall clock at start, in milliseconds.
+    // Its warning waits for the node to start: a node refused for its
+    // store or its port has more to say than why discovery is off.
+    let discovery_warning = match options.discovery(unix_ms_now()) {
+        DiscoveryPlan::On(discovery) => {
+            config.discovery = Some(discovery);
+            None
+        }
+        DiscoveryPlan::Off { warning } => warning,
+    };
+    let discovery = config.discovery.clone();
     let driver_options = DriverOptions {
         workers: options.workers.unwrap_or_else(workers::default_threads),
         data_dir: options.data_dir,
@@ -374,6 +397,32 @@ fn node(options: NodeConfig) -> Result<(), String> {
     shutdown::watch_signals()
         .and_then(|()| driver.catch_signals())
         .map_err(|error| format!("cannot install signal handlers: {error}"))?;
+    if let Some(warning) = discovery_warning {
+        log::warn!("[{:?}] {warning}", driver.peer_id());
+    }
+    // What the node signed, read back: the core may still have refused
+    // the configuration (it logs why), and the bound port is in it now.
+    match (&discovery, driver.node().discovery()) {
+        (Some(discovery), Some(machine)) => log::info!(
+            "[{:?}] discovery on: advertising {}, {} bootnodes, aiming for {} peers{}",
+            driver.peer_id(),
+            machine
+                .local_record()
+                .addresses()
+                .iter()
+                .map(|addr| addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            discovery.bootnodes.len(),
+            discovery.peers_target,
+            if discovery.allow_private {
+                ", private addresses allowed"
+            } else {
+                ""
+            }
+        ),
+        _ => log::info!("[{:?}] discovery off", driver.peer_id()),
+    }
     // `--peer`: one dial each, never repeated.
     for peer in &options.peers {
         driver.command(peer.dial_command());

@@ -22,11 +22,19 @@
 //! `docs/node.example.toml` shows every key with its meaning and default; a
 //! test below fails when a flag has no key there.
 //!
+//! Discovery is on unless `--no-discovery`, when the node has an address
+//! to advertise: `--advertise`, or else the listen address if peers can
+//! dial it. [`NodeConfig::discovery`] decides, and says in one warning why
+//! it is off when the operator did not ask for that.
+//!
 //! # Limits
 //! At most [`STATIC_PEERS_MAX`] static peers (the core's own cap), each
-//! address once, and none also given as a one-shot `--peer`: a list that
+//! address once, and none also given as a one-shot `--peer`; at most
+//! [`BOOTNODES_MAX`] bootnodes and [`ADDRESSES_PER_RECORD_MAX`] advertised
+//! addresses (the core's caps), each once, and each one discovery would
+//! accept (no private address without `--allow-private`): a list that
 //! breaks one of these is refused before the node starts, naming the flag
-//! or the key, rather than cut short or merged quietly.
+//! or the key, rather than cut short, merged or ignored quietly.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -36,21 +44,30 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
-use meshsync_core::peer::STATIC_PEERS_MAX;
+use meshsync_core::discovery::address::{check_address, AddressRefusal};
+use meshsync_core::discovery::limits::{ADDRESSES_PER_RECORD_MAX, BOOTNODES_MAX};
+use meshsync_core::limits::PEERS_MAX;
+use meshsync_core::node::DiscoveryConfig;
+use meshsync_core::peer::{PEERS_TARGET, STATIC_PEERS_MAX};
 use meshsync_mio::driver::{ClockPolicy, STORE_FAILING_EXIT_AFTER_DEFAULT};
 use meshsync_mio::workers::WORKER_THREADS_MAX;
-use meshsync_mio::{PeerAddress, StaticPeerAddress};
+use meshsync_mio::{BootnodeAddress, PeerAddress, StaticPeerAddress};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The keys of a configuration file, in the order `--print-config` writes
 /// them: the long names of `meshsync node`'s flags but those of
 /// [`COMMAND_LINE_ONLY`].
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 21] = [
     "listen",
     "key",
     "peer",
     "static-peer",
+    "bootnode",
+    "advertise",
+    "allow-private",
+    "target-peers",
+    "no-discovery",
     "network",
     "genesis",
     "proposer-key",
@@ -125,6 +142,48 @@ pub struct NodeFlags {
     /// replaces the file's list.
     #[arg(long = "static-peer", value_name = "ADDR@PEERID")]
     pub static_peers: Vec<StaticPeerAddress>,
+    /// A node to start discovery from: dialled at start, asked for the
+    /// peers it knows, and tried again whenever this node knows nobody; it
+    /// is not kept connected (see --static-peer). PEERID is required.
+    /// Repeatable, at most 16, each address once; given here, replaces the
+    /// file's list.
+    #[arg(long = "bootnode", value_name = "ADDR@PEERID")]
+    pub bootnodes: Vec<BootnodeAddress>,
+    /// An IP:PORT peers can dial this node at, signed into its discovery
+    /// record and handed to other nodes. Repeatable, at most 4, each once.
+    /// Default: the --listen address, unless it is 0.0.0.0 or :: (then
+    /// discovery is off until one is given) or private without
+    /// --allow-private; given here, replaces the file's list.
+    #[arg(long = "advertise", value_name = "ADDR")]
+    pub advertise: Vec<SocketAddr>,
+    /// Let discovery use loopback, private and link-local addresses
+    /// (127.0.0.0/8, 10.0.0.0/8, 192.168.0.0/16, fc00::/7, ...) in
+    /// --advertise, --bootnode and peers' records: for a network on one
+    /// host or a private network. `--allow-private=false` turns off a
+    /// file's `allow-private = true`.
+    #[arg(
+        long = "allow-private",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub allow_private: Option<bool>,
+    /// Connected peers to aim for: while it has fewer, the node dials the
+    /// peers discovery finds (1 to 50) [default: 25].
+    #[arg(long = "target-peers", value_name = "N", value_parser = parse_target_peers)]
+    pub target_peers: Option<usize>,
+    /// Run without discovery: no record, no lookups, no bootnodes; the
+    /// node meets only --peer, --static-peer and who dials it.
+    /// `--no-discovery=false` turns off a file's `no-discovery = true`.
+    #[arg(
+        long = "no-discovery",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub no_discovery: Option<bool>,
     /// Network id; peers on another network are refused (default: the
     /// genesis file's, or 1).
     #[arg(long = "network", value_name = "ID")]
@@ -195,6 +254,16 @@ pub struct NodeConfig {
     pub peers: Vec<PeerAddress>,
     /// Checked: at most [`STATIC_PEERS_MAX`], each address once, none in `peers`.
     pub static_peers: Vec<StaticPeerAddress>,
+    /// Checked: at most [`BOOTNODES_MAX`], each address once, each one
+    /// discovery accepts under `allow_private`.
+    pub bootnodes: Vec<BootnodeAddress>,
+    /// Checked as `bootnodes`, at most [`ADDRESSES_PER_RECORD_MAX`]; empty:
+    /// the listen address, if discovery accepts it.
+    pub advertise: Vec<SocketAddr>,
+    pub allow_private: bool,
+    /// 1 to [`PEERS_MAX`].
+    pub target_peers: usize,
+    pub no_discovery: bool,
     pub network_id: Option<u64>,
     pub genesis: Option<PathBuf>,
     pub proposer_keys: Vec<PathBuf>,
@@ -219,6 +288,11 @@ struct FileValues {
     key: Option<PathBuf>,
     peers: Option<Vec<PeerAddress>>,
     static_peers: Option<Vec<StaticPeerAddress>>,
+    bootnodes: Option<Vec<BootnodeAddress>>,
+    advertise: Option<Vec<SocketAddr>>,
+    allow_private: Option<bool>,
+    target_peers: Option<usize>,
+    no_discovery: Option<bool>,
     network_id: Option<u64>,
     genesis: Option<PathBuf>,
     proposer_keys: Option<Vec<PathBuf>>,
@@ -287,11 +361,58 @@ impl NodeFlags {
             self.static_peers
         };
         check_not_both(&peers, &static_peers).map_err(|why| format!("{lists_from_file}{why}"))?;
+        // Whether an address is acceptable depends on `allow-private`, which
+        // may come from elsewhere than the list: the error names the list's
+        // flag, or its key and the file.
+        let allow_private = self.allow_private.or(file.allow_private).unwrap_or(false);
+        let in_file = |key: &str| match &self.config {
+            Some(path) => format!("config {}: key `{key}`", path.display()),
+            None => format!("key `{key}`"),
+        };
+        let bootnodes = if self.bootnodes.is_empty() {
+            let bootnodes = file.bootnodes.unwrap_or_default();
+            check_dialable(
+                bootnodes.iter().map(|b| (b.to_string(), b.addr)),
+                allow_private,
+            )
+            .map_err(|why| format!("{}: {why}", in_file("bootnode")))?;
+            bootnodes
+        } else {
+            check_bootnodes(&self.bootnodes).map_err(|why| format!("--bootnode: {why}"))?;
+            check_dialable(
+                self.bootnodes.iter().map(|b| (b.to_string(), b.addr)),
+                allow_private,
+            )
+            .map_err(|why| format!("--bootnode {why}"))?;
+            self.bootnodes
+        };
+        let advertise = if self.advertise.is_empty() {
+            let advertise = file.advertise.unwrap_or_default();
+            check_dialable(advertise.iter().map(|a| (a.to_string(), *a)), allow_private)
+                .map_err(|why| format!("{}: {why}", in_file("advertise")))?;
+            advertise
+        } else {
+            check_advertise(&self.advertise).map_err(|why| format!("--advertise: {why}"))?;
+            check_dialable(
+                self.advertise.iter().map(|a| (a.to_string(), *a)),
+                allow_private,
+            )
+            .map_err(|why| format!("--advertise {why}"))?;
+            self.advertise
+        };
         Ok(NodeConfig {
             listen,
             key,
             peers,
             static_peers,
+            bootnodes,
+            advertise,
+            allow_private,
+            target_peers: self
+                .target_peers
+                .or(file.target_peers)
+                .unwrap_or(PEERS_TARGET),
+            no_discovery: self.no_discovery.or(file.no_discovery).unwrap_or(false),
             network_id: self.network_id.or(file.network_id),
             genesis: match self.genesis {
                 Some(path) => Some(flag_path("genesis", &path)?),
@@ -335,6 +456,12 @@ struct Printed<'a> {
     key: &'a str,
     peer: Vec<String>,
     static_peer: Vec<String>,
+    bootnode: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    advertise: Vec<String>,
+    allow_private: bool,
+    target_peers: i64,
+    no_discovery: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -391,6 +518,15 @@ impl NodeConfig {
                 .iter()
                 .map(StaticPeerAddress::to_string)
                 .collect(),
+            bootnode: self
+                .bootnodes
+                .iter()
+                .map(BootnodeAddress::to_string)
+                .collect(),
+            advertise: self.advertise.iter().map(SocketAddr::to_string).collect(),
+            allow_private: self.allow_private,
+            target_peers: toml_integer("target-peers", self.target_peers)?,
+            no_discovery: self.no_discovery,
             network: self
                 .network_id
                 .map(|id| toml_integer("network", id))
@@ -424,6 +560,11 @@ impl NodeConfig {
         text.push_str(&body);
         let unset = [
             (
+                self.advertise.is_empty(),
+                "advertise",
+                "the listen address, if discovery accepts it",
+            ),
+            (
                 self.network_id.is_none(),
                 "network",
                 "the genesis file's id, or 1",
@@ -443,6 +584,77 @@ impl NodeConfig {
             }
         }
         Ok(text)
+    }
+}
+
+/// Whether a node runs discovery, as [`NodeConfig::discovery`] decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiscoveryPlan {
+    /// On, with this configuration.
+    On(DiscoveryConfig),
+    /// Off; the warning to log when the operator did not ask for it, or
+    /// asked for it while giving what only discovery uses.
+    Off { warning: Option<String> },
+}
+
+impl NodeConfig {
+    /// Whether and how the node runs discovery, its record numbered
+    /// `record_seq` (the caller's wall clock: the core reads none). The
+    /// addresses are `advertise`, or else the listen address when
+    /// discovery accepts it; a listen address with port 0 keeps it, and
+    /// the driver puts the bound port in its place.
+    pub fn discovery(&self, record_seq: u64) -> DiscoveryPlan {
+        if self.no_discovery {
+            let warning = (!self.bootnodes.is_empty()).then(|| {
+                format!(
+                    "discovery is off (--no-discovery): the {} bootnodes given are not dialled",
+                    self.bootnodes.len()
+                )
+            });
+            return DiscoveryPlan::Off { warning };
+        }
+        let addresses = if !self.advertise.is_empty() {
+            self.advertise.clone()
+        } else {
+            // Port 0 is the driver's to fill: judge the IP alone.
+            let mut judged = self.listen;
+            if judged.port() == 0 {
+                judged.set_port(1);
+            }
+            let why = match check_address(&judged, self.allow_private) {
+                Ok(()) => None,
+                Err(AddressRefusal::Private) => Some(format!(
+                    "the listen address {} is loopback or private, which peers elsewhere \
+                     cannot dial: pass --advertise ADDR with an address they can, or \
+                     --allow-private on a network on one host or a private one",
+                    self.listen
+                )),
+                Err(_) => Some(format!(
+                    "listening on {}, which is no address a peer can dial: pass --advertise \
+                     ADDR, the address peers reach this node at",
+                    self.listen
+                )),
+            };
+            if let Some(why) = why {
+                return DiscoveryPlan::Off {
+                    warning: Some(format!(
+                        "discovery off: {why} (--no-discovery turns it off without this warning)"
+                    )),
+                };
+            }
+            vec![self.listen]
+        };
+        DiscoveryPlan::On(DiscoveryConfig {
+            addresses,
+            allow_private: self.allow_private,
+            bootnodes: self
+                .bootnodes
+                .iter()
+                .map(BootnodeAddress::as_pair)
+                .collect(),
+            peers_target: self.target_peers,
+            record_seq,
+        })
     }
 }
 
@@ -512,6 +724,32 @@ fn read_file(path: &Path) -> Result<FileValues, String> {
                 check_static_peers(&peers).map_err(&error)?;
                 values.static_peers = Some(peers);
             }
+            "bootnode" => {
+                let texts: Vec<String> = typed(value).map_err(&error)?;
+                let bootnodes: Vec<BootnodeAddress> = texts
+                    .iter()
+                    .map(|text| text.parse::<BootnodeAddress>().map_err(|e| e.to_string()))
+                    .collect::<Result<_, _>>()
+                    .map_err(&error)?;
+                check_bootnodes(&bootnodes).map_err(&error)?;
+                values.bootnodes = Some(bootnodes);
+            }
+            "advertise" => {
+                let texts: Vec<String> = typed(value).map_err(&error)?;
+                let addresses: Vec<SocketAddr> = texts
+                    .iter()
+                    .map(|text| text.parse().map_err(|e| format!("{text:?}: {e}")))
+                    .collect::<Result<_, _>>()
+                    .map_err(&error)?;
+                check_advertise(&addresses).map_err(&error)?;
+                values.advertise = Some(addresses);
+            }
+            "allow-private" => values.allow_private = Some(typed(value).map_err(&error)?),
+            "target-peers" => {
+                let peers: usize = typed(value).map_err(&error)?;
+                values.target_peers = Some(check_target_peers(peers).map_err(&error)?);
+            }
+            "no-discovery" => values.no_discovery = Some(typed(value).map_err(&error)?),
             "network" => values.network_id = Some(typed(value).map_err(&error)?),
             "genesis" => values.genesis = Some(file_path(value)?),
             "proposer-key" => {
@@ -624,6 +862,82 @@ fn check_not_both(peers: &[PeerAddress], static_peers: &[StaticPeerAddress]) -> 
         )),
         None => Ok(()),
     }
+}
+
+/// A list of bootnodes the core keeps: at most [`BOOTNODES_MAX`] (it would
+/// ignore the rest), each address once.
+fn check_bootnodes(bootnodes: &[BootnodeAddress]) -> Result<(), String> {
+    if bootnodes.len() > BOOTNODES_MAX {
+        return Err(format!(
+            "{} bootnodes given, at most {BOOTNODES_MAX} are kept",
+            bootnodes.len()
+        ));
+    }
+    check_once(bootnodes.iter().map(|bootnode| bootnode.addr))
+}
+
+/// Addresses to advertise: at most [`ADDRESSES_PER_RECORD_MAX`] (what one
+/// signed record holds), each once.
+fn check_advertise(addresses: &[SocketAddr]) -> Result<(), String> {
+    if addresses.len() > ADDRESSES_PER_RECORD_MAX {
+        return Err(format!(
+            "{} addresses given, a record holds at most {ADDRESSES_PER_RECORD_MAX}",
+            addresses.len()
+        ));
+    }
+    check_once(addresses.iter().copied())
+}
+
+fn check_once(addresses: impl Iterator<Item = SocketAddr>) -> Result<(), String> {
+    let mut seen = BTreeSet::new();
+    for addr in addresses {
+        if !seen.insert(addr) {
+            return Err(format!("{addr} is given twice (as resolved)"));
+        }
+    }
+    Ok(())
+}
+
+/// Every address (with its text as given) one discovery accepts: what it
+/// would refuse in a record is refused here, before the node starts,
+/// rather than dropped with a log line after.
+fn check_dialable(
+    addresses: impl Iterator<Item = (String, SocketAddr)>,
+    allow_private: bool,
+) -> Result<(), String> {
+    for (text, addr) in addresses {
+        check_address(&addr, allow_private)
+            .map_err(|refusal| format!("{text}: {}", refusal_text(refusal)))?;
+    }
+    Ok(())
+}
+
+/// Why discovery refuses an address, and what to do about it.
+fn refusal_text(refusal: AddressRefusal) -> &'static str {
+    match refusal {
+        AddressRefusal::PortZero => "port 0 cannot be dialled",
+        AddressRefusal::NotUnicast => {
+            "not an address a peer can dial (unspecified, multicast or broadcast)"
+        }
+        AddressRefusal::Private => {
+            "a loopback, private or link-local address, which discovery refuses unless \
+             --allow-private (key `allow-private`) is given: for a network on one host or \
+             a private network"
+        }
+    }
+}
+
+fn check_target_peers(peers: usize) -> Result<usize, String> {
+    if !(1..=PEERS_MAX).contains(&peers) {
+        return Err(format!(
+            "{peers} peers: must be 1..={PEERS_MAX} (the most peers a node keeps)"
+        ));
+    }
+    Ok(peers)
+}
+
+fn parse_target_peers(text: &str) -> Result<usize, String> {
+    check_target_peers(text.parse().map_err(|error| format!("{error}"))?)
 }
 
 fn check_body_bytes(bytes: usize) -> Result<usize, String> {
@@ -779,6 +1093,10 @@ mod tests {
             format!("[default: {DEVNET_BODY_BYTES_DEFAULT}]"),
             format!("[default: {}]", STORE_FAILING_EXIT_AFTER_DEFAULT.as_secs()),
             format!("[default: {STATUS_INTERVAL_SECS_DEFAULT}]"),
+            format!("[default: {PEERS_TARGET}]"),
+            format!("at most {BOOTNODES_MAX}, each address once"),
+            format!("at most {ADDRESSES_PER_RECORD_MAX}, each once"),
+            format!("(1 to {PEERS_MAX})"),
             "[default: text]".to_owned(),
             "[default: rebase]".to_owned(),
             // --static-peer's backoff, as the core schedules it.
@@ -1088,7 +1406,9 @@ mod tests {
                 "listen = \"[::1]:9001\"\nkey = \"node.key\"\npeer = [\"127.0.0.1:9002@{id}\", \
                  \"127.0.0.1:9003\"]\nstatic-peer = [\"127.0.0.1:9004@{id}\"]\nproposer-key = [\"a.key\", \"/abs/b.key\"]\n\
                  data-dir = \"data \\\"quoted\\\"\"\nworkers = 3\nmetrics = \"127.0.0.1:9100\"\n\
-             status-interval-secs = 5\nlog-format = \"json\"\n"
+             status-interval-secs = 5\nlog-format = \"json\"\nbootnode = [\"[::1]:9005@{id}\"]\n\
+             advertise = [\"127.0.0.1:9001\", \"[::1]:9001\"]\nallow-private = true\n\
+             target-peers = 8\nno-discovery = true\n"
             ),
         );
         let config = flags(&["--config", path.to_str().unwrap(), "--network", "7"])
@@ -1105,5 +1425,286 @@ mod tests {
         assert_eq!(again.to_toml().unwrap(), printed);
         assert!(printed.contains("# genesis is unset"), "{printed}");
         assert!(!printed.contains("# workers is unset"), "{printed}");
+        assert!(!printed.contains("# advertise is unset"), "{printed}");
+        assert_eq!(again.bootnodes.len(), 1);
+        assert_eq!(again.advertise.len(), 2);
+        assert!(again.allow_private && again.no_discovery);
+        assert_eq!(again.target_peers, 8);
+    }
+
+    /// A configuration from `arguments` after `--listen LISTEN --key k`, or
+    /// the refusal (clap's, or resolve's).
+    fn discovery_flags(listen: &str, arguments: &[&str]) -> Result<NodeConfig, String> {
+        let mut all = vec!["meshsync", "node", "--listen", listen, "--key", "k"];
+        all.extend_from_slice(arguments);
+        let cli = Cli::try_parse_from(all).map_err(|error| error.to_string())?;
+        let crate::CliCommand::Node(flags) = cli.command else {
+            unreachable!("the subcommand is node")
+        };
+        flags.resolve()
+    }
+
+    #[test]
+    fn discovery_flags_parse_and_each_mistake_is_named() {
+        let id = meshsync_core::Identity::from_seed(4).peer_id();
+        let boot = format!("127.0.0.1:9002@{id}");
+        let config = discovery_flags(
+            "0.0.0.0:9001",
+            &[
+                "--bootnode",
+                &boot,
+                "--advertise",
+                "127.0.0.1:9001",
+                "--allow-private",
+                "--target-peers",
+                "7",
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.bootnodes[0].to_string(), boot);
+        assert_eq!(config.advertise, ["127.0.0.1:9001".parse().unwrap()]);
+        assert!(config.allow_private && !config.no_discovery);
+        assert_eq!(config.target_peers, 7);
+        // The defaults.
+        let plain = discovery_flags("203.0.113.5:9001", &[]).unwrap();
+        assert!(!plain.allow_private && !plain.no_discovery);
+        assert_eq!(plain.target_peers, PEERS_TARGET);
+        assert!(plain.bootnodes.is_empty() && plain.advertise.is_empty());
+
+        let many_bootnodes: Vec<String> = (0..=BOOTNODES_MAX)
+            .flat_map(|index| {
+                [
+                    "--bootnode".to_owned(),
+                    format!("203.0.113.7:{}@{id}", 10_000 + index),
+                ]
+            })
+            .collect();
+        let many_bootnodes: Vec<&str> = many_bootnodes.iter().map(String::as_str).collect();
+        let five: Vec<&str> = ["1", "2", "3", "4", "5"]
+            .iter()
+            .flat_map(|port| {
+                [
+                    "--advertise",
+                    Box::leak(format!("203.0.113.5:{port}").into_boxed_str()),
+                ]
+            })
+            .collect();
+        let cases: Vec<(Vec<&str>, String)> = vec![
+            (
+                vec!["--bootnode", "127.0.0.1:9002"],
+                "`127.0.0.1:9002` has no `@PEERID`: discovery starts from a bootnode".to_owned(),
+            ),
+            (
+                many_bootnodes,
+                format!(
+                    "--bootnode: {} bootnodes given, at most {BOOTNODES_MAX} are kept",
+                    BOOTNODES_MAX + 1
+                ),
+            ),
+            (
+                vec!["--bootnode", &boot],
+                format!("--bootnode {boot}: a loopback, private or link-local address"),
+            ),
+            (
+                five,
+                format!(
+                    "--advertise: 5 addresses given, a record holds at most {ADDRESSES_PER_RECORD_MAX}"
+                ),
+            ),
+            (
+                vec!["--advertise", "192.168.1.5:9001"],
+                "--advertise 192.168.1.5:9001: a loopback, private or link-local address, which discovery refuses unless --allow-private"
+                    .to_owned(),
+            ),
+            (
+                vec!["--advertise", "0.0.0.0:9001", "--allow-private"],
+                "--advertise 0.0.0.0:9001: not an address a peer can dial".to_owned(),
+            ),
+            (
+                vec!["--advertise", "203.0.113.5:0"],
+                "--advertise 203.0.113.5:0: port 0 cannot be dialled".to_owned(),
+            ),
+            (
+                vec!["--advertise", "203.0.113.5:1", "--advertise", "203.0.113.5:1"],
+                "--advertise: 203.0.113.5:1 is given twice".to_owned(),
+            ),
+            (
+                vec!["--advertise", "203.0.113.5"],
+                "invalid value '203.0.113.5' for '--advertise <ADDR>'".to_owned(),
+            ),
+            (
+                vec!["--target-peers", "0"],
+                format!("0 peers: must be 1..={PEERS_MAX}"),
+            ),
+            (
+                vec!["--target-peers", "51"],
+                format!("51 peers: must be 1..={PEERS_MAX}"),
+            ),
+        ];
+        for (arguments, expected) in cases {
+            let error = discovery_flags("203.0.113.5:9001", &arguments)
+                .map(|_| ())
+                .expect_err(&expected);
+            assert!(error.contains(&expected), "{arguments:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn discovery_keys_are_checked_as_the_flags() {
+        let dir = meshsync_mio::testing::TempDir::new("config-discovery");
+        let id = meshsync_core::Identity::from_seed(4).peer_id();
+        let good = write(
+            dir.path(),
+            "good.toml",
+            &format!(
+                "listen = \"0.0.0.0:9001\"\nkey = \"k\"\nbootnode = [\"127.0.0.1:9002@{id}\"]\n\
+                 advertise = [\"127.0.0.1:9001\"]\nallow-private = true\ntarget-peers = 3\n"
+            ),
+        );
+        let config = flags(&["--config", good.to_str().unwrap()])
+            .resolve()
+            .unwrap();
+        assert_eq!(config.bootnodes[0].peer, id);
+        assert_eq!(config.target_peers, 3);
+        // `--allow-private=false` on the command line: the file's private
+        // addresses are refused, naming the file and the key.
+        let error = flags(&["--config", good.to_str().unwrap(), "--allow-private=false"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            error.starts_with(&format!(
+                "config {}: key `bootnode`: 127.0.0.1:9002@{id}: a loopback",
+                good.display()
+            )),
+            "{error}"
+        );
+        // A flag replaces the file's list, and is judged as a flag.
+        let error = flags(&[
+            "--config",
+            good.to_str().unwrap(),
+            "--advertise",
+            "0.0.0.0:9",
+        ])
+        .resolve()
+        .unwrap_err();
+        assert!(
+            error.starts_with("--advertise 0.0.0.0:9: not an address"),
+            "{error}"
+        );
+
+        let cases = [
+            (
+                "bootnode = \"x\"\n".to_owned(),
+                "key `bootnode`: invalid type".to_owned(),
+            ),
+            (
+                "bootnode = [\"127.0.0.1:9002\"]\n".to_owned(),
+                "key `bootnode`: `127.0.0.1:9002` has no `@PEERID`".to_owned(),
+            ),
+            (
+                format!("bootnode = [\"203.0.113.7:1@{id}\", \"203.0.113.7:1@{id}\"]\n"),
+                "key `bootnode`: 203.0.113.7:1 is given twice".to_owned(),
+            ),
+            (
+                "advertise = [\"nowhere\"]\n".to_owned(),
+                "key `advertise`: \"nowhere\": invalid socket address syntax".to_owned(),
+            ),
+            (
+                "advertise = [\"10.1.2.3:9001\"]\n".to_owned(),
+                "key `advertise`: 10.1.2.3:9001: a loopback, private or link-local address"
+                    .to_owned(),
+            ),
+            (
+                "allow-private = \"yes\"\n".to_owned(),
+                "key `allow-private`: invalid type".to_owned(),
+            ),
+            (
+                "target-peers = 0\n".to_owned(),
+                format!("key `target-peers`: 0 peers: must be 1..={PEERS_MAX}"),
+            ),
+            (
+                "no-discovery = 1\n".to_owned(),
+                "key `no-discovery`: invalid type".to_owned(),
+            ),
+        ];
+        for (index, (text, expected)) in cases.iter().enumerate() {
+            let text = format!("listen = \"203.0.113.5:9001\"\nkey = \"k\"\n{text}");
+            let path = write(dir.path(), &format!("bad-{index}.toml"), &text);
+            let error = flags(&["--config", path.to_str().unwrap()])
+                .resolve()
+                .expect_err(&text);
+            assert!(
+                error.starts_with(&format!("config {}: ", path.display())),
+                "{error}"
+            );
+            assert!(error.contains(expected.as_str()), "{text:?} gave {error}");
+            assert!(!error.contains('\n'), "not one line: {error}");
+        }
+    }
+
+    #[test]
+    fn discovery_runs_when_there_is_an_address_to_advertise_and_says_why_not() {
+        let id = meshsync_core::Identity::from_seed(4).peer_id();
+        let boot = format!("203.0.113.7:9002@{id}");
+        let plan = |listen: &str, arguments: &[&str]| {
+            discovery_flags(listen, arguments).unwrap().discovery(1_234)
+        };
+        // A public listen address is advertised as it is.
+        let DiscoveryPlan::On(on) = plan("203.0.113.5:9001", &["--bootnode", &boot]) else {
+            panic!("discovery is on by default")
+        };
+        assert_eq!(on.addresses, ["203.0.113.5:9001".parse().unwrap()]);
+        assert_eq!(on.bootnodes, [(id, "203.0.113.7:9002".parse().unwrap())]);
+        assert_eq!((on.peers_target, on.record_seq), (PEERS_TARGET, 1_234));
+        assert!(!on.allow_private);
+        // Port 0 stays, for the driver to fill.
+        let DiscoveryPlan::On(on) = plan("127.0.0.1:0", &["--allow-private"]) else {
+            panic!("a loopback address with --allow-private is advertised")
+        };
+        assert_eq!(on.addresses, ["127.0.0.1:0".parse().unwrap()]);
+        // --advertise wins over the listen address.
+        let DiscoveryPlan::On(on) = plan("0.0.0.0:9001", &["--advertise", "203.0.113.5:9"]) else {
+            panic!("--advertise turns it on")
+        };
+        assert_eq!(on.addresses, ["203.0.113.5:9".parse().unwrap()]);
+
+        // Off, with one warning saying what to pass.
+        let DiscoveryPlan::Off {
+            warning: Some(warning),
+        } = plan("0.0.0.0:9001", &[])
+        else {
+            panic!("no address to advertise")
+        };
+        assert!(
+            warning.starts_with("discovery off: listening on 0.0.0.0:9001"),
+            "{warning}"
+        );
+        assert!(warning.contains("pass --advertise ADDR"), "{warning}");
+        let DiscoveryPlan::Off {
+            warning: Some(warning),
+        } = plan("[::]:9001", &[])
+        else {
+            panic!("no address to advertise")
+        };
+        assert!(warning.contains("pass --advertise ADDR"), "{warning}");
+        let DiscoveryPlan::Off {
+            warning: Some(warning),
+        } = plan("127.0.0.1:9001", &[])
+        else {
+            panic!("a private listen address without --allow-private")
+        };
+        assert!(warning.contains("--allow-private"), "{warning}");
+        // Asked for: no warning, unless bootnodes were given for nothing.
+        assert_eq!(
+            plan("203.0.113.5:9001", &["--no-discovery"]),
+            DiscoveryPlan::Off { warning: None }
+        );
+        let DiscoveryPlan::Off {
+            warning: Some(warning),
+        } = plan("203.0.113.5:9001", &["--no-discovery", "--bootnode", &boot])
+        else {
+            panic!("bootnodes with --no-discovery are worth a warning")
+        };
+        assert!(warning.contains("not dialled"), "{warning}");
     }
 }

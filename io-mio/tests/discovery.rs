@@ -1,0 +1,191 @@
+//! Four nodes that know only a bootnode find each other: node 0 is
+//! started with no peer at all, nodes 1, 2 and 3 with only
+//! `--bootnode NODE0_ADDR@NODE0_ID` (and `--allow-private`, since they
+//! advertise 127.0.0.1). Each dials node 0, gives it its signed record,
+//! asks it for the nodes it knows, and dials those; in the end every node
+//! has the other three as peers, though nobody named them.
+//!
+//! Every node is a real `meshsync node` process. Every wait polls a log
+//! or a metrics scrape with a deadline; nothing sleeps for a result.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use meshsync_core::discovery::limits::REFRESH_INTERVAL_BELOW_TARGET;
+use meshsync_mio::testing::TempDir;
+
+use super::operations::{meshsync, scrape, value, wait_within};
+
+const NETWORK_ID: u64 = 96;
+const NODES: usize = 4;
+/// The longest a start-up, a log line or a bootnode's table entry may take
+/// (never reached when the test passes).
+const DEADLINE: Duration = Duration::from_secs(30);
+/// From the last node's start to every node having the other three as
+/// peers. A node's first lookup runs as it starts, before its bootnode's
+/// connection is up, so it has nobody to ask yet and finds the others at
+/// its next refresh, one `REFRESH_INTERVAL_BELOW_TARGET` (30 s) after it
+/// started; the rest is room for a loaded machine.
+fn mesh_deadline() -> Duration {
+    REFRESH_INTERVAL_BELOW_TARGET + Duration::from_secs(15)
+}
+
+const INBOUND: &str = "meshsync_peers{direction=\"inbound\"}";
+const OUTBOUND: &str = "meshsync_peers{direction=\"outbound\"}";
+const TABLE: &str = "meshsync_discovery_table_entries";
+
+/// A running `meshsync node`; killed if the test ends while it runs.
+struct Node {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    /// `meshsync node` on 127.0.0.1 with a fresh key at `dir/NAME.key`,
+    /// metrics on a free port, discovery with private addresses allowed,
+    /// and `extra`; stderr to `dir/NAME.log`.
+    fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
+        let key = dir.join(format!("{name}.key"));
+        let keygen = meshsync()
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(keygen.success());
+        let log = dir.join(format!("{name}.log"));
+        let child = meshsync()
+            .args(["node", "--listen", "127.0.0.1:0", "--key"])
+            .arg(&key)
+            .args(["--network", &NETWORK_ID.to_string(), "--allow-private"])
+            .args(["--metrics", "127.0.0.1:0", "--status-interval-secs", "0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Node { child, log }
+    }
+
+    /// The words after `prefix` in the first log line that has it, once there is one.
+    fn words_after(&mut self, prefix: &str) -> Vec<String> {
+        let what = format!("`{prefix}` in {}", self.log.display());
+        let line = wait_within(&what, DEADLINE, || {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let found = log.lines().find(|line| line.contains(prefix));
+            if found.is_none() {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    panic!("the node exited ({status}) before {what}: {log}");
+                }
+            }
+            found.map(str::to_owned)
+        });
+        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
+        rest.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// Its peer id and listening address, from `node PEERID listening on ADDR`.
+    fn identity(&mut self) -> (String, SocketAddr) {
+        let words = self.words_after("] node ");
+        assert_eq!(words[1..3], ["listening", "on"], "{words:?}");
+        (words[0].clone(), words[3].parse().unwrap())
+    }
+
+    fn metrics_address(&mut self) -> SocketAddr {
+        let words = self.words_after("serving metrics on http://");
+        let addr = words[0].strip_suffix("/metrics").expect("a metrics URL");
+        addr.parse().unwrap()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peers(samples: &BTreeMap<String, f64>) -> f64 {
+    value(samples, INBOUND) + value(samples, OUTBOUND)
+}
+
+#[test]
+fn nodes_that_know_only_a_bootnode_find_each_other() {
+    let temp = TempDir::new("discovery-bootnode");
+    let dir = temp.path();
+    let mut nodes = vec![Node::start(dir, "node-0", &[])];
+    let (boot_id, boot_addr) = nodes[0].identity();
+    // It listens on port 0: the bound port is the one it signed.
+    let advertised = nodes[0].words_after("discovery on: advertising ");
+    assert_eq!(advertised[0], format!("{boot_addr},"), "{advertised:?}");
+    let boot_metrics = nodes[0].metrics_address();
+    let bootnode = format!("{boot_addr}@{boot_id}");
+
+    let started = Instant::now();
+    let mut metrics = vec![boot_metrics];
+    for index in 1..NODES {
+        let mut node = Node::start(dir, &format!("node-{index}"), &["--bootnode", &bootnode]);
+        metrics.push(node.metrics_address());
+        nodes.push(node);
+        // The bootnode holds this one's record before the next starts, so
+        // that node's lookups can hear of it from the bootnode.
+        wait_within(
+            &format!("node 0's table to hold node {index}"),
+            DEADLINE,
+            || (value(&scrape(boot_metrics), TABLE) >= index as f64).then_some(()),
+        );
+    }
+    let last_started = Instant::now();
+
+    let counts = wait_within(
+        "every node to have the other three as peers",
+        mesh_deadline(),
+        || {
+            let counts: Vec<f64> = metrics.iter().map(|addr| peers(&scrape(*addr))).collect();
+            counts
+                .iter()
+                .all(|&count| count == (NODES - 1) as f64)
+                .then_some(counts)
+        },
+    );
+    eprintln!(
+        "{NODES} nodes meshed by discovery {:.1} s after the last start ({:.1} s after the first \
+         joined), peer counts {counts:?}",
+        last_started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Nobody was given a --peer or --static-peer: the links to nodes other
+    // than node 0 were dialled by discovery, and each node's table holds
+    // what it verified.
+    for (index, addr) in metrics.iter().enumerate() {
+        let samples = scrape(*addr);
+        assert!(value(&samples, TABLE) >= 1.0, "node {index}: {samples:?}");
+        assert!(
+            value(&samples, "meshsync_discovery_lookups_total") >= 1.0,
+            "node {index}: {samples:?}"
+        );
+        if index > 0 {
+            assert!(
+                value(&samples, OUTBOUND) >= 1.0,
+                "node {index}: {samples:?}"
+            );
+        }
+    }
+    let boot = scrape(boot_metrics);
+    assert_eq!(value(&boot, INBOUND), (NODES - 1) as f64, "{boot:?}");
+    assert_eq!(value(&boot, TABLE), (NODES - 1) as f64, "{boot:?}");
+    let dialled_by_discovery: f64 = metrics[1..]
+        .iter()
+        .map(|addr| value(&scrape(*addr), "meshsync_discovery_dials_total"))
+        .sum();
+    assert!(
+        dialled_by_discovery >= 1.0,
+        "no discovery dial among nodes 1-3"
+    );
+}
