@@ -275,6 +275,8 @@ fn start_node(
         // Port 0: the driver puts the bound port in its place.
         addresses: vec![listen],
         allow_private: true,
+        // Loopback is exempt from the subnet caps anyway.
+        subnet_limits: true,
         bootnodes: bootnodes
             .iter()
             .map(|boot| (boot.peer_id(), boot.local_addr()))

@@ -647,6 +647,7 @@ impl NodeConfig {
         DiscoveryPlan::On(DiscoveryConfig {
             addresses,
             allow_private: self.allow_private,
+            subnet_limits: true,
             bootnodes: self
                 .bootnodes
                 .iter()
