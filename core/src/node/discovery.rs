@@ -33,6 +33,10 @@
 //! inbound peers beyond [`INBOUND_SHARE_PERCENT`] of the target, then the
 //! lowest scores (ties: inbound first, then by `PeerId`).
 //!
+//! A node at `PEERS_MAX` makes room for an inbound newcomer by saying
+//! Goodbye to one inbound peer past its [`EVICTION_GRACE`]
+//! (`make_room_for_inbound`), so bootnodes turn over instead of refusing.
+//!
 //! Off unless [`super::Config::discovery`] is set: a node without it refuses
 //! tags 7 and 8 as unsupported and sends neither.
 //!
@@ -85,6 +89,11 @@ pub const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 /// gater's inbound share of `PEERS_MAX`, so dials of our own keep room.
 pub const INBOUND_SHARE_PERCENT: usize = 60;
 
+/// A peer admitted this recently is never evicted to make room for a
+/// newcomer: long enough for its record exchange and its first lookup's
+/// answers (a few round trips).
+pub const EVICTION_GRACE: Duration = Duration::from_secs(5);
+
 /// How a node runs discovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiscoveryConfig {
@@ -126,6 +135,8 @@ pub(super) struct DiscoveryPart {
     query_dials: BTreeSet<PeerId>,
     /// When the connection manager next trims.
     next_trim: Instant,
+    /// When each connected peer was admitted (one entry per peer).
+    admitted_at: BTreeMap<PeerId, Instant>,
 }
 
 impl DiscoveryPart {
@@ -168,6 +179,7 @@ impl DiscoveryPart {
             liveness_dials: BTreeSet::new(),
             query_dials: BTreeSet::new(),
             next_trim: now + TRIM_INTERVAL,
+            admitted_at: BTreeMap::new(),
         })
     }
 
@@ -206,6 +218,7 @@ impl Node {
             return;
         };
         part.dialling.remove(&peer);
+        part.admitted_at.insert(peer, now);
         let waiting = part.waiting.remove(&peer).unwrap_or_default();
         if part.liveness_dials.remove(&peer) {
             part.machine.handle_liveness(now, peer, true);
@@ -230,6 +243,7 @@ impl Node {
         };
         part.machine.handle_peer_disconnected(now, peer);
         part.query_dials.remove(&peer);
+        part.admitted_at.remove(&peer);
         self.discovery_peer_count(now);
     }
 
@@ -279,6 +293,53 @@ impl Node {
     /// are in [`Node::machines`]).
     pub(super) fn trim_deadline(&self) -> Option<Instant> {
         self.discovery.as_ref().map(|part| part.next_trim)
+    }
+
+    /// Inbound connection `conn` finished its handshake while we hold
+    /// `PEERS_MAX` peers: say Goodbye(too many peers) to one inbound peer
+    /// to make room, so a full node (a bootnode above all) still admits a
+    /// newcomer long enough for its first lookup instead of refusing it
+    /// unheard. The victim is never a static peer, one range sync is using,
+    /// one we dialled, or one admitted within [`EVICTION_GRACE`]; the lowest
+    /// score goes first, then the most recently admitted (a newcomer that
+    /// has had its lookup before a long-standing peer).
+    pub(super) fn make_room_for_inbound(&mut self, now: Instant, conn: crate::io::ConnId) {
+        let Some(part) = self.discovery.as_ref() else {
+            return;
+        };
+        let inbound = self
+            .conns
+            .get(conn)
+            .is_some_and(|connection| connection.direction == Direction::Inbound);
+        let peers_max = self.peer_manager.config().limits.peers_max;
+        if !inbound || self.conns.peer_count() < peers_max {
+            return;
+        }
+        let victim = self
+            .conns
+            .peer_infos()
+            .into_iter()
+            .filter(|info| info.direction == Direction::Inbound)
+            .filter(|info| {
+                !self.peer_manager.is_static_peer(&info.peer) && !self.sync.is_using(&info.peer)
+            })
+            .filter_map(|info| {
+                let admitted = *part.admitted_at.get(&info.peer)?;
+                (admitted + EVICTION_GRACE <= now).then_some((
+                    self.peer_manager.score(now, &info.peer),
+                    std::cmp::Reverse(admitted),
+                    info.peer,
+                ))
+            })
+            .min();
+        let Some((_, _, victim)) = victim else {
+            return;
+        };
+        if let Some(victim_conn) = self.conns.conn_of(&victim) {
+            debug!("{victim:?}: making room for a newcomer: goodbye");
+            self.out.counters.peers_trimmed += 1;
+            self.say_goodbye(now, victim_conn, GoodbyeReason::TooManyPeers);
+        }
     }
 
     /// Says Goodbye(too many peers) to the peers above our target; see the

@@ -727,6 +727,11 @@ impl Node {
                 return;
             }
         }
+        if existing.is_none() {
+            // With discovery, a full node makes room for a newcomer (see
+            // `discovery.rs`) rather than refusing it unheard.
+            self.make_room_for_inbound(now, conn);
+        }
         if let Decision::Refuse(refusal) =
             self.peer_manager.handle_connected(now, conn, remote.peer)
         {

@@ -215,3 +215,41 @@ fn the_connection_manager_trims_the_lowest_score_first_and_spares_static_peers()
     assert!(!net.connected(0, 1), "the penalised peer went first");
     assert!(net.connected(0, 2), "the static peer was trimmed");
 }
+
+#[test]
+fn a_full_node_makes_room_for_a_newcomer_instead_of_refusing_it() {
+    const PEERS_MAX: usize = 3;
+    let mut full = discovering(0, &[], 2);
+    full.peer.limits.peers_max = PEERS_MAX;
+    full.peer.limits.inbound_peers_max = PEERS_MAX;
+    full.peer.peers_target = 2;
+    let mut configs = vec![full];
+    configs.extend((0..PEERS_MAX + 1).map(|_| Config::new(1)));
+    let mut net = Net::new(configs);
+    for node in 1..=PEERS_MAX {
+        net.dial(node, 0, None);
+    }
+    net.advance(crate::node::discovery::EVICTION_GRACE);
+    assert_eq!(net.nodes[0].peer_count(), PEERS_MAX);
+    // A newcomer arrives at a full node: admitted, and one inbound peer
+    // past its grace leaves with Goodbye(too many peers).
+    net.dial(PEERS_MAX + 1, 0, None);
+    net.advance(Duration::from_millis(100));
+    assert!(net.connected(0, PEERS_MAX + 1), "the newcomer was refused");
+    assert_eq!(net.nodes[0].peer_count(), PEERS_MAX);
+    let evicted: Vec<usize> = (1..=PEERS_MAX).filter(|&i| !net.connected(0, i)).collect();
+    assert_eq!(evicted.len(), 1, "{evicted:?}");
+    assert!(
+        disconnects(&net, evicted[0]).contains(&DisconnectReason::RemoteGoodbye(
+            GoodbyeReason::TooManyPeers
+        ))
+    );
+    // The evicted peer comes straight back: one of the two old peers makes
+    // room, never the newcomer still within its grace.
+    net.dial(evicted[0], 0, None);
+    net.advance(Duration::from_millis(100));
+    assert!(
+        net.connected(0, PEERS_MAX + 1),
+        "a peer within its grace was evicted"
+    );
+}
