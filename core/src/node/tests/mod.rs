@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 mod claims;
 mod connections;
 mod discovering;
+mod peerstore;
 mod gossiping;
 mod producing;
 mod request_stats;
