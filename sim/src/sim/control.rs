@@ -174,6 +174,11 @@ impl Sim {
             stored.extend(state.disk.values().cloned());
             config.chain.stored = stored.into();
         }
+        if config.known_peers.is_some() {
+            // A node that keeps a peer store starts from the one on its
+            // disk (empty if it never wrote one).
+            config.known_peers = Some(state.disk_known_peers.clone().unwrap_or_default());
+        }
         config.chain.signed_slots.extend(
             state
                 .disk_watermarks

@@ -43,7 +43,9 @@ fn a_restarted_node_dials_the_peers_it_knew_without_bootnodes() {
     for other in 0..3 {
         assert!(net.connected(3, other), "3 never met {other}");
     }
-    let known = net.known_peers[3].clone().expect("a snapshot was handed over");
+    let known = net.known_peers[3]
+        .clone()
+        .expect("a snapshot was handed over");
     assert_eq!(known.records.len(), 3, "{known:?}");
     // No other node keeps a store, so none hands a snapshot over.
     assert!(net.known_peers[..3].iter().all(Option::is_none));
@@ -56,7 +58,10 @@ fn a_restarted_node_dials_the_peers_it_knew_without_bootnodes() {
     // Every record became a candidate, and every candidate is dialled at once.
     assert_eq!(net.nodes[3].discovery().unwrap().counters().dials, 3);
     net.advance(Duration::from_secs(10));
-    assert!(net.connected(3, 1) && net.connected(3, 2), "3 did not find 1 and 2 again");
+    assert!(
+        net.connected(3, 1) && net.connected(3, 2),
+        "3 did not find 1 and 2 again"
+    );
 }
 
 #[test]
@@ -86,7 +91,10 @@ fn a_ban_outlasts_a_restart_until_it_ends() {
     assert!(net.nodes[0].peer_manager().is_banned(net.now, &peer));
     net.dial(1, 0, None);
     net.advance(Duration::from_secs(1));
-    assert!(!net.connected(0, 1), "a banned peer was admitted after a restart");
+    assert!(
+        !net.connected(0, 1),
+        "a banned peer was admitted after a restart"
+    );
 
     // Once the ban has ended (and the score decayed), it is welcome again.
     net.advance_to(banned_at + BAN_DURATION + Duration::from_secs(1));
