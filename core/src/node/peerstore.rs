@@ -144,7 +144,7 @@ impl Node {
             );
             known
                 .records
-                .sort_by(|a, b| b.last_seen_unix_ms.cmp(&a.last_seen_unix_ms));
+                .sort_by_key(|known| std::cmp::Reverse(known.last_seen_unix_ms));
             known.records.truncate(PEERSTORE_RECORDS_MAX);
         }
         let mut refused = 0usize;
