@@ -303,6 +303,12 @@ pub enum Action {
     /// Write `batch` durably in one transaction, then report
     /// `Input::Persisted { id: batch.id }`; batches in the order given.
     Persist(crate::work::PersistBatch),
+    /// Replace the stored peer store with `known` in one transaction (see
+    /// `crate::peerstore`). Nothing is reported back: a snapshot that is
+    /// not written costs only what changed since the last one. Emitted
+    /// only by a node whose `Config::known_peers` is set, every
+    /// `PEERSTORE_PERSIST_INTERVAL` and at shutdown.
+    PersistPeers(crate::peerstore::KnownPeers),
     /// Tell the application (and the log) something.
     Notify(Notification),
 }

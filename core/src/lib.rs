@@ -77,6 +77,7 @@ pub mod machine;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod peerstore;
 pub mod reqresp;
 pub mod secure;
 pub mod sync;

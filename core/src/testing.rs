@@ -91,6 +91,9 @@ pub struct MemoryNet {
     /// Nodes whose persist batches wait (a slow disk) until released.
     persist_held: BTreeSet<usize>,
     persist_waiting: Vec<(usize, crate::work::PersistBatch)>,
+    /// Each node's last peer store snapshot (`Action::PersistPeers`), as
+    /// a driver's store would hold it.
+    pub known_peers: Vec<Option<crate::peerstore::KnownPeers>>,
     next_conn: u64,
 }
 
@@ -129,6 +132,7 @@ impl MemoryNet {
             persisted: vec![Vec::new(); count],
             persist_held: BTreeSet::new(),
             persist_waiting: Vec::new(),
+            known_peers: vec![None; count],
             next_conn: 0,
         }
     }
@@ -429,6 +433,7 @@ impl MemoryNet {
                     self.complete_persist(index, batch);
                 }
             }
+            Action::PersistPeers(known) => self.known_peers[index] = Some(known),
             Action::Notify(notification) => self.notifications[index].push(notification),
         }
     }

@@ -25,7 +25,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("bounds", &["limits"]),
     ("codecs and crypto", &["codec", "secure", "chain"]),
-    ("jobs", &["work"]),
+    ("jobs", &["work", "peerstore"]),
     (
         "sub-machines",
         &["peer", "reqresp", "gossip", "sync", "discovery"],

@@ -4,7 +4,7 @@
 //! # Design
 //! One redb file, `DIR/blocks.redb`. To the store a block is opaque bytes
 //! named by its 32-byte root and its slot; decoding and verifying them is the
-//! core's job once they are fed back in. Three tables:
+//! core's job once they are fed back in. The tables:
 //!
 //! | table | key | value | why |
 //! | --- | --- | --- | --- |
@@ -12,6 +12,14 @@
 //! | `slot_by_root_v1` | root | slot u64 | find (and delete) a block by root alone |
 //! | `meta_v1` | name | bytes | `finalized` (root ‖ slot BE, 40 bytes), `block_bytes` (u64 BE), `network` (network id BE ‖ genesis root, 40 bytes) |
 //! | `signing_watermarks_v1` | proposer public key (48 bytes, compressed BLS) | slot u64 | the highest slot each of our keys signed: the core signs a slot only once this is durable, and never at or below it again |
+//! | `peer_records_v1` | peer id (32 bytes) | (last seen, Unix ms u64; signed record bytes) | the peer store: peers we met, dialled at the next start without bootnodes; the core verifies each record when it loads it |
+//! | `peer_scores_v1` | peer id | (score in millionths i64; taken at, Unix ms u64; last IP: 0, 4 or 16 bytes) | scores keep decaying over the time the node is down |
+//! | `peer_bans_v1` | peer id | (ends at, Unix ms u64; IP key: 0, 4 or 16 bytes) | a ban lasts until its end, not until the next restart |
+//! | `ip_bans_v1` | IP key (4 or 16 bytes) | ends at, Unix ms u64 | the same for bans by address |
+//!
+//! The four peer tables are one snapshot (`Action::PersistPeers`), replaced
+//! whole in one transaction by [`BlockStore::save_known_peers`]; a store
+//! written before they existed gets them, empty, at open.
 //!
 //! The `network` record is written when the store is created and checked at
 //! every open ([`StoreOptions::network`]): a data directory of another
@@ -62,6 +70,10 @@ use std::sync::Arc;
 
 use meshsync_core::chain::block::SIGNED_BLOCK_BYTES_MAX;
 use meshsync_core::chain::{ProposerPublicKey, Root, SigningWatermark, PROPOSER_PUBLIC_KEY_BYTES};
+use meshsync_core::peerstore::{
+    KnownIpBan, KnownPeerBan, KnownPeers, KnownRecord, KnownScore, PEERSTORE_RECORDS_MAX,
+};
+use meshsync_core::PeerId;
 use redb::backends::FileBackend;
 use redb::{
     BackendError, Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -85,6 +97,20 @@ const SLOT_BY_ROOT: TableDefinition<[u8; 32], u64> = TableDefinition::new("slot_
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 const WATERMARKS: TableDefinition<[u8; PROPOSER_PUBLIC_KEY_BYTES], u64> =
     TableDefinition::new("signing_watermarks_v1");
+/// Peer store (`Action::PersistPeers`): signed records of peers we met.
+const PEER_RECORDS: TableDefinition<[u8; 32], (u64, &[u8])> =
+    TableDefinition::new("peer_records_v1");
+/// Peer store: scores, with when they were taken and the peer's last IP.
+const PEER_SCORES: TableDefinition<[u8; 32], (i64, u64, &[u8])> =
+    TableDefinition::new("peer_scores_v1");
+/// Peer store: bans by identity, with their end and the IP banned from.
+const PEER_BANS: TableDefinition<[u8; 32], (u64, &[u8])> = TableDefinition::new("peer_bans_v1");
+/// Peer store: bans by IP (4 or 16 bytes), with their end.
+const IP_BANS: TableDefinition<&[u8], u64> = TableDefinition::new("ip_bans_v1");
+/// Rows read from one peer store table at most: the core writes at most
+/// `PEERSTORE_RECORDS_MAX` records (and fewer scores and bans); a table
+/// larger than this was not written by us, and its surplus is ignored.
+pub const PEERSTORE_ROWS_READ_MAX: usize = 4 * PEERSTORE_RECORDS_MAX;
 const META_FINALIZED: &str = "finalized";
 const META_BLOCK_BYTES: &str = "block_bytes";
 const META_NETWORK: &str = "network";
@@ -528,6 +554,10 @@ impl BlockStore {
             let blocks = transaction.open_table(BLOCKS)?;
             transaction.open_table(SLOT_BY_ROOT)?;
             transaction.open_table(WATERMARKS)?;
+            transaction.open_table(PEER_RECORDS)?;
+            transaction.open_table(PEER_SCORES)?;
+            transaction.open_table(PEER_BANS)?;
+            transaction.open_table(IP_BANS)?;
             let mut meta = transaction.open_table(META)?;
             let stored = read_network(&meta)?;
             if let (None, Some(ours)) = (stored, network) {
@@ -847,6 +877,110 @@ impl BlockStore {
         })
     }
 
+    /// Replaces the peer store with `known` (one `Action::PersistPeers`),
+    /// in one durable transaction: a crash leaves the previous snapshot or
+    /// this one, never a mix.
+    pub fn save_known_peers(&mut self, known: &KnownPeers) -> Result<(), StoreError> {
+        self.write("save peer store", |transaction| {
+            let mut records = transaction.open_table(PEER_RECORDS)?;
+            records.retain(|_, _| false)?;
+            for known in &known.records {
+                // Keyed by the peer id the record names; the core verifies
+                // the whole record when it is loaded.
+                let Some(key) = record_key(&known.record) else {
+                    continue;
+                };
+                records.insert(key, (known.last_seen_unix_ms, known.record.as_slice()))?;
+            }
+            let mut scores = transaction.open_table(PEER_SCORES)?;
+            scores.retain(|_, _| false)?;
+            for score in &known.scores {
+                let ip = ip_bytes(score.last_ip);
+                scores.insert(
+                    *score.peer.as_bytes(),
+                    (score.score_micropoints, score.at_unix_ms, ip.as_slice()),
+                )?;
+            }
+            let mut bans = transaction.open_table(PEER_BANS)?;
+            bans.retain(|_, _| false)?;
+            for ban in &known.peer_bans {
+                let ip = ip_bytes(ban.ip);
+                bans.insert(*ban.peer.as_bytes(), (ban.until_unix_ms, ip.as_slice()))?;
+            }
+            let mut ip_bans = transaction.open_table(IP_BANS)?;
+            ip_bans.retain(|_, _| false)?;
+            for ban in &known.ip_bans {
+                ip_bans.insert(ip_bytes(Some(ban.ip)).as_slice(), ban.until_unix_ms)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The peer store as last saved (empty for a store that never saved
+    /// one, such as a data directory from before the peer store). Rows the
+    /// store cannot read as ours (an IP of the wrong length) are skipped
+    /// with a WARN; records are checked by the core.
+    pub fn known_peers(&self) -> Result<KnownPeers, StoreError> {
+        self.read("read peer store", |transaction| {
+            let mut known = KnownPeers::default();
+            let mut skipped = 0usize;
+            let records = transaction.open_table(PEER_RECORDS)?;
+            for entry in records.iter()?.take(PEERSTORE_ROWS_READ_MAX) {
+                let (_, value) = entry?;
+                let (last_seen_unix_ms, record) = value.value();
+                known.records.push(KnownRecord {
+                    record: record.to_vec(),
+                    last_seen_unix_ms,
+                });
+            }
+            let scores = transaction.open_table(PEER_SCORES)?;
+            for entry in scores.iter()?.take(PEERSTORE_ROWS_READ_MAX) {
+                let (key, value) = entry?;
+                let (score_micropoints, at_unix_ms, ip) = value.value();
+                let Ok(last_ip) = ip_from_bytes(ip) else {
+                    skipped += 1;
+                    continue;
+                };
+                known.scores.push(KnownScore {
+                    peer: PeerId::from_bytes(key.value()),
+                    score_micropoints,
+                    at_unix_ms,
+                    last_ip,
+                });
+            }
+            let bans = transaction.open_table(PEER_BANS)?;
+            for entry in bans.iter()?.take(PEERSTORE_ROWS_READ_MAX) {
+                let (key, value) = entry?;
+                let (until_unix_ms, ip) = value.value();
+                let Ok(ip) = ip_from_bytes(ip) else {
+                    skipped += 1;
+                    continue;
+                };
+                known.peer_bans.push(KnownPeerBan {
+                    peer: PeerId::from_bytes(key.value()),
+                    ip,
+                    until_unix_ms,
+                });
+            }
+            let ip_bans = transaction.open_table(IP_BANS)?;
+            for entry in ip_bans.iter()?.take(PEERSTORE_ROWS_READ_MAX) {
+                let (key, value) = entry?;
+                let Ok(Some(ip)) = ip_from_bytes(key.value()) else {
+                    skipped += 1;
+                    continue;
+                };
+                known.ip_bans.push(KnownIpBan {
+                    ip,
+                    until_unix_ms: value.value(),
+                });
+            }
+            if skipped > 0 {
+                log::warn!("peer store: skipped {skipped} unreadable rows");
+            }
+            Ok(known)
+        })
+    }
+
     /// The network the store records, if it records one.
     pub fn network(&self) -> Result<Option<StoreNetwork>, StoreError> {
         self.read("read network", |transaction| {
@@ -1114,6 +1248,36 @@ fn read_network(
         network_id: u64::from_be_bytes(id),
         genesis_root: Root(genesis_root),
     }))
+}
+
+/// The key a stored record is filed under: the peer id it names (bytes
+/// 1..33 of the encoding, after the version byte), or `None` for bytes too
+/// short to be a record (the core never hands those over).
+fn record_key(record: &[u8]) -> Option<[u8; 32]> {
+    record.get(1..33)?.try_into().ok()
+}
+
+/// An optional IP address as stored: empty, 4 or 16 bytes.
+fn ip_bytes(ip: Option<std::net::IpAddr>) -> Vec<u8> {
+    match ip {
+        None => Vec::new(),
+        Some(std::net::IpAddr::V4(v4)) => v4.octets().to_vec(),
+        Some(std::net::IpAddr::V6(v6)) => v6.octets().to_vec(),
+    }
+}
+
+/// The inverse of [`ip_bytes`]; `Err` for any other length.
+fn ip_from_bytes(bytes: &[u8]) -> Result<Option<std::net::IpAddr>, ()> {
+    match bytes.len() {
+        0 => Ok(None),
+        4 => Ok(Some(std::net::IpAddr::from(
+            <[u8; 4]>::try_from(bytes).map_err(|_| ())?,
+        ))),
+        16 => Ok(Some(std::net::IpAddr::from(
+            <[u8; 16]>::try_from(bytes).map_err(|_| ())?,
+        ))),
+        _ => Err(()),
+    }
 }
 
 /// An error inside a transaction, before the path is attached.
@@ -1592,5 +1756,127 @@ mod tests {
                 .iter()
                 .any(|(root, _, bytes)| *root == block.root && *bytes == block.bytes));
         }
+    }
+
+    fn known_peers() -> KnownPeers {
+        use meshsync_core::discovery::Record;
+        use meshsync_core::Identity;
+        let record = |seed: u64| {
+            Record::sign(
+                &Identity::from_seed(seed),
+                1,
+                seed,
+                &["203.0.113.7:9000".parse().unwrap()],
+            )
+            .encode()
+        };
+        let peer = |seed: u64| Identity::from_seed(seed).peer_id();
+        KnownPeers {
+            records: vec![
+                KnownRecord {
+                    record: record(1),
+                    last_seen_unix_ms: 1_700_000_000_000,
+                },
+                KnownRecord {
+                    record: record(2),
+                    last_seen_unix_ms: 1_600_000_000_000,
+                },
+            ],
+            scores: vec![
+                KnownScore {
+                    peer: peer(1),
+                    score_micropoints: -42_000_000,
+                    at_unix_ms: 1_700_000_000_500,
+                    last_ip: Some("203.0.113.7".parse().unwrap()),
+                },
+                KnownScore {
+                    peer: peer(3),
+                    score_micropoints: 7,
+                    at_unix_ms: 1_700_000_000_500,
+                    last_ip: None,
+                },
+            ],
+            peer_bans: vec![KnownPeerBan {
+                peer: peer(1),
+                ip: Some("2001:db8::".parse().unwrap()),
+                until_unix_ms: 1_700_003_600_000,
+            }],
+            ip_bans: vec![KnownIpBan {
+                ip: "203.0.113.7".parse().unwrap(),
+                until_unix_ms: 1_700_003_600_000,
+            }],
+        }
+    }
+
+    /// Sorted as the store reads them back (by key).
+    fn sorted(mut known: KnownPeers) -> KnownPeers {
+        known
+            .records
+            .sort_by(|a, b| a.record[1..33].cmp(&b.record[1..33]));
+        known.scores.sort_by_key(|score| *score.peer.as_bytes());
+        known.peer_bans.sort_by_key(|ban| *ban.peer.as_bytes());
+        known
+    }
+
+    #[test]
+    fn the_peer_store_round_trips_and_a_snapshot_replaces_the_last() {
+        let dir = TempDir::new("store");
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(store.known_peers().unwrap(), KnownPeers::default());
+        let known = known_peers();
+        store.save_known_peers(&known).unwrap();
+        drop(store);
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(store.known_peers().unwrap(), sorted(known.clone()));
+
+        // A smaller snapshot leaves nothing of the bigger one behind.
+        let mut smaller = known;
+        smaller.records.truncate(1);
+        smaller.scores.clear();
+        smaller.ip_bans.clear();
+        store.save_known_peers(&smaller).unwrap();
+        assert_eq!(store.known_peers().unwrap(), smaller);
+    }
+
+    #[test]
+    fn a_data_dir_from_before_the_peer_store_opens_with_an_empty_one() {
+        let dir = TempDir::new("store");
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        let blocks = vec![(root(1, 1), 1, vec![1; 10])];
+        persist_owned(&mut store, &blocks, None).unwrap();
+        store.save_known_peers(&known_peers()).unwrap();
+        drop(store);
+        // The peer tables removed, as in a file an older build wrote.
+        let database = Database::open(dir.path().join(STORE_FILE_NAME)).unwrap();
+        let transaction = database.begin_write().unwrap();
+        assert!(transaction.delete_table(PEER_RECORDS).unwrap());
+        assert!(transaction.delete_table(PEER_SCORES).unwrap());
+        assert!(transaction.delete_table(PEER_BANS).unwrap());
+        assert!(transaction.delete_table(IP_BANS).unwrap());
+        transaction.commit().unwrap();
+        drop(database);
+
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        assert_eq!(store.known_peers().unwrap(), KnownPeers::default());
+        assert_eq!(store.load().unwrap().blocks.len(), 1);
+        store.save_known_peers(&known_peers()).unwrap();
+        assert_eq!(store.known_peers().unwrap(), sorted(known_peers()));
+    }
+
+    #[test]
+    fn unreadable_peer_rows_are_skipped() {
+        let dir = TempDir::new("store");
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        store.save_known_peers(&known_peers()).unwrap();
+        store
+            .write("damage", |transaction| {
+                let mut bans = transaction.open_table(IP_BANS)?;
+                bans.insert([1u8, 2, 3].as_slice(), 5)?;
+                let mut scores = transaction.open_table(PEER_SCORES)?;
+                scores.insert([9u8; 32], (1i64, 2u64, [0u8; 7].as_slice()))?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.known_peers().unwrap(), sorted(known_peers()));
     }
 }

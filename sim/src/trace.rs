@@ -49,6 +49,7 @@ const TAG_CRASH: u8 = 6;
 const TAG_RESTART: u8 = 7;
 const TAG_WORK: u8 = 8;
 const TAG_PERSIST: u8 = 9;
+const TAG_PERSIST_PEERS: u8 = 10;
 
 /// Something the simulator did to a node from outside, hashed with the actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,29 @@ impl Trace {
                 }
                 self.bytes(batch.finalized.root.as_bytes());
                 self.u64(batch.finalized.slot);
+            }
+            Action::PersistPeers(known) => {
+                self.tag(TAG_PERSIST_PEERS);
+                self.u64(known.records.len() as u64);
+                for record in &known.records {
+                    self.bytes(&record.record);
+                    self.u64(record.last_seen_unix_ms);
+                }
+                self.u64(known.scores.len() as u64);
+                for score in &known.scores {
+                    self.bytes(score.peer.as_bytes());
+                    self.u64(score.score_micropoints as u64);
+                }
+                self.u64(known.peer_bans.len() as u64);
+                for ban in &known.peer_bans {
+                    self.bytes(ban.peer.as_bytes());
+                    self.u64(ban.until_unix_ms);
+                }
+                self.u64(known.ip_bans.len() as u64);
+                for ban in &known.ip_bans {
+                    self.bytes(ban.ip.to_string().as_bytes());
+                    self.u64(ban.until_unix_ms);
+                }
             }
             Action::Notify(notification) => {
                 self.tag(TAG_NOTIFY);

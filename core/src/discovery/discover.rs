@@ -15,6 +15,7 @@
 //!  handle_find_node_request(from, request) ─► the answer, returned at once
 //!  set_peer_count(connected, target) ─► refresh every 30 s below target, else 5 min
 //!  add_bootnode(peer, addr) ─► a candidate while the table is empty
+//!  add_known(records) ─► candidates (a peer store's records)
 //!                   poll_query()            ─► (peer, addr, FIND_NODE request) to send
 //!                   poll_dial()             ─► (peer, addr) to dial
 //!                   poll_liveness_check()   ─► (peer, addr) to Ping
@@ -261,6 +262,24 @@ impl Discovery {
         }
         self.drive(now);
         Ok(())
+    }
+
+    /// Records a peer store kept from an earlier run, least recently seen
+    /// first: candidates to dial, like relayed records (they prove nothing
+    /// about the peer being alive now), so a node restarted without
+    /// bootnodes finds its way back. Candidates are bounded and evict the
+    /// oldest arrival, so the most recently seen are kept. Returns how many
+    /// became new candidates.
+    pub fn add_known(&mut self, now: Instant, records: Vec<Record>) -> usize {
+        self.observe(now);
+        let network_id = self.local.network_id();
+        let added = records
+            .into_iter()
+            .filter(|record| record.network_id() == network_id)
+            .filter(|record| self.table.add_candidate(record.clone()))
+            .count();
+        self.drive(now);
+        added
     }
 
     /// A handshake with `peer` from `ip` completed and the peer gave

@@ -183,6 +183,11 @@ impl DiscoveryPart {
         })
     }
 
+    /// Records a peer store kept: candidates, least recently seen first.
+    pub(super) fn add_known(&mut self, now: Instant, records: Vec<Record>) -> usize {
+        self.machine.add_known(now, records)
+    }
+
     /// The machine, for reading.
     pub(super) fn machine(&self) -> &Discovery {
         &self.machine

@@ -49,6 +49,7 @@ mod discovery;
 mod faults;
 mod gossip;
 mod outbox;
+mod peerstore;
 mod purpose;
 mod rpc;
 mod signing;
@@ -122,6 +123,11 @@ pub struct Config {
     /// Kademlia discovery, with what we advertise and where we start; off
     /// when `None` (the default: only the driver knows our addresses).
     pub discovery: Option<DiscoveryConfig>,
+    /// The peer store the driver loaded, when it keeps one (`None`: it
+    /// keeps none, and the node emits no `Action::PersistPeers`). Records
+    /// become discovery candidates, scores and bans return to the peer
+    /// manager; see `node/peerstore.rs`.
+    pub known_peers: Option<crate::peerstore::KnownPeers>,
 }
 
 /// Deliberate misbehaviour, so the simulator can run hostile nodes on the
@@ -174,6 +180,7 @@ impl Config {
             faults: Faults::default(),
             gossip: crate::gossip::Config::default(),
             discovery: None,
+            known_peers: None,
         }
     }
 }
@@ -232,6 +239,8 @@ pub struct Node {
     hostile: self::faults::HostileState,
     /// Kademlia discovery, when configured.
     discovery: Option<self::discovery::DiscoveryPart>,
+    /// The peer store's records and timer, when the driver keeps a store.
+    peerstore: Option<self::peerstore::PeerStorePart>,
 }
 
 impl Node {
@@ -307,6 +316,7 @@ impl Node {
             gossip: self::gossip::GossipPart::new(Gossip::new(config.gossip.clone(), gossip_seed)),
             hostile: self::faults::HostileState::default(),
             discovery,
+            peerstore: None,
             config,
             rng,
             conns: Connections::new(keys, hello),
@@ -315,6 +325,9 @@ impl Node {
             shutting_down: false,
         };
         node.start_chain(Instant::ZERO);
+        if let Some(known) = node.config.known_peers.clone() {
+            node.load_known_peers(Instant::ZERO, known);
+        }
         node
     }
 
@@ -411,6 +424,7 @@ impl Node {
             self.chain.next_deadline(self.last_now),
             self.hostile_deadline(),
             self.trim_deadline(),
+            self.peerstore_deadline(),
         ];
         connections
             .into_iter()
@@ -901,6 +915,7 @@ impl Node {
         self.gossip_heartbeat(now);
         self.hostile_tick(now);
         self.discovery_tick(now);
+        self.peerstore_tick(now);
     }
 
     /// Carries out what the peer manager decided at its timeout.
@@ -978,6 +993,8 @@ impl Node {
                 ),
             }
         }
+        // The last snapshot, with every score and ban of this run.
+        self.persist_known_peers(now);
     }
 
     /// `peer` has more than its gossip window waiting and took none of it

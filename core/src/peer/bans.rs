@@ -13,8 +13,8 @@
 //! # Security
 //! Provided: bounded tables; a peer banned with its IP recorded lets the
 //! caller count how many banned identities came from one address.
-//! Not provided: deciding what to ban (see [`super::PeerManager`]); bans do
-//! not survive a restart.
+//! Not provided: deciding what to ban (see [`super::PeerManager`]); keeping
+//! bans across a restart is the node's peer store (`crate::peerstore`).
 //!
 //! # Limits
 //! [`BANNED_PEERS_MAX`] peer bans and [`BANNED_IPS_MAX`] IP bans. When a table is
@@ -200,6 +200,24 @@ impl Bans {
             }
             None => false,
         }
+    }
+
+    /// Peer bans in force at `now`: (peer, IP key, end), in `PeerId` order.
+    pub fn peer_bans(&self, now: Instant) -> Vec<(PeerId, Option<IpAddr>, Instant)> {
+        self.peers
+            .iter()
+            .filter(|(_, ban)| now < ban.until)
+            .map(|(peer, ban)| (*peer, ban.ip, ban.until))
+            .collect()
+    }
+
+    /// IP bans in force at `now`: (IP key, end), in address order.
+    pub fn ip_bans(&self, now: Instant) -> Vec<(IpAddr, Instant)> {
+        self.ips
+            .iter()
+            .filter(|(_, until)| now < **until)
+            .map(|(ip, until)| (*ip, *until))
+            .collect()
     }
 
     /// Removes the bans that have ended by `now`: peers first, then IPs, each

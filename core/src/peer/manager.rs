@@ -30,7 +30,9 @@
 //! remembered, so reconnecting sheds nothing, and so is the address it last
 //! came from, so a ban its score reaches after it left (late verdicts on
 //! what it sent) still bans that IP.
-//! Not provided: persistence across restarts.
+//! Persistence across restarts is the node's peer store
+//! (`crate::peerstore`): [`PeerManager::snapshot`] gives what it keeps,
+//! `restore_*` take it back.
 //!
 //! # Limits
 //! Those of the parts; the manager adds no table of its own.
@@ -497,6 +499,60 @@ impl PeerManager {
     /// Stops keeping `addr` connected (does not disconnect it). Whether it was static.
     pub fn remove_static_peer(&mut self, addr: SocketAddr) -> bool {
         self.statics.remove(addr)
+    }
+
+    /// The non-zero scores at `now` with their peers' last IPs, and the
+    /// peer and IP bans in force: what the peer store keeps.
+    #[allow(clippy::type_complexity)]
+    pub fn snapshot(
+        &self,
+        now: Instant,
+    ) -> (
+        Vec<(PeerId, Score, Option<IpAddr>)>,
+        Vec<(PeerId, Option<IpAddr>, Instant)>,
+        Vec<(IpAddr, Instant)>,
+    ) {
+        (
+            self.scores.snapshot(now),
+            self.bans.peer_bans(now),
+            self.bans.ip_bans(now),
+        )
+    }
+
+    /// A score the peer store kept: `peer` has `score` at `now` (already
+    /// decayed over the time the node was down). See [`Scores::restore`].
+    pub fn restore_score(&mut self, now: Instant, peer: PeerId, score: Score, ip: Option<IpAddr>) {
+        let now = self.advance(now);
+        self.scores.restore(now, peer, score, ip);
+    }
+
+    /// A ban the peer store kept: `peer` (from IP key `ip`) is banned
+    /// until `until`. Bans already past are ignored. Returns bans lifted to
+    /// make room (none while the store holds no more than the table).
+    pub fn restore_peer_ban(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        ip: Option<IpAddr>,
+        until: Instant,
+    ) -> Vec<PeerEvent> {
+        let now = self.advance(now);
+        if until <= now {
+            return Vec::new();
+        }
+        let ip = ip.filter(|&ip| self.gater.is_ip_limited(ip));
+        let lifted = self.bans.ban_peer(peer, ip, until);
+        lifted.into_iter().map(unban_event).collect()
+    }
+
+    /// A ban by IP the peer store kept; see [`PeerManager::restore_peer_ban`].
+    pub fn restore_ip_ban(&mut self, now: Instant, ip: IpAddr, until: Instant) -> Vec<PeerEvent> {
+        let now = self.advance(now);
+        if until <= now || !self.gater.is_ip_limited(ip) {
+            return Vec::new();
+        }
+        let lifted = self.bans.ban_ip(ip, until);
+        lifted.into_iter().map(unban_event).collect()
     }
 
     /// The next thing [`Machine::handle_timeout`] decided, until `None`.

@@ -390,6 +390,36 @@ impl Scores {
         events
     }
 
+    /// Every remembered non-zero score at `now`, with the IP its peer last
+    /// connected from, in `PeerId` order: what the peer store keeps.
+    pub fn snapshot(&self, now: Instant) -> Vec<(PeerId, Score, Option<IpAddr>)> {
+        self.entries
+            .iter()
+            .map(|(peer, entry)| (*peer, self.value_at(entry, now), entry.last_ip))
+            .filter(|(_, score, _)| *score != Score::ZERO)
+            .collect()
+    }
+
+    /// Sets `peer`'s score to `value` at `now`, as a peer store loaded it
+    /// (a peer already remembered keeps its own). A value below the gate
+    /// awaits recovery as after a disconnect, so the peer is refused until
+    /// decay brings it back and its recovery is reported then.
+    pub fn restore(&mut self, now: Instant, peer: PeerId, value: Score, last_ip: Option<IpAddr>) {
+        if self.entries.contains_key(&peer) || value == Score::ZERO {
+            return;
+        }
+        let half_life = self.half_life;
+        let entry = self.entry_mut(now, peer);
+        entry.value = value;
+        entry.updated = now;
+        entry.last_ip = last_ip;
+        if value < SCORE_GATE_THRESHOLD {
+            let at = recovery_instant(value, now, half_life);
+            entry.recovery_at = Some(at);
+            self.recoveries.insert((at, peer));
+        }
+    }
+
     /// Peers whose score has recovered to the gate threshold by `now`, in
     /// `(instant, PeerId)` order; each is reported once per downward crossing.
     pub fn poll_recoveries(&mut self, now: Instant) -> Vec<PeerId> {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant as StdInstant};
 
 use meshsync_core::chain::block::body_root;
 use meshsync_core::chain::SignedBlock;
+use meshsync_core::peerstore::KnownPeers;
 use meshsync_core::work::PersistBatch;
 use meshsync_core::{Health, Input};
 
@@ -47,6 +48,19 @@ impl Driver {
         );
         log::error!("[{:?}] {text}", self.peer_id);
         Some(text)
+    }
+
+    /// Replaces the peer store with `known`, in one transaction. Nothing is
+    /// acknowledged, and a failure is a WARN without `store_failing`: the
+    /// next snapshot (60 s later, or at shutdown) tries again, and the
+    /// block batches' own writes decide the store's health.
+    pub(super) fn persist_peers(&mut self, known: &KnownPeers) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if let Err(error) = store.save_known_peers(known) {
+            log::warn!("[{:?}] peer store not saved: {error}", self.peer_id);
+        }
     }
 
     /// Writes `batch` durably (or, memory-only, does not) and tells the core.

@@ -158,7 +158,7 @@ impl Driver {
     /// [`Driver::bind`] with a worker count and, if `options.data_dir` is
     /// given, a durable block store there: its blocks are loaded into
     /// `config.chain.stored` (a block that does not decode is logged and
-    /// skipped). The port is bound first, so a busy port fails before a
+    /// skipped), its peer store into `config.known_peers`. The port is bound first, so a busy port fails before a
     /// large store is read; the error says which of the two failed.
     pub fn bind_with(
         listen: SocketAddr,
@@ -219,6 +219,19 @@ impl Driver {
                 )?;
                 config.chain.signed_slots.extend(watermarks);
                 config.chain.stored = Arc::from(loaded.blocks);
+                // The peer store is a head start, not the node's state: one
+                // that cannot be read costs the known peers, not the start.
+                let known = store.known_peers().unwrap_or_else(|error| {
+                    log::warn!("peer store unreadable, starting without it: {error}");
+                    Default::default()
+                });
+                log::info!(
+                    "peer store: {} records, {} scores, {} bans read",
+                    known.records.len(),
+                    known.scores.len(),
+                    known.peer_bans.len() + known.ip_bans.len()
+                );
+                config.known_peers = Some(known);
                 Some(store)
             }
         };

@@ -174,6 +174,11 @@ impl Sim {
             stored.extend(state.disk.values().cloned());
             config.chain.stored = stored.into();
         }
+        if config.known_peers.is_some() {
+            // A node that keeps a peer store starts from the one on its
+            // disk (empty if it never wrote one).
+            config.known_peers = Some(state.disk_known_peers.clone().unwrap_or_default());
+        }
         config.chain.signed_slots.extend(
             state
                 .disk_watermarks
@@ -321,6 +326,65 @@ mod tests {
         sim.run_for(Duration::from_secs(1));
         assert_eq!(sim.network_counts().connections_established, 0);
         assert!(!sim.has_peer(a, b) && !sim.has_peer(b, a));
+        assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
+    }
+
+    /// A node that keeps a peer store crashes; while it is down its only
+    /// bootnode goes away for good. It restarts from the peer store on its
+    /// modelled disk and finds the peers it knew, which the bootnode can
+    /// no longer introduce.
+    #[test]
+    fn a_node_restarted_from_its_peer_store_finds_its_peers_without_the_bootnode() {
+        use meshsync_core::node::DiscoveryConfig;
+        use meshsync_core::peerstore::{KnownPeers, PEERSTORE_PERSIST_INTERVAL};
+
+        let mut sim = sim(9);
+        let base = sim.node_config();
+        let port = base.listen_port;
+        let config_for = |index: usize, bootnodes: Vec<_>| {
+            let mut config = base.clone();
+            config.discovery = Some(DiscoveryConfig {
+                addresses: vec![crate::network::node_address(NodeIndex(index), port)],
+                allow_private: true,
+                subnet_limits: false,
+                bootnodes,
+                peers_target: 25,
+                record_seq: 1,
+            });
+            config
+        };
+        let boot = sim.add_node_with_config(config_for(0, Vec::new()));
+        let bootnodes = vec![(sim.peer_id(boot), sim.addr(boot))];
+        let a = sim.add_node_with_config(config_for(1, bootnodes.clone()));
+        let b = sim.add_node_with_config(config_for(2, bootnodes.clone()));
+        let mut keeper = config_for(3, bootnodes);
+        keeper.known_peers = Some(KnownPeers::default());
+        let keeper = sim.add_node_with_config(keeper);
+
+        let met_all = |sim: &Sim| {
+            [boot, a, b]
+                .iter()
+                .all(|&other| sim.are_connected(keeper, other))
+        };
+        sim.run_until(met_all, 100_000)
+            .expect("the keeper meets everyone through the bootnode");
+        sim.run_for(PEERSTORE_PERSIST_INTERVAL);
+        let on_disk = sim.node_state(keeper).disk_known_peers.clone();
+        assert_eq!(on_disk.map(|known| known.records.len()), Some(3));
+
+        sim.crash(keeper);
+        sim.crash(boot);
+        sim.run_for(Duration::from_secs(5));
+        sim.restart(keeper);
+        let restarted = sim.now();
+        sim.run_until(
+            |sim| sim.are_connected(keeper, a) && sim.are_connected(keeper, b),
+            100_000,
+        )
+        .expect("the keeper finds its peers again from its peer store");
+        // At once, from its candidates; without the peer store (its disk
+        // wiped) it never does within the step bound.
+        assert!(sim.now().saturating_duration_since(restarted) < Duration::from_secs(5));
         assert_eq!(sim.invariant_violations(), 0, "{:?}", sim.violations());
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! A batch is on the disk once its modelled write completed; a crash loses
 //! the ones still being written, and a restart starts from what is on the
-//! disk (see [`Sim::restart`]): its blocks and its signing watermarks.
+//! disk (see [`Sim::restart`]): its blocks and its signing watermarks, and,
+//! for a node whose config keeps a peer store (`Config::known_peers`), the
+//! last peer store snapshot it handed over.
 
+use meshsync_core::peerstore::KnownPeers;
 use meshsync_core::work::PersistBatch;
 use meshsync_core::{Duration, Health, Input, Instant};
 
@@ -41,6 +44,7 @@ impl Sim {
         assert!(!self.is_up(node), "{node}'s disk wiped while it runs");
         let state = self.node_state_mut(node);
         state.disk.clear();
+        state.disk_known_peers = None;
         if !keep_watermarks {
             state.disk_watermarks.clear();
         }
@@ -59,6 +63,14 @@ impl Sim {
             let kept = state.disk_watermarks.entry(watermark.proposer).or_default();
             *kept = (*kept).max(watermark.slot);
         }
+    }
+
+    /// Replaces the peer store on the node's disk with `known`. Written at
+    /// once, outside the block writes' queue: nothing waits on it (the core
+    /// expects no acknowledgement), and a snapshot is small next to a
+    /// block batch; a crash keeps the last one handed over.
+    pub(super) fn apply_persist_peers(&mut self, index: NodeIndex, known: KnownPeers) {
+        self.node_state_mut(index).disk_known_peers = Some(known);
     }
 
     /// Writes `batch` to the node's modelled disk after [`DISK_WRITE_LATENCY`]

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 
 use meshsync_core::chain::{ProposerPublicKey, Root, SignedBlock};
 use meshsync_core::metrics::Counters;
+use meshsync_core::peerstore::KnownPeers;
 use meshsync_core::work::PersistBatch;
 use meshsync_core::{Config, DialId, Instant, Node, Notification, PeerId};
 use sha2::{Digest, Sha256};
@@ -48,6 +49,9 @@ pub(super) struct SimNode {
     /// The signing watermarks on the node's disk: per key, the highest
     /// slot a completed batch recorded. A restart loads these.
     pub(super) disk_watermarks: BTreeMap<ProposerPublicKey, u64>,
+    /// The peer store on the node's disk (the last `Action::PersistPeers`),
+    /// for a node whose config keeps one. A restart loads it.
+    pub(super) disk_known_peers: Option<KnownPeers>,
     /// Bytes per second the node can receive, if limited.
     pub(super) downlink_bytes_per_second: Option<u64>,
     /// When the downlink finishes receiving what is on its way so far.

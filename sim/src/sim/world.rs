@@ -139,6 +139,7 @@ impl Sim {
             disk_fails_until: Instant::ZERO,
             disk_unwritten: VecDeque::new(),
             disk_watermarks: BTreeMap::new(),
+            disk_known_peers: None,
             timer_generation: 0,
             timer_at: None,
             dials: BTreeSet::new(),

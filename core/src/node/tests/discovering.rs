@@ -8,7 +8,7 @@ use crate::reqresp::stats::ServedResult;
 
 /// Node `index` of `count`, advertising its MemoryNet address, starting from
 /// `bootnodes` (indices), aiming for `peers_target` peers.
-fn discovering(index: usize, bootnodes: &[usize], peers_target: usize) -> Config {
+pub(super) fn discovering(index: usize, bootnodes: &[usize], peers_target: usize) -> Config {
     let mut config = Config::new(1);
     config.discovery = Some(DiscoveryConfig {
         addresses: vec![addr(index)],

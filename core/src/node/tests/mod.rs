@@ -16,6 +16,7 @@ mod claims;
 mod connections;
 mod discovering;
 mod gossiping;
+mod peerstore;
 mod producing;
 mod request_stats;
 mod requests;

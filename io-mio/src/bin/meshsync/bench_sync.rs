@@ -382,7 +382,7 @@ impl World {
                     },
                 ));
             }
-            Action::CancelDial { .. } | Action::Notify(_) => {}
+            Action::CancelDial { .. } | Action::Notify(_) | Action::PersistPeers(_) => {}
         }
     }
 
