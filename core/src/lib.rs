@@ -27,6 +27,7 @@
 //!                                  ConnectionClosed / DialFailed
 //!  worker pool  ◄── driver ◄──   Action::Work(job)     ──► Input::WorkDone (BLS batch checks)
 //!  block store  ◄── driver ◄──   Action::Persist(batch) ─► Input::Persisted (then in our Status)
+//!  peer store   ◄── driver ◄──   Action::PersistPeers(snapshot) (loaded back as Config::known_peers)
 //!  disk, clock  ──► driver ──►   Input::Health (store failing, clock jumped)
 //!  application  ◄── driver ◄──   Action::Notify(event)
 //!  application  ──► driver ──►   Input::Command (publish, request, dial, shutdown, ...)
