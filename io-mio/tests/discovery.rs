@@ -9,15 +9,13 @@
 //! or a metrics scrape with a deadline; nothing sleeps for a result.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use meshsync_mio::testing::TempDir;
 
-use super::operations::{meshsync, scrape, value, wait_within};
+use super::operations::{scrape, value, wait_within};
+use super::static_peers::{keygen, Node};
 
 const NETWORK_ID: u64 = 96;
 const NODES: usize = 4;
@@ -34,76 +32,16 @@ const INBOUND: &str = "meshsync_peers{direction=\"inbound\"}";
 const OUTBOUND: &str = "meshsync_peers{direction=\"outbound\"}";
 const TABLE: &str = "meshsync_discovery_table_entries";
 
-/// A running `meshsync node`; killed if the test ends while it runs.
-struct Node {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Node {
-    /// `meshsync node` on 127.0.0.1 with a fresh key at `dir/NAME.key`,
-    /// metrics on a free port, discovery with private addresses allowed,
-    /// and `extra`; stderr to `dir/NAME.log`.
-    fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
-        let key = dir.join(format!("{name}.key"));
-        let keygen = meshsync()
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(keygen.success());
-        let log = dir.join(format!("{name}.log"));
-        let child = meshsync()
-            .args(["node", "--listen", "127.0.0.1:0", "--key"])
-            .arg(&key)
-            .args(["--network", &NETWORK_ID.to_string(), "--allow-private"])
-            .args(["--metrics", "127.0.0.1:0", "--status-interval-secs", "0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Node { child, log }
-    }
-
-    /// The words after `prefix` in the first log line that has it, once there is one.
-    fn words_after(&mut self, prefix: &str) -> Vec<String> {
-        let what = format!("`{prefix}` in {}", self.log.display());
-        let line = wait_within(&what, DEADLINE, || {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let found = log.lines().find(|line| line.contains(prefix));
-            if found.is_none() {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    panic!("the node exited ({status}) before {what}: {log}");
-                }
-            }
-            found.map(str::to_owned)
-        });
-        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
-        rest.split_whitespace().map(str::to_owned).collect()
-    }
-
-    /// Its peer id and listening address, from `node PEERID listening on ADDR`.
-    fn identity(&mut self) -> (String, SocketAddr) {
-        let words = self.words_after("] node ");
-        assert_eq!(words[1..3], ["listening", "on"], "{words:?}");
-        (words[0].clone(), words[3].parse().unwrap())
-    }
-
-    fn metrics_address(&mut self) -> SocketAddr {
-        let words = self.words_after("serving metrics on http://");
-        let addr = words[0].strip_suffix("/metrics").expect("a metrics URL");
-        addr.parse().unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `meshsync node` on 127.0.0.1 with a fresh key at `dir/NAME.key`,
+/// metrics on a free port, discovery with private addresses allowed, and
+/// `extra`; stderr to `dir/NAME.log`.
+fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
+    let key = dir.join(format!("{name}.key"));
+    keygen(&key);
+    let key = key.to_str().expect("a UTF-8 temporary path");
+    let mut arguments = vec!["--listen", "127.0.0.1:0", "--key", key, "--allow-private"];
+    arguments.extend_from_slice(extra);
+    Node::start_on(NETWORK_ID, &dir.join(format!("{name}.log")), &arguments)
 }
 
 fn peers(samples: &BTreeMap<String, f64>) -> f64 {
@@ -114,7 +52,7 @@ fn peers(samples: &BTreeMap<String, f64>) -> f64 {
 fn nodes_that_know_only_a_bootnode_find_each_other() {
     let temp = TempDir::new("discovery-bootnode");
     let dir = temp.path();
-    let mut nodes = vec![Node::start(dir, "node-0", &[])];
+    let mut nodes = vec![start(dir, "node-0", &[])];
     let (boot_id, boot_addr) = nodes[0].identity();
     // It listens on port 0: the bound port is the one it signed.
     let advertised = nodes[0].words_after("discovery on: advertising ");
@@ -125,7 +63,7 @@ fn nodes_that_know_only_a_bootnode_find_each_other() {
     let started = Instant::now();
     let mut metrics = vec![boot_metrics];
     for index in 1..NODES {
-        let mut node = Node::start(dir, &format!("node-{index}"), &["--bootnode", &bootnode]);
+        let mut node = start(dir, &format!("node-{index}"), &["--bootnode", &bootnode]);
         metrics.push(node.metrics_address());
         nodes.push(node);
         // The bootnode holds this one's record before the next starts, so

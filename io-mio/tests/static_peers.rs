@@ -34,7 +34,7 @@ const INBOUND: &str = "meshsync_peers{direction=\"inbound\"}";
 const HANDSHAKES: &str = "meshsync_handshake_duration_seconds_count";
 
 /// A new key file at `path`; the peer id `meshsync keygen` prints for it.
-fn keygen(path: &Path) -> String {
+pub(super) fn keygen(path: &Path) -> String {
     let output = meshsync()
         .args(["keygen", "--out"])
         .arg(path)
@@ -45,7 +45,8 @@ fn keygen(path: &Path) -> String {
 }
 
 /// One life of a `meshsync node`; killed if the test ends while it runs.
-struct Node {
+/// Shared with `discovery.rs`.
+pub(super) struct Node {
     child: Child,
     log: PathBuf,
     /// Bytes of the log written by earlier lives.
@@ -56,12 +57,17 @@ impl Node {
     /// `meshsync node --network NETWORK_ID --metrics 127.0.0.1:0` with
     /// `arguments`; stderr appended to `log`, so every life stays readable.
     fn start(log: &Path, arguments: &[&str]) -> Node {
+        Node::start_on(NETWORK_ID, log, arguments)
+    }
+
+    /// [`Node::start`] on network `network_id`.
+    pub(super) fn start_on(network_id: u64, log: &Path, arguments: &[&str]) -> Node {
         let skip = std::fs::metadata(log).map_or(0, |meta| meta.len() as usize);
         let stderr = File::options().create(true).append(true).open(log).unwrap();
         let child = meshsync()
             .arg("node")
             .args(arguments)
-            .args(["--network", &NETWORK_ID.to_string()])
+            .args(["--network", &network_id.to_string()])
             .args(["--metrics", "127.0.0.1:0", "--status-interval-secs", "0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -97,20 +103,20 @@ impl Node {
     }
 
     /// The words after `prefix` in the first log line that has it.
-    fn words_after(&mut self, prefix: &str) -> Vec<String> {
+    pub(super) fn words_after(&mut self, prefix: &str) -> Vec<String> {
         let line = self.wait_line(prefix);
         let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
         rest.split_whitespace().map(str::to_owned).collect()
     }
 
     /// Its peer id and listening address, from `node PEERID listening on ADDR`.
-    fn identity(&mut self) -> (String, SocketAddr) {
+    pub(super) fn identity(&mut self) -> (String, SocketAddr) {
         let words = self.words_after("] node ");
         assert_eq!(words[1..3], ["listening", "on"], "{words:?}");
         (words[0].clone(), words[3].parse().unwrap())
     }
 
-    fn metrics_address(&mut self) -> SocketAddr {
+    pub(super) fn metrics_address(&mut self) -> SocketAddr {
         let words = self.words_after("serving metrics on http://");
         let addr = words[0].strip_suffix("/metrics").expect("a metrics URL");
         addr.parse().unwrap()
