@@ -869,7 +869,7 @@ impl Node {
                 self.forget_peer(now, conn, DisconnectReason::ConnectionLost(cause));
             }
             _ => {
-                let addr = connection.addr;
+                let (addr, expected) = (connection.addr, connection.expected);
                 self.forget_connection(now, conn);
                 self.out.counters.handshakes_failed += 1;
                 self.out.counters.refused_handshake_error += 1;
@@ -878,6 +878,10 @@ impl Node {
                     peer: None,
                     reason: RefuseReason::ConnectionLost(cause),
                 });
+                // Our dial of `expected` ended before it became a peer.
+                if let Some(expected) = expected {
+                    self.discovery_connect_failed(now, expected);
+                }
             }
         }
     }

@@ -253,3 +253,41 @@ fn a_full_node_makes_room_for_a_newcomer_instead_of_refusing_it() {
         "a peer within its grace was evicted"
     );
 }
+
+#[test]
+fn a_dial_cut_during_its_handshake_is_tried_again() {
+    // Node 1 knows only node 0; its first dial is cut before the handshake
+    // ends. Forgetting that dial would leave node 1 believing it is still
+    // dialling node 0, and it would never try again.
+    let mut net = Net::new(vec![discovering(0, &[], 25), discovering(1, &[0], 25)]);
+    net.handle(1, Input::Timeout);
+    let (&(at, conn), &(remote, remote_conn)) = net
+        .links
+        .iter()
+        .find(|((node, _), _)| *node == 1)
+        .expect("node 1 dialled its bootnode");
+    net.links.remove(&(at, conn));
+    net.links.remove(&(remote, remote_conn));
+    let cause = CloseCause::RemoteClosed;
+    net.handle(
+        at,
+        Input::ConnectionClosed {
+            conn,
+            cause: cause.clone(),
+        },
+    );
+    net.handle(
+        remote,
+        Input::ConnectionClosed {
+            conn: remote_conn,
+            cause,
+        },
+    );
+    net.in_flight.clear();
+    assert!(!net.connected(0, 1));
+    net.advance(crate::discovery::limits::REFRESH_INTERVAL_BELOW_TARGET * 2);
+    assert!(
+        net.connected(0, 1),
+        "node 1 never dialled its bootnode again"
+    );
+}
