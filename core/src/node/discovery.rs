@@ -67,7 +67,7 @@ use crate::discovery::Discovery;
 use crate::identity::{Identity, PeerId};
 use crate::io::{Direction, GoodbyeReason};
 use crate::machine::Machine;
-use crate::peer::{Report, Score};
+use crate::peer::{Decision, Refusal, Report, Score};
 use crate::reqresp::{Answer, ProtocolId, Quota, ResultCode};
 use crate::time::{Duration, Instant};
 
@@ -300,15 +300,21 @@ impl Node {
         self.discovery.as_ref().map(|part| part.next_trim)
     }
 
-    /// Inbound connection `conn` finished its handshake while we hold
-    /// `PEERS_MAX` peers: say Goodbye(too many peers) to one inbound peer
+    /// Inbound connection `conn` finished its handshake as `newcomer`, whom
+    /// the gate would refuse only for lack of room: say Goodbye(too many
+    /// peers) to one inbound peer
     /// to make room, so a full node (a bootnode above all) still admits a
     /// newcomer long enough for its first lookup instead of refusing it
     /// unheard. The victim is never a static peer, one range sync is using,
     /// one we dialled, or one admitted within [`EVICTION_GRACE`]; the lowest
     /// score goes first, then the most recently admitted (a newcomer that
     /// has had its lookup before a long-standing peer).
-    pub(super) fn make_room_for_inbound(&mut self, now: Instant, conn: crate::io::ConnId) {
+    pub(super) fn make_room_for_inbound(
+        &mut self,
+        now: Instant,
+        conn: crate::io::ConnId,
+        newcomer: PeerId,
+    ) {
         let Some(part) = self.discovery.as_ref() else {
             return;
         };
@@ -316,8 +322,13 @@ impl Node {
             .conns
             .get(conn)
             .is_some_and(|connection| connection.direction == Direction::Inbound);
-        let peers_max = self.peer_manager.config().limits.peers_max;
-        if !inbound || self.conns.peer_count() < peers_max {
+        // Only a newcomer refused for room alone: a banned or scored-out
+        // identity must not cost us a peer each time it comes back.
+        let for_room_only = matches!(
+            self.peer_manager.check_connected(now, conn, newcomer),
+            Decision::Refuse(Refusal::TooManyPeers | Refusal::TooManyInbound)
+        );
+        if !inbound || !for_room_only {
             return;
         }
         let victim = self

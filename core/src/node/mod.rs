@@ -744,7 +744,7 @@ impl Node {
         if existing.is_none() {
             // With discovery, a full node makes room for a newcomer (see
             // `discovery.rs`) rather than refusing it unheard.
-            self.make_room_for_inbound(now, conn);
+            self.make_room_for_inbound(now, conn, remote.peer);
         }
         if let Decision::Refuse(refusal) =
             self.peer_manager.handle_connected(now, conn, remote.peer)

@@ -347,6 +347,19 @@ impl PeerManager {
         decision
     }
 
+    /// What [`PeerManager::handle_connected`] would decide for `peer` on
+    /// `conn` now, without deciding it: so the node can tell a refusal for
+    /// room, which it may make room for, from one for a ban or a score.
+    pub fn check_connected(&self, now: Instant, conn: ConnId, peer: PeerId) -> Decision {
+        if self.gater.connection(conn).is_none() {
+            return Decision::Accept; // Not tracked: handle_connected's own check applies.
+        }
+        let replacing = self.table.get(&peer).is_some();
+        let score = self.scores.score(now, &peer);
+        self.gater
+            .check_established(now, conn, peer, replacing, &self.bans, score)
+    }
+
     /// The handshake on `conn` proved `peer`. On [`Decision::Accept`] it is a
     /// connected peer; if it was already connected on another connection,
     /// this one replaces it (close the old one; its close needs no report).

@@ -291,3 +291,39 @@ fn a_dial_cut_during_its_handshake_is_tried_again() {
         "node 1 never dialled its bootnode again"
     );
 }
+
+#[test]
+fn a_scored_out_newcomer_does_not_cost_a_full_node_a_peer() {
+    const PEERS_MAX: usize = 3;
+    let mut full = discovering(0, &[], 2);
+    full.peer.limits.peers_max = PEERS_MAX;
+    full.peer.limits.inbound_peers_max = PEERS_MAX;
+    full.peer.peers_target = 2;
+    let mut configs = vec![full];
+    configs.extend((0..PEERS_MAX + 1).map(|_| Config::new(1)));
+    let mut net = Net::new(configs);
+    for node in 1..=PEERS_MAX {
+        net.dial(node, 0, None);
+    }
+    net.advance(crate::node::discovery::EVICTION_GRACE);
+    // Node 0 scored the newcomer out before it arrives.
+    let newcomer = net.nodes[PEERS_MAX + 1].peer_id();
+    let now = net.now;
+    for _ in 0..3 {
+        net.nodes[0].report(
+            now,
+            newcomer,
+            crate::peer::Report::Penalty(crate::peer::Penalty::High),
+        );
+    }
+    net.drain();
+    net.dial(PEERS_MAX + 1, 0, None);
+    net.advance(Duration::from_millis(100));
+    assert!(!net.connected(0, PEERS_MAX + 1));
+    for node in 1..=PEERS_MAX {
+        assert!(
+            net.connected(0, node),
+            "node {node} was evicted for a refused newcomer"
+        );
+    }
+}
