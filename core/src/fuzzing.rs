@@ -205,24 +205,7 @@ fn run_node_inputs(data: &[u8]) -> MemoryNet {
             7 => {
                 let link = net.links.keys().nth(usize::from(argument)).copied();
                 if let Some((at, conn)) = link {
-                    if let Some((remote, remote_conn)) = net.links.remove(&(at, conn)) {
-                        net.links.remove(&(remote, remote_conn));
-                        let cause = CloseCause::Io("reset".into());
-                        net.handle(
-                            at,
-                            Input::ConnectionClosed {
-                                conn,
-                                cause: cause.clone(),
-                            },
-                        );
-                        net.handle(
-                            remote,
-                            Input::ConnectionClosed {
-                                conn: remote_conn,
-                                cause,
-                            },
-                        );
-                    }
+                    net.cut(at, conn, CloseCause::Io("reset".into()));
                 }
             }
             8 => {

@@ -351,6 +351,21 @@ impl MemoryNet {
         self.collect(index);
     }
 
+    /// Cuts the link of node `at`'s connection `conn`, if open: both ends
+    /// see `ConnectionClosed` with `cause` (a reset or a remote close).
+    pub fn cut(&mut self, at: usize, conn: ConnId, cause: CloseCause) {
+        let Some((remote, remote_conn)) = self.links.remove(&(at, conn)) else {
+            return;
+        };
+        self.links.remove(&(remote, remote_conn));
+        let closed = |conn| Input::ConnectionClosed {
+            conn,
+            cause: cause.clone(),
+        };
+        self.handle(at, closed(conn));
+        self.handle(remote, closed(remote_conn));
+    }
+
     /// Whether nodes `a` and `b` both count each other as peers.
     pub fn connected(&self, a: usize, b: usize) -> bool {
         self.nodes[a].is_connected(&self.nodes[b].peer_id())

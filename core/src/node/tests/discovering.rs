@@ -261,28 +261,12 @@ fn a_dial_cut_during_its_handshake_is_tried_again() {
     // dialling node 0, and it would never try again.
     let mut net = Net::new(vec![discovering(0, &[], 25), discovering(1, &[0], 25)]);
     net.handle(1, Input::Timeout);
-    let (&(at, conn), &(remote, remote_conn)) = net
+    let (&(at, conn), _) = net
         .links
         .iter()
         .find(|((node, _), _)| *node == 1)
         .expect("node 1 dialled its bootnode");
-    net.links.remove(&(at, conn));
-    net.links.remove(&(remote, remote_conn));
-    let cause = CloseCause::RemoteClosed;
-    net.handle(
-        at,
-        Input::ConnectionClosed {
-            conn,
-            cause: cause.clone(),
-        },
-    );
-    net.handle(
-        remote,
-        Input::ConnectionClosed {
-            conn: remote_conn,
-            cause,
-        },
-    );
+    net.cut(at, conn, CloseCause::RemoteClosed);
     net.in_flight.clear();
     assert!(!net.connected(0, 1));
     net.advance(crate::discovery::limits::REFRESH_INTERVAL_BELOW_TARGET * 2);
