@@ -50,8 +50,9 @@ use crate::time::Instant;
 use super::address::{first_dialable, AddressRefusal};
 use super::key::Key;
 use super::limits::{
-    BOOTNODES_MAX, BUCKET_ENTRIES_MAX, DIALS_IN_FLIGHT_MAX, DIAL_TIMEOUT, LOOKUPS_MAX,
-    REFRESH_INTERVAL, REFRESH_INTERVAL_BELOW_TARGET,
+    BOOTNODES_MAX, BUCKET_ENTRIES_MAX, DIALS_IN_FLIGHT_MAX, DIAL_BACKOFF_ADDRESSES_MAX,
+    DIAL_BACKOFF_BASE, DIAL_BACKOFF_MAX, DIAL_TIMEOUT, LOOKUPS_MAX, REFRESH_INTERVAL,
+    REFRESH_INTERVAL_BELOW_TARGET,
 };
 use super::lookup::{Contact, Lookup};
 use super::record::Record;
@@ -133,6 +134,15 @@ pub struct DiscoveryCounters {
     /// Rounds (hops) of the finished lookups, summed: over
     /// `lookups_finished`, the mean hops a lookup took.
     pub lookup_rounds: u64,
+    /// Dials that failed or timed out; their addresses back off.
+    pub dials_failed: u64,
+}
+
+/// An address whose dials failed: not dialled again before `until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DialBackoff {
+    failures: u32,
+    until: Instant,
 }
 
 /// The discovery machine. See the module doc.
@@ -151,8 +161,10 @@ pub struct Discovery {
     queries_out: VecDeque<Query>,
     dials_out: VecDeque<Dial>,
     outcomes: VecDeque<LookupOutcome>,
-    /// Dials asked for and not yet reported, with their deadline.
-    dialing: BTreeMap<PeerId, Instant>,
+    /// Dials asked for and not yet reported: where, and until when.
+    dialing: BTreeMap<PeerId, (SocketAddr, Instant)>,
+    /// Addresses whose dials failed, at most [`DIAL_BACKOFF_ADDRESSES_MAX`].
+    backoff: BTreeMap<SocketAddr, DialBackoff>,
     peers_connected: usize,
     peers_target: usize,
     next_refresh: Instant,
@@ -180,6 +192,7 @@ impl Discovery {
             dials_out: VecDeque::new(),
             outcomes: VecDeque::new(),
             dialing: BTreeMap::new(),
+            backoff: BTreeMap::new(),
             peers_connected: 0,
             peers_target: crate::peer::PEERS_TARGET,
             next_refresh: now,
@@ -215,6 +228,14 @@ impl Discovery {
     /// When the next refresh lookup is due.
     pub fn next_refresh(&self) -> Instant {
         self.next_refresh
+    }
+
+    /// Until when dials to `addr` wait after earlier failures, if they do at `now`.
+    pub fn dial_backoff_until(&self, now: Instant, addr: &SocketAddr) -> Option<Instant> {
+        self.backoff
+            .get(addr)
+            .map(|backoff| backoff.until)
+            .filter(|until| *until > now)
     }
 
     // --- Inputs ------------------------------------------------------------------
@@ -292,7 +313,9 @@ impl Discovery {
         ip: IpAddr,
     ) -> Insert {
         self.observe(now);
-        self.dialing.remove(&peer);
+        if let Some((addr, _)) = self.dialing.remove(&peer) {
+            self.backoff.remove(&addr);
+        }
         let was_empty = self.table.is_empty();
         let insert = self.table.insert_verified(now, peer, record, ip);
         if was_empty && !self.table.is_empty() {
@@ -324,7 +347,9 @@ impl Discovery {
     /// Our dial of `peer` failed (or its handshake did).
     pub fn handle_dial_failed(&mut self, now: Instant, peer: PeerId) {
         self.observe(now);
-        self.dialing.remove(&peer);
+        if let Some((addr, _)) = self.dialing.remove(&peer) {
+            self.note_dial_failure(now, addr);
+        }
         self.table.remove_candidate(&peer);
         self.drive(now);
     }
@@ -490,6 +515,49 @@ impl Discovery {
         Some(id)
     }
 
+    /// A dial to `addr` failed: it waits [`DIAL_BACKOFF_BASE`], doubled for
+    /// every earlier failure up to [`DIAL_BACKOFF_MAX`].
+    fn note_dial_failure(&mut self, now: Instant, addr: SocketAddr) {
+        self.counters.dials_failed += 1;
+        let failures = self.backoff.get(&addr).map_or(0, |b| b.failures) + 1;
+        // 2^5 × 10 s is past the cap already; the shift never overflows.
+        let doublings = (failures - 1).min(5);
+        let wait = (DIAL_BACKOFF_BASE * (1u32 << doublings)).min(DIAL_BACKOFF_MAX);
+        if !self.backoff.contains_key(&addr) && self.backoff.len() >= DIAL_BACKOFF_ADDRESSES_MAX {
+            // Forget the address whose wait ends first: expired ones first.
+            let soonest = self
+                .backoff
+                .iter()
+                .min_by_key(|(addr, backoff)| (backoff.until, **addr))
+                .map(|(addr, _)| *addr)
+                .expect("the map is full");
+            self.backoff.remove(&soonest);
+        }
+        self.backoff.insert(
+            addr,
+            DialBackoff {
+                failures,
+                until: now + wait,
+            },
+        );
+    }
+
+    /// When a candidate waiting out a backoff may be dialled, if the node
+    /// wants one.
+    fn backoff_deadline(&self) -> Option<Instant> {
+        if self.dialing.len() >= DIALS_IN_FLIGHT_MAX
+            || self.peers_connected.saturating_add(self.dialing.len()) >= self.peers_target
+        {
+            return None;
+        }
+        self.table
+            .candidates()
+            .filter_map(|candidate| self.backoff.get(&candidate.addr))
+            .map(|backoff| backoff.until)
+            .filter(|until| *until > self.last_now)
+            .min()
+    }
+
     fn fail_query(&mut self, id: QueryId) {
         let Some((lookup_id, peer)) = self.queries.remove(&id) else {
             return;
@@ -567,20 +635,32 @@ impl Discovery {
             // Outcomes nobody drains are informational: keep the newest.
             self.outcomes.pop_front();
         }
+        // Candidates whose address is backing off wait in the table; the
+        // others are drawn at random.
+        let backoff = &self.backoff;
+        let dialable = |candidate: &&super::table::Candidate| {
+            backoff
+                .get(&candidate.addr)
+                .is_none_or(|backoff| backoff.until <= now)
+        };
+        let mut count = self.table.candidates().filter(dialable).count();
         while self.dialing.len() < DIALS_IN_FLIGHT_MAX
             && self.peers_connected.saturating_add(self.dialing.len()) < self.peers_target
-            && self.table.candidate_count() > 0
+            && count > 0
         {
-            let count = self.table.candidate_count();
             // Cannot truncate: count is at most CANDIDATES_MAX.
             let index = (self.rng.next_u64() % count as u64) as usize;
             let peer = self
                 .table
-                .nth_candidate(index)
+                .candidates()
+                .filter(dialable)
+                .nth(index)
                 .expect("index below the count")
                 .peer;
+            count -= 1;
             let candidate = self.table.remove_candidate(&peer).expect("just found");
-            self.dialing.insert(peer, now + DIAL_TIMEOUT);
+            self.dialing
+                .insert(peer, (candidate.addr, now + DIAL_TIMEOUT));
             self.counters.dials += 1;
             self.dials_out.push_back(Dial {
                 peer,
@@ -594,6 +674,7 @@ impl Discovery {
         self.table.assert_invariants();
         assert!(self.lookups.len() <= LOOKUPS_MAX);
         assert!(self.dialing.len() <= DIALS_IN_FLIGHT_MAX);
+        assert!(self.backoff.len() <= DIAL_BACKOFF_ADDRESSES_MAX);
         for lookup in self.lookups.values() {
             lookup.assert_invariants();
         }
@@ -611,7 +692,16 @@ impl Machine for Discovery {
     fn handle_timeout(&mut self, now: Instant) {
         self.observe(now);
         self.table.handle_timeout(now);
-        self.dialing.retain(|_, deadline| *deadline > now);
+        let expired: Vec<SocketAddr> = self
+            .dialing
+            .values()
+            .filter(|(_, deadline)| *deadline <= now)
+            .map(|(addr, _)| *addr)
+            .collect();
+        self.dialing.retain(|_, (_, deadline)| *deadline > now);
+        for addr in expired {
+            self.note_dial_failure(now, addr);
+        }
         let mut expired = Vec::new();
         for (&lookup_id, lookup) in &mut self.lookups {
             for peer in lookup.handle_timeout(now) {
@@ -631,12 +721,51 @@ impl Machine for Discovery {
 
     fn next_deadline(&self) -> Option<Instant> {
         let lookups = self.lookups.values().map(Lookup::next_deadline);
-        let dials = self.dialing.values().copied();
+        let dials = self.dialing.values().map(|(_, deadline)| *deadline);
         let table = self.table.next_deadline();
         lookups
             .chain(dials)
             .chain(table)
+            .chain(self.backoff_deadline())
             .chain(std::iter::once(self.next_refresh))
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use crate::time::Duration;
+
+    #[test]
+    fn remembered_failures_stay_bounded_and_forget_the_soonest_first() {
+        let local = Record::sign(
+            &Identity::from_seed(1),
+            9,
+            1,
+            &[SocketAddr::from(([198, 51, 100, 1], 9000))],
+        );
+        let config = Config {
+            local,
+            table: TableConfig::default(),
+        };
+        let mut discovery = Discovery::new(config, [0; 32], Instant::ZERO);
+        let addr = |index: usize| {
+            SocketAddr::from(([203, 0, (index / 250) as u8, 1], 9000 + index as u16 % 250))
+        };
+        for index in 0..DIAL_BACKOFF_ADDRESSES_MAX + 100 {
+            // Later failures wait until later: the first ones go first.
+            let now = Instant::ZERO + Duration::from_millis(index as u64);
+            discovery.note_dial_failure(now, addr(index));
+            discovery.assert_invariants();
+        }
+        let now = Instant::ZERO + Duration::from_secs(1);
+        assert_eq!(discovery.backoff.len(), DIAL_BACKOFF_ADDRESSES_MAX);
+        assert_eq!(discovery.dial_backoff_until(now, &addr(99)), None);
+        assert!(discovery.dial_backoff_until(now, &addr(100)).is_some());
+        assert!(discovery
+            .dial_backoff_until(now, &addr(DIAL_BACKOFF_ADDRESSES_MAX + 99))
+            .is_some());
     }
 }

@@ -91,6 +91,18 @@ pub const DIALS_IN_FLIGHT_MAX: usize = 8;
 /// A dial we asked for that has neither completed a handshake nor failed
 /// this long after is forgotten: dial and handshake timeouts are 10 s each.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed discovery dial, its address is not dialled again for this
+/// long; each further failure doubles the wait up to [`DIAL_BACKOFF_MAX`].
+/// A success forgets the failures. Below the 30 s refresh while below
+/// target, so one lost dial to a bootnode costs nothing.
+pub const DIAL_BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The longest wait before redialling an address (go-libp2p's dial backoff
+/// stops at 5 min too).
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// Addresses whose failures are remembered; when full, the one whose wait
+/// ends first is forgotten (addresses come from peers' answers, so this
+/// must be bounded).
+pub const DIAL_BACKOFF_ADDRESSES_MAX: usize = 1_024;
 
 // --- Wire -----------------------------------------------------------------------
 
@@ -120,3 +132,6 @@ const _: () = assert!(
 );
 const _: () = assert!(LOOKUP_QUERY_TIMEOUT.as_micros() < LOOKUP_TIMEOUT.as_micros());
 const _: () = assert!(REFRESH_INTERVAL_BELOW_TARGET.as_micros() < REFRESH_INTERVAL.as_micros());
+const _: () = assert!(DIAL_BACKOFF_BASE.as_micros() < REFRESH_INTERVAL_BELOW_TARGET.as_micros());
+const _: () = assert!(DIAL_BACKOFF_BASE.as_micros() <= DIAL_BACKOFF_MAX.as_micros());
+const _: () = assert!(CANDIDATES_MAX <= DIAL_BACKOFF_ADDRESSES_MAX);

@@ -248,6 +248,11 @@ impl RoutingTable {
         self.candidates.get(peer)
     }
 
+    /// The candidates waiting, in peer order.
+    pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.candidates.values()
+    }
+
     /// Candidates waiting.
     pub fn candidate_count(&self) -> usize {
         self.candidates.len()

@@ -588,3 +588,77 @@ fn the_same_seed_gives_the_same_outputs() {
     assert!(first.len() > 10, "{first:?}");
     assert_eq!(first, run());
 }
+
+#[test]
+fn a_failing_address_backs_off_doubling_and_a_success_forgets_it() {
+    use limits::{DIAL_BACKOFF_BASE, DIAL_BACKOFF_MAX, DIAL_TIMEOUT};
+    let mut discovery = discovery(5);
+    let peer = Identity::from_seed(90);
+    let addr = SocketAddr::from(([203, 0, 113, 90], 9000));
+    let record = Record::sign(&peer, NETWORK, 1, &[addr]);
+    let mut now = Instant::ZERO;
+    discovery.set_peer_count(now, 0, 25);
+    // Each failure doubles the wait: 10 s, 20 s, 40 s, … up to 5 min.
+    let mut expected_wait = DIAL_BACKOFF_BASE;
+    for failure in 1..=7u32 {
+        assert_eq!(discovery.add_known(now, vec![record.clone()]), 1);
+        assert_eq!(
+            discovery.poll_dial(),
+            Some(Dial {
+                peer: peer.peer_id(),
+                addr
+            }),
+            "failure {failure}: the address is dialled once its wait is over"
+        );
+        discovery.handle_dial_failed(now, peer.peer_id());
+        assert_eq!(
+            discovery.dial_backoff_until(now, &addr),
+            Some(now + expected_wait),
+            "failure {failure}"
+        );
+        // Learned again, the candidate waits in the table, not in a dial...
+        assert_eq!(discovery.add_known(now, vec![record.clone()]), 1);
+        let almost = now + (expected_wait - Duration::from_millis(1));
+        discovery.handle_timeout(almost);
+        assert_eq!(
+            discovery.poll_dial(),
+            None,
+            "failure {failure}: dialled early"
+        );
+        assert!(discovery.table().candidate(&peer.peer_id()).is_some());
+        // ...and the machine wakes when the wait ends, then dials it.
+        now = now + expected_wait;
+        assert!(discovery.next_deadline().is_some_and(|at| at <= now));
+        discovery.handle_timeout(now);
+        assert_eq!(discovery.poll_dial().map(|dial| dial.addr), Some(addr));
+        discovery.handle_dial_failed(now, peer.peer_id());
+        // (That dial failed too: the wait grows twice per round here.)
+        expected_wait = (expected_wait * 4).min(DIAL_BACKOFF_MAX);
+        while discovery.poll_query().is_some() {}
+        now = discovery
+            .dial_backoff_until(now, &addr)
+            .expect("backing off");
+    }
+    assert_eq!(expected_wait, DIAL_BACKOFF_MAX);
+    assert_eq!(discovery.counters().dials_failed, 14);
+
+    // A dial that never reports counts as failed once its time is up.
+    assert_eq!(discovery.add_known(now, vec![record.clone()]), 1);
+    assert_eq!(discovery.poll_dial().map(|dial| dial.addr), Some(addr));
+    now = now + DIAL_TIMEOUT;
+    discovery.handle_timeout(now);
+    assert_eq!(discovery.counters().dials_failed, 15);
+    assert_eq!(
+        discovery.dial_backoff_until(now, &addr),
+        Some(now + DIAL_BACKOFF_MAX)
+    );
+
+    // A completed handshake from a dial forgets the address's failures.
+    now = now + DIAL_BACKOFF_MAX;
+    assert_eq!(discovery.add_known(now, vec![record.clone()]), 1);
+    assert_eq!(discovery.poll_dial().map(|dial| dial.addr), Some(addr));
+    discovery.handle_peer_verified(now, peer.peer_id(), record.clone(), addr.ip());
+    discovery.handle_peer_disconnected(now, peer.peer_id());
+    assert_eq!(discovery.dial_backoff_until(now, &addr), None);
+    discovery.assert_invariants();
+}

@@ -637,6 +637,12 @@ impl NodeMetrics {
                 "Dials discovery asked for, to reach its target of peers",
                 d.counters.dials,
             );
+            counter(
+                &mut r,
+                "discovery_dials_failed",
+                "Discovery dials that failed or timed out; their addresses back off",
+                d.counters.dials_failed,
+            );
         }
 
         // Chain and sync.
