@@ -82,6 +82,19 @@ impl Default for ConnectionLimits {
     }
 }
 
+impl ConnectionLimits {
+    /// The default limits for a node that keeps at most `peers_max` peers
+    /// (an operator's `--max-peers`): inbound peers keep their 60 % share of
+    /// it, at least one, so dialled peers always have room too.
+    pub fn for_peers_max(peers_max: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            peers_max,
+            inbound_peers_max: (peers_max * 3 / 5).max(1).min(peers_max),
+            ..ConnectionLimits::default()
+        }
+    }
+}
+
 /// What the gater decided.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Decision {
@@ -424,6 +437,38 @@ mod tests {
             Decision::Accept
         );
         gater.establish(conn, peer(index));
+    }
+
+    #[test]
+    fn a_smaller_peer_limit_keeps_the_inbound_share_and_room_to_dial() {
+        assert_eq!(
+            ConnectionLimits::for_peers_max(limits::PEERS_MAX),
+            ConnectionLimits::default()
+        );
+        let limits = ConnectionLimits::for_peers_max(10);
+        assert_eq!((limits.peers_max, limits.inbound_peers_max), (10, 6));
+        // One peer at most: it may come either way, so the share rounds up.
+        let one = ConnectionLimits::for_peers_max(1);
+        assert_eq!((one.peers_max, one.inbound_peers_max), (1, 1));
+
+        let mut gater = Gater::new(limits);
+        let bans = Bans::default();
+        for index in 0..6 {
+            connect(&mut gater, &bans, index, Direction::Inbound);
+        }
+        gater.insert(ConnId(5_000), addr(5_000), Direction::Inbound);
+        assert_eq!(
+            gater.check_established(NOW, ConnId(5_000), peer(5_000), false, &bans, Score::ZERO),
+            Decision::Refuse(Refusal::TooManyInbound)
+        );
+        gater.remove(ConnId(5_000));
+        for index in 100..104 {
+            connect(&mut gater, &bans, index, Direction::Outbound);
+        }
+        assert_eq!(
+            gater.check_dial(NOW, addr(2_000), None, &bans, Score::ZERO),
+            Decision::Refuse(Refusal::TooManyPeers)
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
+use meshsync_core::peer::ConnectionLimits;
 use meshsync_core::Config;
 use meshsync_mio::driver::DriverOptions;
 use meshsync_mio::metrics::MetricsServer;
@@ -347,6 +348,7 @@ fn node(options: NodeConfig) -> Result<(), String> {
     let mut config = Config::new(chain.genesis.network_id());
     config.chain = chain;
     config.peer.peers_target = options.target_peers;
+    config.peer.limits = ConnectionLimits::for_peers_max(options.max_peers);
     // Our record must outnumber every record an earlier run signed, and
     // the core reads no clock: the wall clock at start, in milliseconds.
     // Its warning waits for the node to start: a node refused for its

@@ -58,7 +58,7 @@ use serde::Serialize;
 /// The keys of a configuration file, in the order `--print-config` writes
 /// them: the long names of `meshsync node`'s flags but those of
 /// [`COMMAND_LINE_ONLY`].
-pub const KEYS: [&str; 21] = [
+pub const KEYS: [&str; 22] = [
     "listen",
     "key",
     "peer",
@@ -67,6 +67,7 @@ pub const KEYS: [&str; 21] = [
     "advertise",
     "allow-private",
     "target-peers",
+    "max-peers",
     "no-discovery",
     "network",
     "genesis",
@@ -173,6 +174,11 @@ pub struct NodeFlags {
     /// peers discovery finds (1 to 50) [default: 25].
     #[arg(long = "target-peers", value_name = "N", value_parser = parse_target_peers)]
     pub target_peers: Option<usize>,
+    /// The most connected peers: a full node refuses newcomers or makes room
+    /// by evicting a peer; inbound peers get 60 % of it (1 to 50, at least
+    /// --target-peers) [default: 50].
+    #[arg(long = "max-peers", value_name = "N", value_parser = parse_target_peers)]
+    pub max_peers: Option<usize>,
     /// Run without discovery: no record, no lookups, no bootnodes; the
     /// node meets only --peer, --static-peer and who dials it.
     /// `--no-discovery=false` turns off a file's `no-discovery = true`.
@@ -263,6 +269,8 @@ pub struct NodeConfig {
     pub allow_private: bool,
     /// 1 to [`PEERS_MAX`].
     pub target_peers: usize,
+    /// `target_peers` to [`PEERS_MAX`].
+    pub max_peers: usize,
     pub no_discovery: bool,
     pub network_id: Option<u64>,
     pub genesis: Option<PathBuf>,
@@ -292,6 +300,7 @@ struct FileValues {
     advertise: Option<Vec<SocketAddr>>,
     allow_private: Option<bool>,
     target_peers: Option<usize>,
+    max_peers: Option<usize>,
     no_discovery: Option<bool>,
     network_id: Option<u64>,
     genesis: Option<PathBuf>,
@@ -400,6 +409,27 @@ impl NodeFlags {
             .map_err(|why| format!("--advertise {why}"))?;
             self.advertise
         };
+        let target_peers = self
+            .target_peers
+            .or(file.target_peers)
+            .unwrap_or(PEERS_TARGET);
+        let max_peers = self.max_peers.or(file.max_peers).unwrap_or(PEERS_MAX);
+        if target_peers > max_peers {
+            // Each side named as the operator set it: a flag, a key, or not at all.
+            let name = |flag: Option<usize>, from_file: Option<usize>, key: &str| match (
+                flag, from_file,
+            ) {
+                (Some(_), _) => format!("--{key}"),
+                (None, Some(_)) => in_file(key),
+                (None, None) => format!("--{key} (default)"),
+            };
+            return Err(format!(
+                "{} {max_peers}: below {} {target_peers} (a node cannot aim for more peers \
+                 than it keeps)",
+                name(self.max_peers, file.max_peers, "max-peers"),
+                name(self.target_peers, file.target_peers, "target-peers"),
+            ));
+        }
         Ok(NodeConfig {
             listen,
             key,
@@ -408,10 +438,8 @@ impl NodeFlags {
             bootnodes,
             advertise,
             allow_private,
-            target_peers: self
-                .target_peers
-                .or(file.target_peers)
-                .unwrap_or(PEERS_TARGET),
+            target_peers,
+            max_peers,
             no_discovery: self.no_discovery.or(file.no_discovery).unwrap_or(false),
             network_id: self.network_id.or(file.network_id),
             genesis: match self.genesis {
@@ -461,6 +489,7 @@ struct Printed<'a> {
     advertise: Vec<String>,
     allow_private: bool,
     target_peers: i64,
+    max_peers: i64,
     no_discovery: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<i64>,
@@ -526,6 +555,7 @@ impl NodeConfig {
             advertise: self.advertise.iter().map(SocketAddr::to_string).collect(),
             allow_private: self.allow_private,
             target_peers: toml_integer("target-peers", self.target_peers)?,
+            max_peers: toml_integer("max-peers", self.max_peers)?,
             no_discovery: self.no_discovery,
             network: self
                 .network_id
@@ -749,6 +779,10 @@ fn read_file(path: &Path) -> Result<FileValues, String> {
             "target-peers" => {
                 let peers: usize = typed(value).map_err(&error)?;
                 values.target_peers = Some(check_target_peers(peers).map_err(&error)?);
+            }
+            "max-peers" => {
+                let peers: usize = typed(value).map_err(&error)?;
+                values.max_peers = Some(check_target_peers(peers).map_err(&error)?);
             }
             "no-discovery" => values.no_discovery = Some(typed(value).map_err(&error)?),
             "network" => values.network_id = Some(typed(value).map_err(&error)?),
@@ -1409,7 +1443,7 @@ mod tests {
                  data-dir = \"data \\\"quoted\\\"\"\nworkers = 3\nmetrics = \"127.0.0.1:9100\"\n\
              status-interval-secs = 5\nlog-format = \"json\"\nbootnode = [\"[::1]:9005@{id}\"]\n\
              advertise = [\"127.0.0.1:9001\", \"[::1]:9001\"]\nallow-private = true\n\
-             target-peers = 8\nno-discovery = true\n"
+             target-peers = 8\nmax-peers = 9\nno-discovery = true\n"
             ),
         );
         let config = flags(&["--config", path.to_str().unwrap(), "--network", "7"])
@@ -1430,7 +1464,7 @@ mod tests {
         assert_eq!(again.bootnodes.len(), 1);
         assert_eq!(again.advertise.len(), 2);
         assert!(again.allow_private && again.no_discovery);
-        assert_eq!(again.target_peers, 8);
+        assert_eq!((again.target_peers, again.max_peers), (8, 9));
     }
 
     /// A configuration from `arguments` after `--listen LISTEN --key k`, or
@@ -1459,17 +1493,22 @@ mod tests {
                 "--allow-private",
                 "--target-peers",
                 "7",
+                "--max-peers",
+                "12",
             ],
         )
         .unwrap();
         assert_eq!(config.bootnodes[0].to_string(), boot);
         assert_eq!(config.advertise, ["127.0.0.1:9001".parse().unwrap()]);
         assert!(config.allow_private && !config.no_discovery);
-        assert_eq!(config.target_peers, 7);
+        assert_eq!((config.target_peers, config.max_peers), (7, 12));
         // The defaults.
         let plain = discovery_flags("203.0.113.5:9001", &[]).unwrap();
         assert!(!plain.allow_private && !plain.no_discovery);
-        assert_eq!(plain.target_peers, PEERS_TARGET);
+        assert_eq!(
+            (plain.target_peers, plain.max_peers),
+            (PEERS_TARGET, PEERS_MAX)
+        );
         assert!(plain.bootnodes.is_empty() && plain.advertise.is_empty());
 
         let many_bootnodes: Vec<String> = (0..=BOOTNODES_MAX)
@@ -1540,6 +1579,18 @@ mod tests {
             (
                 vec!["--target-peers", "51"],
                 format!("51 peers: must be 1..={PEERS_MAX}"),
+            ),
+            (
+                vec!["--max-peers", "51"],
+                format!("51 peers: must be 1..={PEERS_MAX}"),
+            ),
+            (
+                vec!["--max-peers", "20"],
+                "--max-peers 20: below --target-peers (default) 25".to_owned(),
+            ),
+            (
+                vec!["--target-peers", "30", "--max-peers", "20"],
+                "--max-peers 20: below --target-peers 30".to_owned(),
             ),
         ];
         for (arguments, expected) in cases {
@@ -1622,6 +1673,10 @@ mod tests {
             (
                 "target-peers = 0\n".to_owned(),
                 format!("key `target-peers`: 0 peers: must be 1..={PEERS_MAX}"),
+            ),
+            (
+                "max-peers = 10\n".to_owned(),
+                "key `max-peers` 10: below --target-peers (default) 25".to_owned(),
             ),
             (
                 "no-discovery = 1\n".to_owned(),
