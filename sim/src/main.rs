@@ -12,9 +12,10 @@
 //! requesters and 8 Sybils; `--sybils PCT` sets the Sybils' share of
 //! `--nodes`), and the gossip ones: `gossip-1k`, `gossip-blocks`,
 //! `gossip-spam`, `gossip-eclipse`, `gossip-withhold`, `cold-boot`,
-//! `slow-readers`, `prune-flood`; see
-//! `meshsync_sim::scenario`. What a scenario set out to show is in the
-//! summary's `outcome`. `--nodes` defaults to the scenario's own (1,000 for
+//! `slow-readers`, `prune-flood`; `discovery` and `restart-recall` (60
+//! nodes each; for `restart-recall`, `--duration` is the watch after the
+//! restart, 110 s into the run); see `meshsync_sim::scenario`. What a
+//! scenario set out to show is in the summary's `outcome`. `--nodes` defaults to the scenario's own (1,000 for
 //! `gossip-1k`, 200 for `gossip-blocks`, 50 for most), `--duration` to 60 s
 //! (for gossip scenarios: the publishing time, between a warm-up and a drain).
 //! The gossip flags change the gossip scenarios only.

@@ -22,6 +22,7 @@
 //! | `unresponsive-peer` | [`UnresponsivePeer`]: a peer never answers; it is dropped and others serve |
 //! | `static-peer-restart` | [`StaticPeerRestart`]: a static peer crashes and comes back |
 //! | `discovery` | [`Discovery`]: a network forms by itself from three bootnodes (Kademlia discovery, target peers, trimming) |
+//! | `restart-recall` | [`RestartRecall`]: a node crashes, the bootnodes go away, it restarts from its peer store and regains half its target; a peer it banned before the crash is still refused |
 //! | `gossip-1k` | [`GossipScenario::gossip_1k`]: 1,000 nodes, 100 publishers take turns publishing 1 KiB, 10/s in all |
 //! | `gossip-blocks` | [`GossipScenario::gossip_blocks`]: 200 nodes, a rotating publisher sends 1 MiB every 2 s |
 //! | `gossip-spam` | [`gossip_attacks::spam`]: Sybils publish invalid messages; they are graylisted and dropped |
@@ -64,6 +65,7 @@ pub mod gossip;
 pub mod gossip_attacks;
 pub mod junk_blocks;
 pub mod request_flood;
+pub mod restart_recall;
 pub mod static_peer_restart;
 pub mod story;
 pub mod sync_liars;
@@ -79,6 +81,7 @@ pub use discovery::Discovery;
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario, PruneFloodOutcome};
 pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
 pub use request_flood::{FloodParams, RequestFlood};
+pub use restart_recall::RestartRecall;
 pub use static_peer_restart::StaticPeerRestart;
 pub use story::Scenario;
 pub use sync_liars::{LiarKind, LiarsParams, SyncLiars};
@@ -116,6 +119,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     BudgetSybils::NAME,
     SyncLiars::NAME,
     Discovery::NAME,
+    RestartRecall::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -148,6 +152,7 @@ pub fn nodes_default(name: &str) -> usize {
         BudgetSybils::NAME => return BudgetSybils::NODES_DEFAULT,
         SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
         Discovery::NAME => return Discovery::NODES_DEFAULT,
+        RestartRecall::NAME => return RestartRecall::NODES_DEFAULT,
         _ => {}
     }
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
@@ -168,6 +173,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         BudgetSybils::NAME => Some(Box::new(BudgetSybils::default())),
         SyncLiars::NAME => Some(Box::new(SyncLiars::default())),
         Discovery::NAME => Some(Box::new(Discovery::default())),
+        RestartRecall::NAME => Some(Box::new(RestartRecall::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }

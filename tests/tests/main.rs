@@ -19,6 +19,7 @@ mod sim_discovery;
 mod sim_gossip;
 mod sim_liars;
 mod sim_reqresp;
+mod sim_restart;
 
 /// Files of `tests/tests/` that are binaries of their own (see `Cargo.toml`).
 const OWN_BINARIES: &[&str] = &["main.rs", "docs.rs"];

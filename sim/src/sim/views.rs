@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use meshsync_core::chain::{Root, SignedBlock};
 use meshsync_core::metrics::Counters;
+use meshsync_core::peerstore::KnownPeers;
 use meshsync_core::{Duration, Faults, Instant, Node, Notification, PeerId};
 use rand_chacha::ChaCha20Rng;
 
@@ -43,6 +44,13 @@ impl Sim {
     /// The node itself: its current incarnation, or the last one if it is down.
     pub fn node(&self, index: NodeIndex) -> &Node {
         &self.node_state(index).node
+    }
+
+    /// The peer store on the node's modelled disk: the last snapshot
+    /// (`Action::PersistPeers`) it handed over, which a restart loads; `None`
+    /// if it keeps no store, never wrote one, or its disk was wiped.
+    pub fn peer_store_on_disk(&self, index: NodeIndex) -> Option<&KnownPeers> {
+        self.node_state(index).disk_known_peers.as_ref()
     }
 
     /// Whether the node is running (not crashed).
