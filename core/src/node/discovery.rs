@@ -437,6 +437,14 @@ impl Node {
         protocol: ProtocolId,
         body: &[u8],
     ) -> Answer {
+        if protocol == ProtocolId::FindNode && self.discovery.is_some() {
+            if let Some(answer) = FindNodeRequest::decode(body)
+                .ok()
+                .and_then(|request| self.hostile_find_node_answer(peer, &request))
+            {
+                return Answer::Chunks(vec![answer.encode()]);
+            }
+        }
         let Some(part) = self.discovery.as_mut() else {
             return Answer::Error {
                 code: ResultCode::InvalidRequest,

@@ -133,7 +133,7 @@ pub struct Config {
 /// Deliberate misbehaviour, so the simulator can run hostile nodes on the
 /// production code. Never set these in a real node. The sync liars' hooks
 /// live in `node/faults.rs`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Accept requests and never answer them.
     pub never_answer_requests: bool,
@@ -156,6 +156,10 @@ pub struct Faults {
     /// Every [`SQUAT_INTERVAL`], gossip an orphan on a made-up chain of
     /// [`SQUAT_CHAIN_BLOCKS`] unsigned ancestors, and serve them by root.
     pub lookup_squatting: bool,
+    /// Answer every FIND_NODE with the records of this set nearest its
+    /// target (at most a bucket's worth, never the asker's own) instead of
+    /// from the routing table: a Sybil that steers lookups to its own kind.
+    pub find_node_records: Option<Vec<crate::discovery::Record>>,
 }
 
 /// How often each peer is asked for its Status again (Ethereum p2p: every 5 min or so).
