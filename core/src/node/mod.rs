@@ -307,6 +307,15 @@ impl Node {
             // the target by trimming (`discovery.rs`).
             peer_config.limits.inbound_peers_max = peer_config.limits.peers_max;
         }
+        let subnet_limits = config
+            .discovery
+            .as_ref()
+            .is_some_and(|discovery| discovery.subnet_limits);
+        if discovery.is_some() && subnet_limits {
+            // The table's anti-eclipse caps have a peer-set twin: one
+            // network group takes a tenth of the peer slots at most.
+            peer_config.limits.peers_per_netgroup_max = Some(crate::peer::PEERS_PER_NETGROUP_MAX);
+        }
         let mut node = Node {
             peer_manager: PeerManager::new(peer_config, peer_manager_seed),
             rpc: self::rpc::RpcPart::new(
