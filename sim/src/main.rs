@@ -10,7 +10,9 @@
 //! Scenarios: `connect` (the default), `request-flood`, `unresponsive-peer`,
 //! `static-peer-restart`, `budget-sybils` (13 nodes: a target, 4 honest
 //! requesters and 8 Sybils; `--sybils PCT` sets the Sybils' share of
-//! `--nodes`), and the gossip ones: `gossip-1k`, `gossip-blocks`,
+//! `--nodes`), `discovery`, `dht-eclipse` (`--nodes` honest nodes, 50 by
+//! default, and 200 Sybils from one /16; `--duration` runs after the
+//! victim's start at 30 s), and the gossip ones: `gossip-1k`, `gossip-blocks`,
 //! `gossip-spam`, `gossip-eclipse`, `gossip-withhold`, `cold-boot`,
 //! `slow-readers`, `prune-flood`; `discovery` and `restart-recall` (60
 //! nodes each; for `restart-recall`, `--duration` is the watch after the

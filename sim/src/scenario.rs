@@ -23,6 +23,7 @@
 //! | `static-peer-restart` | [`StaticPeerRestart`]: a static peer crashes and comes back |
 //! | `discovery` | [`Discovery`]: a network forms by itself from three bootnodes (Kademlia discovery, target peers, trimming) |
 //! | `restart-recall` | [`RestartRecall`]: a node crashes, the bootnodes go away, it restarts from its peer store and regains half its target; a peer it banned before the crash is still refused |
+//! | `dht-eclipse` | [`DhtEclipse`]: 200 Sybils from one /16 dial a victim and answer FIND_NODE with each other; the /16 caps of its table (10) and its peer set (5) bound their share |
 //! | `gossip-1k` | [`GossipScenario::gossip_1k`]: 1,000 nodes, 100 publishers take turns publishing 1 KiB, 10/s in all |
 //! | `gossip-blocks` | [`GossipScenario::gossip_blocks`]: 200 nodes, a rotating publisher sends 1 MiB every 2 s |
 //! | `gossip-spam` | [`gossip_attacks::spam`]: Sybils publish invalid messages; they are graylisted and dropped |
@@ -44,6 +45,9 @@
 //! ([`GossipOptions`]); their `--duration` is the publishing time, after a
 //! warm-up for meshes to form and before a drain (see [`gossip`]).
 //! `budget-sybils` takes `--sybils` too (percent of `--nodes`, default 8 Sybils).
+//! `dht-eclipse` takes `--nodes` as its honest nodes (default 50, beside
+//! its 200 Sybils) and `--duration` as the attack's time after the victim
+//! starts at 30 s.
 //!
 //! # Files
 //! This file only registers the stories and runs them. What they share is
@@ -60,6 +64,7 @@ pub mod chain;
 pub mod chain_faults;
 pub mod chain_watch;
 pub mod connect;
+pub mod dht_eclipse;
 pub mod discovery;
 pub mod gossip;
 pub mod gossip_attacks;
@@ -77,6 +82,7 @@ pub use budget_sybils::{BudgetParams, BudgetSybils};
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
 pub use connect::Connect;
+pub use dht_eclipse::{DhtEclipse, EclipseParams};
 pub use discovery::Discovery;
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario, PruneFloodOutcome};
 pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
@@ -120,6 +126,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     SyncLiars::NAME,
     Discovery::NAME,
     RestartRecall::NAME,
+    DhtEclipse::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -153,6 +160,7 @@ pub fn nodes_default(name: &str) -> usize {
         SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
         Discovery::NAME => return Discovery::NODES_DEFAULT,
         RestartRecall::NAME => return RestartRecall::NODES_DEFAULT,
+        DhtEclipse::NAME => return DhtEclipse::NODES_DEFAULT,
         _ => {}
     }
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
@@ -174,6 +182,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         SyncLiars::NAME => Some(Box::new(SyncLiars::default())),
         Discovery::NAME => Some(Box::new(Discovery::default())),
         RestartRecall::NAME => Some(Box::new(RestartRecall::default())),
+        DhtEclipse::NAME => Some(Box::new(DhtEclipse::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }

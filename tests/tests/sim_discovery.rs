@@ -4,9 +4,20 @@
 //! simulator with the production `Node` in every role, over several seeds,
 //! and replayed bit for bit from one.
 
+//!
+//! Then the same network with a victim that Sybils from one /16, each in a
+//! /24 of its own, dial and whose FIND_NODE queries they answer with each
+//! other's records (`dht-eclipse`): the victim's routing table never holds
+//! more than the /16 cap of Sybils, its peer set never more than the
+//! peer-set cap per network group, and it keeps at least half its target
+//! in honest peers.
+use meshsync_core::discovery::limits::NETGROUP_ENTRIES_PER_TABLE_MAX;
+use meshsync_core::peer::PEERS_PER_NETGROUP_MAX;
 use meshsync_core::Duration;
 use meshsync_sim::run_scenario;
-use meshsync_sim::scenario::Discovery;
+use meshsync_sim::scenario::{DhtEclipse, Discovery, EclipseParams, Scenario};
+use meshsync_sim::{Sim, SimConfig};
+use serde_json::Value;
 
 /// Small enough for the suite: 24 nodes starting within the first 60 s,
 /// run for 90 s (the full size is `--nodes 1000`).
@@ -52,4 +63,83 @@ fn one_seed_replays_the_discovery_story_bit_for_bit() {
     assert_eq!(first.events, again.events);
     assert_eq!(first.outcome, again.outcome);
     assert_ne!(first.trace_hash, other.trace_hash);
+}
+
+/// Small enough for the suite: 30 honest nodes starting within 20 s and 60
+/// Sybils, the victim starting at 20 s and attacked for 50 s, so the last
+/// honest node to start has a refresh (30 s) to spare (the full size is the
+/// command line's: 50 honest nodes, 200 Sybils).
+const ECLIPSE_HONEST_NODES: usize = 30;
+const SYBILS: usize = 60;
+
+fn run_eclipse(seed: u64) -> (String, Value, Vec<String>) {
+    let mut scenario = DhtEclipse::new(EclipseParams {
+        sybils: SYBILS,
+        starts_within: Duration::from_secs(20),
+        victim_start: Duration::from_secs(20),
+        ..EclipseParams::default()
+    });
+    let mut sim = Sim::new(SimConfig {
+        label: scenario.name().to_owned(),
+        ..SimConfig::new(seed)
+    });
+    scenario.build(&mut sim, ECLIPSE_HONEST_NODES);
+    scenario.run(&mut sim, Duration::from_secs(50));
+    scenario.finish(&mut sim);
+    assert_eq!(
+        sim.invariant_violations(),
+        0,
+        "seed {seed}: {:#?}",
+        sim.violations()
+    );
+    let outcome = scenario.outcome(&sim).expect("an outcome");
+    (
+        sim.trace().hash_hex(),
+        outcome,
+        scenario.bounds_broken(&sim),
+    )
+}
+
+fn count(outcome: &Value, field: &str) -> u64 {
+    outcome[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field}: {outcome:#}"))
+}
+
+#[test]
+fn sybils_from_one_slash_16_hold_a_capped_part_of_the_victim() {
+    for seed in 1..=3 {
+        let (_, outcome, broken) = run_eclipse(seed);
+        assert!(broken.is_empty(), "seed {seed}: {broken:?}\n{outcome:#}");
+        assert_eq!(count(&outcome, "sybils"), SYBILS as u64);
+        let table_sybils = count(&outcome, "victim_table_sybils_max");
+        assert!(
+            table_sybils <= NETGROUP_ENTRIES_PER_TABLE_MAX as u64,
+            "seed {seed}: {outcome:#}"
+        );
+        let peer_sybils = count(&outcome, "victim_peer_sybils_max");
+        assert!(
+            peer_sybils <= PEERS_PER_NETGROUP_MAX as u64,
+            "seed {seed}: {outcome:#}"
+        );
+        // The Sybils did get in: the caps, not their absence, bound them.
+        assert!(
+            table_sybils > 0 && peer_sybils > 0,
+            "seed {seed}: {outcome:#}"
+        );
+        let honest_peers = count(&outcome, "victim_honest_outbound_final")
+            + count(&outcome, "victim_honest_inbound_final");
+        assert!(
+            honest_peers >= count(&outcome, "peers_target").div_ceil(2),
+            "seed {seed}: {outcome:#}"
+        );
+        assert_eq!(count(&outcome, "honest_components"), 1, "seed {seed}");
+    }
+}
+
+#[test]
+fn one_seed_replays_the_eclipse_attempt_bit_for_bit() {
+    let first = run_eclipse(7);
+    assert_eq!(run_eclipse(7), first, "same seed, same run");
+    assert_ne!(run_eclipse(8).0, first.0, "another seed, another run");
 }

@@ -105,9 +105,11 @@ pub struct DiscoveryConfig {
     /// Accept loopback and private addresses in records and the table
     /// (devnets and tests).
     pub allow_private: bool,
-    /// Apply the table's per-subnet and per-network-group limits (the
-    /// anti-eclipse caps). Off only in a lab where every peer shares one
-    /// network on purpose, such as the simulator's single /16.
+    /// Apply the table's per-subnet and per-network-group limits and the
+    /// gater's cap of peers per network group
+    /// ([`crate::peer::PEERS_PER_NETGROUP_MAX`]): the anti-eclipse caps.
+    /// Off only in a lab where every peer shares one network on purpose,
+    /// such as the simulator's single /16.
     pub subnet_limits: bool,
     /// Operator-named peers to start from (`--bootnode ADDR@PEERID`).
     pub bootnodes: Vec<(PeerId, SocketAddr)>,
@@ -437,6 +439,14 @@ impl Node {
         protocol: ProtocolId,
         body: &[u8],
     ) -> Answer {
+        if protocol == ProtocolId::FindNode && self.discovery.is_some() {
+            if let Some(answer) = FindNodeRequest::decode(body)
+                .ok()
+                .and_then(|request| self.hostile_find_node_answer(peer, &request))
+            {
+                return Answer::Chunks(vec![answer.encode()]);
+            }
+        }
         let Some(part) = self.discovery.as_mut() else {
             return Answer::Error {
                 code: ResultCode::InvalidRequest,

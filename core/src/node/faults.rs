@@ -4,7 +4,7 @@
 //! branches: each hook returns `None` or does nothing at once.
 //!
 //! # Design
-//! Four hooks, each at the one place the honest behaviour is decided:
+//! Five hooks, each at the one place the honest behaviour is decided:
 //! - [`Node::announced_status`], where our Status is built for a request or
 //!   an answer: a Status liar ([`StatusClaim`]) or a future-block server
 //!   claims a chain it does not have;
@@ -15,6 +15,8 @@
 //! - [`Node::hostile_tick`] and [`Node::hostile_deadline`], the squatter's
 //!   timer: every [`SQUAT_INTERVAL`] it gossips an orphan whose made-up
 //!   ancestors it alone can serve;
+//! - [`Node::hostile_find_node_answer`], where FIND_NODE is answered: a
+//!   Sybil answers from its fixed set of records, nearest the target first;
 //! - `ChainState::new` (in `chain.rs`) keeps a future-block server's keys
 //!   away from honest production: it signs only its forged block.
 //!
@@ -31,6 +33,9 @@ use log::debug;
 use super::Node;
 use crate::chain::block::{body_root, BlockHeader, BLOCK_BODY_BYTES_MAX, SIGNATURE_BYTES};
 use crate::chain::{BlockProducer, Root, SignedBlock};
+use crate::discovery::limits::BUCKET_ENTRIES_MAX;
+use crate::discovery::{Distance, FindNodeAnswer, FindNodeRequest, Key, Record};
+use crate::identity::PeerId;
 use crate::reqresp::bodies::{BlocksByRangeRequest, BlocksByRootRequest, Body, Status};
 use crate::reqresp::{Answer, ProtocolId};
 use crate::time::{Duration, Instant};
@@ -172,12 +177,13 @@ impl Node {
         body: &[u8],
         chunks_max: u64,
     ) -> Option<Answer> {
-        let faults = self.config.faults;
+        let oversize_answers = self.config.faults.oversize_answers;
+        let lookup_squatting = self.config.faults.lookup_squatting;
         let chunks_max = usize::try_from(chunks_max).unwrap_or(usize::MAX);
         match protocol {
             ProtocolId::BlocksByRange => {
                 let request = BlocksByRangeRequest::decode(body).ok()?;
-                if faults.oversize_answers {
+                if oversize_answers {
                     let count = usize::try_from(request.count).unwrap_or(usize::MAX);
                     let blocks = count.min(chunks_max).min(OVERSIZE_BLOCKS_MAX);
                     return Some(self.oversize_answer(request.start_slot, blocks));
@@ -209,12 +215,12 @@ impl Node {
             }
             ProtocolId::BlocksByRoot => {
                 let request = BlocksByRootRequest::decode(body).ok()?;
-                if faults.oversize_answers {
+                if oversize_answers {
                     let blocks = request.roots.len().min(chunks_max);
                     return Some(self.oversize_answer(1, blocks));
                 }
                 let forged = self.forged_block(now).cloned();
-                if forged.is_none() && !faults.lookup_squatting {
+                if forged.is_none() && !lookup_squatting {
                     return None;
                 }
                 let chunks = request
@@ -262,6 +268,35 @@ impl Node {
             chunks.push(block.encode());
         }
         Answer::Chunks(chunks)
+    }
+
+    /// A Sybil's FIND_NODE answer ([`super::Faults::find_node_records`]):
+    /// the records of its set nearest `request`'s target, at most
+    /// [`BUCKET_ENTRIES_MAX`], without `asker`'s own; `None` for an honest node.
+    pub(super) fn hostile_find_node_answer(
+        &self,
+        asker: PeerId,
+        request: &FindNodeRequest,
+    ) -> Option<FindNodeAnswer> {
+        let set = self.config.faults.find_node_records.as_ref()?;
+        let mut nearest: Vec<(Distance, &Record)> = set
+            .iter()
+            .filter(|record| record.peer() != asker)
+            .map(|record| {
+                (
+                    Key::of_peer(&record.peer()).distance(&request.target),
+                    record,
+                )
+            })
+            .collect();
+        // Keys are hashes of distinct ids: no two distances are equal.
+        nearest.sort_by_key(|(distance, _)| *distance);
+        let records = nearest
+            .into_iter()
+            .take(BUCKET_ENTRIES_MAX)
+            .map(|(_, record)| record.clone())
+            .collect();
+        Some(FindNodeAnswer { records })
     }
 
     /// When [`Node::hostile_tick`] must next run, if ever.
@@ -381,6 +416,46 @@ mod tests {
             node.hostile_answer(at_secs(100), ProtocolId::BlocksByRange, &range.encode(), 64);
         assert!(answer.is_none());
         assert_eq!(node.hostile_deadline(), None);
+    }
+
+    #[test]
+    fn a_sybil_answers_find_node_from_its_set_nearest_first_never_the_asker() {
+        let record = |seed: u64| {
+            let addr = std::net::SocketAddr::from(([45, 33, seed as u8, 1], 9000));
+            Record::sign(&Identity::from_seed(seed), 1, 1, &[addr])
+        };
+        let set: Vec<Record> = (100..100 + BUCKET_ENTRIES_MAX as u64 + 4)
+            .map(record)
+            .collect();
+        let asker = set[3].peer();
+        let request = FindNodeRequest {
+            target: Key([0x5a; 32]),
+        };
+        let honest = node_with(Faults::default(), false);
+        assert_eq!(honest.hostile_find_node_answer(asker, &request), None);
+
+        let sybil = node_with(
+            Faults {
+                find_node_records: Some(set.clone()),
+                ..Faults::default()
+            },
+            false,
+        );
+        let answer = sybil
+            .hostile_find_node_answer(asker, &request)
+            .expect("a Sybil answers from its set");
+        let mut expected: Vec<&Record> = set.iter().filter(|r| r.peer() != asker).collect();
+        expected.sort_by_key(|r| Key::of_peer(&r.peer()).distance(&request.target));
+        let expected: Vec<Record> = expected
+            .into_iter()
+            .take(BUCKET_ENTRIES_MAX)
+            .cloned()
+            .collect();
+        assert_eq!(answer.records, expected);
+        assert_eq!(answer.records.len(), BUCKET_ENTRIES_MAX);
+        // What a peer would decode: the answer is within the wire's bounds.
+        let decoded = FindNodeAnswer::decode(&answer.encode(), 1).expect("a valid answer");
+        assert_eq!(decoded, answer);
     }
 
     #[test]

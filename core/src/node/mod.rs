@@ -133,7 +133,7 @@ pub struct Config {
 /// Deliberate misbehaviour, so the simulator can run hostile nodes on the
 /// production code. Never set these in a real node. The sync liars' hooks
 /// live in `node/faults.rs`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Accept requests and never answer them.
     pub never_answer_requests: bool,
@@ -156,6 +156,10 @@ pub struct Faults {
     /// Every [`SQUAT_INTERVAL`], gossip an orphan on a made-up chain of
     /// [`SQUAT_CHAIN_BLOCKS`] unsigned ancestors, and serve them by root.
     pub lookup_squatting: bool,
+    /// Answer every FIND_NODE with the records of this set nearest its
+    /// target (at most a bucket's worth, never the asker's own) instead of
+    /// from the routing table: a Sybil that steers lookups to its own kind.
+    pub find_node_records: Option<Vec<crate::discovery::Record>>,
 }
 
 /// How often each peer is asked for its Status again (Ethereum p2p: every 5 min or so).
@@ -302,6 +306,15 @@ impl Node {
             // The connection manager keeps inbound peers to their share of
             // the target by trimming (`discovery.rs`).
             peer_config.limits.inbound_peers_max = peer_config.limits.peers_max;
+        }
+        let subnet_limits = config
+            .discovery
+            .as_ref()
+            .is_some_and(|discovery| discovery.subnet_limits);
+        if discovery.is_some() && subnet_limits {
+            // The table's anti-eclipse caps have a peer-set twin: one
+            // network group takes a tenth of the peer slots at most.
+            peer_config.limits.peers_per_netgroup_max = Some(crate::peer::PEERS_PER_NETGROUP_MAX);
         }
         let mut node = Node {
             peer_manager: PeerManager::new(peer_config, peer_manager_seed),

@@ -18,7 +18,12 @@
 //! never take more than [`ConnectionLimits::inbound_peers_max`] slots, so a
 //! flood of inbound connections cannot crowd out the peers we choose to dial;
 //! at most [`ConnectionLimits::connections_per_ip_max`] connections per IPv4
-//! address or IPv6 /64, counted from accept, handshakes included; banned
+//! address or IPv6 /64, counted from accept, handshakes included; when
+//! [`ConnectionLimits::peers_per_netgroup_max`] is set (the node sets it
+//! when discovery applies its subnet limits), at most that many
+//! established peers per IPv4 /16 or IPv6 /56, either direction, static
+//! peers exempt ([`Gater::check_netgroup`], which the peer manager applies
+//! after the other checks); banned
 //! peers and IPs and peers scored below the gate threshold are refused at
 //! every step where they can be recognised.
 //! Not provided: handshake concurrency and timeouts (the node bounds those);
@@ -38,6 +43,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::bans::Bans;
 use super::ip_key;
 use super::score::{Score, SCORE_GATE_THRESHOLD};
+use crate::discovery::address::NetGroup;
 use crate::identity::PeerId;
 use crate::limits;
 use crate::time::Instant;
@@ -53,10 +59,18 @@ pub const PEERS_INBOUND_MAX: usize = limits::PEERS_MAX * 3 / 5;
 /// Connections from one IPv4 address or IPv6 /64, handshakes included
 /// (go-libp2p's resource manager allows 8 per IPv4 /32).
 pub const CONNECTIONS_PER_IP_MAX: usize = 8;
+/// Established peers from one network group (IPv4 /16, IPv6 /56), either
+/// direction, when the node applies discovery's subnet limits: a tenth of
+/// [`limits::PEERS_MAX`], as the routing table keeps one group to 10
+/// entries. Without it, Sybils in one /16, each in its own /24, that all
+/// dial one node fill its peer set past its target and keep it there (the
+/// simulator's `dht-eclipse`: 20 of the victim's 25 peers).
+pub const PEERS_PER_NETGROUP_MAX: usize = limits::PEERS_MAX / 10;
 
 const _: () = assert!(PEERS_TARGET <= limits::PEERS_MAX);
 const _: () = assert!(PEERS_INBOUND_MAX < limits::PEERS_MAX);
 const _: () = assert!(CONNECTIONS_PER_IP_MAX <= PEERS_INBOUND_MAX);
+const _: () = assert!(PEERS_PER_NETGROUP_MAX > 0 && PEERS_PER_NETGROUP_MAX < PEERS_TARGET);
 
 /// The bounds the gater enforces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +83,10 @@ pub struct ConnectionLimits {
     pub connections_per_ip_max: usize,
     /// Whether loopback addresses skip the per-IP cap and IP bans.
     pub exempt_loopback: bool,
+    /// Established peers per network group (IPv4 /16, IPv6 /56) at most,
+    /// static peers exempt; `None`: no such cap (the default: the node sets
+    /// [`PEERS_PER_NETGROUP_MAX`] when discovery applies its subnet limits).
+    pub peers_per_netgroup_max: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -78,6 +96,7 @@ impl Default for ConnectionLimits {
             inbound_peers_max: PEERS_INBOUND_MAX,
             connections_per_ip_max: CONNECTIONS_PER_IP_MAX,
             exempt_loopback: true,
+            peers_per_netgroup_max: None,
         }
     }
 }
@@ -120,6 +139,8 @@ pub enum Refusal {
     TooManyInbound,
     /// The IP address has as many connections as one address may have.
     TooManyFromIp,
+    /// The network group (IPv4 /16, IPv6 /56) has as many peers as one group may have.
+    TooManyFromNetGroup,
     /// The peer is banned.
     Banned,
     /// The IP address is banned.
@@ -132,9 +153,10 @@ impl Refusal {
     /// The Goodbye reason to send when the refusal happens on an open channel.
     pub const fn goodbye_reason(self) -> GoodbyeReason {
         match self {
-            Refusal::TooManyPeers | Refusal::TooManyInbound | Refusal::TooManyFromIp => {
-                GoodbyeReason::TooManyPeers
-            }
+            Refusal::TooManyPeers
+            | Refusal::TooManyInbound
+            | Refusal::TooManyFromIp
+            | Refusal::TooManyFromNetGroup => GoodbyeReason::TooManyPeers,
             Refusal::Banned => GoodbyeReason::Banned,
             Refusal::BannedIp => GoodbyeReason::BannedIp,
             Refusal::BadScore => GoodbyeReason::BadScore,
@@ -162,6 +184,8 @@ pub struct Gater {
     connections: BTreeMap<ConnId, TrackedConnection>,
     /// Tracked connections per IP key; no zero counts are kept.
     per_ip: BTreeMap<IpAddr, usize>,
+    /// Established peers per network group; no zero counts are kept.
+    per_netgroup: BTreeMap<NetGroup, usize>,
     peers: usize,
     inbound_peers: usize,
     outbound_pending: usize,
@@ -182,10 +206,15 @@ impl Gater {
             limits.connections_per_ip_max > 0,
             "connections_per_ip_max must be positive"
         );
+        assert!(
+            limits.peers_per_netgroup_max != Some(0),
+            "peers_per_netgroup_max must be positive"
+        );
         Gater {
             limits,
             connections: BTreeMap::new(),
             per_ip: BTreeMap::new(),
+            per_netgroup: BTreeMap::new(),
             peers: 0,
             inbound_peers: 0,
             outbound_pending: 0,
@@ -225,6 +254,30 @@ impl Gater {
     /// Tracked connections from the key of `ip`.
     pub fn connections_from(&self, ip: IpAddr) -> usize {
         self.per_ip.get(&ip_key(ip)).copied().unwrap_or(0)
+    }
+
+    /// Established peers from the network group of `ip`.
+    pub fn peers_from_netgroup(&self, ip: IpAddr) -> usize {
+        self.per_netgroup
+            .get(&NetGroup::of(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Judges one more peer from `ip` against
+    /// [`ConnectionLimits::peers_per_netgroup_max`] (loopback exempt like
+    /// the per-IP cap). The caller skips it for static peers and for a
+    /// peer that replaces its own connection (see [`super::PeerManager`]).
+    pub fn check_netgroup(&self, ip: IpAddr) -> Decision {
+        let full = self
+            .limits
+            .peers_per_netgroup_max
+            .is_some_and(|max| self.is_ip_limited(ip) && self.peers_from_netgroup(ip) >= max);
+        if full {
+            Decision::Refuse(Refusal::TooManyFromNetGroup)
+        } else {
+            Decision::Accept
+        }
     }
 
     /// Whether per-IP rules (the cap and IP bans) apply to `ip`.
@@ -367,6 +420,10 @@ impl Gater {
             .expect("only tracked connections become established");
         assert!(connection.peer.is_none(), "{conn:?} established twice");
         connection.peer = Some(peer);
+        *self
+            .per_netgroup
+            .entry(NetGroup::of(connection.ip))
+            .or_insert(0) += 1;
         self.peers += 1;
         match connection.direction {
             Direction::Inbound => self.inbound_peers += 1,
@@ -388,6 +445,17 @@ impl Gater {
         *count -= 1;
         if *count == 0 {
             self.per_ip.remove(&connection.ip);
+        }
+        if connection.peer.is_some() {
+            let group = NetGroup::of(connection.ip);
+            let count = self
+                .per_netgroup
+                .get_mut(&group)
+                .expect("every established connection is counted in its group");
+            *count -= 1;
+            if *count == 0 {
+                self.per_netgroup.remove(&group);
+            }
         }
         match (connection.peer, connection.direction) {
             (Some(_), Direction::Inbound) => {
@@ -517,6 +585,52 @@ mod tests {
             Refusal::TooManyInbound.goodbye_reason(),
             GoodbyeReason::TooManyPeers
         );
+    }
+
+    #[test]
+    fn network_groups_count_established_peers_only_and_free_on_close() {
+        let limits = ConnectionLimits {
+            peers_per_netgroup_max: Some(2),
+            ..ConnectionLimits::default()
+        };
+        let mut gater = Gater::new(limits);
+        // addr() puts every index in 10.1/16.
+        let group_ip = addr(1).ip();
+        assert!(gater.check_netgroup(group_ip).is_accept());
+        gater.insert(ConnId(1), addr(1), Direction::Inbound);
+        gater.insert(ConnId(2), addr(2), Direction::Outbound);
+        gater.insert(ConnId(3), addr(3), Direction::Inbound);
+        assert_eq!(
+            gater.peers_from_netgroup(group_ip),
+            0,
+            "handshakes do not count"
+        );
+        gater.establish(ConnId(1), peer(1));
+        gater.establish(ConnId(2), peer(2));
+        assert_eq!(gater.peers_from_netgroup(group_ip), 2);
+        assert_eq!(
+            gater.check_netgroup(addr(3).ip()),
+            Decision::Refuse(Refusal::TooManyFromNetGroup)
+        );
+        let v6a: IpAddr = "2001:db8:1:2300::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2400::1".parse().unwrap();
+        gater.insert(ConnId(4), SocketAddr::new(v6a, 1), Direction::Inbound);
+        gater.establish(ConnId(4), peer(4));
+        gater.insert(ConnId(5), SocketAddr::new(v6a, 2), Direction::Inbound);
+        gater.establish(ConnId(5), peer(5));
+        assert!(!gater.check_netgroup(v6a).is_accept(), "one /56");
+        assert!(gater.check_netgroup(v6b).is_accept(), "another /56");
+        assert!(gater
+            .check_netgroup(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .is_accept());
+        gater.remove(ConnId(3));
+        assert_eq!(gater.peers_from_netgroup(group_ip), 2);
+        gater.remove(ConnId(1));
+        assert!(gater.check_netgroup(group_ip).is_accept());
+        gater.remove(ConnId(2));
+        gater.remove(ConnId(4));
+        gater.remove(ConnId(5));
+        assert!(gater.per_netgroup.is_empty());
     }
 
     #[test]

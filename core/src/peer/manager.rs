@@ -313,8 +313,30 @@ impl PeerManager {
     pub fn check_dial(&self, now: Instant, addr: SocketAddr, expected: Option<PeerId>) -> Decision {
         debug_assert!(now >= self.last_now, "time went backwards");
         let score = expected.map_or(Score::ZERO, |peer| self.scores.score(now, &peer));
-        self.gater
-            .check_dial(now, addr, expected, &self.bans, score)
+        let decision = self
+            .gater
+            .check_dial(now, addr, expected, &self.bans, score);
+        let is_static = expected.is_some_and(|peer| self.is_static_peer(&peer));
+        if decision.is_accept() && !is_static {
+            return self.gater.check_netgroup(addr.ip());
+        }
+        decision
+    }
+
+    /// The gater's verdict on `peer` from `conn`, and then the network-group
+    /// cap, which static peers and a peer replacing its own connection skip.
+    fn check_established(&self, now: Instant, conn: ConnId, peer: PeerId) -> Decision {
+        let replacing = self.table.get(&peer).is_some();
+        let score = self.scores.score(now, &peer);
+        let decision = self
+            .gater
+            .check_established(now, conn, peer, replacing, &self.bans, score);
+        match self.gater.connection(conn) {
+            Some(tracked) if decision.is_accept() && !replacing && !self.is_static_peer(&peer) => {
+                self.gater.check_netgroup(tracked.ip)
+            }
+            _ => decision,
+        }
     }
 
     /// A transport connection opened (accepted, or one of our dials
@@ -354,10 +376,7 @@ impl PeerManager {
         if self.gater.connection(conn).is_none() {
             return Decision::Accept; // Not tracked: handle_connected's own check applies.
         }
-        let replacing = self.table.get(&peer).is_some();
-        let score = self.scores.score(now, &peer);
-        self.gater
-            .check_established(now, conn, peer, replacing, &self.bans, score)
+        self.check_established(now, conn, peer)
     }
 
     /// The handshake on `conn` proved `peer`. On [`Decision::Accept`] it is a
@@ -377,10 +396,7 @@ impl PeerManager {
             .expect("on_connected follows an accepted on_connection_attempt");
         assert!(tracked.peer.is_none(), "on_connected twice for {conn:?}");
         let existing = self.table.get(&peer).cloned();
-        let score = self.scores.score(now, &peer);
-        let decision =
-            self.gater
-                .check_established(now, conn, peer, existing.is_some(), &self.bans, score);
+        let decision = self.check_established(now, conn, peer);
         if let Decision::Refuse(refusal) = decision {
             debug!(
                 "{peer:?} at {}: refused after the handshake: {refusal:?}",
@@ -680,7 +696,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::peer::gater::Refusal;
+    use crate::peer::gater::{Refusal, PEERS_PER_NETGROUP_MAX};
     use crate::peer::score::{Penalty, SCORE_GATE_THRESHOLD};
     use crate::peer::static_peers::{StaticState, REDIAL_BACKOFF_INITIAL};
 
@@ -1088,6 +1104,67 @@ mod tests {
             "status carried over"
         );
         assert_eq!(manager.gater.connection_count(), 1);
+    }
+
+    #[test]
+    fn one_network_group_gets_a_tenth_of_the_slots_when_capped() {
+        let capped = |cap| {
+            let mut config = Config::default();
+            config.limits.peers_per_netgroup_max = cap;
+            PeerManager::new(config, [9; 32])
+        };
+        // Every index in its own host of 10.0/16: one group.
+        let mut manager = capped(Some(PEERS_PER_NETGROUP_MAX));
+        for index in 1..=PEERS_PER_NETGROUP_MAX as u16 {
+            assert!(connect(&mut manager, at(0), index, Direction::Inbound).is_accept());
+        }
+        let over = PEERS_PER_NETGROUP_MAX as u16 + 1;
+        assert_eq!(
+            connect(&mut manager, at(0), over, Direction::Inbound),
+            Decision::Refuse(Refusal::TooManyFromNetGroup)
+        );
+        assert_eq!(
+            manager.check_dial(at(0), addr(over), Some(peer(over))),
+            Decision::Refuse(Refusal::TooManyFromNetGroup),
+            "our own dials count too"
+        );
+        assert_eq!(
+            Refusal::TooManyFromNetGroup.goodbye_reason(),
+            GoodbyeReason::TooManyPeers
+        );
+        // Another /16 is another group.
+        let elsewhere = SocketAddr::from(([10, 1, 0, 1], 9000));
+        assert!(connect_from(&mut manager, at(0), 100, elsewhere, Direction::Inbound).is_accept());
+        // A peer reconnecting replaces its own slot; a departure frees one.
+        let again = ConnId(1_001);
+        assert!(manager
+            .handle_connection_attempt(at(0), again, addr(1), Direction::Inbound)
+            .is_accept());
+        assert!(manager.handle_connected(at(0), again, peer(1)).is_accept());
+        manager.handle_connection_closed(at(1), ConnId(2));
+        assert!(connect(&mut manager, at(1), over, Direction::Inbound).is_accept());
+        // Static peers are the operator's choice: never refused for their group.
+        let static_index = over + 1;
+        manager
+            .add_static_peer(at(1), addr(static_index), Some(peer(static_index)))
+            .unwrap();
+        assert!(manager
+            .check_dial(at(1), addr(static_index), Some(peer(static_index)))
+            .is_accept());
+        assert!(connect(&mut manager, at(1), static_index, Direction::Outbound).is_accept());
+        // Loopback is one host, exempt as from the per-IP cap.
+        for index in 200..200 + PEERS_PER_NETGROUP_MAX as u16 + 2 {
+            let loopback = SocketAddr::from(([127, 0, 0, 1], index));
+            assert!(
+                connect_from(&mut manager, at(1), index, loopback, Direction::Inbound).is_accept()
+            );
+        }
+
+        // Without the cap (the default), one group may take any slot.
+        let mut open = capped(None);
+        for index in 1..=2 * PEERS_PER_NETGROUP_MAX as u16 {
+            assert!(connect(&mut open, at(0), index, Direction::Inbound).is_accept());
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub mod table;
 pub use bans::{Bans, Unban, BANNED_IPS_MAX, BANNED_PEERS_MAX, BAN_DURATION};
 pub use gater::{
     ConnectionLimits, Decision, Gater, Refusal, CONNECTIONS_PER_IP_MAX, PEERS_INBOUND_MAX,
-    PEERS_TARGET,
+    PEERS_PER_NETGROUP_MAX, PEERS_TARGET,
 };
 pub use manager::{Config, PeerEvent, PeerManager, PeerManagerError, IP_BAN_PEER_BANS_MIN};
 pub use score::{

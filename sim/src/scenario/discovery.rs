@@ -8,7 +8,8 @@
 //! the candidates its lookups turn up until it holds its target of peers;
 //! the connection manager trims whoever is above the target every 30 s.
 //! The simulator's address plan puts every node in one /16, so the table's
-//! per-subnet caps are off here (they are what `dht-eclipse` would test).
+//! per-subnet caps are off here (`dht-eclipse` places its nodes in many
+//! /16s and tests them).
 //!
 //! What must hold: the peer graph is one component; every node holds at
 //! least half its target within [`Discovery::TO_TARGET_BOUND`] of its start;

@@ -7,6 +7,7 @@
 //! delays and slicing, and one is lent to scenarios for their plans.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 
 use meshsync_core::{Config, Identity, Instant, Node, PeerId};
 use rand_chacha::ChaCha20Rng;
@@ -98,13 +99,27 @@ impl Sim {
         self.add_node_with_config(config)
     }
 
-    /// Adds a node with `config`; it listens on `config.listen_port` at its address.
+    /// Adds a node with `config`; it listens on `config.listen_port` at its
+    /// address in the world's plan ([`network::node_address`]).
     /// A node whose `config.faults` are all off counts as honest.
     pub fn add_node_with_config(&mut self, config: Config) -> NodeIndex {
         let index = NodeIndex(self.nodes.len());
-        let addr = network::node_address(index, config.listen_port);
-        let node_seed = rng::seed_bytes(&mut self.rng_nodes);
-        let identity_seed = self.rng_nodes.next_u64();
+        let ip = network::node_address(index, config.listen_port).ip();
+        self.add_node_at(config, ip)
+    }
+
+    /// Adds a node with `config` listening at `ip` instead of its address in
+    /// the plan: for a scenario whose story is about where nodes sit (the
+    /// Sybils of `dht-eclipse` share one /16, honest nodes do not). Nodes
+    /// added by [`Sim::add_node_with_config`] keep their plan addresses, so
+    /// a scenario that never calls this sees the world it always saw.
+    ///
+    /// # Panics
+    /// If another node already listens at `ip` on that port.
+    pub fn add_node_at(&mut self, config: Config, ip: IpAddr) -> NodeIndex {
+        let index = NodeIndex(self.nodes.len());
+        let addr = SocketAddr::new(ip, config.listen_port);
+        let (node_seed, identity_seed) = draw_node_seeds(&mut self.rng_nodes);
         let identity = Identity::from_seed(identity_seed);
         let peer_id = identity.peer_id();
         let peers_max = config.peer.limits.peers_max;
@@ -152,6 +167,17 @@ impl Sim {
         log::debug!("{index} is {peer_id} at {addr}");
         self.schedule_timer(index, false);
         index
+    }
+
+    /// The identities of the next `count` nodes to be added, in order,
+    /// without adding them: a scenario can sign their records into the
+    /// configuration of nodes it adds first (Sybils that hand out each
+    /// other's records). Draws nothing from the world's streams.
+    pub fn next_identities(&self, count: usize) -> Vec<Identity> {
+        let mut rng = self.rng_nodes.clone();
+        (0..count)
+            .map(|_| Identity::from_seed(draw_node_seeds(&mut rng).1))
+            .collect()
     }
 
     /// Adds `count` nodes with the default configuration.
@@ -221,6 +247,15 @@ impl Sim {
     }
 }
 
+/// A node's seeds, in the order every node draws them from the nodes'
+/// stream: its node seed, then its identity seed. One function, so
+/// [`Sim::next_identities`] can never disagree with [`Sim::add_node_at`].
+fn draw_node_seeds(rng: &mut ChaCha20Rng) -> ([u8; 32], u64) {
+    let node_seed = rng::seed_bytes(rng);
+    let identity_seed = rng.next_u64();
+    (node_seed, identity_seed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +280,28 @@ mod tests {
             assert_eq!(first.peer_id(node), again.peer_id(node));
             assert_ne!(first.peer_id(node), other.peer_id(node));
             assert_eq!(first.index_of(first.peer_id(node)), Some(node));
+        }
+    }
+
+    #[test]
+    fn a_node_placed_elsewhere_keeps_the_identities_of_the_plan() {
+        let mut planned = sim(5);
+        let mut placed = sim(5);
+        let foreseen = placed.next_identities(3);
+        let ip: IpAddr = "45.33.7.1".parse().expect("literal address");
+        let a = placed.add_node();
+        let b = placed.add_node_at(placed.node_config(), ip);
+        let c = placed.add_node();
+        assert_eq!(placed.addr(b).to_string(), "45.33.7.1:9000");
+        assert_eq!(
+            placed.addr(c).to_string(),
+            "10.0.0.3:9000",
+            "the plan is by index"
+        );
+        for (n, node) in [a, b, c].into_iter().enumerate() {
+            assert_eq!(planned.add_node(), node);
+            assert_eq!(placed.peer_id(node), planned.peer_id(node));
+            assert_eq!(placed.peer_id(node), foreseen[n].peer_id());
         }
     }
 }

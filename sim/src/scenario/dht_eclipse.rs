@@ -1,0 +1,513 @@
+//! `dht-eclipse`: 200 Sybils from one /16 try to fill a victim's routing
+//! table and its peer set.
+//!
+//! # The story
+//! Honest nodes form a network by discovery, as in `discovery`: three
+//! bootnodes know each other, every other honest node knows only them and
+//! starts within the first [`EclipseParams::starts_within`]. Each honest
+//! node sits in its own IPv4 /16; all run the production anti-eclipse
+//! policy (`subnet_limits` on, private addresses refused), so the world
+//! uses public-looking addresses ([`honest_ip`], [`sybil_ip`]) instead of
+//! the simulator's `10.0/16` plan.
+//!
+//! The victim is an ordinary honest node that starts at
+//! [`EclipseParams::victim_start`]. The Sybils all sit in one /16, each in
+//! a /24 of its own (the attacker's best spread against a per-/24 limit).
+//! They run the production `Node`, complete real handshakes and give their
+//! own signed records, but answer every FIND_NODE with the records of the
+//! Sybils nearest its target (`Faults::find_node_records`), and from the
+//! victim's start on each dials the victim again every
+//! [`EclipseParams::redial_every`] while it is not connected to it.
+//!
+//! What must hold (the victim's table and peers, sampled every
+//! [`DhtEclipse::SAMPLE_EVERY`] while it is up):
+//! - the victim's table never holds more than
+//!   `NETGROUP_ENTRIES_PER_TABLE_MAX` (10) Sybils: the /16-wide cap (a
+//!   per-/24 cap alone would let all 200 in, 2 per bucket each);
+//! - its peer set never holds more than `PEERS_PER_NETGROUP_MAX` (5)
+//!   Sybils: the peer gate's cap per /16, either direction;
+//! - at the end its table holds at least half the other honest nodes and
+//!   it has at least half its target in honest peers.
+//!
+//! Together these bound the shares: with `h` honest nodes and a target of
+//! `t`, the Sybils' share of the victim's table ends at most
+//! 10 / (10 + (h - 1) / 2) (0.29 for the default 50) and of its peers at
+//! most 5 / (5 + t / 2) (0.28 for 25). The issue's hope of 10 % of the
+//! table needs 90 honest entries beside the 10 Sybils: a network of about
+//! 100 honest nodes, not 50. Also: every honest node held half its target
+//! at some point, and the honest peer graph is one component.
+//!
+//! Reported: the Sybils' share of the victim's table and of its peers (max,
+//! mean and final over the samples), the victim's peers by direction and
+//! kind, and the usual discovery figures of the honest network.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr};
+
+use meshsync_core::discovery::limits::NETGROUP_ENTRIES_PER_TABLE_MAX;
+use meshsync_core::discovery::Record;
+use meshsync_core::io::{Command, Direction};
+use meshsync_core::node::DiscoveryConfig;
+use meshsync_core::peer::PEERS_PER_NETGROUP_MAX;
+use meshsync_core::{Duration, Instant};
+
+use super::story::{Bounds, Scenario};
+use crate::requests::{millis, percentile};
+use crate::rng;
+use crate::sim::{NodeIndex, Sim};
+
+/// Honest nodes the address plan can place, each in a /16 of its own.
+pub const HONEST_NODES_MAX: usize = 200 * 80;
+/// Sybils the address plan can place, all in one /16.
+pub const SYBILS_MAX: usize = 256 * 254;
+
+/// Honest node `index`'s address: a /16 of its own, from `20.0/16` on
+/// (made-up public space: only which addresses share a prefix matters).
+pub fn honest_ip(index: usize) -> IpAddr {
+    assert!(
+        index < HONEST_NODES_MAX,
+        "honest node {index} beyond the plan"
+    );
+    // Below 80 and 200 by the assert: both fit in a u8.
+    let (high, low) = ((index / 200) as u8, (index % 200) as u8);
+    IpAddr::V4(Ipv4Addr::new(20 + high, low, 1, 1))
+}
+
+/// Sybil `index`'s address: all in `45.33/16`, each in its own /24 for the
+/// first 256, then sharing /24s two, three… at a time.
+pub fn sybil_ip(index: usize) -> IpAddr {
+    assert!(index < SYBILS_MAX, "Sybil {index} beyond the plan");
+    // Below 256 and 254 by the assert: both fit in a u8.
+    let (subnet, host) = ((index % 256) as u8, (index / 256) as u8);
+    IpAddr::V4(Ipv4Addr::new(45, 33, subnet, 1 + host))
+}
+
+/// The scenario's parameters; the default is what the command line runs.
+#[derive(Clone, Debug)]
+pub struct EclipseParams {
+    /// Bootnodes, the first honest nodes.
+    pub bootnodes: usize,
+    /// Sybils, all in one /16.
+    pub sybils: usize,
+    /// Peers each honest node aims for.
+    pub peers_target: usize,
+    /// Honest nodes other than the victim start within this.
+    pub starts_within: Duration,
+    /// When the victim starts, and the Sybils start dialling it.
+    pub victim_start: Duration,
+    /// How often a Sybil not connected to the victim dials it again.
+    pub redial_every: Duration,
+}
+
+impl Default for EclipseParams {
+    fn default() -> EclipseParams {
+        EclipseParams {
+            bootnodes: 3,
+            sybils: DhtEclipse::SYBILS_DEFAULT,
+            peers_target: meshsync_core::peer::PEERS_TARGET,
+            starts_within: Duration::from_secs(60),
+            victim_start: Duration::from_secs(30),
+            redial_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One look at the victim.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    table_entries: usize,
+    table_sybils: usize,
+    peers: usize,
+    peer_sybils: usize,
+}
+
+impl Sample {
+    fn table_share(&self) -> f64 {
+        self.table_sybils as f64 / self.table_entries.max(1) as f64
+    }
+
+    fn peer_share(&self) -> f64 {
+        self.peer_sybils as f64 / self.peers.max(1) as f64
+    }
+}
+
+/// The scenario. See the module doc.
+#[derive(Clone, Debug, Default)]
+pub struct DhtEclipse {
+    /// Its parameters.
+    pub params: EclipseParams,
+    victim: Option<NodeIndex>,
+    honest: Vec<NodeIndex>,
+    sybils: BTreeSet<NodeIndex>,
+    starts: BTreeMap<NodeIndex, Instant>,
+    /// When each honest node first held half its target.
+    reached: BTreeMap<NodeIndex, Instant>,
+    /// When each Sybil next dials the victim (if not connected to it then).
+    next_dial: BTreeMap<NodeIndex, Instant>,
+    samples: Vec<Sample>,
+}
+
+impl DhtEclipse {
+    /// The scenario's name.
+    pub const NAME: &'static str = "dht-eclipse";
+    /// Honest nodes by default (the victim and the bootnodes included).
+    pub const NODES_DEFAULT: usize = 50;
+    /// Sybils by default: the issue's 200.
+    pub const SYBILS_DEFAULT: usize = 200;
+    /// How often the run looks at the victim.
+    pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+    /// The scenario with `params`.
+    pub fn new(params: EclipseParams) -> DhtEclipse {
+        DhtEclipse {
+            params,
+            ..DhtEclipse::default()
+        }
+    }
+
+    fn half_target(&self) -> usize {
+        self.params.peers_target.div_ceil(2)
+    }
+
+    /// The victim, once built.
+    pub fn victim(&self) -> NodeIndex {
+        self.victim.expect("built before use")
+    }
+
+    fn look_at_victim(&self, sim: &Sim) -> Option<Sample> {
+        let victim = self.victim();
+        if !sim.is_up(victim) {
+            return None;
+        }
+        let is_sybil = |peer| sim.index_of(peer).is_some_and(|n| self.sybils.contains(&n));
+        let mut sample = Sample::default();
+        if let Some(discovery) = sim.node(victim).discovery() {
+            for entry in discovery.table().entries() {
+                sample.table_entries += 1;
+                sample.table_sybils += usize::from(is_sybil(entry.record.peer()));
+            }
+        }
+        for info in sim.node(victim).peers() {
+            sample.peers += 1;
+            sample.peer_sybils += usize::from(is_sybil(info.peer));
+        }
+        Some(sample)
+    }
+
+    /// Connected components of the mutual peer graph among honest nodes
+    /// that are up (Sybils are not counted as bridges).
+    fn honest_components(&self, sim: &Sim) -> usize {
+        let honest: BTreeSet<NodeIndex> = self
+            .honest
+            .iter()
+            .copied()
+            .filter(|&node| sim.is_up(node))
+            .collect();
+        let mut seen = BTreeSet::new();
+        let mut components = 0;
+        for &start in &honest {
+            if !seen.insert(start) {
+                continue;
+            }
+            components += 1;
+            let mut queue = VecDeque::from([start]);
+            while let Some(node) = queue.pop_front() {
+                for peer in sim.peers_of(node) {
+                    if honest.contains(&peer) && sim.has_peer(peer, node) && seen.insert(peer) {
+                        queue.push_back(peer);
+                    }
+                }
+            }
+        }
+        components
+    }
+
+    fn measure(&self, sim: &Sim) -> EclipseOutcome {
+        let victim = self.victim();
+        let mut to_target: Vec<Duration> = self
+            .reached
+            .iter()
+            .map(|(node, at)| at.saturating_duration_since(self.starts[node]))
+            .collect();
+        let seconds = |d: Option<Duration>| d.map(|d| millis(d) / 1000.0);
+        let last = self.samples.last().copied().unwrap_or_default();
+        let max_of = |f: fn(&Sample) -> f64| self.samples.iter().map(f).fold(0.0, f64::max);
+        let mean_of = |f: fn(&Sample) -> f64| {
+            self.samples.iter().map(f).sum::<f64>() / self.samples.len().max(1) as f64
+        };
+        let is_sybil = |peer| sim.index_of(peer).is_some_and(|n| self.sybils.contains(&n));
+        let peers = sim.node(victim).peers();
+        let count = |sybil: bool, direction: Direction| {
+            peers
+                .iter()
+                .filter(|info| is_sybil(info.peer) == sybil && info.direction == direction)
+                .count()
+        };
+        let honest_peers: Vec<usize> = self
+            .honest
+            .iter()
+            .filter(|&&node| node != victim)
+            .map(|&node| sim.peers_of(node).len())
+            .collect();
+        let (mut lookups, mut rounds) = (0u64, 0u64);
+        for &node in self.honest.iter().filter(|&&n| sim.is_up(n)) {
+            if let Some(discovery) = sim.node(node).discovery() {
+                lookups += discovery.counters().lookups_finished;
+                rounds += discovery.counters().lookup_rounds;
+            }
+        }
+        EclipseOutcome {
+            honest_nodes: self.honest.len(),
+            sybils: self.sybils.len(),
+            peers_target: self.params.peers_target,
+            samples: self.samples.len(),
+            sybil_share_of_victim_table_max: max_of(Sample::table_share),
+            sybil_share_of_victim_table_mean: mean_of(Sample::table_share),
+            sybil_share_of_victim_table_final: last.table_share(),
+            sybil_share_of_victim_peers_max: max_of(Sample::peer_share),
+            sybil_share_of_victim_peers_mean: mean_of(Sample::peer_share),
+            sybil_share_of_victim_peers_final: last.peer_share(),
+            victim_table_sybils_max: self
+                .samples
+                .iter()
+                .map(|s| s.table_sybils)
+                .max()
+                .unwrap_or(0),
+            victim_peer_sybils_max: self
+                .samples
+                .iter()
+                .map(|s| s.peer_sybils)
+                .max()
+                .unwrap_or(0),
+            victim_table_entries_final: last.table_entries,
+            victim_table_sybils_final: last.table_sybils,
+            victim_peers_final: last.peers,
+            victim_honest_outbound_final: count(false, Direction::Outbound),
+            victim_honest_inbound_final: count(false, Direction::Inbound),
+            victim_sybil_outbound_final: count(true, Direction::Outbound),
+            victim_sybil_inbound_final: count(true, Direction::Inbound),
+            honest_reached_half_target: self.reached.len(),
+            seconds_to_target_p50: seconds(percentile(&mut to_target, 50)),
+            seconds_to_target_max: seconds(to_target.iter().max().copied()),
+            honest_peers_min: honest_peers.iter().copied().min().unwrap_or(0),
+            honest_components: self.honest_components(sim),
+            lookups_finished: lookups,
+            lookup_hops_mean: rounds as f64 / lookups.max(1) as f64,
+        }
+    }
+}
+
+/// The outcome fields of `dht-eclipse` in the JSON summary.
+#[derive(Clone, Debug, serde::Serialize)]
+struct EclipseOutcome {
+    honest_nodes: usize,
+    sybils: usize,
+    peers_target: usize,
+    samples: usize,
+    sybil_share_of_victim_table_max: f64,
+    sybil_share_of_victim_table_mean: f64,
+    sybil_share_of_victim_table_final: f64,
+    sybil_share_of_victim_peers_max: f64,
+    sybil_share_of_victim_peers_mean: f64,
+    sybil_share_of_victim_peers_final: f64,
+    victim_table_sybils_max: usize,
+    victim_peer_sybils_max: usize,
+    victim_table_entries_final: usize,
+    victim_table_sybils_final: usize,
+    victim_peers_final: usize,
+    victim_honest_outbound_final: usize,
+    victim_honest_inbound_final: usize,
+    victim_sybil_outbound_final: usize,
+    victim_sybil_inbound_final: usize,
+    honest_reached_half_target: usize,
+    seconds_to_target_p50: Option<f64>,
+    seconds_to_target_max: Option<f64>,
+    honest_peers_min: usize,
+    honest_components: usize,
+    lookups_finished: u64,
+    lookup_hops_mean: f64,
+}
+
+impl Scenario for DhtEclipse {
+    fn name(&self) -> &'static str {
+        DhtEclipse::NAME
+    }
+
+    fn build(&mut self, sim: &mut Sim, nodes: usize) {
+        let params = self.params.clone();
+        assert!(
+            nodes > params.bootnodes,
+            "{} needs more than {} honest nodes",
+            Self::NAME,
+            params.bootnodes
+        );
+        let base = sim.node_config();
+        let port = base.listen_port;
+        let config_for = |ip: IpAddr, bootnodes: Vec<_>, target: usize| {
+            let mut config = base.clone();
+            config.discovery = Some(DiscoveryConfig {
+                addresses: vec![std::net::SocketAddr::new(ip, port)],
+                allow_private: false,
+                subnet_limits: true,
+                bootnodes,
+                peers_target: target,
+                record_seq: 1,
+            });
+            config
+        };
+        let mut bootnodes = Vec::new();
+        for index in 0..params.bootnodes {
+            let ip = honest_ip(index);
+            let node = sim.add_node_at(config_for(ip, bootnodes.clone(), params.peers_target), ip);
+            bootnodes.push((sim.peer_id(node), sim.addr(node)));
+            self.starts.insert(node, Instant::ZERO);
+            self.honest.push(node);
+        }
+        let window_us = u64::try_from(params.starts_within.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        for index in params.bootnodes..nodes {
+            let ip = honest_ip(index);
+            let node = sim.add_node_at(config_for(ip, bootnodes.clone(), params.peers_target), ip);
+            let start = if index == params.bootnodes {
+                self.victim = Some(node);
+                Instant::ZERO + params.victim_start
+            } else {
+                Instant::from_micros(rng::below(sim.scenario_rng(), window_us))
+            };
+            // Not running until its start: down from the first instant.
+            sim.crash_at(Instant::ZERO, node);
+            sim.restart_at(start, node);
+            self.starts.insert(node, start);
+            self.honest.push(node);
+        }
+        // Every Sybil signs its own record; each hands out all of them.
+        let identities = sim.next_identities(params.sybils);
+        let records: Vec<Record> = identities
+            .iter()
+            .enumerate()
+            .map(|(index, identity)| {
+                let addr = std::net::SocketAddr::new(sybil_ip(index), port);
+                Record::sign(identity, sim.config().network_id, 1, &[addr])
+            })
+            .collect();
+        let victim_start = Instant::ZERO + params.victim_start;
+        let redial_us = u64::try_from(params.redial_every.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        for (index, identity) in identities.iter().enumerate() {
+            let ip = sybil_ip(index);
+            // One peer is all a Sybil wants: the victim. It meets nobody
+            // else unless its own lookups dial them.
+            let mut config = config_for(ip, Vec::new(), 1);
+            config.faults.find_node_records = Some(records.clone());
+            let sybil = sim.add_node_at(config, ip);
+            assert_eq!(sim.peer_id(sybil), identity.peer_id(), "foreseen identity");
+            let first =
+                victim_start + Duration::from_micros(rng::below(sim.scenario_rng(), redial_us));
+            self.next_dial.insert(sybil, first);
+            self.sybils.insert(sybil);
+        }
+    }
+
+    fn run(&mut self, sim: &mut Sim, duration: Duration) {
+        let victim = self.victim();
+        let end = Instant::ZERO + self.params.victim_start + duration;
+        let half = self.half_target();
+        while sim.now() < end {
+            let next = (sim.now() + Self::SAMPLE_EVERY).min(end);
+            sim.run_for(next.saturating_duration_since(sim.now()));
+            let now = sim.now();
+            for &node in &self.honest {
+                if sim.is_up(node)
+                    && now >= self.starts[&node]
+                    && !self.reached.contains_key(&node)
+                    && sim.node(node).peer_count() >= half
+                {
+                    self.reached.insert(node, now);
+                }
+            }
+            if let Some(sample) = self.look_at_victim(sim) {
+                self.samples.push(sample);
+            }
+            if !sim.is_up(victim) {
+                continue;
+            }
+            let (addr, peer) = (sim.addr(victim), sim.peer_id(victim));
+            for (&sybil, at) in &mut self.next_dial {
+                if *at > now {
+                    continue;
+                }
+                *at = now + self.params.redial_every;
+                if !sim.has_peer(sybil, victim) {
+                    let dial = Command::Dial {
+                        addr,
+                        peer: Some(peer),
+                    };
+                    sim.command(sybil, dial);
+                }
+            }
+        }
+    }
+
+    fn outcome(&self, sim: &Sim) -> Option<serde_json::Value> {
+        // A struct of numbers and options always serialises.
+        Some(serde_json::to_value(self.measure(sim)).expect("outcome serialises"))
+    }
+
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let outcome = self.measure(sim);
+        let mut bounds = Bounds::default();
+        bounds.require(
+            outcome.victim_table_sybils_max <= NETGROUP_ENTRIES_PER_TABLE_MAX,
+            || {
+                format!(
+                    "the victim's table held {} Sybils from one /16, past the cap of {}",
+                    outcome.victim_table_sybils_max, NETGROUP_ENTRIES_PER_TABLE_MAX
+                )
+            },
+        );
+        bounds.require(
+            outcome.victim_peer_sybils_max <= PEERS_PER_NETGROUP_MAX,
+            || {
+                format!(
+                    "the victim had {} Sybil peers from one /16, past the cap of {}",
+                    outcome.victim_peer_sybils_max, PEERS_PER_NETGROUP_MAX
+                )
+            },
+        );
+        let honest_entries = outcome.victim_table_entries_final - outcome.victim_table_sybils_final;
+        let others = outcome.honest_nodes - 1;
+        bounds.require(2 * honest_entries >= others, || {
+            format!(
+                "the victim's table ends with {honest_entries} honest entries, \
+                 under half the {others} other honest nodes"
+            )
+        });
+        let honest_peers =
+            outcome.victim_honest_outbound_final + outcome.victim_honest_inbound_final;
+        bounds.require(honest_peers >= self.half_target(), || {
+            format!(
+                "the victim ends with {honest_peers} honest peers, under half its target of {}",
+                outcome.peers_target
+            )
+        });
+        bounds.require(
+            outcome.honest_reached_half_target == outcome.honest_nodes,
+            || {
+                format!(
+                    "{} of {} honest nodes never held half their target",
+                    outcome.honest_nodes - outcome.honest_reached_half_target,
+                    outcome.honest_nodes
+                )
+            },
+        );
+        bounds.require(outcome.honest_components == 1, || {
+            format!(
+                "the honest peer graph is {} components, not one",
+                outcome.honest_components
+            )
+        });
+        bounds.into_broken()
+    }
+}
