@@ -116,10 +116,16 @@ fn prefix56(ip: Ipv6Addr) -> [u8; 7] {
     prefix
 }
 
-/// Whether the anti-eclipse limits skip `ip`: loopback addresses are one
-/// host (a local devnet), which a Sybil cannot use from afar.
+/// Whether the anti-eclipse limits skip `ip`: loopback, private and
+/// link-local addresses reach only this host or this site, so a Sybil from
+/// afar cannot use them; they are dialled at all only under
+/// `allow_private`, on a network its operator runs (a devnet, a cluster on
+/// one /16), where a cap of a few peers per /16 would starve every node.
 pub fn is_exempt_from_subnet_limits(ip: IpAddr) -> bool {
-    ip.to_canonical().is_loopback()
+    match ip.to_canonical() {
+        IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+        IpAddr::V6(ip) => ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local(),
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::bans::Bans;
 use super::ip_key;
 use super::score::{Score, SCORE_GATE_THRESHOLD};
-use crate::discovery::address::NetGroup;
+use crate::discovery::address::{is_exempt_from_subnet_limits, NetGroup};
 use crate::identity::PeerId;
 use crate::limits;
 use crate::time::Instant;
@@ -265,14 +265,13 @@ impl Gater {
     }
 
     /// Judges one more peer from `ip` against
-    /// [`ConnectionLimits::peers_per_netgroup_max`] (loopback exempt like
-    /// the per-IP cap). The caller skips it for static peers and for a
+    /// [`ConnectionLimits::peers_per_netgroup_max`] (loopback, private and
+    /// link-local addresses exempt, as in discovery's table). The caller skips it for static peers and for a
     /// peer that replaces its own connection (see [`super::PeerManager`]).
     pub fn check_netgroup(&self, ip: IpAddr) -> Decision {
-        let full = self
-            .limits
-            .peers_per_netgroup_max
-            .is_some_and(|max| self.is_ip_limited(ip) && self.peers_from_netgroup(ip) >= max);
+        let full = self.limits.peers_per_netgroup_max.is_some_and(|max| {
+            !is_exempt_from_subnet_limits(ip) && self.peers_from_netgroup(ip) >= max
+        });
         if full {
             Decision::Refuse(Refusal::TooManyFromNetGroup)
         } else {
@@ -594,7 +593,8 @@ mod tests {
             ..ConnectionLimits::default()
         };
         let mut gater = Gater::new(limits);
-        // addr() puts every index in 10.1/16.
+        // One public /16; addr() is private (10.1/16), which is exempt.
+        let addr = |index: u8| SocketAddr::from(([45, 33, index, 1], 9000));
         let group_ip = addr(1).ip();
         assert!(gater.check_netgroup(group_ip).is_accept());
         gater.insert(ConnId(1), addr(1), Direction::Inbound);
@@ -623,6 +623,22 @@ mod tests {
         assert!(gater
             .check_netgroup(IpAddr::V4(Ipv4Addr::LOCALHOST))
             .is_accept());
+        // A private /16 with more peers than the cap: an operator's own network.
+        for index in 10..13u16 {
+            gater.insert(
+                ConnId(u64::from(index)),
+                super::tests::addr(index),
+                Direction::Inbound,
+            );
+            gater.establish(ConnId(u64::from(index)), peer(index));
+        }
+        assert_eq!(gater.peers_from_netgroup(super::tests::addr(10).ip()), 3);
+        assert!(gater
+            .check_netgroup(super::tests::addr(13).ip())
+            .is_accept());
+        for index in 10..13u64 {
+            gater.remove(ConnId(index));
+        }
         gater.remove(ConnId(3));
         assert_eq!(gater.peers_from_netgroup(group_ip), 2);
         gater.remove(ConnId(1));

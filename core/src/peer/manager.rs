@@ -1113,7 +1113,15 @@ mod tests {
             config.limits.peers_per_netgroup_max = cap;
             PeerManager::new(config, [9; 32])
         };
-        // Every index in its own host of 10.0/16: one group.
+        // Every index in its own host of one public /16 (`addr` is a
+        // private /16, which the cap leaves to its operator: checked last).
+        let addr = |index: u16| {
+            let [high, low] = index.to_be_bytes();
+            SocketAddr::from(([45, 33, high, low], 9000))
+        };
+        let connect = |manager: &mut PeerManager, now, index: u16, direction| {
+            connect_from(manager, now, index, addr(index), direction)
+        };
         let mut manager = capped(Some(PEERS_PER_NETGROUP_MAX));
         for index in 1..=PEERS_PER_NETGROUP_MAX as u16 {
             assert!(connect(&mut manager, at(0), index, Direction::Inbound).is_accept());
@@ -1133,7 +1141,7 @@ mod tests {
             GoodbyeReason::TooManyPeers
         );
         // Another /16 is another group.
-        let elsewhere = SocketAddr::from(([10, 1, 0, 1], 9000));
+        let elsewhere = SocketAddr::from(([45, 34, 0, 1], 9000));
         assert!(connect_from(&mut manager, at(0), 100, elsewhere, Direction::Inbound).is_accept());
         // A peer reconnecting replaces its own slot; a departure frees one.
         let again = ConnId(1_001);
@@ -1157,6 +1165,14 @@ mod tests {
             let loopback = SocketAddr::from(([127, 0, 0, 1], index));
             assert!(
                 connect_from(&mut manager, at(1), index, loopback, Direction::Inbound).is_accept()
+            );
+        }
+
+        // A private /16 (an operator's own network) is not capped.
+        let mut private = capped(Some(PEERS_PER_NETGROUP_MAX));
+        for index in 1..=2 * PEERS_PER_NETGROUP_MAX as u16 {
+            assert!(
+                super::tests::connect(&mut private, at(0), index, Direction::Inbound).is_accept()
             );
         }
 
