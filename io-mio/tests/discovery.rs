@@ -5,6 +5,10 @@
 //! asks it for the nodes it knows, and dials those; in the end every node
 //! has the other three as peers, though nobody named them.
 //!
+//! Then the peer store: a node with `--data-dir` is stopped, the bootnode
+//! goes away for good, and the node starts again on the same data
+//! directory with no bootnode at all; it dials the peers its store names.
+//!
 //! Every node is a real `meshsync node` process. Every wait polls a log
 //! or a metrics scrape with a deadline; nothing sleeps for a result.
 
@@ -32,12 +36,14 @@ const INBOUND: &str = "meshsync_peers{direction=\"inbound\"}";
 const OUTBOUND: &str = "meshsync_peers{direction=\"outbound\"}";
 const TABLE: &str = "meshsync_discovery_table_entries";
 
-/// `meshsync node` on 127.0.0.1 with a fresh key at `dir/NAME.key`,
-/// metrics on a free port, discovery with private addresses allowed, and
-/// `extra`; stderr to `dir/NAME.log`.
+/// `meshsync node` on 127.0.0.1 with the key at `dir/NAME.key` (made
+/// on its first start), metrics on a free port, discovery with private
+/// addresses allowed, and `extra`; stderr to `dir/NAME.log`.
 fn start(dir: &Path, name: &str, extra: &[&str]) -> Node {
     let key = dir.join(format!("{name}.key"));
-    keygen(&key);
+    if !key.exists() {
+        keygen(&key);
+    }
     let key = key.to_str().expect("a UTF-8 temporary path");
     let mut arguments = vec!["--listen", "127.0.0.1:0", "--key", key, "--allow-private"];
     arguments.extend_from_slice(extra);
@@ -122,4 +128,70 @@ fn nodes_that_know_only_a_bootnode_find_each_other() {
         dialled_by_discovery >= 1.0,
         "no discovery dial among nodes 1-3"
     );
+}
+
+/// Node 3 keeps a peer store. Once the four are meshed it is stopped with
+/// SIGTERM (a node writes its store every 60 s and on the way out), the
+/// bootnode is killed for good, and node 3 starts again on the same data
+/// directory and key with no `--bootnode`: it reads the records of the
+/// three peers it knew and dials the two still up. Nodes 1 and 2 cannot
+/// dial it back (its new port is in no record they hold), so its two
+/// outbound peers came from the store. With the data directory wiped, it
+/// would know nobody and this fails.
+#[test]
+fn a_restarted_node_finds_its_peers_from_its_peer_store_without_the_bootnode() {
+    let temp = TempDir::new("discovery-peer-store");
+    let dir = temp.path();
+    let data = dir.join("node-3-data");
+    let data = data.to_str().expect("a UTF-8 temporary path");
+    let mut boot = start(dir, "node-0", &[]);
+    let (boot_id, boot_addr) = boot.identity();
+    let boot_metrics = boot.metrics_address();
+    let bootnode = format!("{boot_addr}@{boot_id}");
+    let mut others = Vec::new();
+    for index in 1..=2 {
+        let mut node = start(dir, &format!("node-{index}"), &["--bootnode", &bootnode]);
+        node.metrics_address();
+        others.push(node);
+        wait_within(
+            &format!("node 0's table to hold node {index}"),
+            DEADLINE,
+            || (value(&scrape(boot_metrics), TABLE) >= index as f64).then_some(()),
+        );
+    }
+    let mut keeper = start(
+        dir,
+        "node-3",
+        &["--bootnode", &bootnode, "--data-dir", data],
+    );
+    let keeper_metrics = keeper.metrics_address();
+    wait_within(
+        "node 3 to have the other three as peers",
+        MESH_DEADLINE,
+        || (peers(&scrape(keeper_metrics)) == (NODES - 1) as f64).then_some(()),
+    );
+    keeper.stop();
+    drop(boot);
+
+    let mut keeper = start(dir, "node-3", &["--data-dir", data]);
+    let read = keeper.words_after("peer store: ");
+    let records: usize = read[0].parse().expect("a record count");
+    assert!(records >= NODES - 1, "read {read:?}");
+    let keeper_metrics = keeper.metrics_address();
+    let restarted = Instant::now();
+    let samples = wait_within(
+        "the restarted node 3 to dial nodes 1 and 2 from its peer store",
+        MESH_DEADLINE,
+        || {
+            let samples = scrape(keeper_metrics);
+            (value(&samples, OUTBOUND) == 2.0).then_some(samples)
+        },
+    );
+    eprintln!(
+        "node 3 restarted without a bootnode: {records} records read, both live peers dialled \
+         {:.1} s after its metrics came up",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert_eq!(value(&samples, INBOUND), 0.0, "{samples:?}");
+    drop(others);
 }
