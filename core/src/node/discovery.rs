@@ -439,7 +439,10 @@ impl Node {
         protocol: ProtocolId,
         body: &[u8],
     ) -> Answer {
-        if protocol == ProtocolId::FindNode && self.discovery.is_some() {
+        // Only a Sybil of the simulator has a fixed answer; an honest node
+        // decodes the request once, below.
+        let hostile = self.config.faults.find_node_records.is_some();
+        if protocol == ProtocolId::FindNode && hostile && self.discovery.is_some() {
             if let Some(answer) = FindNodeRequest::decode(body)
                 .ok()
                 .and_then(|request| self.hostile_find_node_answer(peer, &request))
