@@ -126,13 +126,13 @@ fn eclipse_runs() -> &'static [(String, Value, Vec<String>)] {
 fn sybils_from_one_slash_16_hold_a_capped_part_of_the_victim() {
     for (seed, (_, outcome, broken)) in (1u64..).zip(eclipse_runs()) {
         assert!(broken.is_empty(), "seed {seed}: {broken:?}\n{outcome:#}");
-        assert_eq!(count(&outcome, "sybils"), SYBILS as u64);
-        let table_sybils = count(&outcome, "victim_table_sybils_max");
+        assert_eq!(count(outcome, "sybils"), SYBILS as u64);
+        let table_sybils = count(outcome, "victim_table_sybils_max");
         assert!(
             table_sybils <= NETGROUP_ENTRIES_PER_TABLE_MAX as u64,
             "seed {seed}: {outcome:#}"
         );
-        let peer_sybils = count(&outcome, "victim_peer_sybils_max");
+        let peer_sybils = count(outcome, "victim_peer_sybils_max");
         assert!(
             peer_sybils <= PEERS_PER_NETGROUP_MAX as u64,
             "seed {seed}: {outcome:#}"
@@ -142,13 +142,13 @@ fn sybils_from_one_slash_16_hold_a_capped_part_of_the_victim() {
             table_sybils > 0 && peer_sybils > 0,
             "seed {seed}: {outcome:#}"
         );
-        let honest_peers = count(&outcome, "victim_honest_outbound_final")
-            + count(&outcome, "victim_honest_inbound_final");
+        let honest_peers = count(outcome, "victim_honest_outbound_final")
+            + count(outcome, "victim_honest_inbound_final");
         assert!(
-            honest_peers >= count(&outcome, "peers_target").div_ceil(2),
+            honest_peers >= count(outcome, "peers_target").div_ceil(2),
             "seed {seed}: {outcome:#}"
         );
-        assert_eq!(count(&outcome, "honest_components"), 1, "seed {seed}");
+        assert_eq!(count(outcome, "honest_components"), 1, "seed {seed}");
     }
 }
 
