@@ -685,6 +685,7 @@ impl NodeConfig {
                 .collect(),
             peers_target: self.target_peers,
             record_seq,
+            learn_address_port: None,
         })
     }
 }
