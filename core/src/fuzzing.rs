@@ -146,6 +146,7 @@ fn run_node_inputs(data: &[u8]) -> MemoryNet {
                     bootnodes: Vec::new(),
                     peers_target: 1,
                     record_seq: 1,
+                    learn_address_port: None,
                 });
             }
             config

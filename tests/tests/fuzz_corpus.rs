@@ -152,6 +152,28 @@ fn discovery_record_decode_corpus() {
     );
 }
 
+/// The record-exchange answer seeds decode, so the fuzzer starts from the
+/// success path of the record-then-observed-address layout.
+#[test]
+fn discovery_record_decode_corpus_holds_valid_record_exchange_answers() {
+    use meshsync_core::discovery::PeerRecordAnswer;
+    let directory =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/discovery_record_decode");
+    let mut answers = 0;
+    for name in [
+        "peer-record-answer-observed-ipv4",
+        "peer-record-answer-largest",
+    ] {
+        let data = std::fs::read(directory.join(name)).expect("the seed exists");
+        let peer = meshsync_core::PeerId::from_bytes(data[1..33].try_into().unwrap());
+        let answer = PeerRecordAnswer::decode(&data, 1, peer)
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert_eq!(answer.encode(), data, "{name}");
+        answers += 1;
+    }
+    assert_eq!(answers, 2);
+}
+
 #[test]
 fn discovery_table_script_corpus() {
     replay(

@@ -136,6 +136,9 @@ pub struct DiscoveryCounters {
     pub lookup_rounds: u64,
     /// Dials that failed or timed out; their addresses back off.
     pub dials_failed: u64,
+    /// Addresses added to our record because peers confirmed them
+    /// ([`Discovery::handle_address_learned`]).
+    pub addresses_learned: u64,
 }
 
 /// An address whose dials failed: not dialled again before `until`.
@@ -250,6 +253,21 @@ impl Discovery {
             "our new record must be ours and newer"
         );
         self.local = record;
+    }
+
+    /// Replaces our record with one that adds an address our peers
+    /// confirmed (`observed.rs`), and counts it.
+    ///
+    /// # Panics
+    /// As [`Discovery::set_local_record`], or if the new record does not
+    /// name more addresses than the old: a caller bug.
+    pub fn handle_address_learned(&mut self, record: Record) {
+        assert!(
+            record.addresses().len() > self.local.addresses().len(),
+            "a learned address adds to our record"
+        );
+        self.set_local_record(record);
+        self.counters.addresses_learned += 1;
     }
 
     /// The node has `connected` peers and wants `target`: below it, refresh

@@ -24,9 +24,7 @@ use super::discover::{Config, Discovery, QueryId};
 use super::key::Key;
 use super::record::Record;
 use super::table::TableConfig;
-use super::wire::{
-    decode_peer_record_answer, decode_peer_record_request, FindNodeAnswer, FindNodeRequest,
-};
+use super::wire::{decode_peer_record_request, FindNodeAnswer, FindNodeRequest, PeerRecordAnswer};
 
 /// Operations one script may run: keeps each fuzz case fast.
 pub const SCRIPT_OPERATIONS_MAX: usize = 1_000;
@@ -40,10 +38,22 @@ const NETWORK: u64 = 1;
 pub fn record_decode(data: &[u8]) {
     if let Ok(record) = Record::decode(data, NETWORK) {
         assert_eq!(record.encode(), data, "records have one encoding");
-        assert_eq!(
-            decode_peer_record_answer(data, NETWORK, record.peer()),
-            Ok(record)
+        assert!(
+            PeerRecordAnswer::decode(data, NETWORK, record.peer()).is_err(),
+            "a record-exchange answer carries an observed address after the record"
         );
+    }
+    // The answer names its author in its record: decode for that peer
+    // (read at the record's peer id offset, when the bytes are long enough).
+    if let Some(peer) = data
+        .get(1..33)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(PeerId::from_bytes)
+    {
+        if let Ok(answer) = PeerRecordAnswer::decode(data, NETWORK, peer) {
+            assert_eq!(answer.encode(), data, "answers have one encoding");
+            assert_eq!(answer.record.peer(), peer);
+        }
     }
     if let Ok(answer) = FindNodeAnswer::decode(data, NETWORK) {
         assert_eq!(answer.encode(), data, "answers have one encoding");
@@ -214,6 +224,8 @@ mod tests {
         }
         .record(3);
         record_decode(&record.encode());
+        let observed: SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+        record_decode(&PeerRecordAnswer::new(record.clone(), observed).encode());
         record_decode(
             &FindNodeAnswer {
                 records: vec![record],

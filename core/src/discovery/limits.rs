@@ -25,6 +25,23 @@ pub const RECORD_SIGNATURE_BYTES: usize = 64;
 pub const RECORD_BYTES_MAX: usize =
     RECORD_HEADER_BYTES + ADDRESSES_PER_RECORD_MAX * ADDRESS_BYTES_MAX + RECORD_SIGNATURE_BYTES;
 
+// --- Observed addresses -------------------------------------------------------
+
+/// Distinct observer groups that must report an IP before it is ours: one
+/// liar, or two in one /16, cannot make us advertise a wrong address
+/// (go-libp2p's observed-address manager also waits for several observers).
+pub const OBSERVED_CONFIRMATIONS_MIN: usize = 3;
+/// Observed IPs the book remembers. A host has a handful of addresses; the
+/// rest is noise or lies. When full, a new IP evicts the one with the
+/// fewest observers, the earliest heard first among equals.
+pub const OBSERVED_IPS_MAX: usize = 16;
+/// Observer groups kept per IP: past the confirmation more add nothing but
+/// slack for observers that move their vote away.
+pub const OBSERVERS_PER_IP_MAX: usize = 8;
+
+const _: () = assert!(OBSERVED_CONFIRMATIONS_MIN >= 2);
+const _: () = assert!(OBSERVED_CONFIRMATIONS_MIN <= OBSERVERS_PER_IP_MAX);
+
 // --- Routing table ------------------------------------------------------------
 
 /// Buckets of the routing table: one per bit of the 256-bit key space

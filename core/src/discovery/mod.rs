@@ -15,6 +15,7 @@
 //! | `address.rs` | which addresses are accepted; subnets and network groups |
 //! | `key.rs` | the key space: sha256 of a `PeerId`, XOR distance, buckets |
 //! | `record.rs` | signed peer records: encoding, signature, sequence numbers |
+//! | `observed.rs` | the addresses peers see us at, and when they confirm one |
 //! | `table.rs` | the routing table (entries met by handshake) and the candidates |
 //! | `wire.rs` | the FIND_NODE and record-exchange bodies, tags and quotas |
 //! | `lookup.rs` | one iterative lookup: α in flight, rounds, deadlines |
@@ -49,6 +50,7 @@ pub mod fuzzing;
 pub mod key;
 pub mod limits;
 pub mod lookup;
+pub mod observed;
 #[warn(clippy::arithmetic_side_effects)]
 pub mod record;
 pub mod table;
@@ -63,8 +65,9 @@ pub use discover::{
 };
 pub use key::{Distance, Key};
 pub use lookup::{Contact, Lookup};
+pub use observed::{AddressBook, Confirmed};
 pub use record::{Record, RecordError, RECORD_SIGNATURE_DOMAIN, RECORD_VERSION};
 pub use table::{
     Candidate, Entry, Insert, InsertRefusal, LivenessCheck, RoutingTable, TableConfig,
 };
-pub use wire::{DiscoveryProtocol, FindNodeAnswer, FindNodeRequest, WireError};
+pub use wire::{DiscoveryProtocol, FindNodeAnswer, FindNodeRequest, PeerRecordAnswer, WireError};

@@ -2,7 +2,7 @@
 //! and how fresh that statement is.
 //!
 //! # Design
-//! A [`Record`] names a `PeerId`, 1 to [`ADDRESSES_PER_RECORD_MAX`] socket
+//! A [`Record`] names a `PeerId`, 0 to [`ADDRESSES_PER_RECORD_MAX`] socket
 //! addresses, the network id (the `u64` the handshake's Hello and the
 //! genesis carry) and a sequence number, signed by the peer's Ed25519
 //! identity over `"meshsync-peer-record-v1" ‖ encoding without signature`,
@@ -10,13 +10,19 @@
 //! record with a higher sequence number replaces an older one of the same
 //! peer ([`Record::supersedes`]); an equal or lower one is ignored.
 //!
+//! A record may name no address: a node behind an unspecified listen
+//! address (`0.0.0.0`) starts that way and still looks up and dials
+//! others, until its peers tell it where they see it (`observed.rs`).
+//! Nobody dials it meanwhile: the table and the candidates keep only
+//! records with a dialable address (`address::first_dialable`).
+//!
 //! ```text
 //! offset      size  field
 //! 0           1     version = 1
 //! 1           32    peer id (Ed25519 public key)
 //! 33          8     network id, u64
 //! 41          8     sequence number, u64
-//! 49          1     address count n, 1..=4
+//! 49          1     address count n, 0..=4
 //! 50          ..    n addresses: family u8 (4 or 6), 4 or 16 address bytes, port u16
 //! ..          64    Ed25519 signature over domain ‖ bytes 0..(here)
 //! ```
@@ -74,7 +80,7 @@ pub enum RecordError {
         /// The length received.
         length: usize,
     },
-    /// Truncated, trailing bytes, an address count outside 1..=4, or an
+    /// Truncated, trailing bytes, an address count above 4, or an
     /// unknown address family.
     Malformed {
         /// The field that broke its layout.
@@ -136,8 +142,8 @@ impl Record {
     /// Our record: `addresses` signed by `identity` for `network_id` at `seq`.
     ///
     /// # Panics
-    /// If `addresses` is empty or longer than [`ADDRESSES_PER_RECORD_MAX`]:
-    /// we never sign what we would refuse.
+    /// If `addresses` is longer than [`ADDRESSES_PER_RECORD_MAX`]: we never
+    /// sign what we would refuse.
     pub fn sign(
         identity: &Identity,
         network_id: u64,
@@ -145,8 +151,8 @@ impl Record {
         addresses: &[SocketAddr],
     ) -> Record {
         assert!(
-            !addresses.is_empty() && addresses.len() <= ADDRESSES_PER_RECORD_MAX,
-            "a record names 1..={ADDRESSES_PER_RECORD_MAX} addresses, not {}",
+            addresses.len() <= ADDRESSES_PER_RECORD_MAX,
+            "a record names 0..={ADDRESSES_PER_RECORD_MAX} addresses, not {}",
             addresses.len()
         );
         let mut record = Record {
@@ -194,7 +200,7 @@ impl Record {
         let addresses = self
             .addresses
             .iter()
-            .map(address_len)
+            .map(address_bytes)
             .fold(0usize, usize::saturating_add);
         RECORD_HEADER_BYTES
             .saturating_add(addresses)
@@ -222,17 +228,7 @@ impl Record {
         // Cannot truncate: at most ADDRESSES_PER_RECORD_MAX, checked below u8::MAX.
         out.push(self.addresses.len() as u8);
         for addr in &self.addresses {
-            match addr.ip() {
-                IpAddr::V4(ip) => {
-                    out.push(FAMILY_V4);
-                    out.extend_from_slice(&ip.octets());
-                }
-                IpAddr::V6(ip) => {
-                    out.push(FAMILY_V6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            }
-            out.extend_from_slice(&addr.port().to_be_bytes());
+            encode_address_into(addr, out);
         }
     }
 
@@ -246,60 +242,99 @@ impl Record {
             });
         }
         let mut reader = Reader::new(bytes);
+        let unverified = Unverified::read(&mut reader)?;
+        reader.finish()?;
+        unverified.verify(network_id)
+    }
+}
+
+/// A record whose layout was read and whose signature is not yet checked:
+/// the first half of [`Record::decode`], shared with decoders that carry a
+/// record followed by more fields (the record-exchange answer).
+pub(super) struct Unverified<'a> {
+    /// The bytes the signature covers (after the domain).
+    signed: &'a [u8],
+    record: Record,
+}
+
+impl<'a> Unverified<'a> {
+    /// Reads one record's layout from `reader`, leaving it after the
+    /// signature. The caller bounds the length first.
+    pub(super) fn read(reader: &mut Reader<'a>) -> Result<Unverified<'a>, RecordError> {
+        let start = reader.rest;
         let version = reader.array::<1>("version")?[0];
         if version != RECORD_VERSION {
             return Err(RecordError::UnknownVersion(version));
         }
         let peer = PeerId::from_bytes(reader.array("peer id")?);
-        let record_network = u64::from_be_bytes(reader.array("network id")?);
+        let network_id = u64::from_be_bytes(reader.array("network id")?);
         let seq = u64::from_be_bytes(reader.array("sequence number")?);
         let count = usize::from(reader.array::<1>("address count")?[0]);
-        if count == 0 || count > ADDRESSES_PER_RECORD_MAX {
+        if count > ADDRESSES_PER_RECORD_MAX {
             return Err(RecordError::Malformed {
                 field: "address count",
             });
         }
         let mut addresses = Vec::with_capacity(count);
         for _ in 0..count {
-            let ip = match reader.array::<1>("address family")?[0] {
-                FAMILY_V4 => IpAddr::V4(Ipv4Addr::from(reader.array::<4>("IPv4 address")?)),
-                FAMILY_V6 => IpAddr::V6(Ipv6Addr::from(reader.array::<16>("IPv6 address")?)),
-                _ => {
-                    return Err(RecordError::Malformed {
-                        field: "address family",
-                    })
-                }
-            };
-            let port = u16::from_be_bytes(reader.array("port")?);
-            addresses.push(SocketAddr::new(ip, port));
+            addresses.push(reader.address()?);
         }
-        let signed_len = bytes.len().saturating_sub(reader.remaining());
+        let signed_len = start.len().saturating_sub(reader.remaining());
         let signature = reader.array::<64>("signature")?;
-        reader.finish()?;
-        if record_network != network_id {
+        Ok(Unverified {
+            signed: &start[..signed_len],
+            record: Record {
+                peer,
+                network_id,
+                seq,
+                addresses,
+                signature,
+            },
+        })
+    }
+
+    /// The record, if it is for `network_id` and its signature verifies.
+    pub(super) fn verify(self, network_id: u64) -> Result<Record, RecordError> {
+        let record = self.record;
+        if record.network_id != network_id {
             return Err(RecordError::WrongNetwork {
                 expected: network_id,
-                actual: record_network,
+                actual: record.network_id,
             });
         }
-        let mut message =
-            Vec::with_capacity(RECORD_SIGNATURE_DOMAIN.len().saturating_add(signed_len));
+        let mut message = Vec::with_capacity(
+            RECORD_SIGNATURE_DOMAIN
+                .len()
+                .saturating_add(self.signed.len()),
+        );
         message.extend_from_slice(RECORD_SIGNATURE_DOMAIN);
-        message.extend_from_slice(&bytes[..signed_len]);
-        if !peer.verify(&message, &signature) {
+        message.extend_from_slice(self.signed);
+        if !record.peer.verify(&message, &record.signature) {
             return Err(RecordError::BadSignature);
         }
-        Ok(Record {
-            peer,
-            network_id: record_network,
-            seq,
-            addresses,
-            signature,
-        })
+        Ok(record)
     }
 }
 
-fn address_len(addr: &SocketAddr) -> usize {
+/// Appends one address in the record encoding: family u8 (4 or 6), the
+/// 4 or 16 address bytes, port u16. IPv4-mapped IPv6 addresses are written
+/// as the IPv6 address they are (the signer chose them).
+pub(super) fn encode_address_into(addr: &SocketAddr, out: &mut Vec<u8>) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(FAMILY_V4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(FAMILY_V6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+/// Bytes of one encoded address (at most `ADDRESS_BYTES_MAX`).
+pub(super) fn address_bytes(addr: &SocketAddr) -> usize {
     match addr {
         SocketAddr::V4(_) => 1 + 4 + 2,
         SocketAddr::V6(_) => 1 + 16 + 2,
@@ -339,6 +374,21 @@ impl<'a> Reader<'a> {
         let (taken, rest) = self.rest.split_at(count);
         self.rest = rest;
         Ok(taken)
+    }
+
+    /// One address in the record encoding (see [`encode_address_into`]).
+    pub(super) fn address(&mut self) -> Result<SocketAddr, RecordError> {
+        let ip = match self.array::<1>("address family")?[0] {
+            FAMILY_V4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>("IPv4 address")?)),
+            FAMILY_V6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>("IPv6 address")?)),
+            _ => {
+                return Err(RecordError::Malformed {
+                    field: "address family",
+                })
+            }
+        };
+        let port = u16::from_be_bytes(self.array("port")?);
+        Ok(SocketAddr::new(ip, port))
     }
 
     pub(super) fn remaining(&self) -> usize {
@@ -461,16 +511,30 @@ mod tests {
                 field: "trailing bytes"
             })
         );
-        let mut no_addresses = bytes[..49].to_vec();
-        no_addresses.push(0);
-        no_addresses.extend_from_slice(&[0; 64]);
+        let mut five_addresses = bytes[..49].to_vec();
+        five_addresses.push(ADDRESSES_PER_RECORD_MAX as u8 + 1);
+        five_addresses.extend_from_slice(&[0; 64]);
         assert_eq!(
-            Record::decode(&no_addresses, NETWORK),
+            Record::decode(&five_addresses, NETWORK),
             Err(RecordError::Malformed {
                 field: "address count"
             })
         );
         assert_eq!(RecordError::BadSignature.penalty(), Penalty::High);
+    }
+
+    #[test]
+    fn a_record_without_addresses_round_trips_and_is_never_dialable() {
+        let record = Record::sign(&Identity::from_seed(9), NETWORK, 1, &[]);
+        let bytes = record.encode();
+        assert_eq!(bytes.len(), RECORD_HEADER_BYTES + RECORD_SIGNATURE_BYTES);
+        let back = Record::decode(&bytes, NETWORK).expect("an empty record decodes");
+        assert!(back.addresses().is_empty());
+        assert_eq!(back, record);
+        assert_eq!(
+            super::super::address::first_dialable(back.addresses(), true),
+            None
+        );
     }
 
     #[test]

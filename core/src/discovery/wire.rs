@@ -13,8 +13,14 @@
 //! FIND_NODE request (tag 7)        32 bytes: target key
 //! FIND_NODE answer                 count u8 (0..=16), then count × (length u16 (1..=190), record)
 //! PEER_RECORD request (tag 8)      empty
-//! PEER_RECORD answer               one record (≤ 190 bytes), the responder's own
+//! PEER_RECORD answer               the responder's own record (≤ 190 bytes), then the
+//!                                  requester's address as the responder's connection
+//!                                  sees it (family u8, 4 or 16 IP bytes, port u16: ≤ 19 bytes)
 //! ```
+//!
+//! The observed address is libp2p identify's `observedAddr`: a node behind
+//! an unspecified listen address learns from it where peers can reach it
+//! (`observed.rs` decides when enough peers agree).
 //!
 //! The req/resp layer knows them as `ProtocolId::FindNode` and
 //! `ProtocolId::PeerRecord`, with the byte bounds below restated in
@@ -32,6 +38,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::SocketAddr;
 
 use crate::identity::PeerId;
 use crate::peer::Penalty;
@@ -39,10 +46,10 @@ use crate::reqresp::rate::Quota;
 
 use super::key::Key;
 use super::limits::{
-    BUCKET_ENTRIES_MAX, FIND_NODE_QUOTA, FIND_NODE_TAG, PEER_RECORD_QUOTA, PEER_RECORD_TAG,
-    RECORD_BYTES_MAX,
+    ADDRESS_BYTES_MAX, BUCKET_ENTRIES_MAX, FIND_NODE_QUOTA, FIND_NODE_TAG, PEER_RECORD_QUOTA,
+    PEER_RECORD_TAG, RECORD_BYTES_MAX,
 };
-use super::record::{Reader, Record, RecordError};
+use super::record::{address_bytes, encode_address_into, Reader, Record, RecordError, Unverified};
 
 /// Bytes of a FIND_NODE request body.
 pub const FIND_NODE_REQUEST_BYTES: usize = 32;
@@ -50,13 +57,19 @@ pub const FIND_NODE_REQUEST_BYTES: usize = 32;
 pub const FIND_NODE_ANSWER_BYTES_MAX: usize = 1 + BUCKET_ENTRIES_MAX * (2 + RECORD_BYTES_MAX);
 /// Bytes of a record-exchange request body.
 pub const PEER_RECORD_REQUEST_BYTES: usize = 0;
+/// Longest record-exchange answer: the largest record and the largest
+/// (IPv6) observed address (209 bytes).
+pub const PEER_RECORD_ANSWER_BYTES_MAX: usize = RECORD_BYTES_MAX + ADDRESS_BYTES_MAX;
 
 const _: () =
     assert!(FIND_NODE_ANSWER_BYTES_MAX <= crate::reqresp::limits::RESPONSE_PAYLOAD_BYTES_MAX);
 const _: () =
     assert!(FIND_NODE_ANSWER_BYTES_MAX == crate::reqresp::limits::FIND_NODE_ANSWER_BYTES_MAX);
 const _: () = assert!(FIND_NODE_REQUEST_BYTES == crate::reqresp::limits::FIND_NODE_REQUEST_BYTES);
-const _: () = assert!(RECORD_BYTES_MAX == crate::reqresp::limits::PEER_RECORD_ANSWER_BYTES_MAX);
+const _: () =
+    assert!(PEER_RECORD_ANSWER_BYTES_MAX == crate::reqresp::limits::PEER_RECORD_ANSWER_BYTES_MAX);
+const _: () =
+    assert!(PEER_RECORD_ANSWER_BYTES_MAX <= crate::reqresp::limits::RESPONSE_PAYLOAD_BYTES_MAX);
 
 /// Discovery's request/response protocols.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
@@ -109,7 +122,7 @@ impl DiscoveryProtocol {
     pub const fn response_bytes_max(&self) -> usize {
         match self {
             DiscoveryProtocol::FindNode => FIND_NODE_ANSWER_BYTES_MAX,
-            DiscoveryProtocol::PeerRecord => RECORD_BYTES_MAX,
+            DiscoveryProtocol::PeerRecord => PEER_RECORD_ANSWER_BYTES_MAX,
         }
     }
 
@@ -316,24 +329,69 @@ pub fn decode_peer_record_request(bytes: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Decodes a record-exchange answer from `expected`: its own record, for
-/// `network_id`.
-pub fn decode_peer_record_answer(
-    bytes: &[u8],
-    network_id: u64,
-    expected: PeerId,
-) -> Result<Record, WireError> {
-    let record = Record::decode(bytes, network_id).map_err(|error| match error {
-        RecordError::TooLarge { length } => WireError::TooLarge {
-            length,
-            limit: RECORD_BYTES_MAX,
-        },
-        error => WireError::Record { index: 0, error },
-    })?;
-    if record.peer() != expected {
-        return Err(WireError::WrongPeer);
+/// A record-exchange answer: the responder's own record, and where the
+/// responder sees the requester.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PeerRecordAnswer {
+    /// The responder's record.
+    pub record: Record,
+    /// The requester's address as the responder's connection sees it: its
+    /// remote address, IPv4-mapped IPv6 written as IPv4. Only a hint: the
+    /// responder may lie, and the port of a connection the requester
+    /// dialled is an ephemeral one.
+    pub observed: SocketAddr,
+}
+
+impl PeerRecordAnswer {
+    /// The answer of `record`'s author to a requester it sees at `observed`.
+    pub fn new(record: Record, observed: SocketAddr) -> PeerRecordAnswer {
+        // A dual-stack socket shows an IPv4 peer as ::ffff:a.b.c.d; the
+        // requester knows itself by its IPv4 address.
+        let observed = SocketAddr::new(observed.ip().to_canonical(), observed.port());
+        PeerRecordAnswer { record, observed }
     }
-    Ok(record)
+
+    /// The encoding: the record, then the observed address.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            self.record
+                .encoded_len()
+                .saturating_add(address_bytes(&self.observed)),
+        );
+        self.record.encode_into(&mut out);
+        encode_address_into(&self.observed, &mut out);
+        out
+    }
+
+    /// Decodes exactly `bytes` from `expected`: its own record, for
+    /// `network_id`, and an observed address. The length is checked first,
+    /// then the layout of both, then the record's network and signature.
+    pub fn decode(
+        bytes: &[u8],
+        network_id: u64,
+        expected: PeerId,
+    ) -> Result<PeerRecordAnswer, WireError> {
+        if bytes.len() > PEER_RECORD_ANSWER_BYTES_MAX {
+            return Err(WireError::TooLarge {
+                length: bytes.len(),
+                limit: PEER_RECORD_ANSWER_BYTES_MAX,
+            });
+        }
+        let mut reader = Reader::new(bytes);
+        let unverified = Unverified::read(&mut reader)?;
+        // Refused like a malformed record: no honest responder writes it.
+        let observed = reader.address().map_err(|_| WireError::Malformed {
+            field: "observed address",
+        })?;
+        reader.finish()?;
+        let record = unverified
+            .verify(network_id)
+            .map_err(|error| WireError::Record { index: 0, error })?;
+        if record.peer() != expected {
+            return Err(WireError::WrongPeer);
+        }
+        Ok(PeerRecordAnswer { record, observed })
+    }
 }
 
 #[cfg(test)]
@@ -444,18 +502,76 @@ mod tests {
         assert_eq!(decode_peer_record_request(&[]), Ok(()));
         assert!(decode_peer_record_request(&[0]).is_err());
         let own = record(4);
+        let observed: SocketAddr = "198.51.100.7:40123".parse().unwrap();
+        let answer = PeerRecordAnswer::new(own.clone(), observed);
         assert_eq!(
-            decode_peer_record_answer(&own.encode(), NETWORK, own.peer()),
-            Ok(own.clone())
+            PeerRecordAnswer::decode(&answer.encode(), NETWORK, own.peer()),
+            Ok(answer.clone())
         );
         assert_eq!(
-            decode_peer_record_answer(&own.encode(), NETWORK, record(5).peer()),
+            PeerRecordAnswer::decode(&answer.encode(), NETWORK, record(5).peer()),
             Err(WireError::WrongPeer)
         );
         assert!(matches!(
-            decode_peer_record_answer(&[0; RECORD_BYTES_MAX + 1], NETWORK, own.peer()),
+            PeerRecordAnswer::decode(&[0; PEER_RECORD_ANSWER_BYTES_MAX + 1], NETWORK, own.peer()),
             Err(WireError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn the_observed_address_follows_the_record_and_is_checked_like_it() {
+        let own = record(6);
+        let v4: SocketAddr = "198.51.100.7:40123".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:198.51.100.7]:40123".parse().unwrap();
+        assert_eq!(PeerRecordAnswer::new(own.clone(), mapped).observed, v4);
+        let bytes = PeerRecordAnswer::new(own.clone(), v4).encode();
+        assert_eq!(bytes.len(), own.encoded_len() + 7);
+        assert_eq!(&bytes[..own.encoded_len()], &own.encode()[..]);
+        assert_eq!(
+            &bytes[own.encoded_len()..],
+            &[4, 198, 51, 100, 7, 0x9c, 0xbb]
+        );
+        // The record alone, as a node before the observed address sent it.
+        let error = PeerRecordAnswer::decode(&own.encode(), NETWORK, own.peer()).unwrap_err();
+        assert_eq!(
+            error,
+            WireError::Malformed {
+                field: "observed address"
+            }
+        );
+        assert_eq!(error.penalty(), Penalty::High);
+        // An unknown family, a cut address, trailing bytes.
+        let mut family = bytes.clone();
+        family[own.encoded_len()] = 5;
+        let mut cut = bytes.clone();
+        cut.pop();
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        for broken in [family, cut, trailing] {
+            let error = PeerRecordAnswer::decode(&broken, NETWORK, own.peer()).unwrap_err();
+            assert!(matches!(error, WireError::Malformed { .. }), "{error:?}");
+            assert_eq!(error.penalty(), Penalty::High);
+        }
+        // The largest answer: the largest record and an IPv6 address.
+        let v6: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+        let largest = Record::sign(&Identity::from_seed(9), NETWORK, u64::MAX, &[v6; 4]);
+        let answer = PeerRecordAnswer::new(largest.clone(), v6);
+        let bytes = answer.encode();
+        assert_eq!(bytes.len(), PEER_RECORD_ANSWER_BYTES_MAX);
+        assert_eq!(
+            PeerRecordAnswer::decode(&bytes, NETWORK, largest.peer()),
+            Ok(answer)
+        );
+        // A forged record is refused whatever follows it.
+        let mut forged = PeerRecordAnswer::new(own.clone(), v4).encode();
+        forged[own.encoded_len() - 1] ^= 1;
+        assert_eq!(
+            PeerRecordAnswer::decode(&forged, NETWORK, own.peer()),
+            Err(WireError::Record {
+                index: 0,
+                error: RecordError::BadSignature
+            })
+        );
     }
 
     #[test]

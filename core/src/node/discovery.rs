@@ -60,9 +60,10 @@ use crate::discovery::discover::{Config as MachineConfig, QueryId};
 use crate::discovery::limits::{
     FIND_NODE_QUOTA, LOOKUPS_MAX, LOOKUP_PARALLELISM, PEER_RECORD_QUOTA,
 };
+use crate::discovery::observed::{AddressBook, Confirmed};
 use crate::discovery::record::Record;
 use crate::discovery::table::TableConfig;
-use crate::discovery::wire::{decode_peer_record_answer, FindNodeRequest};
+use crate::discovery::wire::{FindNodeRequest, PeerRecordAnswer};
 use crate::discovery::Discovery;
 use crate::identity::{Identity, PeerId};
 use crate::io::{Direction, GoodbyeReason};
@@ -97,11 +98,18 @@ pub const EVICTION_GRACE: Duration = Duration::from_secs(5);
 /// How a node runs discovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiscoveryConfig {
-    /// Where peers can dial us, signed into our record (1 to
+    /// Where peers can dial us, signed into our record (0 to
     /// [`crate::discovery::limits::ADDRESSES_PER_RECORD_MAX`]): the listen
     /// address when it is routable, or the operator's `--advertise`. Never
-    /// an address we were not told.
+    /// an address we were not told. With none, nobody dials us until we
+    /// learn one (`learn_address_port`); we still look up and dial others.
     pub addresses: Vec<SocketAddr>,
+    /// Learn our address from what peers observe, and advertise it at this
+    /// port (our listen port): `Some` only when the operator named no
+    /// address to advertise, whose list is then authoritative. An IP
+    /// [`crate::discovery::limits::OBSERVED_CONFIRMATIONS_MIN`] network
+    /// groups report is added to our record while it has room.
+    pub learn_address_port: Option<u16>,
     /// Accept loopback and private addresses in records and the table
     /// (devnets and tests).
     pub allow_private: bool,
@@ -124,6 +132,10 @@ pub struct DiscoveryConfig {
 pub(super) struct DiscoveryPart {
     machine: Discovery,
     peers_target: usize,
+    /// What peers told us about our address, when we learn it.
+    observed: Option<AddressBook>,
+    /// Signs our record again when we learn an address.
+    identity: Identity,
     /// Peers we are dialling for the machine (a query, a candidate, a
     /// liveness check): one dial each, however many reasons.
     dialling: BTreeSet<PeerId>,
@@ -151,9 +163,9 @@ impl DiscoveryPart {
         now: Instant,
     ) -> Result<DiscoveryPart, String> {
         let max = crate::discovery::limits::ADDRESSES_PER_RECORD_MAX;
-        if config.addresses.is_empty() || config.addresses.len() > max {
+        if config.addresses.len() > max {
             return Err(format!(
-                "discovery needs 1 to {max} addresses to advertise, got {}",
+                "discovery advertises 0 to {max} addresses, got {}",
                 config.addresses.len()
             ));
         }
@@ -173,9 +185,14 @@ impl DiscoveryPart {
                 warn!("bootnode {addr}: refused: {refusal:?}");
             }
         }
+        let observed = config
+            .learn_address_port
+            .map(|port| AddressBook::new(port, config.allow_private, config.subnet_limits));
         Ok(DiscoveryPart {
             machine,
             peers_target: config.peers_target,
+            observed,
+            identity: identity.clone(),
             dialling: BTreeSet::new(),
             waiting: BTreeMap::new(),
             liveness_dials: BTreeSet::new(),
@@ -467,7 +484,27 @@ impl Node {
                     message: error.to_string(),
                 },
             },
-            _ => Answer::Chunks(vec![part.machine.local_record().encode()]),
+            _ => {
+                let Some(observed) = self
+                    .conns
+                    .conn_of(&peer)
+                    .and_then(|conn| self.conns.get(conn))
+                    .map(|connection| connection.addr)
+                else {
+                    return Answer::Error {
+                        code: ResultCode::ServerError,
+                        message: "no connection".to_string(),
+                    };
+                };
+                let Some(part) = self.discovery.as_ref() else {
+                    return Answer::Error {
+                        code: ResultCode::InvalidRequest,
+                        message: "discovery is not running".to_string(),
+                    };
+                };
+                let answer = PeerRecordAnswer::new(part.machine.local_record().clone(), observed);
+                Answer::Chunks(vec![answer.encode()])
+            }
         }
     }
 
@@ -485,16 +522,54 @@ impl Node {
         let Some(part) = self.discovery.as_mut() else {
             return;
         };
-        match decode_peer_record_answer(payload, network_id, peer) {
-            Ok(record) => {
-                let insert = part.machine.handle_peer_verified(now, peer, record, ip);
+        match PeerRecordAnswer::decode(payload, network_id, peer) {
+            Ok(answer) => {
+                let insert = part
+                    .machine
+                    .handle_peer_verified(now, peer, answer.record, ip);
                 debug!("{peer:?}: record: {insert:?}");
+                let confirmed = part
+                    .observed
+                    .as_mut()
+                    .and_then(|book| book.observe(ip, answer.observed));
+                if let Some(confirmed) = confirmed {
+                    self.learn_address(confirmed);
+                }
             }
             Err(error) => {
                 info!("{peer:?}: refused its record: {error}");
                 self.report(now, peer, Report::Penalty(error.penalty()));
             }
         }
+    }
+
+    /// Peers confirmed that they see us at `confirmed.addr`: sign it into
+    /// our record (sequence number + 1) if it is new and the record has
+    /// room, and tell our peers our metadata changed so they ask for the
+    /// record again.
+    fn learn_address(&mut self, confirmed: Confirmed) {
+        let network_id = self.config.network_id;
+        let Some(part) = self.discovery.as_mut() else {
+            return;
+        };
+        let local = part.machine.local_record();
+        let mut addresses = local.addresses().to_vec();
+        if addresses.contains(&confirmed.addr) {
+            return;
+        }
+        if addresses.len() >= crate::discovery::limits::ADDRESSES_PER_RECORD_MAX {
+            debug!("peers see us at {}, but our record is full", confirmed.addr);
+            return;
+        }
+        addresses.push(confirmed.addr);
+        let seq = local.seq().saturating_add(1);
+        let record = Record::sign(&part.identity, network_id, seq, &addresses);
+        part.machine.handle_address_learned(record);
+        info!(
+            "learned our address {} from {} peers in distinct networks; advertising it",
+            confirmed.addr, confirmed.observers
+        );
+        self.bump_metadata_seq();
     }
 
     /// The success chunk of FIND_NODE query `id` to `peer`.

@@ -737,6 +737,23 @@ impl Node {
             established.metadata_requested = true;
             established.metadata_asked = Some((seq, now));
         }
+        let in_table = self
+            .discovery()
+            .map(|discovery| discovery.table().entry(&peer).is_some());
+        if in_table.is_some_and(|in_table| known.is_some() || !in_table) {
+            // A peer's sequence number moves when its record does too (it
+            // learned its address): its record, asked for at admission, is
+            // asked for again when the number moved since we fetched it or
+            // when its first record did not enter our table (it may have
+            // had no address then), no more often than its Metadata.
+            let _ = self.request(
+                now,
+                peer,
+                ProtocolId::PeerRecord,
+                Vec::new(),
+                Purpose::PeerRecord,
+            );
+        }
     }
 
     /// Sends our Status to `peer` (its answer carries its own).
@@ -1013,6 +1030,13 @@ impl Node {
         answer: Answer,
     ) {
         self.answer(now, peer, id, answer);
+    }
+
+    /// Our Metadata is unchanged but something peers fetch after a new
+    /// sequence number is not (our discovery record): a new number makes
+    /// them ask again at their next Ping.
+    pub(super) fn bump_metadata_seq(&mut self) {
+        self.rpc.metadata.seq = self.rpc.metadata.seq.saturating_add(1);
     }
 
     pub(super) fn set_topics(&mut self, topics: Vec<String>) {

@@ -45,8 +45,9 @@ pub const FIND_NODE_REQUEST_BYTES: usize = 32;
 /// Longest FIND_NODE answer: a count and 16 records of at most 190 bytes,
 /// each with a u16 length (3,073 bytes).
 pub const FIND_NODE_ANSWER_BYTES_MAX: usize = 1 + 16 * (2 + 190);
-/// Longest PEER_RECORD answer (tag 8): one record.
-pub const PEER_RECORD_ANSWER_BYTES_MAX: usize = 190;
+/// Longest PEER_RECORD answer (tag 8): one record of at most 190 bytes and
+/// the requester's observed address of at most 19 (209 bytes).
+pub const PEER_RECORD_ANSWER_BYTES_MAX: usize = 190 + 19;
 /// Largest application response chunk payload, uncompressed: the size of a
 /// block, so an application answer costs no more than serving one block.
 pub const APPLICATION_RESPONSE_BYTES_MAX: usize = 1024 * 1024;

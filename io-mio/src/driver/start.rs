@@ -267,6 +267,9 @@ impl Driver {
             {
                 addr.set_port(local_addr.port());
             }
+            if discovery.learn_address_port == Some(0) {
+                discovery.learn_address_port = Some(local_addr.port());
+            }
         }
         // The two clocks are read together: the core's instants are
         // microseconds since `origin`, and slots are wall-clock slots.

@@ -643,6 +643,12 @@ impl NodeMetrics {
                 "Discovery dials that failed or timed out; their addresses back off",
                 d.counters.dials_failed,
             );
+            counter(
+                &mut r,
+                "discovery_addresses_learned",
+                "Addresses signed into our record because peers in three networks saw us there",
+                d.counters.addresses_learned,
+            );
         }
 
         // Chain and sync.
@@ -839,6 +845,7 @@ mod tests {
                     queries_sent: 9,
                     queries_failed: 4,
                     answers_invalid: 1,
+                    addresses_learned: 1,
                     ..DiscoveryCounters::default()
                 },
                 table_entries: 3,
@@ -908,6 +915,7 @@ mod tests {
         // A failed query is counted once, by its reason.
         for sample in [
             "meshsync_discovery_queries_total 9\n",
+            "meshsync_discovery_addresses_learned_total 1\n",
             "meshsync_discovery_queries_failed_total{reason=\"invalid_answer\"} 1\n",
             "meshsync_discovery_queries_failed_total{reason=\"no_answer\"} 3\n",
         ] {

@@ -352,6 +352,7 @@ impl Scenario for DhtEclipse {
                 bootnodes,
                 peers_target: target,
                 record_seq: 1,
+                learn_address_port: None,
             });
             config
         };

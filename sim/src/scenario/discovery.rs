@@ -218,6 +218,7 @@ impl Scenario for Discovery {
                 bootnodes,
                 peers_target: target,
                 record_seq: 1,
+                learn_address_port: None,
             });
             config
         };

@@ -496,6 +496,7 @@ impl Scenario for RestartRecall {
                 bootnodes,
                 peers_target: target,
                 record_seq: 1,
+                learn_address_port: None,
             });
             config
         };

@@ -350,6 +350,7 @@ mod tests {
                 bootnodes,
                 peers_target: 25,
                 record_seq: 1,
+                learn_address_port: None,
             });
             config
         };

@@ -3,8 +3,10 @@
 //! bootnode finds and dials the rest of the network up to its target.
 
 use super::*;
+use crate::io::Direction;
 use crate::node::DiscoveryConfig;
 use crate::reqresp::stats::ServedResult;
+use std::net::SocketAddr;
 
 /// Node `index` of `count`, advertising its MemoryNet address, starting from
 /// `bootnodes` (indices), aiming for `peers_target` peers.
@@ -20,6 +22,7 @@ pub(super) fn discovering(index: usize, bootnodes: &[usize], peers_target: usize
             .collect(),
         peers_target,
         record_seq: 1,
+        learn_address_port: None,
     });
     config
 }
@@ -310,4 +313,109 @@ fn a_scored_out_newcomer_does_not_cost_a_full_node_a_peer() {
             "node {node} was evicted for a refused newcomer"
         );
     }
+}
+
+/// Node `index` with no address to advertise: it learns one from what its
+/// peers see, at the MemoryNet port.
+fn learning(index: usize, bootnodes: &[usize], peers_target: usize) -> Config {
+    let mut config = discovering(index, bootnodes, peers_target);
+    let discovery = config
+        .discovery
+        .as_mut()
+        .expect("discovering configures it");
+    discovery.addresses.clear();
+    discovery.learn_address_port = Some(addr(index).port());
+    config
+}
+
+#[test]
+fn a_node_without_an_address_learns_it_from_its_peers_and_is_then_dialled() {
+    // Node 0 starts with no address; it reaches 1, 2 and 3 (its target)
+    // through bootnode 1. Node 4 starts without discovery and joins later
+    // through the same bootnode, so it can meet 0 only by a record of 0's
+    // carried by the others.
+    let mut configs = vec![learning(0, &[1], 3)];
+    configs.extend((1..=3).map(|i| discovering(i, &[1], 3)));
+    configs.push(Config::new(1));
+    let mut net = Net::new(configs);
+    let start = net.nodes[0].discovery().unwrap().local_record().clone();
+    assert!(start.addresses().is_empty(), "{start:?}");
+    // Its first lookup may reach bootnode 1 before 2 and 3 do; the
+    // refresh 30 s later finds them.
+    net.advance(Duration::from_secs(45));
+    for peer in 1..=3 {
+        assert!(net.connected(0, peer), "0 did not reach {peer}");
+    }
+    let learned = net.nodes[0].discovery().unwrap().local_record().clone();
+    assert_eq!(learned.addresses(), &[addr(0)]);
+    assert_eq!(learned.seq(), start.seq() + 1);
+    assert_eq!(
+        net.nodes[0]
+            .discovery()
+            .unwrap()
+            .counters()
+            .addresses_learned,
+        1
+    );
+    // What node 0 now answers a record request with: the new record, and
+    // where it sees the requester.
+    let one = net.nodes[1].peer_id();
+    let Answer::Chunks(chunks) =
+        net.nodes[0].serve_discovery(net.now, one, ProtocolId::PeerRecord, &[])
+    else {
+        panic!("node 0 refused a record request");
+    };
+    let answer = crate::discovery::PeerRecordAnswer::decode(&chunks[0], 1, net.nodes[0].peer_id())
+        .expect("node 0's answer decodes");
+    assert_eq!(answer.record, learned);
+    assert_eq!(answer.observed, addr(1));
+    // The Pings that follow carry node 0's new metadata number; its peers
+    // ask for its record again and enter it in their tables.
+    net.advance(Duration::from_secs(90));
+    let zero = net.nodes[0].peer_id();
+    for peer in 1..=3 {
+        let table = net.nodes[peer].discovery().unwrap().table();
+        let entry = table.entry(&zero);
+        assert_eq!(
+            entry.map(|entry| entry.record.seq()),
+            Some(learned.seq()),
+            "node {peer} does not hold node 0's new record"
+        );
+    }
+    // Node 4 comes up with discovery and only bootnode 1: it finds 0
+    // through the others' answers and dials it.
+    net.restart(4, discovering(4, &[1], 25), [4; 32]);
+    net.advance(Duration::from_secs(60));
+    assert!(net.connected(4, 0), "node 4 never met node 0");
+    let seen_by_zero = net.nodes[0]
+        .peers()
+        .into_iter()
+        .find(|info| info.peer == net.nodes[4].peer_id())
+        .expect("node 4 is node 0's peer");
+    assert_eq!(
+        seen_by_zero.direction,
+        Direction::Inbound,
+        "node 4 dialled node 0 (not the reverse)"
+    );
+    // Learning once is enough: the record did not change again.
+    assert_eq!(net.nodes[0].discovery().unwrap().local_record(), &learned);
+}
+
+#[test]
+fn a_node_that_advertises_an_address_never_adds_what_peers_see() {
+    // Node 0 advertises a fixed address and does not learn; its peers see
+    // it at 10.0.0.1, which must not enter its record.
+    let mut configs = vec![discovering(0, &[1], 3)];
+    let advertised: SocketAddr = "10.9.9.9:9000".parse().unwrap();
+    configs[0].discovery.as_mut().unwrap().addresses = vec![advertised];
+    configs.extend((1..=3).map(|i| discovering(i, &[1], 3)));
+    let mut net = Net::new(configs);
+    net.advance(Duration::from_secs(30));
+    for peer in 1..=3 {
+        assert!(net.connected(0, peer), "0 did not reach {peer}");
+    }
+    let discovery = net.nodes[0].discovery().unwrap();
+    assert_eq!(discovery.local_record().addresses(), &[advertised]);
+    assert_eq!(discovery.local_record().seq(), 1);
+    assert_eq!(discovery.counters().addresses_learned, 0);
 }

@@ -284,6 +284,7 @@ fn start_node(
         peers_target: PEERS_TARGET,
         // Newer than any record of an earlier devnet: the core reads no clock.
         record_seq: crate::unix_ms_now(),
+        learn_address_port: None,
     });
     let driver_options = DriverOptions {
         workers: WORKERS_PER_NODE,

@@ -406,15 +406,24 @@ fn node(options: NodeConfig) -> Result<(), String> {
     // the configuration (it logs why), and the bound port is in it now.
     match (&discovery, driver.node().discovery()) {
         (Some(discovery), Some(machine)) => log::info!(
-            "[{:?}] discovery on: advertising {}, {} bootnodes, aiming for {} peers{}",
+            "[{:?}] discovery on: {}, {} bootnodes, aiming for {} peers{}",
             driver.peer_id(),
-            machine
-                .local_record()
-                .addresses()
-                .iter()
-                .map(|addr| addr.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            match discovery.learn_address_port {
+                Some(port) => format!(
+                    "no address to advertise yet: learning it from what peers see \
+                     (port {port}); --advertise ADDR names it instead"
+                ),
+                None => format!(
+                    "advertising {}",
+                    machine
+                        .local_record()
+                        .addresses()
+                        .iter()
+                        .map(|addr| addr.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
             discovery.bootnodes.len(),
             discovery.peers_target,
             if discovery.allow_private {

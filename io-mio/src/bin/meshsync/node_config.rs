@@ -153,8 +153,10 @@ pub struct NodeFlags {
     /// An IP:PORT peers can dial this node at, signed into its discovery
     /// record and handed to other nodes. Repeatable, at most 4, each once.
     /// Default: the --listen address, unless it is 0.0.0.0 or :: (then
-    /// discovery is off until one is given) or private without
-    /// --allow-private; given here, replaces the file's list.
+    /// the node learns its address from what peers see once three peers
+    /// in distinct networks agree) or private without --allow-private
+    /// (then discovery is off); given here, replaces the file's list and
+    /// nothing is learned.
     #[arg(long = "advertise", value_name = "ADDR")]
     pub advertise: Vec<SocketAddr>,
     /// Let discovery use loopback, private and link-local addresses
@@ -632,7 +634,9 @@ impl NodeConfig {
     /// `record_seq` (the caller's wall clock: the core reads none). The
     /// addresses are `advertise`, or else the listen address when
     /// discovery accepts it; a listen address with port 0 keeps it, and
-    /// the driver puts the bound port in its place.
+    /// the driver puts the bound port in its place. An unspecified listen
+    /// address (`0.0.0.0`, `::`) without `advertise` starts with no
+    /// address and learns one from what its peers see, at the listen port.
     pub fn discovery(&self, record_seq: u64) -> DiscoveryPlan {
         if self.no_discovery {
             let warning = (!self.bootnodes.is_empty()).then(|| {
@@ -643,8 +647,13 @@ impl NodeConfig {
             });
             return DiscoveryPlan::Off { warning };
         }
+        let mut learn_address_port = None;
         let addresses = if !self.advertise.is_empty() {
             self.advertise.clone()
+        } else if self.listen.ip().is_unspecified() {
+            // Every interface: which of them peers reach, they tell us.
+            learn_address_port = Some(self.listen.port());
+            Vec::new()
         } else {
             // Port 0 is the driver's to fill: judge the IP alone.
             let mut judged = self.listen;
@@ -685,6 +694,7 @@ impl NodeConfig {
                 .collect(),
             peers_target: self.target_peers,
             record_seq,
+            learn_address_port,
         })
     }
 }
@@ -1724,25 +1734,22 @@ mod tests {
         };
         assert_eq!(on.addresses, ["203.0.113.5:9".parse().unwrap()]);
 
+        assert_eq!(on.learn_address_port, None, "--advertise is authoritative");
+        // Every interface and no --advertise: on, learning the address
+        // from peers at the listen port.
+        for listen in ["0.0.0.0:9001", "[::]:9001"] {
+            let DiscoveryPlan::On(on) = plan(listen, &[]) else {
+                panic!("{listen}: discovery learns its address")
+            };
+            assert!(on.addresses.is_empty(), "{listen}: {:?}", on.addresses);
+            assert_eq!(on.learn_address_port, Some(9001), "{listen}");
+        }
+        let DiscoveryPlan::On(on) = plan("203.0.113.5:9001", &[]) else {
+            panic!("a public listen address is advertised")
+        };
+        assert_eq!(on.learn_address_port, None);
+
         // Off, with one warning saying what to pass.
-        let DiscoveryPlan::Off {
-            warning: Some(warning),
-        } = plan("0.0.0.0:9001", &[])
-        else {
-            panic!("no address to advertise")
-        };
-        assert!(
-            warning.starts_with("discovery off: listening on 0.0.0.0:9001"),
-            "{warning}"
-        );
-        assert!(warning.contains("pass --advertise ADDR"), "{warning}");
-        let DiscoveryPlan::Off {
-            warning: Some(warning),
-        } = plan("[::]:9001", &[])
-        else {
-            panic!("no address to advertise")
-        };
-        assert!(warning.contains("pass --advertise ADDR"), "{warning}");
         let DiscoveryPlan::Off {
             warning: Some(warning),
         } = plan("127.0.0.1:9001", &[])
@@ -1750,6 +1757,13 @@ mod tests {
             panic!("a private listen address without --allow-private")
         };
         assert!(warning.contains("--allow-private"), "{warning}");
+        let DiscoveryPlan::Off {
+            warning: Some(warning),
+        } = plan("255.255.255.255:9001", &[])
+        else {
+            panic!("a broadcast listen address is no address to learn")
+        };
+        assert!(warning.contains("pass --advertise ADDR"), "{warning}");
         // Asked for: no warning, unless bootnodes were given for nothing.
         assert_eq!(
             plan("203.0.113.5:9001", &["--no-discovery"]),
