@@ -43,7 +43,9 @@
 //! - vocabulary: [`types`] (connection and dial ids, directions, roots,
 //!   Status, Goodbye reasons), [`time`], [`identity`] (Ed25519 keys and
 //!   `PeerId`s), [`metrics`] (counters), [`machine`] (the one contract of
-//!   every sub-machine: `handle_timeout`, `next_deadline`, outputs polled);
+//!   every sub-machine: `handle_timeout`, `next_deadline`, outputs polled),
+//!   [`netgroup`] (the /24, /16 and /56 groupings the anti-eclipse limits
+//!   count by);
 //! - bounds: [`limits`] (the node-wide bounds; each protocol keeps its own
 //!   in its module);
 //! - codecs and crypto: [`codec`] (framing, messages, snappy), [`secure`]
@@ -76,6 +78,7 @@ pub mod io;
 pub mod limits;
 pub mod machine;
 pub mod metrics;
+pub mod netgroup;
 pub mod node;
 pub mod peer;
 pub mod peerstore;

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "identity",
             "metrics",
             "machine",
+            "netgroup",
             "fuzz_script",
         ],
     ),

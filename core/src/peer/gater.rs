@@ -43,9 +43,9 @@ use std::net::{IpAddr, SocketAddr};
 use super::bans::Bans;
 use super::ip_key;
 use super::score::{Score, SCORE_GATE_THRESHOLD};
-use crate::discovery::address::{is_exempt_from_subnet_limits, NetGroup};
 use crate::identity::PeerId;
 use crate::limits;
+use crate::netgroup::{is_exempt_from_subnet_limits, NetGroup};
 use crate::time::Instant;
 use crate::types::{ConnId, Direction, GoodbyeReason};
 
