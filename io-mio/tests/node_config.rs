@@ -71,7 +71,11 @@ fn a_flag_overrides_the_file() {
 #[test]
 fn an_unknown_key_is_refused_naming_the_key_and_the_file() {
     let dir = TempDir::new("cli-config-unknown");
-    write(dir.path(), "node.toml", &format!("{BASE}max-connections = 9\n"));
+    write(
+        dir.path(),
+        "node.toml",
+        &format!("{BASE}max-connections = 9\n"),
+    );
     let stderr = refusal(&meshsync(dir.path(), &["node", "--config", "node.toml"]));
     assert!(
         stderr.starts_with("error: config node.toml: unknown key `max-connections`"),
