@@ -101,6 +101,14 @@ pub enum Input {
         /// What it produced.
         output: crate::work::WorkOutput,
     },
+    /// A job from [`Action::Work`] produced nothing: the driver's code
+    /// failed running it (a panic caught on a worker). That is our bug, not
+    /// a peer's: the node frees the job's slot, blames no peer, and fetches
+    /// or waits for the blocks again.
+    WorkFailed {
+        /// The job's id.
+        id: crate::work::WorkId,
+    },
     /// The [`Action::Persist`] batch `id`, and every batch before it, is durable.
     Persisted {
         /// The batch's id.
@@ -293,7 +301,8 @@ pub enum Action {
         conn: ConnId,
     },
     /// Run `job` (off the protocol loop if the driver can) and report
-    /// `Input::WorkDone { id, .. }` with its output.
+    /// `Input::WorkDone { id, .. }` with its output, or
+    /// `Input::WorkFailed { id }` if running it failed.
     Work {
         /// Names the job in the answer.
         id: crate::work::WorkId,

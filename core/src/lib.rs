@@ -25,7 +25,7 @@
 //!  bytes written ─► driver ──►   Input::BytesWritten  (gossip waits while too much is unwritten)
 //!  connections  ◄── driver ◄──   Action::Dial / CancelDial ──► Input::ConnectionOpened /
 //!                                  ConnectionClosed / DialFailed
-//!  worker pool  ◄── driver ◄──   Action::Work(job)     ──► Input::WorkDone (BLS batch checks)
+//!  worker pool  ◄── driver ◄──   Action::Work(job)     ──► Input::WorkDone / WorkFailed (BLS batch checks)
 //!  block store  ◄── driver ◄──   Action::Persist(batch) ─► Input::Persisted (then in our Status)
 //!  peer store   ◄── driver ◄──   Action::PersistPeers(snapshot) (loaded back as Config::known_peers)
 //!  disk, clock  ──► driver ──►   Input::Health (store failing, clock jumped)

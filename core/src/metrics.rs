@@ -126,6 +126,9 @@ pub struct Counters {
     pub work_started: u64,
     /// Jobs whose output came back.
     pub work_done: u64,
+    /// Jobs the driver failed to run (`Input::WorkFailed`): no peer was
+    /// blamed for them.
+    pub work_failed: u64,
     /// Penalties for what peers sent to sync (bad blocks, disproved answers).
     pub sync_penalties: u64,
     /// Status requests sent because a peer's gossiped blocks showed a gap lookups cannot fill.

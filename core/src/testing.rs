@@ -45,6 +45,13 @@ pub enum Delivery {
         /// Its output.
         output: crate::work::WorkOutput,
     },
+    /// A job node `to` asked for failed to run (`Input::WorkFailed`).
+    WorkFailed {
+        /// The node.
+        to: usize,
+        /// The job.
+        id: crate::work::WorkId,
+    },
     /// Node `to`'s persist batch is durable (`Input::Persisted`).
     Persisted {
         /// The node.
@@ -94,6 +101,9 @@ pub struct MemoryNet {
     /// Each node's last peer store snapshot (`Action::PersistPeers`), as
     /// a driver's store would hold it.
     pub known_peers: Vec<Option<crate::peerstore::KnownPeers>>,
+    /// For each node, how many of its next jobs fail to run, as a bug in a
+    /// driver's worker would (`Input::WorkFailed`).
+    pub work_failing: Vec<u32>,
     next_conn: u64,
 }
 
@@ -133,6 +143,7 @@ impl MemoryNet {
             persist_held: BTreeSet::new(),
             persist_waiting: Vec::new(),
             known_peers: vec![None; count],
+            work_failing: vec![0; count],
             next_conn: 0,
         }
     }
@@ -254,6 +265,7 @@ impl MemoryNet {
             Delivery::WorkDone { to, id, output } => {
                 self.handle(to, Input::WorkDone { id, output });
             }
+            Delivery::WorkFailed { to, id } => self.handle(to, Input::WorkFailed { id }),
             Delivery::Persisted { to, id } => {
                 self.handle(to, Input::Persisted { id });
             }
@@ -343,6 +355,7 @@ impl MemoryNet {
         self.in_flight.retain(|delivery| match delivery {
             Delivery::Bytes { to, .. }
             | Delivery::WorkDone { to, .. }
+            | Delivery::WorkFailed { to, .. }
             | Delivery::Persisted { to, .. }
             | Delivery::Written { to, .. }
             | Delivery::Closed { to, .. } => *to != index,
@@ -432,6 +445,11 @@ impl MemoryNet {
                 }
             }
             Action::CancelDial { .. } => {}
+            Action::Work { id, .. } if self.work_failing[index] > 0 => {
+                self.work_failing[index] -= 1;
+                self.in_flight
+                    .push_back(Delivery::WorkFailed { to: index, id });
+            }
             Action::Work { id, job } => {
                 // Run at once; the answer queues behind what is in flight.
                 let output = job.run();

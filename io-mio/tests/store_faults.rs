@@ -7,6 +7,7 @@
 //!   ENOSPC, as on a full filesystem) and writes that fail outright;
 //! - bit flips anywhere in a store file, over many seeds: never a panic;
 //! - a damaged block: the node does not build on the incomplete chain;
+//! - verification jobs that panic on a worker: nobody is blamed, sync goes on;
 //! - a data directory of another network, a zero-length store;
 //! - the store deleted under a running node;
 //! - the wall clock jumping forwards and back;
@@ -19,7 +20,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
@@ -227,6 +228,7 @@ fn a_full_disk_stops_announcements_until_space_is_freed() {
         faults: DriverFaults {
             disk: Some(Arc::clone(&faults)),
             clock_skew_ms: None,
+            ..DriverFaults::default()
         },
         ..durable(dir.path())
     };
@@ -363,6 +365,7 @@ fn a_store_failing_for_too_long_stops_the_node_with_an_error() {
         faults: DriverFaults {
             disk: Some(Arc::clone(&faults)),
             clock_skew_ms: None,
+            ..DriverFaults::default()
         },
         ..durable(dir.path())
     };
@@ -567,6 +570,69 @@ fn a_node_does_not_propose_on_a_chain_it_knows_is_incomplete() {
     full.stop().unwrap();
 }
 
+/// Worker jobs that panic (a bug in our own verification code, injected
+/// here) are not the peer's fault: the node blames nobody, fetches the
+/// batches again and still syncs the whole chain from the one peer that
+/// has it, which stays connected and unpenalised.
+#[test]
+fn a_worker_job_that_panics_blames_no_peer_and_sync_still_completes() {
+    // Longer than the range-sync distance (32 slots): range sync, in batches.
+    let genesis = genesis(NETWORK_ID, now_ms() - 50 * SLOT_MS);
+    let blocks = signed_chain(&genesis, 40);
+    let full = bind(
+        chain(&genesis, false, blocks),
+        17,
+        &DriverOptions::default(),
+    )
+    .unwrap()
+    .spawn("panics-server")
+    .unwrap();
+    let failing_jobs = Arc::new(AtomicU64::new(2));
+    let options = DriverOptions {
+        faults: DriverFaults {
+            failing_jobs: Some(Arc::clone(&failing_jobs)),
+            ..DriverFaults::default()
+        },
+        ..DriverOptions::default()
+    };
+    let node = bind(chain(&genesis, false, Vec::new()), 18, &options)
+        .unwrap()
+        .spawn("panics-syncer")
+        .unwrap();
+    let node_id = format!("{:?}", node.peer_id());
+    node.handle()
+        .command(Command::Dial {
+            addr: full.local_addr(),
+            peer: Some(full.peer_id()),
+        })
+        .unwrap();
+    let server = full.peer_id();
+    let (head, failed, penalties, connected) = wait_for(
+        &node,
+        move |d| {
+            let node = d.node();
+            (
+                node.chain().head().slot,
+                node.counters().work_failed,
+                node.counters().sync_penalties,
+                node.is_connected(&server),
+            )
+        },
+        |(head, ..)| *head >= 40,
+    );
+    assert_eq!(head, 40);
+    assert_eq!(failing_jobs.load(Ordering::Relaxed), 0, "both faults fired");
+    assert_eq!(failed, 2, "each panicked job came back as failed work");
+    assert_eq!(penalties, 0, "nobody is blamed for our own panic");
+    assert!(connected, "the only peer with the chain is kept");
+    assert!(logged(
+        log::Level::Error,
+        &[&node_id, "failed: job panicked", "fetches its blocks again"]
+    ));
+    node.stop().unwrap();
+    full.stop().unwrap();
+}
+
 // ---- The data directory ----
 
 /// A data directory of another network is refused, naming both networks;
@@ -656,6 +722,7 @@ fn a_clock_jump_is_warned_about_and_slots_never_go_backwards() {
         faults: DriverFaults {
             disk: None,
             clock_skew_ms: Some(Arc::clone(&skew)),
+            ..DriverFaults::default()
         },
         ..DriverOptions::default()
     };
@@ -716,6 +783,7 @@ fn a_node_told_to_refuse_does_not_produce_on_a_jumped_clock() {
         faults: DriverFaults {
             disk: None,
             clock_skew_ms: Some(Arc::clone(&skew)),
+            ..DriverFaults::default()
         },
         ..DriverOptions::default()
     };
@@ -761,6 +829,7 @@ fn blocks_from_the_future_are_warned_about_naming_the_sender() {
         faults: DriverFaults {
             disk: None,
             clock_skew_ms: Some(skew),
+            ..DriverFaults::default()
         },
         ..DriverOptions::default()
     };

@@ -877,6 +877,42 @@ impl Node {
         }
     }
 
+    /// A job produced nothing (the driver failed running it): our fault, so
+    /// no sender is blamed. A gossiped block gets no verdict (it is neither
+    /// forwarded nor penalised), a range batch is fetched again (its
+    /// attempts still count, so a job that always fails ends the round
+    /// instead of looping), and looked-up blocks are dropped until a peer
+    /// shows them again.
+    pub(super) fn on_work_failed(&mut self, now: Instant, id: WorkId) {
+        let Some(purpose) = self.chain.work.remove(&id) else {
+            warn!("work {id:?} failed but was not started");
+            return;
+        };
+        self.out.counters.work_failed = self.out.counters.work_failed.saturating_add(1);
+        match purpose {
+            WorkPurpose::Gossip {
+                message,
+                from,
+                slot,
+            } => {
+                warn!("verification of {from:?}'s gossiped block at slot {slot} failed on our side; ignored, not judged");
+                self.judge_gossip_block(now, message, Validation::Ignore);
+            }
+            WorkPurpose::Range { batch } => {
+                warn!(
+                    "verification of range-sync batch {batch:?} failed on our side; fetched again"
+                );
+                self.sync.handle_verify_failed(now, batch);
+            }
+            WorkPurpose::Lookup { senders } => {
+                warn!(
+                    "verification of {} looked-up blocks failed on our side; dropped",
+                    senders.len()
+                );
+            }
+        }
+    }
+
     /// Imports a block whose signature is known good; persists it and tells
     /// the application. Returns whether it was new.
     pub(super) fn import_verified(&mut self, now: Instant, block: SignedBlock) -> bool {

@@ -406,6 +406,7 @@ impl Node {
                 self.conns.handle_bytes_written(now, conn, bytes)
             }
             Input::WorkDone { id, output } => self.on_work_done(now, id, output),
+            Input::WorkFailed { id } => self.on_work_failed(now, id),
             Input::Persisted { id } => self.on_persisted(now, id),
             Input::Timeout => self.on_timeout(now),
             Input::Command(command) => self.on_command(now, command),

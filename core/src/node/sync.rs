@@ -211,6 +211,10 @@ impl SyncPart {
         self.range.handle_verified(now, batch, result);
     }
 
+    pub(super) fn handle_verify_failed(&mut self, now: Instant, batch: BatchId) {
+        self.range.handle_verify_failed(now, batch);
+    }
+
     pub(super) fn handle_imported(
         &mut self,
         now: Instant,

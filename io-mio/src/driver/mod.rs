@@ -138,12 +138,12 @@ pub use start::StartError;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 use crossbeam_channel::{Receiver, Sender};
-use meshsync_core::work::{Job, PersistBatch, WorkOutput};
+use meshsync_core::work::{PersistBatch, WorkOutput};
 use meshsync_core::{DialId, Input, Node, PeerId};
 use mio::net::TcpListener;
 use mio::{Events, Poll, Token, Waker};
@@ -213,7 +213,9 @@ pub struct Driver {
     signals: Option<Signals>,
     subscribers: Vec<Subscriber>,
     state: RunState,
-    workers: WorkerPool<Job, (WorkOutput, Duration)>,
+    workers: WorkerPool<self::work::PoolJob, (WorkOutput, Duration)>,
+    /// Injected fault: the next this-many pool jobs panic.
+    failing_jobs: Option<Arc<AtomicU64>>,
     work_stats: WorkStats,
     /// Where the store lives and how it is reopened; `None`: memory only.
     store_dir: Option<(PathBuf, StoreOptions)>,

@@ -2,7 +2,7 @@
 //! [`DriverFaults`]) and what it counts ([`WorkStats`], [`PersistStats`]).
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,13 +64,16 @@ pub enum ClockPolicy {
     Refuse,
 }
 
-/// Faults a test injects into a driver's disk and clock.
+/// Faults a test injects into a driver's disk, clock and workers.
 #[derive(Clone, Debug, Default)]
 pub struct DriverFaults {
     /// Faults in the block store's file.
     pub disk: Option<Arc<DiskFaults>>,
     /// Milliseconds added to every wall-clock reading (may be negative).
     pub clock_skew_ms: Option<Arc<AtomicI64>>,
+    /// The next this-many jobs handed to the worker pool panic there, as a
+    /// bug in our own code would (counted down as they are submitted).
+    pub failing_jobs: Option<Arc<AtomicU64>>,
 }
 
 impl PartialEq for DriverFaults {
@@ -82,7 +85,9 @@ impl PartialEq for DriverFaults {
                 _ => false,
             }
         }
-        same(&self.disk, &other.disk) && same(&self.clock_skew_ms, &other.clock_skew_ms)
+        same(&self.disk, &other.disk)
+            && same(&self.clock_skew_ms, &other.clock_skew_ms)
+            && same(&self.failing_jobs, &other.failing_jobs)
     }
 }
 

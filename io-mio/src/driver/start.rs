@@ -20,7 +20,7 @@ use crate::workers::WorkerPool;
 use super::clock::wall_ms;
 use super::observe::Observer;
 use super::persistence::{load_blocks, open_store};
-use super::work::run_timed;
+use super::work::run_pool_job;
 use super::{
     Driver, DriverOptions, PersistStats, RunState, WorkStats, CLOCK_CHECK_INTERVAL,
     CONTROL_QUEUED_MAX, EVENTS_PER_POLL_MAX, FIRST_CONN_ID, LISTENER, READ_BUFFER_BYTES,
@@ -246,13 +246,12 @@ impl Driver {
                 })?,
             );
         // mio allows one waker per poll: the workers share the handles' waker.
-        let workers =
-            WorkerPool::new(options.workers, run_timed, Arc::clone(&waker)).map_err(|error| {
-                StartError::Resource {
-                    what: "the worker threads",
-                    error,
-                }
-            })?;
+        let workers = WorkerPool::new(options.workers, run_pool_job, Arc::clone(&waker)).map_err(
+            |error| StartError::Resource {
+                what: "the worker threads",
+                error,
+            },
+        )?;
         if config.listen_port == 0 {
             config.listen_port = local_addr.port();
         }
@@ -332,6 +331,7 @@ impl Driver {
             clock_policy: options.clock,
             clock_untrusted: false,
             clock_skew_ms,
+            failing_jobs: options.faults.failing_jobs.clone(),
             exit_error: None,
             observer: Observer::new(origin, options.status_interval),
         };

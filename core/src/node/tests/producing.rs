@@ -24,6 +24,28 @@ fn a_proposer_produces_each_slot_and_followers_import_through_gossip() {
 }
 
 #[test]
+fn a_gossiped_block_whose_check_fails_on_our_side_costs_its_sender_nothing() {
+    let mut net = producing_line();
+    net.work_failing[1] = 1;
+    let slot = Duration::from_millis(crate::chain::DEVNET_SLOT_DURATION_MS);
+    net.advance(slot * 5);
+    let node = &net.nodes[1];
+    assert_eq!(net.work_failing[1], 0, "the fault fired");
+    assert_eq!(node.counters().work_failed, 1);
+    assert_eq!(node.counters().gossip_messages_rejected, 0);
+    assert_eq!(node.counters().gossip_penalties, 0);
+    assert_eq!(node.counters().sync_penalties, 0);
+    assert!(node.is_connected(&net.nodes[0].peer_id()));
+    assert_eq!(node.work_in_flight(), 0, "the failed job's slot is free");
+    // The block whose check failed still arrives, by lookup, at both
+    // followers (node 2 hears of it only through node 1).
+    for i in 1..3 {
+        assert_eq!(net.nodes[i].chain().head(), net.nodes[0].chain().head());
+        assert_eq!(imported_slots(&net, i), vec![1, 2, 3, 4, 5], "node {i}");
+    }
+}
+
+#[test]
 fn the_status_names_a_block_only_once_it_is_durable() {
     let mut net = producing_line();
     net.hold_persist(1, true);

@@ -151,6 +151,9 @@ pub struct SyncCounters {
     pub batches_verified: u64,
     /// Batches that failed verification.
     pub batches_failed: u64,
+    /// Batch verifications that produced nothing (the driver failed running
+    /// them): fetched again, nobody penalised.
+    pub verifications_failed_locally: u64,
     /// Batches imported.
     pub batches_imported: u64,
     /// Blocks in imported batches.

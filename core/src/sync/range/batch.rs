@@ -248,6 +248,32 @@ impl RangeSync {
         }
     }
 
+    /// The verification of `batch` produced nothing (the driver failed
+    /// running it): fetch it again, from anyone, blaming nobody. The attempt
+    /// still counts, so a verification that always fails gives up the round
+    /// after `batch_attempts_max` instead of looping.
+    #[allow(clippy::arithmetic_side_effects)] // Bounded: the round is abandoned when attempts reach their maximum.
+    pub fn handle_verify_failed(&mut self, now: Instant, batch: BatchId) {
+        self.advance(now);
+        self.verifying.remove(&batch);
+        let Some(&start) = self.ids.get(&batch) else {
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
+            return;
+        };
+        if !matches!(self.batches[&start].state, BatchState::Verifying { .. }) {
+            self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
+            return;
+        }
+        self.counters.verifications_failed_locally =
+            self.counters.verifications_failed_locally.saturating_add(1);
+        self.requeue(start, None);
+        let entry = self.batches.get_mut(&start).expect("requeued above");
+        entry.attempts += 1;
+        if entry.attempts >= self.config.batch_attempts_max {
+            self.abandon_round(now);
+        }
+    }
+
     /// The result of [`SyncAction::Import`] `batch`.
     pub fn handle_imported(
         &mut self,

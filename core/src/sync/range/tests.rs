@@ -91,6 +91,8 @@ fn status(head_slot: u64) -> PeerChain {
 enum Event {
     Response(PeerId, BatchId, Result<Vec<SignedBlock>, FetchError>),
     Verified(BatchId, Result<(), Vec<usize>>),
+    /// The driver failed running the verification (`Input::WorkFailed`).
+    VerifyFailed(BatchId),
 }
 
 struct Harness {
@@ -110,6 +112,8 @@ struct Harness {
     last_new_slot: u64,
     last_progress: Option<Instant>,
     rng: ChaCha20Rng,
+    /// The next this-many verifications fail on our side.
+    verifications_failing: u32,
 }
 
 impl Harness {
@@ -131,6 +135,7 @@ impl Harness {
             last_new_slot: 0,
             last_progress: None,
             rng: ChaCha20Rng::from_seed([seed; 32]),
+            verifications_failing: 0,
         }
     }
 
@@ -223,6 +228,10 @@ impl Harness {
                         self.schedule(timeout, Event::Response(peer, batch, failure));
                     }
                 }
+                SyncAction::Verify { batch, .. } if self.verifications_failing > 0 => {
+                    self.verifications_failing -= 1;
+                    self.schedule(self.verify_delay, Event::VerifyFailed(batch));
+                }
                 SyncAction::Verify { batch, blocks } => {
                     let result = verify_batch_locating(&fixture().genesis, &blocks, &mut self.rng);
                     self.schedule(self.verify_delay, Event::Verified(batch, result));
@@ -291,6 +300,7 @@ impl Harness {
                 Event::Verified(batch, result) => {
                     self.sync.handle_verified(self.now, batch, result)
                 }
+                Event::VerifyFailed(batch) => self.sync.handle_verify_failed(self.now, batch),
             }
         } else {
             self.sync.handle_timeout(self.now);
@@ -485,6 +495,35 @@ fn bad_signature_penalises_only_its_sender_and_is_never_imported() {
         let stored = harness.store.block_by_root(&block.root()).unwrap();
         assert_eq!(stored.signature, block.signature);
     }
+}
+
+#[test]
+fn verifications_that_fail_on_our_side_blame_nobody_and_are_fetched_again() {
+    let mut harness = Harness::new(config(1), 4);
+    harness.verifications_failing = 2;
+    harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+    harness.run_until(|h| h.synced.is_some());
+    assert_eq!(harness.head(), CHAIN_SLOTS);
+    assert_eq!(harness.verifications_failing, 0, "both failures happened");
+    assert!(harness.penalties.is_empty(), "{:?}", harness.penalties);
+    let counters = harness.sync.counters();
+    assert_eq!(counters.verifications_failed_locally, 2);
+    assert_eq!(counters.batches_failed, 0);
+}
+
+#[test]
+fn a_verification_that_always_fails_gives_up_the_round_not_the_peer() {
+    let mut harness = Harness::new(config(1), 4);
+    harness.verifications_failing = u32::MAX;
+    harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
+    harness.run_until(|h| h.sync.counters().rounds_abandoned >= 1);
+    assert!(harness.penalties.is_empty(), "{:?}", harness.penalties);
+    assert_eq!(harness.head(), 0, "nothing unverified was imported");
+    // Once our verification works again, the same peer serves the chain.
+    harness.verifications_failing = 0;
+    harness.run_until(|h| h.synced.is_some());
+    assert_eq!(harness.head(), CHAIN_SLOTS);
+    assert!(harness.penalties.is_empty(), "{:?}", harness.penalties);
 }
 
 #[test]
