@@ -10,6 +10,7 @@
 //! - verification jobs that panic on a worker: nobody is blamed, sync goes on;
 //! - a data directory of another network, a zero-length store;
 //! - the store deleted under a running node;
+//! - a peer store snapshot on a full disk: a WARN, and the next one lands;
 //! - the wall clock jumping forwards and back;
 //! - `meshsync node` refusing to start, by cause: a busy port (before the
 //!   store is read) or a store it cannot use, each with its exit code and
@@ -28,7 +29,8 @@ use meshsync_core::chain::{
     devnet_keys, BlockProducer, ChainConfig, Genesis, ProposerKey, ProposerPublicKey, SignedBlock,
     SigningWatermark,
 };
-use meshsync_core::{Command, Config, Identity};
+use meshsync_core::node::DiscoveryConfig;
+use meshsync_core::{Command, Config, Identity, PeerId};
 use meshsync_mio::driver::{
     ClockPolicy, Driver, DriverFaults, DriverOptions, RunningDriver, StartError,
 };
@@ -631,6 +633,93 @@ fn a_worker_job_that_panics_blames_no_peer_and_sync_still_completes() {
     ));
     node.stop().unwrap();
     full.stop().unwrap();
+}
+
+/// A node with discovery, its record naming its own (bound) port.
+fn bind_discovering(
+    genesis: &Genesis,
+    seed: u64,
+    options: &DriverOptions,
+    bootnodes: Vec<(PeerId, SocketAddr)>,
+) -> Driver {
+    capture();
+    let mut config = Config::new(NETWORK_ID);
+    config.chain = chain(genesis, false, Vec::new());
+    config.discovery = Some(DiscoveryConfig {
+        // Port 0: the driver puts the bound port in its place.
+        addresses: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+        learn_address_port: None,
+        allow_private: true,
+        subnet_limits: true,
+        bootnodes,
+        peers_target: 4,
+        record_seq: now_ms(),
+    });
+    Driver::bind_with(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        config,
+        Identity::from_seed(seed),
+        [seed as u8; 32],
+        options,
+    )
+    .unwrap()
+}
+
+fn table_len(driver: &RunningDriver) -> usize {
+    wait_for(
+        driver,
+        |d| d.node().discovery().map_or(0, |found| found.table().len()),
+        |len| *len >= 1,
+    )
+}
+
+/// The peer store shares the blocks' file, so a full disk fails its
+/// snapshot too: a WARN, never a store failure or a crash. The node stops
+/// cleanly, the file still opens (holding no half-written snapshot), and
+/// once there is room the next snapshot lands and reads back.
+#[test]
+fn a_peer_store_snapshot_on_a_full_disk_is_a_warning_and_the_next_one_lands() {
+    let dir = TempDir::new("peerstore-full");
+    let genesis = genesis(NETWORK_ID, now_ms());
+    let known = bind_discovering(&genesis, 31, &DriverOptions::default(), Vec::new())
+        .spawn("peerstore-known")
+        .unwrap();
+    let bootnode = vec![(known.peer_id(), known.local_addr())];
+    let faults = DiskFaults::new();
+    let options = DriverOptions {
+        faults: DriverFaults {
+            disk: Some(Arc::clone(&faults)),
+            ..DriverFaults::default()
+        },
+        ..durable(dir.path())
+    };
+    let node = bind_discovering(&genesis, 32, &options, bootnode.clone())
+        .spawn("peerstore-full")
+        .unwrap();
+    let node_id = format!("{:?}", node.peer_id());
+    assert_eq!(table_len(&node), 1, "the bootnode is in the table");
+
+    // Every write fails: the snapshot taken at shutdown is not saved.
+    faults.fail_writes(u64::MAX);
+    node.stop().unwrap();
+    assert!(logged(
+        log::Level::Warn,
+        &[&node_id, "peer store not saved"]
+    ));
+    assert!(!logged(log::Level::Error, &[&node_id, "store_failing"]));
+    faults.heal();
+    let stored = BlockStore::open(dir.path()).unwrap().known_peers().unwrap();
+    assert!(stored.records.is_empty(), "{stored:?}");
+
+    // Room again: the next run's snapshot lands, with the peer's record.
+    let node = bind_discovering(&genesis, 32, &options, bootnode)
+        .spawn("peerstore-room")
+        .unwrap();
+    assert_eq!(table_len(&node), 1);
+    node.stop().unwrap();
+    let stored = BlockStore::open(dir.path()).unwrap().known_peers().unwrap();
+    assert_eq!(stored.records.len(), 1, "{stored:?}");
+    known.stop().unwrap();
 }
 
 // ---- The data directory ----
