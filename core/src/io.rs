@@ -316,7 +316,8 @@ pub enum Action {
     /// `crate::peerstore`). Nothing is reported back: a snapshot that is
     /// not written costs only what changed since the last one. Emitted
     /// only by a node whose `Config::known_peers` is set, every
-    /// `PEERSTORE_PERSIST_INTERVAL` and at shutdown.
+    /// `PEERSTORE_PERSIST_INTERVAL`, `PEERSTORE_GROWTH_PERSIST_DELAY` after
+    /// the routing table grows, and at shutdown.
     PersistPeers(crate::peerstore::KnownPeers),
     /// Tell the application (and the log) something.
     Notify(Notification),

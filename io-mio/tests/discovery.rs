@@ -35,6 +35,8 @@ const MESH_DEADLINE: Duration = Duration::from_secs(15);
 const INBOUND: &str = "meshsync_peers{direction=\"inbound\"}";
 const OUTBOUND: &str = "meshsync_peers{direction=\"outbound\"}";
 const TABLE: &str = "meshsync_discovery_table_entries";
+/// Peer records in the last peer store snapshot written.
+const STORED: &str = "meshsync_store_peer_records";
 
 /// `meshsync node` on 127.0.0.1 with the key at `dir/NAME.key` (made
 /// on its first start), metrics on a free port, discovery with private
@@ -130,9 +132,10 @@ fn nodes_that_know_only_a_bootnode_find_each_other() {
     );
 }
 
-/// Node 3 keeps a peer store. Once the four are meshed it is stopped with
-/// SIGTERM (a node writes its store every 60 s and on the way out), the
-/// bootnode is killed for good, and node 3 starts again on the same data
+/// Node 3 keeps a peer store. Once the four are meshed and its store holds
+/// the three (written 5 s after its routing table grew, long before the
+/// 60 s interval), it is killed with SIGKILL, so nothing is written on the
+/// way out; the bootnode is killed for good, and node 3 starts again on the same data
 /// directory and key with no `--bootnode`: it reads the records of the
 /// three peers it knew and dials the two still up. Nodes 1 and 2 cannot
 /// dial it back (its new port is in no record they hold), so its two
@@ -170,7 +173,15 @@ fn a_restarted_node_finds_its_peers_from_its_peer_store_without_the_bootnode() {
         MESH_DEADLINE,
         || (peers(&scrape(keeper_metrics)) == (NODES - 1) as f64).then_some(()),
     );
-    keeper.stop();
+    let saved = Instant::now();
+    wait_within(
+        "node 3's peer store to hold the other three",
+        MESH_DEADLINE,
+        || (value(&scrape(keeper_metrics), STORED) >= (NODES - 1) as f64).then_some(()),
+    );
+    let saved = saved.elapsed();
+    // SIGKILL: no shutdown snapshot; the store holds what was saved before.
+    drop(keeper);
     drop(boot);
 
     let mut keeper = start(dir, "node-3", &["--data-dir", data]);
@@ -188,8 +199,10 @@ fn a_restarted_node_finds_its_peers_from_its_peer_store_without_the_bootnode() {
         },
     );
     eprintln!(
-        "node 3 restarted without a bootnode: {records} records read, both live peers dialled \
+        "node 3 (its store saved {:.1} s after it met all three, then killed with SIGKILL) \
+         restarted without a bootnode: {records} records read, both live peers dialled \
          {:.1} s after its metrics came up",
+        saved.as_secs_f64(),
         restarted.elapsed().as_secs_f64()
     );
     assert_eq!(value(&samples, INBOUND), 0.0, "{samples:?}");

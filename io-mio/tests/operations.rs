@@ -54,7 +54,7 @@ pub(super) fn wait_within<T>(
     }
 }
 
-pub(super) fn signal(child: &Child, name: &str) {
+fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .args([&format!("-{name}"), &child.id().to_string()])
         .status()

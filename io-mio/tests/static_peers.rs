@@ -116,16 +116,6 @@ impl Node {
         (words[0].clone(), words[3].parse().unwrap())
     }
 
-    /// Ends this life with SIGTERM, as an operator stops a node (it writes
-    /// its peer store on the way out), and waits for a clean exit.
-    pub(super) fn stop(mut self) {
-        super::operations::signal(&self.child, "TERM");
-        let status = wait_within("the node to exit after SIGTERM", DEADLINE, || {
-            self.child.try_wait().unwrap()
-        });
-        assert!(status.success(), "{status}: {}", self.log());
-    }
-
     pub(super) fn metrics_address(&mut self) -> SocketAddr {
         let words = self.words_after("serving metrics on http://");
         let addr = words[0].strip_suffix("/metrics").expect("a metrics URL");

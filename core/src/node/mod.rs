@@ -414,6 +414,7 @@ impl Node {
         }
         self.drive_sync(now);
         self.drive_discovery(now);
+        self.peerstore_watch_growth(now);
         self.transmit_requests(now);
         self.transmit_gossip(now);
         self.conns.flush_all(now, &mut self.out);

@@ -7,7 +7,8 @@
 //! rather than through a getter the driver calls on its own timer: it is
 //! the shape of `Action::Persist` (persistence leaves the core as an
 //! action, design.md §1), the core's own timer decides when
-//! ([`PEERSTORE_PERSIST_INTERVAL`], and at shutdown), so every driver does
+//! ([`PEERSTORE_PERSIST_INTERVAL`], [`PEERSTORE_GROWTH_PERSIST_DELAY`] after
+//! the table grows, and at shutdown), so every driver does
 //! the same thing at the same instants and the simulator stays
 //! deterministic without a timer of its own, and a node whose driver keeps
 //! no store (`known_peers: None`) emits nothing, so runs without one are
@@ -43,8 +44,8 @@ use crate::io::Action;
 use crate::peer::score::decay;
 use crate::peer::{Score, BANNED_IPS_MAX, BANNED_PEERS_MAX, SCORES_MAX};
 use crate::peerstore::{
-    KnownIpBan, KnownPeerBan, KnownPeers, KnownRecord, KnownScore, PEERSTORE_PERSIST_INTERVAL,
-    PEERSTORE_RECORDS_MAX,
+    KnownIpBan, KnownPeerBan, KnownPeers, KnownRecord, KnownScore, PEERSTORE_GROWTH_PERSIST_DELAY,
+    PEERSTORE_PERSIST_INTERVAL, PEERSTORE_RECORDS_MAX,
 };
 use crate::time::{Duration, Instant};
 
@@ -59,6 +60,9 @@ pub(super) struct PeerStorePart {
     records: BTreeMap<PeerId, (Record, u64)>,
     /// When the next snapshot is due.
     next_persist: Instant,
+    /// Routing-table entries at the last snapshot: growth past it brings
+    /// the next one forward ([`PEERSTORE_GROWTH_PERSIST_DELAY`]).
+    table_entries_persisted: usize,
 }
 
 impl PeerStorePart {
@@ -67,6 +71,7 @@ impl PeerStorePart {
         PeerStorePart {
             records: BTreeMap::new(),
             next_persist: now + PEERSTORE_PERSIST_INTERVAL,
+            table_entries_persisted: 0,
         }
     }
 
@@ -298,6 +303,7 @@ impl Node {
 
     /// Persists when due.
     pub(super) fn peerstore_tick(&mut self, now: Instant) {
+        let entries = self.table_entries();
         let Some(part) = self.peerstore.as_mut() else {
             return;
         };
@@ -305,7 +311,26 @@ impl Node {
             return;
         }
         part.next_persist = now + PEERSTORE_PERSIST_INTERVAL;
+        part.table_entries_persisted = entries;
         self.persist_known_peers(now);
+    }
+
+    /// Brings the next snapshot forward when the routing table has grown
+    /// since the last one (see [`PEERSTORE_GROWTH_PERSIST_DELAY`]).
+    pub(super) fn peerstore_watch_growth(&mut self, now: Instant) {
+        let entries = self.table_entries();
+        let Some(part) = self.peerstore.as_mut() else {
+            return;
+        };
+        if entries > part.table_entries_persisted {
+            part.next_persist = part
+                .next_persist
+                .min(now.saturating_add(PEERSTORE_GROWTH_PERSIST_DELAY));
+        }
+    }
+
+    fn table_entries(&self) -> usize {
+        self.discovery().map_or(0, |found| found.table().len())
     }
 
     /// When the next snapshot is due, if the driver keeps a store.

@@ -125,4 +125,10 @@ pub struct PersistStats {
     pub skipped: u64,
     /// Times the store was reopened after a failure.
     pub reopened: u64,
+    /// Peer store snapshots written (`Action::PersistPeers`).
+    pub peer_snapshots: u64,
+    /// Peer store snapshots that failed to write (each a WARN).
+    pub peer_snapshot_failures: u64,
+    /// Records in the last peer store snapshot written.
+    pub peer_records: u64,
 }

@@ -58,8 +58,15 @@ impl Driver {
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        if let Err(error) = store.save_known_peers(known) {
-            log::warn!("[{:?}] peer store not saved: {error}", self.peer_id);
+        match store.save_known_peers(known) {
+            Ok(()) => {
+                self.persist_stats.peer_snapshots += 1;
+                self.persist_stats.peer_records = known.records.len() as u64;
+            }
+            Err(error) => {
+                self.persist_stats.peer_snapshot_failures += 1;
+                log::warn!("[{:?}] peer store not saved: {error}", self.peer_id);
+            }
         }
     }
 

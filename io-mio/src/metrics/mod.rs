@@ -729,6 +729,24 @@ impl NodeMetrics {
             "1 while the store refuses writes",
             u64::from(s.store_failing),
         );
+        counter(
+            &mut r,
+            "store_peer_snapshots",
+            "Peer store snapshots written",
+            s.persist.peer_snapshots,
+        );
+        counter(
+            &mut r,
+            "store_peer_snapshot_failures",
+            "Peer store snapshots that failed to write",
+            s.persist.peer_snapshot_failures,
+        );
+        gauge(
+            &mut r,
+            "store_peer_records",
+            "Peer records in the last peer store snapshot written",
+            s.persist.peer_records,
+        );
         r
     }
 }

@@ -7,7 +7,7 @@
 //! the *keeper*, keeps a peer store on its modelled disk
 //! (`Config::known_peers`): its core hands over a snapshot
 //! (`Action::PersistPeers`) every `PEERSTORE_PERSIST_INTERVAL` (60 s) from
-//! its start, and the simulator keeps the last one handed over. One more
+//! its start and 5 s after its routing table grows, and the simulator keeps the last one handed over. One more
 //! node is *hostile*: its core ignores its peers' request quotas. It dials
 //! the keeper and, from [`RestartRecall::flood_at`] on, fires bursts of
 //! Status requests at it while connected; whenever it is not connected it

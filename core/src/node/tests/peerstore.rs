@@ -7,8 +7,8 @@ use super::*;
 use crate::discovery::record::Record;
 use crate::peer::{Penalty, Report, BAN_DURATION};
 use crate::peerstore::{
-    KnownIpBan, KnownPeerBan, KnownPeers, KnownRecord, PEERSTORE_PERSIST_INTERVAL,
-    PEERSTORE_RECORDS_MAX,
+    KnownIpBan, KnownPeerBan, KnownPeers, KnownRecord, PEERSTORE_GROWTH_PERSIST_DELAY,
+    PEERSTORE_PERSIST_INTERVAL, PEERSTORE_RECORDS_MAX,
 };
 
 /// `config` with an (empty) peer store kept by its driver.
@@ -62,6 +62,34 @@ fn a_restarted_node_dials_the_peers_it_knew_without_bootnodes() {
         net.connected(3, 1) && net.connected(3, 2),
         "3 did not find 1 and 2 again"
     );
+}
+
+/// A node killed while it bootstraps must not have to wait a whole
+/// interval for its first snapshot: the peers it met are handed over
+/// [`PEERSTORE_GROWTH_PERSIST_DELAY`] after its table grew, and a table
+/// that stops growing waits for the interval again.
+#[test]
+fn a_growing_table_is_saved_within_the_growth_delay() {
+    let configs = vec![
+        discovering(0, &[], 25),
+        discovering(1, &[0], 25),
+        discovering(2, &[0], 25),
+        with_store(discovering(3, &[0], 25)),
+    ];
+    let mut net = Net::new(configs);
+    net.advance(Duration::from_secs(2));
+    assert!(
+        net.known_peers[3].is_none(),
+        "nothing yet: the table just grew"
+    );
+    net.advance(PEERSTORE_GROWTH_PERSIST_DELAY);
+    let known = net.known_peers[3].take().expect("saved after the growth");
+    assert_eq!(known.records.len(), 3, "{known:?}");
+    // No growth since: the next snapshot waits for the interval.
+    net.advance(PEERSTORE_PERSIST_INTERVAL - PEERSTORE_GROWTH_PERSIST_DELAY * 2);
+    assert!(net.known_peers[3].is_none(), "saved again without growth");
+    net.advance(PEERSTORE_GROWTH_PERSIST_DELAY * 2);
+    assert!(net.known_peers[3].is_some(), "the interval's snapshot");
 }
 
 #[test]
