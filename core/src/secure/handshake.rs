@@ -13,8 +13,13 @@ use crate::limits::{HANDSHAKE_MESSAGE_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX};
 pub const HANDSHAKE_PAYLOAD_BYTES: usize = HELLO_BYTES + 32 + 64;
 /// Bytes of an encoded [`Hello`].
 pub const HELLO_BYTES: usize = 2 + 8 + 2 + 8;
-/// Noise overhead of the largest handshake message: ephemeral key, encrypted static key and two tags.
+/// Noise overhead of the largest handshake message, message 2 (`<- e, ee, s, es`):
+/// ephemeral key, encrypted static key and two tags.
 const HANDSHAKE_NOISE_OVERHEAD_BYTES: usize = 32 + 32 + 16 + 16;
+/// Noise overhead of message 3 (`-> s, se`): encrypted static key and two
+/// tags, no ephemeral key. Smaller than message 2's, which is why the payload
+/// limit is checked on the decrypted payload, not only on the message.
+pub(super) const MESSAGE3_NOISE_OVERHEAD_BYTES: usize = 32 + 16 + 16;
 const _: () = assert!(
     HANDSHAKE_MESSAGE_BYTES_MAX == HANDSHAKE_PAYLOAD_BYTES_MAX + HANDSHAKE_NOISE_OVERHEAD_BYTES
 );
@@ -188,6 +193,12 @@ impl Handshake {
         }
         let mut payload = vec![0u8; message.len()];
         let payload_bytes = self.state.read_message(message, &mut payload)?;
+        // The message bound alone does not bound the payload: message 3
+        // carries 32 bytes less Noise overhead than message 2, so a message
+        // within HANDSHAKE_MESSAGE_BYTES_MAX could hold up to 1 056 payload bytes.
+        if payload_bytes > HANDSHAKE_PAYLOAD_BYTES_MAX {
+            return Err(SecureError::MalformedPayload("handshake payload too long"));
+        }
         let payload = &payload[..payload_bytes];
         if self.state.is_initiator() {
             // Message 2: the responder's proof. Check it, and the expected
