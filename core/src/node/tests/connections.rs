@@ -418,3 +418,29 @@ fn a_peer_that_saw_the_old_connection_close_first_learns_our_subscriptions_again
         "node 1 knows node 0's subscriptions on the new session"
     );
 }
+
+#[test]
+fn a_malformed_goodbye_gets_no_answer_and_ends_the_connection() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    // A Goodbye whose body frame declares 9 bytes, one more than its layout.
+    let mut goodbye = vec![crate::reqresp::REQUEST_KIND, 0, 0, 0, 0, 0, 0, 0, 7, 4];
+    crate::codec::snappy::compress_into(&[0; 9], &mut goodbye);
+    let peer = net.nodes[1].peer_id();
+    assert!(net.nodes[0].testing_send_message(&peer, &goodbye));
+    net.requeue(0, Vec::new());
+    net.drain();
+    assert!(!net.connected(0, 1));
+    assert!(matches!(
+        disconnects(&net, 1).as_slice(),
+        [DisconnectReason::ProtocolViolation(_)]
+    ));
+    assert_eq!(net.nodes[1].counters().protocol_violations, 1);
+    // The sender heard Goodbye(fault), not an InvalidRequest answer.
+    assert_eq!(
+        disconnects(&net, 0),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::Fault)]
+    );
+    assert_eq!(net.nodes[0].counters().responses_unexpected, 0);
+    assert_eq!(net.nodes[1].counters().goodbyes_received, 0);
+}
