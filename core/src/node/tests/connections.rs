@@ -420,6 +420,42 @@ fn a_peer_that_saw_the_old_connection_close_first_learns_our_subscriptions_again
 }
 
 #[test]
+fn a_peer_trickling_bytes_of_a_message_it_never_completes_is_dropped_as_silent() {
+    // No pings or Status rounds: the only traffic after the handshake is
+    // the trickle, so only complete messages could keep the peer alive.
+    let quiet = || {
+        let mut config = Config::new(1);
+        config.ping_interval = Duration::from_secs(3_600);
+        config.status_interval = Duration::from_secs(3_600);
+        config
+    };
+    let mut net = Net::new(vec![quiet(), quiet()]);
+    net.dial(0, 1, None);
+    let start = net.now;
+    let conn_at_1 = net.nodes[1].conns.conn_of(&net.nodes[0].peer_id()).unwrap();
+    // A frame declaring 1 000 bytes, then a byte every 20 s: well within
+    // every receive bound, and never a whole message.
+    let mut pieces = vec![vec![0, 0, 3, 0xe8, 16]];
+    pieces.extend(std::iter::repeat_n(vec![0], 5));
+    for piece in pieces {
+        net.advance(Duration::from_secs(20));
+        let node = &mut net.nodes[1];
+        node.conns.send_plaintext(conn_at_1, &piece);
+        node.conns.flush_all(net.now, &mut node.out);
+        net.requeue(1, Vec::new());
+        net.drain();
+        if net.now < start + Duration::from_secs(89) {
+            assert!(net.connected(0, 1), "still within the silence timeout");
+        }
+    }
+    assert!(net.now >= start + Duration::from_secs(120));
+    assert!(!net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    assert_eq!(disconnects(&net, 0), vec![DisconnectReason::Silent]);
+    assert_eq!(net.nodes[0].counters().peers_silent, 1);
+    assert_eq!(net.nodes[0].counters().protocol_violations, 0);
+}
+
+#[test]
 fn a_malformed_goodbye_gets_no_answer_and_ends_the_connection() {
     let mut net = Net::with_nodes(2);
     net.dial(0, 1, None);
