@@ -480,3 +480,103 @@ fn a_malformed_goodbye_gets_no_answer_and_ends_the_connection() {
     assert_eq!(net.nodes[0].counters().responses_unexpected, 0);
     assert_eq!(net.nodes[1].counters().goodbyes_received, 0);
 }
+
+#[test]
+fn a_peer_speaking_another_protocol_version_is_refused_with_the_reason() {
+    use crate::secure::{Handshake, HandshakeStep, Hello, LocalKeys};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    let mut node = Node::new(Config::new(1), Identity::from_seed(1), [1; 32]);
+    let conn = ConnId(0);
+    let actions = |node: &mut Node| std::iter::from_fn(|| node.poll_action()).collect::<Vec<_>>();
+    node.handle(
+        Instant::ZERO,
+        Input::ConnectionOpened {
+            conn,
+            remote: addr(1),
+            origin: Origin::Accepted,
+        },
+    );
+    actions(&mut node);
+    // The dialler speaks version 2 on our network, with a valid identity.
+    let keys = LocalKeys::new(Identity::from_seed(2), &mut ChaCha20Rng::seed_from_u64(2));
+    let mut message1 = Vec::new();
+    let dialler = Handshake::initiate(&keys, [2; 32], None, &mut message1).unwrap();
+    node.handle(
+        Instant::ZERO,
+        Input::BytesReceived {
+            conn,
+            bytes: message1,
+        },
+    );
+    let message2 = actions(&mut node)
+        .into_iter()
+        .find_map(|action| match action {
+            Action::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .expect("message 2");
+    let hello = Hello {
+        version: PROTOCOL_VERSION + 1,
+        network_id: 1,
+        listen_port: 0,
+        capabilities: 0,
+    };
+    let mut message3 = Vec::new();
+    let HandshakeStep::Done { mut transport, .. } = dialler
+        .read_message(&keys, &hello, &message2[2..], &mut message3)
+        .unwrap()
+    else {
+        panic!("the dialler is done after message 2");
+    };
+    node.handle(
+        Instant::ZERO,
+        Input::BytesReceived {
+            conn,
+            bytes: message3,
+        },
+    );
+    let after = actions(&mut node);
+    let reason = RefuseReason::IncompatibleVersion {
+        ours: PROTOCOL_VERSION,
+        theirs: PROTOCOL_VERSION + 1,
+    };
+    assert!(
+        after.contains(&Action::Notify(Notification::ConnectionRefused {
+            addr: addr(1),
+            peer: Some(keys.peer_id()),
+            reason: reason.clone(),
+        })),
+        "{after:?}"
+    );
+    assert_eq!(
+        reason.to_string(),
+        format!(
+            "incompatible protocol version {} (ours is {PROTOCOL_VERSION})",
+            PROTOCOL_VERSION + 1
+        )
+    );
+    assert!(after.contains(&Action::Close { conn }));
+    assert_eq!(node.counters().refused_incompatible_version, 1);
+    assert_eq!(node.peer_count(), 0);
+    // The dialler is told why: Goodbye(irrelevant network), the code §5.8
+    // gives an incompatible version.
+    let sent: Vec<u8> = after
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut plaintext = Vec::new();
+    transport.open(&sent[2..], &mut plaintext).unwrap();
+    let request = crate::reqresp::Request::decode(&plaintext[4..]).unwrap();
+    assert_eq!(request.protocol, ProtocolId::Goodbye);
+    assert_eq!(
+        crate::reqresp::bodies::Goodbye::decode(&request.body)
+            .unwrap()
+            .reason,
+        GoodbyeReason::IrrelevantNetwork
+    );
+}
