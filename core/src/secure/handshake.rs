@@ -9,7 +9,8 @@ use crate::codec::NOISE_LENGTH_PREFIX_BYTES;
 use crate::identity::{Identity, PeerId};
 use crate::limits::{HANDSHAKE_MESSAGE_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX};
 
-/// Bytes of a handshake payload: hello (20) + Ed25519 key (32) + signature (64).
+/// Bytes of a HandshakePayload (docs/protocol.md §3): hello (20) + Ed25519
+/// key (32) + signature (64).
 pub const HANDSHAKE_PAYLOAD_BYTES: usize = HELLO_BYTES + 32 + 64;
 /// Bytes of an encoded [`Hello`].
 pub const HELLO_BYTES: usize = 2 + 8 + 2 + 8;
@@ -26,7 +27,10 @@ const _: () = assert!(
 
 const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES <= HANDSHAKE_PAYLOAD_BYTES_MAX);
 
-/// What a node says about itself in the handshake.
+/// What a node says about itself in the handshake: the first
+/// [`HELLO_BYTES`] of the HandshakePayload (docs/protocol.md §3, fields
+/// `version`, `network_id`, `listen_port`, `capabilities`), which continues
+/// with the identity key and its signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version; peers must match.
