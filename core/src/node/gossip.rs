@@ -58,6 +58,12 @@
 //! penalty to its identity.
 
 use std::collections::BTreeSet;
+
+// Our Metadata lists every subscription: the router must never hold more
+// topics than a Metadata may list.
+const _: () = assert!(
+    crate::gossip::router::TOPICS_MAX <= crate::reqresp::limits::METADATA_TOPICS_MAX
+);
 use std::net::SocketAddr;
 
 use log::{debug, info};
@@ -196,10 +202,12 @@ impl GossipPart {
         self.topics.remove(topic)
     }
 
-    /// The application's topics, as our Metadata lists them.
+    /// Every topic the router is subscribed to, the chain's blocks topic
+    /// included, as our Metadata lists them: what peers learn from it must
+    /// be what we take part in.
     pub(super) fn topic_names(&self) -> Vec<String> {
-        self.topics
-            .iter()
+        self.router
+            .subscriptions()
             .map(|topic| topic.as_str().to_string())
             .collect()
     }
@@ -385,7 +393,7 @@ impl Node {
 
     /// Our Metadata lists the topics we subscribe to; a change raises its
     /// sequence number, so peers fetch it at their next Ping.
-    fn announce_topics(&mut self) {
+    pub(super) fn announce_topics(&mut self) {
         let topics = self.gossip.topic_names();
         self.set_topics(topics);
     }
