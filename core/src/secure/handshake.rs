@@ -26,6 +26,11 @@ const _: () = assert!(
 );
 
 const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES <= HANDSHAKE_PAYLOAD_BYTES_MAX);
+// Why `read_message` checks the payload itself: a message 3 within the
+// message limit can carry more than the payload limit.
+const _: () = assert!(
+    HANDSHAKE_PAYLOAD_BYTES_MAX + MESSAGE3_NOISE_OVERHEAD_BYTES < HANDSHAKE_MESSAGE_BYTES_MAX
+);
 
 /// What a node says about itself in the handshake: the first
 /// [`HELLO_BYTES`] of the HandshakePayload (docs/protocol.md §3, fields
