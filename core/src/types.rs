@@ -162,22 +162,6 @@ impl GoodbyeReason {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_root_shows_its_first_four_bytes_in_hex_and_all_of_them_with_x() {
-        let mut bytes = [0xffu8; 32];
-        bytes[..4].copy_from_slice(&[0x00, 0x1a, 0xb2, 0xc3]);
-        let root = Root(bytes);
-        assert_eq!(root.to_string(), "001ab2c3");
-        assert_eq!(format!("{root:x}"), format!("001ab2c3{}", "ff".repeat(28)));
-        // Debug is the array's, so hashed Debug text of notifications stays put.
-        assert_eq!(format!("{root:?}"), format!("{bytes:?}"));
-    }
-}
-
 /// Longest topic name, in bytes, in gossip (§5b) and in Metadata (§5.6)
 /// alike: topics are short paths (`blocks`, `/meshsync/blocks/1`), and the
 /// bound caps what a peer makes us store per announced topic.
@@ -192,4 +176,20 @@ pub fn is_valid_topic_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name.len() <= TOPIC_BYTES_MAX
         && name.iter().all(|byte| (0x21..=0x7E).contains(byte))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_shows_its_first_four_bytes_in_hex_and_all_of_them_with_x() {
+        let mut bytes = [0xffu8; 32];
+        bytes[..4].copy_from_slice(&[0x00, 0x1a, 0xb2, 0xc3]);
+        let root = Root(bytes);
+        assert_eq!(root.to_string(), "001ab2c3");
+        assert_eq!(format!("{root:x}"), format!("001ab2c3{}", "ff".repeat(28)));
+        // Debug is the array's, so hashed Debug text of notifications stays put.
+        assert_eq!(format!("{root:?}"), format!("{bytes:?}"));
+    }
 }

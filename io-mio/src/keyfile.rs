@@ -110,7 +110,10 @@ pub fn read_key_file(path: &Path) -> Result<Identity, KeyFileIoError> {
     let mut bytes = Vec::new();
     // One byte more than allowed tells "too long" from "exactly the limit".
     fs::File::open(path)
-        .and_then(|file| file.take(KEY_FILE_BYTES_MAX as u64 + 1).read_to_end(&mut bytes))
+        .and_then(|file| {
+            file.take(KEY_FILE_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
         .map_err(io_error)?;
     if bytes.len() > KEY_FILE_BYTES_MAX {
         return Err(KeyFileIoError::TooLong {

@@ -827,7 +827,9 @@ fn stated_problems(file: &str, text: &str, expected: &[(&str, i128)]) -> Vec<Str
     for (name, code) in expected {
         let values = stated_values(text, name);
         if values.is_empty() {
-            problems.push(format!("{file}: never states `{name}` as \"VALUE (`{name}`)\""));
+            problems.push(format!(
+                "{file}: never states `{name}` as \"VALUE (`{name}`)\""
+            ));
         }
         for value in values {
             if value != Some(*code) {
@@ -850,44 +852,113 @@ fn the_protocol_limits_table_states_the_codes_constants() {
     let micros = duration_micros;
     let points = |score: score::Score| i128::from(score.as_micropoints() / 1_000_000);
     let expected: Vec<(&str, i128)> = vec![
-        ("NOISE_MESSAGE_BYTES_MAX", bytes(node::NOISE_MESSAGE_BYTES_MAX)),
-        ("NOISE_PLAINTEXT_BYTES_MAX", bytes(node::NOISE_PLAINTEXT_BYTES_MAX)),
+        (
+            "NOISE_MESSAGE_BYTES_MAX",
+            bytes(node::NOISE_MESSAGE_BYTES_MAX),
+        ),
+        (
+            "NOISE_PLAINTEXT_BYTES_MAX",
+            bytes(node::NOISE_PLAINTEXT_BYTES_MAX),
+        ),
         ("MESSAGE_BYTES_MAX", bytes(node::MESSAGE_BYTES_MAX)),
-        ("HANDSHAKE_PAYLOAD_BYTES_MAX", bytes(node::HANDSHAKE_PAYLOAD_BYTES_MAX)),
-        ("HANDSHAKE_MESSAGE_BYTES_MAX", bytes(node::HANDSHAKE_MESSAGE_BYTES_MAX)),
+        (
+            "HANDSHAKE_PAYLOAD_BYTES_MAX",
+            bytes(node::HANDSHAKE_PAYLOAD_BYTES_MAX),
+        ),
+        (
+            "HANDSHAKE_MESSAGE_BYTES_MAX",
+            bytes(node::HANDSHAKE_MESSAGE_BYTES_MAX),
+        ),
         ("HANDSHAKE_TIMEOUT", micros(node::HANDSHAKE_TIMEOUT)),
         ("DIAL_TIMEOUT", micros(node::DIAL_TIMEOUT)),
         ("PING_INTERVAL", micros(node::PING_INTERVAL)),
         ("PEER_SILENCE_TIMEOUT", micros(node::PEER_SILENCE_TIMEOUT)),
-        ("STATUS_INTERVAL", micros(meshsync_core::node::STATUS_INTERVAL)),
+        (
+            "STATUS_INTERVAL",
+            micros(meshsync_core::node::STATUS_INTERVAL),
+        ),
         ("PEERS_MAX", bytes(node::PEERS_MAX)),
         ("PEERS_TARGET", bytes(peer::gater::PEERS_TARGET)),
         ("PEERS_INBOUND_MAX", bytes(peer::gater::PEERS_INBOUND_MAX)),
-        ("CONNECTIONS_PER_IP_MAX", bytes(peer::gater::CONNECTIONS_PER_IP_MAX)),
-        ("HANDSHAKES_IN_PROGRESS_MAX", bytes(node::HANDSHAKES_IN_PROGRESS_MAX)),
-        ("OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX", bytes(node::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX)),
-        ("PENDING_SEND_BYTES_MAX", bytes(node::PENDING_SEND_BYTES_MAX)),
-        ("PROTOCOL_NAME_BYTES_MAX", bytes(rr::PROTOCOL_NAME_BYTES_MAX)),
-        ("APPLICATION_PROTOCOLS_MAX", bytes(rr::APPLICATION_PROTOCOLS_MAX)),
-        ("APPLICATION_REQUEST_BYTES_MAX", bytes(rr::APPLICATION_REQUEST_BYTES_MAX)),
-        ("APPLICATION_RESPONSE_BYTES_MAX", bytes(rr::APPLICATION_RESPONSE_BYTES_MAX)),
-        ("BLOCK_BYTES_MAX", bytes(meshsync_core::chain::block::BLOCK_BYTES_MAX)),
-        ("RESPONSE_PAYLOAD_BYTES_MAX", bytes(rr::RESPONSE_PAYLOAD_BYTES_MAX)),
-        ("ERROR_MESSAGE_BYTES_MAX", bytes(rr::ERROR_MESSAGE_BYTES_MAX)),
-        ("BLOCKS_PER_RANGE_REQUEST_MAX", i128::from(rr::BLOCKS_PER_RANGE_REQUEST_MAX)),
+        (
+            "CONNECTIONS_PER_IP_MAX",
+            bytes(peer::gater::CONNECTIONS_PER_IP_MAX),
+        ),
+        (
+            "HANDSHAKES_IN_PROGRESS_MAX",
+            bytes(node::HANDSHAKES_IN_PROGRESS_MAX),
+        ),
+        (
+            "OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX",
+            bytes(node::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX),
+        ),
+        (
+            "PENDING_SEND_BYTES_MAX",
+            bytes(node::PENDING_SEND_BYTES_MAX),
+        ),
+        (
+            "PROTOCOL_NAME_BYTES_MAX",
+            bytes(rr::PROTOCOL_NAME_BYTES_MAX),
+        ),
+        (
+            "APPLICATION_PROTOCOLS_MAX",
+            bytes(rr::APPLICATION_PROTOCOLS_MAX),
+        ),
+        (
+            "APPLICATION_REQUEST_BYTES_MAX",
+            bytes(rr::APPLICATION_REQUEST_BYTES_MAX),
+        ),
+        (
+            "APPLICATION_RESPONSE_BYTES_MAX",
+            bytes(rr::APPLICATION_RESPONSE_BYTES_MAX),
+        ),
+        (
+            "BLOCK_BYTES_MAX",
+            bytes(meshsync_core::chain::block::BLOCK_BYTES_MAX),
+        ),
+        (
+            "RESPONSE_PAYLOAD_BYTES_MAX",
+            bytes(rr::RESPONSE_PAYLOAD_BYTES_MAX),
+        ),
+        (
+            "ERROR_MESSAGE_BYTES_MAX",
+            bytes(rr::ERROR_MESSAGE_BYTES_MAX),
+        ),
+        (
+            "BLOCKS_PER_RANGE_REQUEST_MAX",
+            i128::from(rr::BLOCKS_PER_RANGE_REQUEST_MAX),
+        ),
         ("ROOTS_PER_REQUEST_MAX", bytes(rr::ROOTS_PER_REQUEST_MAX)),
         ("METADATA_TOPICS_MAX", bytes(rr::METADATA_TOPICS_MAX)),
-        ("TOPIC_BYTES_MAX", bytes(meshsync_core::types::TOPIC_BYTES_MAX)),
-        ("REQUESTS_IN_FLIGHT_PER_PEER_MAX", bytes(rr::REQUESTS_IN_FLIGHT_PER_PEER_MAX)),
-        ("PENDING_REQUESTS_PER_PEER_MAX", bytes(rr::PENDING_REQUESTS_PER_PEER_MAX)),
-        ("INBOUND_REQUESTS_PER_PEER_MAX", bytes(rr::INBOUND_REQUESTS_PER_PEER_MAX)),
-        ("RESPONSE_FIRST_CHUNK_TIMEOUT", micros(rr::RESPONSE_FIRST_CHUNK_TIMEOUT)),
+        (
+            "TOPIC_BYTES_MAX",
+            bytes(meshsync_core::types::TOPIC_BYTES_MAX),
+        ),
+        (
+            "REQUESTS_IN_FLIGHT_PER_PEER_MAX",
+            bytes(rr::REQUESTS_IN_FLIGHT_PER_PEER_MAX),
+        ),
+        (
+            "PENDING_REQUESTS_PER_PEER_MAX",
+            bytes(rr::PENDING_REQUESTS_PER_PEER_MAX),
+        ),
+        (
+            "INBOUND_REQUESTS_PER_PEER_MAX",
+            bytes(rr::INBOUND_REQUESTS_PER_PEER_MAX),
+        ),
+        (
+            "RESPONSE_FIRST_CHUNK_TIMEOUT",
+            micros(rr::RESPONSE_FIRST_CHUNK_TIMEOUT),
+        ),
         ("RESPONSE_TIMEOUT", micros(rr::RESPONSE_TIMEOUT)),
         ("INBOUND_ANSWER_TIMEOUT", micros(rr::INBOUND_ANSWER_TIMEOUT)),
         ("RATE_LIMITED_PEERS_MAX", bytes(rr::RATE_LIMITED_PEERS_MAX)),
         ("SCORE_HALF_LIFE", micros(score::SCORE_HALF_LIFE)),
         ("SCORE_GATE_THRESHOLD", points(score::SCORE_GATE_THRESHOLD)),
-        ("SCORE_DISCONNECT_THRESHOLD", points(score::SCORE_DISCONNECT_THRESHOLD)),
+        (
+            "SCORE_DISCONNECT_THRESHOLD",
+            points(score::SCORE_DISCONNECT_THRESHOLD),
+        ),
         ("SCORE_BAN_THRESHOLD", points(score::SCORE_BAN_THRESHOLD)),
         ("BAN_DURATION", micros(peer::BAN_DURATION)),
         ("IP_BAN_PEER_BANS_MIN", bytes(peer::IP_BAN_PEER_BANS_MIN)),
@@ -899,10 +970,19 @@ fn the_protocol_limits_table_states_the_codes_constants() {
         "docs/protocol.md",
         &text,
         &[
-            ("HANDSHAKE_MESSAGE_BYTES_MAX", bytes(node::HANDSHAKE_MESSAGE_BYTES_MAX)),
-            ("HANDSHAKE_PAYLOAD_BYTES_MAX", bytes(node::HANDSHAKE_PAYLOAD_BYTES_MAX)),
+            (
+                "HANDSHAKE_MESSAGE_BYTES_MAX",
+                bytes(node::HANDSHAKE_MESSAGE_BYTES_MAX),
+            ),
+            (
+                "HANDSHAKE_PAYLOAD_BYTES_MAX",
+                bytes(node::HANDSHAKE_PAYLOAD_BYTES_MAX),
+            ),
             ("METADATA_TOPICS_MAX", bytes(rr::METADATA_TOPICS_MAX)),
-            ("TOPIC_BYTES_MAX", bytes(meshsync_core::types::TOPIC_BYTES_MAX)),
+            (
+                "TOPIC_BYTES_MAX",
+                bytes(meshsync_core::types::TOPIC_BYTES_MAX),
+            ),
             ("SCORE_REWARD_CEILING", points(score::SCORE_REWARD_CEILING)),
         ],
     ));
@@ -927,7 +1007,10 @@ fn the_protocol_limits_table_states_the_codes_constants() {
     // One name for the handshake's payload: the code's `Hello` is only its
     // first fields, and the spec never uses that name.
     for (index, line) in text.lines().enumerate() {
-        if line.split(|c: char| !c.is_alphanumeric()).any(|word| word == "Hello") {
+        if line
+            .split(|c: char| !c.is_alphanumeric())
+            .any(|word| word == "Hello")
+        {
             problems.push(format!(
                 "docs/protocol.md:{}: says \"Hello\"; the spec's name is HandshakePayload",
                 index + 1
@@ -939,21 +1022,39 @@ fn the_protocol_limits_table_states_the_codes_constants() {
 
 #[test]
 fn the_file_formats_page_states_the_codes_limits_and_headers() {
-    use meshsync_core::chain::genesis as genesis;
+    use meshsync_core::chain::genesis;
     use meshsync_mio::keyfile;
     let text = fs::read_to_string(repo_root().join("docs/files.md")).expect("docs/files.md");
     let expected: Vec<(&str, i128)> = vec![
-        ("GENESIS_TEXT_BYTES_MAX", genesis::GENESIS_TEXT_BYTES_MAX as i128),
-        ("GENESIS_INTEGER_MAX", i128::from(genesis::GENESIS_INTEGER_MAX)),
+        (
+            "GENESIS_TEXT_BYTES_MAX",
+            genesis::GENESIS_TEXT_BYTES_MAX as i128,
+        ),
+        (
+            "GENESIS_INTEGER_MAX",
+            i128::from(genesis::GENESIS_INTEGER_MAX),
+        ),
         ("PROPOSERS_MAX", genesis::PROPOSERS_MAX as i128),
-        ("FINALITY_DEPTH_SLOTS_MAX", i128::from(genesis::FINALITY_DEPTH_SLOTS_MAX)),
-        ("FINALITY_DEPTH_SLOTS_DEFAULT", i128::from(genesis::FINALITY_DEPTH_SLOTS_DEFAULT)),
+        (
+            "FINALITY_DEPTH_SLOTS_MAX",
+            i128::from(genesis::FINALITY_DEPTH_SLOTS_MAX),
+        ),
+        (
+            "FINALITY_DEPTH_SLOTS_DEFAULT",
+            i128::from(genesis::FINALITY_DEPTH_SLOTS_DEFAULT),
+        ),
         ("KEY_FILE_BYTES_MAX", keyfile::KEY_FILE_BYTES_MAX as i128),
-        ("PROPOSER_KEY_FILE_BYTES_MAX", keyfile::PROPOSER_KEY_FILE_BYTES_MAX as i128),
+        (
+            "PROPOSER_KEY_FILE_BYTES_MAX",
+            keyfile::PROPOSER_KEY_FILE_BYTES_MAX as i128,
+        ),
     ];
     let mut problems = stated_problems("docs/files.md", &text, &expected);
     for needle in [
-        format!("`{}` | `KEY_FILE_HEADER`", meshsync_core::identity::KEY_FILE_HEADER),
+        format!(
+            "`{}` | `KEY_FILE_HEADER`",
+            meshsync_core::identity::KEY_FILE_HEADER
+        ),
         format!("`{}` | `BLS_KEY_FILE_HEADER`", genesis::BLS_KEY_FILE_HEADER),
         format!("mode {:04o} (`KEY_FILE_MODE`)", keyfile::KEY_FILE_MODE),
     ] {
@@ -1032,11 +1133,22 @@ fn the_checks_catch_a_missing_path_a_wrong_flag_and_a_changed_diagram() {
     // signs, digit groups and ranges are read.
     let text = "| `A_MAX` | 1 024 | a |\n| `B_TIMEOUT` | 90 s | b |\n| `C` | −20 | c |\n\
                 at most 1..=1 120 bytes\n(`A_MAX`), and 4 MiB (`D_MAX`).\n";
-    assert!(table_problems("Z.md", text, &[("A_MAX", 1_024), ("B_TIMEOUT", 90_000_000), ("C", -20)]).is_empty());
+    assert!(table_problems(
+        "Z.md",
+        text,
+        &[("A_MAX", 1_024), ("B_TIMEOUT", 90_000_000), ("C", -20)]
+    )
+    .is_empty());
     let problems = table_problems("Z.md", text, &[("A_MAX", 1_025), ("E", 1)]);
     assert_eq!(problems.len(), 2, "{problems:#?}");
-    assert!(problems[0].contains("`A_MAX` is \"1 024\""), "{problems:#?}");
-    assert!(problems[1].contains("no table row names `E`"), "{problems:#?}");
+    assert!(
+        problems[0].contains("`A_MAX` is \"1 024\""),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains("no table row names `E`"),
+        "{problems:#?}"
+    );
     assert_eq!(stated_values(text, "A_MAX"), vec![Some(1_120)]);
     assert_eq!(stated_values(text, "D_MAX"), vec![Some(4 << 20)]);
     let problems = stated_problems("Z.md", text, &[("A_MAX", 1_024), ("F", 1)]);

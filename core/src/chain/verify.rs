@@ -487,7 +487,10 @@ mod tests {
         assert_eq!(block.signature, expected);
         // Signing the root itself, or the digest with an augmentation, is not it.
         let root = block.root();
-        assert_ne!(keys[0].sign(root.as_bytes(), BLS_DST, &[]).compress(), expected);
+        assert_ne!(
+            keys[0].sign(root.as_bytes(), BLS_DST, &[]).compress(),
+            expected
+        );
         assert_ne!(keys[0].sign(&digest, BLS_DST, b"x").compress(), expected);
     }
 

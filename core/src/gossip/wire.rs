@@ -770,7 +770,8 @@ mod tests {
         names.push(vec![b'x'; TOPIC_BYTES_MAX + 1]);
         names.push(b"/meshsync/blocks/1".to_vec());
         for name in names {
-            let gossip_accepts = std::str::from_utf8(&name).is_ok_and(|text| Topic::new(text).is_ok());
+            let gossip_accepts =
+                std::str::from_utf8(&name).is_ok_and(|text| Topic::new(text).is_ok());
             assert_eq!(gossip_accepts, metadata_accepts(&name), "{name:?}");
             assert_eq!(gossip_accepts, crate::types::is_valid_topic_name(&name));
         }

@@ -58,12 +58,6 @@
 //! penalty to its identity.
 
 use std::collections::BTreeSet;
-
-// Our Metadata lists every subscription: the router must never hold more
-// topics than a Metadata may list.
-const _: () = assert!(
-    crate::gossip::router::TOPICS_MAX <= crate::reqresp::limits::METADATA_TOPICS_MAX
-);
 use std::net::SocketAddr;
 
 use log::{debug, info};
@@ -80,6 +74,11 @@ use crate::limits;
 use crate::machine::Machine;
 use crate::peer::{Penalty, Report};
 use crate::time::Instant;
+
+// Our Metadata lists every subscription: the router must never hold more
+// topics than a Metadata may list.
+const _: () =
+    assert!(crate::gossip::router::TOPICS_MAX <= crate::reqresp::limits::METADATA_TOPICS_MAX);
 
 /// The gossip part: the router and the application's topics.
 pub(super) struct GossipPart {

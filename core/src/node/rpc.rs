@@ -1048,7 +1048,10 @@ impl Node {
             topics,
             capabilities: self.rpc.metadata.capabilities,
         };
-        assert!(metadata.is_valid(), "subscriptions beyond the Metadata limits");
+        assert!(
+            metadata.is_valid(),
+            "subscriptions beyond the Metadata limits"
+        );
         self.rpc.metadata = metadata;
     }
 }

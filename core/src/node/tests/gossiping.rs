@@ -190,11 +190,11 @@ fn metadata_lists_every_subscription_the_chains_blocks_topic_included() {
     let fetched = |net: &Net| {
         net.notifications[0]
             .iter()
-            .filter_map(|n| match n {
+            .rev()
+            .find_map(|n| match n {
                 Notification::PeerMetadata { metadata, .. } => Some(metadata.clone()),
                 _ => None,
             })
-            .last()
             .expect("metadata fetched")
     };
     net.advance(Duration::from_secs(31));
@@ -210,7 +210,10 @@ fn metadata_lists_every_subscription_the_chains_blocks_topic_included() {
     run(&mut net, 1, Input::Command(Command::Unsubscribe { topic }));
     net.advance(Duration::from_secs(61));
     let later = fetched(&net);
-    assert_eq!(later.topics, vec!["blocks".to_string(), "votes".to_string()]);
+    assert_eq!(
+        later.topics,
+        vec!["blocks".to_string(), "votes".to_string()]
+    );
     assert_eq!(later.seq, metadata.seq + 3);
     for topic in &later.topics {
         assert!(Topic::new(topic).is_ok(), "a gossip topic: {topic}");
