@@ -109,6 +109,11 @@ impl Identity {
         if hex.len() != 64 || lines.any(|line| !line.trim().is_empty()) {
             return Err(KeyFileError::MalformedKey);
         }
+        // Hex digits only: `from_str_radix` alone would also take a sign
+        // ("+f"), and a key file has one spelling per key.
+        if !hex.bytes().all(|digit| digit.is_ascii_hexdigit()) {
+            return Err(KeyFileError::MalformedKey);
+        }
         let mut secret = [0u8; 32];
         for (index, byte) in secret.iter_mut().enumerate() {
             let pair = hex
@@ -237,6 +242,11 @@ mod tests {
         let not_hex = format!("{KEY_FILE_HEADER}\n{}\n", "zz".repeat(32));
         assert_eq!(
             Identity::from_key_file(&not_hex).unwrap_err(),
+            KeyFileError::MalformedKey
+        );
+        let signed = format!("{KEY_FILE_HEADER}\n{}\n", "+a".repeat(32));
+        assert_eq!(
+            Identity::from_key_file(&signed).unwrap_err(),
             KeyFileError::MalformedKey
         );
     }

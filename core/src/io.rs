@@ -223,11 +223,6 @@ pub enum Command {
         /// The answer.
         answer: Answer,
     },
-    /// Change the gossip topics we announce in our Metadata (raising its sequence number).
-    SetTopics {
-        /// At most `METADATA_TOPICS_MAX` printable-ASCII names.
-        topics: Vec<String>,
-    },
     /// Join a gossip topic: announce it to every peer and build its mesh. Its
     /// messages arrive as [`Notification::GossipMessage`]. A refusal (too
     /// many topics) comes back as [`Notification::SubscribeFailed`].

@@ -50,7 +50,9 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Pings name a new sequence number: the peer decides when to ask, so the
 /// fetches (and their rewards) must not be its to multiply.
 pub const METADATA_FETCH_INTERVAL: Duration = PING_INTERVAL;
-/// A peer we have heard nothing from (no frame at all) for this long is dropped.
+/// A peer we have had no complete logical message from for this long is
+/// dropped. Bytes of a message still arriving do not count: a peer trickling
+/// a message it never finishes must not hold the connection forever.
 pub const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Outbound bytes a driver may queue for one connection before dropping it as too slow.

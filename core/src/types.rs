@@ -1,6 +1,7 @@
 //! The shared vocabulary of the core: names and small values that every
 //! layer speaks (connections, directions, block roots, a chain's status,
-//! Goodbye reasons). This module imports nothing from the crate, so any
+//! Goodbye reasons, what a valid topic name is). This module imports
+//! nothing from the crate, so any
 //! module may import it without making a cycle; the layers above it are
 //! described in ARCHITECTURE.md.
 
@@ -159,6 +160,22 @@ impl GoodbyeReason {
             other => GoodbyeReason::Other(other),
         }
     }
+}
+
+/// Longest topic name, in bytes, in gossip (§5b) and in Metadata (§5.6)
+/// alike: topics are short paths (`blocks`, `/meshsync/blocks/1`), and the
+/// bound caps what a peer makes us store per announced topic.
+pub const TOPIC_BYTES_MAX: usize = 128;
+
+/// Whether `name` is a valid topic name: 1..=[`TOPIC_BYTES_MAX`] bytes of
+/// printable ASCII other than space (0x21..=0x7E). The one definition, used
+/// by gossip's `Topic` and by the Metadata decoder, so a topic one accepts
+/// the other never refuses. No space and no control bytes: topics are
+/// metric labels and log words, where either would be ambiguous.
+pub fn is_valid_topic_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= TOPIC_BYTES_MAX
+        && name.iter().all(|byte| (0x21..=0x7E).contains(byte))
 }
 
 #[cfg(test)]

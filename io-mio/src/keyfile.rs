@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -23,6 +23,14 @@ use meshsync_core::Identity;
 
 /// The mode a key file is created with: read and write for its owner only.
 pub const KEY_FILE_MODE: u32 = 0o600;
+/// Longest identity key file read: the format is two short lines (96
+/// bytes); anything much longer is the wrong file, and is refused without
+/// reading it all.
+pub const KEY_FILE_BYTES_MAX: usize = 4 * 1024;
+/// Longest proposer key file read (`meshsync genesis` writes them): the
+/// format is two short lines (92 bytes); anything much longer is the wrong
+/// file. Beside [`KEY_FILE_BYTES_MAX`] so docs/files.md's check finds both.
+pub const PROPOSER_KEY_FILE_BYTES_MAX: usize = 4 * 1024;
 
 /// Why a key file could not be read or written.
 #[derive(Debug)]
@@ -34,6 +42,11 @@ pub enum KeyFileIoError {
     },
     /// A file exists where a new key file should go, and `--force` was not given.
     AlreadyExists {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The file is longer than [`KEY_FILE_BYTES_MAX`].
+    TooLong {
         /// The path.
         path: PathBuf,
     },
@@ -67,6 +80,11 @@ impl fmt::Display for KeyFileIoError {
                 "{} already exists; refusing to overwrite a key (pass --force to replace it)",
                 path.display()
             ),
+            KeyFileIoError::TooLong { path } => write!(
+                f,
+                "key file {} is longer than {KEY_FILE_BYTES_MAX} bytes: not a meshsync key file",
+                path.display()
+            ),
             KeyFileIoError::Malformed { path, error } => {
                 write!(f, "key file {}: {error}", path.display())
             }
@@ -80,18 +98,31 @@ impl std::error::Error for KeyFileIoError {}
 /// Reads the identity in the key file at `path`. Logs a warning when group or
 /// others may read the file.
 pub fn read_key_file(path: &Path) -> Result<Identity, KeyFileIoError> {
-    let text = fs::read_to_string(path).map_err(|error| match error.kind() {
+    let io_error = |error: io::Error| match error.kind() {
         io::ErrorKind::NotFound => KeyFileIoError::Missing {
             path: path.to_path_buf(),
-        },
-        io::ErrorKind::InvalidData => KeyFileIoError::Malformed {
-            path: path.to_path_buf(),
-            error: KeyFileError::WrongHeader,
         },
         _ => KeyFileIoError::Io {
             path: path.to_path_buf(),
             error,
         },
+    };
+    let mut bytes = Vec::new();
+    // One byte more than allowed tells "too long" from "exactly the limit".
+    fs::File::open(path)
+        .and_then(|file| {
+            file.take(KEY_FILE_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(io_error)?;
+    if bytes.len() > KEY_FILE_BYTES_MAX {
+        return Err(KeyFileIoError::TooLong {
+            path: path.to_path_buf(),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| KeyFileIoError::Malformed {
+        path: path.to_path_buf(),
+        error: KeyFileError::WrongHeader,
     })?;
     if let Ok(metadata) = fs::metadata(path) {
         let mode = metadata.permissions().mode();
@@ -170,6 +201,22 @@ mod tests {
         fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
         let error = read_key_file(&path).unwrap_err();
         assert!(matches!(error, KeyFileIoError::Malformed { .. }), "{error}");
+
+        // A huge file is refused by its size, not read to the end.
+        let identity = Identity::from_seed(3).to_key_file();
+        let mut padded = identity.clone().into_bytes();
+        padded.resize(KEY_FILE_BYTES_MAX, b'\n');
+        fs::write(&path, &padded).unwrap();
+        assert_eq!(
+            read_key_file(&path).unwrap().peer_id(),
+            Identity::from_seed(3).peer_id(),
+            "blank lines up to the limit are fine"
+        );
+        padded.push(b'\n');
+        fs::write(&path, &padded).unwrap();
+        let error = read_key_file(&path).unwrap_err();
+        assert!(matches!(error, KeyFileIoError::TooLong { .. }), "{error}");
+        assert!(error.to_string().contains("bad.key"), "{error}");
     }
 
     #[test]

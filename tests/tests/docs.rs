@@ -724,6 +724,348 @@ fn readme_diagram_is_the_crate_docs() {
 }
 
 // ---------------------------------------------------------------------------
+// (d) Constants: what docs/protocol.md and docs/files.md state is the code's.
+
+/// The units a stated value may end in.
+const DOC_UNITS: &[&str] = &["bytes", "entries", "KiB", "MiB", "ms", "s", "min", "h"];
+
+/// A value as the docs write it: an optional sign (`−` or `-`), digits
+/// grouped with spaces, and an optional unit (`bytes`, `entries`, `KiB`,
+/// `MiB`, `ms`, `s`, `min`, `h`), in the unit's base: bytes, or
+/// microseconds for a duration. `None` for anything else ("5 / 15 s").
+fn parse_doc_value(text: &str) -> Option<i128> {
+    let text = text.trim();
+    let (sign, text) = match text.strip_prefix('−').or_else(|| text.strip_prefix('-')) {
+        Some(rest) => (-1, rest),
+        None => (1, text),
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let (unit, digits) = match words.last() {
+        Some(last) if last.chars().all(|c| c.is_ascii_digit()) => (1, &words[..]),
+        Some(&"bytes") | Some(&"entries") => (1, &words[..words.len() - 1]),
+        Some(&"KiB") => (1 << 10, &words[..words.len() - 1]),
+        Some(&"MiB") => (1 << 20, &words[..words.len() - 1]),
+        Some(&"ms") => (1_000, &words[..words.len() - 1]),
+        Some(&"s") => (1_000_000, &words[..words.len() - 1]),
+        Some(&"min") => (60_000_000, &words[..words.len() - 1]),
+        Some(&"h") => (3_600_000_000, &words[..words.len() - 1]),
+        _ => return None,
+    };
+    if digits.is_empty() || !digits.iter().all(|w| w.chars().all(|c| c.is_ascii_digit())) {
+        return None;
+    }
+    let number: i128 = digits.concat().parse().ok()?;
+    Some(sign * number * unit)
+}
+
+/// The value cell of the table row that names `name` first (`| `NAME` | value |`).
+fn table_value(text: &str, name: &str) -> Option<String> {
+    let row = format!("| `{name}` | ");
+    let start = text.find(&row)? + row.len();
+    let end = start + text[start..].find(" |")?;
+    Some(text[start..end].to_owned())
+}
+
+/// Every value stated just before `(`NAME``, as in "4 096 bytes
+/// (`KEY_FILE_BYTES_MAX`)" or "1..=256 (`FINALITY_DEPTH_SLOTS_MAX`)": the
+/// words before the parenthesis, back to the first that is no part of a
+/// number or unit. Line breaks count as spaces.
+fn stated_values(text: &str, name: &str) -> Vec<Option<i128>> {
+    let flat = text.replace('\n', " ");
+    let marker = format!("(`{name}`");
+    let mut values = Vec::new();
+    let mut from = 0;
+    while let Some(at) = flat[from..].find(&marker) {
+        let at = from + at;
+        let before: Vec<&str> = flat[..at].split_whitespace().collect();
+        // Keep the trailing words that are digits or a unit; a range's
+        // upper end ("1..=256") counts from its last "=".
+        let mut kept: Vec<&str> = Vec::new();
+        for (index, &original) in before.iter().rev().enumerate() {
+            let word = original.rsplit("..=").next().unwrap_or(original);
+            let word = word.trim_start_matches('+');
+            let unit = index == 0 && DOC_UNITS.contains(&word);
+            let number = !word.is_empty() && word.chars().all(|c| c.is_ascii_digit());
+            if !(unit || number) {
+                break;
+            }
+            kept.insert(0, word);
+            if original.contains("..=") {
+                break; // The lower end of the range is not part of the value.
+            }
+        }
+        values.push(parse_doc_value(&kept.join(" ")));
+        from = at + marker.len();
+    }
+    values
+}
+
+fn duration_micros(duration: meshsync_core::Duration) -> i128 {
+    i128::try_from(duration.as_micros()).expect("a limit fits")
+}
+
+/// Problems with `(name, code value)` pairs against `text`'s §6-style table.
+fn table_problems(file: &str, text: &str, expected: &[(&str, i128)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, code) in expected {
+        match table_value(text, name) {
+            None => problems.push(format!("{file}: no table row names `{name}`")),
+            Some(cell) => match parse_doc_value(&cell) {
+                Some(value) if value == *code => {}
+                parsed => problems.push(format!(
+                    "{file}: `{name}` is {cell:?} ({parsed:?}) in the table, {code} in the code"
+                )),
+            },
+        }
+    }
+    problems
+}
+
+/// Problems with `(name, code value)` pairs stated as "VALUE (`NAME`)".
+fn stated_problems(file: &str, text: &str, expected: &[(&str, i128)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, code) in expected {
+        let values = stated_values(text, name);
+        if values.is_empty() {
+            problems.push(format!(
+                "{file}: never states `{name}` as \"VALUE (`{name}`)\""
+            ));
+        }
+        for value in values {
+            if value != Some(*code) {
+                problems.push(format!(
+                    "{file}: states `{name}` as {value:?}, the code has {code}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_protocol_limits_table_states_the_codes_constants() {
+    use meshsync_core::limits as node;
+    use meshsync_core::peer::{self, score};
+    use meshsync_core::reqresp::limits as rr;
+    let text = fs::read_to_string(repo_root().join("docs/protocol.md")).expect("protocol.md");
+    let bytes = |value: usize| value as i128;
+    let micros = duration_micros;
+    let points = |score: score::Score| i128::from(score.as_micropoints() / 1_000_000);
+    let expected: Vec<(&str, i128)> = vec![
+        (
+            "NOISE_MESSAGE_BYTES_MAX",
+            bytes(node::NOISE_MESSAGE_BYTES_MAX),
+        ),
+        (
+            "NOISE_PLAINTEXT_BYTES_MAX",
+            bytes(node::NOISE_PLAINTEXT_BYTES_MAX),
+        ),
+        ("MESSAGE_BYTES_MAX", bytes(node::MESSAGE_BYTES_MAX)),
+        (
+            "HANDSHAKE_PAYLOAD_BYTES_MAX",
+            bytes(node::HANDSHAKE_PAYLOAD_BYTES_MAX),
+        ),
+        (
+            "HANDSHAKE_MESSAGE_BYTES_MAX",
+            bytes(node::HANDSHAKE_MESSAGE_BYTES_MAX),
+        ),
+        ("HANDSHAKE_TIMEOUT", micros(node::HANDSHAKE_TIMEOUT)),
+        ("DIAL_TIMEOUT", micros(node::DIAL_TIMEOUT)),
+        ("PING_INTERVAL", micros(node::PING_INTERVAL)),
+        ("PEER_SILENCE_TIMEOUT", micros(node::PEER_SILENCE_TIMEOUT)),
+        (
+            "STATUS_INTERVAL",
+            micros(meshsync_core::node::STATUS_INTERVAL),
+        ),
+        ("PEERS_MAX", bytes(node::PEERS_MAX)),
+        ("PEERS_TARGET", bytes(peer::gater::PEERS_TARGET)),
+        ("PEERS_INBOUND_MAX", bytes(peer::gater::PEERS_INBOUND_MAX)),
+        (
+            "CONNECTIONS_PER_IP_MAX",
+            bytes(peer::gater::CONNECTIONS_PER_IP_MAX),
+        ),
+        (
+            "HANDSHAKES_IN_PROGRESS_MAX",
+            bytes(node::HANDSHAKES_IN_PROGRESS_MAX),
+        ),
+        (
+            "OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX",
+            bytes(node::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX),
+        ),
+        (
+            "PENDING_SEND_BYTES_MAX",
+            bytes(node::PENDING_SEND_BYTES_MAX),
+        ),
+        (
+            "PROTOCOL_NAME_BYTES_MAX",
+            bytes(rr::PROTOCOL_NAME_BYTES_MAX),
+        ),
+        (
+            "APPLICATION_PROTOCOLS_MAX",
+            bytes(rr::APPLICATION_PROTOCOLS_MAX),
+        ),
+        (
+            "APPLICATION_REQUEST_BYTES_MAX",
+            bytes(rr::APPLICATION_REQUEST_BYTES_MAX),
+        ),
+        (
+            "APPLICATION_RESPONSE_BYTES_MAX",
+            bytes(rr::APPLICATION_RESPONSE_BYTES_MAX),
+        ),
+        (
+            "BLOCK_BYTES_MAX",
+            bytes(meshsync_core::chain::block::BLOCK_BYTES_MAX),
+        ),
+        (
+            "RESPONSE_PAYLOAD_BYTES_MAX",
+            bytes(rr::RESPONSE_PAYLOAD_BYTES_MAX),
+        ),
+        (
+            "ERROR_MESSAGE_BYTES_MAX",
+            bytes(rr::ERROR_MESSAGE_BYTES_MAX),
+        ),
+        (
+            "BLOCKS_PER_RANGE_REQUEST_MAX",
+            i128::from(rr::BLOCKS_PER_RANGE_REQUEST_MAX),
+        ),
+        ("ROOTS_PER_REQUEST_MAX", bytes(rr::ROOTS_PER_REQUEST_MAX)),
+        ("METADATA_TOPICS_MAX", bytes(rr::METADATA_TOPICS_MAX)),
+        (
+            "TOPIC_BYTES_MAX",
+            bytes(meshsync_core::types::TOPIC_BYTES_MAX),
+        ),
+        (
+            "REQUESTS_IN_FLIGHT_PER_PEER_MAX",
+            bytes(rr::REQUESTS_IN_FLIGHT_PER_PEER_MAX),
+        ),
+        (
+            "PENDING_REQUESTS_PER_PEER_MAX",
+            bytes(rr::PENDING_REQUESTS_PER_PEER_MAX),
+        ),
+        (
+            "INBOUND_REQUESTS_PER_PEER_MAX",
+            bytes(rr::INBOUND_REQUESTS_PER_PEER_MAX),
+        ),
+        (
+            "RESPONSE_FIRST_CHUNK_TIMEOUT",
+            micros(rr::RESPONSE_FIRST_CHUNK_TIMEOUT),
+        ),
+        ("RESPONSE_TIMEOUT", micros(rr::RESPONSE_TIMEOUT)),
+        ("INBOUND_ANSWER_TIMEOUT", micros(rr::INBOUND_ANSWER_TIMEOUT)),
+        ("RATE_LIMITED_PEERS_MAX", bytes(rr::RATE_LIMITED_PEERS_MAX)),
+        ("SCORE_HALF_LIFE", micros(score::SCORE_HALF_LIFE)),
+        ("SCORE_GATE_THRESHOLD", points(score::SCORE_GATE_THRESHOLD)),
+        (
+            "SCORE_DISCONNECT_THRESHOLD",
+            points(score::SCORE_DISCONNECT_THRESHOLD),
+        ),
+        ("SCORE_BAN_THRESHOLD", points(score::SCORE_BAN_THRESHOLD)),
+        ("BAN_DURATION", micros(peer::BAN_DURATION)),
+        ("IP_BAN_PEER_BANS_MIN", bytes(peer::IP_BAN_PEER_BANS_MIN)),
+        ("SCORES_MAX", bytes(score::SCORES_MAX)),
+    ];
+    let mut problems = table_problems("docs/protocol.md", &text, &expected);
+    // Stated in the prose, where a reader of one section meets them.
+    problems.extend(stated_problems(
+        "docs/protocol.md",
+        &text,
+        &[
+            (
+                "HANDSHAKE_MESSAGE_BYTES_MAX",
+                bytes(node::HANDSHAKE_MESSAGE_BYTES_MAX),
+            ),
+            (
+                "HANDSHAKE_PAYLOAD_BYTES_MAX",
+                bytes(node::HANDSHAKE_PAYLOAD_BYTES_MAX),
+            ),
+            ("METADATA_TOPICS_MAX", bytes(rr::METADATA_TOPICS_MAX)),
+            (
+                "TOPIC_BYTES_MAX",
+                bytes(meshsync_core::types::TOPIC_BYTES_MAX),
+            ),
+            ("SCORE_REWARD_CEILING", points(score::SCORE_REWARD_CEILING)),
+        ],
+    ));
+    // Texts and sizes the spec gives byte for byte.
+    let payload = meshsync_core::secure::HANDSHAKE_PAYLOAD_BYTES;
+    for needle in [
+        format!("### HandshakePayload ({payload} bytes"),
+        format!(
+            "`\"{}\"`",
+            std::str::from_utf8(meshsync_core::chain::block::SIGNING_DOMAIN).expect("ASCII")
+        )
+        .replace("`\"", "\"")
+        .replace("\"`", "\""),
+        std::str::from_utf8(meshsync_core::chain::block::BLS_DST)
+            .expect("ASCII")
+            .to_owned(),
+    ] {
+        if !text.contains(&needle) {
+            problems.push(format!("docs/protocol.md: does not say {needle:?}"));
+        }
+    }
+    // One name for the handshake's payload: the code's `Hello` is only its
+    // first fields, and the spec never uses that name.
+    for (index, line) in text.lines().enumerate() {
+        if line
+            .split(|c: char| !c.is_alphanumeric())
+            .any(|word| word == "Hello")
+        {
+            problems.push(format!(
+                "docs/protocol.md:{}: says \"Hello\"; the spec's name is HandshakePayload",
+                index + 1
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_file_formats_page_states_the_codes_limits_and_headers() {
+    use meshsync_core::chain::genesis;
+    use meshsync_mio::keyfile;
+    let text = fs::read_to_string(repo_root().join("docs/files.md")).expect("docs/files.md");
+    let expected: Vec<(&str, i128)> = vec![
+        (
+            "GENESIS_TEXT_BYTES_MAX",
+            genesis::GENESIS_TEXT_BYTES_MAX as i128,
+        ),
+        (
+            "GENESIS_INTEGER_MAX",
+            i128::from(genesis::GENESIS_INTEGER_MAX),
+        ),
+        ("PROPOSERS_MAX", genesis::PROPOSERS_MAX as i128),
+        (
+            "FINALITY_DEPTH_SLOTS_MAX",
+            i128::from(genesis::FINALITY_DEPTH_SLOTS_MAX),
+        ),
+        (
+            "FINALITY_DEPTH_SLOTS_DEFAULT",
+            i128::from(genesis::FINALITY_DEPTH_SLOTS_DEFAULT),
+        ),
+        ("KEY_FILE_BYTES_MAX", keyfile::KEY_FILE_BYTES_MAX as i128),
+        (
+            "PROPOSER_KEY_FILE_BYTES_MAX",
+            keyfile::PROPOSER_KEY_FILE_BYTES_MAX as i128,
+        ),
+    ];
+    let mut problems = stated_problems("docs/files.md", &text, &expected);
+    for needle in [
+        format!(
+            "`{}` | `KEY_FILE_HEADER`",
+            meshsync_core::identity::KEY_FILE_HEADER
+        ),
+        format!("`{}` | `BLS_KEY_FILE_HEADER`", genesis::BLS_KEY_FILE_HEADER),
+        format!("mode {:04o} (`KEY_FILE_MODE`)", keyfile::KEY_FILE_MODE),
+    ] {
+        if !text.contains(&needle) {
+            problems.push(format!("docs/files.md: does not say {needle:?}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
 // The checks can fail.
 
 #[test]
@@ -786,4 +1128,29 @@ fn the_checks_catch_a_missing_path_a_wrong_flag_and_a_changed_diagram() {
     let problems = diagram_problems(&changed, lib_rs);
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(problems[0].starts_with("README.md:5: the diagram differs from core/src/lib.rs:5"));
+
+    // A limit the table or the prose states wrongly is found; units,
+    // signs, digit groups and ranges are read.
+    let text = "| `A_MAX` | 1 024 | a |\n| `B_TIMEOUT` | 90 s | b |\n| `C` | −20 | c |\n\
+                at most 1..=1 120 bytes\n(`A_MAX`), and 4 MiB (`D_MAX`).\n";
+    assert!(table_problems(
+        "Z.md",
+        text,
+        &[("A_MAX", 1_024), ("B_TIMEOUT", 90_000_000), ("C", -20)]
+    )
+    .is_empty());
+    let problems = table_problems("Z.md", text, &[("A_MAX", 1_025), ("E", 1)]);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].contains("`A_MAX` is \"1 024\""),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains("no table row names `E`"),
+        "{problems:#?}"
+    );
+    assert_eq!(stated_values(text, "A_MAX"), vec![Some(1_120)]);
+    assert_eq!(stated_values(text, "D_MAX"), vec![Some(4 << 20)]);
+    let problems = stated_problems("Z.md", text, &[("A_MAX", 1_024), ("F", 1)]);
+    assert_eq!(problems.len(), 2, "{problems:#?}");
 }

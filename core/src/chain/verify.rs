@@ -467,6 +467,33 @@ mod tests {
         assert_eq!(blocks[0].parent_root(), genesis.root());
     }
 
+    /// docs/protocol.md §5.6 says what is signed, byte for byte: the
+    /// 32-byte digest of the domain, the network id and the root, under
+    /// the POP ciphersuite's DST with no augmentation. Built here from the
+    /// spec's literals, not from the module's constants.
+    #[test]
+    fn the_bls_message_is_the_32_byte_digest_the_spec_names() {
+        let (genesis, keys) = setup(1);
+        let block = &signed_chain(&genesis, &keys, genesis.root(), 1, 1, 10)[0];
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"meshsync-block-v1");
+        hasher.update(11u64.to_be_bytes());
+        hasher.update(block.root().as_bytes());
+        let digest: [u8; 32] = hasher.finalize().into();
+        let expected = keys[0]
+            .sign(&digest, b"BLS_SIG_BLS12381G2_XMD:SHA-256_SSWU_RO_POP_", &[])
+            .compress();
+        assert_eq!(block.signature, expected);
+        // Signing the root itself, or the digest with an augmentation, is not it.
+        let root = block.root();
+        assert_ne!(
+            keys[0].sign(root.as_bytes(), BLS_DST, &[]).compress(),
+            expected
+        );
+        assert_ne!(keys[0].sign(&digest, BLS_DST, b"x").compress(), expected);
+    }
+
     #[test]
     fn producer_signs_only_its_slots() {
         let (genesis, keys) = setup(3);

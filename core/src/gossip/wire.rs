@@ -73,8 +73,7 @@ use crate::reqresp::ReqRespDecodeError;
 
 /// Kind byte of a gossip RPC. Kinds 32..=47 are reserved for gossip.
 pub const GOSSIP_KIND: u8 = 32;
-/// Longest topic name: topics are short paths ("/meshsync/blocks/1").
-pub const TOPIC_BYTES_MAX: usize = 128;
+pub use crate::types::TOPIC_BYTES_MAX;
 /// Largest uncompressed payload of one published message (the Ethereum p2p
 /// spec's `MAX_PAYLOAD_SIZE`; blocks are at most 1 MiB).
 pub const GOSSIP_MESSAGE_BYTES_MAX: usize = 10 * 1024 * 1024;
@@ -149,18 +148,16 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// A topic name: 1..=[`TOPIC_BYTES_MAX`] bytes of printable ASCII.
+/// A topic name: 1..=[`TOPIC_BYTES_MAX`] bytes of printable ASCII without
+/// space ([`crate::types::is_valid_topic_name`], shared with Metadata).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Topic(String);
 
 impl Topic {
-    /// `name` as a topic, if it is 1..=128 bytes of printable ASCII.
+    /// `name` as a topic, if it is a valid topic name
+    /// ([`crate::types::is_valid_topic_name`]).
     pub fn new(name: &str) -> Result<Topic, GossipDecodeError> {
-        let bytes = name.as_bytes();
-        if bytes.is_empty()
-            || bytes.len() > TOPIC_BYTES_MAX
-            || !bytes.iter().all(|byte| (0x20..=0x7e).contains(byte))
-        {
+        if !crate::types::is_valid_topic_name(name.as_bytes()) {
             return Err(GossipDecodeError::InvalidTopic);
         }
         Ok(Topic(name.to_owned()))
@@ -547,7 +544,7 @@ pub enum GossipDecodeError {
         /// The cap.
         max: u64,
     },
-    /// A topic is empty, longer than [`TOPIC_BYTES_MAX`] or not printable ASCII.
+    /// A topic is empty, longer than [`TOPIC_BYTES_MAX`] or not printable ASCII without space.
     InvalidTopic,
     /// A subscription action other than 0 or 1.
     InvalidSubscriptionAction(u8),
@@ -581,7 +578,7 @@ impl fmt::Display for GossipDecodeError {
             GossipDecodeError::InvalidTopic => {
                 write!(
                     f,
-                    "topic is not 1..={TOPIC_BYTES_MAX} printable ASCII bytes"
+                    "topic is not 1..={TOPIC_BYTES_MAX} printable ASCII bytes without space"
                 )
             }
             GossipDecodeError::InvalidSubscriptionAction(action) => {
@@ -755,6 +752,34 @@ mod tests {
         );
     }
 
+    /// A topic gossip accepts is one a Metadata may list, and the other way
+    /// round: both use `types::is_valid_topic_name`, checked byte by byte.
+    #[test]
+    fn gossip_and_metadata_accept_the_same_topics() {
+        use crate::reqresp::bodies::{Body, Metadata};
+        let metadata_accepts = |name: &[u8]| {
+            let mut bytes = vec![0; 16];
+            bytes.extend_from_slice(&1u16.to_be_bytes());
+            bytes.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(name);
+            Metadata::decode(&bytes).is_ok()
+        };
+        let mut names: Vec<Vec<u8>> = (0..=255u8).map(|byte| vec![byte]).collect();
+        names.push(Vec::new());
+        names.push(vec![b'x'; TOPIC_BYTES_MAX]);
+        names.push(vec![b'x'; TOPIC_BYTES_MAX + 1]);
+        names.push(b"/meshsync/blocks/1".to_vec());
+        for name in names {
+            let gossip_accepts =
+                std::str::from_utf8(&name).is_ok_and(|text| Topic::new(text).is_ok());
+            assert_eq!(gossip_accepts, metadata_accepts(&name), "{name:?}");
+            assert_eq!(gossip_accepts, crate::types::is_valid_topic_name(&name));
+        }
+        assert!(!crate::types::is_valid_topic_name(b" "));
+        assert!(crate::types::is_valid_topic_name(b"!"));
+        assert!(crate::types::is_valid_topic_name(b"~"));
+    }
+
     #[test]
     fn topics_are_checked() {
         assert!(Topic::new("").is_err());
@@ -762,6 +787,7 @@ mod tests {
         assert!(Topic::new(&"x".repeat(128)).is_ok());
         assert!(Topic::new("tab\there").is_err());
         assert!(Topic::new("é").is_err());
+        assert!(Topic::new("has space").is_err());
         // Non-ASCII and empty topics on the wire.
         assert_eq!(
             Rpc::decode(&[32, 0, 1, 1, 1, 0xff, 0, 0, 0, 0]),

@@ -388,8 +388,9 @@ impl Node {
         self.sync_local_chain(now);
         if self.chain.follow_gossip {
             let topic = self.chain.blocks_topic.clone();
-            if let Err(error) = self.gossip.router_mut().subscribe(now, topic) {
-                warn!("cannot subscribe to the blocks topic: {error:?}");
+            match self.gossip.router_mut().subscribe(now, topic) {
+                Ok(_) => self.announce_topics(),
+                Err(error) => warn!("cannot subscribe to the blocks topic: {error:?}"),
             }
         }
     }

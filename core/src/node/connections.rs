@@ -536,6 +536,16 @@ impl Connections {
         self.unflushed.insert(conn);
     }
 
+    /// Queues `plaintext` for `conn` as it is, without a length prefix: a
+    /// test's way to send part of a logical message.
+    #[cfg(test)]
+    pub(super) fn send_plaintext(&mut self, conn: ConnId, plaintext: &[u8]) {
+        if let Some(established) = self.established_on_mut(conn) {
+            established.outbound.extend_from_slice(plaintext);
+            self.unflushed.insert(conn);
+        }
+    }
+
     /// Queues one logical message for `peer`, if connected; says whether it was.
     pub(super) fn send_to(&mut self, peer: &PeerId, message: &[u8], out: &mut Outbox) -> bool {
         match self.conn_of(peer) {

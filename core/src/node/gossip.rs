@@ -75,6 +75,11 @@ use crate::machine::Machine;
 use crate::peer::{Penalty, Report};
 use crate::time::Instant;
 
+// Our Metadata lists every subscription: the router must never hold more
+// topics than a Metadata may list.
+const _: () =
+    assert!(crate::gossip::router::TOPICS_MAX <= crate::reqresp::limits::METADATA_TOPICS_MAX);
+
 /// The gossip part: the router and the application's topics.
 pub(super) struct GossipPart {
     router: Gossip,
@@ -196,10 +201,12 @@ impl GossipPart {
         self.topics.remove(topic)
     }
 
-    /// The application's topics, as our Metadata lists them.
+    /// Every topic the router is subscribed to, the chain's blocks topic
+    /// included, as our Metadata lists them: what peers learn from it must
+    /// be what we take part in.
     pub(super) fn topic_names(&self) -> Vec<String> {
-        self.topics
-            .iter()
+        self.router
+            .subscriptions()
             .map(|topic| topic.as_str().to_string())
             .collect()
     }
@@ -385,7 +392,7 @@ impl Node {
 
     /// Our Metadata lists the topics we subscribe to; a change raises its
     /// sequence number, so peers fetch it at their next Ping.
-    fn announce_topics(&mut self) {
+    pub(super) fn announce_topics(&mut self) {
         let topics = self.gossip.topic_names();
         self.set_topics(topics);
     }

@@ -500,7 +500,6 @@ impl Node {
             Command::Respond { peer, id, answer } => {
                 self.application_respond(now, peer, id, answer)
             }
-            Command::SetTopics { topics } => self.set_topics(topics),
             Command::Subscribe { topic } => self.gossip_subscribe(now, topic),
             Command::Unsubscribe { topic } => self.gossip_unsubscribe(now, topic),
             Command::Publish { topic, payload } => {

@@ -1039,16 +1039,19 @@ impl Node {
         self.rpc.metadata.seq = self.rpc.metadata.seq.saturating_add(1);
     }
 
+    /// Our Metadata lists `topics` (our subscriptions) from now on, with a
+    /// new sequence number. They always fit: the router subscribes to at
+    /// most `METADATA_TOPICS_MAX` topics, each a valid topic name.
     pub(super) fn set_topics(&mut self, topics: Vec<String>) {
         let metadata = Metadata {
-            seq: self.rpc.metadata.seq + 1,
+            seq: self.rpc.metadata.seq.saturating_add(1),
             topics,
             capabilities: self.rpc.metadata.capabilities,
         };
-        if metadata.is_valid() {
-            self.rpc.metadata = metadata;
-        } else {
-            warn!("topics refused: more than the Metadata limits allow");
-        }
+        assert!(
+            metadata.is_valid(),
+            "subscriptions beyond the Metadata limits"
+        );
+        self.rpc.metadata = metadata;
     }
 }

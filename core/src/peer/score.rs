@@ -24,8 +24,10 @@
 //! Provided: a peer cannot shed a bad score by reconnecting, because entries
 //! outlive the connection (up to [`SCORES_MAX`] entries). Rewards are small and
 //! capped, so a peer cannot bank a large credit with cheap valid answers and
-//! then misbehave for long: from the ceiling, four `High` penalties reach the
-//! disconnect threshold. The gate threshold is above the
+//! then misbehave for long: from the ceiling, four `High` penalties at one
+//! instant reach the disconnect threshold, and five do when they come within
+//! 7 minutes of each other (decay lifts a negative score between them, so
+//! four spread over time fall just short). The gate threshold is above the
 //! disconnect threshold, so a disconnected peer stays out for at least about
 //! one half-life before it may connect again.
 //! Not provided: a peer with many identities gets a fresh score for each; that
@@ -631,6 +633,57 @@ mod tests {
         let events = scores.apply(at(0), peer(2), Penalty::Fatal.into());
         assert_eq!(scores.score(at(0), &peer(2)), Score::MIN);
         assert_eq!(events, vec![ScoreEvent::Ban]);
+    }
+
+    /// How many `High` penalties, `gap` apart, take a peer from the reward
+    /// ceiling to a disconnect; `None` if 100 do not.
+    fn high_penalties_to_disconnect(gap: Duration) -> Option<usize> {
+        let mut scores = Scores::new(SCORE_HALF_LIFE, 8);
+        let p = peer(1);
+        let mut now = at(0);
+        while scores.score(now, &p) < SCORE_REWARD_CEILING {
+            scores.apply(now, p, Report::Reward);
+        }
+        assert_eq!(scores.score(now, &p), SCORE_REWARD_CEILING);
+        for count in 1..=100 {
+            if scores
+                .apply(now, p, Penalty::High.into())
+                .contains(&ScoreEvent::Disconnect)
+            {
+                return Some(count);
+            }
+            now = now + gap;
+        }
+        None
+    }
+
+    /// docs/protocol.md §7.3 states these counts; they follow from the
+    /// ceiling, the High penalty, the disconnect threshold and the half-life.
+    #[test]
+    fn from_the_ceiling_four_high_penalties_disconnect_at_once_and_five_over_time() {
+        let ceiling = SCORE_REWARD_CEILING.as_micropoints();
+        let high = -Penalty::High.delta().as_micropoints();
+        let threshold = SCORE_DISCONNECT_THRESHOLD.as_micropoints();
+        // Without decay: exactly enough to land on the threshold.
+        assert_eq!((ceiling - threshold) / high, 4);
+        assert_eq!((ceiling - threshold) % high, 0);
+        assert_eq!(high_penalties_to_disconnect(Duration::ZERO), Some(4));
+        // With any decay between them, four fall short and five are needed,
+        // up to a gap of about 7.8 minutes.
+        for gap in [
+            Duration::from_millis(1),
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+            Duration::from_secs(7 * 60),
+        ] {
+            assert_eq!(high_penalties_to_disconnect(gap), Some(5), "{gap:?}");
+        }
+        assert_eq!(
+            high_penalties_to_disconnect(Duration::from_secs(8 * 60)),
+            Some(6)
+        );
+        // One half-life apart or more, they never accumulate to the threshold.
+        assert_eq!(high_penalties_to_disconnect(SCORE_HALF_LIFE), None);
     }
 
     #[test]

@@ -9,10 +9,10 @@
 use super::error::ReqRespDecodeError;
 use super::limits::{
     APPLICATION_REQUEST_BYTES_MAX, BLOCKS_PER_RANGE_REQUEST_MAX, BLOCK_BYTES_MAX,
-    METADATA_TOPICS_MAX, ROOTS_PER_REQUEST_MAX, TOPIC_NAME_BYTES_MAX,
+    METADATA_TOPICS_MAX, ROOTS_PER_REQUEST_MAX,
 };
-use super::wire::{is_printable_ascii, ProtocolId, Reader};
-use crate::types::GoodbyeReason;
+use super::wire::{ProtocolId, Reader};
+use crate::types::{is_valid_topic_name, GoodbyeReason, TOPIC_BYTES_MAX};
 pub use crate::types::{Root, Status};
 
 /// A body with a canonical, bounded encoding.
@@ -119,8 +119,10 @@ impl Body for MetadataRequest {
 pub struct Metadata {
     /// Raised whenever the topics or capabilities change.
     pub seq: u64,
-    /// Gossip topics the node subscribes to: at most [`METADATA_TOPICS_MAX`],
-    /// each 1 to [`TOPIC_NAME_BYTES_MAX`] bytes of printable ASCII.
+    /// Gossip topics the node subscribes to, the chain's `blocks` included:
+    /// at most [`METADATA_TOPICS_MAX`], each a valid topic name
+    /// ([`is_valid_topic_name`]: 1 to [`TOPIC_BYTES_MAX`] bytes of
+    /// 0x21..=0x7E, as in gossip).
     pub topics: Vec<String>,
     /// Capability bits.
     pub capabilities: u64,
@@ -133,22 +135,18 @@ impl Metadata {
             && self
                 .topics
                 .iter()
-                .all(|topic| is_valid_topic(topic.as_bytes()))
+                .all(|topic| is_valid_topic_name(topic.as_bytes()))
     }
 }
 
-fn is_valid_topic(topic: &[u8]) -> bool {
-    !topic.is_empty() && topic.len() <= TOPIC_NAME_BYTES_MAX && is_printable_ascii(topic)
-}
-
 impl Body for Metadata {
-    const BYTES_MAX: usize = 8 + 8 + 2 + METADATA_TOPICS_MAX * (2 + TOPIC_NAME_BYTES_MAX);
+    const BYTES_MAX: usize = 8 + 8 + 2 + METADATA_TOPICS_MAX * (2 + TOPIC_BYTES_MAX);
 
     fn encode_into(&self, out: &mut Vec<u8>) {
         assert!(self.is_valid(), "our metadata breaks its limits: {self:?}");
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.capabilities.to_be_bytes());
-        // Cannot truncate: bounded by METADATA_TOPICS_MAX and TOPIC_NAME_BYTES_MAX,
+        // Cannot truncate: bounded by METADATA_TOPICS_MAX and TOPIC_BYTES_MAX,
         // both checked below u16::MAX in limits.rs.
         out.extend_from_slice(&(self.topics.len() as u16).to_be_bytes());
         for topic in &self.topics {
@@ -173,11 +171,11 @@ impl Body for Metadata {
         let mut topics = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
             let length = reader.u16("topic length")?;
-            if usize::from(length) > TOPIC_NAME_BYTES_MAX {
+            if usize::from(length) > TOPIC_BYTES_MAX {
                 return Err(ReqRespDecodeError::InvalidString { field: "topic" });
             }
             let topic = reader.bytes(usize::from(length), "topic")?;
-            if !is_valid_topic(topic) {
+            if !is_valid_topic_name(topic) {
                 return Err(ReqRespDecodeError::InvalidString { field: "topic" });
             }
             let topic = std::str::from_utf8(topic).expect("checked to be printable ASCII");
@@ -482,7 +480,7 @@ mod tests {
     fn metadata_is_the_largest_of_its_bound() {
         let full = Metadata {
             seq: 0,
-            topics: vec!["x".repeat(TOPIC_NAME_BYTES_MAX); METADATA_TOPICS_MAX],
+            topics: vec!["x".repeat(TOPIC_BYTES_MAX); METADATA_TOPICS_MAX],
             capabilities: 0,
         };
         assert_eq!(full.encode().len(), Metadata::BYTES_MAX);

@@ -317,6 +317,12 @@ impl InboundRequests {
             Ok(request) => self.handle_request(now, peer, request),
             Err(error) => {
                 self.advance(now);
+                // A Goodbye is never answered, not even a malformed one: its
+                // sender is closing, and an error chunk would be the one
+                // answer a Goodbye ever got.
+                if Request::peek_protocol(bytes) == Some(ProtocolId::Goodbye) {
+                    return self.drop_request(DropReason::MalformedGoodbye(error));
+                }
                 match Request::peek_id(bytes) {
                     Some(id) if !self.is_open(&peer, id) => {
                         self.refuse(id, Refusal::Invalid(error))
@@ -669,7 +675,7 @@ mod tests {
         std::iter::from_fn(|| machine.poll_expired()).collect()
     }
     use crate::reqresp::bodies::{BlocksByRangeRequest, Ping, Status};
-    use crate::reqresp::wire::ReqRespMessage;
+    use crate::reqresp::wire::{ReqRespMessage, REQUEST_KIND};
 
     fn peer(n: u8) -> PeerId {
         PeerId::from_bytes([n; 32])
@@ -1024,6 +1030,42 @@ mod tests {
                 }
             ),
             InboundOutcome::Dropped(DropReason::MalformedGoodbye(_))
+        ));
+    }
+
+    #[test]
+    fn a_malformed_goodbye_is_never_answered() {
+        let mut inbound = InboundRequests::new(InboundConfig::default());
+        let a = peer(1);
+        // A request header for protocol 4 with a body frame the decoder refuses:
+        // 9 declared bytes (one over the Goodbye's 8), a truncated frame, none.
+        let header = |id: u8| vec![REQUEST_KIND, 0, 0, 0, 0, 0, 0, 0, id, 4];
+        let mut nine = header(1);
+        crate::codec::snappy::compress_into(&[0; 9], &mut nine);
+        let mut truncated = header(2);
+        truncated.extend_from_slice(&[0, 0, 0, 8, 8]);
+        let bodiless = header(3);
+        for bytes in [nine, truncated, bodiless] {
+            assert!(
+                Request::decode(&bytes).is_err(),
+                "the decoder refuses {bytes:?}"
+            );
+            assert!(
+                matches!(
+                    inbound.handle_request_bytes(secs(0), a, &bytes),
+                    InboundOutcome::Dropped(DropReason::MalformedGoodbye(_))
+                ),
+                "{bytes:?} is dropped unanswered"
+            );
+        }
+        assert_eq!(inbound.counters().refused_invalid, 0);
+        assert_eq!(inbound.counters().dropped, 3);
+        // The same body under another protocol is refused with an answer.
+        let mut status = vec![REQUEST_KIND, 0, 0, 0, 0, 0, 0, 0, 4, 1];
+        crate::codec::snappy::compress_into(&[0; 89], &mut status);
+        assert!(matches!(
+            inbound.handle_request_bytes(secs(0), a, &status),
+            InboundOutcome::Refused { .. }
         ));
     }
 

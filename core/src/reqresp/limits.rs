@@ -31,8 +31,6 @@ pub const ANSWER_BLOCK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Topics one Metadata may list. A node subscribes to a handful; 64 bounds
 /// what a peer can make us store per peer.
 pub const METADATA_TOPICS_MAX: usize = 64;
-/// Longest topic name in a Metadata. Topics are short paths ("/meshsync/blocks/1").
-pub const TOPIC_NAME_BYTES_MAX: usize = 128;
 /// Longest error message in an error chunk (the Ethereum p2p spec's `ErrorMessage`).
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
 /// Largest application request body, uncompressed. Requests are questions,
@@ -182,7 +180,7 @@ const fn max(a: usize, b: usize) -> usize {
 
 const _: () = assert!(PROTOCOL_NAME_BYTES_MAX <= u8::MAX as usize);
 const _: () = assert!(METADATA_TOPICS_MAX <= u16::MAX as usize);
-const _: () = assert!(TOPIC_NAME_BYTES_MAX <= u16::MAX as usize);
+const _: () = assert!(crate::types::TOPIC_BYTES_MAX <= u16::MAX as usize);
 const _: () = assert!(ROOTS_PER_REQUEST_MAX <= u16::MAX as usize);
 const _: () = assert!(RESPONSE_FIRST_CHUNK_TIMEOUT.as_micros() < RESPONSE_TIMEOUT.as_micros());
 const _: () = assert!(INBOUND_REQUESTS_PER_PEER_MAX >= REQUESTS_IN_FLIGHT_PER_PEER_MAX);

@@ -337,6 +337,16 @@ impl Request {
         expect_kind(&mut reader, REQUEST_KIND).ok()?;
         reader.u64("request id").ok().map(RequestId)
     }
+
+    /// The protocol of a request message, if the bytes get that far, so that
+    /// a Goodbye whose body is malformed is still known as a Goodbye (and
+    /// never answered).
+    pub fn peek_protocol(bytes: &[u8]) -> Option<ProtocolId> {
+        let mut reader = Reader::new(bytes);
+        expect_kind(&mut reader, REQUEST_KIND).ok()?;
+        reader.u64("request id").ok()?;
+        read_protocol(&mut reader).ok()
+    }
 }
 
 fn read_protocol(reader: &mut Reader<'_>) -> Result<ProtocolId, ReqRespDecodeError> {

@@ -9,19 +9,33 @@ use crate::codec::NOISE_LENGTH_PREFIX_BYTES;
 use crate::identity::{Identity, PeerId};
 use crate::limits::{HANDSHAKE_MESSAGE_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX};
 
-/// Bytes of a handshake payload: hello (20) + Ed25519 key (32) + signature (64).
+/// Bytes of a HandshakePayload (docs/protocol.md §3): hello (20) + Ed25519
+/// key (32) + signature (64).
 pub const HANDSHAKE_PAYLOAD_BYTES: usize = HELLO_BYTES + 32 + 64;
 /// Bytes of an encoded [`Hello`].
 pub const HELLO_BYTES: usize = 2 + 8 + 2 + 8;
-/// Noise overhead of the largest handshake message: ephemeral key, encrypted static key and two tags.
+/// Noise overhead of the largest handshake message, message 2 (`<- e, ee, s, es`):
+/// ephemeral key, encrypted static key and two tags.
 const HANDSHAKE_NOISE_OVERHEAD_BYTES: usize = 32 + 32 + 16 + 16;
+/// Noise overhead of message 3 (`-> s, se`): encrypted static key and two
+/// tags, no ephemeral key. Smaller than message 2's, which is why the payload
+/// limit is checked on the decrypted payload, not only on the message.
+pub(super) const MESSAGE3_NOISE_OVERHEAD_BYTES: usize = 32 + 16 + 16;
 const _: () = assert!(
     HANDSHAKE_MESSAGE_BYTES_MAX == HANDSHAKE_PAYLOAD_BYTES_MAX + HANDSHAKE_NOISE_OVERHEAD_BYTES
 );
 
 const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES <= HANDSHAKE_PAYLOAD_BYTES_MAX);
+// Why `read_message` checks the payload itself: a message 3 within the
+// message limit can carry more than the payload limit.
+const _: () = assert!(
+    HANDSHAKE_PAYLOAD_BYTES_MAX + MESSAGE3_NOISE_OVERHEAD_BYTES < HANDSHAKE_MESSAGE_BYTES_MAX
+);
 
-/// What a node says about itself in the handshake.
+/// What a node says about itself in the handshake: the first
+/// [`HELLO_BYTES`] of the HandshakePayload (docs/protocol.md §3, fields
+/// `version`, `network_id`, `listen_port`, `capabilities`), which continues
+/// with the identity key and its signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version; peers must match.
@@ -188,6 +202,12 @@ impl Handshake {
         }
         let mut payload = vec![0u8; message.len()];
         let payload_bytes = self.state.read_message(message, &mut payload)?;
+        // The message bound alone does not bound the payload: message 3
+        // carries 32 bytes less Noise overhead than message 2, so a message
+        // within HANDSHAKE_MESSAGE_BYTES_MAX could hold up to 1 056 payload bytes.
+        if payload_bytes > HANDSHAKE_PAYLOAD_BYTES_MAX {
+            return Err(SecureError::MalformedPayload("handshake payload too long"));
+        }
         let payload = &payload[..payload_bytes];
         if self.state.is_initiator() {
             // Message 2: the responder's proof. Check it, and the expected

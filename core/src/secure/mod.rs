@@ -37,7 +37,9 @@ mod resolver;
 mod tests;
 mod transport;
 
-pub use handshake::{Handshake, HandshakeStep, Hello, LocalKeys, RemoteIdentity};
+pub use handshake::{
+    Handshake, HandshakeStep, Hello, LocalKeys, RemoteIdentity, HANDSHAKE_PAYLOAD_BYTES,
+};
 pub use transport::Transport;
 
 use std::fmt;

@@ -174,3 +174,74 @@ fn garbage_handshake_messages_are_errors_not_panics() {
         }
     }
 }
+
+/// Message 3 written by a raw snow initiator with `payload_bytes` of payload:
+/// a valid identity proof and Hello, padded with zeros (the bytes past 116
+/// that later versions may use). Returns the responder's verdict.
+fn respond_to_message3_with_payload(payload_bytes: usize) -> Result<HandshakeStep, SecureError> {
+    let responder = keys(2);
+    let identity = Identity::from_seed(7);
+    let builder = snow::Builder::new(NOISE_PARAMS.parse().unwrap());
+    let static_keys = builder.generate_keypair().unwrap();
+    let mut initiator = snow::Builder::new(NOISE_PARAMS.parse().unwrap())
+        .local_private_key(&static_keys.private)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut buffer = vec![0u8; 65_535];
+    let written = initiator.write_message(&[], &mut buffer).unwrap();
+    let listener = Handshake::respond(&responder, [2; 32]).unwrap();
+    let mut wire = Vec::new();
+    let HandshakeStep::Continue(listener) =
+        listener.read_message(&responder, &hello(1), &buffer[..written], &mut wire)?
+    else {
+        panic!("responder finished after message 1");
+    };
+    let message2 = unframe(&wire);
+    initiator.read_message(&message2, &mut buffer).unwrap();
+
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&1u16.to_be_bytes()); // version
+    payload.extend_from_slice(&1u64.to_be_bytes()); // network id
+    payload.extend_from_slice(&0u16.to_be_bytes()); // listen port
+    payload.extend_from_slice(&0u64.to_be_bytes()); // capabilities
+    payload.extend_from_slice(identity.peer_id().as_bytes());
+    let mut signed = IDENTITY_SIGNATURE_DOMAIN.to_vec();
+    signed.extend_from_slice(&static_keys.public);
+    payload.extend_from_slice(&identity.sign(&signed));
+    assert_eq!(payload.len(), handshake::HANDSHAKE_PAYLOAD_BYTES);
+    payload.resize(payload_bytes, 0);
+    let written = initiator.write_message(&payload, &mut buffer).unwrap();
+    assert_eq!(
+        written,
+        payload_bytes + handshake::MESSAGE3_NOISE_OVERHEAD_BYTES
+    );
+    assert!(
+        written <= crate::limits::HANDSHAKE_MESSAGE_BYTES_MAX,
+        "within the message limit: only the payload limit can refuse it"
+    );
+    let mut out = Vec::new();
+    listener.read_message(&responder, &hello(1), &buffer[..written], &mut out)
+}
+
+#[test]
+fn a_handshake_payload_over_its_limit_is_refused_even_within_the_message_limit() {
+    use crate::limits::{HANDSHAKE_MESSAGE_BYTES_MAX, HANDSHAKE_PAYLOAD_BYTES_MAX};
+    // The limit itself is accepted, with its padding ignored.
+    let step = respond_to_message3_with_payload(HANDSHAKE_PAYLOAD_BYTES_MAX).unwrap();
+    let HandshakeStep::Done { remote, .. } = step else {
+        panic!("not done after message 3");
+    };
+    assert_eq!(remote.peer, Identity::from_seed(7).peer_id());
+    // One byte more is refused, up to the largest payload message 3 can
+    // carry within the message limit (1 056 bytes).
+    let largest = HANDSHAKE_MESSAGE_BYTES_MAX - handshake::MESSAGE3_NOISE_OVERHEAD_BYTES;
+    assert_eq!(largest, 1_056);
+    for payload_bytes in [HANDSHAKE_PAYLOAD_BYTES_MAX + 1, largest] {
+        assert_eq!(
+            respond_to_message3_with_payload(payload_bytes).err(),
+            Some(SecureError::MalformedPayload("handshake payload too long")),
+            "{payload_bytes} payload bytes"
+        );
+    }
+}

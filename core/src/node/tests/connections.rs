@@ -418,3 +418,165 @@ fn a_peer_that_saw_the_old_connection_close_first_learns_our_subscriptions_again
         "node 1 knows node 0's subscriptions on the new session"
     );
 }
+
+#[test]
+fn a_peer_trickling_bytes_of_a_message_it_never_completes_is_dropped_as_silent() {
+    // No pings or Status rounds: the only traffic after the handshake is
+    // the trickle, so only complete messages could keep the peer alive.
+    let quiet = || {
+        let mut config = Config::new(1);
+        config.ping_interval = Duration::from_secs(3_600);
+        config.status_interval = Duration::from_secs(3_600);
+        config
+    };
+    let mut net = Net::new(vec![quiet(), quiet()]);
+    net.dial(0, 1, None);
+    let start = net.now;
+    let conn_at_1 = net.nodes[1].conns.conn_of(&net.nodes[0].peer_id()).unwrap();
+    // A frame declaring 1 000 bytes, then a byte every 20 s: well within
+    // every receive bound, and never a whole message.
+    let mut pieces = vec![vec![0, 0, 3, 0xe8, 16]];
+    pieces.extend(std::iter::repeat_n(vec![0], 5));
+    for piece in pieces {
+        net.advance(Duration::from_secs(20));
+        let node = &mut net.nodes[1];
+        node.conns.send_plaintext(conn_at_1, &piece);
+        node.conns.flush_all(net.now, &mut node.out);
+        net.requeue(1, Vec::new());
+        net.drain();
+        if net.now < start + Duration::from_secs(89) {
+            assert!(net.connected(0, 1), "still within the silence timeout");
+        }
+    }
+    assert!(net.now >= start + Duration::from_secs(120));
+    assert!(!net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    assert_eq!(disconnects(&net, 0), vec![DisconnectReason::Silent]);
+    assert_eq!(net.nodes[0].counters().peers_silent, 1);
+    assert_eq!(net.nodes[0].counters().protocol_violations, 0);
+}
+
+#[test]
+fn a_malformed_goodbye_gets_no_answer_and_ends_the_connection() {
+    let mut net = Net::with_nodes(2);
+    net.dial(0, 1, None);
+    // A Goodbye whose body frame declares 9 bytes, one more than its layout.
+    let mut goodbye = vec![crate::reqresp::REQUEST_KIND, 0, 0, 0, 0, 0, 0, 0, 7, 4];
+    crate::codec::snappy::compress_into(&[0; 9], &mut goodbye);
+    let peer = net.nodes[1].peer_id();
+    assert!(net.nodes[0].testing_send_message(&peer, &goodbye));
+    net.requeue(0, Vec::new());
+    net.drain();
+    assert!(!net.connected(0, 1));
+    assert!(matches!(
+        disconnects(&net, 1).as_slice(),
+        [DisconnectReason::ProtocolViolation(_)]
+    ));
+    assert_eq!(net.nodes[1].counters().protocol_violations, 1);
+    // The sender heard Goodbye(fault), not an InvalidRequest answer.
+    assert_eq!(
+        disconnects(&net, 0),
+        vec![DisconnectReason::RemoteGoodbye(GoodbyeReason::Fault)]
+    );
+    assert_eq!(net.nodes[0].counters().responses_unexpected, 0);
+    assert_eq!(net.nodes[1].counters().goodbyes_received, 0);
+}
+
+#[test]
+fn a_peer_speaking_another_protocol_version_is_refused_with_the_reason() {
+    use crate::secure::{Handshake, HandshakeStep, Hello, LocalKeys};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+    let mut node = Node::new(Config::new(1), Identity::from_seed(1), [1; 32]);
+    let conn = ConnId(0);
+    let actions = |node: &mut Node| std::iter::from_fn(|| node.poll_action()).collect::<Vec<_>>();
+    node.handle(
+        Instant::ZERO,
+        Input::ConnectionOpened {
+            conn,
+            remote: addr(1),
+            origin: Origin::Accepted,
+        },
+    );
+    actions(&mut node);
+    // The dialler speaks version 2 on our network, with a valid identity.
+    let keys = LocalKeys::new(Identity::from_seed(2), &mut ChaCha20Rng::seed_from_u64(2));
+    let mut message1 = Vec::new();
+    let dialler = Handshake::initiate(&keys, [2; 32], None, &mut message1).unwrap();
+    node.handle(
+        Instant::ZERO,
+        Input::BytesReceived {
+            conn,
+            bytes: message1,
+        },
+    );
+    let message2 = actions(&mut node)
+        .into_iter()
+        .find_map(|action| match action {
+            Action::Send { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .expect("message 2");
+    let hello = Hello {
+        version: PROTOCOL_VERSION + 1,
+        network_id: 1,
+        listen_port: 0,
+        capabilities: 0,
+    };
+    let mut message3 = Vec::new();
+    let HandshakeStep::Done { mut transport, .. } = dialler
+        .read_message(&keys, &hello, &message2[2..], &mut message3)
+        .unwrap()
+    else {
+        panic!("the dialler is done after message 2");
+    };
+    node.handle(
+        Instant::ZERO,
+        Input::BytesReceived {
+            conn,
+            bytes: message3,
+        },
+    );
+    let after = actions(&mut node);
+    let reason = RefuseReason::IncompatibleVersion {
+        ours: PROTOCOL_VERSION,
+        theirs: PROTOCOL_VERSION + 1,
+    };
+    assert!(
+        after.contains(&Action::Notify(Notification::ConnectionRefused {
+            addr: addr(1),
+            peer: Some(keys.peer_id()),
+            reason: reason.clone(),
+        })),
+        "{after:?}"
+    );
+    assert_eq!(
+        reason.to_string(),
+        format!(
+            "incompatible protocol version {} (ours is {PROTOCOL_VERSION})",
+            PROTOCOL_VERSION + 1
+        )
+    );
+    assert!(after.contains(&Action::Close { conn }));
+    assert_eq!(node.counters().refused_incompatible_version, 1);
+    assert_eq!(node.peer_count(), 0);
+    // The dialler is told why: Goodbye(irrelevant network), the code §5.8
+    // gives an incompatible version.
+    let sent: Vec<u8> = after
+        .iter()
+        .filter_map(|action| match action {
+            Action::Send { bytes, .. } => Some(bytes.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let mut plaintext = Vec::new();
+    transport.open(&sent[2..], &mut plaintext).unwrap();
+    let request = crate::reqresp::Request::decode(&plaintext[4..]).unwrap();
+    assert_eq!(request.protocol, ProtocolId::Goodbye);
+    assert_eq!(
+        crate::reqresp::bodies::Goodbye::decode(&request.body)
+            .unwrap()
+            .reason,
+        GoodbyeReason::IrrelevantNetwork
+    );
+}

@@ -180,6 +180,46 @@ fn subscribing_announces_the_topic_in_our_metadata() {
     assert_eq!(metadata.map(|m| m.topics), Some(vec!["blocks".to_string()]));
 }
 
+/// The Metadata of a node is what peers believe it takes part in: the
+/// chain's own blocks topic counts as much as the application's, and
+/// leaving a topic takes it out (with a new sequence number).
+#[test]
+fn metadata_lists_every_subscription_the_chains_blocks_topic_included() {
+    let mut net = Net::new(vec![Config::new(1), follower_config(false)]);
+    net.dial(0, 1, None);
+    let fetched = |net: &Net| {
+        net.notifications[0]
+            .iter()
+            .rev()
+            .find_map(|n| match n {
+                Notification::PeerMetadata { metadata, .. } => Some(metadata.clone()),
+                _ => None,
+            })
+            .expect("metadata fetched")
+    };
+    net.advance(Duration::from_secs(31));
+    let metadata = fetched(&net);
+    assert_eq!(metadata.topics, vec![crate::node::BLOCKS_TOPIC.to_string()]);
+    assert!(metadata.seq >= 1, "subscribing raised the sequence number");
+    // The application's topics join it, in order; leaving one drops it.
+    for name in ["chat", "votes"] {
+        let topic = Topic::new(name).unwrap();
+        run(&mut net, 1, Input::Command(Command::Subscribe { topic }));
+    }
+    let topic = Topic::new("chat").unwrap();
+    run(&mut net, 1, Input::Command(Command::Unsubscribe { topic }));
+    net.advance(Duration::from_secs(61));
+    let later = fetched(&net);
+    assert_eq!(
+        later.topics,
+        vec!["blocks".to_string(), "votes".to_string()]
+    );
+    assert_eq!(later.seq, metadata.seq + 3);
+    for topic in &later.topics {
+        assert!(Topic::new(topic).is_ok(), "a gossip topic: {topic}");
+    }
+}
+
 #[test]
 fn a_slow_reader_gets_control_while_its_gossip_waits_then_drops_then_it_is_disconnected() {
     // 0 − 1 − 2 in a line; node 2 stops reading.

@@ -69,14 +69,9 @@ fn blocks_by_root_answers_the_blocks_it_has() {
 fn a_new_metadata_sequence_number_is_fetched_after_a_ping() {
     let mut net = Net::with_nodes(2);
     net.dial(0, 1, None);
-    let topics = vec!["blocks".to_string()];
-    run(
-        &mut net,
-        1,
-        Input::Command(Command::SetTopics {
-            topics: topics.clone(),
-        }),
-    );
+    let topics = vec!["example".to_string()];
+    let topic = Topic::new("example").unwrap();
+    run(&mut net, 1, Input::Command(Command::Subscribe { topic }));
     net.advance(Duration::from_secs(31));
     let metadata = net.notifications[0].iter().find_map(|n| match n {
         Notification::PeerMetadata { metadata, .. } => Some(metadata.clone()),

@@ -33,7 +33,7 @@ use meshsync_core::chain::genesis::{
     PROPOSERS_MAX,
 };
 use meshsync_core::chain::{ChainConfig, Genesis, GenesisError, ProposerKey};
-use meshsync_mio::keyfile::{self, KeyFileIoError};
+use meshsync_mio::keyfile::{self, KeyFileIoError, PROPOSER_KEY_FILE_BYTES_MAX};
 use rand_core::{OsRng, RngCore};
 
 use crate::secret_files;
@@ -44,9 +44,6 @@ pub const GENESIS_FILE_NAME: &str = "genesis.toml";
 pub const SLOT_DURATION_MS_DEFAULT: u64 = 2_000;
 /// Network id when `--network-id` is not given: the `node` and `devnet` default.
 pub const NETWORK_ID_DEFAULT: u64 = 1;
-/// Longest proposer key file read: the format is two short lines (92 bytes);
-/// anything much longer is the wrong file.
-pub const PROPOSER_KEY_FILE_BYTES_MAX: usize = 4 * 1024;
 
 /// The name of proposer `index`'s key file inside the output directory.
 pub fn proposer_key_file_name(index: usize) -> String {
@@ -206,7 +203,11 @@ impl From<KeyFileIoError> for GenesisFileError {
             KeyFileIoError::AlreadyExists { path } => GenesisFileError::AlreadyExists { path },
             KeyFileIoError::Missing { path } => GenesisFileError::Missing { path },
             KeyFileIoError::Io { path, error } => GenesisFileError::Io { path, error },
-            // Cannot happen: writing never parses; kept total for the compiler.
+            // Cannot happen: writing never reads; kept total for the compiler.
+            KeyFileIoError::TooLong { path } => GenesisFileError::TooLong {
+                path,
+                bytes_max: keyfile::KEY_FILE_BYTES_MAX,
+            },
             KeyFileIoError::Malformed { path, error } => GenesisFileError::Io {
                 path,
                 error: io::Error::new(io::ErrorKind::InvalidData, error.to_string()),
