@@ -34,9 +34,9 @@
 //! someone to try: a newcomer its full bootnodes sent away) does not wait
 //! for its next refresh: the refresh is brought forward to
 //! [`STRANDED_RETRY_BASE`] plus a seeded jitter of up to as much again,
-//! doubling per try in a row up to [`STRANDED_RETRY_MAX`], never before a
-//! failed bootnode's dial backoff ends while the table is empty; a
-//! lookup's answer starts the doubling over.
+//! doubling per try up to [`STRANDED_RETRY_MAX`], never before a failed
+//! bootnode's dial backoff ends while the table is empty; holding half the
+//! target again starts the doubling over.
 //!
 //! # Security
 //! *Provided*: every map bounded (see `limits.rs`), answers decoded with
@@ -184,9 +184,12 @@ pub struct Discovery {
     next_refresh: Instant,
     last_refresh: Option<Instant>,
     self_lookup_done: bool,
-    /// Stranded retries in a row since the last answer: the exponent of
-    /// the next wait, at most the doublings to [`STRANDED_RETRY_MAX`].
+    /// Stranded retries since we last held half our target: the exponent
+    /// of the next wait, which stops doubling at [`STRANDED_RETRY_MAX`].
     stranded_retries: u32,
+    /// Draws the stranded retries' jitter: a stream of its own, so that
+    /// retries do not shift the refresh targets and dial choices `rng` draws.
+    retry_rng: ChaCha20Rng,
     /// A stranded retry is due at `next_refresh` and not yet run: one at a
     /// time, whatever else happens meanwhile.
     stranded_retry_armed: bool,
@@ -204,6 +207,11 @@ impl Discovery {
             local: config.local,
             bootnodes: BTreeMap::new(),
             rng: ChaCha20Rng::from_seed(seed),
+            retry_rng: {
+                let mut rng = ChaCha20Rng::from_seed(seed);
+                rng.set_stream(1);
+                rng
+            },
             lookups: BTreeMap::new(),
             queries: BTreeMap::new(),
             next_lookup: 0,
@@ -295,6 +303,13 @@ impl Discovery {
         self.observe(now);
         self.peers_connected = connected;
         self.peers_target = target;
+        if connected >= target.div_ceil(2) {
+            // Part of the network again: if it ever strands us, that is a
+            // new episode, retried quickly again. Not sooner: a node that
+            // every peer trims (all at their target) would otherwise come
+            // back every few seconds.
+            self.stranded_retries = 0;
+        }
         if connected < target {
             let sooner = match self.last_refresh {
                 Some(last) => last + REFRESH_INTERVAL_BELOW_TARGET,
@@ -422,9 +437,6 @@ impl Discovery {
             return;
         };
         self.table.handle_seen(now, &peer);
-        // Someone heard us and answered: the next time we are stranded is a
-        // new episode, retried quickly again.
-        self.stranded_retries = 0;
         let allow_private = self.table.config().allow_private;
         let local_peer = self.local.peer();
         let mut contacts = Vec::with_capacity(answer.records.len());
@@ -743,7 +755,8 @@ impl Discovery {
         let wait = wait.min(STRANDED_RETRY_MAX);
         // Cannot truncate: the wait is at most STRANDED_RETRY_MAX (8 s).
         let wait_micros = wait.as_micros() as u64;
-        let jitter = crate::time::Duration::from_micros(self.rng.next_u64() % (wait_micros + 1));
+        let jitter =
+            crate::time::Duration::from_micros(self.retry_rng.next_u64() % (wait_micros + 1));
         // Bootnodes whose dials failed are not hammered: with an empty
         // table the retry waits until one of them may be dialled again.
         let bootnodes_free = self

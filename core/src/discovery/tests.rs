@@ -715,8 +715,10 @@ fn a_stranded_node_retries_soon_with_jittered_doubling_waits() {
         wait = (wait * 2).min(STRANDED_RETRY_MAX);
     }
     assert_eq!(discovery.counters().stranded_retries, 6);
-    // Met at last, the bootnode answers our lookup: the next time we are
-    // stranded starts from the shortest wait again.
+    // Met at last, the bootnode answers our lookup and then trims us: an
+    // answer alone does not make us part of the network, so the wait
+    // stays at its longest (a node that every peer trims does not come
+    // back every few seconds).
     assert!(discovery.poll_dial().is_some());
     discovery.set_peer_count(now, 1, 25);
     let record = Record::sign(&boot, NETWORK, 1, &[boot_addr]);
@@ -733,8 +735,28 @@ fn a_stranded_node_retries_soon_with_jittered_doubling_waits() {
     discovery.set_peer_count(now, 0, 25);
     let retry = discovery.next_refresh();
     assert!(
+        retry >= now + STRANDED_RETRY_MAX && retry <= now + STRANDED_RETRY_MAX * 2,
+        "after an answer alone: {:?}",
+        retry.saturating_duration_since(now)
+    );
+    // Once it held half its target, being stranded again starts over.
+    now = retry;
+    discovery.handle_timeout(now);
+    discovery.set_peer_count(now, 13, 25);
+    discovery.set_peer_count(now, 0, 25);
+    let queries: Vec<Query> = std::iter::from_fn(|| discovery.poll_query()).collect();
+    assert!(
+        !queries.is_empty(),
+        "the retry's lookup asks the table's entry"
+    );
+    for query in queries {
+        discovery.handle_query_failed(now, query.id);
+    }
+    assert_eq!(discovery.lookup_count(), 0);
+    let retry = discovery.next_refresh();
+    assert!(
         retry >= now + STRANDED_RETRY_BASE && retry <= now + STRANDED_RETRY_BASE * 2,
-        "after an answer the wait starts over: {:?}",
+        "after holding half the target: {:?}",
         retry.saturating_duration_since(now)
     );
     discovery.assert_invariants();

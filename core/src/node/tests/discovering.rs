@@ -386,17 +386,22 @@ fn a_node_without_an_address_learns_it_from_its_peers_and_is_then_dialled() {
     // through the others' answers and dials it.
     net.restart(4, discovering(4, &[1], 25), [4; 32]);
     net.advance(Duration::from_secs(60));
-    assert!(net.connected(4, 0), "node 4 never met node 0");
-    let seen_by_zero = net.nodes[0]
-        .peers()
-        .into_iter()
-        .find(|info| info.peer == net.nodes[4].peer_id())
-        .expect("node 4 is node 0's peer");
-    assert_eq!(
-        seen_by_zero.direction,
-        Direction::Inbound,
-        "node 4 dialled node 0 (not the reverse)"
-    );
+    // Node 4 (target 25) is above every other node's target of 3, so each
+    // trims it now and then and it comes back; which of the two dialled
+    // the connection that stands at the end varies. What matters is that
+    // node 4 dialled node 0 once: only its learned address allowed that.
+    let four = net.nodes[4].peer_id();
+    let dialled_by_four = net.notifications[0].iter().any(|n| {
+        matches!(
+            n,
+            Notification::PeerConnected {
+                peer,
+                direction: Direction::Inbound,
+                ..
+            } if *peer == four
+        )
+    });
+    assert!(dialled_by_four, "node 4 never dialled node 0");
     // Learning once is enough: the record did not change again.
     assert_eq!(net.nodes[0].discovery().unwrap().local_record(), &learned);
 }
