@@ -30,6 +30,14 @@
 //! through `handle_peer_verified`. Bootnodes are candidates only while the
 //! table is empty: a node with peers does not depend on them.
 //!
+//! A node left stranded (no peer, no dial and no lookup in flight, but
+//! someone to try: a newcomer its full bootnodes sent away) does not wait
+//! for its next refresh: the refresh is brought forward to
+//! [`STRANDED_RETRY_BASE`] plus a seeded jitter of up to as much again,
+//! doubling per try up to [`STRANDED_RETRY_MAX`], never before a failed
+//! bootnode's dial backoff ends while the table is empty; holding half the
+//! target again starts the doubling over.
+//!
 //! # Security
 //! *Provided*: every map bounded (see `limits.rs`), answers decoded with
 //! their limits and verified before use, outputs bounded by the lookups and
@@ -52,7 +60,7 @@ use super::key::Key;
 use super::limits::{
     BOOTNODES_MAX, BUCKET_ENTRIES_MAX, DIALS_IN_FLIGHT_MAX, DIAL_BACKOFF_ADDRESSES_MAX,
     DIAL_BACKOFF_BASE, DIAL_BACKOFF_MAX, DIAL_TIMEOUT, LOOKUPS_MAX, REFRESH_INTERVAL,
-    REFRESH_INTERVAL_BELOW_TARGET,
+    REFRESH_INTERVAL_BELOW_TARGET, STRANDED_RETRY_BASE, STRANDED_RETRY_MAX,
 };
 use super::lookup::{Contact, Lookup};
 use super::record::Record;
@@ -139,6 +147,9 @@ pub struct DiscoveryCounters {
     /// Addresses added to our record because peers confirmed them
     /// ([`Discovery::handle_address_learned`]).
     pub addresses_learned: u64,
+    /// Refreshes brought forward because the node was stranded: no peer,
+    /// no dial and no lookup in flight.
+    pub stranded_retries: u64,
 }
 
 /// An address whose dials failed: not dialled again before `until`.
@@ -173,6 +184,15 @@ pub struct Discovery {
     next_refresh: Instant,
     last_refresh: Option<Instant>,
     self_lookup_done: bool,
+    /// Stranded retries since we last held half our target: the exponent
+    /// of the next wait, which stops doubling at [`STRANDED_RETRY_MAX`].
+    stranded_retries: u32,
+    /// Draws the stranded retries' jitter: a stream of its own, so that
+    /// retries do not shift the refresh targets and dial choices `rng` draws.
+    retry_rng: ChaCha20Rng,
+    /// A stranded retry is due at `next_refresh` and not yet run: one at a
+    /// time, whatever else happens meanwhile.
+    stranded_retry_armed: bool,
     last_now: Instant,
     counters: DiscoveryCounters,
 }
@@ -187,6 +207,11 @@ impl Discovery {
             local: config.local,
             bootnodes: BTreeMap::new(),
             rng: ChaCha20Rng::from_seed(seed),
+            retry_rng: {
+                let mut rng = ChaCha20Rng::from_seed(seed);
+                rng.set_stream(1);
+                rng
+            },
             lookups: BTreeMap::new(),
             queries: BTreeMap::new(),
             next_lookup: 0,
@@ -201,6 +226,8 @@ impl Discovery {
             next_refresh: now,
             last_refresh: None,
             self_lookup_done: false,
+            stranded_retries: 0,
+            stranded_retry_armed: false,
             last_now: now,
             counters: DiscoveryCounters::default(),
         }
@@ -276,6 +303,13 @@ impl Discovery {
         self.observe(now);
         self.peers_connected = connected;
         self.peers_target = target;
+        if connected >= target.div_ceil(2) {
+            // Part of the network again: if it ever strands us, that is a
+            // new episode, retried quickly again. Not sooner: a node that
+            // every peer trims (all at their target) would otherwise come
+            // back every few seconds.
+            self.stranded_retries = 0;
+        }
         if connected < target {
             let sooner = match self.last_refresh {
                 Some(last) => last + REFRESH_INTERVAL_BELOW_TARGET,
@@ -587,6 +621,7 @@ impl Discovery {
     }
 
     fn refresh(&mut self, now: Instant) {
+        self.stranded_retry_armed = false;
         if self.table.is_empty() {
             for (peer, addr) in &self.bootnodes {
                 if !self.dialing.contains_key(peer) {
@@ -685,6 +720,62 @@ impl Discovery {
                 addr: candidate.addr,
             });
         }
+        self.arm_stranded_retry(now);
+    }
+
+    /// Whether the node has no peer and nothing in flight that could bring
+    /// one, yet knows someone to try: bootnodes, table entries (peers it
+    /// met before) or candidates.
+    fn is_stranded(&self) -> bool {
+        self.peers_connected == 0
+            && self.dialing.is_empty()
+            && self.lookups.is_empty()
+            && (!self.bootnodes.is_empty()
+                || !self.table.is_empty()
+                || self.table.candidate_count() > 0)
+    }
+
+    /// A stranded node would otherwise wait for its next refresh (30 s
+    /// below target) to try its bootnodes again, and a newcomer refused
+    /// by full bootnodes has nobody else: bring that refresh forward to
+    /// [`STRANDED_RETRY_BASE`] doubled per try in a row (up to
+    /// [`STRANDED_RETRY_MAX`]), plus a seeded jitter of up to as much
+    /// again so that newcomers refused together spread out.
+    fn arm_stranded_retry(&mut self, now: Instant) {
+        if self.stranded_retry_armed || !self.is_stranded() {
+            return;
+        }
+        let mut wait = STRANDED_RETRY_BASE;
+        for _ in 0..self.stranded_retries {
+            if wait >= STRANDED_RETRY_MAX {
+                break;
+            }
+            wait *= 2;
+        }
+        let wait = wait.min(STRANDED_RETRY_MAX);
+        // Cannot truncate: the wait is at most STRANDED_RETRY_MAX (8 s).
+        let wait_micros = wait.as_micros() as u64;
+        let jitter =
+            crate::time::Duration::from_micros(self.retry_rng.next_u64() % (wait_micros + 1));
+        // Bootnodes whose dials failed are not hammered: with an empty
+        // table the retry waits until one of them may be dialled again.
+        let bootnodes_free = self
+            .bootnodes
+            .values()
+            .map(|addr| self.dial_backoff_until(now, addr).unwrap_or(now))
+            .min();
+        let mut at = now + wait + jitter;
+        if self.table.is_empty() && self.table.candidate_count() == 0 {
+            at = at.max(bootnodes_free.unwrap_or(now));
+        }
+        if at < self.next_refresh {
+            self.next_refresh = at;
+            self.stranded_retries = self.stranded_retries.saturating_add(1);
+            self.counters.stranded_retries += 1;
+        }
+        // Armed even when the refresh is due sooner anyway: that refresh is
+        // the retry, and it disarms.
+        self.stranded_retry_armed = true;
     }
 
     /// Checks every invariant; for tests and fuzzing.

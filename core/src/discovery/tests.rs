@@ -416,9 +416,15 @@ fn bootnodes_start_an_empty_node_and_are_not_needed_once_it_has_peers() {
         query.is_none(),
         "the bootnode is being dialled, not a table entry"
     );
-    // The dial fails; the table is empty, so the next refresh seeds it again.
+    // The dial fails; the table is empty, so the next refresh seeds it
+    // again, brought forward because the node has nobody else.
     discovery.handle_dial_failed(now, boot);
     let next = discovery.next_refresh();
+    assert_eq!(
+        next,
+        now + limits::DIAL_BACKOFF_BASE,
+        "stranded, it retries as soon as the bootnode's dial backoff ends"
+    );
     discovery.handle_timeout(next);
     assert_eq!(discovery.poll_dial().map(|dial| dial.peer), Some(boot));
     // With a peer in the table, a refresh no longer brings the bootnode back.
@@ -661,4 +667,125 @@ fn a_failing_address_backs_off_doubling_and_a_success_forgets_it() {
     discovery.handle_peer_disconnected(now, peer.peer_id());
     assert_eq!(discovery.dial_backoff_until(now, &addr), None);
     discovery.assert_invariants();
+}
+
+#[test]
+fn a_stranded_node_retries_soon_with_jittered_doubling_waits() {
+    use limits::{STRANDED_RETRY_BASE, STRANDED_RETRY_MAX};
+    let mut discovery = discovery(6);
+    let boot = Identity::from_seed(91);
+    let boot_addr = SocketAddr::from(([192, 0, 2, 91], 9000));
+    let mut now = Instant::ZERO;
+    discovery
+        .add_bootnode(now, boot.peer_id(), boot_addr)
+        .expect("a public address");
+    discovery.set_peer_count(now, 0, 25);
+    discovery.handle_timeout(now);
+    while discovery.poll_query().is_some() {}
+    // Each round: the bootnode is dialled, admits us, and sends us away
+    // (full) before its record reached us: no peer, no dial, no lookup.
+    let mut wait = STRANDED_RETRY_BASE;
+    for round in 1..=6 {
+        assert_eq!(
+            discovery.poll_dial().map(|dial| dial.peer),
+            Some(boot.peer_id()),
+            "round {round}: the bootnode is dialled"
+        );
+        discovery.set_peer_count(now, 1, 25);
+        discovery.handle_peer_disconnected(now, boot.peer_id());
+        discovery.set_peer_count(now, 0, 25);
+        discovery.assert_invariants();
+        let retry = discovery.next_refresh();
+        assert!(
+            retry >= now + wait && retry <= now + wait * 2,
+            "round {round}: retry after {:?}, not within [{wait:?}, {:?}]",
+            retry.saturating_duration_since(now),
+            wait * 2
+        );
+        assert!(retry < now + REFRESH_INTERVAL_BELOW_TARGET);
+        // Nothing happens before it is due, however often we are woken.
+        let early = now + (retry.saturating_duration_since(now) - Duration::from_millis(1));
+        discovery.handle_timeout(early);
+        discovery.set_peer_count(early, 0, 25);
+        assert_eq!(discovery.poll_dial(), None, "round {round}: dialled early");
+        assert_eq!(discovery.next_refresh(), retry, "round {round}: re-armed");
+        now = retry;
+        discovery.handle_timeout(now);
+        while discovery.poll_query().is_some() {}
+        wait = (wait * 2).min(STRANDED_RETRY_MAX);
+    }
+    assert_eq!(discovery.counters().stranded_retries, 6);
+    // Met at last, the bootnode answers our lookup and then trims us: an
+    // answer alone does not make us part of the network, so the wait
+    // stays at its longest (a node that every peer trims does not come
+    // back every few seconds).
+    assert!(discovery.poll_dial().is_some());
+    discovery.set_peer_count(now, 1, 25);
+    let record = Record::sign(&boot, NETWORK, 1, &[boot_addr]);
+    discovery.handle_peer_verified(now, boot.peer_id(), record, boot_addr.ip());
+    discovery.handle_timeout(now);
+    let query = discovery
+        .poll_query()
+        .expect("the self lookup asks the bootnode");
+    let empty = FindNodeAnswer { records: vec![] }.encode();
+    discovery
+        .handle_find_node_answer(now, query.id, &empty)
+        .expect("well formed");
+    discovery.handle_peer_disconnected(now, boot.peer_id());
+    discovery.set_peer_count(now, 0, 25);
+    let retry = discovery.next_refresh();
+    assert!(
+        retry >= now + STRANDED_RETRY_MAX && retry <= now + STRANDED_RETRY_MAX * 2,
+        "after an answer alone: {:?}",
+        retry.saturating_duration_since(now)
+    );
+    // Once it held half its target, being stranded again starts over.
+    now = retry;
+    discovery.handle_timeout(now);
+    discovery.set_peer_count(now, 13, 25);
+    discovery.set_peer_count(now, 0, 25);
+    let queries: Vec<Query> = std::iter::from_fn(|| discovery.poll_query()).collect();
+    assert!(
+        !queries.is_empty(),
+        "the retry's lookup asks the table's entry"
+    );
+    for query in queries {
+        discovery.handle_query_failed(now, query.id);
+    }
+    assert_eq!(discovery.lookup_count(), 0);
+    let retry = discovery.next_refresh();
+    assert!(
+        retry >= now + STRANDED_RETRY_BASE && retry <= now + STRANDED_RETRY_BASE * 2,
+        "after holding half the target: {:?}",
+        retry.saturating_duration_since(now)
+    );
+    discovery.assert_invariants();
+}
+
+#[test]
+fn a_node_with_peers_or_no_one_to_try_is_not_stranded() {
+    // No bootnode, no table, no candidate: nothing to try sooner.
+    let mut lonely = discovery(7);
+    let now = Instant::ZERO;
+    lonely.set_peer_count(now, 0, 25);
+    lonely.handle_timeout(now);
+    assert_eq!(lonely.next_refresh(), now + REFRESH_INTERVAL_BELOW_TARGET);
+    assert_eq!(lonely.counters().stranded_retries, 0);
+    // A peer connected: the refresh keeps its interval.
+    let mut connected = discovery(8);
+    let boot = Identity::from_seed(92);
+    let boot_addr = SocketAddr::from(([192, 0, 2, 92], 9000));
+    connected
+        .add_bootnode(now, boot.peer_id(), boot_addr)
+        .expect("a public address");
+    connected.set_peer_count(now, 0, 25);
+    connected.handle_timeout(now);
+    assert!(connected.poll_dial().is_some());
+    connected.set_peer_count(now, 1, 25);
+    connected.handle_dial_failed(now, boot.peer_id());
+    assert_eq!(
+        connected.next_refresh(),
+        now + REFRESH_INTERVAL_BELOW_TARGET
+    );
+    assert_eq!(connected.counters().stranded_retries, 0);
 }

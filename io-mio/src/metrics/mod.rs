@@ -649,6 +649,12 @@ impl NodeMetrics {
                 "Addresses signed into our record because peers in three networks saw us there",
                 d.counters.addresses_learned,
             );
+            counter(
+                &mut r,
+                "discovery_stranded_retries",
+                "Refreshes brought forward because the node had no peer and nothing in flight",
+                d.counters.stranded_retries,
+            );
         }
 
         // Chain and sync.
