@@ -568,8 +568,15 @@ pub enum RefuseReason {
     /// The peer manager's gater refused it (banned, banned IP, bad score,
     /// too many inbound or from one IP).
     Gated(crate::peer::Refusal),
-    /// `HANDSHAKES_IN_PROGRESS_MAX` handshakes are already running.
+    /// Our own dials: `OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX` handshakes are
+    /// already running.
     TooManyHandshakes,
+    /// `HANDSHAKES_PER_IP_MAX` inbound handshakes from the remote's address
+    /// are already running.
+    TooManyHandshakesFromIp,
+    /// All `HANDSHAKES_IN_PROGRESS_MAX` inbound handshake slots were taken;
+    /// this one, open the longest, made room for a newcomer.
+    HandshakeEvicted,
     /// The node is shutting down.
     ShuttingDown,
     /// The remote said Goodbye before becoming a peer.
@@ -597,6 +604,12 @@ impl fmt::Display for RefuseReason {
             RefuseReason::Duplicate => write!(f, "already connected to this peer"),
             RefuseReason::Gated(refusal) => write!(f, "gated: {refusal:?}"),
             RefuseReason::TooManyHandshakes => write!(f, "too many handshakes in progress"),
+            RefuseReason::TooManyHandshakesFromIp => {
+                write!(f, "too many handshakes in progress from its address")
+            }
+            RefuseReason::HandshakeEvicted => {
+                write!(f, "handshake evicted: all slots taken, this one the oldest")
+            }
             RefuseReason::ShuttingDown => write!(f, "shutting down"),
             RefuseReason::RemoteGoodbye(reason) => {
                 write!(f, "remote said goodbye {} ({reason:?})", reason.code())

@@ -30,9 +30,27 @@ pub const HANDSHAKE_MESSAGE_BYTES_MAX: usize = HANDSHAKE_PAYLOAD_BYTES_MAX + 96;
 
 /// Established peers we keep; a further one gets Goodbye(too many peers).
 pub const PEERS_MAX: usize = 50;
-/// Inbound connections still in their handshake; past it new inbound
-/// connections are closed at once (commonware uses 512).
+/// Inbound connections still in their handshake (commonware uses 512).
+/// When all are taken, a newcomer evicts the one open the longest: an
+/// honest handshake takes one round trip, so a flood must open this many
+/// connections within that round trip to cut it short, where a refusal of
+/// newcomers would lock honest peers out for as long as the flood lasts.
 pub const HANDSHAKES_IN_PROGRESS_MAX: usize = 512;
+/// Inbound handshakes in progress from one IP key (an IPv4 address, an
+/// IPv6 /64) at most; a further one is refused at once. A host behind NAT
+/// dials once per node; one address cannot take a large share of the
+/// slots, so a flood needs [`HANDSHAKES_IN_PROGRESS_MAX`] / 4 = 128
+/// addresses before it evicts anyone.
+pub const HANDSHAKES_PER_IP_MAX: usize = 4;
+/// From this many inbound handshakes in progress on, a new one has
+/// [`HANDSHAKE_TIMEOUT_UNDER_PRESSURE`] to finish: the slots are then worth
+/// more than a slow peer's patience.
+pub const HANDSHAKES_UNDER_PRESSURE_MIN: usize = HANDSHAKES_IN_PROGRESS_MAX / 2;
+/// The handshake deadline of a connection accepted under pressure. Twenty
+/// round trips of 100 ms; a flood must then open
+/// [`HANDSHAKES_IN_PROGRESS_MAX`] connections every 2 s to keep the slots
+/// full.
+pub const HANDSHAKE_TIMEOUT_UNDER_PRESSURE: Duration = Duration::from_secs(2);
 /// Dials we have asked the driver for that have not yet connected or failed.
 pub const DIALS_IN_PROGRESS_MAX: usize = 64;
 /// Our own dials still in their handshake. Counted apart from inbound ones,
@@ -102,4 +120,7 @@ const _: () = assert!(GOSSIP_SEND_WINDOW_BYTES < PENDING_SEND_BYTES_MAX / 4);
 const _: () = assert!(GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX < GOSSIP_NODE_WINDOW_BYTES);
 const _: () = assert!(WRITE_STALL_TIMEOUT.as_secs() < PEER_SILENCE_TIMEOUT.as_secs());
 const _: () = assert!(HANDSHAKE_PAYLOAD_BYTES_MAX < NOISE_PLAINTEXT_BYTES_MAX);
+const _: () = assert!(HANDSHAKES_PER_IP_MAX < HANDSHAKES_UNDER_PRESSURE_MIN);
+const _: () = assert!(HANDSHAKES_UNDER_PRESSURE_MIN < HANDSHAKES_IN_PROGRESS_MAX);
+const _: () = assert!(HANDSHAKE_TIMEOUT_UNDER_PRESSURE.as_secs() < HANDSHAKE_TIMEOUT.as_secs());
 const _: () = assert!(PING_INTERVAL.as_secs() * 2 < PEER_SILENCE_TIMEOUT.as_secs());

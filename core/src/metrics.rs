@@ -32,6 +32,15 @@ pub struct Counters {
     pub refused_timeout: u64,
     /// Of those: refused for lack of room (peers or handshakes at their cap, or shutting down).
     pub refused_no_room: u64,
+    /// Of those: inbound handshakes refused because their address had
+    /// `HANDSHAKES_PER_IP_MAX` in progress.
+    pub refused_handshakes_from_ip: u64,
+    /// Of those: inbound handshakes evicted, the oldest, for a newcomer
+    /// when every slot was taken.
+    pub handshakes_evicted: u64,
+    /// Inbound handshakes given the short deadline because at least
+    /// `HANDSHAKES_UNDER_PRESSURE_MIN` were in progress.
+    pub handshakes_under_pressure: u64,
     /// Peers that went away, for any reason.
     pub peers_disconnected: u64,
     /// Of those: dropped for silence.

@@ -320,8 +320,13 @@ impl MemoryNet {
     /// Opens an inbound connection at node `index` from an address that is
     /// no node, for a test to write raw bytes into.
     pub fn raw_connection(&mut self, index: usize) -> ConnId {
+        self.raw_connection_from(index, SocketAddr::from(([192, 0, 2, 1], 40_000)))
+    }
+
+    /// Opens an inbound connection at node `index` from `remote`, which is
+    /// no node, for a test to write raw bytes into (or never write at all).
+    pub fn raw_connection_from(&mut self, index: usize, remote: SocketAddr) -> ConnId {
         let conn = self.fresh_conn();
-        let remote = SocketAddr::from(([192, 0, 2, 1], 40_000));
         self.handle(
             index,
             Input::ConnectionOpened {

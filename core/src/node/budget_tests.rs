@@ -267,7 +267,9 @@ fn pings_naming_ever_newer_metadata_cannot_farm_rewards() {
 /// 64 addresses opening about 51 connections a second and never finishing
 /// their handshakes used to hold every one of the 512 handshake slots, and
 /// our own dials (static peers among them) were refused with
-/// `TooManyHandshakes`. Our dials now have their own slots.
+/// `TooManyHandshakes`. Our dials now have their own slots (and a stranger
+/// who finds the inbound ones full evicts the oldest; see
+/// `node::tests::connections`).
 #[test]
 fn an_inbound_handshake_flood_cannot_refuse_our_own_dials() {
     let mut net = Net::with_nodes(2);
@@ -283,7 +285,7 @@ fn an_inbound_handshake_flood_cannot_refuse_our_own_dials() {
             },
         );
     }
-    // The inbound slots are full: one more stranger is refused...
+    // The inbound slots are full: one more stranger takes the oldest's...
     net.handle(
         0,
         Input::ConnectionOpened {
@@ -295,7 +297,7 @@ fn an_inbound_handshake_flood_cannot_refuse_our_own_dials() {
     assert!(net.notifications[0].iter().any(|n| matches!(
         n,
         Notification::ConnectionRefused {
-            reason: crate::io::RefuseReason::TooManyHandshakes,
+            reason: crate::io::RefuseReason::HandshakeEvicted,
             ..
         }
     )));

@@ -16,7 +16,7 @@
 //! writing its actions and counts to the [`Outbox`] it is handed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::outbox::Outbox;
 use super::PeerInfo;
@@ -24,6 +24,7 @@ use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, Nois
 use crate::identity::PeerId;
 use crate::io::{Action, ConnId, DialId, Direction};
 use crate::limits;
+use crate::peer::ip_key;
 use crate::secure::{
     Handshake, HandshakeStep, Hello, LocalKeys, RemoteIdentity, SecureError, Transport,
 };
@@ -51,6 +52,8 @@ pub(super) struct PendingDial {
 pub(super) struct Connection {
     pub(super) addr: SocketAddr,
     pub(super) direction: Direction,
+    /// When the transport connection opened: a flood evicts the oldest handshake.
+    opened_at: Instant,
     /// For a dial with a known identity: the peer that must answer.
     pub(super) expected: Option<PeerId>,
     frames: NoiseFrameDecoder,
@@ -233,6 +236,28 @@ impl Connections {
             .count()
     }
 
+    /// Inbound handshakes in progress from IP key `key` (see [`ip_key`]).
+    pub(super) fn inbound_handshakes_from(&self, key: IpAddr) -> usize {
+        self.inbound_handshakes()
+            .filter(|(_, connection)| ip_key(connection.addr.ip()) == key)
+            .count()
+    }
+
+    /// The inbound handshake open the longest (of equals, the lowest id):
+    /// the one a flood evicts for a newcomer.
+    pub(super) fn oldest_inbound_handshake(&self) -> Option<ConnId> {
+        self.inbound_handshakes()
+            .min_by_key(|(conn, connection)| (connection.opened_at, **conn))
+            .map(|(conn, _)| *conn)
+    }
+
+    fn inbound_handshakes(&self) -> impl Iterator<Item = (&ConnId, &Connection)> {
+        self.by_conn.iter().filter(|(_, connection)| {
+            connection.direction == Direction::Inbound
+                && matches!(connection.state, ConnectionState::Handshaking { .. })
+        })
+    }
+
     /// The established connection state of `peer`, once accepted.
     pub(super) fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Established> {
         let conn = self.peers.get(peer)?;
@@ -333,6 +358,7 @@ impl Connections {
                 addr,
                 direction,
                 expected,
+                opened_at: now,
                 frames: NoiseFrameDecoder::new(),
                 unwritten_bytes: 0,
                 write_progress_at: now,

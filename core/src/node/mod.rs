@@ -364,6 +364,13 @@ impl Node {
         self.conns.is_connected(peer)
     }
 
+    /// Inbound connections still in their handshake: the slots
+    /// (`limits::HANDSHAKES_IN_PROGRESS_MAX`) a flood of half-open
+    /// connections fills.
+    pub fn inbound_handshakes(&self) -> usize {
+        self.conns.handshaking(Direction::Inbound)
+    }
+
     /// Number of connected peers.
     pub fn peer_count(&self) -> usize {
         self.conns.peer_count()
@@ -586,16 +593,23 @@ impl Node {
             },
         };
         // Inbound and outbound handshakes have their own slots: an inbound
-        // flood must not refuse the dials we chose.
+        // flood must not refuse the dials we chose. Inbound slots are never
+        // refused for being full (see `make_room_for_handshake`), only one
+        // address's share of them is.
         let handshaking = self.conns.handshaking(direction);
-        let handshakes_max = match direction {
-            Direction::Inbound => limits::HANDSHAKES_IN_PROGRESS_MAX,
-            Direction::Outbound => limits::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX,
-        };
+        let ip = crate::peer::ip_key(addr.ip());
+        let ip_limited = !(self.config.peer.limits.exempt_loopback && ip.is_loopback());
         let refusal = if self.shutting_down {
             Some(RefuseReason::ShuttingDown)
-        } else if handshaking >= handshakes_max {
+        } else if direction == Direction::Outbound
+            && handshaking >= limits::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX
+        {
             Some(RefuseReason::TooManyHandshakes)
+        } else if direction == Direction::Inbound
+            && ip_limited
+            && self.conns.inbound_handshakes_from(ip) >= limits::HANDSHAKES_PER_IP_MAX
+        {
+            Some(RefuseReason::TooManyHandshakesFromIp)
         } else if let Decision::Refuse(refusal) = self
             .peer_manager
             .handle_connection_attempt(now, conn, addr, direction)
@@ -606,7 +620,11 @@ impl Node {
         };
         if let Some(reason) = refusal {
             self.out.counters.handshakes_failed += 1;
-            self.out.counters.refused_no_room += 1;
+            if reason == RefuseReason::TooManyHandshakesFromIp {
+                self.out.counters.refused_handshakes_from_ip += 1;
+            } else {
+                self.out.counters.refused_no_room += 1;
+            }
             self.out.push(Action::Close { conn });
             self.out.notify(Notification::ConnectionRefused {
                 addr,
@@ -615,9 +633,17 @@ impl Node {
             });
             return;
         }
+        let mut timeout = self.config.handshake_timeout;
+        if direction == Direction::Inbound {
+            let handshaking = self.make_room_for_handshake(now, handshaking);
+            if handshaking >= limits::HANDSHAKES_UNDER_PRESSURE_MIN {
+                self.out.counters.handshakes_under_pressure += 1;
+                timeout = timeout.min(limits::HANDSHAKE_TIMEOUT_UNDER_PRESSURE);
+            }
+        }
         let mut ephemeral_seed = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral_seed);
-        let deadline = now + self.config.handshake_timeout;
+        let deadline = now + timeout;
         self.conns.open(
             now,
             conn,
@@ -628,6 +654,23 @@ impl Node {
             deadline,
             &mut self.out,
         );
+    }
+
+    /// With every inbound handshake slot taken, closes the handshake open
+    /// the longest so that an admitted newcomer gets its slot: refusing the
+    /// newcomer instead would let a flood of half-open connections lock out
+    /// every honest peer for as long as it lasts. Returns the inbound
+    /// handshakes in progress once there is room.
+    fn make_room_for_handshake(&mut self, now: Instant, handshaking: usize) -> usize {
+        if handshaking < limits::HANDSHAKES_IN_PROGRESS_MAX {
+            return handshaking;
+        }
+        let Some(oldest) = self.conns.oldest_inbound_handshake() else {
+            return handshaking;
+        };
+        self.out.counters.handshakes_evicted += 1;
+        self.refuse(now, oldest, None, RefuseReason::HandshakeEvicted, None);
+        handshaking - 1
     }
 
     fn on_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {

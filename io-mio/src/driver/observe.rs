@@ -254,6 +254,7 @@ impl Driver {
             bytes_received: self.observer.bytes_received,
             bytes_sent: self.observer.bytes_sent,
             head_slot: self.node.chain().head().slot,
+            handshakes_inbound: self.node.inbound_handshakes() as u64,
             finalized_slot: self.node.chain().finalized().slot,
             store_failing: self.store_failing_since.is_some(),
             persist: self.persist_stats,

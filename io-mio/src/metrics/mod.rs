@@ -109,6 +109,8 @@ pub struct Snapshot {
     pub connections_open: u64,
     /// Sockets the core closed, lingering to flush.
     pub connections_closing: u64,
+    /// Inbound connections in their handshake (the slots a flood fills).
+    pub handshakes_inbound: u64,
     /// Connections closed on accept, before the core saw them.
     pub refused_on_accept: u64,
     /// Peer bans held.
@@ -280,6 +282,12 @@ impl NodeMetrics {
                 ("closing", s.connections_closing),
             ],
         );
+        gauge(
+            &mut r,
+            "handshakes_inbound",
+            "Inbound connections in their handshake (a newcomer evicts the oldest once all slots are taken)",
+            s.handshakes_inbound,
+        );
         counter(&mut r, "dials", "Dials started", c.dials_started);
         counter(
             &mut r,
@@ -299,6 +307,12 @@ impl NodeMetrics {
             "Handshakes that ended with an accepted peer",
             c.handshakes_completed,
         );
+        counter(
+            &mut r,
+            "handshakes_under_pressure",
+            "Inbound handshakes given the short deadline: half the slots or more were taken",
+            c.handshakes_under_pressure,
+        );
         let refusals = [
             ("handshake_error", c.refused_handshake_error),
             ("bad_signature", c.refused_bad_signature),
@@ -309,6 +323,8 @@ impl NodeMetrics {
             ("duplicate", c.refused_duplicate),
             ("timeout", c.refused_timeout),
             ("no_room", c.refused_no_room),
+            ("handshakes_from_ip", c.refused_handshakes_from_ip),
+            ("handshake_evicted", c.handshakes_evicted),
         ];
         let named: u64 = refusals.iter().map(|(_, count)| count).sum();
         let mut refusals = refusals.to_vec();

@@ -580,3 +580,134 @@ fn a_peer_speaking_another_protocol_version_is_refused_with_the_reason() {
         GoodbyeReason::IrrelevantNetwork
     );
 }
+
+/// The address of the `index`th flooding host: a distinct IPv4 address
+/// (so a distinct IP key) for each index below 65,536.
+fn flooder(index: usize) -> std::net::SocketAddr {
+    let [a, b] = u16::try_from(index).unwrap().to_be_bytes();
+    std::net::SocketAddr::from(([198, 18, a, b], 40_000))
+}
+
+fn inbound_handshaking(net: &Net, index: usize) -> usize {
+    net.nodes[index].conns.handshaking(Direction::Inbound)
+}
+
+/// A thousand half-open connections from a thousand addresses (cheap in
+/// IPv6) used to fill every handshake slot, and honest peers that came next
+/// were refused for as long as the flood lasted. Now each newcomer evicts
+/// the handshake open the longest, so the honest peer gets in.
+#[test]
+fn a_half_open_flood_from_many_addresses_cannot_lock_out_an_honest_peer() {
+    let mut net = Net::with_nodes(2);
+    let flood = 1_000;
+    for index in 0..flood {
+        net.raw_connection_from(0, flooder(index));
+    }
+    let slots = limits::HANDSHAKES_IN_PROGRESS_MAX;
+    assert_eq!(inbound_handshaking(&net, 0), slots);
+    let counters = net.nodes[0].counters();
+    assert_eq!(counters.handshakes_evicted, (flood - slots) as u64);
+    assert_eq!(counters.refused_no_room, 0, "no newcomer was refused");
+    assert_eq!(
+        counters.handshakes_under_pressure,
+        (flood - limits::HANDSHAKES_UNDER_PRESSURE_MIN) as u64
+    );
+    // The first connections were the ones evicted, in the order they came.
+    let evicted: Vec<std::net::SocketAddr> = net.notifications[0]
+        .iter()
+        .filter_map(|notification| match notification {
+            Notification::ConnectionRefused {
+                addr,
+                reason: RefuseReason::HandshakeEvicted,
+                ..
+            } => Some(*addr),
+            _ => None,
+        })
+        .collect();
+    let first: Vec<std::net::SocketAddr> = (0..flood - slots).map(flooder).collect();
+    assert_eq!(evicted, first);
+    assert_eq!(refusals(&net, 0).len(), flood - slots);
+
+    net.dial(1, 0, Some(net.nodes[0].peer_id()));
+    assert!(
+        net.connected(1, 0),
+        "the honest peer completed its handshake"
+    );
+    assert_eq!(
+        net.nodes[0].counters().handshakes_evicted,
+        (flood - slots + 1) as u64,
+        "it took the slot of the oldest half-open connection"
+    );
+}
+
+/// Ten half-open connections from each of 100 addresses: each address gets
+/// `HANDSHAKES_PER_IP_MAX` slots and its further connections are refused at
+/// once, so the flood never fills the slots and evicts nobody.
+#[test]
+fn one_address_holds_at_most_its_share_of_the_handshake_slots() {
+    let mut net = Net::with_nodes(2);
+    let (addresses, per_address) = (100, 10);
+    for round in 0..per_address {
+        for index in 0..addresses {
+            let mut remote = flooder(index);
+            remote.set_port(40_000 + round as u16);
+            net.raw_connection_from(0, remote);
+        }
+    }
+    let admitted = addresses * limits::HANDSHAKES_PER_IP_MAX;
+    assert_eq!(inbound_handshaking(&net, 0), admitted);
+    let counters = net.nodes[0].counters();
+    assert_eq!(
+        counters.refused_handshakes_from_ip,
+        (addresses * per_address - admitted) as u64
+    );
+    assert_eq!(counters.handshakes_evicted, 0);
+    assert!(refusals(&net, 0)
+        .iter()
+        .all(|reason| *reason == RefuseReason::TooManyHandshakesFromIp));
+
+    net.dial(1, 0, Some(net.nodes[0].peer_id()));
+    assert!(net.connected(1, 0));
+}
+
+/// Past half the slots, a newcomer has `HANDSHAKE_TIMEOUT_UNDER_PRESSURE`
+/// to finish; those that came before keep their full deadline.
+#[test]
+fn under_pressure_a_new_handshake_gets_the_short_deadline() {
+    let mut net = Net::with_nodes(1);
+    let calm = limits::HANDSHAKES_UNDER_PRESSURE_MIN;
+    for index in 0..calm + 1 {
+        net.raw_connection_from(0, flooder(index));
+    }
+    assert_eq!(net.nodes[0].counters().handshakes_under_pressure, 1);
+    net.advance_to(Instant::ZERO + limits::HANDSHAKE_TIMEOUT_UNDER_PRESSURE);
+    assert_eq!(refusals(&net, 0), vec![RefuseReason::Timeout]);
+    assert_eq!(inbound_handshaking(&net, 0), calm);
+    net.advance_to(Instant::ZERO + limits::HANDSHAKE_TIMEOUT);
+    assert_eq!(inbound_handshaking(&net, 0), 0);
+    assert_eq!(net.nodes[0].counters().refused_timeout, calm as u64 + 1);
+}
+
+/// Loopback is exempt from the per-address cap unless the limits say
+/// otherwise (a devnet runs every node on 127.0.0.1).
+#[test]
+fn loopback_handshakes_are_capped_only_when_configured() {
+    let local = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut net = Net::with_nodes(1);
+    for port in 0..limits::HANDSHAKES_PER_IP_MAX as u16 + 2 {
+        net.raw_connection_from(0, local(40_000 + port));
+    }
+    assert_eq!(
+        inbound_handshaking(&net, 0),
+        limits::HANDSHAKES_PER_IP_MAX + 2
+    );
+
+    let mut config = Config::new(1);
+    config.peer.limits.exempt_loopback = false;
+    let mut net = Net::new(vec![config]);
+    for port in 0..limits::HANDSHAKES_PER_IP_MAX as u16 + 2 {
+        net.raw_connection_from(0, local(40_000 + port));
+    }
+    assert_eq!(inbound_handshaking(&net, 0), limits::HANDSHAKES_PER_IP_MAX);
+    assert_eq!(net.nodes[0].counters().refused_handshakes_from_ip, 2);
+}
