@@ -14,6 +14,7 @@ mod bench_json;
 #[allow(clippy::module_inception)]
 mod chat;
 mod discovery;
+mod handshake_flood;
 mod node_config;
 mod operations;
 mod static_peers;

@@ -177,7 +177,7 @@ impl Driver {
             address: listen,
             error,
         };
-        let mut listener = TcpListener::bind(listen).map_err(listen_error)?;
+        let mut listener = bind_listener(listen).map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
         let mut persist_stats = PersistStats::default();
         let genesis = &config.chain.genesis;
@@ -404,4 +404,25 @@ fn check_watermarks(
         }
     }
     Ok(())
+}
+
+/// Connections the kernel completes and queues for us to accept, at most
+/// (capped by the system's `net.core.somaxconn`). std and mio fix 128: a
+/// burst of connection attempts (a flood of half-open ones, say) filled it
+/// while the poll loop caught up, the kernel dropped further SYNs, and an
+/// honest peer arriving then waited a full second for its SYN to be sent
+/// again.
+pub const LISTEN_BACKLOG: i32 = 1_024;
+
+/// A non-blocking listener on `address` with [`LISTEN_BACKLOG`] and
+/// `SO_REUSEADDR` (as mio sets it: a restarted node rebinds its port at
+/// once, whatever its previous connections left in TIME_WAIT).
+fn bind_listener(address: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
