@@ -12,7 +12,8 @@
 //! requesters and 8 Sybils; `--sybils PCT` sets the Sybils' share of
 //! `--nodes`), `discovery`, `dht-eclipse` (`--nodes` honest nodes, 50 by
 //! default, and 200 Sybils from one /16; `--duration` runs after the
-//! victim's start at 30 s), and the gossip ones: `gossip-1k`, `gossip-blocks`,
+//! victim's start at 30 s), `handshake-flood` (250 mute hosts and 6 honest
+//! dialers; `--nodes` is ignored), and the gossip ones: `gossip-1k`, `gossip-blocks`,
 //! `gossip-spam`, `gossip-eclipse`, `gossip-withhold`, `cold-boot`,
 //! `slow-readers`, `prune-flood`; `discovery` and `restart-recall` (60
 //! nodes each; for `restart-recall`, `--duration` is the watch after the

@@ -23,6 +23,7 @@
 //! | `static-peer-restart` | [`StaticPeerRestart`]: a static peer crashes and comes back |
 //! | `discovery` | [`Discovery`]: a network forms by itself from three bootnodes (Kademlia discovery, target peers, trimming) |
 //! | `restart-recall` | [`RestartRecall`]: a node crashes, the bootnodes go away, it restarts from its peer store and regains half its target; a peer it banned before the crash is still refused |
+//! | `handshake-flood` | [`HandshakeFlood`]: 250 mute hosts keep opening connections that never send a byte; each address holds 4 handshakes at most, newcomers evict the oldest, and honest peers still connect within 1 s |
 //! | `dht-eclipse` | [`DhtEclipse`]: 200 Sybils from one /16 dial a victim and answer FIND_NODE with each other; the /16 caps of its table (10) and its peer set (5) bound their share |
 //! | `gossip-1k` | [`GossipScenario::gossip_1k`]: 1,000 nodes, 100 publishers take turns publishing 1 KiB, 10/s in all |
 //! | `gossip-blocks` | [`GossipScenario::gossip_blocks`]: 200 nodes, a rotating publisher sends 1 MiB every 2 s |
@@ -68,6 +69,7 @@ pub mod dht_eclipse;
 pub mod discovery;
 pub mod gossip;
 pub mod gossip_attacks;
+pub mod handshake_flood;
 pub mod junk_blocks;
 pub mod request_flood;
 pub mod restart_recall;
@@ -85,6 +87,7 @@ pub use connect::Connect;
 pub use dht_eclipse::{DhtEclipse, EclipseParams};
 pub use discovery::Discovery;
 pub use gossip::{Attack, GossipOutcome, GossipParams, GossipScenario, PruneFloodOutcome};
+pub use handshake_flood::HandshakeFlood;
 pub use junk_blocks::{JunkBlocks, JunkOutcome, JunkParams};
 pub use request_flood::{FloodParams, RequestFlood};
 pub use restart_recall::RestartRecall;
@@ -127,6 +130,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     Discovery::NAME,
     RestartRecall::NAME,
     DhtEclipse::NAME,
+    HandshakeFlood::NAME,
 ];
 
 /// Nodes a scenario runs with when the command line does not say.
@@ -183,6 +187,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         Discovery::NAME => Some(Box::new(Discovery::default())),
         RestartRecall::NAME => Some(Box::new(RestartRecall::default())),
         DhtEclipse::NAME => Some(Box::new(DhtEclipse::default())),
+        HandshakeFlood::NAME => Some(Box::new(HandshakeFlood::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),
     }
 }

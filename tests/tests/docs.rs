@@ -888,6 +888,15 @@ fn the_protocol_limits_table_states_the_codes_constants() {
             "HANDSHAKES_IN_PROGRESS_MAX",
             bytes(node::HANDSHAKES_IN_PROGRESS_MAX),
         ),
+        ("HANDSHAKES_PER_IP_MAX", bytes(node::HANDSHAKES_PER_IP_MAX)),
+        (
+            "HANDSHAKES_UNDER_PRESSURE_MIN",
+            bytes(node::HANDSHAKES_UNDER_PRESSURE_MIN),
+        ),
+        (
+            "HANDSHAKE_TIMEOUT_UNDER_PRESSURE",
+            micros(node::HANDSHAKE_TIMEOUT_UNDER_PRESSURE),
+        ),
         (
             "OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX",
             bytes(node::OUTBOUND_HANDSHAKES_IN_PROGRESS_MAX),

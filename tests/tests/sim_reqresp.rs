@@ -10,7 +10,9 @@
 //! drops it for its score and gets every block range it wants from the
 //! others. A static peer that crashes is redialled further and further
 //! apart while it is down, and reconnected within one backoff step once it
-//! is back. And each story, run twice from one seed, is the same run.
+//! is back. Hosts that keep opening connections and never send a byte fill
+//! a node's handshake slots, and honest peers still get in within a second.
+//! And each story, run twice from one seed, is the same run.
 //!
 //! Every story is bounded in steps, and every step is followed by the
 //! simulator's invariant checks; a story passes only if none was violated.
@@ -18,7 +20,8 @@
 use meshsync_core::peer::REDIAL_BACKOFF_INITIAL;
 use meshsync_core::{Duration, Instant};
 use meshsync_sim::scenario::{
-    FetchParams, FloodParams, RequestFlood, Scenario, StaticPeerRestart, UnresponsivePeer,
+    FetchParams, FloodParams, HandshakeFlood, RequestFlood, Scenario, StaticPeerRestart,
+    UnresponsivePeer,
 };
 use meshsync_sim::{run_scenario, Sim, SimConfig};
 
@@ -265,5 +268,46 @@ fn one_seed_replays_each_request_story_bit_for_bit() {
         );
         assert_ne!(first.trace_hash, other.trace_hash, "{scenario}");
         assert!(first.requests_served > 0, "{scenario}: {first}");
+    }
+}
+
+/// 250 mute hosts open 1,600 connections every 3 s that never send a byte:
+/// 100 of them 10 each, past their address's share of 4, and 150 of them 4
+/// each, which fills the 512 slots. A fresh honest node dials every 3 s
+/// from 2.5 s on. Each address's extra connections are refused at once,
+/// each newcomer evicts the handshake open the longest, and every honest
+/// node is the target's peer within a second of its dial. (Refusing
+/// newcomers instead, as before, locked out five of six in this world.)
+#[test]
+fn a_half_open_flood_locks_out_no_honest_peer() {
+    for seed in 1..=2 {
+        let summary = run_scenario(HandshakeFlood::NAME, 0, seed, Duration::from_secs(10))
+            .expect("handshake-flood exists");
+        assert_eq!(
+            summary.invariant_violations, 0,
+            "seed {seed}: {:#?}",
+            summary.violations
+        );
+        assert!(
+            summary.bounds_broken.is_empty(),
+            "seed {seed}: {:#?}",
+            summary.bounds_broken
+        );
+        let outcome = summary.outcome.expect("handshake-flood reports an outcome");
+        let count = |field: &str| outcome[field].as_u64().unwrap_or_else(|| panic!("{field}"));
+        assert_eq!(count("waves"), 3, "seed {seed}: at 1 s, 4 s and 7 s");
+        assert_eq!(count("honest_dials"), 3, "seed {seed}: {outcome}");
+        assert_eq!(count("honest_connected"), 3, "seed {seed}: {outcome}");
+        assert_eq!(
+            count("inbound_handshakes_max"),
+            meshsync_core::limits::HANDSHAKES_IN_PROGRESS_MAX as u64,
+            "seed {seed}"
+        );
+        assert!(count("evicted") > 0, "seed {seed}: {outcome}");
+        assert!(count("refused_for_address") > 0, "seed {seed}: {outcome}");
+        let slowest = outcome["honest_handshake_ms_max"]
+            .as_f64()
+            .expect("a figure");
+        assert!(slowest < 1_000.0, "seed {seed}: {slowest} ms");
     }
 }

@@ -59,6 +59,9 @@ pub(super) struct SimNode {
     /// Fault: the node takes in nothing (its sockets' receive buffers are
     /// full), so what others send it stays in their send queues.
     pub(super) stopped_reading: bool,
+    /// Fault: nothing the node writes leaves it, as with a host that opens
+    /// connections and never sends a byte (a half-open flood).
+    pub(super) mute: bool,
     /// Generation of the live timer event; older ones are stale.
     pub(super) timer_generation: u64,
     /// The instant of the live timer event, if one is queued.

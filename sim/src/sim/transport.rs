@@ -131,8 +131,10 @@ impl Sim {
         let (remote, remote_conn) = (endpoint.remote, endpoint.remote_conn);
         self.network_counts.sends += 1;
         self.network_counts.bytes_sent += bytes.len() as u64;
-        if bytes.is_empty() {
-            return; // A zero-length write puts nothing on the wire.
+        if bytes.is_empty() || self.node_state(index).mute {
+            // A zero-length write puts nothing on the wire; a mute node's
+            // writes never reach it.
+            return;
         }
         if self.node_state(remote).stopped_reading {
             // Its receive window is closed: the bytes wait in our send queue

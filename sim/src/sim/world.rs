@@ -148,6 +148,7 @@ impl Sim {
             downlink_bytes_per_second: self.config.bandwidth_bytes_per_second,
             downlink_free_at: Instant::ZERO,
             stopped_reading: false,
+            mute: false,
             cpu_free_at: Instant::ZERO,
             disk_free_at: Instant::ZERO,
             disk: BTreeMap::new(),
@@ -205,6 +206,13 @@ impl Sim {
     /// (what was held stays lost: a simplification).
     pub fn set_stops_reading(&mut self, node: NodeIndex, stopped: bool) {
         self.node_state_mut(node).stopped_reading = stopped;
+    }
+
+    /// Makes `node` mute (`true`): from now on nothing it sends leaves it,
+    /// so the connections it opens stay silent, as a flood of half-open
+    /// connections is. It still reads. `false` lets later sends through.
+    pub fn set_mute(&mut self, node: NodeIndex, mute: bool) {
+        self.node_state_mut(node).mute = mute;
     }
 
     /// Limits what `node` can send to `bytes_per_second` (`None`: unlimited;
