@@ -20,7 +20,8 @@
 //! restart, 110 s into the run); see `meshsync_sim::scenario`. What a
 //! scenario set out to show is in the summary's `outcome`. `--nodes` defaults to the scenario's own (1,000 for
 //! `gossip-1k`, 200 for `gossip-blocks`, 50 for most), `--duration` to 60 s
-//! (for gossip scenarios: the publishing time, between a warm-up and a drain).
+//! (120 s for `discovery`, 20 s for `handshake-flood`; for gossip
+//! scenarios: the publishing time, between a warm-up and a drain).
 //! The gossip flags change the gossip scenarios only.
 //!
 //! Chain scenarios: `late-joiner` and `hostile-servers` (21 nodes: a joiner
@@ -62,7 +63,7 @@ use meshsync_sim::campaign::{
     CAMPAIGN_JOBS_MAX,
 };
 use meshsync_sim::network::NODES_MAX;
-use meshsync_sim::scenario::{nodes_default, GossipOptions, SCENARIO_NAMES};
+use meshsync_sim::scenario::{duration_default, nodes_default, GossipOptions, SCENARIO_NAMES};
 use meshsync_sim::{format_duration, parse_duration, ChainCache, LinkModel, RunConfig};
 
 #[derive(Parser, Debug)]
@@ -141,9 +142,10 @@ struct WorldArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=NODES_MAX as u64))]
     nodes: Option<u64>,
     /// Virtual time to simulate, e.g. 500ms, 60s, 2m (gossip scenarios:
-    /// time spent publishing, after their warm-up and before their drain).
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
-    duration: Duration,
+    /// time spent publishing, after their warm-up and before their drain);
+    /// default 60s, 120s for discovery, 20s for handshake-flood.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// The scenario to run.
     #[arg(long, default_value = "connect", value_parser = PossibleValuesParser::new(SCENARIO_NAMES))]
     scenario: String,
@@ -173,6 +175,12 @@ struct WorldArgs {
 }
 
 impl WorldArgs {
+    /// `--duration`, or the scenario's own default.
+    fn duration(&self) -> Duration {
+        self.duration
+            .unwrap_or_else(|| duration_default(&self.scenario))
+    }
+
     /// The run of `seed` in this world, or why the arguments are refused.
     fn config(&self, seed: u64) -> Result<RunConfig, String> {
         if let Some(rate) = self.messages_per_second {
@@ -188,7 +196,7 @@ impl WorldArgs {
             scenario: self.scenario.clone(),
             nodes,
             seed,
-            duration: self.duration,
+            duration: self.duration(),
             link: LinkModel {
                 latency: Duration::from_millis(self.latency_ms),
                 jitter_pct: self.jitter_pct,
@@ -221,7 +229,7 @@ impl WorldArgs {
         if let Some(nodes) = self.nodes {
             flag("nodes", Some(nodes.to_string()));
         }
-        flag("duration", Some(format_duration(self.duration)));
+        flag("duration", Some(format_duration(self.duration())));
         if self.latency_ms != link.latency.as_millis() as u64 {
             flag("latency-ms", Some(self.latency_ms.to_string()));
         }

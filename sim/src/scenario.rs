@@ -170,6 +170,24 @@ pub fn nodes_default(name: &str) -> usize {
     gossip_scenario_by_name(name).map_or(NODES_DEFAULT, |scenario| scenario.nodes_default)
 }
 
+/// Virtual time a run lasts when the command line does not say.
+pub const DURATION_DEFAULT: Duration = Duration::from_secs(60);
+
+/// The time the scenario `name` runs by default: long enough for its story
+/// to be told and its bounds judged. [`DURATION_DEFAULT`] for most;
+/// `discovery` starts its nodes over its first minute and gives each
+/// [`Discovery::TO_TARGET_BOUND`] (90 s) to reach half its target, so it
+/// runs 120 s (at 60 s its last nodes are judged a few seconds after their
+/// start); `handshake-flood` runs until its sixth honest node's dial is
+/// judged.
+pub fn duration_default(name: &str) -> Duration {
+    match name {
+        Discovery::NAME => Duration::from_secs(120),
+        HandshakeFlood::NAME => Duration::from_secs(20),
+        _ => DURATION_DEFAULT,
+    }
+}
+
 /// The scenario called `name`, with its default parameters.
 pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
     match name {

@@ -233,3 +233,27 @@ fn a_run_that_breaks_its_bound_fails_the_campaign_and_prints_its_replay() {
     assert_eq!(merged.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&merged.stdout).contains(replay));
 }
+
+/// Without `--duration`, a scenario runs its own default: 20 s for
+/// `handshake-flood`, long enough for all six honest dials to be judged
+/// (60 s for most; 120 s for `discovery`).
+#[test]
+fn a_run_without_duration_takes_the_scenarios_own() {
+    let output = sim(&[
+        "run",
+        "--scenario",
+        "handshake-flood",
+        "--seed",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert_eq!(summary["virtual_seconds"], 20.0, "{summary}");
+    assert_eq!(summary["outcome"]["honest_dials"], 6, "{summary}");
+    assert_eq!(summary["bounds_broken"], serde_json::json!([]), "{summary}");
+}
