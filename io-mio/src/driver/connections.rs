@@ -606,49 +606,42 @@ mod tests {
     /// One address opening connection after connection and never reading or
     /// closing them used to park every socket slot: each was refused by the
     /// core's per-IP cap only after taking a slot, then lingered for
-    /// `CLOSE_LINGER` waiting for a FIN that never came. Now one address
-    /// holds at most `HANDSHAKES_PER_IP_MAX` handshakes (the core refuses
-    /// the rest before any handshake work; the driver's own per-IP cap on
-    /// accept stops what gets past it), refused sockets are closed at once,
-    /// and closed ones linger only in a few slots of their own. Loopback
-    /// stands in for one remote address (the core's loopback exemption is
-    /// turned off).
+    /// `CLOSE_LINGER` waiting for a FIN that never came. Now the cap applies
+    /// on accept, refused sockets are closed at once, and closed ones linger
+    /// only in a few slots of their own. Loopback stands in for one remote
+    /// address (the core's loopback exemption is turned off), and the
+    /// per-IP cap is set to the core's cap on one address's handshakes, so
+    /// that the driver's cap on accept, not the core's refusal, is what
+    /// stops the extra sockets.
     #[test]
     fn parked_sockets_from_one_address_cannot_hold_the_slots() {
-        use meshsync_core::limits::HANDSHAKES_PER_IP_MAX;
         use std::io::Write;
         let deadline = StdInstant::now() + Duration::from_secs(20);
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut config = Config::new(1);
         config.peer.limits.exempt_loopback = false;
+        config.peer.limits.connections_per_ip_max = meshsync_core::limits::HANDSHAKES_PER_IP_MAX;
         let per_ip = config.peer.limits.connections_per_ip_max;
-        assert!(HANDSHAKES_PER_IP_MAX < per_ip);
         let mut driver = Driver::bind(loopback, config, Identity::from_seed(1), [1; 32]).unwrap();
         let addr = driver.local_addr();
-        let total = per_ip + 24;
-        let held = HANDSHAKES_PER_IP_MAX;
-        let mut parked: Vec<std::net::TcpStream> = (0..total)
+        let extra = 24;
+        let mut parked: Vec<std::net::TcpStream> = (0..per_ip + extra)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();
         let all_seen = driver
             .run_until(
                 |driver| {
-                    driver.node().counters().connections_opened as usize
-                        + driver.refused_on_accept() as usize
-                        >= total
+                    driver.connection_count() + driver.refused_on_accept() as usize
+                        >= per_ip + extra
                 },
                 deadline,
             )
             .unwrap();
         assert!(all_seen);
-        assert_eq!(driver.held_count(|_| true), held);
-        assert_eq!(
-            driver.node().counters().refused_handshakes_from_ip,
-            (total - held) as u64
-        );
-        assert!(driver.closing_count() <= CLOSING_PER_IP_MAX);
+        assert_eq!(driver.connection_count(), per_ip);
+        assert_eq!(driver.refused_on_accept(), extra as u64);
         // The refused ones were closed at once, well before a linger would end.
-        for stream in &mut parked[held..] {
+        for stream in &mut parked[per_ip..] {
             stream.set_read_timeout(Some(CLOSE_LINGER / 2)).unwrap();
             match stream.read(&mut [0u8; 1]) {
                 Ok(0) => {}
@@ -659,8 +652,7 @@ mod tests {
 
         // The admitted ones break their handshakes and the core closes them;
         // they never read or close, so each would linger for CLOSE_LINGER.
-        let dropped_before = driver.dropped_without_linger();
-        for stream in &mut parked[..held] {
+        for stream in &mut parked[..per_ip] {
             stream.write_all(&[0xff; 64]).unwrap();
         }
         let all_closed = driver
@@ -668,12 +660,16 @@ mod tests {
             .unwrap();
         assert!(all_closed);
         assert!(driver.closing_count() <= CLOSING_PER_IP_MAX);
-        assert!(driver.dropped_without_linger() > dropped_before);
+        assert_eq!(
+            driver.dropped_without_linger(),
+            (per_ip - CLOSING_PER_IP_MAX) as u64
+        );
         // Their slots are free at once: the address may connect again.
         let _newcomer = std::net::TcpStream::connect(addr).unwrap();
         let admitted = driver
             .run_until(|driver| driver.held_count(|_| true) == 1, deadline)
             .unwrap();
         assert!(admitted);
+        assert_eq!(driver.refused_on_accept(), extra as u64);
     }
 }
