@@ -1072,31 +1072,21 @@ fn a_key_or_genesis_error_at_start_names_its_own_file() {
     let free = SocketAddr::from(([127, 0, 0, 1], 0));
     let dir = TempDir::new("start-files");
     let missing_key = dir.path().join("proposer-missing.key");
-    let refusal = node_refusal(
-        dir.path(),
-        free,
-        &["--proposer-key", missing_key.to_str().unwrap()],
-    );
-    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
-    let expected = format!(
-        "error: cannot start the node: key: {}",
-        missing_key.display()
-    );
-    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
-    assert!(!refusal.stderr.contains("genesis:"), "{}", refusal.stderr);
-
     let missing_genesis = dir.path().join("genesis-missing.toml");
-    let refusal = node_refusal(
-        dir.path(),
-        free,
-        &["--genesis", missing_genesis.to_str().unwrap()],
-    );
-    assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
-    let expected = format!(
-        "error: cannot start the node: genesis: {}",
-        missing_genesis.display()
-    );
-    assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+    let cases = [
+        ("--proposer-key", &missing_key, "key", "genesis:"),
+        ("--genesis", &missing_genesis, "genesis", "key:"),
+    ];
+    for (flag, missing, named, not_named) in cases {
+        let refusal = node_refusal(dir.path(), free, &[flag, missing.to_str().unwrap()]);
+        assert_eq!(refusal.status.code(), Some(1), "{}", refusal.stderr);
+        let expected = format!(
+            "error: cannot start the node: {named}: {}",
+            missing.display()
+        );
+        assert!(refusal.stderr.contains(&expected), "{}", refusal.stderr);
+        assert!(!refusal.stderr.contains(not_named), "{}", refusal.stderr);
+    }
 }
 
 /// A store the node cannot use is reported as the store's, naming the file

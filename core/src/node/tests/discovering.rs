@@ -219,28 +219,43 @@ fn the_connection_manager_trims_the_lowest_score_first_and_spares_static_peers()
     assert!(net.connected(0, 2), "the static peer was trimmed");
 }
 
-#[test]
-fn a_full_node_makes_room_for_a_newcomer_instead_of_refusing_it() {
-    const PEERS_MAX: usize = 3;
+/// Peers the full node of [`full_node_past_grace`] holds at most.
+const FULL_PEERS_MAX: usize = 3;
+
+/// Node 0, discovering with room for [`FULL_PEERS_MAX`] peers (target 2),
+/// holds that many inbound peers (nodes 1 to 3), each past its eviction
+/// grace; node 4 is a stranger that has not dialled yet.
+fn full_node_past_grace() -> Net {
     let mut full = discovering(0, &[], 2);
-    full.peer.limits.peers_max = PEERS_MAX;
-    full.peer.limits.inbound_peers_max = PEERS_MAX;
+    full.peer.limits.peers_max = FULL_PEERS_MAX;
+    full.peer.limits.inbound_peers_max = FULL_PEERS_MAX;
     full.peer.peers_target = 2;
     let mut configs = vec![full];
-    configs.extend((0..PEERS_MAX + 1).map(|_| Config::new(1)));
+    configs.extend((0..FULL_PEERS_MAX + 1).map(|_| Config::new(1)));
     let mut net = Net::new(configs);
-    for node in 1..=PEERS_MAX {
+    for node in 1..=FULL_PEERS_MAX {
         net.dial(node, 0, None);
     }
     net.advance(crate::node::discovery::EVICTION_GRACE);
-    assert_eq!(net.nodes[0].peer_count(), PEERS_MAX);
+    net
+}
+
+#[test]
+fn a_full_node_makes_room_for_a_newcomer_instead_of_refusing_it() {
+    let mut net = full_node_past_grace();
+    assert_eq!(net.nodes[0].peer_count(), FULL_PEERS_MAX);
     // A newcomer arrives at a full node: admitted, and one inbound peer
     // past its grace leaves with Goodbye(too many peers).
-    net.dial(PEERS_MAX + 1, 0, None);
+    net.dial(FULL_PEERS_MAX + 1, 0, None);
     net.advance(Duration::from_millis(100));
-    assert!(net.connected(0, PEERS_MAX + 1), "the newcomer was refused");
-    assert_eq!(net.nodes[0].peer_count(), PEERS_MAX);
-    let evicted: Vec<usize> = (1..=PEERS_MAX).filter(|&i| !net.connected(0, i)).collect();
+    assert!(
+        net.connected(0, FULL_PEERS_MAX + 1),
+        "the newcomer was refused"
+    );
+    assert_eq!(net.nodes[0].peer_count(), FULL_PEERS_MAX);
+    let evicted: Vec<usize> = (1..=FULL_PEERS_MAX)
+        .filter(|&i| !net.connected(0, i))
+        .collect();
     assert_eq!(evicted.len(), 1, "{evicted:?}");
     assert!(
         disconnects(&net, evicted[0]).contains(&DisconnectReason::RemoteGoodbye(
@@ -252,7 +267,7 @@ fn a_full_node_makes_room_for_a_newcomer_instead_of_refusing_it() {
     net.dial(evicted[0], 0, None);
     net.advance(Duration::from_millis(100));
     assert!(
-        net.connected(0, PEERS_MAX + 1),
+        net.connected(0, FULL_PEERS_MAX + 1),
         "a peer within its grace was evicted"
     );
 }
@@ -326,20 +341,9 @@ fn a_dial_cut_during_its_handshake_is_tried_again() {
 
 #[test]
 fn a_scored_out_newcomer_does_not_cost_a_full_node_a_peer() {
-    const PEERS_MAX: usize = 3;
-    let mut full = discovering(0, &[], 2);
-    full.peer.limits.peers_max = PEERS_MAX;
-    full.peer.limits.inbound_peers_max = PEERS_MAX;
-    full.peer.peers_target = 2;
-    let mut configs = vec![full];
-    configs.extend((0..PEERS_MAX + 1).map(|_| Config::new(1)));
-    let mut net = Net::new(configs);
-    for node in 1..=PEERS_MAX {
-        net.dial(node, 0, None);
-    }
-    net.advance(crate::node::discovery::EVICTION_GRACE);
+    let mut net = full_node_past_grace();
     // Node 0 scored the newcomer out before it arrives.
-    let newcomer = net.nodes[PEERS_MAX + 1].peer_id();
+    let newcomer = net.nodes[FULL_PEERS_MAX + 1].peer_id();
     let now = net.now;
     for _ in 0..3 {
         net.nodes[0].report(
@@ -349,10 +353,10 @@ fn a_scored_out_newcomer_does_not_cost_a_full_node_a_peer() {
         );
     }
     net.drain();
-    net.dial(PEERS_MAX + 1, 0, None);
+    net.dial(FULL_PEERS_MAX + 1, 0, None);
     net.advance(Duration::from_millis(100));
-    assert!(!net.connected(0, PEERS_MAX + 1));
-    for node in 1..=PEERS_MAX {
+    assert!(!net.connected(0, FULL_PEERS_MAX + 1));
+    for node in 1..=FULL_PEERS_MAX {
         assert!(
             net.connected(0, node),
             "node {node} was evicted for a refused newcomer"
