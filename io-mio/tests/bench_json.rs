@@ -185,3 +185,52 @@ fn bench_throughput_json_has_rates_per_second_per_cpu_second_and_the_limit() {
         ],
     );
 }
+
+/// A small soak: four clients churning for 6 s, a sample every 2 s. The
+/// node had peers, sessions kept coming, and what it holds stayed within
+/// its caps.
+#[test]
+fn bench_soak_json_has_a_sample_per_interval_and_bounded_figures() {
+    let report = bench_json(&[
+        "soak",
+        "--clients",
+        "4",
+        "--duration-secs",
+        "6",
+        "--sample-secs",
+        "2",
+    ]);
+    assert_eq!(report["clients"], 4);
+    let samples = report["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 3, "{report:?}");
+    let figure = |sample: &Value, name: &str| {
+        sample[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} in {sample}"))
+    };
+    let sessions: Vec<f64> = samples.iter().map(|s| figure(s, "sessions")).collect();
+    assert!(
+        sessions.windows(2).all(|pair| pair[0] < pair[1]),
+        "{sessions:?}"
+    );
+    assert!(
+        samples.iter().any(|s| figure(s, "connected") > 0.0),
+        "{report:?}"
+    );
+    assert!(
+        figure(&samples[2], "head_slot") > 0.0,
+        "the node produced blocks"
+    );
+    for sample in samples {
+        assert!(figure(sample, "rss_mib") > 0.0);
+        assert!(figure(sample, "fds") > 0.0);
+        assert!(
+            figure(sample, "scores") <= meshsync_core::peer::SCORES_MAX as f64,
+            "{sample}"
+        );
+        // Four clients, one session each at a time; a session just ended
+        // may still be counted while its next one connects.
+        assert!(figure(sample, "peers") <= 8.0, "{sample}");
+    }
+    assert_positive(&report, &["rss_growth_ratio", "fds_max", "rss_mib_max"]);
+}

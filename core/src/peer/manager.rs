@@ -257,6 +257,12 @@ impl PeerManager {
             .saturating_sub(self.table.len() + self.gater.outbound_pending_count())
     }
 
+    /// Peers whose score is remembered, connected or not (at most
+    /// `SCORES_MAX`).
+    pub fn remembered_scores(&self) -> usize {
+        self.scores.len()
+    }
+
     /// Peer bans held (those past their end go at the next timeout).
     pub fn banned_peer_count(&self) -> usize {
         self.bans.banned_peer_count()

@@ -309,6 +309,15 @@ impl Driver {
         self.connections.len()
     }
 
+    /// Bytes queued for sockets and not yet written, over every connection
+    /// (each connection's queue is capped at `PENDING_SEND_BYTES_MAX`).
+    pub fn send_queued_bytes(&self) -> usize {
+        self.connections
+            .values()
+            .map(|connection| connection.queue.len())
+            .sum()
+    }
+
     /// Of [`Driver::connection_count`]: those lingering after the core closed them.
     pub fn closing_count(&self) -> usize {
         self.connections.len() - self.held_count(|_| true)

@@ -7,10 +7,12 @@
 //! with their unit last: `tcp_handshakes_per_second`, `ratio_to_limit`),
 //! for a script to compare runs without parsing text. Logs stay on stderr.
 
+use std::time::Duration;
+
 use clap::{Args, Subcommand};
 use meshsync_mio::workers;
 
-use crate::{bench, bench_sync, bench_throughput};
+use crate::{bench, bench_soak, bench_sync, bench_throughput};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
@@ -65,6 +67,23 @@ pub enum BenchCommand {
         /// Payload bytes to move (at most 4 GiB, the server's serving burst).
         #[arg(long, value_name = "B", default_value_t = 1 << 30)]
         bytes: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// One node under churn for a bounded time: client nodes connect,
+    /// handshake, exchange requests, follow gossip and leave with Goodbye,
+    /// bare sockets connect and drop; memory, file descriptors and the
+    /// node's queues are sampled as it goes and printed as a table.
+    Soak {
+        /// Client threads churning at once.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// How long the soak lasts, seconds.
+        #[arg(long, value_name = "S", default_value_t = 600)]
+        duration_secs: u64,
+        /// Seconds between samples.
+        #[arg(long, value_name = "S", default_value_t = 10)]
+        sample_secs: u64,
         #[command(flatten)]
         output: Output,
     },
@@ -150,6 +169,20 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
         }
         BenchCommand::Throughput { bytes, output } => {
             let report = bench_throughput::throughput(bytes)?;
+            output.print(&report, report.json());
+            Ok(())
+        }
+        BenchCommand::Soak {
+            clients,
+            duration_secs,
+            sample_secs,
+            output,
+        } => {
+            let report = bench_soak::soak(bench_soak::SoakOptions {
+                clients,
+                duration: Duration::from_secs(duration_secs),
+                sample: Duration::from_secs(sample_secs),
+            })?;
             output.print(&report, report.json());
             Ok(())
         }
