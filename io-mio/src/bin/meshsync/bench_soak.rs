@@ -234,20 +234,10 @@ pub fn soak(options: SoakOptions) -> Result<SoakReport, String> {
         inbound_peers_max: peers_max,
         ..ConnectionLimits::for_peers_max(peers_max)
     };
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let node = Driver::bind_with(
-        loopback,
-        config,
-        meshsync_mio::generate_identity(),
-        meshsync_mio::os_seed(),
-        &DriverOptions {
-            workers: 1,
-            ..DriverOptions::default()
-        },
-    )
-    .map_err(|error| format!("the node: {error}"))?
-    .spawn("soak-node")
-    .map_err(|error| format!("the node: {error}"))?;
+    let node = bind_loopback(config)
+        .map_err(|error| format!("the node: {error}"))?
+        .spawn("soak-node")
+        .map_err(|error| format!("the node: {error}"))?;
     let target = (node.local_addr(), node.peer_id());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -276,6 +266,22 @@ pub fn soak(options: SoakOptions) -> Result<SoakReport, String> {
     }
     node.stop().map_err(|error| format!("the node: {error}"))?;
     Ok(SoakReport { options, samples })
+}
+
+/// A driver with a fresh identity on an ephemeral loopback port, with
+/// one worker (the node and every client alike: the machine's cores are
+/// shared by all of them).
+fn bind_loopback(config: Config) -> Result<Driver, meshsync_mio::StartError> {
+    Driver::bind_with(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        config,
+        meshsync_mio::generate_identity(),
+        meshsync_mio::os_seed(),
+        &DriverOptions {
+            workers: 1,
+            ..DriverOptions::default()
+        },
+    )
 }
 
 /// One client thread: sessions one after another until `stop`.
@@ -322,16 +328,7 @@ fn client_session(
     // shorter, so clients never sync the whole chain (the node serves
     // Status, Ping, Metadata and the parents of gossiped blocks).
     config.sync.peers_min = 2;
-    let Ok(mut driver) = Driver::bind_with(
-        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        config,
-        meshsync_mio::generate_identity(),
-        meshsync_mio::os_seed(),
-        &DriverOptions {
-            workers: 1,
-            ..DriverOptions::default()
-        },
-    ) else {
+    let Ok(mut driver) = bind_loopback(config) else {
         return false;
     };
     let notifications = driver.subscribe();
