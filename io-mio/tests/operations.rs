@@ -257,17 +257,22 @@ fn scrape_until(
     wait_for(what, || Some(scrape(addr)).filter(|samples| check(samples)))
 }
 
-/// The numbers of a status line: peers, in, out, head slot, finalized slot, and the sync part.
+/// The numbers of a status line: peers, in, out, head slot, finalized slot,
+/// and the sync part. The head root is checked to be 8 hex digits.
 fn parse_status(line: &str) -> (u64, u64, u64, u64, u64, String) {
     let rest = &line[line.find("status: peers ").expect("a status line") + 14..];
-    let numbers: Vec<u64> = rest
+    let root_at = rest.find("(root ").expect("a head root") + 6;
+    let root = &rest[root_at..root_at + 8];
+    assert!(root.chars().all(|c| c.is_ascii_hexdigit()), "{line}");
+    let without_root = format!("{}{}", &rest[..root_at], &rest[root_at + 8..]);
+    let numbers: Vec<u64> = without_root
         .split(|c: char| !c.is_ascii_digit())
         .filter(|part| !part.is_empty())
         .take(5)
         .map(|part| part.parse().unwrap())
         .collect();
     let shape = format!(
-        "{} (in {}, out {}), head slot {}, finalized slot {}, ",
+        "{} (in {}, out {}), head slot {} (root {root}), finalized slot {}, ",
         numbers[0], numbers[1], numbers[2], numbers[3], numbers[4]
     );
     assert!(rest.starts_with(&shape), "{line}");

@@ -302,8 +302,9 @@ impl Driver {
         self.observer.publish_at = StdInstant::now() + PUBLISH_INTERVAL;
     }
 
-    /// One INFO line: peers, head and finalized slots, and sync with its
-    /// speed and time left, or "synced".
+    /// One INFO line: peers, head slot and root, finalized slot, and sync
+    /// with its speed and time left, or "synced". The root tells two nodes
+    /// at the same slot on different forks apart.
     fn log_status(&self) {
         let (mut inbound, mut outbound) = (0, 0);
         for info in self.node.peers() {
@@ -333,10 +334,11 @@ impl Driver {
             }
         };
         log::info!(
-            "[{:?}] status: peers {} (in {inbound}, out {outbound}), head slot {}, finalized slot {}, {sync}",
+            "[{:?}] status: peers {} (in {inbound}, out {outbound}), head slot {} (root {}), finalized slot {}, {sync}",
             self.peer_id,
             inbound + outbound,
             chain.head().slot,
+            chain.head().root,
             chain.finalized().slot,
         );
     }
