@@ -186,9 +186,14 @@ fn bench_throughput_json_has_rates_per_second_per_cpu_second_and_the_limit() {
     );
 }
 
+/// The largest resident memory a node with four clients could plausibly
+/// have, MiB: far above what it holds (tens of MiB), far below a leak.
+const SOAK_NODE_RSS_MIB_MAX: f64 = 1024.0;
+
 /// A small soak: four clients churning for 6 s, a sample every 2 s. The
-/// node had peers, sessions kept coming, and what it holds stayed within
-/// its caps.
+/// node had peers, sessions kept coming, what it holds stayed within its
+/// caps, its own process's memory and file descriptors were sampled apart
+/// from the clients', and that process is gone once the soak has returned.
 #[test]
 fn bench_soak_json_has_a_sample_per_interval_and_bounded_figures() {
     let report = bench_json(&[
@@ -201,6 +206,16 @@ fn bench_soak_json_has_a_sample_per_interval_and_bounded_figures() {
         "2",
     ]);
     assert_eq!(report["clients"], 4);
+    let node_pid = report["node_pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("node_pid in {report:?}"));
+    assert!(node_pid > 0);
+    // `bench_json` has reaped the soak: a node process it had not reaped
+    // (or not killed) would still be in /proc, if only as a zombie.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{node_pid}")).exists(),
+        "the node process {node_pid} outlived the soak"
+    );
     let samples = report["samples"].as_array().expect("samples");
     assert_eq!(samples.len(), 3, "{report:?}");
     let figure = |sample: &Value, name: &str| {
@@ -222,8 +237,15 @@ fn bench_soak_json_has_a_sample_per_interval_and_bounded_figures() {
         "the node produced blocks"
     );
     for sample in samples {
-        assert!(figure(sample, "rss_mib") > 0.0);
-        assert!(figure(sample, "fds") > 0.0);
+        let node_rss_mib = figure(sample, "node_rss_mib");
+        assert!(
+            node_rss_mib > 0.0 && node_rss_mib < SOAK_NODE_RSS_MIB_MAX,
+            "{sample}"
+        );
+        // At least stdin, stdout, stderr, the poll and the listener.
+        assert!(figure(sample, "node_fds") >= 5.0, "{sample}");
+        assert!(figure(sample, "clients_rss_mib") > 0.0, "{sample}");
+        assert!(figure(sample, "clients_fds") > 0.0, "{sample}");
         assert!(
             figure(sample, "scores") <= meshsync_core::peer::SCORES_MAX as f64,
             "{sample}"
@@ -232,5 +254,15 @@ fn bench_soak_json_has_a_sample_per_interval_and_bounded_figures() {
         // may still be counted while its next one connects.
         assert!(figure(sample, "peers") <= 8.0, "{sample}");
     }
-    assert_positive(&report, &["rss_growth_ratio", "fds_max", "rss_mib_max"]);
+    assert_positive(
+        &report,
+        &[
+            "node_rss_growth_ratio",
+            "clients_rss_growth_ratio",
+            "node_rss_mib_max",
+            "node_fds_max",
+            "clients_rss_mib_max",
+            "clients_fds_max",
+        ],
+    );
 }

@@ -7,6 +7,7 @@
 //! with their unit last: `tcp_handshakes_per_second`, `ratio_to_limit`),
 //! for a script to compare runs without parsing text. Logs stay on stderr.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -73,7 +74,9 @@ pub enum BenchCommand {
     /// One node under churn for a bounded time: client nodes connect,
     /// handshake, exchange requests, follow gossip and leave with Goodbye,
     /// bare sockets connect and drop; memory, file descriptors and the
-    /// node's queues are sampled as it goes and printed as a table.
+    /// node's queues are sampled as it goes and printed as a table. The
+    /// node runs in a process of its own, so its memory and file
+    /// descriptors are told apart from the clients'.
     Soak {
         /// Client threads churning at once.
         #[arg(long, default_value_t = 200)]
@@ -86,6 +89,21 @@ pub enum BenchCommand {
         sample_secs: u64,
         #[command(flatten)]
         output: Output,
+    },
+    /// The node of `bench soak`, which starts it in a process of its own:
+    /// prints one JSON line once listening, answers each `sample` line on
+    /// stdin with one JSON line, and stops at the end of stdin.
+    #[command(hide = true)]
+    SoakNode {
+        /// Where to listen (port 0: a free one, printed).
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Start of slot 0 of the devnet chain, ms since the Unix epoch.
+        #[arg(long, value_name = "T")]
+        genesis_time_ms: u64,
+        /// Clients of the soak: room for each as a peer.
+        #[arg(long, value_name = "N")]
+        clients: usize,
     },
 }
 
@@ -186,5 +204,14 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
             output.print(&report, report.json());
             Ok(())
         }
+        BenchCommand::SoakNode {
+            listen,
+            genesis_time_ms,
+            clients,
+        } => bench_soak::soak_node(&bench_soak::NodeOptions {
+            listen,
+            genesis_time_ms,
+            clients,
+        }),
     }
 }
