@@ -189,6 +189,18 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Drops a peer nothing has come from for `timeout`, and pings each
+    /// peer at least every third of it (never less often than
+    /// [`limits::PING_INTERVAL`]): an idle honest peer answers a Ping well
+    /// before the timeout, a frozen or cut-off one cannot.
+    pub fn with_peer_silence_timeout(mut self, timeout: Duration) -> Config {
+        self.peer_silence_timeout = timeout;
+        self.ping_interval = (timeout / 3).min(limits::PING_INTERVAL);
+        self
+    }
+}
+
 /// A connected peer as seen from outside.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {

@@ -69,6 +69,34 @@ fn a_silent_peer_is_dropped_after_the_silence_timeout() {
     assert_eq!(net.nodes[0].counters().peers_silent, 1);
 }
 
+/// `--peer-silence-secs 20`: a cut-off peer goes after 20 s, not 90, and
+/// an idle honest one stays, because pings come every 20/3 s instead of 30.
+#[test]
+fn a_shorter_silence_timeout_drops_a_silent_peer_sooner_and_keeps_an_idle_one() {
+    let short = || Config::new(1).with_peer_silence_timeout(Duration::from_secs(20));
+    assert_eq!(short().ping_interval, Duration::from_nanos(6_666_666_666));
+    // Longer than the default: the ping interval stays at the default.
+    let long = Config::new(1).with_peer_silence_timeout(Duration::from_secs(600));
+    assert_eq!(long.ping_interval, limits::PING_INTERVAL);
+
+    let mut net = Net::new(vec![short(), short()]);
+    net.dial(0, 1, None);
+    net.advance_to(Instant::ZERO + Duration::from_secs(120));
+    assert!(net.connected(0, 1), "an idle peer answering Pings is kept");
+    assert!(net.nodes[0].counters().pongs_received >= 15);
+    assert_eq!(net.nodes[0].counters().peers_silent, 0);
+
+    let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
+    net.links.remove(&(1, conn_at_1));
+    net.links.retain(|_, remote| remote.0 != 1);
+    let cut = net.now;
+    net.advance_to(cut + Duration::from_secs(13));
+    assert!(net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    net.advance_to(cut + Duration::from_secs(21));
+    assert!(!net.nodes[0].is_connected(&net.nodes[1].peer_id()));
+    assert_eq!(disconnects(&net, 0), vec![DisconnectReason::Silent]);
+}
+
 #[test]
 fn a_peer_on_another_network_is_refused_with_goodbye_irrelevant_network() {
     let mut net = Net::new(vec![Config::new(1), Config::new(2)]);

@@ -347,7 +347,8 @@ fn node(options: NodeConfig) -> Result<(), String> {
         format!("cannot start the node: {cause}: {error}")
     })?;
     chain.body_bytes = options.body_bytes;
-    let mut config = Config::new(chain.genesis.network_id());
+    let mut config = Config::new(chain.genesis.network_id())
+        .with_peer_silence_timeout(Duration::from_secs(options.peer_silence_secs));
     config.chain = chain;
     config.peer.peers_target = options.target_peers;
     config.peer.limits = ConnectionLimits::for_peers_max(options.max_peers);

@@ -46,7 +46,7 @@ use meshsync_core::chain::block::BLOCK_BODY_BYTES_MAX;
 use meshsync_core::chain::DEVNET_BODY_BYTES_DEFAULT;
 use meshsync_core::discovery::address::{check_address, AddressRefusal};
 use meshsync_core::discovery::limits::{ADDRESSES_PER_RECORD_MAX, BOOTNODES_MAX};
-use meshsync_core::limits::PEERS_MAX;
+use meshsync_core::limits::{PEERS_MAX, PEER_SILENCE_TIMEOUT};
 use meshsync_core::node::DiscoveryConfig;
 use meshsync_core::peer::{PEERS_TARGET, STATIC_PEERS_MAX};
 use meshsync_mio::driver::{ClockPolicy, STORE_FAILING_EXIT_AFTER_DEFAULT};
@@ -58,7 +58,7 @@ use serde::Serialize;
 /// The keys of a configuration file, in the order `--print-config` writes
 /// them: the long names of `meshsync node`'s flags but those of
 /// [`COMMAND_LINE_ONLY`].
-pub const KEYS: [&str; 22] = [
+pub const KEYS: [&str; 23] = [
     "listen",
     "key",
     "peer",
@@ -68,6 +68,7 @@ pub const KEYS: [&str; 22] = [
     "allow-private",
     "target-peers",
     "max-peers",
+    "peer-silence-secs",
     "no-discovery",
     "network",
     "genesis",
@@ -181,6 +182,11 @@ pub struct NodeFlags {
     /// --target-peers) [default: 50].
     #[arg(long = "max-peers", value_name = "N", value_parser = parse_target_peers)]
     pub max_peers: Option<usize>,
+    /// Drop a peer nothing has come from for S seconds (a frozen or
+    /// partitioned peer), and ping each peer at least every S/3 s so an
+    /// idle honest one is not; 20 to 3600 [default: 90].
+    #[arg(long = "peer-silence-secs", value_name = "S", value_parser = parse_peer_silence_secs)]
+    pub peer_silence_secs: Option<u64>,
     /// Run without discovery: no record, no lookups, no bootnodes; the
     /// node meets only --peer, --static-peer and who dials it.
     /// `--no-discovery=false` turns off a file's `no-discovery = true`.
@@ -273,6 +279,8 @@ pub struct NodeConfig {
     pub target_peers: usize,
     /// `target_peers` to [`PEERS_MAX`].
     pub max_peers: usize,
+    /// [`PEER_SILENCE_SECS_MIN`] to [`PEER_SILENCE_SECS_MAX`].
+    pub peer_silence_secs: u64,
     pub no_discovery: bool,
     pub network_id: Option<u64>,
     pub genesis: Option<PathBuf>,
@@ -303,6 +311,7 @@ struct FileValues {
     allow_private: Option<bool>,
     target_peers: Option<usize>,
     max_peers: Option<usize>,
+    peer_silence_secs: Option<u64>,
     no_discovery: Option<bool>,
     network_id: Option<u64>,
     genesis: Option<PathBuf>,
@@ -442,6 +451,10 @@ impl NodeFlags {
             allow_private,
             target_peers,
             max_peers,
+            peer_silence_secs: self
+                .peer_silence_secs
+                .or(file.peer_silence_secs)
+                .unwrap_or(PEER_SILENCE_TIMEOUT.as_secs()),
             no_discovery: self.no_discovery.or(file.no_discovery).unwrap_or(false),
             network_id: self.network_id.or(file.network_id),
             genesis: match self.genesis {
@@ -492,6 +505,7 @@ struct Printed<'a> {
     allow_private: bool,
     target_peers: i64,
     max_peers: i64,
+    peer_silence_secs: i64,
     no_discovery: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<i64>,
@@ -558,6 +572,7 @@ impl NodeConfig {
             allow_private: self.allow_private,
             target_peers: toml_integer("target-peers", self.target_peers)?,
             max_peers: toml_integer("max-peers", self.max_peers)?,
+            peer_silence_secs: toml_integer("peer-silence-secs", self.peer_silence_secs)?,
             no_discovery: self.no_discovery,
             network: self
                 .network_id
@@ -794,6 +809,10 @@ fn read_file(path: &Path) -> Result<FileValues, String> {
                 let peers: usize = typed(value).map_err(&error)?;
                 values.max_peers = Some(check_target_peers(peers).map_err(&error)?);
             }
+            "peer-silence-secs" => {
+                let secs: u64 = typed(value).map_err(&error)?;
+                values.peer_silence_secs = Some(check_peer_silence_secs(secs).map_err(&error)?);
+            }
             "no-discovery" => values.no_discovery = Some(typed(value).map_err(&error)?),
             "network" => values.network_id = Some(typed(value).map_err(&error)?),
             "genesis" => values.genesis = Some(file_path(value)?),
@@ -1001,6 +1020,27 @@ fn check_workers(workers: usize) -> Result<usize, String> {
         ));
     }
     Ok(workers)
+}
+
+/// The shortest `--peer-silence-secs`: it pings every third of it, and a
+/// peer answers at most 2 Pings per 10 s (`reqresp::limits`), so shorter
+/// would have honest peers refuse our Pings.
+pub const PEER_SILENCE_SECS_MIN: u64 = 20;
+/// The longest `--peer-silence-secs`: an hour; a frozen peer's slot is
+/// held no longer than that.
+pub const PEER_SILENCE_SECS_MAX: u64 = 3_600;
+
+fn check_peer_silence_secs(secs: u64) -> Result<u64, String> {
+    if !(PEER_SILENCE_SECS_MIN..=PEER_SILENCE_SECS_MAX).contains(&secs) {
+        return Err(format!(
+            "{secs} s of silence: must be {PEER_SILENCE_SECS_MIN}..={PEER_SILENCE_SECS_MAX}"
+        ));
+    }
+    Ok(secs)
+}
+
+fn parse_peer_silence_secs(text: &str) -> Result<u64, String> {
+    check_peer_silence_secs(text.parse().map_err(|error| format!("{error}"))?)
 }
 
 fn parse_body_bytes(text: &str) -> Result<usize, String> {
@@ -1223,6 +1263,10 @@ mod tests {
                 "key `body-bytes`: 99999999 is more than",
             ),
             ("workers = 0\n", "key `workers`: 0 worker threads"),
+            (
+                "peer-silence-secs = 3601\n",
+                "key `peer-silence-secs`: 3601 s of silence: must be 20..=3600",
+            ),
             ("listen = \"nowhere\"\n", "key `listen`: \"nowhere\""),
             ("peer = \"127.0.0.1:1\"\n", "key `peer`: invalid type"),
             (
@@ -1597,6 +1641,10 @@ mod tests {
             (
                 vec!["--max-peers", "20"],
                 "--max-peers 20: below --target-peers (default) 25".to_owned(),
+            ),
+            (
+                vec!["--peer-silence-secs", "19"],
+                "19 s of silence: must be 20..=3600".to_owned(),
             ),
             (
                 vec!["--target-peers", "30", "--max-peers", "20"],
