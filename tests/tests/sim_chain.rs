@@ -131,7 +131,8 @@ fn hostile_servers_cannot_stop_a_joiner_or_slip_it_an_invalid_block() {
                     "not dropped: {peer}"
                 )
             }
-            _ => assert!(banned || score <= -2.0, "not penalised: {peer}"),
+            // Two timeouts at least (-1 each), less what decay gave back.
+            _ => assert!(banned || score < -1.5, "not penalised: {peer}"),
         }
     }
     // At least the bad signatures were proven (the garbled chain may not
@@ -235,4 +236,71 @@ fn hit_and_run_junk_blocks_cost_their_senders_a_ban_not_the_chain_a_block() {
         "most honest nodes a Sybil struck ban it: {outcome:#}"
     );
     assert_eq!(once(), (hash, outcome), "same seed, same run");
+}
+
+/// A joiner behind a 100 KB/s downlink syncs 300 blocks of 64 KiB (about
+/// 3.5 KB each on the wire: devnet bodies compress well) from five peers,
+/// at five seeds. Two things stopped or slowed it before:
+/// - 64 such blocks are 4 MiB, past a server's answer budget: the server
+///   sends 63, and the joiner, taking the batch as complete, never asked
+///   for slot 64 and stopped at slot 63 (whatever its link).
+/// - Every answer crosses the joiner's one link: asking each peer for four
+///   64-slot batches at once put about 6 MB on it, six requests timed out
+///   at 10 s, their honest servers lost score for the joiner's link, and
+///   the sync took 21 s.
+///
+/// Range sync now asks for the rest of a cut-off answer, and keeps the
+/// bytes in flight to what came back in time: nothing times out, no peer
+/// loses score, and the sync takes about 10.6 s.
+#[test]
+fn a_joiner_behind_a_slow_downlink_syncs_without_blaming_its_peers() {
+    const DOWNLINK_BYTES_PER_SECOND: u64 = 100_000;
+    for seed in 21..=25 {
+        let mut scenario = LateJoiner::honest(JoinerParams {
+            chain_blocks: 300,
+            body_bytes: 64 * 1024,
+            ..JoinerParams::default()
+        });
+        let mut sim = Sim::new(SimConfig {
+            label: "slow-downlink".to_owned(),
+            ..SimConfig::new(seed)
+        });
+        scenario.build(&mut sim, 6);
+        let joiner = scenario.world().joiner;
+        sim.set_downlink(joiner, Some(DOWNLINK_BYTES_PER_SECOND));
+        scenario.run(&mut sim, Duration::from_secs(120));
+        scenario.finish(&mut sim);
+        let outcome = scenario.outcome(&sim).expect("an outcome");
+        assert_eq!(sim.invariant_violations(), 0, "{:#?}", sim.violations());
+        assert_eq!(
+            u64_of(&outcome, "joiner_head_slot"),
+            300,
+            "seed {seed}: {outcome:#}"
+        );
+        assert_eq!(
+            outcome["joiner_has_honest_head"], true,
+            "seed {seed}: {outcome:#}"
+        );
+        let node = sim.node(joiner);
+        assert_eq!(
+            node.counters().requests_timed_out,
+            0,
+            "seed {seed}: {outcome:#}"
+        );
+        for &peer in &scenario.world().honest_peers {
+            let score = node
+                .peer_manager()
+                .score(sim.now(), &sim.peer_id(peer))
+                .as_points();
+            assert!(score >= 0.0, "seed {seed}: peer {peer:?} scored {score}");
+        }
+        // About 1 MB on the wire at 100 KB/s: 10.6 s at seed 23; the
+        // uncapped requests took 21 s.
+        let sync_seconds = f64_of(&outcome, "sync_seconds");
+        assert!(sync_seconds < 15.0, "seed {seed}: {outcome:#}");
+        eprintln!(
+            "TEMP seed {seed}: {sync_seconds:.1} s, {} requests",
+            u64_of(&outcome, "joiner_requests_sent")
+        );
+    }
 }

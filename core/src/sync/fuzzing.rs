@@ -452,6 +452,8 @@ mod tests {
                 requests += 1;
             }
         }
-        assert_eq!(requests, 4, "four requests to the one peer");
+        // One 64-slot request's reserve at the first estimate fills the
+        // bytes a round starts with: more follow as answers come in time.
+        assert_eq!(requests, 1, "one request until an answer is measured");
     }
 }

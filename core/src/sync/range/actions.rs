@@ -147,6 +147,9 @@ pub struct SyncCounters {
     pub requests_failed: u64,
     /// Answers refused before verification (order, range, linkage, size).
     pub responses_refused: u64,
+    /// Answers that filled a server's byte budget short of their range: the
+    /// rest of the range was queued as a batch of its own.
+    pub answers_split: u64,
     /// Batches that passed verification.
     pub batches_verified: u64,
     /// Batches that failed verification.

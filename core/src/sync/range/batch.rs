@@ -6,12 +6,14 @@ use std::collections::BTreeSet;
 use super::actions::{BatchId, BatchImportError, FetchError, PenaltyReason, SyncAction};
 use super::config::{
     BATCHES_MAX, BATCH_LATENCY_TARGET, BATCH_SLOTS_STEP, CLAIM_DISPROVED_COOLDOWN,
-    HISTORY_BATCHES_MAX, INVALID_BLOCKS_MAX, SLOT_BYTES_ESTIMATE_INITIAL,
+    FLIGHT_BYTES_INITIAL, FLIGHT_GROWTH_LATENCY_MAX, HISTORY_BATCHES_MAX, INVALID_BLOCKS_MAX,
+    SLOT_BYTES_ESTIMATE_INITIAL,
 };
 use super::recheck::{ImportedBatch, Recheck};
 use super::{Mode, RangeSync};
 use crate::chain::{ImportError, Root, SignedBlock};
 use crate::identity::PeerId;
+use crate::reqresp::limits::ANSWER_BLOCK_BYTES_MAX;
 use crate::time::{Duration, Instant};
 
 #[derive(Clone, Debug)]
@@ -160,9 +162,10 @@ impl RangeSync {
             self.update_mode(now);
             return;
         }
+        let count = self.split_if_cut_off(start, count, &blocks, bytes);
         self.measured_bytes = self.measured_bytes.saturating_add(bytes as u64);
         self.measured_slots = self.measured_slots.saturating_add(count);
-        self.adapt_after_answer(peer, now.saturating_duration_since(sent_at));
+        self.adapt_after_answer(peer, now.saturating_duration_since(sent_at), bytes);
         if !self.make_room(start, bytes) {
             // Only batches below this one are buffered: fetch it again later.
             return;
@@ -413,11 +416,17 @@ impl RangeSync {
         {
             return None;
         }
+        if self.requests_in_flight > 0
+            && self.reserved_bytes.saturating_add(reserve_bytes) > self.flight_bytes_cap
+        {
+            return None;
+        }
         let peer = self.choose_peer(start, &excluded)?;
         let id = BatchId(self.next_id);
         self.next_id += 1;
         let state = self.peers.get_mut(&peer).expect("chosen from the table");
         state.in_flight += 1;
+        state.asked = state.asked.saturating_add(1);
         let claimed_head = state.chain.head_slot;
         self.requests_in_flight += 1;
         self.reserved_bytes += reserve_bytes;
@@ -521,6 +530,53 @@ impl RangeSync {
         }
     }
 
+    /// An answer of `bytes` that another block might not have fitted beside
+    /// ([`ANSWER_BLOCK_BYTES_MAX`]) may be a prefix of the range: a server
+    /// cuts its answer there, as the protocol allows. The batch then ends
+    /// at its last block, and the slots after it become a batch of their
+    /// own, queued; without this the missing tail is never asked for, the
+    /// next batch does not link, and every honest server cuts the same
+    /// answer again (64 blocks of 64 KiB stopped a sync at slot 63). The
+    /// batch's count after the split.
+    fn split_if_cut_off(
+        &mut self,
+        start: u64,
+        count: u64,
+        blocks: &[SignedBlock],
+        bytes: usize,
+    ) -> u64 {
+        let Some(last) = blocks.last().map(SignedBlock::slot) else {
+            return count;
+        };
+        let end = start.saturating_add(count);
+        let may_be_cut = bytes.saturating_add(self.config.block_bytes_max) > ANSWER_BLOCK_BYTES_MAX;
+        let entry = &self.batches[&start];
+        if !may_be_cut
+            || last.saturating_add(1) >= end
+            || entry.recheck.is_some()
+            || self.batches.len() >= BATCHES_MAX
+        {
+            return count;
+        }
+        let kept = last.saturating_add(1).saturating_sub(start);
+        let rest_start = last.saturating_add(1);
+        self.batches.get_mut(&start).expect("checked above").count = kept;
+        self.batches.insert(
+            rest_start,
+            Batch {
+                start: rest_start,
+                count: end.saturating_sub(rest_start),
+                state: BatchState::Queued,
+                attempts: 0,
+                excluded: BTreeSet::new(),
+                claimed_head: 0,
+                recheck: None,
+            },
+        );
+        self.counters.answers_split = self.counters.answers_split.saturating_add(1);
+        kept
+    }
+
     /// A batch failed because of `peer`: queue it for another, or give up
     /// the round when it failed too often.
     #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
@@ -539,6 +595,7 @@ impl RangeSync {
         match error {
             FetchError::Timeout => {
                 self.batch_slots = (self.batch_slots / 2).max(self.config.batch_slots_min);
+                self.flight_bytes_cap = (self.flight_bytes_cap / 2).max(FLIGHT_BYTES_INITIAL);
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.window = (state.window / 2).max(1);
                 }
@@ -559,10 +616,20 @@ impl RangeSync {
         }
     }
 
-    fn adapt_after_answer(&mut self, peer: PeerId, latency: Duration) {
+    /// An answer of `bytes` grows the peer's window; the batch size grows
+    /// if it came within [`BATCH_LATENCY_TARGET`] and shrinks if not; the
+    /// bytes in flight grow if it came within [`FLIGHT_GROWTH_LATENCY_MAX`].
+    fn adapt_after_answer(&mut self, peer: PeerId, latency: Duration, bytes: usize) {
         let max = self.config.requests_per_peer_max;
         if let Some(state) = self.peers.get_mut(&peer) {
             state.window = state.window.saturating_add(1).min(max);
+        }
+        if latency <= FLIGHT_GROWTH_LATENCY_MAX {
+            // Twice the bytes, as reserves count them; the buffer bounds it.
+            self.flight_bytes_cap = self
+                .flight_bytes_cap
+                .saturating_add(bytes.saturating_mul(2))
+                .min(self.config.buffer_bytes_max);
         }
         self.batch_slots = if latency <= BATCH_LATENCY_TARGET {
             self.batch_slots

@@ -18,6 +18,20 @@ pub const BATCH_SLOTS_MIN: u64 = 8;
 pub const BATCH_SLOTS_STEP: u64 = 8;
 /// An answer slower than this shrinks the batch size, a faster one grows it.
 pub const BATCH_LATENCY_TARGET: Duration = Duration::from_secs(2);
+/// Bytes (counted as request reserves) that may be in flight at once when a
+/// round starts, and the least the adaptive cap falls to: one request's
+/// worth before any answer was measured. Every answer, from every peer,
+/// crosses our own downlink: requests sized per peer alone (5 peers × 4
+/// requests × 64 slots of 64 KiB blocks is 80 MiB) outlast the response
+/// timeout on any link under about 64 Mbit/s, and every peer is then
+/// penalised for our link. The cap grows by each answer's reserve when it
+/// came within [`FLIGHT_GROWTH_LATENCY_MAX`] (a slow start) and halves on a
+/// timeout; one request is always allowed.
+pub const FLIGHT_BYTES_INITIAL: usize = 2 * 1024 * 1024;
+/// An answer slower than this does not grow the bytes in flight: answers
+/// that share our downlink take longer the more are in flight, and at half
+/// the response timeout there is still room before one times out.
+pub const FLIGHT_GROWTH_LATENCY_MAX: Duration = Duration::from_secs(5);
 /// Requests in flight to one peer (design.md §3); the adaptive window starts here.
 pub const REQUESTS_PER_PEER_MAX: usize = 4;
 /// Requests in flight overall (design.md §3).
@@ -78,6 +92,10 @@ pub const CLAIM_DISPROVED_COOLDOWN: Duration = Duration::from_secs(600);
 pub const CATCH_UP_STALL_MAX: Duration = Duration::from_secs(10);
 
 const _: () = assert!(BATCH_SLOTS <= BLOCKS_PER_RANGE_REQUEST_MAX);
+const _: () = assert!(
+    FLIGHT_GROWTH_LATENCY_MAX.as_secs() < crate::reqresp::limits::RESPONSE_TIMEOUT.as_secs()
+);
+const _: () = assert!(FLIGHT_BYTES_INITIAL <= SYNC_BUFFER_BYTES_MAX);
 const _: () = assert!(BATCH_SLOTS_MIN >= 1 && BATCH_SLOTS_MIN <= BATCH_SLOTS);
 const _: () =
     assert!(REQUESTS_PER_PEER_MAX <= crate::reqresp::limits::REQUESTS_IN_FLIGHT_PER_PEER_MAX);

@@ -49,8 +49,11 @@
 //! slot and root) or further along. A finalized checkpoint ahead of ours
 //! only lets a peer serve batches, whose answers are checked and can
 //! disprove it: it never ranks the peer or sets the target.
-//! Batch size and per-peer windows adapt: a fast answer grows them, a
-//! timeout halves them. Blocks are checked (slots strictly increasing and
+//! Batch size, per-peer windows and the bytes in flight over all peers
+//! adapt: a fast answer grows them, a timeout halves them. The last is
+//! what keeps a node behind a slow downlink syncing: its peers' answers
+//! share that link, so it asks for what the link carries within the
+//! response timeout ([`FLIGHT_BYTES_INITIAL`]). Blocks are checked (slots strictly increasing and
 //! inside the range, each linked to the previous) before verification;
 //! a batch is imported only after every lower batch was.
 //!
@@ -137,10 +140,10 @@ pub use actions::{
 pub use config::{
     SyncConfig, BATCHES_MAX, BATCH_ATTEMPTS_MAX, BATCH_LATENCY_TARGET, BATCH_SLOTS,
     BATCH_SLOTS_MIN, BATCH_SLOTS_STEP, CATCH_UP_STALL_MAX, CLAIM_DISPROVED_COOLDOWN,
-    CLAIM_SUPPORT_PEERS_MIN, HISTORY_BATCHES_MAX, INVALID_BLOCKS_MAX, OUTPUTS_MAX,
-    PROGRESS_INTERVAL, REQUESTS_MAX, REQUESTS_PER_PEER_MAX, REQUEST_TIMEOUT, ROUND_RETRY_DELAY,
-    SLOT_BYTES_ESTIMATE_INITIAL, SLOT_MAX, SYNC_BUFFER_BYTES_MAX, SYNC_DISTANCE_SLOTS,
-    SYNC_PEERS_MAX, SYNC_PEERS_MIN, SYNC_PEERS_WAIT, VERIFICATIONS_MAX,
+    CLAIM_SUPPORT_PEERS_MIN, FLIGHT_BYTES_INITIAL, HISTORY_BATCHES_MAX, INVALID_BLOCKS_MAX,
+    OUTPUTS_MAX, PROGRESS_INTERVAL, REQUESTS_MAX, REQUESTS_PER_PEER_MAX, REQUEST_TIMEOUT,
+    ROUND_RETRY_DELAY, SLOT_BYTES_ESTIMATE_INITIAL, SLOT_MAX, SYNC_BUFFER_BYTES_MAX,
+    SYNC_DISTANCE_SLOTS, SYNC_PEERS_MAX, SYNC_PEERS_MIN, SYNC_PEERS_WAIT, VERIFICATIONS_MAX,
 };
 pub use progress::{PeerWait, SyncProgress};
 
@@ -190,6 +193,9 @@ pub struct RangeSync {
     batch_slots: u64,
     buffered_bytes: usize,
     reserved_bytes: usize,
+    /// What `reserved_bytes` may reach before a new request waits (one
+    /// request always goes): see [`FLIGHT_BYTES_INITIAL`].
+    flight_bytes_cap: usize,
     requests_in_flight: usize,
     /// Verify jobs handed out and not answered (even if their batch moved on).
     verifying: BTreeSet<BatchId>,
@@ -243,6 +249,7 @@ impl RangeSync {
             batch_slots,
             buffered_bytes: 0,
             reserved_bytes: 0,
+            flight_bytes_cap: FLIGHT_BYTES_INITIAL,
             requests_in_flight: 0,
             verifying: BTreeSet::new(),
             importing: None,

@@ -20,6 +20,9 @@ pub(super) struct PeerState {
     /// Seeded tie-break between peers of equal rank.
     pub(super) tiebreak: u64,
     pub(super) in_flight: usize,
+    /// Requests it was sent: among equals, the one asked least goes next,
+    /// so batches spread over peers even when few are in flight at once.
+    pub(super) asked: u64,
     /// The adaptive window, 1..=requests_per_peer_max.
     pub(super) window: usize,
     /// Its claims failed to carry a round: ignored until it sends a new Status.
@@ -59,6 +62,7 @@ impl RangeSync {
                     score,
                     tiebreak,
                     in_flight: 0,
+                    asked: 0,
                     window: self.config.requests_per_peer_max,
                     stale: false,
                     proven: false,
@@ -152,6 +156,7 @@ impl RangeSync {
                     std::cmp::Reverse(state.score),
                     // Proof, not a claimed finality, ranks equal peers.
                     !state.proven,
+                    state.asked,
                     state.tiebreak,
                 )
             })

@@ -55,6 +55,8 @@ fn fixture() -> &'static Fixture {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Behaviour {
     Honest,
+    /// Honest, but holds the chain only up to this slot (whatever it claims).
+    HoldsUpTo(u64),
     /// Serves the first block of each answer with another block's signature.
     BadSignature,
     /// Leaves out the second block of each answer (breaks the links).
@@ -175,6 +177,7 @@ impl Harness {
             .collect();
         match self.behaviours[&peer] {
             Behaviour::Honest => {}
+            Behaviour::HoldsUpTo(slot) => blocks.retain(|block| block.slot() <= slot),
             Behaviour::BadSignature => {
                 if let Some(first) = blocks.first_mut() {
                     let other = &chain[(first.slot() as usize) % chain.len()];
@@ -805,8 +808,11 @@ fn same_seed_same_actions() {
 fn a_head_nobody_can_serve_ends_the_round() {
     let mut harness = Harness::new(config(1), 11);
     harness.add_peer(1, Behaviour::Honest, 100);
-    // Claims far more than the chain has.
-    harness.behaviours.insert(peer_id(2), Behaviour::Honest);
+    // Claims far more than it has: it serves the blocks it holds, which
+    // are peer 1's, honestly.
+    harness
+        .behaviours
+        .insert(peer_id(2), Behaviour::HoldsUpTo(100));
     let mut claim = status(100);
     claim.head_slot = 10_000;
     harness
