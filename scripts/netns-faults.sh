@@ -323,7 +323,7 @@ resumed=$(now)
 wait_for $HEAL_BOUND_SECS has_common_head $((produced_slot + 1)) $(all_nodes) ||
   fail "(c) node $frozen not on the common head ${HEAL_BOUND_SECS} s after SIGCONT: $(heads_of $frozen 1)"
 rejoin_secs=$(since "$resumed")
-echo "(c) SIGSTOP of node $frozen for ${stop_secs} s: all 5 peers dropped it ($as_silent as silent, the others for requests it left unanswered); the chain went on from slot $stop_slot to $produced_slot; after SIGCONT it was on the common head in $rejoin_secs s (bound ${HEAL_BOUND_SECS} s)  PASS"
+echo "(c) SIGSTOP of node $frozen for ${stop_secs} s: all 5 peers dropped it ($as_silent as silent, $((5 - as_silent)) for requests it left unanswered); the chain went on from slot $stop_slot to $produced_slot; after SIGCONT it was on the common head in $rejoin_secs s (bound ${HEAL_BOUND_SECS} s)  PASS"
 
 # --- (d) 10 % inbound packet drop on one node ---------------------------
 lossy=5
