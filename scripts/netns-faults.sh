@@ -377,8 +377,9 @@ loaded=$(loaded_line | sed -nE 's/.*: ([0-9]+) blocks loaded.*/\1/p')
 target=$(head_slot_of 1)
 written_some() { [ "$(metric $syncing meshsync_store_blocks_written_total)" -ge 1 ]; }
 wait_for $WAIT_SECS written_some || fail "(b) node $syncing wrote no blocks while syncing"
+# The head from the node itself, not its last status line (up to 1 s old).
+kill_slot=$(metric $syncing meshsync_head_slot)
 written=$(metric $syncing meshsync_store_blocks_written_total)
-kill_slot=$(head_slot_of $syncing)
 kill -9 "${pids[$syncing]}"
 wait "${pids[$syncing]}" 2>/dev/null || true
 behind_at_kill=$((target - kill_slot))
