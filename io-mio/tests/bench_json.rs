@@ -266,3 +266,64 @@ fn bench_soak_json_has_a_sample_per_interval_and_bounded_figures() {
         ],
     );
 }
+
+/// A small gossip run: 6 nodes each dialling 3 others, 40 messages at
+/// 50/s after a 1 s warm-up, every one validated by every node's
+/// application. On loopback every message reaches every other node long
+/// before the drain runs out, and the figures hang together.
+#[test]
+fn bench_gossip_json_delivers_every_message_and_has_cpu_per_delivery() {
+    let report = bench_json(&[
+        "gossip",
+        "--nodes",
+        "6",
+        "--degree",
+        "3",
+        "--messages",
+        "40",
+        "--rate",
+        "50",
+        "--warmup-secs",
+        "1",
+    ]);
+    assert_eq!(report["bench"], "gossip");
+    assert_eq!(report["nodes"], 6);
+    assert_eq!(report["deliveries_expected"], 40 * 5);
+    assert_eq!(report["deliveries"], 40 * 5, "{report:?}");
+    assert_eq!(report["delivery_ratio"].as_f64(), Some(1.0), "{report:?}");
+    assert_eq!(report["rejected"], 0);
+    assert_positive(
+        &report,
+        &[
+            "cpu_us_per_delivery",
+            "cpu_seconds",
+            "latency_p50_ms",
+            "latency_p90_ms",
+            "latency_p99_ms",
+            "latency_max_ms",
+            "full_propagation_p99_ms",
+            "received_unique",
+            "mesh_min",
+            "seconds",
+            "rss_peak_mib",
+        ],
+    );
+    let figure = |name: &str| {
+        report[name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{name} in {report:?}"))
+    };
+    assert!(figure("duplicates_per_delivery") >= 0.0, "{report:?}");
+    assert!(figure("idle_cpu_cores") >= 0.0, "{report:?}");
+    assert!(
+        figure("latency_p50_ms") <= figure("latency_p99_ms")
+            && figure("latency_p99_ms") <= figure("latency_max_ms"),
+        "{report:?}"
+    );
+    // Everything arrived: the timed phase ended with the last delivery,
+    // not with the 10 s drain.
+    assert!(
+        figure("seconds") < figure("publish_seconds") + 10.0,
+        "{report:?}"
+    );
+}

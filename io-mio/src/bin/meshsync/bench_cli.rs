@@ -13,6 +13,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use meshsync_mio::workers;
 
+use crate::bench_gossip::{
+    self, GOSSIP_BENCH_MESSAGES_MAX, GOSSIP_BENCH_MESSAGE_BYTES_MAX, GOSSIP_BENCH_NODES_MAX,
+};
 use crate::{bench, bench_soak, bench_sync, bench_throughput};
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +93,45 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// One gossip topic among real drivers in this process over loopback
+    /// TCP, each node's application validating every message: messages
+    /// from rotating publishers at a fixed rate, then delivery ratio,
+    /// latency, duplicates per delivery and process CPU per delivery.
+    Gossip {
+        /// Nodes, each a driver on its own thread.
+        #[arg(long, default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(2..=GOSSIP_BENCH_NODES_MAX as u64))]
+        nodes: u64,
+        /// Payload bytes of each message, its 16-byte header included.
+        #[arg(long, value_name = "B", default_value_t = 1024,
+              value_parser = clap::value_parser!(u64)
+                  .range(bench_gossip::Header::BYTES as u64..=GOSSIP_BENCH_MESSAGE_BYTES_MAX as u64))]
+        size: u64,
+        /// Messages published per second, open loop.
+        #[arg(long, value_name = "R", default_value_t = 50.0, value_parser = parse_rate)]
+        rate: f64,
+        /// Messages to publish.
+        #[arg(long, value_name = "N", default_value_t = 1_000,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(GOSSIP_BENCH_MESSAGES_MAX)))]
+        messages: u32,
+        /// Others each node dials (duplicate edges dropped, so each has at least this many peers).
+        #[arg(long, default_value_t = 6,
+              value_parser = clap::value_parser!(u64).range(1..GOSSIP_BENCH_NODES_MAX as u64))]
+        degree: u64,
+        /// Idle seconds after connecting, before the meshes are checked.
+        #[arg(long, value_name = "S", default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(..=bench_gossip::WARMUP_SECS_MAX))]
+        warmup_secs: u64,
+        /// The longest wait for deliveries after the last publish, seconds.
+        #[arg(long, value_name = "S", default_value_t = 10,
+              value_parser = clap::value_parser!(u64).range(..=bench_gossip::DRAIN_SECS_MAX))]
+        drain_secs: u64,
+        /// Seeds the graph and every node's identity and randomness.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[command(flatten)]
+        output: Output,
+    },
     /// The node of `bench soak`, which starts it in a process of its own:
     /// prints one JSON line once listening, answers each `sample` line on
     /// stdin with one JSON line, and stops at the end of stdin.
@@ -124,6 +166,15 @@ impl Output {
             println!("{text}");
         }
     }
+}
+
+/// `--rate`: a number of messages per second within the benchmark's bounds.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    bench_gossip::check_rate(rate)?;
+    Ok(rate)
 }
 
 /// Runs one bench and prints its report.
@@ -201,6 +252,32 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
                 duration: Duration::from_secs(duration_secs),
                 sample: Duration::from_secs(sample_secs),
             })?;
+            output.print(&report, report.json());
+            Ok(())
+        }
+        BenchCommand::Gossip {
+            nodes,
+            size,
+            rate,
+            messages,
+            degree,
+            warmup_secs,
+            drain_secs,
+            seed,
+            output,
+        } => {
+            // Each within its usize range: the parser bounded them far below.
+            let options = bench_gossip::GossipOptions {
+                nodes: nodes as usize,
+                size_bytes: size as usize,
+                rate_per_second: rate,
+                messages,
+                degree: degree as usize,
+                warmup: Duration::from_secs(warmup_secs),
+                drain: Duration::from_secs(drain_secs),
+                seed,
+            };
+            let report = bench_gossip::gossip(options)?;
             output.print(&report, report.json());
             Ok(())
         }

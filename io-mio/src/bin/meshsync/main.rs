@@ -17,6 +17,8 @@ mod bench;
 #[cfg(feature = "bench")]
 mod bench_cli;
 #[cfg(feature = "bench")]
+mod bench_gossip;
+#[cfg(feature = "bench")]
 mod bench_soak;
 #[cfg(feature = "bench")]
 mod bench_sync;
