@@ -869,8 +869,8 @@ impl Node {
                     }
                 }
             }
-            (WorkPurpose::Range { batch }, WorkOutput::VerifiedBlocks { result, .. }) => {
-                self.sync_batch_verified(now, batch, result);
+            (WorkPurpose::Range { batch }, WorkOutput::VerifiedBlocks { blocks, result }) => {
+                self.sync_batch_verified(now, batch, blocks, result);
             }
             (WorkPurpose::Lookup { senders }, WorkOutput::VerifiedBlocks { blocks, result }) => {
                 self.sync_lookup_verified(now, blocks, senders, result);

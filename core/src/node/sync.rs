@@ -206,9 +206,10 @@ impl SyncPart {
         &mut self,
         now: Instant,
         batch: BatchId,
+        blocks: Vec<SignedBlock>,
         result: Result<(), Vec<usize>>,
     ) {
-        self.range.handle_verified(now, batch, result);
+        self.range.handle_verified(now, batch, blocks, result);
     }
 
     pub(super) fn handle_verify_failed(&mut self, now: Instant, batch: BatchId) {
@@ -526,14 +527,15 @@ impl Node {
         }
     }
 
-    /// A verified range batch came back from the worker.
+    /// A verified range batch came back from the worker, with its blocks.
     pub(super) fn sync_batch_verified(
         &mut self,
         now: Instant,
         batch: BatchId,
+        blocks: Vec<SignedBlock>,
         result: Result<(), Vec<usize>>,
     ) {
-        self.sync.handle_verified(now, batch, result);
+        self.sync.handle_verified(now, batch, blocks, result);
     }
 
     /// A verified lookup chain came back: import what verified, in order,

@@ -136,7 +136,7 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
     let mut sync = RangeSync::new(config, [bytes.u8(); 32]);
     let mut now = Instant::from_micros(1);
     let mut requests: BTreeMap<BatchId, (u64, u64)> = BTreeMap::new();
-    let mut verifications: BTreeMap<BatchId, usize> = BTreeMap::new();
+    let mut verifications: BTreeMap<BatchId, Vec<SignedBlock>> = BTreeMap::new();
     let mut imports: Vec<BatchId> = Vec::new();
     let mut operations = 0;
     while !bytes.is_empty() && operations < SCRIPT_OPERATIONS_MAX {
@@ -189,20 +189,20 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                 sync.handle_response(now, batch, result);
             }
             4 => {
-                let Some((&batch, &length)) = verifications
-                    .iter()
+                let Some(&batch) = verifications
+                    .keys()
                     .nth(usize::from(bytes.u8()) % verifications.len().max(1))
                 else {
                     continue;
                 };
-                verifications.remove(&batch);
+                let blocks = verifications.remove(&batch).unwrap_or_default();
                 let result = if bytes.u8() % 3 == 0 {
                     // Positions may even lie past the batch: tolerated.
-                    Err(vec![usize::from(bytes.u8()) % (length + 2)])
+                    Err(vec![usize::from(bytes.u8()) % (blocks.len() + 2)])
                 } else {
                     Ok(())
                 };
-                sync.handle_verified(now, batch, result);
+                sync.handle_verified(now, batch, blocks, result);
             }
             5 => {
                 if imports.is_empty() {
@@ -249,7 +249,7 @@ fn run_range_sync_script(data: &[u8]) -> SyncCounters {
                     requests.insert(batch, (start_slot, count));
                 }
                 SyncAction::Verify { batch, blocks } => {
-                    verifications.insert(batch, blocks.len());
+                    verifications.insert(batch, blocks);
                 }
                 SyncAction::Import { batch, .. } => imports.push(batch),
                 SyncAction::Penalise { .. }

@@ -277,6 +277,9 @@ impl Driver {
         config.unix_ms_at_origin = wall_ms(&clock_skew_ms);
         let unix_ms_at_origin = config.unix_ms_at_origin;
         let peer_id = identity.peer_id();
+        // One batch verifying per worker thread: a fixed number would leave
+        // the cores of a larger machine idle during sync.
+        config.sync = config.sync.clone().for_workers(options.workers);
         let node = Node::new(config, identity, seed);
         let (control_sender, control_receiver) = crossbeam_channel::bounded(CONTROL_QUEUED_MAX);
         log::info!("[{peer_id:?}] node {peer_id} listening on {local_addr}");

@@ -179,4 +179,6 @@ pub struct SyncCounters {
     pub buffered_bytes_max: usize,
     /// The most requests ever in flight at once.
     pub requests_in_flight_max: usize,
+    /// The most batches verifying at once so far.
+    pub verifications_in_flight_max: usize,
 }

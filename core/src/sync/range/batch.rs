@@ -31,10 +31,11 @@ pub(super) enum BatchState {
         blocks: Vec<SignedBlock>,
         bytes: usize,
     },
+    /// The blocks are with the verification job, which hands them back:
+    /// they exist once, and still count as buffered.
     Verifying {
         id: BatchId,
         peer: PeerId,
-        blocks: Vec<SignedBlock>,
         bytes: usize,
     },
     Verified {
@@ -193,12 +194,14 @@ impl RangeSync {
             self.counters.buffered_bytes_max.max(self.buffered_bytes);
     }
 
-    /// The result of [`SyncAction::Verify`] `batch`: `Err` holds the
-    /// positions of the invalid blocks (`chain::verify_batch_locating`).
+    /// The result of [`SyncAction::Verify`] `batch`, with the blocks it
+    /// handed over: `Err` holds the positions of the invalid blocks
+    /// (`chain::verify_batch_locating`).
     pub fn handle_verified(
         &mut self,
         now: Instant,
         batch: BatchId,
+        blocks: Vec<SignedBlock>,
         result: Result<(), Vec<usize>>,
     ) {
         self.advance(now);
@@ -212,12 +215,8 @@ impl RangeSync {
             self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
             return;
         };
-        let BatchState::Verifying {
-            id,
-            peer,
-            blocks,
-            bytes,
-        } = std::mem::replace(&mut entry.state, BatchState::Queued)
+        let BatchState::Verifying { id, peer, bytes } =
+            std::mem::replace(&mut entry.state, BatchState::Queued)
         else {
             unreachable!("matched above")
         };
@@ -374,20 +373,16 @@ impl RangeSync {
         else {
             unreachable!("found above")
         };
-        // The worker gets a copy: we keep ours to import, and the copy lives
-        // only as long as the job.
-        let copy = blocks.clone();
-        entry.state = BatchState::Verifying {
-            id,
-            peer,
-            blocks,
-            bytes,
-        };
+        // The job takes the blocks and hands them back with its verdict:
+        // no copy, so however many verify at once, the blocks are held once
+        // and counted in the buffer.
+        entry.state = BatchState::Verifying { id, peer, bytes };
         self.verifying.insert(id);
-        Some(SyncAction::Verify {
-            batch: id,
-            blocks: copy,
-        })
+        self.counters.verifications_in_flight_max = self
+            .counters
+            .verifications_in_flight_max
+            .max(self.verifying.len());
+        Some(SyncAction::Verify { batch: id, blocks })
     }
 
     #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.

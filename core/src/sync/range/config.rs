@@ -53,8 +53,13 @@ pub const ROUND_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// Our own deadline for a request, a backstop behind the req/resp layer's
 /// 10 s response timeout, which normally reports first.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
-/// Batches verifying at once: enough to keep a worker pool of a few cores busy.
-pub const VERIFICATIONS_MAX: usize = 4;
+/// Batches verifying at once by default: enough to keep a worker pool of a
+/// few cores busy ([`SyncConfig::for_workers`] raises it to the pool's size).
+pub const VERIFICATIONS_DEFAULT: usize = 4;
+/// Batches verifying at once at most, whatever the worker count. Each job
+/// holds its batch's blocks, which stay counted in the buffer
+/// ([`SYNC_BUFFER_BYTES_MAX`]) while it runs, so this bounds ids, not bytes.
+pub const VERIFICATIONS_MAX: usize = 64;
 /// Batches existing at once (queued, in flight or buffered): twice the
 /// request limit, so buffered batches never block new requests.
 pub const BATCHES_MAX: usize = 2 * REQUESTS_MAX;
@@ -131,7 +136,7 @@ pub struct SyncConfig {
     pub batch_attempts_max: u32,
     /// [`REQUEST_TIMEOUT`].
     pub request_timeout: Duration,
-    /// [`VERIFICATIONS_MAX`].
+    /// [`VERIFICATIONS_DEFAULT`], at most [`VERIFICATIONS_MAX`].
     pub verifications_max: usize,
 }
 
@@ -150,12 +155,20 @@ impl Default for SyncConfig {
             progress_interval: PROGRESS_INTERVAL,
             batch_attempts_max: BATCH_ATTEMPTS_MAX,
             request_timeout: REQUEST_TIMEOUT,
-            verifications_max: VERIFICATIONS_MAX,
+            verifications_max: VERIFICATIONS_DEFAULT,
         }
     }
 }
 
 impl SyncConfig {
+    /// As many batches verifying at once as `workers` threads verify them
+    /// (never fewer than configured, at most [`VERIFICATIONS_MAX`]): a
+    /// fixed four would leave the cores of a larger machine idle.
+    pub fn for_workers(mut self, workers: usize) -> SyncConfig {
+        self.verifications_max = self.verifications_max.max(workers.min(VERIFICATIONS_MAX));
+        self
+    }
+
     /// Panics if the config breaks a bound (a bug of whoever built it).
     #[allow(clippy::arithmetic_side_effects)] // Our own bookkeeping: each sum is bounded by a limit checked before it (see `assert_invariants`), each difference undoes an earlier sum.
     pub(super) fn assert_valid(&self) {

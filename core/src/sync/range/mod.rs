@@ -110,9 +110,10 @@
 //! [`SYNC_PEERS_MAX`]. Buffer: [`SYNC_BUFFER_BYTES_MAX`], counted in encoded
 //! bytes; a request is sent only if twice the measured bytes per slot fits
 //! besides what is buffered and reserved, and an answer that still does not
-//! fit evicts buffered batches above it (the worker's copy of a batch being
-//! verified is not counted: at most [`VERIFICATIONS_MAX`] such copies, each
-//! one batch). Verifications in flight: [`VERIFICATIONS_MAX`]. History: [`HISTORY_BATCHES_MAX`]. Invalid
+//! fit evicts buffered batches above it (a batch being verified is with its
+//! job, not copied, and stays counted). Verifications in flight:
+//! [`VERIFICATIONS_DEFAULT`], or one per worker thread
+//! ([`SyncConfig::for_workers`]), at most [`VERIFICATIONS_MAX`]. History: [`HISTORY_BATCHES_MAX`]. Invalid
 //! blocks remembered: [`INVALID_BLOCKS_MAX`]. Queued outputs: [`OUTPUTS_MAX`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -143,7 +144,8 @@ pub use config::{
     CLAIM_SUPPORT_PEERS_MIN, FLIGHT_BYTES_INITIAL, HISTORY_BATCHES_MAX, INVALID_BLOCKS_MAX,
     OUTPUTS_MAX, PROGRESS_INTERVAL, REQUESTS_MAX, REQUESTS_PER_PEER_MAX, REQUEST_TIMEOUT,
     ROUND_RETRY_DELAY, SLOT_BYTES_ESTIMATE_INITIAL, SLOT_MAX, SYNC_BUFFER_BYTES_MAX,
-    SYNC_DISTANCE_SLOTS, SYNC_PEERS_MAX, SYNC_PEERS_MIN, SYNC_PEERS_WAIT, VERIFICATIONS_MAX,
+    SYNC_DISTANCE_SLOTS, SYNC_PEERS_MAX, SYNC_PEERS_MIN, SYNC_PEERS_WAIT, VERIFICATIONS_DEFAULT,
+    VERIFICATIONS_MAX,
 };
 pub use progress::{PeerWait, SyncProgress};
 

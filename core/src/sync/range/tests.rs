@@ -92,7 +92,7 @@ fn status(head_slot: u64) -> PeerChain {
 
 enum Event {
     Response(PeerId, BatchId, Result<Vec<SignedBlock>, FetchError>),
-    Verified(BatchId, Result<(), Vec<usize>>),
+    Verified(BatchId, Vec<SignedBlock>, Result<(), Vec<usize>>),
     /// The driver failed running the verification (`Input::WorkFailed`).
     VerifyFailed(BatchId),
 }
@@ -237,7 +237,7 @@ impl Harness {
                 }
                 SyncAction::Verify { batch, blocks } => {
                     let result = verify_batch_locating(&fixture().genesis, &blocks, &mut self.rng);
-                    self.schedule(self.verify_delay, Event::Verified(batch, result));
+                    self.schedule(self.verify_delay, Event::Verified(batch, blocks, result));
                 }
                 SyncAction::Import { batch, blocks } => {
                     let mut result = Ok(());
@@ -300,8 +300,8 @@ impl Harness {
                 Event::Response(_, batch, result) => {
                     self.sync.handle_response(self.now, batch, result)
                 }
-                Event::Verified(batch, result) => {
-                    self.sync.handle_verified(self.now, batch, result)
+                Event::Verified(batch, blocks, result) => {
+                    self.sync.handle_verified(self.now, batch, blocks, result)
                 }
                 Event::VerifyFailed(batch) => self.sync.handle_verify_failed(self.now, batch),
             }
@@ -695,6 +695,53 @@ fn buffer_stays_bounded_when_verification_is_slow() {
     assert!(
         counters.buffered_bytes_max > buffer_bytes_max / 2,
         "the buffer was used: {counters:?}"
+    );
+}
+
+/// Verification is the slow part (2 s a batch here): with eight worker
+/// threads, eight batches verify at once, not the default four; the blocks
+/// go to the job and come back with its verdict, so the buffer bound holds
+/// however many are out.
+#[test]
+fn verifications_in_flight_follow_the_worker_count() {
+    assert_eq!(
+        SyncConfig::default().verifications_max,
+        VERIFICATIONS_DEFAULT
+    );
+    assert_eq!(
+        SyncConfig::default().for_workers(1).verifications_max,
+        VERIFICATIONS_DEFAULT,
+        "fewer workers keep the pipeline's default"
+    );
+    assert_eq!(
+        SyncConfig::default().for_workers(10_000).verifications_max,
+        VERIFICATIONS_MAX
+    );
+    let run = |workers: usize| {
+        let config = SyncConfig {
+            peers_min: 1,
+            batch_slots_max: 8,
+            ..SyncConfig::default()
+        }
+        .for_workers(workers);
+        let mut harness = Harness::new(config, 17);
+        harness.verify_delay = Duration::from_secs(2);
+        for peer in 1..=4 {
+            harness.add_peer(peer, Behaviour::Honest, CHAIN_SLOTS);
+        }
+        harness.run_until(|h| h.synced.is_some());
+        assert_eq!(harness.head(), CHAIN_SLOTS);
+        let counters = harness.sync.counters();
+        assert!(counters.buffered_bytes_max <= SYNC_BUFFER_BYTES_MAX);
+        (counters.verifications_in_flight_max, harness.now)
+    };
+    let (four, slow) = run(2);
+    let (eight, fast) = run(8);
+    assert_eq!(four, VERIFICATIONS_DEFAULT);
+    assert_eq!(eight, 8);
+    assert!(
+        fast < slow,
+        "eight at once finish sooner: {fast:?} vs {slow:?}"
     );
 }
 

@@ -236,6 +236,8 @@ impl World {
         let mut joiner = Config::new(NETWORK_ID);
         joiner.unix_ms_at_origin = clock_ms;
         joiner.sync.peers_min = 1;
+        // As the driver does: one batch verifying per worker thread.
+        joiner.sync = joiner.sync.for_workers(pool.threads());
         let mut nodes = vec![Node::new(joiner, Identity::from_seed(0), [0; 32])];
         // The address scheme (10.0.0.i) and the seeds hold up to 254 nodes.
         const _: () = assert!(SERVERS < 254);
