@@ -47,7 +47,7 @@ use crate::reqresp::bodies::{
 };
 use crate::reqresp::inbound::{DropReason, Refusal, BUSY_MESSAGE_PREFIX};
 use crate::reqresp::limits::BUSY_RETRIES_PER_REQUEST_MAX;
-use crate::reqresp::outbound::{ResponseViolation, Unexpected};
+use crate::reqresp::outbound::{ResponseViolation, TimedOut, Unexpected};
 use crate::reqresp::stats::{RequestStats, ServedStats};
 use crate::reqresp::{
     Answer, ChunkOutcome, EndOutcome, InboundConfig, InboundOutcome, InboundRequests,
@@ -64,10 +64,11 @@ use crate::time::{Duration, Instant};
 /// slot forever.
 pub const TIMEOUTS_IN_A_ROW_TOLERATED: u32 = 3;
 /// A timeout counts towards [`TIMEOUTS_IN_A_ROW_TOLERATED`] only if the peer
-/// sent us something within this long, about a request's lifetime: it was
-/// alive while it left us unanswered (its own pings and requests keep
-/// coming). A peer cut off by a partition goes quiet and is left to the
-/// silence timeout instead, so it can come back unscathed.
+/// sent us something after the request went out, and within this long,
+/// about a request's lifetime: it was alive while it left us unanswered
+/// (its own pings and requests keep coming). A peer cut off by a partition
+/// or frozen goes quiet and is left to the silence timeout instead, so it
+/// can come back unscathed.
 pub const TIMEOUT_ESCALATION_HEARD_WITHIN: Duration = crate::reqresp::limits::RESPONSE_TIMEOUT;
 
 pub use crate::reqresp::limits::ANSWER_BLOCK_BYTES_MAX;
@@ -904,7 +905,7 @@ impl Node {
         // already let go of.
         self.rpc.outbound.handle_timeout(now);
         let expired: Vec<_> = std::iter::from_fn(|| self.rpc.outbound.poll_timed_out()).collect();
-        for &(peer, id, kind) in &expired {
+        for &TimedOut { peer, id, kind, .. } in &expired {
             self.out.counters.requests_timed_out += 1;
             debug!("{peer:?}: request {id:?} timed out ({kind:?})");
             let error = match kind {
@@ -915,21 +916,30 @@ impl Node {
         }
         // Requests sent together expire together: one stall is one event,
         // however many requests it caught.
-        let mut expired_per_peer: BTreeMap<PeerId, u32> = BTreeMap::new();
-        for (peer, _, _) in expired {
-            *expired_per_peer.entry(peer).or_default() += 1;
+        // Per peer: how many expired, and the earliest sent among them.
+        let mut expired_per_peer: BTreeMap<PeerId, (u32, Instant)> = BTreeMap::new();
+        for timed_out in expired {
+            let entry = expired_per_peer
+                .entry(timed_out.peer)
+                .or_insert((0, timed_out.sent_at));
+            entry.0 += 1;
+            entry.1 = entry.1.min(timed_out.sent_at);
         }
-        for (peer, count) in expired_per_peer {
+        for (peer, (count, first_sent_at)) in expired_per_peer {
             // One stall can happen to anyone; a peer that lets request
             // after request expire while it keeps talking to us is of no use
-            // and holds a slot. One we hear nothing from at all may be cut
-            // off (a partition): the silence timeout deals with it, and it
-            // must not come back scored out.
+            // and holds a slot. One we have heard nothing from since we
+            // asked may be frozen or cut off (a partition): the silence
+            // timeout deals with it, and it must not come back scored out.
+            // (Heard lately alone is not enough: a peer frozen right after
+            // its last message is still "heard lately" when our requests
+            // to it expire.)
             let in_a_row = match self.conns.established_mut(&peer) {
                 Some(established) => {
-                    let heard_lately = now.saturating_duration_since(established.last_received)
-                        < TIMEOUT_ESCALATION_HEARD_WITHIN;
-                    if heard_lately {
+                    let heard_since_asked = established.last_received >= first_sent_at
+                        && now.saturating_duration_since(established.last_received)
+                            < TIMEOUT_ESCALATION_HEARD_WITHIN;
+                    if heard_since_asked {
                         established.timeouts_in_a_row =
                             established.timeouts_in_a_row.saturating_add(1);
                     }

@@ -258,7 +258,21 @@ pub struct OutboundRequests {
     stats: RequestStats,
     last_now: Instant,
     /// What `handle_timeout` expired, for `poll_timed_out`; drained after each call.
-    timed_out: VecDeque<(PeerId, RequestId, TimeoutKind)>,
+    timed_out: VecDeque<TimedOut>,
+}
+
+/// A request that ran out of time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedOut {
+    /// Whom it was sent to.
+    pub peer: PeerId,
+    /// Its id.
+    pub id: RequestId,
+    /// Which deadline it missed.
+    pub kind: TimeoutKind,
+    /// When it was sent: whether the peer was heard from after it tells a
+    /// peer that ignored it from one that went quiet.
+    pub sent_at: Instant,
 }
 
 /// How long a `ResourceUnavailable` answer asks us to wait: the "retry after
@@ -597,12 +611,12 @@ impl OutboundRequests {
     }
 
     /// The next request [`Machine::handle_timeout`] failed, in peer then id order, until `None`.
-    pub fn poll_timed_out(&mut self) -> Option<(PeerId, RequestId, TimeoutKind)> {
+    pub fn poll_timed_out(&mut self) -> Option<TimedOut> {
         self.timed_out.pop_front()
     }
 
     /// Fails every request whose deadline is at or before `now`, in peer then id order.
-    fn expire_due(&mut self, now: Instant) -> Vec<(PeerId, RequestId, TimeoutKind)> {
+    fn expire_due(&mut self, now: Instant) -> Vec<TimedOut> {
         self.advance(now);
         let mut expired = Vec::new();
         for (&peer, requests) in &self.peers {
@@ -614,11 +628,11 @@ impl OutboundRequests {
                         } else {
                             TimeoutKind::Response
                         };
-                    expired.push((peer, id, kind, request.protocol));
+                    expired.push((peer, id, kind, request.protocol, request.sent_at));
                 }
             }
         }
-        for &(peer, id, kind, protocol) in &expired {
+        for &(peer, id, kind, protocol, _) in &expired {
             self.stats.record(protocol, RequestResult::TimedOut, None);
             match kind {
                 TimeoutKind::FirstChunk => self.counters.timeouts_first_chunk += 1,
@@ -628,7 +642,12 @@ impl OutboundRequests {
         }
         expired
             .into_iter()
-            .map(|(peer, id, kind, _)| (peer, id, kind))
+            .map(|(peer, id, kind, _, sent_at)| TimedOut {
+                peer,
+                id,
+                kind,
+                sent_at,
+            })
             .collect()
     }
 
@@ -768,7 +787,9 @@ mod tests {
         now: Instant,
     ) -> Vec<(PeerId, RequestId, TimeoutKind)> {
         machine.handle_timeout(now);
-        std::iter::from_fn(|| machine.poll_timed_out()).collect()
+        std::iter::from_fn(|| machine.poll_timed_out())
+            .map(|timed_out| (timed_out.peer, timed_out.id, timed_out.kind))
+            .collect()
     }
     use crate::reqresp::bodies::{
         BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Ping, Status,

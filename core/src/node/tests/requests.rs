@@ -282,6 +282,54 @@ fn an_unresponsive_peer_times_out_loses_score_and_is_dropped() {
     );
 }
 
+/// A peer that freezes (or is cut off) right after its last message: the
+/// requests we send it afterwards expire while it still counts as heard
+/// lately. They cost it Low each, never the High of a peer that ignores us
+/// while it talks; the silence timeout drops it, not its score, so it can
+/// come back (before, three such moments in a row scored it out).
+#[test]
+fn a_frozen_peer_is_dropped_as_silent_not_scored_out() {
+    let mut net = Net::new(vec![chain_config(0), chain_config(100)]);
+    net.dial(0, 1, None);
+    let peer = net.nodes[1].peer_id();
+    // Pings both ways at 30 s: heard lately. Then 1 freezes: nothing more
+    // reaches 0 from it.
+    net.advance(Duration::from_secs(31));
+    let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
+    net.links.remove(&(1, conn_at_1));
+    net.links.retain(|_, remote| remote.0 != 1);
+    let body = BlocksByRangeRequest {
+        start_slot: 1,
+        count: 8,
+    }
+    .encode();
+    // Each expires on its own, 5 s after it went out, while the last
+    // message from 1 is under 10 s old.
+    for tag in 1..=6 {
+        request(&mut net, 0, 1, ProtocolId::BlocksByRange, body.clone(), tag);
+        net.advance(Duration::from_millis(500));
+    }
+    net.advance(Duration::from_secs(10));
+    assert!(
+        net.nodes[0].is_connected(&peer),
+        "not scored out: {:?}",
+        disconnects(&net, 0)
+    );
+    let timeouts = net.nodes[0].counters().requests_timed_out;
+    assert!(timeouts >= 6, "{timeouts} timeouts");
+    let score = net.nodes[0]
+        .peer_manager()
+        .score(net.now, &peer)
+        .as_points();
+    assert!(
+        score > -(timeouts as f64) - 0.5,
+        "Low penalties only: {score} after {timeouts} timeouts"
+    );
+    net.advance(Duration::from_secs(90));
+    assert!(!net.nodes[0].is_connected(&peer));
+    assert_eq!(disconnects(&net, 0), vec![DisconnectReason::Silent]);
+}
+
 #[test]
 fn a_static_peer_is_redialled_with_backoff_until_it_returns() {
     let mut net = Net::with_nodes(2);
