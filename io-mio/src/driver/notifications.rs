@@ -7,7 +7,7 @@
 //! (connected, disconnected, refused, unbanned) and sync's progress are
 //! DEBUG: the periodic status line sums them up at INFO.
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use meshsync_core::io::Notification;
 
 use super::Driver;
@@ -20,12 +20,47 @@ pub(super) struct Subscriber {
     dropped: u64,
 }
 
+/// What [`Subscriber::offer`] did with a notification.
+#[derive(Debug, PartialEq, Eq)]
+enum Offered {
+    Queued,
+    /// `queued_max` were waiting unread.
+    Dropped,
+    /// The receiver is gone.
+    Gone,
+}
+
+impl Subscriber {
+    /// A subscriber whose channel grows with what waits unread. A bounded
+    /// channel of [`NOTIFICATIONS_QUEUED_MAX`] would allocate every slot up
+    /// front: about 10 MiB per subscriber, read or not (30 drivers in one
+    /// process held 330 MiB).
+    fn new() -> (Subscriber, Receiver<Notification>) {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        (Subscriber { sender, dropped: 0 }, receiver)
+    }
+
+    /// Queues `notification` unless `queued_max` already wait unread. We
+    /// are the only sender, so the queue can only shrink between the
+    /// check and the send: it never holds more than `queued_max`.
+    fn offer(&mut self, notification: Notification, queued_max: usize) -> Offered {
+        if self.sender.len() >= queued_max {
+            self.dropped += 1;
+            return Offered::Dropped;
+        }
+        match self.sender.send(notification) {
+            Ok(()) => Offered::Queued,
+            Err(_) => Offered::Gone,
+        }
+    }
+}
+
 impl Driver {
     /// A channel that receives every notification from now on. At most
     /// [`NOTIFICATIONS_QUEUED_MAX`] wait unread; further ones are dropped.
     pub fn subscribe(&mut self) -> Receiver<Notification> {
-        let (sender, receiver) = crossbeam_channel::bounded(NOTIFICATIONS_QUEUED_MAX);
-        self.subscribers.push(Subscriber { sender, dropped: 0 });
+        let (subscriber, receiver) = Subscriber::new();
+        self.subscribers.push(subscriber);
         receiver
     }
 
@@ -105,17 +140,45 @@ impl Driver {
             | Notification::InboundRequest { .. } => {}
         }
         self.subscribers.retain_mut(|subscriber| {
-            match subscriber.sender.try_send(notification.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    if subscriber.dropped == 0 {
+            match subscriber.offer(notification.clone(), NOTIFICATIONS_QUEUED_MAX) {
+                Offered::Queued => true,
+                Offered::Dropped => {
+                    if subscriber.dropped == 1 {
                         log::warn!("[{me:?}] a notification subscriber is not reading; dropping");
                     }
-                    subscriber.dropped += 1;
                     true
                 }
-                Err(TrySendError::Disconnected(_)) => false,
+                Offered::Gone => false,
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshsync_core::PeerId;
+
+    fn unbanned(n: u8) -> Notification {
+        Notification::PeerUnbanned {
+            peer: PeerId::from_bytes([n; 32]),
+        }
+    }
+
+    #[test]
+    fn a_subscriber_that_does_not_read_holds_at_most_the_cap() {
+        let (mut subscriber, receiver) = Subscriber::new();
+        assert_eq!(subscriber.offer(unbanned(1), 2), Offered::Queued);
+        assert_eq!(subscriber.offer(unbanned(2), 2), Offered::Queued);
+        assert_eq!(subscriber.offer(unbanned(3), 2), Offered::Dropped);
+        assert_eq!(subscriber.offer(unbanned(4), 2), Offered::Dropped);
+        assert_eq!((receiver.len(), subscriber.dropped), (2, 2));
+        // Reading makes room again; what was dropped stays dropped.
+        assert_eq!(receiver.recv().unwrap(), unbanned(1));
+        assert_eq!(subscriber.offer(unbanned(5), 2), Offered::Queued);
+        let rest: Vec<_> = receiver.try_iter().collect();
+        assert_eq!(rest, vec![unbanned(2), unbanned(5)]);
+        drop(receiver);
+        assert_eq!(subscriber.offer(unbanned(6), 2), Offered::Gone);
     }
 }
