@@ -58,9 +58,7 @@ fn a_silent_peer_is_dropped_after_the_silence_timeout() {
     let mut net = Net::with_nodes(2);
     net.dial(0, 1, None);
     // Cut the link from 1 to 0 without closing: 0 hears nothing more.
-    let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
-    net.links.remove(&(1, conn_at_1));
-    net.links.retain(|_, remote| remote.0 != 1);
+    freeze(&mut net, 1);
     net.advance_to(Instant::ZERO + Duration::from_secs(89));
     assert!(net.nodes[0].is_connected(&net.nodes[1].peer_id()));
     net.advance_to(Instant::ZERO + Duration::from_secs(91));
@@ -86,9 +84,7 @@ fn a_shorter_silence_timeout_drops_a_silent_peer_sooner_and_keeps_an_idle_one() 
     assert!(net.nodes[0].counters().pongs_received >= 15);
     assert_eq!(net.nodes[0].counters().peers_silent, 0);
 
-    let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
-    net.links.remove(&(1, conn_at_1));
-    net.links.retain(|_, remote| remote.0 != 1);
+    freeze(&mut net, 1);
     let cut = net.now;
     net.advance_to(cut + Duration::from_secs(13));
     assert!(net.nodes[0].is_connected(&net.nodes[1].peer_id()));

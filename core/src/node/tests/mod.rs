@@ -73,6 +73,13 @@ fn disconnects(net: &Net, index: usize) -> Vec<DisconnectReason> {
 /// its 300 slots are then in the past (claims from the future are refused).
 const CHAIN_CLOCK_MS: u64 = 300 * crate::chain::DEVNET_SLOT_DURATION_MS + 1_000;
 
+/// Freezes node `frozen` as seen from everyone: nothing it sends arrives
+/// any more, yet no connection closes (SIGSTOP, or a partition).
+fn freeze(net: &mut Net, frozen: usize) {
+    net.links
+        .retain(|&(from, _), remote| from != frozen && remote.0 != frozen);
+}
+
 fn chain_config(head_slot: u64) -> Config {
     static CHAIN: std::sync::OnceLock<crate::chain::ChainConfig> = std::sync::OnceLock::new();
     let full = CHAIN.get_or_init(|| crate::chain::ChainConfig::devnet_with_chain(1, 300, 200));

@@ -295,9 +295,7 @@ fn a_frozen_peer_is_dropped_as_silent_not_scored_out() {
     // Pings both ways at 30 s: heard lately. Then 1 freezes: nothing more
     // reaches 0 from it.
     net.advance(Duration::from_secs(31));
-    let (&(_, conn_at_1), _) = net.links.iter().find(|((node, _), _)| *node == 1).unwrap();
-    net.links.remove(&(1, conn_at_1));
-    net.links.retain(|_, remote| remote.0 != 1);
+    freeze(&mut net, 1);
     let body = BlocksByRangeRequest {
         start_slot: 1,
         count: 8,
