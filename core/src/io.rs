@@ -114,6 +114,18 @@ pub enum Input {
         /// The batch's id.
         id: u64,
     },
+    /// The answer to [`Action::ReadBlocks`] with this id: the finalized
+    /// blocks read, lowest slot first, each decoded and checked against the
+    /// root it is stored under.
+    BlocksRead {
+        /// The read's id.
+        id: u64,
+        /// The blocks.
+        blocks: Vec<crate::chain::SignedBlock>,
+        /// Whether every block the read's range holds was returned (false
+        /// when a limit of the read, or a damaged block, cut it short).
+        complete: bool,
+    },
     /// The instant from [`crate::Node::poll_timeout`] has come. Early or
     /// repeated timeouts are harmless no-ops.
     Timeout,
@@ -307,6 +319,10 @@ pub enum Action {
     /// Write `batch` durably in one transaction, then report
     /// `Input::Persisted { id: batch.id }`; batches in the order given.
     Persist(crate::work::PersistBatch),
+    /// Read finalized blocks back from the store (history the core evicted
+    /// from memory, to serve a range that starts below what it holds), then
+    /// report `Input::BlocksRead { id: read.id, .. }`.
+    ReadBlocks(crate::work::BlockRead),
     /// Replace the stored peer store with `known` in one transaction (see
     /// `crate::peerstore`). Nothing is reported back: a snapshot that is
     /// not written costs only what changed since the last one. Emitted

@@ -27,6 +27,7 @@
 //!                                  ConnectionClosed / DialFailed
 //!  worker pool  ◄── driver ◄──   Action::Work(job)     ──► Input::WorkDone / WorkFailed (BLS batch checks)
 //!  block store  ◄── driver ◄──   Action::Persist(batch) ─► Input::Persisted (then in our Status)
+//!               ◄── driver ◄──   Action::ReadBlocks(read) ─► Input::BlocksRead (history served from disk)
 //!  peer store   ◄── driver ◄──   Action::PersistPeers(snapshot) (loaded back as Config::known_peers)
 //!  disk, clock  ──► driver ──►   Input::Health (store failing, clock jumped)
 //!  application  ◄── driver ◄──   Action::Notify(event)

@@ -65,6 +65,13 @@ pub struct Counters {
     pub requests_sent: u64,
     /// Peers' requests admitted and handled.
     pub requests_served: u64,
+    /// Reads of finalized history asked of the driver's store, to serve a
+    /// range that starts below what the chain store holds in memory.
+    pub history_reads: u64,
+    /// Blocks those reads brought back.
+    pub history_blocks_read: u64,
+    /// Ranges answered busy because `HISTORY_READS_MAX` reads were open.
+    pub history_reads_refused: u64,
     /// Peers' requests refused by a quota (answered with result code 3):
     /// `requests_limited_peer + requests_limited_global`.
     pub requests_rate_limited: u64,

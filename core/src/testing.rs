@@ -59,6 +59,17 @@ pub enum Delivery {
         /// The batch.
         id: u64,
     },
+    /// Node `to`'s read of stored history is done (`Input::BlocksRead`).
+    BlocksRead {
+        /// The node.
+        to: usize,
+        /// The read.
+        id: u64,
+        /// What it found.
+        blocks: Vec<crate::chain::SignedBlock>,
+        /// Whether that is all the range holds.
+        complete: bool,
+    },
     /// Node `to`'s bytes sent on `conn` were written (`Input::BytesWritten`).
     Written {
         /// The node that sent them.
@@ -95,6 +106,13 @@ pub struct MemoryNet {
     held: Vec<HeldSend>,
     /// Roots each node's persist batches stored, in order.
     pub persisted: Vec<Vec<crate::chain::Root>>,
+    /// Each node's disk as its persist batches left it: blocks by root,
+    /// and the finalized root of the last batch (what `Action::ReadBlocks`
+    /// reads from).
+    pub disks: Vec<(
+        BTreeMap<crate::chain::Root, crate::chain::SignedBlock>,
+        crate::chain::Root,
+    )>,
     /// Nodes whose persist batches wait (a slow disk) until released.
     persist_held: BTreeSet<usize>,
     persist_waiting: Vec<(usize, crate::work::PersistBatch)>,
@@ -140,6 +158,7 @@ impl MemoryNet {
             slow_readers: BTreeSet::new(),
             held: Vec::new(),
             persisted: vec![Vec::new(); count],
+            disks: vec![(BTreeMap::new(), crate::chain::Root([0; 32])); count],
             persist_held: BTreeSet::new(),
             persist_waiting: Vec::new(),
             known_peers: vec![None; count],
@@ -217,6 +236,12 @@ impl MemoryNet {
 
     fn complete_persist(&mut self, index: usize, batch: crate::work::PersistBatch) {
         self.persisted[index].extend(batch.blocks.iter().map(|(root, _)| *root));
+        let (disk, finalized) = &mut self.disks[index];
+        for root in &batch.delete {
+            disk.remove(root);
+        }
+        disk.extend(batch.blocks.iter().cloned());
+        *finalized = batch.finalized.root;
         self.in_flight.push_back(Delivery::Persisted {
             to: index,
             id: batch.id,
@@ -269,6 +294,19 @@ impl MemoryNet {
             Delivery::Persisted { to, id } => {
                 self.handle(to, Input::Persisted { id });
             }
+            Delivery::BlocksRead {
+                to,
+                id,
+                blocks,
+                complete,
+            } => self.handle(
+                to,
+                Input::BlocksRead {
+                    id,
+                    blocks,
+                    complete,
+                },
+            ),
             Delivery::Written { to, conn, bytes } => {
                 if self.links.contains_key(&(to, conn)) {
                     self.handle(to, Input::BytesWritten { conn, bytes });
@@ -362,6 +400,7 @@ impl MemoryNet {
             | Delivery::WorkDone { to, .. }
             | Delivery::WorkFailed { to, .. }
             | Delivery::Persisted { to, .. }
+            | Delivery::BlocksRead { to, .. }
             | Delivery::Written { to, .. }
             | Delivery::Closed { to, .. } => *to != index,
         });
@@ -470,6 +509,18 @@ impl MemoryNet {
                 } else {
                     self.complete_persist(index, batch);
                 }
+            }
+            Action::ReadBlocks(read) => {
+                let (disk, finalized) = &self.disks[index];
+                let genesis = self.nodes[index].config().chain.genesis.root();
+                let (blocks, complete) =
+                    read.answer_from(*finalized, genesis, |root| disk.get(root));
+                self.in_flight.push_back(Delivery::BlocksRead {
+                    to: index,
+                    id: read.id,
+                    blocks,
+                    complete,
+                });
             }
             Action::PersistPeers(known) => self.known_peers[index] = Some(known),
             Action::Notify(notification) => self.notifications[index].push(notification),

@@ -15,13 +15,18 @@
 //! Durable storage is the other side effect the core cannot perform:
 //! [`crate::Action::Persist`] carries a [`PersistBatch`]; the driver writes
 //! it durably (or not at all) and answers [`crate::Input::Persisted`] with
-//! the batch's id. Batches are answered in order.
+//! the batch's id. Batches are answered in order. What the core evicted
+//! from memory (finalized history, see `chain::store`) it reads back with
+//! [`crate::Action::ReadBlocks`] to serve a range that starts below what
+//! it holds; the driver answers [`crate::Input::BlocksRead`].
 //!
 //! ```text
 //!  core ── Action::Work { id, job } ───► driver: job.run() on a worker
 //!  core ◄── Input::WorkDone { id, output } ── (any order, any thread)
 //!  core ── Action::Persist(batch) ──────► driver: one durable transaction
 //!  core ◄── Input::Persisted { id } ──────── (in batch order)
+//!  core ── Action::ReadBlocks(read) ────► driver: finalized blocks by slot
+//!  core ◄── Input::BlocksRead { id, .. } ── (any order)
 //! ```
 //!
 //! # Determinism
@@ -124,11 +129,88 @@ pub struct PersistBatch {
     pub delete: Vec<Root>,
     /// The finalized block after this batch.
     pub finalized: Checkpoint,
+    /// Canonical blocks that became finalized since the previous batch,
+    /// lowest slot first (stored in this batch or an earlier one): they
+    /// never change again, so the driver indexes them by slot and reads
+    /// them back by slot for [`crate::Action::ReadBlocks`].
+    pub finalized_chain: Vec<Checkpoint>,
     /// A proposer key's new signing watermark, to record in the same
     /// transaction; the store keeps the highest slot per key and never
     /// lowers it. The core signs that slot only once this batch is
     /// acknowledged, so the record must be as durable as the blocks.
     pub watermark: Option<SigningWatermark>,
+}
+
+/// A read of finalized history from the driver's store: the ancestors of
+/// the finalized block of the last durable [`PersistBatch`] (and that block)
+/// whose slots are in `start_slot..end_slot`, lowest slot first, as many as
+/// fit `blocks_max` and `bytes_max` (encoded bytes), stopping at the first
+/// that does not. Answered by [`crate::Input::BlocksRead`] with the same id;
+/// every read must be answered (with no blocks if the store cannot), since
+/// the core holds a bounded number open.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BlockRead {
+    /// Answered with this id.
+    pub id: u64,
+    /// The lowest slot wanted.
+    pub start_slot: u64,
+    /// One past the highest slot wanted.
+    pub end_slot: u64,
+    /// Most blocks to return.
+    pub blocks_max: usize,
+    /// Most encoded bytes of blocks to return.
+    pub bytes_max: usize,
+}
+
+impl BlockRead {
+    /// The answer from a disk modelled in memory (the simulator's, the test
+    /// network's): `finalized` is the finalized root of the last durable
+    /// batch, `genesis` the genesis root, and `block` finds a stored block
+    /// by root. Walks down from `finalized`, so it costs the history above
+    /// the range; the mio driver keeps an index instead. Returns the blocks
+    /// and whether every block of the range was returned: a block missing
+    /// above the range's start (the walk cannot get past it) returns
+    /// nothing, since what lies above a hole is no prefix of the range.
+    pub fn answer_from<'a>(
+        &self,
+        finalized: Root,
+        genesis: Root,
+        block: impl Fn(&Root) -> Option<&'a SignedBlock>,
+    ) -> (Vec<SignedBlock>, bool) {
+        let mut in_range = Vec::new();
+        let mut cursor = finalized;
+        loop {
+            let Some(found) = block(&cursor) else {
+                if cursor == genesis {
+                    break;
+                }
+                return (Vec::new(), false);
+            };
+            if found.slot() < self.start_slot {
+                break;
+            }
+            if found.slot() < self.end_slot {
+                in_range.push(found);
+            }
+            if found.slot() == self.start_slot {
+                break; // Nothing below is wanted.
+            }
+            cursor = found.parent_root();
+        }
+        let mut blocks = Vec::new();
+        let mut bytes = 0usize;
+        let total = in_range.len();
+        for found in in_range.into_iter().rev() {
+            let len = found.encoded_len();
+            if blocks.len() >= self.blocks_max || bytes.saturating_add(len) > self.bytes_max {
+                break;
+            }
+            bytes += len;
+            blocks.push(found.clone());
+        }
+        let complete = blocks.len() == total;
+        (blocks, complete)
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! | --- | --- | --- | --- |
 //! | `blocks_v1` | (slot u64, root) | block bytes | iteration order is (slot, root): the core re-imports parents before children without a sort |
 //! | `slot_by_root_v1` | root | slot u64 | find (and delete) a block by root alone |
+//! | `finalized_chain_v1` | slot u64 | root | the finalized chain by slot (the finalized block's ancestors, which never change): ranges of history the core no longer holds in memory are read through it ([`BlockStore::read_finalized_chain`]) |
 //! | `meta_v1` | name | bytes | `finalized` (root ‖ slot BE, 40 bytes), `block_bytes` (u64 BE), `network` (network id BE ‖ genesis root, 40 bytes) |
 //! | `signing_watermarks_v1` | proposer public key (48 bytes, compressed BLS) | slot u64 | the highest slot each of our keys signed: the core signs a slot only once this is durable, and never at or below it again |
 //! | `peer_records_v1` | peer id (32 bytes) | (last seen, Unix ms u64; signed record bytes) | the peer store: peers we met, dialled at the next start without bootnodes; the core verifies each record when it loads it |
@@ -94,6 +95,9 @@ const CHECKPOINT_BYTES: usize = 32 + 8;
 
 const BLOCKS: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("blocks_v1");
 const SLOT_BY_ROOT: TableDefinition<[u8; 32], u64> = TableDefinition::new("slot_by_root_v1");
+/// A stored block as read: (root, slot, encoded bytes).
+pub type StoredRow = (Root, u64, Vec<u8>);
+const FINALIZED_CHAIN: TableDefinition<u64, [u8; 32]> = TableDefinition::new("finalized_chain_v1");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
 const WATERMARKS: TableDefinition<[u8; PROPOSER_PUBLIC_KEY_BYTES], u64> =
     TableDefinition::new("signing_watermarks_v1");
@@ -553,6 +557,7 @@ impl BlockStore {
         let stored = store.write("create tables", |transaction| {
             let blocks = transaction.open_table(BLOCKS)?;
             transaction.open_table(SLOT_BY_ROOT)?;
+            transaction.open_table(FINALIZED_CHAIN)?;
             transaction.open_table(WATERMARKS)?;
             transaction.open_table(PEER_RECORDS)?;
             transaction.open_table(PEER_SCORES)?;
@@ -768,26 +773,28 @@ impl BlockStore {
         blocks: &[(Root, u64, &[u8])],
         finalized: Option<(Root, u64)>,
     ) -> Result<(), StoreError> {
-        self.commit(blocks, &[], finalized, None).map(|_| ())
+        self.commit(blocks, &[], finalized, &[], None).map(|_| ())
     }
 
     /// Removes the blocks with these roots (forks the core pruned), in one
     /// durable transaction. Unknown roots are ignored; returns how many were removed.
     pub fn delete(&mut self, roots: &[Root]) -> Result<usize, StoreError> {
-        self.commit(&[], roots, None, None)
+        self.commit(&[], roots, None, &[], None)
     }
 
     /// One `Action::Persist` batch as one durable transaction: stores
     /// `blocks`, then removes `delete` (a root in both ends up removed: the
-    /// core forgot it), then records `finalized` and raises the key's
-    /// signing watermark to `watermark`'s slot (never lowering it), if
-    /// given. Nothing is written if any block is larger than
-    /// [`BLOCK_BYTES_MAX`]. Returns how many blocks were removed.
+    /// core forgot it), then records `finalized`, indexes
+    /// `finalized_chain` (slot, root: blocks that became finalized) and
+    /// raises the key's signing watermark to `watermark`'s slot (never
+    /// lowering it), if given. Nothing is written if any block is larger
+    /// than [`BLOCK_BYTES_MAX`]. Returns how many blocks were removed.
     pub fn commit(
         &mut self,
         blocks: &[(Root, u64, &[u8])],
         delete: &[Root],
         finalized: Option<(Root, u64)>,
+        finalized_chain: &[(u64, Root)],
         watermark: Option<SigningWatermark>,
     ) -> Result<usize, StoreError> {
         if let Some((root, _, bytes)) = blocks
@@ -841,6 +848,12 @@ impl BlockStore {
                 checkpoint[..32].copy_from_slice(root.as_bytes());
                 checkpoint[32..].copy_from_slice(&slot.to_be_bytes());
                 meta.insert(META_FINALIZED, checkpoint.as_slice())?;
+            }
+            if !finalized_chain.is_empty() {
+                let mut chain = transaction.open_table(FINALIZED_CHAIN)?;
+                for (slot, root) in finalized_chain {
+                    chain.insert(slot, root.0)?;
+                }
             }
             if let Some(watermark) = watermark {
                 raise_watermark(transaction, watermark)?;
@@ -989,6 +1002,14 @@ impl BlockStore {
         })
     }
 
+    /// The finalized checkpoint (root, slot) last committed, if any.
+    pub fn finalized(&self) -> Result<Option<(Root, u64)>, StoreError> {
+        self.read("read the finalized checkpoint", |transaction| {
+            let meta = transaction.open_table(META)?;
+            read_finalized(&meta)
+        })
+    }
+
     /// The bytes of the block with root `root`, if stored.
     pub fn block(&self, root: &Root) -> Result<Option<Vec<u8>>, StoreError> {
         self.read("read block", |transaction| {
@@ -1013,6 +1034,18 @@ impl BlockStore {
     /// checkpoint. Stops at the first damaged value with [`StoreError::Corrupt`].
     pub fn for_each_block(
         &self,
+        visit: impl FnMut(Root, u64, &[u8]),
+    ) -> Result<Option<(Root, u64)>, StoreError> {
+        self.for_each_block_from(0, visit)
+    }
+
+    /// [`BlockStore::for_each_block`] for the blocks at or above `from_slot`
+    /// only: a start-up that loads from the finalized block up reads
+    /// nothing of the history below it. The tables' sizes are checked
+    /// against what was visited only on a whole scan (`from_slot` 0).
+    pub fn for_each_block_from(
+        &self,
+        from_slot: u64,
         mut visit: impl FnMut(Root, u64, &[u8]),
     ) -> Result<Option<(Root, u64)>, StoreError> {
         self.read("load", |transaction| {
@@ -1027,7 +1060,7 @@ impl BlockStore {
                 )));
             }
             let mut visited = 0u64;
-            for entry in by_slot.iter()? {
+            for entry in by_slot.range((from_slot, [0u8; 32])..)? {
                 let (key, value) = entry?;
                 let (slot, root) = key.value();
                 let root = Root(root);
@@ -1044,13 +1077,98 @@ impl BlockStore {
                 visited += 1;
             }
             // A damaged page can end the iteration early without an error.
-            if visited != by_slot.len()? {
+            if from_slot == 0 && visited != by_slot.len()? {
                 return Err(corrupt(format!(
                     "{} blocks recorded but {visited} found",
                     by_slot.len()?
                 )));
             }
             read_finalized(&meta)
+        })
+    }
+
+    /// The blocks of the finalized chain at slots `start_slot..end_slot`,
+    /// lowest first, as (root, slot, bytes): as many as fit `blocks_max`
+    /// and `bytes_max`, stopping at the first that does not. Also whether
+    /// every indexed block of the range was returned (false when a limit
+    /// stopped the read, or an indexed block is missing).
+    pub fn read_finalized_chain(
+        &self,
+        start_slot: u64,
+        end_slot: u64,
+        blocks_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<StoredRow>, bool), StoreError> {
+        self.read("read finalized blocks", |transaction| {
+            let chain = transaction.open_table(FINALIZED_CHAIN)?;
+            let by_slot = transaction.open_table(BLOCKS)?;
+            let mut blocks = Vec::new();
+            let mut bytes_read = 0usize;
+            if start_slot >= end_slot {
+                return Ok((blocks, true));
+            }
+            for entry in chain.range(start_slot..end_slot)? {
+                let (slot, root) = entry?;
+                let (slot, root) = (slot.value(), Root(root.value()));
+                let Some(guard) = by_slot.get((slot, root.0))? else {
+                    log::error!(
+                        "block store {}: finalized block {root} at slot {slot} is indexed but \
+                         not stored",
+                        self.path.display()
+                    );
+                    return Ok((blocks, false));
+                };
+                let bytes = guard.value();
+                check_block_length(&root, slot, bytes)?;
+                if blocks.len() >= blocks_max || bytes_read.saturating_add(bytes.len()) > bytes_max
+                {
+                    return Ok((blocks, false));
+                }
+                bytes_read += bytes.len();
+                blocks.push((root, slot, bytes.to_vec()));
+            }
+            Ok((blocks, true))
+        })
+    }
+
+    /// Indexes the finalized chain of a store written before the index
+    /// existed (or whose index stops short of its finalized block): walks
+    /// down from the finalized block through each block's parent, as
+    /// `parent_of(bytes)` reads it, until the index already has the block,
+    /// a block is missing, or `parent_of` returns `None` (the genesis, or
+    /// damage). One transaction; reads each block once. Returns how many
+    /// blocks it indexed.
+    pub fn index_finalized_chain(
+        &mut self,
+        parent_of: impl Fn(&[u8]) -> Option<Root>,
+    ) -> Result<u64, StoreError> {
+        self.write("index the finalized chain", |transaction| {
+            let meta = transaction.open_table(META)?;
+            let Some((mut cursor, _)) = read_finalized(&meta)? else {
+                return Ok(0);
+            };
+            let slots = transaction.open_table(SLOT_BY_ROOT)?;
+            let by_slot = transaction.open_table(BLOCKS)?;
+            let mut chain = transaction.open_table(FINALIZED_CHAIN)?;
+            let mut indexed = 0;
+            loop {
+                let Some(slot) = slots.get(cursor.as_bytes())?.map(|guard| guard.value()) else {
+                    break;
+                };
+                if chain.get(slot)?.map(|guard| guard.value()) == Some(cursor.0) {
+                    break;
+                }
+                let Some(parent) = by_slot
+                    .get((slot, cursor.0))?
+                    .and_then(|guard| parent_of(guard.value()))
+                else {
+                    break;
+                };
+                chain.insert(slot, cursor.0)?;
+                indexed += 1;
+                cursor = parent;
+            }
+            Ok(indexed)
         })
     }
 
@@ -1426,6 +1544,64 @@ mod tests {
         store.persist(&borrowed, finalized)
     }
 
+    /// Stored "blocks" whose bytes are their parent's root (and a fork at
+    /// slot 3), for the finalized-chain index: `parent_of` reads them back.
+    fn linked_chain(store: &mut BlockStore) -> Vec<(Root, u64, Vec<u8>)> {
+        let mut parent = Root([0; 32]);
+        let mut blocks = Vec::new();
+        for slot in 1..=6u64 {
+            let this = root(slot, 1);
+            let mut bytes = parent.0.to_vec();
+            bytes.resize(100 * slot as usize, 0xab);
+            blocks.push((this, slot, bytes));
+            parent = this;
+        }
+        blocks.push((root(3, 2), 3, root(2, 1).0.to_vec()));
+        persist_owned(store, &blocks, Some((root(5, 1), 5))).unwrap();
+        blocks
+    }
+
+    fn parent_of(bytes: &[u8]) -> Option<Root> {
+        Some(Root(bytes.get(..32)?.try_into().ok()?))
+    }
+
+    #[test]
+    fn the_finalized_chain_is_indexed_once_and_read_back_by_slot_within_limits() {
+        let dir = TempDir::new("store-finalized-chain");
+        let mut store = BlockStore::open(dir.path()).unwrap();
+        let blocks = linked_chain(&mut store);
+        // Nothing indexed yet: a read finds nothing, and says so honestly.
+        assert_eq!(
+            store.read_finalized_chain(1, 7, 100, usize::MAX).unwrap(),
+            (Vec::new(), true)
+        );
+        // The walk from the finalized block (slot 5) down skips the fork.
+        assert_eq!(store.index_finalized_chain(parent_of).unwrap(), 5);
+        assert_eq!(store.index_finalized_chain(parent_of).unwrap(), 0, "once");
+        let slots = |read: &[(Root, u64, Vec<u8>)]| -> Vec<(u64, Root)> {
+            read.iter().map(|(root, slot, _)| (*slot, *root)).collect()
+        };
+        let (read, complete) = store.read_finalized_chain(1, 7, 100, usize::MAX).unwrap();
+        assert!(complete);
+        let canonical: Vec<(u64, Root)> = (1..=5).map(|slot| (slot, root(slot, 1))).collect();
+        assert_eq!(slots(&read), canonical);
+        assert_eq!(read[1].2, blocks[1].2, "the bytes as stored");
+        // Limits stop the read at the first block that does not fit.
+        let (read, complete) = store.read_finalized_chain(2, 6, 2, usize::MAX).unwrap();
+        assert_eq!((slots(&read), complete), (canonical[1..3].to_vec(), false));
+        let (read, complete) = store.read_finalized_chain(1, 6, 100, 100 + 200).unwrap();
+        assert_eq!((slots(&read), complete), (canonical[..2].to_vec(), false));
+        // Commits extend the index; a block missing under it ends a read.
+        store
+            .commit(&[], &[root(2, 1)], None, &[(6, root(6, 1))], None)
+            .unwrap();
+        let (read, complete) = store.read_finalized_chain(1, 7, 100, usize::MAX).unwrap();
+        assert_eq!((slots(&read), complete), (canonical[..1].to_vec(), false));
+        let (read, complete) = store.read_finalized_chain(3, 7, 100, usize::MAX).unwrap();
+        assert!(complete);
+        assert_eq!(read.last().map(|(_, slot, _)| *slot), Some(6));
+    }
+
     #[test]
     fn round_trips_in_slot_then_root_order() {
         let dir = TempDir::new("store");
@@ -1487,7 +1663,13 @@ mod tests {
         persist_owned(&mut store, &[(root(1, 0), 1, vec![1; 8])], None).unwrap();
         let new = [(root(2, 0), 2, [2u8; 5].as_slice())];
         let removed = store
-            .commit(&new, &[root(1, 0), root(9, 9)], Some((root(2, 0), 2)), None)
+            .commit(
+                &new,
+                &[root(1, 0), root(9, 9)],
+                Some((root(2, 0), 2)),
+                &[],
+                None,
+            )
             .unwrap();
         assert_eq!(removed, 1);
         let chain = store.load().unwrap();
@@ -1548,8 +1730,8 @@ mod tests {
         {
             let mut store = BlockStore::open(dir.path()).unwrap();
             assert_eq!(store.watermarks().unwrap(), vec![]);
-            store.commit(&[], &[], None, Some(mark(1, 5))).unwrap();
-            store.commit(&[], &[], None, Some(mark(1, 3))).unwrap();
+            store.commit(&[], &[], None, &[], Some(mark(1, 5))).unwrap();
+            store.commit(&[], &[], None, &[], Some(mark(1, 3))).unwrap();
             store.raise_watermarks(&[mark(1, 4), mark(2, 9)]).unwrap();
         }
         let expected = |mut marks: Vec<SigningWatermark>| {

@@ -21,7 +21,7 @@ mod static_peers;
 mod watermark_restart;
 
 /// Files of `io-mio/tests/` that are binaries of their own (see `Cargo.toml`).
-const OWN_BINARIES: &[&str] = &["main.rs", "store_faults.rs"];
+const OWN_BINARIES: &[&str] = &["main.rs", "store_faults.rs", "history_store.rs"];
 
 #[test]
 fn every_test_file_is_a_module_or_a_binary() {

@@ -100,6 +100,7 @@ fn chain(genesis: &Genesis, proposer: bool, stored: Vec<SignedBlock>) -> ChainCo
     ChainConfig {
         genesis: Arc::new(genesis.clone()),
         stored: Arc::from(stored),
+        history_anchor: None,
         proposer_keys: if proposer {
             vec![ProposerKey(Arc::new(
                 devnet_keys(genesis.network_id(), 1).remove(0),

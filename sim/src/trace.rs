@@ -50,6 +50,7 @@ const TAG_RESTART: u8 = 7;
 const TAG_WORK: u8 = 8;
 const TAG_PERSIST: u8 = 9;
 const TAG_PERSIST_PEERS: u8 = 10;
+const TAG_READ_BLOCKS: u8 = 11;
 
 /// Something the simulator did to a node from outside, hashed with the actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,6 +117,14 @@ impl Trace {
                 }
                 self.bytes(batch.finalized.root.as_bytes());
                 self.u64(batch.finalized.slot);
+            }
+            Action::ReadBlocks(read) => {
+                self.tag(TAG_READ_BLOCKS);
+                self.u64(read.id);
+                self.u64(read.start_slot);
+                self.u64(read.end_slot);
+                self.u64(read.blocks_max as u64);
+                self.u64(read.bytes_max as u64);
             }
             Action::PersistPeers(known) => {
                 self.tag(TAG_PERSIST_PEERS);

@@ -39,6 +39,7 @@ fn chain(genesis_time_ms: u64, proposer: bool) -> ChainConfig {
     ChainConfig {
         genesis: Arc::new(genesis),
         stored: Arc::from(Vec::new()),
+        history_anchor: None,
         proposer_keys: if proposer {
             vec![ProposerKey(Arc::new(keys.remove(0)))]
         } else {

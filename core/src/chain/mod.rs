@@ -69,6 +69,11 @@ pub struct ChainConfig {
     pub genesis: Arc<Genesis>,
     /// Blocks the driver loaded from its store at start-up, any order.
     pub stored: Arc<[SignedBlock]>,
+    /// The stored finalized block the driver loaded from, when it left the
+    /// history below it on disk: that block is taken as finalized without
+    /// its ancestors, which are served from the store
+    /// (`Action::ReadBlocks`). `None`: `stored` reaches back to the genesis.
+    pub history_anchor: Option<Root>,
     /// Keys we propose with (each must be a genesis proposer).
     pub proposer_keys: Vec<ProposerKey>,
     /// Signing watermarks the driver loaded from its store at start-up:
@@ -102,6 +107,7 @@ impl ChainConfig {
         ChainConfig {
             genesis: Arc::new(genesis),
             stored: Arc::from(Vec::new()),
+            history_anchor: None,
             proposer_keys: Vec::new(),
             signed_slots: Vec::new(),
             body_bytes: DEVNET_BODY_BYTES_DEFAULT,
@@ -140,6 +146,7 @@ mod tests {
         let (store, refused) = ChainStore::from_blocks(
             &config.genesis,
             StoreLimits::default(),
+            None,
             config.stored.iter().cloned(),
         );
         assert!(refused.is_empty(), "{refused:?}");

@@ -38,10 +38,15 @@
 //!
 //! # Limits
 //! At most [`StoreLimits::blocks_max`] blocks and
-//! [`StoreLimits::bytes_max`] encoded bytes. When an import would pass
+//! [`StoreLimits::bytes_max`] encoded bytes (a node takes
+//! [`StoreLimits::for_finality_depth`]: memory independent of the chain's
+//! length). When an import would pass
 //! either, the oldest finalized history (the ancestors of the finalized
 //! block, lowest slot first) is evicted from memory; it stays durable in the
-//! driver's store but is no longer served. Then whole forks are dropped,
+//! driver's store, which serves it from there (below
+//! [`ChainStore::history_floor`]; the node's `history.rs`). A store rebuilt
+//! at start-up from its finalized block up holds no history at all until
+//! more is finalized. Then whole forks are dropped,
 //! the one branching off lowest first (a proposer that signs many blocks
 //! for its slots cannot stall the chain by filling the store). Only if the
 //! canonical chain above finality and the new block's own ancestors fill the
@@ -89,6 +94,27 @@ impl Default for StoreLimits {
             blocks_max: STORE_BLOCKS_MAX,
             bytes_max: STORE_BYTES_MAX,
             invalid_roots_max: INVALID_ROOTS_MAX,
+        }
+    }
+}
+
+impl StoreLimits {
+    /// The default limits for a chain whose finality trails its head by
+    /// `finality_depth_slots`: bytes for twice the unfinalized window of
+    /// the largest blocks, plus two (the window from the finalized block up,
+    /// and forks of it), so a chain of full blocks never fills the store
+    /// above finality; everything older is evicted to disk first. 130 MiB
+    /// at the default depth of 64 slots, whatever the chain's length.
+    pub fn for_finality_depth(finality_depth_slots: u64) -> StoreLimits {
+        let window_blocks = finality_depth_slots
+            .min(FINALITY_DEPTH_SLOTS_MAX)
+            .saturating_mul(2)
+            .saturating_add(2);
+        StoreLimits {
+            bytes_max: usize::try_from(window_blocks)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(BLOCK_BYTES_MAX),
+            ..StoreLimits::default()
         }
     }
 }
@@ -264,16 +290,31 @@ impl ChainStore {
     /// reason, and are not stored. All of `blocks` is collected and sorted
     /// by slot first, so the driver should feed what it wants held (the
     /// store then evicts down to its limits, oldest history first).
+    ///
+    /// `anchor` names the finalized block the driver loaded from (its
+    /// history below stays on disk, see [`ChainStore::history_floor`]):
+    /// that block is taken as finalized without its parent, and the others
+    /// build on it. `None`, or an anchor that is not among `blocks`: every
+    /// block must reach back to the genesis.
     pub fn from_blocks(
         genesis: &Genesis,
         limits: StoreLimits,
+        anchor: Option<Root>,
         blocks: impl IntoIterator<Item = SignedBlock>,
     ) -> (ChainStore, Vec<(Root, ImportError)>) {
         let mut store = ChainStore::with_limits(genesis, limits);
-        let sorted: BTreeMap<(u64, Root), SignedBlock> = blocks
+        let mut sorted: BTreeMap<(u64, Root), SignedBlock> = blocks
             .into_iter()
             .map(|block| ((block.slot(), block.root()), block))
             .collect();
+        let anchor_key = sorted
+            .keys()
+            .find(|(_, root)| Some(*root) == anchor)
+            .copied();
+        if let Some(key) = anchor_key {
+            let block = sorted.remove(&key).expect("the anchor was found");
+            store.set_anchor(block);
+        }
         let mut refused = Vec::new();
         for ((_, root), block) in sorted {
             if let Err(error) = store.import(block) {
@@ -281,6 +322,25 @@ impl ChainStore {
             }
         }
         (store, refused)
+    }
+
+    /// Makes `block` the store's only block, its head and its finalized
+    /// block: the top of finalized history held on disk.
+    fn set_anchor(&mut self, block: SignedBlock) {
+        debug_assert!(self.blocks.is_empty(), "the anchor comes first");
+        let checkpoint = Checkpoint {
+            root: block.root(),
+            slot: block.slot(),
+        };
+        if checkpoint.slot == 0 {
+            return; // Not a block: the genesis is the anchor already.
+        }
+        self.bytes += block.encoded_len();
+        self.by_slot.insert((checkpoint.slot, checkpoint.root));
+        self.canonical.insert(checkpoint.slot, checkpoint.root);
+        self.blocks.insert(checkpoint.root, block);
+        self.head = checkpoint;
+        self.finalized = checkpoint;
     }
 
     // --- Queries --------------------------------------------------------------
@@ -329,6 +389,18 @@ impl ChainStore {
             .and_then(|root| self.blocks.get(root))
     }
 
+    /// The canonical blocks at slots `above_slot + 1 ..= to_slot` held in
+    /// memory, lowest first, as checkpoints.
+    pub fn canonical_checkpoints(&self, above_slot: u64, to_slot: u64) -> Vec<Checkpoint> {
+        if to_slot <= above_slot {
+            return Vec::new();
+        }
+        self.canonical
+            .range(above_slot + 1..=to_slot)
+            .map(|(&slot, &root)| Checkpoint { root, slot })
+            .collect()
+    }
+
     /// The canonical blocks at slots `start_slot .. start_slot + count`
     /// (saturating), in slot order: one chain, each block the parent of the
     /// next, as a BlocksByRange answer needs.
@@ -341,6 +413,17 @@ impl ChainStore {
             .range(start_slot..=last_slot)
             .filter_map(|(_, root)| self.blocks.get(root))
             .collect()
+    }
+
+    /// The lowest canonical slot held in memory, when the finalized history
+    /// below it was evicted (or left on disk at start-up): a range that
+    /// starts below it is served from the driver's store
+    /// (`Action::ReadBlocks`). `None` while the canonical chain reaches
+    /// back to the genesis.
+    pub fn history_floor(&self) -> Option<u64> {
+        let (&slot, root) = self.canonical.first_key_value()?;
+        let parent = self.blocks.get(root)?.parent_root();
+        (parent != self.genesis_root).then_some(slot)
     }
 
     /// Blocks stored.
@@ -1169,7 +1252,7 @@ mod tests {
         persisted.reverse();
         persisted.push(block(Root([3; 32]), 9, 0));
         let (rebuilt, refused) =
-            ChainStore::from_blocks(&genesis, StoreLimits::default(), persisted);
+            ChainStore::from_blocks(&genesis, StoreLimits::default(), None, persisted);
         assert_eq!(rebuilt.head(), store.head());
         assert_eq!(rebuilt.finalized(), store.finalized());
         assert_eq!(refused.len(), 1);

@@ -177,6 +177,12 @@ pub(super) struct ChainPart {
     deferred: Vec<Root>,
     /// Deletions not yet handed to the driver.
     deferred_delete: Vec<Root>,
+    /// Blocks that became finalized, not yet handed to the driver (the
+    /// next batch carries them, see `PersistBatch::finalized_chain`).
+    finalizing: Vec<Checkpoint>,
+    /// The highest slot of the finalized chain handed over or queued in
+    /// `finalizing`.
+    finalizing_to_slot: u64,
     blocks_topic: Topic,
     follow_gossip: bool,
     /// Per peer: when its current one-second window began and the gossip
@@ -208,12 +214,15 @@ impl ChainPart {
     pub(super) fn new(config: &super::Config) -> ChainPart {
         let (store, refused) = ChainStore::from_blocks(
             &config.chain.genesis,
-            StoreLimits::default(),
+            StoreLimits::for_finality_depth(config.chain.genesis.finality_depth_slots()),
+            config.chain.history_anchor,
             config.chain.stored.iter().cloned(),
         );
         for (root, error) in &refused {
             warn!("stored block {} not loaded: {error}", root);
         }
+        // What was loaded was finalized (and indexed) before the restart.
+        let store_finalized_slot = store.finalized().slot;
         let genesis = config.chain.genesis.clone();
         // A future-block server (a fault for the simulator) signs only its
         // forged block: see `faults.rs`.
@@ -247,6 +256,8 @@ impl ChainPart {
             not_durable: BTreeSet::new(),
             deferred: Vec::new(),
             deferred_delete: Vec::new(),
+            finalizing: Vec::new(),
+            finalizing_to_slot: store_finalized_slot,
             blocks_topic: Topic::new(BLOCKS_TOPIC).expect("a valid topic name"),
             follow_gossip: config.chain.follow_gossip,
             verification_rates: BTreeMap::new(),
@@ -937,6 +948,15 @@ impl Node {
         finalized: Checkpoint,
     ) {
         let state = &mut self.chain;
+        if finalized.slot > state.finalizing_to_slot {
+            // Taken now, while the blocks are certainly in memory: history
+            // is evicted from the bottom as later blocks arrive.
+            let newly = state
+                .store
+                .canonical_checkpoints(state.finalizing_to_slot, finalized.slot);
+            state.finalizing.extend(newly);
+            state.finalizing_to_slot = finalized.slot;
+        }
         for root in &delete {
             state.not_durable.remove(root);
             state.deferred.retain(|deferred| deferred != root);
@@ -983,6 +1003,7 @@ impl Node {
             blocks,
             delete,
             finalized,
+            finalized_chain: std::mem::take(&mut state.finalizing),
             watermark,
         }));
         id

@@ -48,6 +48,7 @@ mod connections;
 mod discovery;
 mod faults;
 mod gossip;
+mod history;
 mod outbox;
 mod peerstore;
 mod purpose;
@@ -59,6 +60,7 @@ mod sync;
 pub use self::chain::{BLOCKS_TOPIC, CLOCK_DISPARITY, WORK_IN_FLIGHT_MAX};
 pub use self::discovery::{DiscoveryConfig, LIVENESS_DIALS_MAX, QUERIES_WAITING_MAX};
 pub use self::faults::{StatusClaim, OVERSIZE_BLOCKS_MAX, SQUAT_CHAIN_BLOCKS, SQUAT_INTERVAL};
+pub use self::history::HISTORY_READS_MAX;
 
 use std::net::SocketAddr;
 
@@ -253,6 +255,8 @@ pub struct Node {
     gossip: self::gossip::GossipPart,
     /// What our faults remember (empty for an honest node).
     hostile: self::faults::HostileState,
+    /// Reads of finalized history from the driver's store, to serve ranges.
+    history: self::history::HistoryPart,
     /// Kademlia discovery, when configured.
     discovery: Option<self::discovery::DiscoveryPart>,
     /// The peer store's records and timer, when the driver keeps a store.
@@ -340,6 +344,7 @@ impl Node {
             sync: self::sync::SyncPart::new(config.sync.clone(), sync_seed),
             gossip: self::gossip::GossipPart::new(Gossip::new(config.gossip.clone(), gossip_seed)),
             hostile: self::faults::HostileState::default(),
+            history: self::history::HistoryPart::new(),
             discovery,
             peerstore: None,
             config,
@@ -427,6 +432,11 @@ impl Node {
             Input::WorkDone { id, output } => self.on_work_done(now, id, output),
             Input::WorkFailed { id } => self.on_work_failed(now, id),
             Input::Persisted { id } => self.on_persisted(now, id),
+            Input::BlocksRead {
+                id,
+                blocks,
+                complete,
+            } => self.on_blocks_read(now, id, blocks, complete),
             Input::Timeout => self.on_timeout(now),
             Input::Command(command) => self.on_command(now, command),
             Input::Health(health) => self.on_health(health),

@@ -77,7 +77,10 @@ const _: () = assert!(ANSWER_BLOCK_BYTES_MAX <= crate::limits::PENDING_SEND_BYTE
 
 /// The longest prefix of `blocks` within `budget_bytes`, encoded; a busy
 /// connection (no budget for even the first block) gets `ResourceUnavailable`.
-fn blocks_within<'a>(blocks: impl Iterator<Item = &'a SignedBlock>, budget_bytes: usize) -> Answer {
+pub(super) fn blocks_within<'a>(
+    blocks: impl Iterator<Item = &'a SignedBlock>,
+    budget_bytes: usize,
+) -> Answer {
     let mut chunks = Vec::new();
     let mut used = 0usize;
     for block in blocks {
@@ -327,13 +330,30 @@ impl Node {
                 };
                 let count = request.end_slot().saturating_sub(request.start_slot);
                 let budget = self.answer_budget_bytes(peer);
-                let blocks = self
-                    .chain
-                    .store()
-                    .canonical_range(request.start_slot, count)
-                    .into_iter()
-                    .take(usize::try_from(chunks_max).unwrap_or(usize::MAX));
-                blocks_within(blocks, budget)
+                let chunks_max = usize::try_from(chunks_max).unwrap_or(usize::MAX);
+                let floor = self.chain.store().history_floor();
+                if let Some(floor) = floor.filter(|&floor| request.start_slot < floor) {
+                    match self.serve_range_from_history(
+                        peer,
+                        id,
+                        request.start_slot,
+                        request.end_slot(),
+                        floor,
+                        chunks_max,
+                        budget,
+                    ) {
+                        Some(answer) => answer,
+                        None => return, // Answered when the blocks are read.
+                    }
+                } else {
+                    let blocks = self
+                        .chain
+                        .store()
+                        .canonical_range(request.start_slot, count)
+                        .into_iter()
+                        .take(chunks_max);
+                    blocks_within(blocks, budget)
+                }
             }
             ProtocolId::BlocksByRoot => {
                 let Ok(request) = BlocksByRootRequest::decode(body) else {
@@ -373,7 +393,7 @@ impl Node {
             .min(ANSWER_BLOCK_BYTES_MAX)
     }
 
-    fn answer(&mut self, now: Instant, peer: PeerId, id: RequestId, answer: Answer) {
+    pub(super) fn answer(&mut self, now: Instant, peer: PeerId, id: RequestId, answer: Answer) {
         match self.rpc.inbound.respond(now, peer, id, answer) {
             Ok(messages) => {
                 if let Some(conn) = self.conns.conn_of(&peer) {

@@ -327,6 +327,7 @@ impl Driver {
             Action::Close { conn } => self.close(conn.0),
             Action::Work { id, job } => self.submit_work(id, job),
             Action::Persist(batch) => self.persist(batch),
+            Action::ReadBlocks(read) => self.read_blocks(read),
             Action::PersistPeers(known) => self.persist_peers(&known),
             Action::Notify(notification) => self.notify(notification),
         }

@@ -123,6 +123,10 @@ pub struct PersistStats {
     pub loaded: u64,
     /// Stored blocks that did not decode at start-up (logged and skipped).
     pub skipped: u64,
+    /// Reads of finalized history for the core (`Action::ReadBlocks`).
+    pub reads: u64,
+    /// Blocks those reads returned.
+    pub blocks_read: u64,
     /// Times the store was reopened after a failure.
     pub reopened: u64,
     /// Peer store snapshots written (`Action::PersistPeers`).

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant as StdInstant};
 
 use meshsync_core::chain::block::body_root;
-use meshsync_core::chain::SignedBlock;
+use meshsync_core::chain::{Root, SignedBlock};
 use meshsync_core::peerstore::KnownPeers;
-use meshsync_core::work::PersistBatch;
+use meshsync_core::work::{BlockRead, PersistBatch};
 use meshsync_core::{Health, Input};
 
 use crate::store::{BlockStore, StoreError, StoreOptions};
@@ -97,6 +97,49 @@ impl Driver {
         }
     }
 
+    /// Reads finalized history back for the core (`Action::ReadBlocks`) and
+    /// hands it over as `Input::BlocksRead`. Runs on the loop thread: a
+    /// read is at most one answer's bytes (`ANSWER_BLOCK_BYTES_MAX`), from
+    /// redb's page cache or the file. Without a store, or on an error,
+    /// nothing is read and the read is reported incomplete.
+    pub(super) fn read_blocks(&mut self, read: BlockRead) {
+        let mut blocks = Vec::new();
+        let mut complete = false;
+        if let Some(store) = self.store.as_ref() {
+            match store.read_finalized_chain(
+                read.start_slot,
+                read.end_slot,
+                read.blocks_max,
+                read.bytes_max,
+            ) {
+                Ok((stored, whole)) => {
+                    complete = whole;
+                    for (root, slot, bytes) in stored {
+                        let then = "the read stops before it";
+                        let Some(block) = decode_stored(store, root, slot, &bytes, then) else {
+                            complete = false;
+                            break;
+                        };
+                        blocks.push(block);
+                    }
+                }
+                Err(error) => log::error!(
+                    "[{:?}] stored blocks at slots {}..{} not read: {error}",
+                    self.peer_id,
+                    read.start_slot,
+                    read.end_slot
+                ),
+            }
+        }
+        self.persist_stats.reads += 1;
+        self.persist_stats.blocks_read += blocks.len() as u64;
+        self.feed(Input::BlocksRead {
+            id: read.id,
+            blocks,
+            complete,
+        });
+    }
+
     /// Writes waiting batches in order, each in one transaction, and
     /// acknowledges each as it lands. Stops at a failure and retries later
     /// (acknowledgements are cumulative, so no later batch may pass it).
@@ -130,7 +173,18 @@ impl Driver {
                 return;
             }
             let started = StdInstant::now();
-            match store.commit(&blocks, &batch.delete, finalized, batch.watermark) {
+            let finalized_chain: Vec<(u64, meshsync_core::chain::Root)> = batch
+                .finalized_chain
+                .iter()
+                .map(|checkpoint| (checkpoint.slot, checkpoint.root))
+                .collect();
+            match store.commit(
+                &blocks,
+                &batch.delete,
+                finalized,
+                &finalized_chain,
+                batch.watermark,
+            ) {
                 Ok(deleted) => {
                     let took = started.elapsed();
                     if let Some(metrics) = self.observer.metrics() {
@@ -314,46 +368,93 @@ pub(super) struct LoadedBlocks {
     pub(super) slot_max: u64,
 }
 
-/// Every block in the store that decodes (and whose root is the one it is
-/// stored under), in (slot, root) order, how many were skipped, and the
-/// highest stored slot.
-pub(super) fn load_blocks(store: &BlockStore) -> Result<LoadedBlocks, StoreError> {
+/// Loads the stored chain from its finalized block up, so start-up reads
+/// and holds the unfinalized part only, whatever the chain's length, and
+/// returns it with that block's root (the core's history anchor). First
+/// indexes the finalized chain if the store predates the index (a walk
+/// over the stored history, once). Falls back to loading every block
+/// (and no anchor) when there is no finalized block yet, or it does not
+/// load: the core then rebuilds what it can from the genesis up.
+pub(super) fn load_from_finalized(
+    store: &mut BlockStore,
+) -> Result<(LoadedBlocks, Option<Root>), StoreError> {
+    let indexed = store.index_finalized_chain(|bytes| {
+        SignedBlock::decode(bytes)
+            .ok()
+            .map(|block| block.parent_root())
+    })?;
+    if indexed > 1 {
+        log::info!(
+            "block store {}: indexed {indexed} finalized blocks by slot",
+            store.path().display()
+        );
+    }
+    let Some((anchor, slot)) = store.finalized()?.filter(|&(_, slot)| slot > 0) else {
+        return Ok((load_blocks(store, 0)?, None));
+    };
+    let loaded = load_blocks(store, slot)?;
+    if loaded.blocks.iter().any(|block| block.root() == anchor) {
+        return Ok((loaded, Some(anchor)));
+    }
+    log::warn!(
+        "block store {}: the finalized block {anchor} at slot {slot} did not load: loading \
+         every stored block",
+        store.path().display()
+    );
+    Ok((load_blocks(store, 0)?, None))
+}
+
+/// The stored block `bytes` under `root` at `slot`, decoded, if it decodes
+/// to a block with that root and an intact body; the damage is logged if not.
+/// `then` says what the caller does about damage, for the log line.
+fn decode_stored(
+    store: &BlockStore,
+    root: Root,
+    slot: u64,
+    bytes: &[u8],
+    then: &str,
+) -> Option<SignedBlock> {
+    let path = store.path().display();
+    match SignedBlock::decode(bytes) {
+        // The root covers the header only: a body damaged on disk (the core
+        // trusts stored blocks, it verified them once) is caught by its hash.
+        Ok(block) if block.root() == root && body_root(&block.body) != block.header.body_root => {
+            log::error!(
+                "block store {path}: block {root} at slot {slot} has a damaged body: {then}"
+            );
+            None
+        }
+        Ok(block) if block.root() == root => Some(block),
+        Ok(block) => {
+            log::error!(
+                "block store {path}: block at slot {slot} is stored under the wrong root ({}): {then}",
+                block.root()
+            );
+            None
+        }
+        Err(error) => {
+            log::error!(
+                "block store {path}: block {root} at slot {slot} does not decode ({error})"
+            );
+            None
+        }
+    }
+}
+
+/// Every block in the store from `from_slot` up that decodes (and whose
+/// root is the one it is stored under), in (slot, root) order, how many
+/// were skipped, and the highest stored slot.
+pub(super) fn load_blocks(store: &BlockStore, from_slot: u64) -> Result<LoadedBlocks, StoreError> {
     let mut blocks = Vec::new();
     let mut skipped = 0;
     let mut slot_max = 0;
-    store
-        .for_each_block(|root, slot, bytes| {
-            slot_max = slot_max.max(slot);
-            match SignedBlock::decode(bytes) {
-            // The root covers the header only: a body damaged on disk
-            // (the core trusts stored blocks, it verified them once) is
-            // caught by its hash.
-            Ok(block) if block.root() == root && body_root(&block.body) != block.header.body_root => {
-                skipped += 1;
-                log::error!(
-                    "block store {}: block {} at slot {slot} has a damaged body: skipped",
-                    store.path().display(),
-                    root
-                );
-            }
-            Ok(block) if block.root() == root => blocks.push(block),
-            Ok(block) => {
-                skipped += 1;
-                log::error!(
-                    "block store {}: block at slot {slot} is stored under the wrong root ({}): skipped",
-                    store.path().display(),
-                    block.root()
-                );
-            }
-            Err(error) => {
-                skipped += 1;
-                log::error!(
-                    "block store {}: block {} at slot {slot} does not decode ({error}): skipped",
-                    store.path().display(),
-                    root
-                );
-            }
-        }})?;
+    store.for_each_block_from(from_slot, |root, slot, bytes| {
+        slot_max = slot_max.max(slot);
+        match decode_stored(store, root, slot, bytes, "skipped") {
+            Some(block) => blocks.push(block),
+            None => skipped += 1,
+        }
+    })?;
     // A repaired store knows how far the damaged one reached.
     slot_max = slot_max.max(store.incomplete_to_slot()?);
     Ok(LoadedBlocks {
@@ -393,6 +494,7 @@ mod tests {
             config.chain = ChainConfig {
                 genesis: Arc::new(genesis),
                 stored: Arc::from(Vec::new()),
+                history_anchor: None,
                 proposer_keys: if proposer {
                     vec![ProposerKey(Arc::new(devnet_keys(3, 1).remove(0)))]
                 } else {
@@ -508,6 +610,7 @@ mod tests {
             config.chain = ChainConfig {
                 genesis: genesis.clone(),
                 stored: Arc::from(Vec::new()),
+                history_anchor: None,
                 proposer_keys: if proposer {
                     vec![ProposerKey(Arc::new(keys[0].clone()))]
                 } else {

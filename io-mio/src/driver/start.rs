@@ -19,7 +19,7 @@ use crate::workers::WorkerPool;
 
 use super::clock::wall_ms;
 use super::observe::Observer;
-use super::persistence::{load_blocks, open_store};
+use super::persistence::{load_from_finalized, open_store};
 use super::work::run_pool_job;
 use super::{
     Driver, DriverOptions, PersistStats, RunState, WorkStats, CLOCK_CHECK_INTERVAL,
@@ -194,21 +194,30 @@ impl Driver {
             None => None,
             Some(dir) => {
                 let slot_now = genesis.slot_at(wall_ms(&options.faults.clock_skew_ms));
-                let store = open_store(dir, &store_options, options.repair, slot_now)?;
-                let loaded = load_blocks(&store)?;
+                let mut store = open_store(dir, &store_options, options.repair, slot_now)?;
+                let (loaded, anchor) = load_from_finalized(&mut store)?;
                 persist_stats.loaded = loaded.blocks.len() as u64;
                 persist_stats.skipped = loaded.skipped;
                 stored_slot_max = loaded.slot_max;
                 log::info!(
-                    "block store {}: {} blocks loaded{}",
+                    "block store {}: {} blocks loaded{}{}",
                     store.path().display(),
                     loaded.blocks.len(),
+                    match (anchor, loaded.blocks.first()) {
+                        (Some(_), Some(first)) => format!(
+                            " from the finalized block at slot {} up (history below it is \
+                             read from disk when peers ask for it)",
+                            first.slot()
+                        ),
+                        _ => String::new(),
+                    },
                     if loaded.skipped > 0 {
                         format!(", {} undecodable skipped", loaded.skipped)
                     } else {
                         String::new()
                     }
                 );
+                config.chain.history_anchor = anchor;
                 let watermarks = store.watermarks()?;
                 check_watermarks(
                     &config.chain,

@@ -437,6 +437,7 @@ mod tests {
             let (store, refused) = ChainStore::from_blocks(
                 &hostile.genesis,
                 StoreLimits::default(),
+                None,
                 hostile.stored.iter().cloned(),
             );
             assert!(refused.is_empty(), "{refused:?}");

@@ -116,6 +116,7 @@ pub fn producing_config(
     config.chain = ChainConfig {
         genesis: genesis.clone(),
         stored: Arc::from(Vec::new()),
+        history_anchor: None,
         proposer_keys: key.into_iter().collect(),
         signed_slots: Vec::new(),
         body_bytes,

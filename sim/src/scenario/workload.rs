@@ -54,6 +54,7 @@ pub fn chain_status(sim: &Sim, head_slot: u64, body_bytes: usize) -> Status {
     let (store, _) = ChainStore::from_blocks(
         &chain.genesis,
         StoreLimits::default(),
+        None,
         chain.stored.iter().cloned(),
     );
     store.status()

@@ -8,8 +8,9 @@
 //! for a node whose config keeps a peer store (`Config::known_peers`), the
 //! last peer store snapshot it handed over.
 
+use meshsync_core::chain::{Root, SignedBlock};
 use meshsync_core::peerstore::KnownPeers;
-use meshsync_core::work::PersistBatch;
+use meshsync_core::work::{BlockRead, PersistBatch};
 use meshsync_core::{Duration, Health, Input, Instant};
 
 use super::event::Event;
@@ -22,6 +23,10 @@ use crate::types::NodeIndex;
 pub const DISK_WRITE_LATENCY: Duration = Duration::from_millis(2);
 /// Modelled disk write throughput.
 pub const DISK_WRITE_BYTES_PER_SECOND: u64 = 200_000_000;
+/// Fixed cost of one modelled read of stored history (a page-cache miss).
+pub const DISK_READ_LATENCY: Duration = Duration::from_micros(200);
+/// Modelled disk read throughput.
+pub const DISK_READ_BYTES_PER_SECOND: u64 = 1_000_000_000;
 
 impl Sim {
     /// `node`'s disk refuses every write that completes before `until` (a
@@ -44,6 +49,7 @@ impl Sim {
         assert!(!self.is_up(node), "{node}'s disk wiped while it runs");
         let state = self.node_state_mut(node);
         state.disk.clear();
+        state.disk_finalized = Root([0; 32]);
         state.disk_known_peers = None;
         if !keep_watermarks {
             state.disk_watermarks.clear();
@@ -59,10 +65,36 @@ impl Sim {
         for (root, block) in &batch.blocks {
             state.disk.insert(*root, block.clone());
         }
+        state.disk_finalized = batch.finalized.root;
         if let Some(watermark) = batch.watermark {
             let kept = state.disk_watermarks.entry(watermark.proposer).or_default();
             *kept = (*kept).max(watermark.slot);
         }
+    }
+
+    /// Reads finalized history from the node's disk, answered after
+    /// [`DISK_READ_LATENCY`] plus its bytes over [`DISK_READ_BYTES_PER_SECOND`]
+    /// (reads do not queue behind writes: a store reads from its last
+    /// committed state while a write is in progress).
+    pub(super) fn apply_read(&mut self, index: NodeIndex, read: BlockRead) {
+        let now = self.now;
+        let state = self.node_state(index);
+        let genesis = state.node.config().chain.genesis.root();
+        let (blocks, complete) =
+            read.answer_from(state.disk_finalized, genesis, |root| state.disk.get(root));
+        let bytes: usize = blocks.iter().map(SignedBlock::encoded_len).sum();
+        let done = now + DISK_READ_LATENCY + transmit_time(bytes, DISK_READ_BYTES_PER_SECOND);
+        let incarnation = state.incarnation;
+        self.queue.push(
+            done,
+            Event::BlocksRead {
+                node: index,
+                incarnation,
+                id: read.id,
+                blocks,
+                complete,
+            },
+        );
     }
 
     /// Replaces the peer store on the node's disk with `known`. Written at

@@ -63,6 +63,7 @@ impl Sim {
             Action::Close { conn } => self.apply_close(index, conn),
             Action::Work { id, job } => self.apply_work(index, id, job),
             Action::Persist(batch) => self.apply_persist(index, batch),
+            Action::ReadBlocks(read) => self.apply_read(index, read),
             Action::PersistPeers(known) => self.apply_persist_peers(index, known),
             Action::Notify(notification) => self.record_notification(index, notification),
         }

@@ -54,6 +54,14 @@ pub(super) enum Event {
         incarnation: u32,
         batch: PersistBatch,
     },
+    /// A read of `node`'s stored history is done (if that life still runs).
+    BlocksRead {
+        node: NodeIndex,
+        incarnation: u32,
+        id: u64,
+        blocks: Vec<meshsync_core::chain::SignedBlock>,
+        complete: bool,
+    },
     /// `node`'s failing disk is tried again (see [`crate::Sim::fail_disk`]).
     DiskRetry { node: NodeIndex, incarnation: u32 },
     /// `node`'s driver wrote `bytes` of its sends on `conn` (they left its uplink).

@@ -42,6 +42,9 @@ pub(super) struct SimNode {
     /// The node's disk: blocks whose persist batch completed. A restart
     /// starts from these.
     pub(super) disk: BTreeMap<Root, SignedBlock>,
+    /// The finalized root of the last batch on the disk: where a read of
+    /// finalized history (`Action::ReadBlocks`) starts walking down.
+    pub(super) disk_finalized: Root,
     /// Until when the disk refuses writes (see [`crate::Sim::fail_disk`]).
     pub(super) disk_fails_until: Instant,
     /// Batches the failing disk refused, waiting in order for a retry.

@@ -144,6 +144,22 @@ impl Sim {
                     self.persisted(node, incarnation, batch);
                 }
             }
+            Event::BlocksRead {
+                node,
+                incarnation,
+                id,
+                blocks,
+                complete,
+            } => {
+                if self.is_up(node) && self.node_state(node).incarnation == incarnation {
+                    let input = Input::BlocksRead {
+                        id,
+                        blocks,
+                        complete,
+                    };
+                    self.deliver(node, input);
+                }
+            }
             Event::DiskRetry { node, incarnation } => {
                 if self.is_up(node) && self.node_state(node).incarnation == incarnation {
                     self.retry_disk(node, incarnation);

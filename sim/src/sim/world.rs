@@ -152,6 +152,7 @@ impl Sim {
             cpu_free_at: Instant::ZERO,
             disk_free_at: Instant::ZERO,
             disk: BTreeMap::new(),
+            disk_finalized: meshsync_core::chain::Root([0; 32]),
             disk_fails_until: Instant::ZERO,
             disk_unwritten: VecDeque::new(),
             disk_watermarks: BTreeMap::new(),

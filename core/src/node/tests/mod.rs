@@ -16,6 +16,7 @@ mod claims;
 mod connections;
 mod discovering;
 mod gossiping;
+mod history;
 mod peerstore;
 mod producing;
 mod request_stats;
@@ -87,6 +88,7 @@ fn chain_config(head_slot: u64) -> Config {
     config.unix_ms_at_origin = CHAIN_CLOCK_MS;
     config.chain = crate::chain::ChainConfig {
         stored: full.stored[..head_slot as usize].into(),
+        history_anchor: None,
         ..full.clone()
     };
     config

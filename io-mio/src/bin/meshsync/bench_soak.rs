@@ -391,6 +391,7 @@ fn devnet_chain(genesis_time_ms: u64) -> Result<ChainConfig, String> {
     Ok(ChainConfig {
         genesis: Arc::new(genesis),
         stored: Arc::from(Vec::new()),
+        history_anchor: None,
         proposer_keys: Vec::new(),
         signed_slots: Vec::new(),
         body_bytes: 1024,

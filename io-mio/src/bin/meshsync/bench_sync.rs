@@ -384,6 +384,16 @@ impl World {
                     },
                 ));
             }
+            // Without a disk, nothing evicted can be read back: the
+            // servers' chains fit in memory (see `World::new`).
+            Action::ReadBlocks(read) => self.queue.push_back((
+                index,
+                Input::BlocksRead {
+                    id: read.id,
+                    blocks: Vec::new(),
+                    complete: false,
+                },
+            )),
             Action::CancelDial { .. } | Action::Notify(_) | Action::PersistPeers(_) => {}
         }
     }

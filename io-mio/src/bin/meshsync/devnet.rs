@@ -257,6 +257,7 @@ fn start_node(
     config.chain = ChainConfig {
         genesis: Arc::clone(genesis),
         stored: Arc::from(Vec::new()),
+        history_anchor: None,
         proposer_keys: key
             .map(|key| ProposerKey(Arc::new(key)))
             .into_iter()
