@@ -67,7 +67,9 @@ impl std::fmt::Debug for ProposerKey {
 pub struct ChainConfig {
     /// The network's genesis; its network id must be the node's.
     pub genesis: Arc<Genesis>,
-    /// Blocks the driver loaded from its store at start-up, any order.
+    /// Blocks the driver loaded from its store at start-up, any order. The
+    /// node builds its chain store from them and then drops them from its
+    /// own copy of the config (`Node::config` shows none).
     pub stored: Arc<[SignedBlock]>,
     /// The stored finalized block the driver loaded from, when it left the
     /// history below it on disk: that block is taken as finalized without

@@ -354,6 +354,9 @@ impl Node {
             last_now: Instant::ZERO,
             shutting_down: false,
         };
+        // The chain store holds the loaded blocks now: a second copy here
+        // would double what start-up costs for the node's whole life.
+        node.config.chain.stored = std::sync::Arc::from(Vec::new());
         node.start_chain(Instant::ZERO);
         if let Some(known) = node.config.known_peers.clone() {
             node.load_known_peers(Instant::ZERO, known);
