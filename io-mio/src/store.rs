@@ -174,6 +174,9 @@ pub struct DiskFaults {
     failing_writes: AtomicU64,
     /// Writes refused so far.
     refused: AtomicU64,
+    /// Whether syncs wait until released (a disk whose fsync hangs).
+    syncs_held: std::sync::Mutex<bool>,
+    syncs_released: std::sync::Condvar,
 }
 
 impl DiskFaults {
@@ -183,7 +186,31 @@ impl DiskFaults {
             file_bytes_max: AtomicU64::new(u64::MAX),
             failing_writes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            syncs_held: std::sync::Mutex::new(false),
+            syncs_released: std::sync::Condvar::new(),
         })
+    }
+
+    /// Every sync (the fsync that makes a commit durable) waits from now
+    /// until [`DiskFaults::release_syncs`]: a disk that stalls.
+    pub fn hold_syncs(&self) {
+        *self.syncs_held.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
+    /// Syncs go through again, the waiting ones first.
+    pub fn release_syncs(&self) {
+        *self.syncs_held.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.syncs_released.notify_all();
+    }
+
+    fn wait_while_syncs_held(&self) {
+        let mut held = self.syncs_held.lock().unwrap_or_else(|e| e.into_inner());
+        while *held {
+            held = self
+                .syncs_released
+                .wait(held)
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// The disk is full once the file would grow past `bytes`.
@@ -251,6 +278,9 @@ impl StorageBackend for FaultyFile {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        if let Some(faults) = &self.faults {
+            faults.wait_while_syncs_held();
+        }
         self.file.sync_data()
     }
 

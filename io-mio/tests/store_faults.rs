@@ -355,6 +355,71 @@ fn a_full_disk_stops_announcements_until_space_is_freed() {
     );
 }
 
+/// A disk whose fsync hangs stalls only the store's thread: while a
+/// commit waits, the loop goes on answering (queries here, peers alike),
+/// the batch is counted as not yet written, and the block is neither
+/// acknowledged nor in the node's Status. Once the disk moves again, it is.
+#[test]
+fn a_hanging_fsync_stalls_the_store_thread_not_the_loop() {
+    let dir = TempDir::new("hanging-fsync");
+    let genesis = genesis(NETWORK_ID, now_ms() + 1_000 - SLOT_MS);
+    let faults = DiskFaults::new();
+    let options = DriverOptions {
+        faults: DriverFaults {
+            disk: Some(Arc::clone(&faults)),
+            ..DriverFaults::default()
+        },
+        ..durable(dir.path())
+    };
+    let proposer = bind(chain(&genesis, true, Vec::new()), 19, &options)
+        .unwrap()
+        .spawn("hanging-fsync")
+        .unwrap();
+    let durable_head = |driver: &Driver| driver.node().status().head_slot;
+    let before = wait_for(&proposer, durable_head, |slot| *slot >= 2);
+    assert!(before >= 2, "the proposer never produced");
+
+    faults.hold_syncs();
+    // The next block's commit (or its signing watermark's) hangs in fsync;
+    // every one of these queries is answered by the loop meanwhile.
+    let stalled = wait_for(
+        &proposer,
+        |driver| {
+            (
+                driver.unwritten_batches(),
+                driver.node().status().head_slot,
+                driver.node().chain().head().slot,
+            )
+        },
+        |(unwritten, ..)| *unwritten >= 1,
+    );
+    assert!(stalled.0 >= 1, "no commit was ever waiting: {stalled:?}");
+    let answered = proposer
+        .handle()
+        .query(
+            |driver| (driver.unwritten_batches(), driver.persist_stats().batches),
+            QUERY_TIMEOUT,
+        )
+        .unwrap();
+    assert!(answered.0 >= 1, "the commit still waits: {answered:?}");
+    let durable_while_stalled = proposer
+        .handle()
+        .query(durable_head, QUERY_TIMEOUT)
+        .unwrap();
+
+    faults.release_syncs();
+    let after = wait_for(&proposer, durable_head, |slot| {
+        *slot > durable_while_stalled
+    });
+    assert!(
+        after > durable_while_stalled,
+        "nothing became durable after the release"
+    );
+    let unwritten = wait_for(&proposer, |d| d.unwritten_batches(), |left| *left == 0);
+    assert_eq!(unwritten, 0);
+    proposer.stop().unwrap();
+}
+
 /// Writes that keep failing: after the configured time the node stops on
 /// its own, `run` returns an error that says why, and an ERROR line counts
 /// the batches that were never written.

@@ -143,11 +143,12 @@ impl Driver {
         // Every turn, not only on a waker event: cheap, and no result can
         // be stranded by a wake that raced with an earlier drain.
         self.drain_work();
+        self.drain_store();
         if self
             .persist_retry_at
             .is_some_and(|retry_at| retry_at <= StdInstant::now())
         {
-            self.write_unwritten();
+            self.retry_store();
         }
         self.watch_store();
         self.watch_clock();
@@ -328,7 +329,7 @@ impl Driver {
             Action::Work { id, job } => self.submit_work(id, job),
             Action::Persist(batch) => self.persist(batch),
             Action::ReadBlocks(read) => self.read_blocks(read),
-            Action::PersistPeers(known) => self.persist_peers(&known),
+            Action::PersistPeers(known) => self.persist_peers(known),
             Action::Notify(notification) => self.notify(notification),
         }
     }

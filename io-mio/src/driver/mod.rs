@@ -34,8 +34,11 @@
 //! same `mio::Waker` as the [`DriverHandle`]s; every turn drains finished
 //! jobs into `Input::WorkDone`. Storage (`Action::Persist`) goes to the redb
 //! [`BlockStore`] in [`DriverOptions::data_dir`], one durable transaction per
-//! batch, written on the loop thread (why: see `Driver::persist`), and
-//! is answered with `Input::Persisted` in batch order. At start-up the stored
+//! batch, written on the store's own thread (`store_thread.rs`: one batch
+//! at a time, in the core's order, so a commit's fsync never stalls a
+//! connection), and is answered with `Input::Persisted` in batch order once
+//! durable. Reads of history (`Action::ReadBlocks`) and peer store
+//! snapshots run on that thread too. At start-up the stored
 //! blocks are decoded and handed to the core as `config.chain.stored`; if
 //! the chain that comes back ends below the highest stored slot (a damaged
 //! block orphaned its descendants), the core is told
@@ -103,7 +106,7 @@
 //! `event_loop.rs` (turns, dispatch, feeding the core, shutdown),
 //! `connections.rs` (sockets: accept, dial, read, write queues, lingering),
 //! `work.rs` (the worker pool), `persistence.rs` (the block store and its
-//! health), `clock.rs` (the core's clock and the wall-clock watch),
+//! health), `store_thread.rs` (the thread that owns the store), `clock.rs` (the core's clock and the wall-clock watch),
 //! `notifications.rs` (logging and subscribers), `observe.rs` (metrics
 //! snapshots, measured durations, the status line), `handle.rs`
 //! ([`DriverHandle`], [`RunningDriver`]) and `options.rs` (what a driver is
@@ -118,6 +121,7 @@ mod observe;
 mod options;
 mod persistence;
 mod start;
+mod store_thread;
 mod work;
 
 pub use clock::{CLOCK_CHECK_INTERVAL, CLOCK_JUMP_TOLERANCE};
@@ -149,7 +153,7 @@ use mio::net::TcpListener;
 use mio::{Events, Poll, Token, Waker};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::store::{BlockStore, StoreOptions};
+use crate::store::StoreOptions;
 use crate::workers::WorkerPool;
 
 use self::connections::Connection;
@@ -219,9 +223,15 @@ pub struct Driver {
     work_stats: WorkStats,
     /// Where the store lives and how it is reopened; `None`: memory only.
     store_dir: Option<(PathBuf, StoreOptions)>,
-    /// The open store; `None` while memory-only, or closed after a failure.
-    store: Option<BlockStore>,
-    /// Batches not yet written, in the core's order (non-empty only after a failed commit).
+    /// The store's thread (it owns the store); `None`: memory only.
+    store: Option<self::store_thread::StoreThread>,
+    /// Whether the thread's store is open (false after a failure until reopened).
+    store_open: bool,
+    /// Whether a reopen was asked for and not yet answered.
+    store_reopening: bool,
+    /// Whether the store thread is writing a batch (taken from `unwritten`).
+    commit_in_flight: bool,
+    /// Batches not yet handed to the store thread, in the core's order.
     unwritten: VecDeque<PersistBatch>,
     /// When to reopen the store and try `unwritten` again after a failure.
     persist_retry_at: Option<StdInstant>,
@@ -294,9 +304,10 @@ impl Driver {
         self.store_failing_since
     }
 
-    /// Persist batches waiting to be written (after a failed commit).
+    /// Persist batches not yet durable: the one the store thread writes and
+    /// those waiting behind it (many only after a failed commit).
     pub fn unwritten_batches(&self) -> usize {
-        self.unwritten.len()
+        self.unwritten.len() + usize::from(self.commit_in_flight)
     }
 
     /// Why the driver stopped on its own (a store failing for too long), if it did.

@@ -14,10 +14,11 @@ use meshsync_core::{Health, Input};
 
 use crate::store::{BlockStore, StoreError, StoreOptions};
 
+use super::store_thread::{StoreDone, StoreJob, StoreThread};
 use super::Driver;
 
-/// A commit slower than this is logged as a warning: it stalls every
-/// connection of the node for that long (the store writes on the loop thread).
+/// A commit slower than this is logged as a warning: the blocks wait that
+/// long to be announced (the commit itself runs on the store thread).
 pub const PERSIST_COMMIT_SLOW: Duration = Duration::from_millis(100);
 /// After a failed commit, how long before the store is first reopened and
 /// the waiting batches are tried again; each further failure doubles it.
@@ -29,55 +30,68 @@ pub const STORE_REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const STORE_FAILING_EXIT_AFTER_DEFAULT: Duration = Duration::from_secs(300);
 /// How often the store file's identity is checked (deleted or replaced?).
 pub const STORE_FILE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// At exit, how long the driver waits for the store thread to write what
+/// waits (a commit takes milliseconds; a stuck disk is given up on).
+pub const STORE_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 impl Driver {
-    /// At exit: one last try to write what waits, then an ERROR line
-    /// counting what could not be written (and its text, for `run`'s error).
+    /// At exit: waits for what the store thread is writing, then tries the
+    /// rest once more, each in turn, and says (ERROR line, and its text for
+    /// `run`'s error) what could not be written.
     pub(super) fn report_unwritten(&mut self) -> Option<String> {
-        if !self.unwritten.is_empty() {
-            self.write_unwritten();
+        let deadline = StdInstant::now() + STORE_EXIT_WAIT;
+        if self.store.is_some() {
+            if !self.unwritten.is_empty() && !self.store_open && !self.store_reopening {
+                self.persist_retry_at = None;
+                self.reopen_store();
+            }
+            self.write_next();
+            while self.commit_in_flight || self.store_reopening {
+                let Some(done) = self.store.as_ref().and_then(|s| s.recv_until(deadline)) else {
+                    break;
+                };
+                // A failure now schedules a retry that never comes: the
+                // loop below ends and the rest is reported.
+                self.on_store_done(done);
+            }
+            if let Some(store) = self.store.as_mut() {
+                store.join();
+            }
+            // What the thread finished meanwhile (a last peer store
+            // snapshot, say) is logged and counted like any answer.
+            self.drain_store();
         }
-        if self.unwritten.is_empty() {
+        if self.unwritten.is_empty() && !self.commit_in_flight {
             return None;
         }
         let blocks: usize = self.unwritten.iter().map(|batch| batch.blocks.len()).sum();
         let text = format!(
             "{} persist batches ({blocks} blocks) were never written to the block store: \
              this node lost them (peers that got them still hold them)",
-            self.unwritten.len()
+            self.unwritten_batches()
         );
         log::error!("[{:?}] {text}", self.peer_id);
         Some(text)
     }
 
-    /// Replaces the peer store with `known`, in one transaction. Nothing is
-    /// acknowledged, and a failure is a WARN without `store_failing`: the
-    /// next snapshot (60 s later, or at shutdown) tries again, and the
-    /// block batches' own writes decide the store's health.
-    pub(super) fn persist_peers(&mut self, known: &KnownPeers) {
-        let Some(store) = self.store.as_mut() else {
-            return;
-        };
-        match store.save_known_peers(known) {
-            Ok(()) => {
-                self.persist_stats.peer_snapshots += 1;
-                self.persist_stats.peer_records = known.records.len() as u64;
-            }
-            Err(error) => {
-                self.persist_stats.peer_snapshot_failures += 1;
-                log::warn!("[{:?}] peer store not saved: {error}", self.peer_id);
-            }
+    /// Replaces the peer store with `known`, in one transaction on the
+    /// store thread. Nothing is acknowledged, and a failure is a WARN
+    /// without `store_failing`: the next snapshot (60 s later, or at
+    /// shutdown) tries again, and the block batches' own writes decide the
+    /// store's health.
+    pub(super) fn persist_peers(&mut self, known: KnownPeers) {
+        if let (Some(store), true) = (self.store.as_ref(), self.store_open) {
+            // A snapshot the thread cannot take is the next one's to make.
+            let _ = store.send(StoreJob::SavePeers(Box::new(known)));
         }
     }
 
     /// Writes `batch` durably (or, memory-only, does not) and tells the core.
     ///
-    /// The commit runs on the loop thread: a batch is one block per slot,
-    /// or one sync batch, and a redb commit with fsync takes milliseconds
-    /// (measured in [`PersistStats`]; slower than [`PERSIST_COMMIT_SLOW`]
-    /// is logged). A writer thread would keep the loop free during the
-    /// fsync, at the cost of a second owner of the store; the batches'
-    /// order would be kept by a FIFO channel either way.
+    /// The commit runs on the store thread, one batch at a time in the
+    /// core's order; `Input::Persisted` follows its answer. Its latency is
+    /// measured ([`PersistStats`]; slower than [`PERSIST_COMMIT_SLOW`] is
+    /// logged) but no longer stalls the loop.
     pub(super) fn persist(&mut self, batch: PersistBatch) {
         if !self.is_durable() {
             if !self.warned_not_durable {
@@ -92,194 +106,183 @@ impl Driver {
             return;
         }
         self.unwritten.push_back(batch);
-        if self.persist_retry_at.is_none() {
-            self.write_unwritten();
-        }
+        self.write_next();
     }
 
-    /// Reads finalized history back for the core (`Action::ReadBlocks`) and
-    /// hands it over as `Input::BlocksRead`. Runs on the loop thread: a
-    /// read is at most one answer's bytes (`ANSWER_BLOCK_BYTES_MAX`), from
-    /// redb's page cache or the file. Without a store, or on an error,
-    /// nothing is read and the read is reported incomplete.
+    /// Reads finalized history back for the core (`Action::ReadBlocks`) on
+    /// the store thread; its answer becomes `Input::BlocksRead`. Without an
+    /// open store nothing is read and the read is reported incomplete.
     pub(super) fn read_blocks(&mut self, read: BlockRead) {
-        let mut blocks = Vec::new();
-        let mut complete = false;
-        if let Some(store) = self.store.as_ref() {
-            match store.read_finalized_chain(
-                read.start_slot,
-                read.end_slot,
-                read.blocks_max,
-                read.bytes_max,
-            ) {
-                Ok((stored, whole)) => {
-                    complete = whole;
-                    for (root, slot, bytes) in stored {
-                        let then = "the read stops before it";
-                        let Some(block) = decode_stored(store, root, slot, &bytes, then) else {
-                            complete = false;
-                            break;
-                        };
-                        blocks.push(block);
-                    }
-                }
-                Err(error) => log::error!(
-                    "[{:?}] stored blocks at slots {}..{} not read: {error}",
-                    self.peer_id,
-                    read.start_slot,
-                    read.end_slot
-                ),
-            }
+        let job = match (self.store.as_ref(), self.store_open) {
+            (Some(store), true) => store.send(StoreJob::Read(read)),
+            _ => Err(StoreJob::Read(read)),
+        };
+        if let Err(StoreJob::Read(read)) = job {
+            self.feed(Input::BlocksRead {
+                id: read.id,
+                blocks: Vec::new(),
+                complete: false,
+            });
         }
-        self.persist_stats.reads += 1;
-        self.persist_stats.blocks_read += blocks.len() as u64;
-        self.feed(Input::BlocksRead {
-            id: read.id,
-            blocks,
-            complete,
-        });
     }
 
-    /// Writes waiting batches in order, each in one transaction, and
-    /// acknowledges each as it lands. Stops at a failure and retries later
-    /// (acknowledgements are cumulative, so no later batch may pass it).
-    pub(super) fn write_unwritten(&mut self) {
-        self.persist_retry_at = None;
-        if self.store.is_none() && !self.reopen_store() {
+    /// Hands the next waiting batch to the store thread, unless one is
+    /// being written, the store is closed, or a retry is scheduled.
+    fn write_next(&mut self) {
+        if self.commit_in_flight || !self.store_open || self.persist_retry_at.is_some() {
             return;
         }
-        while let Some(batch) = self.unwritten.front() {
-            let Some(store) = self.store.as_mut() else {
-                unreachable!(
-                    "the store was opened above and is closed only on a failure, which returns"
-                );
-            };
-            let encoded: Vec<(meshsync_core::chain::Root, u64, Vec<u8>)> = batch
-                .blocks
-                .iter()
-                .map(|(root, block)| (*root, block.slot(), block.encode()))
-                .collect();
-            let blocks: Vec<(meshsync_core::chain::Root, u64, &[u8])> = encoded
-                .iter()
-                .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
-                .collect();
-            let finalized = Some((batch.finalized.root, batch.finalized.slot));
-            // A commit into a deleted (unlinked) file succeeds and is lost at
-            // exit: check the file first (a stat, microseconds beside the fsync).
-            if let Err(error) = store.check_file() {
-                let context = format!("persist batch {}", batch.id);
-                self.persist_stats.failures += 1;
-                self.store_failed(&context, &error);
-                return;
-            }
-            let started = StdInstant::now();
-            let finalized_chain: Vec<(u64, meshsync_core::chain::Root)> = batch
-                .finalized_chain
-                .iter()
-                .map(|checkpoint| (checkpoint.slot, checkpoint.root))
-                .collect();
-            match store.commit(
-                &blocks,
-                &batch.delete,
-                finalized,
-                &finalized_chain,
-                batch.watermark,
-            ) {
-                Ok(deleted) => {
-                    let took = started.elapsed();
-                    if let Some(metrics) = self.observer.metrics() {
-                        metrics.observe_store_commit(took);
-                    }
-                    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-                    let stats = &mut self.persist_stats;
-                    stats.batches += 1;
-                    stats.blocks += blocks.len() as u64;
-                    stats.deleted += deleted as u64;
-                    stats.commit_micros_total = stats.commit_micros_total.saturating_add(micros);
-                    stats.commit_micros_max = stats.commit_micros_max.max(micros);
-                    if took > PERSIST_COMMIT_SLOW {
-                        log::warn!(
-                            "[{:?}] persist batch {} took {} ms",
-                            self.peer_id,
-                            batch.id,
-                            took.as_millis()
-                        );
-                    } else {
-                        log::debug!(
-                            "[{:?}] persist batch {} ({} blocks, {deleted} deleted) in {micros} µs",
-                            self.peer_id,
-                            batch.id,
-                            blocks.len()
-                        );
-                    }
-                    let id = batch.id;
-                    self.unwritten.pop_front();
-                    self.feed(Input::Persisted { id });
-                }
-                Err(error) => {
-                    let context = format!("persist batch {}", batch.id);
-                    self.persist_stats.failures += 1;
-                    self.store_failed(&context, &error);
-                    return;
-                }
-            }
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        let Some(batch) = self.unwritten.pop_front() else {
+            return;
+        };
+        match store.send(StoreJob::Commit(Box::new(batch))) {
+            Ok(()) => self.commit_in_flight = true,
+            Err(StoreJob::Commit(batch)) => self.unwritten.push_front(*batch),
+            Err(_) => unreachable!("send gives back the job it was given"),
         }
-        self.store_recovered();
     }
 
-    /// The store refused: close it (redb refuses everything after an I/O
-    /// error until reopened), tell the core, and schedule a reopen.
-    fn store_failed(&mut self, context: &str, error: &StoreError) {
-        // A write error may be a deleted file: say so if it is.
-        let cause = match self.store.as_ref().map(BlockStore::check_file) {
-            Some(Err(gone)) => format!("{error} ({gone})"),
-            _ => error.to_string(),
-        };
-        self.store = None;
+    /// Takes every answer the store thread has ready.
+    pub(super) fn drain_store(&mut self) {
+        while let Some(done) = self.store.as_ref().and_then(StoreThread::try_recv) {
+            self.on_store_done(done);
+        }
+    }
+
+    fn on_store_done(&mut self, done: StoreDone) {
+        match done {
+            StoreDone::Committed {
+                id,
+                blocks,
+                deleted,
+                took,
+            } => {
+                self.commit_in_flight = false;
+                if let Some(metrics) = self.observer.metrics() {
+                    metrics.observe_store_commit(took);
+                }
+                let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                let stats = &mut self.persist_stats;
+                stats.batches += 1;
+                stats.blocks += blocks as u64;
+                stats.deleted += deleted as u64;
+                stats.commit_micros_total = stats.commit_micros_total.saturating_add(micros);
+                stats.commit_micros_max = stats.commit_micros_max.max(micros);
+                if took > PERSIST_COMMIT_SLOW {
+                    log::warn!(
+                        "[{:?}] persist batch {id} took {} ms",
+                        self.peer_id,
+                        took.as_millis()
+                    );
+                } else {
+                    log::debug!(
+                        "[{:?}] persist batch {id} ({blocks} blocks, {deleted} deleted) in {micros} µs",
+                        self.peer_id,
+                    );
+                }
+                self.feed(Input::Persisted { id });
+                if self.unwritten.is_empty() {
+                    self.store_recovered();
+                }
+                self.write_next();
+            }
+            StoreDone::Failed {
+                context,
+                cause,
+                batch,
+            } => {
+                if let Some(batch) = batch {
+                    self.commit_in_flight = false;
+                    self.persist_stats.failures += 1;
+                    self.unwritten.push_front(*batch);
+                }
+                self.store_reopening = false;
+                self.store_failed(&context, &cause);
+            }
+            StoreDone::Read {
+                id,
+                blocks,
+                complete,
+            } => {
+                self.persist_stats.reads += 1;
+                self.persist_stats.blocks_read += blocks.len() as u64;
+                self.feed(Input::BlocksRead {
+                    id,
+                    blocks,
+                    complete,
+                });
+            }
+            StoreDone::PeersSaved { records, result } => match result {
+                Ok(()) => {
+                    self.persist_stats.peer_snapshots += 1;
+                    self.persist_stats.peer_records = records as u64;
+                }
+                Err(error) => {
+                    self.persist_stats.peer_snapshot_failures += 1;
+                    log::warn!("[{:?}] peer store not saved: {error}", self.peer_id);
+                }
+            },
+            StoreDone::Reopened(path) => {
+                log::info!(
+                    "[{:?}] block store {} reopened",
+                    self.peer_id,
+                    path.display()
+                );
+                self.persist_stats.reopened += 1;
+                self.store_open = true;
+                self.store_reopening = false;
+                if self.unwritten.is_empty() && !self.commit_in_flight {
+                    self.store_recovered();
+                }
+                self.write_next();
+            }
+        }
+    }
+
+    /// The retry time after a failure has come: reopen the store (the
+    /// waiting batches follow once it is open).
+    pub(super) fn retry_store(&mut self) {
+        self.persist_retry_at = None;
+        if !self.store_open && !self.store_reopening {
+            self.reopen_store();
+        } else {
+            self.write_next();
+        }
+    }
+
+    fn reopen_store(&mut self) {
+        if let Some(store) = self.store.as_ref() {
+            self.store_reopening = store.send(StoreJob::Reopen).is_ok();
+        }
+    }
+
+    /// The store refused and its thread closed it: tell the core, and
+    /// schedule a reopen.
+    fn store_failed(&mut self, context: &str, cause: &str) {
+        self.store_open = false;
         let retry_in = self.store_backoff;
         self.persist_retry_at = Some(StdInstant::now() + retry_in);
         self.store_backoff = (self.store_backoff * 2).min(STORE_REOPEN_BACKOFF_MAX);
+        let waiting = self.unwritten_batches();
         match self.store_failing_since {
             None => {
                 self.store_failing_since = Some(StdInstant::now());
                 log::error!(
                     "[{:?}] store_failing: {context} failed: {cause}; not producing or \
-                     forwarding blocks; {} batches wait; reopening the store in {retry_in:?}",
+                     forwarding blocks; {waiting} batches wait; reopening the store in {retry_in:?}",
                     self.peer_id,
-                    self.unwritten.len()
                 );
                 self.feed(Input::Health(Health::StoreFailing));
             }
             Some(since) => log::warn!(
-                "[{:?}] store_failing for {} s: {context} failed: {cause}; {} batches wait; \
-                 reopening in {retry_in:?}",
+                "[{:?}] store_failing for {} s: {context} failed: {cause}; {waiting} batches \
+                 wait; reopening in {retry_in:?}",
                 self.peer_id,
                 since.elapsed().as_secs(),
-                self.unwritten.len()
             ),
-        }
-    }
-
-    /// Reopens a store closed after a failure; whether it is open now.
-    fn reopen_store(&mut self) -> bool {
-        let Some((dir, options)) = &self.store_dir else {
-            return false;
-        };
-        match BlockStore::open_with(dir, options) {
-            Ok(store) => {
-                log::info!(
-                    "[{:?}] block store {} reopened",
-                    self.peer_id,
-                    store.path().display()
-                );
-                self.persist_stats.reopened += 1;
-                self.store = Some(store);
-                true
-            }
-            Err(error) => {
-                self.store_failed("reopen", &error);
-                false
-            }
         }
     }
 
@@ -320,9 +323,9 @@ impl Driver {
             return;
         }
         self.store_check_at = now + STORE_FILE_CHECK_INTERVAL;
-        let checked = self.store.as_ref().map(BlockStore::check_file);
-        if let Some(Err(error)) = checked {
-            self.store_failed("file check", &error);
+        if let (Some(store), true) = (self.store.as_ref(), self.store_open) {
+            // A thread that is gone leaves the batches unwritten, reported.
+            let _ = store.send(StoreJob::CheckFile);
         }
     }
 }
@@ -407,7 +410,7 @@ pub(super) fn load_from_finalized(
 /// The stored block `bytes` under `root` at `slot`, decoded, if it decodes
 /// to a block with that root and an intact body; the damage is logged if not.
 /// `then` says what the caller does about damage, for the log line.
-fn decode_stored(
+pub(super) fn decode_stored(
     store: &BlockStore,
     root: Root,
     slot: u64,

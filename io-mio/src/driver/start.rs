@@ -20,6 +20,7 @@ use crate::workers::WorkerPool;
 use super::clock::wall_ms;
 use super::observe::Observer;
 use super::persistence::{load_from_finalized, open_store};
+use super::store_thread::StoreThread;
 use super::work::run_pool_job;
 use super::{
     Driver, DriverOptions, PersistStats, RunState, WorkStats, CLOCK_CHECK_INTERVAL,
@@ -261,6 +262,24 @@ impl Driver {
                 error,
             },
         )?;
+        let store_open = store.is_some();
+        let store = match (store, &options.data_dir) {
+            (Some(store), Some(dir)) => {
+                let reopen = StoreOptions {
+                    must_exist: true,
+                    ..store_options.clone()
+                };
+                Some(
+                    StoreThread::spawn(store, dir.clone(), reopen, Arc::clone(&waker)).map_err(
+                        |error| StartError::Resource {
+                            what: "the store thread",
+                            error,
+                        },
+                    )?,
+                )
+            }
+            _ => None,
+        };
         if config.listen_port == 0 {
             config.listen_port = local_addr.port();
         }
@@ -328,6 +347,9 @@ impl Driver {
                 )
             }),
             store,
+            store_open,
+            store_reopening: false,
+            commit_in_flight: false,
             unwritten: VecDeque::new(),
             persist_retry_at: None,
             store_failing_since: None,
