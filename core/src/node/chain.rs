@@ -365,6 +365,11 @@ impl Node {
         self.sync.is_syncing()
     }
 
+    /// Range sync's own counts (requests, slots asked for, splits, ...).
+    pub fn range_sync_counters(&self) -> crate::sync::SyncCounters {
+        self.sync.range_counters()
+    }
+
     /// Whether the driver reported a failing store (`Health::StoreFailing`):
     /// the node then neither produces nor forwards blocks.
     pub fn is_store_failing(&self) -> bool {

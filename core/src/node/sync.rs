@@ -234,6 +234,10 @@ impl SyncPart {
         self.range.is_syncing()
     }
 
+    pub(super) fn range_counters(&self) -> crate::sync::SyncCounters {
+        self.range.counters()
+    }
+
     pub(super) fn is_catching_up(&self, now: Instant) -> bool {
         self.range.is_catching_up(now)
     }

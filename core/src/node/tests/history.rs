@@ -106,6 +106,17 @@ fn a_joiner_syncs_a_chain_longer_than_memory_from_a_server_that_reads_it_from_di
         counters.history_blocks_read
     );
     assert_eq!(counters.history_reads_refused, 0);
+    // Four of these blocks fill an answer: after the first cut answer the
+    // joiner asks for four slots at a time. Asking again for the whole
+    // rest each time named about five times the chain's slots, which the
+    // server's quota charges.
+    let sync = net.nodes[0].range_sync_counters();
+    assert!(sync.answers_split > 0);
+    assert!(
+        sync.slots_requested <= 2 * CHAIN_BLOCKS,
+        "{} slots asked for {CHAIN_BLOCKS} blocks",
+        sync.slots_requested
+    );
     // The joiner's own disk now answers for the whole chain.
     let (disk, finalized) = &net.disks[0];
     let read = crate::work::BlockRead {

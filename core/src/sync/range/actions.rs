@@ -147,8 +147,10 @@ pub struct SyncCounters {
     pub requests_failed: u64,
     /// Answers refused before verification (order, range, linkage, size).
     pub responses_refused: u64,
+    /// Slots named by the requests sent: what the servers' quotas charged.
+    pub slots_requested: u64,
     /// Answers that filled a server's byte budget short of their range: the
-    /// rest of the range was queued as a batch of its own.
+    /// rest of the range was queued in batches of what one answer carried.
     pub answers_split: u64,
     /// Batches that passed verification.
     pub batches_verified: u64,

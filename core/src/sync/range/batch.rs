@@ -426,6 +426,7 @@ impl RangeSync {
         self.requests_in_flight += 1;
         self.reserved_bytes += reserve_bytes;
         self.counters.requests_sent = self.counters.requests_sent.saturating_add(1);
+        self.counters.slots_requested = self.counters.slots_requested.saturating_add(count);
         self.counters.requests_in_flight_max = self
             .counters
             .requests_in_flight_max
@@ -554,20 +555,36 @@ impl RangeSync {
             return count;
         }
         let kept = last.saturating_add(1).saturating_sub(start);
-        let rest_start = last.saturating_add(1);
         self.batches.get_mut(&start).expect("checked above").count = kept;
-        self.batches.insert(
-            rest_start,
-            Batch {
-                start: rest_start,
-                count: end.saturating_sub(rest_start),
-                state: BatchState::Queued,
-                attempts: 0,
-                excluded: BTreeSet::new(),
-                claimed_head: 0,
-                recheck: None,
-            },
-        );
+        // The rest goes in pieces of what one answer carried, and later
+        // batches start no larger: a server charges a request by the slots
+        // it names, so asking 60 slots to get 4 blocks, then 56 for the
+        // next 4, cost eight times the quota of the blocks (a one-peer sync
+        // of 1 MiB blocks ran at 16 blocks/s).
+        let piece = kept.max(1);
+        self.batch_slots = self.batch_slots.min(piece.max(self.config.batch_slots_min));
+        let mut rest_start = last.saturating_add(1);
+        while rest_start < end {
+            let last_piece = self.batches.len().saturating_add(1) >= BATCHES_MAX;
+            let count = if last_piece {
+                end.saturating_sub(rest_start)
+            } else {
+                piece.min(end.saturating_sub(rest_start))
+            };
+            self.batches.insert(
+                rest_start,
+                Batch {
+                    start: rest_start,
+                    count,
+                    state: BatchState::Queued,
+                    attempts: 0,
+                    excluded: BTreeSet::new(),
+                    claimed_head: 0,
+                    recheck: None,
+                },
+            );
+            rest_start = rest_start.saturating_add(count);
+        }
         self.counters.answers_split = self.counters.answers_split.saturating_add(1);
         kept
     }
