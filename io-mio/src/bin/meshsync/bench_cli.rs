@@ -8,13 +8,19 @@
 //! for a script to compare runs without parsing text. Logs stay on stderr.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use meshsync_mio::workers;
+use meshsync_core::sync::range::SYNC_DISTANCE_SLOTS;
+use meshsync_mio::{workers, StaticPeerAddress};
 
 use crate::bench_gossip::{
     self, GOSSIP_BENCH_MESSAGES_MAX, GOSSIP_BENCH_MESSAGE_BYTES_MAX, GOSSIP_BENCH_NODES_MAX,
+};
+use crate::bench_history::{
+    self, BODY_BYTES_DEFAULT, HISTORY_BLOCKS_MAX, PRODUCTION_SECS_MAX, RSS_ABORT_MIB_DEFAULT,
+    RSS_BOUND_MB_DEFAULT,
 };
 use crate::{bench, bench_soak, bench_sync, bench_throughput};
 
@@ -132,6 +138,45 @@ pub enum BenchCommand {
         #[command(flatten)]
         output: Output,
     },
+    /// Resident memory of a node whose store holds a long chain: a chain
+    /// of --blocks blocks is generated into --dir (or found there from an
+    /// earlier run), then the node (`meshsync node` of --meshsync, in a
+    /// process of its own) is sampled every 100 ms through start-up, while
+    /// it serves a full range sync to a fresh node, and while it produces
+    /// for --production-secs; each phase's peak is checked against
+    /// --bound-mb.
+    History {
+        /// Blocks in the stored chain, one per slot.
+        #[arg(long, value_name = "N", default_value_t = 10_000,
+              value_parser = clap::value_parser!(u64).range(SYNC_DISTANCE_SLOTS + 1..=HISTORY_BLOCKS_MAX))]
+        blocks: u64,
+        /// Body bytes of each block (default: the largest, a 1 MiB encoded block).
+        #[arg(long, value_name = "B", default_value_t = BODY_BYTES_DEFAULT as u64,
+              value_parser = clap::value_parser!(u64).range(..=BODY_BYTES_DEFAULT as u64))]
+        body_bytes: u64,
+        /// The node binary to measure (default: this program).
+        #[arg(long, value_name = "PATH")]
+        meshsync: Option<PathBuf>,
+        /// Where the chain is generated, or reused if an earlier run left
+        /// it there; kept (default: a temporary directory, removed at the end).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// How long the production phase lasts, seconds.
+        #[arg(long, value_name = "S", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..=PRODUCTION_SECS_MAX))]
+        production_secs: u64,
+        /// The bound on the node's peak resident memory in every phase, MB (10^6 bytes).
+        #[arg(long, value_name = "MB", default_value_t = RSS_BOUND_MB_DEFAULT)]
+        bound_mb: u64,
+        /// Stop the run when the two nodes' resident memory together passes this, MiB.
+        #[arg(long, value_name = "MIB", default_value_t = RSS_ABORT_MIB_DEFAULT)]
+        rss_abort_mib: u64,
+        /// Exit with an error when a phase fails (the report is printed first).
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        output: Output,
+    },
     /// The node of `bench soak`, which starts it in a process of its own:
     /// prints one JSON line once listening, answers each `sample` line on
     /// stdin with one JSON line, and stops at the end of stdin.
@@ -146,6 +191,21 @@ pub enum BenchCommand {
         /// Clients of the soak: room for each as a peer.
         #[arg(long, value_name = "N")]
         clients: usize,
+    },
+    /// The fresh node of `bench history`, which starts it in a process of
+    /// its own: keeps the server connected, range-syncs from it, serves
+    /// its metrics, and stops at the end of its stdin.
+    #[command(hide = true)]
+    HistoryJoiner {
+        /// The chain's genesis file.
+        #[arg(long, value_name = "FILE")]
+        genesis: PathBuf,
+        /// The node to sync from.
+        #[arg(long = "static-peer", value_name = "ADDR@PEERID")]
+        server: StaticPeerAddress,
+        /// Where to serve metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: SocketAddr,
     },
 }
 
@@ -281,6 +341,42 @@ pub fn run(command: BenchCommand) -> Result<(), String> {
             output.print(&report, report.json());
             Ok(())
         }
+        BenchCommand::History {
+            blocks,
+            body_bytes,
+            meshsync,
+            dir,
+            production_secs,
+            bound_mb,
+            rss_abort_mib,
+            check,
+            output,
+        } => {
+            let report = bench_history::history(bench_history::HistoryOptions {
+                blocks,
+                // Within usize: the parser bounded it by a usize constant.
+                body_bytes: body_bytes as usize,
+                meshsync,
+                dir,
+                production: Duration::from_secs(production_secs),
+                bound_mb,
+                rss_abort_mib,
+            })?;
+            output.print(&report, report.json());
+            if check && !report.passed() {
+                return Err("a phase failed (--check)".to_string());
+            }
+            Ok(())
+        }
+        BenchCommand::HistoryJoiner {
+            genesis,
+            server,
+            metrics,
+        } => bench_history::joiner(&bench_history::JoinerOptions {
+            genesis,
+            server,
+            metrics,
+        }),
         BenchCommand::SoakNode {
             listen,
             genesis_time_ms,

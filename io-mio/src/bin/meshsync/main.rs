@@ -8,7 +8,8 @@
 //! node's flags and configuration file ([`node_config`]), text or JSON logs
 //! ([`logging`]), what a second signal does ([`shutdown`]), the
 //! in-process devnet ([`devnet`]), and the benchmarks ([`mod@bench`],
-//! [`bench_sync`], [`bench_throughput`], timed by [`cpu_time`]).
+//! [`bench_sync`], [`bench_throughput`], [`bench_history`], timed by
+//! [`cpu_time`]).
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,8 @@ mod bench;
 mod bench_cli;
 #[cfg(feature = "bench")]
 mod bench_gossip;
+#[cfg(feature = "bench")]
+mod bench_history;
 #[cfg(feature = "bench")]
 mod bench_soak;
 #[cfg(feature = "bench")]
