@@ -327,3 +327,54 @@ fn bench_gossip_json_delivers_every_message_and_has_cpu_per_delivery() {
         "{report:?}"
     );
 }
+
+/// A small history run: 200 blocks of 4 KiB made into a temporary
+/// directory, the node started on them, a fresh node range-synced from it,
+/// then 2 s of production. Every phase completes within the bound (`--check`
+/// fails the run otherwise), the joiner reached the server's head, and
+/// neither node process outlives the bench.
+#[test]
+fn bench_history_json_starts_serves_a_full_sync_and_produces() {
+    let report = bench_json(&[
+        "history",
+        "--blocks",
+        "200",
+        "--body-bytes",
+        "4096",
+        "--production-secs",
+        "2",
+        "--check",
+    ]);
+    assert_eq!(report["bench"], "history");
+    assert_eq!(report["blocks"], 200);
+    assert_eq!(report["reused"], false);
+    assert_eq!(report["passed"], true, "{report:?}");
+    for pid in ["server_pid", "joiner_pid"] {
+        let pid = report[pid]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{pid} in {report:?}"));
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} outlived the bench"
+        );
+    }
+    let phases = report["phases"].as_array().expect("phases");
+    let names: Vec<&Value> = phases.iter().map(|phase| &phase["phase"]).collect();
+    assert_eq!(names, ["start-up", "sync", "production"]);
+    for phase in phases {
+        assert_eq!(phase["completed"], true, "{phase}");
+        assert!(phase["server_rss_peak_mib"].as_f64() > Some(0.0), "{phase}");
+    }
+    let figure = |phase: usize, name: &str| {
+        phases[phase][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {}", phases[phase]))
+    };
+    assert!(figure(0, "server_head_end") >= 200);
+    assert!(figure(1, "joiner_head_end") >= figure(1, "target_slot"));
+    assert!(figure(1, "target_slot") >= 200);
+    assert!(phases[1]["joiner_rss_peak_mib"].as_f64() > Some(0.0));
+    assert!(phases[1]["mb_per_second"].as_f64() > Some(0.0));
+    assert!(figure(2, "server_head_end") >= figure(2, "server_head_start"));
+    assert_positive(&report, &["block_bytes", "chain_mib", "generation_seconds"]);
+}
