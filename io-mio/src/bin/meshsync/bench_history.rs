@@ -1093,6 +1093,9 @@ fn generate_chain(dir: &Path, blocks: u64, body_bytes: usize) -> Result<(), Stri
     // finalized once the newest is the head (one block every slot).
     let mut recent: VecDeque<Root> = VecDeque::with_capacity(depth as usize + 1);
     let mut batch: Vec<(Root, u64, Vec<u8>)> = Vec::with_capacity(STORE_BATCH_BLOCKS);
+    // Blocks not yet finalized: each commit indexes those it finalizes, as
+    // the node's own commits do.
+    let mut unfinalized: VecDeque<(u64, Root)> = VecDeque::new();
     let mut rng = SplitMix64(0x4869_7374);
     let mut parent = genesis.root();
     let started = StdInstant::now();
@@ -1103,6 +1106,7 @@ fn generate_chain(dir: &Path, blocks: u64, body_bytes: usize) -> Result<(), Stri
         let block = producer.produce(slot, parent, body);
         parent = block.root();
         batch.push((parent, slot, block.encode()));
+        unfinalized.push_back((slot, parent));
         if recent.len() > depth as usize {
             recent.pop_front();
         }
@@ -1111,6 +1115,12 @@ fn generate_chain(dir: &Path, blocks: u64, body_bytes: usize) -> Result<(), Stri
             continue;
         }
         let finalized = (slot > depth).then(|| (recent[0], slot - depth));
+        let finalized_slot = finalized.map_or(0, |(_, slot)| slot);
+        let mut finalized_chain = Vec::new();
+        while let Some(&(slot, root)) = unfinalized.front().filter(|(s, _)| *s <= finalized_slot) {
+            finalized_chain.push((slot, root));
+            unfinalized.pop_front();
+        }
         let rows: Vec<(Root, u64, &[u8])> = batch
             .iter()
             .map(|(root, slot, bytes)| (*root, *slot, bytes.as_slice()))
@@ -1120,7 +1130,7 @@ fn generate_chain(dir: &Path, blocks: u64, body_bytes: usize) -> Result<(), Stri
             slot,
         };
         store
-            .commit(&rows, &[], finalized, Some(watermark))
+            .commit(&rows, &[], finalized, &finalized_chain, Some(watermark))
             .map_err(|error| format!("store: {error}"))?;
         batch.clear();
         if slot % progress_every < STORE_BATCH_BLOCKS as u64 {
