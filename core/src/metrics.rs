@@ -65,6 +65,9 @@ pub struct Counters {
     pub requests_sent: u64,
     /// Peers' requests admitted and handled.
     pub requests_served: u64,
+    /// Verified gossiped blocks whose parent we lack, left to range sync
+    /// (more than the sync distance above our head) rather than looked up.
+    pub orphans_left_to_range_sync: u64,
     /// Reads of finalized history asked of the driver's store, to serve a
     /// range that starts below what the chain store holds in memory.
     pub history_reads: u64,

@@ -370,6 +370,11 @@ impl Node {
         self.sync.range_counters()
     }
 
+    /// Parent lookups' own counts (started, requests, switched to range sync, ...).
+    pub fn lookup_counters(&self) -> crate::sync::lookup::LookupCounters {
+        self.sync.lookup_counters()
+    }
+
     /// Whether the driver reported a failing store (`Health::StoreFailing`):
     /// the node then neither produces nor forwards blocks.
     pub fn is_store_failing(&self) -> bool {
@@ -864,6 +869,15 @@ impl Node {
                         self.judge_gossip_block(now, message, Validation::Ignore);
                         self.sync
                             .handle_peer_block_verified(now, from, block.slot());
+                        if self.gossip_shows_gap(&block) {
+                            // Beyond the sync distance the gap is range
+                            // sync's (its sender was asked for its Status):
+                            // a lookup would walk back one block per request,
+                            // up to PARENT_LOOKUP_DEPTH_MAX of them for each
+                            // block gossiped while we sync.
+                            self.out.counters.orphans_left_to_range_sync += 1;
+                            return;
+                        }
                         self.sync_orphan(now, block, from);
                     }
                     Err(_) => {

@@ -238,6 +238,10 @@ impl SyncPart {
         self.range.counters()
     }
 
+    pub(super) fn lookup_counters(&self) -> crate::sync::lookup::LookupCounters {
+        self.lookups.counters()
+    }
+
     pub(super) fn is_catching_up(&self, now: Instant) -> bool {
         self.range.is_catching_up(now)
     }

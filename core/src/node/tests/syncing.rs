@@ -23,6 +23,39 @@ fn a_late_joiner_range_syncs_from_its_peers_and_verifies_every_block() {
 }
 
 #[test]
+fn blocks_gossiped_while_far_behind_are_left_to_range_sync_not_looked_up() {
+    // A proposer 300 blocks ahead goes on producing while a fresh node
+    // joins: each block it gossips is an orphan to the joiner, hundreds of
+    // slots above its head, until range sync has caught up.
+    let mut proposer = chain_config(300);
+    proposer.chain.proposer_keys = vec![ProposerKey(std::sync::Arc::new(
+        crate::chain::devnet_keys(1, 1).remove(0),
+    ))];
+    proposer.chain.follow_gossip = true;
+    let mut joiner = joiner_config();
+    joiner.chain.follow_gossip = true;
+    // Range sync waits for a second peer before settling for one (30 s):
+    // meanwhile the proposer's blocks arrive by gossip.
+    joiner.sync.peers_min = 2;
+    let mut net = Net::new(vec![joiner, proposer]);
+    net.dial(0, 1, None);
+    net.advance(Duration::from_secs(60));
+    let head = net.nodes[1].chain().head();
+    assert!(head.slot > 300, "the proposer went on producing");
+    assert_eq!(net.nodes[0].chain().head(), head, "the joiner caught up");
+    let joiner = &net.nodes[0];
+    assert!(joiner.counters().orphans_left_to_range_sync > 0);
+    // Without this, each such block started a lookup that walked back one
+    // block per request, up to 64, before handing over to range sync.
+    assert_eq!(joiner.lookup_counters().switched_to_range, 0);
+    assert!(
+        joiner.lookup_counters().requests_sent <= 4,
+        "{:?}",
+        joiner.lookup_counters()
+    );
+}
+
+#[test]
 fn a_server_of_bad_signatures_is_penalised_and_its_blocks_never_imported() {
     let mut hostile = chain_config(300);
     let mut blocks = hostile.chain.stored.to_vec();
