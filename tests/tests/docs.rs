@@ -4,7 +4,8 @@
 //! each check fails naming the file, the line and what is wrong:
 //! - every repository path they name in backticks or as a link target
 //!   exists (`core/src/...`, `io-mio/...`, `sim/...`, `docs/...`, `.ci/...`,
-//!   `fuzz/...`, `tests/...`, top-level `*.md`, and module paths such as
+//!   `fuzz/...`, `tests/...`, `scripts/...`, `benches/...`, top-level
+//!   `*.md`, and module paths such as
 //!   `node/rpc.rs` under `core/src`, `io-mio/src` or `sim/src`);
 //! - every flag of a `meshsync …` or `meshsync-sim …` command line (a shell
 //!   block, `cargo run -p … -- …`, `target/…/meshsync-sim …`, or an inline
@@ -28,7 +29,7 @@ use std::process::Command;
 
 /// Where a path named in the docs may start, relative to the repository root.
 const PATH_PREFIXES: &[&str] = &[
-    "core/", "io-mio/", "sim/", "docs/", ".ci/", "fuzz/", "tests/",
+    "core/", "io-mio/", "sim/", "docs/", ".ci/", "fuzz/", "tests/", "scripts/", "benches/",
 ];
 /// Where a module path such as `node/rpc.rs` may live.
 const SOURCE_ROOTS: &[&str] = &["core/src", "io-mio/src", "sim/src"];
