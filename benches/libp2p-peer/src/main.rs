@@ -21,8 +21,8 @@
 //! Everything runs on one tokio runtime of `--threads` worker threads
 //! (default 1): the benchmark itself is a task on them, and so are the
 //! swarms' connections, which libp2p spawns on the runtime. Beside them,
-//! the main thread only waits for the result, and gossipsub's timers run
-//! on a helper thread of the `futures-timer` crate. CPU is the whole
+//! the main thread only waits for the result, and libp2p's own timers run
+//! on the helper thread of the `futures-timer` crate. CPU is the whole
 //! process's, every thread's, as meshsync's benchmarks count it.
 //!
 //! # Security
