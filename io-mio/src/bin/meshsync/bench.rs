@@ -758,11 +758,15 @@ impl RequestBench {
         // Both clocks after the pre-signed chain, so its Status is believed.
         let slot_ms = meshsync_core::chain::DEVNET_SLOT_DURATION_MS;
         let clock_ms = (chain.stored.len() as u64 + 1).saturating_mul(slot_ms);
+        let mut client = Config::new(REQUESTS_NETWORK_ID);
+        client.unix_ms_at_origin = clock_ms;
+        // The client holds the chain too: one that lacked it would range-sync
+        // it from the server during the measurement, and the blocks that sync
+        // fetches and verifies (BLS) would be counted against serving.
+        client.chain = chain.clone();
         let mut server = Config::new(REQUESTS_NETWORK_ID);
         server.unix_ms_at_origin = clock_ms;
         server.chain = chain;
-        let mut client = Config::new(REQUESTS_NETWORK_ID);
-        client.unix_ms_at_origin = clock_ms;
         let mut net = MemoryNet::new(vec![client, server]);
         let server = net.nodes[SERVER].peer_id();
         let client = net.nodes[CLIENT].peer_id();
