@@ -29,8 +29,31 @@ pub enum Direction {
 /// `Display` shows its first [`Root::SHORT_BYTES`] bytes in hex (like a short
 /// commit id), `{:x}` all 32. `Debug` prints the bytes as the array would,
 /// so traces that hash notifications' `Debug` text do not move.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Root(pub [u8; 32]);
+
+/// The bytes' lexicographic order, as the derived one on the array would
+/// give, but compared as four big-endian words: roots key the chain store's
+/// maps, where every lookup of a block compares a few dozen of them, and the
+/// array's derived order calls `memcmp` for each.
+impl Ord for Root {
+    fn cmp(&self, other: &Root) -> std::cmp::Ordering {
+        let word = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("chunks of 8"));
+        for (ours, theirs) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
+            match word(ours).cmp(&word(theirs)) {
+                std::cmp::Ordering::Equal => {}
+                unequal => return unequal,
+            }
+        }
+        std::cmp::Ordering::Equal
+    }
+}
+
+impl PartialOrd for Root {
+    fn partial_cmp(&self, other: &Root) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Root {
     /// Bytes `Display` shows: 8 hex digits, enough to tell the blocks of
@@ -191,5 +214,25 @@ mod tests {
         assert_eq!(format!("{root:x}"), format!("001ab2c3{}", "ff".repeat(28)));
         // Debug is the array's, so hashed Debug text of notifications stays put.
         assert_eq!(format!("{root:?}"), format!("{bytes:?}"));
+    }
+
+    /// Maps keyed by roots iterate in the same order as before the word
+    /// comparison: the bytes' order, whichever byte differs first.
+    #[test]
+    fn roots_order_as_their_bytes() {
+        let mut roots = Vec::new();
+        for position in [0, 7, 8, 15, 31] {
+            for value in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut bytes = [0x55u8; 32];
+                bytes[position] = value;
+                roots.push(Root(bytes));
+            }
+        }
+        for a in &roots {
+            for b in &roots {
+                assert_eq!(a.cmp(b), a.0.cmp(&b.0), "{a:x} against {b:x}");
+                assert_eq!(a.partial_cmp(b), Some(a.0.cmp(&b.0)));
+            }
+        }
     }
 }
