@@ -261,31 +261,47 @@ impl SignedBlock {
     /// Decodes exactly `bytes`. Checks lengths only: the signature and body
     /// root are checked by [`verify_block`](super::verify::verify_block).
     pub fn decode(bytes: &[u8]) -> Result<SignedBlock, BlockDecodeError> {
-        if bytes.len() > SIGNED_BLOCK_BYTES_MAX {
-            return Err(BlockDecodeError::TooLong {
-                length: bytes.len(),
-                max: SIGNED_BLOCK_BYTES_MAX,
-            });
-        }
-        let mut reader = Reader { bytes };
-        let header = read_header(&mut reader)?;
-        let signature: [u8; SIGNATURE_BYTES] = reader.array("signature")?;
-        let length = u32::from_be_bytes(reader.array("body length")?);
-        if u64::from(length) > BLOCK_BODY_BYTES_MAX as u64 {
-            return Err(BlockDecodeError::BodyTooLong {
-                length: u64::from(length),
-                max: BLOCK_BODY_BYTES_MAX,
-            });
-        }
-        // Cannot truncate: at most BLOCK_BODY_BYTES_MAX, checked above.
-        let body = reader.take(length as usize, "body")?.to_vec();
-        reader.finish()?;
+        let (header, signature, body) = split_signed_block(bytes)?;
         Ok(SignedBlock {
             header,
-            body,
+            body: body.to_vec(),
             signature,
         })
     }
+
+    /// The header of the signed block encoded in `bytes`, after every check
+    /// [`SignedBlock::decode`] makes (same order, same errors), without
+    /// copying the body: for a requester that checks an answer's slots and
+    /// links and hands the bytes on as they came.
+    pub fn decode_header(bytes: &[u8]) -> Result<BlockHeader, BlockDecodeError> {
+        split_signed_block(bytes).map(|(header, _, _)| header)
+    }
+}
+
+/// The fields of exactly one signed block encoding, the body borrowed.
+fn split_signed_block(
+    bytes: &[u8],
+) -> Result<(BlockHeader, [u8; SIGNATURE_BYTES], &[u8]), BlockDecodeError> {
+    if bytes.len() > SIGNED_BLOCK_BYTES_MAX {
+        return Err(BlockDecodeError::TooLong {
+            length: bytes.len(),
+            max: SIGNED_BLOCK_BYTES_MAX,
+        });
+    }
+    let mut reader = Reader { bytes };
+    let header = read_header(&mut reader)?;
+    let signature: [u8; SIGNATURE_BYTES] = reader.array("signature")?;
+    let length = u32::from_be_bytes(reader.array("body length")?);
+    if u64::from(length) > BLOCK_BODY_BYTES_MAX as u64 {
+        return Err(BlockDecodeError::BodyTooLong {
+            length: u64::from(length),
+            max: BLOCK_BODY_BYTES_MAX,
+        });
+    }
+    // Cannot truncate: at most BLOCK_BODY_BYTES_MAX, checked above.
+    let body = reader.take(length as usize, "body")?;
+    reader.finish()?;
+    Ok((header, signature, body))
 }
 
 fn read_header(reader: &mut Reader<'_>) -> Result<BlockHeader, BlockDecodeError> {
@@ -367,6 +383,7 @@ mod tests {
         assert_eq!(&bytes[176..180], &[0, 0, 0, 12]);
         let decoded = SignedBlock::decode(&bytes).unwrap();
         assert_eq!(decoded, block);
+        assert_eq!(SignedBlock::decode_header(&bytes), Ok(block.header));
         assert_eq!(decoded.encode(), bytes);
         let empty = SignedBlock {
             body: Vec::new(),
@@ -396,6 +413,10 @@ mod tests {
                     Err(BlockDecodeError::Truncated { .. })
                 ),
                 "truncated to {length}"
+            );
+            assert_eq!(
+                SignedBlock::decode_header(&bytes[..length]),
+                SignedBlock::decode(&bytes[..length]).map(|block| block.header)
             );
         }
         assert_eq!(
@@ -454,6 +475,26 @@ mod tests {
                 max: SIGNED_BLOCK_BYTES_MAX
             })
         );
+    }
+
+    /// The requester's header-only decoding refuses exactly what the full
+    /// decoding refuses, with the same error.
+    #[test]
+    fn decode_header_refuses_what_decode_refuses() {
+        let good = sample().encode();
+        let mut trailing = good.clone();
+        trailing.push(0);
+        let mut body_too_long = good.clone();
+        body_too_long[176..180].copy_from_slice(&u32::MAX.to_be_bytes());
+        let mut body_short = good.clone();
+        body_short[176..180].copy_from_slice(&13u32.to_be_bytes());
+        let huge = vec![0u8; SIGNED_BLOCK_BYTES_MAX + 1];
+        for bytes in [good, trailing, body_too_long, body_short, huge, Vec::new()] {
+            assert_eq!(
+                SignedBlock::decode_header(&bytes),
+                SignedBlock::decode(&bytes).map(|block| block.header)
+            );
+        }
     }
 
     #[test]
