@@ -56,6 +56,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use super::block::SignedBlock;
 use super::block::BLOCK_BYTES_MAX;
@@ -239,17 +240,29 @@ pub struct ChainStore {
     finality_depth_slots: u64,
     genesis_root: Root,
     limits: StoreLimits,
-    blocks: BTreeMap<Root, SignedBlock>,
+    /// Every stored block by root, each allocated once and shared with the
+    /// canonical index (the map's nodes hold roots and pointers, not
+    /// 200-byte blocks).
+    blocks: BTreeMap<Root, Arc<SignedBlock>>,
     /// Every stored block by (slot, root): eviction order and slot scans.
     by_slot: BTreeSet<(u64, Root)>,
     /// (parent, child) for every stored child.
     children: BTreeSet<(Root, Root)>,
-    /// The canonical chain: slot → root, for retained slots up to the head.
-    canonical: BTreeMap<u64, Root>,
+    /// The canonical chain: slot → its block, for retained slots up to the head.
+    canonical: BTreeMap<u64, CanonicalEntry>,
     head: Checkpoint,
     finalized: Checkpoint,
     bytes: usize,
     invalid: InvalidRoots,
+}
+
+/// A slot of the canonical chain: its block's root, and the block itself,
+/// shared with [`ChainStore`]'s map by root, so that a range (a BlocksByRange
+/// answer) is read off this index without searching that map once per slot.
+#[derive(Clone, Debug)]
+struct CanonicalEntry {
+    root: Root,
+    block: Arc<SignedBlock>,
 }
 
 impl ChainStore {
@@ -337,7 +350,12 @@ impl ChainStore {
         }
         self.bytes += block.encoded_len();
         self.by_slot.insert((checkpoint.slot, checkpoint.root));
-        self.canonical.insert(checkpoint.slot, checkpoint.root);
+        let block = Arc::new(block);
+        let entry = CanonicalEntry {
+            root: checkpoint.root,
+            block: Arc::clone(&block),
+        };
+        self.canonical.insert(checkpoint.slot, entry);
         self.blocks.insert(checkpoint.root, block);
         self.head = checkpoint;
         self.finalized = checkpoint;
@@ -373,7 +391,7 @@ impl ChainStore {
 
     /// The stored block with this root.
     pub fn block_by_root(&self, root: &Root) -> Option<&SignedBlock> {
-        self.blocks.get(root)
+        self.blocks.get(root).map(Arc::as_ref)
     }
 
     /// Whether `root` is stored or is the genesis.
@@ -384,9 +402,7 @@ impl ChainStore {
     /// The canonical block at `slot`, if the canonical chain has one there
     /// (and it was not evicted).
     pub fn canonical_block_at(&self, slot: u64) -> Option<&SignedBlock> {
-        self.canonical
-            .get(&slot)
-            .and_then(|root| self.blocks.get(root))
+        self.canonical.get(&slot).map(|entry| entry.block.as_ref())
     }
 
     /// The canonical blocks at slots `above_slot + 1 ..= to_slot` held in
@@ -397,7 +413,10 @@ impl ChainStore {
         }
         self.canonical
             .range(above_slot + 1..=to_slot)
-            .map(|(&slot, &root)| Checkpoint { root, slot })
+            .map(|(&slot, entry)| Checkpoint {
+                root: entry.root,
+                slot,
+            })
             .collect()
     }
 
@@ -411,7 +430,7 @@ impl ChainStore {
         let last_slot = start_slot.saturating_add(count - 1);
         self.canonical
             .range(start_slot..=last_slot)
-            .filter_map(|(_, root)| self.blocks.get(root))
+            .map(|(_, entry)| entry.block.as_ref())
             .collect()
     }
 
@@ -421,8 +440,8 @@ impl ChainStore {
     /// (`Action::ReadBlocks`). `None` while the canonical chain reaches
     /// back to the genesis.
     pub fn history_floor(&self) -> Option<u64> {
-        let (&slot, root) = self.canonical.first_key_value()?;
-        let parent = self.blocks.get(root)?.parent_root();
+        let (&slot, entry) = self.canonical.first_key_value()?;
+        let parent = entry.block.parent_root();
         (parent != self.genesis_root).then_some(slot)
     }
 
@@ -508,7 +527,7 @@ impl ChainStore {
         self.bytes += block.encoded_len();
         self.by_slot.insert((slot, root));
         self.children.insert((parent, root));
-        self.blocks.insert(root, block);
+        self.blocks.insert(root, Arc::new(block));
 
         let candidate = Checkpoint { root, slot };
         let mut outcome = Imported {
@@ -531,11 +550,16 @@ impl ChainStore {
 
     // --- Internals --------------------------------------------------------------
 
+    /// The root of the canonical block at `slot`, if there is one.
+    fn canonical_root(&self, slot: u64) -> Option<&Root> {
+        self.canonical.get(&slot).map(|entry| &entry.root)
+    }
+
     fn slot_of(&self, root: &Root) -> Option<u64> {
         if *root == self.genesis_root {
             Some(0)
         } else {
-            self.blocks.get(root).map(SignedBlock::slot)
+            self.blocks.get(root).map(|block| block.slot())
         }
     }
 
@@ -560,7 +584,7 @@ impl ChainStore {
         let mut protected: BTreeSet<Root> = self
             .canonical
             .range(self.finalized.slot..)
-            .map(|(_, &root)| root)
+            .map(|(_, entry)| entry.root)
             .collect();
         let mut cursor = parent;
         while let Some(block) = self.blocks.get(&cursor) {
@@ -572,7 +596,7 @@ impl ChainStore {
         let protected_bytes: usize = protected
             .iter()
             .filter_map(|root| self.blocks.get(root))
-            .map(SignedBlock::encoded_len)
+            .map(|block| block.encoded_len())
             .sum();
         if !fits(protected.len(), protected_bytes) {
             return Err(ImportError::Full);
@@ -632,7 +656,7 @@ impl ChainStore {
         for edge in orphans {
             self.children.remove(&edge);
         }
-        if self.canonical.get(&slot) == Some(root) {
+        if self.canonical_root(slot) == Some(root) {
             self.canonical.remove(&slot);
         }
     }
@@ -653,11 +677,15 @@ impl ChainStore {
                 .get(&cursor)
                 .expect("ancestor of the head stored");
             let slot = block.slot();
-            if self.canonical.get(&slot) == Some(&cursor) {
+            if self.canonical_root(slot) == Some(&cursor) {
                 break slot;
             }
-            new_entries.push((slot, cursor));
+            let entry = CanonicalEntry {
+                root: cursor,
+                block: Arc::clone(block),
+            };
             cursor = block.parent_root();
+            new_entries.push((slot, entry));
         };
         let stale: Vec<u64> = self
             .canonical
@@ -678,10 +706,11 @@ impl ChainStore {
         if target_slot <= self.finalized.slot {
             return None;
         }
-        let (&slot, &root) = self
+        let (&slot, entry) = self
             .canonical
             .range(self.finalized.slot + 1..=target_slot)
             .next_back()?;
+        let root = entry.root;
         let old = self.finalized;
         self.finalized = Checkpoint { root, slot };
         Some((self.finalized, self.prune(old)))
@@ -710,7 +739,7 @@ impl ChainStore {
             .range((old_finalized.slot + 1, Root([0; 32]))..)
             .filter(|&&(slot, root)| {
                 let ancestor =
-                    slot < self.finalized.slot && self.canonical.get(&slot) == Some(&root);
+                    slot < self.finalized.slot && self.canonical_root(slot) == Some(&root);
                 !ancestor && !keep.contains(&root)
             })
             .map(|&(_, root)| root)
@@ -730,11 +759,11 @@ impl ChainStore {
         );
         assert!(self.bytes <= self.limits.bytes_max, "too many bytes");
         assert!(self.invalid.len() <= self.limits.invalid_roots_max);
-        let bytes: usize = self.blocks.values().map(SignedBlock::encoded_len).sum();
+        let bytes: usize = self.blocks.values().map(|block| block.encoded_len()).sum();
         assert_eq!(bytes, self.bytes, "byte count");
         assert_eq!(self.by_slot.len(), self.blocks.len(), "slot index size");
         for (slot, root) in &self.by_slot {
-            assert_eq!(self.blocks.get(root).map(SignedBlock::slot), Some(*slot));
+            assert_eq!(self.blocks.get(root).map(|block| block.slot()), Some(*slot));
         }
         assert_eq!(
             self.children.len(),
@@ -770,7 +799,22 @@ impl ChainStore {
             walked.insert(block.slot(), cursor);
             cursor = block.parent_root();
         }
-        assert_eq!(walked, self.canonical, "canonical chain");
+        let indexed: BTreeMap<u64, Root> = self
+            .canonical
+            .iter()
+            .map(|(&slot, entry)| (slot, entry.root))
+            .collect();
+        assert_eq!(walked, indexed, "canonical chain");
+        for entry in self.canonical.values() {
+            let stored = self
+                .blocks
+                .get(&entry.root)
+                .expect("canonical blocks are stored");
+            assert!(
+                Arc::ptr_eq(stored, &entry.block),
+                "canonical entry not the stored block"
+            );
+        }
         // The walk ends at the genesis or below the finalized block (evicted history).
         assert!(cursor == self.genesis_root || self.slot_of(&cursor).is_none());
 
@@ -779,7 +823,7 @@ impl ChainStore {
             assert_eq!(self.finalized, genesis);
         } else {
             assert_eq!(
-                self.canonical.get(&self.finalized.slot),
+                self.canonical_root(self.finalized.slot),
                 Some(&self.finalized.root)
             );
             assert!(self.finalized.slot + self.finality_depth_slots <= self.head.slot);
@@ -803,7 +847,7 @@ impl ChainStore {
         for &(slot, root) in &self.by_slot {
             if slot <= self.finalized.slot {
                 assert_eq!(
-                    self.canonical.get(&slot),
+                    self.canonical_root(slot),
                     Some(&root),
                     "fork below finality"
                 );
