@@ -195,13 +195,31 @@ impl MessageReassembler {
 
 /// Appends `message` to `out` with its `u32` length prefix.
 pub fn append_length_prefixed(out: &mut Vec<u8>, message: &[u8]) {
+    append_length_prefixed_with(out, |out| out.extend_from_slice(message));
+}
+
+/// Appends the message that `write` appends to `out`, with its `u32` length
+/// prefix in front: what [`append_length_prefixed`] gives for those bytes,
+/// written in place instead of through a vector of their own (a response
+/// chunk is compressed straight into a connection's plaintext).
+///
+/// # Panics
+/// If `write` appends nothing or more than [`MESSAGE_BYTES_MAX`] bytes, or
+/// truncates `out`: we never send an empty or oversize message.
+#[allow(clippy::arithmetic_side_effects)] // `out` grew by the prefix, so `start + prefix <= len`.
+pub fn append_length_prefixed_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; MESSAGE_LENGTH_PREFIX_BYTES]);
+    let body = start + MESSAGE_LENGTH_PREFIX_BYTES;
+    write(out);
+    assert!(out.len() >= body, "a message writer truncated the buffer");
+    let length = out.len() - body;
     assert!(
-        !message.is_empty() && message.len() <= MESSAGE_BYTES_MAX,
+        length != 0 && length <= MESSAGE_BYTES_MAX,
         "we never send an empty or oversize message"
     );
     // Cannot truncate: MESSAGE_BYTES_MAX fits in u32 (checked in codec/mod.rs).
-    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    out.extend_from_slice(message);
+    out[start..body].copy_from_slice(&(length as u32).to_be_bytes());
 }
 
 #[cfg(test)]
@@ -333,6 +351,23 @@ mod tests {
                 "piece {piece}"
             );
         }
+    }
+
+    #[test]
+    fn a_message_written_in_place_is_framed_as_one_appended() {
+        let mut appended = vec![9, 9];
+        let mut written = appended.clone();
+        for message in [vec![1], vec![2; 70_000]] {
+            append_length_prefixed(&mut appended, &message);
+            append_length_prefixed_with(&mut written, |out| out.extend_from_slice(&message));
+        }
+        assert_eq!(written, appended);
+    }
+
+    #[test]
+    #[should_panic(expected = "empty or oversize")]
+    fn writing_an_empty_message_in_place_is_a_bug() {
+        append_length_prefixed_with(&mut Vec::new(), |_| {});
     }
 
     #[test]

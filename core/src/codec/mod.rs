@@ -26,7 +26,9 @@ mod frame;
 #[warn(clippy::arithmetic_side_effects)]
 pub mod snappy;
 
-pub use frame::{append_length_prefixed, MessageReassembler, NoiseFrameDecoder};
+pub use frame::{
+    append_length_prefixed, append_length_prefixed_with, MessageReassembler, NoiseFrameDecoder,
+};
 
 use std::fmt;
 

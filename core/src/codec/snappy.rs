@@ -90,18 +90,53 @@ pub const fn max_compressed_len(uncompressed_bytes: usize) -> usize {
 /// # Panics
 /// If `payload` is longer than `u32::MAX` bytes: every caller bounds its
 /// payloads far below that, so a longer one is a bug.
-#[allow(clippy::arithmetic_side_effects)] // The payload is below 4 GiB (checked first); `out` holds what it held plus that.
 pub fn compress_into(payload: &[u8], out: &mut Vec<u8>) {
-    let length = u32::try_from(payload.len()).expect("payloads are bounded far below 4 GiB");
-    out.extend_from_slice(&length.to_be_bytes());
-    let start = out.len();
-    out.resize(start + snap::raw::max_compress_len(payload.len()), 0);
-    let written = snap::raw::Encoder::new()
-        .compress(payload, &mut out[start..])
-        // Cannot fail: the input is below snappy's 4 GiB bound and the output
-        // has max_compress_len bytes, the two conditions of its errors.
-        .expect("output sized by max_compress_len");
-    out.truncate(start + written);
+    Compressor::new().compress_into(payload, out);
+}
+
+/// A snappy encoder kept for many frames: [`compress_into`] builds one per
+/// frame, which zeroes its 2 KiB table (and for a payload above 1 KiB
+/// allocates a 32 KiB one) every time, where a server answering with
+/// dozens of blocks per request can keep one. snap clears the table at the
+/// start of every block itself, so a frame's bytes never depend on what
+/// the encoder compressed before: the output is [`compress_into`]'s.
+#[derive(Debug)]
+pub struct Compressor {
+    encoder: snap::raw::Encoder,
+}
+
+impl Default for Compressor {
+    fn default() -> Compressor {
+        Compressor::new()
+    }
+}
+
+impl Compressor {
+    /// A compressor with snap's tables not yet used.
+    pub fn new() -> Compressor {
+        Compressor {
+            encoder: snap::raw::Encoder::new(),
+        }
+    }
+
+    /// Appends the frame of `payload` to `out`, as [`compress_into`] does.
+    ///
+    /// # Panics
+    /// If `payload` is longer than `u32::MAX` bytes (see [`compress_into`]).
+    #[allow(clippy::arithmetic_side_effects)] // The payload is below 4 GiB (checked first); `out` holds what it held plus that.
+    pub fn compress_into(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+        let length = u32::try_from(payload.len()).expect("payloads are bounded far below 4 GiB");
+        out.extend_from_slice(&length.to_be_bytes());
+        let start = out.len();
+        out.resize(start + snap::raw::max_compress_len(payload.len()), 0);
+        let written = self
+            .encoder
+            .compress(payload, &mut out[start..])
+            // Cannot fail: the input is below snappy's 4 GiB bound and the output
+            // has max_compress_len bytes, the two conditions of its errors.
+            .expect("output sized by max_compress_len");
+        out.truncate(start + written);
+    }
 }
 
 /// The frame of `payload` as a new vector.
@@ -213,6 +248,24 @@ mod tests {
             compress(&repetitive).len() < 10_000,
             "repetitive data compresses"
         );
+    }
+
+    /// One compressor kept across frames of every size, in an order where
+    /// a large frame (snap's heap table) comes between small ones: each
+    /// frame is the bytes a fresh encoder gives.
+    #[test]
+    fn a_kept_compressor_gives_a_fresh_one_s_frames() {
+        let mixed: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| i.wrapping_mul(2_654_435_761).to_be_bytes())
+            .collect();
+        let mut compressor = Compressor::new();
+        for length in [0, 1, 300, 1024, 1025, 80_000, 7, 5_000, 80_000, 1024] {
+            let payload = &mixed[..length];
+            let mut out = vec![0xAA];
+            compressor.compress_into(payload, &mut out);
+            assert_eq!(out[0], 0xAA, "appends after what `out` held");
+            assert_eq!(out[1..], compress(payload)[..], "{length} bytes");
+        }
     }
 
     #[test]

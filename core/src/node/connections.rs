@@ -562,6 +562,40 @@ impl Connections {
         self.unflushed.insert(conn);
     }
 
+    /// Lets `write` append whole logical messages, each with its length
+    /// prefix, straight to `conn`'s plaintext, sealed at the next flush:
+    /// an answer of many chunks is written in place, not copied from a
+    /// vector per message. `write` returns how many messages it appended,
+    /// or an error after appending nothing. It runs even when `conn` is
+    /// `None` or no longer established (a request must still be closed in
+    /// its tracker); its bytes are then dropped.
+    pub(super) fn send_with<E>(
+        &mut self,
+        conn: Option<ConnId>,
+        out: &mut Outbox,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
+    ) -> Result<usize, E> {
+        let established = conn.and_then(|conn| match &mut self.by_conn.get_mut(&conn)?.state {
+            ConnectionState::Established(established) => Some((conn, established)),
+            ConnectionState::Handshaking { .. } => None,
+        });
+        let Some((conn, established)) = established else {
+            return write(&mut Vec::new());
+        };
+        let start = established.outbound.len();
+        let result = write(&mut established.outbound);
+        match &result {
+            Ok(messages) => {
+                out.counters.messages_sent += *messages as u64;
+                if *messages > 0 {
+                    self.unflushed.insert(conn);
+                }
+            }
+            Err(_) => established.outbound.truncate(start),
+        }
+        result
+    }
+
     /// Queues `plaintext` for `conn` as it is, without a length prefix: a
     /// test's way to send part of a logical message.
     #[cfg(test)]

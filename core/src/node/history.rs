@@ -200,8 +200,14 @@ impl Node {
                 memory.clear();
             }
         }
-        let blocks = linked.iter().chain(memory).take(read.chunks_max);
-        let answer = super::rpc::blocks_within(blocks, read.budget_bytes);
-        self.answer(now, read.peer, read.request, answer);
+        let blocks: Vec<&SignedBlock> = linked.iter().chain(memory).take(read.chunks_max).collect();
+        match super::rpc::blocks_within(&blocks, read.budget_bytes) {
+            Ok(blocks) => {
+                let (conns, out) = (&mut self.conns, &mut self.out);
+                let request = (read.peer, read.request);
+                self.rpc.send_chunks(conns, out, now, request, blocks);
+            }
+            Err(busy) => self.answer(now, read.peer, read.request, busy),
+        }
     }
 }

@@ -34,6 +34,8 @@ use std::collections::BTreeMap;
 
 use log::{debug, info, warn};
 
+use super::connections::Connections;
+use super::outbox::Outbox;
 use super::purpose::{AnswerFault, BlockFetch, Purpose, RangeCheck};
 use super::Node;
 use crate::chain::SignedBlock;
@@ -45,7 +47,7 @@ use crate::reqresp::bodies::{
     BlocksByRangeRequest, BlocksByRootRequest, Body, Goodbye, Metadata, MetadataRequest, Ping,
     Status,
 };
-use crate::reqresp::inbound::{DropReason, Refusal, BUSY_MESSAGE_PREFIX};
+use crate::reqresp::inbound::{ChunkPayload, DropReason, Refusal, BUSY_MESSAGE_PREFIX};
 use crate::reqresp::limits::BUSY_RETRIES_PER_REQUEST_MAX;
 use crate::reqresp::outbound::{ResponseViolation, TimedOut, Unexpected};
 use crate::reqresp::stats::{RequestStats, ServedStats};
@@ -75,29 +77,29 @@ pub use crate::reqresp::limits::ANSWER_BLOCK_BYTES_MAX;
 
 const _: () = assert!(ANSWER_BLOCK_BYTES_MAX <= crate::limits::PENDING_SEND_BYTES_MAX / 2);
 
-/// The longest prefix of `blocks` within `budget_bytes`, encoded; a busy
-/// connection (no budget for even the first block) gets `ResourceUnavailable`.
-pub(super) fn blocks_within<'a>(
-    blocks: impl Iterator<Item = &'a SignedBlock>,
+/// The longest prefix of `blocks` within `budget_bytes`; a busy connection
+/// (no budget for even the first block) gets `ResourceUnavailable`.
+pub(super) fn blocks_within<'b, 'a>(
+    blocks: &'b [&'a SignedBlock],
     budget_bytes: usize,
-) -> Answer {
-    let mut chunks = Vec::new();
+) -> Result<&'b [&'a SignedBlock], Answer> {
     let mut used = 0usize;
+    let mut fitting = 0usize;
     for block in blocks {
         let len = block.encoded_len();
         if used.saturating_add(len) > budget_bytes {
-            if chunks.is_empty() {
-                return Answer::Error {
-                    code: ResultCode::ResourceUnavailable,
-                    message: "busy: answers to this peer are still being written".to_string(),
-                };
-            }
             break;
         }
         used += len;
-        chunks.push(block.encode());
+        fitting += 1;
     }
-    Answer::Chunks(chunks)
+    if fitting == 0 && !blocks.is_empty() {
+        return Err(Answer::Error {
+            code: ResultCode::ResourceUnavailable,
+            message: "busy: answers to this peer are still being written".to_string(),
+        });
+    }
+    Ok(&blocks[..fitting])
 }
 
 /// The outbound configuration of a node that ignores its peers' quotas:
@@ -188,6 +190,29 @@ impl RpcPart {
     /// The two trackers, as machines whose deadlines wake the node.
     pub(super) fn machines(&self) -> [&dyn Machine; 2] {
         [&self.outbound, &self.inbound]
+    }
+
+    /// Answers `peer`'s request `id` with `payloads`, then the end, written
+    /// and compressed straight into its connection's plaintext: the blocks
+    /// of a range are encoded one at a time into the tracker's scratch
+    /// buffer, not into a vector each. A method of this part, not of the
+    /// node, so that the payloads may be borrowed from the chain store.
+    pub(super) fn send_chunks<P: ChunkPayload>(
+        &mut self,
+        conns: &mut Connections,
+        out: &mut Outbox,
+        now: Instant,
+        (peer, id): (PeerId, RequestId),
+        payloads: &[P],
+    ) {
+        let conn = conns.conn_of(&peer);
+        let inbound = &mut self.inbound;
+        let sent = conns.send_with(conn, out, |plaintext| {
+            inbound.respond_into(now, peer, id, payloads, plaintext)
+        });
+        if let Err(error) = sent {
+            debug!("{peer:?}: answer to {id:?} not sent: {error:?}");
+        }
     }
 }
 
@@ -346,13 +371,19 @@ impl Node {
                         None => return, // Answered when the blocks are read.
                     }
                 } else {
-                    let blocks = self
+                    let mut blocks = self
                         .chain
                         .store()
-                        .canonical_range(request.start_slot, count)
-                        .into_iter()
-                        .take(chunks_max);
-                    blocks_within(blocks, budget)
+                        .canonical_range(request.start_slot, count);
+                    blocks.truncate(chunks_max);
+                    match blocks_within(&blocks, budget) {
+                        Ok(blocks) => {
+                            let (conns, out) = (&mut self.conns, &mut self.out);
+                            self.rpc.send_chunks(conns, out, now, (peer, id), blocks);
+                            return;
+                        }
+                        Err(busy) => busy,
+                    }
                 }
             }
             ProtocolId::BlocksByRoot => {
@@ -360,11 +391,20 @@ impl Node {
                     return;
                 };
                 let budget = self.answer_budget_bytes(peer);
-                let blocks = request
+                let store = self.chain.store();
+                let blocks: Vec<&SignedBlock> = request
                     .roots
                     .iter()
-                    .filter_map(|root| self.chain.store().block_by_root(root));
-                blocks_within(blocks, budget)
+                    .filter_map(|root| store.block_by_root(root))
+                    .collect();
+                match blocks_within(&blocks, budget) {
+                    Ok(blocks) => {
+                        let (conns, out) = (&mut self.conns, &mut self.out);
+                        self.rpc.send_chunks(conns, out, now, (peer, id), blocks);
+                        return;
+                    }
+                    Err(busy) => busy,
+                }
             }
             ProtocolId::Application(name) => {
                 self.out.notify(Notification::InboundRequest {
@@ -394,15 +434,21 @@ impl Node {
     }
 
     pub(super) fn answer(&mut self, now: Instant, peer: PeerId, id: RequestId, answer: Answer) {
-        match self.rpc.inbound.respond(now, peer, id, answer) {
-            Ok(messages) => {
-                if let Some(conn) = self.conns.conn_of(&peer) {
-                    for message in messages {
-                        self.conns.send_raw(conn, &message, &mut self.out);
-                    }
+        match answer {
+            Answer::Chunks(payloads) => {
+                self.rpc
+                    .send_chunks(&mut self.conns, &mut self.out, now, (peer, id), &payloads)
+            }
+            Answer::Error { code, message } => {
+                let conn = self.conns.conn_of(&peer);
+                let inbound = &mut self.rpc.inbound;
+                let sent = self.conns.send_with(conn, &mut self.out, |plaintext| {
+                    inbound.respond_error_into(now, peer, id, code, &message, plaintext)
+                });
+                if let Err(error) = sent {
+                    debug!("{peer:?}: answer to {id:?} not sent: {error:?}");
                 }
             }
-            Err(error) => debug!("{peer:?}: answer to {id:?} not sent: {error:?}"),
         }
     }
 

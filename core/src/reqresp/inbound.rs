@@ -46,6 +46,10 @@ use super::stats::{ServedResult, ServedStats};
 use super::wire::{
     ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
 };
+use crate::chain::SignedBlock;
+use crate::codec::{
+    append_length_prefixed, append_length_prefixed_with, snappy, MESSAGE_LENGTH_PREFIX_BYTES,
+};
 use crate::identity::PeerId;
 use crate::machine::Machine;
 use crate::time::{Duration, Instant};
@@ -247,6 +251,60 @@ pub struct InboundRequests {
     last_now: Instant,
     /// What `handle_timeout` expired, for `poll_expired`; drained after each call.
     expired: VecDeque<(PeerId, RequestId)>,
+    /// Compresses every success payload: one encoder for all chunks.
+    compressor: snappy::Compressor,
+    /// Where a payload that is not at hand as bytes (a stored block) is
+    /// encoded before it is compressed; its room is kept between chunks,
+    /// up to [`PAYLOAD_SCRATCH_RETAINED_BYTES_MAX`] between answers.
+    scratch: Vec<u8>,
+}
+
+/// Room of the payload scratch buffer kept from one answer to the next:
+/// enough for the blocks of a busy chain (64 KiB each), while one answer of
+/// 1 MiB blocks does not hold a megabyte for the node's life.
+pub const PAYLOAD_SCRATCH_RETAINED_BYTES_MAX: usize = 64 * 1024;
+
+/// A success chunk's payload for [`InboundRequests::respond_into`]: bytes
+/// at hand, or a stored block, whose encoding is written into the tracker's
+/// scratch buffer instead of a vector of its own per block.
+pub trait ChunkPayload {
+    /// Bytes of the uncompressed payload.
+    fn payload_len(&self) -> usize;
+    /// The uncompressed payload: borrowed when at hand, else written into
+    /// `scratch` (whatever it held is dropped).
+    fn payload_bytes<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8];
+}
+
+impl ChunkPayload for Vec<u8> {
+    fn payload_len(&self) -> usize {
+        self.len()
+    }
+
+    fn payload_bytes<'a>(&'a self, _scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        self
+    }
+}
+
+impl ChunkPayload for SignedBlock {
+    fn payload_len(&self) -> usize {
+        self.encoded_len()
+    }
+
+    fn payload_bytes<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        scratch.clear();
+        self.encode_into(scratch);
+        scratch
+    }
+}
+
+impl<T: ChunkPayload + ?Sized> ChunkPayload for &T {
+    fn payload_len(&self) -> usize {
+        (**self).payload_len()
+    }
+
+    fn payload_bytes<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        (**self).payload_bytes(scratch)
+    }
 }
 
 #[derive(Debug)]
@@ -283,6 +341,8 @@ impl InboundRequests {
             stats: ServedStats::default(),
             last_now: Instant::ZERO,
             expired: VecDeque::new(),
+            compressor: snappy::Compressor::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -464,7 +524,9 @@ impl InboundRequests {
 
     /// A whole answer at once: the encoded messages to send, in order. Checks
     /// every payload before producing anything, so on error nothing is sent
-    /// and the request stays open.
+    /// and the request stays open. The messages are [`respond_into`]'s.
+    ///
+    /// [`respond_into`]: InboundRequests::respond_into
     pub fn respond(
         &mut self,
         now: Instant,
@@ -472,29 +534,79 @@ impl InboundRequests {
         id: RequestId,
         answer: Answer,
     ) -> Result<Vec<Vec<u8>>, RespondError> {
-        self.advance(now);
+        let mut framed = Vec::new();
         match answer {
-            Answer::Chunks(payloads) => {
-                let request = self.open_request(now, &peer, id)?;
-                let chunks_after = request.chunks_sent.saturating_add(payloads.len() as u64);
-                if chunks_after > request.chunks_max {
-                    return Err(RespondError::TooManyChunks);
-                }
-                let limit = request.protocol.response_bytes_max();
-                if payloads.iter().any(|payload| payload.len() > limit) {
-                    return Err(RespondError::PayloadTooLarge);
-                }
-                let mut messages = Vec::with_capacity(payloads.len() + 1);
-                for payload in &payloads {
-                    messages.push(self.respond_chunk(now, peer, id, payload)?);
-                }
-                messages.push(self.respond_end(now, peer, id)?);
-                Ok(messages)
-            }
+            Answer::Chunks(payloads) => self.respond_into(now, peer, id, &payloads, &mut framed)?,
             Answer::Error { code, message } => {
-                Ok(vec![self.respond_error(now, peer, id, code, &message)?])
+                self.respond_error_into(now, peer, id, code, &message, &mut framed)?
             }
+        };
+        let mut messages = Vec::new();
+        let mut rest = &framed[..];
+        while let Some((prefix, after)) = rest.split_first_chunk::<MESSAGE_LENGTH_PREFIX_BYTES>() {
+            let (message, after) = after.split_at(u32::from_be_bytes(*prefix) as usize);
+            messages.push(message.to_vec());
+            rest = after;
         }
+        Ok(messages)
+    }
+
+    /// A whole successful answer at once: a chunk per payload, then the
+    /// end, appended to `out` as logical messages, each with its `u32`
+    /// length prefix (a connection's plaintext framing), every payload
+    /// compressed straight into place. Checks every payload before writing
+    /// anything, so on error `out` is unchanged and the request stays open.
+    /// Returns how many messages were appended.
+    pub fn respond_into<P: ChunkPayload>(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+        payloads: &[P],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, RespondError> {
+        self.advance(now);
+        let request = self.open_request(now, &peer, id)?;
+        let chunks_after = request.chunks_sent.saturating_add(payloads.len() as u64);
+        if chunks_after > request.chunks_max {
+            return Err(RespondError::TooManyChunks);
+        }
+        let limit = request.protocol.response_bytes_max();
+        if payloads.iter().any(|payload| payload.payload_len() > limit) {
+            return Err(RespondError::PayloadTooLarge);
+        }
+        request.chunks_sent = chunks_after;
+        let (compressor, scratch) = (&mut self.compressor, &mut self.scratch);
+        for payload in payloads {
+            let bytes = payload.payload_bytes(scratch);
+            append_length_prefixed_with(out, |out| {
+                ResponseChunk::encode_success_into(id, bytes, compressor, out)
+            });
+        }
+        if scratch.capacity() > PAYLOAD_SCRATCH_RETAINED_BYTES_MAX {
+            *scratch = Vec::new();
+        }
+        self.close_answered(&peer, id);
+        self.counters.responses_completed += 1;
+        append_length_prefixed_with(out, |out| ResponseEnd { id }.encode_into(out));
+        Ok(payloads.len().saturating_add(1))
+    }
+
+    /// [`InboundRequests::respond_error`], appended to `out` with its
+    /// length prefix as [`InboundRequests::respond_into`] does. Returns how
+    /// many messages were appended: one.
+    pub fn respond_error_into(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        id: RequestId,
+        code: ResultCode,
+        message: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, RespondError> {
+        let message = self.respond_error(now, peer, id, code, message)?;
+        append_length_prefixed(out, &message);
+        Ok(1)
     }
 
     /// The next open request [`Machine::handle_timeout`] dropped, in peer then id order, until `None`: send nothing for it.

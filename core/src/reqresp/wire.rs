@@ -454,6 +454,29 @@ impl ResponseChunk {
             .collect())
     }
 
+    /// Appends the encoding of [`ResponseChunk::success`]`(id, payload)` to
+    /// `out`, the payload compressed straight into place by `compressor`:
+    /// the same bytes, without the chunk's own vector.
+    ///
+    /// # Panics
+    /// As [`ResponseChunk::success`], if `payload` is above every protocol's limit.
+    pub fn encode_success_into(
+        id: RequestId,
+        payload: &[u8],
+        compressor: &mut snappy::Compressor,
+        out: &mut Vec<u8>,
+    ) {
+        assert!(
+            payload.len() <= RESPONSE_PAYLOAD_BYTES_MAX,
+            "a payload of {} bytes exceeds every protocol's limit",
+            payload.len()
+        );
+        out.push(RESPONSE_CHUNK_KIND);
+        out.extend_from_slice(&id.0.to_be_bytes());
+        out.push(ResultCode::Success.to_byte());
+        compressor.compress_into(payload, out);
+    }
+
     /// Appends the encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(RESPONSE_CHUNK_KIND);
@@ -783,6 +806,23 @@ mod tests {
             Request::decode(&bytes),
             Err(ReqRespDecodeError::InvalidProtocolName)
         );
+    }
+
+    #[test]
+    fn a_success_chunk_encoded_in_place_is_the_chunk_s_encoding() {
+        let mut compressor = snappy::Compressor::new();
+        for payload in [
+            vec![],
+            b"payload".to_vec(),
+            vec![1; RESPONSE_PAYLOAD_BYTES_MAX],
+        ] {
+            let mut out = vec![7];
+            ResponseChunk::encode_success_into(RequestId(3), &payload, &mut compressor, &mut out);
+            assert_eq!(
+                out[1..],
+                ResponseChunk::success(RequestId(3), &payload).encode()[..]
+            );
+        }
     }
 
     #[test]
