@@ -111,7 +111,19 @@ pub(super) struct Established {
 /// What reading one connection's bytes produced, applied in order afterwards.
 pub(super) enum Received {
     HandshakeDone(RemoteIdentity),
-    Message(Vec<u8>),
+    /// A logical message: where it lies in [`Read::messages`].
+    Message(std::ops::Range<usize>),
+}
+
+/// What [`Connections::read`] produced from one batch of bytes.
+pub(super) struct Read {
+    /// In order.
+    pub(super) received: Vec<Received>,
+    /// The logical messages' bytes, back to back: one buffer for the
+    /// batch instead of a vector per message.
+    pub(super) messages: Vec<u8>,
+    /// What ended the reading, applied after `received`.
+    pub(super) result: Result<(), ReadError>,
 }
 
 /// Why reading a connection's bytes failed.
@@ -384,11 +396,12 @@ impl Connections {
         conn: ConnId,
         bytes: &[u8],
         out: &mut Outbox,
-    ) -> Option<(Vec<Received>, Result<(), ReadError>)> {
+    ) -> Option<Read> {
         let keys = &self.keys;
         let hello = &self.hello;
         let connection = self.by_conn.get_mut(&conn)?;
         let mut received = Vec::new();
+        let mut messages = Vec::new();
         let mut handshake_out = Vec::new();
         let mut plaintext = Vec::new();
         let Connection { frames, state, .. } = connection;
@@ -422,10 +435,19 @@ impl Connections {
                 ConnectionState::Established(established) => {
                     plaintext.clear();
                     established.transport.open(message, &mut plaintext)?;
+                    // What completes here is at most this plaintext and the
+                    // part of a message the reassembler held: room at once.
+                    messages.reserve(
+                        plaintext
+                            .len()
+                            .saturating_add(established.messages.buffered_bytes()),
+                    );
                     established
                         .messages
                         .push(&plaintext, |bytes| -> Result<(), ReadError> {
-                            received.push(Received::Message(bytes.to_vec()));
+                            let start = messages.len();
+                            messages.extend_from_slice(bytes);
+                            received.push(Received::Message(start..messages.len()));
                             Ok(())
                         })?;
                 }
@@ -438,7 +460,11 @@ impl Connections {
         if !handshake_out.is_empty() {
             self.emit_send(now, conn, handshake_out, out);
         }
-        Some((received, result))
+        Some(Read {
+            received,
+            messages,
+            result,
+        })
     }
 
     /// Maps `peer` to `conn` and starts its keepalive timers.

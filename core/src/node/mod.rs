@@ -83,7 +83,7 @@ use crate::secure::{Hello, LocalKeys, RemoteIdentity, SecureError};
 use crate::time::{Duration, Instant};
 
 use self::connections::{
-    Connection, ConnectionState, Connections, DueConnections, ReadError, Received,
+    Connection, ConnectionState, Connections, DueConnections, Read, ReadError, Received,
 };
 use self::outbox::Outbox;
 
@@ -699,7 +699,12 @@ impl Node {
     }
 
     fn on_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
-        let Some((received, result)) = self.conns.read(now, conn, bytes, &mut self.out) else {
+        let Some(Read {
+            received,
+            messages,
+            result,
+        }) = self.conns.read(now, conn, bytes, &mut self.out)
+        else {
             return; // Closed by us already; late bytes are dropped.
         };
         for item in received {
@@ -708,7 +713,7 @@ impl Node {
             }
             match item {
                 Received::HandshakeDone(remote) => self.on_handshake_done(now, conn, remote),
-                Received::Message(message) => self.on_message(now, conn, &message),
+                Received::Message(range) => self.on_message(now, conn, &messages[range]),
             }
         }
         if let Err(error) = result {
