@@ -54,7 +54,7 @@ use crate::reqresp::stats::{RequestStats, ServedStats};
 use crate::reqresp::{
     Answer, ChunkOutcome, EndOutcome, InboundConfig, InboundOutcome, InboundRequests,
     OutboundConfig, OutboundRequests, ProtocolId, ProtocolName, Quota, RateLimiterConfig, Request,
-    RequestId, ResponseChunk, ResponseEnd, ResultCode, REQUEST_KIND, RESPONSE_CHUNK_KIND,
+    RequestId, ResponseChunkRef, ResponseEnd, ResultCode, REQUEST_KIND, RESPONSE_CHUNK_KIND,
     RESPONSE_END_KIND,
 };
 use crate::time::{Duration, Instant};
@@ -243,7 +243,7 @@ impl Node {
         match bytes.first().copied() {
             Some(crate::gossip::GOSSIP_KIND) => self.on_gossip_rpc(now, peer, bytes),
             Some(REQUEST_KIND) => self.on_request(now, conn, peer, bytes),
-            Some(RESPONSE_CHUNK_KIND) => match ResponseChunk::decode(bytes) {
+            Some(RESPONSE_CHUNK_KIND) => match ResponseChunkRef::decode(bytes) {
                 Ok(chunk) => self.on_chunk(now, peer, chunk),
                 Err(error) => self.protocol_violation(now, conn, error.to_string()),
             },
@@ -452,8 +452,8 @@ impl Node {
         }
     }
 
-    fn on_chunk(&mut self, now: Instant, peer: PeerId, chunk: ResponseChunk) {
-        match self.rpc.outbound.handle_chunk(now, peer, chunk) {
+    fn on_chunk(&mut self, now: Instant, peer: PeerId, chunk: ResponseChunkRef<'_>) {
+        match self.rpc.outbound.handle_chunk_ref(now, peer, chunk) {
             ChunkOutcome::Chunk {
                 id,
                 protocol: _,

@@ -75,6 +75,6 @@ pub use inbound::{Answer, InboundConfig, InboundOutcome, InboundRequests};
 pub use outbound::{ChunkOutcome, EndOutcome, OutboundConfig, OutboundRequests, TimeoutKind};
 pub use rate::{Quota, RateCheck, RateLimiter, RateLimiterConfig};
 pub use wire::{
-    ProtocolId, ProtocolName, ReqRespMessage, Request, RequestId, ResponseChunk, ResponseEnd,
-    ResultCode, REQUEST_KIND, RESPONSE_CHUNK_KIND, RESPONSE_END_KIND,
+    ProtocolId, ProtocolName, ReqRespMessage, Request, RequestId, ResponseChunk, ResponseChunkRef,
+    ResponseEnd, ResultCode, REQUEST_KIND, RESPONSE_CHUNK_KIND, RESPONSE_END_KIND,
 };

@@ -55,7 +55,8 @@ use super::limits::{
 use super::rate::{Quota, QuotaError, RateCheck, RateLimiter, RateLimiterConfig};
 use super::stats::{RequestResult, RequestStats};
 use super::wire::{
-    ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseEnd, ResultCode,
+    ProtocolId, ProtocolName, Request, RequestId, ResponseChunk, ResponseChunkRef, ResponseEnd,
+    ResultCode,
 };
 use crate::identity::PeerId;
 use crate::machine::Machine;
@@ -517,6 +518,17 @@ impl OutboundRequests {
         now: Instant,
         peer: PeerId,
         chunk: ResponseChunk,
+    ) -> ChunkOutcome {
+        self.handle_chunk_ref(now, peer, chunk.as_ref())
+    }
+
+    /// [`OutboundRequests::handle_chunk`] for a chunk still in the bytes
+    /// it came in: its payload is decompressed from there.
+    pub fn handle_chunk_ref(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        chunk: ResponseChunkRef<'_>,
     ) -> ChunkOutcome {
         self.advance(now);
         let id = chunk.id;

@@ -435,23 +435,13 @@ impl ResponseChunk {
 
     /// The uncompressed payload, refused if larger than `limit_bytes`.
     pub fn payload(&self, limit_bytes: usize) -> Result<Vec<u8>, ReqRespDecodeError> {
-        snappy::decompress(&self.compressed_payload, limit_bytes).map_err(Into::into)
+        self.as_ref().payload(limit_bytes)
     }
 
     /// For an error chunk: its message, with anything but printable ASCII
     /// and spaces replaced by `?` so it is safe to log.
     pub fn error_message(&self) -> Result<String, ReqRespDecodeError> {
-        let bytes = self.payload(ERROR_MESSAGE_BYTES_MAX)?;
-        Ok(bytes
-            .iter()
-            .map(|&byte| {
-                if byte == b' ' || is_printable_ascii(&[byte]) {
-                    char::from(byte)
-                } else {
-                    '?'
-                }
-            })
-            .collect())
+        self.as_ref().error_message()
     }
 
     /// Appends the encoding of [`ResponseChunk::success`]`(id, payload)` to
@@ -498,17 +488,71 @@ impl ResponseChunk {
     /// payload's frame (declared length within the code's limit, compressed
     /// length possible) without decompressing it.
     pub fn decode(bytes: &[u8]) -> Result<ResponseChunk, ReqRespDecodeError> {
+        ResponseChunkRef::decode(bytes).map(|chunk| ResponseChunk {
+            id: chunk.id,
+            code: chunk.code,
+            compressed_payload: chunk.compressed_payload.to_vec(),
+        })
+    }
+
+    /// The chunk as a view of its bytes.
+    pub fn as_ref(&self) -> ResponseChunkRef<'_> {
+        ResponseChunkRef {
+            id: self.id,
+            code: self.code,
+            compressed_payload: &self.compressed_payload,
+        }
+    }
+}
+
+/// A [`ResponseChunk`] whose payload is borrowed from the message it was
+/// decoded from: a requester decompresses a chunk's payload straight from
+/// the received bytes, without copying it into a vector first.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ResponseChunkRef<'a> {
+    /// The request answered.
+    pub id: RequestId,
+    /// Success, or why not.
+    pub code: ResultCode,
+    /// The payload as on the wire, checked as [`ResponseChunk::compressed_payload`] is.
+    pub compressed_payload: &'a [u8],
+}
+
+impl<'a> ResponseChunkRef<'a> {
+    /// [`ResponseChunk::decode`], the payload borrowed from `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Result<ResponseChunkRef<'a>, ReqRespDecodeError> {
         let mut reader = Reader::new(bytes);
         expect_kind(&mut reader, RESPONSE_CHUNK_KIND)?;
         let id = RequestId(reader.u64("request id")?);
         let code = ResultCode::from_byte(reader.u8("result code")?)?;
         let payload = reader.rest();
         snappy::check_frame(payload, ResponseChunk::payload_bytes_max(code))?;
-        Ok(ResponseChunk {
+        Ok(ResponseChunkRef {
             id,
             code,
-            compressed_payload: payload.to_vec(),
+            compressed_payload: payload,
         })
+    }
+
+    /// The uncompressed payload, refused if larger than `limit_bytes`.
+    pub fn payload(&self, limit_bytes: usize) -> Result<Vec<u8>, ReqRespDecodeError> {
+        snappy::decompress(self.compressed_payload, limit_bytes).map_err(Into::into)
+    }
+
+    /// For an error chunk: its message, with anything but printable ASCII
+    /// and spaces replaced by `?` so it is safe to log.
+    pub fn error_message(&self) -> Result<String, ReqRespDecodeError> {
+        let bytes = self.payload(ERROR_MESSAGE_BYTES_MAX)?;
+        Ok(bytes
+            .iter()
+            .map(|&byte| {
+                if byte == b' ' || is_printable_ascii(&[byte]) {
+                    char::from(byte)
+                } else {
+                    '?'
+                }
+            })
+            .collect())
     }
 }
 
