@@ -133,8 +133,23 @@ impl fmt::Debug for Identity {
 }
 
 /// A peer's identity: its Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PeerId([u8; 32]);
+
+/// The bytes' order, as the derived one on the array would give, compared
+/// as words: peer ids key the maps a request and each chunk of its answer
+/// are looked up in.
+impl Ord for PeerId {
+    fn cmp(&self, other: &PeerId) -> std::cmp::Ordering {
+        crate::types::cmp_as_words(&self.0, &other.0)
+    }
+}
+
+impl PartialOrd for PeerId {
+    fn partial_cmp(&self, other: &PeerId) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// Why a text was not a peer id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +219,27 @@ impl FromStr for PeerId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Maps keyed by peer ids iterate in the bytes' order, as with the
+    /// derived order they had: whichever byte differs first decides.
+    #[test]
+    fn peer_ids_order_as_their_bytes() {
+        let mut ids = Vec::new();
+        for position in [0, 7, 8, 24, 31] {
+            for value in [0x00, 0x7f, 0x80, 0xff] {
+                let mut bytes = [0x33u8; 32];
+                bytes[position] = value;
+                ids.push(bytes);
+            }
+        }
+        for a in &ids {
+            for b in &ids {
+                let (ours, theirs) = (PeerId::from_bytes(*a), PeerId::from_bytes(*b));
+                assert_eq!(ours.cmp(&theirs), a.cmp(b));
+                assert_eq!(ours.partial_cmp(&theirs), Some(a.cmp(b)));
+            }
+        }
+    }
 
     #[test]
     fn peer_id_text_round_trips() {

@@ -22,6 +22,21 @@ pub enum Direction {
     Outbound,
 }
 
+/// Orders two 32-byte strings as their bytes would be ordered, comparing
+/// four big-endian words: the derived order of a `[u8; 32]` calls `memcmp`
+/// for each comparison, which the maps keyed by roots and peer ids make by
+/// the dozen per lookup.
+pub(crate) fn cmp_as_words(ours: &[u8; 32], theirs: &[u8; 32]) -> std::cmp::Ordering {
+    let word = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("chunks of 8"));
+    for (ours, theirs) in ours.chunks_exact(8).zip(theirs.chunks_exact(8)) {
+        match word(ours).cmp(&word(theirs)) {
+            std::cmp::Ordering::Equal => {}
+            unequal => return unequal,
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
 /// A 32-byte block root (sha256 of the block header encoding).
 ///
 /// A type of its own, not a `[u8; 32]`, so a root cannot be mixed up with a
@@ -32,20 +47,12 @@ pub enum Direction {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Root(pub [u8; 32]);
 
-/// The bytes' lexicographic order, as the derived one on the array would
-/// give, but compared as four big-endian words: roots key the chain store's
-/// maps, where every lookup of a block compares a few dozen of them, and the
-/// array's derived order calls `memcmp` for each.
+/// The bytes' order, as the derived one on the array would give (see
+/// [`cmp_as_words`]): roots key the chain store's maps, where every lookup
+/// of a block compares a few dozen of them.
 impl Ord for Root {
     fn cmp(&self, other: &Root) -> std::cmp::Ordering {
-        let word = |bytes: &[u8]| u64::from_be_bytes(bytes.try_into().expect("chunks of 8"));
-        for (ours, theirs) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
-            match word(ours).cmp(&word(theirs)) {
-                std::cmp::Ordering::Equal => {}
-                unequal => return unequal,
-            }
-        }
-        std::cmp::Ordering::Equal
+        cmp_as_words(&self.0, &other.0)
     }
 }
 
