@@ -313,7 +313,7 @@ impl SignedBlock {
         Ok(SignedBlock {
             header,
             body: body.to_vec(),
-            signature,
+            signature: signature.try_into().expect("split at SIGNATURE_BYTES"),
         })
     }
 
@@ -326,10 +326,9 @@ impl SignedBlock {
     }
 }
 
-/// The fields of exactly one signed block encoding, the body borrowed.
-fn split_signed_block(
-    bytes: &[u8],
-) -> Result<(BlockHeader, [u8; SIGNATURE_BYTES], &[u8]), BlockDecodeError> {
+/// The fields of exactly one signed block encoding, the signature and the
+/// body borrowed.
+fn split_signed_block(bytes: &[u8]) -> Result<(BlockHeader, &[u8], &[u8]), BlockDecodeError> {
     if bytes.len() > SIGNED_BLOCK_BYTES_MAX {
         return Err(BlockDecodeError::TooLong {
             length: bytes.len(),
@@ -338,7 +337,7 @@ fn split_signed_block(
     }
     let mut reader = Reader { bytes };
     let header = read_header(&mut reader)?;
-    let signature: [u8; SIGNATURE_BYTES] = reader.array("signature")?;
+    let signature = reader.take(SIGNATURE_BYTES, "signature")?;
     let length = u32::from_be_bytes(reader.array("body length")?);
     if u64::from(length) > BLOCK_BODY_BYTES_MAX as u64 {
         return Err(BlockDecodeError::BodyTooLong {
