@@ -428,10 +428,16 @@ impl ChainStore {
             return Vec::new();
         }
         let last_slot = start_slot.saturating_add(count - 1);
-        self.canonical
-            .range(start_slot..=last_slot)
-            .map(|(_, entry)| entry.block.as_ref())
-            .collect()
+        // Room for the whole range at once (a range iterator gives no size
+        // hint), never more than the index holds.
+        let capacity = usize::try_from(count).unwrap_or(usize::MAX);
+        let mut blocks = Vec::with_capacity(capacity.min(self.canonical.len()));
+        blocks.extend(
+            self.canonical
+                .range(start_slot..=last_slot)
+                .map(|(_, entry)| entry.block.as_ref()),
+        );
+        blocks
     }
 
     /// The lowest canonical slot held in memory, when the finalized history
