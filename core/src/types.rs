@@ -47,9 +47,9 @@ pub(crate) fn cmp_as_words(ours: &[u8; 32], theirs: &[u8; 32]) -> std::cmp::Orde
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Root(pub [u8; 32]);
 
-/// The bytes' order, as the derived one on the array would give (see
-/// [`cmp_as_words`]): roots key the chain store's maps, where every lookup
-/// of a block compares a few dozen of them.
+/// The bytes' order, as the derived one on the array would give, compared
+/// as words: roots key the chain store's maps, where every lookup of a
+/// block compares a few dozen of them.
 impl Ord for Root {
     fn cmp(&self, other: &Root) -> std::cmp::Ordering {
         cmp_as_words(&self.0, &other.0)

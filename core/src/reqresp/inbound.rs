@@ -16,7 +16,12 @@
 //! → registered protocol → body layout → open-request cap → rate limit.
 //! Every `respond_*` returns one encoded logical message for the caller to
 //! frame and send; streaming chunk by chunk lets the caller pace a large
-//! response to the connection's send buffer.
+//! response to the connection's send buffer. [`InboundRequests::respond_into`]
+//! writes a whole answer at once, already framed, into the caller's buffer
+//! (the node's: the connection's plaintext), each payload compressed in
+//! place by the tracker's one snappy encoder; the answers of blocks are
+//! encoded into a scratch buffer it keeps, one block at a time, so no
+//! vector is made per block, chunk or message.
 //!
 //! # Security
 //! Provided: at most `open_per_peer_max` requests open per peer (more get
