@@ -68,6 +68,7 @@
 //! or file is capped ([`METRICS_ANSWER_BYTES_MAX`], [`MARKER_BYTES_MAX`],
 //! [`LOG_TAIL_BYTES_MAX`]).
 
+use crate::run_dir::RunDir;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File};
@@ -76,7 +77,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant as StdInstant, SystemTime};
+use std::time::{Duration, Instant as StdInstant};
 
 use meshsync_core::chain::block::{BLOCK_BODY_BYTES_MAX, SIGNED_BLOCK_OVERHEAD_BYTES};
 use meshsync_core::chain::genesis::FINALITY_DEPTH_SLOTS_DEFAULT;
@@ -403,7 +404,8 @@ pub fn history(options: HistoryOptions) -> Result<HistoryReport, String> {
     if !meshsync.is_file() {
         return Err(format!("--meshsync {}: no such file", meshsync.display()));
     }
-    let dir = WorkDir::new(options.dir.clone())?;
+    let dir =
+        RunDir::new(options.dir.clone(), "meshsync-history").map_err(|error| error.to_string())?;
     let generation = prepare_chain(dir.path(), options.blocks, options.body_bytes)?;
     let mut report = HistoryReport {
         options,
@@ -949,46 +951,6 @@ fn log_tail(path: &Path) -> String {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     };
     read().unwrap_or_else(|error| format!("(unreadable: {error})"))
-}
-
-/// The directory of the run: the one given, kept; or a temporary one,
-/// removed when dropped.
-struct WorkDir {
-    path: PathBuf,
-    remove_on_drop: bool,
-}
-
-impl WorkDir {
-    fn new(given: Option<PathBuf>) -> Result<WorkDir, String> {
-        let (path, remove_on_drop) = match given {
-            Some(path) => (path, false),
-            None => {
-                let nanos = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .subsec_nanos();
-                let name = format!("meshsync-history-{}-{nanos}", std::process::id());
-                (std::env::temp_dir().join(name), true)
-            }
-        };
-        fs::create_dir_all(&path).map_err(|error| format!("{}: {error}", path.display()))?;
-        Ok(WorkDir {
-            path,
-            remove_on_drop,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if self.remove_on_drop {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
 }
 
 /// Makes the chain in `dir` unless it holds it already. Returns how long

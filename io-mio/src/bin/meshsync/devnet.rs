@@ -33,7 +33,7 @@
 //! after `SHUTDOWN_EXIT_DEADLINE` is cut short (`shutdown.rs`). With
 //! `--metrics-base-port P`, node `i` serves its metrics on 127.0.0.1:P+i.
 
-use std::fs;
+use crate::run_dir::RunDir;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ pub fn run(options: &DevnetOptions) -> io::Result<()> {
         next_second_ms(SystemTime::now()),
     )?);
     let keys = devnet_keys(options.network_id, options.proposers);
-    let data_dir = DataDir::new(options.data_dir.clone())?;
+    let data_dir = RunDir::new(options.data_dir.clone(), "meshsync-devnet")?;
     println!(
         "devnet: {} nodes, {} proposers, slots of {} ms from {} ms, data in {}",
         options.nodes,
@@ -368,48 +368,6 @@ fn metrics_text(node: &DevnetNode) -> String {
     match &node.metrics {
         Some(server) => format!(", metrics http://{}/metrics", server.local_addr()),
         None => String::new(),
-    }
-}
-
-/// The devnet's data directory: the one given, or a fresh temporary one
-/// that is removed on drop.
-struct DataDir {
-    path: PathBuf,
-    remove_on_drop: bool,
-}
-
-impl DataDir {
-    fn new(given: Option<PathBuf>) -> io::Result<DataDir> {
-        let (path, remove_on_drop) = match given {
-            Some(path) => (path, false),
-            None => {
-                let nanos = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .subsec_nanos();
-                let name = format!("meshsync-devnet-{}-{nanos}", std::process::id());
-                (std::env::temp_dir().join(name), true)
-            }
-        };
-        fs::create_dir_all(&path).map_err(|error| {
-            io::Error::new(error.kind(), format!("{}: {error}", path.display()))
-        })?;
-        Ok(DataDir {
-            path,
-            remove_on_drop,
-        })
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        if self.remove_on_drop {
-            let _ = fs::remove_dir_all(&self.path);
-        }
     }
 }
 

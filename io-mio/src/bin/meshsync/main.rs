@@ -33,6 +33,7 @@ mod devnet;
 mod genesis_files;
 mod logging;
 mod node_config;
+mod run_dir;
 mod secret_files;
 mod shutdown;
 mod watermark_files;
