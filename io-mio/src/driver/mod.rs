@@ -231,6 +231,10 @@ pub struct Driver {
     store_reopening: bool,
     /// Whether the store thread is writing a batch (taken from `unwritten`).
     commit_in_flight: bool,
+    /// Whether a file check was sent and not yet answered.
+    store_check_pending: bool,
+    /// Whether a peer store snapshot was sent and not yet answered.
+    peers_saving: bool,
     /// Batches not yet handed to the store thread, in the core's order.
     unwritten: VecDeque<PersistBatch>,
     /// When to reopen the store and try `unwritten` again after a failure.

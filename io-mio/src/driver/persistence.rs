@@ -14,7 +14,7 @@ use meshsync_core::{Health, Input};
 
 use crate::store::{BlockStore, StoreError, StoreOptions};
 
-use super::store_thread::{StoreDone, StoreJob, StoreThread};
+use super::store_thread::{StoreDone, StoreJob, StoreThread, FILE_CHECK_CONTEXT};
 use super::Driver;
 
 /// A commit slower than this is logged as a warning: the blocks wait that
@@ -80,9 +80,12 @@ impl Driver {
     /// shutdown) tries again, and the block batches' own writes decide the
     /// store's health.
     pub(super) fn persist_peers(&mut self, known: KnownPeers) {
-        if let (Some(store), true) = (self.store.as_ref(), self.store_open) {
-            // A snapshot the thread cannot take is the next one's to make.
-            let _ = store.send(StoreJob::SavePeers(Box::new(known)));
+        if let (Some(store), true, false) =
+            (self.store.as_ref(), self.store_open, self.peers_saving)
+        {
+            // A snapshot the thread cannot take (or one sent while the last
+            // still waits on a hanging disk) is the next one's to make.
+            self.peers_saving = store.send(StoreJob::SavePeers(Box::new(known))).is_ok();
         }
     }
 
@@ -140,7 +143,12 @@ impl Driver {
         };
         match store.send(StoreJob::Commit(Box::new(batch))) {
             Ok(()) => self.commit_in_flight = true,
-            Err(StoreJob::Commit(batch)) => self.unwritten.push_front(*batch),
+            Err(StoreJob::Commit(batch)) => {
+                // The thread is gone (reported at exit) or, unexpectedly,
+                // its queue is full: try again in a moment.
+                self.unwritten.push_front(*batch);
+                self.persist_retry_at = Some(StdInstant::now() + STORE_REOPEN_BACKOFF_MIN);
+            }
             Err(_) => unreachable!("send gives back the job it was given"),
         }
     }
@@ -199,6 +207,9 @@ impl Driver {
                     self.persist_stats.failures += 1;
                     self.unwritten.push_front(*batch);
                 }
+                if context == FILE_CHECK_CONTEXT {
+                    self.store_check_pending = false;
+                }
                 self.store_reopening = false;
                 self.store_failed(&context, &cause);
             }
@@ -215,16 +226,20 @@ impl Driver {
                     complete,
                 });
             }
-            StoreDone::PeersSaved { records, result } => match result {
-                Ok(()) => {
-                    self.persist_stats.peer_snapshots += 1;
-                    self.persist_stats.peer_records = records as u64;
+            StoreDone::FileChecked => self.store_check_pending = false,
+            StoreDone::PeersSaved { records, result } => {
+                self.peers_saving = false;
+                match result {
+                    Ok(()) => {
+                        self.persist_stats.peer_snapshots += 1;
+                        self.persist_stats.peer_records = records as u64;
+                    }
+                    Err(error) => {
+                        self.persist_stats.peer_snapshot_failures += 1;
+                        log::warn!("[{:?}] peer store not saved: {error}", self.peer_id);
+                    }
                 }
-                Err(error) => {
-                    self.persist_stats.peer_snapshot_failures += 1;
-                    log::warn!("[{:?}] peer store not saved: {error}", self.peer_id);
-                }
-            },
+            }
             StoreDone::Reopened(path) => {
                 log::info!(
                     "[{:?}] block store {} reopened",
@@ -323,9 +338,13 @@ impl Driver {
             return;
         }
         self.store_check_at = now + STORE_FILE_CHECK_INTERVAL;
-        if let (Some(store), true) = (self.store.as_ref(), self.store_open) {
-            // A thread that is gone leaves the batches unwritten, reported.
-            let _ = store.send(StoreJob::CheckFile);
+        if let (Some(store), true, false) = (
+            self.store.as_ref(),
+            self.store_open,
+            self.store_check_pending,
+        ) {
+            // One check at a time: a hanging disk must not pile them up.
+            self.store_check_pending = store.send(StoreJob::CheckFile).is_ok();
         }
     }
 }

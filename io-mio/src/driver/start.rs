@@ -350,6 +350,8 @@ impl Driver {
             store_open,
             store_reopening: false,
             commit_in_flight: false,
+            store_check_pending: false,
+            peers_saving: false,
             unwritten: VecDeque::new(),
             persist_retry_at: None,
             store_failing_since: None,

@@ -29,9 +29,15 @@ use crate::store::{BlockStore, StoreError, StoreOptions};
 
 /// Jobs the store thread may hold at once: one commit, the core's open
 /// history reads (`HISTORY_READS_MAX`), a snapshot, a file check and a
-/// reopen, with room to spare. The loop never has more in flight, so a send
-/// never waits.
+/// reopen, with room to spare. The loop sends a commit, a snapshot or a
+/// check only when the one before it was answered, so while the disk hangs
+/// nothing piles up; a send never waits either way (see
+/// [`StoreThread::send`]).
 pub const STORE_JOBS_MAX: usize = 32;
+
+/// What a failed file check says it was doing (the loop clears its
+/// one-check-at-a-time flag on it).
+pub(super) const FILE_CHECK_CONTEXT: &str = "file check";
 
 const _: () = assert!(STORE_JOBS_MAX >= 4 + meshsync_core::node::HISTORY_READS_MAX);
 
@@ -80,6 +86,8 @@ pub(super) enum StoreDone {
     },
     /// The store is open again (with its path, for the log).
     Reopened(PathBuf),
+    /// The file is still the one opened (or the store is closed already).
+    FileChecked,
 }
 
 /// The loop's end of the store thread.
@@ -127,12 +135,12 @@ impl StoreThread {
         })
     }
 
-    /// Queues `job` (never waits: see [`STORE_JOBS_MAX`]); gives it back
-    /// if the thread is gone (joined at exit, or it panicked), so a batch
-    /// stays unwritten and is reported.
+    /// Queues `job`, never waiting; gives it back if the queue is full
+    /// (not expected: see [`STORE_JOBS_MAX`]) or the thread is gone (joined
+    /// at exit, or it panicked), so a batch stays unwritten and is reported.
     pub(super) fn send(&self, job: StoreJob) -> Result<(), StoreJob> {
         match &self.jobs {
-            Some(jobs) => jobs.send(job).map_err(|error| error.into_inner()),
+            Some(jobs) => jobs.try_send(job).map_err(|error| error.into_inner()),
             None => Err(job),
         }
     }
@@ -183,17 +191,19 @@ impl Worker {
             }),
             StoreJob::Read(read) => Some(self.read(read)),
             StoreJob::SavePeers(known) => {
-                let store = self.store.as_mut()?;
-                let result = store.save_known_peers(&known).map_err(|e| e.to_string());
+                let result = match self.store.as_mut() {
+                    Some(store) => store.save_known_peers(&known).map_err(|e| e.to_string()),
+                    None => Err("the store is closed".to_string()),
+                };
                 Some(StoreDone::PeersSaved {
                     records: known.records.len(),
                     result,
                 })
             }
-            StoreJob::CheckFile => {
-                let error = self.store.as_ref()?.check_file().err()?;
-                Some(self.fail("file check".to_string(), &error))
-            }
+            StoreJob::CheckFile => match self.store.as_ref().map(BlockStore::check_file) {
+                Some(Err(error)) => Some(self.fail(FILE_CHECK_CONTEXT.to_string(), &error)),
+                _ => Some(StoreDone::FileChecked),
+            },
             StoreJob::Reopen => match BlockStore::open_with(&self.dir, &self.options) {
                 Ok(store) => {
                     let path = store.path().to_path_buf();
