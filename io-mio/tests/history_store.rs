@@ -7,8 +7,8 @@
 //! never a sleep.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use meshsync_core::chain::{
     devnet_keys, BlockProducer, ChainConfig, Genesis, SignedBlock, StoreLimits,
@@ -25,46 +25,9 @@ const SLOT_MS: u64 = 200;
 const DEPTH_SLOTS: u64 = 4;
 const CHAIN_BLOCKS: u64 = 40;
 const BODY_BYTES: usize = 900 * 1024;
-/// The longest any wait lasts (never reached when the test passes).
-const DEADLINE: Duration = Duration::from_secs(60);
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+mod support;
 
-struct Capture(Mutex<Vec<String>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            let line = format!("{} {}", record.level(), record.args());
-            eprintln!("{line}");
-            self.0.lock().unwrap().push(line);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
-        log::set_logger(capture).expect("no other logger in this test binary");
-        log::set_max_level(log::LevelFilter::Info);
-        capture
-    })
-}
-
-fn logged(parts: &[&str]) -> bool {
-    capture()
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|line| parts.iter().all(|part| line.contains(part)))
-}
+use support::{capture, logged, wait_for, QUERY_TIMEOUT};
 
 fn bind(genesis: &Genesis, seed: u64, options: &DriverOptions) -> RunningDriver {
     capture();
@@ -84,21 +47,6 @@ fn bind(genesis: &Genesis, seed: u64, options: &DriverOptions) -> RunningDriver 
     .unwrap()
     .spawn(&format!("history-{seed}"))
     .unwrap()
-}
-
-fn wait_for<R: Send + 'static>(
-    driver: &RunningDriver,
-    query: impl Fn(&Driver) -> R + Send + Clone + 'static,
-    done: impl Fn(&R) -> bool,
-) -> R {
-    let deadline = StdInstant::now() + DEADLINE;
-    loop {
-        let answer = driver.handle().query(query.clone(), QUERY_TIMEOUT).unwrap();
-        if done(&answer) || StdInstant::now() >= deadline {
-            return answer;
-        }
-        std::thread::park_timeout(Duration::from_millis(20));
-    }
 }
 
 /// A store written as a node of an earlier version left it: every block
@@ -187,12 +135,16 @@ fn a_node_starts_from_its_finalized_block_and_serves_older_history_from_disk() {
     assert_eq!(held, DEPTH_SLOTS + 1);
     assert_eq!(floor, Some(finalized_slot));
     assert_eq!(head, CHAIN_BLOCKS);
-    assert!(logged(&[&format!(
-        "indexed {finalized_slot} finalized blocks"
-    )]));
-    assert!(logged(&[&format!(
-        "from the finalized block at slot {finalized_slot} up"
-    )]));
+    assert!(logged(
+        log::Level::Info,
+        &[&format!("indexed {finalized_slot} finalized blocks")]
+    ));
+    assert!(logged(
+        log::Level::Info,
+        &[&format!(
+            "from the finalized block at slot {finalized_slot} up"
+        )]
+    ));
 
     // A joiner with no data directory syncs the whole chain from it.
     let joiner = bind(&genesis, 32, &DriverOptions::default());

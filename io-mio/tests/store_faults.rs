@@ -22,7 +22,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
 use meshsync_core::chain::{
@@ -39,49 +39,9 @@ use meshsync_mio::testing::{devnet_genesis, TempDir};
 
 const NETWORK_ID: u64 = 78;
 const SLOT_MS: u64 = 200;
-/// The longest any test waits for a condition (never reached when it passes).
-const DEADLINE: Duration = Duration::from_secs(40);
-const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+mod support;
 
-// ---- A logger that keeps every line, so tests can read what the operator reads ----
-
-struct Capture(Mutex<Vec<(log::Level, String)>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::Level::Info
-    }
-
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            let line = record.args().to_string();
-            eprintln!("{} {line}", record.level());
-            self.0.lock().unwrap().push((record.level(), line));
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-fn capture() -> &'static Capture {
-    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
-    CAPTURE.get_or_init(|| {
-        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
-        log::set_logger(capture).expect("no other logger in this test binary");
-        log::set_max_level(log::LevelFilter::Info);
-        capture
-    })
-}
-
-/// Whether a line at `level` containing every one of `parts` was logged.
-fn logged(level: log::Level, parts: &[&str]) -> bool {
-    capture()
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(at, line)| *at == level && parts.iter().all(|part| line.contains(part)))
-}
+use support::{capture, logged, logged_count, wait_for, DEADLINE, QUERY_TIMEOUT};
 
 // ---- Set-up ----
 
@@ -133,22 +93,6 @@ fn durable(dir: &Path) -> DriverOptions {
         workers: 1,
         data_dir: Some(dir.to_path_buf()),
         ..DriverOptions::default()
-    }
-}
-
-/// Queries `driver` until `done` holds of the answer or the deadline passes.
-fn wait_for<R: Send + 'static>(
-    driver: &RunningDriver,
-    query: impl Fn(&Driver) -> R + Send + Clone + 'static,
-    done: impl Fn(&R) -> bool,
-) -> R {
-    let deadline = StdInstant::now() + DEADLINE;
-    loop {
-        let answer = driver.handle().query(query.clone(), QUERY_TIMEOUT).unwrap();
-        if done(&answer) || StdInstant::now() >= deadline {
-            return answer;
-        }
-        std::thread::park_timeout(Duration::from_millis(20));
     }
 }
 
@@ -540,15 +484,7 @@ fn bit_flips_in_the_store_never_panic() {
             }
         }
     }
-    let caught = |part: &str| {
-        capture()
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, line)| line.contains(part))
-            .count()
-    };
+    let caught = logged_count;
     eprintln!(
         "bit flips: {TRIALS} trials in {} used pages, no panic reached the node; {whole} \
          started whole, {short} started short (and knew it), {refused} refused (each then \
