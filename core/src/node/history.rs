@@ -52,18 +52,16 @@ pub(super) struct HistoryPart {
     open: BTreeMap<u64, OpenRead>,
 }
 
-/// One BlocksByRange answer to serve from history: `[start_slot,
-/// end_slot)`, from below `floor` (the chain store's history floor, above
-/// `start_slot`), within `chunks_max` blocks and `budget_bytes`.
-pub(super) struct OpenRead {
-    pub(super) peer: PeerId,
-    pub(super) request: RequestId,
-    pub(super) start_slot: u64,
-    pub(super) end_slot: u64,
+/// One BlocksByRange answer waiting for its blocks from the store.
+struct OpenRead {
+    peer: PeerId,
+    request: RequestId,
+    start_slot: u64,
+    end_slot: u64,
     /// The history floor when the read was asked for.
-    pub(super) floor: u64,
-    pub(super) chunks_max: usize,
-    pub(super) budget_bytes: usize,
+    floor: u64,
+    chunks_max: usize,
+    budget_bytes: usize,
 }
 
 impl HistoryPart {
@@ -84,10 +82,22 @@ fn busy(why: &str) -> Answer {
 }
 
 impl Node {
-    /// Answers `read` by reading the part below its floor from the store
-    /// first. Returns the answer to give now, if it cannot wait for a read.
-    pub(super) fn serve_range_from_history(&mut self, read: OpenRead) -> Option<Answer> {
-        if read.budget_bytes < BLOCK_BYTES_MAX {
+    /// Answers BlocksByRange `[start_slot, end_slot)` from `floor` (the
+    /// chain store's history floor, above `start_slot`) by reading the part
+    /// below it from the store first. Returns the answer to give now, if it
+    /// cannot wait for a read.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn serve_range_from_history(
+        &mut self,
+        peer: PeerId,
+        request: RequestId,
+        start_slot: u64,
+        end_slot: u64,
+        floor: u64,
+        chunks_max: usize,
+        budget_bytes: usize,
+    ) -> Option<Answer> {
+        if budget_bytes < BLOCK_BYTES_MAX {
             // Not a read for nothing: an answer from disk waits for room
             // for one full block in what the peer has yet to take.
             return Some(busy("answers to this peer are still being written"));
@@ -98,16 +108,26 @@ impl Node {
         }
         let id = self.history.next_id;
         self.history.next_id += 1;
-        let action = Action::ReadBlocks(BlockRead {
+        self.history.open.insert(
             id,
-            start_slot: read.start_slot,
-            end_slot: read.end_slot.min(read.floor),
-            blocks_max: read.chunks_max,
-            bytes_max: read.budget_bytes,
-        });
-        self.history.open.insert(id, read);
+            OpenRead {
+                peer,
+                request,
+                start_slot,
+                end_slot,
+                floor,
+                chunks_max,
+                budget_bytes,
+            },
+        );
         self.out.counters.history_reads += 1;
-        self.out.push(action);
+        self.out.push(Action::ReadBlocks(BlockRead {
+            id,
+            start_slot,
+            end_slot: end_slot.min(floor),
+            blocks_max: chunks_max,
+            bytes_max: budget_bytes,
+        }));
         None
     }
 

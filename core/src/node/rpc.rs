@@ -358,15 +358,15 @@ impl Node {
                 let chunks_max = usize::try_from(chunks_max).unwrap_or(usize::MAX);
                 let floor = self.chain.store().history_floor();
                 if let Some(floor) = floor.filter(|&floor| request.start_slot < floor) {
-                    match self.serve_range_from_history(super::history::OpenRead {
+                    match self.serve_range_from_history(
                         peer,
-                        request: id,
-                        start_slot: request.start_slot,
-                        end_slot: request.end_slot(),
+                        id,
+                        request.start_slot,
+                        request.end_slot(),
                         floor,
                         chunks_max,
-                        budget_bytes: budget,
-                    }) {
+                        budget,
+                    ) {
                         Some(answer) => answer,
                         None => return, // Answered when the blocks are read.
                     }
