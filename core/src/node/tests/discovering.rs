@@ -318,6 +318,66 @@ fn a_newcomer_a_full_node_has_answered_may_make_room_within_its_grace() {
 }
 
 #[test]
+fn a_full_node_whose_peers_all_arrived_within_the_grace_still_admits_a_newcomer() {
+    use crate::node::discovery::{EVICTION_GRACE, GRACE_PROTECTED_MAX};
+    let arrival = Duration::from_millis(100);
+    // Every inbound peer arrives within one grace: room for two more
+    // than the grace protects.
+    let peers_max = GRACE_PROTECTED_MAX + 2;
+    assert!(arrival * (peers_max as u32 + 1) < EVICTION_GRACE);
+    let mut full = discovering(0, &[], 2);
+    full.peer.limits.peers_max = peers_max;
+    full.peer.limits.inbound_peers_max = peers_max;
+    full.peer.peers_target = 2;
+    let mut configs = vec![full];
+    configs.extend((0..peers_max + 2).map(|_| Config::new(1)));
+    let mut net = Net::new(configs);
+    for node in 1..=peers_max {
+        net.dial(node, 0, None);
+        net.advance(arrival);
+    }
+    assert_eq!(net.nodes[0].peer_count(), peers_max);
+    // A newcomer: the peer that has had its grace longest (node 1) leaves.
+    let newcomer = peers_max + 1;
+    net.dial(newcomer, 0, None);
+    net.advance(arrival);
+    assert!(net.connected(0, newcomer), "the newcomer was refused");
+    let gone: Vec<usize> = (1..=peers_max).filter(|&i| !net.connected(0, i)).collect();
+    assert_eq!(gone, vec![1], "the oldest within its grace makes room");
+    assert!(disconnects(&net, 1).contains(&DisconnectReason::RemoteGoodbye(
+        GoodbyeReason::TooManyPeers
+    )));
+    // The next one: node 2, the oldest left. The newest GRACE_PROTECTED_MAX,
+    // the two newcomers among them, are never the ones to go.
+    net.dial(newcomer + 1, 0, None);
+    net.advance(arrival);
+    assert!(net.connected(0, newcomer + 1));
+    let gone: Vec<usize> = (1..=newcomer).filter(|&i| !net.connected(0, i)).collect();
+    assert_eq!(gone, vec![1, 2]);
+}
+
+#[test]
+fn a_full_node_within_the_grace_of_every_peer_it_protects_refuses_a_newcomer() {
+    use crate::node::discovery::GRACE_PROTECTED_MAX;
+    let mut full = discovering(0, &[], 2);
+    full.peer.limits.peers_max = GRACE_PROTECTED_MAX;
+    full.peer.limits.inbound_peers_max = GRACE_PROTECTED_MAX;
+    full.peer.peers_target = 2;
+    let mut configs = vec![full];
+    configs.extend((0..GRACE_PROTECTED_MAX + 1).map(|_| Config::new(1)));
+    let mut net = Net::new(configs);
+    for node in 1..=GRACE_PROTECTED_MAX {
+        net.dial(node, 0, None);
+    }
+    net.advance(Duration::from_millis(100));
+    let newcomer = GRACE_PROTECTED_MAX + 1;
+    net.dial(newcomer, 0, None);
+    net.advance(Duration::from_millis(100));
+    assert!(!net.connected(0, newcomer), "a protected peer was evicted");
+    assert!((1..=GRACE_PROTECTED_MAX).all(|i| net.connected(0, i)));
+}
+
+#[test]
 fn a_dial_cut_during_its_handshake_is_tried_again() {
     // Node 1 knows only node 0; its first dial is cut before the handshake
     // ends. Forgetting that dial would leave node 1 believing it is still
