@@ -5,7 +5,8 @@
 //! chain: the driver loads a [`KnownPeers`] and hands it to `Node::new` in
 //! `node::Config::known_peers`, and the node hands a fresh snapshot back as
 //! `Action::PersistPeers` every [`PEERSTORE_PERSIST_INTERVAL`],
-//! [`PEERSTORE_GROWTH_PERSIST_DELAY`] after the routing table grows, and at
+//! [`PEERSTORE_GROWTH_PERSIST_DELAY`] after the routing table grows or a
+//! peer is banned, and at
 //! shutdown, which the driver writes over the previous one in one
 //! transaction. No acknowledgement comes back: a snapshot lost in a crash
 //! costs only what changed since the one before.
@@ -48,11 +49,12 @@ pub const PEERSTORE_RECORDS_MAX: usize = 4_096;
 /// How often the node hands the driver a snapshot: a node killed without
 /// a shutdown forgets at most this much of what it learned.
 pub const PEERSTORE_PERSIST_INTERVAL: Duration = Duration::from_secs(60);
-/// A routing table grown past its size at the last snapshot is saved this
-/// soon after, not up to a whole interval later: a node killed while it
-/// bootstraps still restarts from the peers it met. Growth only, so a
-/// table that merely replaces entries waits for the interval, and a
-/// growing one costs at most one snapshot per this delay.
+/// A routing table grown past its size at the last snapshot, or a new
+/// ban, is saved this soon after, not up to a whole interval later: a
+/// node killed while it bootstraps still restarts from the peers it met,
+/// and one killed just after a ban still refuses the banned peer. Growth
+/// only, so a table that merely replaces entries waits for the interval,
+/// and growth or bans cost at most one snapshot per this delay.
 pub const PEERSTORE_GROWTH_PERSIST_DELAY: Duration = Duration::from_secs(5);
 
 /// A peer we met, as stored.

@@ -1029,6 +1029,9 @@ impl Node {
                 PeerEvent::Banned { peer, ip, until } => {
                     info!("{peer:?}: banned until {until} (ip {ip:?})");
                     self.out.counters.peers_banned += 1;
+                    // Saved soon, not at the next interval (also when the
+                    // application reported it, outside `handle`).
+                    self.peerstore_watch_growth(now);
                     self.out
                         .notify(Notification::PeerBanned { peer, ip, until });
                 }

@@ -8,7 +8,7 @@
 //! the shape of `Action::Persist` (persistence leaves the core as an
 //! action, design.md §1), the core's own timer decides when
 //! ([`PEERSTORE_PERSIST_INTERVAL`], [`PEERSTORE_GROWTH_PERSIST_DELAY`] after
-//! the table grows, and at shutdown), so every driver does
+//! the table grows or a peer is banned, and at shutdown), so every driver does
 //! the same thing at the same instants and the simulator stays
 //! deterministic without a timer of its own, and a node whose driver keeps
 //! no store (`known_peers: None`) emits nothing, so runs without one are
@@ -63,6 +63,10 @@ pub(super) struct PeerStorePart {
     /// Routing-table entries at the last snapshot: growth past it brings
     /// the next one forward ([`PEERSTORE_GROWTH_PERSIST_DELAY`]).
     table_entries_persisted: usize,
+    /// Bans made this run at the last snapshot: a new one brings the next
+    /// forward the same way, so a node killed within a minute of a ban
+    /// still refuses the banned peer when it comes back.
+    bans_persisted: u64,
 }
 
 impl PeerStorePart {
@@ -72,6 +76,7 @@ impl PeerStorePart {
             records: BTreeMap::new(),
             next_persist: now + PEERSTORE_PERSIST_INTERVAL,
             table_entries_persisted: 0,
+            bans_persisted: 0,
         }
     }
 
@@ -312,17 +317,20 @@ impl Node {
         }
         part.next_persist = now + PEERSTORE_PERSIST_INTERVAL;
         part.table_entries_persisted = entries;
+        part.bans_persisted = self.out.counters.peers_banned;
         self.persist_known_peers(now);
     }
 
     /// Brings the next snapshot forward when the routing table has grown
-    /// since the last one (see [`PEERSTORE_GROWTH_PERSIST_DELAY`]).
+    /// or a peer was banned since the last one (see
+    /// [`PEERSTORE_GROWTH_PERSIST_DELAY`]).
     pub(super) fn peerstore_watch_growth(&mut self, now: Instant) {
         let entries = self.table_entries();
+        let bans = self.out.counters.peers_banned;
         let Some(part) = self.peerstore.as_mut() else {
             return;
         };
-        if entries > part.table_entries_persisted {
+        if entries > part.table_entries_persisted || bans > part.bans_persisted {
             part.next_persist = part
                 .next_persist
                 .min(now.saturating_add(PEERSTORE_GROWTH_PERSIST_DELAY));

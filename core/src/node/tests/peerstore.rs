@@ -93,6 +93,30 @@ fn a_growing_table_is_saved_within_the_growth_delay() {
 }
 
 #[test]
+fn a_ban_is_saved_within_the_growth_delay_not_the_interval() {
+    let mut net = Net::new(vec![with_store(Config::new(1)), Config::new(1)]);
+    net.dial(1, 0, None);
+    net.drain();
+    assert!(net.connected(0, 1));
+    net.advance(Duration::from_secs(10));
+    assert!(net.known_peers[0].is_none(), "nothing to save yet");
+    let peer = net.nodes[1].peer_id();
+    let now = net.now;
+    net.nodes[0].report(now, peer, Report::Penalty(Penalty::Fatal));
+    net.drain();
+    assert!(net.nodes[0].peer_manager().is_banned(net.now, &peer));
+    // Killed now, it would forget the ban: the interval is 50 s away.
+    assert!(net.known_peers[0].is_none());
+    net.advance(PEERSTORE_GROWTH_PERSIST_DELAY);
+    let known = net.known_peers[0].take().expect("saved after the ban");
+    assert_eq!(known.peer_bans.len(), 1, "{known:?}");
+    assert_eq!(known.peer_bans[0].peer, peer);
+    // Nothing new since: the next snapshot waits for the interval.
+    net.advance(PEERSTORE_GROWTH_PERSIST_DELAY * 2);
+    assert!(net.known_peers[0].is_none(), "saved again without a new ban");
+}
+
+#[test]
 fn a_ban_outlasts_a_restart_until_it_ends() {
     let mut net = Net::new(vec![with_store(Config::new(1)), Config::new(1)]);
     net.dial(1, 0, None);
