@@ -344,9 +344,11 @@ fn a_full_node_whose_peers_all_arrived_within_the_grace_still_admits_a_newcomer(
     assert!(net.connected(0, newcomer), "the newcomer was refused");
     let gone: Vec<usize> = (1..=peers_max).filter(|&i| !net.connected(0, i)).collect();
     assert_eq!(gone, vec![1], "the oldest within its grace makes room");
-    assert!(disconnects(&net, 1).contains(&DisconnectReason::RemoteGoodbye(
-        GoodbyeReason::TooManyPeers
-    )));
+    assert!(
+        disconnects(&net, 1).contains(&DisconnectReason::RemoteGoodbye(
+            GoodbyeReason::TooManyPeers
+        ))
+    );
     // The next one: node 2, the oldest left. The newest GRACE_PROTECTED_MAX,
     // the two newcomers among them, are never the ones to go.
     net.dial(newcomer + 1, 0, None);

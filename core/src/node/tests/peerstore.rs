@@ -113,7 +113,10 @@ fn a_ban_is_saved_within_the_growth_delay_not_the_interval() {
     assert_eq!(known.peer_bans[0].peer, peer);
     // Nothing new since: the next snapshot waits for the interval.
     net.advance(PEERSTORE_GROWTH_PERSIST_DELAY * 2);
-    assert!(net.known_peers[0].is_none(), "saved again without a new ban");
+    assert!(
+        net.known_peers[0].is_none(),
+        "saved again without a new ban"
+    );
 }
 
 #[test]
