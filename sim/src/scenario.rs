@@ -23,6 +23,7 @@
 //! | `static-peer-restart` | [`StaticPeerRestart`]: a static peer crashes and comes back |
 //! | `discovery` | [`Discovery`]: a network forms by itself from three bootnodes (Kademlia discovery, target peers, trimming) |
 //! | `restart-recall` | [`RestartRecall`]: a node crashes, the bootnodes go away, it restarts from its peer store and regains half its target; a peer it banned before the crash is still refused |
+//! | `churn` | [`Churn`]: 30 % of the nodes leave for good every 5 min and as many fresh ones join knowing only the bootnodes, while gossip runs; the peer graph stays one component at every sample, gossip delivery ≥ 0.999, joiners reach half their target (500 nodes, 30 min by default) |
 //! | `handshake-flood` | [`HandshakeFlood`]: 250 mute hosts keep opening connections that never send a byte; each address holds 4 handshakes at most, newcomers evict the oldest, and honest peers still connect within 1 s |
 //! | `dht-eclipse` | [`DhtEclipse`]: 200 Sybils from one /16 dial a victim and answer FIND_NODE with each other; the /16 caps of its table (10) and its peer set (5) bound their share |
 //! | `gossip-1k` | [`GossipScenario::gossip_1k`]: 1,000 nodes, 100 publishers take turns publishing 1 KiB, 10/s in all |
@@ -64,6 +65,7 @@ pub mod budget_sybils;
 pub mod chain;
 pub mod chain_faults;
 pub mod chain_watch;
+pub mod churn;
 pub mod connect;
 pub mod dht_eclipse;
 pub mod discovery;
@@ -83,6 +85,7 @@ pub mod workload;
 pub use budget_sybils::{BudgetParams, BudgetSybils};
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
+pub use churn::{Churn, ChurnParams};
 pub use connect::Connect;
 pub use dht_eclipse::{DhtEclipse, EclipseParams};
 pub use discovery::Discovery;
@@ -129,6 +132,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     SyncLiars::NAME,
     Discovery::NAME,
     RestartRecall::NAME,
+    Churn::NAME,
     DhtEclipse::NAME,
     HandshakeFlood::NAME,
 ];
@@ -164,6 +168,7 @@ pub fn nodes_default(name: &str) -> usize {
         SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
         Discovery::NAME => return Discovery::NODES_DEFAULT,
         RestartRecall::NAME => return RestartRecall::NODES_DEFAULT,
+        Churn::NAME => return Churn::NODES_DEFAULT,
         DhtEclipse::NAME => return DhtEclipse::NODES_DEFAULT,
         _ => {}
     }
@@ -183,6 +188,7 @@ pub const DURATION_DEFAULT: Duration = Duration::from_secs(60);
 pub fn duration_default(name: &str) -> Duration {
     match name {
         Discovery::NAME => Duration::from_secs(120),
+        Churn::NAME => Churn::DURATION_DEFAULT,
         HandshakeFlood::NAME => Duration::from_secs(20),
         _ => DURATION_DEFAULT,
     }
@@ -204,6 +210,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         SyncLiars::NAME => Some(Box::new(SyncLiars::default())),
         Discovery::NAME => Some(Box::new(Discovery::default())),
         RestartRecall::NAME => Some(Box::new(RestartRecall::default())),
+        Churn::NAME => Some(Box::new(Churn::default())),
         DhtEclipse::NAME => Some(Box::new(DhtEclipse::default())),
         HandshakeFlood::NAME => Some(Box::new(HandshakeFlood::default())),
         _ => gossip_scenario_by_name(name).map(|scenario| Box::new(scenario) as Box<dyn Scenario>),

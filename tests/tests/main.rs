@@ -15,6 +15,7 @@ mod loopback;
 mod sim;
 mod sim_budget;
 mod sim_chain;
+mod sim_churn;
 mod sim_discovery;
 mod sim_gossip;
 mod sim_liars;
