@@ -28,10 +28,15 @@
 //! admits a newcomer long enough for its first lookup. Every
 //! [`TRIM_INTERVAL`], a node
 //! above its target says Goodbye(too many peers) to the excess, without
-//! penalty, never going below the target and never to a static peer or one
-//! range sync has requests with: first peers with a negative score, then
-//! inbound peers beyond [`INBOUND_SHARE_PERCENT`] of the target, then the
-//! lowest scores (ties: inbound first, then by `PeerId`).
+//! penalty, never going below the target and never to a static peer, one
+//! range sync has requests with, or a newcomer within its
+//! [`EVICTION_GRACE`]: first peers with a negative score, lowest first,
+//! then inbound peers beyond [`INBOUND_SHARE_PERCENT`] of the target, then
+//! the rest, inbound first. Peers in good standing (score at or above
+//! zero) are taken in an order of the node's own (`trim_rank`), not by
+//! score: positive scores grow with time connected, and trimming the
+//! newest first left joiners of a full network with no peer at all (the
+//! simulator's `churn` scenario).
 //!
 //! A node at `PEERS_MAX` makes room for an inbound newcomer by saying
 //! Goodbye to one inbound peer past its [`EVICTION_GRACE`], or already
@@ -55,6 +60,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use log::{debug, info, warn};
+use sha2::{Digest, Sha256};
 
 use super::purpose::Purpose;
 use super::Node;
@@ -192,6 +198,25 @@ impl Admitted {
     fn evictable(&self, now: Instant) -> bool {
         self.answered || self.at + EVICTION_GRACE <= now
     }
+}
+
+/// Where `peer` stands in `local`'s trimming order among peers in good
+/// standing: the first 8 bytes of sha256 over both identities. A score
+/// above zero only says how long a peer has been answering us (rewards
+/// accrue per answer), so ranking by it trims the newest peer first, and
+/// every node a newcomer dialled trims that same newcomer at its next tick:
+/// in a network at its target, a joiner is cut off from all at once. This
+/// order is as good as random, different at every node, and stable, so a
+/// node keeps trimming the same peers rather than reshuffling.
+pub(super) fn trim_rank(local: &PeerId, peer: &PeerId) -> [u8; 8] {
+    let digest = Sha256::new()
+        .chain_update(b"meshsync-trim")
+        .chain_update(local.as_bytes())
+        .chain_update(peer.as_bytes())
+        .finalize();
+    let mut rank = [0u8; 8];
+    rank.copy_from_slice(&digest[..8]);
+    rank
 }
 
 impl DiscoveryPart {
@@ -450,22 +475,37 @@ impl Node {
     /// Says Goodbye(too many peers) to the peers above our target; see the
     /// module doc for whom.
     fn trim_peers(&mut self, now: Instant) {
-        let Some(target) = self.discovery.as_ref().map(|part| part.peers_target) else {
+        let Some(part) = self.discovery.as_ref() else {
             return;
         };
+        let target = part.peers_target;
         let peers = self.conns.peer_infos();
         let Some(mut excess) = peers.len().checked_sub(target).filter(|&n| n > 0) else {
             return;
         };
-        let mut candidates: Vec<(Score, bool, PeerId)> = peers
+        let local = self.peer_id();
+        let mut candidates: Vec<(Score, bool, [u8; 8], PeerId)> = peers
             .iter()
             .filter(|info| {
                 !self.peer_manager.is_static_peer(&info.peer) && !self.sync.is_using(&info.peer)
             })
+            // A newcomer keeps its grace here too: every peer it met may
+            // trim at the same tick (bootnodes start together), and it
+            // would be left with none before its first lookup's answers.
+            .filter(|info| {
+                part.admitted
+                    .get(&info.peer)
+                    .is_none_or(|admitted| admitted.evictable(now))
+            })
             .map(|info| {
                 let score = self.peer_manager.score(now, &info.peer);
-                // `false` sorts first: inbound before outbound on equal scores.
-                (score, info.direction == Direction::Outbound, info.peer)
+                // `false` sorts first: inbound before outbound on equal standing.
+                (
+                    score.min(Score::ZERO),
+                    info.direction == Direction::Outbound,
+                    trim_rank(&local, &info.peer),
+                    info.peer,
+                )
             })
             .collect();
         candidates.sort();
@@ -484,25 +524,25 @@ impl Node {
                 }
             };
         // 1. Peers that misbehaved more than they helped.
-        for (score, outbound, peer) in &candidates {
+        for (score, outbound, _, peer) in &candidates {
             if excess > 0 && *score < Score::ZERO {
                 take(*peer, !outbound, &mut excess, &mut inbound);
             }
         }
         let mut rest: Vec<_> = candidates
             .iter()
-            .filter(|(score, _, _)| *score >= Score::ZERO)
+            .filter(|(score, _, _, _)| *score >= Score::ZERO)
             .collect();
         // 2. Inbound peers beyond their share of the target.
-        rest.retain(|(_, outbound, peer)| {
+        rest.retain(|(_, outbound, _, peer)| {
             if excess > 0 && !outbound && inbound > inbound_share {
                 take(*peer, true, &mut excess, &mut inbound);
                 return false;
             }
             true
         });
-        // 3. The lowest scores.
-        for (_, outbound, peer) in rest {
+        // 3. The rest, inbound first, in our own order.
+        for (_, outbound, _, peer) in rest {
             if excess == 0 {
                 break;
             }

@@ -219,6 +219,69 @@ fn the_connection_manager_trims_the_lowest_score_first_and_spares_static_peers()
     assert!(net.connected(0, 2), "the static peer was trimmed");
 }
 
+#[test]
+fn the_connection_manager_spares_a_newcomer_within_its_grace() {
+    // Node 0 keeps one peer of five. Four arrive at once; the fifth, the
+    // one node 0's own order trims first, a moment before the first trim.
+    const TARGET: usize = 1;
+    let mut configs = vec![discovering(0, &[], TARGET)];
+    configs.extend((1..=5).map(|_| Config::new(1)));
+    let mut net = Net::new(configs);
+    let local = net.nodes[0].peer_id();
+    let newcomer = (1..=5)
+        .min_by_key(|&node| crate::node::discovery::trim_rank(&local, &net.nodes[node].peer_id()))
+        .expect("five candidates");
+    for node in (1..=5).filter(|&node| node != newcomer) {
+        net.dial(node, 0, None);
+    }
+    net.advance(crate::node::discovery::TRIM_INTERVAL - Duration::from_millis(10));
+    net.dial(newcomer, 0, None);
+    net.advance(Duration::from_millis(5));
+    assert_eq!(net.nodes[0].peer_count(), 5, "all five were admitted");
+    net.advance(Duration::from_millis(10));
+    assert_eq!(net.nodes[0].peer_count(), TARGET);
+    assert!(
+        net.connected(0, newcomer),
+        "the newcomer was trimmed within its grace"
+    );
+}
+
+/// Every full node a newcomer dials trims one peer at its next tick. By
+/// score, that one is the newcomer everywhere: the others have been
+/// answering for a minute and earned rewards, it has not. Each node's own
+/// order leaves it somewhere to stay.
+#[test]
+fn full_nodes_do_not_all_trim_the_same_newcomer() {
+    const FULL: usize = 4;
+    const TARGET: usize = 3;
+    let mut configs: Vec<Config> = (0..FULL).map(|i| discovering(i, &[], TARGET)).collect();
+    configs.extend((0..=TARGET).map(|_| Config::new(1)));
+    let mut net = Net::new(configs);
+    let newcomer = FULL + TARGET;
+    for incumbent in FULL..newcomer {
+        for full in 0..FULL {
+            net.dial(incumbent, full, None);
+        }
+    }
+    net.advance(Duration::from_secs(60));
+    for full in 0..FULL {
+        assert_eq!(net.nodes[full].peer_count(), TARGET);
+        net.dial(newcomer, full, None);
+    }
+    net.advance(crate::node::discovery::EVICTION_GRACE + crate::node::discovery::TRIM_INTERVAL);
+    let kept: Vec<usize> = (0..FULL)
+        .filter(|&full| net.connected(full, newcomer))
+        .collect();
+    for full in 0..FULL {
+        assert_eq!(net.nodes[full].peer_count(), TARGET, "node {full} trimmed");
+    }
+    assert!(
+        !kept.is_empty(),
+        "every full node trimmed the newcomer: it was left with no peer"
+    );
+    assert!(kept.len() < FULL, "nobody trimmed the newcomer: {kept:?}");
+}
+
 /// Peers the full node of [`full_node_past_grace`] holds at most.
 const FULL_PEERS_MAX: usize = 3;
 
