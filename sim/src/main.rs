@@ -17,11 +17,14 @@
 //! `gossip-spam`, `gossip-eclipse`, `gossip-withhold`, `cold-boot`,
 //! `slow-readers`, `prune-flood`; `discovery` and `restart-recall` (60
 //! nodes each; for `restart-recall`, `--duration` is the watch after the
-//! restart, 110 s into the run); see `meshsync_sim::scenario`. What a
+//! restart, 110 s into the run); `churn` (500 nodes for 30 min by
+//! default, 30 % of them replaced every 5 min while gossip runs; a
+//! shorter `--duration` has fewer rounds); see `meshsync_sim::scenario`. What a
 //! scenario set out to show is in the summary's `outcome`. `--nodes` defaults to the scenario's own (1,000 for
-//! `gossip-1k`, 200 for `gossip-blocks`, 50 for most), `--duration` to 60 s
-//! (120 s for `discovery`, 20 s for `handshake-flood`; for gossip
-//! scenarios: the publishing time, between a warm-up and a drain).
+//! `gossip-1k`, 500 for `churn`, 200 for `gossip-blocks`, 50 for most),
+//! `--duration` to 60 s (120 s for `discovery`, 30 min for `churn`, 20 s
+//! for `handshake-flood`; for gossip scenarios: the publishing time,
+//! between a warm-up and a drain).
 //! The gossip flags change the gossip scenarios only.
 //!
 //! Chain scenarios: `late-joiner` and `hostile-servers` (21 nodes: a joiner

@@ -47,6 +47,9 @@
 //! ([`GossipOptions`]); their `--duration` is the publishing time, after a
 //! warm-up for meshes to form and before a drain (see [`gossip`]).
 //! `budget-sybils` takes `--sybils` too (percent of `--nodes`, default 8 Sybils).
+//! `churn` takes `--nodes` as the network's size at any time (default 500;
+//! each 5 min round replaces 30 % of them with fresh identities) and
+//! `--duration` as the whole run (default 30 min: five rounds).
 //! `dht-eclipse` takes `--nodes` as its honest nodes (default 50, beside
 //! its 200 Sybils) and `--duration` as the attack's time after the victim
 //! starts at 30 s.
@@ -183,8 +186,9 @@ pub const DURATION_DEFAULT: Duration = Duration::from_secs(60);
 /// `discovery` starts its nodes over its first minute and gives each
 /// [`Discovery::TO_TARGET_BOUND`] (90 s) to reach half its target, so it
 /// runs 120 s (at 60 s its last nodes are judged a few seconds after their
-/// start); `handshake-flood` runs until its sixth honest node's dial is
-/// judged.
+/// start); `churn` runs the 30 min (five 5 min rounds after the
+/// network forms); `handshake-flood` runs until its sixth honest node's
+/// dial is judged.
 pub fn duration_default(name: &str) -> Duration {
     match name {
         Discovery::NAME => Duration::from_secs(120),
