@@ -62,7 +62,7 @@
 //! forming. A duration shorter than a round replaces nobody and breaks the
 //! last bound.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshsync_core::gossip::router::HEARTBEAT_INTERVAL;
 use meshsync_core::gossip::{MessageId, Topic, Validation};
@@ -70,6 +70,7 @@ use meshsync_core::node::DiscoveryConfig;
 use meshsync_core::{Command, Config, Duration, Instant, Notification};
 
 use super::story::{Bounds, Scenario};
+use super::topology::mutual_components;
 use super::workload::{split_token, token};
 use crate::app::{self, AppEvent, Application};
 use crate::network;
@@ -474,7 +475,7 @@ impl ChurnApp {
             .filter(|&i| self.lives[i].left.is_none() && self.lives[i].joined_at.is_some())
             .map(NodeIndex)
             .collect();
-        let components = components(sim, &members);
+        let components = mutual_components(sim, &members);
         let settled_peers: Vec<usize> = (0..self.lives.len())
             .filter(|&i| self.lives[i].is_settled(now))
             .map(|i| sim.node(NodeIndex(i)).peer_count())
@@ -635,27 +636,6 @@ impl ChurnApp {
             latency_ms_p99: percentile(&mut latencies, 99).map(millis),
         }
     }
-}
-
-/// Connected components of the mutual peer graph among `members`.
-fn components(sim: &Sim, members: &BTreeSet<NodeIndex>) -> usize {
-    let mut seen: BTreeSet<NodeIndex> = BTreeSet::new();
-    let mut components = 0;
-    for &start in members {
-        if !seen.insert(start) {
-            continue;
-        }
-        components += 1;
-        let mut queue = VecDeque::from([start]);
-        while let Some(node) = queue.pop_front() {
-            for peer in sim.peers_of(node) {
-                if members.contains(&peer) && sim.has_peer(peer, node) && seen.insert(peer) {
-                    queue.push_back(peer);
-                }
-            }
-        }
-    }
-    components
 }
 
 /// Time to half the target, over the nodes of one role.

@@ -55,7 +55,7 @@
 //! mean and final over the samples), the victim's peers by direction and
 //! kind, and the usual discovery figures of the honest network.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use meshsync_core::discovery::limits::NETGROUP_ENTRIES_PER_TABLE_MAX;
@@ -66,6 +66,7 @@ use meshsync_core::peer::PEERS_PER_NETGROUP_MAX;
 use meshsync_core::{Duration, Instant};
 
 use super::story::{Bounds, Scenario};
+use super::topology::mutual_components;
 use crate::requests::{millis, percentile};
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};
@@ -257,23 +258,7 @@ impl DhtEclipse {
             .copied()
             .filter(|&node| sim.is_up(node))
             .collect();
-        let mut seen = BTreeSet::new();
-        let mut components = 0;
-        for &start in &honest {
-            if !seen.insert(start) {
-                continue;
-            }
-            components += 1;
-            let mut queue = VecDeque::from([start]);
-            while let Some(node) = queue.pop_front() {
-                for peer in sim.peers_of(node) {
-                    if honest.contains(&peer) && sim.has_peer(peer, node) && seen.insert(peer) {
-                        queue.push_back(peer);
-                    }
-                }
-            }
-        }
-        components
+        mutual_components(sim, &honest)
     }
 
     fn measure(&self, sim: &Sim) -> EclipseOutcome {

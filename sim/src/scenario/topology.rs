@@ -1,10 +1,34 @@
-//! Random connected topologies for scenarios to dial: [`plan_topology`].
+//! Random connected topologies for scenarios to dial ([`plan_topology`]),
+//! and how many pieces a world's peer graph is in ([`mutual_components`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use rand_core::RngCore;
 
 use crate::rng;
+use crate::sim::{NodeIndex, Sim};
+
+/// Connected components of the mutual peer graph among `members`: an edge
+/// where both ends list each other as peers, and only between members.
+pub fn mutual_components(sim: &Sim, members: &BTreeSet<NodeIndex>) -> usize {
+    let mut seen: BTreeSet<NodeIndex> = BTreeSet::new();
+    let mut components = 0;
+    for &start in members {
+        if !seen.insert(start) {
+            continue;
+        }
+        components += 1;
+        let mut queue = VecDeque::from([start]);
+        while let Some(node) = queue.pop_front() {
+            for peer in sim.peers_of(node) {
+                if members.contains(&peer) && sim.has_peer(peer, node) && seen.insert(peer) {
+                    queue.push_back(peer);
+                }
+            }
+        }
+    }
+    components
+}
 
 /// Plans dials `(from, to)` over `nodes` nodes: a random spanning path plus
 /// up to `extra_per_node` random dials per node. No self dials, at most one
