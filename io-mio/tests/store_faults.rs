@@ -159,6 +159,9 @@ impl Rng {
 
 // ---- Full and failing disks ----
 
+/// Body bytes of the full-disk proposer's blocks.
+const FULL_DISK_BODY_BYTES: usize = 128 * 1024;
+
 /// A proposer's disk fills up under it while a follower listens. From the
 /// first refused write the proposer is `store_failing` (an ERROR line says
 /// so): it produces nothing and the follower hears of no new block. Space
@@ -179,7 +182,14 @@ fn a_full_disk_stops_announcements_until_space_is_freed() {
         },
         ..durable(dir.path())
     };
-    let proposer = bind(chain(&genesis, true, Vec::new()), 11, &options)
+    // Large blocks: redb first fills the free pages inside its file, and
+    // the disk is full only once the file must grow; at 4 KiB a block
+    // that took about 60 slots (12 s).
+    let proposer_chain = ChainConfig {
+        body_bytes: FULL_DISK_BODY_BYTES,
+        ..chain(&genesis, true, Vec::new())
+    };
+    let proposer = bind(proposer_chain, 11, &options)
         .unwrap()
         .spawn("full-proposer")
         .unwrap();
