@@ -30,6 +30,11 @@
 //! 127.0.0.1 only, identities are drawn from a seed, and every wait has a
 //! deadline.
 
+/// The allocator `meshsync`'s binary uses (see its `main.rs`): the figures
+/// compare the stacks, not glibc's malloc with mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cpu;
 mod flags;
 mod gossip;
