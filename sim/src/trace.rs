@@ -273,18 +273,17 @@ fn write_notification(out: &mut Vec<u8>, notification: &Notification) {
 }
 
 /// Each byte's decimal digits behind `", "`, padded to 8 bytes so that one
-/// fixed-size copy writes any of them; [`SEPARATED_BYTES`] says how many count.
-const SEPARATED: [[u8; 8]; 256] = separated_table();
-/// Bytes of each [`SEPARATED`] entry that count: the separator and 1 to 3 digits.
-const SEPARATED_BYTES: [u8; 256] = separated_lengths();
+/// fixed-size copy writes any of them, and how many of those bytes count
+/// (the separator and 1 to 3 digits).
+const SEPARATED: [([u8; 8], u8); 256] = separated_table();
 /// Bytes of the separator in front of every byte but the first.
 const SEPARATOR_BYTES: usize = 2;
 
-const fn separated_table() -> [[u8; 8]; 256] {
-    let mut table = [[0; 8]; 256];
+const fn separated_table() -> [([u8; 8], u8); 256] {
+    let mut table = [([0; 8], 0); 256];
     let mut byte = 0;
     while byte < 256 {
-        let entry = &mut table[byte];
+        let (entry, length) = &mut table[byte];
         entry[0] = b',';
         entry[1] = b' ';
         let mut at = SEPARATOR_BYTES;
@@ -297,26 +296,10 @@ const fn separated_table() -> [[u8; 8]; 256] {
             at += 1;
         }
         entry[at] = b'0' + (byte % 10) as u8;
+        *length = (at + 1) as u8;
         byte += 1;
     }
     table
-}
-
-const fn separated_lengths() -> [u8; 256] {
-    let mut lengths = [0; 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let digits = if byte >= 100 {
-            3
-        } else if byte >= 10 {
-            2
-        } else {
-            1
-        };
-        lengths[byte] = (SEPARATOR_BYTES + digits) as u8;
-        byte += 1;
-    }
-    lengths
 }
 
 /// Writes `bytes` as `Debug` does, `[0, 17, 255]`: decimal, comma and space.
@@ -334,8 +317,8 @@ fn write_byte_list(out: &mut Vec<u8>, bytes: &[u8]) {
     room[0] = b'[';
     let mut at = 1;
     for (index, &byte) in bytes.iter().enumerate() {
-        let entry = &SEPARATED[usize::from(byte)];
-        let length = usize::from(SEPARATED_BYTES[usize::from(byte)]);
+        let (entry, length) = &SEPARATED[usize::from(byte)];
+        let length = usize::from(*length);
         if index == 0 {
             // No separator in front of the first.
             room[at..at + 8 - SEPARATOR_BYTES].copy_from_slice(&entry[SEPARATOR_BYTES..]);
