@@ -49,7 +49,8 @@
 //!    they import nothing from the crate.
 //! 2. [`link`] (latency, jitter, in-order pipes, slicing), [`network`]
 //!    (listeners, connections, reachability), [`trace`] (the hash),
-//!    [`requests`] (request latency), [`invariants`].
+//!    [`requests`] (request latency), [`invariants`], [`samples`] (what
+//!    `--report` records: head slot and peers per node over time, faults).
 //! 3. [`sim`]: the world and its event loop, one concern per file.
 //! 4. [`app`] (application logic beside the nodes), [`summary`].
 //! 5. [`scenario`]: named runs, one file per story.
@@ -69,6 +70,7 @@ pub mod network;
 pub mod queue;
 pub mod requests;
 pub mod rng;
+pub mod samples;
 pub mod scenario;
 pub mod sim;
 pub mod summary;
