@@ -54,7 +54,8 @@
 //! 3. [`sim`]: the world and its event loop, one concern per file.
 //! 4. [`app`] (application logic beside the nodes), [`summary`].
 //! 5. [`scenario`]: named runs, one file per story.
-//! 6. [`campaign`]: one scenario over many seeds, in parallel, sharded.
+//! 6. [`campaign`]: one scenario over many seeds, in parallel, sharded;
+//!    [`report`]: a sampled run's SVG plots (`run --report DIR`).
 //! 7. The `meshsync-sim` binary (`main.rs`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -68,6 +69,7 @@ pub mod invariants;
 pub mod link;
 pub mod network;
 pub mod queue;
+pub mod report;
 pub mod requests;
 pub mod rng;
 pub mod samples;
