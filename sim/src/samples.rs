@@ -24,9 +24,12 @@ use meshsync_core::{Duration, Instant};
 use crate::types::NodeIndex;
 
 /// Node samples (one node at one instant) kept at most: 1,000 nodes
-/// sampled every second for 10 min are 600,000, at 16 bytes each under
-/// 10 MiB; this cap is eight times that, 128 MiB at most.
-pub const REPORT_SAMPLES_MAX: usize = 4_800_000;
+/// sampled every second for 10 min are 600,000, at 24 bytes each about
+/// 14 MiB; this cap is four times that, 55 MiB at most.
+pub const REPORT_SAMPLES_MAX: usize = 2_400_000;
+
+/// The cap's arithmetic above assumes this size.
+const _: () = assert!(std::mem::size_of::<NodeSample>() == 24);
 
 /// Fault marks kept at most; every fault past it is counted in
 /// [`Samples::faults_dropped`].
