@@ -49,11 +49,13 @@
 //!    they import nothing from the crate.
 //! 2. [`link`] (latency, jitter, in-order pipes, slicing), [`network`]
 //!    (listeners, connections, reachability), [`trace`] (the hash),
-//!    [`requests`] (request latency), [`invariants`].
+//!    [`requests`] (request latency), [`invariants`], [`samples`] (what
+//!    `--report` records: head slot and peers per node over time, faults).
 //! 3. [`sim`]: the world and its event loop, one concern per file.
 //! 4. [`app`] (application logic beside the nodes), [`summary`].
 //! 5. [`scenario`]: named runs, one file per story.
-//! 6. [`campaign`]: one scenario over many seeds, in parallel, sharded.
+//! 6. [`campaign`]: one scenario over many seeds, in parallel, sharded;
+//!    [`report`]: a sampled run's SVG plots (`run --report DIR`).
 //! 7. The `meshsync-sim` binary (`main.rs`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -67,8 +69,10 @@ pub mod invariants;
 pub mod link;
 pub mod network;
 pub mod queue;
+pub mod report;
 pub mod requests;
 pub mod rng;
+pub mod samples;
 pub mod scenario;
 pub mod sim;
 pub mod summary;

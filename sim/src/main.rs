@@ -4,7 +4,7 @@
 //! meshsync-sim run --seed 1 [--nodes 50] [--duration 60s] [--scenario connect] [--json]
 //!                  [--latency-ms 25] [--jitter-pct 10]
 //!                  [--floodsub] [--publishers 100] [--messages-per-second 10] [--sybils 20]
-//!                  [--body-bytes 1024]
+//!                  [--body-bytes 1024] [--report DIR]
 //! ```
 //!
 //! Scenarios: `connect` (the default), `request-flood`, `unresponsive-peer`,
@@ -34,6 +34,16 @@
 //! `sync-liars` (8 producing nodes and 6 liars; `--duration` is the whole
 //! run, after a baseline run without liars); `--body-bytes` sets their block
 //! bodies (default 1024).
+//!
+//! With `--report DIR`, the run is sampled once per virtual second (head
+//! slot and peers of every node, crashes, restarts, partitions; sampling
+//! only reads, so the trace hash is unchanged) and SVG plots go into `DIR`:
+//! peers per node for every scenario, head slot per node when the run has
+//! a chain, and the delivery-latency CDF for the gossip scenarios, which
+//! draws the mesh and floodsub curves side by side once both modes ran
+//! into `DIR` with the same scenario and seed; e.g.
+//! `meshsync-sim run --scenario crash-restart --seed 1 --report docs/images`
+//! (see `meshsync_sim::report`).
 //!
 //! With `--json`, stdout carries exactly one JSON object; logs go to stderr
 //! (`RUST_LOG` sets their level, `warn` by default). The exit code is 1 if
@@ -96,6 +106,10 @@ struct RunArgs {
     /// Print exactly one JSON object on stdout instead of the human summary.
     #[arg(long)]
     json: bool,
+    /// Sample the run once per virtual second and write SVG plots into DIR
+    /// (see `meshsync_sim::report`).
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
     #[command(flatten)]
     world: WorldArgs,
 }
@@ -280,7 +294,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let summary = match meshsync_sim::run(&config) {
+    let summary = match &args.report {
+        None => meshsync_sim::run(&config).map_err(|error| error.to_string()),
+        Some(dir) => report(&config, dir),
+    };
+    let summary = match summary {
         Ok(summary) => summary,
         Err(error) => {
             eprintln!("error: {error}");
@@ -304,6 +322,17 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
+}
+
+/// Runs `config` with sampling on and writes its plots into `dir`; names
+/// the files on stderr, so `--json` keeps stdout to one object.
+fn report(config: &RunConfig, dir: &Path) -> Result<meshsync_sim::Summary, String> {
+    let (summary, files) =
+        meshsync_sim::report::run_with_report(config, dir).map_err(|error| error.to_string())?;
+    for file in files {
+        eprintln!("wrote {}", file.display());
+    }
+    Ok(summary)
 }
 
 fn campaign(args: CampaignArgs) -> ExitCode {

@@ -109,6 +109,7 @@ use meshsync_core::Duration;
 
 use crate::chains::ChainCache;
 use crate::link::LinkModel;
+use crate::samples::{Deliveries, Samples};
 use crate::sim::{Sim, SimConfig};
 use crate::summary::Summary;
 
@@ -318,6 +319,25 @@ pub fn run_scenario(
 
 /// Builds, runs and finishes a scenario; returns its summary.
 pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
+    run_sampled(config, None).map(|(summary, _)| summary)
+}
+
+/// What a sampled run recorded beside its summary, for [`crate::report`].
+#[derive(Clone, Debug)]
+pub struct Recording {
+    /// Head slots and peers per node over time, and the faults injected.
+    pub samples: Samples,
+    /// Gossip scenarios: their deliveries' latencies.
+    pub deliveries: Option<Deliveries>,
+}
+
+/// Like [`run`], and with `interval` also samples the world that often
+/// ([`crate::samples`]). Sampling only reads nodes: the summary, its trace
+/// hash included, is the one [`run`] gives.
+pub fn run_sampled(
+    config: &RunConfig,
+    interval: Option<Duration>,
+) -> Result<(Summary, Option<Recording>), UnknownScenario> {
     let mut scenario = match gossip_scenario_by_name(&config.scenario) {
         Some(mut gossip) => {
             config.gossip.apply(&mut gossip.params);
@@ -337,6 +357,9 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
         chains: config.chains.clone(),
         ..SimConfig::new(config.seed)
     });
+    if let Some(interval) = interval {
+        sim.start_sampling(interval);
+    }
     scenario.build(&mut sim, config.nodes);
     sim.mark_built();
     scenario.run(&mut sim, config.duration);
@@ -344,7 +367,11 @@ pub fn run(config: &RunConfig) -> Result<Summary, UnknownScenario> {
     let mut summary = sim.summary();
     summary.outcome = scenario.outcome(&sim);
     summary.bounds_broken = scenario.bounds_broken(&sim);
-    Ok(summary)
+    let recording = sim.take_samples().map(|samples| Recording {
+        samples,
+        deliveries: scenario.deliveries(),
+    });
+    Ok((summary, recording))
 }
 
 /// The chain scenario `name` with `body_bytes`-byte block bodies

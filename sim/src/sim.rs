@@ -26,6 +26,7 @@
 //! | `disk.rs` | the modelled disk: persist batches and signing watermarks, a failing disk, a wiped one |
 //! | `signatures.rs` | the invariant that no (proposer, slot) has two roots across every node's imports and writes |
 //! | `views.rs` | looking at the world: peers, counters, latencies, trace, violations |
+//! | `sampling.rs` | `--report`'s rows (head slot and peers per node, once per interval) and fault marks; reads only |
 //!
 //! The files below `world.rs` only add methods to [`Sim`]; none of them
 //! names another's items except `disk.rs`, which times writes with
@@ -41,6 +42,7 @@ mod drive;
 mod event;
 mod host;
 mod run;
+mod sampling;
 mod signatures;
 mod timer;
 mod transport;

@@ -257,3 +257,39 @@ fn a_run_without_duration_takes_the_scenarios_own() {
     assert_eq!(summary["outcome"]["honest_dials"], 6, "{summary}");
     assert_eq!(summary["bounds_broken"], serde_json::json!([]), "{summary}");
 }
+
+#[test]
+fn a_run_with_a_report_writes_its_plots_and_keeps_stdout_one_json_object() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-report");
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_text = dir.to_str().expect("a UTF-8 path");
+    let arguments = [
+        "run",
+        "--seed",
+        "3",
+        "--nodes",
+        "3",
+        "--duration",
+        "2s",
+        "--json",
+    ];
+    let plain = sim(&arguments);
+    let mut with_report = arguments.to_vec();
+    with_report.extend(["--report", dir_text]);
+    let reported = sim(&with_report);
+    assert!(
+        reported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reported.stderr)
+    );
+    let plain: Value = serde_json::from_slice(&plain.stdout).expect("stdout is JSON");
+    let reported: Value =
+        serde_json::from_slice(&reported.stdout).expect("stdout is one JSON object");
+    assert_eq!(
+        plain["trace_hash"], reported["trace_hash"],
+        "sampling only reads"
+    );
+    let svg =
+        std::fs::read_to_string(dir.join("connect-seed3-peers.svg")).expect("the plot is written");
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+}

@@ -52,6 +52,7 @@ use super::workload::{split_token, token};
 use crate::app::{self, AppEvent, Application};
 use crate::requests::{millis, percentile};
 use crate::rng;
+use crate::samples::Deliveries;
 use crate::sim::{NodeIndex, Sim};
 
 /// The topic every node subscribes to.
@@ -1191,6 +1192,15 @@ impl Scenario for GossipScenario {
             app,
             app.publish_end.saturating_duration_since(sim.now()) + drain,
         );
+    }
+
+    fn deliveries(&self) -> Option<Deliveries> {
+        let app = self.app.as_ref()?;
+        let receivers_per_message = app.honest_count.saturating_sub(1) as u64;
+        Some(Deliveries {
+            latencies: app.latencies.clone(),
+            expected: app.published.len() as u64 * receivers_per_message,
+        })
     }
 
     fn outcome(&self, sim: &Sim) -> Option<serde_json::Value> {

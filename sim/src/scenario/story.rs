@@ -6,6 +6,7 @@
 
 use meshsync_core::Duration;
 
+use crate::samples::Deliveries;
 use crate::sim::Sim;
 
 /// A named, seeded story about a network.
@@ -39,6 +40,12 @@ pub trait Scenario {
     /// invariants, which the simulator checks itself).
     fn bounds_broken(&self, _sim: &Sim) -> Vec<String> {
         Vec::new()
+    }
+
+    /// Gossip scenarios: every delivery's latency, for `--report`'s CDF.
+    /// None by default (a scenario that measures no gossip delivery).
+    fn deliveries(&self) -> Option<Deliveries> {
+        None
     }
 }
 

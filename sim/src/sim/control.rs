@@ -25,6 +25,7 @@ use meshsync_core::{Command, ConnId, Identity, Input, Instant, Node};
 use super::event::Event;
 use super::host::incarnation_seed;
 use super::world::Sim;
+use crate::samples::FaultKind;
 use crate::trace::Marker;
 use crate::types::{AppEvent, NodeIndex};
 
@@ -104,12 +105,14 @@ impl Sim {
     pub fn partition(&mut self, groups: &[Vec<NodeIndex>]) {
         log::debug!("partition into {groups:?}");
         self.network.partition(groups);
+        self.note_fault(None, FaultKind::Partition);
     }
 
     /// Ends the partition; connections lost to it must be dialled again.
     pub fn heal(&mut self) {
         log::debug!("partition healed");
         self.network.heal();
+        self.note_fault(None, FaultKind::Heal);
     }
 
     /// Kills `node` now; see the module's crash design.
@@ -122,6 +125,7 @@ impl Sim {
         self.network_counts.crashes += 1;
         let now = self.now;
         self.trace.record_marker(node, now, Marker::Crash);
+        self.note_fault(Some(node), FaultKind::Crash);
         let state = self.node_state_mut(node);
         state.up = false;
         state.dials.clear();
@@ -164,6 +168,7 @@ impl Sim {
         self.network_counts.restarts += 1;
         let now = self.now;
         self.trace.record_marker(node, now, Marker::Restart);
+        self.note_fault(Some(node), FaultKind::Restart);
         let state = self.node_state_mut(node);
         state.incarnation += 1;
         let seed = incarnation_seed(&state.node_seed, state.incarnation);

@@ -36,6 +36,7 @@ impl Sim {
             debug_assert!(at >= self.now, "the clock never goes backwards");
             // The first event ends the set-up, if the scenario did not say so first.
             self.mark_built();
+            self.sample_before(at);
             self.now = at;
             self.events += 1;
             self.process(event);
@@ -80,6 +81,7 @@ impl Sim {
     pub fn run_for(&mut self, duration: Duration) {
         let deadline = self.now + duration;
         while self.step_until(deadline) {}
+        self.sample_before(deadline);
         self.now = deadline;
     }
 

@@ -50,6 +50,8 @@ pub struct Sim {
     pub(super) wall_started: std::time::Instant,
     /// Wall-clock time from `wall_started` to the end of the world's set-up.
     pub(super) setup_wall: Option<std::time::Duration>,
+    /// `--report`'s rows and fault marks, while sampling is on (`sampling.rs`).
+    pub(super) samples: Option<Box<crate::samples::Samples>>,
 }
 
 impl Sim {
@@ -81,6 +83,7 @@ impl Sim {
             dials_planned: Vec::new(),
             wall_started: std::time::Instant::now(),
             setup_wall: None,
+            samples: None,
         }
     }
 
