@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use meshsync_core::chain::{ChainConfig, ProposerPublicKey, SignedBlock, SigningWatermark};
-use meshsync_core::record::{Header, RECORD_HASH_EVERY_INPUTS};
+use meshsync_core::record::Header;
 use meshsync_core::{Config, Health, Identity, Input, Node};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
@@ -332,7 +332,7 @@ impl Driver {
                     seed,
                     identity_key_file: identity.to_key_file(),
                     config: config.clone(),
-                    hash_every_inputs: RECORD_HASH_EVERY_INPUTS,
+                    hash_every_inputs: record.hash_every_inputs.max(1),
                     software: concat!("meshsync-mio ", env!("CARGO_PKG_VERSION")).to_owned(),
                 };
                 Some(

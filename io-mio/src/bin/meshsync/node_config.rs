@@ -512,8 +512,8 @@ impl NodeFlags {
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
             record: match self.record {
                 Some(path) => Some(RecordOptions {
-                    path: flag_path("record", &path)?,
                     bytes_max: self.record_bytes_max.unwrap_or(RECORD_BYTES_MAX_DEFAULT),
+                    ..RecordOptions::new(flag_path("record", &path)?)
                 }),
                 None => None,
             },
