@@ -212,7 +212,11 @@ fn two_recorded_nodes_replay_bit_for_bit_and_a_swapped_input_diverges() {
         .filter(|inputs| *inputs <= index)
         .max()
         .unwrap_or(0);
-    match replay(&tampered) {
+    let replayed = replay(&tampered);
+    if let Err(error) = &replayed {
+        eprintln!("swapped input {index}: {error}");
+    }
+    match replayed {
         Err(ReplayError::Diverged {
             matched_inputs,
             inputs,

@@ -266,3 +266,76 @@ impl Drop for Recorder {
         self.end(EndReason::Stopped);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use meshsync_core::record::Reader;
+    use meshsync_core::{Config, ConnId, Identity};
+
+    use super::*;
+    use crate::testing::TempDir;
+
+    #[test]
+    fn the_bound_keeps_the_start_and_ends_with_a_marker() {
+        let dir = TempDir::new("record-bound");
+        let path = dir.path().join("node.rec");
+        std::fs::write(&path, b"the previous run").expect("a file");
+        let options = RecordOptions {
+            bytes_max: RECORD_BYTES_MAX_MIN,
+            ..RecordOptions::new(path.clone())
+        };
+        let header = Header {
+            seed: [1; 32],
+            identity_key_file: Identity::from_seed(1).to_key_file(),
+            config: Config::new(1),
+            hash_every_inputs: 4,
+            software: "test".to_owned(),
+        };
+        let mut recorder =
+            Recorder::create(&options, &header, "[test]".to_owned()).expect("created");
+        let input = Input::BytesReceived {
+            conn: ConnId(16),
+            bytes: vec![7; 10_000],
+        };
+        for micros in 0..10 {
+            recorder.input(Instant::from_micros(micros), &input);
+            recorder.input_done();
+        }
+        drop(recorder);
+
+        assert_eq!(
+            std::fs::read(rotated_path(&path)).expect("rotated"),
+            b"the previous run"
+        );
+        let mode = std::fs::metadata(&path)
+            .expect("there")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, RECORD_FILE_MODE);
+        let bytes = std::fs::read(&path).expect("written");
+        assert!(
+            bytes.len() as u64 <= RECORD_BYTES_MAX_MIN,
+            "{}",
+            bytes.len()
+        );
+        let (read, mut reader) = Reader::open(&bytes).expect("a recording");
+        assert_eq!(read, header);
+        let entries: Vec<_> = std::iter::from_fn(|| reader.next_entry())
+            .map(|entry| entry.expect("whole frames"))
+            .collect();
+        let inputs = entries
+            .iter()
+            .filter(|entry| matches!(entry, Entry::Input { .. }))
+            .count();
+        assert_eq!(inputs, 6, "64 KiB hold six inputs of 10,000 bytes");
+        match entries.last() {
+            Some(Entry::End { reason, checkpoint }) => {
+                assert_eq!(*reason, EndReason::BytesMax);
+                assert_eq!(checkpoint.inputs, 6);
+            }
+            other => panic!("the last entry is {other:?}"),
+        }
+    }
+}
