@@ -133,7 +133,7 @@ impl fmt::Debug for Identity {
 }
 
 /// A peer's identity: its Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PeerId([u8; 32]);
 
 /// The bytes' order, as the derived one on the array would give, compared

@@ -19,7 +19,7 @@ pub use crate::types::{ConnId, DialId, Direction, GoodbyeReason};
 use std::net::IpAddr;
 
 /// How a connection came to be, as the driver reports it.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Origin {
     /// Accepted on our listening socket.
     Accepted,
@@ -28,7 +28,7 @@ pub enum Origin {
 }
 
 /// Why the driver saw a connection end.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum CloseCause {
     /// The remote closed it (end of stream).
     RemoteClosed,
@@ -50,7 +50,7 @@ impl fmt::Display for CloseCause {
 }
 
 /// Something that happened, fed to [`crate::Node::handle`].
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Input {
     /// A transport connection is up and ready to carry bytes.
     ConnectionOpened {
@@ -138,7 +138,7 @@ pub enum Input {
 
 /// What a driver knows about its own resources that changes what the node
 /// may announce. Each report replaces the previous one of its kind.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Health {
     /// The block store refuses writes: until [`Health::StoreWriting`] the
     /// node neither produces blocks nor forwards gossiped ones, since
@@ -171,7 +171,7 @@ pub enum Health {
 }
 
 /// What the application asks the node to do.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     /// Connect to `addr`; when `peer` is given, refuse the connection unless
     /// the remote proves that identity in the handshake.
@@ -276,7 +276,7 @@ pub enum Command {
 }
 
 /// What the core asks the driver to do, from [`crate::Node::poll_action`].
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Action {
     /// Open a TCP connection to `addr`, then report `Input::ConnectionOpened`
     /// with `Origin::Dialed(dial)`, or `Input::DialFailed { dial, .. }`.
@@ -335,7 +335,7 @@ pub enum Action {
 }
 
 /// What the application hears about.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Notification {
     /// A peer finished the handshake and is now connected.
     PeerConnected {
@@ -503,7 +503,7 @@ pub enum Notification {
 }
 
 /// Why a request failed.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum RequestError {
     /// The peer is not connected, the queue for it is full, or the body is
     /// invalid for the protocol: the request was never sent.
@@ -526,7 +526,7 @@ pub enum RequestError {
 }
 
 /// Why a connected peer went away.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum DisconnectReason {
     /// It said Goodbye.
     RemoteGoodbye(GoodbyeReason),
@@ -550,7 +550,7 @@ pub enum DisconnectReason {
 }
 
 /// Why a connection was refused during or right after the handshake.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum RefuseReason {
     /// The Noise handshake failed (bad message, bad MAC) or its payload was malformed.
     Handshake(String),

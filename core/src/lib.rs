@@ -83,8 +83,10 @@ pub mod netgroup;
 pub mod node;
 pub mod peer;
 pub mod peerstore;
+pub mod record;
 pub mod reqresp;
 pub mod secure;
+mod serial;
 pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

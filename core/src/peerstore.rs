@@ -58,7 +58,7 @@ pub const PEERSTORE_PERSIST_INTERVAL: Duration = Duration::from_secs(60);
 pub const PEERSTORE_GROWTH_PERSIST_DELAY: Duration = Duration::from_secs(5);
 
 /// A peer we met, as stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KnownRecord {
     /// Its signed record, encoded (`discovery::Record::encode`); verified
     /// again when loaded.
@@ -69,7 +69,7 @@ pub struct KnownRecord {
 }
 
 /// A peer's score, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KnownScore {
     /// The peer.
     pub peer: PeerId,
@@ -84,7 +84,7 @@ pub struct KnownScore {
 }
 
 /// A ban by identity, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KnownPeerBan {
     /// The banned peer.
     pub peer: PeerId,
@@ -95,7 +95,7 @@ pub struct KnownPeerBan {
 }
 
 /// A ban by IP address, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KnownIpBan {
     /// The banned IP key (an IPv6 address stands for its /64).
     pub ip: IpAddr,
@@ -104,7 +104,7 @@ pub struct KnownIpBan {
 }
 
 /// Everything the peer store holds; see the module doc.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KnownPeers {
     /// Peers we met, most recently seen first.
     pub records: Vec<KnownRecord>,

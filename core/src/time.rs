@@ -12,7 +12,9 @@ use std::ops::Add;
 pub use std::time::Duration;
 
 /// A point in time, in microseconds since the driver's origin.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Instant {
     micros: u64,
 }

@@ -6,15 +6,21 @@
 //! described in ARCHITECTURE.md.
 
 /// A transport connection, named by the driver. The driver must never reuse an id.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub struct ConnId(pub u64);
 
 /// A dial the core asked for, named by the core in [`crate::io::Action::Dial`].
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub struct DialId(pub u64);
 
 /// Who opened a connection.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub enum Direction {
     /// The remote dialled us.
     Inbound,
@@ -44,7 +50,7 @@ pub(crate) fn cmp_as_words(ours: &[u8; 32], theirs: &[u8; 32]) -> std::cmp::Orde
 /// `Display` shows its first [`Root::SHORT_BYTES`] bytes in hex (like a short
 /// commit id), `{:x}` all 32. `Debug` prints the bytes as the array would,
 /// so traces that hash notifications' `Debug` text do not move.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 pub struct Root(pub [u8; 32]);
 
 /// The bytes' order, as the derived one on the array would give, compared
@@ -123,7 +129,7 @@ impl std::fmt::Debug for Root {
 /// 48      32    head root
 /// 80      8     head slot, u64
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Status {
     /// The network; a peer on another one gets Goodbye(irrelevant network).
     pub network_id: u64,
@@ -138,7 +144,9 @@ pub struct Status {
 }
 
 /// The Goodbye reason codes (Ethereum p2p spec values, plus Lighthouse's 128+).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub enum GoodbyeReason {
     /// 1: the node is shutting down.
     ClientShutdown,

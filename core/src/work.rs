@@ -45,7 +45,9 @@ use crate::chain::{
 use crate::time::Duration;
 
 /// Names a job in its [`crate::Input::WorkDone`].
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub struct WorkId(pub u64);
 
 /// Modelled cost of checking one signature inside a batch, for the
@@ -57,7 +59,7 @@ pub const MODELLED_BATCH_SIGNATURE_COST: Duration = Duration::from_micros(620);
 pub const MODELLED_BATCH_BASE_COST: Duration = Duration::from_micros(600);
 
 /// CPU work for the driver to run.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Job {
     /// Check every block's proposer, body root and signature, as one BLS
     /// batch; if the batch fails, one by one to locate the bad blocks.
@@ -72,7 +74,7 @@ pub enum Job {
 }
 
 /// What a [`Job`] produced.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum WorkOutput {
     /// The answer to [`Job::VerifyBlocks`].
     VerifiedBlocks {
@@ -119,7 +121,7 @@ pub const PERSIST_IN_FLIGHT_MAX: usize = 1_024;
 
 /// Blocks to make durable, forks to forget and a signing watermark to
 /// record, in one transaction.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PersistBatch {
     /// Answered by [`crate::Input::Persisted`] with the same id; ids increase.
     pub id: u64,
@@ -148,7 +150,7 @@ pub struct PersistBatch {
 /// that does not. Answered by [`crate::Input::BlocksRead`] with the same id;
 /// every read must be answered (with no blocks if the store cannot), since
 /// the core holds a bounded number open.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BlockRead {
     /// Answered with this id.
     pub id: u64,

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "machine",
             "netgroup",
             "fuzz_script",
+            "serial",
         ],
     ),
     ("bounds", &["limits"]),
@@ -33,6 +34,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("boundary", &["io"]),
     ("node", &["node"]),
+    ("recording", &["record"]),
     ("harnesses", &["testing", "fuzzing"]),
 ];
 

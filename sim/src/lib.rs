@@ -45,7 +45,8 @@
 //! an earlier module of its own layer; no two files import each other.
 //! 1. [`types`] (node index, application events, `Timeout`), [`counts`],
 //!    [`queue`] (the event queue), [`rng`], [`duration`] (command-line
-//!    durations), [`chains`] (pre-signed chains, signed once per cache):
+//!    durations), [`chains`] (pre-signed chains, signed once per cache),
+//!    [`replay`] (a recorded production node, replayed alone):
 //!    they import nothing from the crate.
 //! 2. [`link`] (latency, jitter, in-order pipes, slicing), [`network`]
 //!    (listeners, connections, reachability), [`trace`] (the hash),
@@ -69,6 +70,7 @@ pub mod invariants;
 pub mod link;
 pub mod network;
 pub mod queue;
+pub mod replay;
 pub mod report;
 pub mod requests;
 pub mod rng;

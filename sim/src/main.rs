@@ -64,6 +64,19 @@
 //! any run failed. `--shard I/N` runs only the seeds whose index in the
 //! range is `I` modulo `N`; `campaign merge` joins the shards' files (see
 //! `meshsync_sim::campaign`).
+//!
+//! ```text
+//! meshsync-sim replay FILE
+//! ```
+//!
+//! Replays a recording of a production node (`meshsync node --record
+//! FILE`): rebuilds the node from its seed, identity and configuration,
+//! feeds it every recorded input at its instant, and checks the hash of its
+//! actions at each checkpoint the recording logged. Prints the inputs
+//! replayed, the checkpoints matched and the final hash, and exits 0; at
+//! the first checkpoint that differs, names it (the inputs it covers and
+//! the instant of the last) and exits 1; exits 2 if the file cannot be
+//! read (see `meshsync_sim::replay`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -96,6 +109,13 @@ enum CliCommand {
     Run(RunArgs),
     /// Run one scenario over a range of seeds and report the failing ones.
     Campaign(CampaignArgs),
+    /// Replay a recording of a production node (`meshsync node --record
+    /// FILE`) and check its actions against the recorded hashes.
+    Replay {
+        /// The recording.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -283,6 +303,31 @@ fn main() -> ExitCode {
             Some(CampaignCommand::Merge(merge_args)) => merge(merge_args),
             None => campaign(args),
         },
+        CliCommand::Replay { file } => replay(&file),
+    }
+}
+
+fn replay(file: &Path) -> ExitCode {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("error: {}: {error}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match meshsync_sim::replay::replay(&bytes) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error @ meshsync_sim::replay::ReplayError::Diverged { .. }) => {
+            println!("{}: {error}", file.display());
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("error: {}: {error}", file.display());
+            ExitCode::from(2)
+        }
     }
 }
 

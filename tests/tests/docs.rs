@@ -1033,6 +1033,7 @@ fn the_protocol_limits_table_states_the_codes_constants() {
 #[test]
 fn the_file_formats_page_states_the_codes_limits_and_headers() {
     use meshsync_core::chain::genesis;
+    use meshsync_core::record;
     use meshsync_mio::keyfile;
     let text = fs::read_to_string(repo_root().join("docs/files.md")).expect("docs/files.md");
     let expected: Vec<(&str, i128)> = vec![
@@ -1058,6 +1059,22 @@ fn the_file_formats_page_states_the_codes_limits_and_headers() {
             "PROPOSER_KEY_FILE_BYTES_MAX",
             keyfile::PROPOSER_KEY_FILE_BYTES_MAX as i128,
         ),
+        (
+            "RECORD_FORMAT_VERSION",
+            i128::from(record::RECORD_FORMAT_VERSION),
+        ),
+        (
+            "RECORD_FRAME_BYTES_MAX",
+            record::RECORD_FRAME_BYTES_MAX as i128,
+        ),
+        (
+            "RECORD_HASH_EVERY_INPUTS",
+            i128::from(record::RECORD_HASH_EVERY_INPUTS),
+        ),
+        (
+            "RECORD_BYTES_MAX_DEFAULT",
+            i128::from(meshsync_mio::driver::RECORD_BYTES_MAX_DEFAULT),
+        ),
     ];
     let mut problems = stated_problems("docs/files.md", &text, &expected);
     for needle in [
@@ -1067,6 +1084,14 @@ fn the_file_formats_page_states_the_codes_limits_and_headers() {
         ),
         format!("`{}` | `BLS_KEY_FILE_HEADER`", genesis::BLS_KEY_FILE_HEADER),
         format!("mode {:04o} (`KEY_FILE_MODE`)", keyfile::KEY_FILE_MODE),
+        format!(
+            "mode {:04o} (`RECORD_FILE_MODE`)",
+            meshsync_mio::driver::RECORD_FILE_MODE
+        ),
+        format!(
+            "`{}` then CR LF",
+            std::str::from_utf8(&record::RECORD_MAGIC[..6]).expect("ASCII")
+        ),
     ] {
         if !text.contains(&needle) {
             problems.push(format!("docs/files.md: does not say {needle:?}"));

@@ -12,6 +12,7 @@
 mod devnet;
 mod fuzz_corpus;
 mod loopback;
+mod record_replay;
 mod sim;
 mod sim_budget;
 mod sim_chain;

@@ -137,7 +137,7 @@ impl fmt::Display for BlockDecodeError {
 impl std::error::Error for BlockDecodeError {}
 
 /// What a block says about itself; its encoding's sha256 is the block root.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BlockHeader {
     /// The slot the block was proposed for; at least 1 (slot 0 is genesis).
     pub slot: u64,
@@ -255,6 +255,19 @@ impl fmt::Debug for SignedBlock {
             .field("header", &self.header)
             .field("body_bytes", &self.body.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Through the block's own encoding (and [`SignedBlock::decode`]'s checks).
+impl serde::Serialize for SignedBlock {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::serial::encoded::serialize(&self.encode(), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SignedBlock {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SignedBlock, D::Error> {
+        crate::serial::encoded::deserialize(deserializer, "a signed block", SignedBlock::decode)
     }
 }
 

@@ -196,6 +196,23 @@ fn finality_depth_default() -> u64 {
     FINALITY_DEPTH_SLOTS_DEFAULT
 }
 
+/// Through the genesis file's text (and [`Genesis::from_toml`]'s checks).
+impl serde::Serialize for Genesis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::serial::encoded::serialize(self.to_toml().as_bytes(), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Genesis {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Genesis, D::Error> {
+        crate::serial::encoded::deserialize(deserializer, "a genesis", |bytes| {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|error| GenesisError::Syntax(error.to_string()))?;
+            Genesis::from_toml(text)
+        })
+    }
+}
+
 impl Genesis {
     /// A genesis with these parameters, if they are valid. The keys must
     /// already be validated public keys (blst `key_validate`); they are

@@ -48,6 +48,21 @@ pub const DEVNET_BODY_BYTES_DEFAULT: usize = 1_024;
 #[derive(Clone)]
 pub struct ProposerKey(pub Arc<blst::min_pk::SecretKey>);
 
+/// As its 32 secret bytes: a recording of a proposer holds its key.
+impl serde::Serialize for ProposerKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::serial::encoded::serialize(&self.0.to_bytes(), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ProposerKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<ProposerKey, D::Error> {
+        crate::serial::encoded::deserialize(deserializer, "a BLS secret key", |bytes| {
+            blst::min_pk::SecretKey::from_bytes(bytes).map(|key| ProposerKey(Arc::new(key)))
+        })
+    }
+}
+
 impl PartialEq for ProposerKey {
     fn eq(&self, other: &ProposerKey) -> bool {
         self.0.sk_to_pk() == other.0.sk_to_pk()
@@ -63,7 +78,7 @@ impl std::fmt::Debug for ProposerKey {
 }
 
 /// What a node's chain starts from, and how it takes part.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChainConfig {
     /// The network's genesis; its network id must be the node's.
     pub genesis: Arc<Genesis>,

@@ -121,7 +121,9 @@ impl StoreLimits {
 }
 
 /// A block named by root and slot (the genesis: its root and slot 0).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub struct Checkpoint {
     /// The block's root.
     pub root: Root,

@@ -17,8 +17,12 @@ use blst::min_pk::SecretKey;
 pub const PROPOSER_PUBLIC_KEY_BYTES: usize = 48;
 
 /// A proposer's compressed BLS public key: what a watermark is kept for.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ProposerPublicKey(pub [u8; PROPOSER_PUBLIC_KEY_BYTES]);
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct ProposerPublicKey(
+    #[serde(with = "crate::serial::byte_array")] pub [u8; PROPOSER_PUBLIC_KEY_BYTES],
+);
 
 impl ProposerPublicKey {
     /// The public key of `secret_key`.
@@ -55,7 +59,7 @@ impl std::fmt::Debug for ProposerPublicKey {
 
 /// The highest slot `proposer` has signed a block for: it never signs at
 /// or below it again.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct SigningWatermark {
     /// The key.
     pub proposer: ProposerPublicKey,

@@ -70,6 +70,22 @@ pub struct Record {
     signature: [u8; 64],
 }
 
+/// As its network id and its encoding; read back through
+/// [`Record::decode`], so the signature is checked again.
+impl serde::Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&(self.network_id, self.encode()), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Record, D::Error> {
+        let (network_id, bytes): (u64, Vec<u8>) = serde::Deserialize::deserialize(deserializer)?;
+        Record::decode(&bytes, network_id)
+            .map_err(|error| serde::de::Error::custom(format_args!("a peer record: {error:?}")))
+    }
+}
+
 /// Why bytes were not a record we accept. Every variant is the sender's
 /// fault; [`RecordError::penalty`] says what it costs the peer that sent
 /// the bytes (the author, or the peer that relayed them).

@@ -112,7 +112,9 @@ const _: () = assert!(MESSAGE_FRAME_BYTES_MAX <= u32::MAX as usize);
 
 /// A message's identity: the first 20 bytes of sha256 over its topic and
 /// uncompressed payload (see the module docs for the exact bytes).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct MessageId(pub [u8; MESSAGE_ID_BYTES]);
 
 impl MessageId {
@@ -150,7 +152,7 @@ impl fmt::Display for MessageId {
 
 /// A topic name: 1..=[`TOPIC_BYTES_MAX`] bytes of printable ASCII without
 /// space ([`crate::types::is_valid_topic_name`], shared with Metadata).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Topic(String);
 
 impl Topic {

@@ -124,7 +124,7 @@ pub const EVICTION_GRACE: Duration = Duration::from_secs(5);
 pub const GRACE_PROTECTED_MAX: usize = 8;
 
 /// How a node runs discovery.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiscoveryConfig {
     /// Where peers can dial us, signed into our record (0 to
     /// [`crate::discovery::limits::ADDRESSES_PER_RECORD_MAX`]): the listen

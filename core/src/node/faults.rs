@@ -41,7 +41,7 @@ use crate::reqresp::{Answer, ProtocolId};
 use crate::time::{Duration, Instant};
 
 /// A lie about our chain, told in every Status we send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StatusClaim {
     /// Head and finalized checkpoint at slot `u64::MAX`, on made-up roots:
     /// arithmetic on the claim overflows.

@@ -91,7 +91,7 @@ use self::outbox::Outbox;
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Node configuration. [`Config::new`] gives the defaults of [`crate::limits`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// Peers on another network are refused with Goodbye(irrelevant network).
     pub network_id: u64,
@@ -135,7 +135,7 @@ pub struct Config {
 /// Deliberate misbehaviour, so the simulator can run hostile nodes on the
 /// production code. Never set these in a real node. The sync liars' hooks
 /// live in `node/faults.rs`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Faults {
     /// Accept requests and never answer them.
     pub never_answer_requests: bool,

@@ -73,7 +73,7 @@ const _: () = assert!(CONNECTIONS_PER_IP_MAX <= PEERS_INBOUND_MAX);
 const _: () = assert!(PEERS_PER_NETGROUP_MAX > 0 && PEERS_PER_NETGROUP_MAX < PEERS_TARGET);
 
 /// The bounds the gater enforces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConnectionLimits {
     /// Established peers at most, both directions.
     pub peers_max: usize,
@@ -131,7 +131,9 @@ impl Decision {
 }
 
 /// Why the gater refused a connection.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub enum Refusal {
     /// All peer slots are taken.
     TooManyPeers,

@@ -60,7 +60,7 @@ use crate::types::{ConnId, Direction, GoodbyeReason};
 pub const IP_BAN_PEER_BANS_MIN: usize = 1;
 
 /// Peer manager configuration. [`Config::default`] gives the module constants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// Connection limits enforced by the gater.
     pub limits: ConnectionLimits,

@@ -115,7 +115,7 @@ impl Body for MetadataRequest {
 /// 16      2     topic count t, u16, 0..=64
 /// 18      ..    t times: length n u16 (1..=128), then n bytes of printable ASCII
 /// ```
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Metadata {
     /// Raised whenever the topics or capabilities change.
     pub seq: u64,

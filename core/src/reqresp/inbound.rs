@@ -321,7 +321,7 @@ struct OpenRequest {
 }
 
 /// A handler's whole answer, for [`InboundRequests::respond`].
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     /// Success: these payloads (uncompressed), possibly none, then the end.
     Chunks(Vec<Vec<u8>>),

@@ -61,7 +61,7 @@ use crate::time::{Duration, Instant};
 
 /// A bucket's shape: up to `tokens_max` tokens (the burst), refilled evenly
 /// so that `tokens_max` tokens come back every `period`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Quota {
     /// Bucket size: the most that can be spent at once.
     pub tokens_max: u64,

@@ -33,7 +33,9 @@ pub const RESPONSE_END_BYTES: usize = 1 + 8;
 
 /// Names one request and its response on one connection. Allocated by the
 /// requester from a counter; the responder echoes it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub struct RequestId(pub u64);
 
 impl fmt::Display for RequestId {
@@ -45,9 +47,12 @@ impl fmt::Display for RequestId {
 /// The name of an application protocol: 1 to [`PROTOCOL_NAME_BYTES_MAX`]
 /// bytes of printable ASCII (`0x21..=0x7E`, so no spaces or control
 /// characters reach a log). Stored inline so [`ProtocolId`] is `Copy`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ProtocolName {
     length: u8,
+    #[serde(with = "crate::serial::byte_array")]
     bytes: [u8; PROTOCOL_NAME_BYTES_MAX],
 }
 
@@ -95,7 +100,9 @@ impl fmt::Display for ProtocolName {
 }
 
 /// Which protocol a request speaks.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub enum ProtocolId {
     /// Tag 1: exchange chain status (request and response: [`bodies::Status`]).
     Status,
@@ -207,7 +214,9 @@ impl fmt::Display for ProtocolId {
 }
 
 /// The result code of a response chunk.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
 pub enum ResultCode {
     /// 0: the payload is an answer.
     Success,

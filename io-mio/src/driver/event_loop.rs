@@ -297,9 +297,18 @@ impl Driver {
         self.feeding = true;
         while let Some(input) = self.pending.pop_front() {
             let now = self.now();
+            if let Some(recorder) = self.recorder.as_mut() {
+                recorder.input(now, &input);
+            }
             self.node.handle(now, input);
             while let Some(action) = self.node.poll_action() {
+                if let Some(recorder) = self.recorder.as_mut() {
+                    recorder.action(&action);
+                }
                 self.execute(action);
+            }
+            if let Some(recorder) = self.recorder.as_mut() {
+                recorder.input_done();
             }
         }
         self.feeding = false;

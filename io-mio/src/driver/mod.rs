@@ -109,8 +109,9 @@
 //! health), `store_thread.rs` (the thread that owns the store), `clock.rs` (the core's clock and the wall-clock watch),
 //! `notifications.rs` (logging and subscribers), `observe.rs` (metrics
 //! snapshots, measured durations, the status line), `handle.rs`
-//! ([`DriverHandle`], [`RunningDriver`]) and `options.rs` (what a driver is
-//! started with and what it counts).
+//! ([`DriverHandle`], [`RunningDriver`]), `options.rs` (what a driver is
+//! started with and what it counts) and `record.rs` (the recording of every
+//! input for a replay, [`DriverOptions::record`]).
 
 mod clock;
 mod connections;
@@ -120,6 +121,7 @@ mod notifications;
 mod observe;
 mod options;
 mod persistence;
+mod record;
 mod start;
 mod store_thread;
 mod work;
@@ -136,6 +138,10 @@ pub use options::{ClockPolicy, DriverFaults, DriverOptions, PersistStats, WorkSt
 pub use persistence::{
     PERSIST_COMMIT_SLOW, STORE_FAILING_EXIT_AFTER_DEFAULT, STORE_FILE_CHECK_INTERVAL,
     STORE_REOPEN_BACKOFF_MAX, STORE_REOPEN_BACKOFF_MIN,
+};
+pub use record::{
+    rotated_path, RecordOptions, RECORD_BYTES_MAX_DEFAULT, RECORD_BYTES_MAX_MIN, RECORD_FILE_MODE,
+    RECORD_FLUSH_INTERVAL,
 };
 pub use start::StartError;
 
@@ -265,6 +271,8 @@ pub struct Driver {
     exit_error: Option<String>,
     /// Metrics, status lines and the durations the driver measures.
     observer: Observer,
+    /// Every input and a hash of the actions, with `--record`.
+    recorder: Option<self::record::Recorder>,
 }
 
 impl Driver {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::store::DiskFaults;
 
-use super::STORE_FAILING_EXIT_AFTER_DEFAULT;
+use super::{RecordOptions, STORE_FAILING_EXIT_AFTER_DEFAULT};
 
 /// How a driver runs its node's work and storage.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,10 @@ pub struct DriverOptions {
     /// How often to log the status line (peers, head and finalized slots,
     /// sync); `None`: never.
     pub status_interval: Option<Duration>,
+    /// Record every input the core is handed, with the node's seed,
+    /// identity and configuration, for `meshsync-sim replay`; `None`: no
+    /// recording. See [`RecordOptions`].
+    pub record: Option<RecordOptions>,
     /// Faults injected into the disk and the clock (tests).
     pub faults: DriverFaults,
 }
@@ -47,6 +51,7 @@ impl Default for DriverOptions {
             clock: ClockPolicy::Rebase,
             accept_fresh_watermark: false,
             status_interval: None,
+            record: None,
             faults: DriverFaults::default(),
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
 use meshsync_core::chain::{ChainConfig, ProposerPublicKey, SignedBlock, SigningWatermark};
+use meshsync_core::record::Header;
 use meshsync_core::{Config, Health, Identity, Input, Node};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Waker};
@@ -20,6 +21,7 @@ use crate::workers::WorkerPool;
 use super::clock::wall_ms;
 use super::observe::Observer;
 use super::persistence::{load_from_finalized, open_store};
+use super::record::Recorder;
 use super::store_thread::StoreThread;
 use super::work::run_pool_job;
 use super::{
@@ -58,6 +60,13 @@ pub enum StartError {
         proposer: ProposerPublicKey,
         /// The highest slot of a stored block it signed.
         slot: u64,
+    },
+    /// The recording (`--record`) could not be created.
+    Record {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        error: io::Error,
     },
     /// The machine refused a resource the driver needs (the poll instance,
     /// its waker, the worker threads).
@@ -103,6 +112,9 @@ impl fmt::Display for StartError {
                  stored here, start with --accept-fresh-watermark",
                 path.display()
             ),
+            StartError::Record { path, error } => {
+                write!(f, "record: cannot create {}: {error}", path.display())
+            }
             StartError::Resource { what, error } => {
                 write!(f, "resources: cannot create {what}: {error}")
             }
@@ -113,7 +125,9 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            StartError::Listen { error, .. } | StartError::Resource { error, .. } => Some(error),
+            StartError::Listen { error, .. }
+            | StartError::Resource { error, .. }
+            | StartError::Record { error, .. } => Some(error),
             StartError::Store(error) => Some(error),
             StartError::Watermark { .. } => None,
         }
@@ -130,7 +144,9 @@ impl From<StoreError> for StartError {
 impl From<StartError> for io::Error {
     fn from(error: StartError) -> io::Error {
         let kind = match &error {
-            StartError::Listen { error, .. } | StartError::Resource { error, .. } => error.kind(),
+            StartError::Listen { error, .. }
+            | StartError::Resource { error, .. }
+            | StartError::Record { error, .. } => error.kind(),
             StartError::Store(StoreError::Io { error, .. }) => error.kind(),
             StartError::Store(StoreError::Locked { .. }) => io::ErrorKind::WouldBlock,
             StartError::Store(_) => io::ErrorKind::InvalidData,
@@ -308,6 +324,27 @@ impl Driver {
         // One batch verifying per worker thread: a fixed number would leave
         // the cores of a larger machine idle during sync.
         config.sync = config.sync.clone().for_workers(options.workers);
+        // The recording's header is what goes into `Node::new`, exactly.
+        let recorder = match &options.record {
+            None => None,
+            Some(record) => {
+                let header = Header {
+                    seed,
+                    identity_key_file: identity.to_key_file(),
+                    config: config.clone(),
+                    hash_every_inputs: record.hash_every_inputs.max(1),
+                    software: concat!("meshsync-mio ", env!("CARGO_PKG_VERSION")).to_owned(),
+                };
+                Some(
+                    Recorder::create(record, &header, format!("[{peer_id:?}]")).map_err(
+                        |error| StartError::Record {
+                            path: record.path.clone(),
+                            error,
+                        },
+                    )?,
+                )
+            }
+        };
         let node = Node::new(config, identity, seed);
         let (control_sender, control_receiver) = crossbeam_channel::bounded(CONTROL_QUEUED_MAX);
         log::info!("[{peer_id:?}] node {peer_id} listening on {local_addr}");
@@ -370,6 +407,7 @@ impl Driver {
             failing_jobs: options.faults.failing_jobs.clone(),
             exit_error: None,
             observer: Observer::new(origin, options.status_interval),
+            recorder,
         };
         if stored_slot_max > head_slot {
             log::error!(

@@ -143,7 +143,7 @@ const _: () = assert!(PEER_TOPICS_MAX >= SUBSCRIPTIONS_PER_RPC_MAX);
 const _: () = assert!(PRUNE_BACKOFF.as_secs() <= PRUNE_BACKOFF_SECS_MAX as u64);
 
 /// What a [`Gossip`](super::Gossip) enforces. [`Config::default`] is the table above.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// D.
     pub mesh_n: usize,

@@ -8,7 +8,7 @@ use crate::gossip::wire::{GossipDecodeError, MessageId, Topic};
 use crate::identity::PeerId;
 
 /// The application's verdict on a message from [`GossipEvent::Message`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum Validation {
     /// Valid: cache and forward it; credit its senders.
     Accept,
@@ -73,7 +73,7 @@ pub enum GossipEvent {
 }
 
 /// Why [`Gossip::publish`](super::Gossip::publish) refused.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum PublishError {
     /// The payload, or its RPC, exceeds [`GOSSIP_MESSAGE_BYTES_MAX`](crate::gossip::wire::GOSSIP_MESSAGE_BYTES_MAX) or the logical message limit.
     TooLarge,
@@ -96,7 +96,7 @@ impl fmt::Display for PublishError {
 impl std::error::Error for PublishError {}
 
 /// Why [`Gossip::subscribe`](super::Gossip::subscribe) refused.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub enum SubscribeError {
     /// Already subscribed to [`TOPICS_MAX`](super::TOPICS_MAX) topics.
     TooManyTopics,

@@ -110,7 +110,7 @@ const _: () = assert!(REQUESTS_MAX <= BATCHES_MAX);
 const _: () = assert!(2 * BATCH_SLOTS as usize * BLOCK_BYTES_MAX <= SYNC_BUFFER_BYTES_MAX);
 
 /// The tunables of a [`RangeSync`](super::RangeSync); [`SyncConfig::default`] uses the named constants.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncConfig {
     /// [`SYNC_DISTANCE_SLOTS`].
     pub sync_distance_slots: u64,

@@ -22,7 +22,7 @@ pub struct SyncProgress {
 
 /// Why range sync is not fetching yet, for the operator: the peers it has
 /// and needs, and when it starts with fewer.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PeerWait {
     /// Peers ahead of us whose Status is usable (see the module docs).
     pub suitable: usize,

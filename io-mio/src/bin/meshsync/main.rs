@@ -388,6 +388,7 @@ fn node(options: NodeConfig) -> Result<(), String> {
         accept_fresh_watermark: options.accept_fresh_watermark,
         status_interval: (options.status_interval_secs > 0)
             .then(|| Duration::from_secs(options.status_interval_secs)),
+        record: options.record,
         faults: Default::default(),
     };
     let mut driver = Driver::bind_with(

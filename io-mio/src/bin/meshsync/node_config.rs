@@ -49,7 +49,10 @@ use meshsync_core::discovery::limits::{ADDRESSES_PER_RECORD_MAX, BOOTNODES_MAX};
 use meshsync_core::limits::{PEERS_MAX, PEER_SILENCE_TIMEOUT};
 use meshsync_core::node::DiscoveryConfig;
 use meshsync_core::peer::{PEERS_TARGET, STATIC_PEERS_MAX};
-use meshsync_mio::driver::{ClockPolicy, STORE_FAILING_EXIT_AFTER_DEFAULT};
+use meshsync_mio::driver::{
+    ClockPolicy, RecordOptions, RECORD_BYTES_MAX_DEFAULT, RECORD_BYTES_MAX_MIN,
+    STORE_FAILING_EXIT_AFTER_DEFAULT,
+};
 use meshsync_mio::workers::WORKER_THREADS_MAX;
 use meshsync_mio::{BootnodeAddress, PeerAddress, StaticPeerAddress};
 use serde::de::DeserializeOwned;
@@ -107,10 +110,18 @@ impl LogFormat {
     }
 }
 
-/// Flags that are never keys: the two about the file itself, and
+/// Flags that are never keys: the two about the file itself,
 /// `--accept-fresh-watermark`, an acknowledgement for one start that a file
-/// would repeat at every start after it.
-pub const COMMAND_LINE_ONLY: [&str; 3] = ["config", "print-config", "accept-fresh-watermark"];
+/// would repeat at every start after it, and `--record` with its bound: a
+/// recording holds the secret key and every byte received, something to
+/// ask for on one run, not to leave in a file for every start.
+pub const COMMAND_LINE_ONLY: [&str; 5] = [
+    "config",
+    "print-config",
+    "accept-fresh-watermark",
+    "record",
+    "record-bytes-max",
+];
 
 /// The flags of `meshsync node`. Each but `--config` and `--print-config`
 /// may come from the file instead; a flag given here wins over the file.
@@ -257,6 +268,16 @@ pub struct NodeFlags {
     /// Log lines as `text` or as one JSON object per line (`json`) [default: text].
     #[arg(long = "log-format", value_name = "FORMAT", value_parser = parse_log_format)]
     pub log_format: Option<LogFormat>,
+    /// Record every input the node's core is handed, with the node's seed,
+    /// identity and configuration, to FILE (mode 0600: it holds the secret
+    /// key), for `meshsync-sim replay FILE`. An existing FILE is moved to
+    /// FILE.1 first. Command line only.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Stop recording (with an end marker and a WARN) before the file passes
+    /// N bytes; the node runs on [default: 1073741824]. Command line only.
+    #[arg(long = "record-bytes-max", value_name = "N", requires = "record", value_parser = parse_record_bytes_max)]
+    pub record_bytes_max: Option<u64>,
 }
 
 /// The configuration a node runs with: the file's keys, then the flags,
@@ -297,6 +318,8 @@ pub struct NodeConfig {
     /// 0: no status line.
     pub status_interval_secs: u64,
     pub log_format: LogFormat,
+    /// Given on this command line only; never printed as a key.
+    pub record: Option<RecordOptions>,
 }
 
 /// What a configuration file set: each key, if present, already checked.
@@ -487,6 +510,13 @@ impl NodeFlags {
                 .or(file.status_interval_secs)
                 .unwrap_or(STATUS_INTERVAL_SECS_DEFAULT),
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+            record: match self.record {
+                Some(path) => Some(RecordOptions {
+                    bytes_max: self.record_bytes_max.unwrap_or(RECORD_BYTES_MAX_DEFAULT),
+                    ..RecordOptions::new(flag_path("record", &path)?)
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -1057,6 +1087,17 @@ pub fn parse_log_format(text: &str) -> Result<LogFormat, String> {
         "json" => Ok(LogFormat::Json),
         _ => Err("expected text or json".to_owned()),
     }
+}
+
+/// `--record-bytes-max`: at least [`RECORD_BYTES_MAX_MIN`].
+pub fn parse_record_bytes_max(text: &str) -> Result<u64, String> {
+    let bytes: u64 = text.parse().map_err(|error| format!("{error}"))?;
+    if bytes < RECORD_BYTES_MAX_MIN {
+        return Err(format!(
+            "{bytes} bytes is below {RECORD_BYTES_MAX_MIN}, too little for a recording"
+        ));
+    }
+    Ok(bytes)
 }
 
 pub fn parse_clock_policy(text: &str) -> Result<ClockPolicy, String> {
