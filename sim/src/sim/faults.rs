@@ -144,3 +144,221 @@ impl Sim {
         self.node_state_mut(node).cpu_slowdown = factor;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meshsync_core::io::DisconnectReason;
+    use meshsync_core::reqresp::ProtocolId;
+    use meshsync_core::{Duration, Notification};
+
+    use super::*;
+    use crate::requests::RequestOutcome;
+    use crate::scenario::chain_faults::{producing_config, producing_genesis};
+    use crate::sim::config::SimConfig;
+
+    fn connected_pair(seed: u64) -> (Sim, NodeIndex, NodeIndex) {
+        let mut sim = Sim::new(SimConfig::new(seed));
+        let a = sim.add_node();
+        let b = sim.add_node();
+        sim.dial(a, b);
+        sim.run_until(|sim| sim.are_connected(a, b), 10_000)
+            .expect("a clean link connects");
+        (sim, a, b)
+    }
+
+    fn disconnects(sim: &Sim, node: NodeIndex) -> Vec<DisconnectReason> {
+        sim.notifications(node)
+            .filter_map(|(_, notification)| match notification {
+                Notification::PeerDisconnected { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sends a Metadata request from `a` to `b` and runs until it ends;
+    /// its outcome and latency.
+    fn metadata_round_trip(sim: &mut Sim, a: NodeIndex, b: NodeIndex) -> (bool, Duration) {
+        let finished = sim.request_log().records().len();
+        sim.request(a, b, ProtocolId::Metadata, Vec::new());
+        sim.run_until(|sim| sim.request_log().records().len() > finished, 100_000)
+            .expect("the request ends");
+        let record = &sim.request_log().records()[finished];
+        (
+            matches!(record.outcome, RequestOutcome::Response { .. }),
+            record.latency(),
+        )
+    }
+
+    #[test]
+    fn a_reset_closes_both_ends_at_once() {
+        let (mut sim, a, b) = connected_pair(1);
+        let now = sim.now();
+        assert_eq!(sim.reset_connections(a, b), 1);
+        sim.run_until(|sim| !sim.has_peer(a, b) && !sim.has_peer(b, a), 100)
+            .expect("both ends hear the reset");
+        assert_eq!(sim.now(), now, "a reset takes no time to arrive");
+        for node in [a, b] {
+            assert!(
+                matches!(disconnects(&sim, node).as_slice(),
+                    [DisconnectReason::ConnectionLost(CloseCause::Io(text))] if text.contains("reset")),
+                "{:?}",
+                disconnects(&sim, node)
+            );
+        }
+        assert_eq!(sim.network_counts().resets, 1);
+        assert_eq!(sim.invariant_violations(), 0);
+    }
+
+    #[test]
+    fn a_stalled_link_delivers_everything_late_and_in_order() {
+        let (mut sim, a, b) = connected_pair(2);
+        let (answered, quick) = metadata_round_trip(&mut sim, a, b);
+        assert!(answered && quick < Duration::from_millis(200), "{quick:?}");
+        sim.stall_link(a, b, sim.now() + Duration::from_secs(3));
+        let (answered, stalled) = metadata_round_trip(&mut sim, a, b);
+        assert!(answered, "the stream survived the stall");
+        assert!(stalled >= Duration::from_millis(2_900), "{stalled:?}");
+        assert!(sim.are_connected(a, b));
+        assert!(disconnects(&sim, a).is_empty() && disconnects(&sim, b).is_empty());
+    }
+
+    /// A lossy cut that a connection outlives leaves a gap in its stream:
+    /// the next message fails to decrypt. A holding cut (TCP across a
+    /// short outage) delivers what it held at the heal, and the
+    /// connection carries on.
+    #[test]
+    fn a_holding_cut_keeps_the_stream_whole_and_a_lossy_one_does_not() {
+        for holding in [false, true] {
+            let (mut sim, a, b) = connected_pair(3);
+            let groups = [vec![a], vec![b]];
+            if holding {
+                sim.partition_holding(&groups);
+            } else {
+                sim.partition(&groups);
+            }
+            sim.request(a, b, ProtocolId::Metadata, Vec::new());
+            sim.run_for(Duration::from_secs(2));
+            sim.heal();
+            sim.run_for(Duration::from_secs(3));
+            let reasons = disconnects(&sim, b);
+            if holding {
+                assert!(reasons.is_empty(), "{reasons:?}");
+                assert!(sim.are_connected(a, b));
+                let record = &sim.request_log().records()[0];
+                assert!(matches!(record.outcome, RequestOutcome::Response { .. }));
+                assert!(record.latency() >= Duration::from_secs(2));
+            } else {
+                let (answered, _) = metadata_round_trip(&mut sim, a, b);
+                assert!(!answered, "a stream with a gap in it cannot carry on");
+                let reasons = disconnects(&sim, b);
+                assert!(
+                    reasons
+                        .iter()
+                        .any(|reason| matches!(reason, DisconnectReason::ProtocolViolation(_))),
+                    "{reasons:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_connection_forms_across_a_one_way_cut_until_it_heals() {
+        let mut sim = Sim::new(SimConfig::new(4));
+        let a = sim.add_node();
+        let b = sim.add_node();
+        sim.cut_one_way(&[b], &[a]);
+        sim.dial(a, b);
+        sim.run_for(Duration::from_secs(5));
+        assert!(!sim.are_connected(a, b));
+        sim.heal();
+        sim.dial(a, b);
+        sim.run_until(|sim| sim.are_connected(a, b), 10_000)
+            .expect("it connects once healed");
+    }
+
+    #[test]
+    fn a_skewed_clock_is_rebased_and_read_again_at_a_restart() {
+        let (mut sim, a, _) = connected_pair(5);
+        let base = sim.node(a).unix_ms_at_origin();
+        sim.set_clock_skew(a, 1_500);
+        assert_eq!(sim.node(a).unix_ms_at_origin(), base + 1_500);
+        sim.crash(a);
+        sim.restart(a);
+        assert_eq!(sim.node(a).unix_ms_at_origin(), base + 1_500);
+        sim.set_clock_skew(a, 0);
+        assert_eq!(sim.node(a).unix_ms_at_origin(), base);
+    }
+
+    #[test]
+    fn a_drifting_node_reads_its_own_clock_and_wakes_by_it() {
+        let (mut sim, a, b) = connected_pair(6);
+        let start = sim.now();
+        sim.set_clock_drift(a, 100_000);
+        sim.run_for(Duration::from_secs(10));
+        let ran = sim.node_now(a).saturating_duration_since(start);
+        assert!(
+            ran >= Duration::from_millis(10_990) && ran <= Duration::from_millis(11_010),
+            "{ran:?}"
+        );
+        assert_eq!(sim.node_now(b), sim.now(), "the other clock is true");
+        // Its one wake-up is queued for when its own clock reads its deadline.
+        let state = sim.node_state(a);
+        let deadline = state
+            .node
+            .poll_timeout()
+            .expect("a node with a peer has timers");
+        assert_eq!(
+            state.timer_at,
+            Some(state.clock.world_instant(deadline).max(sim.now()))
+        );
+        assert!(sim.are_connected(a, b));
+        assert_eq!(sim.invariant_violations(), 0);
+    }
+
+    /// When the follower imports each of the proposer's blocks, in
+    /// milliseconds after its slot starts (500 ms slots).
+    fn import_delays_ms(slow_disk: u32, slow_cpu: u32) -> Vec<u64> {
+        let mut sim = Sim::new(SimConfig::new(7));
+        let network_id = sim.config().network_id;
+        let (genesis, mut keys) = producing_genesis(network_id, 1, 500);
+        let config = producing_config(&sim, &genesis, Some(keys.remove(0)), 256);
+        let proposer = sim.add_node_with_config(config);
+        let config = producing_config(&sim, &genesis, None, 256);
+        let follower = sim.add_node_with_config(config);
+        sim.set_disk_slowdown(proposer, slow_disk);
+        sim.set_cpu_slowdown(follower, slow_cpu);
+        sim.dial(follower, proposer);
+        sim.run_for(Duration::from_secs(10));
+        sim.notifications(follower)
+            .filter_map(|(at, notification)| match notification {
+                Notification::BlockImported { slot, .. } if *slot >= 4 => {
+                    Some(at.as_millis() - slot * 500)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slow_disk_delays_publishing_and_slow_verification_delays_imports() {
+        let normal = import_delays_ms(1, 1);
+        assert!(normal.len() >= 10, "{normal:?}");
+        assert!(normal.iter().all(|&ms| ms < 100), "{normal:?}");
+        // 2 ms commits at 100×: the block is published (once durable) 200 ms late.
+        let slow_disk = import_delays_ms(100, 1);
+        assert!(!slow_disk.is_empty(), "{slow_disk:?}");
+        assert!(slow_disk.iter().all(|&ms| ms >= 200), "{slow_disk:?}");
+        // A 1.2 ms verification at 200×: imported 240 ms late at least.
+        let slow_cpu = import_delays_ms(1, 200);
+        assert!(!slow_cpu.is_empty(), "{slow_cpu:?}");
+        assert!(slow_cpu.iter().all(|&ms| ms >= 240), "{slow_cpu:?}");
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn a_slow_down_of_zero_is_refused() {
+        let mut sim = Sim::new(SimConfig::new(8));
+        let a = sim.add_node();
+        sim.set_cpu_slowdown(a, 0);
+    }
+}
