@@ -86,6 +86,8 @@ pub struct NetworkCounts {
     pub bytes_dropped: u64,
     /// Connections closed because too much waited to go out on them.
     pub send_buffer_overflows: u64,
+    /// Connections reset by a fault (`Sim::reset_connections`), each counted once.
+    pub resets: u64,
     /// Node crashes.
     pub crashes: u64,
     /// Node restarts.

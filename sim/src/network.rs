@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use meshsync_core::io::CloseCause;
 use meshsync_core::limits::PENDING_SEND_BYTES_MAX;
 use meshsync_core::{ConnId, Instant};
 
@@ -127,6 +128,78 @@ pub struct Network {
     /// While partitioned: each listed node's group. Traffic between two
     /// listed nodes of different groups is lost; unlisted nodes reach everyone.
     partition: BTreeMap<NodeIndex, usize>,
+    /// One-way cuts: what a node of the first set sends a node of the
+    /// second is lost (see [`Network::cut_one_way`]).
+    one_way_cuts: Vec<(BTreeSet<NodeIndex>, BTreeSet<NodeIndex>)>,
+    /// Stalled pairs (lower index first): bytes between them arrive no
+    /// earlier than the instant (see [`Network::stall`]).
+    stalls: BTreeMap<(NodeIndex, NodeIndex), Instant>,
+    /// Whether the cuts in force hold what crosses them for the heal
+    /// instead of losing it (see [`Network::set_cuts_hold`]).
+    cuts_hold: bool,
+    /// What was sent across a holding cut, in send order, for the heal.
+    held: Vec<Held>,
+    held_bytes: usize,
+}
+
+/// Bytes or a close sent across a holding cut, waiting for the heal.
+#[derive(Clone, Debug)]
+pub struct Held {
+    /// The sender and its end.
+    pub from: NodeIndex,
+    /// The sender's end of the connection.
+    pub conn: ConnId,
+    /// The receiver.
+    pub to: NodeIndex,
+    /// The receiver's end.
+    pub remote_conn: ConnId,
+    /// What was sent.
+    pub what: HeldWhat,
+}
+
+/// What a holding cut kept.
+#[derive(Clone, Debug)]
+pub enum HeldWhat {
+    /// Bytes.
+    Bytes(Vec<u8>),
+    /// The sender's close, and why.
+    Close(CloseCause),
+}
+
+/// Bytes held across cuts at most; beyond, more are lost (a sender's
+/// kernel would have given up on a connection holding this much).
+pub const HELD_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+impl Network {
+    /// Makes the cuts in force until the next heal hold what crosses them
+    /// (`true`), as TCP does across an outage shorter than its
+    /// retransmission timeout: nothing is lost, everything arrives in
+    /// order after the heal (unless an end closed meanwhile). With
+    /// `false` (the default, and what `partition-heal` models) it is lost,
+    /// and a connection that outlives the cut would see a gap in its stream.
+    pub fn set_cuts_hold(&mut self, hold: bool) {
+        self.cuts_hold = hold;
+    }
+
+    /// Keeps `held` for the heal if the cuts hold and there is room;
+    /// returns whether it was kept.
+    pub fn hold(&mut self, held: Held) -> bool {
+        let bytes = match &held.what {
+            HeldWhat::Bytes(bytes) => bytes.len(),
+            HeldWhat::Close(_) => 0,
+        };
+        if !self.cuts_hold || self.held_bytes + bytes > HELD_BYTES_MAX {
+            return false;
+        }
+        self.held_bytes += bytes;
+        self.held.push(held);
+        true
+    }
+
+    /// Whether a cut (not a blackhole) is what stops `from` reaching `to`.
+    pub fn is_cut(&self, from: NodeIndex, to: NodeIndex) -> bool {
+        !self.blackholed.contains(&from) && !self.delivers(from, to)
+    }
 }
 
 impl Network {
@@ -140,6 +213,11 @@ impl Network {
             conn_next: 1,
             blackholed: BTreeSet::new(),
             partition: BTreeMap::new(),
+            one_way_cuts: Vec::new(),
+            stalls: BTreeMap::new(),
+            cuts_hold: false,
+            held: Vec::new(),
+            held_bytes: 0,
         }
     }
 
@@ -161,7 +239,40 @@ impl Network {
 
     /// Whether what `from` sends reaches `to`.
     pub fn delivers(&self, from: NodeIndex, to: NodeIndex) -> bool {
-        !self.blackholed.contains(&from) && !self.is_partitioned(from, to)
+        !self.blackholed.contains(&from)
+            && !self.is_partitioned(from, to)
+            && !self
+                .one_way_cuts
+                .iter()
+                .any(|(senders, receivers)| senders.contains(&from) && receivers.contains(&to))
+    }
+
+    /// From now on, what any node of `from` sends any node of `to` is lost
+    /// (bytes, closes, the dialler's half of a TCP handshake); the other
+    /// way still works. Adds to earlier cuts; [`Network::heal`] ends them.
+    pub fn cut_one_way(&mut self, from: &[NodeIndex], to: &[NodeIndex]) {
+        self.one_way_cuts
+            .push((from.iter().copied().collect(), to.iter().copied().collect()));
+    }
+
+    /// Holds bytes between `a` and `b`, either way, until `until`
+    /// (replacing an earlier stall of the pair).
+    pub fn stall(&mut self, a: NodeIndex, b: NodeIndex, until: Instant) {
+        self.stalls.insert((a.min(b), a.max(b)), until);
+    }
+
+    /// The earliest instant bytes between `a` and `b` may arrive (a stall's
+    /// end), if stalled until after `now`; ended stalls are forgotten.
+    pub fn stalled_until(&mut self, a: NodeIndex, b: NodeIndex, now: Instant) -> Option<Instant> {
+        let key = (a.min(b), a.max(b));
+        match self.stalls.get(&key) {
+            Some(&until) if until > now => Some(until),
+            Some(_) => {
+                self.stalls.remove(&key);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Whether a partition separates `a` from `b` (both listed, different groups).
@@ -189,9 +300,14 @@ impl Network {
         }
     }
 
-    /// Ends the partition: every node reaches every other again.
-    pub fn heal(&mut self) {
+    /// Ends the partition and every one-way cut: every node reaches every
+    /// other again. Returns what the cuts held, in send order.
+    pub fn heal(&mut self) -> Vec<Held> {
         self.partition.clear();
+        self.one_way_cuts.clear();
+        self.cuts_hold = false;
+        self.held_bytes = 0;
+        std::mem::take(&mut self.held)
     }
 
     /// Whether a TCP connection between the two can be set up (both ways must work).

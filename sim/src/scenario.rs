@@ -40,6 +40,7 @@
 //! | `partition-heal` | [`PartitionHeal`]: producing nodes split in two, fork, heal and converge on one head |
 //! | `crash-restart` | [`CrashRestart`]: producing nodes crash (half of the time right after publishing their own block, back within the slot) and restart from their disks while one syncs; no durable block is lost, no slot signed twice |
 //! | `budget-sybils` | [`BudgetSybils`]: Sybils within their quotas ask one node for all it serves; honest requesters keep their share |
+//! | `chaos` | [`Chaos`]: a producing network under faults drawn from the seed (partitions both ways and one way, stalls, resets, bandwidth drops, crashes, clock skew and drift, disk faults, slow verification, hostile peers); safety at every step, then everything heals and every node reaches one head within 60 s |
 //! | `sync-liars` | [`SyncLiars`]: peers lying about their chain (Status, future blocks, oversize answers, made-up ancestors) join producers; production holds, liars are penalised |
 //!
 //! The gossip scenarios take `--floodsub` (every node runs the floodsub
@@ -68,6 +69,7 @@ pub mod budget_sybils;
 pub mod chain;
 pub mod chain_faults;
 pub mod chain_watch;
+pub mod chaos;
 pub mod churn;
 pub mod connect;
 pub mod dht_eclipse;
@@ -88,6 +90,7 @@ pub mod workload;
 pub use budget_sybils::{BudgetParams, BudgetSybils};
 pub use chain::{JoinerParams, LateJoiner};
 pub use chain_faults::{CrashParams, CrashRestart, PartitionHeal, PartitionParams};
+pub use chaos::{Chaos, ChaosParams, FaultKind};
 pub use churn::{Churn, ChurnParams};
 pub use connect::Connect;
 pub use dht_eclipse::{DhtEclipse, EclipseParams};
@@ -134,6 +137,7 @@ pub const SCENARIO_NAMES: &[&str] = &[
     JunkBlocks::NAME,
     BudgetSybils::NAME,
     SyncLiars::NAME,
+    Chaos::NAME,
     Discovery::NAME,
     RestartRecall::NAME,
     Churn::NAME,
@@ -170,6 +174,7 @@ pub fn nodes_default(name: &str) -> usize {
         JunkBlocks::NAME => return JunkBlocks::NODES_DEFAULT,
         BudgetSybils::NAME => return BudgetSybils::NODES_DEFAULT,
         SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
+        Chaos::NAME => return Chaos::NODES_DEFAULT,
         Discovery::NAME => return Discovery::NODES_DEFAULT,
         RestartRecall::NAME => return RestartRecall::NODES_DEFAULT,
         Churn::NAME => return Churn::NODES_DEFAULT,
@@ -213,6 +218,7 @@ pub fn scenario_by_name(name: &str) -> Option<Box<dyn Scenario>> {
         JunkBlocks::NAME => Some(Box::new(JunkBlocks::new(JunkParams::default()))),
         BudgetSybils::NAME => Some(Box::new(BudgetSybils::default())),
         SyncLiars::NAME => Some(Box::new(SyncLiars::default())),
+        Chaos::NAME => Some(Box::new(Chaos::default())),
         Discovery::NAME => Some(Box::new(Discovery::default())),
         RestartRecall::NAME => Some(Box::new(RestartRecall::default())),
         Churn::NAME => Some(Box::new(Churn::default())),
@@ -397,6 +403,11 @@ pub fn scenario_with_body_bytes(
             let mut params = CrashParams::default();
             params.producing.body_bytes = body_bytes;
             Some(Box::new(CrashRestart::new(params)))
+        }
+        Chaos::NAME => {
+            let mut params = ChaosParams::default();
+            params.producing.body_bytes = body_bytes;
+            Some(Box::new(Chaos::new(params)))
         }
         _ => None,
     }

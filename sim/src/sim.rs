@@ -23,6 +23,8 @@
 //! | `drive.rs` | the run-loop contract for one node, routing its actions, notifications |
 //! | `timer.rs` | each node's one live timer |
 //! | `transport.rs` | dials, sends and closes on the wire; uplink and downlink bandwidth |
+//! | `faults.rs` | more faults: resets, link stalls, one-way cuts, clock skew and drift, a slow disk, slow verification |
+//! | `clock.rs` | each node's clock against the world's (drift) |
 //! | `disk.rs` | the modelled disk: persist batches and signing watermarks, a failing disk, a wiped one |
 //! | `signatures.rs` | the invariant that no (proposer, slot) has two roots across every node's imports and writes |
 //! | `views.rs` | looking at the world: peers, counters, latencies, trace, violations |
@@ -35,11 +37,13 @@
 //! ([`NodeIndex`], [`Timeout`]) live in [`crate::types`], the counters in
 //! [`crate::counts`], so nothing below the world imports it.
 
+mod clock;
 mod config;
 mod control;
 mod disk;
 mod drive;
 mod event;
+mod faults;
 mod host;
 mod run;
 mod sampling;
@@ -49,12 +53,14 @@ mod transport;
 mod views;
 mod world;
 
+pub use clock::{NodeClock, DRIFT_PPM_MAX};
 pub use config::{
     node_config, SimConfig, APP_EVENTS_PENDING_MAX, BANDWIDTH_BYTES_PER_SECOND_DEFAULT,
     DIALS_KEPT_PER_NODE_MAX, LISTEN_PORT_DEFAULT, NETWORK_ID_DEFAULT,
     NOTIFICATIONS_KEPT_PER_NODE_MAX,
 };
 pub use disk::{DISK_WRITE_BYTES_PER_SECOND, DISK_WRITE_LATENCY};
+pub use faults::SLOWDOWN_FACTOR_MAX;
 pub use timer::TIMER_STALL_BACKOFF;
 pub use world::Sim;
 

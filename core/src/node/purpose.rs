@@ -14,8 +14,8 @@ use crate::sync::{BatchId, LookupId};
 pub(super) enum BlockFetch {
     /// A range-sync batch.
     Range(BatchId),
-    /// A parent lookup.
-    Lookup(LookupId),
+    /// A parent lookup's request (see `LookupAction::RequestRoots`).
+    Lookup(LookupId, u64),
 }
 
 /// Why we sent a request, so its answer goes to the right place.

@@ -548,14 +548,20 @@ impl Node {
                 Ok(status) => {
                     self.on_peer_status(now, peer, status);
                 }
-                Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
+                Err(error) => {
+                    debug!("{peer:?}: undecodable Status answer: {error}");
+                    self.report(now, peer, Report::Penalty(Penalty::High));
+                }
             },
             Purpose::Ping => match Ping::decode(&payload) {
                 Ok(ping) => {
                     self.out.counters.pongs_received += 1;
                     self.on_peer_metadata_seq(now, peer, ping.metadata_seq);
                 }
-                Err(_) => self.report(now, peer, Report::Penalty(Penalty::High)),
+                Err(error) => {
+                    debug!("{peer:?}: undecodable Ping answer: {error}");
+                    self.report(now, peer, Report::Penalty(Penalty::High));
+                }
             },
             Purpose::Metadata => match Metadata::decode(&payload) {
                 Ok(metadata) => {
@@ -637,7 +643,7 @@ impl Node {
         let fits = !over
             || match fetch {
                 BlockFetch::Range(batch) => self.sync.grow_reserve(batch, needed),
-                BlockFetch::Lookup(_) => false,
+                BlockFetch::Lookup(..) => false,
             };
         let Some(Purpose::Blocks {
             blocks,

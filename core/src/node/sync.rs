@@ -181,7 +181,10 @@ impl SyncPart {
         self.range.handle_clock(now, slot_max);
         match fetch {
             BlockFetch::Range(batch) => self.range.handle_response(now, batch, result),
-            BlockFetch::Lookup(lookup) => self.lookups.handle_response(now, lookup, result, chain),
+            BlockFetch::Lookup(lookup, request) => {
+                self.lookups
+                    .handle_response(now, lookup, request, result, chain);
+            }
         }
     }
 
@@ -196,10 +199,11 @@ impl SyncPart {
         &mut self,
         now: Instant,
         lookup: LookupId,
+        request: u64,
         chain: &ChainStore,
     ) {
         self.lookups
-            .handle_response(now, lookup, Err(FetchError::PeerGone), chain);
+            .handle_response(now, lookup, request, Err(FetchError::PeerGone), chain);
     }
 
     pub(super) fn handle_verified(
@@ -478,13 +482,14 @@ impl Node {
                 lookup,
                 peer,
                 roots,
+                request,
             } => {
                 // Each block at most the largest valid one, one per root.
                 let budget_bytes = roots.len().saturating_mul(BLOCK_BYTES_MAX);
                 let check = BlockAnswerCheck::Roots(roots.clone());
                 let body = BlocksByRootRequest { roots }.encode();
                 let purpose = Purpose::Blocks {
-                    fetch: BlockFetch::Lookup(lookup),
+                    fetch: BlockFetch::Lookup(lookup, request),
                     blocks: Vec::new(),
                     check,
                     bytes: 0,
@@ -495,7 +500,7 @@ impl Node {
                 {
                     debug!("{peer:?}: lookup request not sent: {error}");
                     self.sync
-                        .handle_lookup_not_sent(now, lookup, self.chain.store());
+                        .handle_lookup_not_sent(now, lookup, request, self.chain.store());
                 }
             }
             LookupAction::Ready {

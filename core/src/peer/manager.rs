@@ -490,6 +490,7 @@ impl PeerManager {
     pub fn report(&mut self, now: Instant, peer: PeerId, report: Report) -> Vec<PeerEvent> {
         let now = self.advance(now);
         let mut events = Vec::new();
+        log::trace!("{peer:?}: {report:?}");
         for event in self.scores.apply(now, peer, report) {
             match event {
                 ScoreEvent::Recovered => events.push(PeerEvent::ScoreRecovered { peer }),

@@ -294,7 +294,7 @@ pub fn lookup_script(data: &[u8]) {
     };
     let mut lookups = Lookups::new();
     let mut now = Instant::from_micros(1);
-    let mut asked: BTreeMap<LookupId, Root> = BTreeMap::new();
+    let mut asked: BTreeMap<LookupId, (Root, u64)> = BTreeMap::new();
     let mut operations = 0;
     while !bytes.is_empty() && operations < SCRIPT_OPERATIONS_MAX {
         operations += 1;
@@ -314,7 +314,7 @@ pub fn lookup_script(data: &[u8]) {
                 lookups.handle_unknown_parent(now, block, peer, &chain);
             }
             3 => {
-                let Some((&lookup, &wanted)) = asked
+                let Some((&lookup, &(wanted, request))) = asked
                     .iter()
                     .nth(usize::from(bytes.u8()) % asked.len().max(1))
                 else {
@@ -333,7 +333,7 @@ pub fn lookup_script(data: &[u8]) {
                         Ok(vec![block])
                     }
                 };
-                lookups.handle_response(now, lookup, result, &chain);
+                lookups.handle_response(now, lookup, request, result, &chain);
             }
             _ => {
                 now = now + Duration::from_millis(u64::from(bytes.u16()) * 64);
@@ -343,9 +343,15 @@ pub fn lookup_script(data: &[u8]) {
         lookups.assert_invariants();
         while let Some(action) = lookups.poll(now) {
             lookups.assert_invariants();
-            if let LookupAction::RequestRoots { lookup, roots, .. } = action {
+            if let LookupAction::RequestRoots {
+                lookup,
+                roots,
+                request,
+                ..
+            } = action
+            {
                 assert_eq!(roots.len(), 1);
-                asked.insert(lookup, roots[0]);
+                asked.insert(lookup, (roots[0], request));
             }
         }
     }

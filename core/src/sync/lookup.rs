@@ -146,6 +146,10 @@ pub enum LookupAction {
         peer: PeerId,
         /// The roots, at most `ROOTS_PER_REQUEST_MAX`.
         roots: Vec<Root>,
+        /// Names this request: its answer is handed back with it, so an
+        /// answer that comes after the lookup moved on (its block came by
+        /// gossip, or the request timed out) is told from the one awaited.
+        request: u64,
     },
     /// Verify and import `blocks`, in order (each the parent of the next, or
     /// siblings at the end): the first one's parent is known.
@@ -209,7 +213,11 @@ pub struct LookupCounters {
 #[derive(Clone, Debug)]
 enum LookupState {
     Queued,
-    Requesting { peer: PeerId, sent_at: Instant },
+    Requesting {
+        peer: PeerId,
+        sent_at: Instant,
+        request: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +258,8 @@ pub struct Lookups {
     lookups: BTreeMap<LookupId, Lookup>,
     peers: BTreeSet<PeerId>,
     next_id: u64,
+    /// The number the next request gets.
+    next_request: u64,
     blocks: usize,
     bytes: usize,
     outputs: VecDeque<LookupAction>,
@@ -270,6 +280,7 @@ impl Lookups {
             lookups: BTreeMap::new(),
             peers: BTreeSet::new(),
             next_id: 1,
+            next_request: 0,
             blocks: 0,
             bytes: 0,
             outputs: VecDeque::new(),
@@ -460,11 +471,14 @@ impl Lookups {
         );
     }
 
-    /// The answer to [`LookupAction::RequestRoots`] for `lookup`.
+    /// The answer to [`LookupAction::RequestRoots`] `request` for `lookup`.
+    /// An answer to an earlier request of the lookup (it moved on since) is
+    /// stale: counted and ignored, its sender not judged.
     pub fn handle_response(
         &mut self,
         now: Instant,
         lookup: LookupId,
+        request: u64,
         result: Result<Vec<SignedBlock>, FetchError>,
         chain: &impl KnownBlocks,
     ) {
@@ -473,8 +487,12 @@ impl Lookups {
             .lookups
             .get(&lookup)
             .and_then(|entry| match entry.state {
-                LookupState::Requesting { peer, .. } => Some(peer),
-                LookupState::Queued => None,
+                LookupState::Requesting {
+                    peer,
+                    request: awaited,
+                    ..
+                } if awaited == request => Some(peer),
+                LookupState::Requesting { .. } | LookupState::Queued => None,
             })
         else {
             self.counters.stale_inputs = self.counters.stale_inputs.saturating_add(1);
@@ -498,6 +516,12 @@ impl Lookups {
             return;
         };
         if block.root() != self.lookups[&lookup].wanted {
+            log::debug!(
+                "{peer:?}: lookup {lookup:?} asked for {:?}, got {:?} (slot {})",
+                self.lookups[&lookup].wanted,
+                block.root(),
+                block.slot()
+            );
             self.penalise(peer, LookupPenalty::WrongBlock);
             self.request_failed(lookup, peer);
             return;
@@ -527,12 +551,20 @@ impl Lookups {
             self.drop_lookup(id, DropReason::AttemptsExhausted);
             return self.outputs.pop_front();
         };
-        lookup.state = LookupState::Requesting { peer, sent_at: now };
+        let request = self.next_request;
+        // One per request: a u64 cannot run out.
+        self.next_request = self.next_request.wrapping_add(1);
+        lookup.state = LookupState::Requesting {
+            peer,
+            sent_at: now,
+            request,
+        };
         self.counters.requests_sent = self.counters.requests_sent.saturating_add(1);
         Some(LookupAction::RequestRoots {
             lookup: id,
             peer,
             roots: vec![lookup.wanted],
+            request,
         })
     }
 
@@ -661,7 +693,7 @@ impl Machine for Lookups {
                 self.drop_lookup(id, DropReason::TimedOut);
                 continue;
             }
-            if let LookupState::Requesting { peer, sent_at } = lookup.state {
+            if let LookupState::Requesting { peer, sent_at, .. } = lookup.state {
                 if now >= sent_at.saturating_add(LOOKUP_REQUEST_TIMEOUT) {
                     self.request_failed(id, peer);
                 }
@@ -769,6 +801,7 @@ mod tests {
                 lookup,
                 peer,
                 roots,
+                request,
             } = action
             else {
                 out.push(action);
@@ -784,7 +817,7 @@ mod tests {
             };
             *now = *now + Duration::from_millis(100);
             if let Some(blocks) = answer {
-                lookups.handle_response(*now, lookup, Ok(blocks), store);
+                lookups.handle_response(*now, lookup, request, Ok(blocks), store);
             }
         }
         panic!("lookups still running after {STEPS_MAX} steps");
@@ -884,6 +917,49 @@ mod tests {
             })
             .expect("resolved by peer 3");
         assert_eq!(ready, (vec![11, 12, 13], vec![peer(3), peer(3), peer(1)]));
+    }
+
+    /// The block a lookup is asking a peer for arrives by gossip first: the
+    /// lookup moves on to its parent, and the peer's answer, when it comes,
+    /// is to a request the lookup no longer awaits. It is stale: ignored,
+    /// and the honest peer that sent it is not penalised (it used to be
+    /// charged a wrong block, and a restarted node scored honest peers out).
+    #[test]
+    fn an_answer_overtaken_by_gossip_is_stale_not_wrong() {
+        let store = store_up_to(10);
+        let now = Instant::from_micros(1_000_000);
+        let mut lookups = Lookups::new();
+        lookups.handle_peer_connected(now, peer(1));
+        lookups.handle_unknown_parent(now, block_at(13), peer(1), &store);
+        let Some(LookupAction::RequestRoots {
+            lookup, request, ..
+        }) = lookups.poll(now)
+        else {
+            panic!("a lookup asks for the missing parent");
+        };
+        // Slot 12 arrives by gossip (its own parent unknown too).
+        lookups.handle_unknown_parent(now, block_at(12), peer(1), &store);
+        let Some(LookupAction::RequestRoots {
+            roots,
+            request: next,
+            ..
+        }) = lookups.poll(now)
+        else {
+            panic!("the lookup asks for slot 11 next");
+        };
+        assert_eq!(roots, vec![block_at(11).root()]);
+        assert_ne!(next, request);
+        // The first answer, slot 12, comes in late.
+        lookups.handle_response(now, lookup, request, Ok(vec![block_at(12)]), &store);
+        assert_eq!(lookups.counters().penalties, 0);
+        assert_eq!(lookups.counters().stale_inputs, 1);
+        assert_eq!(lookups.poll(now), None, "still awaiting slot 11");
+        lookups.handle_response(now, lookup, next, Ok(vec![block_at(11)]), &store);
+        let Some(LookupAction::Ready { blocks, .. }) = lookups.poll(now) else {
+            panic!("resolved");
+        };
+        let slots: Vec<u64> = blocks.iter().map(SignedBlock::slot).collect();
+        assert_eq!(slots, vec![11, 12, 13]);
     }
 
     #[test]

@@ -88,11 +88,22 @@ pub fn producing_genesis(
     proposers: usize,
     slot_ms: u64,
 ) -> (Arc<Genesis>, Vec<ProposerKey>) {
+    producing_genesis_at(network_id, proposers, slot_ms, 0)
+}
+
+/// Like [`producing_genesis`], with the genesis at Unix time
+/// `genesis_unix_ms` (room for a node's clock to run behind it).
+pub fn producing_genesis_at(
+    network_id: u64,
+    proposers: usize,
+    slot_ms: u64,
+    genesis_unix_ms: u64,
+) -> (Arc<Genesis>, Vec<ProposerKey>) {
     let keys = devnet_keys(network_id, proposers);
     let public_keys = keys.iter().map(|key| key.sk_to_pk()).collect();
     let genesis = Genesis::new(
         network_id,
-        0,
+        genesis_unix_ms,
         slot_ms,
         public_keys,
         FINALITY_DEPTH_SLOTS_DEFAULT,
@@ -136,7 +147,7 @@ fn redial(sim: &mut Sim, from: NodeIndex, to: NodeIndex) {
 }
 
 /// Redials every link of `links` that is down at both ends.
-fn redial_lost(sim: &mut Sim, links: &[(NodeIndex, NodeIndex)]) -> usize {
+pub(super) fn redial_lost(sim: &mut Sim, links: &[(NodeIndex, NodeIndex)]) -> usize {
     let mut dialled = 0;
     for &(from, to) in links {
         if sim.is_up(from) && sim.is_up(to) && !sim.has_peer(from, to) && !sim.has_peer(to, from) {
@@ -283,13 +294,13 @@ impl FaultWorld {
     }
 
     /// Whether another node may go down: at most a third down at once.
-    fn may_crash(&self, sim: &Sim) -> bool {
+    pub(super) fn may_crash(&self, sim: &Sim) -> bool {
         let up = self.nodes.iter().filter(|&&node| sim.is_up(node)).count();
         up * 3 > self.nodes.len() * 2
     }
 
     /// Takes `node`'s durable blocks down with it and crashes it.
-    fn crash_node(&mut self, sim: &mut Sim, node: NodeIndex) {
+    pub(super) fn crash_node(&mut self, sim: &mut Sim, node: NodeIndex) {
         let disk: BTreeSet<Root> = sim.disk(node).keys().copied().collect();
         log::info!(
             "{node} crashes at {} with {} durable blocks",
@@ -411,7 +422,7 @@ impl FaultWorld {
         }
     }
 
-    fn restart(&mut self, sim: &mut Sim, node: NodeIndex) {
+    pub(super) fn restart(&mut self, sim: &mut Sim, node: NodeIndex) {
         let slot_ms = self.crashes.slot_ms.max(1);
         if let Some(crashed_at) = self.crashes.crashed_at.remove(&node) {
             let slot_of = |at: Instant| at.as_micros() / 1_000 / slot_ms;
@@ -484,7 +495,7 @@ fn add_producers(sim: &mut Sim, nodes: usize, producing: &ProducingParams) -> Ar
 }
 
 /// Links over `nodes`: a random connected plan, plus a path inside each group.
-fn plan_links(
+pub(super) fn plan_links(
     sim: &mut Sim,
     nodes: &[NodeIndex],
     groups: &[Vec<NodeIndex>],
@@ -676,7 +687,7 @@ impl Scenario for PartitionHeal {
 
 /// The first middle of a slot at or after `at`, with slots of `slot_ms`
 /// from the origin (the producing genesis starts at 0).
-fn mid_slot_after(at: Instant, slot_ms: u64) -> Instant {
+pub(super) fn mid_slot_after(at: Instant, slot_ms: u64) -> Instant {
     let slot_micros = slot_ms.max(1) * 1_000;
     let at = at.as_micros();
     let mut mid = at / slot_micros * slot_micros + slot_micros / 2;
@@ -687,7 +698,7 @@ fn mid_slot_after(at: Instant, slot_ms: u64) -> Instant {
 }
 
 /// No honest node imported an invalid block.
-fn invalid_bound(bounds: &mut Bounds, watch: &ChainWatch) {
+pub(super) fn invalid_bound(bounds: &mut Bounds, watch: &ChainWatch) {
     let invalid = watch.invalid_blocks_imported();
     bounds.require(invalid == 0, || {
         format!("honest nodes imported {invalid} invalid blocks")

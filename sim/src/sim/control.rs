@@ -109,10 +109,24 @@ impl Sim {
     }
 
     /// Ends the partition; connections lost to it must be dialled again.
+    /// What a holding cut kept ([`Sim::partition_holding`],
+    /// [`Sim::cut_one_way`]) is delivered now, in order.
     pub fn heal(&mut self) {
         log::debug!("partition healed");
-        self.network.heal();
+        let held = self.network.heal();
         self.note_fault(None, FaultKind::Heal);
+        self.release_held(held);
+    }
+
+    /// Like [`Sim::partition`], but as TCP sees an outage shorter than its
+    /// retransmission timeout: what crosses the cut is held, not lost, and
+    /// arrives in order at the heal; connections that outlive the cut see
+    /// no gap in their streams (those the nodes give up meanwhile close).
+    pub fn partition_holding(&mut self, groups: &[Vec<NodeIndex>]) {
+        log::debug!("holding partition into {groups:?}");
+        self.network.partition(groups);
+        self.network.set_cuts_hold(true);
+        self.note_fault(None, FaultKind::Partition);
     }
 
     /// Kills `node` now; see the module's crash design.
@@ -174,6 +188,8 @@ impl Sim {
         let seed = incarnation_seed(&state.node_seed, state.incarnation);
         // What it had on disk, after what it was configured with at first.
         let mut config = state.config.clone();
+        // It reads its (possibly skewed) wall clock at start.
+        config.unix_ms_at_origin = state.skewed_unix_ms_at_origin();
         if !state.disk.is_empty() {
             let mut stored = config.chain.stored.to_vec();
             stored.extend(state.disk.values().cloned());

@@ -120,9 +120,8 @@ impl Sim {
             .map(|(_, block)| block.encoded_len())
             .sum();
         let state = self.node_state_mut(index);
-        let done = state.disk_free_at.max(now)
-            + DISK_WRITE_LATENCY
-            + transmit_time(bytes, DISK_WRITE_BYTES_PER_SECOND);
+        let write = DISK_WRITE_LATENCY + transmit_time(bytes, DISK_WRITE_BYTES_PER_SECOND);
+        let done = state.disk_free_at.max(now) + write * state.disk_slowdown;
         state.disk_free_at = done;
         let incarnation = state.incarnation;
         self.queue.push(

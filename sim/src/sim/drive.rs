@@ -39,7 +39,9 @@ impl Sim {
                 );
             }
         }
-        self.node_state_mut(index).node.handle(now, input);
+        let state = self.node_state_mut(index);
+        let node_now = state.clock.node_instant(now);
+        state.node.handle(node_now, input);
         while let Some(action) = self.node_state_mut(index).node.poll_action() {
             self.trace.record(index, now, &action);
             self.apply(index, action);
@@ -77,6 +79,7 @@ impl Sim {
         let cost = job.modelled_cost();
         let output = job.run();
         let state = self.node_state_mut(index);
+        let cost = cost * state.cpu_slowdown;
         let done = state.cpu_free_at.max(now) + cost;
         state.cpu_free_at = done;
         let incarnation = state.incarnation;

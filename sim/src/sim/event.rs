@@ -78,6 +78,8 @@ pub(super) enum Event {
     },
     /// A node's wake-up, valid only while its generation is current.
     Timer { node: NodeIndex, generation: u64 },
+    /// A reset reaches one end of a connection (see `Sim::reset_connections`).
+    Reset { node: NodeIndex, conn: ConnId },
     /// The node's process dies.
     Crash { node: NodeIndex },
     /// The node's process starts again.

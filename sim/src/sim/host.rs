@@ -16,6 +16,8 @@ use meshsync_core::work::PersistBatch;
 use meshsync_core::{Config, DialId, Instant, Node, Notification, PeerId};
 use sha2::{Digest, Sha256};
 
+use super::clock::NodeClock;
+
 /// One simulated node and the driver state the simulator keeps for it.
 pub(super) struct SimNode {
     pub(super) node: Node,
@@ -65,6 +67,14 @@ pub(super) struct SimNode {
     /// Fault: nothing the node writes leaves it, as with a host that opens
     /// connections and never sends a byte (a half-open flood).
     pub(super) mute: bool,
+    /// The node's clock: how its instants run against the world's (drift).
+    pub(super) clock: NodeClock,
+    /// Milliseconds the node's wall clock is off true time.
+    pub(super) clock_skew_ms: i64,
+    /// Each disk write takes this many times its modelled time.
+    pub(super) disk_slowdown: u32,
+    /// Each job takes this many times its modelled cost.
+    pub(super) cpu_slowdown: u32,
     /// Generation of the live timer event; older ones are stale.
     pub(super) timer_generation: u64,
     /// The instant of the live timer event, if one is queued.
@@ -80,6 +90,16 @@ pub(super) struct SimNode {
     pub(super) retired_counters: Vec<Counters>,
     /// The next tag [`crate::Sim::request`] gives a request of this node.
     pub(super) request_tag_next: u64,
+}
+
+impl SimNode {
+    /// The Unix time (ms) of `Instant::ZERO` the node's skewed wall clock
+    /// gives: its configuration's, moved by the skew (not below 0).
+    pub(super) fn skewed_unix_ms_at_origin(&self) -> u64 {
+        self.config
+            .unix_ms_at_origin
+            .saturating_add_signed(self.clock_skew_ms)
+    }
 }
 
 /// The seed of incarnation `incarnation` of a node whose first seed was

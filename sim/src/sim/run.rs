@@ -183,6 +183,7 @@ impl Sim {
                 self.node_state_mut(node).timer_at = None;
                 self.deliver(node, Input::Timeout);
             }
+            Event::Reset { node, conn } => self.reset_arrived(node, conn),
             Event::Crash { node } => self.crash(node),
             Event::Restart { node } => self.restart(node),
             Event::Wake { token } => self.push_app_event(AppEvent::Wake { token }),

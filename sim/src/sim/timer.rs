@@ -20,16 +20,20 @@ pub const TIMER_STALL_BACKOFF: Duration = Duration::from_millis(1);
 impl Sim {
     pub(super) fn schedule_timer(&mut self, index: NodeIndex, after_timeout: bool) {
         let now = self.now;
+        let clock = self.node_state(index).clock;
+        let node_now = clock.node_instant(now);
         let wanted = self.node_state(index).node.poll_timeout();
         let at = match wanted {
-            Some(at) if after_timeout && at <= now => {
+            Some(at) if after_timeout && at <= node_now => {
                 self.violation(
                     Some(index),
                     format!("asked to wake at {at} right after handling its timeout at {now}"),
                 );
                 now + TIMER_STALL_BACKOFF
             }
-            Some(at) => at.max(now),
+            // Its deadline is on its own clock: the world wakes it when
+            // its clock reads it.
+            Some(at) => clock.world_instant(at).max(now),
             None => {
                 let state = self.node_state_mut(index);
                 if state.timer_at.take().is_some() {

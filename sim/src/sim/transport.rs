@@ -13,6 +13,7 @@
 //! [`meshsync_core::limits::PENDING_SEND_BYTES_MAX`] close it with
 //! `CloseCause::SendBufferFull`, as the `Action::Send` contract says.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use meshsync_core::io::CloseCause;
@@ -21,6 +22,7 @@ use meshsync_core::{ConnId, DialId, Duration, Instant};
 use super::config::DIALS_KEPT_PER_NODE_MAX;
 use super::event::Event;
 use super::world::Sim;
+use crate::network::{Held, HeldWhat};
 use crate::types::NodeIndex;
 
 /// even one byte takes time on a limited link.
@@ -184,10 +186,34 @@ impl Sim {
             );
         }
         if !self.network.delivers(index, remote) || !self.network.is_open(remote_conn) {
-            // Lost, or on its way to an end that already closed: it would be dropped there.
-            self.network_counts.bytes_dropped += bytes.len() as u64;
+            let held = self.network.is_open(remote_conn)
+                && self.network.is_cut(index, remote)
+                && self.network.hold(Held {
+                    from: index,
+                    conn,
+                    to: remote,
+                    remote_conn,
+                    what: HeldWhat::Bytes(bytes.clone()),
+                });
+            if !held {
+                // Lost, or on its way to an end that already closed: it
+                // would be dropped there.
+                self.network_counts.bytes_dropped += bytes.len() as u64;
+            }
             return;
         }
+        self.carry(index, conn, bytes, departure);
+    }
+
+    /// Puts `bytes` that leave `index`'s uplink at `departure` on the wire
+    /// of its open end `conn`, towards the open remote end.
+    fn carry(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>, departure: Instant) {
+        let now = self.now;
+        let endpoint = self
+            .network
+            .endpoint_of(index, conn)
+            .expect("open endpoint");
+        let (remote, remote_conn) = (endpoint.remote, endpoint.remote_conn);
         let link = *self.network.link(index, remote);
         let delay = link.sample_delay(&mut self.rng_network);
         let bytes_len = bytes.len();
@@ -199,6 +225,13 @@ impl Sim {
             .expect("open endpoint");
         let arrival = endpoint.outbound.arrival(departure, delay);
         let arrival = self.downlink_arrival(remote, arrival, bytes_len);
+        // A stalled link releases what it held, in order, when the stall
+        // ends (after the receiver's downlink took it: a stall delays this
+        // pair only, not the receiver's other peers).
+        let arrival = match self.network.stalled_until(index, remote, now) {
+            Some(until) => arrival.max(until),
+            None => arrival,
+        };
         // Later sends and the close on this pipe come after these bytes.
         self.network
             .endpoint_of(index, conn)
@@ -234,6 +267,15 @@ impl Sim {
         debug_assert_eq!(endpoint.node, index);
         let remote = endpoint.remote;
         if !self.network.delivers(index, remote) || !self.network.is_open(endpoint.remote_conn) {
+            if self.network.is_open(endpoint.remote_conn) && self.network.is_cut(index, remote) {
+                self.network.hold(Held {
+                    from: index,
+                    conn,
+                    to: remote,
+                    remote_conn: endpoint.remote_conn,
+                    what: HeldWhat::Close(cause),
+                });
+            }
             return;
         }
         let delay = self
@@ -242,6 +284,10 @@ impl Sim {
             .sample_delay(&mut self.rng_network);
         let departure = self.node_state(index).uplink_free_at.max(self.now);
         let arrival = endpoint.outbound.arrival(departure, delay);
+        let arrival = match self.network.stalled_until(index, remote, self.now) {
+            Some(until) => arrival.max(until),
+            None => arrival,
+        };
         self.network.expect_delivery(endpoint.remote_conn);
         self.queue.push(
             arrival,
@@ -251,6 +297,57 @@ impl Sim {
                 cause,
             },
         );
+    }
+}
+
+impl Sim {
+    /// Delivers what holding cuts kept, in the order it was sent, now that
+    /// they healed: bytes whose two ends are still open, and closes whose
+    /// receiving end is.
+    pub(super) fn release_held(&mut self, held: Vec<Held>) {
+        let now = self.now;
+        // A released close comes after the bytes released before it.
+        let mut last_arrival: BTreeMap<ConnId, Instant> = BTreeMap::new();
+        for Held {
+            from,
+            conn,
+            to,
+            remote_conn,
+            what,
+        } in held
+        {
+            if !self.network.is_open(remote_conn) {
+                continue;
+            }
+            match what {
+                HeldWhat::Bytes(bytes) => {
+                    if self.network.endpoint_of(from, conn).is_none() {
+                        self.network_counts.bytes_dropped += bytes.len() as u64;
+                        continue;
+                    }
+                    self.carry(from, conn, bytes, now);
+                    let endpoint = self.network.endpoint_of(from, conn).expect("open");
+                    last_arrival.insert(remote_conn, endpoint.outbound.arrival_last());
+                }
+                HeldWhat::Close(cause) => {
+                    let delay = self
+                        .network
+                        .link(from, to)
+                        .sample_delay(&mut self.rng_network);
+                    let after = last_arrival.get(&remote_conn).copied().unwrap_or(now);
+                    let arrival = after.max(now + delay);
+                    self.network.expect_delivery(remote_conn);
+                    self.queue.push(
+                        arrival,
+                        Event::Closed {
+                            node: to,
+                            conn: remote_conn,
+                            cause,
+                        },
+                    );
+                }
+            }
+        }
     }
 }
 

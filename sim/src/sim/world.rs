@@ -13,6 +13,7 @@ use meshsync_core::{Config, Identity, Instant, Node, PeerId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use super::clock::NodeClock;
 use super::config::{node_config, SimConfig, LISTEN_PORT_DEFAULT};
 use super::event::Event;
 use super::host::SimNode;
@@ -160,6 +161,10 @@ impl Sim {
             disk_unwritten: VecDeque::new(),
             disk_watermarks: BTreeMap::new(),
             disk_known_peers: None,
+            clock: NodeClock::default(),
+            clock_skew_ms: 0,
+            disk_slowdown: 1,
+            cpu_slowdown: 1,
             timer_generation: 0,
             timer_at: None,
             dials: BTreeSet::new(),
