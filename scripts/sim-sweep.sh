@@ -59,7 +59,7 @@ SIZES=(
   "budget-sybils --duration 20s"
   "sync-liars --duration 30s"
   "chaos --nodes 8 --duration 20s"
-  "discovery --nodes 60 --duration 60s"
+  "discovery --nodes 60"
   "restart-recall"
   "churn --nodes 50 --duration 6m"
   "dht-eclipse --nodes 50 --duration 30s"

@@ -1001,8 +1001,10 @@ impl Node {
             // One stall can happen to anyone; a peer that lets request
             // after request expire while it keeps talking to us is of no use
             // and holds a slot. One we have heard nothing from since we
-            // asked may be frozen or cut off (a partition): the silence
-            // timeout deals with it, and it must not come back scored out.
+            // asked may be frozen or cut off (a partition, a stalled link):
+            // the silence timeout deals with it, and it must not come back
+            // scored out, nor with a score below zero that keeps it out of
+            // our gossip mesh after the network heals. It is not charged.
             // (Heard lately alone is not enough: a peer frozen right after
             // its last message is still "heard lately" when our requests
             // to it expire.)
@@ -1011,10 +1013,11 @@ impl Node {
                     let heard_since_asked = established.last_received >= first_sent_at
                         && now.saturating_duration_since(established.last_received)
                             < TIMEOUT_ESCALATION_HEARD_WITHIN;
-                    if heard_since_asked {
-                        established.timeouts_in_a_row =
-                            established.timeouts_in_a_row.saturating_add(1);
+                    if !heard_since_asked {
+                        debug!("{peer:?}: silent since we asked: its timeouts are not charged");
+                        continue;
                     }
+                    established.timeouts_in_a_row = established.timeouts_in_a_row.saturating_add(1);
                     established.timeouts_in_a_row
                 }
                 None => continue,

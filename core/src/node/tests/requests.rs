@@ -274,19 +274,24 @@ fn an_unresponsive_peer_times_out_loses_score_and_is_dropped() {
     assert!(!net.connected(0, 1));
     assert!(disconnects(&net, 0).contains(&DisconnectReason::LocalGoodbye(GoodbyeReason::BadScore)));
     // Timeouts while it keeps pinging us escalate to −10 from the third in
-    // a row: dropped well before the twenty-odd Low penalties would take.
+    // a row: dropped before the twenty-odd Low penalties would take. (A
+    // request that expires with nothing heard from it since is not charged,
+    // so some of its timeouts count for nothing: 18 here, 15 when every
+    // one cost Low.)
     let timeouts = net.nodes[0].counters().requests_timed_out;
     assert!(
-        (u64::from(rpc::TIMEOUTS_IN_A_ROW_TOLERATED)..=15).contains(&timeouts),
+        (u64::from(rpc::TIMEOUTS_IN_A_ROW_TOLERATED)..=20).contains(&timeouts),
         "{timeouts} timeouts"
     );
 }
 
 /// A peer that freezes (or is cut off) right after its last message: the
 /// requests we send it afterwards expire while it still counts as heard
-/// lately. They cost it Low each, never the High of a peer that ignores us
+/// lately. Nothing came from it since we asked, so they cost it nothing
+/// (before: Low each, which kept an honest peer out of the gossip mesh
+/// after a partition healed), never the High of a peer that ignores us
 /// while it talks; the silence timeout drops it, not its score, so it can
-/// come back (before, three such moments in a row scored it out).
+/// come back (before that, three such moments in a row scored it out).
 #[test]
 fn a_frozen_peer_is_dropped_as_silent_not_scored_out() {
     let mut net = Net::new(vec![chain_config(0), chain_config(100)]);
