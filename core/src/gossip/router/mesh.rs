@@ -151,6 +151,10 @@ impl Gossip {
         let mesh: Vec<PeerId> = self.mesh_peers(topic);
         for peer in &mesh {
             if scores.get(peer).is_none_or(|score| *score < 0.0) {
+                log::debug!(
+                    "{peer:?}: pruned from the mesh of {topic:?}: score {:?}",
+                    scores.get(peer)
+                );
                 self.prune(now, topic, *peer);
             }
         }

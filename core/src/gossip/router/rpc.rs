@@ -273,6 +273,7 @@ impl Gossip {
             return;
         }
         if self.in_backoff(now, &topic, &peer) {
+            log::debug!("{peer:?}: GRAFT on {topic:?} during its backoff: penalised and pruned");
             self.counters.grafts_refused_in_backoff += 1;
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.grafts_refused_in_backoff = p.grafts_refused_in_backoff.saturating_add(1);
@@ -290,6 +291,9 @@ impl Gossip {
         let subscribed = p.topics.contains(&topic);
         let full = self.mesh.get(&topic).map_or(0, BTreeSet::len) >= self.config.mesh_n_high;
         if score < 0.0 || !subscribed || (full && !outbound) {
+            log::debug!(
+                "{peer:?}: GRAFT on {topic:?} refused (score {score:.2}, subscribed {subscribed}, mesh full {full}, outbound {outbound})"
+            );
             self.send_prune(now, &topic, peer);
             return;
         }
@@ -304,6 +308,7 @@ impl Gossip {
             return;
         }
         self.counters.prunes_received += 1;
+        log::debug!("{peer:?}: PRUNE on {topic:?} asking a {backoff_secs} s backoff");
         let in_mesh = self
             .mesh
             .get_mut(&topic)
