@@ -62,7 +62,7 @@ SIZES=(
   "discovery --nodes 60"
   "restart-recall"
   "churn --nodes 50 --duration 6m"
-  "dht-eclipse --nodes 50 --duration 30s"
+  "dht-eclipse --nodes 50"
   "handshake-flood"
 )
 

@@ -88,16 +88,24 @@ pub fn producing_genesis(
     proposers: usize,
     slot_ms: u64,
 ) -> (Arc<Genesis>, Vec<ProposerKey>) {
-    producing_genesis_at(network_id, proposers, slot_ms, 0)
+    producing_genesis_at(
+        network_id,
+        proposers,
+        slot_ms,
+        0,
+        FINALITY_DEPTH_SLOTS_DEFAULT,
+    )
 }
 
 /// Like [`producing_genesis`], with the genesis at Unix time
-/// `genesis_unix_ms` (room for a node's clock to run behind it).
+/// `genesis_unix_ms` (room for a node's clock to run behind it) and
+/// blocks final `finality_depth_slots` below the head.
 pub fn producing_genesis_at(
     network_id: u64,
     proposers: usize,
     slot_ms: u64,
     genesis_unix_ms: u64,
+    finality_depth_slots: u64,
 ) -> (Arc<Genesis>, Vec<ProposerKey>) {
     let keys = devnet_keys(network_id, proposers);
     let public_keys = keys.iter().map(|key| key.sk_to_pk()).collect();
@@ -106,7 +114,7 @@ pub fn producing_genesis_at(
         genesis_unix_ms,
         slot_ms,
         public_keys,
-        FINALITY_DEPTH_SLOTS_DEFAULT,
+        finality_depth_slots,
     )
     .expect("devnet keys and a positive slot make a valid genesis");
     let keys = keys

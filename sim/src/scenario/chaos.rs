@@ -2,7 +2,8 @@
 //! seed, then healed; safety is checked throughout, liveness after.
 //!
 //! # The story
-//! `nodes` honest nodes follow a genesis with `proposers` devnet keys
+//! `nodes` honest nodes follow a genesis with `proposers` devnet keys and
+//! a finality depth of [`ChaosParams::finality_depth_slots`] (16)
 //! (node `i < proposers` holds key `i`) over a random connected topology,
 //! and keep their links up as an operator's static peers would (lost links
 //! are dialled again every 5 s). After `warmup`, the **safety phase**
@@ -158,6 +159,11 @@ pub struct ChaosParams {
     pub hostile_peers_max: usize,
     /// How long after the heal every honest node must share one head.
     pub liveness_max: Duration,
+    /// Blocks are final this many slots below the head: short, so that
+    /// finality moves all through the run and its checks bite, and longer
+    /// than any cut (8 s of 1 s slots), so that no side of a cut finalizes
+    /// a fork the other side will not take.
+    pub finality_depth_slots: u64,
 }
 
 impl Default for ChaosParams {
@@ -173,6 +179,7 @@ impl Default for ChaosParams {
             fault_length: (Duration::from_secs(1), Duration::from_secs(8)),
             hostile_peers_max: 2,
             liveness_max: Duration::from_secs(60),
+            finality_depth_slots: 16,
         }
     }
 }
@@ -549,6 +556,7 @@ impl Scenario for Chaos {
             producing.proposers,
             producing.slot_ms,
             GENESIS_UNIX_MS,
+            params.finality_depth_slots,
         );
         let config_for = |sim: &Sim, key| {
             let mut config = producing_config(sim, &genesis, key, producing.body_bytes);
