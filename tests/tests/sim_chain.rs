@@ -118,7 +118,10 @@ fn hostile_servers_cannot_stop_a_joiner_or_slip_it_an_invalid_block() {
     // only for slots the others back, and each garbled batch it serves
     // costs High (it falls past the disconnect threshold, -20, if it keeps
     // serving them). The silent one pays -1 per timeout and -10 from the
-    // third in a row, if sync asked it that often before giving up on it.
+    // third in a row, if sync asked it that often before giving up on it;
+    // a timeout with nothing heard from it since the request is charged
+    // only once it speaks again (it might have been cut off), so one of
+    // its two timeouts here may still be waiting at the end.
     for peer in hostile {
         let banned = peer["banned"] == true;
         let score = peer["score"].as_f64().expect("a score");
@@ -131,8 +134,8 @@ fn hostile_servers_cannot_stop_a_joiner_or_slip_it_an_invalid_block() {
                     "not dropped: {peer}"
                 )
             }
-            // Two timeouts at least (-1 each), less what decay gave back.
-            _ => assert!(banned || score < -1.5, "not penalised: {peer}"),
+            // One timeout charged at least (-1), less what decay gave back.
+            _ => assert!(banned || score < -0.9, "not penalised: {peer}"),
         }
     }
     // At least the bad signatures were proven (the garbled chain may not

@@ -103,6 +103,10 @@ pub(super) struct Established {
     pub(super) metadata_fetches: u32,
     /// Our requests to it that timed out in a row (a complete answer resets it).
     pub(super) timeouts_in_a_row: u32,
+    /// Requests that expired while we heard nothing from it since asking:
+    /// charged (Low each) when it next speaks on this connection, never if
+    /// it does not (cut off or frozen until the silence timeout).
+    pub(super) timeouts_uncharged: u32,
     /// When we last asked it for its Status because a gossiped orphan of
     /// its found no lookup place (see `Node::sync_orphan`).
     pub(super) orphan_status_asked_at: Option<Instant>,
@@ -427,6 +431,7 @@ impl Connections {
                                 metadata_fetches: 0,
                                 orphan_status_asked_at: None,
                                 timeouts_in_a_row: 0,
+                                timeouts_uncharged: 0,
                             }));
                             received.push(Received::HandshakeDone(remote));
                         }

@@ -239,6 +239,16 @@ impl Node {
             return; // Refused after its handshake; what follows is ignored.
         }
         let peer = established.peer;
+        // It was not cut off after all: it ignored what it let expire.
+        let uncharged = std::mem::take(&mut established.timeouts_uncharged);
+        if uncharged > 0 {
+            for _ in 0..uncharged {
+                self.report(now, peer, Report::Penalty(Penalty::Low));
+            }
+            if self.conns.established_on_mut(conn).is_none() {
+                return; // Those charges scored it out.
+            }
+        }
         self.out.counters.messages_received += 1;
         match bytes.first().copied() {
             Some(crate::gossip::GOSSIP_KIND) => self.on_gossip_rpc(now, peer, bytes),
@@ -1004,7 +1014,10 @@ impl Node {
             // asked may be frozen or cut off (a partition, a stalled link):
             // the silence timeout deals with it, and it must not come back
             // scored out, nor with a score below zero that keeps it out of
-            // our gossip mesh after the network heals. It is not charged.
+            // our gossip mesh after the network heals. Its timeouts are
+            // charged only if it speaks again on this connection (then it
+            // was there and did not answer); a cut that outlives the
+            // connection takes them with it.
             // (Heard lately alone is not enough: a peer frozen right after
             // its last message is still "heard lately" when our requests
             // to it expire.)
@@ -1014,7 +1027,11 @@ impl Node {
                         && now.saturating_duration_since(established.last_received)
                             < TIMEOUT_ESCALATION_HEARD_WITHIN;
                     if !heard_since_asked {
-                        debug!("{peer:?}: silent since we asked: its timeouts are not charged");
+                        debug!(
+                            "{peer:?}: silent since we asked: its timeouts wait until it speaks"
+                        );
+                        established.timeouts_uncharged =
+                            established.timeouts_uncharged.saturating_add(count);
                         continue;
                     }
                     established.timeouts_in_a_row = established.timeouts_in_a_row.saturating_add(1);

@@ -275,9 +275,9 @@ fn an_unresponsive_peer_times_out_loses_score_and_is_dropped() {
     assert!(disconnects(&net, 0).contains(&DisconnectReason::LocalGoodbye(GoodbyeReason::BadScore)));
     // Timeouts while it keeps pinging us escalate to −10 from the third in
     // a row: dropped before the twenty-odd Low penalties would take. (A
-    // request that expires with nothing heard from it since is not charged,
-    // so some of its timeouts count for nothing: 18 here, 15 when every
-    // one cost Low.)
+    // request that expires with nothing heard from it since is charged
+    // only when it next speaks, and those do not escalate: 18 timeouts
+    // here, 15 when every one cost Low at once.)
     let timeouts = net.nodes[0].counters().requests_timed_out;
     assert!(
         (u64::from(rpc::TIMEOUTS_IN_A_ROW_TOLERATED)..=20).contains(&timeouts),
@@ -288,8 +288,9 @@ fn an_unresponsive_peer_times_out_loses_score_and_is_dropped() {
 /// A peer that freezes (or is cut off) right after its last message: the
 /// requests we send it afterwards expire while it still counts as heard
 /// lately. Nothing came from it since we asked, so they cost it nothing
-/// (before: Low each, which kept an honest peer out of the gossip mesh
-/// after a partition healed), never the High of a peer that ignores us
+/// unless it speaks again on this connection (before: Low each at once,
+/// which kept an honest peer out of the gossip mesh after a partition
+/// healed), never the High of a peer that ignores us
 /// while it talks; the silence timeout drops it, not its score, so it can
 /// come back (before that, three such moments in a row scored it out).
 #[test]
