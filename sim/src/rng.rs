@@ -6,6 +6,7 @@
 //! a number of RNG words that depends only on the RNG's output, never on the
 //! platform, so a seed means the same run on every machine.
 
+use meshsync_core::Duration;
 use rand_core::RngCore;
 
 /// A uniform integer in `0..bound`. `bound` must not be zero.
@@ -28,6 +29,13 @@ pub fn between(rng: &mut impl RngCore, low: u64, high: u64) -> u64 {
         return rng.next_u64();
     }
     low + below(rng, high - low + 1)
+}
+
+/// A uniform duration in `low..=high`, to the microsecond.
+pub fn duration_between(rng: &mut impl RngCore, (low, high): (Duration, Duration)) -> Duration {
+    // Simulated spans are far below 2^64 microseconds (584,000 years).
+    let micros = between(rng, low.as_micros() as u64, high.as_micros() as u64);
+    Duration::from_micros(micros)
 }
 
 /// A uniform index into a slice of `len` elements.

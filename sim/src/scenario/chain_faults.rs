@@ -407,24 +407,11 @@ impl FaultWorld {
         } else if self.may_crash(sim) {
             let node = up[rng::index(sim.scenario_rng(), up.len())];
             self.crash_node(sim, node);
-            let (low, high) = self.crashes.downtime;
-            let down = rng::between(
-                sim.scenario_rng(),
-                low.as_micros() as u64,
-                high.as_micros() as u64,
-            );
-            sim.wake_at(
-                sim.now() + Duration::from_micros(down),
-                token(TOKEN_RESTART, node.0),
-            );
+            let down = rng::duration_between(sim.scenario_rng(), self.crashes.downtime);
+            sim.wake_at(sim.now() + down, token(TOKEN_RESTART, node.0));
         }
-        let (low, high) = self.crashes.gap;
-        let gap = rng::between(
-            sim.scenario_rng(),
-            low.as_micros() as u64,
-            high.as_micros() as u64,
-        );
-        let next = sim.now() + Duration::from_micros(gap);
+        let gap = rng::duration_between(sim.scenario_rng(), self.crashes.gap);
+        let next = sim.now() + gap;
         if next < self.crashes.fault_end {
             sim.wake_at(next, token(TOKEN_CRASH, 0));
         }

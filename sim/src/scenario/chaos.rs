@@ -236,15 +236,6 @@ impl ChaosWorld {
         nodes[rng::index(sim.scenario_rng(), nodes.len())]
     }
 
-    fn length(&self, sim: &mut Sim) -> Duration {
-        let (low, high) = self.params.fault_length;
-        Duration::from_micros(rng::between(
-            sim.scenario_rng(),
-            low.as_micros() as u64,
-            high.as_micros() as u64,
-        ))
-    }
-
     /// Remembers `active` and asks to heal it after `length` (capped at the
     /// end of the safety phase, when everything heals anyway).
     fn hold(&mut self, sim: &mut Sim, active: Active, length: Duration) {
@@ -264,13 +255,7 @@ impl ChaosWorld {
         if self.apply(sim, kind) {
             *self.report.faults.entry(kind).or_default() += 1;
         }
-        let (low, high) = self.params.gap;
-        let gap = Duration::from_micros(rng::between(
-            sim.scenario_rng(),
-            low.as_micros() as u64,
-            high.as_micros() as u64,
-        ))
-        .max(FAULT_GAP_MIN);
+        let gap = rng::duration_between(sim.scenario_rng(), self.params.gap).max(FAULT_GAP_MIN);
         let next = sim.now() + gap;
         if next < self.safety_end {
             sim.wake_at(next, token(TOKEN_FAULT, 0));
@@ -280,7 +265,7 @@ impl ChaosWorld {
     /// Applies a fault of `kind`; false if none could be (a cut already in
     /// force, too many nodes down, no hostile peer left).
     fn apply(&mut self, sim: &mut Sim, kind: FaultKind) -> bool {
-        let length = self.length(sim);
+        let length = rng::duration_between(sim.scenario_rng(), self.params.fault_length);
         match kind {
             FaultKind::Partition | FaultKind::OneWayCut => {
                 if self.cut {
