@@ -134,9 +134,10 @@ pub struct Network {
     /// Stalled pairs (lower index first): bytes between them arrive no
     /// earlier than the instant (see [`Network::stall`]).
     stalls: BTreeMap<(NodeIndex, NodeIndex), Instant>,
-    /// Whether the cuts in force hold what crosses them for the heal
-    /// instead of losing it (see [`Network::set_cuts_hold`]).
-    cuts_hold: bool,
+    /// Whether the partition in force holds what crosses it for the heal
+    /// instead of losing it (see [`Network::partition_holding`]). One-way
+    /// cuts always hold.
+    partition_holds: bool,
     /// What was sent across a holding cut, in send order, for the heal.
     held: Vec<Held>,
     held_bytes: usize,
@@ -171,34 +172,43 @@ pub enum HeldWhat {
 pub const HELD_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 impl Network {
-    /// Makes the cuts in force until the next heal hold what crosses them
-    /// (`true`), as TCP does across an outage shorter than its
-    /// retransmission timeout: nothing is lost, everything arrives in
-    /// order after the heal (unless an end closed meanwhile). With
-    /// `false` (the default, and what `partition-heal` models) it is lost,
-    /// and a connection that outlives the cut would see a gap in its stream.
-    pub fn set_cuts_hold(&mut self, hold: bool) {
-        self.cuts_hold = hold;
+    /// Like [`Network::partition`], but the cut holds what crosses it, as
+    /// TCP does across an outage shorter than its retransmission timeout:
+    /// nothing is lost, everything arrives in order after the heal (unless
+    /// an end closed meanwhile). A lossy cut (`partition`, what
+    /// `partition-heal` models) loses it, and a connection that outlives
+    /// the cut then sees a gap in its stream.
+    pub fn partition_holding(&mut self, groups: &[Vec<NodeIndex>]) {
+        self.partition(groups);
+        self.partition_holds = true;
     }
 
-    /// Keeps `held` for the heal if the cuts hold and there is room;
-    /// returns whether it was kept.
+    /// Whether what `from` sends `to` is stopped by a cut that holds it
+    /// (not lost to a blackhole or a lossy partition).
+    fn holds_across(&self, from: NodeIndex, to: NodeIndex) -> bool {
+        if self.blackholed.contains(&from) {
+            return false;
+        }
+        let one_way = self
+            .one_way_cuts
+            .iter()
+            .any(|(senders, receivers)| senders.contains(&from) && receivers.contains(&to));
+        one_way || (self.partition_holds && self.is_partitioned(from, to))
+    }
+
+    /// Keeps `held` for the heal if a holding cut stops it and there is
+    /// room; returns whether it was kept.
     pub fn hold(&mut self, held: Held) -> bool {
         let bytes = match &held.what {
             HeldWhat::Bytes(bytes) => bytes.len(),
             HeldWhat::Close(_) => 0,
         };
-        if !self.cuts_hold || self.held_bytes + bytes > HELD_BYTES_MAX {
+        if !self.holds_across(held.from, held.to) || self.held_bytes + bytes > HELD_BYTES_MAX {
             return false;
         }
         self.held_bytes += bytes;
         self.held.push(held);
         true
-    }
-
-    /// Whether a cut (not a blackhole) is what stops `from` reaching `to`.
-    pub fn is_cut(&self, from: NodeIndex, to: NodeIndex) -> bool {
-        !self.blackholed.contains(&from) && !self.delivers(from, to)
     }
 }
 
@@ -215,7 +225,7 @@ impl Network {
             partition: BTreeMap::new(),
             one_way_cuts: Vec::new(),
             stalls: BTreeMap::new(),
-            cuts_hold: false,
+            partition_holds: false,
             held: Vec::new(),
             held_bytes: 0,
         }
@@ -247,9 +257,10 @@ impl Network {
                 .any(|(senders, receivers)| senders.contains(&from) && receivers.contains(&to))
     }
 
-    /// From now on, what any node of `from` sends any node of `to` is lost
-    /// (bytes, closes, the dialler's half of a TCP handshake); the other
-    /// way still works. Adds to earlier cuts; [`Network::heal`] ends them.
+    /// From now on, what any node of `from` sends any node of `to` does not
+    /// arrive: bytes and closes are held for the heal (see [`Network::hold`]),
+    /// the dialler's half of a TCP handshake is lost; the other way still
+    /// works. Adds to earlier cuts; [`Network::heal`] ends them.
     pub fn cut_one_way(&mut self, from: &[NodeIndex], to: &[NodeIndex]) {
         self.one_way_cuts
             .push((from.iter().copied().collect(), to.iter().copied().collect()));
@@ -292,6 +303,7 @@ impl Network {
     /// If a node is in two groups (a bug in the scenario).
     pub fn partition(&mut self, groups: &[Vec<NodeIndex>]) {
         self.partition.clear();
+        self.partition_holds = false;
         for (group, nodes) in groups.iter().enumerate() {
             for &node in nodes {
                 let previous = self.partition.insert(node, group);
@@ -305,7 +317,7 @@ impl Network {
     pub fn heal(&mut self) -> Vec<Held> {
         self.partition.clear();
         self.one_way_cuts.clear();
-        self.cuts_hold = false;
+        self.partition_holds = false;
         self.held_bytes = 0;
         std::mem::take(&mut self.held)
     }

@@ -124,8 +124,7 @@ impl Sim {
     /// no gap in their streams (those the nodes give up meanwhile close).
     pub fn partition_holding(&mut self, groups: &[Vec<NodeIndex>]) {
         log::debug!("holding partition into {groups:?}");
-        self.network.partition(groups);
-        self.network.set_cuts_hold(true);
+        self.network.partition_holding(groups);
         self.note_fault(None, FaultKind::Partition);
     }
 

@@ -82,7 +82,6 @@ impl Sim {
     pub fn cut_one_way(&mut self, from: &[NodeIndex], to: &[NodeIndex]) {
         log::debug!("one-way cut from {from:?} to {to:?}");
         self.network.cut_one_way(from, to);
-        self.network.set_cuts_hold(true);
         // Plots shade it as a partition: part of the network is cut off.
         self.note_fault(None, FaultKind::Partition);
     }

@@ -187,7 +187,6 @@ impl Sim {
         }
         if !self.network.delivers(index, remote) || !self.network.is_open(remote_conn) {
             let held = self.network.is_open(remote_conn)
-                && self.network.is_cut(index, remote)
                 && self.network.hold(Held {
                     from: index,
                     conn,
@@ -267,7 +266,7 @@ impl Sim {
         debug_assert_eq!(endpoint.node, index);
         let remote = endpoint.remote;
         if !self.network.delivers(index, remote) || !self.network.is_open(endpoint.remote_conn) {
-            if self.network.is_open(endpoint.remote_conn) && self.network.is_cut(index, remote) {
+            if self.network.is_open(endpoint.remote_conn) {
                 self.network.hold(Held {
                     from: index,
                     conn,
