@@ -213,8 +213,6 @@ pub struct ChaosWorld {
     /// Faults in force, by the id their heal's wake-up carries.
     active: BTreeMap<usize, Active>,
     active_next: usize,
-    /// A partition or one-way cut is in force.
-    cut: bool,
     /// Hostile peers, in the order they join.
     liars: Vec<NodeIndex>,
     liars_joined: usize,
@@ -268,7 +266,11 @@ impl ChaosWorld {
         let length = rng::duration_between(sim.scenario_rng(), self.params.fault_length);
         match kind {
             FaultKind::Partition | FaultKind::OneWayCut => {
-                if self.cut {
+                if self
+                    .active
+                    .values()
+                    .any(|active| matches!(active, Active::Cut))
+                {
                     return false;
                 }
                 let mut nodes = self.honest().to_vec();
@@ -280,7 +282,6 @@ impl ChaosWorld {
                 } else {
                     sim.cut_one_way(side, rest);
                 }
-                self.cut = true;
                 self.hold(sim, Active::Cut, length);
             }
             FaultKind::Stall => {
@@ -370,7 +371,6 @@ impl ChaosWorld {
         match active {
             Active::Cut => {
                 sim.heal();
-                self.cut = false;
             }
             Active::Bandwidth(node) => {
                 let rate = sim.config().bandwidth_bytes_per_second;
@@ -397,7 +397,6 @@ impl ChaosWorld {
             self.heal(sim, id);
         }
         sim.heal();
-        self.cut = false;
         redial_lost(sim, &self.faults.links);
     }
 
@@ -591,7 +590,6 @@ impl Scenario for Chaos {
             safety_end: Instant::ZERO,
             active: BTreeMap::new(),
             active_next: 0,
-            cut: false,
             liars,
             liars_joined: 0,
             finalized: BTreeMap::new(),
