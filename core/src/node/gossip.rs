@@ -167,9 +167,13 @@ impl GossipPart {
         now: Instant,
         conns: &Connections,
     ) -> Option<(PeerId, Vec<u8>)> {
-        let node_busy = conns.unwritten_total(now) >= limits::GOSSIP_NODE_WINDOW_BYTES;
+        // Summed over every connection, so only once a peer has gossip
+        // waiting, and at most once per call.
+        let node_busy = std::cell::OnceCell::new();
         let readiness = |peer: &PeerId| {
-            if !node_busy && conns.gossip_window_open(peer) {
+            let busy = *node_busy
+                .get_or_init(|| conns.unwritten_total(now) >= limits::GOSSIP_NODE_WINDOW_BYTES);
+            if !busy && conns.gossip_window_open(peer) {
                 SendReadiness::Everything
             } else {
                 SendReadiness::ControlOnly

@@ -88,9 +88,11 @@ impl Gossip {
         &mut self,
         readiness: &impl Fn(&PeerId) -> SendReadiness,
     ) -> Option<Option<(PeerId, Vec<u8>)>> {
-        let sendable = |id: &PeerId, p: &Peer| match readiness(id) {
-            SendReadiness::Everything => p.queued_items() > 0,
-            SendReadiness::ControlOnly => !p.control_queue.is_empty(),
+        // Readiness is asked only of a peer with gossip alone queued: most
+        // peers have nothing queued, and asking costs the caller lookups.
+        let sendable = |id: &PeerId, p: &Peer| {
+            !p.control_queue.is_empty()
+                || (!p.gossip_queue.is_empty() && readiness(id) == SendReadiness::Everything)
         };
         let peer = {
             let after = self
