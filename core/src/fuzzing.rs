@@ -408,6 +408,10 @@ fn check_consistency(net: &MemoryNet) {
         );
         let peers = node.peers();
         assert_eq!(peers.len(), node.peer_count());
+        assert!(
+            peers.iter().map(|info| &info.peer).eq(node.peer_ids()),
+            "peer_ids() lists what peers() does, in its order"
+        );
     }
 }
 

@@ -93,30 +93,42 @@ pub struct NodeView<'a> {
 /// - its notifications told the application the truth: the peers announced
 ///   connected and not since disconnected are exactly the peers it has.
 pub fn check_node(view: &NodeView<'_>) -> Vec<String> {
+    // Run after every step of every node: one pass over the table, no
+    // allocation unless something is wrong.
     let mut problems = Vec::new();
-    let peers = view.node.peers();
+    let peers = view.node.peer_ids();
+    let listed = peers.len();
     let peer_count = view.node.peer_count();
-    if peer_count != peers.len() {
+    if peer_count != listed {
         problems.push(format!(
-            "peer_count() is {peer_count} but peers() lists {}",
-            peers.len()
+            "peer_count() is {peer_count} but peers() lists {listed}"
         ));
     }
     let peers_max = view.peers_max.min(meshsync_core::limits::PEERS_MAX);
-    if peers.len() > peers_max {
+    if listed > peers_max {
         problems.push(format!(
-            "has {} peers, more than the limit of {peers_max}",
-            peers.len()
+            "has {listed} peers, more than the limit of {peers_max}"
         ));
     }
-    if peers.iter().any(|info| info.peer == view.peer_id) {
+    let mut previous: Option<&PeerId> = None;
+    let mut ordered = true;
+    let mut itself = false;
+    let mut as_notified = listed == view.notified_peers.len();
+    let mut notified = view.notified_peers.iter();
+    for peer in peers {
+        ordered &= previous.is_none_or(|previous| previous < peer);
+        itself |= *peer == view.peer_id;
+        as_notified &= notified.next() == Some(peer);
+        previous = Some(peer);
+    }
+    if itself {
         problems.push("counts itself as a peer".to_owned());
     }
-    if !peers.windows(2).all(|pair| pair[0].peer < pair[1].peer) {
+    if !ordered {
         problems.push("peers() is not in strictly increasing PeerId order".to_owned());
     }
-    let listed: BTreeSet<PeerId> = peers.iter().map(|info| info.peer).collect();
-    if listed != *view.notified_peers {
+    if !as_notified {
+        let listed: BTreeSet<PeerId> = view.node.peer_ids().copied().collect();
         let unannounced: Vec<_> = listed.difference(view.notified_peers).collect();
         let phantom: Vec<_> = view.notified_peers.difference(&listed).collect();
         problems.push(format!(

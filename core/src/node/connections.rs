@@ -212,7 +212,12 @@ impl Connections {
 
     /// Connected (accepted) peers, in `PeerId` order.
     pub(super) fn peer_ids(&self) -> Vec<PeerId> {
-        self.peers.keys().copied().collect()
+        self.connected_peers().copied().collect()
+    }
+
+    /// [`Connections::peer_ids`] without collecting them.
+    pub(super) fn connected_peers(&self) -> impl ExactSizeIterator<Item = &PeerId> + '_ {
+        self.peers.keys()
     }
 
     pub(super) fn is_connected(&self, peer: &PeerId) -> bool {

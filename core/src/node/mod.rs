@@ -379,6 +379,12 @@ impl Node {
         self.conns.peer_infos()
     }
 
+    /// The ids of [`Node::peers`], in the same order, without building
+    /// the list: for a caller that looks at them after every input.
+    pub fn peer_ids(&self) -> impl ExactSizeIterator<Item = &PeerId> + '_ {
+        self.conns.connected_peers()
+    }
+
     /// Whether `peer` is connected.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
         self.conns.is_connected(peer)
