@@ -5,9 +5,11 @@
 //! Each action is encoded explicitly, field by field, with fixed-width
 //! little-endian integers and length-prefixed variable parts, so the hash
 //! depends on nothing but the run: not on `Debug` layouts of std types, not on
-//! pointer width, not on the platform. Notifications are hashed through their
-//! `Debug` text, which the core derives from plain data (peer ids print as
-//! base58 prefixes, addresses as text).
+//! pointer width, not on the platform. The notifications that carry peer
+//! bytes (responses, inbound requests, gossip messages) are encoded the same
+//! way, their bytes hashed as they are; the others, small and rare, through
+//! their `Debug` text, which the core derives from plain data (peer ids print
+//! as base58 prefixes, addresses as text).
 //!
 //! | field | bytes |
 //! | --- | --- |
@@ -18,10 +20,15 @@
 //! | CancelDial: dial id | u64 LE |
 //! | Send: connection id, length, bytes | u64 LE, u64 LE, bytes |
 //! | Close: connection id | u64 LE |
-//! | Notify: length, `Debug` text | u64 LE, UTF-8 |
+//! | Notify: kind, then by kind (below) | u8 |
+//! | Response: peer, tag, protocol's `Debug` text, chunks, each chunk | 32 bytes, u64 LE, text, u64 LE, bytes |
+//! | InboundRequest: peer, request id, protocol's `Debug` text, body | 32 bytes, u64 LE, text, bytes |
+//! | GossipMessage: message id, topic, payload, from | 20 bytes, text, bytes, 32 bytes |
+//! | any other notification: its `Debug` text | text |
 //! | Crash, Restart: nothing more | |
 //!
-//! An address is a family byte (4 or 6), the IP octets, and the port (u16 LE).
+//! Bytes and text are a u64 LE length, then the bytes (text as UTF-8). An
+//! address is a family byte (4 or 6), the IP octets, and the port (u16 LE).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -36,7 +43,7 @@ use crate::types::NodeIndex;
 pub struct Trace {
     hasher: Sha256,
     actions: u64,
-    /// The last notification's text: one buffer, reused.
+    /// The last `Debug` text hashed: one buffer, reused.
     text: Vec<u8>,
 }
 
@@ -51,6 +58,12 @@ const TAG_WORK: u8 = 8;
 const TAG_PERSIST: u8 = 9;
 const TAG_PERSIST_PEERS: u8 = 10;
 const TAG_READ_BLOCKS: u8 = 11;
+
+/// Kinds of notification, after [`TAG_NOTIFY`].
+const NOTIFY_RESPONSE: u8 = 1;
+const NOTIFY_INBOUND_REQUEST: u8 = 2;
+const NOTIFY_GOSSIP_MESSAGE: u8 = 3;
+const NOTIFY_OTHER: u8 = 4;
 
 /// Something the simulator did to a node from outside, hashed with the actions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,11 +164,7 @@ impl Trace {
             }
             Action::Notify(notification) => {
                 self.tag(TAG_NOTIFY);
-                let mut text = std::mem::take(&mut self.text);
-                text.clear();
-                write_notification(&mut text, notification);
-                self.bytes(&text);
-                self.text = text;
+                self.notification(notification);
             }
         }
     }
@@ -186,6 +195,67 @@ impl Trace {
         hex::encode(self.hash())
     }
 
+    /// A notification: payloads as they are, since a gossip run hands its
+    /// application every message (hashing them as `Debug` text, five bytes
+    /// of text per byte, was a tenth of such a run).
+    fn notification(&mut self, notification: &Notification) {
+        match notification {
+            Notification::Response {
+                peer,
+                tag,
+                protocol,
+                chunks,
+            } => {
+                self.tag(NOTIFY_RESPONSE);
+                self.hasher.update(peer.as_bytes());
+                self.u64(*tag);
+                self.debug_text(protocol);
+                self.u64(chunks.len() as u64);
+                for chunk in chunks {
+                    self.bytes(chunk);
+                }
+            }
+            Notification::InboundRequest {
+                peer,
+                id,
+                protocol,
+                body,
+            } => {
+                self.tag(NOTIFY_INBOUND_REQUEST);
+                self.hasher.update(peer.as_bytes());
+                self.u64(id.0);
+                self.debug_text(protocol);
+                self.bytes(body);
+            }
+            Notification::GossipMessage {
+                id,
+                topic,
+                payload,
+                from,
+            } => {
+                self.tag(NOTIFY_GOSSIP_MESSAGE);
+                self.hasher.update(id.0);
+                self.bytes(topic.as_str().as_bytes());
+                self.bytes(payload);
+                self.hasher.update(from.as_bytes());
+            }
+            other => {
+                self.tag(NOTIFY_OTHER);
+                self.debug_text(other);
+            }
+        }
+    }
+
+    /// `value`'s `Debug` text, as bytes.
+    fn debug_text(&mut self, value: &impl std::fmt::Debug) {
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        // Writing to a Vec<u8> never fails.
+        write!(text, "{value:?}").expect("writing to a Vec<u8> never fails");
+        self.bytes(&text);
+        self.text = text;
+    }
+
     fn tag(&mut self, tag: u8) {
         self.hasher.update([tag]);
     }
@@ -214,124 +284,6 @@ impl Trace {
     }
 }
 
-/// Writes `notification`'s `Debug` text, `format!("{notification:?}")`, to
-/// `out`: the variants with byte vectors field by field (see the module
-/// docs), the others through `Debug`.
-fn write_notification(out: &mut Vec<u8>, notification: &Notification) {
-    // Writing to a Vec<u8> never fails.
-    const INFALLIBLE: &str = "writing to a Vec<u8> never fails";
-    match notification {
-        Notification::Response {
-            peer,
-            tag,
-            protocol,
-            chunks,
-        } => {
-            write!(
-                out,
-                "Response {{ peer: {peer:?}, tag: {tag:?}, protocol: {protocol:?}, chunks: ["
-            )
-            .expect(INFALLIBLE);
-            for (index, chunk) in chunks.iter().enumerate() {
-                if index > 0 {
-                    out.extend_from_slice(b", ");
-                }
-                write_byte_list(out, chunk);
-            }
-            out.extend_from_slice(b"] }");
-        }
-        Notification::InboundRequest {
-            peer,
-            id,
-            protocol,
-            body,
-        } => {
-            write!(
-                out,
-                "InboundRequest {{ peer: {peer:?}, id: {id:?}, protocol: {protocol:?}, body: "
-            )
-            .expect(INFALLIBLE);
-            write_byte_list(out, body);
-            out.extend_from_slice(b" }");
-        }
-        Notification::GossipMessage {
-            id,
-            topic,
-            payload,
-            from,
-        } => {
-            write!(
-                out,
-                "GossipMessage {{ id: {id:?}, topic: {topic:?}, payload: "
-            )
-            .expect(INFALLIBLE);
-            write_byte_list(out, payload);
-            write!(out, ", from: {from:?} }}").expect(INFALLIBLE);
-        }
-        other => write!(out, "{other:?}").expect(INFALLIBLE),
-    }
-}
-
-/// Each byte's decimal digits behind `", "`, padded to 8 bytes so that one
-/// fixed-size copy writes any of them, and how many of those bytes count
-/// (the separator and 1 to 3 digits).
-const SEPARATED: [([u8; 8], u8); 256] = separated_table();
-/// Bytes of the separator in front of every byte but the first.
-const SEPARATOR_BYTES: usize = 2;
-
-const fn separated_table() -> [([u8; 8], u8); 256] {
-    let mut table = [([0; 8], 0); 256];
-    let mut byte = 0;
-    while byte < 256 {
-        let (entry, length) = &mut table[byte];
-        entry[0] = b',';
-        entry[1] = b' ';
-        let mut at = SEPARATOR_BYTES;
-        if byte >= 100 {
-            entry[at] = b'0' + (byte / 100) as u8;
-            at += 1;
-        }
-        if byte >= 10 {
-            entry[at] = b'0' + (byte / 10 % 10) as u8;
-            at += 1;
-        }
-        entry[at] = b'0' + (byte % 10) as u8;
-        *length = (at + 1) as u8;
-        byte += 1;
-    }
-    table
-}
-
-/// Writes `bytes` as `Debug` does, `[0, 17, 255]`: decimal, comma and space.
-///
-/// A table lookup and one 8-byte copy per byte: the simulator hashes every
-/// payload a node hands its application in this form (1 MiB blocks become
-/// about 4.6 MB of text), and a digit at a time was a fifth of a gossip
-/// run's CPU.
-#[allow(clippy::arithmetic_side_effects)] // `at` stays below the room reserved: 5 bytes per input byte plus 8.
-fn write_byte_list(out: &mut Vec<u8>, bytes: &[u8]) {
-    let start = out.len();
-    // Every entry is at most 5 bytes that count; the last copy writes 8.
-    out.resize(start + 1 + bytes.len() * 5 + 8, 0);
-    let room = &mut out[start..];
-    room[0] = b'[';
-    let mut at = 1;
-    for (index, &byte) in bytes.iter().enumerate() {
-        let (entry, length) = &SEPARATED[usize::from(byte)];
-        let length = usize::from(*length);
-        if index == 0 {
-            // No separator in front of the first.
-            room[at..at + 8 - SEPARATOR_BYTES].copy_from_slice(&entry[SEPARATOR_BYTES..]);
-            at += length - SEPARATOR_BYTES;
-        } else {
-            room[at..at + 8].copy_from_slice(entry);
-            at += length;
-        }
-    }
-    room[at] = b']';
-    out.truncate(start + at + 1);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,128 +304,129 @@ mod tests {
         }
     }
 
+    /// sha256 over one notification of node 2 at 5 µs, encoded by hand as
+    /// the module docs say: `parts` after the notify tag.
+    fn expected_notify(parts: &[&[u8]]) -> [u8; 32] {
+        let mut expected = Sha256::new();
+        expected.update(2u64.to_le_bytes());
+        expected.update(5u64.to_le_bytes());
+        expected.update([TAG_NOTIFY]);
+        for part in parts {
+            expected.update(part);
+        }
+        expected.finalize().into()
+    }
+
+    fn notify_hash(notification: Notification) -> [u8; 32] {
+        let mut trace = Trace::new();
+        trace.record(
+            NodeIndex(2),
+            Instant::from_micros(5),
+            &Action::Notify(notification),
+        );
+        trace.hash()
+    }
+
+    fn len(bytes: &[u8]) -> [u8; 8] {
+        (bytes.len() as u64).to_le_bytes()
+    }
+
     #[test]
-    fn notifications_are_hashed_through_their_debug_text() {
+    fn notifications_are_hashed_as_the_docs_lay_them_out() {
         use meshsync_core::reqresp::{ProtocolId, ProtocolName, RequestId};
         use meshsync_core::{Identity, MessageId, Topic};
 
         let peer = Identity::from_seed(7).peer_id();
         let other = Identity::from_seed(8).peer_id();
-        let every_byte: Vec<u8> = (0..=255).collect();
         let name = ProtocolName::new("app/echo").expect("a valid name");
         let topic = Topic::new("blocks").expect("a valid topic");
-        let notifications = [
-            Notification::Response {
+
+        let protocol = format!("{:?}", ProtocolId::BlocksByRange);
+        assert_eq!(
+            notify_hash(Notification::Response {
                 peer,
                 tag: 12,
                 protocol: ProtocolId::BlocksByRange,
-                chunks: vec![every_byte.clone(), Vec::new(), vec![9, 10, 99, 100]],
-            },
-            Notification::Response {
-                peer,
-                tag: u64::MAX,
-                protocol: ProtocolId::Application(name),
-                chunks: Vec::new(),
-            },
-            Notification::Response {
-                peer: other,
-                tag: 0,
-                protocol: ProtocolId::Status,
-                chunks: vec![Vec::new()],
-            },
-            Notification::InboundRequest {
+                chunks: vec![vec![1, 2, 3], Vec::new()],
+            }),
+            expected_notify(&[
+                &[NOTIFY_RESPONSE],
+                peer.as_bytes(),
+                &12u64.to_le_bytes(),
+                &len(protocol.as_bytes()),
+                protocol.as_bytes(),
+                &2u64.to_le_bytes(),
+                &len(&[1, 2, 3]),
+                &[1, 2, 3],
+                &len(&[]),
+            ])
+        );
+
+        let protocol = format!("{name:?}");
+        assert_eq!(
+            notify_hash(Notification::InboundRequest {
                 peer,
                 id: RequestId(3),
                 protocol: name,
-                body: every_byte.clone(),
-            },
-            Notification::InboundRequest {
-                peer: other,
-                id: RequestId(0),
-                protocol: name,
-                body: Vec::new(),
-            },
-            Notification::GossipMessage {
+                body: vec![9; 300],
+            }),
+            expected_notify(&[
+                &[NOTIFY_INBOUND_REQUEST],
+                peer.as_bytes(),
+                &3u64.to_le_bytes(),
+                &len(protocol.as_bytes()),
+                protocol.as_bytes(),
+                &len(&[9; 300]),
+                &[9; 300],
+            ])
+        );
+
+        assert_eq!(
+            notify_hash(Notification::GossipMessage {
                 id: MessageId([0xab; 20]),
                 topic: topic.clone(),
-                payload: every_byte.iter().rev().copied().collect(),
+                payload: vec![0, 255],
                 from: other,
-            },
-            Notification::GossipMessage {
-                id: MessageId([0; 20]),
-                topic,
-                payload: Vec::new(),
-                from: peer,
-            },
-            Notification::BlockImported {
-                slot: 5,
-                root: meshsync_core::chain::Root([1; 32]),
-            },
-            Notification::PeerUnbanned { peer },
-        ];
-        for notification in &notifications {
-            let mut text = Vec::new();
-            write_notification(&mut text, notification);
-            assert_eq!(
-                String::from_utf8(text).expect("text"),
-                format!("{notification:?}")
-            );
-        }
-        // What the trace hashes is that text, length first.
-        let mut trace = Trace::new();
-        let mut expected = Sha256::new();
-        for notification in &notifications {
-            trace.record(
-                NodeIndex(2),
-                Instant::from_micros(5),
-                &Action::Notify(notification.clone()),
-            );
-            let text = format!("{notification:?}");
-            expected.update(2u64.to_le_bytes());
-            expected.update(5u64.to_le_bytes());
-            expected.update([TAG_NOTIFY]);
-            expected.update((text.len() as u64).to_le_bytes());
-            expected.update(text.as_bytes());
-        }
-        assert_eq!(trace.hash(), <[u8; 32]>::from(expected.finalize()));
+            }),
+            expected_notify(&[
+                &[NOTIFY_GOSSIP_MESSAGE],
+                &[0xab; 20],
+                &len(b"blocks"),
+                b"blocks",
+                &len(&[0, 255]),
+                &[0, 255],
+                other.as_bytes(),
+            ])
+        );
+
+        let unbanned = Notification::PeerUnbanned { peer };
+        let text = format!("{unbanned:?}");
+        assert_eq!(
+            notify_hash(unbanned),
+            expected_notify(&[&[NOTIFY_OTHER], &len(text.as_bytes()), text.as_bytes()])
+        );
     }
 
     #[test]
-    fn byte_lists_are_written_as_debug_writes_them() {
-        let every_byte: Vec<u8> = (0..=255).collect();
-        let mut lists = vec![
-            Vec::new(),
-            vec![0],
-            vec![9],
-            vec![10],
-            vec![99],
-            vec![100],
-            vec![255],
-        ];
-        lists.push(every_byte.clone());
-        lists.push(every_byte.iter().rev().copied().collect());
-        // A pseudo-random megabyte, as a block payload is.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        lists.push(
-            (0..1 << 20)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect(),
-        );
-        for list in &lists {
-            let mut out = b"prefix".to_vec();
-            write_byte_list(&mut out, list);
-            assert_eq!(
-                String::from_utf8(out).expect("text"),
-                format!("prefix{list:?}"),
-                "a list of {} bytes",
-                list.len()
-            );
-        }
+    fn every_field_of_a_notification_counts() {
+        use meshsync_core::{Identity, MessageId, Topic};
+
+        let message = |id: u8, topic: &str, payload: &[u8], from: u64| {
+            notify_hash(Notification::GossipMessage {
+                id: MessageId([id; 20]),
+                topic: Topic::new(topic).expect("a valid topic"),
+                payload: payload.to_vec(),
+                from: Identity::from_seed(from).peer_id(),
+            })
+        };
+        let base = message(1, "blocks", b"abc", 7);
+        assert_eq!(base, message(1, "blocks", b"abc", 7));
+        assert_ne!(base, message(2, "blocks", b"abc", 7));
+        assert_ne!(base, message(1, "blockz", b"abc", 7));
+        assert_ne!(base, message(1, "blocks", b"abd", 7));
+        assert_ne!(base, message(1, "blocks", b"abc", 8));
+        // Lengths come first, so moving a byte across a boundary counts.
+        assert_ne!(message(1, "a", b"bc", 7), message(1, "ab", b"c", 7));
     }
 
     #[test]
