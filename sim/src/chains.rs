@@ -15,23 +15,43 @@
 //! is a `OnceLock`); the cache's lock is held only to find the entry, never
 //! while signing.
 //!
+//! The cache also knows which blocks are valid ([`ChainCache::run_job`]):
+//! a block a node's verification job found valid, or one the cache signed,
+//! is not checked again (a BLS check costs about as much as signing, and
+//! in a world of N nodes every block is checked N times). Validity is a
+//! pure function of the block's bytes and its genesis, so the job's output
+//! is what running it gives, bit for bit; only the wall time changes (the
+//! virtual time a job takes is its modelled cost either way). A block that
+//! differs in any byte (a forgery, a bit flipped) is a block never seen,
+//! and is checked for real.
+//!
 //! # Limits
 //! At most [`CHAIN_CACHE_ENTRIES_MAX`] chains are kept; past that the oldest
 //! is forgotten (worlds still holding it keep their clone). A campaign runs
-//! one scenario, which asks for one or two chains.
+//! one scenario, which asks for one or two chains. At most
+//! [`VALID_BLOCKS_MAX`] blocks are known valid; past that the set starts
+//! afresh.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use meshsync_core::chain::{ChainConfig, SignedBlock};
+use meshsync_core::chain::{ChainConfig, Genesis, SignedBlock};
+use meshsync_core::work::{Job, WorkOutput};
+use sha2::{Digest, Sha256};
 
 /// Chains one [`ChainCache`] keeps, at most: a campaign's scenario asks for
 /// one or two, a test binary's worlds for a few more.
 pub const CHAIN_CACHE_ENTRIES_MAX: usize = 16;
 
+/// Blocks one [`ChainCache`] knows valid, at most: about 12 MB.
+pub const VALID_BLOCKS_MAX: usize = 262_144;
+
 /// What a devnet chain is built from: (network id, head slot, body bytes).
 type ChainKey = (u64, u64, usize);
+
+/// sha256 over a block's genesis root and every byte of the block.
+type BlockKey = [u8; 32];
 
 /// Signed devnet chains by (network id, length, body bytes); see the module docs.
 ///
@@ -46,6 +66,30 @@ struct Entries {
     chains: BTreeMap<ChainKey, Arc<OnceLock<ChainConfig>>>,
     /// Keys in the order they were first asked for: the oldest goes first.
     order: VecDeque<ChainKey>,
+    /// Blocks known valid (see the module docs).
+    valid: BTreeSet<BlockKey>,
+}
+
+impl Entries {
+    fn remember_valid(&mut self, keys: impl IntoIterator<Item = BlockKey>) {
+        for key in keys {
+            if self.valid.len() >= VALID_BLOCKS_MAX {
+                self.valid.clear();
+            }
+            self.valid.insert(key);
+        }
+    }
+}
+
+/// Names `block` of `genesis`'s network by all its bytes.
+fn block_key(genesis: &Genesis, block: &SignedBlock) -> BlockKey {
+    let mut hasher = Sha256::new();
+    hasher.update(genesis.root().as_bytes());
+    hasher.update(block.header.encode());
+    hasher.update(block.signature);
+    hasher.update((block.body.len() as u64).to_le_bytes());
+    hasher.update(&block.body);
+    hasher.finalize().into()
 }
 
 impl ChainCache {
@@ -77,8 +121,66 @@ impl ChainCache {
             entry
         };
         entry
-            .get_or_init(|| ChainConfig::devnet_with_chain(network_id, head_slot, body_bytes))
+            .get_or_init(|| {
+                let chain = ChainConfig::devnet_with_chain(network_id, head_slot, body_bytes);
+                let keys: Vec<BlockKey> = chain
+                    .stored
+                    .iter()
+                    .map(|block| block_key(&chain.genesis, block))
+                    .collect();
+                self.lock().remember_valid(keys);
+                chain
+            })
             .clone()
+    }
+
+    /// What `job.run()` gives, without checking again the blocks known
+    /// valid (see the module docs): a job whose blocks are all known valid
+    /// is answered at once; any other runs, and the blocks it finds valid
+    /// are remembered.
+    pub fn run_job(&self, job: Job) -> WorkOutput {
+        let Job::VerifyBlocks {
+            genesis, blocks, ..
+        } = &job;
+        let keys: Vec<BlockKey> = blocks
+            .iter()
+            .map(|block| block_key(genesis, block))
+            .collect();
+        let known = {
+            let entries = self.lock();
+            keys.iter().all(|key| entries.valid.contains(key))
+        };
+        if known {
+            let Job::VerifyBlocks { blocks, .. } = job;
+            return WorkOutput::VerifiedBlocks {
+                blocks,
+                result: Ok(()),
+            };
+        }
+        let output = job.run();
+        let WorkOutput::VerifiedBlocks { result, .. } = &output;
+        let invalid: &[usize] = match result {
+            Ok(()) => &[],
+            Err(invalid) => invalid,
+        };
+        self.lock().remember_valid(
+            keys.into_iter()
+                .enumerate()
+                .filter(|(index, _)| !invalid.contains(index))
+                .map(|(_, key)| key),
+        );
+        output
+    }
+
+    /// Blocks known valid.
+    pub fn valid_blocks(&self) -> usize {
+        self.lock().valid.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        // A panic elsewhere while the lock was held left the sets whole:
+        // every change to them is one insert, one removal or one clear.
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Chains kept (signed, or being signed).
@@ -185,6 +287,81 @@ mod tests {
                 .collect()
         });
         assert!(Arc::ptr_eq(&chains[0].stored, &chains[1].stored));
+    }
+
+    fn verify_job(chain: &ChainConfig, blocks: Vec<SignedBlock>, seed: u8) -> Job {
+        Job::VerifyBlocks {
+            genesis: Arc::clone(&chain.genesis),
+            blocks,
+            seed: [seed; 32],
+        }
+    }
+
+    #[test]
+    fn a_job_answered_from_known_blocks_is_what_running_it_gives() {
+        let chain = ChainConfig::devnet_with_chain(9, 8, 32);
+        let blocks = chain.stored.to_vec();
+        let cache = ChainCache::new();
+        // Nothing known: the job runs, and its valid blocks are remembered.
+        let first = verify_job(&chain, blocks[..4].to_vec(), 1);
+        assert_eq!(cache.run_job(first.clone()), first.run());
+        assert_eq!(cache.valid_blocks(), 4);
+        // All known: answered without running, the same answer.
+        let again = verify_job(&chain, blocks[1..3].to_vec(), 2);
+        assert_eq!(cache.run_job(again.clone()), again.run());
+        assert_eq!(cache.valid_blocks(), 4);
+        // A known block with one byte changed anywhere is a block never
+        // seen: checked for real and found invalid; its neighbours are
+        // remembered, it is not.
+        let mut body = blocks[1].clone();
+        body.body[0] ^= 1;
+        let mut signature = blocks[2].clone();
+        signature.signature = blocks[3].signature;
+        for forged in [body, signature] {
+            let job = verify_job(
+                &chain,
+                vec![blocks[0].clone(), forged, blocks[5].clone()],
+                3,
+            );
+            let output = cache.run_job(job.clone());
+            assert_eq!(output, job.run());
+            let WorkOutput::VerifiedBlocks { result, .. } = output;
+            assert_eq!(result, Err(vec![1]));
+        }
+        assert_eq!(cache.valid_blocks(), 5);
+        // The same blocks on another network are other blocks.
+        let other = ChainConfig::devnet_with_chain(10, 8, 32);
+        let job = verify_job(&other, blocks[..1].to_vec(), 4);
+        let output = cache.run_job(job.clone());
+        assert!(matches!(
+            output,
+            WorkOutput::VerifiedBlocks { result: Err(_), .. }
+        ));
+        assert_eq!(output, job.run());
+    }
+
+    #[test]
+    fn known_blocks_are_bounded() {
+        let mut entries = Entries::default();
+        let over = 3;
+        entries.remember_valid((0..VALID_BLOCKS_MAX + over).map(|index| {
+            let mut key = [0; 32];
+            key[..8].copy_from_slice(&(index as u64).to_le_bytes());
+            key
+        }));
+        // Full, it started afresh: the last few are all it knows.
+        assert_eq!(entries.valid.len(), over);
+    }
+
+    #[test]
+    fn blocks_the_cache_signed_are_known_valid() {
+        let cache = ChainCache::new();
+        let chain = cache.devnet_chain(11, 6, 16);
+        assert_eq!(cache.valid_blocks(), 6);
+        let job = verify_job(&chain, chain.stored.to_vec(), 5);
+        assert_eq!(cache.run_job(job.clone()), job.run());
+        // A clone shares what it knows.
+        assert_eq!(cache.clone().valid_blocks(), 6);
     }
 
     #[test]

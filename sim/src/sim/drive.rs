@@ -71,13 +71,14 @@ impl Sim {
         }
     }
 
-    /// Runs `job` now (its output is needed to be faithful) but answers only
-    /// once the node's one modelled CPU has spent [`Job::modelled_cost`] on
-    /// it, after the jobs before it.
+    /// Runs `job` now (its output is needed to be faithful; blocks the
+    /// world's chain cache knows valid are not checked twice, see
+    /// [`crate::chains`]) but answers only once the node's one modelled
+    /// CPU has spent [`Job::modelled_cost`] on it, after the jobs before it.
     pub(super) fn apply_work(&mut self, index: NodeIndex, id: WorkId, job: Job) {
         let now = self.now;
         let cost = job.modelled_cost();
-        let output = job.run();
+        let output = self.config.chains.run_job(job);
         let state = self.node_state_mut(index);
         let cost = cost * state.cpu_slowdown;
         let done = state.cpu_free_at.max(now) + cost;
