@@ -22,9 +22,12 @@
 //!   honest nodes; it stays to the end.
 //!
 //! What must hold at every step of the run (safety): no honest node imports
-//! an invalid block; no two honest nodes finalize different blocks at one
-//! slot and no node's finalized slot goes back within one life
-//! (`finality_conflicts`, `finality_reverts`); every block on a node's disk
+//! an invalid block; no two honest nodes finalize different chains (their
+//! finalized chains hold the same block, or the same empty slot, at every
+//! slot both finalized: a fork finalized on each side of a cut may never
+//! name a block at a common slot) and no node's finalized slot goes back
+//! within one life (`finality_conflicts`, slots that differ;
+//! `finality_reverts`); every block on a node's disk
 //! when it crashed is in its chain after the restart (`durable_blocks_lost`);
 //! no proposer signs two blocks for one slot, and every node stays within
 //! its own store limits (blocks and bytes, `store_bytes_max`); the
@@ -44,7 +47,7 @@
 //! out), and what that costs the network is measured, not bounded.
 //! Hostile peers stay: they are part of the network the nodes must live in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use meshsync_core::chain::{Checkpoint, Root};
 use meshsync_core::{Duration, Instant, Notification};
@@ -189,7 +192,8 @@ impl Default for ChaosParams {
 pub struct SafetyReport {
     /// Faults applied, by kind.
     pub faults: BTreeMap<FaultKind, u64>,
-    /// Slots at which two honest nodes finalized different blocks.
+    /// Slots at which two honest nodes' finalized chains differ (a
+    /// different block, or a block where the other has none).
     pub finality_conflicts: u64,
     /// Times a node's finalized slot went back within one life.
     pub finality_reverts: u64,
@@ -219,8 +223,14 @@ pub struct ChaosWorld {
     /// The finalized checkpoint each honest node last reported, with the
     /// life it reported it in.
     finalized: BTreeMap<NodeIndex, (u32, Checkpoint)>,
-    /// The block finalized at each slot, by whoever finalized it first.
-    finalized_at_slot: BTreeMap<u64, Root>,
+    /// The finalized chain as honest nodes hold it: at each slot its block,
+    /// or `None` for a slot left empty, from whoever finalized it first.
+    /// Whole chains are compared, not only the checkpoints: two sides of a
+    /// cut that each finalize their own fork may never name a block at the
+    /// same slot.
+    finalized_chain: BTreeMap<u64, Option<Root>>,
+    /// Slots at which two honest nodes' finalized chains differ.
+    conflicting_slots: BTreeSet<u64>,
     report: SafetyReport,
 }
 
@@ -408,31 +418,68 @@ impl ChaosWorld {
         }
         let life = sim.incarnation(node);
         let finalized = sim.node(node).chain().finalized();
-        if let Some(&(last_life, last)) = self.finalized.get(&node) {
-            if last_life == life && finalized.slot < last.slot {
-                log::error!(
-                    "{node}'s finalized slot went back from {} to {}",
-                    last.slot,
-                    finalized.slot
-                );
-                self.report.finality_reverts += 1;
-            }
+        let last = match self.finalized.get(&node) {
+            Some(&(last_life, last)) if last_life == life => Some(last),
+            _ => None,
+        };
+        if let Some(last) = last.filter(|last| finalized.slot < last.slot) {
+            log::error!(
+                "{node}'s finalized slot went back from {} to {}",
+                last.slot,
+                finalized.slot
+            );
+            self.report.finality_reverts += 1;
         }
         self.finalized.insert(node, (life, finalized));
-        match self.finalized_at_slot.get(&finalized.slot) {
-            Some(root) if *root != finalized.root => {
-                log::error!(
-                    "{node} finalized {:?} at slot {}, another node {:?}",
-                    finalized.root,
-                    finalized.slot,
-                    root
-                );
-                self.report.finality_conflicts += 1;
+        if finalized.slot == 0 {
+            return;
+        }
+        let chain = sim.node(node).chain();
+        let from_slot = last.map_or(0, |last| last.slot);
+        let held = chain.canonical_checkpoints(from_slot, finalized.slot);
+        // The store evicts its oldest history first: while it still holds
+        // the block this node last finalized, every block above it is held
+        // and a slot without one is an empty slot. Otherwise (history
+        // evicted, or left on disk at a restart) that is known only from
+        // the first block held on.
+        let first_slot = match last {
+            Some(last) if chain.contains(&last.root) => from_slot + 1,
+            _ => held.first().map_or(finalized.slot, |first| first.slot),
+        };
+        let mut held = held.into_iter().peekable();
+        for slot in first_slot..=finalized.slot {
+            let block = match held.next_if(|checkpoint| checkpoint.slot == slot) {
+                Some(checkpoint) => Some(checkpoint.root),
+                None if slot == finalized.slot => Some(finalized.root),
+                None => None,
+            };
+            self.check_finalized_block(node, slot, block);
+        }
+    }
+
+    /// Checks that `node`'s finalized chain holds `block` at `slot` (`None`:
+    /// nothing) as every honest node's before it did.
+    fn check_finalized_block(&mut self, node: NodeIndex, slot: u64, block: Option<Root>) {
+        match self.finalized_chain.get(&slot) {
+            Some(first) if *first != block => {
+                // Counted and told once per slot: every other node that
+                // finalizes it disagrees the same way.
+                if self.conflicting_slots.insert(slot) {
+                    let describe = |block: &Option<Root>| match block {
+                        Some(root) => format!("block {root}"),
+                        None => "no block".to_owned(),
+                    };
+                    log::error!(
+                        "{node} finalized {} at slot {slot}, another honest node {}",
+                        describe(&block),
+                        describe(first)
+                    );
+                    self.report.finality_conflicts += 1;
+                }
             }
             Some(_) => {}
             None => {
-                self.finalized_at_slot
-                    .insert(finalized.slot, finalized.root);
+                self.finalized_chain.insert(slot, block);
             }
         }
     }
@@ -593,7 +640,8 @@ impl Scenario for Chaos {
             liars,
             liars_joined: 0,
             finalized: BTreeMap::new(),
-            finalized_at_slot: BTreeMap::new(),
+            finalized_chain: BTreeMap::new(),
+            conflicting_slots: BTreeSet::new(),
             report: SafetyReport {
                 hostile_peers: kinds,
                 ..SafetyReport::default()
@@ -688,7 +736,7 @@ impl Scenario for Chaos {
                 "invalid_blocks_imported": faults.watch.invalid_blocks_imported(),
                 "finality_conflicts": world.report.finality_conflicts,
                 "finality_reverts": world.report.finality_reverts,
-                "finalized_slot_max": world.finalized_at_slot.keys().next_back().copied(),
+                "finalized_slot_max": world.finalized_chain.keys().next_back().copied(),
                 "crashes": faults.crashes.crashes,
                 "durable_blocks_checked": faults.crashes.durable_checked,
                 "durable_blocks_lost": faults.crashes.durable_lost,
@@ -724,7 +772,7 @@ impl Scenario for Chaos {
         invalid_bound(&mut bounds, &world.faults.watch);
         bounds.require(report.finality_conflicts == 0, || {
             format!(
-                "{} slots were finalized with two different blocks",
+                "honest nodes finalized different chains: they differ at {} slots",
                 report.finality_conflicts
             )
         });
