@@ -341,7 +341,11 @@ impl Node {
                 discovery.is_some(),
             ),
             chain: self::chain::ChainPart::new(&config),
-            sync: self::sync::SyncPart::new(config.sync.clone(), sync_seed),
+            sync: self::sync::SyncPart::new(
+                config.sync.clone(),
+                sync_seed,
+                config.chain.genesis.finality_depth_slots(),
+            ),
             gossip: self::gossip::GossipPart::new(Gossip::new(config.gossip.clone(), gossip_seed)),
             hostile: self::faults::HostileState::default(),
             history: self::history::HistoryPart::new(),

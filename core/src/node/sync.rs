@@ -81,9 +81,13 @@ pub(super) enum SyncStep {
 }
 
 impl SyncPart {
-    pub(super) fn new(config: SyncConfig, seed: [u8; 32]) -> SyncPart {
+    /// `finality_depth_slots`: a head that many slots behind the clock is
+    /// stale (see [`RangeSync::set_stale_head_slots`]).
+    pub(super) fn new(config: SyncConfig, seed: [u8; 32], finality_depth_slots: u64) -> SyncPart {
+        let mut range = RangeSync::new(config, seed);
+        range.set_stale_head_slots(finality_depth_slots);
         SyncPart {
-            range: RangeSync::new(config, seed),
+            range,
             lookups: Lookups::new(),
             wait_logged: false,
         }

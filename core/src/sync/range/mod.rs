@@ -12,7 +12,7 @@
 //!
 //! ```text
 //!   Idle ──a suitable peer's head > ours + SYNC_DISTANCE_SLOTS──► AwaitingPeers
-//!    ▲                                                             │ SYNC_PEERS_MIN suitable peers
+//!    ▲     (or > ours at all while ours is stale)                  │ SYNC_PEERS_MIN suitable peers
 //!    │ Synced{head}                                                │ (1 after SYNC_PEERS_WAIT)
 //!    │                                                             ▼
 //!    └──── every batch up to the target imported ◄──────────── Syncing
@@ -222,6 +222,10 @@ pub struct RangeSync {
     /// The round is catching up from believed peers since this instant, or
     /// the last import that made progress: a proposer pauses meanwhile.
     catch_up_since: Option<Instant>,
+    /// Our head is stale once the clock is this many slots past it; then
+    /// any suitable peer ahead starts a round, however close
+    /// ([`RangeSync::set_stale_head_slots`]).
+    stale_head_slots: u64,
 }
 
 impl RangeSync {
@@ -273,7 +277,20 @@ impl RangeSync {
             slot_max: SLOT_MAX,
             lone_claims_allowed: false,
             catch_up_since: None,
+            stale_head_slots: u64::MAX,
         }
+    }
+
+    /// Our head counts as stale once the clock is `slots` past it: from
+    /// then on a suitable peer ahead of us by any distance, not only by
+    /// the sync distance, starts a round, and a proposer pauses while it
+    /// catches up ([`RangeSync::is_catching_up`]). A node sets it to its
+    /// finality depth: a block built on a head that old would by itself
+    /// make that head final, and a node back from a crash (or from a disk
+    /// that refused writes) may hold a head of its own the network never
+    /// saw. Off ([`u64::MAX`]) unless set.
+    pub fn set_stale_head_slots(&mut self, slots: u64) {
+        self.stale_head_slots = slots;
     }
 
     /// What happened so far.

@@ -3,7 +3,7 @@
 
 use super::actions::SyncAction;
 use super::batch::BatchState;
-use super::config::ROUND_RETRY_DELAY;
+use super::config::{ROUND_RETRY_DELAY, SLOT_MAX};
 use super::{Mode, RangeSync};
 use crate::time::Instant;
 
@@ -29,11 +29,15 @@ impl RangeSync {
             .values()
             .filter(|state| self.is_suitable(state))
             .count();
+        // A stale head (see `set_stale_head_slots`) is behind any peer ahead.
+        let stale = self.slot_max < SLOT_MAX
+            && self.slot_max >= self.local.head_slot.saturating_add(self.stale_head_slots);
         let far_behind = claimed.is_some_and(|head| {
             head > self
                 .local
                 .head_slot
                 .saturating_add(self.config.sync_distance_slots)
+                || (stale && head > self.local.head_slot)
         });
         loop {
             match self.mode {

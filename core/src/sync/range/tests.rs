@@ -426,6 +426,35 @@ fn stays_idle_within_sync_distance() {
 }
 
 #[test]
+fn a_stale_head_syncs_from_peers_within_the_sync_distance() {
+    // Peers 10 slots ahead: too close for a round while our head is
+    // recent, but once the clock is the stale threshold past our head, a
+    // head that old may be a fork of our own, and a block on it would make
+    // it final: we fetch what the peers hold, and a proposer waits for it.
+    const STALE_SLOTS: u64 = 16;
+    let mut harness = Harness::new(config(2), 23);
+    harness.sync.set_stale_head_slots(STALE_SLOTS);
+    harness.sync.handle_clock(harness.now, STALE_SLOTS - 1);
+    harness.add_peer(1, Behaviour::Honest, 10);
+    harness.add_peer(2, Behaviour::Honest, 10);
+    assert!(
+        !harness.sync.is_syncing(),
+        "a head 15 slots old is not stale"
+    );
+    harness.sync.handle_clock(harness.now, STALE_SLOTS);
+    harness.drain();
+    assert!(harness.sync.is_syncing(), "a stale head behind two peers");
+    assert!(harness.sync.is_catching_up(harness.now));
+    harness.run_until(|h| h.synced.is_some());
+    assert_eq!(harness.head(), 10);
+    assert!(!harness.sync.is_syncing());
+    // Level with its peers, a stale head stays put: nothing to fetch.
+    harness.sync.handle_clock(harness.now, 40);
+    harness.drain();
+    assert!(!harness.sync.is_syncing());
+}
+
+#[test]
 fn waits_for_peers_then_settles_for_one() {
     let mut harness = Harness::new(config(3), 3);
     harness.add_peer(1, Behaviour::Honest, CHAIN_SLOTS);
