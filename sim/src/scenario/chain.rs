@@ -36,12 +36,15 @@
 //! `sync_seconds` and `sync_blocks_per_second`.
 //!
 //! The command line's `--duration` bounds the virtual time the joiner may
-//! take; the run stops soon after it reports `Synced`.
+//! take; the run stops soon after it reports `Synced` (5 s; `hostile-servers`
+//! after [`HOSTILE_LINGER`], so that a peer that never answers has spoken
+//! since it was asked and been charged its timeouts).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use meshsync_core::chain::{ChainConfig, Root};
+use meshsync_core::limits::PING_INTERVAL;
 use meshsync_core::{Duration, Instant};
 
 use super::chain_watch::{heads_agree, ChainWatch, STEPS_PER_SECOND_MAX};
@@ -150,6 +153,14 @@ impl Default for JoinerParams {
     }
 }
 
+/// How long `hostile-servers` runs on after `Synced`, at least: one
+/// keepalive interval and a little. A joiner does not charge the timeouts
+/// of a peer silent since it was asked (it may be cut off) until that peer
+/// speaks again on the connection, and a `NeverAnswers` peer's next word is
+/// its own ping, at most [`PING_INTERVAL`] after its last: judged sooner,
+/// its timeouts could still be waiting.
+pub const HOSTILE_LINGER: Duration = PING_INTERVAL.saturating_add(Duration::from_secs(5));
+
 /// `late-joiner` and `hostile-servers`; see the module docs.
 #[derive(Debug, Default)]
 pub struct LateJoiner {
@@ -200,11 +211,13 @@ impl LateJoiner {
         }
     }
 
-    /// `hostile-servers` with `params` (its `hostile` is set).
+    /// `hostile-servers` with `params` (its `hostile` is set, and it
+    /// lingers at least [`HOSTILE_LINGER`]).
     pub fn hostile(params: JoinerParams) -> LateJoiner {
         LateJoiner {
             params: JoinerParams {
                 hostile: true,
+                linger: params.linger.max(HOSTILE_LINGER),
                 ..params
             },
             built: None,
