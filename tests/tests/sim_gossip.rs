@@ -67,6 +67,38 @@ fn assert_everything_delivered(outcome: &GossipOutcome) {
     assert!(topology.connected, "{topology:#?}");
 }
 
+/// The delivery bound is judged on what arrived: with no drain after the
+/// last publish, the messages still on their way count as lost and the
+/// run breaks its bound; with the usual drain the same world keeps it.
+#[test]
+fn a_gossip_run_that_does_not_deliver_breaks_its_bound() {
+    let play_bounds = |drain: Duration| {
+        // 200 messages a second: the last ones leave a few milliseconds
+        // before the end, and a hop takes 25 ms.
+        let mut scenario = with(GossipScenario::gossip_1k(), |params| {
+            params.publishers = 10;
+            params.messages_per_second = 200.0;
+            params.drain = drain;
+        });
+        let mut sim = Sim::new(SimConfig::new(9));
+        scenario.build(&mut sim, 20);
+        scenario.run(&mut sim, Duration::from_secs(1));
+        scenario.finish(&mut sim);
+        (
+            scenario.measure(&sim).delivery_ratio,
+            scenario.bounds_broken(&sim),
+        )
+    };
+    let (ratio, broken) = play_bounds(Duration::ZERO);
+    assert!(ratio < 0.999, "delivery {ratio}");
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(broken[0].starts_with("honest delivery"), "{broken:?}");
+    let drain = GossipScenario::gossip_1k().params.drain;
+    let (ratio, broken) = play_bounds(drain);
+    assert_eq!(ratio, 1.0);
+    assert!(broken.is_empty(), "{broken:?}");
+}
+
 /// 40 nodes, 10 publishers taking turns, 1 KiB at 10 per second for 5 s:
 /// mesh and floodsub both deliver everything; the mesh does it with
 /// clearly fewer copies per delivery and fewer bytes per delivered byte.

@@ -36,6 +36,16 @@
 //! - `bytes_sent_per_delivered_byte`: every byte every node put on the wire
 //!   from the first publish to the end of the drain (handshakes before it
 //!   are left out) over deliveries × payload bytes.
+//!
+//! # What must hold (the run's bounds)
+//! Honest delivery at least [`DELIVERY_RATIO_MIN`] (0.999): without Sybils,
+//! and against spam, withholding, slow readers and PRUNE floods; at least
+//! [`DELIVERY_RATIO_COLD_BOOT_MIN`] (0.99) for `cold-boot`, whose honest
+//! nodes start among Sybils; the eclipse target's own delivery at least
+//! [`DELIVERY_RATIO_COLD_BOOT_MIN`]. `prune-flood` also: no honest GRAFT
+//! inside a backoff an honest peer asked for, and no honest pair
+//! graylisted, lost or banned. The comparisons with the same world without
+//! Sybils (latency, traffic) are measured, not bounded.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -46,7 +56,7 @@ use meshsync_core::{Command, Config, Duration, Instant, Notification};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use super::story::Scenario;
+use super::story::{Bounds, Scenario};
 use super::topology::plan_topology;
 use super::workload::{split_token, token};
 use crate::app::{self, AppEvent, Application};
@@ -115,6 +125,11 @@ pub enum Attack {
         flooded_pct: u32,
     },
 }
+
+/// Honest delivery a gossip world must reach (see the module docs).
+pub const DELIVERY_RATIO_MIN: f64 = 0.999;
+/// Delivery `cold-boot`'s honest nodes, and the eclipse target, must reach.
+pub const DELIVERY_RATIO_COLD_BOOT_MIN: f64 = 0.99;
 
 /// The parameters of a [`GossipScenario`].
 #[derive(Clone, Debug)]
@@ -1207,5 +1222,54 @@ impl Scenario for GossipScenario {
         self.app.as_ref()?;
         // A struct of numbers, strings and options always serialises.
         Some(serde_json::to_value(self.measure(sim)).expect("outcome serialises"))
+    }
+
+    /// See the module docs' "What must hold".
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let mut bounds = Bounds::default();
+        if self.app.is_none() {
+            return bounds.into_broken();
+        }
+        let outcome = self.measure(sim);
+        let delivery_min = if self.name == "cold-boot" {
+            DELIVERY_RATIO_COLD_BOOT_MIN
+        } else {
+            DELIVERY_RATIO_MIN
+        };
+        bounds.require(outcome.delivery_ratio >= delivery_min, || {
+            format!(
+                "honest delivery {:.6} is below {delivery_min} ({} of {})",
+                outcome.delivery_ratio, outcome.deliveries, outcome.expected_deliveries
+            )
+        });
+        if let Some(eclipse) = &outcome.eclipse {
+            bounds.require(
+                eclipse.target_delivery_ratio >= DELIVERY_RATIO_COLD_BOOT_MIN,
+                || {
+                    format!(
+                        "the eclipse target received {} of {} messages",
+                        eclipse.target_deliveries, eclipse.target_expected
+                    )
+                },
+            );
+        }
+        if let Some(flood) = &outcome.prune_flood {
+            bounds.require(flood.honest_grafts_in_backoff == 0, || {
+                format!(
+                    "{} honest GRAFTs inside a backoff an honest peer asked for",
+                    flood.honest_grafts_in_backoff
+                )
+            });
+            bounds.require(
+                flood.honest_pairs_graylisted == 0 && flood.honest_pairs_disconnected == 0,
+                || {
+                    format!(
+                        "honest pairs graylisted {}, lost or banned {}",
+                        flood.honest_pairs_graylisted, flood.honest_pairs_disconnected
+                    )
+                },
+            );
+        }
+        bounds.into_broken()
     }
 }
