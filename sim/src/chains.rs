@@ -4,9 +4,10 @@
 //! Signing a chain is the slowest part of building a chain scenario's world
 //! (about a quarter of a millisecond per block: a 10,000-block chain takes
 //! seconds), and the chain depends only on (network id, length, body
-//! bytes), never on the seed. A [`ChainCache`] signs each such chain once
-//! and hands out clones that share its blocks (`ChainConfig::stored` is an
-//! `Arc`). It is an explicit object owned by whoever runs worlds: one run
+//! bytes), never on the seed. A [`ChainCache`] signs each such chain once,
+//! on every core ([`SIGNING_THREADS_MAX`] at most; the chain is the one a
+//! single thread signs, bit for bit), and hands out clones that share its
+//! blocks (`ChainConfig::stored` is an `Arc`). It is an explicit object owned by whoever runs worlds: one run
 //! makes its own ([`crate::scenario::run`]), a campaign shares one across
 //! all its seeds and worker threads ([`crate::campaign`]). There is no
 //! process-wide cache: two callers with separate caches share nothing.
@@ -36,7 +37,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use meshsync_core::chain::{ChainConfig, Genesis, SignedBlock};
+use meshsync_core::chain::{ChainConfig, Genesis, SignedBlock, UnsignedBlock};
 use meshsync_core::work::{Job, WorkOutput};
 use sha2::{Digest, Sha256};
 
@@ -81,6 +82,42 @@ impl Entries {
     }
 }
 
+/// Threads that sign one chain, at most.
+pub const SIGNING_THREADS_MAX: usize = 16;
+
+/// Signs `blocks` with `sign`, in order, split into one run of consecutive
+/// blocks per core (at most [`SIGNING_THREADS_MAX`]). Signing is the one
+/// slow part of building a chain world and a BLS signature is
+/// deterministic, so the chain is the one signing on one thread gives; it
+/// is built before any world runs, and no world's run uses a thread.
+fn sign_on_every_core(
+    blocks: Vec<UnsignedBlock>,
+    sign: &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync),
+) -> Vec<SignedBlock> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(SIGNING_THREADS_MAX);
+    let per_thread = blocks.len().div_ceil(threads).max(1);
+    let mut runs = Vec::with_capacity(threads);
+    let mut rest = blocks;
+    while rest.len() > per_thread {
+        let tail = rest.split_off(per_thread);
+        runs.push(rest);
+        rest = tail;
+    }
+    runs.push(rest);
+    std::thread::scope(|scope| {
+        let signers: Vec<_> = runs
+            .into_iter()
+            .map(|run| scope.spawn(move || run.into_iter().map(sign).collect::<Vec<_>>()))
+            .collect();
+        signers
+            .into_iter()
+            .flat_map(|signer| signer.join().expect("signing a block does not panic"))
+            .collect()
+    })
+}
+
 /// Names `block` of `genesis`'s network by all its bytes.
 fn block_key(genesis: &Genesis, block: &SignedBlock) -> BlockKey {
     let mut hasher = Sha256::new();
@@ -122,7 +159,12 @@ impl ChainCache {
         };
         entry
             .get_or_init(|| {
-                let chain = ChainConfig::devnet_with_chain(network_id, head_slot, body_bytes);
+                let chain = ChainConfig::devnet_with_chain_signed_by(
+                    network_id,
+                    head_slot,
+                    body_bytes,
+                    sign_on_every_core,
+                );
                 let keys: Vec<BlockKey> = chain
                     .stored
                     .iter()

@@ -400,11 +400,37 @@ pub fn signed_chain(
     body_bytes: usize,
 ) -> Vec<SignedBlock> {
     assert_eq!(secret_keys.len(), genesis.proposer_keys().len());
+    unsigned_chain(genesis, parent_root, first_slot, count, body_bytes)
+        .into_iter()
+        .map(|(header, body)| {
+            // Cannot truncate: proposer_index_at is below the key count, a usize.
+            let key = &secret_keys[header.proposer_index as usize];
+            sign_block(key, genesis.network_id(), header, body)
+        })
+        .collect()
+}
+
+/// A block's header, linked to the block before it, and its body: a block
+/// of [`unsigned_chain`] before its signature.
+pub type UnsignedBlock = (BlockHeader, Vec<u8>);
+
+/// [`signed_chain`]'s blocks before they are signed. A block's root is its
+/// header's, so the links do not wait for the signatures: a caller may sign
+/// the blocks in any order, or on several threads.
+///
+/// # Panics
+/// If `first_slot` is 0.
+pub fn unsigned_chain(
+    genesis: &Genesis,
+    parent_root: Root,
+    first_slot: u64,
+    count: usize,
+    body_bytes: usize,
+) -> Vec<UnsignedBlock> {
     assert!(first_slot > 0, "slot 0 is genesis");
     let mut parent_root = parent_root;
     let mut blocks = Vec::with_capacity(count);
     for slot in (first_slot..).take(count) {
-        let proposer_index = genesis.proposer_index_at(slot);
         let mut filler = slot.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let body: Vec<u8> = (0..body_bytes)
             .map(|_| {
@@ -414,19 +440,12 @@ pub fn signed_chain(
             .collect();
         let header = BlockHeader {
             slot,
-            proposer_index,
+            proposer_index: genesis.proposer_index_at(slot),
             parent_root,
             body_root: body_root(&body),
         };
-        // Cannot truncate: proposer_index_at is below the key count, a usize.
-        let block = sign_block(
-            &secret_keys[proposer_index as usize],
-            genesis.network_id(),
-            header,
-            body,
-        );
-        parent_root = block.root();
-        blocks.push(block);
+        parent_root = header.root();
+        blocks.push((header, body));
     }
     blocks
 }
