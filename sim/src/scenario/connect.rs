@@ -4,7 +4,7 @@
 use meshsync_core::limits::PEERS_MAX;
 use meshsync_core::{Duration, Instant};
 
-use super::story::Scenario;
+use super::story::{Bounds, Scenario};
 use super::topology::plan_topology;
 use crate::rng;
 use crate::sim::{NodeIndex, Sim};
@@ -15,8 +15,8 @@ use crate::sim::{NodeIndex, Sim};
 /// (so the graph is connected), plus up to `extra_dials_per_node` dials per
 /// node to random others, never twice between one pair and never past
 /// `PEERS_MAX` at either end. Dials start at random instants in the first
-/// `dial_spread`. Success: every planned dial is a peer relation on both
-/// sides and the graph is connected (`Summary::fully_connected`).
+/// `dial_spread`. Success, its bound: every planned dial is a peer relation
+/// on both sides and the graph is connected (`Summary::fully_connected`).
 #[derive(Clone, Debug)]
 pub struct Connect {
     /// Random dials per node beyond the spanning path.
@@ -58,5 +58,40 @@ impl Scenario for Connect {
             let at = Instant::from_micros(rng::below(sim.scenario_rng(), spread_us.max(1)));
             sim.dial_at(at, NodeIndex(from), NodeIndex(to));
         }
+    }
+
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let mut bounds = Bounds::default();
+        bounds.require(sim.is_fully_connected(), || {
+            "a planned dial is not a peer relation on both sides, or the graph is not connected"
+                .to_owned()
+        });
+        bounds.into_broken()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimConfig;
+
+    fn world(seed: u64) -> (Connect, Sim) {
+        let mut scenario = Connect::default();
+        let mut sim = Sim::new(SimConfig::new(seed));
+        scenario.build(&mut sim, 12);
+        (scenario, sim)
+    }
+
+    #[test]
+    fn the_bound_holds_when_every_planned_dial_is_a_peer_and_breaks_when_one_is_not() {
+        let (mut scenario, mut sim) = world(5);
+        scenario.run(&mut sim, Duration::from_secs(10));
+        assert!(scenario.bounds_broken(&sim).is_empty());
+        // A node that goes down leaves its planned relations unmade.
+        let (mut scenario, mut sim) = world(5);
+        sim.crash(NodeIndex(3));
+        scenario.run(&mut sim, Duration::from_secs(10));
+        let broken = scenario.bounds_broken(&sim);
+        assert_eq!(broken.len(), 1, "{broken:?}");
     }
 }
