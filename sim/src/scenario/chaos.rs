@@ -442,10 +442,14 @@ impl ChaosWorld {
         // and a slot without one is an empty slot. Otherwise (history
         // evicted, or left on disk at a restart) that is known only from
         // the first block held on.
+        // The finalized block itself is always checked: a node that
+        // finalizes another block at the slot it reported last has no new
+        // slot to look at, and must not slip through.
         let first_slot = match last {
             Some(last) if chain.contains(&last.root) => from_slot + 1,
             _ => held.first().map_or(finalized.slot, |first| first.slot),
-        };
+        }
+        .min(finalized.slot);
         let mut held = held.into_iter().peekable();
         for slot in first_slot..=finalized.slot {
             let block = match held.next_if(|checkpoint| checkpoint.slot == slot) {
