@@ -35,7 +35,7 @@
 use meshsync_core::gossip::router::MESH_N;
 use meshsync_core::Duration;
 
-use super::gossip::{Attack, GossipParams, GossipScenario};
+use super::gossip::{Attack, GossipParams, GossipScenario, DELIVERY_RATIO_COLD_BOOT_MIN};
 
 /// `gossip-spam`.
 pub const SPAM: &str = "gossip-spam";
@@ -128,6 +128,7 @@ pub fn cold_boot() -> GossipScenario {
             sybils_pct: 30,
             dial_spread: Duration::ZERO,
             warmup: Duration::from_secs(3),
+            delivery_ratio_min: DELIVERY_RATIO_COLD_BOOT_MIN,
             ..honest_traffic()
         },
         200,
