@@ -7,10 +7,11 @@
 //! bytes), never on the seed. A [`ChainCache`] signs each such chain once,
 //! on every core ([`SIGNING_THREADS_MAX`] at most; the chain is the one a
 //! single thread signs, bit for bit), and hands out clones that share its
-//! blocks (`ChainConfig::stored` is an `Arc`). It is an explicit object owned by whoever runs worlds: one run
-//! makes its own ([`crate::scenario::run`]), a campaign shares one across
-//! all its seeds and worker threads ([`crate::campaign`]). There is no
-//! process-wide cache: two callers with separate caches share nothing.
+//! blocks (`ChainConfig::stored` is an `Arc`). It is an explicit object
+//! owned by whoever runs worlds: one run makes its own
+//! ([`crate::scenario::run`]), a campaign shares one across all its seeds
+//! and worker threads ([`crate::campaign`]). There is no process-wide
+//! cache: two callers with separate caches share nothing.
 //!
 //! Two threads asking for one chain at once wait for one signer (each entry
 //! is a `OnceLock`); the cache's lock is held only to find the entry, never
@@ -118,7 +119,9 @@ fn sign_on_every_core(
     })
 }
 
-/// Names `block` of `genesis`'s network by all its bytes.
+/// Names `block` of `genesis`'s network by all its bytes. Field by field,
+/// not through `SignedBlock::encode`, which refuses (panics on) a body
+/// over the limit: a hostile peer's block is hashed, never judged, here.
 fn block_key(genesis: &Genesis, block: &SignedBlock) -> BlockKey {
     let mut hasher = Sha256::new();
     hasher.update(genesis.root().as_bytes());

@@ -250,7 +250,6 @@ impl Trace {
     fn debug_text(&mut self, value: &impl std::fmt::Debug) {
         let mut text = std::mem::take(&mut self.text);
         text.clear();
-        // Writing to a Vec<u8> never fails.
         write!(text, "{value:?}").expect("writing to a Vec<u8> never fails");
         self.bytes(&text);
         self.text = text;
