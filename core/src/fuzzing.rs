@@ -50,14 +50,21 @@ fn decode_all(
     let mut frames = NoiseFrameDecoder::new();
     let mut reassembler = MessageReassembler::new();
     let mut messages = Vec::new();
+    let mut buffer = Vec::new();
     for chunk in wire.chunks(piece) {
+        let mut ranges = Vec::new();
         let result = frames.decode(chunk, |frame| {
-            reassembler.push(frame, |message| {
-                assert!(message.len() <= MESSAGE_BYTES_MAX);
-                messages.push(ReqRespMessage::decode(message));
+            reassembler.push(frame, &mut buffer, |range| {
+                ranges.push(range);
                 Ok::<(), DecodeError>(())
             })
         });
+        for range in ranges {
+            let message = &buffer[range];
+            assert!(message.len() <= MESSAGE_BYTES_MAX);
+            messages.push(ReqRespMessage::decode(message));
+        }
+        buffer.clear();
         assert!(frames.buffered_bytes() <= RECEIVE_BUFFER_BYTES_MAX);
         assert!(reassembler.buffered_bytes() <= MESSAGE_BYTES_MAX + 4);
         if let Err(error) = result {

@@ -114,7 +114,17 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes the frame decoder of one connection buffers: one Noise message and its length prefix.
 pub const RECEIVE_BUFFER_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX + 2;
 
+/// A message buffer kept for reuse once its message is handled (one per
+/// connection for reassembly, one per node for a read's messages) holds
+/// at most this much capacity; a larger one is freed. Room for the largest
+/// block or application answer (1 MiB) and its framing: a stream of them is
+/// read without a buffer grown and copied per message, while a connection
+/// that once carried a 10 MiB message does not keep 10 MiB idle. At most
+/// [`PEERS_MAX`] + 1 such buffers stay filled: about 100 MiB at the worst.
+pub const MESSAGE_BUFFER_KEPT_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 const _: () = assert!(NOISE_PLAINTEXT_BYTES_MAX < MESSAGE_BYTES_MAX);
+const _: () = assert!(MESSAGE_BUFFER_KEPT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < PENDING_SEND_BYTES_MAX);
 const _: () = assert!(GOSSIP_SEND_WINDOW_BYTES < PENDING_SEND_BYTES_MAX / 4);
 const _: () = assert!(GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX < GOSSIP_NODE_WINDOW_BYTES);

@@ -2,8 +2,10 @@
 
 use super::{DecodeError, MESSAGE_LENGTH_PREFIX_BYTES, NOISE_LENGTH_PREFIX_BYTES};
 use crate::limits::{
-    HANDSHAKE_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX, NOISE_MESSAGE_BYTES_MAX, NOISE_TAG_BYTES,
+    HANDSHAKE_MESSAGE_BYTES_MAX, MESSAGE_BUFFER_KEPT_BYTES_MAX, MESSAGE_BYTES_MAX,
+    NOISE_MESSAGE_BYTES_MAX, NOISE_TAG_BYTES,
 };
+use std::ops::Range;
 
 /// Splits the wire byte stream into Noise messages (`u16` big-endian length, then that many bytes).
 ///
@@ -131,8 +133,15 @@ impl MessageReassembler {
         self.prefix_bytes + self.body.len()
     }
 
-    /// Feeds plaintext, calling `on_message` with each complete message body.
-    /// Stops at the first error; the reassembler is then unusable.
+    /// Feeds plaintext, appending each complete message body to `messages`
+    /// and calling `on_message` with where it lies there. Stops at the
+    /// first error; the reassembler is then unusable.
+    ///
+    /// A message that took several pushes is handed over without a copy when
+    /// `messages` is empty (the two buffers are swapped), and the buffer
+    /// that held it is kept for the next one, up to
+    /// [`MESSAGE_BUFFER_KEPT_BYTES_MAX`]: a stream of large messages is read
+    /// without regrowing or copying a buffer per message.
     // Lengths here are the declared length (checked against its maximum by
     // `declared_length`/`MESSAGE_BYTES_MAX` first) and prefix offsets below
     // their constant: no sum or difference can wrap.
@@ -140,7 +149,8 @@ impl MessageReassembler {
     pub fn push<E: From<DecodeError>>(
         &mut self,
         mut input: &[u8],
-        mut on_message: impl FnMut(&[u8]) -> Result<(), E>,
+        messages: &mut Vec<u8>,
+        mut on_message: impl FnMut(Range<usize>) -> Result<(), E>,
     ) -> Result<(), E> {
         while !input.is_empty() {
             let declared = match self.declared_bytes {
@@ -163,24 +173,34 @@ impl MessageReassembler {
                         .into());
                     }
                     self.declared_bytes = Some(length);
-                    // Fast path: the whole message is in the input, no copy.
+                    // Fast path: the whole message is in the input, one copy.
                     if self.body.is_empty() && input.len() >= length {
                         let (message, rest) = input.split_at(length);
                         self.reset();
-                        on_message(message)?;
+                        let start = messages.len();
+                        messages.extend_from_slice(message);
+                        on_message(start..messages.len())?;
                         input = rest;
                         continue;
                     }
                     length
                 }
             };
+            // The body grows only with bytes that arrived, never by the
+            // declared length alone.
             let take = (declared - self.body.len()).min(input.len());
             self.body.extend_from_slice(&input[..take]);
             input = &input[take..];
             if self.body.len() == declared {
-                let body = std::mem::take(&mut self.body);
+                let start = messages.len();
+                if messages.is_empty() {
+                    std::mem::swap(&mut self.body, messages);
+                } else {
+                    messages.extend_from_slice(&self.body);
+                }
                 self.reset();
-                on_message(&body)?;
+                keep_at_most(&mut self.body, MESSAGE_BUFFER_KEPT_BYTES_MAX);
+                on_message(start..messages.len())?;
             }
         }
         Ok(())
@@ -190,6 +210,16 @@ impl MessageReassembler {
         self.prefix_bytes = 0;
         self.declared_bytes = None;
         self.body.clear();
+    }
+}
+
+/// Empties `buffer` and frees it when it holds more than `kept_bytes_max`
+/// of capacity: a buffer reused from message to message stays bounded by
+/// what the largest common message needs, not by the largest one seen.
+pub fn keep_at_most(buffer: &mut Vec<u8>, kept_bytes_max: usize) {
+    buffer.clear();
+    if buffer.capacity() > kept_bytes_max {
+        *buffer = Vec::new();
     }
 }
 
@@ -325,14 +355,27 @@ mod tests {
         assert_eq!(count, 2);
     }
 
-    fn reassemble_in_pieces(stream: &[u8], piece: usize) -> Result<Vec<Vec<u8>>, DecodeError> {
+    /// Reassembles `stream` fed in pieces of `piece` bytes; with `per_push`
+    /// the messages buffer is emptied before every push (as the node does
+    /// for each read), else it collects every message back to back.
+    fn reassemble_in_pieces(
+        stream: &[u8],
+        piece: usize,
+        per_push: bool,
+    ) -> Result<Vec<Vec<u8>>, DecodeError> {
         let mut reassembler = MessageReassembler::new();
+        let mut buffer = Vec::new();
         let mut out = Vec::new();
         for chunk in stream.chunks(piece) {
-            reassembler.push(chunk, |message| {
-                out.push(message.to_vec());
+            if per_push {
+                buffer.clear();
+            }
+            let mut ranges = Vec::new();
+            reassembler.push(chunk, &mut buffer, |range| {
+                ranges.push(range);
                 Ok::<(), DecodeError>(())
             })?;
+            out.extend(ranges.into_iter().map(|range| buffer[range].to_vec()));
         }
         Ok(out)
     }
@@ -345,12 +388,68 @@ mod tests {
             append_length_prefixed(&mut stream, message);
         }
         for piece in [1, 2, 3, 4, 5, 7, 1000, 65_519, stream.len()] {
-            assert_eq!(
-                reassemble_in_pieces(&stream, piece).unwrap(),
-                messages,
-                "piece {piece}"
-            );
+            for per_push in [true, false] {
+                assert_eq!(
+                    reassemble_in_pieces(&stream, piece, per_push).unwrap(),
+                    messages,
+                    "piece {piece}, emptied per push: {per_push}"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn a_stream_of_large_messages_keeps_its_buffers_and_frees_an_oversize_one() {
+        let large = MESSAGE_BUFFER_KEPT_BYTES_MAX / 2;
+        let mut reassembler = MessageReassembler::new();
+        let mut buffer = Vec::new();
+        let mut capacities = Vec::new();
+        for round in 0..4u8 {
+            let mut stream = Vec::new();
+            append_length_prefixed(&mut stream, &vec![round; large]);
+            for chunk in stream.chunks(NOISE_MESSAGE_BYTES_MAX) {
+                keep_at_most(&mut buffer, MESSAGE_BUFFER_KEPT_BYTES_MAX);
+                let mut ranges = Vec::new();
+                reassembler
+                    .push(chunk, &mut buffer, |range| {
+                        ranges.push(range);
+                        Ok::<(), DecodeError>(())
+                    })
+                    .unwrap();
+                for range in ranges {
+                    assert_eq!(
+                        range,
+                        0..large,
+                        "handed over whole, not copied after others"
+                    );
+                    assert!(buffer[range].iter().all(|&byte| byte == round));
+                }
+            }
+            capacities.push((reassembler.body.capacity(), buffer.capacity()));
+        }
+        // After a round for each buffer to grow, both stay big enough: no
+        // buffer is grown, copied or allocated per message any more.
+        for &(body, messages) in &capacities[2..] {
+            assert!(body >= large && messages >= large, "{capacities:?}");
+        }
+        // A message over the kept bound leaves no buffer of its size behind.
+        let mut stream = Vec::new();
+        append_length_prefixed(&mut stream, &vec![7; MESSAGE_BUFFER_KEPT_BYTES_MAX + 1]);
+        buffer.clear();
+        buffer.extend_from_slice(&[1]);
+        for chunk in stream.chunks(NOISE_MESSAGE_BYTES_MAX) {
+            reassembler
+                .push(chunk, &mut buffer, |_| Ok::<(), DecodeError>(()))
+                .unwrap();
+        }
+        assert_eq!(
+            buffer.len(),
+            MESSAGE_BUFFER_KEPT_BYTES_MAX + 2,
+            "copied after the first"
+        );
+        assert_eq!(reassembler.body.capacity(), 0);
+        keep_at_most(&mut buffer, MESSAGE_BUFFER_KEPT_BYTES_MAX);
+        assert_eq!(buffer.capacity(), 0);
     }
 
     #[test]
@@ -374,7 +473,7 @@ mod tests {
     fn oversize_or_empty_message_is_refused_before_buffering() {
         let mut reassembler = MessageReassembler::new();
         let declared = (MESSAGE_BYTES_MAX as u32 + 1).to_be_bytes();
-        let result = reassembler.push(&declared, |_| Ok::<(), DecodeError>(()));
+        let result = reassembler.push(&declared, &mut Vec::new(), |_| Ok::<(), DecodeError>(()));
         assert_eq!(
             result,
             Err(DecodeError::MessageLength {
@@ -383,7 +482,11 @@ mod tests {
         );
         assert!(reassembler.buffered_bytes() <= MESSAGE_LENGTH_PREFIX_BYTES);
         let mut reassembler = MessageReassembler::new();
-        let result = reassembler.push(&[0, 0, 0, 0], |_| Ok::<(), DecodeError>(()));
+        let result = reassembler.push(
+            &[0, 0, 0, 0],
+            &mut Vec::new(),
+            |_| Ok::<(), DecodeError>(()),
+        );
         assert_eq!(result, Err(DecodeError::MessageLength { length: 0 }));
     }
 
@@ -392,10 +495,10 @@ mod tests {
         let mut reassembler = MessageReassembler::new();
         let declared = (MESSAGE_BYTES_MAX as u32).to_be_bytes();
         reassembler
-            .push(&declared, |_| Ok::<(), DecodeError>(()))
+            .push(&declared, &mut Vec::new(), |_| Ok::<(), DecodeError>(()))
             .unwrap();
         reassembler
-            .push(&[1, 2, 3], |_| Ok::<(), DecodeError>(()))
+            .push(&[1, 2, 3], &mut Vec::new(), |_| Ok::<(), DecodeError>(()))
             .unwrap();
         assert_eq!(reassembler.buffered_bytes(), 7);
         assert!(reassembler.body.capacity() < 1024);

@@ -27,7 +27,8 @@ mod frame;
 pub mod snappy;
 
 pub use frame::{
-    append_length_prefixed, append_length_prefixed_with, MessageReassembler, NoiseFrameDecoder,
+    append_length_prefixed, append_length_prefixed_with, keep_at_most, MessageReassembler,
+    NoiseFrameDecoder,
 };
 
 use std::fmt;

@@ -20,7 +20,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::outbox::Outbox;
 use super::PeerInfo;
-use crate::codec::{append_length_prefixed, DecodeError, MessageReassembler, NoiseFrameDecoder};
+use crate::codec::{
+    append_length_prefixed, keep_at_most, DecodeError, MessageReassembler, NoiseFrameDecoder,
+};
 use crate::identity::PeerId;
 use crate::io::{Action, ConnId, DialId, Direction};
 use crate::limits;
@@ -40,7 +42,24 @@ pub(super) struct Connections {
     next_dial_id: u64,
     /// Connections with plaintext waiting to be sealed.
     unflushed: BTreeSet<ConnId>,
+    /// Buffers one read fills and the next reuses.
+    scratch: ReadScratch,
 }
+
+/// The buffers [`Connections::read`] fills, kept from read to read: a
+/// stream of large messages is read without allocating per read.
+#[derive(Default)]
+struct ReadScratch {
+    received: Vec<Received>,
+    messages: Vec<u8>,
+    /// One Noise message's plaintext at a time: at most
+    /// [`limits::NOISE_PLAINTEXT_BYTES_MAX`] bytes.
+    plaintext: Vec<u8>,
+}
+
+/// Items of one read whose list is kept for the next; a longer list (a
+/// read of many small messages) is freed.
+const RECEIVED_KEPT_MAX: usize = 1_024;
 
 /// A dial the driver is carrying out.
 pub(super) struct PendingDial {
@@ -180,6 +199,7 @@ impl Connections {
             dials: BTreeMap::new(),
             next_dial_id: 0,
             unflushed: BTreeSet::new(),
+            scratch: ReadScratch::default(),
         }
     }
 
@@ -409,10 +429,14 @@ impl Connections {
         let keys = &self.keys;
         let hello = &self.hello;
         let connection = self.by_conn.get_mut(&conn)?;
-        let mut received = Vec::new();
-        let mut messages = Vec::new();
+        let ReadScratch {
+            received,
+            messages,
+            plaintext,
+        } = &mut self.scratch;
+        let mut received = std::mem::take(received);
+        let mut messages = std::mem::take(messages);
         let mut handshake_out = Vec::new();
-        let mut plaintext = Vec::new();
         let Connection { frames, state, .. } = connection;
         let result = frames.decode(bytes, |message| -> Result<(), ReadError> {
             match state {
@@ -444,22 +468,15 @@ impl Connections {
                 }
                 ConnectionState::Established(established) => {
                     plaintext.clear();
-                    established.transport.open(message, &mut plaintext)?;
-                    // What completes here is at most this plaintext and the
-                    // part of a message the reassembler held: room at once.
-                    messages.reserve(
-                        plaintext
-                            .len()
-                            .saturating_add(established.messages.buffered_bytes()),
-                    );
-                    established
-                        .messages
-                        .push(&plaintext, |bytes| -> Result<(), ReadError> {
-                            let start = messages.len();
-                            messages.extend_from_slice(bytes);
-                            received.push(Received::Message(start..messages.len()));
+                    established.transport.open(message, plaintext)?;
+                    established.messages.push(
+                        plaintext,
+                        &mut messages,
+                        |range| -> Result<(), ReadError> {
+                            received.push(Received::Message(range));
                             Ok(())
-                        })?;
+                        },
+                    )?;
                 }
             }
             Ok(())
@@ -475,6 +492,18 @@ impl Connections {
             messages,
             result,
         })
+    }
+
+    /// Takes back the buffers of a [`Read`] once its items are applied, so
+    /// that the next read fills them again instead of allocating (up to
+    /// [`limits::MESSAGE_BUFFER_KEPT_BYTES_MAX`] of messages).
+    pub(super) fn recycle(&mut self, mut received: Vec<Received>, mut messages: Vec<u8>) {
+        received.clear();
+        if received.capacity() <= RECEIVED_KEPT_MAX {
+            self.scratch.received = received;
+        }
+        keep_at_most(&mut messages, limits::MESSAGE_BUFFER_KEPT_BYTES_MAX);
+        self.scratch.messages = messages;
     }
 
     /// Maps `peer` to `conn` and starts its keepalive timers.
@@ -661,7 +690,7 @@ impl Connections {
         let Some(established) = self.established_on_mut(conn) else {
             return;
         };
-        let mut bytes = Vec::with_capacity(established.outbound.len() + 64);
+        let mut bytes = Vec::new();
         established
             .transport
             .seal(&established.outbound, &mut bytes);

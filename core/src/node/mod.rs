@@ -710,22 +710,23 @@ impl Node {
 
     fn on_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
         let Some(Read {
-            received,
+            mut received,
             messages,
             result,
         }) = self.conns.read(now, conn, bytes, &mut self.out)
         else {
             return; // Closed by us already; late bytes are dropped.
         };
-        for item in received {
+        for item in received.drain(..) {
             if !self.conns.contains(conn) {
-                return; // Closed while applying an earlier item.
+                break; // Closed while applying an earlier item.
             }
             match item {
                 Received::HandshakeDone(remote) => self.on_handshake_done(now, conn, remote),
                 Received::Message(range) => self.on_message(now, conn, &messages[range]),
             }
         }
+        self.conns.recycle(received, messages);
         if let Err(error) = result {
             if self.conns.contains(conn) {
                 self.on_read_error(now, conn, error);

@@ -3,6 +3,7 @@
 use super::*;
 use crate::codec::{DecodeError, NoiseFrameDecoder};
 use crate::identity::Identity;
+use crate::limits::NOISE_PLAINTEXT_BYTES_MAX;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -106,6 +107,27 @@ fn handshake_proves_both_identities_and_carries_hellos() {
     let mut plain = Vec::new();
     a_transport.open(&wire[2..], &mut plain).unwrap();
     assert_eq!(plain, b"pong");
+}
+
+#[test]
+fn sealing_grows_the_output_by_exactly_what_it_says_once() {
+    let (a, b) = (keys(1), keys(2));
+    let ((mut transport, _), _) = handshake(&a, &b, None).unwrap();
+    for length in [
+        1,
+        NOISE_PLAINTEXT_BYTES_MAX - 1,
+        NOISE_PLAINTEXT_BYTES_MAX,
+        NOISE_PLAINTEXT_BYTES_MAX + 1,
+        1 << 20,
+    ] {
+        let mut wire = Vec::new();
+        transport.seal(&vec![1u8; length], &mut wire);
+        assert_eq!(wire.len(), Transport::sealed_bytes(length), "{length}");
+        // One allocation of the exact size: no growth message by message,
+        // which copies what was sealed so far each time.
+        assert_eq!(wire.capacity(), wire.len(), "{length}");
+    }
+    assert_eq!(Transport::sealed_bytes(0), 0);
 }
 
 #[test]

@@ -14,9 +14,19 @@ impl Transport {
         Transport { state }
     }
 
+    /// Bytes [`Transport::seal`] appends for `plaintext_bytes` of plaintext:
+    /// each Noise message adds its length prefix and tag.
+    pub fn sealed_bytes(plaintext_bytes: usize) -> usize {
+        let messages = plaintext_bytes.div_ceil(NOISE_PLAINTEXT_BYTES_MAX);
+        plaintext_bytes
+            .saturating_add(messages.saturating_mul(NOISE_LENGTH_PREFIX_BYTES + NOISE_TAG_BYTES))
+    }
+
     /// Seals `plaintext` (any length) into as few Noise messages as possible,
-    /// each with its u16 length prefix, appended to `out`.
+    /// each with its u16 length prefix, appended to `out` (which grows by
+    /// [`Transport::sealed_bytes`] at once, not message by message).
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) {
+        out.reserve(Transport::sealed_bytes(plaintext.len()));
         for chunk in plaintext.chunks(NOISE_PLAINTEXT_BYTES_MAX) {
             let start = out.len();
             let sealed = chunk.len() + NOISE_TAG_BYTES;
