@@ -30,8 +30,9 @@
 //! 127.0.0.1 only, identities are drawn from a seed, and every wait has a
 //! deadline.
 
-/// The allocator `meshsync`'s binary uses (see its `main.rs`): the figures
-/// compare the stacks, not glibc's malloc with mimalloc.
+/// The allocator `meshsync`'s binary uses, built the same way (without
+/// transparent huge pages; see its `main.rs`): the figures compare the
+/// stacks, not two allocators.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
