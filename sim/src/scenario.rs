@@ -103,7 +103,7 @@ pub use restart_recall::RestartRecall;
 pub use static_peer_restart::StaticPeerRestart;
 pub use story::Scenario;
 pub use sync_liars::{LiarKind, LiarsParams, SyncLiars};
-pub use topology::plan_topology;
+pub use topology::{plan_topology, plan_topology_min_degree};
 pub use unresponsive_peer::{FetchParams, UnresponsivePeer};
 
 use std::fmt;

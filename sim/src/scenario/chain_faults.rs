@@ -24,7 +24,9 @@
 //!   within the same slot (`crashes_after_publish`, `restarts_in_slot`); in
 //!   between a random running node (the joiner too), restarting a few
 //!   seconds later. Restarts start from the modelled disk; meanwhile a
-//!   fresh node joins at `join_at` and syncs. What must hold: at every
+//!   fresh node joins at `join_at` and syncs. Every producer is linked to
+//!   at least D_lo others (the gossip mesh's low watermark), so none hangs
+//!   off the network where gossip cannot reach it in time (see `build`). What must hold: at every
 //!   restart, every block that was on the node's disk when it crashed (its
 //!   persist batch completed: `Input::Persisted` reached it) is in its
 //!   chain again (`durable_blocks_lost` = 0); no proposer signs two blocks
@@ -45,7 +47,7 @@ use meshsync_core::{Command, Config, Duration, Instant, Notification};
 
 use super::chain_watch::{heads_agree, heads_described, seconds, ChainWatch, STEPS_PER_SECOND_MAX};
 use super::story::{Bounds, Scenario};
-use super::topology::plan_topology;
+use super::topology::{plan_topology, plan_topology_min_degree};
 use super::workload::{split_token, token};
 use crate::app::{self, AppEvent, Application};
 use crate::rng;
@@ -796,7 +798,29 @@ impl Scenario for CrashRestart {
             .max(2);
         let genesis = add_producers(sim, producers, &params.producing);
         let mut all: Vec<NodeIndex> = (0..producers).map(NodeIndex).collect();
-        let mut links = plan_links(sim, &all, &[]);
+        // Every producer holds at least D_lo peers (the gossip mesh's low
+        // watermark), as an operator without discovery gives each node
+        // enough static peers for a mesh; a sparse random plan left some
+        // with one or two. Gossip cannot serve a node that hangs off the
+        // network by one or two links: it receives every block from the
+        // peers it hangs on, so it never delivers one to them first, and
+        // their mesh-delivery scores (gossipsub's P3, which exists to
+        // evict peers that withhold, and cannot tell a leaf from one)
+        // prune it once its activation time in their mesh is up. It then
+        // learns blocks only from IHAVEs at heartbeats, about 0.7 s late,
+        // and was a block behind at the mid-slot end check (8 nodes, seeds
+        // 11 and 111: a node with one link; two nodes in a chain between
+        // two others). Not every producer gets its target of 25 either:
+        // the meshes of a world where each node peers with every other
+        // fill up (D_hi), and they refuse the GRAFTs of the joiner, whose
+        // story is to arrive with three peers.
+        let degree_min = sim.node_config().gossip.mesh_n_low;
+        let links_planned =
+            plan_topology_min_degree(sim.scenario_rng(), producers, degree_min, PEERS_MAX / 2);
+        let mut links: Vec<(NodeIndex, NodeIndex)> = links_planned
+            .into_iter()
+            .map(|(from, to)| (NodeIndex(from), NodeIndex(to)))
+            .collect();
         for &(from, to) in &links {
             let at = Instant::from_micros(rng::below(sim.scenario_rng(), 1_000_000));
             sim.dial_at(at, from, to);

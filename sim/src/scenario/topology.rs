@@ -1,5 +1,7 @@
-//! Random connected topologies for scenarios to dial ([`plan_topology`]),
-//! and how many pieces a world's peer graph is in ([`mutual_components`]).
+//! Random connected topologies for scenarios to dial ([`plan_topology`],
+//! and [`plan_topology_min_degree`] for worlds whose nodes must each hold
+//! a given number of peers), and how many pieces a world's peer graph is in
+//! ([`mutual_components`]).
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -75,6 +77,63 @@ pub fn plan_topology(
     dials
 }
 
+/// Plans dials `(from, to)` over `nodes` nodes so that every node has at
+/// least `min(degree_min, nodes - 1)` peers, as nodes that each keep
+/// `degree_min` peers would: a random spanning path, then, node by node in
+/// a random order, dials to random nodes it has none with yet, until it
+/// has its minimum. No self dials, at most one dial per pair (either way),
+/// no node in more than `degree_max` dials (a node short of its minimum
+/// when every other node is full keeps what it has; with `degree_max` at
+/// least twice `degree_min` that does not happen in practice). With
+/// `nodes` at most `degree_min + 1` the plan links every pair.
+pub fn plan_topology_min_degree(
+    rng: &mut impl RngCore,
+    nodes: usize,
+    degree_min: usize,
+    degree_max: usize,
+) -> Vec<(usize, usize)> {
+    assert!(
+        degree_max >= degree_min.max(2),
+        "degree_max must leave room for the minimum and a spanning path"
+    );
+    let mut dials = plan_topology(rng, nodes, 0, degree_max);
+    let mut pairs: BTreeSet<(usize, usize)> = dials
+        .iter()
+        .map(|&(from, to)| (from.min(to), from.max(to)))
+        .collect();
+    let mut degree = vec![0usize; nodes];
+    for &(from, to) in &dials {
+        degree[from] += 1;
+        degree[to] += 1;
+    }
+    let wanted = degree_min.min(nodes.saturating_sub(1));
+    let mut order: Vec<usize> = (0..nodes).collect();
+    rng::shuffle(rng, &mut order);
+    for from in order {
+        if degree[from] >= wanted {
+            continue;
+        }
+        let mut candidates: Vec<usize> = (0..nodes)
+            .filter(|&to| {
+                to != from
+                    && degree[to] < degree_max
+                    && !pairs.contains(&(from.min(to), from.max(to)))
+            })
+            .collect();
+        rng::shuffle(rng, &mut candidates);
+        for to in candidates {
+            if degree[from] >= wanted {
+                break;
+            }
+            pairs.insert((from.min(to), from.max(to)));
+            degree[from] += 1;
+            degree[to] += 1;
+            dials.push((from, to));
+        }
+    }
+    dials
+}
+
 #[cfg(test)]
 mod tests {
     use meshsync_core::limits::PEERS_MAX;
@@ -121,6 +180,48 @@ mod tests {
             );
             if nodes >= 50 && degree_max == PEERS_MAX {
                 assert!(dials.len() > nodes * 3, "extra dials are planned");
+            }
+        }
+    }
+
+    #[test]
+    fn a_minimum_degree_plan_gives_every_node_its_peers() {
+        for (nodes, degree_min, degree_max) in [
+            (0, 25, 50),
+            (1, 25, 50),
+            (2, 25, 50),
+            (7, 25, 50),
+            (26, 25, 50),
+            (27, 25, 50),
+            (100, 25, 50),
+            (200, 6, 12),
+        ] {
+            let mut rng = ChaCha20Rng::seed_from_u64(nodes as u64);
+            let dials = plan_topology_min_degree(&mut rng, nodes, degree_min, degree_max);
+            let mut degree = vec![0; nodes];
+            let mut pairs = BTreeSet::new();
+            for &(from, to) in &dials {
+                assert_ne!(from, to);
+                assert!(
+                    pairs.insert((from.min(to), from.max(to))),
+                    "one dial per pair"
+                );
+                degree[from] += 1;
+                degree[to] += 1;
+            }
+            let wanted = degree_min.min(nodes.saturating_sub(1));
+            for (node, &d) in degree.iter().enumerate() {
+                assert!(
+                    (wanted..=degree_max).contains(&d),
+                    "{nodes} nodes: node {node} has {d} peers"
+                );
+            }
+            if nodes <= degree_min + 1 {
+                assert_eq!(
+                    dials.len(),
+                    nodes * nodes.saturating_sub(1) / 2,
+                    "every pair"
+                );
             }
         }
     }
