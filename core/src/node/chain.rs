@@ -46,10 +46,11 @@
 //! # Security
 //! *Provided*: a block is imported only after its proposer, body root and
 //! signature verified; a block whose check failed gets the gossip verdict
-//! Reject (its sender pays score; the router's seen cache refuses the same
-//! bytes again) but its root is not marked invalid, since the same header
-//! with a good signature is a different, valid message; an undecodable block
-//! is Reject at once.
+//! Reject (the peer whose copy failed is banned, any other sender of the
+//! same bytes pays the Reject's Mid; the router's seen cache refuses the
+//! same bytes again) but its root is not marked invalid, since the same
+//! header with a good signature is a different, valid message; an
+//! undecodable block is Reject at once.
 //! *Not provided here*: fetching unknown parents and range sync (the sync
 //! module's job).
 
@@ -891,11 +892,20 @@ impl Node {
                             block.slot()
                         );
                         self.judge_gossip_block(now, message, Validation::Reject);
-                        // Besides the Mid every sender pays for the Reject:
-                        // an honest node forwards only blocks it verified,
-                        // so the peer whose copy cost us the check is at
-                        // fault (charged even if it already left).
-                        self.report(now, from, Report::Penalty(Penalty::High));
+                        // Besides the Mid every sender pays for the Reject,
+                        // the peer whose copy failed the check is banned
+                        // (charged even if it already left): an honest node
+                        // forwards only blocks it verified, and whether a
+                        // block verifies depends on nothing but the genesis
+                        // (the proposer of a slot is fixed by it), so no
+                        // honest peer can send one that fails. The same
+                        // forgery fetched by range sync or a lookup is Fatal
+                        // too. A High besides the Mid made four failed
+                        // checks a ban, which a forger could outrun: at -20
+                        // we hang up on it and the rest of its flood goes
+                        // unread, so a node that had started three checks
+                        // kept it at -45 (junk-blocks, seed 110).
+                        self.report(now, from, Report::Penalty(Penalty::Fatal));
                     }
                 }
             }
