@@ -153,7 +153,8 @@ pub struct HonestTraffic {
     pub status: Status,
     /// The wake-up kind this traffic owns.
     pub token_kind: u16,
-    open: BTreeMap<(NodeIndex, u64), Asked>,
+    /// Requests not yet answered nor failed, and when each was issued.
+    open: BTreeMap<(NodeIndex, u64), (Asked, Instant)>,
     counts: TrafficCounts,
 }
 
@@ -189,6 +190,16 @@ impl HonestTraffic {
     /// What it saw so far.
     pub fn counts(&self) -> TrafficCounts {
         self.counts
+    }
+
+    /// Requests still open (neither answered nor failed) at `now` that were
+    /// issued less than `age` before it: a bound judged at the end of a run
+    /// forgives those that have not had their lifetime yet.
+    pub fn open_younger_than(&self, now: Instant, age: Duration) -> u64 {
+        self.open
+            .values()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < age)
+            .count() as u64
     }
 
     /// Schedules each requester's first request at a random phase after `start_at`.
@@ -244,14 +255,14 @@ impl HonestTraffic {
         };
         let tag = sim.request(requester, server, protocol, body);
         self.counts.issued += 1;
-        self.open.insert((requester, tag), asked);
+        self.open.insert((requester, tag), (asked, sim.now()));
     }
 
     /// Handles an outcome of one of its requests; false if `notification` is not one.
     pub fn on_notification(&mut self, node: NodeIndex, notification: &Notification) -> bool {
         match notification {
             Notification::Response { tag, chunks, .. } => {
-                let Some(asked) = self.open.remove(&(node, *tag)) else {
+                let Some((asked, _)) = self.open.remove(&(node, *tag)) else {
                     return false;
                 };
                 let valid = match asked {
