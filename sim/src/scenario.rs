@@ -173,6 +173,7 @@ pub fn nodes_default(name: &str) -> usize {
         CrashRestart::NAME => return CrashRestart::NODES_DEFAULT,
         JunkBlocks::NAME => return JunkBlocks::NODES_DEFAULT,
         BudgetSybils::NAME => return BudgetSybils::NODES_DEFAULT,
+        UnresponsivePeer::NAME => return UnresponsivePeer::NODES_DEFAULT,
         SyncLiars::NAME => return SyncLiars::NODES_DEFAULT,
         Chaos::NAME => return Chaos::NODES_DEFAULT,
         Discovery::NAME => return Discovery::NODES_DEFAULT,

@@ -15,7 +15,16 @@
 //! chunk), each costing it score, until its score reaches the disconnect
 //! threshold and the requester drops it with Goodbye(bad score); and every
 //! range the requester asked for arrives, checked block by block, from the
-//! others.
+//! others. [`UnresponsivePeer::bounds_broken`] puts numbers on it: the
+//! silent server is dropped by its [`UNRESPONSIVE_TIMEOUTS_MAX`]th timeout
+//! and within [`UNRESPONSIVE_DROPPED_AFTER_ROUNDS_MAX`] rounds of the first
+//! request to it, no range waits longer than [`RANGE_WAIT_MAX`], and the
+//! requester keeps every other server.
+//!
+//! The world is small by default ([`UnresponsivePeer::NODES_DEFAULT`]: the
+//! requester and three servers), so the silent server gets a third of the
+//! requests and the story is told in seconds; with `--nodes 50` it gets one
+//! request in 49 and is dropped after about a minute.
 //!
 //! How fast the score falls is bounded by the faulty server itself: it holds
 //! at most 4 unanswered requests from one peer (until they expire there,
@@ -33,7 +42,7 @@ use meshsync_core::reqresp::limits::BLOCKS_PER_RANGE_REQUEST_MAX;
 use meshsync_core::reqresp::{Body, ProtocolId};
 use meshsync_core::{Duration, Instant, Notification};
 
-use super::story::Scenario;
+use super::story::{Bounds, Scenario};
 use super::workload::{
     chain_config, check_range, error_kind, split_token, token, BLOCK_BYTES_DEFAULT,
     CHAIN_HEAD_SLOT_DEFAULT,
@@ -46,6 +55,30 @@ const TOKEN_NEXT_RANGE: u16 = 1;
 const TOKEN_RETRY: u16 = 2;
 /// How long the requester waits before retrying a range when no other server is connected.
 pub const RETRY_WITHOUT_SERVER_DELAY: Duration = Duration::from_secs(1);
+
+/// Requests to the silent server that may time out before the requester
+/// drops it, at most: the waste a peer that never answers can cause. Its
+/// first two stalls (requests expiring together) cost a point a request,
+/// every later one ten (`TIMEOUTS_IN_A_ROW_TOLERATED`), so the fourth stall
+/// takes a score of zero past the disconnect threshold (-20); with at most
+/// 4 requests in flight to it, that is 16 timeouts at worst. These worlds
+/// take 3 to 6.
+pub const UNRESPONSIVE_TIMEOUTS_MAX: u64 = 16;
+/// Rounds of the requester's round robin (one request every `interval`,
+/// each to the next server: the silent one is asked once a round) within
+/// which it drops the silent server, counted from the first request to it.
+/// Dropping takes a few timeouts of 5 s each, and how often the silent
+/// server is asked grows with the servers; in rounds it takes 12 with 2
+/// servers, 8.7 with 3 and 9, 5.2 with 49 (6 s, 6.5 s, 19.5 s, 64 s). 16
+/// leaves a third of slack at the smallest world.
+pub const UNRESPONSIVE_DROPPED_AFTER_ROUNDS_MAX: u32 = 16;
+/// The longest a range may wait for its blocks, from when it was first
+/// asked for: one first-chunk timeout of the silent server (5 s), then an
+/// answer from another (tens of ms); a range queued behind four requests
+/// in flight to the silent server waits for them to expire too, and is
+/// asked elsewhere when the server is dropped. 5.06 s at most over seeds;
+/// a request's whole lifetime (10 s) is the bound.
+pub const RANGE_WAIT_MAX: Duration = meshsync_core::reqresp::limits::RESPONSE_TIMEOUT;
 
 /// The parameters of [`UnresponsivePeer`]; the defaults are what the command line runs.
 #[derive(Clone, Debug)]
@@ -75,6 +108,8 @@ pub struct UnresponsivePeer {
 impl UnresponsivePeer {
     /// The scenario's name.
     pub const NAME: &'static str = "unresponsive-peer";
+    /// Nodes by default: the requester and three servers, one of them silent.
+    pub const NODES_DEFAULT: usize = 4;
 
     /// The scenario with `params`.
     pub fn new(params: FetchParams) -> UnresponsivePeer {
@@ -129,17 +164,23 @@ pub struct Fetcher {
     /// Every range asked for so far, by index.
     ranges: Vec<BlocksByRangeRequest>,
     round_robin: usize,
+    /// When each range was first asked for, by index.
+    asked_at: Vec<Instant>,
+    /// When each range arrived, checked, by index.
+    arrived_at: Vec<Option<Instant>>,
     /// Tag → (range index, server asked).
     open: BTreeMap<u64, (usize, NodeIndex)>,
     /// Ranges waiting for a server to be connected.
     retry_queue: Vec<usize>,
-    done: Vec<bool>,
     /// Ranges received and checked.
     pub ranges_completed: usize,
     /// Requests asked again of another server after a failure.
     pub retries: u64,
     /// Requests sent to the faulty server.
     pub requests_to_unresponsive: u64,
+    /// Of those, timed out (the rest were refused at once, or failed when
+    /// the requester dropped it).
+    pub timeouts_from_unresponsive: u64,
     /// Failures by kind (see `error_kind`), over all servers.
     pub failures: BTreeMap<&'static str, u64>,
     /// Answers that did not check out.
@@ -168,8 +209,19 @@ impl Fetcher {
         sim.now() > self.stop_at
     }
 
-    /// The next range of the walk over the chain.
-    fn next_range(&mut self) -> usize {
+    /// The longest any range has waited so far: from when it was first
+    /// asked for to when it arrived, or to `now` if it has not.
+    pub fn range_wait_max(&self, now: Instant) -> Duration {
+        self.asked_at
+            .iter()
+            .zip(&self.arrived_at)
+            .map(|(&asked, &arrived)| arrived.unwrap_or(now).saturating_duration_since(asked))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The next range of the walk over the chain, first asked for `now`.
+    fn next_range(&mut self, now: Instant) -> usize {
         let per_round = self.head_slot.div_ceil(self.range_slots);
         let index = self.ranges.len();
         let start_slot = 1 + (index as u64 % per_round) * self.range_slots;
@@ -177,7 +229,8 @@ impl Fetcher {
             start_slot,
             count: self.range_slots,
         });
-        self.done.push(false);
+        self.asked_at.push(now);
+        self.arrived_at.push(None);
         index
     }
 
@@ -241,7 +294,7 @@ impl Application for Fetcher {
             AppEvent::Wake { token: woke } => match split_token(woke) {
                 (TOKEN_NEXT_RANGE, _) => {
                     if !self.is_done_asking(sim) {
-                        let range = self.next_range();
+                        let range = self.next_range(sim.now());
                         self.ask(sim, range, None);
                         sim.wake_at(sim.now() + self.interval, woke);
                     }
@@ -261,8 +314,8 @@ impl Application for Fetcher {
                         };
                         match check_range(&chunks, self.ranges[range], self.head_slot) {
                             Ok(()) => {
-                                if !self.done[range] {
-                                    self.done[range] = true;
+                                if self.arrived_at[range].is_none() {
+                                    self.arrived_at[range] = Some(sim.now());
                                     self.ranges_completed += 1;
                                 }
                                 self.blocks_received += chunks.len() as u64;
@@ -285,6 +338,9 @@ impl Application for Fetcher {
                             RequestError::FirstChunkTimeout | RequestError::ResponseTimeout
                         ) {
                             log::debug!("{server} timed out on range {range}");
+                            if server == self.unresponsive {
+                                self.timeouts_from_unresponsive += 1;
+                            }
                         }
                         self.retries += 1;
                         self.ask(sim, range, Some(server));
@@ -314,11 +370,13 @@ struct UnresponsiveOutcome {
     retries: u64,
     failures: BTreeMap<&'static str, u64>,
     requests_to_unresponsive: u64,
+    timeouts_from_unresponsive: u64,
     requester_timeouts: u64,
     unresponsive_dropped: bool,
     unresponsive_dropped_for_score: bool,
     unresponsive_drop_reason: Option<String>,
     unresponsive_dropped_after_ms: Option<f64>,
+    range_wait_ms_max: f64,
 }
 
 impl Scenario for UnresponsivePeer {
@@ -357,13 +415,15 @@ impl Scenario for UnresponsivePeer {
                 .clamp(1, BLOCKS_PER_RANGE_REQUEST_MAX),
             stop_at: start_at + self.params.fetch_for,
             ranges: Vec::new(),
-            done: Vec::new(),
+            asked_at: Vec::new(),
+            arrived_at: Vec::new(),
             round_robin: 0,
             open: BTreeMap::new(),
             retry_queue: Vec::new(),
             ranges_completed: 0,
             retries: 0,
             requests_to_unresponsive: 0,
+            timeouts_from_unresponsive: 0,
             failures: BTreeMap::new(),
             invalid_responses: 0,
             blocks_received: 0,
@@ -396,6 +456,7 @@ impl Scenario for UnresponsivePeer {
             retries: app.retries,
             failures: app.failures.clone(),
             requests_to_unresponsive: app.requests_to_unresponsive,
+            timeouts_from_unresponsive: app.timeouts_from_unresponsive,
             requester_timeouts: sim.counter(app.requester, |counters| counters.requests_timed_out),
             unresponsive_dropped: app.unresponsive_dropped.is_some(),
             unresponsive_dropped_for_score: app.dropped_for_score(),
@@ -404,8 +465,109 @@ impl Scenario for UnresponsivePeer {
                 .as_ref()
                 .map(|(_, reason)| reason.to_string()),
             unresponsive_dropped_after_ms: dropped_after,
+            range_wait_ms_max: millis(app.range_wait_max(sim.now())),
         };
         // A struct of numbers, strings and options always serialises.
         Some(serde_json::to_value(outcome).expect("outcome serialises"))
+    }
+
+    /// The silent server dropped for its score by its
+    /// [`UNRESPONSIVE_TIMEOUTS_MAX`]th timeout and within
+    /// [`UNRESPONSIVE_DROPPED_AFTER_ROUNDS_MAX`] rounds of the first request
+    /// to it (judged once the run has reached that); no range waiting
+    /// longer than [`RANGE_WAIT_MAX`]; no answer that does not check out;
+    /// every other server still connected.
+    fn bounds_broken(&self, sim: &Sim) -> Vec<String> {
+        let Some(app) = self.app.as_ref() else {
+            return vec!["the world was never built".to_owned()];
+        };
+        let mut bounds = Bounds::default();
+        let timeouts = app.timeouts_from_unresponsive;
+        bounds.require(timeouts <= UNRESPONSIVE_TIMEOUTS_MAX, || {
+            format!(
+                "{timeouts} requests to the silent server timed out, above \
+                 {UNRESPONSIVE_TIMEOUTS_MAX}: it was not dropped in time"
+            )
+        });
+        if let Some((_, reason)) = &app.unresponsive_dropped {
+            bounds.require(app.dropped_for_score(), || {
+                format!("the silent server was dropped for another reason: {reason}")
+            });
+        }
+        if let Some(first) = app.first_request_to_unresponsive_at {
+            let round = app.interval * app.servers.len() as u32;
+            let bound = round * UNRESPONSIVE_DROPPED_AFTER_ROUNDS_MAX;
+            let dropped_at = app.unresponsive_dropped.as_ref().map(|(at, _)| *at);
+            let in_time = match dropped_at {
+                Some(at) => at <= first + bound,
+                None => sim.now() < first + bound,
+            };
+            bounds.require(in_time, || {
+                format!(
+                    "the silent server was {}, not within {UNRESPONSIVE_DROPPED_AFTER_ROUNDS_MAX} \
+                     rounds ({:.0} ms with {} servers) of the first request to it",
+                    match dropped_at {
+                        Some(at) => format!(
+                            "dropped only {:.0} ms after the first request to it",
+                            millis(at.saturating_duration_since(first))
+                        ),
+                        None => "never dropped".to_owned(),
+                    },
+                    millis(bound),
+                    app.servers.len(),
+                )
+            });
+        }
+        let wait = app.range_wait_max(sim.now());
+        bounds.require(wait <= RANGE_WAIT_MAX, || {
+            format!(
+                "a range waited {:.0} ms for its blocks, above {:.0} ms",
+                millis(wait),
+                millis(RANGE_WAIT_MAX)
+            )
+        });
+        bounds.require(app.invalid_responses == 0, || {
+            format!("{} answers did not check out", app.invalid_responses)
+        });
+        for &server in app.servers.iter().filter(|&&s| s != app.unresponsive) {
+            bounds.require(sim.has_peer(app.requester, server), || {
+                format!("the requester lost {server}, which answers")
+            });
+        }
+        bounds.into_broken()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimConfig;
+
+    fn world() -> (UnresponsivePeer, Sim) {
+        let mut scenario = UnresponsivePeer::default();
+        let mut sim = Sim::new(SimConfig::new(4));
+        scenario.build(&mut sim, UnresponsivePeer::NODES_DEFAULT);
+        (scenario, sim)
+    }
+
+    #[test]
+    fn the_bound_holds_when_the_silent_server_is_dropped_and_breaks_when_it_is_not_charged() {
+        let (mut scenario, mut sim) = world();
+        scenario.run(&mut sim, Duration::from_secs(20));
+        assert_eq!(scenario.bounds_broken(&sim), Vec::<String>::new());
+        assert!(scenario.app().dropped_for_score());
+        // A server that goes mute too, once connected, looks cut off: its
+        // timeouts wait, uncharged, for it to speak again, and nothing
+        // drops it in time. Ranges queued behind its requests in flight
+        // wait out theirs and then their own.
+        let (mut scenario, mut sim) = world();
+        scenario.run(&mut sim, Duration::from_millis(500));
+        assert!(sim.has_peer(scenario.app().requester, scenario.app().unresponsive));
+        sim.set_mute(scenario.app().unresponsive, true);
+        scenario.run(&mut sim, Duration::from_millis(19_500));
+        let broken = scenario.bounds_broken(&sim);
+        assert_eq!(broken.len(), 2, "{broken:?}");
+        assert!(broken[0].contains("never dropped"), "{broken:?}");
+        assert!(broken[1].starts_with("a range waited"), "{broken:?}");
     }
 }
