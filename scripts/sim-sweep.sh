@@ -54,7 +54,7 @@ SIZES=(
   "connect --nodes 20 --duration 10s"
   "request-flood --duration 20s"
   "unresponsive-peer --duration 20s"
-  "static-peer-restart --duration 20s"
+  "static-peer-restart"
   "gossip-1k --nodes 100 --duration 5s"
   "gossip-blocks --nodes 30 --duration 4s"
   "gossip-spam --nodes 50 --duration 5s"

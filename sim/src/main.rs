@@ -180,7 +180,8 @@ struct WorldArgs {
     nodes: Option<u64>,
     /// Virtual time to simulate, e.g. 500ms, 60s, 2m (gossip scenarios:
     /// time spent publishing, after their warm-up and before their drain);
-    /// default 60s, 120s for discovery, 20s for handshake-flood.
+    /// default 60s, 120s for discovery, 20s for handshake-flood, 3m for
+    /// static-peer-restart.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
     /// The scenario to run.

@@ -12,7 +12,7 @@
 //! through [`crate::app::run_for`]; what they set out to show goes into the
 //! summary's `outcome` ([`Scenario::outcome`]).
 //! What must hold, checked on what it measured, is
-//! [`Scenario::bounds_broken`]: the chain stories state theirs; a broken
+//! [`Scenario::bounds_broken`]: every story states its own; a broken
 //! bound fails `meshsync-sim run` and a campaign ([`crate::campaign`]).
 //!
 //! | name | story |
@@ -195,12 +195,14 @@ pub const DURATION_DEFAULT: Duration = Duration::from_secs(60);
 /// runs 120 s (at 60 s its last nodes are judged a few seconds after their
 /// start); `churn` runs the 30 min (five 5 min rounds after the
 /// network forms); `handshake-flood` runs until its sixth honest node's
-/// dial is judged.
+/// dial is judged; `static-peer-restart` runs 3 min, past its restart at
+/// 100 s by the longest backoff step in force then.
 pub fn duration_default(name: &str) -> Duration {
     match name {
         Discovery::NAME => Duration::from_secs(120),
         Churn::NAME => Churn::DURATION_DEFAULT,
         HandshakeFlood::NAME => Duration::from_secs(20),
+        StaticPeerRestart::NAME => StaticPeerRestart::DURATION_DEFAULT,
         _ => DURATION_DEFAULT,
     }
 }
