@@ -114,17 +114,23 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes the frame decoder of one connection buffers: one Noise message and its length prefix.
 pub const RECEIVE_BUFFER_BYTES_MAX: usize = NOISE_MESSAGE_BYTES_MAX + 2;
 
-/// A message buffer kept for reuse once its message is handled (one per
-/// connection for reassembly, one per node for a read's messages) holds
-/// at most this much capacity; a larger one is freed. Room for the largest
-/// block or application answer (1 MiB) and its framing: a stream of them is
-/// read without a buffer grown and copied per message, while a connection
-/// that once carried a 10 MiB message does not keep 10 MiB idle. At most
-/// [`PEERS_MAX`] + 1 such buffers stay filled: about 100 MiB at the worst.
+/// The buffer a node keeps from one read to the next for the messages it
+/// completed holds at most this much capacity; a larger one is freed.
+/// Room for the largest block or application answer (1 MiB) and its
+/// framing: a stream of them is read without a buffer allocated, grown
+/// and copied per message, while a node that once read a 10 MiB message
+/// does not keep 10 MiB idle. One per node.
 pub const MESSAGE_BUFFER_KEPT_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// A connection's reassembly buffer keeps at most this much capacity once
+/// its message is complete: a small message's buffer serves the next, a
+/// large message's goes (into the read, then the node's kept buffer). A
+/// node with [`PEERS_MAX`] peers that all sent large messages holds
+/// 3.2 MiB of idle reassembly buffers, not a large buffer per connection.
+pub const REASSEMBLY_BUFFER_KEPT_BYTES_MAX: usize = 64 * 1024;
 
 const _: () = assert!(NOISE_PLAINTEXT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BUFFER_KEPT_BYTES_MAX < MESSAGE_BYTES_MAX);
+const _: () = assert!(REASSEMBLY_BUFFER_KEPT_BYTES_MAX < MESSAGE_BUFFER_KEPT_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < PENDING_SEND_BYTES_MAX);
 const _: () = assert!(GOSSIP_SEND_WINDOW_BYTES < PENDING_SEND_BYTES_MAX / 4);
 const _: () = assert!(GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX < GOSSIP_NODE_WINDOW_BYTES);

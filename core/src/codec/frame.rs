@@ -2,8 +2,8 @@
 
 use super::{DecodeError, MESSAGE_LENGTH_PREFIX_BYTES, NOISE_LENGTH_PREFIX_BYTES};
 use crate::limits::{
-    HANDSHAKE_MESSAGE_BYTES_MAX, MESSAGE_BUFFER_KEPT_BYTES_MAX, MESSAGE_BYTES_MAX,
-    NOISE_MESSAGE_BYTES_MAX, NOISE_TAG_BYTES,
+    HANDSHAKE_MESSAGE_BYTES_MAX, MESSAGE_BYTES_MAX, NOISE_MESSAGE_BYTES_MAX, NOISE_TAG_BYTES,
+    REASSEMBLY_BUFFER_KEPT_BYTES_MAX,
 };
 use std::ops::Range;
 
@@ -138,10 +138,9 @@ impl MessageReassembler {
     /// first error; the reassembler is then unusable.
     ///
     /// A message that took several pushes is handed over without a copy when
-    /// `messages` is empty (the two buffers are swapped), and the buffer
-    /// that held it is kept for the next one, up to
-    /// [`MESSAGE_BUFFER_KEPT_BYTES_MAX`]: a stream of large messages is read
-    /// without regrowing or copying a buffer per message.
+    /// `messages` is empty (the two buffers are swapped). The reassembler
+    /// then keeps at most [`REASSEMBLY_BUFFER_KEPT_BYTES_MAX`] of capacity:
+    /// the caller, not every connection, keeps a large buffer.
     // Lengths here are the declared length (checked against its maximum by
     // `declared_length`/`MESSAGE_BYTES_MAX` first) and prefix offsets below
     // their constant: no sum or difference can wrap.
@@ -199,7 +198,7 @@ impl MessageReassembler {
                     messages.extend_from_slice(&self.body);
                 }
                 self.reset();
-                keep_at_most(&mut self.body, MESSAGE_BUFFER_KEPT_BYTES_MAX);
+                keep_at_most(&mut self.body, REASSEMBLY_BUFFER_KEPT_BYTES_MAX);
                 on_message(start..messages.len())?;
             }
         }
@@ -399,57 +398,53 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_of_large_messages_keeps_its_buffers_and_frees_an_oversize_one() {
-        let large = MESSAGE_BUFFER_KEPT_BYTES_MAX / 2;
+    fn a_large_message_is_handed_over_whole_and_leaves_no_large_buffer_behind() {
+        let large = 4 * REASSEMBLY_BUFFER_KEPT_BYTES_MAX;
         let mut reassembler = MessageReassembler::new();
-        let mut buffer = Vec::new();
-        let mut capacities = Vec::new();
-        for round in 0..4u8 {
+        for round in 0..3u8 {
             let mut stream = Vec::new();
             append_length_prefixed(&mut stream, &vec![round; large]);
+            append_length_prefixed(&mut stream, &[round; 3]);
+            let mut buffer = Vec::new();
+            let mut ranges = Vec::new();
             for chunk in stream.chunks(NOISE_MESSAGE_BYTES_MAX) {
-                keep_at_most(&mut buffer, MESSAGE_BUFFER_KEPT_BYTES_MAX);
-                let mut ranges = Vec::new();
                 reassembler
                     .push(chunk, &mut buffer, |range| {
                         ranges.push(range);
                         Ok::<(), DecodeError>(())
                     })
                     .unwrap();
-                for range in ranges {
-                    assert_eq!(
-                        range,
-                        0..large,
-                        "handed over whole, not copied after others"
-                    );
-                    assert!(buffer[range].iter().all(|&byte| byte == round));
-                }
             }
-            capacities.push((reassembler.body.capacity(), buffer.capacity()));
+            // The large message is the buffer that reassembled it, swapped
+            // in whole; the small one after it is appended behind it.
+            assert_eq!(ranges, [0..large, large..large + 3]);
+            assert!(buffer[..large].iter().all(|&byte| byte == round));
+            assert!(reassembler.body.capacity() <= REASSEMBLY_BUFFER_KEPT_BYTES_MAX);
         }
-        // After a round for each buffer to grow, both stay big enough: no
-        // buffer is grown, copied or allocated per message any more.
-        for &(body, messages) in &capacities[2..] {
-            assert!(body >= large && messages >= large, "{capacities:?}");
-        }
-        // A message over the kept bound leaves no buffer of its size behind.
+        // Behind other messages, a large one is copied after them.
         let mut stream = Vec::new();
-        append_length_prefixed(&mut stream, &vec![7; MESSAGE_BUFFER_KEPT_BYTES_MAX + 1]);
-        buffer.clear();
-        buffer.extend_from_slice(&[1]);
+        append_length_prefixed(&mut stream, &vec![7; large]);
+        let mut buffer = vec![1];
         for chunk in stream.chunks(NOISE_MESSAGE_BYTES_MAX) {
             reassembler
                 .push(chunk, &mut buffer, |_| Ok::<(), DecodeError>(()))
                 .unwrap();
         }
-        assert_eq!(
-            buffer.len(),
-            MESSAGE_BUFFER_KEPT_BYTES_MAX + 2,
-            "copied after the first"
-        );
-        assert_eq!(reassembler.body.capacity(), 0);
-        keep_at_most(&mut buffer, MESSAGE_BUFFER_KEPT_BYTES_MAX);
-        assert_eq!(buffer.capacity(), 0);
+        assert_eq!(buffer.len(), large + 1);
+        assert!(reassembler.body.capacity() <= REASSEMBLY_BUFFER_KEPT_BYTES_MAX);
+    }
+
+    #[test]
+    fn a_buffer_over_its_kept_bound_is_freed() {
+        let mut buffer = Vec::with_capacity(REASSEMBLY_BUFFER_KEPT_BYTES_MAX + 1);
+        buffer.push(1);
+        keep_at_most(&mut buffer, REASSEMBLY_BUFFER_KEPT_BYTES_MAX);
+        assert_eq!((buffer.len(), buffer.capacity()), (0, 0));
+        let mut buffer = Vec::with_capacity(REASSEMBLY_BUFFER_KEPT_BYTES_MAX);
+        buffer.push(1);
+        keep_at_most(&mut buffer, REASSEMBLY_BUFFER_KEPT_BYTES_MAX);
+        assert_eq!(buffer.len(), 0);
+        assert_eq!(buffer.capacity(), REASSEMBLY_BUFFER_KEPT_BYTES_MAX);
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub(super) struct Connections {
     scratch: ReadScratch,
 }
 
-/// The buffers [`Connections::read`] fills, kept from read to read: a
-/// stream of large messages is read without allocating per read.
+/// The buffers [`Connections::read`] fills, kept from read to read (one set
+/// per node): a stream of large messages is read without allocating per
+/// read, and no connection keeps a large buffer of its own.
 #[derive(Default)]
 struct ReadScratch {
     received: Vec<Received>,
