@@ -122,6 +122,10 @@ pub struct MemoryNet {
     /// For each node, how many of its next jobs fail to run, as a bug in a
     /// driver's worker would (`Input::WorkFailed`).
     pub work_failing: Vec<u32>,
+    /// Bytes are fed with [`Node::handle_bytes_received`] instead of
+    /// `handle(.., Input::BytesReceived { .. })`, as a driver that reads
+    /// into a buffer of its own does.
+    pub borrowed_reads: bool,
     next_conn: u64,
 }
 
@@ -163,6 +167,7 @@ impl MemoryNet {
             persist_waiting: Vec::new(),
             known_peers: vec![None; count],
             work_failing: vec![0; count],
+            borrowed_reads: false,
             next_conn: 0,
         }
     }
@@ -277,13 +282,18 @@ impl MemoryNet {
                 if self.links.contains_key(&(to, conn)) {
                     let piece = self.piece_bytes.unwrap_or(bytes.len()).max(1);
                     for chunk in bytes.chunks(piece) {
-                        self.handle(
-                            to,
-                            Input::BytesReceived {
-                                conn,
-                                bytes: chunk.to_vec(),
-                            },
-                        );
+                        if self.borrowed_reads {
+                            self.nodes[to].handle_bytes_received(self.now, conn, chunk);
+                            self.collect(to);
+                        } else {
+                            self.handle(
+                                to,
+                                Input::BytesReceived {
+                                    conn,
+                                    bytes: chunk.to_vec(),
+                                },
+                            );
+                        }
                     }
                 }
             }

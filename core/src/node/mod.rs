@@ -423,13 +423,7 @@ impl Node {
 
     /// Feeds one input. Then drain [`Node::poll_action`].
     pub fn handle(&mut self, now: Instant, input: Input) {
-        debug_assert!(
-            now >= self.last_now,
-            "time went backwards: {now} < {}",
-            self.last_now
-        );
-        self.last_now = self.last_now.max(now);
-        let now = self.last_now;
+        let now = self.advance_to(now);
         match input {
             Input::ConnectionOpened {
                 conn,
@@ -454,6 +448,34 @@ impl Node {
             Input::Command(command) => self.on_command(now, command),
             Input::Health(health) => self.on_health(health),
         }
+        self.after_input(now);
+    }
+
+    /// Feeds `bytes` received on `conn`: exactly what
+    /// `handle(now, Input::BytesReceived { conn, bytes: bytes.to_vec() })`
+    /// does, without the copy. A driver reads into a buffer of its own and
+    /// hands it over here, so the bytes of a bulk transfer are not copied
+    /// once more on their way in. Then drain [`Node::poll_action`].
+    pub fn handle_bytes_received(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        let now = self.advance_to(now);
+        self.on_bytes(now, conn, bytes);
+        self.after_input(now);
+    }
+
+    /// Takes `now` as the node's time (never earlier than the last) and returns it.
+    fn advance_to(&mut self, now: Instant) -> Instant {
+        debug_assert!(
+            now >= self.last_now,
+            "time went backwards: {now} < {}",
+            self.last_now
+        );
+        self.last_now = self.last_now.max(now);
+        self.last_now
+    }
+
+    /// What every input is followed by: the machines' work that the input
+    /// may have made due, and the sealing of what it queued.
+    fn after_input(&mut self, now: Instant) {
         self.drive_sync(now);
         self.drive_discovery(now);
         self.peerstore_watch_growth(now);

@@ -313,11 +313,7 @@ impl Driver {
             .get(&id)
             .is_some_and(|connection| connection.phase == Phase::Open);
         if is_open {
-            let bytes = self.read_buffer[..count].to_vec();
-            self.feed(Input::BytesReceived {
-                conn: ConnId(id),
-                bytes,
-            });
+            self.feed_read(ConnId(id), count);
         }
     }
 

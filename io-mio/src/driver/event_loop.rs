@@ -6,7 +6,7 @@
 use std::io;
 use std::time::{Duration, Instant as StdInstant};
 
-use meshsync_core::{Action, Command, Input, Instant};
+use meshsync_core::{Action, Command, ConnId, Input, Instant};
 use mio::{Interest, Token};
 use signal_hook_mio::v1_0::Signals;
 
@@ -291,9 +291,33 @@ impl Driver {
     pub(super) fn feed(&mut self, input: Input) {
         self.observe_input(&input);
         self.pending.push_back(input);
-        if self.feeding {
+        if !self.feeding {
+            self.feed_pending();
+        }
+    }
+
+    /// Feeds the first `count` bytes of the read buffer, received on
+    /// `conn`: what `feed(Input::BytesReceived { .. })` does, but the node
+    /// reads them where they are instead of from a copy of their own. Only
+    /// when nothing else is being fed (inputs keep their order) and no
+    /// recording is made (a recording holds every input whole).
+    pub(super) fn feed_read(&mut self, conn: ConnId, count: usize) {
+        if self.feeding || self.recorder.is_some() {
+            let bytes = self.read_buffer[..count].to_vec();
+            self.feed(Input::BytesReceived { conn, bytes });
             return;
         }
+        self.feeding = true;
+        let now = self.now();
+        self.node
+            .handle_bytes_received(now, conn, &self.read_buffer[..count]);
+        self.execute_actions();
+        // What the actions fed meanwhile waits in `pending`, in order.
+        self.feed_pending();
+    }
+
+    /// Feeds what waits in `pending`, and what that feeds in turn.
+    fn feed_pending(&mut self) {
         self.feeding = true;
         while let Some(input) = self.pending.pop_front() {
             let now = self.now();
@@ -301,17 +325,22 @@ impl Driver {
                 recorder.input(now, &input);
             }
             self.node.handle(now, input);
-            while let Some(action) = self.node.poll_action() {
-                if let Some(recorder) = self.recorder.as_mut() {
-                    recorder.action(&action);
-                }
-                self.execute(action);
-            }
+            self.execute_actions();
             if let Some(recorder) = self.recorder.as_mut() {
                 recorder.input_done();
             }
         }
         self.feeding = false;
+    }
+
+    /// Carries out every action the node has queued.
+    fn execute_actions(&mut self) {
+        while let Some(action) = self.node.poll_action() {
+            if let Some(recorder) = self.recorder.as_mut() {
+                recorder.action(&action);
+            }
+            self.execute(action);
+        }
     }
 
     /// Writes every connection that got bytes this turn (and whatever that

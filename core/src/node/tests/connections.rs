@@ -735,3 +735,33 @@ fn loopback_handshakes_are_capped_only_when_configured() {
     assert_eq!(inbound_handshaking(&net, 0), limits::HANDSHAKES_PER_IP_MAX);
     assert_eq!(net.nodes[0].counters().refused_handshakes_from_ip, 2);
 }
+
+#[test]
+fn bytes_fed_in_place_do_what_an_input_of_them_does() {
+    // The same story twice: a line of five nodes connects and forms its
+    // meshes, one publishes to its neighbour, everything in pieces of 7
+    // bytes (so that messages span reads); once with every read an input of its
+    // own, once with the bytes fed where they are.
+    let story = |borrowed_reads: bool| {
+        let mut net = Net::with_nodes(5);
+        net.borrowed_reads = borrowed_reads;
+        net.piece_bytes = Some(7);
+        for i in 0..4 {
+            net.dial(i, i + 1, None);
+        }
+        for i in 0..5 {
+            let topic = blocks_topic();
+            run(&mut net, i, Input::Command(Command::Subscribe { topic }));
+        }
+        net.advance(Duration::from_secs(2));
+        publish(&mut net, 0, b"one message across the line");
+        net.advance(Duration::from_secs(2));
+        let heard: Vec<String> = (0..5)
+            .map(|i| format!("{:?}", net.notifications[i]))
+            .collect();
+        (heard, gossip_messages(&net, 1))
+    };
+    let (as_inputs, reached_the_neighbour) = story(false);
+    assert_eq!(reached_the_neighbour.len(), 1);
+    assert_eq!(story(true), (as_inputs, reached_the_neighbour));
+}
