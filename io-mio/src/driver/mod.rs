@@ -15,7 +15,9 @@
 //! is queued first, then each touched connection is written once, with its
 //! chunks coalesced into one `writev`. Reads go into one reusable
 //! [`READ_BUFFER_BYTES`] buffer and are handed over in as few inputs as
-//! possible. A connection that keeps delivering is read at most
+//! possible, read by the node where they lie
+//! (`Node::handle_bytes_received`) unless the input must be kept whole (a
+//! recording, or an input fed while another is being handled). A connection that keeps delivering is read at most
 //! [`READ_BYTES_PER_TURN_MAX`] per turn, so one fast peer cannot starve the others.
 //!
 //! Time: `meshsync_core::Instant` is microseconds since the driver was
