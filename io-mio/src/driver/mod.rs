@@ -35,7 +35,7 @@
 //! [`DriverOptions::workers`] threads, which wakes the poll loop through the
 //! same `mio::Waker` as the [`DriverHandle`]s; every turn drains finished
 //! jobs into `Input::WorkDone`. Storage (`Action::Persist`) goes to the redb
-//! [`BlockStore`] in [`DriverOptions::data_dir`], one durable transaction per
+//! [`BlockStore`](crate::store::BlockStore) in [`DriverOptions::data_dir`], one durable transaction per
 //! batch, written on the store's own thread (`store_thread.rs`: one batch
 //! at a time, in the core's order, so a commit's fsync never stalls a
 //! connection), and is answered with `Input::Persisted` in batch order once
