@@ -142,22 +142,29 @@ mod tests {
 
     use super::*;
 
+    /// Each node's number of planned dials, either way; panics on a self
+    /// dial or a second dial between one pair.
+    fn degrees(dials: &[(usize, usize)], nodes: usize) -> Vec<usize> {
+        let mut degree = vec![0; nodes];
+        let mut pairs = BTreeSet::new();
+        for &(from, to) in dials {
+            assert_ne!(from, to);
+            assert!(
+                pairs.insert((from.min(to), from.max(to))),
+                "one dial per pair"
+            );
+            degree[from] += 1;
+            degree[to] += 1;
+        }
+        degree
+    }
+
     #[test]
     fn planned_topology_is_connected_and_within_limits() {
         for (nodes, degree_max) in [(0, 50), (1, 50), (2, 50), (50, 50), (200, 5)] {
             let mut rng = ChaCha20Rng::seed_from_u64(nodes as u64);
             let dials = plan_topology(&mut rng, nodes, 3, degree_max);
-            let mut degree = vec![0; nodes];
-            let mut pairs = BTreeSet::new();
-            for &(from, to) in &dials {
-                assert_ne!(from, to);
-                assert!(
-                    pairs.insert((from.min(to), from.max(to))),
-                    "one dial per pair"
-                );
-                degree[from] += 1;
-                degree[to] += 1;
-            }
+            let degree = degrees(&dials, nodes);
             assert!(degree.iter().all(|&d| d <= degree_max));
             // Connected: a union-find over the planned dials leaves one set.
             let mut parent: Vec<usize> = (0..nodes).collect();
@@ -198,17 +205,7 @@ mod tests {
         ] {
             let mut rng = ChaCha20Rng::seed_from_u64(nodes as u64);
             let dials = plan_topology_min_degree(&mut rng, nodes, degree_min, degree_max);
-            let mut degree = vec![0; nodes];
-            let mut pairs = BTreeSet::new();
-            for &(from, to) in &dials {
-                assert_ne!(from, to);
-                assert!(
-                    pairs.insert((from.min(to), from.max(to))),
-                    "one dial per pair"
-                );
-                degree[from] += 1;
-                degree[to] += 1;
-            }
+            let degree = degrees(&dials, nodes);
             let wanted = degree_min.min(nodes.saturating_sub(1));
             for (node, &d) in degree.iter().enumerate() {
                 assert!(

@@ -743,17 +743,10 @@ fn bytes_fed_in_place_do_what_an_input_of_them_does() {
     // bytes (so that messages span reads); once with every read an input of its
     // own, once with the bytes fed where they are.
     let story = |borrowed_reads: bool| {
-        let mut net = Net::with_nodes(5);
-        net.borrowed_reads = borrowed_reads;
-        net.piece_bytes = Some(7);
-        for i in 0..4 {
-            net.dial(i, i + 1, None);
-        }
-        for i in 0..5 {
-            let topic = blocks_topic();
-            run(&mut net, i, Input::Command(Command::Subscribe { topic }));
-        }
-        net.advance(Duration::from_secs(2));
+        let mut net = gossip_line_with(|net| {
+            net.borrowed_reads = borrowed_reads;
+            net.piece_bytes = Some(7);
+        });
         publish(&mut net, 0, b"one message across the line");
         net.advance(Duration::from_secs(2));
         let heard: Vec<String> = (0..5)

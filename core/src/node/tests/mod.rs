@@ -134,7 +134,13 @@ fn blocks_topic() -> Topic {
 /// Five nodes in a line (0 − 1 − 2 − 3 − 4), all subscribed to "blocks",
 /// with a heartbeat or two behind them so every mesh is built.
 fn gossip_line() -> Net {
+    gossip_line_with(|_| {})
+}
+
+/// [`gossip_line`], with `configure` applied to the net before anything runs.
+fn gossip_line_with(configure: impl FnOnce(&mut Net)) -> Net {
     let mut net = Net::with_nodes(5);
+    configure(&mut net);
     for i in 0..4 {
         net.dial(i, i + 1, None);
     }
