@@ -167,11 +167,13 @@ fn bench_sync_json_has_a_row_per_thread_count() {
 
 #[test]
 fn bench_throughput_json_has_rates_per_second_per_cpu_second_and_the_limit() {
-    // 8 MiB: eight answers, a fraction of a second.
-    let report = bench_json(&["throughput", "--bytes", "8388608"]);
+    // 128 MiB: 128 answers in a fraction of a second, yet well over one
+    // tick of the 10 ms process clock (about 0.15 s of CPU here; 8 MiB once
+    // read as 0 ticks, cpu_seconds 0, after reading stopped copying).
+    let report = bench_json(&["throughput", "--bytes", "134217728"]);
     assert_eq!(report["bench"], "throughput");
-    assert_eq!(report["bytes"], 8 << 20);
-    assert_eq!(report["messages"], 8);
+    assert_eq!(report["bytes"], 128 << 20);
+    assert_eq!(report["messages"], 128);
     assert_positive(
         &report,
         &[
