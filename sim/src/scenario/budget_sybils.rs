@@ -583,17 +583,15 @@ impl Scenario for BudgetSybils {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::SimConfig;
+    use crate::scenario::story::built;
 
     /// A target, two honest requesters and four Sybils.
     fn world() -> (BudgetSybils, Sim) {
-        let mut scenario = BudgetSybils::new(BudgetParams {
+        let scenario = BudgetSybils::new(BudgetParams {
             sybils: 4,
             ..BudgetParams::default()
         });
-        let mut sim = Sim::new(SimConfig::new(7));
-        scenario.build(&mut sim, 7);
-        (scenario, sim)
+        built(scenario, 7, 7)
     }
 
     #[test]

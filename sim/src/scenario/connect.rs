@@ -73,13 +73,10 @@ impl Scenario for Connect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::SimConfig;
+    use crate::scenario::story::built;
 
     fn world(seed: u64) -> (Connect, Sim) {
-        let mut scenario = Connect::default();
-        let mut sim = Sim::new(SimConfig::new(seed));
-        scenario.build(&mut sim, 12);
-        (scenario, sim)
+        built(Connect::default(), seed, 12)
     }
 
     #[test]

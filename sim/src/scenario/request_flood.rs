@@ -617,18 +617,16 @@ impl Scenario for RequestFlood {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::SimConfig;
+    use crate::scenario::story::built;
 
     /// Six honest nodes, three of them flooded from 5 s.
     fn world(compare_with_baseline: bool) -> (RequestFlood, Sim) {
-        let mut scenario = RequestFlood::new(FloodParams {
+        let scenario = RequestFlood::new(FloodParams {
             hostile_targets: 3,
             compare_with_baseline,
             ..FloodParams::default()
         });
-        let mut sim = Sim::new(SimConfig::new(6));
-        scenario.build(&mut sim, 6);
-        (scenario, sim)
+        built(scenario, 6, 6)
     }
 
     #[test]

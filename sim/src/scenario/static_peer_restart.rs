@@ -337,19 +337,17 @@ impl Scenario for StaticPeerRestart {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::SimConfig;
+    use crate::scenario::story::built;
 
     /// Two watchers; the static peer is down from 35 s to 45 s, so each
     /// watcher has redialled three or four times and waits a step of 8 or
     /// 16 s when it comes back: 70 s covers every bound.
     fn world() -> (StaticPeerRestart, Sim) {
-        let mut scenario = StaticPeerRestart {
+        let scenario = StaticPeerRestart {
             crash_at: Duration::from_secs(35),
             down_for: Duration::from_secs(10),
         };
-        let mut sim = Sim::new(SimConfig::new(3));
-        scenario.build(&mut sim, 3);
-        (scenario, sim)
+        built(scenario, 3, 3)
     }
 
     #[test]

@@ -68,3 +68,12 @@ impl Bounds {
         self.broken
     }
 }
+
+/// `scenario`'s world of `nodes` nodes built from `seed`, for a test to
+/// run and judge.
+#[cfg(test)]
+pub(crate) fn built<S: Scenario>(mut scenario: S, seed: u64, nodes: usize) -> (S, Sim) {
+    let mut sim = Sim::new(crate::sim::SimConfig::new(seed));
+    scenario.build(&mut sim, nodes);
+    (scenario, sim)
+}

@@ -541,13 +541,14 @@ impl Scenario for UnresponsivePeer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::SimConfig;
+    use crate::scenario::story::built;
 
     fn world() -> (UnresponsivePeer, Sim) {
-        let mut scenario = UnresponsivePeer::default();
-        let mut sim = Sim::new(SimConfig::new(4));
-        scenario.build(&mut sim, UnresponsivePeer::NODES_DEFAULT);
-        (scenario, sim)
+        built(
+            UnresponsivePeer::default(),
+            4,
+            UnresponsivePeer::NODES_DEFAULT,
+        )
     }
 
     #[test]
