@@ -127,10 +127,17 @@ pub const MESSAGE_BUFFER_KEPT_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// node with [`PEERS_MAX`] peers that all sent large messages holds
 /// 3.2 MiB of idle reassembly buffers, not a large buffer per connection.
 pub const REASSEMBLY_BUFFER_KEPT_BYTES_MAX: usize = 64 * 1024;
+/// A connection's plaintext send buffer keeps at most this much capacity
+/// once sealed: small messages reuse it, while a node that sent a 1 MiB
+/// block to each of [`PEERS_MAX`] peers does not keep a megabyte idle per
+/// connection (which a network of nodes forwarding blocks would otherwise
+/// hold for good, one per peer).
+pub const OUTBOUND_PLAINTEXT_KEPT_BYTES_MAX: usize = 64 * 1024;
 
 const _: () = assert!(NOISE_PLAINTEXT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BUFFER_KEPT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(REASSEMBLY_BUFFER_KEPT_BYTES_MAX < MESSAGE_BUFFER_KEPT_BYTES_MAX);
+const _: () = assert!(OUTBOUND_PLAINTEXT_KEPT_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(MESSAGE_BYTES_MAX < PENDING_SEND_BYTES_MAX);
 const _: () = assert!(GOSSIP_SEND_WINDOW_BYTES < PENDING_SEND_BYTES_MAX / 4);
 const _: () = assert!(GOSSIP_NODE_WINDOW_SHARE_BYTES_MAX < GOSSIP_NODE_WINDOW_BYTES);

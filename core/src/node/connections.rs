@@ -695,7 +695,10 @@ impl Connections {
         established
             .transport
             .seal(&established.outbound, &mut bytes);
-        established.outbound.clear();
+        keep_at_most(
+            &mut established.outbound,
+            limits::OUTBOUND_PLAINTEXT_KEPT_BYTES_MAX,
+        );
         self.emit_send(now, conn, bytes, out);
     }
 
@@ -737,6 +740,18 @@ impl Connections {
     }
 
     // ----- write windows -----
+
+    /// The capacity of every established connection's plaintext send buffer.
+    #[cfg(test)]
+    pub(super) fn outbound_capacities(&self) -> Vec<usize> {
+        self.by_conn
+            .values()
+            .filter_map(|connection| match &connection.state {
+                ConnectionState::Established(established) => Some(established.outbound.capacity()),
+                ConnectionState::Handshaking { .. } => None,
+            })
+            .collect()
+    }
 
     /// What the connections count toward the node-wide gossip window at
     /// `now`: each its unwritten bytes plus plaintext waiting to be sealed,

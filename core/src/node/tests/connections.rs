@@ -758,3 +758,31 @@ fn bytes_fed_in_place_do_what_an_input_of_them_does() {
     assert_eq!(reached_the_neighbour.len(), 1);
     assert_eq!(story(true), (as_inputs, reached_the_neighbour));
 }
+
+#[test]
+fn a_large_message_sent_leaves_no_large_send_buffer_behind() {
+    // Node 1 of the line forwards a 512 KiB message (random, so snappy
+    // cannot shrink it) to both its neighbours, then holds only small
+    // plaintext buffers: a node forwarding blocks to many peers does not
+    // keep a block-sized buffer per connection.
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
+    let mut net = gossip_line();
+    let mut payload = vec![0u8; 512 * 1024];
+    ChaCha20Rng::seed_from_u64(7).fill_bytes(&mut payload);
+    publish(&mut net, 1, &payload);
+    net.advance(Duration::from_secs(2));
+    for neighbour in [0, 2] {
+        let heard = gossip_messages(&net, neighbour);
+        assert_eq!(heard.len(), 1, "node {neighbour} got the message");
+        assert_eq!(heard[0].1, payload);
+    }
+    let capacities = net.nodes[1].conns.outbound_capacities();
+    assert_eq!(capacities.len(), 2);
+    assert!(
+        capacities
+            .iter()
+            .all(|&capacity| capacity <= crate::limits::OUTBOUND_PLAINTEXT_KEPT_BYTES_MAX),
+        "{capacities:?}"
+    );
+}
