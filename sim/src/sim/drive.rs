@@ -11,7 +11,10 @@
 use meshsync_core::work::{Job, WorkId};
 use meshsync_core::{Action, Command, Input, Notification};
 
-use super::config::{APP_EVENTS_PENDING_MAX, NOTIFICATIONS_KEPT_PER_NODE_MAX};
+use super::config::{
+    APP_EVENTS_PENDING_MAX, NOTIFICATIONS_KEPT_PER_NODE_MAX,
+    NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX,
+};
 use super::event::Event;
 use super::world::Sim;
 use crate::invariants::{self, NodeView};
@@ -128,9 +131,17 @@ impl Sim {
             _ => None,
         };
         log::debug!("{index} at {now}: {notification:?}");
-        if state.notifications.len() == NOTIFICATIONS_KEPT_PER_NODE_MAX {
-            state.notifications.pop_front();
+        let payload = payload_bytes(&notification);
+        while state.notifications.len() == NOTIFICATIONS_KEPT_PER_NODE_MAX
+            || (state.notification_payload_bytes + payload
+                > NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX
+                && !state.notifications.is_empty())
+        {
+            if let Some((_, dropped)) = state.notifications.pop_front() {
+                state.notification_payload_bytes -= payload_bytes(&dropped);
+            }
         }
+        state.notification_payload_bytes += payload;
         if self.collect_app_events {
             self.push_app_event(AppEvent::Notification {
                 node: index,
@@ -167,5 +178,16 @@ impl Sim {
         for problem in problems {
             self.violation(Some(index), problem);
         }
+    }
+}
+
+/// The peer bytes `notification` carries: what keeping it costs beyond its
+/// fixed size.
+pub(super) fn payload_bytes(notification: &Notification) -> usize {
+    match notification {
+        Notification::GossipMessage { payload, .. } => payload.len(),
+        Notification::Response { chunks, .. } => chunks.iter().map(Vec::len).sum(),
+        Notification::InboundRequest { body, .. } => body.len(),
+        _ => 0,
     }
 }

@@ -84,6 +84,8 @@ pub(super) struct SimNode {
     /// Every dial asked for, with when (the last [`crate::sim::DIALS_KEPT_PER_NODE_MAX`]).
     pub(super) dial_log: VecDeque<(Instant, SocketAddr)>,
     pub(super) notifications: VecDeque<(Instant, Notification)>,
+    /// Payload bytes of `notifications` ([`super::drive::payload_bytes`]).
+    pub(super) notification_payload_bytes: usize,
     /// Peers announced connected and not since disconnected.
     pub(super) notified_peers: BTreeSet<PeerId>,
     /// Counters of earlier incarnations.

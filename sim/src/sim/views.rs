@@ -152,7 +152,9 @@ impl Sim {
     }
 
     /// The notifications `node` emitted, oldest first (the last
-    /// [`crate::sim::NOTIFICATIONS_KEPT_PER_NODE_MAX`]), with the instant of each.
+    /// [`crate::sim::NOTIFICATIONS_KEPT_PER_NODE_MAX`], carrying at most
+    /// [`crate::sim::NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX`] of
+    /// payload), with the instant of each.
     pub fn notifications(&self, node: NodeIndex) -> impl Iterator<Item = &(Instant, Notification)> {
         self.node_state(node).notifications.iter()
     }

@@ -170,6 +170,7 @@ impl Sim {
             dials: BTreeSet::new(),
             dial_log: VecDeque::new(),
             notifications: VecDeque::new(),
+            notification_payload_bytes: 0,
             notified_peers: BTreeSet::new(),
             retired_counters: Vec::new(),
             request_tag_next: 0,
