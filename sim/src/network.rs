@@ -78,6 +78,8 @@ pub struct Endpoint {
     unsent: VecDeque<(Instant, usize)>,
     /// The sum of the bytes in `unsent`.
     unsent_bytes: usize,
+    /// When the last send carried to the other end left this one.
+    written_last: Instant,
 }
 
 impl Endpoint {
@@ -90,6 +92,7 @@ impl Endpoint {
             deliveries_pending: 0,
             unsent: VecDeque::new(),
             unsent_bytes: 0,
+            written_last: Instant::ZERO,
         }
     }
 
@@ -114,6 +117,13 @@ impl Endpoint {
     /// Bytes handed to this end that have not left the uplink by the last send.
     pub fn unsent_bytes(&self) -> usize {
         self.unsent_bytes
+    }
+
+    /// When a send carried to the other end, ready to leave at `ready`,
+    /// leaves this end: never before the one carried before it.
+    pub fn written_at(&mut self, ready: Instant) -> Instant {
+        self.written_last = self.written_last.max(ready);
+        self.written_last
     }
 }
 

@@ -8,7 +8,16 @@
 //! another, each taking its size over the rate, so a burst of responses to
 //! one peer delays what it sends to the others; when the last byte has
 //! left, the node hears `Input::BytesWritten`. Arrivals then queue for the
-//! receiver's downlink, booked in the order they were sent.
+//! receiver's downlink, booked in the order they were sent. As TCP's flow
+//! control would, a send that must wait for the receiver's downlink waits
+//! in the sender's queue: the sender hears `BytesWritten` only once the
+//! downlink starts on it. A node that sends faster than its peers take in
+//! keeps the backlog itself, within its own windows, and the network holds
+//! what is actually on the wire (a receiver's queue was unbounded, and a
+//! world of nodes forwarding 1 MiB blocks held gigabytes there). Only the
+//! wait for other senders' bytes counts: bytes behind their own
+//! connection's earlier bytes are on the wire, as TCP keeps a window in
+//! flight, and a send never leaves before the one before it.
 //! Bytes queued on one connection beyond
 //! [`meshsync_core::limits::PENDING_SEND_BYTES_MAX`] close it with
 //! `CloseCause::SendBufferFull`, as the `Action::Send` contract says.
@@ -29,6 +38,15 @@ use crate::types::NodeIndex;
 pub(super) fn transmit_time(bytes: usize, rate: u64) -> Duration {
     let micros = (bytes as u128 * 1_000_000).div_ceil(u128::from(rate));
     Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX))
+}
+
+/// Where a send's bytes stand once booked on the wire.
+struct OnWire {
+    /// When the receiver has taken them all.
+    arrival: Instant,
+    /// How long they wait for the receiver's downlink to take the bytes
+    /// before them: the time our send queue holds them beyond our uplink.
+    queued_for_downlink: Duration,
 }
 
 impl Sim {
@@ -107,25 +125,28 @@ impl Sim {
     }
 
     /// When bytes reaching `index` at `arrival` have all come through its
-    /// downlink. The downlink is booked in the order bytes are sent, not the
-    /// order they arrive: a simplification that keeps one pass per send.
+    /// downlink, and how long they waited there for the bytes before them.
+    /// The downlink is booked in the order bytes are sent, not the order
+    /// they arrive: a simplification that keeps one pass per send.
     pub(super) fn downlink_arrival(
         &mut self,
         index: NodeIndex,
         arrival: Instant,
         bytes: usize,
-    ) -> Instant {
+    ) -> (Instant, Duration) {
         let state = self.node_state_mut(index);
         let Some(rate) = state.downlink_bytes_per_second else {
-            return arrival;
+            return (arrival, Duration::ZERO);
         };
-        let done = state.downlink_free_at.max(arrival) + transmit_time(bytes, rate);
+        let start = state.downlink_free_at.max(arrival);
+        let done = start + transmit_time(bytes, rate);
         state.downlink_free_at = done;
-        done
+        (done, start.saturating_duration_since(arrival))
     }
 
     pub(super) fn apply_send(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>) {
         let now = self.now;
+        let len = bytes.len();
         let Some(endpoint) = self.network.endpoint_of(index, conn) else {
             self.violation(Some(index), format!("sent on {conn:?}, which is not open"));
             return;
@@ -159,8 +180,26 @@ impl Sim {
             return;
         }
         let departure = self.uplink_departure(index, bytes.len());
+        let reaches = self.network.delivers(index, remote) && self.network.is_open(remote_conn);
+        // On the wire: placed before the write completes, so the rng and the
+        // pipes are drawn in the order they always were; the events go in
+        // after, in the order they always did.
+        let carried = reaches.then(|| self.place_on_wire(index, conn, bytes.len(), departure));
+        // Flow control: bytes waiting for the receiver's downlink wait in
+        // our send queue, not in the network, so they count against our
+        // windows for as long as the receiver takes to start on them.
+        // In order: a later send never leaves before an earlier one, whatever
+        // the jitter of their delays.
+        let written = match &carried {
+            Some(wire) => self
+                .network
+                .endpoint_of(index, conn)
+                .expect("open endpoint")
+                .written_at(departure + wire.queued_for_downlink),
+            None => departure,
+        };
         self.queue.push(
-            departure,
+            written,
             Event::Written {
                 node: index,
                 conn,
@@ -172,7 +211,7 @@ impl Sim {
             .network
             .endpoint_of(index, conn)
             .expect("open endpoint");
-        if endpoint.queue_outbound(now, departure, bytes.len()) {
+        if endpoint.queue_outbound(now, written, bytes.len()) {
             // More than the driver may queue: give the connection up, as
             // `Action::Send`'s contract says, once this step is over.
             self.network_counts.send_buffer_overflows += 1;
@@ -185,45 +224,77 @@ impl Sim {
                 },
             );
         }
-        if !self.network.delivers(index, remote) || !self.network.is_open(remote_conn) {
+        let Some(wire) = carried else {
             let held = self.network.is_open(remote_conn)
                 && self.network.hold(Held {
                     from: index,
                     conn,
                     to: remote,
                     remote_conn,
-                    what: HeldWhat::Bytes(bytes.clone()),
+                    what: HeldWhat::Bytes(bytes),
                 });
             if !held {
                 // Lost, or on its way to an end that already closed: it
                 // would be dropped there.
-                self.network_counts.bytes_dropped += bytes.len() as u64;
+                self.network_counts.bytes_dropped += len as u64;
             }
             return;
-        }
-        self.carry(index, conn, bytes, departure);
+        };
+        self.deliver_placed(index, conn, bytes, &wire);
     }
 
     /// Puts `bytes` that leave `index`'s uplink at `departure` on the wire
     /// of its open end `conn`, towards the open remote end.
     fn carry(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>, departure: Instant) {
-        let now = self.now;
+        let wire = self.place_on_wire(index, conn, bytes.len(), departure);
+        self.deliver_placed(index, conn, bytes, &wire);
+    }
+
+    /// Schedules the arrival of `bytes`, booked by [`Sim::place_on_wire`],
+    /// in the pieces the link slices them into.
+    fn deliver_placed(&mut self, index: NodeIndex, conn: ConnId, bytes: Vec<u8>, wire: &OnWire) {
         let endpoint = self
             .network
             .endpoint_of(index, conn)
             .expect("open endpoint");
         let (remote, remote_conn) = (endpoint.remote, endpoint.remote_conn);
         let link = *self.network.link(index, remote);
-        let delay = link.sample_delay(&mut self.rng_network);
-        let bytes_len = bytes.len();
-        let pieces = link.slice(&mut self.rng_network, bytes);
-        // Looked up above, and nothing closed it since.
+        for piece in link.slice(&mut self.rng_network, bytes) {
+            self.network.expect_delivery(remote_conn);
+            self.queue.push(
+                wire.arrival,
+                Event::Bytes {
+                    node: remote,
+                    conn: remote_conn,
+                    bytes: piece,
+                },
+            );
+        }
+    }
+
+    /// Books `bytes_len` bytes that leave `index`'s uplink at `departure`
+    /// through the pipe of its open end `conn` and the remote's downlink.
+    fn place_on_wire(
+        &mut self,
+        index: NodeIndex,
+        conn: ConnId,
+        bytes_len: usize,
+        departure: Instant,
+    ) -> OnWire {
+        let now = self.now;
         let endpoint = self
             .network
             .endpoint_of(index, conn)
             .expect("open endpoint");
-        let arrival = endpoint.outbound.arrival(departure, delay);
-        let arrival = self.downlink_arrival(remote, arrival, bytes_len);
+        let remote = endpoint.remote;
+        let link = *self.network.link(index, remote);
+        let delay = link.sample_delay(&mut self.rng_network);
+        let endpoint = self
+            .network
+            .endpoint_of(index, conn)
+            .expect("open endpoint");
+        let reached = endpoint.outbound.arrival(departure, delay);
+        let (arrival, queued_for_downlink) = self.downlink_arrival(remote, reached, bytes_len);
         // A stalled link releases what it held, in order, when the stall
         // ends (after the receiver's downlink took it: a stall delays this
         // pair only, not the receiver's other peers).
@@ -237,16 +308,9 @@ impl Sim {
             .expect("open endpoint")
             .outbound
             .hold_until(arrival);
-        for piece in pieces {
-            self.network.expect_delivery(remote_conn);
-            self.queue.push(
-                arrival,
-                Event::Bytes {
-                    node: remote,
-                    conn: remote_conn,
-                    bytes: piece,
-                },
-            );
+        OnWire {
+            arrival,
+            queued_for_downlink,
         }
     }
 
@@ -378,15 +442,59 @@ mod tests {
         let at = Instant::from_micros(100_000);
         assert_eq!(
             sim.downlink_arrival(a, at, 500),
-            Instant::from_micros(600_000)
+            (Instant::from_micros(600_000), Duration::ZERO)
         );
         // Arriving earlier than the downlink is free: it waits its turn.
         assert_eq!(
             sim.downlink_arrival(a, Instant::ZERO, 100),
-            Instant::from_micros(700_000)
+            (
+                Instant::from_micros(700_000),
+                Duration::from_micros(600_000)
+            )
         );
         sim.set_downlink(a, None);
-        assert_eq!(sim.downlink_arrival(a, at, 1_000_000), at);
+        assert_eq!(sim.downlink_arrival(a, at, 1_000_000), (at, Duration::ZERO));
+    }
+
+    #[test]
+    fn bytes_waiting_for_a_busy_downlink_wait_in_the_senders_queue() {
+        // Flow control: what the receiver cannot take yet, because another
+        // sender's bytes fill its downlink, stays counted in the sender's
+        // queue (and its window), not piled up on the wire.
+        let mut sim = sim(10);
+        let (a, b, c) = (sim.add_node(), sim.add_node(), sim.add_node());
+        sim.set_uplink(a, None);
+        sim.set_uplink(c, None);
+        sim.set_downlink(b, Some(1_000)); // 1 kB/s: every byte is a millisecond.
+        let (a_to_b, _) = sim.network.open(a, b);
+        let (c_to_b, _) = sim.network.open(c, b);
+        let unsent = |sim: &mut Sim, node: NodeIndex, conn: ConnId| {
+            sim.network
+                .endpoint_of(node, conn)
+                .expect("open")
+                .unsent_bytes()
+        };
+        sim.apply_send(a, a_to_b, vec![0; 500]);
+        assert_eq!(unsent(&mut sim, a, a_to_b), 0, "b's downlink was free");
+        sim.apply_send(c, c_to_b, vec![0; 300]);
+        assert_eq!(
+            unsent(&mut sim, c, c_to_b),
+            300,
+            "behind half a second of a's bytes: still c's"
+        );
+        sim.set_downlink(b, None);
+        sim.apply_send(a, a_to_b, vec![0; 200]);
+        assert_eq!(
+            unsent(&mut sim, a, a_to_b),
+            0,
+            "an unlimited downlink holds nothing back"
+        );
+        sim.apply_send(c, c_to_b, vec![0; 200]);
+        assert_eq!(
+            unsent(&mut sim, c, c_to_b),
+            500,
+            "a later send on c's connection leaves after its earlier one"
+        );
     }
 
     #[test]
@@ -401,7 +509,7 @@ mod tests {
         );
         assert_eq!(
             sim.downlink_arrival(a, Instant::ZERO, bytes),
-            Instant::from_micros(1_000_000)
+            (Instant::from_micros(1_000_000), Duration::ZERO)
         );
     }
 }
