@@ -301,9 +301,5 @@ fn a_joiner_behind_a_slow_downlink_syncs_without_blaming_its_peers() {
         // uncapped requests took 21 s.
         let sync_seconds = f64_of(&outcome, "sync_seconds");
         assert!(sync_seconds < 15.0, "seed {seed}: {outcome:#}");
-        eprintln!(
-            "TEMP seed {seed}: {sync_seconds:.1} s, {} requests",
-            u64_of(&outcome, "joiner_requests_sent")
-        );
     }
 }
