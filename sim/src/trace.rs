@@ -1,4 +1,4 @@
-//! The trace hash: sha256 over every action of every node, in order, and
+//! The trace hash: BLAKE3 over every action of every node, in order, and
 //! over what the simulator did to nodes from outside (crashes, restarts).
 //!
 //! # Design
@@ -34,14 +34,13 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 
 use meshsync_core::{Action, Instant, Notification};
-use sha2::{Digest, Sha256};
 
 use crate::types::NodeIndex;
 
-/// Running sha256 over every action of every node.
+/// Running BLAKE3 over every action of every node.
 #[derive(Clone, Debug, Default)]
 pub struct Trace {
-    hasher: Sha256,
+    hasher: blake3::Hasher,
     actions: u64,
     /// The last `Debug` text hashed: one buffer, reused.
     text: Vec<u8>,
@@ -187,7 +186,7 @@ impl Trace {
 
     /// The hash of everything recorded so far (the trace keeps running).
     pub fn hash(&self) -> [u8; 32] {
-        self.hasher.clone().finalize().into()
+        *self.hasher.finalize().as_bytes()
     }
 
     /// [`Trace::hash`] in lowercase hex.
@@ -234,7 +233,7 @@ impl Trace {
                 from,
             } => {
                 self.tag(NOTIFY_GOSSIP_MESSAGE);
-                self.hasher.update(id.0);
+                self.hasher.update(&id.0);
                 self.bytes(topic.as_str().as_bytes());
                 self.bytes(payload);
                 self.hasher.update(from.as_bytes());
@@ -256,11 +255,11 @@ impl Trace {
     }
 
     fn tag(&mut self, tag: u8) {
-        self.hasher.update([tag]);
+        self.hasher.update(&[tag]);
     }
 
     fn u64(&mut self, value: u64) {
-        self.hasher.update(value.to_le_bytes());
+        self.hasher.update(&value.to_le_bytes());
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
@@ -272,14 +271,14 @@ impl Trace {
         match addr {
             SocketAddr::V4(v4) => {
                 self.tag(4);
-                self.hasher.update(v4.ip().octets());
+                self.hasher.update(&v4.ip().octets());
             }
             SocketAddr::V6(v6) => {
                 self.tag(6);
-                self.hasher.update(v6.ip().octets());
+                self.hasher.update(&v6.ip().octets());
             }
         }
-        self.hasher.update(addr.port().to_le_bytes());
+        self.hasher.update(&addr.port().to_le_bytes());
     }
 }
 
@@ -303,17 +302,17 @@ mod tests {
         }
     }
 
-    /// sha256 over one notification of node 2 at 5 µs, encoded by hand as
+    /// BLAKE3 over one notification of node 2 at 5 µs, encoded by hand as
     /// the module docs say: `parts` after the notify tag.
     fn expected_notify(parts: &[&[u8]]) -> [u8; 32] {
-        let mut expected = Sha256::new();
-        expected.update(2u64.to_le_bytes());
-        expected.update(5u64.to_le_bytes());
-        expected.update([TAG_NOTIFY]);
+        let mut expected = blake3::Hasher::new();
+        expected.update(&2u64.to_le_bytes());
+        expected.update(&5u64.to_le_bytes());
+        expected.update(&[TAG_NOTIFY]);
         for part in parts {
             expected.update(part);
         }
-        expected.finalize().into()
+        *expected.finalize().as_bytes()
     }
 
     fn notify_hash(notification: Notification) -> [u8; 32] {
