@@ -45,7 +45,7 @@ pub struct Summary {
     pub events: u64,
     /// Events processed per wall-clock second.
     pub events_per_second: f64,
-    /// BLAKE3 over every action of every node, in hex.
+    /// sha256 over every action of every node, in hex.
     pub trace_hash: String,
     /// Actions hashed into the trace.
     pub actions: u64,
