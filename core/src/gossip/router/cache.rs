@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::config::{
-    GOSSIP_WINDOWS, MCACHE_BYTES_MAX, MCACHE_MESSAGES_MAX, MCACHE_WINDOWS, SEEN_MESSAGES_MAX,
+    FRAME_KEY_EDGE_BYTES, FRAME_MATCH_BYTES_MIN, GOSSIP_WINDOWS, KNOWN_FRAMES_MAX,
+    MCACHE_BYTES_MAX, MCACHE_MESSAGES_MAX, MCACHE_WINDOWS, SEEN_MESSAGES_MAX,
 };
 use super::Gossip;
 use crate::gossip::wire::{MessageId, Topic, WireMessage};
@@ -34,6 +35,74 @@ pub(super) struct Seen {
 pub(super) struct CacheEntry {
     pub(super) message: WireMessage,
     pub(super) iwant_counts: BTreeMap<PeerId, u8>,
+}
+
+/// What a large frame is looked up by: its length and its two ends. Two
+/// frames with one key are told apart by comparing them whole.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(super) struct FrameKey {
+    len: usize,
+    head: [u8; FRAME_KEY_EDGE_BYTES],
+    tail: [u8; FRAME_KEY_EDGE_BYTES],
+}
+
+impl FrameKey {
+    /// The key of `frame`, if it is large enough to be worth one.
+    fn of(frame: &[u8]) -> Option<FrameKey> {
+        if frame.len() < FRAME_MATCH_BYTES_MIN {
+            return None;
+        }
+        let mut head = [0; FRAME_KEY_EDGE_BYTES];
+        let mut tail = [0; FRAME_KEY_EDGE_BYTES];
+        head.copy_from_slice(&frame[..FRAME_KEY_EDGE_BYTES]);
+        tail.copy_from_slice(&frame[frame.len() - FRAME_KEY_EDGE_BYTES..]);
+        Some(FrameKey {
+            len: frame.len(),
+            head,
+            tail,
+        })
+    }
+}
+
+/// The ids of large frames we received or published, by [`FrameKey`]:
+/// where to look for a held copy to compare a newly arrived frame with.
+/// At most [`KNOWN_FRAMES_MAX`], oldest forgotten first; an entry whose
+/// message we no longer hold simply finds nothing.
+#[derive(Debug, Default)]
+pub(super) struct KnownFrames {
+    ids: BTreeMap<FrameKey, MessageId>,
+    order: VecDeque<FrameKey>,
+}
+
+impl KnownFrames {
+    /// Remembers that `frame` is message `id`, if `frame` is large. A key
+    /// already taken keeps its first message: a frame made to share another's
+    /// ends then costs its copies the full path, never a wrong id.
+    pub(super) fn remember(&mut self, frame: &[u8], id: MessageId) {
+        let Some(key) = FrameKey::of(frame) else {
+            return;
+        };
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.ids.entry(key) {
+            entry.insert(id);
+            self.order.push_back(key);
+        }
+        while self.ids.len() > KNOWN_FRAMES_MAX {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.ids.remove(&oldest);
+        }
+    }
+
+    /// The id a frame with `frame`'s key was remembered as (the caller
+    /// compares the frames).
+    pub(super) fn candidate(&self, frame: &[u8]) -> Option<MessageId> {
+        self.ids.get(&FrameKey::of(frame)?).copied()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ids.len()
+    }
 }
 
 /// The message cache: windows of ids, newest first, and the messages.

@@ -132,6 +132,20 @@ impl Gossip {
             self.counters.messages_unsubscribed += 1;
             return;
         }
+        if let Some(id) = self.held_copy_of(&message) {
+            // A copy of a large message we hold, known by its bytes: no
+            // need to decompress and hash it to learn its id. (An abandoned
+            // one is judged anew below, which needs its payload.)
+            let abandoned = self
+                .seen
+                .get(&id)
+                .is_some_and(|seen| seen.state == SeenState::Abandoned);
+            if !abandoned && self.seen.contains_key(&id) {
+                self.promises.remove(&id);
+                self.on_copy(now, peer, &id, &message.topic);
+                return;
+            }
+        }
         let payload = match message.payload() {
             Ok(payload) => payload,
             Err(error) => {
@@ -157,36 +171,8 @@ impl Gossip {
                 retried = true;
             }
         }
-        if let Some(seen) = self.seen.get_mut(&id).filter(|_| !retried) {
-            self.counters.duplicates += 1;
-            if let Some(counts) = self.counters.topics.get_mut(&message.topic) {
-                counts.duplicates += 1;
-            }
-            let state = seen.state;
-            match state {
-                SeenState::Pending => {
-                    if seen.deliverers.len() < DELIVERERS_PER_MESSAGE_MAX
-                        && !seen.deliverers.contains(&peer)
-                    {
-                        seen.deliverers.push(peer);
-                    }
-                }
-                SeenState::Accepted => {
-                    let in_window = now.saturating_duration_since(seen.first_seen)
-                        <= MESH_MESSAGE_DELIVERIES_WINDOW;
-                    if in_window {
-                        if let Some(p) = self.peers.get_mut(&peer) {
-                            p.stats.mesh_delivery(&message.topic);
-                        }
-                    }
-                }
-                SeenState::Rejected => {
-                    if let Some(p) = self.peers.get_mut(&peer) {
-                        p.stats.invalid_delivery(&message.topic);
-                    }
-                }
-                SeenState::Ignored | SeenState::Own | SeenState::Abandoned => {}
-            }
+        if !retried && self.seen.contains_key(&id) {
+            self.on_copy(now, peer, &id, &message.topic);
             return;
         }
         if self.pending.contains_key(&id) {
@@ -221,6 +207,7 @@ impl Gossip {
                 }
             }
         }
+        self.known_frames.remember(&message.frame, id);
         self.pending_bytes += message.frame.len();
         self.pending.insert(
             id,
@@ -244,6 +231,54 @@ impl Gossip {
             payload,
             from: peer,
         });
+    }
+
+    /// The id of `message` if it is, byte for byte and on the same topic,
+    /// a large frame we hold (awaiting a verdict or in the message cache).
+    pub(super) fn held_copy_of(&self, message: &WireMessage) -> Option<MessageId> {
+        let id = self.known_frames.candidate(&message.frame)?;
+        let held = self
+            .pending
+            .get(&id)
+            .map(|pending| &pending.message)
+            .or_else(|| self.mcache.entries.get(&id).map(|entry| &entry.message))?;
+        (held.topic == message.topic && held.frame[..] == message.frame[..]).then_some(id)
+    }
+
+    /// Another copy of `id`, which we have seen: counted, and credited or
+    /// charged to `peer` by what became of the first.
+    fn on_copy(&mut self, now: Instant, peer: PeerId, id: &MessageId, topic: &Topic) {
+        self.counters.duplicates += 1;
+        if let Some(counts) = self.counters.topics.get_mut(topic) {
+            counts.duplicates += 1;
+        }
+        let Some(seen) = self.seen.get_mut(id) else {
+            return;
+        };
+        match seen.state {
+            SeenState::Pending => {
+                if seen.deliverers.len() < DELIVERERS_PER_MESSAGE_MAX
+                    && !seen.deliverers.contains(&peer)
+                {
+                    seen.deliverers.push(peer);
+                }
+            }
+            SeenState::Accepted => {
+                let in_window = now.saturating_duration_since(seen.first_seen)
+                    <= MESH_MESSAGE_DELIVERIES_WINDOW;
+                if in_window {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.stats.mesh_delivery(topic);
+                    }
+                }
+            }
+            SeenState::Rejected => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.stats.invalid_delivery(topic);
+                }
+            }
+            SeenState::Ignored | SeenState::Own | SeenState::Abandoned => {}
+        }
     }
 
     pub(super) fn drop_pending(&mut self, id: &MessageId) {

@@ -1022,6 +1022,64 @@ fn seen_cache_deduplicates_then_expires() {
     assert_eq!(gossip.counters().messages_unsubscribed, 1);
 }
 
+/// Copies of a large message are known by their bytes and counted as the
+/// full path counts them; a frame with the same length and ends but other
+/// bytes between is not taken for a copy.
+#[test]
+fn copies_of_a_large_message_are_known_by_their_bytes() {
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
+    let mut gossip = router_with_peers(3);
+    let mut payload = vec![0u8; 200 * 1024];
+    ChaCha20Rng::seed_from_u64(5).fill_bytes(&mut payload);
+    let message = WireMessage::new(topic(), &payload);
+    assert!(message.frame.len() >= FRAME_MATCH_BYTES_MIN);
+    let rpc = |message: &WireMessage| {
+        rpc_bytes(Rpc {
+            messages: vec![message.clone()],
+            ..Rpc::default()
+        })
+    };
+    let events = rpc_events(&mut gossip, at(0), peer(1), &rpc(&message));
+    let [GossipEvent::Message { id, .. }] = events[..] else {
+        panic!("one message event: {events:?}");
+    };
+    assert_eq!(gossip.held_copy_of(&message), Some(id));
+
+    assert!(rpc_events(&mut gossip, at(10), peer(2), &rpc(&message)).is_empty());
+    assert_eq!(gossip.counters().duplicates, 1);
+    assert!(gossip.seen[&id].deliverers.contains(&peer(2)));
+
+    let mut frame = message.frame.to_vec();
+    let middle = frame.len() / 2;
+    frame[middle] ^= 1;
+    let forged = WireMessage {
+        topic: topic(),
+        frame: frame.into(),
+    };
+    assert_eq!(gossip.held_copy_of(&forged), None);
+    rpc_events(&mut gossip, at(20), peer(3), &rpc(&forged));
+    assert_eq!(gossip.counters().duplicates, 1, "not counted as a copy");
+    assert_eq!(
+        gossip.held_copy_of(&message),
+        Some(id),
+        "nor does it take the first one's key"
+    );
+
+    let elsewhere = WireMessage {
+        topic: Topic::new("/other").unwrap(),
+        frame: message.frame.clone(),
+    };
+    assert_eq!(gossip.held_copy_of(&elsewhere), None);
+
+    // Accepted, it is still known from the message cache.
+    assert!(gossip.report_validation(at(30), id, Validation::Accept));
+    assert_eq!(gossip.held_copy_of(&message), Some(id));
+    assert!(rpc_events(&mut gossip, at(40), peer(3), &rpc(&message)).is_empty());
+    assert_eq!(gossip.counters().duplicates, 2);
+    gossip.assert_invariants();
+}
+
 /// Each subscribed topic counts its new messages, copies and verdicts;
 /// leaving the topic drops its counts.
 #[test]

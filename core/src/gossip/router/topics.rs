@@ -184,6 +184,7 @@ impl Gossip {
                 state: SeenState::Own,
             },
         );
+        self.known_frames.remember(&message.frame, id);
         self.mcache.put(id, message.clone());
         for peer in recipients {
             if self
