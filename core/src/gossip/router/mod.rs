@@ -15,6 +15,7 @@
 //! ```text
 //!  handle_rpc ─► graylisted? drop ─► decode ─► subscriptions, control, messages
 //!   message ─► subscribed? ─► seen? (duplicate: credit/penalise) ─► IDONTWANT to mesh (> 1 KiB)
+//!              (a copy of a large frame we hold is known by its bytes, before decompressing)
 //!           ─► pending validation ─► GossipEvent::Message
 //!  report_validation ─► Accept: mcache, forward to mesh (not to senders nor IDONTWANT-ers)
 //!                    ─► Reject: invalid-message penalty for every sender; Ignore: nothing
@@ -71,7 +72,8 @@
 //! front of the queue, not by scanning it). Global: [`GOSSIP_PEERS_MAX`]
 //! peers, [`TOPICS_MAX`] topics, [`SEEN_MESSAGES_MAX`] seen ids (oldest
 //! evicted), [`MCACHE_MESSAGES_MAX`] and [`MCACHE_BYTES_MAX`] cached (oldest
-//! evicted), [`VALIDATION_PENDING_MAX`] and [`VALIDATION_PENDING_BYTES_MAX`]
+//! evicted), [`KNOWN_FRAMES_MAX`] keys of large frames (oldest forgotten),
+//! [`VALIDATION_PENDING_MAX`] and [`VALIDATION_PENDING_BYTES_MAX`]
 //! pending (oldest dropped), [`PROMISES_MAX`] promises (new ones not made),
 //! [`BACKOFFS_MAX`] backoffs (one per our topic and connected peer: they die
 //! with the connection, so none is ever evicted),
