@@ -13,10 +13,13 @@ pub const LISTEN_PORT_DEFAULT: u16 = 9000;
 /// Notifications kept per node for inspection; older ones are dropped first.
 pub const NOTIFICATIONS_KEPT_PER_NODE_MAX: usize = 4_096;
 /// Payload bytes (gossip messages, responses, request bodies) of the
-/// notifications kept per node; older ones are dropped first. A node that
-/// takes in a 1 MiB block every few seconds would otherwise keep thousands
-/// of them, in a world of hundreds of nodes.
-pub const NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX: usize = 4 * 1024 * 1024;
+/// notifications kept per node; past it the oldest notifications that carry
+/// a payload are dropped (the others stay, up to
+/// [`NOTIFICATIONS_KEPT_PER_NODE_MAX`]). A node that takes in a 1 MiB block
+/// every few seconds would otherwise keep thousands of them, in a world of
+/// hundreds of nodes; at 4 MiB they were still a third of `gossip-blocks`'
+/// memory.
+pub const NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX: usize = 1024 * 1024;
 /// Dials kept per node in its dial log; older ones are dropped first.
 pub const DIALS_KEPT_PER_NODE_MAX: usize = 4_096;
 /// Application events waiting to be taken. An application takes them after

@@ -131,12 +131,24 @@ impl Sim {
             _ => None,
         };
         log::debug!("{index} at {now}: {notification:?}");
+        // Payloads past their budget go oldest first, and only notifications
+        // that carry one: the small ones (who connected, when) stay.
         let payload = payload_bytes(&notification);
-        while state.notifications.len() == NOTIFICATIONS_KEPT_PER_NODE_MAX
-            || (state.notification_payload_bytes + payload
-                > NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX
-                && !state.notifications.is_empty())
+        while state.notification_payload_bytes + payload
+            > NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX
         {
+            let Some(oldest) = state
+                .notifications
+                .iter()
+                .position(|(_, kept)| payload_bytes(kept) > 0)
+            else {
+                break;
+            };
+            if let Some((_, dropped)) = state.notifications.remove(oldest) {
+                state.notification_payload_bytes -= payload_bytes(&dropped);
+            }
+        }
+        if state.notifications.len() == NOTIFICATIONS_KEPT_PER_NODE_MAX {
             if let Some((_, dropped)) = state.notifications.pop_front() {
                 state.notification_payload_bytes -= payload_bytes(&dropped);
             }
@@ -189,5 +201,44 @@ pub(super) fn payload_bytes(notification: &Notification) -> usize {
         Notification::Response { chunks, .. } => chunks.iter().map(Vec::len).sum(),
         Notification::InboundRequest { body, .. } => body.len(),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::config::SimConfig;
+    use meshsync_core::gossip::{MessageId, PublishError, Topic};
+    use meshsync_core::Identity;
+
+    #[test]
+    fn kept_payloads_stay_within_their_budget_and_small_notifications_stay() {
+        let mut sim = Sim::new(SimConfig::new(3));
+        let node = sim.add_node();
+        let topic = Topic::new("blocks").expect("a valid topic");
+        let small = Notification::PublishFailed {
+            topic: topic.clone(),
+            error: PublishError::NoPeers,
+        };
+        sim.record_notification(node, small.clone());
+        for i in 0..5u8 {
+            let message = Notification::GossipMessage {
+                id: MessageId([i; 20]),
+                topic: topic.clone(),
+                payload: vec![i; 600 * 1024],
+                from: Identity::from_seed(1).peer_id(),
+            };
+            sim.record_notification(node, message);
+        }
+        let kept: Vec<&Notification> = sim.notifications(node).map(|(_, n)| n).collect();
+        let payloads: usize = kept.iter().map(|n| payload_bytes(n)).sum();
+        assert!(payloads <= NOTIFICATION_PAYLOAD_BYTES_KEPT_PER_NODE_MAX);
+        assert_eq!(sim.node_state(node).notification_payload_bytes, payloads);
+        assert_eq!(kept.len(), 2, "the small one and the newest message");
+        assert_eq!(kept[0], &small);
+        assert!(matches!(
+            kept[1],
+            Notification::GossipMessage { id, .. } if id.0 == [4; 20]
+        ));
     }
 }
