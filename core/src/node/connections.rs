@@ -44,6 +44,24 @@ pub(super) struct Connections {
     unflushed: BTreeSet<ConnId>,
     /// Buffers one read fills and the next reuses.
     scratch: ReadScratch,
+    /// Each connection's timers as of its last change, so the next deadline
+    /// is found in a small map instead of every connection's state.
+    timers: BTreeMap<ConnId, ConnTimers>,
+    /// Connections changed since `timers` was brought up to date (by
+    /// [`Connections::index_timers`], after every input): while any is
+    /// listed, [`Connections::next_deadline`] reads every connection.
+    timers_stale: Vec<ConnId>,
+}
+
+/// One connection's timers: what [`Connections::next_deadline`] needs of it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct ConnTimers {
+    /// The handshake's deadline, or the earliest of keepalive, Status and
+    /// silence.
+    due: Instant,
+    /// When its write state next changes, if it is slow (see
+    /// [`Connections::write_deadline`]).
+    write: Option<Instant>,
 }
 
 /// The buffers [`Connections::read`] fills, kept from read to read (one set
@@ -201,6 +219,8 @@ impl Connections {
             next_dial_id: 0,
             unflushed: BTreeSet::new(),
             scratch: ReadScratch::default(),
+            timers: BTreeMap::new(),
+            timers_stale: Vec::new(),
         }
     }
 
@@ -302,8 +322,9 @@ impl Connections {
 
     /// The established connection state of `peer`, once accepted.
     pub(super) fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Established> {
-        let conn = self.peers.get(peer)?;
-        match &mut self.by_conn.get_mut(conn)?.state {
+        let conn = *self.peers.get(peer)?;
+        self.timers_stale.push(conn);
+        match &mut self.by_conn.get_mut(&conn)?.state {
             ConnectionState::Established(established) => Some(established),
             ConnectionState::Handshaking { .. } => None,
         }
@@ -311,6 +332,7 @@ impl Connections {
 
     /// The established state on `conn`, accepted or not yet.
     pub(super) fn established_on_mut(&mut self, conn: ConnId) -> Option<&mut Established> {
+        self.timers_stale.push(conn);
         match &mut self.by_conn.get_mut(&conn)?.state {
             ConnectionState::Established(established) => Some(established),
             ConnectionState::Handshaking { .. } => None,
@@ -394,6 +416,7 @@ impl Connections {
             Direction::Inbound => Handshake::respond(&self.keys, ephemeral_seed),
         }
         .expect("building a handshake from our own valid keys cannot fail");
+        self.timers_stale.push(conn);
         self.by_conn.insert(
             conn,
             Connection {
@@ -429,6 +452,7 @@ impl Connections {
     ) -> Option<Read> {
         let keys = &self.keys;
         let hello = &self.hello;
+        self.timers_stale.push(conn);
         let connection = self.by_conn.get_mut(&conn)?;
         let ReadScratch {
             received,
@@ -528,6 +552,7 @@ impl Connections {
     pub(super) fn drop_replaced(&mut self, now: Instant, conn: ConnId, out: &mut Outbox) {
         self.flush(now, conn, out);
         self.unflushed.remove(&conn);
+        self.timers_stale.push(conn);
         self.by_conn.remove(&conn);
         out.push(Action::Close { conn });
     }
@@ -557,6 +582,7 @@ impl Connections {
     /// mapped (the caller reports it gone).
     pub(super) fn forget(&mut self, conn: ConnId) -> Option<Connection> {
         self.unflushed.remove(&conn);
+        self.timers_stale.push(conn);
         let connection = self.by_conn.remove(&conn)?;
         if let ConnectionState::Established(established) = &connection.state {
             if established.accepted && self.peers.get(&established.peer) == Some(&conn) {
@@ -570,25 +596,75 @@ impl Connections {
 
     /// The earliest instant a connection or dial timer fires, if any.
     pub(super) fn next_deadline(&self, now: Instant, silence_timeout: Duration) -> Option<Instant> {
-        let dials = self.dials.values().map(|dial| dial.deadline);
-        let connections = self
-            .by_conn
+        let dials = self.dials.values().map(|dial| dial.deadline).min();
+        let connections = if self.timers_stale.is_empty() {
+            let indexed = self
+                .timers
+                .values()
+                .map(|timers| Connections::earliest(now, *timers))
+                .min();
+            debug_assert_eq!(
+                indexed,
+                self.connections_deadline(now, silence_timeout),
+                "the timer index agrees with the connections"
+            );
+            indexed
+        } else {
+            self.connections_deadline(now, silence_timeout)
+        };
+        dials.into_iter().chain(connections).min()
+    }
+
+    /// The earliest connection timer, read from every connection.
+    fn connections_deadline(&self, now: Instant, silence_timeout: Duration) -> Option<Instant> {
+        self.by_conn
             .values()
-            .map(|connection| match &connection.state {
-                ConnectionState::Handshaking { deadline, .. } => *deadline,
-                ConnectionState::Established(established) => {
-                    let at = established
-                        .next_ping
-                        .min(established.next_status)
-                        .min(established.last_received + silence_timeout);
-                    // A deadline already past (a slow connection that stopped
-                    // counting) is not a reason to wake again.
-                    Connections::write_deadline(connection)
-                        .filter(|&deadline| deadline > now)
-                        .map_or(at, |deadline| deadline.min(at))
+            .map(|connection| {
+                Connections::earliest(now, Connections::timers_of(connection, silence_timeout))
+            })
+            .min()
+    }
+
+    /// When a connection with `timers` next needs the node at `now`. A write
+    /// deadline already past (a slow connection that stopped counting) is
+    /// not a reason to wake again.
+    fn earliest(now: Instant, timers: ConnTimers) -> Instant {
+        timers
+            .write
+            .filter(|&deadline| deadline > now)
+            .map_or(timers.due, |deadline| deadline.min(timers.due))
+    }
+
+    fn timers_of(connection: &Connection, silence_timeout: Duration) -> ConnTimers {
+        match &connection.state {
+            ConnectionState::Handshaking { deadline, .. } => ConnTimers {
+                due: *deadline,
+                write: None,
+            },
+            ConnectionState::Established(established) => ConnTimers {
+                due: established
+                    .next_ping
+                    .min(established.next_status)
+                    .min(established.last_received + silence_timeout),
+                write: Connections::write_deadline(connection),
+            },
+        }
+    }
+
+    /// Brings the timer index up to date with the connections changed since
+    /// the last call. The node calls it after every input.
+    pub(super) fn index_timers(&mut self, silence_timeout: Duration) {
+        for conn in self.timers_stale.drain(..) {
+            match self.by_conn.get(&conn) {
+                Some(connection) => {
+                    self.timers
+                        .insert(conn, Connections::timers_of(connection, silence_timeout));
                 }
-            });
-        dials.chain(connections).min()
+                None => {
+                    self.timers.remove(&conn);
+                }
+            }
+        }
     }
 
     /// The connection timers due at `now`. Each connection is in one list
@@ -641,6 +717,7 @@ impl Connections {
         out: &mut Outbox,
         write: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
     ) -> Result<usize, E> {
+        self.timers_stale.extend(conn);
         let established = conn.and_then(|conn| match &mut self.by_conn.get_mut(&conn)?.state {
             ConnectionState::Established(established) => Some((conn, established)),
             ConnectionState::Handshaking { .. } => None,
@@ -711,6 +788,7 @@ impl Connections {
 
     /// Hands `bytes` to the driver, counting them as unwritten until it says otherwise.
     fn emit_send(&mut self, now: Instant, conn: ConnId, bytes: Vec<u8>, out: &mut Outbox) {
+        self.timers_stale.push(conn);
         if let Some(connection) = self.by_conn.get_mut(&conn) {
             if connection.unwritten_bytes == 0 {
                 connection.write_progress_at = now;
@@ -728,6 +806,7 @@ impl Connections {
         // Late reports for a connection we closed are expected and harmless;
         // a driver that wrote bytes of its own (a test's) may over-report,
         // which only opens the window early.
+        self.timers_stale.push(conn);
         if let Some(connection) = self.by_conn.get_mut(&conn) {
             connection.unwritten_bytes = connection.unwritten_bytes.saturating_sub(bytes);
             if bytes > 0 {

@@ -482,6 +482,7 @@ impl Node {
         self.transmit_requests(now);
         self.transmit_gossip(now);
         self.conns.flush_all(now, &mut self.out);
+        self.conns.index_timers(self.config.peer_silence_timeout);
     }
 
     /// The next thing for the driver to do, if any.
