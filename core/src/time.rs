@@ -52,6 +52,15 @@ impl Instant {
     pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
         Duration::from_micros(self.micros.saturating_sub(earlier.micros))
     }
+
+    /// Moves a machine's clock (`self`, the last instant it was given) to
+    /// `now` and returns it: never backwards. Debug builds check the
+    /// driver's contract that the instants it passes do not go back.
+    pub(crate) fn advance_to(&mut self, now: Instant) -> Instant {
+        debug_assert!(now >= *self, "time went backwards: {now} < {self}");
+        *self = (*self).max(now);
+        *self
+    }
 }
 
 impl Add<Duration> for Instant {

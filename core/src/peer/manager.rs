@@ -643,13 +643,7 @@ impl PeerManager {
     }
 
     fn advance(&mut self, now: Instant) -> Instant {
-        debug_assert!(
-            now >= self.last_now,
-            "time went backwards: {now} < {}",
-            self.last_now
-        );
-        self.last_now = self.last_now.max(now);
-        self.last_now
+        self.last_now.advance_to(now)
     }
 }
 
