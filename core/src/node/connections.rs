@@ -50,7 +50,21 @@ pub(super) struct Connections {
     /// Connections changed since `timers` was brought up to date (by
     /// [`Connections::index_timers`], after every input): while any is
     /// listed, [`Connections::next_deadline`] reads every connection.
-    timers_stale: Vec<ConnId>,
+    timers_stale: StaleTimers,
+}
+
+/// Connections whose timers may have moved, in the order they changed.
+#[derive(Default)]
+struct StaleTimers(Vec<ConnId>);
+
+impl StaleTimers {
+    /// Notes that `conn` changed. A connection that changes many times in
+    /// a row (every message of one read) is listed once.
+    fn mark(&mut self, conn: ConnId) {
+        if self.0.last() != Some(&conn) {
+            self.0.push(conn);
+        }
+    }
 }
 
 /// One connection's timers: what [`Connections::next_deadline`] needs of it.
@@ -220,7 +234,7 @@ impl Connections {
             unflushed: BTreeSet::new(),
             scratch: ReadScratch::default(),
             timers: BTreeMap::new(),
-            timers_stale: Vec::new(),
+            timers_stale: StaleTimers::default(),
         }
     }
 
@@ -323,7 +337,7 @@ impl Connections {
     /// The established connection state of `peer`, once accepted.
     pub(super) fn established_mut(&mut self, peer: &PeerId) -> Option<&mut Established> {
         let conn = *self.peers.get(peer)?;
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         match &mut self.by_conn.get_mut(&conn)?.state {
             ConnectionState::Established(established) => Some(established),
             ConnectionState::Handshaking { .. } => None,
@@ -332,7 +346,7 @@ impl Connections {
 
     /// The established state on `conn`, accepted or not yet.
     pub(super) fn established_on_mut(&mut self, conn: ConnId) -> Option<&mut Established> {
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         match &mut self.by_conn.get_mut(&conn)?.state {
             ConnectionState::Established(established) => Some(established),
             ConnectionState::Handshaking { .. } => None,
@@ -416,7 +430,7 @@ impl Connections {
             Direction::Inbound => Handshake::respond(&self.keys, ephemeral_seed),
         }
         .expect("building a handshake from our own valid keys cannot fail");
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         self.by_conn.insert(
             conn,
             Connection {
@@ -452,7 +466,7 @@ impl Connections {
     ) -> Option<Read> {
         let keys = &self.keys;
         let hello = &self.hello;
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         let connection = self.by_conn.get_mut(&conn)?;
         let ReadScratch {
             received,
@@ -552,7 +566,7 @@ impl Connections {
     pub(super) fn drop_replaced(&mut self, now: Instant, conn: ConnId, out: &mut Outbox) {
         self.flush(now, conn, out);
         self.unflushed.remove(&conn);
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         self.by_conn.remove(&conn);
         out.push(Action::Close { conn });
     }
@@ -582,7 +596,7 @@ impl Connections {
     /// mapped (the caller reports it gone).
     pub(super) fn forget(&mut self, conn: ConnId) -> Option<Connection> {
         self.unflushed.remove(&conn);
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         let connection = self.by_conn.remove(&conn)?;
         if let ConnectionState::Established(established) = &connection.state {
             if established.accepted && self.peers.get(&established.peer) == Some(&conn) {
@@ -597,7 +611,7 @@ impl Connections {
     /// The earliest instant a connection or dial timer fires, if any.
     pub(super) fn next_deadline(&self, now: Instant, silence_timeout: Duration) -> Option<Instant> {
         let dials = self.dials.values().map(|dial| dial.deadline).min();
-        let connections = if self.timers_stale.is_empty() {
+        let connections = if self.timers_stale.0.is_empty() {
             let indexed = self
                 .timers
                 .values()
@@ -654,7 +668,7 @@ impl Connections {
     /// Brings the timer index up to date with the connections changed since
     /// the last call. The node calls it after every input.
     pub(super) fn index_timers(&mut self, silence_timeout: Duration) {
-        for conn in self.timers_stale.drain(..) {
+        for conn in self.timers_stale.0.drain(..) {
             match self.by_conn.get(&conn) {
                 Some(connection) => {
                     self.timers
@@ -717,7 +731,9 @@ impl Connections {
         out: &mut Outbox,
         write: impl FnOnce(&mut Vec<u8>) -> Result<usize, E>,
     ) -> Result<usize, E> {
-        self.timers_stale.extend(conn);
+        if let Some(conn) = conn {
+            self.timers_stale.mark(conn);
+        }
         let established = conn.and_then(|conn| match &mut self.by_conn.get_mut(&conn)?.state {
             ConnectionState::Established(established) => Some((conn, established)),
             ConnectionState::Handshaking { .. } => None,
@@ -788,7 +804,7 @@ impl Connections {
 
     /// Hands `bytes` to the driver, counting them as unwritten until it says otherwise.
     fn emit_send(&mut self, now: Instant, conn: ConnId, bytes: Vec<u8>, out: &mut Outbox) {
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         if let Some(connection) = self.by_conn.get_mut(&conn) {
             if connection.unwritten_bytes == 0 {
                 connection.write_progress_at = now;
@@ -806,7 +822,7 @@ impl Connections {
         // Late reports for a connection we closed are expected and harmless;
         // a driver that wrote bytes of its own (a test's) may over-report,
         // which only opens the window early.
-        self.timers_stale.push(conn);
+        self.timers_stale.mark(conn);
         if let Some(connection) = self.by_conn.get_mut(&conn) {
             connection.unwritten_bytes = connection.unwritten_bytes.saturating_sub(bytes);
             if bytes > 0 {
