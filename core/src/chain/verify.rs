@@ -431,13 +431,7 @@ pub fn unsigned_chain(
     let mut parent_root = parent_root;
     let mut blocks = Vec::with_capacity(count);
     for slot in (first_slot..).take(count) {
-        let mut filler = slot.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let body: Vec<u8> = (0..body_bytes)
-            .map(|_| {
-                filler = filler.rotate_left(7) ^ 0xA5A5;
-                filler as u8
-            })
-            .collect();
+        let body = devnet_body(slot, body_bytes);
         let header = BlockHeader {
             slot,
             proposer_index: genesis.proposer_index_at(slot),
@@ -450,10 +444,58 @@ pub fn unsigned_chain(
     blocks
 }
 
+/// Bytes of [`devnet_body`]'s repeating pattern.
+const DEVNET_BODY_PERIOD_BYTES: usize = 64;
+
+/// The body of the devnet block at `slot`: `body_bytes` filler bytes, the
+/// low byte of each step of `filler = filler.rotl(7) ^ 0xA5A5` from
+/// `slot × 0x9E3779B97F4A7C15`.
+///
+/// A rotation by 7 of 64 bits is the identity after 64 steps, and the 64
+/// constants that sequence XORs in are 0xA5A5 rotated to every bit
+/// position, each bit set an even number of times: after 64 steps the
+/// filler is back where it started. So the body is its first 64 bytes
+/// repeated, copied rather than stepped byte by byte (a 10,000-block chain
+/// of 1 KiB bodies is built in a few milliseconds instead of tens).
+fn devnet_body(slot: u64, body_bytes: usize) -> Vec<u8> {
+    let mut filler = slot.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut period = [0u8; DEVNET_BODY_PERIOD_BYTES];
+    for byte in &mut period {
+        filler = filler.rotate_left(7) ^ 0xA5A5;
+        *byte = filler as u8;
+    }
+    let mut body = Vec::with_capacity(body_bytes);
+    while body.len() < body_bytes {
+        let take = (body_bytes - body.len()).min(DEVNET_BODY_PERIOD_BYTES);
+        body.extend_from_slice(&period[..take]);
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::chain::genesis::devnet_keys;
+
+    #[test]
+    fn a_devnet_body_is_every_step_of_its_filler() {
+        for slot in [1, 2, 7, 1_000, u64::MAX] {
+            for body_bytes in [0, 1, 63, 64, 65, 1_024, 4_099] {
+                let mut filler = slot.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let stepped: Vec<u8> = (0..body_bytes)
+                    .map(|_| {
+                        filler = filler.rotate_left(7) ^ 0xA5A5;
+                        filler as u8
+                    })
+                    .collect();
+                assert_eq!(
+                    devnet_body(slot, body_bytes),
+                    stepped,
+                    "slot {slot}, {body_bytes} bytes"
+                );
+            }
+        }
+    }
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
