@@ -245,13 +245,18 @@ pub struct ChainStore {
     /// Every stored block by root, each allocated once and shared with the
     /// canonical index (the map's nodes hold roots and pointers, not
     /// 200-byte blocks).
-    blocks: BTreeMap<Root, Arc<SignedBlock>>,
+    ///
+    /// This map and the three indexes below are shared between clones of
+    /// the store until one of them changes (`Arc::make_mut`): a clone costs
+    /// four reference counts, so a driver that starts many nodes on one
+    /// stored chain builds the store once ([`ChainStore::for_config`]).
+    blocks: Arc<BTreeMap<Root, Arc<SignedBlock>>>,
     /// Every stored block by (slot, root): eviction order and slot scans.
-    by_slot: BTreeSet<(u64, Root)>,
+    by_slot: Arc<BTreeSet<(u64, Root)>>,
     /// (parent, child) for every stored child.
-    children: BTreeSet<(Root, Root)>,
+    children: Arc<BTreeSet<(Root, Root)>>,
     /// The canonical chain: slot → its block, for retained slots up to the head.
-    canonical: BTreeMap<u64, CanonicalEntry>,
+    canonical: Arc<BTreeMap<u64, CanonicalEntry>>,
     head: Checkpoint,
     finalized: Checkpoint,
     bytes: usize,
@@ -288,10 +293,10 @@ impl ChainStore {
             finality_depth_slots: genesis.finality_depth_slots(),
             genesis_root: genesis.root(),
             limits,
-            blocks: BTreeMap::new(),
-            by_slot: BTreeSet::new(),
-            children: BTreeSet::new(),
-            canonical: BTreeMap::new(),
+            blocks: Arc::default(),
+            by_slot: Arc::default(),
+            children: Arc::default(),
+            canonical: Arc::default(),
             head: anchor,
             finalized: anchor,
             bytes: 0,
@@ -339,6 +344,20 @@ impl ChainStore {
         (store, refused)
     }
 
+    /// The store a node builds from `chain` at start-up: its stored blocks
+    /// under the limits of its genesis's finality depth, from its history
+    /// anchor up ([`ChainStore::from_blocks`]). A clone of the result is a
+    /// node's store as much as a second call's (and costs four reference
+    /// counts): see [`crate::node::Node::with_chain_store`].
+    pub fn for_config(chain: &super::ChainConfig) -> (ChainStore, Vec<(Root, ImportError)>) {
+        ChainStore::from_blocks(
+            &chain.genesis,
+            StoreLimits::for_finality_depth(chain.genesis.finality_depth_slots()),
+            chain.history_anchor,
+            chain.stored.iter().cloned(),
+        )
+    }
+
     /// Makes `block` the store's only block, its head and its finalized
     /// block: the top of finalized history held on disk.
     fn set_anchor(&mut self, block: SignedBlock) {
@@ -351,14 +370,14 @@ impl ChainStore {
             return; // Not a block: the genesis is the anchor already.
         }
         self.bytes += block.encoded_len();
-        self.by_slot.insert((checkpoint.slot, checkpoint.root));
+        Arc::make_mut(&mut self.by_slot).insert((checkpoint.slot, checkpoint.root));
         let block = Arc::new(block);
         let entry = CanonicalEntry {
             root: checkpoint.root,
             block: Arc::clone(&block),
         };
-        self.canonical.insert(checkpoint.slot, entry);
-        self.blocks.insert(checkpoint.root, block);
+        Arc::make_mut(&mut self.canonical).insert(checkpoint.slot, entry);
+        Arc::make_mut(&mut self.blocks).insert(checkpoint.root, block);
         self.head = checkpoint;
         self.finalized = checkpoint;
     }
@@ -533,9 +552,9 @@ impl ChainStore {
         let (evicted, dropped) = self.make_room(parent, block.encoded_len())?;
 
         self.bytes += block.encoded_len();
-        self.by_slot.insert((slot, root));
-        self.children.insert((parent, root));
-        self.blocks.insert(root, Arc::new(block));
+        Arc::make_mut(&mut self.by_slot).insert((slot, root));
+        Arc::make_mut(&mut self.children).insert((parent, root));
+        Arc::make_mut(&mut self.blocks).insert(root, Arc::new(block));
 
         let candidate = Checkpoint { root, slot };
         let mut outcome = Imported {
@@ -651,21 +670,23 @@ impl ChainStore {
 
     fn remove_block(&mut self, root: &Root) {
         // Cannot fail: callers pass roots taken from `by_slot` or found by a walk.
-        let block = self.blocks.remove(root).expect("removing a stored block");
+        let block = Arc::make_mut(&mut self.blocks)
+            .remove(root)
+            .expect("removing a stored block");
         let slot = block.slot();
         self.bytes -= block.encoded_len();
-        self.by_slot.remove(&(slot, *root));
-        self.children.remove(&(block.parent_root(), *root));
+        Arc::make_mut(&mut self.by_slot).remove(&(slot, *root));
+        Arc::make_mut(&mut self.children).remove(&(block.parent_root(), *root));
         let orphans: Vec<(Root, Root)> = self
             .children
             .range((*root, Root([0; 32]))..=(*root, Root([0xff; 32])))
             .copied()
             .collect();
         for edge in orphans {
-            self.children.remove(&edge);
+            Arc::make_mut(&mut self.children).remove(&edge);
         }
         if self.canonical_root(slot) == Some(root) {
-            self.canonical.remove(&slot);
+            Arc::make_mut(&mut self.canonical).remove(&slot);
         }
     }
 
@@ -701,9 +722,9 @@ impl ChainStore {
             .map(|(&slot, _)| slot)
             .collect();
         for slot in stale {
-            self.canonical.remove(&slot);
+            Arc::make_mut(&mut self.canonical).remove(&slot);
         }
-        self.canonical.extend(new_entries);
+        Arc::make_mut(&mut self.canonical).extend(new_entries);
         self.head = head;
     }
 
@@ -770,7 +791,7 @@ impl ChainStore {
         let bytes: usize = self.blocks.values().map(|block| block.encoded_len()).sum();
         assert_eq!(bytes, self.bytes, "byte count");
         assert_eq!(self.by_slot.len(), self.blocks.len(), "slot index size");
-        for (slot, root) in &self.by_slot {
+        for (slot, root) in self.by_slot.iter() {
             assert_eq!(self.blocks.get(root).map(|block| block.slot()), Some(*slot));
         }
         assert_eq!(
@@ -852,7 +873,7 @@ impl ChainStore {
         }
 
         // Every block above finality descends from the finalized block.
-        for &(slot, root) in &self.by_slot {
+        for &(slot, root) in self.by_slot.iter() {
             if slot <= self.finalized.slot {
                 assert_eq!(
                     self.canonical_root(slot),

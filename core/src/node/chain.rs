@@ -64,7 +64,7 @@ use super::signing::Signing;
 use super::Node;
 use crate::chain::{
     BlockProducer, ChainStore, Checkpoint, Genesis, ImportError, ImportOutcome, Root, SignedBlock,
-    SigningWatermark, StoreLimits,
+    SigningWatermark,
 };
 use crate::gossip::{MessageId, Topic, Validation};
 use crate::identity::PeerId;
@@ -210,18 +210,10 @@ pub(super) struct ChainPart {
 }
 
 impl ChainPart {
-    /// The chain of `config`: its genesis and the blocks the driver loaded
-    /// (those that fail to load are logged and left out).
-    pub(super) fn new(config: &super::Config) -> ChainPart {
-        let (store, refused) = ChainStore::from_blocks(
-            &config.chain.genesis,
-            StoreLimits::for_finality_depth(config.chain.genesis.finality_depth_slots()),
-            config.chain.history_anchor,
-            config.chain.stored.iter().cloned(),
-        );
-        for (root, error) in &refused {
-            warn!("stored block {} not loaded: {error}", root);
-        }
+    /// The chain of `config`: its genesis and `store`, built from the
+    /// blocks the driver loaded ([`ChainStore::for_config`]; those that
+    /// failed to load were logged and left out).
+    pub(super) fn new(config: &super::Config, store: ChainStore) -> ChainPart {
         // What was loaded was finalized (and indexed) before the restart.
         let store_finalized_slot = store.finalized().slot;
         let genesis = config.chain.genesis.clone();

@@ -68,7 +68,7 @@ use log::{debug, info, warn};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use crate::chain::ChainConfig;
+use crate::chain::{ChainConfig, ChainStore};
 use crate::gossip::Gossip;
 use crate::identity::{Identity, PeerId};
 use crate::io::{
@@ -270,6 +270,29 @@ impl Node {
     /// If the genesis names another network than `config.network_id`: a
     /// configuration bug the driver must catch first.
     pub fn new(config: Config, identity: Identity, seed: [u8; 32]) -> Node {
+        let (store, refused) = ChainStore::for_config(&config.chain);
+        for (root, error) in &refused {
+            warn!("stored block {root} not loaded: {error}");
+        }
+        Node::with_chain_store(config, identity, seed, store)
+    }
+
+    /// [`Node::new`], with the chain store it would build from
+    /// `config.chain` already built: for a driver that starts many nodes on
+    /// one stored chain (the simulator), which builds the store once with
+    /// [`ChainStore::for_config`] and hands each node a clone (the clones
+    /// share their maps until one changes). The node is the one
+    /// [`Node::new`] makes, bit for bit, only if `store` is what
+    /// [`ChainStore::for_config`] gives for `config.chain`.
+    ///
+    /// # Panics
+    /// As [`Node::new`].
+    pub fn with_chain_store(
+        config: Config,
+        identity: Identity,
+        seed: [u8; 32],
+        store: ChainStore,
+    ) -> Node {
         assert_eq!(
             config.chain.genesis.network_id(),
             config.network_id,
@@ -340,7 +363,7 @@ impl Node {
                 &config.faults,
                 discovery.is_some(),
             ),
-            chain: self::chain::ChainPart::new(&config),
+            chain: self::chain::ChainPart::new(&config, store),
             sync: self::sync::SyncPart::new(
                 config.sync.clone(),
                 sync_seed,
