@@ -18,6 +18,7 @@
 //! | `event.rs` | what can be due in the queue |
 //! | `host.rs` | one hosted node and its driver state; incarnation seeds |
 //! | `world.rs` | [`Sim`]'s state, building it, accessors the parts share |
+//! | `stores.rs` | chain stores built once per stored chain, cloned for each node that starts on it |
 //! | `control.rs` | commands, dials, requests, faults (blackholes, partitions, crashes, restarts) |
 //! | `run.rs` | the event loop: `step`, `run_until`, `run_for`, dispatch of events |
 //! | `drive.rs` | the run-loop contract for one node, routing its actions, notifications |
@@ -48,6 +49,7 @@ mod host;
 mod run;
 mod sampling;
 mod signatures;
+mod stores;
 mod timer;
 mod transport;
 mod views;

@@ -53,6 +53,8 @@ pub struct Sim {
     pub(super) setup_wall: Option<std::time::Duration>,
     /// `--report`'s rows and fault marks, while sampling is on (`sampling.rs`).
     pub(super) samples: Option<Box<crate::samples::Samples>>,
+    /// Chain stores for nodes that start on a stored chain (`stores.rs`).
+    pub(super) starting_stores: super::stores::StartingStores,
 }
 
 impl Sim {
@@ -85,6 +87,7 @@ impl Sim {
             wall_started: std::time::Instant::now(),
             setup_wall: None,
             samples: None,
+            starting_stores: Default::default(),
         }
     }
 
@@ -127,7 +130,12 @@ impl Sim {
         let identity = Identity::from_seed(identity_seed);
         let peer_id = identity.peer_id();
         let peers_max = config.peer.limits.peers_max;
-        let node = Node::new(config.clone(), identity, node_seed);
+        let node = if config.chain.stored.is_empty() {
+            Node::new(config.clone(), identity, node_seed)
+        } else {
+            let store = self.starting_stores.store_for(&config.chain);
+            Node::with_chain_store(config.clone(), identity, node_seed, store)
+        };
         assert_eq!(
             node.peer_id(),
             peer_id,
