@@ -18,14 +18,19 @@
 //! while signing.
 //!
 //! The cache also knows which blocks are valid ([`ChainCache::run_job`]):
-//! a block a node's verification job found valid, or one the cache signed,
-//! is not checked again (a BLS check costs about as much as signing, and
+//! a block the cache signed (one of its chains' blocks, bit for bit), or
+//! one a node's verification job found valid, is not checked again (a BLS check costs about as much as signing, and
 //! in a world of N nodes every block is checked N times). Validity is a
 //! pure function of the block's bytes and its genesis, so the job's output
 //! is what running it gives, bit for bit; only the wall time changes (the
 //! virtual time a job takes is its modelled cost either way). A block that
 //! differs in any byte (a forgery, a bit flipped) is a block never seen,
 //! and is checked for real.
+//!
+//! A cache made with [`ChainCache::saved_in`] also keeps each chain's
+//! signatures in a directory ([`saved`]), so the next process rebuilds the
+//! chain in milliseconds instead of signing it again; the chain is the one
+//! signing gives, bit for bit, either way.
 //!
 //! # Limits
 //! At most [`CHAIN_CACHE_ENTRIES_MAX`] chains are kept; past that the oldest
@@ -41,6 +46,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use meshsync_core::chain::{ChainConfig, Genesis, SignedBlock, UnsignedBlock};
 use meshsync_core::work::{Job, WorkOutput};
 use sha2::{Digest, Sha256};
+
+pub mod saved;
+
+use saved::{Loaded, SavedChains};
 
 /// Chains one [`ChainCache`] keeps, at most: a campaign's scenario asks for
 /// one or two, a test binary's worlds for a few more.
@@ -61,6 +70,8 @@ type BlockKey = [u8; 32];
 #[derive(Clone, Default)]
 pub struct ChainCache {
     shared: Arc<Mutex<Entries>>,
+    /// Where signatures outlive the process, if anywhere.
+    saved: Option<SavedChains>,
 }
 
 #[derive(Default)]
@@ -133,9 +144,54 @@ fn block_key(genesis: &Genesis, block: &SignedBlock) -> BlockKey {
 }
 
 impl ChainCache {
-    /// An empty cache.
+    /// An empty cache, kept in memory only.
     pub fn new() -> ChainCache {
         ChainCache::default()
+    }
+
+    /// An empty cache that takes signatures from `dir` and keeps the ones it
+    /// signs there ([`saved`]).
+    pub fn saved_in(dir: impl Into<std::path::PathBuf>) -> ChainCache {
+        ChainCache {
+            saved: Some(SavedChains::in_dir(dir)),
+            ..ChainCache::default()
+        }
+    }
+
+    /// The directory signatures are kept in, if any.
+    pub fn saved_dir(&self) -> Option<&std::path::Path> {
+        self.saved.as_ref().map(SavedChains::dir)
+    }
+
+    /// `unsigned`, the chain `key` names, signed: with the kept signatures
+    /// when the directory has them, else on every core (and then kept).
+    fn sign_or_load(
+        &self,
+        key: ChainKey,
+        unsigned: Vec<UnsignedBlock>,
+        sign: &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync),
+    ) -> Vec<SignedBlock> {
+        let Some(saved) = &self.saved else {
+            return sign_on_every_core(unsigned, sign);
+        };
+        match saved.load(key, &unsigned, sign) {
+            Loaded::Signatures(signatures) => return saved::signed_with(unsigned, signatures),
+            Loaded::Missing => {}
+            Loaded::Refused(why) => log::warn!("signing the chain again: {why}"),
+        }
+        let blocks = sign_on_every_core(unsigned, sign);
+        match saved.save(key, &blocks) {
+            Ok(()) => log::info!(
+                "kept the signatures of {} blocks in {}",
+                blocks.len(),
+                saved.dir().display()
+            ),
+            Err(error) => log::warn!(
+                "could not keep the chain's signatures in {}: {error}",
+                saved.dir().display()
+            ),
+        }
+        blocks
     }
 
     /// The devnet chain of `head_slot` blocks with `body_bytes`-byte bodies
@@ -162,31 +218,50 @@ impl ChainCache {
         };
         entry
             .get_or_init(|| {
-                let chain = ChainConfig::devnet_with_chain_signed_by(
+                ChainConfig::devnet_with_chain_signed_by(
                     network_id,
                     head_slot,
                     body_bytes,
-                    sign_on_every_core,
-                );
-                let keys: Vec<BlockKey> = chain
-                    .stored
-                    .iter()
-                    .map(|block| block_key(&chain.genesis, block))
-                    .collect();
-                self.lock().remember_valid(keys);
-                chain
+                    |unsigned, sign| self.sign_or_load(key, unsigned, sign),
+                )
             })
             .clone()
     }
 
+    /// Whether every one of `blocks` is a block of a chain this cache
+    /// signed for `genesis`, bit for bit: valid by construction.
+    fn all_signed_here(&self, genesis: &Genesis, blocks: &[SignedBlock]) -> bool {
+        let chains: Vec<ChainConfig> = {
+            let entries = self.lock();
+            entries
+                .chains
+                .values()
+                .filter_map(|entry| entry.get())
+                .filter(|chain| chain.genesis.root() == genesis.root())
+                .cloned()
+                .collect()
+        };
+        !chains.is_empty()
+            && blocks
+                .iter()
+                .all(|block| chains.iter().any(|chain| is_block_of(&chain.stored, block)))
+    }
+
     /// What `job.run()` gives, without checking again the blocks known
-    /// valid (see the module docs): a job whose blocks are all known valid
-    /// is answered at once; any other runs, and the blocks it finds valid
-    /// are remembered.
+    /// valid (see the module docs): a job whose blocks are all the cache's
+    /// own or all known valid is answered at once; any other runs, and the
+    /// blocks it finds valid are remembered.
     pub fn run_job(&self, job: Job) -> WorkOutput {
         let Job::VerifyBlocks {
             genesis, blocks, ..
         } = &job;
+        if self.all_signed_here(genesis, blocks) {
+            let Job::VerifyBlocks { blocks, .. } = job;
+            return WorkOutput::VerifiedBlocks {
+                blocks,
+                result: Ok(()),
+            };
+        }
         let keys: Vec<BlockKey> = blocks
             .iter()
             .map(|block| block_key(genesis, block))
@@ -247,6 +322,7 @@ impl fmt::Debug for ChainCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChainCache")
             .field("chains", &self.len())
+            .field("saved_in", &self.saved_dir())
             .finish()
     }
 }
@@ -402,11 +478,65 @@ mod tests {
     fn blocks_the_cache_signed_are_known_valid() {
         let cache = ChainCache::new();
         let chain = cache.devnet_chain(11, 6, 16);
-        assert_eq!(cache.valid_blocks(), 6);
         let job = verify_job(&chain, chain.stored.to_vec(), 5);
+        assert_eq!(cache.run_job(job.clone()), job.clone().run());
+        // Answered from the chain: had the job run, its six valid blocks
+        // would be remembered.
+        assert_eq!(cache.valid_blocks(), 0);
+        // A clone shares the chains.
+        assert_eq!(cache.clone().run_job(job.clone()), job.run());
+        assert_eq!(cache.valid_blocks(), 0);
+        // One block changed: the job runs (and remembers the five others).
+        let mut blocks = chain.stored.to_vec();
+        blocks[2].body[0] ^= 1;
+        let job = verify_job(&chain, blocks, 6);
         assert_eq!(cache.run_job(job.clone()), job.run());
-        // A clone shares what it knows.
-        assert_eq!(cache.clone().valid_blocks(), 6);
+        assert_eq!(cache.valid_blocks(), 5);
+    }
+
+    #[test]
+    fn a_chain_kept_in_a_directory_is_taken_from_there_by_the_next_process() {
+        let dir =
+            std::env::temp_dir().join(format!("meshsync-sim-chain-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let signed = ChainCache::saved_in(&dir).devnet_chain(8, 5, 24);
+        assert_eq!(signed, ChainConfig::devnet_with_chain(8, 5, 24));
+        assert_eq!(std::fs::read_dir(&dir).expect("the dir").count(), 1);
+        // Another cache (as in a later process) on the same directory takes
+        // the signatures from the file: kept with all but the head's
+        // swapped (whole, and the head checks), they come back swapped.
+        let mut swapped = signed.stored.to_vec();
+        swapped.swap(0, 1);
+        let signatures: Vec<[u8; 96]> = swapped.iter().map(|block| block.signature).collect();
+        let mut kept = signed.stored.to_vec();
+        for (block, signature) in kept.iter_mut().zip(signatures) {
+            block.signature = signature;
+        }
+        SavedChains::in_dir(&dir)
+            .save((8, 5, 24), &kept)
+            .expect("saved");
+        let loaded = ChainCache::saved_in(&dir).devnet_chain(8, 5, 24);
+        assert_eq!(loaded.stored.to_vec(), kept);
+        // The honest file again: the chain signing gives.
+        SavedChains::in_dir(&dir)
+            .save((8, 5, 24), &signed.stored)
+            .expect("saved");
+        assert_eq!(ChainCache::saved_in(&dir).devnet_chain(8, 5, 24), signed);
+        // A file that fails its checks is signed over and replaced.
+        let path = std::fs::read_dir(&dir)
+            .expect("the dir")
+            .next()
+            .expect("a file")
+            .expect("an entry")
+            .path();
+        let mut bytes = std::fs::read(&path).expect("the file");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).expect("written");
+        assert_eq!(ChainCache::saved_in(&dir).devnet_chain(8, 5, 24), signed);
+        bytes[last] ^= 1;
+        assert_eq!(std::fs::read(&path).expect("the file"), bytes);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

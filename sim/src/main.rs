@@ -33,7 +33,11 @@
 //! heal), `crash-restart` (20 nodes; crashes until `--duration`) and
 //! `sync-liars` (8 producing nodes and 6 liars; `--duration` is the whole
 //! run, after a baseline run without liars); `--body-bytes` sets their block
-//! bodies (default 1024).
+//! bodies (default 1024). The 10,000-block chain is signed once and its
+//! signatures kept in `--chain-cache DIR` (default
+//! `$XDG_CACHE_HOME/meshsync-sim`, else `~/.cache/meshsync-sim`; `off` keeps
+//! none), so later runs rebuild it in milliseconds; the run is the same
+//! either way (see `meshsync_sim::chains::saved`).
 //!
 //! With `--report DIR`, the run is sampled once per virtual second (head
 //! slot and peers of every node, crashes, restarts, partitions; sampling
@@ -210,6 +214,12 @@ struct WorldArgs {
     /// Chain scenarios: body bytes per block (default 1024).
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     body_bytes: Option<u64>,
+    /// Chain scenarios: keep the signatures of pre-signed chains in DIR, so
+    /// a later run rebuilds the chain instead of signing it ("off": sign
+    /// afresh in every process). Runs are the same either way. Default:
+    /// $XDG_CACHE_HOME/meshsync-sim, else ~/.cache/meshsync-sim.
+    #[arg(long, value_name = "DIR")]
+    chain_cache: Option<PathBuf>,
 }
 
 impl WorldArgs {
@@ -251,8 +261,18 @@ impl WorldArgs {
             body_bytes: self.body_bytes.map(|bytes| bytes as usize),
             // A campaign clones this configuration for every seed: they
             // share the cache, so each chain is signed once.
-            chains: ChainCache::new(),
+            chains: self.chain_cache(),
         })
+    }
+
+    /// The chain cache `--chain-cache` asks for.
+    fn chain_cache(&self) -> ChainCache {
+        let dir = match &self.chain_cache {
+            Some(dir) if dir.as_os_str() == "off" => None,
+            Some(dir) => Some(dir.clone()),
+            None => default_chain_cache_dir(),
+        };
+        dir.map_or_else(ChainCache::new, ChainCache::saved_in)
     }
 
     /// The `run` flags that rebuild this world, scenario apart: those given
@@ -291,6 +311,19 @@ impl WorldArgs {
         }
         flags
     }
+}
+
+/// `$XDG_CACHE_HOME/meshsync-sim`, else `$HOME/.cache/meshsync-sim`; none
+/// when neither is set to an absolute path.
+fn default_chain_cache_dir() -> Option<PathBuf> {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    absolute("XDG_CACHE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".cache")))
+        .map(|cache| cache.join("meshsync-sim"))
 }
 
 fn main() -> ExitCode {

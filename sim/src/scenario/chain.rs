@@ -286,16 +286,20 @@ impl Scenario for LateJoiner {
         // joiner that takes peers in order meets both early.
         let is_hostile =
             |index: usize| params.hostile && index % 3 == 2 && index / 3 < hostile_count;
-        let bad_signatures = with_bad_signatures(&chain);
-        let wrong_parents = with_wrong_parents(&chain, chain.stored.len() / 2);
+        // Built only when hostile peers hold them: each is a copy of the
+        // whole chain.
+        let bad_signatures = params.hostile.then(|| with_bad_signatures(&chain));
+        let wrong_parents = params
+            .hostile
+            .then(|| with_wrong_parents(&chain, chain.stored.len() / 2));
         let mut honest_peers = Vec::new();
         let mut hostile_peers = Vec::new();
         // Every node's clock is past the pre-signed chains (the garbled one
         // is a few slots longer, so its claim is plausible and sync, not
         // the clock, has to catch it).
         let longest = wrong_parents
-            .stored
-            .last()
+            .as_ref()
+            .and_then(|wrong| wrong.stored.last())
             .map_or(params.chain_blocks, |block| block.slot());
         let clock_ms = clock_after_chain_ms(longest.max(params.chain_blocks));
         for index in 0..peers {
@@ -303,9 +307,10 @@ impl Scenario for LateJoiner {
             config.unix_ms_at_origin = clock_ms;
             if is_hostile(index) {
                 let kind = HostileKind::ALL[(index / 3) % HostileKind::ALL.len()];
+                // Built above: this peer is hostile.
                 config.chain = match kind {
-                    HostileKind::BadSignatures => bad_signatures.clone(),
-                    HostileKind::WrongParents => wrong_parents.clone(),
+                    HostileKind::BadSignatures => bad_signatures.clone().expect("hostile chains"),
+                    HostileKind::WrongParents => wrong_parents.clone().expect("hostile chains"),
                     HostileKind::NeverAnswers => chain.clone(),
                 };
                 config.faults.never_answer_requests = kind == HostileKind::NeverAnswers;

@@ -1,0 +1,392 @@
+//! A signed devnet chain's signatures, kept in a directory between
+//! processes.
+//!
+//! # Design
+//! A [`super::ChainCache`] signs each chain once per process; a story that
+//! needs a 10,000-block chain then spends nearly all of one run signing it
+//! (about a quarter of a millisecond a block) and a twentieth of a second
+//! running. The chain depends only on (network id, length, body bytes), so
+//! its signatures are kept in a file named by those, and the next process
+//! takes them from there.
+//!
+//! Only the signatures are kept: the headers and bodies are rebuilt (no
+//! signing, milliseconds) and the file names the head root they were made
+//! for. The head root commits to every header and, through each header's
+//! body root, every body: a file made for another chain (another devnet
+//! key, another body filler) is refused, never used. A file whose bytes
+//! changed (a torn write, a flipped bit) fails its sha256 and is refused. A
+//! change to how a header is signed would leave the head root alone, so the
+//! head block is signed afresh and compared with the kept signature. A
+//! refused file is signed over and replaced; a directory that cannot be
+//! read or written costs the signing, never the run.
+//!
+//! # File layout
+//! `devnet-{network id}-{blocks}-{body bytes}.sigs`, little-endian:
+//! [`MAGIC`], network id, blocks and body bytes (`u64` each), the head
+//! root (32 bytes), then each block's 96-byte signature in slot order,
+//! then the sha256 of every byte before it. A file is written whole under
+//! a temporary name and renamed into place, so a reader sees a whole file
+//! or none.
+//!
+//! # Limits
+//! A file is read only when its length is exactly what the chain asked for
+//! needs (96 bytes a block and [`FILE_OVERHEAD_BYTES`]). At most
+//! [`SAVED_CHAINS_MAX`] files stay in the directory: saving one more
+//! removes the least recently written.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use meshsync_core::chain::block::SIGNATURE_BYTES;
+use meshsync_core::chain::{SignedBlock, UnsignedBlock};
+use sha2::{Digest, Sha256};
+
+use super::ChainKey;
+
+/// The first bytes of every file: what it is, and the layout's version.
+pub const MAGIC: &[u8; 32] = b"meshsync-sim devnet signatures 1";
+
+/// Bytes of a file besides its signatures: the magic, three `u64`s, the
+/// head root and the sha256.
+pub const FILE_OVERHEAD_BYTES: usize = MAGIC.len() + 3 * 8 + 32 + 32;
+
+/// Chain files one directory keeps, at most (each 96 bytes a block: a
+/// 10,000-block chain's is under a megabyte).
+pub const SAVED_CHAINS_MAX: usize = 16;
+
+/// The file name's ending.
+const EXTENSION: &str = "sigs";
+
+/// Where chains' signatures are kept; see the module docs.
+#[derive(Clone, Debug)]
+pub struct SavedChains {
+    dir: PathBuf,
+}
+
+/// What [`SavedChains::load`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// The kept signatures, in slot order (see [`signed_with`]).
+    Signatures(Vec<[u8; SIGNATURE_BYTES]>),
+    /// No file for this chain.
+    Missing,
+    /// A file that is not this chain's signatures, and why.
+    Refused(String),
+}
+
+impl SavedChains {
+    /// Chains kept in `dir` (created when the first is saved).
+    pub fn in_dir(dir: impl Into<PathBuf>) -> SavedChains {
+        SavedChains { dir: dir.into() }
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, key: ChainKey) -> PathBuf {
+        let (network_id, blocks, body_bytes) = key;
+        self.dir.join(format!(
+            "devnet-{network_id}-{blocks}-{body_bytes}.{EXTENSION}"
+        ))
+    }
+
+    /// The signatures of `unsigned`, the chain `key` names, if a file
+    /// holds them for exactly these blocks; `sign` signs the head block
+    /// again to check the kept signature.
+    pub fn load(
+        &self,
+        key: ChainKey,
+        unsigned: &[UnsignedBlock],
+        sign: &dyn Fn(UnsignedBlock) -> SignedBlock,
+    ) -> Loaded {
+        let path = self.path(key);
+        let expected_len = file_len(unsigned.len());
+        match fs::metadata(&path) {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Loaded::Missing,
+            Err(error) => return Loaded::Refused(format!("{}: {error}", path.display())),
+            Ok(metadata) if metadata.len() != expected_len as u64 => {
+                return Loaded::Refused(format!(
+                    "{}: {} bytes, not the {expected_len} of {} blocks",
+                    path.display(),
+                    metadata.len(),
+                    unsigned.len()
+                ));
+            }
+            Ok(_) => {}
+        }
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) => return Loaded::Refused(format!("{}: {error}", path.display())),
+        };
+        let head_root = head_root(unsigned);
+        let header = encode_header(key, head_root);
+        let refuse = |why: &str| Loaded::Refused(format!("{}: {why}", path.display()));
+        if bytes.len() != expected_len {
+            return refuse("changed while read");
+        }
+        let (body, digest) = bytes.split_at(expected_len - 32);
+        if Sha256::digest(body).as_slice() != digest {
+            return refuse("its sha256 does not match its bytes");
+        }
+        let (file_header, signatures) = body.split_at(header.len());
+        if file_header != header {
+            return refuse("made for another chain (its head root or parameters differ)");
+        }
+        let signatures: Vec<[u8; SIGNATURE_BYTES]> = signatures
+            .chunks_exact(SIGNATURE_BYTES)
+            // Cannot fail: chunks of exactly SIGNATURE_BYTES.
+            .map(|signature| signature.try_into().expect("a whole signature"))
+            .collect();
+        if let (Some(head), Some(kept)) = (unsigned.last(), signatures.last()) {
+            if sign(head.clone()).signature != *kept {
+                return refuse("its signatures are not what signing gives now");
+            }
+        }
+        Loaded::Signatures(signatures)
+    }
+
+    /// Keeps `blocks`' signatures for the chain `key` names (see the module
+    /// docs), then removes the oldest files past [`SAVED_CHAINS_MAX`].
+    pub fn save(&self, key: ChainKey, blocks: &[SignedBlock]) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let head_root = blocks.last().map_or([0; 32], |block| block.root().0);
+        let mut bytes = encode_header(key, head_root);
+        bytes.reserve(file_len(blocks.len()) - bytes.len());
+        for block in blocks {
+            bytes.extend_from_slice(&block.signature);
+        }
+        let digest = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&digest);
+        let path = self.path(key);
+        let temporary = path.with_extension(format!("{EXTENSION}.{}.tmp", std::process::id()));
+        let written = fs::File::create(&temporary).and_then(|mut file| {
+            file.write_all(&bytes)?;
+            file.sync_all()
+        });
+        if let Err(error) = written.and_then(|()| fs::rename(&temporary, &path)) {
+            let _ = fs::remove_file(&temporary);
+            return Err(error);
+        }
+        self.forget_oldest();
+        Ok(())
+    }
+
+    /// Removes the least recently written chain files past [`SAVED_CHAINS_MAX`].
+    fn forget_oldest(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.extension()
+                    .is_some_and(|extension| extension == EXTENSION)
+            })
+            .filter_map(|path| {
+                let written = fs::metadata(&path).and_then(|meta| meta.modified()).ok()?;
+                Some((written, path))
+            })
+            .collect();
+        if files.len() <= SAVED_CHAINS_MAX {
+            return;
+        }
+        files.sort();
+        let excess = files.len() - SAVED_CHAINS_MAX;
+        for (_, path) in files.into_iter().take(excess) {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// `unsigned` with `signatures`, one each, in order.
+///
+/// # Panics
+/// If the counts differ.
+pub fn signed_with(
+    unsigned: Vec<UnsignedBlock>,
+    signatures: Vec<[u8; SIGNATURE_BYTES]>,
+) -> Vec<SignedBlock> {
+    assert_eq!(unsigned.len(), signatures.len(), "a signature a block");
+    unsigned
+        .into_iter()
+        .zip(signatures)
+        .map(|((header, body), signature)| SignedBlock {
+            header,
+            body,
+            signature,
+        })
+        .collect()
+}
+
+/// The head block's root, or zeros for an empty chain.
+fn head_root(unsigned: &[UnsignedBlock]) -> [u8; 32] {
+    unsigned
+        .last()
+        .map_or([0; 32], |(header, _)| header.root().0)
+}
+
+/// Bytes of the file for `blocks` blocks.
+fn file_len(blocks: usize) -> usize {
+    FILE_OVERHEAD_BYTES + blocks * SIGNATURE_BYTES
+}
+
+/// The file's bytes before its signatures.
+fn encode_header((network_id, blocks, body_bytes): ChainKey, head_root: [u8; 32]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(FILE_OVERHEAD_BYTES);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&network_id.to_le_bytes());
+    bytes.extend_from_slice(&blocks.to_le_bytes());
+    bytes.extend_from_slice(&(body_bytes as u64).to_le_bytes());
+    bytes.extend_from_slice(&head_root);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use meshsync_core::chain::ChainConfig;
+
+    use super::*;
+
+    /// A fresh directory under the system's temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "meshsync-sim-saved-chains-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Loads `key`'s chain from `saved`, as the chain cache does.
+    fn load(saved: &SavedChains, key: ChainKey) -> Loaded {
+        let (network_id, blocks, body_bytes) = key;
+        let mut loaded = None;
+        ChainConfig::devnet_with_chain_signed_by(
+            network_id,
+            blocks,
+            body_bytes,
+            |unsigned, sign| {
+                loaded = Some(saved.load(key, &unsigned, sign));
+                unsigned.into_iter().map(sign).collect()
+            },
+        );
+        loaded.expect("the signer ran")
+    }
+
+    #[test]
+    fn a_saved_chain_loads_as_the_chain_signed_afresh() {
+        let dir = TempDir::new();
+        let saved = SavedChains::in_dir(&dir.0);
+        let key = (3, 12, 40);
+        assert_eq!(load(&saved, key), Loaded::Missing);
+        let chain = ChainConfig::devnet_with_chain(3, 12, 40);
+        saved.save(key, &chain.stored).expect("saved");
+        let signatures: Vec<_> = chain.stored.iter().map(|block| block.signature).collect();
+        assert_eq!(load(&saved, key), Loaded::Signatures(signatures));
+        let path = saved.path(key);
+        assert_eq!(
+            fs::metadata(&path).expect("a file").len(),
+            file_len(12) as u64
+        );
+        // Nothing but the file is left behind.
+        assert_eq!(fs::read_dir(&dir.0).expect("the dir").count(), 1);
+    }
+
+    #[test]
+    fn a_file_with_any_byte_changed_is_refused() {
+        let dir = TempDir::new();
+        let saved = SavedChains::in_dir(&dir.0);
+        let key = (3, 4, 8);
+        saved
+            .save(key, &ChainConfig::devnet_with_chain(3, 4, 8).stored)
+            .expect("saved");
+        let path = saved.path(key);
+        let whole = fs::read(&path).expect("the file");
+        for index in [0, MAGIC.len(), FILE_OVERHEAD_BYTES - 32, whole.len() - 1] {
+            let mut changed = whole.clone();
+            changed[index] ^= 1;
+            fs::write(&path, &changed).expect("written");
+            assert!(
+                matches!(load(&saved, key), Loaded::Refused(why) if why.contains("sha256")),
+                "byte {index}"
+            );
+        }
+        fs::write(&path, &whole[..whole.len() - 1]).expect("written");
+        assert!(matches!(load(&saved, key), Loaded::Refused(why) if why.contains("bytes, not")));
+    }
+
+    #[test]
+    fn a_file_made_for_another_chain_or_signer_is_refused() {
+        let dir = TempDir::new();
+        let saved = SavedChains::in_dir(&dir.0);
+        // Another network's chain of the same length, saved under this key:
+        // whole, but for other blocks.
+        let key = (5, 6, 16);
+        saved
+            .save(key, &ChainConfig::devnet_with_chain(6, 6, 16).stored)
+            .expect("saved");
+        assert!(matches!(
+            load(&saved, key),
+            Loaded::Refused(why) if why.contains("another chain")
+        ));
+        // The right blocks with the head's signature swapped for another
+        // block's, as if signing had changed: whole, and refused.
+        let mut blocks = ChainConfig::devnet_with_chain(5, 6, 16).stored.to_vec();
+        blocks[5].signature = blocks[0].signature;
+        saved.save(key, &blocks).expect("saved");
+        assert!(matches!(
+            load(&saved, key),
+            Loaded::Refused(why) if why.contains("not what signing gives")
+        ));
+    }
+
+    #[test]
+    fn the_directory_keeps_the_most_recent_chains() {
+        let dir = TempDir::new();
+        let saved = SavedChains::in_dir(&dir.0);
+        let chain = ChainConfig::devnet_with_chain(1, 1, 0);
+        for network_id in 0..=SAVED_CHAINS_MAX as u64 {
+            saved
+                .save((network_id, 1, 0), &chain.stored)
+                .expect("saved");
+            // Written in order, a second apart (the last one now).
+            if network_id < SAVED_CHAINS_MAX as u64 {
+                fs::File::options()
+                    .write(true)
+                    .open(saved.path((network_id, 1, 0)))
+                    .and_then(|file| {
+                        file.set_modified(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(network_id),
+                        )
+                    })
+                    .expect("a time set");
+            }
+        }
+        let kept = fs::read_dir(&dir.0)
+            .expect("the dir")
+            .filter_map(Result::ok)
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == EXTENSION))
+            .count();
+        assert_eq!(kept, SAVED_CHAINS_MAX);
+        assert!(!saved.path((0, 1, 0)).exists(), "the oldest went first");
+        assert!(saved.path((SAVED_CHAINS_MAX as u64, 1, 0)).exists());
+    }
+}
