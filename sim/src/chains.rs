@@ -496,12 +496,11 @@ mod tests {
 
     #[test]
     fn a_chain_kept_in_a_directory_is_taken_from_there_by_the_next_process() {
-        let dir =
-            std::env::temp_dir().join(format!("meshsync-sim-chain-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let signed = ChainCache::saved_in(&dir).devnet_chain(8, 5, 24);
+        let temp = saved::tests::TempDir::new();
+        let dir = &temp.0;
+        let signed = ChainCache::saved_in(dir).devnet_chain(8, 5, 24);
         assert_eq!(signed, ChainConfig::devnet_with_chain(8, 5, 24));
-        assert_eq!(std::fs::read_dir(&dir).expect("the dir").count(), 1);
+        assert_eq!(std::fs::read_dir(dir).expect("the dir").count(), 1);
         // Another cache (as in a later process) on the same directory takes
         // the signatures from the file: kept with all but the head's
         // swapped (whole, and the head checks), they come back swapped.
@@ -512,18 +511,18 @@ mod tests {
         for (block, signature) in kept.iter_mut().zip(signatures) {
             block.signature = signature;
         }
-        SavedChains::in_dir(&dir)
+        SavedChains::in_dir(dir)
             .save((8, 5, 24), &kept)
             .expect("saved");
-        let loaded = ChainCache::saved_in(&dir).devnet_chain(8, 5, 24);
+        let loaded = ChainCache::saved_in(dir).devnet_chain(8, 5, 24);
         assert_eq!(loaded.stored.to_vec(), kept);
         // The honest file again: the chain signing gives.
-        SavedChains::in_dir(&dir)
+        SavedChains::in_dir(dir)
             .save((8, 5, 24), &signed.stored)
             .expect("saved");
-        assert_eq!(ChainCache::saved_in(&dir).devnet_chain(8, 5, 24), signed);
+        assert_eq!(ChainCache::saved_in(dir).devnet_chain(8, 5, 24), signed);
         // A file that fails its checks is signed over and replaced.
-        let path = std::fs::read_dir(&dir)
+        let path = std::fs::read_dir(dir)
             .expect("the dir")
             .next()
             .expect("a file")
@@ -533,10 +532,9 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).expect("written");
-        assert_eq!(ChainCache::saved_in(&dir).devnet_chain(8, 5, 24), signed);
+        assert_eq!(ChainCache::saved_in(dir).devnet_chain(8, 5, 24), signed);
         bytes[last] ^= 1;
         assert_eq!(std::fs::read(&path).expect("the file"), bytes);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

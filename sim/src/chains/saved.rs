@@ -246,7 +246,7 @@ fn encode_header((network_id, blocks, body_bytes): ChainKey, head_root: [u8; 32]
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use meshsync_core::chain::ChainConfig;
@@ -254,10 +254,10 @@ mod tests {
     use super::*;
 
     /// A fresh directory under the system's temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(in crate::chains) struct TempDir(pub(in crate::chains) PathBuf);
 
     impl TempDir {
-        fn new() -> TempDir {
+        pub(in crate::chains) fn new() -> TempDir {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             let path = std::env::temp_dir().join(format!(
                 "meshsync-sim-saved-chains-{}-{}",
