@@ -15,11 +15,62 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// Runs the binary with `arguments`; signed chains' signatures are kept
+/// under this test binary's scratch directory, not the user's cache.
 fn sim(arguments: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_meshsync-sim"))
         .args(arguments)
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"))
         .output()
         .expect("the binary runs")
+}
+
+/// A chain scenario's run keeps its chain's signatures in `--chain-cache
+/// DIR`, and a later run with them is the same run; `off` keeps none.
+#[test]
+fn a_chain_kept_between_runs_gives_the_same_run() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-chain-cache");
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_text = dir.to_str().expect("a UTF-8 path");
+    let run = |cache: &str| {
+        let output = sim(&[
+            "run",
+            "--scenario",
+            "unresponsive-peer",
+            "--seed",
+            "3",
+            "--duration",
+            "2s",
+            "--json",
+            "--chain-cache",
+            cache,
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+        summary["trace_hash"].clone()
+    };
+    let signed = run(dir_text);
+    let kept: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the directory was made")
+        .map(|entry| entry.expect("an entry").path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let written = std::fs::metadata(&kept[0]).and_then(|meta| meta.modified());
+    assert_eq!(run(dir_text), signed);
+    // Taken from the file, not signed and written again.
+    assert_eq!(
+        std::fs::metadata(&kept[0])
+            .and_then(|meta| meta.modified())
+            .ok(),
+        written.ok()
+    );
+    std::fs::remove_dir_all(&dir).expect("removed");
+    assert_eq!(run("off"), signed);
+    assert!(!dir.exists());
 }
 
 #[test]
