@@ -122,7 +122,7 @@ pub fn handshake_responder(data: &[u8]) {
 /// dials, deliveries, tampering, drops, replays, raw bytes, closes, time,
 /// disconnects and shutdowns, and two that speak for a hostile peer over its
 /// real authenticated channel: a Status whose claims the script builds from
-/// a palette of extremes ([`claimed_slot`]: `u64::MAX`, far future, just
+/// a palette of extremes (`claimed_slot`: `u64::MAX`, far future, just
 /// ahead of the clock, ...), and an answer to a request id made of blocks the
 /// script builds (slots, links, body sizes up to the largest block, bad
 /// signatures). Time steps reach minutes, so sync's timers (the 30 s wait

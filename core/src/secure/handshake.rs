@@ -33,7 +33,7 @@ const _: () = assert!(
 );
 
 /// What a node says about itself in the handshake: the first
-/// [`HELLO_BYTES`] of the HandshakePayload (docs/protocol.md §3, fields
+/// `HELLO_BYTES` of the HandshakePayload (docs/protocol.md §3, fields
 /// `version`, `network_id`, `listen_port`, `capabilities`), which continues
 /// with the identity key and its signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,7 +38,7 @@
 //! up) and every honest node must reach one head within
 //! [`ChaosParams::liveness_max`] (60 s) (`converge_seconds`), and keep
 //! up: half a slot after the next block, none is more than
-//! [`HEAD_LAG_SLOTS_MAX`] slots behind the best (`head_lag_slots_max`;
+//! `HEAD_LAG_SLOTS_MAX` slots behind the best (`head_lag_slots_max`;
 //! `heads_agree_at_end` says whether they shared one head then). The
 //! outcome also counts the planned links still down at the end and the
 //! honest nodes banned by honest nodes (`links_down_at_end`,

@@ -168,7 +168,7 @@ impl Scenario for HandshakeFlood {
         }
     }
 
-    /// Runs in steps of [`SAMPLE_INTERVAL`], sending each wave when it is due
+    /// Runs in steps of `SAMPLE_INTERVAL`, sending each wave when it is due
     /// (planning every wave up front would queue them past any run's end).
     fn run(&mut self, sim: &mut Sim, duration: Duration) {
         let end = sim.now() + duration;

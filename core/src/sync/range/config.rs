@@ -25,7 +25,7 @@ pub const BATCH_LATENCY_TARGET: Duration = Duration::from_secs(2);
 /// requests × 64 slots of 64 KiB blocks is 80 MiB) outlast the response
 /// timeout on any link under about 64 Mbit/s, and every peer is then
 /// penalised for our link. The cap grows by each answer's reserve when it
-/// came within [`FLIGHT_GROWTH_LATENCY_MAX`] (a slow start) and halves on a
+/// came within `FLIGHT_GROWTH_LATENCY_MAX` (a slow start) and halves on a
 /// timeout; one request is always allowed.
 pub const FLIGHT_BYTES_INITIAL: usize = 2 * 1024 * 1024;
 /// An answer slower than this does not grow the bytes in flight: answers
