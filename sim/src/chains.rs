@@ -19,13 +19,16 @@
 //!
 //! The cache also knows which blocks are valid ([`ChainCache::run_job`]):
 //! a block the cache signed (one of its chains' blocks, bit for bit), or
-//! one a node's verification job found valid, is not checked again (a BLS check costs about as much as signing, and
-//! in a world of N nodes every block is checked N times). Validity is a
-//! pure function of the block's bytes and its genesis, so the job's output
-//! is what running it gives, bit for bit; only the wall time changes (the
-//! virtual time a job takes is its modelled cost either way). A block that
-//! differs in any byte (a forgery, a bit flipped) is a block never seen,
-//! and is checked for real.
+//! one a node's verification job found valid or invalid, is not checked
+//! again (a BLS check costs about as much as signing; in a world of N
+//! nodes every block is checked N times, and a campaign's hostile servers
+//! serve the same forged blocks at every seed). Validity is a pure
+//! function of the block's bytes and its genesis, and a job's result is
+//! exactly the positions of its invalid blocks, each judged alone, so the
+//! job's output is what running it gives, bit for bit; only the wall time
+//! changes (the virtual time a job takes is its modelled cost either way).
+//! A block that differs in any byte (a forgery, a bit flipped) is a block
+//! never seen, and is checked for real.
 //!
 //! A cache made with [`ChainCache::saved_in`] also keeps each chain's
 //! signatures in a directory ([`saved`]), so the next process rebuilds the
@@ -36,8 +39,8 @@
 //! At most [`CHAIN_CACHE_ENTRIES_MAX`] chains are kept; past that the oldest
 //! is forgotten (worlds still holding it keep their clone). A campaign runs
 //! one scenario, which asks for one or two chains. At most
-//! [`VALID_BLOCKS_MAX`] blocks are known valid; past that the set starts
-//! afresh.
+//! [`VALID_BLOCKS_MAX`] blocks are known valid and [`INVALID_BLOCKS_MAX`]
+//! invalid; past either, that set starts afresh.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -57,6 +60,9 @@ pub const CHAIN_CACHE_ENTRIES_MAX: usize = 16;
 
 /// Blocks one [`ChainCache`] knows valid, at most: about 12 MB.
 pub const VALID_BLOCKS_MAX: usize = 262_144;
+
+/// Blocks one [`ChainCache`] knows invalid, at most: about 3 MB.
+pub const INVALID_BLOCKS_MAX: usize = 65_536;
 
 /// What a devnet chain is built from: (network id, head slot, body bytes).
 type ChainKey = (u64, u64, usize);
@@ -81,6 +87,10 @@ struct Entries {
     order: VecDeque<ChainKey>,
     /// Blocks known valid (see the module docs).
     valid: BTreeSet<BlockKey>,
+    /// Blocks known invalid.
+    invalid: BTreeSet<BlockKey>,
+    /// Verification jobs that ran (were not answered from what is known).
+    jobs_run: u64,
 }
 
 impl Entries {
@@ -91,6 +101,29 @@ impl Entries {
             }
             self.valid.insert(key);
         }
+    }
+
+    fn remember_invalid(&mut self, keys: impl IntoIterator<Item = BlockKey>) {
+        for key in keys {
+            if self.invalid.len() >= INVALID_BLOCKS_MAX {
+                self.invalid.clear();
+            }
+            self.invalid.insert(key);
+        }
+    }
+
+    /// The positions of the invalid ones among `keys` if every one is known
+    /// valid or invalid.
+    fn judged(&self, keys: &[BlockKey]) -> Option<Vec<usize>> {
+        let mut invalid = Vec::new();
+        for (index, key) in keys.iter().enumerate() {
+            if self.invalid.contains(key) {
+                invalid.push(index);
+            } else if !self.valid.contains(key) {
+                return None;
+            }
+        }
+        Some(invalid)
     }
 }
 
@@ -247,10 +280,10 @@ impl ChainCache {
                 .all(|block| chains.iter().any(|chain| is_block_of(&chain.stored, block)))
     }
 
-    /// What `job.run()` gives, without checking again the blocks known
-    /// valid (see the module docs): a job whose blocks are all the cache's
-    /// own or all known valid is answered at once; any other runs, and the
-    /// blocks it finds valid are remembered.
+    /// What `job.run()` gives, without checking again the blocks already
+    /// judged (see the module docs): a job whose blocks are all the cache's
+    /// own, or all known valid or invalid, is answered at once; any other
+    /// runs, and what it finds of each block is remembered.
     pub fn run_job(&self, job: Job) -> WorkOutput {
         let Job::VerifyBlocks {
             genesis, blocks, ..
@@ -266,15 +299,16 @@ impl ChainCache {
             .iter()
             .map(|block| block_key(genesis, block))
             .collect();
-        let known = {
-            let entries = self.lock();
-            keys.iter().all(|key| entries.valid.contains(key))
-        };
-        if known {
+        let judged = self.lock().judged(&keys);
+        if let Some(invalid) = judged {
             let Job::VerifyBlocks { blocks, .. } = job;
             return WorkOutput::VerifiedBlocks {
                 blocks,
-                result: Ok(()),
+                result: if invalid.is_empty() {
+                    Ok(())
+                } else {
+                    Err(invalid)
+                },
             };
         }
         let output = job.run();
@@ -283,18 +317,30 @@ impl ChainCache {
             Ok(()) => &[],
             Err(invalid) => invalid,
         };
-        self.lock().remember_valid(
-            keys.into_iter()
-                .enumerate()
-                .filter(|(index, _)| !invalid.contains(index))
-                .map(|(_, key)| key),
-        );
+        let (bad, good): (Vec<_>, Vec<_>) = keys
+            .into_iter()
+            .enumerate()
+            .partition(|(index, _)| invalid.contains(index));
+        let mut entries = self.lock();
+        entries.jobs_run += 1;
+        entries.remember_valid(good.into_iter().map(|(_, key)| key));
+        entries.remember_invalid(bad.into_iter().map(|(_, key)| key));
         output
     }
 
     /// Blocks known valid.
     pub fn valid_blocks(&self) -> usize {
         self.lock().valid.len()
+    }
+
+    /// Blocks known invalid.
+    pub fn invalid_blocks(&self) -> usize {
+        self.lock().invalid.len()
+    }
+
+    /// Verification jobs [`ChainCache::run_job`] ran rather than answered.
+    pub fn jobs_run(&self) -> u64 {
+        self.lock().jobs_run
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries> {
@@ -426,30 +472,61 @@ mod tests {
         // Nothing known: the job runs, and its valid blocks are remembered.
         let first = verify_job(&chain, blocks[..4].to_vec(), 1);
         assert_eq!(cache.run_job(first.clone()), first.run());
-        assert_eq!(cache.valid_blocks(), 4);
+        assert_eq!((cache.valid_blocks(), cache.jobs_run()), (4, 1));
         // All known: answered without running, the same answer.
         let again = verify_job(&chain, blocks[1..3].to_vec(), 2);
         assert_eq!(cache.run_job(again.clone()), again.run());
-        assert_eq!(cache.valid_blocks(), 4);
+        assert_eq!((cache.valid_blocks(), cache.jobs_run()), (4, 1));
         // A known block with one byte changed anywhere is a block never
         // seen: checked for real and found invalid; its neighbours are
-        // remembered, it is not.
+        // remembered valid, it is remembered invalid.
         let mut body = blocks[1].clone();
         body.body[0] ^= 1;
         let mut signature = blocks[2].clone();
         signature.signature = blocks[3].signature;
-        for forged in [body, signature] {
-            let job = verify_job(
-                &chain,
-                vec![blocks[0].clone(), forged, blocks[5].clone()],
-                3,
-            );
+        let forged_jobs: Vec<Job> = [body, signature]
+            .into_iter()
+            .map(|forged| {
+                verify_job(
+                    &chain,
+                    vec![blocks[0].clone(), forged, blocks[5].clone()],
+                    3,
+                )
+            })
+            .collect();
+        for job in &forged_jobs {
             let output = cache.run_job(job.clone());
-            assert_eq!(output, job.run());
+            assert_eq!(output, job.clone().run());
             let WorkOutput::VerifiedBlocks { result, .. } = output;
             assert_eq!(result, Err(vec![1]));
         }
         assert_eq!(cache.valid_blocks(), 5);
+        assert_eq!((cache.invalid_blocks(), cache.jobs_run()), (2, 3));
+        // Judged blocks in another order and mix: answered without running,
+        // as running would (both forgeries found, at their positions).
+        let mixed = {
+            let Job::VerifyBlocks { blocks: first, .. } = &forged_jobs[0];
+            let Job::VerifyBlocks { blocks: second, .. } = &forged_jobs[1];
+            verify_job(
+                &chain,
+                vec![
+                    second[1].clone(),
+                    blocks[5].clone(),
+                    first[1].clone(),
+                    blocks[0].clone(),
+                ],
+                7,
+            )
+        };
+        let output = cache.run_job(mixed.clone());
+        assert_eq!(output, mixed.run());
+        let WorkOutput::VerifiedBlocks { result, .. } = output;
+        assert_eq!(result, Err(vec![0, 2]));
+        assert_eq!(cache.jobs_run(), 3);
+        // One block never seen among judged ones: the job runs.
+        let unseen = verify_job(&chain, vec![blocks[0].clone(), blocks[6].clone()], 8);
+        assert_eq!(cache.run_job(unseen.clone()), unseen.run());
+        assert_eq!(cache.jobs_run(), 4);
         // The same blocks on another network are other blocks.
         let other = ChainConfig::devnet_with_chain(10, 8, 32);
         let job = verify_job(&other, blocks[..1].to_vec(), 4);
@@ -465,13 +542,16 @@ mod tests {
     fn known_blocks_are_bounded() {
         let mut entries = Entries::default();
         let over = 3;
-        entries.remember_valid((0..VALID_BLOCKS_MAX + over).map(|index| {
+        let key = |index: usize| {
             let mut key = [0; 32];
             key[..8].copy_from_slice(&(index as u64).to_le_bytes());
             key
-        }));
-        // Full, it started afresh: the last few are all it knows.
+        };
+        entries.remember_valid((0..VALID_BLOCKS_MAX + over).map(key));
+        entries.remember_invalid((0..INVALID_BLOCKS_MAX + over).map(key));
+        // Full, each started afresh: the last few are all it knows.
         assert_eq!(entries.valid.len(), over);
+        assert_eq!(entries.invalid.len(), over);
     }
 
     #[test]
