@@ -286,13 +286,18 @@ impl Node {
     /// [`ChainStore::for_config`] gives for `config.chain`.
     ///
     /// # Panics
-    /// As [`Node::new`].
+    /// As [`Node::new`], and if `store` was built on another genesis.
     pub fn with_chain_store(
         config: Config,
         identity: Identity,
         seed: [u8; 32],
         store: ChainStore,
     ) -> Node {
+        assert_eq!(
+            store.genesis_root(),
+            config.chain.genesis.root(),
+            "the chain store was built on another genesis"
+        );
         assert_eq!(
             config.chain.genesis.network_id(),
             config.network_id,

@@ -22,6 +22,41 @@ fn a_late_joiner_range_syncs_from_its_peers_and_verifies_every_block() {
     assert!(net.nodes[2].counters().requests_served > 2);
 }
 
+/// A node started on a store built before it (`Node::with_chain_store`, as
+/// the simulator starts many nodes on one chain) is the node `Node::new`
+/// makes: a joiner syncing from it sees the same, notification for
+/// notification, and the two servers end with the same counters.
+#[test]
+fn a_node_started_on_a_built_store_serves_as_one_that_built_its_own() {
+    let sync = |prebuilt: bool| {
+        let server = chain_config(120);
+        let mut net = Net::new(vec![joiner_config(), server.clone()]);
+        if prebuilt {
+            let (store, refused) = ChainStore::for_config(&server.chain);
+            assert!(refused.is_empty(), "{refused:?}");
+            net.nodes[1] = Node::with_chain_store(server, Identity::from_seed(1), [1; 32], store);
+        }
+        net.dial(0, 1, None);
+        net.advance(Duration::from_secs(30));
+        (
+            net.notifications.clone(),
+            net.nodes[0].chain().head(),
+            format!("{:?}", net.nodes[1].counters()),
+        )
+    };
+    let built_by_new = sync(false);
+    assert_eq!(built_by_new.1.slot, 120, "the joiner synced");
+    assert_eq!(sync(true), built_by_new);
+}
+
+#[test]
+#[should_panic(expected = "the chain store was built on another genesis")]
+fn a_store_built_on_another_genesis_is_refused() {
+    let other = crate::chain::ChainConfig::devnet_with_chain(2, 3, 10);
+    let (store, _) = ChainStore::for_config(&other);
+    Node::with_chain_store(chain_config(3), Identity::from_seed(1), [1; 32], store);
+}
+
 #[test]
 fn blocks_gossiped_while_far_behind_are_left_to_range_sync_not_looked_up() {
     // A proposer 300 blocks ahead goes on producing while a fresh node
