@@ -26,7 +26,9 @@
 //! whose parent is known invalid is itself remembered as invalid.
 //!
 //! Every map is a `BTreeMap`/`BTreeSet`: iteration order never depends on a
-//! random hasher.
+//! random hasher. The maps sit behind `Arc`s and are copied on their first
+//! change (`Arc::make_mut`), so a clone of a store costs a few reference
+//! counts until it diverges ([`ChainStore::for_config`]).
 //!
 //! # Security
 //! *Provided*: bounded memory whatever blocks arrive (see Limits); no
