@@ -37,6 +37,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshsync_core::chain::block::SIGNATURE_BYTES;
 use meshsync_core::chain::{SignedBlock, UnsignedBlock};
@@ -161,7 +162,14 @@ impl SavedChains {
         let digest = Sha256::digest(&bytes);
         bytes.extend_from_slice(&digest);
         let path = self.path(key);
-        let temporary = path.with_extension(format!("{EXTENSION}.{}.tmp", std::process::id()));
+        // Unique in this process too: two caches on one directory may save
+        // the same chain at once.
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let temporary = path.with_extension(format!(
+            "{EXTENSION}.{}-{}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         let written = fs::File::create(&temporary).and_then(|mut file| {
             file.write_all(&bytes)?;
             file.sync_all()
@@ -182,10 +190,7 @@ impl SavedChains {
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
             .filter_map(Result::ok)
             .map(|entry| entry.path())
-            .filter(|path| {
-                path.extension()
-                    .is_some_and(|extension| extension == EXTENSION)
-            })
+            .filter(|path| is_chain_file(path))
             .filter_map(|path| {
                 let written = fs::metadata(&path).and_then(|meta| meta.modified()).ok()?;
                 Some((written, path))
@@ -222,6 +227,17 @@ pub fn signed_with(
         .collect()
 }
 
+/// Whether `path` names a chain file (`devnet-….sigs`): the only files
+/// [`SavedChains`] ever removes from its directory.
+fn is_chain_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|extension| extension == EXTENSION)
+        && path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("devnet-"))
+}
+
 /// The head block's root, or zeros for an empty chain.
 fn head_root(unsigned: &[UnsignedBlock]) -> [u8; 32] {
     unsigned
@@ -247,7 +263,7 @@ fn encode_header((network_id, blocks, body_bytes): ChainKey, head_root: [u8; 32]
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::AtomicU32;
 
     use meshsync_core::chain::ChainConfig;
 
@@ -387,6 +403,18 @@ pub(super) mod tests {
             .count();
         assert_eq!(kept, SAVED_CHAINS_MAX);
         assert!(!saved.path((0, 1, 0)).exists(), "the oldest went first");
+        // Files that are not chain files are never removed.
+        let foreign = dir.0.join("mine.sigs");
+        fs::write(&foreign, b"not a chain").expect("written");
+        fs::File::options()
+            .write(true)
+            .open(&foreign)
+            .and_then(|file| file.set_modified(std::time::UNIX_EPOCH))
+            .expect("a time set");
+        saved
+            .save((SAVED_CHAINS_MAX as u64 + 1, 1, 0), &chain.stored)
+            .expect("saved");
+        assert!(foreign.exists());
         assert!(saved.path((SAVED_CHAINS_MAX as u64, 1, 0)).exists());
     }
 }
