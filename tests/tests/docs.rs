@@ -1075,6 +1075,10 @@ fn the_file_formats_page_states_the_codes_limits_and_headers() {
             "RECORD_BYTES_MAX_DEFAULT",
             i128::from(meshsync_mio::driver::RECORD_BYTES_MAX_DEFAULT),
         ),
+        (
+            "SAVED_CHAINS_MAX",
+            meshsync_sim::chains::saved::SAVED_CHAINS_MAX as i128,
+        ),
     ];
     let mut problems = stated_problems("docs/files.md", &text, &expected);
     for needle in [
@@ -1091,6 +1095,10 @@ fn the_file_formats_page_states_the_codes_limits_and_headers() {
         format!(
             "`{}` then CR LF",
             std::str::from_utf8(&record::RECORD_MAGIC[..6]).expect("ASCII")
+        ),
+        format!(
+            "(`MAGIC`, the ASCII text \"{}\")",
+            std::str::from_utf8(meshsync_sim::chains::saved::MAGIC).expect("ASCII")
         ),
     ] {
         if !text.contains(&needle) {
