@@ -20,6 +20,12 @@
 //! refused file is signed over and replaced; a directory that cannot be
 //! read or written costs the signing, never the run.
 //!
+//! The directory is trusted as a build cache is: a file whose framing,
+//! digest and head all check out is believed for every other signature,
+//! which is not verified (that would cost as much as signing). Whoever
+//! can write it could make a world hold blocks its nodes would refuse;
+//! `--chain-cache off` signs afresh when in doubt.
+//!
 //! # File layout
 //! `devnet-{network id}-{blocks}-{body bytes}.sigs`, little-endian:
 //! [`MAGIC`], network id, blocks and body bytes (`u64` each), the head
