@@ -684,8 +684,9 @@ impl ChainStore {
             .range((*root, Root([0; 32]))..=(*root, Root([0xff; 32])))
             .copied()
             .collect();
+        let children = Arc::make_mut(&mut self.children);
         for edge in orphans {
-            Arc::make_mut(&mut self.children).remove(&edge);
+            children.remove(&edge);
         }
         if self.canonical_root(slot) == Some(root) {
             Arc::make_mut(&mut self.canonical).remove(&slot);
@@ -723,10 +724,11 @@ impl ChainStore {
             .range(ancestor_slot + 1..)
             .map(|(&slot, _)| slot)
             .collect();
+        let canonical = Arc::make_mut(&mut self.canonical);
         for slot in stale {
-            Arc::make_mut(&mut self.canonical).remove(&slot);
+            canonical.remove(&slot);
         }
-        Arc::make_mut(&mut self.canonical).extend(new_entries);
+        canonical.extend(new_entries);
         self.head = head;
     }
 
