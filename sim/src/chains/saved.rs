@@ -313,6 +313,24 @@ pub(super) mod tests {
         loaded.expect("the signer ran")
     }
 
+    /// A fresh directory holding the signatures of `chain`'s blocks under
+    /// `key` (the chain of `key` itself, or another to test refusals).
+    fn saved_under(key: ChainKey, chain: &ChainConfig) -> (TempDir, SavedChains) {
+        let dir = TempDir::new();
+        let saved = SavedChains::in_dir(&dir.0);
+        saved.save(key, &chain.stored).expect("saved");
+        (dir, saved)
+    }
+
+    /// Sets the time `path` was last written.
+    fn set_written(path: &Path, at: std::time::SystemTime) {
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .and_then(|file| file.set_modified(at))
+            .expect("a time set");
+    }
+
     #[test]
     fn a_saved_chain_loads_as_the_chain_signed_afresh() {
         let dir = TempDir::new();
@@ -334,12 +352,8 @@ pub(super) mod tests {
 
     #[test]
     fn a_file_with_any_byte_changed_is_refused() {
-        let dir = TempDir::new();
-        let saved = SavedChains::in_dir(&dir.0);
         let key = (3, 4, 8);
-        saved
-            .save(key, &ChainConfig::devnet_with_chain(3, 4, 8).stored)
-            .expect("saved");
+        let (_dir, saved) = saved_under(key, &ChainConfig::devnet_with_chain(3, 4, 8));
         let path = saved.path(key);
         let whole = fs::read(&path).expect("the file");
         for index in [0, MAGIC.len(), FILE_OVERHEAD_BYTES - 32, whole.len() - 1] {
@@ -357,14 +371,10 @@ pub(super) mod tests {
 
     #[test]
     fn a_file_made_for_another_chain_or_signer_is_refused() {
-        let dir = TempDir::new();
-        let saved = SavedChains::in_dir(&dir.0);
         // Another network's chain of the same length, saved under this key:
         // whole, but for other blocks.
         let key = (5, 6, 16);
-        saved
-            .save(key, &ChainConfig::devnet_with_chain(6, 6, 16).stored)
-            .expect("saved");
+        let (_dir, saved) = saved_under(key, &ChainConfig::devnet_with_chain(6, 6, 16));
         assert!(matches!(
             load(&saved, key),
             Loaded::Refused(why) if why.contains("another chain")
@@ -391,15 +401,10 @@ pub(super) mod tests {
                 .expect("saved");
             // Written in order, a second apart (the last one now).
             if network_id < SAVED_CHAINS_MAX as u64 {
-                fs::File::options()
-                    .write(true)
-                    .open(saved.path((network_id, 1, 0)))
-                    .and_then(|file| {
-                        file.set_modified(
-                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(network_id),
-                        )
-                    })
-                    .expect("a time set");
+                set_written(
+                    &saved.path((network_id, 1, 0)),
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(network_id),
+                );
             }
         }
         let kept = fs::read_dir(&dir.0)
@@ -412,11 +417,7 @@ pub(super) mod tests {
         // Files that are not chain files are never removed.
         let foreign = dir.0.join("mine.sigs");
         fs::write(&foreign, b"not a chain").expect("written");
-        fs::File::options()
-            .write(true)
-            .open(&foreign)
-            .and_then(|file| file.set_modified(std::time::UNIX_EPOCH))
-            .expect("a time set");
+        set_written(&foreign, std::time::UNIX_EPOCH);
         saved
             .save((SAVED_CHAINS_MAX as u64 + 1, 1, 0), &chain.stored)
             .expect("saved");
