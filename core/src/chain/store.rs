@@ -252,7 +252,7 @@ pub struct ChainStore {
     /// the store until one of them changes (`Arc::make_mut`): a clone costs
     /// four reference counts, so a driver that starts many nodes on one
     /// stored chain builds the store once ([`ChainStore::for_config`]).
-    blocks: Arc<BTreeMap<Root, Arc<SignedBlock>>>,
+    blocks: Arc<BTreeMap<Root, HeldBlock>>,
     /// Every stored block by (slot, root): eviction order and slot scans.
     by_slot: Arc<BTreeSet<(u64, Root)>>,
     /// (parent, child) for every stored child.
@@ -271,7 +271,37 @@ pub struct ChainStore {
 #[derive(Clone, Debug)]
 struct CanonicalEntry {
     root: Root,
-    block: Arc<SignedBlock>,
+    block: HeldBlock,
+}
+
+/// Where a stored block's bytes live: allocated by the store at import, or
+/// in place in a slice of blocks the store was built from and shares with
+/// whoever else holds it ([`ChainStore::sharing_stored`]). Either way it
+/// reads as the block, and cloning it costs a reference count.
+#[derive(Clone)]
+enum HeldBlock {
+    Own(Arc<SignedBlock>),
+    Shared {
+        blocks: Arc<[SignedBlock]>,
+        index: usize,
+    },
+}
+
+impl std::ops::Deref for HeldBlock {
+    type Target = SignedBlock;
+
+    fn deref(&self) -> &SignedBlock {
+        match self {
+            HeldBlock::Own(block) => block,
+            HeldBlock::Shared { blocks, index } => &blocks[*index],
+        }
+    }
+}
+
+impl fmt::Debug for HeldBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
 }
 
 impl ChainStore {
@@ -324,26 +354,10 @@ impl ChainStore {
         anchor: Option<Root>,
         blocks: impl IntoIterator<Item = SignedBlock>,
     ) -> (ChainStore, Vec<(Root, ImportError)>) {
-        let mut store = ChainStore::with_limits(genesis, limits);
-        let mut sorted: BTreeMap<(u64, Root), SignedBlock> = blocks
+        let held = blocks
             .into_iter()
-            .map(|block| ((block.slot(), block.root()), block))
-            .collect();
-        let anchor_key = sorted
-            .keys()
-            .find(|(_, root)| Some(*root) == anchor)
-            .copied();
-        if let Some(key) = anchor_key {
-            let block = sorted.remove(&key).expect("the anchor was found");
-            store.set_anchor(block);
-        }
-        let mut refused = Vec::new();
-        for ((_, root), block) in sorted {
-            if let Err(error) = store.import(block) {
-                refused.push((root, error));
-            }
-        }
-        (store, refused)
+            .map(|block| (block.root(), HeldBlock::Own(Arc::new(block))));
+        ChainStore::from_held(genesis, limits, anchor, held)
     }
 
     /// The store a node builds from `chain` at start-up: its stored blocks
@@ -360,12 +374,68 @@ impl ChainStore {
         )
     }
 
+    /// The store [`ChainStore::for_config`] builds, holding `chain.stored`'s
+    /// blocks in place instead of copying each one: the same blocks, head,
+    /// finality and answers, without a second copy of every body.
+    ///
+    /// The price is memory: the whole slice stays allocated while any one
+    /// of its blocks is stored, even after the store evicted the others, so
+    /// the store can pin up to one slice beyond its own limits. That suits a
+    /// driver that keeps the slice anyway, such as a simulator starting many
+    /// nodes on one chain; a node that drops its stored blocks after
+    /// start-up should take [`ChainStore::for_config`], which copies.
+    pub fn sharing_stored(chain: &super::ChainConfig) -> (ChainStore, Vec<(Root, ImportError)>) {
+        let held = chain.stored.iter().enumerate().map(|(index, block)| {
+            let held = HeldBlock::Shared {
+                blocks: Arc::clone(&chain.stored),
+                index,
+            };
+            (block.root(), held)
+        });
+        ChainStore::from_held(
+            &chain.genesis,
+            StoreLimits::for_finality_depth(chain.genesis.finality_depth_slots()),
+            chain.history_anchor,
+            held,
+        )
+    }
+
+    /// [`ChainStore::from_blocks`] over blocks already held, each with its
+    /// root (computed once, for the order and the import).
+    fn from_held(
+        genesis: &Genesis,
+        limits: StoreLimits,
+        anchor: Option<Root>,
+        blocks: impl IntoIterator<Item = (Root, HeldBlock)>,
+    ) -> (ChainStore, Vec<(Root, ImportError)>) {
+        let mut store = ChainStore::with_limits(genesis, limits);
+        let mut sorted: BTreeMap<(u64, Root), HeldBlock> = blocks
+            .into_iter()
+            .map(|(root, block)| ((block.slot(), root), block))
+            .collect();
+        let anchor_key = sorted
+            .keys()
+            .find(|(_, root)| Some(*root) == anchor)
+            .copied();
+        if let Some(key) = anchor_key {
+            let block = sorted.remove(&key).expect("the anchor was found");
+            store.set_anchor(key.1, block);
+        }
+        let mut refused = Vec::new();
+        for ((_, root), block) in sorted {
+            if let Err(error) = store.import_held(root, block) {
+                refused.push((root, error));
+            }
+        }
+        (store, refused)
+    }
+
     /// Makes `block` the store's only block, its head and its finalized
     /// block: the top of finalized history held on disk.
-    fn set_anchor(&mut self, block: SignedBlock) {
+    fn set_anchor(&mut self, root: Root, block: HeldBlock) {
         debug_assert!(self.blocks.is_empty(), "the anchor comes first");
         let checkpoint = Checkpoint {
-            root: block.root(),
+            root,
             slot: block.slot(),
         };
         if checkpoint.slot == 0 {
@@ -373,10 +443,9 @@ impl ChainStore {
         }
         self.bytes += block.encoded_len();
         Arc::make_mut(&mut self.by_slot).insert((checkpoint.slot, checkpoint.root));
-        let block = Arc::new(block);
         let entry = CanonicalEntry {
             root: checkpoint.root,
-            block: Arc::clone(&block),
+            block: block.clone(),
         };
         Arc::make_mut(&mut self.canonical).insert(checkpoint.slot, entry);
         Arc::make_mut(&mut self.blocks).insert(checkpoint.root, block);
@@ -414,7 +483,7 @@ impl ChainStore {
 
     /// The stored block with this root.
     pub fn block_by_root(&self, root: &Root) -> Option<&SignedBlock> {
-        self.blocks.get(root).map(Arc::as_ref)
+        self.blocks.get(root).map(|block| &**block)
     }
 
     /// Whether `root` is stored or is the genesis.
@@ -425,7 +494,7 @@ impl ChainStore {
     /// The canonical block at `slot`, if the canonical chain has one there
     /// (and it was not evicted).
     pub fn canonical_block_at(&self, slot: u64) -> Option<&SignedBlock> {
-        self.canonical.get(&slot).map(|entry| entry.block.as_ref())
+        self.canonical.get(&slot).map(|entry| &*entry.block)
     }
 
     /// The canonical blocks at slots `above_slot + 1 ..= to_slot` held in
@@ -458,7 +527,7 @@ impl ChainStore {
         blocks.extend(
             self.canonical
                 .range(start_slot..=last_slot)
-                .map(|(_, entry)| entry.block.as_ref()),
+                .map(|(_, entry)| &*entry.block),
         );
         blocks
     }
@@ -518,7 +587,11 @@ impl ChainStore {
     /// Stores a verified block and updates the head, the canonical chain and
     /// finality, pruning forks that finality rules out.
     pub fn import(&mut self, block: SignedBlock) -> Result<ImportOutcome, ImportError> {
-        let root = block.root();
+        self.import_held(block.root(), HeldBlock::Own(Arc::new(block)))
+    }
+
+    /// [`ChainStore::import`] of a block already held, whose root is `root`.
+    fn import_held(&mut self, root: Root, block: HeldBlock) -> Result<ImportOutcome, ImportError> {
         if self.invalid.contains(&root) {
             return Err(ImportError::KnownInvalid(root));
         }
@@ -556,7 +629,7 @@ impl ChainStore {
         self.bytes += block.encoded_len();
         Arc::make_mut(&mut self.by_slot).insert((slot, root));
         Arc::make_mut(&mut self.children).insert((parent, root));
-        Arc::make_mut(&mut self.blocks).insert(root, Arc::new(block));
+        Arc::make_mut(&mut self.blocks).insert(root, block);
 
         let candidate = Checkpoint { root, slot };
         let mut outcome = Imported {
@@ -696,6 +769,20 @@ impl ChainStore {
     /// Makes `head` the head and rewrites the canonical index from the
     /// common ancestor with the old canonical chain up.
     fn set_head(&mut self, head: Checkpoint) {
+        // Cannot fail: a head is a stored block.
+        let block = self.blocks.get(&head.root).expect("the head is stored");
+        if block.parent_root() == self.head.root && head.slot > self.head.slot {
+            // The new head extends the old one (every import of a linear
+            // chain): the old head tops the canonical index, so nothing
+            // above it is stale and the walk would stop at it.
+            let entry = CanonicalEntry {
+                root: head.root,
+                block: block.clone(),
+            };
+            Arc::make_mut(&mut self.canonical).insert(head.slot, entry);
+            self.head = head;
+            return;
+        }
         let mut new_entries = Vec::new();
         let mut cursor = head.root;
         let ancestor_slot = loop {
@@ -714,7 +801,7 @@ impl ChainStore {
             }
             let entry = CanonicalEntry {
                 root: cursor,
-                block: Arc::clone(block),
+                block: block.clone(),
             };
             cursor = block.parent_root();
             new_entries.push((slot, entry));
@@ -844,7 +931,7 @@ impl ChainStore {
                 .get(&entry.root)
                 .expect("canonical blocks are stored");
             assert!(
-                Arc::ptr_eq(stored, &entry.block),
+                std::ptr::eq::<SignedBlock>(&**stored, &*entry.block),
                 "canonical entry not the stored block"
             );
         }
@@ -1335,5 +1422,121 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].1, ImportError::UnknownParent(Root([3; 32])));
         rebuilt.assert_invariants();
+    }
+
+    /// What a store answers, for comparing two: head, finality, size,
+    /// history floor, every canonical block and every stored block.
+    fn answers(
+        store: &ChainStore,
+    ) -> (
+        Status,
+        usize,
+        Option<u64>,
+        Vec<SignedBlock>,
+        Vec<SignedBlock>,
+    ) {
+        let canonical = store
+            .canonical_range(0, u64::MAX)
+            .into_iter()
+            .cloned()
+            .collect();
+        let stored = store
+            .blocks
+            .values()
+            .map(|block| (**block).clone())
+            .collect();
+        (
+            store.status(),
+            store.len(),
+            store.history_floor(),
+            canonical,
+            stored,
+        )
+    }
+
+    #[test]
+    fn a_store_sharing_its_stored_blocks_answers_as_one_that_copies_them() {
+        let genesis = genesis(3);
+        let mut source = ChainStore::new(&genesis);
+        let main = extend(&mut source, genesis.root(), &[1, 2, 3, 4, 5, 6, 7, 8], 0);
+        let fork = extend(&mut source, main[5], &[8], 4);
+        let mut stored: Vec<SignedBlock> = source.blocks.values().map(|b| (**b).clone()).collect();
+        stored.reverse();
+        stored.push(block(Root([3; 32]), 9, 0));
+        let mut config = crate::chain::ChainConfig::devnet(1);
+        config.genesis = Arc::new(genesis.clone());
+        config.stored = Arc::from(stored);
+        for anchor in [None, Some(main[2])] {
+            config.history_anchor = anchor;
+            let (mut copied, refused_copied) = ChainStore::for_config(&config);
+            let (mut shared, refused_shared) = ChainStore::sharing_stored(&config);
+            assert_eq!(refused_shared, refused_copied);
+            // The orphan, and with the anchor the two blocks below it.
+            let refused_expected = if anchor.is_some() { 3 } else { 1 };
+            assert_eq!(refused_shared.len(), refused_expected);
+            assert_eq!(answers(&shared), answers(&copied));
+            assert_eq!(shared.head().root, fork[0].min(main[7]));
+            // Every block the shared store holds is read in place.
+            let mut in_place = 0;
+            for block in config.stored.iter() {
+                if let Some(held) = shared.block_by_root(&block.root()) {
+                    assert!(
+                        std::ptr::eq(held, block),
+                        "slot {} was copied",
+                        block.slot()
+                    );
+                    in_place += 1;
+                }
+            }
+            assert_eq!(in_place, shared.len());
+            // Both go on the same way, finality pruning a shared fork.
+            let head = shared.head().root;
+            for store in [&mut copied, &mut shared] {
+                extend(store, head, &[9, 10, 11, 12], 0);
+                store.assert_invariants();
+            }
+            assert_eq!(answers(&shared), answers(&copied));
+            assert!(
+                !shared.contains(&fork[0].max(main[7])),
+                "the losing fork is pruned"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_blocks_are_evicted_as_owned_ones_are() {
+        let genesis = genesis(2);
+        let limits = StoreLimits {
+            blocks_max: 4,
+            ..StoreLimits::default()
+        };
+        let mut source = ChainStore::new(&genesis);
+        let main = extend(&mut source, genesis.root(), &[1, 2, 3, 4], 0);
+        let blocks: Arc<[SignedBlock]> = main
+            .iter()
+            .map(|root| source.block_by_root(root).unwrap().clone())
+            .collect();
+        let held = (0..blocks.len()).map(|index| {
+            let block = HeldBlock::Shared {
+                blocks: Arc::clone(&blocks),
+                index,
+            };
+            (block.root(), block)
+        });
+        let (mut shared, refused) = ChainStore::from_held(&genesis, limits, None, held);
+        assert!(refused.is_empty());
+        let (mut copied, _) =
+            ChainStore::from_blocks(&genesis, limits, None, blocks.iter().cloned());
+        for store in [&mut copied, &mut shared] {
+            let outcome = imported(store.import(block(main[3], 5, 0)));
+            assert_eq!(outcome.evicted, vec![main[0]]);
+            extend(store, outcome.root, &[6, 7], 0);
+            store.assert_invariants();
+        }
+        assert_eq!(answers(&shared), answers(&copied));
+        assert_eq!(shared.history_floor(), Some(4));
+        // The test's own handle, and the one shared block still stored (in
+        // the map and in the canonical index): the others let go of it.
+        assert_eq!(Arc::strong_count(&blocks), 3);
     }
 }
