@@ -57,7 +57,7 @@ impl StartingStores {
         if let Some(built) = known {
             return built.store.clone();
         }
-        let (store, refused) = ChainStore::for_config(chain);
+        let (store, refused) = ChainStore::sharing_stored(chain);
         for (root, error) in &refused {
             log::warn!("stored block {root} not loaded: {error}");
         }
