@@ -421,13 +421,98 @@ impl ChainStore {
             let block = sorted.remove(&key).expect("the anchor was found");
             store.set_anchor(key.1, block);
         }
+        let sorted: Vec<(Root, HeldBlock)> = sorted
+            .into_iter()
+            .map(|((_, root), block)| (root, block))
+            .collect();
+        if store.takes_whole_chain(&sorted) {
+            store.load_chain(sorted);
+            return (store, Vec::new());
+        }
         let mut refused = Vec::new();
-        for ((_, root), block) in sorted {
+        for (root, block) in sorted {
             if let Err(error) = store.import_held(root, block) {
                 refused.push((root, error));
             }
         }
         (store, refused)
+    }
+
+    /// Whether importing `blocks` one by one, in order, would store them
+    /// all and make each the head in turn: they are one chain on the head
+    /// (each the parent of the next, at a higher slot), none known invalid,
+    /// and all of them fit in the limits (nothing refused, evicted or
+    /// pruned). What a driver stored of one chain usually is.
+    fn takes_whole_chain(&self, blocks: &[(Root, HeldBlock)]) -> bool {
+        let mut parent = self.head;
+        let mut bytes = self.bytes;
+        for (root, block) in blocks {
+            if block.parent_root() != parent.root
+                || block.slot() <= parent.slot
+                || self.invalid.contains(root)
+            {
+                return false;
+            }
+            bytes = bytes.saturating_add(block.encoded_len());
+            parent = Checkpoint {
+                root: *root,
+                slot: block.slot(),
+            };
+        }
+        self.blocks.len().saturating_add(blocks.len()) <= self.limits.blocks_max
+            && bytes <= self.limits.bytes_max
+    }
+
+    /// Stores `blocks`, which [`ChainStore::takes_whole_chain`] accepted,
+    /// as importing them one by one would, but fills each index in one
+    /// sorted pass rather than one search per block: the last block is the
+    /// head, every block is canonical, and finality moves to where the last
+    /// import would have left it (no fork, so nothing to prune).
+    fn load_chain(&mut self, blocks: Vec<(Root, HeldBlock)>) {
+        let Some((head_root, head_block)) = blocks.last() else {
+            return;
+        };
+        let head = Checkpoint {
+            root: *head_root,
+            slot: head_block.slot(),
+        };
+        self.bytes += blocks
+            .iter()
+            .map(|(_, block)| block.encoded_len())
+            .sum::<usize>();
+        let by_slot = blocks.iter().map(|(root, block)| (block.slot(), *root));
+        self.by_slot = Arc::new(self.by_slot.iter().copied().chain(by_slot).collect());
+        let children = blocks
+            .iter()
+            .map(|(root, block)| (block.parent_root(), *root));
+        self.children = Arc::new(self.children.iter().copied().chain(children).collect());
+        let canonical = blocks.iter().map(|(root, block)| {
+            let entry = CanonicalEntry {
+                root: *root,
+                block: block.clone(),
+            };
+            (block.slot(), entry)
+        });
+        let canonical = self
+            .canonical
+            .iter()
+            .map(|(&slot, entry)| (slot, entry.clone()))
+            .chain(canonical)
+            .collect();
+        self.canonical = Arc::new(canonical);
+        let stored = self
+            .blocks
+            .iter()
+            .map(|(&root, block)| (root, block.clone()))
+            .chain(blocks)
+            .collect();
+        self.blocks = Arc::new(stored);
+        self.head = head;
+        let moved = self.advance_finality();
+        debug_assert!(
+            moved.is_none_or(|(_, pruned)| pruned.is_empty()),
+            "one chain has no fork to prune"
+        );
     }
 
     /// Makes `block` the store's only block, its head and its finalized
@@ -443,6 +528,11 @@ impl ChainStore {
         }
         self.bytes += block.encoded_len();
         Arc::make_mut(&mut self.by_slot).insert((checkpoint.slot, checkpoint.root));
+        if block.parent_root() == self.genesis_root {
+            // The one parent an anchor can have in the store: the link is
+            // kept as an import keeps it.
+            Arc::make_mut(&mut self.children).insert((block.parent_root(), checkpoint.root));
+        }
         let entry = CanonicalEntry {
             root: checkpoint.root,
             block: block.clone(),
@@ -1538,5 +1628,149 @@ mod tests {
         // The test's own handle, and the one shared block still stored (in
         // the map and in the canonical index): the others let go of it.
         assert_eq!(Arc::strong_count(&blocks), 3);
+    }
+
+    /// Everything a store holds, indexes included, for comparing two built
+    /// different ways.
+    fn state(store: &ChainStore) -> impl PartialEq + fmt::Debug {
+        let canonical: Vec<(u64, Root)> = store
+            .canonical
+            .iter()
+            .map(|(&slot, entry)| (slot, entry.root))
+            .collect();
+        (
+            answers(store),
+            store.finalized(),
+            store.bytes,
+            (*store.by_slot).clone(),
+            (*store.children).clone(),
+            canonical,
+        )
+    }
+
+    /// What building from `blocks` did before it loaded whole chains at
+    /// once: sort by (slot, root), take the anchor, import one by one.
+    fn imported_one_by_one(
+        genesis: &Genesis,
+        limits: StoreLimits,
+        anchor: Option<Root>,
+        blocks: &[SignedBlock],
+    ) -> (ChainStore, Vec<(Root, ImportError)>) {
+        let mut store = ChainStore::with_limits(genesis, limits);
+        let mut sorted: Vec<SignedBlock> = blocks.to_vec();
+        sorted.sort_by_key(|block| (block.slot(), block.root()));
+        sorted.dedup_by_key(|block| block.root());
+        if let Some(at) = sorted.iter().position(|block| Some(block.root()) == anchor) {
+            let block = sorted.remove(at);
+            store.set_anchor(block.root(), HeldBlock::Own(Arc::new(block)));
+        }
+        let refused = sorted
+            .into_iter()
+            .filter_map(|block| {
+                let root = block.root();
+                store.import(block).err().map(|error| (root, error))
+            })
+            .collect();
+        (store, refused)
+    }
+
+    #[test]
+    fn a_whole_chain_loads_as_importing_it_block_by_block_would() {
+        use rand_chacha::ChaCha20Rng;
+        use rand_core::{RngCore, SeedableRng};
+        let mut rng = ChaCha20Rng::from_seed([9; 32]);
+        let mut loaded_whole = 0;
+        for case in 0..300 {
+            let depth = 1 + rng.next_u64() % 6;
+            let genesis = genesis(depth);
+            // One chain with gaps between slots.
+            let mut blocks = Vec::new();
+            let (mut parent, mut slot) = (genesis.root(), 0);
+            for _ in 0..rng.next_u64() % 24 {
+                slot += 1 + rng.next_u64() % 3;
+                let next = block(parent, slot, 0);
+                parent = next.root();
+                blocks.push(next);
+            }
+            // Sometimes a fork, an orphan, a duplicate, an anchor, tight limits.
+            let roll = rng.next_u64();
+            if roll % 5 == 0 && blocks.len() > 2 {
+                let base = &blocks[blocks.len() / 2];
+                blocks.push(block(base.root(), base.slot() + 1, 7));
+            }
+            if roll % 7 == 0 {
+                blocks.push(block(Root([5; 32]), slot + 1, 0));
+            }
+            if roll % 11 == 0 && !blocks.is_empty() {
+                blocks.push(blocks[0].clone());
+            }
+            let anchor = (roll % 3 == 0 && !blocks.is_empty())
+                .then(|| blocks[(rng.next_u64() as usize) % blocks.len()].root());
+            let limits = StoreLimits {
+                blocks_max: if roll % 4 == 0 {
+                    1 + (rng.next_u64() % 20) as usize
+                } else {
+                    1_000
+                },
+                ..StoreLimits::default()
+            };
+            // Any order.
+            for at in (1..blocks.len()).rev() {
+                blocks.swap(at, (rng.next_u64() as usize) % (at + 1));
+            }
+            let (one_by_one, refused_one_by_one) =
+                imported_one_by_one(&genesis, limits, anchor, &blocks);
+            let (built, refused) =
+                ChainStore::from_blocks(&genesis, limits, anchor, blocks.iter().cloned());
+            if anchor.is_none() {
+                // An anchor is finalized by the driver, not by depth, which
+                // the invariants (written for imports) do not know.
+                built.assert_invariants();
+            }
+            assert_eq!(state(&built), state(&one_by_one), "case {case}");
+            assert_eq!(refused, refused_one_by_one, "case {case}");
+            let one_chain = blocks.len() == one_by_one.len() + usize::from(anchor.is_some())
+                && one_by_one.canonical.len() == one_by_one.len();
+            loaded_whole += usize::from(one_chain && refused.is_empty());
+        }
+        assert!(
+            loaded_whole > 100,
+            "the cases load whole chains too: {loaded_whole}"
+        );
+    }
+
+    #[test]
+    fn only_one_fitting_chain_on_the_head_is_taken_whole() {
+        let genesis = genesis(3);
+        let store = ChainStore::new(&genesis);
+        let mut chain = Vec::new();
+        let mut parent = genesis.root();
+        for slot in [1, 2, 4, 5] {
+            let block = block(parent, slot, 0);
+            parent = block.root();
+            chain.push((parent, HeldBlock::Own(Arc::new(block))));
+        }
+        assert!(store.takes_whole_chain(&chain));
+        assert!(store.takes_whole_chain(&[]));
+        let mut gap = chain.clone();
+        gap.remove(1);
+        assert!(!store.takes_whole_chain(&gap), "a missing parent");
+        assert!(!store.takes_whole_chain(&chain[1..]), "not on the head");
+        let mut fork = chain.clone();
+        let forked = block(chain[1].0, 3, 9);
+        fork.insert(2, (forked.root(), HeldBlock::Own(Arc::new(forked))));
+        assert!(!store.takes_whole_chain(&fork), "a fork");
+        let small = ChainStore::with_limits(
+            &genesis,
+            StoreLimits {
+                blocks_max: 3,
+                ..StoreLimits::default()
+            },
+        );
+        assert!(!small.takes_whole_chain(&chain), "more than fits");
+        assert!(small.takes_whole_chain(&chain[..3]));
+        let mut marked = ChainStore::new(&genesis);
+        marked.mark_invalid(chain[2].0);
+        assert!(!marked.takes_whole_chain(&chain), "a known invalid block");
     }
 }
