@@ -32,8 +32,9 @@ pub use block::{
 pub use genesis::{devnet_keys, Genesis, GenesisError};
 pub use store::{ChainStore, Checkpoint, ImportError, ImportOutcome, Imported, StoreLimits};
 pub use verify::{
-    find_invalid, sign_block, signed_chain, unsigned_chain, verify_batch, verify_batch_locating,
-    verify_block, BatchError, BlockError, BlockProducer, UnsignedBlock,
+    find_invalid, sign_block, signed_chain, unsigned_chain, unsigned_chain_with_body_roots,
+    verify_batch, verify_batch_locating, verify_block, BatchError, BlockError, BlockProducer,
+    UnsignedBlock,
 };
 pub use watermark::{ProposerPublicKey, SigningWatermark, PROPOSER_PUBLIC_KEY_BYTES};
 
@@ -161,22 +162,29 @@ impl ChainConfig {
             &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync),
         ) -> Vec<SignedBlock>,
     ) -> ChainConfig {
+        let count = usize::try_from(head_slot).expect("a chain that fits in memory");
+        ChainConfig::devnet_with_blocks(network_id, |genesis, sign| {
+            let unsigned = unsigned_chain(genesis, genesis.root(), 1, count, body_bytes);
+            let blocks = sign_all(unsigned, sign);
+            assert_eq!(blocks.len(), count, "every block signed");
+            blocks
+        })
+    }
+
+    /// [`ChainConfig::devnet`] with the blocks `build` makes stored: it gets
+    /// the genesis and a function that signs a block as the devnet's one
+    /// proposer. For a caller that builds the chain its own way
+    /// ([`verify::unsigned_chain_with_body_roots`]).
+    pub fn devnet_with_blocks(
+        network_id: u64,
+        build: impl FnOnce(&Genesis, &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync)) -> Vec<SignedBlock>,
+    ) -> ChainConfig {
         let mut config = ChainConfig::devnet(network_id);
         // The devnet has one proposer: every block is its.
         let key = devnet_keys(network_id, 1).remove(0);
-        let unsigned = unsigned_chain(
-            &config.genesis,
-            config.genesis.root(),
-            1,
-            usize::try_from(head_slot).expect("a chain that fits in memory"),
-            body_bytes,
-        );
-        let count = unsigned.len();
         let network = config.genesis.network_id();
         let sign = |(header, body): UnsignedBlock| sign_block(&key, network, header, body);
-        let blocks = sign_all(unsigned, &sign);
-        assert_eq!(blocks.len(), count, "every block signed");
-        config.stored = Arc::from(blocks);
+        config.stored = Arc::from(build(&config.genesis, &sign));
         config
     }
 }

@@ -427,16 +427,61 @@ pub fn unsigned_chain(
     count: usize,
     body_bytes: usize,
 ) -> Vec<UnsignedBlock> {
+    linked_chain(
+        genesis,
+        parent_root,
+        first_slot,
+        count,
+        body_bytes,
+        |_, body| body_root(body),
+    )
+}
+
+/// [`unsigned_chain`] of `body_roots.len()` blocks, each header taking its
+/// body root from `body_roots` instead of hashing its body: for a caller
+/// that kept them from an earlier build (hashing the bodies is most of
+/// building a chain once it is not signed). A root that is not its body's
+/// gives a block every verification refuses.
+///
+/// # Panics
+/// If `first_slot` is 0.
+pub fn unsigned_chain_with_body_roots(
+    genesis: &Genesis,
+    parent_root: Root,
+    first_slot: u64,
+    body_roots: &[Root],
+    body_bytes: usize,
+) -> Vec<UnsignedBlock> {
+    linked_chain(
+        genesis,
+        parent_root,
+        first_slot,
+        body_roots.len(),
+        body_bytes,
+        |index, _| body_roots[index],
+    )
+}
+
+/// `count` devnet blocks from `first_slot` on `parent_root`, each body's
+/// root given by `body_root_of(index, body)`.
+fn linked_chain(
+    genesis: &Genesis,
+    parent_root: Root,
+    first_slot: u64,
+    count: usize,
+    body_bytes: usize,
+    mut body_root_of: impl FnMut(usize, &[u8]) -> Root,
+) -> Vec<UnsignedBlock> {
     assert!(first_slot > 0, "slot 0 is genesis");
     let mut parent_root = parent_root;
     let mut blocks = Vec::with_capacity(count);
-    for slot in (first_slot..).take(count) {
+    for (index, slot) in (first_slot..).take(count).enumerate() {
         let body = devnet_body(slot, body_bytes);
         let header = BlockHeader {
             slot,
             proposer_index: genesis.proposer_index_at(slot),
             parent_root,
-            body_root: body_root(&body),
+            body_root: body_root_of(index, &body),
         };
         parent_root = header.root();
         blocks.push((header, body));
@@ -476,6 +521,25 @@ fn devnet_body(slot: u64, body_bytes: usize) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::chain::genesis::devnet_keys;
+
+    #[test]
+    fn a_chain_built_on_kept_body_roots_is_the_chain_built_by_hashing() {
+        let (genesis, _) = setup(2);
+        let hashed = unsigned_chain(&genesis, genesis.root(), 1, 9, 100);
+        let roots: Vec<Root> = hashed.iter().map(|(header, _)| header.body_root).collect();
+        let kept = unsigned_chain_with_body_roots(&genesis, genesis.root(), 1, &roots, 100);
+        assert_eq!(kept, hashed);
+        // A wrong kept root changes its block and every link after it.
+        let mut wrong = roots.clone();
+        wrong[4] = Root([1; 32]);
+        let built = unsigned_chain_with_body_roots(&genesis, genesis.root(), 1, &wrong, 100);
+        assert_eq!(built[..4], hashed[..4]);
+        for (built, hashed) in built[4..].iter().zip(&hashed[4..]) {
+            assert_ne!(built.0.root(), hashed.0.root());
+            assert_eq!(built.1, hashed.1, "the bodies are the same");
+        }
+        assert_ne!(body_root(&built[4].1), built[4].0.body_root);
+    }
 
     #[test]
     fn a_devnet_body_is_every_step_of_its_filler() {
