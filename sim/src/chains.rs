@@ -31,9 +31,9 @@
 //! never seen, and is checked for real.
 //!
 //! A cache made with [`ChainCache::saved_in`] also keeps each chain's
-//! signatures in a directory ([`saved`]), so the next process rebuilds the
-//! chain in milliseconds instead of signing it again; the chain is the one
-//! signing gives, bit for bit, either way.
+//! signatures and body roots in a directory ([`saved`]), so the next
+//! process rebuilds the chain in milliseconds instead of signing it again;
+//! the chain is the one signing gives, bit for bit, either way.
 //!
 //! # Limits
 //! At most [`CHAIN_CACHE_ENTRIES_MAX`] chains are kept; past that the oldest
@@ -46,7 +46,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use meshsync_core::chain::{ChainConfig, Genesis, SignedBlock, UnsignedBlock};
+use meshsync_core::chain::{unsigned_chain, ChainConfig, Genesis, SignedBlock, UnsignedBlock};
 use meshsync_core::work::{Job, WorkOutput};
 use sha2::{Digest, Sha256};
 
@@ -196,23 +196,27 @@ impl ChainCache {
         self.saved.as_ref().map(SavedChains::dir)
     }
 
-    /// `unsigned`, the chain `key` names, signed: with the kept signatures
-    /// when the directory has them, else on every core (and then kept).
-    fn sign_or_load(
+    /// The chain `key` names on `genesis`, signed by `sign`: rebuilt from
+    /// the directory when it kept this chain, else built and signed on
+    /// every core (and then kept).
+    fn build(
         &self,
         key: ChainKey,
-        unsigned: Vec<UnsignedBlock>,
+        genesis: &Genesis,
         sign: &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync),
     ) -> Vec<SignedBlock> {
+        let (_, head_slot, body_bytes) = key;
+        let count = usize::try_from(head_slot).expect("a chain that fits in memory");
+        let unsigned = || unsigned_chain(genesis, genesis.root(), 1, count, body_bytes);
         let Some(saved) = &self.saved else {
-            return sign_on_every_core(unsigned, sign);
+            return sign_on_every_core(unsigned(), sign);
         };
-        match saved.load(key, &unsigned, sign) {
-            Loaded::Signatures(signatures) => return saved::signed_with(unsigned, signatures),
+        match saved.load(key, genesis, sign) {
+            Loaded::Blocks(blocks) => return blocks,
             Loaded::Missing => {}
             Loaded::Refused(why) => log::warn!("signing the chain again: {why}"),
         }
-        let blocks = sign_on_every_core(unsigned, sign);
+        let blocks = sign_on_every_core(unsigned(), sign);
         match saved.save(key, &blocks) {
             Ok(()) => log::info!(
                 "kept the signatures of {} blocks in {}",
@@ -251,12 +255,9 @@ impl ChainCache {
         };
         entry
             .get_or_init(|| {
-                ChainConfig::devnet_with_chain_signed_by(
-                    network_id,
-                    head_slot,
-                    body_bytes,
-                    |unsigned, sign| self.sign_or_load(key, unsigned, sign),
-                )
+                ChainConfig::devnet_with_blocks(network_id, |genesis, sign| {
+                    self.build(key, genesis, sign)
+                })
             })
             .clone()
     }

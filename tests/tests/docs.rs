@@ -1079,6 +1079,10 @@ fn the_file_formats_page_states_the_codes_limits_and_headers() {
             "SAVED_CHAINS_MAX",
             meshsync_sim::chains::saved::SAVED_CHAINS_MAX as i128,
         ),
+        (
+            "RECORD_BYTES",
+            meshsync_sim::chains::saved::RECORD_BYTES as i128,
+        ),
     ];
     let mut problems = stated_problems("docs/files.md", &text, &expected);
     for needle in [

@@ -9,34 +9,36 @@
 //! its signatures are kept in a file named by those, and the next process
 //! takes them from there.
 //!
-//! Only the signatures are kept: the headers and bodies are rebuilt (no
-//! signing, milliseconds) and the file names the head root they were made
-//! for. The head root commits to every header and, through each header's
-//! body root, every body: a file made for another chain (another devnet
-//! key, another body filler) is refused, never used. A file whose bytes
-//! changed (a torn write, a flipped bit) fails its sha256 and is refused. A
-//! change to how a header is signed would leave the head root alone, so the
-//! head block is signed afresh and compared with the kept signature. A
-//! refused file is signed over and replaced; a directory that cannot be
-//! read or written costs the signing, never the run.
+//! Only the signatures and each block's body root are kept: the bodies
+//! and headers are rebuilt (no signing, and no hashing of bodies: a
+//! header takes its kept body root) and the file names the head root they
+//! were made for. The head root commits to every header and body root: a
+//! file made for another chain (another devnet key, another length's
+//! worth of roots) is refused, never used. A file whose bytes changed (a
+//! torn write, a flipped bit) fails its sha256 and is refused. A change to
+//! how a body is made or a header signed would leave the kept roots alone,
+//! so the head block's body is hashed and its header signed afresh, and
+//! both compared with what was kept. A refused file is signed over and
+//! replaced; a directory that cannot be read or written costs the signing,
+//! never the run.
 //!
 //! The directory is trusted as a build cache is: a file whose framing,
-//! digest and head all check out is believed for every other signature,
-//! which is not verified (that would cost as much as signing). Whoever
-//! can write it could make a world hold blocks its nodes would refuse;
-//! `--chain-cache off` signs afresh when in doubt.
+//! digest and head all check out is believed for every other signature and
+//! body root, which are not checked (that would cost as much as signing
+//! and hashing). Whoever can write it could make a world hold blocks its
+//! nodes would refuse; `--chain-cache off` builds afresh when in doubt.
 //!
 //! # File layout
 //! `devnet-{network id}-{blocks}-{body bytes}.sigs`, little-endian:
 //! [`MAGIC`], network id, blocks and body bytes (`u64` each), the head
-//! root (32 bytes), then each block's 96-byte signature in slot order,
-//! then the sha256 of every byte before it. A file is written whole under
-//! a temporary name and renamed into place, so a reader sees a whole file
-//! or none.
+//! root (32 bytes), then for each block in slot order its 96-byte
+//! signature and 32-byte body root, then the sha256 of every byte before
+//! it. A file is written whole under a temporary name and renamed into
+//! place, so a reader sees a whole file or none.
 //!
 //! # Limits
 //! A file is read only when its length is exactly what the chain asked for
-//! needs (96 bytes a block and [`FILE_OVERHEAD_BYTES`]). At most
+//! needs ([`RECORD_BYTES`] a block and [`FILE_OVERHEAD_BYTES`]). At most
 //! [`SAVED_CHAINS_MAX`] files stay in the directory: saving one more
 //! removes the least recently written.
 
@@ -45,21 +47,26 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use meshsync_core::chain::block::SIGNATURE_BYTES;
-use meshsync_core::chain::{SignedBlock, UnsignedBlock};
+use meshsync_core::chain::block::{body_root, SIGNATURE_BYTES};
+use meshsync_core::chain::{
+    unsigned_chain_with_body_roots, Genesis, Root, SignedBlock, UnsignedBlock,
+};
 use sha2::{Digest, Sha256};
 
 use super::ChainKey;
 
 /// The first bytes of every file: what it is, and the layout's version.
-pub const MAGIC: &[u8; 32] = b"meshsync-sim devnet signatures 1";
+pub const MAGIC: &[u8; 32] = b"meshsync-sim devnet signatures 2";
 
-/// Bytes of a file besides its signatures: the magic, three `u64`s, the
-/// head root and the sha256.
+/// Bytes of a file besides its blocks' records: the magic, three `u64`s,
+/// the head root and the sha256.
 pub const FILE_OVERHEAD_BYTES: usize = MAGIC.len() + 3 * 8 + 32 + 32;
 
-/// Chain files one directory keeps, at most (each 96 bytes a block: a
-/// 10,000-block chain's is under a megabyte).
+/// Bytes a block takes in a file: its signature and its body root.
+pub const RECORD_BYTES: usize = SIGNATURE_BYTES + 32;
+
+/// Chain files one directory keeps, at most (each 128 bytes a block: a
+/// 10,000-block chain's is 1.3 MB).
 pub const SAVED_CHAINS_MAX: usize = 16;
 
 /// The file name's ending.
@@ -74,8 +81,8 @@ pub struct SavedChains {
 /// What [`SavedChains::load`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Loaded {
-    /// The kept signatures, in slot order (see [`signed_with`]).
-    Signatures(Vec<[u8; SIGNATURE_BYTES]>),
+    /// The chain, rebuilt on its kept body roots and signatures.
+    Blocks(Vec<SignedBlock>),
     /// No file for this chain.
     Missing,
     /// A file that is not this chain's signatures, and why.
@@ -100,26 +107,30 @@ impl SavedChains {
         ))
     }
 
-    /// The signatures of `unsigned`, the chain `key` names, if a file
-    /// holds them for exactly these blocks; `sign` signs the head block
-    /// again to check the kept signature.
+    /// The chain `key` names on `genesis` (one block a slot from slot 1),
+    /// rebuilt on the body roots and signatures a file kept for exactly
+    /// this chain; `sign` signs as its proposer, to check the head's.
     pub fn load(
         &self,
         key: ChainKey,
-        unsigned: &[UnsignedBlock],
+        genesis: &Genesis,
         sign: &dyn Fn(UnsignedBlock) -> SignedBlock,
     ) -> Loaded {
+        let (_, blocks, body_bytes) = key;
         let path = self.path(key);
-        let expected_len = file_len(unsigned.len());
+        let refuse = |why: &str| Loaded::Refused(format!("{}: {why}", path.display()));
+        let Ok(blocks) = usize::try_from(blocks) else {
+            return refuse("more blocks than memory holds");
+        };
+        let expected_len = file_len(blocks);
         match fs::metadata(&path) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Loaded::Missing,
             Err(error) => return Loaded::Refused(format!("{}: {error}", path.display())),
             Ok(metadata) if metadata.len() != expected_len as u64 => {
                 return Loaded::Refused(format!(
-                    "{}: {} bytes, not the {expected_len} of {} blocks",
+                    "{}: {} bytes, not the {expected_len} of {blocks} blocks",
                     path.display(),
                     metadata.len(),
-                    unsigned.len()
                 ));
             }
             Ok(_) => {}
@@ -128,31 +139,41 @@ impl SavedChains {
             Ok(bytes) => bytes,
             Err(error) => return Loaded::Refused(format!("{}: {error}", path.display())),
         };
-        let head_root = head_root(unsigned);
-        let header = encode_header(key, head_root);
-        let refuse = |why: &str| Loaded::Refused(format!("{}: {why}", path.display()));
         if bytes.len() != expected_len {
             return refuse("changed while read");
         }
-        let (body, digest) = bytes.split_at(expected_len - 32);
-        if Sha256::digest(body).as_slice() != digest {
+        let (content, digest) = bytes.split_at(expected_len - 32);
+        if Sha256::digest(content).as_slice() != digest {
             return refuse("its sha256 does not match its bytes");
         }
-        let (file_header, signatures) = body.split_at(header.len());
-        if file_header != header {
-            return refuse("made for another chain (its head root or parameters differ)");
+        let (file_header, records) = content.split_at(FILE_OVERHEAD_BYTES - 32);
+        let (parameters, kept_head_root) = file_header.split_at(FILE_OVERHEAD_BYTES - 64);
+        if parameters != &encode_header(key, [0; 32])[..parameters.len()] {
+            return refuse("made for other parameters");
         }
-        let signatures: Vec<[u8; SIGNATURE_BYTES]> = signatures
-            .chunks_exact(SIGNATURE_BYTES)
-            // Cannot fail: chunks of exactly SIGNATURE_BYTES.
-            .map(|signature| signature.try_into().expect("a whole signature"))
-            .collect();
-        if let (Some(head), Some(kept)) = (unsigned.last(), signatures.last()) {
-            if sign(head.clone()).signature != *kept {
+        let (signatures, body_roots): (Vec<[u8; SIGNATURE_BYTES]>, Vec<Root>) = records
+            .chunks_exact(RECORD_BYTES)
+            .map(|record| {
+                let (signature, root) = record.split_at(SIGNATURE_BYTES);
+                // Cannot fail: records of exactly RECORD_BYTES.
+                let signature: [u8; SIGNATURE_BYTES] = signature.try_into().expect("a signature");
+                (signature, Root(root.try_into().expect("a root")))
+            })
+            .unzip();
+        let unsigned =
+            unsigned_chain_with_body_roots(genesis, genesis.root(), 1, &body_roots, body_bytes);
+        if head_root(&unsigned) != kept_head_root {
+            return refuse("made for another chain (its head root differs)");
+        }
+        if let (Some((header, body)), Some(kept)) = (unsigned.last(), signatures.last()) {
+            if body_root(body) != header.body_root {
+                return refuse("its body roots are not what building the bodies gives now");
+            }
+            if sign((*header, body.clone())).signature != *kept {
                 return refuse("its signatures are not what signing gives now");
             }
         }
-        Loaded::Signatures(signatures)
+        Loaded::Blocks(signed_with(unsigned, signatures))
     }
 
     /// Keeps `blocks`' signatures for the chain `key` names (see the module
@@ -164,6 +185,7 @@ impl SavedChains {
         bytes.reserve(file_len(blocks.len()) - bytes.len());
         for block in blocks {
             bytes.extend_from_slice(&block.signature);
+            bytes.extend_from_slice(block.header.body_root.as_bytes());
         }
         let digest = Sha256::digest(&bytes);
         bytes.extend_from_slice(&digest);
@@ -253,10 +275,10 @@ fn head_root(unsigned: &[UnsignedBlock]) -> [u8; 32] {
 
 /// Bytes of the file for `blocks` blocks.
 fn file_len(blocks: usize) -> usize {
-    FILE_OVERHEAD_BYTES + blocks * SIGNATURE_BYTES
+    FILE_OVERHEAD_BYTES + blocks * RECORD_BYTES
 }
 
-/// The file's bytes before its signatures.
+/// The file's bytes before its records.
 fn encode_header((network_id, blocks, body_bytes): ChainKey, head_root: [u8; 32]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(FILE_OVERHEAD_BYTES);
     bytes.extend_from_slice(MAGIC);
@@ -299,18 +321,12 @@ pub(super) mod tests {
 
     /// Loads `key`'s chain from `saved`, as the chain cache does.
     fn load(saved: &SavedChains, key: ChainKey) -> Loaded {
-        let (network_id, blocks, body_bytes) = key;
         let mut loaded = None;
-        ChainConfig::devnet_with_chain_signed_by(
-            network_id,
-            blocks,
-            body_bytes,
-            |unsigned, sign| {
-                loaded = Some(saved.load(key, &unsigned, sign));
-                unsigned.into_iter().map(sign).collect()
-            },
-        );
-        loaded.expect("the signer ran")
+        ChainConfig::devnet_with_blocks(key.0, |genesis, sign| {
+            loaded = Some(saved.load(key, genesis, sign));
+            Vec::new()
+        });
+        loaded.expect("the builder ran")
     }
 
     /// A fresh directory holding the signatures of `chain`'s blocks under
@@ -339,8 +355,7 @@ pub(super) mod tests {
         assert_eq!(load(&saved, key), Loaded::Missing);
         let chain = ChainConfig::devnet_with_chain(3, 12, 40);
         saved.save(key, &chain.stored).expect("saved");
-        let signatures: Vec<_> = chain.stored.iter().map(|block| block.signature).collect();
-        assert_eq!(load(&saved, key), Loaded::Signatures(signatures));
+        assert_eq!(load(&saved, key), Loaded::Blocks(chain.stored.to_vec()));
         let path = saved.path(key);
         assert_eq!(
             fs::metadata(&path).expect("a file").len(),
@@ -387,6 +402,30 @@ pub(super) mod tests {
         assert!(matches!(
             load(&saved, key),
             Loaded::Refused(why) if why.contains("not what signing gives")
+        ));
+        // The head's body root made for another body, as if bodies were
+        // made another way: its head root follows, so only hashing the
+        // head's body again tells.
+        let mut blocks = ChainConfig::devnet_with_chain(5, 6, 16).stored.to_vec();
+        blocks[5].header.body_root = body_root(b"another body");
+        saved.save(key, &blocks).expect("saved");
+        assert!(matches!(
+            load(&saved, key),
+            Loaded::Refused(why) if why.contains("not what building the bodies gives")
+        ));
+        // Saved under other parameters' name.
+        let other = (5, 6, 17);
+        fs::rename(saved.path(key), saved.path(other)).expect("renamed");
+        let mut stale = fs::read(saved.path(other)).expect("the file");
+        stale.truncate(stale.len() - 6 * RECORD_BYTES - 32);
+        let bytes = file_len(6);
+        stale.resize(bytes - 32, 0);
+        let digest = Sha256::digest(&stale);
+        stale.extend_from_slice(&digest);
+        fs::write(saved.path(other), &stale).expect("written");
+        assert!(matches!(
+            load(&saved, other),
+            Loaded::Refused(why) if why.contains("other parameters")
         ));
     }
 

@@ -4,12 +4,14 @@
 //! 20 peers holding 10,000 blocks), and building a node's chain store from
 //! its stored blocks (a copy of every block, its root hashed, four indexes
 //! filled) was most of building that world once the chain's signatures came
-//! from disk. The core builds the same store from the same chain every time
-//! ([`ChainStore::for_config`]), and a clone of a store shares its maps until
-//! one of them changes, so the world builds each chain's store once and
-//! hands every node that starts on it a clone
-//! ([`meshsync_core::Node::with_chain_store`]). The nodes are the ones
-//! `Node::new` would make, bit for bit: runs keep their traces.
+//! from disk. The core builds the same store from the same chain every time,
+//! and a clone of a store shares its maps until one of them changes, so the
+//! world builds each chain's store once and hands every node that starts on
+//! it a clone ([`meshsync_core::Node::with_chain_store`]). That store holds
+//! the chain's blocks in place ([`ChainStore::sharing_stored`]: the world
+//! keeps the chain anyway) instead of copying them as
+//! [`ChainStore::for_config`] does. The nodes are the ones `Node::new`
+//! would make, bit for bit: runs keep their traces.
 //!
 //! A chain is recognised by its blocks' allocation (`ChainConfig::stored` is
 //! an `Arc`, shared by every clone of one chain), its genesis root and its
