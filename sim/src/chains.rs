@@ -204,12 +204,12 @@ impl ChainCache {
         key: ChainKey,
         genesis: &Genesis,
         sign: &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync),
-    ) -> Vec<SignedBlock> {
+    ) -> Arc<[SignedBlock]> {
         let (_, head_slot, body_bytes) = key;
         let count = usize::try_from(head_slot).expect("a chain that fits in memory");
         let unsigned = || unsigned_chain(genesis, genesis.root(), 1, count, body_bytes);
         let Some(saved) = &self.saved else {
-            return sign_on_every_core(unsigned(), sign);
+            return sign_on_every_core(unsigned(), sign).into();
         };
         match saved.load(key, genesis, sign) {
             Loaded::Blocks(blocks) => return blocks,
@@ -228,7 +228,7 @@ impl ChainCache {
                 saved.dir().display()
             ),
         }
-        blocks
+        blocks.into()
     }
 
     /// The devnet chain of `head_slot` blocks with `body_bytes`-byte bodies

@@ -173,18 +173,19 @@ impl ChainConfig {
 
     /// [`ChainConfig::devnet`] with the blocks `build` makes stored: it gets
     /// the genesis and a function that signs a block as the devnet's one
-    /// proposer. For a caller that builds the chain its own way
-    /// ([`verify::unsigned_chain_with_body_roots`]).
-    pub fn devnet_with_blocks(
+    /// proposer, and returns the blocks in slot order (a `Vec`, or an
+    /// `Arc` slice it built in place). For a caller that builds the chain
+    /// its own way ([`verify::unsigned_chain_with_body_roots`]).
+    pub fn devnet_with_blocks<Blocks: Into<Arc<[SignedBlock]>>>(
         network_id: u64,
-        build: impl FnOnce(&Genesis, &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync)) -> Vec<SignedBlock>,
+        build: impl FnOnce(&Genesis, &(dyn Fn(UnsignedBlock) -> SignedBlock + Sync)) -> Blocks,
     ) -> ChainConfig {
         let mut config = ChainConfig::devnet(network_id);
         // The devnet has one proposer: every block is its.
         let key = devnet_keys(network_id, 1).remove(0);
         let network = config.genesis.network_id();
         let sign = |(header, body): UnsignedBlock| sign_block(&key, network, header, body);
-        config.stored = Arc::from(build(&config.genesis, &sign));
+        config.stored = build(&config.genesis, &sign).into();
         config
     }
 }

@@ -46,6 +46,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use meshsync_core::chain::block::{body_root, SIGNATURE_BYTES};
 use meshsync_core::chain::{
@@ -82,7 +83,7 @@ pub struct SavedChains {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Loaded {
     /// The chain, rebuilt on its kept body roots and signatures.
-    Blocks(Vec<SignedBlock>),
+    Blocks(Arc<[SignedBlock]>),
     /// No file for this chain.
     Missing,
     /// A file that is not this chain's signatures, and why.
@@ -235,14 +236,15 @@ impl SavedChains {
     }
 }
 
-/// `unsigned` with `signatures`, one each, in order.
+/// `unsigned` with `signatures`, one each, in order (collected straight
+/// into the shared slice a chain's config holds).
 ///
 /// # Panics
 /// If the counts differ.
 pub fn signed_with(
     unsigned: Vec<UnsignedBlock>,
     signatures: Vec<[u8; SIGNATURE_BYTES]>,
-) -> Vec<SignedBlock> {
+) -> Arc<[SignedBlock]> {
     assert_eq!(unsigned.len(), signatures.len(), "a signature a block");
     unsigned
         .into_iter()
@@ -324,7 +326,7 @@ pub(super) mod tests {
         let mut loaded = None;
         ChainConfig::devnet_with_blocks(key.0, |genesis, sign| {
             loaded = Some(saved.load(key, genesis, sign));
-            Vec::new()
+            Vec::<SignedBlock>::new()
         });
         loaded.expect("the builder ran")
     }
@@ -355,7 +357,7 @@ pub(super) mod tests {
         assert_eq!(load(&saved, key), Loaded::Missing);
         let chain = ChainConfig::devnet_with_chain(3, 12, 40);
         saved.save(key, &chain.stored).expect("saved");
-        assert_eq!(load(&saved, key), Loaded::Blocks(chain.stored.to_vec()));
+        assert_eq!(load(&saved, key), Loaded::Blocks(Arc::clone(&chain.stored)));
         let path = saved.path(key);
         assert_eq!(
             fs::metadata(&path).expect("a file").len(),
