@@ -120,10 +120,12 @@ impl SavedChains {
         let (_, blocks, body_bytes) = key;
         let path = self.path(key);
         let refuse = |why: &str| Loaded::Refused(format!("{}: {why}", path.display()));
-        let Ok(blocks) = usize::try_from(blocks) else {
-            return refuse("more blocks than memory holds");
+        let Some((blocks, expected_len)) = usize::try_from(blocks)
+            .ok()
+            .and_then(|blocks| Some((blocks, file_len_checked(blocks)?)))
+        else {
+            return refuse("more blocks than a file can hold");
         };
-        let expected_len = file_len(blocks);
         match fs::metadata(&path) {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Loaded::Missing,
             Err(error) => return Loaded::Refused(format!("{}: {error}", path.display())),
@@ -275,9 +277,17 @@ fn head_root(unsigned: &[UnsignedBlock]) -> [u8; 32] {
         .map_or([0; 32], |(header, _)| header.root().0)
 }
 
-/// Bytes of the file for `blocks` blocks.
+/// Bytes of the file for `blocks` blocks, if that many fit in a `usize`.
+fn file_len_checked(blocks: usize) -> Option<usize> {
+    blocks
+        .checked_mul(RECORD_BYTES)?
+        .checked_add(FILE_OVERHEAD_BYTES)
+}
+
+/// Bytes of the file for `blocks` blocks held in memory (whose records
+/// fit, as the blocks themselves are larger).
 fn file_len(blocks: usize) -> usize {
-    FILE_OVERHEAD_BYTES + blocks * RECORD_BYTES
+    file_len_checked(blocks).expect("blocks in memory fit in a file's length")
 }
 
 /// The file's bytes before its records.
@@ -384,6 +394,9 @@ pub(super) mod tests {
         }
         fs::write(&path, &whole[..whole.len() - 1]).expect("written");
         assert!(matches!(load(&saved, key), Loaded::Refused(why) if why.contains("bytes, not")));
+        // A length no file could have is refused before anything is read.
+        let huge = (3, u64::MAX, 8);
+        assert!(matches!(load(&saved, huge), Loaded::Refused(why) if why.contains("can hold")));
     }
 
     #[test]
