@@ -28,7 +28,11 @@
 //! Every map is a `BTreeMap`/`BTreeSet`: iteration order never depends on a
 //! random hasher. The maps sit behind `Arc`s and are copied on their first
 //! change (`Arc::make_mut`), so a clone of a store costs a few reference
-//! counts until it diverges ([`ChainStore::for_config`]).
+//! counts until it diverges ([`ChainStore::for_config`]). Blocks stored
+//! at start-up that form one chain on the head are loaded in one sorted
+//! pass per index, as importing them one by one would store them; a store
+//! built with [`ChainStore::sharing_stored`] reads them where its config
+//! holds them instead of copying them.
 //!
 //! # Security
 //! *Provided*: bounded memory whatever blocks arrive (see Limits); no
